@@ -1,0 +1,157 @@
+/* quants.h - GGML tensor types: block layouts, type traits, conversion and dot-product kernels.
+ *
+ * Block layouts are bit-identical to ggml's (ggml-common.h) so GGUF tensor data is used as is.
+ * Every kernel exists as a portable scalar reference; AVX2 and AVX-512 paths are chosen at run
+ * time from CPUID and are tested against the reference (tests/test_quants.c). */
+#ifndef NF_QUANTS_H
+#define NF_QUANTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ggml_type numbering, as stored in GGUF tensor infos. Gaps are retired ggml types. */
+enum nf_type {
+    NF_TYPE_F32 = 0,
+    NF_TYPE_F16 = 1,
+    NF_TYPE_Q4_0 = 2,
+    NF_TYPE_Q4_1 = 3,
+    NF_TYPE_Q5_0 = 6,
+    NF_TYPE_Q5_1 = 7,
+    NF_TYPE_Q8_0 = 8,
+    NF_TYPE_Q8_1 = 9,
+    NF_TYPE_Q2_K = 10,
+    NF_TYPE_Q3_K = 11,
+    NF_TYPE_Q4_K = 12,
+    NF_TYPE_Q5_K = 13,
+    NF_TYPE_Q6_K = 14,
+    NF_TYPE_Q8_K = 15,
+    NF_TYPE_IQ2_XXS = 16,
+    NF_TYPE_IQ2_XS = 17,
+    NF_TYPE_IQ3_XXS = 18,
+    NF_TYPE_IQ1_S = 19,
+    NF_TYPE_IQ4_NL = 20,
+    NF_TYPE_IQ3_S = 21,
+    NF_TYPE_IQ2_S = 22,
+    NF_TYPE_IQ4_XS = 23,
+    NF_TYPE_I8 = 24,
+    NF_TYPE_I16 = 25,
+    NF_TYPE_I32 = 26,
+    NF_TYPE_I64 = 27,
+    NF_TYPE_F64 = 28,
+    NF_TYPE_IQ1_M = 29,
+    NF_TYPE_BF16 = 30,
+    NF_TYPE_TQ1_0 = 34,
+    NF_TYPE_TQ2_0 = 35,
+    NF_TYPE_MXFP4 = 39,
+    NF_TYPE_COUNT = 40,
+};
+
+typedef uint16_t nf_fp16_t;
+typedef uint16_t nf_bf16_t;
+
+#define NF_QK4_0        32
+#define NF_QK8_0        32
+#define NF_QK_K         256
+#define NF_K_SCALE_SIZE 12
+
+/* Legacy 4-bit: x = d * (q - 8), q in [0, 15]; low nibbles hold elements 0..15, high 16..31. */
+typedef struct {
+    nf_fp16_t d;
+    uint8_t qs[NF_QK4_0 / 2];
+} nf_block_q4_0;
+_Static_assert(sizeof(nf_block_q4_0) == 2 + NF_QK4_0 / 2, "wrong q4_0 block size");
+
+/* Legacy 8-bit: x = d * q. Also the activation type for Q4_0/Q8_0 dot products. */
+typedef struct {
+    nf_fp16_t d;
+    int8_t qs[NF_QK8_0];
+} nf_block_q8_0;
+_Static_assert(sizeof(nf_block_q8_0) == 2 + NF_QK8_0, "wrong q8_0 block size");
+
+/* 4-bit K-quant: 8 sub-blocks of 32 with 6-bit scales and mins; x = d*sc*q - dmin*m. */
+typedef struct {
+    nf_fp16_t d;
+    nf_fp16_t dmin;
+    uint8_t scales[NF_K_SCALE_SIZE];
+    uint8_t qs[NF_QK_K / 2];
+} nf_block_q4_K;
+_Static_assert(sizeof(nf_block_q4_K) == 4 + NF_K_SCALE_SIZE + NF_QK_K / 2, "wrong q4_K block size");
+
+/* 5-bit K-quant: as q4_K plus one high bit per element in qh. */
+typedef struct {
+    nf_fp16_t d;
+    nf_fp16_t dmin;
+    uint8_t scales[NF_K_SCALE_SIZE];
+    uint8_t qh[NF_QK_K / 8];
+    uint8_t qs[NF_QK_K / 2];
+} nf_block_q5_K;
+_Static_assert(sizeof(nf_block_q5_K) == 4 + NF_K_SCALE_SIZE + NF_QK_K / 8 + NF_QK_K / 2,
+               "wrong q5_K block size");
+
+/* 6-bit K-quant: 16 sub-blocks of 16 with 8-bit scales; x = d * sc * (q - 32). */
+typedef struct {
+    uint8_t ql[NF_QK_K / 2];
+    uint8_t qh[NF_QK_K / 4];
+    int8_t scales[NF_QK_K / 16];
+    nf_fp16_t d;
+} nf_block_q6_K;
+_Static_assert(sizeof(nf_block_q6_K) == NF_QK_K / 2 + NF_QK_K / 4 + NF_QK_K / 16 + 2,
+               "wrong q6_K block size");
+
+/* 8-bit K activation block: float scale, and sums of each group of 16 quants. */
+typedef struct {
+    float d;
+    int8_t qs[NF_QK_K];
+    int16_t bsums[NF_QK_K / 16];
+} nf_block_q8_K;
+_Static_assert(sizeof(nf_block_q8_K) == 4 + NF_QK_K + 2 * NF_QK_K / 16, "wrong q8_K block size");
+
+/* Instruction sets a kernel can be built for, in increasing order of preference. */
+enum nf_isa { NF_ISA_SCALAR = 0, NF_ISA_AVX2, NF_ISA_AVX512, NF_ISA_COUNT };
+
+/* s = dot(x, y) over n elements; x is a row of the weight type, y a row of its vec_dot_type.
+ * n is a multiple of the block size of both types. */
+typedef void (*nf_vec_dot_fn)(int n, float *s, const void *x, const void *y);
+typedef void (*nf_to_float_fn)(const void *x, float *y, int64_t n);
+typedef void (*nf_from_float_fn)(const float *x, void *y, int64_t n);
+
+struct nf_type_traits {
+    const char *name;            /* ggml's name: "f32", "q4_0", "q4_K", ... */
+    int64_t blck_size;           /* elements per block (1 for plain types) */
+    size_t type_size;            /* bytes per block */
+    bool compute;                /* NanoFlow can dequantize and multiply it */
+    enum nf_type vec_dot_type;   /* what activations are converted to for vec_dot */
+    nf_to_float_fn to_float;     /* dequantize a row; NULL when !compute */
+    nf_from_float_fn from_float; /* quantize a row (reference); NULL when unsupported */
+    nf_vec_dot_fn vec_dot;       /* best path for this CPU (set by nf_kernels_init) */
+};
+
+/* Traits of type t, or NULL when t is not a ggml type (unknown or retired number). */
+const struct nf_type_traits *nf_type_traits(enum nf_type t);
+
+/* Bytes taken by n elements of type t; n must be a multiple of the block size. */
+size_t nf_row_size(enum nf_type t, int64_t n);
+
+/* Picks the best kernels for this CPU. Idempotent and thread-safe; called by nf_type_traits()
+ * users implicitly on first use. NF_ISA env var ("scalar", "avx2", "avx512") caps the choice. */
+void nf_kernels_init(void);
+
+/* The instruction set the current kernels use, and the best one this CPU supports. */
+enum nf_isa nf_kernels_isa(void);
+enum nf_isa nf_cpu_best_isa(void);
+const char *nf_isa_name(enum nf_isa isa);
+
+/* The vec_dot kernel of type t built for isa, or NULL if there is no path specific to that isa
+ * (tests iterate over ISAs with this to compare each path with NF_ISA_SCALAR). */
+nf_vec_dot_fn nf_vec_dot_for(enum nf_type t, enum nf_isa isa);
+/* Likewise for quantizing activations into type t (Q8_0, Q8_K, F16, BF16). */
+nf_from_float_fn nf_from_float_for(enum nf_type t, enum nf_isa isa);
+
+/* Half and bfloat16 conversions, bit-exact with ggml's (round to nearest even). */
+float nf_fp16_to_fp32(nf_fp16_t h);
+nf_fp16_t nf_fp32_to_fp16(float f);
+float nf_bf16_to_fp32(nf_bf16_t h);
+nf_bf16_t nf_fp32_to_bf16(float f);
+
+#endif

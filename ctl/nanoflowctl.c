@@ -1,0 +1,47 @@
+/* nanoflowctl.c - the NanoFlow command-line tool: subcommand dispatch and top-level help. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmds.h"
+
+struct nf_cmd {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct nf_cmd nf_cmds[] = {
+    {"run", nf_cmd_run, "generate text from a GGUF model in this process (no daemons)"},
+    {"tokenize", nf_cmd_tokenize, "print the token ids of a text under a model's vocabulary"},
+    {"mkmodel", nf_cmd_mkmodel, "write a GGUF model with deterministic random or zero weights"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: nanoflowctl COMMAND [OPTIONS]\n\n"
+               "NanoFlow runs GGUF language models under a fixed RAM budget.\n\nCommands:\n");
+    for (size_t i = 0; i < sizeof(nf_cmds) / sizeof(nf_cmds[0]); i++)
+        fprintf(f, "  %-10s %s\n", nf_cmds[i].name, nf_cmds[i].summary);
+    fprintf(f, "\nRun 'nanoflowctl COMMAND --help' for the options of a command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("nanoflowctl %s\n", NF_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(nf_cmds) / sizeof(nf_cmds[0]); i++)
+        if (!strcmp(argv[1], nf_cmds[i].name))
+            return nf_cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "nanoflowctl: unknown command '%s' (try 'nanoflowctl --help')\n", argv[1]);
+    return 2;
+}
