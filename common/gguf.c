@@ -40,22 +40,44 @@
 /* Block geometry of every ggml type, so that files holding types NanoFlow cannot compute can
  * still be read and validated (values from ggml's type_traits / ggml-common.h). */
 struct gguf_type_geom {
+    const char *name;   /* ggml's name */
     int64_t blck_size;  /* elements per block */
     uint32_t type_size; /* bytes per block */
 };
 
 static const struct gguf_type_geom gguf_geom[NF_TYPE_COUNT] = {
-    [NF_TYPE_F32] = {1, 4},        [NF_TYPE_F16] = {1, 2},        [NF_TYPE_Q4_0] = {32, 18},
-    [NF_TYPE_Q4_1] = {32, 20},     [NF_TYPE_Q5_0] = {32, 22},     [NF_TYPE_Q5_1] = {32, 24},
-    [NF_TYPE_Q8_0] = {32, 34},     [NF_TYPE_Q8_1] = {32, 36},     [NF_TYPE_Q2_K] = {256, 84},
-    [NF_TYPE_Q3_K] = {256, 110},   [NF_TYPE_Q4_K] = {256, 144},   [NF_TYPE_Q5_K] = {256, 176},
-    [NF_TYPE_Q6_K] = {256, 210},   [NF_TYPE_Q8_K] = {256, 292},   [NF_TYPE_IQ2_XXS] = {256, 66},
-    [NF_TYPE_IQ2_XS] = {256, 74},  [NF_TYPE_IQ3_XXS] = {256, 98}, [NF_TYPE_IQ1_S] = {256, 50},
-    [NF_TYPE_IQ4_NL] = {32, 18},   [NF_TYPE_IQ3_S] = {256, 110},  [NF_TYPE_IQ2_S] = {256, 82},
-    [NF_TYPE_IQ4_XS] = {256, 136}, [NF_TYPE_I8] = {1, 1},         [NF_TYPE_I16] = {1, 2},
-    [NF_TYPE_I32] = {1, 4},        [NF_TYPE_I64] = {1, 8},        [NF_TYPE_F64] = {1, 8},
-    [NF_TYPE_IQ1_M] = {256, 56},   [NF_TYPE_BF16] = {1, 2},       [NF_TYPE_TQ1_0] = {256, 54},
-    [NF_TYPE_TQ2_0] = {256, 66},   [NF_TYPE_MXFP4] = {32, 17},
+    [NF_TYPE_F32] = {"f32", 1, 4},
+    [NF_TYPE_F16] = {"f16", 1, 2},
+    [NF_TYPE_Q4_0] = {"q4_0", 32, 18},
+    [NF_TYPE_Q4_1] = {"q4_1", 32, 20},
+    [NF_TYPE_Q5_0] = {"q5_0", 32, 22},
+    [NF_TYPE_Q5_1] = {"q5_1", 32, 24},
+    [NF_TYPE_Q8_0] = {"q8_0", 32, 34},
+    [NF_TYPE_Q8_1] = {"q8_1", 32, 36},
+    [NF_TYPE_Q2_K] = {"q2_K", 256, 84},
+    [NF_TYPE_Q3_K] = {"q3_K", 256, 110},
+    [NF_TYPE_Q4_K] = {"q4_K", 256, 144},
+    [NF_TYPE_Q5_K] = {"q5_K", 256, 176},
+    [NF_TYPE_Q6_K] = {"q6_K", 256, 210},
+    [NF_TYPE_Q8_K] = {"q8_K", 256, 292},
+    [NF_TYPE_IQ2_XXS] = {"iq2_xxs", 256, 66},
+    [NF_TYPE_IQ2_XS] = {"iq2_xs", 256, 74},
+    [NF_TYPE_IQ3_XXS] = {"iq3_xxs", 256, 98},
+    [NF_TYPE_IQ1_S] = {"iq1_s", 256, 50},
+    [NF_TYPE_IQ4_NL] = {"iq4_nl", 32, 18},
+    [NF_TYPE_IQ3_S] = {"iq3_s", 256, 110},
+    [NF_TYPE_IQ2_S] = {"iq2_s", 256, 82},
+    [NF_TYPE_IQ4_XS] = {"iq4_xs", 256, 136},
+    [NF_TYPE_I8] = {"i8", 1, 1},
+    [NF_TYPE_I16] = {"i16", 1, 2},
+    [NF_TYPE_I32] = {"i32", 1, 4},
+    [NF_TYPE_I64] = {"i64", 1, 8},
+    [NF_TYPE_F64] = {"f64", 1, 8},
+    [NF_TYPE_IQ1_M] = {"iq1_m", 256, 56},
+    [NF_TYPE_BF16] = {"bf16", 1, 2},
+    [NF_TYPE_TQ1_0] = {"tq1_0", 256, 54},
+    [NF_TYPE_TQ2_0] = {"tq2_0", 256, 66},
+    [NF_TYPE_MXFP4] = {"mxfp4", 32, 17},
 };
 
 /* Bytes of one scalar of each value type in the file (0 for STRING and ARRAY). */
@@ -424,8 +446,8 @@ static int read_array(struct parser *p, int depth, struct nf_gguf_value *val)
     uint64_t min_elem = et == NF_GGUF_STRING ? 8 : et == NF_GGUF_ARRAY ? 12 : gguf_vsize[et];
     if (n > remaining(p) / min_elem)
         return fail(p, NF_ETRUNCATED,
-                    "truncated in %s: array of %" PRIu64 " %s needs at least %" PRIu64
-                    " bytes per element but only %" PRIu64 " bytes remain in the file",
+                    "truncated in %s: array of %" PRIu64 " %s elements needs at least %" PRIu64
+                    " bytes each but only %" PRIu64 " bytes remain in the file",
                     p->where, n, gguf_vname[et], min_elem, remaining(p));
     val->v.arr.type = (enum nf_gguf_vtype)et;
     val->v.arr.n = n;
@@ -662,12 +684,15 @@ static int parse_tensor_info(struct parser *p, uint64_t i, struct nf_gguf_tensor
     if (t->ne[0] % geo->blck_size != 0)
         return fail(p, NF_ESHAPE,
                     "tensor '%s': ne[0] = %" PRId64 " is not a multiple of the block size %" PRId64
-                    " of type %u",
-                    shown, t->ne[0], geo->blck_size, type);
+                    " of type %s",
+                    shown, t->ne[0], geo->blck_size, geo->name);
     uint64_t size = (uint64_t)(t->ne[0] / geo->blck_size) * geo->type_size;
     for (uint32_t d = 1; d < t->n_dims; d++)
         if (__builtin_mul_overflow(size, (uint64_t)t->ne[d], &size) || size > INT64_MAX)
-            return fail(p, NF_EOVERFLOW, "tensor '%s': byte size overflows", shown);
+            return fail(p, NF_EOVERFLOW,
+                        "tensor '%s': byte size overflows (dimensions %" PRId64 " x %" PRId64
+                        " x %" PRId64 " x %" PRId64 ")",
+                        shown, t->ne[0], t->ne[1], t->ne[2], t->ne[3]);
     t->size = size;
     if (rel % p->g->pub.alignment != 0)
         return fail(p, NF_ECORRUPT,
