@@ -75,8 +75,9 @@ static void put(struct gbuf *b, const void *d, size_t n)
 {
     if (b->len + n > b->cap) {
         b->cap = (b->len + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        assert_non_null(b->p);
+        uint8_t *p = realloc(b->p, b->cap);
+        assert_non_null(p);
+        b->p = p;
     }
     memcpy(b->p + b->len, d, n);
     b->len += n;
@@ -759,8 +760,10 @@ static void check_model_common(const char *path, struct nf_gguf *g)
         assert_int_equal(n, t->n_elements);
         /* The first, the last and a few in between: bytes equal a direct pread. */
         if (i == 0 || i + 1 == g->n_tensors || i % 7 == 3) {
-            a = realloc(a, t->size);
-            b = realloc(b, t->size);
+            free(a);
+            free(b);
+            a = malloc(t->size);
+            b = malloc(t->size);
             assert_non_null(a);
             assert_non_null(b);
             assert_int_equal(nf_gguf_read_tensor(g, t, a, t->size), 0);
