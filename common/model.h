@@ -1,0 +1,169 @@
+/* model.h - the llama-family transformer: weights loaded from GGUF, run state, forward pass.
+ *
+ * Supported: GGUF general.architecture "llama" (Llama 1/2/3, Mistral, TinyLlama, llama2.c
+ * stories, Mixtral-style MoE with ffn_*_exps tensors): RMSNorm, GQA attention with llama.cpp's
+ * NORM RoPE (adjacent pairs), optional rope_freqs and linear rope scaling, SwiGLU FFN, tied or
+ * separate output. Anything else is refused with NF_EARCH.
+ *
+ * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
+ * nf_moe_weights), so a caller that streams tiles can run a layer on weights it owns.
+ *
+ * Numerics follow llama.cpp's CPU backend so outputs can be checked against it: activations
+ * are converted to the weight type's vec_dot_type before each mat-vec, the KV cache is F16, and
+ * attention follows ggml's flash-attention CPU path (see model_forward.c for what was measured). */
+#ifndef NF_MODEL_H
+#define NF_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "quants.h"
+
+/* Largest number of tokens one forward call processes at once (prompt batches are cut into
+ * chunks of this size); scratch buffers are sized for it. */
+#define NF_MAX_BATCH 32
+
+/* A weight tensor in RAM (or a view of one expert's slice of a 3-D tensor). */
+struct nf_tensor {
+    const char *name; /* points into the GGUF (valid while the model is open) */
+    enum nf_type type;
+    int64_t ne[3]; /* ne[0] = row length (input dim), ne[1] = rows (output dim), ne[2] = experts */
+    size_t row_size; /* bytes per row */
+    void *data;      /* ne[2] * ne[1] rows of row_size bytes; NULL when absent */
+};
+
+struct nf_hparams {
+    int n_vocab;
+    int n_embd; /* model width */
+    int n_layer;
+    int n_ff; /* dense FFN width, or expert FFN width for MoE */
+    int n_head;
+    int n_head_kv;
+    int head_dim; /* n_embd / n_head unless attention.key_length says otherwise */
+    int n_rot;    /* rotated dims per head (rope.dimension_count) */
+    int n_expert; /* 0 for dense models */
+    int n_expert_used;
+    int n_ctx_train; /* llama.context_length */
+    float rope_base;
+    float rope_freq_scale; /* 1 / rope.scaling.factor for linear scaling, else 1 */
+    float rms_eps;
+};
+
+struct nf_attn_weights {
+    struct nf_tensor norm; /* (n_embd) F32 */
+    struct nf_tensor wq;   /* (n_embd -> n_head * head_dim) */
+    struct nf_tensor wk;   /* (n_embd -> n_head_kv * head_dim) */
+    struct nf_tensor wv;   /* (n_embd -> n_head_kv * head_dim) */
+    struct nf_tensor wo;   /* (n_head * head_dim -> n_embd) */
+};
+
+struct nf_ffn_weights {
+    struct nf_tensor gate; /* (n_embd -> n_ff) */
+    struct nf_tensor up;   /* (n_embd -> n_ff) */
+    struct nf_tensor down; /* (n_ff -> n_embd) */
+};
+
+struct nf_moe_weights {
+    struct nf_tensor gate_inp;  /* (n_embd -> n_expert) router */
+    struct nf_tensor gate_exps; /* (n_embd -> n_ff, n_expert) */
+    struct nf_tensor up_exps;   /* (n_embd -> n_ff, n_expert) */
+    struct nf_tensor down_exps; /* (n_ff -> n_embd, n_expert) */
+};
+
+struct nf_layer {
+    struct nf_attn_weights attn;
+    struct nf_tensor ffn_norm; /* (n_embd) F32 */
+    struct nf_ffn_weights ffn; /* dense models */
+    struct nf_moe_weights moe; /* MoE models (n_expert > 0) */
+};
+
+struct nf_model {
+    struct nf_hparams hp;
+    struct nf_gguf *gguf;         /* owned; kept open for names and metadata */
+    struct nf_tensor tok_embd;    /* (n_embd, n_vocab) */
+    struct nf_tensor output_norm; /* (n_embd) F32 */
+    struct nf_tensor output;      /* (n_embd -> n_vocab); token_embd when tied */
+    struct nf_tensor rope_freqs;  /* (n_rot / 2) F32 or absent (data NULL) */
+    struct nf_layer *layers;      /* (n_layer) */
+    bool tied_output;
+    size_t weight_bytes;
+};
+
+/* Attention numerics. FLASH mirrors ggml's CPU flash-attention kernel with an F16 KV cache
+ * (the exact mode, measured closest to the goldens); PLAIN mirrors ggml's mul_mat + soft_max
+ * path; F32 is plain attention in F32 without F16 rounding of Q or the weights (reference). */
+enum nf_attn_mode { NF_ATTN_FLASH = 0, NF_ATTN_PLAIN, NF_ATTN_F32 };
+
+/* Loads path: parses the GGUF, checks the architecture, hyperparameters and every tensor's
+ * presence, shape and type, and preads all weights into RAM. On failure returns a negative code
+ * and writes one line to err naming the file and the problem. */
+int nf_model_load(struct nf_model **out, const char *path, char *err, size_t errlen);
+void nf_model_free(struct nf_model *m);
+
+/* A human-readable one-line summary ("llama, 5 layers, dim 64, ...") into buf. */
+void nf_model_describe(const struct nf_model *m, char *buf, size_t len);
+
+struct nf_threadpool;
+
+/* Run state for one sequence: the F16 KV cache for n_ctx positions and all scratch buffers,
+ * allocated here so that evaluating tokens allocates nothing. */
+struct nf_ctx {
+    const struct nf_model *m;
+    struct nf_threadpool *pool; /* owned */
+    int n_ctx;
+    int n_past; /* positions filled in the KV cache */
+    enum nf_attn_mode attn_mode;
+    nf_fp16_t *k_cache; /* (n_layer, n_ctx, n_head_kv * head_dim) */
+    nf_fp16_t *v_cache; /* (n_layer, n_ctx, n_head_kv * head_dim) */
+    float *x;           /* (NF_MAX_BATCH, n_embd) residual stream */
+    float *xn;          /* (NF_MAX_BATCH, n_embd) normed input of the current block */
+    float *q;           /* (NF_MAX_BATCH, n_head * head_dim) */
+    float *k;           /* (NF_MAX_BATCH, n_head_kv * head_dim) */
+    float *v;           /* (NF_MAX_BATCH, n_head_kv * head_dim) */
+    float *att;         /* (NF_MAX_BATCH, n_head * head_dim) attention output */
+    float *hb;          /* (NF_MAX_BATCH, n_ff) */
+    float *hb2;         /* (NF_MAX_BATCH, n_ff) */
+    float *ffo;         /* (NF_MAX_BATCH, n_embd) block output before the residual add */
+    float *eo;          /* (n_embd) one expert's output */
+    float *router;      /* (n_expert) */
+    float *logits;      /* (n_vocab) logits of the last evaluated token */
+    void *xq; /* activations converted to a vec_dot_type: NF_MAX_BATCH rows of the widest */
+    size_t xq_row_stride;
+    float *rope_cos;   /* (NF_MAX_BATCH, n_rot / 2) */
+    float *rope_sin;   /* (NF_MAX_BATCH, n_rot / 2) */
+    void *att_scratch; /* per-thread attention scratch */
+    size_t att_scratch_stride;
+};
+
+/* Creates a context for m with room for n_ctx positions and n_threads threads (<= 0: all
+ * CPUs). Returns 0 or a negative code (-ENOMEM, NF_EUSAGE for n_ctx < 1). */
+int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads);
+void nf_ctx_free(struct nf_ctx *c);
+
+/* Forgets the sequence (n_past = 0). */
+void nf_ctx_reset(struct nf_ctx *c);
+
+/* Evaluates n tokens at positions n_past .. n_past + n - 1, appends them to the KV cache and
+ * leaves the logits of the last one in c->logits. Returns 0, NF_ECTXFULL when they do not fit
+ * (nothing evaluated), or NF_EUSAGE for a token id outside the vocabulary. */
+int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n);
+
+/* Per-layer building blocks, exposed for callers that bring their own weights. Each works on
+ * c->x for n_tok tokens starting at position pos0 and adds its output to the residual stream. */
+void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0,
+                     int n_tok);
+void nf_ffn_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct nf_ffn_weights *w,
+                    int n_tok);
+void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct nf_moe_weights *w,
+                    int n_tok);
+
+/* out (n_tok, w->ne[1]) = x (n_tok, w->ne[0]) times w's rows, with x converted to w's
+ * vec_dot_type first (as llama.cpp does); parallel over rows on c's pool. */
+void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x, int n_tok);
+
+/* RMSNorm as ggml: out = x / sqrt(mean(x^2) + eps) * w, the sum of squares taken in double. */
+void nf_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+
+#endif

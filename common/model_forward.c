@@ -1,0 +1,448 @@
+/* model_forward.c - the llama forward pass: mat-vec, RMSNorm, RoPE, attention, SwiGLU, MoE.
+ *
+ * Matching llama.cpp (what was measured on stories260K, F32 weights, greedy, 8 prompts x 100
+ * steps; max |logit diff| over the golden top-5 logits at every step):
+ * see the table in nf_attn_head() below. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "nf_err.h"
+#include "threadpool.h"
+
+/* Mat-vecs smaller than this many multiply-adds run on the calling thread only: waking the
+ * pool costs more than it saves. */
+#define NF_PAR_MIN_WORK 32768
+
+static size_t nf_align64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+void nf_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++)
+        sum += (double)(x[i] * x[i]);
+    const float mean = (float)(sum / n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    /* ggml computes x * scale as one op and the multiply by the weight as a second one. */
+    for (int i = 0; i < n; i++)
+        out[i] = (x[i] * scale) * w[i];
+}
+
+struct nf_matmul_job {
+    const struct nf_tensor *w;
+    nf_vec_dot_fn dot;
+    const char *xq;
+    size_t xq_stride;
+    float *out;
+    int n_tok;
+};
+
+static void nf_matmul_run(void *arg, int ith, int nth)
+{
+    const struct nf_matmul_job *j = arg;
+    const int64_t rows = j->w->ne[1];
+    /* Split rows evenly, in multiples of 4 rows so threads do not share cache lines of out. */
+    int64_t per = (rows + nth - 1) / nth;
+    per = (per + 3) & ~(int64_t)3;
+    int64_t r0 = per * ith, r1 = r0 + per < rows ? r0 + per : rows;
+    const int n = (int)j->w->ne[0];
+    for (int64_t r = r0; r < r1; r++) {
+        const char *row = (const char *)j->w->data + (size_t)r * j->w->row_size;
+        for (int t = 0; t < j->n_tok; t++)
+            j->dot(n, &j->out[(size_t)t * rows + r], row, j->xq + (size_t)t * j->xq_stride);
+    }
+}
+
+void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x, int n_tok)
+{
+    const struct nf_type_traits *tr = nf_type_traits(w->type);
+    const int64_t n = w->ne[0];
+    struct nf_matmul_job j = {.w = w, .dot = tr->vec_dot, .out = out, .n_tok = n_tok};
+    if (tr->vec_dot_type == NF_TYPE_F32) {
+        j.xq = (const char *)x;
+        j.xq_stride = (size_t)n * sizeof(float);
+    } else {
+        /* Convert the activations as llama.cpp does before every mat-vec. */
+        const struct nf_type_traits *dt = nf_type_traits(tr->vec_dot_type);
+        for (int t = 0; t < n_tok; t++)
+            dt->from_float(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+        j.xq = c->xq;
+        j.xq_stride = c->xq_row_stride;
+    }
+    int64_t work = n * w->ne[1] * n_tok;
+    int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
+    nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);
+}
+
+/* ggml_vec_dot_f16: products of halves are exact in float; ggml sums them in double in its
+ * scalar tail (and in float lanes in its SIMD body, a difference far below the tolerances). */
+static float nf_dot_f16(const nf_fp16_t *a, const nf_fp16_t *b, int n)
+{
+    double s = 0.0;
+    for (int i = 0; i < n; i++)
+        s += (double)(nf_fp16_to_fp32(a[i]) * nf_fp16_to_fp32(b[i]));
+    return (float)s;
+}
+
+struct nf_attn_job {
+    struct nf_ctx *c;
+    int il, pos0, n_tok;
+};
+
+/* Attention of one query head of one token over cache positions 0..pos. */
+static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, void *scratch)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
+    const int kvh = h / (hp->n_head / hp->n_head_kv);
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float *q = c->q + (size_t)t * hp->n_head * hd + (size_t)h * hd;
+    float *out = c->att + (size_t)t * hp->n_head * hd + (size_t)h * hd;
+    const nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
+    const nf_fp16_t *vc = c->v_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
+    nf_fp16_t *q16 = scratch;                              /* (hd) */
+    nf_fp16_t *acc16 = q16 + hd;                           /* (hd) */
+    float *sc = (float *)nf_align64((size_t)(acc16 + hd)); /* (n_ctx) */
+    for (int d = 0; d < hd; d++)
+        q16[d] = nf_fp32_to_fp16(q[d]);
+
+    if (c->attn_mode == NF_ATTN_FLASH) {
+        /* ggml_compute_forward_flash_attn_ext_f16: online softmax, V accumulated in F16. */
+        float M = -INFINITY, S = 0.0f;
+        memset(acc16, 0, sizeof(nf_fp16_t) * (size_t)hd);
+        for (int ic = 0; ic <= pos; ic++) {
+            float s = nf_dot_f16(kc + (size_t)ic * kvd, q16, hd) * scale;
+            float ms = 1.0f, vs = 1.0f;
+            const nf_fp16_t *vr = vc + (size_t)ic * kvd;
+            if (s > M) {
+                const float Mold = M;
+                M = s;
+                ms = expf(Mold - M);
+                for (int d = 0; d < hd; d++)
+                    acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) * ms);
+            } else {
+                vs = expf(s - M);
+            }
+            for (int d = 0; d < hd; d++)
+                acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) + nf_fp16_to_fp32(vr[d]) * vs);
+            S = S * ms + vs;
+        }
+        const float inv = S == 0.0f ? 0.0f : 1.0f / S;
+        for (int d = 0; d < hd; d++)
+            out[d] = nf_fp16_to_fp32(acc16[d]) * inv;
+        return;
+    }
+
+    /* ggml mul_mat(K, Q) + soft_max_ext(scale) + mul_mat(V, softmax). */
+    float mx = -INFINITY;
+    for (int ic = 0; ic <= pos; ic++) {
+        float s = c->attn_mode == NF_ATTN_F32 ? 0.0f : nf_dot_f16(kc + (size_t)ic * kvd, q16, hd);
+        if (c->attn_mode == NF_ATTN_F32) {
+            double a = 0.0;
+            for (int d = 0; d < hd; d++)
+                a += (double)(nf_fp16_to_fp32(kc[(size_t)ic * kvd + d]) * q[d]);
+            s = (float)a;
+        }
+        sc[ic] = s * scale;
+        mx = sc[ic] > mx ? sc[ic] : mx;
+    }
+    double sum = 0.0;
+    for (int ic = 0; ic <= pos; ic++) {
+        sc[ic] = expf(sc[ic] - mx);
+        sum += (double)sc[ic];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int ic = 0; ic <= pos; ic++) {
+        sc[ic] *= inv;
+        if (c->attn_mode == NF_ATTN_PLAIN)
+            sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
+    }
+    for (int d = 0; d < hd; d++) {
+        double a = 0.0;
+        for (int ic = 0; ic <= pos; ic++)
+            a += (double)(nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]) * sc[ic]);
+        out[d] = (float)a;
+    }
+}
+
+static void nf_attn_run(void *arg, int ith, int nth)
+{
+    const struct nf_attn_job *j = arg;
+    struct nf_ctx *c = j->c;
+    void *scratch = (char *)c->att_scratch + (size_t)ith * c->att_scratch_stride;
+    const int nh = c->m->hp.n_head;
+    for (int task = ith; task < j->n_tok * nh; task += nth)
+        nf_attn_head(c, j->il, task / nh, task % nh, j->pos0 + task / nh, scratch);
+}
+
+/* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
+ * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
+ * optional frequency factor, times the linear scaling factor. */
+static void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int half = hp->n_rot / 2;
+    const float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
+    const float *ff = c->m->rope_freqs.data;
+    for (int t = 0; t < n_tok; t++) {
+        float theta = (float)(pos0 + t);
+        for (int i = 0; i < half; i++) {
+            const float th = (ff ? theta / ff[i] : theta) * hp->rope_freq_scale;
+            c->rope_cos[(size_t)t * half + i] = cosf(th);
+            c->rope_sin[(size_t)t * half + i] = sinf(th);
+            theta *= theta_scale;
+        }
+    }
+}
+
+/* Rotates adjacent pairs (x[2i], x[2i+1]) of each head (llama.cpp's NORM rope mode). */
+static void nf_rope_apply(const struct nf_ctx *c, float *x, int n_heads, int t)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int half = hp->n_rot / 2;
+    const float *cs = c->rope_cos + (size_t)t * half, *sn = c->rope_sin + (size_t)t * half;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * hp->head_dim;
+        for (int i = 0; i < half; i++) {
+            const float x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = x0 * cs[i] - x1 * sn[i];
+            v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+        }
+    }
+}
+
+void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int E = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
+    for (int t = 0; t < n_tok; t++)
+        nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, w->norm.data, E, hp->rms_eps);
+    nf_matmul(c, c->q, &w->wq, c->xn, n_tok);
+    nf_matmul(c, c->k, &w->wk, c->xn, n_tok);
+    nf_matmul(c, c->v, &w->wv, c->xn, n_tok);
+    nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * kvd;
+    nf_fp16_t *vc = c->v_cache + (size_t)il * c->n_ctx * kvd;
+    for (int t = 0; t < n_tok; t++) {
+        nf_rope_apply(c, c->q + (size_t)t * qd, hp->n_head, t);
+        nf_rope_apply(c, c->k + (size_t)t * kvd, hp->n_head_kv, t);
+        for (int i = 0; i < kvd; i++) {
+            kc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->k[(size_t)t * kvd + i]);
+            vc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->v[(size_t)t * kvd + i]);
+        }
+    }
+    struct nf_attn_job j = {.c = c, .il = il, .pos0 = pos0, .n_tok = n_tok};
+    int64_t work = (int64_t)n_tok * hp->n_head * (pos0 + n_tok) * hp->head_dim;
+    nf_threadpool_run(c->pool, nf_attn_run, &j,
+                      work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool));
+    nf_matmul(c, c->ffo, &w->wo, c->att, n_tok);
+    for (size_t i = 0; i < (size_t)n_tok * E; i++)
+        c->x[i] += c->ffo[i];
+}
+
+/* hb = silu(hb) * hb2, SiLU as ggml: x / (1 + exp(-x)). */
+static void nf_swiglu(float *hb, const float *hb2, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        hb[i] = hb[i] / (1.0f + expf(-hb[i])) * hb2[i];
+}
+
+void nf_ffn_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct nf_ffn_weights *w,
+                    int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int E = hp->n_embd;
+    for (int t = 0; t < n_tok; t++)
+        nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, norm->data, E, hp->rms_eps);
+    nf_matmul(c, c->hb, &w->gate, c->xn, n_tok);
+    nf_matmul(c, c->hb2, &w->up, c->xn, n_tok);
+    nf_swiglu(c->hb, c->hb2, (size_t)n_tok * w->gate.ne[1]);
+    nf_matmul(c, c->ffo, &w->down, c->hb, n_tok);
+    for (size_t i = 0; i < (size_t)n_tok * E; i++)
+        c->x[i] += c->ffo[i];
+}
+
+/* The 2-D slice of expert e of a 3-D expert tensor. */
+static struct nf_tensor nf_expert_view(const struct nf_tensor *t, int e)
+{
+    struct nf_tensor v = *t;
+    v.ne[2] = 1;
+    v.data = (char *)t->data + (size_t)e * (size_t)t->ne[1] * t->row_size;
+    return v;
+}
+
+void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct nf_moe_weights *w,
+                    int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
+    for (int t = 0; t < n_tok; t++)
+        nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, norm->data, E, hp->rms_eps);
+    nf_matmul(c, c->router, &w->gate_inp, c->xn, n_tok);
+    for (int t = 0; t < n_tok; t++) {
+        /* Router as llama.cpp's build_moe_ffn (softmax gating, norm_w): softmax over all
+         * experts, the top K by probability, their weights renormalized to sum to 1. */
+        float *p = c->router + (size_t)t * X;
+        float mx = -INFINITY;
+        for (int e = 0; e < X; e++)
+            mx = p[e] > mx ? p[e] : mx;
+        double sum = 0.0;
+        for (int e = 0; e < X; e++) {
+            p[e] = expf(p[e] - mx);
+            sum += (double)p[e];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int e = 0; e < X; e++)
+            p[e] *= inv;
+        int sel[64];
+        float wsel[64], wsum = 0.0f;
+        for (int k = 0; k < K; k++) {
+            int best = -1;
+            for (int e = 0; e < X; e++) {
+                bool taken = false;
+                for (int k2 = 0; k2 < k; k2++)
+                    taken |= sel[k2] == e;
+                if (!taken && (best < 0 || p[e] > p[best]))
+                    best = e;
+            }
+            sel[k] = best;
+            wsel[k] = p[best];
+            wsum += p[best];
+        }
+        float *xt = c->xn + (size_t)t * E, *ot = c->ffo + (size_t)t * E;
+        for (int k = 0; k < K; k++) {
+            struct nf_ffn_weights ew = {nf_expert_view(&w->gate_exps, sel[k]),
+                                        nf_expert_view(&w->up_exps, sel[k]),
+                                        nf_expert_view(&w->down_exps, sel[k])};
+            const float wk = wsel[k] / wsum;
+            nf_matmul(c, c->hb, &ew.gate, xt, 1);
+            nf_matmul(c, c->hb2, &ew.up, xt, 1);
+            nf_swiglu(c->hb, c->hb2, (size_t)hp->n_ff);
+            nf_matmul(c, c->eo, &ew.down, c->hb, 1);
+            for (int i = 0; i < E; i++)
+                ot[i] = k == 0 ? c->eo[i] * wk : ot[i] + c->eo[i] * wk;
+        }
+    }
+    for (size_t i = 0; i < (size_t)n_tok * E; i++)
+        c->x[i] += c->ffo[i];
+}
+
+int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads)
+{
+    const struct nf_hparams *hp = &m->hp;
+    if (n_ctx < 1)
+        return NF_EUSAGE;
+    struct nf_ctx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->attn_mode = NF_ATTN_FLASH;
+    int rc = nf_threadpool_create(&c->pool, n_threads);
+    if (rc < 0) {
+        free(c);
+        return rc;
+    }
+    const size_t B = NF_MAX_BATCH, E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
+    const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t kv = (size_t)hp->n_layer * (size_t)n_ctx * kvd;
+    size_t maxin = E > qd ? E : qd;
+    maxin = maxin > F ? maxin : F;
+    /* 4 bytes per element bounds every vec_dot_type (F32; Q8_K and Q8_0 need less). */
+    c->xq_row_stride = nf_align64(maxin * 4 + 64);
+    c->att_scratch_stride = nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)n_ctx * 4);
+    c->k_cache = calloc(kv, sizeof(nf_fp16_t));
+    c->v_cache = calloc(kv, sizeof(nf_fp16_t));
+    c->x = calloc(B * E, sizeof(float));
+    c->xn = calloc(B * E, sizeof(float));
+    c->q = calloc(B * qd, sizeof(float));
+    c->k = calloc(B * kvd, sizeof(float));
+    c->v = calloc(B * kvd, sizeof(float));
+    c->att = calloc(B * qd, sizeof(float));
+    c->hb = calloc(B * F, sizeof(float));
+    c->hb2 = calloc(B * F, sizeof(float));
+    c->ffo = calloc(B * E, sizeof(float));
+    c->eo = calloc(E, sizeof(float));
+    c->router = calloc(B * (size_t)(hp->n_expert ? hp->n_expert : 1), sizeof(float));
+    c->logits = calloc((size_t)hp->n_vocab, sizeof(float));
+    c->rope_cos = calloc(B * (size_t)hp->n_rot / 2, sizeof(float));
+    c->rope_sin = calloc(B * (size_t)hp->n_rot / 2, sizeof(float));
+    if (posix_memalign(&c->xq, 64, B * c->xq_row_stride))
+        c->xq = NULL;
+    if (posix_memalign(&c->att_scratch, 64,
+                       (size_t)nf_threadpool_size(c->pool) * c->att_scratch_stride))
+        c->att_scratch = NULL;
+    if (!c->k_cache || !c->v_cache || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att ||
+        !c->hb || !c->hb2 || !c->ffo || !c->eo || !c->router || !c->logits || !c->rope_cos ||
+        !c->rope_sin || !c->xq || !c->att_scratch) {
+        nf_ctx_free(c);
+        return -ENOMEM;
+    }
+    *out = c;
+    return 0;
+}
+
+void nf_ctx_free(struct nf_ctx *c)
+{
+    if (!c)
+        return;
+    nf_threadpool_free(c->pool);
+    void *bufs[] = {c->k_cache, c->v_cache, c->x,  c->xn,       c->q,        c->k,
+                    c->v,       c->att,     c->hb, c->hb2,      c->ffo,      c->eo,
+                    c->router,  c->logits,  c->xq, c->rope_cos, c->rope_sin, c->att_scratch};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        free(bufs[i]);
+    free(c);
+}
+
+void nf_ctx_reset(struct nf_ctx *c)
+{
+    c->n_past = 0;
+}
+
+/* Runs one chunk of at most NF_MAX_BATCH tokens through every layer. */
+static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bool want_logits)
+{
+    const struct nf_model *m = c->m;
+    const struct nf_hparams *hp = &m->hp;
+    const int E = hp->n_embd;
+    const struct nf_type_traits *et = nf_type_traits(m->tok_embd.type);
+    for (int t = 0; t < n_tok; t++)
+        et->to_float((const char *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_size,
+                     c->x + (size_t)t * E, E);
+    const int pos0 = c->n_past;
+    nf_rope_cache(c, pos0, n_tok);
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct nf_layer *L = &m->layers[il];
+        nf_attn_forward(c, &L->attn, il, pos0, n_tok);
+        if (hp->n_expert)
+            nf_moe_forward(c, &L->ffn_norm, &L->moe, n_tok);
+        else
+            nf_ffn_forward(c, &L->ffn_norm, &L->ffn, n_tok);
+    }
+    c->n_past += n_tok;
+    if (want_logits) {
+        nf_rmsnorm(c->xn, c->x + (size_t)(n_tok - 1) * E, m->output_norm.data, E, hp->rms_eps);
+        nf_matmul(c, c->logits, &m->output, c->xn, 1);
+    }
+}
+
+int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n)
+{
+    if (n < 1)
+        return NF_EUSAGE;
+    if (n > c->n_ctx - c->n_past)
+        return NF_ECTXFULL;
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->m->hp.n_vocab)
+            return NF_EUSAGE;
+    for (int i = 0; i < n; i += NF_MAX_BATCH) {
+        int nb = n - i < NF_MAX_BATCH ? n - i : NF_MAX_BATCH;
+        nf_eval_chunk(c, tokens + i, nb, i + nb == n);
+    }
+    return 0;
+}

@@ -1,0 +1,373 @@
+/* model_load.c - loading a llama-family GGUF into RAM, with every tensor validated. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "nf_err.h"
+
+/* Tensor data is aligned for the widest SIMD loads (AVX-512). */
+#define NF_WEIGHT_ALIGN 64
+
+static int nf_load_err(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int nf_load_err(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static void nf_shape_str(char *buf, size_t len, const int64_t *ne, int n)
+{
+    int off = snprintf(buf, len, "[");
+    for (int i = 0; i < n && off > 0 && (size_t)off < len; i++)
+        off += snprintf(buf + off, len - (size_t)off, "%s%lld", i ? ", " : "", (long long)ne[i]);
+    if (off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off, "]");
+}
+
+enum { NF_T_REQUIRED = 0, NF_T_OPTIONAL = 1, NF_T_F32 = 2 };
+
+/* Finds tensor `name`, checks it has shape (ne0, ne1, ne2) (trailing 1s may be omitted in the
+ * file) and a type NanoFlow can compute with (F32 only with NF_T_F32), and reads it into RAM.
+ * An absent optional tensor leaves t->data NULL and returns 0. */
+static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *name, int64_t ne0,
+                          int64_t ne1, int64_t ne2, int flags, char *err, size_t errlen)
+{
+    const struct nf_gguf *g = m->gguf;
+    const struct nf_gguf_tensor *gt = nf_gguf_find_tensor(g, name);
+    int64_t want[3] = {ne0, ne1, ne2};
+    int nd = ne2 > 1 ? 3 : ne1 > 1 ? 2 : 1;
+    char ws[96], gs[96];
+    memset(t, 0, sizeof(*t));
+    if (!gt) {
+        if (flags & NF_T_OPTIONAL)
+            return 0;
+        nf_shape_str(ws, sizeof(ws), want, nd);
+        return nf_load_err(err, errlen, NF_ENOTENSOR, "%s: tensor '%s' %s is missing", g->path,
+                           name, ws);
+    }
+    if (gt->ne[0] != ne0 || gt->ne[1] != ne1 || gt->ne[2] != ne2 || gt->ne[3] != 1) {
+        nf_shape_str(ws, sizeof(ws), want, nd);
+        nf_shape_str(gs, sizeof(gs), gt->ne, (int)gt->n_dims);
+        return nf_load_err(err, errlen, NF_ESHAPE, "%s: tensor '%s' has shape %s, expected %s",
+                           g->path, name, gs, ws);
+    }
+    const struct nf_type_traits *tr = nf_type_traits(gt->type);
+    if ((flags & NF_T_F32) && gt->type != NF_TYPE_F32)
+        return nf_load_err(err, errlen, NF_EBADTYPE, "%s: tensor '%s' has type %s, expected f32",
+                           g->path, name, tr ? tr->name : "?");
+    if (!tr || !tr->compute || !tr->to_float || !tr->vec_dot)
+        return nf_load_err(err, errlen, NF_EBADTYPE,
+                           "%s: tensor '%s' has type %s, which NanoFlow cannot compute with",
+                           g->path, name, tr ? tr->name : "unknown");
+    const struct nf_type_traits *dt = nf_type_traits(tr->vec_dot_type);
+    if (!dt || ne0 % tr->blck_size || ne0 % dt->blck_size || !dt->from_float)
+        return nf_load_err(err, errlen, NF_ESHAPE,
+                           "%s: tensor '%s' (%s): row length %lld is not a multiple of the "
+                           "block size",
+                           g->path, name, tr->name, (long long)ne0);
+    t->name = gt->name.s;
+    t->type = gt->type;
+    t->ne[0] = ne0;
+    t->ne[1] = ne1;
+    t->ne[2] = ne2;
+    t->row_size = nf_row_size(gt->type, ne0);
+    if (t->row_size * (size_t)ne1 * (size_t)ne2 != gt->size)
+        return nf_load_err(err, errlen, NF_ECORRUPT,
+                           "%s: tensor '%s': %llu data bytes, expected %zu", g->path, name,
+                           (unsigned long long)gt->size, t->row_size * (size_t)ne1 * (size_t)ne2);
+    size_t sz = (gt->size + NF_WEIGHT_ALIGN - 1) / NF_WEIGHT_ALIGN * NF_WEIGHT_ALIGN;
+    if (posix_memalign(&t->data, NF_WEIGHT_ALIGN, sz ? sz : NF_WEIGHT_ALIGN)) {
+        t->data = NULL;
+        return nf_load_err(err, errlen, -ENOMEM, "%s: out of memory for tensor '%s' (%llu bytes)",
+                           g->path, name, (unsigned long long)gt->size);
+    }
+    int rc = nf_gguf_read_tensor(g, gt, t->data, sz);
+    if (rc < 0) {
+        free(t->data);
+        t->data = NULL;
+        return nf_load_err(err, errlen, rc, "%s: reading tensor '%s': %s", g->path, name,
+                           nf_strerror(rc));
+    }
+    m->weight_bytes += gt->size;
+    return 0;
+}
+
+/* Reads an integer hyperparameter "llama.<key>"; def < 0 means required. */
+static int nf_hp_int(const struct nf_gguf *g, const char *key, int64_t def, int64_t min,
+                     int64_t max, int *out, char *err, size_t errlen)
+{
+    char full[128];
+    snprintf(full, sizeof(full), "llama.%s", key);
+    uint64_t v;
+    int rc = nf_gguf_get_u64(g, full, &v);
+    if (rc == NF_ENOKEY && def >= 0) {
+        *out = (int)def;
+        return 0;
+    }
+    if (rc == NF_ENOKEY)
+        return nf_load_err(err, errlen, rc, "%s: metadata key '%s' is missing", g->path, full);
+    if (rc < 0 || (int64_t)v < min || (int64_t)v > max)
+        return nf_load_err(err, errlen, rc < 0 ? rc : NF_EKEYTYPE,
+                           "%s: metadata key '%s' must be an integer in [%lld, %lld]", g->path,
+                           full, (long long)min, (long long)max);
+    *out = (int)v;
+    return 0;
+}
+
+static int nf_hp_float(const struct nf_gguf *g, const char *key, float def, bool required,
+                       float *out, char *err, size_t errlen)
+{
+    char full[128];
+    snprintf(full, sizeof(full), "llama.%s", key);
+    int rc = nf_gguf_get_f32(g, full, out);
+    if (rc == NF_ENOKEY && !required) {
+        *out = def;
+        return 0;
+    }
+    if (rc < 0)
+        return nf_load_err(err, errlen, rc, "%s: metadata key '%s': %s", g->path, full,
+                           nf_strerror(rc));
+    if (!(*out == *out))
+        return nf_load_err(err, errlen, NF_EKEYTYPE, "%s: metadata key '%s' is NaN", g->path, full);
+    return 0;
+}
+
+static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
+{
+    const struct nf_gguf *g = m->gguf;
+    struct nf_hparams *hp = &m->hp;
+    const char *arch = NULL;
+    if (nf_gguf_get_str(g, "general.architecture", &arch) < 0)
+        return nf_load_err(err, errlen, NF_EARCH,
+                           "%s: metadata key 'general.architecture' is missing", g->path);
+    if (strcmp(arch, "llama") != 0)
+        return nf_load_err(err, errlen, NF_EARCH,
+                           "%s: architecture '%s' is not supported (supported: llama - Llama "
+                           "1/2/3, Mistral, TinyLlama, Mixtral-style MoE)",
+                           g->path, arch);
+    int rc;
+    if ((rc = nf_hp_int(g, "embedding_length", -1, 1, 1 << 20, &hp->n_embd, err, errlen)) ||
+        (rc = nf_hp_int(g, "block_count", -1, 1, 4096, &hp->n_layer, err, errlen)) ||
+        (rc = nf_hp_int(g, "attention.head_count", -1, 1, 4096, &hp->n_head, err, errlen)) ||
+        (rc = nf_hp_int(g, "attention.head_count_kv", hp->n_head, 1, hp->n_head, &hp->n_head_kv,
+                        err, errlen)) ||
+        (rc = nf_hp_int(g, "context_length", 2048, 1, 1 << 30, &hp->n_ctx_train, err, errlen)) ||
+        (rc = nf_hp_int(g, "expert_count", 0, 0, 4096, &hp->n_expert, err, errlen)) ||
+        (rc = nf_hp_int(g, "expert_used_count", 0, 0, hp->n_expert, &hp->n_expert_used, err,
+                        errlen)))
+        return rc;
+    if (hp->n_head % hp->n_head_kv)
+        return nf_load_err(err, errlen, NF_EKEYTYPE,
+                           "%s: llama.attention.head_count (%d) is not a multiple of "
+                           "llama.attention.head_count_kv (%d)",
+                           g->path, hp->n_head, hp->n_head_kv);
+    int def_hd = hp->n_embd % hp->n_head ? -1 : hp->n_embd / hp->n_head;
+    int vlen;
+    if ((rc = nf_hp_int(g, "attention.key_length", def_hd, 2, 1 << 16, &hp->head_dim, err,
+                        errlen)) ||
+        (rc = nf_hp_int(g, "attention.value_length", hp->head_dim, 2, 1 << 16, &vlen, err, errlen)))
+        return rc;
+    if (vlen != hp->head_dim || hp->head_dim % 2)
+        return nf_load_err(err, errlen, NF_EKEYTYPE,
+                           "%s: attention key length %d and value length %d must be equal and "
+                           "even",
+                           g->path, hp->head_dim, vlen);
+    if ((rc = nf_hp_int(g, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->n_rot, err,
+                        errlen)))
+        return rc;
+    if (hp->n_rot % 2)
+        return nf_load_err(err, errlen, NF_EKEYTYPE,
+                           "%s: llama.rope.dimension_count must be even, got %d", g->path,
+                           hp->n_rot);
+    if (hp->n_expert > 0 && (hp->n_expert_used < 1 || hp->n_expert < 2))
+        return nf_load_err(err, errlen, NF_EKEYTYPE,
+                           "%s: llama.expert_count %d needs llama.expert_used_count in [1, %d]",
+                           g->path, hp->n_expert, hp->n_expert);
+    float factor = 0;
+    if ((rc = nf_hp_float(g, "attention.layer_norm_rms_epsilon", 0, true, &hp->rms_eps, err,
+                          errlen)) ||
+        (rc = nf_hp_float(g, "rope.freq_base", 10000.0f, false, &hp->rope_base, err, errlen)) ||
+        (rc = nf_hp_float(g, "rope.scaling.factor", 0.0f, false, &factor, err, errlen)))
+        return rc;
+    if (factor == 0.0f &&
+        (rc = nf_hp_float(g, "rope.scale_linear", 0.0f, false, &factor, err, errlen)))
+        return rc;
+    const char *stype = NULL;
+    if (nf_gguf_get_str(g, "llama.rope.scaling.type", &stype) < 0)
+        stype = NULL;
+    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0)
+        return nf_load_err(err, errlen, NF_EARCH,
+                           "%s: llama.rope.scaling.type '%s' is not supported (supported: none, "
+                           "linear)",
+                           g->path, stype);
+    if (factor < 0 || !(hp->rope_base > 0) || !(hp->rms_eps >= 0))
+        return nf_load_err(err, errlen, NF_EKEYTYPE,
+                           "%s: rope.freq_base must be > 0, rope.scaling.factor >= 0 and "
+                           "layer_norm_rms_epsilon >= 0",
+                           g->path);
+    hp->rope_freq_scale =
+        (factor == 0.0f || (stype && !strcmp(stype, "none"))) ? 1.0f : 1.0f / factor;
+    return 0;
+}
+
+/* Loads every tensor with the shapes the hyperparameters imply. */
+static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
+{
+    struct nf_hparams *hp = &m->hp;
+    const struct nf_gguf *g = m->gguf;
+    const struct nf_gguf_tensor *te = nf_gguf_find_tensor(g, "token_embd.weight");
+    if (!te)
+        return nf_load_err(err, errlen, NF_ENOTENSOR,
+                           "%s: tensor 'token_embd.weight' [%d, n_vocab] is missing", g->path,
+                           hp->n_embd);
+    if (te->ne[1] < 1 || te->ne[1] > (1 << 24))
+        return nf_load_err(err, errlen, NF_ESHAPE,
+                           "%s: tensor 'token_embd.weight' has %lld rows, expected 1..%d", g->path,
+                           (long long)te->ne[1], 1 << 24);
+    hp->n_vocab = (int)te->ne[1];
+    int64_t E = hp->n_embd, V = hp->n_vocab;
+    int64_t qd = (int64_t)hp->n_head * hp->head_dim, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    int rc;
+    if ((rc = nf_load_tensor(m, &m->tok_embd, "token_embd.weight", E, V, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &m->output_norm, "output_norm.weight", E, 1, 1, NF_T_F32, err,
+                             errlen)) ||
+        (rc =
+             nf_load_tensor(m, &m->output, "output.weight", E, V, 1, NF_T_OPTIONAL, err, errlen)) ||
+        (rc = nf_load_tensor(m, &m->rope_freqs, "rope_freqs.weight", hp->n_rot / 2, 1, 1,
+                             NF_T_OPTIONAL | NF_T_F32, err, errlen)))
+        return rc;
+    if (!m->output.data) {
+        m->output = m->tok_embd;
+        m->tied_output = true;
+    }
+    /* The FFN width: the dense feed_forward_length, or for MoE the experts' width, which
+     * llama.cpp reads from expert_feed_forward_length or else feed_forward_length. */
+    if ((rc = nf_hp_int(g, hp->n_expert ? "expert_feed_forward_length" : "feed_forward_length",
+                        hp->n_expert ? 0 : -1, 1, 1 << 24, &hp->n_ff, err, errlen)))
+        return rc;
+    if (hp->n_expert && hp->n_ff == 0 &&
+        (rc = nf_hp_int(g, "feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err, errlen)))
+        return rc;
+    int64_t F = hp->n_ff, X = hp->n_expert;
+    m->layers = calloc((size_t)hp->n_layer, sizeof(*m->layers));
+    if (!m->layers)
+        return nf_load_err(err, errlen, -ENOMEM, "%s: out of memory", g->path);
+    for (int il = 0; il < hp->n_layer; il++) {
+        struct nf_layer *L = &m->layers[il];
+        char n[10][64];
+        const char *sfx[10] = {"attn_norm", "attn_q",   "attn_k", "attn_v",   "attn_output",
+                               "ffn_norm",  "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp"};
+        for (int i = 0; i < 10; i++)
+            snprintf(n[i], sizeof(n[i]), "blk.%d.%s.weight", il, sfx[i]);
+        /* Attention biases (used by a few llama-arch fine-tunes) are not implemented: refuse
+         * rather than silently compute something else. */
+        char bias[64];
+        snprintf(bias, sizeof(bias), "blk.%d.attn_q.bias", il);
+        if (nf_gguf_find_tensor(g, bias))
+            return nf_load_err(err, errlen, NF_EARCH,
+                               "%s: tensor '%s': attention biases are not supported", g->path,
+                               bias);
+        if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, NF_T_F32, err, errlen)) ||
+            (rc = nf_load_tensor(m, &L->attn.wq, n[1], E, qd, 1, 0, err, errlen)) ||
+            (rc = nf_load_tensor(m, &L->attn.wk, n[2], E, kvd, 1, 0, err, errlen)) ||
+            (rc = nf_load_tensor(m, &L->attn.wv, n[3], E, kvd, 1, 0, err, errlen)) ||
+            (rc = nf_load_tensor(m, &L->attn.wo, n[4], qd, E, 1, 0, err, errlen)) ||
+            (rc = nf_load_tensor(m, &L->ffn_norm, n[5], E, 1, 1, NF_T_F32, err, errlen)))
+            return rc;
+        if (!X) {
+            if ((rc = nf_load_tensor(m, &L->ffn.gate, n[6], E, F, 1, 0, err, errlen)) ||
+                (rc = nf_load_tensor(m, &L->ffn.up, n[7], E, F, 1, 0, err, errlen)) ||
+                (rc = nf_load_tensor(m, &L->ffn.down, n[8], F, E, 1, 0, err, errlen)))
+                return rc;
+            continue;
+        }
+        char ge[64], ue[64], de[64];
+        snprintf(ge, sizeof(ge), "blk.%d.ffn_gate_exps.weight", il);
+        snprintf(ue, sizeof(ue), "blk.%d.ffn_up_exps.weight", il);
+        snprintf(de, sizeof(de), "blk.%d.ffn_down_exps.weight", il);
+        if ((rc = nf_load_tensor(m, &L->moe.gate_inp, n[9], E, X, 1, 0, err, errlen)) ||
+            (rc = nf_load_tensor(m, &L->moe.gate_exps, ge, E, F, X, 0, err, errlen)) ||
+            (rc = nf_load_tensor(m, &L->moe.up_exps, ue, E, F, X, 0, err, errlen)) ||
+            (rc = nf_load_tensor(m, &L->moe.down_exps, de, F, E, X, 0, err, errlen)))
+            return rc;
+    }
+    return 0;
+}
+
+int nf_model_load(struct nf_model **out, const char *path, char *err, size_t errlen)
+{
+    nf_kernels_init();
+    struct nf_model *m = calloc(1, sizeof(*m));
+    if (!m)
+        return nf_load_err(err, errlen, -ENOMEM, "%s: out of memory", path);
+    int rc = nf_gguf_open(&m->gguf, path, err, errlen);
+    if (rc < 0) {
+        m->gguf = NULL;
+        goto fail;
+    }
+    if ((rc = nf_load_hparams(m, err, errlen)) < 0 || (rc = nf_load_weights(m, err, errlen)) < 0)
+        goto fail;
+    *out = m;
+    return 0;
+fail:
+    nf_model_free(m);
+    return rc;
+}
+
+static void nf_tensor_release(struct nf_tensor *t)
+{
+    free(t->data);
+    t->data = NULL;
+}
+
+void nf_model_free(struct nf_model *m)
+{
+    if (!m)
+        return;
+    if (m->layers) {
+        for (int il = 0; il < m->hp.n_layer; il++) {
+            struct nf_layer *L = &m->layers[il];
+            struct nf_tensor *ts[] = {&L->attn.norm,    &L->attn.wq,       &L->attn.wk,
+                                      &L->attn.wv,      &L->attn.wo,       &L->ffn_norm,
+                                      &L->ffn.gate,     &L->ffn.up,        &L->ffn.down,
+                                      &L->moe.gate_inp, &L->moe.gate_exps, &L->moe.up_exps,
+                                      &L->moe.down_exps};
+            for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++)
+                nf_tensor_release(ts[i]);
+        }
+        free(m->layers);
+    }
+    if (!m->tied_output)
+        nf_tensor_release(&m->output);
+    nf_tensor_release(&m->tok_embd);
+    nf_tensor_release(&m->output_norm);
+    nf_tensor_release(&m->rope_freqs);
+    if (m->gguf)
+        nf_gguf_close(m->gguf);
+    free(m);
+}
+
+void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
+{
+    const struct nf_hparams *hp = &m->hp;
+    const struct nf_type_traits *tr = nf_type_traits(m->layers[0].attn.wq.type);
+    int off = snprintf(buf, len,
+                       "llama: %d layers, dim %d, ffn %d, heads %d/%d (head dim %d), vocab %d, "
+                       "ctx %d, %s%s, %.1f MiB",
+                       hp->n_layer, hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv, hp->head_dim,
+                       hp->n_vocab, hp->n_ctx_train, tr ? tr->name : "?",
+                       m->tied_output ? ", tied output" : "", m->weight_bytes / 1048576.0);
+    if (hp->n_expert && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
+                 hp->n_expert_used);
+}

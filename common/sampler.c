@@ -1,0 +1,192 @@
+/* sampler.c - repetition penalty, top-k / top-p / min-p filters, temperature, seeded draws. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nf_err.h"
+#include "sampler.h"
+
+struct nf_cand {
+    int32_t id;
+    float logit;
+    float p;
+};
+
+struct nf_sampler {
+    struct nf_sampler_params prm;
+    int n_vocab;
+    struct nf_cand *cand; /* (n_vocab) working set */
+    int32_t *recent;      /* (repeat_last_n) ring of the last accepted tokens */
+    int n_recent, recent_head;
+    uint64_t rng[4];
+};
+
+void nf_sampler_params_default(struct nf_sampler_params *p)
+{
+    p->temp = 0.8f;
+    p->top_k = 40;
+    p->top_p = 0.95f;
+    p->min_p = 0.05f;
+    p->repeat_penalty = 1.0f;
+    p->repeat_last_n = 64;
+    p->seed = 0;
+}
+
+static uint64_t nf_splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t nf_rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+uint64_t nf_sampler_rand(struct nf_sampler *s)
+{
+    uint64_t *r = s->rng;
+    const uint64_t out = nf_rotl(r[1] * 5, 7) * 9;
+    const uint64_t t = r[1] << 17;
+    r[2] ^= r[0];
+    r[3] ^= r[1];
+    r[1] ^= r[2];
+    r[0] ^= r[3];
+    r[2] ^= t;
+    r[3] = nf_rotl(r[3], 45);
+    return out;
+}
+
+int nf_sampler_create(struct nf_sampler **out, const struct nf_sampler_params *p, int n_vocab)
+{
+    if (n_vocab < 1 || !(p->temp == p->temp) || !(p->top_p >= 0) || !(p->min_p <= 1) ||
+        !(p->repeat_penalty > 0) || p->repeat_last_n < 0 || p->repeat_last_n > 4096)
+        return NF_EUSAGE;
+    struct nf_sampler *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->prm = *p;
+    s->n_vocab = n_vocab;
+    s->cand = calloc((size_t)n_vocab, sizeof(*s->cand));
+    s->recent = calloc((size_t)(p->repeat_last_n ? p->repeat_last_n : 1), sizeof(int32_t));
+    if (!s->cand || !s->recent) {
+        nf_sampler_free(s);
+        return -ENOMEM;
+    }
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++)
+        s->rng[i] = nf_splitmix64(&x);
+    *out = s;
+    return 0;
+}
+
+void nf_sampler_free(struct nf_sampler *s)
+{
+    if (!s)
+        return;
+    free(s->cand);
+    free(s->recent);
+    free(s);
+}
+
+void nf_sampler_accept(struct nf_sampler *s, int32_t tok)
+{
+    const int n = s->prm.repeat_last_n;
+    if (n == 0)
+        return;
+    s->recent[s->recent_head] = tok;
+    s->recent_head = (s->recent_head + 1) % n;
+    if (s->n_recent < n)
+        s->n_recent++;
+}
+
+/* Sorts candidates by logit, highest first; ties by lower id (a total order, so the result
+ * does not depend on the sort algorithm). */
+static int nf_cand_cmp(const void *a, const void *b)
+{
+    const struct nf_cand *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit > y->logit ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* Fills p with the softmax of the (sorted) candidates' logits divided by temp. */
+static void nf_softmax(struct nf_cand *c, int n, float temp)
+{
+    const float mx = c[0].logit;
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        c[i].p = expf((c[i].logit - mx) / temp);
+        sum += c[i].p;
+    }
+    for (int i = 0; i < n; i++)
+        c[i].p = (float)(c[i].p / sum);
+}
+
+int32_t nf_sampler_sample(struct nf_sampler *s, const float *logits)
+{
+    const struct nf_sampler_params *p = &s->prm;
+    struct nf_cand *c = s->cand;
+    int n = s->n_vocab;
+    for (int i = 0; i < n; i++) {
+        c[i].id = i;
+        c[i].logit = logits[i];
+    }
+    /* Repetition penalty, once per distinct recent token, as llama.cpp's penalties sampler. */
+    if (p->repeat_penalty != 1.0f) {
+        for (int i = 0; i < s->n_recent; i++) {
+            const int32_t t = s->recent[i];
+            bool seen = false;
+            for (int j = 0; j < i && !seen; j++)
+                seen = s->recent[j] == t;
+            if (seen || t < 0 || t >= n)
+                continue;
+            if (c[t].logit <= 0)
+                c[t].logit *= p->repeat_penalty;
+            else
+                c[t].logit /= p->repeat_penalty;
+        }
+    }
+    if (p->temp <= 0) {
+        int best = 0;
+        for (int i = 1; i < n; i++)
+            if (c[i].logit > c[best].logit)
+                best = i;
+        return c[best].id;
+    }
+    qsort(c, (size_t)n, sizeof(*c), nf_cand_cmp);
+    if (p->top_k > 0 && p->top_k < n)
+        n = p->top_k;
+    if (p->top_p < 1.0f) {
+        nf_softmax(c, n, 1.0f);
+        double cum = 0.0;
+        for (int i = 0; i < n; i++) {
+            cum += c[i].p;
+            if (cum >= p->top_p) {
+                n = i + 1;
+                break;
+            }
+        }
+    }
+    if (p->min_p > 0.0f) {
+        /* Keep tokens whose probability is at least min_p times the top one's. */
+        const float thresh = c[0].logit + logf(p->min_p);
+        int keep = 1;
+        while (keep < n && c[keep].logit >= thresh)
+            keep++;
+        n = keep;
+    }
+    nf_softmax(c, n, p->temp);
+    /* A uniform draw in [0, 1) from the top 24 bits, then the inverse CDF. */
+    const float r = (float)(nf_sampler_rand(s) >> 40) * (1.0f / 16777216.0f);
+    double cum = 0.0;
+    for (int i = 0; i < n; i++) {
+        cum += c[i].p;
+        if (r < cum)
+            return c[i].id;
+    }
+    return c[n - 1].id;
+}

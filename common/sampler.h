@@ -1,0 +1,42 @@
+/* sampler.h - picking the next token from logits: greedy, or filtered and seeded sampling.
+ *
+ * Semantics follow llama.cpp's default sampler chain: repetition penalty over the last N
+ * accepted tokens, then top-k, top-p, min-p (on the untempered distribution), then temperature
+ * and a draw from the softmax. temp <= 0 is greedy: the penalized argmax (lowest id on ties).
+ * The random stream is xoshiro256** seeded through splitmix64, so a seed fixes the output. */
+#ifndef NF_SAMPLER_H
+#define NF_SAMPLER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct nf_sampler_params {
+    float temp;           /* <= 0: greedy */
+    int top_k;            /* <= 0: off */
+    float top_p;          /* >= 1: off */
+    float min_p;          /* <= 0: off */
+    float repeat_penalty; /* 1: off; positive logits are divided, negative multiplied */
+    int repeat_last_n;    /* how many recent tokens the penalty looks at (0: off) */
+    uint64_t seed;
+};
+
+/* llama.cpp's defaults: temp 0.8, top-k 40, top-p 0.95, min-p 0.05, penalty 1.0 over 64, seed 0. */
+void nf_sampler_params_default(struct nf_sampler_params *p);
+
+struct nf_sampler;
+
+/* Allocates a sampler for a vocabulary of n_vocab tokens (all the memory sampling needs).
+ * Returns 0, -ENOMEM, or NF_EUSAGE for out-of-range parameters. */
+int nf_sampler_create(struct nf_sampler **out, const struct nf_sampler_params *p, int n_vocab);
+void nf_sampler_free(struct nf_sampler *s);
+
+/* Records a token of the sequence (prompt or generated) for the repetition penalty. */
+void nf_sampler_accept(struct nf_sampler *s, int32_t tok);
+
+/* Picks a token from logits (n_vocab values, not modified). Never allocates. */
+int32_t nf_sampler_sample(struct nf_sampler *s, const float *logits);
+
+/* The next raw value of the sampler's generator (exposed for tests). */
+uint64_t nf_sampler_rand(struct nf_sampler *s);
+
+#endif

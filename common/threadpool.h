@@ -1,0 +1,27 @@
+/* threadpool.h - a persistent pool of worker threads that run one parallel job at a time.
+ *
+ * The caller thread takes part as thread 0, so a pool of n threads starts n - 1 workers. Jobs
+ * are dispatched without allocating: the steady state (one job per mat-vec) only touches an
+ * atomic generation counter and, when workers sleep, a condition variable. */
+#ifndef NF_THREADPOOL_H
+#define NF_THREADPOOL_H
+
+/* A job body: called once on every thread with ith in [0, nth). */
+typedef void (*nf_job_fn)(void *arg, int ith, int nth);
+
+struct nf_threadpool;
+
+/* Starts a pool of n_threads threads (n_threads - 1 workers; 1 means everything runs in the
+ * caller). n_threads <= 0 means one per online CPU. Returns 0 or a negative errno. */
+int nf_threadpool_create(struct nf_threadpool **out, int n_threads);
+
+/* Stops and joins the workers and frees the pool; NULL is accepted. */
+void nf_threadpool_free(struct nf_threadpool *p);
+
+int nf_threadpool_size(const struct nf_threadpool *p);
+
+/* Runs fn(arg, ith, nth) on nth = min(n, pool size) threads and returns when all have finished.
+ * Must only be called from the thread that created the pool (jobs do not nest). */
+void nf_threadpool_run(struct nf_threadpool *p, nf_job_fn fn, void *arg, int n);
+
+#endif
