@@ -1,10 +1,646 @@
-/* cmd_mkmodel.c - nanoflowctl mkmodel (placeholder until its owner lands the real command). */
+/* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-architecture GGUF with generated weights. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cmds.h"
+#include "mkmodel.h"
+#include "nf_err.h"
+
+#define CMD "mkmodel"
+
+/* Published hyperparameters of common llama-architecture models, plus small test shapes. */
+static const struct nf_mk_shape nf_mk_shapes[] = {
+    {"tiny", 256, 2, 768, 8, 4, 0, 0, 1024, 2048, 10000.0f, 1e-5f},
+    {"tiny-moe", 256, 2, 512, 8, 2, 4, 2, 1024, 2048, 10000.0f, 1e-5f},
+    {"llama-7b", 4096, 32, 11008, 32, 32, 0, 0, 32000, 4096, 10000.0f, 1e-5f},
+    {"llama-13b", 5120, 40, 13824, 40, 40, 0, 0, 32000, 4096, 10000.0f, 1e-5f},
+    {"llama-70b", 8192, 80, 28672, 64, 8, 0, 0, 32000, 4096, 10000.0f, 1e-5f},
+    {"llama3-8b", 4096, 32, 14336, 32, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f},
+    {"llama3-70b", 8192, 80, 28672, 64, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f},
+    {"llama3-405b", 16384, 126, 53248, 128, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f},
+    {"mixtral-8x7b", 4096, 32, 14336, 32, 8, 8, 2, 32000, 32768, 1000000.0f, 1e-5f},
+    {"mixtral-8x22b", 6144, 56, 16384, 48, 8, 8, 2, 32768, 65536, 1000000.0f, 1e-5f},
+};
+
+const struct nf_mk_shape *nf_mk_shape_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof(nf_mk_shapes) / sizeof(nf_mk_shapes[0]); i++)
+        if (!strcmp(nf_mk_shapes[i].name, name))
+            return &nf_mk_shapes[i];
+    return NULL;
+}
+
+void nf_mk_shape_list(char *buf, size_t len)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof(nf_mk_shapes) / sizeof(nf_mk_shapes[0]) && used < len; i++)
+        used +=
+            (size_t)snprintf(buf + used, len - used, "%s%s", i ? ", " : "", nf_mk_shapes[i].name);
+}
+
+static const struct {
+    const char *name;
+    enum nf_type type;
+} nf_mk_types[] = {
+    {"f32", NF_TYPE_F32},   {"f16", NF_TYPE_F16},   {"bf16", NF_TYPE_BF16}, {"q8_0", NF_TYPE_Q8_0},
+    {"q4_0", NF_TYPE_Q4_0}, {"q4_k", NF_TYPE_Q4_K}, {"q5_k", NF_TYPE_Q5_K}, {"q6_k", NF_TYPE_Q6_K},
+};
+
+static void usage(FILE *f)
+{
+    char shapes[256];
+    nf_mk_shape_list(shapes, sizeof(shapes));
+    fprintf(
+        f,
+        "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
+        "--heads H [--kv-heads K]) [OPTIONS]\n\n"
+        "Writes a GGUF v3 model of architecture llama with deterministic random weights\n"
+        "(uniform, std %.2g; norms 1.0) or, with --zero, all-zero matrices left as file holes.\n\n"
+        "Shape (flags override the preset's values):\n"
+        "  --shape NAME         %s\n"
+        "  --dim D              embedding length\n"
+        "  --layers L           block count (--layers-override is the same flag)\n"
+        "  --ffn F              feed-forward length (per expert)\n"
+        "  --heads H            attention heads (dim must be a multiple of H)\n"
+        "  --kv-heads K         key/value heads (H must be a multiple of K; default H)\n"
+        "  --experts E          experts per layer (Mixtral-style MoE; 0 = dense)\n"
+        "  --experts-used U     experts used per token (default min(2, E))\n"
+        "  --vocab N            synthetic SentencePiece vocabulary size (default: shape's, "
+        "else 32000)\n"
+        "  --ctx N              llama.context_length (default: shape's, else 4096)\n"
+        "  --rope-base F        llama.rope.freq_base (default: shape's, else 10000)\n"
+        "  --rms-eps F          llama.attention.layer_norm_rms_epsilon (default 1e-5)\n"
+        "Contents:\n"
+        "  --type T             matrix type: f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k "
+        "(default f16);\n"
+        "                       norms and the MoE router stay f32\n"
+        "  --seed S             generator seed (default 1); same seed, same bytes\n"
+        "  --zero               all-zero matrices written as file holes (norms stay 1.0)\n"
+        "  --vocab-from GGUF    copy every tokenizer.* key (and the vocab size) from GGUF\n"
+        "  --name S             general.name (default nanoflow-<shape>)\n"
+        "  --alignment N        general.alignment, a power of two (default 32)\n"
+        "  --threads N          generator threads (default: online CPUs)\n",
+        NF_MK_STD, shapes);
+}
+
+struct mk_opts {
+    const char *out;
+    const char *shape_name;
+    const char *vocab_from;
+    const char *name;
+    /* -1 = not given on the command line. */
+    long dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx;
+    float rope_base, rms_eps;
+    bool rope_set, eps_set;
+    enum nf_type type;
+    uint64_t seed;
+    bool zero;
+    long threads;
+    long alignment;
+};
+
+static int parse_type(const char *s, enum nf_type *out)
+{
+    for (size_t i = 0; i < sizeof(nf_mk_types) / sizeof(nf_mk_types[0]); i++)
+        if (!strcasecmp(s, nf_mk_types[i].name)) {
+            *out = nf_mk_types[i].type;
+            return 0;
+        }
+    return -1;
+}
+
+/* Parses argv into o; returns 0, or the exit code (2 usage, 0 after --help) with *done set. */
+static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
+{
+    static const struct {
+        const char *flag;
+        long min, max;
+        size_t off;
+    } ints[] = {
+        {"--dim", 1, 1 << 20, offsetof(struct mk_opts, dim)},
+        {"--layers", 1, 4096, offsetof(struct mk_opts, layers)},
+        {"--layers-override", 1, 4096, offsetof(struct mk_opts, layers)},
+        {"--ffn", 1, 1 << 22, offsetof(struct mk_opts, ffn)},
+        {"--heads", 1, 4096, offsetof(struct mk_opts, heads)},
+        {"--kv-heads", 1, 4096, offsetof(struct mk_opts, kv_heads)},
+        {"--experts", 0, 1024, offsetof(struct mk_opts, experts)},
+        {"--experts-used", 1, 1024, offsetof(struct mk_opts, experts_used)},
+        {"--vocab", NF_MK_MIN_VOCAB, NF_MK_MAX_VOCAB, offsetof(struct mk_opts, vocab)},
+        {"--ctx", 1, 1 << 24, offsetof(struct mk_opts, ctx)},
+        {"--threads", 1, 256, offsetof(struct mk_opts, threads)},
+        {"--alignment", 1, 1 << 20, offsetof(struct mk_opts, alignment)},
+    };
+    *done = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            *done = true;
+            return 0;
+        }
+        if (a[0] != '-' || a[1] == '\0') {
+            if (o->out)
+                return nf_usage_error(CMD, "unexpected argument '%s' (OUT is already '%s')", a,
+                                      o->out);
+            o->out = a;
+            continue;
+        }
+        if (nf_arg_is(a, "--zero")) {
+            o->zero = true;
+            continue;
+        }
+        bool matched = false;
+        for (size_t k = 0; k < sizeof(ints) / sizeof(ints[0]); k++) {
+            if (!nf_arg_is(a, ints[k].flag))
+                continue;
+            const char *v = nf_arg_value(CMD, argc, argv, &i);
+            long *dst = (long *)((char *)o + ints[k].off);
+            if (!v || nf_arg_long(CMD, ints[k].flag, v, ints[k].min, ints[k].max, dst))
+                return 2;
+            matched = true;
+            break;
+        }
+        if (matched)
+            continue;
+        const char *v;
+        if (nf_arg_is(a, "--shape")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)))
+                return 2;
+            if (!nf_mk_shape_find(v)) {
+                char shapes[256];
+                nf_mk_shape_list(shapes, sizeof(shapes));
+                return nf_usage_error(CMD, "unknown --shape '%s' (known: %s)", v, shapes);
+            }
+            o->shape_name = v;
+        } else if (nf_arg_is(a, "--type")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)))
+                return 2;
+            if (parse_type(v, &o->type))
+                return nf_usage_error(
+                    CMD,
+                    "unknown --type '%s' (expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or "
+                    "q6_k)",
+                    v);
+        } else if (nf_arg_is(a, "--seed")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) || nf_arg_u64(CMD, "--seed", v, &o->seed))
+                return 2;
+        } else if (nf_arg_is(a, "--vocab-from")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)))
+                return 2;
+            o->vocab_from = v;
+        } else if (nf_arg_is(a, "--name")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)))
+                return 2;
+            o->name = v;
+        } else if (nf_arg_is(a, "--rope-base")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, "--rope-base", v, 1.0f, 1e9f, &o->rope_base))
+                return 2;
+            o->rope_set = true;
+        } else if (nf_arg_is(a, "--rms-eps")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, "--rms-eps", v, 1e-12f, 1.0f, &o->rms_eps))
+                return 2;
+            o->eps_set = true;
+        } else {
+            return nf_usage_error(CMD, "unknown option '%s'", a);
+        }
+    }
+    if (!o->out)
+        return nf_usage_error(CMD, "missing the output file OUT.gguf");
+    return 0;
+}
+
+/* Combines the preset and the flags into s and checks that the result is a valid model. */
+static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
+{
+    static const struct nf_mk_shape custom = {"custom", -1, -1,    -1,   -1,       -1,
+                                              0,        0,  32000, 4096, 10000.0f, 1e-5f};
+    *s = o->shape_name ? *nf_mk_shape_find(o->shape_name) : custom;
+    if (o->dim > 0)
+        s->dim = o->dim;
+    if (o->layers > 0)
+        s->layers = o->layers;
+    if (o->ffn > 0)
+        s->ffn = o->ffn;
+    if (o->heads > 0) {
+        s->heads = o->heads;
+        /* New head count without --kv-heads: keep the preset's GQA only if it still divides. */
+        if (o->kv_heads < 0 && (s->kv_heads <= 0 || s->heads % s->kv_heads != 0))
+            s->kv_heads = s->heads;
+    }
+    if (o->kv_heads > 0)
+        s->kv_heads = o->kv_heads;
+    if (o->experts >= 0) {
+        s->experts = o->experts;
+        s->experts_used = s->experts < 2 ? s->experts : 2;
+    }
+    if (o->experts_used > 0)
+        s->experts_used = o->experts_used;
+    if (o->vocab > 0)
+        s->vocab = o->vocab;
+    if (o->ctx > 0)
+        s->ctx = o->ctx;
+    if (o->rope_set)
+        s->rope_base = o->rope_base;
+    if (o->eps_set)
+        s->rms_eps = o->rms_eps;
+
+    const char *missing = s->dim < 0      ? "--dim"
+                          : s->layers < 0 ? "--layers"
+                          : s->ffn < 0    ? "--ffn"
+                          : s->heads < 0  ? "--heads"
+                                          : NULL;
+    if (missing)
+        return nf_usage_error(CMD, "no --shape given and %s is missing", missing);
+    if (s->dim % s->heads != 0)
+        return nf_usage_error(CMD, "--dim %lld is not a multiple of --heads %lld",
+                              (long long)s->dim, (long long)s->heads);
+    if ((s->dim / s->heads) % 2 != 0)
+        return nf_usage_error(CMD,
+                              "head dimension dim/heads = %lld must be even (RoPE rotates pairs)",
+                              (long long)(s->dim / s->heads));
+    if (s->heads % s->kv_heads != 0)
+        return nf_usage_error(CMD, "--heads %lld is not a multiple of --kv-heads %lld",
+                              (long long)s->heads, (long long)s->kv_heads);
+    if (o->experts_used > 0 && s->experts == 0)
+        return nf_usage_error(CMD, "--experts-used %ld needs --experts (the model is dense)",
+                              o->experts_used);
+    if (s->experts_used > s->experts)
+        return nf_usage_error(CMD, "--experts-used %lld is more than --experts %lld",
+                              (long long)s->experts_used, (long long)s->experts);
+    return 0;
+}
+
+/* The tensors of the model, in the order compute uses them. Returns the count, or -1 with a
+ * message when the type cannot hold a row length. *out is malloc'ed. */
+static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, struct nf_mk_tensor **out,
+                         size_t *count)
+{
+    int64_t hd = s->dim / s->heads;
+    int64_t q_dim = s->heads * hd, kv_dim = s->kv_heads * hd, e = s->experts;
+    size_t per_layer = e ? 10 : 9;
+    size_t n = 3 + per_layer * (size_t)s->layers, k = 0;
+    struct nf_mk_tensor *t = calloc(n, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+#define ADD(fill_, type_, nd, n0, n1, n2, ...)           \
+    do {                                                 \
+        struct nf_mk_tensor *x = &t[k++];                \
+        snprintf(x->name, sizeof(x->name), __VA_ARGS__); \
+        x->n_dims = (nd);                                \
+        x->ne[0] = (n0);                                 \
+        x->ne[1] = (n1);                                 \
+        x->ne[2] = (n2);                                 \
+        x->ne[3] = 1;                                    \
+        x->type = (type_);                               \
+        x->fill = (fill_);                               \
+    } while (0)
+    /* (vocab, dim) embedding rows; the output projection has the same shape. */
+    ADD(NF_MK_RANDOM, type, 2, s->dim, s->vocab, 1, "token_embd.weight");
+    ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "output_norm.weight");
+    ADD(NF_MK_RANDOM, type, 2, s->dim, s->vocab, 1, "output.weight");
+    for (int64_t l = 0; l < s->layers; l++) {
+        long long b = (long long)l;
+        ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.attn_norm.weight", b);
+        ADD(NF_MK_RANDOM, type, 2, s->dim, q_dim, 1, "blk.%lld.attn_q.weight", b);
+        ADD(NF_MK_RANDOM, type, 2, s->dim, kv_dim, 1, "blk.%lld.attn_k.weight", b);
+        ADD(NF_MK_RANDOM, type, 2, s->dim, kv_dim, 1, "blk.%lld.attn_v.weight", b);
+        ADD(NF_MK_RANDOM, type, 2, q_dim, s->dim, 1, "blk.%lld.attn_output.weight", b);
+        ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.ffn_norm.weight", b);
+        if (e) {
+            /* Router (n_expert, dim) in F32 as llama.cpp keeps it; experts stacked in ne[2]. */
+            ADD(NF_MK_RANDOM, NF_TYPE_F32, 2, s->dim, e, 1, "blk.%lld.ffn_gate_inp.weight", b);
+            ADD(NF_MK_RANDOM, type, 3, s->dim, s->ffn, e, "blk.%lld.ffn_gate_exps.weight", b);
+            ADD(NF_MK_RANDOM, type, 3, s->dim, s->ffn, e, "blk.%lld.ffn_up_exps.weight", b);
+            ADD(NF_MK_RANDOM, type, 3, s->ffn, s->dim, e, "blk.%lld.ffn_down_exps.weight", b);
+        } else {
+            ADD(NF_MK_RANDOM, type, 2, s->dim, s->ffn, 1, "blk.%lld.ffn_gate.weight", b);
+            ADD(NF_MK_RANDOM, type, 2, s->dim, s->ffn, 1, "blk.%lld.ffn_up.weight", b);
+            ADD(NF_MK_RANDOM, type, 2, s->ffn, s->dim, 1, "blk.%lld.ffn_down.weight", b);
+        }
+    }
+#undef ADD
+    *out = t;
+    *count = k;
+    return 0;
+}
+
+/* Checks that every row length fits the type's block size: K-types need multiples of 256. */
+static int check_rows(const struct nf_mk_tensor *t, size_t n, enum nf_type type)
+{
+    const struct nf_type_traits *tr = nf_type_traits(type);
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].type != type || t[i].ne[0] % tr->blck_size == 0)
+            continue;
+        return nf_usage_error(CMD,
+                              "--type %s packs rows in blocks of %lld, but tensor %s has rows of "
+                              "%lld elements (every --dim, --ffn and head count times head "
+                              "dimension must be a multiple of %lld)",
+                              tr->name, (long long)tr->blck_size, t[i].name, (long long)t[i].ne[0],
+                              (long long)tr->blck_size);
+    }
+    return 0;
+}
+
+/* The metadata llama.cpp reads for arch llama (the tokenizer keys are added separately). */
+static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
+                        const struct mk_opts *o, const char *name)
+{
+    int rc = 0;
+    uint32_t hd = (uint32_t)(s->dim / s->heads);
+#define U32(k, v) \
+    if (!rc)      \
+    rc = nf_gguf_writer_add_u32(w, k, (uint32_t)(v))
+    if (!rc)
+        rc = nf_gguf_writer_add_str(w, "general.architecture", "llama");
+    if (!rc)
+        rc = nf_gguf_writer_add_str(w, "general.name", name);
+    U32("general.file_type", nf_gguf_ftype_for(o->type));
+    U32("general.alignment", o->alignment > 0 ? o->alignment : NF_GGUF_DEFAULT_ALIGNMENT);
+    if (o->type != NF_TYPE_F32 && o->type != NF_TYPE_F16 && o->type != NF_TYPE_BF16)
+        U32("general.quantization_version", 2);
+    U32("llama.context_length", s->ctx);
+    U32("llama.embedding_length", s->dim);
+    U32("llama.block_count", s->layers);
+    U32("llama.feed_forward_length", s->ffn);
+    U32("llama.attention.head_count", s->heads);
+    U32("llama.attention.head_count_kv", s->kv_heads);
+    U32("llama.rope.dimension_count", hd);
+    if (!rc)
+        rc = nf_gguf_writer_add_f32(w, "llama.rope.freq_base", s->rope_base);
+    if (!rc)
+        rc = nf_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", s->rms_eps);
+    U32("llama.vocab_size", s->vocab);
+    if (s->experts) {
+        U32("llama.expert_count", s->experts);
+        U32("llama.expert_used_count", s->experts_used);
+    }
+#undef U32
+    return rc;
+}
+
+/* Path of the temporary file, for the signal handler (which may only call async-safe unlink). */
+static char nf_mk_tmp_path[PATH_MAX];
+
+static void on_signal(int sig)
+{
+    if (nf_mk_tmp_path[0])
+        unlink(nf_mk_tmp_path);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void human(char *buf, size_t len, double bytes)
+{
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    int i = 0;
+    while (bytes >= 1024 && i < 5) {
+        bytes /= 1024;
+        i++;
+    }
+    snprintf(buf, len, i ? "%.2f %s" : "%.0f %s", bytes, u[i]);
+}
+
+/* Refuses when the directory of the output lacks room for `need` bytes. */
+static int check_space(const char *dir, uint64_t need, bool zero)
+{
+    struct statvfs sv;
+    if (statvfs(dir, &sv) != 0) {
+        fprintf(stderr, "nanoflowctl mkmodel: %s: %s\n", dir, strerror(errno));
+        return -errno;
+    }
+    uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+    /* Keep a margin so the filesystem's own metadata and other writers are not starved. */
+    uint64_t margin = 64ull << 20;
+    if (avail >= need + margin)
+        return 0;
+    char a[32], b[32];
+    human(a, sizeof(a), (double)need);
+    human(b, sizeof(b), (double)avail);
+    fprintf(stderr,
+            "nanoflowctl mkmodel: not enough free disk space in %s: the model needs %s (plus a "
+            "64 MiB margin), only %s is free%s\n",
+            dir, a, b, zero ? "" : " (--zero writes an all-zero model that takes almost no disk)");
+    return -ENOSPC;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) ? -errno : 0;
+    close(fd);
+    return rc;
+}
 
 int nf_cmd_mkmodel(int argc, char **argv)
 {
-    fprintf(stderr, "nanoflowctl mkmodel: not implemented yet\n");
-    return 1;
+    struct mk_opts o = {.dim = -1,
+                        .layers = -1,
+                        .ffn = -1,
+                        .heads = -1,
+                        .kv_heads = -1,
+                        .experts = -1,
+                        .experts_used = -1,
+                        .vocab = -1,
+                        .ctx = -1,
+                        .type = NF_TYPE_F16,
+                        .seed = 1,
+                        .threads = -1,
+                        .alignment = -1};
+    bool done;
+    int rc = parse_args(argc, argv, &o, &done);
+    if (rc || done)
+        return rc;
+    struct nf_mk_shape s;
+    if ((rc = resolve_shape(&o, &s)))
+        return rc;
+    if (o.vocab_from && o.vocab > 0)
+        return nf_usage_error(CMD, "--vocab and --vocab-from exclude each other");
+    if (o.alignment > 0 && (o.alignment & (o.alignment - 1)) != 0)
+        return nf_usage_error(CMD, "--alignment %ld is not a power of two", o.alignment);
+    const struct nf_type_traits *tr = nf_type_traits(o.type);
+    if (!tr || (!o.zero && o.type != NF_TYPE_F32 && !tr->from_float)) {
+        fprintf(stderr, "nanoflowctl mkmodel: no quantizer for type %s in this build\n",
+                tr ? tr->name : "?");
+        return 1;
+    }
+
+    struct nf_gguf_writer *w = NULL;
+    struct nf_mk_tensor *t = NULL;
+    size_t nt = 0;
+    int fd = -1, exit_code = 1;
+    char err[2 * PATH_MAX + 512] = "";
+    char *dup1 = strdup(o.out);
+    const char *dir = dup1 ? dirname(dup1) : ".";
+    if ((rc = nf_gguf_writer_init(&w)))
+        goto fail;
+
+    /* The vocabulary decides the embedding shape, so it is settled before the tensors. */
+    char name[128];
+    snprintf(name, sizeof(name), "%s", o.name ? o.name : "");
+    if (!o.name)
+        snprintf(name, sizeof(name), "nanoflow-%s", o.shape_name ? o.shape_name : "custom");
+    if (o.vocab_from) {
+        int64_t nv;
+        struct nf_gguf_writer *tmp;
+        /* Read the vocab size first; the keys are copied after the llama.* ones below. */
+        if ((rc = nf_gguf_writer_init(&tmp)))
+            goto fail;
+        rc = nf_mk_vocab_copy(tmp, o.vocab_from, &nv, err, sizeof(err));
+        nf_gguf_writer_free(tmp);
+        if (rc) {
+            fprintf(stderr, "nanoflowctl mkmodel: %s\n", err);
+            exit_code = 2;
+            goto fail;
+        }
+        s.vocab = nv;
+    }
+    if ((rc = add_metadata(w, &s, &o, name)))
+        goto fail;
+    if (o.vocab_from) {
+        int64_t nv;
+        rc = nf_mk_vocab_copy(w, o.vocab_from, &nv, err, sizeof(err));
+    } else {
+        rc = nf_mk_vocab_synth(w, s.vocab);
+    }
+    if (rc)
+        goto fail;
+
+    if ((rc = build_tensors(&s, o.type, &t, &nt)))
+        goto fail;
+    if ((rc = check_rows(t, nt, o.type))) {
+        exit_code = rc;
+        goto fail;
+    }
+    uint64_t params = 0;
+    for (size_t i = 0; i < nt; i++) {
+        uint64_t idx;
+        rc = nf_gguf_writer_add_tensor(w, t[i].name, t[i].n_dims, t[i].ne, t[i].type, &idx);
+        if (rc) {
+            snprintf(err, sizeof(err), "tensor %s: %s", t[i].name, nf_strerror(rc));
+            goto fail;
+        }
+        params += (uint64_t)(t[i].ne[0] * t[i].ne[1] * t[i].ne[2] * t[i].ne[3]);
+    }
+    for (size_t i = 0; i < nt; i++) {
+        t[i].offset = nf_gguf_writer_tensor_offset(w, i);
+        t[i].size = nf_gguf_writer_tensor_size(w, i);
+    }
+    uint64_t total = nf_gguf_writer_file_size(w);
+    uint64_t need = total;
+    if (o.zero) {
+        need = nf_gguf_writer_data_offset(w);
+        for (size_t i = 0; i < nt; i++)
+            if (t[i].fill != NF_MK_RANDOM)
+                need += t[i].size + 4096;
+    }
+    if ((rc = check_space(dir, need, o.zero)))
+        goto fail;
+
+    /* Write under a temporary name; only a complete, synced file is renamed into place. */
+    if ((size_t)snprintf(nf_mk_tmp_path, sizeof(nf_mk_tmp_path), "%s.tmp-XXXXXX", o.out) >=
+        sizeof(nf_mk_tmp_path)) {
+        nf_mk_tmp_path[0] = '\0';
+        rc = -ENAMETOOLONG;
+        goto fail;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    fd = mkstemp(nf_mk_tmp_path);
+    if (fd < 0) {
+        rc = -errno;
+        snprintf(err, sizeof(err), "%s: %s", nf_mk_tmp_path, strerror(errno));
+        nf_mk_tmp_path[0] = '\0';
+        goto fail;
+    }
+    fchmod(fd, 0644);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if ((rc = nf_gguf_writer_write_header(w, fd))) {
+        snprintf(err, sizeof(err), "%s: writing the header: %s", nf_mk_tmp_path, nf_strerror(rc));
+        goto fail;
+    }
+    /* Reserve the blocks up front for a non-zero model, so a full disk fails now and not late. */
+    if (!o.zero) {
+        int frc = posix_fallocate(fd, 0, (off_t)total);
+        if (frc && frc != EOPNOTSUPP && frc != EINVAL) {
+            rc = -frc;
+            snprintf(err, sizeof(err), "%s: reserving %llu bytes: %s", nf_mk_tmp_path,
+                     (unsigned long long)total, strerror(frc));
+            goto fail;
+        }
+    }
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    struct nf_mk_gen g = {.seed = o.seed,
+                          .zero = o.zero,
+                          .threads = (int)(o.threads > 0 ? o.threads : (ncpu > 0 ? ncpu : 1)),
+                          .progress = isatty(2)};
+    uint64_t written = 0;
+    if ((rc = nf_mk_write_data(fd, t, nt, &g, &written))) {
+        snprintf(err, sizeof(err), "%s: writing tensor data: %s", nf_mk_tmp_path, nf_strerror(rc));
+        goto fail;
+    }
+    if (fsync(fd) != 0) {
+        rc = -errno;
+        snprintf(err, sizeof(err), "%s: fsync: %s", nf_mk_tmp_path, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+    if (rename(nf_mk_tmp_path, o.out) != 0) {
+        rc = -errno;
+        snprintf(err, sizeof(err), "rename %s -> %s: %s", nf_mk_tmp_path, o.out, strerror(errno));
+        goto fail;
+    }
+    nf_mk_tmp_path[0] = '\0';
+    fsync_dir(dir);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    char hs[32], hw[32];
+    human(hs, sizeof(hs), (double)total);
+    human(hw, sizeof(hw), (double)(written + nf_gguf_writer_data_offset(w)));
+    printf("mkmodel: wrote %s: %s, %.3f%s params, %s%s, %llu bytes (%s; %s written), %.2f s\n",
+           o.out, name, params >= 1e9 ? params / 1e9 : params / 1e6, params >= 1e9 ? "B" : "M",
+           tr->name, o.zero ? " (zero)" : "", (unsigned long long)total, hs, hw, secs);
+    exit_code = 0;
+    goto out;
+fail:
+    if (exit_code == 1) {
+        if (err[0])
+            fprintf(stderr, "nanoflowctl mkmodel: %s\n", err);
+        else if (rc != -ENOSPC)
+            fprintf(stderr, "nanoflowctl mkmodel: %s\n", nf_strerror(rc));
+    }
+out:
+    if (fd >= 0)
+        close(fd);
+    if (nf_mk_tmp_path[0]) {
+        unlink(nf_mk_tmp_path);
+        nf_mk_tmp_path[0] = '\0';
+    }
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    free(t);
+    nf_gguf_writer_free(w);
+    free(dup1);
+    return exit_code;
 }

@@ -1,0 +1,78 @@
+/* mkmodel.h - internals of nanoflowctl mkmodel shared by its source files. */
+#ifndef NF_MKMODEL_H
+#define NF_MKMODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf_write.h"
+#include "quants.h"
+
+/* Hyperparameters of a llama-architecture model. */
+struct nf_mk_shape {
+    const char *name; /* preset name, or "custom" */
+    int64_t dim;      /* embedding length */
+    int64_t layers;   /* block count */
+    int64_t ffn;      /* feed-forward length (per expert for MoE) */
+    int64_t heads;
+    int64_t kv_heads;
+    int64_t experts; /* 0 for a dense model */
+    int64_t experts_used;
+    int64_t vocab;
+    int64_t ctx;
+    float rope_base;
+    float rms_eps;
+};
+
+/* The preset called name, or NULL. */
+const struct nf_mk_shape *nf_mk_shape_find(const char *name);
+/* Writes the preset names, comma-separated, to buf. */
+void nf_mk_shape_list(char *buf, size_t len);
+
+/* What a tensor's elements are filled with. */
+enum nf_mk_fill {
+    NF_MK_RANDOM, /* uniform noise with standard deviation NF_MK_STD */
+    NF_MK_ONES,   /* 1.0 (RMS norm weights) */
+};
+
+#define NF_MK_STD 0.02f
+
+struct nf_mk_tensor {
+    char name[NF_GGUF_MAX_NAME + 1];
+    uint32_t n_dims;
+    int64_t ne[NF_GGUF_MAX_DIMS]; /* ne[0] is the row length; unused dims are 1 */
+    enum nf_type type;
+    enum nf_mk_fill fill;
+    uint64_t offset; /* absolute offset in the file, known once the header is complete */
+    uint64_t size;   /* bytes of data */
+};
+
+/* Adds the synthetic SentencePiece-style vocabulary of n tokens to w: <unk>, <s>, </s>, the 256
+ * <0xNN> byte tokens, then printable pieces (single characters, then "▁word" and "word" pieces of
+ * growing length over a-z). Requires n >= NF_MK_MIN_VOCAB. */
+#define NF_MK_MIN_VOCAB 259
+#define NF_MK_MAX_VOCAB 4000000
+int nf_mk_vocab_synth(struct nf_gguf_writer *w, int64_t n);
+
+/* Copies every tokenizer.* key of the GGUF file at path into w and sets *n_vocab to the length of
+ * its tokenizer.ggml.tokens. On failure writes a one-line reason to err. */
+int nf_mk_vocab_copy(struct nf_gguf_writer *w, const char *path, int64_t *n_vocab, char *err,
+                     size_t errlen);
+
+/* Generation options for nf_mk_write_data(). */
+struct nf_mk_gen {
+    uint64_t seed;
+    bool zero;     /* RANDOM tensors are left as file holes (all zero) */
+    int threads;   /* worker threads, >= 1 */
+    bool progress; /* print progress to stderr */
+};
+
+/* Fills the data of every tensor into fd at its offset. The file must already have its final
+ * size (nf_gguf_writer_write_header does that). Each element's value depends only on the seed,
+ * the tensor name and the element index, so the output is identical for any thread count.
+ * Returns 0 or a negative code; *written receives the bytes written. */
+int nf_mk_write_data(int fd, const struct nf_mk_tensor *t, size_t n, const struct nf_mk_gen *g,
+                     uint64_t *written);
+
+#endif
