@@ -115,6 +115,11 @@ enum nf_isa { NF_ISA_SCALAR = 0, NF_ISA_AVX2, NF_ISA_AVX512, NF_ISA_COUNT };
 typedef void (*nf_vec_dot_fn)(int n, float *s, const void *x, const void *y);
 typedef void (*nf_to_float_fn)(const void *x, float *y, int64_t n);
 typedef void (*nf_from_float_fn)(const float *x, void *y, int64_t n);
+/* s[r] = dot(row r of x, y) for r in [0, nrows); row r starts r * row_stride bytes after x.
+ * One call streams nrows weight rows against one activation row, so the activation is loaded
+ * once per block for all rows (the fast way to do a matrix-vector product). */
+typedef void (*nf_vec_dot_rows_fn)(int n, float *s, size_t row_stride, const void *x, const void *y,
+                                   int nrows);
 
 struct nf_type_traits {
     const char *name;            /* ggml's name: "f32", "q4_0", "q4_K", ... */
@@ -125,6 +130,10 @@ struct nf_type_traits {
     nf_to_float_fn to_float;     /* dequantize a row; NULL when !compute */
     nf_from_float_fn from_float; /* quantize a row (reference); NULL when unsupported */
     nf_vec_dot_fn vec_dot;       /* best path for this CPU (set by nf_kernels_init) */
+    /* Fastest quantizer for activations of this type (set by nf_kernels_init); SIMD paths may
+     * round ties differently from the reference (see quants.c), so use from_float for weights. */
+    nf_from_float_fn from_float_act;
+    nf_vec_dot_rows_fn vec_dot_rows; /* best multi-row path (set by nf_kernels_init) */
 };
 
 /* Traits of type t, or NULL when t is not a ggml type (unknown or retired number). */
@@ -147,6 +156,8 @@ const char *nf_isa_name(enum nf_isa isa);
 nf_vec_dot_fn nf_vec_dot_for(enum nf_type t, enum nf_isa isa);
 /* Likewise for quantizing activations into type t (Q8_0, Q8_K, F16, BF16). */
 nf_from_float_fn nf_from_float_for(enum nf_type t, enum nf_isa isa);
+/* Likewise for the multi-row dot kernel of type t. */
+nf_vec_dot_rows_fn nf_vec_dot_rows_for(enum nf_type t, enum nf_isa isa);
 
 /* Half and bfloat16 conversions, bit-exact with ggml's (round to nearest even). */
 float nf_fp16_to_fp32(nf_fp16_t h);

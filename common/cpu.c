@@ -1,0 +1,198 @@
+/* cpu.c - CPUID/XGETBV detection and the run-time choice of quant kernels (NF_ISA caps it). */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#define NF_X86 1
+#endif
+
+#include "quants_impl.h"
+
+#if NF_X86
+static uint64_t xgetbv0(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+#endif
+
+/* AVX2 needs AVX2, FMA and F16C from CPUID and the OS saving YMM state (XCR0 bits 1-2);
+ * AVX-512 needs F, BW, VL, DQ, VNNI and the OS saving opmask and ZMM state (XCR0 bits 5-7).
+ * A CPU that has the instructions but runs under an OS that does not enable the state would
+ * fault on the first instruction, hence the XGETBV checks. */
+static enum nf_isa detect_isa(void)
+{
+#if NF_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return NF_ISA_SCALAR;
+    bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28);
+    bool f16c = c & (1u << 29);
+    if (!osxsave || !avx || !fma || !f16c)
+        return NF_ISA_SCALAR;
+    uint64_t xcr0 = xgetbv0();
+    if ((xcr0 & 0x6) != 0x6)
+        return NF_ISA_SCALAR;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return NF_ISA_SCALAR;
+    if (!(b & (1u << 5)))
+        return NF_ISA_SCALAR;
+    bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+    bool vnni = c & (1u << 11);
+    if (f && dq && bw && vl && vnni && (xcr0 & 0xe6) == 0xe6)
+        return NF_ISA_AVX512;
+    return NF_ISA_AVX2;
+#else
+    return NF_ISA_SCALAR;
+#endif
+}
+
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+static enum nf_isa cpu_isa;
+
+static void cpu_init(void)
+{
+    cpu_isa = detect_isa();
+}
+
+enum nf_isa nf_cpu_best_isa(void)
+{
+    pthread_once(&cpu_once, cpu_init);
+    return cpu_isa;
+}
+
+const char *nf_isa_name(enum nf_isa isa)
+{
+    switch (isa) {
+    case NF_ISA_SCALAR: return "scalar";
+    case NF_ISA_AVX2: return "avx2";
+    case NF_ISA_AVX512: return "avx512";
+    default: return "unknown";
+    }
+}
+
+/* Multi-row kernels made of single-row ones, for types and ISAs without a dedicated one. */
+#define ROWS_FROM(fn)                                                                          \
+    static void fn##_rows(int n, float *s, size_t bs, const void *x, const void *y, int nrows) \
+    {                                                                                          \
+        for (int r = 0; r < nrows; r++)                                                        \
+            fn(n, s + r, (const char *)x + (size_t)r * bs, y);                                 \
+    }
+
+ROWS_FROM(nf__vec_dot_f32_ref)
+ROWS_FROM(nf__vec_dot_f16_ref)
+ROWS_FROM(nf__vec_dot_bf16_ref)
+ROWS_FROM(nf__vec_dot_q4_0_q8_0_ref)
+ROWS_FROM(nf__vec_dot_q8_0_q8_0_ref)
+ROWS_FROM(nf__vec_dot_q4_K_q8_K_ref)
+ROWS_FROM(nf__vec_dot_q5_K_q8_K_ref)
+ROWS_FROM(nf__vec_dot_q6_K_q8_K_ref)
+ROWS_FROM(nf__vec_dot_q8_K_q8_K_ref)
+
+/* Per type and ISA: the paths specific to that ISA (NULL: none, use a lower ISA's).
+ * from_float is indexed by the activation type it produces. */
+struct kernel_set {
+    nf_vec_dot_fn vec_dot[NF_ISA_COUNT];
+    nf_vec_dot_rows_fn rows[NF_ISA_COUNT];
+    nf_from_float_fn from_float[NF_ISA_COUNT];
+};
+
+static const struct kernel_set kernels[NF_TYPE_COUNT] = {
+    [NF_TYPE_F32] = {.vec_dot = {nf__vec_dot_f32_ref}, .rows = {nf__vec_dot_f32_ref_rows}},
+    [NF_TYPE_F16] = {.vec_dot = {nf__vec_dot_f16_ref},
+                     .rows = {nf__vec_dot_f16_ref_rows},
+                     .from_float = {nf__quantize_row_f16_ref}},
+    [NF_TYPE_BF16] = {.vec_dot = {nf__vec_dot_bf16_ref},
+                      .rows = {nf__vec_dot_bf16_ref_rows},
+                      .from_float = {nf__quantize_row_bf16_ref}},
+    [NF_TYPE_Q4_0] = {.vec_dot = {nf__vec_dot_q4_0_q8_0_ref},
+                      .rows = {nf__vec_dot_q4_0_q8_0_ref_rows}},
+    [NF_TYPE_Q8_0] = {.vec_dot = {nf__vec_dot_q8_0_q8_0_ref},
+                      .rows = {nf__vec_dot_q8_0_q8_0_ref_rows},
+                      .from_float = {nf__quantize_row_q8_0_ref}},
+    [NF_TYPE_Q4_K] = {.vec_dot = {nf__vec_dot_q4_K_q8_K_ref},
+                      .rows = {nf__vec_dot_q4_K_q8_K_ref_rows}},
+    [NF_TYPE_Q5_K] = {.vec_dot = {nf__vec_dot_q5_K_q8_K_ref},
+                      .rows = {nf__vec_dot_q5_K_q8_K_ref_rows}},
+    [NF_TYPE_Q6_K] = {.vec_dot = {nf__vec_dot_q6_K_q8_K_ref},
+                      .rows = {nf__vec_dot_q6_K_q8_K_ref_rows}},
+    [NF_TYPE_Q8_K] = {.vec_dot = {nf__vec_dot_q8_K_q8_K_ref},
+                      .rows = {nf__vec_dot_q8_K_q8_K_ref_rows},
+                      .from_float = {nf__quantize_row_q8_K_ref}},
+};
+
+static pthread_once_t kernels_once = PTHREAD_ONCE_INIT;
+static enum nf_isa kernels_isa;
+
+/* The path of the highest ISA <= isa that exists in fns (the scalar one always does). */
+#define BEST_UPTO(fns, isa)          \
+    ({                               \
+        int i_ = (int)(isa);         \
+        while (i_ > 0 && !(fns)[i_]) \
+            i_--;                    \
+        (fns)[i_];                   \
+    })
+
+static void kernels_init(void)
+{
+    enum nf_isa isa = nf_cpu_best_isa();
+    const char *cap = getenv("NF_ISA");
+    if (cap && *cap) {
+        enum nf_isa want = NF_ISA_COUNT;
+        for (int i = 0; i < NF_ISA_COUNT; i++)
+            if (strcmp(cap, nf_isa_name((enum nf_isa)i)) == 0)
+                want = (enum nf_isa)i;
+        if (want == NF_ISA_COUNT)
+            fprintf(stderr, "nanoflow: NF_ISA=%s ignored: expected scalar, avx2 or avx512\n", cap);
+        else if (want < isa)
+            isa = want;
+    }
+    kernels_isa = isa;
+    for (int t = 0; t < NF_TYPE_COUNT; t++) {
+        const struct kernel_set *k = &kernels[t];
+        if (k->vec_dot[0]) {
+            nf__traits[t].vec_dot = BEST_UPTO(k->vec_dot, isa);
+            nf__traits[t].vec_dot_rows = BEST_UPTO(k->rows, isa);
+        }
+        if (k->from_float[0])
+            nf__traits[t].from_float_act = BEST_UPTO(k->from_float, isa);
+        else if (nf__traits[t].compute)
+            nf__traits[t].from_float_act = nf__traits[t].from_float;
+    }
+}
+
+void nf_kernels_init(void)
+{
+    pthread_once(&kernels_once, kernels_init);
+}
+
+enum nf_isa nf_kernels_isa(void)
+{
+    nf_kernels_init();
+    return kernels_isa;
+}
+
+static bool valid(enum nf_type t, enum nf_isa isa)
+{
+    return (int)t >= 0 && t < NF_TYPE_COUNT && (int)isa >= 0 && isa < NF_ISA_COUNT &&
+           isa <= nf_cpu_best_isa();
+}
+
+nf_vec_dot_fn nf_vec_dot_for(enum nf_type t, enum nf_isa isa)
+{
+    return valid(t, isa) ? kernels[t].vec_dot[isa] : NULL;
+}
+
+nf_from_float_fn nf_from_float_for(enum nf_type t, enum nf_isa isa)
+{
+    return valid(t, isa) ? kernels[t].from_float[isa] : NULL;
+}
+
+nf_vec_dot_rows_fn nf_vec_dot_rows_for(enum nf_type t, enum nf_isa isa)
+{
+    return valid(t, isa) ? kernels[t].rows[isa] : NULL;
+}

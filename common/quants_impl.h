@@ -1,0 +1,79 @@
+/* quants_impl.h - internal: the per-ISA kernels behind quants.h, for the dispatcher (cpu.c). */
+#ifndef NF_QUANTS_IMPL_H
+#define NF_QUANTS_IMPL_H
+
+#include "quants.h"
+
+/* Rounds to the nearest integer, ties to even, as ggml's nearest_int (|f| <= 4194303). */
+static inline int nf__nearest_int(float f)
+{
+    union {
+        float f;
+        int32_t i;
+    } u = {.f = f + 12582912.f};
+    return (u.i & 0x007fffff) - 0x00400000;
+}
+
+/* The traits table (quants.c); nf_kernels_init (cpu.c) fills in the fastest kernels. */
+extern struct nf_type_traits nf__traits[NF_TYPE_COUNT];
+
+/* Scalar reference kernels (quants.c). */
+void nf__vec_dot_f32_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_f16_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_bf16_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q4_0_q8_0_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q8_0_q8_0_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q4_K_q8_K_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_K_q8_K_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q6_K_q8_K_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q8_K_q8_K_ref(int n, float *s, const void *x, const void *y);
+void nf__quantize_row_f16_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_bf16_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q8_0_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
+
+/* AVX2 + FMA + F16C kernels (quants_avx2.c); call only when nf_cpu_best_isa() >= AVX2. */
+void nf__vec_dot_f32_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_f16_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_bf16_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q4_0_q8_0_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q8_0_q8_0_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q4_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q6_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q4_0_q8_0_rows_avx2(int n, float *s, size_t bs, const void *x, const void *y,
+                                     int nrows);
+void nf__vec_dot_q8_0_q8_0_rows_avx2(int n, float *s, size_t bs, const void *x, const void *y,
+                                     int nrows);
+void nf__quantize_row_f16_avx2(const float *x, void *y, int64_t n);
+void nf__quantize_row_bf16_avx2(const float *x, void *y, int64_t n);
+void nf__quantize_row_q8_0_avx2(const float *x, void *y, int64_t n);
+void nf__quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
+
+/* AVX-512 F/BW/VL/DQ/VNNI kernels (quants_avx512.c); call only when nf_cpu_best_isa() is
+ * AVX512. */
+void nf__vec_dot_f32_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_f16_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q4_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q8_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q4_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q6_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q4_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *x, const void *y,
+                                       int nrows);
+void nf__vec_dot_q8_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *x, const void *y,
+                                       int nrows);
+
+/* Decodes the 6-bit scale and min of sub-block j (0..7) of a q4_K/q5_K block. */
+static inline void nf__get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
+{
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+#endif
