@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +17,8 @@
 #include "gguf_write.h"
 #include "nf_err.h"
 #include "quants.h"
+
+#define run_mkmodel(...) run_mkmodel_argv((const char *const[]){__VA_ARGS__})
 
 static char tmpdir[256];
 
@@ -376,18 +377,15 @@ static void test_copy_real_metadata(void **state)
     nf_gguf_close(a);
 }
 
-/* Runs nanoflowctl mkmodel with the given arguments (NULL-terminated); returns its exit code. */
-static int run_mkmodel(const char *first, ...)
+/* Runs nanoflowctl mkmodel with the arguments in args (NULL-terminated); returns its exit code. */
+static int run_mkmodel_argv(const char *const *args)
 {
     char bin[512];
     snprintf(bin, sizeof(bin), "%s/ctl/nanoflowctl", NF_BUILD_DIR);
     const char *argv[40] = {bin, "mkmodel"};
     int argc = 2;
-    va_list ap;
-    va_start(ap, first);
-    for (const char *a = first; a && argc < 39; a = va_arg(ap, const char *))
-        argv[argc++] = a;
-    va_end(ap);
+    for (; args[argc - 2] && argc < 39; argc++)
+        argv[argc] = args[argc - 2];
     argv[argc] = NULL;
     pid_t pid = fork();
     if (pid == 0) {
