@@ -741,6 +741,85 @@ static void test_mutations(void **state)
     free(b.p);
 }
 
+/* Every ggml type number: known ones give the size ggml gives (ggml-common.h block layouts,
+ * transcribed here independently of the reader's table) and agree with nf_type_traits() where
+ * NanoFlow computes the type; retired and future numbers are refused. */
+static void test_type_sizes(void **state)
+{
+    static const struct {
+        int64_t blck;
+        uint64_t size;
+    } want[NF_TYPE_COUNT] = {
+        [0] = {1, 4},      [1] = {1, 2},      [2] = {32, 18},    [3] = {32, 20},
+        [6] = {32, 22},    [7] = {32, 24},    [8] = {32, 34},    [9] = {32, 36},
+        [10] = {256, 84},  [11] = {256, 110}, [12] = {256, 144}, [13] = {256, 176},
+        [14] = {256, 210}, [15] = {256, 292}, [16] = {256, 66},  [17] = {256, 74},
+        [18] = {256, 98},  [19] = {256, 50},  [20] = {32, 18},   [21] = {256, 110},
+        [22] = {256, 82},  [23] = {256, 136}, [24] = {1, 1},     [25] = {1, 2},
+        [26] = {1, 4},     [27] = {1, 8},     [28] = {1, 8},     [29] = {256, 56},
+        [30] = {1, 2},     [34] = {256, 54},  [35] = {256, 66},  [39] = {32, 17},
+    };
+    char err[512];
+    for (uint32_t t = 0; t <= NF_TYPE_COUNT + 1; t++) {
+        struct spec s = tiny_spec();
+        struct gbuf b;
+        struct layout lo;
+        bool known = t < NF_TYPE_COUNT && want[t].blck != 0;
+        uint64_t size = known ? (uint64_t)(512 / want[t].blck) * want[t].size * 3 : 64;
+        s.n_tensors = 1;
+        s.t[0] = (struct tspec){"w", 2, {512, 3}, t, 0};
+        s.data_len = size;
+        build(&s, &b, &lo);
+        struct nf_gguf *g = NULL;
+        int rc = nf_gguf_open_mem(&g, b.p, b.len, err, sizeof(err));
+        if (!known) {
+            if (rc != NF_EBADTYPE)
+                fail_msg("type %u: expected refusal, got %d: %s", t, rc, err);
+            char needle[64];
+            snprintf(needle, sizeof(needle), "unknown tensor type %u", t);
+            check_msg(err, "<memory>", needle);
+            if (t < NF_TYPE_COUNT)
+                assert_null(nf_type_traits((enum nf_type)t));
+        } else {
+            if (rc != 0)
+                fail_msg("type %u: %s", t, err);
+            const struct nf_gguf_tensor *w = nf_gguf_find_tensor(g, "w");
+            assert_non_null(w);
+            assert_int_equal(w->type, t);
+            assert_int_equal(w->size, size);
+            const struct nf_type_traits *tr = nf_type_traits((enum nf_type)t);
+            if (tr) {
+                assert_int_equal(tr->blck_size, want[t].blck);
+                assert_int_equal(tr->type_size, want[t].size);
+            }
+            nf_gguf_close(g);
+            /* A row length that is not a whole number of blocks is refused. */
+            if (want[t].blck > 1) {
+                free(b.p);
+                s.t[0].ne[0] = 512 + (uint64_t)want[t].blck / 2;
+                build(&s, &b, &lo);
+                assert_int_equal(nf_gguf_open_mem(&g, b.p, b.len, err, sizeof(err)), NF_ESHAPE);
+                check_msg(err, "<memory>", "multiple of the block size");
+            }
+        }
+        free(b.p);
+    }
+}
+
+/* Not a regular file: refused with a message, nothing leaked. */
+static void test_not_a_file(void **state)
+{
+    char err[512];
+    struct nf_gguf *g = NULL;
+    assert_int_equal(nf_gguf_open(&g, tmpdir, err, sizeof(err)), NF_EUSAGE);
+    assert_null(g);
+    check_msg(err, tmpdir, "not a regular file");
+    assert_int_equal(nf_gguf_open_fd(&g, -1, "bad-fd", err, sizeof(err)), -EBADF);
+    check_msg(err, "bad-fd", "descriptor");
+    assert_int_equal(nf_gguf_open_mem(&g, NULL, 0, err, sizeof(err)), NF_ETRUNCATED);
+    check_msg(err, "<memory>", "magic");
+}
+
 /* --- the shared models --- */
 
 static void check_model_common(const char *path, struct nf_gguf *g)
@@ -934,7 +1013,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_valid),     cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_truncated_tiny), cmocka_unit_test(test_truncated_models),
-        cmocka_unit_test(test_mutations),      cmocka_unit_test(test_all_shared_files),
+        cmocka_unit_test(test_mutations),      cmocka_unit_test(test_type_sizes),
+        cmocka_unit_test(test_not_a_file),     cmocka_unit_test(test_all_shared_files),
         cmocka_unit_test(test_stories260k),    cmocka_unit_test(test_quantized_models),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
