@@ -414,13 +414,14 @@ static void human(char *buf, size_t len, double bytes)
     snprintf(buf, len, i ? "%.2f %s" : "%.0f %s", bytes, u[i]);
 }
 
-/* Refuses when the directory of the output lacks room for `need` bytes. */
-static int check_space(const char *dir, uint64_t need, bool zero)
+/* Refuses when the directory of the output lacks room for `need` bytes (reason in err). */
+static int check_space(const char *dir, uint64_t need, bool zero, char *err, size_t errlen)
 {
     struct statvfs sv;
     if (statvfs(dir, &sv) != 0) {
-        fprintf(stderr, "nanoflowctl mkmodel: %s: %s\n", dir, strerror(errno));
-        return -errno;
+        int rc = -errno;
+        snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+        return rc;
     }
     uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
     /* Keep a margin so the filesystem's own metadata and other writers are not starved. */
@@ -430,10 +431,10 @@ static int check_space(const char *dir, uint64_t need, bool zero)
     char a[32], b[32];
     human(a, sizeof(a), (double)need);
     human(b, sizeof(b), (double)avail);
-    fprintf(stderr,
-            "nanoflowctl mkmodel: not enough free disk space in %s: the model needs %s (plus a "
-            "64 MiB margin), only %s is free%s\n",
-            dir, a, b, zero ? "" : " (--zero writes an all-zero model that takes almost no disk)");
+    snprintf(err, errlen,
+             "not enough free disk space in %s: the model needs %s (plus a 64 MiB margin), only "
+             "%s is free%s",
+             dir, a, b, zero ? "" : " (--zero writes an all-zero model that takes almost no disk)");
     return -ENOSPC;
 }
 
@@ -549,7 +550,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
             if (t[i].fill != NF_MK_RANDOM)
                 need += t[i].size + 4096;
     }
-    if ((rc = check_space(dir, need, o.zero)))
+    if ((rc = check_space(dir, need, o.zero, err, sizeof(err))))
         goto fail;
 
     /* Write under a temporary name; only a complete, synced file is renamed into place. */
@@ -564,6 +565,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
+    /* Past a file size limit (ulimit -f) writes then fail with EFBIG instead of killing us. */
+    signal(SIGXFSZ, SIG_IGN);
     fd = mkstemp(nf_mk_tmp_path);
     if (fd < 0) {
         rc = -errno;
@@ -626,7 +629,7 @@ fail:
     if (exit_code == 1) {
         if (err[0])
             fprintf(stderr, "nanoflowctl mkmodel: %s\n", err);
-        else if (rc != -ENOSPC)
+        else
             fprintf(stderr, "nanoflowctl mkmodel: %s\n", nf_strerror(rc));
     }
 out:
@@ -639,6 +642,7 @@ out:
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     signal(SIGHUP, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
     free(t);
     nf_gguf_writer_free(w);
     free(dup1);
