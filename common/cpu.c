@@ -92,6 +92,12 @@ ROWS_FROM(nf__vec_dot_q4_K_q8_K_ref)
 ROWS_FROM(nf__vec_dot_q5_K_q8_K_ref)
 ROWS_FROM(nf__vec_dot_q6_K_q8_K_ref)
 ROWS_FROM(nf__vec_dot_q8_K_q8_K_ref)
+ROWS_FROM(nf__vec_dot_f32_avx2)
+ROWS_FROM(nf__vec_dot_f16_avx2)
+ROWS_FROM(nf__vec_dot_bf16_avx2)
+ROWS_FROM(nf__vec_dot_q4_K_q8_K_avx2)
+ROWS_FROM(nf__vec_dot_q5_K_q8_K_avx2)
+ROWS_FROM(nf__vec_dot_q6_K_q8_K_avx2)
 
 /* Per type and ISA: the paths specific to that ISA (NULL: none, use a lower ISA's).
  * from_float is indexed by the activation type it produces. */
@@ -101,28 +107,42 @@ struct kernel_set {
     nf_from_float_fn from_float[NF_ISA_COUNT];
 };
 
+#define K3(ref, avx2, avx512) \
+    {                         \
+        ref, avx2, avx512     \
+    }
+
 static const struct kernel_set kernels[NF_TYPE_COUNT] = {
-    [NF_TYPE_F32] = {.vec_dot = {nf__vec_dot_f32_ref}, .rows = {nf__vec_dot_f32_ref_rows}},
-    [NF_TYPE_F16] = {.vec_dot = {nf__vec_dot_f16_ref},
-                     .rows = {nf__vec_dot_f16_ref_rows},
-                     .from_float = {nf__quantize_row_f16_ref}},
-    [NF_TYPE_BF16] = {.vec_dot = {nf__vec_dot_bf16_ref},
-                      .rows = {nf__vec_dot_bf16_ref_rows},
-                      .from_float = {nf__quantize_row_bf16_ref}},
-    [NF_TYPE_Q4_0] = {.vec_dot = {nf__vec_dot_q4_0_q8_0_ref},
-                      .rows = {nf__vec_dot_q4_0_q8_0_ref_rows}},
-    [NF_TYPE_Q8_0] = {.vec_dot = {nf__vec_dot_q8_0_q8_0_ref},
-                      .rows = {nf__vec_dot_q8_0_q8_0_ref_rows},
-                      .from_float = {nf__quantize_row_q8_0_ref}},
-    [NF_TYPE_Q4_K] = {.vec_dot = {nf__vec_dot_q4_K_q8_K_ref},
-                      .rows = {nf__vec_dot_q4_K_q8_K_ref_rows}},
-    [NF_TYPE_Q5_K] = {.vec_dot = {nf__vec_dot_q5_K_q8_K_ref},
-                      .rows = {nf__vec_dot_q5_K_q8_K_ref_rows}},
-    [NF_TYPE_Q6_K] = {.vec_dot = {nf__vec_dot_q6_K_q8_K_ref},
-                      .rows = {nf__vec_dot_q6_K_q8_K_ref_rows}},
-    [NF_TYPE_Q8_K] = {.vec_dot = {nf__vec_dot_q8_K_q8_K_ref},
-                      .rows = {nf__vec_dot_q8_K_q8_K_ref_rows},
-                      .from_float = {nf__quantize_row_q8_K_ref}},
+    [NF_TYPE_F32] = {.vec_dot = K3(nf__vec_dot_f32_ref, nf__vec_dot_f32_avx2, NULL),
+                     .rows = K3(nf__vec_dot_f32_ref_rows, nf__vec_dot_f32_avx2_rows, NULL)},
+    [NF_TYPE_F16] = {.vec_dot = K3(nf__vec_dot_f16_ref, nf__vec_dot_f16_avx2, NULL),
+                     .rows = K3(nf__vec_dot_f16_ref_rows, nf__vec_dot_f16_avx2_rows, NULL),
+                     .from_float = K3(nf__quantize_row_f16_ref, nf__quantize_row_f16_avx2, NULL)},
+    [NF_TYPE_BF16] = {.vec_dot = K3(nf__vec_dot_bf16_ref, nf__vec_dot_bf16_avx2, NULL),
+                      .rows = K3(nf__vec_dot_bf16_ref_rows, nf__vec_dot_bf16_avx2_rows, NULL),
+                      .from_float =
+                          K3(nf__quantize_row_bf16_ref, nf__quantize_row_bf16_avx2, NULL)},
+    [NF_TYPE_Q4_0] = {.vec_dot = K3(nf__vec_dot_q4_0_q8_0_ref, nf__vec_dot_q4_0_q8_0_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q4_0_q8_0_ref_rows, nf__vec_dot_q4_0_q8_0_rows_avx2,
+                                 NULL)},
+    [NF_TYPE_Q8_0] = {.vec_dot = K3(nf__vec_dot_q8_0_q8_0_ref, nf__vec_dot_q8_0_q8_0_avx2, NULL),
+                      .rows =
+                          K3(nf__vec_dot_q8_0_q8_0_ref_rows, nf__vec_dot_q8_0_q8_0_rows_avx2, NULL),
+                      .from_float =
+                          K3(nf__quantize_row_q8_0_ref, nf__quantize_row_q8_0_avx2, NULL)},
+    [NF_TYPE_Q4_K] = {.vec_dot = K3(nf__vec_dot_q4_K_q8_K_ref, nf__vec_dot_q4_K_q8_K_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q4_K_q8_K_ref_rows, nf__vec_dot_q4_K_q8_K_avx2_rows,
+                                 NULL)},
+    [NF_TYPE_Q5_K] = {.vec_dot = K3(nf__vec_dot_q5_K_q8_K_ref, nf__vec_dot_q5_K_q8_K_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q5_K_q8_K_ref_rows, nf__vec_dot_q5_K_q8_K_avx2_rows,
+                                 NULL)},
+    [NF_TYPE_Q6_K] = {.vec_dot = K3(nf__vec_dot_q6_K_q8_K_ref, nf__vec_dot_q6_K_q8_K_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q6_K_q8_K_ref_rows, nf__vec_dot_q6_K_q8_K_avx2_rows,
+                                 NULL)},
+    [NF_TYPE_Q8_K] = {.vec_dot = K3(nf__vec_dot_q8_K_q8_K_ref, NULL, NULL),
+                      .rows = K3(nf__vec_dot_q8_K_q8_K_ref_rows, NULL, NULL),
+                      .from_float =
+                          K3(nf__quantize_row_q8_K_ref, nf__quantize_row_q8_K_avx2, NULL)},
 };
 
 static pthread_once_t kernels_once = PTHREAD_ONCE_INIT;

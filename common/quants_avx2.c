@@ -1,0 +1,492 @@
+/* quants_avx2.c - AVX2/FMA/F16C kernels (vec_dot, activation quantizers); see quants_impl.h. */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "quants_impl.h"
+
+static inline float hsum_ps(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline float h2f(nf_fp16_t h)
+{
+    return _cvtsh_ss(h);
+}
+
+/* The 32 nibbles of a q4_0 block as bytes 0..15 in element order (low nibbles first). */
+static inline __m256i nibbles_32(const uint8_t *p)
+{
+    __m128i t = _mm_loadu_si128((const __m128i *)p);
+    __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+/* Eight int32 partial sums of x*y for signed bytes x, y (|x| <= 127 avoids saturation). */
+static inline __m256i dot_i8(__m256i x, __m256i y)
+{
+    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+/* Eight int32 partial sums of u*y for unsigned bytes u <= 127 and signed bytes y. */
+static inline __m256i dot_u8i8(__m256i u, __m256i y)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1));
+}
+
+/* ---- plain float types ------------------------------------------------------------------- */
+
+void nf__vec_dot_f32_avx2(int n, float *s, const void *vx, const void *vy)
+{
+    const float *x = vx, *y = vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++)
+        sum += x[i] * y[i];
+    *s = sum;
+}
+
+void nf__vec_dot_f16_avx2(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_fp16_t *x = vx, *y = vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int i = 0;
+#define LD(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(LD(x + i), LD(y + i), a0);
+        a1 = _mm256_fmadd_ps(LD(x + i + 8), LD(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(LD(x + i + 16), LD(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(LD(x + i + 24), LD(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(LD(x + i), LD(y + i), a0);
+#undef LD
+    float sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++)
+        sum += h2f(x[i]) * h2f(y[i]);
+    *s = sum;
+}
+
+static inline __m256 load_bf16(const nf_bf16_t *p)
+{
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+void nf__vec_dot_bf16_avx2(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_bf16_t *x = vx, *y = vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(load_bf16(x + i), load_bf16(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_bf16(x + i + 8), load_bf16(y + i + 8), a1);
+    }
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(load_bf16(x + i), load_bf16(y + i), a0);
+    float sum = hsum_ps(_mm256_add_ps(a0, a1));
+    for (; i < n; i++)
+        sum += nf_bf16_to_fp32(x[i]) * nf_bf16_to_fp32(y[i]);
+    *s = sum;
+}
+
+/* ---- legacy quants ----------------------------------------------------------------------- */
+
+void nf__vec_dot_q4_0_q8_0_avx2(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q4_0 *x = vx;
+    const nf_block_q8_0 *y = vy;
+    const int nb = n / NF_QK8_0;
+    const __m256i off = _mm256_set1_epi8(8);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m256i q0 = _mm256_sub_epi8(nibbles_32(x[i].qs), off);
+        __m256i q1 = _mm256_sub_epi8(nibbles_32(x[i + 1].qs), off);
+        __m256i p0 = dot_i8(q0, _mm256_loadu_si256((const __m256i *)y[i].qs));
+        __m256i p1 = dot_i8(q1, _mm256_loadu_si256((const __m256i *)y[i + 1].qs));
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(p0), a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)),
+                             _mm256_cvtepi32_ps(p1), a1);
+    }
+    for (; i < nb; i++) {
+        __m256i q0 = _mm256_sub_epi8(nibbles_32(x[i].qs), off);
+        __m256i p0 = dot_i8(q0, _mm256_loadu_si256((const __m256i *)y[i].qs));
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(p0), a0);
+    }
+    *s = hsum_ps(_mm256_add_ps(a0, a1));
+}
+
+void nf__vec_dot_q8_0_q8_0_avx2(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q8_0 *x = vx, *y = vy;
+    const int nb = n / NF_QK8_0;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m256i p0 = dot_i8(_mm256_loadu_si256((const __m256i *)x[i].qs),
+                            _mm256_loadu_si256((const __m256i *)y[i].qs));
+        __m256i p1 = dot_i8(_mm256_loadu_si256((const __m256i *)x[i + 1].qs),
+                            _mm256_loadu_si256((const __m256i *)y[i + 1].qs));
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(p0), a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)),
+                             _mm256_cvtepi32_ps(p1), a1);
+    }
+    for (; i < nb; i++) {
+        __m256i p0 = dot_i8(_mm256_loadu_si256((const __m256i *)x[i].qs),
+                            _mm256_loadu_si256((const __m256i *)y[i].qs));
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(p0), a0);
+    }
+    *s = hsum_ps(_mm256_add_ps(a0, a1));
+}
+
+/* Four q4_0 rows against one q8_0 activation: the activation block, its scale and its sum are
+ * loaded once for the four rows. Nibbles stay unsigned (0..15) for maddubs and the offset is
+ * taken out as 8 * sum(y). */
+static void q4_0_rows4(int nb, float *s, size_t bs, const char *x, const nf_block_q8_0 *y)
+{
+    const nf_block_q4_0 *r0 = (const void *)x, *r1 = (const void *)(x + bs);
+    const nf_block_q4_0 *r2 = (const void *)(x + 2 * bs), *r3 = (const void *)(x + 3 * bs);
+    const __m256i eight = _mm256_set1_epi8(8);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < nb; i++) {
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        __m256i corr = dot_u8i8(eight, qy);
+        float dy = h2f(y[i].d);
+#define ROW(r, a)                                                                        \
+    do {                                                                                 \
+        __m256i p = _mm256_sub_epi32(dot_u8i8(nibbles_32(r[i].qs), qy), corr);           \
+        a = _mm256_fmadd_ps(_mm256_set1_ps(h2f(r[i].d) * dy), _mm256_cvtepi32_ps(p), a); \
+    } while (0)
+        ROW(r0, a0);
+        ROW(r1, a1);
+        ROW(r2, a2);
+        ROW(r3, a3);
+#undef ROW
+    }
+    s[0] = hsum_ps(a0);
+    s[1] = hsum_ps(a1);
+    s[2] = hsum_ps(a2);
+    s[3] = hsum_ps(a3);
+}
+
+void nf__vec_dot_q4_0_q8_0_rows_avx2(int n, float *s, size_t bs, const void *x, const void *y,
+                                     int nrows)
+{
+    int r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        q4_0_rows4(n / NF_QK8_0, s + r, bs, (const char *)x + (size_t)r * bs, y);
+    for (; r < nrows; r++)
+        nf__vec_dot_q4_0_q8_0_avx2(n, s + r, (const char *)x + (size_t)r * bs, y);
+}
+
+static void q8_0_rows4(int nb, float *s, size_t bs, const char *x, const nf_block_q8_0 *y)
+{
+    const nf_block_q8_0 *r0 = (const void *)x, *r1 = (const void *)(x + bs);
+    const nf_block_q8_0 *r2 = (const void *)(x + 2 * bs), *r3 = (const void *)(x + 3 * bs);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int i = 0; i < nb; i++) {
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        float dy = h2f(y[i].d);
+#define ROW(r, a)                                                                        \
+    do {                                                                                 \
+        __m256i p = dot_i8(_mm256_loadu_si256((const __m256i *)r[i].qs), qy);            \
+        a = _mm256_fmadd_ps(_mm256_set1_ps(h2f(r[i].d) * dy), _mm256_cvtepi32_ps(p), a); \
+    } while (0)
+        ROW(r0, a0);
+        ROW(r1, a1);
+        ROW(r2, a2);
+        ROW(r3, a3);
+#undef ROW
+    }
+    s[0] = hsum_ps(a0);
+    s[1] = hsum_ps(a1);
+    s[2] = hsum_ps(a2);
+    s[3] = hsum_ps(a3);
+}
+
+void nf__vec_dot_q8_0_q8_0_rows_avx2(int n, float *s, size_t bs, const void *x, const void *y,
+                                     int nrows)
+{
+    int r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        q8_0_rows4(n / NF_QK8_0, s + r, bs, (const char *)x + (size_t)r * bs, y);
+    for (; r < nrows; r++)
+        nf__vec_dot_q8_0_q8_0_avx2(n, s + r, (const char *)x + (size_t)r * bs, y);
+}
+
+/* ---- K-quants ---------------------------------------------------------------------------- */
+
+/* Unpacks the 12 scale bytes of a q4_K/q5_K block into 8 scales and 8 mins (6 bits each). */
+static inline void unpack_k4_scales(const uint8_t *q, uint8_t sc[8], uint8_t m[8])
+{
+    uint32_t u[4];
+    memcpy(u, q, 12);
+    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+    uint32_t s0 = u[0] & k1;
+    uint32_t s1 = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
+    uint32_t m0 = u[1] & k1;
+    uint32_t m1 = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
+    memcpy(sc, &s0, 4);
+    memcpy(sc + 4, &s1, 4);
+    memcpy(m, &m0, 4);
+    memcpy(m + 4, &m1, 4);
+}
+
+/* sum_j m_j * (bsums[2j] + bsums[2j+1]) for 8 mins and 16 bsums. */
+static inline __m256i mins_dot_bsums(const uint8_t m[8], const int16_t *bsums)
+{
+    __m128i mm = _mm_loadl_epi64((const __m128i *)m);
+    __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mm, mm));
+    return _mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i *)bsums));
+}
+
+void nf__vec_dot_q4_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q4_K *x = vx;
+    const nf_block_q8_K *y = vy;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int i = 0; i < n / NF_QK_K; i++) {
+        uint8_t sc[8], m[8];
+        unpack_k4_scales(x[i].scales, sc, m);
+        const float d = y[i].d * h2f(x[i].d), dmin = y[i].d * h2f(x[i].dmin);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
+                               _mm256_cvtepi32_ps(mins_dot_bsums(m, y[i].bsums)), accm);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            __m256i lo = _mm256_and_si256(q4, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            __m256i pl =
+                _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const void *)(y[i].qs + 64 * j)));
+            __m256i ph =
+                _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const void *)(y[i].qs + 64 * j + 32)));
+            pl = _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * j]));
+            ph = _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * j + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_ps(acc) - hsum_ps(accm);
+}
+
+void nf__vec_dot_q5_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q5_K *x = vx;
+    const nf_block_q8_K *y = vy;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int i = 0; i < n / NF_QK_K; i++) {
+        uint8_t sc[8], m[8];
+        unpack_k4_scales(x[i].scales, sc, m);
+        const float d = y[i].d * h2f(x[i].d), dmin = y[i].d * h2f(x[i].dmin);
+        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
+                               _mm256_cvtepi32_ps(mins_dot_bsums(m, y[i].bsums)), accm);
+        __m256i hb = _mm256_loadu_si256((const __m256i *)x[i].qh);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            /* Bit 2j of qh is the fifth bit of the low-nibble sub-block, bit 2j+1 of the high. */
+            __m256i hl = _mm256_slli_epi16(_mm256_and_si256(hb, one), 4);
+            __m256i hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4);
+            hb = _mm256_srli_epi16(hb, 2);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q4, m4), hl);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), hh);
+            __m256i pl =
+                _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const void *)(y[i].qs + 64 * j)));
+            __m256i ph =
+                _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const void *)(y[i].qs + 64 * j + 32)));
+            pl = _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * j]));
+            ph = _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * j + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_ps(acc) - hsum_ps(accm);
+}
+
+/* q6_K: quants are taken unsigned (0..63) and 32 * sum_g sc_g * bsums_g is subtracted. */
+void nf__vec_dot_q6_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q6_K *x = vx;
+    const nf_block_q8_K *y = vy;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / NF_QK_K; i++) {
+        const float d = y[i].d * h2f(x[i].d);
+        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
+        __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[i].ql + 64 * h, *qh = x[i].qh + 32 * h;
+            const int8_t *q8 = y[i].qs + 128 * h;
+            const int8_t *scp = x[i].scales + 8 * h;
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)ql);
+            __m256i l2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4));
+            q[1] = _mm256_or_si256(
+                _mm256_and_si256(l2, m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4));
+            q[2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4));
+            q[3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(l2, 4), m4),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4));
+            for (int k = 0; k < 4; k++) {
+                __m256i p =
+                    _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const void *)(q8 + 32 * k)));
+                __m256i scv =
+                    _mm256_setr_m128i(_mm_set1_epi16(scp[2 * k]), _mm_set1_epi16(scp[2 * k + 1]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv));
+            }
+        }
+        sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum_ps(acc);
+}
+
+/* ---- activation quantizers --------------------------------------------------------------- */
+
+void nf__quantize_row_f16_avx2(const float *x, void *vy, int64_t n)
+{
+    nf_fp16_t *y = vy;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        y[i] = nf_fp32_to_fp16(x[i]);
+}
+
+/* Same rounding as nf_fp32_to_bf16, eight at a time with integer arithmetic. */
+void nf__quantize_row_bf16_avx2(const float *x, void *vy, int64_t n)
+{
+    nf_bf16_t *y = vy;
+    int64_t i = 0;
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff);
+    const __m256i quiet = _mm256_set1_epi32(0x40);
+    for (; i + 16 <= n; i += 16) {
+        __m256i r[2];
+        for (int k = 0; k < 2; k++) {
+            __m256 f = _mm256_loadu_ps(x + i + 8 * k);
+            __m256i u = _mm256_castps_si256(f);
+            __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+            __m256i rnd = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, odd)), 16);
+            __m256i nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet);
+            __m256i isnan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+            r[k] = _mm256_blendv_epi8(rnd, nan, isnan);
+        }
+        __m256i p = _mm256_packus_epi32(r[0], r[1]);
+        p = _mm256_permute4x64_epi64(p, _MM_SHUFFLE(3, 1, 2, 0));
+        _mm256_storeu_si256((__m256i *)(y + i), p);
+    }
+    for (; i < n; i++)
+        y[i] = nf_fp32_to_bf16(x[i]);
+}
+
+/* 32 floats scaled by id, rounded to nearest even, packed to int8 in element order. */
+static inline __m256i round_pack_32(const float *x, __m256 id)
+{
+    __m256i v[4];
+    for (int k = 0; k < 4; k++) {
+        __m256 f = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), id);
+        f = _mm256_round_ps(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v[k] = _mm256_cvtps_epi32(f);
+    }
+    __m256i a = _mm256_packs_epi32(v[0], v[1]), b = _mm256_packs_epi32(v[2], v[3]);
+    __m256i p = _mm256_packs_epi16(a, b);
+    /* packs work per 128-bit lane: restore the element order. */
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static inline float amax_32(const float *x)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(x));
+    for (int k = 1; k < 4; k++)
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* As llama.cpp's AVX2 quantize_row_q8_0: d = amax / 127 (the same as the reference) but the
+ * quants are round(x * (127 / amax)) with ties to even, so a quant can differ by one from the
+ * reference's roundf(x * (1 / d)) when x * id is (within rounding) a tie. */
+void nf__quantize_row_q8_0_avx2(const float *x, void *vy, int64_t n)
+{
+    nf_block_q8_0 *y = vy;
+    for (int64_t i = 0; i < n / NF_QK8_0; i++, x += NF_QK8_0) {
+        float amax = amax_32(x);
+        y[i].d = (nf_fp16_t)_cvtss_sh(amax / 127.f, _MM_FROUND_TO_NEAREST_INT);
+        __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.f / amax : 0.0f);
+        _mm256_storeu_si256((__m256i *)y[i].qs, round_pack_32(x, id));
+    }
+}
+
+/* Bit-exact with the reference quantize_row_q8_K (ggml's x86 build uses the reference too). */
+void nf__quantize_row_q8_K_avx2(const float *x, void *vy, int64_t n)
+{
+    nf_block_q8_K *y = vy;
+    for (int64_t i = 0; i < n / NF_QK_K; i++, x += NF_QK_K) {
+        float amax = 0;
+        for (int k = 0; k < NF_QK_K; k += 32) {
+            float a = amax_32(x + k);
+            amax = a > amax ? a : amax;
+        }
+        if (!amax) {
+            memset(&y[i], 0, sizeof(y[i]));
+            continue;
+        }
+        /* The first element of largest magnitude sets the sign, as in the reference. */
+        float max = 0;
+        for (int k = 0; k < NF_QK_K; k++) {
+            if (fabsf(x[k]) == amax) {
+                max = x[k];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        __m256 is = _mm256_set1_ps(iscale);
+        for (int k = 0; k < NF_QK_K; k += 32) {
+            __m256i q = round_pack_32(x + k, is);
+            _mm256_storeu_si256((__m256i *)(y[i].qs + k), q);
+            /* Sums of each 16 quants: widen to int16 and add pairs, then reduce. */
+            __m256i w0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+            __m256i w1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+            y[i].bsums[k / 16] = (int16_t)hsum_epi32(_mm256_madd_epi16(w0, _mm256_set1_epi16(1)));
+            y[i].bsums[k / 16 + 1] =
+                (int16_t)hsum_epi32(_mm256_madd_epi16(w1, _mm256_set1_epi16(1)));
+        }
+        y[i].d = 1 / iscale;
+    }
+}
