@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "gguf_impl.h"
 #include "nf_err.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -147,87 +148,7 @@ static void arena_free(struct gguf_chunk *c)
     }
 }
 
-/* --- name index: open addressing over strings stored at the head of fixed-stride records --- */
-
-struct gguf_htab {
-    uint32_t *slot; /* record index + 1; 0 is empty */
-    uint64_t mask;
-};
-
-static uint64_t hash_bytes(const char *s, uint64_t len)
-{
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-    for (uint64_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
-static int htab_init(struct gguf_htab *h, uint64_t n)
-{
-    uint64_t cap = 8;
-    while (cap < 2 * n)
-        cap <<= 1;
-    h->slot = calloc(cap, sizeof(*h->slot));
-    if (!h->slot)
-        return -ENOMEM;
-    h->mask = cap - 1;
-    return 0;
-}
-
-static const struct nf_gguf_str *rec_str(const void *base, size_t stride, uint64_t i)
-{
-    return (const struct nf_gguf_str *)((const char *)base + i * stride);
-}
-
-/* Returns the record index holding (s, len), or -1. */
-static int64_t htab_find(const struct gguf_htab *h, const void *base, size_t stride, const char *s,
-                         uint64_t len)
-{
-    if (!h->slot)
-        return -1;
-    for (uint64_t i = hash_bytes(s, len) & h->mask;; i = (i + 1) & h->mask) {
-        uint32_t v = h->slot[i];
-        if (v == 0)
-            return -1;
-        const struct nf_gguf_str *e = rec_str(base, stride, v - 1);
-        if (e->len == len && memcmp(e->s, s, len) == 0)
-            return v - 1;
-    }
-}
-
-/* Inserts record idx; returns -1, or the index of an earlier record with the same name. */
-static int64_t htab_insert(struct gguf_htab *h, const void *base, size_t stride, uint32_t idx)
-{
-    const struct nf_gguf_str *k = rec_str(base, stride, idx);
-    uint64_t i = hash_bytes(k->s, k->len) & h->mask;
-    for (;; i = (i + 1) & h->mask) {
-        uint32_t v = h->slot[i];
-        if (v == 0)
-            break;
-        const struct nf_gguf_str *e = rec_str(base, stride, v - 1);
-        if (e->len == k->len && memcmp(e->s, k->s, k->len) == 0)
-            return v - 1;
-    }
-    h->slot[i] = idx + 1;
-    return -1;
-}
-
 /* --- the opened file --- */
-
-struct gguf_impl {
-    struct nf_gguf pub; /* first, so a struct nf_gguf * converts back */
-    const uint8_t *mem; /* image given to nf_gguf_open_mem, else NULL */
-    struct gguf_chunk *arena;
-    struct gguf_htab kv_index;
-    struct gguf_htab tensor_index;
-};
-
-static const struct gguf_impl *impl_of(const struct nf_gguf *g)
-{
-    return (const struct gguf_impl *)g;
-}
 
 void nf_gguf_close(struct nf_gguf *g)
 {
@@ -242,50 +163,6 @@ void nf_gguf_close(struct nf_gguf *g)
     free(im->tensor_index.slot);
     arena_free(im->arena);
     free(im);
-}
-
-/* Reads exactly len bytes at off; NF_ETRUNCATED if the file ends first. */
-static int pread_full(int fd, void *buf, size_t len, uint64_t off)
-{
-    char *p = buf;
-    while (len > 0) {
-        size_t chunk = len > (1u << 30) ? (1u << 30) : len;
-        ssize_t r = pread(fd, p, chunk, (off_t)off);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (r == 0)
-            return NF_ETRUNCATED;
-        p += r;
-        len -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
-int nf_gguf_pread(const struct nf_gguf *g, void *buf, size_t len, uint64_t off)
-{
-    if (!g || (!buf && len))
-        return NF_EUSAGE;
-    if (off > g->file_size || len > g->file_size - off)
-        return NF_ETRUNCATED;
-    const struct gguf_impl *im = impl_of(g);
-    if (im->mem) {
-        if (len)
-            memcpy(buf, im->mem + off, len);
-        return 0;
-    }
-    return pread_full(g->fd, buf, len, off);
-}
-
-int nf_gguf_read_tensor(const struct nf_gguf *g, const struct nf_gguf_tensor *t, void *buf,
-                        size_t bufsize)
-{
-    if (!g || !t || t->size > bufsize)
-        return NF_EUSAGE;
-    return nf_gguf_pread(g, buf, (size_t)t->size, t->offset);
 }
 
 /* --- parser --- */
@@ -368,14 +245,14 @@ static int read_bytes(struct parser *p, void *dst, uint64_t n, const char *field
         int rc;
         if (n >= GGUF_BUF_SIZE) {
             /* Large arrays bypass the buffer. */
-            rc = pread_full(p->fd, d, n, p->pos);
+            rc = nf__gguf_pread_full(p->fd, d, n, p->pos);
             if (rc == 0) {
                 p->pos += n;
                 return 0;
             }
         } else {
             uint64_t want = remaining(p) < GGUF_BUF_SIZE ? remaining(p) : GGUF_BUF_SIZE;
-            rc = pread_full(p->fd, p->buf, want, p->pos);
+            rc = nf__gguf_pread_full(p->fd, p->buf, want, p->pos);
             if (rc == 0) {
                 p->buf_off = p->pos;
                 p->buf_len = want;
@@ -595,7 +472,7 @@ static int parse_kv(struct parser *p)
     char shown[GGUF_NAME_SHOW + 4];
     int rc;
     g->kv = calloc(g->n_kv ? g->n_kv : 1, sizeof(*g->kv));
-    if (!g->kv || htab_init(&p->g->kv_index, g->n_kv))
+    if (!g->kv || nf__gguf_htab_init(&p->g->kv_index, g->n_kv))
         return fail(p, -ENOMEM, "out of memory for %" PRIu64 " metadata entries", g->n_kv);
     for (uint64_t i = 0; i < g->n_kv; i++) {
         struct nf_gguf_kv *kv = &g->kv[i];
@@ -605,7 +482,7 @@ static int parse_kv(struct parser *p)
             return rc;
         snprintf(p->where, sizeof(p->where), "metadata entry %" PRIu64 " ('%s')", i,
                  show(shown, kv->key.s, kv->key.len));
-        int64_t dup = htab_insert(&p->g->kv_index, g->kv, sizeof(*g->kv), (uint32_t)i);
+        int64_t dup = nf__gguf_htab_insert(&p->g->kv_index, g->kv, sizeof(*g->kv), (uint32_t)i);
         if (dup >= 0)
             return fail(p, NF_ECORRUPT,
                         "duplicate metadata key '%s' (entries %" PRId64 " and %" PRIu64 ")", shown,
@@ -642,7 +519,8 @@ static int parse_tensor_info(struct parser *p, uint64_t i, struct nf_gguf_tensor
         return rc;
     show(shown, t->name.s, t->name.len);
     snprintf(p->where, sizeof(p->where), "tensor info %" PRIu64 " ('%s')", i, shown);
-    int64_t dup = htab_insert(&p->g->tensor_index, p->g->pub.tensors, sizeof(*t), (uint32_t)i);
+    int64_t dup =
+        nf__gguf_htab_insert(&p->g->tensor_index, p->g->pub.tensors, sizeof(*t), (uint32_t)i);
     if (dup >= 0)
         return fail(p, NF_ECORRUPT,
                     "duplicate tensor name '%s' (tensors %" PRId64 " and %" PRIu64 ")", shown, dup,
@@ -777,7 +655,7 @@ static int parse(struct parser *p)
     if ((rc = parse_header(p)) || (rc = parse_kv(p)))
         return rc;
     g->tensors = calloc(g->n_tensors ? g->n_tensors : 1, sizeof(*g->tensors));
-    if (!g->tensors || htab_init(&p->g->tensor_index, g->n_tensors))
+    if (!g->tensors || nf__gguf_htab_init(&p->g->tensor_index, g->n_tensors))
         return fail(p, -ENOMEM, "out of memory for %" PRIu64 " tensors", g->n_tensors);
     for (uint64_t i = 0; i < g->n_tensors; i++)
         if ((rc = parse_tensor_info(p, i, &g->tensors[i])))
@@ -871,123 +749,4 @@ int nf_gguf_open_mem(struct nf_gguf **out, const void *data, size_t size, char *
         return NF_EUSAGE;
     *out = NULL;
     return open_common(out, -1, data ? data : empty, size, "<memory>", err, errlen);
-}
-
-/* --- lookups --- */
-
-const struct nf_gguf_value *nf_gguf_get(const struct nf_gguf *g, const char *key)
-{
-    if (!g || !key)
-        return NULL;
-    int64_t i = htab_find(&impl_of(g)->kv_index, g->kv, sizeof(*g->kv), key, strlen(key));
-    return i < 0 ? NULL : &g->kv[i].value;
-}
-
-const struct nf_gguf_tensor *nf_gguf_find_tensor(const struct nf_gguf *g, const char *name)
-{
-    if (!g || !name)
-        return NULL;
-    int64_t i =
-        htab_find(&impl_of(g)->tensor_index, g->tensors, sizeof(*g->tensors), name, strlen(name));
-    return i < 0 ? NULL : &g->tensors[i];
-}
-
-static bool is_unsigned(enum nf_gguf_vtype t)
-{
-    return t == NF_GGUF_UINT8 || t == NF_GGUF_UINT16 || t == NF_GGUF_UINT32 || t == NF_GGUF_UINT64;
-}
-
-static bool is_signed(enum nf_gguf_vtype t)
-{
-    return t == NF_GGUF_INT8 || t == NF_GGUF_INT16 || t == NF_GGUF_INT32 || t == NF_GGUF_INT64;
-}
-
-int nf_gguf_get_u64(const struct nf_gguf *g, const char *key, uint64_t *out)
-{
-    const struct nf_gguf_value *v = nf_gguf_get(g, key);
-    if (!v)
-        return NF_ENOKEY;
-    if (is_unsigned(v->type)) {
-        *out = v->v.u64;
-        return 0;
-    }
-    if (is_signed(v->type) && v->v.i64 >= 0) {
-        *out = (uint64_t)v->v.i64;
-        return 0;
-    }
-    return NF_EKEYTYPE;
-}
-
-int nf_gguf_get_u32(const struct nf_gguf *g, const char *key, uint32_t *out)
-{
-    uint64_t x;
-    int rc = nf_gguf_get_u64(g, key, &x);
-    if (rc)
-        return rc;
-    if (x > UINT32_MAX)
-        return NF_EKEYTYPE;
-    *out = (uint32_t)x;
-    return 0;
-}
-
-int nf_gguf_get_i64(const struct nf_gguf *g, const char *key, int64_t *out)
-{
-    const struct nf_gguf_value *v = nf_gguf_get(g, key);
-    if (!v)
-        return NF_ENOKEY;
-    if (is_signed(v->type)) {
-        *out = v->v.i64;
-        return 0;
-    }
-    if (is_unsigned(v->type) && v->v.u64 <= INT64_MAX) {
-        *out = (int64_t)v->v.u64;
-        return 0;
-    }
-    return NF_EKEYTYPE;
-}
-
-int nf_gguf_get_f32(const struct nf_gguf *g, const char *key, float *out)
-{
-    const struct nf_gguf_value *v = nf_gguf_get(g, key);
-    if (!v)
-        return NF_ENOKEY;
-    if (v->type != NF_GGUF_FLOAT32 && v->type != NF_GGUF_FLOAT64)
-        return NF_EKEYTYPE;
-    *out = (float)v->v.f64;
-    return 0;
-}
-
-int nf_gguf_get_bool(const struct nf_gguf *g, const char *key, bool *out)
-{
-    const struct nf_gguf_value *v = nf_gguf_get(g, key);
-    if (!v)
-        return NF_ENOKEY;
-    if (v->type != NF_GGUF_BOOL)
-        return NF_EKEYTYPE;
-    *out = v->v.b;
-    return 0;
-}
-
-int nf_gguf_get_str(const struct nf_gguf *g, const char *key, const char **out)
-{
-    const struct nf_gguf_value *v = nf_gguf_get(g, key);
-    if (!v)
-        return NF_ENOKEY;
-    if (v->type != NF_GGUF_STRING)
-        return NF_EKEYTYPE;
-    *out = v->v.str.s;
-    return 0;
-}
-
-int nf_gguf_get_arr(const struct nf_gguf *g, const char *key, enum nf_gguf_vtype type, uint64_t *n,
-                    const void **data)
-{
-    const struct nf_gguf_value *v = nf_gguf_get(g, key);
-    if (!v)
-        return NF_ENOKEY;
-    if (v->type != NF_GGUF_ARRAY || v->v.arr.type != type)
-        return NF_EKEYTYPE;
-    *n = v->v.arr.n;
-    *data = v->v.arr.data;
-    return 0;
 }
