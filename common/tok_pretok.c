@@ -1,0 +1,404 @@
+/* tok_pretok.c - byte-level BPE pre-tokenizers: llama.cpp's unicode_regex_split, one hand-written
+ * matcher per regex. */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "tok_internal.h"
+#include "unicode.h"
+
+/* Growable list of word lengths (in code points). */
+struct lens {
+    uint32_t *v;
+    size_t n, cap;
+    int err;
+};
+
+static void lens_push(struct lens *l, size_t len)
+{
+    if (len == 0 || l->err)
+        return;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        uint32_t *v = realloc(l->v, cap * sizeof(*v));
+        if (!v) {
+            l->err = -ENOMEM;
+            return;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = (uint32_t)len;
+}
+
+/* The text seen by the splitters. `flags` are the NF_UFLAG_* of each code point; `wcp` is the
+ * code point as llama.cpp's std::wregex path sees it (non-ASCII whitespace replaced by U+000B,
+ * because std::wregex's \s only knows ASCII). */
+struct ptext {
+    const uint32_t *cps;
+    const uint16_t *flags;
+    const uint32_t *wcp;
+};
+
+/* Flags at pos inside the fragment [., end), 0 outside (llama.cpp's OUT_OF_RANGE). */
+static unsigned flags_at(const struct ptext *t, size_t pos, size_t end)
+{
+    return pos < end ? t->flags[pos] : 0;
+}
+
+#define F_WS  NF_UFLAG_WHITESPACE
+#define F_LET NF_UFLAG_LETTER
+#define F_NUM NF_UFLAG_NUMBER
+
+/* [^\s\p{L}\p{N}] inside the fragment (every in-range code point has a nonzero group bit). */
+static bool is_other(unsigned f)
+{
+    return f && !(f & (F_WS | F_LET | F_NUM));
+}
+
+static uint32_t ascii_lower(uint32_t c)
+{
+    return (c >= 'A' && c <= 'Z') ? c + 32 : c;
+}
+
+/* Length of a contraction ('s 't 're 've 'm 'll 'd) at pos, or 0. */
+static size_t contraction(const struct ptext *t, size_t pos, size_t end, bool any_case)
+{
+    if (t->cps[pos] != '\'' || pos + 1 >= end)
+        return 0;
+    uint32_t c1 = t->cps[pos + 1];
+    if (any_case)
+        c1 = ascii_lower(c1);
+    if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd')
+        return 2;
+    if (pos + 2 < end) {
+        uint32_t c2 = t->cps[pos + 2];
+        if (any_case)
+            c2 = ascii_lower(c2);
+        if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l'))
+            return 3;
+    }
+    return 0;
+}
+
+/* Trailing whitespace handling shared by both custom splitters: \s+(?!\S) then \s+. */
+static size_t ws_run_len(const struct ptext *t, size_t pos, size_t end)
+{
+    size_t n = 0;
+    while (flags_at(t, pos + n, end) & F_WS)
+        n++;
+    return n;
+}
+
+/* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)  (GPT-2) */
+static void split_gpt2(const struct ptext *t, size_t ini, size_t end, struct lens *out)
+{
+    size_t pos = ini;
+    while (pos < end) {
+        size_t start = pos;
+        uint32_t cpt = t->cps[pos];
+        size_t c = contraction(t, pos, end, false);
+        if (c) {
+            lens_push(out, c);
+            pos += c;
+            continue;
+        }
+        bool sp = cpt == ' ';
+        unsigned f2 = sp ? flags_at(t, pos + 1, end) : t->flags[pos];
+        if ((f2 & F_LET) || (f2 & F_NUM) || is_other(f2)) {
+            unsigned want = (f2 & F_LET) ? F_LET : (f2 & F_NUM) ? F_NUM : 0;
+            pos += sp;
+            if (want) {
+                while (flags_at(t, pos, end) & want)
+                    pos++;
+            } else {
+                while (is_other(flags_at(t, pos, end)))
+                    pos++;
+            }
+            lens_push(out, pos - start);
+            continue;
+        }
+        size_t nws = ws_run_len(t, pos, end);
+        if (nws > 1 && pos + nws < end) {
+            pos += nws - 1; /* \s+(?!\S): leave the last space for the next word */
+        } else if (nws > 0) {
+            pos += nws;
+        } else {
+            pos++; /* no alternative matches: the code point stands alone */
+        }
+        lens_push(out, pos - start);
+    }
+}
+
+/* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
+ *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+   (Llama 3: max_digits 3; Qwen2: 1) */
+static void split_llama3(const struct ptext *t, size_t ini, size_t end, size_t max_digits,
+                         struct lens *out)
+{
+    size_t pos = ini;
+    while (pos < end) {
+        size_t start = pos;
+        uint32_t cpt = t->cps[pos];
+        unsigned f = t->flags[pos];
+        size_t c = contraction(t, pos, end, true);
+        if (c) {
+            lens_push(out, c);
+            pos += c;
+            continue;
+        }
+        if (!(cpt == '\r' || cpt == '\n' || (f & F_NUM)) &&
+            ((f & F_LET) || (flags_at(t, pos + 1, end) & F_LET))) {
+            pos++;
+            while (flags_at(t, pos, end) & F_LET)
+                pos++;
+            lens_push(out, pos - start);
+            continue;
+        }
+        if (f & F_NUM) {
+            while ((flags_at(t, pos, end) & F_NUM) && pos - start < max_digits)
+                pos++;
+            lens_push(out, pos - start);
+            continue;
+        }
+        bool sp = cpt == ' ';
+        unsigned f2 = sp ? flags_at(t, pos + 1, end) : f;
+        if (is_other(f2)) {
+            pos += sp;
+            while (is_other(flags_at(t, pos, end)))
+                pos++;
+            while (pos < end && (t->cps[pos] == '\r' || t->cps[pos] == '\n'))
+                pos++;
+            lens_push(out, pos - start);
+            continue;
+        }
+        size_t nws = 0, last_nl = 0;
+        while (flags_at(t, pos + nws, end) & F_WS) {
+            uint32_t c2 = t->cps[pos + nws];
+            if (c2 == '\r' || c2 == '\n')
+                last_nl = pos + nws + 1;
+            nws++;
+        }
+        if (last_nl > 0)
+            pos = last_nl; /* \s*[\r\n]+ */
+        else if (nws > 1 && pos + nws < end)
+            pos += nws - 1;
+        else if (nws > 0)
+            pos += nws;
+        else
+            pos++;
+        lens_push(out, pos - start);
+    }
+}
+
+static bool in_ranges(const struct nf_urange *r, size_t n, uint32_t c)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (c >= r[i].lo && c <= r[i].hi)
+            return true;
+    }
+    return false;
+}
+
+/* DeepSeek LLM's character classes, copied from its tokenizer.json regexes (as llama.cpp has
+ * them). The letter class is Unicode's cased letters (LC) of an older version. */
+static const struct nf_urange ds_letters[] = {
+    {0x0041, 0x005A},   {0x0061, 0x007A},   {0x00B5, 0x00B5},   {0x00C0, 0x00D6},
+    {0x00D8, 0x00F6},   {0x00F8, 0x01BA},   {0x01BC, 0x01BF},   {0x01C4, 0x0293},
+    {0x0295, 0x02AF},   {0x0370, 0x0373},   {0x0376, 0x0377},   {0x037B, 0x037D},
+    {0x037F, 0x037F},   {0x0386, 0x0386},   {0x0388, 0x038A},   {0x038C, 0x038C},
+    {0x038E, 0x03A1},   {0x03A3, 0x03F5},   {0x03F7, 0x0481},   {0x048A, 0x052F},
+    {0x0531, 0x0556},   {0x10A0, 0x10C5},   {0x13A0, 0x13F5},   {0x13F8, 0x13FD},
+    {0x1C90, 0x1CBA},   {0x1CBD, 0x1CBF},   {0x1D00, 0x1D2B},   {0x1D6B, 0x1D77},
+    {0x1D79, 0x1D9A},   {0x1E00, 0x1F15},   {0x1F18, 0x1F1D},   {0x1F20, 0x1F45},
+    {0x1F48, 0x1F4D},   {0x1F50, 0x1F57},   {0x1F59, 0x1F59},   {0x1F5B, 0x1F5B},
+    {0x1F5D, 0x1F5D},   {0x1F5F, 0x1F7D},   {0x1F80, 0x1FB4},   {0x1FB6, 0x1FBC},
+    {0x1FBE, 0x1FBE},   {0x1FC2, 0x1FC4},   {0x1FC6, 0x1FCC},   {0x1FD0, 0x1FD3},
+    {0x1FD6, 0x1FDB},   {0x1FE0, 0x1FEC},   {0x1FF2, 0x1FF4},   {0x1FF6, 0x1FFC},
+    {0x2102, 0x2102},   {0x2107, 0x2107},   {0x210A, 0x2113},   {0x2115, 0x2115},
+    {0x2119, 0x211D},   {0x2124, 0x2124},   {0x2126, 0x2126},   {0x2128, 0x2128},
+    {0x212A, 0x212D},   {0x212F, 0x2134},   {0x2139, 0x2139},   {0x213C, 0x213F},
+    {0x2145, 0x2149},   {0x214E, 0x214E},   {0x2183, 0x2184},   {0x2C00, 0x2C7B},
+    {0x2C7E, 0x2CE4},   {0x2CEB, 0x2CEE},   {0x2CF2, 0x2CF3},   {0xA640, 0xA66D},
+    {0xA680, 0xA69B},   {0xA722, 0xA76F},   {0xA771, 0xA787},   {0xA78B, 0xA78E},
+    {0xAB70, 0xABBF},   {0xFB00, 0xFB06},   {0xFB13, 0xFB17},   {0xFF21, 0xFF3A},
+    {0xFF41, 0xFF5A},   {0x10400, 0x1044F}, {0x104B0, 0x104D3}, {0x104D8, 0x104FB},
+    {0x10C80, 0x10CB2}, {0x10CC0, 0x10CF2}, {0x118A0, 0x118DF}, {0x1E900, 0x1E943},
+};
+static const struct nf_urange ds_punct[] = {
+    {0x0021, 0x002F}, {0x003A, 0x007E}, {0xFF01, 0xFF0F},
+    {0xFF1A, 0xFF5E}, {0x2018, 0x201F}, {0x3000, 0x3002},
+};
+static const struct nf_urange ds_cjk[] = {
+    {0x4E00, 0x9FA5},
+    {0x0800, 0x4E00},
+    {0xAC00, 0xD7FF},
+};
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Regex-style stages: a matcher returns the length of the match starting at pos (0: none). */
+enum stage {
+    ST_GPT2,        /* custom GPT-2 splitter */
+    ST_LLAMA3,      /* custom Llama 3 splitter */
+    ST_QWEN2,       /* the Llama 3 regex with \p{N} instead of \p{N}{1,3} */
+    ST_PUNCT_RUN,   /* [\p{P}\$\+<=>\^~\|`]+ */
+    ST_DIGITS3,     /* [0-9][0-9][0-9] */
+    ST_NUMBERS,     /* \p{N}+ */
+    ST_NUMBER1,     /* \p{N} */
+    ST_DS_NEWLINE,  /* [\r\n] */
+    ST_DS_LETTERS,  /* \s?[letters]+ */
+    ST_DS_PUNCT,    /* \s?[punctuation]+ */
+    ST_DS_TRAIL_WS, /* \s+$ */
+    ST_DS_CJK,      /* [CJK]+ */
+};
+
+static bool is_ascii_punct(uint32_t c)
+{
+    return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
+           (c >= 0x7B && c <= 0x7E);
+}
+
+/* Runs of code points satisfying a class, optionally preceded by one whitespace (\s?). */
+static size_t class_run(const struct ptext *t, size_t pos, size_t end, bool opt_ws,
+                        const struct nf_urange *r, size_t nr)
+{
+    size_t p = pos;
+    if (opt_ws && (t->flags[p] & F_WS) && p + 1 < end && in_ranges(r, nr, t->wcp[p + 1]))
+        p++;
+    size_t q = p;
+    while (q < end && in_ranges(r, nr, t->wcp[q]))
+        q++;
+    return q > p ? q - pos : 0;
+}
+
+static size_t match_at(enum stage st, const struct ptext *t, size_t pos, size_t end)
+{
+    size_t q = pos;
+    switch (st) {
+    case ST_PUNCT_RUN:
+        /* Collapsed-regex semantics: ASCII punctuation and symbols, non-ASCII \p{P} only. */
+        while (q < end && (t->cps[q] < 0x80 ? is_ascii_punct(t->cps[q])
+                                            : (t->flags[q] & (NF_UFLAG_PUNCTUATION | F_WS)) ==
+                                                  NF_UFLAG_PUNCTUATION))
+            q++;
+        return q - pos;
+    case ST_DIGITS3:
+        for (; q < pos + 3; q++) {
+            if (q >= end || t->cps[q] < '0' || t->cps[q] > '9')
+                return 0;
+        }
+        return 3;
+    case ST_NUMBERS:
+        while (q < end && (t->flags[q] & F_NUM))
+            q++;
+        return q - pos;
+    case ST_NUMBER1: return (t->flags[pos] & F_NUM) ? 1 : 0;
+    case ST_DS_NEWLINE: return (t->cps[pos] == '\r' || t->cps[pos] == '\n') ? 1 : 0;
+    case ST_DS_LETTERS: return class_run(t, pos, end, true, ds_letters, N_OF(ds_letters));
+    case ST_DS_PUNCT: return class_run(t, pos, end, true, ds_punct, N_OF(ds_punct));
+    case ST_DS_CJK: return class_run(t, pos, end, false, ds_cjk, N_OF(ds_cjk));
+    default: return 0;
+    }
+}
+
+/* Splits fragment [ini, end) with one stage, keeping unmatched text between matches as words. */
+static void split_stage(enum stage st, const struct ptext *t, size_t ini, size_t end,
+                        struct lens *out)
+{
+    switch (st) {
+    case ST_GPT2: split_gpt2(t, ini, end, out); return;
+    case ST_LLAMA3: split_llama3(t, ini, end, 3, out); return;
+    case ST_QWEN2: split_llama3(t, ini, end, 1, out); return;
+    case ST_DS_TRAIL_WS: {
+        /* \s+$ matches once: the whitespace run that ends the fragment. */
+        size_t p = end;
+        while (p > ini && (t->flags[p - 1] & F_WS))
+            p--;
+        lens_push(out, p - ini);
+        lens_push(out, end - p);
+        return;
+    }
+    default: break;
+    }
+    size_t gap = ini;
+    for (size_t pos = ini; pos < end;) {
+        size_t m = match_at(st, t, pos, end);
+        if (m == 0) {
+            pos++;
+            continue;
+        }
+        lens_push(out, pos - gap);
+        lens_push(out, m);
+        pos += m;
+        gap = pos;
+    }
+    lens_push(out, end - gap);
+}
+
+static int stages_of(enum nf_pretok pre, const enum stage **st)
+{
+    static const enum stage gpt2[] = {ST_GPT2};
+    static const enum stage llama3[] = {ST_LLAMA3};
+    static const enum stage qwen2[] = {ST_QWEN2};
+    static const enum stage falcon[] = {ST_PUNCT_RUN, ST_GPT2, ST_DIGITS3};
+    static const enum stage dflt[] = {ST_PUNCT_RUN, ST_GPT2, ST_NUMBERS, ST_DIGITS3};
+    static const enum stage deepseek[] = {ST_DS_NEWLINE,  ST_DS_LETTERS, ST_DS_PUNCT,
+                                          ST_DS_TRAIL_WS, ST_DS_CJK,     ST_NUMBERS};
+    static const enum stage starcoder[] = {ST_NUMBER1, ST_GPT2};
+    switch (pre) {
+    case NF_PRETOK_GPT2: *st = gpt2; return N_OF(gpt2);
+    case NF_PRETOK_LLAMA3: *st = llama3; return N_OF(llama3);
+    case NF_PRETOK_QWEN2: *st = qwen2; return N_OF(qwen2);
+    case NF_PRETOK_FALCON: *st = falcon; return N_OF(falcon);
+    case NF_PRETOK_DEEPSEEK_LLM: *st = deepseek; return N_OF(deepseek);
+    case NF_PRETOK_STARCODER: *st = starcoder; return N_OF(starcoder);
+    case NF_PRETOK_DEFAULT:
+    default: *st = dflt; return N_OF(dflt);
+    }
+}
+
+int nf_pretok_split(enum nf_pretok pre, const uint32_t *cps, size_t n, uint32_t **words,
+                    size_t *n_words)
+{
+    *words = NULL;
+    *n_words = 0;
+    if (n == 0)
+        return 0;
+    uint16_t *flags = malloc(n * sizeof(*flags));
+    uint32_t *wcp = malloc(n * sizeof(*wcp));
+    struct lens cur = {0}, next = {0};
+    int rc = -ENOMEM;
+    if (!flags || !wcp)
+        goto done;
+    for (size_t i = 0; i < n; i++) {
+        flags[i] = (uint16_t)nf_unicode_flags(cps[i]);
+        wcp[i] = (cps[i] > 0x7F && (flags[i] & F_WS)) ? 0x0B : cps[i];
+    }
+    struct ptext t = {cps, flags, wcp};
+    lens_push(&cur, n);
+    const enum stage *st;
+    int n_st = stages_of(pre, &st);
+    for (int s = 0; s < n_st && !cur.err; s++) {
+        size_t start = 0;
+        next.n = 0;
+        for (size_t i = 0; i < cur.n; i++) {
+            split_stage(st[s], &t, start, start + cur.v[i], &next);
+            start += cur.v[i];
+        }
+        struct lens tmp = cur;
+        cur = next;
+        next = tmp;
+        if (next.err)
+            cur.err = next.err;
+    }
+    if (!cur.err) {
+        *words = cur.v;
+        *n_words = cur.n;
+        cur.v = NULL;
+        rc = 0;
+    }
+done:
+    free(cur.v);
+    free(next.v);
+    free(flags);
+    free(wcp);
+    return rc;
+}
