@@ -98,6 +98,8 @@ ROWS_FROM(nf__vec_dot_bf16_avx2)
 ROWS_FROM(nf__vec_dot_q4_K_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_q5_K_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_q6_K_q8_K_avx2)
+ROWS_FROM(nf__vec_dot_f32_avx512)
+ROWS_FROM(nf__vec_dot_f16_avx512)
 
 /* Per type and ISA: the paths specific to that ISA (NULL: none, use a lower ISA's).
  * from_float is indexed by the activation type it produces. */
@@ -113,21 +115,27 @@ struct kernel_set {
     }
 
 static const struct kernel_set kernels[NF_TYPE_COUNT] = {
-    [NF_TYPE_F32] = {.vec_dot = K3(nf__vec_dot_f32_ref, nf__vec_dot_f32_avx2, NULL),
-                     .rows = K3(nf__vec_dot_f32_ref_rows, nf__vec_dot_f32_avx2_rows, NULL)},
-    [NF_TYPE_F16] = {.vec_dot = K3(nf__vec_dot_f16_ref, nf__vec_dot_f16_avx2, NULL),
-                     .rows = K3(nf__vec_dot_f16_ref_rows, nf__vec_dot_f16_avx2_rows, NULL),
+    [NF_TYPE_F32] = {.vec_dot =
+                         K3(nf__vec_dot_f32_ref, nf__vec_dot_f32_avx2, nf__vec_dot_f32_avx512),
+                     .rows = K3(nf__vec_dot_f32_ref_rows, nf__vec_dot_f32_avx2_rows,
+                                nf__vec_dot_f32_avx512_rows)},
+    [NF_TYPE_F16] = {.vec_dot =
+                         K3(nf__vec_dot_f16_ref, nf__vec_dot_f16_avx2, nf__vec_dot_f16_avx512),
+                     .rows = K3(nf__vec_dot_f16_ref_rows, nf__vec_dot_f16_avx2_rows,
+                                nf__vec_dot_f16_avx512_rows),
                      .from_float = K3(nf__quantize_row_f16_ref, nf__quantize_row_f16_avx2, NULL)},
     [NF_TYPE_BF16] = {.vec_dot = K3(nf__vec_dot_bf16_ref, nf__vec_dot_bf16_avx2, NULL),
                       .rows = K3(nf__vec_dot_bf16_ref_rows, nf__vec_dot_bf16_avx2_rows, NULL),
                       .from_float =
                           K3(nf__quantize_row_bf16_ref, nf__quantize_row_bf16_avx2, NULL)},
-    [NF_TYPE_Q4_0] = {.vec_dot = K3(nf__vec_dot_q4_0_q8_0_ref, nf__vec_dot_q4_0_q8_0_avx2, NULL),
+    [NF_TYPE_Q4_0] = {.vec_dot = K3(nf__vec_dot_q4_0_q8_0_ref, nf__vec_dot_q4_0_q8_0_avx2,
+                                    nf__vec_dot_q4_0_q8_0_avx512),
                       .rows = K3(nf__vec_dot_q4_0_q8_0_ref_rows, nf__vec_dot_q4_0_q8_0_rows_avx2,
-                                 NULL)},
-    [NF_TYPE_Q8_0] = {.vec_dot = K3(nf__vec_dot_q8_0_q8_0_ref, nf__vec_dot_q8_0_q8_0_avx2, NULL),
-                      .rows =
-                          K3(nf__vec_dot_q8_0_q8_0_ref_rows, nf__vec_dot_q8_0_q8_0_rows_avx2, NULL),
+                                 nf__vec_dot_q4_0_q8_0_rows_avx512)},
+    [NF_TYPE_Q8_0] = {.vec_dot = K3(nf__vec_dot_q8_0_q8_0_ref, nf__vec_dot_q8_0_q8_0_avx2,
+                                    nf__vec_dot_q8_0_q8_0_avx512),
+                      .rows = K3(nf__vec_dot_q8_0_q8_0_ref_rows, nf__vec_dot_q8_0_q8_0_rows_avx2,
+                                 nf__vec_dot_q8_0_q8_0_rows_avx512),
                       .from_float =
                           K3(nf__quantize_row_q8_0_ref, nf__quantize_row_q8_0_avx2, NULL)},
     [NF_TYPE_Q4_K] = {.vec_dot = K3(nf__vec_dot_q4_K_q8_K_ref, nf__vec_dot_q4_K_q8_K_avx2, NULL),

@@ -1,0 +1,128 @@
+/* bench_kernels.c - single-threaded mat-vec throughput (GB/s of weights) per type and ISA. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "quants.h"
+
+/* 4096 x 11008 is the FFN shape of a 7B Llama: far bigger than any cache in every type. */
+enum { COLS = 4096, ROWS = 11008, REPS = 3 };
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static uint64_t rng = 0x243f6a8885a308d3ull;
+
+static uint64_t next(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+/* Fills a weight matrix with random bytes, then makes every block scale a normal half so the
+ * timing is not skewed by NaNs or denormals. Plain types get random values in [-1, 1). */
+static void fill_weights(enum nf_type t, char *w, size_t bytes)
+{
+    for (size_t i = 0; i + 8 <= bytes; i += 8) {
+        uint64_t v = next();
+        memcpy(w + i, &v, 8);
+    }
+    const struct nf_type_traits *tt = nf_type_traits(t);
+    if (tt->blck_size == 1) {
+        float tmp[256];
+        size_t n = bytes / tt->type_size;
+        for (size_t i = 0; i < n; i += 256) {
+            for (int k = 0; k < 256; k++)
+                tmp[k] = (float)(next() >> 40) / (float)(1 << 23) - 1.0f;
+            tt->from_float(tmp, w + i * tt->type_size, (int64_t)(n - i < 256 ? n - i : 256));
+        }
+        return;
+    }
+    const nf_fp16_t d = nf_fp32_to_fp16(0.01f);
+    for (size_t off = 0; off < bytes; off += tt->type_size) {
+        switch (t) {
+        case NF_TYPE_Q4_0: ((nf_block_q4_0 *)(w + off))->d = d; break;
+        case NF_TYPE_Q8_0: ((nf_block_q8_0 *)(w + off))->d = d; break;
+        case NF_TYPE_Q4_K:
+            ((nf_block_q4_K *)(w + off))->d = d;
+            ((nf_block_q4_K *)(w + off))->dmin = d;
+            break;
+        case NF_TYPE_Q5_K:
+            ((nf_block_q5_K *)(w + off))->d = d;
+            ((nf_block_q5_K *)(w + off))->dmin = d;
+            break;
+        case NF_TYPE_Q6_K: ((nf_block_q6_K *)(w + off))->d = d; break;
+        default: break;
+        }
+    }
+}
+
+int main(void)
+{
+    static const enum nf_type types[] = {NF_TYPE_F32,  NF_TYPE_F16,  NF_TYPE_BF16, NF_TYPE_Q8_0,
+                                         NF_TYPE_Q4_0, NF_TYPE_Q4_K, NF_TYPE_Q5_K, NF_TYPE_Q6_K};
+    float *act = malloc(COLS * sizeof(float));
+    float *out = malloc(ROWS * sizeof(float));
+    void *yq = malloc(COLS * 4);
+    for (int i = 0; i < COLS; i++)
+        act[i] = (float)(next() >> 40) / (float)(1 << 23) - 1.0f;
+
+    printf("mat-vec %d x %d, one thread, best of %d; cpu %s, NF_ISA choice %s\n", ROWS, COLS, REPS,
+           nf_isa_name(nf_cpu_best_isa()), nf_isa_name(nf_kernels_isa()));
+    printf("%-6s %-7s %10s %10s %12s %12s\n", "type", "isa", "MiB", "quant us", "vec_dot GB/s",
+           "rows GB/s");
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        enum nf_type t = types[ti];
+        const struct nf_type_traits *tt = nf_type_traits(t);
+        size_t rs = nf_row_size(t, COLS), bytes = rs * ROWS;
+        char *w = malloc(bytes);
+        if (!w) {
+            fprintf(stderr, "bench_kernels: out of memory for %s\n", tt->name);
+            return 1;
+        }
+        fill_weights(t, w, bytes);
+        for (int isa = 0; isa <= (int)nf_cpu_best_isa(); isa++) {
+            nf_vec_dot_fn dot = NULL;
+            nf_vec_dot_rows_fn rows = NULL;
+            nf_from_float_fn q = NULL;
+            for (int k = isa; k >= 0 && !dot; k--)
+                dot = nf_vec_dot_for(t, (enum nf_isa)k);
+            for (int k = isa; k >= 0 && !rows; k--)
+                rows = nf_vec_dot_rows_for(t, (enum nf_isa)k);
+            for (int k = isa; k >= 0 && !q; k--)
+                q = nf_from_float_for(tt->vec_dot_type, (enum nf_isa)k);
+            if (!q)
+                q = nf_type_traits(tt->vec_dot_type)->from_float;
+            double tq = 1e9, td = 1e9, tr = 1e9;
+            for (int rep = 0; rep < REPS; rep++) {
+                double t0 = now();
+                q(act, yq, COLS);
+                double t1 = now();
+                for (int r = 0; r < ROWS; r++)
+                    dot(COLS, out + r, w + (size_t)r * rs, yq);
+                double t2 = now();
+                rows(COLS, out, rs, w, yq, ROWS);
+                double t3 = now();
+                tq = t1 - t0 < tq ? t1 - t0 : tq;
+                td = t2 - t1 < td ? t2 - t1 : td;
+                tr = t3 - t2 < tr ? t3 - t2 : tr;
+            }
+            printf("%-6s %-7s %10.1f %10.1f %12.2f %12.2f\n", tt->name,
+                   nf_isa_name((enum nf_isa)isa), (double)bytes / (1 << 20), tq * 1e6,
+                   (double)bytes / td / 1e9, (double)bytes / tr / 1e9);
+            fflush(stdout);
+        }
+        free(w);
+    }
+    free(act);
+    free(out);
+    free(yq);
+    return 0;
+}
