@@ -1,0 +1,491 @@
+/* test_tokenizer.c - tokenizers against llama.cpp's test vectors and goldens, hand-made
+ * vocabularies, pieces and streaming detokenization. */
+#include <dirent.h>
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gguf.h"
+#include "gguf_write.h"
+#include "json_mini.h"
+#include "nf_err.h"
+#include "tokenizer.h"
+#include "unicode.h"
+
+#define MAX_IDS 8192
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    if (b) {
+        b[n] = '\0';
+        *len = (size_t)n;
+    }
+    return b;
+}
+
+static struct nf_vocab *load_vocab_file(const char *path)
+{
+    char err[512];
+    struct nf_gguf *g;
+    int rc = nf_gguf_open(&g, path, err, sizeof(err));
+    if (rc == -ENOENT)
+        return NULL;
+    if (rc)
+        fail_msg("%s", err);
+    struct nf_vocab *v;
+    rc = nf_vocab_load(&v, g, err, sizeof(err));
+    nf_gguf_close(g);
+    if (rc)
+        fail_msg("%s: %s", path, err);
+    return v;
+}
+
+/* Tokenizes and checks that a too-small buffer reports the same count. */
+static int tokenize(const struct nf_vocab *v, const char *s, size_t len, bool bos, bool special,
+                    int32_t *ids)
+{
+    int n = nf_tokenize(v, s, len, bos, special, ids, MAX_IDS);
+    assert_true(n >= 0 && n <= MAX_IDS);
+    if (n > 0) {
+        int32_t one;
+        assert_int_equal(nf_tokenize(v, s, len, bos, special, &one, 1), n);
+        assert_int_equal(one, ids[0]);
+    }
+    return n;
+}
+
+/* Concatenated pieces of ids[0..n) into out (NUL-terminated); returns the length. */
+static size_t detok_all(const struct nf_vocab *v, const int32_t *ids, int n, char *out, size_t cap)
+{
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
+        int m = nf_token_to_piece(v, ids[i], out + k, (int)(cap - k - 1));
+        assert_true(m >= 0 && (size_t)m < cap - k);
+        k += (size_t)m;
+    }
+    out[k] = '\0';
+    return k;
+}
+
+struct vocab_case {
+    const char *name;
+    bool spm;
+};
+
+static const struct vocab_case vocab_cases[] = {
+    {"llama-spm", true},     {"phi-3", true},      {"gpt-2", false}, {"falcon", false},
+    {"deepseek-llm", false}, {"llama-bpe", false}, {"qwen2", false},
+};
+
+/* Every case of ggml-vocab-X.gguf.inp tokenizes (no BOS, no special parsing) to the matching
+ * line of .out, and the pieces give the input back. */
+static void check_vocab_vectors(const struct vocab_case *vc)
+{
+    char path[1024], ipath[1100], opath[1100];
+    snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-%s.gguf", NF_SHARED_DIR, vc->name);
+    struct nf_vocab *v = load_vocab_file(path);
+    if (!v)
+        skip();
+    snprintf(ipath, sizeof(ipath), "%s.inp", path);
+    snprintf(opath, sizeof(opath), "%s.out", path);
+    size_t ilen, olen;
+    char *inp = slurp(ipath, &ilen), *outp = slurp(opath, &olen);
+    assert_non_null(inp);
+    assert_non_null(outp);
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    int32_t *ids = malloc(MAX_IDS * sizeof(*ids));
+    char *back = malloc(1 << 16);
+    assert_non_null(ids);
+    assert_non_null(back);
+    char *s = inp, *o = outp;
+    int n_cases = 0;
+    for (char *e; (e = strstr(s, sep)) != NULL; s = e + strlen(sep), n_cases++) {
+        *e = '\0';
+        char *eol = strchr(o, '\n');
+        assert_non_null(eol);
+        *eol = '\0';
+        int n = tokenize(v, s, strlen(s), false, false, ids);
+        int k = 0;
+        for (char *p = o, *end; *p; p = end, k++) {
+            long want = strtol(p, &end, 10);
+            if (end == p)
+                break;
+            if (k >= n || ids[k] != want)
+                fail_msg("%s case %d (\"%s\"): token %d is %d, expected %ld (line \"%s\")",
+                         vc->name, n_cases, s, k, k < n ? ids[k] : -1, want, o);
+        }
+        if (k != n)
+            fail_msg("%s case %d: %d tokens, expected %d", vc->name, n_cases, n, k);
+        size_t bl = detok_all(v, ids, n, back, 1 << 16);
+        /* SPM adds a space in front (add_space_prefix); the rest must come back exactly. */
+        const char *cmp = back;
+        if (vc->spm && bl > 0 && back[0] == ' ')
+            cmp++;
+        if (strcmp(cmp, s) != 0)
+            fail_msg("%s case %d: detokenized \"%s\", expected \"%s\"", vc->name, n_cases, cmp, s);
+        o = eol + 1;
+    }
+    assert_int_equal(n_cases, 46);
+    free(ids);
+    free(back);
+    free(inp);
+    free(outp);
+    nf_vocab_free(v);
+}
+
+static void test_vocab_vectors(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(vocab_cases) / sizeof(vocab_cases[0]); i++)
+        check_vocab_vectors(&vocab_cases[i]);
+}
+
+/* Every golden's prompt_ids equals nf_tokenize(prompt, add_bos = vocab default, parse_special). */
+static void test_golden_prompts(void **state)
+{
+    (void)state;
+    char dir[1024];
+    snprintf(dir, sizeof(dir), "%s/golden", NF_SHARED_DIR);
+    DIR *d = opendir(dir);
+    if (!d)
+        skip();
+    int32_t *ids = malloc(MAX_IDS * sizeof(*ids));
+    assert_non_null(ids);
+    int n_files = 0, n_prompts = 0;
+    for (struct dirent *de; (de = readdir(d)) != NULL;) {
+        size_t nl = strlen(de->d_name);
+        if (nl < 7 || strcmp(de->d_name + nl - 6, ".jsonl") != 0)
+            continue;
+        char path[2048], mpath[2048];
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        snprintf(mpath, sizeof(mpath), "%s/models/%.*s.gguf", NF_SHARED_DIR, (int)(nl - 6),
+                 de->d_name);
+        struct nf_vocab *v = load_vocab_file(mpath);
+        assert_non_null(v);
+        size_t len;
+        char *text = slurp(path, &len);
+        assert_non_null(text);
+        for (char *line = text, *eol; *line; line = eol + 1) {
+            eol = strchr(line, '\n');
+            if (!eol)
+                eol = line + strlen(line);
+            char saved = *eol;
+            *eol = '\0';
+            if (eol > line) {
+                struct jm_val *j = jm_parse(line, (size_t)(eol - line));
+                assert_non_null(j);
+                const struct jm_val *p = jm_get(j, "prompt"), *want = jm_get(j, "prompt_ids");
+                assert_true(p && p->type == JM_STR && want && want->type == JM_ARR);
+                int n = tokenize(v, p->str, p->len, true, true, ids);
+                if (n != want->n)
+                    fail_msg("%s: \"%s\": %d tokens, expected %d", de->d_name, p->str, n, want->n);
+                for (int k = 0; k < n; k++) {
+                    if (ids[k] != (int32_t)want->kids[k].num)
+                        fail_msg("%s: \"%s\": token %d is %d, expected %d", de->d_name, p->str, k,
+                                 ids[k], (int)want->kids[k].num);
+                }
+                n_prompts++;
+                jm_free(j);
+            }
+            *eol = saved;
+            if (!saved)
+                break;
+        }
+        free(text);
+        nf_vocab_free(v);
+        n_files++;
+    }
+    closedir(d);
+    free(ids);
+    assert_true(n_files >= 1);
+    assert_true(n_prompts >= 8 * n_files);
+}
+
+/* ---- hand-made vocabularies -------------------------------------------------------------- */
+
+struct tok_spec {
+    const char *text;
+    float score;
+    int32_t type; /* 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte */
+};
+
+/* Builds a GGUF image holding a vocabulary and loads it (the image is freed before returning).
+ * Returns nf_vocab_load's code; err receives its message. */
+static int make_vocab(struct nf_vocab **out, const char *model, const char *pre,
+                      const struct tok_spec *toks, int n, const char *const *merges, int n_merges,
+                      char *err, size_t errlen)
+{
+    struct nf_gguf_writer *w;
+    assert_int_equal(nf_gguf_writer_init(&w), 0);
+    const char *texts[64];
+    float scores[64];
+    int32_t types[64];
+    assert_true(n <= 64);
+    for (int i = 0; i < n; i++) {
+        texts[i] = toks[i].text;
+        scores[i] = toks[i].score;
+        types[i] = toks[i].type;
+    }
+    assert_int_equal(nf_gguf_writer_add_str(w, "tokenizer.ggml.model", model), 0);
+    if (pre)
+        assert_int_equal(nf_gguf_writer_add_str(w, "tokenizer.ggml.pre", pre), 0);
+    assert_int_equal(
+        nf_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", texts, NULL, (uint64_t)n), 0);
+    assert_int_equal(
+        nf_gguf_writer_add_arr(w, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, scores, (uint64_t)n),
+        0);
+    assert_int_equal(
+        nf_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", NF_GGUF_INT32, types, (uint64_t)n),
+        0);
+    if (merges)
+        assert_int_equal(nf_gguf_writer_add_arr_str(w, "tokenizer.ggml.merges", merges, NULL,
+                                                    (uint64_t)n_merges),
+                         0);
+    void *img;
+    size_t len;
+    assert_int_equal(nf_gguf_writer_header(w, &img, &len), 0);
+    nf_gguf_writer_free(w);
+    struct nf_gguf *g;
+    assert_int_equal(nf_gguf_open_mem(&g, img, len, err, errlen), 0);
+    int rc = nf_vocab_load(out, g, err, errlen);
+    nf_gguf_close(g);
+    free(img);
+    return rc;
+}
+
+#define U2581 "\xe2\x96\x81"
+
+/* The SPM merge takes the best-scoring adjacent pair first: with "ab" above "bc" the text "abc"
+ * becomes ab|c, the other way round a|bc. Bytes without a token fall back to <0xNN>. */
+static void test_spm_merge_order(void **state)
+{
+    (void)state;
+    char err[256];
+    struct tok_spec t[] = {
+        {"<unk>", 0, 2}, {"<s>", 0, 3},    {"</s>", 0, 3}, {"<0xC3>", 0, 6},   {"<0xA9>", 0, 6},
+        {U2581, -1, 1},  {"a", -2, 1},     {"b", -2, 1},   {"c", -2, 1},       {"ab", -3, 1},
+        {"bc", -4, 1},   {"<0x41>", 0, 6}, {"x y", 0, 4},  {U2581 "x", -1, 1},
+    };
+    const int n = (int)(sizeof(t) / sizeof(t[0]));
+    struct nf_vocab *v;
+    assert_int_equal(make_vocab(&v, "llama", NULL, t, n, NULL, 0, err, sizeof(err)), 0);
+    int32_t ids[16];
+    /* "ab" (-3) beats "bc" (-4). */
+    assert_int_equal(nf_tokenize(v, "abc", 3, true, false, ids, 16), 4);
+    assert_int_equal(ids[0], 1); /* BOS: SPM default */
+    assert_int_equal(ids[1], 5);
+    assert_int_equal(ids[2], 9);
+    assert_int_equal(ids[3], 8);
+    nf_vocab_free(v);
+    t[10].score = -2.5f; /* now "bc" wins */
+    assert_int_equal(make_vocab(&v, "llama", NULL, t, n, NULL, 0, err, sizeof(err)), 0);
+    assert_int_equal(nf_tokenize(v, "abc", 3, false, false, ids, 16), 3);
+    assert_int_equal(ids[1], 6);
+    assert_int_equal(ids[2], 10);
+    /* Byte fallback: "é" has no token, its bytes do; "Z" has neither, so it is <unk>. */
+    assert_int_equal(nf_tokenize(v, "\xc3\xa9Z", 3, false, false, ids, 16), 4);
+    assert_int_equal(ids[0], 5);
+    assert_int_equal(ids[1], 3);
+    assert_int_equal(ids[2], 4);
+    assert_int_equal(ids[3], 0);
+    /* A user-defined token is matched even without parse_special, and the text after it gets
+     * the space prefix again. Control tokens only with parse_special. */
+    assert_int_equal(nf_tokenize(v, "x yx", 4, false, false, ids, 16), 2);
+    assert_int_equal(ids[0], 12);
+    assert_int_equal(ids[1], 13);
+    assert_int_equal(nf_tokenize(v, "</s>", 4, false, true, ids, 16), 1);
+    assert_int_equal(ids[0], 2);
+    assert_true(nf_tokenize(v, "</s>", 4, false, false, ids, 16) > 1);
+    /* Pieces: U+2581 -> space, byte tokens -> their byte, control -> nothing. */
+    char buf[16];
+    assert_int_equal(nf_token_to_piece(v, 13, buf, sizeof(buf)), 2);
+    assert_memory_equal(buf, " x", 2);
+    assert_int_equal(nf_token_to_piece(v, 11, buf, sizeof(buf)), 1);
+    assert_int_equal(buf[0], 'A');
+    assert_int_equal(nf_token_to_piece(v, 2, buf, sizeof(buf)), 0);
+    assert_int_equal(nf_token_to_piece(v, 13, buf, 1), 2); /* too small: size reported */
+    assert_true(nf_token_to_piece(v, n, buf, sizeof(buf)) < 0);
+    assert_true(nf_vocab_is_eog(v, 2));
+    assert_false(nf_vocab_is_eog(v, 1));
+    nf_vocab_free(v);
+}
+
+/* Byte-level BPE: merges apply by rank; bytes are mapped to printable code points. */
+static void test_bpe_merges(void **state)
+{
+    (void)state;
+    char err[256];
+    struct tok_spec t[] = {
+        {"a", 0, 1},
+        {"b", 0, 1},
+        {"c", 0, 1},
+        {"ab", 0, 1},
+        {"bc", 0, 1},
+        {"abc", 0, 1},
+        {"\xc4\xa0", 0, 1}, /* "Ġ" is the space byte */
+        {"\xc4\xa0"
+         "a",
+         0, 1},
+        {"<|end|>", 0, 3},
+    };
+    const int n = (int)(sizeof(t) / sizeof(t[0]));
+    const char *m1[] = {"b c", "a b", "ab c", "\xc4\xa0 a"};
+    struct nf_vocab *v;
+    assert_int_equal(make_vocab(&v, "gpt2", "gpt-2", t, n, m1, 4, err, sizeof(err)), 0);
+    assert_false(nf_vocab_add_bos(v));
+    int32_t ids[16];
+    /* "b c" has the best rank: a|bc, then "a bc" is no merge. */
+    assert_int_equal(nf_tokenize(v, "abc", 3, true, false, ids, 16), 2);
+    assert_int_equal(ids[0], 0);
+    assert_int_equal(ids[1], 4);
+    /* " a" is one pre-token (" ?\p{L}+") and merges into "Ġa". */
+    assert_int_equal(nf_tokenize(v, " a", 2, false, false, ids, 16), 1);
+    assert_int_equal(ids[0], 7);
+    char buf[16];
+    assert_int_equal(nf_token_to_piece(v, 7, buf, sizeof(buf)), 2);
+    assert_memory_equal(buf, " a", 2);
+    assert_int_equal(nf_tokenize(v, "<|end|>", 7, false, true, ids, 16), 1);
+    assert_int_equal(ids[0], 8);
+    assert_true(nf_vocab_is_eog(v, 8)); /* recognized by its text */
+    nf_vocab_free(v);
+
+    const char *m2[] = {"a b", "ab c", "b c"};
+    assert_int_equal(make_vocab(&v, "gpt2", "gpt-2", t, n, m2, 3, err, sizeof(err)), 0);
+    assert_int_equal(nf_tokenize(v, "abc", 3, false, false, ids, 16), 1);
+    assert_int_equal(ids[0], 5);
+    nf_vocab_free(v);
+}
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    char err[512];
+    struct tok_spec t[] = {{"a", 0, 1}, {"b", 0, 1}};
+    const char *m[] = {"a b"};
+    struct nf_vocab *v = NULL;
+    assert_int_equal(make_vocab(&v, "gpt2", "no-such-pre", t, 2, m, 1, err, sizeof(err)),
+                     NF_EVOCAB);
+    assert_null(v);
+    assert_non_null(strstr(err, "tokenizer.ggml.pre"));
+    assert_non_null(strstr(err, "no-such-pre"));
+    assert_non_null(strstr(err, "llama-bpe"));
+    assert_non_null(strstr(err, "qwen2"));
+    assert_int_equal(make_vocab(&v, "bert", NULL, t, 2, NULL, 0, err, sizeof(err)), NF_EVOCAB);
+    assert_non_null(strstr(err, "tokenizer.ggml.model"));
+    assert_int_equal(make_vocab(&v, "gpt2", "gpt-2", t, 2, NULL, 0, err, sizeof(err)), NF_EVOCAB);
+    assert_non_null(strstr(err, "tokenizer.ggml.merges"));
+}
+
+/* A character split over byte tokens comes out whole, only once its last byte arrives. */
+static void test_streaming_detok(void **state)
+{
+    (void)state;
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-llama-spm.gguf", NF_SHARED_DIR);
+    struct nf_vocab *v = load_vocab_file(path);
+    if (!v)
+        skip();
+    const char *text = "a\xf0\x9d\x84\x9e"
+                       "b"; /* U+1D11E has no token: four byte tokens */
+    int32_t ids[16];
+    int n = nf_tokenize(v, text, strlen(text), false, false, ids, 16);
+    assert_true(n >= 6);
+    int first_byte = -1;
+    for (int i = 0; i < n && first_byte < 0; i++) {
+        const char *t = nf_vocab_token_text(v, ids[i]);
+        if (strcmp(t, "<0xF0>") == 0)
+            first_byte = i;
+    }
+    assert_true(first_byte > 0 && first_byte + 4 < n);
+    struct nf_detok d;
+    nf_detok_init(&d);
+    char all[64];
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
+        char piece[32], out[48];
+        int m = nf_token_to_piece(v, ids[i], piece, sizeof(piece));
+        assert_true(m >= 0);
+        int got = nf_detok_push(&d, piece, m, out);
+        if (i > first_byte - 1 && i < first_byte + 3)
+            assert_int_equal(got, 0); /* inside the character: held back */
+        if (i == first_byte + 3) {
+            assert_int_equal(got, 4);
+            assert_memory_equal(out, "\xf0\x9d\x84\x9e", 4);
+        }
+        memcpy(all + k, out, (size_t)got);
+        k += (size_t)got;
+    }
+    k += (size_t)nf_detok_flush(&d, all + k);
+    all[k] = '\0';
+    assert_string_equal(all, " a\xf0\x9d\x84\x9e"
+                             "b");
+    nf_vocab_free(v);
+
+    /* An incomplete sequence at the end is flushed as is; invalid bytes pass through. */
+    char out[32];
+    nf_detok_init(&d);
+    assert_int_equal(nf_detok_push(&d, "x\xe2\x96", 3, out), 1);
+    assert_int_equal(d.n_pending, 2);
+    assert_int_equal(nf_detok_flush(&d, out), 2);
+    assert_memory_equal(out, "\xe2\x96", 2);
+    assert_int_equal(nf_detok_push(&d, "\x80\x80", 2, out), 2);
+    assert_int_equal(nf_detok_flush(&d, out), 0);
+}
+
+static void test_unicode(void **state)
+{
+    (void)state;
+    assert_int_equal(nf_unicode_category('A'), NF_UCAT_Lu);
+    assert_int_equal(nf_unicode_category(0x00E9), NF_UCAT_Ll);
+    assert_int_equal(nf_unicode_category('7'), NF_UCAT_Nd);
+    assert_int_equal(nf_unicode_category(0x00BD), NF_UCAT_No);
+    assert_int_equal(nf_unicode_category(0x4E00), NF_UCAT_Lo);
+    assert_int_equal(nf_unicode_category(0x0301), NF_UCAT_Mn);
+    assert_int_equal(nf_unicode_category(0x1F600), NF_UCAT_So);
+    assert_int_equal(nf_unicode_category(0x0378), NF_UCAT_Cn);
+    assert_int_equal(nf_unicode_category(0x10FFFF), NF_UCAT_Cn);
+    assert_int_equal(nf_unicode_category(0x110000), NF_UCAT_Cn);
+    assert_true(nf_unicode_flags(0x3000) & NF_UFLAG_WHITESPACE);
+    assert_true(nf_unicode_flags(0x85) & NF_UFLAG_WHITESPACE);
+    assert_false(nf_unicode_flags(0x1C) & NF_UFLAG_WHITESPACE);
+    assert_int_equal(nf_unicode_flags(','), NF_UFLAG_PUNCTUATION);
+    for (int b = 0; b < 256; b++)
+        assert_int_equal(nf_unicode_to_byte(nf_byte_to_unicode((uint8_t)b)), b);
+    assert_int_equal(nf_byte_to_unicode(' '), 0x120);
+    size_t off = 0;
+    assert_int_equal(nf_utf8_decode("\xc3", 1, &off), 0xFFFD);
+    assert_int_equal(off, 1);
+    off = 0;
+    assert_int_equal(nf_utf8_decode("\xe2\x96\x81", 3, &off), 0x2581);
+    assert_int_equal(off, 3);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_unicode),         cmocka_unit_test(test_spm_merge_order),
+        cmocka_unit_test(test_bpe_merges),      cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_streaming_detok), cmocka_unit_test(test_vocab_vectors),
+        cmocka_unit_test(test_golden_prompts),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
