@@ -448,6 +448,97 @@ static int fsync_dir(const char *dir)
     return rc;
 }
 
+/* Writes the model under a temporary name beside out, syncs it and renames it into place, so an
+ * interrupted or failed run never leaves a file under the final name. Returns 0 or a negative
+ * code with the reason in err; *written receives the bytes of data written. */
+static int write_model(const char *out, const char *dir, const struct nf_gguf_writer *w,
+                       const struct nf_mk_tensor *t, size_t nt, const struct nf_mk_gen *g,
+                       uint64_t *written, char *err, size_t errlen)
+{
+    int rc = 0, fd = -1;
+    if ((size_t)snprintf(nf_mk_tmp_path, sizeof(nf_mk_tmp_path), "%s.tmp-XXXXXX", out) >=
+        sizeof(nf_mk_tmp_path)) {
+        nf_mk_tmp_path[0] = '\0';
+        snprintf(err, errlen, "%s: %s", out, strerror(ENAMETOOLONG));
+        return -ENAMETOOLONG;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    /* Past a file size limit (ulimit -f) writes then fail with EFBIG instead of killing us. */
+    signal(SIGXFSZ, SIG_IGN);
+    fd = mkstemp(nf_mk_tmp_path);
+    if (fd < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s: %s", nf_mk_tmp_path, strerror(errno));
+        nf_mk_tmp_path[0] = '\0';
+        goto out;
+    }
+    fchmod(fd, 0644);
+    if ((rc = nf_gguf_writer_write_header(w, fd))) {
+        snprintf(err, errlen, "%s: writing the header: %s", nf_mk_tmp_path, nf_strerror(rc));
+        goto out;
+    }
+    /* Reserve the blocks up front for a non-zero model, so a full disk fails now and not late. */
+    uint64_t total = nf_gguf_writer_file_size(w);
+    if (!g->zero) {
+        int frc = posix_fallocate(fd, 0, (off_t)total);
+        if (frc && frc != EOPNOTSUPP && frc != EINVAL) {
+            rc = -frc;
+            snprintf(err, errlen, "%s: reserving %llu bytes: %s", nf_mk_tmp_path,
+                     (unsigned long long)total, strerror(frc));
+            goto out;
+        }
+    }
+    if ((rc = nf_mk_write_data(fd, t, nt, g, written))) {
+        snprintf(err, errlen, "%s: writing tensor data: %s", nf_mk_tmp_path, nf_strerror(rc));
+        goto out;
+    }
+    if (fsync(fd) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s: fsync: %s", nf_mk_tmp_path, strerror(errno));
+        goto out;
+    }
+    if (rename(nf_mk_tmp_path, out) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "rename %s -> %s: %s", nf_mk_tmp_path, out, strerror(errno));
+        goto out;
+    }
+    nf_mk_tmp_path[0] = '\0';
+    fsync_dir(dir);
+out:
+    if (fd >= 0)
+        close(fd);
+    if (nf_mk_tmp_path[0]) {
+        unlink(nf_mk_tmp_path);
+        nf_mk_tmp_path[0] = '\0';
+    }
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
+    return rc;
+}
+
+/* Sets up the tokenizer keys: copied from --vocab-from (which also fixes s->vocab) or synthetic.
+ * Returns 0, or the exit code after printing the reason. */
+static int add_vocab(struct nf_gguf_writer *w, const struct mk_opts *o, struct nf_mk_shape *s)
+{
+    char err[PATH_MAX + 512] = "";
+    int64_t nv;
+    int rc = o->vocab_from ? nf_mk_vocab_copy(w, o->vocab_from, &nv, err, sizeof(err))
+                           : nf_mk_vocab_synth(w, s->vocab);
+    if (rc) {
+        fprintf(stderr, "nanoflowctl mkmodel: %s\n", err[0] ? err : nf_strerror(rc));
+        return o->vocab_from ? 2 : 1;
+    }
+    if (o->vocab_from)
+        s->vocab = nv;
+    return 0;
+}
+
 int nf_cmd_mkmodel(int argc, char **argv)
 {
     struct mk_opts o = {.dim = -1,
@@ -481,57 +572,42 @@ int nf_cmd_mkmodel(int argc, char **argv)
         return 1;
     }
 
-    struct nf_gguf_writer *w = NULL;
+    struct nf_gguf_writer *w = NULL, *vw = NULL;
     struct nf_mk_tensor *t = NULL;
     size_t nt = 0;
-    int fd = -1, exit_code = 1;
+    int exit_code = 1;
     char err[2 * PATH_MAX + 512] = "";
     char *dup1 = strdup(o.out);
     const char *dir = dup1 ? dirname(dup1) : ".";
-    if ((rc = nf_gguf_writer_init(&w)))
-        goto fail;
-
-    /* The vocabulary decides the embedding shape, so it is settled before the tensors. */
     char name[128];
-    snprintf(name, sizeof(name), "%s", o.name ? o.name : "");
-    if (!o.name)
+    if (o.name)
+        snprintf(name, sizeof(name), "%s", o.name);
+    else
         snprintf(name, sizeof(name), "nanoflow-%s", o.shape_name ? o.shape_name : "custom");
-    if (o.vocab_from) {
-        int64_t nv;
-        struct nf_gguf_writer *tmp;
-        /* Read the vocab size first; the keys are copied after the llama.* ones below. */
-        if ((rc = nf_gguf_writer_init(&tmp)))
-            goto fail;
-        rc = nf_mk_vocab_copy(tmp, o.vocab_from, &nv, err, sizeof(err));
-        nf_gguf_writer_free(tmp);
-        if (rc) {
-            fprintf(stderr, "nanoflowctl mkmodel: %s\n", err);
-            exit_code = 2;
-            goto fail;
-        }
-        s.vocab = nv;
+
+    /* The tokenizer keys go last, but the vocabulary size is needed by the llama.* keys and the
+     * embedding shapes: build them in a writer of their own first, then append. */
+    if ((rc = nf_gguf_writer_init(&w)) || (rc = nf_gguf_writer_init(&vw)))
+        goto fail;
+    if ((rc = add_vocab(vw, &o, &s))) {
+        exit_code = rc;
+        goto out;
     }
     if ((rc = add_metadata(w, &s, &o, name)))
         goto fail;
-    if (o.vocab_from) {
-        int64_t nv;
-        rc = nf_mk_vocab_copy(w, o.vocab_from, &nv, err, sizeof(err));
-    } else {
-        rc = nf_mk_vocab_synth(w, s.vocab);
+    if ((rc = add_vocab(w, &o, &s))) {
+        exit_code = rc;
+        goto out;
     }
-    if (rc)
-        goto fail;
-
     if ((rc = build_tensors(&s, o.type, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {
         exit_code = rc;
-        goto fail;
+        goto out;
     }
     uint64_t params = 0;
     for (size_t i = 0; i < nt; i++) {
-        uint64_t idx;
-        rc = nf_gguf_writer_add_tensor(w, t[i].name, t[i].n_dims, t[i].ne, t[i].type, &idx);
+        rc = nf_gguf_writer_add_tensor(w, t[i].name, t[i].n_dims, t[i].ne, t[i].type, NULL);
         if (rc) {
             snprintf(err, sizeof(err), "tensor %s: %s", t[i].name, nf_strerror(rc));
             goto fail;
@@ -553,68 +629,16 @@ int nf_cmd_mkmodel(int argc, char **argv)
     if ((rc = check_space(dir, need, o.zero, err, sizeof(err))))
         goto fail;
 
-    /* Write under a temporary name; only a complete, synced file is renamed into place. */
-    if ((size_t)snprintf(nf_mk_tmp_path, sizeof(nf_mk_tmp_path), "%s.tmp-XXXXXX", o.out) >=
-        sizeof(nf_mk_tmp_path)) {
-        nf_mk_tmp_path[0] = '\0';
-        rc = -ENAMETOOLONG;
-        goto fail;
-    }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    /* Past a file size limit (ulimit -f) writes then fail with EFBIG instead of killing us. */
-    signal(SIGXFSZ, SIG_IGN);
-    fd = mkstemp(nf_mk_tmp_path);
-    if (fd < 0) {
-        rc = -errno;
-        snprintf(err, sizeof(err), "%s: %s", nf_mk_tmp_path, strerror(errno));
-        nf_mk_tmp_path[0] = '\0';
-        goto fail;
-    }
-    fchmod(fd, 0644);
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    if ((rc = nf_gguf_writer_write_header(w, fd))) {
-        snprintf(err, sizeof(err), "%s: writing the header: %s", nf_mk_tmp_path, nf_strerror(rc));
-        goto fail;
-    }
-    /* Reserve the blocks up front for a non-zero model, so a full disk fails now and not late. */
-    if (!o.zero) {
-        int frc = posix_fallocate(fd, 0, (off_t)total);
-        if (frc && frc != EOPNOTSUPP && frc != EINVAL) {
-            rc = -frc;
-            snprintf(err, sizeof(err), "%s: reserving %llu bytes: %s", nf_mk_tmp_path,
-                     (unsigned long long)total, strerror(frc));
-            goto fail;
-        }
-    }
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     struct nf_mk_gen g = {.seed = o.seed,
                           .zero = o.zero,
                           .threads = (int)(o.threads > 0 ? o.threads : (ncpu > 0 ? ncpu : 1)),
                           .progress = isatty(2)};
     uint64_t written = 0;
-    if ((rc = nf_mk_write_data(fd, t, nt, &g, &written))) {
-        snprintf(err, sizeof(err), "%s: writing tensor data: %s", nf_mk_tmp_path, nf_strerror(rc));
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if ((rc = write_model(o.out, dir, w, t, nt, &g, &written, err, sizeof(err))))
         goto fail;
-    }
-    if (fsync(fd) != 0) {
-        rc = -errno;
-        snprintf(err, sizeof(err), "%s: fsync: %s", nf_mk_tmp_path, strerror(errno));
-        goto fail;
-    }
-    close(fd);
-    fd = -1;
-    if (rename(nf_mk_tmp_path, o.out) != 0) {
-        rc = -errno;
-        snprintf(err, sizeof(err), "rename %s -> %s: %s", nf_mk_tmp_path, o.out, strerror(errno));
-        goto fail;
-    }
-    nf_mk_tmp_path[0] = '\0';
-    fsync_dir(dir);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     char hs[32], hw[32];
@@ -626,24 +650,10 @@ int nf_cmd_mkmodel(int argc, char **argv)
     exit_code = 0;
     goto out;
 fail:
-    if (exit_code == 1) {
-        if (err[0])
-            fprintf(stderr, "nanoflowctl mkmodel: %s\n", err);
-        else
-            fprintf(stderr, "nanoflowctl mkmodel: %s\n", nf_strerror(rc));
-    }
+    fprintf(stderr, "nanoflowctl mkmodel: %s\n", err[0] ? err : nf_strerror(rc));
 out:
-    if (fd >= 0)
-        close(fd);
-    if (nf_mk_tmp_path[0]) {
-        unlink(nf_mk_tmp_path);
-        nf_mk_tmp_path[0] = '\0';
-    }
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
-    signal(SIGXFSZ, SIG_DFL);
     free(t);
+    nf_gguf_writer_free(vw);
     nf_gguf_writer_free(w);
     free(dup1);
     return exit_code;
