@@ -15,8 +15,10 @@
 
 #include "gguf.h"
 #include "gguf_write.h"
+#include "model.h"
 #include "nf_err.h"
 #include "quants.h"
+#include "tokenizer.h"
 
 #define run_mkmodel(...) run_mkmodel_argv((const char *const[]){__VA_ARGS__})
 
@@ -571,12 +573,63 @@ static void test_mkmodel_dense_vocab_from(void **state)
     nf_gguf_close(a);
 }
 
+/* The synthetic vocabulary loads in the tokenizer, merges pieces and round-trips any text (byte
+ * fallback); the model loads and evaluates to finite logits. */
+static void test_mkmodel_loads(void **state)
+{
+    char path[512];
+    path_in_tmp(path, sizeof(path), "load.gguf");
+    assert_int_equal(run_mkmodel(path, "--shape", "tiny", "--vocab", "700", "--type", "q4_0", NULL),
+                     0);
+    struct nf_gguf *g = open_ok(path);
+    struct nf_vocab *v = NULL;
+    char err[512] = "";
+    if (nf_vocab_load(&v, g, err, sizeof(err)) != 0)
+        fail_msg("nf_vocab_load: %s", err);
+    assert_int_equal(nf_vocab_n_tokens(v), 700);
+    assert_int_equal(nf_vocab_bos(v), 1);
+    assert_int_equal(nf_vocab_eos(v), 2);
+    assert_true(nf_vocab_add_bos(v));
+    const char *text = "Hello world, the quick fox \xc3\xa9t\xc3\xa9\n";
+    int32_t toks[128];
+    int n = nf_tokenize(v, text, strlen(text), true, false, toks, 128);
+    assert_true(n > 1 && n <= 128);
+    assert_int_equal(toks[0], 1);
+    /* Pieces such as " wo" exist, so there are fewer tokens than bytes. */
+    assert_true((size_t)n < strlen(text));
+    char joined[256] = "";
+    size_t len = 0;
+    for (int i = 1; i < n; i++) {
+        assert_true(toks[i] >= 0 && toks[i] < 700);
+        int pl = nf_token_to_piece(v, toks[i], joined + len, (int)(sizeof(joined) - len - 1));
+        assert_true(pl >= 0);
+        len += (size_t)pl;
+    }
+    joined[len] = '\0';
+    /* SentencePiece prefixes the text with a space. */
+    assert_string_equal(joined + 1, text);
+    nf_vocab_free(v);
+    nf_gguf_close(g);
+
+    struct nf_model *m = NULL;
+    if (nf_model_load(&m, path, err, sizeof(err)) != 0)
+        fail_msg("nf_model_load: %s", err);
+    struct nf_ctx *c = NULL;
+    assert_int_equal(nf_ctx_create(&c, m, 16, 1), 0);
+    assert_int_equal(nf_ctx_eval(c, toks, 4), 0);
+    for (int i = 0; i < 700; i++)
+        assert_true(isfinite(c->logits[i]));
+    nf_ctx_free(c);
+    nf_model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_value_type), cmocka_unit_test(test_tensors_round_trip),
         cmocka_unit_test(test_refusals),         cmocka_unit_test(test_copy_real_metadata),
         cmocka_unit_test(test_mkmodel_tiny_moe), cmocka_unit_test(test_mkmodel_dense_vocab_from),
+        cmocka_unit_test(test_mkmodel_loads),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
