@@ -75,7 +75,9 @@ const char *nf_isa_name(enum nf_isa isa)
     }
 }
 
-/* Multi-row kernels made of single-row ones, for types and ISAs without a dedicated one. */
+/* Multi-row kernels made of single-row ones, for types and ISAs without a dedicated one.
+ * (AVX2 kernels that interleave 4 rows were tried: streaming 4 rows at once ran at half the
+ * bandwidth of one row at a time on Zen 5, so AVX2 goes row by row.) */
 #define ROWS_FROM(fn)                                                                          \
     static void fn##_rows(int n, float *s, size_t bs, const void *x, const void *y, int nrows) \
     {                                                                                          \
@@ -95,13 +97,17 @@ ROWS_FROM(nf__vec_dot_q8_K_q8_K_ref)
 ROWS_FROM(nf__vec_dot_f32_avx2)
 ROWS_FROM(nf__vec_dot_f16_avx2)
 ROWS_FROM(nf__vec_dot_bf16_avx2)
+ROWS_FROM(nf__vec_dot_q4_0_q8_0_avx2)
+ROWS_FROM(nf__vec_dot_q8_0_q8_0_avx2)
 ROWS_FROM(nf__vec_dot_q4_K_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_q5_K_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_q6_K_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_f32_avx512)
 ROWS_FROM(nf__vec_dot_f16_avx512)
 
-/* Per type and ISA: the paths specific to that ISA (NULL: none, use a lower ISA's).
+/* Per type and ISA: the paths specific to that ISA. The AVX-512 q8_0 kernel prepares the
+ * activation per call, which only pays off over several rows, so single-row q8_0 stays AVX2.
+ * Per type and ISA: the paths specific to that ISA (NULL: none, use a lower ISA's).
  * from_float is indexed by the activation type it produces. */
 struct kernel_set {
     nf_vec_dot_fn vec_dot[NF_ISA_COUNT];
@@ -130,11 +136,10 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
                           K3(nf__quantize_row_bf16_ref, nf__quantize_row_bf16_avx2, NULL)},
     [NF_TYPE_Q4_0] = {.vec_dot = K3(nf__vec_dot_q4_0_q8_0_ref, nf__vec_dot_q4_0_q8_0_avx2,
                                     nf__vec_dot_q4_0_q8_0_avx512),
-                      .rows = K3(nf__vec_dot_q4_0_q8_0_ref_rows, nf__vec_dot_q4_0_q8_0_rows_avx2,
+                      .rows = K3(nf__vec_dot_q4_0_q8_0_ref_rows, nf__vec_dot_q4_0_q8_0_avx2_rows,
                                  nf__vec_dot_q4_0_q8_0_rows_avx512)},
-    [NF_TYPE_Q8_0] = {.vec_dot = K3(nf__vec_dot_q8_0_q8_0_ref, nf__vec_dot_q8_0_q8_0_avx2,
-                                    nf__vec_dot_q8_0_q8_0_avx512),
-                      .rows = K3(nf__vec_dot_q8_0_q8_0_ref_rows, nf__vec_dot_q8_0_q8_0_rows_avx2,
+    [NF_TYPE_Q8_0] = {.vec_dot = K3(nf__vec_dot_q8_0_q8_0_ref, nf__vec_dot_q8_0_q8_0_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q8_0_q8_0_ref_rows, nf__vec_dot_q8_0_q8_0_avx2_rows,
                                  nf__vec_dot_q8_0_q8_0_rows_avx512),
                       .from_float =
                           K3(nf__quantize_row_q8_0_ref, nf__quantize_row_q8_0_avx2, NULL)},

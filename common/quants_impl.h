@@ -41,10 +41,6 @@ void nf__vec_dot_q8_0_q8_0_avx2(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q4_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q5_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q6_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
-void nf__vec_dot_q4_0_q8_0_rows_avx2(int n, float *s, size_t bs, const void *x, const void *y,
-                                     int nrows);
-void nf__vec_dot_q8_0_q8_0_rows_avx2(int n, float *s, size_t bs, const void *x, const void *y,
-                                     int nrows);
 void nf__quantize_row_f16_avx2(const float *x, void *y, int64_t n);
 void nf__quantize_row_bf16_avx2(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_0_avx2(const float *x, void *y, int64_t n);
@@ -55,7 +51,6 @@ void nf__quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
 void nf__vec_dot_f32_avx512(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_f16_avx512(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q4_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
-void nf__vec_dot_q8_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q4_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *x, const void *y,
                                        int nrows);
 void nf__vec_dot_q8_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *x, const void *y,
