@@ -175,8 +175,9 @@ struct parser {
     int fd;
     const uint8_t *mem;
     uint64_t size;
-    uint64_t pos; /* next byte to parse */
-    uint8_t *buf; /* window [buf_off, buf_off + buf_len) of the file */
+    bool meta_only; /* tensor data is absent: skip the data-inside-the-file check */
+    uint64_t pos;   /* next byte to parse */
+    uint8_t *buf;   /* window [buf_off, buf_off + buf_len) of the file */
     uint64_t buf_off;
     size_t buf_len;
     char where[160]; /* the section being parsed, e.g. "metadata entry 3 ('general.name')" */
@@ -613,7 +614,7 @@ static int place_tensors(struct parser *p)
             rc = fail(p, NF_EOVERFLOW, "tensor '%s': offset %" PRIu64 " overflows", s1, t->offset);
             goto out;
         }
-        if (__builtin_add_overflow(begin, t->size, &end) || end > g->file_size) {
+        if (__builtin_add_overflow(begin, t->size, &end) || (!p->meta_only && end > g->file_size)) {
             /* end may have wrapped; report it as begin + size then. */
             if (end < begin)
                 rc = fail(p, NF_ETRUNCATED,
@@ -665,10 +666,15 @@ static int parse(struct parser *p)
 
 /* Parses the file behind fd (taking ownership of fd) or the image mem. */
 static int open_common(struct nf_gguf **out, int fd, const uint8_t *mem, uint64_t size,
-                       const char *name, char *err, size_t errlen)
+                       const char *name, char *err, size_t errlen, bool meta_only)
 {
-    struct parser p = {
-        .name = name, .err = err, .errlen = errlen, .fd = fd, .mem = mem, .size = size};
+    struct parser p = {.name = name,
+                       .err = err,
+                       .errlen = errlen,
+                       .fd = fd,
+                       .mem = mem,
+                       .size = size,
+                       .meta_only = meta_only};
     if (err && errlen)
         err[0] = '\0';
     p.g = calloc(1, sizeof(*p.g));
@@ -709,7 +715,7 @@ static int open_owned_fd(struct nf_gguf **out, int fd, const char *name, char *e
         close(fd);
         return fail(&p, NF_EUSAGE, "not a regular file");
     }
-    return open_common(out, fd, NULL, (uint64_t)st.st_size, name, err, errlen);
+    return open_common(out, fd, NULL, (uint64_t)st.st_size, name, err, errlen, false);
 }
 
 int nf_gguf_open(struct nf_gguf **out, const char *path, char *err, size_t errlen)
@@ -748,5 +754,15 @@ int nf_gguf_open_mem(struct nf_gguf **out, const void *data, size_t size, char *
     if (!out || (!data && size))
         return NF_EUSAGE;
     *out = NULL;
-    return open_common(out, -1, data ? data : empty, size, "<memory>", err, errlen);
+    return open_common(out, -1, data ? data : empty, size, "<memory>", err, errlen, false);
+}
+
+int nf_gguf_open_meta_mem(struct nf_gguf **out, const void *data, size_t size, char *err,
+                          size_t errlen)
+{
+    static const uint8_t empty[1];
+    if (!out || (!data && size))
+        return NF_EUSAGE;
+    *out = NULL;
+    return open_common(out, -1, data ? data : empty, size, "<metadata>", err, errlen, true);
 }

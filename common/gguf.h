@@ -106,6 +106,13 @@ int nf_gguf_open_fd(struct nf_gguf **out, int fd, const char *name, char *err, s
  * which must outlive the returned object. */
 int nf_gguf_open_mem(struct nf_gguf **out, const void *data, size_t size, char *err, size_t errlen);
 
+/* Parses a metadata-only image (a GGUF header whose tensor data was left out, as embedded in a
+ * .nft file): everything is validated as by nf_gguf_open_mem except that tensor data may lie past
+ * the end of the image. Tensor infos keep their shapes, types and offsets; reading their data
+ * fails with NF_ETRUNCATED. `data` must outlive the returned object. */
+int nf_gguf_open_meta_mem(struct nf_gguf **out, const void *data, size_t size, char *err,
+                          size_t errlen);
+
 void nf_gguf_close(struct nf_gguf *g);
 
 /* Metadata lookup: the entry with this key, or NULL. */
