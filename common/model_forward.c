@@ -21,6 +21,77 @@ static size_t nf_align64(size_t n)
     return (n + 63) & ~(size_t)63;
 }
 
+/* --- ggml CPU arithmetic, reproduced operation by operation ---------------------------------
+ * The goldens come from llama.cpp's CPU backend on an AVX-512 machine. Some of its F32 work is
+ * rounded in a way that matters here: F16 roundings of K, V, Q and the softmax make the output
+ * jump when an F32 value lands on the other side of a rounding boundary, so the F32 sums must
+ * be formed in ggml's order. The helpers below do in scalar code (fmaf is a fused multiply-add,
+ * as the vector FMA instructions are) exactly what these ggml routines do:
+ *  - ggml_vec_dot_f32 / ggml_vec_dot_f16 (AVX-512: 4 accumulators of 16 lanes over blocks of
+ *    64, summed pairwise, then a horizontal add; the tail in double);
+ *  - llamafile's tinyBLAS (used for F32/F16 weights when a mat-mul has >= 2 columns and the
+ *    dot length is a multiple of 16: one 16-lane accumulator, then a horizontal add). */
+
+/* _mm512_reduce_add_ps: halves, then quarters, then pairs. */
+static float nf_hsum16(const float *v)
+{
+    float t8[8], t4[4];
+    for (int i = 0; i < 8; i++)
+        t8[i] = v[i + 8] + v[i];
+    for (int i = 0; i < 4; i++)
+        t4[i] = t8[i + 4] + t8[i];
+    return (t4[0] + t4[2]) + (t4[1] + t4[3]);
+}
+
+static inline float nf_ld(const void *p, bool f16, int i)
+{
+    return f16 ? nf_fp16_to_fp32(((const nf_fp16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+/* ggml_vec_dot_f32 (both F32) or ggml_vec_dot_f16 (both F16) on AVX-512. */
+static float nf_ggml_dot(const void *x, const void *y, bool f16, int n)
+{
+    const int np = n & ~63;
+    float acc[4][16] = {{0}};
+    for (int i = 0; i < np; i += 64)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 16; l++)
+                acc[j][l] =
+                    fmaf(nf_ld(x, f16, i + 16 * j + l), nf_ld(y, f16, i + 16 * j + l), acc[j][l]);
+    for (int l = 0; l < 16; l++) {
+        acc[0][l] = acc[0][l] + acc[2][l];
+        acc[1][l] = acc[1][l] + acc[3][l];
+        acc[0][l] = acc[0][l] + acc[1][l];
+    }
+    double s = np ? (double)nf_hsum16(acc[0]) : 0.0;
+    for (int i = np; i < n; i++)
+        s += (double)(nf_ld(x, f16, i) * nf_ld(y, f16, i));
+    return (float)s;
+}
+
+/* tinyBLAS on AVX-512: a (F32 or F16) times b (F32), n a multiple of 16. */
+static float nf_tinyblas_dot(const void *a, bool a16, const float *b, int n)
+{
+    float acc[16] = {0};
+    for (int i = 0; i < n; i += 16)
+        for (int l = 0; l < 16; l++)
+            acc[l] = fmaf(nf_ld(a, a16, i + l), b[i + l], acc[l]);
+    return nf_hsum16(acc);
+}
+
+/* The softmax numerator and its sum as ggml_soft_max computes them (sum in double). ggml's
+ * AVX-512 build evaluates 16 lanes at a time with its ggml_v_expf approximation; reproducing
+ * that measured worse against the goldens than the C library's expf, which is used here. */
+static double nf_softmax_exp(float *y, const float *x, int n, float max)
+{
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        y[i] = expf(x[i] - max);
+        sum += (double)y[i];
+    }
+    return sum;
+}
+
 void nf_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     double sum = 0.0;
@@ -33,7 +104,19 @@ void nf_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
         out[i] = (x[i] * scale) * w[i];
 }
 
+/* The activation quantizer llama.cpp's x86 build uses: its AVX2 quantize_row_q8_0 rounds ties
+ * to even with 127 / amax, unlike the portable reference; the AVX2 variant from quants.c
+ * reproduces it. Without AVX2 the reference is used (a rare off-by-one quant). */
+static nf_from_float_fn nf_act_quantizer(enum nf_type t)
+{
+    nf_from_float_fn f = nf_kernels_isa() >= NF_ISA_AVX2 ? nf_from_float_for(t, NF_ISA_AVX2) : NULL;
+    return f ? f : nf_type_traits(t)->from_float;
+}
+
+enum nf_mm_kind { NF_MM_VEC_DOT, NF_MM_GGML_DOT, NF_MM_TINYBLAS };
+
 struct nf_matmul_job {
+    enum nf_mm_kind kind;
     const struct nf_tensor *w;
     nf_vec_dot_fn dot;
     const char *xq;
@@ -53,8 +136,16 @@ static void nf_matmul_run(void *arg, int ith, int nth)
     const int n = (int)j->w->ne[0];
     for (int64_t r = r0; r < r1; r++) {
         const char *row = (const char *)j->w->data + (size_t)r * j->w->row_size;
-        for (int t = 0; t < j->n_tok; t++)
-            j->dot(n, &j->out[(size_t)t * rows + r], row, j->xq + (size_t)t * j->xq_stride);
+        float *o = &j->out[r];
+        for (int t = 0; t < j->n_tok; t++, o += rows) {
+            const char *xt = j->xq + (size_t)t * j->xq_stride;
+            if (j->kind == NF_MM_VEC_DOT)
+                j->dot(n, o, row, xt);
+            else if (j->kind == NF_MM_GGML_DOT)
+                *o = nf_ggml_dot(row, xt, j->w->type == NF_TYPE_F16, n);
+            else
+                *o = nf_tinyblas_dot(row, j->w->type == NF_TYPE_F16, (const float *)xt, n);
+        }
     }
 }
 
@@ -63,14 +154,22 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
     const struct nf_type_traits *tr = nf_type_traits(w->type);
     const int64_t n = w->ne[0];
     struct nf_matmul_job j = {.w = w, .dot = tr->vec_dot, .out = out, .n_tok = n_tok};
-    if (tr->vec_dot_type == NF_TYPE_F32) {
+    const bool plain = w->type == NF_TYPE_F32 || w->type == NF_TYPE_F16;
+    if (plain && n_tok >= 2 && n % 16 == 0) {
+        /* llama.cpp hands this to tinyBLAS, which takes the activations in F32. */
+        j.kind = NF_MM_TINYBLAS;
+        j.xq = (const char *)x;
+        j.xq_stride = (size_t)n * sizeof(float);
+    } else if (tr->vec_dot_type == NF_TYPE_F32) {
+        j.kind = NF_MM_GGML_DOT;
         j.xq = (const char *)x;
         j.xq_stride = (size_t)n * sizeof(float);
     } else {
         /* Convert the activations as llama.cpp does before every mat-vec. */
-        const struct nf_type_traits *dt = nf_type_traits(tr->vec_dot_type);
+        j.kind = w->type == NF_TYPE_F16 ? NF_MM_GGML_DOT : NF_MM_VEC_DOT;
+        nf_from_float_fn q = nf_act_quantizer(tr->vec_dot_type);
         for (int t = 0; t < n_tok; t++)
-            dt->from_float(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+            q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     }
@@ -95,7 +194,8 @@ struct nf_attn_job {
 };
 
 /* Attention of one query head of one token over cache positions 0..pos. */
-static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, void *scratch)
+static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_tok, int n_kv,
+                         void *scratch)
 {
     const struct nf_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
@@ -138,35 +238,32 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, void *
         return;
     }
 
-    /* ggml mul_mat(K, Q) + soft_max_ext(scale) + mul_mat(V, softmax). */
+    /* ggml mul_mat(K, Q) + soft_max_ext(scale, causal mask) + mul_mat(V, softmax), over the
+     * n_kv cache cells of the batch (cells past pos are masked with -inf). */
+    const bool q_f32 = c->attn_mode == NF_ATTN_F32, p_f32 = c->attn_mode == NF_ATTN_F32;
+    float *vcol = sc + n_kv; /* (n_kv) */
+    for (int ic = 0; ic < n_kv; ic++) {
+        const nf_fp16_t *kr = kc + (size_t)ic * kvd;
+        float s = -INFINITY;
+        if (ic <= pos)
+            s = (q_f32 ? nf_tinyblas_dot(kr, true, q, hd) : nf_ggml_dot(kr, q16, true, hd)) * scale;
+        sc[ic] = s;
+    }
     float mx = -INFINITY;
-    for (int ic = 0; ic <= pos; ic++) {
-        float s = c->attn_mode == NF_ATTN_F32 ? 0.0f : nf_dot_f16(kc + (size_t)ic * kvd, q16, hd);
-        if (c->attn_mode == NF_ATTN_F32) {
-            double a = 0.0;
-            for (int d = 0; d < hd; d++)
-                a += (double)(nf_fp16_to_fp32(kc[(size_t)ic * kvd + d]) * q[d]);
-            s = (float)a;
-        }
-        sc[ic] = s * scale;
+    for (int ic = 0; ic < n_kv; ic++)
         mx = sc[ic] > mx ? sc[ic] : mx;
-    }
-    double sum = 0.0;
-    for (int ic = 0; ic <= pos; ic++) {
-        sc[ic] = expf(sc[ic] - mx);
-        sum += (double)sc[ic];
-    }
+    const double sum = nf_softmax_exp(sc, sc, n_kv, mx);
     const float inv = (float)(1.0 / sum);
-    for (int ic = 0; ic <= pos; ic++) {
+    for (int ic = 0; ic < n_kv; ic++) {
         sc[ic] *= inv;
-        if (c->attn_mode == NF_ATTN_PLAIN)
+        if (!p_f32)
             sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
     }
     for (int d = 0; d < hd; d++) {
-        double a = 0.0;
-        for (int ic = 0; ic <= pos; ic++)
-            a += (double)(nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]) * sc[ic]);
-        out[d] = (float)a;
+        for (int ic = 0; ic < n_kv; ic++)
+            vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
+        out[d] =
+            p_f32 ? nf_tinyblas_dot(vcol, false, sc, n_kv) : nf_ggml_dot(vcol, sc, false, n_kv);
     }
 }
 
@@ -177,7 +274,8 @@ static void nf_attn_run(void *arg, int ith, int nth)
     void *scratch = (char *)c->att_scratch + (size_t)ith * c->att_scratch_stride;
     const int nh = c->m->hp.n_head;
     for (int task = ith; task < j->n_tok * nh; task += nth)
-        nf_attn_head(c, j->il, task / nh, task % nh, j->pos0 + task / nh, scratch);
+        nf_attn_head(c, j->il, task / nh, task % nh, j->pos0 + task / nh, j->n_tok,
+                     j->pos0 + j->n_tok, scratch);
 }
 
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
@@ -245,10 +343,14 @@ void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, 
 }
 
 /* hb = silu(hb) * hb2, SiLU as ggml: x / (1 + exp(-x)). */
-static void nf_swiglu(float *hb, const float *hb2, size_t n)
+static void nf_swiglu(float *hb, const float *hb2, int n_rows, int n)
 {
-    for (size_t i = 0; i < n; i++)
-        hb[i] = hb[i] / (1.0f + expf(-hb[i])) * hb2[i];
+    /* ggml_vec_swiglu_f32, row by row (expf; see nf_softmax_exp about ggml_v_expf). */
+    for (int r = 0; r < n_rows; r++, hb += n, hb2 += n) {
+        int i = 0;
+        for (; i < n; i++)
+            hb[i] = hb[i] / (1.0f + expf(-hb[i])) * hb2[i];
+    }
 }
 
 void nf_ffn_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct nf_ffn_weights *w,
@@ -260,7 +362,7 @@ void nf_ffn_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
         nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, norm->data, E, hp->rms_eps);
     nf_matmul(c, c->hb, &w->gate, c->xn, n_tok);
     nf_matmul(c, c->hb2, &w->up, c->xn, n_tok);
-    nf_swiglu(c->hb, c->hb2, (size_t)n_tok * w->gate.ne[1]);
+    nf_swiglu(c->hb, c->hb2, n_tok, (int)w->gate.ne[1]);
     nf_matmul(c, c->ffo, &w->down, c->hb, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
@@ -321,7 +423,7 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
             const float wk = wsel[k] / wsum;
             nf_matmul(c, c->hb, &ew.gate, xt, 1);
             nf_matmul(c, c->hb2, &ew.up, xt, 1);
-            nf_swiglu(c->hb, c->hb2, (size_t)hp->n_ff);
+            nf_swiglu(c->hb, c->hb2, 1, hp->n_ff);
             nf_matmul(c, c->eo, &ew.down, c->hb, 1);
             for (int i = 0; i < E; i++)
                 ot[i] = k == 0 ? c->eo[i] * wk : ot[i] + c->eo[i] * wk;
@@ -341,7 +443,7 @@ int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int 
         return -ENOMEM;
     c->m = m;
     c->n_ctx = n_ctx;
-    c->attn_mode = NF_ATTN_FLASH;
+    c->attn_mode = NF_ATTN_PLAIN;
     int rc = nf_threadpool_create(&c->pool, n_threads);
     if (rc < 0) {
         free(c);
@@ -354,7 +456,7 @@ int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int 
     maxin = maxin > F ? maxin : F;
     /* 4 bytes per element bounds every vec_dot_type (F32; Q8_K and Q8_0 need less). */
     c->xq_row_stride = nf_align64(maxin * 4 + 64);
-    c->att_scratch_stride = nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)n_ctx * 4);
+    c->att_scratch_stride = nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)n_ctx * 8);
     c->k_cache = calloc(kv, sizeof(nf_fp16_t));
     c->v_cache = calloc(kv, sizeof(nf_fp16_t));
     c->x = calloc(B * E, sizeof(float));
@@ -416,17 +518,26 @@ static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bo
                      c->x + (size_t)t * E, E);
     const int pos0 = c->n_past;
     nf_rope_cache(c, pos0, n_tok);
+    int n_tok_ffn = n_tok;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct nf_layer *L = &m->layers[il];
         nf_attn_forward(c, &L->attn, il, pos0, n_tok);
+        if (il == hp->n_layer - 1) {
+            /* Only the output rows are needed past the last attention (llama.cpp's
+             * inp_out_ids): the last FFN runs on the last token alone, or not at all. */
+            if (!want_logits)
+                break;
+            memmove(c->x, c->x + (size_t)(n_tok - 1) * E, sizeof(float) * (size_t)E);
+            n_tok_ffn = 1;
+        }
         if (hp->n_expert)
-            nf_moe_forward(c, &L->ffn_norm, &L->moe, n_tok);
+            nf_moe_forward(c, &L->ffn_norm, &L->moe, n_tok_ffn);
         else
-            nf_ffn_forward(c, &L->ffn_norm, &L->ffn, n_tok);
+            nf_ffn_forward(c, &L->ffn_norm, &L->ffn, n_tok_ffn);
     }
     c->n_past += n_tok;
     if (want_logits) {
-        nf_rmsnorm(c->xn, c->x + (size_t)(n_tok - 1) * E, m->output_norm.data, E, hp->rms_eps);
+        nf_rmsnorm(c->xn, c->x, m->output_norm.data, E, hp->rms_eps);
         nf_matmul(c, c->logits, &m->output, c->xn, 1);
     }
 }

@@ -91,11 +91,11 @@ int nf_threadpool_create(struct nf_threadpool **out, int n_threads)
     }
     for (int i = 1; i < n_threads; i++) {
         struct nf_worker_arg *wa = malloc(sizeof(*wa));
-        int rc = wa ? pthread_create(&p->threads[i], NULL, nf_worker_main, wa) : ENOMEM;
         if (wa) {
             wa->p = p;
             wa->ith = i;
         }
+        int rc = wa ? pthread_create(&p->threads[i], NULL, nf_worker_main, wa) : ENOMEM;
         if (rc) {
             free(wa);
             p->n_threads = i; /* join only the ones started */

@@ -1,0 +1,165 @@
+/* test_golden.c - the forward pass against llama.cpp's greedy outputs in shared/golden/. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "json_mini.h"
+#include "model.h"
+#include "nf_err.h"
+
+/* Tolerances from shared/golden/README.md. */
+#define NF_TOL_EXACT  1e-3 /* stories260K: every step */
+#define NF_TOL_RANDOM 0.02 /* random-weight models: first step; also the near-tie threshold */
+
+struct golden_case {
+    const char *model;
+    bool exact; /* real weights: all gen_ids and all top-5 logits */
+};
+
+/* NF_ATTN=flash|plain|f32 overrides the context's attention numerics (for measurements). */
+static enum nf_attn_mode attn_mode_from_env(enum nf_attn_mode def)
+{
+    const char *e = getenv("NF_ATTN");
+    if (e && !strcmp(e, "plain"))
+        return NF_ATTN_PLAIN;
+    if (e && !strcmp(e, "f32"))
+        return NF_ATTN_F32;
+    if (e && !strcmp(e, "flash"))
+        return NF_ATTN_FLASH;
+    return def;
+}
+
+static int32_t argmax(const float *x, int n)
+{
+    int32_t b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
+
+/* Checks one golden line (one prompt); updates *maxdiff with the largest |logit diff| seen on
+ * the checked steps. */
+static void check_prompt(struct nf_ctx *c, const struct jm_val *o, bool exact, double *maxdiff,
+                         double *maxdiff0, bool report, int line)
+{
+    const struct jm_val *pids = jm_get(o, "prompt_ids"), *gids = jm_get(o, "gen_ids"),
+                        *tops = jm_get(o, "top_logits");
+    assert_non_null(pids);
+    assert_non_null(gids);
+    assert_non_null(tops);
+    assert_int_equal(gids->n, tops->n);
+    int32_t prompt[512];
+    assert_true(pids->n > 0 && pids->n <= 512);
+    for (int i = 0; i < pids->n; i++)
+        prompt[i] = (int32_t)pids->kids[i].num;
+    nf_ctx_reset(c);
+    assert_int_equal(nf_ctx_eval(c, prompt, pids->n), 0);
+    const int nv = c->m->hp.n_vocab;
+    for (int s = 0; s < gids->n; s++) {
+        const struct jm_val *top = &tops->kids[s];
+        assert_true(top->n >= 2);
+        const double gap = top->kids[0].kids[1].num - top->kids[1].kids[1].num;
+        double d = 0;
+        for (int k = 0; k < top->n; k++) {
+            int id = (int)top->kids[k].kids[0].num;
+            assert_true(id >= 0 && id < nv);
+            double diff = fabs(c->logits[id] - top->kids[k].kids[1].num);
+            d = diff > d ? diff : d;
+        }
+        *maxdiff = d > *maxdiff ? d : *maxdiff;
+        if (s == 0)
+            *maxdiff0 = d > *maxdiff0 ? d : *maxdiff0;
+        if (report && getenv("NF_GOLDEN_STEPS"))
+            print_message("line %d step %d diff %.6f\n", line, s, d);
+        if (report) {
+            /* Report mode (NF_GOLDEN_REPORT=1, for tuning numerics): never fail, feed the
+             * golden tokens through every step and only collect the differences. */
+            if (s + 1 < gids->n)
+                assert_int_equal(nf_ctx_eval(c, &(int32_t){(int32_t)gids->kids[s].num}, 1), 0);
+            continue;
+        }
+        if ((exact || s == 0) && d > (exact ? NF_TOL_EXACT : NF_TOL_RANDOM))
+            fail_msg("line %d step %d: top-5 logit diff %.6f exceeds %g", line, s, d,
+                     exact ? NF_TOL_EXACT : NF_TOL_RANDOM);
+        const int32_t want = (int32_t)gids->kids[s].num, got = argmax(c->logits, nv);
+        if (!exact && gap < NF_TOL_RANDOM)
+            break; /* a near tie: past here the continuations may part */
+        if (got != want)
+            fail_msg("line %d step %d: generated %d, llama.cpp %d (golden gap %.4f)", line, s, got,
+                     want, gap);
+        if (s + 1 < gids->n)
+            assert_int_equal(nf_ctx_eval(c, &want, 1), 0);
+    }
+}
+
+static void test_model(void **state)
+{
+    const struct golden_case *gc = *state;
+    char path[1024], gpath[1024], err[512];
+    snprintf(path, sizeof(path), "%s/models/%s.gguf", NF_SHARED_DIR, gc->model);
+    snprintf(gpath, sizeof(gpath), "%s/golden/%s.jsonl", NF_SHARED_DIR, gc->model);
+    FILE *gf = fopen(gpath, "r");
+    FILE *mf = fopen(path, "r");
+    if (!gf || !mf) {
+        if (gf)
+            fclose(gf);
+        if (mf)
+            fclose(mf);
+        print_message("skipping %s: %s or its golden file is missing\n", gc->model, path);
+        skip();
+    }
+    fclose(mf);
+    struct nf_model *m = NULL;
+    int rc = nf_model_load(&m, path, err, sizeof(err));
+    if (rc < 0)
+        fail_msg("loading %s: %s", path, err);
+    struct nf_ctx *c = NULL;
+    assert_int_equal(nf_ctx_create(&c, m, 512, 2), 0);
+    c->attn_mode = attn_mode_from_env(c->attn_mode);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int n = 0;
+    double maxdiff = 0, maxdiff0 = 0;
+    const bool report = getenv("NF_GOLDEN_REPORT") != NULL;
+    while ((len = getline(&line, &cap, gf)) > 0) {
+        struct jm_val *o = jm_parse(line, (size_t)len);
+        assert_non_null(o);
+        check_prompt(c, o, gc->exact, &maxdiff, &maxdiff0, report, ++n);
+        jm_free(o);
+    }
+    free(line);
+    fclose(gf);
+    print_message("%-20s %d prompts, max |top-5 logit diff|: first step %.6f, checked steps %.6f\n",
+                  gc->model, n, maxdiff0, maxdiff);
+    assert_true(n > 0);
+    nf_ctx_free(c);
+    nf_model_free(m);
+}
+
+static struct golden_case cases[] = {
+    {"stories260K", true}, {"llama-2-tiny-random", false},
+    {"zoo-F16", false},    {"zoo-BF16", false},
+    {"zoo-Q8_0", false},   {"zoo-Q4_0", false},
+    {"zoo-Q4_K_M", false}, {"zoo-Q5_K_M", false},
+    {"zoo-Q6_K", false},   {"moe-Q8_0", false},
+    {"moe-Q4_K_M", false},
+};
+
+int main(void)
+{
+    struct CMUnitTest tests[sizeof(cases) / sizeof(cases[0])];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct CMUnitTest t = {cases[i].model, test_model, NULL, NULL, &cases[i]};
+        tests[i] = t;
+    }
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
