@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# test_cli_run.sh - nanoflowctl run end to end on stories260K: golden text, JSON Lines, errors.
+set -u
+: "${NF_BIN:?NF_BIN must point to nanoflowctl}"
+: "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
+M="$NF_SHARED_DIR/models/stories260K.gguf"
+G="$NF_SHARED_DIR/golden/stories260K.jsonl"
+if [ ! -f "$M" ] || [ ! -f "$G" ]; then
+    echo "skip: $M or $G is missing"
+    exit 77
+fi
+if ! command -v python3 >/dev/null; then
+    echo "skip: python3 is needed to read the golden JSON"
+    exit 77
+fi
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail=0
+check() { # check NAME CONDITION-STATUS
+    if [ "$2" -ne 0 ]; then
+        echo "FAIL: $1"
+        fail=1
+    else
+        echo "ok: $1"
+    fi
+}
+
+# 1. Greedy text equals llama.cpp's for the first golden prompt (stdout: generated text + newline).
+python3 -c "import json,sys; o=json.loads(open(sys.argv[1]).readline()); sys.stdout.write(o['prompt']); open(sys.argv[2],'w').write(o['gen_text'] + '\n')" "$G" "$T/want.txt" >"$T/prompt.txt"
+"$NF_BIN" run -m "$M" -f "$T/prompt.txt" --temp 0 -n 100 -t 2 >"$T/got.txt" 2>"$T/err.txt"
+check "greedy run exits 0" $?
+cmp -s "$T/got.txt" "$T/want.txt"
+check "greedy text equals the golden text" $?
+[ ! -s "$T/err.txt" ]
+check "greedy run writes nothing to stderr" $?
+
+# 2. --json: one object per token, then the summary; ids equal the golden ones.
+"$NF_BIN" run --model "$M" -p "$(cat "$T/prompt.txt")" --temp 0 -n 20 --json --top-logits 5 >"$T/out.jsonl"
+check "json run exits 0" $?
+python3 - "$T/out.jsonl" "$G" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+gold = json.loads(open(sys.argv[2]).readline())
+*toks, final = lines
+for k in ("prompt_ids", "gen_ids", "text", "prompt_tokens", "prompt_tok_s", "decode_tok_s"):
+    assert k in final, k
+assert final["prompt_ids"] == gold["prompt_ids"], final["prompt_ids"]
+assert final["gen_ids"] == gold["gen_ids"][:20], final["gen_ids"]
+assert [t["id"] for t in toks] == final["gen_ids"]
+assert final["prompt_tokens"] == len(gold["prompt_ids"])
+for t, want in zip(toks, gold["top_logits"]):
+    assert len(t["top_logits"]) == 5 and t["top_logits"][0][0] == t["id"]
+    assert bytes.fromhex(t["hex"]).decode("utf-8", "replace") == t["piece"]
+assert final["text"] == "".join(t["piece"] for t in toks)
+assert final["text"] == gold["gen_text"][:len(final["text"])]
+PY
+check "json structure and ids" $?
+
+# 3. Sampling is reproducible with a seed.
+"$NF_BIN" run -m "$M" -p "Once upon" --temp 0.9 --seed 42 -n 30 >"$T/s1.txt"
+"$NF_BIN" run -m "$M" -p "Once upon" --temp 0.9 --seed 42 -n 30 -t 1 >"$T/s2.txt"
+cmp -s "$T/s1.txt" "$T/s2.txt"
+check "same seed, same text" $?
+
+# 4. Errors: exit 2 for usage, 1 for runtime failures, one line on stderr.
+err_case() { # err_case NAME WANT_RC ARGS...
+    local name=$1 want=$2
+    shift 2
+    "$NF_BIN" run "$@" >/dev/null 2>"$T/e.txt"
+    local rc=$?
+    [ "$rc" -eq "$want" ] && [ "$(wc -l <"$T/e.txt")" -eq 1 ]
+    check "$name (rc $rc, want $want; $(head -c 120 "$T/e.txt"))" $?
+}
+err_case "unknown flag" 2 -m "$M" --bogus
+err_case "bad temperature" 2 -m "$M" --temp abc
+err_case "missing model flag" 2 -p hi
+err_case "missing model file" 1 -m "$T/none.gguf" -p hi
+err_case "missing prompt file" 1 -m "$M" -f "$T/none.txt"
+printf 'GGUF garbage' >"$T/bad.gguf"
+err_case "corrupt model" 1 -m "$T/bad.gguf" -p hi
+V="$NF_SHARED_DIR/golden/vocab/ggml-vocab-gpt-2.gguf"
+if [ -f "$V" ]; then
+    err_case "unsupported architecture" 1 -m "$V" -p hi
+    grep -q "not supported" "$T/e.txt"
+    check "architecture message says not supported" $?
+fi
+exit $fail
