@@ -10,7 +10,7 @@
  *
  * Numerics follow llama.cpp's CPU backend so outputs can be checked against it: activations
  * are converted to the weight type's vec_dot_type before each mat-vec, the KV cache is F16, and
- * attention follows ggml's flash-attention CPU path (see model_forward.c for what was measured). */
+ * attention follows ggml's mul_mat + soft_max path (see model_forward.c for what was measured). */
 #ifndef NF_MODEL_H
 #define NF_MODEL_H
 
@@ -91,9 +91,10 @@ struct nf_model {
     size_t weight_bytes;
 };
 
-/* Attention numerics. FLASH mirrors ggml's CPU flash-attention kernel with an F16 KV cache
- * (the exact mode, measured closest to the goldens); PLAIN mirrors ggml's mul_mat + soft_max
- * path; F32 is plain attention in F32 without F16 rounding of Q or the weights (reference). */
+/* Attention numerics. PLAIN (the default, exact mode) mirrors ggml's mul_mat + soft_max path
+ * with the F16 cache: Q and the softmax rounded to F16; FLASH mirrors ggml's CPU
+ * flash-attention kernel (online softmax, V accumulated in F16); F32 is the plain path without
+ * rounding Q or the softmax. The last two are kept for comparison (tests/test_golden). */
 enum nf_attn_mode { NF_ATTN_FLASH = 0, NF_ATTN_PLAIN, NF_ATTN_F32 };
 
 /* Loads path: parses the GGUF, checks the architecture, hyperparameters and every tensor's

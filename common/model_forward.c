@@ -1,8 +1,21 @@
 /* model_forward.c - the llama forward pass: mat-vec, RMSNorm, RoPE, attention, SwiGLU, MoE.
  *
- * Matching llama.cpp (what was measured on stories260K, F32 weights, greedy, 8 prompts x 100
- * steps; max |logit diff| over the golden top-5 logits at every step):
- * see the table in nf_attn_head() below. */
+ * Exact mode = what matches llama.cpp's CPU output best. Measured with tests/test_golden
+ * (NF_GOLDEN_REPORT=1 feeds the golden tokens and reports max |diff| over the golden top-5
+ * logits; first step / all steps):
+ *   attention variant                                    stories260K        zoo-Q8_0
+ *   flash-attention kernel (online softmax, F16 V acc)   0.0026 / 0.0184    0.045 / 0.092
+ *   plain, F32 Q and softmax (no F16 rounding)           0.0008 / 0.0072    -
+ *   plain, Q and softmax rounded to F16 (ggml mul_mat)   0.0002 / 0.0087    0.021 / 0.088
+ *   + F32/F16 dots in ggml's AVX-512 order, tinyBLAS
+ *     for prompt mat-muls, llama.cpp's x86 Q8 quantizer  0.0001 / 0.0048    0.021 / 0.079
+ * So llama.cpp ran the plain (non flash) path with its F16 KV cache. Also tried and rejected
+ * (worse on every model): keeping Q in F32 when head_dim % 16 == 0 or the softmax in F32 when
+ * n_kv % 16 == 0 (tinyBLAS taking those mat-muls), and ggml_v_expf for softmax/SiLU. The
+ * remaining difference on stories260K is above 1e-3 after ~50 steps (the F16 roundings amplify
+ * last-bit differences); the quantized zoo models differ by 0.02-0.05 on the first step, which
+ * is not explained yet (candidates: tinyBLAS_Q0 accumulation order for prompt batches, the
+ * K-quant dot kernels' float order). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>

@@ -13,6 +13,7 @@
 #include "json_mini.h"
 #include "model.h"
 #include "nf_err.h"
+#include "tokenizer.h"
 
 /* Tolerances from shared/golden/README.md. */
 #define NF_TOL_EXACT  1e-3 /* stories260K: every step */
@@ -47,8 +48,8 @@ static int32_t argmax(const float *x, int n)
 
 /* Checks one golden line (one prompt); updates *maxdiff with the largest |logit diff| seen on
  * the checked steps. */
-static void check_prompt(struct nf_ctx *c, const struct jm_val *o, bool exact, double *maxdiff,
-                         double *maxdiff0, bool report, int line)
+static void check_prompt(struct nf_ctx *c, const struct nf_vocab *v, const struct jm_val *o,
+                         bool exact, double *maxdiff, double *maxdiff0, bool report, int line)
 {
     const struct jm_val *pids = jm_get(o, "prompt_ids"), *gids = jm_get(o, "gen_ids"),
                         *tops = jm_get(o, "top_logits");
@@ -60,6 +61,14 @@ static void check_prompt(struct nf_ctx *c, const struct jm_val *o, bool exact, d
     assert_true(pids->n > 0 && pids->n <= 512);
     for (int i = 0; i < pids->n; i++)
         prompt[i] = (int32_t)pids->kids[i].num;
+    /* The prompt tokenizes to llama.cpp's ids (BOS per the vocabulary, specials parsed). */
+    const struct jm_val *text = jm_get(o, "prompt");
+    assert_non_null(text);
+    int32_t ids[512];
+    int n = nf_tokenize(v, text->str, text->len, nf_vocab_add_bos(v), true, ids, 512);
+    if (n != pids->n || memcmp(ids, prompt, sizeof(int32_t) * (size_t)n) != 0)
+        fail_msg("line %d: prompt tokenizes to %d tokens, llama.cpp %d (or the ids differ)", line,
+                 n, pids->n);
     nf_ctx_reset(c);
     assert_int_equal(nf_ctx_eval(c, prompt, pids->n), 0);
     const int nv = c->m->hp.n_vocab;
@@ -121,6 +130,9 @@ static void test_model(void **state)
     int rc = nf_model_load(&m, path, err, sizeof(err));
     if (rc < 0)
         fail_msg("loading %s: %s", path, err);
+    struct nf_vocab *v = NULL;
+    if (nf_vocab_load(&v, m->gguf, err, sizeof(err)) < 0)
+        fail_msg("loading the vocabulary of %s: %s", path, err);
     struct nf_ctx *c = NULL;
     assert_int_equal(nf_ctx_create(&c, m, 512, 2), 0);
     c->attn_mode = attn_mode_from_env(c->attn_mode);
@@ -133,7 +145,7 @@ static void test_model(void **state)
     while ((len = getline(&line, &cap, gf)) > 0) {
         struct jm_val *o = jm_parse(line, (size_t)len);
         assert_non_null(o);
-        check_prompt(c, o, gc->exact, &maxdiff, &maxdiff0, report, ++n);
+        check_prompt(c, v, o, gc->exact, &maxdiff, &maxdiff0, report, ++n);
         jm_free(o);
     }
     free(line);
@@ -142,6 +154,7 @@ static void test_model(void **state)
                   gc->model, n, maxdiff0, maxdiff);
     assert_true(n > 0);
     nf_ctx_free(c);
+    nf_vocab_free(v);
     nf_model_free(m);
 }
 
