@@ -83,8 +83,9 @@ static float nf_ggml_dot(const void *x, const void *y, bool f16, int n)
 }
 
 /* tinyBLAS on AVX-512: a (F32 or F16) times b (F32), n a multiple of 16. */
-static float nf_tinyblas_dot(const void *a, bool a16, const float *b, int n)
+static float nf_tinyblas_dot(const void *a, bool a16, const void *vb, int n)
 {
+    const float *b = vb;
     float acc[16] = {0};
     for (int i = 0; i < n; i += 16)
         for (int l = 0; l < 16; l++)
@@ -157,7 +158,7 @@ static void nf_matmul_run(void *arg, int ith, int nth)
             else if (j->kind == NF_MM_GGML_DOT)
                 *o = nf_ggml_dot(row, xt, j->w->type == NF_TYPE_F16, n);
             else
-                *o = nf_tinyblas_dot(row, j->w->type == NF_TYPE_F16, (const float *)xt, n);
+                *o = nf_tinyblas_dot(row, j->w->type == NF_TYPE_F16, (const void *)xt, n);
         }
     }
 }
