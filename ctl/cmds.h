@@ -10,6 +10,9 @@
 int nf_cmd_run(int argc, char **argv);
 int nf_cmd_tokenize(int argc, char **argv);
 int nf_cmd_mkmodel(int argc, char **argv);
+int nf_cmd_convert(int argc, char **argv);
+int nf_cmd_verify(int argc, char **argv);
+int nf_cmd_inspect(int argc, char **argv);
 
 /* Parse helpers: on a bad value they print one line to stderr naming the command, the flag, the
  * accepted range and the offending text, with a pointer to --help, and return -1. */

@@ -14,6 +14,9 @@ static const struct nf_cmd nf_cmds[] = {
     {"run", nf_cmd_run, "generate text from a GGUF model in this process (no daemons)"},
     {"tokenize", nf_cmd_tokenize, "print the token ids of a text under a model's vocabulary"},
     {"mkmodel", nf_cmd_mkmodel, "write a GGUF model with deterministic random or zero weights"},
+    {"convert", nf_cmd_convert, "write a GGUF model as a .nft tile file with FFN predictors"},
+    {"verify", nf_cmd_verify, "check a .nft file's index and every tile checksum"},
+    {"inspect", nf_cmd_inspect, "print a .nft file's tiles, predictor share and bytes per token"},
 };
 
 static void usage(FILE *f)

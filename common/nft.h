@@ -1,0 +1,233 @@
+/* nft.h - NanoFlow tile files (.nft): an SSD-friendly, checksummed layout of a GGUF model.
+ *
+ * File layout (all little-endian; every section and every tile starts on a 4096-byte boundary and
+ * is padded with zeros to a multiple of 4096, so each can be read with O_DIRECT):
+ *  1. header (struct nf_nft_header, padded to 4096): magic "NFT1", major/minor version, header
+ *     size, flags (none defined: any bit set is refused), file size, the offset/size/checksum of
+ *     the metadata and of the tile index, the offset of the first tile, hyperparameters (layers,
+ *     width, FFN width, vocabulary, experts, heads), the convert settings (tile size, predictor
+ *     rank and type, embedding rows per tile), byte totals, and last the header checksum
+ *     (XXH3-64 of every header byte before it).
+ *  2. metadata: a GGUF v3 image holding the source file's metadata (every key, tokenizer
+ *     included) and its tensor infos (names, shapes, types), without tensor data. The reader
+ *     exposes it as a struct nf_gguf (nf_gguf_open_meta_mem), so hparam and tokenizer code run
+ *     unchanged on a .nft. Checksum: XXH3-64 of the image bytes.
+ *  3. tile index: n_tiles records of struct nf_nft_tile (64 bytes each). A tile's id is its
+ *     position here; ids are stable for a given file. Records are sorted by file offset and,
+ *     within each (layer, kind), numbered 0..n-1 contiguously, which gives O(1) lookup.
+ *     Checksum: XXH3-64 of the records.
+ *  4. tile data, in index order: per tile `size` bytes, zero-padded to a multiple of 4096. Each
+ *     tile's checksum is the XXH3-64 of its whole padded extent.
+ *
+ * Tile kinds and what their bytes hold (all weights bit-identical to the GGUF source; a "row" is
+ * one row of the source tensor, ne[0] elements of its type):
+ *  - EMBD: token_embd rows [first, first + count); embd_rows_per_tile rows per tile, chosen so a
+ *    tile is a few pages, so a token's row is one small read (tile = token / rows_per_tile).
+ *  - OUTPUT: rows of output.weight (absent when the output is tied to token_embd).
+ *  - OUTPUT_NORM, ROPE_FREQS: the whole tensor in one tile.
+ *  - ATTN_NORM, FFN_NORM: a layer's norm vector in one tile.
+ *  - ATTN_Q, ATTN_K, ATTN_V, ATTN_O: a layer's rows [first, first + count), about tile_size bytes.
+ *  - FFN: a dense layer's neurons [first, first + count) as groups of `group` neurons (G = the
+ *    block size of ffn_down's type, so ffn_down columns are whole quant blocks; for plain types the
+ *    largest power of two <= 32 dividing n_ff). Group j of a tile is laid out as
+ *        gate rows (G rows of n_embd, type[0]) | up rows (G rows, type[1]) |
+ *        down columns (n_embd rows of G elements, type[2]: block j of each ffn_down row),
+ *    so one read brings all a group needs, and nf_nft_bundle_group() gives pointers the
+ *    Foundation kernels take directly. Several groups per tile, up to tile_size (one at least).
+ *  - EXPERT: the same bundle layout for one expert of a MoE layer (its slice of ffn_*_exps);
+ *    `expert` names it, and index runs over all experts' tiles of the layer, expert-major.
+ *  - ROUTER: a MoE layer's ffn_gate_inp (n_expert rows).
+ *  - PRED_LOWRANK: a dense layer's FFN predictor, ffn_gate ~= A B with A (n_ff, rank) then
+ *    B (rank, n_embd), row-major, elements of type[0] (F16 or F32); scores = A (B x).
+ *  - PRED_ROUTER: a MoE layer's predictor, a copy of its router (type[0], n_expert rows).
+ * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER. */
+#ifndef NF_NFT_H
+#define NF_NFT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "quants.h"
+
+#define NF_NFT_MAGIC         0x3154464Eu /* "NFT1" */
+#define NF_NFT_MAJOR         1
+#define NF_NFT_MINOR         0
+#define NF_NFT_ALIGN         4096u
+#define NF_NFT_NO_LAYER      UINT32_MAX
+#define NF_NFT_NO_EXPERT     UINT32_MAX
+#define NF_NFT_MAX_LAYERS    4096 /* bounds the lookup table a hostile header could ask for */
+#define NF_NFT_EMBD_TILE_MAX (64u * 1024) /* largest embedding tile the row grouping aims for */
+
+enum nf_tile_kind {
+    NF_TILE_EMBD = 0,
+    NF_TILE_OUTPUT,
+    NF_TILE_OUTPUT_NORM,
+    NF_TILE_ROPE_FREQS,
+    NF_TILE_ATTN_NORM,
+    NF_TILE_ATTN_Q,
+    NF_TILE_ATTN_K,
+    NF_TILE_ATTN_V,
+    NF_TILE_ATTN_O,
+    NF_TILE_FFN_NORM,
+    NF_TILE_FFN,
+    NF_TILE_ROUTER,
+    NF_TILE_EXPERT,
+    NF_TILE_PRED_LOWRANK,
+    NF_TILE_PRED_ROUTER,
+    NF_TILE_KIND_COUNT,
+};
+
+/* One tile index record, as stored (64 bytes). */
+struct nf_nft_tile {
+    uint64_t offset;   /* absolute file offset, a multiple of 4096 */
+    uint64_t size;     /* data bytes; the tile takes nf_nft_padded(size) bytes on disk */
+    uint64_t checksum; /* XXH3-64 of the padded extent */
+    uint32_t layer;    /* NF_NFT_NO_LAYER for layer-less kinds */
+    uint16_t kind;     /* enum nf_tile_kind */
+    uint16_t flags;    /* 0 */
+    uint32_t index;    /* position within (layer, kind) */
+    uint32_t expert;   /* EXPERT tiles: the expert; else NF_NFT_NO_EXPERT */
+    uint32_t first;    /* first row, or first neuron (FFN/EXPERT: within the expert) */
+    uint32_t count;    /* rows, or neurons (FFN/EXPERT), or n_ff (PRED_LOWRANK) */
+    uint32_t group;    /* FFN/EXPERT: neurons per group (G); else 0 */
+    uint32_t rank;     /* PRED_LOWRANK: the rank; else 0 */
+    uint32_t ne0;      /* elements per row (FFN/EXPERT/PRED: n_embd) */
+    uint8_t type[4];   /* enum nf_type of gate, up, down (FFN/EXPERT); else type[0] only */
+};
+_Static_assert(sizeof(struct nf_nft_tile) == 64, "nf_nft_tile is 64 bytes on disk");
+
+/* The file header, as stored at offset 0. */
+struct nf_nft_header {
+    uint32_t magic; /* NF_NFT_MAGIC */
+    uint16_t major;
+    uint16_t minor;
+    uint32_t header_size; /* sizeof(struct nf_nft_header) */
+    uint32_t flags;       /* 0 */
+    uint64_t file_size;
+    uint64_t meta_offset, meta_size, meta_checksum;
+    uint64_t index_offset, n_tiles, index_checksum;
+    uint64_t data_offset;     /* first tile */
+    uint64_t weight_bytes;    /* sum of the source tensors' data bytes */
+    uint64_t predictor_bytes; /* sum of the predictor tiles' data bytes */
+    uint32_t n_layer, n_embd, n_ff, n_vocab;
+    uint32_t n_expert, n_expert_used, n_head, n_head_kv;
+    uint32_t tile_size;          /* --tile-size the file was written with */
+    uint32_t pred_rank;          /* rank of the low-rank predictors (0: none) */
+    uint32_t pred_type;          /* enum nf_type of the low-rank predictors */
+    uint32_t embd_rows_per_tile; /* rows per EMBD tile */
+    uint32_t tied_output;        /* 1 when there is no output.weight */
+    uint32_t reserved[7];        /* 0 */
+    uint64_t header_checksum;    /* XXH3-64 of the bytes before this field */
+};
+_Static_assert(sizeof(struct nf_nft_header) == 184, "nf_nft_header layout changed");
+
+/* An open .nft file. */
+struct nf_nft {
+    int fd;
+    struct nf_nft_header hdr;
+    struct nf_nft_tile *tiles; /* (n_tiles) */
+    uint64_t n_tiles;
+    struct nf_gguf *meta; /* embedded metadata (owned) */
+    char path[256];
+    /* Private: lookup table, (n_layer + 1, NF_TILE_KIND_COUNT) {first id, count}. */
+    uint64_t *run_first;
+    uint32_t *run_count;
+    void *meta_image;
+};
+
+/* A group of neurons inside an FFN or EXPERT tile buffer (pointers into that buffer). */
+struct nf_nft_bundle {
+    const void *gate; /* (G, n_embd) rows of gate_type */
+    const void *up;   /* (G, n_embd) rows of up_type */
+    const void *down; /* (n_embd, G): row r holds ffn_down[r][first .. first + G) */
+    enum nf_type gate_type, up_type, down_type;
+    size_t gate_row_size, up_row_size, down_row_size; /* bytes per row of each part */
+    int n_neurons;                                    /* G */
+    int n_embd;
+    uint32_t first; /* first neuron of the group (within the expert) */
+};
+
+/* Bytes a tile of `size` data bytes takes on disk. */
+static inline uint64_t nf_nft_padded(uint64_t size)
+{
+    return (size + NF_NFT_ALIGN - 1) / NF_NFT_ALIGN * NF_NFT_ALIGN;
+}
+
+/* Opens and validates path: header and its checksum, metadata (checksum and GGUF parse), index
+ * (checksum, kinds, layers, types, numbering, every tile aligned, inside the file, not
+ * overlapping, and of the size its shape implies). Tile data is not read (nf_nft_verify does).
+ * With direct, tiles are read with O_DIRECT when the file system allows it. On failure returns a
+ * negative code and writes one line to err naming the file and the problem. */
+int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, size_t errlen);
+void nf_nft_close(struct nf_nft *f);
+
+/* The embedded metadata (kv and tensor infos; reading tensor data from it fails). */
+struct nf_gguf *nf_nft_gguf(const struct nf_nft *f);
+
+/* O(1) lookup: the tile of (layer, kind, index), or NULL. Use NF_NFT_NO_LAYER (or -1) as the
+ * layer of layer-less kinds. */
+const struct nf_nft_tile *nf_nft_find(const struct nf_nft *f, uint32_t layer,
+                                      enum nf_tile_kind kind, uint32_t index);
+/* Number of tiles of (layer, kind). */
+uint32_t nf_nft_count(const struct nf_nft *f, uint32_t layer, enum nf_tile_kind kind);
+/* The stable id of t (its position in the index). */
+uint64_t nf_nft_tile_id(const struct nf_nft *f, const struct nf_nft_tile *t);
+
+/* The EMBD tile holding token's row and the row's byte offset in it, or NULL. */
+const struct nf_nft_tile *nf_nft_embd_row(const struct nf_nft *f, uint32_t token, size_t *offset);
+/* The predictor tile of layer (PRED_LOWRANK or PRED_ROUTER), or NULL. */
+const struct nf_nft_tile *nf_nft_predictor(const struct nf_nft *f, uint32_t layer);
+
+/* Reads tile t into buf and checks its checksum. buf must be 4096-byte aligned and hold
+ * nf_nft_padded(t->size) bytes. Returns 0, NF_EUSAGE (buffer too small or misaligned),
+ * NF_ECHECKSUM (err names the tile), NF_ETRUNCATED or a negated errno. */
+int nf_nft_read(const struct nf_nft *f, const struct nf_nft_tile *t, void *buf, size_t bufsize,
+                char *err, size_t errlen);
+
+/* Names a tile for messages: "layer 3 ffn #5 (id 42, offset 1234, 8192 bytes)". */
+void nf_nft_describe(const struct nf_nft *f, const struct nf_nft_tile *t, char *buf, size_t len);
+const char *nf_tile_kind_name(enum nf_tile_kind kind);
+bool nf_tile_kind_has_layer(enum nf_tile_kind kind);
+
+/* Group j of FFN/EXPERT tile t whose bytes are in buf: 0, or NF_EUSAGE when t is not a bundle
+ * tile or j is out of range (j < t->count / t->group). */
+int nf_nft_bundle_group(const struct nf_nft_tile *t, const void *buf, uint32_t j,
+                        struct nf_nft_bundle *out);
+
+/* Data bytes of a tile of this shape (what the index must say), or 0 when the shape is invalid.
+ * Used by the writer to plan and by the reader to validate. */
+uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t);
+
+/* Checks every tile's checksum (reading the whole file). Returns 0, or the first error after
+ * reporting every bad tile through bad(ud, tile, message) (bad may be NULL). */
+int nf_nft_verify(const struct nf_nft *f,
+                  void (*bad)(void *ud, const struct nf_nft_tile *t, const char *msg), void *ud);
+
+/* Converter settings for nf_nft_convert. */
+struct nf_nft_convert_opts {
+    uint64_t tile_size; /* target tile bytes (0: NF_NFT_DEFAULT_TILE_SIZE) */
+    int rank;           /* low-rank predictor rank (0: chosen to keep predictors ~3% or less) */
+    bool pred_f32;      /* store predictors as F32 instead of F16 */
+    /* Called as the work progresses (may be NULL): bytes of source weights done and total. */
+    void (*progress)(void *ud, uint64_t done, uint64_t total, const char *what);
+    void *progress_ud;
+    /* Where the temporary file's name is kept while it exists (PATH_MAX bytes, may be NULL), so a
+     * signal handler can unlink it; emptied once renamed or removed. */
+    char *tmp_path;
+    size_t tmp_path_len;
+};
+
+#define NF_NFT_DEFAULT_TILE_SIZE (1024u * 1024)
+#define NF_NFT_PRED_SHARE        0.03 /* budget of the predictors, as a share of the weights */
+
+/* Converts the GGUF in_path into out_path: plans the tiles, writes them layer by layer into a
+ * temporary file beside out_path, fsyncs it and renames it into place (on any failure the
+ * temporary file is removed and out_path is untouched). Memory stays bounded by about one layer's
+ * tensor plus the predictor's workspace. Inputs it cannot represent are refused with a reason
+ * (NF_EARCH, NF_EBADTYPE, NF_ESHAPE, NF_ENOTENSOR...). */
+int nf_nft_convert(const char *in_path, const char *out_path, const struct nf_nft_convert_opts *o,
+                   char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,519 @@
+/* nft_read.c - opens and validates .nft tile files, looks tiles up and reads them (see nft.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "nf_err.h"
+#include "nft.h"
+
+static const char *const kind_names[NF_TILE_KIND_COUNT] = {
+    [NF_TILE_EMBD] = "embd",
+    [NF_TILE_OUTPUT] = "output",
+    [NF_TILE_OUTPUT_NORM] = "output_norm",
+    [NF_TILE_ROPE_FREQS] = "rope_freqs",
+    [NF_TILE_ATTN_NORM] = "attn_norm",
+    [NF_TILE_ATTN_Q] = "attn_q",
+    [NF_TILE_ATTN_K] = "attn_k",
+    [NF_TILE_ATTN_V] = "attn_v",
+    [NF_TILE_ATTN_O] = "attn_o",
+    [NF_TILE_FFN_NORM] = "ffn_norm",
+    [NF_TILE_FFN] = "ffn",
+    [NF_TILE_ROUTER] = "router",
+    [NF_TILE_EXPERT] = "expert",
+    [NF_TILE_PRED_LOWRANK] = "pred_lowrank",
+    [NF_TILE_PRED_ROUTER] = "pred_router",
+};
+
+const char *nf_tile_kind_name(enum nf_tile_kind kind)
+{
+    return (unsigned)kind < NF_TILE_KIND_COUNT ? kind_names[kind] : "?";
+}
+
+bool nf_tile_kind_has_layer(enum nf_tile_kind kind)
+{
+    return !(kind == NF_TILE_EMBD || kind == NF_TILE_OUTPUT || kind == NF_TILE_OUTPUT_NORM ||
+             kind == NF_TILE_ROPE_FREQS);
+}
+
+/* Writes "name: message" into err (when not NULL) and returns code. */
+__attribute__((format(printf, 5, 6))) static int fail(int code, const char *name, char *err,
+                                                      size_t errlen, const char *fmt, ...)
+{
+    if (err && errlen) {
+        int n = snprintf(err, errlen, "%s: ", name);
+        if (n >= 0 && (size_t)n < errlen) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return code;
+}
+
+/* A computable type (the engine must be able to run what the file holds), or NULL. */
+static const struct nf_type_traits *usable_type(uint8_t t)
+{
+    const struct nf_type_traits *tr = nf_type_traits((enum nf_type)t);
+    return tr && tr->compute ? tr : NULL;
+}
+
+/* Bytes of rows rows of ne0 elements of type t, or 0 when invalid or overflowing. */
+static uint64_t rows_bytes(uint8_t t, uint64_t rows, uint64_t ne0)
+{
+    const struct nf_type_traits *tr = usable_type(t);
+    if (!tr || ne0 == 0 || rows == 0 || ne0 % (uint64_t)tr->blck_size)
+        return 0;
+    uint64_t row = ne0 / (uint64_t)tr->blck_size * tr->type_size, total;
+    return __builtin_mul_overflow(row, rows, &total) ? 0 : total;
+}
+
+uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
+{
+    switch ((enum nf_tile_kind)t->kind) {
+    case NF_TILE_FFN:
+    case NF_TILE_EXPERT: {
+        if (t->group == 0 || t->count % t->group)
+            return 0;
+        uint64_t g = rows_bytes(t->type[0], t->group, t->ne0);
+        uint64_t u = rows_bytes(t->type[1], t->group, t->ne0);
+        uint64_t d = rows_bytes(t->type[2], t->ne0, t->group);
+        uint64_t per, total;
+        if (!g || !u || !d || __builtin_add_overflow(g, u, &per) ||
+            __builtin_add_overflow(per, d, &per) ||
+            __builtin_mul_overflow(per, (uint64_t)(t->count / t->group), &total))
+            return 0;
+        return total;
+    }
+    case NF_TILE_PRED_LOWRANK: {
+        if ((t->type[0] != NF_TYPE_F16 && t->type[0] != NF_TYPE_F32) || t->rank == 0 ||
+            t->count == 0 || t->ne0 == 0)
+            return 0;
+        uint64_t a = (uint64_t)t->count * t->rank, b = (uint64_t)t->rank * t->ne0, n;
+        if (__builtin_add_overflow(a, b, &n) || n > UINT64_MAX / 4)
+            return 0;
+        return n * (t->type[0] == NF_TYPE_F16 ? 2 : 4);
+    }
+    case NF_TILE_EMBD:
+    case NF_TILE_OUTPUT:
+    case NF_TILE_OUTPUT_NORM:
+    case NF_TILE_ROPE_FREQS:
+    case NF_TILE_ATTN_NORM:
+    case NF_TILE_ATTN_Q:
+    case NF_TILE_ATTN_K:
+    case NF_TILE_ATTN_V:
+    case NF_TILE_ATTN_O:
+    case NF_TILE_FFN_NORM:
+    case NF_TILE_ROUTER:
+    case NF_TILE_PRED_ROUTER: return rows_bytes(t->type[0], t->count, t->ne0);
+    case NF_TILE_KIND_COUNT: break;
+    }
+    return 0;
+}
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return NF_ETRUNCATED;
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Checks a section [off, off + size) is aligned and inside the file. */
+static bool section_ok(const struct nf_nft_header *h, uint64_t off, uint64_t size)
+{
+    uint64_t end;
+    return off % NF_NFT_ALIGN == 0 && off >= NF_NFT_ALIGN &&
+           !__builtin_add_overflow(off, size, &end) && end <= h->file_size;
+}
+
+static int check_header(const struct nf_nft_header *h, uint64_t real_size, const char *name,
+                        char *err, size_t errlen)
+{
+    if (h->magic != NF_NFT_MAGIC)
+        return fail(NF_EBADMAGIC, name, err, errlen,
+                    "bad magic 0x%08" PRIx32 " (expected 0x%08x, \"NFT1\")", h->magic,
+                    NF_NFT_MAGIC);
+    if (h->major != NF_NFT_MAJOR)
+        return fail(NF_EBADVERSION, name, err, errlen,
+                    "format version %u.%u (this reader knows %u.x)", h->major, h->minor,
+                    NF_NFT_MAJOR);
+    if (h->header_size != sizeof(*h))
+        return fail(NF_ECORRUPT, name, err, errlen, "header_size %" PRIu32 " (expected %zu)",
+                    h->header_size, sizeof(*h));
+    uint64_t sum = XXH3_64bits(h, offsetof(struct nf_nft_header, header_checksum));
+    if (sum != h->header_checksum)
+        return fail(NF_ECHECKSUM, name, err, errlen,
+                    "header checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")",
+                    h->header_checksum, sum);
+    if (h->flags)
+        return fail(NF_EBADVERSION, name, err, errlen, "unknown flags 0x%" PRIx32 " (expected 0)",
+                    h->flags);
+    if (h->file_size != real_size)
+        return fail(real_size < h->file_size ? NF_ETRUNCATED : NF_ECORRUPT, name, err, errlen,
+                    "header says the file has %" PRIu64 " bytes but it has %" PRIu64, h->file_size,
+                    real_size);
+    if (h->n_layer == 0 || h->n_layer > NF_NFT_MAX_LAYERS)
+        return fail(NF_ECORRUPT, name, err, errlen, "n_layer %" PRIu32 " (expected 1..%d)",
+                    h->n_layer, NF_NFT_MAX_LAYERS);
+    if (!section_ok(h, h->meta_offset, h->meta_size) || h->meta_size == 0)
+        return fail(NF_ETRUNCATED, name, err, errlen,
+                    "metadata [%" PRIu64 ", +%" PRIu64 ") is not inside the file", h->meta_offset,
+                    h->meta_size);
+    if (h->n_tiles == 0 || h->n_tiles > h->file_size / NF_NFT_ALIGN ||
+        !section_ok(h, h->index_offset, h->n_tiles * sizeof(struct nf_nft_tile)))
+        return fail(NF_ETRUNCATED, name, err, errlen,
+                    "tile index of %" PRIu64 " tiles at %" PRIu64 " does not fit the file",
+                    h->n_tiles, h->index_offset);
+    if (h->data_offset % NF_NFT_ALIGN || h->data_offset > h->file_size)
+        return fail(NF_ECORRUPT, name, err, errlen,
+                    "data offset %" PRIu64 " (expected 4096-aligned, in file)", h->data_offset);
+    return 0;
+}
+
+/* Validates every index record and builds the (layer, kind) -> run table. */
+static int check_index(struct nf_nft *f, const char *name, char *err, size_t errlen)
+{
+    const struct nf_nft_header *h = &f->hdr;
+    size_t nrun = ((size_t)h->n_layer + 1) * NF_TILE_KIND_COUNT;
+    f->run_first = calloc(nrun, sizeof(*f->run_first));
+    f->run_count = calloc(nrun, sizeof(*f->run_count));
+    if (!f->run_first || !f->run_count)
+        return fail(-ENOMEM, name, err, errlen, "out of memory");
+    uint64_t prev_end = h->data_offset;
+    for (uint64_t i = 0; i < f->n_tiles; i++) {
+        const struct nf_nft_tile *t = &f->tiles[i];
+        if (t->kind >= NF_TILE_KIND_COUNT)
+            return fail(NF_ECORRUPT, name, err, errlen, "tile %" PRIu64 ": kind %u (expected < %d)",
+                        i, t->kind, NF_TILE_KIND_COUNT);
+        bool has_layer = nf_tile_kind_has_layer((enum nf_tile_kind)t->kind);
+        if (has_layer ? t->layer >= h->n_layer : t->layer != NF_NFT_NO_LAYER)
+            return fail(NF_ECORRUPT, name, err, errlen,
+                        "tile %" PRIu64 " (%s): layer %" PRIu32 " (expected %s)", i,
+                        kind_names[t->kind], t->layer,
+                        has_layer ? "< n_layer" : "none (0xffffffff)");
+        if (t->flags)
+            return fail(NF_ECORRUPT, name, err, errlen, "tile %" PRIu64 ": unknown flags 0x%x", i,
+                        t->flags);
+        uint64_t want = nf_nft_tile_bytes(t);
+        if (want == 0 || want != t->size)
+            return fail(NF_ECORRUPT, name, err, errlen,
+                        "tile %" PRIu64 " (%s): size %" PRIu64 " does not match its shape (%" PRIu64
+                        " expected; types %u/%u/%u, count %" PRIu32 ", ne0 %" PRIu32 ")",
+                        i, kind_names[t->kind], t->size, want, t->type[0], t->type[1], t->type[2],
+                        t->count, t->ne0);
+        uint64_t end;
+        if (t->offset % NF_NFT_ALIGN || t->offset < prev_end ||
+            __builtin_add_overflow(t->offset, nf_nft_padded(t->size), &end) || end > h->file_size)
+            return fail(t->offset % NF_NFT_ALIGN || t->offset < prev_end ? NF_ECORRUPT
+                                                                         : NF_ETRUNCATED,
+                        name, err, errlen,
+                        "tile %" PRIu64 " (%s): extent [%" PRIu64 ", +%" PRIu64
+                        ") is misaligned, overlaps the previous tile or lies outside the file "
+                        "(size %" PRIu64 ")",
+                        i, kind_names[t->kind], t->offset, nf_nft_padded(t->size), h->file_size);
+        prev_end = end;
+        size_t slot = (size_t)(has_layer ? t->layer : h->n_layer) * NF_TILE_KIND_COUNT + t->kind;
+        if (f->run_count[slot] == 0) {
+            f->run_first[slot] = i;
+        } else if (f->run_first[slot] + f->run_count[slot] != i) {
+            return fail(NF_ECORRUPT, name, err, errlen,
+                        "tile %" PRIu64 " (%s): tiles of one layer and kind are "
+                        "not contiguous in the index",
+                        i, kind_names[t->kind]);
+        }
+        if (t->index != f->run_count[slot])
+            return fail(NF_ECORRUPT, name, err, errlen,
+                        "tile %" PRIu64 " (%s): index %" PRIu32 " (expected %" PRIu32 ")", i,
+                        kind_names[t->kind], t->index, f->run_count[slot]);
+        f->run_count[slot]++;
+    }
+    return 0;
+}
+
+int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, size_t errlen)
+{
+    if (!out || !path)
+        return NF_EUSAGE;
+    *out = NULL;
+    if (err && errlen)
+        err[0] = '\0';
+    struct nf_nft *f = calloc(1, sizeof(*f));
+    if (!f)
+        return fail(-ENOMEM, path, err, errlen, "out of memory");
+    snprintf(f->path, sizeof(f->path), "%s", path);
+    int rc;
+    f->fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+    if (f->fd < 0 && direct && errno == EINVAL)
+        f->fd = open(path, O_RDONLY | O_CLOEXEC); /* the file system has no O_DIRECT */
+    if (f->fd < 0) {
+        rc = -errno;
+        fail(0, path, err, errlen, "cannot open: %s", strerror(errno));
+        goto out;
+    }
+    struct stat st;
+    if (fstat(f->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        rc = NF_EUSAGE;
+        fail(0, path, err, errlen, "not a regular file");
+        goto out;
+    }
+    if ((uint64_t)st.st_size < NF_NFT_ALIGN) {
+        rc = NF_ETRUNCATED;
+        fail(0, path, err, errlen, "file has %lld bytes, less than one %u-byte header",
+             (long long)st.st_size, NF_NFT_ALIGN);
+        goto out;
+    }
+    /* Sections are read through aligned buffers so that an O_DIRECT descriptor works too. */
+    void *page = NULL;
+    if (posix_memalign(&page, NF_NFT_ALIGN, NF_NFT_ALIGN)) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    rc = read_full(f->fd, page, NF_NFT_ALIGN, 0);
+    memcpy(&f->hdr, page, sizeof(f->hdr));
+    free(page);
+    if (rc) {
+        fail(0, path, err, errlen, "reading the header: %s", nf_strerror(rc));
+        goto out;
+    }
+    const struct nf_nft_header *h = &f->hdr;
+    if ((rc = check_header(h, (uint64_t)st.st_size, path, err, errlen)))
+        goto out;
+    /* Metadata. */
+    if (posix_memalign(&f->meta_image, NF_NFT_ALIGN, nf_nft_padded(h->meta_size))) {
+        rc = -ENOMEM;
+        fail(0, path, err, errlen, "out of memory for %" PRIu64 " bytes of metadata", h->meta_size);
+        goto out;
+    }
+    if ((rc = read_full(f->fd, f->meta_image, nf_nft_padded(h->meta_size), h->meta_offset))) {
+        fail(0, path, err, errlen, "reading the metadata: %s", nf_strerror(rc));
+        goto out;
+    }
+    uint64_t sum = XXH3_64bits(f->meta_image, h->meta_size);
+    if (sum != h->meta_checksum) {
+        rc = NF_ECHECKSUM;
+        fail(0, path, err, errlen,
+             "metadata checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")",
+             h->meta_checksum, sum);
+        goto out;
+    }
+    char gerr[256];
+    if ((rc = nf_gguf_open_meta_mem(&f->meta, f->meta_image, h->meta_size, gerr, sizeof(gerr)))) {
+        fail(0, path, err, errlen, "embedded metadata: %s", gerr);
+        goto out;
+    }
+    /* Index. */
+    f->n_tiles = h->n_tiles;
+    size_t ibytes = (size_t)(h->n_tiles * sizeof(struct nf_nft_tile));
+    if (posix_memalign((void **)&f->tiles, NF_NFT_ALIGN, nf_nft_padded(ibytes))) {
+        rc = -ENOMEM;
+        fail(0, path, err, errlen, "out of memory for %" PRIu64 " index records", h->n_tiles);
+        goto out;
+    }
+    if ((rc = read_full(f->fd, f->tiles, nf_nft_padded(ibytes), h->index_offset))) {
+        fail(0, path, err, errlen, "reading the tile index: %s", nf_strerror(rc));
+        goto out;
+    }
+    sum = XXH3_64bits(f->tiles, ibytes);
+    if (sum != h->index_checksum) {
+        rc = NF_ECHECKSUM;
+        fail(0, path, err, errlen,
+             "tile index checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")",
+             h->index_checksum, sum);
+        goto out;
+    }
+    if ((rc = check_index(f, path, err, errlen)))
+        goto out;
+    *out = f;
+    return 0;
+out:
+    nf_nft_close(f);
+    return rc;
+}
+
+void nf_nft_close(struct nf_nft *f)
+{
+    if (!f)
+        return;
+    if (f->fd >= 0)
+        close(f->fd);
+    nf_gguf_close(f->meta);
+    free(f->meta_image);
+    free(f->tiles);
+    free(f->run_first);
+    free(f->run_count);
+    free(f);
+}
+
+struct nf_gguf *nf_nft_gguf(const struct nf_nft *f)
+{
+    return f ? f->meta : NULL;
+}
+
+static bool run_slot(const struct nf_nft *f, uint32_t layer, enum nf_tile_kind kind, size_t *slot)
+{
+    if ((unsigned)kind >= NF_TILE_KIND_COUNT)
+        return false;
+    if (nf_tile_kind_has_layer(kind)) {
+        if (layer >= f->hdr.n_layer)
+            return false;
+    } else if (layer != NF_NFT_NO_LAYER) {
+        return false;
+    } else {
+        layer = f->hdr.n_layer;
+    }
+    *slot = (size_t)layer * NF_TILE_KIND_COUNT + kind;
+    return true;
+}
+
+const struct nf_nft_tile *nf_nft_find(const struct nf_nft *f, uint32_t layer,
+                                      enum nf_tile_kind kind, uint32_t index)
+{
+    size_t slot;
+    if (!f || !run_slot(f, layer, kind, &slot) || index >= f->run_count[slot])
+        return NULL;
+    return &f->tiles[f->run_first[slot] + index];
+}
+
+uint32_t nf_nft_count(const struct nf_nft *f, uint32_t layer, enum nf_tile_kind kind)
+{
+    size_t slot;
+    return f && run_slot(f, layer, kind, &slot) ? f->run_count[slot] : 0;
+}
+
+uint64_t nf_nft_tile_id(const struct nf_nft *f, const struct nf_nft_tile *t)
+{
+    return (uint64_t)(t - f->tiles);
+}
+
+const struct nf_nft_tile *nf_nft_embd_row(const struct nf_nft *f, uint32_t token, size_t *offset)
+{
+    if (!f || f->hdr.embd_rows_per_tile == 0 || token >= f->hdr.n_vocab)
+        return NULL;
+    const struct nf_nft_tile *t =
+        nf_nft_find(f, NF_NFT_NO_LAYER, NF_TILE_EMBD, token / f->hdr.embd_rows_per_tile);
+    if (!t || token < t->first || token - t->first >= t->count)
+        return NULL;
+    if (offset)
+        *offset = (size_t)(t->size / t->count * (token - t->first));
+    return t;
+}
+
+const struct nf_nft_tile *nf_nft_predictor(const struct nf_nft *f, uint32_t layer)
+{
+    const struct nf_nft_tile *t = nf_nft_find(f, layer, NF_TILE_PRED_LOWRANK, 0);
+    return t ? t : nf_nft_find(f, layer, NF_TILE_PRED_ROUTER, 0);
+}
+
+void nf_nft_describe(const struct nf_nft *f, const struct nf_nft_tile *t, char *buf, size_t len)
+{
+    char where[32] = "";
+    if (t->layer != NF_NFT_NO_LAYER)
+        snprintf(where, sizeof(where), "layer %" PRIu32 " ", t->layer);
+    snprintf(buf, len, "%s%s #%" PRIu32 " (id %" PRIu64 ", offset %" PRIu64 ", %" PRIu64 " bytes)",
+             where, nf_tile_kind_name((enum nf_tile_kind)t->kind), t->index, nf_nft_tile_id(f, t),
+             t->offset, t->size);
+}
+
+int nf_nft_read(const struct nf_nft *f, const struct nf_nft_tile *t, void *buf, size_t bufsize,
+                char *err, size_t errlen)
+{
+    if (!f || !t || !buf || t < f->tiles || t >= f->tiles + f->n_tiles)
+        return NF_EUSAGE;
+    uint64_t padded = nf_nft_padded(t->size);
+    if ((uintptr_t)buf % NF_NFT_ALIGN || bufsize < padded) {
+        fail(0, f->path, err, errlen,
+             "tile buffer of %zu bytes at %p: needs %" PRIu64 " bytes, 4096-aligned", bufsize, buf,
+             padded);
+        return NF_EUSAGE;
+    }
+    int rc = read_full(f->fd, buf, (size_t)padded, t->offset);
+    char what[128];
+    if (rc) {
+        nf_nft_describe(f, t, what, sizeof(what));
+        fail(0, f->path, err, errlen, "reading tile %s: %s", what, nf_strerror(rc));
+        return rc;
+    }
+    uint64_t sum = XXH3_64bits(buf, (size_t)padded);
+    if (sum != t->checksum) {
+        nf_nft_describe(f, t, what, sizeof(what));
+        fail(0, f->path, err, errlen,
+             "tile %s: checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")", what,
+             t->checksum, sum);
+        return NF_ECHECKSUM;
+    }
+    return 0;
+}
+
+int nf_nft_bundle_group(const struct nf_nft_tile *t, const void *buf, uint32_t j,
+                        struct nf_nft_bundle *out)
+{
+    if (!t || !buf || !out || (t->kind != NF_TILE_FFN && t->kind != NF_TILE_EXPERT) ||
+        t->group == 0 || j >= t->count / t->group || nf_nft_tile_bytes(t) == 0)
+        return NF_EUSAGE;
+    out->gate_type = (enum nf_type)t->type[0];
+    out->up_type = (enum nf_type)t->type[1];
+    out->down_type = (enum nf_type)t->type[2];
+    out->gate_row_size = nf_row_size(out->gate_type, t->ne0);
+    out->up_row_size = nf_row_size(out->up_type, t->ne0);
+    out->down_row_size = nf_row_size(out->down_type, t->group);
+    size_t gate = out->gate_row_size * t->group, up = out->up_row_size * t->group;
+    size_t per = gate + up + out->down_row_size * t->ne0;
+    const uint8_t *p = (const uint8_t *)buf + per * j;
+    out->gate = p;
+    out->up = p + gate;
+    out->down = p + gate + up;
+    out->n_neurons = (int)t->group;
+    out->n_embd = (int)t->ne0;
+    out->first = t->first + j * t->group;
+    return 0;
+}
+
+int nf_nft_verify(const struct nf_nft *f,
+                  void (*bad)(void *ud, const struct nf_nft_tile *t, const char *msg), void *ud)
+{
+    if (!f)
+        return NF_EUSAGE;
+    uint64_t cap = 0;
+    void *buf = NULL;
+    int first_rc = 0;
+    char msg[512];
+    for (uint64_t i = 0; i < f->n_tiles; i++) {
+        const struct nf_nft_tile *t = &f->tiles[i];
+        uint64_t need = nf_nft_padded(t->size);
+        if (need > cap) {
+            free(buf);
+            buf = NULL;
+            if (posix_memalign(&buf, NF_NFT_ALIGN, (size_t)need))
+                return -ENOMEM;
+            cap = need;
+        }
+        int rc = nf_nft_read(f, t, buf, (size_t)cap, msg, sizeof(msg));
+        if (rc) {
+            if (bad)
+                bad(ud, t, msg);
+            if (!first_rc)
+                first_rc = rc;
+        }
+    }
+    free(buf);
+    return first_rc;
+}

@@ -1,0 +1,782 @@
+/* nft_write.c - converts a llama-architecture GGUF into a .nft tile file (see nft.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "gguf_write.h"
+#include "nf_err.h"
+#include "nft.h"
+#include "predictor.h"
+
+/* The tensors of one layer (NULL when absent). */
+struct layer_src {
+    const struct nf_gguf_tensor *attn_norm, *q, *k, *v, *o, *ffn_norm;
+    const struct nf_gguf_tensor *gate, *up, *down;                           /* dense */
+    const struct nf_gguf_tensor *gate_inp, *gate_exps, *up_exps, *down_exps; /* MoE */
+    uint32_t group; /* neurons per FFN group */
+};
+
+struct conv {
+    const char *in;
+    struct nf_gguf *g;
+    const struct nf_nft_convert_opts *o;
+    char *err;
+    size_t errlen;
+    struct nf_nft_header hdr;
+    const struct nf_gguf_tensor *embd, *out_norm, *output, *rope;
+    struct layer_src *L;
+    struct nf_nft_tile *tiles;
+    uint64_t n_tiles, cap;
+    uint64_t tile_size;
+    int rank;
+    enum nf_type pred_type;
+    int fd;
+    char *tmp;
+    void *buf; /* tile buffer, 4096-aligned */
+    size_t buf_cap;
+    uint64_t done, total;
+};
+
+__attribute__((format(printf, 3, 4))) static int cfail(struct conv *c, int code, const char *fmt,
+                                                       ...)
+{
+    if (c->err && c->errlen) {
+        int n = snprintf(c->err, c->errlen, "%s: ", c->in);
+        if (n >= 0 && (size_t)n < c->errlen) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return code;
+}
+
+/* --- classifying the source tensors --- */
+
+static int assign(struct conv *c, const struct nf_gguf_tensor **slot,
+                  const struct nf_gguf_tensor *t)
+{
+    if (*slot)
+        return cfail(c, NF_ECORRUPT, "tensor '%s' appears twice", t->name.s);
+    *slot = t;
+    return 0;
+}
+
+static int classify(struct conv *c, const struct nf_gguf_tensor *t)
+{
+    static const struct {
+        const char *name;
+        size_t off;
+    } per_layer[] = {
+        {"attn_norm.weight", offsetof(struct layer_src, attn_norm)},
+        {"attn_q.weight", offsetof(struct layer_src, q)},
+        {"attn_k.weight", offsetof(struct layer_src, k)},
+        {"attn_v.weight", offsetof(struct layer_src, v)},
+        {"attn_output.weight", offsetof(struct layer_src, o)},
+        {"ffn_norm.weight", offsetof(struct layer_src, ffn_norm)},
+        {"ffn_gate.weight", offsetof(struct layer_src, gate)},
+        {"ffn_up.weight", offsetof(struct layer_src, up)},
+        {"ffn_down.weight", offsetof(struct layer_src, down)},
+        {"ffn_gate_inp.weight", offsetof(struct layer_src, gate_inp)},
+        {"ffn_gate_exps.weight", offsetof(struct layer_src, gate_exps)},
+        {"ffn_up_exps.weight", offsetof(struct layer_src, up_exps)},
+        {"ffn_down_exps.weight", offsetof(struct layer_src, down_exps)},
+    };
+    const char *name = t->name.s;
+    const struct nf_type_traits *tr = nf_type_traits(t->type);
+    if (!tr || !tr->compute)
+        return cfail(c, NF_EBADTYPE, "tensor '%s' has type %s, which NanoFlow cannot compute with",
+                     name, tr ? tr->name : "unknown");
+    for (uint32_t d = 0; d < t->n_dims; d++)
+        if (t->ne[d] > (int64_t)UINT32_MAX)
+            return cfail(c, NF_ESHAPE, "tensor '%s': dimension %u is %" PRId64 " (at most 2^32-1)",
+                         name, d, t->ne[d]);
+    if (!strcmp(name, "token_embd.weight"))
+        return assign(c, &c->embd, t);
+    if (!strcmp(name, "output_norm.weight"))
+        return assign(c, &c->out_norm, t);
+    if (!strcmp(name, "output.weight"))
+        return assign(c, &c->output, t);
+    if (!strcmp(name, "rope_freqs.weight"))
+        return assign(c, &c->rope, t);
+    unsigned layer;
+    int pos = 0;
+    if (sscanf(name, "blk.%u.%n", &layer, &pos) == 1 && pos > 0) {
+        if (layer >= c->hdr.n_layer)
+            return cfail(c, NF_ESHAPE, "tensor '%s' names layer %u but llama.block_count is %u",
+                         name, layer, c->hdr.n_layer);
+        for (size_t i = 0; i < sizeof(per_layer) / sizeof(per_layer[0]); i++)
+            if (!strcmp(name + pos, per_layer[i].name))
+                return assign(
+                    c, (const struct nf_gguf_tensor **)((char *)&c->L[layer] + per_layer[i].off),
+                    t);
+    }
+    return cfail(c, NF_EARCH,
+                 "tensor '%s' is not part of the llama layout this converter knows (it cannot be "
+                 "represented in a .nft)",
+                 name);
+}
+
+/* Checks t has n_dims dims and, where want[d] >= 0, ne[d] == want[d]. */
+static int want_shape(struct conv *c, const struct nf_gguf_tensor *t, const char *what,
+                      uint32_t n_dims, int64_t a, int64_t b, int64_t e)
+{
+    int64_t want[3] = {a, b, e};
+    if (!t)
+        return cfail(c, NF_ENOTENSOR, "missing tensor %s", what);
+    bool ok = t->n_dims == n_dims;
+    for (uint32_t d = 0; ok && d < n_dims; d++)
+        ok = want[d] < 0 || t->ne[d] == want[d];
+    if (!ok)
+        return cfail(c, NF_ESHAPE,
+                     "tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64
+                     "] (%u dims), expected [%" PRId64 ", %" PRId64 ", %" PRId64 "] (%u dims)",
+                     t->name.s, t->ne[0], t->ne[1], t->ne[2], t->n_dims, a, b, e, n_dims);
+    return 0;
+}
+
+/* Neurons per FFN group for an ffn_down of this type: its block size, so columns are whole
+ * blocks; for plain types the largest power of two <= 32 dividing n_ff. */
+static uint32_t group_for(enum nf_type down, int64_t n_ff)
+{
+    int64_t b = nf_type_traits(down)->blck_size;
+    if (b > 1)
+        return (uint32_t)b;
+    uint32_t g = 32;
+    while (n_ff % g)
+        g /= 2;
+    return g;
+}
+
+static int check_layer(struct conv *c, uint32_t il)
+{
+    struct layer_src *l = &c->L[il];
+    int64_t n_embd = c->hdr.n_embd;
+    char what[64];
+    int rc;
+#define NEED(t, ...)                                       \
+    do {                                                   \
+        snprintf(what, sizeof(what), "blk.%u.%s", il, #t); \
+        if ((rc = want_shape(c, l->t, what, __VA_ARGS__))) \
+            return rc;                                     \
+    } while (0)
+    NEED(attn_norm, 1, n_embd, 1, 1);
+    NEED(q, 2, n_embd, -1, 1);
+    NEED(k, 2, n_embd, -1, 1);
+    NEED(v, 2, n_embd, l->k->ne[1], 1);
+    NEED(o, 2, l->q->ne[1], n_embd, 1);
+    NEED(ffn_norm, 1, n_embd, 1, 1);
+    if (l->gate_inp || l->gate_exps || l->up_exps || l->down_exps) {
+        if (l->gate || l->up || l->down)
+            return cfail(c, NF_EARCH, "layer %u has both dense and expert FFN tensors", il);
+        NEED(gate_inp, 2, n_embd, -1, 1);
+        int64_t n_exp = l->gate_inp->ne[1];
+        NEED(gate_exps, 3, n_embd, -1, n_exp);
+        int64_t n_ff = l->gate_exps->ne[1];
+        NEED(up_exps, 3, n_embd, n_ff, n_exp);
+        NEED(down_exps, 3, n_ff, n_embd, n_exp);
+        if (c->hdr.n_expert && c->hdr.n_expert != n_exp)
+            return cfail(c, NF_ESHAPE, "layer %u has %" PRId64 " experts, llama.expert_count is %u",
+                         il, n_exp, c->hdr.n_expert);
+        c->hdr.n_expert = (uint32_t)n_exp;
+        c->hdr.n_ff = (uint32_t)n_ff;
+        l->group = group_for(l->down_exps->type, n_ff);
+    } else {
+        NEED(gate, 2, n_embd, -1, 1);
+        int64_t n_ff = l->gate->ne[1];
+        NEED(up, 2, n_embd, n_ff, 1);
+        NEED(down, 2, n_ff, n_embd, 1);
+        c->hdr.n_ff = (uint32_t)n_ff;
+        l->group = group_for(l->down->type, n_ff);
+        if (n_ff % l->group)
+            return cfail(c, NF_ESHAPE,
+                         "layer %u: n_ff %" PRId64 " is not a multiple of the group "
+                         "size %u",
+                         il, n_ff, l->group);
+    }
+#undef NEED
+    return 0;
+}
+
+static int check_model(struct conv *c)
+{
+    const char *arch = NULL;
+    if (nf_gguf_get_str(c->g, "general.architecture", &arch) || strcmp(arch, "llama"))
+        return cfail(c, NF_EARCH, "general.architecture is '%s', only 'llama' can be converted",
+                     arch ? arch : "(missing)");
+    uint32_t v = 0;
+    if (nf_gguf_get_u32(c->g, "llama.block_count", &v) || v == 0 || v > NF_NFT_MAX_LAYERS)
+        return cfail(c, NF_ESHAPE, "llama.block_count is missing or outside 1..%d",
+                     NF_NFT_MAX_LAYERS);
+    c->hdr.n_layer = v;
+    if (!nf_gguf_get_u32(c->g, "llama.attention.head_count", &v))
+        c->hdr.n_head = v;
+    if (!nf_gguf_get_u32(c->g, "llama.attention.head_count_kv", &v))
+        c->hdr.n_head_kv = v;
+    if (!nf_gguf_get_u32(c->g, "llama.expert_count", &v))
+        c->hdr.n_expert = v;
+    if (!nf_gguf_get_u32(c->g, "llama.expert_used_count", &v))
+        c->hdr.n_expert_used = v;
+    c->L = calloc(c->hdr.n_layer, sizeof(*c->L));
+    if (!c->L)
+        return cfail(c, -ENOMEM, "out of memory");
+    int rc;
+    for (uint64_t i = 0; i < c->g->n_tensors; i++)
+        if ((rc = classify(c, &c->g->tensors[i])))
+            return rc;
+    if ((rc = want_shape(c, c->embd, "token_embd.weight", 2, -1, -1, 1)))
+        return rc;
+    c->hdr.n_embd = (uint32_t)c->embd->ne[0];
+    c->hdr.n_vocab = (uint32_t)c->embd->ne[1];
+    if ((rc = want_shape(c, c->out_norm, "output_norm.weight", 1, c->hdr.n_embd, 1, 1)))
+        return rc;
+    if (c->output &&
+        (rc = want_shape(c, c->output, "output.weight", 2, c->hdr.n_embd, c->hdr.n_vocab, 1)))
+        return rc;
+    if (c->rope && (rc = want_shape(c, c->rope, "rope_freqs.weight", 1, -1, 1, 1)))
+        return rc;
+    c->hdr.tied_output = c->output == NULL;
+    for (uint32_t il = 0; il < c->hdr.n_layer; il++)
+        if ((rc = check_layer(c, il)))
+            return rc;
+    for (uint64_t i = 0; i < c->g->n_tensors; i++)
+        c->hdr.weight_bytes += c->g->tensors[i].size;
+    return 0;
+}
+
+/* --- planning the tiles --- */
+
+static int add_tile(struct conv *c, enum nf_tile_kind kind, uint32_t layer, uint32_t index,
+                    uint32_t first, uint32_t count, uint32_t ne0, enum nf_type t0)
+{
+    if (c->n_tiles == c->cap) {
+        uint64_t cap = c->cap ? c->cap * 2 : 1024;
+        struct nf_nft_tile *nt = realloc(c->tiles, cap * sizeof(*nt));
+        if (!nt)
+            return cfail(c, -ENOMEM, "out of memory for the tile index");
+        c->tiles = nt;
+        c->cap = cap;
+    }
+    struct nf_nft_tile *t = &c->tiles[c->n_tiles++];
+    *t = (struct nf_nft_tile){.layer = layer,
+                              .kind = (uint16_t)kind,
+                              .index = index,
+                              .expert = NF_NFT_NO_EXPERT,
+                              .first = first,
+                              .count = count,
+                              .ne0 = ne0,
+                              .type = {(uint8_t)t0}};
+    return 0;
+}
+
+/* Tiles of rows_per rows covering a 2-D tensor's rows. */
+static int plan_rows(struct conv *c, enum nf_tile_kind kind, uint32_t layer,
+                     const struct nf_gguf_tensor *t, uint64_t rows_per)
+{
+    uint64_t rows = (uint64_t)t->ne[1];
+    if (rows_per == 0) {
+        uint64_t row = nf_row_size(t->type, t->ne[0]);
+        rows_per = c->tile_size / row ? c->tile_size / row : 1;
+    }
+    int rc;
+    for (uint64_t r = 0, i = 0; r < rows; r += rows_per, i++) {
+        uint64_t n = rows - r < rows_per ? rows - r : rows_per;
+        if ((rc = add_tile(c, kind, layer, (uint32_t)i, (uint32_t)r, (uint32_t)n,
+                           (uint32_t)t->ne[0], t->type)))
+            return rc;
+    }
+    return 0;
+}
+
+/* Bundle tiles of one dense layer (expert == NF_NFT_NO_EXPERT) or one expert. */
+static int plan_bundles(struct conv *c, uint32_t il, uint32_t expert, uint32_t *index)
+{
+    const struct layer_src *l = &c->L[il];
+    bool moe = expert != NF_NFT_NO_EXPERT;
+    const struct nf_gguf_tensor *g = moe ? l->gate_exps : l->gate, *u = moe ? l->up_exps : l->up;
+    const struct nf_gguf_tensor *d = moe ? l->down_exps : l->down;
+    uint32_t G = l->group, n_ff = (uint32_t)g->ne[1], n_embd = c->hdr.n_embd;
+    uint64_t per = (uint64_t)G * (nf_row_size(g->type, n_embd) + nf_row_size(u->type, n_embd)) +
+                   (uint64_t)n_embd * nf_row_size(d->type, G);
+    uint64_t groups_per = c->tile_size / per ? c->tile_size / per : 1;
+    uint32_t n_groups = n_ff / G;
+    for (uint32_t gi = 0; gi < n_groups; gi += (uint32_t)groups_per) {
+        uint32_t n = n_groups - gi < groups_per ? n_groups - gi : (uint32_t)groups_per;
+        int rc = add_tile(c, moe ? NF_TILE_EXPERT : NF_TILE_FFN, il, (*index)++, gi * G, n * G,
+                          n_embd, g->type);
+        if (rc)
+            return rc;
+        struct nf_nft_tile *t = &c->tiles[c->n_tiles - 1];
+        t->expert = expert;
+        t->group = G;
+        t->type[1] = (uint8_t)u->type;
+        t->type[2] = (uint8_t)d->type;
+    }
+    return 0;
+}
+
+/* Embedding rows per tile: the fewest rows whose padded tile wastes at most 1/8, within
+ * NF_NFT_EMBD_TILE_MAX; else the least wasteful count in that range. */
+static uint32_t embd_rows_per_tile(uint64_t row)
+{
+    uint32_t best = 1;
+    double best_waste = 2;
+    for (uint32_t n = 1; n <= 1024; n++) {
+        uint64_t b = row * n;
+        if (n > 1 && b > NF_NFT_EMBD_TILE_MAX)
+            break;
+        double waste = (double)(nf_nft_padded(b) - b) / (double)b;
+        if (waste <= 0.125)
+            return n;
+        if (waste < best_waste) {
+            best_waste = waste;
+            best = n;
+        }
+    }
+    return best;
+}
+
+static int plan(struct conv *c)
+{
+    int rc;
+    const struct nf_nft_header *h = &c->hdr;
+    c->hdr.embd_rows_per_tile = embd_rows_per_tile(nf_row_size(c->embd->type, h->n_embd));
+    if ((rc = plan_rows(c, NF_TILE_EMBD, NF_NFT_NO_LAYER, c->embd, h->embd_rows_per_tile)))
+        return rc;
+    for (uint32_t il = 0; il < h->n_layer; il++) {
+        const struct layer_src *l = &c->L[il];
+        if ((rc = plan_rows(c, NF_TILE_ATTN_NORM, il, l->attn_norm, 1)) ||
+            (rc = plan_rows(c, NF_TILE_ATTN_Q, il, l->q, 0)) ||
+            (rc = plan_rows(c, NF_TILE_ATTN_K, il, l->k, 0)) ||
+            (rc = plan_rows(c, NF_TILE_ATTN_V, il, l->v, 0)) ||
+            (rc = plan_rows(c, NF_TILE_ATTN_O, il, l->o, 0)) ||
+            (rc = plan_rows(c, NF_TILE_FFN_NORM, il, l->ffn_norm, 1)))
+            return rc;
+        uint32_t index = 0;
+        if (l->gate_inp) {
+            if ((rc = plan_rows(c, NF_TILE_ROUTER, il, l->gate_inp, UINT32_MAX)) ||
+                (rc = plan_rows(c, NF_TILE_PRED_ROUTER, il, l->gate_inp, UINT32_MAX)))
+                return rc;
+            for (uint32_t e = 0; e < h->n_expert; e++)
+                if ((rc = plan_bundles(c, il, e, &index)))
+                    return rc;
+        } else {
+            if ((rc = add_tile(c, NF_TILE_PRED_LOWRANK, il, 0, 0, (uint32_t)l->gate->ne[1],
+                               h->n_embd, c->pred_type)))
+                return rc;
+            c->tiles[c->n_tiles - 1].rank = (uint32_t)c->rank;
+            if ((rc = plan_bundles(c, il, NF_NFT_NO_EXPERT, &index)))
+                return rc;
+        }
+    }
+    if ((rc = plan_rows(c, NF_TILE_OUTPUT_NORM, NF_NFT_NO_LAYER, c->out_norm, 1)))
+        return rc;
+    if (c->output && (rc = plan_rows(c, NF_TILE_OUTPUT, NF_NFT_NO_LAYER, c->output, 0)))
+        return rc;
+    if (c->rope && (rc = plan_rows(c, NF_TILE_ROPE_FREQS, NF_NFT_NO_LAYER, c->rope, 1)))
+        return rc;
+    for (uint64_t i = 0; i < c->n_tiles; i++) {
+        struct nf_nft_tile *t = &c->tiles[i];
+        t->size = nf_nft_tile_bytes(t);
+        if (t->size == 0)
+            return cfail(c, NF_ESHAPE, "tile %" PRIu64 " (%s) has an invalid shape", i,
+                         nf_tile_kind_name((enum nf_tile_kind)t->kind));
+        if (t->kind == NF_TILE_PRED_LOWRANK || t->kind == NF_TILE_PRED_ROUTER)
+            c->hdr.predictor_bytes += t->size;
+        c->total += t->size;
+    }
+    return 0;
+}
+
+/* --- writing --- */
+
+static int ensure_buf(struct conv *c, uint64_t need)
+{
+    need = nf_nft_padded(need);
+    if (need <= c->buf_cap)
+        return 0;
+    free(c->buf);
+    c->buf = NULL;
+    c->buf_cap = 0;
+    if (posix_memalign(&c->buf, NF_NFT_ALIGN, (size_t)need))
+        return cfail(c, -ENOMEM, "out of memory for a %" PRIu64 "-byte tile", need);
+    c->buf_cap = (size_t)need;
+    return 0;
+}
+
+static int write_all(struct conv *c, const void *p, size_t len, uint64_t off)
+{
+    const uint8_t *b = p;
+    while (len) {
+        ssize_t n = pwrite(c->fd, b, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return cfail(c, -errno, "writing %s at offset %" PRIu64 ": %s", c->tmp, off,
+                         strerror(errno));
+        }
+        b += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Checksums the tile now in c->buf (zero-padded) and writes it. */
+static int emit(struct conv *c, struct nf_nft_tile *t)
+{
+    uint64_t padded = nf_nft_padded(t->size);
+    memset((uint8_t *)c->buf + t->size, 0, (size_t)(padded - t->size));
+    t->checksum = XXH3_64bits(c->buf, (size_t)padded);
+    int rc = write_all(c, c->buf, (size_t)padded, t->offset);
+    c->done += t->size;
+    return rc;
+}
+
+static int src_read(struct conv *c, void *dst, size_t len, uint64_t off)
+{
+    int rc = nf_gguf_pread(c->g, dst, len, off);
+    return rc ? cfail(c, rc, "reading %zu bytes at offset %" PRIu64 ": %s", len, off,
+                      nf_strerror(rc))
+              : 0;
+}
+
+/* Writes a row tile of tensor src (its rows [first, first + count)). */
+static int write_rows(struct conv *c, struct nf_nft_tile *t, const struct nf_gguf_tensor *src)
+{
+    int rc;
+    uint64_t row = nf_row_size(src->type, src->ne[0]);
+    if ((rc = ensure_buf(c, t->size)) ||
+        (rc = src_read(c, c->buf, (size_t)t->size, src->offset + row * t->first)))
+        return rc;
+    return emit(c, t);
+}
+
+/* Writes a bundle tile; down is the layer's (or expert's) whole ffn_down, (n_embd, n_ff). */
+static int write_bundle(struct conv *c, struct nf_nft_tile *t, const struct layer_src *l,
+                        const uint8_t *down)
+{
+    bool moe = t->kind == NF_TILE_EXPERT;
+    const struct nf_gguf_tensor *g = moe ? l->gate_exps : l->gate, *u = moe ? l->up_exps : l->up;
+    const struct nf_gguf_tensor *d = moe ? l->down_exps : l->down;
+    uint64_t n_ff = (uint64_t)g->ne[1], n_embd = t->ne0, G = t->group;
+    uint64_t grs = nf_row_size(g->type, (int64_t)n_embd),
+             urs = nf_row_size(u->type, (int64_t)n_embd);
+    uint64_t drs_full = nf_row_size(d->type, (int64_t)n_ff), drs = nf_row_size(d->type, (int64_t)G);
+    uint64_t e = moe ? t->expert : 0;
+    int rc;
+    if ((rc = ensure_buf(c, t->size)))
+        return rc;
+    uint8_t *p = c->buf;
+    for (uint64_t n0 = t->first; n0 < (uint64_t)t->first + t->count; n0 += G) {
+        uint64_t gate_off = g->offset + (e * n_ff + n0) * grs;
+        uint64_t up_off = u->offset + (e * n_ff + n0) * urs;
+        if ((rc = src_read(c, p, (size_t)(G * grs), gate_off)) ||
+            (rc = src_read(c, p + G * grs, (size_t)(G * urs), up_off)))
+            return rc;
+        p += G * (grs + urs);
+        uint64_t col = n0 / G * drs; /* byte offset of this group's blocks in a down row */
+        for (uint64_t r = 0; r < n_embd; r++, p += drs)
+            memcpy(p, down + r * drs_full + col, (size_t)drs);
+    }
+    return emit(c, t);
+}
+
+/* Fits and writes a layer's low-rank predictor tile. */
+static int write_predictor(struct conv *c, struct nf_nft_tile *t, const struct layer_src *l)
+{
+    int64_t m = l->gate->ne[1], n = l->gate->ne[0];
+    uint8_t *w = malloc((size_t)l->gate->size);
+    float *A = malloc((size_t)m * t->rank * sizeof(float));
+    float *B = malloc((size_t)n * t->rank * sizeof(float));
+    int rc = -ENOMEM;
+    if (!w || !A || !B) {
+        cfail(c, rc, "out of memory for the predictor of layer %u", t->layer);
+        goto out;
+    }
+    if ((rc = src_read(c, w, (size_t)l->gate->size, l->gate->offset)))
+        goto out;
+    rc = nf_lowrank_fit(w, l->gate->type, nf_row_size(l->gate->type, n), m, n, (int)t->rank, 1,
+                        0x9E3779B97F4A7C15ull ^ t->layer, A, B);
+    if (rc) {
+        cfail(c, rc, "predictor of layer %u: %s", t->layer, nf_strerror(rc));
+        goto out;
+    }
+    if ((rc = ensure_buf(c, t->size)))
+        goto out;
+    size_t na = (size_t)m * t->rank, nb = (size_t)n * t->rank;
+    if (t->type[0] == NF_TYPE_F32) {
+        memcpy(c->buf, A, na * sizeof(float));
+        memcpy((float *)c->buf + na, B, nb * sizeof(float));
+    } else {
+        nf_fp16_t *h = c->buf;
+        for (size_t i = 0; i < na; i++)
+            h[i] = nf_fp32_to_fp16(A[i]);
+        for (size_t i = 0; i < nb; i++)
+            h[na + i] = nf_fp32_to_fp16(B[i]);
+    }
+    rc = emit(c, t);
+out:
+    free(w);
+    free(A);
+    free(B);
+    return rc;
+}
+
+static void progress(struct conv *c, const char *what)
+{
+    if (c->o && c->o->progress)
+        c->o->progress(c->o->progress_ud, c->done, c->total, what);
+}
+
+/* Drops the pages of the source and of what is already written from the page cache, so the
+ * converter's footprint (which a memory cgroup charges, page cache included) stays small. */
+static void drop_caches(struct conv *c)
+{
+    fdatasync(c->fd);
+    posix_fadvise(c->fd, 0, 0, POSIX_FADV_DONTNEED);
+    posix_fadvise(c->g->fd, 0, 0, POSIX_FADV_DONTNEED);
+}
+
+static int write_tiles(struct conv *c)
+{
+    uint8_t *down = NULL;
+    uint32_t down_layer = UINT32_MAX, down_expert = UINT32_MAX;
+    int rc = 0;
+    char what[64];
+    for (uint64_t i = 0; i < c->n_tiles && !rc; i++) {
+        struct nf_nft_tile *t = &c->tiles[i];
+        const struct layer_src *l = t->layer == NF_NFT_NO_LAYER ? NULL : &c->L[t->layer];
+        if (i > 0 && t->layer != c->tiles[i - 1].layer) {
+            snprintf(what, sizeof(what), t->layer == NF_NFT_NO_LAYER ? "output" : "layer %u/%u",
+                     t->layer + 1, c->hdr.n_layer);
+            progress(c, what);
+            drop_caches(c);
+        }
+        switch ((enum nf_tile_kind)t->kind) {
+        case NF_TILE_EMBD: rc = write_rows(c, t, c->embd); break;
+        case NF_TILE_OUTPUT: rc = write_rows(c, t, c->output); break;
+        case NF_TILE_OUTPUT_NORM: rc = write_rows(c, t, c->out_norm); break;
+        case NF_TILE_ROPE_FREQS: rc = write_rows(c, t, c->rope); break;
+        case NF_TILE_ATTN_NORM: rc = write_rows(c, t, l->attn_norm); break;
+        case NF_TILE_ATTN_Q: rc = write_rows(c, t, l->q); break;
+        case NF_TILE_ATTN_K: rc = write_rows(c, t, l->k); break;
+        case NF_TILE_ATTN_V: rc = write_rows(c, t, l->v); break;
+        case NF_TILE_ATTN_O: rc = write_rows(c, t, l->o); break;
+        case NF_TILE_FFN_NORM: rc = write_rows(c, t, l->ffn_norm); break;
+        case NF_TILE_ROUTER:
+        case NF_TILE_PRED_ROUTER: rc = write_rows(c, t, l->gate_inp); break;
+        case NF_TILE_PRED_LOWRANK: rc = write_predictor(c, t, l); break;
+        case NF_TILE_FFN:
+        case NF_TILE_EXPERT: {
+            /* Only one layer's (or one expert's) ffn_down is held at a time. */
+            uint32_t e = t->kind == NF_TILE_EXPERT ? t->expert : 0;
+            if (down_layer != t->layer || down_expert != e) {
+                const struct nf_gguf_tensor *d = t->kind == NF_TILE_EXPERT ? l->down_exps : l->down;
+                uint64_t bytes = nf_row_size(d->type, d->ne[0]) * (uint64_t)d->ne[1];
+                free(down);
+                down = malloc((size_t)bytes);
+                if (!down) {
+                    rc =
+                        cfail(c, -ENOMEM, "out of memory for %" PRIu64 " bytes of ffn_down", bytes);
+                    break;
+                }
+                if ((rc = src_read(c, down, (size_t)bytes, d->offset + bytes * e)))
+                    break;
+                down_layer = t->layer;
+                down_expert = e;
+            }
+            rc = write_bundle(c, t, l, down);
+            break;
+        }
+        case NF_TILE_KIND_COUNT: rc = cfail(c, NF_ECORRUPT, "bad tile kind"); break;
+        }
+    }
+    free(down);
+    return rc;
+}
+
+/* The metadata image: every key of the source and its tensor infos, no tensor data. */
+static int build_meta(struct conv *c, void **img, size_t *len)
+{
+    struct nf_gguf_writer *w;
+    int rc = nf_gguf_writer_init(&w);
+    if (rc)
+        return cfail(c, rc, "out of memory");
+    for (uint64_t i = 0; i < c->g->n_kv && !rc; i++) {
+        const struct nf_gguf_kv *kv = &c->g->kv[i];
+        if ((rc = nf_gguf_writer_add_value(w, kv->key.s, &kv->value)))
+            cfail(c, rc, "copying metadata key '%s': %s", kv->key.s, nf_strerror(rc));
+    }
+    for (uint64_t i = 0; i < c->g->n_tensors && !rc; i++) {
+        const struct nf_gguf_tensor *t = &c->g->tensors[i];
+        if ((rc = nf_gguf_writer_add_tensor(w, t->name.s, t->n_dims, t->ne, t->type, NULL)))
+            cfail(c, rc, "copying tensor info '%s': %s", t->name.s, nf_strerror(rc));
+    }
+    if (!rc && (rc = nf_gguf_writer_header(w, img, len)))
+        cfail(c, rc, "serializing the metadata: %s", nf_strerror(rc));
+    nf_gguf_writer_free(w);
+    return rc;
+}
+
+static int write_file(struct conv *c, const char *out)
+{
+    void *meta = NULL, *page = NULL;
+    size_t meta_len = 0;
+    int rc = build_meta(c, &meta, &meta_len);
+    if (rc)
+        return rc;
+    struct nf_nft_header *h = &c->hdr;
+    h->meta_offset = NF_NFT_ALIGN;
+    h->meta_size = meta_len;
+    h->meta_checksum = XXH3_64bits(meta, meta_len);
+    h->index_offset = h->meta_offset + nf_nft_padded(meta_len);
+    h->n_tiles = c->n_tiles;
+    h->data_offset = h->index_offset + nf_nft_padded(c->n_tiles * sizeof(struct nf_nft_tile));
+    uint64_t off = h->data_offset;
+    for (uint64_t i = 0; i < c->n_tiles; i++) {
+        c->tiles[i].offset = off;
+        off += nf_nft_padded(c->tiles[i].size);
+    }
+    h->file_size = off;
+
+    /* Refuse early when the disk cannot hold the file. */
+    char dirbuf[PATH_MAX];
+    snprintf(dirbuf, sizeof(dirbuf), "%s", out);
+    const char *dir = dirname(dirbuf);
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < h->file_size) {
+        rc = cfail(c, -ENOSPC, "%s has %llu bytes free, the .nft needs %" PRIu64, dir,
+                   (unsigned long long)vfs.f_bavail * vfs.f_frsize, h->file_size);
+        goto out;
+    }
+    if ((size_t)snprintf(c->tmp, PATH_MAX, "%s.tmp-XXXXXX", out) >= PATH_MAX) {
+        c->tmp[0] = '\0';
+        rc = cfail(c, NF_EUSAGE, "output path too long");
+        goto out;
+    }
+    c->fd = mkstemp(c->tmp);
+    if (c->fd < 0) {
+        rc = cfail(c, -errno, "creating %s: %s", c->tmp, strerror(errno));
+        c->tmp[0] = '\0';
+        goto out;
+    }
+    fchmod(c->fd, 0644);
+    if (ftruncate(c->fd, (off_t)h->file_size) != 0) {
+        rc = cfail(c, -errno, "sizing %s to %" PRIu64 " bytes: %s", c->tmp, h->file_size,
+                   strerror(errno));
+        goto out;
+    }
+    progress(c, "layer 1");
+    if ((rc = write_tiles(c)))
+        goto out;
+    h->index_checksum = XXH3_64bits(c->tiles, c->n_tiles * sizeof(struct nf_nft_tile));
+    h->magic = NF_NFT_MAGIC;
+    h->major = NF_NFT_MAJOR;
+    h->minor = NF_NFT_MINOR;
+    h->header_size = sizeof(*h);
+    h->tile_size = (uint32_t)c->tile_size;
+    h->pred_rank = (uint32_t)c->rank;
+    h->pred_type = c->pred_type;
+    h->header_checksum = XXH3_64bits(h, offsetof(struct nf_nft_header, header_checksum));
+    if (posix_memalign(&page, NF_NFT_ALIGN, NF_NFT_ALIGN)) {
+        rc = cfail(c, -ENOMEM, "out of memory");
+        goto out;
+    }
+    memset(page, 0, NF_NFT_ALIGN);
+    memcpy(page, h, sizeof(*h));
+    if ((rc = write_all(c, meta, meta_len, h->meta_offset)) ||
+        (rc = write_all(c, c->tiles, c->n_tiles * sizeof(struct nf_nft_tile), h->index_offset)) ||
+        (rc = write_all(c, page, NF_NFT_ALIGN, 0)))
+        goto out;
+    if (fsync(c->fd) != 0) {
+        rc = cfail(c, -errno, "fsync %s: %s", c->tmp, strerror(errno));
+        goto out;
+    }
+    if (rename(c->tmp, out) != 0) {
+        rc = cfail(c, -errno, "rename %s -> %s: %s", c->tmp, out, strerror(errno));
+        goto out;
+    }
+    c->tmp[0] = '\0';
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd); /* make the rename durable */
+        close(dfd);
+    }
+    posix_fadvise(c->fd, 0, 0, POSIX_FADV_DONTNEED);
+    progress(c, "done");
+out:
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    if (c->tmp[0]) {
+        unlink(c->tmp);
+        c->tmp[0] = '\0';
+    }
+    free(page);
+    free(meta);
+    return rc;
+}
+
+int nf_nft_convert(const char *in_path, const char *out_path, const struct nf_nft_convert_opts *o,
+                   char *err, size_t errlen)
+{
+    if (!in_path || !out_path)
+        return NF_EUSAGE;
+    char own_tmp[PATH_MAX] = "";
+    struct conv c = {.in = in_path, .o = o, .err = err, .errlen = errlen, .fd = -1};
+    c.tmp = o && o->tmp_path && o->tmp_path_len >= PATH_MAX ? o->tmp_path : own_tmp;
+    c.tmp[0] = '\0';
+    if (err && errlen)
+        err[0] = '\0';
+    c.tile_size = o && o->tile_size ? o->tile_size : NF_NFT_DEFAULT_TILE_SIZE;
+    if (c.tile_size > UINT32_MAX)
+        return cfail(&c, NF_EUSAGE, "tile size %" PRIu64 " is above 4 GiB", c.tile_size);
+    c.pred_type = o && o->pred_f32 ? NF_TYPE_F32 : NF_TYPE_F16;
+    char gerr[512];
+    int rc = nf_gguf_open(&c.g, in_path, gerr, sizeof(gerr));
+    if (rc) {
+        if (err && errlen)
+            snprintf(err, errlen, "%s", gerr);
+        return rc;
+    }
+    if ((rc = check_model(&c)))
+        goto out;
+    bool dense = c.L[0].gate != NULL;
+    int64_t cap = c.hdr.n_ff < c.hdr.n_embd ? c.hdr.n_ff : c.hdr.n_embd;
+    uint32_t n_dense = 0;
+    for (uint32_t il = 0; il < c.hdr.n_layer; il++)
+        n_dense += c.L[il].gate != NULL;
+    if (o && o->rank) {
+        if (o->rank < 0 || o->rank > cap) {
+            rc = cfail(&c, NF_EUSAGE, "rank %d is outside [1, %" PRId64 "] (min of n_ff, n_embd)",
+                       o->rank, cap);
+            goto out;
+        }
+        c.rank = o->rank;
+    } else if (dense || n_dense) {
+        c.rank = nf_lowrank_default_rank(c.hdr.weight_bytes, (int)n_dense, c.hdr.n_ff, c.hdr.n_embd,
+                                         nf_type_traits(c.pred_type)->type_size, NF_NFT_PRED_SHARE);
+    }
+    if (n_dense == 0)
+        c.rank = 0;
+    if ((rc = plan(&c)) || (rc = write_file(&c, out_path)))
+        goto out;
+out:
+    free(c.buf);
+    free(c.tiles);
+    free(c.L);
+    nf_gguf_close(c.g);
+    return rc;
+}

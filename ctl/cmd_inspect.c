@@ -1,0 +1,148 @@
+/* cmd_inspect.c - nanoflowctl inspect: print the layout of a .nft tile file. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cmds.h"
+#include "nf_err.h"
+#include "nft.h"
+
+static const char *const cmd = "inspect";
+
+static void usage(FILE *f)
+{
+    fprintf(
+        f, "usage: nanoflowctl inspect FILE.nft [--json]\n\n"
+           "Prints a NanoFlow tile file's layout: hyperparameters, tiles per kind and their\n"
+           "bytes, the predictors' bytes and share of the model, and the bytes one token reads\n"
+           "at 0%%, 50%%, 80%% and 90%% FFN sparsity (disk bytes, tiles padded to 4096; FFN tiles\n"
+           "taken in proportion, MoE experts in the proportion used per token).\n\n"
+           "  --json       print one JSON object instead\n"
+           "  --help, -h   show this help\n");
+}
+
+static const int sparsity[] = {0, 50, 80, 90};
+#define N_SPARSITY (sizeof(sparsity) / sizeof(sparsity[0]))
+
+struct layout {
+    uint64_t tiles[NF_TILE_KIND_COUNT], bytes[NF_TILE_KIND_COUNT], disk[NF_TILE_KIND_COUNT];
+    uint64_t token[N_SPARSITY];
+};
+
+static void measure(const struct nf_nft *f, struct layout *s)
+{
+    memset(s, 0, sizeof(*s));
+    uint64_t max_embd = 0;
+    for (uint64_t i = 0; i < f->n_tiles; i++) {
+        const struct nf_nft_tile *t = &f->tiles[i];
+        s->tiles[t->kind]++;
+        s->bytes[t->kind] += t->size;
+        s->disk[t->kind] += nf_nft_padded(t->size);
+        if (t->kind == NF_TILE_EMBD && nf_nft_padded(t->size) > max_embd)
+            max_embd = nf_nft_padded(t->size);
+    }
+    /* Always read per token: attention, norms, routers, predictors, the head and one embedding
+     * tile (the whole embedding when the head is tied to it). */
+    uint64_t fixed = max_embd;
+    for (int k = 0; k < NF_TILE_KIND_COUNT; k++)
+        if (k != NF_TILE_EMBD && k != NF_TILE_FFN && k != NF_TILE_EXPERT)
+            fixed += s->disk[k];
+    if (f->hdr.tied_output)
+        fixed += s->disk[NF_TILE_EMBD];
+    double moe = f->hdr.n_expert ? (double)f->hdr.n_expert_used / f->hdr.n_expert : 0;
+    for (size_t j = 0; j < N_SPARSITY; j++) {
+        double keep = 1.0 - sparsity[j] / 100.0;
+        s->token[j] = fixed + (uint64_t)(keep * (double)s->disk[NF_TILE_FFN]) +
+                      (uint64_t)(keep * moe * (double)s->disk[NF_TILE_EXPERT]);
+    }
+}
+
+static void print_text(const struct nf_nft *f, const char *path, const struct layout *s)
+{
+    const struct nf_nft_header *h = &f->hdr;
+    printf("%s: NanoFlow tile file v%u.%u, %" PRIu64 " bytes, %" PRIu64 " tiles (tile size %u)\n",
+           path, h->major, h->minor, h->file_size, f->n_tiles, h->tile_size);
+    printf("model: %u layers, n_embd %u, n_ff %u, n_vocab %u, heads %u/%u, experts %u (%u used), "
+           "%s output\n",
+           h->n_layer, h->n_embd, h->n_ff, h->n_vocab, h->n_head, h->n_head_kv, h->n_expert,
+           h->n_expert_used, h->tied_output ? "tied" : "separate");
+    printf("\n%-14s %8s %14s %14s\n", "kind", "tiles", "bytes", "disk bytes");
+    for (int k = 0; k < NF_TILE_KIND_COUNT; k++)
+        if (s->tiles[k])
+            printf("%-14s %8" PRIu64 " %14" PRIu64 " %14" PRIu64 "\n",
+                   nf_tile_kind_name((enum nf_tile_kind)k), s->tiles[k], s->bytes[k], s->disk[k]);
+    printf("\nweights: %" PRIu64 " bytes\n", h->weight_bytes);
+    printf("predictors: %" PRIu64 " bytes, %.2f%% of the weights (rank %u, %s)\n",
+           h->predictor_bytes,
+           h->weight_bytes ? 100.0 * (double)h->predictor_bytes / (double)h->weight_bytes : 0.0,
+           h->pred_rank, h->pred_rank ? nf_type_traits((enum nf_type)h->pred_type)->name : "-");
+    printf("\nbytes one token reads:\n");
+    for (size_t j = 0; j < N_SPARSITY; j++)
+        printf("  %2d%% FFN sparsity: %14" PRIu64 " (%.1f MiB)\n", sparsity[j], s->token[j],
+               (double)s->token[j] / 1048576.0);
+}
+
+static void print_json(const struct nf_nft *f, const char *path, const struct layout *s)
+{
+    const struct nf_nft_header *h = &f->hdr;
+    printf("{\"file\":\"");
+    for (const char *p = path; *p; p++)
+        printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
+    printf("\",\"version\":\"%u.%u\",\"file_bytes\":%" PRIu64 ",\"tiles\":%" PRIu64
+           ",\"tile_size\":%u,\"n_layer\":%u,\"n_embd\":%u,\"n_ff\":%u,\"n_vocab\":%u,"
+           "\"n_expert\":%u,\"n_expert_used\":%u,\"tied_output\":%s,\"kinds\":{",
+           h->major, h->minor, h->file_size, f->n_tiles, h->tile_size, h->n_layer, h->n_embd,
+           h->n_ff, h->n_vocab, h->n_expert, h->n_expert_used, h->tied_output ? "true" : "false");
+    const char *sep = "";
+    for (int k = 0; k < NF_TILE_KIND_COUNT; k++)
+        if (s->tiles[k]) {
+            printf(
+                "%s\"%s\":{\"tiles\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"disk_bytes\":%" PRIu64 "}",
+                sep, nf_tile_kind_name((enum nf_tile_kind)k), s->tiles[k], s->bytes[k], s->disk[k]);
+            sep = ",";
+        }
+    printf("},\"weight_bytes\":%" PRIu64 ",\"predictor_bytes\":%" PRIu64
+           ",\"predictor_share\":%.6f,\"pred_rank\":%u,\"token_bytes\":{",
+           h->weight_bytes, h->predictor_bytes,
+           h->weight_bytes ? (double)h->predictor_bytes / (double)h->weight_bytes : 0.0,
+           h->pred_rank);
+    for (size_t j = 0; j < N_SPARSITY; j++)
+        printf("%s\"%d\":%" PRIu64, j ? "," : "", sparsity[j], s->token[j]);
+    printf("}}\n");
+}
+
+int nf_cmd_inspect(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = true;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            return nf_usage_error(cmd, "unknown option '%s'", argv[i]);
+        } else if (!path) {
+            path = argv[i];
+        } else {
+            return nf_usage_error(cmd, "unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (!path)
+        return nf_usage_error(cmd, "needs FILE.nft");
+    struct nf_nft *f;
+    char err[512];
+    if (nf_nft_open(&f, path, false, err, sizeof(err))) {
+        fprintf(stderr, "nanoflowctl inspect: %s\n", err);
+        return 1;
+    }
+    struct layout s;
+    measure(f, &s);
+    if (json)
+        print_json(f, path, &s);
+    else
+        print_text(f, path, &s);
+    nf_nft_close(f);
+    return 0;
+}
