@@ -252,7 +252,7 @@ static void test_every_model(void **state)
         size_t len = strlen(e->d_name);
         if (len < 5 || strcmp(e->d_name + len - 5, ".gguf"))
             continue;
-        char in[512], out[512], err[512];
+        char in[512], out[1024], err[512];
         snprintf(in, sizeof(in), "%s/models/%s", NF_SHARED_DIR, e->d_name);
         snprintf(out, sizeof(out), "%s/%s.nft", tmpdir, e->d_name);
         /* A small tile size splits attention, embedding and FFN into several tiles. */
