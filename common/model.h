@@ -89,6 +89,13 @@ struct nf_model {
     struct nf_layer *layers;      /* (n_layer) */
     bool tied_output;
     size_t weight_bytes;
+    /* Where the weights come from when not from gguf's tensor data (a .nft tile file, see
+     * model_nft.c): read_tensor fills dst (len bytes) with tensor gt and on failure writes err;
+     * close_src(src) runs in nf_model_free after gguf is closed. NULL for a GGUF. */
+    int (*read_tensor)(void *src, const struct nf_gguf_tensor *gt, void *dst, size_t len,
+                       char *err, size_t errlen);
+    void (*close_src)(void *src);
+    void *src;
 };
 
 /* Attention numerics. PLAIN (the default, exact mode) mirrors ggml's mul_mat + soft_max path
@@ -102,6 +109,12 @@ enum nf_attn_mode { NF_ATTN_FLASH = 0, NF_ATTN_PLAIN, NF_ATTN_F32 };
  * and writes one line to err naming the file and the problem. */
 int nf_model_load(struct nf_model **out, const char *path, char *err, size_t errlen);
 void nf_model_free(struct nf_model *m);
+
+/* model_nft.c: when path is a .nft tile file (by its magic), opens it, sets m->gguf to its
+ * embedded metadata and m->read_tensor/close_src/src to a reader that reassembles each tensor
+ * from checksummed tiles, and returns 1; returns 0 when path is not a .nft (nothing changed), or
+ * a negative code with err set. nf_model_load calls it first. */
+int nf_model_nft_source(struct nf_model *m, const char *path, char *err, size_t errlen);
 
 /* A human-readable one-line summary ("llama, 5 layers, dim 64, ...") into buf. */
 void nf_model_describe(const struct nf_model *m, char *buf, size_t len);

@@ -91,10 +91,13 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
         return nf_load_err(err, errlen, -ENOMEM, "%s: out of memory for tensor '%s' (%llu bytes)",
                            g->path, name, (unsigned long long)gt->size);
     }
-    int rc = nf_gguf_read_tensor(g, gt, t->data, sz);
+    int rc = m->read_tensor ? m->read_tensor(m->src, gt, t->data, sz, err, errlen)
+                            : nf_gguf_read_tensor(g, gt, t->data, sz);
     if (rc < 0) {
         free(t->data);
         t->data = NULL;
+        if (m->read_tensor)
+            return rc; /* err already names the tile */
         return nf_load_err(err, errlen, rc, "%s: reading tensor '%s': %s", g->path, name,
                            nf_strerror(rc));
     }
@@ -310,7 +313,10 @@ int nf_model_load(struct nf_model **out, const char *path, char *err, size_t err
     struct nf_model *m = calloc(1, sizeof(*m));
     if (!m)
         return nf_load_err(err, errlen, -ENOMEM, "%s: out of memory", path);
-    int rc = nf_gguf_open(&m->gguf, path, err, errlen);
+    /* A .nft tile file brings its own metadata and tile reader (model_nft.c). */
+    int rc = nf_model_nft_source(m, path, err, errlen);
+    if (rc == 0)
+        rc = nf_gguf_open(&m->gguf, path, err, errlen);
     if (rc < 0) {
         m->gguf = NULL;
         goto fail;
@@ -354,6 +360,8 @@ void nf_model_free(struct nf_model *m)
     nf_tensor_release(&m->rope_freqs);
     if (m->gguf)
         nf_gguf_close(m->gguf);
+    if (m->close_src)
+        m->close_src(m->src);
     free(m);
 }
 

@@ -1,0 +1,235 @@
+/* model_nft.c - loading a model from a .nft tile file: every tensor reassembled from its tiles. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model.h"
+#include "nf_err.h"
+#include "nft.h"
+
+/* The open tile file and one tile buffer large enough for its largest tile. */
+struct nft_src {
+    struct nf_nft *f;
+    void *buf; /* 4096-aligned, cap bytes */
+    size_t cap;
+};
+
+__attribute__((format(printf, 4, 5))) static int serr(char *err, size_t errlen, int code,
+                                                      const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static void src_close(void *p)
+{
+    struct nft_src *s = p;
+    if (!s)
+        return;
+    nf_nft_close(s->f);
+    free(s->buf);
+    free(s);
+}
+
+/* Which tiles hold a tensor, from its GGUF name. */
+struct tensor_place {
+    enum nf_tile_kind kind;
+    uint32_t layer;
+    int part; /* FFN/EXPERT: 0 gate, 1 up, 2 down; else -1 */
+};
+
+static int place_of(const char *name, struct tensor_place *p)
+{
+    static const struct {
+        const char *name;
+        enum nf_tile_kind kind;
+        int part;
+    } per_layer[] = {
+        {"attn_norm.weight", NF_TILE_ATTN_NORM, -1}, {"attn_q.weight", NF_TILE_ATTN_Q, -1},
+        {"attn_k.weight", NF_TILE_ATTN_K, -1},       {"attn_v.weight", NF_TILE_ATTN_V, -1},
+        {"attn_output.weight", NF_TILE_ATTN_O, -1},  {"ffn_norm.weight", NF_TILE_FFN_NORM, -1},
+        {"ffn_gate_inp.weight", NF_TILE_ROUTER, -1}, {"ffn_gate.weight", NF_TILE_FFN, 0},
+        {"ffn_up.weight", NF_TILE_FFN, 1},           {"ffn_down.weight", NF_TILE_FFN, 2},
+        {"ffn_gate_exps.weight", NF_TILE_EXPERT, 0}, {"ffn_up_exps.weight", NF_TILE_EXPERT, 1},
+        {"ffn_down_exps.weight", NF_TILE_EXPERT, 2},
+    };
+    static const struct {
+        const char *name;
+        enum nf_tile_kind kind;
+    } global[] = {{"token_embd.weight", NF_TILE_EMBD},
+                  {"output.weight", NF_TILE_OUTPUT},
+                  {"output_norm.weight", NF_TILE_OUTPUT_NORM},
+                  {"rope_freqs.weight", NF_TILE_ROPE_FREQS}};
+    for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
+        if (!strcmp(name, global[i].name)) {
+            *p = (struct tensor_place){global[i].kind, NF_NFT_NO_LAYER, -1};
+            return 0;
+        }
+    unsigned layer;
+    int pos = 0;
+    if (sscanf(name, "blk.%u.%n", &layer, &pos) == 1 && pos > 0)
+        for (size_t i = 0; i < sizeof(per_layer) / sizeof(per_layer[0]); i++)
+            if (!strcmp(name + pos, per_layer[i].name)) {
+                *p = (struct tensor_place){per_layer[i].kind, layer, per_layer[i].part};
+                return 0;
+            }
+    return NF_ENOTENSOR;
+}
+
+/* Copies a row tile (rows [first, first + count) of the tensor) into dst. */
+static int put_rows(const struct nf_nft_tile *t, const struct nf_gguf_tensor *gt, const void *buf,
+                    uint8_t *dst, uint64_t *rows_done, const char *what, char *err, size_t errlen)
+{
+    uint64_t rows = (uint64_t)gt->ne[1] * (uint64_t)gt->ne[2];
+    size_t row = nf_row_size(gt->type, gt->ne[0]);
+    if (t->type[0] != gt->type || t->ne0 != (uint64_t)gt->ne[0] || t->first != *rows_done ||
+        (uint64_t)t->first + t->count > rows)
+        return serr(err, errlen, NF_ECORRUPT,
+                    "tile %s does not continue tensor '%s' (type %u, ne0 %" PRIu32
+                    ", rows [%" PRIu32 ", +%" PRIu32 "); expected type %d, ne0 %" PRId64
+                    ", first row %" PRIu64 " of %" PRIu64 ")",
+                    what, gt->name.s, t->type[0], t->ne0, t->first, t->count, (int)gt->type,
+                    gt->ne[0], *rows_done, rows);
+    memcpy(dst + row * t->first, buf, row * t->count);
+    *rows_done += t->count;
+    return 0;
+}
+
+/* Copies one part (gate rows, up rows or down columns) of every group of a bundle tile into the
+ * tensor it came from. For EXPERT tiles the tensor is 3-D and expert e's slice is written. */
+static int put_bundle(const struct nf_nft_tile *t, const struct nf_gguf_tensor *gt, int part,
+                      const void *buf, uint8_t *dst, uint64_t *done, const char *what, char *err,
+                      size_t errlen)
+{
+    uint64_t n_ff = (uint64_t)(part == 2 ? gt->ne[0] : gt->ne[1]);
+    uint64_t n_embd = (uint64_t)(part == 2 ? gt->ne[1] : gt->ne[0]);
+    uint64_t n_exp = (uint64_t)gt->ne[2];
+    uint64_t e = t->kind == NF_TILE_EXPERT ? t->expert : 0;
+    if (t->type[part] != gt->type || t->ne0 != n_embd || e >= n_exp ||
+        (uint64_t)t->first + t->count > n_ff || t->first != *done % n_ff || *done / n_ff != e)
+        return serr(err, errlen, NF_ECORRUPT,
+                    "tile %s does not continue tensor '%s' (type %u, ne0 %" PRIu32
+                    ", neurons [%" PRIu32 ", +%" PRIu32 "), expert %" PRIu64
+                    "; expected type %d, ne0 %" PRIu64 ", neuron %" PRIu64 " of %" PRIu64
+                    " in expert %" PRIu64 ")",
+                    what, gt->name.s, t->type[part], t->ne0, t->first, t->count, e, (int)gt->type,
+                    n_embd, *done % n_ff, n_ff, *done / n_ff);
+    size_t full = nf_row_size(gt->type, (int64_t)(part == 2 ? n_ff : n_embd));
+    uint8_t *base = dst + e * (part == 2 ? n_embd : n_ff) * full;
+    for (uint32_t j = 0; j < t->count / t->group; j++) {
+        struct nf_nft_bundle b;
+        if (nf_nft_bundle_group(t, buf, j, &b))
+            return serr(err, errlen, NF_ECORRUPT, "tile %s: bad bundle group %" PRIu32, what, j);
+        if (part == 0) {
+            memcpy(base + full * b.first, b.gate, b.gate_row_size * (size_t)b.n_neurons);
+        } else if (part == 1) {
+            memcpy(base + full * b.first, b.up, b.up_row_size * (size_t)b.n_neurons);
+        } else {
+            /* Group j's G columns are whole blocks of every ffn_down row. */
+            size_t col = nf_row_size(gt->type, b.first);
+            for (uint64_t r = 0; r < n_embd; r++)
+                memcpy(base + r * full + col, (const uint8_t *)b.down + r * b.down_row_size,
+                       b.down_row_size);
+        }
+    }
+    *done += t->count;
+    return 0;
+}
+
+/* Reads tensor gt from its tiles (each checksummed) into dst. */
+static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, size_t len,
+                           char *err, size_t errlen)
+{
+    struct nft_src *s = p;
+    const struct nf_nft *f = s->f;
+    struct tensor_place pl;
+    if (place_of(gt->name.s, &pl))
+        return serr(err, errlen, NF_ENOTENSOR, "%s: tensor '%s' has no tiles in a .nft", f->path,
+                    gt->name.s);
+    if (len < gt->size)
+        return serr(err, errlen, NF_EUSAGE, "%s: tensor '%s': buffer of %zu bytes, needs %" PRIu64,
+                    f->path, gt->name.s, len, gt->size);
+    uint32_t n = nf_nft_count(f, pl.layer, pl.kind);
+    uint64_t total = pl.part < 0 ? (uint64_t)gt->ne[1] * (uint64_t)gt->ne[2]
+                                 : (uint64_t)gt->ne[pl.part == 2 ? 0 : 1] * (uint64_t)gt->ne[2];
+    uint64_t done = 0;
+    char what[160];
+    for (uint32_t i = 0; i < n; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(f, pl.layer, pl.kind, i);
+        nf_nft_describe(f, t, what, sizeof(what));
+        int rc = nf_nft_read(f, t, s->buf, s->cap, err, errlen);
+        if (rc)
+            return rc;
+        rc = pl.part < 0 ? put_rows(t, gt, s->buf, dst, &done, what, err, errlen)
+                         : put_bundle(t, gt, pl.part, s->buf, dst, &done, what, err, errlen);
+        if (rc) {
+            /* Prefix the file name to the message put_* wrote. */
+            char msg[512];
+            snprintf(msg, sizeof(msg), "%s", err ? err : "");
+            return serr(err, errlen, rc, "%s: %s", f->path, msg);
+        }
+    }
+    if (done != total)
+        return serr(err, errlen, NF_ECORRUPT,
+                    "%s: tensor '%s': its %s tiles cover %" PRIu64 " of %" PRIu64 " %s", f->path,
+                    gt->name.s, nf_tile_kind_name(pl.kind), done, total,
+                    pl.part < 0 ? "rows" : "neurons");
+    return 0;
+}
+
+int nf_model_nft_source(struct nf_model *m, const char *path, char *err, size_t errlen)
+{
+    /* Sniff the magic; anything unreadable is left to the GGUF reader's messages. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    uint32_t magic = 0;
+    ssize_t got = pread(fd, &magic, sizeof(magic), 0);
+    close(fd);
+    if (got != (ssize_t)sizeof(magic) || magic != NF_NFT_MAGIC)
+        return 0;
+    struct nft_src *s = calloc(1, sizeof(*s));
+    if (!s)
+        return serr(err, errlen, -ENOMEM, "%s: out of memory", path);
+    int rc = nf_nft_open(&s->f, path, false, err, errlen);
+    if (rc)
+        goto fail;
+    uint64_t cap = NF_NFT_ALIGN;
+    for (uint64_t i = 0; i < s->f->n_tiles; i++)
+        if (nf_nft_padded(s->f->tiles[i].size) > cap)
+            cap = nf_nft_padded(s->f->tiles[i].size);
+    s->cap = (size_t)cap;
+    if (posix_memalign(&s->buf, NF_NFT_ALIGN, s->cap)) {
+        s->buf = NULL;
+        rc = serr(err, errlen, -ENOMEM, "%s: out of memory for a %zu-byte tile buffer", path,
+                  s->cap);
+        goto fail;
+    }
+    /* The model gets its own parse of the embedded metadata (the image stays owned by the
+     * tile file, which nf_model_free closes after the model's gguf). */
+    char gerr[256];
+    if ((rc = nf_gguf_open_meta_mem(&m->gguf, s->f->meta_image, s->f->hdr.meta_size, gerr,
+                                    sizeof(gerr)))) {
+        m->gguf = NULL;
+        rc = serr(err, errlen, rc, "%s: embedded metadata: %s", path, gerr);
+        goto fail;
+    }
+    snprintf(m->gguf->path, sizeof(m->gguf->path), "%s", path);
+    m->read_tensor = src_read_tensor;
+    m->close_src = src_close;
+    m->src = s;
+    return 1;
+fail:
+    src_close(s);
+    return rc;
+}
