@@ -177,12 +177,12 @@ int main(int argc, char **argv)
         int np = nf_tokenize(v, text, tl, nf_vocab_add_bos(v), true, ids, 4096 - N - 1);
         if (np < 1) {
             fprintf(stderr, "bench_predictor: cannot tokenize '%s'\n", text);
-            return 1;
+            exit(1); /* a benchmark: the OS frees everything */
         }
         struct nf_ctx *c = NULL;
         if (nf_ctx_create(&c, m, np + N + 1, threads)) {
             fprintf(stderr, "bench_predictor: out of memory\n");
-            return 1;
+            exit(1); /* a benchmark: the OS frees everything */
         }
         /* Exact mode, as nanoflowctl run: the prompt in one batch, then greedy steps. */
         int n_gen = 0;
@@ -197,7 +197,7 @@ int main(int argc, char **argv)
         }
         if (rc) {
             fprintf(stderr, "bench_predictor: eval: %s\n", nf_strerror(rc));
-            return 1;
+            exit(1); /* a benchmark: the OS frees everything */
         }
         /* Teacher-forced passes; position np - 1 + i produces the logits of step i. */
         for (int kl = 0; kl < N_KL; kl++) {
@@ -209,7 +209,7 @@ int main(int argc, char **argv)
                 acc.on = p >= np - 1;
                 if ((rc = nf_sparse_eval(s, c, ids[p]))) {
                     fprintf(stderr, "bench_predictor: sparse eval: %s\n", nf_strerror(rc));
-                    return 1;
+                    exit(1); /* a benchmark: the OS frees everything */
                 }
                 if (p < np - 1)
                     continue;
