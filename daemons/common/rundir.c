@@ -95,7 +95,7 @@ int nf_rundir_create(const char *dir, char *err, size_t errlen)
     }
     if (st.st_mode & 077) {
         snprintf(err, errlen,
-                 "run directory %s has mode %03o, expected 0700 (not accessible to "
+                 "run directory %s has mode %04o, expected 0700 (not accessible to "
                  "others)",
                  p, (unsigned)(st.st_mode & 0777));
         return -EPERM;
