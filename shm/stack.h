@@ -1,0 +1,272 @@
+/* stack.h - what the three daemons share: the layout of one stack's region and the tile protocol.
+ *
+ * The fetcher creates the region (nf_stack_create) from a plan (nf_stack_plan) computed from
+ * the .nft header and the RAM budget; compute and predictor attach to it (nf_stack_attach).
+ * Every structure below lives in the region and holds offsets or indices, never pointers.
+ *
+ * Areas (shm/region.h ids) and what this module puts in them:
+ *  1. NF_SHM_TILE_POOL: n_slots slots of slot_size bytes (a multiple of 4096), slot i at
+ *     i * slot_size; registered with io_uring by the fetcher, read in place by compute.
+ *  2. NF_SHM_TILE_TABLE: struct nf_stack_config, then n_tiles struct nf_tile_entry (indexed by
+ *     the .nft tile id), then n_slots struct nf_slot_entry.
+ *  3. NF_SHM_REQ_RING: two SPSC rings of struct nf_tile_req: the demand ring (compute ->
+ *     fetcher: tiles compute is blocked on, served first) then the prefetch ring (predictor ->
+ *     fetcher). Offsets in struct nf_stack_config.
+ *  4. NF_SHM_COMPLETION: struct nf_stack_sync (doorbells and completion words).
+ *  5. NF_SHM_ACTIVATIONS: per layer a struct nf_act_slot (the hidden state compute publishes
+ *     after each layer, for the predictor) and per layer a struct nf_used_slot (the FFN groups /
+ *     experts compute actually used, for the predictor's recall and precision).
+ *  6. NF_SHM_COUNTERS: struct nf_stack_counters.
+ *
+ * Tile states and who moves them (every transition is an atomic store or CAS on `state`):
+ *     EMPTY --(predictor or compute: CAS, then enqueue a request)--> QUEUED
+ *     EMPTY/QUEUED --(fetcher: picks a slot, submits the read)--> LOADING
+ *     LOADING --(fetcher: read done, checksum ok; store-release, then wake tile_done)--> READY
+ *     LOADING --(read or checksum failed)--> ERROR (compute reports the error, never computes)
+ *     READY --(fetcher eviction: CAS READY->EVICTING, then pins must be 0, else back to READY)
+ *           --> EMPTY
+ * Pinning (compute): pins += 1 (seq_cst), then load state; use the slot only if READY, else
+ * pins -= 1. The fetcher's CAS to EVICTING followed by its pins load (both seq_cst) pairs with
+ * this, so a pinned tile is never evicted and an evicting tile is never used. */
+#ifndef NF_STACK_H
+#define NF_STACK_H
+
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "notify.h"
+#include "region.h"
+#include "ring.h"
+
+struct nf_nft;
+
+#define NF_STACK_CONFIG_MAGIC 0x4b434154534e4e46ull /* "NFNSTACK" */
+
+enum nf_tile_state {
+    NF_TILE_EMPTY = 0,
+    NF_TILE_QUEUED,
+    NF_TILE_LOADING,
+    NF_TILE_READY,
+    NF_TILE_EVICTING,
+    NF_TILE_ERROR,
+};
+
+#define NF_NO_SLOT UINT32_MAX
+#define NF_NO_TILE UINT32_MAX
+
+/* Slot flags. */
+#define NF_SLOT_RESIDENT 1u /* never evicted (hot set chosen by the fetcher) */
+
+struct nf_tile_entry {
+    _Atomic uint32_t state;    /* enum nf_tile_state */
+    _Atomic uint32_t slot;     /* pool slot while LOADING/READY/EVICTING, else NF_NO_SLOT */
+    _Atomic uint32_t pins;     /* compute threads using the tile's bytes */
+    _Atomic uint32_t last_use; /* compute's step counter when last pinned (for eviction) */
+};
+_Static_assert(sizeof(struct nf_tile_entry) == 16, "tile entry layout");
+
+struct nf_slot_entry {
+    _Atomic uint32_t tile;  /* tile id held, or NF_NO_TILE */
+    _Atomic uint32_t flags; /* NF_SLOT_* */
+};
+_Static_assert(sizeof(struct nf_slot_entry) == 8, "slot entry layout");
+
+/* A request for one tile. prio: smaller is sooner (0 = compute is blocked on it; the predictor
+ * uses 1 + the number of layers until the tile is needed). */
+struct nf_tile_req {
+    uint32_t tile;
+    uint32_t prio;
+};
+_Static_assert(sizeof(struct nf_tile_req) == 8, "request layout");
+
+/* Written once by the creator before the region's magic is published; read-only afterwards. */
+struct nf_stack_config {
+    uint64_t magic;      /* NF_STACK_CONFIG_MAGIC */
+    uint64_t ram_budget; /* --ram of the whole stack */
+    uint64_t n_tiles;    /* tiles in the .nft index */
+    uint64_t n_slots;    /* pool slots */
+    uint64_t slot_size;  /* bytes per slot (>= the largest tile's padded size) */
+    uint64_t demand_ring_off, demand_ring_size;     /* within NF_SHM_REQ_RING */
+    uint64_t prefetch_ring_off, prefetch_ring_size; /* within NF_SHM_REQ_RING */
+    uint64_t tiles_off, slots_off;                  /* within NF_SHM_TILE_TABLE */
+    uint64_t act_off, used_off;                     /* within NF_SHM_ACTIVATIONS */
+    uint64_t act_stride, used_stride;               /* bytes per layer of each */
+    uint64_t nft_file_size; /* identifies the model with nft_header_checksum */
+    uint64_t nft_header_checksum;
+    uint64_t kv_bytes; /* compute's KV cache (private) per the plan */
+    uint32_t n_ctx;    /* context length the budget allows */
+    uint32_t n_layer, n_embd, n_vocab;
+    uint32_t max_groups; /* largest number of FFN groups / experts in a layer */
+    float sparsity;      /* 0: exact mode */
+    uint32_t n_threads;
+    uint32_t reserved[5];
+    char nft_path[PATH_MAX];
+};
+
+/* Doorbells and completion words (NF_SHM_COMPLETION). */
+struct nf_stack_sync {
+    struct nf_notify fetch_bell; /* rung after enqueueing a request: wakes the fetcher */
+    struct nf_notify tile_done;  /* rung by the fetcher after tiles become READY or ERROR */
+    struct nf_notify act_bell;   /* rung by compute after publishing a layer's activation */
+    _Atomic uint32_t stop;       /* set on shutdown: every loop exits */
+    _Atomic uint32_t ready_mask; /* bit 0 fetcher, 1 predictor, 2 compute: attached and ready */
+};
+
+/* Compute -> predictor: the residual stream after layer `layer` of token step `seq`. */
+struct nf_act_slot {
+    _Atomic uint64_t seq; /* odd while being written, even when stable (seqlock) */
+    uint64_t step;        /* compute's token step */
+    uint32_t layer;
+    uint32_t n_embd;
+    float x[]; /* (n_embd) */
+};
+
+/* Compute -> predictor: which FFN groups (dense) or experts (MoE) a layer used at step. */
+struct nf_used_slot {
+    _Atomic uint64_t seq; /* seqlock as above */
+    uint64_t step;
+    uint32_t layer;
+    uint32_t n_groups;
+    uint64_t bits[]; /* (ceil(n_groups / 64)) */
+};
+
+/* Per-stage counters: monotonically increasing unless named otherwise; any process may read. */
+#define NF_LAT_BUCKETS \
+    32 /* read latency histogram: bucket i counts latencies in [2^i, 2^(i+1)) us */
+struct nf_stack_counters {
+    /* fetcher */
+    _Atomic uint64_t f_reads, f_bytes, f_demand_reads, f_prefetch_reads;
+    _Atomic uint64_t f_hits, f_misses; /* requests found READY vs needing a read */
+    _Atomic uint64_t f_evictions, f_checksum_errors, f_io_errors;
+    _Atomic uint64_t f_busy_ns;     /* time with at least one read in flight */
+    _Atomic uint64_t f_queue_depth; /* current reads in flight (gauge) */
+    _Atomic uint64_t f_lat_hist[NF_LAT_BUCKETS];
+    _Atomic uint64_t f_resident_bytes; /* gauge */
+    /* predictor */
+    _Atomic uint64_t p_predictions, p_requests, p_pred_ns;
+    _Atomic uint64_t p_true_pos, p_false_pos, p_false_neg; /* vs compute's used sets */
+    _Atomic uint64_t p_lookahead; /* gauge: current lookahead depth in layers */
+    /* compute */
+    _Atomic uint64_t c_prompt_tokens, c_prompt_ns, c_decode_tokens, c_decode_ns;
+    _Atomic uint64_t c_stall_ns; /* time blocked waiting for tiles */
+    _Atomic uint64_t c_tiles_used, c_tile_bytes_used, c_step;
+    _Atomic uint64_t c_groups_skipped, c_groups_total;
+    /* memory held, per process (gauges, bytes: private RSS as each process measures it) */
+    _Atomic uint64_t mem_fetcher, mem_predictor, mem_compute;
+};
+
+/* The plan: how the budget is split. Everyone computes the same plan from the same inputs. */
+struct nf_stack_plan {
+    uint64_t ram_budget;
+    uint64_t region_bytes; /* the whole shared region (pool + tables + rings + ...) */
+    uint64_t pool_bytes;   /* n_slots * slot_size */
+    uint64_t n_slots, slot_size;
+    uint64_t kv_bytes;                                            /* compute's KV cache */
+    uint64_t compute_private, predictor_private, fetcher_private; /* estimates incl. code */
+    uint64_t min_budget; /* the smallest budget this model can run with */
+    uint32_t n_ctx;      /* context length after capping to the budget */
+    uint64_t area_sizes[NF_SHM_NAREAS];
+    /* Added after the first version of this header (append-only): */
+    uint32_t n_ctx_want; /* the request, or the model's default capped at 4096 */
+    uint32_t n_ctx_min;  /* the smallest context the plan may cap to */
+    uint64_t min_slots;  /* the minimum pool (see NF_STACK_SPARE_SLOTS in stack.c) */
+    uint32_t demand_count, prefetch_count; /* ring entries (powers of two) */
+    uint32_t max_groups;                   /* as in struct nf_stack_config */
+    uint64_t down_scratch; /* bytes of compute's per-layer ffn_down scratch (exact mode) */
+};
+
+/* Budget constants of the plan. */
+#define NF_STACK_PROC_BYTES (8ull << 20) /* code, libraries and stacks of each process */
+#define NF_STACK_MIN_CTX    256u         /* n_ctx is never capped below this (or the request) */
+#define NF_STACK_CTX_LIMIT  4096u        /* cap on the model's default context length */
+
+/* Computes the plan for model f under budget ram_budget with the requested context length
+ * (0: the model's, capped at 4096) and thread count. Returns 0, or -ENOSPC when the budget is
+ * below plan->min_budget (which is still filled in, so the caller can say what is needed), with
+ * a one-line reason in err. */
+int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                  uint32_t n_threads, struct nf_stack_plan *plan, char *err, size_t errlen);
+
+/* A process's view of the stack's region. */
+struct nf_stack {
+    struct nf_shm shm;
+    struct nf_stack_config *cfg;
+    struct nf_stack_sync *sync;
+    struct nf_tile_entry *tiles; /* (n_tiles) */
+    struct nf_slot_entry *slots; /* (n_slots) */
+    uint8_t *pool;               /* (n_slots * slot_size) */
+    struct nf_ring *demand;      /* compute -> fetcher */
+    struct nf_ring *prefetch;    /* predictor -> fetcher */
+    uint8_t *act_base, *used_base;
+    struct nf_stack_counters *ctr;
+};
+
+/* Creates and initializes the region `name` for model f per plan (fetcher). Returns 0 or a
+ * negative code with a message in err. */
+int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *f,
+                    const struct nf_stack_plan *plan, float sparsity, uint32_t n_threads, char *err,
+                    size_t errlen);
+
+/* Attaches to an existing region (compute, predictor, tests), checking that it was made for f
+ * (same file size and header checksum; f may be NULL to skip that check). Returns 0, -EAGAIN
+ * while the creator is still initializing it, or a negative code with a message in err. */
+int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *f, char *err,
+                    size_t errlen);
+
+/* Unmaps (all) and, for the creator, unlinks the name. */
+void nf_stack_detach(struct nf_stack *st);
+int nf_stack_unlink(const char *name);
+
+static inline uint8_t *nf_stack_slot_ptr(const struct nf_stack *st, uint32_t slot)
+{
+    return st->pool + (uint64_t)slot * st->cfg->slot_size;
+}
+struct nf_act_slot *nf_stack_act(const struct nf_stack *st, uint32_t layer);
+struct nf_used_slot *nf_stack_used(const struct nf_stack *st, uint32_t layer);
+
+/* --- Tile protocol ---------------------------------------------------------------------- */
+
+/* Compute: pins tile id if READY and returns its bytes (stable until nf_tile_unpin), or NULL
+ * when it is not READY (nothing pinned). */
+const uint8_t *nf_tile_try_pin(struct nf_stack *st, uint32_t id, uint64_t step);
+void nf_tile_unpin(struct nf_stack *st, uint32_t id);
+
+/* Compute: pins tile id, requesting it on the demand ring if needed and sleeping on tile_done
+ * until it is READY. Returns the bytes, or NULL with *rc set: NF_ECHECKSUM / -EIO when the
+ * fetcher marked it ERROR, -ECANCELED when the stack is stopping, -ETIMEDOUT after timeout_ms
+ * (< 0: none). Adds the time slept to c_stall_ns. Must be called by one compute thread only
+ * (the demand ring has one producer). */
+const uint8_t *nf_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t step, int timeout_ms,
+                                int *rc);
+
+/* Predictor: asks for tile id with priority prio unless it is already queued, loading or ready
+ * (CAS EMPTY -> QUEUED). Returns 1 if a request was enqueued, 0 if not needed, -ENOBUFS when
+ * the prefetch ring is full (the tile stays EMPTY). Rings fetch_bell only when flush is true
+ * (batch requests, then flush once). */
+int nf_tile_prefetch(struct nf_stack *st, uint32_t id, uint32_t prio, bool flush);
+
+/* Fetcher side. */
+/* Starts loading tile id into slot (chosen by the fetcher's policy; the slot must be free):
+ * state EMPTY/QUEUED -> LOADING, slot and tile entries linked. Returns 0, or -EALREADY when the
+ * tile is already LOADING/READY (or EVICTING/ERROR; nothing changed), -EBUSY when the slot is
+ * not free, -EINVAL for an id or slot out of range. */
+int nf_tile_begin_load(struct nf_stack *st, uint32_t id, uint32_t slot);
+/* Marks a loaded tile READY (or ERROR with -EIO when ok is false) and wakes waiters. */
+void nf_tile_end_load(struct nf_stack *st, uint32_t id, bool ok);
+/* Marks a LOADING tile ERROR with code err (NF_ECHECKSUM, -EIO, ...: what nf_tile_pin_wait
+ * returns for it), frees its slot and wakes waiters. While a tile is ERROR its entry's `slot`
+ * field holds the negated code instead of a slot index. ERROR is final for the region's life. */
+void nf_tile_fail(struct nf_stack *st, uint32_t id, int err);
+/* The code of an ERROR tile (0 when the tile is not ERROR). */
+int nf_tile_error(const struct nf_stack *st, uint32_t id);
+/* Fetcher: gives up a request it will not serve (a prefetch it drops): QUEUED -> EMPTY, so
+ * the predictor may ask again. Returns true if it did. Never needed for demand requests (the
+ * fetcher serves them all; compute re-requests EMPTY tiles anyway). */
+bool nf_tile_cancel(struct nf_stack *st, uint32_t id);
+/* Tries to evict the tile held in slot (READY, unpinned, not resident): returns true when the
+ * slot is now free (also when it already was). Counts f_evictions. */
+bool nf_slot_try_evict(struct nf_stack *st, uint32_t slot);
+
+#endif
