@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "cmds.h"
+#include "gen_output.h"
 #include "model.h"
 #include "nf_err.h"
 #include "sampler.h"
@@ -55,94 +56,11 @@ static void usage(FILE *f)
         NF_RUN_DEFAULT_N, NF_RUN_DEFAULT_CTX_CAP, NF_RUN_MAX_TOP_LOGITS);
 }
 
-/* Writes bytes as a JSON string: valid UTF-8 passes through, bytes that are not part of a valid
- * sequence become \u00XX, quotes, backslashes and control characters are escaped. */
-static void json_str(FILE *f, const unsigned char *s, size_t n)
-{
-    fputc('"', f);
-    for (size_t i = 0; i < n;) {
-        unsigned c = s[i];
-        size_t len = c < 0x80             ? 1
-                     : (c & 0xE0) == 0xC0 ? 2
-                     : (c & 0xF0) == 0xE0 ? 3
-                     : (c & 0xF8) == 0xF0 ? 4
-                                          : 0;
-        bool ok = len > 0 && i + len <= n && !(len == 2 && c < 0xC2);
-        for (size_t k = 1; ok && k < len; k++)
-            ok = (s[i + k] & 0xC0) == 0x80;
-        if (!ok) {
-            fprintf(f, "\\u%04x", c);
-            i++;
-            continue;
-        }
-        if (len > 1)
-            fwrite(s + i, 1, len, f);
-        else if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c == '\n')
-            fputs("\\n", f);
-        else if (c == '\t')
-            fputs("\\t", f);
-        else if (c == '\r')
-            fputs("\\r", f);
-        else if (c < 0x20 || c == 0x7F)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc((int)c, f);
-        i += len;
-    }
-    fputc('"', f);
-}
-
-static void json_ids(FILE *f, const int32_t *ids, int n)
-{
-    fputc('[', f);
-    for (int i = 0; i < n; i++)
-        fprintf(f, "%s%d", i ? "," : "", ids[i]);
-    fputc(']', f);
-}
-
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Reads a whole file into a NUL-terminated buffer (caller frees). */
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0)
-            break;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (!buf || bad) {
-        free(buf);
-        errno = bad ? EIO : ENOMEM;
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
 }
 
 struct run_opts {
@@ -240,20 +158,15 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
     return 0;
 }
 
-/* Prints the per-token JSON object. */
+/* Prints the per-token JSON object (the k highest logits of this step when k > 0). */
 static void json_token(const struct nf_ctx *c, int32_t tok, const char *piece, int plen, int k,
                        int32_t *top_ids)
 {
-    printf("{\"id\":%d,\"piece\":", tok);
-    json_str(stdout, (const unsigned char *)piece, (size_t)plen);
-    printf(",\"hex\":\"");
-    for (int i = 0; i < plen; i++)
-        printf("%02x", (unsigned char)piece[i]);
-    putchar('"');
+    float top_vals[NF_RUN_MAX_TOP_LOGITS];
+    int nk = 0;
     if (k > 0) {
         /* The k highest logits by partial selection (k is small). */
         const int nv = c->m->hp.n_vocab;
-        int nk = 0;
         for (int i = 0; i < nv; i++) {
             int pos = nk < k ? nk++ : k;
             if (pos == k && !(c->logits[i] > c->logits[top_ids[k - 1]]))
@@ -266,12 +179,10 @@ static void json_token(const struct nf_ctx *c, int32_t tok, const char *piece, i
             }
             top_ids[pos] = i;
         }
-        printf(",\"top_logits\":[");
         for (int i = 0; i < nk; i++)
-            printf("%s[%d,%.6f]", i ? "," : "", top_ids[i], c->logits[top_ids[i]]);
-        putchar(']');
+            top_vals[i] = c->logits[top_ids[i]];
     }
-    printf("}\n");
+    nf_gen_token_json(stdout, tok, piece, plen, nk, top_ids, top_vals);
 }
 
 int nf_cmd_run(int argc, char **argv)
@@ -290,7 +201,7 @@ int nf_cmd_run(int argc, char **argv)
     int ret = 1;
     size_t plen = 0;
     if (o.prompt_file) {
-        prompt = read_file(o.prompt_file, &plen);
+        prompt = nf_read_file(o.prompt_file, &plen);
         if (!prompt) {
             fprintf(stderr, "nanoflowctl run: cannot read prompt file %s: %s\n", o.prompt_file,
                     strerror(errno));
@@ -425,17 +336,10 @@ int nf_cmd_run(int argc, char **argv)
     }
     double t2 = now_s();
     if (o.json) {
-        printf("{\"prompt_ids\":");
-        json_ids(stdout, ids, n_prompt);
-        printf(",\"gen_ids\":");
-        json_ids(stdout, ids + n_prompt, n_gen);
-        printf(",\"text\":");
-        json_str(stdout, (const unsigned char *)text, text_len);
-        printf(",\"prompt_tokens\":%d,\"gen_tokens\":%d,\"prompt_tok_s\":%.3f,"
-               "\"decode_tok_s\":%.3f,\"stop\":\"%s\",\"seed\":%llu}\n",
-               n_prompt, n_gen, n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9),
-               (n_gen > 1 ? n_gen - 1 : 0) / (t2 - t1 > 0 ? t2 - t1 : 1e-9), stop,
-               (unsigned long long)o.sp.seed);
+        nf_gen_summary_json(stdout, ids, n_prompt, ids + n_prompt, n_gen, text, text_len,
+                            n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9),
+                            (n_gen > 1 ? n_gen - 1 : 0) / (t2 - t1 > 0 ? t2 - t1 : 1e-9), stop,
+                            o.sp.seed);
     } else {
         int ol = nf_detok_flush(&dt, out);
         fwrite(out, 1, (size_t)ol, stdout);

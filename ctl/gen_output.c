@@ -1,0 +1,120 @@
+/* gen_output.c - JSON Lines output of a generation (shared by `run` and `gen`), prompt files. */
+#include "gen_output.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+void nf_json_str(FILE *f, const unsigned char *s, size_t n)
+{
+    fputc('"', f);
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t len = c < 0x80             ? 1
+                     : (c & 0xE0) == 0xC0 ? 2
+                     : (c & 0xF0) == 0xE0 ? 3
+                     : (c & 0xF8) == 0xF0 ? 4
+                                          : 0;
+        bool ok = len > 0 && i + len <= n && !(len == 2 && c < 0xC2);
+        for (size_t k = 1; ok && k < len; k++)
+            ok = (s[i + k] & 0xC0) == 0x80;
+        if (!ok) {
+            fprintf(f, "\\u%04x", c);
+            i++;
+            continue;
+        }
+        if (len > 1)
+            fwrite(s + i, 1, len, f);
+        else if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c == '\t')
+            fputs("\\t", f);
+        else if (c == '\r')
+            fputs("\\r", f);
+        else if (c < 0x20 || c == 0x7F)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc((int)c, f);
+        i += len;
+    }
+    fputc('"', f);
+}
+
+void nf_json_ids(FILE *f, const int32_t *ids, int n)
+{
+    fputc('[', f);
+    for (int i = 0; i < n; i++)
+        fprintf(f, "%s%d", i ? "," : "", ids[i]);
+    fputc(']', f);
+}
+
+void nf_gen_token_json(FILE *f, int32_t tok, const char *piece, int plen, int k,
+                       const int32_t *top_ids, const float *top_vals)
+{
+    fprintf(f, "{\"id\":%d,\"piece\":", tok);
+    nf_json_str(f, (const unsigned char *)piece, (size_t)plen);
+    fprintf(f, ",\"hex\":\"");
+    for (int i = 0; i < plen; i++)
+        fprintf(f, "%02x", (unsigned char)piece[i]);
+    fputc('"', f);
+    if (k > 0) {
+        fprintf(f, ",\"top_logits\":[");
+        for (int i = 0; i < k; i++)
+            fprintf(f, "%s[%d,%.6f]", i ? "," : "", top_ids[i], top_vals[i]);
+        fputc(']', f);
+    }
+    fprintf(f, "}\n");
+}
+
+void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const int32_t *gen_ids,
+                         int n_gen, const char *text, size_t text_len, double prompt_tok_s,
+                         double decode_tok_s, const char *stop, uint64_t seed)
+{
+    fprintf(f, "{\"prompt_ids\":");
+    nf_json_ids(f, prompt_ids, n_prompt);
+    fprintf(f, ",\"gen_ids\":");
+    nf_json_ids(f, gen_ids, n_gen);
+    fprintf(f, ",\"text\":");
+    nf_json_str(f, (const unsigned char *)text, text_len);
+    fprintf(f,
+            ",\"prompt_tokens\":%d,\"gen_tokens\":%d,\"prompt_tok_s\":%.3f,"
+            "\"decode_tok_s\":%.3f,\"stop\":\"%s\",\"seed\":%llu}\n",
+            n_prompt, n_gen, prompt_tok_s, decode_tok_s, stop, (unsigned long long)seed);
+}
+
+char *nf_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0)
+            break;
+        if (n + 1 == cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    bool bad = ferror(f);
+    fclose(f);
+    if (!buf || bad) {
+        free(buf);
+        errno = bad ? EIO : ENOMEM;
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}

@@ -1,0 +1,29 @@
+/* gen_output.h - the output of a generation shared by `run` and `gen`: JSON Lines objects per
+ * token and the final summary, and reading a prompt file. */
+#ifndef NF_GEN_OUTPUT_H
+#define NF_GEN_OUTPUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Writes bytes as a JSON string: valid UTF-8 passes through, bytes that are not part of a valid
+ * sequence become \u00XX, quotes, backslashes and control characters are escaped. */
+void nf_json_str(FILE *f, const unsigned char *s, size_t n);
+/* Writes [a,b,...]. */
+void nf_json_ids(FILE *f, const int32_t *ids, int n);
+
+/* One token's line: {"id","piece","hex"[,"top_logits":[[id,logit],...]]} (top_logits when
+ * k > 0; top_ids/top_vals hold the k highest logits, highest first). */
+void nf_gen_token_json(FILE *f, int32_t tok, const char *piece, int plen, int k,
+                       const int32_t *top_ids, const float *top_vals);
+
+/* The final summary line of --json output. */
+void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const int32_t *gen_ids,
+                         int n_gen, const char *text, size_t text_len, double prompt_tok_s,
+                         double decode_tok_s, const char *stop, uint64_t seed);
+
+/* Reads a whole file into a NUL-terminated buffer (caller frees). NULL with errno set. */
+char *nf_read_file(const char *path, size_t *len);
+
+#endif
