@@ -67,6 +67,43 @@ static void put_le32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)(v >> 24);
 }
 
+/* protobuf-c keeps unknown fields for forward compatibility (a newer minor version may add
+ * some), but it also keeps one with field number 0 when the tag is an overlong varint, which
+ * the protobuf wire format forbids and which protobuf-c itself refuses once re-encoded in short
+ * form. Refusing it here keeps "what we accept, we can forward" true. Walks every sub-message
+ * present; returns 0 or NF_EPROTO. */
+static int check_unknown(const ProtobufCMessage *m, int depth)
+{
+    if (depth > 8)
+        return NF_EPROTO; /* our schema nests 3 deep */
+    for (unsigned i = 0; i < m->n_unknown_fields; i++)
+        if (m->unknown_fields[i].tag == 0)
+            return NF_EPROTO;
+    const ProtobufCMessageDescriptor *desc = m->descriptor;
+    for (unsigned i = 0; i < desc->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &desc->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        const char *base = (const char *)m;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *arr = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t j = 0; j < n; j++)
+                if (arr[j] && check_unknown(arr[j], depth + 1) < 0)
+                    return NF_EPROTO;
+            continue;
+        }
+        /* A oneof member is present only when the case word names it. */
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue;
+        const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(base + f->offset);
+        if (sub && check_unknown(sub, depth + 1) < 0)
+            return NF_EPROTO;
+    }
+    return 0;
+}
+
 int nf_frame_dec_next(struct nf_frame_dec *d, nf_envelope **out)
 {
     *out = NULL;
@@ -84,6 +121,10 @@ int nf_frame_dec_next(struct nf_frame_dec *d, nf_envelope **out)
     nf_envelope *env = nanoflow__envelope__unpack(NULL, plen, d->buf + d->pos + NF_FRAME_HDR);
     if (!env)
         return d->err = NF_EPROTO;
+    if (check_unknown(&env->base, 0) < 0) {
+        nanoflow__envelope__free_unpacked(env, NULL);
+        return d->err = NF_EPROTO;
+    }
     d->pos += NF_FRAME_HDR + plen;
     if (d->pos == d->len)
         d->pos = d->len = 0;

@@ -337,14 +337,18 @@ static void test_oversize(void **state)
 static void test_garbage(void **state)
 {
     /* Field 1 with wire type 7 (no such type); a length-delimited field 2 claiming 16 bytes
-     * with only 1 present; a varint that never ends. */
+     * with only 1 present; a varint that never ends; field number 0 behind an overlong tag
+     * (which protobuf-c alone would keep as an unknown field), at the top level and inside a
+     * Cancel sub-message. */
     static const uint8_t payloads[][11] = {
         {0x0f},
         {0x12, 0x10, 0x01},
         {0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+        {0x80, 0x00, 0x00},
+        {0x42, 0x03, 0x80, 0x00, 0x00},
     };
-    static const size_t lens[] = {1, 3, 11};
-    for (int i = 0; i < 3; i++) {
+    static const size_t lens[] = {1, 3, 11, 3, 5};
+    for (int i = 0; i < 5; i++) {
         struct nf_frame_dec d;
         nf_frame_dec_init(&d, 0);
         uint8_t buf[16];
@@ -357,6 +361,20 @@ static void test_garbage(void **state)
         assert_int_equal(nf_frame_dec_feed(&d, buf, 1), NF_EPROTO);
         nf_frame_dec_free(&d);
     }
+    /* An unknown field with a valid number (a newer minor version's addition) is kept. */
+    static const uint8_t newer[] = {0x42, 0x03, 0xf8, 0x01 /* field 31, varint */, 0x05};
+    struct nf_frame_dec d;
+    nf_frame_dec_init(&d, 0);
+    uint8_t buf[16];
+    put_len(buf, 5);
+    memcpy(buf + 4, newer, 5);
+    assert_int_equal(nf_frame_dec_feed(&d, buf, 9), 0);
+    nf_envelope *e;
+    assert_int_equal(nf_frame_dec_next(&d, &e), 1);
+    assert_int_equal(e->msg_case, NANOFLOW__ENVELOPE__MSG_CANCEL);
+    assert_int_equal(e->cancel->base.n_unknown_fields, 1);
+    nf_envelope_free(e);
+    nf_frame_dec_free(&d);
 }
 
 static void test_truncated_and_empty(void **state)
