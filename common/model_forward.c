@@ -9,6 +9,9 @@
  *   plain, Q and softmax rounded to F16 (ggml mul_mat)   0.0002 / 0.0087    0.021 / 0.088
  *   + F32/F16 dots in ggml's AVX-512 order, tinyBLAS
  *     for prompt mat-muls, llama.cpp's x86 Q8 quantizer  0.0001 / 0.0048    0.021 / 0.079
+ * F16 weights in prompt batches: x86 tinyBLAS accepts them only with F16 activations, so
+ * llama.cpp rounds the activations to F16 first (zoo-F16 0.0037 / 0.0047 -> 0.0013 / 0.0026,
+ * 3 of 8 prompts now exact on the first step instead of 0).
  * So llama.cpp ran the plain (non flash) path with its F16 KV cache. Also tried and rejected
  * (worse on every model): keeping Q in F32 when head_dim % 16 == 0 or the softmax in F32 when
  * n_kv % 16 == 0 (tinyBLAS taking those mat-muls), and ggml_v_expf for softmax/SiLU. The
@@ -93,6 +96,16 @@ static float nf_tinyblas_dot(const void *a, bool a16, const void *vb, int n)
     return nf_hsum16(acc);
 }
 
+/* tinyBLAS on AVX-512 with both operands F16 (F16 weights, activations converted). */
+static float nf_tinyblas_dot16(const void *a, const void *b, int n)
+{
+    float acc[16] = {0};
+    for (int i = 0; i < n; i += 16)
+        for (int l = 0; l < 16; l++)
+            acc[l] = fmaf(nf_ld(a, true, i + l), nf_ld(b, true, i + l), acc[l]);
+    return nf_hsum16(acc);
+}
+
 /* The softmax numerator and its sum as ggml_soft_max computes them (sum in double). ggml's
  * AVX-512 build evaluates 16 lanes at a time with its ggml_v_expf approximation; reproducing
  * that measured worse against the goldens than the C library's expf, which is used here. */
@@ -127,7 +140,7 @@ static nf_from_float_fn nf_act_quantizer(enum nf_type t)
     return f ? f : nf_type_traits(t)->from_float;
 }
 
-enum nf_mm_kind { NF_MM_VEC_DOT, NF_MM_GGML_DOT, NF_MM_TINYBLAS };
+enum nf_mm_kind { NF_MM_VEC_DOT, NF_MM_GGML_DOT, NF_MM_TINYBLAS, NF_MM_TINYBLAS16 };
 
 struct nf_matmul_job {
     enum nf_mm_kind kind;
@@ -157,8 +170,10 @@ static void nf_matmul_run(void *arg, int ith, int nth)
                 j->dot(n, o, row, xt);
             else if (j->kind == NF_MM_GGML_DOT)
                 *o = nf_ggml_dot(row, xt, j->w->type == NF_TYPE_F16, n);
-            else
+            else if (j->kind == NF_MM_TINYBLAS)
                 *o = nf_tinyblas_dot(row, j->w->type == NF_TYPE_F16, (const void *)xt, n);
+            else
+                *o = nf_tinyblas_dot16(row, xt, n);
         }
     }
 }
@@ -168,12 +183,20 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
     const struct nf_type_traits *tr = nf_type_traits(w->type);
     const int64_t n = w->ne[0];
     struct nf_matmul_job j = {.w = w, .dot = tr->vec_dot, .out = out, .n_tok = n_tok};
-    const bool plain = w->type == NF_TYPE_F32 || w->type == NF_TYPE_F16;
-    if (plain && n_tok >= 2 && n % 16 == 0) {
+    if (w->type == NF_TYPE_F32 && n_tok >= 2 && n % 16 == 0) {
         /* llama.cpp hands this to tinyBLAS, which takes the activations in F32. */
         j.kind = NF_MM_TINYBLAS;
         j.xq = (const char *)x;
         j.xq_stride = (size_t)n * sizeof(float);
+    } else if (w->type == NF_TYPE_F16 && n_tok >= 2 && n % 16 == 0) {
+        /* x86 tinyBLAS takes F16 weights only with F16 activations: llama.cpp converts the
+         * activations to F16 first (as for its own dot) and then calls tinyBLAS. */
+        j.kind = NF_MM_TINYBLAS16;
+        nf_from_float_fn q = nf_act_quantizer(NF_TYPE_F16);
+        for (int t = 0; t < n_tok; t++)
+            q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+        j.xq = c->xq;
+        j.xq_stride = c->xq_row_stride;
     } else if (tr->vec_dot_type == NF_TYPE_F32) {
         j.kind = NF_MM_GGML_DOT;
         j.xq = (const char *)x;
@@ -295,7 +318,7 @@ static void nf_attn_run(void *arg, int ith, int nth)
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
  * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
  * optional frequency factor, times the linear scaling factor. */
-static void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
+void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
 {
     const struct nf_hparams *hp = &c->m->hp;
     const int half = hp->n_rot / 2;
@@ -331,12 +354,22 @@ static void nf_rope_apply(const struct nf_ctx *c, float *x, int n_heads, int t)
 void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok)
 {
     const struct nf_hparams *hp = &c->m->hp;
-    const int E = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
+    const int E = hp->n_embd;
     for (int t = 0; t < n_tok; t++)
         nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, w->norm.data, E, hp->rms_eps);
     nf_matmul(c, c->q, &w->wq, c->xn, n_tok);
     nf_matmul(c, c->k, &w->wk, c->xn, n_tok);
     nf_matmul(c, c->v, &w->wv, c->xn, n_tok);
+    nf_attn_core(c, il, pos0, n_tok);
+    nf_matmul(c, c->ffo, &w->wo, c->att, n_tok);
+    for (size_t i = 0; i < (size_t)n_tok * E; i++)
+        c->x[i] += c->ffo[i];
+}
+
+void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
     nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * kvd;
     nf_fp16_t *vc = c->v_cache + (size_t)il * c->n_ctx * kvd;
     for (int t = 0; t < n_tok; t++) {
@@ -351,13 +384,10 @@ void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, 
     int64_t work = (int64_t)n_tok * hp->n_head * (pos0 + n_tok) * hp->head_dim;
     nf_threadpool_run(c->pool, nf_attn_run, &j,
                       work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool));
-    nf_matmul(c, c->ffo, &w->wo, c->att, n_tok);
-    for (size_t i = 0; i < (size_t)n_tok * E; i++)
-        c->x[i] += c->ffo[i];
 }
 
 /* hb = silu(hb) * hb2, SiLU as ggml: x / (1 + exp(-x)). */
-static void nf_swiglu(float *hb, const float *hb2, int n_rows, int n)
+void nf_swiglu(float *hb, const float *hb2, int n_rows, int n)
 {
     /* ggml_vec_swiglu_f32, row by row (expf; see nf_softmax_exp about ggml_v_expf). */
     for (int r = 0; r < n_rows; r++, hb += n, hb2 += n) {
@@ -400,41 +430,15 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
         nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, norm->data, E, hp->rms_eps);
     nf_matmul(c, c->router, &w->gate_inp, c->xn, n_tok);
     for (int t = 0; t < n_tok; t++) {
-        /* Router as llama.cpp's build_moe_ffn (softmax gating, norm_w): softmax over all
-         * experts, the top K by probability, their weights renormalized to sum to 1. */
-        float *p = c->router + (size_t)t * X;
-        float mx = -INFINITY;
-        for (int e = 0; e < X; e++)
-            mx = p[e] > mx ? p[e] : mx;
-        double sum = 0.0;
-        for (int e = 0; e < X; e++) {
-            p[e] = expf(p[e] - mx);
-            sum += (double)p[e];
-        }
-        const float inv = (float)(1.0 / sum);
-        for (int e = 0; e < X; e++)
-            p[e] *= inv;
         int sel[64];
-        float wsel[64], wsum = 0.0f;
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int e = 0; e < X; e++) {
-                bool taken = false;
-                for (int k2 = 0; k2 < k; k2++)
-                    taken |= sel[k2] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = e;
-            }
-            sel[k] = best;
-            wsel[k] = p[best];
-            wsum += p[best];
-        }
+        float wsel[64];
+        nf_moe_route(c->router + (size_t)t * X, X, K, sel, wsel);
         float *xt = c->xn + (size_t)t * E, *ot = c->ffo + (size_t)t * E;
         for (int k = 0; k < K; k++) {
             struct nf_ffn_weights ew = {nf_expert_view(&w->gate_exps, sel[k]),
                                         nf_expert_view(&w->up_exps, sel[k]),
                                         nf_expert_view(&w->down_exps, sel[k])};
-            const float wk = wsel[k] / wsum;
+            const float wk = wsel[k];
             nf_matmul(c, c->hb, &ew.gate, xt, 1);
             nf_matmul(c, c->hb2, &ew.up, xt, 1);
             nf_swiglu(c->hb, c->hb2, 1, hp->n_ff);
@@ -445,6 +449,39 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
     }
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
+}
+
+void nf_moe_route(float *p, int X, int K, int *sel, float *w)
+{
+    /* Router as llama.cpp's build_moe_ffn (softmax gating, norm_w): softmax over all
+     * experts, the top K by probability, their weights renormalized to sum to 1. */
+    float mx = -INFINITY;
+    for (int e = 0; e < X; e++)
+        mx = p[e] > mx ? p[e] : mx;
+    double sum = 0.0;
+    for (int e = 0; e < X; e++) {
+        p[e] = expf(p[e] - mx);
+        sum += (double)p[e];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int e = 0; e < X; e++)
+        p[e] *= inv;
+    float wsum = 0.0f;
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < X; e++) {
+            bool taken = false;
+            for (int k2 = 0; k2 < k; k2++)
+                taken |= sel[k2] == e;
+            if (!taken && (best < 0 || p[e] > p[best]))
+                best = e;
+        }
+        sel[k] = best;
+        w[k] = p[best];
+        wsum += p[best];
+    }
+    for (int k = 0; k < K; k++)
+        w[k] = w[k] / wsum;
 }
 
 int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads)
