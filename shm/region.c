@@ -225,6 +225,24 @@ void *nf_shm_area(const struct nf_shm *s, enum nf_shm_area_id id, uint64_t *size
     return (uint8_t *)s->base + h->areas[id].offset;
 }
 
+int nf_shm_reserve(struct nf_shm *s)
+{
+    if (!s->base)
+        return -EINVAL;
+    int fd = shm_open(s->name, O_RDWR | O_CLOEXEC, 0);
+    if (fd < 0) {
+        int rc = -errno;
+        set_err(s, "shm %s: shm_open: %s", s->name, strerror(errno));
+        return rc;
+    }
+    int rc = -posix_fallocate(fd, 0, (off_t)s->size); /* returns the error, not errno */
+    close(fd);
+    if (rc < 0)
+        set_err(s, "shm %s: reserving %zu bytes: %s (is /dev/shm large enough?)", s->name, s->size,
+                strerror(-rc));
+    return rc;
+}
+
 void nf_shm_close(struct nf_shm *s)
 {
     if (s->base)

@@ -74,6 +74,12 @@ int nf_shm_open(struct nf_shm *s, const char *name);
 /* Address of area id in this process's mapping, and its size in *size if not NULL. */
 void *nf_shm_area(const struct nf_shm *s, enum nf_shm_area_id id, uint64_t *size);
 
+/* Allocates every page of the region now (posix_fallocate on the object), so that a /dev/shm
+ * too small for it fails here with -ENOSPC instead of a SIGBUS on first touch later. Call it
+ * after any NUMA placement of the mapping (pages land where the policy says when allocated).
+ * Returns 0 or a negated errno, with s->err set. */
+int nf_shm_reserve(struct nf_shm *s);
+
 /* Unmaps the region (the object stays until nf_shm_unlink()). */
 void nf_shm_close(struct nf_shm *s);
 

@@ -74,6 +74,8 @@ static void test_create_open(void **state)
     }
     struct nf_shm c;
     assert_int_equal(nf_shm_create(&c, name, sizes), -EEXIST);
+    assert_int_equal(nf_shm_reserve(&a), 0);
+    assert_int_equal(((uint8_t *)nf_shm_area(&b, NF_SHM_COUNTERS, NULL))[7], 0x40 + 5);
     nf_shm_close(&b);
     nf_shm_close(&a);
     assert_int_equal(nf_shm_unlink(name), 0);
