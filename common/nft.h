@@ -6,7 +6,8 @@
  *     size, flags (none defined: any bit set is refused), file size, the offset/size/checksum of
  *     the metadata and of the tile index, the offset of the first tile, hyperparameters (layers,
  *     width, FFN width, vocabulary, experts, heads), the convert settings (tile size, predictor
- *     rank and type, embedding rows per tile), byte totals, and last the header checksum
+ *     rank and type, embedding rows per tile), byte totals, the calibration section's place
+ *     (version 1.1; zero when absent, as every 1.0 file has it), and last the header checksum
  *     (XXH3-64 of every header byte before it).
  *  2. metadata: a GGUF v3 image holding the source file's metadata (every key, tokenizer
  *     included) and its tensor infos (names, shapes, types), without tensor data. The reader
@@ -18,7 +19,15 @@
  *     Checksum: XXH3-64 of the records.
  *  4. tile data, in index order: per tile `size` bytes, zero-padded to a multiple of 4096. Each
  *     tile's checksum is the XXH3-64 of its whole padded extent.
- *
+ *  5. optional calibration (minor version 1, written by convert --calibrate), after the last
+ *     tile: struct nf_nft_calib_header, then per layer a struct nf_nft_calib_layer_hdr followed
+ *     by order (n_groups u32: the groups hottest first), mean_mag (n_groups f32: mean over the
+ *     calibration tokens of the group's mean |silu(gate) * up|) and freq (n_levels x n_groups
+ *     f32: the fraction of tokens whose group magnitude exceeds act_thr of that level). Per level
+ *     s, act_thr is the s-quantile of the layer's group magnitudes and pred_thr the s-quantile
+ *     of the predictor's group scores (nf_group_scores), so keeping groups above a threshold
+ *     skips a fraction s of them on average. MoE layers have n_groups 0. Checksum: XXH3-64 of
+ *     the section's bytes (calib_size, unpadded). *
  * Tile kinds and what their bytes hold (all weights bit-identical to the GGUF source; a "row" is
  * one row of the source tensor, ne[0] elements of its type):
  *  - EMBD: token_embd rows [first, first + count); embd_rows_per_tile rows per tile, chosen so a
@@ -53,7 +62,7 @@
 
 #define NF_NFT_MAGIC         0x3154464Eu /* "NFT1" */
 #define NF_NFT_MAJOR         1
-#define NF_NFT_MINOR         0
+#define NF_NFT_MINOR         1 /* 1.1: calibration section */
 #define NF_NFT_ALIGN         4096u
 #define NF_NFT_NO_LAYER      UINT32_MAX
 #define NF_NFT_NO_EXPERT     UINT32_MAX
@@ -118,10 +127,44 @@ struct nf_nft_header {
     uint32_t pred_type;          /* enum nf_type of the low-rank predictors */
     uint32_t embd_rows_per_tile; /* rows per EMBD tile */
     uint32_t tied_output;        /* 1 when there is no output.weight */
-    uint32_t reserved[7];        /* 0 */
-    uint64_t header_checksum;    /* XXH3-64 of the bytes before this field */
+    uint32_t calib_levels;       /* sparsity levels in the calibration section (0: none) */
+    uint64_t calib_offset, calib_size, calib_checksum; /* 0 when there is no calibration */
+    uint64_t header_checksum;                          /* XXH3-64 of the bytes before this field */
 };
 _Static_assert(sizeof(struct nf_nft_header) == 184, "nf_nft_header layout changed");
+_Static_assert(offsetof(struct nf_nft_header, calib_offset) == 152, "1.0 reserved bytes reused");
+_Static_assert(offsetof(struct nf_nft_header, header_checksum) == 176, "header checksum moved");
+
+#define NF_NFT_CALIB_MAGIC      0x42434E46u /* "NFCB" */
+#define NF_NFT_CALIB_MAX_LEVELS 8
+
+/* The calibration section's header, as stored. */
+struct nf_nft_calib_header {
+    uint32_t magic; /* NF_NFT_CALIB_MAGIC */
+    uint32_t n_layer;
+    uint32_t n_levels;                     /* 1..NF_NFT_CALIB_MAX_LEVELS */
+    uint32_t n_tokens;                     /* calibration tokens evaluated */
+    float levels[NF_NFT_CALIB_MAX_LEVELS]; /* sparsity levels, increasing, in (0, 1) */
+};
+_Static_assert(sizeof(struct nf_nft_calib_header) == 48, "calibration header is 48 bytes");
+
+/* One layer's calibration record header, as stored; its arrays follow it. */
+struct nf_nft_calib_layer_hdr {
+    uint32_t n_groups; /* n_ff / group, or 0 (MoE layer) */
+    uint32_t group;    /* neurons per group (the layer's FFN tile group) */
+    float act_thr[NF_NFT_CALIB_MAX_LEVELS];
+    float pred_thr[NF_NFT_CALIB_MAX_LEVELS];
+};
+_Static_assert(sizeof(struct nf_nft_calib_layer_hdr) == 72, "calibration layer header size");
+
+/* A layer's calibration, pointing into the open file's copy of the section. */
+struct nf_nft_calib_layer {
+    uint32_t n_groups, group;
+    const float *act_thr, *pred_thr; /* (n_levels) */
+    const uint32_t *order;           /* (n_groups) hottest first */
+    const float *mean_mag;           /* (n_groups) */
+    const float *freq;               /* (n_levels, n_groups) */
+};
 
 /* An open .nft file. */
 struct nf_nft {
@@ -135,6 +178,8 @@ struct nf_nft {
     uint64_t *run_first;
     uint32_t *run_count;
     void *meta_image;
+    void *calib;           /* calibration section (validated), or NULL */
+    uint64_t *calib_layer; /* (n_layer) byte offset of each layer record in calib */
 };
 
 /* A group of neurons inside an FFN or EXPERT tile buffer (pointers into that buffer). */
@@ -205,6 +250,20 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t);
 int nf_nft_verify(const struct nf_nft *f,
                   void (*bad)(void *ud, const struct nf_nft_tile *t, const char *msg), void *ud);
 
+/* The calibration header of f, or NULL when f has none. */
+const struct nf_nft_calib_header *nf_nft_calib(const struct nf_nft *f);
+/* Layer il's calibration: 0, or NF_ENOKEY when f has no calibration (NF_EUSAGE: bad layer). */
+int nf_nft_calib_layer(const struct nf_nft *f, uint32_t il, struct nf_nft_calib_layer *out);
+
+/* Runs the model in the complete .nft at path over the text in text_path (tokenized with the
+ * model's vocabulary, at most max_tokens tokens, evaluated in windows of the model's context)
+ * and builds the calibration section for n_levels sparsity levels (see the layout above) into
+ * *img (malloc'd, *len bytes). Loads the whole model into RAM. Dense layers only: a model with
+ * experts is refused (NF_EARCH). Returns 0 or a negative code with err set. */
+int nf_nft_calib_build(const char *path, const char *text_path, const float *levels, int n_levels,
+                       int max_tokens, int threads, void **img, size_t *len, char *err,
+                       size_t errlen);
+
 /* Converter settings for nf_nft_convert. */
 struct nf_nft_convert_opts {
     uint64_t tile_size; /* target tile bytes (0: NF_NFT_DEFAULT_TILE_SIZE) */
@@ -217,6 +276,13 @@ struct nf_nft_convert_opts {
      * signal handler can unlink it; emptied once renamed or removed. */
     char *tmp_path;
     size_t tmp_path_len;
+    /* convert --calibrate: a text file to calibrate on (NULL: no calibration section), the
+     * sparsity levels (NULL: 50/80/90%), the most tokens used (0: 4096) and threads (0: all). */
+    const char *calib_text;
+    const float *calib_levels;
+    int calib_n_levels;
+    int calib_max_tokens;
+    int calib_threads;
 };
 
 #define NF_NFT_DEFAULT_TILE_SIZE (1024u * 1024)

@@ -249,6 +249,128 @@ static int check_index(struct nf_nft *f, const char *name, char *err, size_t err
     return 0;
 }
 
+/* Reads and validates the calibration section (header fields calib_*), if any. */
+static int load_calib(struct nf_nft *f, const char *name, char *err, size_t errlen)
+{
+    const struct nf_nft_header *h = &f->hdr;
+    if (!h->calib_offset && !h->calib_size && !h->calib_levels && !h->calib_checksum)
+        return 0;
+    uint64_t last_end =
+        f->n_tiles ? f->tiles[f->n_tiles - 1].offset + nf_nft_padded(f->tiles[f->n_tiles - 1].size)
+                   : h->data_offset;
+    if (!section_ok(h, h->calib_offset, h->calib_size) || h->calib_offset < last_end ||
+        h->calib_size < sizeof(struct nf_nft_calib_header) || h->calib_size > (1ull << 32))
+        return fail(NF_ECORRUPT, name, err, errlen,
+                    "calibration section [%" PRIu64 ", +%" PRIu64
+                    ") is not a section after the last tile inside the file",
+                    h->calib_offset, h->calib_size);
+    if (posix_memalign(&f->calib, NF_NFT_ALIGN, nf_nft_padded(h->calib_size))) {
+        f->calib = NULL;
+        return fail(-ENOMEM, name, err, errlen, "out of memory for the calibration section");
+    }
+    int rc = read_full(f->fd, f->calib, nf_nft_padded(h->calib_size), h->calib_offset);
+    if (rc)
+        return fail(rc, name, err, errlen, "reading the calibration section: %s", nf_strerror(rc));
+    uint64_t sum = XXH3_64bits(f->calib, h->calib_size);
+    if (sum != h->calib_checksum)
+        return fail(NF_ECHECKSUM, name, err, errlen,
+                    "calibration section checksum mismatch (stored %016" PRIx64
+                    ", computed %016" PRIx64 ")",
+                    h->calib_checksum, sum);
+    const struct nf_nft_calib_header *ch = f->calib;
+    if (ch->magic != NF_NFT_CALIB_MAGIC || ch->n_layer != h->n_layer ||
+        ch->n_levels != h->calib_levels || ch->n_levels < 1 ||
+        ch->n_levels > NF_NFT_CALIB_MAX_LEVELS || ch->n_tokens == 0)
+        return fail(NF_ECORRUPT, name, err, errlen,
+                    "calibration header: magic 0x%08" PRIx32 ", %" PRIu32 " layers, %" PRIu32
+                    " levels, %" PRIu32 " tokens (expected 0x%08x, %" PRIu32 ", %" PRIu32
+                    " in 1..%d, > 0)",
+                    ch->magic, ch->n_layer, ch->n_levels, ch->n_tokens, NF_NFT_CALIB_MAGIC,
+                    h->n_layer, h->calib_levels, NF_NFT_CALIB_MAX_LEVELS);
+    for (uint32_t l = 0; l < ch->n_levels; l++)
+        if (!(ch->levels[l] > 0.0f && ch->levels[l] < 1.0f) ||
+            (l && !(ch->levels[l] > ch->levels[l - 1])))
+            return fail(NF_ECORRUPT, name, err, errlen,
+                        "calibration level %" PRIu32 " is %g (expected increasing, in (0, 1))", l,
+                        (double)ch->levels[l]);
+    f->calib_layer = calloc(h->n_layer, sizeof(*f->calib_layer));
+    uint8_t *seen = calloc(h->n_ff ? h->n_ff : 1, 1);
+    if (!f->calib_layer || !seen) {
+        free(seen);
+        return fail(-ENOMEM, name, err, errlen, "out of memory");
+    }
+    uint64_t off = sizeof(*ch);
+    for (uint32_t il = 0; il < h->n_layer && !rc; il++) {
+        const struct nf_nft_calib_layer_hdr *lh = (const void *)((uint8_t *)f->calib + off);
+        if (off + sizeof(*lh) > h->calib_size) {
+            rc = fail(NF_ECORRUPT, name, err, errlen,
+                      "calibration of layer %" PRIu32 " lies past the section's end", il);
+            break;
+        }
+        const struct nf_nft_tile *ft = nf_nft_find(f, il, NF_TILE_FFN, 0);
+        uint32_t want_group = ft ? ft->group : 0, want_n = ft ? h->n_ff / ft->group : 0;
+        uint64_t bytes = sizeof(*lh) + (uint64_t)lh->n_groups * 4 * (2 + ch->n_levels);
+        if (lh->n_groups != want_n || (want_n && lh->group != want_group) ||
+            off + bytes > h->calib_size) {
+            rc = fail(NF_ECORRUPT, name, err, errlen,
+                      "calibration of layer %" PRIu32 ": %" PRIu32 " groups of %" PRIu32
+                      " (expected %" PRIu32 " of %" PRIu32 ", inside the section)",
+                      il, lh->n_groups, lh->group, want_n, want_group);
+            break;
+        }
+        f->calib_layer[il] = off;
+        const uint32_t *order = (const void *)(lh + 1);
+        const float *freq =
+            (const float *)(const void *)((const uint8_t *)order + 8 * (size_t)lh->n_groups);
+        memset(seen, 0, h->n_ff ? h->n_ff : 1);
+        for (uint32_t g = 0; g < lh->n_groups && !rc; g++) {
+            if (order[g] >= lh->n_groups || seen[order[g]]++)
+                rc = fail(NF_ECORRUPT, name, err, errlen,
+                          "calibration of layer %" PRIu32 ": order is not a permutation of the "
+                          "%" PRIu32 " groups",
+                          il, lh->n_groups);
+        }
+        for (uint64_t i = 0; i < (uint64_t)lh->n_groups * ch->n_levels && !rc; i++)
+            if (!(freq[i] >= 0.0f && freq[i] <= 1.0f))
+                rc = fail(NF_ECORRUPT, name, err, errlen,
+                          "calibration of layer %" PRIu32 ": a frequency is %g (expected 0..1)", il,
+                          (double)freq[i]);
+        off += bytes;
+    }
+    free(seen);
+    if (!rc && off != h->calib_size)
+        rc = fail(NF_ECORRUPT, name, err, errlen,
+                  "calibration section has %" PRIu64 " bytes, its records %" PRIu64, h->calib_size,
+                  off);
+    return rc;
+}
+
+const struct nf_nft_calib_header *nf_nft_calib(const struct nf_nft *f)
+{
+    return f ? f->calib : NULL;
+}
+
+int nf_nft_calib_layer(const struct nf_nft *f, uint32_t il, struct nf_nft_calib_layer *out)
+{
+    if (!f || !out)
+        return NF_EUSAGE;
+    if (!f->calib)
+        return NF_ENOKEY;
+    if (il >= f->hdr.n_layer)
+        return NF_EUSAGE;
+    const struct nf_nft_calib_layer_hdr *lh =
+        (const void *)((const uint8_t *)f->calib + f->calib_layer[il]);
+    out->n_groups = lh->n_groups;
+    out->group = lh->group;
+    out->act_thr = lh->act_thr;
+    out->pred_thr = lh->pred_thr;
+    out->order = (const uint32_t *)(lh + 1);
+    out->mean_mag =
+        (const float *)(const void *)((const uint8_t *)out->order + 4 * (size_t)lh->n_groups);
+    out->freq = out->mean_mag + lh->n_groups;
+    return 0;
+}
+
 int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, size_t errlen)
 {
     if (!out || !path)
@@ -340,7 +462,7 @@ int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, s
              h->index_checksum, sum);
         goto out;
     }
-    if ((rc = check_index(f, path, err, errlen)))
+    if ((rc = check_index(f, path, err, errlen)) || (rc = load_calib(f, path, err, errlen)))
         goto out;
     *out = f;
     return 0;
@@ -360,6 +482,8 @@ void nf_nft_close(struct nf_nft *f)
     free(f->tiles);
     free(f->run_first);
     free(f->run_count);
+    free(f->calib);
+    free(f->calib_layer);
     free(f);
 }
 

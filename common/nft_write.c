@@ -630,6 +630,44 @@ static int build_meta(struct conv *c, void **img, size_t *len)
     return rc;
 }
 
+/* convert --calibrate: the temporary file is a complete .nft now; runs the model in it over the
+ * text and appends the calibration section after the last tile, then rewrites the header (page
+ * is its 4096-byte buffer). */
+static int add_calibration(struct conv *c, void *page)
+{
+    progress(c, "calibrating");
+    void *img = NULL;
+    size_t len = 0;
+    char msg[512];
+    fsync(c->fd);
+    int rc = nf_nft_calib_build(c->tmp, c->o->calib_text, c->o->calib_levels, c->o->calib_n_levels,
+                                c->o->calib_max_tokens, c->o->calib_threads, &img, &len, msg,
+                                sizeof(msg));
+    if (rc)
+        return cfail(c, rc, "calibration: %s", msg);
+    struct nf_nft_header *h = &c->hdr;
+    void *buf = NULL;
+    if (posix_memalign(&buf, NF_NFT_ALIGN, nf_nft_padded(len))) {
+        free(img);
+        return cfail(c, -ENOMEM, "out of memory");
+    }
+    memset(buf, 0, nf_nft_padded(len));
+    memcpy(buf, img, len);
+    h->calib_offset = h->file_size;
+    h->calib_size = len;
+    h->calib_checksum = XXH3_64bits(img, len);
+    h->calib_levels = ((const struct nf_nft_calib_header *)img)->n_levels;
+    h->file_size += nf_nft_padded(len);
+    h->header_checksum = XXH3_64bits(h, offsetof(struct nf_nft_header, header_checksum));
+    memset(page, 0, NF_NFT_ALIGN);
+    memcpy(page, h, sizeof(*h));
+    if (!(rc = write_all(c, buf, nf_nft_padded(len), h->calib_offset)))
+        rc = write_all(c, page, NF_NFT_ALIGN, 0);
+    free(buf);
+    free(img);
+    return rc;
+}
+
 static int write_file(struct conv *c, const char *out)
 {
     void *meta = NULL, *page = NULL;
@@ -699,6 +737,8 @@ static int write_file(struct conv *c, const char *out)
     if ((rc = write_all(c, meta, meta_len, h->meta_offset)) ||
         (rc = write_all(c, c->tiles, c->n_tiles * sizeof(struct nf_nft_tile), h->index_offset)) ||
         (rc = write_all(c, page, NF_NFT_ALIGN, 0)))
+        goto out;
+    if (c->o && c->o->calib_text && (rc = add_calibration(c, page)))
         goto out;
     if (fsync(c->fd) != 0) {
         rc = cfail(c, -errno, "fsync %s: %s", c->tmp, strerror(errno));

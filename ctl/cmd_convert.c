@@ -27,7 +27,8 @@ static void usage(FILE *f)
 {
     fprintf(
         f,
-        "usage: nanoflowctl convert IN.gguf OUT.nft [--tile-size BYTES] [--rank R] [--f32]\n\n"
+        "usage: nanoflowctl convert IN.gguf OUT.nft [--tile-size BYTES] [--rank R] [--f32]\n"
+        "                           [--calibrate TEXT_FILE]\n\n"
         "Writes a llama-architecture GGUF model as a NanoFlow tile file: every weight kept\n"
         "bit-identical, cut into 4096-aligned checksummed tiles (FFN neurons bundled with their\n"
         "gate/up rows and down columns), with a low-rank predictor per dense layer (randomized\n"
@@ -37,6 +38,10 @@ static void usage(FILE *f)
         "  --rank R           predictor rank (default: the largest keeping all predictors\n"
         "                     within 3%% of the model's bytes)\n"
         "  --f32              store predictors as F32 (default F16)\n"
+        "  --calibrate FILE   run the model over the text in FILE (its first 4096 tokens) and\n"
+        "                     store per layer each neuron group's activation frequency and\n"
+        "                     mean magnitude, thresholds for 50/80/90%% sparsity and a\n"
+        "                     hot-first group order (dense models; loads the model in RAM)\n"
         "  --help, -h         show this help\n");
 }
 
@@ -84,6 +89,12 @@ int nf_cmd_convert(int argc, char **argv)
                 nf_arg_long(cmd, "--rank", v, 1, 65536, &r))
                 return 2;
             o.rank = (int)r;
+        } else if (nf_arg_is(a, "--calibrate")) {
+            if (!(v = nf_arg_value(cmd, argc, argv, &i)))
+                return 2;
+            if (access(v, R_OK) != 0)
+                return nf_usage_error(cmd, "--calibrate: cannot read '%s'", v);
+            o.calib_text = v;
         } else if (!strcmp(a, "--f32")) {
             o.pred_f32 = true;
         } else if (a[0] == '-' && a[1]) {

@@ -57,6 +57,45 @@ static void measure(const struct nf_nft *f, struct layout *s)
     }
 }
 
+/* The calibration section, when present: per layer the thresholds of each sparsity level, the
+ * share of groups that are hot (above the highest level's threshold at least half the time) and
+ * the hottest groups. */
+static void print_calib(const struct nf_nft *f)
+{
+    const struct nf_nft_calib_header *ch = nf_nft_calib(f);
+    if (!ch) {
+        printf("\ncalibration: none\n");
+        return;
+    }
+    printf("\ncalibration: %" PRIu32 " tokens, %" PRIu64 " bytes; levels", ch->n_tokens,
+           f->hdr.calib_size);
+    for (uint32_t l = 0; l < ch->n_levels; l++)
+        printf(" %.0f%%", ch->levels[l] * 100.0);
+    printf("\n%-6s %7s  %-28s  %-28s  %s\n", "layer", "groups", "activation thresholds",
+           "predictor thresholds", "hottest groups (freq at top level)");
+    for (uint32_t il = 0; il < f->hdr.n_layer; il++) {
+        struct nf_nft_calib_layer cl;
+        if (nf_nft_calib_layer(f, il, &cl) || cl.n_groups == 0) {
+            printf("%-6" PRIu32 " %7s\n", il, "-");
+            continue;
+        }
+        char a[64] = "", p[64] = "";
+        for (uint32_t l = 0, na = 0, np = 0; l < ch->n_levels; l++) {
+            na += (uint32_t)snprintf(a + na, sizeof(a) - na, "%s%.3g", l ? "/" : "",
+                                     (double)cl.act_thr[l]);
+            np += (uint32_t)snprintf(p + np, sizeof(p) - np, "%s%.3g", l ? "/" : "",
+                                     (double)cl.pred_thr[l]);
+            if (na >= sizeof(a) || np >= sizeof(p))
+                break;
+        }
+        printf("%-6" PRIu32 " %7" PRIu32 "  %-28s  %-28s ", il, cl.n_groups, a, p);
+        const float *top = cl.freq + (size_t)(ch->n_levels - 1) * cl.n_groups;
+        for (uint32_t g = 0; g < cl.n_groups && g < 4; g++)
+            printf(" %" PRIu32 "(%.2f)", cl.order[g], (double)top[cl.order[g]]);
+        printf("\n");
+    }
+}
+
 static void print_text(const struct nf_nft *f, const char *path, const struct layout *s)
 {
     const struct nf_nft_header *h = &f->hdr;
@@ -80,6 +119,7 @@ static void print_text(const struct nf_nft *f, const char *path, const struct la
     for (size_t j = 0; j < N_SPARSITY; j++)
         printf("  %2d%% FFN sparsity: %14" PRIu64 " (%.1f MiB)\n", sparsity[j], s->token[j],
                (double)s->token[j] / 1048576.0);
+    print_calib(f);
 }
 
 static void print_json(const struct nf_nft *f, const char *path, const struct layout *s)

@@ -83,5 +83,30 @@ else
     bad "no stories260K.nft to corrupt"
 fi
 
+# convert --calibrate: verify accepts the file, inspect shows the calibration, run is unchanged;
+# a flipped byte in the calibration section is caught.
+S="$MODELS/stories260K.gguf"
+if [ -r "$S" ]; then
+    printf 'Once upon a time, there was a little girl. She liked to play in the park.\n%.0s' 1 2 3 4 >"$T/calib.txt"
+    if "$BIN" convert "$S" "$T/c.nft" --calibrate "$T/calib.txt" 2>"$T/err"; then
+        "$BIN" verify "$T/c.nft" >"$T/out" 2>&1 && ok "verify accepts a calibrated file" || bad "verify calibrated: $(cat "$T/out")"
+        "$BIN" inspect "$T/c.nft" >"$T/out" 2>&1
+        if grep -q "^calibration: [1-9][0-9]* tokens" "$T/out" && grep -q "^4  *[0-9]" "$T/out"; then
+            ok "inspect shows the calibration"; else bad "inspect: $(cat "$T/out")"; fi
+        "$BIN" run --json --top-logits 5 --temp 0 -n 16 -t 2 -p "Once upon a time" --model "$S" >"$T/a.json" 2>&1
+        "$BIN" run --json --top-logits 5 --temp 0 -n 16 -t 2 -p "Once upon a time" --model "$T/c.nft" >"$T/b.json" 2>&1
+        if msg=$(same_json "$T/a.json" "$T/b.json" 2>&1); then ok "calibrated file runs the same"; else bad "calibrated run: $msg"; fi
+        coff=$(python3 -c "import struct,sys; print(struct.unpack_from('<Q', open(sys.argv[1],'rb').read(), 152)[0])" "$T/c.nft")
+        printf '\x01' | dd of="$T/c.nft" bs=1 seek=$((coff + 60)) conv=notrunc status=none
+        if ! "$BIN" verify "$T/c.nft" >"$T/out" 2>&1 && grep -q "calibration section checksum mismatch" "$T/out"; then
+            ok "corrupt calibration refused"; else bad "corrupt calibration: $(cat "$T/out")"; fi
+    else
+        bad "convert --calibrate: $(cat "$T/err")"
+    fi
+    "$BIN" convert "$MODELS/moe-Q8_0.gguf" "$T/m.nft" --calibrate "$T/calib.txt" 2>"$T/err"
+    if [ $? -eq 1 ] && grep -q "MoE" "$T/err" && [ ! -e "$T/m.nft" ] && ! ls "$T"/m.nft.tmp-* >/dev/null 2>&1; then
+        ok "calibrate refuses MoE, leaves no file"; else bad "calibrate MoE: $(cat "$T/err")"; fi
+fi
+
 [ $fails -eq 0 ] && echo "all passed" || echo "$fails failed"
 [ $fails -eq 0 ]
