@@ -18,6 +18,7 @@
 
 #include "daemon.h"
 #include "nf_err.h"
+#include "stack.h"
 
 #define TIMEOUT_MS 10000
 #define MAX_SEEN   256
@@ -476,6 +477,63 @@ static void test_rundir(void **state)
     rmdir(dir);
 }
 
+static uint64_t counter(const struct nf_stats_msg *m, const char *name)
+{
+    for (size_t i = 0; i < m->stage.n_counters; i++)
+        if (!strcmp(m->stage.counters[i]->name, name))
+            return m->stage.counters[i]->value;
+    fail_msg("counter %s missing", name);
+    return 0;
+}
+
+static void test_stats_fill(void **state)
+{
+    uint64_t hist[NF_LAT_BUCKETS] = {0};
+    assert_true(nf_lat_quantile_us(hist, NF_LAT_BUCKETS, 0.5) == 0.0);
+    hist[3] = 100; /* all in [8, 16) us */
+    assert_true(nf_lat_quantile_us(hist, NF_LAT_BUCKETS, 0.5) == 12.0);
+    hist[10] = 1; /* one slow read in [1024, 2048) */
+    double p99 = nf_lat_quantile_us(hist, NF_LAT_BUCKETS, 0.99);
+    double p999 = nf_lat_quantile_us(hist, NF_LAT_BUCKETS, 0.999);
+    assert_true(p99 >= 8.0 && p99 < 16.0);
+    assert_true(p999 >= 1024.0 && p999 < 2048.0);
+
+    static struct nf_stack_counters ctr;
+    memset(&ctr, 0, sizeof(ctr));
+    atomic_store(&ctr.f_reads, 7);
+    atomic_store(&ctr.f_bytes, 7 << 20);
+    atomic_store(&ctr.f_lat_hist[5], 4);
+    atomic_store(&ctr.p_true_pos, 9);
+    atomic_store(&ctr.c_decode_tokens, 11);
+    atomic_store(&ctr.mem_fetcher, 100);
+    atomic_store(&ctr.mem_predictor, 20);
+    atomic_store(&ctr.mem_compute, 3);
+    struct nf_stats_msg m;
+    assert_int_equal(nf_stats_fill(&m, NF_ROLE_FETCHER, &ctr, 1 << 30, 1000), 0);
+    assert_string_equal(m.stage.stage, "fetcher");
+    assert_int_equal(counter(&m, "reads"), 7);
+    assert_int_equal(counter(&m, "bytes"), 7 << 20);
+    assert_int_equal(counter(&m, "lat_hist_05"), 4);
+    assert_int_equal(counter(&m, "mem_bytes"), 100);
+    assert_int_equal(m.stats.ram_budget, 1 << 30);
+    assert_int_equal(m.stats.ram_held, 1123);
+    assert_int_equal(m.stage.n_latency_quantiles_us, 2);
+    assert_true(m.stage.latency_quantiles_us[0] >= 32.0 && m.stage.latency_quantiles_us[0] < 64.0);
+    /* It packs as a frame (every pointer set). */
+    nf_envelope env;
+    nanoflow__envelope__init(&env);
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS;
+    env.stats = &m.stats;
+    assert_true(nf_frame_size(&env) > 32 * 12);
+    assert_int_equal(nf_stats_fill(&m, NF_ROLE_PREDICTOR, &ctr, 1 << 30, 1000), 0);
+    assert_int_equal(counter(&m, "true_pos"), 9);
+    assert_int_equal(m.stage.n_latency_quantiles_us, 0);
+    assert_int_equal(nf_stats_fill(&m, NF_ROLE_COMPUTE, &ctr, 1 << 30, 1000), 0);
+    assert_int_equal(counter(&m, "decode_tokens"), 11);
+    assert_int_equal(counter(&m, "mem_bytes"), 3);
+    assert_int_equal(nf_stats_fill(&m, "other", &ctr, 1 << 30, 1000), -EINVAL);
+}
+
 int main(void)
 {
     nf_log_open("test", NULL, NF_LOG_ERROR);
@@ -490,6 +548,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_send_from_other_thread, setup, teardown),
         cmocka_unit_test(test_client_no_server),
         cmocka_unit_test(test_rundir),
+        cmocka_unit_test(test_stats_fill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

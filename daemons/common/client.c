@@ -51,8 +51,7 @@ static int wait_fd(int fd, short ev, long long deadline)
 }
 
 /* Reads exactly n bytes. Returns 1, 0 on EOF before the first byte, or a negative code
- * (-EPIPE for EOF in the middle, -ETIMEDOUT, or a read error). A signal that interrupts the
- * wait (Ctrl-C in `gen`) returns -EINTR so the caller can react. */
+ * (-EPIPE for EOF in the middle, -ETIMEDOUT, or a read error). */
 static int read_full(int fd, void *buf, size_t n, long long deadline)
 {
     size_t got = 0;
@@ -65,14 +64,16 @@ static int read_full(int fd, void *buf, size_t n, long long deadline)
         if (r == 0)
             return got == 0 ? 0 : -EPIPE;
         if (errno == EINTR)
-            return -EINTR;
+            continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return -errno;
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int pn = poll(&p, 1, left_ms(deadline));
         if (pn == 0)
             return -ETIMEDOUT;
-        if (pn < 0)
+        /* A signal (Ctrl-C in `gen`) must not drop half a frame: keep reading; the caller
+         * checks its flags between whole messages. */
+        if (pn < 0 && errno != EINTR)
             return -errno;
     }
     return 1;

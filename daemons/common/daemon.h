@@ -88,4 +88,39 @@ int nf_client_send(int fd, uint64_t req_id, nf_envelope *env);
  * -ETIMEDOUT, or a negative code. */
 int nf_client_recv(int fd, nf_envelope **out, int timeout_ms);
 
+/* --- Stats replies (shared by the three daemons) -------------------------------------------- */
+struct nf_stack;
+struct nf_stack_counters;
+
+/* Storage for one Stats message with one stage (no allocation: lives on the caller's stack). */
+#define NF_STATS_MAX_COUNTERS 64
+struct nf_stats_msg {
+    Nanoflow__Stats stats;
+    Nanoflow__StageStats stage;
+    Nanoflow__StageStats *stagep[1];
+    Nanoflow__StageCounter ctr[NF_STATS_MAX_COUNTERS];
+    Nanoflow__StageCounter *ctrp[NF_STATS_MAX_COUNTERS];
+    double quantiles[2];
+};
+
+/* Fills m with stage's counters read from ctr (stage: NF_ROLE_FETCHER, _PREDICTOR or _COMPUTE).
+ * Counter names (StageCounter.name) per stage:
+ *   fetcher:   reads bytes demand_reads prefetch_reads hits misses evictions checksum_errors
+ *              io_errors busy_ns queue_depth* resident_bytes* mem_bytes* lat_hist_00..31
+ *              (latency_quantiles_us: p50, p99 from the histogram)
+ *   predictor: predictions requests pred_ns true_pos false_pos false_neg lookahead* mem_bytes*
+ *   compute:   prompt_tokens prompt_ns decode_tokens decode_ns stall_ns tiles_used
+ *              tile_bytes_used step groups_skipped groups_total mem_bytes*
+ * (* = gauge, the others only grow). ram_budget is the stack's budget; ram_held is
+ * region_bytes plus the three processes' mem_* gauges. Returns 0 or -EINVAL for another stage. */
+int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_stack_counters *ctr,
+                  uint64_t ram_budget, uint64_t region_bytes);
+/* Convenience for a daemon: fills from st (its counters, budget and region size) and sends the
+ * Stats reply to conn_id. Any thread. */
+int nf_stats_reply(struct nf_server *s, uint64_t conn_id, uint64_t req_id,
+                   const struct nf_stack *st, const char *stage);
+/* The q-quantile (0..1) in microseconds of a latency histogram whose bucket i counts latencies
+ * in [2^i, 2^(i+1)) us (interpolated within the bucket); 0 when the histogram is empty. */
+double nf_lat_quantile_us(const uint64_t *hist, int n_buckets, double q);
+
 #endif
