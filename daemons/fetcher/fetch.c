@@ -1,0 +1,466 @@
+/* fetch.c - the fetch loop: requests in, slots chosen, whole-tile reads out, checksums checked. */
+#include "fetch.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "daemon.h"
+#include "nf_err.h"
+#include "nft.h"
+
+#define PEND_DEMAND       1u
+#define PEND_PREFETCH     2u
+#define REQ_BURST         64u
+#define SOON_US           200 /* reads in flight and room for more: look at the rings this often */
+#define DEMAND_RETRY_MS   1   /* a demand waits for a slot: compute unpins within microseconds */
+#define PREFETCH_RETRY_MS 20  /* a prefetch waits for compute to move on */
+#define IDLE_MS           1000 /* nothing to do: sleep on fetch_bell (this bounds how stale cur gets) */
+
+/* --- prefetch heap: min-heap of tile ids by (prio, seq), with each tile's position --------- */
+
+static bool heap_less(const struct nf_fetcher *ft, uint32_t a, uint32_t b)
+{
+    if (ft->prio[a] != ft->prio[b])
+        return ft->prio[a] < ft->prio[b];
+    return ft->seq[a] < ft->seq[b];
+}
+
+static void heap_set(struct nf_fetcher *ft, uint32_t pos, uint32_t id)
+{
+    ft->heap[pos] = id;
+    ft->heap_pos[id] = pos;
+}
+
+static void heap_up(struct nf_fetcher *ft, uint32_t pos)
+{
+    uint32_t id = ft->heap[pos];
+    while (pos > 0) {
+        uint32_t parent = (pos - 1) / 2;
+        if (!heap_less(ft, id, ft->heap[parent]))
+            break;
+        heap_set(ft, pos, ft->heap[parent]);
+        pos = parent;
+    }
+    heap_set(ft, pos, id);
+}
+
+static void heap_down(struct nf_fetcher *ft, uint32_t pos)
+{
+    uint32_t id = ft->heap[pos];
+    for (;;) {
+        uint32_t l = 2 * pos + 1, r = l + 1, m = pos;
+        uint32_t best = id;
+        if (l < ft->heap_len && heap_less(ft, ft->heap[l], best)) {
+            m = l;
+            best = ft->heap[l];
+        }
+        if (r < ft->heap_len && heap_less(ft, ft->heap[r], best))
+            m = r;
+        if (m == pos)
+            break;
+        heap_set(ft, pos, ft->heap[m]);
+        pos = m;
+    }
+    heap_set(ft, pos, id);
+}
+
+static void heap_remove(struct nf_fetcher *ft, uint32_t id)
+{
+    uint32_t pos = ft->heap_pos[id];
+    ft->heap_len--;
+    if (pos != ft->heap_len) {
+        heap_set(ft, pos, ft->heap[ft->heap_len]);
+        heap_down(ft, pos);
+        heap_up(ft, ft->heap_pos[ft->heap[pos]]);
+    }
+    ft->pend[id] &= (uint8_t)~PEND_PREFETCH;
+}
+
+static void heap_push(struct nf_fetcher *ft, uint32_t id, uint32_t prio)
+{
+    if (ft->pend[id] & PEND_PREFETCH) { /* already pending: keep the sooner priority */
+        if (prio < ft->prio[id]) {
+            ft->prio[id] = prio;
+            heap_up(ft, ft->heap_pos[id]);
+        }
+        return;
+    }
+    ft->prio[id] = prio;
+    ft->seq[id] = ft->next_seq++;
+    ft->pend[id] |= PEND_PREFETCH;
+    heap_set(ft, ft->heap_len++, id);
+    heap_up(ft, ft->heap_len - 1);
+}
+
+/* --- setup ---------------------------------------------------------------------------------- */
+
+int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nft *f,
+                  const struct nf_fetch_opts *o, char *err, size_t errlen)
+{
+    memset(ft, 0, sizeof(*ft));
+    ft->st = st;
+    ft->f = f;
+    ft->o = *o;
+    if (ft->o.qd == 0)
+        ft->o.qd = 16;
+    ft->n_tiles = (uint32_t)st->cfg->n_tiles;
+    ft->n_slots = (uint32_t)st->cfg->n_slots;
+    uint32_t nt = ft->n_tiles ? ft->n_tiles : 1, nl = f->hdr.n_layer;
+    ft->pend = calloc(nt, 1);
+    ft->dq = calloc(nt, sizeof(*ft->dq));
+    ft->heap = calloc(nt, sizeof(*ft->heap));
+    ft->heap_pos = calloc(nt, sizeof(*ft->heap_pos));
+    ft->prio = calloc(nt, sizeof(*ft->prio));
+    ft->seq = calloc(nt, sizeof(*ft->seq));
+    ft->logged = calloc(nt, 1);
+    ft->free_slots = calloc(ft->n_slots ? ft->n_slots : 1, sizeof(*ft->free_slots));
+    ft->ios = calloc(ft->o.qd, sizeof(*ft->ios));
+    ft->io_free = calloc(ft->o.qd, sizeof(*ft->io_free));
+    ft->done = calloc(ft->o.qd, sizeof(*ft->done));
+    ft->layer_first = calloc((size_t)nl + 1, sizeof(*ft->layer_first));
+    if (!ft->pend || !ft->dq || !ft->heap || !ft->heap_pos || !ft->prio || !ft->seq ||
+        !ft->logged || !ft->free_slots || !ft->ios || !ft->io_free || !ft->done ||
+        !ft->layer_first) {
+        snprintf(err, errlen, "out of memory for the fetcher's tables (%u tiles, %u slots)",
+                 ft->n_tiles, ft->n_slots);
+        nf_fetch_free(ft);
+        return -ENOMEM;
+    }
+    /* Slots free in a fresh region: all. Pushed in reverse so slot 0 is used first. */
+    for (uint32_t s = ft->n_slots; s-- > 0;)
+        if (atomic_load(&st->slots[s].tile) == NF_NO_TILE)
+            ft->free_slots[ft->n_free++] = s;
+    for (uint32_t i = ft->o.qd; i-- > 0;)
+        ft->io_free[ft->n_io_free++] = i;
+    /* First tile id of each layer (ids follow use order); [n_layer]: the first tile after the
+     * last layer (output norm and output). */
+    for (uint32_t l = 0; l <= nl; l++)
+        ft->layer_first[l] = ft->n_tiles;
+    for (uint32_t i = ft->n_tiles; i-- > 0;) {
+        uint32_t l = f->tiles[i].layer;
+        if (l < nl)
+            ft->layer_first[l] = i;
+        else if (i > 0 && f->tiles[i - 1].layer < nl)
+            ft->layer_first[nl] = i;
+    }
+    uint32_t max_res = ft->n_slots / 2;
+    if (ft->n_slots - max_res < o->min_free_slots)
+        max_res = ft->n_slots > o->min_free_slots ? ft->n_slots - o->min_free_slots : 0;
+    int rc = nf_cache_init_nft(&ft->cache, f, ft->n_slots, max_res);
+    if (rc < 0) {
+        snprintf(err, errlen, "out of memory for the resident set");
+        nf_fetch_free(ft);
+        return rc;
+    }
+    nf_log(NF_LOG_INFO,
+           "resident set: %u tiles (%" PRIu64 " bytes) of %u slots, loaded on first use",
+           ft->cache.n_resident, ft->cache.resident_bytes, ft->n_slots);
+    rc = nf_fetch_backend_open(ft, err, errlen);
+    if (rc < 0) {
+        nf_fetch_free(ft);
+        return rc;
+    }
+    return 0;
+}
+
+void nf_fetch_free(struct nf_fetcher *ft)
+{
+    nf_fetch_backend_close(ft);
+    nf_cache_free(&ft->cache);
+    free(ft->pend);
+    free(ft->dq);
+    free(ft->heap);
+    free(ft->heap_pos);
+    free(ft->prio);
+    free(ft->seq);
+    free(ft->logged);
+    free(ft->free_slots);
+    free(ft->ios);
+    free(ft->io_free);
+    free(ft->done);
+    free(ft->layer_first);
+    memset(ft, 0, sizeof(*ft));
+}
+
+/* --- where compute is ----------------------------------------------------------------------- */
+
+/* Reads the activation slots (seqlocks) and, when compute published a newer (step, layer) than
+ * seen so far, moves cur to the first tile of the layer after it: compute is working there. */
+static void poll_activations(struct nf_fetcher *ft)
+{
+    const struct nf_stack_config *cfg = ft->st->cfg;
+    if (cfg->act_stride == 0)
+        return;
+    uint64_t best_step = ft->act_step, best_layer = ft->act_layer;
+    for (uint32_t l = 0; l < cfg->n_layer; l++) {
+        struct nf_act_slot *a = nf_stack_act(ft->st, l);
+        uint64_t s1 = atomic_load_explicit(&a->seq, memory_order_acquire);
+        if (s1 == 0 || (s1 & 1))
+            continue;
+        uint64_t step = a->step;
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&a->seq, memory_order_relaxed) != s1)
+            continue;
+        if (step > best_step || (step == best_step && l + 1 > best_layer)) {
+            best_step = step;
+            best_layer = l + 1;
+        }
+    }
+    if (best_step != ft->act_step || best_layer != ft->act_layer) {
+        ft->act_step = best_step;
+        ft->act_layer = best_layer;
+        uint32_t first = ft->layer_first[best_layer <= cfg->n_layer ? best_layer : cfg->n_layer];
+        if (first < ft->n_tiles)
+            ft->cur = first;
+    }
+}
+
+/* --- requests ------------------------------------------------------------------------------- */
+
+static void take_requests(struct nf_fetcher *ft)
+{
+    struct nf_tile_req req[REQ_BURST];
+    unsigned n;
+    while ((n = nf_ring_sc_dequeue_burst(ft->st->demand, req, REQ_BURST, NULL)) > 0) {
+        for (unsigned i = 0; i < n; i++) {
+            uint32_t id = req[i].tile;
+            if (id >= ft->n_tiles)
+                continue; /* a broken request cannot name a tile: nothing to load */
+            ft->cur = id; /* compute is blocked on this tile: that is where it is */
+            if (ft->pend[id] & PEND_DEMAND)
+                continue;
+            ft->pend[id] |= PEND_DEMAND;
+            ft->dq[(ft->dq_head + ft->dq_len++) % ft->n_tiles] = id;
+        }
+    }
+    while ((n = nf_ring_sc_dequeue_burst(ft->st->prefetch, req, REQ_BURST, NULL)) > 0)
+        for (unsigned i = 0; i < n; i++)
+            if (req[i].tile < ft->n_tiles)
+                heap_push(ft, req[i].tile, req[i].prio);
+}
+
+/* A free slot for tile id: from the free list, else by evicting the tile whose next use is
+ * farthest (a prefetch only evicts tiles needed later than itself). NF_NO_SLOT if none. */
+static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, bool demand)
+{
+    if (ft->n_free)
+        return ft->free_slots[--ft->n_free];
+    struct nf_stack *st = ft->st;
+    uint32_t min_dist = demand ? 0 : nf_cache_distance(id, ft->cur, ft->n_tiles);
+    uint32_t below = UINT32_MAX;
+    for (uint32_t tries = 0; tries < ft->n_slots; tries++) {
+        uint32_t s = nf_cache_pick_victim(st->tiles, ft->n_tiles, st->slots, ft->n_slots, ft->cur,
+                                          min_dist, below);
+        if (s == NF_NO_SLOT)
+            return NF_NO_SLOT;
+        uint32_t victim = atomic_load(&st->slots[s].tile);
+        if (nf_slot_try_evict(st, s)) /* counts f_evictions */
+            return s;
+        below = nf_cache_distance(victim, ft->cur, ft->n_tiles); /* pinned meanwhile: next */
+    }
+    return NF_NO_SLOT;
+}
+
+static void finish_read(struct nf_fetcher *ft, uint32_t i);
+
+/* Starts the read of tile id. Returns 1 when a read started, 0 when none is needed (already
+ * loading or ready: a hit; or in ERROR), -EAGAIN when no slot or no I/O slot is free now. */
+static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
+{
+    struct nf_stack *st = ft->st;
+    struct nf_stack_counters *ctr = st->ctr;
+    uint32_t state = atomic_load(&st->tiles[id].state);
+    if (state == NF_TILE_READY || state == NF_TILE_LOADING) {
+        atomic_fetch_add_explicit(&ctr->f_hits, 1, memory_order_relaxed);
+        return 0;
+    }
+    if (state == NF_TILE_ERROR)
+        return 0;
+    if (ft->n_io_free == 0)
+        return -EAGAIN;
+    uint32_t slot = get_slot(ft, id, demand);
+    if (slot == NF_NO_SLOT)
+        return -EAGAIN;
+    int rc = nf_tile_begin_load(st, id, slot);
+    if (rc < 0) {
+        ft->free_slots[ft->n_free++] = slot;
+        if (rc == -EALREADY)
+            atomic_fetch_add_explicit(&ctr->f_hits, 1, memory_order_relaxed);
+        return 0;
+    }
+    atomic_fetch_add_explicit(&ctr->f_misses, 1, memory_order_relaxed);
+    const struct nf_nft_tile *t = &ft->f->tiles[id];
+    if (nf_cache_is_resident(&ft->cache, id)) {
+        atomic_fetch_or(&st->slots[slot].flags, NF_SLOT_RESIDENT);
+        atomic_fetch_add_explicit(&ctr->f_resident_bytes, nf_nft_padded(t->size),
+                                  memory_order_relaxed);
+    }
+    uint32_t i = ft->io_free[--ft->n_io_free];
+    struct nf_fetch_io *io = &ft->ios[i];
+    io->tile = id;
+    io->slot = slot;
+    io->off = t->offset;
+    io->len = nf_nft_padded(t->size);
+    io->done = 0;
+    io->demand = demand;
+    io->start_ns = nf_fetch_now_ns();
+    if (ft->in_flight++ == 0)
+        ft->busy_since_ns = io->start_ns;
+    atomic_store_explicit(&ctr->f_queue_depth, ft->in_flight, memory_order_relaxed);
+    rc = nf_fetch_backend_submit(ft, i);
+    if (rc < 0) {
+        io->res = rc;
+        finish_read(ft, i); /* marks the tile ERROR and counts the I/O error */
+    }
+    return 1;
+}
+
+/* --- completions ---------------------------------------------------------------------------- */
+
+static void release_io(struct nf_fetcher *ft, uint32_t i)
+{
+    ft->io_free[ft->n_io_free++] = i;
+    if (--ft->in_flight == 0)
+        atomic_fetch_add_explicit(&ft->st->ctr->f_busy_ns, nf_fetch_now_ns() - ft->busy_since_ns,
+                                  memory_order_relaxed);
+    atomic_store_explicit(&ft->st->ctr->f_queue_depth, ft->in_flight, memory_order_relaxed);
+}
+
+/* Marks the tile of ios[i] ERROR with code (what compute's pin_wait reports), frees its slot
+ * and logs the first failure of each tile. */
+static void fail_tile(struct nf_fetcher *ft, uint32_t i, int code, const char *why)
+{
+    struct nf_fetch_io *io = &ft->ios[i];
+    struct nf_stack *st = ft->st;
+    if (!ft->logged[io->tile]) {
+        char desc[160];
+        nf_nft_describe(ft->f, &ft->f->tiles[io->tile], desc, sizeof(desc));
+        nf_log(NF_LOG_ERROR, "tile %s: %s", desc, why);
+        ft->logged[io->tile] = 1;
+    }
+    nf_tile_fail(st, io->tile, code);
+    if (atomic_load(&st->slots[io->slot].tile) == NF_NO_TILE) {
+        if (atomic_exchange(&st->slots[io->slot].flags, 0) & NF_SLOT_RESIDENT)
+            atomic_fetch_sub_explicit(&st->ctr->f_resident_bytes, io->len, memory_order_relaxed);
+        ft->free_slots[ft->n_free++] = io->slot;
+    }
+    release_io(ft, i);
+}
+
+static bool want_verify(struct nf_fetcher *ft)
+{
+    switch (ft->o.verify) {
+    case NF_VERIFY_ALL: return true;
+    case NF_VERIFY_SAMPLE: return ft->reads_done % NF_VERIFY_SAMPLE_EVERY == 0;
+    default: return false;
+    }
+}
+
+static void finish_read(struct nf_fetcher *ft, uint32_t i)
+{
+    struct nf_fetch_io *io = &ft->ios[i];
+    struct nf_stack_counters *ctr = ft->st->ctr;
+    if (io->res > 0) {
+        io->done += (uint64_t)io->res;
+        if (io->done < io->len) { /* short read: ask for the rest */
+            int rc = nf_fetch_backend_submit(ft, i);
+            if (rc == 0)
+                return;
+            io->res = rc;
+        }
+    } else if (io->res == 0) {
+        io->res = NF_ETRUNCATED; /* end of file inside a tile the index says is there */
+    }
+    if (io->res < 0) {
+        char why[128];
+        snprintf(why, sizeof(why), "read failed: %s", nf_strerror(io->res));
+        atomic_fetch_add_explicit(&ctr->f_io_errors, 1, memory_order_relaxed);
+        fail_tile(ft, i, io->res, why);
+        return;
+    }
+    uint64_t us = (nf_fetch_now_ns() - io->start_ns) / 1000;
+    unsigned b = 0;
+    while (b + 1 < NF_LAT_BUCKETS && (us >> (b + 1)) != 0)
+        b++;
+    atomic_fetch_add_explicit(&ctr->f_lat_hist[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ctr->f_reads, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ctr->f_bytes, io->len, memory_order_relaxed);
+    atomic_fetch_add_explicit(io->demand ? &ctr->f_demand_reads : &ctr->f_prefetch_reads, 1,
+                              memory_order_relaxed);
+    const struct nf_nft_tile *t = &ft->f->tiles[io->tile];
+    bool check = want_verify(ft);
+    ft->reads_done++;
+    if (check && XXH3_64bits(nf_stack_slot_ptr(ft->st, io->slot), io->len) != t->checksum) {
+        atomic_fetch_add_explicit(&ctr->f_checksum_errors, 1, memory_order_relaxed);
+        fail_tile(ft, i, NF_ECHECKSUM,
+                  "checksum mismatch (XXH3-64 of the tile read differs from the index)");
+        return;
+    }
+    nf_tile_end_load(ft->st, io->tile, true);
+    release_io(ft, i);
+}
+
+/* --- the loop ------------------------------------------------------------------------------- */
+
+/* Starts reads for pending requests: every demand first; prefetches (soonest priority first)
+ * only when no demand waits. Returns true when a demand is still waiting for a slot. */
+static bool serve(struct nf_fetcher *ft)
+{
+    while (ft->dq_len > 0) {
+        uint32_t id = ft->dq[ft->dq_head];
+        int rc = start_load(ft, id, true);
+        if (rc == -EAGAIN)
+            return true;
+        ft->dq_head = (ft->dq_head + 1) % ft->n_tiles;
+        ft->dq_len--;
+        ft->pend[id] &= (uint8_t)~PEND_DEMAND;
+        if (ft->pend[id] & PEND_PREFETCH)
+            heap_remove(ft, id);
+    }
+    while (ft->heap_len > 0) {
+        uint32_t id = ft->heap[0];
+        int rc = start_load(ft, id, false);
+        if (rc == -EAGAIN)
+            break;
+        heap_remove(ft, id);
+    }
+    return false;
+}
+
+int nf_fetch_run(struct nf_fetcher *ft)
+{
+    struct nf_stack_sync *sync = ft->st->sync;
+    uint32_t *done = ft->done;
+    while (!atomic_load(&sync->stop)) {
+        uint32_t seen = nf_notify_seq(&sync->fetch_bell);
+        poll_activations(ft);
+        take_requests(ft);
+        bool demand_blocked = serve(ft);
+        nf_fetch_backend_flush(ft);
+        if (ft->in_flight == 0) {
+            /* Nothing in flight: sleep until a request (or, for a blocked request, until
+             * compute has had time to unpin or move on). */
+            int ms = demand_blocked ? DEMAND_RETRY_MS : ft->heap_len ? PREFETCH_RETRY_MS : IDLE_MS;
+            if (!atomic_load(&sync->stop))
+                nf_notify_wait(&sync->fetch_bell, seen, ms);
+            continue;
+        }
+        long timeout = ft->n_io_free > 0 ? SOON_US : -1;
+        unsigned n = nf_fetch_backend_reap(ft, done, ft->o.qd, timeout);
+        for (unsigned k = 0; k < n; k++)
+            finish_read(ft, done[k]);
+    }
+    /* Let reads in flight land before the pool is unmapped. */
+    while (ft->in_flight > 0) {
+        unsigned n = nf_fetch_backend_reap(ft, done, ft->o.qd, -1);
+        for (unsigned k = 0; k < n; k++) {
+            ft->logged[ft->ios[done[k]].tile] = 1; /* not worth a log line at exit */
+            fail_tile(ft, done[k], -ECANCELED, "read abandoned");
+        }
+    }
+    return 0;
+}

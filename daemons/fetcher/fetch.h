@@ -1,0 +1,108 @@
+/* fetch.h - the fetcher's read engine: request intake, slot choice, reads and their completion.
+ *
+ * One thread (nf_fetch_run) owns everything here. It drains the demand ring before the prefetch
+ * ring, keeps requests that cannot get a slot yet pending (demand FIFO; prefetches in a heap by
+ * priority), starts whole-tile reads into pool slots through one of two back ends (io_uring with
+ * registered buffers and file, or a pool of pread threads when io_uring is unavailable), checks
+ * each tile's XXH3-64 after its read and publishes it READY or ERROR. It sleeps on fetch_bell
+ * when there is nothing to do and nothing in flight. All memory is allocated by nf_fetch_init;
+ * the loop itself does not allocate. */
+#ifndef NF_FETCH_H
+#define NF_FETCH_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache.h"
+#include "stack.h"
+
+struct nf_nft;
+
+enum nf_verify_mode { NF_VERIFY_NONE = 0, NF_VERIFY_SAMPLE, NF_VERIFY_ALL };
+#define NF_VERIFY_SAMPLE_EVERY 16 /* --verify sample checks one read in 16 */
+
+struct nf_fetch_opts {
+    unsigned qd;                /* reads in flight at most (--qd) */
+    enum nf_verify_mode verify; /* --verify */
+    bool no_uring;              /* --no-uring: use the pread pool even if io_uring works */
+    uint32_t min_free_slots;    /* slots the resident set must leave (the plan's min_slots) */
+};
+
+/* One read in flight. */
+struct nf_fetch_io {
+    uint32_t tile, slot;
+    uint64_t off, len; /* file offset and bytes of the whole padded tile */
+    uint64_t done;     /* bytes read so far (short reads are resubmitted for the rest) */
+    uint64_t start_ns; /* submission time, for the latency histogram */
+    bool demand;
+    int res; /* pread back end: result of the last pread (bytes or -errno) */
+};
+
+struct nf_fetch_backend; /* io.c */
+
+struct nf_fetcher {
+    struct nf_stack *st;
+    const struct nf_nft *f;
+    struct nf_fetch_opts o;
+    struct nf_cache cache;
+    uint32_t n_tiles, n_slots;
+    /* Pending requests. pend[id]: bit 0 in the demand FIFO, bit 1 in the prefetch heap. */
+    uint8_t *pend; /* (n_tiles) */
+    uint32_t *dq;  /* (n_tiles) demand FIFO, circular */
+    uint32_t dq_head, dq_len;
+    uint32_t *heap;     /* (n_tiles) prefetch min-heap of tile ids by (prio, seq) */
+    uint32_t *heap_pos; /* (n_tiles) position in heap */
+    uint32_t *prio;     /* (n_tiles) request priority */
+    uint64_t *seq;      /* (n_tiles) arrival order, ties broken first come first served */
+    uint32_t heap_len;
+    uint64_t next_seq;
+    /* Free slots (not holding a tile), as a stack. */
+    uint32_t *free_slots; /* (n_slots) */
+    uint32_t n_free;
+    /* Reads in flight: ios[i] for i in the in-flight set; free ones on a stack. */
+    struct nf_fetch_io *ios; /* (qd) */
+    uint32_t *io_free;       /* (qd) */
+    uint32_t *done;          /* (qd) completed io indices of one reap */
+    uint32_t n_io_free;
+    uint32_t in_flight;
+    uint64_t busy_since_ns;
+    uint64_t reads_done;   /* for --verify sample */
+    uint8_t *logged;       /* (n_tiles) an error for this tile was logged already */
+    uint32_t *layer_first; /* (n_layer + 1) first tile id of each layer; [n_layer] after */
+    /* Where compute is: the tile it last demanded or the layer after the last activation. */
+    uint32_t cur;
+    uint64_t act_step, act_layer; /* newest activation seen (step, layer + 1; 0: none yet) */
+    struct nf_fetch_backend *be;
+    const char *backend_name;
+};
+
+/* Prepares the fetcher for stack st (created for .nft f, whose fd was opened with O_DIRECT):
+ * allocates every table, chooses the resident set and sets up the I/O back end (io_uring, or
+ * the pread pool when io_uring cannot be set up or o->no_uring; the fallback is logged once).
+ * Returns 0 or a negative code with a message in err. */
+int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nft *f,
+                  const struct nf_fetch_opts *o, char *err, size_t errlen);
+/* Runs the fetch loop until sync->stop is set. Returns 0 or a negative code (fatal I/O setup
+ * failure). */
+int nf_fetch_run(struct nf_fetcher *ft);
+/* Releases everything nf_fetch_init set up (the loop must have returned). */
+void nf_fetch_free(struct nf_fetcher *ft);
+
+/* --- Back ends (io.c) ---------------------------------------------------------------------- */
+/* Sets up io_uring (registered pool and file) or, failing that, the pread pool. */
+int nf_fetch_backend_open(struct nf_fetcher *ft, char *err, size_t errlen);
+void nf_fetch_backend_close(struct nf_fetcher *ft);
+/* Submits the (rest of the) read of ios[io]. Returns 0 or a negative code. */
+int nf_fetch_backend_submit(struct nf_fetcher *ft, uint32_t io);
+/* Pushes submitted reads to the kernel (io_uring batches them; no-op for pread). */
+void nf_fetch_backend_flush(struct nf_fetcher *ft);
+/* Collects completed reads into done[] (io indices, at most max; each ios[i].res set to the
+ * byte count or -errno). Waits up to timeout_us for the first one (0: do not wait, < 0: wait
+ * until one completes or fetch_bell rings for the pread pool). Returns the count. */
+unsigned nf_fetch_backend_reap(struct nf_fetcher *ft, uint32_t *done, unsigned max,
+                               long timeout_us);
+
+uint64_t nf_fetch_now_ns(void);
+
+#endif

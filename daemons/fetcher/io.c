@@ -1,0 +1,315 @@
+/* io.c - the fetcher's read back ends: io_uring with registered buffers/file, or pread threads. */
+#include <errno.h>
+#include <inttypes.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "fetch.h"
+#include "nft.h"
+
+#define NF_URING_MAX_BUFS    16384u       /* io_uring's limit on registered iovecs */
+#define NF_URING_MAX_BUF     (1ull << 30) /* and on the size of one */
+#define NF_PREAD_MAX_THREADS 16u
+
+struct nf_fetch_backend {
+    bool uring;
+    /* io_uring */
+    struct io_uring ring;
+    bool fixed_bufs, fixed_file;
+    uint64_t buf_bytes; /* bytes per registered buffer (a whole number of slots) */
+    unsigned unsubmitted;
+    /* pread pool: jobs (io indices) in, completions out, both guarded by mu. */
+    pthread_t *threads; /* (n_threads) */
+    unsigned n_threads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint32_t *jobs; /* (qd) circular */
+    uint32_t jobs_head, jobs_len;
+    uint32_t *done; /* (qd) */
+    uint32_t done_len;
+    bool quit;
+    struct nf_fetcher *ft;
+};
+
+uint64_t nf_fetch_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* --- io_uring ------------------------------------------------------------------------------- */
+
+/* Registered buffers pin memory and count against RLIMIT_MEMLOCK: raise the soft limit as far
+ * as the hard limit allows before trying. */
+static void raise_memlock(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_MEMLOCK, &rl);
+    }
+}
+
+static int uring_open(struct nf_fetcher *ft, struct nf_fetch_backend *be)
+{
+    int rc = io_uring_queue_init(ft->o.qd, &be->ring, 0);
+    if (rc < 0)
+        return rc;
+    be->uring = true;
+    /* The pool as registered buffers: one iovec per slot when that fits io_uring's limit, else
+     * chunks of several slots (each at most 1 GiB). */
+    uint64_t slot = ft->st->cfg->slot_size, n = ft->n_slots;
+    uint64_t per = (n + NF_URING_MAX_BUFS - 1) / NF_URING_MAX_BUFS;
+    if (per * slot <= NF_URING_MAX_BUF && n > 0) {
+        uint64_t nbufs = (n + per - 1) / per;
+        struct iovec *iov = calloc(nbufs, sizeof(*iov)); /* (nbufs) */
+        if (iov) {
+            for (uint64_t i = 0; i < nbufs; i++) {
+                uint64_t first = i * per, cnt = n - first < per ? n - first : per;
+                iov[i].iov_base = nf_stack_slot_ptr(ft->st, (uint32_t)first);
+                iov[i].iov_len = cnt * slot;
+            }
+            raise_memlock();
+            rc = io_uring_register_buffers(&be->ring, iov, (unsigned)nbufs);
+            free(iov);
+            if (rc == 0) {
+                be->fixed_bufs = true;
+                be->buf_bytes = per * slot;
+            } else {
+                nf_log(NF_LOG_WARN,
+                       "io_uring: cannot register the %" PRIu64 "-byte pool as fixed buffers "
+                       "(%s; RLIMIT_MEMLOCK too low?): using unregistered reads",
+                       n * slot, strerror(-rc));
+            }
+        }
+    }
+    int fd = ft->f->fd;
+    if (io_uring_register_files(&be->ring, &fd, 1) == 0)
+        be->fixed_file = true;
+    return 0;
+}
+
+static int uring_submit(struct nf_fetcher *ft, struct nf_fetch_backend *be, uint32_t i)
+{
+    struct nf_fetch_io *io = &ft->ios[i];
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&be->ring);
+    if (!sqe) { /* ring full: push what is queued and retry once */
+        io_uring_submit(&be->ring);
+        be->unsubmitted = 0;
+        sqe = io_uring_get_sqe(&be->ring);
+        if (!sqe)
+            return -EBUSY;
+    }
+    uint8_t *dst = nf_stack_slot_ptr(ft->st, io->slot) + io->done;
+    unsigned len = (unsigned)(io->len - io->done);
+    uint64_t off = io->off + io->done;
+    int fd = be->fixed_file ? 0 : ft->f->fd;
+    if (be->fixed_bufs) {
+        uint64_t pos = (uint64_t)io->slot * ft->st->cfg->slot_size;
+        io_uring_prep_read_fixed(sqe, fd, dst, len, off, (int)(pos / be->buf_bytes));
+    } else {
+        io_uring_prep_read(sqe, fd, dst, len, off);
+    }
+    if (be->fixed_file)
+        sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, i);
+    be->unsubmitted++;
+    return 0;
+}
+
+static unsigned uring_reap(struct nf_fetcher *ft, struct nf_fetch_backend *be, uint32_t *done,
+                           unsigned max, long timeout_us)
+{
+    struct io_uring_cqe *cqe = NULL;
+    int rc;
+    if (be->unsubmitted) {
+        io_uring_submit(&be->ring);
+        be->unsubmitted = 0;
+    }
+    if (timeout_us == 0) {
+        rc = io_uring_peek_cqe(&be->ring, &cqe);
+    } else if (timeout_us < 0) {
+        rc = io_uring_wait_cqe(&be->ring, &cqe);
+    } else {
+        struct __kernel_timespec ts = {.tv_sec = timeout_us / 1000000,
+                                       .tv_nsec = (timeout_us % 1000000) * 1000};
+        rc = io_uring_wait_cqe_timeout(&be->ring, &cqe, &ts);
+    }
+    unsigned n = 0;
+    while (rc == 0 && cqe && n < max) {
+        uint64_t i = io_uring_cqe_get_data64(cqe);
+        if (i < ft->o.qd) {
+            ft->ios[i].res = cqe->res;
+            done[n++] = (uint32_t)i;
+        }
+        io_uring_cqe_seen(&be->ring, cqe);
+        cqe = NULL;
+        rc = io_uring_peek_cqe(&be->ring, &cqe);
+    }
+    return n;
+}
+
+/* --- pread pool ----------------------------------------------------------------------------- */
+
+static void *pread_worker(void *arg)
+{
+    struct nf_fetch_backend *be = arg;
+    struct nf_fetcher *ft = be->ft;
+    pthread_mutex_lock(&be->mu);
+    for (;;) {
+        while (!be->quit && be->jobs_len == 0)
+            pthread_cond_wait(&be->cv, &be->mu);
+        if (be->quit)
+            break;
+        uint32_t i = be->jobs[be->jobs_head];
+        be->jobs_head = (be->jobs_head + 1) % ft->o.qd;
+        be->jobs_len--;
+        pthread_mutex_unlock(&be->mu);
+
+        struct nf_fetch_io *io = &ft->ios[i];
+        ssize_t r = pread(ft->f->fd, nf_stack_slot_ptr(ft->st, io->slot) + io->done,
+                          io->len - io->done, (off_t)(io->off + io->done));
+        int res = r < 0 ? -errno : (int)r;
+
+        pthread_mutex_lock(&be->mu);
+        io->res = res;
+        be->done[be->done_len++] = i;
+        /* The fetch loop sleeps on fetch_bell for requests and completions alike. */
+        nf_notify_wake(&ft->st->sync->fetch_bell);
+    }
+    pthread_mutex_unlock(&be->mu);
+    return NULL;
+}
+
+static int pread_open(struct nf_fetcher *ft, struct nf_fetch_backend *be)
+{
+    unsigned n = ft->o.qd < NF_PREAD_MAX_THREADS ? ft->o.qd : NF_PREAD_MAX_THREADS;
+    be->jobs = calloc(ft->o.qd, sizeof(*be->jobs));
+    be->done = calloc(ft->o.qd, sizeof(*be->done));
+    be->threads = calloc(n, sizeof(*be->threads));
+    if (!be->jobs || !be->done || !be->threads)
+        return -ENOMEM;
+    pthread_mutex_init(&be->mu, NULL);
+    pthread_cond_init(&be->cv, NULL);
+    for (unsigned t = 0; t < n; t++) {
+        int rc = pthread_create(&be->threads[t], NULL, pread_worker, be);
+        if (rc)
+            return -rc;
+        be->n_threads++;
+    }
+    return 0;
+}
+
+static unsigned pread_reap(struct nf_fetcher *ft, struct nf_fetch_backend *be, uint32_t *done,
+                           unsigned max, long timeout_us)
+{
+    struct nf_notify *bell = &ft->st->sync->fetch_bell;
+    uint32_t seen = nf_notify_seq(bell);
+    pthread_mutex_lock(&be->mu);
+    unsigned n = be->done_len < max ? be->done_len : max;
+    memcpy(done, be->done, n * sizeof(*done));
+    memmove(be->done, be->done + n, (be->done_len - n) * sizeof(*done));
+    be->done_len -= n;
+    pthread_mutex_unlock(&be->mu);
+    if (n == 0 && timeout_us != 0) {
+        /* Completions and new requests both ring fetch_bell; the caller loops either way. */
+        int ms = timeout_us < 0 ? 1000 : (int)((timeout_us + 999) / 1000);
+        nf_notify_wait(bell, seen, ms);
+    }
+    return n;
+}
+
+/* --- dispatch ------------------------------------------------------------------------------- */
+
+int nf_fetch_backend_open(struct nf_fetcher *ft, char *err, size_t errlen)
+{
+    struct nf_fetch_backend *be = calloc(1, sizeof(*be));
+    if (!be) {
+        snprintf(err, errlen, "out of memory for the I/O back end");
+        return -ENOMEM;
+    }
+    be->ft = ft;
+    ft->be = be;
+    int rc = ft->o.no_uring ? -ENOSYS : uring_open(ft, be);
+    if (rc == 0) {
+        ft->backend_name = be->fixed_bufs ? "io_uring (registered buffers)" : "io_uring";
+        return 0;
+    }
+    if (ft->o.no_uring)
+        nf_log(NF_LOG_INFO, "io_uring disabled by --no-uring: reading with a pread thread pool");
+    else
+        nf_log(NF_LOG_WARN,
+               "io_uring unavailable (io_uring_queue_init: %s): falling back to a "
+               "pread thread pool",
+               strerror(-rc));
+    rc = pread_open(ft, be);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot start the pread pool: %s", strerror(-rc));
+        return rc;
+    }
+    ft->backend_name = "pread pool";
+    return 0;
+}
+
+void nf_fetch_backend_close(struct nf_fetcher *ft)
+{
+    struct nf_fetch_backend *be = ft->be;
+    if (!be)
+        return;
+    if (be->uring) {
+        io_uring_queue_exit(&be->ring);
+    } else if (be->threads) {
+        if (be->n_threads) {
+            pthread_mutex_lock(&be->mu);
+            be->quit = true;
+            pthread_cond_broadcast(&be->cv);
+            pthread_mutex_unlock(&be->mu);
+            for (unsigned t = 0; t < be->n_threads; t++)
+                pthread_join(be->threads[t], NULL);
+        }
+        pthread_mutex_destroy(&be->mu);
+        pthread_cond_destroy(&be->cv);
+    }
+    free(be->threads);
+    free(be->jobs);
+    free(be->done);
+    free(be);
+    ft->be = NULL;
+}
+
+int nf_fetch_backend_submit(struct nf_fetcher *ft, uint32_t io)
+{
+    struct nf_fetch_backend *be = ft->be;
+    if (be->uring)
+        return uring_submit(ft, be, io);
+    pthread_mutex_lock(&be->mu);
+    be->jobs[(be->jobs_head + be->jobs_len) % ft->o.qd] = io;
+    be->jobs_len++;
+    pthread_cond_signal(&be->cv);
+    pthread_mutex_unlock(&be->mu);
+    return 0;
+}
+
+void nf_fetch_backend_flush(struct nf_fetcher *ft)
+{
+    struct nf_fetch_backend *be = ft->be;
+    if (be->uring && be->unsubmitted) {
+        io_uring_submit(&be->ring);
+        be->unsubmitted = 0;
+    }
+}
+
+unsigned nf_fetch_backend_reap(struct nf_fetcher *ft, uint32_t *done, unsigned max, long timeout_us)
+{
+    struct nf_fetch_backend *be = ft->be;
+    return be->uring ? uring_reap(ft, be, done, max, timeout_us)
+                     : pread_reap(ft, be, done, max, timeout_us);
+}

@@ -1,0 +1,598 @@
+/* main.c - nanoflow-fetcher: creates the stack's shared region and serves tile reads into it.
+ *
+ * Startup: flags, the .nft opened with O_DIRECT, the plan, the region (named after the run
+ * directory) placed on the NUMA node compute will run on, the pid file, the fetch thread and
+ * the control server on fetcher.sock (Hello/Health by the server, Stats and Shutdown here).
+ * Then health READY and bit 0 of sync->ready_mask. Shutdown (the message, SIGTERM or SIGINT)
+ * sets sync->stop, rings every bell, joins the fetch thread and, the region's creator, unlinks
+ * the shm name last. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <numa.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "daemon.h"
+#include "fetch.h"
+#include "nf_err.h"
+#include "nft.h"
+#include "stack.h"
+
+struct args {
+    const char *run_dir_arg, *model, *log_level;
+    uint64_t ram;
+    uint32_t n_ctx, n_threads;
+    float sparsity;
+    bool foreground;
+    int numa_node; /* -1: the node this process starts on */
+    struct nf_fetch_opts o;
+};
+
+struct fetcher_main {
+    struct args a;
+    char run_dir[PATH_MAX];
+    char shm_name[NAME_MAX];
+    struct nf_nft *f;
+    struct nf_stack st;
+    bool have_stack;
+    struct nf_fetcher ft;
+    bool have_ft;
+    pthread_t thread;
+    bool have_thread;
+    int fetch_rc;
+    uv_loop_t loop;
+    struct nf_server *srv;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t mem_timer, stop_timer;
+    bool stopping;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: nanoflow-fetcher --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
+            "                        [--sparsity S] [--ctx N] [--qd N] [--verify all|sample|none]\n"
+            "                        [--no-uring] [--numa-node N] [--foreground]\n"
+            "                        [--log-level error|warn|info|debug]\n\n"
+            "Creates the stack's shared region and reads weight tiles into it with io_uring\n"
+            "(O_DIRECT, registered buffers; a pread thread pool when io_uring is unavailable).\n"
+            "  --ram SIZE     RAM budget of the whole stack, e.g. 512M or 1G (default 1G)\n"
+            "  --qd N         reads in flight (default 16, 1..4096)\n"
+            "  --verify MODE  check each tile's XXH3-64: all (default), sample (1 in 16), none\n"
+            "  --no-uring     use the pread thread pool even when io_uring works\n"
+            "  --numa-node N  place the shared region on node N (default: the current node)\n");
+}
+
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || v <= 0)
+        return -EINVAL;
+    double m = 1;
+    switch (*end) {
+    case 'k':
+    case 'K':
+        m = 1024.0;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        m = 1024.0 * 1024;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        m = 1024.0 * 1024 * 1024;
+        end++;
+        break;
+    case 't':
+    case 'T':
+        m = 1024.0 * 1024 * 1024 * 1024;
+        end++;
+        break;
+    default: break;
+    }
+    if (*end == 'i' || *end == 'B')
+        end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
+    if (*end || v * m > 9.0e18)
+        return -EINVAL;
+    *out = (uint64_t)(v * m);
+    return 0;
+}
+
+static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -EINVAL;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* Returns 0, 1 after --help, or -1 after a usage error (message printed). */
+static int parse_args(int argc, char **argv, struct args *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->ram = 1ull << 30;
+    a->numa_node = -1;
+    a->o.qd = 16;
+    a->o.verify = NF_VERIFY_ALL;
+    a->log_level = "info";
+    for (int i = 1; i < argc; i++) {
+        const char *k = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool takes = true;
+        int bad = 0;
+        uint32_t u;
+        if (!strcmp(k, "-h") || !strcmp(k, "--help")) {
+            usage(stdout);
+            return 1;
+        } else if (!strcmp(k, "--foreground")) {
+            a->foreground = true;
+            takes = false;
+        } else if (!strcmp(k, "--no-uring")) {
+            a->o.no_uring = true;
+            takes = false;
+        } else if (!v) {
+            fprintf(stderr, "nanoflow-fetcher: %s needs a value (see --help)\n", k);
+            return -1;
+        } else if (!strcmp(k, "--run-dir")) {
+            a->run_dir_arg = v;
+        } else if (!strcmp(k, "--model")) {
+            a->model = v;
+        } else if (!strcmp(k, "--ram")) {
+            bad = parse_size(v, &a->ram);
+        } else if (!strcmp(k, "-t") || !strcmp(k, "--threads")) {
+            bad = parse_u32(v, 1, 1024, &a->n_threads);
+        } else if (!strcmp(k, "--ctx")) {
+            bad = parse_u32(v, 0, 1u << 24, &a->n_ctx);
+        } else if (!strcmp(k, "--sparsity")) {
+            char *end;
+            a->sparsity = strtof(v, &end);
+            bad = (*end || end == v || !(a->sparsity >= 0 && a->sparsity < 1)) ? -EINVAL : 0;
+        } else if (!strcmp(k, "--qd")) {
+            bad = parse_u32(v, 1, 4096, &a->o.qd);
+        } else if (!strcmp(k, "--verify")) {
+            if (!strcmp(v, "all"))
+                a->o.verify = NF_VERIFY_ALL;
+            else if (!strcmp(v, "sample"))
+                a->o.verify = NF_VERIFY_SAMPLE;
+            else if (!strcmp(v, "none"))
+                a->o.verify = NF_VERIFY_NONE;
+            else
+                bad = -EINVAL;
+        } else if (!strcmp(k, "--numa-node")) {
+            bad = parse_u32(v, 0, 4095, &u);
+            a->numa_node = (int)u;
+        } else if (!strcmp(k, "--log-level")) {
+            a->log_level = v;
+        } else {
+            fprintf(stderr, "nanoflow-fetcher: unknown option %s (see --help)\n", k);
+            return -1;
+        }
+        if (bad) {
+            fprintf(stderr, "nanoflow-fetcher: invalid value '%s' for %s (see --help)\n", v, k);
+            return -1;
+        }
+        if (takes)
+            i++;
+    }
+    if (!a->model) {
+        fprintf(stderr, "nanoflow-fetcher: --model FILE.nft is required (see --help)\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_level(const char *s, enum nf_log_level *out)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (!strcasecmp(s, names[i])) {
+            *out = (enum nf_log_level)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+/* Detaches from the terminal: new session, stdin from /dev/null, stdout/stderr to the log. */
+static int detach(const char *log_path)
+{
+    (void)setsid(); /* fails only for a group leader, which stays attached harmlessly */
+    int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (in < 0 || out < 0) {
+        int e = errno;
+        if (in >= 0)
+            close(in);
+        if (out >= 0)
+            close(out);
+        return -e;
+    }
+    dup2(in, STDIN_FILENO);
+    dup2(out, STDOUT_FILENO);
+    dup2(out, STDERR_FILENO);
+    close(in);
+    close(out);
+    return 0;
+}
+
+/* Binds the pool's pages to the node compute runs on. Without NUMA support or with one node
+ * this does nothing. Pages not yet touched are placed at their first touch (the fetcher's
+ * registration or first read). */
+static void place_pool(struct fetcher_main *m)
+{
+    if (numa_available() < 0) {
+        nf_log(NF_LOG_DEBUG, "numa: not available, pool left to the kernel's default policy");
+        return;
+    }
+    int max = numa_max_node();
+    if (max <= 0)
+        return; /* one node: nothing to choose */
+    int node = m->a.numa_node;
+    if (node < 0) {
+        int cpu = sched_getcpu();
+        node = cpu >= 0 ? numa_node_of_cpu(cpu) : 0;
+        if (node < 0)
+            node = 0;
+    }
+    if (node > max) {
+        nf_log(NF_LOG_WARN, "numa: node %d does not exist (max %d): pool not placed", node, max);
+        return;
+    }
+    numa_tonode_memory(m->st.pool, m->st.cfg->n_slots * m->st.cfg->slot_size, node);
+    nf_log(NF_LOG_INFO, "numa: pool placed on node %d of %d", node, max + 1);
+}
+
+/* --- control server ------------------------------------------------------------------------- */
+
+/* Private resident memory (RSS minus shared pages) from /proc/self/statm, in bytes. */
+static uint64_t private_rss(void)
+{
+    unsigned long size, resident, shared;
+    FILE *fp = fopen("/proc/self/statm", "r");
+    if (!fp)
+        return 0;
+    int n = fscanf(fp, "%lu %lu %lu", &size, &resident, &shared);
+    fclose(fp);
+    if (n != 3 || resident < shared)
+        return 0;
+    return (uint64_t)(resident - shared) * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static void on_mem_timer(uv_timer_t *t)
+{
+    struct fetcher_main *m = t->data;
+    atomic_store(&m->st.ctr->mem_fetcher, private_rss());
+}
+
+/* The latency below which fraction q of the reads fall, from the log2 histogram (the middle of
+ * the bucket, in microseconds). */
+static double lat_quantile(const struct nf_stack_counters *c, double q)
+{
+    uint64_t total = 0, acc = 0;
+    for (int b = 0; b < NF_LAT_BUCKETS; b++)
+        total += atomic_load(&c->f_lat_hist[b]);
+    if (total == 0)
+        return 0;
+    for (int b = 0; b < NF_LAT_BUCKETS; b++) {
+        acc += atomic_load(&c->f_lat_hist[b]);
+        if ((double)acc >= q * (double)total)
+            return b == 0 ? 1.0 : 1.5 * (double)(1ull << b);
+    }
+    return 1.5 * (double)(1ull << (NF_LAT_BUCKETS - 1));
+}
+
+static void send_stats(struct fetcher_main *m, uint64_t conn, uint64_t req)
+{
+    struct nf_stack_counters *c = m->st.ctr;
+    atomic_store(&c->mem_fetcher, private_rss());
+    struct {
+        const char *name;
+        uint64_t v;
+    } vals[] = {
+        {"reads", atomic_load(&c->f_reads)},
+        {"bytes_read", atomic_load(&c->f_bytes)},
+        {"demand_reads", atomic_load(&c->f_demand_reads)},
+        {"prefetch_reads", atomic_load(&c->f_prefetch_reads)},
+        {"hits", atomic_load(&c->f_hits)},
+        {"misses", atomic_load(&c->f_misses)},
+        {"evictions", atomic_load(&c->f_evictions)},
+        {"checksum_errors", atomic_load(&c->f_checksum_errors)},
+        {"io_errors", atomic_load(&c->f_io_errors)},
+        {"busy_ns", atomic_load(&c->f_busy_ns)},
+        {"queue_depth", atomic_load(&c->f_queue_depth)},
+        {"resident_bytes", atomic_load(&c->f_resident_bytes)},
+        {"pool_bytes", m->st.cfg->n_slots * m->st.cfg->slot_size},
+        {"region_bytes", m->st.shm.size},
+        {"mem_private", atomic_load(&c->mem_fetcher)},
+        {"uring", m->ft.backend_name && !strncmp(m->ft.backend_name, "io_uring", 8)},
+    };
+    enum { NV = sizeof(vals) / sizeof(vals[0]) };
+    Nanoflow__StageCounter sc[NV], *scp[NV];
+    for (int i = 0; i < NV; i++) {
+        nanoflow__stage_counter__init(&sc[i]);
+        sc[i].name = (char *)vals[i].name;
+        sc[i].value = vals[i].v;
+        scp[i] = &sc[i];
+    }
+    double q[2] = {lat_quantile(c, 0.5), lat_quantile(c, 0.99)};
+    Nanoflow__StageStats ss;
+    nanoflow__stage_stats__init(&ss);
+    ss.stage = (char *)NF_ROLE_FETCHER;
+    ss.n_counters = NV;
+    ss.counters = scp;
+    ss.n_latency_quantiles_us = 2;
+    ss.latency_quantiles_us = q;
+    Nanoflow__StageStats *ssp = &ss;
+    Nanoflow__Stats s;
+    nanoflow__stats__init(&s);
+    s.n_stages = 1;
+    s.stages = &ssp;
+    s.ram_budget = m->st.cfg->ram_budget;
+    s.ram_held = m->st.shm.size + atomic_load(&c->mem_fetcher);
+    nf_envelope env;
+    nanoflow__envelope__init(&env);
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS;
+    env.stats = &s;
+    nf_server_send(m->srv, conn, req, &env);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* After the Shutdown reply had a loop turn to go out: stop serving, let the loop end. */
+static void on_stop_timer(uv_timer_t *t)
+{
+    struct fetcher_main *m = t->data;
+    nf_server_stop(m->srv);
+    m->srv = NULL;
+    close_handle((uv_handle_t *)&m->sigterm);
+    close_handle((uv_handle_t *)&m->sigint);
+    close_handle((uv_handle_t *)&m->mem_timer);
+    close_handle((uv_handle_t *)&m->stop_timer);
+}
+
+static void begin_shutdown(struct fetcher_main *m, const char *why)
+{
+    if (m->stopping)
+        return;
+    m->stopping = true;
+    nf_log(NF_LOG_INFO, "shutting down (%s)", why);
+    if (m->srv)
+        nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__STOPPING);
+    struct nf_stack_sync *sy = m->st.sync;
+    atomic_store(&sy->stop, 1);
+    atomic_fetch_and(&sy->ready_mask, ~1u);
+    nf_notify_wake(&sy->fetch_bell);
+    nf_notify_wake(&sy->tile_done);
+    nf_notify_wake(&sy->act_bell);
+    uv_timer_start(&m->stop_timer, on_stop_timer, 50, 0);
+}
+
+static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, void *ud)
+{
+    struct fetcher_main *m = ud;
+    switch (env->msg_case) {
+    case NANOFLOW__ENVELOPE__MSG_STATS_REQUEST: send_stats(m, conn, env->request_id); break;
+    case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {
+        nf_envelope r;
+        Nanoflow__Health h;
+        nanoflow__envelope__init(&r);
+        nanoflow__health__init(&h);
+        h.state = NANOFLOW__HEALTH__STATE__STOPPING;
+        h.role = (char *)NF_ROLE_FETCHER;
+        h.pid = (uint32_t)getpid();
+        r.msg_case = NANOFLOW__ENVELOPE__MSG_HEALTH;
+        r.health = &h;
+        nf_server_send(s, conn, env->request_id, &r);
+        begin_shutdown(m, "Shutdown request");
+        break;
+    }
+    default:
+        nf_server_send_error(s, conn, env->request_id, NF_EPROTO,
+                             "the fetcher does not handle this message (%d)", (int)env->msg_case);
+        break;
+    }
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    begin_shutdown(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void *fetch_thread(void *arg)
+{
+    struct fetcher_main *m = arg;
+    m->fetch_rc = nf_fetch_run(&m->ft);
+    if (m->fetch_rc < 0)
+        nf_log(NF_LOG_ERROR, "fetch loop failed: %s", nf_strerror(m->fetch_rc));
+    return NULL;
+}
+
+/* --- startup -------------------------------------------------------------------------------- */
+
+static int create_region(struct fetcher_main *m, char *err, size_t errlen)
+{
+    struct nf_stack_plan plan;
+    int rc = nf_stack_plan(m->f, m->a.ram, m->a.n_ctx, m->a.n_threads ? m->a.n_threads : 1, &plan,
+                           err, errlen);
+    if (rc < 0)
+        return rc;
+    nf_rundir_shm_name(m->run_dir, m->shm_name, sizeof(m->shm_name));
+    rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, m->a.sparsity,
+                         m->a.n_threads ? m->a.n_threads : 1, err, errlen);
+    if (rc == -EEXIST) {
+        /* We hold the pid file, so no live fetcher owns this name: a crashed stack left it. */
+        nf_log(NF_LOG_WARN, "removing stale shared memory %s", m->shm_name);
+        nf_stack_unlink(m->shm_name);
+        rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, m->a.sparsity,
+                             m->a.n_threads ? m->a.n_threads : 1, err, errlen);
+    }
+    if (rc < 0)
+        return rc;
+    m->have_stack = true;
+    m->a.o.min_free_slots = (uint32_t)plan.min_slots;
+    nf_log(NF_LOG_INFO,
+           "region %s: %" PRIu64 " bytes, pool %" PRIu64 " slots of %" PRIu64 " bytes, "
+           "%" PRIu64 " tiles, budget %" PRIu64 ", n_ctx %u",
+           m->shm_name, (uint64_t)m->st.shm.size, plan.n_slots, plan.slot_size, m->f->n_tiles,
+           m->a.ram, plan.n_ctx);
+    return 0;
+}
+
+static int start(struct fetcher_main *m, char *err, size_t errlen)
+{
+    int rc = nf_nft_open(&m->f, m->a.model, true, err, errlen);
+    if (rc < 0)
+        return rc;
+    if ((rc = create_region(m, err, errlen)) < 0)
+        return rc;
+    place_pool(m);
+    if ((rc = nf_fetch_init(&m->ft, &m->st, m->f, &m->a.o, err, errlen)) < 0)
+        return rc;
+    m->have_ft = true;
+    nf_log(NF_LOG_INFO, "reading with %s, queue depth %u, verify %s", m->ft.backend_name,
+           m->ft.o.qd,
+           m->a.o.verify == NF_VERIFY_ALL      ? "all"
+           : m->a.o.verify == NF_VERIFY_SAMPLE ? "1 in 16"
+                                               : "none");
+    return 0;
+}
+
+static int serve(struct fetcher_main *m, char *err, size_t errlen)
+{
+    char sock[PATH_MAX];
+    int rc = uv_loop_init(&m->loop);
+    if (rc < 0) {
+        snprintf(err, errlen, "uv_loop_init: %s", uv_strerror(rc));
+        return rc;
+    }
+    nf_rundir_path(m->run_dir, NF_ROLE_FETCHER, "sock", sock, sizeof(sock));
+    rc = nf_server_start(&m->srv, &m->loop, sock, NF_ROLE_FETCHER, on_request, NULL, m);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot serve %s: %s", sock, nf_strerror(rc));
+        return rc;
+    }
+    uv_signal_init(&m->loop, &m->sigterm);
+    uv_signal_init(&m->loop, &m->sigint);
+    m->sigterm.data = m->sigint.data = m;
+    uv_signal_start(&m->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&m->sigint, on_signal, SIGINT);
+    uv_timer_init(&m->loop, &m->mem_timer);
+    uv_timer_init(&m->loop, &m->stop_timer);
+    m->mem_timer.data = m->stop_timer.data = m;
+    uv_timer_start(&m->mem_timer, on_mem_timer, 0, 1000);
+
+    if ((rc = pthread_create(&m->thread, NULL, fetch_thread, m)) != 0) {
+        snprintf(err, errlen, "cannot start the fetch thread: %s", strerror(rc));
+        return -rc;
+    }
+    m->have_thread = true;
+    nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__READY);
+    atomic_fetch_or(&m->st.sync->ready_mask, 1u);
+    nf_log(NF_LOG_INFO, "ready on %s (pid %d)", sock, (int)getpid());
+    uv_run(&m->loop, UV_RUN_DEFAULT);
+    return 0;
+}
+
+static void walk_close(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    close_handle(h);
+}
+
+static void cleanup(struct fetcher_main *m)
+{
+    if (m->have_stack) {
+        atomic_store(&m->st.sync->stop, 1);
+        nf_notify_wake(&m->st.sync->fetch_bell);
+    }
+    if (m->have_thread)
+        pthread_join(m->thread, NULL);
+    if (m->srv) { /* startup failed after the server started */
+        nf_server_stop(m->srv);
+        m->srv = NULL;
+    }
+    if (m->loop.data != (void *)-1) {
+        uv_walk(&m->loop, walk_close, NULL);
+        uv_run(&m->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&m->loop);
+    }
+    if (m->have_ft)
+        nf_fetch_free(&m->ft);
+    if (m->have_stack) {
+        /* The creator unlinks the name last: `down` stopped compute and predictor first. */
+        nf_stack_detach(&m->st);
+        nf_stack_unlink(m->shm_name);
+    }
+    if (m->f)
+        nf_nft_close(m->f);
+}
+
+int main(int argc, char **argv)
+{
+    static struct fetcher_main m;
+    char err[PATH_MAX + 512] = "";
+    int rc = parse_args(argc, argv, &m.a);
+    if (rc)
+        return rc > 0 ? 0 : 2;
+    enum nf_log_level level;
+    if (parse_level(m.a.log_level, &level) < 0) {
+        fprintf(stderr, "nanoflow-fetcher: invalid --log-level '%s' (error|warn|info|debug)\n",
+                m.a.log_level);
+        return 2;
+    }
+    m.loop.data = (void *)-1; /* not initialized yet */
+    if ((rc = nf_rundir_resolve(m.a.run_dir_arg, m.run_dir, sizeof(m.run_dir))) < 0 ||
+        (rc = nf_rundir_create(m.run_dir, err, sizeof(err))) < 0) {
+        fprintf(stderr, "nanoflow-fetcher: %s\n", err[0] ? err : nf_strerror(rc));
+        return 1;
+    }
+    char log_path[PATH_MAX];
+    nf_rundir_path(m.run_dir, NF_ROLE_FETCHER, "log", log_path, sizeof(log_path));
+    if (!m.a.foreground && (rc = detach(log_path)) < 0) {
+        fprintf(stderr, "nanoflow-fetcher: cannot open %s: %s\n", log_path, strerror(-rc));
+        return 1;
+    }
+    if ((rc = nf_log_open(NF_ROLE_FETCHER, m.a.foreground ? NULL : log_path, level)) < 0) {
+        fprintf(stderr, "nanoflow-fetcher: cannot open %s: %s\n", log_path, strerror(-rc));
+        return 1;
+    }
+    rc = nf_pidfile_create(m.run_dir, NF_ROLE_FETCHER);
+    if (rc < 0) {
+        nf_log(NF_LOG_ERROR, "%s",
+               rc == -EEXIST ? "a fetcher is already running in this run "
+                               "directory"
+                             : nf_strerror(rc));
+        nf_log_close();
+        return 1;
+    }
+    rc = start(&m, err, sizeof(err));
+    if (rc == 0)
+        rc = serve(&m, err, sizeof(err));
+    if (rc < 0)
+        nf_log(NF_LOG_ERROR, "%s", err[0] ? err : nf_strerror(rc));
+    cleanup(&m);
+    nf_pidfile_remove(m.run_dir, NF_ROLE_FETCHER);
+    if (rc == 0 && m.fetch_rc < 0)
+        rc = m.fetch_rc;
+    nf_log(NF_LOG_INFO, "exiting (%s)", rc == 0 ? "clean" : "error");
+    nf_log_close();
+    return rc == 0 ? 0 : 1;
+}
