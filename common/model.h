@@ -116,6 +116,11 @@ void nf_model_free(struct nf_model *m);
  * a negative code with err set. nf_model_load calls it first. */
 int nf_model_nft_source(struct nf_model *m, const char *path, char *err, size_t errlen);
 
+/* The hyperparameters of the llama model described by g's metadata and tensor infos (as
+ * nf_model_load reads them, n_vocab and n_ff included), without loading any weight (for tile
+ * streaming). Returns 0 or a negative code with err naming the file and key. */
+int nf_model_hparams(struct nf_hparams *hp, struct nf_gguf *g, char *err, size_t errlen);
+
 /* A human-readable one-line summary ("llama, 5 layers, dim 64, ...") into buf. */
 void nf_model_describe(const struct nf_model *m, char *buf, size_t len);
 
@@ -172,6 +177,19 @@ void nf_ffn_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
                     int n_tok);
 void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct nf_moe_weights *w,
                     int n_tok);
+
+/* The attention core after the projections: ropes c->q and c->k (n_tok tokens, rope cache
+ * filled by nf_rope_cache), appends K and V at positions pos0.. of layer il's cache, and leaves
+ * the attention output in c->att (n_tok, n_head * head_dim). nf_attn_forward = RMSNorm, q/k/v
+ * mat-vecs, nf_attn_core, wo mat-vec, residual add. */
+void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok);
+/* Fills c's RoPE cos/sin tables for n_tok positions from pos0 (once per evaluated chunk). */
+void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok);
+/* hb (n_rows, n) = silu(hb) * hb2, element by element. */
+void nf_swiglu(float *hb, const float *hb2, int n_rows, int n);
+/* MoE router of one token: p (X) holds the router logits and is turned into probabilities;
+ * sel (K) gets the chosen experts and w (K) their renormalized weights (K <= 64). */
+void nf_moe_route(float *p, int X, int K, int *sel, float *w);
 
 /* out (n_tok, w->ne[1]) = x (n_tok, w->ne[0]) times w's rows, with x converted to w's
  * vec_dot_type first (as llama.cpp does); parallel over rows on c's pool. */

@@ -307,6 +307,30 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
     return 0;
 }
 
+int nf_model_hparams(struct nf_hparams *hp, struct nf_gguf *g, char *err, size_t errlen)
+{
+    struct nf_model tmp = {.gguf = g};
+    int rc = nf_load_hparams(&tmp, err, errlen);
+    if (rc < 0)
+        return rc;
+    const struct nf_gguf_tensor *te = nf_gguf_find_tensor(g, "token_embd.weight");
+    if (!te || te->ne[1] < 1 || te->ne[1] > (1 << 24))
+        return nf_load_err(err, errlen, NF_ENOTENSOR,
+                           "%s: tensor 'token_embd.weight' [%d, 1..%d] is missing or malformed",
+                           g->path, tmp.hp.n_embd, 1 << 24);
+    tmp.hp.n_vocab = (int)te->ne[1];
+    /* The FFN width as nf_load_weights reads it. */
+    struct nf_hparams *h = &tmp.hp;
+    if ((rc = nf_hp_int(g, h->n_expert ? "expert_feed_forward_length" : "feed_forward_length",
+                        h->n_expert ? 0 : -1, 1, 1 << 24, &h->n_ff, err, errlen)))
+        return rc;
+    if (h->n_expert && h->n_ff == 0 &&
+        (rc = nf_hp_int(g, "feed_forward_length", -1, 1, 1 << 24, &h->n_ff, err, errlen)))
+        return rc;
+    *hp = tmp.hp;
+    return 0;
+}
+
 int nf_model_load(struct nf_model **out, const char *path, char *err, size_t errlen)
 {
     nf_kernels_init();

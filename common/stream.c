@@ -1,0 +1,899 @@
+/* stream.c - the tile-streaming forward pass (see stream.h) and the file-backed tile source. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nf_err.h"
+#include "predictor.h"
+#include "stream.h"
+
+struct nf_stream {
+    const struct nf_nft *f;
+    struct nf_tile_src src;
+    struct nf_model shell; /* hparams and rope_freqs only: what nf_ctx reads from a model */
+    struct nf_ctx *c;
+    float sparsity;
+    const atomic_int *abort;
+    uint32_t max_groups;    /* most FFN groups (dense) or experts (MoE) of any layer */
+    uint32_t n_groups;      /* of the current layer */
+    int group;              /* neurons per FFN group of the current layer */
+    enum nf_type down_type; /* ffn_down's type in the current layer */
+    float *tmp;             /* (NF_MAX_BATCH, max_rows) one tile's mat-vec output */
+    size_t max_rows;        /* most rows of any row tile or group */
+    void *down;             /* (n_embd rows of n_ff elements of down_type) reassembled ffn_down */
+    size_t down_row_size;   /* bytes per reassembled row in the current layer */
+    float *scores;          /* (n_ff) predictor neuron scores */
+    float *gscores;         /* (n_groups) */
+    float *ptmp;            /* (rank) */
+    struct nf_rank *rank;   /* (n_groups) sort scratch */
+    uint8_t *sel;           /* (NF_MAX_BATCH, n_groups) groups selected per token */
+    uint64_t *bits;         /* (ceil(n_groups / 64)) used bitmap */
+    struct nf_stream_stats st;
+    uint64_t mem;
+    char err[320];
+};
+
+struct nf_rank {
+    float s;
+    uint32_t i;
+};
+
+static int nf_stream_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int nf_stream_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* --- tiles ----------------------------------------------------------------------------- */
+
+static const uint8_t *nf_stream_pin(struct nf_stream *s, const struct nf_nft_tile *t, int *rc)
+{
+    uint32_t id = (uint32_t)nf_nft_tile_id(s->f, t);
+    const uint8_t *p = s->src.pin(s->src.ud, id, rc);
+    if (!p) {
+        char d[160];
+        nf_nft_describe(s->f, t, d, sizeof(d));
+        if (*rc >= 0)
+            *rc = -EIO;
+        snprintf(s->err, sizeof(s->err), "%s: %s", d, nf_strerror(*rc));
+        return NULL;
+    }
+    s->st.tiles_pinned++;
+    s->st.tile_bytes += t->size;
+    return p;
+}
+
+static void nf_stream_unpin(struct nf_stream *s, const struct nf_nft_tile *t)
+{
+    s->src.unpin(s->src.ud, (uint32_t)nf_nft_tile_id(s->f, t));
+}
+
+/* A tensor view over a row tile's bytes: t->count rows of t->ne0 elements of t->type[0]. */
+static struct nf_tensor nf_rows_view(const struct nf_nft_tile *t, const void *p)
+{
+    struct nf_tensor v = {.type = (enum nf_type)t->type[0],
+                          .ne = {t->ne0, t->count, 1},
+                          .row_size = nf_row_size((enum nf_type)t->type[0], t->ne0),
+                          .data = (void *)p};
+    return v;
+}
+
+/* out (n_tok, rows) = x (n_tok, ne0) times the rows of every tile of (layer, kind), where rows
+ * is the total row count; each tile's rows are computed in place or through s->tmp. */
+static int nf_stream_mm(struct nf_stream *s, float *out, uint32_t layer, enum nf_tile_kind kind,
+                        size_t rows, const float *x, int n_tok)
+{
+    const uint32_t n = nf_nft_count(s->f, layer, kind);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
+        int rc;
+        const uint8_t *p = nf_stream_pin(s, t, &rc);
+        if (!p)
+            return rc;
+        struct nf_tensor v = nf_rows_view(t, p);
+        if (n == 1 || n_tok == 1) {
+            nf_matmul(s->c, out + t->first, &v, x, n_tok);
+        } else {
+            nf_matmul(s->c, s->tmp, &v, x, n_tok);
+            for (int k = 0; k < n_tok; k++)
+                memcpy(out + (size_t)k * rows + t->first, s->tmp + (size_t)k * t->count,
+                       sizeof(float) * t->count);
+        }
+        nf_stream_unpin(s, t);
+    }
+    return 0;
+}
+
+/* xn (n_tok, n_embd) = RMSNorm of x with the single-tile norm vector of (layer, kind). */
+static int nf_stream_norm(struct nf_stream *s, float *xn, const float *x, uint32_t layer,
+                          enum nf_tile_kind kind, int n_tok)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, 0);
+    int rc;
+    const uint8_t *p = nf_stream_pin(s, t, &rc);
+    if (!p)
+        return rc;
+    for (int k = 0; k < n_tok; k++)
+        nf_rmsnorm(xn + (size_t)k * hp->n_embd, x + (size_t)k * hp->n_embd, (const float *)p,
+                   hp->n_embd, hp->rms_eps);
+    nf_stream_unpin(s, t);
+    return 0;
+}
+
+/* hb[k][first..] = gate rows of group b times xn[k], and likewise hb2 with the up rows. */
+static void nf_stream_gate_up(struct nf_stream *s, const struct nf_nft_bundle *b, const float *xn,
+                              int n_tok)
+{
+    struct nf_ctx *c = s->c;
+    const size_t F = (size_t)s->shell.hp.n_ff, G = (size_t)b->n_neurons;
+    struct nf_tensor gv = {.type = b->gate_type,
+                           .ne = {b->n_embd, b->n_neurons, 1},
+                           .row_size = b->gate_row_size,
+                           .data = (void *)b->gate};
+    struct nf_tensor uv = {.type = b->up_type,
+                           .ne = {b->n_embd, b->n_neurons, 1},
+                           .row_size = b->up_row_size,
+                           .data = (void *)b->up};
+    if (n_tok == 1) {
+        nf_matmul(c, c->hb + b->first, &gv, xn, 1);
+        nf_matmul(c, c->hb2 + b->first, &uv, xn, 1);
+        return;
+    }
+    nf_matmul(c, s->tmp, &gv, xn, n_tok);
+    for (int k = 0; k < n_tok; k++)
+        memcpy(c->hb + (size_t)k * F + b->first, s->tmp + (size_t)k * G, sizeof(float) * G);
+    nf_matmul(c, s->tmp, &uv, xn, n_tok);
+    for (int k = 0; k < n_tok; k++)
+        memcpy(c->hb2 + (size_t)k * F + b->first, s->tmp + (size_t)k * G, sizeof(float) * G);
+}
+
+/* Copies group b's ffn_down columns into the reassembled row-major down matrix. */
+static void nf_stream_put_down(struct nf_stream *s, const struct nf_nft_bundle *b)
+{
+    const size_t off = nf_row_size(b->down_type, b->first);
+    for (int r = 0; r < b->n_embd; r++)
+        memcpy((char *)s->down + (size_t)r * s->down_row_size + off,
+               (const char *)b->down + (size_t)r * b->down_row_size, b->down_row_size);
+}
+
+static struct nf_tensor nf_stream_down_view(const struct nf_stream *s)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    struct nf_tensor v = {.type = s->down_type,
+                          .ne = {hp->n_ff, hp->n_embd, 1},
+                          .row_size = s->down_row_size,
+                          .data = s->down};
+    return v;
+}
+
+/* Gate/up of every group of the bundle tiles [i0, i1) of (layer, kind) for n_tok tokens, with
+ * ffn_down reassembled on the way. */
+static int nf_stream_bundles(struct nf_stream *s, uint32_t layer, enum nf_tile_kind kind,
+                             uint32_t i0, uint32_t i1, const float *xn, int n_tok)
+{
+    for (uint32_t i = i0; i < i1; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
+        int rc;
+        const uint8_t *p = nf_stream_pin(s, t, &rc);
+        if (!p)
+            return rc;
+        for (uint32_t j = 0; j < t->count / t->group; j++) {
+            struct nf_nft_bundle b;
+            nf_nft_bundle_group(t, p, j, &b);
+            nf_stream_gate_up(s, &b, xn, n_tok);
+            nf_stream_put_down(s, &b);
+        }
+        nf_stream_unpin(s, t);
+    }
+    return 0;
+}
+
+static void nf_stream_report_used(struct nf_stream *s, uint32_t il)
+{
+    if (s->src.used)
+        s->src.used(s->src.ud, il, s->bits, s->n_groups);
+}
+
+/* Dense FFN, exact: c->ffo (n_tok, n_embd) = down(swiglu(gate xn, up xn)). */
+static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
+{
+    struct nf_ctx *c = s->c;
+    int rc =
+        nf_stream_bundles(s, il, NF_TILE_FFN, 0, nf_nft_count(s->f, il, NF_TILE_FFN), c->xn, n_tok);
+    if (rc < 0)
+        return rc;
+    nf_swiglu(c->hb, c->hb2, n_tok, s->shell.hp.n_ff);
+    struct nf_tensor dv = nf_stream_down_view(s);
+    nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+    memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
+    for (uint32_t g = 0; g < s->n_groups; g++)
+        s->bits[g / 64] |= 1ull << (g % 64);
+    s->st.groups_total += (uint64_t)s->n_groups * (uint64_t)n_tok;
+    nf_stream_report_used(s, il);
+    return 0;
+}
+
+static int nf_rank_cmp(const void *a, const void *b)
+{
+    const struct nf_rank *x = a, *y = b;
+    if (x->s != y->s)
+        return x->s > y->s ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Chooses the groups of token k from the predictor's scores of xn. */
+static void nf_stream_select(struct nf_stream *s, const struct nf_nft_tile *pt, const uint8_t *p,
+                             const float *xn, int k)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    const enum nf_type pty = (enum nf_type)pt->type[0];
+    const void *B = p + nf_row_size(pty, (int64_t)hp->n_ff * pt->rank);
+    nf_lowrank_scores(s->scores, p, B, pty, hp->n_ff, hp->n_embd, (int)pt->rank, xn, s->ptmp);
+    nf_group_scores(s->gscores, s->scores, hp->n_ff, s->group);
+    for (uint32_t g = 0; g < s->n_groups; g++)
+        s->rank[g] = (struct nf_rank){s->gscores[g], g};
+    qsort(s->rank, s->n_groups, sizeof(s->rank[0]), nf_rank_cmp);
+    uint32_t keep = (uint32_t)((1.0 - (double)s->sparsity) * s->n_groups + 0.999999);
+    keep = keep < 1 ? 1 : keep > s->n_groups ? s->n_groups : keep;
+    uint8_t *sel = s->sel + (size_t)k * s->n_groups;
+    memset(sel, 0, s->n_groups);
+    for (uint32_t r = 0; r < keep; r++) {
+        sel[s->rank[r].i] = 1;
+        s->bits[s->rank[r].i / 64] |= 1ull << (s->rank[r].i % 64);
+    }
+    s->st.groups_total += s->n_groups;
+    s->st.groups_skipped += s->n_groups - keep;
+}
+
+/* Dense FFN, sparse: only the predicted groups, their down contributions added group by
+ * group into c->ffo. */
+static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
+{
+    struct nf_ctx *c = s->c;
+    const int E = s->shell.hp.n_embd;
+    const struct nf_nft_tile *pt = nf_nft_predictor(s->f, il);
+    int rc;
+    const uint8_t *p = nf_stream_pin(s, pt, &rc);
+    if (!p)
+        return rc;
+    memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
+    for (int k = 0; k < n_tok; k++)
+        nf_stream_select(s, pt, p, c->xn + (size_t)k * E, k);
+    nf_stream_unpin(s, pt);
+    memset(c->ffo, 0, sizeof(float) * (size_t)n_tok * E);
+    const uint32_t n = nf_nft_count(s->f, il, NF_TILE_FFN);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_FFN, i);
+        const uint32_t g0 = t->first / t->group, ng = t->count / t->group;
+        bool any = false;
+        for (uint32_t g = g0; g < g0 + ng && !any; g++)
+            any = (s->bits[g / 64] >> (g % 64)) & 1;
+        if (!any)
+            continue;
+        if (!(p = nf_stream_pin(s, t, &rc)))
+            return rc;
+        for (uint32_t j = 0; j < ng; j++) {
+            struct nf_nft_bundle b;
+            nf_nft_bundle_group(t, p, j, &b);
+            struct nf_tensor dv = {.type = b.down_type,
+                                   .ne = {b.n_neurons, b.n_embd, 1},
+                                   .row_size = b.down_row_size,
+                                   .data = (void *)b.down};
+            for (int k = 0; k < n_tok; k++) {
+                if (!s->sel[(size_t)k * s->n_groups + g0 + j])
+                    continue;
+                nf_stream_gate_up(s, &b, c->xn + (size_t)k * E, 1);
+                nf_swiglu(c->hb + b.first, c->hb2 + b.first, 1, b.n_neurons);
+                nf_matmul(c, c->eo, &dv, c->hb + b.first, 1);
+                float *o = c->ffo + (size_t)k * E;
+                for (int e = 0; e < E; e++)
+                    o[e] += c->eo[e];
+            }
+        }
+        nf_stream_unpin(s, t);
+    }
+    nf_stream_report_used(s, il);
+    return 0;
+}
+
+/* MoE FFN: the router on the actual input, then only the chosen experts (as nf_moe_forward). */
+static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
+{
+    struct nf_ctx *c = s->c;
+    const struct nf_hparams *hp = &s->shell.hp;
+    const int E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
+    int rc = nf_stream_mm(s, c->router, il, NF_TILE_ROUTER, (size_t)X, c->xn, n_tok);
+    if (rc < 0)
+        return rc;
+    memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
+    const uint32_t per = nf_nft_count(s->f, il, NF_TILE_EXPERT) / (uint32_t)X;
+    struct nf_tensor dv = nf_stream_down_view(s);
+    for (int k = 0; k < n_tok; k++) {
+        int sel[64];
+        float w[64];
+        nf_moe_route(c->router + (size_t)k * X, X, K, sel, w);
+        float *xt = c->xn + (size_t)k * E, *ot = c->ffo + (size_t)k * E;
+        for (int j = 0; j < K; j++) {
+            const uint32_t e = (uint32_t)sel[j];
+            s->bits[e / 64] |= 1ull << (e % 64);
+            rc = nf_stream_bundles(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, xt, 1);
+            if (rc < 0)
+                return rc;
+            nf_swiglu(c->hb, c->hb2, 1, hp->n_ff);
+            nf_matmul(c, c->eo, &dv, c->hb, 1);
+            for (int i = 0; i < E; i++)
+                ot[i] = j == 0 ? c->eo[i] * w[j] : ot[i] + c->eo[i] * w[j];
+        }
+    }
+    nf_stream_report_used(s, il);
+    return 0;
+}
+
+/* --- the forward pass -------------------------------------------------------------------- */
+
+static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok, bool want_logits)
+{
+    struct nf_ctx *c = s->c;
+    const struct nf_hparams *hp = &s->shell.hp;
+    const size_t E = (size_t)hp->n_embd;
+    const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    int rc;
+    if ((rc = nf_stream_norm(s, c->xn, c->x, il, NF_TILE_ATTN_NORM, n_tok)) ||
+        (rc = nf_stream_mm(s, c->q, il, NF_TILE_ATTN_Q, qd, c->xn, n_tok)) ||
+        (rc = nf_stream_mm(s, c->k, il, NF_TILE_ATTN_K, kvd, c->xn, n_tok)) ||
+        (rc = nf_stream_mm(s, c->v, il, NF_TILE_ATTN_V, kvd, c->xn, n_tok)))
+        return rc;
+    nf_attn_core(c, (int)il, pos0, n_tok);
+    if ((rc = nf_stream_mm(s, c->ffo, il, NF_TILE_ATTN_O, E, c->att, n_tok)))
+        return rc;
+    for (size_t i = 0; i < (size_t)n_tok * E; i++)
+        c->x[i] += c->ffo[i];
+    int n_ffn = n_tok;
+    if ((int)il == hp->n_layer - 1) {
+        /* As nf_eval_chunk: past the last attention only the last token's row is needed. */
+        if (!want_logits)
+            return 0;
+        memmove(c->x, c->x + (size_t)(n_tok - 1) * E, sizeof(float) * E);
+        n_ffn = 1;
+    }
+    if ((rc = nf_stream_norm(s, c->xn, c->x, il, NF_TILE_FFN_NORM, n_ffn)))
+        return rc;
+    /* The layer's group size and ffn_down type (they may differ between layers). */
+    const struct nf_nft_tile *t0 =
+        nf_nft_find(s->f, il, hp->n_expert ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
+    s->group = (int)t0->group;
+    s->n_groups = hp->n_expert ? (uint32_t)hp->n_expert : (uint32_t)hp->n_ff / t0->group;
+    s->down_type = (enum nf_type)t0->type[2];
+    s->down_row_size = nf_row_size(s->down_type, hp->n_ff);
+    if (hp->n_expert)
+        rc = nf_stream_moe(s, il, n_ffn);
+    else if (s->sparsity > 0)
+        rc = nf_stream_ffn_sparse(s, il, n_ffn);
+    else
+        rc = nf_stream_ffn_exact(s, il, n_ffn);
+    if (rc < 0)
+        return rc;
+    for (size_t i = 0; i < (size_t)n_ffn * E; i++)
+        c->x[i] += c->ffo[i];
+    if (s->src.layer_done)
+        s->src.layer_done(s->src.ud, il, c->x + (size_t)(n_ffn - 1) * E, hp->n_embd);
+    return 0;
+}
+
+static int nf_stream_embed(struct nf_stream *s, const int32_t *tokens, int n_tok)
+{
+    const int E = s->shell.hp.n_embd;
+    for (int k = 0; k < n_tok; k++) {
+        size_t off;
+        const struct nf_nft_tile *t = nf_nft_embd_row(s->f, (uint32_t)tokens[k], &off);
+        int rc;
+        const uint8_t *p = nf_stream_pin(s, t, &rc);
+        if (!p)
+            return rc;
+        nf_type_traits((enum nf_type)t->type[0])->to_float(p + off, s->c->x + (size_t)k * E, E);
+        nf_stream_unpin(s, t);
+    }
+    return 0;
+}
+
+static int nf_stream_chunk(struct nf_stream *s, const int32_t *tokens, int n_tok, bool want_logits)
+{
+    struct nf_ctx *c = s->c;
+    const struct nf_hparams *hp = &s->shell.hp;
+    int rc = nf_stream_embed(s, tokens, n_tok);
+    if (rc < 0)
+        return rc;
+    const int pos0 = c->n_past;
+    nf_rope_cache(c, pos0, n_tok);
+    for (uint32_t il = 0; il < (uint32_t)hp->n_layer; il++) {
+        if (s->abort && atomic_load(s->abort)) {
+            snprintf(s->err, sizeof(s->err), "evaluation cancelled");
+            return -ECANCELED;
+        }
+        if ((rc = nf_stream_layer(s, il, pos0, n_tok, want_logits)))
+            return rc;
+    }
+    c->n_past += n_tok;
+    if (!want_logits)
+        return 0;
+    if ((rc = nf_stream_norm(s, c->xn, c->x, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 1)))
+        return rc;
+    return nf_stream_mm(s, c->logits, NF_NFT_NO_LAYER,
+                        s->f->hdr.tied_output ? NF_TILE_EMBD : NF_TILE_OUTPUT, (size_t)hp->n_vocab,
+                        c->xn, 1);
+}
+
+int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
+{
+    struct nf_ctx *c = s->c;
+    s->err[0] = 0;
+    if (n < 1)
+        return NF_EUSAGE;
+    if (n > c->n_ctx - c->n_past) {
+        snprintf(s->err, sizeof(s->err), "%d tokens do not fit: %d of %d positions used", n,
+                 c->n_past, c->n_ctx);
+        return NF_ECTXFULL;
+    }
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= s->shell.hp.n_vocab) {
+            snprintf(s->err, sizeof(s->err), "token id %d outside the vocabulary [0, %d)",
+                     tokens[i], s->shell.hp.n_vocab);
+            return NF_EUSAGE;
+        }
+    for (int i = 0; i < n; i += NF_MAX_BATCH) {
+        int nb = n - i < NF_MAX_BATCH ? n - i : NF_MAX_BATCH;
+        int rc = nf_stream_chunk(s, tokens + i, nb, i + nb == n);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* --- creation: every tile the forward pass uses is checked once here ----------------------- */
+
+/* Checks that the tiles of (layer, kind) cover rows [0, rows) in order with rows of ne0
+ * computable elements (f32 only when want_f32); updates *max_rows. */
+static int nf_stream_check_rows(const struct nf_nft *f, uint32_t layer, enum nf_tile_kind kind,
+                                uint64_t rows, uint64_t ne0, bool want_f32, size_t *max_rows,
+                                char *err, size_t errlen)
+{
+    const uint32_t n = nf_nft_count(f, layer, kind);
+    uint64_t next = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(f, layer, kind, i);
+        const enum nf_type ty = (enum nf_type)t->type[0];
+        const struct nf_type_traits *tr = nf_type_traits(ty);
+        const struct nf_type_traits *dt = tr ? nf_type_traits(tr->vec_dot_type) : NULL;
+        char d[160];
+        nf_nft_describe(f, t, d, sizeof(d));
+        if (t->first != next || t->ne0 != ne0 || t->count == 0)
+            return nf_stream_fail(err, errlen, NF_ECORRUPT,
+                                  "%s: %s holds rows [%u, +%u) of %u elements, expected row %llu "
+                                  "of %llu elements",
+                                  f->path, d, t->first, t->count, t->ne0, (unsigned long long)next,
+                                  (unsigned long long)ne0);
+        if (!tr || !tr->compute || !dt || !dt->from_float || ne0 % (uint64_t)dt->blck_size ||
+            (want_f32 && ty != NF_TYPE_F32))
+            return nf_stream_fail(err, errlen, NF_EBADTYPE,
+                                  "%s: %s has type %s, which the forward pass cannot use here",
+                                  f->path, d, tr ? tr->name : "unknown");
+        next += t->count;
+        *max_rows = t->count > *max_rows ? t->count : *max_rows;
+    }
+    if (next != rows)
+        return nf_stream_fail(err, errlen, NF_ECORRUPT,
+                              "%s: layer %d %s tiles hold %llu rows, expected %llu", f->path,
+                              layer == NF_NFT_NO_LAYER ? -1 : (int)layer, nf_tile_kind_name(kind),
+                              (unsigned long long)next, (unsigned long long)rows);
+    return 0;
+}
+
+/* Checks the bundle tiles [i0, i1) of (layer, kind) cover neurons [0, n_ff) of expert `expert`
+ * with one group size and one set of types; returns the group size in *group. */
+static int nf_stream_check_bundles(const struct nf_nft *f, uint32_t layer, enum nf_tile_kind kind,
+                                   uint32_t i0, uint32_t i1, uint32_t expert, uint32_t n_ff,
+                                   uint32_t n_embd, uint32_t *group, uint8_t types[3], char *err,
+                                   size_t errlen)
+{
+    /* The layer's first bundle tile sets the group size and the types for all. */
+    const struct nf_nft_tile *t0 = nf_nft_find(f, layer, kind, 0);
+    if (!t0)
+        return nf_stream_fail(err, errlen, NF_ECORRUPT, "%s: layer %u has no %s tiles", f->path,
+                              layer, nf_tile_kind_name(kind));
+    *group = t0->group;
+    memcpy(types, t0->type, 3);
+    uint32_t next = 0;
+    for (uint32_t i = i0; i < i1; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(f, layer, kind, i);
+        char d[160];
+        nf_nft_describe(f, t, d, sizeof(d));
+        bool ok = t->first == next && t->ne0 == n_embd && t->group == *group && t->group &&
+                  t->count % t->group == 0 && t->expert == expert && !memcmp(types, t->type, 3);
+        for (int k = 0; k < 3 && ok; k++) {
+            const struct nf_type_traits *tr = nf_type_traits((enum nf_type)t->type[k]);
+            const struct nf_type_traits *dt = tr ? nf_type_traits(tr->vec_dot_type) : NULL;
+            const uint64_t len = k == 2 ? t->group : n_embd;
+            ok = tr && tr->compute && dt && dt->from_float && len % (uint64_t)dt->blck_size == 0;
+        }
+        if (!ok)
+            return nf_stream_fail(err, errlen, NF_ECORRUPT,
+                                  "%s: %s does not continue the layer's groups at neuron %u "
+                                  "(group %u, expert %u, computable types)",
+                                  f->path, d, next, *group, expert);
+        next += t->count;
+    }
+    if (next != n_ff)
+        return nf_stream_fail(err, errlen, NF_ECORRUPT,
+                              "%s: layer %u %s tiles hold %u neurons, expected %u", f->path, layer,
+                              nf_tile_kind_name(kind), next, n_ff);
+    return 0;
+}
+
+/* Checks one layer; *max_groups and *down_row grow to what it needs. */
+static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams *hp, uint32_t il,
+                                 bool sparse, size_t *max_rows, uint32_t *max_groups,
+                                 size_t *down_row, char *err, size_t errlen)
+{
+    const uint64_t E = (uint64_t)hp->n_embd, F = (uint64_t)hp->n_ff;
+    const uint64_t qd = (uint64_t)hp->n_head * hp->head_dim;
+    const uint64_t kvd = (uint64_t)hp->n_head_kv * hp->head_dim;
+    size_t one = 0;
+    int rc;
+    if ((rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_NORM, 1, E, true, &one, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_Q, qd, E, false, max_rows, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_K, kvd, E, false, max_rows, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_V, kvd, E, false, max_rows, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_O, E, qd, false, max_rows, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_FFN_NORM, 1, E, true, &one, err, errlen)))
+        return rc;
+    uint32_t group = 0;
+    uint8_t types[3] = {0};
+    if (hp->n_expert) {
+        const uint32_t X = (uint32_t)hp->n_expert, n = nf_nft_count(f, il, NF_TILE_EXPERT);
+        if ((rc = nf_stream_check_rows(f, il, NF_TILE_ROUTER, X, E, false, max_rows, err, errlen)))
+            return rc;
+        if (n == 0 || n % X)
+            return nf_stream_fail(err, errlen, NF_ECORRUPT,
+                                  "%s: layer %u has %u expert tiles, expected a multiple of %u",
+                                  f->path, il, n, X);
+        for (uint32_t e = 0; e < X; e++)
+            if ((rc = nf_stream_check_bundles(f, il, NF_TILE_EXPERT, e * (n / X), (e + 1) * (n / X),
+                                              e, (uint32_t)F, (uint32_t)E, &group, types, err,
+                                              errlen)))
+                return rc;
+        *max_groups = X > *max_groups ? X : *max_groups;
+    } else {
+        if ((rc = nf_stream_check_bundles(f, il, NF_TILE_FFN, 0, nf_nft_count(f, il, NF_TILE_FFN),
+                                          NF_NFT_NO_EXPERT, (uint32_t)F, (uint32_t)E, &group, types,
+                                          err, errlen)))
+            return rc;
+        *max_groups = (uint32_t)F / group > *max_groups ? (uint32_t)F / group : *max_groups;
+        const struct nf_nft_tile *pt = nf_nft_predictor(f, il);
+        if (sparse && (!pt || pt->kind != NF_TILE_PRED_LOWRANK || pt->count != F || pt->ne0 != E ||
+                       pt->rank == 0 || (pt->type[0] != NF_TYPE_F16 && pt->type[0] != NF_TYPE_F32)))
+            return nf_stream_fail(err, errlen, NF_ECORRUPT,
+                                  "%s: layer %u has no usable low-rank predictor tile (needed "
+                                  "for --sparsity)",
+                                  f->path, il);
+    }
+    *max_rows = group > *max_rows ? group : *max_rows;
+    const size_t dr = nf_row_size((enum nf_type)types[2], (int64_t)F);
+    *down_row = dr > *down_row ? dr : *down_row;
+    return 0;
+}
+
+static int nf_stream_check(struct nf_stream *s, char *err, size_t errlen, size_t *down_row)
+{
+    const struct nf_nft *f = s->f;
+    const struct nf_hparams *hp = &s->shell.hp;
+    const struct nf_nft_header *h = &f->hdr;
+    if ((int)h->n_layer != hp->n_layer || (int)h->n_embd != hp->n_embd ||
+        (int)h->n_vocab != hp->n_vocab || (int)h->n_ff != hp->n_ff ||
+        (int)h->n_expert != hp->n_expert)
+        return nf_stream_fail(err, errlen, NF_ECORRUPT,
+                              "%s: header (layers %u, dim %u, vocab %u, ffn %u, experts %u) "
+                              "disagrees with the metadata (%d, %d, %d, %d, %d)",
+                              f->path, h->n_layer, h->n_embd, h->n_vocab, h->n_ff, h->n_expert,
+                              hp->n_layer, hp->n_embd, hp->n_vocab, hp->n_ff, hp->n_expert);
+    const uint64_t E = (uint64_t)hp->n_embd, V = (uint64_t)hp->n_vocab;
+    size_t one = 0;
+    int rc;
+    if ((rc = nf_stream_check_rows(f, NF_NFT_NO_LAYER, NF_TILE_EMBD, V, E, false, &one, err,
+                                   errlen)) ||
+        (rc = nf_stream_check_rows(f, NF_NFT_NO_LAYER,
+                                   h->tied_output ? NF_TILE_EMBD : NF_TILE_OUTPUT, V, E, false,
+                                   &s->max_rows, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 1, E, true, &one, err,
+                                   errlen)))
+        return rc;
+    if (nf_nft_count(f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS) &&
+        (rc = nf_stream_check_rows(f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS, 1,
+                                   (uint64_t)hp->n_rot / 2, true, &one, err, errlen)))
+        return rc;
+    for (uint32_t il = 0; il < h->n_layer; il++)
+        if ((rc = nf_stream_check_layer(f, hp, il, s->sparsity > 0, &s->max_rows, &s->max_groups,
+                                        down_row, err, errlen)))
+            return rc;
+    return 0;
+}
+
+/* Copies the optional rope_freqs tile into s->shell.rope_freqs (nf_rope_cache reads it). */
+static int nf_stream_load_rope(struct nf_stream *s, char *err, size_t errlen)
+{
+    const struct nf_nft_tile *t = nf_nft_find(s->f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS, 0);
+    if (!t)
+        return 0;
+    int rc;
+    const uint8_t *p = nf_stream_pin(s, t, &rc);
+    if (!p)
+        return nf_stream_fail(err, errlen, rc, "%s", s->err);
+    const size_t n = (size_t)t->ne0;
+    float *ff = malloc(sizeof(float) * n);
+    if (ff)
+        memcpy(ff, p, sizeof(float) * n);
+    nf_stream_unpin(s, t);
+    if (!ff)
+        return nf_stream_fail(err, errlen, -ENOMEM, "out of memory");
+    s->shell.rope_freqs = nf_rows_view(t, ff);
+    s->mem += sizeof(float) * n;
+    return 0;
+}
+
+int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struct nf_tile_src *src,
+                     const struct nf_stream_opts *o, char *err, size_t errlen)
+{
+    if (!src || !src->pin || !src->unpin || !o || o->n_ctx < 1 || !(o->sparsity >= 0.0f) ||
+        o->sparsity >= 1.0f)
+        return nf_stream_fail(err, errlen, NF_EUSAGE,
+                              "stream: need a tile source, n_ctx >= 1 and sparsity in [0, 1)");
+    nf_kernels_init();
+    struct nf_stream *s = calloc(1, sizeof(*s));
+    if (!s)
+        return nf_stream_fail(err, errlen, -ENOMEM, "out of memory");
+    s->f = f;
+    s->src = *src;
+    s->sparsity = o->sparsity;
+    size_t down_row = 0;
+    int rc = nf_model_hparams(&s->shell.hp, nf_nft_gguf(f), err, errlen);
+    if (rc < 0 || (rc = nf_stream_check(s, err, errlen, &down_row)) < 0)
+        goto fail;
+    if (s->shell.hp.n_expert > 64 || s->shell.hp.n_expert_used > 64) {
+        rc = nf_stream_fail(err, errlen, NF_EARCH, "%s: more than 64 experts are not supported",
+                            f->path);
+        goto fail;
+    }
+    if ((rc = nf_ctx_create(&s->c, &s->shell, o->n_ctx, o->n_threads)) < 0) {
+        nf_stream_fail(err, errlen, rc, "creating the run state: %s", nf_strerror(rc));
+        goto fail;
+    }
+    const struct nf_hparams *hp = &s->shell.hp;
+    const size_t E = (size_t)hp->n_embd, F = (size_t)hp->n_ff, G = s->max_groups;
+    const size_t words = (G + 63) / 64;
+    s->tmp = malloc(sizeof(float) * NF_MAX_BATCH * s->max_rows);
+    if (posix_memalign(&s->down, 64, E * down_row + 64))
+        s->down = NULL;
+    s->scores = malloc(sizeof(float) * F);
+    s->gscores = malloc(sizeof(float) * G);
+    s->ptmp = malloc(sizeof(float) * (f->hdr.pred_rank ? f->hdr.pred_rank : 1));
+    s->rank = malloc(sizeof(*s->rank) * G);
+    s->sel = malloc((size_t)NF_MAX_BATCH * G);
+    s->bits = calloc(words, sizeof(uint64_t));
+    if (!s->tmp || !s->down || !s->scores || !s->gscores || !s->ptmp || !s->rank || !s->sel ||
+        !s->bits) {
+        rc = nf_stream_fail(err, errlen, -ENOMEM, "out of memory for the stream scratch");
+        goto fail;
+    }
+    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    s->mem += 2 * (size_t)hp->n_layer * (size_t)o->n_ctx * kvd * sizeof(nf_fp16_t) +
+              sizeof(float) * NF_MAX_BATCH * (s->max_rows + 6 * E + 2 * F) + E * down_row +
+              sizeof(float) * (F + 2 * G) + (size_t)NF_MAX_BATCH * G;
+    if ((rc = nf_stream_load_rope(s, err, errlen)) < 0)
+        goto fail;
+    *out = s;
+    return 0;
+fail:
+    nf_stream_free(s);
+    return rc;
+}
+
+void nf_stream_free(struct nf_stream *s)
+{
+    if (!s)
+        return;
+    nf_ctx_free(s->c);
+    free(s->shell.rope_freqs.data);
+    free(s->tmp);
+    free(s->down);
+    free(s->scores);
+    free(s->gscores);
+    free(s->ptmp);
+    free(s->rank);
+    free(s->sel);
+    free(s->bits);
+    free(s);
+}
+
+void nf_stream_reset(struct nf_stream *s)
+{
+    nf_ctx_reset(s->c);
+}
+
+void nf_stream_set_abort(struct nf_stream *s, const atomic_int *flag)
+{
+    s->abort = flag;
+}
+
+const float *nf_stream_logits(const struct nf_stream *s)
+{
+    return s->c->logits;
+}
+
+const struct nf_hparams *nf_stream_hparams(const struct nf_stream *s)
+{
+    return &s->shell.hp;
+}
+
+int nf_stream_n_past(const struct nf_stream *s)
+{
+    return s->c->n_past;
+}
+
+int nf_stream_n_ctx(const struct nf_stream *s)
+{
+    return s->c->n_ctx;
+}
+
+uint32_t nf_stream_n_groups(const struct nf_stream *s)
+{
+    return s->max_groups;
+}
+
+const char *nf_stream_error(const struct nf_stream *s)
+{
+    return s->err;
+}
+
+void nf_stream_get_stats(const struct nf_stream *s, struct nf_stream_stats *out)
+{
+    *out = s->st;
+}
+
+uint64_t nf_stream_mem_bytes(const struct nf_stream *s)
+{
+    return s->mem;
+}
+
+/* --- file-backed tile source --------------------------------------------------------------- */
+
+struct nf_file_src {
+    const struct nf_nft *f;
+    uint64_t slot_size; /* the largest padded tile */
+    uint32_t n_slots;
+    uint32_t hand;       /* clock hand */
+    uint8_t *buf;        /* (n_slots * slot_size), 4096-aligned */
+    uint32_t *slot_tile; /* (n_slots) tile held or NF_FILE_NONE */
+    uint32_t *slot_pins; /* (n_slots) */
+    uint8_t *slot_ref;   /* (n_slots) clock reference bit */
+    uint32_t *tile_slot; /* (n_tiles) slot or NF_FILE_NONE */
+    uint64_t reads;
+    char err[256]; /* the last read error (names the tile) */
+};
+
+#define NF_FILE_NONE UINT32_MAX
+
+static const uint8_t *nf_file_pin(void *ud, uint32_t id, int *rc)
+{
+    struct nf_file_src *fs = ud;
+    if (id >= fs->f->n_tiles) {
+        *rc = NF_EUSAGE;
+        return NULL;
+    }
+    uint32_t sl = fs->tile_slot[id];
+    if (sl == NF_FILE_NONE) {
+        /* Clock: the first unpinned slot whose reference bit is clear (two sweeps). */
+        for (uint32_t k = 0; k < 2 * fs->n_slots + 1 && sl == NF_FILE_NONE; k++) {
+            const uint32_t h = fs->hand;
+            fs->hand = (fs->hand + 1) % fs->n_slots;
+            if (fs->slot_pins[h])
+                continue;
+            if (fs->slot_ref[h])
+                fs->slot_ref[h] = 0;
+            else
+                sl = h;
+        }
+        if (sl == NF_FILE_NONE) {
+            *rc = -ENOBUFS;
+            return NULL;
+        }
+        if (fs->slot_tile[sl] != NF_FILE_NONE)
+            fs->tile_slot[fs->slot_tile[sl]] = NF_FILE_NONE;
+        fs->slot_tile[sl] = NF_FILE_NONE;
+        int r = nf_nft_read(fs->f, &fs->f->tiles[id], fs->buf + (size_t)sl * fs->slot_size,
+                            fs->slot_size, fs->err, sizeof(fs->err));
+        fs->reads++;
+        if (r < 0) {
+            *rc = r;
+            return NULL;
+        }
+        fs->slot_tile[sl] = id;
+        fs->tile_slot[id] = sl;
+    }
+    fs->slot_pins[sl]++;
+    fs->slot_ref[sl] = 1;
+    *rc = 0;
+    return fs->buf + (size_t)sl * fs->slot_size;
+}
+
+static void nf_file_unpin(void *ud, uint32_t id)
+{
+    struct nf_file_src *fs = ud;
+    const uint32_t sl = id < fs->f->n_tiles ? fs->tile_slot[id] : NF_FILE_NONE;
+    if (sl != NF_FILE_NONE && fs->slot_pins[sl])
+        fs->slot_pins[sl]--;
+}
+
+int nf_tile_src_file_open(struct nf_tile_src *src, const struct nf_nft *f, uint64_t cache_bytes)
+{
+    struct nf_file_src *fs = calloc(1, sizeof(*fs));
+    if (!fs)
+        return -ENOMEM;
+    fs->f = f;
+    for (uint64_t i = 0; i < f->n_tiles; i++) {
+        const uint64_t p = nf_nft_padded(f->tiles[i].size);
+        fs->slot_size = p > fs->slot_size ? p : fs->slot_size;
+    }
+    if (fs->slot_size == 0)
+        fs->slot_size = NF_NFT_ALIGN;
+    uint64_t n = cache_bytes / fs->slot_size;
+    n = n < 2 ? 2 : n > f->n_tiles ? f->n_tiles : n;
+    n = n < 2 ? 2 : n;
+    fs->n_slots = (uint32_t)n;
+    if (posix_memalign((void **)&fs->buf, NF_NFT_ALIGN, fs->n_slots * fs->slot_size))
+        fs->buf = NULL;
+    fs->slot_tile = malloc(sizeof(uint32_t) * fs->n_slots);
+    fs->slot_pins = calloc(fs->n_slots, sizeof(uint32_t));
+    fs->slot_ref = calloc(fs->n_slots, 1);
+    fs->tile_slot = malloc(sizeof(uint32_t) * (f->n_tiles ? f->n_tiles : 1));
+    if (!fs->buf || !fs->slot_tile || !fs->slot_pins || !fs->slot_ref || !fs->tile_slot) {
+        struct nf_tile_src tmp = {.ud = fs};
+        nf_tile_src_file_close(&tmp);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < fs->n_slots; i++)
+        fs->slot_tile[i] = NF_FILE_NONE;
+    for (uint64_t i = 0; i < f->n_tiles; i++)
+        fs->tile_slot[i] = NF_FILE_NONE;
+    *src = (struct nf_tile_src){.pin = nf_file_pin, .unpin = nf_file_unpin, .ud = fs};
+    return 0;
+}
+
+void nf_tile_src_file_close(struct nf_tile_src *src)
+{
+    struct nf_file_src *fs = src ? src->ud : NULL;
+    if (!fs)
+        return;
+    free(fs->buf);
+    free(fs->slot_tile);
+    free(fs->slot_pins);
+    free(fs->slot_ref);
+    free(fs->tile_slot);
+    free(fs);
+    src->ud = NULL;
+}
+
+uint64_t nf_tile_src_file_reads(const struct nf_tile_src *src)
+{
+    const struct nf_file_src *fs = src->ud;
+    return fs->reads;
+}

@@ -1,0 +1,95 @@
+/* stream.h - the tile-streaming forward pass: a llama model evaluated from the tiles of a .nft.
+ *
+ * The engine holds no weights. Every tile it needs is pinned through a struct nf_tile_src (the
+ * shared tile pool in the compute daemon, plain preads in tests), used in place and unpinned.
+ * It runs the arithmetic of model_forward.c on tensor views over the pinned bytes:
+ *  - attention and output matrices are split by rows, and a mat-vec over a row range gives the
+ *    same floats per row as over the whole matrix;
+ *  - exact mode (sparsity 0) copies each FFN group's ffn_down columns into a per-layer
+ *    row-major scratch as the groups arrive and runs the ordinary mat-vec on it, so the logits
+ *    are bit-identical to nf_ctx_eval on the same model;
+ *  - sparse mode (0 < sparsity < 1) scores the groups of each dense layer with the .nft's
+ *    low-rank predictor on the actual FFN input and computes only the top (1 - sparsity)
+ *    fraction, adding each group's down contribution to the output (approximate by design);
+ *  - MoE layers compute the router from the actual input and touch only the chosen experts'
+ *    tiles (exact).
+ * The KV cache, scratch and thread pool are allocated by nf_stream_create; evaluating tokens
+ * allocates nothing. All calls on one engine must come from the thread that created it. */
+#ifndef NF_STREAM_H
+#define NF_STREAM_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "nft.h"
+
+/* Where tile bytes come from. pin returns the bytes of tile id (stable until unpin), or NULL
+ * with *rc set (NF_ECHECKSUM, -EIO, -ECANCELED, -ETIMEDOUT...). layer_done and used are
+ * optional (NULL): layer_done receives the residual stream of the last token after each layer;
+ * used receives the FFN groups (dense) or experts (MoE) the layer computed, as a bitmap of
+ * n_groups bits. The engine calls them all from its own thread. */
+struct nf_tile_src {
+    const uint8_t *(*pin)(void *ud, uint32_t id, int *rc);
+    void (*unpin)(void *ud, uint32_t id);
+    void (*layer_done)(void *ud, uint32_t layer, const float *x, int n_embd);
+    void (*used)(void *ud, uint32_t layer, const uint64_t *bits, uint32_t n_groups);
+    void *ud;
+};
+
+struct nf_stream_opts {
+    int n_ctx;      /* KV cache positions (>= 1) */
+    int n_threads;  /* <= 0: one per CPU */
+    float sparsity; /* 0: exact; in (0, 1): the fraction of FFN groups skipped */
+};
+
+/* Monotonic counters of one engine. */
+struct nf_stream_stats {
+    uint64_t tiles_pinned, tile_bytes;     /* pins and the data bytes they covered */
+    uint64_t groups_total, groups_skipped; /* dense FFN groups per token, and those skipped */
+};
+
+struct nf_stream;
+
+/* Creates an engine for the open .nft f (which must outlive it) reading tiles through src
+ * (copied). Checks the metadata (nf_model_hparams) and that every tile the forward pass needs
+ * is present with the expected shape. Returns 0 or a negative code with a one-line reason in
+ * err (NF_EUSAGE for bad options, NF_ECORRUPT for a missing tile, -ENOMEM...). */
+int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struct nf_tile_src *src,
+                     const struct nf_stream_opts *o, char *err, size_t errlen);
+void nf_stream_free(struct nf_stream *s);
+
+/* Forgets the sequence (n_past = 0). */
+void nf_stream_reset(struct nf_stream *s);
+
+/* Evaluates n tokens at positions n_past.., like nf_ctx_eval, leaving the logits of the last one
+ * in nf_stream_logits. Returns 0, NF_ECTXFULL (nothing evaluated), NF_EUSAGE (token out of the
+ * vocabulary), -ECANCELED when the abort flag was set, or the pin error of a tile (then
+ * nf_stream_error names the tile). After an error the sequence is undefined: reset it. */
+int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n);
+
+/* An abort flag checked before every layer (NULL: none); any nonzero value stops the eval. */
+void nf_stream_set_abort(struct nf_stream *s, const atomic_int *flag);
+
+const float *nf_stream_logits(const struct nf_stream *s); /* (n_vocab) */
+const struct nf_hparams *nf_stream_hparams(const struct nf_stream *s);
+int nf_stream_n_past(const struct nf_stream *s);
+int nf_stream_n_ctx(const struct nf_stream *s);
+/* Groups (dense) or experts (MoE) per layer: the length of the used bitmaps. */
+uint32_t nf_stream_n_groups(const struct nf_stream *s);
+/* The message of the last failed eval ("" if none). */
+const char *nf_stream_error(const struct nf_stream *s);
+void nf_stream_get_stats(const struct nf_stream *s, struct nf_stream_stats *out);
+/* Bytes of private memory the engine allocated (KV cache, scratch), for budget checks. */
+uint64_t nf_stream_mem_bytes(const struct nf_stream *s);
+
+/* A tile source reading f with nf_nft_read (checksums verified) into a cache of about
+ * cache_bytes (at least two tiles), evicting unpinned tiles in clock order. src->ud owns the
+ * cache; release it with nf_tile_src_file_close. Returns 0 or -ENOMEM. */
+int nf_tile_src_file_open(struct nf_tile_src *src, const struct nf_nft *f, uint64_t cache_bytes);
+void nf_tile_src_file_close(struct nf_tile_src *src);
+/* Reads done by a file source so far (cache misses). */
+uint64_t nf_tile_src_file_reads(const struct nf_tile_src *src);
+
+#endif
