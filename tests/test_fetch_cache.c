@@ -1,0 +1,227 @@
+/* test_fetch_cache.c - the fetcher's cache policy: farthest-next-use eviction and resident set. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+/* The policy is compiled into nanoflow-fetcher, not into a library: test its source directly. */
+#include "../daemons/fetcher/cache.c"
+
+#define NT 20 /* tiles in the synthetic model */
+#define NS 8  /* pool slots */
+
+struct table {
+    struct nf_tile_entry tiles[NT];
+    struct nf_slot_entry slots[NS];
+};
+
+/* Tiles 0..NS-1 READY in slots 0..NS-1, the rest EMPTY. */
+static void table_init(struct table *t)
+{
+    memset(t, 0, sizeof(*t));
+    for (uint32_t i = 0; i < NT; i++) {
+        atomic_init(&t->tiles[i].state, NF_TILE_EMPTY);
+        atomic_init(&t->tiles[i].slot, NF_NO_SLOT);
+    }
+    for (uint32_t s = 0; s < NS; s++) {
+        atomic_init(&t->slots[s].tile, s);
+        atomic_init(&t->tiles[s].state, NF_TILE_READY);
+        atomic_init(&t->tiles[s].slot, s);
+    }
+}
+
+static uint32_t victim(struct table *t, uint32_t cur, uint32_t min_dist, uint32_t below)
+{
+    return nf_cache_pick_victim(t->tiles, NT, t->slots, NS, cur, min_dist, below);
+}
+
+static void test_distance(void **state)
+{
+    (void)state;
+    assert_int_equal(nf_cache_distance(5, 5, NT), 0);
+    assert_int_equal(nf_cache_distance(6, 5, NT), 1);
+    assert_int_equal(nf_cache_distance(4, 5, NT), NT - 1);
+    assert_int_equal(nf_cache_distance(0, 19, NT), 1);
+}
+
+/* Compute moved on to tile 8 after using 0..7: the tile just used (7) is needed last, the
+ * first ones (0, 1, ...) are needed soonest in the next cycle. */
+static void test_cyclic_evicts_most_recent(void **state)
+{
+    (void)state;
+    struct table t;
+    table_init(&t);
+    assert_int_equal(victim(&t, 8, 0, UINT32_MAX), 7);
+    /* The next candidate after 7 failed (pinned meanwhile) is 6, then 5. */
+    assert_int_equal(victim(&t, 8, 0, nf_cache_distance(7, 8, NT)), 6);
+    assert_int_equal(victim(&t, 8, 0, nf_cache_distance(6, 8, NT)), 5);
+    /* Mid-cycle: compute is at tile 3, so 4..7 are needed soon and 2 (just used) is last. */
+    assert_int_equal(victim(&t, 3, 0, UINT32_MAX), 2);
+}
+
+static void test_pinned_resident_loading_never(void **state)
+{
+    (void)state;
+    struct table t;
+    table_init(&t);
+    atomic_store(&t.tiles[7].pins, 1);                 /* compute uses it */
+    atomic_store(&t.slots[6].flags, NF_SLOT_RESIDENT); /* hot set */
+    atomic_store(&t.tiles[5].state, NF_TILE_LOADING);  /* read in flight */
+    assert_int_equal(victim(&t, 8, 0, UINT32_MAX), 4);
+    /* Nothing evictable at all: every slot pinned, resident or loading. */
+    for (uint32_t s = 0; s < NS; s++)
+        atomic_store(&t.tiles[s].pins, 1);
+    atomic_store(&t.tiles[6].pins, 0);
+    atomic_store(&t.tiles[5].pins, 0);
+    assert_int_equal(victim(&t, 8, 0, UINT32_MAX), NF_NO_SLOT);
+    /* An empty slot is not a victim (it is free already). */
+    table_init(&t);
+    atomic_store(&t.slots[3].tile, NF_NO_TILE);
+    atomic_store(&t.tiles[3].state, NF_TILE_EMPTY);
+    for (uint32_t s = 0; s < NS; s++)
+        if (s != 3)
+            atomic_store(&t.tiles[s].pins, 1);
+    assert_int_equal(victim(&t, 8, 0, UINT32_MAX), NF_NO_SLOT);
+}
+
+/* A prefetch only evicts tiles needed after itself. */
+static void test_prefetch_does_not_evict_sooner_tiles(void **state)
+{
+    (void)state;
+    struct table t;
+    table_init(&t);
+    /* cur 8: tile 15 is 7 steps ahead; all cached tiles (0..7) are 12..19 ahead: evict 7. */
+    assert_int_equal(victim(&t, 8, nf_cache_distance(15, 8, NT), UINT32_MAX), 7);
+    /* Tile 5 of the next cycle (17 ahead): only 6 (18) and 7 (19) are needed later. */
+    assert_int_equal(victim(&t, 8, nf_cache_distance(5, 8, NT), UINT32_MAX), 7);
+    atomic_store(&t.tiles[7].pins, 1);
+    assert_int_equal(victim(&t, 8, nf_cache_distance(5, 8, NT), UINT32_MAX), 6);
+    atomic_store(&t.tiles[6].pins, 1);
+    assert_int_equal(victim(&t, 8, nf_cache_distance(5, 8, NT), UINT32_MAX), NF_NO_SLOT);
+}
+
+/* Simulates compute scanning NT tiles cyclically with NS slots, loading each miss into a free
+ * slot or the policy's victim (LRU as the comparison). Returns the misses over `cycles` cycles
+ * after one warm-up cycle. */
+static unsigned simulate(bool lru, unsigned cycles)
+{
+    struct table t;
+    memset(&t, 0, sizeof(t));
+    uint32_t last[NT] = {0}; /* time of last use, for LRU */
+    for (uint32_t i = 0; i < NT; i++)
+        atomic_init(&t.tiles[i].slot, NF_NO_SLOT);
+    for (uint32_t s = 0; s < NS; s++)
+        atomic_init(&t.slots[s].tile, NF_NO_TILE);
+    unsigned misses = 0, clock = 0;
+    for (unsigned c = 0; c < cycles + 1; c++) {
+        for (uint32_t id = 0; id < NT; id++, clock++) {
+            if (atomic_load(&t.tiles[id].state) != NF_TILE_READY) {
+                if (c > 0)
+                    misses++;
+                uint32_t s = NF_NO_SLOT;
+                for (uint32_t k = 0; k < NS && s == NF_NO_SLOT; k++)
+                    if (atomic_load(&t.slots[k].tile) == NF_NO_TILE)
+                        s = k;
+                if (s == NF_NO_SLOT && lru) {
+                    uint32_t best = UINT32_MAX;
+                    for (uint32_t k = 0; k < NS; k++)
+                        if (last[atomic_load(&t.slots[k].tile)] < best) {
+                            best = last[atomic_load(&t.slots[k].tile)];
+                            s = k;
+                        }
+                } else if (s == NF_NO_SLOT) {
+                    s = victim(&t, id, 0, UINT32_MAX);
+                }
+                assert_int_not_equal(s, NF_NO_SLOT);
+                uint32_t old = atomic_load(&t.slots[s].tile);
+                if (old != NF_NO_TILE)
+                    atomic_store(&t.tiles[old].state, NF_TILE_EMPTY);
+                atomic_store(&t.slots[s].tile, id);
+                atomic_store(&t.tiles[id].state, NF_TILE_READY);
+            }
+            last[id] = clock;
+        }
+    }
+    return misses;
+}
+
+static void test_cyclic_scan_beats_lru(void **state)
+{
+    (void)state;
+    unsigned cycles = 10;
+    unsigned lru = simulate(true, cycles), far = simulate(false, cycles);
+    /* LRU misses every tile of a scan larger than the cache. */
+    assert_int_equal(lru, cycles * NT);
+    /* Farthest-next-use keeps NS - 1 tiles per cycle (one slot turns over). */
+    assert_true(far <= cycles * (NT - (NS - 1)));
+    print_message("cyclic scan of %d tiles in %d slots, %u cycles: LRU %u misses, policy %u\n", NT,
+                  NS, cycles, lru, far);
+}
+
+/* A small model: embedding, 3 layers of (attn_norm, q, k, v, o, ffn_norm, 4 ffn), output norm,
+ * output. */
+static uint32_t build_info(struct nf_cache_tile_info *info)
+{
+    uint32_t n = 0;
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_EMBD, 4096};
+    for (uint32_t l = 0; l < 3; l++) {
+        static const uint16_t kinds[] = {
+            NF_TILE_ATTN_NORM, NF_TILE_ATTN_Q, NF_TILE_ATTN_K, NF_TILE_ATTN_V, NF_TILE_ATTN_O,
+            NF_TILE_FFN_NORM,  NF_TILE_FFN,    NF_TILE_FFN,    NF_TILE_FFN,    NF_TILE_FFN};
+        for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
+            info[n++] = (struct nf_cache_tile_info){l, kinds[k], 8192};
+    }
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 4096};
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_OUTPUT, 8192};
+    return n;
+}
+
+static void test_resident_set(void **state)
+{
+    (void)state;
+    struct nf_cache_tile_info info[40];
+    uint32_t n = build_info(info);
+    assert_int_equal(n, 33);
+    struct nf_cache c;
+    /* 11 slots: 6 norms + output norm = 7, then layer 0's attention (4) fits, layer 1's not. */
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 22, 11), 0);
+    assert_int_equal(c.n_resident, 11);
+    for (uint32_t id = 0; id < n; id++) {
+        bool norm = info[id].kind == NF_TILE_ATTN_NORM || info[id].kind == NF_TILE_FFN_NORM ||
+                    info[id].kind == NF_TILE_OUTPUT_NORM;
+        bool attn0 = info[id].layer == 0 && info[id].kind >= NF_TILE_ATTN_Q &&
+                     info[id].kind <= NF_TILE_ATTN_O;
+        assert_int_equal(nf_cache_is_resident(&c, id), norm || attn0);
+    }
+    nf_cache_free(&c);
+    /* 10 slots: no whole layer of attention fits after the norms. */
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 20, 10), 0);
+    assert_int_equal(c.n_resident, 7);
+    assert_false(nf_cache_is_resident(&c, 2)); /* layer 0 q */
+    nf_cache_free(&c);
+    /* 3 slots: only the first norms, never more than allowed. */
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 6, 3), 0);
+    assert_int_equal(c.n_resident, 3);
+    nf_cache_free(&c);
+    /* No slots to spare: nothing resident. */
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 8, 0), 0);
+    assert_int_equal(c.n_resident, 0);
+    assert_false(nf_cache_is_resident(&c, n)); /* out of range */
+    nf_cache_free(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_distance),
+        cmocka_unit_test(test_cyclic_evicts_most_recent),
+        cmocka_unit_test(test_pinned_resident_loading_never),
+        cmocka_unit_test(test_prefetch_does_not_evict_sooner_tiles),
+        cmocka_unit_test(test_cyclic_scan_beats_lru),
+        cmocka_unit_test(test_resident_set),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
