@@ -1,0 +1,371 @@
+/* loop.c - the predictor's worker thread: forecast the next layers' tiles and prefetch them. */
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon.h"
+#include "loop.h"
+
+#define WAKE_MS       200          /* idle wake-up to notice stop and refresh mem_predictor */
+#define MEM_EVERY_NS  500000000ull /* mem_predictor refresh period */
+#define SEQLOCK_TRIES 64           /* a writer holds a slot for a few microseconds at most */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t nf_pred_private_rss(void)
+{
+    FILE *fp = fopen("/proc/self/status", "r");
+    if (!fp)
+        return 0;
+    char line[256];
+    unsigned long long kb, total = 0;
+    while (fgets(line, sizeof(line), fp))
+        if (sscanf(line, "RssAnon: %llu kB", &kb) == 1 ||
+            sscanf(line, "RssFile: %llu kB", &kb) == 1)
+            total += kb;
+    fclose(fp);
+    return total * 1024;
+}
+
+int nf_pred_loop_init(struct nf_pred_loop *lp, struct nf_stack *st, const struct nf_plan *plan,
+                      struct nf_forecaster *fc, float sparsity, float margin,
+                      uint32_t max_lookahead, uint32_t bos)
+{
+    memset(lp, 0, sizeof(*lp));
+    lp->st = st;
+    lp->plan = plan;
+    lp->fc = fc;
+    lp->sparsity = sparsity;
+    lp->margin = margin;
+    lp->max_lookahead = max_lookahead ? max_lookahead : 1;
+    lp->bos = bos;
+    atomic_init(&lp->stop, false);
+    const size_t L = plan->n_layer, W = plan->words ? plan->words : 1;
+    lp->act_seq = calloc(L, sizeof(uint64_t));
+    lp->used_seq = calloc(L, sizeof(uint64_t));
+    lp->x = calloc(plan->n_embd, sizeof(float));
+    lp->fc_sel = calloc(L * W, sizeof(uint64_t));
+    lp->fc_step = calloc(L, sizeof(uint64_t));
+    lp->fc_live = calloc(L, sizeof(bool));
+    lp->last_used = calloc(L * W, sizeof(uint64_t));
+    lp->have_used = calloc(L, sizeof(bool));
+    lp->sel = calloc(W, sizeof(uint64_t));
+    lp->used = calloc(W, sizeof(uint64_t));
+    lp->list = calloc(plan->max_step, sizeof(uint32_t));
+    if (!lp->act_seq || !lp->used_seq || !lp->x || !lp->fc_sel || !lp->fc_step || !lp->fc_live ||
+        !lp->last_used || !lp->have_used || !lp->sel || !lp->used || !lp->list) {
+        nf_pred_loop_free(lp);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void nf_pred_loop_free(struct nf_pred_loop *lp)
+{
+    void *bufs[] = {lp->act_seq,   lp->used_seq,  lp->x,   lp->fc_sel, lp->fc_step, lp->fc_live,
+                    lp->last_used, lp->have_used, lp->sel, lp->used,   lp->list};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        free(bufs[i]);
+    memset(lp, 0, sizeof(*lp));
+}
+
+/* Seqlock read of an activation slot: its step and layer, and when x is not NULL its vector.
+ * Returns the stable (even, non-zero) sequence number, or 0 when the slot was never written or
+ * stayed busy. */
+static uint64_t read_act(const struct nf_act_slot *a, uint32_t n_embd, uint64_t *step,
+                         uint32_t *layer, float *x)
+{
+    for (int i = 0; i < SEQLOCK_TRIES; i++) {
+        /* Acquire pairs with the writer's release store of the even sequence. */
+        uint64_t s1 = atomic_load_explicit(&a->seq, memory_order_acquire);
+        if (s1 == 0)
+            return 0;
+        if (s1 & 1) {
+            sched_yield();
+            continue;
+        }
+        *step = a->step;
+        *layer = a->layer;
+        bool ok = a->n_embd == n_embd;
+        if (x && ok)
+            memcpy(x, a->x, sizeof(float) * n_embd);
+        /* The fence orders the copies above before the re-check (classic seqlock reader). */
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&a->seq, memory_order_relaxed) == s1)
+            return ok ? s1 : 0;
+    }
+    return 0;
+}
+
+/* Seqlock read of a used slot into bits (words words). Returns the sequence or 0. */
+static uint64_t read_used(const struct nf_used_slot *u, uint32_t words, uint64_t *step,
+                          uint32_t *n_groups, uint64_t *bits)
+{
+    for (int i = 0; i < SEQLOCK_TRIES; i++) {
+        uint64_t s1 = atomic_load_explicit(&u->seq, memory_order_acquire);
+        if (s1 == 0)
+            return 0;
+        if (s1 & 1) {
+            sched_yield();
+            continue;
+        }
+        *step = u->step;
+        *n_groups = u->n_groups;
+        uint32_t w = (*n_groups + 63) / 64;
+        if (w > words)
+            w = words;
+        memset(bits, 0, sizeof(uint64_t) * words);
+        memcpy(bits, u->bits, sizeof(uint64_t) * w);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&u->seq, memory_order_relaxed) == s1)
+            return s1;
+    }
+    return 0;
+}
+
+/* Scores live forecasts against the used sets compute published, and remembers those sets. */
+static void score_used(struct nf_pred_loop *lp)
+{
+    const struct nf_plan *p = lp->plan;
+    struct nf_stack_counters *ctr = lp->st->ctr;
+    const uint32_t W = p->words;
+    for (uint32_t l = 0; l < p->n_layer; l++) {
+        struct nf_used_slot *u = nf_stack_used(lp->st, l);
+        uint64_t s = atomic_load_explicit(&u->seq, memory_order_relaxed);
+        if (s == 0 || (s & 1) || s == lp->used_seq[l])
+            continue;
+        uint64_t step;
+        uint32_t n;
+        s = read_used(u, W, &step, &n, lp->used);
+        if (s == 0)
+            continue;
+        lp->used_seq[l] = s;
+        if (n != p->layers[l].n_units)
+            continue; /* not this model's units: ignore rather than miscount */
+        memcpy(lp->last_used + (size_t)l * W, lp->used, sizeof(uint64_t) * W);
+        lp->have_used[l] = true;
+        if (!lp->fc_live[l] || step < lp->fc_step[l])
+            continue;
+        lp->fc_live[l] = false;
+        if (step != lp->fc_step[l])
+            continue; /* the forecast's step is gone without a used set: not scored */
+        const uint64_t *f = lp->fc_sel + (size_t)l * W;
+        uint64_t tp = 0, fp = 0, fn = 0;
+        for (uint32_t w = 0; w < W; w++) {
+            tp += (uint64_t)__builtin_popcountll(f[w] & lp->used[w]);
+            fp += (uint64_t)__builtin_popcountll(f[w] & ~lp->used[w]);
+            fn += (uint64_t)__builtin_popcountll(~f[w] & lp->used[w]);
+        }
+        atomic_fetch_add_explicit(&ctr->p_true_pos, tp, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ctr->p_false_pos, fp, memory_order_relaxed);
+        atomic_fetch_add_explicit(&ctr->p_false_neg, fn, memory_order_relaxed);
+    }
+}
+
+/* Slots free now or holding a tile that compute is done with for this step (READY, unpinned,
+ * not resident, of a layer at or before `after`): what the fetcher can fill without evicting
+ * anything the coming layers need. */
+static uint64_t count_room(const struct nf_pred_loop *lp, int32_t after)
+{
+    const struct nf_stack *st = lp->st;
+    const struct nf_nft *f = lp->plan->f;
+    uint64_t room = 0;
+    for (uint64_t i = 0; i < st->cfg->n_slots; i++) {
+        uint32_t t = atomic_load_explicit(&st->slots[i].tile, memory_order_relaxed);
+        if (t == NF_NO_TILE) {
+            room++;
+            continue;
+        }
+        if (t >= f->n_tiles ||
+            (atomic_load_explicit(&st->slots[i].flags, memory_order_relaxed) & NF_SLOT_RESIDENT))
+            continue;
+        const struct nf_tile_entry *te = &st->tiles[t];
+        uint32_t layer = f->tiles[t].layer;
+        if (atomic_load_explicit(&te->state, memory_order_relaxed) == NF_TILE_READY &&
+            atomic_load_explicit(&te->pins, memory_order_relaxed) == 0 &&
+            layer != NF_NFT_NO_LAYER && (int64_t)layer <= after)
+            room++;
+    }
+    return room;
+}
+
+/* The units to prefetch for layer l when there is no forecast: what compute used there last
+ * time, else every unit (NULL). */
+static const uint64_t *fallback(const struct nf_pred_loop *lp, uint32_t l)
+{
+    if (!lp->plan->moe && !(lp->sparsity > 0))
+        return NULL; /* exact dense layers use every group */
+    return lp->have_used[l] ? lp->last_used + (size_t)l * lp->plan->words : NULL;
+}
+
+/* The units of layer l (of the activation's step) to prefetch: a fresh forecast from lp->x
+ * (recorded for scoring), or the fallback. */
+static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, uint32_t l)
+{
+    const struct nf_plan *p = lp->plan;
+    if (!p->moe && !(lp->sparsity > 0))
+        return NULL;
+    uint64_t *sel = lp->fc_sel + (size_t)l * p->words;
+    uint64_t t0 = now_ns();
+    int rc = nf_forecast(lp->fc, l, lp->x, lp->sparsity, lp->margin, sel);
+    if (rc < 0) {
+        lp->fc_live[l] = false;
+        return fallback(lp, l);
+    }
+    struct nf_stack_counters *ctr = lp->st->ctr;
+    atomic_fetch_add_explicit(&ctr->p_predictions, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ctr->p_pred_ns, now_ns() - t0, memory_order_relaxed);
+    lp->fc_step[l] = step;
+    lp->fc_live[l] = true;
+    return sel;
+}
+
+/* Fills lp->list with the tiles of the target `d` layers past layer `after` of step `step`
+ * (after = -1: before layer 0): a layer of this step, the output (d reaching n_layer), or a
+ * layer of the next step. x_ok says whether lp->x holds the activation after `after`. Returns
+ * the count, or -1 past the next step's last layer. */
+static int build_target(struct nf_pred_loop *lp, uint64_t step, int32_t after, uint32_t d,
+                        bool x_ok)
+{
+    const struct nf_plan *p = lp->plan;
+    const int64_t n_layer = p->n_layer;
+    int64_t tl = (int64_t)after + d;
+    if (tl < n_layer) {
+        const uint64_t *sel =
+            x_ok ? forecast_layer(lp, step, (uint32_t)tl) : fallback(lp, (uint32_t)tl);
+        return nf_plan_layer(p, (uint32_t)tl, sel, lp->list, p->max_step);
+    }
+    if (tl == n_layer)
+        return nf_plan_tail(p, lp->list, p->max_step);
+    int64_t j = tl - n_layer - 1;
+    if (j >= n_layer)
+        return -1;
+    int n = 0;
+    if (j == 0) {
+        /* The next token is not known yet: only ROPE_FREQS of the head. */
+        n = nf_plan_head(p, UINT32_MAX, lp->list, p->max_step);
+        if (n < 0)
+            return n;
+    }
+    int m = nf_plan_layer(p, (uint32_t)j, fallback(lp, (uint32_t)j), lp->list + n,
+                          p->max_step - (size_t)n);
+    return m < 0 ? m : n + m;
+}
+
+/* Queues the next layers after layer `after` of `step`, as deep as the pool allows. */
+static void prefetch_ahead(struct nf_pred_loop *lp, uint64_t step, int32_t after, bool x_ok)
+{
+    struct nf_stack *st = lp->st;
+    uint64_t room = count_room(lp, after) / 2, missing = 0, reqs = 0;
+    uint32_t depth = 0;
+    for (uint32_t d = 1; d <= lp->max_lookahead; d++) {
+        int n = build_target(lp, step, after, d, x_ok);
+        if (n < 0)
+            break;
+        uint64_t miss = 0;
+        for (int i = 0; i < n; i++)
+            miss += atomic_load_explicit(&st->tiles[lp->list[i]].state, memory_order_relaxed) ==
+                    NF_TILE_EMPTY;
+        if (d > 1 && missing + miss > room)
+            break; /* the pool is tight: keep what we have queued */
+        missing += miss;
+        depth = d;
+        bool full = false;
+        for (int i = 0; i < n && !full; i++) {
+            int rc = nf_tile_prefetch(st, lp->list[i], d, false);
+            reqs += rc == 1;
+            full = rc == -ENOBUFS;
+        }
+        if (full)
+            break; /* the fetcher is behind: the ring holds enough work */
+    }
+    nf_notify_wake(&st->sync->fetch_bell); /* one flush per batch */
+    atomic_fetch_add_explicit(&st->ctr->p_requests, reqs, memory_order_relaxed);
+    atomic_store_explicit(&st->ctr->p_lookahead, depth, memory_order_relaxed);
+}
+
+/* Finds the newest activation compute published since we last looked, copies it to lp->x and
+ * returns true with its step and layer. */
+static bool newest_act(struct nf_pred_loop *lp, uint64_t *step, uint32_t *layer)
+{
+    const struct nf_plan *p = lp->plan;
+    bool found = false;
+    uint64_t best_step = 0;
+    uint32_t best_layer = 0, best_l = 0;
+    for (uint32_t l = 0; l < p->n_layer; l++) {
+        struct nf_act_slot *a = nf_stack_act(lp->st, l);
+        uint64_t s = atomic_load_explicit(&a->seq, memory_order_relaxed);
+        if (s == 0 || s == lp->act_seq[l])
+            continue;
+        uint64_t st_;
+        uint32_t ly;
+        s = read_act(a, p->n_embd, &st_, &ly, NULL);
+        if (s == 0)
+            continue;
+        lp->act_seq[l] = s; /* superseded slots are skipped, not processed late */
+        if (ly >= p->n_layer)
+            continue;
+        if (!found || st_ > best_step || (st_ == best_step && ly > best_layer)) {
+            found = true;
+            best_step = st_;
+            best_layer = ly;
+            best_l = l;
+        }
+    }
+    if (!found)
+        return false;
+    /* Copy the winner's vector; if compute rewrote it meanwhile, take the newer content. */
+    uint64_t s = read_act(nf_stack_act(lp->st, best_l), p->n_embd, step, layer, lp->x);
+    if (s == 0 || *layer >= p->n_layer)
+        return false;
+    lp->act_seq[best_l] = s;
+    return true;
+}
+
+void *nf_pred_loop_run(void *arg)
+{
+    struct nf_pred_loop *lp = arg;
+    struct nf_stack *st = lp->st;
+    struct nf_notify *bell = &st->sync->act_bell;
+    /* Before any activation: the first token's likely embedding tile and the first layers. */
+    if (lp->bos != UINT32_MAX) {
+        int n = nf_plan_head(lp->plan, lp->bos, lp->list, lp->plan->max_step);
+        for (int i = 0; i < n; i++)
+            nf_tile_prefetch(st, lp->list[i], 1, false);
+    }
+    prefetch_ahead(lp, 0, -1, false);
+    nf_log(NF_LOG_INFO, "loop started (lookahead up to %u layers)", lp->max_lookahead);
+    uint64_t handled = 0;
+    while (!atomic_load(&lp->stop) && !atomic_load(&st->sync->stop)) {
+        /* Sample the bell before looking, so a publish after the look still wakes us. */
+        uint32_t seen = nf_notify_seq(bell);
+        uint64_t step;
+        uint32_t layer;
+        bool got = newest_act(lp, &step, &layer);
+        if (got) {
+            score_used(lp);
+            prefetch_ahead(lp, step, (int32_t)layer, true);
+            handled++;
+        } else {
+            score_used(lp);
+        }
+        uint64_t now = now_ns();
+        if (now - lp->mem_at_ns > MEM_EVERY_NS) {
+            lp->mem_at_ns = now;
+            atomic_store_explicit(&st->ctr->mem_predictor, nf_pred_private_rss(),
+                                  memory_order_relaxed);
+        }
+        if (!got)
+            nf_notify_wait(bell, seen, WAKE_MS);
+    }
+    nf_log(NF_LOG_INFO, "loop stopped after %llu activations", (unsigned long long)handled);
+    return NULL;
+}

@@ -1,0 +1,58 @@
+/* loop.h - the predictor's worker: activations in, prefetch requests out, accuracy counters.
+ *
+ * One thread runs nf_pred_loop_run. It sleeps on the act_bell until compute publishes the
+ * residual stream after some layer L, reads the newest activation slot (seqlock), and queues the
+ * tiles of the next k layers in use order on the prefetch ring (prio = distance in layers): the
+ * FFN units of each come from the forecast of that layer (sparse dense layers, MoE) or are all
+ * of them (exact dense layers, or a layer whose predictor did not fit in memory). Past the last
+ * layer it queues the output tiles, then the next step's first layers (units from the set
+ * compute used last time at that layer when known). k adapts to the pool: deeper while the tiles
+ * still missing fit in half the free or evictable slots, 1 when the pool is tight. It scores
+ * each forecast against the set compute publishes in the used slot of the same (step, layer). */
+#ifndef NF_PRED_LOOP_H
+#define NF_PRED_LOOP_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "plan.h"
+#include "stack.h"
+
+struct nf_pred_loop {
+    struct nf_stack *st;        /* attached region (not owned) */
+    const struct nf_plan *plan; /* not owned */
+    struct nf_forecaster *fc;   /* not owned */
+    float sparsity;             /* 0: exact mode */
+    float margin;               /* extra share of groups kept in sparse mode */
+    uint32_t max_lookahead;     /* deepest lookahead in layers (>= 1) */
+    uint32_t bos;               /* token queued before the first step (UINT32_MAX: none) */
+    _Atomic bool stop;          /* set by the daemon to end the loop */
+    /* Private state (nf_pred_loop_init allocates, nf_pred_loop_free frees). */
+    uint64_t *act_seq, *used_seq; /* (n_layer) last seqlock values seen */
+    float *x;                     /* (n_embd) activation copy */
+    uint64_t *fc_sel;             /* (n_layer, words) newest forecast per layer */
+    uint64_t *fc_step;            /* (n_layer) the step it was for */
+    bool *fc_live;                /* (n_layer) forecast not yet scored */
+    uint64_t *last_used;          /* (n_layer, words) units compute used last time */
+    bool *have_used;              /* (n_layer) */
+    uint64_t *sel, *used;         /* (words) scratch */
+    uint32_t *list;               /* (max_step) tile ids of one layer or step part */
+    uint64_t mem_at_ns;           /* when mem_predictor was last measured */
+};
+
+/* Allocates the loop's private state. Returns 0 or -ENOMEM. */
+int nf_pred_loop_init(struct nf_pred_loop *lp, struct nf_stack *st, const struct nf_plan *plan,
+                      struct nf_forecaster *fc, float sparsity, float margin,
+                      uint32_t max_lookahead, uint32_t bos);
+void nf_pred_loop_free(struct nf_pred_loop *lp);
+
+/* Thread body (arg: struct nf_pred_loop *). Returns when lp->stop or the stack's stop word is
+ * set. */
+void *nf_pred_loop_run(void *arg);
+
+/* Bytes the private mappings of this process hold (RssAnon + RssFile of /proc/self/status),
+ * or 0 when unknown. */
+uint64_t nf_pred_private_rss(void);
+
+#endif
