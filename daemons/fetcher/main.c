@@ -278,76 +278,14 @@ static void on_mem_timer(uv_timer_t *t)
     atomic_store(&m->st.ctr->mem_fetcher, private_rss());
 }
 
-/* The latency below which fraction q of the reads fall, from the log2 histogram (the middle of
- * the bucket, in microseconds). */
-static double lat_quantile(const struct nf_stack_counters *c, double q)
-{
-    uint64_t total = 0, acc = 0;
-    for (int b = 0; b < NF_LAT_BUCKETS; b++)
-        total += atomic_load(&c->f_lat_hist[b]);
-    if (total == 0)
-        return 0;
-    for (int b = 0; b < NF_LAT_BUCKETS; b++) {
-        acc += atomic_load(&c->f_lat_hist[b]);
-        if ((double)acc >= q * (double)total)
-            return b == 0 ? 1.0 : 1.5 * (double)(1ull << b);
-    }
-    return 1.5 * (double)(1ull << (NF_LAT_BUCKETS - 1));
-}
-
+/* Stats: the shared helper reads the fetcher's counters from the region (the same numbers any
+ * process sees); only the private memory gauge is refreshed first. */
 static void send_stats(struct fetcher_main *m, uint64_t conn, uint64_t req)
 {
-    struct nf_stack_counters *c = m->st.ctr;
-    atomic_store(&c->mem_fetcher, private_rss());
-    struct {
-        const char *name;
-        uint64_t v;
-    } vals[] = {
-        {"reads", atomic_load(&c->f_reads)},
-        {"bytes_read", atomic_load(&c->f_bytes)},
-        {"demand_reads", atomic_load(&c->f_demand_reads)},
-        {"prefetch_reads", atomic_load(&c->f_prefetch_reads)},
-        {"hits", atomic_load(&c->f_hits)},
-        {"misses", atomic_load(&c->f_misses)},
-        {"evictions", atomic_load(&c->f_evictions)},
-        {"checksum_errors", atomic_load(&c->f_checksum_errors)},
-        {"io_errors", atomic_load(&c->f_io_errors)},
-        {"busy_ns", atomic_load(&c->f_busy_ns)},
-        {"queue_depth", atomic_load(&c->f_queue_depth)},
-        {"resident_bytes", atomic_load(&c->f_resident_bytes)},
-        {"pool_bytes", m->st.cfg->n_slots * m->st.cfg->slot_size},
-        {"region_bytes", m->st.shm.size},
-        {"mem_private", atomic_load(&c->mem_fetcher)},
-        {"uring", m->ft.backend_name && !strncmp(m->ft.backend_name, "io_uring", 8)},
-    };
-    enum { NV = sizeof(vals) / sizeof(vals[0]) };
-    Nanoflow__StageCounter sc[NV], *scp[NV];
-    for (int i = 0; i < NV; i++) {
-        nanoflow__stage_counter__init(&sc[i]);
-        sc[i].name = (char *)vals[i].name;
-        sc[i].value = vals[i].v;
-        scp[i] = &sc[i];
-    }
-    double q[2] = {lat_quantile(c, 0.5), lat_quantile(c, 0.99)};
-    Nanoflow__StageStats ss;
-    nanoflow__stage_stats__init(&ss);
-    ss.stage = (char *)NF_ROLE_FETCHER;
-    ss.n_counters = NV;
-    ss.counters = scp;
-    ss.n_latency_quantiles_us = 2;
-    ss.latency_quantiles_us = q;
-    Nanoflow__StageStats *ssp = &ss;
-    Nanoflow__Stats s;
-    nanoflow__stats__init(&s);
-    s.n_stages = 1;
-    s.stages = &ssp;
-    s.ram_budget = m->st.cfg->ram_budget;
-    s.ram_held = m->st.shm.size + atomic_load(&c->mem_fetcher);
-    nf_envelope env;
-    nanoflow__envelope__init(&env);
-    env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS;
-    env.stats = &s;
-    nf_server_send(m->srv, conn, req, &env);
+    atomic_store(&m->st.ctr->mem_fetcher, private_rss());
+    int rc = nf_stats_reply(m->srv, conn, req, &m->st, NF_ROLE_FETCHER);
+    if (rc < 0)
+        nf_server_send_error(m->srv, conn, req, rc, "stats: %s", nf_strerror(rc));
 }
 
 static void close_handle(uv_handle_t *h)

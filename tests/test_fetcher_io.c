@@ -1,0 +1,313 @@
+/* test_fetcher_io.c - the real nanoflow-fetcher serving a stack: every tile's bytes, eviction,
+ * io_uring and the pread pool, a corrupt tile reported as a checksum error, clean shutdown. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "daemon.h"
+#include "nf_err.h"
+#include "nft.h"
+#include "stack.h"
+
+#define FETCHER    NF_BUILD_DIR "/daemons/nanoflow-fetcher"
+#define MODEL_GGUF NF_SHARED_DIR "/models/stories260K.gguf"
+#define TILE_SIZE  (16u * 1024) /* small tiles: many of them, so a small pool must evict */
+
+static char g_dir[PATH_MAX - 64]; /* temporary directory of the whole test */
+static char g_nft[PATH_MAX];      /* stories260K converted */
+static char g_bad[PATH_MAX];      /* the same with one byte flipped in one tile */
+static uint32_t g_bad_tile;       /* that tile */
+static uint64_t g_ram;            /* a budget whose pool is smaller than the model */
+
+struct running {
+    pid_t pid;
+    char run_dir[PATH_MAX];
+    char shm[NAME_MAX];
+    struct nf_stack st;
+};
+
+static void rm_rf(const char *path)
+{
+    char cmd[PATH_MAX + 16];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", path);
+}
+
+static int copy_file(const char *from, const char *to)
+{
+    char cmd[2 * PATH_MAX + 16];
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", from, to);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Starts the fetcher on model in a fresh run directory and attaches to its region. */
+static void start_fetcher(struct running *r, const char *model, const char *tag, bool no_uring)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->run_dir, sizeof(r->run_dir), "%s/run-%s", g_dir, tag);
+    char ram[32], log[PATH_MAX + 16];
+    snprintf(ram, sizeof(ram), "%llu", (unsigned long long)g_ram);
+    snprintf(log, sizeof(log), "%s-%s.log", r->run_dir, tag);
+    r->pid = fork();
+    assert_true(r->pid >= 0);
+    if (r->pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        const char *argv[] = {FETCHER,
+                              "--foreground",
+                              "--run-dir",
+                              r->run_dir,
+                              "--model",
+                              model,
+                              "--ram",
+                              ram,
+                              "--qd",
+                              "4",
+                              no_uring ? "--no-uring" : NULL,
+                              NULL};
+        execv(FETCHER, (char *const *)argv);
+        _exit(127);
+    }
+    nf_rundir_shm_name(r->run_dir, r->shm, sizeof(r->shm));
+    char err[512];
+    int rc = -ENOENT;
+    for (int i = 0; i < 1000; i++) { /* up to 10 s */
+        rc = nf_stack_attach(&r->st, r->shm, NULL, err, sizeof(err));
+        if (rc == 0 && (atomic_load(&r->st.sync->ready_mask) & 1u))
+            break;
+        if (rc == 0) {
+            nf_stack_detach(&r->st);
+            rc = -EAGAIN;
+        }
+        int status;
+        if (waitpid(r->pid, &status, WNOHANG) == r->pid)
+            fail_msg("nanoflow-fetcher exited early (status %d), see %s", status, log);
+        usleep(10000);
+    }
+    if (rc != 0)
+        fail_msg("cannot attach to %s: %s", r->shm, err);
+}
+
+/* Sends Shutdown over fetcher.sock, waits for the process and checks nothing is left. */
+static void stop_fetcher(struct running *r)
+{
+    nf_stack_detach(&r->st);
+    char sock[PATH_MAX], err[256];
+    nf_rundir_path(r->run_dir, NF_ROLE_FETCHER, "sock", sock, sizeof(sock));
+    int fd = nf_client_connect(sock, 5000, err, sizeof(err));
+    if (fd < 0)
+        fail_msg("connect %s: %s", sock, err);
+    nf_envelope env;
+    Nanoflow__Shutdown sd;
+    nanoflow__envelope__init(&env);
+    nanoflow__shutdown__init(&sd);
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
+    env.shutdown = &sd;
+    assert_int_equal(nf_client_send(fd, 7, &env), 0);
+    nf_envelope *reply = NULL;
+    assert_int_equal(nf_client_recv(fd, &reply, 5000), 1);
+    assert_int_equal(reply->request_id, 7);
+    nf_envelope_free(reply);
+    close(fd);
+    int status = -1;
+    for (int i = 0; i < 1000 && waitpid(r->pid, &status, WNOHANG) != r->pid; i++)
+        usleep(10000);
+    if (!WIFEXITED(status)) {
+        kill(r->pid, SIGKILL);
+        waitpid(r->pid, &status, 0);
+        fail_msg("nanoflow-fetcher did not exit after Shutdown");
+    }
+    assert_int_equal(WEXITSTATUS(status), 0);
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof(path), "/dev/shm%s", r->shm);
+    assert_int_equal(access(path, F_OK), -1); /* shm object unlinked */
+    assert_int_equal(access(sock, F_OK), -1);
+    nf_rundir_path(r->run_dir, NF_ROLE_FETCHER, "pid", path, sizeof(path));
+    assert_int_equal(access(path, F_OK), -1);
+}
+
+/* Pins every tile (passes cycles over the model, in id order as compute does), compares the
+ * bytes with a direct checked read, and returns how many failed with NF_ECHECKSUM (the tile
+ * id of the last in *bad). */
+static unsigned check_all_tiles(struct running *r, const struct nf_nft *f, int cycles,
+                                uint32_t *bad)
+{
+    size_t cap = 0;
+    for (uint64_t i = 0; i < f->n_tiles; i++)
+        if (nf_nft_padded(f->tiles[i].size) > cap)
+            cap = nf_nft_padded(f->tiles[i].size);
+    void *buf = aligned_alloc(4096, cap);
+    assert_non_null(buf);
+    unsigned n_bad = 0;
+    uint64_t step = 0;
+    for (int c = 0; c < cycles; c++) {
+        for (uint32_t id = 0; id < f->n_tiles; id++, step++) {
+            const struct nf_nft_tile *t = &f->tiles[id];
+            /* Ask for the next few as a predictor would, so both rings are used. */
+            for (uint32_t k = 1; k <= 3 && id + k < f->n_tiles; k++)
+                nf_tile_prefetch(&r->st, id + k, k, k == 3);
+            int rc = 0;
+            const uint8_t *p = nf_tile_pin_wait(&r->st, id, step, 10000, &rc);
+            if (!p) {
+                if (rc == NF_ECHECKSUM) {
+                    n_bad++;
+                    *bad = id;
+                    continue;
+                }
+                fail_msg("tile %u: pin_wait failed: %s", id, nf_strerror(rc));
+            }
+            char err[256];
+            assert_int_equal(nf_nft_read(f, t, buf, cap, err, sizeof(err)), 0);
+            if (memcmp(p, buf, t->size) != 0)
+                fail_msg("tile %u: bytes in the pool differ from the file", id);
+            nf_tile_unpin(&r->st, id);
+        }
+    }
+    free(buf);
+    return n_bad;
+}
+
+static void run_model_check(bool no_uring)
+{
+    struct nf_nft *f;
+    char err[512];
+    assert_int_equal(nf_nft_open(&f, g_nft, false, err, sizeof(err)), 0);
+    struct running r;
+    start_fetcher(&r, g_nft, no_uring ? "pread" : "uring", no_uring);
+    assert_true(r.st.cfg->n_slots < f->n_tiles); /* the pool cannot hold the model */
+    uint32_t bad = 0;
+    assert_int_equal(check_all_tiles(&r, f, 3, &bad), 0);
+    struct nf_stack_counters *c = r.st.ctr;
+    assert_true(atomic_load(&c->f_reads) >= f->n_tiles);
+    assert_true(atomic_load(&c->f_evictions) > 0);
+    assert_true(atomic_load(&c->f_demand_reads) + atomic_load(&c->f_prefetch_reads) ==
+                atomic_load(&c->f_reads));
+    assert_int_equal(atomic_load(&c->f_checksum_errors), 0);
+    assert_int_equal(atomic_load(&c->f_io_errors), 0);
+    assert_true(atomic_load(&c->f_resident_bytes) > 0);
+    print_message("%s: %u tiles, %llu slots, 3 cycles: %llu reads, %llu evictions, %llu hits\n",
+                  no_uring ? "pread pool" : "io_uring", (unsigned)f->n_tiles,
+                  (unsigned long long)r.st.cfg->n_slots,
+                  (unsigned long long)atomic_load(&c->f_reads),
+                  (unsigned long long)atomic_load(&c->f_evictions),
+                  (unsigned long long)atomic_load(&c->f_hits));
+    stop_fetcher(&r);
+    nf_nft_close(f);
+}
+
+static void test_uring(void **state)
+{
+    (void)state;
+    run_model_check(false);
+}
+
+static void test_pread_pool(void **state)
+{
+    (void)state;
+    run_model_check(true);
+}
+
+static void test_corrupt_tile(void **state)
+{
+    (void)state;
+    struct nf_nft *f;
+    char err[512];
+    assert_int_equal(nf_nft_open(&f, g_bad, false, err, sizeof(err)), 0);
+    for (int pass = 0; pass < 2; pass++) {
+        bool no_uring = pass == 1;
+        struct running r;
+        start_fetcher(&r, g_bad, no_uring ? "bad-pread" : "bad-uring", no_uring);
+        uint32_t bad = UINT32_MAX;
+        /* Only the flipped tile fails, in every cycle, and the others still load. */
+        assert_int_equal(check_all_tiles(&r, f, 2, &bad), 2);
+        assert_int_equal(bad, g_bad_tile);
+        assert_int_equal(atomic_load(&r.st.ctr->f_checksum_errors), 1);
+        assert_int_equal(nf_tile_error(&r.st, g_bad_tile), NF_ECHECKSUM);
+        stop_fetcher(&r);
+    }
+    nf_nft_close(f);
+}
+
+/* Converts the model, makes the corrupt copy and picks the budget. Returns 0 or 77 (skip). */
+static int setup_files(void)
+{
+    if (access(FETCHER, X_OK) != 0 || access(MODEL_GGUF, R_OK) != 0) {
+        printf("skip: needs %s and %s\n", FETCHER, MODEL_GGUF);
+        return 77;
+    }
+    snprintf(g_dir, sizeof(g_dir), "/tmp/nf-test-fetcher-XXXXXX");
+    if (!mkdtemp(g_dir))
+        return 1;
+    snprintf(g_nft, sizeof(g_nft), "%s/s.nft", g_dir);
+    snprintf(g_bad, sizeof(g_bad), "%s/bad.nft", g_dir);
+    char err[512];
+    struct nf_nft_convert_opts o = {.tile_size = TILE_SIZE};
+    if (nf_nft_convert(MODEL_GGUF, g_nft, &o, err, sizeof(err)) < 0) {
+        fprintf(stderr, "convert: %s\n", err);
+        return 1;
+    }
+    struct nf_nft *f;
+    if (nf_nft_open(&f, g_nft, false, err, sizeof(err)) < 0 || copy_file(g_nft, g_bad) < 0)
+        return 1;
+    /* Flip one byte in the middle tile of the copy. */
+    g_bad_tile = (uint32_t)(f->n_tiles / 2);
+    const struct nf_nft_tile *t = &f->tiles[g_bad_tile];
+    int fd = open(g_bad, O_RDWR);
+    uint8_t b = 0;
+    off_t at = (off_t)(t->offset + t->size / 2);
+    if (fd < 0 || pread(fd, &b, 1, at) != 1)
+        return 1;
+    b ^= 0x40;
+    if (pwrite(fd, &b, 1, at) != 1 || close(fd) != 0)
+        return 1;
+    /* The smallest budget the plan accepts (its pool is the minimum working set) plus 16 slots,
+     * so there is room for a resident set and still far fewer slots than tiles. */
+    struct nf_stack_plan plan;
+    int rc = nf_stack_plan(f, 4096, 0, 1, &plan, err, sizeof(err));
+    g_ram = plan.min_budget + 16 * (plan.slot_size + 64);
+    if (rc != -ENOSPC || nf_stack_plan(f, g_ram, 0, 1, &plan, err, sizeof(err)) != 0) {
+        fprintf(stderr, "plan: %s\n", err);
+        return 1;
+    }
+    printf("model %s: %llu tiles; budget %llu gives %llu slots\n", g_nft,
+           (unsigned long long)f->n_tiles, (unsigned long long)g_ram,
+           (unsigned long long)plan.n_slots);
+    nf_nft_close(f);
+    return 0;
+}
+
+int main(void)
+{
+    int rc = setup_files();
+    if (rc != 0) {
+        if (g_dir[0])
+            rm_rf(g_dir);
+        return rc;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_uring),
+        cmocka_unit_test(test_pread_pool),
+        cmocka_unit_test(test_corrupt_tile),
+    };
+    rc = cmocka_run_group_tests(tests, NULL, NULL);
+    rm_rf(g_dir);
+    return rc;
+}
