@@ -338,8 +338,10 @@ void *nf_pred_loop_run(void *arg)
     /* Before any activation: the first token's likely embedding tile and the first layers. */
     if (lp->bos != UINT32_MAX) {
         int n = nf_plan_head(lp->plan, lp->bos, lp->list, lp->plan->max_step);
+        uint64_t reqs = 0;
         for (int i = 0; i < n; i++)
-            nf_tile_prefetch(st, lp->list[i], 1, false);
+            reqs += nf_tile_prefetch(st, lp->list[i], 1, false) == 1;
+        atomic_fetch_add_explicit(&st->ctr->p_requests, reqs, memory_order_relaxed);
     }
     prefetch_ahead(lp, 0, -1, false);
     nf_log(NF_LOG_INFO, "loop started (lookahead up to %u layers)", lp->max_lookahead);

@@ -32,6 +32,7 @@ struct opts {
     uint32_t lookahead;
     float margin;
     int attach_timeout_s;
+    uint64_t pred_mem; /* bytes for predictor data; 0: the plan's predictor share */
 };
 
 /* Everything the daemon holds; one instance, reached from the libuv callbacks through ud. */
@@ -74,6 +75,8 @@ static void usage(FILE *out)
             "  --lookahead N       deepest lookahead in layers (default 4)\n"
             "  --margin F          extra share of groups prefetched in sparse mode (default 0.1)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region (default 30)\n"
+            "  --pred-mem SIZE     memory for predictor data (default: the plan's predictor "
+            "share)\n"
             "  --foreground        stay attached to the terminal, log to stderr\n"
             "  --log-level L       error, warn, info (default) or debug\n"
             "  -h, --help          this text\n");
@@ -165,7 +168,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
         O_LEVEL,
         O_LOOK,
         O_MARGIN,
-        O_ATTACH
+        O_ATTACH,
+        O_PREDMEM
     };
     static const struct option lo[] = {
         {"run-dir", required_argument, NULL, O_RUNDIR},
@@ -179,6 +183,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         {"lookahead", required_argument, NULL, O_LOOK},
         {"margin", required_argument, NULL, O_MARGIN},
         {"attach-timeout", required_argument, NULL, O_ATTACH},
+        {"pred-mem", required_argument, NULL, O_PREDMEM},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -241,6 +246,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
             if (parse_uint(optarg, 1, 3600, &v))
                 return bad_flag("--attach-timeout: '%s' is not a number of seconds%s", optarg, "");
             o->attach_timeout_s = (int)v;
+            break;
+        case O_PREDMEM:
+            if (parse_size(optarg, &o->pred_mem) || o->pred_mem == 0)
+                return bad_flag("--pred-mem: '%s' is not a positive size%s", optarg, "");
             break;
         case 'h': return 1;
         case ':': return bad_flag("%s needs a value%s", argv[optind - 1], "");
@@ -340,6 +349,11 @@ static int load_predictors(struct pred *d)
     }
     uint64_t cap =
         sp.predictor_private > NF_STACK_PROC_BYTES ? sp.predictor_private - NF_STACK_PROC_BYTES : 0;
+    if (d->o.pred_mem) {
+        nf_log(NF_LOG_INFO, "--pred-mem %llu bytes replaces the plan's %llu for predictor data",
+               (unsigned long long)d->o.pred_mem, (unsigned long long)cap);
+        cap = d->o.pred_mem;
+    }
     if ((rc = nf_forecaster_init(&d->fc, &d->plan, cap, err, sizeof(err)))) {
         nf_log(NF_LOG_ERROR, "%s", rc == -ENOMEM ? "out of memory loading predictors" : err);
         return rc;
@@ -355,49 +369,6 @@ static int load_predictors(struct pred *d)
            d->f->path, d->plan.n_layer, d->plan.moe ? "MoE" : "dense", d->plan.max_units,
            d->fc.n_loaded, (unsigned long long)d->fc.mem_bytes);
     return 0;
-}
-
-static void add_counter(Nanoflow__StageCounter *c, Nanoflow__StageCounter **pc, size_t *n,
-                        const char *name, uint64_t v)
-{
-    nanoflow__stage_counter__init(&c[*n]);
-    c[*n].name = (char *)name;
-    c[*n].value = v;
-    pc[*n] = &c[*n];
-    (*n)++;
-}
-
-static void send_stats(struct pred *d, uint64_t conn, uint64_t req)
-{
-    struct nf_stack_counters *k = d->st.ctr;
-    Nanoflow__StageCounter c[12], *pc[12];
-    size_t n = 0;
-    add_counter(c, pc, &n, "predictions", atomic_load(&k->p_predictions));
-    add_counter(c, pc, &n, "requests", atomic_load(&k->p_requests));
-    add_counter(c, pc, &n, "pred_ns", atomic_load(&k->p_pred_ns));
-    add_counter(c, pc, &n, "true_pos", atomic_load(&k->p_true_pos));
-    add_counter(c, pc, &n, "false_pos", atomic_load(&k->p_false_pos));
-    add_counter(c, pc, &n, "false_neg", atomic_load(&k->p_false_neg));
-    add_counter(c, pc, &n, "lookahead", atomic_load(&k->p_lookahead));
-    add_counter(c, pc, &n, "mem_bytes", atomic_load(&k->mem_predictor));
-    add_counter(c, pc, &n, "predictor_layers", d->fc.n_loaded);
-    Nanoflow__StageStats ss;
-    nanoflow__stage_stats__init(&ss);
-    ss.stage = (char *)NF_ROLE_PREDICTOR;
-    ss.n_counters = n;
-    ss.counters = pc;
-    Nanoflow__StageStats *pss = &ss;
-    Nanoflow__Stats s;
-    nanoflow__stats__init(&s);
-    s.n_stages = 1;
-    s.stages = &pss;
-    s.ram_budget = d->st.cfg->ram_budget;
-    s.ram_held = atomic_load(&k->mem_predictor);
-    nf_envelope env;
-    nanoflow__envelope__init(&env);
-    env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS;
-    env.stats = &s;
-    nf_server_send(d->srv, conn, req, &env);
 }
 
 static void closed_cb(uv_handle_t *h)
@@ -450,7 +421,9 @@ static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, voi
 {
     struct pred *d = ud;
     switch (env->msg_case) {
-    case NANOFLOW__ENVELOPE__MSG_STATS_REQUEST: send_stats(d, conn, env->request_id); break;
+    case NANOFLOW__ENVELOPE__MSG_STATS_REQUEST:
+        nf_stats_reply(s, conn, env->request_id, &d->st, NF_ROLE_PREDICTOR);
+        break;
     case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {
         nf_envelope r;
         Nanoflow__Health h;

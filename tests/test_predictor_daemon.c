@@ -1,0 +1,370 @@
+/* test_predictor_daemon.c - nanoflow-predictor against a region this test creates, playing the
+ * fetcher (drains the prefetch ring) and compute (publishes activations and used sets). */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "daemon.h"
+#include "nf_err.h"
+#include "nft.h"
+#include "stack.h"
+
+/* The expected forecasts are computed with the daemon's own planning module. */
+#include "../daemons/predictor/plan.c"
+
+#define BIN     NF_BUILD_DIR "/daemons/nanoflow-predictor"
+#define STORIES NF_SHARED_DIR "/models/stories260K.gguf"
+
+static char tmpdir[256], nft_path[512], run_dir[512], log_path[512];
+
+static int setup(void **state)
+{
+    if (access(BIN, X_OK) != 0) {
+        print_message("skip: %s not built\n", BIN);
+        exit(77);
+    }
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_predictor_daemon-XXXXXX");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    snprintf(nft_path, sizeof(nft_path), "%s/stories.nft", tmpdir);
+    snprintf(run_dir, sizeof(run_dir), "%s/run", tmpdir);
+    snprintf(log_path, sizeof(log_path), "%s/predictor.out", tmpdir);
+    struct nf_nft_convert_opts o = {.tile_size = 8192};
+    char err[512];
+    if (nf_nft_convert(STORIES, nft_path, &o, err, sizeof(err))) {
+        fprintf(stderr, "convert: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Starts the daemon in the foreground with argv (NULL-terminated, after the program name),
+ * its output going to log_path. */
+static pid_t spawn(const char *const *args)
+{
+    const char *argv[32] = {BIN};
+    int n = 1;
+    while (args[n - 1] && n < 31) {
+        argv[n] = args[n - 1];
+        n++;
+    }
+    argv[n] = NULL;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execv(BIN, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits for pid to exit (up to ms) and returns its exit status, or -1 on timeout. */
+static int wait_exit(pid_t pid, int ms)
+{
+    for (int t = 0; t < ms; t += 10) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        sleep_ms(10);
+    }
+    return -1;
+}
+
+static void dump_log(void)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "cat '%s' >&2", log_path);
+    if (system(cmd) != 0)
+        fprintf(stderr, "(no log)\n");
+}
+
+static bool wait_until(_Atomic uint64_t *v, uint64_t want, int ms)
+{
+    for (int t = 0; t < ms; t += 5) {
+        if (atomic_load(v) >= want)
+            return true;
+        sleep_ms(5);
+    }
+    return false;
+}
+
+static void publish_act(struct nf_stack *st, uint32_t layer, uint64_t step, const float *x)
+{
+    struct nf_act_slot *a = nf_stack_act(st, layer);
+    uint64_t s = atomic_load(&a->seq);
+    atomic_store(&a->seq, s + 1);
+    a->step = step;
+    a->layer = layer;
+    a->n_embd = st->cfg->n_embd;
+    memcpy(a->x, x, sizeof(float) * st->cfg->n_embd);
+    atomic_store_explicit(&a->seq, s + 2, memory_order_release);
+    nf_notify_wake(&st->sync->act_bell);
+}
+
+static void publish_used(struct nf_stack *st, uint32_t layer, uint64_t step, uint32_t n,
+                         const uint64_t *bits)
+{
+    struct nf_used_slot *u = nf_stack_used(st, layer);
+    uint64_t s = atomic_load(&u->seq);
+    atomic_store(&u->seq, s + 1);
+    u->step = step;
+    u->layer = layer;
+    u->n_groups = n;
+    memcpy(u->bits, bits, sizeof(uint64_t) * ((n + 63) / 64));
+    atomic_store_explicit(&u->seq, s + 2, memory_order_release);
+    nf_notify_wake(&st->sync->act_bell);
+}
+
+/* Drains the prefetch ring (as the fetcher would) and puts every drained tile back to EMPTY
+ * (as if it had been read and evicted), so that later forecasts request it again. */
+static int drain(struct nf_stack *st, struct nf_tile_req *reqs, int cap)
+{
+    int n = (int)nf_ring_sc_dequeue_burst(st->prefetch, reqs, (unsigned)cap, NULL);
+    for (int i = 0; i < n; i++)
+        atomic_store(&st->tiles[reqs[i].tile].state, NF_TILE_EMPTY);
+    return n;
+}
+
+/* One request over the control socket; returns the reply (free with nf_envelope_free). */
+static nf_envelope *ask(const char *sock, Nanoflow__Envelope__MsgCase what)
+{
+    char err[256];
+    int fd = nf_client_connect(sock, 2000, err, sizeof(err));
+    if (fd < 0)
+        fail_msg("connect %s: %s", sock, err);
+    nf_envelope env;
+    nanoflow__envelope__init(&env);
+    Nanoflow__StatsRequest sr;
+    Nanoflow__HealthRequest hr;
+    Nanoflow__Shutdown sd;
+    nanoflow__stats_request__init(&sr);
+    nanoflow__health_request__init(&hr);
+    nanoflow__shutdown__init(&sd);
+    env.msg_case = what;
+    if (what == NANOFLOW__ENVELOPE__MSG_STATS_REQUEST)
+        env.stats_request = &sr;
+    else if (what == NANOFLOW__ENVELOPE__MSG_HEALTH_REQUEST)
+        env.health_request = &hr;
+    else
+        env.shutdown = &sd;
+    assert_int_equal(nf_client_send(fd, 42, &env), 0);
+    nf_envelope *r = NULL;
+    assert_int_equal(nf_client_recv(fd, &r, 5000), 1);
+    assert_int_equal(r->request_id, 42);
+    close(fd);
+    return r;
+}
+
+static uint64_t stat_value(const nf_envelope *r, const char *name)
+{
+    assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_STATS);
+    for (size_t i = 0; i < r->stats->n_stages; i++)
+        for (size_t j = 0; j < r->stats->stages[i]->n_counters; j++)
+            if (!strcmp(r->stats->stages[i]->counters[j]->name, name))
+                return r->stats->stages[i]->counters[j]->value;
+    fail_msg("no counter %s", name);
+    return 0;
+}
+
+static void fill_x(float *x, int n, uint64_t seed)
+{
+    for (int i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = (float)((double)(seed >> 11) / 9007199254740992.0 - 0.5);
+    }
+}
+
+/* Sparse mode: startup prefetch, forecasts turned into requests in use order with prio =
+ * distance, lookahead that shrinks when the pool is full, scoring against used sets, Stats,
+ * Shutdown. */
+static void test_daemon_sparse(void **state)
+{
+    char err[512], shm[NAME_MAX], sock[600], pidf[600];
+    assert_int_equal(nf_rundir_create(run_dir, err, sizeof(err)), 0);
+    nf_rundir_shm_name(run_dir, shm, sizeof(shm));
+    nf_stack_unlink(shm);
+    struct nf_nft *f;
+    assert_int_equal(nf_nft_open(&f, nft_path, false, err, sizeof(err)), 0);
+    struct nf_stack_plan sp;
+    if (nf_stack_plan(f, 64ull << 20, 0, 1, &sp, err, sizeof(err)))
+        fail_msg("%s", err);
+    struct nf_stack st;
+    if (nf_stack_create(&st, shm, f, &sp, 0.5f, 1, err, sizeof(err)))
+        fail_msg("%s", err);
+    atomic_fetch_or(&st.sync->ready_mask, 1u); /* we are the fetcher */
+    struct nf_plan p;
+    assert_int_equal(nf_plan_init(&p, f, err, sizeof(err)), 0);
+    struct nf_forecaster fc;
+    assert_int_equal(nf_forecaster_init(&fc, &p, UINT64_MAX, err, sizeof(err)), 0);
+
+    const char *args[] = {"--run-dir",  run_dir, "--model",     nft_path, "--foreground",
+                          "--pred-mem", "16M",   "--log-level", "debug",  NULL};
+    pid_t pid = spawn(args);
+    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & 2u); t += 10)
+        sleep_ms(10);
+    if (!(atomic_load(&st.sync->ready_mask) & 2u)) {
+        dump_log();
+        kill(pid, SIGKILL);
+        fail_msg("predictor did not become ready");
+    }
+    nf_rundir_path(run_dir, NF_ROLE_PREDICTOR, "sock", sock, sizeof(sock));
+    nf_envelope *r = ask(sock, NANOFLOW__ENVELOPE__MSG_HEALTH_REQUEST);
+    assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_HEALTH);
+    assert_int_equal(r->health->state, NANOFLOW__HEALTH__STATE__READY);
+    nf_envelope_free(r);
+
+    /* Startup: the first layers, every group (nothing known yet), layer 0 at prio 1. */
+    struct nf_tile_req *reqs = malloc(sizeof(*reqs) * 4096);
+    uint32_t *list = malloc(sizeof(uint32_t) * p.max_step);
+    assert_true(wait_until(&st.ctr->p_lookahead, 1, 5000));
+    sleep_ms(100);
+    int n = drain(&st, reqs, 4096);
+    assert_true(n > 0);
+    assert_int_equal((uint64_t)n, atomic_load(&st.ctr->p_requests));
+    int nl = nf_plan_layer(&p, 0, NULL, list, p.max_step), seen0 = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < nl; j++)
+            if (reqs[i].tile == list[j]) {
+                assert_int_equal(reqs[i].prio, 1);
+                seen0++;
+            }
+    assert_int_equal(seen0, nl);
+
+    /* Activation after layer 0 of step 7: forecasts of layers 1..k, in use order, prio = d. */
+    float x[64];
+    assert_int_equal(p.n_embd, 64);
+    fill_x(x, 64, 5);
+    uint64_t req0 = atomic_load(&st.ctr->p_requests);
+    publish_act(&st, 0, 7, x);
+    assert_true(wait_until(&st.ctr->p_predictions, 1, 5000));
+    sleep_ms(200);
+    uint64_t depth = atomic_load(&st.ctr->p_lookahead);
+    print_message("lookahead %llu layers with a free pool\n", (unsigned long long)depth);
+    assert_true(depth >= 1 && depth <= 4);
+    /* The layer past the last one queued was forecast too, then found not to fit. */
+    assert_true(atomic_load(&st.ctr->p_predictions) >= depth &&
+                atomic_load(&st.ctr->p_predictions) <= depth + 1);
+    n = drain(&st, reqs, 4096);
+    assert_int_equal((uint64_t)n, atomic_load(&st.ctr->p_requests) - req0);
+    uint64_t sel[8];
+    int k = nf_forecast(&fc, 1, x, 0.5f, 0.1f, sel);
+    assert_true(k > 0 && (uint32_t)k < p.layers[1].n_units);
+    print_message("layer 1: %d of %u groups forecast\n", k, p.layers[1].n_units);
+    nl = nf_plan_layer(&p, 1, sel, list, p.max_step);
+    assert_true(n >= nl);
+    for (int i = 0; i < nl; i++) {
+        assert_int_equal(reqs[i].tile, list[i]);
+        assert_int_equal(reqs[i].prio, 1);
+    }
+    for (int i = nl; i < n; i++)
+        assert_true(reqs[i].prio >= 2 && reqs[i].prio <= depth);
+
+    /* Compute used every group of layer 1 at step 7: tp = forecast, fn = the rest. */
+    uint32_t nu = p.layers[1].n_units;
+    uint64_t all[8];
+    nf_sel_all(all, nu, p.words);
+    publish_used(&st, 1, 7, nu, all);
+    assert_true(wait_until(&st.ctr->p_true_pos, (uint64_t)k, 5000));
+    sleep_ms(50);
+    assert_int_equal(atomic_load(&st.ctr->p_true_pos), k);
+    assert_int_equal(atomic_load(&st.ctr->p_false_pos), 0);
+    assert_int_equal(atomic_load(&st.ctr->p_false_neg), nu - (uint32_t)k);
+
+    /* A full pool (every slot LOADING): lookahead 1. */
+    for (uint64_t i = 0; i < st.cfg->n_slots; i++)
+        atomic_store(&st.slots[i].tile, 0);
+    atomic_store(&st.tiles[0].state, NF_TILE_LOADING);
+    uint64_t preds = atomic_load(&st.ctr->p_predictions);
+    publish_act(&st, 1, 7, x);
+    assert_true(wait_until(&st.ctr->p_predictions, preds + 1, 5000));
+    sleep_ms(100);
+    assert_int_equal(atomic_load(&st.ctr->p_lookahead), 1);
+    assert_true(atomic_load(&st.ctr->p_predictions) <= preds + 2);
+
+    /* Stats over the socket report the shared counters. */
+    r = ask(sock, NANOFLOW__ENVELOPE__MSG_STATS_REQUEST);
+    assert_int_equal(stat_value(r, "true_pos"), atomic_load(&st.ctr->p_true_pos));
+    assert_int_equal(stat_value(r, "predictions"), atomic_load(&st.ctr->p_predictions));
+    assert_int_equal(stat_value(r, "lookahead"), 1);
+    assert_true(stat_value(r, "mem_bytes") > 0);
+    nf_envelope_free(r);
+
+    /* Shutdown: clean exit, stack told to stop, ready bit, socket and pid file gone. */
+    r = ask(sock, NANOFLOW__ENVELOPE__MSG_SHUTDOWN);
+    nf_envelope_free(r);
+    int status = wait_exit(pid, 5000);
+    if (status != 0)
+        dump_log();
+    assert_int_equal(status, 0);
+    assert_int_equal(atomic_load(&st.sync->ready_mask) & 2u, 0);
+    assert_int_equal(atomic_load(&st.sync->stop), 1);
+    nf_rundir_path(run_dir, NF_ROLE_PREDICTOR, "pid", pidf, sizeof(pidf));
+    assert_int_not_equal(access(sock, F_OK), 0);
+    assert_int_not_equal(access(pidf, F_OK), 0);
+
+    free(reqs);
+    free(list);
+    nf_forecaster_free(&fc);
+    nf_plan_free(&p);
+    nf_stack_detach(&st);
+    nf_stack_unlink(shm);
+    nf_nft_close(f);
+}
+
+/* --help exits 0, bad flags 2, and no stack to attach to 1 (after the timeout). */
+static void test_flags(void **state)
+{
+    const char *help[] = {"--help", NULL};
+    assert_int_equal(wait_exit(spawn(help), 5000), 0);
+    const char *bad[] = {"--model", nft_path, "--no-such-flag", NULL};
+    assert_int_equal(wait_exit(spawn(bad), 5000), 2);
+    const char *nomodel[] = {"--run-dir", run_dir, NULL};
+    assert_int_equal(wait_exit(spawn(nomodel), 5000), 2);
+    const char *badsp[] = {"--model", nft_path, "--sparsity", "1.5", NULL};
+    assert_int_equal(wait_exit(spawn(badsp), 5000), 2);
+    char dir2[600];
+    snprintf(dir2, sizeof(dir2), "%s/nostack", tmpdir);
+    const char *nostack[] = {"--run-dir",        dir2, "--model", nft_path, "--foreground",
+                             "--attach-timeout", "1",  NULL};
+    assert_int_equal(wait_exit(spawn(nostack), 10000), 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_flags),
+        cmocka_unit_test(test_daemon_sparse),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
