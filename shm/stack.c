@@ -30,6 +30,8 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free (add
 #define NF_STACK_CL            64u  /* cache line: alignment of the tables inside an area */
 /* Longest single sleep of nf_tile_pin_wait, so a stop flag set without a bell is still seen. */
 #define NF_STACK_WAIT_SLICE_MS 200
+#define NF_STACK_DIM_MAX       (1u << 24) /* widths and vocabulary a plan accepts */
+#define NF_STACK_CTX_MAX       (1u << 24) /* context length a plan accepts */
 
 static int errf(char *err, size_t errlen, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -97,13 +99,19 @@ static int stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *
 {
     const struct nf_nft_header *h = &f->hdr;
     memset(sh, 0, sizeof(*sh));
-    if (h->n_layer == 0 || h->n_layer > NF_NFT_MAX_LAYERS || h->n_embd == 0 || h->n_head == 0 ||
-        h->n_head_kv == 0 || h->n_embd % h->n_head != 0 || f->n_tiles == 0 || !f->tiles)
+    /* The bounds keep every product below 2^63 (KV bytes: layers * ctx * 2 * width * 2). */
+    if (h->n_layer == 0 || h->n_layer > NF_NFT_MAX_LAYERS || h->n_embd == 0 ||
+        h->n_embd > NF_STACK_DIM_MAX || h->n_ff > NF_STACK_DIM_MAX ||
+        h->n_vocab > NF_STACK_DIM_MAX || h->n_head == 0 || h->n_head_kv == 0 ||
+        h->n_head > h->n_embd || h->n_head_kv > h->n_head || h->n_embd % h->n_head != 0 ||
+        f->n_tiles == 0 || f->n_tiles >= NF_NO_TILE || !f->tiles)
         return errf(err, errlen, NF_ECORRUPT,
-                    "%s: header n_layer %u, n_embd %u, n_head %u, n_head_kv %u, n_tiles %llu: "
-                    "expected 1..%d layers, n_embd a multiple of n_head, heads and tiles > 0",
-                    f->path, h->n_layer, h->n_embd, h->n_head, h->n_head_kv,
-                    (unsigned long long)f->n_tiles, NF_NFT_MAX_LAYERS);
+                    "%s: header n_layer %u, n_embd %u, n_ff %u, n_vocab %u, n_head %u, "
+                    "n_head_kv %u, n_tiles %llu: expected 1..%d layers, widths up to %u, "
+                    "n_embd a multiple of n_head >= n_head_kv > 0, 1..%u tiles",
+                    f->path, h->n_layer, h->n_embd, h->n_ff, h->n_vocab, h->n_head, h->n_head_kv,
+                    (unsigned long long)f->n_tiles, NF_NFT_MAX_LAYERS, NF_STACK_DIM_MAX,
+                    NF_NO_TILE - 1);
     sh->n_tiles = f->n_tiles;
     sh->n_layer = h->n_layer;
     sh->n_embd = h->n_embd;
@@ -278,9 +286,14 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
         return rc;
     if (n_threads == 0)
         n_threads = 1;
+    if (n_ctx_req > NF_STACK_CTX_MAX || n_threads > 4096)
+        return errf(err, errlen, NF_EUSAGE,
+                    "stack plan: context %u and threads %u, expected at most %u and 4096",
+                    n_ctx_req, n_threads, NF_STACK_CTX_MAX);
     uint32_t want = n_ctx_req;
     if (want == 0) {
         want = sh.n_ctx_model ? sh.n_ctx_model : NF_STACK_CTX_LIMIT;
+        /* (capped just below, so a hostile context_length cannot overflow either) */
         if (want > NF_STACK_CTX_LIMIT)
             want = NF_STACK_CTX_LIMIT;
     }
@@ -774,8 +787,12 @@ bool nf_tile_cancel(struct nf_stack *st, uint32_t id)
         return false;
     uint32_t q = NF_TILE_QUEUED;
     /* Release pairs with the acquire of the next CAS EMPTY -> QUEUED by compute or predictor. */
-    return atomic_compare_exchange_strong_explicit(&st->tiles[id].state, &q, NF_TILE_EMPTY,
-                                                   memory_order_release, memory_order_relaxed);
+    if (!atomic_compare_exchange_strong_explicit(&st->tiles[id].state, &q, NF_TILE_EMPTY,
+                                                 memory_order_release, memory_order_relaxed))
+        return false;
+    /* A compute thread blocked on it re-requests it at once instead of at its next slice. */
+    nf_notify_wake(&st->sync->tile_done);
+    return true;
 }
 
 int nf_tile_begin_load(struct nf_stack *st, uint32_t id, uint32_t slot)
@@ -784,8 +801,10 @@ int nf_tile_begin_load(struct nf_stack *st, uint32_t id, uint32_t slot)
         return -EINVAL;
     struct nf_tile_entry *t = &st->tiles[id];
     struct nf_slot_entry *se = &st->slots[slot];
-    /* Only the fetcher links slots, so a relaxed read of its own earlier writes suffices. */
-    if (atomic_load_explicit(&se->tile, memory_order_relaxed) != NF_NO_TILE)
+    /* Acquire pairs with the release stores of NF_NO_TILE in nf_slot_try_evict() and
+     * nf_tile_fail() (which a worker thread may call): whatever was done with the slot before
+     * it was freed happens before it is reused. */
+    if (atomic_load_explicit(&se->tile, memory_order_acquire) != NF_NO_TILE)
         return -EBUSY;
     uint32_t s = atomic_load_explicit(&t->state, memory_order_relaxed);
     for (;;) {
@@ -811,7 +830,8 @@ void nf_tile_fail(struct nf_stack *st, uint32_t id, int err)
     uint32_t slot = atomic_load_explicit(&t->slot, memory_order_relaxed);
     if (slot < st->cfg->n_slots &&
         atomic_load_explicit(&st->slots[slot].tile, memory_order_relaxed) == id)
-        atomic_store_explicit(&st->slots[slot].tile, NF_NO_TILE, memory_order_relaxed);
+        /* Release pairs with the acquire load in nf_tile_begin_load(). */
+        atomic_store_explicit(&st->slots[slot].tile, NF_NO_TILE, memory_order_release);
     if (err >= 0)
         err = -EIO;
     atomic_store_explicit(&t->slot, (uint32_t)-err, memory_order_relaxed);
@@ -858,7 +878,8 @@ bool nf_slot_try_evict(struct nf_stack *st, uint32_t slot)
         return false;
     }
     atomic_store_explicit(&t->slot, NF_NO_SLOT, memory_order_relaxed);
-    atomic_store_explicit(&se->tile, NF_NO_TILE, memory_order_relaxed);
+    /* Release pairs with the acquire load in nf_tile_begin_load(). */
+    atomic_store_explicit(&se->tile, NF_NO_TILE, memory_order_release);
     /* Release pairs with the acquire CAS EMPTY -> QUEUED of the next asker. */
     atomic_store_explicit(&t->state, NF_TILE_EMPTY, memory_order_release);
     atomic_fetch_add_explicit(&st->ctr->f_evictions, 1, memory_order_relaxed);

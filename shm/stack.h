@@ -215,7 +215,8 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
 int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *f, char *err,
                     size_t errlen);
 
-/* Unmaps (all) and, for the creator, unlinks the name. */
+/* nf_stack_detach unmaps (every process; st is zeroed); the creator calls nf_stack_unlink(name)
+ * last, after the others have detached (0 or a negated errno, -ENOENT when absent). */
 void nf_stack_detach(struct nf_stack *st);
 int nf_stack_unlink(const char *name);
 
@@ -247,7 +248,8 @@ const uint8_t *nf_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t step,
  * (batch requests, then flush once). */
 int nf_tile_prefetch(struct nf_stack *st, uint32_t id, uint32_t prio, bool flush);
 
-/* Fetcher side. */
+/* Fetcher side. The functions that link or unlink slots (begin_load, try_evict) run on one
+ * fetcher thread; end_load and fail may run on I/O worker threads. */
 /* Starts loading tile id into slot (chosen by the fetcher's policy; the slot must be free):
  * state EMPTY/QUEUED -> LOADING, slot and tile entries linked. Returns 0, or -EALREADY when the
  * tile is already LOADING/READY (or EVICTING/ERROR; nothing changed), -EBUSY when the slot is

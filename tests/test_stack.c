@@ -1,0 +1,798 @@
+/* test_stack.c - stack plan arithmetic, region create/attach, the tile state machine, and a
+ * two-process (and two-thread) pin/evict stress test over the shared region. */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "nf_err.h"
+#include "nft.h"
+#include "stack.h"
+
+static char tmpdir[256];
+static char nft_path[512];
+static struct nf_nft *stories; /* stories260K converted once for the whole run */
+
+/* Every shm name a test uses, so the last test can check none is left in /dev/shm. */
+static char names[16][64];
+static int n_names;
+
+static const char *uniq_name(void)
+{
+    assert_true(n_names < 16);
+    snprintf(names[n_names], sizeof(names[0]), "/nf-test-stack-%d-%d", (int)getpid(), n_names);
+    return names[n_names++];
+}
+
+static bool shm_exists(const char *name)
+{
+    char path[128];
+    struct stat st;
+    snprintf(path, sizeof(path), "/dev/shm%s", name);
+    return stat(path, &st) == 0;
+}
+
+static uint64_t align_page(uint64_t v)
+{
+    return (v + 4095) / 4096 * 4096;
+}
+
+static int setup_all(void **state)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/nf-test-stack-XXXXXX");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    snprintf(nft_path, sizeof(nft_path), "%s/stories260K.nft", tmpdir);
+    char err[512];
+    int rc =
+        nf_nft_convert(NF_SHARED_DIR "/models/stories260K.gguf", nft_path, NULL, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "convert: %s\n", err);
+        return -1;
+    }
+    rc = nf_nft_open(&stories, nft_path, false, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "open: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown_all(void **state)
+{
+    nf_nft_close(stories);
+    unlink(nft_path);
+    rmdir(tmpdir);
+    return 0;
+}
+
+/* --- Plan ----------------------------------------------------------------------------------- */
+
+static uint64_t plan_sum(const struct nf_stack_plan *p)
+{
+    return p->region_bytes + p->compute_private + p->predictor_private + p->fetcher_private;
+}
+
+/* Checks what must hold for every plan of model f. */
+static void check_plan(const struct nf_nft *f, const struct nf_stack_plan *p)
+{
+    uint64_t max_padded = 0;
+    for (uint64_t i = 0; i < f->n_tiles; i++)
+        if (nf_nft_padded(f->tiles[i].size) > max_padded)
+            max_padded = nf_nft_padded(f->tiles[i].size);
+    assert_int_equal(p->slot_size, max_padded);
+    assert_int_equal(p->pool_bytes, p->n_slots * p->slot_size);
+    assert_int_equal(p->area_sizes[NF_SHM_TILE_POOL], p->pool_bytes);
+    uint64_t region = 4096;
+    for (int i = 0; i < NF_SHM_NAREAS; i++)
+        region += align_page(p->area_sizes[i]);
+    assert_int_equal(p->region_bytes, region);
+    uint64_t head_dim = f->hdr.n_embd / f->hdr.n_head;
+    assert_int_equal(p->kv_bytes,
+                     (uint64_t)f->hdr.n_layer * p->n_ctx * 2 * f->hdr.n_head_kv * head_dim * 2);
+    assert_true(p->compute_private >= p->kv_bytes + p->down_scratch + NF_STACK_PROC_BYTES);
+    assert_true(p->predictor_private >= NF_STACK_PROC_BYTES);
+    assert_true(p->fetcher_private >= NF_STACK_PROC_BYTES);
+    assert_true(plan_sum(p) <= p->ram_budget);
+    assert_true(p->n_slots >= p->min_slots && p->n_slots <= f->n_tiles);
+    assert_true(p->n_ctx >= p->n_ctx_min && p->n_ctx <= p->n_ctx_want);
+    assert_true(p->min_budget <= p->ram_budget);
+}
+
+static void test_plan_stories(void **state)
+{
+    struct nf_stack_plan p;
+    char err[512] = "";
+    /* A roomy budget: the model's own context (128) and a slot for every tile. */
+    int rc = nf_stack_plan(stories, 1ull << 30, 0, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(stories, &p);
+    assert_int_equal(p.n_ctx, 128);
+    assert_int_equal(p.n_ctx_want, 128);
+    assert_int_equal(p.n_slots, stories->n_tiles);
+    /* 5 layers, 2 KV heads' worth of width 32 (4 of 8 heads, head_dim 8), F16. */
+    assert_int_equal(p.kv_bytes, 5ull * 128 * 2 * 32 * 2);
+    /* The down scratch is n_embd rows of n_ff F32 values. */
+    assert_int_equal(p.down_scratch, 64ull * 172 * 4);
+    /* A request above the model's context is honoured when it fits. */
+    rc = nf_stack_plan(stories, 1ull << 30, 1024, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    assert_int_equal(p.n_ctx, 1024);
+    check_plan(stories, &p);
+
+    /* At exactly the minimum: the minimum pool and context. */
+    uint64_t min = p.min_budget;
+    rc = nf_stack_plan(stories, min, 1024, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(stories, &p);
+    assert_int_equal(p.n_slots, p.min_slots);
+    assert_int_equal(p.n_ctx, NF_STACK_MIN_CTX);
+    assert_int_equal(plan_sum(&p), min);
+
+    /* One byte less is refused, naming the budget, the minimum and the model. */
+    rc = nf_stack_plan(stories, min - 1, 1024, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, -ENOSPC);
+    assert_int_equal(p.min_budget, min);
+    assert_non_null(strstr(err, "is below the minimum"));
+    assert_non_null(strstr(err, "stories260K.nft"));
+}
+
+/* A llama-7B-shaped header and index (no file behind it: the plan reads only these). */
+struct fake_model {
+    struct nf_nft f;
+    struct nf_nft_tile tiles[4096];
+};
+
+static void add_tiles(struct fake_model *m, uint32_t layer, enum nf_tile_kind kind, uint32_t n,
+                      uint64_t size)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        assert_true(m->f.n_tiles < 4096);
+        struct nf_nft_tile *t = &m->tiles[m->f.n_tiles++];
+        memset(t, 0, sizeof(*t));
+        t->layer = layer;
+        t->kind = (uint16_t)kind;
+        t->index = i;
+        t->size = size;
+        t->expert = NF_NFT_NO_EXPERT;
+        if (kind == NF_TILE_FFN) {
+            t->count = 11008 / n;
+            t->group = 32;
+            t->type[0] = t->type[1] = t->type[2] = NF_TYPE_Q4_0;
+        }
+    }
+}
+
+static void make_7b(struct fake_model *m)
+{
+    memset(m, 0, sizeof(*m));
+    struct nf_nft_header *h = &m->f.hdr;
+    h->n_layer = 32;
+    h->n_embd = 4096;
+    h->n_ff = 11008;
+    h->n_vocab = 32000;
+    h->n_head = 32;
+    h->n_head_kv = 8;
+    h->file_size = 3800ull << 20;
+    h->header_checksum = 0x1234;
+    snprintf(m->f.path, sizeof(m->f.path), "/models/hand.nft");
+    m->f.tiles = m->tiles;
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_EMBD, 500, 36864);
+    for (uint32_t l = 0; l < 32; l++) {
+        add_tiles(m, l, NF_TILE_ATTN_NORM, 1, 16384);
+        add_tiles(m, l, NF_TILE_ATTN_Q, 9, 1032192);
+        add_tiles(m, l, NF_TILE_ATTN_K, 3, 786432);
+        add_tiles(m, l, NF_TILE_ATTN_V, 3, 786432);
+        add_tiles(m, l, NF_TILE_ATTN_O, 9, 1032192);
+        add_tiles(m, l, NF_TILE_FFN_NORM, 1, 16384);
+        add_tiles(m, l, NF_TILE_FFN, 43, 1040000);
+        add_tiles(m, l, NF_TILE_PRED_LOWRANK, 1, 700000);
+    }
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 1, 16384);
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_OUTPUT, 70, 1032192);
+}
+
+static void test_plan_handmade(void **state)
+{
+    static struct fake_model m;
+    make_7b(&m);
+    struct nf_stack_plan p;
+    char err[512] = "";
+    /* No metadata: the default context 4096, which fits in 2 GiB beside the minimum pool. */
+    int rc = nf_stack_plan(&m.f, 2ull << 30, 0, 4, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(&m.f, &p);
+    assert_int_equal(p.n_ctx_want, NF_STACK_CTX_LIMIT);
+    assert_int_equal(p.n_ctx, 4096);
+    assert_int_equal(p.kv_bytes, 512ull << 20); /* 32 layers * 4096 * K,V * 1024 * F16 */
+    assert_int_equal(p.slot_size, align_page(1040000));
+    /* Largest layer set: 27 attention-side tiles (norms, q/k/v/o, predictor) + 4 FFN tiles;
+     * + embd + output + output norm + 2 spare. */
+    assert_int_equal(p.min_slots, 27 + 4 + 1 + 1 + 1 + 2);
+    assert_true(p.n_slots > 500); /* the pool took the rest */
+    assert_int_equal(p.down_scratch, 4096ull * (11008 / 32 * 18));
+    assert_int_equal(p.max_groups, 43 * (11008 / 43 / 32));
+    assert_true(p.demand_count >= 27 + 43 && (p.demand_count & (p.demand_count - 1)) == 0);
+    assert_true(p.prefetch_count > p.demand_count);
+
+    /* 400 MiB: the context is capped to what fits beside the minimum pool, on a 256 step. */
+    rc = nf_stack_plan(&m.f, 400ull << 20, 0, 4, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(&m.f, &p);
+    assert_true(p.n_ctx < 4096 && p.n_ctx >= NF_STACK_MIN_CTX);
+    assert_int_equal(p.n_ctx % 256, 0);
+    uint32_t capped = p.n_ctx;
+    /* Asking for 256 more than that gets the same cap (it did not fit). */
+    rc = nf_stack_plan(&m.f, 400ull << 20, capped + 256, 4, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    assert_int_equal(p.n_ctx, capped);
+    /* Asking for less than the cap is honoured exactly, the pool grows instead. */
+    struct nf_stack_plan small;
+    rc = nf_stack_plan(&m.f, 400ull << 20, 512, 4, &small, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    assert_int_equal(small.n_ctx, 512);
+    assert_true(small.n_slots > p.n_slots);
+
+    /* 50 MiB cannot hold the minimum: refused, with the minimum filled in. */
+    rc = nf_stack_plan(&m.f, 50ull << 20, 0, 4, &p, err, sizeof(err));
+    assert_int_equal(rc, -ENOSPC);
+    assert_true(p.min_budget > 50ull << 20);
+    assert_non_null(strstr(err, "budget 50.0 MiB is below the minimum"));
+    assert_non_null(strstr(err, "hand.nft"));
+    rc = nf_stack_plan(&m.f, p.min_budget, 0, 4, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    assert_int_equal(p.n_ctx, NF_STACK_MIN_CTX);
+
+    /* Absurd requests are refused rather than overflowing. */
+    rc = nf_stack_plan(&m.f, 2ull << 30, UINT32_MAX, 4, &p, err, sizeof(err));
+    assert_int_equal(rc, NF_EUSAGE);
+    /* A header that cannot be planned is refused, not divided by zero. */
+    m.f.hdr.n_head = 0;
+    rc = nf_stack_plan(&m.f, 2ull << 30, 0, 4, &p, err, sizeof(err));
+    assert_int_equal(rc, NF_ECORRUPT);
+    assert_non_null(strstr(err, "n_head 0"));
+}
+
+/* --- Create / attach ------------------------------------------------------------------------ */
+
+static void create_ok(struct nf_stack *st, const char *name, const struct nf_nft *f,
+                      const struct nf_stack_plan *p)
+{
+    char err[512];
+    int rc = nf_stack_create(st, name, f, p, 0.0f, 2, err, sizeof(err));
+    if (rc < 0)
+        fail_msg("create %s: %s", name, err);
+}
+
+static void test_create_attach(void **state)
+{
+    struct nf_stack_plan p;
+    char err[512];
+    assert_int_equal(nf_stack_plan(stories, 256ull << 20, 0, 2, &p, err, sizeof(err)), 0);
+    const char *name = uniq_name();
+    struct nf_stack a, b;
+    create_ok(&a, name, stories, &p);
+    assert_true(shm_exists(name));
+    assert_int_equal(a.shm.size, p.region_bytes);
+    assert_int_equal(nf_stack_create(&b, name, stories, &p, 0.0f, 2, err, sizeof(err)), -EEXIST);
+
+    assert_int_equal(nf_stack_attach(&b, name, stories, err, sizeof(err)), 0);
+    assert_int_equal(b.cfg->magic, NF_STACK_CONFIG_MAGIC);
+    assert_int_equal(b.cfg->n_tiles, stories->n_tiles);
+    assert_int_equal(b.cfg->n_slots, p.n_slots);
+    assert_int_equal(b.cfg->slot_size, p.slot_size);
+    assert_int_equal(b.cfg->n_ctx, p.n_ctx);
+    assert_int_equal(b.cfg->n_layer, 5);
+    assert_int_equal(b.cfg->n_embd, 64);
+    assert_int_equal(b.cfg->max_groups, p.max_groups);
+    assert_string_equal(b.cfg->nft_path, nft_path);
+    assert_int_equal((uintptr_t)b.pool % 4096, 0);
+    for (uint64_t i = 0; i < b.cfg->n_tiles; i++) {
+        assert_int_equal(b.tiles[i].state, NF_TILE_EMPTY);
+        assert_int_equal(b.tiles[i].slot, NF_NO_SLOT);
+        assert_int_equal(b.tiles[i].pins, 0);
+    }
+    for (uint64_t i = 0; i < b.cfg->n_slots; i++)
+        assert_int_equal(b.slots[i].tile, NF_NO_TILE);
+    assert_int_equal(b.demand->count, p.demand_count);
+    assert_int_equal(b.prefetch->count, p.prefetch_count);
+    assert_int_equal(nf_ring_count(b.demand), 0);
+    uint32_t groups = 0;
+    for (uint32_t l = 0; l < 5; l++) {
+        assert_int_equal(nf_stack_act(&b, l)->layer, l);
+        assert_int_equal(nf_stack_act(&b, l)->n_embd, 64);
+        assert_int_equal(nf_stack_used(&b, l)->layer, l);
+        groups += nf_stack_used(&b, l)->n_groups;
+    }
+    assert_null(nf_stack_act(&b, 5));
+    assert_null(nf_stack_used(&b, 5));
+    /* stories260K: n_ff 172 in groups of 4 (largest power of two dividing it) per layer. */
+    assert_int_equal(groups, 5 * 43);
+    /* Writes through one mapping are seen through the other. */
+    nf_stack_slot_ptr(&a, 0)[7] = 0x5a;
+    assert_int_equal(nf_stack_slot_ptr(&b, 0)[7], 0x5a);
+    nf_stack_act(&a, 3)->x[63] = 1.5f;
+    assert_true(nf_stack_act(&b, 3)->x[63] == 1.5f);
+    atomic_store(&a.ctr->c_step, 42);
+    assert_int_equal(atomic_load(&b.ctr->c_step), 42);
+
+    /* Attaching without a model skips the identity check. */
+    struct nf_stack c;
+    assert_int_equal(nf_stack_attach(&c, name, NULL, err, sizeof(err)), 0);
+    nf_stack_detach(&c);
+
+    nf_stack_detach(&b);
+    nf_stack_detach(&a);
+    assert_null(a.shm.base);
+    assert_int_equal(nf_stack_unlink(name), 0);
+    assert_false(shm_exists(name));
+    assert_int_equal(nf_stack_attach(&b, name, stories, err, sizeof(err)), -ENOENT);
+    assert_int_equal(nf_stack_unlink(name), -ENOENT);
+}
+
+static void test_attach_refusals(void **state)
+{
+    struct nf_stack_plan p;
+    char err[512];
+    assert_int_equal(nf_stack_plan(stories, 256ull << 20, 0, 2, &p, err, sizeof(err)), 0);
+    const char *name = uniq_name();
+    struct nf_stack a, b;
+    create_ok(&a, name, stories, &p);
+
+    /* Another model (same shape, different header checksum or size) is refused. */
+    struct nf_nft other = *stories;
+    other.hdr.header_checksum ^= 1;
+    snprintf(other.path, sizeof(other.path), "/elsewhere/other.nft");
+    assert_int_equal(nf_stack_attach(&b, name, &other, err, sizeof(err)), NF_EUSAGE);
+    assert_non_null(strstr(err, "was made for"));
+    assert_non_null(strstr(err, "other.nft"));
+    assert_null(b.shm.base);
+    other = *stories;
+    other.hdr.file_size += 4096;
+    assert_int_equal(nf_stack_attach(&b, name, &other, err, sizeof(err)), NF_EUSAGE);
+
+    /* A damaged config is refused. */
+    uint64_t tiles_off = a.cfg->tiles_off;
+    a.cfg->tiles_off = a.shm.size;
+    assert_int_equal(nf_stack_attach(&b, name, stories, err, sizeof(err)), NF_ECORRUPT);
+    assert_non_null(strstr(err, "tiles_off"));
+    a.cfg->tiles_off = tiles_off;
+    uint32_t count = a.demand->count;
+    a.demand->count = 3;
+    assert_int_equal(nf_stack_attach(&b, name, stories, err, sizeof(err)), NF_ECORRUPT);
+    assert_non_null(strstr(err, "ring"));
+    a.demand->count = count;
+    assert_int_equal(nf_stack_attach(&b, name, stories, err, sizeof(err)), 0);
+    nf_stack_detach(&b);
+    atomic_store((_Atomic uint64_t *)&a.cfg->magic, 0x1122334455667788ull);
+    assert_int_equal(nf_stack_attach(&b, name, stories, err, sizeof(err)), NF_EBADMAGIC);
+    /* Before the creator publishes the config: try again later. */
+    atomic_store((_Atomic uint64_t *)&a.cfg->magic, 0);
+    assert_int_equal(nf_stack_attach(&b, name, stories, err, sizeof(err)), -EAGAIN);
+    nf_stack_detach(&a);
+    assert_int_equal(nf_stack_unlink(name), 0);
+
+    /* A plan whose slots are smaller than the model's largest tile is refused at create. */
+    struct nf_stack_plan bad = p;
+    bad.slot_size = 0;
+    assert_int_equal(nf_stack_create(&a, name, stories, &bad, 0.0f, 2, err, sizeof(err)),
+                     NF_EUSAGE);
+    assert_false(shm_exists(name));
+}
+
+/* --- State machine -------------------------------------------------------------------------- */
+
+static uint32_t state_of(struct nf_stack *st, uint32_t id)
+{
+    return atomic_load(&st->tiles[id].state);
+}
+
+static void test_state_machine(void **state)
+{
+    struct nf_stack_plan p;
+    char err[512];
+    assert_int_equal(nf_stack_plan(stories, 256ull << 20, 0, 2, &p, err, sizeof(err)), 0);
+    assert_true(p.n_slots >= 3 && stories->n_tiles >= 8);
+    const char *name = uniq_name();
+    struct nf_stack st;
+    create_ok(&st, name, stories, &p);
+    struct nf_tile_req req;
+
+    /* Predictor asks: EMPTY -> QUEUED, one request; asking again does nothing. */
+    assert_int_equal(nf_tile_prefetch(&st, 5, 3, true), 1);
+    assert_int_equal(state_of(&st, 5), NF_TILE_QUEUED);
+    assert_int_equal(nf_tile_prefetch(&st, 5, 3, true), 0);
+    assert_int_equal(nf_ring_sc_dequeue_burst(st.prefetch, &req, 1, NULL), 1);
+    assert_int_equal(req.tile, 5);
+    assert_int_equal(req.prio, 3);
+    assert_int_equal(nf_ring_count(st.prefetch), 0);
+    assert_null(nf_tile_try_pin(&st, 5, 1));
+    assert_int_equal(st.tiles[5].pins, 0);
+
+    /* Fetcher loads it into slot 1. */
+    assert_int_equal(nf_tile_begin_load(&st, 5, 1), 0);
+    assert_int_equal(state_of(&st, 5), NF_TILE_LOADING);
+    assert_int_equal(st.tiles[5].slot, 1);
+    assert_int_equal(st.slots[1].tile, 5);
+    assert_int_equal(nf_tile_begin_load(&st, 5, 2), -EALREADY);
+    assert_int_equal(nf_tile_begin_load(&st, 6, 1), -EBUSY);
+    assert_int_equal(nf_tile_begin_load(&st, 6, (uint32_t)p.n_slots), -EINVAL);
+    assert_int_equal(nf_tile_prefetch(&st, 5, 1, false), 0);
+    assert_null(nf_tile_try_pin(&st, 5, 1));
+    memset(nf_stack_slot_ptr(&st, 1), 0xa5, p.slot_size);
+    uint32_t done = nf_notify_seq(&st.sync->tile_done);
+    nf_tile_end_load(&st, 5, true);
+    assert_int_equal(state_of(&st, 5), NF_TILE_READY);
+    assert_int_not_equal(nf_notify_seq(&st.sync->tile_done), done);
+
+    /* Compute pins it; eviction is refused while pinned, allowed after. */
+    const uint8_t *b = nf_tile_try_pin(&st, 5, 77);
+    assert_ptr_equal(b, nf_stack_slot_ptr(&st, 1));
+    assert_int_equal(b[p.slot_size - 1], 0xa5);
+    assert_int_equal(st.tiles[5].last_use, 77);
+    int rc = 1;
+    assert_ptr_equal(nf_tile_pin_wait(&st, 5, 78, 0, &rc), b); /* a second pin */
+    assert_int_equal(rc, 0);
+    assert_int_equal(st.tiles[5].pins, 2);
+    assert_false(nf_slot_try_evict(&st, 1));
+    assert_int_equal(state_of(&st, 5), NF_TILE_READY);
+    nf_tile_unpin(&st, 5);
+    assert_false(nf_slot_try_evict(&st, 1));
+    nf_tile_unpin(&st, 5);
+    assert_int_equal(atomic_load(&st.ctr->f_evictions), 0);
+    assert_true(nf_slot_try_evict(&st, 1));
+    assert_int_equal(state_of(&st, 5), NF_TILE_EMPTY);
+    assert_int_equal(st.tiles[5].slot, NF_NO_SLOT);
+    assert_int_equal(st.slots[1].tile, NF_NO_TILE);
+    assert_int_equal(atomic_load(&st.ctr->f_evictions), 1);
+    assert_true(nf_slot_try_evict(&st, 1)); /* already free */
+    assert_null(nf_tile_try_pin(&st, 5, 1));
+
+    /* A resident slot is never evicted. */
+    assert_int_equal(nf_tile_begin_load(&st, 6, 1), 0);
+    nf_tile_end_load(&st, 6, true);
+    atomic_store(&st.slots[1].flags, NF_SLOT_RESIDENT);
+    assert_false(nf_slot_try_evict(&st, 1));
+    atomic_store(&st.slots[1].flags, 0);
+    assert_true(nf_slot_try_evict(&st, 1));
+
+    /* Compute blocked on an EMPTY tile: a demand request (prio 0), then a timeout. */
+    uint64_t stall = atomic_load(&st.ctr->c_stall_ns);
+    assert_null(nf_tile_pin_wait(&st, 7, 1, 20, &rc));
+    assert_int_equal(rc, -ETIMEDOUT);
+    assert_true(atomic_load(&st.ctr->c_stall_ns) > stall);
+    assert_int_equal(state_of(&st, 7), NF_TILE_QUEUED);
+    assert_int_equal(nf_ring_sc_dequeue_burst(st.demand, &req, 1, NULL), 1);
+    assert_int_equal(req.tile, 7);
+    assert_int_equal(req.prio, 0);
+    /* A tile the predictor queued still gets a demand request (served first). */
+    assert_int_equal(nf_tile_prefetch(&st, 4, 2, false), 1);
+    assert_null(nf_tile_pin_wait(&st, 4, 1, 5, &rc));
+    assert_int_equal(rc, -ETIMEDOUT);
+    assert_int_equal(nf_ring_sc_dequeue_burst(st.demand, &req, 1, NULL), 1);
+    assert_int_equal(req.tile, 4);
+    /* The fetcher drops the prefetch: QUEUED -> EMPTY. */
+    assert_true(nf_tile_cancel(&st, 4));
+    assert_false(nf_tile_cancel(&st, 4));
+    assert_int_equal(state_of(&st, 4), NF_TILE_EMPTY);
+    assert_int_equal(nf_ring_sc_dequeue_burst(st.prefetch, &req, 1, NULL), 1);
+
+    /* A failed read: compute gets the fetcher's code, the slot is free again. */
+    assert_int_equal(nf_tile_begin_load(&st, 7, 2), 0);
+    nf_tile_fail(&st, 7, NF_ECHECKSUM);
+    assert_int_equal(state_of(&st, 7), NF_TILE_ERROR);
+    assert_int_equal(st.slots[2].tile, NF_NO_TILE);
+    assert_int_equal(nf_tile_error(&st, 7), NF_ECHECKSUM);
+    assert_null(nf_tile_pin_wait(&st, 7, 1, -1, &rc));
+    assert_int_equal(rc, NF_ECHECKSUM);
+    assert_int_equal(nf_tile_begin_load(&st, 7, 2), -EALREADY);
+    assert_int_equal(nf_tile_begin_load(&st, 3, 2), 0);
+    nf_tile_end_load(&st, 3, false);
+    assert_null(nf_tile_pin_wait(&st, 3, 1, -1, &rc));
+    assert_int_equal(rc, -EIO);
+    assert_int_equal(nf_tile_error(&st, 5), 0);
+
+    /* A full prefetch ring: -ENOBUFS and the tile stays EMPTY. */
+    struct nf_tile_req fill = {.tile = 0, .prio = 9};
+    while (nf_ring_sp_enqueue_bulk(st.prefetch, &fill, 1, NULL) == 1)
+        ;
+    assert_int_equal(nf_tile_prefetch(&st, 2, 1, false), -ENOBUFS);
+    assert_int_equal(state_of(&st, 2), NF_TILE_EMPTY);
+
+    /* Stopping wakes a blocked pin with -ECANCELED. */
+    atomic_store(&st.sync->stop, 1);
+    assert_null(nf_tile_pin_wait(&st, 2, 1, -1, &rc));
+    assert_int_equal(rc, -ECANCELED);
+    /* Out of range ids. */
+    assert_null(nf_tile_pin_wait(&st, (uint32_t)stories->n_tiles, 1, 0, &rc));
+    assert_int_equal(rc, -EINVAL);
+    assert_int_equal(nf_tile_prefetch(&st, (uint32_t)stories->n_tiles, 1, false), -EINVAL);
+    assert_null(nf_tile_try_pin(&st, UINT32_MAX, 1));
+
+    nf_stack_detach(&st);
+    assert_int_equal(nf_stack_unlink(name), 0);
+}
+
+/* --- Stress: a fetcher serving demand and prefetch requests through a tiny pool, evicting
+ * aggressively, against a compute side that pins random tiles and checks their bytes. ------ */
+
+#define STRESS_TILES   48
+#define STRESS_SLOTS   6
+#define STRESS_HOLD    3 /* pins compute holds at once (< slots, so the fetcher can progress) */
+#define STRESS_PINS    20000
+#define STRESS_SECONDS 20
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Fills the slot with the tile id (as 32-bit words): the bytes say which tile they are. */
+static void fill_pattern(uint8_t *p, uint64_t size, uint32_t id)
+{
+    for (uint64_t i = 0; i + 4 <= size; i += 4)
+        memcpy(p + i, &id, 4);
+}
+
+static bool pattern_ok(const uint8_t *p, uint64_t size, uint32_t id)
+{
+    for (uint64_t i = 0; i + 4 <= size; i += 4) {
+        uint32_t v;
+        memcpy(&v, p + i, 4);
+        if (v != id)
+            return false;
+    }
+    return true;
+}
+
+/* Picks a free slot, evicting (round robin from a random start) when none is free. */
+static int fetcher_slot(struct nf_stack *st, uint64_t *rng)
+{
+    uint32_t n = (uint32_t)st->cfg->n_slots;
+    for (uint32_t s = 0; s < n; s++)
+        if (atomic_load_explicit(&st->slots[s].tile, memory_order_relaxed) == NF_NO_TILE)
+            return (int)s;
+    uint32_t start = (uint32_t)(rng_next(rng) % n);
+    for (uint32_t k = 0; k < n; k++)
+        if (nf_slot_try_evict(st, (start + k) % n))
+            return (int)((start + k) % n);
+    return -1;
+}
+
+/* Loads one tile; returns 0, 1 when no slot is available now, or a negative code. */
+static int fetcher_load(struct nf_stack *st, uint32_t id, uint64_t *rng)
+{
+    uint32_t s = atomic_load(&st->tiles[id].state);
+    if (s != NF_TILE_EMPTY && s != NF_TILE_QUEUED)
+        return 0; /* a stale or duplicate request */
+    int slot = fetcher_slot(st, rng);
+    if (slot < 0)
+        return 1;
+    int rc = nf_tile_begin_load(st, id, (uint32_t)slot);
+    if (rc == -EALREADY)
+        return 0;
+    if (rc < 0)
+        return rc;
+    fill_pattern(nf_stack_slot_ptr(st, (uint32_t)slot), st->cfg->slot_size, id);
+    nf_tile_end_load(st, id, true);
+    /* Aggressive: also evict another random slot right away. */
+    uint32_t other = (uint32_t)(rng_next(rng) % st->cfg->n_slots);
+    if (other != (uint32_t)slot)
+        nf_slot_try_evict(st, other);
+    return 0;
+}
+
+/* The fetcher loop: demand requests first, prefetches only into free slots (else dropped
+ * with nf_tile_cancel), sleeps on fetch_bell when idle. Returns 0 or a negative code. */
+static int fetcher_run(struct nf_stack *st)
+{
+    uint64_t rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+    struct nf_tile_req pending[64];
+    unsigned n_pending = 0;
+    while (!atomic_load(&st->sync->stop)) {
+        uint32_t seen = nf_notify_seq(&st->sync->fetch_bell);
+        n_pending +=
+            nf_ring_sc_dequeue_burst(st->demand, pending + n_pending, 64 - n_pending, NULL);
+        unsigned keep = 0;
+        for (unsigned i = 0; i < n_pending; i++) {
+            if (pending[i].tile >= st->cfg->n_tiles)
+                return -EINVAL;
+            int rc = fetcher_load(st, pending[i].tile, &rng);
+            if (rc < 0)
+                return rc;
+            if (rc == 1)
+                pending[keep++] = pending[i];
+        }
+        n_pending = keep;
+        struct nf_tile_req req;
+        bool busy = n_pending > 0;
+        while (nf_ring_sc_dequeue_burst(st->prefetch, &req, 1, NULL) == 1) {
+            busy = true;
+            if (req.tile >= st->cfg->n_tiles)
+                return -EINVAL;
+            bool free_slot = false;
+            for (uint32_t s = 0; s < st->cfg->n_slots && !free_slot; s++)
+                free_slot = atomic_load(&st->slots[s].tile) == NF_NO_TILE;
+            if (free_slot) {
+                int rc = fetcher_load(st, req.tile, &rng);
+                if (rc < 0)
+                    return rc;
+            } else {
+                nf_tile_cancel(st, req.tile);
+            }
+        }
+        if (n_pending) {
+            sched_yield(); /* every slot pinned: compute will unpin soon */
+        } else if (!busy) {
+            /* Idle: keep evicting whatever is unpinned for a while, to race compute's pins,
+             * then sleep until the next request. */
+            for (int k = 0; k < 256 && nf_ring_count(st->demand) == 0; k++) {
+                nf_slot_try_evict(st, (uint32_t)(rng_next(&rng) % st->cfg->n_slots));
+                for (volatile int d = 0; d < 100; d++)
+                    ;
+            }
+            nf_notify_wait(&st->sync->fetch_bell, seen, 1);
+        }
+    }
+    return 0;
+}
+
+static void *fetcher_thread(void *arg)
+{
+    intptr_t rc = fetcher_run(arg);
+    return (void *)rc;
+}
+
+/* Compute (and predictor) side: pins random tiles, holds a few, checks every byte. */
+static void compute_run(struct nf_stack *st, int n_pins)
+{
+    uint64_t rng = 12345;
+    uint32_t held[STRESS_HOLD];
+    int n_held = 0;
+    time_t t_end = time(NULL) + STRESS_SECONDS;
+    for (int i = 0; i < n_pins && time(NULL) < t_end; i++) {
+        if (rng_next(&rng) % 4 == 0) /* play predictor too */
+            nf_tile_prefetch(st, (uint32_t)(rng_next(&rng) % STRESS_TILES), 1, true);
+        if (n_held == STRESS_HOLD || (n_held > 0 && rng_next(&rng) % 2)) {
+            int k = (int)(rng_next(&rng) % (uint64_t)n_held);
+            const uint8_t *b = nf_stack_slot_ptr(st, atomic_load(&st->tiles[held[k]].slot));
+            /* Still intact while pinned, whatever the fetcher evicted meanwhile. */
+            if (!pattern_ok(b, st->cfg->slot_size, held[k]))
+                fail_msg("tile %u changed while pinned", held[k]);
+            nf_tile_unpin(st, held[k]);
+            held[k] = held[--n_held];
+            continue;
+        }
+        uint32_t id = (uint32_t)(rng_next(&rng) % STRESS_TILES);
+        int rc = 0;
+        const uint8_t *b = nf_tile_pin_wait(st, id, (uint64_t)i, 10000, &rc);
+        if (!b)
+            fail_msg("pin_wait tile %u: %s", id, nf_strerror(rc));
+        if (!pattern_ok(b, st->cfg->slot_size, id))
+            fail_msg("tile %u: slot bytes belong to another tile", id);
+        held[n_held++] = id;
+    }
+    while (n_held > 0)
+        nf_tile_unpin(st, held[--n_held]);
+}
+
+/* A region with STRESS_TILES one-page tiles and STRESS_SLOTS slots. */
+static void stress_region(struct nf_stack *st, const char *name, struct fake_model *m)
+{
+    memset(m, 0, sizeof(*m));
+    struct nf_nft_header *h = &m->f.hdr;
+    h->n_layer = 4;
+    h->n_embd = 64;
+    h->n_ff = 128;
+    h->n_vocab = 256;
+    h->n_head = 4;
+    h->n_head_kv = 4;
+    h->file_size = 1 << 20;
+    h->header_checksum = 77;
+    snprintf(m->f.path, sizeof(m->f.path), "stress.nft");
+    m->f.tiles = m->tiles;
+    for (uint32_t l = 0; l < 4; l++)
+        add_tiles(m, l, NF_TILE_ATTN_Q, STRESS_TILES / 4, 4096);
+    struct nf_stack_plan p;
+    char err[512];
+    assert_int_equal(nf_stack_plan(&m->f, 256ull << 20, 256, 1, &p, err, sizeof(err)), 0);
+    p.n_slots = STRESS_SLOTS;
+    create_ok(st, name, &m->f, &p);
+}
+
+static void test_stress_processes(void **state)
+{
+    static struct fake_model m;
+    const char *name = uniq_name();
+    struct nf_stack st;
+    stress_region(&st, name, &m);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a failed test */
+        struct nf_stack fs;
+        char err[512];
+        int rc = nf_stack_attach(&fs, name, &m.f, err, sizeof(err));
+        if (rc == 0)
+            rc = fetcher_run(&fs);
+        else
+            fprintf(stderr, "child attach: %s\n", err);
+        _exit(rc == 0 ? 0 : 1);
+    }
+    compute_run(&st, STRESS_PINS);
+    atomic_store(&st.sync->stop, 1);
+    nf_notify_wake(&st.sync->fetch_bell);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    /* The test exercised eviction (the pool is far smaller than the tiles). */
+    print_message("stress (processes): %llu evictions, %.1f ms stalled\n",
+                  (unsigned long long)atomic_load(&st.ctr->f_evictions),
+                  (double)atomic_load(&st.ctr->c_stall_ns) / 1e6);
+    assert_true(atomic_load(&st.ctr->f_evictions) > 100);
+    for (uint32_t i = 0; i < STRESS_TILES; i++)
+        assert_int_equal(st.tiles[i].pins, 0);
+    nf_stack_detach(&st);
+    assert_int_equal(nf_stack_unlink(name), 0);
+}
+
+/* The same with the fetcher on a thread, so ThreadSanitizer (NF_TSAN) sees both sides. */
+static void test_stress_threads(void **state)
+{
+    static struct fake_model m;
+    const char *name = uniq_name();
+    struct nf_stack st, fs;
+    stress_region(&st, name, &m);
+    char err[512];
+    assert_int_equal(nf_stack_attach(&fs, name, &m.f, err, sizeof(err)), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, fetcher_thread, &fs), 0);
+    compute_run(&st, STRESS_PINS / 4);
+    atomic_store(&st.sync->stop, 1);
+    nf_notify_wake(&st.sync->fetch_bell);
+    void *ret = NULL;
+    assert_int_equal(pthread_join(th, &ret), 0);
+    assert_int_equal((intptr_t)ret, 0);
+    print_message("stress (threads): %llu evictions, %.1f ms stalled\n",
+                  (unsigned long long)atomic_load(&st.ctr->f_evictions),
+                  (double)atomic_load(&st.ctr->c_stall_ns) / 1e6);
+    assert_true(atomic_load(&st.ctr->f_evictions) > 10);
+    nf_stack_detach(&fs);
+    nf_stack_detach(&st);
+    assert_int_equal(nf_stack_unlink(name), 0);
+}
+
+static void test_no_leftovers(void **state)
+{
+    for (int i = 0; i < n_names; i++)
+        if (shm_exists(names[i]))
+            fail_msg("%s left in /dev/shm", names[i]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plan_stories),   cmocka_unit_test(test_plan_handmade),
+        cmocka_unit_test(test_create_attach),  cmocka_unit_test(test_attach_refusals),
+        cmocka_unit_test(test_state_machine),  cmocka_unit_test(test_stress_processes),
+        cmocka_unit_test(test_stress_threads), cmocka_unit_test(test_no_leftovers),
+    };
+    return cmocka_run_group_tests(tests, setup_all, teardown_all);
+}
