@@ -124,9 +124,11 @@ static int nf_stream_norm(struct nf_stream *s, float *xn, const float *x, uint32
     const uint8_t *p = nf_stream_pin(s, t, &rc);
     if (!p)
         return rc;
+    const void *pv = p;
+    const float *pf = pv; /* (n_embd) F32, checked at creation */
     for (int k = 0; k < n_tok; k++)
-        nf_rmsnorm(xn + (size_t)k * hp->n_embd, x + (size_t)k * hp->n_embd, (const float *)p,
-                   hp->n_embd, hp->rms_eps);
+        nf_rmsnorm(xn + (size_t)k * hp->n_embd, x + (size_t)k * hp->n_embd, pf, hp->n_embd,
+                   hp->rms_eps);
     nf_stream_unpin(s, t);
     return 0;
 }
