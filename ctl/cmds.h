@@ -13,6 +13,11 @@ int nf_cmd_mkmodel(int argc, char **argv);
 int nf_cmd_convert(int argc, char **argv);
 int nf_cmd_verify(int argc, char **argv);
 int nf_cmd_inspect(int argc, char **argv);
+int nf_cmd_up(int argc, char **argv);
+int nf_cmd_down(int argc, char **argv);
+int nf_cmd_status(int argc, char **argv);
+int nf_cmd_stats(int argc, char **argv);
+int nf_cmd_gen(int argc, char **argv);
 
 /* Parse helpers: on a bad value they print one line to stderr naming the command, the flag, the
  * accepted range and the offending text, with a pointer to --help, and return -1. */

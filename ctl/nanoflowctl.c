@@ -17,6 +17,11 @@ static const struct nf_cmd nf_cmds[] = {
     {"convert", nf_cmd_convert, "write a GGUF model as a .nft tile file with FFN predictors"},
     {"verify", nf_cmd_verify, "check a .nft file's index and every tile checksum"},
     {"inspect", nf_cmd_inspect, "print a .nft file's tiles, predictor share and bytes per token"},
+    {"up", nf_cmd_up, "start a streaming stack (fetcher, predictor, compute) under a RAM budget"},
+    {"down", nf_cmd_down, "stop the streaming stack"},
+    {"status", nf_cmd_status, "show the stack's daemons: pid, health, uptime"},
+    {"stats", nf_cmd_stats, "show per-stage throughput and memory held vs budget"},
+    {"gen", nf_cmd_gen, "generate text with the running stack (output as with run)"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,355 @@
+/* cmd_gen.c - nanoflowctl gen: generate text with a running stack (talks to compute.sock). The
+ * flags, defaults and output are those of `nanoflowctl run`. */
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmds.h"
+#include "gen_output.h"
+#include "nf_err.h"
+#include "sampler.h"
+#include "stack_ctl.h"
+#include "tokenizer.h"
+
+static const char *const cmd = "gen";
+
+#define NF_GEN_DEFAULT_N      128
+#define NF_GEN_MAX_TOP_LOGITS 64
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nanoflowctl gen [PROMPT | -p PROMPT | -f FILE] [options]\n\n"
+            "Generates text with the stack started by 'nanoflowctl up'. The generated text (not\n"
+            "the prompt) is streamed to stdout as tokens arrive; Ctrl-C cancels the generation.\n"
+            "Output is the same as 'nanoflowctl run'.\n\n"
+            "  -p, --prompt TEXT       prompt text (default: empty: generation starts from BOS)\n"
+            "  -f, --file FILE         read the prompt from FILE\n"
+            "  -n, --n-predict N       tokens to generate, 1..1000000 (default: %d)\n"
+            "      --temp T            temperature; 0 = greedy (default: 0.8)\n"
+            "      --top-k K           keep the K most likely tokens, 0 = off (default: 40)\n"
+            "      --top-p P           nucleus filter, 1 = off (default: 0.95)\n"
+            "      --min-p M           drop tokens below M x the top probability, 0 = off\n"
+            "                          (default: 0.05)\n"
+            "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
+            "      --seed S            sampling seed (default: taken from the clock)\n"
+            "      --json              JSON Lines as with 'run --json'\n"
+            "      --top-logits K      with --json, the K highest logits of each step, 0..%d\n"
+            "      --run-dir DIR       run directory (default: as for 'up')\n"
+            "  -h, --help              show this help\n",
+            NF_GEN_DEFAULT_N, NF_GEN_MAX_TOP_LOGITS);
+}
+
+struct gen_opts {
+    const char *prompt, *prompt_file, *run_dir;
+    long n_predict, top_logits;
+    bool json, seed_set;
+    struct nf_sampler_params sp;
+};
+
+static int parse_args(int argc, char **argv, struct gen_opts *o)
+{
+    nf_sampler_params_default(&o->sp);
+    o->n_predict = NF_GEN_DEFAULT_N;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        long lv;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--json")) {
+            o->json = true;
+            continue;
+        }
+        if (a[0] != '-' || !strcmp(a, "-")) {
+            if (o->prompt)
+                return nf_usage_error(cmd, "more than one prompt given ('%s')", a);
+            o->prompt = a;
+            continue;
+        }
+#define VAL()                                         \
+    do {                                              \
+        if (!(v = nf_arg_value(cmd, argc, argv, &i))) \
+            return 2;                                 \
+    } while (0)
+        if (nf_arg_is(a, "--prompt") || !strcmp(a, "-p")) {
+            VAL();
+            if (o->prompt)
+                return nf_usage_error(cmd, "more than one prompt given");
+            o->prompt = v;
+        } else if (nf_arg_is(a, "--file") || !strcmp(a, "-f")) {
+            VAL();
+            o->prompt_file = v;
+        } else if (nf_arg_is(a, "--n-predict") || !strcmp(a, "-n")) {
+            VAL();
+            if (nf_arg_long(cmd, a, v, 1, 1000000, &o->n_predict))
+                return 2;
+        } else if (nf_arg_is(a, "--top-logits")) {
+            VAL();
+            if (nf_arg_long(cmd, a, v, 0, NF_GEN_MAX_TOP_LOGITS, &o->top_logits))
+                return 2;
+        } else if (nf_arg_is(a, "--temp")) {
+            VAL();
+            if (nf_arg_float(cmd, a, v, 0.0f, 100.0f, &o->sp.temp))
+                return 2;
+        } else if (nf_arg_is(a, "--top-k")) {
+            VAL();
+            if (nf_arg_long(cmd, a, v, 0, 1 << 24, &lv))
+                return 2;
+            o->sp.top_k = (int)lv;
+        } else if (nf_arg_is(a, "--top-p")) {
+            VAL();
+            if (nf_arg_float(cmd, a, v, 0.0f, 1.0f, &o->sp.top_p))
+                return 2;
+        } else if (nf_arg_is(a, "--min-p")) {
+            VAL();
+            if (nf_arg_float(cmd, a, v, 0.0f, 1.0f, &o->sp.min_p))
+                return 2;
+        } else if (nf_arg_is(a, "--repeat-penalty")) {
+            VAL();
+            if (nf_arg_float(cmd, a, v, 0.01f, 100.0f, &o->sp.repeat_penalty))
+                return 2;
+        } else if (nf_arg_is(a, "--seed")) {
+            VAL();
+            if (nf_arg_u64(cmd, a, v, &o->sp.seed))
+                return 2;
+            o->seed_set = true;
+        } else if (nf_arg_is(a, "--run-dir")) {
+            VAL();
+            o->run_dir = v;
+        } else {
+            return nf_usage_error(cmd, "unknown option '%s'", a);
+        }
+#undef VAL
+    }
+    if (o->prompt && o->prompt_file)
+        return nf_usage_error(cmd, "give either a prompt or -f FILE, not both");
+    if (o->top_logits && !o->json)
+        return nf_usage_error(cmd, "--top-logits needs --json");
+    if (!o->seed_set)
+        o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    return 0;
+}
+
+static volatile sig_atomic_t nf_gen_interrupted;
+
+static void on_sigint(int sig)
+{
+    nf_gen_interrupted = 1;
+    /* A second Ctrl-C while waiting for the cancel to land ends us at once. */
+    signal(sig, SIG_DFL);
+}
+
+/* Growing byte and id buffers of the generation. */
+struct gen_acc {
+    char *text;
+    size_t text_len, text_cap;
+    int32_t *ids;
+    int n_ids, ids_cap;
+};
+
+static int acc_push(struct gen_acc *a, int32_t id, const void *piece, size_t len)
+{
+    if (a->text_len + len + 1 > a->text_cap) {
+        size_t cap = 2 * (a->text_len + len + 1);
+        char *t = realloc(a->text, cap);
+        if (!t)
+            return -ENOMEM;
+        a->text = t;
+        a->text_cap = cap;
+    }
+    memcpy(a->text + a->text_len, piece, len);
+    a->text_len += len;
+    if (a->n_ids == a->ids_cap) {
+        int cap = a->ids_cap ? 2 * a->ids_cap : 256;
+        int32_t *n = realloc(a->ids, sizeof(*n) * (size_t)cap);
+        if (!n)
+            return -ENOMEM;
+        a->ids = n;
+        a->ids_cap = cap;
+    }
+    a->ids[a->n_ids++] = id;
+    return 0;
+}
+
+int nf_cmd_gen(int argc, char **argv)
+{
+    struct gen_opts o = {0};
+    int rc = parse_args(argc, argv, &o);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+    char dir[PATH_MAX], err[512];
+    if (nf_ctl_rundir(cmd, o.run_dir, dir, sizeof(dir)) < 0)
+        return 1;
+    char *prompt = NULL;
+    size_t plen = 0;
+    if (o.prompt_file) {
+        prompt = nf_read_file(o.prompt_file, &plen);
+        if (!prompt) {
+            fprintf(stderr, "nanoflowctl gen: cannot read prompt file %s: %s\n", o.prompt_file,
+                    strerror(errno));
+            return 1;
+        }
+    } else {
+        plen = o.prompt ? strlen(o.prompt) : 0;
+        prompt = strdup(o.prompt ? o.prompt : "");
+        if (!prompt)
+            return 1;
+    }
+    int fd = nf_ctl_connect(dir, NF_ROLE_COMPUTE, 5000, err, sizeof(err));
+    if (fd < 0) {
+        fprintf(stderr, "nanoflowctl gen: %s\n", err);
+        free(prompt);
+        return 1;
+    }
+    nf_envelope req;
+    Nanoflow__Generate g;
+    Nanoflow__SamplingParams sp;
+    nanoflow__envelope__init(&req);
+    nanoflow__generate__init(&g);
+    nanoflow__sampling_params__init(&sp);
+    sp.temp = o.sp.temp;
+    sp.top_k = o.sp.top_k;
+    sp.top_p = o.sp.top_p;
+    sp.min_p = o.sp.min_p;
+    sp.repeat_penalty = o.sp.repeat_penalty;
+    sp.repeat_last_n = o.sp.repeat_last_n;
+    sp.seed = o.sp.seed;
+    g.prompt.data = (uint8_t *)prompt;
+    g.prompt.len = plen;
+    g.sampling = &sp;
+    g.n_predict = (int32_t)o.n_predict;
+    g.top_logits = (uint32_t)o.top_logits;
+    g.add_bos = true; /* as the model's vocabulary says, like `run` */
+    req.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE;
+    req.generate = &g;
+    uint64_t id = nf_ctl_next_id();
+    rc = nf_client_send(fd, id, &req);
+    free(prompt);
+    if (rc < 0) {
+        fprintf(stderr, "nanoflowctl gen: sending the request to compute: %s\n", nf_strerror(rc));
+        close(fd);
+        return 1;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, NULL);
+
+    struct gen_acc acc = {0};
+    struct nf_detok dt;
+    nf_detok_init(&dt);
+    char *out = NULL;
+    size_t out_cap = 0;
+    bool cancel_sent = false;
+    int ret = 1;
+    for (;;) {
+        if (nf_gen_interrupted && !cancel_sent) {
+            nf_envelope c;
+            Nanoflow__Cancel cn;
+            nanoflow__envelope__init(&c);
+            nanoflow__cancel__init(&cn);
+            cn.target_id = id;
+            c.msg_case = NANOFLOW__ENVELOPE__MSG_CANCEL;
+            c.cancel = &cn;
+            nf_client_send(fd, nf_ctl_next_id(), &c);
+            cancel_sent = true;
+        }
+        /* Wait for a whole message while watching for Ctrl-C between messages. */
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int pn = poll(&p, 1, 200);
+        if (pn == 0 || (pn < 0 && errno == EINTR))
+            continue;
+        nf_envelope *r = NULL;
+        rc = nf_client_recv(fd, &r, 60000);
+        if (rc <= 0) {
+            fprintf(stderr, "nanoflowctl gen: %s\n",
+                    rc == 0 ? "compute closed the connection before the generation ended"
+                            : nf_strerror(rc));
+            break;
+        }
+        if (r->request_id != id && r->request_id != 0) {
+            nf_envelope_free(r);
+            continue;
+        }
+        if (r->msg_case == NANOFLOW__ENVELOPE__MSG_TOKEN) {
+            const Nanoflow__TokenEvent *t = r->token;
+            if (acc_push(&acc, t->id, t->piece.data, t->piece.len) < 0) {
+                fprintf(stderr, "nanoflowctl gen: out of memory\n");
+                nf_envelope_free(r);
+                break;
+            }
+            if (o.json) {
+                int32_t top_ids[NF_GEN_MAX_TOP_LOGITS];
+                float top_vals[NF_GEN_MAX_TOP_LOGITS];
+                int k = 0;
+                for (size_t i = 0; i < t->n_top_logits && k < NF_GEN_MAX_TOP_LOGITS; i++, k++) {
+                    top_ids[k] = t->top_logits[i]->id;
+                    top_vals[k] = t->top_logits[i]->logit;
+                }
+                nf_gen_token_json(stdout, t->id, (const char *)t->piece.data, (int)t->piece.len, k,
+                                  top_ids, top_vals);
+            } else {
+                if (t->piece.len + 8 > out_cap) {
+                    char *no = realloc(out, t->piece.len + 8);
+                    if (!no) {
+                        nf_envelope_free(r);
+                        break;
+                    }
+                    out = no;
+                    out_cap = t->piece.len + 8;
+                }
+                int ol = nf_detok_push(&dt, (const char *)t->piece.data, (int)t->piece.len, out);
+                fwrite(out, 1, (size_t)ol, stdout);
+            }
+            fflush(stdout);
+            nf_envelope_free(r);
+            continue;
+        }
+        if (r->msg_case == NANOFLOW__ENVELOPE__MSG_GENERATE_DONE) {
+            const Nanoflow__GenerateDone *d = r->generate_done;
+            /* `run` calls a generation that used up -n "length". */
+            const char *stop = d->stop && strcmp(d->stop, "n_predict") ? d->stop : "length";
+            if (o.json) {
+                const int32_t *gen = d->n_gen_ids ? d->gen_ids : acc.ids;
+                int n_gen = d->n_gen_ids ? (int)d->n_gen_ids : acc.n_ids;
+                double pts = d->timings ? d->timings->prompt_tok_s : 0,
+                       dts = d->timings ? d->timings->decode_tok_s : 0;
+                nf_gen_summary_json(stdout, d->prompt_ids, (int)d->n_prompt_ids, gen, n_gen,
+                                    acc.text ? acc.text : "", acc.text_len, pts, dts, stop,
+                                    d->seed ? d->seed : o.sp.seed);
+            } else {
+                char tail[16];
+                int ol = nf_detok_flush(&dt, tail);
+                fwrite(tail, 1, (size_t)ol, stdout);
+                putchar('\n');
+            }
+            fflush(stdout);
+            ret = !strcmp(stop, "cancel") ? 130 : 0;
+            nf_envelope_free(r);
+            break;
+        }
+        if (r->msg_case == NANOFLOW__ENVELOPE__MSG_ERROR) {
+            if (!o.json && acc.n_ids)
+                putchar('\n');
+            fflush(stdout);
+            fprintf(stderr, "nanoflowctl gen: compute: %s\n",
+                    r->error->message ? r->error->message : nf_strerror(r->error->code));
+            nf_envelope_free(r);
+            break;
+        }
+        nf_envelope_free(r);
+    }
+    signal(SIGINT, SIG_DFL);
+    free(acc.text);
+    free(acc.ids);
+    free(out);
+    close(fd);
+    return ret;
+}

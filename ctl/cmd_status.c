@@ -1,0 +1,473 @@
+/* cmd_status.c - nanoflowctl status (each daemon's pid, uptime, health) and stats (per-stage
+ * throughput and memory held vs budget, from the daemons' Stats replies). */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmds.h"
+#include "gen_output.h"
+#include "nf_err.h"
+#include "stack_ctl.h"
+
+#define NF_CTL_RPC_TIMEOUT_MS 5000
+
+static const char *state_name(int st)
+{
+    switch (st) {
+    case NANOFLOW__HEALTH__STATE__STARTING: return "starting";
+    case NANOFLOW__HEALTH__STATE__READY: return "ready";
+    case NANOFLOW__HEALTH__STATE__BUSY: return "busy";
+    case NANOFLOW__HEALTH__STATE__STOPPING: return "stopping";
+    default: return "unknown";
+    }
+}
+
+static void jerr(const char *msg)
+{
+    printf("\"error\":");
+    nf_json_str(stdout, (const unsigned char *)msg, strlen(msg));
+}
+
+static void jdir(const char *dir)
+{
+    printf("{\"run_dir\":");
+    nf_json_str(stdout, (const unsigned char *)dir, strlen(dir));
+}
+
+/* Parses the common [--run-dir DIR] [--json] flags (and --watch [SECS] for stats). Returns 0,
+ * 1 after --help, 2 on a usage error. */
+static int parse_common(const char *cmd, int argc, char **argv, const char **run_dir, bool *json,
+                        double *watch, void (*usage)(FILE *))
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--json")) {
+            *json = true;
+        } else if (watch && !strcmp(a, "--watch")) {
+            *watch = 2.0;
+            /* Optional value: the next argument when it is a number. */
+            if (i + 1 < argc && argv[i + 1][0] != '-') {
+                float v;
+                if (nf_arg_float(cmd, "--watch", argv[i + 1], 0.1f, 3600.0f, &v))
+                    return 2;
+                *watch = v;
+                i++;
+            }
+        } else if (watch && !strncmp(a, "--watch=", 8)) {
+            float v;
+            if (nf_arg_float(cmd, "--watch", a + 8, 0.1f, 3600.0f, &v))
+                return 2;
+            *watch = v;
+        } else if (nf_arg_is(a, "--run-dir")) {
+            if (!(*run_dir = nf_arg_value(cmd, argc, argv, &i)))
+                return 2;
+        } else {
+            return nf_usage_error(cmd, "unknown option '%s'", a);
+        }
+    }
+    return 0;
+}
+
+/* --- status --------------------------------------------------------------------------------- */
+
+static void status_usage(FILE *f)
+{
+    fprintf(f, "usage: nanoflowctl status [--run-dir DIR] [--json]\n\n"
+               "Shows each daemon of the stack: pid, health state and uptime. Exits 1 unless all\n"
+               "three answer.\n\n"
+               "      --run-dir DIR    run directory (default: as for 'up')\n"
+               "      --json           one JSON object instead of the table\n"
+               "  -h, --help           show this help\n");
+}
+
+int nf_cmd_status(int argc, char **argv)
+{
+    const char *run_dir = NULL;
+    bool json = false;
+    int rc = parse_common("status", argc, argv, &run_dir, &json, NULL, status_usage);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+    char dir[PATH_MAX];
+    if (nf_ctl_rundir("status", run_dir, dir, sizeof(dir)) < 0)
+        return 1;
+    if (!nf_ctl_stack_present(dir)) {
+        fprintf(stderr, "nanoflowctl status: no stack running in %s\n", dir);
+        return 1;
+    }
+    int n_ok = 0;
+    if (json) {
+        jdir(dir);
+        printf(",\"daemons\":[");
+    } else
+        printf("%-10s %8s  %-10s %10s\n", "DAEMON", "PID", "STATE", "UPTIME");
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        const char *role = nf_stack_roles[i];
+        int pid = nf_pidfile_read(dir, role);
+        char err[512] = "";
+        const char *state = "down";
+        double uptime = -1;
+        int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
+        if (fd >= 0) {
+            nf_envelope req, *r = NULL;
+            Nanoflow__HealthRequest hr;
+            nanoflow__envelope__init(&req);
+            nanoflow__health_request__init(&hr);
+            req.msg_case = NANOFLOW__ENVELOPE__MSG_HEALTH_REQUEST;
+            req.health_request = &hr;
+            rc = nf_ctl_request(fd, &req, &r, NF_CTL_RPC_TIMEOUT_MS);
+            if (rc == 0 && r->msg_case == NANOFLOW__ENVELOPE__MSG_HEALTH) {
+                state = state_name(r->health->state);
+                uptime = r->health->uptime_s;
+                if (r->health->pid)
+                    pid = (int)r->health->pid;
+                n_ok++;
+            } else {
+                state = "not responding";
+                snprintf(err, sizeof(err), "%s", rc < 0 ? nf_strerror(rc) : "unexpected reply");
+            }
+            nf_envelope_free(r);
+            close(fd);
+        } else if (pid > 0) {
+            state = "not responding";
+        }
+        if (json) {
+            printf("%s{\"role\":\"%s\",\"pid\":%d,\"state\":\"%s\"", i ? "," : "", role, pid,
+                   state);
+            if (uptime >= 0)
+                printf(",\"uptime_s\":%.3f", uptime);
+            printf("}");
+        } else {
+            char up[32] = "-", pids[16] = "-";
+            if (uptime >= 0)
+                snprintf(up, sizeof(up), "%.1f s", uptime);
+            if (pid > 0)
+                snprintf(pids, sizeof(pids), "%d", pid);
+            printf("%-10s %8s  %-10s %10s\n", role, pids, state, up);
+        }
+    }
+    if (json)
+        printf("]}\n");
+    if (n_ok < NF_N_ROLES) {
+        fprintf(stderr, "nanoflowctl status: %d of %d daemons answer in %s\n", n_ok, NF_N_ROLES,
+                dir);
+        return 1;
+    }
+    return 0;
+}
+
+/* --- stats ---------------------------------------------------------------------------------- */
+
+#define MAX_CTR 64
+struct stage_snap {
+    bool ok;
+    char err[256];
+    int n;
+    char name[MAX_CTR][32];
+    uint64_t val[MAX_CTR];
+};
+
+struct snap {
+    struct stage_snap st[NF_N_ROLES]; /* in nf_stack_roles order */
+    uint64_t budget, held;
+    double t; /* monotonic seconds */
+};
+
+static uint64_t ctr(const struct stage_snap *s, const char *name)
+{
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->name[i], name))
+            return s->val[i];
+    return 0;
+}
+
+static bool is_gauge(const char *name)
+{
+    static const char *const g[] = {"queue_depth", "resident_bytes", "mem_bytes", "lookahead"};
+    for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++)
+        if (!strcmp(name, g[i]))
+            return true;
+    return false;
+}
+
+static void take_snap(const char *dir, struct snap *s)
+{
+    memset(s, 0, sizeof(*s));
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    s->t = (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        struct stage_snap *ss = &s->st[i];
+        int fd = nf_ctl_connect(dir, nf_stack_roles[i], 2000, ss->err, sizeof(ss->err));
+        if (fd < 0)
+            continue;
+        nf_envelope req, *r = NULL;
+        Nanoflow__StatsRequest sr;
+        nanoflow__envelope__init(&req);
+        nanoflow__stats_request__init(&sr);
+        req.msg_case = NANOFLOW__ENVELOPE__MSG_STATS_REQUEST;
+        req.stats_request = &sr;
+        int rc = nf_ctl_request(fd, &req, &r, NF_CTL_RPC_TIMEOUT_MS);
+        close(fd);
+        if (rc < 0) {
+            snprintf(ss->err, sizeof(ss->err), "%s: %s", nf_stack_roles[i], nf_strerror(rc));
+        } else if (r->msg_case == NANOFLOW__ENVELOPE__MSG_ERROR) {
+            snprintf(ss->err, sizeof(ss->err), "%s: %s", nf_stack_roles[i], r->error->message);
+        } else if (r->msg_case != NANOFLOW__ENVELOPE__MSG_STATS) {
+            snprintf(ss->err, sizeof(ss->err), "%s: unexpected reply", nf_stack_roles[i]);
+        } else {
+            const Nanoflow__Stats *st = r->stats;
+            if (st->ram_budget > s->budget)
+                s->budget = st->ram_budget;
+            if (st->ram_held > s->held)
+                s->held = st->ram_held;
+            /* A daemon reports its own stage; take the one named like the role. */
+            for (size_t k = 0; k < st->n_stages; k++) {
+                const Nanoflow__StageStats *sg = st->stages[k];
+                if (!sg->stage || strcmp(sg->stage, nf_stack_roles[i]))
+                    continue;
+                for (size_t c = 0; c < sg->n_counters && ss->n < MAX_CTR; c++) {
+                    snprintf(ss->name[ss->n], sizeof(ss->name[0]), "%s",
+                             sg->counters[c]->name ? sg->counters[c]->name : "");
+                    ss->val[ss->n++] = sg->counters[c]->value;
+                }
+                ss->ok = true;
+            }
+            if (!ss->ok)
+                snprintf(ss->err, sizeof(ss->err), "%s: no %s stage in its Stats reply",
+                         nf_stack_roles[i], nf_stack_roles[i]);
+        }
+        nf_envelope_free(r);
+    }
+}
+
+/* cur minus prev for the counters that only grow (gauges keep their current value). */
+static void delta_snap(struct snap *d, const struct snap *cur, const struct snap *prev)
+{
+    *d = *cur;
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        struct stage_snap *ds = &d->st[i];
+        if (!ds->ok || !prev->st[i].ok)
+            continue;
+        for (int c = 0; c < ds->n; c++) {
+            if (is_gauge(ds->name[c]))
+                continue;
+            uint64_t p = ctr(&prev->st[i], ds->name[c]);
+            ds->val[c] = ds->val[c] >= p ? ds->val[c] - p : 0;
+        }
+    }
+}
+
+static double ratio(double num, double den)
+{
+    return den > 0 ? num / den : NAN;
+}
+
+/* One metric: a text row or a JSON member (NaN: not measured yet). */
+static void metric(bool json, bool *first, const char *stage, const char *key, const char *label,
+                   double v, const char *unit)
+{
+    if (json) {
+        printf("%s\"%s\":", *first ? "" : ",", key);
+        if (isnan(v))
+            printf("null");
+        else
+            printf("%.6g", v);
+        *first = false;
+        return;
+    }
+    if (isnan(v))
+        printf("%-10s %-22s %14s\n", *first ? stage : "", label, "-");
+    else if (!strcmp(unit, "%"))
+        printf("%-10s %-22s %13.1f%%\n", *first ? stage : "", label, v * 100.0);
+    else
+        printf("%-10s %-22s %14.6g %s\n", *first ? stage : "", label, v, unit);
+    *first = false;
+}
+
+static void print_stats(const char *dir, const struct snap *s, bool json, double interval)
+{
+    const struct stage_snap *f = &s->st[0], *p = &s->st[1], *c = &s->st[2];
+    if (json) {
+        jdir(dir);
+        printf(",\"interval_s\":%.3f,\"ram_budget\":%llu,\"ram_held\":%llu", interval,
+               (unsigned long long)s->budget, (unsigned long long)s->held);
+    } else
+        printf("%-10s %-22s %14s\n", "STAGE", "METRIC", "VALUE");
+    bool first;
+    /* predictor */
+    if (json)
+        printf(",\"predictor\":{");
+    first = true;
+    if (p->ok) {
+        double tp = (double)ctr(p, "true_pos"), fp = (double)ctr(p, "false_pos"),
+               fn = (double)ctr(p, "false_neg"), np = (double)ctr(p, "predictions"),
+               ns = (double)ctr(p, "pred_ns");
+        metric(json, &first, "predictor", "predictions_s", "predictions/s", ratio(np, ns * 1e-9),
+               "/s");
+        metric(json, &first, "predictor", "recall", "recall", ratio(tp, tp + fn), "%");
+        metric(json, &first, "predictor", "precision", "precision", ratio(tp, tp + fp), "%");
+        metric(json, &first, "predictor", "latency_us", "latency", ratio(ns * 1e-3, np), "us");
+        metric(json, &first, "predictor", "requests", "tile requests", (double)ctr(p, "requests"),
+               "");
+        metric(json, &first, "predictor", "lookahead", "lookahead", (double)ctr(p, "lookahead"),
+               "layers");
+    } else if (json) {
+        jerr(p->err);
+    } else {
+        printf("%-10s unavailable: %s\n", "predictor", p->err);
+    }
+    /* fetcher */
+    if (json)
+        printf("},\"fetcher\":{");
+    first = true;
+    if (f->ok) {
+        double busy = (double)ctr(f, "busy_ns") * 1e-9, bytes = (double)ctr(f, "bytes"),
+               reads = (double)ctr(f, "reads"), hits = (double)ctr(f, "hits"),
+               miss = (double)ctr(f, "misses");
+        uint64_t hist[32];
+        for (int i = 0; i < 32; i++) {
+            char nm[16];
+            snprintf(nm, sizeof(nm), "lat_hist_%02d", i);
+            hist[i] = ctr(f, nm);
+        }
+        double tokens = c->ok ? (double)(ctr(c, "prompt_tokens") + ctr(c, "decode_tokens")) : 0;
+        uint64_t nh = 0;
+        for (int i = 0; i < 32; i++)
+            nh += hist[i];
+        metric(json, &first, "fetcher", "mb_s", "read throughput", ratio(bytes / 1e6, busy),
+               "MB/s");
+        metric(json, &first, "fetcher", "iops", "IOPS", ratio(reads, busy), "/s");
+        metric(json, &first, "fetcher", "p50_us", "read latency p50",
+               nh ? nf_lat_quantile_us(hist, 32, 0.50) : NAN, "us");
+        metric(json, &first, "fetcher", "p99_us", "read latency p99",
+               nh ? nf_lat_quantile_us(hist, 32, 0.99) : NAN, "us");
+        metric(json, &first, "fetcher", "hit_rate", "hit rate", ratio(hits, hits + miss), "%");
+        metric(json, &first, "fetcher", "bytes_per_token", "bytes per token", ratio(bytes, tokens),
+               "B");
+        metric(json, &first, "fetcher", "queue_depth", "queue depth", (double)ctr(f, "queue_depth"),
+               "");
+        metric(json, &first, "fetcher", "reads", "reads", reads, "");
+        metric(json, &first, "fetcher", "evictions", "evictions", (double)ctr(f, "evictions"), "");
+        metric(json, &first, "fetcher", "checksum_errors", "checksum errors",
+               (double)ctr(f, "checksum_errors"), "");
+    } else if (json) {
+        jerr(f->err);
+    } else {
+        printf("%-10s unavailable: %s\n", "fetcher", f->err);
+    }
+    /* compute */
+    if (json)
+        printf("},\"compute\":{");
+    first = true;
+    if (c->ok) {
+        double pn = (double)ctr(c, "prompt_ns"), dn = (double)ctr(c, "decode_ns");
+        double gt = (double)ctr(c, "groups_total");
+        metric(json, &first, "compute", "prompt_tok_s", "prompt",
+               ratio((double)ctr(c, "prompt_tokens"), pn * 1e-9), "tok/s");
+        metric(json, &first, "compute", "decode_tok_s", "decode",
+               ratio((double)ctr(c, "decode_tokens"), dn * 1e-9), "tok/s");
+        metric(json, &first, "compute", "stall_share", "stalled on tiles",
+               ratio((double)ctr(c, "stall_ns"), pn + dn), "%");
+        metric(json, &first, "compute", "tokens", "tokens",
+               (double)(ctr(c, "prompt_tokens") + ctr(c, "decode_tokens")), "");
+        metric(json, &first, "compute", "groups_skipped", "FFN groups skipped",
+               ratio((double)ctr(c, "groups_skipped"), gt), "%");
+    } else if (json) {
+        jerr(c->err);
+    } else {
+        printf("%-10s unavailable: %s\n", "compute", c->err);
+    }
+    /* memory */
+    if (json) {
+        printf("},\"memory\":{\"budget\":%llu,\"held\":%llu", (unsigned long long)s->budget,
+               (unsigned long long)s->held);
+        for (int i = 0; i < NF_N_ROLES; i++)
+            if (s->st[i].ok)
+                printf(",\"%s\":%llu", nf_stack_roles[i],
+                       (unsigned long long)ctr(&s->st[i], "mem_bytes"));
+        printf("}}\n");
+    } else {
+        char b1[32], b2[32];
+        printf("%-10s %-22s %14s\n", "memory", "held", nf_ctl_fmt_size(b1, sizeof(b1), s->held));
+        printf("%-10s %-22s %14s\n", "", "budget", nf_ctl_fmt_size(b2, sizeof(b2), s->budget));
+        printf("%-10s %-22s %13.1f%%\n", "", "held / budget",
+               s->budget ? 100.0 * (double)s->held / (double)s->budget : 0.0);
+        for (int i = 0; i < NF_N_ROLES; i++)
+            if (s->st[i].ok) {
+                char lab[32];
+                snprintf(lab, sizeof(lab), "%s private", nf_stack_roles[i]);
+                printf("%-10s %-22s %14s\n", "", lab,
+                       nf_ctl_fmt_size(b1, sizeof(b1), ctr(&s->st[i], "mem_bytes")));
+            }
+    }
+    fflush(stdout);
+}
+
+static void stats_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nanoflowctl stats [--run-dir DIR] [--json] [--watch [SECS]]\n\n"
+            "Per-stage numbers of the stack: predictor (predictions/s, recall, precision,\n"
+            "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate,\n"
+            "bytes per token, queue depth), compute (prompt and decode tok/s, share of time\n"
+            "stalled on tiles), and memory held vs the budget. Rates are per busy second of the\n"
+            "stage; with --watch they cover the last interval.\n\n"
+            "      --run-dir DIR    run directory (default: as for 'up')\n"
+            "      --json           one JSON object (per refresh) instead of the table\n"
+            "      --watch [SECS]   refresh every SECS seconds (default: 2) until interrupted\n"
+            "  -h, --help           show this help\n");
+}
+
+int nf_cmd_stats(int argc, char **argv)
+{
+    const char *run_dir = NULL;
+    bool json = false;
+    double watch = 0;
+    int rc = parse_common("stats", argc, argv, &run_dir, &json, &watch, stats_usage);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+    char dir[PATH_MAX];
+    if (nf_ctl_rundir("stats", run_dir, dir, sizeof(dir)) < 0)
+        return 1;
+    if (!nf_ctl_stack_present(dir)) {
+        fprintf(stderr, "nanoflowctl stats: no stack running in %s\n", dir);
+        return 1;
+    }
+    static struct snap cur, prev, d;
+    take_snap(dir, &cur);
+    int n_ok = cur.st[0].ok + cur.st[1].ok + cur.st[2].ok;
+    if (n_ok == 0) {
+        fprintf(stderr, "nanoflowctl stats: no daemon answers in %s (%s)\n", dir, cur.st[0].err);
+        return 1;
+    }
+    if (watch <= 0) {
+        print_stats(dir, &cur, json, 0);
+        return n_ok == NF_N_ROLES ? 0 : 1;
+    }
+    bool tty = !json && isatty(1);
+    for (;;) {
+        prev = cur;
+        struct timespec ts = {(time_t)watch, (long)((watch - (double)(time_t)watch) * 1e9)};
+        nanosleep(&ts, NULL);
+        take_snap(dir, &cur);
+        if (cur.st[0].ok + cur.st[1].ok + cur.st[2].ok == 0) {
+            fprintf(stderr, "nanoflowctl stats: the stack in %s stopped answering\n", dir);
+            return 1;
+        }
+        delta_snap(&d, &cur, &prev);
+        if (tty)
+            printf("\033[H\033[J");
+        print_stats(dir, &d, json, cur.t - prev.t);
+        if (!json)
+            putchar('\n');
+    }
+}

@@ -1,0 +1,694 @@
+/* cmd_up.c - nanoflowctl up / down: start the three daemons of a stack, and stop them. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cmds.h"
+#include "nf_err.h"
+#include "nft.h"
+#include "stack.h"
+#include "stack_ctl.h"
+
+#define NF_UP_READY_TIMEOUT_MS 60000
+
+static void up_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nanoflowctl up --model FILE [options]\n\n"
+            "Starts a streaming stack (fetcher, predictor, compute daemons) that runs the model\n"
+            "within a RAM budget, streaming weight tiles from the SSD. A .gguf model is converted\n"
+            "once to a cached .nft tile file (beside it when that directory is writable, else in\n"
+            "$XDG_CACHE_HOME/nanoflow or ~/.cache/nanoflow).\n\n"
+            "  -m, --model FILE     .gguf or .nft model (required)\n"
+            "      --ram SIZE       RAM budget of the whole stack, K/M/G/T suffixes (default: 1G)\n"
+            "  -t, --threads N      compute threads (default: 0 = all CPUs)\n"
+            "      --sparsity S     share of FFN groups skipped per token, 0 <= S < 1; 0 = exact\n"
+            "                       (default: 0)\n"
+            "  -c, --ctx N          context length (default: the model's, capped at 4096 and by\n"
+            "                       the budget)\n"
+            "      --run-dir DIR    run directory (default: $NANOFLOW_RUN_DIR, else\n"
+            "                       $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
+            "      --log-level L    daemon log level: error, warn, info, debug (default: info)\n"
+            "  -h, --help           show this help\n");
+}
+
+/* snprintf for paths: returns false when the result was cut short (then it is not used). */
+static bool pathf(char *out, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static bool pathf(char *out, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out, len, fmt, ap);
+    va_end(ap);
+    return n >= 0 && (size_t)n < len;
+}
+
+static double mono_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+/* --- .gguf -> cached .nft ------------------------------------------------------------------ */
+
+static char nf_up_tmp[PATH_MAX]; /* the converter's temporary file while it exists */
+
+static void up_on_signal(int sig)
+{
+    if (nf_up_tmp[0])
+        unlink(nf_up_tmp);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+struct progress {
+    int last_pct;
+    bool tty;
+};
+
+static void up_progress(void *ud, uint64_t done, uint64_t total, const char *what)
+{
+    struct progress *p = ud;
+    int pct = total ? (int)(done * 100 / total) : 100;
+    if (pct == p->last_pct || (!p->tty && pct / 10 == p->last_pct / 10 && pct != 100))
+        return;
+    p->last_pct = pct;
+    if (p->tty)
+        fprintf(stderr, "\rconverting: %3d%% %-40.40s", pct, what ? what : "");
+    else
+        fprintf(stderr, "converting: %3d%%\n", pct);
+    if (p->tty && pct == 100)
+        fputc('\n', stderr);
+}
+
+static bool is_gguf(const char *path)
+{
+    char magic[4];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    bool ok = read(fd, magic, 4) == 4 && !memcmp(magic, "GGUF", 4);
+    close(fd);
+    return ok;
+}
+
+/* True when the directory's mode bits let us write there. Root passes access() everywhere, but a
+ * read-only shared model directory (r-x) must still not receive converted files. */
+static bool dir_writable(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) < 0 || access(dir, W_OK) < 0)
+        return false;
+    if (st.st_uid == geteuid())
+        return st.st_mode & S_IWUSR;
+    if (st.st_gid == getegid())
+        return st.st_mode & S_IWGRP;
+    return st.st_mode & S_IWOTH;
+}
+
+/* The cache entry for gguf: dir/NAME.nft with dir beside the source when writable, else the
+ * user cache (file name made unique by a hash of the source path). The sidecar NAME.nft.src
+ * records the source's size and mtime the entry was made from. */
+static int cache_path(const char *gguf, char *out, size_t len)
+{
+    char dir[PATH_MAX], base[NAME_MAX + 1];
+    const char *slash = strrchr(gguf, '/');
+    pathf(base, sizeof(base), "%s", slash ? slash + 1 : gguf);
+    char *dot = strrchr(base, '.');
+    if (dot && !strcmp(dot, ".gguf"))
+        *dot = '\0';
+    if (slash)
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - gguf), gguf);
+    else
+        snprintf(dir, sizeof(dir), ".");
+    if (dir_writable(dir[0] ? dir : "/")) {
+        return pathf(out, len, "%s/%s.nft", dir[0] ? dir : "", base) ? 0 : -ENAMETOOLONG;
+    }
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (xdg && *xdg)
+        snprintf(dir, sizeof(dir), "%s/nanoflow", xdg);
+    else if (home && *home)
+        snprintf(dir, sizeof(dir), "%s/.cache/nanoflow", home);
+    else
+        return -ENOENT;
+    char err[256];
+    int rc = nf_rundir_create(dir, err, sizeof(err)); /* mkdir -p, 0700, ours */
+    if (rc < 0 && rc != -EPERM)
+        return rc;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const unsigned char *s = (const unsigned char *)gguf; *s; s++)
+        h = (h ^ *s) * 0x100000001b3ull;
+    if (!pathf(out, len, "%s/%s-%08llx.nft", dir, base, (unsigned long long)(h & 0xffffffffu)))
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+static bool cache_fresh(const char *nft, const struct stat *src)
+{
+    char side[PATH_MAX + 8];
+    snprintf(side, sizeof(side), "%s.src", nft);
+    FILE *f = fopen(side, "r");
+    if (!f)
+        return false;
+    unsigned long long size = 0, sec = 0, nsec = 0;
+    int n = fscanf(f, "%llu %llu %llu", &size, &sec, &nsec);
+    fclose(f);
+    struct stat st;
+    return n == 3 && stat(nft, &st) == 0 && size == (unsigned long long)src->st_size &&
+           sec == (unsigned long long)src->st_mtim.tv_sec &&
+           nsec == (unsigned long long)src->st_mtim.tv_nsec;
+}
+
+/* Resolves model into an absolute .nft path, converting a .gguf once. Returns 0 or 1 (error
+ * printed). */
+static int resolve_model(const char *model, char *nft, size_t len)
+{
+    char absm[PATH_MAX];
+    if (!realpath(model, absm)) {
+        fprintf(stderr, "nanoflowctl up: %s: %s\n", model, strerror(errno));
+        return 1;
+    }
+    if (!is_gguf(absm)) {
+        snprintf(nft, len, "%s", absm);
+        return 0;
+    }
+    struct stat src;
+    if (stat(absm, &src) < 0) {
+        fprintf(stderr, "nanoflowctl up: %s: %s\n", absm, strerror(errno));
+        return 1;
+    }
+    int rc = cache_path(absm, nft, len);
+    if (rc < 0) {
+        fprintf(stderr, "nanoflowctl up: no writable place for the converted model of %s: %s\n",
+                absm, nf_strerror(rc));
+        return 1;
+    }
+    if (cache_fresh(nft, &src)) {
+        fprintf(stderr, "using cached %s\n", nft);
+        return 0;
+    }
+    fprintf(stderr, "converting %s -> %s (once; later runs reuse it)\n", absm, nft);
+    struct progress pg = {.last_pct = -1, .tty = isatty(2)};
+    struct nf_nft_convert_opts o = {0};
+    o.progress = up_progress;
+    o.progress_ud = &pg;
+    o.tmp_path = nf_up_tmp;
+    o.tmp_path_len = sizeof(nf_up_tmp);
+    signal(SIGINT, up_on_signal);
+    signal(SIGTERM, up_on_signal);
+    char err[512];
+    rc = nf_nft_convert(absm, nft, &o, err, sizeof(err));
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (rc < 0) {
+        fprintf(stderr, "nanoflowctl up: converting %s: %s\n", absm, err);
+        return 1;
+    }
+    char side[PATH_MAX + 8];
+    snprintf(side, sizeof(side), "%s.src", nft);
+    FILE *f = fopen(side, "w");
+    if (f) {
+        fprintf(f, "%llu %llu %llu\n", (unsigned long long)src.st_size,
+                (unsigned long long)src.st_mtim.tv_sec, (unsigned long long)src.st_mtim.tv_nsec);
+        if (fclose(f) != 0)
+            unlink(side);
+    }
+    return 0;
+}
+
+/* --- Finding and starting the daemons ------------------------------------------------------- */
+
+/* Looks for nanoflow-ROLE beside our own binary, then in a build tree's daemons/ directory,
+ * then on PATH. */
+static int find_daemon(const char *role, char *out, size_t len, char *looked, size_t looked_len)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    looked[0] = '\0';
+    if (n > 0) {
+        self[n] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash)
+            *slash = '\0';
+        for (int i = 0; i < 3; i++) {
+            char cand[PATH_MAX];
+            if (i == 0)
+                pathf(cand, sizeof(cand), "%s/nanoflow-%s", self, role);
+            else if (i == 1)
+                pathf(cand, sizeof(cand), "%s/../daemons/nanoflow-%s", self, role);
+            else
+                pathf(cand, sizeof(cand), "%s/../daemons/%s/nanoflow-%s", self, role, role);
+            if (access(cand, X_OK) == 0) {
+                if (!realpath(cand, out))
+                    snprintf(out, len, "%s", cand);
+                return 0;
+            }
+            size_t l = strlen(looked);
+            pathf(looked + l, looked_len - l, "%s%s", l ? ", " : "", cand);
+        }
+    }
+    const char *path = getenv("PATH");
+    if (path) {
+        char buf[4096];
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (char *save = NULL, *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+            char cand[PATH_MAX];
+            snprintf(cand, sizeof(cand), "%s/nanoflow-%s", d, role);
+            if (access(cand, X_OK) == 0) {
+                snprintf(out, len, "%s", cand);
+                return 0;
+            }
+        }
+        size_t l = strlen(looked);
+        snprintf(looked + l, looked_len - l, "%sPATH", l ? ", " : "");
+    }
+    return -ENOENT;
+}
+
+struct up_opts {
+    const char *model, *run_dir, *log_level;
+    uint64_t ram;
+    long threads, n_ctx;
+    float sparsity;
+};
+
+static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
+                          const struct up_opts *o)
+{
+    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32];
+    nf_rundir_path(dir, role, "log", logp, sizeof(logp));
+    snprintf(ram, sizeof(ram), "%llu", (unsigned long long)o->ram);
+    snprintf(thr, sizeof(thr), "%ld", o->threads);
+    snprintf(sp, sizeof(sp), "%.6g", (double)o->sparsity);
+    snprintf(ctx, sizeof(ctx), "%ld", o->n_ctx);
+    char *argv[20];
+    int k = 0;
+    argv[k++] = (char *)bin;
+    argv[k++] = "--run-dir";
+    argv[k++] = (char *)dir;
+    argv[k++] = "--model";
+    argv[k++] = (char *)nft;
+    argv[k++] = "--ram";
+    argv[k++] = ram;
+    argv[k++] = "-t";
+    argv[k++] = thr;
+    argv[k++] = "--sparsity";
+    argv[k++] = sp;
+    argv[k++] = "--ctx";
+    argv[k++] = ctx;
+    if (o->log_level) {
+        argv[k++] = "--log-level";
+        argv[k++] = (char *)o->log_level;
+    }
+    argv[k] = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    /* Child: early failures (before the daemon opens its own log) land in ROLE.log too. */
+    int in = open("/dev/null", O_RDONLY);
+    int out = open(logp, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (in >= 0)
+        dup2(in, 0);
+    if (out >= 0) {
+        dup2(out, 1);
+        dup2(out, 2);
+    }
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    execv(bin, argv);
+    fprintf(stderr, "nanoflowctl up: cannot execute %s: %s\n", bin, strerror(errno));
+    _exit(127);
+}
+
+/* Prints the last lines of dir/ROLE.log (the failing daemon's reason). */
+static void print_log_tail(const char *dir, const char *role)
+{
+    char logp[PATH_MAX];
+    nf_rundir_path(dir, role, "log", logp, sizeof(logp));
+    FILE *f = fopen(logp, "r");
+    if (!f)
+        return;
+    char buf[4096];
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    long from = sz > (long)sizeof(buf) - 1 ? sz - (long)sizeof(buf) + 1 : 0;
+    fseek(f, from, SEEK_SET);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The last 6 lines. */
+    int lines = 0;
+    char *p = buf + n;
+    while (p > buf) {
+        if (p[-1] == '\n' && p != buf + n && ++lines == 6)
+            break;
+        p--;
+    }
+    if (*p == '\0')
+        return;
+    fprintf(stderr, "last lines of %s:\n", logp);
+    for (char *save = NULL, *l = strtok_r(p, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+        fprintf(stderr, "  %s\n", l);
+}
+
+/* Sends SIGTERM, then SIGKILL after term_ms, to pid; returns once it is gone (or after
+ * kill_ms more). */
+static bool stop_pid(const char *dir, const char *role, int pid, int term_ms, int kill_ms)
+{
+    double t0 = mono_s();
+    bool termed = term_ms == 0, killed = false;
+    if (termed)
+        kill(pid, SIGTERM);
+    for (;;) {
+        waitpid(pid, NULL, WNOHANG); /* reap it if it is our child */
+        if (nf_pidfile_read(dir, role) != pid || kill(pid, 0) < 0)
+            return true;
+        double el = (mono_s() - t0) * 1000.0;
+        if (!termed && el >= term_ms) {
+            kill(pid, SIGTERM);
+            termed = true;
+        }
+        if (!killed && el >= term_ms + kill_ms) {
+            kill(pid, SIGKILL);
+            killed = true;
+        }
+        if (el >= term_ms + kill_ms + 5000)
+            return false;
+        sleep_ms(20);
+    }
+}
+
+/* Stops what `up` started after a failure: every daemon with a live pid, then the files. */
+static void up_abort(const char *dir, const pid_t *children, int n_children)
+{
+    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
+        int pid = nf_pidfile_read(dir, nf_stack_roles[i]);
+        if (pid > 0)
+            stop_pid(dir, nf_stack_roles[i], pid, 0, 3000);
+    }
+    for (int i = 0; i < n_children; i++) {
+        if (children[i] > 0 && waitpid(children[i], NULL, WNOHANG) == 0) {
+            kill(children[i], SIGKILL);
+            waitpid(children[i], NULL, 0);
+        }
+    }
+    nf_ctl_cleanup_rundir(dir);
+}
+
+/* Waits until ROLE reports READY. Returns 0, or 1 after printing why not. */
+static int wait_ready(const char *dir, const char *role, pid_t child)
+{
+    double t0 = mono_s(), child_gone_at = 0;
+    int fd = -1;
+    char err[512] = "";
+    for (;;) {
+        double el = (mono_s() - t0) * 1000.0;
+        if (el > NF_UP_READY_TIMEOUT_MS) {
+            fprintf(stderr, "nanoflowctl up: %s did not become ready within %d s%s%s\n", role,
+                    NF_UP_READY_TIMEOUT_MS / 1000, err[0] ? ": " : "", err);
+            break;
+        }
+        int status;
+        if (child > 0 && waitpid(child, &status, WNOHANG) == child) {
+            child = 0;
+            child_gone_at = mono_s();
+            /* Exit 0 is a daemon that detached into a grandchild; anything else failed. */
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                if (WIFSIGNALED(status))
+                    fprintf(stderr, "nanoflowctl up: %s was killed by signal %d\n", role,
+                            WTERMSIG(status));
+                else
+                    fprintf(stderr, "nanoflowctl up: %s exited with status %d\n", role,
+                            WEXITSTATUS(status));
+                break;
+            }
+        }
+        if (child == 0 && child_gone_at > 0 && mono_s() - child_gone_at > 5.0 &&
+            nf_pidfile_read(dir, role) == 0) {
+            fprintf(stderr, "nanoflowctl up: %s exited without leaving a running daemon\n", role);
+            break;
+        }
+        if (fd < 0)
+            fd = nf_ctl_connect(dir, role, 1000, err, sizeof(err));
+        if (fd >= 0) {
+            nf_envelope req, *r = NULL;
+            Nanoflow__HealthRequest hr;
+            nanoflow__envelope__init(&req);
+            nanoflow__health_request__init(&hr);
+            req.msg_case = NANOFLOW__ENVELOPE__MSG_HEALTH_REQUEST;
+            req.health_request = &hr;
+            int rc = nf_ctl_request(fd, &req, &r, 5000);
+            if (rc == 0 && r->msg_case == NANOFLOW__ENVELOPE__MSG_HEALTH) {
+                int st = r->health->state;
+                nf_envelope_free(r);
+                if (st == NANOFLOW__HEALTH__STATE__READY) {
+                    close(fd);
+                    return 0;
+                }
+                if (st == NANOFLOW__HEALTH__STATE__STOPPING) {
+                    fprintf(stderr, "nanoflowctl up: %s is stopping instead of starting\n", role);
+                    break;
+                }
+            } else {
+                snprintf(err, sizeof(err), "health request: %s",
+                         rc < 0 ? nf_strerror(rc) : "unexpected reply");
+                nf_envelope_free(r);
+                close(fd);
+                fd = -1;
+            }
+        }
+        sleep_ms(50);
+    }
+    if (fd >= 0)
+        close(fd);
+    print_log_tail(dir, role);
+    return 1;
+}
+
+static int up_parse(int argc, char **argv, struct up_opts *o)
+{
+    static const char *const cmd = "up";
+    o->ram = 1ull << 30;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            up_usage(stdout);
+            return 1;
+        }
+        if (!(nf_arg_is(a, "--model") || !strcmp(a, "-m") || nf_arg_is(a, "--ram") ||
+              nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--sparsity") ||
+              nf_arg_is(a, "--ctx") || !strcmp(a, "-c") || nf_arg_is(a, "--run-dir") ||
+              nf_arg_is(a, "--log-level")))
+            return nf_usage_error(cmd, "unknown option '%s'", a);
+        if (!(v = nf_arg_value(cmd, argc, argv, &i)))
+            return 2;
+        if (nf_arg_is(a, "--model") || !strcmp(a, "-m")) {
+            o->model = v;
+        } else if (nf_arg_is(a, "--ram")) {
+            if (nf_arg_size(cmd, a, v, &o->ram))
+                return 2;
+        } else if (nf_arg_is(a, "--threads") || !strcmp(a, "-t")) {
+            if (nf_arg_long(cmd, a, v, 0, 1024, &o->threads))
+                return 2;
+        } else if (nf_arg_is(a, "--sparsity")) {
+            if (nf_arg_float(cmd, a, v, 0.0f, 0.99f, &o->sparsity))
+                return 2;
+        } else if (nf_arg_is(a, "--ctx") || !strcmp(a, "-c")) {
+            if (nf_arg_long(cmd, a, v, 0, 1 << 24, &o->n_ctx))
+                return 2;
+        } else if (nf_arg_is(a, "--run-dir")) {
+            o->run_dir = v;
+        } else {
+            if (strcmp(v, "error") && strcmp(v, "warn") && strcmp(v, "info") && strcmp(v, "debug"))
+                return nf_usage_error(
+                    cmd, "--log-level expects error, warn, info or debug, got '%s'", v);
+            o->log_level = v;
+        }
+    }
+    if (!o->model)
+        return nf_usage_error(cmd, "--model FILE is required");
+    if (o->ram == 0)
+        return nf_usage_error(cmd, "--ram must be above 0");
+    return 0;
+}
+
+int nf_cmd_up(int argc, char **argv)
+{
+    struct up_opts o = {0};
+    int rc = up_parse(argc, argv, &o);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+    char dir[PATH_MAX], err[512];
+    if (nf_ctl_rundir("up", o.run_dir, dir, sizeof(dir)) < 0)
+        return 1;
+    if ((rc = nf_rundir_create(dir, err, sizeof(err))) < 0) {
+        fprintf(stderr, "nanoflowctl up: %s\n", err);
+        return 1;
+    }
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        int pid = nf_pidfile_read(dir, nf_stack_roles[i]);
+        if (pid > 0) {
+            fprintf(stderr,
+                    "nanoflowctl up: a stack is already running in %s (%s pid %d); stop it with "
+                    "'nanoflowctl down --run-dir %s'\n",
+                    dir, nf_stack_roles[i], pid, dir);
+            return 1;
+        }
+    }
+    char nft[PATH_MAX];
+    if (resolve_model(o.model, nft, sizeof(nft)))
+        return 1;
+    struct nf_nft *f = NULL;
+    if ((rc = nf_nft_open(&f, nft, false, err, sizeof(err))) < 0) {
+        fprintf(stderr, "nanoflowctl up: %s\n", err);
+        return 1;
+    }
+    struct nf_stack_plan plan;
+    rc = nf_stack_plan(f, o.ram, (uint32_t)o.n_ctx, (uint32_t)o.threads, &plan, err, sizeof(err));
+    nf_nft_close(f);
+    char b1[32], b2[32], b3[32];
+    if (rc == -ENOSPC) {
+        fprintf(stderr,
+                "nanoflowctl up: a RAM budget of %s is too small for %s: it needs at least %s "
+                "(%llu bytes; raise --ram)\n  %s\n",
+                nf_ctl_fmt_size(b1, sizeof(b1), o.ram), nft,
+                nf_ctl_fmt_size(b2, sizeof(b2), plan.min_budget),
+                (unsigned long long)plan.min_budget, err);
+        return 1;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "nanoflowctl up: planning %s under %s: %s\n", nft,
+                nf_ctl_fmt_size(b1, sizeof(b1), o.ram), err[0] ? err : nf_strerror(rc));
+        return 1;
+    }
+    /* Every binary must exist before anything starts. */
+    char bins[NF_N_ROLES][PATH_MAX];
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        char looked[2048];
+        if (find_daemon(nf_stack_roles[i], bins[i], sizeof(bins[i]), looked, sizeof(looked)) < 0) {
+            fprintf(stderr, "nanoflowctl up: nanoflow-%s not found (looked in %s)\n",
+                    nf_stack_roles[i], looked);
+            return 1;
+        }
+    }
+    /* Leftovers of a crashed stack (no live pid was found above). */
+    nf_ctl_cleanup_rundir(dir);
+    char conf[PATH_MAX];
+    pathf(conf, sizeof(conf), "%s/stack.conf", dir);
+    FILE *cf = fopen(conf, "w");
+    if (cf) {
+        fprintf(cf, "model=%s\nram=%llu\nthreads=%ld\nsparsity=%.6g\nctx=%ld\n", nft,
+                (unsigned long long)o.ram, o.threads, (double)o.sparsity, o.n_ctx);
+        fclose(cf);
+    }
+    pid_t children[NF_N_ROLES] = {0};
+    int pids[NF_N_ROLES] = {0};
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        children[i] = spawn_daemon(bins[i], nf_stack_roles[i], dir, nft, &o);
+        if (children[i] < 0) {
+            fprintf(stderr, "nanoflowctl up: cannot start %s: %s\n", bins[i], strerror(errno));
+            up_abort(dir, children, i);
+            return 1;
+        }
+        if (wait_ready(dir, nf_stack_roles[i], children[i])) {
+            up_abort(dir, children, i + 1);
+            fprintf(stderr, "nanoflowctl up: stack not started; nothing is left running\n");
+            return 1;
+        }
+        pids[i] = nf_pidfile_read(dir, nf_stack_roles[i]);
+    }
+    printf("stack up in %s\n  model %s\n  budget %s: pool %s (%llu slots of %s), KV %s, "
+           "n_ctx %u\n",
+           dir, nft, nf_ctl_fmt_size(b1, sizeof(b1), o.ram),
+           nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes), (unsigned long long)plan.n_slots,
+           nf_ctl_fmt_size(b3, sizeof(b3), plan.slot_size),
+           nf_ctl_fmt_size(b3, sizeof(b3), plan.kv_bytes), plan.n_ctx);
+    for (int i = 0; i < NF_N_ROLES; i++)
+        printf("  %-9s pid %d  log %s/%s.log\n", nf_stack_roles[i], pids[i], dir,
+               nf_stack_roles[i]);
+    return 0;
+}
+
+/* --- down ----------------------------------------------------------------------------------- */
+
+static void down_usage(FILE *f)
+{
+    fprintf(f, "usage: nanoflowctl down [--run-dir DIR]\n\n"
+               "Stops the stack in the run directory: Shutdown to compute, predictor, then\n"
+               "fetcher; a daemon still running after 10 s gets SIGTERM, after 15 s SIGKILL.\n"
+               "Sockets, pid files and the shared-memory object are removed; logs stay.\n\n"
+               "      --run-dir DIR    run directory (default: as for 'up')\n"
+               "  -h, --help           show this help\n");
+}
+
+static void send_shutdown(const char *dir, const char *role)
+{
+    char err[256];
+    int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
+    if (fd < 0)
+        return;
+    nf_envelope req;
+    Nanoflow__Shutdown sd;
+    nanoflow__envelope__init(&req);
+    nanoflow__shutdown__init(&sd);
+    req.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
+    req.shutdown = &sd;
+    nf_client_send(fd, nf_ctl_next_id(), &req);
+    close(fd);
+}
+
+int nf_cmd_down(int argc, char **argv)
+{
+    const char *run_dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            down_usage(stdout);
+            return 0;
+        }
+        if (!nf_arg_is(a, "--run-dir"))
+            return nf_usage_error("down", "unknown option '%s'", a);
+        if (!(run_dir = nf_arg_value("down", argc, argv, &i)))
+            return 2;
+    }
+    char dir[PATH_MAX];
+    if (nf_ctl_rundir("down", run_dir, dir, sizeof(dir)) < 0)
+        return 1;
+    if (!nf_ctl_stack_present(dir)) {
+        nf_ctl_cleanup_rundir(dir);
+        fprintf(stderr, "nanoflowctl down: no stack running in %s\n", dir);
+        return 1;
+    }
+    int ret = 0;
+    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
+        const char *role = nf_stack_roles[i];
+        int pid = nf_pidfile_read(dir, role);
+        send_shutdown(dir, role);
+        if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
+            fprintf(stderr, "nanoflowctl down: %s (pid %d) does not exit\n", role, pid);
+            ret = 1;
+        }
+    }
+    nf_ctl_cleanup_rundir(dir);
+    if (ret == 0)
+        printf("stack in %s stopped\n", dir);
+    return ret;
+}

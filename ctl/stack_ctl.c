@@ -1,0 +1,108 @@
+/* stack_ctl.c - run-directory and request helpers for nanoflowctl's stack commands. */
+#include "stack_ctl.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "nf_err.h"
+
+const char *const nf_stack_roles[NF_N_ROLES] = {NF_ROLE_FETCHER, NF_ROLE_PREDICTOR,
+                                                NF_ROLE_COMPUTE};
+
+int nf_ctl_rundir(const char *cmd, const char *arg, char *dir, size_t len)
+{
+    int rc = nf_rundir_resolve(arg, dir, len);
+    if (rc < 0) {
+        fprintf(stderr, "nanoflowctl %s: cannot use run directory %s: %s\n", cmd,
+                arg ? arg : "(default)", nf_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+bool nf_ctl_stack_present(const char *dir)
+{
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        char path[PATH_MAX];
+        struct stat st;
+        if (nf_pidfile_read(dir, nf_stack_roles[i]) > 0)
+            return true;
+        nf_rundir_path(dir, nf_stack_roles[i], "sock", path, sizeof(path));
+        if (stat(path, &st) == 0)
+            return true;
+    }
+    return false;
+}
+
+int nf_ctl_connect(const char *dir, const char *role, int timeout_ms, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    nf_rundir_path(dir, role, "sock", path, sizeof(path));
+    return nf_client_connect(path, timeout_ms, err, errlen);
+}
+
+unsigned long long nf_ctl_next_id(void)
+{
+    static unsigned long long next = 1;
+    return next++;
+}
+
+int nf_ctl_request(int fd, nf_envelope *req, nf_envelope **reply, int timeout_ms)
+{
+    *reply = NULL;
+    uint64_t id = nf_ctl_next_id();
+    int rc = nf_client_send(fd, id, req);
+    if (rc < 0)
+        return rc;
+    for (;;) {
+        nf_envelope *r = NULL;
+        rc = nf_client_recv(fd, &r, timeout_ms);
+        if (rc == 0)
+            return -ECONNRESET;
+        if (rc < 0)
+            return rc;
+        /* An Error about the stream itself (request id 0) answers us too. */
+        if (r->request_id == id ||
+            (r->request_id == 0 && r->msg_case == NANOFLOW__ENVELOPE__MSG_ERROR)) {
+            *reply = r;
+            return 0;
+        }
+        nf_envelope_free(r);
+    }
+}
+
+const char *nf_ctl_fmt_size(char *buf, size_t len, unsigned long long bytes)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024.0 && u < 4) {
+        v /= 1024.0;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, len, "%llu B", bytes);
+    else
+        snprintf(buf, len, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+void nf_ctl_cleanup_rundir(const char *dir)
+{
+    char path[PATH_MAX];
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        nf_rundir_path(dir, nf_stack_roles[i], "sock", path, sizeof(path));
+        unlink(path);
+        nf_pidfile_remove(dir, nf_stack_roles[i]);
+    }
+    snprintf(path, sizeof(path), "%s/stack.conf", dir);
+    unlink(path);
+    char name[64];
+    nf_rundir_shm_name(dir, name, sizeof(name));
+    shm_unlink(name);
+}

@@ -1,0 +1,39 @@
+/* stack_ctl.h - what nanoflowctl's stack commands (up, down, status, stats, gen) share. */
+#ifndef NF_STACK_CTL_H
+#define NF_STACK_CTL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "daemon.h"
+
+#define NF_N_ROLES 3
+/* Start order: fetcher creates the region, the others attach. `down` walks it backwards. */
+extern const char *const nf_stack_roles[NF_N_ROLES];
+
+/* Resolves the run directory (--run-dir value or NULL) into dir; prints the reason and returns
+ * -1 on failure. */
+int nf_ctl_rundir(const char *cmd, const char *arg, char *dir, size_t len);
+
+/* True when any daemon of the stack in dir has a live pid or a socket file exists. */
+bool nf_ctl_stack_present(const char *dir);
+
+/* Connects to dir/ROLE.sock (Hello exchanged). Returns the fd or a negative code (err set). */
+int nf_ctl_connect(const char *dir, const char *role, int timeout_ms, char *err, size_t errlen);
+
+/* Sends req with a fresh request id and returns in *reply the first message carrying that id
+ * (free with nf_envelope_free). Returns 0, or a negative code (-ETIMEDOUT, -ECONNRESET when the
+ * daemon closed the connection). */
+int nf_ctl_request(int fd, nf_envelope *req, nf_envelope **reply, int timeout_ms);
+
+/* Fresh request ids for this process. */
+unsigned long long nf_ctl_next_id(void);
+
+/* Human-readable bytes ("512.0 MiB") into buf; returns buf. */
+const char *nf_ctl_fmt_size(char *buf, size_t len, unsigned long long bytes);
+
+/* Removes dir's sockets, pid files and stack.conf (logs stay) and unlinks the stack's shm
+ * object if it still exists. */
+void nf_ctl_cleanup_rundir(const char *dir);
+
+#endif
