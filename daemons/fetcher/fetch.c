@@ -243,6 +243,35 @@ static void take_requests(struct nf_fetcher *ft)
                 heap_push(ft, req[i].tile, req[i].prio);
 }
 
+/* Moves cur to just after the most recently used tile in the pool: the tile with the largest
+ * (last_use step, id) among those compute pinned since they were loaded (a load sets last_use to
+ * NF_FETCH_UNUSED; a pin overwrites it with compute's step). Within a layer this is the only
+ * signal (activations come once per layer, demands only when prefetching fell behind). */
+static void track_compute(struct nf_fetcher *ft)
+{
+    struct nf_stack *st = ft->st;
+    uint64_t best = 0;
+    bool found = false;
+    for (uint32_t s = 0; s < ft->n_slots; s++) {
+        uint32_t id = atomic_load_explicit(&st->slots[s].tile, memory_order_relaxed);
+        if (id >= ft->n_tiles)
+            continue;
+        uint32_t u = atomic_load_explicit(&st->tiles[id].last_use, memory_order_relaxed);
+        if (u == NF_FETCH_UNUSED)
+            continue;
+        uint64_t key = (uint64_t)u << 32 | id;
+        if (!found || key > best) {
+            best = key;
+            found = true;
+        }
+    }
+    if (found && (!ft->have_use_key || best > ft->use_key)) {
+        ft->use_key = best;
+        ft->have_use_key = true;
+        ft->cur = ((uint32_t)best + 1) % ft->n_tiles;
+    }
+}
+
 /* A free slot for tile id: from the free list, else by evicting the tile whose next use is
  * farthest (a prefetch only evicts tiles needed later than itself). NF_NO_SLOT if none. */
 static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, bool demand)
@@ -250,6 +279,7 @@ static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, bool demand)
     if (ft->n_free)
         return ft->free_slots[--ft->n_free];
     struct nf_stack *st = ft->st;
+    track_compute(ft);
     uint32_t min_dist = demand ? 0 : nf_cache_distance(id, ft->cur, ft->n_tiles);
     uint32_t below = UINT32_MAX;
     for (uint32_t tries = 0; tries < ft->n_slots; tries++) {
@@ -293,6 +323,8 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
         return 0;
     }
     atomic_fetch_add_explicit(&ctr->f_misses, 1, memory_order_relaxed);
+    /* Not used since this load (track_compute); compute's pin overwrites it. */
+    atomic_store_explicit(&st->tiles[id].last_use, NF_FETCH_UNUSED, memory_order_relaxed);
     const struct nf_nft_tile *t = &ft->f->tiles[id];
     if (nf_cache_is_resident(&ft->cache, id)) {
         atomic_fetch_or(&st->slots[slot].flags, NF_SLOT_RESIDENT);

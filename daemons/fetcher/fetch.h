@@ -20,7 +20,10 @@
 struct nf_nft;
 
 enum nf_verify_mode { NF_VERIFY_NONE = 0, NF_VERIFY_SAMPLE, NF_VERIFY_ALL };
-#define NF_VERIFY_SAMPLE_EVERY 16 /* --verify sample checks one read in 16 */
+#define NF_VERIFY_SAMPLE_EVERY 16
+#define NF_FETCH_UNUSED                                                                          \
+    UINT32_MAX /* last_use of a tile not pinned since it was loaded */ /* --verify sample checks \
+                                                                          one read in 16 */
 
 struct nf_fetch_opts {
     unsigned qd;                /* reads in flight at most (--qd) */
@@ -72,7 +75,9 @@ struct nf_fetcher {
     uint32_t *layer_first; /* (n_layer + 1) first tile id of each layer; [n_layer] after */
     /* Where compute is: the tile it last demanded or the layer after the last activation. */
     uint32_t cur;
-    uint64_t act_step, act_layer; /* newest activation seen (step, layer + 1; 0: none yet) */
+    uint64_t act_step, act_layer;
+    uint64_t use_key;  /* newest (last_use step << 32 | id) seen in the pool */
+    bool have_use_key; /* newest activation seen (step, layer + 1; 0: none yet) */
     struct nf_fetch_backend *be;
     const char *backend_name;
 };
