@@ -1,0 +1,435 @@
+/* test_compute.c - nanoflow-compute with the real nanoflow-fetcher on stories260K: greedy and
+ * seeded generations equal the in-process model token for token with bit-identical top logits,
+ * Stats counts the work, Cancel ends a generation, a corrupted tile fails only the generation
+ * with an Error naming it, and Shutdown leaves no socket, pid file or shm object. */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "daemon.h"
+#include "model.h"
+#include "nf_err.h"
+#include "nft.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+#define FETCHER    NF_BUILD_DIR "/daemons/nanoflow-fetcher"
+#define COMPUTE    NF_BUILD_DIR "/daemons/nanoflow-compute"
+#define STORIES    NF_SHARED_DIR "/models/stories260K.gguf"
+#define TIMEOUT_MS 20000
+
+static char tmpdir[256], nft_path[512], bad_path[512];
+
+struct stack {
+    char run_dir[600];
+    pid_t fetcher, compute;
+    int fd; /* client connection to compute.sock */
+};
+
+static int setup(void **state)
+{
+    (void)state;
+    if (access(FETCHER, X_OK) != 0 || access(COMPUTE, X_OK) != 0) {
+        print_message("skip: the daemons are not built\n");
+        exit(77);
+    }
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_compute-XXXXXX");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    snprintf(nft_path, sizeof(nft_path), "%s/stories.nft", tmpdir);
+    snprintf(bad_path, sizeof(bad_path), "%s/bad.nft", tmpdir);
+    struct nf_nft_convert_opts o = {.tile_size = 8192};
+    char err[512];
+    if (nf_nft_convert(STORIES, nft_path, &o, err, sizeof(err))) {
+        fprintf(stderr, "convert: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static pid_t spawn(const char *bin, const char *run_dir, const char *model)
+{
+    char log[700];
+    snprintf(log, sizeof(log), "%s/%s.out", run_dir, strrchr(bin, '-') + 1);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        execl(bin, bin, "--run-dir", run_dir, "--model", model, "--ram", "64M", "-t", "2",
+              "--foreground", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits for pid to exit (SIGKILL after timeout_ms); returns its exit status or -1. */
+static int reap(pid_t pid, int timeout_ms)
+{
+    for (int waited = 0;; waited += 20) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        if (waited >= timeout_ms) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        sleep_ms(20);
+    }
+}
+
+static int health(const char *sock)
+{
+    char err[256];
+    int fd = nf_client_connect(sock, 1000, err, sizeof(err));
+    if (fd < 0)
+        return -1;
+    nf_envelope env, *r = NULL;
+    Nanoflow__HealthRequest hr;
+    nanoflow__envelope__init(&env);
+    nanoflow__health_request__init(&hr);
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_HEALTH_REQUEST;
+    env.health_request = &hr;
+    int state = -1;
+    if (nf_client_send(fd, 1, &env) == 0 && nf_client_recv(fd, &r, 2000) == 1 &&
+        r->msg_case == NANOFLOW__ENVELOPE__MSG_HEALTH)
+        state = r->health->state;
+    if (r)
+        nf_envelope_free(r);
+    close(fd);
+    return state;
+}
+
+static void stack_up(struct stack *s, const char *model, const char *name)
+{
+    char sock[700], err[256];
+    memset(s, 0, sizeof(*s));
+    snprintf(s->run_dir, sizeof(s->run_dir), "%s/%s", tmpdir, name);
+    assert_int_equal(mkdir(s->run_dir, 0700), 0);
+    s->fetcher = spawn(FETCHER, s->run_dir, model);
+    s->compute = spawn(COMPUTE, s->run_dir, model);
+    snprintf(sock, sizeof(sock), "%s/compute.sock", s->run_dir);
+    int waited = 0;
+    while (health(sock) != NANOFLOW__HEALTH__STATE__READY) {
+        if (waited > TIMEOUT_MS)
+            fail_msg("compute did not become ready (logs in %s)", s->run_dir);
+        sleep_ms(50);
+        waited += 50;
+    }
+    s->fd = nf_client_connect(sock, 1000, err, sizeof(err));
+    assert_true(s->fd >= 0);
+}
+
+static void send_simple(int fd, uint64_t req, Nanoflow__Envelope__MsgCase what)
+{
+    nf_envelope env;
+    Nanoflow__Shutdown sd;
+    Nanoflow__StatsRequest sr;
+    nanoflow__envelope__init(&env);
+    env.msg_case = what;
+    if (what == NANOFLOW__ENVELOPE__MSG_SHUTDOWN) {
+        nanoflow__shutdown__init(&sd);
+        env.shutdown = &sd;
+    } else {
+        nanoflow__stats_request__init(&sr);
+        env.stats_request = &sr;
+    }
+    assert_int_equal(nf_client_send(fd, req, &env), 0);
+}
+
+/* Shuts compute then the fetcher down and checks nothing is left behind. */
+static void stack_down(struct stack *s)
+{
+    char sock[700], err[256];
+    send_simple(s->fd, 99, NANOFLOW__ENVELOPE__MSG_SHUTDOWN);
+    close(s->fd);
+    assert_int_equal(reap(s->compute, 10000), 0);
+    snprintf(sock, sizeof(sock), "%s/fetcher.sock", s->run_dir);
+    int fd = nf_client_connect(sock, 1000, err, sizeof(err));
+    assert_true(fd >= 0);
+    send_simple(fd, 1, NANOFLOW__ENVELOPE__MSG_SHUTDOWN);
+    close(fd);
+    assert_int_equal(reap(s->fetcher, 10000), 0);
+    const char *left[] = {"compute.sock", "compute.pid", "fetcher.sock", "fetcher.pid"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(sock, sizeof(sock), "%s/%s", s->run_dir, left[i]);
+        if (access(sock, F_OK) == 0)
+            fail_msg("%s left behind", sock);
+    }
+    char shm[128], path[200];
+    nf_rundir_shm_name(s->run_dir, shm, sizeof(shm));
+    snprintf(path, sizeof(path), "/dev/shm%s", shm);
+    assert_int_not_equal(access(path, F_OK), 0);
+}
+
+static void send_generate(int fd, uint64_t req, const char *prompt, int n, float temp,
+                          uint64_t seed, int top)
+{
+    nf_envelope env;
+    Nanoflow__Generate g;
+    Nanoflow__SamplingParams sp;
+    nanoflow__envelope__init(&env);
+    nanoflow__generate__init(&g);
+    nanoflow__sampling_params__init(&sp);
+    struct nf_sampler_params d;
+    nf_sampler_params_default(&d);
+    sp.temp = temp;
+    sp.top_k = d.top_k;
+    sp.top_p = d.top_p;
+    sp.min_p = d.min_p;
+    sp.repeat_penalty = d.repeat_penalty;
+    sp.repeat_last_n = d.repeat_last_n;
+    sp.seed = seed;
+    g.prompt.data = (uint8_t *)prompt;
+    g.prompt.len = strlen(prompt);
+    g.sampling = &sp;
+    g.n_predict = n;
+    g.top_logits = (uint32_t)top;
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE;
+    env.generate = &g;
+    assert_int_equal(nf_client_send(fd, req, &env), 0);
+}
+
+/* The reference: what `run` computes in-process for the same request. */
+static int reference(const char *prompt, int n, float temp, uint64_t seed, int32_t *gen,
+                     float *top1)
+{
+    char err[512];
+    struct nf_model *m;
+    struct nf_vocab *v;
+    struct nf_ctx *c;
+    struct nf_sampler *smp;
+    struct nf_sampler_params sp;
+    assert_int_equal(nf_model_load(&m, nft_path, err, sizeof(err)), 0);
+    assert_int_equal(nf_vocab_load(&v, m->gguf, err, sizeof(err)), 0);
+    nf_sampler_params_default(&sp);
+    sp.temp = temp;
+    sp.seed = seed;
+    assert_int_equal(nf_sampler_create(&smp, &sp, m->hp.n_vocab), 0);
+    int32_t ids[512];
+    int np = nf_tokenize(v, prompt, strlen(prompt), nf_vocab_add_bos(v), true, ids, 256);
+    assert_true(np > 0);
+    assert_int_equal(nf_ctx_create(&c, m, m->hp.n_ctx_train, 2), 0);
+    for (int i = 0; i < np; i++)
+        nf_sampler_accept(smp, ids[i]);
+    assert_int_equal(nf_ctx_eval(c, ids, np), 0);
+    int k = 0;
+    for (;;) {
+        int32_t tok = nf_sampler_sample(smp, c->logits);
+        int best = 0;
+        for (int i = 1; i < m->hp.n_vocab; i++)
+            best = c->logits[i] > c->logits[best] ? i : best;
+        top1[k] = c->logits[best];
+        gen[k++] = tok;
+        nf_sampler_accept(smp, tok);
+        if (nf_vocab_is_eog(v, tok) || k >= n || c->n_past >= c->n_ctx)
+            break;
+        assert_int_equal(nf_ctx_eval(c, &tok, 1), 0);
+    }
+    nf_sampler_free(smp);
+    nf_ctx_free(c);
+    nf_vocab_free(v);
+    nf_model_free(m);
+    return k;
+}
+
+/* Reads the events of request req until GenerateDone or Error; returns the tokens seen. */
+static int collect(int fd, uint64_t req, int32_t *ids, float *top1, char *stop, int *err_code,
+                   char *err_msg, size_t err_len)
+{
+    int n = 0;
+    *err_code = 0;
+    for (;;) {
+        nf_envelope *r = NULL;
+        assert_int_equal(nf_client_recv(fd, &r, TIMEOUT_MS), 1);
+        assert_int_equal(r->request_id, req);
+        if (r->msg_case == NANOFLOW__ENVELOPE__MSG_TOKEN) {
+            ids[n] = r->token->id;
+            top1[n] = r->token->n_top_logits ? r->token->top_logits[0]->logit : 0.0f;
+            n++;
+        } else if (r->msg_case == NANOFLOW__ENVELOPE__MSG_GENERATE_DONE) {
+            snprintf(stop, 32, "%s", r->generate_done->stop);
+            assert_int_equal(r->generate_done->n_gen_ids, n);
+            for (int i = 0; i < n; i++)
+                assert_int_equal(r->generate_done->gen_ids[i], ids[i]);
+            nf_envelope_free(r);
+            return n;
+        } else {
+            assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_ERROR);
+            *err_code = r->error->code;
+            snprintf(err_msg, err_len, "%s", r->error->message);
+            nf_envelope_free(r);
+            return n;
+        }
+        nf_envelope_free(r);
+    }
+}
+
+static uint64_t stat_value(int fd, const char *name)
+{
+    send_simple(fd, 50, NANOFLOW__ENVELOPE__MSG_STATS_REQUEST);
+    nf_envelope *r = NULL;
+    assert_int_equal(nf_client_recv(fd, &r, TIMEOUT_MS), 1);
+    assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_STATS);
+    uint64_t v = UINT64_MAX;
+    for (size_t s = 0; s < r->stats->n_stages; s++)
+        for (size_t i = 0; i < r->stats->stages[s]->n_counters; i++)
+            if (!strcmp(r->stats->stages[s]->counters[i]->name, name))
+                v = r->stats->stages[s]->counters[i]->value;
+    nf_envelope_free(r);
+    return v;
+}
+
+static void test_generate_equals_run(void **state)
+{
+    (void)state;
+    struct stack s;
+    stack_up(&s, nft_path, "ok");
+    const char *prompt = "Once upon a time";
+    const struct {
+        float temp;
+        uint64_t seed;
+    } cases[] = {{0.0f, 0}, {0.8f, 42}};
+    for (int c = 0; c < 2; c++) {
+        int32_t ref[64], got[64];
+        float rtop[64], gtop[64];
+        char stop[32], msg[512];
+        int code;
+        int nr = reference(prompt, 40, cases[c].temp, cases[c].seed, ref, rtop);
+        send_generate(s.fd, 10 + (uint64_t)c, prompt, 40, cases[c].temp, cases[c].seed, 1);
+        int ng = collect(s.fd, 10 + (uint64_t)c, got, gtop, stop, &code, msg, sizeof(msg));
+        assert_int_equal(code, 0);
+        assert_int_equal(ng, nr);
+        for (int i = 0; i < ng; i++) {
+            assert_int_equal(got[i], ref[i]);
+            assert_memory_equal(&gtop[i], &rtop[i], sizeof(float));
+        }
+        print_message("temp %.1f: %d tokens equal to the in-process model, stop %s\n",
+                      (double)cases[c].temp, ng, stop);
+    }
+    assert_true(stat_value(s.fd, "decode_tokens") > 0);
+    assert_true(stat_value(s.fd, "tiles_used") > 0);
+    assert_true(stat_value(s.fd, "mem_bytes") > 0);
+    /* Cancel after the first tokens: the generation ends with stop "cancel" (or, if the
+     * context of 128 fills first, "ctx"), its GenerateDone listing the tokens streamed. */
+    send_generate(s.fd, 20, prompt, 100000, 0.0f, 0, 0);
+    static int32_t many[4096];
+    for (int i = 0; i < 3; i++) {
+        nf_envelope *r = NULL;
+        assert_int_equal(nf_client_recv(s.fd, &r, TIMEOUT_MS), 1);
+        assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_TOKEN);
+        many[i] = r->token->id;
+        nf_envelope_free(r);
+    }
+    nf_envelope env;
+    Nanoflow__Cancel cn;
+    nanoflow__envelope__init(&env);
+    nanoflow__cancel__init(&cn);
+    cn.target_id = 20;
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_CANCEL;
+    env.cancel = &cn;
+    assert_int_equal(nf_client_send(s.fd, 21, &env), 0);
+    char stop[32], msg[512];
+    int code;
+    nf_envelope *r = NULL;
+    int n = 3;
+    for (;;) {
+        assert_int_equal(nf_client_recv(s.fd, &r, TIMEOUT_MS), 1);
+        if (r->msg_case != NANOFLOW__ENVELOPE__MSG_TOKEN)
+            break;
+        assert_true(n < 4096);
+        many[n++] = r->token->id;
+        nf_envelope_free(r);
+    }
+    assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_GENERATE_DONE);
+    snprintf(stop, sizeof(stop), "%s", r->generate_done->stop);
+    assert_int_equal(r->generate_done->n_gen_ids, n);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(r->generate_done->gen_ids[i], many[i]);
+    nf_envelope_free(r);
+    print_message("cancel: stop %s after %d tokens\n", stop, n);
+    assert_true(!strcmp(stop, "cancel") || !strcmp(stop, "ctx"));
+    /* The daemon takes the next request normally. */
+    int32_t got[64];
+    float gtop[64];
+    send_generate(s.fd, 22, prompt, 4, 0.0f, 0, 0);
+    assert_int_equal(collect(s.fd, 22, got, gtop, stop, &code, msg, sizeof(msg)), 4);
+    assert_int_equal(code, 0);
+    stack_down(&s);
+}
+
+static void test_corrupt_tile(void **state)
+{
+    (void)state;
+    char cmd[1200], err[512];
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", nft_path, bad_path);
+    assert_int_equal(system(cmd), 0);
+    struct nf_nft *f;
+    assert_int_equal(nf_nft_open(&f, bad_path, false, err, sizeof(err)), 0);
+    const struct nf_nft_tile *t = nf_nft_find(f, 2, NF_TILE_FFN, 0);
+    assert_non_null(t);
+    int fd = open(bad_path, O_RDWR);
+    assert_true(fd >= 0);
+    uint8_t b;
+    assert_int_equal(pread(fd, &b, 1, (off_t)t->offset + 7), 1);
+    b ^= 0x10;
+    assert_int_equal(pwrite(fd, &b, 1, (off_t)t->offset + 7), 1);
+    close(fd);
+    nf_nft_close(f);
+    struct stack s;
+    stack_up(&s, bad_path, "bad");
+    int32_t ids[64];
+    float top[64];
+    char stop[32], msg[512];
+    int code;
+    send_generate(s.fd, 30, "Once upon a time", 8, 0.0f, 0, 0);
+    collect(s.fd, 30, ids, top, stop, &code, msg, sizeof(msg));
+    print_message("corrupt tile: error %d: %s\n", code, msg);
+    assert_int_equal(code, NF_ECHECKSUM);
+    assert_non_null(strstr(msg, "layer 2 ffn"));
+    /* The daemon stays up and answers. */
+    char sock[700];
+    snprintf(sock, sizeof(sock), "%s/compute.sock", s.run_dir);
+    assert_int_equal(health(sock), NANOFLOW__HEALTH__STATE__READY);
+    stack_down(&s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_generate_equals_run),
+        cmocka_unit_test(test_corrupt_tile),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
