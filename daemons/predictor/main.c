@@ -18,8 +18,9 @@
 #include "plan.h"
 #include "stack.h"
 
-#define READY_BIT   (1u << 1)
-#define FETCHER_BIT (1u << 0)
+#define READY_BIT     (1u << 1)
+#define FETCHER_BIT   (1u << 0)
+#define PRED_HEADROOM (1ull << 20) /* private growth after loading (thread stack, buffers) */
 
 struct opts {
     const char *run_dir, *model;
@@ -206,8 +207,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 return bad_flag("--ram: '%s' is not a size (e.g. 1G, 512M)%s", optarg, "");
             break;
         case 't':
-            if (parse_uint(optarg, 1, 4096, &v))
-                return bad_flag("--threads: '%s' is not a number in [1, 4096]%s", optarg, "");
+            if (parse_uint(optarg, 0, 4096, &v))
+                return bad_flag("--threads: '%s' is not a number in [0, 4096]%s", optarg, "");
             o->threads = (int)v;
             break;
         case O_SPARSITY:
@@ -215,8 +216,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 return bad_flag("--sparsity: '%s' is not in [0, 1)%s", optarg, "");
             break;
         case O_CTX:
-            if (parse_uint(optarg, 1, 1 << 24, &v))
-                return bad_flag("--ctx: '%s' is not a positive number%s", optarg, "");
+            if (parse_uint(optarg, 0, 1 << 24, &v)) /* 0: the model's */
+                return bad_flag("--ctx: '%s' is not a number in [0, 16777216]%s", optarg, "");
             o->ctx = (uint32_t)v;
             break;
         case O_FG: o->foreground = true; break;
@@ -347,8 +348,12 @@ static int load_predictors(struct pred *d)
         nf_log(NF_LOG_ERROR, "%s", err);
         return rc;
     }
-    uint64_t cap =
-        sp.predictor_private > NF_STACK_PROC_BYTES ? sp.predictor_private - NF_STACK_PROC_BYTES : 0;
+    /* What the plan gives this process, minus what it holds already (code, libraries, the
+     * .nft index) and headroom for the worker's stack and the control server's buffers. */
+    uint64_t held = nf_pred_private_rss() + PRED_HEADROOM;
+    if (held < PRED_HEADROOM * 2)
+        held = NF_STACK_PROC_BYTES; /* RSS unknown: assume the plan's estimate for the code */
+    uint64_t cap = sp.predictor_private > held ? sp.predictor_private - held : 0;
     if (d->o.pred_mem) {
         nf_log(NF_LOG_INFO, "--pred-mem %llu bytes replaces the plan's %llu for predictor data",
                (unsigned long long)d->o.pred_mem, (unsigned long long)cap);
@@ -364,7 +369,7 @@ static int load_predictors(struct pred *d)
                "predictors of %u of %u layers fit the plan's %llu bytes for predictor data; "
                "layers %u.. prefetch every %s in order",
                d->fc.n_loaded, d->plan.n_layer, (unsigned long long)cap, d->fc.n_loaded,
-               d->plan.moe ? "expert (or the last used set)" : "group (or the last used set)");
+               d->plan.moe ? "expert" : "group");
     nf_log(NF_LOG_INFO, "%s: %u layers, %s, %u units max, predictors for %u layers (%llu bytes)",
            d->f->path, d->plan.n_layer, d->plan.moe ? "MoE" : "dense", d->plan.max_units,
            d->fc.n_loaded, (unsigned long long)d->fc.mem_bytes);
