@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# test_stack_e2e.sh - the whole streaming stack on stories260K: up, status, gen (exact mode:
+# the same JSON Lines and text as `nanoflowctl run`, gen_ids equal to the golden), stats, down;
+# afterwards no daemon process, socket, pid file or /dev/shm object of the stack is left.
+set -u
+: "${NF_BIN:?NF_BIN must point to nanoflowctl}"
+: "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
+M0="$NF_SHARED_DIR/models/stories260K.gguf"
+G="$NF_SHARED_DIR/golden/stories260K.jsonl"
+if [ ! -f "$M0" ] || [ ! -f "$G" ]; then
+    echo "skip: $M0 or $G is missing"
+    exit 77
+fi
+if ! command -v python3 >/dev/null; then
+    echo "skip: python3 is needed to read JSON"
+    exit 77
+fi
+# up looks for the daemons beside nanoflowctl, then in the build tree's daemons/, then on PATH.
+BINDIR=$(dirname "$NF_BIN")
+for role in fetcher predictor compute; do
+    found=
+    for d in "$BINDIR" "$BINDIR/../daemons" "$BINDIR/../daemons/$role"; do
+        [ -x "$d/nanoflow-$role" ] && found=1
+    done
+    command -v "nanoflow-$role" >/dev/null && found=1
+    if [ -z "$found" ]; then
+        echo "skip: nanoflow-$role is not built (looked beside $NF_BIN, in its ../daemons, on PATH)"
+        exit 77
+    fi
+done
+T=$(mktemp -d)
+R="$T/run"
+cleanup() {
+    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
+    rm -rf "$T"
+}
+trap cleanup EXIT
+export XDG_CACHE_HOME="$T/cache"
+cp "$M0" "$T/m.gguf" # the converted .nft is cached beside the copy
+fail=0
+check() { # check NAME STATUS
+    if [ "$2" -ne 0 ]; then
+        echo "FAIL: $1"
+        fail=1
+    else
+        echo "ok: $1"
+    fi
+}
+python3 -c "import json,sys; sys.stdout.write(json.loads(open(sys.argv[1]).readline())['prompt'])" \
+    "$G" >"$T/prompt.txt"
+SHM=$(python3 -c "
+import os, sys
+h = 0xcbf29ce484222325
+for b in os.path.abspath(sys.argv[1]).encode():
+    h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
+print('/dev/shm/nanoflow-%016x' % h)" "$R")
+
+# 1. up: converts once, starts the three daemons, prints where they run.
+"$NF_BIN" up -m "$T/m.gguf" --ram 256M -t 1 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
+rc=$?
+check "up exits 0" $rc
+if [ $rc -ne 0 ]; then
+    cat "$T/up.err"
+    exit 1
+fi
+for role in fetcher predictor compute; do
+    grep -q "$role *pid [0-9]" "$T/up.out"
+    check "up names the $role pid" $?
+done
+[ -e "$SHM" ]
+check "the shared region exists ($SHM)" $?
+"$NF_BIN" up -m "$T/m.gguf" --run-dir "$R" >/dev/null 2>"$T/err"
+[ $? -eq 1 ] && grep -q "already running" "$T/err"
+check "second up says already running" $?
+
+# 2. status: three ready daemons whose pids are those of the pid files.
+"$NF_BIN" status --run-dir "$R" --json >"$T/status.json"
+check "status exits 0" $?
+PIDS=$(python3 - "$T/status.json" "$R" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+ds = s["daemons"]
+assert [d["role"] for d in ds] == ["fetcher", "predictor", "compute"], ds
+for d in ds:
+    assert d["state"] == "ready", d
+    assert d["uptime_s"] >= 0, d
+    assert int(open(sys.argv[2] + "/" + d["role"] + ".pid").read()) == d["pid"], d
+print(" ".join(str(d["pid"]) for d in ds))
+PY
+)
+check "status: three ready daemons with their pid files' pids" $?
+"$NF_BIN" status --run-dir "$R" | grep -c " ready " | grep -qx 3
+check "status table shows three ready rows" $?
+
+# 3. gen equals run (exact mode): JSON token lines identical (ids, pieces, top logits), the summary
+#    identical but for the timings, gen_ids equal to the golden ones; the text output too.
+ARGS=(-f "$T/prompt.txt" --temp 0 -n 60 --seed 3)
+"$NF_BIN" gen --run-dir "$R" "${ARGS[@]}" --json --top-logits 5 >"$T/gen.jsonl" 2>"$T/gen.err"
+check "gen --json exits 0" $?
+"$NF_BIN" run -m "$M0" -t 1 "${ARGS[@]}" --json --top-logits 5 >"$T/run.jsonl" 2>/dev/null
+check "run --json exits 0" $?
+python3 - "$T/gen.jsonl" "$T/run.jsonl" "$G" <<'PY'
+import json, sys
+gen = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+run = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
+gold = json.loads(open(sys.argv[3]).readline())
+assert len(gen) == len(run), (len(gen), len(run))
+assert gen[:-1] == run[:-1], "token lines differ"
+g, r = gen[-1], run[-1]
+for k in ("prompt_tok_s", "decode_tok_s"):
+    g.pop(k), r.pop(k)
+assert g == r, (g, r)
+assert g["gen_ids"] == gold["gen_ids"][:len(g["gen_ids"])], g["gen_ids"]
+assert g["prompt_ids"] == gold["prompt_ids"]
+PY
+check "gen --json equals run --json and the golden gen_ids" $?
+"$NF_BIN" gen --run-dir "$R" "${ARGS[@]}" >"$T/gen.txt" 2>/dev/null
+"$NF_BIN" run -m "$M0" -t 1 "${ARGS[@]}" >"$T/run.txt" 2>/dev/null
+cmp -s "$T/gen.txt" "$T/run.txt"
+check "gen text equals run text" $?
+# A positional prompt is the same as -p.
+"$NF_BIN" gen --run-dir "$R" "Once upon a time" --temp 0 -n 8 --json >"$T/pos.jsonl" &&
+    "$NF_BIN" gen --run-dir "$R" -p "Once upon a time" --temp 0 -n 8 --json >"$T/p.jsonl"
+python3 -c "
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])][-1]
+b = [json.loads(l) for l in open(sys.argv[2])][-1]
+assert a['gen_ids'] == b['gen_ids'] and len(a['gen_ids']) == 8" "$T/pos.jsonl" "$T/p.jsonl"
+check "positional prompt equals -p" $?
+
+# 4. stats: every stage answers; compute counted the tokens, the fetcher read tiles, memory held
+#    is within the budget.
+"$NF_BIN" stats --run-dir "$R" --json >"$T/stats.json"
+check "stats exits 0" $?
+python3 - "$T/stats.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+for st in ("predictor", "fetcher", "compute", "memory"):
+    assert st in s and "error" not in s[st], (st, s.get(st))
+assert s["compute"]["tokens"] > 0, s["compute"]
+assert s["compute"]["decode_tok_s"] > 0, s["compute"]
+assert s["fetcher"]["reads"] > 0, s["fetcher"]
+assert s["memory"]["budget"] == 256 << 20, s["memory"]
+assert 0 < s["memory"]["held"] <= s["memory"]["budget"], s["memory"]
+PY
+check "stats --json: tokens, reads, memory within budget" $?
+"$NF_BIN" stats --run-dir "$R" >"$T/stats.txt"
+grep -q "^predictor" "$T/stats.txt" && grep -q "^fetcher" "$T/stats.txt" &&
+    grep -q "^compute" "$T/stats.txt" && grep -q "^memory" "$T/stats.txt"
+check "stats table has the four sections" $?
+timeout 2 "$NF_BIN" stats --run-dir "$R" --json --watch 0.3 >"$T/watch.jsonl"
+[ "$(wc -l <"$T/watch.jsonl")" -ge 2 ] && python3 -c "
+import json, sys
+for l in open(sys.argv[1]):
+    assert json.loads(l)['interval_s'] > 0" "$T/watch.jsonl"
+check "stats --watch refreshes" $?
+
+# 5. down: stops everything and leaves nothing behind but the logs.
+"$NF_BIN" down --run-dir "$R" >"$T/down.out" 2>"$T/down.err"
+check "down exits 0" $?
+alive=
+for p in $PIDS; do
+    if kill -0 "$p" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then
+        alive="$alive $p"
+    fi
+done
+[ -z "$alive" ]
+check "no daemon process left ($alive)" $?
+left=$(ls "$R" | grep -vE '\.log$')
+[ -z "$left" ]
+check "only logs left in the run dir ($left)" $?
+[ ! -e "$SHM" ]
+check "no shm object left" $?
+[ -s "$R/fetcher.log" ] && [ -s "$R/compute.log" ]
+check "logs kept" $?
+"$NF_BIN" down --run-dir "$R" >/dev/null 2>"$T/err"
+[ $? -eq 1 ] && grep -q "no stack running" "$T/err"
+check "second down says no stack running" $?
+exit $fail
