@@ -64,6 +64,7 @@ static void usage(FILE *out)
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
             "pool (filled by nanoflow-fetcher). The context length, thread count and sparsity\n"
             "come from the stack's plan; -t, --ctx and --sparsity override them.\n"
+            "  -t N                compute threads (0: one per CPU; default: the plan's)\n"
             "  --sparsity S        fraction of FFN groups skipped (0 = exact, < 1)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region (default 30)\n");
 }
@@ -105,6 +106,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
     memset(o, 0, sizeof(*o));
     o->log_level = "info";
     o->attach_timeout_s = 30;
+    o->n_threads = -1; /* not given: the plan's */
     opterr = 0;
     int c;
     long v;
@@ -115,7 +117,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case O_MODEL: o->model = optarg; break;
         case O_RAM: break; /* the plan in the region carries the budget */
         case 't':
-            if (parse_long(optarg, 1, 1024, &v))
+            if (parse_long(optarg, 0, 1024, &v))
                 return bad_flag("-t", optarg);
             o->n_threads = (int)v;
             break;
@@ -256,7 +258,8 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.f = m->f;
     m->gen.v = m->v;
     m->gen.n_ctx = m->o.n_ctx > 0 ? m->o.n_ctx : (int)cfg->n_ctx;
-    m->gen.n_threads = m->o.n_threads > 0 ? m->o.n_threads : (int)cfg->n_threads;
+    /* -t 0 (what `up` passes by default) means one thread per CPU, as for run. */
+    m->gen.n_threads = m->o.n_threads >= 0 ? m->o.n_threads : (int)cfg->n_threads;
     m->gen.sparsity = m->o.sparsity_set ? m->o.sparsity : cfg->sparsity;
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
