@@ -56,7 +56,8 @@ for b in os.path.abspath(sys.argv[1]).encode():
 print('/dev/shm/nanoflow-%016x' % h)" "$R")
 
 # 1. up: converts once, starts the three daemons, prints where they run.
-"$NF_BIN" up -m "$T/m.gguf" --ram 256M -t 1 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
+# --ctx 2048: long enough for a generation to be interrupted (section 4).
+"$NF_BIN" up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
 rc=$?
 check "up exits 0" $rc
 if [ $rc -ne 0 ]; then
@@ -128,7 +129,29 @@ b = [json.loads(l) for l in open(sys.argv[2])][-1]
 assert a['gen_ids'] == b['gen_ids'] and len(a['gen_ids']) == 8" "$T/pos.jsonl" "$T/p.jsonl"
 check "positional prompt equals -p" $?
 
-# 4. stats: every stage answers; compute counted the tokens, the fetcher read tiles, memory held
+# 4. Ctrl-C: gen sends Cancel once the first token is out, prints the summary with stop "cancel"
+#    and exits 130; the stack goes on serving.
+"$NF_BIN" gen --run-dir "$R" -n 1000000 --temp 0 --json "Once" >"$T/cancel.jsonl" 2>/dev/null &
+GP=$!
+for _ in $(seq 400); do
+    [ -s "$T/cancel.jsonl" ] && break
+    sleep 0.05
+done
+kill -INT "$GP"
+wait "$GP"
+rc=$?
+[ $rc -eq 130 ] && tail -n 1 "$T/cancel.jsonl" | grep -q '"stop":"cancel"'
+check "Ctrl-C cancels gen (rc $rc, stop cancel)" $?
+"$NF_BIN" gen --run-dir "$R" -p "Once upon a time" --temp 0 -n 8 --json >"$T/after.jsonl"
+cmp -s "$T/after.jsonl" "$T/p.jsonl" ||
+    python3 -c "
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])][-1]
+b = [json.loads(l) for l in open(sys.argv[2])][-1]
+assert a['gen_ids'] == b['gen_ids']" "$T/after.jsonl" "$T/p.jsonl"
+check "the stack serves the same generation after a cancel" $?
+
+# 5. stats: every stage answers; compute counted the tokens, the fetcher read tiles, memory held
 #    is within the budget.
 "$NF_BIN" stats --run-dir "$R" --json >"$T/stats.json"
 check "stats exits 0" $?
@@ -155,7 +178,7 @@ for l in open(sys.argv[1]):
     assert json.loads(l)['interval_s'] > 0" "$T/watch.jsonl"
 check "stats --watch refreshes" $?
 
-# 5. down: stops everything and leaves nothing behind but the logs.
+# 6. down: stops everything and leaves nothing behind but the logs.
 "$NF_BIN" down --run-dir "$R" >"$T/down.out" 2>"$T/down.err"
 check "down exits 0" $?
 alive=
