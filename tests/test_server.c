@@ -164,7 +164,8 @@ static void send_raw(int fd, uint32_t len, const void *payload, size_t n)
     buf[2] = (uint8_t)(len >> 16);
     buf[3] = (uint8_t)(len >> 24);
     assert_true(n <= sizeof(buf) - 4);
-    memcpy(buf + 4, payload, n);
+    if (n)
+        memcpy(buf + 4, payload, n);
     assert_int_equal(write(fd, buf, 4 + n), (ssize_t)(4 + n));
 }
 
