@@ -8,6 +8,7 @@
 #include "nf_err.h"
 #include "predictor.h"
 #include "stream.h"
+#include "threadpool.h"
 
 struct nf_stream {
     const struct nf_nft *f;
@@ -160,13 +161,61 @@ static void nf_stream_gate_up(struct nf_stream *s, const struct nf_nft_bundle *b
         memcpy(c->hb2 + (size_t)k * F + b->first, s->tmp + (size_t)k * G, sizeof(float) * G);
 }
 
-/* Copies group b's ffn_down columns into the reassembled row-major down matrix. */
-static void nf_stream_put_down(struct nf_stream *s, const struct nf_nft_bundle *b)
+/* Copying the ffn_down columns of one bundle tile into the reassembled matrix, parallel over
+ * rows: per row, each group contributes down_row_size bytes at the group's block offset. */
+struct nf_down_job {
+    struct nf_stream *s;
+    const struct nf_nft_tile *t;
+    const uint8_t *p;
+};
+
+/* Copies n groups' slices of row r; the common slice sizes get constant-size copies, which the
+ * compiler turns into a few moves (a memcpy call per 18-byte slice would dominate). */
+#define NF_DOWN_COPY(SZ)             \
+    for (uint32_t j = 0; j < n; j++) \
+    memcpy(dst + j * (size_t)(SZ), src[j] + r * (size_t)(SZ), (SZ))
+
+static void nf_down_run(void *arg, int ith, int nth)
 {
-    const size_t off = nf_row_size(b->down_type, b->first);
-    for (int r = 0; r < b->n_embd; r++)
-        memcpy((char *)s->down + (size_t)r * s->down_row_size + off,
-               (const char *)b->down + (size_t)r * b->down_row_size, b->down_row_size);
+    const struct nf_down_job *jb = arg;
+    const struct nf_stream *s = jb->s;
+    const struct nf_nft_tile *t = jb->t;
+    const uint32_t ng = t->count / t->group;
+    const uint8_t *src[64];
+    size_t drs = 0, off = 0;
+    for (uint32_t j0 = 0; j0 < ng; j0 += 64) {
+        const uint32_t n = ng - j0 < 64 ? ng - j0 : 64;
+        for (uint32_t j = 0; j < n; j++) {
+            struct nf_nft_bundle b;
+            nf_nft_bundle_group(t, jb->p, j0 + j, &b);
+            src[j] = b.down;
+            drs = b.down_row_size;
+            if (j == 0)
+                off = nf_row_size(b.down_type, b.first);
+        }
+        const size_t E = (size_t)s->shell.hp.n_embd;
+        const size_t r0 = E * (size_t)ith / (size_t)nth, r1 = E * (size_t)(ith + 1) / (size_t)nth;
+        for (size_t r = r0; r < r1; r++) {
+            char *dst = (char *)s->down + r * s->down_row_size + off;
+            switch (drs) {
+            case 18: NF_DOWN_COPY(18); break;   /* q4_0 */
+            case 34: NF_DOWN_COPY(34); break;   /* q8_0 */
+            case 144: NF_DOWN_COPY(144); break; /* q4_K */
+            case 176: NF_DOWN_COPY(176); break; /* q5_K */
+            case 210: NF_DOWN_COPY(210); break; /* q6_K */
+            default: NF_DOWN_COPY(drs); break;
+            }
+        }
+    }
+}
+
+static void nf_stream_put_down(struct nf_stream *s, const struct nf_nft_tile *t, const uint8_t *p)
+{
+    struct nf_down_job jb = {s, t, p};
+    const size_t bytes =
+        (size_t)s->shell.hp.n_embd * nf_row_size((enum nf_type)t->type[2], t->count);
+    nf_threadpool_run(s->c->pool, nf_down_run, &jb,
+                      bytes < 65536 ? 1 : nf_threadpool_size(s->c->pool));
 }
 
 static struct nf_tensor nf_stream_down_view(const struct nf_stream *s)
@@ -194,8 +243,8 @@ static int nf_stream_bundles(struct nf_stream *s, uint32_t layer, enum nf_tile_k
             struct nf_nft_bundle b;
             nf_nft_bundle_group(t, p, j, &b);
             nf_stream_gate_up(s, &b, xn, n_tok);
-            nf_stream_put_down(s, &b);
         }
+        nf_stream_put_down(s, t, p);
         nf_stream_unpin(s, t);
     }
     return 0;
