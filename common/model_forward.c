@@ -12,6 +12,19 @@
  * F16 weights in prompt batches: x86 tinyBLAS accepts them only with F16 activations, so
  * llama.cpp rounds the activations to F16 first (zoo-F16 0.0037 / 0.0047 -> 0.0013 / 0.0026,
  * 3 of 8 prompts now exact on the first step instead of 0).
+ * Mat-mul float orders (single Q8 rounding flips of the activations make the zoo models jump
+ * by 0.01-0.05, so the float sums must round exactly as llama.cpp's; first step / all steps,
+ * first-step-exact prompts of 8):
+ *  - q4_0: llama.cpp repacks to q4_0_8x8 on x86; gemv/gemm sum each row as a chain of
+ *    fma(block integer dot, dw * dx, acc): zoo-Q4_0 0.032 / 0.075 (2/8) -> 1e-6 / 0.047 (8/8);
+ *  - q8_0: ggml_vec_dot_q8_0_q8_0 (and tinyBLAS_Q0 for batches) keep ONE 8-lane accumulator;
+ *    the AVX2 kernel had two: zoo-Q8_0 0.021 / 0.079 (4/8) -> 0.015 / 0.057 (7/8), moe-Q8_0
+ *    0.0195 / 0.042 (5/8) -> 0.018 / 0.027 (7/8).
+ * Not yet reproduced: q4_K (recent llama.cpp repacks it to q4_K_8x8 with q8_K_4x8 activations),
+ * q5_K/q6_K dot orders, BF16 (AVX512-BF16 dpbf16ps). Tried as single changes with mixed
+ * results (some prompts fixed, others broken, so left out): ggml_v_silu (AVX-512 SiLU) in
+ * SwiGLU, ggml_v_expf softmax, n_kv padded to 256 (stories260K exact-prefix 57 -> 83 steps),
+ * fused multiply-add contraction of the RoPE rotation.
  * So llama.cpp ran the plain (non flash) path with its F16 KV cache. Also tried and rejected
  * (worse on every model): keeping Q in F32 when head_dim % 16 == 0 or the softmax in F32 when
  * n_kv % 16 == 0 (tinyBLAS taking those mat-muls), and ggml_v_expf for softmax/SiLU. The
@@ -26,11 +39,20 @@
 
 #include "model.h"
 #include "nf_err.h"
+#include "quants_impl.h"
 #include "threadpool.h"
 
 /* Mat-vecs smaller than this many multiply-adds run on the calling thread only: waking the
  * pool costs more than it saves. */
 #define NF_PAR_MIN_WORK 32768
+
+/* q4_0 matrices up to this size use llama.cpp's (repacked) summation order, which reproduces
+ * its results bit for bit. That order is a dependent chain of fused multiply-adds per row: it
+ * needs several rows in flight, and streaming several rows at once from DRAM measured 2-4x
+ * slower on the 7B benchmark than the row-by-row kernels (weights not in the repacked
+ * layout). Larger matrices (which do not fit in the caches anyway) keep the fast kernels,
+ * whose results differ from llama.cpp's in the last bits of the float sums. */
+#define NF_EXACT_Q4_0_MAX ((size_t)8 << 20)
 
 static size_t nf_align64(size_t n)
 {
@@ -140,12 +162,13 @@ static nf_from_float_fn nf_act_quantizer(enum nf_type t)
     return f ? f : nf_type_traits(t)->from_float;
 }
 
-enum nf_mm_kind { NF_MM_VEC_DOT, NF_MM_GGML_DOT, NF_MM_TINYBLAS, NF_MM_TINYBLAS16 };
+enum nf_mm_kind { NF_MM_VEC_DOT, NF_MM_ROWS, NF_MM_GGML_DOT, NF_MM_TINYBLAS, NF_MM_TINYBLAS16 };
 
 struct nf_matmul_job {
     enum nf_mm_kind kind;
     const struct nf_tensor *w;
     nf_vec_dot_fn dot;
+    nf_vec_dot_rows_fn rows_fn;
     const char *xq;
     size_t xq_stride;
     float *out;
@@ -156,11 +179,21 @@ static void nf_matmul_run(void *arg, int ith, int nth)
 {
     const struct nf_matmul_job *j = arg;
     const int64_t rows = j->w->ne[1];
-    /* Split rows evenly, in multiples of 4 rows so threads do not share cache lines of out. */
+    /* Split rows evenly, in multiples of 8 rows so threads do not share cache lines of out and
+     * multi-row kernels get whole groups. */
     int64_t per = (rows + nth - 1) / nth;
-    per = (per + 3) & ~(int64_t)3;
+    per = (per + 7) & ~(int64_t)7;
     int64_t r0 = per * ith, r1 = r0 + per < rows ? r0 + per : rows;
     const int n = (int)j->w->ne[0];
+    if (j->kind == NF_MM_ROWS) {
+        if (r1 <= r0)
+            return;
+        const char *w0 = (const char *)j->w->data + (size_t)r0 * j->w->row_size;
+        for (int t = 0; t < j->n_tok; t++)
+            j->rows_fn(n, j->out + (size_t)t * rows + r0, j->w->row_size, w0,
+                       j->xq + (size_t)t * j->xq_stride, (int)(r1 - r0));
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         const char *row = (const char *)j->w->data + (size_t)r * j->w->row_size;
         float *o = &j->out[r];
@@ -204,6 +237,12 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
     } else {
         /* Convert the activations as llama.cpp does before every mat-vec. */
         j.kind = w->type == NF_TYPE_F16 ? NF_MM_GGML_DOT : NF_MM_VEC_DOT;
+        if (w->type == NF_TYPE_Q4_0 && (size_t)w->ne[1] * w->row_size <= NF_EXACT_Q4_0_MAX) {
+            /* llama.cpp repacks q4_0 weights on x86 and sums each row block after block. */
+            j.kind = NF_MM_ROWS;
+            j.rows_fn = nf_kernels_isa() >= NF_ISA_AVX2 ? nf__vec_dot_q4_0_q8_0_seq_avx2_rows
+                                                        : nf__vec_dot_q4_0_q8_0_seq_ref_rows;
+        }
         nf_from_float_fn q = nf_act_quantizer(tr->vec_dot_type);
         for (int t = 0; t < n_tok; t++)
             q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);

@@ -617,6 +617,27 @@ void nf__vec_dot_q4_0_q8_0_ref(int n, float *s, const void *vx, const void *vy)
     *s = sum;
 }
 
+/* q4_0 rows in llama.cpp's repacked (q4_0_8x8) order: per row, a fused multiply-add of each
+ * block's integer dot times (weight scale * activation scale), block after block. */
+void nf__vec_dot_q4_0_q8_0_seq_ref_rows(int n, float *s, size_t bs, const void *vx, const void *vy,
+                                        int nrows)
+{
+    const nf_block_q8_0 *y = vy;
+    for (int r = 0; r < nrows; r++) {
+        const nf_block_q4_0 *x = (const nf_block_q4_0 *)((const char *)vx + (size_t)r * bs);
+        float acc = 0.0f;
+        for (int i = 0; i < n / NF_QK8_0; i++) {
+            int sumi = 0;
+            for (int j = 0; j < NF_QK4_0 / 2; j++) {
+                sumi += ((x[i].qs[j] & 0xF) - 8) * y[i].qs[j];
+                sumi += ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + NF_QK4_0 / 2];
+            }
+            acc = fmaf((float)sumi, nf_fp16_to_fp32(x[i].d) * nf_fp16_to_fp32(y[i].d), acc);
+        }
+        s[r] = acc;
+    }
+}
+
 void nf__vec_dot_q8_0_q8_0_ref(int n, float *s, const void *vx, const void *vy)
 {
     const nf_block_q8_0 *x = vx, *y = vy;

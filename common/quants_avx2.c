@@ -139,27 +139,89 @@ void nf__vec_dot_q4_0_q8_0_avx2(int n, float *s, const void *vx, const void *vy)
     *s = hsum_ps(_mm256_add_ps(a0, a1));
 }
 
+/* One 8-lane accumulator, as ggml_vec_dot_q8_0_q8_0 on x86 (and llamafile's tinyBLAS for q8_0
+ * batches): the float sums then round exactly as llama.cpp's do. */
 void nf__vec_dot_q8_0_q8_0_avx2(int n, float *s, const void *vx, const void *vy)
 {
     const nf_block_q8_0 *x = vx, *y = vy;
     const int nb = n / NF_QK8_0;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-    int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m256i p0 = dot_i8(_mm256_loadu_si256((const __m256i *)x[i].qs),
-                            _mm256_loadu_si256((const __m256i *)y[i].qs));
-        __m256i p1 = dot_i8(_mm256_loadu_si256((const __m256i *)x[i + 1].qs),
-                            _mm256_loadu_si256((const __m256i *)y[i + 1].qs));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(p0), a0);
-        a1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i + 1].d) * h2f(y[i + 1].d)),
-                             _mm256_cvtepi32_ps(p1), a1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        __m256i p = dot_i8(_mm256_loadu_si256((const __m256i *)x[i].qs),
+                           _mm256_loadu_si256((const __m256i *)y[i].qs));
+        acc =
+            _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(p), acc);
     }
-    for (; i < nb; i++) {
-        __m256i p0 = dot_i8(_mm256_loadu_si256((const __m256i *)x[i].qs),
-                            _mm256_loadu_si256((const __m256i *)y[i].qs));
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f(x[i].d) * h2f(y[i].d)), _mm256_cvtepi32_ps(p0), a0);
+    *s = hsum_ps(acc);
+}
+
+/* Lane k of the result = the sum of the eight int32 lanes of p[k] (integers: exact). */
+static inline __m256i hsum8_epi32(const __m256i p[8])
+{
+    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
+                            _mm256_permute2x128_si256(h0123, h4567, 0x31));
+}
+
+/* q4_0 rows in the order of llama.cpp's repacked q4_0_8x8 gemv/gemm (which llama.cpp uses for
+ * q4_0 weights on AVX2/AVX-512 machines): per row, acc = fma(block integer dot, weight scale *
+ * activation scale, acc) block after block. That chain cannot be reordered, so four rows are
+ * interleaved to hide its latency. The integer dots of two blocks of the four rows are reduced
+ * together. */
+void nf__vec_dot_q4_0_q8_0_seq_avx2_rows(int n, float *s, size_t bs, const void *vx, const void *vy,
+                                         int nrows)
+{
+    const nf_block_q8_0 *y = vy;
+    const int nb = n / NF_QK8_0;
+    const __m256i off = _mm256_set1_epi8(8);
+    int r = 0;
+    for (; r + 4 <= nrows; r += 4) {
+        const nf_block_q4_0 *x[4];
+        for (int k = 0; k < 4; k++)
+            x[k] = (const nf_block_q4_0 *)((const char *)vx + (size_t)(r + k) * bs);
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int i = 0;
+        for (; i + 2 <= nb; i += 2) {
+            /* p[2k + b] = row k, block i + b. Several rows stream at once: prefetch them. */
+            for (int k = 0; k < 4; k++)
+                _mm_prefetch((const char *)(x[k] + i) + 1024, _MM_HINT_T0);
+            const __m256i y0 = _mm256_loadu_si256((const __m256i *)y[i].qs);
+            const __m256i y1 = _mm256_loadu_si256((const __m256i *)y[i + 1].qs);
+            __m256i p[8];
+            for (int k = 0; k < 4; k++) {
+                p[2 * k] = dot_i8(_mm256_sub_epi8(nibbles_32(x[k][i].qs), off), y0);
+                p[2 * k + 1] = dot_i8(_mm256_sub_epi8(nibbles_32(x[k][i + 1].qs), off), y1);
+            }
+            const float dy0 = h2f(y[i].d), dy1 = h2f(y[i + 1].d);
+            float sf[8];
+            _mm256_storeu_ps(sf, _mm256_cvtepi32_ps(hsum8_epi32(p)));
+            for (int k = 0; k < 4; k++) {
+                acc[k] = fmaf(sf[2 * k], h2f(x[k][i].d) * dy0, acc[k]);
+                acc[k] = fmaf(sf[2 * k + 1], h2f(x[k][i + 1].d) * dy1, acc[k]);
+            }
+        }
+        for (; i < nb; i++) {
+            const __m256i yq = _mm256_loadu_si256((const __m256i *)y[i].qs);
+            for (int k = 0; k < 4; k++) {
+                const int sk = hsum_epi32(dot_i8(_mm256_sub_epi8(nibbles_32(x[k][i].qs), off), yq));
+                acc[k] = fmaf((float)sk, h2f(x[k][i].d) * h2f(y[i].d), acc[k]);
+            }
+        }
+        for (int k = 0; k < 4; k++)
+            s[r + k] = acc[k];
     }
-    *s = hsum_ps(_mm256_add_ps(a0, a1));
+    for (; r < nrows; r++) {
+        const nf_block_q4_0 *x = (const nf_block_q4_0 *)((const char *)vx + (size_t)r * bs);
+        float acc = 0.0f;
+        for (int i = 0; i < nb; i++) {
+            const __m256i p = dot_i8(_mm256_sub_epi8(nibbles_32(x[i].qs), off),
+                                     _mm256_loadu_si256((const __m256i *)y[i].qs));
+            acc = fmaf((float)hsum_epi32(p), h2f(x[i].d) * h2f(y[i].d), acc);
+        }
+        s[r] = acc;
+    }
 }
 
 /* ---- K-quants ---------------------------------------------------------------------------- */

@@ -31,6 +31,10 @@ void nf__quantize_row_f16_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_bf16_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_0_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
+/* q4_0 rows in llama.cpp's repacked q4_0_8x8 order (see quants.c); not a traits kernel: the
+ * forward pass picks it (with the AVX2 variant when available) to reproduce llama.cpp. */
+void nf__vec_dot_q4_0_q8_0_seq_ref_rows(int n, float *s, size_t bs, const void *x, const void *y,
+                                        int nrows);
 
 /* AVX2 + FMA + F16C kernels (quants_avx2.c); call only when nf_cpu_best_isa() >= AVX2. */
 void nf__vec_dot_f32_avx2(int n, float *s, const void *x, const void *y);
@@ -45,6 +49,8 @@ void nf__quantize_row_f16_avx2(const float *x, void *y, int64_t n);
 void nf__quantize_row_bf16_avx2(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_0_avx2(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
+void nf__vec_dot_q4_0_q8_0_seq_avx2_rows(int n, float *s, size_t bs, const void *x, const void *y,
+                                         int nrows);
 
 /* AVX-512 F/BW/VL/DQ/VNNI kernels (quants_avx512.c); call only when nf_cpu_best_isa() is
  * AVX512. */

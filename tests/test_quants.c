@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "quants.h"
+#include "quants_impl.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -732,6 +733,83 @@ static int isa_child(const char *name)
 
 /* NF_ISA caps the kernels chosen. The choice is made once per process, so each cap is
  * checked in a fresh exec of this program. */
+/* The float summation orders that reproduce llama.cpp's x86 results bit for bit: q4_0 rows in
+ * the repacked q4_0_8x8 order (per row, fma of each block's integer dot times dw * dx, block
+ * after block) and q8_0 in ggml_vec_dot_q8_0_q8_0's (one 8-lane accumulator, lane k holding
+ * bytes 4k..4k+3 of every block, then the AVX horizontal add). */
+static void test_llama_order(void **state)
+{
+    (void)state;
+    const int n = 256, nr = 21;
+    const struct nf_type_traits *q4 = nf_type_traits(NF_TYPE_Q4_0);
+    const struct nf_type_traits *q8 = nf_type_traits(NF_TYPE_Q8_0);
+    const size_t rs4 = nf_row_size(NF_TYPE_Q4_0, n), rs8 = nf_row_size(NF_TYPE_Q8_0, n);
+    char *w4 = calloc((size_t)nr, rs4), *w8 = calloc((size_t)nr, rs8), *y = calloc(1, rs8);
+    float *src = malloc(sizeof(float) * (size_t)n), *xf = malloc(sizeof(float) * (size_t)n),
+          *yf = malloc(sizeof(float) * (size_t)n);
+    float want[21], got[21];
+    assert_true(w4 && w8 && y && src && xf && yf);
+    for (int r = 0; r < nr; r++) {
+        fill(src, n, r % NPATTERNS);
+        q4->from_float(src, w4 + (size_t)r * rs4, n);
+        q8->from_float(src, w8 + (size_t)r * rs8, n);
+    }
+    fill(src, n, 0);
+    q8->from_float(src, y, n);
+    q8->to_float(y, yf, n);
+    const nf_block_q8_0 *yb = (const nf_block_q8_0 *)y;
+    for (int r = 0; r < nr; r++) {
+        const nf_block_q4_0 *xb = (const nf_block_q4_0 *)(w4 + (size_t)r * rs4);
+        float acc = 0.0f;
+        for (int i = 0; i < n / 32; i++) {
+            int sumi = 0;
+            for (int j = 0; j < 16; j++)
+                sumi += ((xb[i].qs[j] & 0xF) - 8) * yb[i].qs[j] +
+                        ((xb[i].qs[j] >> 4) - 8) * yb[i].qs[j + 16];
+            acc = fmaf((float)sumi, nf_fp16_to_fp32(xb[i].d) * nf_fp16_to_fp32(yb[i].d), acc);
+        }
+        want[r] = acc;
+        q4->to_float(xb, xf, n);
+        double scale, exact = exact_dot(xf, yf, n, &scale);
+        assert_true(fabs(want[r] - exact) <= TOL_Q4_0_DOT * scale + 1e-30);
+    }
+    for (int m = 1; m <= nr; m++) {
+        nf__vec_dot_q4_0_q8_0_seq_ref_rows(n, got, rs4, w4, y, m);
+        assert_memory_equal(got, want, sizeof(float) * (size_t)m);
+        if (nf_cpu_best_isa() >= NF_ISA_AVX2) {
+            memset(got, 0, sizeof(got));
+            nf__vec_dot_q4_0_q8_0_seq_avx2_rows(n, got, rs4, w4, y, m);
+            assert_memory_equal(got, want, sizeof(float) * (size_t)m);
+        }
+    }
+    nf_vec_dot_fn d8 = nf_vec_dot_for(NF_TYPE_Q8_0, NF_ISA_AVX2);
+    for (int r = 0; d8 && r < nr; r++) {
+        const nf_block_q8_0 *xb = (const nf_block_q8_0 *)(w8 + (size_t)r * rs8);
+        float lane[8] = {0};
+        for (int i = 0; i < n / 32; i++) {
+            const float d = nf_fp16_to_fp32(xb[i].d) * nf_fp16_to_fp32(yb[i].d);
+            for (int k = 0; k < 8; k++) {
+                int sumi = 0;
+                for (int j = 4 * k; j < 4 * k + 4; j++)
+                    sumi += xb[i].qs[j] * yb[i].qs[j];
+                lane[k] = fmaf(d, (float)sumi, lane[k]);
+            }
+        }
+        const float h0 = lane[4] + lane[0], h1 = lane[5] + lane[1], h2 = lane[6] + lane[2],
+                    h3 = lane[7] + lane[3];
+        const float w = (h0 + h2) + (h1 + h3);
+        float g = 0.0f;
+        d8(n, &g, xb, y);
+        assert_memory_equal(&g, &w, sizeof(float));
+    }
+    free(w4);
+    free(w8);
+    free(y);
+    free(src);
+    free(xf);
+    free(yf);
+}
+
 static void test_isa_env(void **state)
 {
     (void)state;
@@ -765,7 +843,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_known_blocks), cmocka_unit_test(test_quantize_roundtrip),
         cmocka_unit_test(test_q8_rules),     cmocka_unit_test(test_ref_dot),
         cmocka_unit_test(test_simd_dot),     cmocka_unit_test(test_simd_quantize),
-        cmocka_unit_test(test_isa_env),
+        cmocka_unit_test(test_isa_env),      cmocka_unit_test(test_llama_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
