@@ -20,11 +20,17 @@
  *  - q8_0: ggml_vec_dot_q8_0_q8_0 (and tinyBLAS_Q0 for batches) keep ONE 8-lane accumulator;
  *    the AVX2 kernel had two: zoo-Q8_0 0.021 / 0.079 (4/8) -> 0.015 / 0.057 (7/8), moe-Q8_0
  *    0.0195 / 0.042 (5/8) -> 0.018 / 0.027 (7/8).
- * Not yet reproduced: q4_K (recent llama.cpp repacks it to q4_K_8x8 with q8_K_4x8 activations),
- * q5_K/q6_K dot orders, BF16 (AVX512-BF16 dpbf16ps). Tried as single changes with mixed
- * results (some prompts fixed, others broken, so left out): ggml_v_silu (AVX-512 SiLU) in
- * SwiGLU, ggml_v_expf softmax, n_kv padded to 256 (stories260K exact-prefix 57 -> 83 steps),
- * fused multiply-add contraction of the RoPE rotation.
+ *  - q4_K/q5_K/q6_K: ggml's AVX2 vec_dots (quants_avx2.c): the same int32 lane contents (q6_K
+ *    subtracts 32 * q8 per product pair, not via bsums), mins of q4_K in a 4-lane accumulator,
+ *    of q5_K in a scalar fma: zoo-Q4_K_M 0.052 / 0.090 (0/8) -> 0.027 / 0.050 (5/8),
+ *    zoo-Q5_K_M 0.034 / 0.090 (4/8) -> 0.017 / 0.070 (7/8), zoo-Q6_K 0.040 / 0.102 (4/8) ->
+ *    0.015 / 0.065 (7/8), moe-Q4_K_M 0.029 / 0.32 (5/8) -> 0.015 / 0.32 (6/8). So the goldens'
+ *    llama.cpp did not repack q4_K (or repacked it with the same sums).
+ * Not yet reproduced: the remaining prompts (one or two per model), BF16 (AVX512-BF16
+ * dpbf16ps), the F32 stories260K drift. Tried as single changes with mixed results (some
+ * prompts fixed, others broken, so left out): ggml_v_silu (AVX-512 SiLU) in SwiGLU, ggml_v_expf
+ * softmax, n_kv padded to 256 (stories260K exact-prefix 57 -> 83 steps), fused multiply-add
+ * contraction of the RoPE rotation.
  * So llama.cpp ran the plain (non flash) path with its F16 KV cache. Also tried and rejected
  * (worse on every model): keeping Q in F32 when head_dim % 16 == 0 or the softmax in F32 when
  * n_kv % 16 == 0 (tinyBLAS taking those mat-muls), and ggml_v_expf for softmax/SiLU. The

@@ -242,12 +242,14 @@ static inline void unpack_k4_scales(const uint8_t *q, uint8_t sc[8], uint8_t m[8
     memcpy(m + 4, &m1, 4);
 }
 
-/* sum_j m_j * (bsums[2j] + bsums[2j+1]) for 8 mins and 16 bsums. */
-static inline __m256i mins_dot_bsums(const uint8_t m[8], const int16_t *bsums)
+/* ggml's four partial sums of the mins term: lane l = m[2l] * (b[4l] + b[4l+1]) + m[2l+1] *
+ * (b[4l+2] + b[4l+3]) for 8 mins and 16 bsums (the pair sums are exact in int16). */
+static inline __m128i mins_dot_bsums(const uint8_t m[8], const int16_t *bsums)
 {
-    __m128i mm = _mm_loadl_epi64((const __m128i *)m);
-    __m256i m16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mm, mm));
-    return _mm256_madd_epi16(m16, _mm256_loadu_si256((const __m256i *)bsums));
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m));
+    const __m128i q8s = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bsums),
+                                       _mm_loadu_si128((const __m128i *)(bsums + 8)));
+    return _mm_madd_epi16(m16, q8s);
 }
 
 void nf__vec_dot_q4_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
@@ -255,13 +257,15 @@ void nf__vec_dot_q4_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
     const nf_block_q4_K *x = vx;
     const nf_block_q8_K *y = vy;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    /* ggml_vec_dot_q4_K_q8_K's float order: 8 lanes for the scales term, 4 for the mins. */
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
     for (int i = 0; i < n / NF_QK_K; i++) {
         uint8_t sc[8], m[8];
         unpack_k4_scales(x[i].scales, sc, m);
-        const float d = y[i].d * h2f(x[i].d), dmin = y[i].d * h2f(x[i].dmin);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
-                               _mm256_cvtepi32_ps(mins_dot_bsums(m, y[i].bsums)), accm);
+        const float d = y[i].d * h2f(x[i].d), dmin = -y[i].d * h2f(x[i].dmin);
+        accm =
+            _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(mins_dot_bsums(m, y[i].bsums)), accm);
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
             __m256i q4 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
@@ -277,7 +281,9 @@ void nf__vec_dot_q4_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    *s = hsum_ps(acc) - hsum_ps(accm);
+    accm = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+    accm = _mm_add_ss(accm, _mm_movehdup_ps(accm));
+    *s = hsum_ps(acc) + _mm_cvtss_f32(accm);
 }
 
 void nf__vec_dot_q5_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
@@ -285,13 +291,19 @@ void nf__vec_dot_q5_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
     const nf_block_q5_K *x = vx;
     const nf_block_q8_K *y = vy;
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    /* ggml_vec_dot_q5_K_q8_K's float order: 8 lanes for the scales term; the mins term is
+     * reduced to one integer per block and accumulated in a scalar (a fused multiply-add, as
+     * compilers contract ggml's summs += dmin * x). */
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0.0f;
     for (int i = 0; i < n / NF_QK_K; i++) {
         uint8_t sc[8], m[8];
         unpack_k4_scales(x[i].scales, sc, m);
-        const float d = y[i].d * h2f(x[i].d), dmin = y[i].d * h2f(x[i].dmin);
-        accm = _mm256_fmadd_ps(_mm256_set1_ps(dmin),
-                               _mm256_cvtepi32_ps(mins_dot_bsums(m, y[i].bsums)), accm);
+        const float d = y[i].d * h2f(x[i].d), dmin = -y[i].d * h2f(x[i].dmin);
+        const __m128i pm = mins_dot_bsums(m, y[i].bsums);
+        const __m128i pm2 =
+            _mm_hadd_epi32(_mm_hadd_epi32(pm, _mm_setzero_si128()), _mm_setzero_si128());
+        summs = fmaf(dmin, (float)_mm_cvtsi128_si32(pm2), summs);
         __m256i hb = _mm256_loadu_si256((const __m256i *)x[i].qh);
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
@@ -312,20 +324,22 @@ void nf__vec_dot_q5_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    *s = hsum_ps(acc) - hsum_ps(accm);
+    *s = hsum_ps(acc) + summs;
 }
 
-/* q6_K: quants are taken unsigned (0..63) and 32 * sum_g sc_g * bsums_g is subtracted. */
+/* q6_K as ggml_vec_dot_q6_K_q8_K on AVX2: the quants are taken unsigned (0..63) and the offset
+ * 32 * q8 is subtracted per pair of products, so that every int32 lane holds exactly ggml's
+ * partial sum (lane k: elements 4k..4k+3 of each 32-element chunk, times their scale) and the
+ * float accumulation rounds as llama.cpp's does. */
 void nf__vec_dot_q6_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
 {
     const nf_block_q6_K *x = vx;
     const nf_block_q8_K *y = vy;
     const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+    const __m256i m32 = _mm256_set1_epi8(32);
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < n / NF_QK_K; i++) {
         const float d = y[i].d * h2f(x[i].d);
-        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[i].scales));
-        __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y[i].bsums));
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x[i].ql + 64 * h, *qh = x[i].qh + 32 * h;
@@ -346,15 +360,18 @@ void nf__vec_dot_q6_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
             q[3] = _mm256_or_si256(
                 _mm256_and_si256(_mm256_srli_epi16(l2, 4), m4),
                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4));
+            __m256i p[4];
             for (int k = 0; k < 4; k++) {
-                __m256i p =
-                    _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const void *)(q8 + 32 * k)));
-                __m256i scv =
+                const __m256i y8 = _mm256_loadu_si256((const void *)(q8 + 32 * k));
+                const __m256i scv =
                     _mm256_setr_m128i(_mm_set1_epi16(scp[2 * k]), _mm_set1_epi16(scp[2 * k + 1]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv));
+                p[k] =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], y8), _mm256_maddubs_epi16(m32, y8));
+                p[k] = _mm256_madd_epi16(scv, p[k]);
             }
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[0], p[1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p[2], p[3]));
         }
-        sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     *s = hsum_ps(acc);
