@@ -53,6 +53,7 @@ struct fetcher_main {
     uv_signal_t sigterm, sigint;
     uv_timer_t mem_timer, stop_timer;
     bool stopping;
+    int ready_fd; /* detached: pipe to the waiting parent until startup is over, else -1 */
 };
 
 static void usage(FILE *out)
@@ -121,6 +122,17 @@ static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
     return 0;
 }
 
+static bool value_flag(const char *k)
+{
+    static const char *const names[] = {"--run-dir", "--model",     "--ram",      "-t",
+                                        "--threads", "--ctx",       "--sparsity", "--qd",
+                                        "--verify",  "--numa-node", "--log-level"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (!strcmp(k, names[i]))
+            return true;
+    return false;
+}
+
 /* Returns 0, 1 after --help, or -1 after a usage error (message printed). */
 static int parse_args(int argc, char **argv, struct args *a)
 {
@@ -145,6 +157,9 @@ static int parse_args(int argc, char **argv, struct args *a)
         } else if (!strcmp(k, "--no-uring")) {
             a->o.no_uring = true;
             takes = false;
+        } else if (!value_flag(k)) {
+            fprintf(stderr, "nanoflow-fetcher: unknown option %s (see --help)\n", k);
+            return -1;
         } else if (!v) {
             fprintf(stderr, "nanoflow-fetcher: %s needs a value (see --help)\n", k);
             return -1;
@@ -207,10 +222,29 @@ static int parse_level(const char *s, enum nf_log_level *out)
     return -EINVAL;
 }
 
-/* Detaches from the terminal: new session, stdin from /dev/null, stdout/stderr to the log. */
-static int detach(const char *log_path)
+/* Detaches from the terminal: forks (the parent waits on a pipe until the child reports ready,
+ * then exits 0, or 1 when the child failed), starts a new session, stdin from /dev/null,
+ * stdout/stderr to the log. In the child, *ready_fd receives the pipe's write end. */
+static int detach(const char *log_path, int *ready_fd)
 {
-    (void)setsid(); /* fails only for a group leader, which stays attached harmlessly */
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -errno;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid > 0) {
+        close(p[1]);
+        char c = 1;
+        ssize_t n;
+        while ((n = read(p[0], &c, 1)) < 0 && errno == EINTR)
+            ;
+        _exit(n == 1 && c == 0 ? 0 : 1);
+    }
+    close(p[0]);
+    *ready_fd = p[1];
+    (void)setsid();
     int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (in < 0 || out < 0) {
@@ -227,6 +261,18 @@ static int detach(const char *log_path)
     close(in);
     close(out);
     return 0;
+}
+
+/* Tells the waiting parent (detached mode) that startup is over: ok or failed. */
+static void report_startup(int *ready_fd, bool ok)
+{
+    if (*ready_fd < 0)
+        return;
+    char c = ok ? 0 : 1;
+    if (write(*ready_fd, &c, 1) != 1)
+        nf_log(NF_LOG_WARN, "cannot report startup to the parent: %s", strerror(errno));
+    close(*ready_fd);
+    *ready_fd = -1;
 }
 
 /* Binds the pool's pages to the node compute runs on. Without NUMA support or with one node
@@ -445,6 +491,7 @@ static int serve(struct fetcher_main *m, char *err, size_t errlen)
     nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__READY);
     atomic_fetch_or(&m->st.sync->ready_mask, 1u);
     nf_log(NF_LOG_INFO, "ready on %s (pid %d)", sock, (int)getpid());
+    report_startup(&m->ready_fd, true);
     uv_run(&m->loop, UV_RUN_DEFAULT);
     return 0;
 }
@@ -504,7 +551,8 @@ int main(int argc, char **argv)
     }
     char log_path[PATH_MAX];
     nf_rundir_path(m.run_dir, NF_ROLE_FETCHER, "log", log_path, sizeof(log_path));
-    if (!m.a.foreground && (rc = detach(log_path)) < 0) {
+    m.ready_fd = -1;
+    if (!m.a.foreground && (rc = detach(log_path, &m.ready_fd)) < 0) {
         fprintf(stderr, "nanoflow-fetcher: cannot open %s: %s\n", log_path, strerror(-rc));
         return 1;
     }
@@ -518,6 +566,7 @@ int main(int argc, char **argv)
                rc == -EEXIST ? "a fetcher is already running in this run "
                                "directory"
                              : nf_strerror(rc));
+        report_startup(&m.ready_fd, false);
         nf_log_close();
         return 1;
     }
@@ -526,6 +575,7 @@ int main(int argc, char **argv)
         rc = serve(&m, err, sizeof(err));
     if (rc < 0)
         nf_log(NF_LOG_ERROR, "%s", err[0] ? err : nf_strerror(rc));
+    report_startup(&m.ready_fd, false); /* no-op once ready was reported */
     cleanup(&m);
     nf_pidfile_remove(m.run_dir, NF_ROLE_FETCHER);
     if (rc == 0 && m.fetch_rc < 0)
