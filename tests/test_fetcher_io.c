@@ -56,7 +56,8 @@ static int copy_file(const char *from, const char *to)
 }
 
 /* Starts the fetcher on model in a fresh run directory and attaches to its region. */
-static void start_fetcher(struct running *r, const char *model, const char *tag, bool no_uring)
+static void start_fetcher_v(struct running *r, const char *model, const char *tag, bool no_uring,
+                            const char *verify)
 {
     memset(r, 0, sizeof(*r));
     snprintf(r->run_dir, sizeof(r->run_dir), "%s/run-%s", g_dir, tag);
@@ -81,6 +82,8 @@ static void start_fetcher(struct running *r, const char *model, const char *tag,
                               ram,
                               "--qd",
                               "4",
+                              "--verify",
+                              verify,
                               no_uring ? "--no-uring" : NULL,
                               NULL};
         execv(FETCHER, (char *const *)argv);
@@ -104,6 +107,11 @@ static void start_fetcher(struct running *r, const char *model, const char *tag,
     }
     if (rc != 0)
         fail_msg("cannot attach to %s: %s", r->shm, err);
+}
+
+static void start_fetcher(struct running *r, const char *model, const char *tag, bool no_uring)
+{
+    start_fetcher_v(r, model, tag, no_uring, "all");
 }
 
 /* Sends Shutdown over fetcher.sock, waits for the process and checks nothing is left. */
@@ -247,6 +255,66 @@ static void test_corrupt_tile(void **state)
     nf_nft_close(f);
 }
 
+/* --verify none serves the flipped tile as read (nothing checks it); sample checks some. */
+static void test_verify_none(void **state)
+{
+    (void)state;
+    struct nf_nft *f;
+    char err[512];
+    assert_int_equal(nf_nft_open(&f, g_bad, false, err, sizeof(err)), 0);
+    struct running r;
+    start_fetcher_v(&r, g_bad, "none", false, "none");
+    int rc = 0;
+    const uint8_t *p = nf_tile_pin_wait(&r.st, g_bad_tile, 0, 10000, &rc);
+    if (!p)
+        fail_msg("tile %u: %s", g_bad_tile, nf_strerror(rc));
+    const struct nf_nft_tile *t = &f->tiles[g_bad_tile];
+    void *buf = aligned_alloc(4096, nf_nft_padded(t->size));
+    assert_non_null(buf);
+    /* The checked read refuses the tile; the unchecked pool copy is what is on disk. */
+    assert_int_equal(nf_nft_read(f, t, buf, nf_nft_padded(t->size), err, sizeof(err)),
+                     NF_ECHECKSUM);
+    nf_tile_unpin(&r.st, g_bad_tile);
+    assert_int_equal(atomic_load(&r.st.ctr->f_checksum_errors), 0);
+    free(buf);
+    stop_fetcher(&r);
+    nf_nft_close(f);
+}
+
+/* The file shrinks under a running fetcher: reads past the end fail as I/O errors (ERROR with
+ * NF_ETRUNCATED for those tiles), tiles before the cut still load. */
+static void test_truncated_under_fetcher(void **state)
+{
+    (void)state;
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/cut.nft", g_dir);
+    assert_int_equal(copy_file(g_nft, path), 0);
+    struct nf_nft *f;
+    char err[512];
+    assert_int_equal(nf_nft_open(&f, g_nft, false, err, sizeof(err)), 0);
+    for (int pass = 0; pass < 2; pass++) {
+        bool no_uring = pass == 1;
+        if (pass == 1)
+            assert_int_equal(copy_file(g_nft, path), 0);
+        struct running r;
+        start_fetcher(&r, path, no_uring ? "cut-pread" : "cut-uring", no_uring);
+        uint32_t cut = (uint32_t)(f->n_tiles / 2);
+        assert_int_equal(truncate(path, (off_t)f->tiles[cut].offset), 0);
+        int rc = 0;
+        for (uint32_t id = cut; id < f->n_tiles; id++) {
+            assert_null(nf_tile_pin_wait(&r.st, id, 0, 10000, &rc));
+            assert_int_equal(rc, NF_ETRUNCATED);
+        }
+        for (uint32_t id = 0; id < cut; id++) {
+            assert_non_null(nf_tile_pin_wait(&r.st, id, 1, 10000, &rc));
+            nf_tile_unpin(&r.st, id);
+        }
+        assert_int_equal(atomic_load(&r.st.ctr->f_io_errors), f->n_tiles - cut);
+        stop_fetcher(&r);
+    }
+    nf_nft_close(f);
+}
+
 /* Converts the model, makes the corrupt copy and picks the budget. Returns 0 or 77 (skip). */
 static int setup_files(void)
 {
@@ -307,6 +375,8 @@ int main(void)
         cmocka_unit_test(test_uring),
         cmocka_unit_test(test_pread_pool),
         cmocka_unit_test(test_corrupt_tile),
+        cmocka_unit_test(test_verify_none),
+        cmocka_unit_test(test_truncated_under_fetcher),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     rm_rf(g_dir);
