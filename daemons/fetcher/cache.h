@@ -6,7 +6,12 @@
  * exactly the tile needed next; the optimal (Belady) choice is the tile whose next use is
  * farthest away, which for a cyclic scan is the most recently used one. So:
  *  - distance(id) = (id - cur + n_tiles) mod n_tiles, where cur is the tile compute works on;
- *    the victim is the READY, unpinned, non-resident tile of largest distance;
+ *    the fetcher (fetch.c) keeps cur from the latest of three signals: the tile of the last
+ *    demand request (compute is blocked right there), the layer after the newest activation
+ *    compute published (once per layer), and just after the newest (last_use step, id) among
+ *    the tiles compute pinned since they were loaded (tile-grained, needed when prefetching
+ *    keeps up and there are no demands); the victim is the READY, unpinned, non-resident tile of
+ * largest distance;
  *  - a prefetch may only evict a tile whose next use is farther than its own (otherwise a
  *    far-ahead prefetch would throw out what compute needs sooner); a demand may evict any.
  *
@@ -15,7 +20,9 @@
  * norms and MoE routers, then the attention tiles (Q, K, V, O) of layers 0, 1, ... as whole
  * layers while they fit. Resident tiles are loaded on first use (demand or prefetch), not at
  * startup, and their slot is then flagged NF_SLOT_RESIDENT and never evicted: startup stays
- * fast and a resident tile the model never uses costs nothing.
+ * fast and a resident tile the model never uses costs nothing. The set never takes more slots
+ * than leave the plan's minimum working set (min_slots) for everything else; hot FFN groups
+ * are not made resident (which groups are hot depends on the prompt).
  *
  * Everything here is a pure function of the tables it is given, so it is unit-tested on
  * synthetic tables (tests/test_fetch_cache.c). */
