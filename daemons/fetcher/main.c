@@ -66,6 +66,7 @@ static void usage(FILE *out)
             "Creates the stack's shared region and reads weight tiles into it with io_uring\n"
             "(O_DIRECT, registered buffers; a pread thread pool when io_uring is unavailable).\n"
             "  --ram SIZE     RAM budget of the whole stack, e.g. 512M or 1G (default 1G)\n"
+            "  -t N           compute threads the plan accounts for (0 or absent: one per CPU)\n"
             "  --qd N         reads in flight (default 16, 1..4096)\n"
             "  --verify MODE  check each tile's XXH3-64: all (default), sample (1 in 16), none\n"
             "  --no-uring     use the pread thread pool even when io_uring works\n"
@@ -170,7 +171,7 @@ static int parse_args(int argc, char **argv, struct args *a)
         } else if (!strcmp(k, "--ram")) {
             bad = parse_size(v, &a->ram);
         } else if (!strcmp(k, "-t") || !strcmp(k, "--threads")) {
-            bad = parse_u32(v, 1, 1024, &a->n_threads);
+            bad = parse_u32(v, 0, 1024, &a->n_threads);
         } else if (!strcmp(k, "--ctx")) {
             bad = parse_u32(v, 0, 1u << 24, &a->n_ctx);
         } else if (!strcmp(k, "--sparsity")) {
@@ -207,6 +208,10 @@ static int parse_args(int argc, char **argv, struct args *a)
     if (!a->model) {
         fprintf(stderr, "nanoflow-fetcher: --model FILE.nft is required (see --help)\n");
         return -1;
+    }
+    if (a->n_threads == 0) { /* -t 0 (what `up` passes by default): one per CPU, as compute */
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        a->n_threads = n > 0 && n <= 1024 ? (uint32_t)n : 1;
     }
     return 0;
 }
@@ -419,14 +424,14 @@ static int create_region(struct fetcher_main *m, char *err, size_t errlen)
     if (rc < 0)
         return rc;
     nf_rundir_shm_name(m->run_dir, m->shm_name, sizeof(m->shm_name));
-    rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, m->a.sparsity,
-                         m->a.n_threads ? m->a.n_threads : 1, err, errlen);
+    rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, m->a.sparsity, m->a.n_threads, err,
+                         errlen);
     if (rc == -EEXIST) {
         /* We hold the pid file, so no live fetcher owns this name: a crashed stack left it. */
         nf_log(NF_LOG_WARN, "removing stale shared memory %s", m->shm_name);
         nf_stack_unlink(m->shm_name);
-        rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, m->a.sparsity,
-                             m->a.n_threads ? m->a.n_threads : 1, err, errlen);
+        rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, m->a.sparsity, m->a.n_threads, err,
+                             errlen);
     }
     if (rc < 0)
         return rc;
