@@ -33,6 +33,12 @@ static char g_bad[PATH_MAX];      /* the same with one byte flipped in one tile 
 static uint32_t g_bad_tile;       /* that tile */
 static uint64_t g_ram;            /* a budget whose pool is smaller than the model */
 
+/* Fetchers started by the running test, stopped by teardown() if a check failed midway. */
+#define MAX_STARTED 8
+static pid_t g_started[MAX_STARTED];
+static char g_started_shm[MAX_STARTED][NAME_MAX];
+static int g_n_started;
+
 struct running {
     pid_t pid;
     char run_dir[PATH_MAX];
@@ -90,6 +96,11 @@ static void start_fetcher_v(struct running *r, const char *model, const char *ta
         _exit(127);
     }
     nf_rundir_shm_name(r->run_dir, r->shm, sizeof(r->shm));
+    if (g_n_started < MAX_STARTED) {
+        g_started[g_n_started] = r->pid;
+        snprintf(g_started_shm[g_n_started], NAME_MAX, "%s", r->shm);
+        g_n_started++;
+    }
     char err[512];
     int rc = -ENOENT;
     for (int i = 0; i < 1000; i++) { /* up to 10 s */
@@ -112,6 +123,22 @@ static void start_fetcher_v(struct running *r, const char *model, const char *ta
 static void start_fetcher(struct running *r, const char *model, const char *tag, bool no_uring)
 {
     start_fetcher_v(r, model, tag, no_uring, "all");
+}
+
+/* After each test: any fetcher it started that is still running (a check failed before
+ * stop_fetcher) is killed and its region removed, so a failure leaves nothing behind. */
+static int teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < g_n_started; i++) {
+        if (waitpid(g_started[i], NULL, WNOHANG) == 0) {
+            kill(g_started[i], SIGKILL);
+            waitpid(g_started[i], NULL, 0);
+            nf_stack_unlink(g_started_shm[i]);
+        }
+    }
+    g_n_started = 0;
+    return 0;
 }
 
 /* Sends Shutdown over fetcher.sock, waits for the process and checks nothing is left. */
@@ -372,11 +399,11 @@ int main(void)
         return rc;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_uring),
-        cmocka_unit_test(test_pread_pool),
-        cmocka_unit_test(test_corrupt_tile),
-        cmocka_unit_test(test_verify_none),
-        cmocka_unit_test(test_truncated_under_fetcher),
+        cmocka_unit_test_teardown(test_uring, teardown),
+        cmocka_unit_test_teardown(test_pread_pool, teardown),
+        cmocka_unit_test_teardown(test_corrupt_tile, teardown),
+        cmocka_unit_test_teardown(test_verify_none, teardown),
+        cmocka_unit_test_teardown(test_truncated_under_fetcher, teardown),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     rm_rf(g_dir);
