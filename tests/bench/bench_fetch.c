@@ -1,7 +1,7 @@
 /* bench_fetch.c - raw O_DIRECT io_uring read bandwidth vs the fetcher's sustained rate, one table.
  *
  * usage: bench_fetch MODEL.nft [--ram BYTES] [--qd N] [--passes N] [--verify all|sample|none]
- *                              [--fetcher PATH]
+ *                              [--no-uring] [--fetcher PATH]
  *
  * 1. raw: every tile of the file read whole (padded size, its offset) with io_uring, O_DIRECT,
  *    registered buffers, qd reads in flight; `passes` passes over the file.
@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +41,7 @@ static double now_s(void)
 struct result {
     uint64_t reads, bytes;
     double secs;
+    double cpu_s; /* fetcher: its user + system CPU time over the whole run (incl. startup) */
 };
 
 /* Raw io_uring reads of every tile, qd in flight, into qd registered buffers. */
@@ -121,7 +123,7 @@ out:
 }
 
 static int bench_fetcher(const struct nf_nft *f, const char *path, const char *fetcher,
-                         uint64_t ram, unsigned qd, int passes, const char *verify,
+                         uint64_t ram, unsigned qd, int passes, const char *verify, bool no_uring,
                          struct result *r, uint64_t *slots)
 {
     char run_dir[] = "/tmp/nf-bench-fetch-XXXXXX";
@@ -203,7 +205,10 @@ static int bench_fetcher(const struct nf_nft *f, const char *path, const char *f
     r->reads = atomic_load(&st.ctr->f_reads) - r0;
     nf_stack_detach(&st);
     kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
+    struct rusage ru;
+    if (wait4(pid, NULL, 0, &ru) == pid)
+        r->cpu_s = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+                   (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
     rmdir(run_dir);
     return rc;
 }
@@ -218,8 +223,8 @@ static void row(const char *name, const struct result *r, double ref)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr,
-                "usage: bench_fetch MODEL.nft [--ram BYTES] [--qd N] [--passes N] [--fetcher P]\n");
+        fprintf(stderr, "usage: bench_fetch MODEL.nft [--ram BYTES] [--qd N] [--passes N] "
+                        "[--verify all|sample|none] [--no-uring] [--fetcher P]\n");
         return 2;
     }
     const char *path = argv[1];
@@ -227,6 +232,7 @@ int main(int argc, char **argv)
     unsigned qd = 16;
     int passes = 2;
     const char *verify = "all";
+    bool no_uring = false;
     char fetcher[PATH_MAX];
     ssize_t l = readlink("/proc/self/exe", fetcher, sizeof(fetcher) - 64);
     if (l <= 0)
@@ -234,7 +240,16 @@ int main(int argc, char **argv)
     fetcher[l] = 0;
     char *slash = strrchr(fetcher, '/');
     snprintf(slash ? slash : fetcher, 64, "/../daemons/nanoflow-fetcher");
-    for (int i = 2; i + 1 < argc; i += 2) {
+    for (int i = 2; i < argc; i += 2) {
+        if (!strcmp(argv[i], "--no-uring")) {
+            no_uring = true;
+            i--;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "bench_fetch: %s needs a value\n", argv[i]);
+            return 2;
+        }
         if (!strcmp(argv[i], "--ram"))
             ram = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--qd"))
@@ -271,7 +286,7 @@ int main(int argc, char **argv)
         nf_nft_close(f);
         return 1;
     }
-    rc = bench_fetcher(f, path, fetcher, ram, qd, passes, verify, &fet, &slots);
+    rc = bench_fetcher(f, path, fetcher, ram, qd, passes, verify, no_uring, &fet, &slots);
     if (rc < 0 || bench_raw(f, path, qd, passes, &raw2) < 0) {
         nf_nft_close(f);
         return 1;
@@ -280,9 +295,9 @@ int main(int argc, char **argv)
      * fetcher is compared with their mean rate. */
     double ref = ((double)raw.bytes / raw.secs + (double)raw2.bytes / raw2.secs) / 2e6;
     printf("model %s: %" PRIu64 " tiles, %.1f MB of tile data; qd %u; %d passes; fetcher pool "
-           "%" PRIu64 " slots (budget %.0f MiB), --verify %s\n\n",
+           "%" PRIu64 " slots (budget %.0f MiB), --verify %s, %s\n\n",
            path, f->n_tiles, (double)bytes / 1e6, qd, passes, slots, (double)ram / 1048576.0,
-           verify);
+           verify, no_uring ? "pread pool" : "io_uring");
     printf("| %-34s | %8s | %9s | %7s | %8s | %7s | %6s |\n", "reader", "reads", "MB", "s", "MB/s",
            "IOPS", "vs raw");
     printf("|%s|%s|%s|%s|%s|%s|%s|\n", "------------------------------------", "----------",
@@ -290,6 +305,8 @@ int main(int argc, char **argv)
     row("raw io_uring O_DIRECT, before", &raw, ref);
     row("nanoflow-fetcher (sustained)", &fet, ref);
     row("raw io_uring O_DIRECT, after", &raw2, ref);
+    printf("\nfetcher CPU time: %.2f s (%.2f s per GB read)\n", fet.cpu_s,
+           fet.cpu_s / ((double)fet.bytes / 1e9));
     nf_nft_close(f);
     return 0;
 }
