@@ -121,9 +121,10 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
     ft->ios = calloc(ft->o.qd, sizeof(*ft->ios));
     ft->io_free = calloc(ft->o.qd, sizeof(*ft->io_free));
     ft->done = calloc(ft->o.qd, sizeof(*ft->done));
+    ft->loaded = calloc(ft->o.qd, sizeof(*ft->loaded));
     ft->layer_first = calloc((size_t)nl + 1, sizeof(*ft->layer_first));
     if (!ft->pend || !ft->dq || !ft->heap || !ft->heap_pos || !ft->prio || !ft->seq ||
-        !ft->logged || !ft->free_slots || !ft->ios || !ft->io_free || !ft->done ||
+        !ft->logged || !ft->free_slots || !ft->ios || !ft->io_free || !ft->done || !ft->loaded ||
         !ft->layer_first) {
         snprintf(err, errlen, "out of memory for the fetcher's tables (%u tiles, %u slots)",
                  ft->n_tiles, ft->n_slots);
@@ -182,6 +183,7 @@ void nf_fetch_free(struct nf_fetcher *ft)
     free(ft->ios);
     free(ft->io_free);
     free(ft->done);
+    free(ft->loaded);
     free(ft->layer_first);
     memset(ft, 0, sizeof(*ft));
 }
@@ -362,25 +364,24 @@ static void release_io(struct nf_fetcher *ft, uint32_t i)
     atomic_store_explicit(&ft->st->ctr->f_queue_depth, ft->in_flight, memory_order_relaxed);
 }
 
-/* Marks the tile of ios[i] ERROR with code (what compute's pin_wait reports), frees its slot
- * and logs the first failure of each tile. */
-static void fail_tile(struct nf_fetcher *ft, uint32_t i, int code, const char *why)
+/* Marks tile ERROR with code (what compute's pin_wait reports), frees its slot and logs the
+ * first failure of each tile. */
+static void fail_tile(struct nf_fetcher *ft, uint32_t tile, uint32_t slot, uint64_t len, int code,
+                      const char *why)
 {
-    struct nf_fetch_io *io = &ft->ios[i];
     struct nf_stack *st = ft->st;
-    if (!ft->logged[io->tile]) {
+    if (!ft->logged[tile]) {
         char desc[160];
-        nf_nft_describe(ft->f, &ft->f->tiles[io->tile], desc, sizeof(desc));
+        nf_nft_describe(ft->f, &ft->f->tiles[tile], desc, sizeof(desc));
         nf_log(NF_LOG_ERROR, "tile %s: %s", desc, why);
-        ft->logged[io->tile] = 1;
+        ft->logged[tile] = 1;
     }
-    nf_tile_fail(st, io->tile, code);
-    if (atomic_load(&st->slots[io->slot].tile) == NF_NO_TILE) {
-        if (atomic_exchange(&st->slots[io->slot].flags, 0) & NF_SLOT_RESIDENT)
-            atomic_fetch_sub_explicit(&st->ctr->f_resident_bytes, io->len, memory_order_relaxed);
-        ft->free_slots[ft->n_free++] = io->slot;
+    nf_tile_fail(st, tile, code);
+    if (atomic_load(&st->slots[slot].tile) == NF_NO_TILE) {
+        if (atomic_exchange(&st->slots[slot].flags, 0) & NF_SLOT_RESIDENT)
+            atomic_fetch_sub_explicit(&st->ctr->f_resident_bytes, len, memory_order_relaxed);
+        ft->free_slots[ft->n_free++] = slot;
     }
-    release_io(ft, i);
 }
 
 static bool want_verify(struct nf_fetcher *ft)
@@ -392,6 +393,10 @@ static bool want_verify(struct nf_fetcher *ft)
     }
 }
 
+/* Handles the completion of ios[i]: resubmits the rest of a short read; fails the tile on an
+ * error; else counts the read, frees the I/O entry and queues the tile for publish_loaded()
+ * (checksum, then READY), so the caller can start the next reads before spending CPU on the
+ * checksum. */
 static void finish_read(struct nf_fetcher *ft, uint32_t i)
 {
     struct nf_fetch_io *io = &ft->ios[i];
@@ -411,7 +416,8 @@ static void finish_read(struct nf_fetcher *ft, uint32_t i)
         char why[128];
         snprintf(why, sizeof(why), "read failed: %s", nf_strerror(io->res));
         atomic_fetch_add_explicit(&ctr->f_io_errors, 1, memory_order_relaxed);
-        fail_tile(ft, i, io->res, why);
+        fail_tile(ft, io->tile, io->slot, io->len, io->res, why);
+        release_io(ft, i);
         return;
     }
     uint64_t us = (nf_fetch_now_ns() - io->start_ns) / 1000;
@@ -423,17 +429,31 @@ static void finish_read(struct nf_fetcher *ft, uint32_t i)
     atomic_fetch_add_explicit(&ctr->f_bytes, io->len, memory_order_relaxed);
     atomic_fetch_add_explicit(io->demand ? &ctr->f_demand_reads : &ctr->f_prefetch_reads, 1,
                               memory_order_relaxed);
-    const struct nf_nft_tile *t = &ft->f->tiles[io->tile];
-    bool check = want_verify(ft);
+    struct nf_fetch_loaded *l = &ft->loaded[ft->n_loaded++];
+    l->tile = io->tile;
+    l->slot = io->slot;
+    l->len = io->len;
+    l->check = want_verify(ft);
     ft->reads_done++;
-    if (check && XXH3_64bits(nf_stack_slot_ptr(ft->st, io->slot), io->len) != t->checksum) {
-        atomic_fetch_add_explicit(&ctr->f_checksum_errors, 1, memory_order_relaxed);
-        fail_tile(ft, i, NF_ECHECKSUM,
-                  "checksum mismatch (XXH3-64 of the tile read differs from the index)");
-        return;
-    }
-    nf_tile_end_load(ft->st, io->tile, true);
     release_io(ft, i);
+}
+
+/* Checks and publishes the tiles finish_read() queued: READY, or ERROR on a checksum
+ * mismatch. */
+static void publish_loaded(struct nf_fetcher *ft)
+{
+    for (uint32_t k = 0; k < ft->n_loaded; k++) {
+        const struct nf_fetch_loaded *l = &ft->loaded[k];
+        if (l->check && XXH3_64bits(nf_stack_slot_ptr(ft->st, l->slot), l->len) !=
+                            ft->f->tiles[l->tile].checksum) {
+            atomic_fetch_add_explicit(&ft->st->ctr->f_checksum_errors, 1, memory_order_relaxed);
+            fail_tile(ft, l->tile, l->slot, l->len, NF_ECHECKSUM,
+                      "checksum mismatch (XXH3-64 of the tile read differs from the index)");
+            continue;
+        }
+        nf_tile_end_load(ft->st, l->tile, true);
+    }
+    ft->n_loaded = 0;
 }
 
 /* --- the loop ------------------------------------------------------------------------------- */
@@ -485,13 +505,22 @@ int nf_fetch_run(struct nf_fetcher *ft)
         unsigned n = nf_fetch_backend_reap(ft, done, ft->o.qd, timeout);
         for (unsigned k = 0; k < n; k++)
             finish_read(ft, done[k]);
+        if (ft->n_loaded > 0) {
+            /* Refill the queue first: the checksums then overlap the next reads. */
+            take_requests(ft);
+            serve(ft);
+            nf_fetch_backend_flush(ft);
+            publish_loaded(ft);
+        }
     }
     /* Let reads in flight land before the pool is unmapped. */
     while (ft->in_flight > 0) {
         unsigned n = nf_fetch_backend_reap(ft, done, ft->o.qd, -1);
         for (unsigned k = 0; k < n; k++) {
-            ft->logged[ft->ios[done[k]].tile] = 1; /* not worth a log line at exit */
-            fail_tile(ft, done[k], -ECANCELED, "read abandoned");
+            struct nf_fetch_io *io = &ft->ios[done[k]];
+            ft->logged[io->tile] = 1; /* not worth a log line at exit */
+            fail_tile(ft, io->tile, io->slot, io->len, -ECANCELED, "read abandoned");
+            release_io(ft, done[k]);
         }
     }
     return 0;

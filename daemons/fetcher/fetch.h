@@ -42,6 +42,13 @@ struct nf_fetch_io {
     int res; /* pread back end: result of the last pread (bytes or -errno) */
 };
 
+/* A tile read completely, waiting for its checksum and READY. */
+struct nf_fetch_loaded {
+    uint32_t tile, slot;
+    uint64_t len;
+    bool check; /* verify its checksum (--verify) */
+};
+
 struct nf_fetch_backend; /* io.c */
 
 struct nf_fetcher {
@@ -64,9 +71,11 @@ struct nf_fetcher {
     uint32_t *free_slots; /* (n_slots) */
     uint32_t n_free;
     /* Reads in flight: ios[i] for i in the in-flight set; free ones on a stack. */
-    struct nf_fetch_io *ios; /* (qd) */
-    uint32_t *io_free;       /* (qd) */
-    uint32_t *done;          /* (qd) completed io indices of one reap */
+    struct nf_fetch_io *ios;        /* (qd) */
+    uint32_t *io_free;              /* (qd) */
+    uint32_t *done;                 /* (qd) completed io indices of one reap */
+    struct nf_fetch_loaded *loaded; /* (qd) reads done, not yet checked and published */
+    uint32_t n_loaded;
     uint32_t n_io_free;
     uint32_t in_flight;
     uint64_t busy_since_ns;
