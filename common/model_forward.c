@@ -26,11 +26,21 @@
  *    zoo-Q5_K_M 0.034 / 0.090 (4/8) -> 0.017 / 0.070 (7/8), zoo-Q6_K 0.040 / 0.102 (4/8) ->
  *    0.015 / 0.065 (7/8), moe-Q4_K_M 0.029 / 0.32 (5/8) -> 0.015 / 0.32 (6/8). So the goldens'
  *    llama.cpp did not repack q4_K (or repacked it with the same sums).
- * Not yet reproduced: the remaining prompts (one or two per model), BF16 (AVX512-BF16
- * dpbf16ps), the F32 stories260K drift. Tried as single changes with mixed results (some
- * prompts fixed, others broken, so left out): ggml_v_silu (AVX-512 SiLU) in SwiGLU, ggml_v_expf
- * softmax, n_kv padded to 256 (stories260K exact-prefix 57 -> 83 steps), fused multiply-add
- * contraction of the RoPE rotation.
+ * With those, the remaining flips came from attention and SwiGLU; each of these then measured
+ * clearly better (exact steps before the first difference, all models), and together they make
+ * every zoo and MoE model bit-identical to the goldens on every step:
+ *  - n_kv padded to 32 cells (the masked cells only change which part the vector body sums);
+ *  - prompt batches: KQ and KQV go through tinyBLAS with F16 operands (x86 tinyBLAS takes F16
+ *    only with F16 activations) when the dot length is a multiple of 16;
+ *  - softmax with ggml_v_expf on groups of 16, each group reduced in float;
+ *  - SwiGLU with ggml_v_silu (ggml_v_expf) -- on every element, where ggml uses expf for a
+ *    row's last n % 16 (none for the zoo/MoE/7B shapes; elementwise keeps callers that split
+ *    rows, like the sparse engine, consistent);
+ *  - the RoPE rotation with the first product of each expression fused (ggml's C is built with
+ *    FMA contraction).
+ * stories260K: 0.0048 -> 0.0028 over all steps (exact steps 57 -> 159 of 320); the F32 dot tail
+ * in float (ggml_vec_dot_f32's C) measured worse. Not reproduced: BF16 (AVX512-BF16
+ * dpbf16ps in llama.cpp's dot and tinyBLAS).
  * So llama.cpp ran the plain (non flash) path with its F16 KV cache. Also tried and rejected
  * (worse on every model): keeping Q in F32 when head_dim % 16 == 0 or the softmax in F32 when
  * n_kv % 16 == 0 (tinyBLAS taking those mat-muls), and ggml_v_expf for softmax/SiLU. The
@@ -59,6 +69,10 @@
  * layout). Larger matrices (which do not fit in the caches anyway) keep the fast kernels,
  * whose results differ from llama.cpp's in the last bits of the float sums. */
 #define NF_EXACT_Q4_0_MAX ((size_t)8 << 20)
+
+/* llama.cpp pads the number of KV cells an attention looks at to a multiple of 32 (without
+ * flash attention). */
+#define NF_KV_PAD 32
 
 static size_t nf_align64(size_t n)
 {
@@ -92,35 +106,38 @@ static inline float nf_ld(const void *p, bool f16, int i)
     return f16 ? nf_fp16_to_fp32(((const nf_fp16_t *)p)[i]) : ((const float *)p)[i];
 }
 
-/* ggml_vec_dot_f32 (both F32) or ggml_vec_dot_f16 (both F16) on AVX-512. */
-static float nf_ggml_dot(const void *x, const void *y, bool f16, int n)
+/* ggml_vec_dot_f32 (both F32) or ggml_vec_dot_f16 (both F16) on AVX-512, over n elements of
+ * which those from nv on are zero in y (masked attention cells: their products add nothing,
+ * but n still decides which part is summed by the vector body); the tail is summed in double.
+ * (Summing the F32 tail in float with fused multiply-adds, as ggml_vec_dot_f32's C reads,
+ * measured worse on stories260K.) */
+static float nf_ggml_dot(const void *x, const void *y, bool f16, int n, int nv)
 {
-    const int np = n & ~63;
+    const int np = n & ~63, mv = nv < np ? nv : np;
     float acc[4][16] = {{0}};
-    for (int i = 0; i < np; i += 64)
-        for (int j = 0; j < 4; j++)
-            for (int l = 0; l < 16; l++)
-                acc[j][l] =
-                    fmaf(nf_ld(x, f16, i + 16 * j + l), nf_ld(y, f16, i + 16 * j + l), acc[j][l]);
+    for (int i = 0; i < mv; i++)
+        acc[(i >> 4) & 3][i & 15] =
+            fmaf(nf_ld(x, f16, i), nf_ld(y, f16, i), acc[(i >> 4) & 3][i & 15]);
     for (int l = 0; l < 16; l++) {
         acc[0][l] = acc[0][l] + acc[2][l];
         acc[1][l] = acc[1][l] + acc[3][l];
         acc[0][l] = acc[0][l] + acc[1][l];
     }
+    const int ne = nv < n ? nv : n;
     double s = np ? (double)nf_hsum16(acc[0]) : 0.0;
-    for (int i = np; i < n; i++)
+    for (int i = np; i < ne; i++)
         s += (double)(nf_ld(x, f16, i) * nf_ld(y, f16, i));
     return (float)s;
 }
 
-/* tinyBLAS on AVX-512: a (F32 or F16) times b (F32), n a multiple of 16. */
-static float nf_tinyblas_dot(const void *a, bool a16, const void *vb, int n)
+/* tinyBLAS on AVX-512: a (F32 or F16) times b (F32), n a multiple of 16; b is zero from nv on. */
+static float nf_tinyblas_dot(const void *a, bool a16, const void *vb, int n, int nv)
 {
     const float *b = vb;
+    const int ne = nv < n ? nv : n;
     float acc[16] = {0};
-    for (int i = 0; i < n; i += 16)
-        for (int l = 0; l < 16; l++)
-            acc[l] = fmaf(nf_ld(a, a16, i + l), b[i + l], acc[l]);
+    for (int i = 0; i < ne; i++)
+        acc[i & 15] = fmaf(nf_ld(a, a16, i), b[i], acc[i & 15]);
     return nf_hsum16(acc);
 }
 
@@ -134,13 +151,19 @@ static float nf_tinyblas_dot16(const void *a, const void *b, int n)
     return nf_hsum16(acc);
 }
 
-/* The softmax numerator and its sum as ggml_soft_max computes them (sum in double). ggml's
- * AVX-512 build evaluates 16 lanes at a time with its ggml_v_expf approximation; reproducing
- * that measured worse against the goldens than the C library's expf, which is used here. */
+/* The softmax numerator and its sum as ggml_vec_soft_max_f32 computes them on AVX-512: groups
+ * of 16 with ggml_v_expf, each group summed in float (_mm512_reduce_add_ps) and added in
+ * double; the rest with expf, one by one in double. */
 static double nf_softmax_exp(float *y, const float *x, int n, float max)
 {
     double sum = 0.0;
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        for (int l = 0; l < 16; l++)
+            y[i + l] = nf__v_expf_ref(x[i + l] - max);
+        sum += (double)nf_hsum16(y + i);
+    }
+    for (; i < n; i++) {
         y[i] = expf(x[i] - max);
         sum += (double)y[i];
     }
@@ -208,9 +231,9 @@ static void nf_matmul_run(void *arg, int ith, int nth)
             if (j->kind == NF_MM_VEC_DOT)
                 j->dot(n, o, row, xt);
             else if (j->kind == NF_MM_GGML_DOT)
-                *o = nf_ggml_dot(row, xt, j->w->type == NF_TYPE_F16, n);
+                *o = nf_ggml_dot(row, xt, j->w->type == NF_TYPE_F16, n, n);
             else if (j->kind == NF_MM_TINYBLAS)
-                *o = nf_tinyblas_dot(row, j->w->type == NF_TYPE_F16, (const void *)xt, n);
+                *o = nf_tinyblas_dot(row, j->w->type == NF_TYPE_F16, (const void *)xt, n, n);
             else
                 *o = nf_tinyblas_dot16(row, xt, n);
         }
@@ -323,12 +346,18 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     /* ggml mul_mat(K, Q) + soft_max_ext(scale, causal mask) + mul_mat(V, softmax), over the
      * n_kv cache cells of the batch (cells past pos are masked with -inf). */
     const bool q_f32 = c->attn_mode == NF_ATTN_F32, p_f32 = c->attn_mode == NF_ATTN_F32;
+    /* Prompt batches (n_tok >= 2): ggml converts Q and the softmax to F16 and hands the two
+     * mat-muls to tinyBLAS when the dot length is a multiple of 16. */
+    const bool kq_tb = n_tok >= 2 && hd % 16 == 0, kqv_tb = n_tok >= 2 && n_kv % 16 == 0;
     float *vcol = sc + n_kv; /* (n_kv) */
     for (int ic = 0; ic < n_kv; ic++) {
         const nf_fp16_t *kr = kc + (size_t)ic * kvd;
         float s = -INFINITY;
         if (ic <= pos)
-            s = (q_f32 ? nf_tinyblas_dot(kr, true, q, hd) : nf_ggml_dot(kr, q16, true, hd)) * scale;
+            s = (q_f32   ? nf_tinyblas_dot(kr, true, q, hd, hd)
+                 : kq_tb ? nf_tinyblas_dot16(kr, q16, hd)
+                         : nf_ggml_dot(kr, q16, true, hd, hd)) *
+                scale;
         sc[ic] = s;
     }
     float mx = -INFINITY;
@@ -342,10 +371,10 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
             sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
     }
     for (int d = 0; d < hd; d++) {
-        for (int ic = 0; ic < n_kv; ic++)
+        for (int ic = 0; ic <= pos; ic++)
             vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
-        out[d] =
-            p_f32 ? nf_tinyblas_dot(vcol, false, sc, n_kv) : nf_ggml_dot(vcol, sc, false, n_kv);
+        out[d] = (p_f32 || kqv_tb) ? nf_tinyblas_dot(vcol, false, sc, n_kv, pos + 1)
+                                   : nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
     }
 }
 
@@ -355,9 +384,12 @@ static void nf_attn_run(void *arg, int ith, int nth)
     struct nf_ctx *c = j->c;
     void *scratch = (char *)c->att_scratch + (size_t)ith * c->att_scratch_stride;
     const int nh = c->m->hp.n_head;
+    /* llama.cpp's KV cache view covers the used cells padded to NF_KV_PAD (the cells past a
+     * token's position are masked); the padded length decides the summation order. */
+    int n_kv = (j->pos0 + j->n_tok + NF_KV_PAD - 1) / NF_KV_PAD * NF_KV_PAD;
+    n_kv = n_kv < c->n_ctx ? n_kv : c->n_ctx;
     for (int task = ith; task < j->n_tok * nh; task += nth)
-        nf_attn_head(c, j->il, task / nh, task % nh, j->pos0 + task / nh, j->n_tok,
-                     j->pos0 + j->n_tok, scratch);
+        nf_attn_head(c, j->il, task / nh, task % nh, j->pos0 + task / nh, j->n_tok, n_kv, scratch);
 }
 
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
@@ -390,8 +422,10 @@ static void nf_rope_apply(const struct nf_ctx *c, float *x, int n_heads, int t)
         float *v = x + (size_t)h * hp->head_dim;
         for (int i = 0; i < half; i++) {
             const float x0 = v[2 * i], x1 = v[2 * i + 1];
-            v[2 * i] = x0 * cs[i] - x1 * sn[i];
-            v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+            /* ggml's C is compiled with fused multiply-add contraction, which fuses the first
+             * product of each expression. */
+            v[2 * i] = fmaf(x0, cs[i], -(x1 * sn[i]));
+            v[2 * i + 1] = fmaf(x0, sn[i], x1 * cs[i]);
         }
     }
 }
@@ -434,11 +468,13 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
 /* hb = silu(hb) * hb2, SiLU as ggml: x / (1 + exp(-x)). */
 void nf_swiglu(float *hb, const float *hb2, int n_rows, int n)
 {
-    /* ggml_vec_swiglu_f32, row by row (expf; see nf_softmax_exp about ggml_v_expf). */
+    /* ggml_vec_swiglu_f32 of llama.cpp's AVX-512 build, row by row. */
+    const bool v512 = nf_kernels_isa() >= NF_ISA_AVX512;
     for (int r = 0; r < n_rows; r++, hb += n, hb2 += n) {
-        int i = 0;
-        for (; i < n; i++)
-            hb[i] = hb[i] / (1.0f + expf(-hb[i])) * hb2[i];
+        if (v512)
+            nf__swiglu_avx512(hb, hb2, n);
+        else
+            nf__swiglu_ref(hb, hb2, n);
     }
 }
 

@@ -638,6 +638,36 @@ void nf__vec_dot_q4_0_q8_0_seq_ref_rows(int n, float *s, size_t bs, const void *
     }
 }
 
+/* ggml_v_expf, the AVX-512 form, for one lane: exp(x) = 2^n * p(b) with n = round(x / ln 2)
+ * (by the 1.5 * 2^23 shifter), b = x - n * ln 2 in two parts, p a degree-5 polynomial by
+ * Horner pairs, and 0 or infinity past |n| > 192. Every step is one rounding (fmaf is fused) as
+ * in the vector code. */
+float nf__v_expf_ref(float x)
+{
+    const float r = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, r);
+    const float n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const float u = b * b;
+    const float j = fmaf(
+        fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+        u, fmaf(0x1.ffffecp-1f, b, 1.0f));
+    if (fabsf(n) > 192.0f)
+        return n <= 0.0f ? 0.0f : INFINITY;
+    return ldexpf(j, (int)n); /* _mm512_scalef_ps(j, n) for an integral n */
+}
+
+/* ggml_vec_swiglu_f32 on AVX-512: h[i] = silu(h[i]) * g[i], silu(x) = x / (1 + exp(-x)) with
+ * ggml_v_expf. ggml takes the C library's expf for the last n % 16 elements of a row; here every
+ * element uses ggml_v_expf, so that the result does not depend on how a row is split into
+ * calls (the sparse engine calls this on bundles of neurons). Rows of the zoo, MoE and 7B
+ * models are multiples of 16, so this is exactly ggml's result for them. */
+void nf__swiglu_ref(float *h, const float *g, int n)
+{
+    for (int i = 0; i < n; i++)
+        h[i] = (h[i] / (1.0f + nf__v_expf_ref(0.0f - h[i]))) * g[i];
+}
+
 void nf__vec_dot_q8_0_q8_0_ref(int n, float *s, const void *vx, const void *vy)
 {
     const nf_block_q8_0 *x = vx, *y = vy;

@@ -1,5 +1,6 @@
 /* quants_avx512.c - AVX-512 (F/BW/VL/VNNI) kernels: f32/f16 dots and 4-block q4_0/q8_0 dots. */
 #include <immintrin.h>
+#include <math.h>
 
 #include "quants_impl.h"
 
@@ -271,4 +272,48 @@ void nf__vec_dot_q8_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *v
         for (int r = 0; r < nrows; r++)
             s[r] +=
                 q8_0_block((const nf_block_q8_0 *)((const char *)vx + (size_t)r * bs) + i, y + i);
+}
+
+/* ---- SwiGLU with ggml's AVX-512 exp (see nf__v_expf_ref) ---------------------------------- */
+
+static inline __m512 v_expf16(__m512 x)
+{
+    const __m512 r = _mm512_set1_ps(0x1.8p23f);
+    const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
+    const __m512 n = _mm512_sub_ps(z, r);
+    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
+    const __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
+    const __m512 u = _mm512_mul_ps(b, b);
+    const __m512 p01 =
+        _mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f));
+    const __m512 p23 =
+        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f));
+    const __m512 p45 = _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f));
+    const __m512 j = _mm512_fmadd_ps(_mm512_fmadd_ps(p01, u, p23), u, p45);
+    const __m512 res = _mm512_scalef_ps(j, n);
+    if (!big)
+        return res;
+    const __mmask16 neg = _mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ);
+    const __m512 alt = _mm512_mask_blend_ps(neg, _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
+    return _mm512_mask_blend_ps(big, res, alt);
+}
+
+void nf__swiglu_avx512(float *h, const float *g, int n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(h + i);
+        const __m512 e = v_expf16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        const __m512 si = _mm512_div_ps(x, _mm512_add_ps(one, e));
+        _mm512_storeu_ps(h + i, _mm512_mul_ps(si, _mm512_loadu_ps(g + i)));
+    }
+    if (i < n) { /* the tail through the same vector code (masked lanes) */
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(m, h + i);
+        const __m512 e = v_expf16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        const __m512 si = _mm512_div_ps(x, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(h + i, m, _mm512_mul_ps(si, _mm512_maskz_loadu_ps(m, g + i)));
+    }
 }

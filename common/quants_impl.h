@@ -33,6 +33,10 @@ void nf__quantize_row_q8_0_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
 /* q4_0 rows in llama.cpp's repacked q4_0_8x8 order (see quants.c); not a traits kernel: the
  * forward pass picks it (with the AVX2 variant when available) to reproduce llama.cpp. */
+/* ggml_v_expf (AVX-512 form) for one value, and ggml_vec_swiglu_f32 as llama.cpp's AVX-512
+ * build computes it (h = silu(h) * g); see quants.c. */
+float nf__v_expf_ref(float x);
+void nf__swiglu_ref(float *h, const float *g, int n);
 void nf__vec_dot_q4_0_q8_0_seq_ref_rows(int n, float *s, size_t bs, const void *x, const void *y,
                                         int nrows);
 
@@ -59,6 +63,7 @@ void nf__vec_dot_f16_avx512(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q4_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q4_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *x, const void *y,
                                        int nrows);
+void nf__swiglu_avx512(float *h, const float *g, int n);
 void nf__vec_dot_q8_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *x, const void *y,
                                        int nrows);
 

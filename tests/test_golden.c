@@ -164,21 +164,21 @@ static void test_model(void **state)
 }
 
 /* Achieved bounds (tests/test_golden with NF_GOLDEN_REPORT=1; see common/model_forward.c):
- * the quantized zoo and MoE models differ from llama.cpp by single Q8 rounding flips of the
- * activations on some prompts, which also moves later near-ties; stories260K drifts past 1e-3
- * after ~45 steps. Issue targets: stories 1e-3 on every step; random models 0.02 (first-step
- * top-5 and near-tie gap). */
+ * every zoo and MoE model now reproduces llama.cpp's logits bit for bit on every step (BF16
+ * within 0.019); stories260K (F32, where last-bit differences are amplified by the F16 K/V/Q
+ * roundings) drifts past 1e-3 after a few dozen steps. Issue targets: stories 1e-3 on every
+ * step; random models 0.02 (first-step top-5 and near-tie gap). */
 static struct golden_case cases[] = {
-    {"stories260K", true, 0.005, 0}, /* gen_ids exact (never loosened); achieved 0.0048 */
+    {"stories260K", true, 0.003, 0}, /* gen_ids exact (never loosened); achieved 0.0028 */
     {"llama-2-tiny-random", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
     {"zoo-F16", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
     {"zoo-BF16", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
     {"zoo-Q8_0", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
     {"zoo-Q4_0", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"zoo-Q4_K_M", false, 0.027, NF_TOL_RANDOM}, /* achieved 0.0268 */
+    {"zoo-Q4_K_M", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
     {"zoo-Q5_K_M", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
     {"zoo-Q6_K", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"moe-Q8_0", false, NF_TOL_RANDOM, 0.025}, /* a mismatch at gap 0.0240 */
+    {"moe-Q8_0", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
     {"moe-Q4_K_M", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
 };
 

@@ -810,6 +810,40 @@ static void test_llama_order(void **state)
     free(yf);
 }
 
+/* ggml's AVX-512 exp and SwiGLU: the vector kernel equals the scalar emulation bit for bit,
+ * including lanes past the overflow/underflow limits, and both stay close to the C library. */
+static void test_swiglu(void **state)
+{
+    (void)state;
+    enum { N = 16 * 6 + 7 };
+    float h[N], g[N], h1[N], h2[N];
+    for (int i = 0; i < N; i++) {
+        h[i] = (rng_uniform() - 0.5f) * 40.0f;
+        g[i] = rng_uniform() - 0.5f;
+    }
+    h[3] = 150.0f;   /* exp(-150) underflows to 0 in ggml_v_expf */
+    h[20] = -120.0f; /* exp(120) overflows to infinity: silu = -0 */
+    for (int i = 0; i < N; i++) {
+        const float x = h[i] / 4.0f, e = nf__v_expf_ref(x), want = expf(x);
+        assert_true(fabsf(e - want) <= 4e-7f * want);
+    }
+    memcpy(h1, h, sizeof(h));
+    nf__swiglu_ref(h1, g, N);
+    for (int i = 0; i < N; i++) {
+        const float want = h[i] / (1.0f + expf(-h[i])) * g[i];
+        assert_true(fabsf(h1[i] - want) <= 1e-6f * fabsf(h[i] * g[i]) + 1e-30f);
+    }
+    if (nf_cpu_best_isa() >= NF_ISA_AVX512) {
+        for (int n = 1; n <= N; n += 5) {
+            memcpy(h1, h, sizeof(h));
+            memcpy(h2, h, sizeof(h));
+            nf__swiglu_ref(h1, g, n);
+            nf__swiglu_avx512(h2, g, n);
+            assert_memory_equal(h1, h2, sizeof(float) * (size_t)n);
+        }
+    }
+}
+
 static void test_isa_env(void **state)
 {
     (void)state;
@@ -844,6 +878,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_q8_rules),     cmocka_unit_test(test_ref_dot),
         cmocka_unit_test(test_simd_dot),     cmocka_unit_test(test_simd_quantize),
         cmocka_unit_test(test_isa_env),      cmocka_unit_test(test_llama_order),
+        cmocka_unit_test(test_swiglu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -93,8 +93,10 @@ static void test_all_groups_equal_exact(void **state)
         }
         assert_int_equal(am, bm);
     }
-    /* Only the down projection's summation order may differ (single runs of the same dots). */
-    assert_true(worst < 1e-4);
+    /* Only the down projection's summation order may differ (single runs of the same dots).
+     * Its last-bit differences are amplified by the F16 roundings of K, V, Q and the softmax
+     * (up to 3.1e-4 with the llama.cpp-exact attention/SwiGLU/RoPE numerics of nf_ctx_eval). */
+    assert_true(worst < 1e-3);
     /* At 50% sparsity the logits move (the mask is used) and half the groups are zero. */
     nf_ctx_reset(a);
     nf_ctx_reset(b);
