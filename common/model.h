@@ -96,6 +96,10 @@ struct nf_model {
                        char *err, size_t errlen);
     void (*close_src)(void *src);
     void *src;
+    /* nf_model_load_ex with use_mmap: the read-only mapping of the GGUF that every tensor's data
+     * points into (map_len bytes, unmapped by nf_model_free); NULL otherwise. */
+    void *map;
+    size_t map_len;
 };
 
 /* Attention numerics. PLAIN (the default, exact mode) mirrors ggml's mul_mat + soft_max path
@@ -109,6 +113,18 @@ enum nf_attn_mode { NF_ATTN_FLASH = 0, NF_ATTN_PLAIN, NF_ATTN_F32 };
  * and writes one line to err naming the file and the problem. */
 int nf_model_load(struct nf_model **out, const char *path, char *err, size_t errlen);
 void nf_model_free(struct nf_model *m);
+
+/* How nf_model_load_ex loads the weights. */
+struct nf_model_load_opts {
+    /* Map the GGUF read-only (MAP_SHARED, no copy, no mlock) and point every tensor into the
+     * mapping: the kernel's page cache serves the weights on demand, as with llama.cpp's default
+     * mmap loading. Only for a GGUF file (a .nft is refused with NF_EUSAGE). */
+    bool use_mmap;
+};
+
+/* nf_model_load with options (NULL: the defaults, same as nf_model_load). */
+int nf_model_load_ex(struct nf_model **out, const char *path, const struct nf_model_load_opts *o,
+                     char *err, size_t errlen);
 
 /* model_nft.c: when path is a .nft tile file (by its magic), opens it, sets m->gguf to its
  * embedded metadata and m->read_tensor/close_src/src to a reader that reassembles each tensor

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "model.h"
 #include "nf_err.h"
@@ -85,6 +86,12 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
         return nf_load_err(err, errlen, NF_ECORRUPT,
                            "%s: tensor '%s': %llu data bytes, expected %zu", g->path, name,
                            (unsigned long long)gt->size, t->row_size * (size_t)ne1 * (size_t)ne2);
+    if (m->map) {
+        /* Mapped: the data stays in the page cache (the GGUF validated its range). */
+        t->data = (char *)m->map + gt->offset;
+        m->weight_bytes += gt->size;
+        return 0;
+    }
     size_t sz = (gt->size + NF_WEIGHT_ALIGN - 1) / NF_WEIGHT_ALIGN * NF_WEIGHT_ALIGN;
     if (posix_memalign(&t->data, NF_WEIGHT_ALIGN, sz ? sz : NF_WEIGHT_ALIGN)) {
         t->data = NULL;
@@ -331,7 +338,50 @@ int nf_model_hparams(struct nf_hparams *hp, struct nf_gguf *g, char *err, size_t
     return 0;
 }
 
+/* Bytes of readable zero pages kept after a mapped file, so kernels that read a little past a
+ * tensor's end never fault at the end of the file. */
+#define NF_MAP_TAIL 65536
+
+/* Maps m's GGUF read-only: an anonymous reservation with the file mapped over its start. */
+static int nf_model_map(struct nf_model *m, char *err, size_t errlen)
+{
+    const struct nf_gguf *g = m->gguf;
+    size_t len = (size_t)g->file_size + NF_MAP_TAIL;
+    void *base = mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
+        return nf_load_err(err, errlen, -errno, "%s: reserving %zu bytes of address space: %s",
+                           g->path, len, strerror(errno));
+    if (g->file_size && mmap(base, (size_t)g->file_size, PROT_READ, MAP_SHARED | MAP_FIXED, g->fd,
+                             0) == MAP_FAILED) {
+        int e = errno;
+        munmap(base, len);
+        return nf_load_err(err, errlen, -e, "%s: mmap: %s", g->path, strerror(e));
+    }
+    m->map = base;
+    m->map_len = len;
+    return 0;
+}
+
+/* Drops the mapping of a mapped model; its tensors point into it, so they are only cleared. */
+static void nf_model_unmap(struct nf_model *m)
+{
+    if (m->layers)
+        memset(m->layers, 0, sizeof(*m->layers) * (size_t)m->hp.n_layer);
+    memset(&m->tok_embd, 0, sizeof(m->tok_embd));
+    memset(&m->output, 0, sizeof(m->output));
+    memset(&m->output_norm, 0, sizeof(m->output_norm));
+    memset(&m->rope_freqs, 0, sizeof(m->rope_freqs));
+    munmap(m->map, m->map_len);
+    m->map = NULL;
+}
+
 int nf_model_load(struct nf_model **out, const char *path, char *err, size_t errlen)
+{
+    return nf_model_load_ex(out, path, NULL, err, errlen);
+}
+
+int nf_model_load_ex(struct nf_model **out, const char *path, const struct nf_model_load_opts *o,
+                     char *err, size_t errlen)
 {
     nf_kernels_init();
     struct nf_model *m = calloc(1, sizeof(*m));
@@ -339,12 +389,19 @@ int nf_model_load(struct nf_model **out, const char *path, char *err, size_t err
         return nf_load_err(err, errlen, -ENOMEM, "%s: out of memory", path);
     /* A .nft tile file brings its own metadata and tile reader (model_nft.c). */
     int rc = nf_model_nft_source(m, path, err, errlen);
+    if (rc > 0 && o && o->use_mmap) {
+        rc = nf_load_err(err, errlen, NF_EUSAGE,
+                         "%s: a .nft tile file cannot be mapped as a whole (use the .gguf)", path);
+        goto fail; /* m owns the .nft's metadata and reader: nf_model_free closes both */
+    }
     if (rc == 0)
         rc = nf_gguf_open(&m->gguf, path, err, errlen);
     if (rc < 0) {
         m->gguf = NULL;
         goto fail;
     }
+    if (rc == 0 && o && o->use_mmap && (rc = nf_model_map(m, err, errlen)) < 0)
+        goto fail;
     if ((rc = nf_load_hparams(m, err, errlen)) < 0 || (rc = nf_load_weights(m, err, errlen)) < 0)
         goto fail;
     *out = m;
@@ -364,6 +421,8 @@ void nf_model_free(struct nf_model *m)
 {
     if (!m)
         return;
+    if (m->map)
+        nf_model_unmap(m);
     if (m->layers) {
         for (int il = 0; il < m->hp.n_layer; il++) {
             struct nf_layer *L = &m->layers[il];

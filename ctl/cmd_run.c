@@ -39,6 +39,9 @@ static void usage(FILE *f)
         "      --seed S            sampling seed (default: taken from the clock; printed in\n"
         "                          --json output)\n"
         "  -t, --threads N         compute threads (default: 0 = all CPUs)\n"
+        "      --mmap              map the GGUF read-only and let the page cache serve the\n"
+        "                          weights on demand (as llama.cpp's default mmap loading)\n"
+        "                          instead of reading them into RAM (default: off)\n"
         "  -c, --ctx-size N        context length in tokens (default: the model's\n"
         "                          context_length capped at %d, raised to fit prompt + -n)\n"
         "      --json              JSON Lines on stdout instead of text: one object per token\n"
@@ -66,7 +69,7 @@ static double now_s(void)
 struct run_opts {
     const char *model, *prompt, *prompt_file;
     long n_predict, threads, n_ctx, top_logits;
-    bool json, seed_set;
+    bool json, seed_set, use_mmap;
     struct nf_sampler_params sp;
 };
 
@@ -84,6 +87,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         }
         if (!strcmp(a, "--json")) {
             o->json = true;
+            continue;
+        }
+        if (!strcmp(a, "--mmap")) {
+            o->use_mmap = true;
             continue;
         }
 #define VAL()                                         \
@@ -213,7 +220,8 @@ int nf_cmd_run(int argc, char **argv)
         if (!prompt)
             goto oom;
     }
-    if ((rc = nf_model_load(&m, o.model, err, sizeof(err))) < 0) {
+    struct nf_model_load_opts lo = {.use_mmap = o.use_mmap};
+    if ((rc = nf_model_load_ex(&m, o.model, &lo, err, sizeof(err))) < 0) {
         fprintf(stderr, "nanoflowctl run: %s\n", err);
         goto done;
     }
