@@ -2,7 +2,8 @@
 # install-deps.sh - installs NanoFlow's build and test dependencies from Debian (run as root).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-      liburing-dev libnuma-dev libcmocka-dev libxxhash-dev)
+      liburing-dev libnuma-dev libcmocka-dev libxxhash-dev
+      dpkg-dev file) # dpkg-shlibdeps and file compute the .deb's Depends (cpack -G DEB)
 # clang builds the libFuzzer targets; the tests use it when present.
 if [ "${NF_WITH_CLANG:-1}" = 1 ]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()
