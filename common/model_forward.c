@@ -33,8 +33,8 @@
  *  - prompt batches: KQ and KQV go through tinyBLAS with F16 operands (x86 tinyBLAS takes F16
  *    only with F16 activations) when the dot length is a multiple of 16;
  *  - softmax with ggml_v_expf on groups of 16, each group reduced in float;
- *  - SwiGLU with ggml_v_silu (ggml_v_expf) -- on every element, where ggml uses expf for a
- *    row's last n % 16 (none for the zoo/MoE/7B shapes; elementwise keeps callers that split
+ *  - SwiGLU with ggml_v_silu (ggml_v_expf) on every element (expf on a row's last n % 16, as
+ *    vec.cpp reads, measured worse on stories260K; elementwise also keeps callers that split
  *    rows, like the sparse engine, consistent);
  *  - the RoPE rotation with the first product of each expression fused (ggml's C is built with
  *    FMA contraction).
@@ -62,13 +62,15 @@
  * pool costs more than it saves. */
 #define NF_PAR_MIN_WORK 32768
 
-/* q4_0 matrices up to this size use llama.cpp's (repacked) summation order, which reproduces
- * its results bit for bit. That order is a dependent chain of fused multiply-adds per row: it
- * needs several rows in flight, and streaming several rows at once from DRAM measured 2-4x
- * slower on the 7B benchmark than the row-by-row kernels (weights not in the repacked
- * layout). Larger matrices (which do not fit in the caches anyway) keep the fast kernels,
- * whose results differ from llama.cpp's in the last bits of the float sums. */
-#define NF_EXACT_Q4_0_MAX ((size_t)8 << 20)
+/* Models whose weights take up to this many bytes multiply q4_0 in llama.cpp's (repacked)
+ * summation order, which reproduces its results bit for bit. That order is a dependent chain
+ * of fused multiply-adds per row: it needs several rows in flight, and streaming several rows
+ * at once from DRAM measured 2-4x slower on the 7B benchmark than the row-by-row kernels
+ * (weights not in the repacked layout). Larger models, whose weights stream from DRAM anyway,
+ * keep the fast kernels, whose results differ from llama.cpp's in the last bits of the float
+ * sums. Deciding per model (not per matrix) keeps row-range views of a matrix (the streaming
+ * engine's) bit-identical to the whole. */
+#define NF_EXACT_Q4_0_MAX ((size_t)32 << 20)
 
 /* llama.cpp pads the number of KV cells an attention looks at to a multiple of 32 (without
  * flash attention). */
@@ -266,7 +268,7 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
     } else {
         /* Convert the activations as llama.cpp does before every mat-vec. */
         j.kind = w->type == NF_TYPE_F16 ? NF_MM_GGML_DOT : NF_MM_VEC_DOT;
-        if (w->type == NF_TYPE_Q4_0 && (size_t)w->ne[1] * w->row_size <= NF_EXACT_Q4_0_MAX) {
+        if (w->type == NF_TYPE_Q4_0 && c->m->weight_bytes <= NF_EXACT_Q4_0_MAX) {
             /* llama.cpp repacks q4_0 weights on x86 and sums each row block after block. */
             j.kind = NF_MM_ROWS;
             j.rows_fn = nf_kernels_isa() >= NF_ISA_AVX2 ? nf__vec_dot_q4_0_q8_0_seq_avx2_rows

@@ -14,11 +14,15 @@
 #include "json_mini.h"
 #include "model.h"
 #include "nf_err.h"
+#include "quants.h"
 #include "tokenizer.h"
 
 /* Tolerances from shared/golden/README.md. */
 #define NF_TOL_EXACT  1e-3 /* stories260K: every step */
 #define NF_TOL_RANDOM 0.02 /* random-weight models: first step; also the near-tie threshold */
+/* Models whose logits NanoFlow reproduces bit for bit on AVX-512 machines (the goldens' kind):
+ * any difference above float printing noise there is a regression of the exact arithmetic. */
+#define NF_TOL_BITEXACT 1e-5
 
 /* README rules per model, and for models that do not meet them yet the bound actually achieved
  * (so a regression fails and the gap stays visible). */
@@ -26,6 +30,8 @@ struct golden_case {
     const char *model;
     bool exact;     /* real weights: all gen_ids and all top-5 logits */
     double tol;     /* exact: every step's top-5 (target 1e-3); else the first step (target 0.02) */
+    bool bitexact;  /* on AVX-512 (as the goldens' machine) llama.cpp's arithmetic is reproduced:
+                     * checked steps must match to NF_TOL_BITEXACT */
     double gap_tol; /* random weights: gen_ids are compared while the golden top-2 gap >= this
                      * (target 0.02) */
 };
@@ -107,6 +113,10 @@ static void check_prompt(struct nf_ctx *c, const struct nf_vocab *v, const struc
         }
         if ((exact || s == 0) && d > gc->tol)
             fail_msg("line %d step %d: top-5 logit diff %.6f exceeds %g", line, s, d, gc->tol);
+        if (gc->bitexact && nf_kernels_isa() >= NF_ISA_AVX512 && d > NF_TOL_BITEXACT)
+            fail_msg("line %d step %d: top-5 logit diff %.6f: llama.cpp's arithmetic is no longer "
+                     "reproduced bit for bit",
+                     line, s, d);
         const int32_t want = (int32_t)gids->kids[s].num, got = argmax(c->logits, nv);
         if (!exact && gap < gc->gap_tol)
             break; /* a near tie: past here the continuations may part */
@@ -169,17 +179,18 @@ static void test_model(void **state)
  * roundings) drifts past 1e-3 after a few dozen steps. Issue targets: stories 1e-3 on every
  * step; random models 0.02 (first-step top-5 and near-tie gap). */
 static struct golden_case cases[] = {
-    {"stories260K", true, 0.003, 0}, /* gen_ids exact (never loosened); achieved 0.0028 */
-    {"llama-2-tiny-random", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"zoo-F16", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"zoo-BF16", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"zoo-Q8_0", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"zoo-Q4_0", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"zoo-Q4_K_M", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"zoo-Q5_K_M", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"zoo-Q6_K", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"moe-Q8_0", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
-    {"moe-Q4_K_M", false, NF_TOL_RANDOM, NF_TOL_RANDOM},
+    /* gen_ids exact (never loosened); issue target 1e-3, achieved 0.0028 */
+    {"stories260K", true, 0.003, false, 0},
+    {"llama-2-tiny-random", false, NF_TOL_RANDOM, true, NF_TOL_RANDOM},
+    {"zoo-F16", false, NF_TOL_RANDOM, true, NF_TOL_RANDOM},
+    {"zoo-BF16", false, NF_TOL_RANDOM, false, NF_TOL_RANDOM}, /* achieved 0.0086 / 0.019 */
+    {"zoo-Q8_0", false, NF_TOL_RANDOM, true, NF_TOL_RANDOM},
+    {"zoo-Q4_0", false, NF_TOL_RANDOM, true, NF_TOL_RANDOM},
+    {"zoo-Q4_K_M", false, NF_TOL_RANDOM, true, NF_TOL_RANDOM},
+    {"zoo-Q5_K_M", false, NF_TOL_RANDOM, true, NF_TOL_RANDOM},
+    {"zoo-Q6_K", false, NF_TOL_RANDOM, true, NF_TOL_RANDOM},
+    {"moe-Q8_0", false, NF_TOL_RANDOM, true, NF_TOL_RANDOM},
+    {"moe-Q4_K_M", false, NF_TOL_RANDOM, true, NF_TOL_RANDOM},
 };
 
 int main(void)
