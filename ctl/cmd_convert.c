@@ -98,7 +98,7 @@ int nf_cmd_convert(int argc, char **argv)
         } else if (!strcmp(a, "--f32")) {
             o.pred_f32 = true;
         } else if (a[0] == '-' && a[1]) {
-            return nf_usage_error(cmd, "unknown option '%s'", a);
+            return nf_usage_error(cmd, "unknown flag '%s'", a);
         } else if (!in) {
             in = a;
         } else if (!out) {

@@ -38,9 +38,10 @@ static void usage(FILE *f)
             "      --min-p M           drop tokens below M x the top probability, 0 = off\n"
             "                          (default: 0.05)\n"
             "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
-            "      --seed S            sampling seed (default: taken from the clock)\n"
-            "      --json              JSON Lines as with 'run --json'\n"
+            "  -s, --seed S            sampling seed (default: taken from the clock)\n"
+            "      --json              JSON Lines as with 'run --json' (default: off)\n"
             "      --top-logits K      with --json, the K highest logits of each step, 0..%d\n"
+            "                          (default: 0)\n"
             "      --run-dir DIR       run directory (default: as for 'up')\n"
             "  -h, --help              show this help\n",
             NF_GEN_DEFAULT_N, NF_GEN_MAX_TOP_LOGITS);
@@ -116,7 +117,7 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
             VAL();
             if (nf_arg_float(cmd, a, v, 0.01f, 100.0f, &o->sp.repeat_penalty))
                 return 2;
-        } else if (nf_arg_is(a, "--seed")) {
+        } else if (nf_arg_is(a, "--seed") || !strcmp(a, "-s")) {
             VAL();
             if (nf_arg_u64(cmd, a, v, &o->sp.seed))
                 return 2;
@@ -125,7 +126,7 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
             VAL();
             o->run_dir = v;
         } else {
-            return nf_usage_error(cmd, "unknown option '%s'", a);
+            return nf_usage_error(cmd, "unknown flag '%s'", a);
         }
 #undef VAL
     }

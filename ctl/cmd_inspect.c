@@ -162,7 +162,7 @@ int nf_cmd_inspect(int argc, char **argv)
         } else if (!strcmp(argv[i], "--json")) {
             json = true;
         } else if (argv[i][0] == '-' && argv[i][1]) {
-            return nf_usage_error(cmd, "unknown option '%s'", argv[i]);
+            return nf_usage_error(cmd, "unknown flag '%s'", argv[i]);
         } else if (!path) {
             path = argv[i];
         } else {

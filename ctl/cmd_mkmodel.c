@@ -70,18 +70,22 @@ static void usage(FILE *f)
         "(uniform, std %.2g; norms 1.0) or, with --zero, all-zero matrices left as file holes.\n\n"
         "Shape (flags override the preset's values):\n"
         "  --shape NAME         %s\n"
-        "  --dim D              embedding length\n"
-        "  --layers L           block count (--layers-override is the same flag)\n"
-        "  --ffn F              feed-forward length (per expert)\n"
-        "  --heads H            attention heads (dim must be a multiple of H)\n"
-        "  --kv-heads K         key/value heads (H must be a multiple of K; default H)\n"
-        "  --experts E          experts per layer (Mixtral-style MoE; 0 = dense)\n"
+        "                       (required unless --dim, --layers, --ffn and --heads are given)\n"
+        "  --dim D              embedding length (default: the shape's)\n"
+        "  --layers L           block count (default: the shape's; --layers-override is the\n"
+        "                       same flag)\n"
+        "  --ffn F              feed-forward length per expert (default: the shape's)\n"
+        "  --heads H            attention heads, dividing dim (default: the shape's)\n"
+        "  --kv-heads K         key/value heads, dividing H (default: the shape's, else H)\n"
+        "  --experts E          experts per layer, Mixtral-style MoE; 0 = dense (default: the\n"
+        "                       shape's, else 0)\n"
         "  --experts-used U     experts used per token (default min(2, E))\n"
         "  --vocab N            synthetic SentencePiece vocabulary size (default: shape's, "
         "else 32000)\n"
         "  --ctx N              llama.context_length (default: shape's, else 4096)\n"
         "  --rope-base F        llama.rope.freq_base (default: shape's, else 10000)\n"
-        "  --rms-eps F          llama.attention.layer_norm_rms_epsilon (default 1e-5)\n"
+        "  --rms-eps F          llama.attention.layer_norm_rms_epsilon (default: shape's, else\n"
+        "                       1e-5)\n"
         "Contents:\n"
         "  --type T             matrix type: f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k "
         "(default f16);\n"
@@ -89,9 +93,11 @@ static void usage(FILE *f)
         "  --seed S             generator seed (default 1); same seed, same bytes\n"
         "  --zero               all-zero matrices written as file holes (norms stay 1.0)\n"
         "  --vocab-from GGUF    copy every tokenizer.* key (and the vocab size) from GGUF\n"
+        "                       (default: a synthetic vocabulary)\n"
         "  --name S             general.name (default nanoflow-<shape>)\n"
         "  --alignment N        general.alignment, a power of two (default 32)\n"
-        "  --threads N          generator threads (default: online CPUs)\n",
+        "  -t, --threads N      generator threads, 1..256 (default: online CPUs)\n"
+        "  -h, --help           show this help\n",
         NF_MK_STD, shapes);
 }
 
@@ -140,6 +146,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--vocab", NF_MK_MIN_VOCAB, NF_MK_MAX_VOCAB, offsetof(struct mk_opts, vocab)},
         {"--ctx", 1, 1 << 24, offsetof(struct mk_opts, ctx)},
         {"--threads", 1, 256, offsetof(struct mk_opts, threads)},
+        {"-t", 1, 256, offsetof(struct mk_opts, threads)},
         {"--alignment", 1, 1 << 20, offsetof(struct mk_opts, alignment)},
     };
     *done = false;
@@ -215,7 +222,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return 2;
             o->eps_set = true;
         } else {
-            return nf_usage_error(CMD, "unknown option '%s'", a);
+            return nf_usage_error(CMD, "unknown flag '%s'", a);
         }
     }
     if (!o->out)

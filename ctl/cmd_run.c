@@ -36,7 +36,7 @@ static void usage(FILE *f)
         "      --min-p M           drop tokens below M x the top probability, 0 = off\n"
         "                          (default: 0.05)\n"
         "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
-        "      --seed S            sampling seed (default: taken from the clock; printed in\n"
+        "  -s, --seed S            sampling seed (default: taken from the clock; printed in\n"
         "                          --json output)\n"
         "  -t, --threads N         compute threads (default: 0 = all CPUs)\n"
         "      --mmap              map the GGUF read-only and let the page cache serve the\n"
@@ -144,13 +144,13 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             VAL();
             if (nf_arg_float(cmd, a, v, 0.01f, 100.0f, &o->sp.repeat_penalty))
                 return 2;
-        } else if (nf_arg_is(a, "--seed")) {
+        } else if (nf_arg_is(a, "--seed") || !strcmp(a, "-s")) {
             VAL();
             if (nf_arg_u64(cmd, a, v, &o->sp.seed))
                 return 2;
             o->seed_set = true;
         } else {
-            return nf_usage_error(cmd, "unknown option '%s'", a);
+            return nf_usage_error(cmd, "unknown flag '%s'", a);
         }
 #undef VAL
     }

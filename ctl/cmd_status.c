@@ -71,7 +71,7 @@ static int parse_common(const char *cmd, int argc, char **argv, const char **run
             if (!(*run_dir = nf_arg_value(cmd, argc, argv, &i)))
                 return 2;
         } else {
-            return nf_usage_error(cmd, "unknown option '%s'", a);
+            return nf_usage_error(cmd, "unknown flag '%s'", a);
         }
     }
     return 0;

@@ -19,7 +19,7 @@ static void usage(FILE *f)
            "[--] TEXT\n\n"
            "Tokenizes TEXT with the vocabulary of a GGUF model (tokenizer.ggml.*), as llama.cpp's\n"
            "llama_tokenize does, and prints the token ids space-separated on one line.\n\n"
-           "  --model FILE       GGUF file holding the vocabulary (required)\n"
+           "  -m, --model FILE   GGUF file holding the vocabulary (required)\n"
            "  --no-bos           do not add BOS/EOS (default: add them when the vocabulary's\n"
            "                     add_bos_token/add_eos_token say so)\n"
            "  --parse-special    match control tokens written in TEXT, e.g. <s> (default: off;\n"
@@ -115,7 +115,7 @@ int nf_cmd_tokenize(int argc, char **argv)
             } else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
                 usage(stdout);
                 return 0;
-            } else if (nf_arg_is(a, "--model")) {
+            } else if (nf_arg_is(a, "--model") || !strcmp(a, "-m")) {
                 model = nf_arg_value(cmd, argc, argv, &i);
                 if (!model)
                     return 2;

@@ -31,10 +31,10 @@ static void up_usage(FILE *f)
             "  -m, --model FILE     .gguf or .nft model (required)\n"
             "      --ram SIZE       RAM budget of the whole stack, K/M/G/T suffixes (default: 1G)\n"
             "  -t, --threads N      compute threads (default: 0 = all CPUs)\n"
-            "      --sparsity S     share of FFN groups skipped per token, 0 <= S < 1; 0 = exact\n"
+            "      --sparsity S     share of FFN groups skipped per token, 0..0.99; 0 = exact\n"
             "                       (default: 0)\n"
-            "  -c, --ctx N          context length (default: the model's, capped at 4096 and by\n"
-            "                       the budget)\n"
+            "  -c, --ctx N          context length, also --ctx-size (default: the model's, capped\n"
+            "                       at 4096 and by the budget)\n"
             "      --run-dir DIR    run directory (default: $NANOFLOW_RUN_DIR, else\n"
             "                       $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
             "      --log-level L    daemon log level: error, warn, info, debug (default: info)\n"
@@ -495,9 +495,9 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
         }
         if (!(nf_arg_is(a, "--model") || !strcmp(a, "-m") || nf_arg_is(a, "--ram") ||
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--sparsity") ||
-              nf_arg_is(a, "--ctx") || !strcmp(a, "-c") || nf_arg_is(a, "--run-dir") ||
-              nf_arg_is(a, "--log-level")))
-            return nf_usage_error(cmd, "unknown option '%s'", a);
+              nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c") ||
+              nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level")))
+            return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
         if (nf_arg_is(a, "--model") || !strcmp(a, "-m")) {
@@ -511,7 +511,7 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
         } else if (nf_arg_is(a, "--sparsity")) {
             if (nf_arg_float(cmd, a, v, 0.0f, 0.99f, &o->sparsity))
                 return 2;
-        } else if (nf_arg_is(a, "--ctx") || !strcmp(a, "-c")) {
+        } else if (nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")) {
             if (nf_arg_long(cmd, a, v, 0, 1 << 24, &o->n_ctx))
                 return 2;
         } else if (nf_arg_is(a, "--run-dir")) {
@@ -665,7 +665,7 @@ int nf_cmd_down(int argc, char **argv)
             return 0;
         }
         if (!nf_arg_is(a, "--run-dir"))
-            return nf_usage_error("down", "unknown option '%s'", a);
+            return nf_usage_error("down", "unknown flag '%s'", a);
         if (!(run_dir = nf_arg_value("down", argc, argv, &i)))
             return 2;
     }

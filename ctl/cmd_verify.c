@@ -38,7 +38,7 @@ int nf_cmd_verify(int argc, char **argv)
             usage(stdout);
             return 0;
         } else if (argv[i][0] == '-' && argv[i][1]) {
-            return nf_usage_error(cmd, "unknown option '%s'", argv[i]);
+            return nf_usage_error(cmd, "unknown flag '%s'", argv[i]);
         } else if (!path) {
             path = argv[i];
         } else {

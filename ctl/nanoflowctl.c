@@ -30,7 +30,10 @@ static void usage(FILE *f)
                "NanoFlow runs GGUF language models under a fixed RAM budget.\n\nCommands:\n");
     for (size_t i = 0; i < sizeof(nf_cmds) / sizeof(nf_cmds[0]); i++)
         fprintf(f, "  %-10s %s\n", nf_cmds[i].name, nf_cmds[i].summary);
-    fprintf(f, "\nRun 'nanoflowctl COMMAND --help' for the options of a command.\n");
+    fprintf(f, "\nOptions:\n"
+               "  -h, --help   show this help\n"
+               "  --version    print the version\n"
+               "\nRun 'nanoflowctl COMMAND --help' for the options of a command.\n");
 }
 
 int main(int argc, char **argv)
@@ -50,6 +53,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof(nf_cmds) / sizeof(nf_cmds[0]); i++)
         if (!strcmp(argv[1], nf_cmds[i].name))
             return nf_cmds[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "nanoflowctl: unknown command '%s' (try 'nanoflowctl --help')\n", argv[1]);
+    fprintf(stderr, "nanoflowctl: unknown %s '%s' (try 'nanoflowctl --help')\n",
+            argv[1][0] == '-' ? "flag" : "command", argv[1]);
     return 2;
 }

@@ -53,11 +53,11 @@ expect "up without --model" 2 "--model FILE is required" "$NF_BIN" up --run-dir 
 expect "up bad --ram" 2 "--ram" "$NF_BIN" up -m "$M0" --ram lots
 expect "up --sparsity out of range" 2 "--sparsity" "$NF_BIN" up -m "$M0" --sparsity 1.5
 expect "up bad -t" 2 "-t" "$NF_BIN" up -m "$M0" -t -3
-expect "up unknown flag" 2 "unknown option" "$NF_BIN" up -m "$M0" --bogus
+expect "up unknown flag" 2 "unknown flag" "$NF_BIN" up -m "$M0" --bogus
 expect "up bad --log-level" 2 "--log-level" "$NF_BIN" up -m "$M0" --log-level loud
 expect "up --run-dir without value" 2 "" "$NF_BIN" up -m "$M0" --run-dir
-expect "down unknown flag" 2 "unknown option" "$NF_BIN" down --force
-expect "status unknown flag" 2 "unknown option" "$NF_BIN" status --all
+expect "down unknown flag" 2 "unknown flag" "$NF_BIN" down --force
+expect "status unknown flag" 2 "unknown flag" "$NF_BIN" status --all
 expect "stats bad --watch" 2 "--watch" "$NF_BIN" stats --watch never
 expect "stats --watch 0" 2 "--watch" "$NF_BIN" stats --watch=0
 expect "gen -n 0" 2 "-n" "$NF_BIN" gen -n 0 hi
@@ -66,7 +66,7 @@ expect "gen prompt and file" 2 "not both" "$NF_BIN" gen -p hi -f "$T/p.txt"
 expect "gen --top-logits without --json" 2 "--top-logits needs --json" "$NF_BIN" gen \
     --top-logits 3 hi
 expect "gen --temp out of range" 2 "--temp" "$NF_BIN" gen --temp -1 hi
-expect "gen unknown flag" 2 "unknown option" "$NF_BIN" gen --model x hi
+expect "gen unknown flag" 2 "unknown flag" "$NF_BIN" gen --model x hi
 for c in up down status stats gen; do
     "$NF_BIN" "$c" --help >"$T/help" 2>&1
     rc=$?

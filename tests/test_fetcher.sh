@@ -25,7 +25,7 @@ ok() { echo "ok: $*"; }
 # Usage errors exit 2 with a message; --help exits 0.
 "$FETCHER" --help >"$T/help" 2>&1 && grep -q -- "--verify" "$T/help" && ok "--help" || fail "--help"
 "$FETCHER" --model "$T/s.nft" --bogus >/dev/null 2>"$T/err"; rc=$?
-[[ $rc == 2 ]] && grep -q "unknown option --bogus" "$T/err" && ok "unknown flag" || fail "unknown flag rc=$rc"
+[[ $rc == 2 ]] && grep -q "unknown flag '--bogus'" "$T/err" && ok "unknown flag" || fail "unknown flag rc=$rc"
 "$FETCHER" --run-dir "$T/r0" >/dev/null 2>"$T/err"; rc=$?
 [[ $rc == 2 ]] && grep -q -- "--model" "$T/err" && ok "missing --model" || fail "missing --model rc=$rc"
 "$FETCHER" --model "$T/s.nft" --verify maybe >/dev/null 2>"$T/err"; rc=$?

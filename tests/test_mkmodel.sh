@@ -136,7 +136,7 @@ if [ "$rc" -eq 2 ] && grep -q "missing the output file" "$T/err.txt"; then ok; e
     bad "no OUT: rc=$rc, stderr: $(cat "$T/err.txt")"; fi
 expect_fail 2 "unknown --shape 'llama-9b'" --shape llama-9b
 expect_fail 2 "unknown --type 'q3_k'" --shape tiny --type q3_k
-expect_fail 2 "unknown option '--bogus'" --shape tiny --bogus
+expect_fail 2 "unknown flag '--bogus'" --shape tiny --bogus
 expect_fail 2 "--dim is missing" --layers 2 --ffn 64 --heads 4
 expect_fail 2 "--heads is missing" --dim 64 --layers 2 --ffn 64
 expect_fail 2 "--dim 100 is not a multiple of --heads 3" --dim 100 --layers 1 --ffn 64 --heads 3

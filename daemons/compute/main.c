@@ -63,15 +63,30 @@ static void usage(FILE *out)
             "                        [--foreground] [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
             "pool (filled by nanoflow-fetcher). The context length, thread count and sparsity\n"
-            "come from the stack's plan; -t, --ctx and --sparsity override them.\n"
-            "  -t N                compute threads (0: one per CPU; default: the plan's)\n"
-            "  --sparsity S        fraction of FFN groups skipped (0 = exact, < 1)\n"
-            "  --attach-timeout S  seconds to wait for the fetcher's region (default 30)\n");
+            "come from the stack's plan; -t, --ctx and --sparsity override them.\n\n"
+            "  --model FILE        the stack's .nft tile file (required)\n"
+            "  --run-dir DIR       run directory (default: $NANOFLOW_RUN_DIR, else\n"
+            "                      $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
+            "  --ram SIZE          RAM budget of the stack, checked but informational: the\n"
+            "                      region's plan rules (default: the plan's)\n"
+            "  -t, --threads N     compute threads, 0..1024; 0 = one per CPU (default: the\n"
+            "                      plan's)\n"
+            "  --sparsity S        fraction of FFN groups skipped, in [0, 1); 0 = exact\n"
+            "                      (default: the plan's)\n"
+            "  --ctx N             context length, 0..16777216; 0 = the plan's (default: the\n"
+            "                      plan's)\n"
+            "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
+            "                      (default 30)\n"
+            "  --foreground        stay attached, log to stderr (default: detach and log to\n"
+            "                      DIR/compute.log)\n"
+            "  --log-level L       error, warn, info or debug (default: info)\n"
+            "  -h, --help          show this help\n");
 }
 
 static int bad_flag(const char *flag, const char *val)
 {
-    fprintf(stderr, "nanoflow-compute: invalid value '%s' for %s (see --help)\n", val, flag);
+    fprintf(stderr, "nanoflow-compute: invalid value '%s' for %s (try 'nanoflow-compute --help')\n",
+            val, flag);
     return -1;
 }
 
@@ -84,6 +99,24 @@ static int parse_long(const char *s, long lo, long hi, long *out)
         return -EINVAL;
     *out = v;
     return 0;
+}
+
+/* True when s is a size as the fetcher takes it: a positive number with an optional K, M, G or T
+ * suffix (powers of 1024, "iB"/"B" allowed), e.g. 1G. */
+static bool ram_valid(const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || !(v > 0 && v < 9.0e18))
+        return false;
+    if (*end && strchr("kKmMgGtT", *end))
+        end++;
+    if (*end == 'i')
+        end++;
+    if (*end == 'B')
+        end++;
+    return *end == '\0';
 }
 
 /* Returns 0, 1 after --help, or -1 after a usage error (message printed). */
@@ -115,7 +148,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case 'h': usage(stdout); return 1;
         case O_RUN: o->run_dir = optarg; break;
         case O_MODEL: o->model = optarg; break;
-        case O_RAM: break; /* the plan in the region carries the budget */
+        case O_RAM: /* the plan in the region carries the budget; the value is only checked */
+            if (!ram_valid(optarg))
+                return bad_flag("--ram", optarg);
+            break;
         case 't':
             if (parse_long(optarg, 0, 1024, &v))
                 return bad_flag("-t", optarg);
@@ -142,19 +178,24 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->attach_timeout_s = (int)v;
             break;
         case ':':
-            fprintf(stderr, "nanoflow-compute: %s needs a value (see --help)\n", argv[optind - 1]);
+            fprintf(stderr, "nanoflow-compute: %s needs a value (try 'nanoflow-compute --help')\n",
+                    argv[optind - 1]);
             return -1;
         default:
-            fprintf(stderr, "nanoflow-compute: unknown option %s (see --help)\n", argv[optind - 1]);
+            fprintf(stderr, "nanoflow-compute: unknown flag '%s' (try 'nanoflow-compute --help')\n",
+                    argv[optind - 1]);
             return -1;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "nanoflow-compute: unexpected argument '%s' (see --help)\n", argv[optind]);
+        fprintf(stderr,
+                "nanoflow-compute: unexpected argument '%s' (try 'nanoflow-compute --help')\n",
+                argv[optind]);
         return -1;
     }
     if (!o->model) {
-        fprintf(stderr, "nanoflow-compute: --model FILE.nft is required (see --help)\n");
+        fprintf(stderr, "nanoflow-compute: --model FILE.nft is required (try 'nanoflow-compute "
+                        "--help')\n");
         return -1;
     }
     return 0;
@@ -448,7 +489,9 @@ int main(int argc, char **argv)
         return rc > 0 ? 0 : 2;
     enum nf_log_level level;
     if (parse_level(m.o.log_level, &level) < 0) {
-        fprintf(stderr, "nanoflow-compute: invalid --log-level '%s' (error|warn|info|debug)\n",
+        fprintf(stderr,
+                "nanoflow-compute: invalid --log-level '%s', expected error, warn, info or debug "
+                "(try 'nanoflow-compute --help')\n",
                 m.o.log_level);
         return 2;
     }

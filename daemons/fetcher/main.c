@@ -64,13 +64,27 @@ static void usage(FILE *out)
             "                        [--no-uring] [--numa-node N] [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Creates the stack's shared region and reads weight tiles into it with io_uring\n"
-            "(O_DIRECT, registered buffers; a pread thread pool when io_uring is unavailable).\n"
-            "  --ram SIZE     RAM budget of the whole stack, e.g. 512M or 1G (default 1G)\n"
-            "  -t N           compute threads the plan accounts for (0 or absent: one per CPU)\n"
-            "  --qd N         reads in flight (default 16, 1..4096)\n"
-            "  --verify MODE  check each tile's XXH3-64: all (default), sample (1 in 16), none\n"
-            "  --no-uring     use the pread thread pool even when io_uring works\n"
-            "  --numa-node N  place the shared region on node N (default: the current node)\n");
+            "(O_DIRECT, registered buffers; a pread thread pool when io_uring is unavailable).\n\n"
+            "  --model FILE       the stack's .nft tile file (required)\n"
+            "  --run-dir DIR      run directory (default: $NANOFLOW_RUN_DIR, else\n"
+            "                     $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
+            "  --ram SIZE         RAM budget of the whole stack, e.g. 512M or 1G (default 1G)\n"
+            "  -t, --threads N    compute threads the plan accounts for, 0..1024 (default: 0 =\n"
+            "                     one per CPU)\n"
+            "  --sparsity S       share of FFN groups skipped per token, in [0, 1) (default: 0 =\n"
+            "                     exact)\n"
+            "  --ctx N            context length the plan holds KV for (default: 0 = the\n"
+            "                     model's, capped at 4096 and by the budget)\n"
+            "  --qd N             reads in flight (default 16, 1..4096)\n"
+            "  --verify MODE      check each tile's XXH3-64: all (default), sample (1 in 16),\n"
+            "                     none\n"
+            "  --no-uring         use the pread thread pool even when io_uring works\n"
+            "                     (default: off)\n"
+            "  --numa-node N      place the shared region on node N (default: the current node)\n"
+            "  --foreground       stay attached, log to stderr (default: detach once ready and\n"
+            "                     log to DIR/fetcher.log)\n"
+            "  --log-level L      error, warn, info or debug (default: info)\n"
+            "  -h, --help         show this help\n");
 }
 
 static int parse_size(const char *s, uint64_t *out)
@@ -159,10 +173,12 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->o.no_uring = true;
             takes = false;
         } else if (!value_flag(k)) {
-            fprintf(stderr, "nanoflow-fetcher: unknown option %s (see --help)\n", k);
+            fprintf(stderr, "nanoflow-fetcher: unknown flag '%s' (try 'nanoflow-fetcher --help')\n",
+                    k);
             return -1;
         } else if (!v) {
-            fprintf(stderr, "nanoflow-fetcher: %s needs a value (see --help)\n", k);
+            fprintf(stderr, "nanoflow-fetcher: %s needs a value (try 'nanoflow-fetcher --help')\n",
+                    k);
             return -1;
         } else if (!strcmp(k, "--run-dir")) {
             a->run_dir_arg = v;
@@ -195,11 +211,14 @@ static int parse_args(int argc, char **argv, struct args *a)
         } else if (!strcmp(k, "--log-level")) {
             a->log_level = v;
         } else {
-            fprintf(stderr, "nanoflow-fetcher: unknown option %s (see --help)\n", k);
+            fprintf(stderr, "nanoflow-fetcher: unknown flag '%s' (try 'nanoflow-fetcher --help')\n",
+                    k);
             return -1;
         }
         if (bad) {
-            fprintf(stderr, "nanoflow-fetcher: invalid value '%s' for %s (see --help)\n", v, k);
+            fprintf(stderr,
+                    "nanoflow-fetcher: invalid value '%s' for %s (try 'nanoflow-fetcher --help')\n",
+                    v, k);
             return -1;
         }
         if (takes)
@@ -544,7 +563,9 @@ int main(int argc, char **argv)
         return rc > 0 ? 0 : 2;
     enum nf_log_level level;
     if (parse_level(m.a.log_level, &level) < 0) {
-        fprintf(stderr, "nanoflow-fetcher: invalid --log-level '%s' (error|warn|info|debug)\n",
+        fprintf(stderr,
+                "nanoflow-fetcher: invalid --log-level '%s', expected error, warn, info or debug "
+                "(try 'nanoflow-fetcher --help')\n",
                 m.a.log_level);
         return 2;
     }

@@ -61,34 +61,34 @@ struct pred {
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: nanoflow-predictor --model FILE.nft [options]\n"
+            "usage: nanoflow-predictor --model FILE.nft [options]\n\n"
             "Forecasts the tiles the next layers need from compute's activations and queues them\n"
-            "for the fetcher (one daemon of a stack started by `nanoflowctl up`).\n"
-            "  --run-dir DIR       run directory (default: $NANOFLOW_RUN_DIR, "
-            "$XDG_RUNTIME_DIR/nanoflow, ...)\n"
+            "for the fetcher (one daemon of a stack started by `nanoflowctl up`).\n\n"
+            "  --run-dir DIR       run directory (default: $NANOFLOW_RUN_DIR, else\n"
+            "                      $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
             "  --model FILE        the stack's .nft tile file (required)\n"
-            "  --ram SIZE          RAM budget of the stack (informational: the region's plan "
-            "rules)\n"
-            "  -t, --threads N     threads (informational)\n"
+            "  --ram SIZE          RAM budget of the stack (informational: the region's plan\n"
+            "                      rules; default: the plan's)\n"
+            "  -t, --threads N     threads, 0..4096 (informational; default: 0)\n"
             "  --sparsity S        fraction of FFN groups skipped, in [0, 1) (default: the "
             "stack's)\n"
-            "  --ctx N             context length (informational)\n"
-            "  --lookahead N       deepest lookahead in layers (default 4)\n"
+            "  --ctx N             context length (informational; default: 0 = the plan's)\n"
+            "  --lookahead N       deepest lookahead in layers, 1..64 (default 4)\n"
             "  --margin F          extra share of groups prefetched in sparse mode (default 0.1)\n"
-            "  --attach-timeout S  seconds to wait for the fetcher's region (default 30)\n"
+            "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600 (default 30)\n"
             "  --pred-mem SIZE     memory for predictor data (default: the plan's predictor "
             "share)\n"
-            "  --foreground        stay attached to the terminal, log to stderr\n"
+            "  --foreground        stay attached to the terminal, log to stderr (default: detach\n"
+            "                      and log to DIR/predictor.log)\n"
             "  --log-level L       error, warn, info (default) or debug\n"
-            "  -h, --help          this text\n");
+            "  -h, --help          show this help\n");
 }
 
 static int bad_flag(const char *fmt, const char *a, const char *b)
 {
     fprintf(stderr, "nanoflow-predictor: ");
     fprintf(stderr, fmt, a, b);
-    fprintf(stderr, "\n");
-    usage(stderr);
+    fprintf(stderr, " (try 'nanoflow-predictor --help')\n");
     return 2;
 }
 
@@ -254,7 +254,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
             break;
         case 'h': return 1;
         case ':': return bad_flag("%s needs a value%s", argv[optind - 1], "");
-        default: return bad_flag("unknown option '%s'%s", argv[optind - 1], "");
+        default: return bad_flag("unknown flag '%s'%s", argv[optind - 1], "");
         }
     }
     if (optind < argc)

@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# test_cli_help.sh - the command-line surface of nanoflowctl and the daemons: --help, every flag
+# the help names is accepted, defaults are stated, unknown flags and bad values exit 2 in one line.
+#
+# For each command listed by 'nanoflowctl --help' and each daemon binary:
+#   - --help exits 0 and prints a usage line;
+#   - every flag named anywhere in the help is parsed: run with a plausible value and an
+#     obviously missing model (or run directory) it fails later, with exit 1, never with 2;
+#   - every value-taking option line of the help states a default (or says "required");
+#   - an unknown flag, a flag without its value and bad values ("12abc", negatives, "12Q",
+#     unknown names) exit 2 with exactly one stderr line that points to --help.
+set -u
+: "${NF_BIN:?NF_BIN must point to nanoflowctl}"
+DAEMON_DIR="${NF_BUILD_DIR:-$(dirname "$(dirname "$NF_BIN")")}/daemons"
+SHARED="${NF_SHARED_DIR:-}"
+
+T=$(mktemp -d /tmp/nf_test_cli_help.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+MISS="$T/missing"
+R="$T/run"
+printf 'Once upon a time\n' >"$T/prompt.txt"
+VOCAB="$SHARED/models/stories260K.gguf"
+pass=0
+failed=0
+ok() { pass=$((pass + 1)); }
+bad() {
+    echo "FAIL: $*"
+    failed=$((failed + 1))
+}
+
+# kind FLAG: how a flag's value is checked: int, float, size, enum, str (any text), file (an
+# existing file), opt (optional number), bool (no value), or "" when the test does not know it.
+kind() {
+    case "$1" in
+    -n | --n-predict | -t | --threads | -c | --ctx-size | --ctx | --top-k | --top-logits | \
+        -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --heads | \
+        --kv-heads | --experts | --experts-used | --vocab | --alignment | --qd | --numa-node | \
+        --lookahead | --attach-timeout) echo int ;;
+    --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
+        --rms-eps) echo float ;;
+    --ram | --tile-size | --pred-mem) echo size ;;
+    --log-level | --verify | --shape | --type) echo enum ;;
+    -m | --model | -p | --prompt | --run-dir | --name) echo str ;;
+    -f | --file | --calibrate | --vocab-from) echo file ;;
+    --watch) echo opt ;;
+    -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
+        --no-uring | --mmap) echo bool ;;
+    *) echo "" ;;
+    esac
+}
+
+# good FLAG: a plausible value for a value-taking flag.
+good() {
+    case "$1" in
+    -n | --n-predict) echo 4 ;;
+    -t | --threads) echo 1 ;;
+    -c | --ctx-size | --ctx) echo 64 ;;
+    --top-k | --rank | --qd | --lookahead) echo 8 ;;
+    --top-logits | --experts-used | --kv-heads) echo 2 ;;
+    -s | --seed) echo 7 ;;
+    --dim) echo 64 ;;
+    --layers | --layers-override) echo 2 ;;
+    --ffn) echo 128 ;;
+    --heads) echo 4 ;;
+    --experts) echo 4 ;;
+    --vocab) echo 512 ;;
+    --alignment) echo 64 ;;
+    --numa-node) echo 0 ;;
+    --attach-timeout) echo 1 ;;
+    --temp) echo 0.5 ;;
+    --top-p) echo 0.9 ;;
+    --min-p | --margin) echo 0.1 ;;
+    --repeat-penalty) echo 1.1 ;;
+    --sparsity) echo 0.5 ;;
+    --rope-base) echo 10000 ;;
+    --rms-eps) echo 1e-6 ;;
+    --ram) echo 1G ;;
+    --tile-size) echo 512K ;;
+    --pred-mem) echo 1M ;;
+    --log-level) echo warn ;;
+    --verify) echo sample ;;
+    --shape) echo tiny ;;
+    --type) echo q8_0 ;;
+    -m | --model) echo "$MISS.nft" ;;
+    -p | --prompt) echo hello ;;
+    --run-dir) echo "$R" ;;
+    --name) echo test-model ;;
+    -f | --file | --calibrate) echo "$T/prompt.txt" ;;
+    --vocab-from) echo "$VOCAB" ;;
+    --watch) echo 1 ;;
+    esac
+}
+
+# Arguments that make each command otherwise valid but fail at run time (exit 1): PRE goes
+# before the flag under test, POST after it.
+pre_args() {
+    case "$1" in
+    run) echo "--json -m $MISS.gguf" ;;
+    tokenize) echo "--model $MISS.gguf" ;;
+    mkmodel) echo "$T/nodir/out.gguf --shape tiny-moe" ;;
+    convert) echo "$MISS.gguf $T/out.nft" ;;
+    verify | inspect) echo "$MISS.nft" ;;
+    up) echo "-m $MISS.gguf --run-dir $R" ;;
+    down | status | stats) echo "--run-dir $R" ;;
+    gen) echo "--json --run-dir $R" ;;
+    bench) echo "--model $MISS.gguf" ;;
+    nanoflow-fetcher) echo "--foreground --run-dir $R --model $MISS.nft" ;;
+    nanoflow-*) echo "--foreground --run-dir $R --model $MISS.nft --attach-timeout 1" ;;
+    esac
+}
+post_args() {
+    case "$1" in
+    tokenize) echo "hello" ;;
+    esac
+}
+
+# parsed_flags NAME: the flags each parser accepts (read from its source); every one must be
+# named in the help. A command not listed here (e.g. bench) is checked from its help alone.
+parsed_flags() {
+    case "$1" in
+    run) echo "-m --model -p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
+        "--repeat-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" ;;
+    tokenize) echo "-m --model --no-bos --parse-special --json" ;;
+    mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
+        "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
+        "--name --alignment -t --threads" ;;
+    convert) echo "--tile-size --rank --f32 --calibrate" ;;
+    inspect | status) echo "--json" ;;
+    up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" ;;
+    stats) echo "--run-dir --json --watch" ;;
+    gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
+        "--repeat-penalty -s --seed --json --top-logits --run-dir" ;;
+    nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --qd --verify" \
+        "--no-uring --numa-node --foreground --log-level" ;;
+    nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
+        "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
+    nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
+        "--attach-timeout --foreground --log-level" ;;
+    esac
+}
+
+# flags_of FILE: every flag named in a help text, one per line.
+flags_of() {
+    grep -oE -- '(^|[][ ,(|])--?[a-zA-Z][a-z0-9-]*' "$1" | sed -E 's/^[][ ,(|]//' | sort -u
+}
+
+# run_to NAME CMD...: runs CMD with stdin closed; stdout/stderr in $T/NAME.out/.err, exit code
+# in $rc. A command that hangs is killed after 10 s (rc 124).
+run_to() {
+    local name=$1
+    shift
+    timeout 10 "$@" </dev/null >"$T/$name.out" 2>"$T/$name.err"
+    rc=$?
+}
+
+# usage_err WHAT CMD...: CMD must exit 2 with exactly one stderr line that mentions --help.
+usage_err() {
+    local what=$1
+    shift
+    run_to ue "$@"
+    local lines
+    lines=$(wc -l <"$T/ue.err")
+    if [ "$rc" -ne 2 ]; then
+        bad "$what: exit $rc, want 2: $(head -c 200 "$T/ue.err")"
+    elif [ "$lines" -ne 1 ]; then
+        bad "$what: $lines stderr lines, want 1: $(head -c 300 "$T/ue.err")"
+    elif ! grep -q -- "--help" "$T/ue.err"; then
+        bad "$what: the message does not point to --help: $(cat "$T/ue.err")"
+    else
+        ok
+    fi
+}
+
+# defaults_stated HELP LABEL: every option line of HELP whose flag takes a value states a
+# default or says the flag is required (continuation lines included).
+defaults_stated() {
+    awk '
+        function flush() { if (entry != "") print entry; entry = "" }
+        /^ +-/ { flush(); entry = $0; next }
+        /^      +[^ -]/ && entry != "" { entry = entry " " $0; next }
+        { flush() }
+        END { flush() }' "$1" >"$T/entries"
+    while IFS= read -r e; do
+        local f
+        f=$(printf '%s\n' "$e" | grep -oE -- '--?[a-zA-Z][a-z0-9-]*' | head -1)
+        local long
+        long=$(printf '%s\n' "$e" | grep -oE -- '(^|[ ,])--[a-z][a-z0-9-]*' | head -1 | tr -d ' ,')
+        [ -n "$long" ] && f=$long
+        case "$(kind "$f")" in
+        bool | file | "") continue ;; # an input file has no default
+        esac
+        if printf '%s\n' "$e" | grep -qiE 'default|required'; then
+            ok
+        else
+            bad "$2: the help of $f states no default: $e"
+        fi
+    done <"$T/entries"
+}
+
+# check_command LABEL CMD...: all checks for one command (CMD is the binary and, for nanoflowctl,
+# the subcommand).
+check_command() {
+    local label=$1
+    shift
+    local key=${label##* }
+    local -a pre post
+    read -r -a pre <<<"$(pre_args "$key")"
+    read -r -a post <<<"$(post_args "$key")"
+    run_to help "$@" --help
+    if [ "$rc" -ne 0 ] || ! grep -q "^usage: $label" "$T/help.out"; then
+        bad "$label --help: exit $rc, usage line missing: $(head -c 200 "$T/help.out")"
+        return
+    fi
+    ok
+    defaults_stated "$T/help.out" "$label"
+    for f in -h --help $(parsed_flags "$key"); do
+        if flags_of "$T/help.out" | grep -qx -- "$f"; then
+            ok
+        else
+            bad "$label: $f is accepted but its --help does not name it"
+        fi
+    done
+    for f in $(flags_of "$T/help.out"); do
+        local k
+        k=$(kind "$f")
+        case "$f" in -h | --help) continue ;; esac
+        if [ -z "$k" ]; then
+            bad "$label: the help names $f, which this test does not know (add it to kind/good)"
+            continue
+        fi
+        if [ "$f" = --vocab-from ] && [ ! -f "$VOCAB" ]; then
+            echo "skip: $label $f ($VOCAB is missing)"
+            continue
+        fi
+        # Accepted: fails later (exit 1) instead of a usage error.
+        local -a val=()
+        [ "$k" != bool ] && val=("$(good "$f")")
+        rm -rf "$R"
+        run_to acc "$@" "${pre[@]}" "$f" "${val[@]}" "${post[@]}"
+        if [ "$rc" -ne 1 ]; then
+            bad "$label $f ${val[*]}: exit $rc, want 1 (a runtime failure): $(head -c 300 "$T/acc.err")"
+        elif grep -qiE 'unknown (flag|option)|needs a value' "$T/acc.err"; then
+            bad "$label $f ${val[*]}: refused: $(head -c 300 "$T/acc.err")"
+        else
+            ok
+        fi
+        # A flag given without its value.
+        case "$k" in
+        bool | opt) ;;
+        *) usage_err "$label $f (no value)" "$@" "${pre[@]}" "$f" ;;
+        esac
+        # Bad values.
+        local -a bads=()
+        case "$k" in
+        int) bads=(12abc -5 "" 99999999999999999999) ;;
+        float | opt) bads=(1.5x -1 nan abc) ;;
+        size) bads=(12Q -1G abc "") ;;
+        enum) bads=(bogus) ;;
+        esac
+        for b in "${bads[@]}"; do
+            usage_err "$label $f '$b'" "$@" "${pre[@]}" "$f" "$b" "${post[@]}"
+        done
+    done
+    usage_err "$label unknown flag" "$@" "${pre[@]}" --definitely-not-a-flag "${post[@]}"
+    if ! grep -q -- "unknown flag '--definitely-not-a-flag'" "$T/ue.err"; then
+        bad "$label: the unknown-flag message does not name the flag: $(cat "$T/ue.err")"
+    fi
+}
+
+# 1. The top level: --help lists every command with a summary; unknown commands and flags.
+run_to top "$NF_BIN" --help
+if [ "$rc" -ne 0 ] || ! grep -q "^usage: nanoflowctl" "$T/top.out"; then
+    bad "nanoflowctl --help: exit $rc"
+fi
+cmds=$(awk '/^Commands:/ { on = 1; next } on && /^$/ { on = 0 } on && NF >= 2 { print $1 }' \
+    "$T/top.out")
+if [ "$(echo "$cmds" | wc -w)" -lt 11 ]; then
+    bad "nanoflowctl --help lists $(echo "$cmds" | wc -w) commands: $cmds"
+fi
+for want in run tokenize mkmodel convert verify inspect up down status stats gen; do
+    echo "$cmds" | grep -qx "$want" || bad "nanoflowctl --help does not list $want"
+done
+run_to ver "$NF_BIN" --version
+[ "$rc" -eq 0 ] && grep -q "^nanoflowctl " "$T/ver.out" && ok || bad "nanoflowctl --version: exit $rc"
+usage_err "nanoflowctl unknown command" "$NF_BIN" frobnicate
+usage_err "nanoflowctl unknown flag" "$NF_BIN" --frobnicate
+run_to none "$NF_BIN"
+[ "$rc" -eq 2 ] && grep -q "^usage: nanoflowctl" "$T/none.err" && ok ||
+    bad "nanoflowctl without a command: exit $rc"
+
+# 2. Every command and daemon.
+for c in $cmds; do
+    check_command "nanoflowctl $c" "$NF_BIN" "$c"
+done
+for d in fetcher predictor compute; do
+    bin="$DAEMON_DIR/nanoflow-$d"
+    if [ ! -x "$bin" ]; then
+        echo "skip: $bin is not built"
+        continue
+    fi
+    check_command "nanoflow-$d" "$bin"
+done
+
+echo "test_cli_help: $pass passed, $failed failed"
+[ "$failed" -eq 0 ]
