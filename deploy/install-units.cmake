@@ -23,7 +23,9 @@ endif()
 set(NF_SYSTEMD_ETCDIR "${NF_SYSCONFDIR}/systemd/system")
 set(NF_UNITDIR "${prefix}/lib/systemd/system")
 
-set(stage "${NF_DEPLOY_BIN}/stage")
+# One staging directory per destination, so concurrent installs (tests, cpack) do not collide.
+string(MD5 stage_id "$ENV{DESTDIR}|${prefix}")
+set(stage "${NF_DEPLOY_BIN}/stage-${stage_id}")
 file(REMOVE_RECURSE "${stage}")
 set(units nanoflow.target nanoflow.slice nanoflow-fetcher.service nanoflow-predictor.service
   nanoflow-compute.service)
