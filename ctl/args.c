@@ -37,7 +37,8 @@ int nf_arg_u64(const char *cmd, const char *flag, const char *val, uint64_t *out
     char *end;
     errno = 0;
     unsigned long long v = strtoull(val, &end, 10);
-    if (errno || end == val || *end != '\0' || val[0] == '-') {
+    /* strtoull skips blanks and negates "-5" into a huge value: refuse any minus sign. */
+    if (errno || end == val || *end != '\0' || strchr(val, '-')) {
         nf_usage_error(cmd, "%s expects a non-negative integer, got '%s'", flag, val);
         return -1;
     }

@@ -269,7 +269,7 @@ check_command() {
         # Bad values.
         local -a bads=()
         case "$k" in
-        int) bads=(12abc -5 99999999999999999999) ;;
+        int) bads=(12abc -5 " -5" 99999999999999999999) ;;
         float | opt) bads=(1.5x -1 nan) ;;
         size) bads=(12Q -1G) ;;
         enum) bads=(bogus) ;;
