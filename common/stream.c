@@ -724,6 +724,9 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
                             f->path);
         goto fail;
     }
+    /* The kernels' summation order depends on the model's size (model_forward.c): the shell
+     * must report the whole model's weight bytes for the results to match nf_ctx_eval's. */
+    s->shell.weight_bytes = (size_t)f->hdr.weight_bytes;
     if ((rc = nf_ctx_create(&s->c, &s->shell, o->n_ctx, o->n_threads)) < 0) {
         nf_stream_fail(err, errlen, rc, "creating the run state: %s", nf_strerror(rc));
         goto fail;
