@@ -39,15 +39,13 @@
  *  - the RoPE rotation with the first product of each expression fused (ggml's C is built with
  *    FMA contraction).
  * stories260K: 0.0048 -> 0.0028 over all steps (exact steps 57 -> 159 of 320); the F32 dot tail
- * in float (ggml_vec_dot_f32's C) measured worse. Not reproduced: BF16 (AVX512-BF16
- * dpbf16ps in llama.cpp's dot and tinyBLAS).
- * So llama.cpp ran the plain (non flash) path with its F16 KV cache. Also tried and rejected
- * (worse on every model): keeping Q in F32 when head_dim % 16 == 0 or the softmax in F32 when
- * n_kv % 16 == 0 (tinyBLAS taking those mat-muls), and ggml_v_expf for softmax/SiLU. The
- * remaining difference on stories260K is above 1e-3 after ~50 steps (the F16 roundings amplify
- * last-bit differences); the quantized zoo models differ by 0.02-0.05 on the first step, which
- * is not explained yet (candidates: tinyBLAS_Q0 accumulation order for prompt batches, the
- * K-quant dot kernels' float order). */
+ * in float (ggml_vec_dot_f32's C) measured worse.
+ * BF16: llama.cpp's dot and tinyBLAS use AVX512-BF16 (vdpbf16ps: per lane, the odd product then
+ * the even one added, each rounded once); emulated, zoo-BF16 0.0086 / 0.019 -> bit-identical.
+ * So llama.cpp ran the plain (non flash) path with its F16 KV cache. (The previous measurement
+ * rejected tinyBLAS for the attention mat-muls and ggml_v_expf because they were tried with F32
+ * operands and one at a time, while other differences dominated.) What remains is stories260K's
+ * drift past 1e-3 after a few dozen steps (its F16 roundings amplify last-bit differences). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -153,6 +151,43 @@ static float nf_tinyblas_dot16(const void *a, const void *b, int n)
     return nf_hsum16(acc);
 }
 
+/* One lane of AVX512-BF16's vdpbf16ps: acc + x[1]*y[1] + x[0]*y[0], the odd product first, each
+ * addition rounded once (products of bfloat16 values are exact in float). */
+static inline float nf_dpbf16(float acc, const nf_bf16_t *x, const nf_bf16_t *y)
+{
+    acc += nf_bf16_to_fp32(x[1]) * nf_bf16_to_fp32(y[1]);
+    return acc + nf_bf16_to_fp32(x[0]) * nf_bf16_to_fp32(y[0]);
+}
+
+/* ggml_vec_dot_bf16 with AVX512-BF16: two 16-lane accumulators over blocks of 64, each reduced
+ * and added in double, the tail in double. */
+static float nf_ggml_dot_bf16(const nf_bf16_t *x, const nf_bf16_t *y, int n)
+{
+    float c1[16] = {0}, c2[16] = {0};
+    int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int l = 0; l < 16; l++) {
+            c1[l] = nf_dpbf16(c1[l], x + i + 2 * l, y + i + 2 * l);
+            c2[l] = nf_dpbf16(c2[l], x + i + 32 + 2 * l, y + i + 32 + 2 * l);
+        }
+    double s = 0.0;
+    s += (double)nf_hsum16(c1);
+    s += (double)nf_hsum16(c2);
+    for (; i < n; i++)
+        s += (double)(nf_bf16_to_fp32(x[i]) * nf_bf16_to_fp32(y[i]));
+    return (float)s;
+}
+
+/* tinyBLAS with AVX512-BF16 (both operands bfloat16, n a multiple of 32): one accumulator. */
+static float nf_tinyblas_dot_bf16(const nf_bf16_t *x, const nf_bf16_t *y, int n)
+{
+    float c[16] = {0};
+    for (int i = 0; i < n; i += 32)
+        for (int l = 0; l < 16; l++)
+            c[l] = nf_dpbf16(c[l], x + i + 2 * l, y + i + 2 * l);
+    return nf_hsum16(c);
+}
+
 /* The softmax numerator and its sum as ggml_vec_soft_max_f32 computes them on AVX-512: groups
  * of 16 with ggml_v_expf, each group summed in float (_mm512_reduce_add_ps) and added in
  * double; the rest with expf, one by one in double. */
@@ -193,7 +228,15 @@ static nf_from_float_fn nf_act_quantizer(enum nf_type t)
     return f ? f : nf_type_traits(t)->from_float;
 }
 
-enum nf_mm_kind { NF_MM_VEC_DOT, NF_MM_ROWS, NF_MM_GGML_DOT, NF_MM_TINYBLAS, NF_MM_TINYBLAS16 };
+enum nf_mm_kind {
+    NF_MM_VEC_DOT,
+    NF_MM_ROWS,
+    NF_MM_GGML_DOT,
+    NF_MM_TINYBLAS,
+    NF_MM_TINYBLAS16,
+    NF_MM_BF16,
+    NF_MM_TINYBLAS_BF16
+};
 
 struct nf_matmul_job {
     enum nf_mm_kind kind;
@@ -234,6 +277,10 @@ static void nf_matmul_run(void *arg, int ith, int nth)
                 j->dot(n, o, row, xt);
             else if (j->kind == NF_MM_GGML_DOT)
                 *o = nf_ggml_dot(row, xt, j->w->type == NF_TYPE_F16, n, n);
+            else if (j->kind == NF_MM_BF16)
+                *o = nf_ggml_dot_bf16((const nf_bf16_t *)row, (const nf_bf16_t *)xt, n);
+            else if (j->kind == NF_MM_TINYBLAS_BF16)
+                *o = nf_tinyblas_dot_bf16((const nf_bf16_t *)row, (const nf_bf16_t *)xt, n);
             else if (j->kind == NF_MM_TINYBLAS)
                 *o = nf_tinyblas_dot(row, j->w->type == NF_TYPE_F16, (const void *)xt, n, n);
             else
@@ -268,6 +315,10 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
     } else {
         /* Convert the activations as llama.cpp does before every mat-vec. */
         j.kind = w->type == NF_TYPE_F16 ? NF_MM_GGML_DOT : NF_MM_VEC_DOT;
+        if (w->type == NF_TYPE_BF16 && c->m->weight_bytes <= NF_EXACT_Q4_0_MAX)
+            /* llama.cpp with AVX512-BF16: its dot, or tinyBLAS for prompt batches. These are
+             * scalar emulations, so (as for q4_0) only for models that fit in the caches. */
+            j.kind = n_tok >= 2 && n % 32 == 0 ? NF_MM_TINYBLAS_BF16 : NF_MM_BF16;
         if (w->type == NF_TYPE_Q4_0 && c->m->weight_bytes <= NF_EXACT_Q4_0_MAX) {
             /* llama.cpp repacks q4_0 weights on x86 and sums each row block after block. */
             j.kind = NF_MM_ROWS;
