@@ -233,6 +233,11 @@ static int resolve_model(const char *model, char *nft, size_t len)
     return 0;
 }
 
+int nf_up_resolve_model(const char *model, char *nft, size_t len)
+{
+    return resolve_model(model, nft, len);
+}
+
 /* --- Finding and starting the daemons ------------------------------------------------------- */
 
 /* Looks for nanoflow-ROLE beside our own binary, then in a build tree's daemons/ directory,

@@ -3,6 +3,7 @@
 #define NF_CMDS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Each subcommand gets argv after the subcommand name (argv[0] is the subcommand) and returns
@@ -18,6 +19,11 @@ int nf_cmd_down(int argc, char **argv);
 int nf_cmd_status(int argc, char **argv);
 int nf_cmd_stats(int argc, char **argv);
 int nf_cmd_gen(int argc, char **argv);
+int nf_cmd_bench(int argc, char **argv);
+
+/* cmd_up.c: resolves model as `up` does into an absolute .nft path (a .gguf is converted once
+ * to its cached .nft, progress on stderr). Returns 0, or 1 after printing the reason. */
+int nf_up_resolve_model(const char *model, char *nft, size_t len);
 
 /* Parse helpers: on a bad value they print one line to stderr naming the command, the flag, the
  * accepted range and the offending text, with a pointer to --help, and return -1. */

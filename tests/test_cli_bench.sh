@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# test_cli_bench.sh - nanoflowctl bench on stories260K: the table has every column, --json is one
+# object with every field, cgroup creation failure and --no-cgroup fall back to running without
+# (saying why), bad flags exit 2, and nothing (stack, cgroup, run dir) is left behind.
+set -u
+: "${NF_BIN:?NF_BIN must point to nanoflowctl}"
+: "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
+M="$NF_SHARED_DIR/models/stories260K.gguf"
+if [ ! -f "$M" ]; then
+    echo "skip: $M is missing"
+    exit 77
+fi
+if ! command -v python3 >/dev/null; then
+    echo "skip: python3 is needed to parse --json"
+    exit 77
+fi
+BIN_DIR=$(dirname "$NF_BIN")
+if [ ! -x "$BIN_DIR/../daemons/nanoflow-compute" ] && ! command -v nanoflow-compute >/dev/null &&
+    [ ! -x "$BIN_DIR/nanoflow-compute" ]; then
+    echo "skip: the stack daemons are not built"
+    exit 77
+fi
+T=$(mktemp -d)
+export XDG_CACHE_HOME="$T/cache" # the converted .nft of the read-only shared model goes here
+trap 'rm -rf "$T"' EXIT
+fail=0
+check() { # check NAME STATUS
+    if [ "$2" -ne 0 ]; then
+        echo "FAIL: $1"
+        fail=1
+    else
+        echo "ok: $1"
+    fi
+}
+
+# 1. Text table: every column and every engine row, ratios filled in, run dir removed.
+"$NF_BIN" bench --model "$M" -n 4 -t 2 --run-dir "$T/run" >"$T/table.txt" 2>"$T/table.err"
+rc=$?
+check "bench exits 0 (rc $rc)" $rc
+for col in "tok/s" "MB/s read" "busy MB/s" "MB/token" "hit rate" "recall" "stall" "peak mem" \
+    "vs mmap" "I/O bound" "vs bound"; do
+    grep -q "$col" "$T/table.txt"
+    check "table has column '$col'" $?
+done
+for row in "stack exact" "stack s=0.50" "mmap"; do
+    grep -Eq "^$row +[0-9]" "$T/table.txt"
+    check "table has a measured '$row' row" $?
+done
+grep -Eq "^stack exact .* [0-9.]+x +[0-9.]+ +[0-9.]+x$" "$T/table.txt"
+check "exact row has vs mmap, I/O bound and vs bound" $?
+grep -q "raw read: [0-9.]* MB/s" "$T/table.txt"
+check "raw read bandwidth printed" $?
+grep -q "memory cgroup:" "$T/table.txt"
+check "says whether a memory cgroup is used" $?
+grep -q "stack exact: tokens 4/4" "$T/table.err" && grep -q "mmap: tokens" "$T/table.err"
+check "progress on stderr" $?
+! ls "$T/run"/exact/*.sock >/dev/null 2>&1 && [ -f "$T/run/exact.log" ]
+check "no socket left in the run dir (logs kept)" $?
+
+# 2. --json: one object with the fields; rows with numbers.
+"$NF_BIN" bench --model "$M" -n 3 -t 1 --sparsity 0.3,0.6 --json >"$T/b.json" 2>"$T/b.err"
+check "bench --json exits 0" $?
+python3 - "$T/b.json" <<'PY'
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert isinstance(o, dict)
+for k in ("model", "nft", "ram_budget", "n_predict", "cgroup", "raw", "rows"):
+    assert k in o, k
+assert o["ram_budget"] == 1 << 30 and o["n_predict"] == 3
+assert o["raw"]["ok"] is True and o["raw"]["mb_s"] > 0 and o["raw"]["qd"] == 16
+assert [r["mode"] for r in o["rows"]] == ["stack exact", "stack s=0.30", "stack s=0.60", "mmap"]
+fields = ("tok_s", "mb_s", "busy_mb_s", "bytes_per_token", "hit_rate", "recall", "stall_share",
+          "peak_bytes", "vs_mmap", "io_bound_tok_s", "vs_io_bound", "tokens", "error")
+for r in o["rows"]:
+    for k in fields:
+        assert k in r, (r["mode"], k)
+    assert r["ran"] and r["tokens"] == 3 and r["error"] is None, r
+    assert r["tok_s"] > 0 and r["bytes_per_token"] > 0 and r["peak_bytes"] > 0, r
+    assert r["io_bound_tok_s"] > 0 and r["vs_io_bound"] > 0, r
+for r in o["rows"][:3]:
+    assert r["vs_mmap"] > 0 and 0 <= r["hit_rate"] <= 1 and 0 <= r["stall_share"] <= 1, r
+assert o["rows"][1]["sparsity"] == 0.3 and o["rows"][1]["recall"] is not None
+if o["cgroup"]["used"]:
+    assert o["cgroup"]["version"] in (1, 2)
+    for r in o["rows"]:
+        assert r["peak_source"].startswith("memory") or r["peak_source"].startswith("polled"), r
+        assert r["oom_kills"] == 0, r
+else:
+    assert o["cgroup"]["reason"]
+PY
+check "--json is one object with every field" $?
+
+# 3. Cgroup creation failure (an impossible cgroup name) and --no-cgroup: runs without, says
+#    why, peak from VmHWM.
+NANOFLOW_BENCH_CGROUP="bad/name" "$NF_BIN" bench --model "$M" -n 2 -t 1 --sparsity none --json \
+    >"$T/nocg.json" 2>"$T/nocg.err"
+check "bench with a failing cgroup exits 0" $?
+python3 - "$T/nocg.json" <<'PY'
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["cgroup"]["used"] is False and "bad cgroup name" in o["cgroup"]["reason"], o["cgroup"]
+assert [r["mode"] for r in o["rows"]] == ["stack exact", "mmap"]
+for r in o["rows"]:
+    assert r["ran"] and r["peak_source"] == "VmHWM" and r["peak_bytes"] > 0, r
+PY
+check "cgroup failure: runs without it, gives the reason, VmHWM peaks" $?
+grep -q "memory cgroups not used: bad cgroup name" "$T/nocg.err"
+check "cgroup failure reason on stderr" $?
+"$NF_BIN" bench --model "$M" -n 2 -t 1 --sparsity none --no-cgroup >"$T/nocg.txt" 2>/dev/null
+check "--no-cgroup exits 0" $?
+grep -q "memory cgroup: not used (--no-cgroup)" "$T/nocg.txt"
+check "--no-cgroup says so in the table" $?
+
+# 4. A .nft model: stack rows measured, the mmap row says it needs the .gguf (exit 1).
+NFT=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['nft'])" "$T/b.json")
+"$NF_BIN" bench --model "$NFT" -n 2 -t 1 --sparsity none >"$T/nft.txt" 2>/dev/null
+rc=$?
+[ $rc -eq 1 ] && grep -Eq "^stack exact +[0-9]" "$T/nft.txt" && grep -q "mmap: needs the .gguf" "$T/nft.txt"
+check "a .nft model: stack measured, mmap row explains (exit $rc)" $?
+
+# 5. Usage errors exit 2 with a one-line reason.
+for args in "" "--model" "--model $M --bogus" "--model $M -n 1" "--model $M --sparsity 1.5" \
+    "--model $M --sparsity 0.5,x" "--model $M --ram 0" "--model $M --timeout 2" "--model $M -t -1"; do
+    # shellcheck disable=SC2086
+    "$NF_BIN" bench $args >/dev/null 2>"$T/usage.err"
+    rc=$?
+    [ $rc -eq 2 ] && [ "$(grep -c . "$T/usage.err")" -ge 1 ] && grep -q "bench" "$T/usage.err"
+    check "usage error exits 2: bench $args (rc $rc)" $?
+done
+"$NF_BIN" bench --help | grep -q -- "--no-cgroup"
+check "--help lists the flags" $?
+"$NF_BIN" --help | grep -q "bench"
+check "nanoflowctl --help lists bench" $?
+
+# 6. Nothing left behind: no bench cgroup, no nanoflow-bench run dir of ours, no daemon.
+ls -d /sys/fs/cgroup/nanoflow-bench-* /sys/fs/cgroup/memory/nanoflow-bench-* \
+    /sys/fs/cgroup/memory/*/nanoflow-bench-* /sys/fs/cgroup/memory/*/*/nanoflow-bench-* \
+    2>/dev/null | grep -q nanoflow-bench
+check "no bench cgroup left" $((1 - $?))
+pgrep -f "run-dir $T" >/dev/null
+check "no daemon left" $((1 - $?))
+
+exit $fail
