@@ -278,6 +278,11 @@ check_command() {
             usage_err "$label $f '$b'" "$@" "${pre[@]}" "$f" "$b" "${post[@]}"
         done
     done
+    # Without its required model (or files) a command is a usage error too.
+    case "$key" in
+    down | status | stats | gen) ;;
+    *) usage_err "$label without its required arguments" "$@" ;;
+    esac
     usage_err "$label unknown flag" "$@" "${pre[@]}" --definitely-not-a-flag "${post[@]}"
     if ! grep -q -- "unknown flag '--definitely-not-a-flag'" "$T/ue.err"; then
         bad "$label: the unknown-flag message does not name the flag: $(cat "$T/ue.err")"

@@ -225,7 +225,8 @@ static int parse_args(int argc, char **argv, struct args *a)
             i++;
     }
     if (!a->model) {
-        fprintf(stderr, "nanoflow-fetcher: --model FILE.nft is required (see --help)\n");
+        fprintf(stderr,
+                "nanoflow-fetcher: --model FILE.nft is required (try 'nanoflow-fetcher --help')\n");
         return -1;
     }
     if (a->n_threads == 0) { /* -t 0 (what `up` passes by default): one per CPU, as compute */
