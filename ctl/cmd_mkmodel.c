@@ -164,7 +164,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             o->out = a;
             continue;
         }
-        if (nf_arg_is(a, "--zero")) {
+        if (!strcmp(a, "--zero")) {
             o->zero = true;
             continue;
         }

@@ -261,6 +261,16 @@ check_command() {
         else
             ok
         fi
+        # The --flag=value form, and a value given to a flag that takes none.
+        if [[ "$f" == --* && "$k" != bool ]]; then
+            rm -rf "$R"
+            run_to acc "$@" "${pre[@]}" "$f=$(good "$f")" "${post[@]}"
+            if [ "$rc" -eq 1 ]; then ok; else
+                bad "$label $f=$(good "$f"): exit $rc, want 1: $(head -c 300 "$T/acc.err")"
+            fi
+        elif [[ "$f" == --* ]]; then
+            usage_err "$label $f=1 (takes no value)" "$@" "${pre[@]}" "$f=1" "${post[@]}"
+        fi
         # A flag given without its value.
         case "$k" in
         bool | opt) ;;

@@ -163,6 +163,17 @@ static int parse_args(int argc, char **argv, struct args *a)
         bool takes = true;
         int bad = 0;
         uint32_t u;
+        /* "--flag=value", as nanoflowctl and the other daemons take it. */
+        char key[32];
+        const char *eq = strncmp(k, "--", 2) ? NULL : strchr(k, '=');
+        if (eq && (size_t)(eq - k) < sizeof(key)) {
+            memcpy(key, k, (size_t)(eq - k));
+            key[eq - k] = '\0';
+            k = key;
+            v = eq + 1;
+        } else {
+            eq = NULL;
+        }
         if (!strcmp(k, "-h") || !strcmp(k, "--help")) {
             usage(stdout);
             return 1;
@@ -221,7 +232,12 @@ static int parse_args(int argc, char **argv, struct args *a)
                     v, k);
             return -1;
         }
-        if (takes)
+        if (eq && !takes) {
+            fprintf(stderr, "nanoflow-fetcher: %s takes no value (try 'nanoflow-fetcher --help')\n",
+                    k);
+            return -1;
+        }
+        if (takes && !eq)
             i++;
     }
     if (!a->model) {
