@@ -115,8 +115,9 @@ struct bench {
     int cg_version;
     char cg_why[512];
     char cg_where[PATH_MAX];
-    uint32_t n_ctx; /* the stack's context per its plan, used for run --mmap too */
-    struct raw_result raw;
+    uint32_t n_ctx;                /* the stack's context per its plan, used for run --mmap too */
+    struct raw_result raw;         /* the faster successful pass (the bound's bandwidth) */
+    struct raw_result raw_pass[2]; /* before and after the engines */
     struct row rows[NF_BENCH_MAX_LEVELS + 2];
     int n_rows;
     bool tty;
@@ -247,9 +248,8 @@ static int cmp_offset(const void *a, const void *b)
 
 /* Reads tiles (in file order, padded extents, up to NF_BENCH_RAW_CAP bytes) with qd reads in
  * flight: io_uring with registered buffers, or pread when io_uring cannot be set up. */
-static void bench_raw(struct bench *b, const struct nf_nft *f)
+static void bench_raw(struct bench *b, const struct nf_nft *f, struct raw_result *r)
 {
-    struct raw_result *r = &b->raw;
     const unsigned qd = NF_BENCH_QD;
     uint64_t n = 0, cap = 0, total = 0;
     const struct nf_nft_tile **order = calloc(f->n_tiles ? f->n_tiles : 1, sizeof(*order));
@@ -947,12 +947,16 @@ static void print_table(const struct bench *b)
         printf("  memory cgroup: not used (%s); peak = the processes' VmHWM (the stack's shared "
                "region counted in each daemon)\n",
                b->cg_why);
-    if (b->raw.ok)
+    if (b->raw.ok) {
         printf("  raw read: %.1f MB/s (%s, O_DIRECT, qd %u, %llu tiles of %.0f KiB on average, "
                "%.1f MiB in file order in %.2f s)\n",
                b->raw.mb_s, b->raw.backend, NF_BENCH_QD, (unsigned long long)b->raw.reads,
                b->raw.avg_tile / 1024.0, (double)b->raw.bytes / 1048576.0, b->raw.secs);
-    else
+        char after[64];
+        fmt_num(after, sizeof(after), b->raw_pass[1].ok ? b->raw_pass[1].mb_s : NAN, "%.1f MB/s");
+        printf("            the faster of two passes: before the engines %.1f MB/s, after %s\n",
+               b->raw_pass[0].mb_s, after);
+    } else
         printf("  raw read: failed: %s\n", b->raw.error);
     printf("\n%-13s %8s %10s %10s %9s %8s %7s %7s %11s %8s %10s %9s\n", "ENGINE", "tok/s",
            "MB/s read", "busy MB/s", "MB/token", "hit rate", "recall", "stall", "peak mem",
@@ -1043,6 +1047,8 @@ static void print_json(const struct bench *b)
     jnum("secs", b->raw.secs, true);
     jnum("avg_tile_bytes", b->raw.avg_tile, true);
     jnum("mb_s", b->raw.ok ? b->raw.mb_s : NAN, true);
+    jnum("mb_s_before", b->raw_pass[0].ok ? b->raw_pass[0].mb_s : NAN, true);
+    jnum("mb_s_after", b->raw_pass[1].ok ? b->raw_pass[1].mb_s : NAN, true);
     jstr("error", b->raw.error[0] ? b->raw.error : NULL, false);
     printf("},\"rows\":[");
     for (int i = 0; i < b->n_rows; i++) {
@@ -1180,12 +1186,17 @@ int nf_cmd_bench(int argc, char **argv)
     else
         progress(&b, "memory cgroups not used: %s (peak memory from VmHWM)", b.cg_why);
 
-    bench_raw(&b, f);
-    nf_nft_close(f);
-    if (b.raw.ok)
-        progress(&b, "raw: %.1f MB/s (%s)", b.raw.mb_s, b.raw.backend);
+    /* Pending writeback (a conversion just written, say) would slow the first pass down. */
+    int sfd = open(b.nft, O_RDONLY | O_CLOEXEC);
+    if (sfd >= 0) {
+        syncfs(sfd);
+        close(sfd);
+    }
+    bench_raw(&b, f, &b.raw_pass[0]);
+    if (b.raw_pass[0].ok)
+        progress(&b, "raw: %.1f MB/s (%s)", b.raw_pass[0].mb_s, b.raw_pass[0].backend);
     else
-        progress(&b, "raw: failed: %s", b.raw.error);
+        progress(&b, "raw: failed: %s", b.raw_pass[0].error);
 
     float levels[NF_BENCH_MAX_LEVELS + 1] = {0};
     int n_levels = 1;
@@ -1202,6 +1213,17 @@ int nf_cmd_bench(int argc, char **argv)
         row_init(mm);
         run_mmap(&b, mm);
     }
+    /* A second raw pass after the engines: the bound uses the faster of the two, so a disk
+     * busy with someone else's writes during one pass does not flatter the engines. */
+    if (!nf_bench_stop && b.raw_pass[0].ok) {
+        bench_raw(&b, f, &b.raw_pass[1]);
+        if (b.raw_pass[1].ok)
+            progress(&b, "raw (after the engines): %.1f MB/s", b.raw_pass[1].mb_s);
+    }
+    nf_nft_close(f);
+    b.raw = b.raw_pass[0];
+    if (b.raw_pass[1].ok && (!b.raw.ok || b.raw_pass[1].mb_s > b.raw.mb_s))
+        b.raw = b.raw_pass[1];
     /* Ratios. */
     for (int i = 0; i < b.n_rows; i++) {
         struct row *r = &b.rows[i];
