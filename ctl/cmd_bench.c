@@ -56,7 +56,7 @@ static void usage(FILE *f)
             "      --sparsity LIST   comma-separated sparse levels, each 0 < S <= 0.99, measured\n"
             "                        after exact mode; 'none' for exact only (default: 0.5)\n"
             "  -t, --threads N       compute threads, 0 = all CPUs (default: 0)\n"
-            "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 90);\n"
+            "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
             "                        a phase cut short reports the tokens it finished\n"
             "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
             "                        (default: a fresh /tmp/nanoflow-bench-XXXXXX, removed after)\n"
@@ -184,7 +184,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
 {
     o->ram = 1ull << 30;
     o->n = 8;
-    o->timeout = 90;
+    o->timeout = 70; /* 3 engines stay under 5 minutes in all */
     o->levels[0] = 0.5f;
     o->n_levels = 1;
     for (int i = 1; i < argc; i++) {
