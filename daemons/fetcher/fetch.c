@@ -456,6 +456,29 @@ static void publish_loaded(struct nf_fetcher *ft)
     ft->n_loaded = 0;
 }
 
+/* Where tile id sits in a token step: its layer, 0 for the tiles before layer 0 (embedding),
+ * n_layer for those after the last layer (output norm, output). */
+static uint32_t step_pos(const struct nf_fetcher *ft, uint32_t id)
+{
+    uint32_t nl = ft->f->hdr.n_layer, l = ft->f->tiles[id].layer;
+    if (l < nl)
+        return l;
+    return id < ft->layer_first[0] ? 0 : nl;
+}
+
+/* True when compute has passed tile id in the current step: an earlier tile of its layer, or a
+ * tile of one of the (n_layer + 1) / 2 positions before compute's in the cyclic layer order. */
+static bool behind_compute(const struct nf_fetcher *ft, uint32_t id)
+{
+    if (id == ft->cur || ft->cur >= ft->n_tiles)
+        return false;
+    uint32_t np = ft->f->hdr.n_layer + 1, pc = step_pos(ft, ft->cur), pt = step_pos(ft, id);
+    if (pt == pc)
+        return id < ft->cur;
+    uint32_t back = (pc + np - pt) % np;
+    return back <= np / 2;
+}
+
 /* --- the loop ------------------------------------------------------------------------------- */
 
 /* Starts reads for pending requests: every demand first; prefetches (soonest priority first)
@@ -476,8 +499,14 @@ static bool serve(struct nf_fetcher *ft)
     while (ft->heap_len > 0) {
         uint32_t id = ft->heap[0];
         int rc = start_load(ft, id, false);
-        if (rc == -EAGAIN)
-            break;
+        if (rc == -EAGAIN) {
+            /* No slot for a tile compute has already passed (a forecast it did not use, or a
+             * request that arrived late): drop it instead of letting it block every prefetch
+             * behind it until a slot frees up; the predictor asks again when it matters. */
+            if (ft->n_io_free == 0 || !behind_compute(ft, id))
+                break;
+            nf_tile_cancel(ft->st, id);
+        }
         heap_remove(ft, id);
     }
     return false;

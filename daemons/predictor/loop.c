@@ -12,6 +12,8 @@
 #define WAKE_MS       200          /* idle wake-up to notice stop and refresh mem_predictor */
 #define MEM_EVERY_NS  500000000ull /* mem_predictor refresh period */
 #define SEQLOCK_TRIES 64           /* a writer holds a slot for a few microseconds at most */
+#define NF_PRED_MIN_DEPTH \
+    2 /* layers queued ahead whenever the pool has room (see prefetch_ahead) */
 
 static uint64_t now_ns(void)
 {
@@ -218,7 +220,13 @@ static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, ui
     int rc = nf_forecast(lp->fc, l, lp->x, lp->sparsity, lp->margin, sel);
     if (rc < 0) {
         lp->fc_live[l] = false;
-        return NULL; /* no predictor in memory for this layer: every unit, in order */
+        if (p->moe)
+            return NULL; /* no router copy in memory for this layer: every expert, in order */
+        /* No predictor in memory for this dense layer: no FFN group is guessed (compute asks
+         * for the tiles of the groups it chooses as soon as it has chosen them); prefetching
+         * every group would read twice the bytes the layer needs. */
+        memset(lp->sel, 0, sizeof(uint64_t) * p->words);
+        return lp->sel;
     }
     struct nf_stack_counters *ctr = lp->st->ctr;
     atomic_fetch_add_explicit(&ctr->p_predictions, 1, memory_order_relaxed);
@@ -274,7 +282,11 @@ static void prefetch_ahead(struct nf_pred_loop *lp, uint64_t step, int32_t after
         for (int i = 0; i < n; i++)
             miss += atomic_load_explicit(&st->tiles[lp->list[i]].state, memory_order_relaxed) ==
                     NF_TILE_EMPTY;
-        if (d > 1 && missing + miss > room)
+        /* Two layers are always queued while the pool has any room: the layer compute starts
+         * next is queued a whole layer early, so the fetcher is never idle at a layer boundary
+         * waiting for this activation (the fetcher never lets a prefetch evict a tile needed
+         * sooner, so queueing past what fits is safe). Deeper only while it fits. */
+        if (d > 1 && (d > NF_PRED_MIN_DEPTH || room == 0) && missing + miss > room)
             break; /* the pool is tight: keep what we have queued */
         missing += miss;
         depth = d;
