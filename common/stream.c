@@ -28,17 +28,16 @@ struct nf_stream {
     float *scores;          /* (n_ff) predictor neuron scores */
     float *gscores;         /* (n_groups) */
     float *ptmp;            /* (rank) */
-    struct nf_rank *rank;   /* (n_groups) sort scratch */
+    uint32_t *bound;        /* (max_groups + 1) first group of each FFN tile of the layer */
+    uint32_t n_bound;       /* FFN tiles of the layer (bound[n_bound] = n_groups) */
+    uint32_t *order;        /* (2 max_groups) nf_sparse_pick scratch */
+    uint32_t *pick;         /* (max_groups) groups chosen for one token */
+    float *tscore;          /* (max_groups) tile scores */
     uint8_t *sel;           /* (NF_MAX_BATCH, n_groups) groups selected per token */
     uint64_t *bits;         /* (ceil(n_groups / 64)) used bitmap */
     struct nf_stream_stats st;
     uint64_t mem;
     char err[320];
-};
-
-struct nf_rank {
-    float s;
-    uint32_t i;
 };
 
 static int nf_stream_fail(char *err, size_t errlen, int code, const char *fmt, ...)
@@ -275,12 +274,53 @@ static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
     return 0;
 }
 
-static int nf_rank_cmp(const void *a, const void *b)
+/* Sorts idx[0..n) by score[idx[i]] descending, ties by lower index (insertion sort: a layer has
+ * at most a few hundred tiles and a tile a few dozen groups). */
+static void nf_sort_desc(uint32_t *idx, uint32_t n, const float *score)
 {
-    const struct nf_rank *x = a, *y = b;
-    if (x->s != y->s)
-        return x->s > y->s ? -1 : 1;
-    return x->i < y->i ? -1 : x->i > y->i;
+    for (uint32_t i = 1; i < n; i++) {
+        uint32_t v = idx[i], j = i;
+        while (j > 0 && (score[idx[j - 1]] < score[v] ||
+                         (score[idx[j - 1]] == score[v] && idx[j - 1] > v))) {
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        idx[j] = v;
+    }
+}
+
+uint32_t nf_sparse_pick(const float *gscore, uint32_t n, const uint32_t *bound, uint32_t n_tiles,
+                        uint32_t k, float *tscore, uint32_t *order, uint32_t *out)
+{
+    if (k > n)
+        k = n;
+    for (uint32_t t = 0; t < n_tiles; t++) {
+        float sum = 0;
+        for (uint32_t g = bound[t]; g < bound[t + 1]; g++)
+            sum += gscore[g];
+        tscore[t] = bound[t + 1] > bound[t] ? sum / (float)(bound[t + 1] - bound[t]) : 0;
+        order[t] = t;
+    }
+    nf_sort_desc(order, n_tiles, tscore);
+    uint32_t got = 0, r = 0;
+    for (; r < n_tiles && got < k; r++) {
+        const uint32_t t = order[r], size = bound[t + 1] - bound[t];
+        if (got + size > k)
+            break;
+        for (uint32_t g = bound[t]; g < bound[t + 1]; g++)
+            out[got++] = g;
+    }
+    if (got < k && r < n_tiles) {
+        /* The rest from the best remaining tile, its best groups first. */
+        const uint32_t t = order[r], size = bound[t + 1] - bound[t];
+        uint32_t *gi = order + n_tiles;
+        for (uint32_t j = 0; j < size; j++)
+            gi[j] = bound[t] + j;
+        nf_sort_desc(gi, size, gscore);
+        for (uint32_t j = 0; j < size && got < k; j++)
+            out[got++] = gi[j];
+    }
+    return got;
 }
 
 /* Chooses the groups of token k from the predictor's scores of xn. */
@@ -292,16 +332,16 @@ static void nf_stream_select(struct nf_stream *s, const struct nf_nft_tile *pt, 
     const void *B = p + nf_row_size(pty, (int64_t)hp->n_ff * pt->rank);
     nf_lowrank_scores(s->scores, p, B, pty, hp->n_ff, hp->n_embd, (int)pt->rank, xn, s->ptmp);
     nf_group_scores(s->gscores, s->scores, hp->n_ff, s->group);
-    for (uint32_t g = 0; g < s->n_groups; g++)
-        s->rank[g] = (struct nf_rank){s->gscores[g], g};
-    qsort(s->rank, s->n_groups, sizeof(s->rank[0]), nf_rank_cmp);
     uint32_t keep = (uint32_t)((1.0 - (double)s->sparsity) * s->n_groups + 0.999999);
     keep = keep < 1 ? 1 : keep > s->n_groups ? s->n_groups : keep;
+    /* Whole tiles first: skipped groups only save reads when their whole tile is skipped. */
+    keep = nf_sparse_pick(s->gscores, s->n_groups, s->bound, s->n_bound, keep, s->tscore, s->order,
+                          s->pick);
     uint8_t *sel = s->sel + (size_t)k * s->n_groups;
     memset(sel, 0, s->n_groups);
     for (uint32_t r = 0; r < keep; r++) {
-        sel[s->rank[r].i] = 1;
-        s->bits[s->rank[r].i / 64] |= 1ull << (s->rank[r].i % 64);
+        sel[s->pick[r]] = 1;
+        s->bits[s->pick[r] / 64] |= 1ull << (s->pick[r] % 64);
     }
     s->st.groups_total += s->n_groups;
     s->st.groups_skipped += s->n_groups - keep;
@@ -319,11 +359,35 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
     if (!p)
         return rc;
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
+    const uint32_t n = nf_nft_count(s->f, il, NF_TILE_FFN);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_FFN, i);
+        s->bound[i] = t->first / t->group;
+    }
+    s->bound[n] = s->n_groups;
+    s->n_bound = n;
     for (int k = 0; k < n_tok; k++)
         nf_stream_select(s, pt, p, c->xn + (size_t)k * E, k);
     nf_stream_unpin(s, pt);
     memset(c->ffo, 0, sizeof(float) * (size_t)n_tok * E);
-    const uint32_t n = nf_nft_count(s->f, il, NF_TILE_FFN);
+    if (s->src.want) {
+        /* Every tile the chosen groups need, in use order: the reads start together. */
+        uint32_t last = UINT32_MAX;
+        for (uint32_t i = 0; i < n; i++) {
+            const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_FFN, i);
+            const uint32_t g0 = t->first / t->group, ng = t->count / t->group;
+            bool any = false;
+            for (uint32_t g = g0; g < g0 + ng && !any; g++)
+                any = (s->bits[g / 64] >> (g % 64)) & 1;
+            if (!any)
+                continue;
+            if (last != UINT32_MAX)
+                s->src.want(s->src.ud, last, false);
+            last = (uint32_t)nf_nft_tile_id(s->f, t);
+        }
+        if (last != UINT32_MAX)
+            s->src.want(s->src.ud, last, true);
+    }
     for (uint32_t i = 0; i < n; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_FFN, i);
         const uint32_t g0 = t->first / t->group, ng = t->count / t->group;
@@ -740,11 +804,14 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     s->scores = malloc(sizeof(float) * F);
     s->gscores = malloc(sizeof(float) * G);
     s->ptmp = malloc(sizeof(float) * (f->hdr.pred_rank ? f->hdr.pred_rank : 1));
-    s->rank = malloc(sizeof(*s->rank) * G);
+    s->bound = malloc(sizeof(uint32_t) * (G + 1));
+    s->order = malloc(sizeof(uint32_t) * 2 * G);
+    s->pick = malloc(sizeof(uint32_t) * G);
+    s->tscore = malloc(sizeof(float) * G);
     s->sel = malloc((size_t)NF_MAX_BATCH * G);
     s->bits = calloc(words, sizeof(uint64_t));
-    if (!s->tmp || !s->down || !s->scores || !s->gscores || !s->ptmp || !s->rank || !s->sel ||
-        !s->bits) {
+    if (!s->tmp || !s->down || !s->scores || !s->gscores || !s->ptmp || !s->bound || !s->order ||
+        !s->pick || !s->tscore || !s->sel || !s->bits) {
         rc = nf_stream_fail(err, errlen, -ENOMEM, "out of memory for the stream scratch");
         goto fail;
     }
@@ -772,7 +839,10 @@ void nf_stream_free(struct nf_stream *s)
     free(s->scores);
     free(s->gscores);
     free(s->ptmp);
-    free(s->rank);
+    free(s->bound);
+    free(s->order);
+    free(s->pick);
+    free(s->tscore);
     free(s->sel);
     free(s->bits);
     free(s);

@@ -674,6 +674,39 @@ int nf_tile_error(const struct nf_stack *st, uint32_t id)
     return code ? -(int)code : -EIO;
 }
 
+int nf_tile_request(struct nf_stack *st, uint32_t id, bool flush)
+{
+    if (id >= st->cfg->n_tiles)
+        return -EINVAL;
+    struct nf_tile_entry *t = &st->tiles[id];
+    int rc = 0;
+    /* Acquire pairs with the fetcher's release stores of LOADING/READY/EMPTY. */
+    uint32_t s = atomic_load_explicit(&t->state, memory_order_acquire);
+    bool won = false;
+    if (s == NF_TILE_EMPTY) {
+        /* Acq-rel CAS pairs with the predictor's CAS in nf_tile_prefetch() and the fetcher's in
+         * nf_tile_begin_load(); losing it means someone else moved the tile: look again. */
+        uint32_t e = NF_TILE_EMPTY;
+        won = atomic_compare_exchange_strong_explicit(&t->state, &e, NF_TILE_QUEUED,
+                                                      memory_order_acq_rel, memory_order_acquire);
+        s = won ? NF_TILE_QUEUED : e;
+    }
+    if (s == NF_TILE_QUEUED) {
+        struct nf_tile_req req = {.tile = id, .prio = 0};
+        rc = nf_ring_sp_enqueue_bulk(st->demand, &req, 1, NULL) == 1 ? 1 : -ENOBUFS;
+        if (rc < 0 && won) {
+            /* Nothing enqueued: EMPTY again unless someone moved it meanwhile (release pairs
+             * with the next asker's CAS). */
+            uint32_t q = NF_TILE_QUEUED;
+            atomic_compare_exchange_strong_explicit(&t->state, &q, NF_TILE_EMPTY,
+                                                    memory_order_release, memory_order_relaxed);
+        }
+    }
+    if (flush || rc == -ENOBUFS)
+        nf_notify_wake(&st->sync->fetch_bell);
+    return rc;
+}
+
 const uint8_t *nf_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t step, int timeout_ms,
                                 int *rc)
 {

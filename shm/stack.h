@@ -242,6 +242,12 @@ void nf_tile_unpin(struct nf_stack *st, uint32_t id);
 const uint8_t *nf_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t step, int timeout_ms,
                                 int *rc);
 
+/* Compute (the thread that calls nf_tile_pin_wait): asks for tile id on the demand ring without
+ * waiting, as a hint that it will pin it soon (EMPTY -> QUEUED, or a QUEUED prefetch raised to
+ * demand). Returns 1 if a request was enqueued, 0 if not needed (loading, ready, error), -ENOBUFS
+ * when the demand ring is full (nf_tile_pin_wait asks again). Rings fetch_bell when flush. */
+int nf_tile_request(struct nf_stack *st, uint32_t id, bool flush);
+
 /* Predictor: asks for tile id with priority prio unless it is already queued, loading or ready
  * (CAS EMPTY -> QUEUED). Returns 1 if a request was enqueued, 0 if not needed, -ENOBUFS when
  * the prefetch ring is full (the tile stays EMPTY). Rings fetch_bell only when flush is true

@@ -23,6 +23,12 @@ static const uint8_t *shm_pin(void *ud, uint32_t id, int *rc)
     return nf_tile_pin_wait(g->st, id, g->step, NF_GEN_PIN_TIMEOUT_MS, rc);
 }
 
+static void shm_want(void *ud, uint32_t id, bool flush)
+{
+    struct nf_gen *g = ud;
+    nf_tile_request(g->st, id, flush);
+}
+
 static void shm_unpin(void *ud, uint32_t id)
 {
     struct nf_gen *g = ud;
@@ -336,6 +342,7 @@ static void *worker(void *arg)
                               .unpin = shm_unpin,
                               .layer_done = shm_layer_done,
                               .used = shm_used,
+                              .want = shm_want,
                               .ud = g};
     struct nf_stream_opts o = {
         .n_ctx = g->n_ctx, .n_threads = g->n_threads, .sparsity = g->sparsity};

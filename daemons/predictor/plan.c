@@ -9,6 +9,7 @@
 #include "nf_err.h"
 #include "plan.h"
 #include "predictor.h"
+#include "stream.h"
 
 static int plan_err(char *err, size_t errlen, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -333,14 +334,18 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
     fc->scores = malloc(sizeof(float) * (rows ? rows : 1));
     fc->gscores = malloc(sizeof(float) * (p->max_units ? p->max_units : 1));
     fc->tmp = malloc(sizeof(float) * wide);
-    fc->idx = malloc(sizeof(uint32_t) * (p->max_units ? p->max_units : 1));
-    if (!fc->layers || !fc->xn || !fc->scores || !fc->gscores || !fc->tmp || !fc->idx) {
+    const size_t U = p->max_units ? p->max_units : 1;
+    fc->idx = malloc(sizeof(uint32_t) * U);
+    fc->bound = malloc(sizeof(uint32_t) * (U + 1));
+    fc->order = malloc(sizeof(uint32_t) * 2 * U);
+    fc->tscore = malloc(sizeof(float) * U);
+    if (!fc->layers || !fc->xn || !fc->scores || !fc->gscores || !fc->tmp || !fc->idx ||
+        !fc->bound || !fc->order || !fc->tscore) {
         nf_forecaster_free(fc);
         return -ENOMEM;
     }
-    fc->mem_bytes = sizeof(*fc->layers) * p->n_layer +
-                    sizeof(float) * (E + rows + p->max_units + wide) +
-                    sizeof(uint32_t) * p->max_units;
+    fc->mem_bytes = sizeof(*fc->layers) * p->n_layer + sizeof(float) * (E + rows + 2 * U + wide) +
+                    sizeof(uint32_t) * (4 * U + 1);
     int rc = 0;
     for (uint32_t il = 0; il < p->n_layer; il++) {
         struct nf_fc_layer *L = &fc->layers[il];
@@ -401,6 +406,9 @@ void nf_forecaster_free(struct nf_forecaster *fc)
     free(fc->gscores);
     free(fc->tmp);
     free(fc->idx);
+    free(fc->bound);
+    free(fc->order);
+    free(fc->tscore);
     memset(fc, 0, sizeof(*fc));
 }
 
@@ -468,7 +476,17 @@ int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float 
     }
     if (k > n)
         k = n;
-    top_k(fc->idx, fc->gscores, n, k);
+    if (p->moe) {
+        top_k(fc->idx, fc->gscores, n, k);
+    } else {
+        /* Groups unit_tile maps to the same tile are consecutive (map_dense). */
+        uint32_t nb = 0;
+        for (uint32_t g = 0; g < n; g++)
+            if (g == 0 || pl->unit_tile[g] != pl->unit_tile[g - 1])
+                fc->bound[nb++] = g;
+        fc->bound[nb] = n;
+        k = nf_sparse_pick(fc->gscores, n, fc->bound, nb, k, fc->tscore, fc->order, fc->idx);
+    }
     memset(sel, 0, sizeof(uint64_t) * p->words);
     for (uint32_t i = 0; i < k; i++)
         nf_sel_set(sel, fc->idx[i]);

@@ -95,11 +95,14 @@ struct nf_forecaster {
     uint64_t mem_bytes;         /* private bytes held (predictors, norms, scratch) */
     float rms_eps;
     /* Scratch (allocated once; forecasting allocates nothing). */
-    float *xn;      /* (n_embd) normed input */
-    float *scores;  /* (max(n_ff, n_expert)) neuron scores or router logits */
-    float *gscores; /* (max_units) unit scores */
-    float *tmp;     /* (max(rank, n_embd)) */
-    uint32_t *idx;  /* (max_units) */
+    float *xn;       /* (n_embd) normed input */
+    float *scores;   /* (max(n_ff, n_expert)) neuron scores or router logits */
+    float *gscores;  /* (max_units) unit scores */
+    float *tmp;      /* (max(rank, n_embd)) */
+    uint32_t *idx;   /* (max_units) */
+    uint32_t *bound; /* (max_units + 1) first group of each FFN tile of a dense layer */
+    uint32_t *order; /* (2 max_units) nf_sparse_pick scratch */
+    float *tscore;   /* (max_units) FFN tile scores */
 };
 
 /* Reads the predictor tile and the ffn_norm tile of each layer, in layer order, while they fit
@@ -116,8 +119,9 @@ uint32_t nf_plan_keep(uint32_t n, float s);
 
 /* Forecasts layer `layer`'s units from the residual stream x (n_embd): x is normed with the
  * layer's ffn_norm, then
- *   dense: scored with its low-rank predictor; the top nf_plan_keep(n, sparsity) groups plus
- *          ceil(margin * n) more are selected (every group when sparsity <= 0);
+ *   dense: scored with its low-rank predictor; nf_plan_keep(n, sparsity) groups plus
+ *          ceil(margin * n) more are selected, whole FFN tiles first as compute chooses them
+ *          (nf_sparse_pick in stream.h; every group when sparsity <= 0);
  *   MoE:   routed with its router copy; the top n_expert_used + 1 experts are selected.
  * Writes the selection to sel (p->words words) and returns the number of units selected, or
  * -ENOENT when the layer's predictor was not loaded (sel untouched), NF_EUSAGE for a bad layer. */
