@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
       liburing-dev libnuma-dev libcmocka-dev libxxhash-dev
-      dpkg-dev file) # dpkg-shlibdeps and file compute the .deb's Depends (cpack -G DEB)
+      dpkg-dev file python3) # python3 reads JSON in the shell tests; dpkg-shlibdeps and file compute the .deb's Depends (cpack -G DEB)
 # clang builds the libFuzzer targets; the tests use it when present.
 if [ "${NF_WITH_CLANG:-1}" = 1 ]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()
