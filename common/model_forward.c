@@ -47,22 +47,21 @@
  * operands and one at a time, while other differences dominated.) What remains is stories260K's
  * drift past 1e-3 after a few dozen steps (its F16 roundings amplify last-bit differences).
  * At the goldens' print resolution (6 decimals, under one float ulp of stories' logits; the
- * NF_GOLDEN_REPORT summary counts it) every zoo and MoE step is reproduced, but only 1 of
- * stories' 800 steps: its first step (the prompt batch) is already 1-5 ulps off on all 8 prompts,
- * with the same F16 rounding decisions as llama.cpp (against a double-precision forward, both
- * are off by the same 100-3000 ulps on 4 prompts). The zoo models cannot tell an F32 mistake:
- * their products of F16/BF16/quantized values are exact. Measured and ruled out as the cause
- * (alone and in combination, mostly by replaying the prompt outside the engine): each F32
- * mat-mul as tinyBLAS, ggml_vec_dot_f32 (with or without FMA), an AVX2 layout or in double;
- * the down projection's 44-element dot tail (172 = 128 + 44) in double, fused or unfused float,
- * or 16 wide first; the
- * SwiGLU tail with expf, ggml_v_expf or x * 1/(1+e); RMSNorm scale/weight orders and double
- * sqrt; the RoPE fusion pattern; KQ in float; softmax group sums in double or with expf; the
- * last layer's output rows taken before the attention; all prompt logits requested; KV padding
- * 1, 32 or 256; FA. The closest is what the C of vec.cpp reads as GCC compiles it (the F32 dot
- * tail in float without FMA, as GCC does not fuse a reduction chain, and the SwiGLU tail with
- * expf): steps off by more than 1e-4 296 -> 154 of 800, mean 1.6e-4 -> 1.1e-4, but the worst
- * step 0.0028 -> 0.0042, so it is not adopted; the missing difference is still unknown. */
+ * NF_GOLDEN_REPORT summary counts it) every zoo and MoE step is reproduced, but only 1 of stories'
+ * 800 steps: its first step (the prompt batch) is already 1-5 ulps off on all 8 prompts, with the
+ * same F16 rounding decisions as llama.cpp (against a double-precision forward, both are off by the
+ * same 100-3000 ulps on 4 prompts). The zoo models cannot tell an F32 mistake: their products of
+ * F16/BF16/quantized values are exact. Measured and ruled out as the cause (alone and in
+ * combination, mostly by replaying the prompt outside the engine): each F32 mat-mul as tinyBLAS,
+ * ggml_vec_dot_f32 (with or without FMA), an AVX2 layout or in double; the down projection's
+ * 44-element dot tail (172 = 128 + 44) in double, fused or unfused float, or 16 wide first; the
+ * SwiGLU tail with expf, ggml_v_expf or x * 1/(1+e); RMSNorm scale/weight orders and double sqrt;
+ * the RoPE fusion pattern; KQ in float; softmax group sums in double or with expf; the last layer's
+ * output rows taken before the attention; all prompt logits requested; KV padding 1, 32 or 256; FA.
+ * The closest is what the C of vec.cpp reads as GCC compiles it (the F32 dot tail in float without
+ * FMA, as GCC does not fuse a reduction chain, and the SwiGLU tail with expf): steps off by more
+ * than 1e-4 296 -> 154 of 800, mean 1.6e-4 -> 1.1e-4, but the worst step 0.0028 -> 0.0042, so it is
+ * not adopted; the missing difference is still unknown. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
