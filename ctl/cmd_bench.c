@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -421,20 +422,32 @@ static pid_t spawn(struct bench *b, char **argv, const struct nf_cgroup *cg, int
 
 /* Waits up to secs for pid; returns its exit status (128 + signal when killed), or -1 on
  * timeout (the child is left running). */
-static int wait_child(pid_t pid, double secs)
+/* Waits up to secs for child pid; returns its exit code (128 + signal when killed) or -1. When
+ * maxrss_kb is not NULL it receives the child's peak resident size (wait4's ru_maxrss), which
+ * catches a child too short-lived for the /proc samples. */
+static int wait_child_ru(pid_t pid, double secs, uint64_t *maxrss_kb)
 {
     double end = now_s() + secs;
     for (;;) {
         int st;
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
+        struct rusage ru;
+        pid_t r = wait4(pid, &st, WNOHANG, &ru);
+        if (r == pid) {
+            if (maxrss_kb)
+                *maxrss_kb = ru.ru_maxrss > 0 ? (uint64_t)ru.ru_maxrss : 0;
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
         if (r < 0 && errno != EINTR)
             return -1;
         if (now_s() > end)
             return -1;
         sleep_ms(20);
     }
+}
+
+static int wait_child(pid_t pid, double secs)
+{
+    return wait_child_ru(pid, secs, NULL);
 }
 
 static void kill_wait(pid_t pid)
@@ -898,9 +911,12 @@ static void run_mmap(struct bench *b, struct row *r)
         bool summary = follow_gen(b, r, pid, out_fd, SIGKILL, mmap_tick, &mt);
         double t1 = now_s();
         close(out_fd);
-        int st = wait_child(pid, NF_BENCH_CANCEL_WAIT);
+        uint64_t maxrss_kb = 0;
+        int st = wait_child_ru(pid, NF_BENCH_CANCEL_WAIT, &maxrss_kb);
         if (st < 0)
             kill_wait(pid);
+        if (maxrss_kb > mt.hwm_kb)
+            mt.hwm_kb = maxrss_kb;
         if (!summary && !r->timed_out) {
             char last[300];
             log_last_line(log, last, sizeof(last));
