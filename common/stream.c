@@ -33,8 +33,16 @@ struct nf_stream {
     uint32_t *order;        /* (2 max_groups) nf_sparse_pick scratch */
     uint32_t *pick;         /* (max_groups) groups chosen for one token */
     float *tscore;          /* (max_groups) tile scores */
-    uint8_t *sel;           /* (NF_MAX_BATCH, n_groups) groups selected per token */
-    uint64_t *bits;         /* (ceil(n_groups / 64)) used bitmap */
+    /* Sparse FFN scratch (sparse dense models only; NULL otherwise). */
+    uint8_t *xq;      /* (NF_MAX_BATCH, 2, xq_stride) xn converted for gate and up vec_dots */
+    size_t xq_stride; /* bytes per converted row (4 n_embd: room for any vec_dot type) */
+    float *sacc;      /* (n_threads, NF_MAX_BATCH, n_embd) per-thread down sums */
+    float *swork;     /* (n_threads, 2 max_rows + n_embd) gate, up and one group's down */
+    uint8_t *shq;     /* (n_threads, 4 max_rows + 64) a group's activation converted */
+    uint32_t *spairs; /* (NF_MAX_BATCH max_groups) (token << 16 | group in tile) of one tile */
+    int n_threads;
+    uint8_t *sel;   /* (NF_MAX_BATCH, n_groups) groups selected per token */
+    uint64_t *bits; /* (ceil(n_groups / 64)) used bitmap */
     struct nf_stream_stats st;
     uint64_t mem;
     char err[320];
@@ -347,8 +355,68 @@ static void nf_stream_select(struct nf_stream *s, const struct nf_nft_tile *pt, 
     s->st.groups_skipped += s->n_groups - keep;
 }
 
+/* Converts n activations to type vdt for a vec_dot (plain copy for F32). */
+static void nf_act_convert(enum nf_type vdt, const float *x, void *out, int64_t n)
+{
+    if (vdt == NF_TYPE_F32) {
+        memcpy(out, x, sizeof(float) * (size_t)n);
+        return;
+    }
+    const struct nf_type_traits *tr = nf_type_traits(vdt);
+    (tr->from_float_act ? tr->from_float_act : tr->from_float)(x, out, n);
+}
+
+/* out[r] = dot(row r of w, y) for rows rows of n elements of type wt, rows stride bytes apart. */
+static void nf_dot_rows(enum nf_type wt, int n, float *out, size_t stride, const void *w,
+                        const void *y, int rows)
+{
+    const struct nf_type_traits *tr = nf_type_traits(wt);
+    if (tr->vec_dot_rows) {
+        tr->vec_dot_rows(n, out, stride, w, y, rows);
+        return;
+    }
+    for (int r = 0; r < rows; r++)
+        tr->vec_dot(n, out + r, (const uint8_t *)w + (size_t)r * stride, y);
+}
+
+/* The chosen (token, group) pairs of one FFN tile, split over the thread pool: each thread
+ * computes whole groups single-threaded and adds their down contributions to its own sums
+ * (one pool dispatch per tile instead of three per group). */
+struct nf_sparse_job {
+    struct nf_stream *s;
+    const struct nf_nft_tile *t;
+    const uint8_t *p;
+    uint32_t n_pairs;
+};
+
+static void nf_sparse_run(void *arg, int ith, int nth)
+{
+    const struct nf_sparse_job *jb = arg;
+    struct nf_stream *s = jb->s;
+    const int E = s->shell.hp.n_embd;
+    const size_t R = s->max_rows;
+    float *acc = s->sacc + (size_t)ith * NF_MAX_BATCH * (size_t)E;
+    float *h = s->swork + (size_t)ith * (2 * R + (size_t)E), *h2 = h + R, *eo = h2 + R;
+    uint8_t *hq = s->shq + (size_t)ith * (4 * R + 64);
+    for (uint32_t i = (uint32_t)ith; i < jb->n_pairs; i += (uint32_t)nth) {
+        const uint32_t k = s->spairs[i] >> 16, j = s->spairs[i] & 0xffffu;
+        struct nf_nft_bundle b;
+        nf_nft_bundle_group(jb->t, jb->p, j, &b);
+        const int G = b.n_neurons;
+        const uint8_t *xg = s->xq + (size_t)k * 2 * s->xq_stride, *xu = xg + s->xq_stride;
+        nf_dot_rows(b.gate_type, E, h, b.gate_row_size, b.gate, xg, G);
+        nf_dot_rows(b.up_type, E, h2, b.up_row_size, b.up, xu, G);
+        nf_swiglu(h, h2, 1, G);
+        nf_act_convert(nf_type_traits(b.down_type)->vec_dot_type, h, hq, G);
+        nf_dot_rows(b.down_type, G, eo, b.down_row_size, b.down, hq, E);
+        float *o = acc + (size_t)k * E;
+        for (int e = 0; e < E; e++)
+            o[e] += eo[e];
+    }
+}
+
 /* Dense FFN, sparse: only the predicted groups, their down contributions added group by
- * group into c->ffo. */
+ * group (per thread, then the threads' sums in thread order) into c->ffo. */
 static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
 {
     struct nf_ctx *c = s->c;
@@ -388,35 +456,37 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
         if (last != UINT32_MAX)
             s->src.want(s->src.ud, last, true);
     }
+    /* Each token's input converted once for the gate and up vec_dots of every group. */
+    const struct nf_nft_tile *t0 = nf_nft_find(s->f, il, NF_TILE_FFN, 0);
+    const struct nf_type_traits *gtr = nf_type_traits((enum nf_type)t0->type[0]),
+                                *utr = nf_type_traits((enum nf_type)t0->type[1]);
+    for (int k = 0; k < n_tok; k++) {
+        uint8_t *xg = s->xq + (size_t)k * 2 * s->xq_stride;
+        nf_act_convert(gtr->vec_dot_type, c->xn + (size_t)k * E, xg, E);
+        nf_act_convert(utr->vec_dot_type, c->xn + (size_t)k * E, xg + s->xq_stride, E);
+    }
+    const int nth = s->n_threads;
+    memset(s->sacc, 0, sizeof(float) * (size_t)nth * NF_MAX_BATCH * E);
     for (uint32_t i = 0; i < n; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_FFN, i);
         const uint32_t g0 = t->first / t->group, ng = t->count / t->group;
-        bool any = false;
-        for (uint32_t g = g0; g < g0 + ng && !any; g++)
-            any = (s->bits[g / 64] >> (g % 64)) & 1;
-        if (!any)
+        uint32_t np = 0;
+        for (uint32_t j = 0; j < ng; j++)
+            for (int k = 0; k < n_tok; k++)
+                if (s->sel[(size_t)k * s->n_groups + g0 + j])
+                    s->spairs[np++] = (uint32_t)k << 16 | j;
+        if (np == 0)
             continue;
         if (!(p = nf_stream_pin(s, t, &rc)))
             return rc;
-        for (uint32_t j = 0; j < ng; j++) {
-            struct nf_nft_bundle b;
-            nf_nft_bundle_group(t, p, j, &b);
-            struct nf_tensor dv = {.type = b.down_type,
-                                   .ne = {b.n_neurons, b.n_embd, 1},
-                                   .row_size = b.down_row_size,
-                                   .data = (void *)b.down};
-            for (int k = 0; k < n_tok; k++) {
-                if (!s->sel[(size_t)k * s->n_groups + g0 + j])
-                    continue;
-                nf_stream_gate_up(s, &b, c->xn + (size_t)k * E, 1);
-                nf_swiglu(c->hb + b.first, c->hb2 + b.first, 1, b.n_neurons);
-                nf_matmul(c, c->eo, &dv, c->hb + b.first, 1);
-                float *o = c->ffo + (size_t)k * E;
-                for (int e = 0; e < E; e++)
-                    o[e] += c->eo[e];
-            }
-        }
+        struct nf_sparse_job jb = {s, t, p, np};
+        nf_threadpool_run(c->pool, nf_sparse_run, &jb, np < (uint32_t)nth ? (int)np : nth);
         nf_stream_unpin(s, t);
+    }
+    for (int th = 0; th < nth; th++) {
+        const float *a = s->sacc + (size_t)th * NF_MAX_BATCH * E;
+        for (size_t i = 0; i < (size_t)n_tok * E; i++)
+            c->ffo[i] += a[i];
     }
     nf_stream_report_used(s, il);
     return 0;
@@ -464,6 +534,14 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     const size_t E = (size_t)hp->n_embd;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     int rc;
+    if (s->sparsity > 0 && !hp->n_expert && s->src.want &&
+        ((int)il < hp->n_layer - 1 || want_logits)) {
+        /* The layer's predictor tile is pinned right after attention: its read overlaps the
+         * attention (the predictor daemon prefetches attention and FFN tiles, not this). */
+        const struct nf_nft_tile *pt = nf_nft_predictor(s->f, il);
+        if (pt)
+            s->src.want(s->src.ud, (uint32_t)nf_nft_tile_id(s->f, pt), true);
+    }
     if ((rc = nf_stream_norm(s, c->xn, c->x, il, NF_TILE_ATTN_NORM, n_tok)) ||
         (rc = nf_stream_mm(s, c->q, il, NF_TILE_ATTN_Q, qd, c->xn, n_tok)) ||
         (rc = nf_stream_mm(s, c->k, il, NF_TILE_ATTN_K, kvd, c->xn, n_tok)) ||
@@ -815,6 +893,29 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
         rc = nf_stream_fail(err, errlen, -ENOMEM, "out of memory for the stream scratch");
         goto fail;
     }
+    if (s->sparsity > 0 && !hp->n_expert) {
+        const size_t R = s->max_rows, T = (size_t)nf_threadpool_size(s->c->pool);
+        s->n_threads = (int)T;
+        s->xq_stride = (4 * E + 63) / 64 * 64;
+        s->xq = malloc((size_t)NF_MAX_BATCH * 2 * s->xq_stride);
+        s->sacc = malloc(sizeof(float) * T * NF_MAX_BATCH * E);
+        s->swork = malloc(sizeof(float) * T * (2 * R + E));
+        s->shq = malloc(T * (4 * R + 64));
+        s->spairs = malloc(sizeof(uint32_t) * NF_MAX_BATCH * G);
+        if (!s->xq || !s->sacc || !s->swork || !s->shq || !s->spairs) {
+            rc = nf_stream_fail(err, errlen, -ENOMEM, "out of memory for the sparse scratch");
+            goto fail;
+        }
+        if (s->max_groups > 65535) { /* spairs packs a group index in 16 bits */
+            rc = nf_stream_fail(err, errlen, NF_ECORRUPT,
+                                "%s: %u FFN groups in a layer, sparse mode takes at most 65535",
+                                f->path, s->max_groups);
+            goto fail;
+        }
+        s->mem += (size_t)NF_MAX_BATCH * 2 * s->xq_stride +
+                  T * (sizeof(float) * (NF_MAX_BATCH * E + 2 * R + E) + 4 * R + 64) +
+                  sizeof(uint32_t) * NF_MAX_BATCH * G;
+    }
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     s->mem += 2 * (size_t)hp->n_layer * (size_t)o->n_ctx * kvd * sizeof(nf_fp16_t) +
               sizeof(float) * NF_MAX_BATCH * (s->max_rows + 6 * E + 2 * F) + E * down_row +
@@ -843,6 +944,11 @@ void nf_stream_free(struct nf_stream *s)
     free(s->order);
     free(s->pick);
     free(s->tscore);
+    free(s->xq);
+    free(s->sacc);
+    free(s->swork);
+    free(s->shq);
+    free(s->spairs);
     free(s->sel);
     free(s->bits);
     free(s);
