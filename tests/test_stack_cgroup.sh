@@ -8,11 +8,11 @@
 # The model is generated and converted OUTSIDE the cgroup (convert is tested in
 # test_cli_convert.sh; its page cache would only blur the stack's peak), then its page cache is
 # dropped (POSIX_FADV_DONTNEED) so that any buffered read by a daemon would be charged to the
-# cgroup. The stack runs twice in the same cgroup: with the default context (the plan reserves
-# most of the budget for a KV cache that a short generation barely touches) and with --ctx 256
-# (the plan gives ~80% of the budget to the tile pool, which exact mode cycles through entirely,
-# so the peak really measures the plan's accounting).
-# Slow (labelled `slow` in tests/CMakeLists.txt): 80-100 s here (mkmodel ~20-35 s, convert ~20 s,
+# cgroup. The stack runs twice, each time in a fresh cgroup: with the default context (the plan
+# reserves most of the budget for a KV cache that a short generation barely touches) and with
+# --ctx 256 (the plan gives ~80% of the budget to the tile pool, which exact mode cycles through
+# entirely, so the peak really measures the plan's accounting).
+# Slow (labelled `slow` in tests/CMakeLists.txt): 60-100 s here (mkmodel ~20-35 s, convert ~20 s,
 # the two stack runs ~20 s, run ~25 s); needs root, a memory cgroup, ~9.5 GB of free disk and
 # ~6 GB of free RAM for the run comparison. NF_CGROUP_FULL_CTX=1 adds a run to the end of the
 # context (see below).
@@ -75,67 +75,87 @@ if [ "$AVAIL" -lt "$NEED" ]; then
     exit 77
 fi
 
-CG=$CGROOT/nf-test-$$
 R="$T/run"
+CG=
 SAMPLER=
-cleanup() {
+# cg_drop: stops whatever is still in the cgroup (it was started by this test), moves out the
+# rest (nothing, normally) and removes the directory.
+cg_drop() {
     [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
-    [ -d "$R" ] && "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
-    if [ -d "$CG" ]; then
-        # Whatever is still in the cgroup was started by this test: stop it, then move out the
-        # rest (nothing, normally) so that the directory can be removed.
+    SAMPLER=
+    [ -n "$CG" ] && [ -d "$CG" ] || return 0
+    for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do
+        kill -KILL "$p" 2>/dev/null
+    done
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
         for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do
-            kill -KILL "$p" 2>/dev/null
+            echo "$p" >"$HOME_CG/cgroup.procs" 2>/dev/null
         done
-        for _ in 1 2 3 4 5 6 7 8 9 10; do
-            for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do
-                echo "$p" >"$HOME_CG/cgroup.procs" 2>/dev/null
-            done
-            rmdir "$CG" 2>/dev/null && break
-            sleep 0.2
-        done
-        [ -d "$CG" ] && echo "warning: could not remove $CG"
-    fi
+        rmdir "$CG" 2>/dev/null && break
+        sleep 0.2
+    done
+    [ -d "$CG" ] && echo "warning: could not remove $CG"
+    CG=
+}
+cleanup() {
+    [ -d "$R" ] && "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
+    cg_drop
     rm -rf "$T"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ "$CGV" = 2 ]; then
-    if ! grep -qw memory "$CGROOT/cgroup.subtree_control"; then
-        echo +memory >"$CGROOT/cgroup.subtree_control" 2>/dev/null || {
-            echo "skip: cannot enable the memory controller in $CGROOT/cgroup.subtree_control"
-            exit 77
-        }
-    fi
-    mkdir "$CG" 2>/dev/null || {
-        echo "skip: cannot create $CG"
+if [ "$CGV" = 2 ] && ! grep -qw memory "$CGROOT/cgroup.subtree_control"; then
+    echo +memory >"$CGROOT/cgroup.subtree_control" 2>/dev/null || {
+        echo "skip: cannot enable the memory controller in $CGROOT/cgroup.subtree_control"
         exit 77
     }
-    echo "$LIMIT" >"$CG/memory.max" || {
-        echo "skip: cannot write $CG/memory.max"
-        exit 77
-    }
-    [ -e "$CG/memory.swap.max" ] && echo 0 >"$CG/memory.swap.max" 2>/dev/null
-else
-    mkdir "$CG" 2>/dev/null || {
-        echo "skip: cannot create $CG"
-        exit 77
-    }
-    echo "$LIMIT" >"$CG/memory.limit_in_bytes" || {
-        echo "skip: cannot write $CG/memory.limit_in_bytes"
-        exit 77
-    }
-    # No swapping out of the budget either, when swap accounting exists.
-    [ -e "$CG/memory.memsw.limit_in_bytes" ] && echo "$LIMIT" >"$CG/memory.memsw.limit_in_bytes" 2>/dev/null
 fi
-echo "cgroup v$CGV: $CG, limit $LIMIT bytes"
+# cg_make NAME: a fresh cgroup limited to LIMIT bytes (each stack run gets its own, so that page
+# cache or slab a previous run left charged does not count); sets CG_WHY when it cannot.
+cg_make() {
+    CG_WHY=
+    CG=$CGROOT/nf-test-$$-$1
+    mkdir "$CG" 2>/dev/null || {
+        CG_WHY="cannot create $CG"
+        CG=
+        return 1
+    }
+    if [ "$CGV" = 2 ]; then
+        echo "$LIMIT" >"$CG/memory.max" 2>/dev/null || {
+            CG_WHY="cannot write $CG/memory.max"
+            return 1
+        }
+        [ -e "$CG/memory.swap.max" ] && echo 0 >"$CG/memory.swap.max" 2>/dev/null
+        # Without memory.peak (before Linux 5.19) the peak is sampled from memory.current.
+        if [ ! -e "$CG/memory.peak" ]; then
+            (
+                while :; do
+                    cat "$CG/memory.current"
+                    sleep 0.02
+                done
+            ) >"$T/current.$1" 2>/dev/null &
+            SAMPLER=$!
+        fi
+    else
+        echo "$LIMIT" >"$CG/memory.limit_in_bytes" 2>/dev/null || {
+            CG_WHY="cannot write $CG/memory.limit_in_bytes"
+            return 1
+        }
+        # No swapping out of the budget either, when swap accounting exists.
+        [ -e "$CG/memory.memsw.limit_in_bytes" ] &&
+            echo "$LIMIT" >"$CG/memory.memsw.limit_in_bytes" 2>/dev/null
+    fi
+    return 0
+}
 # incg CMD...: runs CMD inside the cgroup (its children, the daemons, inherit it).
 incg() { bash -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$@"; }
-incg true || {
-    echo "skip: cannot move a process into $CG"
+if ! cg_make probe || ! incg true; then
+    echo "skip: memory cgroup v$CGV unusable: ${CG_WHY:-cannot move a process into $CG}"
     exit 77
-}
+fi
+cg_drop
+echo "cgroup v$CGV under $CGROOT, limit $LIMIT bytes"
 
 fail=0
 check() { # check NAME STATUS
@@ -173,23 +193,47 @@ for b in os.path.abspath(sys.argv[1]).encode():
     h = ((h ^ b) * 0x100000001b3) & 0xffffffffffffffff
 print('/dev/shm/nanoflow-%016x' % h)" "$R")
 
-# Without memory.peak (v2 before Linux 5.19) the peak is sampled from memory.current.
-if [ "$CGV" = 2 ] && [ ! -e "$CG/memory.peak" ]; then
-    (
-        while :; do
-            cat "$CG/memory.current"
-            sleep 0.02
-        done
-    ) >"$T/current.txt" 2>/dev/null &
-    SAMPLER=$!
-fi
-
+# cg_verdict NAME: the cgroup's peak and events after a stack run. The limit cannot be exceeded
+# by construction, so the checks are that the stack stayed below it (peak < limit, no v1 failcnt
+# or v2 "max" event: the kernel never had to reclaim to keep the cgroup under the limit) and that
+# nothing was OOM-killed.
+cg_verdict() {
+    local name=$1 peak hits oomk
+    [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
+    SAMPLER=
+    if [ "$CGV" = 1 ]; then
+        peak=$(cat "$CG/memory.max_usage_in_bytes")
+        hits=$(cat "$CG/memory.failcnt")
+        oomk=$(sed -n 's/^oom_kill //p' "$CG/memory.oom_control")
+    else
+        if [ -e "$CG/memory.peak" ]; then
+            peak=$(cat "$CG/memory.peak")
+        else
+            peak=$(sort -n "$T/current.$name" | tail -n 1)
+        fi
+        hits=$(sed -n 's/^max //p' "$CG/memory.events")
+        oomk=$(sed -n 's/^oom_kill //p' "$CG/memory.events")
+    fi
+    echo "    cgroup peak ${peak:-?} bytes ($((${peak:-0} >> 20)) MiB of $((LIMIT >> 20)) MiB)," \
+        "limit hits ${hits:-?}, oom kills ${oomk:-?}"
+    [ -n "$peak" ] && [ "$peak" -gt 0 ] && [ "$peak" -lt "$LIMIT" ] && [ "${hits:-1}" -eq 0 ]
+    check "$name: cgroup peak below 1 GiB, limit never reached" $?
+    if [ -n "$oomk" ]; then
+        [ "$oomk" -eq 0 ]
+        check "$name: nothing OOM-killed" $?
+    else
+        # Kernels before 4.13 have no oom_kill counter in v1; an OOM kill would have failed gen.
+        echo "    note: no oom_kill counter in this kernel's cgroup files"
+    fi
+}
 GEN_ARGS=(--json -p "Once upon a time" --temp 0 --seed 1 --top-logits 5)
 # stack NAME N [UP FLAGS...]: up, gen of N tokens (or up to the end of the context when N is
 # larger), stats, down inside the cgroup, then nothing may be left.
 stack() {
     local name=$1 n=$2
     shift 2
+    cg_make "$name"
+    check "$name: cgroup $CGROOT/nf-test-$$-$name $CG_WHY" $?
     incg "$NF_BIN" up --model "$T/m.nft" --ram 1G --run-dir "$R" "$@" >"$T/up.$name" 2>&1
     check "$name: up inside the cgroup ($(elapsed) s)" $?
     sed 's/^/    /' "$T/up.$name"
@@ -242,6 +286,8 @@ PY
     check "$name: only logs left in the run dir ($left)" $?
     [ ! -e "$SHM" ]
     check "$name: no shm object left ($SHM)" $?
+    cg_verdict "$name"
+    cg_drop
 }
 stack default 3
 stack ctx256 3 --ctx 256
@@ -252,38 +298,7 @@ if [ "${NF_CGROUP_FULL_CTX:-0}" = 1 ]; then
     stack fullctx 1000 --ctx 256
 fi
 
-# 2. The cgroup's verdict. The limit cannot be exceeded by construction, so the checks are that
-#    the stack never pushed against it (v1 failcnt, v2 "max" events: the kernel had to reclaim
-#    to keep the cgroup under the limit) and that nothing was OOM-killed.
-[ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null && SAMPLER=
-if [ "$CGV" = 1 ]; then
-    PEAK=$(cat "$CG/memory.max_usage_in_bytes")
-    HITS=$(cat "$CG/memory.failcnt")
-    OOMK=$(sed -n 's/^oom_kill //p' "$CG/memory.oom_control")
-else
-    if [ -e "$CG/memory.peak" ]; then
-        PEAK=$(cat "$CG/memory.peak")
-    else
-        PEAK=$(sort -n "$T/current.txt" | tail -n 1)
-    fi
-    HITS=$(sed -n 's/^max //p' "$CG/memory.events")
-    OOMK=$(sed -n 's/^oom_kill //p' "$CG/memory.events")
-fi
-echo "cgroup peak $PEAK bytes ($((PEAK >> 20)) MiB of $((LIMIT >> 20)) MiB), limit hits ${HITS:-?}," \
-    "oom kills ${OOMK:-?}"
-[ -n "$PEAK" ] && [ "$PEAK" -gt 0 ] && [ "$PEAK" -le "$LIMIT" ]
-check "cgroup peak <= 1 GiB" $?
-[ "${HITS:-1}" -eq 0 ]
-check "the cgroup never reached its limit" $?
-if [ -n "$OOMK" ]; then
-    [ "$OOMK" -eq 0 ]
-    check "nothing OOM-killed" $?
-else
-    # Kernels before 4.13 have no oom_kill counter in v1; an OOM kill would have failed gen.
-    echo "note: no oom_kill counter in this kernel's cgroup files"
-fi
-
-# 3. Exact mode equals run on the same model (outside the cgroup: run loads all 4.5 GB).
+# 2. Exact mode equals run on the same model (outside the cgroup: run loads all 4.5 GB).
 AVAIL_KB=$(sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo)
 if [ "${AVAIL_KB:-0}" -lt $((6 << 20)) ]; then
     echo "note: gen vs run not compared (MemAvailable ${AVAIL_KB} kB < 6 GiB)"
