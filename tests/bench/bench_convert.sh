@@ -12,7 +12,7 @@ OUT="$DIR/bench-convert-$$.nft"
 skip() { echo "bench_convert: skipped: $*"; exit 77; }
 
 [ -x "$BIN" ] || skip "no nanoflowctl at $BIN"
-[ -r "$IN" ] || skip "no input model $IN (generate one with: nanoflowctl mkmodel --preset llama-7b --type q4_0)"
+[ -r "$IN" ] || skip "no input model $IN (generate one with: nanoflowctl mkmodel OUT.gguf --shape llama-7b --type q4_0)"
 need=$(stat -c %s "$IN")
 avail=$(($(df --output=avail -B1 "$DIR" | tail -1)))
 [ "$avail" -gt $((need + need / 4)) ] || skip "$DIR has $avail bytes free, needs about $((need + need / 4))"
