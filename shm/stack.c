@@ -621,6 +621,20 @@ struct nf_used_slot *nf_stack_used(const struct nf_stack *st, uint32_t layer)
 
 /* --- Tile protocol -------------------------------------------------------------------------- */
 
+const uint8_t *nf_tile_try_peek(struct nf_stack *st, uint32_t id)
+{
+    if (id >= st->cfg->n_tiles)
+        return NULL;
+    struct nf_tile_entry *t = &st->tiles[id];
+    /* The same Dekker pairing with nf_slot_try_evict() as nf_tile_try_pin() below. */
+    atomic_fetch_add_explicit(&t->pins, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&t->state, memory_order_seq_cst) != NF_TILE_READY) {
+        atomic_fetch_sub_explicit(&t->pins, 1, memory_order_release);
+        return NULL;
+    }
+    return nf_stack_slot_ptr(st, atomic_load_explicit(&t->slot, memory_order_relaxed));
+}
+
 const uint8_t *nf_tile_try_pin(struct nf_stack *st, uint32_t id, uint64_t step)
 {
     if (id >= st->cfg->n_tiles)

@@ -233,6 +233,10 @@ struct nf_used_slot *nf_stack_used(const struct nf_stack *st, uint32_t layer);
  * when it is not READY (nothing pinned). */
 const uint8_t *nf_tile_try_pin(struct nf_stack *st, uint32_t id, uint64_t step);
 void nf_tile_unpin(struct nf_stack *st, uint32_t id);
+/* As nf_tile_try_pin without recording a use (last_use is the fetcher's signal of where compute
+ * is): for readers other than compute, like the predictor reading a predictor tile. Release
+ * with nf_tile_unpin. */
+const uint8_t *nf_tile_try_peek(struct nf_stack *st, uint32_t id);
 
 /* Compute: pins tile id, requesting it on the demand ring if needed and sleeping on tile_done
  * until it is READY. Returns the bytes, or NULL with *rc set: NF_ECHECKSUM / -EIO when the

@@ -208,16 +208,66 @@ static const uint64_t *fallback(const struct nf_pred_loop *lp, uint32_t l)
     return lp->have_used[l] ? lp->last_used + (size_t)l * lp->plan->words : NULL;
 }
 
+/* A dense layer whose predictor did not fit this process's memory is forecast from the pool:
+ * its PRED_LOWRANK and FFN_NORM tiles read in place when READY (peeked: the fetcher tracks
+ * compute from its pins, not ours). When the predictor tile is not READY it is asked for, so the
+ * next forecast of the layer (one activation later) finds it. Returns what nf_forecast returns,
+ * -ENOENT when the layer has its own copy (use nf_forecast), -EAGAIN when the tiles are not
+ * ready or the layer is d > 1 layers ahead (no forecast). */
+static int pool_forecast(struct nf_pred_loop *lp, uint32_t l, uint32_t d, uint64_t *sel)
+{
+    const struct nf_plan *p = lp->plan;
+    struct nf_fc_layer *L = &lp->fc->layers[l];
+    if (p->moe || L->pred)
+        return -ENOENT;
+    const struct nf_nft *f = p->f;
+    const struct nf_nft_tile *pt = nf_nft_predictor(f, l);
+    const struct nf_nft_tile *nt = nf_nft_find(f, l, NF_TILE_FFN_NORM, 0);
+    if (!pt || pt->kind != NF_TILE_PRED_LOWRANK || !nt || nt->type[0] != NF_TYPE_F32 ||
+        pt->count != f->hdr.n_ff || !nf_type_traits((enum nf_type)pt->type[0]))
+        return -ENOENT;
+    uint32_t pid = (uint32_t)nf_nft_tile_id(f, pt), nid = (uint32_t)nf_nft_tile_id(f, nt);
+    const uint8_t *pb = nf_tile_try_peek(lp->st, pid);
+    if (!pb || d > 1) {
+        /* Only the next layer is forecast from the pool: a forecast two layers ahead is redone
+         * one activation later, and its groups dropped then would still be read. */
+        if (pb)
+            nf_tile_unpin(lp->st, pid);
+        else
+            nf_tile_prefetch(lp->st, pid, d, false);
+        return -EAGAIN;
+    }
+    const uint8_t *nb = nf_tile_try_peek(lp->st, nid);
+    if (!nb) {
+        nf_tile_unpin(lp->st, pid);
+        return -ENOENT;
+    }
+    L->pred = (void *)pb;
+    L->norm = (float *)(void *)nb;
+    L->type = (enum nf_type)pt->type[0];
+    L->rank = pt->rank;
+    L->rows = pt->count;
+    int rc = nf_forecast(lp->fc, l, lp->x, lp->sparsity, lp->margin, sel);
+    L->pred = NULL;
+    L->norm = NULL;
+    nf_tile_unpin(lp->st, nid);
+    nf_tile_unpin(lp->st, pid);
+    return rc;
+}
+
 /* The units of layer l (of the activation's step) to prefetch: a fresh forecast from lp->x
  * (recorded for scoring), or the fallback. */
-static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, uint32_t l)
+static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, uint32_t l,
+                                      uint32_t d)
 {
     const struct nf_plan *p = lp->plan;
     if (!p->moe && !(lp->sparsity > 0))
         return NULL;
     uint64_t *sel = lp->fc_sel + (size_t)l * p->words;
     uint64_t t0 = now_ns();
-    int rc = nf_forecast(lp->fc, l, lp->x, lp->sparsity, lp->margin, sel);
+    int rc = pool_forecast(lp, l, d, sel);
+    if (rc == -ENOENT)
+        rc = nf_forecast(lp->fc, l, lp->x, lp->sparsity, lp->margin, sel);
     if (rc < 0) {
         lp->fc_live[l] = false;
         if (p->moe)
@@ -248,7 +298,7 @@ static int build_target(struct nf_pred_loop *lp, uint64_t step, int32_t after, u
     int64_t tl = (int64_t)after + d;
     if (tl < n_layer) {
         const uint64_t *sel =
-            x_ok ? forecast_layer(lp, step, (uint32_t)tl) : fallback(lp, (uint32_t)tl);
+            x_ok ? forecast_layer(lp, step, (uint32_t)tl, d) : fallback(lp, (uint32_t)tl);
         return nf_plan_layer(p, (uint32_t)tl, sel, lp->list, p->max_step);
     }
     if (tl == n_layer)
