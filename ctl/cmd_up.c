@@ -569,7 +569,7 @@ int nf_cmd_up(int argc, char **argv)
     struct nf_stack_plan plan;
     rc = nf_stack_plan(f, o.ram, (uint32_t)o.n_ctx, (uint32_t)o.threads, &plan, err, sizeof(err));
     nf_nft_close(f);
-    char b1[32], b2[32], b3[32];
+    char b1[32], b2[32], b3[32], b4[32];
     if (rc == -ENOSPC) {
         fprintf(stderr,
                 "nanoflowctl up: a RAM budget of %s is too small for %s: it needs at least %s "
@@ -625,7 +625,7 @@ int nf_cmd_up(int argc, char **argv)
            dir, nft, nf_ctl_fmt_size(b1, sizeof(b1), o.ram),
            nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes), (unsigned long long)plan.n_slots,
            nf_ctl_fmt_size(b3, sizeof(b3), plan.slot_size),
-           nf_ctl_fmt_size(b3, sizeof(b3), plan.kv_bytes), plan.n_ctx);
+           nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx);
     for (int i = 0; i < NF_N_ROLES; i++)
         printf("  %-9s pid %d  log %s/%s.log\n", nf_stack_roles[i], pids[i], dir,
                nf_stack_roles[i]);
