@@ -233,6 +233,14 @@ static void stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots,
     lo->act_bytes = lo->used_off + (uint64_t)sh->n_layer * lo->used_stride;
 }
 
+/* F16 K and V of one position in every layer. */
+static uint64_t kv_token_bytes(const struct nf_stack_shape *sh)
+{
+    uint64_t head_dim = sh->n_embd / sh->n_head;
+    uint64_t kv_dim = (uint64_t)sh->n_head_kv * head_dim;
+    return (uint64_t)sh->n_layer * 2 * kv_dim * 2;
+}
+
 /* Fills the byte counts of a plan with n_slots slots and context n_ctx; returns the total. */
 static uint64_t plan_total(const struct nf_stack_shape *sh, uint64_t n_slots, uint32_t n_ctx,
                            uint32_t n_threads, struct nf_stack_plan *p)
@@ -253,11 +261,12 @@ static uint64_t plan_total(const struct nf_stack_shape *sh, uint64_t n_slots, ui
     for (int i = 0; i < NF_SHM_NAREAS; i++)
         region += align_to(p->area_sizes[i], NF_SHM_ALIGN);
     p->region_bytes = region;
+    /* Kernel memory charged to the stack: the page tables of each process's mapping of the
+     * region (8 bytes per 4 KiB page, region / 512, doubled for partly used table pages and
+     * the io_uring registration) and the sockets', logs' and slab's page cache. */
+    p->kernel_bytes = NF_STACK_MAPPINGS * (region / 256) + NF_STACK_KERNEL_BYTES;
 
-    uint64_t head_dim = sh->n_embd / sh->n_head;
-    uint64_t kv_dim = (uint64_t)sh->n_head_kv * head_dim;
-    /* F16 K and V for every layer and position. */
-    p->kv_bytes = (uint64_t)sh->n_layer * n_ctx * 2 * kv_dim * 2;
+    p->kv_bytes = kv_token_bytes(sh) * n_ctx;
     /* Compute's float activations: residual and its normed copies, q/k/v, attention output,
      * FFN hidden states and their quantized copies, logits twice (raw and sampled), and the
      * attention scores (per head and per thread, n_ctx each). */
@@ -273,7 +282,8 @@ static uint64_t plan_total(const struct nf_stack_shape *sh, uint64_t n_slots, ui
     /* The fetcher keeps per-tile policy state and its io_uring / worker queues. */
     p->fetcher_private = NF_STACK_PROC_BYTES + sh->n_tiles * 16 + (256ull << 10);
     p->n_ctx = n_ctx;
-    return p->region_bytes + p->compute_private + p->predictor_private + p->fetcher_private;
+    return p->region_bytes + p->kernel_bytes + p->compute_private + p->predictor_private +
+           p->fetcher_private;
 }
 
 int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
@@ -326,12 +336,23 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
                      p.compute_private - p.kv_bytes + p.predictor_private + p.fetcher_private));
     }
 
-    /* Context: the wanted one if the minimum pool fits beside it, else the largest that does
+    /* Context: without a request, the largest multiple of NF_STACK_MIN_CTX whose KV cache
+     * takes at most a quarter of the budget (the pool should get most of it), but not below
+     * ctx_min nor above the model's default. */
+    uint32_t n_ctx = want;
+    if (n_ctx_req == 0) {
+        uint64_t q = ram_budget / 4 / kv_token_bytes(&sh);
+        q = q / NF_STACK_MIN_CTX * NF_STACK_MIN_CTX;
+        if (q < ctx_min)
+            q = ctx_min;
+        if (q < n_ctx)
+            n_ctx = (uint32_t)q;
+    }
+    /* Then: that context if the minimum pool fits beside it, else the largest that does
      * (binary search: the total grows with n_ctx), rounded down to a multiple of
      * NF_STACK_MIN_CTX when above it. */
-    uint32_t n_ctx = want;
-    if (plan_total(&sh, sh.min_slots, want, n_threads, &p) > ram_budget) {
-        uint32_t lo = ctx_min, hi = want; /* lo fits, hi does not */
+    if (plan_total(&sh, sh.min_slots, n_ctx, n_threads, &p) > ram_budget) {
+        uint32_t lo = ctx_min, hi = n_ctx; /* lo fits, hi does not */
         while (hi - lo > 1) {
             uint32_t mid = lo + (hi - lo) / 2;
             if (plan_total(&sh, sh.min_slots, mid, n_threads, &p) <= ram_budget)
@@ -344,11 +365,12 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
             n_ctx = n_ctx / NF_STACK_MIN_CTX * NF_STACK_MIN_CTX;
     }
 
-    /* Pool: every byte left, but never more slots than tiles (nothing would use them) nor more
-     * than slot ids can name. */
+    /* Pool: every byte left (a slot also costs its table entry and its page tables), but never
+     * more slots than tiles (nothing would use them) nor more than slot ids can name. */
     uint64_t base = plan_total(&sh, sh.min_slots, n_ctx, n_threads, &p);
-    uint64_t n_slots =
-        sh.min_slots + (ram_budget - base) / (sh.slot_size + sizeof(struct nf_slot_entry));
+    uint64_t slot_cost =
+        sh.slot_size + sizeof(struct nf_slot_entry) + NF_STACK_MAPPINGS * (sh.slot_size / 256);
+    uint64_t n_slots = sh.min_slots + (ram_budget - base) / slot_cost;
     if (n_slots > sh.n_tiles)
         n_slots = sh.n_tiles;
     if (n_slots >= NF_NO_SLOT)

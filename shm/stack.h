@@ -175,17 +175,24 @@ struct nf_stack_plan {
     uint32_t demand_count, prefetch_count; /* ring entries (powers of two) */
     uint32_t max_groups;                   /* as in struct nf_stack_config */
     uint64_t down_scratch; /* bytes of compute's per-layer ffn_down scratch (exact mode) */
+    uint64_t kernel_bytes; /* page tables of the region's mappings, page cache (estimate) */
 };
 
 /* Budget constants of the plan. */
-#define NF_STACK_PROC_BYTES (8ull << 20) /* code, libraries and stacks of each process */
-#define NF_STACK_MIN_CTX    256u         /* n_ctx is never capped below this (or the request) */
-#define NF_STACK_CTX_LIMIT  4096u        /* cap on the model's default context length */
+#define NF_STACK_PROC_BYTES   (8ull << 20) /* code, libraries and stacks of each process */
+#define NF_STACK_MIN_CTX      256u         /* n_ctx is never capped below this (or the request) */
+#define NF_STACK_CTX_LIMIT    4096u        /* cap on the model's default context length */
+#define NF_STACK_MAPPINGS     3u           /* processes mapping the region (page tables) */
+#define NF_STACK_KERNEL_BYTES (4ull << 20) /* sockets', logs' and slab's page cache */
 
 /* Computes the plan for model f under budget ram_budget with the requested context length
- * (0: the model's, capped at 4096) and thread count. Returns 0, or -ENOSPC when the budget is
- * below plan->min_budget (which is still filled in, so the caller can say what is needed), with
- * a one-line reason in err. */
+ * and thread count. A request is honoured if the minimum pool fits beside it, else capped to
+ * the largest that does. Without one (0) the context is the model's (capped at 4096) lowered so
+ * that the KV cache takes at most a quarter of the budget (a multiple of 256, not below 256 or
+ * the model's context if smaller). Kernel memory (page tables of the three mappings of the
+ * region, region / 256 each, and 4 MiB of page cache) is reserved, in the minimum too; the pool
+ * gets the rest. Returns 0, or -ENOSPC when the budget is below plan->min_budget (which is still
+ * filled in, so the caller can say what is needed), with a one-line reason in err. */
 int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                   uint32_t n_threads, struct nf_stack_plan *plan, char *err, size_t errlen);
 

@@ -83,7 +83,8 @@ static int teardown_all(void **state)
 
 static uint64_t plan_sum(const struct nf_stack_plan *p)
 {
-    return p->region_bytes + p->compute_private + p->predictor_private + p->fetcher_private;
+    return p->region_bytes + p->kernel_bytes + p->compute_private + p->predictor_private +
+           p->fetcher_private;
 }
 
 /* Checks what must hold for every plan of model f. */
@@ -100,6 +101,8 @@ static void check_plan(const struct nf_nft *f, const struct nf_stack_plan *p)
     for (int i = 0; i < NF_SHM_NAREAS; i++)
         region += align_page(p->area_sizes[i]);
     assert_int_equal(p->region_bytes, region);
+    /* Kernel memory: page tables of three mappings of the region, plus 4 MiB. */
+    assert_int_equal(p->kernel_bytes, 3 * (region / 256) + (4ull << 20));
     uint64_t head_dim = f->hdr.n_embd / f->hdr.n_head;
     assert_int_equal(p->kv_bytes,
                      (uint64_t)f->hdr.n_layer * p->n_ctx * 2 * f->hdr.n_head_kv * head_dim * 2);
@@ -123,6 +126,8 @@ static void test_plan_stories(void **state)
     assert_int_equal(p.n_ctx, 128);
     assert_int_equal(p.n_ctx_want, 128);
     assert_int_equal(p.n_slots, stories->n_tiles);
+    /* The default context keeps the KV cache within a quarter of the budget. */
+    assert_true(p.kv_bytes <= p.ram_budget / 4);
     /* 5 layers, 2 KV heads' worth of width 32 (4 of 8 heads, head_dim 8), F16. */
     assert_int_equal(p.kv_bytes, 5ull * 128 * 2 * 32 * 2);
     /* The down scratch is n_embd rows of n_ff F32 values. */
@@ -141,6 +146,16 @@ static void test_plan_stories(void **state)
     assert_int_equal(p.n_slots, p.min_slots);
     assert_int_equal(p.n_ctx, NF_STACK_MIN_CTX);
     assert_int_equal(plan_sum(&p), min);
+    /* The default at the minimum budget of the default: the model's context, the KV cache
+     * still within a quarter. */
+    rc = nf_stack_plan(stories, 1ull << 30, 0, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    rc = nf_stack_plan(stories, p.min_budget, 0, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(stories, &p);
+    assert_int_equal(p.n_ctx, 128);
+    assert_int_equal(p.n_slots, p.min_slots);
+    assert_true(p.kv_bytes <= p.ram_budget / 4);
 
     /* One byte less is refused, naming the budget, the minimum and the model. */
     rc = nf_stack_plan(stories, min - 1, 1024, 2, &p, err, sizeof(err));
@@ -211,13 +226,14 @@ static void test_plan_handmade(void **state)
     make_7b(&m);
     struct nf_stack_plan p;
     char err[512] = "";
-    /* No metadata: the default context 4096, which fits in 2 GiB beside the minimum pool. */
+    /* No metadata: the default context 4096, whose KV cache is exactly a quarter of 2 GiB. */
     int rc = nf_stack_plan(&m.f, 2ull << 30, 0, 4, &p, err, sizeof(err));
     assert_int_equal(rc, 0);
     check_plan(&m.f, &p);
     assert_int_equal(p.n_ctx_want, NF_STACK_CTX_LIMIT);
     assert_int_equal(p.n_ctx, 4096);
     assert_int_equal(p.kv_bytes, 512ull << 20); /* 32 layers * 4096 * K,V * 1024 * F16 */
+    assert_true(p.kv_bytes <= p.ram_budget / 4);
     assert_int_equal(p.slot_size, align_page(1040000));
     /* Largest layer set: 27 attention-side tiles (norms, q/k/v/o, predictor) + 4 FFN tiles;
      * + embd + output + output norm + 2 spare. */
@@ -228,12 +244,38 @@ static void test_plan_handmade(void **state)
     assert_true(p.demand_count >= 27 + 43 && (p.demand_count & (p.demand_count - 1)) == 0);
     assert_true(p.prefetch_count > p.demand_count);
 
-    /* 400 MiB: the context is capped to what fits beside the minimum pool, on a 256 step. */
+    /* 1 GiB: the default context is lowered to a quarter of the budget (256 MiB of KV cache,
+     * 2048 positions) and the pool gets the rest; a request for 4096 is honoured since it fits,
+     * with a smaller pool. */
+    rc = nf_stack_plan(&m.f, 1ull << 30, 0, 4, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(&m.f, &p);
+    assert_int_equal(p.n_ctx, 2048);
+    assert_int_equal(p.kv_bytes, 256ull << 20);
+    assert_true(p.pool_bytes > (512ull << 20));
+    struct nf_stack_plan req;
+    rc = nf_stack_plan(&m.f, 1ull << 30, 4096, 4, &req, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(&m.f, &req);
+    assert_int_equal(req.n_ctx, 4096);
+    assert_true(req.kv_bytes > req.ram_budget / 4);
+    assert_true(req.n_slots < p.n_slots);
+
+    /* 400 MiB: the quarter (100 MiB) rounds down to 768 positions. */
     rc = nf_stack_plan(&m.f, 400ull << 20, 0, 4, &p, err, sizeof(err));
     assert_int_equal(rc, 0);
     check_plan(&m.f, &p);
-    assert_true(p.n_ctx < 4096 && p.n_ctx >= NF_STACK_MIN_CTX);
+    assert_int_equal(p.n_ctx, 768);
+    assert_true(p.kv_bytes <= p.ram_budget / 4);
+    /* A request that does not fit is capped to what fits beside the minimum pool, on a 256
+     * step. */
+    rc = nf_stack_plan(&m.f, 400ull << 20, 4096, 4, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(&m.f, &p);
+    assert_true(p.n_ctx < 4096 && p.n_ctx > 768);
     assert_int_equal(p.n_ctx % 256, 0);
+    /* The pool keeps what the 256 rounding frees (at most 32 MiB of KV cache): ~32 slots. */
+    assert_true(p.n_slots < p.min_slots + 40);
     uint32_t capped = p.n_ctx;
     /* Asking for 256 more than that gets the same cap (it did not fit). */
     rc = nf_stack_plan(&m.f, 400ull << 20, capped + 256, 4, &p, err, sizeof(err));
