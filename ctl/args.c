@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cmds.h"
+#include "nf_size.h"
 
 int nf_usage_error(const char *cmd, const char *fmt, ...)
 {
@@ -62,43 +63,8 @@ int nf_arg_float(const char *cmd, const char *flag, const char *val, float min, 
 
 int nf_arg_size(const char *cmd, const char *flag, const char *val, uint64_t *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(val, &end);
-    double mul = 1;
-    if (!errno && end != val && v >= 0) {
-        switch (*end) {
-        case 'k':
-        case 'K':
-            mul = 1024.0;
-            end++;
-            break;
-        case 'm':
-        case 'M':
-            mul = 1024.0 * 1024;
-            end++;
-            break;
-        case 'g':
-        case 'G':
-            mul = 1024.0 * 1024 * 1024;
-            end++;
-            break;
-        case 't':
-        case 'T':
-            mul = 1024.0 * 1024 * 1024 * 1024;
-            end++;
-            break;
-        default: break;
-        }
-        if (*end == 'i' && mul > 1)
-            end++;
-        if (*end == 'B' || *end == 'b')
-            end++;
-        if (*end == '\0' && v * mul < 1.8e19) {
-            *out = (uint64_t)(v * mul);
-            return 0;
-        }
-    }
+    if (nf_parse_size(val, out) == 0)
+        return 0;
     nf_usage_error(cmd, "%s expects a size such as 512M or 1G, got '%s'", flag, val);
     return -1;
 }

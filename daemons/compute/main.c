@@ -23,6 +23,7 @@
 #include "daemon.h"
 #include "gen.h"
 #include "nf_err.h"
+#include "nf_size.h"
 #include "nft.h"
 #include "stack.h"
 #include "tokenizer.h"
@@ -101,22 +102,12 @@ static int parse_long(const char *s, long lo, long hi, long *out)
     return 0;
 }
 
-/* True when s is a size as the fetcher takes it: a positive number with an optional K, M, G or T
- * suffix (powers of 1024, "iB"/"B" allowed), e.g. 1G. */
+/* True when s is a size as the fetcher takes it: nf_parse_size's spelling, positive, fitting
+ * in an int64 (e.g. 1G). */
 static bool ram_valid(const char *s)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || !(v > 0 && v < 9.0e18))
-        return false;
-    if (*end && strchr("kKmMgGtT", *end))
-        end++;
-    if (*end == 'i')
-        end++;
-    if (*end == 'B')
-        end++;
-    return *end == '\0';
+    uint64_t v;
+    return nf_parse_size(s, &v) == 0 && v > 0 && v <= (uint64_t)9.0e18;
 }
 
 /* Returns 0, 1 after --help, or -1 after a usage error (message printed). */

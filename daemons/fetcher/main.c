@@ -23,6 +23,7 @@
 #include "daemon.h"
 #include "fetch.h"
 #include "nf_err.h"
+#include "nf_size.h"
 #include "nft.h"
 #include "stack.h"
 
@@ -87,42 +88,13 @@ static void usage(FILE *out)
             "  -h, --help         show this help\n");
 }
 
+/* --ram: a size (nf_parse_size) that is positive and fits in an int64. */
 static int parse_size(const char *s, uint64_t *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || v <= 0)
+    uint64_t v;
+    if (nf_parse_size(s, &v) < 0 || v == 0 || v > (uint64_t)9.0e18)
         return -EINVAL;
-    double m = 1;
-    switch (*end) {
-    case 'k':
-    case 'K':
-        m = 1024.0;
-        end++;
-        break;
-    case 'm':
-    case 'M':
-        m = 1024.0 * 1024;
-        end++;
-        break;
-    case 'g':
-    case 'G':
-        m = 1024.0 * 1024 * 1024;
-        end++;
-        break;
-    case 't':
-    case 'T':
-        m = 1024.0 * 1024 * 1024 * 1024;
-        end++;
-        break;
-    default: break;
-    }
-    if (*end == 'i' || *end == 'B')
-        end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
-    if (*end || v * m > 9.0e18)
-        return -EINVAL;
-    *out = (uint64_t)(v * m);
+    *out = v;
     return 0;
 }
 

@@ -14,6 +14,7 @@
 #include "daemon.h"
 #include "loop.h"
 #include "nf_err.h"
+#include "nf_size.h"
 #include "nft.h"
 #include "plan.h"
 #include "stack.h"
@@ -92,48 +93,6 @@ static int bad_flag(const char *fmt, const char *a, const char *b)
     return 2;
 }
 
-/* SIZE: a number with an optional K, M, G or T suffix (powers of 1024, "B"/"iB" allowed). */
-static int parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || !(v >= 0))
-        return -1;
-    double mul = 1;
-    switch (*end) {
-    case 'k':
-    case 'K':
-        mul = 1024.0;
-        end++;
-        break;
-    case 'm':
-    case 'M':
-        mul = 1024.0 * 1024;
-        end++;
-        break;
-    case 'g':
-    case 'G':
-        mul = 1024.0 * 1024 * 1024;
-        end++;
-        break;
-    case 't':
-    case 'T':
-        mul = 1024.0 * 1024 * 1024 * 1024;
-        end++;
-        break;
-    default: break;
-    }
-    if (*end == 'i' && mul > 1)
-        end++;
-    if (*end == 'B' || *end == 'b')
-        end++;
-    if (*end || v * mul >= 1.8e19)
-        return -1;
-    *out = (uint64_t)(v * mul);
-    return 0;
-}
-
 static int parse_uint(const char *s, long lo, long hi, long *out)
 {
     char *end;
@@ -203,7 +162,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case O_RUNDIR: o->run_dir = optarg; break;
         case O_MODEL: o->model = optarg; break;
         case O_RAM:
-            if (parse_size(optarg, &o->ram))
+            if (nf_parse_size(optarg, &o->ram))
                 return bad_flag("--ram: '%s' is not a size (e.g. 1G, 512M)%s", optarg, "");
             break;
         case 't':
@@ -249,7 +208,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
             o->attach_timeout_s = (int)v;
             break;
         case O_PREDMEM:
-            if (parse_size(optarg, &o->pred_mem) || o->pred_mem == 0)
+            if (nf_parse_size(optarg, &o->pred_mem) || o->pred_mem == 0)
                 return bad_flag("--pred-mem: '%s' is not a positive size%s", optarg, "");
             break;
         case 'h': return 1;
