@@ -80,7 +80,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
     o->n_predict = NF_RUN_DEFAULT_N;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
-        long lv;
+        int rc;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 1;
@@ -123,32 +123,9 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             VAL();
             if (nf_arg_long(cmd, a, v, 0, NF_RUN_MAX_TOP_LOGITS, &o->top_logits))
                 return 2;
-        } else if (nf_arg_is(a, "--temp")) {
-            VAL();
-            if (nf_arg_float(cmd, a, v, 0.0f, 100.0f, &o->sp.temp))
+        } else if ((rc = nf_sampling_flag(cmd, argc, argv, &i, &o->sp, &o->seed_set)) != 0) {
+            if (rc < 0)
                 return 2;
-        } else if (nf_arg_is(a, "--top-k")) {
-            VAL();
-            if (nf_arg_long(cmd, a, v, 0, 1 << 24, &lv))
-                return 2;
-            o->sp.top_k = (int)lv;
-        } else if (nf_arg_is(a, "--top-p")) {
-            VAL();
-            if (nf_arg_float(cmd, a, v, 0.0f, 1.0f, &o->sp.top_p))
-                return 2;
-        } else if (nf_arg_is(a, "--min-p")) {
-            VAL();
-            if (nf_arg_float(cmd, a, v, 0.0f, 1.0f, &o->sp.min_p))
-                return 2;
-        } else if (nf_arg_is(a, "--repeat-penalty")) {
-            VAL();
-            if (nf_arg_float(cmd, a, v, 0.01f, 100.0f, &o->sp.repeat_penalty))
-                return 2;
-        } else if (nf_arg_is(a, "--seed") || !strcmp(a, "-s")) {
-            VAL();
-            if (nf_arg_u64(cmd, a, v, &o->sp.seed))
-                return 2;
-            o->seed_set = true;
         } else {
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         }

@@ -1,9 +1,11 @@
 /* gen_output.c - JSON Lines output of a generation (shared by `run` and `gen`), prompt files. */
+#include "cmds.h"
 #include "gen_output.h"
 
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 void nf_json_str(FILE *f, const unsigned char *s, size_t n)
 {
@@ -117,4 +119,35 @@ char *nf_read_file(const char *path, size_t *len)
     buf[n] = '\0';
     *len = n;
     return buf;
+}
+
+int nf_sampling_flag(const char *cmd, int argc, char **argv, int *i, struct nf_sampler_params *sp,
+                     bool *seed_set)
+{
+    const char *a = argv[*i];
+    const bool seed = nf_arg_is(a, "--seed") || !strcmp(a, "-s");
+    if (!seed && !nf_arg_is(a, "--temp") && !nf_arg_is(a, "--top-k") && !nf_arg_is(a, "--top-p") &&
+        !nf_arg_is(a, "--min-p") && !nf_arg_is(a, "--repeat-penalty"))
+        return 0;
+    const char *v = nf_arg_value(cmd, argc, argv, i);
+    if (!v)
+        return -1;
+    long lv;
+    int rc;
+    if (seed) {
+        rc = nf_arg_u64(cmd, a, v, &sp->seed);
+        *seed_set = true;
+    } else if (nf_arg_is(a, "--temp")) {
+        rc = nf_arg_float(cmd, a, v, 0.0f, 100.0f, &sp->temp);
+    } else if (nf_arg_is(a, "--top-k")) {
+        rc = nf_arg_long(cmd, a, v, 0, 1 << 24, &lv);
+        sp->top_k = (int)lv;
+    } else if (nf_arg_is(a, "--top-p")) {
+        rc = nf_arg_float(cmd, a, v, 0.0f, 1.0f, &sp->top_p);
+    } else if (nf_arg_is(a, "--min-p")) {
+        rc = nf_arg_float(cmd, a, v, 0.0f, 1.0f, &sp->min_p);
+    } else {
+        rc = nf_arg_float(cmd, a, v, 0.01f, 100.0f, &sp->repeat_penalty);
+    }
+    return rc < 0 ? -1 : 1;
 }

@@ -5,7 +5,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdbool.h>
 #include <stdio.h>
+
+#include "sampler.h"
 
 /* Writes bytes as a JSON string: valid UTF-8 passes through, bytes that are not part of a valid
  * sequence become \u00XX, quotes, backslashes and control characters are escaped. */
@@ -22,6 +25,13 @@ void nf_gen_token_json(FILE *f, int32_t tok, const char *piece, int plen, int k,
 void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const int32_t *gen_ids,
                          int n_gen, const char *text, size_t text_len, double prompt_tok_s,
                          double decode_tok_s, const char *stop, uint64_t seed);
+
+/* Parses argv[*i] if it is one of the sampling flags `run` and `gen` share (--temp, --top-k,
+ * --top-p, --min-p, --repeat-penalty, --seed/-s), with the same ranges in both, into sp
+ * (*seed_set becomes true for a seed), advancing *i past its value. Returns 1 when the flag was
+ * consumed, 0 when argv[*i] is not a sampling flag, or -1 after printing a usage error. */
+int nf_sampling_flag(const char *cmd, int argc, char **argv, int *i, struct nf_sampler_params *sp,
+                     bool *seed_set);
 
 /* Reads a whole file into a NUL-terminated buffer (caller frees). NULL with errno set. */
 char *nf_read_file(const char *path, size_t *len);
