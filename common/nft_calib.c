@@ -7,6 +7,7 @@
 
 #include "model.h"
 #include "nf_err.h"
+#include "nf_file.h"
 #include "nft.h"
 #include "sparse.h"
 #include "tokenizer.h"
@@ -143,39 +144,6 @@ static int serialize(const struct calib_run *r, long n_tok, const float *levels,
     return 0;
 }
 
-/* Reads a whole text file (NUL-terminated; caller frees). */
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n - 1, f);
-        if (n + 1 < cap)
-            break;
-        char *nb = realloc(buf, cap * 2);
-        if (!nb) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = nb;
-        cap *= 2;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (!buf || bad) {
-        free(buf);
-        errno = bad ? EIO : ENOMEM;
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
 int nf_nft_calib_build(const char *path, const char *text_path, const float *levels, int n_levels,
                        int max_tokens, int threads, void **img, size_t *len, char *err,
                        size_t errlen)
@@ -203,7 +171,7 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
     struct calib_run r = {0};
     int32_t *ids = NULL;
     size_t tlen = 0;
-    char *text = slurp(text_path, &tlen);
+    char *text = nf_read_file(text_path, &tlen);
     int rc;
     if (!text)
         return cal_err(err, errlen, -errno, "%s: cannot read the calibration text: %s", text_path,

@@ -86,41 +86,6 @@ void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const
             n_prompt, n_gen, prompt_tok_s, decode_tok_s, stop, (unsigned long long)seed);
 }
 
-char *nf_read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0)
-            break;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (!buf || bad) {
-        free(buf);
-        errno = bad ? EIO : ENOMEM;
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
 int nf_sampling_flag(const char *cmd, int argc, char **argv, int *i, struct nf_sampler_params *sp,
                      bool *seed_set)
 {

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "nf_file.h" /* nf_read_file, for the prompt file */
 #include "sampler.h"
 
 /* Writes bytes as a JSON string: valid UTF-8 passes through, bytes that are not part of a valid
@@ -32,8 +33,5 @@ void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const
  * consumed, 0 when argv[*i] is not a sampling flag, or -1 after printing a usage error. */
 int nf_sampling_flag(const char *cmd, int argc, char **argv, int *i, struct nf_sampler_params *sp,
                      bool *seed_set);
-
-/* Reads a whole file into a NUL-terminated buffer (caller frees). NULL with errno set. */
-char *nf_read_file(const char *path, size_t *len);
 
 #endif
