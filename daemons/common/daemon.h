@@ -22,6 +22,9 @@ enum nf_log_level { NF_LOG_ERROR = 0, NF_LOG_WARN, NF_LOG_INFO, NF_LOG_DEBUG };
 int nf_log_open(const char *role, const char *path, enum nf_log_level level);
 void nf_log(enum nf_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void nf_log_close(void);
+/* Parses a level name ("error", "warn", "info", "debug"; any case) for --log-level. Returns 0 or
+ * -EINVAL. */
+int nf_log_level_parse(const char *s, enum nf_log_level *out);
 
 /* --- Run directory ------------------------------------------------------------------------ */
 #define NF_ROLE_FETCHER   "fetcher"

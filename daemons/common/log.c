@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -71,4 +72,15 @@ void nf_log_close(void)
         fclose(nf_log_file);
     nf_log_file = NULL;
     pthread_mutex_unlock(&nf_log_mu);
+}
+
+int nf_log_level_parse(const char *s, enum nf_log_level *out)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < 4; i++)
+        if (!strcasecmp(s, names[i])) {
+            *out = (enum nf_log_level)i;
+            return 0;
+        }
+    return -EINVAL;
 }

@@ -192,17 +192,6 @@ static int parse_args(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-static int parse_level(const char *s, enum nf_log_level *out)
-{
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++)
-        if (!strcasecmp(s, names[i])) {
-            *out = (enum nf_log_level)i;
-            return 0;
-        }
-    return -EINVAL;
-}
-
 /* New session, stdin from /dev/null, stdout and stderr appended to the log. */
 static int detach(const char *log_path)
 {
@@ -479,7 +468,7 @@ int main(int argc, char **argv)
     if (rc)
         return rc > 0 ? 0 : 2;
     enum nf_log_level level;
-    if (parse_level(m.o.log_level, &level) < 0) {
+    if (nf_log_level_parse(m.o.log_level, &level) < 0) {
         fprintf(stderr,
                 "nanoflow-compute: invalid --log-level '%s', expected error, warn, info or debug "
                 "(try 'nanoflow-compute --help')\n",

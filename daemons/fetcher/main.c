@@ -224,17 +224,6 @@ static int parse_args(int argc, char **argv, struct args *a)
     return 0;
 }
 
-static int parse_level(const char *s, enum nf_log_level *out)
-{
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    for (int i = 0; i < 4; i++)
-        if (!strcasecmp(s, names[i])) {
-            *out = (enum nf_log_level)i;
-            return 0;
-        }
-    return -EINVAL;
-}
-
 /* Detaches from the terminal: forks (the parent waits on a pipe until the child reports ready,
  * then exits 0, or 1 when the child failed), starts a new session, stdin from /dev/null,
  * stdout/stderr to the log. In the child, *ready_fd receives the pipe's write end. */
@@ -551,7 +540,7 @@ int main(int argc, char **argv)
     if (rc)
         return rc > 0 ? 0 : 2;
     enum nf_log_level level;
-    if (parse_level(m.a.log_level, &level) < 0) {
+    if (nf_log_level_parse(m.a.log_level, &level) < 0) {
         fprintf(stderr,
                 "nanoflow-fetcher: invalid --log-level '%s', expected error, warn, info or debug "
                 "(try 'nanoflow-fetcher --help')\n",
