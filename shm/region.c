@@ -128,6 +128,11 @@ static int check_header(struct nf_shm *s, const struct nf_shm_header *h, uint64_
     /* Acquire pairs with the release store of magic in nf_shm_create(). */
     uint64_t magic =
         atomic_load_explicit(&((struct nf_shm_header *)h)->magic, memory_order_acquire);
+    if (magic == 0) {
+        /* Sized (zero-filled) but the creator has not published the header yet. */
+        set_err(s, "shm %s: still being initialized by its creator", n);
+        return -EAGAIN;
+    }
     if (magic != NF_SHM_MAGIC) {
         set_err(s, "shm %s: magic 0x%016llx, expected 0x%016llx (\"NFSHMRGN\")", n,
                 (unsigned long long)magic, (unsigned long long)NF_SHM_MAGIC);
@@ -191,6 +196,12 @@ int nf_shm_open(struct nf_shm *s, const char *name)
         set_err(s, "shm %s: fstat: %s", name, strerror(errno));
         close(fd);
         return rc;
+    }
+    if (st.st_size == 0) {
+        /* nf_shm_create() has made the object but not yet sized it. */
+        set_err(s, "shm %s: still being created (0 bytes)", name);
+        close(fd);
+        return -EAGAIN;
     }
     if ((uint64_t)st.st_size < sizeof(struct nf_shm_header)) {
         set_err(s, "shm %s: %lld bytes, expected at least a %zu-byte header", name,

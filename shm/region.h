@@ -66,7 +66,8 @@ struct nf_shm {
 int nf_shm_create(struct nf_shm *s, const char *name, const uint64_t sizes[NF_SHM_NAREAS]);
 
 /* Maps an existing region and validates its header. Returns 0 or a negative code with s->err
- * naming the field and the expected value: -ENOENT, NF_ETRUNCATED (object smaller than its
+ * naming the field and the expected value: -ENOENT, -EAGAIN (the creator has not sized the
+ * object or published its header yet: retry), NF_ETRUNCATED (object smaller than its
  * header or its total_size), NF_EBADMAGIC, NF_EBADVERSION (other major version or unknown
  * flags), NF_ECORRUPT (sizes or area offsets out of bounds). */
 int nf_shm_open(struct nf_shm *s, const char *name);

@@ -142,8 +142,13 @@ static void stack_up(struct stack *s, const char *model, const char *name)
     snprintf(sock, sizeof(sock), "%s/compute.sock", s->run_dir);
     int waited = 0;
     while (health(sock) != NANOFLOW__HEALTH__STATE__READY) {
-        if (waited > TIMEOUT_MS)
-            fail_msg("compute did not become ready (logs in %s)", s->run_dir);
+        if (waited > TIMEOUT_MS) {
+            char cmd[800];
+            snprintf(cmd, sizeof(cmd), "tail -n 20 '%s'/*.out >&2", s->run_dir);
+            if (system(cmd) != 0)
+                print_error("no daemon log in %s\n", s->run_dir);
+            fail_msg("compute did not become ready (logs above, from %s)", s->run_dir);
+        }
         sleep_ms(50);
         waited += 50;
     }

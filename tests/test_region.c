@@ -154,6 +154,19 @@ static void edit_n_areas(struct nf_shm_header *h, const char *n)
 {
     h->n_areas = NF_SHM_AREA_MAX + 1;
 }
+/* A creator between shm_open and ftruncate: the object has no bytes yet. */
+static void edit_unsized(struct nf_shm_header *h, const char *n)
+{
+    int fd = shm_open(n, O_RDWR, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 0), 0);
+    close(fd);
+}
+/* A creator between ftruncate and publishing the header: all zeros. */
+static void edit_unpublished(struct nf_shm_header *h, const char *n)
+{
+    atomic_store(&h->magic, 0);
+}
 /* Shrinks the object itself under its header. */
 static void edit_shrink(struct nf_shm_header *h, const char *n)
 {
@@ -175,6 +188,9 @@ static void test_refusals(void **state)
     refused(edit_area_align, NF_ECORRUPT, "area 0");
     refused(edit_n_areas, NF_ECORRUPT, "n_areas");
     refused(edit_shrink, NF_ETRUNCATED, "header");
+    /* Still being created: attachers retry on -EAGAIN instead of giving up. */
+    refused(edit_unsized, -EAGAIN, "still being created");
+    refused(edit_unpublished, -EAGAIN, "still being initialized");
 }
 
 /* A newer minor version only appends, so it is accepted. */

@@ -243,7 +243,7 @@ static int attach_stack(struct compute *m, char *err, size_t errlen)
     const int limit = m->o.attach_timeout_s * 1000;
     int waited = 0, rc;
     while ((rc = nf_stack_attach(&m->st, name, m->f, err, errlen)) < 0) {
-        if (rc != -ENOENT || waited >= limit)
+        if ((rc != -ENOENT && rc != -EAGAIN) || waited >= limit)
             return rc;
         sleep_ms(100);
         waited += 100;

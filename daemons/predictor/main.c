@@ -269,7 +269,7 @@ static int attach_stack(struct pred *d)
         rc = nf_stack_attach(&d->st, name, d->f, err, sizeof(err));
         if (rc == 0)
             break;
-        if (rc != -ENOENT || waited >= limit) {
+        if ((rc != -ENOENT && rc != -EAGAIN) || waited >= limit) {
             nf_log(NF_LOG_ERROR, "cannot attach to stack %s: %s", name, err);
             return rc;
         }
