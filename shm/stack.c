@@ -25,9 +25,13 @@ _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free (add
 #define NF_STACK_SPARE_SLOTS 2
 /* FFN / expert tiles the minimum pool holds besides one layer's attention set. */
 #define NF_STACK_MIN_FFN_TILES 4
-#define NF_STACK_MIN_DEMAND    64u  /* demand ring entries at least */
-#define NF_STACK_MIN_PREFETCH  256u /* prefetch ring entries at least */
-#define NF_STACK_CL            64u  /* cache line: alignment of the tables inside an area */
+/* Tiles up to this size (norms, embedding rows) go in the small class of the pool. */
+#define NF_STACK_SMALL_TILE (64ull << 10)
+/* The largest slot a region may declare (a tile is at most this big in any sane .nft). */
+#define NF_STACK_MAX_SLOT     (1ull << 32)
+#define NF_STACK_MIN_DEMAND   64u  /* demand ring entries at least */
+#define NF_STACK_MIN_PREFETCH 256u /* prefetch ring entries at least */
+#define NF_STACK_CL           64u  /* cache line: alignment of the tables inside an area */
 /* Longest single sleep of nf_tile_pin_wait, so a stop flag set without a bell is still seen. */
 #define NF_STACK_WAIT_SLICE_MS 200
 #define NF_STACK_DIM_MAX       (1u << 24) /* widths and vocabulary a plan accepts */
@@ -80,20 +84,169 @@ static const char *fmt_size(char *buf, size_t len, uint64_t b)
 
 /* What the plan needs to know about a model, gathered from its header and tile index. */
 struct nf_stack_shape {
-    uint64_t n_tiles, slot_size;
+    uint64_t n_tiles;
     uint32_t n_layer, n_embd, n_ff, n_vocab, n_head, n_head_kv;
-    uint64_t min_slots;    /* minimum working set in slots */
     uint32_t demand_count; /* ring entries */
     uint32_t prefetch_count;
     uint32_t max_groups;
     uint64_t down_scratch; /* n_embd rows of the largest ffn_down row */
     uint32_t n_ctx_model;  /* context_length from the metadata, 0 when absent */
+    /* The pool's classes (plan_classes), by increasing slot size. */
+    uint32_t n_classes;
+    uint64_t class_size[NF_STACK_MAX_CLASSES];  /* bytes per slot */
+    uint64_t class_tiles[NF_STACK_MAX_CLASSES]; /* tiles that go in the class */
+    uint64_t class_min[NF_STACK_MAX_CLASSES];   /* minimum working set in slots */
+    uint64_t class_step[NF_STACK_MAX_CLASSES];  /* tiles one token step reads */
+    uint64_t class_need[NF_STACK_MAX_CLASSES];  /* bytes one token step reads */
+    uint64_t min_slots;                         /* the sum of class_min */
 };
 
-/* Per layer (index n_layer: layer-less tiles) counts used by the shape. */
+/* Per layer (index n_layer: layer-less tiles) and class, counts used by the shape. */
 struct nf_layer_count {
-    uint64_t all, attn_set, ffn, groups;
+    uint64_t all;
+    uint64_t attn_set[NF_STACK_MAX_CLASSES], ffn[NF_STACK_MAX_CLASSES];
+    uint64_t groups;
 };
+
+int nf_stack_class_of(const struct nf_stack_class *classes, uint32_t n_classes, uint64_t padded)
+{
+    for (uint32_t k = 0; k < n_classes && k < NF_STACK_MAX_CLASSES; k++)
+        if (padded <= classes[k].slot_size)
+            return (int)k;
+    return -1;
+}
+
+static int class_of_shape(const struct nf_stack_shape *sh, uint64_t padded)
+{
+    for (uint32_t k = 0; k < sh->n_classes; k++)
+        if (padded <= sh->class_size[k])
+            return (int)k;
+    return -1;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* First index in sorted[0..n) holding a value > v. */
+static uint64_t upper_bound(const uint64_t *sorted, uint64_t n, uint64_t v)
+{
+    uint64_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (sorted[mid] <= v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Chooses the slot size classes from the padded tile sizes (sorted ascending, n > 0). A slot
+ * is as large as the largest tile of its class, so the bytes a class wastes are the differences
+ * between its tiles and that largest one; one slot size for a model whose predictor tiles are
+ * 3.4 MiB, its matrix tiles ~1 MiB and its norms and embedding rows 12-16 KiB would spend 3.4
+ * MiB on each of them. The rule:
+ *  - the tiles of at most NF_STACK_SMALL_TILE bytes (norms, embedding rows, rope frequencies)
+ *    form the small class, sized to the largest of them;
+ *  - of the rest, the tiles up to twice the median size form the next class (for a dense model
+ *    the main class: attention, FFN and output tiles, which are all within a few percent of
+ *    one another), sized to the largest of them; the tiles above that (the oversize ones, like
+ *    the per-layer low-rank predictor tiles) repeat the step with their own median, and the
+ *    last class allowed takes whatever remains.
+ * So a tile never sits in a slot more than twice its class's median, except in the last class,
+ * and a model whose tiles are all alike gets one class. More classes would cut the waste
+ * further but every class costs its own minimum working set and cannot lend slots to another,
+ * so the split stops at these natural gaps. */
+static void plan_classes(struct nf_stack_shape *sh, const uint64_t *sorted, uint64_t n)
+{
+    uint64_t i = 0;
+    sh->n_classes = 0;
+    if (sorted[0] <= NF_STACK_SMALL_TILE && sorted[n - 1] > NF_STACK_SMALL_TILE) {
+        i = upper_bound(sorted, n, NF_STACK_SMALL_TILE);
+        sh->class_size[sh->n_classes++] = sorted[i - 1];
+    }
+    while (i < n) {
+        uint64_t j = n;
+        if (sh->n_classes + 1 < NF_STACK_MAX_CLASSES)
+            j = upper_bound(sorted, n, 2 * sorted[i + (n - i) / 2]);
+        sh->class_size[sh->n_classes++] = sorted[j - 1];
+        i = j;
+    }
+}
+
+/* Counts the tiles of each class, its minimum working set and what a token step reads from
+ * it. The minimum of a class is what compute may hold pinned in it at once plus room to load:
+ * the largest layer's attention-side set of that class (norms, q/k/v/o, router, predictor)
+ * plus a few of its FFN / expert tiles, one embedding tile, one output tile (an embedding tile
+ * again when the output is tied), the single-tile tensors, and NF_STACK_SPARE_SLOTS spare
+ * slots for prefetch. Classes cannot lend slots to each other, so each needs its own spare: for
+ * the predictor tiles' class that is 1 (compute pins layer L's in sparse mode) + 2 (the
+ * predictor daemon peeks at layer L + 1's while a third loads), which is deadlock-free since
+ * compute waits on other classes' tiles while it holds its predictor tile, never on a second
+ * one of this class, and the predictor only tries (nf_tile_try_peek) and never waits. */
+static void plan_class_counts(struct nf_stack_shape *sh, const struct nf_nft *f,
+                              struct nf_layer_count *lc)
+{
+    const struct nf_nft_header *h = &f->hdr;
+    bool embd[NF_STACK_MAX_CLASSES] = {false}, out[NF_STACK_MAX_CLASSES] = {false};
+    uint64_t single[NF_STACK_MAX_CLASSES] = {0}, embd_max[NF_STACK_MAX_CLASSES] = {0};
+    uint64_t experts[NF_STACK_MAX_CLASSES] = {0};
+    for (uint64_t i = 0; i < f->n_tiles; i++) {
+        const struct nf_nft_tile *t = &f->tiles[i];
+        uint64_t padded = nf_nft_padded(t->size);
+        int k = class_of_shape(sh, padded); /* >= 0: the last class fits the largest tile */
+        uint32_t l = t->layer == NF_NFT_NO_LAYER ? h->n_layer : t->layer;
+        sh->class_tiles[k]++;
+        switch ((enum nf_tile_kind)t->kind) {
+        case NF_TILE_EMBD:
+            /* A step reads one embedding row. */
+            embd[k] = true;
+            if (padded > embd_max[k])
+                embd_max[k] = padded;
+            continue;
+        case NF_TILE_OUTPUT: out[k] = true; break;
+        case NF_TILE_OUTPUT_NORM:
+        case NF_TILE_ROPE_FREQS: single[k]++; break;
+        case NF_TILE_FFN:
+        case NF_TILE_EXPERT: lc[l].ffn[k]++; break;
+        default: lc[l].attn_set[k]++; break;
+        }
+        if (t->kind == NF_TILE_EXPERT && h->n_expert > 0 && h->n_expert_used < h->n_expert) {
+            /* A step reads the used experts' tiles only (n_expert_used of n_expert). */
+            sh->class_need[k] += padded * h->n_expert_used / h->n_expert;
+            experts[k]++;
+        } else {
+            sh->class_need[k] += padded;
+            sh->class_step[k]++;
+        }
+    }
+    sh->min_slots = 0;
+    for (uint32_t k = 0; k < sh->n_classes; k++) {
+        uint64_t max_set = 0;
+        for (uint32_t l = 0; l < h->n_layer; l++) {
+            uint64_t ffn =
+                lc[l].ffn[k] < NF_STACK_MIN_FFN_TILES ? lc[l].ffn[k] : NF_STACK_MIN_FFN_TILES;
+            if (lc[l].attn_set[k] + ffn > max_set)
+                max_set = lc[l].attn_set[k] + ffn;
+        }
+        /* Layer-less FFN-kind tiles do not exist; layer-less others are the singles above. */
+        uint64_t m = max_set + (embd[k] ? 1 : 0) + (out[k] || (embd[k] && h->tied_output) ? 1 : 0) +
+                     single[k] + NF_STACK_SPARE_SLOTS;
+        if (m > sh->class_tiles[k])
+            m = sh->class_tiles[k];
+        sh->class_min[k] = m;
+        sh->min_slots += m;
+        if (embd[k]) {
+            sh->class_need[k] += embd_max[k];
+            sh->class_step[k]++;
+        }
+        if (experts[k])
+            sh->class_step[k] += (experts[k] * h->n_expert_used + h->n_expert - 1) / h->n_expert;
+    }
+}
 
 static int stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err, size_t errlen)
 {
@@ -121,50 +274,45 @@ static int stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *
     sh->n_head_kv = h->n_head_kv;
 
     struct nf_layer_count *lc = calloc((size_t)h->n_layer + 1, sizeof(*lc));
-    if (!lc)
+    uint64_t *sizes = malloc(f->n_tiles * sizeof(*sizes)); /* (n_tiles) padded, sorted */
+    if (!lc || !sizes) {
+        free(lc);
+        free(sizes);
         return errf(err, errlen, -ENOMEM, "stack plan: out of memory");
-    uint64_t slot = NF_SHM_ALIGN;
-    uint64_t n_embd_tiles = 0, n_out_tiles = 0, n_single = 0;
+    }
+    uint64_t n_out_tiles = 0;
     for (uint64_t i = 0; i < f->n_tiles; i++) {
         const struct nf_nft_tile *t = &f->tiles[i];
         uint64_t padded = nf_nft_padded(t->size);
-        if (padded > slot)
-            slot = padded;
+        /* A slot is never smaller than a page (O_DIRECT and the mapping's granularity). */
+        sizes[i] = padded > NF_SHM_ALIGN ? padded : NF_SHM_ALIGN;
         uint32_t l = t->layer == NF_NFT_NO_LAYER ? h->n_layer : t->layer;
         if (l > h->n_layer) {
             free(lc);
+            free(sizes);
             return errf(err, errlen, NF_ECORRUPT, "%s: tile %llu: layer %u, expected < %u", f->path,
                         (unsigned long long)i, t->layer, h->n_layer);
         }
         lc[l].all++;
-        switch ((enum nf_tile_kind)t->kind) {
-        case NF_TILE_EMBD: n_embd_tiles++; break;
-        case NF_TILE_OUTPUT: n_out_tiles++; break;
-        case NF_TILE_OUTPUT_NORM:
-        case NF_TILE_ROPE_FREQS: n_single++; break;
-        case NF_TILE_FFN:
-        case NF_TILE_EXPERT:
-            lc[l].ffn++;
-            if (t->kind == NF_TILE_FFN && t->group)
-                lc[l].groups += t->count / t->group;
-            if (t->type[2] < NF_TYPE_COUNT && nf_type_traits((enum nf_type)t->type[2])) {
-                /* For MoE tiles count is the expert's slice; the down row is n_ff of the
-                 * expert, which the header's n_ff gives. */
-                uint64_t row = nf_row_size((enum nf_type)t->type[2], h->n_ff);
-                if ((uint64_t)h->n_embd * row > sh->down_scratch)
-                    sh->down_scratch = (uint64_t)h->n_embd * row;
-            }
-            break;
-        default: /* norms, attention, router, predictors: the layer's always-needed set */
-            lc[l].attn_set++;
-            break;
+        if (t->kind == NF_TILE_OUTPUT)
+            n_out_tiles++;
+        if (t->kind == NF_TILE_FFN && t->group)
+            lc[l].groups += t->count / t->group;
+        if ((t->kind == NF_TILE_FFN || t->kind == NF_TILE_EXPERT) && t->type[2] < NF_TYPE_COUNT &&
+            nf_type_traits((enum nf_type)t->type[2])) {
+            /* For MoE tiles count is the expert's slice; the down row is n_ff of the expert,
+             * which the header's n_ff gives. */
+            uint64_t row = nf_row_size((enum nf_type)t->type[2], h->n_ff);
+            if ((uint64_t)h->n_embd * row > sh->down_scratch)
+                sh->down_scratch = (uint64_t)h->n_embd * row;
         }
     }
-    uint64_t max_set = 0, max_all = 0;
+    qsort(sizes, f->n_tiles, sizeof(*sizes), cmp_u64);
+    plan_classes(sh, sizes, f->n_tiles);
+    free(sizes);
+    plan_class_counts(sh, f, lc);
+    uint64_t max_all = 0;
     for (uint32_t l = 0; l < h->n_layer; l++) {
-        uint64_t ffn = lc[l].ffn < NF_STACK_MIN_FFN_TILES ? lc[l].ffn : NF_STACK_MIN_FFN_TILES;
-        if (lc[l].attn_set + ffn > max_set)
-            max_set = lc[l].attn_set + ffn;
         if (lc[l].all > max_all)
             max_all = lc[l].all;
         uint64_t g = h->n_expert ? h->n_expert : lc[l].groups;
@@ -172,14 +320,6 @@ static int stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *
             sh->max_groups = (uint32_t)g;
     }
     free(lc);
-    /* The minimum pool: the largest layer's attention set (norms, q/k/v/o, router, predictor)
-     * plus a few FFN / expert tiles, one embedding tile, one output tile (an embedding tile
-     * again when the output is tied), the single-tile tensors, and spare slots for prefetch. */
-    sh->min_slots = max_set + (n_embd_tiles ? 1 : 0) + (n_out_tiles || h->tied_output ? 1 : 0) +
-                    n_single + NF_STACK_SPARE_SLOTS;
-    if (sh->min_slots > f->n_tiles)
-        sh->min_slots = f->n_tiles;
-    sh->slot_size = slot;
     /* Demand: everything compute may be blocked on at once is at most a layer (or the output
      * matrix); prefetch: a few layers ahead. */
     uint64_t d = max_all > n_out_tiles ? max_all : n_out_tiles;
@@ -241,15 +381,28 @@ static uint64_t kv_token_bytes(const struct nf_stack_shape *sh)
     return (uint64_t)sh->n_layer * 2 * kv_dim * 2;
 }
 
-/* Fills the byte counts of a plan with n_slots slots and context n_ctx; returns the total. */
-static uint64_t plan_total(const struct nf_stack_shape *sh, uint64_t n_slots, uint32_t n_ctx,
+/* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns
+ * the total. */
+static uint64_t plan_total(const struct nf_stack_shape *sh, const uint64_t *counts, uint32_t n_ctx,
                            uint32_t n_threads, struct nf_stack_plan *p)
 {
+    uint64_t n_slots = 0, pool = 0;
+    p->n_classes = sh->n_classes;
+    for (uint32_t k = 0; k < sh->n_classes; k++) {
+        struct nf_stack_class *c = &p->classes[k];
+        c->slot_size = sh->class_size[k];
+        c->n_slots = counts[k];
+        c->first_slot = n_slots;
+        c->pool_off = pool;
+        n_slots += counts[k];
+        pool += counts[k] * sh->class_size[k];
+        p->class_min[k] = sh->class_min[k];
+        p->class_tiles[k] = sh->class_tiles[k];
+    }
     struct nf_stack_layout lo;
     stack_layout(sh, n_slots, &lo);
     p->n_slots = n_slots;
-    p->slot_size = sh->slot_size;
-    p->pool_bytes = n_slots * sh->slot_size;
+    p->pool_bytes = pool;
     p->area_sizes[NF_SHM_TILE_POOL] = p->pool_bytes;
     p->area_sizes[NF_SHM_TILE_TABLE] = lo.table_bytes;
     p->area_sizes[NF_SHM_REQ_RING] = lo.ring_bytes;
@@ -286,6 +439,129 @@ static uint64_t plan_total(const struct nf_stack_shape *sh, uint64_t n_slots, ui
            p->fetcher_private;
 }
 
+/* What one more slot of `size` bytes costs: itself, its table entry and its page tables. */
+static uint64_t slot_cost(uint64_t size)
+{
+    return size + sizeof(struct nf_slot_entry) + NF_STACK_MAPPINGS * (size / 256);
+}
+
+/* Splits `rest` bytes (what the budget leaves beyond the minimum pool) between the classes,
+ * adding slots to counts[] (which hold the minimum). Compute scans every tile of a token step
+ * in order, so a farthest-next-use cache of C bytes in a class saves about C bytes of reads per
+ * step as long as C is below what a step reads from that class; a byte of cache saves about as
+ * much in any class, but none beyond a class's step set (those tiles would be reread anyway or
+ * never read). Hence:
+ *  1. a class whose whole step set costs at most 1/32 of rest gets it at once (the small
+ *     class's norms: ~1 MiB for a 7B model, every one read every step);
+ *  2. the rest is shared in proportion to the bytes a step reads from each class, a class
+ *     never getting more slots than its step set (what it cannot take is shared again among
+ *     the others), so every class keeps about the same fraction of its step;
+ *  3. what rounding leaves goes slot by slot to the classes that read the most, then beyond
+ *     the step sets (embedding rows of other tokens) up to each class's tile count.
+ * The plan does not know the sparsity: a step counts every FFN tile and the predictor tiles
+ * (which compute reads only in sparse mode; the predictor class is ~3% of a 7B step). */
+static void plan_split(const struct nf_stack_shape *sh, uint64_t rest, uint64_t *counts)
+{
+    uint32_t nk = sh->n_classes;
+    uint64_t cap[NF_STACK_MAX_CLASSES], cost[NF_STACK_MAX_CLASSES];
+    for (uint32_t k = 0; k < nk; k++) {
+        cap[k] = sh->class_step[k] > counts[k] ? sh->class_step[k] : counts[k];
+        if (cap[k] > sh->class_tiles[k])
+            cap[k] = sh->class_tiles[k] > counts[k] ? sh->class_tiles[k] : counts[k];
+        cost[k] = slot_cost(sh->class_size[k]);
+    }
+    uint64_t cheap = rest / 32;
+    for (uint32_t k = 0; k < nk; k++) {
+        uint64_t add = cap[k] - counts[k];
+        if (add > 0 && add <= cheap / cost[k]) {
+            counts[k] += add;
+            rest -= add * cost[k];
+            cheap -= add * cost[k];
+        }
+    }
+    for (uint32_t iter = 0; iter < nk; iter++) {
+        double need = 0;
+        for (uint32_t k = 0; k < nk; k++)
+            if (counts[k] < cap[k])
+                need += (double)sh->class_need[k];
+        if (need <= 0)
+            break;
+        bool capped = false;
+        uint64_t avail = rest;
+        for (uint32_t k = 0; k < nk; k++) {
+            if (counts[k] >= cap[k])
+                continue;
+            double share = (double)avail * ((double)sh->class_need[k] / need);
+            uint64_t add = (uint64_t)(share / (double)cost[k]);
+            if (add > rest / cost[k]) /* floating rounding */
+                add = rest / cost[k];
+            if (add >= cap[k] - counts[k]) {
+                add = cap[k] - counts[k];
+                capped = true;
+            }
+            counts[k] += add;
+            rest -= add * cost[k];
+        }
+        if (!capped)
+            break;
+    }
+    /* Leftovers: classes by bytes read per step, most first; then beyond the step sets. */
+    uint32_t order[NF_STACK_MAX_CLASSES];
+    for (uint32_t k = 0; k < nk; k++) {
+        uint32_t j = k;
+        while (j > 0 && sh->class_need[order[j - 1]] < sh->class_need[k]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = k;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < nk; i++) {
+            uint32_t k = order[i];
+            uint64_t limit = pass ? sh->class_tiles[k] : cap[k];
+            if (counts[k] >= limit)
+                continue;
+            uint64_t add = rest / cost[k];
+            if (add > limit - counts[k])
+                add = limit - counts[k];
+            counts[k] += add;
+            rest -= add * cost[k];
+        }
+    }
+}
+
+/* Takes one slot from the class above its minimum that reads the most per step (page rounding
+ * may push a split over the budget by a slot or two). Returns false when every class is at its
+ * minimum. */
+static bool plan_shrink(const struct nf_stack_shape *sh, uint64_t *counts)
+{
+    int best = -1;
+    for (uint32_t k = 0; k < sh->n_classes; k++)
+        if (counts[k] > sh->class_min[k] && (best < 0 || sh->class_need[k] >= sh->class_need[best]))
+            best = (int)k;
+    if (best < 0)
+        return false;
+    counts[best]--;
+    return true;
+}
+
+/* "6 x 16.0 KiB + 47 x 1.0 MiB" style description of a pool for messages. */
+static const char *fmt_classes(char *buf, size_t len, const struct nf_stack_shape *sh,
+                               const uint64_t *counts)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (uint32_t k = 0; k < sh->n_classes && o < len; k++) {
+        char s[32];
+        int n = snprintf(buf + o, len - o, "%s%llu x %s", k ? " + " : "",
+                         (unsigned long long)counts[k], fmt_size(s, sizeof(s), sh->class_size[k]));
+        if (n < 0)
+            break;
+        o += (size_t)n;
+    }
+    return buf;
+}
+
 int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                   uint32_t n_threads, struct nf_stack_plan *plan, char *err, size_t errlen)
 {
@@ -311,7 +587,7 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
 
     struct nf_stack_plan p;
     memset(&p, 0, sizeof(p));
-    uint64_t min_budget = plan_total(&sh, sh.min_slots, ctx_min, n_threads, &p);
+    uint64_t min_budget = plan_total(&sh, sh.class_min, ctx_min, n_threads, &p);
     p.ram_budget = ram_budget;
     p.min_budget = min_budget;
     p.n_ctx_want = want;
@@ -322,16 +598,16 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
     p.max_groups = sh.max_groups;
     if (ram_budget < min_budget) {
         *plan = p;
-        char b[32], m[32], pool[32], kv[32], priv[32];
+        char b[32], m[32], pool[160], kv[32], priv[32];
         const char *name = strrchr(f->path, '/') ? strrchr(f->path, '/') + 1 : f->path;
         return errf(
             err, errlen, -ENOSPC,
-            "budget %s is below the minimum %s for %s (pool %llu slots of %s, KV cache "
+            "budget %s is below the minimum %s for %s (pool %llu slots: %s, KV cache "
             "%s at n_ctx %u, private memory %s)",
             fmt_size(b, sizeof(b), ram_budget), fmt_size(m, sizeof(m), min_budget),
             name[0] ? name : "the model", (unsigned long long)sh.min_slots,
-            fmt_size(pool, sizeof(pool), sh.slot_size), fmt_size(kv, sizeof(kv), p.kv_bytes),
-            ctx_min,
+            fmt_classes(pool, sizeof(pool), &sh, sh.class_min),
+            fmt_size(kv, sizeof(kv), p.kv_bytes), ctx_min,
             fmt_size(priv, sizeof(priv),
                      p.compute_private - p.kv_bytes + p.predictor_private + p.fetcher_private));
     }
@@ -351,11 +627,11 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
     /* Then: that context if the minimum pool fits beside it, else the largest that does
      * (binary search: the total grows with n_ctx), rounded down to a multiple of
      * NF_STACK_MIN_CTX when above it. */
-    if (plan_total(&sh, sh.min_slots, n_ctx, n_threads, &p) > ram_budget) {
+    if (plan_total(&sh, sh.class_min, n_ctx, n_threads, &p) > ram_budget) {
         uint32_t lo = ctx_min, hi = n_ctx; /* lo fits, hi does not */
         while (hi - lo > 1) {
             uint32_t mid = lo + (hi - lo) / 2;
-            if (plan_total(&sh, sh.min_slots, mid, n_threads, &p) <= ram_budget)
+            if (plan_total(&sh, sh.class_min, mid, n_threads, &p) <= ram_budget)
                 lo = mid;
             else
                 hi = mid;
@@ -365,25 +641,60 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
             n_ctx = n_ctx / NF_STACK_MIN_CTX * NF_STACK_MIN_CTX;
     }
 
-    /* Pool: every byte left (a slot also costs its table entry and its page tables), but never
-     * more slots than tiles (nothing would use them) nor more than slot ids can name. */
-    uint64_t base = plan_total(&sh, sh.min_slots, n_ctx, n_threads, &p);
-    uint64_t slot_cost =
-        sh.slot_size + sizeof(struct nf_slot_entry) + NF_STACK_MAPPINGS * (sh.slot_size / 256);
-    uint64_t n_slots = sh.min_slots + (ram_budget - base) / slot_cost;
-    if (n_slots > sh.n_tiles)
-        n_slots = sh.n_tiles;
-    if (n_slots >= NF_NO_SLOT)
-        n_slots = NF_NO_SLOT - 1;
+    /* Pool: every byte left, split between the classes (plan_split), but never more slots in a
+     * class than it has tiles (nothing would use them); so never more than slot ids can name
+     * either (n_tiles < NF_NO_TILE == NF_NO_SLOT). */
+    uint64_t base = plan_total(&sh, sh.class_min, n_ctx, n_threads, &p);
+    uint64_t counts[NF_STACK_MAX_CLASSES];
+    memcpy(counts, sh.class_min, sizeof(counts));
+    plan_split(&sh, ram_budget - base, counts);
     /* Page rounding of the areas may push the estimate over by a slot or two. */
-    while (n_slots > sh.min_slots && plan_total(&sh, n_slots, n_ctx, n_threads, &p) > ram_budget)
-        n_slots--;
-    plan_total(&sh, n_slots, n_ctx, n_threads, &p);
+    while (plan_total(&sh, counts, n_ctx, n_threads, &p) > ram_budget && plan_shrink(&sh, counts))
+        ;
+    plan_total(&sh, counts, n_ctx, n_threads, &p);
     *plan = p;
     return 0;
 }
 
 /* --- Create / attach ------------------------------------------------------------------------ */
+
+/* Checks a plan's class table before create uses it: 1..NF_STACK_MAX_CLASSES classes of
+ * increasing slot sizes (multiples of NF_SHM_ALIGN), each with slots, together n_slots (less
+ * than NF_NO_SLOT), the largest fitting the model's largest tile. */
+static int plan_check_classes(const struct nf_stack_plan *plan, const struct nf_stack_shape *sh,
+                              const char *name, const char *path, char *err, size_t errlen)
+{
+    uint64_t largest = sh->class_size[sh->n_classes - 1], total = 0;
+    if (plan->n_classes == 0 || plan->n_classes > NF_STACK_MAX_CLASSES)
+        return errf(err, errlen, NF_EUSAGE, "stack %s: plan has %u slot classes, expected 1..%d",
+                    name, plan->n_classes, NF_STACK_MAX_CLASSES);
+    for (uint32_t k = 0; k < plan->n_classes; k++) {
+        const struct nf_stack_class *c = &plan->classes[k];
+        uint64_t prev = k ? plan->classes[k - 1].slot_size : 0;
+        if (c->n_slots == 0 || c->n_slots >= NF_NO_SLOT || c->slot_size <= prev ||
+            c->slot_size % NF_SHM_ALIGN != 0 || c->slot_size > NF_STACK_MAX_SLOT)
+            return errf(err, errlen, NF_EUSAGE,
+                        "stack %s: plan class %u has %llu slots of %llu bytes, expected 1..%u "
+                        "slots of a multiple of %u bytes above %llu (the class before) and at "
+                        "most %llu",
+                        name, k, (unsigned long long)c->n_slots, (unsigned long long)c->slot_size,
+                        NF_NO_SLOT - 1, NF_SHM_ALIGN, (unsigned long long)prev,
+                        (unsigned long long)NF_STACK_MAX_SLOT);
+        total += c->n_slots;
+    }
+    if (total != plan->n_slots || total >= NF_NO_SLOT)
+        return errf(err, errlen, NF_EUSAGE,
+                    "stack %s: plan has %llu slots but its classes %llu, expected the same and "
+                    "below %u",
+                    name, (unsigned long long)plan->n_slots, (unsigned long long)total, NF_NO_SLOT);
+    if (plan->classes[plan->n_classes - 1].slot_size < largest)
+        return errf(err, errlen, NF_EUSAGE,
+                    "stack %s: plan's largest slots are %llu bytes, expected >= %llu (the "
+                    "largest tile of %s)",
+                    name, (unsigned long long)plan->classes[plan->n_classes - 1].slot_size,
+                    (unsigned long long)largest, path);
+    return 0;
+}
 
 /* Points st's fields into its mapping per the config. */
 static void stack_bind(struct nf_stack *st)
@@ -412,17 +723,19 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     int rc = stack_shape(f, &sh, err, errlen);
     if (rc < 0)
         return rc;
-    if (plan->n_slots == 0 || plan->n_slots >= NF_NO_SLOT || plan->slot_size < sh.slot_size ||
-        plan->slot_size % NF_SHM_ALIGN != 0)
-        return errf(err, errlen, NF_EUSAGE,
-                    "stack %s: plan has %llu slots of %llu bytes, expected 1..%u slots of a "
-                    "multiple of %u bytes >= %llu (the largest tile of %s)",
-                    name, (unsigned long long)plan->n_slots, (unsigned long long)plan->slot_size,
-                    NF_NO_SLOT - 1, NF_SHM_ALIGN, (unsigned long long)sh.slot_size, f->path);
-    sh.slot_size = plan->slot_size;
+    rc = plan_check_classes(plan, &sh, name, f->path, err, errlen);
+    if (rc < 0)
+        return rc;
+    /* The plan's classes (normally the ones the shape chose; a caller may pass others). */
+    uint64_t counts[NF_STACK_MAX_CLASSES] = {0};
+    sh.n_classes = plan->n_classes;
+    for (uint32_t k = 0; k < plan->n_classes; k++) {
+        sh.class_size[k] = plan->classes[k].slot_size;
+        counts[k] = plan->classes[k].n_slots;
+    }
     struct nf_stack_plan p;
     memset(&p, 0, sizeof(p));
-    plan_total(&sh, plan->n_slots, plan->n_ctx, n_threads ? n_threads : 1, &p);
+    plan_total(&sh, counts, plan->n_ctx, n_threads ? n_threads : 1, &p);
     struct nf_stack_layout lo;
     stack_layout(&sh, plan->n_slots, &lo);
 
@@ -435,8 +748,10 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     st->cfg = c;
     c->ram_budget = plan->ram_budget;
     c->n_tiles = sh.n_tiles;
-    c->n_slots = plan->n_slots;
-    c->slot_size = plan->slot_size;
+    c->n_slots = p.n_slots;
+    c->n_classes = p.n_classes;
+    memcpy(c->classes, p.classes, sizeof(c->classes));
+    c->max_slot_size = p.classes[p.n_classes - 1].slot_size;
     c->demand_ring_off = lo.demand_off;
     c->demand_ring_size = lo.demand_size;
     c->prefetch_ring_off = lo.prefetch_off;
@@ -519,6 +834,59 @@ static bool in_area(uint64_t off, uint64_t size, uint64_t area_size)
     return off <= area_size && size <= area_size - off;
 }
 
+/* Checks the class table of a region's config against its pool area of pool_size bytes (and,
+ * with f, that the largest class fits f's largest tile): what nf_stack_slot_ptr() relies on. */
+static int check_classes(const struct nf_stack_config *c, uint64_t pool_size,
+                         const struct nf_nft *f, const char *name, char *err, size_t errlen)
+{
+    if (c->n_classes == 0 || c->n_classes > NF_STACK_MAX_CLASSES)
+        return errf(err, errlen, NF_ECORRUPT, "stack %s: config field n_classes %u, expected 1..%d",
+                    name, c->n_classes, NF_STACK_MAX_CLASSES);
+    uint64_t first = 0, off = 0;
+    for (uint32_t k = 0; k < c->n_classes; k++) {
+        const struct nf_stack_class *s = &c->classes[k];
+        uint64_t prev = k ? c->classes[k - 1].slot_size : 0;
+        const char *bad = NULL;
+        if (s->slot_size <= prev || s->slot_size % NF_SHM_ALIGN || s->slot_size > NF_STACK_MAX_SLOT)
+            bad = "slot_size (a multiple of 4096 above the class before)";
+        else if (s->n_slots == 0 || s->n_slots >= NF_NO_SLOT)
+            bad = "n_slots (1 or more)";
+        else if (s->first_slot != first)
+            bad = "first_slot (the slots of the classes before)";
+        else if (s->pool_off != off)
+            bad = "pool_off (the bytes of the classes before)";
+        else if (s->n_slots > (pool_size - off) / s->slot_size)
+            bad = "n_slots * slot_size (beyond the pool area)";
+        if (bad)
+            return errf(err, errlen, NF_ECORRUPT,
+                        "stack %s: config class %u (%llu slots of %llu bytes from slot %llu, "
+                        "pool offset %llu): field %s out of bounds; pool area %llu bytes",
+                        name, k, (unsigned long long)s->n_slots, (unsigned long long)s->slot_size,
+                        (unsigned long long)s->first_slot, (unsigned long long)s->pool_off, bad,
+                        (unsigned long long)pool_size);
+        first += s->n_slots;
+        off += s->n_slots * s->slot_size;
+    }
+    uint64_t largest = c->classes[c->n_classes - 1].slot_size;
+    if (first != c->n_slots || largest != c->max_slot_size)
+        return errf(err, errlen, NF_ECORRUPT,
+                    "stack %s: config n_slots %llu and max_slot_size %llu, expected the classes' "
+                    "%llu slots and largest slot size %llu",
+                    name, (unsigned long long)c->n_slots, (unsigned long long)c->max_slot_size,
+                    (unsigned long long)first, (unsigned long long)largest);
+    if (f) {
+        for (uint64_t i = 0; i < f->n_tiles; i++)
+            if (nf_nft_padded(f->tiles[i].size) > largest)
+                return errf(err, errlen, NF_ECORRUPT,
+                            "stack %s: largest slots %llu bytes, expected >= %llu (tile %llu of "
+                            "%s)",
+                            name, (unsigned long long)largest,
+                            (unsigned long long)nf_nft_padded(f->tiles[i].size),
+                            (unsigned long long)i, f->path);
+    }
+    return 0;
+}
+
 int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *f, char *err,
                     size_t errlen)
 {
@@ -542,9 +910,17 @@ int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *
         rc = errf(err, errlen, -EAGAIN, "stack %s: still being initialized by its creator", name);
         goto fail;
     }
+    if (magic == NF_STACK_CONFIG_MAGIC_V1) {
+        rc = errf(err, errlen, NF_EBADMAGIC,
+                  "stack %s: config magic \"NFNSTACK\" (one slot size, an older NanoFlow's "
+                  "layout), expected \"NFNSTAK2\" (slot size classes): stop the old stack "
+                  "and start it again",
+                  name);
+        goto fail;
+    }
     if (magic != NF_STACK_CONFIG_MAGIC) {
         rc = errf(err, errlen, NF_EBADMAGIC,
-                  "stack %s: config magic 0x%016llx, expected 0x%016llx (\"NFNSTACK\")", name,
+                  "stack %s: config magic 0x%016llx, expected 0x%016llx (\"NFNSTAK2\")", name,
                   (unsigned long long)magic, (unsigned long long)NF_STACK_CONFIG_MAGIC);
         goto fail;
     }
@@ -569,9 +945,6 @@ int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *
                       sz[NF_SHM_TILE_TABLE]) ||
              c->slots_off % NF_STACK_CL)
         bad = "slots_off/n_slots";
-    else if (c->slot_size == 0 || c->slot_size % NF_SHM_ALIGN ||
-             c->n_slots > sz[NF_SHM_TILE_POOL] / c->slot_size)
-        bad = "slot_size/n_slots vs the pool area";
     else if (!in_area(c->demand_ring_off, c->demand_ring_size, sz[NF_SHM_REQ_RING]) ||
              c->demand_ring_off % NF_STACK_CL)
         bad = "demand_ring_off/size";
@@ -596,6 +969,8 @@ int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *
                   name, bad);
         goto fail;
     }
+    if ((rc = check_classes(c, sz[NF_SHM_TILE_POOL], f, name, err, errlen)) < 0)
+        goto fail;
     st->cfg = c;
     stack_bind(st);
     if ((rc = nf_ring_check(st->demand, c->demand_ring_size)) < 0 ||

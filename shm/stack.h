@@ -5,8 +5,12 @@
  * Every structure below lives in the region and holds offsets or indices, never pointers.
  *
  * Areas (shm/region.h ids) and what this module puts in them:
- *  1. NF_SHM_TILE_POOL: n_slots slots of slot_size bytes (a multiple of 4096), slot i at
- *     i * slot_size; registered with io_uring by the fetcher, read in place by compute.
+ *  1. NF_SHM_TILE_POOL: n_slots slots in up to NF_STACK_MAX_CLASSES size classes
+ *     (struct nf_stack_class, in the config): class c holds the slots first_slot ..
+ *     first_slot + n_slots - 1 (one global numbering over all classes), each slot_size bytes (a
+ *     multiple of 4096) from pool_off on; classes are in increasing slot size and a tile lives
+ *     only in the smallest class whose slots fit it. Registered with io_uring by the fetcher,
+ *     read in place by compute.
  *  2. NF_SHM_TILE_TABLE: struct nf_stack_config, then n_tiles struct nf_tile_entry (indexed by
  *     the .nft tile id), then n_slots struct nf_slot_entry.
  *  3. NF_SHM_REQ_RING: two SPSC rings of struct nf_tile_req: the demand ring (compute ->
@@ -42,7 +46,13 @@
 
 struct nf_nft;
 
-#define NF_STACK_CONFIG_MAGIC 0x4b434154534e4e46ull /* "NFNSTACK" */
+/* The config magic names the layout: "NFNSTAK2" has the slot size classes; a region made with
+ * the single slot size of the first layout ("NFNSTACK") is refused by name. */
+#define NF_STACK_CONFIG_MAGIC    0x324b4154534e4e46ull /* "NFNSTAK2" */
+#define NF_STACK_CONFIG_MAGIC_V1 0x4b434154534e4e46ull /* "NFNSTACK" (one slot size) */
+
+/* Slot size classes of the tile pool (see nf_stack_plan for how they are chosen). */
+#define NF_STACK_MAX_CLASSES 4
 
 enum nf_tile_state {
     NF_TILE_EMPTY = 0,
@@ -81,13 +91,23 @@ struct nf_tile_req {
 };
 _Static_assert(sizeof(struct nf_tile_req) == 8, "request layout");
 
+/* One slot size class of the pool: n_slots slots of slot_size bytes, global slot ids
+ * first_slot .. first_slot + n_slots - 1, the first at byte pool_off of the pool. */
+struct nf_stack_class {
+    uint64_t slot_size; /* a multiple of 4096 */
+    uint64_t n_slots;   /* >= 1 */
+    uint64_t first_slot;
+    uint64_t pool_off; /* the sum of the earlier classes' n_slots * slot_size */
+};
+_Static_assert(sizeof(struct nf_stack_class) == 32, "class layout");
+
 /* Written once by the creator before the region's magic is published; read-only afterwards. */
 struct nf_stack_config {
-    uint64_t magic;      /* NF_STACK_CONFIG_MAGIC */
-    uint64_t ram_budget; /* --ram of the whole stack */
-    uint64_t n_tiles;    /* tiles in the .nft index */
-    uint64_t n_slots;    /* pool slots */
-    uint64_t slot_size;  /* bytes per slot (>= the largest tile's padded size) */
+    uint64_t magic;         /* NF_STACK_CONFIG_MAGIC */
+    uint64_t ram_budget;    /* --ram of the whole stack */
+    uint64_t n_tiles;       /* tiles in the .nft index */
+    uint64_t n_slots;       /* pool slots (all classes) */
+    uint64_t max_slot_size; /* bytes per slot of the largest class (>= the largest padded tile) */
     uint64_t demand_ring_off, demand_ring_size;     /* within NF_SHM_REQ_RING */
     uint64_t prefetch_ring_off, prefetch_ring_size; /* within NF_SHM_REQ_RING */
     uint64_t tiles_off, slots_off;                  /* within NF_SHM_TILE_TABLE */
@@ -101,7 +121,9 @@ struct nf_stack_config {
     uint32_t max_groups; /* largest number of FFN groups / experts in a layer */
     float sparsity;      /* 0: exact mode */
     uint32_t n_threads;
-    uint32_t reserved[5];
+    uint32_t n_classes; /* 1..NF_STACK_MAX_CLASSES */
+    uint32_t reserved[4];
+    struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* (n_classes) by slot size */
     char nft_path[PATH_MAX];
 };
 
@@ -161,9 +183,9 @@ struct nf_stack_counters {
 struct nf_stack_plan {
     uint64_t ram_budget;
     uint64_t region_bytes; /* the whole shared region (pool + tables + rings + ...) */
-    uint64_t pool_bytes;   /* n_slots * slot_size */
-    uint64_t n_slots, slot_size;
-    uint64_t kv_bytes;                                            /* compute's KV cache */
+    uint64_t pool_bytes;   /* sum over the classes of n_slots * slot_size */
+    uint64_t n_slots;      /* all classes */
+    uint64_t kv_bytes;     /* compute's KV cache */
     uint64_t compute_private, predictor_private, fetcher_private; /* estimates incl. code */
     uint64_t min_budget; /* the smallest budget this model can run with */
     uint32_t n_ctx;      /* context length after capping to the budget */
@@ -171,11 +193,16 @@ struct nf_stack_plan {
     /* Added after the first version of this header (append-only): */
     uint32_t n_ctx_want; /* the request, or the model's default capped at 4096 */
     uint32_t n_ctx_min;  /* the smallest context the plan may cap to */
-    uint64_t min_slots;  /* the minimum pool (see NF_STACK_SPARE_SLOTS in stack.c) */
+    uint64_t min_slots;  /* the minimum pool: the sum of class_min (NF_STACK_SPARE_SLOTS) */
     uint32_t demand_count, prefetch_count; /* ring entries (powers of two) */
     uint32_t max_groups;                   /* as in struct nf_stack_config */
     uint64_t down_scratch; /* bytes of compute's per-layer ffn_down scratch (exact mode) */
     uint64_t kernel_bytes; /* page tables of the region's mappings, page cache (estimate) */
+    /* The pool's slot size classes (replacing the single slot_size of the first version). */
+    uint32_t n_classes;                                  /* 1..NF_STACK_MAX_CLASSES */
+    struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* by increasing slot size */
+    uint64_t class_min[NF_STACK_MAX_CLASSES];            /* the minimum slots of each class */
+    uint64_t class_tiles[NF_STACK_MAX_CLASSES];          /* tiles that go in each class */
 };
 
 /* Budget constants of the plan. */
@@ -186,10 +213,12 @@ struct nf_stack_plan {
 #define NF_STACK_KERNEL_BYTES (4ull << 20) /* sockets', logs' and slab's page cache */
 
 /* Computes the plan for model f under budget ram_budget with the requested context length
- * and thread count. A request is honoured if the minimum pool fits beside it, else capped to
- * the largest that does. Without one (0) the context is the model's (capped at 4096) lowered so
- * that the KV cache takes at most a quarter of the budget (a multiple of 256, not below 256 or
- * the model's context if smaller). Kernel memory (page tables of the three mappings of the
+ * and thread count. The pool's slot size classes come from the model's tile sizes and the pool
+ * bytes are split between them by what a token step reads (the rule is explained in stack.c
+ * above plan_classes and plan_split). A request is honoured if the minimum pool fits beside it,
+ * else capped to the largest that does. Without one (0) the context is the model's (capped at 4096)
+ * lowered so that the KV cache takes at most a quarter of the budget (a multiple of 256, not below
+ * 256 or the model's context if smaller). Kernel memory (page tables of the three mappings of the
  * region, region / 256 each, and 4 MiB of page cache) is reserved, in the minimum too; the pool
  * gets the rest. Returns 0, or -ENOSPC when the budget is below plan->min_budget (which is still
  * filled in, so the caller can say what is needed), with a one-line reason in err. */
@@ -203,7 +232,7 @@ struct nf_stack {
     struct nf_stack_sync *sync;
     struct nf_tile_entry *tiles; /* (n_tiles) */
     struct nf_slot_entry *slots; /* (n_slots) */
-    uint8_t *pool;               /* (n_slots * slot_size) */
+    uint8_t *pool;               /* (pool bytes: every class's n_slots * slot_size) */
     struct nf_ring *demand;      /* compute -> fetcher */
     struct nf_ring *prefetch;    /* predictor -> fetcher */
     uint8_t *act_base, *used_base;
@@ -227,10 +256,38 @@ int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *
 void nf_stack_detach(struct nf_stack *st);
 int nf_stack_unlink(const char *name);
 
+/* The class of global slot id slot (an index into cfg->classes; the last class for an id out
+ * of range, which callers never pass). At most NF_STACK_MAX_CLASSES steps: O(1). */
+static inline uint32_t nf_stack_slot_class(const struct nf_stack *st, uint32_t slot)
+{
+    const struct nf_stack_config *c = st->cfg;
+    uint32_t k = 0;
+    while (k + 1 < c->n_classes && slot >= c->classes[k].first_slot + c->classes[k].n_slots)
+        k++;
+    return k;
+}
+
 static inline uint8_t *nf_stack_slot_ptr(const struct nf_stack *st, uint32_t slot)
 {
-    return st->pool + (uint64_t)slot * st->cfg->slot_size;
+    const struct nf_stack_class *k = &st->cfg->classes[nf_stack_slot_class(st, slot)];
+    return st->pool + k->pool_off + (slot - k->first_slot) * k->slot_size;
 }
+
+static inline uint64_t nf_stack_slot_size(const struct nf_stack *st, uint32_t slot)
+{
+    return st->cfg->classes[nf_stack_slot_class(st, slot)].slot_size;
+}
+
+/* Bytes of the whole pool (every class's slots). */
+static inline uint64_t nf_stack_pool_bytes(const struct nf_stack *st)
+{
+    const struct nf_stack_class *k = &st->cfg->classes[st->cfg->n_classes - 1];
+    return k->pool_off + k->n_slots * k->slot_size;
+}
+
+/* The class a tile of `padded` bytes goes in: the smallest whose slots fit it, or -1 when none
+ * does. Works on a config or a plan's class table. */
+int nf_stack_class_of(const struct nf_stack_class *classes, uint32_t n_classes, uint64_t padded);
 struct nf_act_slot *nf_stack_act(const struct nf_stack *st, uint32_t layer);
 struct nf_used_slot *nf_stack_used(const struct nf_stack *st, uint32_t layer);
 

@@ -35,7 +35,7 @@ static void table_init(struct table *t)
 
 static uint32_t victim(struct table *t, uint32_t cur, uint32_t min_dist, uint32_t below)
 {
-    return nf_cache_pick_victim(t->tiles, NT, t->slots, NS, cur, min_dist, below);
+    return nf_cache_pick_victim(t->tiles, NT, t->slots, 0, NS, cur, min_dist, below);
 }
 
 static void test_distance(void **state)
@@ -166,16 +166,16 @@ static void test_cyclic_scan_beats_lru(void **state)
 static uint32_t build_info(struct nf_cache_tile_info *info)
 {
     uint32_t n = 0;
-    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_EMBD, 4096};
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_EMBD, 4096, 0};
     for (uint32_t l = 0; l < 3; l++) {
         static const uint16_t kinds[] = {
             NF_TILE_ATTN_NORM, NF_TILE_ATTN_Q, NF_TILE_ATTN_K, NF_TILE_ATTN_V, NF_TILE_ATTN_O,
             NF_TILE_FFN_NORM,  NF_TILE_FFN,    NF_TILE_FFN,    NF_TILE_FFN,    NF_TILE_FFN};
         for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
-            info[n++] = (struct nf_cache_tile_info){l, kinds[k], 8192};
+            info[n++] = (struct nf_cache_tile_info){l, kinds[k], 8192, 0};
     }
-    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 4096};
-    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_OUTPUT, 8192};
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 4096, 0};
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_OUTPUT, 8192, 0};
     return n;
 }
 
@@ -187,7 +187,7 @@ static void test_resident_set(void **state)
     assert_int_equal(n, 33);
     struct nf_cache c;
     /* 11 slots: 6 norms + output norm = 7, then layer 0's attention (4) fits, layer 1's not. */
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 22, 11), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){11}), 0);
     assert_int_equal(c.n_resident, 11);
     for (uint32_t id = 0; id < n; id++) {
         bool norm = info[id].kind == NF_TILE_ATTN_NORM || info[id].kind == NF_TILE_FFN_NORM ||
@@ -198,16 +198,16 @@ static void test_resident_set(void **state)
     }
     nf_cache_free(&c);
     /* 10 slots: no whole layer of attention fits after the norms. */
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 20, 10), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){10}), 0);
     assert_int_equal(c.n_resident, 7);
     assert_false(nf_cache_is_resident(&c, 2)); /* layer 0 q */
     nf_cache_free(&c);
     /* 3 slots: only the first norms, never more than allowed. */
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 6, 3), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){3}), 0);
     assert_int_equal(c.n_resident, 3);
     nf_cache_free(&c);
     /* No slots to spare: nothing resident. */
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 8, 0), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){0}), 0);
     assert_int_equal(c.n_resident, 0);
     assert_false(nf_cache_is_resident(&c, n)); /* out of range */
     nf_cache_free(&c);

@@ -374,11 +374,12 @@ static int setup_files(void)
     b ^= 0x40;
     if (pwrite(fd, &b, 1, at) != 1 || close(fd) != 0)
         return 1;
-    /* The smallest budget the plan accepts (its pool is the minimum working set) plus 16 slots,
-     * so there is room for a resident set and still far fewer slots than tiles. */
+    /* The smallest budget the plan accepts (its pool is the minimum working set) plus 16 of
+     * the largest slots, so there is room for a resident set and still far fewer slots than
+     * tiles. */
     struct nf_stack_plan plan;
     int rc = nf_stack_plan(f, 4096, 0, 1, &plan, err, sizeof(err));
-    g_ram = plan.min_budget + 16 * (plan.slot_size + 64);
+    g_ram = plan.min_budget + 16 * (plan.classes[plan.n_classes - 1].slot_size + 64);
     if (rc != -ENOSPC || nf_stack_plan(f, g_ram, 0, 1, &plan, err, sizeof(err)) != 0) {
         fprintf(stderr, "plan: %s\n", err);
         return 1;

@@ -94,8 +94,42 @@ static void check_plan(const struct nf_nft *f, const struct nf_stack_plan *p)
     for (uint64_t i = 0; i < f->n_tiles; i++)
         if (nf_nft_padded(f->tiles[i].size) > max_padded)
             max_padded = nf_nft_padded(f->tiles[i].size);
-    assert_int_equal(p->slot_size, max_padded);
-    assert_int_equal(p->pool_bytes, p->n_slots * p->slot_size);
+    /* Classes: increasing page multiples, the last one the largest tile, contiguous slot ids
+     * and bytes, each at least its minimum and at most its tiles. */
+    assert_true(p->n_classes >= 1 && p->n_classes <= NF_STACK_MAX_CLASSES);
+    assert_int_equal(p->classes[p->n_classes - 1].slot_size, max_padded);
+    uint64_t slots = 0, bytes = 0, min = 0, tiles = 0;
+    for (uint32_t k = 0; k < p->n_classes; k++) {
+        const struct nf_stack_class *c = &p->classes[k];
+        assert_int_equal(c->slot_size % 4096, 0);
+        if (k)
+            assert_true(c->slot_size > p->classes[k - 1].slot_size);
+        assert_int_equal(c->first_slot, slots);
+        assert_int_equal(c->pool_off, bytes);
+        assert_true(c->n_slots >= p->class_min[k] && c->n_slots <= p->class_tiles[k]);
+        assert_true(p->class_min[k] >= 1);
+        slots += c->n_slots;
+        bytes += c->n_slots * c->slot_size;
+        min += p->class_min[k];
+        tiles += p->class_tiles[k];
+    }
+    assert_int_equal(p->n_slots, slots);
+    assert_int_equal(p->pool_bytes, bytes);
+    assert_int_equal(p->min_slots, min);
+    assert_int_equal(tiles, f->n_tiles);
+    /* Every tile goes in the smallest class that fits it, and that class counts it. */
+    uint64_t counted[NF_STACK_MAX_CLASSES] = {0};
+    for (uint64_t i = 0; i < f->n_tiles; i++) {
+        uint64_t padded = nf_nft_padded(f->tiles[i].size);
+        int k = nf_stack_class_of(p->classes, p->n_classes, padded);
+        assert_true(k >= 0);
+        assert_true(padded <= p->classes[k].slot_size);
+        if (k > 0)
+            assert_true(padded > p->classes[k - 1].slot_size);
+        counted[k]++;
+    }
+    for (uint32_t k = 0; k < p->n_classes; k++)
+        assert_int_equal(counted[k], p->class_tiles[k]);
     assert_int_equal(p->area_sizes[NF_SHM_TILE_POOL], p->pool_bytes);
     uint64_t region = 4096;
     for (int i = 0; i < NF_SHM_NAREAS; i++)
@@ -234,10 +268,19 @@ static void test_plan_handmade(void **state)
     assert_int_equal(p.n_ctx, 4096);
     assert_int_equal(p.kv_bytes, 512ull << 20); /* 32 layers * 4096 * K,V * 1024 * F16 */
     assert_true(p.kv_bytes <= p.ram_budget / 4);
-    assert_int_equal(p.slot_size, align_page(1040000));
-    /* Largest layer set: 27 attention-side tiles (norms, q/k/v/o, predictor) + 4 FFN tiles;
-     * + embd + output + output norm + 2 spare. */
-    assert_int_equal(p.min_slots, 27 + 4 + 1 + 1 + 1 + 2);
+    /* Two classes: the small one (norms, 36 KiB embedding rows) and the main one (matrices and
+     * the 0.7 MiB predictor tiles, all within twice the median). */
+    assert_int_equal(p.n_classes, 2);
+    assert_int_equal(p.classes[0].slot_size, 36864);
+    assert_int_equal(p.classes[1].slot_size, align_page(1040000));
+    /* Small: 2 norms of the largest layer + embd + output norm + 2 spare. Main: the other 25
+     * attention-side tiles (q/k/v/o, predictor) + 4 FFN tiles + output + 2 spare. */
+    assert_int_equal(p.class_min[0], 2 + 1 + 1 + 2);
+    assert_int_equal(p.class_min[1], 25 + 4 + 1 + 2);
+    assert_int_equal(p.min_slots, p.class_min[0] + p.class_min[1]);
+    /* The small class holds what a step reads there: 64 layer norms, the output norm and an
+     * embedding row (beyond its minimum, which holds one of each kind). */
+    assert_true(p.classes[0].n_slots >= 64 + 1 + 1);
     assert_true(p.n_slots > 500); /* the pool took the rest */
     assert_int_equal(p.down_scratch, 4096ull * (11008 / 32 * 18));
     assert_int_equal(p.max_groups, 43 * (11008 / 43 / 32));
@@ -335,7 +378,9 @@ static void test_create_attach(void **state)
     assert_int_equal(b.cfg->magic, NF_STACK_CONFIG_MAGIC);
     assert_int_equal(b.cfg->n_tiles, stories->n_tiles);
     assert_int_equal(b.cfg->n_slots, p.n_slots);
-    assert_int_equal(b.cfg->slot_size, p.slot_size);
+    assert_int_equal(b.cfg->n_classes, p.n_classes);
+    assert_memory_equal(b.cfg->classes, p.classes, sizeof(p.classes[0]) * p.n_classes);
+    assert_int_equal(b.cfg->max_slot_size, p.classes[p.n_classes - 1].slot_size);
     assert_int_equal(b.cfg->n_ctx, p.n_ctx);
     assert_int_equal(b.cfg->n_layer, 5);
     assert_int_equal(b.cfg->n_embd, 64);
@@ -429,7 +474,7 @@ static void test_attach_refusals(void **state)
 
     /* A plan whose slots are smaller than the model's largest tile is refused at create. */
     struct nf_stack_plan bad = p;
-    bad.slot_size = 0;
+    bad.classes[0].slot_size = 0;
     assert_int_equal(nf_stack_create(&a, name, stories, &bad, 0.0f, 2, err, sizeof(err)),
                      NF_EUSAGE);
     assert_false(shm_exists(name));
@@ -474,7 +519,7 @@ static void test_state_machine(void **state)
     assert_int_equal(nf_tile_begin_load(&st, 6, (uint32_t)p.n_slots), -EINVAL);
     assert_int_equal(nf_tile_prefetch(&st, 5, 1, false), 0);
     assert_null(nf_tile_try_pin(&st, 5, 1));
-    memset(nf_stack_slot_ptr(&st, 1), 0xa5, p.slot_size);
+    memset(nf_stack_slot_ptr(&st, 1), 0xa5, nf_stack_slot_size(&st, 1));
     uint32_t done = nf_notify_seq(&st.sync->tile_done);
     nf_tile_end_load(&st, 5, true);
     assert_int_equal(state_of(&st, 5), NF_TILE_READY);
@@ -483,7 +528,7 @@ static void test_state_machine(void **state)
     /* Compute pins it; eviction is refused while pinned, allowed after. */
     const uint8_t *b = nf_tile_try_pin(&st, 5, 77);
     assert_ptr_equal(b, nf_stack_slot_ptr(&st, 1));
-    assert_int_equal(b[p.slot_size - 1], 0xa5);
+    assert_int_equal(b[nf_stack_slot_size(&st, 1) - 1], 0xa5);
     assert_int_equal(st.tiles[5].last_use, 77);
     int rc = 1;
     assert_ptr_equal(nf_tile_pin_wait(&st, 5, 78, 0, &rc), b); /* a second pin */
@@ -631,7 +676,7 @@ static int fetcher_load(struct nf_stack *st, uint32_t id, uint64_t *rng)
         return 0;
     if (rc < 0)
         return rc;
-    fill_pattern(nf_stack_slot_ptr(st, (uint32_t)slot), st->cfg->slot_size, id);
+    fill_pattern(nf_stack_slot_ptr(st, (uint32_t)slot), nf_stack_slot_size(st, (uint32_t)slot), id);
     nf_tile_end_load(st, id, true);
     /* Aggressive: also evict another random slot right away. */
     uint32_t other = (uint32_t)(rng_next(rng) % st->cfg->n_slots);
@@ -713,9 +758,10 @@ static void compute_run(struct nf_stack *st, int n_pins)
             nf_tile_prefetch(st, (uint32_t)(rng_next(&rng) % STRESS_TILES), 1, true);
         if (n_held == STRESS_HOLD || (n_held > 0 && rng_next(&rng) % 2)) {
             int k = (int)(rng_next(&rng) % (uint64_t)n_held);
-            const uint8_t *b = nf_stack_slot_ptr(st, atomic_load(&st->tiles[held[k]].slot));
+            uint32_t slot = atomic_load(&st->tiles[held[k]].slot);
+            const uint8_t *b = nf_stack_slot_ptr(st, slot);
             /* Still intact while pinned, whatever the fetcher evicted meanwhile. */
-            if (!pattern_ok(b, st->cfg->slot_size, held[k]))
+            if (!pattern_ok(b, nf_stack_slot_size(st, slot), held[k]))
                 fail_msg("tile %u changed while pinned", held[k]);
             nf_tile_unpin(st, held[k]);
             held[k] = held[--n_held];
@@ -726,7 +772,7 @@ static void compute_run(struct nf_stack *st, int n_pins)
         const uint8_t *b = nf_tile_pin_wait(st, id, (uint64_t)i, 10000, &rc);
         if (!b)
             fail_msg("pin_wait tile %u: %s", id, nf_strerror(rc));
-        if (!pattern_ok(b, st->cfg->slot_size, id))
+        if (!pattern_ok(b, nf_stack_slot_size(st, atomic_load(&st->tiles[id].slot)), id))
             fail_msg("tile %u: slot bytes belong to another tile", id);
         held[n_held++] = id;
     }
@@ -754,7 +800,9 @@ static void stress_region(struct nf_stack *st, const char *name, struct fake_mod
     struct nf_stack_plan p;
     char err[512];
     assert_int_equal(nf_stack_plan(&m->f, 256ull << 20, 256, 1, &p, err, sizeof(err)), 0);
+    assert_int_equal(p.n_classes, 1); /* one-page tiles: one class */
     p.n_slots = STRESS_SLOTS;
+    p.classes[0].n_slots = STRESS_SLOTS;
     create_ok(st, name, &m->f, &p);
 }
 

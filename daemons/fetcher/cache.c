@@ -19,54 +19,72 @@ static bool always_hot(const struct nf_cache_tile_info *t)
     }
 }
 
-static bool is_attention(const struct nf_cache_tile_info *t)
+/* Tiles made resident by whole layers: attention and the layer's predictor. */
+static bool by_layer(const struct nf_cache_tile_info *t)
 {
     return t->kind == NF_TILE_ATTN_Q || t->kind == NF_TILE_ATTN_K || t->kind == NF_TILE_ATTN_V ||
-           t->kind == NF_TILE_ATTN_O;
+           t->kind == NF_TILE_ATTN_O || t->kind == NF_TILE_PRED_LOWRANK ||
+           t->kind == NF_TILE_PRED_ROUTER;
 }
 
 static void mark(struct nf_cache *c, const struct nf_cache_tile_info *info, uint32_t id)
 {
     c->resident[id] = 1;
     c->n_resident++;
+    c->class_resident[info[id].cls]++;
     c->resident_bytes += info[id].bytes;
 }
 
 int nf_cache_init(struct nf_cache *c, const struct nf_cache_tile_info *info, uint32_t n_tiles,
-                  uint32_t n_layer, uint32_t n_slots, uint32_t max_slots)
+                  uint32_t n_layer, uint32_t n_classes, const uint32_t *max_slots)
 {
     memset(c, 0, sizeof(*c));
+    if (n_classes == 0 || n_classes > NF_STACK_MAX_CLASSES)
+        return -EINVAL;
     c->n_tiles = n_tiles;
-    c->n_slots = n_slots;
+    c->n_classes = n_classes;
     c->resident = calloc(n_tiles ? n_tiles : 1, 1);
-    uint32_t *attn = calloc(n_layer ? n_layer : 1, sizeof(*attn)); /* (n_layer) tiles each */
-    if (!c->resident || !attn) {
-        free(attn);
+    c->cls = malloc(n_tiles ? n_tiles : 1);
+    /* (n_layer, n_classes) by-layer tiles of each layer in each class */
+    uint32_t *per = calloc((size_t)(n_layer ? n_layer : 1) * n_classes, sizeof(*per));
+    if (!c->resident || !c->cls || !per) {
+        free(per);
         nf_cache_free(c);
         return -ENOMEM;
     }
-    if (max_slots > n_slots)
-        max_slots = n_slots;
-    /* Small tiles every token uses, one by one while they fit. */
-    for (uint32_t id = 0; id < n_tiles && c->n_resident < max_slots; id++)
-        if (always_hot(&info[id]))
-            mark(c, info, id);
-    /* Attention tiles by whole layers, first layers first, while they fit. */
     for (uint32_t id = 0; id < n_tiles; id++)
-        if (is_attention(&info[id]) && info[id].layer < n_layer)
-            attn[info[id].layer]++;
-    uint32_t layers = 0, used = c->n_resident;
-    while (layers < n_layer && used + attn[layers] <= max_slots)
-        used += attn[layers++];
-    for (uint32_t id = 0; id < n_tiles; id++)
-        if (is_attention(&info[id]) && info[id].layer < layers)
+        c->cls[id] = info[id].cls < n_classes ? info[id].cls : NF_CACHE_NO_CLASS;
+    /* Small tiles every token uses, one by one while their class has room. */
+    for (uint32_t id = 0; id < n_tiles; id++) {
+        uint32_t k = c->cls[id];
+        if (k != NF_CACHE_NO_CLASS && always_hot(&info[id]) && c->class_resident[k] < max_slots[k])
             mark(c, info, id);
-    free(attn);
+    }
+    /* Attention and predictor tiles by whole layers, first layers first, while they fit; each
+     * class on its own (a layer's predictor tile may be resident in its class while the
+     * layer's attention no longer fits in the main class). */
+    for (uint32_t id = 0; id < n_tiles; id++)
+        if (by_layer(&info[id]) && info[id].layer < n_layer && c->cls[id] != NF_CACHE_NO_CLASS)
+            per[(size_t)info[id].layer * n_classes + c->cls[id]]++;
+    uint32_t layers[NF_STACK_MAX_CLASSES];
+    for (uint32_t k = 0; k < n_classes; k++) {
+        uint32_t used = c->class_resident[k];
+        layers[k] = 0;
+        while (layers[k] < n_layer && used + per[(size_t)layers[k] * n_classes + k] <= max_slots[k])
+            used += per[(size_t)layers[k]++ * n_classes + k];
+    }
+    for (uint32_t id = 0; id < n_tiles; id++) {
+        uint32_t k = c->cls[id];
+        if (k != NF_CACHE_NO_CLASS && by_layer(&info[id]) && info[id].layer < layers[k])
+            mark(c, info, id);
+    }
+    free(per);
     return 0;
 }
 
-int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f, uint32_t n_slots,
-                      uint32_t max_slots)
+int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f,
+                      const struct nf_stack_class *classes, uint32_t n_classes,
+                      const uint32_t *max_slots)
 {
     uint32_t n = (uint32_t)f->n_tiles;
     struct nf_cache_tile_info *info = calloc(n ? n : 1, sizeof(*info)); /* (n_tiles) */
@@ -76,8 +94,10 @@ int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f, uint32_t n_slo
         info[i].layer = f->tiles[i].layer;
         info[i].kind = f->tiles[i].kind;
         info[i].bytes = nf_nft_padded(f->tiles[i].size);
+        int k = nf_stack_class_of(classes, n_classes, info[i].bytes);
+        info[i].cls = k < 0 ? NF_CACHE_NO_CLASS : (uint8_t)k;
     }
-    int rc = nf_cache_init(c, info, n, f->hdr.n_layer, n_slots, max_slots);
+    int rc = nf_cache_init(c, info, n, f->hdr.n_layer, n_classes, max_slots);
     free(info);
     return rc;
 }
@@ -85,15 +105,17 @@ int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f, uint32_t n_slo
 void nf_cache_free(struct nf_cache *c)
 {
     free(c->resident);
+    free(c->cls);
     c->resident = NULL;
+    c->cls = NULL;
 }
 
 uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tiles,
-                              const struct nf_slot_entry *slots, uint32_t n_slots, uint32_t cur,
-                              uint32_t min_dist, uint32_t below)
+                              const struct nf_slot_entry *slots, uint32_t first_slot,
+                              uint32_t end_slot, uint32_t cur, uint32_t min_dist, uint32_t below)
 {
     uint32_t best = NF_NO_SLOT, best_dist = 0;
-    for (uint32_t s = 0; s < n_slots; s++) {
+    for (uint32_t s = first_slot; s < end_slot; s++) {
         uint32_t id = atomic_load_explicit(&slots[s].tile, memory_order_relaxed);
         if (id >= n_tiles)
             continue;

@@ -15,14 +15,21 @@
  *  - a prefetch may only evict a tile whose next use is farther than its own (otherwise a
  *    far-ahead prefetch would throw out what compute needs sooner); a demand may evict any.
  *
- * The resident set (chosen at startup, at most half the pool's slots) holds the tiles every
- * token needs that are small or always used: output norm, rope frequencies, every layer's
- * norms and MoE routers, then the attention tiles (Q, K, V, O) of layers 0, 1, ... as whole
- * layers while they fit. Resident tiles are loaded on first use (demand or prefetch), not at
- * startup, and their slot is then flagged NF_SLOT_RESIDENT and never evicted: startup stays
- * fast and a resident tile the model never uses costs nothing. The set never takes more slots
- * than leave the plan's minimum working set (min_slots) for everything else; hot FFN groups
- * are not made resident (which groups are hot depends on the prompt).
+ * The pool has slot size classes (stack.h): a tile lives only in the smallest class that fits
+ * it, so all of the above works within a class: a load takes a free slot of its tile's class or
+ * evicts a tile of that class (the farthest one there), never a slot of another class.
+ *
+ * The resident set (chosen at startup per class, at most half of each class's slots) holds the
+ * tiles every token needs that are small or always used: output norm, rope frequencies, every
+ * layer's norms and MoE routers, then the attention tiles (Q, K, V, O) and predictor tiles of
+ * layers 0, 1, ... as whole layers while they fit in their class. Resident tiles are loaded on
+ * first use (demand or prefetch), not at startup, and their slot is then flagged
+ * NF_SLOT_RESIDENT and never evicted: startup stays fast and a resident tile the model never
+ * uses (a predictor tile in exact mode) costs nothing. In each class the set never takes more
+ * slots than leave the plan's minimum working set of that class for everything else, so the
+ * main class (attention, FFN and output tiles) pins as much attention as its half allows
+ * without small or oversize tiles taking its slots; hot FFN groups are not made resident
+ * (which groups are hot depends on the prompt).
  *
  * Everything here is a pure function of the tables it is given, so it is unit-tested on
  * synthetic tables (tests/test_fetch_cache.c). */
@@ -36,11 +43,15 @@
 
 struct nf_nft;
 
+#define NF_CACHE_NO_CLASS 0xffu /* a tile no class fits (never loaded) */
+
 struct nf_cache {
-    uint32_t n_tiles, n_slots;
+    uint32_t n_tiles, n_classes;
     uint8_t *resident;       /* (n_tiles) 1 when the tile belongs to the resident set */
+    uint8_t *cls;            /* (n_tiles) the tile's class, or NF_CACHE_NO_CLASS */
     uint32_t n_resident;     /* tiles in the set (each takes one slot once loaded) */
     uint64_t resident_bytes; /* padded bytes of the set */
+    uint32_t class_resident[NF_STACK_MAX_CLASSES]; /* tiles of the set in each class */
 };
 
 /* What a resident-set choice needs to know about one tile. */
@@ -48,21 +59,31 @@ struct nf_cache_tile_info {
     uint32_t layer; /* NF_NFT_NO_LAYER for layer-less kinds */
     uint16_t kind;  /* enum nf_tile_kind */
     uint64_t bytes; /* padded size */
+    uint8_t cls;    /* the pool class it goes in (< n_classes), or NF_CACHE_NO_CLASS */
 };
 
 /* Chooses the resident set for n_tiles tiles described by info into c, using at most
- * max_slots slots (the caller passes half the pool). Returns 0 or -ENOMEM. */
+ * max_slots[k] slots of class k (the caller passes half of each class). Returns 0, -EINVAL for
+ * n_classes outside 1..NF_STACK_MAX_CLASSES, or -ENOMEM. */
 int nf_cache_init(struct nf_cache *c, const struct nf_cache_tile_info *info, uint32_t n_tiles,
-                  uint32_t n_layer, uint32_t n_slots, uint32_t max_slots);
-/* The same from an open .nft (the fetcher passes max_slots = n_slots / 2, less if the rest would
- * fall below the plan's minimum working set). */
-int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f, uint32_t n_slots,
-                      uint32_t max_slots);
+                  uint32_t n_layer, uint32_t n_classes, const uint32_t *max_slots);
+/* The same from an open .nft and the pool's class table (a tile goes in the smallest class
+ * that fits its padded size); the fetcher passes max_slots[k] = half of class k, less if the
+ * rest would fall below the plan's minimum working set of the class. */
+int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f,
+                      const struct nf_stack_class *classes, uint32_t n_classes,
+                      const uint32_t *max_slots);
 void nf_cache_free(struct nf_cache *c);
 
 static inline bool nf_cache_is_resident(const struct nf_cache *c, uint32_t id)
 {
     return id < c->n_tiles && c->resident[id];
+}
+
+/* The class of tile id, NF_CACHE_NO_CLASS when it fits none (or id is out of range). */
+static inline uint32_t nf_cache_class(const struct nf_cache *c, uint32_t id)
+{
+    return id < c->n_tiles ? c->cls[id] : NF_CACHE_NO_CLASS;
 }
 
 /* Steps from cur forward to id in the cyclic use order (0 when id == cur). */
@@ -71,14 +92,15 @@ static inline uint32_t nf_cache_distance(uint32_t id, uint32_t cur, uint32_t n_t
     return id >= cur ? id - cur : n_tiles - cur + id;
 }
 
-/* Picks the eviction victim among the n_slots slots: the slot whose tile is READY, unpinned,
- * not flagged NF_SLOT_RESIDENT, and has the largest distance from cur that is both > min_dist
- * and < below (pass UINT32_MAX for no upper bound; after a failed nf_slot_try_evict, call again
- * with below set to the failed tile's distance to get the next candidate). Returns the slot, or
- * NF_NO_SLOT when none qualifies. Reads the tables with relaxed atomics (a racing pin is caught
- * by nf_slot_try_evict). */
+/* Picks the eviction victim among the slots first_slot .. end_slot - 1 (one class: a tile
+ * only evicts within its own class): the slot whose tile is READY, unpinned, not flagged
+ * NF_SLOT_RESIDENT, and has the largest distance from cur that is both > min_dist and < below
+ * (pass UINT32_MAX for no upper bound; after a failed nf_slot_try_evict, call again with below
+ * set to the failed tile's distance to get the next candidate). Returns the slot, or NF_NO_SLOT
+ * when none qualifies. Reads the tables with relaxed atomics (a racing pin is caught by
+ * nf_slot_try_evict). */
 uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tiles,
-                              const struct nf_slot_entry *slots, uint32_t n_slots, uint32_t cur,
-                              uint32_t min_dist, uint32_t below);
+                              const struct nf_slot_entry *slots, uint32_t first_slot,
+                              uint32_t end_slot, uint32_t cur, uint32_t min_dist, uint32_t below);
 
 #endif

@@ -96,6 +96,25 @@ static void heap_push(struct nf_fetcher *ft, uint32_t id, uint32_t prio)
     heap_up(ft, ft->heap_len - 1);
 }
 
+/* --- free slots ----------------------------------------------------------------------------- */
+
+/* Puts slot back on its class's free stack. */
+static void push_free(struct nf_fetcher *ft, uint32_t slot)
+{
+    uint32_t k = nf_stack_slot_class(ft->st, slot);
+    uint32_t first = (uint32_t)ft->st->cfg->classes[k].first_slot;
+    ft->free_slots[first + ft->n_free[k]++] = slot;
+}
+
+/* A free slot of class k, or NF_NO_SLOT. */
+static uint32_t pop_free(struct nf_fetcher *ft, uint32_t k)
+{
+    if (ft->n_free[k] == 0)
+        return NF_NO_SLOT;
+    uint32_t first = (uint32_t)ft->st->cfg->classes[k].first_slot;
+    return ft->free_slots[first + --ft->n_free[k]];
+}
+
 /* --- setup ---------------------------------------------------------------------------------- */
 
 int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nft *f,
@@ -131,10 +150,11 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
         nf_fetch_free(ft);
         return -ENOMEM;
     }
-    /* Slots free in a fresh region: all. Pushed in reverse so slot 0 is used first. */
+    /* Slots free in a fresh region: all. Pushed in reverse so each class's first slot is
+     * used first. */
     for (uint32_t s = ft->n_slots; s-- > 0;)
         if (atomic_load(&st->slots[s].tile) == NF_NO_TILE)
-            ft->free_slots[ft->n_free++] = s;
+            push_free(ft, s);
     for (uint32_t i = ft->o.qd; i-- > 0;)
         ft->io_free[ft->n_io_free++] = i;
     /* First tile id of each layer (ids follow use order); [n_layer]: the first tile after the
@@ -148,18 +168,30 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
         else if (i > 0 && f->tiles[i - 1].layer < nl)
             ft->layer_first[nl] = i;
     }
-    uint32_t max_res = ft->n_slots / 2;
-    if (ft->n_slots - max_res < o->min_free_slots)
-        max_res = ft->n_slots > o->min_free_slots ? ft->n_slots - o->min_free_slots : 0;
-    int rc = nf_cache_init_nft(&ft->cache, f, ft->n_slots, max_res);
+    /* The resident set: at most half of each class, less where the rest would fall below the
+     * class's minimum working set. */
+    const struct nf_stack_config *cfg = st->cfg;
+    uint32_t max_res[NF_STACK_MAX_CLASSES] = {0};
+    for (uint32_t k = 0; k < cfg->n_classes; k++) {
+        uint32_t n = (uint32_t)cfg->classes[k].n_slots, min = o->class_min[k];
+        max_res[k] = n / 2;
+        if (n - max_res[k] < min)
+            max_res[k] = n > min ? n - min : 0;
+    }
+    int rc = nf_cache_init_nft(&ft->cache, f, cfg->classes, cfg->n_classes, max_res);
     if (rc < 0) {
-        snprintf(err, errlen, "out of memory for the resident set");
+        snprintf(err, errlen, "%s for the resident set",
+                 rc == -ENOMEM ? "out of memory" : "bad slot classes");
         nf_fetch_free(ft);
         return rc;
     }
     nf_log(NF_LOG_INFO,
            "resident set: %u tiles (%" PRIu64 " bytes) of %u slots, loaded on first use",
            ft->cache.n_resident, ft->cache.resident_bytes, ft->n_slots);
+    for (uint32_t k = 0; k < cfg->n_classes; k++)
+        nf_log(NF_LOG_INFO,
+               "slot class %u: %" PRIu64 " slots of %" PRIu64 " bytes, resident set %u tiles", k,
+               cfg->classes[k].n_slots, cfg->classes[k].slot_size, ft->cache.class_resident[k]);
     rc = nf_fetch_backend_open(ft, err, errlen);
     if (rc < 0) {
         nf_fetch_free(ft);
@@ -274,19 +306,23 @@ static void track_compute(struct nf_fetcher *ft)
     }
 }
 
-/* A free slot for tile id: from the free list, else by evicting the tile whose next use is
- * farthest (a prefetch only evicts tiles needed later than itself). NF_NO_SLOT if none. */
-static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, bool demand)
+/* A free slot for tile id in its class k: from the class's free list, else by evicting the tile
+ * of that class whose next use is farthest (a prefetch only evicts tiles needed later than
+ * itself). NF_NO_SLOT if none. */
+static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, uint32_t k, bool demand)
 {
-    if (ft->n_free)
-        return ft->free_slots[--ft->n_free];
+    uint32_t s = pop_free(ft, k);
+    if (s != NF_NO_SLOT)
+        return s;
     struct nf_stack *st = ft->st;
+    const struct nf_stack_class *c = &st->cfg->classes[k];
+    uint32_t first = (uint32_t)c->first_slot, end = (uint32_t)(c->first_slot + c->n_slots);
     track_compute(ft);
     uint32_t min_dist = demand ? 0 : nf_cache_distance(id, ft->cur, ft->n_tiles);
     uint32_t below = UINT32_MAX;
-    for (uint32_t tries = 0; tries < ft->n_slots; tries++) {
-        uint32_t s = nf_cache_pick_victim(st->tiles, ft->n_tiles, st->slots, ft->n_slots, ft->cur,
-                                          min_dist, below);
+    for (uint32_t tries = 0; tries < end - first; tries++) {
+        s = nf_cache_pick_victim(st->tiles, ft->n_tiles, st->slots, first, end, ft->cur, min_dist,
+                                 below);
         if (s == NF_NO_SLOT)
             return NF_NO_SLOT;
         uint32_t victim = atomic_load(&st->slots[s].tile);
@@ -312,14 +348,29 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
     }
     if (state == NF_TILE_ERROR)
         return 0;
+    uint32_t k = nf_cache_class(&ft->cache, id);
+    if (k == NF_CACHE_NO_CLASS) {
+        /* No slot fits it (the plan sizes the largest class to the largest tile, so only a
+         * region made for another index gets here): final, like a read error. */
+        if (!ft->logged[id]) {
+            char desc[160];
+            nf_nft_describe(ft->f, &ft->f->tiles[id], desc, sizeof(desc));
+            nf_log(NF_LOG_ERROR,
+                   "tile %s: %" PRIu64 " bytes, larger than the pool's slots (%" PRIu64 ")", desc,
+                   nf_nft_padded(ft->f->tiles[id].size), st->cfg->max_slot_size);
+            ft->logged[id] = 1;
+        }
+        nf_tile_fail(st, id, -E2BIG);
+        return 0;
+    }
     if (ft->n_io_free == 0)
         return -EAGAIN;
-    uint32_t slot = get_slot(ft, id, demand);
+    uint32_t slot = get_slot(ft, id, k, demand);
     if (slot == NF_NO_SLOT)
         return -EAGAIN;
     int rc = nf_tile_begin_load(st, id, slot);
     if (rc < 0) {
-        ft->free_slots[ft->n_free++] = slot;
+        push_free(ft, slot);
         if (rc == -EALREADY)
             atomic_fetch_add_explicit(&ctr->f_hits, 1, memory_order_relaxed);
         return 0;
@@ -380,7 +431,7 @@ static void fail_tile(struct nf_fetcher *ft, uint32_t tile, uint32_t slot, uint6
     if (atomic_load(&st->slots[slot].tile) == NF_NO_TILE) {
         if (atomic_exchange(&st->slots[slot].flags, 0) & NF_SLOT_RESIDENT)
             atomic_fetch_sub_explicit(&st->ctr->f_resident_bytes, len, memory_order_relaxed);
-        ft->free_slots[ft->n_free++] = slot;
+        push_free(ft, slot);
     }
 }
 

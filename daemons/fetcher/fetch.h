@@ -29,7 +29,8 @@ struct nf_fetch_opts {
     unsigned qd;                /* reads in flight at most (--qd) */
     enum nf_verify_mode verify; /* --verify */
     bool no_uring;              /* --no-uring: use the pread pool even if io_uring works */
-    uint32_t min_free_slots;    /* slots the resident set must leave (the plan's min_slots) */
+    /* Slots the resident set must leave in each class (the plan's class_min). */
+    uint32_t class_min[NF_STACK_MAX_CLASSES];
 };
 
 /* One read in flight. */
@@ -67,9 +68,10 @@ struct nf_fetcher {
     uint64_t *seq;      /* (n_tiles) arrival order, ties broken first come first served */
     uint32_t heap_len;
     uint64_t next_seq;
-    /* Free slots (not holding a tile), as a stack. */
+    /* Free slots (not holding a tile), a stack per class: class k's occupies free_slots[first
+     * .. first + n_free[k]) where first is the class's first slot id. */
     uint32_t *free_slots; /* (n_slots) */
-    uint32_t n_free;
+    uint32_t n_free[NF_STACK_MAX_CLASSES];
     /* Reads in flight: ios[i] for i in the in-flight set; free ones on a stack. */
     struct nf_fetch_io *ios;        /* (qd) */
     uint32_t *io_free;              /* (qd) */

@@ -23,7 +23,10 @@ struct nf_fetch_backend {
     /* io_uring */
     struct io_uring ring;
     bool fixed_bufs, fixed_file;
-    uint64_t buf_bytes; /* bytes per registered buffer (a whole number of slots) */
+    /* Registered buffers per class k: slots first_slot + i * buf_slots[k] .. (at most
+     * buf_slots[k] of them) form buffer buf_first[k] + i. */
+    uint64_t buf_slots[NF_STACK_MAX_CLASSES];
+    uint32_t buf_first[NF_STACK_MAX_CLASSES];
     unsigned unsubmitted;
     /* pread pool: jobs (io indices) in, completions out, both guarded by mu. */
     pthread_t *threads; /* (n_threads) */
@@ -64,31 +67,43 @@ static int uring_open(struct nf_fetcher *ft, struct nf_fetch_backend *be)
     if (rc < 0)
         return rc;
     be->uring = true;
-    /* The pool as registered buffers: one iovec per slot when that fits io_uring's limit, else
-     * chunks of several slots (each at most 1 GiB). */
-    uint64_t slot = ft->st->cfg->slot_size, n = ft->n_slots;
-    uint64_t per = (n + NF_URING_MAX_BUFS - 1) / NF_URING_MAX_BUFS;
-    if (per * slot <= NF_URING_MAX_BUF && n > 0) {
-        uint64_t nbufs = (n + per - 1) / per;
-        struct iovec *iov = calloc(nbufs, sizeof(*iov)); /* (nbufs) */
-        if (iov) {
-            for (uint64_t i = 0; i < nbufs; i++) {
-                uint64_t first = i * per, cnt = n - first < per ? n - first : per;
-                iov[i].iov_base = nf_stack_slot_ptr(ft->st, (uint32_t)first);
-                iov[i].iov_len = cnt * slot;
+    /* The pool as registered buffers, class by class (a buffer never spans two slot sizes):
+     * one iovec per slot when that fits io_uring's limit, else chunks of several slots of a
+     * class (each at most 1 GiB). Each class may use an equal share of the iovecs. */
+    const struct nf_stack_config *cfg = ft->st->cfg;
+    uint64_t share = NF_URING_MAX_BUFS / cfg->n_classes, nbufs = 0, pool = 0;
+    bool fits = ft->n_slots > 0;
+    for (uint32_t k = 0; k < cfg->n_classes; k++) {
+        const struct nf_stack_class *c = &cfg->classes[k];
+        uint64_t per = (c->n_slots + share - 1) / share;
+        if (per * c->slot_size > NF_URING_MAX_BUF)
+            fits = false;
+        be->buf_slots[k] = per;
+        be->buf_first[k] = (uint32_t)nbufs;
+        nbufs += (c->n_slots + per - 1) / per;
+        pool += c->n_slots * c->slot_size;
+    }
+    struct iovec *iov = fits ? calloc(nbufs, sizeof(*iov)) : NULL; /* (nbufs) */
+    if (iov) {
+        for (uint32_t k = 0; k < cfg->n_classes; k++) {
+            const struct nf_stack_class *c = &cfg->classes[k];
+            uint64_t per = be->buf_slots[k], n = c->n_slots;
+            for (uint64_t first = 0, b = be->buf_first[k]; first < n; first += per, b++) {
+                uint64_t cnt = n - first < per ? n - first : per;
+                iov[b].iov_base = nf_stack_slot_ptr(ft->st, (uint32_t)(c->first_slot + first));
+                iov[b].iov_len = cnt * c->slot_size;
             }
-            raise_memlock();
-            rc = io_uring_register_buffers(&be->ring, iov, (unsigned)nbufs);
-            free(iov);
-            if (rc == 0) {
-                be->fixed_bufs = true;
-                be->buf_bytes = per * slot;
-            } else {
-                nf_log(NF_LOG_WARN,
-                       "io_uring: cannot register the %" PRIu64 "-byte pool as fixed buffers "
-                       "(%s; RLIMIT_MEMLOCK too low?): using unregistered reads",
-                       n * slot, strerror(-rc));
-            }
+        }
+        raise_memlock();
+        rc = io_uring_register_buffers(&be->ring, iov, (unsigned)nbufs);
+        free(iov);
+        if (rc == 0) {
+            be->fixed_bufs = true;
+        } else {
+            nf_log(NF_LOG_WARN,
+                   "io_uring: cannot register the %" PRIu64 "-byte pool as fixed buffers "
+                   "(%s; RLIMIT_MEMLOCK too low?): using unregistered reads",
+                   pool, strerror(-rc));
         }
     }
     int fd = ft->f->fd;
@@ -113,8 +128,10 @@ static int uring_submit(struct nf_fetcher *ft, struct nf_fetch_backend *be, uint
     uint64_t off = io->off + io->done;
     int fd = be->fixed_file ? 0 : ft->f->fd;
     if (be->fixed_bufs) {
-        uint64_t pos = (uint64_t)io->slot * ft->st->cfg->slot_size;
-        io_uring_prep_read_fixed(sqe, fd, dst, len, off, (int)(pos / be->buf_bytes));
+        uint32_t k = nf_stack_slot_class(ft->st, io->slot);
+        uint64_t in_class = io->slot - ft->st->cfg->classes[k].first_slot;
+        io_uring_prep_read_fixed(sqe, fd, dst, len, off,
+                                 (int)(be->buf_first[k] + in_class / be->buf_slots[k]));
     } else {
         io_uring_prep_read(sqe, fd, dst, len, off);
     }

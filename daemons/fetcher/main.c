@@ -300,7 +300,7 @@ static void place_pool(struct fetcher_main *m)
         nf_log(NF_LOG_WARN, "numa: node %d does not exist (max %d): pool not placed", node, max);
         return;
     }
-    numa_tonode_memory(m->st.pool, m->st.cfg->n_slots * m->st.cfg->slot_size, node);
+    numa_tonode_memory(m->st.pool, nf_stack_pool_bytes(&m->st), node);
     nf_log(NF_LOG_INFO, "numa: pool placed on node %d of %d", node, max + 1);
 }
 
@@ -433,12 +433,20 @@ static int create_region(struct fetcher_main *m, char *err, size_t errlen)
     if (rc < 0)
         return rc;
     m->have_stack = true;
-    m->a.o.min_free_slots = (uint32_t)plan.min_slots;
+    char classes[160] = "";
+    size_t o = 0;
+    for (uint32_t k = 0; k < plan.n_classes && o < sizeof(classes); k++) {
+        m->a.o.class_min[k] = (uint32_t)plan.class_min[k];
+        int n = snprintf(classes + o, sizeof(classes) - o, "%s%" PRIu64 " x %" PRIu64,
+                         k ? " + " : "", plan.classes[k].n_slots, plan.classes[k].slot_size);
+        if (n > 0)
+            o += (size_t)n;
+    }
     nf_log(NF_LOG_INFO,
-           "region %s: %" PRIu64 " bytes, pool %" PRIu64 " slots of %" PRIu64 " bytes, "
-           "%" PRIu64 " tiles, budget %" PRIu64 ", n_ctx %u",
-           m->shm_name, (uint64_t)m->st.shm.size, plan.n_slots, plan.slot_size, m->f->n_tiles,
-           m->a.ram, plan.n_ctx);
+           "region %s: %" PRIu64 " bytes, pool %" PRIu64 " bytes in %" PRIu64 " slots (%s "
+           "bytes), %" PRIu64 " tiles, budget %" PRIu64 ", n_ctx %u",
+           m->shm_name, (uint64_t)m->st.shm.size, plan.pool_bytes, plan.n_slots, classes,
+           m->f->n_tiles, m->a.ram, plan.n_ctx);
     return 0;
 }
 
