@@ -622,8 +622,8 @@ int nf_cmd_up(int argc, char **argv)
     }
     /* The pool as "N slots: n0 x size0 + n1 x size1 ..." (one entry per slot size class). */
     char pool_desc[192];
-    size_t pd = (size_t)snprintf(pool_desc, sizeof(pool_desc), "%llu slots:",
-                                 (unsigned long long)plan.n_slots);
+    size_t pd = (size_t)snprintf(pool_desc, sizeof(pool_desc),
+                                 "%llu slots:", (unsigned long long)plan.n_slots);
     for (uint32_t k = 0; k < plan.n_classes && pd < sizeof(pool_desc); k++) {
         int w = snprintf(pool_desc + pd, sizeof(pool_desc) - pd, "%s %llu x %s", k ? " +" : "",
                          (unsigned long long)plan.classes[k].n_slots,
@@ -632,9 +632,8 @@ int nf_cmd_up(int argc, char **argv)
             pd += (size_t)w;
     }
     printf("stack up in %s\n  model %s\n  budget %s: pool %s (%s), KV %s, n_ctx %u\n", dir, nft,
-           nf_ctl_fmt_size(b1, sizeof(b1), o.ram),
-           nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes), pool_desc,
-           nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx);
+           nf_ctl_fmt_size(b1, sizeof(b1), o.ram), nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes),
+           pool_desc, nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx);
     for (int i = 0; i < NF_N_ROLES; i++)
         printf("  %-9s pid %d  log %s/%s.log\n", nf_stack_roles[i], pids[i], dir,
                nf_stack_roles[i]);

@@ -213,6 +213,119 @@ static void test_resident_set(void **state)
     nf_cache_free(&c);
 }
 
+/* Two classes: slots 0..3 hold small tiles (class 0), slots 4..7 large ones (class 1). A load
+ * of a class-1 tile looks at slots 4..7 only, even when a class-0 tile is needed later. */
+static void test_victim_within_class(void **state)
+{
+    (void)state;
+    struct table t;
+    table_init(&t); /* tiles 0..7 READY in slots 0..7 */
+    /* cur 4: tile 3 (slot 3, class 0) is needed last of all, but a class-1 load may only take
+     * slots 4..7, where tile 4 is needed soonest and 7 last. */
+    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 4, 0, UINT32_MAX), 3);
+    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 4, NS, 4, 0, UINT32_MAX), 7);
+    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, 4, 4, 0, UINT32_MAX), 3);
+    /* Class 1 wholly pinned: no victim there, though class 0 has free-able slots. */
+    for (uint32_t s = 4; s < NS; s++)
+        atomic_store(&t.tiles[s].pins, 1);
+    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 4, NS, 4, 0, UINT32_MAX),
+                     NF_NO_SLOT);
+    assert_int_not_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, 4, 4, 0, UINT32_MAX),
+                         NF_NO_SLOT);
+}
+
+/* A cyclic scan over tiles of two classes (even ids small, odd ids large), each class with its
+ * own slots, loading misses into a free slot of the tile's class or the class's victim: no load
+ * ever evicts a tile of the other class, and each class keeps all but one of its slots' tiles
+ * across cycles. */
+static void test_cyclic_scan_per_class(void **state)
+{
+    (void)state;
+    struct table t;
+    memset(&t, 0, sizeof(t));
+    for (uint32_t i = 0; i < NT; i++)
+        atomic_init(&t.tiles[i].slot, NF_NO_SLOT);
+    for (uint32_t s = 0; s < NS; s++)
+        atomic_init(&t.slots[s].tile, NF_NO_TILE);
+    const uint32_t first[2] = {0, 3}, end[2] = {3, NS}; /* 3 small slots, 5 large */
+    unsigned misses[2] = {0, 0}, cycles = 10;
+    for (unsigned c = 0; c < cycles + 1; c++) {
+        for (uint32_t id = 0; id < NT; id++) {
+            uint32_t k = id % 2;
+            if (atomic_load(&t.tiles[id].state) == NF_TILE_READY)
+                continue;
+            if (c > 0)
+                misses[k]++;
+            uint32_t s = NF_NO_SLOT;
+            for (uint32_t j = first[k]; j < end[k] && s == NF_NO_SLOT; j++)
+                if (atomic_load(&t.slots[j].tile) == NF_NO_TILE)
+                    s = j;
+            if (s == NF_NO_SLOT)
+                s = nf_cache_pick_victim(t.tiles, NT, t.slots, first[k], end[k], id, 0, UINT32_MAX);
+            assert_true(s >= first[k] && s < end[k]);
+            uint32_t old = atomic_load(&t.slots[s].tile);
+            if (old != NF_NO_TILE) {
+                assert_int_equal(old % 2, k); /* evicts within its class only */
+                atomic_store(&t.tiles[old].state, NF_TILE_EMPTY);
+            }
+            atomic_store(&t.slots[s].tile, id);
+            atomic_store(&t.tiles[id].state, NF_TILE_READY);
+        }
+    }
+    /* Each class scans NT / 2 tiles per cycle and keeps (its slots - 1) of them. */
+    assert_true(misses[0] <= cycles * (NT / 2 - 2));
+    assert_true(misses[1] <= cycles * (NT / 2 - 4));
+    assert_true(misses[0] > 0 && misses[1] > 0);
+}
+
+/* The resident set per class: norms fill the small class's share, attention the main class's
+ * by whole layers, predictor tiles the large class's, each up to its own limit. */
+static void test_resident_per_class(void **state)
+{
+    (void)state;
+    struct nf_cache_tile_info info[40];
+    uint32_t n = 0;
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_EMBD, 4096, 0};
+    for (uint32_t l = 0; l < 3; l++) {
+        info[n++] = (struct nf_cache_tile_info){l, NF_TILE_ATTN_NORM, 4096, 0};
+        for (uint16_t kind = NF_TILE_ATTN_Q; kind <= NF_TILE_ATTN_O; kind++)
+            info[n++] = (struct nf_cache_tile_info){l, kind, 65536, 1};
+        info[n++] = (struct nf_cache_tile_info){l, NF_TILE_FFN_NORM, 4096, 0};
+        info[n++] = (struct nf_cache_tile_info){l, NF_TILE_FFN, 65536, 1};
+        info[n++] = (struct nf_cache_tile_info){l, NF_TILE_PRED_LOWRANK, 262144, 2};
+    }
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 4096, 0};
+    /* The old single limit of 8 would have gone to the 7 norms first; per class the main
+     * class gets its own 8: two whole layers of attention. */
+    struct nf_cache c;
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 3, (uint32_t[]){3, 8, 1}), 0);
+    assert_int_equal(c.class_resident[0], 3); /* the first three norms */
+    assert_int_equal(c.class_resident[1], 8); /* layers 0 and 1 of attention */
+    assert_int_equal(c.class_resident[2], 1); /* layer 0's predictor */
+    assert_int_equal(c.n_resident, 12);
+    for (uint32_t id = 0; id < n; id++) {
+        bool attn = info[id].kind >= NF_TILE_ATTN_Q && info[id].kind <= NF_TILE_ATTN_O;
+        if (attn)
+            assert_int_equal(nf_cache_is_resident(&c, id), info[id].layer < 2);
+        if (info[id].kind == NF_TILE_PRED_LOWRANK)
+            assert_int_equal(nf_cache_is_resident(&c, id), info[id].layer == 0);
+        if (info[id].kind == NF_TILE_FFN || info[id].kind == NF_TILE_EMBD)
+            assert_false(nf_cache_is_resident(&c, id));
+        assert_int_equal(nf_cache_class(&c, id), info[id].cls);
+    }
+    nf_cache_free(&c);
+    /* A tile no class fits is never resident and has no class; bad class counts are refused. */
+    info[1].cls = NF_CACHE_NO_CLASS;
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 3, (uint32_t[]){8, 8, 8}), 0);
+    assert_false(nf_cache_is_resident(&c, 1));
+    assert_int_equal(nf_cache_class(&c, 1), NF_CACHE_NO_CLASS);
+    nf_cache_free(&c);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 0, (uint32_t[]){8}), -EINVAL);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, NF_STACK_MAX_CLASSES + 1,
+                                   (uint32_t[NF_STACK_MAX_CLASSES + 1]){0}),
+                     -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -222,6 +335,9 @@ int main(void)
         cmocka_unit_test(test_prefetch_does_not_evict_sooner_tiles),
         cmocka_unit_test(test_cyclic_scan_beats_lru),
         cmocka_unit_test(test_resident_set),
+        cmocka_unit_test(test_victim_within_class),
+        cmocka_unit_test(test_cyclic_scan_per_class),
+        cmocka_unit_test(test_resident_per_class),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -480,6 +480,247 @@ static void test_attach_refusals(void **state)
     assert_false(shm_exists(name));
 }
 
+/* A model shaped like llama-7B Q4_0 as converted (16 of its 32 layers, 200 embedding rows):
+ * 11.5 KiB embedding rows and 16 KiB norms, ~0.9-1 MiB attention, FFN and output tiles, and a
+ * 3.2 MiB low-rank predictor tile per layer. */
+static void make_7b_pred(struct fake_model *m)
+{
+    memset(m, 0, sizeof(*m));
+    struct nf_nft_header *h = &m->f.hdr;
+    h->n_layer = 16;
+    h->n_embd = 4096;
+    h->n_ff = 11008;
+    h->n_vocab = 32000;
+    h->n_head = 32;
+    h->n_head_kv = 32;
+    h->file_size = 2000ull << 20;
+    h->header_checksum = 0x7b7b;
+    snprintf(m->f.path, sizeof(m->f.path), "/models/pred7b.nft");
+    m->f.tiles = m->tiles;
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_EMBD, 200, 11520);
+    for (uint32_t l = 0; l < 16; l++) {
+        add_tiles(m, l, NF_TILE_ATTN_NORM, 1, 16384);
+        add_tiles(m, l, NF_TILE_ATTN_Q, 10, 943718);
+        add_tiles(m, l, NF_TILE_ATTN_K, 10, 943718);
+        add_tiles(m, l, NF_TILE_ATTN_V, 10, 943718);
+        add_tiles(m, l, NF_TILE_ATTN_O, 10, 943718);
+        add_tiles(m, l, NF_TILE_FFN_NORM, 1, 16384);
+        add_tiles(m, l, NF_TILE_FFN, 86, 884738);
+        add_tiles(m, l, NF_TILE_PRED_LOWRANK, 1, 3383296);
+    }
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 1, 16384);
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_OUTPUT, 71, 1038336);
+}
+
+static void test_plan_classes(void **state)
+{
+    static struct fake_model m;
+    make_7b_pred(&m);
+    struct nf_stack_plan p;
+    char err[512] = "";
+    int rc = nf_stack_plan(&m.f, 1ull << 30, 512, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(&m.f, &p);
+    /* Three classes: small (norms, embedding rows), main (the largest ordinary tile: an
+     * output tile), large (the predictor tiles). */
+    assert_int_equal(p.n_classes, 3);
+    assert_int_equal(p.classes[0].slot_size, 16384);
+    assert_int_equal(p.classes[1].slot_size, align_page(1038336));
+    assert_int_equal(p.classes[2].slot_size, align_page(3383296));
+    assert_int_equal(p.class_tiles[0], 200 + 16 * 2 + 1);
+    assert_int_equal(p.class_tiles[1], 16 * (40 + 86) + 71);
+    assert_int_equal(p.class_tiles[2], 16);
+    /* Minimum: small 2 norms + embedding row + output norm + 2 spare; main 40 attention + 4
+     * FFN + output + 2 spare; large: compute's predictor tile + 2 spare (the predictor daemon
+     * peeks at the next one while a third loads). */
+    assert_int_equal(p.class_min[0], 2 + 1 + 1 + 2);
+    assert_int_equal(p.class_min[1], 40 + 4 + 1 + 2);
+    assert_int_equal(p.class_min[2], 1 + 2);
+    /* The small class keeps everything a step reads there (all norms and a row). */
+    assert_true(p.classes[0].n_slots >= 16 * 2 + 1 + 1);
+    /* The budget is used: in no class that could take more would another slot fit (a slot
+     * also costs its table entry and page tables: 2 * slot_size bounds that). */
+    for (uint32_t k = 0; k < p.n_classes; k++)
+        if (p.classes[k].n_slots < p.class_tiles[k])
+            assert_true(plan_sum(&p) + 2 * p.classes[k].slot_size > p.ram_budget);
+    /* Beyond the minimum, the large class's share of the pool follows its share of a step's
+     * bytes (16 predictor tiles of 3.2 MiB out of ~1.9 GB), within a slot. */
+    double step = 16.0 * align_page(3383296), all = step;
+    all += 16.0 * (2 * 16384 + 40 * align_page(943718) + 86 * align_page(884738)) +
+           71.0 * align_page(1038336) + 16384 + 12288;
+    double extra_large = (double)(p.classes[2].n_slots - p.class_min[2]) * align_page(3383296);
+    double extra_main = (double)(p.classes[1].n_slots - p.class_min[1]) * align_page(1038336);
+    double want = step / all * (extra_large + extra_main);
+    assert_true(extra_large <= want + align_page(3383296) &&
+                extra_large + align_page(3383296) >= want);
+    /* Against one slot size (the largest tile's), the main class alone holds ~3x the slots. */
+    assert_true(p.classes[1].n_slots > 5 * p.pool_bytes / p.classes[2].slot_size / 2);
+
+    /* A budget large enough for the whole model: every class holds all its tiles. */
+    rc = nf_stack_plan(&m.f, 8ull << 30, 512, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(&m.f, &p);
+    for (uint32_t k = 0; k < p.n_classes; k++)
+        assert_int_equal(p.classes[k].n_slots, p.class_tiles[k]);
+
+    /* At the minimum budget every class is at its minimum; one byte less is refused with the
+     * minimum pool named class by class. */
+    rc = nf_stack_plan(&m.f, 1ull << 30, 512, 2, &p, err, sizeof(err));
+    uint64_t min = p.min_budget;
+    rc = nf_stack_plan(&m.f, min, 512, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(&m.f, &p);
+    for (uint32_t k = 0; k < p.n_classes; k++)
+        assert_int_equal(p.classes[k].n_slots, p.class_min[k]);
+    rc = nf_stack_plan(&m.f, min - 1, 512, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, -ENOSPC);
+    assert_non_null(strstr(err, "pool 56 slots: 6 x 16.0 KiB + 47 x 1016.0 KiB + 3 x 3.2 MiB"));
+
+    /* Tiles all alike: one class. */
+    make_7b_pred(&m);
+    for (uint64_t i = 0; i < m.f.n_tiles; i++)
+        m.tiles[i].size = 900000;
+    rc = nf_stack_plan(&m.f, 1ull << 30, 512, 2, &p, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    check_plan(&m.f, &p);
+    assert_int_equal(p.n_classes, 1);
+}
+
+/* A small model with three tile sizes (8 KiB, 40 KiB-ish and 160 KiB), so its region is small
+ * enough to create in a test. */
+static void make_small_classes(struct fake_model *m)
+{
+    memset(m, 0, sizeof(*m));
+    struct nf_nft_header *h = &m->f.hdr;
+    h->n_layer = 4;
+    h->n_embd = 256;
+    h->n_ff = 512;
+    h->n_vocab = 512;
+    h->n_head = 4;
+    h->n_head_kv = 4;
+    h->file_size = 64ull << 20;
+    h->header_checksum = 0x5c;
+    snprintf(m->f.path, sizeof(m->f.path), "/models/classes.nft");
+    m->f.tiles = m->tiles;
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_EMBD, 16, 8192);
+    for (uint32_t l = 0; l < 4; l++) {
+        add_tiles(m, l, NF_TILE_ATTN_NORM, 1, 1024);
+        add_tiles(m, l, NF_TILE_ATTN_Q, 4, 160000);
+        add_tiles(m, l, NF_TILE_ATTN_O, 4, 163840);
+        add_tiles(m, l, NF_TILE_FFN_NORM, 1, 1024);
+        add_tiles(m, l, NF_TILE_FFN, 8, 150000);
+        add_tiles(m, l, NF_TILE_PRED_LOWRANK, 1, 1000000);
+    }
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 1, 1024);
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_OUTPUT, 4, 160000);
+}
+
+static void test_slot_addresses(void **state)
+{
+    static struct fake_model m;
+    make_small_classes(&m);
+    struct nf_stack_plan p;
+    char err[512] = "";
+    assert_int_equal(nf_stack_plan(&m.f, 48ull << 20, 256, 1, &p, err, sizeof(err)), 0);
+    check_plan(&m.f, &p);
+    assert_int_equal(p.n_classes, 3);
+    for (uint32_t k = 0; k < 3; k++)
+        assert_true(p.classes[k].n_slots > p.class_min[k]); /* each class got a share */
+    const char *name = uniq_name();
+    struct nf_stack a, b;
+    create_ok(&a, name, &m.f, &p);
+    assert_int_equal(nf_stack_attach(&b, name, &m.f, err, sizeof(err)), 0);
+    assert_int_equal(nf_stack_pool_bytes(&b), p.pool_bytes);
+    uint64_t pool_area = 0;
+    nf_shm_area(&b.shm, NF_SHM_TILE_POOL, &pool_area);
+    assert_true(p.pool_bytes <= pool_area);
+    /* Every slot: in its class's id range, page-aligned, inside the pool, right after the
+     * slot before it (so no two overlap); tag the first and last byte of each. */
+    const uint8_t *end = b.pool;
+    for (uint32_t s = 0; s < b.cfg->n_slots; s++) {
+        uint32_t k = nf_stack_slot_class(&b, s);
+        const struct nf_stack_class *c = &b.cfg->classes[k];
+        assert_true(s >= c->first_slot && s < c->first_slot + c->n_slots);
+        uint8_t *ptr = nf_stack_slot_ptr(&b, s);
+        uint64_t size = nf_stack_slot_size(&b, s);
+        assert_int_equal(size, c->slot_size);
+        assert_int_equal((uintptr_t)ptr % 4096, 0);
+        assert_ptr_equal(ptr, end);
+        end = ptr + size;
+        assert_true(end <= b.pool + p.pool_bytes);
+        ptr[0] = (uint8_t)s;
+        ptr[size - 1] = (uint8_t)(s * 7 + 1);
+    }
+    assert_ptr_equal(end, b.pool + p.pool_bytes);
+    for (uint32_t s = 0; s < a.cfg->n_slots; s++) {
+        const uint8_t *ptr = nf_stack_slot_ptr(&a, s);
+        assert_int_equal(ptr[0], (uint8_t)s);
+        assert_int_equal(ptr[nf_stack_slot_size(&a, s) - 1], (uint8_t)(s * 7 + 1));
+    }
+    /* Every tile fits the class it goes in. */
+    for (uint64_t i = 0; i < m.f.n_tiles; i++) {
+        int k = nf_stack_class_of(b.cfg->classes, b.cfg->n_classes, nf_nft_padded(m.tiles[i].size));
+        assert_true(k >= 0 && nf_nft_padded(m.tiles[i].size) <= b.cfg->classes[k].slot_size);
+    }
+    assert_int_equal(nf_stack_class_of(b.cfg->classes, b.cfg->n_classes, 2ull << 20), -1);
+    nf_stack_detach(&b);
+
+    /* A corrupt class table is refused, naming the field. */
+    static const struct {
+        const char *what;
+        int field; /* which damage */
+    } cases[] = {
+        {"n_classes", 0},     {"n_classes", 1},    {"slot_size", 2}, {"slot_size", 3},
+        {"n_slots (1", 4},    {"first_slot", 5},   {"pool_off", 6},  {"beyond the pool", 7},
+        {"max_slot_size", 8}, {"expected >= ", 9},
+    };
+    struct nf_stack_config *c = a.cfg;
+    struct nf_stack_config saved = *c;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        switch (cases[i].field) {
+        case 0: c->n_classes = 0; break;
+        case 1: c->n_classes = NF_STACK_MAX_CLASSES + 1; break;
+        case 2: c->classes[1].slot_size += 100; break;                    /* not a page multiple */
+        case 3: c->classes[1].slot_size = c->classes[0].slot_size; break; /* not increasing */
+        case 4: c->classes[2].n_slots = 0; break;
+        case 5: c->classes[1].first_slot++; break;
+        case 6: c->classes[2].pool_off += 4096; break;
+        case 7:
+            c->classes[2].slot_size = (pool_area / 4096 + 1) * 4096;
+            c->max_slot_size = c->classes[2].slot_size;
+            break;
+        case 8: c->max_slot_size += 4096; break;
+        case 9: /* the largest class too small for the model's largest tile */
+            c->classes[2].slot_size = c->classes[1].slot_size + 4096;
+            c->max_slot_size = c->classes[2].slot_size;
+            break;
+        }
+        assert_int_equal(nf_stack_attach(&b, name, &m.f, err, sizeof(err)), NF_ECORRUPT);
+        if (!strstr(err, cases[i].what))
+            fail_msg("case %zu: \"%s\" not in: %s", i, cases[i].what, err);
+        assert_null(b.shm.base);
+        *c = saved;
+    }
+    assert_int_equal(nf_stack_attach(&b, name, &m.f, err, sizeof(err)), 0);
+    nf_stack_detach(&b);
+    /* A region of the first layout (one slot size) is refused by name. */
+    atomic_store((_Atomic uint64_t *)&c->magic, NF_STACK_CONFIG_MAGIC_V1);
+    assert_int_equal(nf_stack_attach(&b, name, &m.f, err, sizeof(err)), NF_EBADMAGIC);
+    assert_non_null(strstr(err, "older NanoFlow"));
+    atomic_store((_Atomic uint64_t *)&c->magic, NF_STACK_CONFIG_MAGIC);
+    /* A plan with a damaged class table is refused at create. */
+    nf_stack_detach(&a);
+    assert_int_equal(nf_stack_unlink(name), 0);
+    struct nf_stack_plan bad = p;
+    bad.classes[1].n_slots++;
+    assert_int_equal(nf_stack_create(&a, name, &m.f, &bad, 0.0f, 1, err, sizeof(err)), NF_EUSAGE);
+    bad = p;
+    bad.classes[2].slot_size = bad.classes[1].slot_size + 4096;
+    assert_int_equal(nf_stack_create(&a, name, &m.f, &bad, 0.0f, 1, err, sizeof(err)), NF_EUSAGE);
+    assert_non_null(strstr(err, "largest tile"));
+    assert_false(shm_exists(name));
+}
+
 /* --- State machine -------------------------------------------------------------------------- */
 
 static uint32_t state_of(struct nf_stack *st, uint32_t id)
@@ -880,6 +1121,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_stories),   cmocka_unit_test(test_plan_handmade),
+        cmocka_unit_test(test_plan_classes),   cmocka_unit_test(test_slot_addresses),
         cmocka_unit_test(test_create_attach),  cmocka_unit_test(test_attach_refusals),
         cmocka_unit_test(test_state_machine),  cmocka_unit_test(test_stress_processes),
         cmocka_unit_test(test_stress_threads), cmocka_unit_test(test_no_leftovers),
