@@ -508,6 +508,19 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
         int sel[64];
         float w[64];
         nf_moe_route(c->router + (size_t)k * X, X, K, sel, w);
+        if (s->src.want) {
+            /* Every tile of the chosen experts, in use order, asked for at once: a tile the
+             * predictor did not forecast is read with the others instead of one at a time as
+             * compute reaches it, and a forecast one still queued is served first. */
+            for (int j = 0; j < K; j++) {
+                const uint32_t e = (uint32_t)sel[j];
+                for (uint32_t i = e * per; i < (e + 1) * per; i++)
+                    s->src.want(
+                        s->src.ud,
+                        (uint32_t)nf_nft_tile_id(s->f, nf_nft_find(s->f, il, NF_TILE_EXPERT, i)),
+                        j == K - 1 && i == (e + 1) * per - 1);
+            }
+        }
         float *xt = c->xn + (size_t)k * E, *ot = c->ffo + (size_t)k * E;
         for (int j = 0; j < K; j++) {
             const uint32_t e = (uint32_t)sel[j];

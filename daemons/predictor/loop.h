@@ -3,10 +3,13 @@
  * One thread runs nf_pred_loop_run. It sleeps on the act_bell until compute publishes the
  * residual stream after some layer L, reads the newest activation slot (seqlock), and queues the
  * tiles of the next k layers in use order on the prefetch ring (prio = distance in layers): the
- * FFN units of each come from the forecast of that layer (sparse dense layers, MoE) or are all
- * of them (exact dense layers, or a layer whose predictor did not fit in memory). Past the last
- * layer it queues the output tiles, then the next step's first layers (units from the set
- * compute used last time at that layer when known). k adapts to the pool: deeper while the tiles
+ * FFN units of each come from the forecast of that layer (sparse dense layers) or are all
+ * of them (exact dense layers, or a layer whose predictor did not fit in memory). MoE layers get
+ * experts only one layer ahead (the forecast's top n_expert_used, plus those within moe_gap of
+ * the last, best first) and their attention tiles only deeper; compute asks for the experts it
+ * routes to itself. Past the last layer it queues the output tiles, then the next step's first
+ * layers (dense: units from the set compute used last time at that layer when known; MoE: no
+ * expert). k adapts to the pool: deeper while the tiles
  * still missing fit in half the free or evictable slots, 1 when the pool is tight. It scores
  * each forecast against the set compute publishes in the used slot of the same (step, layer). */
 #ifndef NF_PRED_LOOP_H
@@ -19,12 +22,17 @@
 #include "plan.h"
 #include "stack.h"
 
+/* Default MoE gap: an expert past the top n_expert_used is prefetched for the next layer when its
+ * forecast router logit is within this of the last chosen one's. */
+#define NF_PRED_MOE_GAP 0.25f
+
 struct nf_pred_loop {
     struct nf_stack *st;        /* attached region (not owned) */
     const struct nf_plan *plan; /* not owned */
     struct nf_forecaster *fc;   /* not owned */
     float sparsity;             /* 0: exact mode */
     float margin;               /* extra share of groups kept in sparse mode */
+    float moe_gap;              /* MoE: router-logit gap of extra experts (nf_forecast_moe_pick) */
     uint32_t max_lookahead;     /* deepest lookahead in layers (>= 1) */
     uint32_t bos;               /* token queued before the first step (UINT32_MAX: none) */
     _Atomic bool stop;          /* set by the daemon to end the loop */
@@ -38,6 +46,7 @@ struct nf_pred_loop {
     bool *have_used;              /* (n_layer) */
     uint64_t *sel, *used;         /* (words) scratch */
     uint32_t *list;               /* (max_step) tile ids of one layer or step part */
+    uint32_t *order;              /* (max_units) a MoE forecast's experts, best first */
     uint64_t mem_at_ns;           /* when mem_predictor was last measured */
 };
 

@@ -218,23 +218,29 @@ int nf_plan_head(const struct nf_plan *p, uint32_t token, uint32_t *out, size_t 
     return rc ? rc : (int)n;
 }
 
+/* Appends the tiles of layer used whatever its units: norms, attention, and the router (MoE). */
+static int put_fixed(const struct nf_plan *p, uint32_t layer, uint32_t *out, size_t cap, size_t *n)
+{
+    static const enum nf_tile_kind fixed[] = {NF_TILE_ATTN_NORM, NF_TILE_ATTN_Q, NF_TILE_ATTN_K,
+                                              NF_TILE_ATTN_V,    NF_TILE_ATTN_O, NF_TILE_FFN_NORM};
+    int rc;
+    for (size_t k = 0; k < sizeof(fixed) / sizeof(fixed[0]); k++)
+        if ((rc = put_run(p->f, layer, fixed[k], out, cap, n)))
+            return rc;
+    return p->moe ? put_run(p->f, layer, NF_TILE_ROUTER, out, cap, n) : 0;
+}
+
 int nf_plan_layer(const struct nf_plan *p, uint32_t layer, const uint64_t *sel, uint32_t *out,
                   size_t cap)
 {
     if (layer >= p->n_layer)
         return NF_EUSAGE;
-    const struct nf_nft *f = p->f;
     const struct nf_plan_layer *pl = &p->layers[layer];
-    static const enum nf_tile_kind fixed[] = {NF_TILE_ATTN_NORM, NF_TILE_ATTN_Q, NF_TILE_ATTN_K,
-                                              NF_TILE_ATTN_V,    NF_TILE_ATTN_O, NF_TILE_FFN_NORM};
     size_t n = 0;
-    int rc;
-    for (size_t k = 0; k < sizeof(fixed) / sizeof(fixed[0]); k++)
-        if ((rc = put_run(f, layer, fixed[k], out, cap, &n)))
-            return rc;
+    int rc = put_fixed(p, layer, out, cap, &n);
+    if (rc)
+        return rc;
     if (p->moe) {
-        if ((rc = put_run(f, layer, NF_TILE_ROUTER, out, cap, &n)))
-            return rc;
         for (uint32_t e = 0; e < pl->n_units; e++) {
             if (sel && !nf_sel_test(sel, e))
                 continue;
@@ -258,6 +264,29 @@ int nf_plan_layer(const struct nf_plan *p, uint32_t layer, const uint64_t *sel, 
         }
     }
     return (int)n;
+}
+
+int nf_plan_layer_experts(const struct nf_plan *p, uint32_t layer, const uint32_t *units,
+                          uint32_t n, uint32_t *out, size_t cap)
+{
+    if (layer >= p->n_layer || !p->moe)
+        return NF_EUSAGE;
+    const struct nf_plan_layer *pl = &p->layers[layer];
+    size_t m = 0;
+    int rc = put_fixed(p, layer, out, cap, &m);
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint32_t e = units[i];
+        if (e >= pl->n_units)
+            return NF_EUSAGE;
+        for (uint32_t id = pl->unit_tile[e]; id < pl->unit_tile[e + 1]; id++) {
+            if (m >= cap)
+                return -ENOBUFS;
+            out[m++] = id;
+        }
+    }
+    return (int)m;
 }
 
 int nf_plan_tail(const struct nf_plan *p, uint32_t *out, size_t cap)
@@ -431,6 +460,22 @@ static void top_k(uint32_t *idx, const float *score, uint32_t n, uint32_t k)
     }
 }
 
+uint32_t nf_forecast_moe_pick(const float *logits, uint32_t n, uint32_t k, float gap,
+                              uint32_t extra, uint32_t *idx)
+{
+    if (k > n)
+        k = n;
+    uint32_t most = k + extra > n ? n : k + extra;
+    top_k(idx, logits, n, most);
+    if (k == 0)
+        return 0;
+    uint32_t got = k;
+    /* NaN-safe: a NaN logit never counts as close. */
+    while (got < most && gap > 0 && logits[idx[got]] >= logits[idx[k - 1]] - gap)
+        got++;
+    return got;
+}
+
 int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float sparsity,
                 float margin, uint64_t *sel)
 {
@@ -464,7 +509,8 @@ int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float 
                 acc += fc->tmp[j] * fc->xn[j];
             fc->gscores[e] = acc;
         }
-        k = p->n_expert_used + 1;
+        k = nf_forecast_moe_pick(fc->gscores, n, p->n_expert_used, margin, p->n_expert_used,
+                                 fc->idx);
     } else {
         size_t esz = nf_type_traits(L->type)->type_size;
         const void *A = L->pred;
@@ -476,9 +522,7 @@ int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float 
     }
     if (k > n)
         k = n;
-    if (p->moe) {
-        top_k(fc->idx, fc->gscores, n, k);
-    } else {
+    if (!p->moe) {
         /* Groups unit_tile maps to the same tile are consecutive (map_dense). */
         uint32_t nb = 0;
         for (uint32_t g = 0; g < n; g++)

@@ -58,6 +58,12 @@ int nf_plan_head(const struct nf_plan *p, uint32_t token, uint32_t *out, size_t 
 /* Layer `layer` with units sel (NULL: every unit). */
 int nf_plan_layer(const struct nf_plan *p, uint32_t layer, const uint64_t *sel, uint32_t *out,
                   size_t cap);
+/* MoE layer `layer` with the n experts of units in that order (e.g. a forecast's, best first, so
+ * the fetcher reads first what compute most likely uses first): FFN-side tiles as nf_plan_layer
+ * lists them, then each listed expert's tiles. NF_EUSAGE for a dense layer or an expert out of
+ * range. */
+int nf_plan_layer_experts(const struct nf_plan *p, uint32_t layer, const uint32_t *units,
+                          uint32_t n, uint32_t *out, size_t cap);
 /* Step end: OUTPUT_NORM then the output matrix's tiles. */
 int nf_plan_tail(const struct nf_plan *p, uint32_t *out, size_t cap);
 /* A whole step: head, every layer (sels[L], or every unit when sels or sels[L] is NULL), tail. */
@@ -117,12 +123,23 @@ void nf_forecaster_free(struct nf_forecaster *fc);
 /* Units kept out of n at sparsity s: round((1 - s) * n), at least 1 (as compute keeps them). */
 uint32_t nf_plan_keep(uint32_t n, float s);
 
+/* The experts a MoE forecast keeps from router logits (n of them): the k best, then each next
+ * best whose logit is within gap of the k-th best's (gap <= 0: exactly k), at most k + extra.
+ * Writes their indices to idx best first (ties to the lower index; idx has room for n) and
+ * returns how many were kept. A wrong extra expert costs a whole expert's read, a missed one a
+ * read compute waits for, so the extra ones are only those the forecast cannot tell apart from
+ * the k-th. */
+uint32_t nf_forecast_moe_pick(const float *logits, uint32_t n, uint32_t k, float gap,
+                              uint32_t extra, uint32_t *idx);
+
 /* Forecasts layer `layer`'s units from the residual stream x (n_embd): x is normed with the
  * layer's ffn_norm, then
  *   dense: scored with its low-rank predictor; nf_plan_keep(n, sparsity) groups plus
  *          ceil(margin * n) more are selected, whole FFN tiles first as compute chooses them
  *          (nf_sparse_pick in stream.h; every group when sparsity <= 0);
- *   MoE:   routed with its router copy; the top n_expert_used + 1 experts are selected.
+ *   MoE:   routed with its router copy; the experts nf_forecast_moe_pick keeps with k =
+ *          n_expert_used, gap = margin (a router-logit difference) and at most n_expert_used
+ *          extra; fc->idx[0 .. returned) lists them best first.
  * Writes the selection to sel (p->words words) and returns the number of units selected, or
  * -ENOENT when the layer's predictor was not loaded (sel untouched), NF_EUSAGE for a bad layer. */
 int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float sparsity,
