@@ -23,11 +23,13 @@
 
 /* The expected forecasts are computed with the daemon's own planning module. */
 #include "../daemons/predictor/plan.c"
+#include "../daemons/predictor/loop.h"
 
 #define BIN     NF_BUILD_DIR "/daemons/nanoflow-predictor"
 #define STORIES NF_SHARED_DIR "/models/stories260K.gguf"
+#define MOE     NF_SHARED_DIR "/models/moe-Q8_0.gguf"
 
-static char tmpdir[256], nft_path[512], run_dir[512], log_path[512];
+static char tmpdir[256], nft_path[512], moe_path[512], run_dir[512], log_path[512];
 
 static int setup(void **state)
 {
@@ -44,6 +46,12 @@ static int setup(void **state)
     struct nf_nft_convert_opts o = {.tile_size = 8192};
     char err[512];
     if (nf_nft_convert(STORIES, nft_path, &o, err, sizeof(err))) {
+        fprintf(stderr, "convert: %s\n", err);
+        return -1;
+    }
+    snprintf(moe_path, sizeof(moe_path), "%s/moe.nft", tmpdir);
+    o.tile_size = 65536;
+    if (nf_nft_convert(MOE, moe_path, &o, err, sizeof(err))) {
         fprintf(stderr, "convert: %s\n", err);
         return -1;
     }
@@ -342,6 +350,112 @@ static void test_daemon_sparse(void **state)
     nf_nft_close(f);
 }
 
+/* How many of the n requests are EXPERT tiles. */
+static int count_experts(const struct nf_nft *f, const struct nf_tile_req *reqs, int n)
+{
+    int c = 0;
+    for (int i = 0; i < n; i++)
+        c += f->tiles[reqs[i].tile].kind == NF_TILE_EXPERT;
+    return c;
+}
+
+/* MoE: no expert before an activation or for layers two or more ahead; one layer ahead the
+ * forecast's experts (top n_expert_used plus those within the gap), best first; scoring. */
+static void test_daemon_moe(void **state)
+{
+    char err[512], shm[NAME_MAX], sock[600];
+    assert_int_equal(nf_rundir_create(run_dir, err, sizeof(err)), 0);
+    nf_rundir_shm_name(run_dir, shm, sizeof(shm));
+    nf_stack_unlink(shm);
+    struct nf_nft *f;
+    assert_int_equal(nf_nft_open(&f, moe_path, false, err, sizeof(err)), 0);
+    struct nf_stack_plan sp;
+    if (nf_stack_plan(f, 256ull << 20, 0, 1, &sp, err, sizeof(err)))
+        fail_msg("%s", err);
+    struct nf_stack st;
+    if (nf_stack_create(&st, shm, f, &sp, 0, 1, err, sizeof(err)))
+        fail_msg("%s", err);
+    atomic_fetch_or(&st.sync->ready_mask, 1u);
+    struct nf_plan p;
+    assert_int_equal(nf_plan_init(&p, f, err, sizeof(err)), 0);
+    assert_true(p.moe && p.n_layer >= 3);
+    struct nf_forecaster fc;
+    assert_int_equal(nf_forecaster_init(&fc, &p, UINT64_MAX, err, sizeof(err)), 0);
+    const char *args[] = {"--run-dir",  run_dir, "--model",      moe_path,
+                          "--pred-mem", "16M",   "--foreground", NULL};
+    pid_t pid = spawn(args);
+    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & 2u); t += 10)
+        sleep_ms(10);
+    if (!(atomic_load(&st.sync->ready_mask) & 2u)) {
+        dump_log();
+        kill(pid, SIGKILL);
+        fail_msg("predictor did not become ready");
+    }
+    const int cap = 1 << 16;
+    struct nf_tile_req *reqs = malloc(sizeof(*reqs) * (size_t)cap);
+    uint32_t *list = malloc(sizeof(uint32_t) * p.max_step);
+    float *x = malloc(sizeof(float) * p.n_embd);
+
+    /* Startup: the first layers' attention and router, no expert (none is known yet). */
+    assert_true(wait_until(&st.ctr->p_lookahead, 1, 5000));
+    sleep_ms(100);
+    int n = drain(&st, reqs, cap);
+    assert_true(n > 0);
+    assert_int_equal(count_experts(f, reqs, n), 0);
+
+    /* Activation after layer 0: layer 1's fixed tiles then its forecast experts, best first, at
+     * prio 1; deeper layers without experts. */
+    fill_x(x, (int)p.n_embd, 9);
+    publish_act(&st, 0, 3, x);
+    if (!wait_until(&st.ctr->p_predictions, 1, 5000)) {
+        dump_log();
+        kill(pid, SIGKILL);
+        fail_msg("no forecast after an activation");
+    }
+    sleep_ms(200);
+    assert_int_equal(atomic_load(&st.ctr->p_predictions), 1); /* only the next layer */
+    n = drain(&st, reqs, cap);
+    uint64_t sel[1];
+    int k = nf_forecast(&fc, 1, x, 0, NF_PRED_MOE_GAP, sel);
+    assert_true(k >= (int)p.n_expert_used && k <= 2 * (int)p.n_expert_used);
+    print_message("layer 1: %d of %u experts forecast\n", k, p.n_expert);
+    int nl = nf_plan_layer_experts(&p, 1, fc.idx, (uint32_t)k, list, p.max_step);
+    assert_true(nl > 0 && n >= nl);
+    for (int i = 0; i < nl; i++) {
+        assert_int_equal(reqs[i].tile, list[i]);
+        assert_int_equal(reqs[i].prio, 1);
+    }
+    assert_int_equal(count_experts(f, reqs, nl),
+                     k * (int)(nf_nft_count(f, 1, NF_TILE_EXPERT) / p.n_expert));
+    assert_int_equal(count_experts(f, reqs + nl, n - nl), 0);
+
+    /* Compute used the forecast's best n_expert_used: all true, the extra ones false. */
+    uint64_t used[1] = {0};
+    for (uint32_t i = 0; i < p.n_expert_used; i++)
+        nf_sel_set(used, fc.idx[i]);
+    publish_used(&st, 1, 3, p.n_expert, used);
+    assert_true(wait_until(&st.ctr->p_true_pos, p.n_expert_used, 5000));
+    sleep_ms(50);
+    assert_int_equal(atomic_load(&st.ctr->p_false_pos), (uint64_t)k - p.n_expert_used);
+    assert_int_equal(atomic_load(&st.ctr->p_false_neg), 0);
+
+    nf_rundir_path(run_dir, NF_ROLE_PREDICTOR, "sock", sock, sizeof(sock));
+    nf_envelope *r = ask(sock, NANOFLOW__ENVELOPE__MSG_SHUTDOWN);
+    nf_envelope_free(r);
+    int status = wait_exit(pid, 5000);
+    if (status != 0)
+        dump_log();
+    assert_int_equal(status, 0);
+    free(x);
+    free(reqs);
+    free(list);
+    nf_forecaster_free(&fc);
+    nf_plan_free(&p);
+    nf_stack_detach(&st);
+    nf_stack_unlink(shm);
+    nf_nft_close(f);
+}
+
 /* --help exits 0, bad flags 2, and no stack to attach to 1 (after the timeout). */
 static void test_flags(void **state)
 {
@@ -365,6 +479,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_flags),
         cmocka_unit_test(test_daemon_sparse),
+        cmocka_unit_test(test_daemon_moe),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
