@@ -12,63 +12,6 @@ struct sym {
     uint32_t off, n;
 };
 
-struct bigram {
-    int left, right;
-    int32_t rank;
-    uint32_t size;
-};
-
-/* Min-heap on rank, ties to the leftmost pair (llm_bigram_bpe::comparator). */
-static bool bigram_before(const struct bigram *a, const struct bigram *b)
-{
-    return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
-}
-
-struct heap {
-    struct bigram *v;
-    size_t n, cap;
-};
-
-static int heap_push(struct heap *h, struct bigram b)
-{
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 64;
-        struct bigram *v = realloc(h->v, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        h->v = v;
-        h->cap = cap;
-    }
-    size_t i = h->n++;
-    while (i > 0 && bigram_before(&b, &h->v[(i - 1) / 2])) {
-        h->v[i] = h->v[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    h->v[i] = b;
-    return 0;
-}
-
-static struct bigram heap_pop(struct heap *h)
-{
-    struct bigram top = h->v[0];
-    struct bigram last = h->v[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n)
-            break;
-        if (c + 1 < h->n && bigram_before(&h->v[c + 1], &h->v[c]))
-            c++;
-        if (!bigram_before(&h->v[c], &last))
-            break;
-        h->v[i] = h->v[c];
-        i = c;
-    }
-    if (h->n > 0)
-        h->v[i] = last;
-    return top;
-}
-
 /* Rank of merging texts a and b ("a b" in tokenizer.ggml.merges), or -1. The key is built in
  * `key`, which has room for both plus the separating space. */
 static int32_t merge_rank(const struct nf_vocab *v, const char *a, uint32_t na, const char *b,
@@ -84,7 +27,7 @@ struct bpe {
     const struct nf_vocab *v;
     const char *word; /* byte-encoded word */
     struct sym *sym;
-    struct heap heap;
+    struct nf_bigram_heap heap;
     char *key;
     int err;
 };
@@ -97,7 +40,7 @@ static void add_bigram(struct bpe *s, int left, int right)
     int32_t rank = merge_rank(s->v, s->word + l->off, l->n, s->word + r->off, r->n, s->key);
     if (rank < 0)
         return;
-    if (heap_push(&s->heap, (struct bigram){left, right, rank, l->n + r->n}))
+    if (nf_bigram_push(&s->heap, (struct nf_bigram){left, right, -(double)rank, l->n + r->n}))
         s->err = -ENOMEM;
 }
 
@@ -123,7 +66,7 @@ static int bpe_word(struct bpe *s, const char *w, uint32_t wlen, struct nf_tok_o
     for (int i = 1; i < n; i++)
         add_bigram(s, i - 1, i);
     while (s->heap.n > 0 && !s->err) {
-        struct bigram b = heap_pop(&s->heap);
+        struct nf_bigram b = nf_bigram_pop(&s->heap);
         struct sym *l = &s->sym[b.left], *r = &s->sym[b.right];
         if (l->n == 0 || r->n == 0 || l->n + r->n != b.size)
             continue; /* stale */
@@ -201,6 +144,6 @@ done:
     free(wbuf);
     free(s.key);
     free(s.sym);
-    free(s.heap.v);
+    nf_bigram_heap_free(&s.heap);
     return rc;
 }

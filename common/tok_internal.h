@@ -105,4 +105,26 @@ int nf_bpe_tokenize(const struct nf_vocab *v, const char *text, size_t len, stru
 int nf_pretok_split(enum nf_pretok pre, const uint32_t *cps, size_t n, uint32_t **words,
                     size_t *n_words);
 
+/* A merge candidate of the SentencePiece and BPE tokenizers: symbols left and right (adjacent
+ * when proposed) whose merged text is `size` bytes. The higher `pri` merges first, ties to the
+ * leftmost pair (llama.cpp's llm_bigram_spm / llm_bigram_bpe comparators): SPM uses the merged
+ * token's score, BPE the negated merge rank (exact in a double). */
+struct nf_bigram {
+    int left, right;
+    double pri;
+    uint32_t size;
+};
+
+/* Binary max-heap of merge candidates; zero-initialized is empty. */
+struct nf_bigram_heap {
+    struct nf_bigram *v;
+    size_t n, cap;
+};
+
+/* Adds b; 0 or -ENOMEM (the heap is unchanged). */
+int nf_bigram_push(struct nf_bigram_heap *h, struct nf_bigram b);
+/* Removes and returns the first candidate; h->n must be > 0. */
+struct nf_bigram nf_bigram_pop(struct nf_bigram_heap *h);
+void nf_bigram_heap_free(struct nf_bigram_heap *h);
+
 #endif

@@ -15,68 +15,11 @@ struct sym {
     uint32_t off, n;
 };
 
-struct bigram {
-    int left, right;
-    float score;
-    uint32_t size;
-};
-
-/* Max-heap on score, ties to the leftmost pair (llm_bigram_spm::comparator). */
-static bool bigram_before(const struct bigram *a, const struct bigram *b)
-{
-    return a->score > b->score || (a->score == b->score && a->left < b->left);
-}
-
-struct heap {
-    struct bigram *v;
-    size_t n, cap;
-};
-
-static int heap_push(struct heap *h, struct bigram b)
-{
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 64;
-        struct bigram *v = realloc(h->v, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        h->v = v;
-        h->cap = cap;
-    }
-    size_t i = h->n++;
-    while (i > 0 && bigram_before(&b, &h->v[(i - 1) / 2])) {
-        h->v[i] = h->v[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    h->v[i] = b;
-    return 0;
-}
-
-static struct bigram heap_pop(struct heap *h)
-{
-    struct bigram top = h->v[0];
-    struct bigram last = h->v[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n)
-            break;
-        if (c + 1 < h->n && bigram_before(&h->v[c + 1], &h->v[c]))
-            c++;
-        if (!bigram_before(&h->v[c], &last))
-            break;
-        h->v[i] = h->v[c];
-        i = c;
-    }
-    if (h->n > 0)
-        h->v[i] = last;
-    return top;
-}
-
 struct spm {
     const struct nf_vocab *v;
     const char *text;
     struct sym *sym;
-    struct heap heap;
+    struct nf_bigram_heap heap;
     /* rev_merge: text of a merge candidate -> the (left, right) pair that last proposed it. */
     struct nf_strmap rev;
     int *rev_pair; /* (2 * rev.cap) */
@@ -92,8 +35,8 @@ static void try_add_bigram(struct spm *s, int left, int right)
     int32_t tok = nf_vocab_find(s->v, t, n);
     if (tok < 0)
         return;
-    struct bigram b = {left, right, s->v->score[tok], n};
-    if (heap_push(&s->heap, b)) {
+    struct nf_bigram b = {left, right, s->v->score[tok], n};
+    if (nf_bigram_push(&s->heap, b)) {
         s->err = -ENOMEM;
         return;
     }
@@ -177,7 +120,7 @@ int nf_spm_tokenize(const struct nf_vocab *v, const char *text, size_t len, stru
         try_add_bigram(&s, i - 1, i);
 
     while (s.heap.n > 0 && !s.err) {
-        struct bigram b = heap_pop(&s.heap);
+        struct nf_bigram b = nf_bigram_pop(&s.heap);
         struct sym *l = &s.sym[b.left], *r = &s.sym[b.right];
         if (l->n == 0 || r->n == 0 || l->n + r->n != b.size)
             continue; /* stale: one side was merged since */
@@ -198,7 +141,7 @@ int nf_spm_tokenize(const struct nf_vocab *v, const char *text, size_t len, stru
         rc = resegment(&s, &s.sym[i], out, 0);
 done:
     free(s.sym);
-    free(s.heap.v);
+    nf_bigram_heap_free(&s.heap);
     free(s.rev_pair);
     nf_strmap_free(&s.rev);
     return rc;
