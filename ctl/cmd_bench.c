@@ -25,6 +25,7 @@
 #include "nft.h"
 #include "stack.h"
 #include "stack_ctl.h"
+#include "nf_time.h"
 
 static const char *const cmd = "bench";
 
@@ -133,19 +134,6 @@ static void on_signal(int sig)
     nf_bench_stop = 1;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&t, NULL);
-}
-
 static void progress(struct bench *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void progress(struct bench *b, const char *fmt, ...)
 {
@@ -154,7 +142,7 @@ static void progress(struct bench *b, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "bench [%5.1fs] %s\n", now_s() - b->t_start, msg);
+    fprintf(stderr, "bench [%5.1fs] %s\n", nf_now_s() - b->t_start, msg);
 }
 
 /* --- arguments ------------------------------------------------------------------------------ */
@@ -287,7 +275,7 @@ static void bench_raw(struct bench *b, const struct nf_nft *f, struct raw_result
              (double)total / 1048576.0, qd);
     int rc = io_uring_queue_init(qd, &ring, 0);
     have_ring = rc == 0;
-    double t0 = now_s(), last = t0;
+    double t0 = nf_now_s(), last = t0;
     uint64_t next = 0, done = 0, bytes = 0;
     if (have_ring) {
         r->backend = "io_uring";
@@ -329,8 +317,8 @@ static void bench_raw(struct bench *b, const struct nf_nft *f, struct raw_result
             }
             bytes += (uint64_t)res;
             done++;
-            if (now_s() - last > 2.0) {
-                last = now_s();
+            if (nf_now_s() - last > 2.0) {
+                last = nf_now_s();
                 progress(b, "raw: %.0f / %.0f MiB", (double)bytes / 1048576.0,
                          (double)total / 1048576.0);
             }
@@ -352,7 +340,7 @@ static void bench_raw(struct bench *b, const struct nf_nft *f, struct raw_result
             done++;
         }
     }
-    r->secs = now_s() - t0;
+    r->secs = nf_now_s() - t0;
     r->bytes = bytes;
     r->reads = done;
     r->mb_s = r->secs > 0 ? (double)bytes / 1e6 / r->secs : NAN;
@@ -427,7 +415,7 @@ static pid_t spawn(struct bench *b, char **argv, const struct nf_cgroup *cg, int
  * catches a child too short-lived for the /proc samples. */
 static int wait_child_ru(pid_t pid, double secs, uint64_t *maxrss_kb)
 {
-    double end = now_s() + secs;
+    double end = nf_now_s() + secs;
     for (;;) {
         int st;
         struct rusage ru;
@@ -439,9 +427,9 @@ static int wait_child_ru(pid_t pid, double secs, uint64_t *maxrss_kb)
         }
         if (r < 0 && errno != EINTR)
             return -1;
-        if (now_s() > end)
+        if (nf_now_s() > end)
             return -1;
-        sleep_ms(20);
+        nf_sleep_ms(20);
     }
 }
 
@@ -581,7 +569,7 @@ static uint64_t ctr(const struct ctr_snap *s, int role, const char *name)
 static void take_snap(const char *dir, struct ctr_snap *s)
 {
     memset(s, 0, sizeof(*s));
-    s->t = now_s();
+    s->t = nf_now_s();
     for (int i = 0; i < NF_N_ROLES; i++) {
         char err[256];
         int fd = nf_ctl_connect(dir, nf_stack_roles[i], 2000, err, sizeof(err));
@@ -674,11 +662,11 @@ static bool follow_gen(struct bench *b, struct row *r, pid_t pid, int fd, int si
     l.len = 0;
     l.eof = false;
     size_t consumed = 0;
-    double t0 = now_s(), deadline = t0 + (double)b->o.timeout, t_first = 0, t_last = 0;
+    double t0 = nf_now_s(), deadline = t0 + (double)b->o.timeout, t_first = 0, t_last = 0;
     double last_report = 0;
     bool signalled = false, summary = false;
     while (!l.eof) {
-        double now = now_s();
+        double now = nf_now_s();
         if (!signalled && (now > deadline || nf_bench_stop)) {
             kill(pid, sig);
             signalled = true;
@@ -704,7 +692,7 @@ static bool follow_gen(struct bench *b, struct row *r, pid_t pid, int fd, int si
         if (strncmp(line, "{\"id\":", 6))
             continue;
         r->tokens++;
-        t_last = now_s();
+        t_last = nf_now_s();
         if (r->tokens == 1)
             t_first = t_last;
         if (b->tty || t_last - last_report > 1.0 || r->tokens == b->o.n) {
@@ -872,10 +860,10 @@ static void mmap_tick(void *ud, pid_t pid, int tokens)
         m->hwm_kb = h;
     if (tokens == 1 && m->last_tokens == 0) {
         m->rb_first = m->read_bytes;
-        m->t_first_io = now_s();
+        m->t_first_io = nf_now_s();
     }
     if (tokens > m->last_tokens)
-        m->t_last_io = now_s();
+        m->t_last_io = nf_now_s();
     m->last_tokens = tokens;
 }
 
@@ -907,9 +895,9 @@ static void run_mmap(struct bench *b, struct row *r)
         row_error(r, "cannot start run --mmap: %s", strerror(errno));
     } else {
         struct mmap_tick mt = {.cg = &cg, .have_cg = have_cg};
-        double t0 = now_s();
+        double t0 = nf_now_s();
         bool summary = follow_gen(b, r, pid, out_fd, SIGKILL, mmap_tick, &mt);
-        double t1 = now_s();
+        double t1 = nf_now_s();
         close(out_fd);
         uint64_t maxrss_kb = 0;
         int st = wait_child_ru(pid, NF_BENCH_CANCEL_WAIT, &maxrss_kb);
@@ -1126,7 +1114,7 @@ int nf_cmd_bench(int argc, char **argv)
     int rc = parse_args(argc, argv, &b.o);
     if (rc)
         return rc == 1 ? 0 : rc;
-    b.t_start = now_s();
+    b.t_start = nf_now_s();
     b.tty = isatty(2);
     ssize_t sl = readlink("/proc/self/exe", b.self, sizeof(b.self) - 1);
     if (sl <= 0) {

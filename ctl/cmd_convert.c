@@ -9,6 +9,7 @@
 #include "cmds.h"
 #include "nf_err.h"
 #include "nft.h"
+#include "nf_time.h"
 
 static const char *const cmd = "convert";
 
@@ -47,15 +48,8 @@ static void usage(FILE *f)
 
 struct bar {
     bool tty;
-    struct timespec t0;
+    double t0; /* nf_now_s() at the start */
 };
-
-static double since(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) * 1e-9;
-}
 
 static void on_progress(void *ud, uint64_t done, uint64_t total, const char *what)
 {
@@ -65,7 +59,7 @@ static void on_progress(void *ud, uint64_t done, uint64_t total, const char *wha
     int width = 30, fill = total ? (int)((double)done / (double)total * width) : width;
     fprintf(stderr, "\r[%.*s%*s] %5.1f%% %-14s %6.1fs", fill, "##############################",
             width - fill, "", total ? 100.0 * (double)done / (double)total : 100.0, what,
-            since(&b->t0));
+            nf_now_s() - b->t0);
     fflush(stderr);
 }
 
@@ -110,7 +104,7 @@ int nf_cmd_convert(int argc, char **argv)
     if (!in || !out)
         return nf_usage_error(cmd, "needs IN.gguf and OUT.nft");
     struct bar b = {.tty = isatty(STDERR_FILENO)};
-    clock_gettime(CLOCK_MONOTONIC, &b.t0);
+    b.t0 = nf_now_s();
     o.progress = on_progress;
     o.progress_ud = &b;
     o.tmp_path = nf_conv_tmp;
@@ -132,6 +126,6 @@ int nf_cmd_convert(int argc, char **argv)
         fprintf(stderr, "nanoflowctl convert: %s\n", err[0] ? err : nf_strerror(rc));
         return 1;
     }
-    fprintf(stderr, "nanoflowctl convert: wrote %s in %.1fs\n", out, since(&b.t0));
+    fprintf(stderr, "nanoflowctl convert: wrote %s in %.1fs\n", out, nf_now_s() - b.t0);
     return 0;
 }

@@ -16,6 +16,7 @@
 #include "cmds.h"
 #include "mkmodel.h"
 #include "nf_err.h"
+#include "nf_time.h"
 
 #define CMD "mkmodel"
 
@@ -642,12 +643,10 @@ int nf_cmd_mkmodel(int argc, char **argv)
                           .threads = (int)(o.threads > 0 ? o.threads : (ncpu > 0 ? ncpu : 1)),
                           .progress = isatty(2)};
     uint64_t written = 0;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = nf_now_s();
     if ((rc = write_model(o.out, dir, w, t, nt, &g, &written, err, sizeof(err))))
         goto fail;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double secs = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    double secs = nf_now_s() - t0;
     char hs[32], hw[32];
     human(hs, sizeof(hs), (double)total);
     human(hw, sizeof(hw), (double)(written + nf_gguf_writer_data_offset(w)));

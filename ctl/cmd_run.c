@@ -11,6 +11,7 @@
 #include "nf_err.h"
 #include "sampler.h"
 #include "tokenizer.h"
+#include "nf_time.h"
 
 static const char *const cmd = "run";
 
@@ -57,13 +58,6 @@ static void usage(FILE *f)
         "                          [[id, logit], ...], 0..%d (default: 0)\n"
         "  -h, --help              show this help\n",
         NF_RUN_DEFAULT_N, NF_RUN_DEFAULT_CTX_CAP, NF_RUN_MAX_TOP_LOGITS);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 struct run_opts {
@@ -258,12 +252,12 @@ int nf_cmd_run(int argc, char **argv)
     for (int i = 0; i < n_prompt; i++)
         nf_sampler_accept(s, ids[i]);
 
-    double t0 = now_s();
+    double t0 = nf_now_s();
     if ((rc = nf_ctx_eval(c, ids, n_prompt)) < 0) {
         fprintf(stderr, "nanoflowctl run: evaluating the prompt: %s\n", nf_strerror(rc));
         goto done;
     }
-    double t1 = now_s();
+    double t1 = nf_now_s();
     struct nf_detok dt;
     nf_detok_init(&dt);
     int n_gen = 0;
@@ -319,7 +313,7 @@ int nf_cmd_run(int argc, char **argv)
             goto done;
         }
     }
-    double t2 = now_s();
+    double t2 = nf_now_s();
     if (o.json) {
         nf_gen_summary_json(stdout, ids, n_prompt, ids + n_prompt, n_gen, text, text_len,
                             n_prompt / (t1 - t0 > 0 ? t1 - t0 : 1e-9),

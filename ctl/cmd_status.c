@@ -13,6 +13,7 @@
 #include "gen_output.h"
 #include "nf_err.h"
 #include "stack_ctl.h"
+#include "nf_time.h"
 
 #define NF_CTL_RPC_TIMEOUT_MS 5000
 
@@ -201,9 +202,7 @@ static bool is_gauge(const char *name)
 static void take_snap(const char *dir, struct snap *s)
 {
     memset(s, 0, sizeof(*s));
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    s->t = (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+    s->t = nf_now_s();
     for (int i = 0; i < NF_N_ROLES; i++) {
         struct stage_snap *ss = &s->st[i];
         int fd = nf_ctl_connect(dir, nf_stack_roles[i], 2000, ss->err, sizeof(ss->err));

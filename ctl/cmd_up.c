@@ -17,6 +17,7 @@
 #include "nft.h"
 #include "stack.h"
 #include "stack_ctl.h"
+#include "nf_time.h"
 
 #define NF_UP_READY_TIMEOUT_MS 60000
 
@@ -51,19 +52,6 @@ static bool pathf(char *out, size_t len, const char *fmt, ...)
     int n = vsnprintf(out, len, fmt, ap);
     va_end(ap);
     return n >= 0 && (size_t)n < len;
-}
-
-static double mono_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec t = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&t, NULL);
 }
 
 /* --- .gguf -> cached .nft ------------------------------------------------------------------ */
@@ -378,7 +366,7 @@ static void print_log_tail(const char *dir, const char *role)
  * kill_ms more). */
 static bool stop_pid(const char *dir, const char *role, int pid, int term_ms, int kill_ms)
 {
-    double t0 = mono_s();
+    double t0 = nf_now_s();
     bool termed = term_ms == 0, killed = false;
     if (termed)
         kill(pid, SIGTERM);
@@ -386,7 +374,7 @@ static bool stop_pid(const char *dir, const char *role, int pid, int term_ms, in
         waitpid(pid, NULL, WNOHANG); /* reap it if it is our child */
         if (nf_pidfile_read(dir, role) != pid || kill(pid, 0) < 0)
             return true;
-        double el = (mono_s() - t0) * 1000.0;
+        double el = (nf_now_s() - t0) * 1000.0;
         if (!termed && el >= term_ms) {
             kill(pid, SIGTERM);
             termed = true;
@@ -397,7 +385,7 @@ static bool stop_pid(const char *dir, const char *role, int pid, int term_ms, in
         }
         if (el >= term_ms + kill_ms + 5000)
             return false;
-        sleep_ms(20);
+        nf_sleep_ms(20);
     }
 }
 
@@ -421,11 +409,11 @@ static void up_abort(const char *dir, const pid_t *children, int n_children)
 /* Waits until ROLE reports READY. Returns 0, or 1 after printing why not. */
 static int wait_ready(const char *dir, const char *role, pid_t child)
 {
-    double t0 = mono_s(), child_gone_at = 0;
+    double t0 = nf_now_s(), child_gone_at = 0;
     int fd = -1;
     char err[512] = "";
     for (;;) {
-        double el = (mono_s() - t0) * 1000.0;
+        double el = (nf_now_s() - t0) * 1000.0;
         if (el > NF_UP_READY_TIMEOUT_MS) {
             fprintf(stderr, "nanoflowctl up: %s did not become ready within %d s%s%s\n", role,
                     NF_UP_READY_TIMEOUT_MS / 1000, err[0] ? ": " : "", err);
@@ -434,7 +422,7 @@ static int wait_ready(const char *dir, const char *role, pid_t child)
         int status;
         if (child > 0 && waitpid(child, &status, WNOHANG) == child) {
             child = 0;
-            child_gone_at = mono_s();
+            child_gone_at = nf_now_s();
             /* Exit 0 is a daemon that detached into a grandchild; anything else failed. */
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
                 if (WIFSIGNALED(status))
@@ -446,7 +434,7 @@ static int wait_ready(const char *dir, const char *role, pid_t child)
                 break;
             }
         }
-        if (child == 0 && child_gone_at > 0 && mono_s() - child_gone_at > 5.0 &&
+        if (child == 0 && child_gone_at > 0 && nf_now_s() - child_gone_at > 5.0 &&
             nf_pidfile_read(dir, role) == 0) {
             fprintf(stderr, "nanoflowctl up: %s exited without leaving a running daemon\n", role);
             break;
@@ -480,7 +468,7 @@ static int wait_ready(const char *dir, const char *role, pid_t child)
                 fd = -1;
             }
         }
-        sleep_ms(50);
+        nf_sleep_ms(50);
     }
     if (fd >= 0)
         close(fd);

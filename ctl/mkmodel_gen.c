@@ -15,6 +15,7 @@
 
 #include "mkmodel.h"
 #include "nf_err.h"
+#include "nf_time.h"
 
 /* Elements per chunk: 4 MiB of floats, small enough for the cache-friendly quantizers, large
  * enough that pwrite calls stay few. */
@@ -187,13 +188,6 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void print_progress(uint64_t done, uint64_t total, double secs)
 {
     double gib = 1024.0 * 1024 * 1024;
@@ -249,7 +243,7 @@ int nf_mk_write_data(int fd, const struct nf_mk_tensor *t, size_t n, const struc
     }
 
     /* Wait for the workers, waking every half second to redraw the progress line. */
-    double t0 = now_s();
+    double t0 = nf_now_s();
     pthread_mutex_lock(&s.lock);
     while (s.running > 0) {
         struct timespec ts;
@@ -261,14 +255,14 @@ int nf_mk_write_data(int fd, const struct nf_mk_tensor *t, size_t n, const struc
         }
         pthread_cond_timedwait(&s.done, &s.lock, &ts);
         if (g->progress && s.running > 0)
-            print_progress(atomic_load(&s.written), total, now_s() - t0);
+            print_progress(atomic_load(&s.written), total, nf_now_s() - t0);
     }
     pthread_mutex_unlock(&s.lock);
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
     free(tids);
     if (g->progress) {
-        print_progress(atomic_load(&s.written), total, now_s() - t0);
+        print_progress(atomic_load(&s.written), total, nf_now_s() - t0);
         fputc('\n', stderr);
     }
     pthread_cond_destroy(&s.done);
