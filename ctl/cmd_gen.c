@@ -143,7 +143,8 @@ static int acc_push(struct gen_acc *a, int32_t id, const void *piece, size_t len
         a->text = t;
         a->text_cap = cap;
     }
-    memcpy(a->text + a->text_len, piece, len);
+    if (len > 0) /* a token may have no bytes (and no piece pointer) */
+        memcpy(a->text + a->text_len, piece, len);
     a->text_len += len;
     if (a->n_ids == a->ids_cap) {
         int cap = a->ids_cap ? 2 * a->ids_cap : 256;
