@@ -96,6 +96,64 @@ static void heap_push(struct nf_fetcher *ft, uint32_t id, uint32_t prio)
     heap_up(ft, ft->heap_len - 1);
 }
 
+/* --- diagnostics --------------------------------------------------------------------------- */
+
+static uint32_t kind_of(const struct nf_fetcher *ft, uint32_t id)
+{
+    uint32_t k = ft->f->tiles[id].kind;
+    return k < NF_FETCH_KINDS ? k : NF_FETCH_KINDS - 1;
+}
+
+/* Accounts the time since the last change of in_flight (call before changing it). */
+static void diag_qd(struct nf_fetcher *ft)
+{
+    uint64_t now = nf_fetch_now_ns();
+    if (ft->in_flight > 0 && ft->diag.qd_at_ns) {
+        ft->diag.qd_ns += (now - ft->diag.qd_at_ns) * ft->in_flight;
+        ft->diag.busy_ns += now - ft->diag.qd_at_ns;
+    }
+    ft->diag.qd_at_ns = now;
+}
+
+static void diag_log(const struct nf_fetcher *ft)
+{
+    const struct nf_fetch_diag *d = &ft->diag;
+    const struct nf_stack_counters *ctr = ft->st->ctr;
+    uint64_t toks = atomic_load(&ctr->c_prompt_tokens) + atomic_load(&ctr->c_decode_tokens);
+    nf_log(NF_LOG_INFO,
+           "diag: predictor %" PRIu64 " forecasts, tp %" PRIu64 " fp %" PRIu64 " fn %" PRIu64
+           ", compute stall %.3f s of %.3f s",
+           atomic_load(&ctr->p_predictions), atomic_load(&ctr->p_true_pos),
+           atomic_load(&ctr->p_false_pos), atomic_load(&ctr->p_false_neg),
+           atomic_load(&ctr->c_stall_ns) * 1e-9,
+           (atomic_load(&ctr->c_prompt_ns) + atomic_load(&ctr->c_decode_ns)) * 1e-9);
+    nf_log(NF_LOG_INFO,
+           "diag: %" PRIu64 " tokens, mean queue depth %.2f while busy (%.3f s), checksums "
+           "%.3f s, %" PRIu64 " prefetches dropped, %" PRIu64 " no-slot, %" PRIu64
+           " evictions for prefetches",
+           toks, d->busy_ns ? (double)d->qd_ns / (double)d->busy_ns : 0.0, d->busy_ns * 1e-9,
+           d->checksum_ns * 1e-9, d->dropped, d->no_slot, d->evict_by_prefetch);
+    for (int at = 0; at < 2; at++)
+        for (int dm = 0; dm < 2; dm++) {
+            const uint64_t *u = d->unused_ahead[at][dm];
+            nf_log(NF_LOG_INFO,
+                   "diag: unused %s evicted by %s: layer behind %" PRIu64 " ahead %" PRIu64
+                   ", +1..5 %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
+                   ", passed %" PRIu64 ", far %" PRIu64,
+                   at ? "attn" : "other", dm ? "demand" : "prefetch", u[0], u[1], u[2], u[3], u[4],
+                   u[5], u[6], u[7], u[8]);
+        }
+    for (uint32_t k = 0; k < NF_FETCH_KINDS; k++) {
+        if (!d->demand_reads[k] && !d->prefetch_reads[k] && !d->evictions[k])
+            continue;
+        nf_log(NF_LOG_INFO,
+               "diag: %-12s demand %6" PRIu64 " prefetch %6" PRIu64 " MB %9.1f evicted %6" PRIu64
+               " of which unused %6" PRIu64,
+               nf_tile_kind_name((enum nf_tile_kind)k), d->demand_reads[k], d->prefetch_reads[k],
+               d->bytes[k] / 1e6, d->evictions[k], d->wasted[k]);
+    }
+}
+
 /* --- free slots ----------------------------------------------------------------------------- */
 
 /* Puts slot back on its class's free stack. */
@@ -255,6 +313,39 @@ static void poll_activations(struct nf_fetcher *ft)
 
 /* --- requests ------------------------------------------------------------------------------- */
 
+static bool behind_compute(const struct nf_fetcher *ft, uint32_t id);
+
+/* Drops the pending prefetch of tile id (the predictor may ask again). */
+static void drop_prefetch(struct nf_fetcher *ft, uint32_t id)
+{
+    heap_remove(ft, id);
+    nf_tile_cancel(ft->st, id);
+    ft->diag.dropped++;
+}
+
+/* Sparse mode: compute asks for the FFN tiles of the groups it chose, in tile order, as soon as
+ * it has chosen them (a tile already loading or ready needs no request). So when it asks for
+ * FFN tile id, a pending prefetch of an earlier FFN tile of the same layer that compute did not
+ * ask for is a forecast it did not choose: reading it would be wasted. Such prefetches are
+ * dropped (if compute does want one after all, its pin finds the tile EMPTY and asks again). */
+static void drop_unchosen(struct nf_fetcher *ft, uint32_t id)
+{
+    const struct nf_nft_tile *tiles = ft->f->tiles;
+    if (!(ft->st->cfg->sparsity > 0) || tiles[id].kind != NF_TILE_FFN)
+        return;
+    uint32_t layer = tiles[id].layer, from = id;
+    if (ft->ffn_swept < id && tiles[ft->ffn_swept].layer == layer &&
+        tiles[ft->ffn_swept].kind == NF_TILE_FFN)
+        from = ft->ffn_swept + 1; /* swept up to there already */
+    else
+        while (from > 0 && tiles[from - 1].layer == layer && tiles[from - 1].kind == NF_TILE_FFN)
+            from--;
+    for (uint32_t t = from; t < id; t++)
+        if ((ft->pend[t] & (PEND_PREFETCH | PEND_DEMAND)) == PEND_PREFETCH)
+            drop_prefetch(ft, t);
+    ft->ffn_swept = id;
+}
+
 static void take_requests(struct nf_fetcher *ft)
 {
     struct nf_tile_req req[REQ_BURST];
@@ -264,7 +355,12 @@ static void take_requests(struct nf_fetcher *ft)
             uint32_t id = req[i].tile;
             if (id >= ft->n_tiles)
                 continue; /* a broken request cannot name a tile: nothing to load */
-            ft->cur = id; /* compute is blocked on this tile: that is where it is */
+            /* Compute is at or before a tile it asks for: it may ask for tiles it will pin
+             * soon (the FFN tiles it chose, a layer's predictor tile), so a demand only moves
+             * cur back, never ahead of the tiles compute has not used yet. */
+            if (behind_compute(ft, id))
+                ft->cur = id;
+            drop_unchosen(ft, id);
             if (ft->pend[id] & PEND_DEMAND)
                 continue;
             ft->pend[id] |= PEND_DEMAND;
@@ -309,6 +405,8 @@ static void track_compute(struct nf_fetcher *ft)
 /* A free slot for tile id in its class k: from the class's free list, else by evicting the tile
  * of that class whose next use is farthest (a prefetch only evicts tiles needed later than
  * itself). NF_NO_SLOT if none. */
+static uint32_t step_pos(const struct nf_fetcher *ft, uint32_t id);
+
 static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, uint32_t k, bool demand)
 {
     uint32_t s = pop_free(ft, k);
@@ -326,8 +424,28 @@ static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, uint32_t k, bool de
         if (s == NF_NO_SLOT)
             return NF_NO_SLOT;
         uint32_t victim = atomic_load(&st->slots[s].tile);
-        if (nf_slot_try_evict(st, s)) /* counts f_evictions */
+        bool unused = victim < ft->n_tiles &&
+                      atomic_load_explicit(&st->tiles[victim].last_use, memory_order_relaxed) ==
+                          NF_FETCH_UNUSED;
+        if (nf_slot_try_evict(st, s)) { /* counts f_evictions */
+            if (victim < ft->n_tiles) {
+                ft->diag.evictions[kind_of(ft, victim)]++;
+                ft->diag.wasted[kind_of(ft, victim)] += unused;
+                if (unused) {
+                    uint32_t np = ft->f->hdr.n_layer + 1;
+                    uint32_t a = (step_pos(ft, victim) + np - step_pos(ft, ft->cur)) % np;
+                    uint32_t b = a == 0                       ? (victim < ft->cur ? 0 : 1)
+                                 : a <= 5                     ? a + 1
+                                 : behind_compute(ft, victim) ? 7
+                                                              : 8;
+                    uint32_t kk = kind_of(ft, victim);
+                    bool attn = kk >= NF_TILE_ATTN_Q && kk <= NF_TILE_ATTN_O;
+                    ft->diag.unused_ahead[attn][demand][b]++;
+                }
+            }
+            ft->diag.evict_by_prefetch += !demand;
             return s;
+        }
         below = nf_cache_distance(victim, ft->cur, ft->n_tiles); /* pinned meanwhile: next */
     }
     return NF_NO_SLOT;
@@ -366,8 +484,10 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
     if (ft->n_io_free == 0)
         return -EAGAIN;
     uint32_t slot = get_slot(ft, id, k, demand);
-    if (slot == NF_NO_SLOT)
+    if (slot == NF_NO_SLOT) {
+        ft->diag.no_slot++;
         return -EAGAIN;
+    }
     int rc = nf_tile_begin_load(st, id, slot);
     if (rc < 0) {
         push_free(ft, slot);
@@ -376,6 +496,8 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
         return 0;
     }
     atomic_fetch_add_explicit(&ctr->f_misses, 1, memory_order_relaxed);
+    (demand ? ft->diag.demand_reads : ft->diag.prefetch_reads)[kind_of(ft, id)]++;
+    ft->diag.bytes[kind_of(ft, id)] += nf_nft_padded(ft->f->tiles[id].size);
     /* Not used since this load (track_compute); compute's pin overwrites it. */
     atomic_store_explicit(&st->tiles[id].last_use, NF_FETCH_UNUSED, memory_order_relaxed);
     const struct nf_nft_tile *t = &ft->f->tiles[id];
@@ -393,6 +515,7 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
     io->done = 0;
     io->demand = demand;
     io->start_ns = nf_fetch_now_ns();
+    diag_qd(ft);
     if (ft->in_flight++ == 0)
         ft->busy_since_ns = io->start_ns;
     atomic_store_explicit(&ctr->f_queue_depth, ft->in_flight, memory_order_relaxed);
@@ -409,6 +532,7 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
 static void release_io(struct nf_fetcher *ft, uint32_t i)
 {
     ft->io_free[ft->n_io_free++] = i;
+    diag_qd(ft);
     if (--ft->in_flight == 0)
         atomic_fetch_add_explicit(&ft->st->ctr->f_busy_ns, nf_fetch_now_ns() - ft->busy_since_ns,
                                   memory_order_relaxed);
@@ -493,6 +617,7 @@ static void finish_read(struct nf_fetcher *ft, uint32_t i)
  * mismatch. */
 static void publish_loaded(struct nf_fetcher *ft)
 {
+    uint64_t t0 = nf_fetch_now_ns();
     for (uint32_t k = 0; k < ft->n_loaded; k++) {
         const struct nf_fetch_loaded *l = &ft->loaded[k];
         if (l->check && XXH3_64bits(nf_stack_slot_ptr(ft->st, l->slot), l->len) !=
@@ -505,6 +630,7 @@ static void publish_loaded(struct nf_fetcher *ft)
         nf_tile_end_load(ft->st, l->tile, true);
     }
     ft->n_loaded = 0;
+    ft->diag.checksum_ns += nf_fetch_now_ns() - t0;
 }
 
 /* Where tile id sits in a token step: its layer, 0 for the tiles before layer 0 (embedding),
@@ -530,6 +656,20 @@ static bool behind_compute(const struct nf_fetcher *ft, uint32_t id)
     return back <= np / 2;
 }
 
+/* True when a prefetch of tile id comes too late: compute has passed the tile in this step, and
+ * the request was not for the next step (its priority, the layers until the predictor expected
+ * the tile to be used, is smaller than the layers until its next use). A late request is what
+ * a predictor that fell behind compute sends; read now, the tile would wait a whole step and be
+ * evicted unused first. */
+static bool passed(const struct nf_fetcher *ft, uint32_t id)
+{
+    if (!behind_compute(ft, id))
+        return false;
+    uint32_t np = ft->f->hdr.n_layer + 1, pc = step_pos(ft, ft->cur), pt = step_pos(ft, id);
+    uint32_t next = np - (pc + np - pt) % np; /* positions until its next use */
+    return next > ft->prio[id] + 1;
+}
+
 /* --- the loop ------------------------------------------------------------------------------- */
 
 /* Starts reads for pending requests: every demand first; prefetches (soonest priority first)
@@ -549,6 +689,10 @@ static bool serve(struct nf_fetcher *ft)
     }
     while (ft->heap_len > 0) {
         uint32_t id = ft->heap[0];
+        if (passed(ft, id)) {
+            drop_prefetch(ft, id);
+            continue;
+        }
         int rc = start_load(ft, id, false);
         if (rc == -EAGAIN) {
             /* No slot for a tile compute has already passed (a forecast it did not use, or a
@@ -557,6 +701,7 @@ static bool serve(struct nf_fetcher *ft)
             if (ft->n_io_free == 0 || !behind_compute(ft, id))
                 break;
             nf_tile_cancel(ft->st, id);
+            ft->diag.dropped++;
         }
         heap_remove(ft, id);
     }
@@ -570,6 +715,7 @@ int nf_fetch_run(struct nf_fetcher *ft)
     while (!atomic_load(&sync->stop)) {
         uint32_t seen = nf_notify_seq(&sync->fetch_bell);
         poll_activations(ft);
+        track_compute(ft);
         take_requests(ft);
         bool demand_blocked = serve(ft);
         nf_fetch_backend_flush(ft);
@@ -593,6 +739,7 @@ int nf_fetch_run(struct nf_fetcher *ft)
             publish_loaded(ft);
         }
     }
+    diag_log(ft);
     /* Let reads in flight land before the pool is unmapped. */
     while (ft->in_flight > 0) {
         unsigned n = nf_fetch_backend_reap(ft, done, ft->o.qd, -1);

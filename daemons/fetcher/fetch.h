@@ -52,6 +52,27 @@ struct nf_fetch_loaded {
 
 struct nf_fetch_backend; /* io.c */
 
+/* What the fetcher did, by tile kind (enum nf_tile_kind), logged when the loop stops: where
+ * the bytes went (reads by demand or prefetch), which tiles were thrown out again (evictions,
+ * and those of tiles compute never pinned since their read: wasted reads), the mean queue depth
+ * while busy and the time spent on checksums. Private to the fetch thread. */
+#define NF_FETCH_KINDS 16
+struct nf_fetch_diag {
+    uint64_t demand_reads[NF_FETCH_KINDS], prefetch_reads[NF_FETCH_KINDS];
+    uint64_t bytes[NF_FETCH_KINDS];
+    uint64_t evictions[NF_FETCH_KINDS], wasted[NF_FETCH_KINDS];
+    uint64_t evict_by_prefetch; /* evictions made for a prefetch (the rest for demands) */
+    uint64_t qd_ns, busy_ns;    /* integral of reads in flight over time, and busy time */
+    uint64_t qd_at_ns;          /* last change of in_flight */
+    uint64_t checksum_ns;       /* time spent in XXH3 */
+    uint64_t dropped;           /* prefetches dropped because compute had passed them */
+    uint64_t no_slot;           /* start_load found no slot (request left pending) */
+    /* Unused evictions by (victim is attention, evictor is a demand, where: 0 behind cur in its
+     * layer, 1 ahead of cur in its layer, 2..6 1..5 layers ahead, 7 passed (behind by up to
+     * half a step), 8 the rest). */
+    uint64_t unused_ahead[2][2][9];
+};
+
 struct nf_fetcher {
     struct nf_stack *st;
     const struct nf_nft *f;
@@ -87,10 +108,12 @@ struct nf_fetcher {
     /* Where compute is: the tile it last demanded or the layer after the last activation. */
     uint32_t cur;
     uint64_t act_step, act_layer;
-    uint64_t use_key;  /* newest (last_use step << 32 | id) seen in the pool */
-    bool have_use_key; /* newest activation seen (step, layer + 1; 0: none yet) */
+    uint64_t use_key;   /* newest (last_use step << 32 | id) seen in the pool */
+    bool have_use_key;  /* newest activation seen (step, layer + 1; 0: none yet) */
+    uint32_t ffn_swept; /* sparse mode: the last FFN tile compute asked for (drop_unchosen) */
     struct nf_fetch_backend *be;
     const char *backend_name;
+    struct nf_fetch_diag diag;
 };
 
 /* Prepares the fetcher for stack st (created for .nft f, whose fd was opened with O_DIRECT):
