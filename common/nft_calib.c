@@ -189,12 +189,7 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
     }
     if ((rc = nf_sparse_create(&s, m, f, err, errlen)))
         goto out;
-    ids = malloc(sizeof(int32_t) * (tlen + 2));
-    if (!ids) {
-        rc = cal_err(err, errlen, -ENOMEM, "out of memory");
-        goto out;
-    }
-    int n = nf_tokenize(v, text, tlen, nf_vocab_add_bos(v), false, ids, (int)tlen + 2);
+    int n = nf_tokenize_alloc(v, text, tlen, nf_vocab_add_bos(v), false, 0, &ids);
     if (n < 1) {
         rc = cal_err(err, errlen, n < 0 ? n : NF_EUSAGE, "%s: the text gives no tokens", text_path);
         goto out;

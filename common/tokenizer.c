@@ -2,6 +2,7 @@
  * streaming detokenization. */
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -797,4 +798,29 @@ int nf_detok_flush(struct nf_detok *d, char *out)
     memcpy(out, d->pending, (size_t)n);
     d->n_pending = 0;
     return n;
+}
+
+int nf_tokenize_alloc(const struct nf_vocab *v, const char *text, size_t len, bool add_bos,
+                      bool parse_special, size_t extra, int32_t **out)
+{
+    *out = NULL;
+    if (len > INT_MAX / 2 || extra > INT_MAX / 2)
+        return -EOVERFLOW;
+    /* Most texts give at most a token per byte (plus BOS/EOS); byte fallback can give more. */
+    int cap = (int)len + 8;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int32_t *ids = malloc(sizeof(int32_t) * ((size_t)cap + extra));
+        if (!ids)
+            return -ENOMEM;
+        int n = nf_tokenize(v, text, len, add_bos, parse_special, ids, cap);
+        if (n >= 0 && n <= cap) {
+            *out = ids;
+            return n;
+        }
+        free(ids);
+        if (n < 0)
+            return n;
+        cap = n; /* the exact count, known now */
+    }
+    return -EOVERFLOW; /* the count changed between two runs: cannot happen */
 }

@@ -45,6 +45,12 @@ const char *nf_vocab_pre_names(void);
 int nf_tokenize(const struct nf_vocab *v, const char *text, size_t len, bool add_bos,
                 bool parse_special, int32_t *out, int max_out);
 
+/* nf_tokenize into a malloc'd array (*out, freed by the caller) with room for `extra` more ids
+ * after the n it returns (a generation appends its tokens there). Returns n >= 0, or a negative
+ * code with *out NULL. */
+int nf_tokenize_alloc(const struct nf_vocab *v, const char *text, size_t len, bool add_bos,
+                      bool parse_special, size_t extra, int32_t **out);
+
 /* Writes the bytes of token tok's piece as llama.cpp's llama_token_to_piece(vocab, tok, buf, len,
  * lstrip=0, special=false) does (SPM: U+2581 -> space, <0xNN> byte tokens -> that byte; BPE:
  * byte-level unicode mapping undone; control tokens -> empty). Returns the byte count (if >

@@ -206,14 +206,11 @@ int nf_cmd_run(int argc, char **argv)
         goto done;
     }
     /* Tokenize (BOS as the vocabulary says, special tokens parsed, as llama.cpp's CLI does). */
-    int cap = (int)plen + 8;
-    ids = malloc(sizeof(int32_t) * ((size_t)cap + (size_t)o.n_predict));
-    if (!ids)
-        goto oom;
-    int n_prompt = nf_tokenize(v, prompt, plen, nf_vocab_add_bos(v), true, ids, cap);
-    if (n_prompt < 0 || n_prompt > cap) {
+    int n_prompt = nf_tokenize_alloc(v, prompt, plen, nf_vocab_add_bos(v), true,
+                                     (size_t)o.n_predict + 1, &ids);
+    if (n_prompt < 0) {
         fprintf(stderr, "nanoflowctl run: tokenizing the prompt failed: %s\n",
-                n_prompt < 0 ? nf_strerror(n_prompt) : "too many tokens");
+                nf_strerror(n_prompt));
         goto done;
     }
     if (n_prompt == 0) {

@@ -157,22 +157,11 @@ int nf_cmd_tokenize(int argc, char **argv)
         return 1;
     }
     size_t len = strlen(text);
-    int cap = len < 1 << 20 ? (int)len + 16 : 1 << 20;
-    int32_t *ids = malloc((size_t)cap * sizeof(*ids));
-    int n = ids ? nf_tokenize(v, text, len, !no_bos, parse_special, ids, cap) : -1;
-    if (n > cap) {
-        int32_t *bigger = realloc(ids, (size_t)n * sizeof(*ids));
-        if (bigger) {
-            ids = bigger;
-            n = nf_tokenize(v, text, len, !no_bos, parse_special, ids, n);
-        } else {
-            n = -1;
-        }
-    }
+    int32_t *ids = NULL;
+    int n = nf_tokenize_alloc(v, text, len, !no_bos, parse_special, 0, &ids);
     int ret = 0;
     if (n < 0) {
-        fprintf(stderr, "nanoflowctl %s: %s: tokenizing failed: %s\n", cmd, model,
-                nf_strerror(n == -1 ? -ENOMEM : n));
+        fprintf(stderr, "nanoflowctl %s: %s: tokenizing failed: %s\n", cmd, model, nf_strerror(n));
         ret = 1;
     } else if (json) {
         if (print_json(v, ids, n)) {

@@ -215,19 +215,19 @@ static void generate(struct nf_gen *g, struct nf_gen_job *j)
     int32_t *ids = NULL;
     char *piece = NULL;
     const int n_ctx = nf_stream_n_ctx(g->s);
-    const int cap = (int)j->prompt_len + 8;
-    ids = malloc(sizeof(int32_t) * ((size_t)cap + (size_t)j->n_predict));
     int piece_cap = 256;
     piece = malloc((size_t)piece_cap);
-    if (!ids || !piece) {
+    if (!piece) {
         send_error(g, j, -ENOMEM, "out of memory for the request");
         goto done;
     }
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
-    int n_prompt =
-        nf_tokenize(v, j->prompt, j->prompt_len, nf_vocab_add_bos(v) || j->add_bos, true, ids, cap);
-    if (n_prompt < 0 || n_prompt > cap) {
-        send_error(g, j, n_prompt < 0 ? n_prompt : NF_EUSAGE, "tokenizing the prompt failed");
+    int n_prompt = nf_tokenize_alloc(v, j->prompt, j->prompt_len, nf_vocab_add_bos(v) || j->add_bos,
+                                     true, (size_t)j->n_predict + 1, &ids);
+    if (n_prompt < 0) {
+        send_error(g, j, n_prompt,
+                   n_prompt == -ENOMEM ? "out of memory for the request"
+                                       : "tokenizing the prompt failed");
         goto done;
     }
     if (n_prompt == 0) {
