@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # run.sh - builds the libFuzzer targets with clang (-DNF_FUZZ=ON) and fuzzes each of them: the GGUF
-# reader and the control-frame decoder.
+# reader, the control-frame decoder and the .nft tile-file reader (seeded with small models that
+# nanoflowctl generates and converts here).
 # Usage: tests/fuzz/run.sh [SECONDS]   (default 60, per target). Exits non-zero if the fuzzer finds a crash,
 # a leak or a broken contract; the reproducer is left in $NF_FUZZ_BUILD_DIR/fuzz-artifacts/.
 set -euo pipefail
@@ -14,12 +15,12 @@ command -v clang >/dev/null || { echo "run.sh: clang not found: apt-get install 
 
 cmake -S "$src" -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DNF_FUZZ=ON >/dev/null
-cmake --build "$build" -j2 --target fuzz_gguf fuzz_frame
+cmake --build "$build" -j2 --target fuzz_gguf fuzz_frame fuzz_nft nanoflowctl
 
 # New inputs go to scratch corpora so that the committed seeds stay as they are.
 work=$(mktemp -d "${TMPDIR:-/tmp}/nf-fuzz-XXXXXX")
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$build/fuzz-artifacts" "$work/gguf" "$work/frame"
+mkdir -p "$build/fuzz-artifacts" "$work/gguf" "$work/frame" "$work/nft" "$work/nft-seeds"
 echo "fuzzing the GGUF reader for $secs s"
 "$build/tests/fuzz_gguf" -max_total_time="$secs" -max_len=16384 -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -error_exitcode=1 -dict="$src/tests/fuzz/gguf.dict" \
@@ -27,3 +28,17 @@ echo "fuzzing the GGUF reader for $secs s"
 echo "fuzzing the control-frame decoder for $secs s"
 "$build/tests/fuzz_frame" -max_total_time="$secs" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -error_exitcode=1 -artifact_prefix="$build/fuzz-artifacts/" "$work/frame"
+
+# .nft seeds: a dense model with calibration and a MoE model, tiny, in the file's real layout.
+ctl="$build/ctl/nanoflowctl"
+"$ctl" mkmodel "$work/d.gguf" --dim 32 --layers 2 --ffn 64 --heads 4 --kv-heads 2 --vocab 259 \
+    --type q8_0 >/dev/null
+"$ctl" mkmodel "$work/m.gguf" --dim 32 --layers 1 --ffn 32 --heads 2 --vocab 259 --experts 4 \
+    --type q4_0 >/dev/null
+printf 'a b c d e f g h i j k l m n o p q r s t u v w x y z\n' >"$work/calib.txt"
+"$ctl" convert "$work/d.gguf" "$work/nft-seeds/dense.nft" --rank 4 --calibrate "$work/calib.txt" 2>/dev/null
+"$ctl" convert "$work/m.gguf" "$work/nft-seeds/moe.nft" 2>/dev/null
+echo "fuzzing the .nft reader and loader for $secs s"
+"$build/tests/fuzz_nft" -max_total_time="$secs" -max_len=262144 -timeout=10 -rss_limit_mb=2048 \
+    -print_final_stats=1 -error_exitcode=1 -artifact_prefix="$build/fuzz-artifacts/" "$work/nft" \
+    "$work/nft-seeds"
