@@ -90,6 +90,7 @@ struct nf_stack_shape {
     uint32_t prefetch_count;
     uint32_t max_groups;
     uint64_t down_scratch; /* n_embd rows of the largest ffn_down row */
+    uint64_t pred_copies;  /* MoE: the predictor's private copies of routers and ffn_norms */
     uint32_t n_ctx_model;  /* context_length from the metadata, 0 when absent */
     /* The pool's classes (plan_classes), by increasing slot size. */
     uint32_t n_classes;
@@ -298,6 +299,9 @@ static int stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *
             n_out_tiles++;
         if (t->kind == NF_TILE_FFN && t->group)
             lc[l].groups += t->count / t->group;
+        /* The predictor daemon of a MoE model keeps every layer's router and ffn_norm. */
+        if (h->n_expert && (t->kind == NF_TILE_PRED_ROUTER || t->kind == NF_TILE_FFN_NORM))
+            sh->pred_copies += padded;
         if ((t->kind == NF_TILE_FFN || t->kind == NF_TILE_EXPERT) && t->type[2] < NF_TYPE_COUNT &&
             nf_type_traits((enum nf_type)t->type[2])) {
             /* For MoE tiles count is the expert's slice; the down row is n_ff of the expert,
@@ -428,10 +432,11 @@ static uint64_t plan_total(const struct nf_stack_shape *sh, const uint64_t *coun
     p->down_scratch = sh->down_scratch;
     p->compute_private =
         NF_STACK_PROC_BYTES + p->kv_bytes + sh->down_scratch + act_floats * sizeof(float);
-    /* The predictor reads its predictor tiles from the pool; it keeps scores and inputs. */
+    /* The predictor reads a dense model's low-rank predictor tiles from the pool and keeps a
+     * MoE model's routers (small) in private copies; it keeps scores and inputs. */
     uint64_t groups = sh->max_groups ? sh->max_groups : 1;
-    p->predictor_private =
-        NF_STACK_PROC_BYTES + (2ull * sh->n_ff + 2ull * sh->n_embd + 2 * groups) * sizeof(float);
+    p->predictor_private = NF_STACK_PROC_BYTES + sh->pred_copies +
+                           (2ull * sh->n_ff + 2ull * sh->n_embd + 2 * groups) * sizeof(float);
     /* The fetcher keeps per-tile policy state and its io_uring / worker queues. */
     p->fetcher_private = NF_STACK_PROC_BYTES + sh->n_tiles * 16 + (256ull << 10);
     p->n_ctx = n_ctx;

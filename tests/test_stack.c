@@ -254,6 +254,31 @@ static void make_7b(struct fake_model *m)
     add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_OUTPUT, 70, 1032192);
 }
 
+/* The predictor's share: a dense model's low-rank tiles are read from the pool, a MoE model's
+ * routers and ffn_norms are private copies, so the plan counts them. */
+static void test_plan_predictor_share(void **state)
+{
+    static struct fake_model m;
+    make_7b(&m);
+    struct nf_stack_plan p;
+    char err[512] = "";
+    assert_int_equal(nf_stack_plan(&m.f, 1ull << 30, 0, 2, &p, err, sizeof(err)), 0);
+    const uint64_t work = (2ull * 11008 + 2ull * 4096) * sizeof(float);
+    assert_int_equal(p.predictor_private,
+                     NF_STACK_PROC_BYTES + work + 2ull * p.max_groups * sizeof(float));
+    /* The same tiles as a MoE model with 8 experts whose predictor tiles are routers. */
+    m.f.hdr.n_expert = 8;
+    m.f.hdr.n_expert_used = 2;
+    for (uint64_t i = 0; i < m.f.n_tiles; i++)
+        if (m.tiles[i].kind == NF_TILE_PRED_LOWRANK)
+            m.tiles[i].kind = NF_TILE_PRED_ROUTER;
+    assert_int_equal(nf_stack_plan(&m.f, 1ull << 30, 0, 2, &p, err, sizeof(err)), 0);
+    check_plan(&m.f, &p);
+    assert_int_equal(p.max_groups, 8);
+    assert_int_equal(p.predictor_private, NF_STACK_PROC_BYTES + 32 * (align_page(700000) + 16384) +
+                                              work + 2ull * 8 * sizeof(float));
+}
+
 static void test_plan_handmade(void **state)
 {
     static struct fake_model m;
@@ -1120,11 +1145,12 @@ static void test_no_leftovers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plan_stories),   cmocka_unit_test(test_plan_handmade),
-        cmocka_unit_test(test_plan_classes),   cmocka_unit_test(test_slot_addresses),
-        cmocka_unit_test(test_create_attach),  cmocka_unit_test(test_attach_refusals),
-        cmocka_unit_test(test_state_machine),  cmocka_unit_test(test_stress_processes),
-        cmocka_unit_test(test_stress_threads), cmocka_unit_test(test_no_leftovers),
+        cmocka_unit_test(test_plan_stories),         cmocka_unit_test(test_plan_handmade),
+        cmocka_unit_test(test_plan_predictor_share), cmocka_unit_test(test_plan_classes),
+        cmocka_unit_test(test_slot_addresses),       cmocka_unit_test(test_create_attach),
+        cmocka_unit_test(test_attach_refusals),      cmocka_unit_test(test_state_machine),
+        cmocka_unit_test(test_stress_processes),     cmocka_unit_test(test_stress_threads),
+        cmocka_unit_test(test_no_leftovers),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
