@@ -10,6 +10,7 @@
 #define NF_DAEMON_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -46,6 +47,21 @@ int nf_pidfile_create(const char *dir, const char *role);
 /* Reads dir/ROLE.pid; returns the pid if that process is alive, else 0. */
 int nf_pidfile_read(const char *dir, const char *role);
 void nf_pidfile_remove(const char *dir, const char *role);
+
+/* --- Start-up and exit shared by the daemons (start.c) ------------------------------------- */
+/* Resolves and creates the run directory (into dir), detaches unless foreground (with detach,
+ * or nf_daemon_detach when NULL), opens the log (dir/ROLE.log, or stderr in the foreground) and
+ * writes dir/ROLE.pid. Returns 0, or 1 after saying why (on stderr, or in the log once open). */
+int nf_daemon_begin(const char *role, const char *run_dir_arg, bool foreground,
+                    enum nf_log_level level, int (*detach)(const char *log_path, void *ud),
+                    void *ud, char *dir, size_t dirlen);
+/* Removes the pid file, logs the exit and closes the log. */
+void nf_daemon_end(const char *role, const char *dir, int status);
+/* Own session (forking first if we lead a process group), stdin from /dev/null, stdout and
+ * stderr appended to log_path. Returns 0 or a negated errno. */
+int nf_daemon_detach(const char *log_path);
+/* --log-level for role: 0, or -EINVAL after printing the one-line refusal. */
+int nf_daemon_log_level(const char *role, const char *arg, enum nf_log_level *out);
 
 /* --- Control server (libuv, one loop thread) ----------------------------------------------- */
 struct nf_server;

@@ -7,13 +7,7 @@
 
 #include "gen.h"
 #include "nf_err.h"
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+#include "nf_time.h"
 
 /* --- tile source over the shared pool -------------------------------------------------------- */
 
@@ -179,10 +173,10 @@ static int send_done(struct nf_gen *g, const struct nf_gen_job *j, const int32_t
 static int eval(struct nf_gen *g, const int32_t *toks, int n, bool prompt)
 {
     struct nf_stack_counters *c = g->st->ctr;
-    const uint64_t t0 = now_ns();
+    const uint64_t t0 = nf_now_ns();
     g->step = atomic_fetch_add(&c->c_step, 1) + 1;
     int rc = nf_stream_eval(g->s, toks, n);
-    const uint64_t dt = now_ns() - t0;
+    const uint64_t dt = nf_now_ns() - t0;
     if (rc == 0) {
         atomic_fetch_add(prompt ? &c->c_prompt_tokens : &c->c_decode_tokens, (uint64_t)n);
         atomic_fetch_add(prompt ? &c->c_prompt_ns : &c->c_decode_ns, dt);
@@ -254,16 +248,16 @@ static void generate(struct nf_gen *g, struct nf_gen_job *j)
         nf_sampler_accept(smp, ids[i]);
     nf_stream_reset(g->s);
     nf_stream_set_abort(g->s, &j->cancel);
-    const uint64_t t0 = now_ns();
+    const uint64_t t0 = nf_now_ns();
     const char *stop = NULL;
     if ((rc = eval(g, ids, n_prompt, true)) < 0) {
         stop = eval_failed(g, j, rc);
         if (!stop)
             goto done;
-        send_done(g, j, ids, n_prompt, 0, stop, (double)(now_ns() - t0) * 1e-9, 0);
+        send_done(g, j, ids, n_prompt, 0, stop, (double)(nf_now_ns() - t0) * 1e-9, 0);
         goto done;
     }
-    const uint64_t t1 = now_ns();
+    const uint64_t t1 = nf_now_ns();
     int n_gen = 0;
     stop = "length";
     for (;;) {
@@ -313,7 +307,7 @@ static void generate(struct nf_gen *g, struct nf_gen_job *j)
             break;
         }
     }
-    const uint64_t t2 = now_ns();
+    const uint64_t t2 = nf_now_ns();
     send_done(g, j, ids, n_prompt, n_gen, stop, (double)(t1 - t0) * 1e-9, (double)(t2 - t1) * 1e-9);
     nf_log(NF_LOG_INFO, "request %llu: %d prompt + %d generated tokens, stop %s",
            (unsigned long long)j->req_id, n_prompt, n_gen, stop);

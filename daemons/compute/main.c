@@ -27,6 +27,7 @@
 #include "nft.h"
 #include "stack.h"
 #include "tokenizer.h"
+#include "nf_time.h"
 
 #define COMPUTE_BIT 4u /* ready_mask bit 2 */
 #define FETCHER_BIT 1u
@@ -192,34 +193,6 @@ static int parse_args(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-/* New session, stdin from /dev/null, stdout and stderr appended to the log. */
-static int detach(const char *log_path)
-{
-    (void)setsid();
-    int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    int e = errno;
-    if (in < 0 || out < 0) {
-        if (in >= 0)
-            close(in);
-        if (out >= 0)
-            close(out);
-        return -e;
-    }
-    dup2(in, STDIN_FILENO);
-    dup2(out, STDOUT_FILENO);
-    dup2(out, STDERR_FILENO);
-    close(in);
-    close(out);
-    return 0;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Private resident memory (resident minus shared pages) from /proc/self/statm, in bytes. */
 static uint64_t private_rss(void)
 {
@@ -245,7 +218,7 @@ static int attach_stack(struct compute *m, char *err, size_t errlen)
     while ((rc = nf_stack_attach(&m->st, name, m->f, err, errlen)) < 0) {
         if ((rc != -ENOENT && rc != -EAGAIN) || waited >= limit)
             return rc;
-        sleep_ms(100);
+        nf_sleep_ms(100);
         waited += 100;
     }
     m->attached = true;
@@ -259,7 +232,7 @@ static int attach_stack(struct compute *m, char *err, size_t errlen)
                      m->o.attach_timeout_s);
             return -ETIMEDOUT;
         }
-        sleep_ms(50);
+        nf_sleep_ms(50);
         waited += 50;
     }
     return 0;
@@ -468,43 +441,17 @@ int main(int argc, char **argv)
     if (rc)
         return rc > 0 ? 0 : 2;
     enum nf_log_level level;
-    if (nf_log_level_parse(m.o.log_level, &level) < 0) {
-        fprintf(stderr,
-                "nanoflow-compute: invalid --log-level '%s', expected error, warn, info or debug "
-                "(try 'nanoflow-compute --help')\n",
-                m.o.log_level);
+    if (nf_daemon_log_level(NF_ROLE_COMPUTE, m.o.log_level, &level) < 0)
         return 2;
-    }
-    if ((rc = nf_rundir_resolve(m.o.run_dir, m.dir, sizeof(m.dir))) < 0 ||
-        (rc = nf_rundir_create(m.dir, err, sizeof(err))) < 0) {
-        fprintf(stderr, "nanoflow-compute: %s\n", err[0] ? err : nf_strerror(rc));
+    if (nf_daemon_begin(NF_ROLE_COMPUTE, m.o.run_dir, m.o.foreground, level, NULL, NULL, m.dir,
+                        sizeof(m.dir)))
         return 1;
-    }
-    char log_path[PATH_MAX];
-    nf_rundir_path(m.dir, NF_ROLE_COMPUTE, "log", log_path, sizeof(log_path));
-    if (!m.o.foreground && (rc = detach(log_path)) < 0) {
-        fprintf(stderr, "nanoflow-compute: cannot open %s: %s\n", log_path, strerror(-rc));
-        return 1;
-    }
-    if ((rc = nf_log_open(NF_ROLE_COMPUTE, m.o.foreground ? NULL : log_path, level)) < 0) {
-        fprintf(stderr, "nanoflow-compute: cannot open %s: %s\n", log_path, strerror(-rc));
-        return 1;
-    }
-    if ((rc = nf_pidfile_create(m.dir, NF_ROLE_COMPUTE)) < 0) {
-        nf_log(NF_LOG_ERROR, "%s",
-               rc == -EEXIST ? "a compute daemon is already running in this run directory"
-                             : nf_strerror(rc));
-        nf_log_close();
-        return 1;
-    }
     rc = start(&m, err, sizeof(err));
     if (rc == 0)
         rc = serve(&m, err, sizeof(err));
     if (rc < 0)
         nf_log(NF_LOG_ERROR, "%s", err[0] ? err : nf_strerror(rc));
     cleanup(&m);
-    nf_pidfile_remove(m.dir, NF_ROLE_COMPUTE);
-    nf_log(NF_LOG_INFO, "exiting (%s)", rc == 0 ? "clean" : "error");
-    nf_log_close();
+    nf_daemon_end(NF_ROLE_COMPUTE, m.dir, rc);
     return rc == 0 ? 0 : 1;
 }

@@ -8,19 +8,13 @@
 
 #include "daemon.h"
 #include "loop.h"
+#include "nf_time.h"
 
 #define WAKE_MS       200          /* idle wake-up to notice stop and refresh mem_predictor */
 #define MEM_EVERY_NS  500000000ull /* mem_predictor refresh period */
 #define SEQLOCK_TRIES 64           /* a writer holds a slot for a few microseconds at most */
 #define NF_PRED_MIN_DEPTH \
     2 /* layers queued ahead whenever the pool has room (see prefetch_ahead) */
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 uint64_t nf_pred_private_rss(void)
 {
@@ -268,7 +262,7 @@ static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, ui
     if (!p->moe && !(lp->sparsity > 0))
         return NULL;
     uint64_t *sel = lp->fc_sel + (size_t)l * p->words;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = nf_now_ns();
     int rc = pool_forecast(lp, l, d, sel);
     /* MoE: the margin is a router-logit gap (nf_forecast_moe_pick). */
     if (rc == -ENOENT)
@@ -289,7 +283,7 @@ static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, ui
     }
     struct nf_stack_counters *ctr = lp->st->ctr;
     atomic_fetch_add_explicit(&ctr->p_predictions, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&ctr->p_pred_ns, now_ns() - t0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ctr->p_pred_ns, nf_now_ns() - t0, memory_order_relaxed);
     lp->fc_step[l] = step;
     lp->fc_live[l] = true;
     return sel;
@@ -443,7 +437,7 @@ void *nf_pred_loop_run(void *arg)
         } else {
             score_used(lp);
         }
-        uint64_t now = now_ns();
+        uint64_t now = nf_now_ns();
         if (now - lp->mem_at_ns > MEM_EVERY_NS) {
             lp->mem_at_ns = now;
             atomic_store_explicit(&st->ctr->mem_predictor, nf_pred_private_rss(),

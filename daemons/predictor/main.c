@@ -18,6 +18,7 @@
 #include "nft.h"
 #include "plan.h"
 #include "stack.h"
+#include "nf_time.h"
 
 #define READY_BIT     (1u << 1)
 #define FETCHER_BIT   (1u << 0)
@@ -181,15 +182,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
             break;
         case O_FG: o->foreground = true; break;
         case O_LEVEL:
-            if (!strcmp(optarg, "error"))
-                o->level = NF_LOG_ERROR;
-            else if (!strcmp(optarg, "warn"))
-                o->level = NF_LOG_WARN;
-            else if (!strcmp(optarg, "info"))
-                o->level = NF_LOG_INFO;
-            else if (!strcmp(optarg, "debug"))
-                o->level = NF_LOG_DEBUG;
-            else
+            if (nf_log_level_parse(optarg, &o->level) < 0)
                 return bad_flag("--log-level: '%s' (expected error, warn, info or debug)%s", optarg,
                                 "");
             break;
@@ -223,41 +216,6 @@ static int parse_args(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-/* Detaches from the terminal: own session, stdin from /dev/null, stdout/stderr to the log. The
- * pid stays the same (whoever spawned us watches it) unless we lead a process group already. */
-static int detach(const char *log_path)
-{
-    if (setsid() < 0) {
-        pid_t pid = fork();
-        if (pid < 0)
-            return -errno;
-        if (pid > 0)
-            _exit(0);
-        if (setsid() < 0)
-            return -errno;
-    }
-    int in = open("/dev/null", O_RDONLY);
-    int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    if (in < 0 || out < 0) {
-        int e = -errno;
-        if (in >= 0)
-            close(in);
-        return e;
-    }
-    dup2(in, STDIN_FILENO);
-    dup2(out, STDOUT_FILENO);
-    dup2(out, STDERR_FILENO);
-    close(in);
-    close(out);
-    return 0;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Attaches to the stack's region, retrying while the fetcher creates it, then waits for the
  * fetcher's ready bit. */
 static int attach_stack(struct pred *d)
@@ -273,7 +231,7 @@ static int attach_stack(struct pred *d)
             nf_log(NF_LOG_ERROR, "cannot attach to stack %s: %s", name, err);
             return rc;
         }
-        sleep_ms(100);
+        nf_sleep_ms(100);
         waited += 100;
     }
     d->attached = true;
@@ -285,7 +243,7 @@ static int attach_stack(struct pred *d)
                    d->o.attach_timeout_s);
             return -ETIMEDOUT;
         }
-        sleep_ms(50);
+        nf_sleep_ms(50);
         waited += 50;
     }
     return 0;
@@ -493,30 +451,10 @@ int main(int argc, char **argv)
     }
     if (rc)
         return 2;
-    char err[512], log_path[4200];
-    if ((rc = nf_rundir_resolve(d.o.run_dir, d.dir, sizeof(d.dir)))) {
-        fprintf(stderr, "nanoflow-predictor: cannot resolve the run directory: %s\n",
-                nf_strerror(rc));
+    char err[512];
+    if (nf_daemon_begin(NF_ROLE_PREDICTOR, d.o.run_dir, d.o.foreground, d.o.level, NULL, NULL,
+                        d.dir, sizeof(d.dir)))
         return 1;
-    }
-    if ((rc = nf_rundir_create(d.dir, err, sizeof(err)))) {
-        fprintf(stderr, "nanoflow-predictor: %s\n", err);
-        return 1;
-    }
-    nf_rundir_path(d.dir, NF_ROLE_PREDICTOR, "log", log_path, sizeof(log_path));
-    if (!d.o.foreground && (rc = detach(log_path))) {
-        fprintf(stderr, "nanoflow-predictor: cannot detach (log %s): %s\n", log_path,
-                nf_strerror(rc));
-        return 1;
-    }
-    nf_log_open(NF_ROLE_PREDICTOR, d.o.foreground ? NULL : log_path, d.o.level);
-    if ((rc = nf_pidfile_create(d.dir, NF_ROLE_PREDICTOR))) {
-        nf_log(NF_LOG_ERROR, "%s",
-               rc == -EEXIST ? "a predictor is already running in this run directory"
-                             : "cannot write the pid file");
-        nf_log_close();
-        return 1;
-    }
     int status = 1;
     if ((rc = nf_nft_open(&d.f, d.o.model, false, err, sizeof(err)))) {
         nf_log(NF_LOG_ERROR, "%s", err);
@@ -537,8 +475,6 @@ out:
         nf_nft_close(d.f);
     if (d.sock[0])
         unlink(d.sock);
-    nf_pidfile_remove(d.dir, NF_ROLE_PREDICTOR);
-    nf_log(NF_LOG_INFO, "exit %d", status);
-    nf_log_close();
+    nf_daemon_end(NF_ROLE_PREDICTOR, d.dir, status);
     return status;
 }
