@@ -21,6 +21,9 @@ if [ ! -x "$BIN_DIR/../daemons/nanoflow-compute" ] && ! command -v nanoflow-comp
     exit 77
 fi
 T=$(mktemp -d)
+# This test's cgroups get their own prefix, so that the leftover check below sees only ours
+# (another bench may run on the machine meanwhile).
+export NANOFLOW_BENCH_CGROUP="nanoflow-benchtest-$$"
 export XDG_CACHE_HOME="$T/cache" # the converted .nft of the read-only shared model goes here
 trap 'rm -rf "$T"' EXIT
 fail=0
@@ -133,9 +136,9 @@ check "--help lists the flags" $?
 check "nanoflowctl --help lists bench" $?
 
 # 6. Nothing left behind: no bench cgroup, no nanoflow-bench run dir of ours, no daemon.
-ls -d /sys/fs/cgroup/nanoflow-bench-* /sys/fs/cgroup/memory/nanoflow-bench-* \
-    /sys/fs/cgroup/memory/*/nanoflow-bench-* /sys/fs/cgroup/memory/*/*/nanoflow-bench-* \
-    2>/dev/null | grep -q nanoflow-bench
+P="$NANOFLOW_BENCH_CGROUP"
+ls -d /sys/fs/cgroup/"$P"* /sys/fs/cgroup/memory/"$P"* /sys/fs/cgroup/memory/*/"$P"* \
+    /sys/fs/cgroup/memory/*/*/"$P"* 2>/dev/null | grep -q "$P"
 check "no bench cgroup left" $((1 - $?))
 pgrep -f "run-dir $T" >/dev/null
 check "no daemon left" $((1 - $?))
