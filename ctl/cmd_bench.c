@@ -58,6 +58,10 @@ static void usage(FILE *f)
             "      --sparsity LIST   comma-separated sparse levels, each 0 < S <= 0.99, measured\n"
             "                        after exact mode; 'none' for exact only (default: 0.5)\n"
             "  -t, --threads N       compute threads, 0 = all CPUs (default: 0)\n"
+            "  -c, --ctx-size N      context length of every engine, 0..1048576; the stack's\n"
+            "                        KV cache is reserved from the budget for all of it, so\n"
+            "                        a short context leaves more to the tile pool (default: 0 =\n"
+            "                        what 'up' picks: KV cache at most a quarter of the budget)\n"
             "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
             "                        a phase cut short reports the tokens it finished\n"
             "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
@@ -71,7 +75,7 @@ static void usage(FILE *f)
 struct bench_opts {
     const char *model, *run_dir;
     uint64_t ram;
-    long n, threads, timeout;
+    long n, threads, timeout, ctx;
     float levels[NF_BENCH_MAX_LEVELS];
     int n_levels;
     bool json, no_cgroup;
@@ -193,7 +197,7 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
         if (!(nf_arg_is(a, "--model") || !strcmp(a, "-m") || nf_arg_is(a, "--ram") ||
               nf_arg_is(a, "--n-predict") || !strcmp(a, "-n") || nf_arg_is(a, "--sparsity") ||
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--timeout") ||
-              nf_arg_is(a, "--run-dir")))
+              nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -213,6 +217,9 @@ static int parse_args(int argc, char **argv, struct bench_opts *o)
                 return rc;
         } else if (nf_arg_is(a, "--threads") || !strcmp(a, "-t")) {
             if (nf_arg_long(cmd, a, v, 0, 1024, &o->threads))
+                return 2;
+        } else if (nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")) {
+            if (nf_arg_long(cmd, a, v, 0, 1048576, &o->ctx))
                 return 2;
         } else if (nf_arg_is(a, "--timeout")) {
             if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))
@@ -746,8 +753,10 @@ static void run_stack(struct bench *b, struct row *r, float sparsity)
         return;
     drop_cache(b->nft);
     progress(b, "%s: up (run dir %s%s)", r->mode, dir, have_cg ? ", in its memory cgroup" : "");
-    char *up_argv[] = {NULL, "up", "--model", b->nft,       "--ram", ram, "--run-dir",
-                       dir,  "-t", thr,       "--sparsity", sp,      NULL};
+    char ctx[32];
+    snprintf(ctx, sizeof(ctx), "%u", b->n_ctx);
+    char *up_argv[] = {NULL, "up", "--model",    b->nft, "--ram", ram, "--run-dir", dir,
+                       "-t", thr,  "--sparsity", sp,     "--ctx", ctx, NULL};
     pid_t pid = spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? wait_child(pid, NF_BENCH_UP_TIMEOUT) : -1;
     if (pid > 0 && st < 0)
@@ -940,9 +949,9 @@ static void print_table(const struct bench *b)
     char sz[32];
     printf("nanoflowctl bench: %s\n", b->gguf[0] ? b->gguf : b->nft);
     printf("  tiles: %s\n", b->nft);
-    printf("  budget %s, %ld tokens per engine (greedy, prompt = BOS), %ld threads (0 = all), "
-           "time box %ld s\n",
-           nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->o.n, b->o.threads, b->o.timeout);
+    printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = BOS), %ld "
+           "threads (0 = all), time box %ld s\n",
+           nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, b->o.threads, b->o.timeout);
     if (b->use_cgroup)
         printf("  memory cgroup: v%d, a fresh one per engine under %s, limit %llu bytes "
                "(peak = the cgroup's, page cache included)\n",
@@ -1037,8 +1046,9 @@ static void print_json(const struct bench *b)
     printf("{");
     jstr("model", b->gguf[0] ? b->gguf : b->nft, true);
     jstr("nft", b->nft, true);
-    printf("\"ram_budget\":%llu,\"n_predict\":%ld,\"threads\":%ld,\"timeout_s\":%ld,",
-           (unsigned long long)b->o.ram, b->o.n, b->o.threads, b->o.timeout);
+    printf("\"ram_budget\":%llu,\"n_predict\":%ld,\"threads\":%ld,\"timeout_s\":%ld,"
+           "\"n_ctx\":%u,",
+           (unsigned long long)b->o.ram, b->o.n, b->o.threads, b->o.timeout, b->n_ctx);
     printf("\"cgroup\":{\"used\":%s,", b->use_cgroup ? "true" : "false");
     if (b->use_cgroup)
         printf("\"version\":%d,", b->cg_version);
@@ -1139,7 +1149,8 @@ int nf_cmd_bench(int argc, char **argv)
         return 1;
     }
     struct nf_stack_plan plan;
-    if (nf_stack_plan(f, b.o.ram, 0, (int)b.o.threads, &plan, err, sizeof(err)) < 0) {
+    if (nf_stack_plan(f, b.o.ram, (uint32_t)b.o.ctx, (int)b.o.threads, &plan, err, sizeof(err)) <
+        0) {
         fprintf(stderr, "nanoflowctl bench: %s\n", err);
         nf_nft_close(f);
         return 1;
