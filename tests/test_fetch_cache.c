@@ -187,7 +187,7 @@ static void test_resident_set(void **state)
     assert_int_equal(n, 33);
     struct nf_cache c;
     /* 11 slots: 6 norms + output norm = 7, then layer 0's attention (4) fits, layer 1's not. */
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){11}), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){11}, false), 0);
     assert_int_equal(c.n_resident, 11);
     for (uint32_t id = 0; id < n; id++) {
         bool norm = info[id].kind == NF_TILE_ATTN_NORM || info[id].kind == NF_TILE_FFN_NORM ||
@@ -198,16 +198,16 @@ static void test_resident_set(void **state)
     }
     nf_cache_free(&c);
     /* 10 slots: no whole layer of attention fits after the norms. */
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){10}), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){10}, false), 0);
     assert_int_equal(c.n_resident, 7);
     assert_false(nf_cache_is_resident(&c, 2)); /* layer 0 q */
     nf_cache_free(&c);
     /* 3 slots: only the first norms, never more than allowed. */
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){3}), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){3}, false), 0);
     assert_int_equal(c.n_resident, 3);
     nf_cache_free(&c);
     /* No slots to spare: nothing resident. */
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){0}), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 1, (uint32_t[]){0}, false), 0);
     assert_int_equal(c.n_resident, 0);
     assert_false(nf_cache_is_resident(&c, n)); /* out of range */
     nf_cache_free(&c);
@@ -298,7 +298,7 @@ static void test_resident_per_class(void **state)
     /* The old single limit of 8 would have gone to the 7 norms first; per class the main
      * class gets its own 8: two whole layers of attention. */
     struct nf_cache c;
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 3, (uint32_t[]){3, 8, 1}), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 3, (uint32_t[]){3, 8, 1}, false), 0);
     assert_int_equal(c.class_resident[0], 3); /* the first three norms */
     assert_int_equal(c.class_resident[1], 8); /* layers 0 and 1 of attention */
     assert_int_equal(c.class_resident[2], 1); /* layer 0's predictor */
@@ -316,14 +316,120 @@ static void test_resident_per_class(void **state)
     nf_cache_free(&c);
     /* A tile no class fits is never resident and has no class; bad class counts are refused. */
     info[1].cls = NF_CACHE_NO_CLASS;
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 3, (uint32_t[]){8, 8, 8}), 0);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 3, (uint32_t[]){8, 8, 8}, false), 0);
     assert_false(nf_cache_is_resident(&c, 1));
     assert_int_equal(nf_cache_class(&c, 1), NF_CACHE_NO_CLASS);
     nf_cache_free(&c);
-    assert_int_equal(nf_cache_init(&c, info, n, 3, 0, (uint32_t[]){8}), -EINVAL);
+    assert_int_equal(nf_cache_init(&c, info, n, 3, 0, (uint32_t[]){8}, false), -EINVAL);
     assert_int_equal(nf_cache_init(&c, info, n, 3, NF_STACK_MAX_CLASSES + 1,
-                                   (uint32_t[NF_STACK_MAX_CLASSES + 1]){0}),
+                                   (uint32_t[NF_STACK_MAX_CLASSES + 1]){0}, false),
                      -EINVAL);
+}
+
+/* A 7B-like main class: per layer 4 attention tiles and 8 FFN tiles, a predictor tile in its own
+ * class; 4 layers. */
+static uint32_t build_sparse_info(struct nf_cache_tile_info *info)
+{
+    uint32_t n = 0;
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_EMBD, 4096, 0};
+    for (uint32_t l = 0; l < 4; l++) {
+        info[n++] = (struct nf_cache_tile_info){l, NF_TILE_ATTN_NORM, 4096, 0};
+        for (uint16_t kind = NF_TILE_ATTN_Q; kind <= NF_TILE_ATTN_O; kind++)
+            info[n++] = (struct nf_cache_tile_info){l, kind, 65536, 1};
+        info[n++] = (struct nf_cache_tile_info){l, NF_TILE_FFN_NORM, 4096, 0};
+        info[n++] = (struct nf_cache_tile_info){l, NF_TILE_PRED_LOWRANK, 262144, 2};
+        for (int i = 0; i < 8; i++)
+            info[n++] = (struct nf_cache_tile_info){l, NF_TILE_FFN, 65536, 1};
+    }
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 4096, 0};
+    info[n++] = (struct nf_cache_tile_info){NF_NFT_NO_LAYER, NF_TILE_OUTPUT, 65536, 1};
+    return n;
+}
+
+/* Exact mode: half of each class, less above the minimum; sparse mode: the FFN class keeps a
+ * window of two layers' sparse sets plus the reads in flight, the others half. */
+static void test_limits(void **state)
+{
+    (void)state;
+    struct nf_cache_tile_info info[64];
+    uint32_t n = build_sparse_info(info), max[3];
+    const uint32_t slots[3] = {16, 40, 4}, min[3] = {4, 10, 3};
+    nf_cache_limits(info, n, 4, 3, slots, min, 0.0f, 2, max);
+    assert_int_equal(max[0], 8);
+    assert_int_equal(max[1], 20);
+    assert_int_equal(max[2], 1); /* half is 2, but 3 must stay for the working set */
+    /* Sparsity 0.5: a layer's sparse set in class 1 is 4 attention + 4 of 8 FFN tiles; the
+     * window 2 * 8 + 2 reads in flight = 18 of 40 slots, so the resident set may take 22. */
+    nf_cache_limits(info, n, 4, 3, slots, min, 0.5f, 2, max);
+    assert_int_equal(max[0], 8);
+    assert_int_equal(max[1], 22);
+    assert_int_equal(max[2], 1);
+    /* Sparsity 0.25: 4 + 6 = 10 per layer, window 22: half (20) is more than the 18 left. */
+    nf_cache_limits(info, n, 4, 3, slots, min, 0.25f, 2, max);
+    assert_int_equal(max[1], 20);
+    /* The minimum still wins over the window. */
+    const uint32_t min_big[3] = {4, 30, 3};
+    nf_cache_limits(info, n, 4, 3, slots, min_big, 0.5f, 2, max);
+    assert_int_equal(max[1], 10);
+    /* A pool smaller than the window: half. */
+    const uint32_t few[3] = {16, 12, 4};
+    nf_cache_limits(info, n, 4, 3, few, min, 0.5f, 2, max);
+    assert_int_equal(max[1], 2); /* half is 6, the minimum 10 leaves 2 */
+}
+
+/* Spread: the same number of whole layers of attention, taken evenly over the model. */
+static void test_resident_spread(void **state)
+{
+    (void)state;
+    struct nf_cache_tile_info info[64];
+    uint32_t n = build_sparse_info(info);
+    struct nf_cache c;
+    /* 9 slots in class 1: two layers of 4 attention tiles (the output is not by layer). */
+    for (int spread = 0; spread < 2; spread++) {
+        assert_int_equal(nf_cache_init(&c, info, n, 4, 3, (uint32_t[]){16, 9, 2}, spread), 0);
+        assert_int_equal(c.class_resident[1], 8);
+        assert_int_equal(c.class_resident[2], 2);
+        for (uint32_t id = 0; id < n; id++) {
+            bool attn = info[id].kind >= NF_TILE_ATTN_Q && info[id].kind <= NF_TILE_ATTN_O;
+            bool pred = info[id].kind == NF_TILE_PRED_LOWRANK;
+            /* First layers first: 0 and 1; spread over 4 layers: 1 and 3. */
+            bool want = spread ? info[id].layer == 1 || info[id].layer == 3 : info[id].layer < 2;
+            if (attn || pred)
+                assert_int_equal(nf_cache_is_resident(&c, id), want);
+            if (info[id].kind == NF_TILE_FFN)
+                assert_false(nf_cache_is_resident(&c, id));
+        }
+        nf_cache_free(&c);
+    }
+    /* Every layer fits: the same set either way. */
+    assert_int_equal(nf_cache_init(&c, info, n, 4, 3, (uint32_t[]){16, 16, 4}, true), 0);
+    assert_int_equal(c.class_resident[1], 16);
+    nf_cache_free(&c);
+}
+
+/* Compute is on tile 50, in position 5 of 9 (8 layers and the output). */
+static void test_late_prefetch(void **state)
+{
+    (void)state;
+    /* Same position: earlier tiles are behind, later ones ahead. */
+    assert_true(nf_cache_behind(48, 5, 50, 5, 9));
+    assert_false(nf_cache_behind(50, 5, 50, 5, 9));
+    assert_false(nf_cache_behind(52, 5, 50, 5, 9));
+    /* Up to half a step back is behind, the rest is ahead (the next step's early layers). */
+    assert_true(nf_cache_behind(30, 3, 50, 5, 9));
+    assert_true(nf_cache_behind(10, 1, 50, 5, 9));
+    assert_false(nf_cache_behind(5, 0, 50, 5, 9));
+    assert_false(nf_cache_behind(60, 6, 50, 5, 9));
+    /* A layer-3 tile asked for 1 or 2 layers ahead: compute has passed it, too late. Asked for
+     * 6 layers ahead (the next step's layer 3 is 7 positions away): in time. */
+    assert_true(nf_cache_late(30, 3, 50, 5, 9, 1));
+    assert_true(nf_cache_late(30, 3, 50, 5, 9, 2));
+    assert_false(nf_cache_late(30, 3, 50, 5, 9, 6));
+    /* A tile of the current layer behind compute, asked for one layer ahead: too late. */
+    assert_true(nf_cache_late(48, 5, 50, 5, 9, 1));
+    /* Ahead of compute: never late. */
+    assert_false(nf_cache_late(60, 6, 50, 5, 9, 1));
+    assert_false(nf_cache_late(52, 5, 50, 5, 9, 1));
 }
 
 int main(void)
@@ -338,6 +444,9 @@ int main(void)
         cmocka_unit_test(test_victim_within_class),
         cmocka_unit_test(test_cyclic_scan_per_class),
         cmocka_unit_test(test_resident_per_class),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_resident_spread),
+        cmocka_unit_test(test_late_prefetch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

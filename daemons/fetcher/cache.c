@@ -2,6 +2,7 @@
 #include "cache.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,8 +36,56 @@ static void mark(struct nf_cache *c, const struct nf_cache_tile_info *info, uint
     c->resident_bytes += info[id].bytes;
 }
 
+void nf_cache_limits(const struct nf_cache_tile_info *info, uint32_t n_tiles, uint32_t n_layer,
+                     uint32_t n_classes, const uint32_t *class_slots, const uint32_t *class_min,
+                     float sparsity, uint32_t qd, uint32_t *max_slots)
+{
+    /* A sparse step's tiles of each layer in each class, counted layer by layer. */
+    uint64_t set[NF_STACK_MAX_CLASSES] = {0}, ffn[NF_STACK_MAX_CLASSES] = {0};
+    uint64_t widest[NF_STACK_MAX_CLASSES] = {0};
+    bool has_ffn[NF_STACK_MAX_CLASSES] = {false};
+    uint32_t layer = UINT32_MAX;
+    for (uint32_t id = 0; id <= n_tiles; id++) {
+        bool end = id == n_tiles || info[id].layer != layer;
+        if (end && layer < n_layer) {
+            for (uint32_t k = 0; k < n_classes && k < NF_STACK_MAX_CLASSES; k++) {
+                uint64_t w = set[k] + (uint64_t)ceil((double)ffn[k] * (1.0 - (double)sparsity));
+                if (w > widest[k])
+                    widest[k] = w;
+            }
+        }
+        if (end) {
+            memset(set, 0, sizeof(set));
+            memset(ffn, 0, sizeof(ffn));
+        }
+        if (id == n_tiles)
+            break;
+        layer = info[id].layer;
+        uint32_t k = info[id].cls;
+        if (k >= n_classes || k >= NF_STACK_MAX_CLASSES)
+            continue;
+        if (info[id].kind == NF_TILE_FFN) {
+            ffn[k]++;
+            has_ffn[k] = true;
+        } else if (by_layer(&info[id])) {
+            set[k]++;
+        }
+    }
+    for (uint32_t k = 0; k < n_classes && k < NF_STACK_MAX_CLASSES; k++) {
+        uint32_t n = class_slots[k], min = class_min[k];
+        max_slots[k] = n / 2;
+        if (sparsity > 0 && has_ffn[k]) {
+            uint64_t window = NF_CACHE_WINDOW_LAYERS * widest[k] + qd;
+            if (n > window && n - window > max_slots[k])
+                max_slots[k] = (uint32_t)(n - window);
+        }
+        if (n - max_slots[k] < min)
+            max_slots[k] = n > min ? n - min : 0;
+    }
+}
+
 int nf_cache_init(struct nf_cache *c, const struct nf_cache_tile_info *info, uint32_t n_tiles,
-                  uint32_t n_layer, uint32_t n_classes, const uint32_t *max_slots)
+                  uint32_t n_layer, uint32_t n_classes, const uint32_t *max_slots, bool spread)
 {
     memset(c, 0, sizeof(*c));
     if (n_classes == 0 || n_classes > NF_STACK_MAX_CLASSES)
@@ -66,26 +115,51 @@ int nf_cache_init(struct nf_cache *c, const struct nf_cache_tile_info *info, uin
     for (uint32_t id = 0; id < n_tiles; id++)
         if (by_layer(&info[id]) && info[id].layer < n_layer && c->cls[id] != NF_CACHE_NO_CLASS)
             per[(size_t)info[id].layer * n_classes + c->cls[id]]++;
-    uint32_t layers[NF_STACK_MAX_CLASSES];
+    uint8_t *pick = calloc((size_t)(n_layer ? n_layer : 1) * n_classes, 1);
+    if (!pick) {
+        free(per);
+        nf_cache_free(c);
+        return -ENOMEM;
+    }
     for (uint32_t k = 0; k < n_classes; k++) {
-        uint32_t used = c->class_resident[k];
-        layers[k] = 0;
-        while (layers[k] < n_layer && used + per[(size_t)layers[k] * n_classes + k] <= max_slots[k])
-            used += per[(size_t)layers[k]++ * n_classes + k];
+        /* r layers fit when taken first layers first; spread, the same number is taken evenly
+         * over the layers (fewer if the chosen layers happen to hold more tiles). */
+        uint32_t used = c->class_resident[k], r = 0;
+        while (r < n_layer && used + per[(size_t)r * n_classes + k] <= max_slots[k])
+            used += per[(size_t)r++ * n_classes + k];
+        for (; r > 0; r--) {
+            uint64_t sum = c->class_resident[k];
+            for (uint32_t l = 0; l < n_layer; l++) {
+                bool on =
+                    spread ? (uint64_t)(l + 1) * r / n_layer != (uint64_t)l * r / n_layer : l < r;
+                pick[(size_t)l * n_classes + k] = on;
+                sum += on ? per[(size_t)l * n_classes + k] : 0;
+            }
+            if (sum <= max_slots[k])
+                break;
+        }
+        if (r == 0)
+            for (uint32_t l = 0; l < n_layer; l++)
+                pick[(size_t)l * n_classes + k] = 0;
     }
     for (uint32_t id = 0; id < n_tiles; id++) {
         uint32_t k = c->cls[id];
-        if (k != NF_CACHE_NO_CLASS && by_layer(&info[id]) && info[id].layer < layers[k])
+        if (k != NF_CACHE_NO_CLASS && by_layer(&info[id]) && info[id].layer < n_layer &&
+            pick[(size_t)info[id].layer * n_classes + k])
             mark(c, info, id);
     }
+    free(pick);
     free(per);
     return 0;
 }
 
 int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f,
                       const struct nf_stack_class *classes, uint32_t n_classes,
-                      const uint32_t *max_slots)
+                      const uint32_t *class_min, float sparsity, uint32_t qd, uint32_t *max_slots)
 {
+    memset(c, 0, sizeof(*c));
+    if (n_classes == 0 || n_classes > NF_STACK_MAX_CLASSES)
+        return -EINVAL;
     uint32_t n = (uint32_t)f->n_tiles;
     struct nf_cache_tile_info *info = calloc(n ? n : 1, sizeof(*info)); /* (n_tiles) */
     if (!info)
@@ -97,7 +171,11 @@ int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f,
         int k = nf_stack_class_of(classes, n_classes, info[i].bytes);
         info[i].cls = k < 0 ? NF_CACHE_NO_CLASS : (uint8_t)k;
     }
-    int rc = nf_cache_init(c, info, n, f->hdr.n_layer, n_classes, max_slots);
+    uint32_t slots[NF_STACK_MAX_CLASSES];
+    for (uint32_t k = 0; k < n_classes; k++)
+        slots[k] = (uint32_t)classes[k].n_slots;
+    nf_cache_limits(info, n, f->hdr.n_layer, n_classes, slots, class_min, sparsity, qd, max_slots);
+    int rc = nf_cache_init(c, info, n, f->hdr.n_layer, n_classes, max_slots, sparsity > 0);
     free(info);
     return rc;
 }
@@ -108,6 +186,23 @@ void nf_cache_free(struct nf_cache *c)
     free(c->cls);
     c->resident = NULL;
     c->cls = NULL;
+}
+
+bool nf_cache_behind(uint32_t id, uint32_t pt, uint32_t cur, uint32_t pc, uint32_t np)
+{
+    if (id == cur || np == 0)
+        return false;
+    if (pt == pc)
+        return id < cur;
+    return (pc + np - pt) % np <= np / 2;
+}
+
+bool nf_cache_late(uint32_t id, uint32_t pt, uint32_t cur, uint32_t pc, uint32_t np, uint32_t prio)
+{
+    if (!nf_cache_behind(id, pt, cur, pc, np))
+        return false;
+    uint64_t next = np - (pc + np - pt) % np; /* positions until its next use */
+    return next > (uint64_t)prio + 1;
 }
 
 uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tiles,

@@ -19,10 +19,13 @@
  * it, so all of the above works within a class: a load takes a free slot of its tile's class or
  * evicts a tile of that class (the farthest one there), never a slot of another class.
  *
- * The resident set (chosen at startup per class, at most half of each class's slots) holds the
- * tiles every token needs that are small or always used: output norm, rope frequencies, every
- * layer's norms and MoE routers, then the attention tiles (Q, K, V, O) and predictor tiles of
- * layers 0, 1, ... as whole layers while they fit in their class. Resident tiles are loaded on
+ * The resident set (chosen at startup per class, at most half of each class's slots; in sparse
+ * mode more, see nf_cache_limits) holds the tiles every token needs that are small or always
+ * used: output norm, rope frequencies, every layer's norms and MoE routers, then the attention
+ * tiles (Q, K, V, O) and predictor tiles of whole layers while they fit in their class: layers
+ * 0, 1, ... in exact mode; in sparse mode the same number of layers spread evenly over the
+ * model (every second or third layer), so that every stretch of layers has attention tiles to
+ * read while compute works, not only the last ones. Resident tiles are loaded on
  * first use (demand or prefetch), not at startup, and their slot is then flagged
  * NF_SLOT_RESIDENT and never evicted: startup stays fast and a resident tile the model never
  * uses (a predictor tile in exact mode) costs nothing. In each class the set never takes more
@@ -62,17 +65,37 @@ struct nf_cache_tile_info {
     uint8_t cls;    /* the pool class it goes in (< n_classes), or NF_CACHE_NO_CLASS */
 };
 
+/* Layers of a sparse step's tiles the cyclic part of a class keeps room for (the layer compute
+ * works on and the next one, which the predictor prefetches while compute works). */
+#define NF_CACHE_WINDOW_LAYERS 2
+
+/* The most slots of each class the resident set may take, into max_slots[k]: half of the
+ * class_slots[k] slots, less where the rest would fall below class_min[k] (the plan's minimum
+ * working set). In sparse mode (sparsity > 0) a class holding FFN tiles keeps only a window
+ * for everything else: NF_CACHE_WINDOW_LAYERS times the largest layer's sparse set in the
+ * class (its attention and predictor tiles plus the (1 - sparsity) share of its FFN tiles)
+ * plus qd reads in flight, when that leaves more than half to the resident set. Why: a sparse
+ * step reads each FFN tile with a probability of about 1 - sparsity and each attention tile
+ * always, so a slot kept for attention saves a whole tile per token where a cyclic slot,
+ * holding FFN tiles that may be skipped, saves far less (on the 7B at 0.5, 350 cyclic slots
+ * saved ~50 MB per token); the window is what the prefetches one layer ahead need. Tiles of a
+ * layer are contiguous in id order (the .nft's use order). */
+void nf_cache_limits(const struct nf_cache_tile_info *info, uint32_t n_tiles, uint32_t n_layer,
+                     uint32_t n_classes, const uint32_t *class_slots, const uint32_t *class_min,
+                     float sparsity, uint32_t qd, uint32_t *max_slots);
 /* Chooses the resident set for n_tiles tiles described by info into c, using at most
- * max_slots[k] slots of class k (the caller passes half of each class). Returns 0, -EINVAL for
- * n_classes outside 1..NF_STACK_MAX_CLASSES, or -ENOMEM. */
+ * max_slots[k] slots of class k; the by-layer tiles of each class are taken from layers 0, 1,
+ * ... or, when spread, from as many layers spread evenly (layer l when floor((l + 1) r / n)
+ * exceeds floor(l r / n) for r layers of n). Returns 0, -EINVAL for n_classes outside
+ * 1..NF_STACK_MAX_CLASSES, or -ENOMEM. */
 int nf_cache_init(struct nf_cache *c, const struct nf_cache_tile_info *info, uint32_t n_tiles,
-                  uint32_t n_layer, uint32_t n_classes, const uint32_t *max_slots);
+                  uint32_t n_layer, uint32_t n_classes, const uint32_t *max_slots, bool spread);
 /* The same from an open .nft and the pool's class table (a tile goes in the smallest class
- * that fits its padded size); the fetcher passes max_slots[k] = half of class k, less if the
- * rest would fall below the plan's minimum working set of the class. */
+ * that fits its padded size), with the limits of nf_cache_limits (left in max_slots) and the
+ * layers spread in sparse mode. */
 int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f,
                       const struct nf_stack_class *classes, uint32_t n_classes,
-                      const uint32_t *max_slots);
+                      const uint32_t *class_min, float sparsity, uint32_t qd, uint32_t *max_slots);
 void nf_cache_free(struct nf_cache *c);
 
 static inline bool nf_cache_is_resident(const struct nf_cache *c, uint32_t id)
@@ -91,6 +114,19 @@ static inline uint32_t nf_cache_distance(uint32_t id, uint32_t cur, uint32_t n_t
 {
     return id >= cur ? id - cur : n_tiles - cur + id;
 }
+
+/* Where tiles sit in a token step: position pt of tile id, pc of the tile cur compute is on, np
+ * positions per step (the layers, plus one for the tiles after the last layer; the tiles
+ * before layer 0 count as layer 0). nf_cache_behind: compute has passed tile id in this step
+ * (an earlier tile of its position, or a tile of one of the np / 2 positions before
+ * compute's). */
+bool nf_cache_behind(uint32_t id, uint32_t pt, uint32_t cur, uint32_t pc, uint32_t np);
+/* A prefetch of tile id requested with priority prio (the layers until the requester expected
+ * it to be used) comes too late: compute has passed the tile, and the request was not for the
+ * next step (its next use is more than prio + 1 positions away). Read now, such a tile would
+ * wait a whole step and be the first evicted, unused: on the 7B in sparse mode a predictor one
+ * or two layers behind compute asked for ~100 attention tiles a token that way. */
+bool nf_cache_late(uint32_t id, uint32_t pt, uint32_t cur, uint32_t pc, uint32_t np, uint32_t prio);
 
 /* Picks the eviction victim among the slots first_slot .. end_slot - 1 (one class: a tile
  * only evicts within its own class): the slot whose tile is READY, unpinned, not flagged

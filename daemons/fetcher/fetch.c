@@ -115,39 +115,27 @@ static void diag_qd(struct nf_fetcher *ft)
     ft->diag.qd_at_ns = now;
 }
 
+/* Logs where the bytes went (at exit): per kind, reads by demand and by prefetch, megabytes,
+ * evictions and those of tiles compute never pinned after their read (wasted reads). */
 static void diag_log(const struct nf_fetcher *ft)
 {
     const struct nf_fetch_diag *d = &ft->diag;
     const struct nf_stack_counters *ctr = ft->st->ctr;
     uint64_t toks = atomic_load(&ctr->c_prompt_tokens) + atomic_load(&ctr->c_decode_tokens);
     nf_log(NF_LOG_INFO,
-           "diag: predictor %" PRIu64 " forecasts, tp %" PRIu64 " fp %" PRIu64 " fn %" PRIu64
-           ", compute stall %.3f s of %.3f s",
-           atomic_load(&ctr->p_predictions), atomic_load(&ctr->p_true_pos),
-           atomic_load(&ctr->p_false_pos), atomic_load(&ctr->p_false_neg),
+           "reads: %" PRIu64 " tokens evaluated; %.2f reads in flight on average while busy "
+           "(%.3f s); checksums %.3f s; %" PRIu64 " prefetches dropped (compute had passed "
+           "them or did not choose them); %" PRIu64 " loads waited for a slot; %" PRIu64
+           " evictions for prefetches; compute stalled %.3f s of %.3f s",
+           toks, d->busy_ns ? (double)d->qd_ns / (double)d->busy_ns : 0.0, d->busy_ns * 1e-9,
+           d->checksum_ns * 1e-9, d->dropped, d->no_slot, d->evict_by_prefetch,
            atomic_load(&ctr->c_stall_ns) * 1e-9,
            (atomic_load(&ctr->c_prompt_ns) + atomic_load(&ctr->c_decode_ns)) * 1e-9);
-    nf_log(NF_LOG_INFO,
-           "diag: %" PRIu64 " tokens, mean queue depth %.2f while busy (%.3f s), checksums "
-           "%.3f s, %" PRIu64 " prefetches dropped, %" PRIu64 " no-slot, %" PRIu64
-           " evictions for prefetches",
-           toks, d->busy_ns ? (double)d->qd_ns / (double)d->busy_ns : 0.0, d->busy_ns * 1e-9,
-           d->checksum_ns * 1e-9, d->dropped, d->no_slot, d->evict_by_prefetch);
-    for (int at = 0; at < 2; at++)
-        for (int dm = 0; dm < 2; dm++) {
-            const uint64_t *u = d->unused_ahead[at][dm];
-            nf_log(NF_LOG_INFO,
-                   "diag: unused %s evicted by %s: layer behind %" PRIu64 " ahead %" PRIu64
-                   ", +1..5 %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
-                   ", passed %" PRIu64 ", far %" PRIu64,
-                   at ? "attn" : "other", dm ? "demand" : "prefetch", u[0], u[1], u[2], u[3], u[4],
-                   u[5], u[6], u[7], u[8]);
-        }
     for (uint32_t k = 0; k < NF_FETCH_KINDS; k++) {
         if (!d->demand_reads[k] && !d->prefetch_reads[k] && !d->evictions[k])
             continue;
         nf_log(NF_LOG_INFO,
-               "diag: %-12s demand %6" PRIu64 " prefetch %6" PRIu64 " MB %9.1f evicted %6" PRIu64
+               "reads: %-12s demand %6" PRIu64 " prefetch %6" PRIu64 " MB %9.1f evicted %6" PRIu64
                " of which unused %6" PRIu64,
                nf_tile_kind_name((enum nf_tile_kind)k), d->demand_reads[k], d->prefetch_reads[k],
                d->bytes[k] / 1e6, d->evictions[k], d->wasted[k]);
@@ -226,17 +214,13 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
         else if (i > 0 && f->tiles[i - 1].layer < nl)
             ft->layer_first[nl] = i;
     }
-    /* The resident set: at most half of each class, less where the rest would fall below the
-     * class's minimum working set. */
+    /* The resident set: half of each class (in sparse mode, all but a lookahead window of the
+     * classes holding FFN tiles), less where the rest would fall below the class's minimum
+     * working set (nf_cache_limits). */
     const struct nf_stack_config *cfg = st->cfg;
     uint32_t max_res[NF_STACK_MAX_CLASSES] = {0};
-    for (uint32_t k = 0; k < cfg->n_classes; k++) {
-        uint32_t n = (uint32_t)cfg->classes[k].n_slots, min = o->class_min[k];
-        max_res[k] = n / 2;
-        if (n - max_res[k] < min)
-            max_res[k] = n > min ? n - min : 0;
-    }
-    int rc = nf_cache_init_nft(&ft->cache, f, cfg->classes, cfg->n_classes, max_res);
+    int rc = nf_cache_init_nft(&ft->cache, f, cfg->classes, cfg->n_classes, o->class_min,
+                               cfg->sparsity, ft->o.qd, max_res);
     if (rc < 0) {
         snprintf(err, errlen, "%s for the resident set",
                  rc == -ENOMEM ? "out of memory" : "bad slot classes");
@@ -248,8 +232,10 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
            ft->cache.n_resident, ft->cache.resident_bytes, ft->n_slots);
     for (uint32_t k = 0; k < cfg->n_classes; k++)
         nf_log(NF_LOG_INFO,
-               "slot class %u: %" PRIu64 " slots of %" PRIu64 " bytes, resident set %u tiles", k,
-               cfg->classes[k].n_slots, cfg->classes[k].slot_size, ft->cache.class_resident[k]);
+               "slot class %u: %" PRIu64 " slots of %" PRIu64
+               " bytes, resident set %u tiles (at most %u)",
+               k, cfg->classes[k].n_slots, cfg->classes[k].slot_size, ft->cache.class_resident[k],
+               max_res[k]);
     rc = nf_fetch_backend_open(ft, err, errlen);
     if (rc < 0) {
         nf_fetch_free(ft);
@@ -405,8 +391,6 @@ static void track_compute(struct nf_fetcher *ft)
 /* A free slot for tile id in its class k: from the class's free list, else by evicting the tile
  * of that class whose next use is farthest (a prefetch only evicts tiles needed later than
  * itself). NF_NO_SLOT if none. */
-static uint32_t step_pos(const struct nf_fetcher *ft, uint32_t id);
-
 static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, uint32_t k, bool demand)
 {
     uint32_t s = pop_free(ft, k);
@@ -431,17 +415,6 @@ static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, uint32_t k, bool de
             if (victim < ft->n_tiles) {
                 ft->diag.evictions[kind_of(ft, victim)]++;
                 ft->diag.wasted[kind_of(ft, victim)] += unused;
-                if (unused) {
-                    uint32_t np = ft->f->hdr.n_layer + 1;
-                    uint32_t a = (step_pos(ft, victim) + np - step_pos(ft, ft->cur)) % np;
-                    uint32_t b = a == 0                       ? (victim < ft->cur ? 0 : 1)
-                                 : a <= 5                     ? a + 1
-                                 : behind_compute(ft, victim) ? 7
-                                                              : 8;
-                    uint32_t kk = kind_of(ft, victim);
-                    bool attn = kk >= NF_TILE_ATTN_Q && kk <= NF_TILE_ATTN_O;
-                    ft->diag.unused_ahead[attn][demand][b]++;
-                }
             }
             ft->diag.evict_by_prefetch += !demand;
             return s;
@@ -649,25 +622,18 @@ static bool behind_compute(const struct nf_fetcher *ft, uint32_t id)
 {
     if (id == ft->cur || ft->cur >= ft->n_tiles)
         return false;
-    uint32_t np = ft->f->hdr.n_layer + 1, pc = step_pos(ft, ft->cur), pt = step_pos(ft, id);
-    if (pt == pc)
-        return id < ft->cur;
-    uint32_t back = (pc + np - pt) % np;
-    return back <= np / 2;
+    return nf_cache_behind(id, step_pos(ft, id), ft->cur, step_pos(ft, ft->cur),
+                           ft->f->hdr.n_layer + 1);
 }
 
-/* True when a prefetch of tile id comes too late: compute has passed the tile in this step, and
- * the request was not for the next step (its priority, the layers until the predictor expected
- * the tile to be used, is smaller than the layers until its next use). A late request is what
- * a predictor that fell behind compute sends; read now, the tile would wait a whole step and be
- * evicted unused first. */
+/* True when the pending prefetch of tile id comes too late (nf_cache_late): what a predictor
+ * that fell behind compute asks for. Dropped instead of read. */
 static bool passed(const struct nf_fetcher *ft, uint32_t id)
 {
-    if (!behind_compute(ft, id))
+    if (id == ft->cur || ft->cur >= ft->n_tiles)
         return false;
-    uint32_t np = ft->f->hdr.n_layer + 1, pc = step_pos(ft, ft->cur), pt = step_pos(ft, id);
-    uint32_t next = np - (pc + np - pt) % np; /* positions until its next use */
-    return next > ft->prio[id] + 1;
+    return nf_cache_late(id, step_pos(ft, id), ft->cur, step_pos(ft, ft->cur),
+                         ft->f->hdr.n_layer + 1, ft->prio[id]);
 }
 
 /* --- the loop ------------------------------------------------------------------------------- */

@@ -67,10 +67,6 @@ struct nf_fetch_diag {
     uint64_t checksum_ns;       /* time spent in XXH3 */
     uint64_t dropped;           /* prefetches dropped because compute had passed them */
     uint64_t no_slot;           /* start_load found no slot (request left pending) */
-    /* Unused evictions by (victim is attention, evictor is a demand, where: 0 behind cur in its
-     * layer, 1 ahead of cur in its layer, 2..6 1..5 layers ahead, 7 passed (behind by up to
-     * half a step), 8 the rest). */
-    uint64_t unused_ahead[2][2][9];
 };
 
 struct nf_fetcher {
