@@ -3,6 +3,7 @@
 # object with every field, cgroup creation failure and --no-cgroup fall back to running without
 # (saying why), bad flags exit 2, and nothing (stack, cgroup, run dir) is left behind.
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 M="$NF_SHARED_DIR/models/stories260K.gguf"
@@ -26,15 +27,6 @@ T=$(mktemp -d)
 export NANOFLOW_BENCH_CGROUP="nanoflow-benchtest-$$"
 export XDG_CACHE_HOME="$T/cache" # the converted .nft of the read-only shared model goes here
 trap 'rm -rf "$T"' EXIT
-fail=0
-check() { # check NAME STATUS
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
-}
 
 # 1. Text table: every column and every engine row, ratios filled in, run dir removed.
 "$NF_BIN" bench --model "$M" -n 4 -t 2 --run-dir "$T/run" >"$T/table.txt" 2>"$T/table.err"

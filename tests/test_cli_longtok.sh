@@ -4,19 +4,11 @@
 # convert --calibrate must tokenize them whole (they used to size the id buffer from the byte
 # count: run refused the prompt and calibration read past the buffer).
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 command -v python3 >/dev/null || { echo "skip: python3 is needed to read JSON"; exit 77; }
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-fail=0
-check() { # check NAME STATUS
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
-}
 "$NF_BIN" mkmodel "$T/m.gguf" --dim 32 --layers 2 --ffn 64 --heads 4 --kv-heads 2 --vocab 259 \
     --type q8_0 >/dev/null 2>"$T/err"
 check "mkmodel a tiny byte-vocabulary model" $?

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test_cli_run.sh - nanoflowctl run end to end on stories260K: golden text, JSON Lines, errors.
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 M="$NF_SHARED_DIR/models/stories260K.gguf"
@@ -15,15 +16,6 @@ if ! command -v python3 >/dev/null; then
 fi
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-fail=0
-check() { # check NAME CONDITION-STATUS
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
-}
 
 # 1. Greedy text equals llama.cpp's for the first golden prompt (stdout: generated text + newline).
 python3 -c "import json,sys; o=json.loads(open(sys.argv[1]).readline()); sys.stdout.write(o['prompt']); open(sys.argv[2],'w').write(o['gen_text'] + '\n')" "$G" "$T/want.txt" >"$T/prompt.txt"

@@ -3,6 +3,7 @@
 # contents under /usr and /etc, units naming /usr/bin, the conffile, maintainer scripts that
 # succeed without systemd; the packaged nanoflowctl runs.
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${NF_BUILD_DIR:?NF_BUILD_DIR must point to the build directory}"
 for t in cpack dpkg-deb; do
     if ! command -v $t >/dev/null; then
@@ -16,15 +17,6 @@ if [ ! -f "$NF_BUILD_DIR/CPackConfig.cmake" ]; then
 fi
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-fail=0
-check() { # check NAME STATUS
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
-}
 VERSION=$(sed -n 's/^CMAKE_PROJECT_VERSION:[A-Z]*=//p' "$NF_BUILD_DIR/CMakeCache.txt")
 ARCH=$(dpkg --print-architecture)
 (cd "$NF_BUILD_DIR" && cpack -G DEB --config CPackConfig.cmake -B "$T/out") >"$T/cpack.log" 2>&1

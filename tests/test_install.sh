@@ -3,6 +3,7 @@
 # paths, systemd-analyze verify, nanoflow-config, the daemons started exactly as the units say
 # (no systemd needed), and the installed nanoflowctl's up/gen/down on stories260K.
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_BUILD_DIR:?NF_BUILD_DIR must point to the build directory}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
@@ -32,15 +33,6 @@ cleanup() {
 }
 trap cleanup EXIT
 export XDG_CACHE_HOME="$T/cache"
-fail=0
-check() { # check NAME STATUS
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
-}
 
 # 1. Install into the staging prefix.
 cmake --install "$NF_BUILD_DIR" --prefix "$P" >"$T/install.log" 2>&1

@@ -2,6 +2,7 @@
 # test_run_mmap.sh - nanoflowctl run --mmap (weights served from a read-only mapping of the GGUF)
 # gives the same --json output as run with the weights read into RAM; a .nft is refused.
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 MD="$NF_SHARED_DIR/models"
@@ -15,15 +16,6 @@ if ! command -v python3 >/dev/null; then
 fi
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-fail=0
-check() { # check NAME STATUS
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
-}
 
 # The JSON Lines without the timing fields (the only part that may differ between two runs).
 strip_timings() {

@@ -17,6 +17,7 @@
 # ~6 GB of free RAM for the run comparison. NF_CGROUP_FULL_CTX=1 adds a run to the end of the
 # context (see below).
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 LIMIT=$((1 << 30))
 T0=$(date +%s)
@@ -30,19 +31,7 @@ if ! command -v python3 >/dev/null; then
     echo "skip: python3 is needed to read JSON"
     exit 77
 fi
-# up looks for the daemons beside nanoflowctl, then in the build tree's daemons/, then on PATH.
-BINDIR=$(dirname "$NF_BIN")
-for role in fetcher predictor compute; do
-    found=
-    for d in "$BINDIR" "$BINDIR/../daemons" "$BINDIR/../daemons/$role"; do
-        [ -x "$d/nanoflow-$role" ] && found=1
-    done
-    command -v "nanoflow-$role" >/dev/null && found=1
-    if [ -z "$found" ]; then
-        echo "skip: nanoflow-$role is not built (looked beside $NF_BIN, in its ../daemons, on PATH)"
-        exit 77
-    fi
-done
+need_daemons
 
 # The memory cgroup: v2 when the unified hierarchy has the memory controller, else v1.
 CGV=
@@ -157,15 +146,6 @@ fi
 cg_drop
 echo "cgroup v$CGV under $CGROOT, limit $LIMIT bytes"
 
-fail=0
-check() { # check NAME STATUS
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
-}
 
 # 1. The model: llama-7b shape with 38 layers in Q4_0 (4.48 GB GGUF), converted with a small
 #    predictor rank (exact mode never uses the predictors; rank 16 converts in ~20 s instead of

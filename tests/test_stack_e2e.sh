@@ -3,6 +3,7 @@
 # the same JSON Lines and text as `nanoflowctl run`, gen_ids equal to the golden), stats, down;
 # afterwards no daemon process, socket, pid file or /dev/shm object of the stack is left.
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 M0="$NF_SHARED_DIR/models/stories260K.gguf"
@@ -15,19 +16,7 @@ if ! command -v python3 >/dev/null; then
     echo "skip: python3 is needed to read JSON"
     exit 77
 fi
-# up looks for the daemons beside nanoflowctl, then in the build tree's daemons/, then on PATH.
-BINDIR=$(dirname "$NF_BIN")
-for role in fetcher predictor compute; do
-    found=
-    for d in "$BINDIR" "$BINDIR/../daemons" "$BINDIR/../daemons/$role"; do
-        [ -x "$d/nanoflow-$role" ] && found=1
-    done
-    command -v "nanoflow-$role" >/dev/null && found=1
-    if [ -z "$found" ]; then
-        echo "skip: nanoflow-$role is not built (looked beside $NF_BIN, in its ../daemons, on PATH)"
-        exit 77
-    fi
-done
+need_daemons
 T=$(mktemp -d)
 R="$T/run"
 cleanup() {
@@ -37,15 +26,6 @@ cleanup() {
 trap cleanup EXIT
 export XDG_CACHE_HOME="$T/cache"
 cp "$M0" "$T/m.gguf" # the converted .nft is cached beside the copy
-fail=0
-check() { # check NAME STATUS
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
-}
 python3 -c "import json,sys; sys.stdout.write(json.loads(open(sys.argv[1]).readline())['prompt'])" \
     "$G" >"$T/prompt.txt"
 SHM=$(python3 -c "

@@ -3,24 +3,14 @@
 # gen --json equal to `nanoflowctl run --json` (token lines with top logits, gen_ids) and to the
 # golden gen_ids, stats, down, and nothing of the stack left afterwards.
 set -u
+. "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 if ! command -v python3 >/dev/null; then
     echo "skip: python3 is needed to read JSON"
     exit 77
 fi
-BINDIR=$(dirname "$NF_BIN")
-for role in fetcher predictor compute; do
-    found=
-    for d in "$BINDIR" "$BINDIR/../daemons" "$BINDIR/../daemons/$role"; do
-        [ -x "$d/nanoflow-$role" ] && found=1
-    done
-    command -v "nanoflow-$role" >/dev/null && found=1
-    if [ -z "$found" ]; then
-        echo "skip: nanoflow-$role is not built"
-        exit 77
-    fi
-done
+need_daemons
 T=$(mktemp -d)
 export XDG_CACHE_HOME="$T/cache" # the converted .nft of the read-only shared model goes here
 cleanup() {
@@ -30,16 +20,7 @@ cleanup() {
     rm -rf "$T"
 }
 trap cleanup EXIT
-fail=0
 ran=0
-check() { # check NAME STATUS
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
-}
 
 for name in moe-Q8_0 moe-Q4_K_M; do
     M="$NF_SHARED_DIR/models/$name.gguf"
