@@ -346,35 +346,16 @@ static uint32_t build_sparse_info(struct nf_cache_tile_info *info)
     return n;
 }
 
-/* Exact mode: half of each class, less above the minimum; sparse mode: the FFN class keeps a
- * window of two layers' sparse sets plus the reads in flight, the others half. */
+/* Half of each class, less where the rest would fall below the class's minimum. */
 static void test_limits(void **state)
 {
     (void)state;
-    struct nf_cache_tile_info info[64];
-    uint32_t n = build_sparse_info(info), max[3];
-    const uint32_t slots[3] = {16, 40, 4}, min[3] = {4, 10, 3};
-    nf_cache_limits(info, n, 4, 3, slots, min, 0.0f, 2, max);
+    uint32_t max[4];
+    nf_cache_limits(4, (uint32_t[]){16, 40, 4, 5}, (uint32_t[]){4, 30, 3, 9}, max);
     assert_int_equal(max[0], 8);
-    assert_int_equal(max[1], 20);
-    assert_int_equal(max[2], 1); /* half is 2, but 3 must stay for the working set */
-    /* Sparsity 0.5: a layer's sparse set in class 1 is 4 attention + 4 of 8 FFN tiles; the
-     * window 2 * 8 + 2 reads in flight = 18 of 40 slots, so the resident set may take 22. */
-    nf_cache_limits(info, n, 4, 3, slots, min, 0.5f, 2, max);
-    assert_int_equal(max[0], 8);
-    assert_int_equal(max[1], 22);
+    assert_int_equal(max[1], 10); /* half is 20, but 30 must stay for the working set */
     assert_int_equal(max[2], 1);
-    /* Sparsity 0.25: 4 + 6 = 10 per layer, window 22: half (20) is more than the 18 left. */
-    nf_cache_limits(info, n, 4, 3, slots, min, 0.25f, 2, max);
-    assert_int_equal(max[1], 20);
-    /* The minimum still wins over the window. */
-    const uint32_t min_big[3] = {4, 30, 3};
-    nf_cache_limits(info, n, 4, 3, slots, min_big, 0.5f, 2, max);
-    assert_int_equal(max[1], 10);
-    /* A pool smaller than the window: half. */
-    const uint32_t few[3] = {16, 12, 4};
-    nf_cache_limits(info, n, 4, 3, few, min, 0.5f, 2, max);
-    assert_int_equal(max[1], 2); /* half is 6, the minimum 10 leaves 2 */
+    assert_int_equal(max[3], 0); /* a class below its minimum keeps nothing resident */
 }
 
 /* Spread: the same number of whole layers of attention, taken evenly over the model. */

@@ -2,7 +2,6 @@
 #include "cache.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,49 +35,12 @@ static void mark(struct nf_cache *c, const struct nf_cache_tile_info *info, uint
     c->resident_bytes += info[id].bytes;
 }
 
-void nf_cache_limits(const struct nf_cache_tile_info *info, uint32_t n_tiles, uint32_t n_layer,
-                     uint32_t n_classes, const uint32_t *class_slots, const uint32_t *class_min,
-                     float sparsity, uint32_t qd, uint32_t *max_slots)
+void nf_cache_limits(uint32_t n_classes, const uint32_t *class_slots, const uint32_t *class_min,
+                     uint32_t *max_slots)
 {
-    /* A sparse step's tiles of each layer in each class, counted layer by layer. */
-    uint64_t set[NF_STACK_MAX_CLASSES] = {0}, ffn[NF_STACK_MAX_CLASSES] = {0};
-    uint64_t widest[NF_STACK_MAX_CLASSES] = {0};
-    bool has_ffn[NF_STACK_MAX_CLASSES] = {false};
-    uint32_t layer = UINT32_MAX;
-    for (uint32_t id = 0; id <= n_tiles; id++) {
-        bool end = id == n_tiles || info[id].layer != layer;
-        if (end && layer < n_layer) {
-            for (uint32_t k = 0; k < n_classes && k < NF_STACK_MAX_CLASSES; k++) {
-                uint64_t w = set[k] + (uint64_t)ceil((double)ffn[k] * (1.0 - (double)sparsity));
-                if (w > widest[k])
-                    widest[k] = w;
-            }
-        }
-        if (end) {
-            memset(set, 0, sizeof(set));
-            memset(ffn, 0, sizeof(ffn));
-        }
-        if (id == n_tiles)
-            break;
-        layer = info[id].layer;
-        uint32_t k = info[id].cls;
-        if (k >= n_classes || k >= NF_STACK_MAX_CLASSES)
-            continue;
-        if (info[id].kind == NF_TILE_FFN) {
-            ffn[k]++;
-            has_ffn[k] = true;
-        } else if (by_layer(&info[id])) {
-            set[k]++;
-        }
-    }
     for (uint32_t k = 0; k < n_classes && k < NF_STACK_MAX_CLASSES; k++) {
         uint32_t n = class_slots[k], min = class_min[k];
         max_slots[k] = n / 2;
-        if (sparsity > 0 && has_ffn[k]) {
-            uint64_t window = NF_CACHE_WINDOW_LAYERS * widest[k] + qd;
-            if (n > window && n - window > max_slots[k])
-                max_slots[k] = (uint32_t)(n - window);
-        }
         if (n - max_slots[k] < min)
             max_slots[k] = n > min ? n - min : 0;
     }
@@ -155,7 +117,7 @@ int nf_cache_init(struct nf_cache *c, const struct nf_cache_tile_info *info, uin
 
 int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f,
                       const struct nf_stack_class *classes, uint32_t n_classes,
-                      const uint32_t *class_min, float sparsity, uint32_t qd, uint32_t *max_slots)
+                      const uint32_t *class_min, bool spread, uint32_t *max_slots)
 {
     memset(c, 0, sizeof(*c));
     if (n_classes == 0 || n_classes > NF_STACK_MAX_CLASSES)
@@ -174,8 +136,8 @@ int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f,
     uint32_t slots[NF_STACK_MAX_CLASSES];
     for (uint32_t k = 0; k < n_classes; k++)
         slots[k] = (uint32_t)classes[k].n_slots;
-    nf_cache_limits(info, n, f->hdr.n_layer, n_classes, slots, class_min, sparsity, qd, max_slots);
-    int rc = nf_cache_init(c, info, n, f->hdr.n_layer, n_classes, max_slots, sparsity > 0);
+    nf_cache_limits(n_classes, slots, class_min, max_slots);
+    int rc = nf_cache_init(c, info, n, f->hdr.n_layer, n_classes, max_slots, spread);
     free(info);
     return rc;
 }

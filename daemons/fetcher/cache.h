@@ -19,13 +19,15 @@
  * it, so all of the above works within a class: a load takes a free slot of its tile's class or
  * evicts a tile of that class (the farthest one there), never a slot of another class.
  *
- * The resident set (chosen at startup per class, at most half of each class's slots; in sparse
- * mode more, see nf_cache_limits) holds the tiles every token needs that are small or always
+ * The resident set (chosen at startup per class, at most half of each class's slots; see
+ * nf_cache_limits) holds the tiles every token needs that are small or always
  * used: output norm, rope frequencies, every layer's norms and MoE routers, then the attention
  * tiles (Q, K, V, O) and predictor tiles of whole layers while they fit in their class: layers
  * 0, 1, ... in exact mode; in sparse mode the same number of layers spread evenly over the
- * model (every second or third layer), so that every stretch of layers has attention tiles to
- * read while compute works, not only the last ones. Resident tiles are loaded on
+ * model (every third or fourth layer), so that every stretch of layers has attention tiles to
+ * read while compute works, not only the last ones (7B at sparsity 0.5: 2218-2270 MB read per
+ * token in 7 runs against 2266-2306 in 5 with layers 0-8; tok/s within the disk's noise).
+ * Resident tiles are loaded on
  * first use (demand or prefetch), not at startup, and their slot is then flagged
  * NF_SLOT_RESIDENT and never evicted: startup stays fast and a resident tile the model never
  * uses (a predictor tile in exact mode) costs nothing. In each class the set never takes more
@@ -65,24 +67,16 @@ struct nf_cache_tile_info {
     uint8_t cls;    /* the pool class it goes in (< n_classes), or NF_CACHE_NO_CLASS */
 };
 
-/* Layers of a sparse step's tiles the cyclic part of a class keeps room for (the layer compute
- * works on and the next one, which the predictor prefetches while compute works). */
-#define NF_CACHE_WINDOW_LAYERS 2
-
 /* The most slots of each class the resident set may take, into max_slots[k]: half of the
  * class_slots[k] slots, less where the rest would fall below class_min[k] (the plan's minimum
- * working set). In sparse mode (sparsity > 0) a class holding FFN tiles keeps only a window
- * for everything else: NF_CACHE_WINDOW_LAYERS times the largest layer's sparse set in the
- * class (its attention and predictor tiles plus the (1 - sparsity) share of its FFN tiles)
- * plus qd reads in flight, when that leaves more than half to the resident set. Why: a sparse
- * step reads each FFN tile with a probability of about 1 - sparsity and each attention tile
- * always, so a slot kept for attention saves a whole tile per token where a cyclic slot,
- * holding FFN tiles that may be skipped, saves far less (on the 7B at 0.5, 350 cyclic slots
- * saved ~50 MB per token); the window is what the prefetches one layer ahead need. Tiles of a
- * layer are contiguous in id order (the .nft's use order). */
-void nf_cache_limits(const struct nf_cache_tile_info *info, uint32_t n_tiles, uint32_t n_layer,
-                     uint32_t n_classes, const uint32_t *class_slots, const uint32_t *class_min,
-                     float sparsity, uint32_t qd, uint32_t *max_slots);
+ * working set). Not more in sparse mode, though there a resident attention slot saves a whole
+ * tile per token and a cyclic one less: on the 7B at sparsity 0.5, 13 layers of attention
+ * resident instead of 9 (all but two layers' sparse sets) saved only ~40 MB of ~2230 MB per
+ * token, and in 3 of 3 runs (5 of 7 overall) the disk then gave about half its bandwidth at
+ * the same queue depth (1.4-1.8 against 2.4-3.1 GB/s while busy), a slowdown not understood
+ * yet (see the fetcher's exit summary of reads to look into it). */
+void nf_cache_limits(uint32_t n_classes, const uint32_t *class_slots, const uint32_t *class_min,
+                     uint32_t *max_slots);
 /* Chooses the resident set for n_tiles tiles described by info into c, using at most
  * max_slots[k] slots of class k; the by-layer tiles of each class are taken from layers 0, 1,
  * ... or, when spread, from as many layers spread evenly (layer l when floor((l + 1) r / n)
@@ -91,11 +85,11 @@ void nf_cache_limits(const struct nf_cache_tile_info *info, uint32_t n_tiles, ui
 int nf_cache_init(struct nf_cache *c, const struct nf_cache_tile_info *info, uint32_t n_tiles,
                   uint32_t n_layer, uint32_t n_classes, const uint32_t *max_slots, bool spread);
 /* The same from an open .nft and the pool's class table (a tile goes in the smallest class
- * that fits its padded size), with the limits of nf_cache_limits (left in max_slots) and the
- * layers spread in sparse mode. */
+ * that fits its padded size), with the limits of nf_cache_limits (left in max_slots); the
+ * fetcher spreads the layers in sparse mode. */
 int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f,
                       const struct nf_stack_class *classes, uint32_t n_classes,
-                      const uint32_t *class_min, float sparsity, uint32_t qd, uint32_t *max_slots);
+                      const uint32_t *class_min, bool spread, uint32_t *max_slots);
 void nf_cache_free(struct nf_cache *c);
 
 static inline bool nf_cache_is_resident(const struct nf_cache *c, uint32_t id)

@@ -214,13 +214,12 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
         else if (i > 0 && f->tiles[i - 1].layer < nl)
             ft->layer_first[nl] = i;
     }
-    /* The resident set: half of each class (in sparse mode, all but a lookahead window of the
-     * classes holding FFN tiles), less where the rest would fall below the class's minimum
-     * working set (nf_cache_limits). */
+    /* The resident set: at most half of each class, less where the rest would fall below the
+     * class's minimum working set (nf_cache_limits); its layers spread in sparse mode. */
     const struct nf_stack_config *cfg = st->cfg;
     uint32_t max_res[NF_STACK_MAX_CLASSES] = {0};
     int rc = nf_cache_init_nft(&ft->cache, f, cfg->classes, cfg->n_classes, o->class_min,
-                               cfg->sparsity, ft->o.qd, max_res);
+                               cfg->sparsity > 0, max_res);
     if (rc < 0) {
         snprintf(err, errlen, "%s for the resident set",
                  rc == -ENOMEM ? "out of memory" : "bad slot classes");
