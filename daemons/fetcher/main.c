@@ -224,12 +224,12 @@ static int parse_args(int argc, char **argv, struct args *a)
     return 0;
 }
 
-/* Detaches from the terminal: forks (the parent waits on a pipe until the child reports ready,
- * then exits 0, or 1 when the child failed), starts a new session, stdin from /dev/null,
- * stdout/stderr to the log. In the child, *ready_fd receives the pipe's write end. */
-static int detach(const char *log_path, int *ready_fd)
+/* Detaches (nf_daemon_begin's hook): forks, and the parent waits on a pipe until the child
+ * reports that startup is over, then exits 0 (ready) or 1 (failed, or the child died); the child
+ * gets the pipe's write end in *(int *)ud and detaches as every daemon does. */
+static int detach(const char *log_path, void *ud)
 {
-    int p[2];
+    int *ready_fd = ud, p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         return -errno;
     fflush(NULL);
@@ -246,23 +246,7 @@ static int detach(const char *log_path, int *ready_fd)
     }
     close(p[0]);
     *ready_fd = p[1];
-    (void)setsid();
-    int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (in < 0 || out < 0) {
-        int e = errno;
-        if (in >= 0)
-            close(in);
-        if (out >= 0)
-            close(out);
-        return -e;
-    }
-    dup2(in, STDIN_FILENO);
-    dup2(out, STDOUT_FILENO);
-    dup2(out, STDERR_FILENO);
-    close(in);
-    close(out);
-    return 0;
+    return nf_daemon_detach(log_path);
 }
 
 /* Tells the waiting parent (detached mode) that startup is over: ok or failed. */
@@ -548,38 +532,13 @@ int main(int argc, char **argv)
     if (rc)
         return rc > 0 ? 0 : 2;
     enum nf_log_level level;
-    if (nf_log_level_parse(m.a.log_level, &level) < 0) {
-        fprintf(stderr,
-                "nanoflow-fetcher: invalid --log-level '%s', expected error, warn, info or debug "
-                "(try 'nanoflow-fetcher --help')\n",
-                m.a.log_level);
+    if (nf_daemon_log_level(NF_ROLE_FETCHER, m.a.log_level, &level) < 0)
         return 2;
-    }
     m.loop.data = (void *)-1; /* not initialized yet */
-    if ((rc = nf_rundir_resolve(m.a.run_dir_arg, m.run_dir, sizeof(m.run_dir))) < 0 ||
-        (rc = nf_rundir_create(m.run_dir, err, sizeof(err))) < 0) {
-        fprintf(stderr, "nanoflow-fetcher: %s\n", err[0] ? err : nf_strerror(rc));
-        return 1;
-    }
-    char log_path[PATH_MAX];
-    nf_rundir_path(m.run_dir, NF_ROLE_FETCHER, "log", log_path, sizeof(log_path));
     m.ready_fd = -1;
-    if (!m.a.foreground && (rc = detach(log_path, &m.ready_fd)) < 0) {
-        fprintf(stderr, "nanoflow-fetcher: cannot open %s: %s\n", log_path, strerror(-rc));
-        return 1;
-    }
-    if ((rc = nf_log_open(NF_ROLE_FETCHER, m.a.foreground ? NULL : log_path, level)) < 0) {
-        fprintf(stderr, "nanoflow-fetcher: cannot open %s: %s\n", log_path, strerror(-rc));
-        return 1;
-    }
-    rc = nf_pidfile_create(m.run_dir, NF_ROLE_FETCHER);
-    if (rc < 0) {
-        nf_log(NF_LOG_ERROR, "%s",
-               rc == -EEXIST ? "a fetcher is already running in this run "
-                               "directory"
-                             : nf_strerror(rc));
+    if (nf_daemon_begin(NF_ROLE_FETCHER, m.a.run_dir_arg, m.a.foreground, level, detach,
+                        &m.ready_fd, m.run_dir, sizeof(m.run_dir))) {
         report_startup(&m.ready_fd, false);
-        nf_log_close();
         return 1;
     }
     rc = start(&m, err, sizeof(err));
@@ -589,10 +548,8 @@ int main(int argc, char **argv)
         nf_log(NF_LOG_ERROR, "%s", err[0] ? err : nf_strerror(rc));
     report_startup(&m.ready_fd, false); /* no-op once ready was reported */
     cleanup(&m);
-    nf_pidfile_remove(m.run_dir, NF_ROLE_FETCHER);
     if (rc == 0 && m.fetch_rc < 0)
         rc = m.fetch_rc;
-    nf_log(NF_LOG_INFO, "exiting (%s)", rc == 0 ? "clean" : "error");
-    nf_log_close();
+    nf_daemon_end(NF_ROLE_FETCHER, m.run_dir, rc);
     return rc == 0 ? 0 : 1;
 }
