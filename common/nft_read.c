@@ -294,7 +294,11 @@ static int load_calib(struct nf_nft *f, const char *name, char *err, size_t errl
                         "calibration level %" PRIu32 " is %g (expected increasing, in (0, 1))", l,
                         (double)ch->levels[l]);
     f->calib_layer = calloc(h->n_layer, sizeof(*f->calib_layer));
-    uint8_t *seen = calloc(h->n_ff ? h->n_ff : 1, 1);
+    /* A layer record of n groups takes at least 12 n bytes of the section (order, mean and one
+     * level's frequency per group), so n never exceeds calib_size / 12: the permutation check
+     * needs no more, whatever n_ff the header claims. */
+    const size_t max_groups = (size_t)(h->calib_size / 12) + 1;
+    uint8_t *seen = calloc(max_groups, 1);
     if (!f->calib_layer || !seen) {
         free(seen);
         return fail(-ENOMEM, name, err, errlen, "out of memory");
@@ -322,7 +326,7 @@ static int load_calib(struct nf_nft *f, const char *name, char *err, size_t errl
         const uint32_t *order = (const void *)(lh + 1);
         const float *freq =
             (const float *)(const void *)((const uint8_t *)order + 8 * (size_t)lh->n_groups);
-        memset(seen, 0, h->n_ff ? h->n_ff : 1);
+        memset(seen, 0, lh->n_groups < max_groups ? lh->n_groups : max_groups);
         for (uint32_t g = 0; g < lh->n_groups && !rc; g++) {
             if (order[g] >= lh->n_groups || seen[order[g]]++)
                 rc = fail(NF_ECORRUPT, name, err, errlen,

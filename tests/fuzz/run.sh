@@ -38,6 +38,12 @@ ctl="$build/ctl/nanoflowctl"
 printf 'a b c d e f g h i j k l m n o p q r s t u v w x y z\n' >"$work/calib.txt"
 "$ctl" convert "$work/d.gguf" "$work/nft-seeds/dense.nft" --rank 4 --calibrate "$work/calib.txt" 2>/dev/null
 "$ctl" convert "$work/m.gguf" "$work/nft-seeds/moe.nft" 2>/dev/null
+# Inputs that once failed (tests/fuzz/regress/TARGET/) must pass before fuzzing goes on.
+for f in "$src"/tests/fuzz/regress/nft/*; do
+    [ -e "$f" ] || continue
+    "$build/tests/fuzz_nft" -rss_limit_mb=2048 "$f" >/dev/null 2>&1 ||
+        { echo "run.sh: fuzz_nft fails on the regression input $f" >&2; exit 1; }
+done
 echo "fuzzing the .nft reader and loader for $secs s"
 "$build/tests/fuzz_nft" -max_total_time="$secs" -max_len=262144 -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -error_exitcode=1 -artifact_prefix="$build/fuzz-artifacts/" "$work/nft" \
