@@ -57,7 +57,9 @@ static void usage(FILE *f)
             "  -n, --n-predict N     tokens generated per engine, 2..100000 (default: 8)\n"
             "      --sparsity LIST   comma-separated sparse levels, each 0 < S <= 0.99, measured\n"
             "                        after exact mode; 'none' for exact only (default: 0.5)\n"
-            "  -t, --threads N       compute threads, 0 = all CPUs (default: 0)\n"
+            "  -t, --threads N       compute threads of every engine, the stack's and mmap's\n"
+            "                        alike; 0 = what 'up' picks: one per CPU but one, at least\n"
+            "                        1 (default: 0)\n"
             "  -c, --ctx-size N      context length of every engine, 0..1048576; the stack's\n"
             "                        KV cache is reserved from the budget for all of it, so\n"
             "                        a short context leaves more to the tile pool (default: 0 =\n"
@@ -950,7 +952,7 @@ static void print_table(const struct bench *b)
     printf("nanoflowctl bench: %s\n", b->gguf[0] ? b->gguf : b->nft);
     printf("  tiles: %s\n", b->nft);
     printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = BOS), %ld "
-           "threads (0 = all), time box %ld s\n",
+           "threads per engine, time box %ld s\n",
            nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, b->o.threads, b->o.timeout);
     if (b->use_cgroup)
         printf("  memory cgroup: v%d, a fresh one per engine under %s, limit %llu bytes "
@@ -1149,6 +1151,8 @@ int nf_cmd_bench(int argc, char **argv)
         return 1;
     }
     struct nf_stack_plan plan;
+    /* Every engine gets the same thread count: what the stack would pick for -t 0. */
+    b.o.threads = (long)nf_stack_compute_threads((uint32_t)b.o.threads);
     if (nf_stack_plan(f, b.o.ram, (uint32_t)b.o.ctx, (int)b.o.threads, &plan, err, sizeof(err)) <
         0) {
         fprintf(stderr, "nanoflowctl bench: %s\n", err);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "nf_err.h"
 #include "nft.h"
@@ -1333,4 +1334,12 @@ bool nf_slot_try_evict(struct nf_stack *st, uint32_t slot)
     atomic_store_explicit(&t->state, NF_TILE_EMPTY, memory_order_release);
     atomic_fetch_add_explicit(&st->ctr->f_evictions, 1, memory_order_relaxed);
     return true;
+}
+
+uint32_t nf_stack_compute_threads(uint32_t requested)
+{
+    if (requested > 0)
+        return requested;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 2 ? (uint32_t)(n - 1) : 1;
 }

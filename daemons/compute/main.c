@@ -71,8 +71,8 @@ static void usage(FILE *out)
             "                      $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
             "  --ram SIZE          RAM budget of the stack, checked but informational: the\n"
             "                      region's plan rules (default: the plan's)\n"
-            "  -t, --threads N     compute threads, 0..1024; 0 = one per CPU (default: the\n"
-            "                      plan's)\n"
+            "  -t, --threads N     compute threads, 0..1024; 0 = one per CPU but one, at\n"
+            "                      least 1 (default: the plan's)\n"
             "  --sparsity S        fraction of FFN groups skipped, in [0, 1); 0 = exact\n"
             "                      (default: the plan's)\n"
             "  --ctx N             context length, 0..16777216; 0 = the plan's (default: the\n"
@@ -252,8 +252,9 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.f = m->f;
     m->gen.v = m->v;
     m->gen.n_ctx = m->o.n_ctx > 0 ? m->o.n_ctx : (int)cfg->n_ctx;
-    /* -t 0 (what `up` passes by default) means one thread per CPU, as for run. */
-    m->gen.n_threads = m->o.n_threads >= 0 ? m->o.n_threads : (int)cfg->n_threads;
+    /* -t 0 (what `up` passes by default): one thread per CPU but one (nf_stack_compute_threads). */
+    m->gen.n_threads = (int)nf_stack_compute_threads(
+        (uint32_t)(m->o.n_threads >= 0 ? m->o.n_threads : (int)cfg->n_threads));
     m->gen.sparsity = m->o.sparsity_set ? m->o.sparsity : cfg->sparsity;
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
