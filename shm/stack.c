@@ -1343,3 +1343,13 @@ uint32_t nf_stack_compute_threads(uint32_t requested)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 2 ? (uint32_t)(n - 1) : 1;
 }
+
+void nf_stack_stop(struct nf_stack *st, uint32_t ready_bit)
+{
+    struct nf_stack_sync *sy = st->sync;
+    atomic_fetch_and(&sy->ready_mask, ~ready_bit);
+    atomic_store(&sy->stop, 1);
+    nf_notify_wake(&sy->fetch_bell);
+    nf_notify_wake(&sy->tile_done);
+    nf_notify_wake(&sy->act_bell);
+}

@@ -295,6 +295,10 @@ static inline uint64_t nf_stack_pool_bytes(const struct nf_stack *st)
 /* The class a tile of `padded` bytes goes in: the smallest whose slots fit it, or -1 when none
  * does. Works on a config or a plan's class table. */
 int nf_stack_class_of(const struct nf_stack_class *classes, uint32_t n_classes, uint64_t padded);
+/* Shutdown of the whole stack (every daemon on a Shutdown request or signal): clears the
+ * caller's ready bit, sets `stop` and wakes every bell so that every loop sees it. */
+void nf_stack_stop(struct nf_stack *st, uint32_t ready_bit);
+
 struct nf_act_slot *nf_stack_act(const struct nf_stack *st, uint32_t layer);
 struct nf_used_slot *nf_stack_used(const struct nf_stack *st, uint32_t layer);
 

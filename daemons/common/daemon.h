@@ -86,6 +86,9 @@ void nf_server_set_health(struct nf_server *s, int state);
  * packed by the caller's thread and queued to the loop with uv_async). Returns 0 or -ENOTCONN
  * when the connection is gone. */
 int nf_server_send(struct nf_server *s, uint64_t conn_id, uint64_t req_id, nf_envelope *env);
+/* The reply to a Shutdown request: sets the health to STOPPING and sends a Health message
+ * (role, pid, uptime) to conn_id. Loop thread. */
+int nf_server_send_stopping(struct nf_server *s, uint64_t conn_id, uint64_t req_id);
 /* Convenience: an Error reply. */
 int nf_server_send_error(struct nf_server *s, uint64_t conn_id, uint64_t req_id, int code,
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));

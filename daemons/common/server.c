@@ -520,3 +520,19 @@ void nf_server_stop(struct nf_server *s)
     uv_close((uv_handle_t *)&s->async, handle_closed);
     pthread_mutex_unlock(&s->mu);
 }
+
+int nf_server_send_stopping(struct nf_server *s, uint64_t conn_id, uint64_t req_id)
+{
+    nf_server_set_health(s, NANOFLOW__HEALTH__STATE__STOPPING);
+    nf_envelope r;
+    Nanoflow__Health h;
+    nanoflow__envelope__init(&r);
+    nanoflow__health__init(&h);
+    h.state = NANOFLOW__HEALTH__STATE__STOPPING;
+    h.role = s->role;
+    h.pid = (uint32_t)getpid();
+    h.uptime_s = uptime_s(s);
+    r.msg_case = NANOFLOW__ENVELOPE__MSG_HEALTH;
+    r.health = &h;
+    return nf_server_send(s, conn_id, req_id, &r);
+}

@@ -307,12 +307,7 @@ static void begin_shutdown(struct compute *m, const char *why)
     nf_log(NF_LOG_INFO, "shutting down (%s)", why);
     nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__STOPPING);
     /* As every daemon on Shutdown (stack.md): stop every loop of the stack and wake it. */
-    struct nf_stack_sync *sy = m->st.sync;
-    atomic_fetch_and(&sy->ready_mask, ~COMPUTE_BIT);
-    atomic_store(&sy->stop, 1);
-    nf_notify_wake(&sy->fetch_bell);
-    nf_notify_wake(&sy->tile_done);
-    nf_notify_wake(&sy->act_bell);
+    nf_stack_stop(&m->st, COMPUTE_BIT);
     /* Cancel the running generation; the worker is joined in on_stop_timer. */
     pthread_mutex_lock(&m->gen.mu);
     if (m->gen.cur)
@@ -343,16 +338,7 @@ static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, voi
         nf_stats_reply(s, conn, req, &m->st, NF_ROLE_COMPUTE);
         break;
     case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {
-        nf_envelope r;
-        Nanoflow__Health h;
-        nanoflow__envelope__init(&r);
-        nanoflow__health__init(&h);
-        h.state = NANOFLOW__HEALTH__STATE__STOPPING;
-        h.role = (char *)NF_ROLE_COMPUTE;
-        h.pid = (uint32_t)getpid();
-        r.msg_case = NANOFLOW__ENVELOPE__MSG_HEALTH;
-        r.health = &h;
-        nf_server_send(s, conn, req, &r);
+        nf_server_send_stopping(s, conn, req);
         begin_shutdown(m, "Shutdown request");
         break;
     }

@@ -346,12 +346,7 @@ static void begin_shutdown(struct fetcher_main *m, const char *why)
     nf_log(NF_LOG_INFO, "shutting down (%s)", why);
     if (m->srv)
         nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__STOPPING);
-    struct nf_stack_sync *sy = m->st.sync;
-    atomic_store(&sy->stop, 1);
-    atomic_fetch_and(&sy->ready_mask, ~1u);
-    nf_notify_wake(&sy->fetch_bell);
-    nf_notify_wake(&sy->tile_done);
-    nf_notify_wake(&sy->act_bell);
+    nf_stack_stop(&m->st, 1u);
     uv_timer_start(&m->stop_timer, on_stop_timer, 50, 0);
 }
 
@@ -361,16 +356,7 @@ static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, voi
     switch (env->msg_case) {
     case NANOFLOW__ENVELOPE__MSG_STATS_REQUEST: send_stats(m, conn, env->request_id); break;
     case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {
-        nf_envelope r;
-        Nanoflow__Health h;
-        nanoflow__envelope__init(&r);
-        nanoflow__health__init(&h);
-        h.state = NANOFLOW__HEALTH__STATE__STOPPING;
-        h.role = (char *)NF_ROLE_FETCHER;
-        h.pid = (uint32_t)getpid();
-        r.msg_case = NANOFLOW__ENVELOPE__MSG_HEALTH;
-        r.health = &h;
-        nf_server_send(s, conn, env->request_id, &r);
+        nf_server_send_stopping(s, conn, env->request_id);
         begin_shutdown(m, "Shutdown request");
         break;
     }

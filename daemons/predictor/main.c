@@ -328,14 +328,8 @@ static void begin_shutdown(struct pred *d, const char *why)
     if (d->srv)
         nf_server_set_health(d->srv, NANOFLOW__HEALTH__STATE__STOPPING);
     atomic_store(&d->lp.stop, true);
-    if (d->attached) {
-        struct nf_stack_sync *sy = d->st.sync;
-        atomic_store(&sy->stop, 1);
-        atomic_fetch_and(&sy->ready_mask, ~READY_BIT);
-        nf_notify_wake(&sy->act_bell);
-        nf_notify_wake(&sy->fetch_bell);
-        nf_notify_wake(&sy->tile_done);
-    }
+    if (d->attached)
+        nf_stack_stop(&d->st, READY_BIT);
     uv_timer_start(&d->linger, linger_done, 50, 0);
 }
 
@@ -347,16 +341,7 @@ static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, voi
         nf_stats_reply(s, conn, env->request_id, &d->st, NF_ROLE_PREDICTOR);
         break;
     case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {
-        nf_envelope r;
-        Nanoflow__Health h;
-        nanoflow__envelope__init(&r);
-        nanoflow__health__init(&h);
-        h.state = NANOFLOW__HEALTH__STATE__STOPPING;
-        h.role = (char *)NF_ROLE_PREDICTOR;
-        h.pid = (uint32_t)getpid();
-        r.msg_case = NANOFLOW__ENVELOPE__MSG_HEALTH;
-        r.health = &h;
-        nf_server_send(s, conn, env->request_id, &r);
+        nf_server_send_stopping(s, conn, env->request_id);
         begin_shutdown(d, "Shutdown request");
         break;
     }
