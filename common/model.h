@@ -92,8 +92,8 @@ struct nf_model {
     /* Where the weights come from when not from gguf's tensor data (a .nft tile file, see
      * model_nft.c): read_tensor fills dst (len bytes) with tensor gt and on failure writes err;
      * close_src(src) runs in nf_model_free after gguf is closed. NULL for a GGUF. */
-    int (*read_tensor)(void *src, const struct nf_gguf_tensor *gt, void *dst, size_t len,
-                       char *err, size_t errlen);
+    int (*read_tensor)(void *src, const struct nf_gguf_tensor *gt, void *dst, size_t len, char *err,
+                       size_t errlen);
     void (*close_src)(void *src);
     void *src;
     /* nf_model_load_ex with use_mmap: the read-only mapping of the GGUF that every tensor's data

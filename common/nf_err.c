@@ -1,6 +1,9 @@
 /* nf_err.c - message table for NanoFlow error codes. */
 #include "nf_err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const nf__err_msgs[] = {
@@ -16,4 +19,37 @@ const char *nf_strerror(int err)
     if (err < 0)
         return strerror(-err);
     return err == 0 ? "success" : "unknown error";
+}
+
+int nf_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int nf_errf_at(char *err, size_t errlen, int code, const char *prefix, const char *fmt, ...)
+{
+    if (err && errlen) {
+        int n = snprintf(err, errlen, "%s: ", prefix);
+        if (n >= 0 && (size_t)n < errlen) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return code;
+}
+
+void nf_assert_fail(const char *cond, const char *file, int line, const char *func)
+{
+    fprintf(stderr, "nanoflow: internal error: %s:%d: %s: assertion '%s' failed\n", file, line,
+            func, cond);
+    fflush(stderr);
+    abort();
 }

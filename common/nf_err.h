@@ -6,6 +6,8 @@
 #ifndef NF_ERR_H
 #define NF_ERR_H
 
+#include <stddef.h>
+
 #define NF_ERRNO_MAP(XX)                              \
     XX(BADMAGIC, "bad magic number")                  \
     XX(BADVERSION, "unsupported format version")      \
@@ -34,5 +36,26 @@ enum {
 
 /* Returns a static message for err (a NanoFlow code or a negated errno); never NULL. */
 const char *nf_strerror(int err);
+
+/* Formats a message into err (errlen bytes, always terminated; nothing when err is NULL or errlen
+ * is 0) and returns code, so a failure path reads `return nf_errf(err, errlen, -EIO, "...")`. */
+int nf_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* As nf_errf, with "prefix: " before the message (a file or tensor name). */
+int nf_errf_at(char *err, size_t errlen, int code, const char *prefix, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* NF_ASSERT(cond): an invariant of NanoFlow's own state, checked in every build (never use it on
+ * input: input is validated and refused with a message). A broken invariant prints the file,
+ * line, function and condition to stderr and aborts, so it shows as a crash with a core instead
+ * of a silent wrong answer. */
+#define NF_ASSERT(cond)                                          \
+    do {                                                         \
+        if (__builtin_expect(!(cond), 0))                        \
+            nf_assert_fail(#cond, __FILE__, __LINE__, __func__); \
+    } while (0)
+
+_Noreturn void nf_assert_fail(const char *cond, const char *file, int line, const char *func);
 
 #endif
