@@ -127,13 +127,21 @@ struct nf_stack_config {
     char nft_path[PATH_MAX];
 };
 
+/* The bits of nf_stack_sync.ready_mask: a daemon sets its bit once it is attached and ready, and
+ * clears it when it stops. The one definition every daemon, tool and test uses. */
+enum nf_ready_bit {
+    NF_READY_FETCHER = 1u << 0,
+    NF_READY_PREDICTOR = 1u << 1,
+    NF_READY_COMPUTE = 1u << 2,
+};
+
 /* Doorbells and completion words (NF_SHM_COMPLETION). */
 struct nf_stack_sync {
     struct nf_notify fetch_bell; /* rung after enqueueing a request: wakes the fetcher */
     struct nf_notify tile_done;  /* rung by the fetcher after tiles become READY or ERROR */
     struct nf_notify act_bell;   /* rung by compute after publishing a layer's activation */
     _Atomic uint32_t stop;       /* set on shutdown: every loop exits */
-    _Atomic uint32_t ready_mask; /* bit 0 fetcher, 1 predictor, 2 compute: attached and ready */
+    _Atomic uint32_t ready_mask; /* enum nf_ready_bit: attached and ready */
 };
 
 /* Compute -> predictor: the residual stream after layer `layer` of token step `seq`. */

@@ -105,7 +105,7 @@ static void start_fetcher_v(struct running *r, const char *model, const char *ta
     int rc = -ENOENT;
     for (int i = 0; i < 1000; i++) { /* up to 10 s */
         rc = nf_stack_attach(&r->st, r->shm, NULL, err, sizeof(err));
-        if (rc == 0 && (atomic_load(&r->st.sync->ready_mask) & 1u))
+        if (rc == 0 && (atomic_load(&r->st.sync->ready_mask) & NF_READY_FETCHER))
             break;
         if (rc == 0) {
             nf_stack_detach(&r->st);

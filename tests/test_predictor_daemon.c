@@ -230,7 +230,7 @@ static void test_daemon_sparse(void **state)
     struct nf_stack st;
     if (nf_stack_create(&st, shm, f, &sp, 0.5f, 1, err, sizeof(err)))
         fail_msg("%s", err);
-    atomic_fetch_or(&st.sync->ready_mask, 1u); /* we are the fetcher */
+    atomic_fetch_or(&st.sync->ready_mask, NF_READY_FETCHER); /* we are the fetcher */
     struct nf_plan p;
     assert_int_equal(nf_plan_init(&p, f, err, sizeof(err)), 0);
     struct nf_forecaster fc;
@@ -239,9 +239,9 @@ static void test_daemon_sparse(void **state)
     const char *args[] = {"--run-dir",  run_dir, "--model",     nft_path, "--foreground",
                           "--pred-mem", "16M",   "--log-level", "debug",  NULL};
     pid_t pid = spawn(args);
-    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & 2u); t += 10)
+    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR); t += 10)
         sleep_ms(10);
-    if (!(atomic_load(&st.sync->ready_mask) & 2u)) {
+    if (!(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR)) {
         dump_log();
         kill(pid, SIGKILL);
         fail_msg("predictor did not become ready");
@@ -335,7 +335,7 @@ static void test_daemon_sparse(void **state)
     if (status != 0)
         dump_log();
     assert_int_equal(status, 0);
-    assert_int_equal(atomic_load(&st.sync->ready_mask) & 2u, 0);
+    assert_int_equal(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR, 0);
     assert_int_equal(atomic_load(&st.sync->stop), 1);
     nf_rundir_path(run_dir, NF_ROLE_PREDICTOR, "pid", pidf, sizeof(pidf));
     assert_int_not_equal(access(sock, F_OK), 0);
@@ -375,7 +375,7 @@ static void test_daemon_moe(void **state)
     struct nf_stack st;
     if (nf_stack_create(&st, shm, f, &sp, 0, 1, err, sizeof(err)))
         fail_msg("%s", err);
-    atomic_fetch_or(&st.sync->ready_mask, 1u);
+    atomic_fetch_or(&st.sync->ready_mask, NF_READY_FETCHER);
     struct nf_plan p;
     assert_int_equal(nf_plan_init(&p, f, err, sizeof(err)), 0);
     assert_true(p.moe && p.n_layer >= 3);
@@ -384,9 +384,9 @@ static void test_daemon_moe(void **state)
     const char *args[] = {"--run-dir",  run_dir, "--model",      moe_path,
                           "--pred-mem", "16M",   "--foreground", NULL};
     pid_t pid = spawn(args);
-    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & 2u); t += 10)
+    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR); t += 10)
         sleep_ms(10);
-    if (!(atomic_load(&st.sync->ready_mask) & 2u)) {
+    if (!(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR)) {
         dump_log();
         kill(pid, SIGKILL);
         fail_msg("predictor did not become ready");

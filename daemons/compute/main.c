@@ -29,9 +29,6 @@
 #include "tokenizer.h"
 #include "nf_time.h"
 
-#define COMPUTE_BIT 4u /* ready_mask bit 2 */
-#define FETCHER_BIT 1u
-
 struct opts {
     const char *run_dir, *model, *log_level;
     uint64_t ram; /* informational: the fetcher's plan holds the budget */
@@ -222,7 +219,7 @@ static int attach_stack(struct compute *m, char *err, size_t errlen)
         waited += 100;
     }
     m->attached = true;
-    while (!(atomic_load(&m->st.sync->ready_mask) & FETCHER_BIT)) {
+    while (!(atomic_load(&m->st.sync->ready_mask) & NF_READY_FETCHER)) {
         if (atomic_load(&m->st.sync->stop)) {
             snprintf(err, errlen, "the stack is stopping");
             return -ECANCELED;
@@ -307,7 +304,7 @@ static void begin_shutdown(struct compute *m, const char *why)
     nf_log(NF_LOG_INFO, "shutting down (%s)", why);
     nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__STOPPING);
     /* As every daemon on Shutdown (stack.md): stop every loop of the stack and wake it. */
-    nf_stack_stop(&m->st, COMPUTE_BIT);
+    nf_stack_stop(&m->st, NF_READY_COMPUTE);
     /* Cancel the running generation; the worker is joined in on_stop_timer. */
     pthread_mutex_lock(&m->gen.mu);
     if (m->gen.cur)
@@ -386,7 +383,7 @@ static int serve(struct compute *m, char *err, size_t errlen)
     uv_timer_init(&m->loop, &m->stop_timer);
     m->mem_timer.data = m->stop_timer.data = m;
     uv_timer_start(&m->mem_timer, on_mem_timer, 1000, 1000);
-    atomic_fetch_or(&m->st.sync->ready_mask, COMPUTE_BIT);
+    atomic_fetch_or(&m->st.sync->ready_mask, NF_READY_COMPUTE);
     nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__READY);
     nf_log(NF_LOG_INFO, "ready on %s (pid %d)", sock, (int)getpid());
     uv_run(&m->loop, UV_RUN_DEFAULT);
@@ -412,7 +409,7 @@ static void cleanup(struct compute *m)
         uv_loop_close(&m->loop);
     }
     if (m->attached) {
-        atomic_fetch_and(&m->st.sync->ready_mask, ~COMPUTE_BIT);
+        atomic_fetch_and(&m->st.sync->ready_mask, ~NF_READY_COMPUTE);
         nf_stack_detach(&m->st);
     }
     nf_vocab_free(m->v);

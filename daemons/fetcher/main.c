@@ -469,7 +469,7 @@ static int serve(struct fetcher_main *m, char *err, size_t errlen)
     }
     m->have_thread = true;
     nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__READY);
-    atomic_fetch_or(&m->st.sync->ready_mask, 1u);
+    atomic_fetch_or(&m->st.sync->ready_mask, NF_READY_FETCHER);
     nf_log(NF_LOG_INFO, "ready on %s (pid %d)", sock, (int)getpid());
     report_startup(&m->ready_fd, true);
     uv_run(&m->loop, UV_RUN_DEFAULT);

@@ -20,8 +20,6 @@
 #include "stack.h"
 #include "nf_time.h"
 
-#define READY_BIT     (1u << 1)
-#define FETCHER_BIT   (1u << 0)
 #define PRED_HEADROOM (1ull << 20) /* private growth after loading (thread stack, buffers) */
 
 struct opts {
@@ -235,7 +233,7 @@ static int attach_stack(struct pred *d)
         waited += 100;
     }
     d->attached = true;
-    while (!(atomic_load(&d->st.sync->ready_mask) & FETCHER_BIT)) {
+    while (!(atomic_load(&d->st.sync->ready_mask) & NF_READY_FETCHER)) {
         if (atomic_load(&d->st.sync->stop))
             return -ECANCELED;
         if (waited >= limit) {
@@ -329,7 +327,7 @@ static void begin_shutdown(struct pred *d, const char *why)
         nf_server_set_health(d->srv, NANOFLOW__HEALTH__STATE__STOPPING);
     atomic_store(&d->lp.stop, true);
     if (d->attached)
-        nf_stack_stop(&d->st, READY_BIT);
+        nf_stack_stop(&d->st, NF_READY_PREDICTOR);
     uv_timer_start(&d->linger, linger_done, 50, 0);
 }
 
@@ -416,7 +414,7 @@ static int serve(struct pred *d)
     } else {
         d->thread_started = true;
         atomic_store(&d->st.ctr->mem_predictor, nf_pred_private_rss());
-        atomic_fetch_or(&d->st.sync->ready_mask, READY_BIT);
+        atomic_fetch_or(&d->st.sync->ready_mask, NF_READY_PREDICTOR);
         nf_server_set_health(d->srv, NANOFLOW__HEALTH__STATE__READY);
         nf_log(NF_LOG_INFO, "ready on %s (sparsity %g, lookahead up to %u)", d->sock, sparsity,
                d->o.lookahead);
@@ -453,7 +451,7 @@ out:
     nf_forecaster_free(&d.fc);
     nf_plan_free(&d.plan);
     if (d.attached) {
-        atomic_fetch_and(&d.st.sync->ready_mask, ~READY_BIT);
+        atomic_fetch_and(&d.st.sync->ready_mask, ~NF_READY_PREDICTOR);
         nf_stack_detach(&d.st);
     }
     if (d.f)

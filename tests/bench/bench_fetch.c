@@ -146,7 +146,7 @@ static int bench_fetcher(const struct nf_nft *f, const char *path, const char *f
     int rc = -ENOENT;
     for (int i = 0; i < 3000; i++) {
         rc = nf_stack_attach(&st, shm, f, err, sizeof(err));
-        if (rc == 0 && (atomic_load(&st.sync->ready_mask) & 1u))
+        if (rc == 0 && (atomic_load(&st.sync->ready_mask) & NF_READY_FETCHER))
             break;
         if (rc == 0) {
             nf_stack_detach(&st);
