@@ -121,12 +121,6 @@ void nf_topk_mask(uint8_t *mask, const float *score, int n, int k, int *idx)
         mask[idx[i]] = 1;
 }
 
-int nf_sparse_keep(int n_groups, float s)
-{
-    int k = (int)lrintf((1.0f - s) * (float)n_groups);
-    return k < 1 ? 1 : k > n_groups ? n_groups : k;
-}
-
 void nf_sparse_free(struct nf_sparse *s)
 {
     if (!s)
@@ -247,8 +241,8 @@ int nf_sparse_eval(struct nf_sparse *s, struct nf_ctx *c, int32_t token)
         const int G = s->group[il], n_groups = hp->n_ff / G;
         if (s->sparsity > 0.0f) {
             nf_sparse_predict(s, il, c->xn);
-            nf_topk_mask(s->mask, s->gscores, n_groups, nf_sparse_keep(n_groups, s->sparsity),
-                         s->idx);
+            nf_topk_mask(s->mask, s->gscores, n_groups,
+                         (int)nf_sparse_keep((uint32_t)n_groups, s->sparsity), s->idx);
         } else {
             memset(s->mask, 1, (size_t)n_groups);
         }

@@ -9,7 +9,7 @@
 #include "nf_err.h"
 #include "plan.h"
 #include "predictor.h"
-#include "stream.h"
+#include "sparse_pick.h"
 
 static int plan_err(char *err, size_t errlen, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -328,16 +328,6 @@ int nf_plan_step(const struct nf_plan *p, uint32_t token, const uint64_t *const 
 
 /* --- Forecasts ------------------------------------------------------------------------------ */
 
-uint32_t nf_plan_keep(uint32_t n, float s)
-{
-    if (!(s > 0))
-        return n;
-    double k = floor((1.0 - (double)s) * n + 0.5);
-    if (k < 1)
-        k = 1;
-    return k > n ? n : (uint32_t)k;
-}
-
 static void *aligned_alloc_4k(size_t n)
 {
     void *p = NULL;
@@ -518,7 +508,8 @@ int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float 
         nf_lowrank_scores(fc->scores, A, B, L->type, L->rows, E, (int)L->rank, fc->xn, fc->tmp);
         nf_group_scores(fc->gscores, fc->scores, L->rows, (int)pl->group);
         float m = margin > 0 ? margin : 0;
-        k = nf_plan_keep(n, sparsity) + (uint32_t)ceil((double)m * n - 1e-6); /* 1e-6: float 0.1 */
+        k = nf_sparse_keep(n, sparsity) +
+            (uint32_t)ceil((double)m * n - 1e-6); /* 1e-6: float 0.1 */
     }
     if (k > n)
         k = n;
