@@ -616,15 +616,6 @@ static double ratio(double num, double den)
 
 /* --- one engine run --------------------------------------------------------------------------- */
 
-static void row_error(struct row *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void row_error(struct row *r, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->error, sizeof(r->error), fmt, ap);
-    va_end(ap);
-}
-
 /* Creates this phase's cgroup when cgroups are in use; false when it could not (row error). */
 static bool phase_cgroup(struct bench *b, struct nf_cgroup *cg, const char *phase, struct row *r)
 {
@@ -640,7 +631,7 @@ static bool phase_cgroup(struct bench *b, struct nf_cgroup *cg, const char *phas
     }
     int rc = nf_cgroup_create(cg, name, b->o.ram, why, sizeof(why));
     if (rc < 0) {
-        row_error(r, "memory cgroup: %s", why);
+        nf_errf(r->error, sizeof(r->error), 0, "memory cgroup: %s", why);
         return false;
     }
     return true;
@@ -741,7 +732,7 @@ static void run_stack(struct bench *b, struct row *r, float sparsity)
              (double)sparsity);
     r->sparsity = sparsity;
     if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", b->base, phase) >= sizeof(dir)) {
-        row_error(r, "run directory name too long");
+        nf_errf(r->error, sizeof(r->error), 0, "run directory name too long");
         return;
     }
     snprintf(log, sizeof(log), "%s.log", dir);
@@ -766,14 +757,15 @@ static void run_stack(struct bench *b, struct row *r, float sparsity)
     if (st != 0) {
         char last[300];
         log_last_line(log, last, sizeof(last));
-        row_error(r, "up failed (%s): %s", st < 0 ? "timeout" : "exit", last);
+        nf_errf(r->error, sizeof(r->error), 0, "up failed (%s): %s", st < 0 ? "timeout" : "exit",
+                last);
         goto down;
     }
     struct ctr_snap *s0 = calloc(1, sizeof(*s0)), *s1 = calloc(1, sizeof(*s1));
     if (!s0 || !s1) {
         free(s0);
         free(s1);
-        row_error(r, "out of memory");
+        nf_errf(r->error, sizeof(r->error), 0, "out of memory");
         goto down;
     }
     take_snap(dir, s0);
@@ -783,7 +775,7 @@ static void run_stack(struct bench *b, struct row *r, float sparsity)
     int out_fd = -1;
     pid = spawn(b, gen_argv, NULL, &out_fd, log);
     if (pid < 0) {
-        row_error(r, "cannot start gen: %s", strerror(errno));
+        nf_errf(r->error, sizeof(r->error), 0, "cannot start gen: %s", strerror(errno));
     } else {
         struct stack_tick tk = {&cg, have_cg};
         bool summary = follow_gen(b, r, pid, out_fd, SIGINT, stack_tick, &tk);
@@ -794,7 +786,7 @@ static void run_stack(struct bench *b, struct row *r, float sparsity)
         if (!summary && !r->timed_out) {
             char last[300];
             log_last_line(log, last, sizeof(last));
-            row_error(r, "gen failed: %s", last);
+            nf_errf(r->error, sizeof(r->error), 0, "gen failed: %s", last);
         }
         take_snap(dir, s1);
         r->ran = r->tokens > 0;
@@ -883,7 +875,7 @@ static void run_mmap(struct bench *b, struct row *r)
     snprintf(r->mode, sizeof(r->mode), "mmap");
     r->is_mmap = true;
     if (!b->gguf[0]) {
-        row_error(r, "needs the .gguf (the model given is a .nft)");
+        nf_errf(r->error, sizeof(r->error), 0, "needs the .gguf (the model given is a .nft)");
         return;
     }
     char log[PATH_MAX + 32], thr[32], n[32], ctx[32];
@@ -903,7 +895,7 @@ static void run_mmap(struct bench *b, struct row *r)
     int out_fd = -1;
     pid_t pid = spawn(b, argv, have_cg ? &cg : NULL, &out_fd, log);
     if (pid < 0) {
-        row_error(r, "cannot start run --mmap: %s", strerror(errno));
+        nf_errf(r->error, sizeof(r->error), 0, "cannot start run --mmap: %s", strerror(errno));
     } else {
         struct mmap_tick mt = {.cg = &cg, .have_cg = have_cg};
         double t0 = nf_now_s();
@@ -919,7 +911,7 @@ static void run_mmap(struct bench *b, struct row *r)
         if (!summary && !r->timed_out) {
             char last[300];
             log_last_line(log, last, sizeof(last));
-            row_error(r, "run --mmap failed (exit %d): %s", st, last);
+            nf_errf(r->error, sizeof(r->error), 0, "run --mmap failed (exit %d): %s", st, last);
         }
         r->ran = r->tokens > 0;
         /* Every evaluated token: the prompt (BOS) and each generated one but the last. */
