@@ -138,6 +138,4 @@ void nf_fetch_backend_flush(struct nf_fetcher *ft);
 unsigned nf_fetch_backend_reap(struct nf_fetcher *ft, uint32_t *done, unsigned max,
                                long timeout_us);
 
-uint64_t nf_fetch_now_ns(void);
-
 #endif
