@@ -22,6 +22,7 @@
 #include "cmds.h"
 #include "gen_output.h"
 #include "nf_err.h"
+#include "nf_proc.h"
 #include "nft.h"
 #include "stack.h"
 #include "stack_ctl.h"
@@ -523,25 +524,6 @@ static char *next_line(struct lines *l, int ms, size_t *consumed)
     }
 }
 
-/* A /proc/PID file's "Key: N" value (VmHWM in kB, read_bytes in bytes), or 0. */
-static uint64_t proc_value(pid_t pid, const char *file, const char *key)
-{
-    char p[64], line[256];
-    snprintf(p, sizeof(p), "/proc/%d/%s", (int)pid, file);
-    FILE *f = fopen(p, "r");
-    uint64_t v = 0;
-    if (!f)
-        return 0;
-    size_t kl = strlen(key);
-    while (fgets(line, sizeof(line), f))
-        if (!strncmp(line, key, kl) && line[kl] == ':') {
-            v = strtoull(line + kl + 1, NULL, 10);
-            break;
-        }
-    fclose(f);
-    return v;
-}
-
 /* Drops path's pages from the page cache (so each engine starts cold and its reads are charged
  * to its own cgroup). */
 static void drop_cache(const char *path)
@@ -822,7 +804,7 @@ static void run_stack(struct bench *b, struct row *r, float sparsity)
         for (int i = 0; i < NF_N_ROLES && !have_cg; i++) {
             int dp = nf_pidfile_read(dir, nf_stack_roles[i]);
             if (dp > 0)
-                hwm += proc_value(dp, "status", "VmHWM") * 1024;
+                hwm += nf_proc_value(dp, "status", "VmHWM") * 1024;
         }
         phase_peak(&cg, have_cg, r, hwm);
     }
@@ -855,10 +837,10 @@ static void mmap_tick(void *ud, pid_t pid, int tokens)
     struct mmap_tick *m = ud;
     if (m->have_cg)
         nf_cgroup_poll(m->cg);
-    uint64_t rb = proc_value(pid, "io", "read_bytes");
+    uint64_t rb = nf_proc_value(pid, "io", "read_bytes");
     if (rb > m->read_bytes)
         m->read_bytes = rb;
-    uint64_t h = proc_value(pid, "status", "VmHWM");
+    uint64_t h = nf_proc_value(pid, "status", "VmHWM");
     if (h > m->hwm_kb)
         m->hwm_kb = h;
     if (tokens == 1 && m->last_tokens == 0) {

@@ -23,6 +23,7 @@
 #include "daemon.h"
 #include "gen.h"
 #include "nf_err.h"
+#include "nf_proc.h"
 #include "nf_size.h"
 #include "nft.h"
 #include "stack.h"
@@ -190,20 +191,6 @@ static int parse_args(int argc, char **argv, struct opts *o)
     return 0;
 }
 
-/* Private resident memory (resident minus shared pages) from /proc/self/statm, in bytes. */
-static uint64_t private_rss(void)
-{
-    unsigned long size, resident, shared;
-    FILE *fp = fopen("/proc/self/statm", "r");
-    if (!fp)
-        return 0;
-    int n = fscanf(fp, "%lu %lu %lu", &size, &resident, &shared);
-    fclose(fp);
-    if (n != 3 || resident < shared)
-        return 0;
-    return (uint64_t)(resident - shared) * (uint64_t)sysconf(_SC_PAGESIZE);
-}
-
 /* Attaches to the region (retrying while the fetcher creates it), then waits for the fetcher's
  * ready bit. */
 static int attach_stack(struct compute *m, char *err, size_t errlen)
@@ -259,7 +246,7 @@ static int start(struct compute *m, char *err, size_t errlen)
     }
     if ((rc = nf_gen_start(&m->gen, err, errlen)) < 0)
         return rc;
-    atomic_store(&m->st.ctr->mem_compute, private_rss());
+    atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
     nf_log(NF_LOG_INFO,
            "engine ready: %s, n_ctx %d, %d threads, sparsity %.2f, %.1f MiB of KV cache and "
            "scratch",
@@ -279,7 +266,7 @@ static void close_handle(uv_handle_t *h)
 static void on_mem_timer(uv_timer_t *t)
 {
     struct compute *m = t->data;
-    atomic_store(&m->st.ctr->mem_compute, private_rss());
+    atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
 }
 
 /* After the Shutdown reply had a loop turn to go out: stop serving and let the loop end. */
@@ -331,7 +318,7 @@ static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, voi
                    (unsigned long long)env->cancel->target_id);
         break;
     case NANOFLOW__ENVELOPE__MSG_STATS_REQUEST:
-        atomic_store(&m->st.ctr->mem_compute, private_rss());
+        atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
         nf_stats_reply(s, conn, req, &m->st, NF_ROLE_COMPUTE);
         break;
     case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {

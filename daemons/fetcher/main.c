@@ -23,6 +23,7 @@
 #include "daemon.h"
 #include "fetch.h"
 #include "nf_err.h"
+#include "nf_proc.h"
 #include "nf_size.h"
 #include "nft.h"
 #include "stack.h"
@@ -290,31 +291,17 @@ static void place_pool(struct fetcher_main *m)
 
 /* --- control server ------------------------------------------------------------------------- */
 
-/* Private resident memory (RSS minus shared pages) from /proc/self/statm, in bytes. */
-static uint64_t private_rss(void)
-{
-    unsigned long size, resident, shared;
-    FILE *fp = fopen("/proc/self/statm", "r");
-    if (!fp)
-        return 0;
-    int n = fscanf(fp, "%lu %lu %lu", &size, &resident, &shared);
-    fclose(fp);
-    if (n != 3 || resident < shared)
-        return 0;
-    return (uint64_t)(resident - shared) * (uint64_t)sysconf(_SC_PAGESIZE);
-}
-
 static void on_mem_timer(uv_timer_t *t)
 {
     struct fetcher_main *m = t->data;
-    atomic_store(&m->st.ctr->mem_fetcher, private_rss());
+    atomic_store(&m->st.ctr->mem_fetcher, nf_proc_private_bytes(0));
 }
 
 /* Stats: the shared helper reads the fetcher's counters from the region (the same numbers any
  * process sees); only the private memory gauge is refreshed first. */
 static void send_stats(struct fetcher_main *m, uint64_t conn, uint64_t req)
 {
-    atomic_store(&m->st.ctr->mem_fetcher, private_rss());
+    atomic_store(&m->st.ctr->mem_fetcher, nf_proc_private_bytes(0));
     int rc = nf_stats_reply(m->srv, conn, req, &m->st, NF_ROLE_FETCHER);
     if (rc < 0)
         nf_server_send_error(m->srv, conn, req, rc, "stats: %s", nf_strerror(rc));
