@@ -92,12 +92,26 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o);
 void nf_bench_raw_read(struct nf_bench *b, const struct nf_nft *f, struct nf_bench_raw *r);
 
 /* bench_child.c: child processes of nanoflowctl itself and what they print. */
+
+/* Starts self with argv (NULL-terminated, argv[0] ignored). stdout goes to *out_fd (a pipe we
+ * read) when out_fd is not NULL, else to log; stderr to log. With cg, the child moves itself into
+ * the cgroup before exec so everything it starts inherits it. Returns the pid or -1. */
 pid_t nf_bench_spawn(struct nf_bench *b, char **argv, const struct nf_cgroup *cg, int *out_fd,
                      const char *log);
+
+/* Waits up to secs for child pid; returns its exit code (128 + signal when killed) or -1. When
+ * maxrss_kb is not NULL it receives the child's peak resident size (wait4's ru_maxrss), which
+ * catches a child too short-lived for the /proc samples. */
 int nf_bench_wait_ru(pid_t pid, double secs, uint64_t *maxrss_kb);
+/* nf_bench_wait_ru without the peak. */
 int nf_bench_wait(pid_t pid, double secs);
+/* SIGKILL to pid, then waits up to 10 s for it. */
 void nf_bench_kill_wait(pid_t pid);
+
+/* The last non-empty line of a log file into out. */
 void nf_bench_log_last_line(const char *log, char *out, size_t len);
+
+/* A number following "key": in a JSON line, or NAN. */
 double nf_bench_json_num(const char *line, const char *key);
 
 /* Line reader over a pipe. */
@@ -108,6 +122,8 @@ struct nf_bench_lines {
     bool eof;
 };
 
+/* Returns the next complete line (NUL-terminated, in l->buf, valid until the next call) or NULL
+ * when none arrives within ms milliseconds (check l->eof). Overlong lines are cut. */
 char *nf_bench_next_line(struct nf_bench_lines *l, int ms, size_t *consumed);
 
 /* bench_run.c: one engine, measured into r. The stack in exact mode (sparsity 0) or sparse:

@@ -16,9 +16,6 @@
 #include "nf_file.h"
 #include "nf_time.h"
 
-/* Starts self with argv (NULL-terminated, argv[0] ignored). stdout goes to *out_fd (a pipe we
- * read) when out_fd is not NULL, else to log; stderr to log. With cg, the child moves itself into
- * the cgroup before exec so everything it starts inherits it. Returns the pid or -1. */
 pid_t nf_bench_spawn(struct nf_bench *b, char **argv, const struct nf_cgroup *cg, int *out_fd,
                      const char *log)
 {
@@ -65,9 +62,6 @@ pid_t nf_bench_spawn(struct nf_bench *b, char **argv, const struct nf_cgroup *cg
     return pid;
 }
 
-/* Waits up to secs for child pid; returns its exit code (128 + signal when killed) or -1. When
- * maxrss_kb is not NULL it receives the child's peak resident size (wait4's ru_maxrss), which
- * catches a child too short-lived for the /proc samples. */
 int nf_bench_wait_ru(pid_t pid, double secs, uint64_t *maxrss_kb)
 {
     double end = nf_now_s() + secs;
@@ -99,7 +93,6 @@ void nf_bench_kill_wait(pid_t pid)
     nf_bench_wait(pid, 10.0);
 }
 
-/* The last non-empty line of a log file into out. */
 void nf_bench_log_last_line(const char *log, char *out, size_t len)
 {
     size_t n = 0;
@@ -114,7 +107,6 @@ void nf_bench_log_last_line(const char *log, char *out, size_t len)
     free(s);
 }
 
-/* A number following "key": in a JSON line, or NAN. */
 double nf_bench_json_num(const char *line, const char *key)
 {
     char pat[64];
@@ -127,8 +119,6 @@ double nf_bench_json_num(const char *line, const char *key)
     return end == p + strlen(pat) ? NAN : v;
 }
 
-/* Returns the next complete line (NUL-terminated, in l->buf, valid until the next call) or NULL
- * when none arrives within ms milliseconds (check l->eof). Overlong lines are cut. */
 char *nf_bench_next_line(struct nf_bench_lines *l, int ms, size_t *consumed)
 {
     for (;;) {
