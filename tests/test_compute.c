@@ -1,9 +1,11 @@
 /* test_compute.c - nanoflow-compute with the real nanoflow-fetcher on stories260K: greedy and
  * seeded generations equal the in-process model token for token with bit-identical top logits,
  * Stats counts the work, Cancel ends a generation, a corrupted tile fails only the generation
- * with an Error naming it, and Shutdown leaves no socket, pid file or shm object. */
+ * with an Error naming it, requests out of range are refused without reserving memory, and
+ * Shutdown leaves no socket, pid file or shm object. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -430,11 +432,107 @@ static void test_corrupt_tile(void **state)
     stack_down(&s);
 }
 
+/* VmRSS and VmPeak of pid in KiB (from /proc/pid/status). */
+static void proc_mem_kb(pid_t pid, long *rss, long *peak)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    *rss = *peak = -1;
+    while (fgets(line, sizeof(line), f)) {
+        if (!strncmp(line, "VmRSS:", 6))
+            *rss = atol(line + 6);
+        else if (!strncmp(line, "VmPeak:", 7))
+            *peak = atol(line + 7);
+    }
+    fclose(f);
+    assert_true(*rss > 0 && *peak > 0);
+}
+
+/* Generate requests out of range are answered with an Error naming the field, before anything
+ * is reserved for them: compute's RSS and peak address space stay put (the INT32_MAX n_predict
+ * once made it reserve 8 GiB of token ids), and it serves the next request normally. */
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    struct stack s;
+    stack_up(&s, nft_path, "req");
+    long rss0, peak0, rss1, peak1;
+    proc_mem_kb(s.compute, &rss0, &peak0);
+    const struct {
+        int32_t n_predict;
+        uint32_t top_logits;
+        float temp, top_p;
+        int32_t top_k;
+        const char *field;
+    } cases[] = {
+        {2147483647, 0, 0.0f, 0.95f, 40, "n_predict"},
+        {-1, 0, 0.0f, 0.95f, 40, "n_predict"},
+        {8, 1000, 0.0f, 0.95f, 40, "top_logits"},
+        {8, 0, NAN, 0.95f, 40, "temp"},
+        {8, 0, -1.0f, 0.95f, 40, "temp"},
+        {8, 0, 0.8f, 2.0f, 40, "top_p"},
+        {8, 0, 0.8f, 0.95f, -5, "top_k"},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        nf_envelope env;
+        Nanoflow__Generate g;
+        Nanoflow__SamplingParams sp;
+        nanoflow__envelope__init(&env);
+        nanoflow__generate__init(&g);
+        nanoflow__sampling_params__init(&sp);
+        sp.temp = cases[c].temp;
+        sp.top_k = cases[c].top_k;
+        sp.top_p = cases[c].top_p;
+        sp.min_p = 0.05f;
+        sp.repeat_penalty = 1.0f;
+        sp.repeat_last_n = 64;
+        g.prompt.data = (uint8_t *)"Once upon a time";
+        g.prompt.len = 16;
+        g.sampling = &sp;
+        g.n_predict = cases[c].n_predict;
+        g.top_logits = cases[c].top_logits;
+        env.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE;
+        env.generate = &g;
+        const uint64_t req = 40 + c;
+        assert_int_equal(nf_client_send(s.fd, req, &env), 0);
+        int32_t ids[64];
+        float top[64];
+        char stop[32] = "", msg[512] = "";
+        int code;
+        assert_int_equal(collect(s.fd, req, ids, top, stop, &code, msg, sizeof(msg)), 0);
+        print_message("%s: error %d: %s\n", cases[c].field, code, msg);
+        assert_int_equal(code, NF_EUSAGE);
+        assert_non_null(strstr(msg, cases[c].field));
+    }
+    /* A legal but huge n_predict runs until the context is full, reserving only that. */
+    int32_t got[256];
+    float gtop[256];
+    char stop[32], msg[512];
+    int code;
+    send_generate(s.fd, 60, "Once upon a time", 1000000, 0.0f, 0, 0);
+    const int n = collect(s.fd, 60, got, gtop, stop, &code, msg, sizeof(msg));
+    assert_int_equal(code, 0);
+    assert_string_equal(stop, "ctx");
+    print_message("n_predict 1000000: %d tokens, stop %s\n", n, stop);
+    proc_mem_kb(s.compute, &rss1, &peak1);
+    print_message("compute VmRSS %ld -> %ld KiB, VmPeak %ld -> %ld KiB\n", rss0, rss1, peak0,
+                  peak1);
+    assert_true(rss1 - rss0 < 32 * 1024);
+    assert_true(peak1 - peak0 < 256 * 1024);
+    send_generate(s.fd, 61, "Once upon a time", 4, 0.0f, 0, 0);
+    assert_int_equal(collect(s.fd, 61, got, gtop, stop, &code, msg, sizeof(msg)), 4);
+    assert_int_equal(code, 0);
+    stack_down(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_generate_equals_run),
         cmocka_unit_test(test_corrupt_tile),
+        cmocka_unit_test(test_bad_requests),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
