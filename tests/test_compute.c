@@ -200,8 +200,11 @@ static void stack_down(struct stack *s)
     assert_int_not_equal(access(path, F_OK), 0);
 }
 
-static void send_generate(int fd, uint64_t req, const char *prompt, int n, float temp,
-                          uint64_t seed, int top)
+/* Sends a Generate whose sampling fields are llama.cpp's defaults but for temp and seed; edit,
+ * when given, may change any field of the request before it is sent. */
+static void send_generate_edit(int fd, uint64_t req, const char *prompt, int n, float temp,
+                               uint64_t seed, int top,
+                               void (*edit)(Nanoflow__Generate *, const void *), const void *arg)
 {
     nf_envelope env;
     Nanoflow__Generate g;
@@ -223,9 +226,17 @@ static void send_generate(int fd, uint64_t req, const char *prompt, int n, float
     g.sampling = &sp;
     g.n_predict = n;
     g.top_logits = (uint32_t)top;
+    if (edit)
+        edit(&g, arg);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE;
     env.generate = &g;
     assert_int_equal(nf_client_send(fd, req, &env), 0);
+}
+
+static void send_generate(int fd, uint64_t req, const char *prompt, int n, float temp,
+                          uint64_t seed, int top)
+{
+    send_generate_edit(fd, req, prompt, n, temp, seed, top, NULL, NULL);
 }
 
 /* The reference: what `run` computes in-process for the same request. */
@@ -450,6 +461,41 @@ static void proc_mem_kb(pid_t pid, long *rss, long *peak)
     assert_true(*rss > 0 && *peak > 0);
 }
 
+/* One field of a Generate out of its range. */
+struct bad_case {
+    const char *field;
+    int32_t n_predict;
+    uint32_t top_logits;
+    float temp, top_p;
+    int32_t top_k;
+};
+
+static const struct bad_case bad_cases[] = {
+    {"n_predict", .n_predict = 2147483647},
+    {"n_predict", .n_predict = -1},
+    {"top_logits", .top_logits = 1000},
+    {"temp", .temp = NAN},
+    {"temp", .temp = -1.0f},
+    {"top_p", .top_p = 2.0f},
+    {"top_k", .top_k = -5},
+};
+
+/* Applies a bad_case: its nonzero fields replace the request's. */
+static void bad_edit(Nanoflow__Generate *g, const void *arg)
+{
+    const struct bad_case *b = arg;
+    if (b->n_predict)
+        g->n_predict = b->n_predict;
+    if (b->top_logits)
+        g->top_logits = b->top_logits;
+    if (b->temp != 0.0f)
+        g->sampling->temp = b->temp;
+    if (b->top_p != 0.0f)
+        g->sampling->top_p = b->top_p;
+    if (b->top_k)
+        g->sampling->top_k = b->top_k;
+}
+
 /* Generate requests out of range are answered with an Error naming the field, before anything
  * is reserved for them: compute's RSS and peak address space stay put (the INT32_MAX n_predict
  * once made it reserve 8 GiB of token ids), and it serves the next request normally. */
@@ -460,51 +506,17 @@ static void test_bad_requests(void **state)
     stack_up(&s, nft_path, "req");
     long rss0, peak0, rss1, peak1;
     proc_mem_kb(s.compute, &rss0, &peak0);
-    const struct {
-        int32_t n_predict;
-        uint32_t top_logits;
-        float temp, top_p;
-        int32_t top_k;
-        const char *field;
-    } cases[] = {
-        {2147483647, 0, 0.0f, 0.95f, 40, "n_predict"},
-        {-1, 0, 0.0f, 0.95f, 40, "n_predict"},
-        {8, 1000, 0.0f, 0.95f, 40, "top_logits"},
-        {8, 0, NAN, 0.95f, 40, "temp"},
-        {8, 0, -1.0f, 0.95f, 40, "temp"},
-        {8, 0, 0.8f, 2.0f, 40, "top_p"},
-        {8, 0, 0.8f, 0.95f, -5, "top_k"},
-    };
-    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-        nf_envelope env;
-        Nanoflow__Generate g;
-        Nanoflow__SamplingParams sp;
-        nanoflow__envelope__init(&env);
-        nanoflow__generate__init(&g);
-        nanoflow__sampling_params__init(&sp);
-        sp.temp = cases[c].temp;
-        sp.top_k = cases[c].top_k;
-        sp.top_p = cases[c].top_p;
-        sp.min_p = 0.05f;
-        sp.repeat_penalty = 1.0f;
-        sp.repeat_last_n = 64;
-        g.prompt.data = (uint8_t *)"Once upon a time";
-        g.prompt.len = 16;
-        g.sampling = &sp;
-        g.n_predict = cases[c].n_predict;
-        g.top_logits = cases[c].top_logits;
-        env.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE;
-        env.generate = &g;
+    for (size_t c = 0; c < sizeof(bad_cases) / sizeof(bad_cases[0]); c++) {
         const uint64_t req = 40 + c;
-        assert_int_equal(nf_client_send(s.fd, req, &env), 0);
+        send_generate_edit(s.fd, req, "Once upon a time", 8, 0.8f, 0, 0, bad_edit, &bad_cases[c]);
         int32_t ids[64];
         float top[64];
         char stop[32] = "", msg[512] = "";
         int code;
         assert_int_equal(collect(s.fd, req, ids, top, stop, &code, msg, sizeof(msg)), 0);
-        print_message("%s: error %d: %s\n", cases[c].field, code, msg);
+        print_message("%s: error %d: %s\n", bad_cases[c].field, code, msg);
         assert_int_equal(code, NF_EUSAGE);
-        assert_non_null(strstr(msg, cases[c].field));
+        assert_non_null(strstr(msg, bad_cases[c].field));
     }
     /* A legal but huge n_predict runs until the context is full, reserving only that. */
     int32_t got[256];
