@@ -224,7 +224,7 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
     if ((rc = nf_sparse_create(&s, m, f, err, errlen)))
         goto out;
     /* The driver's BOS rule, special tokens not parsed (the text is data, not a chat). */
-    int n = tlen ? nf_gen_tokenize(v, text, tlen, false, &ids, err, errlen) : 0;
+    int n = nf_gen_tokenize(v, text, tlen, false, &ids, err, errlen);
     if (n < 1) {
         rc = cal_err(err, errlen, n < 0 ? n : NF_EUSAGE, "%s: the text gives no tokens", text_path);
         goto out;
