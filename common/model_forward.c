@@ -1,67 +1,12 @@
 /* model_forward.c - the llama forward pass: mat-vec, RMSNorm, RoPE, attention, SwiGLU, MoE.
  *
- * Exact mode = what matches llama.cpp's CPU output best. Measured with tests/test_golden
- * (NF_GOLDEN_REPORT=1 feeds the golden tokens and reports max |diff| over the golden top-5
- * logits; first step / all steps):
- *   attention variant                                    stories260K        zoo-Q8_0
- *   flash-attention kernel (online softmax, F16 V acc)   0.0026 / 0.0184    0.045 / 0.092
- *   plain, F32 Q and softmax (no F16 rounding)           0.0008 / 0.0072    -
- *   plain, Q and softmax rounded to F16 (ggml mul_mat)   0.0002 / 0.0087    0.021 / 0.088
- *   + F32/F16 dots in ggml's AVX-512 order, tinyBLAS
- *     for prompt mat-muls, llama.cpp's x86 Q8 quantizer  0.0001 / 0.0048    0.021 / 0.079
- * F16 weights in prompt batches: x86 tinyBLAS accepts them only with F16 activations, so
- * llama.cpp rounds the activations to F16 first (zoo-F16 0.0037 / 0.0047 -> 0.0013 / 0.0026,
- * 3 of 8 prompts now exact on the first step instead of 0).
- * Mat-mul float orders (single Q8 rounding flips of the activations make the zoo models jump
- * by 0.01-0.05, so the float sums must round exactly as llama.cpp's; first step / all steps,
- * first-step-exact prompts of 8):
- *  - q4_0: llama.cpp repacks to q4_0_8x8 on x86; gemv/gemm sum each row as a chain of
- *    fma(block integer dot, dw * dx, acc): zoo-Q4_0 0.032 / 0.075 (2/8) -> 1e-6 / 0.047 (8/8);
- *  - q8_0: ggml_vec_dot_q8_0_q8_0 (and tinyBLAS_Q0 for batches) keep ONE 8-lane accumulator;
- *    the AVX2 kernel had two: zoo-Q8_0 0.021 / 0.079 (4/8) -> 0.015 / 0.057 (7/8), moe-Q8_0
- *    0.0195 / 0.042 (5/8) -> 0.018 / 0.027 (7/8).
- *  - q4_K/q5_K/q6_K: ggml's AVX2 vec_dots (quants_avx2.c): the same int32 lane contents (q6_K
- *    subtracts 32 * q8 per product pair, not via bsums), mins of q4_K in a 4-lane accumulator,
- *    of q5_K in a scalar fma: zoo-Q4_K_M 0.052 / 0.090 (0/8) -> 0.027 / 0.050 (5/8),
- *    zoo-Q5_K_M 0.034 / 0.090 (4/8) -> 0.017 / 0.070 (7/8), zoo-Q6_K 0.040 / 0.102 (4/8) ->
- *    0.015 / 0.065 (7/8), moe-Q4_K_M 0.029 / 0.32 (5/8) -> 0.015 / 0.32 (6/8). So the goldens'
- *    llama.cpp did not repack q4_K (or repacked it with the same sums).
- * With those, the remaining flips came from attention and SwiGLU; each of these then measured
- * clearly better (exact steps before the first difference, all models), and together they make
- * every zoo and MoE model bit-identical to the goldens on every step:
- *  - n_kv padded to 32 cells (the masked cells only change which part the vector body sums);
- *  - prompt batches: KQ and KQV go through tinyBLAS with F16 operands (x86 tinyBLAS takes F16
- *    only with F16 activations) when the dot length is a multiple of 16;
- *  - softmax with ggml_v_expf on groups of 16, each group reduced in float;
- *  - SwiGLU with ggml_v_silu (ggml_v_expf) on every element (expf on a row's last n % 16, as
- *    vec.cpp reads, measured worse on stories260K; elementwise also keeps callers that split
- *    rows, like the sparse engine, consistent);
- *  - the RoPE rotation with the first product of each expression fused (ggml's C is built with
- *    FMA contraction).
- * stories260K: 0.0048 -> 0.0028 over all steps (exact steps 57 -> 159 of 320); the F32 dot tail
- * in float (ggml_vec_dot_f32's C) measured worse.
- * BF16: llama.cpp's dot and tinyBLAS use AVX512-BF16 (vdpbf16ps: per lane, the odd product then
- * the even one added, each rounded once); emulated, zoo-BF16 0.0086 / 0.019 -> bit-identical.
- * So llama.cpp ran the plain (non flash) path with its F16 KV cache. (The previous measurement
- * rejected tinyBLAS for the attention mat-muls and ggml_v_expf because they were tried with F32
- * operands and one at a time, while other differences dominated.) What remains is stories260K's
- * drift past 1e-3 after a few dozen steps (its F16 roundings amplify last-bit differences).
- * At the goldens' print resolution (6 decimals, under one float ulp of stories' logits; the
- * NF_GOLDEN_REPORT summary counts it) every zoo and MoE step is reproduced, but only 1 of stories'
- * 800 steps: its first step (the prompt batch) is already 1-5 ulps off on all 8 prompts, with the
- * same F16 rounding decisions as llama.cpp (against a double-precision forward, both are off by the
- * same 100-3000 ulps on 4 prompts). The zoo models cannot tell an F32 mistake: their products of
- * F16/BF16/quantized values are exact. Measured and ruled out as the cause (alone and in
- * combination, mostly by replaying the prompt outside the engine): each F32 mat-mul as tinyBLAS,
- * ggml_vec_dot_f32 (with or without FMA), an AVX2 layout or in double; the down projection's
- * 44-element dot tail (172 = 128 + 44) in double, fused or unfused float, or 16 wide first; the
- * SwiGLU tail with expf, ggml_v_expf or x * 1/(1+e); RMSNorm scale/weight orders and double sqrt;
- * the RoPE fusion pattern; KQ in float; softmax group sums in double or with expf; the last layer's
- * output rows taken before the attention; all prompt logits requested; KV padding 1, 32 or 256; FA.
- * The closest is what the C of vec.cpp reads as GCC compiles it (the F32 dot tail in float without
- * FMA, as GCC does not fuse a reduction chain, and the SwiGLU tail with expf): steps off by more
- * than 1e-4 296 -> 154 of 800, mean 1.6e-4 -> 1.1e-4, but the worst step 0.0028 -> 0.0042, so it is
- * not adopted; the missing difference is still unknown. */
+ * Exact mode reproduces llama.cpp's CPU backend (AVX-512, plain non-flash attention, F16 KV
+ * cache) operation by operation: its float summation orders in the mat-muls, the F16 roundings
+ * of Q, K, V and the softmax, n_kv padded to 32, ggml_v_expf in softmax and SwiGLU and the fused
+ * RoPE products. A single rounding flip of an activation moves the random-weight models' logits
+ * by 0.01-0.05, so close is not enough: with these orders every zoo and MoE golden model is
+ * bit-identical on every step, and stories260K drifts by up to 3e-3 for a reason not found yet.
+ * What was tried, the numbers and what was ruled out: docs/exactness.md. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>

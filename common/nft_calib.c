@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "generate.h"
 #include "model.h"
 #include "nf_err.h"
 #include "nf_file.h"
@@ -18,6 +19,7 @@
  * group scores. */
 struct calib_run {
     struct nf_sparse *s;
+    struct nf_ctx *c;
     int n_layer, n_ff;
     long tok; /* index of the token being evaluated */
     float **mag, **pred;
@@ -37,6 +39,38 @@ static void observe(void *ud, int il, const float *xn, const float *h, const uin
     }
     nf_sparse_predict(r->s, il, xn);
     memcpy(pred, r->s->gscores, sizeof(float) * (size_t)n);
+}
+
+/* The generation driver's engine for calibration: c evaluated one token at a time through the
+ * sparse FFN (sparsity 0: every group), so the observer sees each token; r->tok counts them. */
+static int calib_eval(void *ud, const int32_t *toks, int n, bool prompt)
+{
+    (void)prompt;
+    struct calib_run *r = ud;
+    for (int i = 0; i < n; i++, r->tok++) {
+        int rc = nf_sparse_eval(r->s, r->c, toks[i]);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static const float *calib_logits(void *ud)
+{
+    const struct calib_run *r = ud;
+    return r->c->logits;
+}
+
+static int calib_n_past(void *ud)
+{
+    const struct calib_run *r = ud;
+    return r->c->n_past;
+}
+
+static void calib_reset(void *ud)
+{
+    const struct calib_run *r = ud;
+    nf_ctx_reset(r->c);
 }
 
 static int cmp_float(const void *a, const void *b)
@@ -176,7 +210,8 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
     }
     if ((rc = nf_sparse_create(&s, m, f, err, errlen)))
         goto out;
-    int n = nf_tokenize_alloc(v, text, tlen, nf_vocab_add_bos(v), false, 0, &ids);
+    /* The driver's BOS rule, special tokens not parsed (the text is data, not a chat). */
+    int n = nf_gen_tokenize(v, text, tlen, false, &ids, err, errlen);
     if (n < 1) {
         rc = nf_errf(err, errlen, n < 0 ? n : NF_EUSAGE, "%s: the text gives no tokens", text_path);
         goto out;
@@ -188,6 +223,7 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
         goto out;
     }
     r.s = s;
+    r.c = c;
     r.n_layer = m->hp.n_layer;
     r.n_ff = m->hp.n_ff;
     r.mag = calloc((size_t)r.n_layer, sizeof(float *));
@@ -206,14 +242,24 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
     s->sparsity = 0.0f;
     s->observe = observe;
     s->observe_ud = &r;
-    for (r.tok = 0; r.tok < n; r.tok++) {
-        if (c->n_past == c->n_ctx)
-            nf_ctx_reset(c);
-        if ((rc = nf_sparse_eval(s, c, ids[r.tok]))) {
-            rc = nf_errf(err, errlen, rc, "%s: evaluating token %ld: %s", path, r.tok,
-                         nf_strerror(rc));
+    /* Windows of `window` tokens, each a prompt-only sequence from an empty context. */
+    const struct nf_gen_engine e = {.eval = calib_eval,
+                                    .logits = calib_logits,
+                                    .n_past = calib_n_past,
+                                    .reset = calib_reset,
+                                    .ud = &r,
+                                    .n_ctx = c->n_ctx,
+                                    .n_vocab = m->hp.n_vocab};
+    const struct nf_gen_params gp = {.max_tokens = 0};
+    for (int at = 0; at < n; at += window) {
+        struct nf_gen_seq q;
+        if ((rc = nf_gen_seq_init(&q, &e, v, ids + at, n - at < window ? n - at : window, &gp, err,
+                                  errlen)) == 0 &&
+            (rc = nf_gen_seq_run(&q)) != 0)
+            nf_errf(err, errlen, rc, "%s: evaluating token %ld: %s", path, r.tok, nf_strerror(rc));
+        nf_gen_seq_free(&q);
+        if (rc)
             goto out;
-        }
     }
     if ((rc = serialize(&r, n, levels, n_levels, img, len)))
         nf_errf(err, errlen, rc, "out of memory");

@@ -33,6 +33,36 @@ void nf_sampler_params_default(struct nf_sampler_params *p)
     p->seed = 0;
 }
 
+/* True when lo <= x <= hi (false for NaN). */
+static bool in_range(float x, float lo, float hi)
+{
+    return x >= lo && x <= hi;
+}
+
+int nf_sampler_params_check(const struct nf_sampler_params *p, char *err, size_t errlen)
+{
+    if (!in_range(p->temp, 0.0f, NF_SAMPLER_TEMP_MAX))
+        return nf_errf(err, errlen, NF_EUSAGE, "temp %g is out of range, expected 0..%g",
+                       (double)p->temp, (double)NF_SAMPLER_TEMP_MAX);
+    if (p->top_k < 0 || p->top_k > NF_SAMPLER_TOP_K_MAX)
+        return nf_errf(err, errlen, NF_EUSAGE, "top_k %d is out of range, expected 0..%d", p->top_k,
+                       NF_SAMPLER_TOP_K_MAX);
+    if (!in_range(p->top_p, 0.0f, 1.0f))
+        return nf_errf(err, errlen, NF_EUSAGE, "top_p %g is out of range, expected 0..1",
+                       (double)p->top_p);
+    if (!in_range(p->min_p, 0.0f, 1.0f))
+        return nf_errf(err, errlen, NF_EUSAGE, "min_p %g is out of range, expected 0..1",
+                       (double)p->min_p);
+    if (!in_range(p->repeat_penalty, NF_SAMPLER_PENALTY_MIN, NF_SAMPLER_PENALTY_MAX))
+        return nf_errf(err, errlen, NF_EUSAGE, "repeat_penalty %g is out of range, expected %g..%g",
+                       (double)p->repeat_penalty, (double)NF_SAMPLER_PENALTY_MIN,
+                       (double)NF_SAMPLER_PENALTY_MAX);
+    if (p->repeat_last_n < 0 || p->repeat_last_n > NF_SAMPLER_LAST_N_MAX)
+        return nf_errf(err, errlen, NF_EUSAGE, "repeat_last_n %d is out of range, expected 0..%d",
+                       p->repeat_last_n, NF_SAMPLER_LAST_N_MAX);
+    return 0;
+}
+
 static uint64_t nf_splitmix64(uint64_t *x)
 {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
@@ -63,7 +93,8 @@ uint64_t nf_sampler_rand(struct nf_sampler *s)
 int nf_sampler_create(struct nf_sampler **out, const struct nf_sampler_params *p, int n_vocab)
 {
     if (n_vocab < 1 || !(p->temp == p->temp) || !(p->top_p >= 0) || !(p->min_p <= 1) ||
-        !(p->repeat_penalty > 0) || p->repeat_last_n < 0 || p->repeat_last_n > 4096)
+        !(p->repeat_penalty > 0) || p->repeat_last_n < 0 ||
+        p->repeat_last_n > NF_SAMPLER_LAST_N_MAX)
         return NF_EUSAGE;
     struct nf_sampler *s = calloc(1, sizeof(*s));
     if (!s)
@@ -189,4 +220,24 @@ int32_t nf_sampler_sample(struct nf_sampler *s, const float *logits)
             return c[i].id;
     }
     return c[n - 1].id;
+}
+
+int nf_top_logits(const float *logits, int n_vocab, int k, int32_t *ids, float *vals)
+{
+    int nk = 0;
+    for (int i = 0; i < n_vocab && k > 0; i++) {
+        int pos = nk < k ? nk++ : k;
+        if (pos == k && !(logits[i] > logits[ids[k - 1]]))
+            continue;
+        if (pos == k)
+            pos = k - 1;
+        while (pos > 0 && logits[i] > logits[ids[pos - 1]]) {
+            ids[pos] = ids[pos - 1];
+            pos--;
+        }
+        ids[pos] = i;
+    }
+    for (int i = 0; i < nk; i++)
+        vals[i] = logits[ids[i]];
+    return nk;
 }

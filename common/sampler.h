@@ -8,6 +8,7 @@
 #define NF_SAMPLER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct nf_sampler_params {
@@ -23,6 +24,18 @@ struct nf_sampler_params {
 /* llama.cpp's defaults: temp 0.8, top-k 40, top-p 0.95, min-p 0.05, penalty 1.0 over 64, seed 0. */
 void nf_sampler_params_default(struct nf_sampler_params *p);
 
+/* The accepted range of every parameter (the same `run`, `gen` and the compute daemon use). */
+#define NF_SAMPLER_TEMP_MAX    100.0f
+#define NF_SAMPLER_TOP_K_MAX   (1 << 24)
+#define NF_SAMPLER_PENALTY_MIN 0.01f
+#define NF_SAMPLER_PENALTY_MAX 100.0f
+#define NF_SAMPLER_LAST_N_MAX  4096
+
+/* Checks every field of p against its range (temp 0..100, top_k 0..2^24, top_p and min_p 0..1,
+ * repeat_penalty 0.01..100, repeat_last_n 0..4096; NaN is out of every range). Returns 0, or
+ * NF_EUSAGE with err naming the field, its value and the expected range. */
+int nf_sampler_params_check(const struct nf_sampler_params *p, char *err, size_t errlen);
+
 struct nf_sampler;
 
 /* Allocates a sampler for a vocabulary of n_vocab tokens (all the memory sampling needs).
@@ -35,6 +48,11 @@ void nf_sampler_accept(struct nf_sampler *s, int32_t tok);
 
 /* Picks a token from logits (n_vocab values, not modified). Never allocates. */
 int32_t nf_sampler_sample(struct nf_sampler *s, const float *logits);
+
+/* The k highest of logits[0..n_vocab) in decreasing order (ties: the lower id first), into
+ * ids (k) and vals (k), by partial insertion (k is small: cost O(n_vocab * k) worst case).
+ * Returns how many were written: min(k, n_vocab), 0 for k <= 0. */
+int nf_top_logits(const float *logits, int n_vocab, int k, int32_t *ids, float *vals);
 
 /* The next raw value of the sampler's generator (exposed for tests). */
 uint64_t nf_sampler_rand(struct nf_sampler *s);

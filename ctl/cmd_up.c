@@ -38,7 +38,8 @@ static void up_usage(FILE *f)
             "  -c, --ctx N          context length, also --ctx-size (default: the model's, capped\n"
             "                       at 4096 and by the budget)\n"
             "      --run-dir DIR    run directory (default: $NANOFLOW_RUN_DIR, else\n"
-            "                       $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
+            "                       $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow for root,\n"
+            "                       else /tmp/nanoflow-UID)\n"
             "      --log-level L    daemon log level: error, warn, info, debug (default: info)\n"
             "  -h, --help           show this help\n");
 }

@@ -234,10 +234,9 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
                   uint32_t n_threads, struct nf_stack_plan *plan, char *err, size_t errlen);
 
 /* Compute threads for a requested count: the request, or for 0 one per online CPU but one (at
- * least 1): the fetcher (reads, checksums) and the predictor need a core of their own. On this
- * project's 2-core machine, 7B Q4_0 under 1 GiB, bench runs with 1 compute thread averaged 1.16
- * tok/s sparse (4 runs) and 0.91 exact against 0.97 and 0.87 with 2 (5 runs), the fetcher's
- * bandwidth in sparse mode dropping to 2.0-2.4 GB/s in most 2-thread runs. */
+ * least 1): the fetcher (reads, checksums) and the predictor need a core of their own; on a
+ * 2-core machine one compute thread measured faster than two, in exact and in sparse mode (see
+ * docs/measurements.md). */
 uint32_t nf_stack_compute_threads(uint32_t requested);
 
 /* A process's view of the stack's region. */

@@ -1,9 +1,11 @@
 /* test_compute.c - nanoflow-compute with the real nanoflow-fetcher on stories260K: greedy and
  * seeded generations equal the in-process model token for token with bit-identical top logits,
  * Stats counts the work, Cancel ends a generation, a corrupted tile fails only the generation
- * with an Error naming it, and Shutdown leaves no socket, pid file or shm object. */
+ * with an Error naming it, requests out of range are refused without reserving memory, and
+ * Shutdown leaves no socket, pid file or shm object. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -198,8 +200,11 @@ static void stack_down(struct stack *s)
     assert_int_not_equal(access(path, F_OK), 0);
 }
 
-static void send_generate(int fd, uint64_t req, const char *prompt, int n, float temp,
-                          uint64_t seed, int top)
+/* Sends a Generate whose sampling fields are llama.cpp's defaults but for temp and seed; edit,
+ * when given, may change any field of the request before it is sent. */
+static void send_generate_edit(int fd, uint64_t req, const char *prompt, int n, float temp,
+                               uint64_t seed, int top,
+                               void (*edit)(Nanoflow__Generate *, const void *), const void *arg)
 {
     nf_envelope env;
     Nanoflow__Generate g;
@@ -221,9 +226,17 @@ static void send_generate(int fd, uint64_t req, const char *prompt, int n, float
     g.sampling = &sp;
     g.n_predict = n;
     g.top_logits = (uint32_t)top;
+    if (edit)
+        edit(&g, arg);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE;
     env.generate = &g;
     assert_int_equal(nf_client_send(fd, req, &env), 0);
+}
+
+static void send_generate(int fd, uint64_t req, const char *prompt, int n, float temp,
+                          uint64_t seed, int top)
+{
+    send_generate_edit(fd, req, prompt, n, temp, seed, top, NULL, NULL);
 }
 
 /* The reference: what `run` computes in-process for the same request. */
@@ -430,11 +443,108 @@ static void test_corrupt_tile(void **state)
     stack_down(&s);
 }
 
+/* VmRSS and VmPeak of pid in KiB (from /proc/pid/status). */
+static void proc_mem_kb(pid_t pid, long *rss, long *peak)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    *rss = *peak = -1;
+    while (fgets(line, sizeof(line), f)) {
+        if (!strncmp(line, "VmRSS:", 6))
+            *rss = atol(line + 6);
+        else if (!strncmp(line, "VmPeak:", 7))
+            *peak = atol(line + 7);
+    }
+    fclose(f);
+    assert_true(*rss > 0 && *peak > 0);
+}
+
+/* One field of a Generate out of its range. */
+struct bad_case {
+    const char *field;
+    int32_t n_predict;
+    uint32_t top_logits;
+    float temp, top_p;
+    int32_t top_k;
+};
+
+static const struct bad_case bad_cases[] = {
+    {"n_predict", .n_predict = 2147483647},
+    {"n_predict", .n_predict = -1},
+    {"top_logits", .top_logits = 1000},
+    {"temp", .temp = NAN},
+    {"temp", .temp = -1.0f},
+    {"top_p", .top_p = 2.0f},
+    {"top_k", .top_k = -5},
+};
+
+/* Applies a bad_case: its nonzero fields replace the request's. */
+static void bad_edit(Nanoflow__Generate *g, const void *arg)
+{
+    const struct bad_case *b = arg;
+    if (b->n_predict)
+        g->n_predict = b->n_predict;
+    if (b->top_logits)
+        g->top_logits = b->top_logits;
+    if (b->temp != 0.0f)
+        g->sampling->temp = b->temp;
+    if (b->top_p != 0.0f)
+        g->sampling->top_p = b->top_p;
+    if (b->top_k)
+        g->sampling->top_k = b->top_k;
+}
+
+/* Generate requests out of range are answered with an Error naming the field, before anything
+ * is reserved for them: compute's RSS and peak address space stay put (the INT32_MAX n_predict
+ * once made it reserve 8 GiB of token ids), and it serves the next request normally. */
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    struct stack s;
+    stack_up(&s, nft_path, "req");
+    long rss0, peak0, rss1, peak1;
+    proc_mem_kb(s.compute, &rss0, &peak0);
+    for (size_t c = 0; c < sizeof(bad_cases) / sizeof(bad_cases[0]); c++) {
+        const uint64_t req = 40 + c;
+        send_generate_edit(s.fd, req, "Once upon a time", 8, 0.8f, 0, 0, bad_edit, &bad_cases[c]);
+        int32_t ids[64];
+        float top[64];
+        char stop[32] = "", msg[512] = "";
+        int code;
+        assert_int_equal(collect(s.fd, req, ids, top, stop, &code, msg, sizeof(msg)), 0);
+        print_message("%s: error %d: %s\n", bad_cases[c].field, code, msg);
+        assert_int_equal(code, NF_EUSAGE);
+        assert_non_null(strstr(msg, bad_cases[c].field));
+    }
+    /* A legal but huge n_predict runs until the context is full, reserving only that. */
+    int32_t got[256];
+    float gtop[256];
+    char stop[32], msg[512];
+    int code;
+    send_generate(s.fd, 60, "Once upon a time", 1000000, 0.0f, 0, 0);
+    const int n = collect(s.fd, 60, got, gtop, stop, &code, msg, sizeof(msg));
+    assert_int_equal(code, 0);
+    assert_string_equal(stop, "ctx");
+    print_message("n_predict 1000000: %d tokens, stop %s\n", n, stop);
+    proc_mem_kb(s.compute, &rss1, &peak1);
+    print_message("compute VmRSS %ld -> %ld KiB, VmPeak %ld -> %ld KiB\n", rss0, rss1, peak0,
+                  peak1);
+    assert_true(rss1 - rss0 < 32 * 1024);
+    assert_true(peak1 - peak0 < 256 * 1024);
+    send_generate(s.fd, 61, "Once upon a time", 4, 0.0f, 0, 0);
+    assert_int_equal(collect(s.fd, 61, got, gtop, stop, &code, msg, sizeof(msg)), 4);
+    assert_int_equal(code, 0);
+    stack_down(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_generate_equals_run),
         cmocka_unit_test(test_corrupt_tile),
+        cmocka_unit_test(test_bad_requests),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,6 +1,10 @@
 /* gen.h - nanoflow-compute's generation worker: the request queue, the streaming engine over the
  * shared tile pool, and one generation at a time streamed back to its client.
  *
+ * Files: queue.c (requests checked and queued, the worker thread), job.c (one request through
+ * the common driver, generate.h), gen.c (the tile source over the shared pool and the shared
+ * counters), reply.c (TokenEvent, GenerateDone, Error).
+ *
  * Threads: the libuv loop thread calls nf_gen_submit / nf_gen_cancel / nf_gen_conn_closed; the
  * worker thread (started by nf_gen_start) owns the engine (its thread pool must be driven from
  * the thread that created it), pins tiles (the demand ring has one producer) and sends frames
@@ -14,14 +18,18 @@
 #include <stdint.h>
 
 #include "daemon.h"
+#include "generate.h"
 #include "sampler.h"
 #include "stack.h"
 #include "stream.h"
 #include "tokenizer.h"
 
-#define NF_GEN_DEFAULT_N      128
-#define NF_GEN_MAX_TOP_LOGITS 64
-#define NF_GEN_PIN_TIMEOUT_MS 30000 /* a tile not READY after this fails the generation */
+#define NF_GEN_DEFAULT_N     128
+#define NF_GEN_MAX_N_PREDICT 1000000 /* as `run -n` and `gen -n` */
+/* Largest prompt taken: the default frame limit (NF_FRAME_MAX_DEFAULT), far more text than any
+ * context we run holds; a longer one is refused before it is copied or tokenized. */
+#define NF_GEN_MAX_PROMPT_BYTES (1 << 20)
+#define NF_GEN_PIN_TIMEOUT_MS   30000 /* a tile not READY after this fails the generation */
 
 /* One queued Generate request (owned by the queue, freed by the worker). */
 struct nf_gen_job {
@@ -29,9 +37,8 @@ struct nf_gen_job {
     char *prompt; /* (prompt_len) bytes, owned */
     size_t prompt_len;
     struct nf_sampler_params sp;
-    int n_predict;
-    int top_logits;
-    bool add_bos;
+    int n_predict;  /* 1..NF_GEN_MAX_N_PREDICT */
+    int top_logits; /* 0..NF_GEN_TOP_LOGITS_MAX */
     atomic_int cancel;
     struct nf_gen_job *next;
 };
@@ -67,7 +74,9 @@ int nf_gen_start(struct nf_gen *g, char *err, size_t errlen);
 /* Stops the worker (the running generation is cancelled) and frees what is queued. */
 void nf_gen_stop(struct nf_gen *g);
 
-/* Loop thread: queue a Generate request (copied). Returns 0 or -ENOMEM. */
+/* Loop thread: checks every field of a Generate request and queues a copy of it. A request out
+ * of range (n_predict, top_logits, sampling, prompt size) is answered with an Error naming the
+ * field and not queued. Returns 0 (queued or answered) or -ENOMEM. */
 int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nanoflow__Generate *m);
 /* Loop thread: cancel request target_id (on conn_id if such a job exists there, else on any
  * connection). Returns true when a job was found. */
@@ -76,5 +85,21 @@ bool nf_gen_cancel(struct nf_gen *g, uint64_t conn_id, uint64_t target_id);
 void nf_gen_conn_closed(struct nf_gen *g, uint64_t conn_id);
 /* Bytes of private memory of the engine (for logs). */
 uint64_t nf_gen_engine_bytes(const struct nf_gen *g);
+
+/* Between the compute files (worker thread only). */
+
+/* gen.c: fills src with the tile source over g's shared pool. */
+void nf_gen_tile_src(struct nf_gen *g, struct nf_tile_src *src);
+/* gen.c: adds what the engine did since the last call to the shared compute counters. */
+void nf_gen_flush_counters(struct nf_gen *g);
+/* job.c: runs job j to its end: TokenEvents, then GenerateDone or an Error. Allocates per
+ * request (tokens, sampler); the evaluation itself does not. */
+void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j);
+/* reply.c: the frames of a generation; each returns nf_server_send's result. */
+int nf_gen_send_error(struct nf_gen *g, const struct nf_gen_job *j, int code, const char *msg);
+int nf_gen_send_token(struct nf_gen *g, const struct nf_gen_job *j, const struct nf_gen_token *t);
+/* ids: n_prompt prompt ids then n_gen generated ones (NULL when both are 0). */
+int nf_gen_send_done(struct nf_gen *g, const struct nf_gen_job *j, const int32_t *ids, int n_prompt,
+                     int n_gen, const char *stop, double prompt_s, double decode_s);
 
 #endif

@@ -20,21 +20,19 @@
  * evicts a tile of that class (the farthest one there), never a slot of another class.
  *
  * The resident set (chosen at startup per class, at most half of each class's slots; see
- * nf_cache_limits) holds the tiles every token needs that are small or always
- * used: output norm, rope frequencies, every layer's norms and MoE routers, then the attention
- * tiles (Q, K, V, O) and predictor tiles of whole layers while they fit in their class: layers
- * 0, 1, ... in exact mode; in sparse mode the same number of layers spread evenly over the
- * model (every third or fourth layer), so that every stretch of layers has attention tiles to
- * read while compute works, not only the last ones (7B at sparsity 0.5: 2218-2270 MB read per
- * token in 7 runs against 2266-2306 in 5 with layers 0-8; tok/s within the disk's noise).
- * Resident tiles are loaded on
- * first use (demand or prefetch), not at startup, and their slot is then flagged
- * NF_SLOT_RESIDENT and never evicted: startup stays fast and a resident tile the model never
- * uses (a predictor tile in exact mode) costs nothing. In each class the set never takes more
- * slots than leave the plan's minimum working set of that class for everything else, so the
- * main class (attention, FFN and output tiles) pins as much attention as its half allows
- * without small or oversize tiles taking its slots; hot FFN groups are not made resident
- * (which groups are hot depends on the prompt).
+ * nf_cache_limits) holds the tiles every token needs that are small or always used: output
+ * norm, rope frequencies, every layer's norms and MoE routers, then the attention tiles (Q, K,
+ * V, O) and predictor tiles of whole layers while they fit in their class: layers 0, 1, ... in
+ * exact mode; in sparse mode the same number of layers spread evenly over the model (every
+ * third or fourth layer), so that every stretch of layers has attention tiles to read while
+ * compute works, not only the last ones (that read fewer bytes per token than layers 0, 1, ...;
+ * see docs/measurements.md). Resident tiles are loaded on first use (demand or prefetch), not
+ * at startup, and their slot is then flagged NF_SLOT_RESIDENT and never evicted: startup stays
+ * fast and a resident tile the model never uses (a predictor tile in exact mode) costs nothing.
+ * In each class the set never takes more slots than leave the plan's minimum working set of
+ * that class for everything else, so the main class (attention, FFN and output tiles) pins as
+ * much attention as its half allows without small or oversize tiles taking its slots; hot FFN
+ * groups are not made resident (which groups are hot depends on the prompt).
  *
  * Everything here is a pure function of the tables it is given, so it is unit-tested on
  * synthetic tables (tests/test_fetch_cache.c). */
@@ -70,11 +68,9 @@ struct nf_cache_tile_info {
 /* The most slots of each class the resident set may take, into max_slots[k]: half of the
  * class_slots[k] slots, less where the rest would fall below class_min[k] (the plan's minimum
  * working set). Not more in sparse mode, though there a resident attention slot saves a whole
- * tile per token and a cyclic one less: on the 7B at sparsity 0.5, 13 layers of attention
- * resident instead of 9 (all but two layers' sparse sets) saved only ~40 MB of ~2230 MB per
- * token, and in 3 of 3 runs (5 of 7 overall) the disk then gave about half its bandwidth at
- * the same queue depth (1.4-1.8 against 2.4-3.1 GB/s while busy), a slowdown not understood
- * yet (see the fetcher's exit summary of reads to look into it). */
+ * tile per token and a cyclic one less: a larger set saved under 2% of the bytes read, and the
+ * disk then gave about half its bandwidth, for a reason not understood yet (see
+ * docs/measurements.md). */
 void nf_cache_limits(uint32_t n_classes, const uint32_t *class_slots, const uint32_t *class_min,
                      uint32_t *max_slots);
 /* Chooses the resident set for n_tiles tiles described by info into c, using at most
@@ -118,8 +114,8 @@ bool nf_cache_behind(uint32_t id, uint32_t pt, uint32_t cur, uint32_t pc, uint32
 /* A prefetch of tile id requested with priority prio (the layers until the requester expected
  * it to be used) comes too late: compute has passed the tile, and the request was not for the
  * next step (its next use is more than prio + 1 positions away). Read now, such a tile would
- * wait a whole step and be the first evicted, unused: on the 7B in sparse mode a predictor one
- * or two layers behind compute asked for ~100 attention tiles a token that way. */
+ * wait a whole step and be the first evicted, unused (a predictor that falls behind compute
+ * asks for such tiles; see docs/measurements.md). */
 bool nf_cache_late(uint32_t id, uint32_t pt, uint32_t cur, uint32_t pc, uint32_t np, uint32_t prio);
 
 /* Picks the eviction victim among the slots first_slot .. end_slot - 1 (one class: a tile

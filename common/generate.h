@@ -1,0 +1,142 @@
+/* generate.h - the one generation driver behind `run`, the compute daemon and `convert
+ * --calibrate`: tokenize a prompt (one BOS rule), evaluate it on an engine, sample, apply the
+ * stop rules and hand every token to a callback.
+ *
+ * The rules, in the order a step applies them (llama.cpp's, which the goldens were made with):
+ *  1. BOS: the prompt text is tokenized with BOS added exactly when the vocabulary says so
+ *     (tokenizer.ggml.add_bos_token, nf_vocab_add_bos); an empty prompt becomes [BOS].
+ *  2. The context must hold the prompt and, when tokens are to be generated, one more position.
+ *  3. Each step: the cancel flag is checked; a token is sampled from the last logits, recorded,
+ *     turned into its piece and passed to on_token (a nonzero return cancels); then generation
+ *     stops at an end-of-generation token ("eog"), after max_tokens ("length") or when the
+ *     context is full ("ctx"); otherwise the token is evaluated.
+ *
+ * All state of one sequence lives in its struct nf_gen_seq (the caller owns it, no globals), and
+ * nf_gen_seq_step advances it by one token, so a caller can later interleave several sequences.
+ * The engine is reached through struct nf_gen_engine: the in-RAM nf_ctx and the streaming
+ * nf_stream have adapters here; a caller may bring its own (counters, sparse evaluation). */
+#ifndef NF_GENERATE_H
+#define NF_GENERATE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "sampler.h"
+#include "stream.h"
+#include "tokenizer.h"
+
+/* Most top logits a token event can carry. */
+#define NF_GEN_TOP_LOGITS_MAX 64
+
+/* An engine holding one sequence's KV cache. eval evaluates n tokens at positions n_past..
+ * (prompt: true for the prompt batch) and leaves the last one's logits in logits(); it returns
+ * 0 or a negative code (NF_ECTXFULL, -ECANCELED, a tile's pin error...). reset forgets the
+ * sequence. n_ctx and n_vocab are fixed for the engine's life. */
+struct nf_gen_engine {
+    int (*eval)(void *ud, const int32_t *toks, int n, bool prompt);
+    const float *(*logits)(void *ud); /* (n_vocab) */
+    int (*n_past)(void *ud);
+    void (*reset)(void *ud);
+    void *ud;
+    int n_ctx;
+    int n_vocab;
+};
+
+/* Adapters for the two engines of model.h and stream.h (ud = c or s, which must outlive e). */
+void nf_gen_engine_ctx(struct nf_gen_engine *e, struct nf_ctx *c);
+void nf_gen_engine_stream(struct nf_gen_engine *e, struct nf_stream *s);
+
+/* Why a sequence stopped. */
+enum nf_gen_stop {
+    NF_GEN_RUNNING = 0,
+    NF_GEN_STOP_EOG,    /* an end-of-generation token was sampled (it is included) */
+    NF_GEN_STOP_LENGTH, /* max_tokens were generated */
+    NF_GEN_STOP_CTX,    /* the context is full */
+    NF_GEN_STOP_CANCEL, /* the cancel flag or on_token asked to stop */
+    NF_GEN_STOP_ERROR,  /* seq->rc and seq->err say what failed */
+};
+
+/* "eog", "length", "ctx", "cancel", "error" (what `run --json` and GenerateDone report), or
+ * "running". */
+const char *nf_gen_stop_name(enum nf_gen_stop stop);
+
+/* One generated token as on_token sees it (valid during the call only). */
+struct nf_gen_token {
+    int32_t id;
+    int index;         /* 0 for the first generated token */
+    const char *piece; /* (piece_len) bytes, may end inside a UTF-8 character */
+    int piece_len;
+    int n_top;              /* top_logits of the params, or fewer for a tiny vocabulary */
+    const int32_t *top_ids; /* (n_top) highest logits of this step, highest first */
+    const float *top_vals;  /* (n_top) */
+};
+
+struct nf_gen_params {
+    int max_tokens; /* >= 0; 0 only evaluates the prompt (no sampler is made) */
+    int top_logits; /* 0..NF_GEN_TOP_LOGITS_MAX logits passed with each token */
+    struct nf_sampler_params sp;
+    /* Optional (NULL): checked before each token; an eval that fails with -ECANCELED while it
+     * is set ends the sequence as a cancel rather than an error. */
+    const atomic_int *cancel;
+    /* Optional (NULL): called for every generated token; a nonzero return stops the sequence
+     * with NF_GEN_STOP_CANCEL (the token stays recorded). */
+    int (*on_token)(void *ud, const struct nf_gen_token *t);
+    void *ud;
+};
+
+/* One sequence. The caller allocates it; nf_gen_seq_init fills it, nf_gen_seq_free releases
+ * what it holds. The fields are read-only for the caller. */
+struct nf_gen_seq {
+    const struct nf_gen_engine *e;
+    const struct nf_vocab *v;
+    struct nf_gen_params p;
+    int32_t *ids; /* (cap) the prompt, then the generated tokens */
+    int cap;      /* n_prompt + the most tokens the context lets it generate */
+    int n_prompt, n_gen;
+    enum nf_gen_stop stop;
+    int rc;           /* with NF_GEN_STOP_ERROR: the negative code */
+    bool eval_failed; /* with NF_GEN_STOP_ERROR: the engine's eval returned rc */
+    char err[256];    /* with NF_GEN_STOP_ERROR: one line ("evaluating token 5: ...") */
+    bool prompt_done; /* the prompt has been evaluated */
+    uint64_t t_start_ns, t_prompt_ns, t_end_ns; /* nf_now_ns at the first step, after the
+                                                   prompt, at the stop */
+    /* Private. */
+    struct nf_sampler *smp;
+    char *piece; /* (piece_cap) */
+    int piece_cap;
+    int32_t top_ids[NF_GEN_TOP_LOGITS_MAX];
+    float top_vals[NF_GEN_TOP_LOGITS_MAX];
+};
+
+/* Tokenizes text[0..len) with the driver's BOS rule (rule 1 above; parse_special as
+ * nf_tokenize) into a malloc'd array *out (freed by the caller). Returns the count (>= 1), or a
+ * negative code with err set and *out NULL (NF_EUSAGE for an empty prompt when the vocabulary
+ * has no BOS token). */
+int nf_gen_tokenize(const struct nf_vocab *v, const char *text, size_t len, bool parse_special,
+                    int32_t **out, char *err, size_t errlen);
+
+/* Prepares q to generate from prompt (n_prompt ids, copied) on e, which must outlive q; v gives
+ * the pieces and the end-of-generation tokens. Checks params and the context (rule 2: NF_ECTXFULL
+ * "the prompt has N tokens but the context holds M"), allocates everything the steps need (ids
+ * for at most min(max_tokens, n_ctx - n_prompt + 1) generated tokens, the sampler) and feeds
+ * the prompt to the sampler's repetition window. Nothing is evaluated yet. Returns 0, or a
+ * negative code with err set; q needs nf_gen_seq_free either way. */
+int nf_gen_seq_init(struct nf_gen_seq *q, const struct nf_gen_engine *e, const struct nf_vocab *v,
+                    const int32_t *prompt, int n_prompt, const struct nf_gen_params *p, char *err,
+                    size_t errlen);
+
+/* Advances q: the first call resets the engine and evaluates the prompt, every later one
+ * generates one token (rule 3). Returns 1 while the sequence runs, 0 once it has stopped
+ * (q->stop says why; a stopped sequence stays stopped). Does not allocate except to grow the
+ * piece buffer for an unusually long piece. */
+int nf_gen_seq_step(struct nf_gen_seq *q);
+
+/* Steps q until it stops. Returns q->rc (0 unless it stopped with NF_GEN_STOP_ERROR). */
+int nf_gen_seq_run(struct nf_gen_seq *q);
+
+void nf_gen_seq_free(struct nf_gen_seq *q);
+
+#endif

@@ -1,0 +1,123 @@
+/* job.c - one Generate request run through the common generation driver (generate.h) on the
+ * streaming engine, with the shared counters kept up to date and the tokens streamed back. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "gen.h"
+#include "nf_err.h"
+#include "nf_time.h"
+
+/* The driver's engine: g's stream, each eval counted in the stack's compute counters. */
+
+static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
+{
+    struct nf_gen *g = ud;
+    struct nf_stack_counters *c = g->st->ctr;
+    const uint64_t t0 = nf_now_ns();
+    g->step = atomic_fetch_add(&c->c_step, 1) + 1;
+    int rc = nf_stream_eval(g->s, toks, n);
+    const uint64_t dt = nf_now_ns() - t0;
+    if (rc == 0) {
+        atomic_fetch_add(prompt ? &c->c_prompt_tokens : &c->c_decode_tokens, (uint64_t)n);
+        atomic_fetch_add(prompt ? &c->c_prompt_ns : &c->c_decode_ns, dt);
+    }
+    nf_gen_flush_counters(g);
+    return rc;
+}
+
+static const float *job_logits(void *ud)
+{
+    const struct nf_gen *g = ud;
+    return nf_stream_logits(g->s);
+}
+
+static int job_n_past(void *ud)
+{
+    const struct nf_gen *g = ud;
+    return nf_stream_n_past(g->s);
+}
+
+static void job_reset(void *ud)
+{
+    struct nf_gen *g = ud;
+    nf_stream_reset(g->s);
+}
+
+struct job_run {
+    struct nf_gen *g;
+    const struct nf_gen_job *j;
+    bool gone; /* a TokenEvent could not be sent: the client is gone */
+};
+
+static int job_on_token(void *ud, const struct nf_gen_token *t)
+{
+    struct job_run *r = ud;
+    if (nf_gen_send_token(r->g, r->j, t) < 0) {
+        r->gone = true;
+        return 1;
+    }
+    return 0;
+}
+
+/* Answers a sequence that ended in an error: an eval failure names the tile or the shutdown. */
+static void job_failed(struct nf_gen *g, const struct nf_gen_job *j, const struct nf_gen_seq *q)
+{
+    char msg[600];
+    if (!q->eval_failed)
+        snprintf(msg, sizeof(msg), "%s", q->err);
+    else if (q->rc == -ECANCELED)
+        snprintf(msg, sizeof(msg), "compute is shutting down");
+    else
+        snprintf(msg, sizeof(msg), "generation aborted: %s",
+                 nf_stream_error(g->s)[0] ? nf_stream_error(g->s) : nf_strerror(q->rc));
+    nf_gen_send_error(g, j, q->rc, msg);
+}
+
+void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j)
+{
+    char err[512];
+    int32_t *ids = NULL;
+    struct nf_gen_seq q = {0};
+    struct job_run r = {.g = g, .j = j};
+    const struct nf_gen_engine e = {.eval = job_eval,
+                                    .logits = job_logits,
+                                    .n_past = job_n_past,
+                                    .reset = job_reset,
+                                    .ud = g,
+                                    .n_ctx = nf_stream_n_ctx(g->s),
+                                    .n_vocab = nf_stream_hparams(g->s)->n_vocab};
+    const struct nf_gen_params p = {.max_tokens = j->n_predict,
+                                    .top_logits = j->top_logits,
+                                    .sp = j->sp,
+                                    .cancel = &j->cancel,
+                                    .on_token = job_on_token,
+                                    .ud = &r};
+    /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
+    int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &ids, err, sizeof(err));
+    if (n < 0 || (n = nf_gen_seq_init(&q, &e, g->v, ids, n, &p, err, sizeof(err))) < 0) {
+        nf_gen_send_error(g, j, n, err);
+        goto done;
+    }
+    nf_stream_set_abort(g->s, &j->cancel);
+    nf_gen_seq_run(&q);
+    if (q.stop == NF_GEN_STOP_ERROR) {
+        job_failed(g, j, &q);
+        goto done;
+    }
+    if (r.gone) {
+        nf_log(NF_LOG_INFO, "request %llu: client gone, generation stopped",
+               (unsigned long long)j->req_id);
+        goto done;
+    }
+    const char *stop = nf_gen_stop_name(q.stop);
+    nf_gen_send_done(g, j, q.ids, q.n_prompt, q.n_gen, stop,
+                     (double)(q.t_prompt_ns - q.t_start_ns) * 1e-9,
+                     (double)(q.t_end_ns - q.t_prompt_ns) * 1e-9);
+    nf_log(NF_LOG_INFO, "request %llu: %d prompt + %d generated tokens, stop %s",
+           (unsigned long long)j->req_id, q.n_prompt, q.n_gen, stop);
+done:
+    nf_stream_set_abort(g->s, NULL);
+    nf_gen_seq_free(&q);
+    free(ids);
+}
