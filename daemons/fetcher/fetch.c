@@ -677,13 +677,15 @@ int nf_fetch_run(struct nf_fetcher *ft)
 {
     struct nf_stack_sync *sync = ft->st->sync;
     uint32_t *done = ft->done;
+    int rc = 0;
     while (!atomic_load(&sync->stop)) {
         uint32_t seen = nf_notify_seq(&sync->fetch_bell);
         poll_activations(ft);
         track_compute(ft);
         take_requests(ft);
         bool demand_blocked = serve(ft);
-        nf_fetch_backend_flush(ft);
+        if ((rc = nf_fetch_backend_flush(ft)) < 0)
+            break;
         if (ft->in_flight == 0) {
             /* Nothing in flight: sleep until a request (or, for a blocked request, until
              * compute has had time to unpin or move on). */
@@ -700,20 +702,25 @@ int nf_fetch_run(struct nf_fetcher *ft)
             /* Refill the queue first: the checksums then overlap the next reads. */
             take_requests(ft);
             serve(ft);
-            nf_fetch_backend_flush(ft);
+            rc = nf_fetch_backend_flush(ft);
             publish_loaded(ft);
+            if (rc < 0)
+                break;
         }
     }
     diag_log(ft);
-    /* Let reads in flight land before the pool is unmapped. */
+    /* Let reads in flight land before the pool is unmapped; after a failed submission, those
+     * that never reached the kernel first (they would not land). */
     while (ft->in_flight > 0) {
-        unsigned n = nf_fetch_backend_reap(ft, done, ft->o.qd, -1);
+        unsigned n = nf_fetch_backend_abandon(ft, done, ft->o.qd);
+        if (n == 0)
+            n = nf_fetch_backend_reap(ft, done, ft->o.qd, -1);
         for (unsigned k = 0; k < n; k++) {
             struct nf_fetch_io *io = &ft->ios[done[k]];
             ft->logged[io->tile] = 1; /* not worth a log line at exit */
-            fail_tile(ft, io->tile, io->slot, io->len, -ECANCELED, "read abandoned");
+            fail_tile(ft, io->tile, io->slot, io->len, rc < 0 ? rc : -ECANCELED, "read abandoned");
             release_io(ft, done[k]);
         }
     }
-    return 0;
+    return rc;
 }

@@ -44,6 +44,7 @@ struct fetcher_main {
     bool have_thread;
     int fetch_rc;
     struct nf_daemon_loop dl;
+    uv_async_t fetch_failed; /* the fetch loop ended with an error: shut down */
     int ready_fd; /* detached: pipe to the waiting parent until startup is over, else -1 */
 };
 
@@ -205,14 +206,33 @@ static void on_mem(struct nf_daemon_loop *dl)
     atomic_store(&m->st.ctr->mem_fetcher, private_rss());
 }
 
-static const struct nf_daemon_hooks hooks = {.mem = on_mem};
+/* Joins the fetch thread (the shutdown set sync->stop) before fetch_failed closes. */
+static void on_stop(struct nf_daemon_loop *dl)
+{
+    struct fetcher_main *m = dl->ud;
+    if (m->have_thread) {
+        pthread_join(m->thread, NULL);
+        m->have_thread = false;
+    }
+}
+
+static const struct nf_daemon_hooks hooks = {.mem = on_mem, .stop = on_stop};
+
+static void on_fetch_failed(uv_async_t *a)
+{
+    struct fetcher_main *m = a->data;
+    nf_daemon_loop_shutdown(&m->dl, "the fetch loop failed");
+}
 
 static void *fetch_thread(void *arg)
 {
     struct fetcher_main *m = arg;
     m->fetch_rc = nf_fetch_run(&m->ft);
-    if (m->fetch_rc < 0)
+    if (m->fetch_rc < 0) {
         nf_log(NF_LOG_ERROR, "fetch loop failed: %s", nf_strerror(m->fetch_rc));
+        /* Compute would wait for its tiles forever: stop the stack. */
+        uv_async_send(&m->fetch_failed);
+    }
     return NULL;
 }
 
@@ -278,6 +298,8 @@ static int serve(struct fetcher_main *m, char *err, size_t errlen)
                                   &hooks, m, err, errlen);
     if (rc < 0)
         return rc;
+    uv_async_init(&m->dl.loop, &m->fetch_failed, on_fetch_failed);
+    m->fetch_failed.data = m;
     if ((rc = pthread_create(&m->thread, NULL, fetch_thread, m)) != 0)
         return nf_errf(err, errlen, -rc, "cannot start the fetch thread: %s", strerror(rc));
     m->have_thread = true;
