@@ -32,7 +32,7 @@ struct fetcher_main {
     struct nf_daemon_args a;
     struct fetcher_opts fo;
     uint64_t ram;       /* --ram, else 1 GiB */
-    uint32_t n_threads; /* -t, 0 or not given: one per CPU */
+    uint32_t n_threads; /* -t, resolved as compute resolves it (nf_stack_compute_threads) */
     char run_dir[PATH_MAX];
     char shm_name[NAME_MAX];
     struct nf_nft *f;
@@ -59,10 +59,12 @@ static void usage(FILE *out)
             "(O_DIRECT, registered buffers; a pread thread pool when io_uring is unavailable).\n\n"
             "  --model FILE       the stack's .nft tile file (required)\n"
             "  --run-dir DIR      run directory (default: $NANOFLOW_RUN_DIR, else\n"
-            "                     $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
+            "                     $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow as root,\n"
+            "                     else /tmp/nanoflow-UID)\n"
             "  --ram SIZE         RAM budget of the whole stack, e.g. 512M or 1G (default 1G)\n"
-            "  -t, --threads N    compute threads the plan accounts for, 0..1024 (default: 0 =\n"
-            "                     one per CPU)\n"
+            "  -t, --threads N    compute threads the plan accounts for, 0..1024; 0 = what\n"
+            "                     compute runs for 0: one per CPU but one, at least 1\n"
+            "                     (default: 0)\n"
             "  --sparsity S       share of FFN groups skipped per token, in [0, 1) (default: 0 =\n"
             "                     exact)\n"
             "  --ctx N            context length the plan holds KV for (default: 0 = the\n"
@@ -72,7 +74,8 @@ static void usage(FILE *out)
             "                     none\n"
             "  --no-uring         use the pread thread pool even when io_uring works\n"
             "                     (default: off)\n"
-            "  --numa-node N      place the shared region on node N (default: the current node)\n"
+            "  --numa-node N      bind the region's tile pool to node N (default: the node the\n"
+            "                     fetcher starts on; a one-node machine ignores it)\n"
             "  --foreground       stay attached, log to stderr (default: detach once ready and\n"
             "                     log to DIR/fetcher.log)\n"
             "  --log-level L      error, warn, info or debug (default: info)\n"
@@ -341,12 +344,9 @@ int main(int argc, char **argv)
     if (rc)
         return rc == 1 ? 0 : 2;
     m.ram = m.a.ram ? m.a.ram : 1ull << 30;
-    if (m.a.threads > 0) {
-        m.n_threads = (uint32_t)m.a.threads;
-    } else { /* -t 0 (what `up` passes by default): one per CPU */
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        m.n_threads = n > 0 && n <= 1024 ? (uint32_t)n : 1;
-    }
+    /* -t 0 (what `up` passes every daemon by default): the plan accounts for the threads
+     * compute will run, one per CPU but one. */
+    m.n_threads = nf_stack_compute_threads(m.a.threads > 0 ? (uint32_t)m.a.threads : 0);
     m.ready_fd = -1;
     if (nf_daemon_begin(NF_ROLE_FETCHER, m.a.run_dir, m.a.foreground, m.a.level, detach,
                         &m.ready_fd, m.run_dir, sizeof(m.run_dir))) {
