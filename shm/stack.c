@@ -1008,20 +1008,6 @@ int nf_stack_unlink(const char *name)
     return nf_shm_unlink(name);
 }
 
-struct nf_act_slot *nf_stack_act(const struct nf_stack *st, uint32_t layer)
-{
-    if (layer >= st->cfg->n_layer)
-        return NULL;
-    return (struct nf_act_slot *)(st->act_base + (uint64_t)layer * st->cfg->act_stride);
-}
-
-struct nf_used_slot *nf_stack_used(const struct nf_stack *st, uint32_t layer)
-{
-    if (layer >= st->cfg->n_layer)
-        return NULL;
-    return (struct nf_used_slot *)(st->used_base + (uint64_t)layer * st->cfg->used_stride);
-}
-
 /* --- Tile protocol -------------------------------------------------------------------------- */
 
 const uint8_t *nf_tile_try_peek(struct nf_stack *st, uint32_t id)
