@@ -223,8 +223,8 @@ struct nf_stack_plan {
 
 /* Computes the plan for model f under budget ram_budget with the requested context length
  * and thread count. The pool's slot size classes come from the model's tile sizes and the pool
- * bytes are split between them by what a token step reads (the rule is explained in stack.c
- * above plan_classes and plan_split). A request is honoured if the minimum pool fits beside it,
+ * bytes are split between them by what a token step reads (see plan_classes in shape.c and
+ * plan_split in plan.c). A request is honoured if the minimum pool fits beside it,
  * else capped to the largest that does. Without one (0) the context is the model's (capped at 4096)
  * lowered so that the KV cache takes at most a quarter of the budget (a multiple of 256, not below
  * 256 or the model's context if smaller). Kernel memory (page tables of the three mappings of the
