@@ -5,22 +5,6 @@
 #include "seqlock.h"
 #include "stack.h"
 
-/* The slots sit at act_stride / used_stride multiples of a cache line (NF_STACK_CL in create):
- * the sequence word first, so it never straddles a line, and the payload 8-byte aligned. */
-_Static_assert(offsetof(struct nf_act_slot, seq) == 0, "act slot layout");
-_Static_assert(offsetof(struct nf_act_slot, step) == 8, "act slot layout");
-_Static_assert(offsetof(struct nf_act_slot, layer) == 16, "act slot layout");
-_Static_assert(offsetof(struct nf_act_slot, n_embd) == 20, "act slot layout");
-_Static_assert(offsetof(struct nf_act_slot, x) == 24, "act slot layout");
-_Static_assert(sizeof(struct nf_act_slot) == 24, "act slot header is 24 bytes");
-_Static_assert(offsetof(struct nf_used_slot, seq) == 0, "used slot layout");
-_Static_assert(offsetof(struct nf_used_slot, step) == 8, "used slot layout");
-_Static_assert(offsetof(struct nf_used_slot, layer) == 16, "used slot layout");
-_Static_assert(offsetof(struct nf_used_slot, n_groups) == 20, "used slot layout");
-_Static_assert(offsetof(struct nf_used_slot, bits) == 24, "used slot layout");
-_Static_assert(sizeof(struct nf_used_slot) == 24, "used slot header is 24 bytes");
-_Static_assert(_Alignof(_Atomic uint64_t) == 8, "sequence words are naturally aligned");
-
 struct nf_act_slot *nf_stack_act(const struct nf_stack *st, uint32_t layer)
 {
     if (layer >= st->cfg->n_layer)

@@ -9,13 +9,120 @@
 #include "nft.h"
 #include "stack_int.h"
 
-/* The config and the per-tile/per-slot tables are shared between processes and builds. */
-_Static_assert(offsetof(struct nf_tile_entry, state) == 0, "tile entry layout");
-_Static_assert(offsetof(struct nf_tile_entry, slot) == 4, "tile entry layout");
-_Static_assert(offsetof(struct nf_tile_entry, pins) == 8, "tile entry layout");
-_Static_assert(offsetof(struct nf_tile_entry, last_use) == 12, "tile entry layout");
-_Static_assert(offsetof(struct nf_stack_config, magic) == 0, "stack config layout");
+/* --- Layout ---------------------------------------------------------------------------------
+ *
+ * Every structure below lives in the shared region and is read by other processes, possibly
+ * built at another time: its layout is frozen here (a change needs a new config magic). The
+ * atomics in it must be lock-free, hence address-free: a lock-based atomic would take a lock
+ * private to each process. They are naturally aligned (the checks below, and every table starts
+ * on an NF_STACK_CL boundary of a page-aligned area), so no atomic straddles a cache line. */
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2, "32-bit atomics must be lock-free (address-free)");
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free (address-free)");
+_Static_assert(__atomic_always_lock_free(sizeof(uint32_t), 0), "32-bit atomics lock-free");
+_Static_assert(__atomic_always_lock_free(sizeof(uint64_t), 0), "64-bit atomics lock-free");
+_Static_assert(sizeof(_Atomic uint32_t) == 4 && _Alignof(_Atomic uint32_t) == 4,
+               "a 32-bit atomic is a plain aligned 32-bit word");
+_Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8,
+               "a 64-bit atomic is a plain aligned 64-bit word");
+
+/* NF_SHM_TILE_TABLE: the config (written once before the magic is published), then the tile
+ * and slot tables. */
+_Static_assert(offsetof(struct nf_stack_config, magic) == 0, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, ram_budget) == 8, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, n_tiles) == 16, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, n_slots) == 24, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, max_slot_size) == 32, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, demand_ring_off) == 40, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, demand_ring_size) == 48, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, prefetch_ring_off) == 56, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, prefetch_ring_size) == 64,
+               "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, tiles_off) == 72, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, slots_off) == 80, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, act_off) == 88, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, used_off) == 96, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, act_stride) == 104, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, used_stride) == 112, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, nft_file_size) == 120, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, nft_header_checksum) == 128,
+               "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, kv_bytes) == 136, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, n_ctx) == 144, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, n_layer) == 148, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, n_embd) == 152, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, n_vocab) == 156, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, max_groups) == 160, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, sparsity) == 164, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, n_threads) == 168, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, n_classes) == 172, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, reserved) == 176, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, classes) == 192, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, nft_path) == 320, "nf_stack_config layout");
+_Static_assert(sizeof(struct nf_stack_config) == 4416, "nf_stack_config size");
+_Static_assert(offsetof(struct nf_stack_config, classes) % 8 == 0, "class table 8-aligned");
+_Static_assert(offsetof(struct nf_stack_class, slot_size) == 0, "nf_stack_class layout");
+_Static_assert(offsetof(struct nf_stack_class, n_slots) == 8, "nf_stack_class layout");
+_Static_assert(offsetof(struct nf_stack_class, first_slot) == 16, "nf_stack_class layout");
+_Static_assert(offsetof(struct nf_stack_class, pool_off) == 24, "nf_stack_class layout");
+_Static_assert(offsetof(struct nf_tile_entry, state) == 0, "nf_tile_entry layout");
+_Static_assert(offsetof(struct nf_tile_entry, slot) == 4, "nf_tile_entry layout");
+_Static_assert(offsetof(struct nf_tile_entry, pins) == 8, "nf_tile_entry layout");
+_Static_assert(offsetof(struct nf_tile_entry, last_use) == 12, "nf_tile_entry layout");
+_Static_assert(_Alignof(struct nf_tile_entry) == 4 &&
+                   NF_STACK_CL % sizeof(struct nf_tile_entry) == 0,
+               "tile entries never straddle a cache line");
+_Static_assert(offsetof(struct nf_slot_entry, tile) == 0, "nf_slot_entry layout");
+_Static_assert(offsetof(struct nf_slot_entry, flags) == 4, "nf_slot_entry layout");
+_Static_assert(_Alignof(struct nf_slot_entry) == 4 &&
+                   NF_STACK_CL % sizeof(struct nf_slot_entry) == 0,
+               "slot entries never straddle a cache line");
+
+/* NF_SHM_REQ_RING: entries of the two rings (shm/ring.c freezes the ring itself). */
+_Static_assert(offsetof(struct nf_tile_req, tile) == 0, "nf_tile_req layout");
+_Static_assert(offsetof(struct nf_tile_req, prio) == 4, "nf_tile_req layout");
+
+/* NF_SHM_COMPLETION: doorbells (shm/notify.c freezes struct nf_notify) and stop words. */
+_Static_assert(offsetof(struct nf_stack_sync, fetch_bell) == 0, "nf_stack_sync layout");
+_Static_assert(offsetof(struct nf_stack_sync, tile_done) == 8, "nf_stack_sync layout");
+_Static_assert(offsetof(struct nf_stack_sync, act_bell) == 16, "nf_stack_sync layout");
+_Static_assert(offsetof(struct nf_stack_sync, stop) == 24, "nf_stack_sync layout");
+_Static_assert(offsetof(struct nf_stack_sync, ready_mask) == 28, "nf_stack_sync layout");
+_Static_assert(sizeof(struct nf_stack_sync) == 32, "nf_stack_sync size");
+_Static_assert(_Alignof(struct nf_stack_sync) == 4, "sync words 4-aligned");
+
+/* NF_SHM_ACTIVATIONS: per layer an activation slot, then per layer a used slot, each at a
+ * multiple of a cache-line stride: the sequence word first, the payload 8-aligned. */
+_Static_assert(offsetof(struct nf_act_slot, seq) == 0, "nf_act_slot layout");
+_Static_assert(offsetof(struct nf_act_slot, step) == 8, "nf_act_slot layout");
+_Static_assert(offsetof(struct nf_act_slot, layer) == 16, "nf_act_slot layout");
+_Static_assert(offsetof(struct nf_act_slot, n_embd) == 20, "nf_act_slot layout");
+_Static_assert(offsetof(struct nf_act_slot, x) == 24, "nf_act_slot layout");
+_Static_assert(sizeof(struct nf_act_slot) == 24, "nf_act_slot size (without x)");
+_Static_assert(_Alignof(struct nf_act_slot) == 8, "nf_act_slot 8-aligned");
+_Static_assert(offsetof(struct nf_used_slot, seq) == 0, "nf_used_slot layout");
+_Static_assert(offsetof(struct nf_used_slot, step) == 8, "nf_used_slot layout");
+_Static_assert(offsetof(struct nf_used_slot, layer) == 16, "nf_used_slot layout");
+_Static_assert(offsetof(struct nf_used_slot, n_groups) == 20, "nf_used_slot layout");
+_Static_assert(offsetof(struct nf_used_slot, bits) == 24, "nf_used_slot layout");
+_Static_assert(sizeof(struct nf_used_slot) == 24, "nf_used_slot size (without bits)");
+_Static_assert(_Alignof(struct nf_used_slot) == 8, "nf_used_slot 8-aligned");
+
+/* NF_SHM_COUNTERS: 64 counters of 8 bytes, the start of each daemon's group frozen. */
+_Static_assert(offsetof(struct nf_stack_counters, f_reads) == 0, "nf_stack_counters layout");
+_Static_assert(offsetof(struct nf_stack_counters, f_lat_hist) == 88, "nf_stack_counters layout");
+_Static_assert(offsetof(struct nf_stack_counters, f_resident_bytes) == 344,
+               "nf_stack_counters layout");
+_Static_assert(offsetof(struct nf_stack_counters, p_predictions) == 352,
+               "nf_stack_counters layout");
+_Static_assert(offsetof(struct nf_stack_counters, p_lookahead) == 400, "nf_stack_counters layout");
+_Static_assert(offsetof(struct nf_stack_counters, c_prompt_tokens) == 408,
+               "nf_stack_counters layout");
+_Static_assert(offsetof(struct nf_stack_counters, c_groups_total) == 480,
+               "nf_stack_counters layout");
+_Static_assert(offsetof(struct nf_stack_counters, mem_fetcher) == 488, "nf_stack_counters layout");
+_Static_assert(offsetof(struct nf_stack_counters, mem_compute) == 504, "nf_stack_counters layout");
+_Static_assert(sizeof(struct nf_stack_counters) == 512, "nf_stack_counters size");
+_Static_assert(_Alignof(struct nf_stack_counters) == 8, "counters 8-aligned");
 
 /* The largest slot a region may declare (a tile is at most this big in any sane .nft). */
 #define NF_STACK_MAX_SLOT (1ull << 32)
