@@ -41,19 +41,29 @@ void nf_used_slot_publish(struct nf_used_slot *u, uint64_t step, uint32_t layer,
     nf_seqlock_write_end(&u->seq, sn);
 }
 
+/* Reader: begins a copy under a stable (even, non-zero) sequence, spending one of *tries per
+ * call and per odd sequence met (the writer is inside for a few microseconds at most: yield to it
+ * between tries). Returns the sequence, or 0 when the slot was never written or no try is left. */
+static uint64_t begin_stable(const _Atomic uint64_t *seq, int *tries)
+{
+    while (*tries > 0) {
+        (*tries)--;
+        uint64_t sn = nf_seqlock_read_begin(seq);
+        if (sn == 0 || !(sn & 1))
+            return sn;
+        if (*tries > 0)
+            sched_yield();
+    }
+    return 0;
+}
+
 uint64_t nf_act_slot_read(const struct nf_act_slot *a, int tries, uint64_t *step, uint32_t *layer,
                           uint32_t *n_embd, float *x, uint32_t x_len)
 {
-    for (int i = 0; i < tries; i++) {
-        uint64_t sn = nf_seqlock_read_begin(&a->seq);
+    for (;;) {
+        uint64_t sn = begin_stable(&a->seq, &tries);
         if (sn == 0)
             return 0;
-        if (sn & 1) {
-            /* The writer is inside for a few microseconds at most: let it run. */
-            if (i + 1 < tries)
-                sched_yield();
-            continue;
-        }
         *step = a->step;
         *layer = a->layer;
         *n_embd = a->n_embd;
@@ -62,21 +72,15 @@ uint64_t nf_act_slot_read(const struct nf_act_slot *a, int tries, uint64_t *step
         if (!nf_seqlock_read_retry(&a->seq, sn))
             return sn;
     }
-    return 0;
 }
 
 uint64_t nf_used_slot_read(const struct nf_used_slot *u, int tries, uint64_t *step,
                            uint32_t *n_groups, uint64_t *bits, uint32_t words)
 {
-    for (int i = 0; i < tries; i++) {
-        uint64_t sn = nf_seqlock_read_begin(&u->seq);
+    for (;;) {
+        uint64_t sn = begin_stable(&u->seq, &tries);
         if (sn == 0)
             return 0;
-        if (sn & 1) {
-            if (i + 1 < tries)
-                sched_yield();
-            continue;
-        }
         *step = u->step;
         *n_groups = u->n_groups;
         uint32_t w = (*n_groups + 63) / 64;
@@ -87,5 +91,4 @@ uint64_t nf_used_slot_read(const struct nf_used_slot *u, int tries, uint64_t *st
         if (!nf_seqlock_read_retry(&u->seq, sn))
             return sn;
     }
-    return 0;
 }

@@ -20,7 +20,10 @@
 #define N_WORDS   64    /* data words of the generic block: a copy takes a while */
 #define N_EMBD    256   /* floats of the activation slot */
 #define N_GROUPS  300   /* bits of the used slot (5 words, the last partial) */
-#define N_READS   20000 /* whole copies each reader makes while the writer publishes */
+#define N_READS   20000 /* whole copies each reader makes at least */
+#define N_WRITES                                                                     \
+    20000 /* writes the writer makes at least; each side goes on until both are done \
+           */
 
 /* A block guarded by a seqlock: write k stores k into every word, so its sequence is 2k. */
 struct block {
@@ -65,10 +68,10 @@ struct run {
     struct block *b;
     struct nf_act_slot *act;
     struct nf_used_slot *used;
-    uint32_t words;      /* of the used bitmap */
-    _Atomic int started; /* readers running: the writer waits for all of them */
-    _Atomic int done;    /* every reader has finished: the writer stops */
-    uint64_t writes;     /* what the writer published, once joined */
+    uint32_t words;          /* of the used bitmap */
+    _Atomic int started;     /* readers running: the writer waits for all of them */
+    _Atomic int done;        /* every reader has finished: the writer may stop */
+    _Atomic uint64_t writes; /* what the writer has published */
 };
 
 /* What a reader saw. */
@@ -84,19 +87,26 @@ static void wait_readers(struct run *run)
         sched_yield();
 }
 
+/* Writer: a short pause between writes (as compute between layers) without giving up the CPU,
+ * so that readers find windows to copy in (never starved) and the writer is not starved either. */
+static void gap(void)
+{
+    for (volatile int i = 0; i < 256; i++)
+        ;
+}
+
 static void *block_writer(void *arg)
 {
     struct run *run = arg;
     wait_readers(run);
-    uint64_t k = 0;
-    while (!atomic_load(&run->done)) {
-        k++;
+    for (uint64_t k = 1; k <= N_WRITES || !atomic_load(&run->done); k++) {
         uint64_t sn = nf_seqlock_write_begin(&run->b->seq);
         for (int i = 0; i < N_WORDS; i++)
             run->b->data[i] = k;
         nf_seqlock_write_end(&run->b->seq, sn);
+        atomic_store_explicit(&run->writes, k, memory_order_relaxed);
+        gap();
     }
-    run->writes = k;
     return NULL;
 }
 
@@ -106,9 +116,7 @@ static void *block_reader(void *arg)
     struct block *b = s->run->b;
     uint64_t copy[N_WORDS], last = 0;
     atomic_fetch_add(&s->run->started, 1);
-    while (nf_seqlock_peek(&b->seq) == 0) /* copies from the writer's first write on */
-        sched_yield();
-    while (s->reads < N_READS) {
+    while (s->reads < N_READS || atomic_load(&s->run->writes) < N_WRITES) {
         uint64_t sn;
         for (;;) {
             sn = nf_seqlock_read_begin(&b->seq);
@@ -154,10 +162,10 @@ static void run_threads(struct run *run, void *(*writer)(void *), void *(*reader
     }
     printf("%s: %llu writes, %d readers, %llu whole copies, %llu retries, %llu gave up (writer "
            "busy)\n",
-           what, (unsigned long long)run->writes, N_READERS, (unsigned long long)reads,
-           (unsigned long long)retries, (unsigned long long)busy);
+           what, (unsigned long long)atomic_load(&run->writes), N_READERS,
+           (unsigned long long)reads, (unsigned long long)retries, (unsigned long long)busy);
     assert_true(reads >= (uint64_t)N_READERS * N_READS);
-    assert_true(run->writes > 0);
+    assert_true(atomic_load(&run->writes) >= N_WRITES);
 }
 
 static void test_block_threads(void **state)
@@ -167,7 +175,7 @@ static void test_block_threads(void **state)
     assert_non_null(b);
     struct run run = {.b = b};
     run_threads(&run, block_writer, block_reader, "block");
-    assert_true(nf_seqlock_peek(&b->seq) == 2 * run.writes);
+    assert_true(nf_seqlock_peek(&b->seq) == 2 * atomic_load(&run.writes));
     free(b);
 }
 
@@ -183,17 +191,16 @@ static void *slot_writer(void *arg)
     float x[N_EMBD];
     uint64_t bits[(N_GROUPS + 63) / 64];
     wait_readers(run);
-    uint64_t k = 0;
-    while (!atomic_load(&run->done)) {
-        k++;
+    for (uint64_t k = 1; k <= N_WRITES || !atomic_load(&run->done); k++) {
         for (int i = 0; i < N_EMBD; i++)
             x[i] = (float)k;
         for (uint32_t w = 0; w < run->words; w++)
             bits[w] = pattern(k, w);
         nf_act_slot_publish(run->act, k, (uint32_t)(k % 7), x, N_EMBD);
         nf_used_slot_publish(run->used, k, (uint32_t)(k % 7), bits, N_GROUPS);
+        atomic_store_explicit(&run->writes, k, memory_order_relaxed);
+        gap();
     }
-    run->writes = k;
     return NULL;
 }
 
@@ -206,9 +213,9 @@ static void *slot_reader(void *arg)
     uint64_t last_act = 0, last_used = 0;
     atomic_fetch_add(&run->started, 1);
     /* The slots are read only once written (a 0 sequence means never). */
-    while (nf_seqlock_peek(&run->used->seq) == 0)
+    while (nf_seqlock_peek(&run->used->seq) == 0) /* nothing to read before */
         sched_yield();
-    while (s->reads < N_READS) {
+    while (s->reads < N_READS || atomic_load(&run->writes) < N_WRITES) {
         uint64_t step, step_u;
         uint32_t layer, n, groups;
         /* One try at a time (as the fetcher reads), counting the retries. */
@@ -262,9 +269,12 @@ static void test_slot_threads(void **state)
     run_threads(&run, slot_writer, slot_reader, "act/used slots");
     /* The last publication, read alone. */
     float x[N_EMBD];
-    assert_true(nf_act_slot_read(run.act, 1, &step, &layer, &n, x, N_EMBD) == 2 * run.writes);
-    assert_true(step == run.writes && layer == run.writes % 7 && n == N_EMBD);
-    assert_true(x[0] == (float)run.writes && x[N_EMBD - 1] == (float)run.writes);
+    assert_true(nf_act_slot_read(run.act, 1, &step, &layer, &n, x, N_EMBD) ==
+                2 * atomic_load(&run.writes));
+    assert_true(step == atomic_load(&run.writes) && layer == atomic_load(&run.writes) % 7 &&
+                n == N_EMBD);
+    assert_true(x[0] == (float)atomic_load(&run.writes) &&
+                x[N_EMBD - 1] == (float)atomic_load(&run.writes));
     /* Another width: the header is read, the vector is not copied. */
     x[0] = -1;
     assert_true(nf_act_slot_read(run.act, 1, &step, &layer, &n, x, N_EMBD - 1) != 0);
