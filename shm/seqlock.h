@@ -1,6 +1,6 @@
 /* seqlock.h - a single-writer sequence lock over shared memory (after DPDK's rte_seqcount).
  *
- * One 64-bit sequence word guards a block of plain data. The writer makes it odd, writes the
+ * One 64-bit sequence word guards a block of data. The writer makes it odd, writes the
  * data, and makes it even again; a reader loads an even sequence, copies the data and loads the
  * sequence again: the copy is whole (not torn) when both loads agree. 0 means never written. No
  * one waits on anyone: a reader that meets a writer retries (or gives up), the writer is never
@@ -13,9 +13,13 @@
  *     nf_seqlock_write_end(w, sn);                   sn = nf_seqlock_read_begin(w);
  *                                                    ... copy the data ...
  *                                                } while (nf_seqlock_read_retry(w, sn));
- * The data stores and copies are plain (not atomic): a copy made while the writer is inside may
- * be torn, and read_retry then says so. A reader must not act on such a copy, only on one for
- * which read_retry returned false. */
+ * A copy made while the writer is inside may be torn, and read_retry then says so: a reader
+ * must act only on a copy for which read_retry returned false. Access the data with relaxed
+ * atomics (__atomic_load_n / __atomic_store_n with __ATOMIC_RELAXED: on x86-64 the same plain
+ * moves), not plain loads and stores: the reader's loads race with the writer's stores by
+ * design, which C11 makes undefined for plain accesses and ThreadSanitizer reports (Boehm, "Can
+ * seqlocks get along with programming language memory models?", 2012). The fences below order
+ * those relaxed accesses against the sequence word. */
 #ifndef NF_SEQLOCK_H
 #define NF_SEQLOCK_H
 

@@ -102,7 +102,7 @@ static void *block_writer(void *arg)
     for (uint64_t k = 1; k <= N_WRITES || !atomic_load(&run->done); k++) {
         uint64_t sn = nf_seqlock_write_begin(&run->b->seq);
         for (int i = 0; i < N_WORDS; i++)
-            run->b->data[i] = k;
+            __atomic_store_n(&run->b->data[i], k, __ATOMIC_RELAXED);
         nf_seqlock_write_end(&run->b->seq, sn);
         atomic_store_explicit(&run->writes, k, memory_order_relaxed);
         gap();
@@ -120,7 +120,8 @@ static void *block_reader(void *arg)
         uint64_t sn;
         for (;;) {
             sn = nf_seqlock_read_begin(&b->seq);
-            memcpy(copy, b->data, sizeof(copy));
+            for (int i = 0; i < N_WORDS; i++) /* relaxed atomics: see seqlock.h */
+                copy[i] = __atomic_load_n(&b->data[i], __ATOMIC_RELAXED);
             if (!nf_seqlock_read_retry(&b->seq, sn))
                 break;
             s->retries++;

@@ -193,8 +193,8 @@ static int bench_fetcher(const struct nf_nft *f, const char *path, const char *f
             (id + 1 == n || f->tiles[id + 1].layer != layer)) {
             struct nf_act_slot *a = nf_stack_act(&st, layer);
             uint64_t sn = nf_seqlock_write_begin(&a->seq);
-            a->step = k / n;
-            a->layer = layer;
+            __atomic_store_n(&a->step, k / n, __ATOMIC_RELAXED); /* see seqlock.h */
+            __atomic_store_n(&a->layer, layer, __ATOMIC_RELAXED);
             nf_seqlock_write_end(&a->seq, sn);
         }
     }
