@@ -279,13 +279,10 @@ static void poll_activations(struct nf_fetcher *ft)
         return;
     uint64_t best_step = ft->act_step, best_layer = ft->act_layer;
     for (uint32_t l = 0; l < cfg->n_layer; l++) {
-        struct nf_act_slot *a = nf_stack_act(ft->st, l);
-        uint64_t s1 = atomic_load_explicit(&a->seq, memory_order_acquire);
-        if (s1 == 0 || (s1 & 1))
-            continue;
-        uint64_t step = a->step;
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&a->seq, memory_order_relaxed) != s1)
+        uint64_t step;
+        uint32_t layer, n_embd;
+        /* One attempt: a slot being written now is read at the next poll. */
+        if (!nf_act_slot_read(nf_stack_act(ft->st, l), 1, &step, &layer, &n_embd, NULL, 0))
             continue;
         if (step > best_step || (step == best_step && l + 1 > best_layer)) {
             best_step = step;
