@@ -972,10 +972,7 @@ struct nf_file_src {
 static const uint8_t *nf_file_pin(void *ud, uint32_t id, int *rc)
 {
     struct nf_file_src *fs = ud;
-    if (id >= fs->f->n_tiles) {
-        *rc = NF_EUSAGE;
-        return NULL;
-    }
+    NF_ASSERT(id < fs->f->n_tiles); /* the engine pins tiles it found in fs->f's index */
     uint32_t sl = fs->tile_slot[id];
     if (sl == NF_FILE_NONE) {
         /* Clock: the first unpinned slot whose reference bit is clear (two sweeps). */
@@ -1015,9 +1012,11 @@ static const uint8_t *nf_file_pin(void *ud, uint32_t id, int *rc)
 static void nf_file_unpin(void *ud, uint32_t id)
 {
     struct nf_file_src *fs = ud;
-    const uint32_t sl = id < fs->f->n_tiles ? fs->tile_slot[id] : NF_FILE_NONE;
-    if (sl != NF_FILE_NONE && fs->slot_pins[sl])
-        fs->slot_pins[sl]--;
+    /* The engine unpins only what it pinned, and a pinned tile keeps its slot. */
+    NF_ASSERT(id < fs->f->n_tiles);
+    const uint32_t sl = fs->tile_slot[id];
+    NF_ASSERT(sl != NF_FILE_NONE && fs->slot_pins[sl] > 0);
+    fs->slot_pins[sl]--;
 }
 
 int nf_tile_src_file_open(struct nf_tile_src *src, const struct nf_nft *f, uint64_t cache_bytes)

@@ -3,11 +3,14 @@
 
 #include <errno.h>
 #include <linux/futex.h>
+#include <stddef.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 _Static_assert(sizeof(struct nf_notify) == 8, "notify layout is shared between processes");
+_Static_assert(offsetof(struct nf_notify, seq) == 0, "notify layout");
+_Static_assert(offsetof(struct nf_notify, waiters) == 4, "notify layout");
 _Static_assert(sizeof(_Atomic uint32_t) == sizeof(uint32_t), "futex word is 32 bits");
 
 /* Not FUTEX_PRIVATE_FLAG: waiter and waker may be different processes sharing the mapping. */

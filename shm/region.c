@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -27,23 +26,14 @@ _Static_assert(sizeof(struct nf_shm_header) <= NF_SHM_ALIGN, "header fits before
 _Static_assert(NF_SHM_NAREAS <= NF_SHM_AREA_MAX, "area table too small");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free (address-free)");
 
-static void set_err(struct nf_shm *s, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(s->err, sizeof(s->err), fmt, ap);
-    va_end(ap);
-}
-
 static int check_name(struct nf_shm *s, const char *name)
 {
     size_t n = name ? strlen(name) : 0;
     if (n < 2 || name[0] != '/' || strchr(name + 1, '/') || n >= sizeof(s->name)) {
-        set_err(s,
-                "shm name \"%s\": expected \"/\" followed by 1 to %zu characters, no other "
-                "\"/\"",
-                name ? name : "(null)", sizeof(s->name) - 2);
-        return -EINVAL;
+        return nf_errf(s->err, sizeof(s->err), -EINVAL,
+                       "shm name \"%s\": expected \"/\" followed by 1 to %zu characters, no other "
+                       "\"/\"",
+                       name ? name : "(null)", sizeof(s->name) - 2);
     }
     memcpy(s->name, name, n + 1);
     return 0;
@@ -66,36 +56,36 @@ int nf_shm_create(struct nf_shm *s, const char *name, const uint64_t sizes[NF_SH
     uint64_t off = align_up(sizeof(struct nf_shm_header));
     for (int i = 0; i < NF_SHM_NAREAS; i++) {
         if (sizes[i] > (UINT64_MAX >> 2) - off) {
-            set_err(s, "shm %s: area %d size %llu overflows the region", name, i,
-                    (unsigned long long)sizes[i]);
-            return NF_EOVERFLOW;
+            return nf_errf(s->err, sizeof(s->err), NF_EOVERFLOW,
+                           "shm %s: area %d size %llu overflows the region", name, i,
+                           (unsigned long long)sizes[i]);
         }
         areas[i].offset = off;
         areas[i].size = sizes[i];
         off = align_up(off + sizes[i]);
     }
     if (off > (uint64_t)SIZE_MAX || off > (uint64_t)INT64_MAX) {
-        set_err(s, "shm %s: total size %llu does not fit in memory", name, (unsigned long long)off);
-        return NF_EOVERFLOW;
+        return nf_errf(s->err, sizeof(s->err), NF_EOVERFLOW,
+                       "shm %s: total size %llu does not fit in memory", name,
+                       (unsigned long long)off);
     }
 
     int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         rc = -errno;
-        set_err(s, "shm %s: shm_open: %s", name, strerror(errno));
-        return rc;
+        return nf_errf(s->err, sizeof(s->err), rc, "shm %s: shm_open: %s", name, strerror(errno));
     }
     if (ftruncate(fd, (off_t)off) < 0) {
         rc = -errno;
-        set_err(s, "shm %s: sizing to %llu bytes: %s", name, (unsigned long long)off,
-                strerror(errno));
+        nf_errf(s->err, sizeof(s->err), rc, "shm %s: sizing to %llu bytes: %s", name,
+                (unsigned long long)off, strerror(errno));
         goto fail;
     }
     void *base = mmap(NULL, (size_t)off, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         rc = -errno;
-        set_err(s, "shm %s: mmap of %llu bytes: %s", name, (unsigned long long)off,
-                strerror(errno));
+        nf_errf(s->err, sizeof(s->err), rc, "shm %s: mmap of %llu bytes: %s", name,
+                (unsigned long long)off, strerror(errno));
         goto fail;
     }
     close(fd);
@@ -130,49 +120,48 @@ static int check_header(struct nf_shm *s, const struct nf_shm_header *h, uint64_
         atomic_load_explicit(&((struct nf_shm_header *)h)->magic, memory_order_acquire);
     if (magic == 0) {
         /* Sized (zero-filled) but the creator has not published the header yet. */
-        set_err(s, "shm %s: still being initialized by its creator", n);
-        return -EAGAIN;
+        return nf_errf(s->err, sizeof(s->err), -EAGAIN,
+                       "shm %s: still being initialized by its creator", n);
     }
     if (magic != NF_SHM_MAGIC) {
-        set_err(s, "shm %s: magic 0x%016llx, expected 0x%016llx (\"NFSHMRGN\")", n,
-                (unsigned long long)magic, (unsigned long long)NF_SHM_MAGIC);
-        return NF_EBADMAGIC;
+        return nf_errf(s->err, sizeof(s->err), NF_EBADMAGIC,
+                       "shm %s: magic 0x%016llx, expected 0x%016llx (\"NFSHMRGN\")", n,
+                       (unsigned long long)magic, (unsigned long long)NF_SHM_MAGIC);
     }
     if (h->major != NF_SHM_MAJOR) {
-        set_err(s, "shm %s: major version %u, expected %u", n, h->major, NF_SHM_MAJOR);
-        return NF_EBADVERSION;
+        return nf_errf(s->err, sizeof(s->err), NF_EBADVERSION,
+                       "shm %s: major version %u, expected %u", n, h->major, NF_SHM_MAJOR);
     }
     if (h->flags & ~NF_SHM_FLAGS_KNOWN) {
-        set_err(s, "shm %s: unknown flag bits 0x%llx, expected none outside 0x%llx", n,
-                (unsigned long long)(h->flags & ~NF_SHM_FLAGS_KNOWN),
-                (unsigned long long)NF_SHM_FLAGS_KNOWN);
-        return NF_EBADVERSION;
+        return nf_errf(s->err, sizeof(s->err), NF_EBADVERSION,
+                       "shm %s: unknown flag bits 0x%llx, expected none outside 0x%llx", n,
+                       (unsigned long long)(h->flags & ~NF_SHM_FLAGS_KNOWN),
+                       (unsigned long long)NF_SHM_FLAGS_KNOWN);
     }
     if (h->total_size != st_size) {
-        set_err(s, "shm %s: total_size %llu, expected the object's size %llu", n,
-                (unsigned long long)h->total_size, (unsigned long long)st_size);
-        return h->total_size > st_size ? NF_ETRUNCATED : NF_ECORRUPT;
+        return nf_errf(s->err, sizeof(s->err),
+                       h->total_size > st_size ? NF_ETRUNCATED : NF_ECORRUPT,
+                       "shm %s: total_size %llu, expected the object's size %llu", n,
+                       (unsigned long long)h->total_size, (unsigned long long)st_size);
     }
     if (h->header_size < sizeof(*h) || h->header_size > h->total_size) {
-        set_err(s, "shm %s: header_size %u, expected %zu to total_size %llu", n, h->header_size,
-                sizeof(*h), (unsigned long long)h->total_size);
-        return NF_ECORRUPT;
+        return nf_errf(s->err, sizeof(s->err), NF_ECORRUPT,
+                       "shm %s: header_size %u, expected %zu to total_size %llu", n, h->header_size,
+                       sizeof(*h), (unsigned long long)h->total_size);
     }
     if (h->n_areas < NF_SHM_NAREAS || h->n_areas > NF_SHM_AREA_MAX) {
-        set_err(s, "shm %s: n_areas %u, expected %d to %d", n, h->n_areas, NF_SHM_NAREAS,
-                NF_SHM_AREA_MAX);
-        return NF_ECORRUPT;
+        return nf_errf(s->err, sizeof(s->err), NF_ECORRUPT, "shm %s: n_areas %u, expected %d to %d",
+                       n, h->n_areas, NF_SHM_NAREAS, NF_SHM_AREA_MAX);
     }
     for (uint32_t i = 0; i < h->n_areas; i++) {
         const struct nf_shm_area_desc *a = &h->areas[i];
         if (a->offset < h->header_size || a->offset % NF_SHM_ALIGN != 0 ||
             a->offset > h->total_size || a->size > h->total_size - a->offset) {
-            set_err(s,
-                    "shm %s: area %u at offset %llu size %llu, expected a %u-aligned range "
-                    "in [%u, %llu)",
-                    n, i, (unsigned long long)a->offset, (unsigned long long)a->size, NF_SHM_ALIGN,
-                    h->header_size, (unsigned long long)h->total_size);
-            return NF_ECORRUPT;
+            return nf_errf(s->err, sizeof(s->err), NF_ECORRUPT,
+                           "shm %s: area %u at offset %llu size %llu, expected a %u-aligned range "
+                           "in [%u, %llu)",
+                           n, i, (unsigned long long)a->offset, (unsigned long long)a->size,
+                           NF_SHM_ALIGN, h->header_size, (unsigned long long)h->total_size);
         }
     }
     return 0;
@@ -187,34 +176,32 @@ int nf_shm_open(struct nf_shm *s, const char *name)
     int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
     if (fd < 0) {
         rc = -errno;
-        set_err(s, "shm %s: shm_open: %s", name, strerror(errno));
-        return rc;
+        return nf_errf(s->err, sizeof(s->err), rc, "shm %s: shm_open: %s", name, strerror(errno));
     }
     struct stat st;
     if (fstat(fd, &st) < 0) {
         rc = -errno;
-        set_err(s, "shm %s: fstat: %s", name, strerror(errno));
+        nf_errf(s->err, sizeof(s->err), rc, "shm %s: fstat: %s", name, strerror(errno));
         close(fd);
         return rc;
     }
     if (st.st_size == 0) {
         /* nf_shm_create() has made the object but not yet sized it. */
-        set_err(s, "shm %s: still being created (0 bytes)", name);
         close(fd);
-        return -EAGAIN;
+        return nf_errf(s->err, sizeof(s->err), -EAGAIN, "shm %s: still being created (0 bytes)",
+                       name);
     }
     if ((uint64_t)st.st_size < sizeof(struct nf_shm_header)) {
-        set_err(s, "shm %s: %lld bytes, expected at least a %zu-byte header", name,
-                (long long)st.st_size, sizeof(struct nf_shm_header));
         close(fd);
-        return NF_ETRUNCATED;
+        return nf_errf(s->err, sizeof(s->err), NF_ETRUNCATED,
+                       "shm %s: %lld bytes, expected at least a %zu-byte header", name,
+                       (long long)st.st_size, sizeof(struct nf_shm_header));
     }
     void *base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     rc = base == MAP_FAILED ? -errno : 0;
     close(fd);
     if (rc < 0) {
-        set_err(s, "shm %s: mmap: %s", name, strerror(-rc));
-        return rc;
+        return nf_errf(s->err, sizeof(s->err), rc, "shm %s: mmap: %s", name, strerror(-rc));
     }
     rc = check_header(s, base, (uint64_t)st.st_size);
     if (rc < 0) {
@@ -243,15 +230,16 @@ int nf_shm_reserve(struct nf_shm *s)
     int fd = shm_open(s->name, O_RDWR | O_CLOEXEC, 0);
     if (fd < 0) {
         int rc = -errno;
-        set_err(s, "shm %s: shm_open: %s", s->name, strerror(errno));
-        return rc;
+        return nf_errf(s->err, sizeof(s->err), rc, "shm %s: shm_open: %s", s->name,
+                       strerror(errno));
     }
     int rc = -posix_fallocate(fd, 0, (off_t)s->size); /* returns the error, not errno */
     close(fd);
     if (rc < 0)
-        set_err(s, "shm %s: reserving %zu bytes: %s (is /dev/shm large enough?)", s->name, s->size,
-                strerror(-rc));
-    return rc;
+        return nf_errf(s->err, sizeof(s->err), rc,
+                       "shm %s: reserving %zu bytes: %s (is /dev/shm large enough?)", s->name,
+                       s->size, strerror(-rc));
+    return 0;
 }
 
 void nf_shm_close(struct nf_shm *s)

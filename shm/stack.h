@@ -43,6 +43,7 @@
 #include "notify.h"
 #include "region.h"
 #include "ring.h"
+#include "seqlock.h"
 
 struct nf_nft;
 
@@ -222,8 +223,8 @@ struct nf_stack_plan {
 
 /* Computes the plan for model f under budget ram_budget with the requested context length
  * and thread count. The pool's slot size classes come from the model's tile sizes and the pool
- * bytes are split between them by what a token step reads (the rule is explained in stack.c
- * above plan_classes and plan_split). A request is honoured if the minimum pool fits beside it,
+ * bytes are split between them by what a token step reads (see plan_classes in shape.c and
+ * plan_split in plan.c). A request is honoured if the minimum pool fits beside it,
  * else capped to the largest that does. Without one (0) the context is the model's (capped at 4096)
  * lowered so that the KV cache takes at most a quarter of the budget (a multiple of 256, not below
  * 256 or the model's context if smaller). Kernel memory (page tables of the three mappings of the
@@ -306,8 +307,31 @@ int nf_stack_class_of(const struct nf_stack_class *classes, uint32_t n_classes, 
  * caller's ready bit, sets `stop` and wakes every bell so that every loop sees it. */
 void nf_stack_stop(struct nf_stack *st, uint32_t ready_bit);
 
+/* --- Activation and used-set slots (shm/slots.c) ------------------------------------------ */
+
+/* Layer layer's slots (NULL for a layer out of range). */
 struct nf_act_slot *nf_stack_act(const struct nf_stack *st, uint32_t layer);
 struct nf_used_slot *nf_stack_used(const struct nf_stack *st, uint32_t layer);
+
+/* Each slot is a seqlock (shm/seqlock.h) with a single writer, the compute thread that runs the
+ * layers; the predictor and the fetcher read. The caller checks that n_embd floats or
+ * ceil(n_groups / 64) words fit the slot's stride (cfg->act_stride, cfg->used_stride). */
+void nf_act_slot_publish(struct nf_act_slot *a, uint64_t step, uint32_t layer, const float *x,
+                         uint32_t n_embd);
+void nf_used_slot_publish(struct nf_used_slot *u, uint64_t step, uint32_t layer,
+                          const uint64_t *bits, uint32_t n_groups);
+
+/* Reads activation slot a in up to tries attempts (yielding the CPU between them while the
+ * writer is inside): its step, layer and n_embd, and when x is not NULL and the slot holds
+ * x_len floats (n_embd == x_len) the vector into x. Returns the sequence of the whole copy (even,
+ * non-zero), or 0 when the slot was never written or a writer was inside at every attempt (the
+ * outputs then mean nothing). */
+uint64_t nf_act_slot_read(const struct nf_act_slot *a, int tries, uint64_t *step, uint32_t *layer,
+                          uint32_t *n_embd, float *x, uint32_t x_len);
+/* Reads used slot u likewise: its step and n_groups, and its bitmap into bits[0..words)
+ * (zero-filled beyond the slot's ceil(n_groups / 64) words, truncated to words). */
+uint64_t nf_used_slot_read(const struct nf_used_slot *u, int tries, uint64_t *step,
+                           uint32_t *n_groups, uint64_t *bits, uint32_t words);
 
 /* --- Tile protocol ---------------------------------------------------------------------- */
 

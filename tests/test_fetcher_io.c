@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "../daemons/fetcher/fetch.h"
 #include "daemon.h"
 #include "nf_err.h"
 #include "nft.h"
@@ -391,6 +392,42 @@ static int setup_files(void)
     return 0;
 }
 
+/* Reads a tile of len bytes the way the back ends do, piece by piece (nf_fetch_read_len, each
+ * piece read in full here); checks every piece and that they add up to the tile. */
+static void read_in_pieces(uint64_t len, unsigned want_pieces)
+{
+    struct nf_fetch_io io = {.len = len};
+    unsigned pieces = 0;
+    while (io.done < io.len) {
+        uint32_t n = nf_fetch_read_len(&io);
+        assert_true(n > 0 && n <= NF_FETCH_READ_MAX);
+        assert_true(n % 4096 == 0 || io.done + n == io.len); /* O_DIRECT: aligned pieces */
+        io.done += n;
+        pieces++;
+        assert_true(pieces <= want_pieces);
+    }
+    assert_int_equal(io.done, len);
+    assert_int_equal(pieces, want_pieces);
+}
+
+/* Reads of 4 GiB and more are split, never truncated to 32 bits: a 4 GiB tile cast to unsigned
+ * would read 0 bytes (taken for end of file), 4 GiB + 4 KiB only 4 KiB at a time. */
+static void test_read_len_4g(void **state)
+{
+    (void)state;
+    read_in_pieces(4096, 1);
+    read_in_pieces(NF_FETCH_READ_MAX, 1);
+    read_in_pieces((uint64_t)NF_FETCH_READ_MAX + 4096, 2);
+    read_in_pieces(4ull << 30, 4);
+    read_in_pieces((4ull << 30) + 4096, 5);
+    read_in_pieces((9ull << 30) + 8192, 10);
+    /* After a short read the rest follows, again at most NF_FETCH_READ_MAX. */
+    struct nf_fetch_io io = {.len = 6ull << 30, .done = 4096};
+    assert_int_equal(nf_fetch_read_len(&io), NF_FETCH_READ_MAX);
+    io.done = (6ull << 30) - 8192;
+    assert_int_equal(nf_fetch_read_len(&io), 8192);
+}
+
 int main(void)
 {
     int rc = setup_files();
@@ -400,6 +437,7 @@ int main(void)
         return rc;
     }
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_read_len_4g),
         cmocka_unit_test_teardown(test_uring, teardown),
         cmocka_unit_test_teardown(test_pread_pool, teardown),
         cmocka_unit_test_teardown(test_corrupt_tile, teardown),

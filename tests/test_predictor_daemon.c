@@ -129,28 +129,14 @@ static bool wait_until(_Atomic uint64_t *v, uint64_t want, int ms)
 
 static void publish_act(struct nf_stack *st, uint32_t layer, uint64_t step, const float *x)
 {
-    struct nf_act_slot *a = nf_stack_act(st, layer);
-    uint64_t s = atomic_load(&a->seq);
-    atomic_store(&a->seq, s + 1);
-    a->step = step;
-    a->layer = layer;
-    a->n_embd = st->cfg->n_embd;
-    memcpy(a->x, x, sizeof(float) * st->cfg->n_embd);
-    atomic_store_explicit(&a->seq, s + 2, memory_order_release);
+    nf_act_slot_publish(nf_stack_act(st, layer), step, layer, x, st->cfg->n_embd);
     nf_notify_wake(&st->sync->act_bell);
 }
 
 static void publish_used(struct nf_stack *st, uint32_t layer, uint64_t step, uint32_t n,
                          const uint64_t *bits)
 {
-    struct nf_used_slot *u = nf_stack_used(st, layer);
-    uint64_t s = atomic_load(&u->seq);
-    atomic_store(&u->seq, s + 1);
-    u->step = step;
-    u->layer = layer;
-    u->n_groups = n;
-    memcpy(u->bits, bits, sizeof(uint64_t) * ((n + 63) / 64));
-    atomic_store_explicit(&u->seq, s + 2, memory_order_release);
+    nf_used_slot_publish(nf_stack_used(st, layer), step, layer, bits, n);
     nf_notify_wake(&st->sync->act_bell);
 }
 

@@ -9,10 +9,12 @@
 #ifndef NF_DAEMON_H
 #define NF_DAEMON_H
 
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <uv.h>
 
 #include "frame.h"
@@ -60,8 +62,109 @@ void nf_daemon_end(const char *role, const char *dir, int status);
 /* Own session (forking first if we lead a process group), stdin from /dev/null, stdout and
  * stderr appended to log_path. Returns 0 or a negated errno. */
 int nf_daemon_detach(const char *log_path);
-/* --log-level for role: 0, or -EINVAL after printing the one-line refusal. */
-int nf_daemon_log_level(const char *role, const char *arg, enum nf_log_level *out);
+/* Attaches st to the region of the stack in dir, built for f: retries while the fetcher has not
+ * created it yet, then waits for the fetcher's ready bit; *attached is set once st holds the
+ * region (detach it even after a failure). Gives up after timeout_s seconds in all. Returns 0,
+ * -ECANCELED when the stack stops meanwhile, -ETIMEDOUT, or nf_stack_attach's code; a message
+ * in err on failure. */
+struct nf_nft;
+struct nf_stack;
+int nf_daemon_attach(struct nf_stack *st, const char *dir, const struct nf_nft *f, int timeout_s,
+                     bool *attached, char *err, size_t errlen);
+
+/* --- Command line shared by the daemons (args.c) -------------------------------------------- */
+/* The stack's flags, which `nanoflowctl up` passes to every daemon alike. */
+struct nf_daemon_args {
+    const char *run_dir;     /* --run-dir DIR (NULL: nf_rundir_resolve's default) */
+    const char *model;       /* --model FILE.nft (required) */
+    uint64_t ram;            /* --ram SIZE: positive, at most 9e18; 0 when not given */
+    int threads;             /* -t, --threads N in 0..1024; -1 when not given */
+    float sparsity;          /* --sparsity S in [0, 1); -1 when not given */
+    uint32_t ctx;            /* --ctx N in 0..2^24; 0 when not given */
+    int attach_timeout_s;    /* --attach-timeout S in 1..3600 (default 30), with spec->attaches */
+    bool foreground;         /* --foreground */
+    enum nf_log_level level; /* --log-level L (default info) */
+};
+
+/* getopt_long values of a daemon's own flags start here (below: the shared ones). */
+#define NF_ARG_OWN 512
+
+/* What a daemon adds to the shared flags. */
+struct nf_daemon_argspec {
+    const char *role; /* NF_ROLE_*: "nanoflow-ROLE: ..." in the messages */
+    bool attaches;    /* takes --attach-timeout (the daemons that wait for the fetcher) */
+    void (*usage)(FILE *out);
+    /* The daemon's own long options (val >= NF_ARG_OWN; NULL-terminated; may be NULL) and their
+     * parser: 0, or -EINVAL for a bad value, which the caller then refuses in one line. */
+    const struct option *own;
+    int (*parse)(int val, const char *arg, void *ud);
+    void *ud;
+};
+
+/* Parses argv: the shared flags into a, the daemon's own through spec->parse. Also takes
+ * "--flag=value". Returns 0, 1 after --help (usage on stdout: exit 0), or 2 after a usage error
+ * (one line on stderr naming the flag and pointing to --help: exit 2). */
+int nf_daemon_args_parse(int argc, char **argv, const struct nf_daemon_argspec *spec,
+                         struct nf_daemon_args *a);
+/* Value checks the daemons' own flags share; each returns 0 or -EINVAL. An integer in
+ * [lo, hi]; a float in [lo, hi); a size as nf_parse_size spells it, positive, in an int64. */
+int nf_daemon_arg_long(const char *s, long lo, long hi, long *out);
+int nf_daemon_arg_float(const char *s, float lo, float hi, float *out);
+int nf_daemon_arg_size(const char *s, uint64_t *out);
+
+/* --- Control loop shared by the daemons (loop.c) ------------------------------------------- */
+/* The loop answers Hello and Health (the server), Stats (from the region's counters) and
+ * Shutdown itself; SIGTERM and SIGINT shut down as Shutdown does. Shutdown: health STOPPING,
+ * the stack stopped (nf_stack_stop: our ready bit cleared, sync->stop set, every bell rung),
+ * hooks->shutdown, then 50 ms later (the reply goes out) hooks->stop, the server
+ * stopped and every handle closed, so nf_daemon_loop_run returns. All hooks run on the loop
+ * thread and may be NULL. */
+struct nf_daemon_loop;
+struct nf_daemon_hooks {
+    /* Any other request: returns false when the daemon does not handle it (the loop then
+     * replies with an Error). */
+    bool (*request)(struct nf_daemon_loop *dl, uint64_t conn_id, nf_envelope *env);
+    /* A client connection closed (cancel its work). */
+    void (*conn_closed)(struct nf_daemon_loop *dl, uint64_t conn_id);
+    /* Refreshes the daemon's private memory gauge: every second and before each Stats reply. */
+    void (*mem)(struct nf_daemon_loop *dl);
+    /* The shutdown began: cancel running work. */
+    void (*shutdown)(struct nf_daemon_loop *dl);
+    /* Before the server stops: join every thread that sends frames. */
+    void (*stop)(struct nf_daemon_loop *dl);
+};
+
+/* Caller-allocated (zeroed) and kept in place from start to close. */
+struct nf_daemon_loop {
+    uv_loop_t loop;
+    struct nf_server *srv; /* NULL once stopped */
+    uv_signal_t sigterm, sigint;
+    uv_timer_t mem_timer;  /* hooks->mem every second */
+    uv_timer_t stop_timer; /* lets the Shutdown reply leave before the server closes */
+    const char *role;
+    struct nf_stack *st;
+    unsigned ready_bit; /* enum nf_ready_bit: ours in sync->ready_mask */
+    const struct nf_daemon_hooks *hooks;
+    void *ud; /* the daemon's, for its hooks */
+    char sock[4096 + 64];
+    bool loop_init, stopping;
+};
+
+/* Initializes dl's loop, serves dir/ROLE.sock and installs the signal handlers and timers; st
+ * is the attached stack. Returns 0 or a negative code with a message in err (call
+ * nf_daemon_loop_close either way). */
+int nf_daemon_loop_start(struct nf_daemon_loop *dl, const char *role, const char *dir,
+                         struct nf_stack *st, unsigned ready_bit,
+                         const struct nf_daemon_hooks *hooks, void *ud, char *err, size_t errlen);
+/* Sets our ready bit in sync->ready_mask and the health READY. */
+void nf_daemon_loop_ready(struct nf_daemon_loop *dl);
+/* Runs the loop until the shutdown closed every handle. */
+void nf_daemon_loop_run(struct nf_daemon_loop *dl);
+/* Begins the shutdown (once; later calls do nothing). Loop thread. */
+void nf_daemon_loop_shutdown(struct nf_daemon_loop *dl, const char *why);
+/* Stops the server if it still runs (threads that send frames joined first), closes every
+ * handle and the loop. */
+void nf_daemon_loop_close(struct nf_daemon_loop *dl);
 
 /* --- Control server (libuv, one loop thread) ----------------------------------------------- */
 struct nf_server;

@@ -1,4 +1,5 @@
-/* start.c - the start-up and exit every daemon shares: run directory, detaching, log, pid file. */
+/* start.c - the start-up and exit every daemon shares: run directory, detaching, log, pid file,
+ * and waiting for the fetcher's region. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -8,6 +9,8 @@
 
 #include "daemon.h"
 #include "nf_err.h"
+#include "nf_time.h"
+#include "stack.h"
 
 int nf_daemon_detach(const char *log_path)
 {
@@ -83,13 +86,31 @@ void nf_daemon_end(const char *role, const char *dir, int status)
     nf_log_close();
 }
 
-int nf_daemon_log_level(const char *role, const char *arg, enum nf_log_level *out)
+int nf_daemon_attach(struct nf_stack *st, const char *dir, const struct nf_nft *f, int timeout_s,
+                     bool *attached, char *err, size_t errlen)
 {
-    if (nf_log_level_parse(arg, out) == 0)
-        return 0;
-    fprintf(stderr,
-            "nanoflow-%s: invalid --log-level '%s', expected error, warn, info or debug (try "
-            "'nanoflow-%s --help')\n",
-            role, arg, role);
-    return -EINVAL;
+    char name[NAME_MAX], why[512] = "";
+    nf_rundir_shm_name(dir, name, sizeof(name));
+    const int limit = timeout_s * 1000;
+    int waited = 0, rc;
+    /* The fetcher creates the region: absent (-ENOENT) or not yet initialized (-EAGAIN) until
+     * then. */
+    while ((rc = nf_stack_attach(st, name, f, why, sizeof(why))) < 0) {
+        if ((rc != -ENOENT && rc != -EAGAIN) || waited >= limit)
+            return nf_errf(err, errlen, rc, "cannot attach to stack %s: %s", name,
+                           why[0] ? why : nf_strerror(rc));
+        nf_sleep_ms(100);
+        waited += 100;
+    }
+    *attached = true;
+    while (!(atomic_load(&st->sync->ready_mask) & NF_READY_FETCHER)) {
+        if (atomic_load(&st->sync->stop))
+            return nf_errf(err, errlen, -ECANCELED, "the stack is stopping");
+        if (waited >= limit)
+            return nf_errf(err, errlen, -ETIMEDOUT, "the fetcher did not become ready within %d s",
+                           timeout_s);
+        nf_sleep_ms(50);
+        waited += 50;
+    }
+    return 0;
 }

@@ -32,19 +32,7 @@ static void shm_layer_done(void *ud, uint32_t layer, const float *x, int n_embd)
     struct nf_gen *g = ud;
     if (layer >= g->st->cfg->n_layer)
         return;
-    struct nf_act_slot *a = nf_stack_act(g->st, layer);
-    uint64_t seq = atomic_load_explicit(&a->seq, memory_order_relaxed);
-    atomic_store_explicit(&a->seq, seq + 1, memory_order_relaxed);
-    /* Release fence: the odd sequence is visible before any data store (pairs with the
-     * reader's acquire fence before its second sequence load). */
-    atomic_thread_fence(memory_order_release);
-    a->step = g->step;
-    a->layer = layer;
-    a->n_embd = (uint32_t)n_embd;
-    memcpy(a->x, x, sizeof(float) * (size_t)n_embd);
-    /* Release: the data is visible before the even sequence (pairs with the reader's acquire
-     * load of seq). */
-    atomic_store_explicit(&a->seq, seq + 2, memory_order_release);
+    nf_act_slot_publish(nf_stack_act(g->st, layer), g->step, layer, x, (uint32_t)n_embd);
     nf_notify_wake(&g->st->sync->act_bell);
 }
 
@@ -58,15 +46,7 @@ static void shm_used(void *ud, uint32_t layer, const uint64_t *bits, uint32_t n_
     const size_t words = (n_groups + 63) / 64;
     if (sizeof(struct nf_used_slot) + words * sizeof(uint64_t) > cfg->used_stride)
         return;
-    struct nf_used_slot *u = nf_stack_used(g->st, layer);
-    uint64_t seq = atomic_load_explicit(&u->seq, memory_order_relaxed);
-    atomic_store_explicit(&u->seq, seq + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
-    u->step = g->step;
-    u->layer = layer;
-    u->n_groups = n_groups;
-    memcpy(u->bits, bits, words * sizeof(uint64_t));
-    atomic_store_explicit(&u->seq, seq + 2, memory_order_release);
+    nf_used_slot_publish(nf_stack_used(g->st, layer), g->step, layer, bits, n_groups);
 }
 
 void nf_gen_flush_counters(struct nf_gen *g)

@@ -8,51 +8,27 @@
  * streamed as TokenEvents then GenerateDone), Cancel, Stats, Shutdown; Hello/Health are answered
  * by the server. SIGTERM/SIGINT = Shutdown. */
 #include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
-#include <inttypes.h>
-#include <signal.h>
+#include <limits.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <strings.h>
-#include <time.h>
 #include <unistd.h>
-#include <uv.h>
 
 #include "daemon.h"
 #include "gen.h"
 #include "nf_err.h"
 #include "nf_proc.h"
-#include "nf_size.h"
 #include "nft.h"
 #include "stack.h"
 #include "tokenizer.h"
-#include "nf_time.h"
-
-struct opts {
-    const char *run_dir, *model, *log_level;
-    uint64_t ram; /* informational: the fetcher's plan holds the budget */
-    int n_threads, n_ctx;
-    float sparsity;
-    bool sparsity_set, foreground;
-    int attach_timeout_s;
-};
 
 struct compute {
-    struct opts o;
+    struct nf_daemon_args o;
     char dir[PATH_MAX];
     struct nf_nft *f;
     struct nf_vocab *v;
     struct nf_stack st;
     bool attached;
     struct nf_gen gen;
-    uv_loop_t loop;
-    bool loop_init;
-    struct nf_server *srv;
-    uv_signal_t sigterm, sigint;
-    uv_timer_t mem_timer, stop_timer;
-    bool stopping;
+    struct nf_daemon_loop dl;
 };
 
 static void usage(FILE *out)
@@ -66,7 +42,8 @@ static void usage(FILE *out)
             "come from the stack's plan; -t, --ctx and --sparsity override them.\n\n"
             "  --model FILE        the stack's .nft tile file (required)\n"
             "  --run-dir DIR       run directory (default: $NANOFLOW_RUN_DIR, else\n"
-            "                      $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
+            "                      $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow as root,\n"
+            "                      else /tmp/nanoflow-UID)\n"
             "  --ram SIZE          RAM budget of the stack, checked but informational: the\n"
             "                      region's plan rules (default: the plan's)\n"
             "  -t, --threads N     compute threads, 0..1024; 0 = one per CPU but one, at\n"
@@ -83,145 +60,6 @@ static void usage(FILE *out)
             "  -h, --help          show this help\n");
 }
 
-static int bad_flag(const char *flag, const char *val)
-{
-    fprintf(stderr, "nanoflow-compute: invalid value '%s' for %s (try 'nanoflow-compute --help')\n",
-            val, flag);
-    return -1;
-}
-
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -EINVAL;
-    *out = v;
-    return 0;
-}
-
-/* True when s is a size as the fetcher takes it: nf_parse_size's spelling, positive, fitting
- * in an int64 (e.g. 1G). */
-static bool ram_valid(const char *s)
-{
-    uint64_t v;
-    return nf_parse_size(s, &v) == 0 && v > 0 && v <= (uint64_t)9.0e18;
-}
-
-/* Returns 0, 1 after --help, or -1 after a usage error (message printed). */
-static int parse_args(int argc, char **argv, struct opts *o)
-{
-    enum { O_RUN = 256, O_MODEL, O_RAM, O_SPARS, O_CTX, O_FG, O_LOG, O_ATTACH };
-    static const struct option lo[] = {
-        {"run-dir", required_argument, NULL, O_RUN},
-        {"model", required_argument, NULL, O_MODEL},
-        {"ram", required_argument, NULL, O_RAM},
-        {"threads", required_argument, NULL, 't'},
-        {"sparsity", required_argument, NULL, O_SPARS},
-        {"ctx", required_argument, NULL, O_CTX},
-        {"foreground", no_argument, NULL, O_FG},
-        {"log-level", required_argument, NULL, O_LOG},
-        {"attach-timeout", required_argument, NULL, O_ATTACH},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    memset(o, 0, sizeof(*o));
-    o->log_level = "info";
-    o->attach_timeout_s = 30;
-    o->n_threads = -1; /* not given: the plan's */
-    opterr = 0;
-    int c;
-    long v;
-    while ((c = getopt_long(argc, argv, ":t:h", lo, NULL)) != -1) {
-        switch (c) {
-        case 'h': usage(stdout); return 1;
-        case O_RUN: o->run_dir = optarg; break;
-        case O_MODEL: o->model = optarg; break;
-        case O_RAM: /* the plan in the region carries the budget; the value is only checked */
-            if (!ram_valid(optarg))
-                return bad_flag("--ram", optarg);
-            break;
-        case 't':
-            if (parse_long(optarg, 0, 1024, &v))
-                return bad_flag("-t", optarg);
-            o->n_threads = (int)v;
-            break;
-        case O_SPARS: {
-            char *end;
-            o->sparsity = strtof(optarg, &end);
-            if (*end || end == optarg || !(o->sparsity >= 0 && o->sparsity < 1))
-                return bad_flag("--sparsity", optarg);
-            o->sparsity_set = true;
-            break;
-        }
-        case O_CTX:
-            if (parse_long(optarg, 0, 1 << 24, &v))
-                return bad_flag("--ctx", optarg);
-            o->n_ctx = (int)v;
-            break;
-        case O_FG: o->foreground = true; break;
-        case O_LOG: o->log_level = optarg; break;
-        case O_ATTACH:
-            if (parse_long(optarg, 1, 3600, &v))
-                return bad_flag("--attach-timeout", optarg);
-            o->attach_timeout_s = (int)v;
-            break;
-        case ':':
-            fprintf(stderr, "nanoflow-compute: %s needs a value (try 'nanoflow-compute --help')\n",
-                    argv[optind - 1]);
-            return -1;
-        default:
-            fprintf(stderr, "nanoflow-compute: unknown flag '%s' (try 'nanoflow-compute --help')\n",
-                    argv[optind - 1]);
-            return -1;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr,
-                "nanoflow-compute: unexpected argument '%s' (try 'nanoflow-compute --help')\n",
-                argv[optind]);
-        return -1;
-    }
-    if (!o->model) {
-        fprintf(stderr, "nanoflow-compute: --model FILE.nft is required (try 'nanoflow-compute "
-                        "--help')\n");
-        return -1;
-    }
-    return 0;
-}
-
-/* Attaches to the region (retrying while the fetcher creates it), then waits for the fetcher's
- * ready bit. */
-static int attach_stack(struct compute *m, char *err, size_t errlen)
-{
-    char name[NAME_MAX];
-    nf_rundir_shm_name(m->dir, name, sizeof(name));
-    const int limit = m->o.attach_timeout_s * 1000;
-    int waited = 0, rc;
-    while ((rc = nf_stack_attach(&m->st, name, m->f, err, errlen)) < 0) {
-        if ((rc != -ENOENT && rc != -EAGAIN) || waited >= limit)
-            return rc;
-        nf_sleep_ms(100);
-        waited += 100;
-    }
-    m->attached = true;
-    while (!(atomic_load(&m->st.sync->ready_mask) & NF_READY_FETCHER)) {
-        if (atomic_load(&m->st.sync->stop)) {
-            snprintf(err, errlen, "the stack is stopping");
-            return -ECANCELED;
-        }
-        if (waited >= limit) {
-            snprintf(err, errlen, "the fetcher did not become ready within %d s",
-                     m->o.attach_timeout_s);
-            return -ETIMEDOUT;
-        }
-        nf_sleep_ms(50);
-        waited += 50;
-    }
-    return 0;
-}
-
 static int start(struct compute *m, char *err, size_t errlen)
 {
     int rc = nf_nft_open(&m->f, m->o.model, false, err, errlen);
@@ -229,17 +67,18 @@ static int start(struct compute *m, char *err, size_t errlen)
         return rc;
     if ((rc = nf_vocab_load(&m->v, nf_nft_gguf(m->f), err, errlen)) < 0)
         return rc;
-    if ((rc = attach_stack(m, err, errlen)) < 0)
+    if ((rc = nf_daemon_attach(&m->st, m->dir, m->f, m->o.attach_timeout_s, &m->attached, err,
+                               errlen)) < 0)
         return rc;
     const struct nf_stack_config *cfg = m->st.cfg;
     m->gen.st = &m->st;
     m->gen.f = m->f;
     m->gen.v = m->v;
-    m->gen.n_ctx = m->o.n_ctx > 0 ? m->o.n_ctx : (int)cfg->n_ctx;
+    m->gen.n_ctx = m->o.ctx > 0 ? (int)m->o.ctx : (int)cfg->n_ctx;
     /* -t 0 (what `up` passes by default): one thread per CPU but one (nf_stack_compute_threads). */
     m->gen.n_threads = (int)nf_stack_compute_threads(
-        (uint32_t)(m->o.n_threads >= 0 ? m->o.n_threads : (int)cfg->n_threads));
-    m->gen.sparsity = m->o.sparsity_set ? m->o.sparsity : cfg->sparsity;
+        (uint32_t)(m->o.threads >= 0 ? m->o.threads : (int)cfg->n_threads));
+    m->gen.sparsity = m->o.sparsity >= 0 ? m->o.sparsity : cfg->sparsity;
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
         return NF_EUSAGE;
@@ -255,146 +94,83 @@ static int start(struct compute *m, char *err, size_t errlen)
     return 0;
 }
 
-/* --- control server ------------------------------------------------------------------------- */
+/* --- control loop hooks (daemons/common/loop.c does the rest) ----------------------------- */
 
-static void close_handle(uv_handle_t *h)
+static void on_mem(struct nf_daemon_loop *dl)
 {
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
-static void on_mem_timer(uv_timer_t *t)
-{
-    struct compute *m = t->data;
+    struct compute *m = dl->ud;
     atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
 }
 
-/* After the Shutdown reply had a loop turn to go out: stop serving and let the loop end. */
-static void on_stop_timer(uv_timer_t *t)
+/* Cancels the running generation; the worker is joined in on_stop. */
+static void on_shutdown(struct nf_daemon_loop *dl)
 {
-    struct compute *m = t->data;
-    /* The worker sends frames; it must be gone before the server is. */
-    nf_gen_stop(&m->gen);
-    nf_server_stop(m->srv);
-    m->srv = NULL;
-    close_handle((uv_handle_t *)&m->sigterm);
-    close_handle((uv_handle_t *)&m->sigint);
-    close_handle((uv_handle_t *)&m->mem_timer);
-    close_handle((uv_handle_t *)&m->stop_timer);
-}
-
-static void begin_shutdown(struct compute *m, const char *why)
-{
-    if (m->stopping)
-        return;
-    m->stopping = true;
-    nf_log(NF_LOG_INFO, "shutting down (%s)", why);
-    nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__STOPPING);
-    /* As every daemon on Shutdown (stack.md): stop every loop of the stack and wake it. */
-    nf_stack_stop(&m->st, NF_READY_COMPUTE);
-    /* Cancel the running generation; the worker is joined in on_stop_timer. */
+    struct compute *m = dl->ud;
     pthread_mutex_lock(&m->gen.mu);
     if (m->gen.cur)
         atomic_store(&m->gen.cur->cancel, 1);
     pthread_mutex_unlock(&m->gen.mu);
-    uv_timer_start(&m->stop_timer, on_stop_timer, 50, 0);
 }
 
-static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, void *ud)
+/* The worker sends frames; it must be gone before the server is. */
+static void on_stop(struct nf_daemon_loop *dl)
 {
-    struct compute *m = ud;
+    struct compute *m = dl->ud;
+    nf_gen_stop(&m->gen);
+}
+
+static bool on_request(struct nf_daemon_loop *dl, uint64_t conn, nf_envelope *env)
+{
+    struct compute *m = dl->ud;
     const uint64_t req = env->request_id;
     switch (env->msg_case) {
     case NANOFLOW__ENVELOPE__MSG_GENERATE:
-        if (m->stopping) {
-            nf_server_send_error(s, conn, req, -ECANCELED, "compute is shutting down");
+        if (dl->stopping) {
+            nf_server_send_error(dl->srv, conn, req, -ECANCELED, "compute is shutting down");
         } else if (nf_gen_submit(&m->gen, conn, req, env->generate) < 0) {
-            nf_server_send_error(s, conn, req, -ENOMEM, "out of memory queueing the request");
+            nf_server_send_error(dl->srv, conn, req, -ENOMEM, "out of memory queueing the request");
         }
-        break;
+        return true;
     case NANOFLOW__ENVELOPE__MSG_CANCEL:
         if (!nf_gen_cancel(&m->gen, conn, env->cancel->target_id))
             nf_log(NF_LOG_DEBUG, "cancel of request %llu: no such generation",
                    (unsigned long long)env->cancel->target_id);
-        break;
-    case NANOFLOW__ENVELOPE__MSG_STATS_REQUEST:
-        atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
-        nf_stats_reply(s, conn, req, &m->st, NF_ROLE_COMPUTE);
-        break;
-    case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {
-        nf_server_send_stopping(s, conn, req);
-        begin_shutdown(m, "Shutdown request");
-        break;
-    }
-    default:
-        nf_server_send_error(s, conn, req, NF_EPROTO, "compute does not handle this message (%d)",
-                             (int)env->msg_case);
-        break;
+        return true;
+    default: return false;
     }
 }
 
-static void on_close(struct nf_server *s, uint64_t conn, void *ud)
+static void on_close(struct nf_daemon_loop *dl, uint64_t conn)
 {
-    (void)s;
-    struct compute *m = ud;
+    struct compute *m = dl->ud;
     nf_gen_conn_closed(&m->gen, conn);
 }
 
-static void on_signal(uv_signal_t *h, int signum)
-{
-    begin_shutdown(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
-}
+static const struct nf_daemon_hooks hooks = {
+    .request = on_request,
+    .conn_closed = on_close,
+    .mem = on_mem,
+    .shutdown = on_shutdown,
+    .stop = on_stop,
+};
 
 static int serve(struct compute *m, char *err, size_t errlen)
 {
-    char sock[PATH_MAX];
-    int rc = uv_loop_init(&m->loop);
-    if (rc < 0) {
-        snprintf(err, errlen, "uv_loop_init: %s", uv_strerror(rc));
+    int rc = nf_daemon_loop_start(&m->dl, NF_ROLE_COMPUTE, m->dir, &m->st, NF_READY_COMPUTE, &hooks,
+                                  m, err, errlen);
+    if (rc < 0)
         return rc;
-    }
-    m->loop_init = true;
-    nf_rundir_path(m->dir, NF_ROLE_COMPUTE, "sock", sock, sizeof(sock));
-    rc = nf_server_start(&m->srv, &m->loop, sock, NF_ROLE_COMPUTE, on_request, on_close, m);
-    if (rc < 0) {
-        snprintf(err, errlen, "cannot serve %s: %s", sock, nf_strerror(rc));
-        return rc;
-    }
-    m->gen.srv = m->srv;
-    uv_signal_init(&m->loop, &m->sigterm);
-    uv_signal_init(&m->loop, &m->sigint);
-    m->sigterm.data = m->sigint.data = m;
-    uv_signal_start(&m->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&m->sigint, on_signal, SIGINT);
-    uv_timer_init(&m->loop, &m->mem_timer);
-    uv_timer_init(&m->loop, &m->stop_timer);
-    m->mem_timer.data = m->stop_timer.data = m;
-    uv_timer_start(&m->mem_timer, on_mem_timer, 1000, 1000);
-    atomic_fetch_or(&m->st.sync->ready_mask, NF_READY_COMPUTE);
-    nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__READY);
-    nf_log(NF_LOG_INFO, "ready on %s (pid %d)", sock, (int)getpid());
-    uv_run(&m->loop, UV_RUN_DEFAULT);
+    m->gen.srv = m->dl.srv;
+    nf_daemon_loop_ready(&m->dl);
+    nf_log(NF_LOG_INFO, "ready on %s (pid %d)", m->dl.sock, (int)getpid());
+    nf_daemon_loop_run(&m->dl);
     return 0;
-}
-
-static void walk_close(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    close_handle(h);
 }
 
 static void cleanup(struct compute *m)
 {
     nf_gen_stop(&m->gen);
-    if (m->srv) { /* startup failed after the server started */
-        nf_server_stop(m->srv);
-        m->srv = NULL;
-    }
-    if (m->loop_init) {
-        uv_walk(&m->loop, walk_close, NULL);
-        uv_run(&m->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&m->loop);
-    }
+    nf_daemon_loop_close(&m->dl);
     if (m->attached) {
         atomic_fetch_and(&m->st.sync->ready_mask, ~NF_READY_COMPUTE);
         nf_stack_detach(&m->st);
@@ -408,13 +184,12 @@ int main(int argc, char **argv)
 {
     static struct compute m;
     char err[PATH_MAX + 512] = "";
-    int rc = parse_args(argc, argv, &m.o);
+    const struct nf_daemon_argspec spec = {
+        .role = NF_ROLE_COMPUTE, .attaches = true, .usage = usage};
+    int rc = nf_daemon_args_parse(argc, argv, &spec, &m.o);
     if (rc)
-        return rc > 0 ? 0 : 2;
-    enum nf_log_level level;
-    if (nf_daemon_log_level(NF_ROLE_COMPUTE, m.o.log_level, &level) < 0)
-        return 2;
-    if (nf_daemon_begin(NF_ROLE_COMPUTE, m.o.run_dir, m.o.foreground, level, NULL, NULL, m.dir,
+        return rc == 1 ? 0 : 2;
+    if (nf_daemon_begin(NF_ROLE_COMPUTE, m.o.run_dir, m.o.foreground, m.o.level, NULL, NULL, m.dir,
                         sizeof(m.dir)))
         return 1;
     rc = start(&m, err, sizeof(err));

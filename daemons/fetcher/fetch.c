@@ -72,6 +72,8 @@ static void heap_down(struct nf_fetcher *ft, uint32_t pos)
 static void heap_remove(struct nf_fetcher *ft, uint32_t id)
 {
     uint32_t pos = ft->heap_pos[id];
+    /* Every caller names a pending prefetch (PEND_PREFETCH: in the heap, at heap_pos). */
+    NF_ASSERT((ft->pend[id] & PEND_PREFETCH) && pos < ft->heap_len && ft->heap[pos] == id);
     ft->heap_len--;
     if (pos != ft->heap_len) {
         heap_set(ft, pos, ft->heap[ft->heap_len]);
@@ -149,8 +151,11 @@ static void diag_log(const struct nf_fetcher *ft)
 static void push_free(struct nf_fetcher *ft, uint32_t slot)
 {
     uint32_t k = nf_stack_slot_class(ft->st, slot);
-    uint32_t first = (uint32_t)ft->st->cfg->classes[k].first_slot;
-    ft->free_slots[first + ft->n_free[k]++] = slot;
+    const struct nf_stack_class *c = &ft->st->cfg->classes[k];
+    /* A slot is pushed once per time it becomes free: more than the class holds would be a
+     * slot freed twice, and would spill into the next class's stack. */
+    NF_ASSERT(ft->n_free[k] < c->n_slots);
+    ft->free_slots[(uint32_t)c->first_slot + ft->n_free[k]++] = slot;
 }
 
 /* A free slot of class k, or NF_NO_SLOT. */
@@ -275,13 +280,10 @@ static void poll_activations(struct nf_fetcher *ft)
         return;
     uint64_t best_step = ft->act_step, best_layer = ft->act_layer;
     for (uint32_t l = 0; l < cfg->n_layer; l++) {
-        struct nf_act_slot *a = nf_stack_act(ft->st, l);
-        uint64_t s1 = atomic_load_explicit(&a->seq, memory_order_acquire);
-        if (s1 == 0 || (s1 & 1))
-            continue;
-        uint64_t step = a->step;
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&a->seq, memory_order_relaxed) != s1)
+        uint64_t step;
+        uint32_t layer, n_embd;
+        /* One attempt: a slot being written now is read at the next poll. */
+        if (!nf_act_slot_read(nf_stack_act(ft->st, l), 1, &step, &layer, &n_embd, NULL, 0))
             continue;
         if (step > best_step || (step == best_step && l + 1 > best_layer)) {
             best_step = step;
@@ -350,6 +352,7 @@ static void take_requests(struct nf_fetcher *ft)
             if (ft->pend[id] & PEND_DEMAND)
                 continue;
             ft->pend[id] |= PEND_DEMAND;
+            NF_ASSERT(ft->dq_len < ft->n_tiles); /* PEND_DEMAND: each tile in the FIFO once */
             ft->dq[(ft->dq_head + ft->dq_len++) % ft->n_tiles] = id;
         }
     }
@@ -504,6 +507,8 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
 
 static void release_io(struct nf_fetcher *ft, uint32_t i)
 {
+    /* Only a read in flight is released, once: the free stack cannot overflow. */
+    NF_ASSERT(ft->in_flight > 0 && ft->n_io_free < ft->o.qd);
     ft->io_free[ft->n_io_free++] = i;
     diag_qd(ft);
     if (--ft->in_flight == 0)
@@ -577,6 +582,7 @@ static void finish_read(struct nf_fetcher *ft, uint32_t i)
     atomic_fetch_add_explicit(&ctr->f_bytes, io->len, memory_order_relaxed);
     atomic_fetch_add_explicit(io->demand ? &ctr->f_demand_reads : &ctr->f_prefetch_reads, 1,
                               memory_order_relaxed);
+    NF_ASSERT(ft->n_loaded < ft->o.qd); /* one entry per read, published before the next reap */
     struct nf_fetch_loaded *l = &ft->loaded[ft->n_loaded++];
     l->tile = io->tile;
     l->slot = io->slot;
@@ -678,13 +684,15 @@ int nf_fetch_run(struct nf_fetcher *ft)
 {
     struct nf_stack_sync *sync = ft->st->sync;
     uint32_t *done = ft->done;
+    int rc = 0;
     while (!atomic_load(&sync->stop)) {
         uint32_t seen = nf_notify_seq(&sync->fetch_bell);
         poll_activations(ft);
         track_compute(ft);
         take_requests(ft);
         bool demand_blocked = serve(ft);
-        nf_fetch_backend_flush(ft);
+        if ((rc = nf_fetch_backend_flush(ft)) < 0)
+            break;
         if (ft->in_flight == 0) {
             /* Nothing in flight: sleep until a request (or, for a blocked request, until
              * compute has had time to unpin or move on). */
@@ -701,20 +709,25 @@ int nf_fetch_run(struct nf_fetcher *ft)
             /* Refill the queue first: the checksums then overlap the next reads. */
             take_requests(ft);
             serve(ft);
-            nf_fetch_backend_flush(ft);
+            rc = nf_fetch_backend_flush(ft);
             publish_loaded(ft);
+            if (rc < 0)
+                break;
         }
     }
     diag_log(ft);
-    /* Let reads in flight land before the pool is unmapped. */
+    /* Let reads in flight land before the pool is unmapped; after a failed submission, those
+     * that never reached the kernel first (they would not land). */
     while (ft->in_flight > 0) {
-        unsigned n = nf_fetch_backend_reap(ft, done, ft->o.qd, -1);
+        unsigned n = nf_fetch_backend_abandon(ft, done, ft->o.qd);
+        if (n == 0)
+            n = nf_fetch_backend_reap(ft, done, ft->o.qd, -1);
         for (unsigned k = 0; k < n; k++) {
             struct nf_fetch_io *io = &ft->ios[done[k]];
             ft->logged[io->tile] = 1; /* not worth a log line at exit */
-            fail_tile(ft, io->tile, io->slot, io->len, -ECANCELED, "read abandoned");
+            fail_tile(ft, io->tile, io->slot, io->len, rc < 0 ? rc : -ECANCELED, "read abandoned");
             release_io(ft, done[k]);
         }
     }
-    return 0;
+    return rc;
 }

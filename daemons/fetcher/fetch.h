@@ -50,6 +50,19 @@ struct nf_fetch_loaded {
     bool check; /* verify its checksum (--verify) */
 };
 
+/* The most one read asks for. io_uring takes a 32-bit length and Linux moves at most
+ * 2 GiB - 4 KiB in one read call, so a longer tile (a slot may be 4 GiB or more) is read in
+ * pieces of at most this size, the rest following as after a short read. A multiple of the
+ * O_DIRECT alignment, so every piece starts aligned. */
+#define NF_FETCH_READ_MAX (1u << 30)
+
+/* Bytes the next read of io asks for: what is left of its tile, at most NF_FETCH_READ_MAX. */
+static inline uint32_t nf_fetch_read_len(const struct nf_fetch_io *io)
+{
+    uint64_t left = io->len - io->done;
+    return left < NF_FETCH_READ_MAX ? (uint32_t)left : NF_FETCH_READ_MAX;
+}
+
 struct nf_fetch_backend; /* io.c */
 
 /* What the fetcher did, by tile kind (enum nf_tile_kind), logged when the loop stops: where
@@ -118,8 +131,9 @@ struct nf_fetcher {
  * Returns 0 or a negative code with a message in err. */
 int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nft *f,
                   const struct nf_fetch_opts *o, char *err, size_t errlen);
-/* Runs the fetch loop until sync->stop is set. Returns 0 or a negative code (fatal I/O setup
- * failure). */
+/* Runs the fetch loop until sync->stop is set. Returns 0, or a negative code when reads cannot
+ * go on (io_uring_submit failed for good): the reads in flight are then failed with that code,
+ * and the caller is to stop the stack. */
 int nf_fetch_run(struct nf_fetcher *ft);
 /* Releases everything nf_fetch_init set up (the loop must have returned). */
 void nf_fetch_free(struct nf_fetcher *ft);
@@ -130,8 +144,14 @@ int nf_fetch_backend_open(struct nf_fetcher *ft, char *err, size_t errlen);
 void nf_fetch_backend_close(struct nf_fetcher *ft);
 /* Submits the (rest of the) read of ios[io]. Returns 0 or a negative code. */
 int nf_fetch_backend_submit(struct nf_fetcher *ft, uint32_t io);
-/* Pushes submitted reads to the kernel (io_uring batches them; no-op for pread). */
-void nf_fetch_backend_flush(struct nf_fetcher *ft);
+/* Pushes submitted reads to the kernel (io_uring batches them; no-op for pread). Returns 0, or
+ * the code of an io_uring_submit failure that does not pass (logged; the reads still queued
+ * will not complete: take them with nf_fetch_backend_abandon). A transient one (-EBUSY,
+ * -EAGAIN) returns 0: the next reap takes completions and pushes again. */
+int nf_fetch_backend_flush(struct nf_fetcher *ft);
+/* After nf_fetch_backend_flush failed: moves up to max reads that never reached the kernel
+ * into done[] (io indices) and returns their count; 0 otherwise. */
+unsigned nf_fetch_backend_abandon(struct nf_fetcher *ft, uint32_t *done, unsigned max);
 /* Collects completed reads into done[] (io indices, at most max; each ios[i].res set to the
  * byte count or -errno). Waits up to timeout_us for the first one (0: do not wait, < 0: wait
  * until one completes or fetch_bell rings for the pread pool). Returns the count. */

@@ -12,6 +12,7 @@
 
 #include "daemon.h"
 #include "fetch.h"
+#include "nf_err.h"
 #include "nft.h"
 
 #define NF_URING_MAX_BUFS    16384u       /* io_uring's limit on registered iovecs */
@@ -27,7 +28,11 @@ struct nf_fetch_backend {
      * buf_slots[k] of them) form buffer buf_first[k] + i. */
     uint64_t buf_slots[NF_STACK_MAX_CLASSES];
     uint32_t buf_first[NF_STACK_MAX_CLASSES];
-    unsigned unsubmitted;
+    /* Reads prepared in the submission queue and not yet taken by the kernel, oldest first (it
+     * takes them in order): at most qd, as each io is prepared again only after it completed. */
+    uint32_t *queued; /* (qd) io indices */
+    unsigned n_queued;
+    int broken; /* io_uring_submit failed for good: that code, else 0 */
     /* pread pool: jobs (io indices) in, completions out, both guarded by mu. */
     pthread_t *threads; /* (n_threads) */
     unsigned n_threads;
@@ -56,6 +61,9 @@ static void raise_memlock(void)
 
 static int uring_open(struct nf_fetcher *ft, struct nf_fetch_backend *be)
 {
+    be->queued = calloc(ft->o.qd, sizeof(*be->queued));
+    if (!be->queued)
+        return -ENOMEM;
     int rc = io_uring_queue_init(ft->o.qd, &be->ring, 0);
     if (rc < 0)
         return rc;
@@ -105,19 +113,64 @@ static int uring_open(struct nf_fetcher *ft, struct nf_fetch_backend *be)
     return 0;
 }
 
+/* True for the io_uring_submit failures that pass: the completion queue is full (-EBUSY) or the
+ * kernel is short of memory (-EAGAIN): reap completions, then submit again. */
+static bool transient(int rc)
+{
+    return rc == -EBUSY || rc == -EAGAIN;
+}
+
+/* Drops from the queue the reads the kernel has taken: all but the io_uring_sq_ready() newest
+ * (taken in order; the count also covers a submission liburing made on its own, as
+ * io_uring_wait_cqe_timeout does on kernels without IORING_FEAT_EXT_ARG). */
+static void sync_queued(struct nf_fetch_backend *be)
+{
+    unsigned left = io_uring_sq_ready(&be->ring);
+    if (left > be->n_queued)
+        left = be->n_queued;
+    unsigned taken = be->n_queued - left;
+    memmove(be->queued, be->queued + taken, left * sizeof(*be->queued));
+    be->n_queued = left;
+}
+
+/* Hands the prepared reads to the kernel. Returns 0; a transient code (the rest stays queued);
+ * or, logged once, the code of a failure that does not pass: the ring is unusable, and the reads
+ * still queued are given up by nf_fetch_backend_abandon. */
+static int uring_push(struct nf_fetch_backend *be)
+{
+    while (be->n_queued > 0 && !be->broken) {
+        unsigned before = be->n_queued;
+        int rc = io_uring_submit(&be->ring);
+        sync_queued(be);
+        if (rc == -EINTR || (rc >= 0 && be->n_queued < before))
+            continue; /* interrupted, or progress: push the rest */
+        if (rc >= 0)
+            rc = -EAGAIN; /* nothing taken: as when the kernel is short of memory */
+        if (transient(rc))
+            return rc;
+        nf_log(NF_LOG_ERROR, "io_uring_submit: %s (%u reads not submitted): stopping reads",
+               nf_strerror(rc), be->n_queued);
+        be->broken = rc;
+    }
+    return be->broken;
+}
+
 static int uring_submit(struct nf_fetcher *ft, struct nf_fetch_backend *be, uint32_t i)
 {
+    if (be->broken)
+        return be->broken;
     struct nf_fetch_io *io = &ft->ios[i];
     struct io_uring_sqe *sqe = io_uring_get_sqe(&be->ring);
     if (!sqe) { /* ring full: push what is queued and retry once */
-        io_uring_submit(&be->ring);
-        be->unsubmitted = 0;
+        int rc = uring_push(be);
+        if (rc < 0 && !transient(rc))
+            return rc;
         sqe = io_uring_get_sqe(&be->ring);
         if (!sqe)
             return -EBUSY;
     }
     uint8_t *dst = nf_stack_slot_ptr(ft->st, io->slot) + io->done;
-    unsigned len = (unsigned)(io->len - io->done);
+    unsigned len = nf_fetch_read_len(io);
     uint64_t off = io->off + io->done;
     int fd = be->fixed_file ? 0 : ft->f->fd;
     if (be->fixed_bufs) {
@@ -131,7 +184,8 @@ static int uring_submit(struct nf_fetcher *ft, struct nf_fetch_backend *be, uint
     if (be->fixed_file)
         sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, i);
-    be->unsubmitted++;
+    NF_ASSERT(be->n_queued < ft->o.qd); /* each io is queued once until it completes */
+    be->queued[be->n_queued++] = i;
     return 0;
 }
 
@@ -139,11 +193,11 @@ static unsigned uring_reap(struct nf_fetcher *ft, struct nf_fetch_backend *be, u
                            unsigned max, long timeout_us)
 {
     struct io_uring_cqe *cqe = NULL;
-    int rc;
-    if (be->unsubmitted) {
-        io_uring_submit(&be->ring);
-        be->unsubmitted = 0;
-    }
+    int rc, pushed = uring_push(be);
+    if (transient(pushed) && (timeout_us < 0 || timeout_us > 1000))
+        timeout_us = 1000; /* reap (a full completion queue drains), then push again */
+    else if (pushed < 0)
+        timeout_us = 0; /* the ring is unusable: take only what has completed */
     if (timeout_us == 0) {
         rc = io_uring_peek_cqe(&be->ring, &cqe);
     } else if (timeout_us < 0) {
@@ -156,14 +210,16 @@ static unsigned uring_reap(struct nf_fetcher *ft, struct nf_fetch_backend *be, u
     unsigned n = 0;
     while (rc == 0 && cqe && n < max) {
         uint64_t i = io_uring_cqe_get_data64(cqe);
-        if (i < ft->o.qd) {
-            ft->ios[i].res = cqe->res;
-            done[n++] = (uint32_t)i;
-        }
+        /* Only uring_submit prepares reads, each tagged with its io index. */
+        NF_ASSERT(i < ft->o.qd);
+        ft->ios[i].res = cqe->res;
+        done[n++] = (uint32_t)i;
         io_uring_cqe_seen(&be->ring, cqe);
         cqe = NULL;
         rc = io_uring_peek_cqe(&be->ring, &cqe);
     }
+    if (transient(pushed))
+        (void)uring_push(be); /* still transient: the next reap tries again */
     return n;
 }
 
@@ -186,7 +242,7 @@ static void *pread_worker(void *arg)
 
         struct nf_fetch_io *io = &ft->ios[i];
         ssize_t r = pread(ft->f->fd, nf_stack_slot_ptr(ft->st, io->slot) + io->done,
-                          io->len - io->done, (off_t)(io->off + io->done));
+                          nf_fetch_read_len(io), (off_t)(io->off + io->done));
         int res = r < 0 ? -errno : (int)r;
 
         pthread_mutex_lock(&be->mu);
@@ -288,6 +344,7 @@ void nf_fetch_backend_close(struct nf_fetcher *ft)
         pthread_mutex_destroy(&be->mu);
         pthread_cond_destroy(&be->cv);
     }
+    free(be->queued);
     free(be->threads);
     free(be->jobs);
     free(be->done);
@@ -308,13 +365,25 @@ int nf_fetch_backend_submit(struct nf_fetcher *ft, uint32_t io)
     return 0;
 }
 
-void nf_fetch_backend_flush(struct nf_fetcher *ft)
+int nf_fetch_backend_flush(struct nf_fetcher *ft)
 {
     struct nf_fetch_backend *be = ft->be;
-    if (be->uring && be->unsubmitted) {
-        io_uring_submit(&be->ring);
-        be->unsubmitted = 0;
-    }
+    if (!be->uring)
+        return 0;
+    int rc = uring_push(be);
+    return transient(rc) ? 0 : rc; /* the next reap pushes again */
+}
+
+unsigned nf_fetch_backend_abandon(struct nf_fetcher *ft, uint32_t *done, unsigned max)
+{
+    struct nf_fetch_backend *be = ft->be;
+    if (!be->uring || !be->broken)
+        return 0;
+    unsigned n = be->n_queued < max ? be->n_queued : max;
+    memcpy(done, be->queued, n * sizeof(*done));
+    memmove(be->queued, be->queued + n, (be->n_queued - n) * sizeof(*be->queued));
+    be->n_queued -= n;
+    return n;
 }
 
 unsigned nf_fetch_backend_reap(struct nf_fetcher *ft, uint32_t *done, unsigned max, long timeout_us)

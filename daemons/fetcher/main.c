@@ -12,34 +12,28 @@
 #include <numa.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
-#include <uv.h>
 
 #include "daemon.h"
 #include "fetch.h"
 #include "nf_err.h"
 #include "nf_proc.h"
-#include "nf_size.h"
 #include "nft.h"
 #include "stack.h"
 
-struct args {
-    const char *run_dir_arg, *model, *log_level;
-    uint64_t ram;
-    uint32_t n_ctx, n_threads;
-    float sparsity;
-    bool foreground;
-    int numa_node; /* -1: the node this process starts on */
+/* The fetcher's own flags; the stack's are in struct nf_daemon_args. */
+struct fetcher_opts {
+    int numa_node; /* --numa-node; -1: the node this process starts on */
     struct nf_fetch_opts o;
 };
 
 struct fetcher_main {
-    struct args a;
+    struct nf_daemon_args a;
+    struct fetcher_opts fo;
+    uint64_t ram;       /* --ram, else 1 GiB */
+    uint32_t n_threads; /* -t, resolved as compute resolves it (nf_stack_compute_threads) */
     char run_dir[PATH_MAX];
     char shm_name[NAME_MAX];
     struct nf_nft *f;
@@ -50,11 +44,8 @@ struct fetcher_main {
     pthread_t thread;
     bool have_thread;
     int fetch_rc;
-    uv_loop_t loop;
-    struct nf_server *srv;
-    uv_signal_t sigterm, sigint;
-    uv_timer_t mem_timer, stop_timer;
-    bool stopping;
+    struct nf_daemon_loop dl;
+    uv_async_t fetch_failed; /* the fetch loop ended with an error: shut down */
     int ready_fd; /* detached: pipe to the waiting parent until startup is over, else -1 */
 };
 
@@ -69,10 +60,12 @@ static void usage(FILE *out)
             "(O_DIRECT, registered buffers; a pread thread pool when io_uring is unavailable).\n\n"
             "  --model FILE       the stack's .nft tile file (required)\n"
             "  --run-dir DIR      run directory (default: $NANOFLOW_RUN_DIR, else\n"
-            "                     $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
+            "                     $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow as root,\n"
+            "                     else /tmp/nanoflow-UID)\n"
             "  --ram SIZE         RAM budget of the whole stack, e.g. 512M or 1G (default 1G)\n"
-            "  -t, --threads N    compute threads the plan accounts for, 0..1024 (default: 0 =\n"
-            "                     one per CPU)\n"
+            "  -t, --threads N    compute threads the plan accounts for, 0..1024; 0 = what\n"
+            "                     compute runs for 0: one per CPU but one, at least 1\n"
+            "                     (default: 0)\n"
             "  --sparsity S       share of FFN groups skipped per token, in [0, 1) (default: 0 =\n"
             "                     exact)\n"
             "  --ctx N            context length the plan holds KV for (default: 0 = the\n"
@@ -82,147 +75,53 @@ static void usage(FILE *out)
             "                     none\n"
             "  --no-uring         use the pread thread pool even when io_uring works\n"
             "                     (default: off)\n"
-            "  --numa-node N      place the shared region on node N (default: the current node)\n"
+            "  --numa-node N      bind the region's tile pool to node N (default: the node the\n"
+            "                     fetcher starts on; a one-node machine ignores it)\n"
             "  --foreground       stay attached, log to stderr (default: detach once ready and\n"
             "                     log to DIR/fetcher.log)\n"
             "  --log-level L      error, warn, info or debug (default: info)\n"
             "  -h, --help         show this help\n");
 }
 
-/* --ram: a size (nf_parse_size) that is positive and fits in an int64. */
-static int parse_size(const char *s, uint64_t *out)
-{
-    uint64_t v;
-    if (nf_parse_size(s, &v) < 0 || v == 0 || v > (uint64_t)9.0e18)
-        return -EINVAL;
-    *out = v;
-    return 0;
-}
+enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA };
 
-static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -EINVAL;
-    *out = (uint32_t)v;
-    return 0;
-}
+static const struct option own_opts[] = {
+    {"qd", required_argument, NULL, O_QD},
+    {"verify", required_argument, NULL, O_VERIFY},
+    {"no-uring", no_argument, NULL, O_NO_URING},
+    {"numa-node", required_argument, NULL, O_NUMA},
+    {NULL, 0, NULL, 0},
+};
 
-static bool value_flag(const char *k)
+/* Parses one of own_opts: 0 or -EINVAL. */
+static int parse_own(int val, const char *arg, void *ud)
 {
-    static const char *const names[] = {"--run-dir", "--model",     "--ram",      "-t",
-                                        "--threads", "--ctx",       "--sparsity", "--qd",
-                                        "--verify",  "--numa-node", "--log-level"};
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (!strcmp(k, names[i]))
-            return true;
-    return false;
-}
-
-/* Returns 0, 1 after --help, or -1 after a usage error (message printed). */
-static int parse_args(int argc, char **argv, struct args *a)
-{
-    memset(a, 0, sizeof(*a));
-    a->ram = 1ull << 30;
-    a->numa_node = -1;
-    a->o.qd = 16;
-    a->o.verify = NF_VERIFY_ALL;
-    a->log_level = "info";
-    for (int i = 1; i < argc; i++) {
-        const char *k = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        bool takes = true;
-        int bad = 0;
-        uint32_t u;
-        /* "--flag=value", as nanoflowctl and the other daemons take it. */
-        char key[32];
-        const char *eq = strncmp(k, "--", 2) ? NULL : strchr(k, '=');
-        if (eq && (size_t)(eq - k) < sizeof(key)) {
-            memcpy(key, k, (size_t)(eq - k));
-            key[eq - k] = '\0';
-            k = key;
-            v = eq + 1;
-        } else {
-            eq = NULL;
-        }
-        if (!strcmp(k, "-h") || !strcmp(k, "--help")) {
-            usage(stdout);
-            return 1;
-        } else if (!strcmp(k, "--foreground")) {
-            a->foreground = true;
-            takes = false;
-        } else if (!strcmp(k, "--no-uring")) {
-            a->o.no_uring = true;
-            takes = false;
-        } else if (!value_flag(k)) {
-            fprintf(stderr, "nanoflow-fetcher: unknown flag '%s' (try 'nanoflow-fetcher --help')\n",
-                    k);
-            return -1;
-        } else if (!v) {
-            fprintf(stderr, "nanoflow-fetcher: %s needs a value (try 'nanoflow-fetcher --help')\n",
-                    k);
-            return -1;
-        } else if (!strcmp(k, "--run-dir")) {
-            a->run_dir_arg = v;
-        } else if (!strcmp(k, "--model")) {
-            a->model = v;
-        } else if (!strcmp(k, "--ram")) {
-            bad = parse_size(v, &a->ram);
-        } else if (!strcmp(k, "-t") || !strcmp(k, "--threads")) {
-            bad = parse_u32(v, 0, 1024, &a->n_threads);
-        } else if (!strcmp(k, "--ctx")) {
-            bad = parse_u32(v, 0, 1u << 24, &a->n_ctx);
-        } else if (!strcmp(k, "--sparsity")) {
-            char *end;
-            a->sparsity = strtof(v, &end);
-            bad = (*end || end == v || !(a->sparsity >= 0 && a->sparsity < 1)) ? -EINVAL : 0;
-        } else if (!strcmp(k, "--qd")) {
-            bad = parse_u32(v, 1, 4096, &a->o.qd);
-        } else if (!strcmp(k, "--verify")) {
-            if (!strcmp(v, "all"))
-                a->o.verify = NF_VERIFY_ALL;
-            else if (!strcmp(v, "sample"))
-                a->o.verify = NF_VERIFY_SAMPLE;
-            else if (!strcmp(v, "none"))
-                a->o.verify = NF_VERIFY_NONE;
-            else
-                bad = -EINVAL;
-        } else if (!strcmp(k, "--numa-node")) {
-            bad = parse_u32(v, 0, 4095, &u);
-            a->numa_node = (int)u;
-        } else if (!strcmp(k, "--log-level")) {
-            a->log_level = v;
-        } else {
-            fprintf(stderr, "nanoflow-fetcher: unknown flag '%s' (try 'nanoflow-fetcher --help')\n",
-                    k);
-            return -1;
-        }
-        if (bad) {
-            fprintf(stderr,
-                    "nanoflow-fetcher: invalid value '%s' for %s (try 'nanoflow-fetcher --help')\n",
-                    v, k);
-            return -1;
-        }
-        if (eq && !takes) {
-            fprintf(stderr, "nanoflow-fetcher: %s takes no value (try 'nanoflow-fetcher --help')\n",
-                    k);
-            return -1;
-        }
-        if (takes && !eq)
-            i++;
+    struct fetcher_opts *fo = ud;
+    long v;
+    switch (val) {
+    case O_QD:
+        if (nf_daemon_arg_long(arg, 1, 4096, &v))
+            return -EINVAL;
+        fo->o.qd = (unsigned)v;
+        return 0;
+    case O_VERIFY:
+        if (!strcmp(arg, "all"))
+            fo->o.verify = NF_VERIFY_ALL;
+        else if (!strcmp(arg, "sample"))
+            fo->o.verify = NF_VERIFY_SAMPLE;
+        else if (!strcmp(arg, "none"))
+            fo->o.verify = NF_VERIFY_NONE;
+        else
+            return -EINVAL;
+        return 0;
+    case O_NO_URING: fo->o.no_uring = true; return 0;
+    case O_NUMA:
+        if (nf_daemon_arg_long(arg, 0, 4095, &v))
+            return -EINVAL;
+        fo->numa_node = (int)v;
+        return 0;
+    default: return -EINVAL;
     }
-    if (!a->model) {
-        fprintf(stderr,
-                "nanoflow-fetcher: --model FILE.nft is required (try 'nanoflow-fetcher --help')\n");
-        return -1;
-    }
-    if (a->n_threads == 0) { /* -t 0 (what `up` passes by default): one per CPU, as compute */
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        a->n_threads = n > 0 && n <= 1024 ? (uint32_t)n : 1;
-    }
-    return 0;
 }
 
 /* Detaches (nf_daemon_begin's hook): forks, and the parent waits on a pipe until the child
@@ -274,7 +173,7 @@ static void place_pool(struct fetcher_main *m)
     int max = numa_max_node();
     if (max <= 0)
         return; /* one node: nothing to choose */
-    int node = m->a.numa_node;
+    int node = m->fo.numa_node;
     if (node < 0) {
         int cpu = sched_getcpu();
         node = cpu >= 0 ? numa_node_of_cpu(cpu) : 0;
@@ -289,82 +188,41 @@ static void place_pool(struct fetcher_main *m)
     nf_log(NF_LOG_INFO, "numa: pool placed on node %d of %d", node, max + 1);
 }
 
-/* --- control server ------------------------------------------------------------------------- */
+/* --- control loop hooks (daemons/common/loop.c does the rest) ----------------------------- */
 
-static void on_mem_timer(uv_timer_t *t)
+static void on_mem(struct nf_daemon_loop *dl)
 {
-    struct fetcher_main *m = t->data;
+    struct fetcher_main *m = dl->ud;
     atomic_store(&m->st.ctr->mem_fetcher, nf_proc_private_bytes(0));
 }
 
-/* Stats: the shared helper reads the fetcher's counters from the region (the same numbers any
- * process sees); only the private memory gauge is refreshed first. */
-static void send_stats(struct fetcher_main *m, uint64_t conn, uint64_t req)
+/* Joins the fetch thread (the shutdown set sync->stop) before fetch_failed closes. */
+static void on_stop(struct nf_daemon_loop *dl)
 {
-    atomic_store(&m->st.ctr->mem_fetcher, nf_proc_private_bytes(0));
-    int rc = nf_stats_reply(m->srv, conn, req, &m->st, NF_ROLE_FETCHER);
-    if (rc < 0)
-        nf_server_send_error(m->srv, conn, req, rc, "stats: %s", nf_strerror(rc));
-}
-
-static void close_handle(uv_handle_t *h)
-{
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
-}
-
-/* After the Shutdown reply had a loop turn to go out: stop serving, let the loop end. */
-static void on_stop_timer(uv_timer_t *t)
-{
-    struct fetcher_main *m = t->data;
-    nf_server_stop(m->srv);
-    m->srv = NULL;
-    close_handle((uv_handle_t *)&m->sigterm);
-    close_handle((uv_handle_t *)&m->sigint);
-    close_handle((uv_handle_t *)&m->mem_timer);
-    close_handle((uv_handle_t *)&m->stop_timer);
-}
-
-static void begin_shutdown(struct fetcher_main *m, const char *why)
-{
-    if (m->stopping)
-        return;
-    m->stopping = true;
-    nf_log(NF_LOG_INFO, "shutting down (%s)", why);
-    if (m->srv)
-        nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__STOPPING);
-    nf_stack_stop(&m->st, 1u);
-    uv_timer_start(&m->stop_timer, on_stop_timer, 50, 0);
-}
-
-static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, void *ud)
-{
-    struct fetcher_main *m = ud;
-    switch (env->msg_case) {
-    case NANOFLOW__ENVELOPE__MSG_STATS_REQUEST: send_stats(m, conn, env->request_id); break;
-    case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {
-        nf_server_send_stopping(s, conn, env->request_id);
-        begin_shutdown(m, "Shutdown request");
-        break;
-    }
-    default:
-        nf_server_send_error(s, conn, env->request_id, NF_EPROTO,
-                             "the fetcher does not handle this message (%d)", (int)env->msg_case);
-        break;
+    struct fetcher_main *m = dl->ud;
+    if (m->have_thread) {
+        pthread_join(m->thread, NULL);
+        m->have_thread = false;
     }
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+static const struct nf_daemon_hooks hooks = {.mem = on_mem, .stop = on_stop};
+
+static void on_fetch_failed(uv_async_t *a)
 {
-    begin_shutdown(h->data, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    struct fetcher_main *m = a->data;
+    nf_daemon_loop_shutdown(&m->dl, "the fetch loop failed");
 }
 
 static void *fetch_thread(void *arg)
 {
     struct fetcher_main *m = arg;
     m->fetch_rc = nf_fetch_run(&m->ft);
-    if (m->fetch_rc < 0)
+    if (m->fetch_rc < 0) {
         nf_log(NF_LOG_ERROR, "fetch loop failed: %s", nf_strerror(m->fetch_rc));
+        /* Compute would wait for its tiles forever: stop the stack. */
+        uv_async_send(&m->fetch_failed);
+    }
     return NULL;
 }
 
@@ -373,19 +231,17 @@ static void *fetch_thread(void *arg)
 static int create_region(struct fetcher_main *m, char *err, size_t errlen)
 {
     struct nf_stack_plan plan;
-    int rc = nf_stack_plan(m->f, m->a.ram, m->a.n_ctx, m->a.n_threads ? m->a.n_threads : 1, &plan,
-                           err, errlen);
+    float sparsity = m->a.sparsity >= 0 ? m->a.sparsity : 0;
+    int rc = nf_stack_plan(m->f, m->ram, m->a.ctx, m->n_threads, &plan, err, errlen);
     if (rc < 0)
         return rc;
     nf_rundir_shm_name(m->run_dir, m->shm_name, sizeof(m->shm_name));
-    rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, m->a.sparsity, m->a.n_threads, err,
-                         errlen);
+    rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, sparsity, m->n_threads, err, errlen);
     if (rc == -EEXIST) {
         /* We hold the pid file, so no live fetcher owns this name: a crashed stack left it. */
         nf_log(NF_LOG_WARN, "removing stale shared memory %s", m->shm_name);
         nf_stack_unlink(m->shm_name);
-        rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, m->a.sparsity, m->a.n_threads, err,
-                             errlen);
+        rc = nf_stack_create(&m->st, m->shm_name, m->f, &plan, sparsity, m->n_threads, err, errlen);
     }
     if (rc < 0)
         return rc;
@@ -393,7 +249,7 @@ static int create_region(struct fetcher_main *m, char *err, size_t errlen)
     char classes[160] = "";
     size_t o = 0;
     for (uint32_t k = 0; k < plan.n_classes && o < sizeof(classes); k++) {
-        m->a.o.class_min[k] = (uint32_t)plan.class_min[k];
+        m->fo.o.class_min[k] = (uint32_t)plan.class_min[k];
         int n = snprintf(classes + o, sizeof(classes) - o, "%s%" PRIu64 " x %" PRIu64,
                          k ? " + " : "", plan.classes[k].n_slots, plan.classes[k].slot_size);
         if (n > 0)
@@ -403,7 +259,7 @@ static int create_region(struct fetcher_main *m, char *err, size_t errlen)
            "region %s: %" PRIu64 " bytes, pool %" PRIu64 " bytes in %" PRIu64 " slots (%s "
            "bytes), %" PRIu64 " tiles, budget %" PRIu64 ", n_ctx %u",
            m->shm_name, (uint64_t)m->st.shm.size, plan.pool_bytes, plan.n_slots, classes,
-           m->f->n_tiles, m->a.ram, plan.n_ctx);
+           m->f->n_tiles, m->ram, plan.n_ctx);
     return 0;
 }
 
@@ -415,58 +271,33 @@ static int start(struct fetcher_main *m, char *err, size_t errlen)
     if ((rc = create_region(m, err, errlen)) < 0)
         return rc;
     place_pool(m);
-    if ((rc = nf_fetch_init(&m->ft, &m->st, m->f, &m->a.o, err, errlen)) < 0)
+    if ((rc = nf_fetch_init(&m->ft, &m->st, m->f, &m->fo.o, err, errlen)) < 0)
         return rc;
     m->have_ft = true;
     nf_log(NF_LOG_INFO, "reading with %s, queue depth %u, verify %s", m->ft.backend_name,
            m->ft.o.qd,
-           m->a.o.verify == NF_VERIFY_ALL      ? "all"
-           : m->a.o.verify == NF_VERIFY_SAMPLE ? "1 in 16"
-                                               : "none");
+           m->fo.o.verify == NF_VERIFY_ALL      ? "all"
+           : m->fo.o.verify == NF_VERIFY_SAMPLE ? "1 in 16"
+                                                : "none");
     return 0;
 }
 
 static int serve(struct fetcher_main *m, char *err, size_t errlen)
 {
-    char sock[PATH_MAX];
-    int rc = uv_loop_init(&m->loop);
-    if (rc < 0) {
-        snprintf(err, errlen, "uv_loop_init: %s", uv_strerror(rc));
+    int rc = nf_daemon_loop_start(&m->dl, NF_ROLE_FETCHER, m->run_dir, &m->st, NF_READY_FETCHER,
+                                  &hooks, m, err, errlen);
+    if (rc < 0)
         return rc;
-    }
-    nf_rundir_path(m->run_dir, NF_ROLE_FETCHER, "sock", sock, sizeof(sock));
-    rc = nf_server_start(&m->srv, &m->loop, sock, NF_ROLE_FETCHER, on_request, NULL, m);
-    if (rc < 0) {
-        snprintf(err, errlen, "cannot serve %s: %s", sock, nf_strerror(rc));
-        return rc;
-    }
-    uv_signal_init(&m->loop, &m->sigterm);
-    uv_signal_init(&m->loop, &m->sigint);
-    m->sigterm.data = m->sigint.data = m;
-    uv_signal_start(&m->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&m->sigint, on_signal, SIGINT);
-    uv_timer_init(&m->loop, &m->mem_timer);
-    uv_timer_init(&m->loop, &m->stop_timer);
-    m->mem_timer.data = m->stop_timer.data = m;
-    uv_timer_start(&m->mem_timer, on_mem_timer, 0, 1000);
-
-    if ((rc = pthread_create(&m->thread, NULL, fetch_thread, m)) != 0) {
-        snprintf(err, errlen, "cannot start the fetch thread: %s", strerror(rc));
-        return -rc;
-    }
+    uv_async_init(&m->dl.loop, &m->fetch_failed, on_fetch_failed);
+    m->fetch_failed.data = m;
+    if ((rc = pthread_create(&m->thread, NULL, fetch_thread, m)) != 0)
+        return nf_errf(err, errlen, -rc, "cannot start the fetch thread: %s", strerror(rc));
     m->have_thread = true;
-    nf_server_set_health(m->srv, NANOFLOW__HEALTH__STATE__READY);
-    atomic_fetch_or(&m->st.sync->ready_mask, NF_READY_FETCHER);
-    nf_log(NF_LOG_INFO, "ready on %s (pid %d)", sock, (int)getpid());
+    nf_daemon_loop_ready(&m->dl);
+    nf_log(NF_LOG_INFO, "ready on %s (pid %d)", m->dl.sock, (int)getpid());
     report_startup(&m->ready_fd, true);
-    uv_run(&m->loop, UV_RUN_DEFAULT);
+    nf_daemon_loop_run(&m->dl);
     return 0;
-}
-
-static void walk_close(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    close_handle(h);
 }
 
 static void cleanup(struct fetcher_main *m)
@@ -477,15 +308,7 @@ static void cleanup(struct fetcher_main *m)
     }
     if (m->have_thread)
         pthread_join(m->thread, NULL);
-    if (m->srv) { /* startup failed after the server started */
-        nf_server_stop(m->srv);
-        m->srv = NULL;
-    }
-    if (m->loop.data != (void *)-1) {
-        uv_walk(&m->loop, walk_close, NULL);
-        uv_run(&m->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&m->loop);
-    }
+    nf_daemon_loop_close(&m->dl);
     if (m->have_ft)
         nf_fetch_free(&m->ft);
     if (m->have_stack) {
@@ -501,15 +324,18 @@ int main(int argc, char **argv)
 {
     static struct fetcher_main m;
     char err[PATH_MAX + 512] = "";
-    int rc = parse_args(argc, argv, &m.a);
+    m.fo = (struct fetcher_opts){.numa_node = -1, .o = {.qd = 16, .verify = NF_VERIFY_ALL}};
+    const struct nf_daemon_argspec spec = {
+        .role = NF_ROLE_FETCHER, .usage = usage, .own = own_opts, .parse = parse_own, .ud = &m.fo};
+    int rc = nf_daemon_args_parse(argc, argv, &spec, &m.a);
     if (rc)
-        return rc > 0 ? 0 : 2;
-    enum nf_log_level level;
-    if (nf_daemon_log_level(NF_ROLE_FETCHER, m.a.log_level, &level) < 0)
-        return 2;
-    m.loop.data = (void *)-1; /* not initialized yet */
+        return rc == 1 ? 0 : 2;
+    m.ram = m.a.ram ? m.a.ram : 1ull << 30;
+    /* -t 0 (what `up` passes every daemon by default): the plan accounts for the threads
+     * compute will run, one per CPU but one. */
+    m.n_threads = nf_stack_compute_threads(m.a.threads > 0 ? (uint32_t)m.a.threads : 0);
     m.ready_fd = -1;
-    if (nf_daemon_begin(NF_ROLE_FETCHER, m.a.run_dir_arg, m.a.foreground, level, detach,
+    if (nf_daemon_begin(NF_ROLE_FETCHER, m.a.run_dir, m.a.foreground, m.a.level, detach,
                         &m.ready_fd, m.run_dir, sizeof(m.run_dir))) {
         report_startup(&m.ready_fd, false);
         return 1;

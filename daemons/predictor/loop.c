@@ -1,6 +1,5 @@
 /* loop.c - the predictor's worker thread: forecast the next layers' tiles and prefetch them. */
 #include <errno.h>
-#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,58 +60,15 @@ void nf_pred_loop_free(struct nf_pred_loop *lp)
     memset(lp, 0, sizeof(*lp));
 }
 
-/* Seqlock read of an activation slot: its step and layer, and when x is not NULL its vector.
- * Returns the stable (even, non-zero) sequence number, or 0 when the slot was never written or
- * stayed busy. */
+/* Reads an activation slot (nf_act_slot_read): its step and layer, and when x is not NULL its
+ * vector. Returns the stable (even, non-zero) sequence number, or 0 when the slot was never
+ * written, stayed busy, or holds a vector of another width than n_embd. */
 static uint64_t read_act(const struct nf_act_slot *a, uint32_t n_embd, uint64_t *step,
                          uint32_t *layer, float *x)
 {
-    for (int i = 0; i < SEQLOCK_TRIES; i++) {
-        /* Acquire pairs with the writer's release store of the even sequence. */
-        uint64_t s1 = atomic_load_explicit(&a->seq, memory_order_acquire);
-        if (s1 == 0)
-            return 0;
-        if (s1 & 1) {
-            sched_yield();
-            continue;
-        }
-        *step = a->step;
-        *layer = a->layer;
-        bool ok = a->n_embd == n_embd;
-        if (x && ok)
-            memcpy(x, a->x, sizeof(float) * n_embd);
-        /* The fence orders the copies above before the re-check (classic seqlock reader). */
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&a->seq, memory_order_relaxed) == s1)
-            return ok ? s1 : 0;
-    }
-    return 0;
-}
-
-/* Seqlock read of a used slot into bits (words words). Returns the sequence or 0. */
-static uint64_t read_used(const struct nf_used_slot *u, uint32_t words, uint64_t *step,
-                          uint32_t *n_groups, uint64_t *bits)
-{
-    for (int i = 0; i < SEQLOCK_TRIES; i++) {
-        uint64_t s1 = atomic_load_explicit(&u->seq, memory_order_acquire);
-        if (s1 == 0)
-            return 0;
-        if (s1 & 1) {
-            sched_yield();
-            continue;
-        }
-        *step = u->step;
-        *n_groups = u->n_groups;
-        uint32_t w = (*n_groups + 63) / 64;
-        if (w > words)
-            w = words;
-        memset(bits, 0, sizeof(uint64_t) * words);
-        memcpy(bits, u->bits, sizeof(uint64_t) * w);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&u->seq, memory_order_relaxed) == s1)
-            return s1;
-    }
-    return 0;
+    uint32_t n = 0;
+    uint64_t s = nf_act_slot_read(a, SEQLOCK_TRIES, step, layer, &n, x, n_embd);
+    return n == n_embd ? s : 0;
 }
 
 /* Scores live forecasts against the used sets compute published, and remembers those sets. */
@@ -123,12 +79,13 @@ static void score_used(struct nf_pred_loop *lp)
     const uint32_t W = p->words;
     for (uint32_t l = 0; l < p->n_layer; l++) {
         struct nf_used_slot *u = nf_stack_used(lp->st, l);
-        uint64_t s = atomic_load_explicit(&u->seq, memory_order_relaxed);
+        /* A hint only: is there a used set we have not scored yet? */
+        uint64_t s = nf_seqlock_peek(&u->seq);
         if (s == 0 || (s & 1) || s == lp->used_seq[l])
             continue;
         uint64_t step;
         uint32_t n;
-        s = read_used(u, W, &step, &n, lp->used);
+        s = nf_used_slot_read(u, SEQLOCK_TRIES, &step, &n, lp->used, W);
         if (s == 0)
             continue;
         lp->used_seq[l] = s;
@@ -366,7 +323,8 @@ static bool newest_act(struct nf_pred_loop *lp, uint64_t *step, uint32_t *layer)
     uint32_t best_layer = 0, best_l = 0;
     for (uint32_t l = 0; l < p->n_layer; l++) {
         struct nf_act_slot *a = nf_stack_act(lp->st, l);
-        uint64_t s = atomic_load_explicit(&a->seq, memory_order_relaxed);
+        /* A hint only: has compute published here since we last looked? */
+        uint64_t s = nf_seqlock_peek(&a->seq);
         if (s == 0 || s == lp->act_seq[l])
             continue;
         uint64_t st_;

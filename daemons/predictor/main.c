@@ -1,47 +1,33 @@
 /* main.c - nanoflow-predictor: attaches to a stack, loads the predictors, runs the prefetch loop.
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <getopt.h>
+#include <limits.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "daemon.h"
 #include "loop.h"
 #include "nf_err.h"
 #include "nf_proc.h"
-#include "nf_size.h"
 #include "nft.h"
 #include "plan.h"
 #include "stack.h"
-#include "nf_time.h"
 
 #define PRED_HEADROOM (1ull << 20) /* private growth after loading (thread stack, buffers) */
 
-struct opts {
-    const char *run_dir, *model;
-    uint64_t ram;
-    int threads;
-    float sparsity; /* < 0: the stack's */
-    uint32_t ctx;
-    bool foreground;
-    enum nf_log_level level;
+/* The predictor's own flags; the stack's are in struct nf_daemon_args. */
+struct pred_opts {
     uint32_t lookahead;
     float margin;
-    int attach_timeout_s;
     uint64_t pred_mem; /* bytes for predictor data; 0: the plan's predictor share */
 };
 
 /* Everything the daemon holds; one instance, reached from the libuv callbacks through ud. */
 struct pred {
-    struct opts o;
+    struct nf_daemon_args o;
+    struct pred_opts po;
     char dir[4096];
-    char sock[4200];
     struct nf_nft *f;
     struct nf_stack st;
     bool attached;
@@ -51,12 +37,8 @@ struct pred {
     pthread_t thread;
     bool thread_started;
     bool thread_ok; /* the worker ran and was joined */
-    uv_loop_t loop;
-    struct nf_server *srv;
-    uv_signal_t sigterm, sigint;
+    struct nf_daemon_loop dl;
     uv_async_t stopped; /* the worker ended (the stack stopped): shut down */
-    uv_timer_t linger;  /* lets the Shutdown reply leave before the server closes */
-    bool stopping;
 };
 
 static void usage(FILE *out)
@@ -66,13 +48,15 @@ static void usage(FILE *out)
             "Forecasts the tiles the next layers need from compute's activations and queues them\n"
             "for the fetcher (one daemon of a stack started by `nanoflowctl up`).\n\n"
             "  --run-dir DIR       run directory (default: $NANOFLOW_RUN_DIR, else\n"
-            "                      $XDG_RUNTIME_DIR/nanoflow, else /tmp/nanoflow-UID)\n"
+            "                      $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow as root,\n"
+            "                      else /tmp/nanoflow-UID)\n"
             "  --model FILE        the stack's .nft tile file (required)\n"
             "  --ram SIZE          RAM budget of the stack (informational: the region's plan\n"
             "                      rules; default: the plan's)\n"
-            "  -t, --threads N     threads, 0..4096 (informational; default: 0)\n"
-            "  --sparsity S        fraction of FFN groups skipped, in [0, 1) (default: the "
-            "stack's)\n"
+            "  -t, --threads N     threads, 0..1024 (informational; default: 0)\n"
+            "  --sparsity S        fraction of FFN groups skipped, in [0, 1) (informational:\n"
+            "                      the stack's is used, a different value logged; default: the\n"
+            "                      stack's)\n"
             "  --ctx N             context length (informational; default: 0 = the plan's)\n"
             "  --lookahead N       deepest lookahead in layers, 1..64 (default 4)\n"
             "  --margin F          extra share of groups prefetched in sparse mode (default 0.1)\n"
@@ -85,167 +69,30 @@ static void usage(FILE *out)
             "  -h, --help          show this help\n");
 }
 
-static int bad_flag(const char *fmt, const char *a, const char *b)
-{
-    fprintf(stderr, "nanoflow-predictor: ");
-    fprintf(stderr, fmt, a, b);
-    fprintf(stderr, " (try 'nanoflow-predictor --help')\n");
-    return 2;
-}
+enum { O_LOOK = NF_ARG_OWN, O_MARGIN, O_PREDMEM };
 
-static int parse_uint(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
+static const struct option own_opts[] = {
+    {"lookahead", required_argument, NULL, O_LOOK},
+    {"margin", required_argument, NULL, O_MARGIN},
+    {"pred-mem", required_argument, NULL, O_PREDMEM},
+    {NULL, 0, NULL, 0},
+};
 
-static int parse_float(const char *s, float lo, float hi, float *out)
+/* Parses one of own_opts: 0 or -EINVAL. */
+static int parse_own(int val, const char *arg, void *ud)
 {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v < hi))
-        return -1;
-    *out = v;
-    return 0;
-}
-
-/* Returns 0, 1 for --help (exit 0), or 2 (usage error, message printed). */
-static int parse_args(int argc, char **argv, struct opts *o)
-{
-    enum {
-        O_RUNDIR = 256,
-        O_MODEL,
-        O_RAM,
-        O_SPARSITY,
-        O_CTX,
-        O_FG,
-        O_LEVEL,
-        O_LOOK,
-        O_MARGIN,
-        O_ATTACH,
-        O_PREDMEM
-    };
-    static const struct option lo[] = {
-        {"run-dir", required_argument, NULL, O_RUNDIR},
-        {"model", required_argument, NULL, O_MODEL},
-        {"ram", required_argument, NULL, O_RAM},
-        {"threads", required_argument, NULL, 't'},
-        {"sparsity", required_argument, NULL, O_SPARSITY},
-        {"ctx", required_argument, NULL, O_CTX},
-        {"foreground", no_argument, NULL, O_FG},
-        {"log-level", required_argument, NULL, O_LEVEL},
-        {"lookahead", required_argument, NULL, O_LOOK},
-        {"margin", required_argument, NULL, O_MARGIN},
-        {"attach-timeout", required_argument, NULL, O_ATTACH},
-        {"pred-mem", required_argument, NULL, O_PREDMEM},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    memset(o, 0, sizeof(*o));
-    o->sparsity = -1;
-    o->level = NF_LOG_INFO;
-    o->lookahead = 4;
-    o->margin = 0.1f;
-    o->attach_timeout_s = 30;
-    opterr = 0;
-    optind = 1;
-    int c;
+    struct pred_opts *po = ud;
     long v;
-    while ((c = getopt_long(argc, argv, ":t:h", lo, NULL)) != -1) {
-        switch (c) {
-        case O_RUNDIR: o->run_dir = optarg; break;
-        case O_MODEL: o->model = optarg; break;
-        case O_RAM:
-            if (nf_parse_size(optarg, &o->ram))
-                return bad_flag("--ram: '%s' is not a size (e.g. 1G, 512M)%s", optarg, "");
-            break;
-        case 't':
-            if (parse_uint(optarg, 0, 4096, &v))
-                return bad_flag("--threads: '%s' is not a number in [0, 4096]%s", optarg, "");
-            o->threads = (int)v;
-            break;
-        case O_SPARSITY:
-            if (parse_float(optarg, 0, 1, &o->sparsity))
-                return bad_flag("--sparsity: '%s' is not in [0, 1)%s", optarg, "");
-            break;
-        case O_CTX:
-            if (parse_uint(optarg, 0, 1 << 24, &v)) /* 0: the model's */
-                return bad_flag("--ctx: '%s' is not a number in [0, 16777216]%s", optarg, "");
-            o->ctx = (uint32_t)v;
-            break;
-        case O_FG: o->foreground = true; break;
-        case O_LEVEL:
-            if (nf_log_level_parse(optarg, &o->level) < 0)
-                return bad_flag("--log-level: '%s' (expected error, warn, info or debug)%s", optarg,
-                                "");
-            break;
-        case O_LOOK:
-            if (parse_uint(optarg, 1, 64, &v))
-                return bad_flag("--lookahead: '%s' is not a number in [1, 64]%s", optarg, "");
-            o->lookahead = (uint32_t)v;
-            break;
-        case O_MARGIN:
-            if (parse_float(optarg, 0, 1.0001f, &o->margin))
-                return bad_flag("--margin: '%s' is not in [0, 1]%s", optarg, "");
-            break;
-        case O_ATTACH:
-            if (parse_uint(optarg, 1, 3600, &v))
-                return bad_flag("--attach-timeout: '%s' is not a number of seconds%s", optarg, "");
-            o->attach_timeout_s = (int)v;
-            break;
-        case O_PREDMEM:
-            if (nf_parse_size(optarg, &o->pred_mem) || o->pred_mem == 0)
-                return bad_flag("--pred-mem: '%s' is not a positive size%s", optarg, "");
-            break;
-        case 'h': return 1;
-        case ':': return bad_flag("%s needs a value%s", argv[optind - 1], "");
-        default: return bad_flag("unknown flag '%s'%s", argv[optind - 1], "");
-        }
+    switch (val) {
+    case O_LOOK:
+        if (nf_daemon_arg_long(arg, 1, 64, &v))
+            return -EINVAL;
+        po->lookahead = (uint32_t)v;
+        return 0;
+    case O_MARGIN: return nf_daemon_arg_float(arg, 0, 1.0001f, &po->margin);
+    case O_PREDMEM: return nf_daemon_arg_size(arg, &po->pred_mem);
+    default: return -EINVAL;
     }
-    if (optind < argc)
-        return bad_flag("unexpected argument '%s'%s", argv[optind], "");
-    if (!o->model)
-        return bad_flag("--model FILE.nft is required%s%s", "", "");
-    return 0;
-}
-
-/* Attaches to the stack's region, retrying while the fetcher creates it, then waits for the
- * fetcher's ready bit. */
-static int attach_stack(struct pred *d)
-{
-    char name[NAME_MAX], err[512];
-    nf_rundir_shm_name(d->dir, name, sizeof(name));
-    int waited = 0, limit = d->o.attach_timeout_s * 1000, rc;
-    for (;;) {
-        rc = nf_stack_attach(&d->st, name, d->f, err, sizeof(err));
-        if (rc == 0)
-            break;
-        if ((rc != -ENOENT && rc != -EAGAIN) || waited >= limit) {
-            nf_log(NF_LOG_ERROR, "cannot attach to stack %s: %s", name, err);
-            return rc;
-        }
-        nf_sleep_ms(100);
-        waited += 100;
-    }
-    d->attached = true;
-    while (!(atomic_load(&d->st.sync->ready_mask) & NF_READY_FETCHER)) {
-        if (atomic_load(&d->st.sync->stop))
-            return -ECANCELED;
-        if (waited >= limit) {
-            nf_log(NF_LOG_ERROR, "the fetcher did not become ready within %d s",
-                   d->o.attach_timeout_s);
-            return -ETIMEDOUT;
-        }
-        nf_sleep_ms(50);
-        waited += 50;
-    }
-    return 0;
 }
 
 /* Loads the plan and as many layers' predictors as the plan's predictor share allows. */
@@ -272,10 +119,10 @@ static int load_predictors(struct pred *d)
     if (held < PRED_HEADROOM * 2)
         held = NF_STACK_PROC_BYTES; /* RSS unknown: assume the plan's estimate for the code */
     uint64_t cap = sp.predictor_private > held ? sp.predictor_private - held : 0;
-    if (d->o.pred_mem) {
+    if (d->po.pred_mem) {
         nf_log(NF_LOG_INFO, "--pred-mem %llu bytes replaces the plan's %llu for predictor data",
-               (unsigned long long)d->o.pred_mem, (unsigned long long)cap);
-        cap = d->o.pred_mem;
+               (unsigned long long)d->po.pred_mem, (unsigned long long)cap);
+        cap = d->po.pred_mem;
     }
     if ((rc = nf_forecaster_init(&d->fc, &d->plan, cap, err, sizeof(err)))) {
         nf_log(NF_LOG_ERROR, "%s", rc == -ENOMEM ? "out of memory loading predictors" : err);
@@ -294,73 +141,32 @@ static int load_predictors(struct pred *d)
     return 0;
 }
 
-static void closed_cb(uv_handle_t *h)
+/* --- control loop hooks (daemons/common/loop.c does the rest) ----------------------------- */
+
+/* The worker sleeps on the stack's bells, which the shutdown rang; it ends within WAKE_MS. */
+static void on_shutdown(struct nf_daemon_loop *dl)
 {
+    struct pred *d = dl->ud;
+    atomic_store(&d->lp.stop, true);
 }
 
-static void linger_done(uv_timer_t *t)
+/* Joins the worker before its async handle closes. */
+static void on_stop(struct nf_daemon_loop *dl)
 {
-    struct pred *d = t->data;
-    /* The worker was told to stop and wakes within WAKE_MS; join it before closing the async
-     * handle it signals through. */
+    struct pred *d = dl->ud;
     if (d->thread_started) {
         pthread_join(d->thread, NULL);
         d->thread_started = false;
         d->thread_ok = true;
     }
-    if (d->srv) {
-        nf_server_stop(d->srv);
-        d->srv = NULL;
-    }
-    uv_close((uv_handle_t *)&d->sigterm, closed_cb);
-    uv_close((uv_handle_t *)&d->sigint, closed_cb);
-    uv_close((uv_handle_t *)&d->stopped, closed_cb);
-    uv_close((uv_handle_t *)&d->linger, closed_cb);
 }
 
-/* Loop thread: stops the worker, tells the stack (design: Shutdown stops every loop), and
- * closes the server shortly after so a reply can still leave. */
-static void begin_shutdown(struct pred *d, const char *why)
-{
-    if (d->stopping)
-        return;
-    d->stopping = true;
-    nf_log(NF_LOG_INFO, "shutting down (%s)", why);
-    if (d->srv)
-        nf_server_set_health(d->srv, NANOFLOW__HEALTH__STATE__STOPPING);
-    atomic_store(&d->lp.stop, true);
-    if (d->attached)
-        nf_stack_stop(&d->st, NF_READY_PREDICTOR);
-    uv_timer_start(&d->linger, linger_done, 50, 0);
-}
-
-static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, void *ud)
-{
-    struct pred *d = ud;
-    switch (env->msg_case) {
-    case NANOFLOW__ENVELOPE__MSG_STATS_REQUEST:
-        nf_stats_reply(s, conn, env->request_id, &d->st, NF_ROLE_PREDICTOR);
-        break;
-    case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {
-        nf_server_send_stopping(s, conn, env->request_id);
-        begin_shutdown(d, "Shutdown request");
-        break;
-    }
-    default:
-        nf_server_send_error(s, conn, env->request_id, NF_EUSAGE,
-                             "the predictor answers Hello, Health, Stats and Shutdown only");
-        break;
-    }
-}
-
-static void on_signal(uv_signal_t *h, int sig)
-{
-    begin_shutdown(h->data, sig == SIGTERM ? "SIGTERM" : "SIGINT");
-}
+static const struct nf_daemon_hooks hooks = {.shutdown = on_shutdown, .stop = on_stop};
 
 static void on_worker_stopped(uv_async_t *a)
 {
-    begin_shutdown(a->data, "the stack is stopping");
+    struct pred *d = a->data;
+    nf_daemon_loop_shutdown(&d->dl, "the stack is stopping");
 }
 
 static void *worker(void *arg)
@@ -383,61 +189,51 @@ static uint32_t bos_token(const struct nf_nft *f)
 /* Sets up the loop, server and worker, then runs until shutdown. Returns the exit status. */
 static int serve(struct pred *d)
 {
-    int rc;
-    if ((rc = uv_loop_init(&d->loop)))
-        return 1;
-    uv_signal_init(&d->loop, &d->sigterm);
-    uv_signal_init(&d->loop, &d->sigint);
-    uv_async_init(&d->loop, &d->stopped, on_worker_stopped);
-    uv_timer_init(&d->loop, &d->linger);
-    d->sigterm.data = d->sigint.data = d->stopped.data = d->linger.data = d;
-    uv_signal_start(&d->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&d->sigint, on_signal, SIGINT);
-    nf_rundir_path(d->dir, NF_ROLE_PREDICTOR, "sock", d->sock, sizeof(d->sock));
-    if ((rc =
-             nf_server_start(&d->srv, &d->loop, d->sock, NF_ROLE_PREDICTOR, on_request, NULL, d))) {
-        nf_log(NF_LOG_ERROR, "cannot serve %s: %s", d->sock, nf_strerror(rc));
-        d->srv = NULL;
-        linger_done(&d->linger);
-        uv_run(&d->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&d->loop);
+    char err[PATH_MAX + 256];
+    int rc = nf_daemon_loop_start(&d->dl, NF_ROLE_PREDICTOR, d->dir, &d->st, NF_READY_PREDICTOR,
+                                  &hooks, d, err, sizeof(err));
+    if (rc < 0) {
+        nf_log(NF_LOG_ERROR, "%s", err);
         return 1;
     }
+    uv_async_init(&d->dl.loop, &d->stopped, on_worker_stopped);
+    d->stopped.data = d;
     float sparsity = d->st.cfg->sparsity;
     if (d->o.sparsity >= 0 && d->o.sparsity != sparsity)
         nf_log(NF_LOG_WARN, "--sparsity %g differs from the stack's %g; using the stack's",
                d->o.sparsity, sparsity);
-    if ((rc = nf_pred_loop_init(&d->lp, &d->st, &d->plan, &d->fc, sparsity, d->o.margin,
-                                d->o.lookahead, bos_token(d->f)))) {
+    if ((rc = nf_pred_loop_init(&d->lp, &d->st, &d->plan, &d->fc, sparsity, d->po.margin,
+                                d->po.lookahead, bos_token(d->f)))) {
         nf_log(NF_LOG_ERROR, "out of memory");
-        begin_shutdown(d, "startup failed");
+        nf_daemon_loop_shutdown(&d->dl, "startup failed");
     } else if ((rc = pthread_create(&d->thread, NULL, worker, d))) {
         nf_log(NF_LOG_ERROR, "cannot start the worker thread: %s", strerror(rc));
-        begin_shutdown(d, "startup failed");
+        nf_daemon_loop_shutdown(&d->dl, "startup failed");
     } else {
         d->thread_started = true;
         atomic_store(&d->st.ctr->mem_predictor, nf_proc_private_bytes(0));
-        atomic_fetch_or(&d->st.sync->ready_mask, NF_READY_PREDICTOR);
-        nf_server_set_health(d->srv, NANOFLOW__HEALTH__STATE__READY);
-        nf_log(NF_LOG_INFO, "ready on %s (sparsity %g, lookahead up to %u)", d->sock, sparsity,
-               d->o.lookahead);
+        nf_daemon_loop_ready(&d->dl);
+        nf_log(NF_LOG_INFO, "ready on %s (sparsity %g, lookahead up to %u)", d->dl.sock, sparsity,
+               d->po.lookahead);
     }
-    uv_run(&d->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&d->loop);
+    nf_daemon_loop_run(&d->dl);
     return d->thread_ok ? 0 : 1;
 }
 
 int main(int argc, char **argv)
 {
     static struct pred d;
-    int rc = parse_args(argc, argv, &d.o);
-    if (rc == 1) {
-        usage(stdout);
-        return 0;
-    }
+    d.po = (struct pred_opts){.lookahead = 4, .margin = 0.1f};
+    const struct nf_daemon_argspec spec = {.role = NF_ROLE_PREDICTOR,
+                                           .attaches = true,
+                                           .usage = usage,
+                                           .own = own_opts,
+                                           .parse = parse_own,
+                                           .ud = &d.po};
+    int rc = nf_daemon_args_parse(argc, argv, &spec, &d.o);
     if (rc)
-        return 2;
-    char err[512];
+        return rc == 1 ? 0 : 2;
+    char err[PATH_MAX + 256];
     if (nf_daemon_begin(NF_ROLE_PREDICTOR, d.o.run_dir, d.o.foreground, d.o.level, NULL, NULL,
                         d.dir, sizeof(d.dir)))
         return 1;
@@ -446,10 +242,16 @@ int main(int argc, char **argv)
         nf_log(NF_LOG_ERROR, "%s", err);
         goto out;
     }
-    if (attach_stack(&d) || load_predictors(&d))
+    if ((rc = nf_daemon_attach(&d.st, d.dir, d.f, d.o.attach_timeout_s, &d.attached, err,
+                               sizeof(err)))) {
+        nf_log(NF_LOG_ERROR, "%s", err);
+        goto out;
+    }
+    if (load_predictors(&d))
         goto out;
     status = serve(&d);
 out:
+    nf_daemon_loop_close(&d.dl);
     nf_pred_loop_free(&d.lp);
     nf_forecaster_free(&d.fc);
     nf_plan_free(&d.plan);
@@ -459,8 +261,6 @@ out:
     }
     if (d.f)
         nf_nft_close(d.f);
-    if (d.sock[0])
-        unlink(d.sock);
     nf_daemon_end(NF_ROLE_PREDICTOR, d.dir, status);
     return status;
 }

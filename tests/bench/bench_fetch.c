@@ -186,12 +186,10 @@ static int bench_fetcher(const struct nf_nft *f, const char *path, const char *f
         if (layer < f->hdr.n_layer && st.cfg->act_stride &&
             (id + 1 == n || f->tiles[id + 1].layer != layer)) {
             struct nf_act_slot *a = nf_stack_act(&st, layer);
-            uint64_t seq = atomic_load_explicit(&a->seq, memory_order_relaxed);
-            atomic_store_explicit(&a->seq, seq + 1, memory_order_relaxed);
-            atomic_thread_fence(memory_order_release);
-            a->step = k / n;
-            a->layer = layer;
-            atomic_store_explicit(&a->seq, seq + 2, memory_order_release);
+            uint64_t sn = nf_seqlock_write_begin(&a->seq);
+            __atomic_store_n(&a->step, k / n, __ATOMIC_RELAXED); /* see seqlock.h */
+            __atomic_store_n(&a->layer, layer, __ATOMIC_RELAXED);
+            nf_seqlock_write_end(&a->seq, sn);
         }
     }
     r->secs = nf_now_s() - t0;

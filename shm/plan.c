@@ -1,0 +1,321 @@
+/* plan.c - how a RAM budget is split: context length, pool classes, private memory. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nf_err.h"
+#include "nft.h"
+#include "stack_int.h"
+
+#define NF_STACK_CTX_MAX (1u << 24) /* context length a plan accepts */
+
+/* "1.5 GiB" style sizes for messages. */
+static const char *fmt_size(char *buf, size_t len, uint64_t b)
+{
+    static const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, len, "%llu B", (unsigned long long)b);
+    else
+        snprintf(buf, len, "%.1f %s", v, unit[u]);
+    return buf;
+}
+
+/* F16 K and V of one position in every layer. */
+static uint64_t kv_token_bytes(const struct nf_stack_shape *sh)
+{
+    uint64_t head_dim = sh->n_embd / sh->n_head;
+    uint64_t kv_dim = (uint64_t)sh->n_head_kv * head_dim;
+    return (uint64_t)sh->n_layer * 2 * kv_dim * 2;
+}
+
+/* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns
+ * the total. */
+uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts, uint32_t n_ctx,
+                        uint32_t n_threads, struct nf_stack_plan *p)
+{
+    uint64_t n_slots = 0, pool = 0;
+    p->n_classes = sh->n_classes;
+    for (uint32_t k = 0; k < sh->n_classes; k++) {
+        struct nf_stack_class *c = &p->classes[k];
+        c->slot_size = sh->class_size[k];
+        c->n_slots = counts[k];
+        c->first_slot = n_slots;
+        c->pool_off = pool;
+        n_slots += counts[k];
+        pool += counts[k] * sh->class_size[k];
+        p->class_min[k] = sh->class_min[k];
+        p->class_tiles[k] = sh->class_tiles[k];
+    }
+    struct nf_stack_layout lo;
+    nf__stack_layout(sh, n_slots, &lo);
+    p->n_slots = n_slots;
+    p->pool_bytes = pool;
+    p->area_sizes[NF_SHM_TILE_POOL] = p->pool_bytes;
+    p->area_sizes[NF_SHM_TILE_TABLE] = lo.table_bytes;
+    p->area_sizes[NF_SHM_REQ_RING] = lo.ring_bytes;
+    p->area_sizes[NF_SHM_COMPLETION] = sizeof(struct nf_stack_sync);
+    p->area_sizes[NF_SHM_ACTIVATIONS] = lo.act_bytes;
+    p->area_sizes[NF_SHM_COUNTERS] = sizeof(struct nf_stack_counters);
+    /* The region as nf_shm_create lays it out: a header page, then each area page-aligned. */
+    uint64_t region = NF_SHM_ALIGN;
+    for (int i = 0; i < NF_SHM_NAREAS; i++)
+        region += nf__align_to(p->area_sizes[i], NF_SHM_ALIGN);
+    p->region_bytes = region;
+    /* Kernel memory charged to the stack: the page tables of each process's mapping of the
+     * region (8 bytes per 4 KiB page, region / 512, doubled for partly used table pages and
+     * the io_uring registration) and the sockets', logs' and slab's page cache. */
+    p->kernel_bytes = NF_STACK_MAPPINGS * (region / 256) + NF_STACK_KERNEL_BYTES;
+
+    p->kv_bytes = kv_token_bytes(sh) * n_ctx;
+    /* Compute's float activations: residual and its normed copies, q/k/v, attention output,
+     * FFN hidden states and their quantized copies, logits twice (raw and sampled), and the
+     * attention scores (per head and per thread, n_ctx each). */
+    uint64_t act_floats = 8ull * sh->n_embd + 4ull * sh->n_ff + 2ull * sh->n_vocab +
+                          ((uint64_t)sh->n_head + n_threads) * n_ctx;
+    p->down_scratch = sh->down_scratch;
+    p->compute_private =
+        NF_STACK_PROC_BYTES + p->kv_bytes + sh->down_scratch + act_floats * sizeof(float);
+    /* The predictor reads a dense model's low-rank predictor tiles from the pool and keeps a
+     * MoE model's routers (small) in private copies; it keeps scores and inputs. */
+    uint64_t groups = sh->max_groups ? sh->max_groups : 1;
+    p->predictor_private = NF_STACK_PROC_BYTES + sh->pred_copies +
+                           (2ull * sh->n_ff + 2ull * sh->n_embd + 2 * groups) * sizeof(float);
+    /* The fetcher keeps per-tile policy state and its io_uring / worker queues. */
+    p->fetcher_private = NF_STACK_PROC_BYTES + sh->n_tiles * 16 + (256ull << 10);
+    p->n_ctx = n_ctx;
+    return p->region_bytes + p->kernel_bytes + p->compute_private + p->predictor_private +
+           p->fetcher_private;
+}
+
+/* What one more slot of `size` bytes costs: itself, its table entry and its page tables. */
+static uint64_t slot_cost(uint64_t size)
+{
+    return size + sizeof(struct nf_slot_entry) + NF_STACK_MAPPINGS * (size / 256);
+}
+
+/* Splits `rest` bytes (what the budget leaves beyond the minimum pool) between the classes,
+ * adding slots to counts[] (which hold the minimum). Compute scans every tile of a token step
+ * in order, so a farthest-next-use cache of C bytes in a class saves about C bytes of reads per
+ * step as long as C is below what a step reads from that class; a byte of cache saves about as
+ * much in any class, but none beyond a class's step set (those tiles would be reread anyway or
+ * never read). Hence:
+ *  1. a class whose whole step set costs at most 1/32 of rest gets it at once (the small
+ *     class's norms: ~1 MiB for a 7B model, every one read every step);
+ *  2. the rest is shared in proportion to the bytes a step reads from each class, a class
+ *     never getting more slots than its step set (what it cannot take is shared again among
+ *     the others), so every class keeps about the same fraction of its step;
+ *  3. what rounding leaves goes slot by slot to the classes that read the most, then beyond
+ *     the step sets (embedding rows of other tokens) up to each class's tile count.
+ * The plan does not know the sparsity: a step counts every FFN tile and the predictor tiles
+ * (which compute reads only in sparse mode; the predictor class is ~3% of a 7B step). */
+static void plan_split(const struct nf_stack_shape *sh, uint64_t rest, uint64_t *counts)
+{
+    uint32_t nk = sh->n_classes;
+    uint64_t cap[NF_STACK_MAX_CLASSES], cost[NF_STACK_MAX_CLASSES];
+    for (uint32_t k = 0; k < nk; k++) {
+        cap[k] = sh->class_step[k] > counts[k] ? sh->class_step[k] : counts[k];
+        if (cap[k] > sh->class_tiles[k])
+            cap[k] = sh->class_tiles[k] > counts[k] ? sh->class_tiles[k] : counts[k];
+        cost[k] = slot_cost(sh->class_size[k]);
+    }
+    uint64_t cheap = rest / 32;
+    for (uint32_t k = 0; k < nk; k++) {
+        uint64_t add = cap[k] - counts[k];
+        if (add > 0 && add <= cheap / cost[k]) {
+            counts[k] += add;
+            rest -= add * cost[k];
+            cheap -= add * cost[k];
+        }
+    }
+    for (uint32_t iter = 0; iter < nk; iter++) {
+        double need = 0;
+        for (uint32_t k = 0; k < nk; k++)
+            if (counts[k] < cap[k])
+                need += (double)sh->class_need[k];
+        if (need <= 0)
+            break;
+        bool capped = false;
+        uint64_t avail = rest;
+        for (uint32_t k = 0; k < nk; k++) {
+            if (counts[k] >= cap[k])
+                continue;
+            double share = (double)avail * ((double)sh->class_need[k] / need);
+            uint64_t add = (uint64_t)(share / (double)cost[k]);
+            if (add > rest / cost[k]) /* floating rounding */
+                add = rest / cost[k];
+            if (add >= cap[k] - counts[k]) {
+                add = cap[k] - counts[k];
+                capped = true;
+            }
+            counts[k] += add;
+            rest -= add * cost[k];
+        }
+        if (!capped)
+            break;
+    }
+    /* Leftovers: classes by bytes read per step, most first; then beyond the step sets. */
+    uint32_t order[NF_STACK_MAX_CLASSES];
+    for (uint32_t k = 0; k < nk; k++) {
+        uint32_t j = k;
+        while (j > 0 && sh->class_need[order[j - 1]] < sh->class_need[k]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = k;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < nk; i++) {
+            uint32_t k = order[i];
+            uint64_t limit = pass ? sh->class_tiles[k] : cap[k];
+            if (counts[k] >= limit)
+                continue;
+            uint64_t add = rest / cost[k];
+            if (add > limit - counts[k])
+                add = limit - counts[k];
+            counts[k] += add;
+            rest -= add * cost[k];
+        }
+    }
+}
+
+/* Takes one slot from the class above its minimum that reads the most per step (page rounding
+ * may push a split over the budget by a slot or two). Returns false when every class is at its
+ * minimum. */
+static bool plan_shrink(const struct nf_stack_shape *sh, uint64_t *counts)
+{
+    int best = -1;
+    for (uint32_t k = 0; k < sh->n_classes; k++)
+        if (counts[k] > sh->class_min[k] && (best < 0 || sh->class_need[k] >= sh->class_need[best]))
+            best = (int)k;
+    if (best < 0)
+        return false;
+    counts[best]--;
+    return true;
+}
+
+/* "6 x 16.0 KiB + 47 x 1.0 MiB" style description of a pool for messages. */
+static const char *fmt_classes(char *buf, size_t len, const struct nf_stack_shape *sh,
+                               const uint64_t *counts)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (uint32_t k = 0; k < sh->n_classes && o < len; k++) {
+        char s[32];
+        int n = snprintf(buf + o, len - o, "%s%llu x %s", k ? " + " : "",
+                         (unsigned long long)counts[k], fmt_size(s, sizeof(s), sh->class_size[k]));
+        if (n < 0)
+            break;
+        o += (size_t)n;
+    }
+    return buf;
+}
+
+int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                  uint32_t n_threads, struct nf_stack_plan *plan, char *err, size_t errlen)
+{
+    memset(plan, 0, sizeof(*plan));
+    struct nf_stack_shape sh;
+    int rc = nf__stack_shape(f, &sh, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (n_threads == 0)
+        n_threads = 1;
+    if (n_ctx_req > NF_STACK_CTX_MAX || n_threads > 4096)
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "stack plan: context %u and threads %u, expected at most %u and 4096",
+                       n_ctx_req, n_threads, NF_STACK_CTX_MAX);
+    uint32_t want = n_ctx_req;
+    if (want == 0) {
+        want = sh.n_ctx_model ? sh.n_ctx_model : NF_STACK_CTX_LIMIT;
+        /* (capped just below, so a hostile context_length cannot overflow either) */
+        if (want > NF_STACK_CTX_LIMIT)
+            want = NF_STACK_CTX_LIMIT;
+    }
+    uint32_t ctx_min = want < NF_STACK_MIN_CTX ? want : NF_STACK_MIN_CTX;
+
+    struct nf_stack_plan p;
+    memset(&p, 0, sizeof(p));
+    uint64_t min_budget = nf__plan_total(&sh, sh.class_min, ctx_min, n_threads, &p);
+    p.ram_budget = ram_budget;
+    p.min_budget = min_budget;
+    p.n_ctx_want = want;
+    p.n_ctx_min = ctx_min;
+    p.min_slots = sh.min_slots;
+    p.demand_count = sh.demand_count;
+    p.prefetch_count = sh.prefetch_count;
+    p.max_groups = sh.max_groups;
+    if (ram_budget < min_budget) {
+        *plan = p;
+        char b[32], m[32], pool[160], kv[32], priv[32];
+        const char *name = strrchr(f->path, '/') ? strrchr(f->path, '/') + 1 : f->path;
+        return nf_errf(
+            err, errlen, -ENOSPC,
+            "budget %s is below the minimum %s for %s (pool %llu slots: %s, KV cache "
+            "%s at n_ctx %u, private memory %s)",
+            fmt_size(b, sizeof(b), ram_budget), fmt_size(m, sizeof(m), min_budget),
+            name[0] ? name : "the model", (unsigned long long)sh.min_slots,
+            fmt_classes(pool, sizeof(pool), &sh, sh.class_min),
+            fmt_size(kv, sizeof(kv), p.kv_bytes), ctx_min,
+            fmt_size(priv, sizeof(priv),
+                     p.compute_private - p.kv_bytes + p.predictor_private + p.fetcher_private));
+    }
+
+    /* Context: without a request, the largest multiple of NF_STACK_MIN_CTX whose KV cache
+     * takes at most a quarter of the budget (the pool should get most of it), but not below
+     * ctx_min nor above the model's default. */
+    uint32_t n_ctx = want;
+    if (n_ctx_req == 0) {
+        uint64_t q = ram_budget / 4 / kv_token_bytes(&sh);
+        q = q / NF_STACK_MIN_CTX * NF_STACK_MIN_CTX;
+        if (q < ctx_min)
+            q = ctx_min;
+        if (q < n_ctx)
+            n_ctx = (uint32_t)q;
+    }
+    /* Then: that context if the minimum pool fits beside it, else the largest that does
+     * (binary search: the total grows with n_ctx), rounded down to a multiple of
+     * NF_STACK_MIN_CTX when above it. */
+    if (nf__plan_total(&sh, sh.class_min, n_ctx, n_threads, &p) > ram_budget) {
+        uint32_t lo = ctx_min, hi = n_ctx; /* lo fits, hi does not */
+        while (hi - lo > 1) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (nf__plan_total(&sh, sh.class_min, mid, n_threads, &p) <= ram_budget)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        n_ctx = lo;
+        if (n_ctx > NF_STACK_MIN_CTX)
+            n_ctx = n_ctx / NF_STACK_MIN_CTX * NF_STACK_MIN_CTX;
+    }
+
+    /* Pool: every byte left, split between the classes (plan_split), but never more slots in a
+     * class than it has tiles (nothing would use them); so never more than slot ids can name
+     * either (n_tiles < NF_NO_TILE == NF_NO_SLOT). */
+    uint64_t base = nf__plan_total(&sh, sh.class_min, n_ctx, n_threads, &p);
+    uint64_t counts[NF_STACK_MAX_CLASSES];
+    memcpy(counts, sh.class_min, sizeof(counts));
+    plan_split(&sh, ram_budget - base, counts);
+    /* Page rounding of the areas may push the estimate over by a slot or two. */
+    while (nf__plan_total(&sh, counts, n_ctx, n_threads, &p) > ram_budget &&
+           plan_shrink(&sh, counts))
+        ;
+    nf__plan_total(&sh, counts, n_ctx, n_threads, &p);
+    *plan = p;
+    return 0;
+}
+
+uint32_t nf_stack_compute_threads(uint32_t requested)
+{
+    if (requested > 0)
+        return requested;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 2 ? (uint32_t)(n - 1) : 1;
+}

@@ -1,0 +1,64 @@
+/* stack_int.h - what the files of the stack (shape.c, plan.c, stack.c) share; not public.
+ *
+ * shape.c reads a model's shape (tile classes, minimum working sets, ring sizes) and lays the
+ * tables out in their areas; plan.c splits a budget over that shape; stack.c creates a region
+ * from a plan and checks one it attaches to against the same layout rules. */
+#ifndef NF_STACK_INT_H
+#define NF_STACK_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "stack.h"
+
+#define NF_STACK_CL 64u /* cache line: alignment of the tables inside an area */
+
+/* What the plan needs to know about a model, gathered from its header and tile index. */
+struct nf_stack_shape {
+    uint64_t n_tiles;
+    uint32_t n_layer, n_embd, n_ff, n_vocab, n_head, n_head_kv;
+    uint32_t demand_count; /* ring entries */
+    uint32_t prefetch_count;
+    uint32_t max_groups;
+    uint64_t down_scratch; /* n_embd rows of the largest ffn_down row */
+    uint64_t pred_copies;  /* MoE: the predictor's private copies of routers and ffn_norms */
+    uint32_t n_ctx_model;  /* context_length from the metadata, 0 when absent */
+    /* The pool's classes (plan_classes), by increasing slot size. */
+    uint32_t n_classes;
+    uint64_t class_size[NF_STACK_MAX_CLASSES];  /* bytes per slot */
+    uint64_t class_tiles[NF_STACK_MAX_CLASSES]; /* tiles that go in the class */
+    uint64_t class_min[NF_STACK_MAX_CLASSES];   /* minimum working set in slots */
+    uint64_t class_step[NF_STACK_MAX_CLASSES];  /* tiles one token step reads */
+    uint64_t class_need[NF_STACK_MAX_CLASSES];  /* bytes one token step reads */
+    uint64_t min_slots;                         /* the sum of class_min */
+};
+
+/* Where the tables sit inside their areas (shared by the plan and create). */
+struct nf_stack_layout {
+    uint64_t tiles_off, slots_off, table_bytes;
+    uint64_t demand_off, demand_size, prefetch_off, prefetch_size, ring_bytes;
+    uint64_t act_stride, used_stride, act_off, used_off, act_bytes;
+};
+
+static inline uint64_t nf__align_to(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+/* Reads what the plan needs from f's header and tile index into sh: the slot size classes
+ * (plan_classes in shape.c), their minimum working sets and per-step reads, ring sizes and
+ * the largest group count. Returns 0, NF_ECORRUPT for a header or tile out of bounds, or
+ * -ENOMEM, with a message in err. */
+int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err, size_t errlen);
+
+/* Where the config, tile and slot tables, rings and activation slots sit in their areas for
+ * shape sh with n_slots pool slots. */
+void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots,
+                      struct nf_stack_layout *lo);
+
+/* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns
+ * the total. */
+uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts, uint32_t n_ctx,
+                        uint32_t n_threads, struct nf_stack_plan *p);
+
+#endif
