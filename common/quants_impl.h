@@ -31,6 +31,36 @@ void nf__quantize_row_f16_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_bf16_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_0_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
+/* ggml's make_qkx2_quants and make_qx_quants (quants.c), shared by the K-quantizers. */
+float nf__make_qkx2_quants(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                           float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep);
+float nf__make_qx_quants(int n, int nmax, const float *x, int8_t *L);
+
+/* Scalar reference kernels of quants_ext.c. */
+void nf__to_float_q4_1(const void *x, float *y, int64_t n);
+void nf__to_float_q5_0(const void *x, float *y, int64_t n);
+void nf__to_float_q5_1(const void *x, float *y, int64_t n);
+void nf__to_float_q8_1(const void *x, float *y, int64_t n);
+void nf__to_float_iq4_nl(const void *x, float *y, int64_t n);
+void nf__to_float_q2_K(const void *x, float *y, int64_t n);
+void nf__to_float_q3_K(const void *x, float *y, int64_t n);
+void nf__to_float_iq4_xs(const void *x, float *y, int64_t n);
+void nf__quantize_row_q4_1_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q5_0_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q5_1_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q8_1_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_iq4_nl_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q2_K_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q3_K_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_iq4_xs_ref(const float *x, void *y, int64_t n);
+void nf__vec_dot_q4_1_q8_1_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_0_q8_0_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_1_q8_1_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q8_1_q8_1_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_nl_q8_0_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q2_K_q8_K_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q3_K_q8_K_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_xs_q8_K_ref(int n, float *s, const void *x, const void *y);
 /* q4_0 rows in llama.cpp's repacked q4_0_8x8 order (see quants.c); not a traits kernel: the
  * forward pass picks it (with the AVX2 variant when available) to reproduce llama.cpp. */
 /* ggml_v_expf (AVX-512 form) for one value, and ggml_vec_swiglu_f32 as llama.cpp's AVX-512

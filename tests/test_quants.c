@@ -22,16 +22,24 @@
 /* Tolerances, relative to sum |x_i * y_i| of the dequantized operands (the scale of the
  * rounding errors of any summation order). Integer-accumulating kernels differ from the
  * reference only in the order of float additions of per-block results. */
-#define TOL_REF_DOT  2e-5 /* scalar reference vs dequantize-then-dot in double */
-#define TOL_F32_DOT  2e-6
-#define TOL_F16_DOT  2e-6
-#define TOL_BF16_DOT 2e-6
-#define TOL_Q4_0_DOT 1e-5
-#define TOL_Q8_0_DOT 1e-5
-#define TOL_Q4_K_DOT 1e-5
-#define TOL_Q5_K_DOT 1e-5
-#define TOL_Q6_K_DOT 1e-5
-#define TOL_Q8_K_DOT 1e-5
+#define TOL_REF_DOT    2e-5 /* scalar reference vs dequantize-then-dot in double */
+#define TOL_F32_DOT    2e-6
+#define TOL_F16_DOT    2e-6
+#define TOL_BF16_DOT   2e-6
+#define TOL_Q4_0_DOT   1e-5
+#define TOL_Q8_0_DOT   1e-5
+#define TOL_Q4_K_DOT   1e-5
+#define TOL_Q5_K_DOT   1e-5
+#define TOL_Q6_K_DOT   1e-5
+#define TOL_Q8_K_DOT   1e-5
+#define TOL_Q4_1_DOT   1e-5
+#define TOL_Q5_0_DOT   1e-5
+#define TOL_Q5_1_DOT   1e-5
+#define TOL_Q8_1_DOT   1e-5
+#define TOL_IQ4_NL_DOT 1e-5
+#define TOL_Q2_K_DOT   1e-5
+#define TOL_Q3_K_DOT   1e-5
+#define TOL_IQ4_XS_DOT 1e-5
 /* RMS quantize->dequantize error relative to the RMS of gaussian input (per 256 elements);
  * with 40x outliers among the data (pattern 1) the bound is TOL_RMSE_OUTLIERS times larger. */
 #define TOL_RMSE_Q4_0     0.125
@@ -40,6 +48,14 @@
 #define TOL_RMSE_Q5_K     0.05
 #define TOL_RMSE_Q6_K     0.026
 #define TOL_RMSE_Q8_K     0.012
+#define TOL_RMSE_Q4_1     0.11
+#define TOL_RMSE_Q5_0     0.06
+#define TOL_RMSE_Q5_1     0.05
+#define TOL_RMSE_Q8_1     0.008
+#define TOL_RMSE_IQ4_NL   0.10
+#define TOL_RMSE_Q2_K     0.36
+#define TOL_RMSE_Q3_K     0.20
+#define TOL_RMSE_IQ4_XS   0.10
 #define TOL_RMSE_F16      0.0003
 #define TOL_RMSE_BF16     0.0025
 #define TOL_RMSE_OUTLIERS 4.0
@@ -100,9 +116,10 @@ static void fill(float *x, int n, int pattern)
 }
 #define NPATTERNS 6
 
-static const enum nf_type weight_types[] = {NF_TYPE_F32,  NF_TYPE_F16,  NF_TYPE_BF16,
-                                            NF_TYPE_Q4_0, NF_TYPE_Q8_0, NF_TYPE_Q4_K,
-                                            NF_TYPE_Q5_K, NF_TYPE_Q6_K, NF_TYPE_Q8_K};
+static const enum nf_type weight_types[] = {
+    NF_TYPE_F32,    NF_TYPE_F16,  NF_TYPE_BF16, NF_TYPE_Q4_0,   NF_TYPE_Q8_0, NF_TYPE_Q4_K,
+    NF_TYPE_Q5_K,   NF_TYPE_Q6_K, NF_TYPE_Q8_K, NF_TYPE_Q4_1,   NF_TYPE_Q5_0, NF_TYPE_Q5_1,
+    NF_TYPE_IQ4_NL, NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_IQ4_XS, NF_TYPE_Q8_1};
 #define NWEIGHT (sizeof(weight_types) / sizeof(weight_types[0]))
 
 static double dot_tol(enum nf_type t)
@@ -116,6 +133,14 @@ static double dot_tol(enum nf_type t)
     case NF_TYPE_Q4_K: return TOL_Q4_K_DOT;
     case NF_TYPE_Q5_K: return TOL_Q5_K_DOT;
     case NF_TYPE_Q6_K: return TOL_Q6_K_DOT;
+    case NF_TYPE_Q4_1: return TOL_Q4_1_DOT;
+    case NF_TYPE_Q5_0: return TOL_Q5_0_DOT;
+    case NF_TYPE_Q5_1: return TOL_Q5_1_DOT;
+    case NF_TYPE_Q8_1: return TOL_Q8_1_DOT;
+    case NF_TYPE_IQ4_NL: return TOL_IQ4_NL_DOT;
+    case NF_TYPE_Q2_K: return TOL_Q2_K_DOT;
+    case NF_TYPE_Q3_K: return TOL_Q3_K_DOT;
+    case NF_TYPE_IQ4_XS: return TOL_IQ4_XS_DOT;
     default: return TOL_Q8_K_DOT;
     }
 }
@@ -187,6 +212,29 @@ static double exact_dot(const float *x, const float *y, int n, double *scale)
     return s;
 }
 
+/* For q4_1/q5_1 weights (else 0): what the q8_1 activation's own s adds to the dot beyond the
+ * dequantized values. llama.cpp's q8_1 keeps s = d * sum(qs) rounded to fp16 from the
+ * unrounded d, and the min term of a block is m * s, not m * (fp16 d) * sum(qs): the exact
+ * dot of the format is sum x * y plus sum over blocks m * (s - d * sum(qs)). */
+static double q8_1_s_term(enum nf_type t, const struct operands *o)
+{
+    if (t != NF_TYPE_Q4_1 && t != NF_TYPE_Q5_1)
+        return 0.0;
+    const size_t xs = nf_type_traits(t)->type_size;
+    const nf_block_q8_1 *y = o->y;
+    double a = 0;
+    for (int i = 0; i < o->n / NF_QK8_0; i++) {
+        nf_fp16_t m; /* q4_1 and q5_1 both keep m right after d */
+        memcpy(&m, (const char *)o->x + i * xs + 2, sizeof(m));
+        int sumq = 0;
+        for (int e = 0; e < NF_QK8_0; e++)
+            sumq += y[i].qs[e];
+        a += (double)nf_fp16_to_fp32(m) *
+             ((double)nf_fp16_to_fp32(y[i].s) - (double)nf_fp16_to_fp32(y[i].d) * sumq);
+    }
+    return a;
+}
+
 /* ---- traits ------------------------------------------------------------------------------ */
 
 static void test_traits(void **state)
@@ -212,8 +260,18 @@ static void test_traits(void **state)
     assert_int_equal(nf_type_traits(NF_TYPE_Q2_K)->type_size, 84);
     assert_int_equal(nf_type_traits(NF_TYPE_IQ4_XS)->type_size, 136);
     assert_string_equal(nf_type_traits(NF_TYPE_BF16)->name, "bf16");
-    assert_false(nf_type_traits(NF_TYPE_Q2_K)->compute);
-    assert_null(nf_type_traits(NF_TYPE_Q2_K)->vec_dot);
+    assert_false(nf_type_traits(NF_TYPE_IQ2_XXS)->compute);
+    assert_null(nf_type_traits(NF_TYPE_IQ2_XXS)->vec_dot);
+    /* llama.cpp's pairing: q8_1 carries the min term of q4_1/q5_1. */
+    assert_int_equal(nf_type_traits(NF_TYPE_Q4_1)->vec_dot_type, NF_TYPE_Q8_1);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q5_1)->vec_dot_type, NF_TYPE_Q8_1);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q5_0)->vec_dot_type, NF_TYPE_Q8_0);
+    assert_int_equal(nf_type_traits(NF_TYPE_IQ4_NL)->vec_dot_type, NF_TYPE_Q8_0);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q2_K)->vec_dot_type, NF_TYPE_Q8_K);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q3_K)->vec_dot_type, NF_TYPE_Q8_K);
+    assert_int_equal(nf_type_traits(NF_TYPE_IQ4_XS)->vec_dot_type, NF_TYPE_Q8_K);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q3_K)->type_size, 110);
+    assert_int_equal(nf_type_traits(NF_TYPE_IQ4_NL)->type_size, 18);
     /* Retired ggml numbers and out-of-range values have no traits. */
     static const int retired[] = {4, 5, 31, 32, 33, 36, 37, 38, 40, -1, 1000};
     for (size_t i = 0; i < sizeof(retired) / sizeof(retired[0]); i++)
@@ -460,6 +518,14 @@ static double rmse_tol(enum nf_type t)
     case NF_TYPE_Q5_K: return TOL_RMSE_Q5_K;
     case NF_TYPE_Q6_K: return TOL_RMSE_Q6_K;
     case NF_TYPE_Q8_K: return TOL_RMSE_Q8_K;
+    case NF_TYPE_Q4_1: return TOL_RMSE_Q4_1;
+    case NF_TYPE_Q5_0: return TOL_RMSE_Q5_0;
+    case NF_TYPE_Q5_1: return TOL_RMSE_Q5_1;
+    case NF_TYPE_Q8_1: return TOL_RMSE_Q8_1;
+    case NF_TYPE_IQ4_NL: return TOL_RMSE_IQ4_NL;
+    case NF_TYPE_Q2_K: return TOL_RMSE_Q2_K;
+    case NF_TYPE_Q3_K: return TOL_RMSE_Q3_K;
+    case NF_TYPE_IQ4_XS: return TOL_RMSE_IQ4_XS;
     case NF_TYPE_F16: return TOL_RMSE_F16;
     case NF_TYPE_BF16: return TOL_RMSE_BF16;
     default: return 0;
@@ -566,6 +632,7 @@ static void test_ref_dot(void **state)
                 double scale, want = exact_dot(o.xf, o.yf, o.n, &scale);
                 float got;
                 ref(o.n, &got, o.x, o.y);
+                want += q8_1_s_term(t, &o);
                 if (fabs(got - want) > TOL_REF_DOT * scale + 1e-30)
                     fail_msg("%s n=%d pattern %d: ref %g, exact %g", nf_type_traits(t)->name, o.n,
                              p, got, want);
@@ -685,14 +752,19 @@ static void test_simd_quantize(void **state)
                     const nf_block_q8_0 *qa = (const void *)a, *qb = (const void *)b;
                     for (int k = 0; k < n / 32; k++) {
                         assert_int_equal(qa[k].d, qb[k].d);
-                        float d = nf_fp16_to_fp32(qa[k].d);
+                        /* The unrounded 127 / amax both paths start from: x / (fp16 d) is
+                         * off by up to 2^-11 * 127 and can hide a tie. */
+                        float amax = 0;
+                        for (int j = 0; j < 32; j++)
+                            amax = fmaxf(amax, fabsf(x[32 * k + j]));
+                        float id = 127.f / amax;
                         for (int j = 0; j < 32; j++) {
                             int diff = qa[k].qs[j] - qb[k].qs[j];
                             if (diff == 0)
                                 continue;
                             assert_true(abs(diff) == 1);
                             /* Only ties (up to the 1/d vs 127/amax rounding) may differ. */
-                            float frac = fabsf(x[32 * k + j] / d);
+                            float frac = fabsf(x[32 * k + j] * id);
                             assert_true(fabsf(frac - floorf(frac) - 0.5f) < 1e-3f);
                         }
                     }
@@ -862,7 +934,7 @@ static void test_isa_env(void **state)
         assert_int_equal(WEXITSTATUS(status), 0);
     }
     assert_string_equal(nf_isa_name(NF_ISA_AVX2), "avx2");
-    assert_null(nf_vec_dot_for(NF_TYPE_Q2_K, NF_ISA_SCALAR));
+    assert_null(nf_vec_dot_for(NF_TYPE_IQ2_XXS, NF_ISA_SCALAR));
 }
 
 int main(int argc, char **argv)
