@@ -882,6 +882,79 @@ static void test_llama_order(void **state)
     free(yf);
 }
 
+/* ---- llama.cpp's dequantization ------------------------------------------------------------
+ * tests/data/quants/TYPE.bin: blocks of a tensor quantized by llama.cpp's llama-quantize, then
+ * llama.cpp's dequantization of them as float32 (made as tests/data/quants/README.md says). */
+
+static char *read_fixture(const char *name, size_t *size)
+{
+    char path[512], lower[16];
+    size_t k = 0;
+    for (; name[k] && k + 1 < sizeof(lower); k++)
+        lower[k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] - 'A' + 'a' : name[k]);
+    lower[k] = 0;
+    snprintf(path, sizeof(path), "%s/tests/data/quants/%s.bin", NF_SOURCE_DIR, lower);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("%s: cannot open", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = malloc((size_t)n + 64);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *size = (size_t)n;
+    return buf;
+}
+
+/* Our dequantization equals llama.cpp's bit for bit; every vec_dot path on those blocks
+ * agrees with the double dot of llama.cpp's values and the dequantized activation. */
+static void test_llama_dequant(void **state)
+{
+    (void)state;
+    static const enum nf_type types[] = {NF_TYPE_Q4_1, NF_TYPE_Q5_0, NF_TYPE_Q5_1,  NF_TYPE_IQ4_NL,
+                                         NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_IQ4_XS};
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        const enum nf_type t = types[ti];
+        const struct nf_type_traits *tt = nf_type_traits(t);
+        const struct nf_type_traits *yt = nf_type_traits(tt->vec_dot_type);
+        size_t size;
+        char *buf = read_fixture(tt->name, &size);
+        const size_t per = tt->type_size + (size_t)tt->blck_size * sizeof(float);
+        assert_true(size > 0 && size % per == 0);
+        const int nb = (int)(size / per), n = nb * (int)tt->blck_size;
+        const float *want = (const float *)(buf + (size_t)nb * tt->type_size);
+        float *got = malloc((size_t)n * sizeof(float));
+        tt->to_float(buf, got, n);
+        for (int e = 0; e < n; e++)
+            if (f2u(got[e]) != f2u(want[e]))
+                fail_msg("%s element %d of %d: %.9g, llama.cpp %.9g", tt->name, e, n, got[e],
+                         want[e]);
+        struct operands o = {.n = n, .x = buf};
+        o.y = calloc(1, nf_row_size(tt->vec_dot_type, n) + 64);
+        o.yf = malloc((size_t)n * sizeof(float));
+        fill(got, n, 0);
+        yt->from_float(got, o.y, n);
+        yt->to_float(o.y, o.yf, n);
+        double scale, exact = exact_dot(want, o.yf, n, &scale) + q8_1_s_term(t, &o);
+        for (int isa = NF_ISA_SCALAR; isa <= (int)nf_cpu_best_isa(); isa++) {
+            nf_vec_dot_fn f = nf_vec_dot_for(t, (enum nf_isa)isa);
+            if (!f)
+                continue;
+            float s = -12345.0f;
+            f(n, &s, buf, o.y);
+            if (!(fabs(s - exact) <= TOL_REF_DOT * scale))
+                fail_msg("%s %s on llama.cpp's blocks: %.9g, exact %.9g", tt->name,
+                         nf_isa_name(isa), s, exact);
+        }
+        free(o.y);
+        free(o.yf);
+        free(got);
+        free(buf);
+    }
+}
+
 /* ggml's AVX-512 exp and SwiGLU: the vector kernel equals the scalar emulation bit for bit,
  * including lanes past the overflow/underflow limits, and both stay close to the C library. */
 static void test_swiglu(void **state)
@@ -950,7 +1023,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_q8_rules),     cmocka_unit_test(test_ref_dot),
         cmocka_unit_test(test_simd_dot),     cmocka_unit_test(test_simd_quantize),
         cmocka_unit_test(test_isa_env),      cmocka_unit_test(test_llama_order),
-        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_swiglu),       cmocka_unit_test(test_llama_dequant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
