@@ -110,6 +110,13 @@ ROWS_FROM(nf__vec_dot_q8_0_q8_0_avx2)
 ROWS_FROM(nf__vec_dot_q4_K_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_q5_K_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_q6_K_q8_K_avx2)
+ROWS_FROM(nf__vec_dot_q4_1_q8_1_avx2)
+ROWS_FROM(nf__vec_dot_q5_0_q8_0_avx2)
+ROWS_FROM(nf__vec_dot_q5_1_q8_1_avx2)
+ROWS_FROM(nf__vec_dot_iq4_nl_q8_0_avx2)
+ROWS_FROM(nf__vec_dot_q2_K_q8_K_avx2)
+ROWS_FROM(nf__vec_dot_q3_K_q8_K_avx2)
+ROWS_FROM(nf__vec_dot_iq4_xs_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_f32_avx512)
 ROWS_FROM(nf__vec_dot_f16_avx512)
 
@@ -165,23 +172,33 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
                       .from_float =
                           K3(nf__quantize_row_q8_K_ref, nf__quantize_row_q8_K_avx2, NULL)},
     /* The types of quants_ext.c. */
-    [NF_TYPE_Q4_1] = {.vec_dot = K3(nf__vec_dot_q4_1_q8_1_ref, NULL, NULL),
-                      .rows = K3(nf__vec_dot_q4_1_q8_1_ref_rows, NULL, NULL)},
-    [NF_TYPE_Q5_0] = {.vec_dot = K3(nf__vec_dot_q5_0_q8_0_ref, NULL, NULL),
-                      .rows = K3(nf__vec_dot_q5_0_q8_0_ref_rows, NULL, NULL)},
-    [NF_TYPE_Q5_1] = {.vec_dot = K3(nf__vec_dot_q5_1_q8_1_ref, NULL, NULL),
-                      .rows = K3(nf__vec_dot_q5_1_q8_1_ref_rows, NULL, NULL)},
+    [NF_TYPE_Q4_1] = {.vec_dot = K3(nf__vec_dot_q4_1_q8_1_ref, nf__vec_dot_q4_1_q8_1_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q4_1_q8_1_ref_rows, nf__vec_dot_q4_1_q8_1_avx2_rows,
+                                 NULL)},
+    [NF_TYPE_Q5_0] = {.vec_dot = K3(nf__vec_dot_q5_0_q8_0_ref, nf__vec_dot_q5_0_q8_0_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q5_0_q8_0_ref_rows, nf__vec_dot_q5_0_q8_0_avx2_rows,
+                                 NULL)},
+    [NF_TYPE_Q5_1] = {.vec_dot = K3(nf__vec_dot_q5_1_q8_1_ref, nf__vec_dot_q5_1_q8_1_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q5_1_q8_1_ref_rows, nf__vec_dot_q5_1_q8_1_avx2_rows,
+                                 NULL)},
     [NF_TYPE_Q8_1] = {.vec_dot = K3(nf__vec_dot_q8_1_q8_1_ref, NULL, NULL),
                       .rows = K3(nf__vec_dot_q8_1_q8_1_ref_rows, NULL, NULL),
-                      .from_float = K3(nf__quantize_row_q8_1_ref, NULL, NULL)},
-    [NF_TYPE_IQ4_NL] = {.vec_dot = K3(nf__vec_dot_iq4_nl_q8_0_ref, NULL, NULL),
-                        .rows = K3(nf__vec_dot_iq4_nl_q8_0_ref_rows, NULL, NULL)},
-    [NF_TYPE_Q2_K] = {.vec_dot = K3(nf__vec_dot_q2_K_q8_K_ref, NULL, NULL),
-                      .rows = K3(nf__vec_dot_q2_K_q8_K_ref_rows, NULL, NULL)},
-    [NF_TYPE_Q3_K] = {.vec_dot = K3(nf__vec_dot_q3_K_q8_K_ref, NULL, NULL),
-                      .rows = K3(nf__vec_dot_q3_K_q8_K_ref_rows, NULL, NULL)},
-    [NF_TYPE_IQ4_XS] = {.vec_dot = K3(nf__vec_dot_iq4_xs_q8_K_ref, NULL, NULL),
-                        .rows = K3(nf__vec_dot_iq4_xs_q8_K_ref_rows, NULL, NULL)},
+                      .from_float =
+                          K3(nf__quantize_row_q8_1_ref, nf__quantize_row_q8_1_avx2, NULL)},
+    [NF_TYPE_IQ4_NL] = {.vec_dot =
+                            K3(nf__vec_dot_iq4_nl_q8_0_ref, nf__vec_dot_iq4_nl_q8_0_avx2, NULL),
+                        .rows = K3(nf__vec_dot_iq4_nl_q8_0_ref_rows,
+                                   nf__vec_dot_iq4_nl_q8_0_avx2_rows, NULL)},
+    [NF_TYPE_Q2_K] = {.vec_dot = K3(nf__vec_dot_q2_K_q8_K_ref, nf__vec_dot_q2_K_q8_K_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q2_K_q8_K_ref_rows, nf__vec_dot_q2_K_q8_K_avx2_rows,
+                                 NULL)},
+    [NF_TYPE_Q3_K] = {.vec_dot = K3(nf__vec_dot_q3_K_q8_K_ref, nf__vec_dot_q3_K_q8_K_avx2, NULL),
+                      .rows = K3(nf__vec_dot_q3_K_q8_K_ref_rows, nf__vec_dot_q3_K_q8_K_avx2_rows,
+                                 NULL)},
+    [NF_TYPE_IQ4_XS] = {.vec_dot =
+                            K3(nf__vec_dot_iq4_xs_q8_K_ref, nf__vec_dot_iq4_xs_q8_K_avx2, NULL),
+                        .rows = K3(nf__vec_dot_iq4_xs_q8_K_ref_rows,
+                                   nf__vec_dot_iq4_xs_q8_K_avx2_rows, NULL)},
 };
 
 static pthread_once_t kernels_once = PTHREAD_ONCE_INIT;

@@ -86,6 +86,16 @@ void nf__quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
 void nf__vec_dot_q4_0_q8_0_seq_avx2_rows(int n, float *s, size_t bs, const void *x, const void *y,
                                          int nrows);
 
+/* AVX2 kernels of quants_ext_avx2.c, and q8_1's activation quantizer (quants_avx2.c). */
+void nf__vec_dot_q4_1_q8_1_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_0_q8_0_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_1_q8_1_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_nl_q8_0_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q2_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q3_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_xs_q8_K_avx2(int n, float *s, const void *x, const void *y);
+void nf__quantize_row_q8_1_avx2(const float *x, void *y, int64_t n);
+
 /* AVX-512 F/BW/VL/DQ/VNNI kernels (quants_avx512.c); call only when nf_cpu_best_isa() is
  * AVX512. */
 void nf__vec_dot_f32_avx512(int n, float *s, const void *x, const void *y);

@@ -706,13 +706,15 @@ static void test_simd_dot(void **state)
     assert_true(tested > 0);
 }
 
-/* SIMD activation quantizers against the reference: f16/bf16/q8_K bit-exact; q8_0 with the
- * same scale and each quant within 1 of the reference, differing only where x/d is (nearly)
- * a tie, because the SIMD path rounds ties to even as llama.cpp's AVX2 code does. */
+/* SIMD activation quantizers against the reference: f16/bf16/q8_K bit-exact; q8_0 and q8_1
+ * with the same scale and each quant within 1 of the reference, differing only where x/d is
+ * (nearly) a tie, because the SIMD path rounds ties to even as llama.cpp's AVX2 code does;
+ * q8_1's s is d * sum of its own quants. */
 static void test_simd_quantize(void **state)
 {
     (void)state;
-    static const enum nf_type act[] = {NF_TYPE_F16, NF_TYPE_BF16, NF_TYPE_Q8_0, NF_TYPE_Q8_K};
+    static const enum nf_type act[] = {NF_TYPE_F16, NF_TYPE_BF16, NF_TYPE_Q8_0, NF_TYPE_Q8_K,
+                                       NF_TYPE_Q8_1};
     enum { N = 4096 };
     float *x = malloc(N * sizeof(float));
     char *a = malloc(N * 4), *b = malloc(N * 4);
@@ -735,7 +737,7 @@ static void test_simd_quantize(void **state)
                         x[3] = 1e-40f;
                         x[4] = 65520.0f;
                         x[5] = u2f(0x3f808000);
-                        if (t == NF_TYPE_Q8_0 || t == NF_TYPE_Q8_K)
+                        if (t == NF_TYPE_Q8_0 || t == NF_TYPE_Q8_K || t == NF_TYPE_Q8_1)
                             fill(x, 8, 0);
                     }
                     size_t sz = nf_row_size(t, n);
@@ -743,23 +745,35 @@ static void test_simd_quantize(void **state)
                     memset(b, 0xaa, sz);
                     ref(x, a, n);
                     f(x, b, n);
-                    if (t != NF_TYPE_Q8_0) {
+                    if (t != NF_TYPE_Q8_0 && t != NF_TYPE_Q8_1) {
                         if (memcmp(a, b, sz) != 0)
                             fail_msg("%s %s n=%d pattern %d differs from scalar",
                                      nf_type_traits(t)->name, nf_isa_name(isa), n, p);
                         continue;
                     }
-                    const nf_block_q8_0 *qa = (const void *)a, *qb = (const void *)b;
+                    /* q8_1 is q8_0 with s between d and the quants. */
+                    const size_t bsz = nf_type_traits(t)->type_size, qoff = bsz - 32;
                     for (int k = 0; k < n / 32; k++) {
-                        assert_int_equal(qa[k].d, qb[k].d);
+                        const char *ba = a + k * bsz, *bb = b + k * bsz;
+                        const int8_t *qa = (const int8_t *)(ba + qoff);
+                        const int8_t *qb = (const int8_t *)(bb + qoff);
+                        assert_memory_equal(ba, bb, 2); /* d */
                         /* The unrounded 127 / amax both paths start from: x / (fp16 d) is
                          * off by up to 2^-11 * 127 and can hide a tie. */
                         float amax = 0;
                         for (int j = 0; j < 32; j++)
                             amax = fmaxf(amax, fabsf(x[32 * k + j]));
                         float id = 127.f / amax;
+                        if (t == NF_TYPE_Q8_1) { /* s = d * sum(qs), d unrounded */
+                            int sum = 0;
+                            for (int j = 0; j < 32; j++)
+                                sum += qb[j];
+                            nf_fp16_t sb;
+                            memcpy(&sb, bb + 2, 2);
+                            assert_int_equal(sb, nf_fp32_to_fp16(amax / 127.f * (float)sum));
+                        }
                         for (int j = 0; j < 32; j++) {
-                            int diff = qa[k].qs[j] - qb[k].qs[j];
+                            int diff = qa[j] - qb[j];
                             if (diff == 0)
                                 continue;
                             assert_true(abs(diff) == 1);
