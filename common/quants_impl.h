@@ -107,6 +107,15 @@ void nf__swiglu_avx512(float *h, const float *g, int n);
 void nf__vec_dot_q8_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *x, const void *y,
                                        int nrows);
 
+/* AVX-512 kernels of quants_ext_avx512.c. */
+void nf__vec_dot_q4_1_q8_1_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_1_q8_1_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_nl_q8_0_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q2_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q3_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_xs_q8_K_avx512(int n, float *s, const void *x, const void *y);
+
 /* Decodes the 6-bit scale and min of sub-block j (0..7) of a q4_K/q5_K block. */
 static inline void nf__get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
 {

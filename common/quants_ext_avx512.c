@@ -1,0 +1,256 @@
+/* quants_ext_avx512.c - AVX-512 (F/BW/VL/DQ/VNNI) vec_dot kernels of the types of
+ * quants_ext.c. The 32-element types take two blocks per 512-bit vector (one per 256-bit
+ * half) with VNNI's unsigned-by-signed vpdpbusd, signed weights carrying an offset that is
+ * taken back through the activation's sums; the K-types take 64 elements per vector with
+ * vpmaddubsw and one 16-bit scale per 16 products. A row's odd last block goes through the
+ * AVX2 kernel. */
+#include <string.h>
+
+#include "quants_avx2_impl.h"
+
+static inline __m512i cat256(__m256i lo, __m256i hi)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* a in the eight float lanes of the low half, b in the high half. */
+static inline __m512 pair_ps(float a, float b)
+{
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
+
+/* The 64 activation quants of blocks i and i + 1 (q8_0 and q8_1 alike). */
+#define Y_PAIR(y, i)                                       \
+    cat256(_mm256_loadu_si256((const __m256i *)(y)[i].qs), \
+           _mm256_loadu_si256((const __m256i *)(y)[(i) + 1].qs))
+
+/* 32 bytes, byte k = 0x10 when bit k of qh is set (the fifth bits of q5_0/q5_1), by a mask
+ * register instead of AVX2's shuffle. */
+static inline __m256i q5_high_512(const uint8_t qh[4])
+{
+    uint32_t u;
+    memcpy(&u, qh, sizeof(u));
+    return _mm256_maskz_mov_epi8((__mmask32)u, _mm256_set1_epi8(0x10));
+}
+
+void nf__vec_dot_q4_1_q8_1_avx512(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q4_1 *x = vx;
+    const nf_block_q8_1 *y = vy;
+    const int nb = n / NF_QK8_0;
+    __m512 acc = _mm512_setzero_ps();
+    float summs = 0.0f;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        summs += h2f(x[i].m) * h2f(y[i].s) + h2f(x[i + 1].m) * h2f(y[i + 1].s);
+        const __m512i q = cat256(nibbles_32(x[i].qs), nibbles_32(x[i + 1].qs));
+        const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, Y_PAIR(y, i));
+        acc = _mm512_fmadd_ps(pair_ps(h2f(x[i].d) * h2f(y[i].d), h2f(x[i + 1].d) * h2f(y[i + 1].d)),
+                              _mm512_cvtepi32_ps(p), acc);
+    }
+    float tail = 0.0f;
+    if (i < nb)
+        nf__vec_dot_q4_1_q8_1_avx2(NF_QK8_0, &tail, x + i, y + i);
+    *s = _mm512_reduce_add_ps(acc) + summs + tail;
+}
+
+void nf__vec_dot_q5_1_q8_1_avx512(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q5_1 *x = vx;
+    const nf_block_q8_1 *y = vy;
+    const int nb = n / NF_QK8_0;
+    __m512 acc = _mm512_setzero_ps();
+    float summs = 0.0f;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        summs += h2f(x[i].m) * h2f(y[i].s) + h2f(x[i + 1].m) * h2f(y[i + 1].s);
+        const __m512i q =
+            cat256(_mm256_or_si256(nibbles_32(x[i].qs), q5_high_512(x[i].qh)),
+                   _mm256_or_si256(nibbles_32(x[i + 1].qs), q5_high_512(x[i + 1].qh)));
+        const __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, Y_PAIR(y, i));
+        acc = _mm512_fmadd_ps(pair_ps(h2f(x[i].d) * h2f(y[i].d), h2f(x[i + 1].d) * h2f(y[i + 1].d)),
+                              _mm512_cvtepi32_ps(p), acc);
+    }
+    float tail = 0.0f;
+    if (i < nb)
+        nf__vec_dot_q5_1_q8_1_avx2(NF_QK8_0, &tail, x + i, y + i);
+    *s = _mm512_reduce_add_ps(acc) + summs + tail;
+}
+
+/* sum(u * y) - off * sum(y) in 16 int32 lanes: the dot of signed weights stored as u = q + off
+ * (unsigned) with signed activations. */
+static inline __m512i dot_offset(__m512i u, __m512i y, char off)
+{
+    const __m512i base = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(off), y);
+    return _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u, y), base);
+}
+
+void nf__vec_dot_q5_0_q8_0_avx512(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q5_0 *x = vx;
+    const nf_block_q8_0 *y = vy;
+    const int nb = n / NF_QK8_0;
+    __m512 acc = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        /* q + 16 is the stored 5-bit value itself. */
+        const __m512i u =
+            cat256(_mm256_or_si256(nibbles_32(x[i].qs), q5_high_512(x[i].qh)),
+                   _mm256_or_si256(nibbles_32(x[i + 1].qs), q5_high_512(x[i + 1].qh)));
+        const __m512i p = dot_offset(u, Y_PAIR(y, i), 16);
+        acc = _mm512_fmadd_ps(pair_ps(h2f(x[i].d) * h2f(y[i].d), h2f(x[i + 1].d) * h2f(y[i + 1].d)),
+                              _mm512_cvtepi32_ps(p), acc);
+    }
+    float tail = 0.0f;
+    if (i < nb)
+        nf__vec_dot_q5_0_q8_0_avx2(NF_QK8_0, &tail, x + i, y + i);
+    *s = _mm512_reduce_add_ps(acc) + tail;
+}
+
+/* The 16 iq4_nl levels in every 128-bit lane, plus 128 (as unsigned bytes, 1..241). */
+static inline __m512i iq4_table_u(void)
+{
+    const __m128i t = _mm_loadu_si128((const __m128i *)nf_kvalues_iq4nl);
+    return _mm512_broadcast_i32x4(_mm_xor_si128(t, _mm_set1_epi8((char)0x80)));
+}
+
+void nf__vec_dot_iq4_nl_q8_0_avx512(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_iq4_nl *x = vx;
+    const nf_block_q8_0 *y = vy;
+    const int nb = n / NF_QK8_0;
+    const __m512i table = iq4_table_u();
+    __m512 acc = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const __m512i u =
+            _mm512_shuffle_epi8(table, cat256(nibbles_32(x[i].qs), nibbles_32(x[i + 1].qs)));
+        const __m512i p = dot_offset(u, Y_PAIR(y, i), (char)0x80);
+        acc = _mm512_fmadd_ps(pair_ps(h2f(x[i].d) * h2f(y[i].d), h2f(x[i + 1].d) * h2f(y[i + 1].d)),
+                              _mm512_cvtepi32_ps(p), acc);
+    }
+    float tail = 0.0f;
+    if (i < nb)
+        nf__vec_dot_iq4_nl_q8_0_avx2(NF_QK8_0, &tail, x + i, y + i);
+    *s = _mm512_reduce_add_ps(acc) + tail;
+}
+
+/* ---- 256-element blocks, 64 elements per vector ------------------------------------------ */
+
+/* Word indices spreading four 16-bit scales (sub-blocks 4g..4g+3) over the 32 words of the
+ * vpmaddubsw result of 64 elements: word m holds elements 2m, 2m + 1, sub-block 4g + m / 8. */
+static inline __m512i scale_index(int g)
+{
+    short idx[32];
+    for (int m = 0; m < 32; m++)
+        idx[m] = (short)(4 * g + m / 8);
+    return _mm512_loadu_si512(idx);
+}
+
+/* The two-bit fields of element 128h + 32j + l for j = 2jj, 2jj + 1 from qs[32h + l]. */
+static inline __m512i crumbs64(__m256i q2, int jj)
+{
+    const __m512i q = cat256(q2, q2);
+    const __m512i sh =
+        cat256(_mm256_set1_epi16((short)(4 * jj)), _mm256_set1_epi16((short)(4 * jj + 2)));
+    return _mm512_and_si512(_mm512_srlv_epi16(q, sh), _mm512_set1_epi8(3));
+}
+
+void nf__vec_dot_q2_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q2_K *x = vx;
+    const nf_block_q8_K *y = vy;
+    const __m512i ix[4] = {scale_index(0), scale_index(1), scale_index(2), scale_index(3)};
+    __m512 acc = _mm512_setzero_ps();
+    float summs = 0.0f;
+    for (int i = 0; i < n / NF_QK_K; i++) {
+        const __m128i sc = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m256i mins =
+            _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0x0F)));
+        const __m256i pm = _mm256_madd_epi16(mins, _mm256_loadu_si256((const void *)y[i].bsums));
+        summs += -y[i].d * h2f(x[i].dmin) * (float)hsum_epi32(pm);
+        const __m512i sc16 =
+            _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x0F))));
+        __m512i sumi = _mm512_setzero_si512();
+        for (int h = 0; h < 2; h++) {
+            const __m256i q2 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h));
+            for (int jj = 0; jj < 2; jj++) {
+                const __m512i y8 = _mm512_loadu_si512(y[i].qs + 128 * h + 64 * jj);
+                const __m512i p = _mm512_maddubs_epi16(crumbs64(q2, jj), y8);
+                const __m512i scv = _mm512_permutexvar_epi16(ix[2 * h + jj], sc16);
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p, scv));
+            }
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(y[i].d * h2f(x[i].d)), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc) + summs;
+}
+
+void nf__vec_dot_q3_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_q3_K *x = vx;
+    const nf_block_q8_K *y = vy;
+    const __m512i ix[4] = {scale_index(0), scale_index(1), scale_index(2), scale_index(3)};
+    const __m512i one = _mm512_set1_epi8(1), four = _mm512_set1_epi8(4);
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < n / NF_QK_K; i++) {
+        /* The 16 scales (-32..31) as words, decoded as in the reference. */
+        uint32_t a[3], u[4];
+        memcpy(a, x[i].scales, 12);
+        const uint32_t k2 = 0x0f0f0f0f, k1 = 0x03030303;
+        u[0] = (a[0] & k2) | ((a[2] & k1) << 4);
+        u[1] = (a[1] & k2) | (((a[2] >> 2) & k1) << 4);
+        u[2] = ((a[0] >> 4) & k2) | (((a[2] >> 4) & k1) << 4);
+        u[3] = ((a[1] >> 4) & k2) | (((a[2] >> 6) & k1) << 4);
+        const __m512i sc16 = _mm512_castsi256_si512(_mm256_sub_epi16(
+            _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)u)), _mm256_set1_epi16(32)));
+        const __m256i hm = _mm256_loadu_si256((const __m256i *)x[i].hmask);
+        const __m512i hm2 = cat256(hm, hm);
+        __m512i sumi = _mm512_setzero_si512();
+        for (int h = 0; h < 2; h++) {
+            const __m256i q2 = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * h));
+            for (int jj = 0; jj < 2; jj++) {
+                /* Third bits: bit 4h + 2jj of hmask for the low half, the next bit for the
+                 * high half. */
+                const __m512i sh = cat256(_mm256_set1_epi16((short)(4 * h + 2 * jj)),
+                                          _mm256_set1_epi16((short)(4 * h + 2 * jj + 1)));
+                const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(hm2, sh), one);
+                const __m512i q =
+                    _mm512_or_si512(crumbs64(q2, jj), _mm512_slli_epi16(hb, 2)); /* 0..7 */
+                const __m512i y8 = _mm512_loadu_si512(y[i].qs + 128 * h + 64 * jj);
+                const __m512i p =
+                    _mm512_sub_epi16(_mm512_maddubs_epi16(q, y8), _mm512_maddubs_epi16(four, y8));
+                const __m512i scv = _mm512_permutexvar_epi16(ix[2 * h + jj], sc16);
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p, scv));
+            }
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(y[i].d * h2f(x[i].d)), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc);
+}
+
+void nf__vec_dot_iq4_xs_q8_K_avx512(int n, float *s, const void *vx, const void *vy)
+{
+    const nf_block_iq4_xs *x = vx;
+    const nf_block_q8_K *y = vy;
+    const __m512i table = iq4_table_u();
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < n / NF_QK_K; i++) {
+        __m512i sumi = _mm512_setzero_si512();
+        for (int j = 0; j < NF_QK_K / 32; j += 2) {
+            const __m512i u = _mm512_shuffle_epi8(
+                table, cat256(nibbles_32(x[i].qs + 16 * j), nibbles_32(x[i].qs + 16 * j + 16)));
+            const __m512i p = dot_offset(u, _mm512_loadu_si512(y[i].qs + 32 * j), (char)0x80);
+            int ls[2];
+            for (int k = 0; k < 2; k++)
+                ls[k] = (((x[i].scales_l[(j + k) / 2] >> (4 * ((j + k) % 2))) & 0xF) |
+                         (((x[i].scales_h >> (2 * (j + k))) & 3) << 4)) -
+                        32;
+            const __m512i scv =
+                _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(ls[0]), _mm512_set1_epi32(ls[1]));
+            sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(p, scv));
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(h2f(x[i].d) * y[i].d), _mm512_cvtepi32_ps(sumi), acc);
+    }
+    *s = _mm512_reduce_add_ps(acc);
+}
