@@ -896,6 +896,38 @@ static void test_llama_order(void **state)
     free(yf);
 }
 
+/* The AVX-512 kernels of q4_1, q5_0, q5_1, iq4_nl, q2_K, q3_K and iq4_xs sum in the float
+ * order of their AVX2 kernels (llama.cpp's): the results are bit-identical. */
+static void test_avx512_order(void **state)
+{
+    (void)state;
+    if (nf_cpu_best_isa() < NF_ISA_AVX512)
+        skip();
+    static const enum nf_type types[] = {NF_TYPE_Q4_1, NF_TYPE_Q5_0, NF_TYPE_Q5_1,  NF_TYPE_IQ4_NL,
+                                         NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_IQ4_XS};
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        const enum nf_type t = types[ti];
+        nf_vec_dot_fn f2 = nf_vec_dot_for(t, NF_ISA_AVX2), f5 = nf_vec_dot_for(t, NF_ISA_AVX512);
+        assert_non_null(f2);
+        assert_non_null(f5);
+        int ns[8];
+        int nl = lengths(t, ns);
+        for (int li = 0; li < nl; li++) {
+            for (int p = 0; p < NPATTERNS; p++) {
+                struct operands o;
+                make_operands(&o, t, ns[li], p);
+                float a, b;
+                f2(o.n, &a, o.x, o.y);
+                f5(o.n, &b, o.x, o.y);
+                if (f2u(a) != f2u(b))
+                    fail_msg("%s n=%d pattern %d: avx512 %.9g, avx2 %.9g", nf_type_traits(t)->name,
+                             o.n, p, b, a);
+                free_operands(&o);
+            }
+        }
+    }
+}
+
 /* ---- llama.cpp's dequantization ------------------------------------------------------------
  * tests/data/quants/TYPE.bin: blocks of a tensor quantized by llama.cpp's llama-quantize, then
  * llama.cpp's dequantization of them as float32 (made as tests/data/quants/README.md says). */
@@ -1038,6 +1070,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_simd_dot),     cmocka_unit_test(test_simd_quantize),
         cmocka_unit_test(test_isa_env),      cmocka_unit_test(test_llama_order),
         cmocka_unit_test(test_swiglu),       cmocka_unit_test(test_llama_dequant),
+        cmocka_unit_test(test_avx512_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
