@@ -94,7 +94,6 @@ ROWS_FROM(nf__vec_dot_q4_K_q8_K_ref)
 ROWS_FROM(nf__vec_dot_q5_K_q8_K_ref)
 ROWS_FROM(nf__vec_dot_q6_K_q8_K_ref)
 ROWS_FROM(nf__vec_dot_q8_K_q8_K_ref)
-ROWS_FROM(nf__vec_dot_q8_1_q8_1_ref)
 ROWS_FROM(nf__vec_dot_f32_avx2)
 ROWS_FROM(nf__vec_dot_f16_avx2)
 ROWS_FROM(nf__vec_dot_bf16_avx2)
@@ -180,9 +179,7 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_Q2_K] = EXT_KERNELS(nf__vec_dot_q2_K_q8_K),
     [NF_TYPE_Q3_K] = EXT_KERNELS(nf__vec_dot_q3_K_q8_K),
     [NF_TYPE_IQ4_XS] = EXT_KERNELS(nf__vec_dot_iq4_xs_q8_K),
-    [NF_TYPE_Q8_1] = {.vec_dot = K3(nf__vec_dot_q8_1_q8_1_ref, NULL, NULL),
-                      .rows = K3(nf__vec_dot_q8_1_q8_1_ref_rows, NULL, NULL),
-                      .from_float =
+    [NF_TYPE_Q8_1] = {.from_float =
                           K3(nf__quantize_row_q8_1_ref, nf__quantize_row_q8_1_avx2, NULL)},
 };
 

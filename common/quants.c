@@ -860,11 +860,17 @@ struct nf_type_traits nf__traits[NF_TYPE_COUNT] = {
                      .to_float = nf__to_float_##fn,             \
                      .from_float = nf__quantize_row_##fn##_ref, \
                      .vec_dot = nf__vec_dot_##dot##_ref}
-    /* The types of quants_ext.c; q8_1 is the activation type of q4_1 and q5_1. */
+    /* The types of quants_ext.c, and q8_1, the activation type of q4_1 and q5_1. */
     EXT(Q4_1, "q4_1", NF_QK4_0, Q8_1, q4_1, q4_1_q8_1),
     EXT(Q5_0, "q5_0", NF_QK4_0, Q8_0, q5_0, q5_0_q8_0),
     EXT(Q5_1, "q5_1", NF_QK4_0, Q8_1, q5_1, q5_1_q8_1),
-    EXT(Q8_1, "q8_1", NF_QK8_0, Q8_1, q8_1, q8_1_q8_1),
+    /* Only an activation type: llama.cpp writes no q8_1 weights, and a file holding them is
+     * refused as one NanoFlow cannot compute with (no vec_dot). */
+    [NF_TYPE_Q8_1] = {.name = "q8_1",
+                      .blck_size = NF_QK8_0,
+                      .type_size = sizeof(nf_block_q8_1),
+                      .to_float = nf__to_float_q8_1,
+                      .from_float = nf__quantize_row_q8_1_ref},
     EXT(IQ4_NL, "iq4_nl", NF_QK4_0, Q8_0, iq4_nl, iq4_nl_q8_0),
     EXT(Q2_K, "q2_K", NF_QK_K, Q8_K, q2_K, q2_K_q8_K),
     EXT(Q3_K, "q3_K", NF_QK_K, Q8_K, q3_K, q3_K_q8_K),

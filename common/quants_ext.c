@@ -45,12 +45,6 @@ static inline int q3_K_value(const nf_block_q3_K *b, int e)
     return q2_bits(b->qs, e) - (bit ? 0 : 4);
 }
 
-/* The 6-bit scale (0..63) of sub-block j (0..7) of an iq4_xs block. */
-static inline int iq4_xs_scale(const nf_block_iq4_xs *b, int j)
-{
-    return ((b->scales_l[j / 2] >> (4 * (j % 2))) & 0xF) | (((b->scales_h >> (2 * j)) & 3) << 4);
-}
-
 /* ---- dequantization ---------------------------------------------------------------------- */
 
 void nf__to_float_q4_1(const void *vx, float *y, int64_t n)
@@ -111,7 +105,7 @@ void nf__to_float_iq4_xs(const void *vx, float *y, int64_t n)
     for (int64_t i = 0; i < n / NF_QK_K; i++) {
         float d = nf_fp16_to_fp32(x[i].d);
         for (int j = 0; j < NF_QK_K / 32; j++) {
-            float dl = d * (float)(iq4_xs_scale(&x[i], j) - 32);
+            float dl = d * (float)(nf__iq4_xs_scale(&x[i], j) - 32);
             for (int e = 0; e < 32; e++)
                 *y++ = dl * nf_kvalues_iq4nl[nibble(x[i].qs + 16 * j, e)];
         }
@@ -498,19 +492,6 @@ void nf__vec_dot_q5_1_q8_1_ref(int n, float *s, const void *vx, const void *vy)
     *s = sum;
 }
 
-void nf__vec_dot_q8_1_q8_1_ref(int n, float *s, const void *vx, const void *vy)
-{
-    const nf_block_q8_1 *x = vx, *y = vy;
-    float sum = 0;
-    for (int i = 0; i < n / NF_QK8_0; i++) {
-        int sumi = 0;
-        for (int e = 0; e < NF_QK8_0; e++)
-            sumi += x[i].qs[e] * y[i].qs[e];
-        sum += (float)sumi * (nf_fp16_to_fp32(x[i].d) * nf_fp16_to_fp32(y[i].d));
-    }
-    *s = sum;
-}
-
 void nf__vec_dot_iq4_nl_q8_0_ref(int n, float *s, const void *vx, const void *vy)
 {
     const nf_block_iq4_nl *x = vx;
@@ -536,7 +517,7 @@ void nf__vec_dot_iq4_xs_q8_K_ref(int n, float *s, const void *vx, const void *vy
             int dot = 0;
             for (int e = 0; e < 32; e++)
                 dot += nf_kvalues_iq4nl[nibble(x[i].qs + 16 * j, e)] * y[i].qs[32 * j + e];
-            sumi += (iq4_xs_scale(&x[i], j) - 32) * dot;
+            sumi += (nf__iq4_xs_scale(&x[i], j) - 32) * dot;
         }
         sum += nf_fp16_to_fp32(x[i].d) * y[i].d * (float)sumi;
     }

@@ -135,21 +135,6 @@ void nf__vec_dot_q2_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
     *s = hsum_ps(acc);
 }
 
-/* The 16 signed scales (-32..31) of a q3_K block. */
-static inline void q3_K_scales(const uint8_t *q, int8_t sc[16])
-{
-    uint32_t a[3];
-    memcpy(a, q, 12);
-    const uint32_t k2 = 0x0f0f0f0f, k1 = 0x03030303;
-    const uint32_t u[4] = {(a[0] & k2) | ((a[2] & k1) << 4),
-                           (a[1] & k2) | (((a[2] >> 2) & k1) << 4),
-                           ((a[0] >> 4) & k2) | (((a[2] >> 4) & k1) << 4),
-                           ((a[1] >> 4) & k2) | (((a[2] >> 6) & k1) << 4)};
-    memcpy(sc, u, 16);
-    for (int k = 0; k < 16; k++)
-        sc[k] = (int8_t)(sc[k] - 32);
-}
-
 /* q3_K: the quants are taken unsigned (low bits | third bit << 2, 0..7) and 4 * q8 is
  * subtracted per pair of products, as for q6_K. */
 void nf__vec_dot_q3_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
@@ -160,7 +145,7 @@ void nf__vec_dot_q3_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < n / NF_QK_K; i++) {
         int8_t sc[16];
-        q3_K_scales(x[i].scales, sc);
+        nf__q3_K_scales(x[i].scales, sc);
         const __m256i hm = _mm256_loadu_si256((const __m256i *)x[i].hmask);
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; h++) {
@@ -190,8 +175,7 @@ void nf__vec_dot_iq4_xs_q8_K_avx2(int n, float *s, const void *vx, const void *v
     for (int i = 0; i < n / NF_QK_K; i++) {
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < NF_QK_K / 32; j++) {
-            const int ls = ((x[i].scales_l[j / 2] >> (4 * (j % 2))) & 0xF) |
-                           (((x[i].scales_h >> (2 * j)) & 3) << 4);
+            const int ls = nf__iq4_xs_scale(&x[i], j);
             const __m256i q = _mm256_shuffle_epi8(table, nibbles_32(x[i].qs + 16 * j));
             const __m256i y8 = _mm256_loadu_si256((const void *)(y[i].qs + 32 * j));
             const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y8, q));

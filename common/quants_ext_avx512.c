@@ -180,16 +180,10 @@ void nf__vec_dot_q3_K_q8_K_avx512(int n, float *s, const void *vx, const void *v
     const __m512i one = _mm512_set1_epi8(1), four = _mm512_set1_epi8(4);
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < n / NF_QK_K; i++) {
-        /* The 16 scales (-32..31) as words, decoded as in the reference. */
-        uint32_t a[3], u[4];
-        memcpy(a, x[i].scales, 12);
-        const uint32_t k2 = 0x0f0f0f0f, k1 = 0x03030303;
-        u[0] = (a[0] & k2) | ((a[2] & k1) << 4);
-        u[1] = (a[1] & k2) | (((a[2] >> 2) & k1) << 4);
-        u[2] = ((a[0] >> 4) & k2) | (((a[2] >> 4) & k1) << 4);
-        u[3] = ((a[1] >> 4) & k2) | (((a[2] >> 6) & k1) << 4);
-        const __m512i sc16 = _mm512_castsi256_si512(_mm256_sub_epi16(
-            _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)u)), _mm256_set1_epi16(32)));
+        int8_t sc[16];
+        nf__q3_K_scales(x[i].scales, sc);
+        const __m512i sc16 =
+            _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc)));
         const __m256i hm = _mm256_loadu_si256((const __m256i *)x[i].hmask);
         const __m512i hm2 = cat256(hm, hm);
         __m512i sumi = _mm512_setzero_si512();
@@ -228,11 +222,8 @@ void nf__vec_dot_iq4_xs_q8_K_avx512(int n, float *s, const void *vx, const void 
             const __m512i u = _mm512_shuffle_epi8(
                 table, cat256(nibbles_32(x[i].qs + 16 * j), nibbles_32(x[i].qs + 16 * j + 16)));
             const __m512i p = dot_offset(u, _mm512_loadu_si512(y[i].qs + 32 * j), (char)0x80);
-            int ls[2];
-            for (int k = 0; k < 2; k++)
-                ls[k] = (((x[i].scales_l[(j + k) / 2] >> (4 * ((j + k) % 2))) & 0xF) |
-                         (((x[i].scales_h >> (2 * (j + k))) & 3) << 4)) -
-                        32;
+            const int ls[2] = {nf__iq4_xs_scale(&x[i], j) - 32,
+                               nf__iq4_xs_scale(&x[i], j + 1) - 32};
             const __m512i scv =
                 _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(ls[0]), _mm512_set1_epi32(ls[1]));
             sumi = _mm512_add_epi32(sumi, _mm512_mullo_epi32(p, scv));

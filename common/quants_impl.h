@@ -2,6 +2,8 @@
 #ifndef NF_QUANTS_IMPL_H
 #define NF_QUANTS_IMPL_H
 
+#include <string.h>
+
 #include "quants.h"
 
 /* Rounds to the nearest integer, ties to even, as ggml's nearest_int (|f| <= 4194303). */
@@ -56,7 +58,6 @@ void nf__quantize_row_iq4_xs_ref(const float *x, void *y, int64_t n);
 void nf__vec_dot_q4_1_q8_1_ref(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q5_0_q8_0_ref(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q5_1_q8_1_ref(int n, float *s, const void *x, const void *y);
-void nf__vec_dot_q8_1_q8_1_ref(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_iq4_nl_q8_0_ref(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q2_K_q8_K_ref(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_q3_K_q8_K_ref(int n, float *s, const void *x, const void *y);
@@ -126,6 +127,28 @@ static inline void nf__get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, ui
         *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
         *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
     }
+}
+
+/* The 6-bit scale (0..63) of sub-block j (0..7) of an iq4_xs block. */
+static inline int nf__iq4_xs_scale(const nf_block_iq4_xs *b, int j)
+{
+    return ((b->scales_l[j / 2] >> (4 * (j % 2))) & 0xF) | (((b->scales_h >> (2 * j)) & 3) << 4);
+}
+
+/* The 16 signed scales (-32..31) of a q3_K block, unpacked a word at a time (the SIMD
+ * kernels' form of quants_ext.c's q3_K_scale). */
+static inline void nf__q3_K_scales(const uint8_t *q, int8_t sc[16])
+{
+    uint32_t a[3];
+    memcpy(a, q, 12);
+    const uint32_t k2 = 0x0f0f0f0f, k1 = 0x03030303;
+    const uint32_t u[4] = {(a[0] & k2) | ((a[2] & k1) << 4),
+                           (a[1] & k2) | (((a[2] >> 2) & k1) << 4),
+                           ((a[0] >> 4) & k2) | (((a[2] >> 4) & k1) << 4),
+                           ((a[1] >> 4) & k2) | (((a[2] >> 6) & k1) << 4)};
+    memcpy(sc, u, 16);
+    for (int k = 0; k < 16; k++)
+        sc[k] = (int8_t)(sc[k] - 32);
 }
 
 #endif

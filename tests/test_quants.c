@@ -35,7 +35,6 @@
 #define TOL_Q4_1_DOT   1e-5
 #define TOL_Q5_0_DOT   1e-5
 #define TOL_Q5_1_DOT   1e-5
-#define TOL_Q8_1_DOT   1e-5
 #define TOL_IQ4_NL_DOT 1e-5
 #define TOL_Q2_K_DOT   1e-5
 #define TOL_Q3_K_DOT   1e-5
@@ -117,9 +116,9 @@ static void fill(float *x, int n, int pattern)
 #define NPATTERNS 6
 
 static const enum nf_type weight_types[] = {
-    NF_TYPE_F32,    NF_TYPE_F16,  NF_TYPE_BF16, NF_TYPE_Q4_0,   NF_TYPE_Q8_0, NF_TYPE_Q4_K,
-    NF_TYPE_Q5_K,   NF_TYPE_Q6_K, NF_TYPE_Q8_K, NF_TYPE_Q4_1,   NF_TYPE_Q5_0, NF_TYPE_Q5_1,
-    NF_TYPE_IQ4_NL, NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_IQ4_XS, NF_TYPE_Q8_1};
+    NF_TYPE_F32,    NF_TYPE_F16,  NF_TYPE_BF16, NF_TYPE_Q4_0,  NF_TYPE_Q8_0, NF_TYPE_Q4_K,
+    NF_TYPE_Q5_K,   NF_TYPE_Q6_K, NF_TYPE_Q8_K, NF_TYPE_Q4_1,  NF_TYPE_Q5_0, NF_TYPE_Q5_1,
+    NF_TYPE_IQ4_NL, NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_IQ4_XS};
 #define NWEIGHT (sizeof(weight_types) / sizeof(weight_types[0]))
 
 static double dot_tol(enum nf_type t)
@@ -136,7 +135,6 @@ static double dot_tol(enum nf_type t)
     case NF_TYPE_Q4_1: return TOL_Q4_1_DOT;
     case NF_TYPE_Q5_0: return TOL_Q5_0_DOT;
     case NF_TYPE_Q5_1: return TOL_Q5_1_DOT;
-    case NF_TYPE_Q8_1: return TOL_Q8_1_DOT;
     case NF_TYPE_IQ4_NL: return TOL_IQ4_NL_DOT;
     case NF_TYPE_Q2_K: return TOL_Q2_K_DOT;
     case NF_TYPE_Q3_K: return TOL_Q3_K_DOT;
@@ -272,6 +270,9 @@ static void test_traits(void **state)
     assert_int_equal(nf_type_traits(NF_TYPE_IQ4_XS)->vec_dot_type, NF_TYPE_Q8_K);
     assert_int_equal(nf_type_traits(NF_TYPE_Q3_K)->type_size, 110);
     assert_int_equal(nf_type_traits(NF_TYPE_IQ4_NL)->type_size, 18);
+    assert_false(nf_type_traits(NF_TYPE_Q8_1)->compute);
+    assert_null(nf_type_traits(NF_TYPE_Q8_1)->vec_dot);
+    assert_non_null(nf_type_traits(NF_TYPE_Q8_1)->from_float_act);
     /* Retired ggml numbers and out-of-range values have no traits. */
     static const int retired[] = {4, 5, 31, 32, 33, 36, 37, 38, 40, -1, 1000};
     for (size_t i = 0; i < sizeof(retired) / sizeof(retired[0]); i++)
@@ -538,8 +539,8 @@ static void test_quantize_roundtrip(void **state)
     enum { N = 8192 };
     float *x = malloc(N * sizeof(float)), *y = malloc(N * sizeof(float));
     void *q = malloc(N * 4);
-    for (size_t i = 0; i < NWEIGHT; i++) {
-        enum nf_type t = weight_types[i];
+    for (size_t i = 0; i <= NWEIGHT; i++) { /* the weight types, then q8_1 (activations only) */
+        enum nf_type t = i < NWEIGHT ? weight_types[i] : NF_TYPE_Q8_1;
         const struct nf_type_traits *tt = nf_type_traits(t);
         for (int p = 0; p < 4; p++) {
             fill(x, N, p);
