@@ -971,8 +971,9 @@ static void test_llama_dequant(void **state)
         const size_t per = tt->type_size + (size_t)tt->blck_size * sizeof(float);
         assert_true(size > 0 && size % per == 0);
         const int nb = (int)(size / per), n = nb * (int)tt->blck_size;
-        const float *want = (const float *)(buf + (size_t)nb * tt->type_size);
-        float *got = malloc((size_t)n * sizeof(float));
+        /* The floats follow the blocks, so they need not be 4-byte aligned in buf. */
+        float *want = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)n * sizeof(float));
+        memcpy(want, buf + (size_t)nb * tt->type_size, (size_t)n * sizeof(float));
         tt->to_float(buf, got, n);
         for (int e = 0; e < n; e++)
             if (f2u(got[e]) != f2u(want[e]))
@@ -998,6 +999,7 @@ static void test_llama_dequant(void **state)
         free(o.y);
         free(o.yf);
         free(got);
+        free(want);
         free(buf);
     }
 }
