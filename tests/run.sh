@@ -37,6 +37,10 @@ need() {
 lint() {
     need clang-format
     need cppcheck
+    if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        echo "format, cppcheck: skipped (not a git checkout: the tracked files are unknown)"
+        return
+    fi
     local -a files=() sources=()
     local f first
     while IFS= read -r f; do
