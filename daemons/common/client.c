@@ -149,6 +149,15 @@ static void dir_of(const char *path, char *out, size_t len)
         snprintf(out, len, ".");
 }
 
+int nf_client_peer_pid(int fd)
+{
+    struct ucred cred;
+    socklen_t cl = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0)
+        return -errno;
+    return (int)cred.pid;
+}
+
 int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t errlen)
 {
     struct sockaddr_un a = {.sun_family = AF_UNIX};
@@ -189,6 +198,23 @@ int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t e
         }
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
+    }
+    /* Nothing (not even Hello) goes to a server run by another user: whoever made the socket
+     * would read our prompts and answer them. */
+    struct ucred cred;
+    socklen_t cl = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s: cannot identify the server: %s", sock_path, strerror(-rc));
+        close(fd);
+        return rc;
+    }
+    if (cred.uid != geteuid() && cred.uid != 0) {
+        snprintf(err, errlen,
+                 "%s is served by uid %u (pid %d), not by uid %u or root; refusing to talk to it",
+                 sock_path, (unsigned)cred.uid, (int)cred.pid, (unsigned)geteuid());
+        close(fd);
+        return -EPERM;
     }
     nf_envelope env;
     Nanoflow__Hello h;
