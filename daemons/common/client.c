@@ -227,17 +227,20 @@ int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t e
     h.pid = (uint32_t)getpid();
     env.msg_case = NANOFLOW__ENVELOPE__MSG_HELLO;
     env.hello = &h;
-    rc = nf_client_send(fd, 0, &env);
-    if (rc < 0) {
-        snprintf(err, errlen, "%s: sending Hello: %s", sock_path, nf_strerror(rc));
-        close(fd);
-        return rc;
-    }
+    int sent = nf_client_send(fd, 0, &env);
+    /* A server that refuses us (too many connections) writes an Error and closes before our
+     * Hello arrives: read that reason rather than report a broken pipe. */
     nf_envelope *r = NULL;
     for (;;) {
-        rc = nf_client_recv(fd, &r, left_ms(deadline));
+        rc = nf_client_recv(fd, &r, sent < 0 ? 0 : left_ms(deadline));
         if (rc != -EINTR)
             break;
+    }
+    if (sent < 0 && (rc <= 0 || r->msg_case != NANOFLOW__ENVELOPE__MSG_ERROR)) {
+        nf_envelope_free(r);
+        snprintf(err, errlen, "%s: sending Hello: %s", sock_path, nf_strerror(sent));
+        close(fd);
+        return sent;
     }
     if (rc <= 0) {
         snprintf(err, errlen, "%s: no Hello reply: %s", sock_path,

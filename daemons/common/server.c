@@ -53,7 +53,7 @@
 #define NF_SERVER_IDLE_TIMEOUT_S  600          /* long enough for the longest prompt's prefill */
 #define NF_SERVER_LOG_EVERY_S     10
 #define NF_SERVER_TRIM_CLOSES     16         /* closes since the last trim that warrant one */
-#define NF_SERVER_TRIM_BYTES      (4u << 20) /* or bytes of buffers freed since then */
+#define NF_SERVER_TRIM_BYTES      (1u << 20) /* or bytes of buffers freed since then */
 
 struct nf_conn {
     uv_pipe_t pipe; /* first member: handle->data is not needed to find the connection */
@@ -73,7 +73,7 @@ struct nf_conn {
 };
 
 /* Rate-limited reports of one kind of misbehaving client. */
-enum { NF_BAD_REFUSED, NF_BAD_FRAME, NF_BAD_SLOW, NF_BAD_TIMEOUT, NF_BAD_KINDS };
+enum { NF_BAD_REFUSED, NF_BAD_FRAME, NF_BAD_SLOW, NF_BAD_TIMEOUT, NF_BAD_IDLE, NF_BAD_KINDS };
 struct nf_bad_log {
     uint64_t last_ms; /* uv_now of the last line, 0: none yet */
     unsigned suppressed;
@@ -82,7 +82,8 @@ static const char *const nf_bad_what[NF_BAD_KINDS] = {
     [NF_BAD_REFUSED] = "connections refused",
     [NF_BAD_FRAME] = "connections with bad frames closed",
     [NF_BAD_SLOW] = "connections not reading their replies closed",
-    [NF_BAD_TIMEOUT] = "connections timed out",
+    [NF_BAD_TIMEOUT] = "connections dropped with a half-sent frame",
+    [NF_BAD_IDLE] = "idle connections closed",
 };
 
 /* One packed frame waiting for the loop thread. */
@@ -158,6 +159,7 @@ static void handle_closed(uv_handle_t *h)
 }
 
 static void resume_rx(struct nf_server *s);
+static void maybe_trim(struct nf_server *s, bool sweep);
 
 static void conn_closed(uv_handle_t *h)
 {
@@ -170,7 +172,22 @@ static void conn_closed(uv_handle_t *h)
     free(c);
     s->open_handles--;
     resume_rx(s);
+    if (!s->stopping)
+        maybe_trim(s, false);
     server_maybe_free(s);
+}
+
+/* Gives freed memory back to the system after a burst of closes or large frees: glibc keeps
+ * freed chunks (and raises its mmap threshold after freeing a large one, so the next frame
+ * buffers come from the heap). Loop thread. */
+static void maybe_trim(struct nf_server *s, bool sweep)
+{
+    if (s->freed_since_trim < NF_SERVER_TRIM_BYTES &&
+        !(sweep && s->closes_since_trim >= NF_SERVER_TRIM_CLOSES))
+        return;
+    malloc_trim(0);
+    s->closes_since_trim = 0;
+    s->freed_since_trim = 0;
 }
 
 /* Logs one misbehaving client of kind: the first in NF_SERVER_LOG_EVERY_S gets a line, the
@@ -497,7 +514,6 @@ static void resume_rx(struct nf_server *s)
         if (!c->rx_paused)
             continue;
         c->rx_paused = false;
-        c->frame_start_ms = uv_now(s->loop); /* its frame's clock starts now */
         conn_update_reading(c);
     }
 }
@@ -650,17 +666,20 @@ static void sweep_cb(uv_timer_t *t)
     uint64_t now = uv_now(s->loop);
     for (struct nf_conn *c = s->conns, *next; c; c = next) {
         next = c->next; /* conn_close unlinks c */
-        bool partial = c->frame_start_ms && !c->rx_paused && !c->out_paused;
+        /* A frame still arriving (or waiting for the receive budget: under a flood a slow
+         * legitimate client may lose its frame too, told why). Frames held back because
+         * the client does not read its replies fall under the idle rule instead. */
+        bool partial = c->frame_start_ms && !c->out_paused;
         if (partial && now - c->frame_start_ms > s->frame_timeout_ms) {
             bad_client(s, NF_BAD_TIMEOUT,
-                       "connection %llu: a frame half-sent for %llu s (%zu bytes); dropping it "
-                       "(logged at most every %d s)",
+                       "connection %llu: a frame half-sent for %llu s (%zu bytes buffered); "
+                       "dropping it (logged at most every %d s)",
                        (unsigned long long)c->id, (unsigned long long)s->frame_timeout_ms / 1000,
                        nf_frame_dec_pending(&c->dec), NF_SERVER_LOG_EVERY_S);
             conn_close(c);
-        } else if (now - c->last_active_ms > s->idle_timeout_ms) {
+        } else if (!partial && now - c->last_active_ms > s->idle_timeout_ms) {
             /* Nothing read and no reply taken for that long: a forgotten or stuck client. */
-            bad_client(s, NF_BAD_TIMEOUT,
+            bad_client(s, NF_BAD_IDLE,
                        "connection %llu: idle for %llu s; closing it (logged at most every %d s)",
                        (unsigned long long)c->id, (unsigned long long)s->idle_timeout_ms / 1000,
                        NF_SERVER_LOG_EVERY_S);
@@ -676,12 +695,7 @@ static void sweep_cb(uv_timer_t *t)
             b->last_ms = now;
         }
     }
-    if (s->closes_since_trim >= NF_SERVER_TRIM_CLOSES ||
-        s->freed_since_trim >= NF_SERVER_TRIM_BYTES) {
-        malloc_trim(0); /* glibc keeps freed chunks; give a burst's memory back to the system */
-        s->closes_since_trim = 0;
-        s->freed_since_trim = 0;
-    }
+    maybe_trim(s, true);
 }
 
 /* A limit from the environment variable name (a positive integer), else def. */
