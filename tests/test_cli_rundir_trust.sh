@@ -7,6 +7,7 @@
 # Needs root (to create a second user, removed at the end); skips with 77 otherwise.
 set -u
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
+. "$(dirname "$0")/lib.sh" # check
 if [ "$(id -u)" -ne 0 ] || ! command -v useradd >/dev/null || ! command -v python3 >/dev/null; then
     echo "skip: needs root, useradd and python3 (to make a second user and a hostile server)"
     exit 77
@@ -27,7 +28,6 @@ cleanup() {
     userdel "$OTHER" 2>/dev/null
 }
 trap cleanup EXIT
-fail=0
 
 # expect NAME WANT_RC PATTERN CMD...: runs CMD, checks its exit code and that stderr matches;
 # also that stderr is one line.
@@ -65,14 +65,6 @@ plant() {
 sleeper_alive() {
     kill -0 "$SLEEPER" 2>/dev/null
     check "$1: the sleep named by the pid files was not signalled" $?
-}
-check() {
-    if [ "$2" -ne 0 ]; then
-        echo "FAIL: $1"
-        fail=1
-    else
-        echo "ok: $1"
-    fi
 }
 
 # 1. Another user's run directory (what /tmp/nanoflow-UID looks like when someone made it

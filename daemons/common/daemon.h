@@ -91,6 +91,10 @@ typedef void (*nf_server_close_cb)(struct nf_server *s, uint64_t conn_id, void *
 
 /* Listens on sock_path (removed first if stale; mode 0600) on loop. Malformed or oversized
  * frames get an Error reply and that connection is closed; the server and other clients go on.
+ * Every client's memory is bounded (see server.c): at most 256 connections (the environment's
+ * NANOFLOW_MAX_CONNS, kept below RLIMIT_NOFILE; more get an Error), no reading from a client
+ * that leaves 256 KiB of replies unread, a half-sent frame dropped after 10 s
+ * (NANOFLOW_FRAME_TIMEOUT_S) and an idle connection after 600 s (NANOFLOW_IDLE_TIMEOUT_S).
  * Returns 0 or a negative code. */
 int nf_server_start(struct nf_server **out, uv_loop_t *loop, const char *sock_path,
                     const char *role, nf_server_cb cb, nf_server_close_cb close_cb, void *ud);
