@@ -37,6 +37,15 @@
 #define MODEL_GGUF NF_SHARED_DIR "/models/stories260K.gguf"
 #define SLACK_KB   (4 * 1024) /* "within a few MB" of the start */
 
+/* Under a sanitizer freed memory sits in its quarantine, so RSS says nothing about what the
+ * server keeps: the bounds are printed but not checked there (the behaviour still is). */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RSS_CHECKED 0
+#else
+#define RSS_CHECKED 1
+#endif
+#define assert_rss(cond) assert_true(!RSS_CHECKED || (cond))
+
 static char g_dir[PATH_MAX - 64];
 static char g_sock[108], g_log[PATH_MAX];
 static pid_t g_pid;
@@ -63,7 +72,7 @@ static void expect_rss_near_base(const char *when, long slack_kb)
 {
     long kb = rss_anon_kb(g_pid);
     print_message("%s: RssAnon %ld kB (start %ld kB)\n", when, kb, g_base_kb);
-    if (kb < 0 || kb > g_base_kb + slack_kb)
+    if (kb < 0 || (RSS_CHECKED && kb > g_base_kb + slack_kb))
         fail_msg("%s: RssAnon %ld kB, more than %ld kB above the start (%ld kB)", when, kb,
                  slack_kb, g_base_kb);
 }
@@ -179,7 +188,7 @@ static void test_unread_replies(void **state)
                   "reading; peak RssAnon %ld kB\n",
                   sent, total, sent / flen, peak);
     assert_true(sent < total); /* the daemon stopped reading: its replies were not taken */
-    assert_true(peak <= g_base_kb + SLACK_KB);
+    assert_rss(peak <= g_base_kb + SLACK_KB);
     expect_rss_near_base("unread replies, connection open", SLACK_KB);
     close(fd);
     usleep(1500 * 1000); /* a sweep: closes counted, heap trimmed */
@@ -210,7 +219,7 @@ static void test_churn(void **state)
         }
     }
     print_message("10000 cycles: peak RssAnon %ld kB\n", peak);
-    assert_true(peak <= g_base_kb + SLACK_KB);
+    assert_rss(peak <= g_base_kb + SLACK_KB);
     usleep(1500 * 1000);
     expect_rss_near_base("churn, after", SLACK_KB);
     expect_served();
@@ -254,7 +263,7 @@ static void test_half_frames(void **state)
         all += sent[i];
     print_message("%d half frames: %zu bytes sent; peak RssAnon %ld kB\n", N, all, peak);
     /* The receive budget (4 MiB) plus one frame may be held while they are pending. */
-    assert_true(peak <= g_base_kb + 2 * SLACK_KB);
+    assert_rss(peak <= g_base_kb + 2 * SLACK_KB);
     /* Every stalled frame is dropped by the frame timeout (2 s; paused ones restart it). */
     int n_closed = 0;
     bool done[N] = {false};
@@ -396,6 +405,11 @@ static int stop(void **state)
             kill(g_pid, SIGKILL);
             waitpid(g_pid, NULL, 0);
         }
+    }
+    /* A sanitizer report from the daemon fails the group. */
+    if (log_has("Sanitizer") || log_has("runtime error")) {
+        fprintf(stderr, "nanoflow-fetcher reported a sanitizer error, see %s (kept)\n", g_log);
+        return -1;
     }
     char cmd[PATH_MAX + 16];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
