@@ -442,11 +442,8 @@ static void up_abort(const char *dir, const pid_t *children, int n_children)
             continue;
         bool ours = i < n_children && children[i] == pid && waitpid(pid, NULL, WNOHANG) == 0;
         if (!ours) {
-            char err[512], why[PATH_MAX + 256];
-            int fd = nf_ctl_connect(dir, role, 1000, err, sizeof(err));
-            pid = nf_ctl_daemon_pid(dir, role, fd, why, sizeof(why));
-            if (fd >= 0)
-                close(fd);
+            char why[PATH_MAX + 512];
+            pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
             if (pid < 0)
                 fprintf(stderr, "nanoflowctl up: %s\n", why);
         }
@@ -732,16 +729,17 @@ int nf_cmd_down(int argc, char **argv)
     int ret = 0;
     for (int i = NF_N_ROLES - 1; i >= 0; i--) {
         const char *role = nf_stack_roles[i];
-        char err[512], why[PATH_MAX + 256];
+        char err[512], why[PATH_MAX + 512];
+        /* A pid is signalled only once it proves to be this socket's server running the
+         * daemon's binary: never on the pid file alone (a crash and pid reuse, or a planted
+         * file, would name someone else's process). Checked before Shutdown, which makes a
+         * daemon remove its socket. */
+        int pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
         int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
         if (fd == -EPERM) {
             fprintf(stderr, "nanoflowctl down: %s\n", err);
             ret = 1;
         }
-        /* A pid is signalled only once it proves to be this socket's server running the
-         * daemon's binary: never on the pid file alone (a crash and pid reuse, or a planted
-         * file, would name someone else's process). */
-        int pid = nf_ctl_daemon_pid(dir, role, fd, why, sizeof(why));
         if (fd >= 0) {
             send_shutdown(fd);
             close(fd);

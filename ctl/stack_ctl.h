@@ -28,10 +28,10 @@ int nf_ctl_connect(const char *dir, const char *role, int timeout_ms, char *err,
 int nf_ctl_request(int fd, nf_envelope *req, nf_envelope **reply, int timeout_ms);
 
 /* The pid of role's daemon that may be signalled: the pid in dir/ROLE.pid, only when it is the
- * peer pid of fd (a connection to dir/ROLE.sock, or -1 when none could be made) and runs the
- * nanoflow-ROLE binary. Returns that pid, 0 when there is no live pid in the file (why empty),
- * or -ESRCH with why saying what did not match (nothing may be signalled then). */
-int nf_ctl_daemon_pid(const char *dir, const char *role, int fd, char *why, size_t whylen);
+ * pid listening on dir/ROLE.sock (SO_PEERCRED, our uid or root; the daemon need not answer)
+ * and runs the nanoflow-ROLE binary. Returns that pid, 0 when there is no live pid in the file
+ * (why empty), or -ESRCH with why saying what did not match (nothing may be signalled then). */
+int nf_ctl_daemon_pid(const char *dir, const char *role, char *why, size_t whylen);
 
 /* Fresh request ids for this process. */
 unsigned long long nf_ctl_next_id(void);

@@ -127,7 +127,7 @@ sleeper_alive "symlinked parent"
 R="$T/run"
 mkdir -m 0700 "$R"
 plant "$R"
-expect "pid file, no socket: down" 1 "names pid $SLEEPER but no fetcher socket answers" \
+expect "pid file, no socket: down" 1 "names pid $SLEEPER but no fetcher socket is there to confirm" \
     "$NF_BIN" down --run-dir "$R"
 sleeper_alive "pid file without a socket"
 

@@ -149,13 +149,32 @@ static void dir_of(const char *path, char *out, size_t len)
         snprintf(out, len, ".");
 }
 
-int nf_client_peer_pid(int fd)
+int nf_client_peer_pid(const char *sock_path, char *err, size_t errlen)
 {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(sock_path) >= sizeof(a.sun_path))
+        return nf_errf(err, errlen, -ENAMETOOLONG, "socket path too long: %s", sock_path);
+    memcpy(a.sun_path, sock_path, strlen(sock_path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return nf_errf(err, errlen, -errno, "socket: %s", strerror(errno));
+    /* The listener's credentials come with the connection itself: no need for the server to
+     * accept or answer (a stopped or hung daemon is identified too). */
+    int rc = 0;
     struct ucred cred;
     socklen_t cl = sizeof(cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0)
-        return -errno;
-    return (int)cred.pid;
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
+        rc = nf_errf(err, errlen, -errno, "cannot connect to %s: %s", sock_path, strerror(errno));
+    else if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0)
+        rc = nf_errf(err, errlen, -errno, "%s: cannot identify the server: %s", sock_path,
+                     strerror(errno));
+    else if (cred.uid != geteuid() && cred.uid != 0)
+        rc = nf_errf(err, errlen, -EPERM, "%s is served by uid %u (pid %d), not by uid %u or root",
+                     sock_path, (unsigned)cred.uid, (int)cred.pid, (unsigned)geteuid());
+    else
+        rc = (int)cred.pid;
+    close(fd);
+    return rc;
 }
 
 int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t errlen)

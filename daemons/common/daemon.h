@@ -123,9 +123,10 @@ void nf_server_stop(struct nf_server *s);
  * -EPERM before a byte is sent) and exchanges Hello. Returns a socket fd or a negative code
  * (with a message in err: "no stack running in DIR" for -ENOENT/-ECONNREFUSED). */
 int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t errlen);
-/* The pid of the process serving the socket fd is connected to (SO_PEERCRED), or a negative
- * code. nf_client_connect has already checked that its uid is ours or root's. */
-int nf_client_peer_pid(int fd);
+/* The pid of the process listening on sock_path (SO_PEERCRED of a fresh connection, closed
+ * again without a byte sent; the server need not answer), or a negative code with err set
+ * (-EPERM when it runs as another uid than ours or root). */
+int nf_client_peer_pid(const char *sock_path, char *err, size_t errlen);
 /* Sends one envelope (request id req_id). Returns 0 or a negative code. */
 int nf_client_send(int fd, uint64_t req_id, nf_envelope *env);
 /* Receives one envelope (free with nf_envelope_free). Returns 1, 0 on orderly close,
