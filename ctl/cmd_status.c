@@ -138,6 +138,9 @@ int nf_cmd_status(int argc, char **argv)
             }
             nf_envelope_free(r);
             close(fd);
+        } else if (fd == -EPERM) {
+            fprintf(stderr, "nanoflowctl status: %s\n", err); /* a socket we must not trust */
+            state = "refused";
         } else if (pid > 0) {
             state = "not responding";
         }

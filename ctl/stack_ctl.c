@@ -22,6 +22,14 @@ int nf_ctl_rundir(const char *cmd, const char *arg, char *dir, size_t len)
                 arg ? arg : "(default)", nf_strerror(rc));
         return -1;
     }
+    /* Sockets and pid files are trusted only in a directory nobody else could have made or
+     * planted them in. A missing directory is fine here: there is no stack to talk to. */
+    char err[PATH_MAX + 256];
+    rc = nf_rundir_check(dir, err, sizeof(err));
+    if (rc < 0 && rc != -ENOENT) {
+        fprintf(stderr, "nanoflowctl %s: refusing run directory %s: %s\n", cmd, dir, err);
+        return -1;
+    }
     return 0;
 }
 
@@ -44,6 +52,34 @@ int nf_ctl_connect(const char *dir, const char *role, int timeout_ms, char *err,
     char path[PATH_MAX];
     nf_rundir_path(dir, role, "sock", path, sizeof(path));
     return nf_client_connect(path, timeout_ms, err, errlen);
+}
+
+int nf_ctl_daemon_pid(const char *dir, const char *role, char *why, size_t whylen)
+{
+    char pidp[PATH_MAX], sock[PATH_MAX], err[PATH_MAX + 128];
+    nf_rundir_path(dir, role, "pid", pidp, sizeof(pidp));
+    nf_rundir_path(dir, role, "sock", sock, sizeof(sock));
+    int pid = nf_pidfile_read(dir, role);
+    if (pid <= 0) {
+        why[0] = '\0';
+        return 0;
+    }
+    int peer = nf_client_peer_pid(sock, err, sizeof(err));
+    if (peer == -EPERM)
+        return nf_errf(why, whylen, -ESRCH, "%s; not signalling pid %d from %s", err, pid, pidp);
+    if (peer < 0)
+        return nf_errf(why, whylen, -ESRCH,
+                       "%s names pid %d but no %s socket is there to confirm it is the stack's "
+                       "daemon (%s); not signalling it",
+                       pidp, pid, role, err);
+    if (peer != pid)
+        return nf_errf(why, whylen, -ESRCH,
+                       "%s names pid %d but the %s socket is served by pid %d; not signalling "
+                       "pid %d",
+                       pidp, pid, role, peer, pid);
+    if (nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0)
+        return nf_errf(why, whylen, -ESRCH, "%s: %s; not signalling it", pidp, err);
+    return pid;
 }
 
 unsigned long long nf_ctl_next_id(void)

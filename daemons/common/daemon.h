@@ -36,9 +36,23 @@ int nf_log_level_parse(const char *s, enum nf_log_level *out);
 
 /* Resolves the run directory from arg (may be NULL) and the environment into out. */
 int nf_rundir_resolve(const char *arg, char *out, size_t len);
-/* Creates dir (and missing parents) with mode 0700; refuses an existing dir not owned by us
- * or accessible to others. Returns 0 or a negative code with a message in err. */
+/* Checks that the run directory dir (absolute) can be trusted before anything in it is used:
+ * every component from "/" down is a directory (no symbolic link, except one only root could
+ * have made, such as /var/run, whose target is then checked the same way), owned by root or by
+ * us, and not writable by others unless sticky (/tmp); dir itself is not group- or
+ * world-writable. Returns 0; -ENOENT when dir (or a parent) does not exist and everything
+ * above it is sound; or a negative code (-EPERM, -ENOTDIR, -EACCES ...) with one line in err
+ * naming the path and what is wrong with it. */
+int nf_rundir_check(const char *dir, char *err, size_t errlen);
+/* Creates dir (and missing parents, 0700) after the checks of nf_rundir_check on every
+ * component; refuses a dir not owned by us or accessible to others. Returns 0 or a negative
+ * code with a message in err. */
 int nf_rundir_create(const char *dir, char *err, size_t errlen);
+/* Checks that pid runs the daemon binary of role (/proc/PID/exe named nanoflow-ROLE). This
+ * alone does not make pid the stack's daemon: the caller also matches it against the peer pid
+ * of the role's socket (nf_client_peer_pid) before signalling it. Returns 0 or a negative code
+ * with the reason in err. */
+int nf_pid_is_daemon(int pid, const char *role, char *err, size_t errlen);
 /* dir/ROLE.SUFFIX into out (suffix "sock", "pid" or "log"). */
 void nf_rundir_path(const char *dir, const char *role, const char *suffix, char *out, size_t len);
 /* The shm object name of the stack in dir: "/nanoflow-" + 16 hex digits of a hash of the path. */
@@ -180,6 +194,10 @@ typedef void (*nf_server_close_cb)(struct nf_server *s, uint64_t conn_id, void *
 
 /* Listens on sock_path (removed first if stale; mode 0600) on loop. Malformed or oversized
  * frames get an Error reply and that connection is closed; the server and other clients go on.
+ * Every client's memory is bounded (see server.c): at most 256 connections (the environment's
+ * NANOFLOW_MAX_CONNS, kept below RLIMIT_NOFILE; more get an Error), no reading from a client
+ * that leaves 256 KiB of replies unread, a half-sent frame dropped after 10 s
+ * (NANOFLOW_FRAME_TIMEOUT_S) and an idle connection after 600 s (NANOFLOW_IDLE_TIMEOUT_S).
  * Returns 0 or a negative code. */
 int nf_server_start(struct nf_server **out, uv_loop_t *loop, const char *sock_path,
                     const char *role, nf_server_cb cb, nf_server_close_cb close_cb, void *ud);
@@ -204,9 +222,14 @@ int nf_server_send_error(struct nf_server *s, uint64_t conn_id, uint64_t req_id,
 void nf_server_stop(struct nf_server *s);
 
 /* --- Blocking client (nanoflowctl, tests) --------------------------------------------------- */
-/* Connects to sock_path and exchanges Hello. Returns a socket fd or a negative code (with a
- * message in err: "no stack running in DIR" for -ENOENT/-ECONNREFUSED). */
+/* Connects to sock_path, checks that the server runs as our uid or root (SO_PEERCRED; else
+ * -EPERM before a byte is sent) and exchanges Hello. Returns a socket fd or a negative code
+ * (with a message in err: "no stack running in DIR" for -ENOENT/-ECONNREFUSED). */
 int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t errlen);
+/* The pid of the process listening on sock_path (SO_PEERCRED of a fresh connection, closed
+ * again without a byte sent; the server need not answer), or a negative code with err set
+ * (-EPERM when it runs as another uid than ours or root). */
+int nf_client_peer_pid(const char *sock_path, char *err, size_t errlen);
 /* Sends one envelope (request id req_id). Returns 0 or a negative code. */
 int nf_client_send(int fd, uint64_t req_id, nf_envelope *env);
 /* Receives one envelope (free with nf_envelope_free). Returns 1, 0 on orderly close,
