@@ -408,6 +408,42 @@ static void up_abort(const char *dir, const pid_t *children, int n_children)
     nf_ctl_cleanup_rundir(dir);
 }
 
+static void send_shutdown(const char *dir, const char *role)
+{
+    char err[256];
+    int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
+    if (fd < 0)
+        return;
+    nf_envelope req;
+    Nanoflow__Shutdown sd;
+    nanoflow__envelope__init(&req);
+    nanoflow__shutdown__init(&sd);
+    req.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
+    req.shutdown = &sd;
+    nf_client_send(fd, nf_ctl_next_id(), &req);
+    close(fd);
+}
+
+/* Stops every daemon of the stack in dir that still runs (those of a half-dead stack too):
+ * Shutdown to compute, predictor, then fetcher, SIGTERM after 10 s, SIGKILL after 15 s; then
+ * removes the run directory's files but the logs. Returns 0, or 1 after saying which daemon does
+ * not exit. */
+static int stop_stack(const char *cmd, const char *dir)
+{
+    int ret = 0;
+    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
+        const char *role = nf_stack_roles[i];
+        int pid = nf_pidfile_read(dir, role);
+        send_shutdown(dir, role);
+        if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
+            fprintf(stderr, "nanoflowctl %s: %s (pid %d) does not exit\n", cmd, role, pid);
+            ret = 1;
+        }
+    }
+    nf_ctl_cleanup_rundir(dir);
+    return ret;
+}
+
 /* Waits until ROLE reports READY. Returns 0, or 1 after printing why not. */
 static int wait_ready(const char *dir, const char *role, pid_t child)
 {
@@ -540,13 +576,28 @@ int nf_cmd_up(int argc, char **argv)
     }
     for (int i = 0; i < NF_N_ROLES; i++) {
         int pid = nf_pidfile_read(dir, nf_stack_roles[i]);
-        if (pid > 0) {
+        if (pid <= 0)
+            continue;
+        /* A stack with a dead daemon is stopped and a new one started (simpler than starting
+         * the missing daemon into the old region: the fetcher owns and creates the region, and
+         * a stack whose daemon died may have lost requests or tiles half-loaded). */
+        char msg[256];
+        int pids[NF_N_ROLES];
+        unsigned dead = nf_ctl_stack_dead(dir, msg, sizeof(msg), pids);
+        if (!dead) {
             fprintf(stderr,
                     "nanoflowctl up: a stack is already running in %s (%s pid %d); stop it with "
                     "'nanoflowctl down --run-dir %s'\n",
                     dir, nf_stack_roles[i], pid, dir);
             return 1;
         }
+        fprintf(stderr,
+                "nanoflowctl up: the %s (pid %d) of the stack in %s died: stopping the rest of "
+                "that stack and starting a new one\n",
+                nf_live_role(dead), pids[__builtin_ctz(dead)], dir);
+        if (stop_stack("up", dir))
+            return 1;
+        break;
     }
     char nft[PATH_MAX];
     if (resolve_model(o.model, nft, sizeof(nft)))
@@ -642,22 +693,6 @@ static void down_usage(FILE *f)
                "  -h, --help           show this help\n");
 }
 
-static void send_shutdown(const char *dir, const char *role)
-{
-    char err[256];
-    int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
-    if (fd < 0)
-        return;
-    nf_envelope req;
-    Nanoflow__Shutdown sd;
-    nanoflow__envelope__init(&req);
-    nanoflow__shutdown__init(&sd);
-    req.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
-    req.shutdown = &sd;
-    nf_client_send(fd, nf_ctl_next_id(), &req);
-    close(fd);
-}
-
 int nf_cmd_down(int argc, char **argv)
 {
     const char *run_dir = NULL;
@@ -680,17 +715,7 @@ int nf_cmd_down(int argc, char **argv)
         fprintf(stderr, "nanoflowctl down: no stack running in %s\n", dir);
         return 1;
     }
-    int ret = 0;
-    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
-        const char *role = nf_stack_roles[i];
-        int pid = nf_pidfile_read(dir, role);
-        send_shutdown(dir, role);
-        if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
-            fprintf(stderr, "nanoflowctl down: %s (pid %d) does not exit\n", role, pid);
-            ret = 1;
-        }
-    }
-    nf_ctl_cleanup_rundir(dir);
+    int ret = stop_stack("down", dir);
     if (ret == 0)
         printf("stack in %s stopped\n", dir);
     return ret;

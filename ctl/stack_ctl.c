@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "nf_err.h"
+#include "stack.h"
 
 const char *const nf_stack_roles[NF_N_ROLES] = {NF_ROLE_FETCHER, NF_ROLE_PREDICTOR,
                                                 NF_ROLE_COMPUTE};
@@ -44,6 +45,24 @@ int nf_ctl_connect(const char *dir, const char *role, int timeout_ms, char *err,
     char path[PATH_MAX];
     nf_rundir_path(dir, role, "sock", path, sizeof(path));
     return nf_client_connect(path, timeout_ms, err, errlen);
+}
+
+unsigned nf_ctl_stack_dead(const char *dir, char *msg, size_t len, int pids[NF_N_ROLES])
+{
+    char name[64], why[256];
+    struct nf_stack st;
+    nf_rundir_shm_name(dir, name, sizeof(name));
+    if (nf_stack_attach(&st, name, NULL, why, sizeof(why)) < 0)
+        return 0;
+    /* nf_stack_roles and the liveness records are both in ready-bit order. */
+    _Static_assert(NF_N_ROLES == NF_STACK_DAEMONS, "one liveness record per role");
+    uint32_t dead = nf_live_check(&st);
+    if (dead)
+        nf_live_message(&st, dead, msg, len);
+    for (int i = 0; pids && i < NF_N_ROLES; i++)
+        pids[i] = atomic_load(&st.sync->live[i].pid);
+    nf_stack_detach(&st);
+    return dead;
 }
 
 unsigned long long nf_ctl_next_id(void)
