@@ -204,8 +204,16 @@ int nf_cmd_gen(int argc, char **argv)
         if (!prompt)
             return 1;
     }
-    int fd = nf_ctl_connect(dir, NF_ROLE_COMPUTE, 5000, err, sizeof(err));
+    /* The Hello exchange counts against --timeout too (a stopped compute accepts but never
+     * answers). */
+    int conn_ms = o.timeout_s > 0 && o.timeout_s < 5.0f ? (int)(o.timeout_s * 1000.0f) : 5000;
+    int fd = nf_ctl_connect(dir, NF_ROLE_COMPUTE, conn_ms, err, sizeof(err));
     if (fd < 0) {
+        if (fd == -ETIMEDOUT)
+            snprintf(err, sizeof(err),
+                     "compute did not answer within %.1f s: giving up (is it stopped or stuck? "
+                     "see nanoflowctl status)",
+                     conn_ms / 1000.0);
         gen_fail(dir, err);
         free(prompt);
         return 1;
