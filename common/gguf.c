@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,21 +182,6 @@ struct parser {
     char where[160]; /* the section being parsed, e.g. "metadata entry 3 ('general.name')" */
 };
 
-__attribute__((format(printf, 3, 4))) static int fail(struct parser *p, int code, const char *fmt,
-                                                      ...)
-{
-    if (p->err && p->errlen) {
-        int n = snprintf(p->err, p->errlen, "%s: ", p->name);
-        if (n >= 0 && (size_t)n < p->errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return code;
-}
-
 /* Copies a name from the file into out for quoting: at most GGUF_NAME_SHOW bytes, control and
  * non-ASCII bytes as '?', so that a hostile name cannot break the one-line message. */
 static const char *show(char out[GGUF_NAME_SHOW + 4], const char *s, uint64_t len)
@@ -222,10 +206,10 @@ static uint64_t remaining(const struct parser *p)
 static int read_bytes(struct parser *p, void *dst, uint64_t n, const char *field)
 {
     if (n > remaining(p))
-        return fail(p, NF_ETRUNCATED,
-                    "truncated in %s: %s needs %" PRIu64 " bytes at offset %" PRIu64
-                    " but the file has %" PRIu64,
-                    p->where, field, n, p->pos, p->size);
+        return nf_errf_at(p->err, p->errlen, NF_ETRUNCATED, p->name,
+                          "truncated in %s: %s needs %" PRIu64 " bytes at offset %" PRIu64
+                          " but the file has %" PRIu64,
+                          p->where, field, n, p->pos, p->size);
     if (p->mem) {
         if (n)
             memcpy(dst, p->mem + p->pos, n);
@@ -261,9 +245,11 @@ static int read_bytes(struct parser *p, void *dst, uint64_t n, const char *field
             }
         }
         if (rc == NF_ETRUNCATED)
-            return fail(p, rc, "truncated in %s: the file shrank while being read", p->where);
-        return fail(p, rc, "read error in %s at offset %" PRIu64 ": %s", p->where, p->pos,
-                    nf_strerror(rc));
+            return nf_errf_at(p->err, p->errlen, rc, p->name,
+                              "truncated in %s: the file shrank while being read", p->where);
+        return nf_errf_at(p->err, p->errlen, rc, p->name,
+                          "read error in %s at offset %" PRIu64 ": %s", p->where, p->pos,
+                          nf_strerror(rc));
     }
     return 0;
 }
@@ -285,13 +271,14 @@ static int read_str(struct parser *p, struct nf_gguf_str *out, const char *field
     if (rc)
         return rc;
     if (len > remaining(p))
-        return fail(p, NF_ETRUNCATED,
-                    "truncated in %s: %s has length %" PRIu64 " but only %" PRIu64
-                    " bytes remain in the file",
-                    p->where, field, len, remaining(p));
+        return nf_errf_at(p->err, p->errlen, NF_ETRUNCATED, p->name,
+                          "truncated in %s: %s has length %" PRIu64 " but only %" PRIu64
+                          " bytes remain in the file",
+                          p->where, field, len, remaining(p));
     char *s = arena_alloc(&p->g->arena, (size_t)len + 1);
     if (!s)
-        return fail(p, -ENOMEM, "out of memory reading %s of %s", field, p->where);
+        return nf_errf_at(p->err, p->errlen, -ENOMEM, p->name, "out of memory reading %s of %s",
+                          field, p->where);
     rc = read_bytes(p, s, len, field);
     if (rc)
         return rc;
@@ -313,20 +300,22 @@ static int read_array(struct parser *p, int depth, struct nf_gguf_value *val)
     if (rc)
         return rc;
     if (et >= NF_GGUF_VTYPE_COUNT)
-        return fail(p, NF_ECORRUPT, "%s: invalid array element type %u (valid: 0..%d)", p->where,
-                    et, NF_GGUF_VTYPE_COUNT - 1);
+        return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                          "%s: invalid array element type %u (valid: 0..%d)", p->where, et,
+                          NF_GGUF_VTYPE_COUNT - 1);
     if (et == NF_GGUF_ARRAY && depth >= GGUF_MAX_DEPTH)
-        return fail(p, NF_ECORRUPT, "%s: arrays nested deeper than %d levels", p->where,
-                    GGUF_MAX_DEPTH);
+        return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                          "%s: arrays nested deeper than %d levels", p->where, GGUF_MAX_DEPTH);
     rc = read_u64(p, &n, "array count");
     if (rc)
         return rc;
     uint64_t min_elem = et == NF_GGUF_STRING ? 8 : et == NF_GGUF_ARRAY ? 12 : gguf_vsize[et];
     if (n > remaining(p) / min_elem)
-        return fail(p, NF_ETRUNCATED,
-                    "truncated in %s: array of %" PRIu64 " %s elements needs at least %" PRIu64
-                    " bytes each but only %" PRIu64 " bytes remain in the file",
-                    p->where, n, gguf_vname[et], min_elem, remaining(p));
+        return nf_errf_at(p->err, p->errlen, NF_ETRUNCATED, p->name,
+                          "truncated in %s: array of %" PRIu64
+                          " %s elements needs at least %" PRIu64 " bytes each but only %" PRIu64
+                          " bytes remain in the file",
+                          p->where, n, gguf_vname[et], min_elem, remaining(p));
     val->v.arr.type = (enum nf_gguf_vtype)et;
     val->v.arr.n = n;
     val->v.arr.data = NULL;
@@ -337,10 +326,12 @@ static int read_array(struct parser *p, int depth, struct nf_gguf_value *val)
                                          : gguf_vsize[et];
     size_t bytes;
     if (__builtin_mul_overflow((size_t)n, esize, &bytes))
-        return fail(p, NF_EOVERFLOW, "%s: array of %" PRIu64 " elements is too large", p->where, n);
+        return nf_errf_at(p->err, p->errlen, NF_EOVERFLOW, p->name,
+                          "%s: array of %" PRIu64 " elements is too large", p->where, n);
     void *data = arena_alloc(&p->g->arena, bytes);
     if (!data)
-        return fail(p, -ENOMEM, "out of memory for an array of %" PRIu64 " in %s", n, p->where);
+        return nf_errf_at(p->err, p->errlen, -ENOMEM, p->name,
+                          "out of memory for an array of %" PRIu64 " in %s", n, p->where);
     val->v.arr.data = data;
     if (et == NF_GGUF_STRING) {
         struct nf_gguf_str *s = data;
@@ -364,8 +355,9 @@ static int read_array(struct parser *p, int depth, struct nf_gguf_value *val)
         const uint8_t *b = data;
         for (uint64_t i = 0; i < n; i++)
             if (b[i] > 1)
-                return fail(p, NF_ECORRUPT, "%s: bool array element %" PRIu64 " is %u (not 0/1)",
-                            p->where, i, b[i]);
+                return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                                  "%s: bool array element %" PRIu64 " is %u (not 0/1)", p->where, i,
+                                  b[i]);
     }
     return 0;
 }
@@ -417,13 +409,16 @@ static int read_value(struct parser *p, enum nf_gguf_vtype type, int depth,
     }
     case NF_GGUF_BOOL:
         if (raw[0] > 1)
-            return fail(p, NF_ECORRUPT, "%s: bool value is %u (not 0/1)", p->where, raw[0]);
+            return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                              "%s: bool value is %u (not 0/1)", p->where, raw[0]);
         val->v.b = raw[0] != 0;
         break;
     case NF_GGUF_UINT64: memcpy(&val->v.u64, raw, 8); break;
     case NF_GGUF_INT64: memcpy(&val->v.i64, raw, 8); break;
     case NF_GGUF_FLOAT64: memcpy(&val->v.f64, raw, 8); break;
-    default: return fail(p, NF_ECORRUPT, "%s: invalid value type %d", p->where, (int)type);
+    default:
+        return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name, "%s: invalid value type %d",
+                          p->where, (int)type);
     }
     return 0;
 }
@@ -437,20 +432,21 @@ static int parse_header(struct parser *p)
     if ((rc = read_bytes(p, magic, 4, "magic")))
         return rc;
     if (memcmp(magic, "GGUF", 4) != 0)
-        return fail(p, NF_EBADMAGIC,
-                    "bad magic %02x %02x %02x %02x (expected \"GGUF\"): not a GGUF file", magic[0],
-                    magic[1], magic[2], magic[3]);
+        return nf_errf_at(p->err, p->errlen, NF_EBADMAGIC, p->name,
+                          "bad magic %02x %02x %02x %02x (expected \"GGUF\"): not a GGUF file",
+                          magic[0], magic[1], magic[2], magic[3]);
     if ((rc = read_u32(p, &g->version, "version")))
         return rc;
     if (g->version == 1)
-        return fail(p, NF_EBADVERSION,
-                    "GGUF version 1 is not supported (only versions 2 and 3 are; re-convert the "
-                    "model with a current llama.cpp)");
+        return nf_errf_at(
+            p->err, p->errlen, NF_EBADVERSION, p->name,
+            "GGUF version 1 is not supported (only versions 2 and 3 are; re-convert the "
+            "model with a current llama.cpp)");
     if (g->version != 2 && g->version != 3) {
         uint32_t sw = __builtin_bswap32(g->version);
-        return fail(p, NF_EBADVERSION, "unsupported GGUF version %u (expected 2 or 3)%s",
-                    g->version,
-                    sw >= 1 && sw <= 3 ? "; this looks like a big-endian GGUF file" : "");
+        return nf_errf_at(p->err, p->errlen, NF_EBADVERSION, p->name,
+                          "unsupported GGUF version %u (expected 2 or 3)%s", g->version,
+                          sw >= 1 && sw <= 3 ? "; this looks like a big-endian GGUF file" : "");
     }
     if ((rc = read_u64(p, &g->n_tensors, "tensor count")) ||
         (rc = read_u64(p, &g->n_kv, "metadata kv count")))
@@ -458,12 +454,13 @@ static int parse_header(struct parser *p)
     uint64_t rem = remaining(p);
     if (g->n_kv > rem / GGUF_MIN_KV || g->n_tensors > rem / GGUF_MIN_TENSOR ||
         g->n_kv * GGUF_MIN_KV + g->n_tensors * GGUF_MIN_TENSOR > rem)
-        return fail(p, NF_ETRUNCATED,
-                    "header declares %" PRIu64 " metadata entries and %" PRIu64
-                    " tensors, which cannot fit in the %" PRIu64 " bytes left in the file",
-                    g->n_kv, g->n_tensors, rem);
+        return nf_errf_at(p->err, p->errlen, NF_ETRUNCATED, p->name,
+                          "header declares %" PRIu64 " metadata entries and %" PRIu64
+                          " tensors, which cannot fit in the %" PRIu64 " bytes left in the file",
+                          g->n_kv, g->n_tensors, rem);
     if (g->n_kv >= UINT32_MAX || g->n_tensors >= UINT32_MAX)
-        return fail(p, NF_EOVERFLOW, "too many metadata entries or tensors");
+        return nf_errf_at(p->err, p->errlen, NF_EOVERFLOW, p->name,
+                          "too many metadata entries or tensors");
     return 0;
 }
 
@@ -474,7 +471,8 @@ static int parse_kv(struct parser *p)
     int rc;
     g->kv = calloc(g->n_kv ? g->n_kv : 1, sizeof(*g->kv));
     if (!g->kv || nf__gguf_htab_init(&p->g->kv_index, g->n_kv))
-        return fail(p, -ENOMEM, "out of memory for %" PRIu64 " metadata entries", g->n_kv);
+        return nf_errf_at(p->err, p->errlen, -ENOMEM, p->name,
+                          "out of memory for %" PRIu64 " metadata entries", g->n_kv);
     for (uint64_t i = 0; i < g->n_kv; i++) {
         struct nf_gguf_kv *kv = &g->kv[i];
         uint32_t type;
@@ -485,14 +483,15 @@ static int parse_kv(struct parser *p)
                  show(shown, kv->key.s, kv->key.len));
         int64_t dup = nf__gguf_htab_insert(&p->g->kv_index, g->kv, sizeof(*g->kv), (uint32_t)i);
         if (dup >= 0)
-            return fail(p, NF_ECORRUPT,
-                        "duplicate metadata key '%s' (entries %" PRId64 " and %" PRIu64 ")", shown,
-                        dup, i);
+            return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                              "duplicate metadata key '%s' (entries %" PRId64 " and %" PRIu64 ")",
+                              shown, dup, i);
         if ((rc = read_u32(p, &type, "value type")))
             return rc;
         if (type >= NF_GGUF_VTYPE_COUNT)
-            return fail(p, NF_ECORRUPT, "%s: invalid value type %u (valid: 0..%d)", p->where, type,
-                        NF_GGUF_VTYPE_COUNT - 1);
+            return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                              "%s: invalid value type %u (valid: 0..%d)", p->where, type,
+                              NF_GGUF_VTYPE_COUNT - 1);
         if ((rc = read_value(p, (enum nf_gguf_vtype)type, 1, &kv->value)))
             return rc;
     }
@@ -500,11 +499,13 @@ static int parse_kv(struct parser *p)
     const struct nf_gguf_value *a = nf_gguf_get(g, "general.alignment");
     if (a) {
         if (a->type != NF_GGUF_UINT32)
-            return fail(p, NF_ECORRUPT, "general.alignment has type %s (expected uint32)",
-                        nf_gguf_vtype_name(a->type));
+            return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                              "general.alignment has type %s (expected uint32)",
+                              nf_gguf_vtype_name(a->type));
         if (a->v.u64 == 0 || (a->v.u64 & (a->v.u64 - 1)) != 0)
-            return fail(p, NF_ECORRUPT,
-                        "general.alignment is %" PRIu64 " (expected a power of two)", a->v.u64);
+            return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                              "general.alignment is %" PRIu64 " (expected a power of two)",
+                              a->v.u64);
         g->alignment = a->v.u64;
     }
     return 0;
@@ -523,14 +524,15 @@ static int parse_tensor_info(struct parser *p, uint64_t i, struct nf_gguf_tensor
     int64_t dup =
         nf__gguf_htab_insert(&p->g->tensor_index, p->g->pub.tensors, sizeof(*t), (uint32_t)i);
     if (dup >= 0)
-        return fail(p, NF_ECORRUPT,
-                    "duplicate tensor name '%s' (tensors %" PRId64 " and %" PRIu64 ")", shown, dup,
-                    i);
+        return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                          "duplicate tensor name '%s' (tensors %" PRId64 " and %" PRIu64 ")", shown,
+                          dup, i);
     if ((rc = read_u32(p, &t->n_dims, "n_dims")))
         return rc;
     if (t->n_dims < 1 || t->n_dims > NF_GGUF_MAX_DIMS)
-        return fail(p, NF_ESHAPE, "tensor '%s': n_dims is %u (expected 1..%d)", shown, t->n_dims,
-                    NF_GGUF_MAX_DIMS);
+        return nf_errf_at(p->err, p->errlen, NF_ESHAPE, p->name,
+                          "tensor '%s': n_dims is %u (expected 1..%d)", shown, t->n_dims,
+                          NF_GGUF_MAX_DIMS);
     for (int d = 0; d < NF_GGUF_MAX_DIMS; d++)
         t->ne[d] = 1;
     for (uint32_t d = 0; d < t->n_dims; d++) {
@@ -547,36 +549,39 @@ static int parse_tensor_info(struct parser *p, uint64_t i, struct nf_gguf_tensor
     int64_t nel = 1;
     for (uint32_t d = 0; d < t->n_dims; d++) {
         if (t->ne[d] <= 0)
-            return fail(p, NF_ESHAPE, "tensor '%s': dimension %u is %" PRId64 " (must be > 0)",
-                        shown, d, t->ne[d]);
+            return nf_errf_at(p->err, p->errlen, NF_ESHAPE, p->name,
+                              "tensor '%s': dimension %u is %" PRId64 " (must be > 0)", shown, d,
+                              t->ne[d]);
         if (__builtin_mul_overflow(nel, t->ne[d], &nel))
-            return fail(p, NF_EOVERFLOW,
-                        "tensor '%s': element count overflows (dimensions %" PRId64 " x %" PRId64
-                        " x %" PRId64 " x %" PRId64 ")",
-                        shown, t->ne[0], t->ne[1], t->ne[2], t->ne[3]);
+            return nf_errf_at(p->err, p->errlen, NF_EOVERFLOW, p->name,
+                              "tensor '%s': element count overflows (dimensions %" PRId64
+                              " x %" PRId64 " x %" PRId64 " x %" PRId64 ")",
+                              shown, t->ne[0], t->ne[1], t->ne[2], t->ne[3]);
     }
     t->n_elements = nel;
     if (type >= NF_TYPE_COUNT || gguf_geom[type].blck_size == 0)
-        return fail(p, NF_EBADTYPE, "tensor '%s': unknown tensor type %u", shown, type);
+        return nf_errf_at(p->err, p->errlen, NF_EBADTYPE, p->name,
+                          "tensor '%s': unknown tensor type %u", shown, type);
     t->type = (enum nf_type)type;
     const struct gguf_type_geom *geo = &gguf_geom[type];
     if (t->ne[0] % geo->blck_size != 0)
-        return fail(p, NF_ESHAPE,
-                    "tensor '%s': ne[0] = %" PRId64 " is not a multiple of the block size %" PRId64
-                    " of type %s",
-                    shown, t->ne[0], geo->blck_size, geo->name);
+        return nf_errf_at(p->err, p->errlen, NF_ESHAPE, p->name,
+                          "tensor '%s': ne[0] = %" PRId64
+                          " is not a multiple of the block size %" PRId64 " of type %s",
+                          shown, t->ne[0], geo->blck_size, geo->name);
     uint64_t size = (uint64_t)(t->ne[0] / geo->blck_size) * geo->type_size;
     for (uint32_t d = 1; d < t->n_dims; d++)
         if (__builtin_mul_overflow(size, (uint64_t)t->ne[d], &size) || size > INT64_MAX)
-            return fail(p, NF_EOVERFLOW,
-                        "tensor '%s': byte size overflows (dimensions %" PRId64 " x %" PRId64
-                        " x %" PRId64 " x %" PRId64 ")",
-                        shown, t->ne[0], t->ne[1], t->ne[2], t->ne[3]);
+            return nf_errf_at(p->err, p->errlen, NF_EOVERFLOW, p->name,
+                              "tensor '%s': byte size overflows (dimensions %" PRId64 " x %" PRId64
+                              " x %" PRId64 " x %" PRId64 ")",
+                              shown, t->ne[0], t->ne[1], t->ne[2], t->ne[3]);
     t->size = size;
     if (rel % p->g->pub.alignment != 0)
-        return fail(p, NF_ECORRUPT,
-                    "tensor '%s': offset %" PRIu64 " is not a multiple of the alignment %" PRIu64,
-                    shown, rel, p->g->pub.alignment);
+        return nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                          "tensor '%s': offset %" PRIu64
+                          " is not a multiple of the alignment %" PRIu64,
+                          shown, rel, p->g->pub.alignment);
     t->offset = rel; /* made absolute once the data section is known */
     return 0;
 }
@@ -599,33 +604,36 @@ static int place_tensors(struct parser *p)
     char s1[GGUF_NAME_SHOW + 4], s2[GGUF_NAME_SHOW + 4];
     uint64_t pad = (g->alignment - p->pos % g->alignment) % g->alignment;
     if (__builtin_add_overflow(p->pos, pad, &g->data_offset))
-        return fail(p, NF_EOVERFLOW, "data section offset overflows");
+        return nf_errf_at(p->err, p->errlen, NF_EOVERFLOW, p->name,
+                          "data section offset overflows");
     if (g->n_tensors == 0)
         return 0;
     struct span *sp = malloc(g->n_tensors * sizeof(*sp));
     if (!sp)
-        return fail(p, -ENOMEM, "out of memory for %" PRIu64 " tensors", g->n_tensors);
+        return nf_errf_at(p->err, p->errlen, -ENOMEM, p->name,
+                          "out of memory for %" PRIu64 " tensors", g->n_tensors);
     int rc = 0;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         struct nf_gguf_tensor *t = &g->tensors[i];
         uint64_t begin, end;
         show(s1, t->name.s, t->name.len);
         if (__builtin_add_overflow(g->data_offset, t->offset, &begin)) {
-            rc = fail(p, NF_EOVERFLOW, "tensor '%s': offset %" PRIu64 " overflows", s1, t->offset);
+            rc = nf_errf_at(p->err, p->errlen, NF_EOVERFLOW, p->name,
+                            "tensor '%s': offset %" PRIu64 " overflows", s1, t->offset);
             goto out;
         }
         if (__builtin_add_overflow(begin, t->size, &end) || (!p->meta_only && end > g->file_size)) {
             /* end may have wrapped; report it as begin + size then. */
             if (end < begin)
-                rc = fail(p, NF_ETRUNCATED,
-                          "tensor '%s': data at %" PRIu64 " of %" PRIu64
-                          " bytes lies outside the file (size %" PRIu64 ")",
-                          s1, begin, t->size, g->file_size);
+                rc = nf_errf_at(p->err, p->errlen, NF_ETRUNCATED, p->name,
+                                "tensor '%s': data at %" PRIu64 " of %" PRIu64
+                                " bytes lies outside the file (size %" PRIu64 ")",
+                                s1, begin, t->size, g->file_size);
             else
-                rc = fail(p, NF_ETRUNCATED,
-                          "tensor '%s': data [%" PRIu64 ", %" PRIu64
-                          ") lies outside the file (size %" PRIu64 ")",
-                          s1, begin, end, g->file_size);
+                rc = nf_errf_at(p->err, p->errlen, NF_ETRUNCATED, p->name,
+                                "tensor '%s': data [%" PRIu64 ", %" PRIu64
+                                ") lies outside the file (size %" PRIu64 ")",
+                                s1, begin, end, g->file_size);
             goto out;
         }
         t->offset = begin;
@@ -636,11 +644,11 @@ static int place_tensors(struct parser *p)
         if (sp[i].begin < sp[i - 1].end) {
             const struct nf_gguf_tensor *a = &g->tensors[sp[i - 1].idx];
             const struct nf_gguf_tensor *b = &g->tensors[sp[i].idx];
-            rc = fail(p, NF_ECORRUPT,
-                      "tensors '%s' [%" PRIu64 ", %" PRIu64 ") and '%s' [%" PRIu64 ", %" PRIu64
-                      ") overlap",
-                      show(s1, a->name.s, a->name.len), sp[i - 1].begin, sp[i - 1].end,
-                      show(s2, b->name.s, b->name.len), sp[i].begin, sp[i].end);
+            rc = nf_errf_at(p->err, p->errlen, NF_ECORRUPT, p->name,
+                            "tensors '%s' [%" PRIu64 ", %" PRIu64 ") and '%s' [%" PRIu64
+                            ", %" PRIu64 ") overlap",
+                            show(s1, a->name.s, a->name.len), sp[i - 1].begin, sp[i - 1].end,
+                            show(s2, b->name.s, b->name.len), sp[i].begin, sp[i].end);
             goto out;
         }
     }
@@ -657,7 +665,8 @@ static int parse(struct parser *p)
         return rc;
     g->tensors = calloc(g->n_tensors ? g->n_tensors : 1, sizeof(*g->tensors));
     if (!g->tensors || nf__gguf_htab_init(&p->g->tensor_index, g->n_tensors))
-        return fail(p, -ENOMEM, "out of memory for %" PRIu64 " tensors", g->n_tensors);
+        return nf_errf_at(p->err, p->errlen, -ENOMEM, p->name,
+                          "out of memory for %" PRIu64 " tensors", g->n_tensors);
     for (uint64_t i = 0; i < g->n_tensors; i++)
         if ((rc = parse_tensor_info(p, i, &g->tensors[i])))
             return rc;
@@ -685,7 +694,7 @@ static int open_common(struct nf_gguf **out, int fd, const uint8_t *mem, uint64_
         free(p.buf);
         if (fd >= 0)
             close(fd);
-        return fail(&p, -ENOMEM, "out of memory");
+        return nf_errf_at(p.err, p.errlen, -ENOMEM, p.name, "out of memory");
     }
     struct nf_gguf *g = &p.g->pub;
     g->fd = fd;
@@ -709,11 +718,11 @@ static int open_owned_fd(struct nf_gguf **out, int fd, const char *name, char *e
     if (fstat(fd, &st) != 0) {
         int rc = -errno;
         close(fd);
-        return fail(&p, rc, "cannot stat: %s", strerror(-rc));
+        return nf_errf_at(p.err, p.errlen, rc, p.name, "cannot stat: %s", strerror(-rc));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return fail(&p, NF_EUSAGE, "not a regular file");
+        return nf_errf_at(p.err, p.errlen, NF_EUSAGE, p.name, "not a regular file");
     }
     return open_common(out, fd, NULL, (uint64_t)st.st_size, name, err, errlen, false);
 }
@@ -727,7 +736,7 @@ int nf_gguf_open(struct nf_gguf **out, const char *path, char *err, size_t errle
     if (fd < 0) {
         int rc = -errno;
         struct parser p = {.name = path, .err = err, .errlen = errlen};
-        return fail(&p, rc, "cannot open: %s", strerror(-rc));
+        return nf_errf_at(p.err, p.errlen, rc, p.name, "cannot open: %s", strerror(-rc));
     }
     return open_owned_fd(out, fd, path, err, errlen);
 }
@@ -743,7 +752,8 @@ int nf_gguf_open_fd(struct nf_gguf **out, int fd, const char *name, char *err, s
     if (own < 0) {
         int rc = -errno;
         struct parser p = {.name = name, .err = err, .errlen = errlen};
-        return fail(&p, rc, "cannot dup file descriptor %d: %s", fd, strerror(-rc));
+        return nf_errf_at(p.err, p.errlen, rc, p.name, "cannot dup file descriptor %d: %s", fd,
+                          strerror(-rc));
     }
     return open_owned_fd(out, own, name, err, errlen);
 }

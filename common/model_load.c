@@ -1,6 +1,5 @@
 /* model_load.c - loading a llama-family GGUF into RAM, with every tensor validated. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,20 +10,6 @@
 
 /* Tensor data is aligned for the widest SIMD loads (AVX-512). */
 #define NF_WEIGHT_ALIGN 64
-
-static int nf_load_err(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int nf_load_err(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 static void nf_shape_str(char *buf, size_t len, const int64_t *ne, int n)
 {
@@ -53,29 +38,29 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
         if (flags & NF_T_OPTIONAL)
             return 0;
         nf_shape_str(ws, sizeof(ws), want, nd);
-        return nf_load_err(err, errlen, NF_ENOTENSOR, "%s: tensor '%s' %s is missing", g->path,
-                           name, ws);
+        return nf_errf(err, errlen, NF_ENOTENSOR, "%s: tensor '%s' %s is missing", g->path, name,
+                       ws);
     }
     if (gt->ne[0] != ne0 || gt->ne[1] != ne1 || gt->ne[2] != ne2 || gt->ne[3] != 1) {
         nf_shape_str(ws, sizeof(ws), want, nd);
         nf_shape_str(gs, sizeof(gs), gt->ne, (int)gt->n_dims);
-        return nf_load_err(err, errlen, NF_ESHAPE, "%s: tensor '%s' has shape %s, expected %s",
-                           g->path, name, gs, ws);
+        return nf_errf(err, errlen, NF_ESHAPE, "%s: tensor '%s' has shape %s, expected %s", g->path,
+                       name, gs, ws);
     }
     const struct nf_type_traits *tr = nf_type_traits(gt->type);
     if ((flags & NF_T_F32) && gt->type != NF_TYPE_F32)
-        return nf_load_err(err, errlen, NF_EBADTYPE, "%s: tensor '%s' has type %s, expected f32",
-                           g->path, name, tr ? tr->name : "?");
+        return nf_errf(err, errlen, NF_EBADTYPE, "%s: tensor '%s' has type %s, expected f32",
+                       g->path, name, tr ? tr->name : "?");
     if (!tr || !tr->compute || !tr->to_float || !tr->vec_dot)
-        return nf_load_err(err, errlen, NF_EBADTYPE,
-                           "%s: tensor '%s' has type %s, which NanoFlow cannot compute with",
-                           g->path, name, tr ? tr->name : "unknown");
+        return nf_errf(err, errlen, NF_EBADTYPE,
+                       "%s: tensor '%s' has type %s, which NanoFlow cannot compute with", g->path,
+                       name, tr ? tr->name : "unknown");
     const struct nf_type_traits *dt = nf_type_traits(tr->vec_dot_type);
     if (!dt || ne0 % tr->blck_size || ne0 % dt->blck_size || !dt->from_float)
-        return nf_load_err(err, errlen, NF_ESHAPE,
-                           "%s: tensor '%s' (%s): row length %lld is not a multiple of the "
-                           "block size",
-                           g->path, name, tr->name, (long long)ne0);
+        return nf_errf(err, errlen, NF_ESHAPE,
+                       "%s: tensor '%s' (%s): row length %lld is not a multiple of the "
+                       "block size",
+                       g->path, name, tr->name, (long long)ne0);
     t->name = gt->name.s;
     t->type = gt->type;
     t->ne[0] = ne0;
@@ -83,9 +68,9 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
     t->ne[2] = ne2;
     t->row_size = nf_row_size(gt->type, ne0);
     if (t->row_size * (size_t)ne1 * (size_t)ne2 != gt->size)
-        return nf_load_err(err, errlen, NF_ECORRUPT,
-                           "%s: tensor '%s': %llu data bytes, expected %zu", g->path, name,
-                           (unsigned long long)gt->size, t->row_size * (size_t)ne1 * (size_t)ne2);
+        return nf_errf(err, errlen, NF_ECORRUPT, "%s: tensor '%s': %llu data bytes, expected %zu",
+                       g->path, name, (unsigned long long)gt->size,
+                       t->row_size * (size_t)ne1 * (size_t)ne2);
     if (m->map) {
         /* Mapped: the data stays in the page cache (the GGUF validated its range). */
         t->data = (char *)m->map + gt->offset;
@@ -95,8 +80,8 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
     size_t sz = (gt->size + NF_WEIGHT_ALIGN - 1) / NF_WEIGHT_ALIGN * NF_WEIGHT_ALIGN;
     if (posix_memalign(&t->data, NF_WEIGHT_ALIGN, sz ? sz : NF_WEIGHT_ALIGN)) {
         t->data = NULL;
-        return nf_load_err(err, errlen, -ENOMEM, "%s: out of memory for tensor '%s' (%llu bytes)",
-                           g->path, name, (unsigned long long)gt->size);
+        return nf_errf(err, errlen, -ENOMEM, "%s: out of memory for tensor '%s' (%llu bytes)",
+                       g->path, name, (unsigned long long)gt->size);
     }
     int rc = m->read_tensor ? m->read_tensor(m->src, gt, t->data, sz, err, errlen)
                             : nf_gguf_read_tensor(g, gt, t->data, sz);
@@ -105,8 +90,8 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
         t->data = NULL;
         if (m->read_tensor)
             return rc; /* err already names the tile */
-        return nf_load_err(err, errlen, rc, "%s: reading tensor '%s': %s", g->path, name,
-                           nf_strerror(rc));
+        return nf_errf(err, errlen, rc, "%s: reading tensor '%s': %s", g->path, name,
+                       nf_strerror(rc));
     }
     m->weight_bytes += gt->size;
     return 0;
@@ -125,11 +110,11 @@ static int nf_hp_int(const struct nf_gguf *g, const char *key, int64_t def, int6
         return 0;
     }
     if (rc == NF_ENOKEY)
-        return nf_load_err(err, errlen, rc, "%s: metadata key '%s' is missing", g->path, full);
+        return nf_errf(err, errlen, rc, "%s: metadata key '%s' is missing", g->path, full);
     if (rc < 0 || (int64_t)v < min || (int64_t)v > max)
-        return nf_load_err(err, errlen, rc < 0 ? rc : NF_EKEYTYPE,
-                           "%s: metadata key '%s' must be an integer in [%lld, %lld]", g->path,
-                           full, (long long)min, (long long)max);
+        return nf_errf(err, errlen, rc < 0 ? rc : NF_EKEYTYPE,
+                       "%s: metadata key '%s' must be an integer in [%lld, %lld]", g->path, full,
+                       (long long)min, (long long)max);
     *out = (int)v;
     return 0;
 }
@@ -145,10 +130,10 @@ static int nf_hp_float(const struct nf_gguf *g, const char *key, float def, bool
         return 0;
     }
     if (rc < 0)
-        return nf_load_err(err, errlen, rc, "%s: metadata key '%s': %s", g->path, full,
-                           nf_strerror(rc));
+        return nf_errf(err, errlen, rc, "%s: metadata key '%s': %s", g->path, full,
+                       nf_strerror(rc));
     if (!(*out == *out))
-        return nf_load_err(err, errlen, NF_EKEYTYPE, "%s: metadata key '%s' is NaN", g->path, full);
+        return nf_errf(err, errlen, NF_EKEYTYPE, "%s: metadata key '%s' is NaN", g->path, full);
     return 0;
 }
 
@@ -158,13 +143,13 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
     struct nf_hparams *hp = &m->hp;
     const char *arch = NULL;
     if (nf_gguf_get_str(g, "general.architecture", &arch) < 0)
-        return nf_load_err(err, errlen, NF_EARCH,
-                           "%s: metadata key 'general.architecture' is missing", g->path);
+        return nf_errf(err, errlen, NF_EARCH, "%s: metadata key 'general.architecture' is missing",
+                       g->path);
     if (strcmp(arch, "llama") != 0)
-        return nf_load_err(err, errlen, NF_EARCH,
-                           "%s: architecture '%s' is not supported (supported: llama - Llama "
-                           "1/2/3, Mistral, TinyLlama, Mixtral-style MoE)",
-                           g->path, arch);
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: architecture '%s' is not supported (supported: llama - Llama "
+                       "1/2/3, Mistral, TinyLlama, Mixtral-style MoE)",
+                       g->path, arch);
     int rc;
     if ((rc = nf_hp_int(g, "embedding_length", -1, 1, 1 << 20, &hp->n_embd, err, errlen)) ||
         (rc = nf_hp_int(g, "block_count", -1, 1, 4096, &hp->n_layer, err, errlen)) ||
@@ -177,10 +162,10 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
                         errlen)))
         return rc;
     if (hp->n_head % hp->n_head_kv)
-        return nf_load_err(err, errlen, NF_EKEYTYPE,
-                           "%s: llama.attention.head_count (%d) is not a multiple of "
-                           "llama.attention.head_count_kv (%d)",
-                           g->path, hp->n_head, hp->n_head_kv);
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: llama.attention.head_count (%d) is not a multiple of "
+                       "llama.attention.head_count_kv (%d)",
+                       g->path, hp->n_head, hp->n_head_kv);
     int def_hd = hp->n_embd % hp->n_head ? -1 : hp->n_embd / hp->n_head;
     int vlen;
     if ((rc = nf_hp_int(g, "attention.key_length", def_hd, 2, 1 << 16, &hp->head_dim, err,
@@ -188,21 +173,20 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
         (rc = nf_hp_int(g, "attention.value_length", hp->head_dim, 2, 1 << 16, &vlen, err, errlen)))
         return rc;
     if (vlen != hp->head_dim || hp->head_dim % 2)
-        return nf_load_err(err, errlen, NF_EKEYTYPE,
-                           "%s: attention key length %d and value length %d must be equal and "
-                           "even",
-                           g->path, hp->head_dim, vlen);
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: attention key length %d and value length %d must be equal and "
+                       "even",
+                       g->path, hp->head_dim, vlen);
     if ((rc = nf_hp_int(g, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->n_rot, err,
                         errlen)))
         return rc;
     if (hp->n_rot % 2)
-        return nf_load_err(err, errlen, NF_EKEYTYPE,
-                           "%s: llama.rope.dimension_count must be even, got %d", g->path,
-                           hp->n_rot);
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: llama.rope.dimension_count must be even, got %d", g->path, hp->n_rot);
     if (hp->n_expert > 0 && (hp->n_expert_used < 1 || hp->n_expert < 2))
-        return nf_load_err(err, errlen, NF_EKEYTYPE,
-                           "%s: llama.expert_count %d needs llama.expert_used_count in [1, %d]",
-                           g->path, hp->n_expert, hp->n_expert);
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: llama.expert_count %d needs llama.expert_used_count in [1, %d]",
+                       g->path, hp->n_expert, hp->n_expert);
     float factor = 0;
     if ((rc = nf_hp_float(g, "attention.layer_norm_rms_epsilon", 0, true, &hp->rms_eps, err,
                           errlen)) ||
@@ -216,15 +200,15 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
     if (nf_gguf_get_str(g, "llama.rope.scaling.type", &stype) < 0)
         stype = NULL;
     if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0)
-        return nf_load_err(err, errlen, NF_EARCH,
-                           "%s: llama.rope.scaling.type '%s' is not supported (supported: none, "
-                           "linear)",
-                           g->path, stype);
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: llama.rope.scaling.type '%s' is not supported (supported: none, "
+                       "linear)",
+                       g->path, stype);
     if (factor < 0 || !(hp->rope_base > 0) || !(hp->rms_eps >= 0))
-        return nf_load_err(err, errlen, NF_EKEYTYPE,
-                           "%s: rope.freq_base must be > 0, rope.scaling.factor >= 0 and "
-                           "layer_norm_rms_epsilon >= 0",
-                           g->path);
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: rope.freq_base must be > 0, rope.scaling.factor >= 0 and "
+                       "layer_norm_rms_epsilon >= 0",
+                       g->path);
     hp->rope_freq_scale =
         (factor == 0.0f || (stype && !strcmp(stype, "none"))) ? 1.0f : 1.0f / factor;
     return 0;
@@ -237,13 +221,13 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
     const struct nf_gguf *g = m->gguf;
     const struct nf_gguf_tensor *te = nf_gguf_find_tensor(g, "token_embd.weight");
     if (!te)
-        return nf_load_err(err, errlen, NF_ENOTENSOR,
-                           "%s: tensor 'token_embd.weight' [%d, n_vocab] is missing", g->path,
-                           hp->n_embd);
+        return nf_errf(err, errlen, NF_ENOTENSOR,
+                       "%s: tensor 'token_embd.weight' [%d, n_vocab] is missing", g->path,
+                       hp->n_embd);
     if (te->ne[1] < 1 || te->ne[1] > (1 << 24))
-        return nf_load_err(err, errlen, NF_ESHAPE,
-                           "%s: tensor 'token_embd.weight' has %lld rows, expected 1..%d", g->path,
-                           (long long)te->ne[1], 1 << 24);
+        return nf_errf(err, errlen, NF_ESHAPE,
+                       "%s: tensor 'token_embd.weight' has %lld rows, expected 1..%d", g->path,
+                       (long long)te->ne[1], 1 << 24);
     hp->n_vocab = (int)te->ne[1];
     int64_t E = hp->n_embd, V = hp->n_vocab;
     int64_t qd = (int64_t)hp->n_head * hp->head_dim, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
@@ -271,7 +255,7 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
     int64_t F = hp->n_ff, X = hp->n_expert;
     m->layers = calloc((size_t)hp->n_layer, sizeof(*m->layers));
     if (!m->layers)
-        return nf_load_err(err, errlen, -ENOMEM, "%s: out of memory", g->path);
+        return nf_errf(err, errlen, -ENOMEM, "%s: out of memory", g->path);
     for (int il = 0; il < hp->n_layer; il++) {
         struct nf_layer *L = &m->layers[il];
         char n[10][64];
@@ -284,9 +268,8 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
         char bias[64];
         snprintf(bias, sizeof(bias), "blk.%d.attn_q.bias", il);
         if (nf_gguf_find_tensor(g, bias))
-            return nf_load_err(err, errlen, NF_EARCH,
-                               "%s: tensor '%s': attention biases are not supported", g->path,
-                               bias);
+            return nf_errf(err, errlen, NF_EARCH,
+                           "%s: tensor '%s': attention biases are not supported", g->path, bias);
         if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, NF_T_F32, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wq, n[1], E, qd, 1, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wk, n[2], E, kvd, 1, 0, err, errlen)) ||
@@ -322,9 +305,9 @@ int nf_model_hparams(struct nf_hparams *hp, struct nf_gguf *g, char *err, size_t
         return rc;
     const struct nf_gguf_tensor *te = nf_gguf_find_tensor(g, "token_embd.weight");
     if (!te || te->ne[1] < 1 || te->ne[1] > (1 << 24))
-        return nf_load_err(err, errlen, NF_ENOTENSOR,
-                           "%s: tensor 'token_embd.weight' [%d, 1..%d] is missing or malformed",
-                           g->path, tmp.hp.n_embd, 1 << 24);
+        return nf_errf(err, errlen, NF_ENOTENSOR,
+                       "%s: tensor 'token_embd.weight' [%d, 1..%d] is missing or malformed",
+                       g->path, tmp.hp.n_embd, 1 << 24);
     tmp.hp.n_vocab = (int)te->ne[1];
     /* The FFN width as nf_load_weights reads it. */
     struct nf_hparams *h = &tmp.hp;
@@ -349,13 +332,13 @@ static int nf_model_map(struct nf_model *m, char *err, size_t errlen)
     size_t len = (size_t)g->file_size + NF_MAP_TAIL;
     void *base = mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED)
-        return nf_load_err(err, errlen, -errno, "%s: reserving %zu bytes of address space: %s",
-                           g->path, len, strerror(errno));
+        return nf_errf(err, errlen, -errno, "%s: reserving %zu bytes of address space: %s", g->path,
+                       len, strerror(errno));
     if (g->file_size && mmap(base, (size_t)g->file_size, PROT_READ, MAP_SHARED | MAP_FIXED, g->fd,
                              0) == MAP_FAILED) {
         int e = errno;
         munmap(base, len);
-        return nf_load_err(err, errlen, -e, "%s: mmap: %s", g->path, strerror(e));
+        return nf_errf(err, errlen, -e, "%s: mmap: %s", g->path, strerror(e));
     }
     m->map = base;
     m->map_len = len;
@@ -386,12 +369,12 @@ int nf_model_load_ex(struct nf_model **out, const char *path, const struct nf_mo
     nf_kernels_init();
     struct nf_model *m = calloc(1, sizeof(*m));
     if (!m)
-        return nf_load_err(err, errlen, -ENOMEM, "%s: out of memory", path);
+        return nf_errf(err, errlen, -ENOMEM, "%s: out of memory", path);
     /* A .nft tile file brings its own metadata and tile reader (model_nft.c). */
     int rc = nf_model_nft_source(m, path, err, errlen);
     if (rc > 0 && o && o->use_mmap) {
-        rc = nf_load_err(err, errlen, NF_EUSAGE,
-                         "%s: a .nft tile file cannot be mapped as a whole (use the .gguf)", path);
+        rc = nf_errf(err, errlen, NF_EUSAGE,
+                     "%s: a .nft tile file cannot be mapped as a whole (use the .gguf)", path);
         goto fail; /* m owns the .nft's metadata and reader: nf_model_free closes both */
     }
     if (rc == 0)

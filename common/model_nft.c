@@ -2,7 +2,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,18 +17,6 @@ struct nft_src {
     void *buf; /* 4096-aligned, cap bytes */
     size_t cap;
 };
-
-__attribute__((format(printf, 4, 5))) static int serr(char *err, size_t errlen, int code,
-                                                      const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 static void src_close(void *p)
 {
@@ -94,12 +81,12 @@ static int put_rows(const struct nf_nft_tile *t, const struct nf_gguf_tensor *gt
     size_t row = nf_row_size(gt->type, gt->ne[0]);
     if (t->type[0] != gt->type || t->ne0 != (uint64_t)gt->ne[0] || t->first != *rows_done ||
         (uint64_t)t->first + t->count > rows)
-        return serr(err, errlen, NF_ECORRUPT,
-                    "tile %s does not continue tensor '%s' (type %u, ne0 %" PRIu32
-                    ", rows [%" PRIu32 ", +%" PRIu32 "); expected type %d, ne0 %" PRId64
-                    ", first row %" PRIu64 " of %" PRIu64 ")",
-                    what, gt->name.s, t->type[0], t->ne0, t->first, t->count, (int)gt->type,
-                    gt->ne[0], *rows_done, rows);
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "tile %s does not continue tensor '%s' (type %u, ne0 %" PRIu32
+                       ", rows [%" PRIu32 ", +%" PRIu32 "); expected type %d, ne0 %" PRId64
+                       ", first row %" PRIu64 " of %" PRIu64 ")",
+                       what, gt->name.s, t->type[0], t->ne0, t->first, t->count, (int)gt->type,
+                       gt->ne[0], *rows_done, rows);
     memcpy(dst + row * t->first, buf, row * t->count);
     *rows_done += t->count;
     return 0;
@@ -117,19 +104,19 @@ static int put_bundle(const struct nf_nft_tile *t, const struct nf_gguf_tensor *
     uint64_t e = t->kind == NF_TILE_EXPERT ? t->expert : 0;
     if (t->type[part] != gt->type || t->ne0 != n_embd || e >= n_exp ||
         (uint64_t)t->first + t->count > n_ff || t->first != *done % n_ff || *done / n_ff != e)
-        return serr(err, errlen, NF_ECORRUPT,
-                    "tile %s does not continue tensor '%s' (type %u, ne0 %" PRIu32
-                    ", neurons [%" PRIu32 ", +%" PRIu32 "), expert %" PRIu64
-                    "; expected type %d, ne0 %" PRIu64 ", neuron %" PRIu64 " of %" PRIu64
-                    " in expert %" PRIu64 ")",
-                    what, gt->name.s, t->type[part], t->ne0, t->first, t->count, e, (int)gt->type,
-                    n_embd, *done % n_ff, n_ff, *done / n_ff);
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "tile %s does not continue tensor '%s' (type %u, ne0 %" PRIu32
+                       ", neurons [%" PRIu32 ", +%" PRIu32 "), expert %" PRIu64
+                       "; expected type %d, ne0 %" PRIu64 ", neuron %" PRIu64 " of %" PRIu64
+                       " in expert %" PRIu64 ")",
+                       what, gt->name.s, t->type[part], t->ne0, t->first, t->count, e,
+                       (int)gt->type, n_embd, *done % n_ff, n_ff, *done / n_ff);
     size_t full = nf_row_size(gt->type, (int64_t)(part == 2 ? n_ff : n_embd));
     uint8_t *base = dst + e * (part == 2 ? n_embd : n_ff) * full;
     for (uint32_t j = 0; j < t->count / t->group; j++) {
         struct nf_nft_bundle b;
         if (nf_nft_bundle_group(t, buf, j, &b))
-            return serr(err, errlen, NF_ECORRUPT, "tile %s: bad bundle group %" PRIu32, what, j);
+            return nf_errf(err, errlen, NF_ECORRUPT, "tile %s: bad bundle group %" PRIu32, what, j);
         if (part == 0) {
             memcpy(base + full * b.first, b.gate, b.gate_row_size * (size_t)b.n_neurons);
         } else if (part == 1) {
@@ -154,11 +141,12 @@ static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, 
     const struct nf_nft *f = s->f;
     struct tensor_place pl;
     if (place_of(gt->name.s, &pl))
-        return serr(err, errlen, NF_ENOTENSOR, "%s: tensor '%s' has no tiles in a .nft", f->path,
-                    gt->name.s);
+        return nf_errf(err, errlen, NF_ENOTENSOR, "%s: tensor '%s' has no tiles in a .nft", f->path,
+                       gt->name.s);
     if (len < gt->size)
-        return serr(err, errlen, NF_EUSAGE, "%s: tensor '%s': buffer of %zu bytes, needs %" PRIu64,
-                    f->path, gt->name.s, len, gt->size);
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "%s: tensor '%s': buffer of %zu bytes, needs %" PRIu64, f->path, gt->name.s,
+                       len, gt->size);
     uint32_t n = nf_nft_count(f, pl.layer, pl.kind);
     uint64_t total = pl.part < 0 ? (uint64_t)gt->ne[1] * (uint64_t)gt->ne[2]
                                  : (uint64_t)gt->ne[pl.part == 2 ? 0 : 1] * (uint64_t)gt->ne[2];
@@ -176,14 +164,14 @@ static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, 
             /* Prefix the file name to the message put_* wrote. */
             char msg[512];
             snprintf(msg, sizeof(msg), "%s", err ? err : "");
-            return serr(err, errlen, rc, "%s: %s", f->path, msg);
+            return nf_errf(err, errlen, rc, "%s: %s", f->path, msg);
         }
     }
     if (done != total)
-        return serr(err, errlen, NF_ECORRUPT,
-                    "%s: tensor '%s': its %s tiles cover %" PRIu64 " of %" PRIu64 " %s", f->path,
-                    gt->name.s, nf_tile_kind_name(pl.kind), done, total,
-                    pl.part < 0 ? "rows" : "neurons");
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "%s: tensor '%s': its %s tiles cover %" PRIu64 " of %" PRIu64 " %s", f->path,
+                       gt->name.s, nf_tile_kind_name(pl.kind), done, total,
+                       pl.part < 0 ? "rows" : "neurons");
     return 0;
 }
 
@@ -200,7 +188,7 @@ int nf_model_nft_source(struct nf_model *m, const char *path, char *err, size_t 
         return 0;
     struct nft_src *s = calloc(1, sizeof(*s));
     if (!s)
-        return serr(err, errlen, -ENOMEM, "%s: out of memory", path);
+        return nf_errf(err, errlen, -ENOMEM, "%s: out of memory", path);
     int rc = nf_nft_open(&s->f, path, false, err, errlen);
     if (rc)
         goto fail;
@@ -211,8 +199,8 @@ int nf_model_nft_source(struct nf_model *m, const char *path, char *err, size_t 
     s->cap = (size_t)cap;
     if (posix_memalign(&s->buf, NF_NFT_ALIGN, s->cap)) {
         s->buf = NULL;
-        rc = serr(err, errlen, -ENOMEM, "%s: out of memory for a %zu-byte tile buffer", path,
-                  s->cap);
+        rc = nf_errf(err, errlen, -ENOMEM, "%s: out of memory for a %zu-byte tile buffer", path,
+                     s->cap);
         goto fail;
     }
     /* The model gets its own parse of the embedded metadata (the image stays owned by the
@@ -221,7 +209,7 @@ int nf_model_nft_source(struct nf_model *m, const char *path, char *err, size_t 
     if ((rc = nf_gguf_open_meta_mem(&m->gguf, s->f->meta_image, s->f->hdr.meta_size, gerr,
                                     sizeof(gerr)))) {
         m->gguf = NULL;
-        rc = serr(err, errlen, rc, "%s: embedded metadata: %s", path, gerr);
+        rc = nf_errf(err, errlen, rc, "%s: embedded metadata: %s", path, gerr);
         goto fail;
     }
     snprintf(m->gguf->path, sizeof(m->gguf->path), "%s", path);

@@ -4,7 +4,6 @@
 #endif
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,18 +11,6 @@
 #include "nf_err.h"
 #include "predictor.h"
 #include "sparse.h"
-
-__attribute__((format(printf, 4, 5))) static int sp_err(char *err, size_t errlen, int code,
-                                                        const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* Rows [r0, r1) of a 2-D weight tensor, as a tensor of its own. */
 static struct nf_tensor rows_view(const struct nf_tensor *t, int64_t r0, int64_t r1)
@@ -121,12 +108,6 @@ void nf_topk_mask(uint8_t *mask, const float *score, int n, int k, int *idx)
         mask[idx[i]] = 1;
 }
 
-int nf_sparse_keep(int n_groups, float s)
-{
-    int k = (int)lrintf((1.0f - s) * (float)n_groups);
-    return k < 1 ? 1 : k > n_groups ? n_groups : k;
-}
-
 void nf_sparse_free(struct nf_sparse *s)
 {
     if (!s)
@@ -149,11 +130,11 @@ int nf_sparse_create(struct nf_sparse **out, const struct nf_model *m, const str
 {
     const struct nf_hparams *hp = &m->hp;
     if (f->hdr.n_layer != (uint32_t)hp->n_layer || f->hdr.n_embd != (uint32_t)hp->n_embd)
-        return sp_err(err, errlen, NF_EUSAGE, "%s: not the file the model was loaded from",
-                      f->path);
+        return nf_errf(err, errlen, NF_EUSAGE, "%s: not the file the model was loaded from",
+                       f->path);
     struct nf_sparse *s = calloc(1, sizeof(*s));
     if (!s)
-        return sp_err(err, errlen, -ENOMEM, "out of memory");
+        return nf_errf(err, errlen, -ENOMEM, "out of memory");
     s->m = m;
     s->n_layer = hp->n_layer;
     s->n_ff = hp->n_ff;
@@ -169,7 +150,7 @@ int nf_sparse_create(struct nf_sparse **out, const struct nf_model *m, const str
     s->mask = calloc((size_t)hp->n_ff, 1);
     int rc = -ENOMEM;
     if (!s->group || !s->pred || !s->scores || !s->gscores || !s->tmp || !s->idx || !s->mask) {
-        sp_err(err, errlen, rc, "out of memory");
+        nf_errf(err, errlen, rc, "out of memory");
         goto fail;
     }
     for (int il = 0; il < hp->n_layer; il++) {
@@ -179,14 +160,14 @@ int nf_sparse_create(struct nf_sparse **out, const struct nf_model *m, const str
         const struct nf_nft_tile *pt = nf_nft_find(f, (uint32_t)il, NF_TILE_PRED_LOWRANK, 0);
         if (!ft || !pt || pt->count != (uint32_t)hp->n_ff || pt->rank != (uint32_t)s->rank ||
             pt->ne0 != (uint32_t)hp->n_embd || ft->group == 0 || hp->n_ff % (int)ft->group) {
-            rc = sp_err(err, errlen, NF_ENOTENSOR,
-                        "%s: layer %d has no usable FFN tiles or low-rank predictor", f->path, il);
+            rc = nf_errf(err, errlen, NF_ENOTENSOR,
+                         "%s: layer %d has no usable FFN tiles or low-rank predictor", f->path, il);
             goto fail;
         }
         s->group[il] = (int)ft->group;
         if (posix_memalign(&s->pred[il], NF_NFT_ALIGN, nf_nft_padded(pt->size))) {
             s->pred[il] = NULL;
-            rc = sp_err(err, errlen, -ENOMEM, "out of memory for the predictor of layer %d", il);
+            rc = nf_errf(err, errlen, -ENOMEM, "out of memory for the predictor of layer %d", il);
             goto fail;
         }
         if ((rc = nf_nft_read(f, pt, s->pred[il], nf_nft_padded(pt->size), err, errlen)))
@@ -247,8 +228,8 @@ int nf_sparse_eval(struct nf_sparse *s, struct nf_ctx *c, int32_t token)
         const int G = s->group[il], n_groups = hp->n_ff / G;
         if (s->sparsity > 0.0f) {
             nf_sparse_predict(s, il, c->xn);
-            nf_topk_mask(s->mask, s->gscores, n_groups, nf_sparse_keep(n_groups, s->sparsity),
-                         s->idx);
+            nf_topk_mask(s->mask, s->gscores, n_groups,
+                         (int)nf_sparse_keep((uint32_t)n_groups, s->sparsity), s->idx);
         } else {
             memset(s->mask, 1, (size_t)n_groups);
         }

@@ -1,7 +1,8 @@
-/* nf_file.c - reading a whole (small) file into memory. */
+/* nf_file.c - reading a whole (small) file into memory; building paths. */
 #include "nf_file.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,4 +40,13 @@ char *nf_read_file(const char *path, size_t *len)
     buf[n] = '\0';
     *len = n;
     return buf;
+}
+
+bool nf_pathf(char *out, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out, len, fmt, ap);
+    va_end(ap);
+    return n >= 0 && (size_t)n < len;
 }

@@ -21,6 +21,21 @@ static inline uint64_t nf_now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+/* Milliseconds on CLOCK_MONOTONIC. */
+static inline int64_t nf_now_ms(void)
+{
+    return (int64_t)(nf_now_ns() / 1000000u);
+}
+
+/* The CLOCK_MONOTONIC time ms milliseconds from now, as the absolute deadline of a
+ * pthread_cond_timedwait on a condition variable whose clock attribute is CLOCK_MONOTONIC. */
+static inline struct timespec nf_deadline_ms(int64_t ms)
+{
+    uint64_t ns = nf_now_ns() + (uint64_t)ms * 1000000u;
+    struct timespec t = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+    return t;
+}
+
 /* Sleeps ms milliseconds (a signal may end it early). */
 static inline void nf_sleep_ms(int ms)
 {

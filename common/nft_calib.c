@@ -1,6 +1,5 @@
 /* nft_calib.c - convert --calibrate: per-group activation statistics of a .nft over a text. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,18 +14,6 @@
 
 #define NF_CALIB_DEFAULT_TOKENS 4096
 #define NF_CALIB_WINDOW         512 /* positions per evaluation window (capped by the model) */
-
-__attribute__((format(printf, 4, 5))) static int cal_err(char *err, size_t errlen, int code,
-                                                         const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* What the observer records: per layer, (n_tokens, n_groups) group magnitudes and predictor
  * group scores. */
@@ -188,11 +175,11 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
         n_levels = 3;
     }
     if (n_levels < 1 || n_levels > NF_NFT_CALIB_MAX_LEVELS)
-        return cal_err(err, errlen, NF_EUSAGE, "calibration needs 1..%d sparsity levels",
+        return nf_errf(err, errlen, NF_EUSAGE, "calibration needs 1..%d sparsity levels",
                        NF_NFT_CALIB_MAX_LEVELS);
     for (int l = 0; l < n_levels; l++)
         if (!(levels[l] > 0.0f && levels[l] < 1.0f) || (l && !(levels[l] > levels[l - 1])))
-            return cal_err(err, errlen, NF_EUSAGE,
+            return nf_errf(err, errlen, NF_EUSAGE,
                            "calibration levels must increase within (0, 1), got %g",
                            (double)levels[l]);
     if (max_tokens <= 0)
@@ -208,14 +195,14 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
     char *text = nf_read_file(text_path, &tlen);
     int rc;
     if (!text)
-        return cal_err(err, errlen, -errno, "%s: cannot read the calibration text: %s", text_path,
+        return nf_errf(err, errlen, -errno, "%s: cannot read the calibration text: %s", text_path,
                        strerror(errno));
     if ((rc = nf_model_load(&m, path, err, errlen)) ||
         (rc = nf_nft_open(&f, path, false, err, errlen)) ||
         (rc = nf_vocab_load(&v, m->gguf, err, errlen)))
         goto out;
     if (m->hp.n_expert) {
-        rc = cal_err(err, errlen, NF_EARCH,
+        rc = nf_errf(err, errlen, NF_EARCH,
                      "%s: --calibrate covers dense FFN layers; this model has %d experts per "
                      "layer (MoE calibration is not implemented)",
                      path, m->hp.n_expert);
@@ -226,13 +213,13 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
     /* The driver's BOS rule, special tokens not parsed (the text is data, not a chat). */
     int n = nf_gen_tokenize(v, text, tlen, false, &ids, err, errlen);
     if (n < 1) {
-        rc = cal_err(err, errlen, n < 0 ? n : NF_EUSAGE, "%s: the text gives no tokens", text_path);
+        rc = nf_errf(err, errlen, n < 0 ? n : NF_EUSAGE, "%s: the text gives no tokens", text_path);
         goto out;
     }
     n = n < max_tokens ? n : max_tokens;
     int window = m->hp.n_ctx_train < NF_CALIB_WINDOW ? m->hp.n_ctx_train : NF_CALIB_WINDOW;
     if ((rc = nf_ctx_create(&c, m, window, threads))) {
-        rc = cal_err(err, errlen, rc, "creating a context: %s", nf_strerror(rc));
+        rc = nf_errf(err, errlen, rc, "creating a context: %s", nf_strerror(rc));
         goto out;
     }
     r.s = s;
@@ -248,7 +235,7 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
             break;
     }
     if (!r.mag || !r.pred || !r.mag[r.n_layer - 1] || !r.pred[r.n_layer - 1]) {
-        rc = cal_err(err, errlen, -ENOMEM, "out of memory for the statistics of %d tokens", n);
+        rc = nf_errf(err, errlen, -ENOMEM, "out of memory for the statistics of %d tokens", n);
         goto out;
     }
     /* Every neuron computed (sparsity 0); the observer records each dense layer. */
@@ -269,13 +256,13 @@ int nf_nft_calib_build(const char *path, const char *text_path, const float *lev
         if ((rc = nf_gen_seq_init(&q, &e, v, ids + at, n - at < window ? n - at : window, &gp, err,
                                   errlen)) == 0 &&
             (rc = nf_gen_seq_run(&q)) != 0)
-            cal_err(err, errlen, rc, "%s: evaluating token %ld: %s", path, r.tok, nf_strerror(rc));
+            nf_errf(err, errlen, rc, "%s: evaluating token %ld: %s", path, r.tok, nf_strerror(rc));
         nf_gen_seq_free(&q);
         if (rc)
             goto out;
     }
     if ((rc = serialize(&r, n, levels, n_levels, img, len)))
-        cal_err(err, errlen, rc, "out of memory");
+        nf_errf(err, errlen, rc, "out of memory");
 out:
     if (r.mag)
         for (int il = 0; il < r.n_layer; il++)

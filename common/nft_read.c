@@ -2,7 +2,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,22 +39,6 @@ bool nf_tile_kind_has_layer(enum nf_tile_kind kind)
 {
     return !(kind == NF_TILE_EMBD || kind == NF_TILE_OUTPUT || kind == NF_TILE_OUTPUT_NORM ||
              kind == NF_TILE_ROPE_FREQS);
-}
-
-/* Writes "name: message" into err (when not NULL) and returns code. */
-__attribute__((format(printf, 5, 6))) static int fail(int code, const char *name, char *err,
-                                                      size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        int n = snprintf(err, errlen, "%s: ", name);
-        if (n >= 0 && (size_t)n < errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return code;
 }
 
 /* A computable type (the engine must be able to run what the file holds), or NULL. */
@@ -149,43 +132,45 @@ static int check_header(const struct nf_nft_header *h, uint64_t real_size, const
                         char *err, size_t errlen)
 {
     if (h->magic != NF_NFT_MAGIC)
-        return fail(NF_EBADMAGIC, name, err, errlen,
-                    "bad magic 0x%08" PRIx32 " (expected 0x%08x, \"NFT1\")", h->magic,
-                    NF_NFT_MAGIC);
+        return nf_errf_at(err, errlen, NF_EBADMAGIC, name,
+                          "bad magic 0x%08" PRIx32 " (expected 0x%08x, \"NFT1\")", h->magic,
+                          NF_NFT_MAGIC);
     if (h->major != NF_NFT_MAJOR)
-        return fail(NF_EBADVERSION, name, err, errlen,
-                    "format version %u.%u (this reader knows %u.x)", h->major, h->minor,
-                    NF_NFT_MAJOR);
+        return nf_errf_at(err, errlen, NF_EBADVERSION, name,
+                          "format version %u.%u (this reader knows %u.x)", h->major, h->minor,
+                          NF_NFT_MAJOR);
     if (h->header_size != sizeof(*h))
-        return fail(NF_ECORRUPT, name, err, errlen, "header_size %" PRIu32 " (expected %zu)",
-                    h->header_size, sizeof(*h));
+        return nf_errf_at(err, errlen, NF_ECORRUPT, name, "header_size %" PRIu32 " (expected %zu)",
+                          h->header_size, sizeof(*h));
     uint64_t sum = XXH3_64bits(h, offsetof(struct nf_nft_header, header_checksum));
     if (sum != h->header_checksum)
-        return fail(NF_ECHECKSUM, name, err, errlen,
-                    "header checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")",
-                    h->header_checksum, sum);
+        return nf_errf_at(err, errlen, NF_ECHECKSUM, name,
+                          "header checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64
+                          ")",
+                          h->header_checksum, sum);
     if (h->flags)
-        return fail(NF_EBADVERSION, name, err, errlen, "unknown flags 0x%" PRIx32 " (expected 0)",
-                    h->flags);
+        return nf_errf_at(err, errlen, NF_EBADVERSION, name,
+                          "unknown flags 0x%" PRIx32 " (expected 0)", h->flags);
     if (h->file_size != real_size)
-        return fail(real_size < h->file_size ? NF_ETRUNCATED : NF_ECORRUPT, name, err, errlen,
-                    "header says the file has %" PRIu64 " bytes but it has %" PRIu64, h->file_size,
-                    real_size);
+        return nf_errf_at(err, errlen, real_size < h->file_size ? NF_ETRUNCATED : NF_ECORRUPT, name,
+                          "header says the file has %" PRIu64 " bytes but it has %" PRIu64,
+                          h->file_size, real_size);
     if (h->n_layer == 0 || h->n_layer > NF_NFT_MAX_LAYERS)
-        return fail(NF_ECORRUPT, name, err, errlen, "n_layer %" PRIu32 " (expected 1..%d)",
-                    h->n_layer, NF_NFT_MAX_LAYERS);
+        return nf_errf_at(err, errlen, NF_ECORRUPT, name, "n_layer %" PRIu32 " (expected 1..%d)",
+                          h->n_layer, NF_NFT_MAX_LAYERS);
     if (!section_ok(h, h->meta_offset, h->meta_size) || h->meta_size == 0)
-        return fail(NF_ETRUNCATED, name, err, errlen,
-                    "metadata [%" PRIu64 ", +%" PRIu64 ") is not inside the file", h->meta_offset,
-                    h->meta_size);
+        return nf_errf_at(err, errlen, NF_ETRUNCATED, name,
+                          "metadata [%" PRIu64 ", +%" PRIu64 ") is not inside the file",
+                          h->meta_offset, h->meta_size);
     if (h->n_tiles == 0 || h->n_tiles > h->file_size / NF_NFT_ALIGN ||
         !section_ok(h, h->index_offset, h->n_tiles * sizeof(struct nf_nft_tile)))
-        return fail(NF_ETRUNCATED, name, err, errlen,
-                    "tile index of %" PRIu64 " tiles at %" PRIu64 " does not fit the file",
-                    h->n_tiles, h->index_offset);
+        return nf_errf_at(err, errlen, NF_ETRUNCATED, name,
+                          "tile index of %" PRIu64 " tiles at %" PRIu64 " does not fit the file",
+                          h->n_tiles, h->index_offset);
     if (h->data_offset % NF_NFT_ALIGN || h->data_offset > h->file_size)
-        return fail(NF_ECORRUPT, name, err, errlen,
-                    "data offset %" PRIu64 " (expected 4096-aligned, in file)", h->data_offset);
+        return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                          "data offset %" PRIu64 " (expected 4096-aligned, in file)",
+                          h->data_offset);
     return 0;
 }
 
@@ -197,53 +182,56 @@ static int check_index(struct nf_nft *f, const char *name, char *err, size_t err
     f->run_first = calloc(nrun, sizeof(*f->run_first));
     f->run_count = calloc(nrun, sizeof(*f->run_count));
     if (!f->run_first || !f->run_count)
-        return fail(-ENOMEM, name, err, errlen, "out of memory");
+        return nf_errf_at(err, errlen, -ENOMEM, name, "out of memory");
     uint64_t prev_end = h->data_offset;
     for (uint64_t i = 0; i < f->n_tiles; i++) {
         const struct nf_nft_tile *t = &f->tiles[i];
         if (t->kind >= NF_TILE_KIND_COUNT)
-            return fail(NF_ECORRUPT, name, err, errlen, "tile %" PRIu64 ": kind %u (expected < %d)",
-                        i, t->kind, NF_TILE_KIND_COUNT);
+            return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                              "tile %" PRIu64 ": kind %u (expected < %d)", i, t->kind,
+                              NF_TILE_KIND_COUNT);
         bool has_layer = nf_tile_kind_has_layer((enum nf_tile_kind)t->kind);
         if (has_layer ? t->layer >= h->n_layer : t->layer != NF_NFT_NO_LAYER)
-            return fail(NF_ECORRUPT, name, err, errlen,
-                        "tile %" PRIu64 " (%s): layer %" PRIu32 " (expected %s)", i,
-                        kind_names[t->kind], t->layer,
-                        has_layer ? "< n_layer" : "none (0xffffffff)");
+            return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                              "tile %" PRIu64 " (%s): layer %" PRIu32 " (expected %s)", i,
+                              kind_names[t->kind], t->layer,
+                              has_layer ? "< n_layer" : "none (0xffffffff)");
         if (t->flags)
-            return fail(NF_ECORRUPT, name, err, errlen, "tile %" PRIu64 ": unknown flags 0x%x", i,
-                        t->flags);
+            return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                              "tile %" PRIu64 ": unknown flags 0x%x", i, t->flags);
         uint64_t want = nf_nft_tile_bytes(t);
         if (want == 0 || want != t->size)
-            return fail(NF_ECORRUPT, name, err, errlen,
-                        "tile %" PRIu64 " (%s): size %" PRIu64 " does not match its shape (%" PRIu64
-                        " expected; types %u/%u/%u, count %" PRIu32 ", ne0 %" PRIu32 ")",
-                        i, kind_names[t->kind], t->size, want, t->type[0], t->type[1], t->type[2],
-                        t->count, t->ne0);
+            return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                              "tile %" PRIu64 " (%s): size %" PRIu64
+                              " does not match its shape (%" PRIu64
+                              " expected; types %u/%u/%u, count %" PRIu32 ", ne0 %" PRIu32 ")",
+                              i, kind_names[t->kind], t->size, want, t->type[0], t->type[1],
+                              t->type[2], t->count, t->ne0);
         uint64_t end;
         if (t->offset % NF_NFT_ALIGN || t->offset < prev_end ||
             __builtin_add_overflow(t->offset, nf_nft_padded(t->size), &end) || end > h->file_size)
-            return fail(t->offset % NF_NFT_ALIGN || t->offset < prev_end ? NF_ECORRUPT
-                                                                         : NF_ETRUNCATED,
-                        name, err, errlen,
-                        "tile %" PRIu64 " (%s): extent [%" PRIu64 ", +%" PRIu64
-                        ") is misaligned, overlaps the previous tile or lies outside the file "
-                        "(size %" PRIu64 ")",
-                        i, kind_names[t->kind], t->offset, nf_nft_padded(t->size), h->file_size);
+            return nf_errf_at(
+                err, errlen,
+                t->offset % NF_NFT_ALIGN || t->offset < prev_end ? NF_ECORRUPT : NF_ETRUNCATED,
+                name,
+                "tile %" PRIu64 " (%s): extent [%" PRIu64 ", +%" PRIu64
+                ") is misaligned, overlaps the previous tile or lies outside the file "
+                "(size %" PRIu64 ")",
+                i, kind_names[t->kind], t->offset, nf_nft_padded(t->size), h->file_size);
         prev_end = end;
         size_t slot = (size_t)(has_layer ? t->layer : h->n_layer) * NF_TILE_KIND_COUNT + t->kind;
         if (f->run_count[slot] == 0) {
             f->run_first[slot] = i;
         } else if (f->run_first[slot] + f->run_count[slot] != i) {
-            return fail(NF_ECORRUPT, name, err, errlen,
-                        "tile %" PRIu64 " (%s): tiles of one layer and kind are "
-                        "not contiguous in the index",
-                        i, kind_names[t->kind]);
+            return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                              "tile %" PRIu64 " (%s): tiles of one layer and kind are "
+                              "not contiguous in the index",
+                              i, kind_names[t->kind]);
         }
         if (t->index != f->run_count[slot])
-            return fail(NF_ECORRUPT, name, err, errlen,
-                        "tile %" PRIu64 " (%s): index %" PRIu32 " (expected %" PRIu32 ")", i,
-                        kind_names[t->kind], t->index, f->run_count[slot]);
+            return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                              "tile %" PRIu64 " (%s): index %" PRIu32 " (expected %" PRIu32 ")", i,
+                              kind_names[t->kind], t->index, f->run_count[slot]);
         f->run_count[slot]++;
     }
     return 0;
@@ -260,39 +248,41 @@ static int load_calib(struct nf_nft *f, const char *name, char *err, size_t errl
                    : h->data_offset;
     if (!section_ok(h, h->calib_offset, h->calib_size) || h->calib_offset < last_end ||
         h->calib_size < sizeof(struct nf_nft_calib_header) || h->calib_size > (1ull << 32))
-        return fail(NF_ECORRUPT, name, err, errlen,
-                    "calibration section [%" PRIu64 ", +%" PRIu64
-                    ") is not a section after the last tile inside the file",
-                    h->calib_offset, h->calib_size);
+        return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                          "calibration section [%" PRIu64 ", +%" PRIu64
+                          ") is not a section after the last tile inside the file",
+                          h->calib_offset, h->calib_size);
     if (posix_memalign(&f->calib, NF_NFT_ALIGN, nf_nft_padded(h->calib_size))) {
         f->calib = NULL;
-        return fail(-ENOMEM, name, err, errlen, "out of memory for the calibration section");
+        return nf_errf_at(err, errlen, -ENOMEM, name, "out of memory for the calibration section");
     }
     int rc = read_full(f->fd, f->calib, nf_nft_padded(h->calib_size), h->calib_offset);
     if (rc)
-        return fail(rc, name, err, errlen, "reading the calibration section: %s", nf_strerror(rc));
+        return nf_errf_at(err, errlen, rc, name, "reading the calibration section: %s",
+                          nf_strerror(rc));
     uint64_t sum = XXH3_64bits(f->calib, h->calib_size);
     if (sum != h->calib_checksum)
-        return fail(NF_ECHECKSUM, name, err, errlen,
-                    "calibration section checksum mismatch (stored %016" PRIx64
-                    ", computed %016" PRIx64 ")",
-                    h->calib_checksum, sum);
+        return nf_errf_at(err, errlen, NF_ECHECKSUM, name,
+                          "calibration section checksum mismatch (stored %016" PRIx64
+                          ", computed %016" PRIx64 ")",
+                          h->calib_checksum, sum);
     const struct nf_nft_calib_header *ch = f->calib;
     if (ch->magic != NF_NFT_CALIB_MAGIC || ch->n_layer != h->n_layer ||
         ch->n_levels != h->calib_levels || ch->n_levels < 1 ||
         ch->n_levels > NF_NFT_CALIB_MAX_LEVELS || ch->n_tokens == 0)
-        return fail(NF_ECORRUPT, name, err, errlen,
-                    "calibration header: magic 0x%08" PRIx32 ", %" PRIu32 " layers, %" PRIu32
-                    " levels, %" PRIu32 " tokens (expected 0x%08x, %" PRIu32 ", %" PRIu32
-                    " in 1..%d, > 0)",
-                    ch->magic, ch->n_layer, ch->n_levels, ch->n_tokens, NF_NFT_CALIB_MAGIC,
-                    h->n_layer, h->calib_levels, NF_NFT_CALIB_MAX_LEVELS);
+        return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                          "calibration header: magic 0x%08" PRIx32 ", %" PRIu32 " layers, %" PRIu32
+                          " levels, %" PRIu32 " tokens (expected 0x%08x, %" PRIu32 ", %" PRIu32
+                          " in 1..%d, > 0)",
+                          ch->magic, ch->n_layer, ch->n_levels, ch->n_tokens, NF_NFT_CALIB_MAGIC,
+                          h->n_layer, h->calib_levels, NF_NFT_CALIB_MAX_LEVELS);
     for (uint32_t l = 0; l < ch->n_levels; l++)
         if (!(ch->levels[l] > 0.0f && ch->levels[l] < 1.0f) ||
             (l && !(ch->levels[l] > ch->levels[l - 1])))
-            return fail(NF_ECORRUPT, name, err, errlen,
-                        "calibration level %" PRIu32 " is %g (expected increasing, in (0, 1))", l,
-                        (double)ch->levels[l]);
+            return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                              "calibration level %" PRIu32
+                              " is %g (expected increasing, in (0, 1))",
+                              l, (double)ch->levels[l]);
     f->calib_layer = calloc(h->n_layer, sizeof(*f->calib_layer));
     /* A layer record of n groups takes at least 12 n bytes of the section (order, mean and one
      * level's frequency per group), so n never exceeds calib_size / 12: the permutation check
@@ -301,14 +291,14 @@ static int load_calib(struct nf_nft *f, const char *name, char *err, size_t errl
     uint8_t *seen = calloc(max_groups, 1);
     if (!f->calib_layer || !seen) {
         free(seen);
-        return fail(-ENOMEM, name, err, errlen, "out of memory");
+        return nf_errf_at(err, errlen, -ENOMEM, name, "out of memory");
     }
     uint64_t off = sizeof(*ch);
     for (uint32_t il = 0; il < h->n_layer && !rc; il++) {
         const struct nf_nft_calib_layer_hdr *lh = (const void *)((uint8_t *)f->calib + off);
         if (off + sizeof(*lh) > h->calib_size) {
-            rc = fail(NF_ECORRUPT, name, err, errlen,
-                      "calibration of layer %" PRIu32 " lies past the section's end", il);
+            rc = nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                            "calibration of layer %" PRIu32 " lies past the section's end", il);
             break;
         }
         const struct nf_nft_tile *ft = nf_nft_find(f, il, NF_TILE_FFN, 0);
@@ -316,10 +306,10 @@ static int load_calib(struct nf_nft *f, const char *name, char *err, size_t errl
         uint64_t bytes = sizeof(*lh) + (uint64_t)lh->n_groups * 4 * (2 + ch->n_levels);
         if (lh->n_groups != want_n || (want_n && lh->group != want_group) ||
             off + bytes > h->calib_size) {
-            rc = fail(NF_ECORRUPT, name, err, errlen,
-                      "calibration of layer %" PRIu32 ": %" PRIu32 " groups of %" PRIu32
-                      " (expected %" PRIu32 " of %" PRIu32 ", inside the section)",
-                      il, lh->n_groups, lh->group, want_n, want_group);
+            rc = nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                            "calibration of layer %" PRIu32 ": %" PRIu32 " groups of %" PRIu32
+                            " (expected %" PRIu32 " of %" PRIu32 ", inside the section)",
+                            il, lh->n_groups, lh->group, want_n, want_group);
             break;
         }
         f->calib_layer[il] = off;
@@ -329,23 +319,25 @@ static int load_calib(struct nf_nft *f, const char *name, char *err, size_t errl
         memset(seen, 0, lh->n_groups < max_groups ? lh->n_groups : max_groups);
         for (uint32_t g = 0; g < lh->n_groups && !rc; g++) {
             if (order[g] >= lh->n_groups || seen[order[g]]++)
-                rc = fail(NF_ECORRUPT, name, err, errlen,
-                          "calibration of layer %" PRIu32 ": order is not a permutation of the "
-                          "%" PRIu32 " groups",
-                          il, lh->n_groups);
+                rc = nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                                "calibration of layer %" PRIu32
+                                ": order is not a permutation of the "
+                                "%" PRIu32 " groups",
+                                il, lh->n_groups);
         }
         for (uint64_t i = 0; i < (uint64_t)lh->n_groups * ch->n_levels && !rc; i++)
             if (!(freq[i] >= 0.0f && freq[i] <= 1.0f))
-                rc = fail(NF_ECORRUPT, name, err, errlen,
-                          "calibration of layer %" PRIu32 ": a frequency is %g (expected 0..1)", il,
-                          (double)freq[i]);
+                rc = nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                                "calibration of layer %" PRIu32
+                                ": a frequency is %g (expected 0..1)",
+                                il, (double)freq[i]);
         off += bytes;
     }
     free(seen);
     if (!rc && off != h->calib_size)
-        rc = fail(NF_ECORRUPT, name, err, errlen,
-                  "calibration section has %" PRIu64 " bytes, its records %" PRIu64, h->calib_size,
-                  off);
+        rc = nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                        "calibration section has %" PRIu64 " bytes, its records %" PRIu64,
+                        h->calib_size, off);
     return rc;
 }
 
@@ -384,7 +376,7 @@ int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, s
         err[0] = '\0';
     struct nf_nft *f = calloc(1, sizeof(*f));
     if (!f)
-        return fail(-ENOMEM, path, err, errlen, "out of memory");
+        return nf_errf_at(err, errlen, -ENOMEM, path, "out of memory");
     snprintf(f->path, sizeof(f->path), "%s", path);
     int rc;
     f->fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
@@ -392,19 +384,19 @@ int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, s
         f->fd = open(path, O_RDONLY | O_CLOEXEC); /* the file system has no O_DIRECT */
     if (f->fd < 0) {
         rc = -errno;
-        fail(0, path, err, errlen, "cannot open: %s", strerror(errno));
+        nf_errf_at(err, errlen, 0, path, "cannot open: %s", strerror(errno));
         goto out;
     }
     struct stat st;
     if (fstat(f->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         rc = NF_EUSAGE;
-        fail(0, path, err, errlen, "not a regular file");
+        nf_errf_at(err, errlen, 0, path, "not a regular file");
         goto out;
     }
     if ((uint64_t)st.st_size < NF_NFT_ALIGN) {
         rc = NF_ETRUNCATED;
-        fail(0, path, err, errlen, "file has %lld bytes, less than one %u-byte header",
-             (long long)st.st_size, NF_NFT_ALIGN);
+        nf_errf_at(err, errlen, 0, path, "file has %lld bytes, less than one %u-byte header",
+                   (long long)st.st_size, NF_NFT_ALIGN);
         goto out;
     }
     /* Sections are read through aligned buffers so that an O_DIRECT descriptor works too. */
@@ -417,7 +409,7 @@ int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, s
     memcpy(&f->hdr, page, sizeof(f->hdr));
     free(page);
     if (rc) {
-        fail(0, path, err, errlen, "reading the header: %s", nf_strerror(rc));
+        nf_errf_at(err, errlen, 0, path, "reading the header: %s", nf_strerror(rc));
         goto out;
     }
     const struct nf_nft_header *h = &f->hdr;
@@ -426,24 +418,25 @@ int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, s
     /* Metadata. */
     if (posix_memalign(&f->meta_image, NF_NFT_ALIGN, nf_nft_padded(h->meta_size))) {
         rc = -ENOMEM;
-        fail(0, path, err, errlen, "out of memory for %" PRIu64 " bytes of metadata", h->meta_size);
+        nf_errf_at(err, errlen, 0, path, "out of memory for %" PRIu64 " bytes of metadata",
+                   h->meta_size);
         goto out;
     }
     if ((rc = read_full(f->fd, f->meta_image, nf_nft_padded(h->meta_size), h->meta_offset))) {
-        fail(0, path, err, errlen, "reading the metadata: %s", nf_strerror(rc));
+        nf_errf_at(err, errlen, 0, path, "reading the metadata: %s", nf_strerror(rc));
         goto out;
     }
     uint64_t sum = XXH3_64bits(f->meta_image, h->meta_size);
     if (sum != h->meta_checksum) {
         rc = NF_ECHECKSUM;
-        fail(0, path, err, errlen,
-             "metadata checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")",
-             h->meta_checksum, sum);
+        nf_errf_at(err, errlen, 0, path,
+                   "metadata checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")",
+                   h->meta_checksum, sum);
         goto out;
     }
     char gerr[256];
     if ((rc = nf_gguf_open_meta_mem(&f->meta, f->meta_image, h->meta_size, gerr, sizeof(gerr)))) {
-        fail(0, path, err, errlen, "embedded metadata: %s", gerr);
+        nf_errf_at(err, errlen, 0, path, "embedded metadata: %s", gerr);
         goto out;
     }
     /* Index. */
@@ -451,19 +444,19 @@ int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, s
     size_t ibytes = (size_t)(h->n_tiles * sizeof(struct nf_nft_tile));
     if (posix_memalign((void **)&f->tiles, NF_NFT_ALIGN, nf_nft_padded(ibytes))) {
         rc = -ENOMEM;
-        fail(0, path, err, errlen, "out of memory for %" PRIu64 " index records", h->n_tiles);
+        nf_errf_at(err, errlen, 0, path, "out of memory for %" PRIu64 " index records", h->n_tiles);
         goto out;
     }
     if ((rc = read_full(f->fd, f->tiles, nf_nft_padded(ibytes), h->index_offset))) {
-        fail(0, path, err, errlen, "reading the tile index: %s", nf_strerror(rc));
+        nf_errf_at(err, errlen, 0, path, "reading the tile index: %s", nf_strerror(rc));
         goto out;
     }
     sum = XXH3_64bits(f->tiles, ibytes);
     if (sum != h->index_checksum) {
         rc = NF_ECHECKSUM;
-        fail(0, path, err, errlen,
-             "tile index checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")",
-             h->index_checksum, sum);
+        nf_errf_at(err, errlen, 0, path,
+                   "tile index checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")",
+                   h->index_checksum, sum);
         goto out;
     }
     if ((rc = check_index(f, path, err, errlen)) || (rc = load_calib(f, path, err, errlen)))
@@ -568,24 +561,24 @@ int nf_nft_read(const struct nf_nft *f, const struct nf_nft_tile *t, void *buf, 
         return NF_EUSAGE;
     uint64_t padded = nf_nft_padded(t->size);
     if ((uintptr_t)buf % NF_NFT_ALIGN || bufsize < padded) {
-        fail(0, f->path, err, errlen,
-             "tile buffer of %zu bytes at %p: needs %" PRIu64 " bytes, 4096-aligned", bufsize, buf,
-             padded);
+        nf_errf_at(err, errlen, 0, f->path,
+                   "tile buffer of %zu bytes at %p: needs %" PRIu64 " bytes, 4096-aligned", bufsize,
+                   buf, padded);
         return NF_EUSAGE;
     }
     int rc = read_full(f->fd, buf, (size_t)padded, t->offset);
     char what[128];
     if (rc) {
         nf_nft_describe(f, t, what, sizeof(what));
-        fail(0, f->path, err, errlen, "reading tile %s: %s", what, nf_strerror(rc));
+        nf_errf_at(err, errlen, 0, f->path, "reading tile %s: %s", what, nf_strerror(rc));
         return rc;
     }
     uint64_t sum = XXH3_64bits(buf, (size_t)padded);
     if (sum != t->checksum) {
         nf_nft_describe(f, t, what, sizeof(what));
-        fail(0, f->path, err, errlen,
-             "tile %s: checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")", what,
-             t->checksum, sum);
+        nf_errf_at(err, errlen, 0, f->path,
+                   "tile %s: checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64 ")",
+                   what, t->checksum, sum);
         return NF_ECHECKSUM;
     }
     return 0;

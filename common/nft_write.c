@@ -4,7 +4,6 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,28 +46,14 @@ struct conv {
     uint64_t done, total;
 };
 
-__attribute__((format(printf, 3, 4))) static int cfail(struct conv *c, int code, const char *fmt,
-                                                       ...)
-{
-    if (c->err && c->errlen) {
-        int n = snprintf(c->err, c->errlen, "%s: ", c->in);
-        if (n >= 0 && (size_t)n < c->errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return code;
-}
-
 /* --- classifying the source tensors --- */
 
 static int assign(struct conv *c, const struct nf_gguf_tensor **slot,
                   const struct nf_gguf_tensor *t)
 {
     if (*slot)
-        return cfail(c, NF_ECORRUPT, "tensor '%s' appears twice", t->name.s);
+        return nf_errf_at(c->err, c->errlen, NF_ECORRUPT, c->in, "tensor '%s' appears twice",
+                          t->name.s);
     *slot = t;
     return 0;
 }
@@ -96,12 +81,14 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
     const char *name = t->name.s;
     const struct nf_type_traits *tr = nf_type_traits(t->type);
     if (!tr || !tr->compute)
-        return cfail(c, NF_EBADTYPE, "tensor '%s' has type %s, which NanoFlow cannot compute with",
-                     name, tr ? tr->name : "unknown");
+        return nf_errf_at(c->err, c->errlen, NF_EBADTYPE, c->in,
+                          "tensor '%s' has type %s, which NanoFlow cannot compute with", name,
+                          tr ? tr->name : "unknown");
     for (uint32_t d = 0; d < t->n_dims; d++)
         if (t->ne[d] > (int64_t)UINT32_MAX)
-            return cfail(c, NF_ESHAPE, "tensor '%s': dimension %u is %" PRId64 " (at most 2^32-1)",
-                         name, d, t->ne[d]);
+            return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
+                              "tensor '%s': dimension %u is %" PRId64 " (at most 2^32-1)", name, d,
+                              t->ne[d]);
     if (!strcmp(name, "token_embd.weight"))
         return assign(c, &c->embd, t);
     if (!strcmp(name, "output_norm.weight"))
@@ -114,18 +101,20 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
     int pos = 0;
     if (sscanf(name, "blk.%u.%n", &layer, &pos) == 1 && pos > 0) {
         if (layer >= c->hdr.n_layer)
-            return cfail(c, NF_ESHAPE, "tensor '%s' names layer %u but llama.block_count is %u",
-                         name, layer, c->hdr.n_layer);
+            return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
+                              "tensor '%s' names layer %u but llama.block_count is %u", name, layer,
+                              c->hdr.n_layer);
         for (size_t i = 0; i < sizeof(per_layer) / sizeof(per_layer[0]); i++)
             if (!strcmp(name + pos, per_layer[i].name))
                 return assign(
                     c, (const struct nf_gguf_tensor **)((char *)&c->L[layer] + per_layer[i].off),
                     t);
     }
-    return cfail(c, NF_EARCH,
-                 "tensor '%s' is not part of the llama layout this converter knows (it cannot be "
-                 "represented in a .nft)",
-                 name);
+    return nf_errf_at(
+        c->err, c->errlen, NF_EARCH, c->in,
+        "tensor '%s' is not part of the llama layout this converter knows (it cannot be "
+        "represented in a .nft)",
+        name);
 }
 
 /* Checks t has n_dims dims and, where want[d] >= 0, ne[d] == want[d]. */
@@ -134,15 +123,15 @@ static int want_shape(struct conv *c, const struct nf_gguf_tensor *t, const char
 {
     int64_t want[3] = {a, b, e};
     if (!t)
-        return cfail(c, NF_ENOTENSOR, "missing tensor %s", what);
+        return nf_errf_at(c->err, c->errlen, NF_ENOTENSOR, c->in, "missing tensor %s", what);
     bool ok = t->n_dims == n_dims;
     for (uint32_t d = 0; ok && d < n_dims; d++)
         ok = want[d] < 0 || t->ne[d] == want[d];
     if (!ok)
-        return cfail(c, NF_ESHAPE,
-                     "tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64
-                     "] (%u dims), expected [%" PRId64 ", %" PRId64 ", %" PRId64 "] (%u dims)",
-                     t->name.s, t->ne[0], t->ne[1], t->ne[2], t->n_dims, a, b, e, n_dims);
+        return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
+                          "tensor '%s' has shape [%" PRId64 ", %" PRId64 ", %" PRId64
+                          "] (%u dims), expected [%" PRId64 ", %" PRId64 ", %" PRId64 "] (%u dims)",
+                          t->name.s, t->ne[0], t->ne[1], t->ne[2], t->n_dims, a, b, e, n_dims);
     return 0;
 }
 
@@ -179,7 +168,8 @@ static int check_layer(struct conv *c, uint32_t il)
     NEED(ffn_norm, 1, n_embd, 1, 1);
     if (l->gate_inp || l->gate_exps || l->up_exps || l->down_exps) {
         if (l->gate || l->up || l->down)
-            return cfail(c, NF_EARCH, "layer %u has both dense and expert FFN tensors", il);
+            return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                              "layer %u has both dense and expert FFN tensors", il);
         NEED(gate_inp, 2, n_embd, -1, 1);
         int64_t n_exp = l->gate_inp->ne[1];
         NEED(gate_exps, 3, n_embd, -1, n_exp);
@@ -187,8 +177,9 @@ static int check_layer(struct conv *c, uint32_t il)
         NEED(up_exps, 3, n_embd, n_ff, n_exp);
         NEED(down_exps, 3, n_ff, n_embd, n_exp);
         if (c->hdr.n_expert && c->hdr.n_expert != n_exp)
-            return cfail(c, NF_ESHAPE, "layer %u has %" PRId64 " experts, llama.expert_count is %u",
-                         il, n_exp, c->hdr.n_expert);
+            return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
+                              "layer %u has %" PRId64 " experts, llama.expert_count is %u", il,
+                              n_exp, c->hdr.n_expert);
         c->hdr.n_expert = (uint32_t)n_exp;
         c->hdr.n_ff = (uint32_t)n_ff;
         l->group = group_for(l->down_exps->type, n_ff);
@@ -200,10 +191,10 @@ static int check_layer(struct conv *c, uint32_t il)
         c->hdr.n_ff = (uint32_t)n_ff;
         l->group = group_for(l->down->type, n_ff);
         if (n_ff % l->group)
-            return cfail(c, NF_ESHAPE,
-                         "layer %u: n_ff %" PRId64 " is not a multiple of the group "
-                         "size %u",
-                         il, n_ff, l->group);
+            return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
+                              "layer %u: n_ff %" PRId64 " is not a multiple of the group "
+                              "size %u",
+                              il, n_ff, l->group);
     }
 #undef NEED
     return 0;
@@ -213,12 +204,13 @@ static int check_model(struct conv *c)
 {
     const char *arch = NULL;
     if (nf_gguf_get_str(c->g, "general.architecture", &arch) || strcmp(arch, "llama"))
-        return cfail(c, NF_EARCH, "general.architecture is '%s', only 'llama' can be converted",
-                     arch ? arch : "(missing)");
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "general.architecture is '%s', only 'llama' can be converted",
+                          arch ? arch : "(missing)");
     uint32_t v = 0;
     if (nf_gguf_get_u32(c->g, "llama.block_count", &v) || v == 0 || v > NF_NFT_MAX_LAYERS)
-        return cfail(c, NF_ESHAPE, "llama.block_count is missing or outside 1..%d",
-                     NF_NFT_MAX_LAYERS);
+        return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
+                          "llama.block_count is missing or outside 1..%d", NF_NFT_MAX_LAYERS);
     c->hdr.n_layer = v;
     if (!nf_gguf_get_u32(c->g, "llama.attention.head_count", &v))
         c->hdr.n_head = v;
@@ -230,7 +222,7 @@ static int check_model(struct conv *c)
         c->hdr.n_expert_used = v;
     c->L = calloc(c->hdr.n_layer, sizeof(*c->L));
     if (!c->L)
-        return cfail(c, -ENOMEM, "out of memory");
+        return nf_errf_at(c->err, c->errlen, -ENOMEM, c->in, "out of memory");
     int rc;
     for (uint64_t i = 0; i < c->g->n_tensors; i++)
         if ((rc = classify(c, &c->g->tensors[i])))
@@ -264,7 +256,8 @@ static int add_tile(struct conv *c, enum nf_tile_kind kind, uint32_t layer, uint
         uint64_t cap = c->cap ? c->cap * 2 : 1024;
         struct nf_nft_tile *nt = realloc(c->tiles, cap * sizeof(*nt));
         if (!nt)
-            return cfail(c, -ENOMEM, "out of memory for the tile index");
+            return nf_errf_at(c->err, c->errlen, -ENOMEM, c->in,
+                              "out of memory for the tile index");
         c->tiles = nt;
         c->cap = cap;
     }
@@ -390,8 +383,9 @@ static int plan(struct conv *c)
         struct nf_nft_tile *t = &c->tiles[i];
         t->size = nf_nft_tile_bytes(t);
         if (t->size == 0)
-            return cfail(c, NF_ESHAPE, "tile %" PRIu64 " (%s) has an invalid shape", i,
-                         nf_tile_kind_name((enum nf_tile_kind)t->kind));
+            return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
+                              "tile %" PRIu64 " (%s) has an invalid shape", i,
+                              nf_tile_kind_name((enum nf_tile_kind)t->kind));
         if (t->kind == NF_TILE_PRED_LOWRANK || t->kind == NF_TILE_PRED_ROUTER)
             c->hdr.predictor_bytes += t->size;
         c->total += t->size;
@@ -410,7 +404,8 @@ static int ensure_buf(struct conv *c, uint64_t need)
     c->buf = NULL;
     c->buf_cap = 0;
     if (posix_memalign(&c->buf, NF_NFT_ALIGN, (size_t)need))
-        return cfail(c, -ENOMEM, "out of memory for a %" PRIu64 "-byte tile", need);
+        return nf_errf_at(c->err, c->errlen, -ENOMEM, c->in,
+                          "out of memory for a %" PRIu64 "-byte tile", need);
     c->buf_cap = (size_t)need;
     return 0;
 }
@@ -423,8 +418,8 @@ static int write_all(struct conv *c, const void *p, size_t len, uint64_t off)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return cfail(c, -errno, "writing %s at offset %" PRIu64 ": %s", c->tmp, off,
-                         strerror(errno));
+            return nf_errf_at(c->err, c->errlen, -errno, c->in,
+                              "writing %s at offset %" PRIu64 ": %s", c->tmp, off, strerror(errno));
         }
         b += n;
         len -= (size_t)n;
@@ -447,8 +442,8 @@ static int emit(struct conv *c, struct nf_nft_tile *t)
 static int src_read(struct conv *c, void *dst, size_t len, uint64_t off)
 {
     int rc = nf_gguf_pread(c->g, dst, len, off);
-    return rc ? cfail(c, rc, "reading %zu bytes at offset %" PRIu64 ": %s", len, off,
-                      nf_strerror(rc))
+    return rc ? nf_errf_at(c->err, c->errlen, rc, c->in,
+                           "reading %zu bytes at offset %" PRIu64 ": %s", len, off, nf_strerror(rc))
               : 0;
 }
 
@@ -502,7 +497,8 @@ static int write_predictor(struct conv *c, struct nf_nft_tile *t, const struct l
     float *B = malloc((size_t)n * t->rank * sizeof(float));
     int rc = -ENOMEM;
     if (!w || !A || !B) {
-        cfail(c, rc, "out of memory for the predictor of layer %u", t->layer);
+        nf_errf_at(c->err, c->errlen, rc, c->in, "out of memory for the predictor of layer %u",
+                   t->layer);
         goto out;
     }
     if ((rc = src_read(c, w, (size_t)l->gate->size, l->gate->offset)))
@@ -510,7 +506,8 @@ static int write_predictor(struct conv *c, struct nf_nft_tile *t, const struct l
     rc = nf_lowrank_fit(w, l->gate->type, nf_row_size(l->gate->type, n), m, n, (int)t->rank, 1,
                         0x9E3779B97F4A7C15ull ^ t->layer, A, B);
     if (rc) {
-        cfail(c, rc, "predictor of layer %u: %s", t->layer, nf_strerror(rc));
+        nf_errf_at(c->err, c->errlen, rc, c->in, "predictor of layer %u: %s", t->layer,
+                   nf_strerror(rc));
         goto out;
     }
     if ((rc = ensure_buf(c, t->size)))
@@ -588,8 +585,8 @@ static int write_tiles(struct conv *c)
                 free(down);
                 down = malloc((size_t)bytes);
                 if (!down) {
-                    rc =
-                        cfail(c, -ENOMEM, "out of memory for %" PRIu64 " bytes of ffn_down", bytes);
+                    rc = nf_errf_at(c->err, c->errlen, -ENOMEM, c->in,
+                                    "out of memory for %" PRIu64 " bytes of ffn_down", bytes);
                     break;
                 }
                 if ((rc = src_read(c, down, (size_t)bytes, d->offset + bytes * e)))
@@ -600,7 +597,9 @@ static int write_tiles(struct conv *c)
             rc = write_bundle(c, t, l, down);
             break;
         }
-        case NF_TILE_KIND_COUNT: rc = cfail(c, NF_ECORRUPT, "bad tile kind"); break;
+        case NF_TILE_KIND_COUNT:
+            rc = nf_errf_at(c->err, c->errlen, NF_ECORRUPT, c->in, "bad tile kind");
+            break;
         }
     }
     free(down);
@@ -613,19 +612,21 @@ static int build_meta(struct conv *c, void **img, size_t *len)
     struct nf_gguf_writer *w;
     int rc = nf_gguf_writer_init(&w);
     if (rc)
-        return cfail(c, rc, "out of memory");
+        return nf_errf_at(c->err, c->errlen, rc, c->in, "out of memory");
     for (uint64_t i = 0; i < c->g->n_kv && !rc; i++) {
         const struct nf_gguf_kv *kv = &c->g->kv[i];
         if ((rc = nf_gguf_writer_add_value(w, kv->key.s, &kv->value)))
-            cfail(c, rc, "copying metadata key '%s': %s", kv->key.s, nf_strerror(rc));
+            nf_errf_at(c->err, c->errlen, rc, c->in, "copying metadata key '%s': %s", kv->key.s,
+                       nf_strerror(rc));
     }
     for (uint64_t i = 0; i < c->g->n_tensors && !rc; i++) {
         const struct nf_gguf_tensor *t = &c->g->tensors[i];
         if ((rc = nf_gguf_writer_add_tensor(w, t->name.s, t->n_dims, t->ne, t->type, NULL)))
-            cfail(c, rc, "copying tensor info '%s': %s", t->name.s, nf_strerror(rc));
+            nf_errf_at(c->err, c->errlen, rc, c->in, "copying tensor info '%s': %s", t->name.s,
+                       nf_strerror(rc));
     }
     if (!rc && (rc = nf_gguf_writer_header(w, img, len)))
-        cfail(c, rc, "serializing the metadata: %s", nf_strerror(rc));
+        nf_errf_at(c->err, c->errlen, rc, c->in, "serializing the metadata: %s", nf_strerror(rc));
     nf_gguf_writer_free(w);
     return rc;
 }
@@ -644,12 +645,12 @@ static int add_calibration(struct conv *c, void *page)
                                 c->o->calib_max_tokens, c->o->calib_threads, &img, &len, msg,
                                 sizeof(msg));
     if (rc)
-        return cfail(c, rc, "calibration: %s", msg);
+        return nf_errf_at(c->err, c->errlen, rc, c->in, "calibration: %s", msg);
     struct nf_nft_header *h = &c->hdr;
     void *buf = NULL;
     if (posix_memalign(&buf, NF_NFT_ALIGN, nf_nft_padded(len))) {
         free(img);
-        return cfail(c, -ENOMEM, "out of memory");
+        return nf_errf_at(c->err, c->errlen, -ENOMEM, c->in, "out of memory");
     }
     memset(buf, 0, nf_nft_padded(len));
     memcpy(buf, img, len);
@@ -695,25 +696,27 @@ static int write_file(struct conv *c, const char *out)
     const char *dir = dirname(dirbuf);
     struct statvfs vfs;
     if (statvfs(dir, &vfs) == 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < h->file_size) {
-        rc = cfail(c, -ENOSPC, "%s has %llu bytes free, the .nft needs %" PRIu64, dir,
-                   (unsigned long long)vfs.f_bavail * vfs.f_frsize, h->file_size);
+        rc = nf_errf_at(c->err, c->errlen, -ENOSPC, c->in,
+                        "%s has %llu bytes free, the .nft needs %" PRIu64, dir,
+                        (unsigned long long)vfs.f_bavail * vfs.f_frsize, h->file_size);
         goto out;
     }
     if ((size_t)snprintf(c->tmp, PATH_MAX, "%s.tmp-XXXXXX", out) >= PATH_MAX) {
         c->tmp[0] = '\0';
-        rc = cfail(c, NF_EUSAGE, "output path too long");
+        rc = nf_errf_at(c->err, c->errlen, NF_EUSAGE, c->in, "output path too long");
         goto out;
     }
     c->fd = mkstemp(c->tmp);
     if (c->fd < 0) {
-        rc = cfail(c, -errno, "creating %s: %s", c->tmp, strerror(errno));
+        rc = nf_errf_at(c->err, c->errlen, -errno, c->in, "creating %s: %s", c->tmp,
+                        strerror(errno));
         c->tmp[0] = '\0';
         goto out;
     }
     fchmod(c->fd, 0644);
     if (ftruncate(c->fd, (off_t)h->file_size) != 0) {
-        rc = cfail(c, -errno, "sizing %s to %" PRIu64 " bytes: %s", c->tmp, h->file_size,
-                   strerror(errno));
+        rc = nf_errf_at(c->err, c->errlen, -errno, c->in, "sizing %s to %" PRIu64 " bytes: %s",
+                        c->tmp, h->file_size, strerror(errno));
         goto out;
     }
     progress(c, "layer 1");
@@ -729,7 +732,7 @@ static int write_file(struct conv *c, const char *out)
     h->pred_type = c->pred_type;
     h->header_checksum = XXH3_64bits(h, offsetof(struct nf_nft_header, header_checksum));
     if (posix_memalign(&page, NF_NFT_ALIGN, NF_NFT_ALIGN)) {
-        rc = cfail(c, -ENOMEM, "out of memory");
+        rc = nf_errf_at(c->err, c->errlen, -ENOMEM, c->in, "out of memory");
         goto out;
     }
     memset(page, 0, NF_NFT_ALIGN);
@@ -741,11 +744,12 @@ static int write_file(struct conv *c, const char *out)
     if (c->o && c->o->calib_text && (rc = add_calibration(c, page)))
         goto out;
     if (fsync(c->fd) != 0) {
-        rc = cfail(c, -errno, "fsync %s: %s", c->tmp, strerror(errno));
+        rc = nf_errf_at(c->err, c->errlen, -errno, c->in, "fsync %s: %s", c->tmp, strerror(errno));
         goto out;
     }
     if (rename(c->tmp, out) != 0) {
-        rc = cfail(c, -errno, "rename %s -> %s: %s", c->tmp, out, strerror(errno));
+        rc = nf_errf_at(c->err, c->errlen, -errno, c->in, "rename %s -> %s: %s", c->tmp, out,
+                        strerror(errno));
         goto out;
     }
     c->tmp[0] = '\0';
@@ -782,7 +786,8 @@ int nf_nft_convert(const char *in_path, const char *out_path, const struct nf_nf
         err[0] = '\0';
     c.tile_size = o && o->tile_size ? o->tile_size : NF_NFT_DEFAULT_TILE_SIZE;
     if (c.tile_size > UINT32_MAX)
-        return cfail(&c, NF_EUSAGE, "tile size %" PRIu64 " is above 4 GiB", c.tile_size);
+        return nf_errf_at(c.err, c.errlen, NF_EUSAGE, c.in, "tile size %" PRIu64 " is above 4 GiB",
+                          c.tile_size);
     c.pred_type = o && o->pred_f32 ? NF_TYPE_F32 : NF_TYPE_F16;
     char gerr[512];
     int rc = nf_gguf_open(&c.g, in_path, gerr, sizeof(gerr));
@@ -800,8 +805,9 @@ int nf_nft_convert(const char *in_path, const char *out_path, const struct nf_nf
         n_dense += c.L[il].gate != NULL;
     if (o && o->rank) {
         if (o->rank < 0 || o->rank > cap) {
-            rc = cfail(&c, NF_EUSAGE, "rank %d is outside [1, %" PRId64 "] (min of n_ff, n_embd)",
-                       o->rank, cap);
+            rc = nf_errf_at(c.err, c.errlen, NF_EUSAGE, c.in,
+                            "rank %d is outside [1, %" PRId64 "] (min of n_ff, n_embd)", o->rank,
+                            cap);
             goto out;
         }
         c.rank = o->rank;

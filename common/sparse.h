@@ -13,6 +13,7 @@
 
 #include "model.h"
 #include "nft.h"
+#include "sparse_pick.h"
 
 /* FFN of one token on c->xn (already normed) that computes gate, up and down only for the
  * groups with mask[g] != 0 (mask has n_ff / group entries), and adds the result to c->x.
@@ -59,9 +60,6 @@ void nf_sparse_predict(struct nf_sparse *s, int il, const float *xn);
 /* mask (n) = 1 for the k highest scores (ties to the lower index), else 0; idx is n ints of
  * scratch. */
 void nf_topk_mask(uint8_t *mask, const float *score, int n, int k, int *idx);
-
-/* Groups kept out of n_groups at sparsity s: round((1 - s) * n_groups), at least 1. */
-int nf_sparse_keep(int n_groups, float s);
 
 /* Evaluates one token at position c->n_past with the sparse FFN (dense layers: the predictor's
  * top (1 - s->sparsity) groups, all groups when sparsity is 0) and leaves its logits in

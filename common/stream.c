@@ -1,6 +1,5 @@
 /* stream.c - the tile-streaming forward pass (see stream.h) and the file-backed tile source. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,20 +46,6 @@ struct nf_stream {
     uint64_t mem;
     char err[320];
 };
-
-static int nf_stream_fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int nf_stream_fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* --- tiles ----------------------------------------------------------------------------- */
 
@@ -282,55 +267,6 @@ static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
     return 0;
 }
 
-/* Sorts idx[0..n) by score[idx[i]] descending, ties by lower index (insertion sort: a layer has
- * at most a few hundred tiles and a tile a few dozen groups). */
-static void nf_sort_desc(uint32_t *idx, uint32_t n, const float *score)
-{
-    for (uint32_t i = 1; i < n; i++) {
-        uint32_t v = idx[i], j = i;
-        while (j > 0 && (score[idx[j - 1]] < score[v] ||
-                         (score[idx[j - 1]] == score[v] && idx[j - 1] > v))) {
-            idx[j] = idx[j - 1];
-            j--;
-        }
-        idx[j] = v;
-    }
-}
-
-uint32_t nf_sparse_pick(const float *gscore, uint32_t n, const uint32_t *bound, uint32_t n_tiles,
-                        uint32_t k, float *tscore, uint32_t *order, uint32_t *out)
-{
-    if (k > n)
-        k = n;
-    for (uint32_t t = 0; t < n_tiles; t++) {
-        float sum = 0;
-        for (uint32_t g = bound[t]; g < bound[t + 1]; g++)
-            sum += gscore[g];
-        tscore[t] = bound[t + 1] > bound[t] ? sum / (float)(bound[t + 1] - bound[t]) : 0;
-        order[t] = t;
-    }
-    nf_sort_desc(order, n_tiles, tscore);
-    uint32_t got = 0, r = 0;
-    for (; r < n_tiles && got < k; r++) {
-        const uint32_t t = order[r], size = bound[t + 1] - bound[t];
-        if (got + size > k)
-            break;
-        for (uint32_t g = bound[t]; g < bound[t + 1]; g++)
-            out[got++] = g;
-    }
-    if (got < k && r < n_tiles) {
-        /* The rest from the best remaining tile, its best groups first. */
-        const uint32_t t = order[r], size = bound[t + 1] - bound[t];
-        uint32_t *gi = order + n_tiles;
-        for (uint32_t j = 0; j < size; j++)
-            gi[j] = bound[t] + j;
-        nf_sort_desc(gi, size, gscore);
-        for (uint32_t j = 0; j < size && got < k; j++)
-            out[got++] = gi[j];
-    }
-    return got;
-}
-
 /* Chooses the groups of token k from the predictor's scores of xn. */
 static void nf_stream_select(struct nf_stream *s, const struct nf_nft_tile *pt, const uint8_t *p,
                              const float *xn, int k)
@@ -340,8 +276,7 @@ static void nf_stream_select(struct nf_stream *s, const struct nf_nft_tile *pt, 
     const void *B = p + nf_row_size(pty, (int64_t)hp->n_ff * pt->rank);
     nf_lowrank_scores(s->scores, p, B, pty, hp->n_ff, hp->n_embd, (int)pt->rank, xn, s->ptmp);
     nf_group_scores(s->gscores, s->scores, hp->n_ff, s->group);
-    uint32_t keep = (uint32_t)((1.0 - (double)s->sparsity) * s->n_groups + 0.999999);
-    keep = keep < 1 ? 1 : keep > s->n_groups ? s->n_groups : keep;
+    uint32_t keep = nf_sparse_keep(s->n_groups, s->sparsity);
     /* Whole tiles first: skipped groups only save reads when their whole tile is skipped. */
     keep = nf_sparse_pick(s->gscores, s->n_groups, s->bound, s->n_bound, keep, s->tscore, s->order,
                           s->pick);
@@ -684,24 +619,24 @@ static int nf_stream_check_rows(const struct nf_nft *f, uint32_t layer, enum nf_
         char d[160];
         nf_nft_describe(f, t, d, sizeof(d));
         if (t->first != next || t->ne0 != ne0 || t->count == 0)
-            return nf_stream_fail(err, errlen, NF_ECORRUPT,
-                                  "%s: %s holds rows [%u, +%u) of %u elements, expected row %llu "
-                                  "of %llu elements",
-                                  f->path, d, t->first, t->count, t->ne0, (unsigned long long)next,
-                                  (unsigned long long)ne0);
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: %s holds rows [%u, +%u) of %u elements, expected row %llu "
+                           "of %llu elements",
+                           f->path, d, t->first, t->count, t->ne0, (unsigned long long)next,
+                           (unsigned long long)ne0);
         if (!tr || !tr->compute || !dt || !dt->from_float || ne0 % (uint64_t)dt->blck_size ||
             (want_f32 && ty != NF_TYPE_F32))
-            return nf_stream_fail(err, errlen, NF_EBADTYPE,
-                                  "%s: %s has type %s, which the forward pass cannot use here",
-                                  f->path, d, tr ? tr->name : "unknown");
+            return nf_errf(err, errlen, NF_EBADTYPE,
+                           "%s: %s has type %s, which the forward pass cannot use here", f->path, d,
+                           tr ? tr->name : "unknown");
         next += t->count;
         *max_rows = t->count > *max_rows ? t->count : *max_rows;
     }
     if (next != rows)
-        return nf_stream_fail(err, errlen, NF_ECORRUPT,
-                              "%s: layer %d %s tiles hold %llu rows, expected %llu", f->path,
-                              layer == NF_NFT_NO_LAYER ? -1 : (int)layer, nf_tile_kind_name(kind),
-                              (unsigned long long)next, (unsigned long long)rows);
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "%s: layer %d %s tiles hold %llu rows, expected %llu", f->path,
+                       layer == NF_NFT_NO_LAYER ? -1 : (int)layer, nf_tile_kind_name(kind),
+                       (unsigned long long)next, (unsigned long long)rows);
     return 0;
 }
 
@@ -715,8 +650,8 @@ static int nf_stream_check_bundles(const struct nf_nft *f, uint32_t layer, enum 
     /* The layer's first bundle tile sets the group size and the types for all. */
     const struct nf_nft_tile *t0 = nf_nft_find(f, layer, kind, 0);
     if (!t0)
-        return nf_stream_fail(err, errlen, NF_ECORRUPT, "%s: layer %u has no %s tiles", f->path,
-                              layer, nf_tile_kind_name(kind));
+        return nf_errf(err, errlen, NF_ECORRUPT, "%s: layer %u has no %s tiles", f->path, layer,
+                       nf_tile_kind_name(kind));
     *group = t0->group;
     memcpy(types, t0->type, 3);
     uint32_t next = 0;
@@ -733,16 +668,16 @@ static int nf_stream_check_bundles(const struct nf_nft *f, uint32_t layer, enum 
             ok = tr && tr->compute && dt && dt->from_float && len % (uint64_t)dt->blck_size == 0;
         }
         if (!ok)
-            return nf_stream_fail(err, errlen, NF_ECORRUPT,
-                                  "%s: %s does not continue the layer's groups at neuron %u "
-                                  "(group %u, expert %u, computable types)",
-                                  f->path, d, next, *group, expert);
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: %s does not continue the layer's groups at neuron %u "
+                           "(group %u, expert %u, computable types)",
+                           f->path, d, next, *group, expert);
         next += t->count;
     }
     if (next != n_ff)
-        return nf_stream_fail(err, errlen, NF_ECORRUPT,
-                              "%s: layer %u %s tiles hold %u neurons, expected %u", f->path, layer,
-                              nf_tile_kind_name(kind), next, n_ff);
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "%s: layer %u %s tiles hold %u neurons, expected %u", f->path, layer,
+                       nf_tile_kind_name(kind), next, n_ff);
     return 0;
 }
 
@@ -770,9 +705,9 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
         if ((rc = nf_stream_check_rows(f, il, NF_TILE_ROUTER, X, E, false, max_rows, err, errlen)))
             return rc;
         if (n == 0 || n % X)
-            return nf_stream_fail(err, errlen, NF_ECORRUPT,
-                                  "%s: layer %u has %u expert tiles, expected a multiple of %u",
-                                  f->path, il, n, X);
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: layer %u has %u expert tiles, expected a multiple of %u", f->path,
+                           il, n, X);
         for (uint32_t e = 0; e < X; e++)
             if ((rc = nf_stream_check_bundles(f, il, NF_TILE_EXPERT, e * (n / X), (e + 1) * (n / X),
                                               e, (uint32_t)F, (uint32_t)E, &group, types, err,
@@ -788,10 +723,10 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
         const struct nf_nft_tile *pt = nf_nft_predictor(f, il);
         if (sparse && (!pt || pt->kind != NF_TILE_PRED_LOWRANK || pt->count != F || pt->ne0 != E ||
                        pt->rank == 0 || (pt->type[0] != NF_TYPE_F16 && pt->type[0] != NF_TYPE_F32)))
-            return nf_stream_fail(err, errlen, NF_ECORRUPT,
-                                  "%s: layer %u has no usable low-rank predictor tile (needed "
-                                  "for --sparsity)",
-                                  f->path, il);
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: layer %u has no usable low-rank predictor tile (needed "
+                           "for --sparsity)",
+                           f->path, il);
     }
     *max_rows = group > *max_rows ? group : *max_rows;
     const size_t dr = nf_row_size((enum nf_type)types[2], (int64_t)F);
@@ -807,11 +742,11 @@ static int nf_stream_check(struct nf_stream *s, char *err, size_t errlen, size_t
     if ((int)h->n_layer != hp->n_layer || (int)h->n_embd != hp->n_embd ||
         (int)h->n_vocab != hp->n_vocab || (int)h->n_ff != hp->n_ff ||
         (int)h->n_expert != hp->n_expert)
-        return nf_stream_fail(err, errlen, NF_ECORRUPT,
-                              "%s: header (layers %u, dim %u, vocab %u, ffn %u, experts %u) "
-                              "disagrees with the metadata (%d, %d, %d, %d, %d)",
-                              f->path, h->n_layer, h->n_embd, h->n_vocab, h->n_ff, h->n_expert,
-                              hp->n_layer, hp->n_embd, hp->n_vocab, hp->n_ff, hp->n_expert);
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "%s: header (layers %u, dim %u, vocab %u, ffn %u, experts %u) "
+                       "disagrees with the metadata (%d, %d, %d, %d, %d)",
+                       f->path, h->n_layer, h->n_embd, h->n_vocab, h->n_ff, h->n_expert,
+                       hp->n_layer, hp->n_embd, hp->n_vocab, hp->n_ff, hp->n_expert);
     const uint64_t E = (uint64_t)hp->n_embd, V = (uint64_t)hp->n_vocab;
     size_t one = 0;
     int rc;
@@ -843,14 +778,14 @@ static int nf_stream_load_rope(struct nf_stream *s, char *err, size_t errlen)
     int rc;
     const uint8_t *p = nf_stream_pin(s, t, &rc);
     if (!p)
-        return nf_stream_fail(err, errlen, rc, "%s", s->err);
+        return nf_errf(err, errlen, rc, "%s", s->err);
     const size_t n = (size_t)t->ne0;
     float *ff = malloc(sizeof(float) * n);
     if (ff)
         memcpy(ff, p, sizeof(float) * n);
     nf_stream_unpin(s, t);
     if (!ff)
-        return nf_stream_fail(err, errlen, -ENOMEM, "out of memory");
+        return nf_errf(err, errlen, -ENOMEM, "out of memory");
     s->shell.rope_freqs = nf_rows_view(t, ff);
     s->mem += sizeof(float) * n;
     return 0;
@@ -861,12 +796,12 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
 {
     if (!src || !src->pin || !src->unpin || !o || o->n_ctx < 1 || !(o->sparsity >= 0.0f) ||
         o->sparsity >= 1.0f)
-        return nf_stream_fail(err, errlen, NF_EUSAGE,
-                              "stream: need a tile source, n_ctx >= 1 and sparsity in [0, 1)");
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "stream: need a tile source, n_ctx >= 1 and sparsity in [0, 1)");
     nf_kernels_init();
     struct nf_stream *s = calloc(1, sizeof(*s));
     if (!s)
-        return nf_stream_fail(err, errlen, -ENOMEM, "out of memory");
+        return nf_errf(err, errlen, -ENOMEM, "out of memory");
     s->f = f;
     s->src = *src;
     s->sparsity = o->sparsity;
@@ -875,15 +810,14 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     if (rc < 0 || (rc = nf_stream_check(s, err, errlen, &down_row)) < 0)
         goto fail;
     if (s->shell.hp.n_expert > 64 || s->shell.hp.n_expert_used > 64) {
-        rc = nf_stream_fail(err, errlen, NF_EARCH, "%s: more than 64 experts are not supported",
-                            f->path);
+        rc = nf_errf(err, errlen, NF_EARCH, "%s: more than 64 experts are not supported", f->path);
         goto fail;
     }
     /* The kernels' summation order depends on the model's size (model_forward.c): the shell
      * must report the whole model's weight bytes for the results to match nf_ctx_eval's. */
     s->shell.weight_bytes = (size_t)f->hdr.weight_bytes;
     if ((rc = nf_ctx_create(&s->c, &s->shell, o->n_ctx, o->n_threads)) < 0) {
-        nf_stream_fail(err, errlen, rc, "creating the run state: %s", nf_strerror(rc));
+        nf_errf(err, errlen, rc, "creating the run state: %s", nf_strerror(rc));
         goto fail;
     }
     const struct nf_hparams *hp = &s->shell.hp;
@@ -903,7 +837,7 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     s->bits = calloc(words, sizeof(uint64_t));
     if (!s->tmp || !s->down || !s->scores || !s->gscores || !s->ptmp || !s->bound || !s->order ||
         !s->pick || !s->tscore || !s->sel || !s->bits) {
-        rc = nf_stream_fail(err, errlen, -ENOMEM, "out of memory for the stream scratch");
+        rc = nf_errf(err, errlen, -ENOMEM, "out of memory for the stream scratch");
         goto fail;
     }
     if (s->sparsity > 0 && !hp->n_expert) {
@@ -916,13 +850,13 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
         s->shq = malloc(T * (4 * R + 64));
         s->spairs = malloc(sizeof(uint32_t) * NF_MAX_BATCH * G);
         if (!s->xq || !s->sacc || !s->swork || !s->shq || !s->spairs) {
-            rc = nf_stream_fail(err, errlen, -ENOMEM, "out of memory for the sparse scratch");
+            rc = nf_errf(err, errlen, -ENOMEM, "out of memory for the sparse scratch");
             goto fail;
         }
         if (s->max_groups > 65535) { /* spairs packs a group index in 16 bits */
-            rc = nf_stream_fail(err, errlen, NF_ECORRUPT,
-                                "%s: %u FFN groups in a layer, sparse mode takes at most 65535",
-                                f->path, s->max_groups);
+            rc = nf_errf(err, errlen, NF_ECORRUPT,
+                         "%s: %u FFN groups in a layer, sparse mode takes at most 65535", f->path,
+                         s->max_groups);
             goto fail;
         }
         s->mem += (size_t)NF_MAX_BATCH * 2 * s->xq_stride +

@@ -25,6 +25,7 @@
 
 #include "model.h"
 #include "nft.h"
+#include "sparse_pick.h"
 
 /* Where tile bytes come from. pin returns the bytes of tile id (stable until unpin), or NULL
  * with *rc set (NF_ECHECKSUM, -EIO, -ECANCELED, -ETIMEDOUT...). layer_done and used are
@@ -88,16 +89,6 @@ const char *nf_stream_error(const struct nf_stream *s);
 void nf_stream_get_stats(const struct nf_stream *s, struct nf_stream_stats *out);
 /* Bytes of private memory the engine allocated (KV cache, scratch), for budget checks. */
 uint64_t nf_stream_mem_bytes(const struct nf_stream *s);
-
-/* Sparse selection at the granularity of reads (compute and predictor use the same rule): picks
- * k of the n groups of a dense layer whose FFN tiles hold groups [bound[t], bound[t + 1]) for
- * t < n_tiles (bound[0] = 0, bound[n_tiles] = n): whole tiles by their mean group score, best
- * first, while they fit in k, then the best groups of the next tile for the rest, so at most
- * one tile is read for only part of its groups. Ties go to the lower index. Writes the k chosen
- * group indices to out and returns k (clamped to [0, n]). Scratch: tscore (n_tiles floats),
- * order (n_tiles + n u32). */
-uint32_t nf_sparse_pick(const float *gscore, uint32_t n, const uint32_t *bound, uint32_t n_tiles,
-                        uint32_t k, float *tscore, uint32_t *order, uint32_t *out);
 
 /* A tile source reading f with nf_nft_read (checksums verified) into a cache of about
  * cache_bytes (at least two tiles), evicting unpinned tiles in clock order. src->ud owns the

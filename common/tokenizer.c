@@ -3,7 +3,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,18 +89,10 @@ int32_t nf_strmap_get(const struct nf_strmap *m, const char *key, uint32_t klen)
 
 /* ---- loading ------------------------------------------------------------------------------ */
 
-static int fail(char *err, size_t errlen, int rc, const struct nf_gguf *g, const char *fmt, ...)
+/* The prefix of its error messages: the file's path, or "gguf" for one read from memory. */
+static const char *gguf_name(const struct nf_gguf *g)
 {
-    if (err && errlen) {
-        int n = snprintf(err, errlen, "%s: ", g->path[0] ? g->path : "gguf");
-        if (n >= 0 && (size_t)n < errlen) {
-            va_list ap;
-            va_start(ap, fmt);
-            vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
-            va_end(ap);
-        }
-    }
-    return rc;
+    return g->path[0] ? g->path : "gguf";
 }
 
 struct pre_name {
@@ -161,19 +152,21 @@ static int load_tokens(struct nf_vocab *v, const struct nf_gguf *g, char *err, s
     const void *data;
     int rc = nf_gguf_get_arr(g, "tokenizer.ggml.tokens", NF_GGUF_STRING, &n, &data);
     if (rc)
-        return fail(err, errlen, rc, g, "tokenizer.ggml.tokens: expected an array of strings (%s)",
-                    nf_strerror(rc));
+        return nf_errf_at(err, errlen, rc, gguf_name(g),
+                          "tokenizer.ggml.tokens: expected an array of strings (%s)",
+                          nf_strerror(rc));
     if (n == 0 || n > INT32_MAX / 2)
-        return fail(err, errlen, NF_EVOCAB, g,
-                    "tokenizer.ggml.tokens: %llu tokens (expected 1..%d)", (unsigned long long)n,
-                    INT32_MAX / 2);
+        return nf_errf_at(err, errlen, NF_EVOCAB, gguf_name(g),
+                          "tokenizer.ggml.tokens: %llu tokens (expected 1..%d)",
+                          (unsigned long long)n, INT32_MAX / 2);
     const struct nf_gguf_str *toks = data;
     v->n_tokens = (int32_t)n;
     uint64_t bytes = 0;
     for (uint64_t i = 0; i < n; i++)
         bytes += (toks[i].len ? toks[i].len : 24) + 1;
     if (bytes > UINT32_MAX)
-        return fail(err, errlen, NF_EVOCAB, g, "tokenizer.ggml.tokens: texts too large");
+        return nf_errf_at(err, errlen, NF_EVOCAB, gguf_name(g),
+                          "tokenizer.ggml.tokens: texts too large");
     v->text = malloc(bytes);
     v->text_off = malloc(n * sizeof(*v->text_off));
     v->text_len = malloc(n * sizeof(*v->text_len));
@@ -204,20 +197,23 @@ static int load_tokens(struct nf_vocab *v, const struct nf_gguf *g, char *err, s
 
     rc = nf_gguf_get_arr(g, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, &n, &data);
     if (rc == 0 && n != (uint64_t)v->n_tokens)
-        return fail(err, errlen, NF_EVOCAB, g, "tokenizer.ggml.scores: %llu entries, expected %d",
-                    (unsigned long long)n, v->n_tokens);
+        return nf_errf_at(err, errlen, NF_EVOCAB, gguf_name(g),
+                          "tokenizer.ggml.scores: %llu entries, expected %d", (unsigned long long)n,
+                          v->n_tokens);
     if (rc == 0)
         memcpy(v->score, data, n * sizeof(float));
     else if (rc != NF_ENOKEY)
-        return fail(err, errlen, rc, g, "tokenizer.ggml.scores: expected an array of float32");
+        return nf_errf_at(err, errlen, rc, gguf_name(g),
+                          "tokenizer.ggml.scores: expected an array of float32");
 
     const struct nf_gguf_value *tt = nf_gguf_get(g, "tokenizer.ggml.token_type");
     if (tt) {
         if (tt->type != NF_GGUF_ARRAY ||
             (tt->v.arr.type != NF_GGUF_INT32 && tt->v.arr.type != NF_GGUF_UINT32) ||
             tt->v.arr.n != (uint64_t)v->n_tokens)
-            return fail(err, errlen, NF_EVOCAB, g,
-                        "tokenizer.ggml.token_type: expected an array of %d int32", v->n_tokens);
+            return nf_errf_at(err, errlen, NF_EVOCAB, gguf_name(g),
+                              "tokenizer.ggml.token_type: expected an array of %d int32",
+                              v->n_tokens);
         const int32_t *t = tt->v.arr.data;
         for (int32_t i = 0; i < v->n_tokens; i++)
             v->attr[i] = attr_of_type(t[i]);
@@ -231,11 +227,12 @@ static int load_merges(struct nf_vocab *v, const struct nf_gguf *g, char *err, s
     const void *data;
     int rc = nf_gguf_get_arr(g, "tokenizer.ggml.merges", NF_GGUF_STRING, &n, &data);
     if (rc)
-        return fail(err, errlen, rc == NF_ENOKEY ? NF_EVOCAB : rc, g,
-                    "tokenizer.ggml.merges: a gpt2 tokenizer needs an array of strings (%s)",
-                    nf_strerror(rc));
+        return nf_errf_at(err, errlen, rc == NF_ENOKEY ? NF_EVOCAB : rc, gguf_name(g),
+                          "tokenizer.ggml.merges: a gpt2 tokenizer needs an array of strings (%s)",
+                          nf_strerror(rc));
     if (n > INT32_MAX)
-        return fail(err, errlen, NF_EVOCAB, g, "tokenizer.ggml.merges: too many entries");
+        return nf_errf_at(err, errlen, NF_EVOCAB, gguf_name(g),
+                          "tokenizer.ggml.merges: too many entries");
     const struct nf_gguf_str *m = data;
     uint64_t bytes = 1;
     for (uint64_t i = 0; i < n; i++)
@@ -368,8 +365,9 @@ int nf_vocab_load(struct nf_vocab **out, const struct nf_gguf *g, char *err, siz
     const char *model = NULL;
     int rc = nf_gguf_get_str(g, "tokenizer.ggml.model", &model);
     if (rc)
-        return fail(err, errlen, rc == NF_ENOKEY ? NF_EVOCAB : rc, g,
-                    "tokenizer.ggml.model: %s (expected \"llama\" or \"gpt2\")", nf_strerror(rc));
+        return nf_errf_at(err, errlen, rc == NF_ENOKEY ? NF_EVOCAB : rc, gguf_name(g),
+                          "tokenizer.ggml.model: %s (expected \"llama\" or \"gpt2\")",
+                          nf_strerror(rc));
     struct nf_vocab *v = calloc(1, sizeof(*v));
     if (!v)
         return -ENOMEM;
@@ -386,8 +384,9 @@ int nf_vocab_load(struct nf_vocab **out, const struct nf_gguf *g, char *err, siz
         v->eos = 11;
         v->unk = -1;
     } else {
-        rc = fail(err, errlen, NF_EVOCAB, g,
-                  "tokenizer.ggml.model: unsupported value '%s' (supported: llama, gpt2)", model);
+        rc = nf_errf_at(err, errlen, NF_EVOCAB, gguf_name(g),
+                        "tokenizer.ggml.model: unsupported value '%s' (supported: llama, gpt2)",
+                        model);
         goto fail;
     }
     v->eot = v->eom = -1;
@@ -409,9 +408,9 @@ int nf_vocab_load(struct nf_vocab **out, const struct nf_gguf *g, char *err, siz
         while (i < N_OF(pre_names) && strcmp(pre_names[i].name, pre) != 0)
             i++;
         if (i == N_OF(pre_names)) {
-            rc = fail(err, errlen, NF_EVOCAB, g,
-                      "tokenizer.ggml.pre: unsupported pre-tokenizer '%s' (supported: %s)", pre,
-                      nf_vocab_pre_names());
+            rc = nf_errf_at(err, errlen, NF_EVOCAB, gguf_name(g),
+                            "tokenizer.ggml.pre: unsupported pre-tokenizer '%s' (supported: %s)",
+                            pre, nf_vocab_pre_names());
             goto fail;
         }
         v->pre = pre_names[i].pre;
@@ -440,7 +439,7 @@ int nf_vocab_load(struct nf_vocab **out, const struct nf_gguf *g, char *err, siz
     return 0;
 fail:
     if (rc == -ENOMEM && err && errlen && !err[0])
-        fail(err, errlen, rc, g, "out of memory loading the vocabulary");
+        nf_errf_at(err, errlen, rc, gguf_name(g), "out of memory loading the vocabulary");
     nf_vocab_free(v);
     return rc;
 }

@@ -1,9 +1,9 @@
 /* cgroup.c - memory cgroup creation, accounting and removal (v2 and v1) for nanoflowctl bench. */
 #include "cgroup.h"
+#include "nf_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,22 +14,11 @@
 #define NF_CG_ROOT    "/sys/fs/cgroup"
 #define NF_CG_V1_ROOT "/sys/fs/cgroup/memory"
 
-static bool joinf(char *out, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static bool joinf(char *out, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(out, len, fmt, ap);
-    va_end(ap);
-    return n >= 0 && (size_t)n < len;
-}
-
 /* Writes s to dir/file. 0 or -errno. */
 static int cg_write(const char *dir, const char *file, const char *s)
 {
     char p[PATH_MAX];
-    if (!joinf(p, sizeof(p), "%s/%s", dir, file))
+    if (!nf_pathf(p, sizeof(p), "%s/%s", dir, file))
         return -ENAMETOOLONG;
     int fd = open(p, O_WRONLY | O_CLOEXEC);
     if (fd < 0)
@@ -46,7 +35,7 @@ static int cg_write(const char *dir, const char *file, const char *s)
 static ssize_t cg_read(const char *dir, const char *file, char *buf, size_t len)
 {
     char p[PATH_MAX];
-    if (!joinf(p, sizeof(p), "%s/%s", dir, file))
+    if (!nf_pathf(p, sizeof(p), "%s/%s", dir, file))
         return -ENAMETOOLONG;
     int fd = open(p, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -162,8 +151,8 @@ static int create_v2(struct nf_cgroup *cg, const char *name, char *why, size_t w
         }
     }
     own_cgroup(2, own, sizeof(own));
-    if (!joinf(cg->home, sizeof(cg->home), "%s%s", NF_CG_ROOT, strcmp(own, "/") ? own : "") ||
-        !joinf(cg->path, sizeof(cg->path), "%s/%s", NF_CG_ROOT, name))
+    if (!nf_pathf(cg->home, sizeof(cg->home), "%s%s", NF_CG_ROOT, strcmp(own, "/") ? own : "") ||
+        !nf_pathf(cg->path, sizeof(cg->path), "%s/%s", NF_CG_ROOT, name))
         return -ENAMETOOLONG;
     if (mkdir(cg->path, 0755) < 0) {
         int e = errno;
@@ -188,13 +177,13 @@ static int create_v1(struct nf_cgroup *cg, const char *name, char *why, size_t w
     own_cgroup(1, own, sizeof(own));
     if (!strcmp(own, "/"))
         own[0] = '\0';
-    if (!joinf(cg->home, sizeof(cg->home), "%s%s", NF_CG_V1_ROOT, own))
+    if (!nf_pathf(cg->home, sizeof(cg->home), "%s%s", NF_CG_V1_ROOT, own))
         return -ENAMETOOLONG;
     /* Under our own cgroup first (the limits above us still apply), else under the root. */
     const char *bases[2] = {cg->home, NF_CG_V1_ROOT};
     int e = 0;
     for (int i = 0; i < 2; i++) {
-        if (!joinf(cg->path, sizeof(cg->path), "%s/%s", bases[i], name))
+        if (!nf_pathf(cg->path, sizeof(cg->path), "%s/%s", bases[i], name))
             return -ENAMETOOLONG;
         if (mkdir(cg->path, 0755) == 0) {
             e = 0;

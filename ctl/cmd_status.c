@@ -13,6 +13,7 @@
 #include "gen_output.h"
 #include "nf_err.h"
 #include "stack_ctl.h"
+#include "stack_snap.h"
 #include "nf_time.h"
 
 #define NF_CTL_RPC_TIMEOUT_MS 5000
@@ -178,109 +179,6 @@ int nf_cmd_status(int argc, char **argv)
 
 /* --- stats ---------------------------------------------------------------------------------- */
 
-#define MAX_CTR 64
-struct stage_snap {
-    bool ok;
-    char err[256];
-    int n;
-    char name[MAX_CTR][32];
-    uint64_t val[MAX_CTR];
-};
-
-struct snap {
-    struct stage_snap st[NF_N_ROLES]; /* in nf_stack_roles order */
-    uint64_t budget, held;
-    double t; /* monotonic seconds */
-};
-
-static uint64_t ctr(const struct stage_snap *s, const char *name)
-{
-    for (int i = 0; i < s->n; i++)
-        if (!strcmp(s->name[i], name))
-            return s->val[i];
-    return 0;
-}
-
-static bool is_gauge(const char *name)
-{
-    static const char *const g[] = {"queue_depth", "resident_bytes", "mem_bytes", "lookahead"};
-    for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++)
-        if (!strcmp(name, g[i]))
-            return true;
-    return false;
-}
-
-static void take_snap(const char *dir, struct snap *s)
-{
-    memset(s, 0, sizeof(*s));
-    s->t = nf_now_s();
-    for (int i = 0; i < NF_N_ROLES; i++) {
-        struct stage_snap *ss = &s->st[i];
-        int fd = nf_ctl_connect(dir, nf_stack_roles[i], 2000, ss->err, sizeof(ss->err));
-        if (fd < 0)
-            continue;
-        nf_envelope req, *r = NULL;
-        Nanoflow__StatsRequest sr;
-        nanoflow__envelope__init(&req);
-        nanoflow__stats_request__init(&sr);
-        req.msg_case = NANOFLOW__ENVELOPE__MSG_STATS_REQUEST;
-        req.stats_request = &sr;
-        int rc = nf_ctl_request(fd, &req, &r, NF_CTL_RPC_TIMEOUT_MS);
-        close(fd);
-        if (rc < 0) {
-            snprintf(ss->err, sizeof(ss->err), "%s: %s", nf_stack_roles[i], nf_strerror(rc));
-        } else if (r->msg_case == NANOFLOW__ENVELOPE__MSG_ERROR) {
-            snprintf(ss->err, sizeof(ss->err), "%s: %s", nf_stack_roles[i], r->error->message);
-        } else if (r->msg_case != NANOFLOW__ENVELOPE__MSG_STATS) {
-            snprintf(ss->err, sizeof(ss->err), "%s: unexpected reply", nf_stack_roles[i]);
-        } else {
-            const Nanoflow__Stats *st = r->stats;
-            if (st->ram_budget > s->budget)
-                s->budget = st->ram_budget;
-            if (st->ram_held > s->held)
-                s->held = st->ram_held;
-            /* A daemon reports its own stage; take the one named like the role. */
-            for (size_t k = 0; k < st->n_stages; k++) {
-                const Nanoflow__StageStats *sg = st->stages[k];
-                if (!sg->stage || strcmp(sg->stage, nf_stack_roles[i]))
-                    continue;
-                for (size_t c = 0; c < sg->n_counters && ss->n < MAX_CTR; c++) {
-                    snprintf(ss->name[ss->n], sizeof(ss->name[0]), "%s",
-                             sg->counters[c]->name ? sg->counters[c]->name : "");
-                    ss->val[ss->n++] = sg->counters[c]->value;
-                }
-                ss->ok = true;
-            }
-            if (!ss->ok)
-                snprintf(ss->err, sizeof(ss->err), "%s: no %s stage in its Stats reply",
-                         nf_stack_roles[i], nf_stack_roles[i]);
-        }
-        nf_envelope_free(r);
-    }
-}
-
-/* cur minus prev for the counters that only grow (gauges keep their current value). */
-static void delta_snap(struct snap *d, const struct snap *cur, const struct snap *prev)
-{
-    *d = *cur;
-    for (int i = 0; i < NF_N_ROLES; i++) {
-        struct stage_snap *ds = &d->st[i];
-        if (!ds->ok || !prev->st[i].ok)
-            continue;
-        for (int c = 0; c < ds->n; c++) {
-            if (is_gauge(ds->name[c]))
-                continue;
-            uint64_t p = ctr(&prev->st[i], ds->name[c]);
-            ds->val[c] = ds->val[c] >= p ? ds->val[c] - p : 0;
-        }
-    }
-}
-
-static double ratio(double num, double den)
-{
-    return den > 0 ? num / den : NAN;
-}
-
 /* One metric: a text row or a JSON member (NaN: not measured yet). */
 static void metric(bool json, bool *first, const char *stage, const char *key, const char *label,
                    double v, const char *unit)
@@ -303,9 +201,9 @@ static void metric(bool json, bool *first, const char *stage, const char *key, c
     *first = false;
 }
 
-static void print_stats(const char *dir, const struct snap *s, bool json, double interval)
+static void print_stats(const char *dir, const struct nf_stack_snap *s, bool json, double interval)
 {
-    const struct stage_snap *f = &s->st[0], *p = &s->st[1], *c = &s->st[2];
+    const struct nf_stage_snap *f = &s->st[0], *p = &s->st[1], *c = &s->st[2];
     if (json) {
         jdir(dir);
         printf(",\"interval_s\":%.3f,\"ram_budget\":%llu,\"ram_held\":%llu", interval,
@@ -318,18 +216,20 @@ static void print_stats(const char *dir, const struct snap *s, bool json, double
         printf(",\"predictor\":{");
     first = true;
     if (p->ok) {
-        double tp = (double)ctr(p, "true_pos"), fp = (double)ctr(p, "false_pos"),
-               fn = (double)ctr(p, "false_neg"), np = (double)ctr(p, "predictions"),
-               ns = (double)ctr(p, "pred_ns");
-        metric(json, &first, "predictor", "predictions_s", "predictions/s", ratio(np, ns * 1e-9),
-               "/s");
-        metric(json, &first, "predictor", "recall", "recall", ratio(tp, tp + fn), "%");
-        metric(json, &first, "predictor", "precision", "precision", ratio(tp, tp + fp), "%");
-        metric(json, &first, "predictor", "latency_us", "latency", ratio(ns * 1e-3, np), "us");
-        metric(json, &first, "predictor", "requests", "tile requests", (double)ctr(p, "requests"),
-               "");
-        metric(json, &first, "predictor", "lookahead", "lookahead", (double)ctr(p, "lookahead"),
-               "layers");
+        double tp = (double)nf_stage_ctr(p, "true_pos"), fp = (double)nf_stage_ctr(p, "false_pos"),
+               fn = (double)nf_stage_ctr(p, "false_neg"),
+               np = (double)nf_stage_ctr(p, "predictions"), ns = (double)nf_stage_ctr(p, "pred_ns");
+        metric(json, &first, "predictor", "predictions_s", "predictions/s",
+               nf_snap_ratio(np, ns * 1e-9), "/s");
+        metric(json, &first, "predictor", "recall", "recall", nf_snap_ratio(tp, tp + fn), "%");
+        metric(json, &first, "predictor", "precision", "precision", nf_snap_ratio(tp, tp + fp),
+               "%");
+        metric(json, &first, "predictor", "latency_us", "latency", nf_snap_ratio(ns * 1e-3, np),
+               "us");
+        metric(json, &first, "predictor", "requests", "tile requests",
+               (double)nf_stage_ctr(p, "requests"), "");
+        metric(json, &first, "predictor", "lookahead", "lookahead",
+               (double)nf_stage_ctr(p, "lookahead"), "layers");
     } else if (json) {
         jerr(p->err);
     } else {
@@ -340,35 +240,39 @@ static void print_stats(const char *dir, const struct snap *s, bool json, double
         printf("},\"fetcher\":{");
     first = true;
     if (f->ok) {
-        double busy = (double)ctr(f, "busy_ns") * 1e-9, bytes = (double)ctr(f, "bytes"),
-               reads = (double)ctr(f, "reads"), hits = (double)ctr(f, "hits"),
-               miss = (double)ctr(f, "misses");
+        double busy = (double)nf_stage_ctr(f, "busy_ns") * 1e-9,
+               bytes = (double)nf_stage_ctr(f, "bytes"), reads = (double)nf_stage_ctr(f, "reads"),
+               hits = (double)nf_stage_ctr(f, "hits"), miss = (double)nf_stage_ctr(f, "misses");
         uint64_t hist[32];
         for (int i = 0; i < 32; i++) {
             char nm[16];
             snprintf(nm, sizeof(nm), "lat_hist_%02d", i);
-            hist[i] = ctr(f, nm);
+            hist[i] = nf_stage_ctr(f, nm);
         }
-        double tokens = c->ok ? (double)(ctr(c, "prompt_tokens") + ctr(c, "decode_tokens")) : 0;
+        double tokens =
+            c->ok ? (double)(nf_stage_ctr(c, "prompt_tokens") + nf_stage_ctr(c, "decode_tokens"))
+                  : 0;
         uint64_t nh = 0;
         for (int i = 0; i < 32; i++)
             nh += hist[i];
-        metric(json, &first, "fetcher", "mb_s", "read throughput", ratio(bytes / 1e6, busy),
+        metric(json, &first, "fetcher", "mb_s", "read throughput", nf_snap_ratio(bytes / 1e6, busy),
                "MB/s");
-        metric(json, &first, "fetcher", "iops", "IOPS", ratio(reads, busy), "/s");
+        metric(json, &first, "fetcher", "iops", "IOPS", nf_snap_ratio(reads, busy), "/s");
         metric(json, &first, "fetcher", "p50_us", "read latency p50",
                nh ? nf_lat_quantile_us(hist, 32, 0.50) : NAN, "us");
         metric(json, &first, "fetcher", "p99_us", "read latency p99",
                nh ? nf_lat_quantile_us(hist, 32, 0.99) : NAN, "us");
-        metric(json, &first, "fetcher", "hit_rate", "hit rate", ratio(hits, hits + miss), "%");
-        metric(json, &first, "fetcher", "bytes_per_token", "bytes per token", ratio(bytes, tokens),
-               "B");
-        metric(json, &first, "fetcher", "queue_depth", "queue depth", (double)ctr(f, "queue_depth"),
-               "");
+        metric(json, &first, "fetcher", "hit_rate", "hit rate", nf_snap_ratio(hits, hits + miss),
+               "%");
+        metric(json, &first, "fetcher", "bytes_per_token", "bytes per token",
+               nf_snap_ratio(bytes, tokens), "B");
+        metric(json, &first, "fetcher", "queue_depth", "queue depth",
+               (double)nf_stage_ctr(f, "queue_depth"), "");
         metric(json, &first, "fetcher", "reads", "reads", reads, "");
-        metric(json, &first, "fetcher", "evictions", "evictions", (double)ctr(f, "evictions"), "");
+        metric(json, &first, "fetcher", "evictions", "evictions",
+               (double)nf_stage_ctr(f, "evictions"), "");
         metric(json, &first, "fetcher", "checksum_errors", "checksum errors",
-               (double)ctr(f, "checksum_errors"), "");
+               (double)nf_stage_ctr(f, "checksum_errors"), "");
     } else if (json) {
         jerr(f->err);
     } else {
@@ -379,18 +283,18 @@ static void print_stats(const char *dir, const struct snap *s, bool json, double
         printf("},\"compute\":{");
     first = true;
     if (c->ok) {
-        double pn = (double)ctr(c, "prompt_ns"), dn = (double)ctr(c, "decode_ns");
-        double gt = (double)ctr(c, "groups_total");
+        double pn = (double)nf_stage_ctr(c, "prompt_ns"), dn = (double)nf_stage_ctr(c, "decode_ns");
+        double gt = (double)nf_stage_ctr(c, "groups_total");
         metric(json, &first, "compute", "prompt_tok_s", "prompt",
-               ratio((double)ctr(c, "prompt_tokens"), pn * 1e-9), "tok/s");
+               nf_snap_ratio((double)nf_stage_ctr(c, "prompt_tokens"), pn * 1e-9), "tok/s");
         metric(json, &first, "compute", "decode_tok_s", "decode",
-               ratio((double)ctr(c, "decode_tokens"), dn * 1e-9), "tok/s");
+               nf_snap_ratio((double)nf_stage_ctr(c, "decode_tokens"), dn * 1e-9), "tok/s");
         metric(json, &first, "compute", "stall_share", "stalled on tiles",
-               ratio((double)ctr(c, "stall_ns"), pn + dn), "%");
+               nf_snap_ratio((double)nf_stage_ctr(c, "stall_ns"), pn + dn), "%");
         metric(json, &first, "compute", "tokens", "tokens",
-               (double)(ctr(c, "prompt_tokens") + ctr(c, "decode_tokens")), "");
+               (double)(nf_stage_ctr(c, "prompt_tokens") + nf_stage_ctr(c, "decode_tokens")), "");
         metric(json, &first, "compute", "groups_skipped", "FFN groups skipped",
-               ratio((double)ctr(c, "groups_skipped"), gt), "%");
+               nf_snap_ratio((double)nf_stage_ctr(c, "groups_skipped"), gt), "%");
     } else if (json) {
         jerr(c->err);
     } else {
@@ -403,7 +307,7 @@ static void print_stats(const char *dir, const struct snap *s, bool json, double
         for (int i = 0; i < NF_N_ROLES; i++)
             if (s->st[i].ok)
                 printf(",\"%s\":%llu", nf_stack_roles[i],
-                       (unsigned long long)ctr(&s->st[i], "mem_bytes"));
+                       (unsigned long long)nf_stage_ctr(&s->st[i], "mem_bytes"));
         printf("}}\n");
     } else {
         char b1[32], b2[32];
@@ -416,7 +320,7 @@ static void print_stats(const char *dir, const struct snap *s, bool json, double
                 char lab[32];
                 snprintf(lab, sizeof(lab), "%s private", nf_stack_roles[i]);
                 printf("%-10s %-22s %14s\n", "", lab,
-                       nf_ctl_fmt_size(b1, sizeof(b1), ctr(&s->st[i], "mem_bytes")));
+                       nf_ctl_fmt_size(b1, sizeof(b1), nf_stage_ctr(&s->st[i], "mem_bytes")));
             }
     }
     fflush(stdout);
@@ -452,8 +356,8 @@ int nf_cmd_stats(int argc, char **argv)
         fprintf(stderr, "nanoflowctl stats: no stack running in %s\n", dir);
         return 1;
     }
-    static struct snap cur, prev, d;
-    take_snap(dir, &cur);
+    static struct nf_stack_snap cur, prev, d;
+    nf_stack_snap_take(dir, &cur);
     int n_ok = cur.st[0].ok + cur.st[1].ok + cur.st[2].ok;
     if (n_ok == 0) {
         fprintf(stderr, "nanoflowctl stats: no daemon answers in %s (%s)\n", dir, cur.st[0].err);
@@ -468,12 +372,12 @@ int nf_cmd_stats(int argc, char **argv)
         prev = cur;
         struct timespec ts = {(time_t)watch, (long)((watch - (double)(time_t)watch) * 1e9)};
         nanosleep(&ts, NULL);
-        take_snap(dir, &cur);
+        nf_stack_snap_take(dir, &cur);
         if (cur.st[0].ok + cur.st[1].ok + cur.st[2].ok == 0) {
             fprintf(stderr, "nanoflowctl stats: the stack in %s stopped answering\n", dir);
             return 1;
         }
-        delta_snap(&d, &cur, &prev);
+        nf_stack_snap_delta(&d, &cur, &prev);
         if (tty)
             printf("\033[H\033[J");
         print_stats(dir, &d, json, cur.t - prev.t);

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 
 #include "cmds.h"
 #include "nf_err.h"
+#include "nf_file.h"
 #include "nft.h"
 #include "stack.h"
 #include "stack_ctl.h"
@@ -42,18 +42,6 @@ static void up_usage(FILE *f)
             "                       else /tmp/nanoflow-UID)\n"
             "      --log-level L    daemon log level: error, warn, info, debug (default: info)\n"
             "  -h, --help           show this help\n");
-}
-
-/* snprintf for paths: returns false when the result was cut short (then it is not used). */
-static bool pathf(char *out, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static bool pathf(char *out, size_t len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(out, len, fmt, ap);
-    va_end(ap);
-    return n >= 0 && (size_t)n < len;
 }
 
 /* --- .gguf -> cached .nft ------------------------------------------------------------------ */
@@ -120,7 +108,7 @@ static int cache_path(const char *gguf, char *out, size_t len)
 {
     char dir[PATH_MAX], base[NAME_MAX + 1];
     const char *slash = strrchr(gguf, '/');
-    pathf(base, sizeof(base), "%s", slash ? slash + 1 : gguf);
+    nf_pathf(base, sizeof(base), "%s", slash ? slash + 1 : gguf);
     char *dot = strrchr(base, '.');
     if (dot && !strcmp(dot, ".gguf"))
         *dot = '\0';
@@ -129,7 +117,7 @@ static int cache_path(const char *gguf, char *out, size_t len)
     else
         snprintf(dir, sizeof(dir), ".");
     if (dir_writable(dir[0] ? dir : "/")) {
-        return pathf(out, len, "%s/%s.nft", dir[0] ? dir : "", base) ? 0 : -ENAMETOOLONG;
+        return nf_pathf(out, len, "%s/%s.nft", dir[0] ? dir : "", base) ? 0 : -ENAMETOOLONG;
     }
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     if (xdg && *xdg)
@@ -145,7 +133,7 @@ static int cache_path(const char *gguf, char *out, size_t len)
     uint64_t h = 0xcbf29ce484222325ull;
     for (const unsigned char *s = (const unsigned char *)gguf; *s; s++)
         h = (h ^ *s) * 0x100000001b3ull;
-    if (!pathf(out, len, "%s/%s-%08llx.nft", dir, base, (unsigned long long)(h & 0xffffffffu)))
+    if (!nf_pathf(out, len, "%s/%s-%08llx.nft", dir, base, (unsigned long long)(h & 0xffffffffu)))
         return -ENAMETOOLONG;
     return 0;
 }
@@ -245,18 +233,18 @@ static int find_daemon(const char *role, char *out, size_t len, char *looked, si
         for (int i = 0; i < 3; i++) {
             char cand[PATH_MAX];
             if (i == 0)
-                pathf(cand, sizeof(cand), "%s/nanoflow-%s", self, role);
+                nf_pathf(cand, sizeof(cand), "%s/nanoflow-%s", self, role);
             else if (i == 1)
-                pathf(cand, sizeof(cand), "%s/../daemons/nanoflow-%s", self, role);
+                nf_pathf(cand, sizeof(cand), "%s/../daemons/nanoflow-%s", self, role);
             else
-                pathf(cand, sizeof(cand), "%s/../daemons/%s/nanoflow-%s", self, role, role);
+                nf_pathf(cand, sizeof(cand), "%s/../daemons/%s/nanoflow-%s", self, role, role);
             if (access(cand, X_OK) == 0) {
                 if (!realpath(cand, out))
                     snprintf(out, len, "%s", cand);
                 return 0;
             }
             size_t l = strlen(looked);
-            pathf(looked + l, looked_len - l, "%s%s", l ? ", " : "", cand);
+            nf_pathf(looked + l, looked_len - l, "%s%s", l ? ", " : "", cand);
         }
     }
     const char *path = getenv("PATH");
@@ -638,7 +626,7 @@ int nf_cmd_up(int argc, char **argv)
     /* Leftovers of a crashed stack (no live pid was found above). */
     nf_ctl_cleanup_rundir(dir);
     char conf[PATH_MAX];
-    pathf(conf, sizeof(conf), "%s/stack.conf", dir);
+    nf_pathf(conf, sizeof(conf), "%s/stack.conf", dir);
     FILE *cf = fopen(conf, "w");
     if (cf) {
         fprintf(cf, "model=%s\nram=%llu\nthreads=%ld\nsparsity=%.6g\nctx=%ld\n", nft,

@@ -246,13 +246,7 @@ int nf_mk_write_data(int fd, const struct nf_mk_tensor *t, size_t n, const struc
     double t0 = nf_now_s();
     pthread_mutex_lock(&s.lock);
     while (s.running > 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += 500000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = nf_deadline_ms(500);
         pthread_cond_timedwait(&s.done, &s.lock, &ts);
         if (g->progress && s.running > 0)
             print_progress(atomic_load(&s.written), total, nf_now_s() - t0);

@@ -338,12 +338,12 @@ static void test_sparse_counts(void **state)
         fill_x(x, 64, il + 1);
         assert_int_equal(nf_forecast(&fc, il, x, 0, 0.1f, sel), (int)n);
         assert_int_equal(nf_sel_count(sel, p.words), n);
-        assert_int_equal(nf_forecast(&fc, il, x, 0.5f, 0, sel), (int)nf_plan_keep(n, 0.5f));
-        assert_int_equal(nf_sel_count(sel, p.words), nf_plan_keep(n, 0.5f));
+        assert_int_equal(nf_forecast(&fc, il, x, 0.5f, 0, sel), (int)nf_sparse_keep(n, 0.5f));
+        assert_int_equal(nf_sel_count(sel, p.words), nf_sparse_keep(n, 0.5f));
         assert_true(nf_sel_count(sel, p.words) * 2 >= n - 1);
         assert_true(nf_sel_count(sel, p.words) * 2 <= n + 1);
         int k = nf_forecast(&fc, il, x, 0.5f, 0.1f, sel);
-        assert_int_equal(k, (int)(nf_plan_keep(n, 0.5f) + (n + 9) / 10));
+        assert_int_equal(k, (int)(nf_sparse_keep(n, 0.5f) + (n + 9) / 10));
         assert_int_equal(nf_sel_count(sel, p.words), (uint32_t)k);
     }
     uint64_t full = fc.mem_bytes;
@@ -413,7 +413,7 @@ static void dense_observe(void *ud, struct nf_ctx *c)
         for (uint32_t i = 0; i < G; i++)
             truth[g] += fabsf(c->hb[g * G + i]);
     }
-    uint32_t half = nf_plan_keep(n, 0.5f);
+    uint32_t half = nf_sparse_keep(n, 0.5f);
     top_k(idx, truth, n, half);
     assert_int_equal(nf_forecast(r->fc, r->layer, c->x, 0.5f, 0, sel), (int)half);
     for (uint32_t i = 0; i < half; i++)

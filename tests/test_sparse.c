@@ -138,10 +138,98 @@ static void test_topk(void **state)
     nf_topk_mask(mask, sc, 6, 1, idx); /* a tie goes to the lower index */
     assert_int_equal(mask[1], 1);
     assert_int_equal(mask[3], 0);
+}
+
+/* nf_sparse_keep: (1 - s) * n rounded half up in double, clamped to [1, n]; n when s <= 0. */
+static void test_keep(void **state)
+{
+    (void)state;
     assert_int_equal(nf_sparse_keep(43, 0.5f), 22);
     assert_int_equal(nf_sparse_keep(43, 0.8f), 9);
     assert_int_equal(nf_sparse_keep(4, 0.99f), 1);
+    /* Sparsity 0, negative or NaN computes every group; n = 0 keeps nothing. */
     assert_int_equal(nf_sparse_keep(4, 0.0f), 4);
+    assert_int_equal(nf_sparse_keep(4, -0.5f), 4);
+    assert_int_equal(nf_sparse_keep(4, NAN), 4);
+    assert_int_equal(nf_sparse_keep(0, 0.5f), 0);
+    assert_int_equal(nf_sparse_keep(0, 0.0f), 0);
+    /* Sparsity 1 (refused by every caller) and tiny n still keep one group. */
+    assert_int_equal(nf_sparse_keep(4, 1.0f), 1);
+    assert_int_equal(nf_sparse_keep(1, 0.7f), 1);
+    assert_int_equal(nf_sparse_keep(1, 0.3f), 1);
+    assert_int_equal(nf_sparse_keep(2, 0.7f), 1);
+    assert_int_equal(nf_sparse_keep(3, 0.5f), 2);
+    /* Halves go up, not to even (lrintf would give 4 and 22). */
+    assert_int_equal(nf_sparse_keep(6, 0.25f), 5);
+    assert_int_equal(nf_sparse_keep(45, 0.5f), 23);
+    /* Float sparsities that are not exact: 0.7f is 0.69999999 and 0.1f 0.10000000149, yet the
+     * product lands on the integer a decimal reading expects. */
+    assert_int_equal(nf_sparse_keep(10, 0.7f), 3);
+    assert_int_equal(nf_sparse_keep(10, 0.3f), 7);
+    assert_int_equal(nf_sparse_keep(10, 0.1f), 9);
+    assert_int_equal(nf_sparse_keep(10, 0.9f), 1);
+    assert_int_equal(nf_sparse_keep(128, 0.1f), 115);
+    assert_int_equal(nf_sparse_keep(128, 0.7f), 38);
+    assert_int_equal(nf_sparse_keep(128, 0.5f), 64);
+    /* 7B: 11008 neurons, 344 groups of 32. Compute's old ceiling kept 104 here. */
+    assert_int_equal(nf_sparse_keep(344, 0.7f), 103);
+    assert_int_equal(nf_sparse_keep(344, 0.1f), 310);
+    assert_int_equal(nf_sparse_keep(11008, 0.7f), 3302);
+    assert_int_equal(nf_sparse_keep(11008, 0.1f), 9907);
+    /* Everywhere: within half a group of (1 - s) n, in [1, n], never more as s grows. */
+    for (uint32_t n = 1; n <= 2048; n++) {
+        uint32_t prev = n;
+        for (int j = 1; j < 100; j++) {
+            const float sp = (float)j / 100.0f;
+            const uint32_t k = nf_sparse_keep(n, sp);
+            assert_true(k >= 1 && k <= n && k <= prev);
+            if ((1.0 - sp) * n >= 1.0)
+                assert_true(fabs((double)k - (1.0 - sp) * n) <= 0.5 + 1e-9);
+            prev = k;
+        }
+    }
+}
+
+/* nf_sparse_pick: whole tiles by mean score while they fit, the rest from the next tile's best
+ * groups, ties to the lower index, k clamped to n. */
+static void test_pick(void **state)
+{
+    (void)state;
+    /* Three tiles of four groups; means 1.0, 3.0, 0.5: tile 1 first, then tile 0. */
+    const float gs[12] = {1.0f, 2.0f, 0.5f, 0.5f, 3.0f, 3.0f, 3.0f, 3.0f, 0.5f, 0.5f, 0.5f, 0.5f};
+    const uint32_t bound[4] = {0, 4, 8, 12};
+    float tscore[3];
+    uint32_t order[3 + 12], out[12];
+    assert_int_equal(nf_sparse_pick(gs, 12, bound, 3, 6, tscore, order, out), 6);
+    const uint32_t want6[6] = {4, 5, 6, 7, 1, 0};
+    assert_memory_equal(out, want6, sizeof(want6));
+    /* Exactly two tiles: no partial tile. */
+    assert_int_equal(nf_sparse_pick(gs, 12, bound, 3, 8, tscore, order, out), 8);
+    const uint32_t want8[8] = {4, 5, 6, 7, 0, 1, 2, 3};
+    assert_memory_equal(out, want8, sizeof(want8));
+    /* k = 0 picks nothing; k above n is clamped to every group, tile by tile. */
+    assert_int_equal(nf_sparse_pick(gs, 12, bound, 3, 0, tscore, order, out), 0);
+    assert_int_equal(nf_sparse_pick(gs, 12, bound, 3, 99, tscore, order, out), 12);
+    const uint32_t want12[12] = {4, 5, 6, 7, 0, 1, 2, 3, 8, 9, 10, 11};
+    assert_memory_equal(out, want12, sizeof(want12));
+    /* Ties: equal tile means go to the lower tile, equal groups to the lower group. */
+    const float flat[6] = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+    const uint32_t b3[4] = {0, 2, 4, 6};
+    assert_int_equal(nf_sparse_pick(flat, 6, b3, 3, 3, tscore, order, out), 3);
+    const uint32_t want_tie[3] = {0, 1, 2};
+    assert_memory_equal(out, want_tie, sizeof(want_tie));
+    /* The best tile does not fit in k: its best groups fill k (no smaller tile jumps ahead). */
+    const float gu[10] = {0.1f, 0.1f, 5.0f, 1.0f, 4.0f, 2.0f, 3.0f, 4.0f, 0.2f, 0.2f};
+    const uint32_t bu[4] = {0, 2, 8, 10};
+    assert_int_equal(nf_sparse_pick(gu, 10, bu, 3, 3, tscore, order, out), 3);
+    const uint32_t want_u[3] = {2, 4, 7};
+    assert_memory_equal(out, want_u, sizeof(want_u));
+    /* An empty tile scores 0 and contributes nothing. */
+    const float ge[4] = {-1.0f, -1.0f, 2.0f, 2.0f};
+    const uint32_t be[4] = {0, 2, 2, 4};
+    assert_int_equal(nf_sparse_pick(ge, 4, be, 3, 4, tscore, order, out), 4);
+    const uint32_t want_e[4] = {2, 3, 0, 1};
+    assert_memory_equal(out, want_e, sizeof(want_e));
 }
 
 static void test_calibration_section(void **state)
@@ -190,6 +278,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topk),
+        cmocka_unit_test(test_keep),
+        cmocka_unit_test(test_pick),
         cmocka_unit_test(test_all_groups_equal_exact),
         cmocka_unit_test(test_calibration_section),
     };

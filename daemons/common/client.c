@@ -13,24 +13,18 @@
 
 #include "daemon.h"
 #include "nf_err.h"
+#include "nf_time.h"
 
 #ifndef NF_VERSION
 #define NF_VERSION "0.0.0"
 #endif
-
-static long long now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 /* Milliseconds left until deadline (-1: no deadline), never below 0. */
 static int left_ms(long long deadline)
 {
     if (deadline < 0)
         return -1;
-    long long l = deadline - now_ms();
+    long long l = deadline - nf_now_ms();
     return l < 0 ? 0 : l > INT_MAX ? INT_MAX : (int)l;
 }
 
@@ -90,7 +84,7 @@ int nf_client_send(int fd, uint64_t req_id, nf_envelope *env)
     size_t len;
     int rc = nf_frame_encode(env, 0, buf, n, &len);
     size_t off = 0;
-    long long deadline = now_ms() + 30000; /* a daemon that stops reading for 30 s is stuck */
+    long long deadline = nf_now_ms() + 30000; /* a daemon that stops reading for 30 s is stuck */
     while (rc == 0 && off < len) {
         ssize_t w = send(fd, buf + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0) {
@@ -109,7 +103,7 @@ int nf_client_send(int fd, uint64_t req_id, nf_envelope *env)
 int nf_client_recv(int fd, nf_envelope **out, int timeout_ms)
 {
     *out = NULL;
-    long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    long long deadline = timeout_ms < 0 ? -1 : nf_now_ms() + timeout_ms;
     uint8_t hdr[NF_FRAME_HDR];
     int rc = read_full(fd, hdr, sizeof(hdr), deadline);
     if (rc <= 0)
@@ -157,7 +151,7 @@ int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t e
         return -ENAMETOOLONG;
     }
     memcpy(a.sun_path, sock_path, strlen(sock_path) + 1);
-    long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    long long deadline = timeout_ms < 0 ? -1 : nf_now_ms() + timeout_ms;
     char dir[PATH_MAX];
     dir_of(sock_path, dir, sizeof(dir));
     int fd = -1, rc;

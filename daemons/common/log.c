@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "nf_time.h"
 
 static pthread_mutex_t nf_log_mu = PTHREAD_MUTEX_INITIALIZER;
 static FILE *nf_log_file; /* NULL: stderr */
@@ -49,8 +50,7 @@ void nf_log(enum nf_log_level level, const char *fmt, ...)
 {
     if ((int)level > (int)nf_log_max)
         return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    const uint64_t ns = nf_now_ns();
     char msg[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -59,8 +59,8 @@ void nf_log(enum nf_log_level level, const char *fmt, ...)
     int li = (int)level < 0 || (int)level > NF_LOG_DEBUG ? NF_LOG_DEBUG : (int)level;
     pthread_mutex_lock(&nf_log_mu);
     FILE *f = nf_log_file ? nf_log_file : stderr;
-    fprintf(f, "%lld.%06ld %s[%d] %s %s\n", (long long)ts.tv_sec, ts.tv_nsec / 1000, nf_log_role,
-            (int)getpid(), nf_log_names[li], msg);
+    fprintf(f, "%lld.%06ld %s[%d] %s %s\n", (long long)(ns / 1000000000u),
+            (long)(ns % 1000000000u / 1000), nf_log_role, (int)getpid(), nf_log_names[li], msg);
     fflush(f);
     pthread_mutex_unlock(&nf_log_mu);
 }

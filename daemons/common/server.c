@@ -22,6 +22,7 @@
 
 #include "daemon.h"
 #include "nf_err.h"
+#include "nf_time.h"
 
 #ifndef NF_VERSION
 #define NF_VERSION "0.0.0"
@@ -61,7 +62,7 @@ struct nf_server {
     nf_server_close_cb close_cb;
     void *ud;
     _Atomic int health;
-    struct timespec t0;
+    double t0; /* nf_now_s() at init */
     uint64_t next_id;
     int open_handles; /* listener + async + connections not yet closed (loop thread) */
     bool stopping;
@@ -72,9 +73,7 @@ struct nf_server {
 
 static double uptime_s(const struct nf_server *s)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - s->t0.tv_sec) + (double)(t.tv_nsec - s->t0.tv_nsec) * 1e-9;
+    return nf_now_s() - s->t0;
 }
 
 static void server_maybe_free(struct nf_server *s)
@@ -462,7 +461,7 @@ int nf_server_start(struct nf_server **out, uv_loop_t *loop, const char *sock_pa
     s->close_cb = close_cb;
     s->ud = ud;
     atomic_init(&s->health, NANOFLOW__HEALTH__STATE__STARTING);
-    clock_gettime(CLOCK_MONOTONIC, &s->t0);
+    s->t0 = nf_now_s();
     pthread_mutex_init(&s->mu, NULL);
     int rc = uv_pipe_init(loop, &s->listener, 0);
     if (rc < 0)

@@ -63,6 +63,8 @@ int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_sta
     m->stats.stages = m->stagep;
     m->stage.counters = m->ctrp;
     m->stats.ram_budget = ram_budget;
+    /* The region once, plus each daemon's private bytes (nf_proc_private_bytes: RssAnon, which
+     * leaves out the region's pages, so nothing is counted twice). */
     m->stats.ram_held = region_bytes + LD(mem_fetcher) + LD(mem_predictor) + LD(mem_compute);
     if (!strcmp(stage, NF_ROLE_FETCHER)) {
         m->stage.stage = (char *)NF_ROLE_FETCHER;

@@ -15,6 +15,7 @@
 #include "daemon.h"
 #include "gen.h"
 #include "nf_err.h"
+#include "nf_proc.h"
 #include "nft.h"
 #include "stack.h"
 #include "tokenizer.h"
@@ -59,20 +60,6 @@ static void usage(FILE *out)
             "  -h, --help          show this help\n");
 }
 
-/* Private resident memory (resident minus shared pages) from /proc/self/statm, in bytes. */
-static uint64_t private_rss(void)
-{
-    unsigned long size, resident, shared;
-    FILE *fp = fopen("/proc/self/statm", "r");
-    if (!fp)
-        return 0;
-    int n = fscanf(fp, "%lu %lu %lu", &size, &resident, &shared);
-    fclose(fp);
-    if (n != 3 || resident < shared)
-        return 0;
-    return (uint64_t)(resident - shared) * (uint64_t)sysconf(_SC_PAGESIZE);
-}
-
 static int start(struct compute *m, char *err, size_t errlen)
 {
     int rc = nf_nft_open(&m->f, m->o.model, false, err, errlen);
@@ -98,7 +85,7 @@ static int start(struct compute *m, char *err, size_t errlen)
     }
     if ((rc = nf_gen_start(&m->gen, err, errlen)) < 0)
         return rc;
-    atomic_store(&m->st.ctr->mem_compute, private_rss());
+    atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
     nf_log(NF_LOG_INFO,
            "engine ready: %s, n_ctx %d, %d threads, sparsity %.2f, %.1f MiB of KV cache and "
            "scratch",
@@ -112,7 +99,7 @@ static int start(struct compute *m, char *err, size_t errlen)
 static void on_mem(struct nf_daemon_loop *dl)
 {
     struct compute *m = dl->ud;
-    atomic_store(&m->st.ctr->mem_compute, private_rss());
+    atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
 }
 
 /* Cancels the running generation; the worker is joined in on_stop. */

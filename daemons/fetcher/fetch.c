@@ -11,6 +11,7 @@
 #include "daemon.h"
 #include "nf_err.h"
 #include "nft.h"
+#include "nf_time.h"
 
 #define PEND_DEMAND       1u
 #define PEND_PREFETCH     2u
@@ -109,7 +110,7 @@ static uint32_t kind_of(const struct nf_fetcher *ft, uint32_t id)
 /* Accounts the time since the last change of in_flight (call before changing it). */
 static void diag_qd(struct nf_fetcher *ft)
 {
-    uint64_t now = nf_fetch_now_ns();
+    uint64_t now = nf_now_ns();
     if (ft->in_flight > 0 && ft->diag.qd_at_ns) {
         ft->diag.qd_ns += (now - ft->diag.qd_at_ns) * ft->in_flight;
         ft->diag.busy_ns += now - ft->diag.qd_at_ns;
@@ -489,7 +490,7 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
     io->len = nf_nft_padded(t->size);
     io->done = 0;
     io->demand = demand;
-    io->start_ns = nf_fetch_now_ns();
+    io->start_ns = nf_now_ns();
     diag_qd(ft);
     if (ft->in_flight++ == 0)
         ft->busy_since_ns = io->start_ns;
@@ -511,7 +512,7 @@ static void release_io(struct nf_fetcher *ft, uint32_t i)
     ft->io_free[ft->n_io_free++] = i;
     diag_qd(ft);
     if (--ft->in_flight == 0)
-        atomic_fetch_add_explicit(&ft->st->ctr->f_busy_ns, nf_fetch_now_ns() - ft->busy_since_ns,
+        atomic_fetch_add_explicit(&ft->st->ctr->f_busy_ns, nf_now_ns() - ft->busy_since_ns,
                                   memory_order_relaxed);
     atomic_store_explicit(&ft->st->ctr->f_queue_depth, ft->in_flight, memory_order_relaxed);
 }
@@ -572,7 +573,7 @@ static void finish_read(struct nf_fetcher *ft, uint32_t i)
         release_io(ft, i);
         return;
     }
-    uint64_t us = (nf_fetch_now_ns() - io->start_ns) / 1000;
+    uint64_t us = (nf_now_ns() - io->start_ns) / 1000;
     unsigned b = 0;
     while (b + 1 < NF_LAT_BUCKETS && (us >> (b + 1)) != 0)
         b++;
@@ -595,7 +596,7 @@ static void finish_read(struct nf_fetcher *ft, uint32_t i)
  * mismatch. */
 static void publish_loaded(struct nf_fetcher *ft)
 {
-    uint64_t t0 = nf_fetch_now_ns();
+    uint64_t t0 = nf_now_ns();
     for (uint32_t k = 0; k < ft->n_loaded; k++) {
         const struct nf_fetch_loaded *l = &ft->loaded[k];
         if (l->check && XXH3_64bits(nf_stack_slot_ptr(ft->st, l->slot), l->len) !=
@@ -608,7 +609,7 @@ static void publish_loaded(struct nf_fetcher *ft)
         nf_tile_end_load(ft->st, l->tile, true);
     }
     ft->n_loaded = 0;
-    ft->diag.checksum_ns += nf_fetch_now_ns() - t0;
+    ft->diag.checksum_ns += nf_now_ns() - t0;
 }
 
 /* Where tile id sits in a token step: its layer, 0 for the tiles before layer 0 (embedding),

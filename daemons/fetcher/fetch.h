@@ -158,6 +158,4 @@ unsigned nf_fetch_backend_abandon(struct nf_fetcher *ft, uint32_t *done, unsigne
 unsigned nf_fetch_backend_reap(struct nf_fetcher *ft, uint32_t *done, unsigned max,
                                long timeout_us);
 
-uint64_t nf_fetch_now_ns(void);
-
 #endif

@@ -46,13 +46,6 @@ struct nf_fetch_backend {
     struct nf_fetcher *ft;
 };
 
-uint64_t nf_fetch_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* --- io_uring ------------------------------------------------------------------------------- */
 
 /* Registered buffers pin memory and count against RLIMIT_MEMLOCK: raise the soft limit as far

@@ -19,6 +19,7 @@
 #include "daemon.h"
 #include "fetch.h"
 #include "nf_err.h"
+#include "nf_proc.h"
 #include "nft.h"
 #include "stack.h"
 
@@ -189,24 +190,10 @@ static void place_pool(struct fetcher_main *m)
 
 /* --- control loop hooks (daemons/common/loop.c does the rest) ----------------------------- */
 
-/* Private resident memory (RSS minus shared pages) from /proc/self/statm, in bytes. */
-static uint64_t private_rss(void)
-{
-    unsigned long size, resident, shared;
-    FILE *fp = fopen("/proc/self/statm", "r");
-    if (!fp)
-        return 0;
-    int n = fscanf(fp, "%lu %lu %lu", &size, &resident, &shared);
-    fclose(fp);
-    if (n != 3 || resident < shared)
-        return 0;
-    return (uint64_t)(resident - shared) * (uint64_t)sysconf(_SC_PAGESIZE);
-}
-
 static void on_mem(struct nf_daemon_loop *dl)
 {
     struct fetcher_main *m = dl->ud;
-    atomic_store(&m->st.ctr->mem_fetcher, private_rss());
+    atomic_store(&m->st.ctr->mem_fetcher, nf_proc_private_bytes(0));
 }
 
 /* Joins the fetch thread (the shutdown set sync->stop) before fetch_failed closes. */

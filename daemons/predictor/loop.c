@@ -7,6 +7,7 @@
 
 #include "daemon.h"
 #include "loop.h"
+#include "nf_proc.h"
 #include "nf_time.h"
 
 #define WAKE_MS       200          /* idle wake-up to notice stop and refresh mem_predictor */
@@ -14,21 +15,6 @@
 #define SEQLOCK_TRIES 64           /* a writer holds a slot for a few microseconds at most */
 #define NF_PRED_MIN_DEPTH \
     2 /* layers queued ahead whenever the pool has room (see prefetch_ahead) */
-
-uint64_t nf_pred_private_rss(void)
-{
-    FILE *fp = fopen("/proc/self/status", "r");
-    if (!fp)
-        return 0;
-    char line[256];
-    unsigned long long kb, total = 0;
-    while (fgets(line, sizeof(line), fp))
-        if (sscanf(line, "RssAnon: %llu kB", &kb) == 1 ||
-            sscanf(line, "RssFile: %llu kB", &kb) == 1)
-            total += kb;
-    fclose(fp);
-    return total * 1024;
-}
 
 int nf_pred_loop_init(struct nf_pred_loop *lp, struct nf_stack *st, const struct nf_plan *plan,
                       struct nf_forecaster *fc, float sparsity, float margin,
@@ -398,7 +384,7 @@ void *nf_pred_loop_run(void *arg)
         uint64_t now = nf_now_ns();
         if (now - lp->mem_at_ns > MEM_EVERY_NS) {
             lp->mem_at_ns = now;
-            atomic_store_explicit(&st->ctr->mem_predictor, nf_pred_private_rss(),
+            atomic_store_explicit(&st->ctr->mem_predictor, nf_proc_private_bytes(0),
                                   memory_order_relaxed);
         }
         if (!got)

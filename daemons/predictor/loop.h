@@ -60,8 +60,4 @@ void nf_pred_loop_free(struct nf_pred_loop *lp);
  * set. */
 void *nf_pred_loop_run(void *arg);
 
-/* Bytes the private mappings of this process hold (RssAnon + RssFile of /proc/self/status),
- * or 0 when unknown. */
-uint64_t nf_pred_private_rss(void);
-
 #endif

@@ -9,6 +9,7 @@
 #include "daemon.h"
 #include "loop.h"
 #include "nf_err.h"
+#include "nf_proc.h"
 #include "nft.h"
 #include "plan.h"
 #include "stack.h"
@@ -110,9 +111,11 @@ static int load_predictors(struct pred *d)
         nf_log(NF_LOG_ERROR, "%s", err);
         return rc;
     }
-    /* What the plan gives this process, minus what it holds already (code, libraries, the
-     * .nft index) and headroom for the worker's stack and the control server's buffers. */
-    uint64_t held = nf_pred_private_rss() + PRED_HEADROOM;
+    /* What the plan gives this process, minus what it holds already (code and libraries, which
+     * the plan's NF_STACK_PROC_BYTES covers, so RssFile as well as the private bytes of the .nft
+     * index) and headroom for the worker's stack and the control server's buffers. */
+    uint64_t held =
+        nf_proc_private_bytes(0) + nf_proc_value(0, "status", "RssFile") * 1024 + PRED_HEADROOM;
     if (held < PRED_HEADROOM * 2)
         held = NF_STACK_PROC_BYTES; /* RSS unknown: assume the plan's estimate for the code */
     uint64_t cap = sp.predictor_private > held ? sp.predictor_private - held : 0;
@@ -208,7 +211,7 @@ static int serve(struct pred *d)
         nf_daemon_loop_shutdown(&d->dl, "startup failed");
     } else {
         d->thread_started = true;
-        atomic_store(&d->st.ctr->mem_predictor, nf_pred_private_rss());
+        atomic_store(&d->st.ctr->mem_predictor, nf_proc_private_bytes(0));
         nf_daemon_loop_ready(&d->dl);
         nf_log(NF_LOG_INFO, "ready on %s (sparsity %g, lookahead up to %u)", d->dl.sock, sparsity,
                d->po.lookahead);

@@ -1,7 +1,6 @@
 /* plan.c - tile use order of a token step, and FFN group / expert forecasts from activations. */
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,20 +8,7 @@
 #include "nf_err.h"
 #include "plan.h"
 #include "predictor.h"
-#include "stream.h"
-
-static int plan_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int plan_err(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
+#include "sparse_pick.h"
 
 static uint32_t tile_id(const struct nf_nft *f, const struct nf_nft_tile *t)
 {
@@ -58,12 +44,12 @@ static int map_dense(struct nf_plan_layer *pl, const struct nf_nft *f, uint32_t 
     uint32_t nt = nf_nft_count(f, layer, NF_TILE_FFN);
     const uint32_t n_ff = f->hdr.n_ff;
     if (nt == 0)
-        return plan_err(err, errlen, NF_ECORRUPT, "%s: layer %u has no ffn tiles", f->path, layer);
+        return nf_errf(err, errlen, NF_ECORRUPT, "%s: layer %u has no ffn tiles", f->path, layer);
     uint32_t G = nf_nft_find(f, layer, NF_TILE_FFN, 0)->group;
     if (G == 0 || n_ff % G)
-        return plan_err(err, errlen, NF_ECORRUPT,
-                        "%s: layer %u ffn group %u does not divide n_ff %u", f->path, layer, G,
-                        n_ff);
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "%s: layer %u ffn group %u does not divide n_ff %u", f->path, layer, G,
+                       n_ff);
     pl->group = G;
     pl->n_units = n_ff / G;
     pl->unit_tile = malloc(sizeof(uint32_t) * pl->n_units);
@@ -74,17 +60,17 @@ static int map_dense(struct nf_plan_layer *pl, const struct nf_nft *f, uint32_t 
         const struct nf_nft_tile *t = nf_nft_find(f, layer, NF_TILE_FFN, i);
         if (t->group != G || t->first != next || t->count % G || t->count == 0 ||
             t->first + t->count > n_ff)
-            return plan_err(err, errlen, NF_ECORRUPT,
-                            "%s: layer %u ffn tile #%u covers neurons [%u, +%u) with group %u "
-                            "(expected to start at %u, whole groups of %u)",
-                            f->path, layer, i, t->first, t->count, t->group, next, G);
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: layer %u ffn tile #%u covers neurons [%u, +%u) with group %u "
+                           "(expected to start at %u, whole groups of %u)",
+                           f->path, layer, i, t->first, t->count, t->group, next, G);
         for (uint32_t g = t->first / G; g < (t->first + t->count) / G; g++)
             pl->unit_tile[g] = tile_id(f, t);
         next = t->first + t->count;
     }
     if (next != n_ff)
-        return plan_err(err, errlen, NF_ECORRUPT, "%s: layer %u ffn tiles cover %u of %u neurons",
-                        f->path, layer, next, n_ff);
+        return nf_errf(err, errlen, NF_ECORRUPT, "%s: layer %u ffn tiles cover %u of %u neurons",
+                       f->path, layer, next, n_ff);
     return 0;
 }
 
@@ -95,8 +81,8 @@ static int map_moe(struct nf_plan_layer *pl, const struct nf_nft *f, uint32_t la
     const uint32_t ne = f->hdr.n_expert;
     uint32_t nt = nf_nft_count(f, layer, NF_TILE_EXPERT);
     if (nt == 0 || !nf_nft_find(f, layer, NF_TILE_ROUTER, 0))
-        return plan_err(err, errlen, NF_ECORRUPT, "%s: MoE layer %u lacks expert or router tiles",
-                        f->path, layer);
+        return nf_errf(err, errlen, NF_ECORRUPT, "%s: MoE layer %u lacks expert or router tiles",
+                       f->path, layer);
     pl->group = 0;
     pl->n_units = ne;
     pl->unit_tile = malloc(sizeof(uint32_t) * (ne + 1));
@@ -109,15 +95,15 @@ static int map_moe(struct nf_plan_layer *pl, const struct nf_nft *f, uint32_t la
         while (e < ne && t->expert > e)
             pl->unit_tile[++e] = tile_id(f, t);
         if (t->expert != e)
-            return plan_err(err, errlen, NF_ECORRUPT,
-                            "%s: layer %u expert tile #%u names expert %u (expected %u: tiles "
-                            "are expert-major)",
-                            f->path, layer, i, t->expert, e);
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: layer %u expert tile #%u names expert %u (expected %u: tiles "
+                           "are expert-major)",
+                           f->path, layer, i, t->expert, e);
     }
     const struct nf_nft_tile *last = nf_nft_find(f, layer, NF_TILE_EXPERT, nt - 1);
     if (e + 1 != ne)
-        return plan_err(err, errlen, NF_ECORRUPT, "%s: layer %u has tiles for %u of %u experts",
-                        f->path, layer, e + 1, ne);
+        return nf_errf(err, errlen, NF_ECORRUPT, "%s: layer %u has tiles for %u of %u experts",
+                       f->path, layer, e + 1, ne);
     pl->unit_tile[ne] = tile_id(f, last) + 1;
     return 0;
 }
@@ -132,7 +118,7 @@ int nf_plan_init(struct nf_plan *p, const struct nf_nft *f, char *err, size_t er
     p->n_expert_used = f->hdr.n_expert_used;
     p->moe = p->n_expert > 0;
     if (p->n_layer == 0)
-        return plan_err(err, errlen, NF_ECORRUPT, "%s: n_layer is 0", f->path);
+        return nf_errf(err, errlen, NF_ECORRUPT, "%s: n_layer is 0", f->path);
     p->layers = calloc(p->n_layer, sizeof(*p->layers));
     if (!p->layers)
         return -ENOMEM;
@@ -150,8 +136,8 @@ int nf_plan_init(struct nf_plan *p, const struct nf_nft *f, char *err, size_t er
         for (size_t k = 0; k < sizeof(need) / sizeof(need[0]); k++) {
             uint32_t n = nf_nft_count(f, il, need[k]);
             if (n == 0) {
-                rc = plan_err(err, errlen, NF_ECORRUPT, "%s: layer %u has no %s tile", f->path, il,
-                              nf_tile_kind_name(need[k]));
+                rc = nf_errf(err, errlen, NF_ECORRUPT, "%s: layer %u has no %s tile", f->path, il,
+                             nf_tile_kind_name(need[k]));
                 goto fail;
             }
             pl->n_fixed += n;
@@ -167,12 +153,12 @@ int nf_plan_init(struct nf_plan *p, const struct nf_nft *f, char *err, size_t er
              nf_nft_count(f, NF_NFT_NO_LAYER, NF_TILE_EMBD);
     if (nf_nft_count(f, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM) == 0 ||
         nf_nft_count(f, NF_NFT_NO_LAYER, NF_TILE_EMBD) == 0) {
-        rc = plan_err(err, errlen, NF_ECORRUPT, "%s: no output_norm or embedding tiles", f->path);
+        rc = nf_errf(err, errlen, NF_ECORRUPT, "%s: no output_norm or embedding tiles", f->path);
         goto fail;
     }
     if (total > UINT32_MAX) {
-        rc = plan_err(err, errlen, NF_EOVERFLOW, "%s: %llu tiles per step", f->path,
-                      (unsigned long long)total);
+        rc = nf_errf(err, errlen, NF_EOVERFLOW, "%s: %llu tiles per step", f->path,
+                     (unsigned long long)total);
         goto fail;
     }
     p->max_step = (uint32_t)total;
@@ -328,16 +314,6 @@ int nf_plan_step(const struct nf_plan *p, uint32_t token, const uint64_t *const 
 
 /* --- Forecasts ------------------------------------------------------------------------------ */
 
-uint32_t nf_plan_keep(uint32_t n, float s)
-{
-    if (!(s > 0))
-        return n;
-    double k = floor((1.0 - (double)s) * n + 0.5);
-    if (k < 1)
-        k = 1;
-    return k > n ? n : (uint32_t)k;
-}
-
 static void *aligned_alloc_4k(size_t n)
 {
     void *p = NULL;
@@ -383,9 +359,9 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
         bool want =
             p->moe ? pt && pt->kind == NF_TILE_PRED_ROUTER : pt && pt->kind == NF_TILE_PRED_LOWRANK;
         if (!want || !nt || nt->type[0] != NF_TYPE_F32 || nt->size != E * sizeof(float)) {
-            rc = plan_err(err, errlen, NF_ECORRUPT,
-                          "%s: layer %u lacks a %s predictor or an F32 ffn_norm of %zu floats",
-                          f->path, il, p->moe ? "router" : "low-rank", E);
+            rc = nf_errf(err, errlen, NF_ECORRUPT,
+                         "%s: layer %u lacks a %s predictor or an F32 ffn_norm of %zu floats",
+                         f->path, il, p->moe ? "router" : "low-rank", E);
             goto fail;
         }
         uint64_t need = nf_nft_padded(pt->size) + nf_nft_padded(nt->size);
@@ -407,10 +383,10 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
         const struct nf_type_traits *tr = nf_type_traits(L->type);
         if (!tr || !tr->to_float ||
             (p->moe ? pt->count != p->n_expert : pt->count != f->hdr.n_ff)) {
-            rc = plan_err(err, errlen, NF_ECORRUPT,
-                          "%s: layer %u predictor has %u rows of type %u (expected %zu rows of a "
-                          "type NanoFlow can read)",
-                          f->path, il, pt->count, pt->type[0], rows);
+            rc = nf_errf(err, errlen, NF_ECORRUPT,
+                         "%s: layer %u predictor has %u rows of type %u (expected %zu rows of a "
+                         "type NanoFlow can read)",
+                         f->path, il, pt->count, pt->type[0], rows);
             goto fail;
         }
         fc->mem_bytes += need;
@@ -518,7 +494,8 @@ int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float 
         nf_lowrank_scores(fc->scores, A, B, L->type, L->rows, E, (int)L->rank, fc->xn, fc->tmp);
         nf_group_scores(fc->gscores, fc->scores, L->rows, (int)pl->group);
         float m = margin > 0 ? margin : 0;
-        k = nf_plan_keep(n, sparsity) + (uint32_t)ceil((double)m * n - 1e-6); /* 1e-6: float 0.1 */
+        k = nf_sparse_keep(n, sparsity) +
+            (uint32_t)ceil((double)m * n - 1e-6); /* 1e-6: float 0.1 */
     }
     if (k > n)
         k = n;

@@ -120,9 +120,6 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
                        char *err, size_t errlen);
 void nf_forecaster_free(struct nf_forecaster *fc);
 
-/* Units kept out of n at sparsity s: round((1 - s) * n), at least 1 (as compute keeps them). */
-uint32_t nf_plan_keep(uint32_t n, float s);
-
 /* The experts a MoE forecast keeps from router logits (n of them): the k best, then each next
  * best whose logit is within gap of the k-th best's (gap <= 0: exactly k), at most k + extra.
  * Writes their indices to idx best first (ties to the lower index; idx has room for n) and
@@ -134,9 +131,9 @@ uint32_t nf_forecast_moe_pick(const float *logits, uint32_t n, uint32_t k, float
 
 /* Forecasts layer `layer`'s units from the residual stream x (n_embd): x is normed with the
  * layer's ffn_norm, then
- *   dense: scored with its low-rank predictor; nf_plan_keep(n, sparsity) groups plus
+ *   dense: scored with its low-rank predictor; nf_sparse_keep(n, sparsity) groups plus
  *          ceil(margin * n) more are selected, whole FFN tiles first as compute chooses them
- *          (nf_sparse_pick in stream.h; every group when sparsity <= 0);
+ *          (nf_sparse_pick in sparse_pick.h; every group when sparsity <= 0);
  *   MoE:   routed with its router copy; the experts nf_forecast_moe_pick keeps with k =
  *          n_expert_used, gap = margin (a router-logit difference) and at most n_expert_used
  *          extra; fc->idx[0 .. returned) lists them best first.

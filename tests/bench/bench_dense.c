@@ -15,14 +15,8 @@
 
 #include "model.h"
 #include "nf_err.h"
+#include "nf_time.h"
 #include "threadpool.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static size_t tensor_bytes(const struct nf_tensor *t)
 {
@@ -102,13 +96,13 @@ int main(int argc, char **argv)
 
     char err[512];
     struct nf_model *m;
-    double t0 = now_s();
+    double t0 = nf_now_s();
     int rc = nf_model_load(&m, path, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "bench_dense: %s\n", err);
         return 1;
     }
-    double load_s = now_s() - t0;
+    double load_s = nf_now_s() - t0;
     double bpt = bytes_per_token(m);
     char desc[256];
     nf_model_describe(m, desc, sizeof(desc));
@@ -137,16 +131,16 @@ int main(int argc, char **argv)
             status = 1;
             break;
         }
-        double tp = now_s();
+        double tp = nf_now_s();
         rc = nf_ctx_eval(c, toks, n_prompt);
-        double prompt_s = now_s() - tp;
+        double prompt_s = nf_now_s() - tp;
         int32_t next = argmax(c->logits, m->hp.n_vocab);
-        double td = now_s();
+        double td = nf_now_s();
         for (int i = 0; i < n_gen && rc == 0; i++) {
             rc = nf_ctx_eval(c, &next, 1);
             next = argmax(c->logits, m->hp.n_vocab);
         }
-        double dec_s = now_s() - td;
+        double dec_s = nf_now_s() - td;
         if (rc < 0) {
             fprintf(stderr, "bench_dense: eval failed: %s\n", nf_strerror(rc));
             nf_ctx_free(c);

@@ -28,15 +28,9 @@
 
 #include "daemon.h"
 #include "nf_err.h"
+#include "nf_time.h"
 #include "nft.h"
 #include "stack.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 struct result {
     uint64_t reads, bytes;
@@ -77,7 +71,7 @@ static int bench_raw(const struct nf_nft *f, const char *path, unsigned qd, int 
     unsigned n_free = qd, in_flight = 0;
     uint64_t total = (uint64_t)passes * f->n_tiles, next = 0;
     memset(r, 0, sizeof(*r));
-    double t0 = now_s();
+    double t0 = nf_now_s();
     while (r->reads < total) {
         while (n_free > 0 && next < total) {
             const struct nf_nft_tile *t = &f->tiles[next % f->n_tiles];
@@ -112,7 +106,7 @@ static int bench_raw(const struct nf_nft *f, const char *path, unsigned qd, int 
         }
         rc = 0;
     }
-    r->secs = now_s() - t0;
+    r->secs = nf_now_s() - t0;
 out:
     io_uring_queue_exit(&ring);
     close(fd);
@@ -171,7 +165,7 @@ static int bench_fetcher(const struct nf_nft *f, const char *path, const char *f
         window = 1;
     uint64_t n = f->n_tiles, total = (uint64_t)passes * n, asked = 0;
     uint64_t b0 = atomic_load(&st.ctr->f_bytes), r0 = atomic_load(&st.ctr->f_reads);
-    double t0 = now_s();
+    double t0 = nf_now_s();
     for (uint64_t k = 0; k < total; k++) {
         while (asked < total && asked < k + window) {
             nf_tile_prefetch(&st, (uint32_t)(asked % n), (uint32_t)(1 + asked - k), false);
@@ -198,7 +192,7 @@ static int bench_fetcher(const struct nf_nft *f, const char *path, const char *f
             nf_seqlock_write_end(&a->seq, sn);
         }
     }
-    r->secs = now_s() - t0;
+    r->secs = nf_now_s() - t0;
     r->bytes = atomic_load(&st.ctr->f_bytes) - b0;
     r->reads = atomic_load(&st.ctr->f_reads) - r0;
     nf_stack_detach(&st);

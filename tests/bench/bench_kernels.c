@@ -5,16 +5,10 @@
 #include <time.h>
 
 #include "quants.h"
+#include "nf_time.h"
 
 /* 4096 x 11008 is the FFN shape of a 7B Llama: far bigger than any cache in every type. */
 enum { COLS = 4096, ROWS = 11008, REPS = 3 };
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
 
@@ -102,14 +96,14 @@ int main(void)
                 q = nf_type_traits(tt->vec_dot_type)->from_float;
             double tq = 1e9, td = 1e9, tr = 1e9;
             for (int rep = 0; rep < REPS; rep++) {
-                double t0 = now();
+                double t0 = nf_now_s();
                 q(act, yq, COLS);
-                double t1 = now();
+                double t1 = nf_now_s();
                 for (int r = 0; r < ROWS; r++)
                     dot(COLS, out + r, w + (size_t)r * rs, yq);
-                double t2 = now();
+                double t2 = nf_now_s();
                 rows(COLS, out, rs, w, yq, ROWS);
-                double t3 = now();
+                double t3 = nf_now_s();
                 tq = t1 - t0 < tq ? t1 - t0 : tq;
                 td = t2 - t1 < td ? t2 - t1 : td;
                 tr = t3 - t2 < tr ? t3 - t2 : tr;

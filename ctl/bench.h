@@ -1,0 +1,139 @@
+/* bench.h - what the parts of nanoflowctl bench share: its options, the measured rows, the run
+ * state, and the functions of each part (arguments, raw read, child processes, engine runs,
+ * report). */
+#ifndef NF_BENCH_H
+#define NF_BENCH_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "cgroup.h"
+#include "nft.h"
+
+#define NF_BENCH_MAX_LEVELS 8
+#define NF_BENCH_QD         16u /* the fetcher's default --qd */
+
+struct nf_bench_opts {
+    const char *model, *run_dir;
+    uint64_t ram;
+    long n, threads, timeout, ctx;
+    float levels[NF_BENCH_MAX_LEVELS];
+    int n_levels;
+    bool json, no_cgroup;
+};
+
+/* One measured engine. Doubles are NAN when not measured or not applicable. */
+struct nf_bench_row {
+    char mode[32];
+    float sparsity;
+    bool is_mmap, ran, timed_out;
+    char error[384];
+    int tokens;           /* tokens generated */
+    double tok_s;         /* decode tokens per second */
+    double mb_s;          /* MB read from disk per second of the generation */
+    double busy_mb_s;     /* stack: fetcher MB per second with reads in flight */
+    double bytes_per_tok; /* bytes read from disk per evaluated token */
+    double hit_rate;      /* share of the weight bytes used that needed no disk read */
+    double req_hit_rate;  /* stack: fetcher requests found loading or ready */
+    double used_per_tok;  /* stack: tile bytes compute used per evaluated token */
+    double recall, stall;
+    uint64_t peak; /* bytes; 0 = unknown */
+    const char *peak_src;
+    uint64_t oom_kills, limit_hits;
+    double vs_mmap, io_bound, vs_io_bound;
+};
+
+struct nf_bench_raw {
+    bool ok;
+    char error[256];
+    const char *backend;
+    uint64_t bytes, reads;
+    double secs, mb_s, avg_tile;
+};
+
+struct nf_bench {
+    struct nf_bench_opts o;
+    char self[PATH_MAX];
+    char gguf[PATH_MAX]; /* empty when the model is a .nft */
+    char nft[PATH_MAX];
+    char base[PATH_MAX];
+    bool base_made;
+    bool use_cgroup;
+    int cg_version;
+    char cg_why[512];
+    char cg_where[PATH_MAX];
+    uint32_t n_ctx;                  /* the stack's context per its plan, used for run --mmap too */
+    struct nf_bench_raw raw;         /* the faster successful pass (the bound's bandwidth) */
+    struct nf_bench_raw raw_pass[2]; /* before and after the engines */
+    struct nf_bench_row rows[NF_BENCH_MAX_LEVELS + 2];
+    int n_rows;
+    bool tty;
+    double t_start;
+};
+
+/* Set by SIGINT / SIGTERM: every phase stops as soon as it can. */
+extern volatile sig_atomic_t nf_bench_stop;
+
+/* A progress line on stderr, stamped with the seconds since the bench started. */
+void nf_bench_progress(struct nf_bench *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* bench_args.c: parses the command line into o (defaults first). Returns 0, 1 when --help was
+ * printed, or 2 on a usage error (already printed). */
+int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o);
+
+/* bench_raw.c: reads f's tiles (in file order, padded extents, up to 2 GiB) O_DIRECT with
+ * NF_BENCH_QD reads in flight: io_uring with registered buffers, or pread when io_uring cannot
+ * be set up. Fills r (r->ok false and r->error set on failure). */
+void nf_bench_raw_read(struct nf_bench *b, const struct nf_nft *f, struct nf_bench_raw *r);
+
+/* bench_child.c: child processes of nanoflowctl itself and what they print. */
+
+/* Starts self with argv (NULL-terminated, argv[0] ignored). stdout goes to *out_fd (a pipe we
+ * read) when out_fd is not NULL, else to log; stderr to log. With cg, the child moves itself into
+ * the cgroup before exec so everything it starts inherits it. Returns the pid or -1. */
+pid_t nf_bench_spawn(struct nf_bench *b, char **argv, const struct nf_cgroup *cg, int *out_fd,
+                     const char *log);
+
+/* Waits up to secs for child pid; returns its exit code (128 + signal when killed) or -1. When
+ * maxrss_kb is not NULL it receives the child's peak resident size (wait4's ru_maxrss), which
+ * catches a child too short-lived for the /proc samples. */
+int nf_bench_wait_ru(pid_t pid, double secs, uint64_t *maxrss_kb);
+/* nf_bench_wait_ru without the peak. */
+int nf_bench_wait(pid_t pid, double secs);
+/* SIGKILL to pid, then waits up to 10 s for it. */
+void nf_bench_kill_wait(pid_t pid);
+
+/* The last non-empty line of a log file into out. */
+void nf_bench_log_last_line(const char *log, char *out, size_t len);
+
+/* A number following "key": in a JSON line, or NAN. */
+double nf_bench_json_num(const char *line, const char *key);
+
+/* Line reader over a pipe. */
+struct nf_bench_lines {
+    int fd;
+    char buf[1 << 16];
+    size_t len;
+    bool eof;
+};
+
+/* Returns the next complete line (NUL-terminated, in l->buf, valid until the next call) or NULL
+ * when none arrives within ms milliseconds (check l->eof). Overlong lines are cut. */
+char *nf_bench_next_line(struct nf_bench_lines *l, int ms, size_t *consumed);
+
+/* bench_run.c: one engine, measured into r. The stack in exact mode (sparsity 0) or sparse:
+ * a fresh `up` in its own run directory (and memory cgroup), `gen`, the counters, `down`. */
+void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsity);
+/* `run --mmap` on the .gguf (a row error when the model is a .nft). */
+void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r);
+
+/* bench_report.c: the results as one table with notes, or as one JSON object, on stdout. */
+void nf_bench_print_table(const struct nf_bench *b);
+void nf_bench_print_json(const struct nf_bench *b);
+
+#endif

@@ -1,0 +1,128 @@
+/* bench_args.c - nanoflowctl bench's command line: usage and options. */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench.h"
+#include "cmds.h"
+
+static const char *const cmd = "bench";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nanoflowctl bench --model FILE [options]\n\n"
+            "Measures, side by side on the same model and RAM budget, and prints one table:\n"
+            "  raw    O_DIRECT reads of the .nft's tiles in file order with io_uring at the\n"
+            "         fetcher's queue depth (%u), up to 2 GiB: the disk's bandwidth;\n"
+            "  stack  the streaming stack's decode in exact mode and at each --sparsity level\n"
+            "         (each a fresh 'up' in its own run directory, 'gen', 'stats', 'down');\n"
+            "  mmap   'run --mmap': the same engine with the GGUF mapped read-only, the page\n"
+            "         cache serving weights on demand (as llama.cpp by default); the file's\n"
+            "         cached pages are dropped first. Needs a .gguf model.\n"
+            "When it can create a memory cgroup (root, cgroup v2 or v1), each engine runs in a\n"
+            "fresh cgroup limited to --ram and the peak is the cgroup's (page cache included);\n"
+            "otherwise it says why and the peak is the processes' VmHWM. A .gguf is converted\n"
+            "once to the cached .nft that 'up' uses. Progress goes to stderr.\n\n"
+            "  -m, --model FILE      .gguf (all rows) or .nft (no mmap row) model (required)\n"
+            "      --ram SIZE        RAM budget, K/M/G/T suffixes (default: 1G)\n"
+            "  -n, --n-predict N     tokens generated per engine, 2..100000 (default: 8)\n"
+            "      --sparsity LIST   comma-separated sparse levels, each 0 < S <= 0.99, measured\n"
+            "                        after exact mode; 'none' for exact only (default: 0.5)\n"
+            "  -t, --threads N       compute threads of every engine, the stack's and mmap's\n"
+            "                        alike; 0 = what 'up' picks: one per CPU but one, at least\n"
+            "                        1 (default: 0)\n"
+            "  -c, --ctx-size N      context length of every engine, 0..1048576; the stack's\n"
+            "                        KV cache is reserved from the budget for all of it, so\n"
+            "                        a short context leaves more to the tile pool (default: 0 =\n"
+            "                        what 'up' picks: KV cache at most a quarter of the budget)\n"
+            "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
+            "                        a phase cut short reports the tokens it finished\n"
+            "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
+            "                        (default: a fresh /tmp/nanoflow-bench-XXXXXX, removed after)\n"
+            "      --no-cgroup       do not create memory cgroups\n"
+            "      --json            one JSON object on stdout instead of the table\n"
+            "  -h, --help            show this help\n",
+            NF_BENCH_QD);
+}
+
+static int parse_levels(const char *v, struct nf_bench_opts *o)
+{
+    o->n_levels = 0;
+    if (!strcmp(v, "none") || !strcmp(v, "0"))
+        return 0;
+    char tmp[256];
+    if (strlen(v) >= sizeof(tmp))
+        return nf_usage_error(cmd, "--sparsity list is too long");
+    snprintf(tmp, sizeof(tmp), "%s", v);
+    for (char *s = NULL, *t = strtok_r(tmp, ",", &s); t; t = strtok_r(NULL, ",", &s)) {
+        if (o->n_levels == NF_BENCH_MAX_LEVELS)
+            return nf_usage_error(cmd, "--sparsity takes at most %d levels", NF_BENCH_MAX_LEVELS);
+        float f;
+        if (nf_arg_float(cmd, "--sparsity", t, 0.01f, 0.99f, &f))
+            return 2;
+        o->levels[o->n_levels++] = f;
+    }
+    if (o->n_levels == 0)
+        return nf_usage_error(cmd, "--sparsity expects a list like 0.5,0.8 or 'none', got '%s'", v);
+    return 0;
+}
+
+int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
+{
+    o->ram = 1ull << 30;
+    o->n = 8;
+    o->timeout = 70; /* 3 engines stay under 5 minutes in all */
+    o->levels[0] = 0.5f;
+    o->n_levels = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--json")) {
+            o->json = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-cgroup")) {
+            o->no_cgroup = true;
+            continue;
+        }
+        if (!(nf_arg_is(a, "--model") || !strcmp(a, "-m") || nf_arg_is(a, "--ram") ||
+              nf_arg_is(a, "--n-predict") || !strcmp(a, "-n") || nf_arg_is(a, "--sparsity") ||
+              nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--timeout") ||
+              nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")))
+            return nf_usage_error(cmd, "unknown flag '%s'", a);
+        if (!(v = nf_arg_value(cmd, argc, argv, &i)))
+            return 2;
+        if (nf_arg_is(a, "--model") || !strcmp(a, "-m")) {
+            o->model = v;
+        } else if (nf_arg_is(a, "--ram")) {
+            if (nf_arg_size(cmd, a, v, &o->ram))
+                return 2;
+            if (o->ram == 0)
+                return nf_usage_error(cmd, "--ram must be above 0");
+        } else if (nf_arg_is(a, "--n-predict") || !strcmp(a, "-n")) {
+            if (nf_arg_long(cmd, a, v, 2, 100000, &o->n))
+                return 2;
+        } else if (nf_arg_is(a, "--sparsity")) {
+            int rc = parse_levels(v, o);
+            if (rc)
+                return rc;
+        } else if (nf_arg_is(a, "--threads") || !strcmp(a, "-t")) {
+            if (nf_arg_long(cmd, a, v, 0, 1024, &o->threads))
+                return 2;
+        } else if (nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")) {
+            if (nf_arg_long(cmd, a, v, 0, 1048576, &o->ctx))
+                return 2;
+        } else if (nf_arg_is(a, "--timeout")) {
+            if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))
+                return 2;
+        } else {
+            o->run_dir = v;
+        }
+    }
+    if (!o->model)
+        return nf_usage_error(cmd, "--model FILE is required");
+    return 0;
+}

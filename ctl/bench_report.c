@@ -1,0 +1,170 @@
+/* bench_report.c - nanoflowctl bench's report: one table with its notes, or one JSON object. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "bench.h"
+#include "gen_output.h"
+#include "stack_ctl.h"
+
+static void fmt_num(char *buf, size_t len, double v, const char *fmt)
+{
+    if (isnan(v))
+        snprintf(buf, len, "-");
+    else
+        snprintf(buf, len, fmt, v);
+}
+
+void nf_bench_print_table(const struct nf_bench *b)
+{
+    char sz[32];
+    printf("nanoflowctl bench: %s\n", b->gguf[0] ? b->gguf : b->nft);
+    printf("  tiles: %s\n", b->nft);
+    printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = BOS), %ld "
+           "threads per engine, time box %ld s\n",
+           nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, b->o.threads, b->o.timeout);
+    if (b->use_cgroup)
+        printf("  memory cgroup: v%d, a fresh one per engine under %s, limit %llu bytes "
+               "(peak = the cgroup's, page cache included)\n",
+               b->cg_version, b->cg_where, (unsigned long long)b->o.ram);
+    else
+        printf("  memory cgroup: not used (%s); peak = the processes' VmHWM (the stack's shared "
+               "region counted in each daemon)\n",
+               b->cg_why);
+    if (b->raw.ok) {
+        printf("  raw read: %.1f MB/s (%s, O_DIRECT, qd %u, %llu tiles of %.0f KiB on average, "
+               "%.1f MiB in file order in %.2f s)\n",
+               b->raw.mb_s, b->raw.backend, NF_BENCH_QD, (unsigned long long)b->raw.reads,
+               b->raw.avg_tile / 1024.0, (double)b->raw.bytes / 1048576.0, b->raw.secs);
+        char after[64];
+        fmt_num(after, sizeof(after), b->raw_pass[1].ok ? b->raw_pass[1].mb_s : NAN, "%.1f MB/s");
+        printf("            the faster of two passes: before the engines %.1f MB/s, after %s\n",
+               b->raw_pass[0].mb_s, after);
+    } else
+        printf("  raw read: failed: %s\n", b->raw.error);
+    printf("\n%-13s %8s %10s %10s %9s %8s %7s %7s %11s %8s %10s %9s\n", "ENGINE", "tok/s",
+           "MB/s read", "busy MB/s", "MB/token", "hit rate", "recall", "stall", "peak mem",
+           "vs mmap", "I/O bound", "vs bound");
+    printf("%-13s %8s %10s %10s %9s %8s %7s %7s %11s %8s %10s %9s\n", "", "", "", "", "", "", "",
+           "", "", "", "tok/s", "");
+    for (int i = 0; i < b->n_rows; i++) {
+        const struct nf_bench_row *r = &b->rows[i];
+        char c[12][32];
+        fmt_num(c[0], 32, r->ran ? r->tok_s : NAN, "%.3f");
+        fmt_num(c[1], 32, r->mb_s, "%.1f");
+        fmt_num(c[2], 32, r->busy_mb_s, "%.1f");
+        fmt_num(c[3], 32, r->bytes_per_tok / 1e6, "%.1f");
+        fmt_num(c[4], 32, r->hit_rate * 100.0, "%.1f%%");
+        fmt_num(c[5], 32, r->recall * 100.0, "%.1f%%");
+        fmt_num(c[6], 32, r->stall * 100.0, "%.1f%%");
+        if (r->peak)
+            nf_ctl_fmt_size(c[7], 32, r->peak);
+        else
+            snprintf(c[7], 32, "-");
+        fmt_num(c[8], 32, r->vs_mmap, "%.2fx");
+        fmt_num(c[9], 32, r->io_bound, "%.3f");
+        fmt_num(c[10], 32, r->vs_io_bound, "%.2fx");
+        printf("%-13s %8s %10s %10s %9s %8s %7s %7s %11s %8s %10s %9s\n", r->mode, c[0], c[1], c[2],
+               c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]);
+    }
+    printf("\n");
+    for (int i = 0; i < b->n_rows; i++) {
+        const struct nf_bench_row *r = &b->rows[i];
+        if (r->error[0])
+            printf("  %s: %s%s\n", r->mode, r->timed_out ? "time box reached; " : "", r->error);
+        else if (r->timed_out)
+            printf("  %s: time box reached after %d of %ld tokens (rate from those)\n", r->mode,
+                   r->tokens, b->o.n);
+        if (r->oom_kills || r->limit_hits)
+            printf("  %s: cgroup OOM kills %llu, limit reached %llu times\n", r->mode,
+                   (unsigned long long)r->oom_kills, (unsigned long long)r->limit_hits);
+    }
+    printf(
+        "tok/s: decode tokens per second (the stack's GenerateDone timings, run's summary).\n"
+        "MB/s read: bytes read from disk over the generation's wall time (stack: fetcher\n"
+        "bytes; mmap: the process's read_bytes); busy MB/s: fetcher bytes per second with a\n"
+        "read in flight. MB/token: bytes read per evaluated token (1 MB = 10^6 bytes).\n"
+        "hit rate: share of the weight bytes used per token that needed no read (stack:\n"
+        "1 - fetched / tile bytes compute used; mmap: 1 - read / what exact mode uses).\n"
+        "recall: predictor vs the FFN groups or experts compute used ('-': not tracked, as\n"
+        "in exact mode); stall: share of compute time waiting for tiles. I/O bound =\n"
+        "raw MB/s / MB per token; vs bound = tok/s / I/O bound; vs mmap = tok/s / mmap tok/s.\n");
+}
+
+static void jnum(const char *key, double v, bool comma)
+{
+    if (isnan(v) || isinf(v))
+        printf("\"%s\":null", key);
+    else
+        printf("\"%s\":%.6g", key, v);
+    if (comma)
+        putchar(',');
+}
+
+static void jstr(const char *key, const char *s, bool comma)
+{
+    printf("\"%s\":", key);
+    if (s)
+        nf_json_str(stdout, (const unsigned char *)s, strlen(s));
+    else
+        printf("null");
+    if (comma)
+        putchar(',');
+}
+
+void nf_bench_print_json(const struct nf_bench *b)
+{
+    printf("{");
+    jstr("model", b->gguf[0] ? b->gguf : b->nft, true);
+    jstr("nft", b->nft, true);
+    printf("\"ram_budget\":%llu,\"n_predict\":%ld,\"threads\":%ld,\"timeout_s\":%ld,"
+           "\"n_ctx\":%u,",
+           (unsigned long long)b->o.ram, b->o.n, b->o.threads, b->o.timeout, b->n_ctx);
+    printf("\"cgroup\":{\"used\":%s,", b->use_cgroup ? "true" : "false");
+    if (b->use_cgroup)
+        printf("\"version\":%d,", b->cg_version);
+    jstr("where", b->use_cgroup ? b->cg_where : NULL, true);
+    jstr("reason", b->use_cgroup ? NULL : b->cg_why, false);
+    printf("},\"raw\":{\"ok\":%s,", b->raw.ok ? "true" : "false");
+    jstr("backend", b->raw.backend, true);
+    printf("\"qd\":%u,\"bytes\":%llu,\"reads\":%llu,", NF_BENCH_QD,
+           (unsigned long long)b->raw.bytes, (unsigned long long)b->raw.reads);
+    jnum("secs", b->raw.secs, true);
+    jnum("avg_tile_bytes", b->raw.avg_tile, true);
+    jnum("mb_s", b->raw.ok ? b->raw.mb_s : NAN, true);
+    jnum("mb_s_before", b->raw_pass[0].ok ? b->raw_pass[0].mb_s : NAN, true);
+    jnum("mb_s_after", b->raw_pass[1].ok ? b->raw_pass[1].mb_s : NAN, true);
+    jstr("error", b->raw.error[0] ? b->raw.error : NULL, false);
+    printf("},\"rows\":[");
+    for (int i = 0; i < b->n_rows; i++) {
+        const struct nf_bench_row *r = &b->rows[i];
+        printf("%s{", i ? "," : "");
+        jstr("mode", r->mode, true);
+        jstr("engine", r->is_mmap ? "mmap" : "stack", true);
+        jnum("sparsity", r->sparsity, true);
+        printf("\"ran\":%s,\"timed_out\":%s,\"tokens\":%d,", r->ran ? "true" : "false",
+               r->timed_out ? "true" : "false", r->tokens);
+        jnum("tok_s", r->ran ? r->tok_s : NAN, true);
+        jnum("mb_s", r->mb_s, true);
+        jnum("busy_mb_s", r->busy_mb_s, true);
+        jnum("bytes_per_token", r->bytes_per_tok, true);
+        jnum("hit_rate", r->hit_rate, true);
+        jnum("request_hit_rate", r->req_hit_rate, true);
+        jnum("used_bytes_per_token", r->used_per_tok, true);
+        jnum("recall", r->recall, true);
+        jnum("stall_share", r->stall, true);
+        if (r->peak)
+            printf("\"peak_bytes\":%llu,", (unsigned long long)r->peak);
+        else
+            printf("\"peak_bytes\":null,");
+        jstr("peak_source", r->peak_src, true);
+        printf("\"oom_kills\":%llu,\"limit_hits\":%llu,", (unsigned long long)r->oom_kills,
+               (unsigned long long)r->limit_hits);
+        jnum("vs_mmap", r->vs_mmap, true);
+        jnum("io_bound_tok_s", r->io_bound, true);
+        jnum("vs_io_bound", r->vs_io_bound, true);
+        jstr("error", r->error[0] ? r->error : NULL, false);
+        printf("}");
+    }
+    printf("]}\n");
+}

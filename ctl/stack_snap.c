@@ -1,0 +1,102 @@
+/* stack_snap.c - snapshots of a running stack's counters from the daemons' Stats replies. */
+#include "stack_snap.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "nf_err.h"
+#include "nf_time.h"
+
+#define NF_SNAP_CONNECT_MS 2000
+#define NF_SNAP_RPC_MS     5000
+
+uint64_t nf_stage_ctr(const struct nf_stage_snap *s, const char *name)
+{
+    for (int i = 0; i < s->n; i++)
+        if (!strcmp(s->name[i], name))
+            return s->val[i];
+    return 0;
+}
+
+static bool is_gauge(const char *name)
+{
+    static const char *const g[] = {"queue_depth", "resident_bytes", "mem_bytes", "lookahead"};
+    for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++)
+        if (!strcmp(name, g[i]))
+            return true;
+    return false;
+}
+
+void nf_stack_snap_take(const char *dir, struct nf_stack_snap *s)
+{
+    memset(s, 0, sizeof(*s));
+    s->t = nf_now_s();
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        struct nf_stage_snap *ss = &s->st[i];
+        int fd =
+            nf_ctl_connect(dir, nf_stack_roles[i], NF_SNAP_CONNECT_MS, ss->err, sizeof(ss->err));
+        if (fd < 0)
+            continue;
+        nf_envelope req, *r = NULL;
+        Nanoflow__StatsRequest sr;
+        nanoflow__envelope__init(&req);
+        nanoflow__stats_request__init(&sr);
+        req.msg_case = NANOFLOW__ENVELOPE__MSG_STATS_REQUEST;
+        req.stats_request = &sr;
+        int rc = nf_ctl_request(fd, &req, &r, NF_SNAP_RPC_MS);
+        close(fd);
+        if (rc < 0) {
+            snprintf(ss->err, sizeof(ss->err), "%s: %s", nf_stack_roles[i], nf_strerror(rc));
+        } else if (r->msg_case == NANOFLOW__ENVELOPE__MSG_ERROR) {
+            snprintf(ss->err, sizeof(ss->err), "%s: %s", nf_stack_roles[i], r->error->message);
+        } else if (r->msg_case != NANOFLOW__ENVELOPE__MSG_STATS) {
+            snprintf(ss->err, sizeof(ss->err), "%s: unexpected reply", nf_stack_roles[i]);
+        } else {
+            const Nanoflow__Stats *st = r->stats;
+            if (st->ram_budget > s->budget)
+                s->budget = st->ram_budget;
+            if (st->ram_held > s->held)
+                s->held = st->ram_held;
+            /* A daemon reports its own stage; take the one named like the role. */
+            for (size_t k = 0; k < st->n_stages; k++) {
+                const Nanoflow__StageStats *sg = st->stages[k];
+                if (!sg->stage || strcmp(sg->stage, nf_stack_roles[i]))
+                    continue;
+                for (size_t c = 0; c < sg->n_counters && ss->n < NF_STATS_MAX_COUNTERS; c++) {
+                    snprintf(ss->name[ss->n], sizeof(ss->name[0]), "%s",
+                             sg->counters[c]->name ? sg->counters[c]->name : "");
+                    ss->val[ss->n++] = sg->counters[c]->value;
+                }
+                ss->ok = true;
+            }
+            if (!ss->ok)
+                snprintf(ss->err, sizeof(ss->err), "%s: no %s stage in its Stats reply",
+                         nf_stack_roles[i], nf_stack_roles[i]);
+        }
+        nf_envelope_free(r);
+    }
+}
+
+void nf_stack_snap_delta(struct nf_stack_snap *d, const struct nf_stack_snap *cur,
+                         const struct nf_stack_snap *prev)
+{
+    *d = *cur;
+    for (int i = 0; i < NF_N_ROLES; i++) {
+        struct nf_stage_snap *ds = &d->st[i];
+        if (!ds->ok || !prev->st[i].ok)
+            continue;
+        for (int c = 0; c < ds->n; c++) {
+            if (is_gauge(ds->name[c]))
+                continue;
+            uint64_t p = nf_stage_ctr(&prev->st[i], ds->name[c]);
+            ds->val[c] = ds->val[c] >= p ? ds->val[c] - p : 0;
+        }
+    }
+}
+
+double nf_snap_ratio(double num, double den)
+{
+    return den > 0 ? num / den : NAN;
+}
