@@ -447,6 +447,52 @@ static void up_abort(const char *dir, const pid_t *children, int n_children)
     nf_ctl_cleanup_rundir(dir);
 }
 
+static void send_shutdown(int fd)
+{
+    nf_envelope req;
+    Nanoflow__Shutdown sd;
+    nanoflow__envelope__init(&req);
+    nanoflow__shutdown__init(&sd);
+    req.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
+    req.shutdown = &sd;
+    nf_client_send(fd, nf_ctl_next_id(), &req);
+}
+
+/* Stops every daemon of the stack in dir that still runs (those of a half-dead stack too):
+ * Shutdown to compute, predictor, then fetcher, SIGTERM after 10 s, SIGKILL after 15 s; then
+ * removes the run directory's files but the logs. A pid is signalled only once it proves to be
+ * its socket's server running the daemon's binary (nf_ctl_daemon_pid), never on the pid file
+ * alone: a crash and pid reuse, or a planted file, would name someone else's process. Returns
+ * 0, or 1 after saying which daemon does not exit or could not be confirmed. */
+static int stop_stack(const char *cmd, const char *dir)
+{
+    int ret = 0;
+    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
+        const char *role = nf_stack_roles[i];
+        char err[512], why[PATH_MAX + 512];
+        /* Checked before Shutdown, which makes a daemon remove its socket. */
+        int pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
+        int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
+        if (fd == -EPERM) {
+            fprintf(stderr, "nanoflowctl %s: %s\n", cmd, err);
+            ret = 1;
+        }
+        if (fd >= 0) {
+            send_shutdown(fd);
+            close(fd);
+        }
+        if (pid < 0) {
+            fprintf(stderr, "nanoflowctl %s: %s\n", cmd, why);
+            ret = 1;
+        } else if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
+            fprintf(stderr, "nanoflowctl %s: %s (pid %d) does not exit\n", cmd, role, pid);
+            ret = 1;
+        }
+    }
+    nf_ctl_cleanup_rundir(dir);
+    return ret;
+}
+
 /* Waits until ROLE reports READY. Returns 0, or 1 after printing why not. */
 static int wait_ready(const char *dir, const char *role, pid_t child)
 {
@@ -579,13 +625,28 @@ int nf_cmd_up(int argc, char **argv)
     }
     for (int i = 0; i < NF_N_ROLES; i++) {
         int pid = nf_pidfile_read(dir, nf_stack_roles[i]);
-        if (pid > 0) {
+        if (pid <= 0)
+            continue;
+        /* A stack with a dead daemon is stopped and a new one started (simpler than starting
+         * the missing daemon into the old region: the fetcher owns and creates the region, and
+         * a stack whose daemon died may have lost requests or tiles half-loaded). */
+        char msg[256];
+        int pids[NF_N_ROLES];
+        unsigned dead = nf_ctl_stack_dead(dir, msg, sizeof(msg), pids);
+        if (!dead) {
             fprintf(stderr,
                     "nanoflowctl up: a stack is already running in %s (%s pid %d); stop it with "
                     "'nanoflowctl down --run-dir %s'\n",
                     dir, nf_stack_roles[i], pid, dir);
             return 1;
         }
+        fprintf(stderr,
+                "nanoflowctl up: the %s (pid %d) of the stack in %s died: stopping the rest of "
+                "that stack and starting a new one\n",
+                nf_live_role(dead), pids[__builtin_ctz(dead)], dir);
+        if (stop_stack("up", dir))
+            return 1;
+        break;
     }
     char nft[PATH_MAX];
     if (resolve_model(o.model, nft, sizeof(nft)))
@@ -681,17 +742,6 @@ static void down_usage(FILE *f)
                "  -h, --help           show this help\n");
 }
 
-static void send_shutdown(int fd)
-{
-    nf_envelope req;
-    Nanoflow__Shutdown sd;
-    nanoflow__envelope__init(&req);
-    nanoflow__shutdown__init(&sd);
-    req.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
-    req.shutdown = &sd;
-    nf_client_send(fd, nf_ctl_next_id(), &req);
-}
-
 int nf_cmd_down(int argc, char **argv)
 {
     const char *run_dir = NULL;
@@ -714,33 +764,7 @@ int nf_cmd_down(int argc, char **argv)
         fprintf(stderr, "nanoflowctl down: no stack running in %s\n", dir);
         return 1;
     }
-    int ret = 0;
-    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
-        const char *role = nf_stack_roles[i];
-        char err[512], why[PATH_MAX + 512];
-        /* A pid is signalled only once it proves to be this socket's server running the
-         * daemon's binary: never on the pid file alone (a crash and pid reuse, or a planted
-         * file, would name someone else's process). Checked before Shutdown, which makes a
-         * daemon remove its socket. */
-        int pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
-        int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
-        if (fd == -EPERM) {
-            fprintf(stderr, "nanoflowctl down: %s\n", err);
-            ret = 1;
-        }
-        if (fd >= 0) {
-            send_shutdown(fd);
-            close(fd);
-        }
-        if (pid < 0) {
-            fprintf(stderr, "nanoflowctl down: %s\n", why);
-            ret = 1;
-        } else if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
-            fprintf(stderr, "nanoflowctl down: %s (pid %d) does not exit\n", role, pid);
-            ret = 1;
-        }
-    }
-    nf_ctl_cleanup_rundir(dir);
+    int ret = stop_stack("down", dir);
     if (ret == 0)
         printf("stack in %s stopped\n", dir);
     return ret;

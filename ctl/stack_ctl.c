@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "nf_err.h"
+#include "stack.h"
 
 const char *const nf_stack_roles[NF_N_ROLES] = {NF_ROLE_FETCHER, NF_ROLE_PREDICTOR,
                                                 NF_ROLE_COMPUTE};
@@ -80,6 +81,24 @@ int nf_ctl_daemon_pid(const char *dir, const char *role, char *why, size_t whyle
     if (nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0)
         return nf_errf(why, whylen, -ESRCH, "%s: %s; not signalling it", pidp, err);
     return pid;
+}
+
+unsigned nf_ctl_stack_dead(const char *dir, char *msg, size_t len, int pids[NF_N_ROLES])
+{
+    char name[64], why[256];
+    struct nf_stack st;
+    nf_rundir_shm_name(dir, name, sizeof(name));
+    if (nf_stack_attach(&st, name, NULL, why, sizeof(why)) < 0)
+        return 0;
+    /* nf_stack_roles and the liveness records are both in ready-bit order. */
+    _Static_assert(NF_N_ROLES == NF_STACK_DAEMONS, "one liveness record per role");
+    uint32_t dead = nf_live_check(&st);
+    if (dead)
+        nf_live_message(&st, dead, msg, len);
+    for (int i = 0; pids && i < NF_N_ROLES; i++)
+        pids[i] = atomic_load(&st.sync->live[i].pid);
+    nf_stack_detach(&st);
+    return dead;
 }
 
 unsigned long long nf_ctl_next_id(void)

@@ -33,6 +33,12 @@ int nf_ctl_request(int fd, nf_envelope *req, nf_envelope **reply, int timeout_ms
  * (why empty), or -ESRCH with why saying what did not match (nothing may be signalled then). */
 int nf_ctl_daemon_pid(const char *dir, const char *role, char *why, size_t whylen);
 
+/* The daemons of the stack in dir that died (enum nf_ready_bit; 0 when none did or there is no
+ * region to tell), read from the liveness records in the region (daemons/common/live.c). With
+ * one dead, msg gets "the ROLE (pid N) died: restart ..." for the first and pids (may be NULL)
+ * the recorded pid of each daemon, in nf_stack_roles order. */
+unsigned nf_ctl_stack_dead(const char *dir, char *msg, size_t len, int pids[NF_N_ROLES]);
+
 /* Fresh request ids for this process. */
 unsigned long long nf_ctl_next_id(void);
 

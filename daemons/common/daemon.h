@@ -76,15 +76,39 @@ void nf_daemon_end(const char *role, const char *dir, int status);
 /* Own session (forking first if we lead a process group), stdin from /dev/null, stdout and
  * stderr appended to log_path. Returns 0 or a negated errno. */
 int nf_daemon_detach(const char *log_path);
+struct nf_nft;
+struct nf_stack;
 /* Attaches st to the region of the stack in dir, built for f: retries while the fetcher has not
  * created it yet, then waits for the fetcher's ready bit; *attached is set once st holds the
  * region (detach it even after a failure). Gives up after timeout_s seconds in all. Returns 0,
  * -ECANCELED when the stack stops meanwhile, -ETIMEDOUT, or nf_stack_attach's code; a message
  * in err on failure. */
-struct nf_nft;
-struct nf_stack;
 int nf_daemon_attach(struct nf_stack *st, const char *dir, const struct nf_nft *f, int timeout_s,
                      bool *attached, char *err, size_t errlen);
+
+/* --- Liveness of the stack's daemons (live.c) ---------------------------------------------- */
+/* How often each daemon checks the others (and the stop word): a death is seen within this. */
+#define NF_LIVE_CHECK_MS 250
+
+/* The start time (field 22 of /proc/PID/stat, clock ticks after boot) of process pid into
+ * *start. Returns 0, or -ESRCH when there is no such process or it is a zombie. */
+int nf_proc_start_time(int pid, uint64_t *start);
+/* Records our pid and start time in the region as the daemon of ready_bit (enum nf_ready_bit),
+ * state UP; nf_live_unregister marks it EXITED (a clean exit, after the stack was stopped). */
+void nf_live_register(struct nf_stack *st, unsigned ready_bit);
+void nf_live_unregister(struct nf_stack *st, unsigned ready_bit);
+/* The daemons (ready bits) that are dead: marked so in sync->dead_mask, or registered UP while
+ * their process is gone, a zombie, or another process with the same pid. Reads only. */
+uint32_t nf_live_check(const struct nf_stack *st);
+/* Marks the daemons in dead DEAD and adds them to sync->dead_mask (ringing every bell when that
+ * changed it), so that tile waits end and the other daemons refuse work. */
+void nf_live_mark(struct nf_stack *st, uint32_t dead);
+/* The role name and recorded pid of the first daemon in dead ("?" and 0 for none). */
+const char *nf_live_role(uint32_t dead);
+int nf_live_pid(const struct nf_stack *st, uint32_t dead);
+/* "the ROLE (pid N) died: restart the stack with nanoflowctl down && nanoflowctl up" for the
+ * first daemon in dead. */
+void nf_live_message(const struct nf_stack *st, uint32_t dead, char *buf, size_t len);
 
 /* --- Command line shared by the daemons (args.c) -------------------------------------------- */
 /* The stack's flags, which `nanoflowctl up` passes to every daemon alike. */
@@ -128,7 +152,11 @@ int nf_daemon_arg_size(const char *s, uint64_t *out);
 
 /* --- Control loop shared by the daemons (loop.c) ------------------------------------------- */
 /* The loop answers Hello and Health (the server), Stats (from the region's counters) and
- * Shutdown itself; SIGTERM and SIGINT shut down as Shutdown does. Shutdown: health STOPPING,
+ * Shutdown itself; SIGTERM and SIGINT shut down as Shutdown does, and so does the stop word of
+ * the region set by another daemon (checked every NF_LIVE_CHECK_MS). On the same timer it
+ * checks the other daemons' liveness records (live.c): one found dead is logged, passed to
+ * hooks->dead and marked in sync->dead_mask; the daemon goes on running (to say why it refuses
+ * work) until `down`. Shutdown: health STOPPING,
  * the stack stopped (nf_stack_stop: our ready bit cleared, sync->stop set, every bell rung),
  * hooks->shutdown, then 50 ms later (the reply goes out) hooks->stop, the server
  * stopped and every handle closed, so nf_daemon_loop_run returns. All hooks run on the loop
@@ -146,6 +174,10 @@ struct nf_daemon_hooks {
     void (*shutdown)(struct nf_daemon_loop *dl);
     /* Before the server stops: join every thread that sends frames. */
     void (*stop)(struct nf_daemon_loop *dl);
+    /* Other daemons of the stack died (their ready bits in dead; msg names the first): called
+     * before they are marked in sync->dead_mask, so that what the hook sends goes out before
+     * any tile wait fails. */
+    void (*dead)(struct nf_daemon_loop *dl, uint32_t dead, const char *msg);
 };
 
 /* Caller-allocated (zeroed) and kept in place from start to close. */
@@ -155,6 +187,8 @@ struct nf_daemon_loop {
     uv_signal_t sigterm, sigint;
     uv_timer_t mem_timer;  /* hooks->mem every second */
     uv_timer_t stop_timer; /* lets the Shutdown reply leave before the server closes */
+    uv_timer_t live_timer; /* the stop word and the other daemons' liveness */
+    uint32_t dead_seen;    /* the daemons already passed to hooks->dead */
     const char *role;
     struct nf_stack *st;
     unsigned ready_bit; /* enum nf_ready_bit: ours in sync->ready_mask */
