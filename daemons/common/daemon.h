@@ -137,6 +137,9 @@ struct nf_stats_msg {
  * region_bytes plus the three processes' mem_* gauges. Returns 0 or -EINVAL for another stage. */
 int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_stack_counters *ctr,
                   uint64_t ram_budget, uint64_t region_bytes);
+/* Appends counter name = v to m (name must outlive m: a string literal); dropped once m holds
+ * NF_STATS_MAX_COUNTERS. For a daemon's counters that are not in the shared region. */
+void nf_stats_add(struct nf_stats_msg *m, const char *name, uint64_t v);
 /* Convenience for a daemon: fills from st (its counters, budget and region size) and sends the
  * Stats reply to conn_id. Any thread. */
 int nf_stats_reply(struct nf_server *s, uint64_t conn_id, uint64_t req_id,

@@ -32,7 +32,7 @@
 struct opts {
     const char *run_dir, *model, *log_level;
     uint64_t ram; /* informational: the fetcher's plan holds the budget */
-    int n_threads, n_ctx;
+    int n_threads, n_ctx, max_tokens;
     float sparsity;
     bool sparsity_set, foreground;
     int attach_timeout_s;
@@ -59,7 +59,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: nanoflow-compute --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--attach-timeout S]\n"
-            "                        [--foreground] [--log-level error|warn|info|debug]\n\n"
+            "                        [--max-tokens-per-request N] [--foreground]\n"
+            "                        [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
             "pool (filled by nanoflow-fetcher). The context length, thread count and sparsity\n"
             "come from the stack's plan; -t, --ctx and --sparsity override them.\n\n"
@@ -74,12 +75,17 @@ static void usage(FILE *out)
             "                      (default: the plan's)\n"
             "  --ctx N             context length, 0..16777216; 0 = the plan's (default: the\n"
             "                      plan's)\n"
+            "  --max-tokens-per-request N\n"
+            "                      tokens one request may generate, 1..1000000; a request\n"
+            "                      asking more is clamped (its reply says so) so that requests\n"
+            "                      queued behind it wait less (default %d)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
             "                      (default 30)\n"
             "  --foreground        stay attached, log to stderr (default: detach and log to\n"
             "                      DIR/compute.log)\n"
             "  --log-level L       error, warn, info or debug (default: info)\n"
-            "  -h, --help          show this help\n");
+            "  -h, --help          show this help\n",
+            NF_GEN_DEFAULT_MAX_TOKENS);
 }
 
 static int bad_flag(const char *flag, const char *val)
@@ -111,7 +117,7 @@ static bool ram_valid(const char *s)
 /* Returns 0, 1 after --help, or -1 after a usage error (message printed). */
 static int parse_args(int argc, char **argv, struct opts *o)
 {
-    enum { O_RUN = 256, O_MODEL, O_RAM, O_SPARS, O_CTX, O_FG, O_LOG, O_ATTACH };
+    enum { O_RUN = 256, O_MODEL, O_RAM, O_SPARS, O_CTX, O_FG, O_LOG, O_ATTACH, O_MAXTOK };
     static const struct option lo[] = {
         {"run-dir", required_argument, NULL, O_RUN},
         {"model", required_argument, NULL, O_MODEL},
@@ -122,6 +128,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
         {"foreground", no_argument, NULL, O_FG},
         {"log-level", required_argument, NULL, O_LOG},
         {"attach-timeout", required_argument, NULL, O_ATTACH},
+        {"max-tokens-per-request", required_argument, NULL, O_MAXTOK},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -165,6 +172,11 @@ static int parse_args(int argc, char **argv, struct opts *o)
             if (parse_long(optarg, 1, 3600, &v))
                 return bad_flag("--attach-timeout", optarg);
             o->attach_timeout_s = (int)v;
+            break;
+        case O_MAXTOK:
+            if (parse_long(optarg, 1, NF_GEN_MAX_N_PREDICT, &v))
+                return bad_flag("--max-tokens-per-request", optarg);
+            o->max_tokens = (int)v;
             break;
         case ':':
             fprintf(stderr, "nanoflow-compute: %s needs a value (try 'nanoflow-compute --help')\n",
@@ -253,6 +265,7 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.n_threads = (int)nf_stack_compute_threads(
         (uint32_t)(m->o.n_threads >= 0 ? m->o.n_threads : (int)cfg->n_threads));
     m->gen.sparsity = m->o.sparsity_set ? m->o.sparsity : cfg->sparsity;
+    m->gen.max_tokens = m->o.max_tokens;
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
         return NF_EUSAGE;
@@ -326,13 +339,13 @@ static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, voi
         }
         break;
     case NANOFLOW__ENVELOPE__MSG_CANCEL:
-        if (!nf_gen_cancel(&m->gen, conn, env->cancel->target_id))
+        if (!nf_gen_cancel(&m->gen, conn, req, env->cancel->target_id))
             nf_log(NF_LOG_DEBUG, "cancel of request %llu: no such generation",
                    (unsigned long long)env->cancel->target_id);
         break;
     case NANOFLOW__ENVELOPE__MSG_STATS_REQUEST:
         atomic_store(&m->st.ctr->mem_compute, private_rss());
-        nf_stats_reply(s, conn, req, &m->st, NF_ROLE_COMPUTE);
+        nf_gen_stats_reply(&m->gen, s, conn, req);
         break;
     case NANOFLOW__ENVELOPE__MSG_SHUTDOWN: {
         nf_server_send_stopping(s, conn, req);
