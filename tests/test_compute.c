@@ -627,7 +627,7 @@ static void send_cancel(int fd, uint64_t req, uint64_t target)
 static void test_cancel_own_connection(void **state)
 {
     (void)state;
-    struct golden gd;
+    struct golden gd = {0};
     golden_first(&gd);
     struct stack s;
     stack_up(&s, nft_path, "cancel");
@@ -676,7 +676,7 @@ static void test_cancel_own_connection(void **state)
 static void test_queue_limit_and_wait(void **state)
 {
     (void)state;
-    struct golden gd;
+    struct golden gd = {0};
     golden_first(&gd);
     struct stack s;
     stack_up_flag(&s, nft_path, "queue", "--max-tokens-per-request", "50");
