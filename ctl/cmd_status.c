@@ -192,7 +192,8 @@ static uint64_t ctr(const struct stage_snap *s, const char *name)
 
 static bool is_gauge(const char *name)
 {
-    static const char *const g[] = {"queue_depth", "resident_bytes", "mem_bytes", "lookahead"};
+    static const char *const g[] = {"queue_depth", "resident_bytes", "mem_bytes", "lookahead",
+                                    "queue_len"};
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++)
         if (!strcmp(name, g[i]))
             return true;
@@ -380,6 +381,12 @@ static void print_stats(const char *dir, const struct snap *s, bool json, double
                (double)(ctr(c, "prompt_tokens") + ctr(c, "decode_tokens")), "");
         metric(json, &first, "compute", "groups_skipped", "FFN groups skipped",
                ratio((double)ctr(c, "groups_skipped"), gt), "%");
+        metric(json, &first, "compute", "queue_len", "requests queued", (double)ctr(c, "queue_len"),
+               "");
+        metric(json, &first, "compute", "queue_wait_ms", "queue wait (mean)",
+               ratio((double)ctr(c, "queue_wait_ns") * 1e-6, (double)ctr(c, "requests")), "ms");
+        metric(json, &first, "compute", "clamped", "requests clamped", (double)ctr(c, "clamped"),
+               "");
     } else if (json) {
         jerr(c->err);
     } else {
@@ -418,8 +425,9 @@ static void stats_usage(FILE *f)
             "Per-stage numbers of the stack: predictor (predictions/s, recall, precision,\n"
             "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate,\n"
             "bytes per token, queue depth), compute (prompt and decode tok/s, share of time\n"
-            "stalled on tiles), and memory held vs the budget. Rates are per busy second of the\n"
-            "stage; with --watch they cover the last interval.\n\n"
+            "stalled on tiles, requests queued and their mean wait), and memory held vs the\n"
+            "budget. Rates are per busy second of the stage; with --watch they cover the last\n"
+            "interval.\n\n"
             "      --run-dir DIR    run directory (default: as for 'up')\n"
             "      --json           one JSON object (per refresh) instead of the table\n"
             "      --watch [SECS]   refresh every SECS seconds (default: 2) until interrupted\n"

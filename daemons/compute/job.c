@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "gen.h"
 #include "nf_err.h"
@@ -96,6 +97,12 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
     int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &ids, err, sizeof(err));
     if (n < 0 || (n = nf_gen_seq_init(&q, &e, g->v, ids, n, &p, err, sizeof(err))) < 0) {
+        if (n == NF_ECTXFULL) { /* as `run` says it: what bounds the context */
+            const size_t l = strlen(err);
+            snprintf(err + l, sizeof(err) - l,
+                     " (the stack's n_ctx, set by 'up -c' up to the model's trained length %d)",
+                     nf_stream_hparams(g->s)->n_ctx_train);
+        }
         nf_gen_send_error(g, j, n, err);
         goto done;
     }
