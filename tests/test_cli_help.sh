@@ -35,7 +35,7 @@ kind() {
     -n | --n-predict | -t | --threads | -c | --ctx-size | --ctx | --top-k | --top-logits | \
         -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --heads | \
         --kv-heads | --experts | --experts-used | --vocab | --alignment | --qd | --numa-node | \
-        --lookahead | --attach-timeout | --timeout) echo int ;;
+        --lookahead | --attach-timeout | --timeout | --max-tokens-per-request) echo int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps) echo float ;;
     --ram | --tile-size | --pred-mem) echo size ;;
@@ -55,7 +55,7 @@ good() {
     -n | --n-predict) echo 4 ;;
     -t | --threads) echo 1 ;;
     -c | --ctx-size | --ctx) echo 64 ;;
-    --top-k | --rank | --qd | --lookahead) echo 8 ;;
+    --top-k | --rank | --qd | --lookahead | --max-tokens-per-request) echo 8 ;;
     --top-logits | --experts-used | --kv-heads) echo 2 ;;
     -s | --seed) echo 7 ;;
     --dim) echo 64 ;;
@@ -127,7 +127,8 @@ parsed_flags() {
         "--name --alignment -t --threads" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
-    up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" ;;
+    up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
+        "--max-tokens-per-request" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty -s --seed --json --top-logits --run-dir" ;;
@@ -136,7 +137,7 @@ parsed_flags() {
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
         "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
     nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
-        "--attach-timeout --foreground --log-level" ;;
+        "--attach-timeout --max-tokens-per-request --foreground --log-level" ;;
     esac
 }
 
