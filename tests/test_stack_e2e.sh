@@ -159,11 +159,13 @@ for st in ("predictor", "fetcher", "compute", "memory"):
     assert st in s and "error" not in s[st], (st, s.get(st))
 assert s["compute"]["tokens"] > 0, s["compute"]
 assert s["compute"]["decode_tok_s"] > 0, s["compute"]
+assert s["compute"]["queue_len"] == 0 and s["compute"]["queue_wait_ms"] >= 0, s["compute"]
+assert s["compute"]["clamped"] == 1, s["compute"]  # section 4's -n 1000000
 assert s["fetcher"]["reads"] > 0, s["fetcher"]
 assert s["memory"]["budget"] == 256 << 20, s["memory"]
 assert 0 < s["memory"]["held"] <= s["memory"]["budget"], s["memory"]
 PY
-check "stats --json: tokens, reads, memory within budget" $?
+check "stats --json: tokens, reads, queue, memory within budget" $?
 "$NF_BIN" stats --run-dir "$R" >"$T/stats.txt"
 grep -q "^predictor" "$T/stats.txt" && grep -q "^fetcher" "$T/stats.txt" &&
     grep -q "^compute" "$T/stats.txt" && grep -q "^memory" "$T/stats.txt"
