@@ -35,7 +35,10 @@ static void usage(FILE *f)
             "Output is the same as 'nanoflowctl run'.\n\n"
             "  -p, --prompt TEXT       prompt text (default: empty: generation starts from BOS)\n"
             "  -f, --file FILE         read the prompt from FILE\n"
-            "  -n, --n-predict N       tokens to generate, 1..1000000 (default: %d)\n"
+            "  -n, --n-predict N       tokens to generate, 1..1000000 (default: %d); generation\n"
+            "                          also stops at an end-of-generation token or a full context\n"
+            "                          (the stack's) and at the stack's per-request token\n"
+            "                          limit (both set by 'up', see its help)\n"
             "      --temp T            temperature; 0 = greedy (default: 0.8)\n"
             "      --top-k K           keep the K most likely tokens, 0 = off (default: 40)\n"
             "      --top-p P           nucleus filter, 1 = off (default: 0.95)\n"
@@ -43,7 +46,10 @@ static void usage(FILE *f)
             "                          (default: 0.05)\n"
             "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
             "  -s, --seed S            sampling seed (default: taken from the clock)\n"
-            "      --json              JSON Lines as with 'run --json' (default: off)\n"
+            "      --json              JSON Lines as with 'run --json'; the summary adds\n"
+            "                          \"queue_wait_s\" and \"queued_ahead\" (the wait behind\n"
+            "                          other requests) and compute's \"note\", if any (default:\n"
+            "                          off)\n"
             "      --top-logits K      with --json, the K highest logits of each step, 0..%d\n"
             "                          (default: 0)\n"
             "      --timeout SECONDS   give up when compute sends nothing for this long,\n"
@@ -345,9 +351,14 @@ int nf_cmd_gen(int argc, char **argv)
                 int n_gen = d->n_gen_ids ? (int)d->n_gen_ids : acc.n_ids;
                 double pts = d->timings ? d->timings->prompt_tok_s : 0,
                        dts = d->timings ? d->timings->decode_tok_s : 0;
+                const struct nf_gen_summary_extra x = {.n_ctx = (int)d->n_ctx,
+                                                       .queued = true,
+                                                       .queue_wait_s = d->queue_wait_s,
+                                                       .queued_ahead = d->queued_ahead,
+                                                       .note = d->note};
                 nf_gen_summary_json(stdout, d->prompt_ids, (int)d->n_prompt_ids, gen, n_gen,
                                     acc.text ? acc.text : "", acc.text_len, pts, dts, stop,
-                                    d->seed ? d->seed : o.sp.seed);
+                                    d->seed ? d->seed : o.sp.seed, &x);
             } else {
                 char tail[16];
                 int ol = nf_detok_flush(&dt, tail);
@@ -355,6 +366,11 @@ int nf_cmd_gen(int argc, char **argv)
                 putchar('\n');
             }
             fflush(stdout);
+            if (d->note && d->note[0])
+                fprintf(stderr, "nanoflowctl gen: note: %s\n", d->note);
+            if (!strcmp(stop, "ctx"))
+                nf_gen_ctx_full_note(cmd, (int)d->n_gen_ids, (int)d->n_ctx, (int)d->n_ctx_train,
+                                     "'nanoflowctl up -c'");
             ret = !strcmp(stop, "cancel") ? 130 : 0;
             nf_envelope_free(r);
             break;

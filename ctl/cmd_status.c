@@ -298,6 +298,14 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                (double)(nf_stage_ctr(c, "prompt_tokens") + nf_stage_ctr(c, "decode_tokens")), "");
         metric(json, &first, "compute", "groups_skipped", "FFN groups skipped",
                nf_snap_ratio((double)nf_stage_ctr(c, "groups_skipped"), gt), "%");
+        metric(json, &first, "compute", "queue_len", "requests queued",
+               (double)nf_stage_ctr(c, "queue_len"), "");
+        metric(json, &first, "compute", "queue_wait_ms", "queue wait (mean)",
+               nf_snap_ratio((double)nf_stage_ctr(c, "queue_wait_ns") * 1e-6,
+                             (double)nf_stage_ctr(c, "requests")),
+               "ms");
+        metric(json, &first, "compute", "clamped", "requests clamped",
+               (double)nf_stage_ctr(c, "clamped"), "");
     } else if (json) {
         jerr(c->err);
     } else {

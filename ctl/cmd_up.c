@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "cmds.h"
+#include "generate.h"
+#include "model.h"
 #include "nf_err.h"
 #include "nf_file.h"
 #include "nft.h"
@@ -21,7 +23,8 @@
 #include "stack_ctl.h"
 #include "nf_time.h"
 
-#define NF_UP_READY_TIMEOUT_MS 60000
+#define NF_UP_READY_TIMEOUT_MS   60000
+#define NF_UP_DEFAULT_MAX_TOKENS 512 /* compute's default (NF_GEN_DEFAULT_MAX_TOKENS) */
 
 static void up_usage(FILE *f)
 {
@@ -37,13 +40,19 @@ static void up_usage(FILE *f)
             "                       1: the fetcher and predictor need a core)\n"
             "      --sparsity S     share of FFN groups skipped per token, 0..0.99; 0 = exact\n"
             "                       (default: 0)\n"
-            "  -c, --ctx N          context length, also --ctx-size (default: the model's, capped\n"
-            "                       at 4096 and by the budget)\n"
+            "  -c, --ctx N          context length, also --ctx-size, at most the model's trained\n"
+            "                       context_length (default: that length, capped at 4096 and by\n"
+            "                       the budget)\n"
+            "      --max-tokens-per-request N\n"
+            "                       tokens one generation may produce, 1..1000000; requests\n"
+            "                       asking more are clamped so that queued ones wait less\n"
+            "                       (default: %d)\n"
             "      --run-dir DIR    run directory (default: $NANOFLOW_RUN_DIR, else\n"
             "                       $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow for root,\n"
             "                       else /tmp/nanoflow-UID)\n"
             "      --log-level L    daemon log level: error, warn, info, debug (default: info)\n"
-            "  -h, --help           show this help\n");
+            "  -h, --help           show this help\n",
+            NF_UP_DEFAULT_MAX_TOKENS);
 }
 
 /* --- .gguf -> cached .nft ------------------------------------------------------------------ */
@@ -270,14 +279,14 @@ static int find_daemon(const char *role, char *out, size_t len, char *looked, si
 struct up_opts {
     const char *model, *run_dir, *log_level;
     uint64_t ram;
-    long threads, n_ctx;
+    long threads, n_ctx, max_tokens;
     float sparsity;
 };
 
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
                           const struct up_opts *o)
 {
-    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32];
+    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32];
     nf_rundir_path(dir, role, "log", logp, sizeof(logp));
     snprintf(ram, sizeof(ram), "%llu", (unsigned long long)o->ram);
     snprintf(thr, sizeof(thr), "%ld", o->threads);
@@ -298,6 +307,11 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     argv[k++] = sp;
     argv[k++] = "--ctx";
     argv[k++] = ctx;
+    if (o->max_tokens && !strcmp(role, NF_ROLE_COMPUTE)) {
+        snprintf(maxtok, sizeof(maxtok), "%ld", o->max_tokens);
+        argv[k++] = "--max-tokens-per-request";
+        argv[k++] = maxtok;
+    }
     if (o->log_level) {
         argv[k++] = "--log-level";
         argv[k++] = (char *)o->log_level;
@@ -576,7 +590,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
         if (!(nf_arg_is(a, "--model") || !strcmp(a, "-m") || nf_arg_is(a, "--ram") ||
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--sparsity") ||
               nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c") ||
-              nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level")))
+              nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level") ||
+              nf_arg_is(a, "--max-tokens-per-request")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -593,6 +608,9 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")) {
             if (nf_arg_long(cmd, a, v, 0, 1 << 24, &o->n_ctx))
+                return 2;
+        } else if (nf_arg_is(a, "--max-tokens-per-request")) {
+            if (nf_arg_long(cmd, a, v, 1, 1000000, &o->max_tokens))
                 return 2;
         } else if (nf_arg_is(a, "--run-dir")) {
             o->run_dir = v;
@@ -654,6 +672,14 @@ int nf_cmd_up(int argc, char **argv)
     struct nf_nft *f = NULL;
     if ((rc = nf_nft_open(&f, nft, false, err, sizeof(err))) < 0) {
         fprintf(stderr, "nanoflowctl up: %s\n", err);
+        return 1;
+    }
+    /* -c past the trained length is refused, as `run -c` is (nf_gen_ctx_check). */
+    struct nf_hparams hp;
+    if ((rc = nf_model_hparams(&hp, nf_nft_gguf(f), err, sizeof(err))) < 0 ||
+        (rc = nf_gen_ctx_check(o.n_ctx, hp.n_ctx_train, err, sizeof(err))) < 0) {
+        fprintf(stderr, "nanoflowctl up: %s: %s\n", nft, err);
+        nf_nft_close(f);
         return 1;
     }
     struct nf_stack_plan plan;

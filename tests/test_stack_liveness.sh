@@ -33,6 +33,9 @@ cleanup() {
 trap cleanup EXIT
 export XDG_CACHE_HOME="$T/cache"
 cp "$M0" "$T/m.gguf"
+# A trained context of 2048 (tests/lib.sh): `up --ctx 2048` is taken and a generation runs long
+# enough to be stopped mid-stream.
+patch_ctx "$T/m.gguf" 2048 || exit 1
 N=20
 # The golden prompt and its first N generated ids as gen --json prints them ("1,2,3"); python
 # once only: its start-up takes seconds on a loaded machine, awk and grep do the rest.

@@ -170,6 +170,10 @@ struct nf_daemon_hooks {
     void (*conn_closed)(struct nf_daemon_loop *dl, uint64_t conn_id);
     /* Refreshes the daemon's private memory gauge: every second and before each Stats reply. */
     void (*mem)(struct nf_daemon_loop *dl);
+    /* Answers a Stats request with the daemon's own counters added (NULL: the region's
+     * counters alone, nf_stats_reply). Returns 0 or a negative code (the loop replies with an
+     * Error). */
+    int (*stats)(struct nf_daemon_loop *dl, uint64_t conn_id, uint64_t req_id);
     /* The shutdown began: cancel running work. */
     void (*shutdown)(struct nf_daemon_loop *dl);
     /* Before the server stops: join every thread that sends frames. */
@@ -297,6 +301,9 @@ struct nf_stats_msg {
  * region_bytes plus the three processes' mem_* gauges. Returns 0 or -EINVAL for another stage. */
 int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_stack_counters *ctr,
                   uint64_t ram_budget, uint64_t region_bytes);
+/* Appends counter name = v to m (name must outlive m: a string literal); dropped once m holds
+ * NF_STATS_MAX_COUNTERS. For a daemon's counters that are not in the shared region. */
+void nf_stats_add(struct nf_stats_msg *m, const char *name, uint64_t v);
 /* Convenience for a daemon: fills from st (its counters, budget and region size) and sends the
  * Stats reply to conn_id. Any thread. */
 int nf_stats_reply(struct nf_server *s, uint64_t conn_id, uint64_t req_id,

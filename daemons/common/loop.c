@@ -87,7 +87,8 @@ static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, voi
          * memory gauge is refreshed first. */
         if (dl->hooks->mem)
             dl->hooks->mem(dl);
-        int rc = nf_stats_reply(s, conn, req, dl->st, dl->role);
+        int rc = dl->hooks->stats ? dl->hooks->stats(dl, conn, req)
+                                  : nf_stats_reply(s, conn, req, dl->st, dl->role);
         if (rc < 0 && rc != -ENOTCONN)
             nf_server_send_error(s, conn, req, rc, "stats: %s", nf_strerror(rc));
         return;
