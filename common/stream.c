@@ -16,6 +16,8 @@ struct nf_stream {
     struct nf_ctx *c;
     float sparsity;
     const atomic_int *abort;
+    nf_stream_progress_cb progress; /* after each chunk of a multi-chunk eval; may be NULL */
+    void *progress_ud;
     uint32_t max_groups;    /* most FFN groups (dense) or experts (MoE) of any layer */
     uint32_t n_groups;      /* of the current layer */
     int group;              /* neurons per FFN group of the current layer */
@@ -597,6 +599,8 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
         int rc = nf_stream_chunk(s, tokens + i, nb, i + nb == n);
         if (rc < 0)
             return rc;
+        if (s->progress && n > NF_MAX_BATCH)
+            s->progress(s->progress_ud, i + nb, n);
     }
     return 0;
 }
@@ -904,6 +908,12 @@ void nf_stream_free(struct nf_stream *s)
 void nf_stream_reset(struct nf_stream *s)
 {
     nf_ctx_reset(s->c);
+}
+
+void nf_stream_set_progress(struct nf_stream *s, nf_stream_progress_cb cb, void *ud)
+{
+    s->progress = cb;
+    s->progress_ud = ud;
 }
 
 void nf_stream_set_abort(struct nf_stream *s, const atomic_int *flag)

@@ -78,6 +78,12 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n);
 /* An abort flag checked before every layer (NULL: none); any nonzero value stops the eval. */
 void nf_stream_set_abort(struct nf_stream *s, const atomic_int *flag);
 
+/* A callback after each chunk (NF_MAX_BATCH tokens) of an eval of several tokens, with the
+ * tokens of that eval done so far and in all (NULL: none). It runs on the evaluating thread and
+ * must not call back into s. */
+typedef void (*nf_stream_progress_cb)(void *ud, int done, int total);
+void nf_stream_set_progress(struct nf_stream *s, nf_stream_progress_cb cb, void *ud);
+
 const float *nf_stream_logits(const struct nf_stream *s); /* (n_vocab) */
 const struct nf_hparams *nf_stream_hparams(const struct nf_stream *s);
 int nf_stream_n_past(const struct nf_stream *s);

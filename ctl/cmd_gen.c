@@ -265,6 +265,8 @@ int nf_cmd_gen(int argc, char **argv)
     bool cancel_sent = false;
     int ret = 1;
     double last = nf_now_s(); /* when compute last sent a frame (or we sent the request) */
+    const bool progress_tty = !o.json && isatty(STDERR_FILENO);
+    bool progress_shown = false;
     for (;;) {
         if (nf_gen_interrupted && !cancel_sent) {
             nf_envelope c;
@@ -307,6 +309,21 @@ int nf_cmd_gen(int argc, char **argv)
         if (r->request_id != id && r->request_id != 0) {
             nf_envelope_free(r);
             continue;
+        }
+        if (r->msg_case == NANOFLOW__ENVELOPE__MSG_PROMPT_PROGRESS) {
+            /* A long prompt is being evaluated: the frame itself kept --timeout from firing;
+             * on a terminal, show how far it is (erased before the first token). */
+            if (progress_tty) {
+                fprintf(stderr, "\rprompt: %d/%d tokens", r->prompt_progress->done,
+                        r->prompt_progress->total);
+                progress_shown = true;
+            }
+            nf_envelope_free(r);
+            continue;
+        }
+        if (progress_shown) {
+            fputs("\r\033[K", stderr);
+            progress_shown = false;
         }
         if (r->msg_case == NANOFLOW__ENVELOPE__MSG_TOKEN) {
             const Nanoflow__TokenEvent *t = r->token;

@@ -718,12 +718,60 @@ static void test_queue_limit_and_wait(void **state)
     stack_down(&s);
 }
 
+/* A prompt of several evaluation chunks is reported as it goes (PromptProgress, here after every
+ * chunk: NANOFLOW_PROGRESS_MS=0), so a client's --timeout does not fire during a long prompt;
+ * the tokens that follow are still run's. */
+static void test_prompt_progress(void **state)
+{
+    (void)state;
+    char prompt[1024] = "";
+    for (int i = 0; i < 8; i++) /* 12 tokens each: about 97 of the context's 128 */
+        strcat(prompt, "Once upon a time, Lily saw a cat. ");
+    int32_t want[8], got[8];
+    float top[8];
+    const int nw = reference(prompt, 4, 0.0f, 0, want, top);
+    assert_int_equal(setenv("NANOFLOW_PROGRESS_MS", "0", 1), 0);
+    struct stack s;
+    stack_up(&s, nft_path, "progress");
+    assert_int_equal(unsetenv("NANOFLOW_PROGRESS_MS"), 0);
+    send_generate(s.fd, 7, prompt, 4, 0.0f, 0, 0);
+    int n_progress = 0, done = 0, total = 0, n = 0;
+    for (;;) {
+        nf_envelope *r = NULL;
+        assert_int_equal(nf_client_recv(s.fd, &r, TIMEOUT_MS), 1);
+        assert_int_equal(r->request_id, 7);
+        if (r->msg_case == NANOFLOW__ENVELOPE__MSG_PROMPT_PROGRESS) {
+            assert_int_equal(n, 0); /* only before the first token */
+            assert_true(r->prompt_progress->done > done);
+            assert_true(r->prompt_progress->done < r->prompt_progress->total);
+            done = r->prompt_progress->done;
+            total = r->prompt_progress->total;
+            n_progress++;
+        } else if (r->msg_case == NANOFLOW__ENVELOPE__MSG_TOKEN) {
+            got[n++] = r->token->id;
+        } else {
+            assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_GENERATE_DONE);
+            assert_int_equal((int)r->generate_done->n_prompt_ids, total);
+            nf_envelope_free(r);
+            break;
+        }
+        nf_envelope_free(r);
+    }
+    print_message("prompt of %d tokens: %d progress frames, last at %d\n", total, n_progress,
+                  done);
+    assert_true(total > 2 * NF_MAX_BATCH);
+    assert_int_equal(n_progress, (total - 1) / NF_MAX_BATCH);
+    assert_int_equal(n, nw);
+    assert_memory_equal(got, want, sizeof(int32_t) * (size_t)nw);
+    stack_down(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_generate_equals_run),  cmocka_unit_test(test_corrupt_tile),
         cmocka_unit_test(test_bad_requests),         cmocka_unit_test(test_cancel_own_connection),
-        cmocka_unit_test(test_queue_limit_and_wait),
+        cmocka_unit_test(test_queue_limit_and_wait), cmocka_unit_test(test_prompt_progress),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

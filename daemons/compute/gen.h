@@ -115,6 +115,7 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s);
 /* reply.c: the frames of a generation; each returns nf_server_send's result. */
 int nf_gen_send_error(struct nf_gen *g, const struct nf_gen_job *j, int code, const char *msg);
 int nf_gen_send_token(struct nf_gen *g, const struct nf_gen_job *j, const struct nf_gen_token *t);
+int nf_gen_send_progress(struct nf_gen *g, const struct nf_gen_job *j, int done, int total);
 /* ids: n_prompt prompt ids then n_gen generated ones (NULL when both are 0); wait_s: the
  * job's queue wait. */
 int nf_gen_send_done(struct nf_gen *g, const struct nf_gen_job *j, const int32_t *ids, int n_prompt,

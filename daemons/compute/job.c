@@ -47,9 +47,38 @@ static void job_reset(void *ud)
 
 struct job_run {
     struct nf_gen *g;
-    const struct nf_gen_job *j;
-    bool gone; /* a TokenEvent could not be sent: the client is gone */
+    struct nf_gen_job *j;
+    bool gone;              /* a TokenEvent could not be sent: the client is gone */
+    uint64_t last_frame_ns; /* nf_now_ns when the last frame went to the client */
+    uint64_t progress_ns;   /* least interval between PromptProgress frames */
 };
+
+/* Interval of PromptProgress frames during a long prompt: often enough for the client's
+ * --timeout and the server's idle rule, seldom enough to cost nothing. The environment may
+ * change it (NANOFLOW_PROGRESS_MS, 0 = after every chunk: the tests' setting). */
+#define NF_GEN_PROGRESS_MS 1000
+
+static uint64_t progress_interval_ns(void)
+{
+    const char *e = getenv("NANOFLOW_PROGRESS_MS");
+    char *end;
+    long ms = e ? strtol(e, &end, 10) : -1;
+    if (!e || end == e || *end || ms < 0 || ms > 3600000)
+        ms = NF_GEN_PROGRESS_MS;
+    return (uint64_t)ms * 1000000ull;
+}
+
+/* The stream's progress hook: a PromptProgress frame at most every progress interval. */
+static void job_on_progress(void *ud, int done, int total)
+{
+    struct job_run *r = ud;
+    const uint64_t now = nf_now_ns();
+    if (done >= total || now - r->last_frame_ns < r->progress_ns)
+        return;
+    r->last_frame_ns = now;
+    if (nf_gen_send_progress(r->g, r->j, done, total) < 0)
+        atomic_store(&r->j->cancel, 1); /* the client is gone */
+}
 
 static int job_on_token(void *ud, const struct nf_gen_token *t)
 {
@@ -109,6 +138,9 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
         goto done;
     }
     nf_stream_set_abort(g->s, &j->cancel);
+    r.last_frame_ns = nf_now_ns();
+    r.progress_ns = progress_interval_ns();
+    nf_stream_set_progress(g->s, job_on_progress, &r);
     nf_gen_seq_run(&q);
     if (q.stop == NF_GEN_STOP_ERROR) {
         job_failed(g, j, &q);
@@ -128,6 +160,7 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
            (unsigned long long)j->req_id, q.n_prompt, q.n_gen, stop, wait_s);
 done:
     nf_stream_set_abort(g->s, NULL);
+    nf_stream_set_progress(g->s, NULL, NULL);
     nf_gen_seq_free(&q);
     free(ids);
 }

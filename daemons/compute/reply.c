@@ -36,6 +36,19 @@ int nf_gen_send_token(struct nf_gen *g, const struct nf_gen_job *j, const struct
     return nf_server_send(g->srv, j->conn_id, j->req_id, &env);
 }
 
+int nf_gen_send_progress(struct nf_gen *g, const struct nf_gen_job *j, int done, int total)
+{
+    Nanoflow__PromptProgress pp;
+    nanoflow__prompt_progress__init(&pp);
+    pp.done = done;
+    pp.total = total;
+    nf_envelope env;
+    nanoflow__envelope__init(&env);
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_PROMPT_PROGRESS;
+    env.prompt_progress = &pp;
+    return nf_server_send(g->srv, j->conn_id, j->req_id, &env);
+}
+
 int nf_gen_send_done(struct nf_gen *g, const struct nf_gen_job *j, const int32_t *ids, int n_prompt,
                      int n_gen, const char *stop, double prompt_s, double decode_s, double wait_s)
 {
