@@ -757,8 +757,7 @@ static void test_prompt_progress(void **state)
         }
         nf_envelope_free(r);
     }
-    print_message("prompt of %d tokens: %d progress frames, last at %d\n", total, n_progress,
-                  done);
+    print_message("prompt of %d tokens: %d progress frames, last at %d\n", total, n_progress, done);
     assert_true(total > 2 * NF_MAX_BATCH);
     assert_int_equal(n_progress, (total - 1) / NF_MAX_BATCH);
     assert_int_equal(n, nw);
