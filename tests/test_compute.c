@@ -233,10 +233,13 @@ static void stack_down(struct stack *s)
     close(s->fd);
     assert_int_equal(reap(s->compute, 10000), 0);
     snprintf(sock, sizeof(sock), "%s/fetcher.sock", s->run_dir);
+    /* Compute's Shutdown stopped the stack (the stop word in the region), so the fetcher may
+     * be on its way out already: ask it only while it still listens. Either way it exits 0. */
     int fd = nf_client_connect(sock, 1000, err, sizeof(err));
-    assert_true(fd >= 0);
-    send_simple(fd, 1, NANOFLOW__ENVELOPE__MSG_SHUTDOWN);
-    close(fd);
+    if (fd >= 0) {
+        send_simple(fd, 1, NANOFLOW__ENVELOPE__MSG_SHUTDOWN);
+        close(fd);
+    }
     assert_int_equal(reap(s->fetcher, 10000), 0);
     const char *left[] = {"compute.sock", "compute.pid", "fetcher.sock", "fetcher.pid"};
     for (int i = 0; i < 4; i++) {
