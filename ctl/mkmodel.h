@@ -9,7 +9,7 @@
 #include "gguf_write.h"
 #include "quants.h"
 
-/* Hyperparameters of a llama-architecture model. */
+/* Hyperparameters of a llama-family model. */
 struct nf_mk_shape {
     const char *name; /* preset name, or "custom" */
     int64_t dim;      /* embedding length */
@@ -23,6 +23,8 @@ struct nf_mk_shape {
     int64_t ctx;
     float rope_base;
     float rms_eps;
+    const char *arch; /* general.architecture: llama (NULL), qwen2, qwen3 or qwen3moe */
+    int64_t head_dim; /* attention.key_length; 0 = dim / heads */
 };
 
 /* The preset called name, or NULL. */
