@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +87,9 @@ static void usage(FILE *f)
         "                       else llama)\n"
         "  --head-dim N         attention head size (default dim/heads; qwen3 presets 128)\n"
         "  --tied-output        no output.weight: the output reuses token_embd\n"
+        "  --rope-freqs         (llama) Llama 3.1 rope scaling: a rope_freqs.weight tensor\n"
+        "                       as llama.cpp's converter writes it (factor 8, low/high\n"
+        "                       frequency factors 1 and 4, original context 8192)\n"
         "                       (required unless --dim, --layers, --ffn and --heads are given)\n"
         "  --dim D              embedding length (default: the shape's)\n"
         "  --layers L           block count (default: the shape's; --layers-override is the\n"
@@ -124,7 +128,7 @@ struct mk_opts {
     const char *vocab_from;
     const char *name;
     const char *arch;
-    bool tied;
+    bool tied, rope_freqs;
     /* -1 = not given on the command line. */
     long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx;
     float rope_base, rms_eps;
@@ -190,6 +194,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         }
         if (!strcmp(a, "--tied-output")) {
             o->tied = true;
+            continue;
+        }
+        if (!strcmp(a, "--rope-freqs")) {
+            o->rope_freqs = true;
             continue;
         }
         bool matched = false;
@@ -340,14 +348,40 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
 
 /* The tensors of the model, in the order compute uses them. Returns the count, or -1 with a
  * message when the type cannot hold a row length. *out is malloc'ed. */
+/* The Llama 3.1 frequency factors of the n_rot / 2 rotated pairs, as llama.cpp's converter
+ * computes them from rope_scaling (rope_type llama3): 1 for short wavelengths, `factor` for
+ * long ones, a smooth blend between. Written to rope_freqs.weight; rope divides by them. */
+#define NF_MK_L3_FACTOR   8.0
+#define NF_MK_L3_LOW      1.0
+#define NF_MK_L3_HIGH     4.0
+#define NF_MK_L3_ORIG_CTX 8192.0
+static void llama3_rope_freqs(float *out, int64_t n_rot, float base)
+{
+    const double lo_wl = NF_MK_L3_ORIG_CTX / NF_MK_L3_LOW,
+                 hi_wl = NF_MK_L3_ORIG_CTX / NF_MK_L3_HIGH;
+    for (int64_t i = 0; i < n_rot / 2; i++) {
+        const double freq = 1.0 / pow((double)base, (double)(2 * i) / (double)n_rot);
+        const double wl = 2.0 * M_PI / freq;
+        if (wl < hi_wl) {
+            out[i] = 1.0f;
+        } else if (wl > lo_wl) {
+            out[i] = (float)NF_MK_L3_FACTOR;
+        } else {
+            const double smooth =
+                (NF_MK_L3_ORIG_CTX / wl - NF_MK_L3_LOW) / (NF_MK_L3_HIGH - NF_MK_L3_LOW);
+            out[i] = (float)(1.0 / ((1.0 - smooth) / NF_MK_L3_FACTOR + smooth));
+        }
+    }
+}
+
 static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool tied,
-                         struct nf_mk_tensor **out, size_t *count)
+                         const float *rope_freqs, struct nf_mk_tensor **out, size_t *count)
 {
     int64_t hd = s->head_dim;
     int64_t q_dim = s->heads * hd, kv_dim = s->kv_heads * hd, e = s->experts;
     bool bias = !strcmp(s->arch, "qwen2"), qk_norm = !strncmp(s->arch, "qwen3", 5);
     size_t per_layer = (e ? 10 : 9) + (bias ? 3 : 0) + (qk_norm ? 2 : 0);
-    size_t n = 3 + per_layer * (size_t)s->layers, k = 0;
+    size_t n = 4 + per_layer * (size_t)s->layers, k = 0;
     struct nf_mk_tensor *t = calloc(n, sizeof(*t));
     if (!t)
         return -ENOMEM;
@@ -368,6 +402,10 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool ti
     ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "output_norm.weight");
     if (!tied)
         ADD(NF_MK_RANDOM, type, 2, s->dim, s->vocab, 1, "output.weight");
+    if (rope_freqs) {
+        ADD(NF_MK_VALUES, NF_TYPE_F32, 1, hd / 2, 1, 1, "rope_freqs.weight");
+        t[k - 1].values = rope_freqs;
+    }
     for (int64_t l = 0; l < s->layers; l++) {
         long long b = (long long)l;
         ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.attn_norm.weight", b);
@@ -660,6 +698,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
 
     struct nf_gguf_writer *w = NULL, *vw = NULL;
     struct nf_mk_tensor *t = NULL;
+    float *freqs = NULL;
     size_t nt = 0;
     int exit_code = 1;
     char err[2 * PATH_MAX + 512] = "";
@@ -685,7 +724,20 @@ int nf_cmd_mkmodel(int argc, char **argv)
         exit_code = rc;
         goto out;
     }
-    if ((rc = build_tensors(&s, o.type, o.tied, &t, &nt)))
+    if (o.rope_freqs && strcmp(s.arch, "llama") != 0) {
+        rc = nf_usage_error(CMD, "--rope-freqs is for --arch llama (Llama 3.1 scaling)");
+        exit_code = rc;
+        goto out;
+    }
+    if (o.rope_freqs) {
+        freqs = malloc(sizeof(float) * (size_t)(s.head_dim / 2));
+        if (!freqs) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        llama3_rope_freqs(freqs, s.head_dim, s.rope_base);
+    }
+    if ((rc = build_tensors(&s, o.type, o.tied, freqs, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {
         exit_code = rc;
@@ -737,6 +789,7 @@ fail:
     fprintf(stderr, "nanoflowctl mkmodel: %s\n", err[0] ? err : nf_strerror(rc));
 out:
     free(t);
+    free(freqs);
     nf_gguf_writer_free(vw);
     nf_gguf_writer_free(w);
     free(dup1);

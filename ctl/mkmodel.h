@@ -36,6 +36,7 @@ void nf_mk_shape_list(char *buf, size_t len);
 enum nf_mk_fill {
     NF_MK_RANDOM, /* uniform noise with standard deviation NF_MK_STD */
     NF_MK_ONES,   /* 1.0 (RMS norm weights) */
+    NF_MK_VALUES, /* the F32 values of nf_mk_tensor.values (rope_freqs) */
 };
 
 #define NF_MK_STD 0.02f
@@ -46,8 +47,9 @@ struct nf_mk_tensor {
     int64_t ne[NF_GGUF_MAX_DIMS]; /* ne[0] is the row length; unused dims are 1 */
     enum nf_type type;
     enum nf_mk_fill fill;
-    uint64_t offset; /* absolute offset in the file, known once the header is complete */
-    uint64_t size;   /* bytes of data */
+    const float *values; /* NF_MK_VALUES: every element, F32 (not owned) */
+    uint64_t offset;     /* absolute offset in the file, known once the header is complete */
+    uint64_t size;       /* bytes of data */
 };
 
 /* Adds the synthetic SentencePiece-style vocabulary of n tokens to w: <unk>, <s>, </s>, the 256

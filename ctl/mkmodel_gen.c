@@ -147,6 +147,8 @@ static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t r
     if (t->fill == NF_MK_ONES) {
         for (size_t i = 0; i < n; i++)
             fbuf[i] = 1.0f;
+    } else if (t->fill == NF_MK_VALUES) {
+        memcpy(fbuf, t->values + first, sizeof(float) * n);
     } else {
         fill_random(fbuf, tensor_key(s->g->seed, t->name), first, n);
     }
