@@ -227,8 +227,9 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
                         errlen)) ||
         (rc = nf_hp_int(g, pfx, "expert_count", moe ? -1 : 0, moe ? 2 : 0, 4096, &hp->n_expert, err,
                         errlen)) ||
-        (rc = nf_hp_int(g, pfx, "expert_used_count", moe ? -1 : 0, 0, hp->n_expert,
-                        &hp->n_expert_used, err, errlen)))
+        /* At most 64 chosen experts a token: nf_moe_route's selection arrays. */
+        (rc = nf_hp_int(g, pfx, "expert_used_count", moe ? -1 : 0, 0,
+                        hp->n_expert < 64 ? hp->n_expert : 64, &hp->n_expert_used, err, errlen)))
         return rc;
     if (hp->n_head % hp->n_head_kv)
         return nf_errf(err, errlen, NF_EKEYTYPE,

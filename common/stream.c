@@ -868,8 +868,11 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     int rc = nf_model_hparams(&s->shell.hp, nf_nft_gguf(f), err, errlen);
     if (rc < 0 || (rc = nf_stream_check(s, err, errlen, &down_row)) < 0)
         goto fail;
-    if (s->shell.hp.n_expert > 64 || s->shell.hp.n_expert_used > 64) {
-        rc = nf_errf(err, errlen, NF_EARCH, "%s: more than 64 experts are not supported", f->path);
+    /* nf_moe_route picks at most 64 experts a token (the expert count itself is not bounded:
+     * the used bitmaps are sized by it; Qwen3-30B-A3B has 128 experts, 8 used). */
+    if (s->shell.hp.n_expert_used > 64) {
+        rc = nf_errf(err, errlen, NF_EARCH,
+                     "%s: more than 64 experts used per token are not supported", f->path);
         goto fail;
     }
     /* The kernels' summation order depends on the model's size (model_forward.c): the shell
