@@ -88,24 +88,7 @@ for name in qwen2-q8_0 qwen3moe-q8_0 qwen3moe128-q8_0; do
     check "$name: gen --json exits 0" $?
     "$NF_BIN" run -m "$M" -t 1 "${ARGS[@]}" >"$T/run.jsonl" 2>/dev/null
     check "$name: run --json exits 0" $?
-    python3 - "$T/gen.jsonl" "$T/run.jsonl" "$G" <<'PY'
-import json, sys
-gen = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
-run = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
-golden = json.loads(open(sys.argv[3]).readline())
-assert len(gen) == len(run), (len(gen), len(run))
-assert gen[:-1] == run[:-1], "token lines differ"
-g, r = gen[-1], run[-1]
-assert g["prompt_ids"] == r["prompt_ids"] == golden["prompt_ids"], "prompt_ids"
-# shared/golden/README.md: gen_ids up to the first step whose golden top-2 gap is below 0.02.
-n = len(golden["gen_ids"])
-for s, top in enumerate(golden["top_logits"]):
-    if top[0][1] - top[1][1] < 0.02:
-        n = s
-        break
-assert g["gen_ids"][:n] == golden["gen_ids"][:n], (g["gen_ids"], golden["gen_ids"], n)
-assert g["text"] == r["text"], "text"
-PY
+    gen_matches_run "$T/gen.jsonl" "$T/run.jsonl" "$G" tie
     check "$name: gen --json equals run --json and the golden gen_ids" $?
     "$NF_BIN" down --run-dir "$R" >/dev/null 2>"$T/down.err"
     check "$name: down exits 0" $?
