@@ -34,17 +34,18 @@ kind() {
     case "$1" in
     -n | --n-predict | -t | --threads | -c | --ctx-size | --ctx | --top-k | --top-logits | \
         -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --heads | \
-        --kv-heads | --experts | --experts-used | --vocab | --alignment | --qd | --numa-node | \
+        --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
+        --numa-node | \
         --lookahead | --attach-timeout | --timeout) echo int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps) echo float ;;
     --ram | --tile-size | --pred-mem) echo size ;;
-    --log-level | --verify | --shape | --type) echo enum ;;
+    --log-level | --verify | --shape | --type | --arch) echo enum ;;
     -m | --model | -p | --prompt | --run-dir | --name) echo str ;;
     -f | --file | --calibrate | --vocab-from) echo file ;;
     --watch) echo opt ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
-        --no-uring | --mmap | --no-cgroup) echo bool ;;
+        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs) echo bool ;;
     *) echo "" ;;
     esac
 }
@@ -62,6 +63,8 @@ good() {
     --layers | --layers-override) echo 2 ;;
     --ffn) echo 128 ;;
     --heads) echo 4 ;;
+    --head-dim) echo 16 ;;
+    --arch) echo llama ;;
     --experts) echo 4 ;;
     --vocab) echo 512 ;;
     --alignment) echo 64 ;;
@@ -124,7 +127,7 @@ parsed_flags() {
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
-        "--name --alignment -t --threads" ;;
+        "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" ;;
