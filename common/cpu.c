@@ -104,6 +104,15 @@ ROWS_FROM(nf__vec_dot_q5_K_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_q6_K_q8_K_avx2)
 ROWS_FROM(nf__vec_dot_f32_avx512)
 ROWS_FROM(nf__vec_dot_f16_avx512)
+/* The types of quants_ext.c have a kernel in every tier. */
+#define ROWS_FROM_ALL(fn) ROWS_FROM(fn##_ref) ROWS_FROM(fn##_avx2) ROWS_FROM(fn##_avx512)
+ROWS_FROM_ALL(nf__vec_dot_q4_1_q8_1)
+ROWS_FROM_ALL(nf__vec_dot_q5_0_q8_0)
+ROWS_FROM_ALL(nf__vec_dot_q5_1_q8_1)
+ROWS_FROM_ALL(nf__vec_dot_iq4_nl_q8_0)
+ROWS_FROM_ALL(nf__vec_dot_q2_K_q8_K)
+ROWS_FROM_ALL(nf__vec_dot_q3_K_q8_K)
+ROWS_FROM_ALL(nf__vec_dot_iq4_xs_q8_K)
 
 /* Per type and ISA: the paths specific to that ISA. The AVX-512 q8_0 kernel prepares the
  * activation per call, which only pays off over several rows, so single-row q8_0 stays AVX2.
@@ -118,6 +127,12 @@ struct kernel_set {
 #define K3(ref, avx2, avx512) \
     {                         \
         ref, avx2, avx512     \
+    }
+
+#define EXT_KERNELS(fn)                                             \
+    {                                                               \
+        .vec_dot = K3(fn##_ref, fn##_avx2, fn##_avx512),            \
+        .rows = K3(fn##_ref_rows, fn##_avx2_rows, fn##_avx512_rows) \
     }
 
 static const struct kernel_set kernels[NF_TYPE_COUNT] = {
@@ -156,6 +171,16 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
                       .rows = K3(nf__vec_dot_q8_K_q8_K_ref_rows, NULL, NULL),
                       .from_float =
                           K3(nf__quantize_row_q8_K_ref, nf__quantize_row_q8_K_avx2, NULL)},
+    /* The types of quants_ext.c: a kernel in every tier. q8_1 is only an activation type. */
+    [NF_TYPE_Q4_1] = EXT_KERNELS(nf__vec_dot_q4_1_q8_1),
+    [NF_TYPE_Q5_0] = EXT_KERNELS(nf__vec_dot_q5_0_q8_0),
+    [NF_TYPE_Q5_1] = EXT_KERNELS(nf__vec_dot_q5_1_q8_1),
+    [NF_TYPE_IQ4_NL] = EXT_KERNELS(nf__vec_dot_iq4_nl_q8_0),
+    [NF_TYPE_Q2_K] = EXT_KERNELS(nf__vec_dot_q2_K_q8_K),
+    [NF_TYPE_Q3_K] = EXT_KERNELS(nf__vec_dot_q3_K_q8_K),
+    [NF_TYPE_IQ4_XS] = EXT_KERNELS(nf__vec_dot_iq4_xs_q8_K),
+    [NF_TYPE_Q8_1] = {.from_float =
+                          K3(nf__quantize_row_q8_1_ref, nf__quantize_row_q8_1_avx2, NULL)},
 };
 
 static pthread_once_t kernels_once = PTHREAD_ONCE_INIT;

@@ -576,6 +576,8 @@ int nf_gguf_ftype_for(enum nf_type type)
     case NF_TYPE_Q4_K: return 14;
     case NF_TYPE_Q5_K: return 16;
     case NF_TYPE_Q6_K: return 18;
+    case NF_TYPE_IQ4_NL: return 25;
+    case NF_TYPE_IQ4_XS: return 30;
     case NF_TYPE_BF16: return 32;
     default: return -1;
     }

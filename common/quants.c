@@ -307,8 +307,8 @@ void nf__quantize_row_q8_K_ref(const float *x, void *vy, int64_t n)
 
 /* ggml's make_qkx2_quants: fits x ~ scale * L - min (L in 0..nmax) by weighted least squares,
  * trying nstep+1 candidate scales around nmax / (max - min). Returns scale; *the_min = min. */
-static float make_qkx2_quants(int n, int nmax, const float *x, const float *w, uint8_t *L,
-                              float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep)
+float nf__make_qkx2_quants(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                           float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep)
 {
     float min = x[0], max = x[0];
     float sum_w = w[0], sum_x = w[0] * x[0];
@@ -388,8 +388,8 @@ static void quantize_k_superblock(const float *x, int nmax, float rmin, int nste
         float av_x = sqrtf(sum_x2 / 32);
         for (int l = 0; l < 32; l++)
             weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux,
-                                     rmin, 0.1f, nstep);
+        scales[j] = nf__make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux,
+                                         rmin, 0.1f, nstep);
         if (scales[j] > max_scale)
             max_scale = scales[j];
         if (mins[j] > max_min)
@@ -475,7 +475,7 @@ static void quantize_row_q5_K_ref(const float *x, void *vy, int64_t n)
 
 /* ggml's make_qx_quants with rmse_type 1 and no importance weights: symmetric quants in
  * [-nmax, nmax-1] stored with offset nmax in L, trying 18 scales around -nmax / max. */
-static float make_qx_quants(int n, int nmax, const float *x, int8_t *L)
+float nf__make_qx_quants(int n, int nmax, const float *x, int8_t *L)
 {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++) {
@@ -532,7 +532,7 @@ static void quantize_row_q6_K_ref(const float *x, void *vy, int64_t n)
     for (int64_t i = 0; i < n / NF_QK_K; i++, x += NF_QK_K) {
         float max_scale = 0, max_abs_scale = 0;
         for (int ib = 0; ib < NF_QK_K / 16; ib++) {
-            scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+            scales[ib] = nf__make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
             if (fabsf(scales[ib]) > max_abs_scale) {
                 max_abs_scale = fabsf(scales[ib]);
                 max_scale = scales[ib];
@@ -851,20 +851,36 @@ struct nf_type_traits nf__traits[NF_TYPE_COUNT] = {
                       .to_float = to_float_q8_K,
                       .from_float = nf__quantize_row_q8_K_ref,
                       .vec_dot = nf__vec_dot_q8_K_q8_K_ref},
-    BLOCK(Q4_1, "q4_1", 32, 20),
-    BLOCK(Q5_0, "q5_0", 32, 22),
-    BLOCK(Q5_1, "q5_1", 32, 24),
-    BLOCK(Q8_1, "q8_1", 32, 36),
-    BLOCK(Q2_K, "q2_K", 256, 84),
-    BLOCK(Q3_K, "q3_K", 256, 110),
+#define EXT(t, nm, bs, vt, fn, dot)                             \
+    [NF_TYPE_##t] = {.name = nm,                                \
+                     .blck_size = bs,                           \
+                     .type_size = sizeof(nf_block_##fn),        \
+                     .compute = true,                           \
+                     .vec_dot_type = NF_TYPE_##vt,              \
+                     .to_float = nf__to_float_##fn,             \
+                     .from_float = nf__quantize_row_##fn##_ref, \
+                     .vec_dot = nf__vec_dot_##dot##_ref}
+    /* The types of quants_ext.c, and q8_1, the activation type of q4_1 and q5_1. */
+    EXT(Q4_1, "q4_1", NF_QK4_0, Q8_1, q4_1, q4_1_q8_1),
+    EXT(Q5_0, "q5_0", NF_QK4_0, Q8_0, q5_0, q5_0_q8_0),
+    EXT(Q5_1, "q5_1", NF_QK4_0, Q8_1, q5_1, q5_1_q8_1),
+    /* Only an activation type: llama.cpp writes no q8_1 weights, and a file holding them is
+     * refused as one NanoFlow cannot compute with (no vec_dot). */
+    [NF_TYPE_Q8_1] = {.name = "q8_1",
+                      .blck_size = NF_QK8_0,
+                      .type_size = sizeof(nf_block_q8_1),
+                      .to_float = nf__to_float_q8_1,
+                      .from_float = nf__quantize_row_q8_1_ref},
+    EXT(IQ4_NL, "iq4_nl", NF_QK4_0, Q8_0, iq4_nl, iq4_nl_q8_0),
+    EXT(Q2_K, "q2_K", NF_QK_K, Q8_K, q2_K, q2_K_q8_K),
+    EXT(Q3_K, "q3_K", NF_QK_K, Q8_K, q3_K, q3_K_q8_K),
+    EXT(IQ4_XS, "iq4_xs", NF_QK_K, Q8_K, iq4_xs, iq4_xs_q8_K),
     BLOCK(IQ2_XXS, "iq2_xxs", 256, 66),
     BLOCK(IQ2_XS, "iq2_xs", 256, 74),
     BLOCK(IQ3_XXS, "iq3_xxs", 256, 98),
     BLOCK(IQ1_S, "iq1_s", 256, 50),
-    BLOCK(IQ4_NL, "iq4_nl", 32, 18),
     BLOCK(IQ3_S, "iq3_s", 256, 110),
     BLOCK(IQ2_S, "iq2_s", 256, 82),
-    BLOCK(IQ4_XS, "iq4_xs", 256, 136),
     PLAIN(I8, "i8", 1),
     PLAIN(I16, "i16", 2),
     PLAIN(I32, "i32", 4),

@@ -69,6 +69,84 @@ typedef struct {
 } nf_block_q8_0;
 _Static_assert(sizeof(nf_block_q8_0) == 2 + NF_QK8_0, "wrong q8_0 block size");
 
+/* Legacy 4-bit with a minimum: x = d * q + m, q in [0, 15]; nibbles ordered as in q4_0. */
+typedef struct {
+    nf_fp16_t d;
+    nf_fp16_t m;
+    uint8_t qs[NF_QK4_0 / 2];
+} nf_block_q4_1;
+_Static_assert(sizeof(nf_block_q4_1) == 4 + NF_QK4_0 / 2, "wrong q4_1 block size");
+
+/* Legacy 5-bit: x = d * (q - 16); the low four bits as in q4_0, the fifth bit of element j is
+ * bit j of qh (read as a little-endian 32-bit word). */
+typedef struct {
+    nf_fp16_t d;
+    uint8_t qh[4];
+    uint8_t qs[NF_QK4_0 / 2];
+} nf_block_q5_0;
+_Static_assert(sizeof(nf_block_q5_0) == 2 + 4 + NF_QK4_0 / 2, "wrong q5_0 block size");
+
+/* Legacy 5-bit with a minimum: x = d * q + m, q in [0, 31], bits as in q5_0. */
+typedef struct {
+    nf_fp16_t d;
+    nf_fp16_t m;
+    uint8_t qh[4];
+    uint8_t qs[NF_QK4_0 / 2];
+} nf_block_q5_1;
+_Static_assert(sizeof(nf_block_q5_1) == 4 + 4 + NF_QK4_0 / 2, "wrong q5_1 block size");
+
+/* Activation block for q4_1/q5_1: q8_0 plus s = d * sum(qs), which carries their min term. */
+typedef struct {
+    nf_fp16_t d;
+    nf_fp16_t s;
+    int8_t qs[NF_QK8_0];
+} nf_block_q8_1;
+_Static_assert(sizeof(nf_block_q8_1) == 4 + NF_QK8_0, "wrong q8_1 block size");
+
+/* 4-bit non-linear: x = d * nf_kvalues_iq4nl[q]; nibbles ordered as in q4_0. */
+typedef struct {
+    nf_fp16_t d;
+    uint8_t qs[NF_QK4_0 / 2];
+} nf_block_iq4_nl;
+_Static_assert(sizeof(nf_block_iq4_nl) == 2 + NF_QK4_0 / 2, "wrong iq4_nl block size");
+
+/* The 16 levels of iq4_nl and iq4_xs (ggml's kvalues_iq4nl). */
+extern const int8_t nf_kvalues_iq4nl[16];
+
+/* 4-bit non-linear K-type: 8 sub-blocks of 32 with 6-bit scales ls (low four bits in
+ * scales_l, nibble j % 2 of byte j / 2; high two bits at bit 2j of scales_h);
+ * x = d * (ls - 32) * nf_kvalues_iq4nl[q]; each sub-block's 16 bytes of qs as in q4_0. */
+typedef struct {
+    nf_fp16_t d;
+    uint16_t scales_h;
+    uint8_t scales_l[NF_QK_K / 64];
+    uint8_t qs[NF_QK_K / 2];
+} nf_block_iq4_xs;
+_Static_assert(sizeof(nf_block_iq4_xs) == 4 + NF_QK_K / 64 + NF_QK_K / 2,
+               "wrong iq4_xs block size");
+
+/* 2-bit K-quant: 16 sub-blocks of 16, each byte of scales holds a 4-bit scale (low) and min
+ * (high); x = d * sc * q - dmin * m. Element 128h + 32j + l is bits 2j..2j+1 of qs[32h + l]. */
+typedef struct {
+    uint8_t scales[NF_QK_K / 16];
+    uint8_t qs[NF_QK_K / 4];
+    nf_fp16_t d;
+    nf_fp16_t dmin;
+} nf_block_q2_K;
+_Static_assert(sizeof(nf_block_q2_K) == NF_QK_K / 16 + NF_QK_K / 4 + 4, "wrong q2_K block size");
+
+/* 3-bit K-quant: 16 sub-blocks of 16 with 6-bit signed scales (sc - 32) packed in 12 bytes;
+ * the low two bits as in q2_K, the third bit of element 128h + 32j + l is bit 4h + j of
+ * hmask[l], and a clear bit subtracts 4: x = d * (sc - 32) * (q - (bit ? 0 : 4)). */
+typedef struct {
+    uint8_t hmask[NF_QK_K / 8];
+    uint8_t qs[NF_QK_K / 4];
+    uint8_t scales[12];
+    nf_fp16_t d;
+} nf_block_q3_K;
+_Static_assert(sizeof(nf_block_q3_K) == NF_QK_K / 8 + NF_QK_K / 4 + 12 + 2,
+               "wrong q3_K block size");
+
 /* 4-bit K-quant: 8 sub-blocks of 32 with 6-bit scales and mins; x = d*sc*q - dmin*m. */
 typedef struct {
     nf_fp16_t d;

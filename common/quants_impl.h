@@ -2,6 +2,8 @@
 #ifndef NF_QUANTS_IMPL_H
 #define NF_QUANTS_IMPL_H
 
+#include <string.h>
+
 #include "quants.h"
 
 /* Rounds to the nearest integer, ties to even, as ggml's nearest_int (|f| <= 4194303). */
@@ -31,6 +33,35 @@ void nf__quantize_row_f16_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_bf16_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_0_ref(const float *x, void *y, int64_t n);
 void nf__quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
+/* ggml's make_qkx2_quants and make_qx_quants (quants.c), shared by the K-quantizers. */
+float nf__make_qkx2_quants(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                           float *the_min, uint8_t *Laux, float rmin, float rdelta, int nstep);
+float nf__make_qx_quants(int n, int nmax, const float *x, int8_t *L);
+
+/* Scalar reference kernels of quants_ext.c. */
+void nf__to_float_q4_1(const void *x, float *y, int64_t n);
+void nf__to_float_q5_0(const void *x, float *y, int64_t n);
+void nf__to_float_q5_1(const void *x, float *y, int64_t n);
+void nf__to_float_q8_1(const void *x, float *y, int64_t n);
+void nf__to_float_iq4_nl(const void *x, float *y, int64_t n);
+void nf__to_float_q2_K(const void *x, float *y, int64_t n);
+void nf__to_float_q3_K(const void *x, float *y, int64_t n);
+void nf__to_float_iq4_xs(const void *x, float *y, int64_t n);
+void nf__quantize_row_q4_1_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q5_0_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q5_1_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q8_1_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_iq4_nl_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q2_K_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_q3_K_ref(const float *x, void *y, int64_t n);
+void nf__quantize_row_iq4_xs_ref(const float *x, void *y, int64_t n);
+void nf__vec_dot_q4_1_q8_1_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_0_q8_0_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_1_q8_1_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_nl_q8_0_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q2_K_q8_K_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q3_K_q8_K_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_xs_q8_K_ref(int n, float *s, const void *x, const void *y);
 /* q4_0 rows in llama.cpp's repacked q4_0_8x8 order (see quants.c); not a traits kernel: the
  * forward pass picks it (with the AVX2 variant when available) to reproduce llama.cpp. */
 /* ggml_v_expf (AVX-512 form) for one value, and ggml_vec_swiglu_f32 as llama.cpp's AVX-512
@@ -56,6 +87,16 @@ void nf__quantize_row_q8_K_avx2(const float *x, void *y, int64_t n);
 void nf__vec_dot_q4_0_q8_0_seq_avx2_rows(int n, float *s, size_t bs, const void *x, const void *y,
                                          int nrows);
 
+/* AVX2 kernels of quants_ext_avx2.c, and q8_1's activation quantizer (quants_avx2.c). */
+void nf__vec_dot_q4_1_q8_1_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_0_q8_0_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_1_q8_1_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_nl_q8_0_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q2_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q3_K_q8_K_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_xs_q8_K_avx2(int n, float *s, const void *x, const void *y);
+void nf__quantize_row_q8_1_avx2(const float *x, void *y, int64_t n);
+
 /* AVX-512 F/BW/VL/DQ/VNNI kernels (quants_avx512.c); call only when nf_cpu_best_isa() is
  * AVX512. */
 void nf__vec_dot_f32_avx512(int n, float *s, const void *x, const void *y);
@@ -67,6 +108,15 @@ void nf__swiglu_avx512(float *h, const float *g, int n);
 void nf__vec_dot_q8_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *x, const void *y,
                                        int nrows);
 
+/* AVX-512 kernels of quants_ext_avx512.c. */
+void nf__vec_dot_q4_1_q8_1_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_0_q8_0_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q5_1_q8_1_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_nl_q8_0_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q2_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_q3_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_iq4_xs_q8_K_avx512(int n, float *s, const void *x, const void *y);
+
 /* Decodes the 6-bit scale and min of sub-block j (0..7) of a q4_K/q5_K block. */
 static inline void nf__get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
 {
@@ -77,6 +127,28 @@ static inline void nf__get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, ui
         *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
         *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
     }
+}
+
+/* The 6-bit scale (0..63) of sub-block j (0..7) of an iq4_xs block. */
+static inline int nf__iq4_xs_scale(const nf_block_iq4_xs *b, int j)
+{
+    return ((b->scales_l[j / 2] >> (4 * (j % 2))) & 0xF) | (((b->scales_h >> (2 * j)) & 3) << 4);
+}
+
+/* The 16 signed scales (-32..31) of a q3_K block, unpacked a word at a time (the SIMD
+ * kernels' form of quants_ext.c's q3_K_scale). */
+static inline void nf__q3_K_scales(const uint8_t *q, int8_t sc[16])
+{
+    uint32_t a[3];
+    memcpy(a, q, 12);
+    const uint32_t k2 = 0x0f0f0f0f, k1 = 0x03030303;
+    const uint32_t u[4] = {(a[0] & k2) | ((a[2] & k1) << 4),
+                           (a[1] & k2) | (((a[2] >> 2) & k1) << 4),
+                           ((a[0] >> 4) & k2) | (((a[2] >> 4) & k1) << 4),
+                           ((a[1] >> 4) & k2) | (((a[2] >> 6) & k1) << 4)};
+    memcpy(sc, u, 16);
+    for (int k = 0; k < 16; k++)
+        sc[k] = (int8_t)(sc[k] - 32);
 }
 
 #endif

@@ -65,8 +65,11 @@ static const struct {
     const char *name;
     enum nf_type type;
 } nf_mk_types[] = {
-    {"f32", NF_TYPE_F32},   {"f16", NF_TYPE_F16},   {"bf16", NF_TYPE_BF16}, {"q8_0", NF_TYPE_Q8_0},
-    {"q4_0", NF_TYPE_Q4_0}, {"q4_k", NF_TYPE_Q4_K}, {"q5_k", NF_TYPE_Q5_K}, {"q6_k", NF_TYPE_Q6_K},
+    {"f32", NF_TYPE_F32},   {"f16", NF_TYPE_F16},       {"bf16", NF_TYPE_BF16},
+    {"q8_0", NF_TYPE_Q8_0}, {"q4_0", NF_TYPE_Q4_0},     {"q4_k", NF_TYPE_Q4_K},
+    {"q5_k", NF_TYPE_Q5_K}, {"q6_k", NF_TYPE_Q6_K},     {"q4_1", NF_TYPE_Q4_1},
+    {"q5_0", NF_TYPE_Q5_0}, {"q5_1", NF_TYPE_Q5_1},     {"q2_k", NF_TYPE_Q2_K},
+    {"q3_k", NF_TYPE_Q3_K}, {"iq4_nl", NF_TYPE_IQ4_NL}, {"iq4_xs", NF_TYPE_IQ4_XS},
 };
 
 static void usage(FILE *f)
@@ -108,8 +111,8 @@ static void usage(FILE *f)
         "  --rms-eps F          llama.attention.layer_norm_rms_epsilon (default: shape's, else\n"
         "                       1e-5)\n"
         "Contents:\n"
-        "  --type T             matrix type: f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k "
-        "(default f16);\n"
+        "  --type T             matrix type: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 iq4_nl\n"
+        "                       q2_k q3_k q4_k q5_k q6_k iq4_xs (default f16);\n"
         "                       norms and the MoE router stay f32\n"
         "  --seed S             generator seed (default 1); same seed, same bytes\n"
         "  --zero               all-zero matrices written as file holes (norms stay 1.0)\n"
@@ -239,8 +242,8 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             if (parse_type(v, &o->type))
                 return nf_usage_error(
                     CMD,
-                    "unknown --type '%s' (expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k or "
-                    "q6_k)",
+                    "unknown --type '%s' (expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
+                    "q5_1, iq4_nl, q2_k, q3_k, q4_k, q5_k, q6_k or iq4_xs)",
                     v);
         } else if (nf_arg_is(a, "--seed")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) || nf_arg_u64(CMD, "--seed", v, &o->seed))

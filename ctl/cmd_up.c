@@ -2,11 +2,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -352,40 +354,89 @@ static void print_log_tail(const char *dir, const char *role)
         fprintf(stderr, "  %s\n", l);
 }
 
-/* Sends SIGTERM, then SIGKILL after term_ms, to pid; returns once it is gone (or after
- * kill_ms more). */
+/* A pidfd for pid (signals through it cannot reach a process that reused the pid), or -1. */
+static int pid_open(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static void pid_signal(int pfd, pid_t pid, int sig)
+{
+    if (pfd >= 0)
+        syscall(SYS_pidfd_send_signal, pfd, sig, NULL, 0);
+    else
+        kill(pid, sig);
+}
+
+/* True while the process is running (pidfd readable means it exited). */
+static bool pid_running(int pfd, pid_t pid)
+{
+    if (pfd >= 0) {
+        struct pollfd p = {.fd = pfd, .events = POLLIN};
+        return poll(&p, 1, 0) == 0;
+    }
+    return kill(pid, 0) == 0;
+}
+
+/* Sends SIGTERM, then SIGKILL after term_ms, to pid, a daemon of role the caller has verified
+ * (nf_ctl_daemon_pid, or our own unreaped child); returns once it is gone (or after kill_ms
+ * more). */
 static bool stop_pid(const char *dir, const char *role, int pid, int term_ms, int kill_ms)
 {
     double t0 = nf_now_s();
-    bool termed = term_ms == 0, killed = false;
+    bool termed = term_ms == 0, killed = false, gone = false;
+    int pfd = pid_open(pid);
+    char err[PATH_MAX + 64];
+    /* Checked again once the pidfd pins the process: the one we verified may have exited and
+     * its pid been reused since. */
+    if (pfd >= 0 && nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0) {
+        close(pfd);
+        return true;
+    }
     if (termed)
-        kill(pid, SIGTERM);
+        pid_signal(pfd, pid, SIGTERM);
     for (;;) {
         waitpid(pid, NULL, WNOHANG); /* reap it if it is our child */
-        if (nf_pidfile_read(dir, role) != pid || kill(pid, 0) < 0)
-            return true;
+        if (nf_pidfile_read(dir, role) != pid || !pid_running(pfd, pid)) {
+            gone = true;
+            break;
+        }
         double el = (nf_now_s() - t0) * 1000.0;
         if (!termed && el >= term_ms) {
-            kill(pid, SIGTERM);
+            pid_signal(pfd, pid, SIGTERM);
             termed = true;
         }
         if (!killed && el >= term_ms + kill_ms) {
-            kill(pid, SIGKILL);
+            pid_signal(pfd, pid, SIGKILL);
             killed = true;
         }
         if (el >= term_ms + kill_ms + 5000)
-            return false;
+            break;
         nf_sleep_ms(20);
     }
+    if (pfd >= 0)
+        close(pfd);
+    return gone;
 }
 
-/* Stops what `up` started after a failure: every daemon with a live pid, then the files. */
+/* Stops what `up` started after a failure: every daemon with a live pid that is our own
+ * unreaped child or proves to be the stack's daemon, then the files. */
 static void up_abort(const char *dir, const pid_t *children, int n_children)
 {
     for (int i = NF_N_ROLES - 1; i >= 0; i--) {
-        int pid = nf_pidfile_read(dir, nf_stack_roles[i]);
+        const char *role = nf_stack_roles[i];
+        int pid = nf_pidfile_read(dir, role);
+        if (pid <= 0)
+            continue;
+        bool ours = i < n_children && children[i] == pid && waitpid(pid, NULL, WNOHANG) == 0;
+        if (!ours) {
+            char why[PATH_MAX + 512];
+            pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
+            if (pid < 0)
+                fprintf(stderr, "nanoflowctl up: %s\n", why);
+        }
         if (pid > 0)
-            stop_pid(dir, nf_stack_roles[i], pid, 0, 3000);
+            stop_pid(dir, role, pid, 0, 3000);
     }
     for (int i = 0; i < n_children; i++) {
         if (children[i] > 0 && waitpid(children[i], NULL, WNOHANG) == 0) {
@@ -394,6 +445,52 @@ static void up_abort(const char *dir, const pid_t *children, int n_children)
         }
     }
     nf_ctl_cleanup_rundir(dir);
+}
+
+static void send_shutdown(int fd)
+{
+    nf_envelope req;
+    Nanoflow__Shutdown sd;
+    nanoflow__envelope__init(&req);
+    nanoflow__shutdown__init(&sd);
+    req.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
+    req.shutdown = &sd;
+    nf_client_send(fd, nf_ctl_next_id(), &req);
+}
+
+/* Stops every daemon of the stack in dir that still runs (those of a half-dead stack too):
+ * Shutdown to compute, predictor, then fetcher, SIGTERM after 10 s, SIGKILL after 15 s; then
+ * removes the run directory's files but the logs. A pid is signalled only once it proves to be
+ * its socket's server running the daemon's binary (nf_ctl_daemon_pid), never on the pid file
+ * alone: a crash and pid reuse, or a planted file, would name someone else's process. Returns
+ * 0, or 1 after saying which daemon does not exit or could not be confirmed. */
+static int stop_stack(const char *cmd, const char *dir)
+{
+    int ret = 0;
+    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
+        const char *role = nf_stack_roles[i];
+        char err[512], why[PATH_MAX + 512];
+        /* Checked before Shutdown, which makes a daemon remove its socket. */
+        int pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
+        int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
+        if (fd == -EPERM) {
+            fprintf(stderr, "nanoflowctl %s: %s\n", cmd, err);
+            ret = 1;
+        }
+        if (fd >= 0) {
+            send_shutdown(fd);
+            close(fd);
+        }
+        if (pid < 0) {
+            fprintf(stderr, "nanoflowctl %s: %s\n", cmd, why);
+            ret = 1;
+        } else if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
+            fprintf(stderr, "nanoflowctl %s: %s (pid %d) does not exit\n", cmd, role, pid);
+            ret = 1;
+        }
+    }
+    nf_ctl_cleanup_rundir(dir);
+    return ret;
 }
 
 /* Waits until ROLE reports READY. Returns 0, or 1 after printing why not. */
@@ -528,13 +625,28 @@ int nf_cmd_up(int argc, char **argv)
     }
     for (int i = 0; i < NF_N_ROLES; i++) {
         int pid = nf_pidfile_read(dir, nf_stack_roles[i]);
-        if (pid > 0) {
+        if (pid <= 0)
+            continue;
+        /* A stack with a dead daemon is stopped and a new one started (simpler than starting
+         * the missing daemon into the old region: the fetcher owns and creates the region, and
+         * a stack whose daemon died may have lost requests or tiles half-loaded). */
+        char msg[256];
+        int pids[NF_N_ROLES];
+        unsigned dead = nf_ctl_stack_dead(dir, msg, sizeof(msg), pids);
+        if (!dead) {
             fprintf(stderr,
                     "nanoflowctl up: a stack is already running in %s (%s pid %d); stop it with "
                     "'nanoflowctl down --run-dir %s'\n",
                     dir, nf_stack_roles[i], pid, dir);
             return 1;
         }
+        fprintf(stderr,
+                "nanoflowctl up: the %s (pid %d) of the stack in %s died: stopping the rest of "
+                "that stack and starting a new one\n",
+                nf_live_role(dead), pids[__builtin_ctz(dead)], dir);
+        if (stop_stack("up", dir))
+            return 1;
+        break;
     }
     char nft[PATH_MAX];
     if (resolve_model(o.model, nft, sizeof(nft)))
@@ -630,22 +742,6 @@ static void down_usage(FILE *f)
                "  -h, --help           show this help\n");
 }
 
-static void send_shutdown(const char *dir, const char *role)
-{
-    char err[256];
-    int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
-    if (fd < 0)
-        return;
-    nf_envelope req;
-    Nanoflow__Shutdown sd;
-    nanoflow__envelope__init(&req);
-    nanoflow__shutdown__init(&sd);
-    req.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
-    req.shutdown = &sd;
-    nf_client_send(fd, nf_ctl_next_id(), &req);
-    close(fd);
-}
-
 int nf_cmd_down(int argc, char **argv)
 {
     const char *run_dir = NULL;
@@ -668,17 +764,7 @@ int nf_cmd_down(int argc, char **argv)
         fprintf(stderr, "nanoflowctl down: no stack running in %s\n", dir);
         return 1;
     }
-    int ret = 0;
-    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
-        const char *role = nf_stack_roles[i];
-        int pid = nf_pidfile_read(dir, role);
-        send_shutdown(dir, role);
-        if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
-            fprintf(stderr, "nanoflowctl down: %s (pid %d) does not exit\n", role, pid);
-            ret = 1;
-        }
-    }
-    nf_ctl_cleanup_rundir(dir);
+    int ret = stop_stack("down", dir);
     if (ret == 0)
         printf("stack in %s stopped\n", dir);
     return ret;

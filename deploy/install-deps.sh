@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
       liburing-dev libnuma-dev libcmocka-dev libxxhash-dev
-      dpkg-dev file python3) # python3 reads JSON in the shell tests; dpkg-shlibdeps and file compute the .deb's Depends (cpack -G DEB)
+      dpkg-dev file python3 # python3 reads JSON in the shell tests; dpkg-shlibdeps and file compute the .deb's Depends (cpack -G DEB)
+      clang-format cppcheck) # tests/run.sh checks the format and runs cppcheck before it builds
 # clang builds the libFuzzer targets; the tests use it when present.
 if [ "${NF_WITH_CLANG:-1}" = 1 ]; then pkgs+=(clang libclang-rt-14-dev); fi
 missing=()

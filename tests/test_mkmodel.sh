@@ -61,7 +61,7 @@ expect_fail() {
 
 # 1. A tiny model of every type; sizes follow the type's bits per weight.
 declare -A size
-for ty in f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k; do
+for ty in f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k q4_1 q5_0 q5_1 iq4_nl q2_k q3_k iq4_xs; do
     if mk "tiny-$ty.gguf" --shape tiny --vocab 512 --type "$ty"; then
         size[$ty]=$(stat -c %s "$T/tiny-$ty.gguf")
         if grep -q "wrote .*tiny-$ty.gguf" "$T/out.txt"; then ok; else bad "no summary line for $ty"; fi
@@ -71,11 +71,15 @@ for ty in f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k; do
     fi
     no_temp_left "mkmodel --type $ty"
 done
-# Bytes per weight order: f32 > f16 = bf16 > q8_0 > q6_k > q5_k > q4_k = q4_0 (both 4.5 bits).
+# Bytes per weight order: f32 > f16 = bf16 > q8_0 > q6_k > q5_k > q4_k = q4_0 (both 4.5 bits),
+# q5_1 > q5_0 > q4_1 > q4_0 = iq4_nl, q4_k > iq4_xs > q3_k > q2_k.
 if [ "${size[f32]}" -gt "${size[f16]}" ] && [ "${size[f16]}" -eq "${size[bf16]}" ] &&
     [ "${size[f16]}" -gt "${size[q8_0]}" ] && [ "${size[q8_0]}" -gt "${size[q6_k]}" ] &&
     [ "${size[q6_k]}" -gt "${size[q5_k]}" ] && [ "${size[q5_k]}" -gt "${size[q4_k]}" ] &&
-    [ "${size[q4_k]}" -eq "${size[q4_0]}" ]; then
+    [ "${size[q4_k]}" -eq "${size[q4_0]}" ] && [ "${size[q5_1]}" -gt "${size[q5_0]}" ] &&
+    [ "${size[q5_0]}" -gt "${size[q4_1]}" ] && [ "${size[q4_1]}" -gt "${size[q4_0]}" ] &&
+    [ "${size[q4_0]}" -eq "${size[iq4_nl]}" ] && [ "${size[q4_k]}" -gt "${size[iq4_xs]}" ] &&
+    [ "${size[iq4_xs]}" -gt "${size[q3_k]}" ] && [ "${size[q3_k]}" -gt "${size[q2_k]}" ]; then
     ok
 else
     bad "file sizes do not follow the types: $(for k in "${!size[@]}"; do printf '%s=%s ' "$k" "${size[$k]}"; done)"
@@ -135,7 +139,7 @@ rc=$?
 if [ "$rc" -eq 2 ] && grep -q "missing the output file" "$T/err.txt"; then ok; else
     bad "no OUT: rc=$rc, stderr: $(cat "$T/err.txt")"; fi
 expect_fail 2 "unknown --shape 'llama-9b'" --shape llama-9b
-expect_fail 2 "unknown --type 'q3_k'" --shape tiny --type q3_k
+expect_fail 2 "unknown --type 'iq2_xxs'" --shape tiny --type iq2_xxs
 expect_fail 2 "unknown flag '--bogus'" --shape tiny --bogus
 expect_fail 2 "--dim is missing" --layers 2 --ffn 64 --heads 4
 expect_fail 2 "--heads is missing" --dim 64 --layers 2 --ffn 64
@@ -184,7 +188,7 @@ if [ "$rc" -eq 1 ] && grep -q "no/such/dir" "$T/err.txt"; then ok; else
 if grep -q "not implemented yet" "$T/run.txt"; then
     echo "note: nanoflowctl run is still a placeholder; the load-and-generate checks are skipped"
 else
-    for ty in f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k; do
+    for ty in f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k q4_1 q5_0 q5_1 iq4_nl q2_k q3_k iq4_xs; do
         if "$NF_BIN" run --model "$T/tiny-$ty.gguf" -p "Once upon a time" -n 4 --temp 0 --json \
             >"$T/run.txt" 2>"$T/run.err" && grep -q '"gen_ids"' "$T/run.txt"; then
             ok

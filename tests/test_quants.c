@@ -22,16 +22,23 @@
 /* Tolerances, relative to sum |x_i * y_i| of the dequantized operands (the scale of the
  * rounding errors of any summation order). Integer-accumulating kernels differ from the
  * reference only in the order of float additions of per-block results. */
-#define TOL_REF_DOT  2e-5 /* scalar reference vs dequantize-then-dot in double */
-#define TOL_F32_DOT  2e-6
-#define TOL_F16_DOT  2e-6
-#define TOL_BF16_DOT 2e-6
-#define TOL_Q4_0_DOT 1e-5
-#define TOL_Q8_0_DOT 1e-5
-#define TOL_Q4_K_DOT 1e-5
-#define TOL_Q5_K_DOT 1e-5
-#define TOL_Q6_K_DOT 1e-5
-#define TOL_Q8_K_DOT 1e-5
+#define TOL_REF_DOT    2e-5 /* scalar reference vs dequantize-then-dot in double */
+#define TOL_F32_DOT    2e-6
+#define TOL_F16_DOT    2e-6
+#define TOL_BF16_DOT   2e-6
+#define TOL_Q4_0_DOT   1e-5
+#define TOL_Q8_0_DOT   1e-5
+#define TOL_Q4_K_DOT   1e-5
+#define TOL_Q5_K_DOT   1e-5
+#define TOL_Q6_K_DOT   1e-5
+#define TOL_Q8_K_DOT   1e-5
+#define TOL_Q4_1_DOT   1e-5
+#define TOL_Q5_0_DOT   1e-5
+#define TOL_Q5_1_DOT   1e-5
+#define TOL_IQ4_NL_DOT 1e-5
+#define TOL_Q2_K_DOT   1e-5
+#define TOL_Q3_K_DOT   1e-5
+#define TOL_IQ4_XS_DOT 1e-5
 /* RMS quantize->dequantize error relative to the RMS of gaussian input (per 256 elements);
  * with 40x outliers among the data (pattern 1) the bound is TOL_RMSE_OUTLIERS times larger. */
 #define TOL_RMSE_Q4_0     0.125
@@ -40,6 +47,14 @@
 #define TOL_RMSE_Q5_K     0.05
 #define TOL_RMSE_Q6_K     0.026
 #define TOL_RMSE_Q8_K     0.012
+#define TOL_RMSE_Q4_1     0.11
+#define TOL_RMSE_Q5_0     0.06
+#define TOL_RMSE_Q5_1     0.05
+#define TOL_RMSE_Q8_1     0.008
+#define TOL_RMSE_IQ4_NL   0.10
+#define TOL_RMSE_Q2_K     0.36
+#define TOL_RMSE_Q3_K     0.20
+#define TOL_RMSE_IQ4_XS   0.10
 #define TOL_RMSE_F16      0.0003
 #define TOL_RMSE_BF16     0.0025
 #define TOL_RMSE_OUTLIERS 4.0
@@ -100,9 +115,10 @@ static void fill(float *x, int n, int pattern)
 }
 #define NPATTERNS 6
 
-static const enum nf_type weight_types[] = {NF_TYPE_F32,  NF_TYPE_F16,  NF_TYPE_BF16,
-                                            NF_TYPE_Q4_0, NF_TYPE_Q8_0, NF_TYPE_Q4_K,
-                                            NF_TYPE_Q5_K, NF_TYPE_Q6_K, NF_TYPE_Q8_K};
+static const enum nf_type weight_types[] = {
+    NF_TYPE_F32,    NF_TYPE_F16,  NF_TYPE_BF16, NF_TYPE_Q4_0,  NF_TYPE_Q8_0, NF_TYPE_Q4_K,
+    NF_TYPE_Q5_K,   NF_TYPE_Q6_K, NF_TYPE_Q8_K, NF_TYPE_Q4_1,  NF_TYPE_Q5_0, NF_TYPE_Q5_1,
+    NF_TYPE_IQ4_NL, NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_IQ4_XS};
 #define NWEIGHT (sizeof(weight_types) / sizeof(weight_types[0]))
 
 static double dot_tol(enum nf_type t)
@@ -116,6 +132,13 @@ static double dot_tol(enum nf_type t)
     case NF_TYPE_Q4_K: return TOL_Q4_K_DOT;
     case NF_TYPE_Q5_K: return TOL_Q5_K_DOT;
     case NF_TYPE_Q6_K: return TOL_Q6_K_DOT;
+    case NF_TYPE_Q4_1: return TOL_Q4_1_DOT;
+    case NF_TYPE_Q5_0: return TOL_Q5_0_DOT;
+    case NF_TYPE_Q5_1: return TOL_Q5_1_DOT;
+    case NF_TYPE_IQ4_NL: return TOL_IQ4_NL_DOT;
+    case NF_TYPE_Q2_K: return TOL_Q2_K_DOT;
+    case NF_TYPE_Q3_K: return TOL_Q3_K_DOT;
+    case NF_TYPE_IQ4_XS: return TOL_IQ4_XS_DOT;
     default: return TOL_Q8_K_DOT;
     }
 }
@@ -187,6 +210,29 @@ static double exact_dot(const float *x, const float *y, int n, double *scale)
     return s;
 }
 
+/* For q4_1/q5_1 weights (else 0): what the q8_1 activation's own s adds to the dot beyond the
+ * dequantized values. llama.cpp's q8_1 keeps s = d * sum(qs) rounded to fp16 from the
+ * unrounded d, and the min term of a block is m * s, not m * (fp16 d) * sum(qs): the exact
+ * dot of the format is sum x * y plus sum over blocks m * (s - d * sum(qs)). */
+static double q8_1_s_term(enum nf_type t, const struct operands *o)
+{
+    if (t != NF_TYPE_Q4_1 && t != NF_TYPE_Q5_1)
+        return 0.0;
+    const size_t xs = nf_type_traits(t)->type_size;
+    const nf_block_q8_1 *y = o->y;
+    double a = 0;
+    for (int i = 0; i < o->n / NF_QK8_0; i++) {
+        nf_fp16_t m; /* q4_1 and q5_1 both keep m right after d */
+        memcpy(&m, (const char *)o->x + i * xs + 2, sizeof(m));
+        int sumq = 0;
+        for (int e = 0; e < NF_QK8_0; e++)
+            sumq += y[i].qs[e];
+        a += (double)nf_fp16_to_fp32(m) *
+             ((double)nf_fp16_to_fp32(y[i].s) - (double)nf_fp16_to_fp32(y[i].d) * sumq);
+    }
+    return a;
+}
+
 /* ---- traits ------------------------------------------------------------------------------ */
 
 static void test_traits(void **state)
@@ -212,8 +258,21 @@ static void test_traits(void **state)
     assert_int_equal(nf_type_traits(NF_TYPE_Q2_K)->type_size, 84);
     assert_int_equal(nf_type_traits(NF_TYPE_IQ4_XS)->type_size, 136);
     assert_string_equal(nf_type_traits(NF_TYPE_BF16)->name, "bf16");
-    assert_false(nf_type_traits(NF_TYPE_Q2_K)->compute);
-    assert_null(nf_type_traits(NF_TYPE_Q2_K)->vec_dot);
+    assert_false(nf_type_traits(NF_TYPE_IQ2_XXS)->compute);
+    assert_null(nf_type_traits(NF_TYPE_IQ2_XXS)->vec_dot);
+    /* llama.cpp's pairing: q8_1 carries the min term of q4_1/q5_1. */
+    assert_int_equal(nf_type_traits(NF_TYPE_Q4_1)->vec_dot_type, NF_TYPE_Q8_1);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q5_1)->vec_dot_type, NF_TYPE_Q8_1);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q5_0)->vec_dot_type, NF_TYPE_Q8_0);
+    assert_int_equal(nf_type_traits(NF_TYPE_IQ4_NL)->vec_dot_type, NF_TYPE_Q8_0);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q2_K)->vec_dot_type, NF_TYPE_Q8_K);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q3_K)->vec_dot_type, NF_TYPE_Q8_K);
+    assert_int_equal(nf_type_traits(NF_TYPE_IQ4_XS)->vec_dot_type, NF_TYPE_Q8_K);
+    assert_int_equal(nf_type_traits(NF_TYPE_Q3_K)->type_size, 110);
+    assert_int_equal(nf_type_traits(NF_TYPE_IQ4_NL)->type_size, 18);
+    assert_false(nf_type_traits(NF_TYPE_Q8_1)->compute);
+    assert_null(nf_type_traits(NF_TYPE_Q8_1)->vec_dot);
+    assert_non_null(nf_type_traits(NF_TYPE_Q8_1)->from_float_act);
     /* Retired ggml numbers and out-of-range values have no traits. */
     static const int retired[] = {4, 5, 31, 32, 33, 36, 37, 38, 40, -1, 1000};
     for (size_t i = 0; i < sizeof(retired) / sizeof(retired[0]); i++)
@@ -460,6 +519,14 @@ static double rmse_tol(enum nf_type t)
     case NF_TYPE_Q5_K: return TOL_RMSE_Q5_K;
     case NF_TYPE_Q6_K: return TOL_RMSE_Q6_K;
     case NF_TYPE_Q8_K: return TOL_RMSE_Q8_K;
+    case NF_TYPE_Q4_1: return TOL_RMSE_Q4_1;
+    case NF_TYPE_Q5_0: return TOL_RMSE_Q5_0;
+    case NF_TYPE_Q5_1: return TOL_RMSE_Q5_1;
+    case NF_TYPE_Q8_1: return TOL_RMSE_Q8_1;
+    case NF_TYPE_IQ4_NL: return TOL_RMSE_IQ4_NL;
+    case NF_TYPE_Q2_K: return TOL_RMSE_Q2_K;
+    case NF_TYPE_Q3_K: return TOL_RMSE_Q3_K;
+    case NF_TYPE_IQ4_XS: return TOL_RMSE_IQ4_XS;
     case NF_TYPE_F16: return TOL_RMSE_F16;
     case NF_TYPE_BF16: return TOL_RMSE_BF16;
     default: return 0;
@@ -472,8 +539,8 @@ static void test_quantize_roundtrip(void **state)
     enum { N = 8192 };
     float *x = malloc(N * sizeof(float)), *y = malloc(N * sizeof(float));
     void *q = malloc(N * 4);
-    for (size_t i = 0; i < NWEIGHT; i++) {
-        enum nf_type t = weight_types[i];
+    for (size_t i = 0; i <= NWEIGHT; i++) { /* the weight types, then q8_1 (activations only) */
+        enum nf_type t = i < NWEIGHT ? weight_types[i] : NF_TYPE_Q8_1;
         const struct nf_type_traits *tt = nf_type_traits(t);
         for (int p = 0; p < 4; p++) {
             fill(x, N, p);
@@ -566,6 +633,7 @@ static void test_ref_dot(void **state)
                 double scale, want = exact_dot(o.xf, o.yf, o.n, &scale);
                 float got;
                 ref(o.n, &got, o.x, o.y);
+                want += q8_1_s_term(t, &o);
                 if (fabs(got - want) > TOL_REF_DOT * scale + 1e-30)
                     fail_msg("%s n=%d pattern %d: ref %g, exact %g", nf_type_traits(t)->name, o.n,
                              p, got, want);
@@ -639,13 +707,15 @@ static void test_simd_dot(void **state)
     assert_true(tested > 0);
 }
 
-/* SIMD activation quantizers against the reference: f16/bf16/q8_K bit-exact; q8_0 with the
- * same scale and each quant within 1 of the reference, differing only where x/d is (nearly)
- * a tie, because the SIMD path rounds ties to even as llama.cpp's AVX2 code does. */
+/* SIMD activation quantizers against the reference: f16/bf16/q8_K bit-exact; q8_0 and q8_1
+ * with the same scale and each quant within 1 of the reference, differing only where x/d is
+ * (nearly) a tie, because the SIMD path rounds ties to even as llama.cpp's AVX2 code does;
+ * q8_1's s is d * sum of its own quants. */
 static void test_simd_quantize(void **state)
 {
     (void)state;
-    static const enum nf_type act[] = {NF_TYPE_F16, NF_TYPE_BF16, NF_TYPE_Q8_0, NF_TYPE_Q8_K};
+    static const enum nf_type act[] = {NF_TYPE_F16, NF_TYPE_BF16, NF_TYPE_Q8_0, NF_TYPE_Q8_K,
+                                       NF_TYPE_Q8_1};
     enum { N = 4096 };
     float *x = malloc(N * sizeof(float));
     char *a = malloc(N * 4), *b = malloc(N * 4);
@@ -668,7 +738,7 @@ static void test_simd_quantize(void **state)
                         x[3] = 1e-40f;
                         x[4] = 65520.0f;
                         x[5] = u2f(0x3f808000);
-                        if (t == NF_TYPE_Q8_0 || t == NF_TYPE_Q8_K)
+                        if (t == NF_TYPE_Q8_0 || t == NF_TYPE_Q8_K || t == NF_TYPE_Q8_1)
                             fill(x, 8, 0);
                     }
                     size_t sz = nf_row_size(t, n);
@@ -676,23 +746,40 @@ static void test_simd_quantize(void **state)
                     memset(b, 0xaa, sz);
                     ref(x, a, n);
                     f(x, b, n);
-                    if (t != NF_TYPE_Q8_0) {
+                    if (t != NF_TYPE_Q8_0 && t != NF_TYPE_Q8_1) {
                         if (memcmp(a, b, sz) != 0)
                             fail_msg("%s %s n=%d pattern %d differs from scalar",
                                      nf_type_traits(t)->name, nf_isa_name(isa), n, p);
                         continue;
                     }
-                    const nf_block_q8_0 *qa = (const void *)a, *qb = (const void *)b;
+                    /* q8_1 is q8_0 with s between d and the quants. */
+                    const size_t bsz = nf_type_traits(t)->type_size, qoff = bsz - 32;
                     for (int k = 0; k < n / 32; k++) {
-                        assert_int_equal(qa[k].d, qb[k].d);
-                        float d = nf_fp16_to_fp32(qa[k].d);
+                        const char *ba = a + k * bsz, *bb = b + k * bsz;
+                        const int8_t *qa = (const int8_t *)(ba + qoff);
+                        const int8_t *qb = (const int8_t *)(bb + qoff);
+                        assert_memory_equal(ba, bb, 2); /* d */
+                        /* The unrounded 127 / amax both paths start from: x / (fp16 d) is
+                         * off by up to 2^-11 * 127 and can hide a tie. */
+                        float amax = 0;
+                        for (int j = 0; j < 32; j++)
+                            amax = fmaxf(amax, fabsf(x[32 * k + j]));
+                        float id = 127.f / amax;
+                        if (t == NF_TYPE_Q8_1) { /* s = d * sum(qs), d unrounded */
+                            int sum = 0;
+                            for (int j = 0; j < 32; j++)
+                                sum += qb[j];
+                            nf_fp16_t sb;
+                            memcpy(&sb, bb + 2, 2);
+                            assert_int_equal(sb, nf_fp32_to_fp16(amax / 127.f * (float)sum));
+                        }
                         for (int j = 0; j < 32; j++) {
-                            int diff = qa[k].qs[j] - qb[k].qs[j];
+                            int diff = qa[j] - qb[j];
                             if (diff == 0)
                                 continue;
                             assert_true(abs(diff) == 1);
                             /* Only ties (up to the 1/d vs 127/amax rounding) may differ. */
-                            float frac = fabsf(x[32 * k + j] / d);
+                            float frac = fabsf(x[32 * k + j] * id);
                             assert_true(fabsf(frac - floorf(frac) - 0.5f) < 1e-3f);
                         }
                     }
@@ -810,6 +897,113 @@ static void test_llama_order(void **state)
     free(yf);
 }
 
+/* The AVX-512 kernels of q4_1, q5_0, q5_1, iq4_nl, q2_K, q3_K and iq4_xs sum in the float
+ * order of their AVX2 kernels (llama.cpp's): the results are bit-identical. */
+static void test_avx512_order(void **state)
+{
+    (void)state;
+    if (nf_cpu_best_isa() < NF_ISA_AVX512)
+        skip();
+    static const enum nf_type types[] = {NF_TYPE_Q4_1, NF_TYPE_Q5_0, NF_TYPE_Q5_1,  NF_TYPE_IQ4_NL,
+                                         NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_IQ4_XS};
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        const enum nf_type t = types[ti];
+        nf_vec_dot_fn f2 = nf_vec_dot_for(t, NF_ISA_AVX2), f5 = nf_vec_dot_for(t, NF_ISA_AVX512);
+        assert_non_null(f2);
+        assert_non_null(f5);
+        int ns[8];
+        int nl = lengths(t, ns);
+        for (int li = 0; li < nl; li++) {
+            for (int p = 0; p < NPATTERNS; p++) {
+                struct operands o;
+                make_operands(&o, t, ns[li], p);
+                float a, b;
+                f2(o.n, &a, o.x, o.y);
+                f5(o.n, &b, o.x, o.y);
+                if (f2u(a) != f2u(b))
+                    fail_msg("%s n=%d pattern %d: avx512 %.9g, avx2 %.9g", nf_type_traits(t)->name,
+                             o.n, p, b, a);
+                free_operands(&o);
+            }
+        }
+    }
+}
+
+/* ---- llama.cpp's dequantization ------------------------------------------------------------
+ * tests/data/quants/TYPE.bin: blocks of a tensor quantized by llama.cpp's llama-quantize, then
+ * llama.cpp's dequantization of them as float32 (made as tests/data/quants/README.md says). */
+
+static char *read_fixture(const char *name, size_t *size)
+{
+    char path[512], lower[16];
+    size_t k = 0;
+    for (; name[k] && k + 1 < sizeof(lower); k++)
+        lower[k] = (char)(name[k] >= 'A' && name[k] <= 'Z' ? name[k] - 'A' + 'a' : name[k]);
+    lower[k] = 0;
+    snprintf(path, sizeof(path), "%s/tests/data/quants/%s.bin", NF_SOURCE_DIR, lower);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("%s: cannot open", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = malloc((size_t)n + 64);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *size = (size_t)n;
+    return buf;
+}
+
+/* Our dequantization equals llama.cpp's bit for bit; every vec_dot path on those blocks
+ * agrees with the double dot of llama.cpp's values and the dequantized activation. */
+static void test_llama_dequant(void **state)
+{
+    (void)state;
+    static const enum nf_type types[] = {NF_TYPE_Q4_1, NF_TYPE_Q5_0, NF_TYPE_Q5_1,  NF_TYPE_IQ4_NL,
+                                         NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_IQ4_XS};
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        const enum nf_type t = types[ti];
+        const struct nf_type_traits *tt = nf_type_traits(t);
+        const struct nf_type_traits *yt = nf_type_traits(tt->vec_dot_type);
+        size_t size;
+        char *buf = read_fixture(tt->name, &size);
+        const size_t per = tt->type_size + (size_t)tt->blck_size * sizeof(float);
+        assert_true(size > 0 && size % per == 0);
+        const int nb = (int)(size / per), n = nb * (int)tt->blck_size;
+        /* The floats follow the blocks, so they need not be 4-byte aligned in buf. */
+        float *want = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)n * sizeof(float));
+        memcpy(want, buf + (size_t)nb * tt->type_size, (size_t)n * sizeof(float));
+        tt->to_float(buf, got, n);
+        for (int e = 0; e < n; e++)
+            if (f2u(got[e]) != f2u(want[e]))
+                fail_msg("%s element %d of %d: %.9g, llama.cpp %.9g", tt->name, e, n, got[e],
+                         want[e]);
+        struct operands o = {.n = n, .x = buf};
+        o.y = calloc(1, nf_row_size(tt->vec_dot_type, n) + 64);
+        o.yf = malloc((size_t)n * sizeof(float));
+        fill(got, n, 0);
+        yt->from_float(got, o.y, n);
+        yt->to_float(o.y, o.yf, n);
+        double scale, exact = exact_dot(want, o.yf, n, &scale) + q8_1_s_term(t, &o);
+        for (int isa = NF_ISA_SCALAR; isa <= (int)nf_cpu_best_isa(); isa++) {
+            nf_vec_dot_fn f = nf_vec_dot_for(t, (enum nf_isa)isa);
+            if (!f)
+                continue;
+            float s = -12345.0f;
+            f(n, &s, buf, o.y);
+            if (!(fabs(s - exact) <= TOL_REF_DOT * scale))
+                fail_msg("%s %s on llama.cpp's blocks: %.9g, exact %.9g", tt->name,
+                         nf_isa_name(isa), s, exact);
+        }
+        free(o.y);
+        free(o.yf);
+        free(got);
+        free(want);
+        free(buf);
+    }
+}
+
 /* ggml's AVX-512 exp and SwiGLU: the vector kernel equals the scalar emulation bit for bit,
  * including lanes past the overflow/underflow limits, and both stay close to the C library. */
 static void test_swiglu(void **state)
@@ -862,7 +1056,7 @@ static void test_isa_env(void **state)
         assert_int_equal(WEXITSTATUS(status), 0);
     }
     assert_string_equal(nf_isa_name(NF_ISA_AVX2), "avx2");
-    assert_null(nf_vec_dot_for(NF_TYPE_Q2_K, NF_ISA_SCALAR));
+    assert_null(nf_vec_dot_for(NF_TYPE_IQ2_XXS, NF_ISA_SCALAR));
 }
 
 int main(int argc, char **argv)
@@ -878,7 +1072,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_q8_rules),     cmocka_unit_test(test_ref_dot),
         cmocka_unit_test(test_simd_dot),     cmocka_unit_test(test_simd_quantize),
         cmocka_unit_test(test_isa_env),      cmocka_unit_test(test_llama_order),
-        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_swiglu),       cmocka_unit_test(test_llama_dequant),
+        cmocka_unit_test(test_avx512_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -68,6 +68,8 @@ static void job_failed(struct nf_gen *g, const struct nf_gen_job *j, const struc
         snprintf(msg, sizeof(msg), "%s", q->err);
     else if (q->rc == -ECANCELED)
         snprintf(msg, sizeof(msg), "compute is shutting down");
+    else if (q->rc == -EOWNERDEAD) /* a daemon died: name it (daemons/common/live.c) */
+        nf_live_message(g->st, nf_live_check(g->st), msg, sizeof(msg));
     else
         snprintf(msg, sizeof(msg), "generation aborted: %s",
                  nf_stream_error(g->s)[0] ? nf_stream_error(g->s) : nf_strerror(q->rc));

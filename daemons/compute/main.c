@@ -119,14 +119,36 @@ static void on_stop(struct nf_daemon_loop *dl)
     nf_gen_stop(&m->gen);
 }
 
+/* Another daemon died (loop.c saw it): the running and the queued generations fail at once
+ * with msg, sent before the stack is marked dead so that it is the first word their clients
+ * read (the worker's own error or cancel reply follows, to a client that has left). */
+static void on_dead(struct nf_daemon_loop *dl, uint32_t dead, const char *msg)
+{
+    (void)dead;
+    struct compute *m = dl->ud;
+    pthread_mutex_lock(&m->gen.mu);
+    for (struct nf_gen_job *j = m->gen.cur ? m->gen.cur : m->gen.head; j;
+         j = j == m->gen.cur ? m->gen.head : j->next) {
+        nf_server_send_error(dl->srv, j->conn_id, j->req_id, -EOWNERDEAD, "%s", msg);
+        atomic_store(&j->cancel, 1);
+    }
+    pthread_mutex_unlock(&m->gen.mu);
+}
+
 static bool on_request(struct nf_daemon_loop *dl, uint64_t conn, nf_envelope *env)
 {
     struct compute *m = dl->ud;
     const uint64_t req = env->request_id;
+    char msg[256];
+    uint32_t dead;
     switch (env->msg_case) {
     case NANOFLOW__ENVELOPE__MSG_GENERATE:
         if (dl->stopping) {
             nf_server_send_error(dl->srv, conn, req, -ECANCELED, "compute is shutting down");
+        } else if ((dead = nf_live_check(&m->st) & ~NF_READY_COMPUTE) != 0) {
+            /* Checked now, not only on the timer: a request right after a death fails too. */
+            nf_live_message(&m->st, dead, msg, sizeof(msg));
+            nf_server_send_error(dl->srv, conn, req, -EOWNERDEAD, "%s", msg);
         } else if (nf_gen_submit(&m->gen, conn, req, env->generate) < 0) {
             nf_server_send_error(dl->srv, conn, req, -ENOMEM, "out of memory queueing the request");
         }
@@ -152,6 +174,7 @@ static const struct nf_daemon_hooks hooks = {
     .mem = on_mem,
     .shutdown = on_shutdown,
     .stop = on_stop,
+    .dead = on_dead,
 };
 
 static int serve(struct compute *m, char *err, size_t errlen)

@@ -53,6 +53,22 @@ static void fill_weights(enum nf_type t, char *w, size_t bytes)
             ((nf_block_q5_K *)(w + off))->dmin = d;
             break;
         case NF_TYPE_Q6_K: ((nf_block_q6_K *)(w + off))->d = d; break;
+        case NF_TYPE_Q4_1:
+            ((nf_block_q4_1 *)(w + off))->d = d;
+            ((nf_block_q4_1 *)(w + off))->m = d;
+            break;
+        case NF_TYPE_Q5_0: ((nf_block_q5_0 *)(w + off))->d = d; break;
+        case NF_TYPE_Q5_1:
+            ((nf_block_q5_1 *)(w + off))->d = d;
+            ((nf_block_q5_1 *)(w + off))->m = d;
+            break;
+        case NF_TYPE_IQ4_NL: ((nf_block_iq4_nl *)(w + off))->d = d; break;
+        case NF_TYPE_Q2_K:
+            ((nf_block_q2_K *)(w + off))->d = d;
+            ((nf_block_q2_K *)(w + off))->dmin = d;
+            break;
+        case NF_TYPE_Q3_K: ((nf_block_q3_K *)(w + off))->d = d; break;
+        case NF_TYPE_IQ4_XS: ((nf_block_iq4_xs *)(w + off))->d = d; break;
         default: break;
         }
     }
@@ -60,8 +76,10 @@ static void fill_weights(enum nf_type t, char *w, size_t bytes)
 
 int main(void)
 {
-    static const enum nf_type types[] = {NF_TYPE_F32,  NF_TYPE_F16,  NF_TYPE_BF16, NF_TYPE_Q8_0,
-                                         NF_TYPE_Q4_0, NF_TYPE_Q4_K, NF_TYPE_Q5_K, NF_TYPE_Q6_K};
+    static const enum nf_type types[] = {NF_TYPE_F32,    NF_TYPE_F16,  NF_TYPE_BF16,  NF_TYPE_Q8_0,
+                                         NF_TYPE_Q4_0,   NF_TYPE_Q4_1, NF_TYPE_Q5_0,  NF_TYPE_Q5_1,
+                                         NF_TYPE_IQ4_NL, NF_TYPE_Q2_K, NF_TYPE_Q3_K,  NF_TYPE_Q4_K,
+                                         NF_TYPE_Q5_K,   NF_TYPE_Q6_K, NF_TYPE_IQ4_XS};
     float *act = malloc(COLS * sizeof(float));
     float *out = malloc(ROWS * sizeof(float));
     void *yq = malloc(COLS * 4);
