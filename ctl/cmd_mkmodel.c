@@ -81,8 +81,8 @@ static void usage(FILE *f)
         "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
         "--heads H [--kv-heads K]) [OPTIONS]\n\n"
         "Writes a GGUF v3 model of architecture llama, qwen2, qwen3 or qwen3moe with\n"
-        "deterministic random weights\n"
-        "(uniform, std %.2g; norms 1.0) or, with --zero, all-zero matrices left as file holes.\n\n"
+        "deterministic random weights (uniform, std %.2g; norms 1.0, qwen3 q/k norms 1 +\n"
+        "%g x noise) or, with --zero, all-zero matrices left as file holes.\n\n"
         "Shape (flags override the preset's values):\n"
         "  --shape NAME         %s\n"
         "                       (required unless --dim, --layers, --ffn and --heads are given)\n"
@@ -122,7 +122,7 @@ static void usage(FILE *f)
         "  --alignment N        general.alignment, a power of two (default 32)\n"
         "  -t, --threads N      generator threads, 1..256 (default: online CPUs)\n"
         "  -h, --help           show this help\n",
-        NF_MK_STD, shapes);
+        NF_MK_STD, NF_MK_NEAR_ONE_SCALE, shapes);
 }
 
 struct mk_opts {
@@ -422,8 +422,8 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool ti
             ADD(NF_MK_RANDOM, NF_TYPE_F32, 1, kv_dim, 1, 1, "blk.%lld.attn_v.bias", b);
         }
         if (qk_norm) { /* qwen3: per-head RMSNorm weights of q and k */
-            ADD(NF_MK_ONES, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_q_norm.weight", b);
-            ADD(NF_MK_ONES, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_k_norm.weight", b);
+            ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_q_norm.weight", b);
+            ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_k_norm.weight", b);
         }
         ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.ffn_norm.weight", b);
         if (e) {

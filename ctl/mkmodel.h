@@ -34,10 +34,13 @@ void nf_mk_shape_list(char *buf, size_t len);
 
 /* What a tensor's elements are filled with. */
 enum nf_mk_fill {
-    NF_MK_RANDOM, /* uniform noise with standard deviation NF_MK_STD */
-    NF_MK_ONES,   /* 1.0 (RMS norm weights) */
-    NF_MK_VALUES, /* the F32 values of nf_mk_tensor.values (rope_freqs) */
+    NF_MK_RANDOM,   /* uniform noise with standard deviation NF_MK_STD */
+    NF_MK_ONES,     /* 1.0 (RMS norm weights) */
+    NF_MK_VALUES,   /* the F32 values of nf_mk_tensor.values (rope_freqs) */
+    NF_MK_NEAR_ONE, /* 1 + NF_MK_NEAR_ONE_SCALE x the RANDOM noise (q/k norms: not all equal,
+                     * so a misplaced weight changes the output) */
 };
+#define NF_MK_NEAR_ONE_SCALE 10.0f
 
 #define NF_MK_STD 0.02f
 

@@ -30,11 +30,11 @@ trap cleanup EXIT
 MODELS=(
     "qwen2-q8_0 805e066985deb5fabfc7b5c19646ebb72cb20b0e25d66772c829d6fb3375a025 --seed 7 --arch qwen2 --dim 64 --layers 2 --ffn 128 --heads 4 --kv-heads 2 --type q8_0"
     "qwen2-q4_k 9c206f851914567df565386f5af0b59d497649535e486e1dbdd40bba59a88e55 --seed 7 --arch qwen2 --dim 256 --layers 2 --ffn 512 --heads 4 --kv-heads 2 --type q4_k"
-    "qwen3-q8_0 16eeae0784b7c5fe5e352f89bb1e32137abe2a3dd7e2a4455ab387bf094917d8 --seed 7 --arch qwen3 --dim 64 --layers 2 --ffn 128 --heads 4 --kv-heads 2 --head-dim 32 --type q8_0"
-    "qwen3-q4_k a478c4736a88ad5f04ed566bee59bac5428e8986f12fec4d057f43df86935567 --seed 7 --arch qwen3 --dim 256 --layers 2 --ffn 512 --heads 4 --kv-heads 2 --head-dim 64 --type q4_k"
-    "qwen3moe-q8_0 33057fe044a9a0720659f72120533d709b17f21c45f60dbc53b08a62f828cf56 --seed 7 --arch qwen3moe --dim 64 --layers 2 --ffn 64 --heads 4 --kv-heads 2 --head-dim 32 --experts 4 --experts-used 2 --type q8_0"
-    "qwen3moe-q4_k 4bed9eaf77dab551c076fe82803e6c561c082f85da19df64a0aaff4b34c36371 --seed 7 --arch qwen3moe --dim 256 --layers 2 --ffn 256 --heads 4 --kv-heads 2 --head-dim 64 --experts 4 --experts-used 2 --type q4_k"
-    "qwen3moe128-q8_0 33fc7a129bca1f94e01d412f09f05dfcbd86f43a18a069a79cad6c389b0d680d --seed 3 --arch qwen3moe --dim 64 --layers 2 --ffn 32 --heads 4 --kv-heads 2 --head-dim 32 --experts 128 --experts-used 8 --type q8_0"
+    "qwen3-q8_0 75c90085a81e2d3a634281156217525d591a889a4936d0c7a2094c8f13effdfe --seed 7 --arch qwen3 --dim 64 --layers 2 --ffn 128 --heads 4 --kv-heads 2 --head-dim 32 --type q8_0"
+    "qwen3-q4_k 0334851174d0e53c8775a16189f3a73a0af74906baab9ddfe9871093cc36f5a4 --seed 7 --arch qwen3 --dim 256 --layers 2 --ffn 512 --heads 4 --kv-heads 2 --head-dim 64 --type q4_k"
+    "qwen3moe-q8_0 d084229589133a01ce0d37153cb648da0e874ec1b71fb5490bf15f4526aac2c0 --seed 7 --arch qwen3moe --dim 64 --layers 2 --ffn 64 --heads 4 --kv-heads 2 --head-dim 32 --experts 4 --experts-used 2 --type q8_0"
+    "qwen3moe-q4_k a31a22237b61f731ffa5d5bfc2933cfcb5aea5a8838b25e703886bb658e81eea --seed 8 --arch qwen3moe --dim 256 --layers 2 --ffn 256 --heads 4 --kv-heads 2 --head-dim 64 --experts 4 --experts-used 2 --type q4_k"
+    "qwen3moe128-q8_0 7a4b70cf18307a356d5ef6d932637524e0fe42578e71ba38acdf5c83462a1870 --seed 3 --arch qwen3moe --dim 64 --layers 2 --ffn 32 --heads 4 --kv-heads 2 --head-dim 32 --experts 128 --experts-used 8 --type q8_0"
     "llama3-q8_0 f2d0846666bdc10111186c2ae85f5783d0a0b1d7e514751f9ca61d42d680059e --seed 7 --arch llama --dim 64 --layers 2 --ffn 128 --heads 4 --kv-heads 2 --rope-base 500000 --rope-freqs --tied-output --type q8_0"
     "llama3-q4_k 2e8f43a6667969b2f5a123a47c11f95544866bd4a5abb9c8e2999b09dea22a87 --seed 8 --arch llama --dim 256 --layers 2 --ffn 512 --heads 4 --kv-heads 2 --rope-base 500000 --rope-freqs --type q4_k"
 )
