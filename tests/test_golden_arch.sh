@@ -91,6 +91,8 @@ for name in qwen2-q8_0 qwen3moe-q8_0 qwen3moe128-q8_0; do
     gen_matches_run "$T/gen.jsonl" "$T/run.jsonl" "$G" tie
     check "$name: gen --json equals run --json and the golden gen_ids" $?
     "$NF_BIN" down --run-dir "$R" >/dev/null 2>"$T/down.err"
-    check "$name: down exits 0" $?
+    rc=$?
+    check "$name: down exits 0" $rc
+    [ $rc -ne 0 ] && cat "$T/down.err"
 done
 exit $fail
