@@ -1,9 +1,15 @@
 /* model.h - the llama-family transformer: weights loaded from GGUF, run state, forward pass.
  *
- * Supported: GGUF general.architecture "llama" (Llama 1/2/3, Mistral, TinyLlama, llama2.c
- * stories, Mixtral-style MoE with ffn_*_exps tensors): RMSNorm, GQA attention with llama.cpp's
- * NORM RoPE (adjacent pairs), optional rope_freqs and linear rope scaling, SwiGLU FFN, tied or
- * separate output. Anything else is refused with NF_EARCH.
+ * Supported GGUF general.architecture values (anything else is refused with NF_EARCH):
+ *  - "llama" (Llama 1/2/3.x, Mistral, TinyLlama, llama2.c stories, Mixtral-style MoE with
+ *    ffn_*_exps tensors): RMSNorm, GQA attention with llama.cpp's NORM RoPE (adjacent pairs),
+ *    optional rope_freqs frequency factors (Llama 3.1+) and linear rope scaling, SwiGLU FFN,
+ *    tied or separate output;
+ *  - "qwen2": the same with biases on Q, K and V and NEOX RoPE (pairs half a head apart);
+ *  - "qwen3": NEOX RoPE, no biases, a per-head RMSNorm of q and k (attn_q_norm, attn_k_norm)
+ *    before RoPE, head size from attention.key_length;
+ *  - "qwen3moe": qwen3 attention with a routed MoE FFN (softmax, top-k, renormalized).
+ * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
  * nf_moe_weights), so a caller that streams tiles can run a layer on weights it owns.
@@ -34,7 +40,17 @@ struct nf_tensor {
     void *data;      /* ne[2] * ne[1] rows of row_size bytes; NULL when absent */
 };
 
+/* The architectures nf_model_load runs (general.architecture). */
+enum nf_arch { NF_ARCH_LLAMA = 0, NF_ARCH_QWEN2, NF_ARCH_QWEN3, NF_ARCH_QWEN3MOE };
+
+/* The general.architecture string of a. */
+const char *nf_arch_name(enum nf_arch a);
+
 struct nf_hparams {
+    enum nf_arch arch;
+    bool rope_neox; /* NEOX RoPE (pairs i, i + n_rot/2) instead of adjacent pairs */
+    bool qkv_bias;  /* attn_q/k/v.bias tensors present (qwen2) */
+    bool qk_norm;   /* attn_q_norm / attn_k_norm per-head RMSNorm (qwen3, qwen3moe) */
     int n_vocab;
     int n_embd; /* model width */
     int n_layer;
@@ -45,18 +61,23 @@ struct nf_hparams {
     int n_rot;    /* rotated dims per head (rope.dimension_count) */
     int n_expert; /* 0 for dense models */
     int n_expert_used;
-    int n_ctx_train; /* llama.context_length */
+    int n_ctx_train; /* <arch>.context_length */
     float rope_base;
     float rope_freq_scale; /* 1 / rope.scaling.factor for linear scaling, else 1 */
     float rms_eps;
 };
 
 struct nf_attn_weights {
-    struct nf_tensor norm; /* (n_embd) F32 */
-    struct nf_tensor wq;   /* (n_embd -> n_head * head_dim) */
-    struct nf_tensor wk;   /* (n_embd -> n_head_kv * head_dim) */
-    struct nf_tensor wv;   /* (n_embd -> n_head_kv * head_dim) */
-    struct nf_tensor wo;   /* (n_head * head_dim -> n_embd) */
+    struct nf_tensor norm;   /* (n_embd) F32 */
+    struct nf_tensor wq;     /* (n_embd -> n_head * head_dim) */
+    struct nf_tensor wk;     /* (n_embd -> n_head_kv * head_dim) */
+    struct nf_tensor wv;     /* (n_embd -> n_head_kv * head_dim) */
+    struct nf_tensor wo;     /* (n_head * head_dim -> n_embd) */
+    struct nf_tensor bq;     /* (n_head * head_dim) F32, qkv_bias only; else data NULL */
+    struct nf_tensor bk;     /* (n_head_kv * head_dim) F32, qkv_bias only */
+    struct nf_tensor bv;     /* (n_head_kv * head_dim) F32, qkv_bias only */
+    struct nf_tensor q_norm; /* (head_dim) F32, qk_norm only */
+    struct nf_tensor k_norm; /* (head_dim) F32, qk_norm only */
 };
 
 struct nf_ffn_weights {
@@ -199,6 +220,10 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
  * the attention output in c->att (n_tok, n_head * head_dim). nf_attn_forward = RMSNorm, q/k/v
  * mat-vecs, nf_attn_core, wo mat-vec, residual add. */
 void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok);
+/* The architecture's steps between the q/k/v mat-vecs and nf_attn_core, on c->q, c->k, c->v
+ * for n_tok tokens: the biases (qwen2), then the per-head RMSNorm of q and k (qwen3). Reads
+ * only w's bq, bk, bv, q_norm and k_norm; nothing happens for a plain llama layer. */
+void nf_attn_qk(struct nf_ctx *c, const struct nf_attn_weights *w, int n_tok);
 /* Fills c's RoPE cos/sin tables for n_tok positions from pos0 (once per evaluated chunk). */
 void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok);
 /* hb (n_rows, n) = silu(hb) * hb2, element by element. */

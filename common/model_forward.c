@@ -1,4 +1,5 @@
-/* model_forward.c - the llama forward pass: mat-vec, RMSNorm, RoPE, attention, SwiGLU, MoE.
+/* model_forward.c - the llama-family forward pass: mat-vec, RMSNorm, RoPE, attention, SwiGLU,
+ * MoE.
  *
  * Exact mode reproduces llama.cpp's CPU backend (AVX-512, plain non-flash attention, F16 KV
  * cache) operation by operation: its float summation orders in the mat-muls, the F16 roundings
@@ -426,22 +427,50 @@ void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
     }
 }
 
-/* Rotates adjacent pairs (x[2i], x[2i+1]) of each head (llama.cpp's NORM rope mode). */
+/* Rotates the pairs of each head's first n_rot dims: adjacent pairs (x[2i], x[2i+1]) in
+ * llama.cpp's NORM mode (llama), pairs half the rotated dims apart (x[i], x[i + n_rot/2]) in
+ * its NEOX mode (qwen2, qwen3). Dims past n_rot are left alone. */
 static void nf_rope_apply(const struct nf_ctx *c, float *x, int n_heads, int t)
 {
     const struct nf_hparams *hp = &c->m->hp;
     const int half = hp->n_rot / 2;
+    const int stride = hp->rope_neox ? 1 : 2, off = hp->rope_neox ? half : 1;
     const float *cs = c->rope_cos + (size_t)t * half, *sn = c->rope_sin + (size_t)t * half;
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * hp->head_dim;
         for (int i = 0; i < half; i++) {
-            const float x0 = v[2 * i], x1 = v[2 * i + 1];
+            float *p0 = v + (size_t)i * stride, *p1 = p0 + off;
+            const float x0 = *p0, x1 = *p1;
             /* ggml's C is compiled with fused multiply-add contraction, which fuses the first
              * product of each expression. */
-            v[2 * i] = fmaf(x0, cs[i], -(x1 * sn[i]));
-            v[2 * i + 1] = fmaf(x0, sn[i], x1 * cs[i]);
+            *p0 = fmaf(x0, cs[i], -(x1 * sn[i]));
+            *p1 = fmaf(x0, sn[i], x1 * cs[i]);
         }
     }
+}
+
+void nf_attn_qk(struct nf_ctx *c, const struct nf_attn_weights *w, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, qd = hp->n_head * hd, kvd = hp->n_head_kv * hd;
+    /* ggml_add of the bias row to every token's projection (qwen2). */
+    const float *bias[3] = {w->bq.data, w->bk.data, w->bv.data};
+    float *dst[3] = {c->q, c->k, c->v};
+    const int len[3] = {qd, kvd, kvd};
+    for (int j = 0; j < 3; j++) {
+        if (!bias[j])
+            continue;
+        for (int t = 0; t < n_tok; t++)
+            for (int i = 0; i < len[j]; i++)
+                dst[j][(size_t)t * len[j] + i] += bias[j][i];
+    }
+    /* ggml_rms_norm over each head's head_dim values, then ggml_mul by the norm (qwen3). */
+    if (w->q_norm.data)
+        for (size_t r = 0; r < (size_t)n_tok * hp->n_head; r++)
+            nf_rmsnorm(c->q + r * hd, c->q + r * hd, w->q_norm.data, hd, hp->rms_eps);
+    if (w->k_norm.data)
+        for (size_t r = 0; r < (size_t)n_tok * hp->n_head_kv; r++)
+            nf_rmsnorm(c->k + r * hd, c->k + r * hd, w->k_norm.data, hd, hp->rms_eps);
 }
 
 void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok)
@@ -453,6 +482,7 @@ void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, 
     nf_matmul(c, c->q, &w->wq, c->xn, n_tok);
     nf_matmul(c, c->k, &w->wk, c->xn, n_tok);
     nf_matmul(c, c->v, &w->wv, c->xn, n_tok);
+    nf_attn_qk(c, w, n_tok);
     nf_attn_core(c, il, pos0, n_tok);
     nf_matmul(c, c->ffo, &w->wo, c->att, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)

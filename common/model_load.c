@@ -1,4 +1,5 @@
-/* model_load.c - loading a llama-family GGUF into RAM, with every tensor validated. */
+/* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe) into RAM, with
+ * every hyperparameter and tensor validated. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,12 +98,29 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
     return 0;
 }
 
-/* Reads an integer hyperparameter "llama.<key>"; def < 0 means required. */
-static int nf_hp_int(const struct nf_gguf *g, const char *key, int64_t def, int64_t min,
-                     int64_t max, int *out, char *err, size_t errlen)
+/* What each architecture adds to the llama layer, and its RoPE layout (llama.cpp's
+ * llama_model_rope_type: NORM for llama, NEOX for the qwen family). */
+static const struct nf_arch_info {
+    const char *name;
+    bool rope_neox, qkv_bias, qk_norm, moe;
+} nf_archs[] = {
+    [NF_ARCH_LLAMA] = {"llama", false, false, false, false},
+    [NF_ARCH_QWEN2] = {"qwen2", true, true, false, false},
+    [NF_ARCH_QWEN3] = {"qwen3", true, false, true, false},
+    [NF_ARCH_QWEN3MOE] = {"qwen3moe", true, false, true, true},
+};
+
+const char *nf_arch_name(enum nf_arch a)
+{
+    return (unsigned)a < sizeof(nf_archs) / sizeof(nf_archs[0]) ? nf_archs[a].name : "?";
+}
+
+/* Reads an integer hyperparameter "<pfx>.<key>"; def < 0 means required. */
+static int nf_hp_int(const struct nf_gguf *g, const char *pfx, const char *key, int64_t def,
+                     int64_t min, int64_t max, int *out, char *err, size_t errlen)
 {
     char full[128];
-    snprintf(full, sizeof(full), "llama.%s", key);
+    snprintf(full, sizeof(full), "%s.%s", pfx, key);
     uint64_t v;
     int rc = nf_gguf_get_u64(g, full, &v);
     if (rc == NF_ENOKEY && def >= 0) {
@@ -119,11 +137,11 @@ static int nf_hp_int(const struct nf_gguf *g, const char *key, int64_t def, int6
     return 0;
 }
 
-static int nf_hp_float(const struct nf_gguf *g, const char *key, float def, bool required,
-                       float *out, char *err, size_t errlen)
+static int nf_hp_float(const struct nf_gguf *g, const char *pfx, const char *key, float def,
+                       bool required, float *out, char *err, size_t errlen)
 {
     char full[128];
-    snprintf(full, sizeof(full), "llama.%s", key);
+    snprintf(full, sizeof(full), "%s.%s", pfx, key);
     int rc = nf_gguf_get_f32(g, full, out);
     if (rc == NF_ENOKEY && !required) {
         *out = def;
@@ -137,80 +155,163 @@ static int nf_hp_float(const struct nf_gguf *g, const char *key, float def, bool
     return 0;
 }
 
-static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
+/* Sets hp->arch and its flags from general.architecture, or refuses the file. */
+static int nf_load_arch(struct nf_hparams *hp, const struct nf_gguf *g, char *err, size_t errlen)
 {
-    const struct nf_gguf *g = m->gguf;
-    struct nf_hparams *hp = &m->hp;
     const char *arch = NULL;
     if (nf_gguf_get_str(g, "general.architecture", &arch) < 0)
         return nf_errf(err, errlen, NF_EARCH, "%s: metadata key 'general.architecture' is missing",
                        g->path);
-    if (strcmp(arch, "llama") != 0)
-        return nf_errf(err, errlen, NF_EARCH,
-                       "%s: architecture '%s' is not supported (supported: llama - Llama "
-                       "1/2/3, Mistral, TinyLlama, Mixtral-style MoE)",
-                       g->path, arch);
+    for (size_t i = 0; i < sizeof(nf_archs) / sizeof(nf_archs[0]); i++) {
+        if (strcmp(arch, nf_archs[i].name) != 0)
+            continue;
+        hp->arch = (enum nf_arch)i;
+        hp->rope_neox = nf_archs[i].rope_neox;
+        hp->qkv_bias = nf_archs[i].qkv_bias;
+        hp->qk_norm = nf_archs[i].qk_norm;
+        return 0;
+    }
+    return nf_errf(err, errlen, NF_EARCH,
+                   "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
+                   "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe)",
+                   g->path, arch);
+}
+
+/* Reads the rope.* keys: freq_base, and linear scaling (factor, scale_linear, scaling.type). */
+static int nf_load_rope(struct nf_hparams *hp, const struct nf_gguf *g, const char *pfx, char *err,
+                        size_t errlen)
+{
+    float factor = 0;
     int rc;
-    if ((rc = nf_hp_int(g, "embedding_length", -1, 1, 1 << 20, &hp->n_embd, err, errlen)) ||
-        (rc = nf_hp_int(g, "block_count", -1, 1, 4096, &hp->n_layer, err, errlen)) ||
-        (rc = nf_hp_int(g, "attention.head_count", -1, 1, 4096, &hp->n_head, err, errlen)) ||
-        (rc = nf_hp_int(g, "attention.head_count_kv", hp->n_head, 1, hp->n_head, &hp->n_head_kv,
-                        err, errlen)) ||
-        (rc = nf_hp_int(g, "context_length", 2048, 1, 1 << 30, &hp->n_ctx_train, err, errlen)) ||
-        (rc = nf_hp_int(g, "expert_count", 0, 0, 4096, &hp->n_expert, err, errlen)) ||
-        (rc = nf_hp_int(g, "expert_used_count", 0, 0, hp->n_expert, &hp->n_expert_used, err,
-                        errlen)))
+    if ((rc =
+             nf_hp_float(g, pfx, "rope.freq_base", 10000.0f, false, &hp->rope_base, err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.factor", 0.0f, false, &factor, err, errlen)))
+        return rc;
+    if (factor == 0.0f &&
+        (rc = nf_hp_float(g, pfx, "rope.scale_linear", 0.0f, false, &factor, err, errlen)))
+        return rc;
+    char key[64];
+    snprintf(key, sizeof(key), "%s.rope.scaling.type", pfx);
+    const char *stype = NULL;
+    if (nf_gguf_get_str(g, key, &stype) < 0)
+        stype = NULL;
+    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0)
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: %s '%s' is not supported (supported: none, linear; Llama 3.1+ "
+                       "scaling comes as the rope_freqs.weight tensor)",
+                       g->path, key, stype);
+    if (factor < 0 || !(hp->rope_base > 0))
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: %s.rope.freq_base must be > 0 and %s.rope.scaling.factor >= 0", g->path,
+                       pfx, pfx);
+    hp->rope_freq_scale =
+        (factor == 0.0f || (stype && !strcmp(stype, "none"))) ? 1.0f : 1.0f / factor;
+    return 0;
+}
+
+static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
+{
+    const struct nf_gguf *g = m->gguf;
+    struct nf_hparams *hp = &m->hp;
+    int rc = nf_load_arch(hp, g, err, errlen);
+    if (rc < 0)
+        return rc;
+    const char *pfx = nf_arch_name(hp->arch);
+    const bool moe = nf_archs[hp->arch].moe;
+    if ((rc = nf_hp_int(g, pfx, "embedding_length", -1, 1, 1 << 20, &hp->n_embd, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "block_count", -1, 1, 4096, &hp->n_layer, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "attention.head_count", -1, 1, 4096, &hp->n_head, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "attention.head_count_kv", hp->n_head, 1, hp->n_head,
+                        &hp->n_head_kv, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "context_length", 2048, 1, 1 << 30, &hp->n_ctx_train, err,
+                        errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_count", moe ? -1 : 0, moe ? 2 : 0, 4096, &hp->n_expert, err,
+                        errlen)) ||
+        /* At most 64 chosen experts a token: nf_moe_route's selection arrays. */
+        (rc = nf_hp_int(g, pfx, "expert_used_count", moe ? -1 : 0, 0,
+                        hp->n_expert < 64 ? hp->n_expert : 64, &hp->n_expert_used, err, errlen)))
         return rc;
     if (hp->n_head % hp->n_head_kv)
         return nf_errf(err, errlen, NF_EKEYTYPE,
-                       "%s: llama.attention.head_count (%d) is not a multiple of "
-                       "llama.attention.head_count_kv (%d)",
-                       g->path, hp->n_head, hp->n_head_kv);
+                       "%s: %s.attention.head_count (%d) is not a multiple of "
+                       "%s.attention.head_count_kv (%d)",
+                       g->path, pfx, hp->n_head, pfx, hp->n_head_kv);
     int def_hd = hp->n_embd % hp->n_head ? -1 : hp->n_embd / hp->n_head;
     int vlen;
-    if ((rc = nf_hp_int(g, "attention.key_length", def_hd, 2, 1 << 16, &hp->head_dim, err,
+    if ((rc = nf_hp_int(g, pfx, "attention.key_length", def_hd, 2, 1 << 16, &hp->head_dim, err,
                         errlen)) ||
-        (rc = nf_hp_int(g, "attention.value_length", hp->head_dim, 2, 1 << 16, &vlen, err, errlen)))
+        (rc = nf_hp_int(g, pfx, "attention.value_length", hp->head_dim, 2, 1 << 16, &vlen, err,
+                        errlen)))
         return rc;
     if (vlen != hp->head_dim || hp->head_dim % 2)
         return nf_errf(err, errlen, NF_EKEYTYPE,
                        "%s: attention key length %d and value length %d must be equal and "
                        "even",
                        g->path, hp->head_dim, vlen);
-    if ((rc = nf_hp_int(g, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->n_rot, err,
-                        errlen)))
+    if ((rc = nf_hp_int(g, pfx, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->n_rot,
+                        err, errlen)))
         return rc;
     if (hp->n_rot % 2)
-        return nf_errf(err, errlen, NF_EKEYTYPE,
-                       "%s: llama.rope.dimension_count must be even, got %d", g->path, hp->n_rot);
+        return nf_errf(err, errlen, NF_EKEYTYPE, "%s: %s.rope.dimension_count must be even, got %d",
+                       g->path, pfx, hp->n_rot);
     if (hp->n_expert > 0 && (hp->n_expert_used < 1 || hp->n_expert < 2))
         return nf_errf(err, errlen, NF_EKEYTYPE,
-                       "%s: llama.expert_count %d needs llama.expert_used_count in [1, %d]",
-                       g->path, hp->n_expert, hp->n_expert);
-    float factor = 0;
-    if ((rc = nf_hp_float(g, "attention.layer_norm_rms_epsilon", 0, true, &hp->rms_eps, err,
-                          errlen)) ||
-        (rc = nf_hp_float(g, "rope.freq_base", 10000.0f, false, &hp->rope_base, err, errlen)) ||
-        (rc = nf_hp_float(g, "rope.scaling.factor", 0.0f, false, &factor, err, errlen)))
+                       "%s: %s.expert_count %d needs %s.expert_used_count in [1, %d]", g->path, pfx,
+                       hp->n_expert, pfx, hp->n_expert);
+    if ((rc = nf_hp_float(g, pfx, "attention.layer_norm_rms_epsilon", 0, true, &hp->rms_eps, err,
+                          errlen)))
         return rc;
-    if (factor == 0.0f &&
-        (rc = nf_hp_float(g, "rope.scale_linear", 0.0f, false, &factor, err, errlen)))
-        return rc;
-    const char *stype = NULL;
-    if (nf_gguf_get_str(g, "llama.rope.scaling.type", &stype) < 0)
-        stype = NULL;
-    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0)
-        return nf_errf(err, errlen, NF_EARCH,
-                       "%s: llama.rope.scaling.type '%s' is not supported (supported: none, "
-                       "linear)",
-                       g->path, stype);
-    if (factor < 0 || !(hp->rope_base > 0) || !(hp->rms_eps >= 0))
+    if (!(hp->rms_eps >= 0))
         return nf_errf(err, errlen, NF_EKEYTYPE,
-                       "%s: rope.freq_base must be > 0, rope.scaling.factor >= 0 and "
-                       "layer_norm_rms_epsilon >= 0",
-                       g->path);
-    hp->rope_freq_scale =
-        (factor == 0.0f || (stype && !strcmp(stype, "none"))) ? 1.0f : 1.0f / factor;
+                       "%s: %s.attention.layer_norm_rms_epsilon must be >= 0", g->path, pfx);
+    return nf_load_rope(hp, g, pfx, err, errlen);
+}
+
+/* The FFN width: the dense feed_forward_length, or for MoE the experts' width, which llama.cpp
+ * reads from expert_feed_forward_length (required for qwen3moe) or else feed_forward_length. */
+static int nf_load_n_ff(struct nf_hparams *hp, const struct nf_gguf *g, char *err, size_t errlen)
+{
+    const char *pfx = nf_arch_name(hp->arch);
+    int rc;
+    if (!hp->n_expert)
+        return nf_hp_int(g, pfx, "feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err, errlen);
+    if ((rc = nf_hp_int(g, pfx, "expert_feed_forward_length", nf_archs[hp->arch].moe ? -1 : 0, 1,
+                        1 << 24, &hp->n_ff, err, errlen)))
+        return rc;
+    if (hp->n_ff == 0 &&
+        (rc = nf_hp_int(g, pfx, "feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err, errlen)))
+        return rc;
+    return 0;
+}
+
+/* Loads layer il's architecture-specific attention tensors: the Q/K/V biases (qwen2) and the
+ * per-head q/k norms (qwen3); refuses biases in a file whose architecture does not use them
+ * (a few llama-arch fine-tunes have them), rather than silently compute something else. */
+static int nf_load_attn_extra(struct nf_model *m, struct nf_attn_weights *a, int il, char *err,
+                              size_t errlen)
+{
+    const struct nf_hparams *hp = &m->hp;
+    const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    char n[5][64];
+    const char *sfx[5] = {"attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_q_norm.weight",
+                          "attn_k_norm.weight"};
+    for (int i = 0; i < 5; i++)
+        snprintf(n[i], sizeof(n[i]), "blk.%d.%s", il, sfx[i]);
+    int rc;
+    if (!hp->qkv_bias && nf_gguf_find_tensor(m->gguf, n[0]))
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: tensor '%s': attention biases are not supported for "
+                       "architecture %s",
+                       m->gguf->path, n[0], nf_arch_name(hp->arch));
+    if (hp->qkv_bias && ((rc = nf_load_tensor(m, &a->bq, n[0], qd, 1, 1, NF_T_F32, err, errlen)) ||
+                         (rc = nf_load_tensor(m, &a->bk, n[1], kvd, 1, 1, NF_T_F32, err, errlen)) ||
+                         (rc = nf_load_tensor(m, &a->bv, n[2], kvd, 1, 1, NF_T_F32, err, errlen))))
+        return rc;
+    if (hp->qk_norm &&
+        ((rc = nf_load_tensor(m, &a->q_norm, n[3], hp->head_dim, 1, 1, NF_T_F32, err, errlen)) ||
+         (rc = nf_load_tensor(m, &a->k_norm, n[4], hp->head_dim, 1, 1, NF_T_F32, err, errlen))))
+        return rc;
     return 0;
 }
 
@@ -237,20 +338,16 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
                              errlen)) ||
         (rc =
              nf_load_tensor(m, &m->output, "output.weight", E, V, 1, NF_T_OPTIONAL, err, errlen)) ||
-        (rc = nf_load_tensor(m, &m->rope_freqs, "rope_freqs.weight", hp->n_rot / 2, 1, 1,
-                             NF_T_OPTIONAL | NF_T_F32, err, errlen)))
+        (rc = hp->arch == NF_ARCH_LLAMA
+                  ? nf_load_tensor(m, &m->rope_freqs, "rope_freqs.weight", hp->n_rot / 2, 1, 1,
+                                   NF_T_OPTIONAL | NF_T_F32, err, errlen)
+                  : 0))
         return rc;
     if (!m->output.data) {
         m->output = m->tok_embd;
         m->tied_output = true;
     }
-    /* The FFN width: the dense feed_forward_length, or for MoE the experts' width, which
-     * llama.cpp reads from expert_feed_forward_length or else feed_forward_length. */
-    if ((rc = nf_hp_int(g, hp->n_expert ? "expert_feed_forward_length" : "feed_forward_length",
-                        hp->n_expert ? 0 : -1, 1, 1 << 24, &hp->n_ff, err, errlen)))
-        return rc;
-    if (hp->n_expert && hp->n_ff == 0 &&
-        (rc = nf_hp_int(g, "feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err, errlen)))
+    if ((rc = nf_load_n_ff(hp, g, err, errlen)))
         return rc;
     int64_t F = hp->n_ff, X = hp->n_expert;
     m->layers = calloc((size_t)hp->n_layer, sizeof(*m->layers));
@@ -263,13 +360,8 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
                                "ffn_norm",  "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp"};
         for (int i = 0; i < 10; i++)
             snprintf(n[i], sizeof(n[i]), "blk.%d.%s.weight", il, sfx[i]);
-        /* Attention biases (used by a few llama-arch fine-tunes) are not implemented: refuse
-         * rather than silently compute something else. */
-        char bias[64];
-        snprintf(bias, sizeof(bias), "blk.%d.attn_q.bias", il);
-        if (nf_gguf_find_tensor(g, bias))
-            return nf_errf(err, errlen, NF_EARCH,
-                           "%s: tensor '%s': attention biases are not supported", g->path, bias);
+        if ((rc = nf_load_attn_extra(m, &L->attn, il, err, errlen)))
+            return rc;
         if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, NF_T_F32, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wq, n[1], E, qd, 1, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wk, n[2], E, kvd, 1, 0, err, errlen)) ||
@@ -310,12 +402,7 @@ int nf_model_hparams(struct nf_hparams *hp, struct nf_gguf *g, char *err, size_t
                        g->path, tmp.hp.n_embd, 1 << 24);
     tmp.hp.n_vocab = (int)te->ne[1];
     /* The FFN width as nf_load_weights reads it. */
-    struct nf_hparams *h = &tmp.hp;
-    if ((rc = nf_hp_int(g, h->n_expert ? "expert_feed_forward_length" : "feed_forward_length",
-                        h->n_expert ? 0 : -1, 1, 1 << 24, &h->n_ff, err, errlen)))
-        return rc;
-    if (h->n_expert && h->n_ff == 0 &&
-        (rc = nf_hp_int(g, "feed_forward_length", -1, 1, 1 << 24, &h->n_ff, err, errlen)))
+    if ((rc = nf_load_n_ff(&tmp.hp, g, err, errlen)))
         return rc;
     *hp = tmp.hp;
     return 0;
@@ -409,11 +496,12 @@ void nf_model_free(struct nf_model *m)
     if (m->layers) {
         for (int il = 0; il < m->hp.n_layer; il++) {
             struct nf_layer *L = &m->layers[il];
-            struct nf_tensor *ts[] = {&L->attn.norm,    &L->attn.wq,       &L->attn.wk,
-                                      &L->attn.wv,      &L->attn.wo,       &L->ffn_norm,
-                                      &L->ffn.gate,     &L->ffn.up,        &L->ffn.down,
-                                      &L->moe.gate_inp, &L->moe.gate_exps, &L->moe.up_exps,
-                                      &L->moe.down_exps};
+            struct nf_tensor *ts[] = {&L->attn.norm,     &L->attn.wq,       &L->attn.wk,
+                                      &L->attn.wv,       &L->attn.wo,       &L->ffn_norm,
+                                      &L->ffn.gate,      &L->ffn.up,        &L->ffn.down,
+                                      &L->moe.gate_inp,  &L->moe.gate_exps, &L->moe.up_exps,
+                                      &L->moe.down_exps, &L->attn.bq,       &L->attn.bk,
+                                      &L->attn.bv,       &L->attn.q_norm,   &L->attn.k_norm};
             for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++)
                 nf_tensor_release(ts[i]);
         }
@@ -435,12 +523,13 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
 {
     const struct nf_hparams *hp = &m->hp;
     const struct nf_type_traits *tr = nf_type_traits(m->layers[0].attn.wq.type);
-    int off = snprintf(buf, len,
-                       "llama: %d layers, dim %d, ffn %d, heads %d/%d (head dim %d), vocab %d, "
-                       "ctx %d, %s%s, %.1f MiB",
-                       hp->n_layer, hp->n_embd, hp->n_ff, hp->n_head, hp->n_head_kv, hp->head_dim,
-                       hp->n_vocab, hp->n_ctx_train, tr ? tr->name : "?",
-                       m->tied_output ? ", tied output" : "", m->weight_bytes / 1048576.0);
+    int off =
+        snprintf(buf, len,
+                 "%s: %d layers, dim %d, ffn %d, heads %d/%d (head dim %d), vocab %d, "
+                 "ctx %d, %s%s, %.1f MiB",
+                 nf_arch_name(hp->arch), hp->n_layer, hp->n_embd, hp->n_ff, hp->n_head,
+                 hp->n_head_kv, hp->head_dim, hp->n_vocab, hp->n_ctx_train, tr ? tr->name : "?",
+                 m->tied_output ? ", tied output" : "", m->weight_bytes / 1048576.0);
     if (hp->n_expert && off > 0 && (size_t)off < len)
         snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
                  hp->n_expert_used);

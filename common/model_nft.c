@@ -42,13 +42,24 @@ static int place_of(const char *name, struct tensor_place *p)
         enum nf_tile_kind kind;
         int part;
     } per_layer[] = {
-        {"attn_norm.weight", NF_TILE_ATTN_NORM, -1}, {"attn_q.weight", NF_TILE_ATTN_Q, -1},
-        {"attn_k.weight", NF_TILE_ATTN_K, -1},       {"attn_v.weight", NF_TILE_ATTN_V, -1},
-        {"attn_output.weight", NF_TILE_ATTN_O, -1},  {"ffn_norm.weight", NF_TILE_FFN_NORM, -1},
-        {"ffn_gate_inp.weight", NF_TILE_ROUTER, -1}, {"ffn_gate.weight", NF_TILE_FFN, 0},
-        {"ffn_up.weight", NF_TILE_FFN, 1},           {"ffn_down.weight", NF_TILE_FFN, 2},
-        {"ffn_gate_exps.weight", NF_TILE_EXPERT, 0}, {"ffn_up_exps.weight", NF_TILE_EXPERT, 1},
+        {"attn_norm.weight", NF_TILE_ATTN_NORM, -1},
+        {"attn_q.weight", NF_TILE_ATTN_Q, -1},
+        {"attn_k.weight", NF_TILE_ATTN_K, -1},
+        {"attn_v.weight", NF_TILE_ATTN_V, -1},
+        {"attn_output.weight", NF_TILE_ATTN_O, -1},
+        {"ffn_norm.weight", NF_TILE_FFN_NORM, -1},
+        {"ffn_gate_inp.weight", NF_TILE_ROUTER, -1},
+        {"ffn_gate.weight", NF_TILE_FFN, 0},
+        {"ffn_up.weight", NF_TILE_FFN, 1},
+        {"ffn_down.weight", NF_TILE_FFN, 2},
+        {"ffn_gate_exps.weight", NF_TILE_EXPERT, 0},
+        {"ffn_up_exps.weight", NF_TILE_EXPERT, 1},
         {"ffn_down_exps.weight", NF_TILE_EXPERT, 2},
+        {"attn_q.bias", NF_TILE_ATTN_Q_BIAS, -1},
+        {"attn_k.bias", NF_TILE_ATTN_K_BIAS, -1},
+        {"attn_v.bias", NF_TILE_ATTN_V_BIAS, -1},
+        {"attn_q_norm.weight", NF_TILE_ATTN_Q_NORM, -1},
+        {"attn_k_norm.weight", NF_TILE_ATTN_K_NORM, -1},
     };
     static const struct {
         const char *name;

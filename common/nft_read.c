@@ -28,6 +28,11 @@ static const char *const kind_names[NF_TILE_KIND_COUNT] = {
     [NF_TILE_EXPERT] = "expert",
     [NF_TILE_PRED_LOWRANK] = "pred_lowrank",
     [NF_TILE_PRED_ROUTER] = "pred_router",
+    [NF_TILE_ATTN_Q_BIAS] = "attn_q_bias",
+    [NF_TILE_ATTN_K_BIAS] = "attn_k_bias",
+    [NF_TILE_ATTN_V_BIAS] = "attn_v_bias",
+    [NF_TILE_ATTN_Q_NORM] = "attn_q_norm",
+    [NF_TILE_ATTN_K_NORM] = "attn_k_norm",
 };
 
 const char *nf_tile_kind_name(enum nf_tile_kind kind)
@@ -95,7 +100,12 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     case NF_TILE_ATTN_O:
     case NF_TILE_FFN_NORM:
     case NF_TILE_ROUTER:
-    case NF_TILE_PRED_ROUTER: return rows_bytes(t->type[0], t->count, t->ne0);
+    case NF_TILE_PRED_ROUTER:
+    case NF_TILE_ATTN_Q_BIAS:
+    case NF_TILE_ATTN_K_BIAS:
+    case NF_TILE_ATTN_V_BIAS:
+    case NF_TILE_ATTN_Q_NORM:
+    case NF_TILE_ATTN_K_NORM: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_KIND_COUNT: break;
     }
     return 0;

@@ -1,4 +1,5 @@
-/* nft_write.c - converts a llama-architecture GGUF into a .nft tile file (see nft.h). */
+/* nft_write.c - converts a llama-family GGUF (llama, qwen2, qwen3, qwen3moe) into a .nft tile
+ * file (see nft.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -13,6 +14,7 @@
 #include <xxhash.h>
 
 #include "gguf_write.h"
+#include "model.h"
 #include "nf_err.h"
 #include "nft.h"
 #include "predictor.h"
@@ -22,7 +24,8 @@ struct layer_src {
     const struct nf_gguf_tensor *attn_norm, *q, *k, *v, *o, *ffn_norm;
     const struct nf_gguf_tensor *gate, *up, *down;                           /* dense */
     const struct nf_gguf_tensor *gate_inp, *gate_exps, *up_exps, *down_exps; /* MoE */
-    uint32_t group; /* neurons per FFN group */
+    const struct nf_gguf_tensor *bq, *bk, *bv, *q_norm, *k_norm; /* qwen2 / qwen3 extras */
+    uint32_t group;                                              /* neurons per FFN group */
 };
 
 struct conv {
@@ -32,6 +35,7 @@ struct conv {
     char *err;
     size_t errlen;
     struct nf_nft_header hdr;
+    struct nf_hparams hp; /* as the engine reads them (nf_model_hparams) */
     const struct nf_gguf_tensor *embd, *out_norm, *output, *rope;
     struct layer_src *L;
     struct nf_nft_tile *tiles;
@@ -77,6 +81,11 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
         {"ffn_gate_exps.weight", offsetof(struct layer_src, gate_exps)},
         {"ffn_up_exps.weight", offsetof(struct layer_src, up_exps)},
         {"ffn_down_exps.weight", offsetof(struct layer_src, down_exps)},
+        {"attn_q.bias", offsetof(struct layer_src, bq)},
+        {"attn_k.bias", offsetof(struct layer_src, bk)},
+        {"attn_v.bias", offsetof(struct layer_src, bv)},
+        {"attn_q_norm.weight", offsetof(struct layer_src, q_norm)},
+        {"attn_k_norm.weight", offsetof(struct layer_src, k_norm)},
     };
     const char *name = t->name.s;
     const struct nf_type_traits *tr = nf_type_traits(t->type);
@@ -102,7 +111,7 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
     if (sscanf(name, "blk.%u.%n", &layer, &pos) == 1 && pos > 0) {
         if (layer >= c->hdr.n_layer)
             return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
-                              "tensor '%s' names layer %u but llama.block_count is %u", name, layer,
+                              "tensor '%s' names layer %u but block_count is %u", name, layer,
                               c->hdr.n_layer);
         for (size_t i = 0; i < sizeof(per_layer) / sizeof(per_layer[0]); i++)
             if (!strcmp(name + pos, per_layer[i].name))
@@ -166,6 +175,26 @@ static int check_layer(struct conv *c, uint32_t il)
     NEED(v, 2, n_embd, l->k->ne[1], 1);
     NEED(o, 2, l->q->ne[1], n_embd, 1);
     NEED(ffn_norm, 1, n_embd, 1, 1);
+    /* The architecture's attention extras: required by it, refused without it. */
+    const struct nf_gguf_tensor *extra =
+        !c->hp.qkv_bias && (l->bq || l->bk || l->bv) ? (l->bq   ? l->bq
+                                                        : l->bk ? l->bk
+                                                                : l->bv)
+        : !c->hp.qk_norm && (l->q_norm || l->k_norm) ? (l->q_norm ? l->q_norm : l->k_norm)
+                                                     : NULL;
+    if (extra)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor '%s' is not used by architecture %s (not supported)",
+                          extra->name.s, nf_arch_name(c->hp.arch));
+    if (c->hp.qkv_bias) {
+        NEED(bq, 1, l->q->ne[1], 1, 1);
+        NEED(bk, 1, l->k->ne[1], 1, 1);
+        NEED(bv, 1, l->v->ne[1], 1, 1);
+    }
+    if (c->hp.qk_norm) {
+        NEED(q_norm, 1, c->hp.head_dim, 1, 1);
+        NEED(k_norm, 1, c->hp.head_dim, 1, 1);
+    }
     if (l->gate_inp || l->gate_exps || l->up_exps || l->down_exps) {
         if (l->gate || l->up || l->down)
             return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
@@ -178,8 +207,8 @@ static int check_layer(struct conv *c, uint32_t il)
         NEED(down_exps, 3, n_ff, n_embd, n_exp);
         if (c->hdr.n_expert && c->hdr.n_expert != n_exp)
             return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
-                              "layer %u has %" PRId64 " experts, llama.expert_count is %u", il,
-                              n_exp, c->hdr.n_expert);
+                              "layer %u has %" PRId64 " experts, expert_count is %u", il, n_exp,
+                              c->hdr.n_expert);
         c->hdr.n_expert = (uint32_t)n_exp;
         c->hdr.n_ff = (uint32_t)n_ff;
         l->group = group_for(l->down_exps->type, n_ff);
@@ -202,28 +231,24 @@ static int check_layer(struct conv *c, uint32_t il)
 
 static int check_model(struct conv *c)
 {
-    const char *arch = NULL;
-    if (nf_gguf_get_str(c->g, "general.architecture", &arch) || strcmp(arch, "llama"))
-        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
-                          "general.architecture is '%s', only 'llama' can be converted",
-                          arch ? arch : "(missing)");
-    uint32_t v = 0;
-    if (nf_gguf_get_u32(c->g, "llama.block_count", &v) || v == 0 || v > NF_NFT_MAX_LAYERS)
-        return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
-                          "llama.block_count is missing or outside 1..%d", NF_NFT_MAX_LAYERS);
-    c->hdr.n_layer = v;
-    if (!nf_gguf_get_u32(c->g, "llama.attention.head_count", &v))
-        c->hdr.n_head = v;
-    if (!nf_gguf_get_u32(c->g, "llama.attention.head_count_kv", &v))
-        c->hdr.n_head_kv = v;
-    if (!nf_gguf_get_u32(c->g, "llama.expert_count", &v))
-        c->hdr.n_expert = v;
-    if (!nf_gguf_get_u32(c->g, "llama.expert_used_count", &v))
-        c->hdr.n_expert_used = v;
+    /* The architecture and its hyperparameters as the engine will read them: a file the
+     * engine would refuse is refused here, with the same message. */
+    struct nf_hparams hp;
+    int rc = nf_model_hparams(&hp, c->g, c->err, c->errlen);
+    if (rc < 0)
+        return rc;
+    c->hp = hp;
+    if (hp.n_layer > NF_NFT_MAX_LAYERS)
+        return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in, "%s.block_count is %d, at most %d",
+                          nf_arch_name(hp.arch), hp.n_layer, NF_NFT_MAX_LAYERS);
+    c->hdr.n_layer = (uint32_t)hp.n_layer;
+    c->hdr.n_head = (uint32_t)hp.n_head;
+    c->hdr.n_head_kv = (uint32_t)hp.n_head_kv;
+    c->hdr.n_expert = (uint32_t)hp.n_expert;
+    c->hdr.n_expert_used = (uint32_t)hp.n_expert_used;
     c->L = calloc(c->hdr.n_layer, sizeof(*c->L));
     if (!c->L)
         return nf_errf_at(c->err, c->errlen, -ENOMEM, c->in, "out of memory");
-    int rc;
     for (uint64_t i = 0; i < c->g->n_tensors; i++)
         if ((rc = classify(c, &c->g->tensors[i])))
             return rc;
@@ -354,6 +379,11 @@ static int plan(struct conv *c)
             (rc = plan_rows(c, NF_TILE_ATTN_K, il, l->k, 0)) ||
             (rc = plan_rows(c, NF_TILE_ATTN_V, il, l->v, 0)) ||
             (rc = plan_rows(c, NF_TILE_ATTN_O, il, l->o, 0)) ||
+            (l->bq && (rc = plan_rows(c, NF_TILE_ATTN_Q_BIAS, il, l->bq, 1))) ||
+            (l->bk && (rc = plan_rows(c, NF_TILE_ATTN_K_BIAS, il, l->bk, 1))) ||
+            (l->bv && (rc = plan_rows(c, NF_TILE_ATTN_V_BIAS, il, l->bv, 1))) ||
+            (l->q_norm && (rc = plan_rows(c, NF_TILE_ATTN_Q_NORM, il, l->q_norm, 1))) ||
+            (l->k_norm && (rc = plan_rows(c, NF_TILE_ATTN_K_NORM, il, l->k_norm, 1))) ||
             (rc = plan_rows(c, NF_TILE_FFN_NORM, il, l->ffn_norm, 1)))
             return rc;
         uint32_t index = 0;
@@ -572,6 +602,11 @@ static int write_tiles(struct conv *c)
         case NF_TILE_ATTN_V: rc = write_rows(c, t, l->v); break;
         case NF_TILE_ATTN_O: rc = write_rows(c, t, l->o); break;
         case NF_TILE_FFN_NORM: rc = write_rows(c, t, l->ffn_norm); break;
+        case NF_TILE_ATTN_Q_BIAS: rc = write_rows(c, t, l->bq); break;
+        case NF_TILE_ATTN_K_BIAS: rc = write_rows(c, t, l->bk); break;
+        case NF_TILE_ATTN_V_BIAS: rc = write_rows(c, t, l->bv); break;
+        case NF_TILE_ATTN_Q_NORM: rc = write_rows(c, t, l->q_norm); break;
+        case NF_TILE_ATTN_K_NORM: rc = write_rows(c, t, l->k_norm); break;
         case NF_TILE_ROUTER:
         case NF_TILE_PRED_ROUTER: rc = write_rows(c, t, l->gate_inp); break;
         case NF_TILE_PRED_LOWRANK: rc = write_predictor(c, t, l); break;

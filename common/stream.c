@@ -13,6 +13,10 @@ struct nf_stream {
     const struct nf_nft *f;
     struct nf_tile_src src;
     struct nf_model shell; /* hparams and rope_freqs only: what nf_ctx reads from a model */
+    /* (n_layer) each layer's attention extras (biases, q/k norms; nf_attn_qk reads them),
+     * copied from their small tiles at creation into ext_data; NULL for a plain llama model. */
+    struct nf_attn_weights *ext;
+    float *ext_data;
     struct nf_ctx *c;
     float sparsity;
     const atomic_int *abort;
@@ -497,6 +501,8 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         (rc = nf_stream_mm(s, c->k, il, NF_TILE_ATTN_K, kvd, c->xn, n_tok)) ||
         (rc = nf_stream_mm(s, c->v, il, NF_TILE_ATTN_V, kvd, c->xn, n_tok)))
         return rc;
+    if (s->ext)
+        nf_attn_qk(c, &s->ext[il], n_tok);
     nf_attn_core(c, (int)il, pos0, n_tok);
     if ((rc = nf_stream_mm(s, c->ffo, il, NF_TILE_ATTN_O, E, c->att, n_tok)))
         return rc;
@@ -702,6 +708,20 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
         (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_O, E, qd, false, max_rows, err, errlen)) ||
         (rc = nf_stream_check_rows(f, il, NF_TILE_FFN_NORM, 1, E, true, &one, err, errlen)))
         return rc;
+    /* The architecture's attention extras: each one F32 row, present exactly when needed. */
+    const struct {
+        enum nf_tile_kind kind;
+        bool want;
+        uint64_t ne0;
+    } ext[] = {{NF_TILE_ATTN_Q_BIAS, hp->qkv_bias, qd},
+               {NF_TILE_ATTN_K_BIAS, hp->qkv_bias, kvd},
+               {NF_TILE_ATTN_V_BIAS, hp->qkv_bias, kvd},
+               {NF_TILE_ATTN_Q_NORM, hp->qk_norm, (uint64_t)hp->head_dim},
+               {NF_TILE_ATTN_K_NORM, hp->qk_norm, (uint64_t)hp->head_dim}};
+    for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++)
+        if ((rc = nf_stream_check_rows(f, il, ext[i].kind, ext[i].want ? 1 : 0, ext[i].ne0, true,
+                                       &one, err, errlen)))
+            return rc;
     uint32_t group = 0;
     uint8_t types[3] = {0};
     if (hp->n_expert) {
@@ -777,7 +797,7 @@ static int nf_stream_check(struct nf_stream *s, char *err, size_t errlen, size_t
 static int nf_stream_load_rope(struct nf_stream *s, char *err, size_t errlen)
 {
     const struct nf_nft_tile *t = nf_nft_find(s->f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS, 0);
-    if (!t)
+    if (!t || s->shell.hp.arch != NF_ARCH_LLAMA) /* as nf_model_load: llama uses it alone */
         return 0;
     int rc;
     const uint8_t *p = nf_stream_pin(s, t, &rc);
@@ -792,6 +812,45 @@ static int nf_stream_load_rope(struct nf_stream *s, char *err, size_t errlen)
         return nf_errf(err, errlen, -ENOMEM, "out of memory");
     s->shell.rope_freqs = nf_rows_view(t, ff);
     s->mem += sizeof(float) * n;
+    return 0;
+}
+
+/* Copies every layer's attention extras (biases, q/k norms) into s->ext / s->ext_data: a
+ * few KiB per layer, read once so the forward pass never waits on these small tiles. */
+static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    if (!hp->qkv_bias && !hp->qk_norm)
+        return 0;
+    const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    const size_t per =
+        (hp->qkv_bias ? qd + 2 * kvd : 0) + (hp->qk_norm ? 2 * (size_t)hp->head_dim : 0);
+    s->ext = calloc((size_t)hp->n_layer, sizeof(*s->ext));
+    s->ext_data = malloc(sizeof(float) * per * (size_t)hp->n_layer);
+    if (!s->ext || !s->ext_data)
+        return nf_errf(err, errlen, -ENOMEM, "out of memory for the attention extras");
+    s->mem += (sizeof(*s->ext) + sizeof(float) * per) * (size_t)hp->n_layer;
+    float *p = s->ext_data;
+    for (uint32_t il = 0; il < (uint32_t)hp->n_layer; il++) {
+        struct nf_attn_weights *w = &s->ext[il];
+        struct nf_tensor *dst[] = {&w->bq, &w->bk, &w->bv, &w->q_norm, &w->k_norm};
+        static const enum nf_tile_kind kinds[] = {NF_TILE_ATTN_Q_BIAS, NF_TILE_ATTN_K_BIAS,
+                                                  NF_TILE_ATTN_V_BIAS, NF_TILE_ATTN_Q_NORM,
+                                                  NF_TILE_ATTN_K_NORM};
+        for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+            const struct nf_nft_tile *t = nf_nft_find(s->f, il, kinds[i], 0);
+            if (!t) /* nf_stream_check: absent exactly when the architecture has none */
+                continue;
+            int rc;
+            const uint8_t *src = nf_stream_pin(s, t, &rc);
+            if (!src)
+                return nf_errf(err, errlen, rc, "%s", s->err);
+            memcpy(p, src, sizeof(float) * t->ne0);
+            nf_stream_unpin(s, t);
+            *dst[i] = nf_rows_view(t, p);
+            p += t->ne0;
+        }
+    }
     return 0;
 }
 
@@ -813,8 +872,11 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     int rc = nf_model_hparams(&s->shell.hp, nf_nft_gguf(f), err, errlen);
     if (rc < 0 || (rc = nf_stream_check(s, err, errlen, &down_row)) < 0)
         goto fail;
-    if (s->shell.hp.n_expert > 64 || s->shell.hp.n_expert_used > 64) {
-        rc = nf_errf(err, errlen, NF_EARCH, "%s: more than 64 experts are not supported", f->path);
+    /* nf_moe_route picks at most 64 experts a token (the expert count itself is not bounded:
+     * the used bitmaps are sized by it; Qwen3-30B-A3B has 128 experts, 8 used). */
+    if (s->shell.hp.n_expert_used > 64) {
+        rc = nf_errf(err, errlen, NF_EARCH,
+                     "%s: more than 64 experts used per token are not supported", f->path);
         goto fail;
     }
     /* The kernels' summation order depends on the model's size (model_forward.c): the shell
@@ -871,7 +933,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     s->mem += 2 * (size_t)hp->n_layer * (size_t)o->n_ctx * kvd * sizeof(nf_fp16_t) +
               sizeof(float) * NF_MAX_BATCH * (s->max_rows + 6 * E + 2 * F) + E * down_row +
               sizeof(float) * (F + 2 * G) + (size_t)NF_MAX_BATCH * G;
-    if ((rc = nf_stream_load_rope(s, err, errlen)) < 0)
+    if ((rc = nf_stream_load_rope(s, err, errlen)) < 0 ||
+        (rc = nf_stream_load_ext(s, err, errlen)) < 0)
         goto fail;
     *out = s;
     return 0;
@@ -886,6 +949,8 @@ void nf_stream_free(struct nf_stream *s)
         return;
     nf_ctx_free(s->c);
     free(s->shell.rope_freqs.data);
+    free(s->ext);
+    free(s->ext_data);
     free(s->tmp);
     free(s->down);
     free(s->scores);

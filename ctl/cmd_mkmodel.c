@@ -1,8 +1,10 @@
-/* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-architecture GGUF with generated weights. */
+/* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe)
+ * with generated weights. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,17 +24,25 @@
 
 /* Published hyperparameters of common llama-architecture models, plus small test shapes. */
 static const struct nf_mk_shape nf_mk_shapes[] = {
-    {"tiny", 256, 2, 768, 8, 4, 0, 0, 1024, 2048, 10000.0f, 1e-5f},
-    {"tiny-moe", 256, 2, 512, 8, 2, 4, 2, 1024, 2048, 10000.0f, 1e-5f},
-    {"llama-7b", 4096, 32, 11008, 32, 32, 0, 0, 32000, 4096, 10000.0f, 1e-5f},
-    {"llama-13b", 5120, 40, 13824, 40, 40, 0, 0, 32000, 4096, 10000.0f, 1e-5f},
-    {"llama-70b", 8192, 80, 28672, 64, 8, 0, 0, 32000, 4096, 10000.0f, 1e-5f},
-    {"llama3-8b", 4096, 32, 14336, 32, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f},
-    {"llama3-70b", 8192, 80, 28672, 64, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f},
-    {"llama3-405b", 16384, 126, 53248, 128, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f},
-    {"mixtral-8x7b", 4096, 32, 14336, 32, 8, 8, 2, 32000, 32768, 1000000.0f, 1e-5f},
-    {"mixtral-8x22b", 6144, 56, 16384, 48, 8, 8, 2, 32768, 65536, 1000000.0f, 1e-5f},
+    {"tiny", 256, 2, 768, 8, 4, 0, 0, 1024, 2048, 10000.0f, 1e-5f, "llama", 0},
+    {"tiny-moe", 256, 2, 512, 8, 2, 4, 2, 1024, 2048, 10000.0f, 1e-5f, "llama", 0},
+    {"llama-7b", 4096, 32, 11008, 32, 32, 0, 0, 32000, 4096, 10000.0f, 1e-5f, "llama", 0},
+    {"llama-13b", 5120, 40, 13824, 40, 40, 0, 0, 32000, 4096, 10000.0f, 1e-5f, "llama", 0},
+    {"llama-70b", 8192, 80, 28672, 64, 8, 0, 0, 32000, 4096, 10000.0f, 1e-5f, "llama", 0},
+    {"llama3-8b", 4096, 32, 14336, 32, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f, "llama", 0},
+    {"llama3-70b", 8192, 80, 28672, 64, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f, "llama", 0},
+    {"llama3-405b", 16384, 126, 53248, 128, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f, "llama", 0},
+    {"mixtral-8x7b", 4096, 32, 14336, 32, 8, 8, 2, 32000, 32768, 1000000.0f, 1e-5f, "llama", 0},
+    {"mixtral-8x22b", 6144, 56, 16384, 48, 8, 8, 2, 32768, 65536, 1000000.0f, 1e-5f, "llama", 0},
+    /* Qwen: published config.json values; qwen3-30b-a3b's ffn is the experts' width. */
+    {"qwen2.5-7b", 3584, 28, 18944, 28, 4, 0, 0, 152064, 32768, 1000000.0f, 1e-6f, "qwen2", 0},
+    {"qwen3-8b", 4096, 36, 12288, 32, 8, 0, 0, 151936, 40960, 1000000.0f, 1e-6f, "qwen3", 128},
+    {"qwen3-30b-a3b", 2048, 48, 768, 32, 4, 128, 8, 151936, 40960, 1000000.0f, 1e-6f, "qwen3moe",
+     128},
 };
+
+/* The architectures mkmodel writes, and what each needs (see model.h). */
+static const char *const nf_mk_archs[] = {"llama", "qwen2", "qwen3", "qwen3moe"};
 
 const struct nf_mk_shape *nf_mk_shape_find(const char *name)
 {
@@ -70,16 +80,26 @@ static void usage(FILE *f)
         f,
         "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
         "--heads H [--kv-heads K]) [OPTIONS]\n\n"
-        "Writes a GGUF v3 model of architecture llama with deterministic random weights\n"
-        "(uniform, std %.2g; norms 1.0) or, with --zero, all-zero matrices left as file holes.\n\n"
+        "Writes a GGUF v3 model of architecture llama, qwen2, qwen3 or qwen3moe with\n"
+        "deterministic random weights (uniform, std %.2g; norms 1.0, qwen3 q/k norms 1 +\n"
+        "%g x noise) or, with --zero, all-zero matrices left as file holes.\n\n"
         "Shape (flags override the preset's values):\n"
         "  --shape NAME         %s\n"
         "                       (required unless --dim, --layers, --ffn and --heads are given)\n"
+        "  --arch A             llama, qwen2 (Q/K/V biases), qwen3 (q/k norms) or qwen3moe\n"
+        "                       (qwen3 with experts; needs --experts) (default: the shape's,\n"
+        "                       else llama)\n"
+        "  --head-dim N         attention head size (default dim/heads; qwen3 presets 128)\n"
+        "  --tied-output        no output.weight: the output reuses token_embd\n"
+        "  --rope-freqs         (llama) Llama 3.1 rope scaling: a rope_freqs.weight tensor\n"
+        "                       as llama.cpp's converter writes it (factor 8, low/high\n"
+        "                       frequency factors 1 and 4, original context 8192)\n"
         "  --dim D              embedding length (default: the shape's)\n"
         "  --layers L           block count (default: the shape's; --layers-override is the\n"
         "                       same flag)\n"
         "  --ffn F              feed-forward length per expert (default: the shape's)\n"
-        "  --heads H            attention heads, dividing dim (default: the shape's)\n"
+        "  --heads H            attention heads, dividing dim unless --head-dim (default: the\n"
+        "                       shape's)\n"
         "  --kv-heads K         key/value heads, dividing H (default: the shape's, else H)\n"
         "  --experts E          experts per layer, Mixtral-style MoE; 0 = dense (default: the\n"
         "                       shape's, else 0)\n"
@@ -102,7 +122,7 @@ static void usage(FILE *f)
         "  --alignment N        general.alignment, a power of two (default 32)\n"
         "  -t, --threads N      generator threads, 1..256 (default: online CPUs)\n"
         "  -h, --help           show this help\n",
-        NF_MK_STD, shapes);
+        NF_MK_STD, NF_MK_NEAR_ONE_SCALE, shapes);
 }
 
 struct mk_opts {
@@ -110,8 +130,10 @@ struct mk_opts {
     const char *shape_name;
     const char *vocab_from;
     const char *name;
+    const char *arch;
+    bool tied, rope_freqs;
     /* -1 = not given on the command line. */
-    long dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx;
+    long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx;
     float rope_base, rms_eps;
     bool rope_set, eps_set;
     enum nf_type type;
@@ -144,6 +166,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--layers-override", 1, 4096, offsetof(struct mk_opts, layers)},
         {"--ffn", 1, 1 << 22, offsetof(struct mk_opts, ffn)},
         {"--heads", 1, 4096, offsetof(struct mk_opts, heads)},
+        {"--head-dim", 2, 1 << 16, offsetof(struct mk_opts, head_dim)},
         {"--kv-heads", 1, 4096, offsetof(struct mk_opts, kv_heads)},
         {"--experts", 0, 1024, offsetof(struct mk_opts, experts)},
         {"--experts-used", 1, 1024, offsetof(struct mk_opts, experts_used)},
@@ -172,6 +195,14 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             o->zero = true;
             continue;
         }
+        if (!strcmp(a, "--tied-output")) {
+            o->tied = true;
+            continue;
+        }
+        if (!strcmp(a, "--rope-freqs")) {
+            o->rope_freqs = true;
+            continue;
+        }
         bool matched = false;
         for (size_t k = 0; k < sizeof(ints) / sizeof(ints[0]); k++) {
             if (!nf_arg_is(a, ints[k].flag))
@@ -195,6 +226,16 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return nf_usage_error(CMD, "unknown --shape '%s' (known: %s)", v, shapes);
             }
             o->shape_name = v;
+        } else if (nf_arg_is(a, "--arch")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)))
+                return 2;
+            bool known = false;
+            for (size_t k = 0; k < sizeof(nf_mk_archs) / sizeof(nf_mk_archs[0]); k++)
+                known |= !strcmp(v, nf_mk_archs[k]);
+            if (!known)
+                return nf_usage_error(
+                    CMD, "unknown --arch '%s' (expected llama, qwen2, qwen3 or qwen3moe)", v);
+            o->arch = v;
         } else if (nf_arg_is(a, "--type")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)))
                 return 2;
@@ -237,8 +278,8 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
 /* Combines the preset and the flags into s and checks that the result is a valid model. */
 static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
 {
-    static const struct nf_mk_shape custom = {"custom", -1, -1,    -1,   -1,       -1,
-                                              0,        0,  32000, 4096, 10000.0f, 1e-5f};
+    static const struct nf_mk_shape custom = {"custom", -1,    -1,   -1,       -1,    -1,   0,
+                                              0,        32000, 4096, 10000.0f, 1e-5f, NULL, 0};
     *s = o->shape_name ? *nf_mk_shape_find(o->shape_name) : custom;
     if (o->dim > 0)
         s->dim = o->dim;
@@ -268,6 +309,12 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
         s->rope_base = o->rope_base;
     if (o->eps_set)
         s->rms_eps = o->rms_eps;
+    if (o->arch)
+        s->arch = o->arch;
+    if (!s->arch)
+        s->arch = "llama";
+    if (o->head_dim > 0)
+        s->head_dim = o->head_dim;
 
     const char *missing = s->dim < 0      ? "--dim"
                           : s->layers < 0 ? "--layers"
@@ -276,13 +323,20 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
                                           : NULL;
     if (missing)
         return nf_usage_error(CMD, "no --shape given and %s is missing", missing);
-    if (s->dim % s->heads != 0)
+    if (s->head_dim <= 0 && s->dim % s->heads != 0)
         return nf_usage_error(CMD, "--dim %lld is not a multiple of --heads %lld",
                               (long long)s->dim, (long long)s->heads);
-    if ((s->dim / s->heads) % 2 != 0)
-        return nf_usage_error(CMD,
-                              "head dimension dim/heads = %lld must be even (RoPE rotates pairs)",
-                              (long long)(s->dim / s->heads));
+    if (s->head_dim <= 0)
+        s->head_dim = s->dim / s->heads;
+    if (s->head_dim % 2 != 0)
+        return nf_usage_error(CMD, "head dimension %lld must be even (RoPE rotates pairs)",
+                              (long long)s->head_dim);
+    bool moe_arch = !strcmp(s->arch, "qwen3moe");
+    if (moe_arch && s->experts == 0)
+        return nf_usage_error(CMD, "--arch qwen3moe needs --experts");
+    if (s->experts && strcmp(s->arch, "llama") != 0 && !moe_arch)
+        return nf_usage_error(CMD, "--arch %s is dense: use qwen3moe or llama for --experts",
+                              s->arch);
     if (s->heads % s->kv_heads != 0)
         return nf_usage_error(CMD, "--heads %lld is not a multiple of --kv-heads %lld",
                               (long long)s->heads, (long long)s->kv_heads);
@@ -297,13 +351,40 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
 
 /* The tensors of the model, in the order compute uses them. Returns the count, or -1 with a
  * message when the type cannot hold a row length. *out is malloc'ed. */
-static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, struct nf_mk_tensor **out,
-                         size_t *count)
+/* The Llama 3.1 frequency factors of the n_rot / 2 rotated pairs, as llama.cpp's converter
+ * computes them from rope_scaling (rope_type llama3): 1 for short wavelengths, `factor` for
+ * long ones, a smooth blend between. Written to rope_freqs.weight; rope divides by them. */
+#define NF_MK_L3_FACTOR   8.0
+#define NF_MK_L3_LOW      1.0
+#define NF_MK_L3_HIGH     4.0
+#define NF_MK_L3_ORIG_CTX 8192.0
+static void llama3_rope_freqs(float *out, int64_t n_rot, float base)
 {
-    int64_t hd = s->dim / s->heads;
+    const double lo_wl = NF_MK_L3_ORIG_CTX / NF_MK_L3_LOW,
+                 hi_wl = NF_MK_L3_ORIG_CTX / NF_MK_L3_HIGH;
+    for (int64_t i = 0; i < n_rot / 2; i++) {
+        const double freq = 1.0 / pow((double)base, (double)(2 * i) / (double)n_rot);
+        const double wl = 2.0 * M_PI / freq;
+        if (wl < hi_wl) {
+            out[i] = 1.0f;
+        } else if (wl > lo_wl) {
+            out[i] = (float)NF_MK_L3_FACTOR;
+        } else {
+            const double smooth =
+                (NF_MK_L3_ORIG_CTX / wl - NF_MK_L3_LOW) / (NF_MK_L3_HIGH - NF_MK_L3_LOW);
+            out[i] = (float)(1.0 / ((1.0 - smooth) / NF_MK_L3_FACTOR + smooth));
+        }
+    }
+}
+
+static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool tied,
+                         const float *rope_freqs, struct nf_mk_tensor **out, size_t *count)
+{
+    int64_t hd = s->head_dim;
     int64_t q_dim = s->heads * hd, kv_dim = s->kv_heads * hd, e = s->experts;
-    size_t per_layer = e ? 10 : 9;
-    size_t n = 3 + per_layer * (size_t)s->layers, k = 0;
+    bool bias = !strcmp(s->arch, "qwen2"), qk_norm = !strncmp(s->arch, "qwen3", 5);
+    size_t per_layer = (e ? 10 : 9) + (bias ? 3 : 0) + (qk_norm ? 2 : 0);
+    size_t n = 4 + per_layer * (size_t)s->layers, k = 0;
     struct nf_mk_tensor *t = calloc(n, sizeof(*t));
     if (!t)
         return -ENOMEM;
@@ -322,7 +403,12 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, struct 
     /* (vocab, dim) embedding rows; the output projection has the same shape. */
     ADD(NF_MK_RANDOM, type, 2, s->dim, s->vocab, 1, "token_embd.weight");
     ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "output_norm.weight");
-    ADD(NF_MK_RANDOM, type, 2, s->dim, s->vocab, 1, "output.weight");
+    if (!tied)
+        ADD(NF_MK_RANDOM, type, 2, s->dim, s->vocab, 1, "output.weight");
+    if (rope_freqs) {
+        ADD(NF_MK_VALUES, NF_TYPE_F32, 1, hd / 2, 1, 1, "rope_freqs.weight");
+        t[k - 1].values = rope_freqs;
+    }
     for (int64_t l = 0; l < s->layers; l++) {
         long long b = (long long)l;
         ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.attn_norm.weight", b);
@@ -330,6 +416,15 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, struct 
         ADD(NF_MK_RANDOM, type, 2, s->dim, kv_dim, 1, "blk.%lld.attn_k.weight", b);
         ADD(NF_MK_RANDOM, type, 2, s->dim, kv_dim, 1, "blk.%lld.attn_v.weight", b);
         ADD(NF_MK_RANDOM, type, 2, q_dim, s->dim, 1, "blk.%lld.attn_output.weight", b);
+        if (bias) { /* qwen2: F32 biases of Q, K and V */
+            ADD(NF_MK_RANDOM, NF_TYPE_F32, 1, q_dim, 1, 1, "blk.%lld.attn_q.bias", b);
+            ADD(NF_MK_RANDOM, NF_TYPE_F32, 1, kv_dim, 1, 1, "blk.%lld.attn_k.bias", b);
+            ADD(NF_MK_RANDOM, NF_TYPE_F32, 1, kv_dim, 1, 1, "blk.%lld.attn_v.bias", b);
+        }
+        if (qk_norm) { /* qwen3: per-head RMSNorm weights of q and k */
+            ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_q_norm.weight", b);
+            ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_k_norm.weight", b);
+        }
         ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.ffn_norm.weight", b);
         if (e) {
             /* Router (n_expert, dim) in F32 as llama.cpp keeps it; experts stacked in ne[2]. */
@@ -366,40 +461,61 @@ static int check_rows(const struct nf_mk_tensor *t, size_t n, enum nf_type type)
     return 0;
 }
 
-/* The metadata llama.cpp reads for arch llama (the tokenizer keys are added separately). */
+/* The metadata llama.cpp reads for the shape's architecture (the tokenizer keys are added
+ * separately): every key under "<arch>.". */
 static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
                         const struct mk_opts *o, const char *name)
 {
     int rc = 0;
-    uint32_t hd = (uint32_t)(s->dim / s->heads);
-#define U32(k, v) \
-    if (!rc)      \
-    rc = nf_gguf_writer_add_u32(w, k, (uint32_t)(v))
+    const char *a = s->arch;
+    char k[96];
+    bool moe_arch = !strcmp(a, "qwen3moe");
+#define U32(key, v)                                       \
+    if (!rc) {                                            \
+        snprintf(k, sizeof(k), "%s.%s", a, key);          \
+        rc = nf_gguf_writer_add_u32(w, k, (uint32_t)(v)); \
+    }
+#define F32(key, v)                              \
+    if (!rc) {                                   \
+        snprintf(k, sizeof(k), "%s.%s", a, key); \
+        rc = nf_gguf_writer_add_f32(w, k, (v));  \
+    }
     if (!rc)
-        rc = nf_gguf_writer_add_str(w, "general.architecture", "llama");
+        rc = nf_gguf_writer_add_str(w, "general.architecture", a);
     if (!rc)
         rc = nf_gguf_writer_add_str(w, "general.name", name);
-    U32("general.file_type", nf_gguf_ftype_for(o->type));
-    U32("general.alignment", o->alignment > 0 ? o->alignment : NF_GGUF_DEFAULT_ALIGNMENT);
-    if (o->type != NF_TYPE_F32 && o->type != NF_TYPE_F16 && o->type != NF_TYPE_BF16)
-        U32("general.quantization_version", 2);
-    U32("llama.context_length", s->ctx);
-    U32("llama.embedding_length", s->dim);
-    U32("llama.block_count", s->layers);
-    U32("llama.feed_forward_length", s->ffn);
-    U32("llama.attention.head_count", s->heads);
-    U32("llama.attention.head_count_kv", s->kv_heads);
-    U32("llama.rope.dimension_count", hd);
     if (!rc)
-        rc = nf_gguf_writer_add_f32(w, "llama.rope.freq_base", s->rope_base);
+        rc = nf_gguf_writer_add_u32(w, "general.file_type", (uint32_t)nf_gguf_ftype_for(o->type));
     if (!rc)
-        rc = nf_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", s->rms_eps);
-    U32("llama.vocab_size", s->vocab);
+        rc = nf_gguf_writer_add_u32(
+            w, "general.alignment",
+            (uint32_t)(o->alignment > 0 ? o->alignment : NF_GGUF_DEFAULT_ALIGNMENT));
+    if (!rc && o->type != NF_TYPE_F32 && o->type != NF_TYPE_F16 && o->type != NF_TYPE_BF16)
+        rc = nf_gguf_writer_add_u32(w, "general.quantization_version", 2);
+    U32("context_length", s->ctx);
+    U32("embedding_length", s->dim);
+    U32("block_count", s->layers);
+    /* qwen3moe: the experts' width has its own key; feed_forward_length is the width of the
+     * used experts together, as the published files have it. */
+    U32("feed_forward_length", moe_arch ? s->ffn * s->experts_used : s->ffn);
+    if (moe_arch)
+        U32("expert_feed_forward_length", s->ffn);
+    U32("attention.head_count", s->heads);
+    U32("attention.head_count_kv", s->kv_heads);
+    if (s->head_dim != s->dim / s->heads || strcmp(a, "llama") != 0) {
+        U32("attention.key_length", s->head_dim);
+        U32("attention.value_length", s->head_dim);
+    }
+    U32("rope.dimension_count", s->head_dim);
+    F32("rope.freq_base", s->rope_base);
+    F32("attention.layer_norm_rms_epsilon", s->rms_eps);
+    U32("vocab_size", s->vocab);
     if (s->experts) {
-        U32("llama.expert_count", s->experts);
-        U32("llama.expert_used_count", s->experts_used);
+        U32("expert_count", s->experts);
+        U32("expert_used_count", s->experts_used);
     }
 #undef U32
+#undef F32
     return rc;
 }
 
@@ -585,6 +701,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
 
     struct nf_gguf_writer *w = NULL, *vw = NULL;
     struct nf_mk_tensor *t = NULL;
+    float *freqs = NULL;
     size_t nt = 0;
     int exit_code = 1;
     char err[2 * PATH_MAX + 512] = "";
@@ -610,7 +727,20 @@ int nf_cmd_mkmodel(int argc, char **argv)
         exit_code = rc;
         goto out;
     }
-    if ((rc = build_tensors(&s, o.type, &t, &nt)))
+    if (o.rope_freqs && strcmp(s.arch, "llama") != 0) {
+        rc = nf_usage_error(CMD, "--rope-freqs is for --arch llama (Llama 3.1 scaling)");
+        exit_code = rc;
+        goto out;
+    }
+    if (o.rope_freqs) {
+        freqs = malloc(sizeof(float) * (size_t)(s.head_dim / 2));
+        if (!freqs) {
+            rc = -ENOMEM;
+            goto fail;
+        }
+        llama3_rope_freqs(freqs, s.head_dim, s.rope_base);
+    }
+    if ((rc = build_tensors(&s, o.type, o.tied, freqs, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {
         exit_code = rc;
@@ -662,6 +792,7 @@ fail:
     fprintf(stderr, "nanoflowctl mkmodel: %s\n", err[0] ? err : nf_strerror(rc));
 out:
     free(t);
+    free(freqs);
     nf_gguf_writer_free(vw);
     nf_gguf_writer_free(w);
     free(dup1);

@@ -9,7 +9,7 @@
 #include "gguf_write.h"
 #include "quants.h"
 
-/* Hyperparameters of a llama-architecture model. */
+/* Hyperparameters of a llama-family model. */
 struct nf_mk_shape {
     const char *name; /* preset name, or "custom" */
     int64_t dim;      /* embedding length */
@@ -23,6 +23,8 @@ struct nf_mk_shape {
     int64_t ctx;
     float rope_base;
     float rms_eps;
+    const char *arch; /* general.architecture: llama (NULL), qwen2, qwen3 or qwen3moe */
+    int64_t head_dim; /* attention.key_length; 0 = dim / heads */
 };
 
 /* The preset called name, or NULL. */
@@ -32,9 +34,13 @@ void nf_mk_shape_list(char *buf, size_t len);
 
 /* What a tensor's elements are filled with. */
 enum nf_mk_fill {
-    NF_MK_RANDOM, /* uniform noise with standard deviation NF_MK_STD */
-    NF_MK_ONES,   /* 1.0 (RMS norm weights) */
+    NF_MK_RANDOM,   /* uniform noise with standard deviation NF_MK_STD */
+    NF_MK_ONES,     /* 1.0 (RMS norm weights) */
+    NF_MK_VALUES,   /* the F32 values of nf_mk_tensor.values (rope_freqs) */
+    NF_MK_NEAR_ONE, /* 1 + NF_MK_NEAR_ONE_SCALE x the RANDOM noise (q/k norms: not all equal,
+                     * so a misplaced weight changes the output) */
 };
+#define NF_MK_NEAR_ONE_SCALE 10.0f
 
 #define NF_MK_STD 0.02f
 
@@ -44,8 +50,9 @@ struct nf_mk_tensor {
     int64_t ne[NF_GGUF_MAX_DIMS]; /* ne[0] is the row length; unused dims are 1 */
     enum nf_type type;
     enum nf_mk_fill fill;
-    uint64_t offset; /* absolute offset in the file, known once the header is complete */
-    uint64_t size;   /* bytes of data */
+    const float *values; /* NF_MK_VALUES: every element, F32 (not owned) */
+    uint64_t offset;     /* absolute offset in the file, known once the header is complete */
+    uint64_t size;       /* bytes of data */
 };
 
 /* Adds the synthetic SentencePiece-style vocabulary of n tokens to w: <unk>, <s>, </s>, the 256

@@ -147,8 +147,13 @@ static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t r
     if (t->fill == NF_MK_ONES) {
         for (size_t i = 0; i < n; i++)
             fbuf[i] = 1.0f;
+    } else if (t->fill == NF_MK_VALUES) {
+        memcpy(fbuf, t->values + first, sizeof(float) * n);
     } else {
         fill_random(fbuf, tensor_key(s->g->seed, t->name), first, n);
+        if (t->fill == NF_MK_NEAR_ONE)
+            for (size_t i = 0; i < n; i++)
+                fbuf[i] = 1.0f + NF_MK_NEAR_ONE_SCALE * fbuf[i];
     }
     size_t row_bytes = nf_row_size(t->type, t->ne[0]);
     const void *out = fbuf;

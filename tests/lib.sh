@@ -46,3 +46,32 @@ struct.pack_into("<I", b, i + 4, int(sys.argv[2]))
 open(sys.argv[1], "wb").write(b)
 PY
 }
+
+# gen_matches_run GEN RUN GOLDEN [tie]: the stack's `gen --json` output GEN equals `run --json`'s
+# RUN token line for token line, with the same prompt_ids, text and gen_ids, and those match the
+# first line of GOLDEN: prompt_ids exactly; gen_ids all of them, or with `tie` (random-weight
+# models, shared/golden/README.md) up to the first step whose golden top-2 gap is below 0.02.
+gen_matches_run() {
+    python3 - "$@" <<'PY'
+import json, sys
+gen = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
+run = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
+golden = json.loads(open(sys.argv[3]).readline())
+tie = len(sys.argv) > 4 and sys.argv[4] == "tie"
+assert len(gen) == len(run), (len(gen), len(run))
+assert gen[:-1] == run[:-1], "token lines differ"
+g, r = gen[-1], run[-1]
+assert g["prompt_ids"] == r["prompt_ids"] == golden["prompt_ids"], "prompt_ids"
+assert g["gen_ids"] == r["gen_ids"], (g["gen_ids"], r["gen_ids"])
+want = golden["gen_ids"]
+if tie:
+    for s, top in enumerate(golden["top_logits"]):
+        if top[0][1] - top[1][1] < 0.02:
+            want = want[:s]
+            break
+    assert g["gen_ids"][:len(want)] == want, (g["gen_ids"], golden["gen_ids"], len(want))
+else:
+    assert g["gen_ids"] == want, (g["gen_ids"], want)
+assert g["text"] == r["text"], "text"
+PY
+}

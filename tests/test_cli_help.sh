@@ -35,17 +35,17 @@ kind() {
     case "$1" in
     -n | --n-predict | -t | --threads | -c | --ctx-size | --ctx | --top-k | --top-logits | \
         -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --heads | \
-        --kv-heads | --experts | --experts-used | --vocab | --alignment | --qd | --numa-node | \
-        --lookahead | --attach-timeout | --timeout | --max-tokens-per-request) K=int ;;
+        --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
+        --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps) K=float ;;
     --ram | --tile-size | --pred-mem) K=size ;;
-    --log-level | --verify | --shape | --type) K=enum ;;
+    --log-level | --verify | --shape | --type | --arch) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name) K=str ;;
     -f | --file | --calibrate | --vocab-from) K=file ;;
     --watch) K=opt ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
-        --no-uring | --mmap | --no-cgroup) K=bool ;;
+        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs) K=bool ;;
     *) K="" ;;
     esac
 }
@@ -63,6 +63,8 @@ good() {
     --layers | --layers-override) G=2 ;;
     --ffn) G=128 ;;
     --heads) G=4 ;;
+    --head-dim) G=16 ;;
+    --arch) G=llama ;;
     --experts) G=4 ;;
     --vocab) G=512 ;;
     --alignment) G=64 ;;
@@ -126,7 +128,7 @@ parsed_flags() {
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
-        "--name --alignment -t --threads" ;;
+        "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \

@@ -157,6 +157,17 @@ expect_fail 2 "no-such.gguf" --shape tiny --vocab-from "$T/no-such.gguf"
 printf 'not a gguf file' >"$T/junk.gguf"
 expect_fail 2 "junk.gguf" --shape tiny --vocab-from "$T/junk.gguf"
 expect_fail 2 "not a power of two" --shape tiny --alignment 48
+expect_fail 2 "unknown --arch 'gpt2'" --shape tiny --arch gpt2
+expect_fail 2 "--arch qwen3moe needs --experts" --shape tiny --arch qwen3moe
+expect_fail 2 "--arch qwen2 is dense" --shape tiny-moe --arch qwen2
+expect_fail 2 "--rope-freqs is for --arch llama" --shape tiny --arch qwen3 --rope-freqs
+# The qwen presets at their published sizes, as file holes: Qwen3-30B-A3B has 30.5B parameters.
+if mk q30.gguf --shape qwen3-30b-a3b --type q4_k --zero && grep -q "30.532B params" "$T/out.txt"; then
+    ok
+else
+    bad "--shape qwen3-30b-a3b --zero: $(cat "$T/out.txt" "$T/err.txt" 2>/dev/null)"
+fi
+rm -f "$T/q30.gguf"
 # Not enough disk: a 405B model in f32 (1.6 TB) is refused before anything is written.
 expect_fail 1 "not enough free disk space" --shape llama3-405b --type f32
 # A write that fails half-way (file size limit) leaves no temporary file and no output.

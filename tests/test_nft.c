@@ -548,7 +548,9 @@ static void test_refusals(void **state)
         int want;
         const char *says;
     } cases[] = {
-        {"gpt2", NULL, NF_TYPE_COUNT, NF_EARCH, "only 'llama'"},
+        {"gpt2", NULL, NF_TYPE_COUNT, NF_EARCH, "'gpt2' is not supported"},
+        /* Keys are read under the architecture's prefix: llama.* does not count for qwen3moe. */
+        {"qwen3moe", NULL, NF_TYPE_COUNT, NF_ENOKEY, "'qwen3moe.embedding_length' is missing"},
         {NULL, "blk.0.attn_q.bias", NF_TYPE_COUNT, NF_EARCH, "blk.0.attn_q.bias"},
         {NULL, NULL, NF_TYPE_Q8_1, NF_EBADTYPE, "blk.1.ffn_up.weight"},
     };

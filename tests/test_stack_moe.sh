@@ -46,18 +46,7 @@ for name in moe-Q8_0 moe-Q4_K_M; do
     check "$name: gen --json exits 0" $?
     "$NF_BIN" run -m "$M" -t 1 "${ARGS[@]}" >"$T/run.jsonl" 2>/dev/null
     check "$name: run --json exits 0" $?
-    python3 - "$T/gen.jsonl" "$T/run.jsonl" "$G" <<'PY'
-import json, sys
-gen = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8")]
-run = [json.loads(l) for l in open(sys.argv[2], encoding="utf-8")]
-golden = json.loads(open(sys.argv[3]).readline())
-assert len(gen) == len(run), (len(gen), len(run))
-assert gen[:-1] == run[:-1], "token lines differ"
-g, r = gen[-1], run[-1]
-assert g["prompt_ids"] == r["prompt_ids"] == golden["prompt_ids"], "prompt_ids"
-assert g["gen_ids"] == r["gen_ids"] == golden["gen_ids"], (g["gen_ids"], golden["gen_ids"])
-assert g["text"] == r["text"], "text"
-PY
+    gen_matches_run "$T/gen.jsonl" "$T/run.jsonl" "$G"
     check "$name: gen --json equals run --json and the golden gen_ids" $?
     "$NF_BIN" stats --run-dir "$R" --json >"$T/stats.json" 2>/dev/null
     python3 - "$T/stats.json" <<'PY'
