@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# test_docs_names.sh - every function a documentation page names exists, with that name, in the
+# file the page says it is in. Fails on the first page that names a function its file does not
+# define (renamed, moved, or never there), or a function the page gives no file for.
+#
+# Convention the pages follow (docs/life-of-a-token.md states it at its top):
+#   - a function is written `name()` in backticks, a file as `dir/file.c` (or a bare `file.c`
+#     when only one file in the tree has that name);
+#   - a function belongs to the first file named after it in the same paragraph or list item;
+#     when no file follows it there, to the file named last before it in the same section.
+# "Defines" means a line of the file starts a definition or declaration of `name(`: the name at
+# the start of the line or after the return type (clang-format puts definitions and prototypes
+# at column 0), or a function-like `#define name(`. Calls are indented and do not count.
+#
+# Usage: test_docs_names.sh [PAGE.md ...]   (default: the pages listed in PAGES below)
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PAGES=(docs/life-of-a-token.md)
+SRC_DIRS=(common ctl daemons shm proto tests deploy)
+[ $# -gt 0 ] && PAGES=("$@")
+
+# extract PAGE: prints "LINE<TAB>NAME<TAB>FILE" for every `name()` of PAGE, FILE being the file
+# mention it is attributed to (empty when there is none). Fenced code blocks are skipped.
+extract() {
+    awk '
+    function flush(   i) {
+        for (i = 1; i <= np; i++)
+            printf "%d\t%s\t%s\n", pline[i], pname[i], last
+        np = 0
+    }
+    function is_file(s) { return s ~ /^[A-Za-z0-9_.\/-]+\.(c|h|proto|sh|py|txt|cmake)$/ }
+    /^```/ { flush(); fence = !fence; next }
+    fence { next }
+    /^[ \t]*$/ { flush(); next }
+    /^#/ { flush(); last = "" }
+    /^[ \t]*([-*]|[0-9]+\.)[ \t]/ { flush() }
+    {
+        rest = $0
+        while (match(rest, /`[^`]+`/)) {
+            span = substr(rest, RSTART + 1, RLENGTH - 2)
+            rest = substr(rest, RSTART + RLENGTH)
+            if (span ~ /^[A-Za-z_][A-Za-z0-9_]*\(\)$/) {
+                np++
+                pname[np] = substr(span, 1, length(span) - 2)
+                pline[np] = NR
+            } else if (is_file(span)) {
+                last = span
+                flush()
+            }
+        }
+    }
+    END { flush() }
+    ' "$1"
+}
+
+# resolve MENTION: prints the path of the file MENTION names, relative to ROOT, or nothing when it
+# names no file or more than one.
+resolve() {
+    local m=$1 hits
+    if [[ $m == */* ]]; then
+        [ -f "$ROOT/$m" ] && echo "$m"
+        return
+    fi
+    hits=$(grep -E "(^|/)${m//./\\.}\$" <<<"$ALL_FILES")
+    [ -n "$hits" ] && [ "$(wc -l <<<"$hits")" -eq 1 ] && echo "$hits"
+}
+
+# defines FILE NAME: status 0 when FILE has a line that defines or declares NAME as a function.
+defines() {
+    grep -Eq "^(#[[:space:]]*define[[:space:]]+|([A-Za-z_][^(;=]*[^A-Za-z0-9_])?)$2\(" "$ROOT/$1"
+}
+
+# Every file a bare name may stand for, relative to ROOT (found once).
+ALL_FILES=$(cd "$ROOT" && find "${SRC_DIRS[@]}" -type f 2>/dev/null)
+declare -A RESOLVED # mention -> file, or empty
+failed=0
+checked=0
+for page in "${PAGES[@]}"; do
+    if [ ! -f "$ROOT/$page" ]; then
+        echo "FAIL: $page does not exist"
+        failed=$((failed + 1))
+        continue
+    fi
+    n=0
+    while IFS=$'\t' read -r line name mention; do
+        n=$((n + 1))
+        if [ -z "$mention" ]; then
+            echo "FAIL: $page:$line: $name() has no file before or after it in its section"
+            failed=$((failed + 1))
+            continue
+        fi
+        [ -n "${RESOLVED[$mention]+set}" ] || RESOLVED[$mention]=$(resolve "$mention")
+        file=${RESOLVED[$mention]}
+        if [ -z "$file" ]; then
+            echo "FAIL: $page:$line: $name() is attributed to \`$mention\`, which names no single file"
+            failed=$((failed + 1))
+        elif ! defines "$file" "$name"; then
+            echo "FAIL: $page:$line: $name() is not defined in $file"
+            failed=$((failed + 1))
+        fi
+    done < <(extract "$ROOT/$page")
+    if [ "$n" -eq 0 ]; then
+        echo "FAIL: $page names no function as \`name()\`: nothing was checked"
+        failed=$((failed + 1))
+    fi
+    echo "$page: $n function names checked"
+    checked=$((checked + n))
+done
+if [ "$failed" -ne 0 ]; then
+    echo "$failed of $checked names failed"
+    exit 1
+fi
+echo "ok: all $checked names found in their files"
