@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # test_docs_names.sh - every function a documentation page names exists, with that name, in the
-# file the page says it is in. Fails on the first page that names a function its file does not
-# define (renamed, moved, or never there), or a function the page gives no file for.
+# file the page says it is in. Fails when a page names a function its file does not define
+# (renamed, moved, or never there), a function the page gives no file for, or no function at all
+# (then the page is not written in the convention below and nothing would be checked).
 #
 # Convention the pages follow (docs/life-of-a-token.md states it at its top):
-#   - a function is written `name()` in backticks, a file as `dir/file.c` (or a bare `file.c`
-#     when only one file in the tree has that name);
+#   - a function is written `name()` in backticks, a file as `dir/file.c`, or as a bare
+#     `file.c` for a file of the page's own directory or the only file in the tree of that name;
 #   - a function belongs to the first file named after it in the same paragraph or list item;
 #     when no file follows it there, to the file named last before it in the same section.
 # "Defines" means a line of the file starts a definition or declaration of `name(`: the name at
@@ -15,7 +16,8 @@
 # Usage: test_docs_names.sh [PAGE.md ...]   (default: the pages listed in PAGES below)
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PAGES=(docs/life-of-a-token.md)
+PAGES=(docs/life-of-a-token.md docs/architecture.md common/README.md ctl/README.md
+    shm/README.md daemons/README.md proto/README.md)
 SRC_DIRS=(common ctl daemons shm proto tests deploy)
 [ $# -gt 0 ] && PAGES=("$@")
 
@@ -23,40 +25,65 @@ SRC_DIRS=(common ctl daemons shm proto tests deploy)
 # mention it is attributed to (empty when there is none). Fenced code blocks are skipped.
 extract() {
     awk '
-    function flush(   i) {
-        for (i = 1; i <= np; i++)
-            printf "%d\t%s\t%s\n", pline[i], pname[i], last
-        np = 0
-    }
     function is_file(s) { return s ~ /^[A-Za-z0-9_.\/-]+\.(c|h|proto|sh|py|txt|cmake)$/ }
-    /^```/ { flush(); fence = !fence; next }
-    fence { next }
-    /^[ \t]*$/ { flush(); next }
-    /^#/ { flush(); last = "" }
-    /^[ \t]*([-*]|[0-9]+\.)[ \t]/ { flush() }
-    {
-        rest = $0
+    # The line of buf that holds character pos.
+    function line_at(pos,   k) {
+        for (k = nl; k > 1 && starts[k] > pos; k--)
+            ;
+        return lines[k]
+    }
+    # Scans the unit in buf (its lines joined: a code span may wrap) and prints its names.
+    function unit_end(   rest, off, span, np, i, pname, pline) {
+        rest = buf
+        off = 0
+        np = 0
         while (match(rest, /`[^`]+`/)) {
             span = substr(rest, RSTART + 1, RLENGTH - 2)
+            pos = off + RSTART
+            off += RSTART + RLENGTH - 1
             rest = substr(rest, RSTART + RLENGTH)
             if (span ~ /^[A-Za-z_][A-Za-z0-9_]*\(\)$/) {
                 np++
                 pname[np] = substr(span, 1, length(span) - 2)
-                pline[np] = NR
+                pline[np] = line_at(pos)
             } else if (is_file(span)) {
                 last = span
-                flush()
+                for (i = 1; i <= np; i++)
+                    printf "%d\t%s\t%s\n", pline[i], pname[i], last
+                np = 0
             }
         }
+        for (i = 1; i <= np; i++)
+            printf "%d\t%s\t%s\n", pline[i], pname[i], last
+        buf = ""
+        nl = 0
     }
-    END { flush() }
+    function add(line) {
+        nl++
+        starts[nl] = length(buf) + (nl > 1) + 1
+        lines[nl] = NR
+        buf = nl > 1 ? buf " " line : line
+    }
+    /^```/ { unit_end(); fence = !fence; next }
+    fence { next }
+    /^[ \t]*$/ { unit_end(); next }
+    /^#/ { unit_end(); last = ""; add($0); unit_end(); next }
+    /^[ \t]*([-*]|[0-9]+\.)[ \t]/ { unit_end() }
+    { add($0) }
+    END { unit_end() }
     ' "$1"
 }
 
-# resolve MENTION: prints the path of the file MENTION names, relative to ROOT, or nothing when it
-# names no file or more than one.
+# resolve DIR MENTION: prints the path of the file MENTION names, relative to ROOT, or nothing
+# when it names no file or more than one. A page's own directory DIR comes first (a README names
+# its directory's files without the directory), then the repository root, then (a bare name) the
+# one file of that name in the source tree.
 resolve() {
-    local m=$1 hits
+    local d=$1 m=$2 hits
+    if [ "$d" != . ] && [ -f "$ROOT/$d/$m" ]; then
+        echo "$d/$m"
+        return
+    fi
     if [[ $m == */* ]]; then
         [ -f "$ROOT/$m" ] && echo "$m"
         return
@@ -72,7 +99,7 @@ defines() {
 
 # Every file a bare name may stand for, relative to ROOT (found once).
 ALL_FILES=$(cd "$ROOT" && find "${SRC_DIRS[@]}" -type f 2>/dev/null)
-declare -A RESOLVED # mention -> file, or empty
+declare -A RESOLVED # "page dir|mention" -> file, or empty
 failed=0
 checked=0
 for page in "${PAGES[@]}"; do
@@ -82,6 +109,7 @@ for page in "${PAGES[@]}"; do
         continue
     fi
     n=0
+    dir=$(dirname "$page")
     while IFS=$'\t' read -r line name mention; do
         n=$((n + 1))
         if [ -z "$mention" ]; then
@@ -89,8 +117,9 @@ for page in "${PAGES[@]}"; do
             failed=$((failed + 1))
             continue
         fi
-        [ -n "${RESOLVED[$mention]+set}" ] || RESOLVED[$mention]=$(resolve "$mention")
-        file=${RESOLVED[$mention]}
+        key="$dir|$mention"
+        [ -n "${RESOLVED[$key]+set}" ] || RESOLVED[$key]=$(resolve "$dir" "$mention")
+        file=${RESOLVED[$key]}
         if [ -z "$file" ]; then
             echo "FAIL: $page:$line: $name() is attributed to \`$mention\`, which names no single file"
             failed=$((failed + 1))
