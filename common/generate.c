@@ -109,6 +109,16 @@ int nf_gen_tokenize(const struct nf_vocab *v, const char *text, size_t len, bool
     return n;
 }
 
+int nf_gen_ctx_check(long n_ctx, int n_ctx_train, char *err, size_t errlen)
+{
+    if (n_ctx_train > 0 && n_ctx > n_ctx_train)
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "context %ld is beyond the model's trained length %d (context_length); "
+                       "use -c %d or less",
+                       n_ctx, n_ctx_train, n_ctx_train);
+    return 0;
+}
+
 /* --- one sequence ---------------------------------------------------------------------------- */
 
 int nf_gen_seq_init(struct nf_gen_seq *q, const struct nf_gen_engine *e, const struct nf_vocab *v,
@@ -128,9 +138,13 @@ int nf_gen_seq_init(struct nf_gen_seq *q, const struct nf_gen_engine *e, const s
         return nf_errf(err, errlen, NF_EUSAGE, "the prompt has no tokens");
     /* Generating needs one position past the prompt for the first sampled token's successor. */
     const int need = n_prompt + (p->max_tokens > 0);
-    if (need > e->n_ctx)
+    if (n_prompt > e->n_ctx)
         return nf_errf(err, errlen, NF_ECTXFULL,
                        "the prompt has %d tokens but the context holds %d", n_prompt, e->n_ctx);
+    if (need > e->n_ctx)
+        return nf_errf(err, errlen, NF_ECTXFULL,
+                       "the prompt has %d tokens and fills the context of %d: no room to generate",
+                       n_prompt, e->n_ctx);
     /* Every generated token but the last is evaluated, so at most n_ctx - n_prompt + 1 fit:
      * the buffer never depends on a huge max_tokens. */
     const int room = e->n_ctx - n_prompt + 1;

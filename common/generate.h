@@ -5,7 +5,9 @@
  * The rules, in the order a step applies them (llama.cpp's, which the goldens were made with):
  *  1. BOS: the prompt text is tokenized with BOS added exactly when the vocabulary says so
  *     (tokenizer.ggml.add_bos_token, nf_vocab_add_bos); an empty prompt becomes [BOS].
- *  2. The context must hold the prompt and, when tokens are to be generated, one more position.
+ *  2. The context must hold the prompt and, when tokens are to be generated, one more position;
+ *     it may not exceed the model's trained length (nf_gen_ctx_check, for the callers that size
+ *     it).
  *  3. Each step: the cancel flag is checked; a token is sampled from the last logits, recorded,
  *     turned into its piece and passed to on_token (a nonzero return cancels); then generation
  *     stops at an end-of-generation token ("eog"), after max_tokens ("length") or when the
@@ -110,6 +112,13 @@ struct nf_gen_seq {
     int32_t top_ids[NF_GEN_TOP_LOGITS_MAX];
     float top_vals[NF_GEN_TOP_LOGITS_MAX];
 };
+
+/* The context rule of `run`, `up -c` and so of `gen` (whose stack `up` sizes): a context longer
+ * than the model's trained length n_ctx_train (context_length) is refused, as the model was
+ * never trained on such positions and its output past them is garbage. Returns 0, or NF_EUSAGE
+ * with err ("context 4096 is beyond the model's trained length 128 (context_length); use -c 128
+ * or less"). */
+int nf_gen_ctx_check(long n_ctx, int n_ctx_train, char *err, size_t errlen);
 
 /* Tokenizes text[0..len) with the driver's BOS rule (rule 1 above; parse_special as
  * nf_tokenize) into a malloc'd array *out (freed by the caller). Returns the count (>= 1), or a

@@ -13,6 +13,7 @@
 #include "cmds.h"
 #include "gen_output.h"
 #include "nf_err.h"
+#include "nf_time.h"
 #include "sampler.h"
 #include "stack_ctl.h"
 #include "tokenizer.h"
@@ -21,6 +22,9 @@ static const char *const cmd = "gen";
 
 #define NF_GEN_DEFAULT_N      128
 #define NF_GEN_MAX_TOP_LOGITS 64
+/* Seconds without a frame from compute before gen gives up (--timeout): the first token of a
+ * cold stack may take a while, a stalled or stopped compute must not hang us. */
+#define NF_GEN_DEFAULT_TIMEOUT_S 60
 
 static void usage(FILE *f)
 {
@@ -31,7 +35,10 @@ static void usage(FILE *f)
             "Output is the same as 'nanoflowctl run'.\n\n"
             "  -p, --prompt TEXT       prompt text (default: empty: generation starts from BOS)\n"
             "  -f, --file FILE         read the prompt from FILE\n"
-            "  -n, --n-predict N       tokens to generate, 1..1000000 (default: %d)\n"
+            "  -n, --n-predict N       tokens to generate, 1..1000000 (default: %d); generation\n"
+            "                          also stops at an end-of-generation token or a full context\n"
+            "                          (the stack's) and at the stack's per-request token\n"
+            "                          limit (both set by 'up', see its help)\n"
             "      --temp T            temperature; 0 = greedy (default: 0.8)\n"
             "      --top-k K           keep the K most likely tokens, 0 = off (default: 40)\n"
             "      --top-p P           nucleus filter, 1 = off (default: 0.95)\n"
@@ -39,17 +46,23 @@ static void usage(FILE *f)
             "                          (default: 0.05)\n"
             "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
             "  -s, --seed S            sampling seed (default: taken from the clock)\n"
-            "      --json              JSON Lines as with 'run --json' (default: off)\n"
+            "      --json              JSON Lines as with 'run --json'; the summary adds\n"
+            "                          \"queue_wait_s\" and \"queued_ahead\" (the wait behind\n"
+            "                          other requests) and compute's \"note\", if any (default:\n"
+            "                          off)\n"
             "      --top-logits K      with --json, the K highest logits of each step, 0..%d\n"
             "                          (default: 0)\n"
+            "      --timeout SECONDS   give up when compute sends nothing for this long,\n"
+            "                          0 = wait forever (default: %d)\n"
             "      --run-dir DIR       run directory (default: as for 'up')\n"
             "  -h, --help              show this help\n",
-            NF_GEN_DEFAULT_N, NF_GEN_MAX_TOP_LOGITS);
+            NF_GEN_DEFAULT_N, NF_GEN_MAX_TOP_LOGITS, NF_GEN_DEFAULT_TIMEOUT_S);
 }
 
 struct gen_opts {
     const char *prompt, *prompt_file, *run_dir;
     long n_predict, top_logits;
+    float timeout_s; /* 0: none */
     bool json, seed_set;
     struct nf_sampler_params sp;
 };
@@ -58,6 +71,7 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
 {
     nf_sampler_params_default(&o->sp);
     o->n_predict = NF_GEN_DEFAULT_N;
+    o->timeout_s = NF_GEN_DEFAULT_TIMEOUT_S;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int rc;
@@ -99,6 +113,10 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
         } else if ((rc = nf_sampling_flag(cmd, argc, argv, &i, &o->sp, &o->seed_set)) != 0) {
             if (rc < 0)
                 return 2;
+        } else if (nf_arg_is(a, "--timeout")) {
+            VAL();
+            if (nf_arg_float(cmd, a, v, 0.0f, 86400.0f, &o->timeout_s))
+                return 2;
         } else if (nf_arg_is(a, "--run-dir")) {
             VAL();
             o->run_dir = v;
@@ -114,6 +132,16 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
     if (!o->seed_set)
         o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     return 0;
+}
+
+/* Prints why compute failed us: a daemon of the stack that died (named), else what. */
+static void gen_fail(const char *dir, const char *what)
+{
+    char msg[256];
+    if (nf_ctl_stack_dead(dir, msg, sizeof(msg), NULL))
+        fprintf(stderr, "nanoflowctl gen: %s\n", msg);
+    else
+        fprintf(stderr, "nanoflowctl gen: %s\n", what);
 }
 
 static volatile sig_atomic_t nf_gen_interrupted;
@@ -182,9 +210,17 @@ int nf_cmd_gen(int argc, char **argv)
         if (!prompt)
             return 1;
     }
-    int fd = nf_ctl_connect(dir, NF_ROLE_COMPUTE, 5000, err, sizeof(err));
+    /* The Hello exchange counts against --timeout too (a stopped compute accepts but never
+     * answers). */
+    int conn_ms = o.timeout_s > 0 && o.timeout_s < 5.0f ? (int)(o.timeout_s * 1000.0f) : 5000;
+    int fd = nf_ctl_connect(dir, NF_ROLE_COMPUTE, conn_ms, err, sizeof(err));
     if (fd < 0) {
-        fprintf(stderr, "nanoflowctl gen: %s\n", err);
+        if (fd == -ETIMEDOUT)
+            snprintf(err, sizeof(err),
+                     "compute did not answer within %.1f s: giving up (is it stopped or stuck? "
+                     "see nanoflowctl status)",
+                     conn_ms / 1000.0);
+        gen_fail(dir, err);
         free(prompt);
         return 1;
     }
@@ -228,6 +264,7 @@ int nf_cmd_gen(int argc, char **argv)
     size_t out_cap = 0;
     bool cancel_sent = false;
     int ret = 1;
+    double last = nf_now_s(); /* when compute last sent a frame (or we sent the request) */
     for (;;) {
         if (nf_gen_interrupted && !cancel_sent) {
             nf_envelope c;
@@ -243,16 +280,30 @@ int nf_cmd_gen(int argc, char **argv)
         /* Wait for a whole message while watching for Ctrl-C between messages. */
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int pn = poll(&p, 1, 200);
+        double idle = nf_now_s() - last;
+        if (o.timeout_s > 0 && idle >= o.timeout_s) {
+            if (!o.json && acc.n_ids)
+                putchar('\n');
+            fflush(stdout);
+            snprintf(err, sizeof(err),
+                     "compute sent nothing for %.1f s (--timeout %g): giving up (is it stopped "
+                     "or stuck? see nanoflowctl status)",
+                     idle, (double)o.timeout_s);
+            gen_fail(dir, err);
+            break;
+        }
         if (pn == 0 || (pn < 0 && errno == EINTR))
             continue;
         nf_envelope *r = NULL;
-        rc = nf_client_recv(fd, &r, 60000);
+        /* The rest of the frame is on its way: wait for it as long as the timeout is left. */
+        int left_ms = o.timeout_s > 0 ? (int)((o.timeout_s - idle) * 1000.0) + 1 : -1;
+        rc = nf_client_recv(fd, &r, left_ms);
         if (rc <= 0) {
-            fprintf(stderr, "nanoflowctl gen: %s\n",
-                    rc == 0 ? "compute closed the connection before the generation ended"
-                            : nf_strerror(rc));
+            gen_fail(dir, rc == 0 ? "compute closed the connection before the generation ended"
+                                  : nf_strerror(rc));
             break;
         }
+        last = nf_now_s();
         if (r->request_id != id && r->request_id != 0) {
             nf_envelope_free(r);
             continue;
@@ -300,9 +351,14 @@ int nf_cmd_gen(int argc, char **argv)
                 int n_gen = d->n_gen_ids ? (int)d->n_gen_ids : acc.n_ids;
                 double pts = d->timings ? d->timings->prompt_tok_s : 0,
                        dts = d->timings ? d->timings->decode_tok_s : 0;
+                const struct nf_gen_summary_extra x = {.n_ctx = (int)d->n_ctx,
+                                                       .queued = true,
+                                                       .queue_wait_s = d->queue_wait_s,
+                                                       .queued_ahead = d->queued_ahead,
+                                                       .note = d->note};
                 nf_gen_summary_json(stdout, d->prompt_ids, (int)d->n_prompt_ids, gen, n_gen,
                                     acc.text ? acc.text : "", acc.text_len, pts, dts, stop,
-                                    d->seed ? d->seed : o.sp.seed);
+                                    d->seed ? d->seed : o.sp.seed, &x);
             } else {
                 char tail[16];
                 int ol = nf_detok_flush(&dt, tail);
@@ -310,6 +366,11 @@ int nf_cmd_gen(int argc, char **argv)
                 putchar('\n');
             }
             fflush(stdout);
+            if (d->note && d->note[0])
+                fprintf(stderr, "nanoflowctl gen: note: %s\n", d->note);
+            if (!strcmp(stop, "ctx"))
+                nf_gen_ctx_full_note(cmd, (int)d->n_gen_ids, (int)d->n_ctx, (int)d->n_ctx_train,
+                                     "'nanoflowctl up -c'");
             ret = !strcmp(stop, "cancel") ? 130 : 0;
             nf_envelope_free(r);
             break;

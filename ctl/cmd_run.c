@@ -22,7 +22,7 @@ static void usage(FILE *f)
 {
     fprintf(
         f,
-        "usage: nanoflowctl run --model FILE [-p PROMPT | -f FILE] [options]\n\n"
+        "usage: nanoflowctl run --model FILE [PROMPT | -p PROMPT | -f FILE] [options]\n\n"
         "Generates text with a llama-family GGUF model entirely in RAM, in this process. The\n"
         "generated text (not the prompt) is streamed to stdout as it is produced.\n\n"
         "  -m, --model FILE        GGUF model (required)\n"
@@ -42,14 +42,17 @@ static void usage(FILE *f)
         "      --mmap              map the GGUF read-only and let the page cache serve the\n"
         "                          weights on demand (as llama.cpp's default mmap loading)\n"
         "                          instead of reading them into RAM (default: off)\n"
-        "  -c, --ctx-size N        context length in tokens (default: the model's\n"
-        "                          context_length capped at %d, raised to fit prompt + -n)\n"
+        "  -c, --ctx-size N        context length in tokens, at most the model's trained\n"
+        "                          context_length (default: context_length capped at %d, as\n"
+        "                          for 'up'); a prompt longer than the context is refused and\n"
+        "                          generation stops, saying so, when the context is full\n"
         "      --json              JSON Lines on stdout instead of text: one object per token\n"
         "                          {\"id\",\"piece\",\"hex\"[,\"top_logits\"]} and a final "
         "summary\n"
         "                          {\"prompt_ids\",\"gen_ids\",\"text\",\"prompt_tokens\",\n"
         "                          "
-        "\"gen_tokens\",\"prompt_tok_s\",\"decode_tok_s\",\"stop\",\"seed\"}.\n"
+        "\"gen_tokens\",\"prompt_tok_s\",\"decode_tok_s\",\"stop\",\"seed\",\"n_ctx\"};\n"
+        "                          stop is eog, length or ctx (the context is full).\n"
         "                          Strings are UTF-8; bytes that do not form valid UTF-8 (a piece\n"
         "                          ending inside a character) are written as \\u00XX, and \"hex\"\n"
         "                          holds the piece's exact bytes (default: off)\n"
@@ -86,6 +89,12 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             o->use_mmap = true;
             continue;
         }
+        if (a[0] != '-' || !strcmp(a, "-")) { /* a positional prompt, as `gen` takes it */
+            if (o->prompt)
+                return nf_usage_error(cmd, "more than one prompt given ('%s')", a);
+            o->prompt = a;
+            continue;
+        }
 #define VAL()                                         \
     do {                                              \
         if (!(v = nf_arg_value(cmd, argc, argv, &i))) \
@@ -96,6 +105,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             o->model = v;
         } else if (nf_arg_is(a, "--prompt") || !strcmp(a, "-p")) {
             VAL();
+            if (o->prompt)
+                return nf_usage_error(cmd, "more than one prompt given");
             o->prompt = v;
         } else if (nf_arg_is(a, "--file") || !strcmp(a, "-f")) {
             VAL();
@@ -127,7 +138,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
     if (!o->model)
         return nf_usage_error(cmd, "--model FILE is required");
     if (o->prompt && o->prompt_file)
-        return nf_usage_error(cmd, "give either -p PROMPT or -f FILE, not both");
+        return nf_usage_error(cmd, "give either a prompt or -f FILE, not both");
     if (o->top_logits && !o->json)
         return nf_usage_error(cmd, "--top-logits needs --json");
     if (!o->seed_set)
@@ -226,12 +237,15 @@ int nf_cmd_run(int argc, char **argv)
         fprintf(stderr, "nanoflowctl run: %s\n", err);
         goto done;
     }
+    /* The context rule of `up` (nf_gen_ctx_check): never past the trained length, by default
+     * that length capped at NF_RUN_DEFAULT_CTX_CAP, so `run` and `gen` stop at the same place. */
+    const int n_train = m->hp.n_ctx_train;
     long n_ctx = o.n_ctx;
-    if (!n_ctx) {
-        n_ctx =
-            m->hp.n_ctx_train < NF_RUN_DEFAULT_CTX_CAP ? m->hp.n_ctx_train : NF_RUN_DEFAULT_CTX_CAP;
-        if (n_ctx < n_prompt + o.n_predict)
-            n_ctx = n_prompt + o.n_predict;
+    if (!n_ctx)
+        n_ctx = n_train < NF_RUN_DEFAULT_CTX_CAP ? n_train : NF_RUN_DEFAULT_CTX_CAP;
+    if (nf_gen_ctx_check(n_ctx, n_train, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nanoflowctl run: %s: %s\n", o.model, err);
+        goto done;
     }
     if ((rc = nf_ctx_create(&c, m, (int)n_ctx, (int)o.threads)) < 0) {
         fprintf(stderr, "nanoflowctl run: creating a context of %ld tokens: %s\n", n_ctx,
@@ -246,7 +260,14 @@ int nf_cmd_run(int argc, char **argv)
                                      .on_token = on_token,
                                      .ud = &ro};
     if ((rc = nf_gen_seq_init(&q, &eng, v, ids, n_prompt, &gp, err, sizeof(err))) < 0) {
-        fprintf(stderr, "nanoflowctl run: %s%s\n", err, rc == NF_ECTXFULL ? " (raise -c)" : "");
+        if (rc != NF_ECTXFULL)
+            fprintf(stderr, "nanoflowctl run: %s\n", err);
+        else if (n_prompt < n_train) /* the prompt and a generated token fit the model */
+            fprintf(stderr, "nanoflowctl run: %s (the model was trained for %d: raise -c)\n", err,
+                    n_train);
+        else
+            fprintf(stderr, "nanoflowctl run: %s (the model was trained for %d: shorten it)\n", err,
+                    n_train);
         goto done;
     }
     ro.out = malloc(ro.out_cap);
@@ -267,13 +288,16 @@ int nf_cmd_run(int argc, char **argv)
         nf_gen_summary_json(stdout, q.ids, q.n_prompt, q.ids + q.n_prompt, q.n_gen, ro.text,
                             ro.text_len, q.n_prompt / (prompt_s > 0 ? prompt_s : 1e-9),
                             (q.n_gen > 1 ? q.n_gen - 1 : 0) / (decode_s > 0 ? decode_s : 1e-9),
-                            nf_gen_stop_name(q.stop), o.sp.seed);
+                            nf_gen_stop_name(q.stop), o.sp.seed,
+                            &(struct nf_gen_summary_extra){.n_ctx = (int)n_ctx});
     } else {
         int ol = nf_detok_flush(&ro.dt, ro.out);
         fwrite(ro.out, 1, (size_t)ol, stdout);
         putchar('\n');
     }
     fflush(stdout);
+    if (q.stop == NF_GEN_STOP_CTX)
+        nf_gen_ctx_full_note(cmd, q.n_gen, (int)n_ctx, n_train, "-c");
     ret = 0;
     goto done;
 oom:

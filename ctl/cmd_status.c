@@ -105,6 +105,11 @@ int nf_cmd_status(int argc, char **argv)
         fprintf(stderr, "nanoflowctl status: no stack running in %s\n", dir);
         return 1;
     }
+    /* A daemon that died (the liveness records in the region) shows as "dead" with the pid it
+     * had, and the reason follows the table. */
+    char dead_msg[256] = "";
+    int live_pids[NF_N_ROLES] = {0};
+    unsigned dead = nf_ctl_stack_dead(dir, dead_msg, sizeof(dead_msg), live_pids);
     int n_ok = 0;
     if (json) {
         jdir(dir);
@@ -138,8 +143,15 @@ int nf_cmd_status(int argc, char **argv)
             }
             nf_envelope_free(r);
             close(fd);
+        } else if (fd == -EPERM) {
+            fprintf(stderr, "nanoflowctl status: %s\n", err); /* a socket we must not trust */
+            state = "refused";
         } else if (pid > 0) {
             state = "not responding";
+        }
+        if (dead & (1u << i)) {
+            state = "dead";
+            pid = live_pids[i];
         }
         if (json) {
             printf("%s{\"role\":\"%s\",\"pid\":%d,\"state\":\"%s\"", i ? "," : "", role, pid,
@@ -158,6 +170,8 @@ int nf_cmd_status(int argc, char **argv)
     }
     if (json)
         printf("]}\n");
+    if (dead)
+        fprintf(stderr, "nanoflowctl status: %s\n", dead_msg);
     if (n_ok < NF_N_ROLES) {
         fprintf(stderr, "nanoflowctl status: %d of %d daemons answer in %s\n", n_ok, NF_N_ROLES,
                 dir);
@@ -284,6 +298,14 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                (double)(nf_stage_ctr(c, "prompt_tokens") + nf_stage_ctr(c, "decode_tokens")), "");
         metric(json, &first, "compute", "groups_skipped", "FFN groups skipped",
                nf_snap_ratio((double)nf_stage_ctr(c, "groups_skipped"), gt), "%");
+        metric(json, &first, "compute", "queue_len", "requests queued",
+               (double)nf_stage_ctr(c, "queue_len"), "");
+        metric(json, &first, "compute", "queue_wait_ms", "queue wait (mean)",
+               nf_snap_ratio((double)nf_stage_ctr(c, "queue_wait_ns") * 1e-6,
+                             (double)nf_stage_ctr(c, "requests")),
+               "ms");
+        metric(json, &first, "compute", "clamped", "requests clamped",
+               (double)nf_stage_ctr(c, "clamped"), "");
     } else if (json) {
         jerr(c->err);
     } else {

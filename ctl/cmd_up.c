@@ -2,16 +2,20 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cmds.h"
+#include "generate.h"
+#include "model.h"
 #include "nf_err.h"
 #include "nf_file.h"
 #include "nft.h"
@@ -19,7 +23,8 @@
 #include "stack_ctl.h"
 #include "nf_time.h"
 
-#define NF_UP_READY_TIMEOUT_MS 60000
+#define NF_UP_READY_TIMEOUT_MS   60000
+#define NF_UP_DEFAULT_MAX_TOKENS 512 /* compute's default (NF_GEN_DEFAULT_MAX_TOKENS) */
 
 static void up_usage(FILE *f)
 {
@@ -35,13 +40,19 @@ static void up_usage(FILE *f)
             "                       1: the fetcher and predictor need a core)\n"
             "      --sparsity S     share of FFN groups skipped per token, 0..0.99; 0 = exact\n"
             "                       (default: 0)\n"
-            "  -c, --ctx N          context length, also --ctx-size (default: the model's, capped\n"
-            "                       at 4096 and by the budget)\n"
+            "  -c, --ctx N          context length, also --ctx-size, at most the model's trained\n"
+            "                       context_length (default: that length, capped at 4096 and by\n"
+            "                       the budget)\n"
+            "      --max-tokens-per-request N\n"
+            "                       tokens one generation may produce, 1..1000000; requests\n"
+            "                       asking more are clamped so that queued ones wait less\n"
+            "                       (default: %d)\n"
             "      --run-dir DIR    run directory (default: $NANOFLOW_RUN_DIR, else\n"
             "                       $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow for root,\n"
             "                       else /tmp/nanoflow-UID)\n"
             "      --log-level L    daemon log level: error, warn, info, debug (default: info)\n"
-            "  -h, --help           show this help\n");
+            "  -h, --help           show this help\n",
+            NF_UP_DEFAULT_MAX_TOKENS);
 }
 
 /* --- .gguf -> cached .nft ------------------------------------------------------------------ */
@@ -268,14 +279,14 @@ static int find_daemon(const char *role, char *out, size_t len, char *looked, si
 struct up_opts {
     const char *model, *run_dir, *log_level;
     uint64_t ram;
-    long threads, n_ctx;
+    long threads, n_ctx, max_tokens;
     float sparsity;
 };
 
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
                           const struct up_opts *o)
 {
-    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32];
+    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32];
     nf_rundir_path(dir, role, "log", logp, sizeof(logp));
     snprintf(ram, sizeof(ram), "%llu", (unsigned long long)o->ram);
     snprintf(thr, sizeof(thr), "%ld", o->threads);
@@ -296,6 +307,11 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     argv[k++] = sp;
     argv[k++] = "--ctx";
     argv[k++] = ctx;
+    if (o->max_tokens && !strcmp(role, NF_ROLE_COMPUTE)) {
+        snprintf(maxtok, sizeof(maxtok), "%ld", o->max_tokens);
+        argv[k++] = "--max-tokens-per-request";
+        argv[k++] = maxtok;
+    }
     if (o->log_level) {
         argv[k++] = "--log-level";
         argv[k++] = (char *)o->log_level;
@@ -352,40 +368,89 @@ static void print_log_tail(const char *dir, const char *role)
         fprintf(stderr, "  %s\n", l);
 }
 
-/* Sends SIGTERM, then SIGKILL after term_ms, to pid; returns once it is gone (or after
- * kill_ms more). */
+/* A pidfd for pid (signals through it cannot reach a process that reused the pid), or -1. */
+static int pid_open(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static void pid_signal(int pfd, pid_t pid, int sig)
+{
+    if (pfd >= 0)
+        syscall(SYS_pidfd_send_signal, pfd, sig, NULL, 0);
+    else
+        kill(pid, sig);
+}
+
+/* True while the process is running (pidfd readable means it exited). */
+static bool pid_running(int pfd, pid_t pid)
+{
+    if (pfd >= 0) {
+        struct pollfd p = {.fd = pfd, .events = POLLIN};
+        return poll(&p, 1, 0) == 0;
+    }
+    return kill(pid, 0) == 0;
+}
+
+/* Sends SIGTERM, then SIGKILL after term_ms, to pid, a daemon of role the caller has verified
+ * (nf_ctl_daemon_pid, or our own unreaped child); returns once it is gone (or after kill_ms
+ * more). */
 static bool stop_pid(const char *dir, const char *role, int pid, int term_ms, int kill_ms)
 {
     double t0 = nf_now_s();
-    bool termed = term_ms == 0, killed = false;
+    bool termed = term_ms == 0, killed = false, gone = false;
+    int pfd = pid_open(pid);
+    char err[PATH_MAX + 64];
+    /* Checked again once the pidfd pins the process: the one we verified may have exited and
+     * its pid been reused since. */
+    if (pfd >= 0 && nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0) {
+        close(pfd);
+        return true;
+    }
     if (termed)
-        kill(pid, SIGTERM);
+        pid_signal(pfd, pid, SIGTERM);
     for (;;) {
         waitpid(pid, NULL, WNOHANG); /* reap it if it is our child */
-        if (nf_pidfile_read(dir, role) != pid || kill(pid, 0) < 0)
-            return true;
+        if (nf_pidfile_read(dir, role) != pid || !pid_running(pfd, pid)) {
+            gone = true;
+            break;
+        }
         double el = (nf_now_s() - t0) * 1000.0;
         if (!termed && el >= term_ms) {
-            kill(pid, SIGTERM);
+            pid_signal(pfd, pid, SIGTERM);
             termed = true;
         }
         if (!killed && el >= term_ms + kill_ms) {
-            kill(pid, SIGKILL);
+            pid_signal(pfd, pid, SIGKILL);
             killed = true;
         }
         if (el >= term_ms + kill_ms + 5000)
-            return false;
+            break;
         nf_sleep_ms(20);
     }
+    if (pfd >= 0)
+        close(pfd);
+    return gone;
 }
 
-/* Stops what `up` started after a failure: every daemon with a live pid, then the files. */
+/* Stops what `up` started after a failure: every daemon with a live pid that is our own
+ * unreaped child or proves to be the stack's daemon, then the files. */
 static void up_abort(const char *dir, const pid_t *children, int n_children)
 {
     for (int i = NF_N_ROLES - 1; i >= 0; i--) {
-        int pid = nf_pidfile_read(dir, nf_stack_roles[i]);
+        const char *role = nf_stack_roles[i];
+        int pid = nf_pidfile_read(dir, role);
+        if (pid <= 0)
+            continue;
+        bool ours = i < n_children && children[i] == pid && waitpid(pid, NULL, WNOHANG) == 0;
+        if (!ours) {
+            char why[PATH_MAX + 512];
+            pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
+            if (pid < 0)
+                fprintf(stderr, "nanoflowctl up: %s\n", why);
+        }
         if (pid > 0)
-            stop_pid(dir, nf_stack_roles[i], pid, 0, 3000);
+            stop_pid(dir, role, pid, 0, 3000);
     }
     for (int i = 0; i < n_children; i++) {
         if (children[i] > 0 && waitpid(children[i], NULL, WNOHANG) == 0) {
@@ -394,6 +459,52 @@ static void up_abort(const char *dir, const pid_t *children, int n_children)
         }
     }
     nf_ctl_cleanup_rundir(dir);
+}
+
+static void send_shutdown(int fd)
+{
+    nf_envelope req;
+    Nanoflow__Shutdown sd;
+    nanoflow__envelope__init(&req);
+    nanoflow__shutdown__init(&sd);
+    req.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
+    req.shutdown = &sd;
+    nf_client_send(fd, nf_ctl_next_id(), &req);
+}
+
+/* Stops every daemon of the stack in dir that still runs (those of a half-dead stack too):
+ * Shutdown to compute, predictor, then fetcher, SIGTERM after 10 s, SIGKILL after 15 s; then
+ * removes the run directory's files but the logs. A pid is signalled only once it proves to be
+ * its socket's server running the daemon's binary (nf_ctl_daemon_pid), never on the pid file
+ * alone: a crash and pid reuse, or a planted file, would name someone else's process. Returns
+ * 0, or 1 after saying which daemon does not exit or could not be confirmed. */
+static int stop_stack(const char *cmd, const char *dir)
+{
+    int ret = 0;
+    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
+        const char *role = nf_stack_roles[i];
+        char err[512], why[PATH_MAX + 512];
+        /* Checked before Shutdown, which makes a daemon remove its socket. */
+        int pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
+        int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
+        if (fd == -EPERM) {
+            fprintf(stderr, "nanoflowctl %s: %s\n", cmd, err);
+            ret = 1;
+        }
+        if (fd >= 0) {
+            send_shutdown(fd);
+            close(fd);
+        }
+        if (pid < 0) {
+            fprintf(stderr, "nanoflowctl %s: %s\n", cmd, why);
+            ret = 1;
+        } else if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
+            fprintf(stderr, "nanoflowctl %s: %s (pid %d) does not exit\n", cmd, role, pid);
+            ret = 1;
+        }
+    }
+    nf_ctl_cleanup_rundir(dir);
+    return ret;
 }
 
 /* Waits until ROLE reports READY. Returns 0, or 1 after printing why not. */
@@ -479,7 +590,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
         if (!(nf_arg_is(a, "--model") || !strcmp(a, "-m") || nf_arg_is(a, "--ram") ||
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--sparsity") ||
               nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c") ||
-              nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level")))
+              nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level") ||
+              nf_arg_is(a, "--max-tokens-per-request")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -496,6 +608,9 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")) {
             if (nf_arg_long(cmd, a, v, 0, 1 << 24, &o->n_ctx))
+                return 2;
+        } else if (nf_arg_is(a, "--max-tokens-per-request")) {
+            if (nf_arg_long(cmd, a, v, 1, 1000000, &o->max_tokens))
                 return 2;
         } else if (nf_arg_is(a, "--run-dir")) {
             o->run_dir = v;
@@ -528,13 +643,28 @@ int nf_cmd_up(int argc, char **argv)
     }
     for (int i = 0; i < NF_N_ROLES; i++) {
         int pid = nf_pidfile_read(dir, nf_stack_roles[i]);
-        if (pid > 0) {
+        if (pid <= 0)
+            continue;
+        /* A stack with a dead daemon is stopped and a new one started (simpler than starting
+         * the missing daemon into the old region: the fetcher owns and creates the region, and
+         * a stack whose daemon died may have lost requests or tiles half-loaded). */
+        char msg[256];
+        int pids[NF_N_ROLES];
+        unsigned dead = nf_ctl_stack_dead(dir, msg, sizeof(msg), pids);
+        if (!dead) {
             fprintf(stderr,
                     "nanoflowctl up: a stack is already running in %s (%s pid %d); stop it with "
                     "'nanoflowctl down --run-dir %s'\n",
                     dir, nf_stack_roles[i], pid, dir);
             return 1;
         }
+        fprintf(stderr,
+                "nanoflowctl up: the %s (pid %d) of the stack in %s died: stopping the rest of "
+                "that stack and starting a new one\n",
+                nf_live_role(dead), pids[__builtin_ctz(dead)], dir);
+        if (stop_stack("up", dir))
+            return 1;
+        break;
     }
     char nft[PATH_MAX];
     if (resolve_model(o.model, nft, sizeof(nft)))
@@ -542,6 +672,14 @@ int nf_cmd_up(int argc, char **argv)
     struct nf_nft *f = NULL;
     if ((rc = nf_nft_open(&f, nft, false, err, sizeof(err))) < 0) {
         fprintf(stderr, "nanoflowctl up: %s\n", err);
+        return 1;
+    }
+    /* -c past the trained length is refused, as `run -c` is (nf_gen_ctx_check). */
+    struct nf_hparams hp;
+    if ((rc = nf_model_hparams(&hp, nf_nft_gguf(f), err, sizeof(err))) < 0 ||
+        (rc = nf_gen_ctx_check(o.n_ctx, hp.n_ctx_train, err, sizeof(err))) < 0) {
+        fprintf(stderr, "nanoflowctl up: %s: %s\n", nft, err);
+        nf_nft_close(f);
         return 1;
     }
     struct nf_stack_plan plan;
@@ -630,22 +768,6 @@ static void down_usage(FILE *f)
                "  -h, --help           show this help\n");
 }
 
-static void send_shutdown(const char *dir, const char *role)
-{
-    char err[256];
-    int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
-    if (fd < 0)
-        return;
-    nf_envelope req;
-    Nanoflow__Shutdown sd;
-    nanoflow__envelope__init(&req);
-    nanoflow__shutdown__init(&sd);
-    req.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
-    req.shutdown = &sd;
-    nf_client_send(fd, nf_ctl_next_id(), &req);
-    close(fd);
-}
-
 int nf_cmd_down(int argc, char **argv)
 {
     const char *run_dir = NULL;
@@ -668,17 +790,7 @@ int nf_cmd_down(int argc, char **argv)
         fprintf(stderr, "nanoflowctl down: no stack running in %s\n", dir);
         return 1;
     }
-    int ret = 0;
-    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
-        const char *role = nf_stack_roles[i];
-        int pid = nf_pidfile_read(dir, role);
-        send_shutdown(dir, role);
-        if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
-            fprintf(stderr, "nanoflowctl down: %s (pid %d) does not exit\n", role, pid);
-            ret = 1;
-        }
-    }
-    nf_ctl_cleanup_rundir(dir);
+    int ret = stop_stack("down", dir);
     if (ret == 0)
         printf("stack in %s stopped\n", dir);
     return ret;

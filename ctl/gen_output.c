@@ -72,7 +72,8 @@ void nf_gen_token_json(FILE *f, int32_t tok, const char *piece, int plen, int k,
 
 void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const int32_t *gen_ids,
                          int n_gen, const char *text, size_t text_len, double prompt_tok_s,
-                         double decode_tok_s, const char *stop, uint64_t seed)
+                         double decode_tok_s, const char *stop, uint64_t seed,
+                         const struct nf_gen_summary_extra *x)
 {
     fprintf(f, "{\"prompt_ids\":");
     nf_json_ids(f, prompt_ids, n_prompt);
@@ -82,8 +83,30 @@ void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const
     nf_json_str(f, (const unsigned char *)text, text_len);
     fprintf(f,
             ",\"prompt_tokens\":%d,\"gen_tokens\":%d,\"prompt_tok_s\":%.3f,"
-            "\"decode_tok_s\":%.3f,\"stop\":\"%s\",\"seed\":%llu}\n",
+            "\"decode_tok_s\":%.3f,\"stop\":\"%s\",\"seed\":%llu",
             n_prompt, n_gen, prompt_tok_s, decode_tok_s, stop, (unsigned long long)seed);
+    if (x && x->n_ctx > 0)
+        fprintf(f, ",\"n_ctx\":%d", x->n_ctx);
+    if (x && x->queued)
+        fprintf(f, ",\"queue_wait_s\":%.3f,\"queued_ahead\":%u", x->queue_wait_s, x->queued_ahead);
+    if (x && x->note && x->note[0]) {
+        fprintf(f, ",\"note\":");
+        nf_json_str(f, (const unsigned char *)x->note, strlen(x->note));
+    }
+    fprintf(f, "}\n");
+}
+
+void nf_gen_ctx_full_note(const char *cmd, int n_gen, int n_ctx, int n_ctx_train, const char *raise)
+{
+    if (n_ctx_train > 0 && n_ctx >= n_ctx_train)
+        fprintf(stderr,
+                "nanoflowctl %s: context full after %d tokens (n_ctx %d, the model's trained "
+                "length)\n",
+                cmd, n_gen, n_ctx);
+    else
+        fprintf(stderr,
+                "nanoflowctl %s: context full after %d tokens (n_ctx %d); use %s to raise it\n",
+                cmd, n_gen, n_ctx, raise);
 }
 
 int nf_sampling_flag(const char *cmd, int argc, char **argv, int *i, struct nf_sampler_params *sp,

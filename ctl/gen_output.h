@@ -22,10 +22,26 @@ void nf_json_ids(FILE *f, const int32_t *ids, int n);
 void nf_gen_token_json(FILE *f, int32_t tok, const char *piece, int plen, int k,
                        const int32_t *top_ids, const float *top_vals);
 
-/* The final summary line of --json output. */
+/* Members of the summary after "seed", each optional. */
+struct nf_gen_summary_extra {
+    int n_ctx;   /* > 0: "n_ctx", the context length (stop "ctx": it is full) */
+    bool queued; /* `gen`: "queue_wait_s" and "queued_ahead" from compute's reply */
+    double queue_wait_s;
+    unsigned queued_ahead;
+    const char *note; /* NULL or "": none; else "note" (e.g. n_predict clamped by compute) */
+};
+
+/* The final summary line of --json output (x may be NULL). */
 void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const int32_t *gen_ids,
                          int n_gen, const char *text, size_t text_len, double prompt_tok_s,
-                         double decode_tok_s, const char *stop, uint64_t seed);
+                         double decode_tok_s, const char *stop, uint64_t seed,
+                         const struct nf_gen_summary_extra *x);
+
+/* Says on stderr that the generation of `nanoflowctl cmd` stopped at a full context: "context
+ * full after N tokens (n_ctx M); use RAISE to raise it", or, when n_ctx is already the model's
+ * trained length n_ctx_train, that it cannot be raised. The same line for `run` and `gen`. */
+void nf_gen_ctx_full_note(const char *cmd, int n_gen, int n_ctx, int n_ctx_train,
+                          const char *raise);
 
 /* Parses argv[*i] if it is one of the sampling flags `run` and `gen` share (--temp, --top-k,
  * --top-p, --min-p, --repeat-penalty, --seed/-s), with the same ranges in both, into sp

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "nf_err.h"
+#include "stack.h"
 
 const char *const nf_stack_roles[NF_N_ROLES] = {NF_ROLE_FETCHER, NF_ROLE_PREDICTOR,
                                                 NF_ROLE_COMPUTE};
@@ -20,6 +21,14 @@ int nf_ctl_rundir(const char *cmd, const char *arg, char *dir, size_t len)
     if (rc < 0) {
         fprintf(stderr, "nanoflowctl %s: cannot use run directory %s: %s\n", cmd,
                 arg ? arg : "(default)", nf_strerror(rc));
+        return -1;
+    }
+    /* Sockets and pid files are trusted only in a directory nobody else could have made or
+     * planted them in. A missing directory is fine here: there is no stack to talk to. */
+    char err[PATH_MAX + 256];
+    rc = nf_rundir_check(dir, err, sizeof(err));
+    if (rc < 0 && rc != -ENOENT) {
+        fprintf(stderr, "nanoflowctl %s: refusing run directory %s: %s\n", cmd, dir, err);
         return -1;
     }
     return 0;
@@ -44,6 +53,52 @@ int nf_ctl_connect(const char *dir, const char *role, int timeout_ms, char *err,
     char path[PATH_MAX];
     nf_rundir_path(dir, role, "sock", path, sizeof(path));
     return nf_client_connect(path, timeout_ms, err, errlen);
+}
+
+int nf_ctl_daemon_pid(const char *dir, const char *role, char *why, size_t whylen)
+{
+    char pidp[PATH_MAX], sock[PATH_MAX], err[PATH_MAX + 128];
+    nf_rundir_path(dir, role, "pid", pidp, sizeof(pidp));
+    nf_rundir_path(dir, role, "sock", sock, sizeof(sock));
+    int pid = nf_pidfile_read(dir, role);
+    if (pid <= 0) {
+        why[0] = '\0';
+        return 0;
+    }
+    int peer = nf_client_peer_pid(sock, err, sizeof(err));
+    if (peer == -EPERM)
+        return nf_errf(why, whylen, -ESRCH, "%s; not signalling pid %d from %s", err, pid, pidp);
+    if (peer < 0)
+        return nf_errf(why, whylen, -ESRCH,
+                       "%s names pid %d but no %s socket is there to confirm it is the stack's "
+                       "daemon (%s); not signalling it",
+                       pidp, pid, role, err);
+    if (peer != pid)
+        return nf_errf(why, whylen, -ESRCH,
+                       "%s names pid %d but the %s socket is served by pid %d; not signalling "
+                       "pid %d",
+                       pidp, pid, role, peer, pid);
+    if (nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0)
+        return nf_errf(why, whylen, -ESRCH, "%s: %s; not signalling it", pidp, err);
+    return pid;
+}
+
+unsigned nf_ctl_stack_dead(const char *dir, char *msg, size_t len, int pids[NF_N_ROLES])
+{
+    char name[64], why[256];
+    struct nf_stack st;
+    nf_rundir_shm_name(dir, name, sizeof(name));
+    if (nf_stack_attach(&st, name, NULL, why, sizeof(why)) < 0)
+        return 0;
+    /* nf_stack_roles and the liveness records are both in ready-bit order. */
+    _Static_assert(NF_N_ROLES == NF_STACK_DAEMONS, "one liveness record per role");
+    uint32_t dead = nf_live_check(&st);
+    if (dead)
+        nf_live_message(&st, dead, msg, len);
+    for (int i = 0; pids && i < NF_N_ROLES; i++)
+        pids[i] = atomic_load(&st.sync->live[i].pid);
+    nf_stack_detach(&st);
+    return dead;
 }
 
 unsigned long long nf_ctl_next_id(void)

@@ -87,8 +87,14 @@ _Static_assert(offsetof(struct nf_stack_sync, tile_done) == 8, "nf_stack_sync la
 _Static_assert(offsetof(struct nf_stack_sync, act_bell) == 16, "nf_stack_sync layout");
 _Static_assert(offsetof(struct nf_stack_sync, stop) == 24, "nf_stack_sync layout");
 _Static_assert(offsetof(struct nf_stack_sync, ready_mask) == 28, "nf_stack_sync layout");
-_Static_assert(sizeof(struct nf_stack_sync) == 32, "nf_stack_sync size");
-_Static_assert(_Alignof(struct nf_stack_sync) == 4, "sync words 4-aligned");
+_Static_assert(offsetof(struct nf_stack_sync, dead_mask) == 32, "nf_stack_sync layout");
+_Static_assert(offsetof(struct nf_stack_sync, live) == 40, "nf_stack_sync layout");
+_Static_assert(offsetof(struct nf_stack_live, state) == 0, "nf_stack_live layout");
+_Static_assert(offsetof(struct nf_stack_live, pid) == 4, "nf_stack_live layout");
+_Static_assert(offsetof(struct nf_stack_live, start) == 8, "nf_stack_live layout");
+_Static_assert(sizeof(struct nf_stack_live) == 16, "nf_stack_live size");
+_Static_assert(sizeof(struct nf_stack_sync) == 88, "nf_stack_sync size");
+_Static_assert(_Alignof(struct nf_stack_sync) == 8, "sync words 4-aligned, start words 8");
 
 /* NF_SHM_ACTIVATIONS: per layer an activation slot, then per layer a used slot, each at a
  * multiple of a cache-line stride: the sequence word first, the payload 8-aligned. */
@@ -269,6 +275,12 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     nf_notify_init(&st->sync->act_bell);
     atomic_init(&st->sync->stop, 0);
     atomic_init(&st->sync->ready_mask, 0);
+    atomic_init(&st->sync->dead_mask, 0);
+    for (int i = 0; i < NF_STACK_DAEMONS; i++) {
+        atomic_init(&st->sync->live[i].state, NF_LIVE_NONE);
+        atomic_init(&st->sync->live[i].pid, 0);
+        atomic_init(&st->sync->live[i].start, 0);
+    }
 
     /* Per-layer group counts for the used bitmaps (FFN groups, or experts for MoE). */
     for (uint32_t l = 0; l < sh.n_layer; l++) {

@@ -136,6 +136,28 @@ enum nf_ready_bit {
     NF_READY_COMPUTE = 1u << 2,
 };
 
+/* Daemons of a stack: the index of a daemon's record in nf_stack_sync.live is the position of its
+ * ready bit (NF_READY_FETCHER -> 0, NF_READY_PREDICTOR -> 1, NF_READY_COMPUTE -> 2). */
+#define NF_STACK_DAEMONS 3
+
+/* enum nf_live_state: where a daemon's record in nf_stack_sync.live stands. */
+enum nf_live_state {
+    NF_LIVE_NONE = 0, /* not registered yet */
+    NF_LIVE_UP,       /* its process runs (pid, start) */
+    NF_LIVE_EXITED,   /* it exited cleanly (after stopping the stack) */
+    NF_LIVE_DEAD,     /* another process found it gone without having exited cleanly */
+};
+
+/* One daemon's liveness record (daemons/common/live.c writes and checks them): the daemon stores
+ * pid and start, then state UP (release); a checker loads state (acquire), then pid and start,
+ * and calls the daemon dead when /proc/PID is gone, a zombie, or started at another time (the
+ * pid was reused). */
+struct nf_stack_live {
+    _Atomic uint32_t state; /* enum nf_live_state */
+    _Atomic int32_t pid;
+    _Atomic uint64_t start; /* field 22 of /proc/PID/stat: clock ticks after boot */
+};
+
 /* Doorbells and completion words (NF_SHM_COMPLETION). */
 struct nf_stack_sync {
     struct nf_notify fetch_bell; /* rung after enqueueing a request: wakes the fetcher */
@@ -143,6 +165,11 @@ struct nf_stack_sync {
     struct nf_notify act_bell;   /* rung by compute after publishing a layer's activation */
     _Atomic uint32_t stop;       /* set on shutdown: every loop exits */
     _Atomic uint32_t ready_mask; /* enum nf_ready_bit: attached and ready */
+    /* enum nf_ready_bit: the daemons found dead (set once, never cleared: the stack is broken
+     * and nanoflowctl down && up makes a new one). Tile waits end when it is not 0. */
+    _Atomic uint32_t dead_mask;
+    uint32_t reserved;
+    struct nf_stack_live live[NF_STACK_DAEMONS]; /* by ready-bit position */
 };
 
 /* Compute -> predictor: the residual stream after layer `layer` of token step `seq`. */
@@ -346,9 +373,9 @@ const uint8_t *nf_tile_try_peek(struct nf_stack *st, uint32_t id);
 
 /* Compute: pins tile id, requesting it on the demand ring if needed and sleeping on tile_done
  * until it is READY. Returns the bytes, or NULL with *rc set: NF_ECHECKSUM / -EIO when the
- * fetcher marked it ERROR, -ECANCELED when the stack is stopping, -ETIMEDOUT after timeout_ms
- * (< 0: none). Adds the time slept to c_stall_ns. Must be called by one compute thread only
- * (the demand ring has one producer). */
+ * fetcher marked it ERROR, -ECANCELED when the stack is stopping, -EOWNERDEAD when a daemon of
+ * the stack died (sync->dead_mask), -ETIMEDOUT after timeout_ms (< 0: none). Adds the time slept
+ * to c_stall_ns. Must be called by one compute thread only (the demand ring has one producer). */
 const uint8_t *nf_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t step, int timeout_ms,
                                 int *rc);
 

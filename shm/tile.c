@@ -132,6 +132,12 @@ const uint8_t *nf_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t step,
             *rc = -ECANCELED;
             break;
         }
+        /* A daemon of the stack died (daemons/common/live.c; the bell is rung after the store):
+         * the tile may never come. */
+        if (atomic_load_explicit(&sy->dead_mask, memory_order_acquire)) {
+            *rc = -EOWNERDEAD;
+            break;
+        }
         /* Acquire pairs with the fetcher's release stores of LOADING/ERROR/EMPTY. */
         uint32_t s = atomic_load_explicit(&t->state, memory_order_acquire);
         int slice = NF_STACK_WAIT_SLICE_MS;

@@ -36,7 +36,7 @@ kind() {
     -n | --n-predict | -t | --threads | -c | --ctx-size | --ctx | --top-k | --top-logits | \
         -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --heads | \
         --kv-heads | --experts | --experts-used | --vocab | --alignment | --qd | --numa-node | \
-        --lookahead | --attach-timeout | --timeout) K=int ;;
+        --lookahead | --attach-timeout | --timeout | --max-tokens-per-request) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps) K=float ;;
     --ram | --tile-size | --pred-mem) K=size ;;
@@ -56,7 +56,7 @@ good() {
     -n | --n-predict) G=4 ;;
     -t | --threads) G=1 ;;
     -c | --ctx-size | --ctx) G=64 ;;
-    --top-k | --rank | --qd | --lookahead) G=8 ;;
+    --top-k | --rank | --qd | --lookahead | --max-tokens-per-request) G=8 ;;
     --top-logits | --experts-used | --kv-heads) G=2 ;;
     -s | --seed) G=7 ;;
     --dim) G=64 ;;
@@ -129,7 +129,8 @@ parsed_flags() {
         "--name --alignment -t --threads" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
-    up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" ;;
+    up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
+        "--max-tokens-per-request" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty -s --seed --json --top-logits --run-dir" ;;
@@ -138,7 +139,7 @@ parsed_flags() {
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
         "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
     nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
-        "--attach-timeout --foreground --log-level" ;;
+        "--attach-timeout --max-tokens-per-request --foreground --log-level" ;;
     esac
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# test_cli_run.sh - nanoflowctl run end to end on stories260K: golden text, JSON Lines, errors.
+# test_cli_run.sh - nanoflowctl run end to end on stories260K: golden text, JSON Lines, errors,
+# the positional prompt, and the context rule (refusals, the full-context stop).
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -76,4 +77,42 @@ if [ -f "$V" ]; then
     grep -q "not supported" "$T/e.txt"
     check "architecture message says not supported" $?
 fi
+err_case "two prompts" 2 -m "$M" hello -p world
+grep -q "more than one prompt" "$T/e.txt"
+check "two prompts: says more than one prompt" $?
+err_case "a prompt and a prompt file" 2 -m "$M" hello -f "$T/prompt.txt"
+err_case "-c past the trained length" 1 -m "$M" -c 129 hi
+grep -q "context 129 is beyond the model's trained length 128 (context_length); use -c 128" \
+    "$T/e.txt"
+check "-c past the trained length: names the limit" $?
+python3 -c "print('Once upon a time ' * 100)" >"$T/long.txt"
+err_case "a prompt longer than the context" 1 -m "$M" -f "$T/long.txt"
+grep -q "the prompt has [0-9]* tokens but the context holds 128 (the model was trained for 128" \
+    "$T/e.txt"
+check "a prompt longer than the context: says so" $?
+
+# 5. A positional prompt is the prompt, as in gen.
+"$NF_BIN" run -m "$M" "Once upon a time" --temp 0 -n 8 >"$T/pos.txt" 2>&1 &&
+    "$NF_BIN" run -m "$M" -p "Once upon a time" --temp 0 -n 8 >"$T/p.txt" 2>&1
+check "positional prompt exits 0" $?
+cmp -s "$T/pos.txt" "$T/p.txt"
+check "positional prompt equals -p" $?
+
+# 6. A full context ends the generation with a line on stderr, exit 0 and stop "ctx": at the
+#    model's trained length 128 by default (no longer raised to fit -n), at -c when given.
+"$NF_BIN" run -m "$M" "Once upon a time" --temp 0 -n 500 --json >"$T/ctx.jsonl" 2>"$T/ctx.err"
+rc=$?
+n=$(python3 -c "
+import json, sys
+f = [json.loads(l) for l in open(sys.argv[1])][-1]
+assert f['stop'] == 'ctx' and f['n_ctx'] == 128 and f['prompt_tokens'] + f['gen_tokens'] == 129
+print(f['gen_tokens'])" "$T/ctx.jsonl")
+check "full context: stop ctx at 128 positions (rc $rc)" $?
+[ $rc -eq 0 ] && [ "$(cat "$T/ctx.err")" = \
+    "nanoflowctl run: context full after $n tokens (n_ctx 128, the model's trained length)" ]
+check "full context: one line on stderr ($(cat "$T/ctx.err"))" $?
+"$NF_BIN" run -m "$M" "Once upon a time" --temp 0 -n 500 -c 64 >/dev/null 2>"$T/ctx.err"
+[ $? -eq 0 ] && [ "$(cat "$T/ctx.err")" = \
+    "nanoflowctl run: context full after 60 tokens (n_ctx 64); use -c to raise it" ]
+check "full context at -c 64: says to raise -c ($(cat "$T/ctx.err"))" $?
 exit $fail

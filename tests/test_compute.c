@@ -1,8 +1,10 @@
 /* test_compute.c - nanoflow-compute with the real nanoflow-fetcher on stories260K: greedy and
  * seeded generations equal the in-process model token for token with bit-identical top logits,
- * Stats counts the work, Cancel ends a generation, a corrupted tile fails only the generation
- * with an Error naming it, requests out of range are refused without reserving memory, and
- * Shutdown leaves no socket, pid file or shm object. */
+ * Stats counts the work, Cancel ends a generation (only its own connection's: another's Cancel
+ * is refused), the per-request token limit clamps a long request while a short one queued behind
+ * it reports its wait, a corrupted tile fails only the generation with an Error naming it,
+ * requests out of range are refused without reserving memory, and Shutdown leaves no socket,
+ * pid file or shm object. */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -21,6 +23,7 @@
 #include <cmocka.h>
 
 #include "daemon.h"
+#include "json_mini.h"
 #include "model.h"
 #include "nf_err.h"
 #include "nft.h"
@@ -30,6 +33,7 @@
 #define FETCHER    NF_BUILD_DIR "/daemons/nanoflow-fetcher"
 #define COMPUTE    NF_BUILD_DIR "/daemons/nanoflow-compute"
 #define STORIES    NF_SHARED_DIR "/models/stories260K.gguf"
+#define GOLDEN     NF_SHARED_DIR "/golden/stories260K.jsonl"
 #define TIMEOUT_MS 20000
 
 static char tmpdir[256], nft_path[512], bad_path[512];
@@ -75,7 +79,9 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-static pid_t spawn(const char *bin, const char *run_dir, const char *model)
+/* Starts bin on run_dir and model, with one more flag and value when flag is not NULL. */
+static pid_t spawn(const char *bin, const char *run_dir, const char *model, const char *flag,
+                   const char *val)
 {
     char log[700];
     snprintf(log, sizeof(log), "%s/%s.out", run_dir, strrchr(bin, '-') + 1);
@@ -88,7 +94,7 @@ static pid_t spawn(const char *bin, const char *run_dir, const char *model)
             dup2(fd, 2);
         }
         execl(bin, bin, "--run-dir", run_dir, "--model", model, "--ram", "64M", "-t", "2",
-              "--foreground", (char *)NULL);
+              "--foreground", flag, val, (char *)NULL);
         _exit(127);
     }
     return pid;
@@ -133,14 +139,17 @@ static int health(const char *sock)
     return state;
 }
 
-static void stack_up(struct stack *s, const char *model, const char *name)
+/* Starts a fetcher and a compute (given one more flag and value when flag is not NULL) in run
+ * directory name and connects to compute. */
+static void stack_up_flag(struct stack *s, const char *model, const char *name, const char *flag,
+                          const char *val)
 {
     char sock[700], err[256];
     memset(s, 0, sizeof(*s));
     snprintf(s->run_dir, sizeof(s->run_dir), "%s/%s", tmpdir, name);
     assert_int_equal(mkdir(s->run_dir, 0700), 0);
-    s->fetcher = spawn(FETCHER, s->run_dir, model);
-    s->compute = spawn(COMPUTE, s->run_dir, model);
+    s->fetcher = spawn(FETCHER, s->run_dir, model, NULL, NULL);
+    s->compute = spawn(COMPUTE, s->run_dir, model, flag, val);
     snprintf(sock, sizeof(sock), "%s/compute.sock", s->run_dir);
     int waited = 0;
     while (health(sock) != NANOFLOW__HEALTH__STATE__READY) {
@@ -156,6 +165,47 @@ static void stack_up(struct stack *s, const char *model, const char *name)
     }
     s->fd = nf_client_connect(sock, 1000, err, sizeof(err));
     assert_true(s->fd >= 0);
+}
+
+static void stack_up(struct stack *s, const char *model, const char *name)
+{
+    stack_up_flag(s, model, name, NULL, NULL);
+}
+
+/* A second client connection to s's compute. */
+static int stack_connect(const struct stack *s)
+{
+    char sock[700], err[256];
+    snprintf(sock, sizeof(sock), "%s/compute.sock", s->run_dir);
+    int fd = nf_client_connect(sock, 1000, err, sizeof(err));
+    assert_true(fd >= 0);
+    return fd;
+}
+
+/* The first golden prompt of stories260K and llama.cpp's greedy continuation of it. */
+struct golden {
+    char prompt[512];
+    int32_t gen[128];
+    int n_gen;
+};
+
+static void golden_first(struct golden *g)
+{
+    FILE *f = fopen(GOLDEN, "r");
+    assert_non_null(f);
+    static char line[1 << 16];
+    assert_non_null(fgets(line, sizeof(line), f));
+    fclose(f);
+    struct jm_val *v = jm_parse(line, strlen(line));
+    assert_non_null(v);
+    const struct jm_val *p = jm_get(v, "prompt"), *ids = jm_get(v, "gen_ids");
+    assert_true(p && p->type == JM_STR && p->len < sizeof(g->prompt));
+    assert_true(ids && ids->type == JM_ARR && ids->n <= 128);
+    snprintf(g->prompt, sizeof(g->prompt), "%s", p->str);
+    g->n_gen = ids->n;
+    for (int i = 0; i < ids->n; i++)
+        g->gen[i] = (int32_t)ids->kids[i].num;
+    jm_free(v);
 }
 
 static void send_simple(int fd, uint64_t req, Nanoflow__Envelope__MsgCase what)
@@ -282,11 +332,19 @@ static int reference(const char *prompt, int n, float temp, uint64_t seed, int32
     return k;
 }
 
-/* Reads the events of request req until GenerateDone or Error; returns the tokens seen. */
-static int collect(int fd, uint64_t req, int32_t *ids, float *top1, char *stop, int *err_code,
-                   char *err_msg, size_t err_len)
+/* What collect saw in the last GenerateDone beyond the tokens. */
+static struct {
+    double queue_wait_s;
+    uint32_t queued_ahead, n_ctx, n_ctx_train;
+    char note[256];
+} last_done;
+
+/* Reads the events of request req until GenerateDone or Error, after n0 tokens already read
+ * into ids; returns the tokens seen, the n0 included. */
+static int collect_from(int fd, uint64_t req, int n0, int32_t *ids, float *top1, char *stop,
+                        int *err_code, char *err_msg, size_t err_len)
 {
-    int n = 0;
+    int n = n0;
     *err_code = 0;
     for (;;) {
         nf_envelope *r = NULL;
@@ -297,7 +355,13 @@ static int collect(int fd, uint64_t req, int32_t *ids, float *top1, char *stop, 
             top1[n] = r->token->n_top_logits ? r->token->top_logits[0]->logit : 0.0f;
             n++;
         } else if (r->msg_case == NANOFLOW__ENVELOPE__MSG_GENERATE_DONE) {
-            snprintf(stop, 32, "%s", r->generate_done->stop);
+            const Nanoflow__GenerateDone *d = r->generate_done;
+            snprintf(stop, 32, "%s", d->stop);
+            last_done.queue_wait_s = d->queue_wait_s;
+            last_done.queued_ahead = d->queued_ahead;
+            last_done.n_ctx = d->n_ctx;
+            last_done.n_ctx_train = d->n_ctx_train;
+            snprintf(last_done.note, sizeof(last_done.note), "%s", d->note ? d->note : "");
             assert_int_equal(r->generate_done->n_gen_ids, n);
             for (int i = 0; i < n; i++)
                 assert_int_equal(r->generate_done->gen_ids[i], ids[i]);
@@ -312,6 +376,12 @@ static int collect(int fd, uint64_t req, int32_t *ids, float *top1, char *stop, 
         }
         nf_envelope_free(r);
     }
+}
+
+static int collect(int fd, uint64_t req, int32_t *ids, float *top1, char *stop, int *err_code,
+                   char *err_msg, size_t err_len)
+{
+    return collect_from(fd, req, 0, ids, top1, stop, err_code, err_msg, err_len);
 }
 
 static uint64_t stat_value(int fd, const char *name)
@@ -539,12 +609,121 @@ static void test_bad_requests(void **state)
     stack_down(&s);
 }
 
+static void send_cancel(int fd, uint64_t req, uint64_t target)
+{
+    nf_envelope env;
+    Nanoflow__Cancel cn;
+    nanoflow__envelope__init(&env);
+    nanoflow__cancel__init(&cn);
+    cn.target_id = target;
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_CANCEL;
+    env.cancel = &cn;
+    assert_int_equal(nf_client_send(fd, req, &env), 0);
+}
+
+/* Two clients each use request id 1 (as every `gen` does): the second's Cancel of request 1 is
+ * refused with an Error on its own connection, and the first's generation runs to the end with
+ * llama.cpp's golden tokens. The second's own request 1 can still be cancelled by it. */
+static void test_cancel_own_connection(void **state)
+{
+    (void)state;
+    struct golden gd = {0};
+    golden_first(&gd);
+    struct stack s;
+    stack_up(&s, nft_path, "cancel");
+    const int fd2 = stack_connect(&s);
+    send_generate(s.fd, 1, gd.prompt, gd.n_gen, 0.0f, 0, 0);
+    nf_envelope *r = NULL;
+    assert_int_equal(nf_client_recv(s.fd, &r, TIMEOUT_MS), 1); /* it runs */
+    assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_TOKEN);
+    int32_t got[128];
+    float top[128];
+    got[0] = r->token->id;
+    nf_envelope_free(r);
+    send_cancel(fd2, 7, 1);
+    assert_int_equal(nf_client_recv(fd2, &r, TIMEOUT_MS), 1);
+    assert_int_equal(r->request_id, 7);
+    assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_ERROR);
+    assert_int_equal(r->error->code, -EPERM);
+    print_message("foreign cancel: %s\n", r->error->message);
+    assert_non_null(strstr(r->error->message, "not a request of this connection"));
+    nf_envelope_free(r);
+    char stop[32], msg[512];
+    int code;
+    const int n = collect_from(s.fd, 1, 1, got, top, stop, &code, msg, sizeof(msg));
+    assert_int_equal(code, 0);
+    assert_int_equal(n, gd.n_gen);
+    assert_memory_equal(got, gd.gen, sizeof(int32_t) * (size_t)n);
+    print_message("the first client's %d tokens equal the golden ones, stop %s\n", n, stop);
+    /* Request 1 of the second connection is its own to cancel: queued behind a long one. */
+    send_generate(s.fd, 2, gd.prompt, 100, 0.0f, 0, 0);
+    assert_int_equal(nf_client_recv(s.fd, &r, TIMEOUT_MS), 1); /* it runs */
+    assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_TOKEN);
+    got[0] = r->token->id;
+    nf_envelope_free(r);
+    send_generate(fd2, 1, gd.prompt, 100, 0.0f, 0, 0);
+    send_cancel(fd2, 8, 1);
+    assert_int_equal(collect(fd2, 1, got + 1, top, stop, &code, msg, sizeof(msg)), 0);
+    assert_int_equal(code, 0);
+    assert_string_equal(stop, "cancel");
+    assert_int_equal(collect_from(s.fd, 2, 1, got, top, stop, &code, msg, sizeof(msg)), 100);
+    close(fd2);
+    stack_down(&s);
+}
+
+/* Fairness without a second KV cache: the per-request limit clamps a long request (its reply
+ * says so), and a short request queued behind it reports its wait, in its reply and in Stats. */
+static void test_queue_limit_and_wait(void **state)
+{
+    (void)state;
+    struct golden gd = {0};
+    golden_first(&gd);
+    struct stack s;
+    stack_up_flag(&s, nft_path, "queue", "--max-tokens-per-request", "50");
+    const int fd2 = stack_connect(&s);
+    send_generate(s.fd, 1, gd.prompt, 100, 0.0f, 0, 0);
+    nf_envelope *r = NULL;
+    assert_int_equal(nf_client_recv(s.fd, &r, TIMEOUT_MS), 1); /* the long one runs */
+    assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_TOKEN);
+    int32_t got[128], short_ids[8];
+    float top[128];
+    got[0] = r->token->id;
+    nf_envelope_free(r);
+    send_generate(fd2, 1, gd.prompt, 5, 0.0f, 0, 0);
+    char stop[32], msg[512];
+    int code;
+    const int n = collect_from(s.fd, 1, 1, got, top, stop, &code, msg, sizeof(msg));
+    assert_int_equal(code, 0);
+    assert_int_equal(n, 50);
+    assert_string_equal(stop, "length");
+    assert_memory_equal(got, gd.gen, sizeof(int32_t) * 50);
+    print_message("long request: %d tokens, note: %s\n", n, last_done.note);
+    assert_non_null(strstr(last_done.note, "n_predict 100 clamped to the per-request limit 50"));
+    assert_int_equal(last_done.queued_ahead, 0);
+    assert_int_equal(last_done.n_ctx, 128);
+    assert_int_equal(last_done.n_ctx_train, 128);
+    assert_int_equal(collect(fd2, 1, short_ids, top, stop, &code, msg, sizeof(msg)), 5);
+    assert_int_equal(code, 0);
+    assert_memory_equal(short_ids, gd.gen, sizeof(int32_t) * 5);
+    print_message("short request: waited %.3f s behind %u\n", last_done.queue_wait_s,
+                  last_done.queued_ahead);
+    assert_int_equal(last_done.queued_ahead, 1);
+    assert_true(last_done.queue_wait_s > 0.0);
+    assert_string_equal(last_done.note, "");
+    assert_int_equal(stat_value(s.fd, "requests"), 2);
+    assert_int_equal(stat_value(s.fd, "clamped"), 1);
+    assert_int_equal(stat_value(s.fd, "queue_len"), 0);
+    assert_true(stat_value(s.fd, "queue_wait_ns") >= (uint64_t)(last_done.queue_wait_s * 1e9));
+    close(fd2);
+    stack_down(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_generate_equals_run),
-        cmocka_unit_test(test_corrupt_tile),
-        cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_generate_equals_run),  cmocka_unit_test(test_corrupt_tile),
+        cmocka_unit_test(test_bad_requests),         cmocka_unit_test(test_cancel_own_connection),
+        cmocka_unit_test(test_queue_limit_and_wait),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

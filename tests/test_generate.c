@@ -302,7 +302,8 @@ static void test_stop_length_ctx_cancel(void **state)
     for (int i = 0; i < 13; i++)
         longp[i] = g->gen_ids[i];
     assert_int_equal(nf_gen_seq_init(&q, &e, vocab, longp, n_ctx, &p, err, 256), NF_ECTXFULL);
-    assert_non_null(strstr(err, "the prompt has 12 tokens but the context holds 12"));
+    assert_non_null(
+        strstr(err, "the prompt has 12 tokens and fills the context of 12: no room to generate"));
     nf_gen_seq_free(&q);
     /* ... but a prompt-only sequence may fill it. */
     struct nf_gen_params po = {.max_tokens = 0};
@@ -313,7 +314,13 @@ static void test_stop_length_ctx_cancel(void **state)
     assert_int_equal(c->n_past, n_ctx);
     nf_gen_seq_free(&q);
     assert_int_equal(nf_gen_seq_init(&q, &e, vocab, longp, n_ctx + 1, &po, err, 256), NF_ECTXFULL);
+    assert_non_null(strstr(err, "the prompt has 13 tokens but the context holds 12"));
     nf_gen_seq_free(&q);
+    /* The context of run and up: at most the trained length (0: unknown, not checked). */
+    assert_int_equal(nf_gen_ctx_check(128, 128, err, 256), 0);
+    assert_int_equal(nf_gen_ctx_check(129, 128, err, 256), NF_EUSAGE);
+    assert_non_null(strstr(err, "context 129 is beyond the model's trained length 128"));
+    assert_int_equal(nf_gen_ctx_check(100000, 0, err, 256), 0);
     /* Bad parameters are refused with the field named. */
     p.top_logits = NF_GEN_TOP_LOGITS_MAX + 1;
     assert_int_equal(nf_gen_seq_init(&q, &e, vocab, g->prompt_ids, 5, &p, err, 256), NF_EUSAGE);

@@ -865,6 +865,11 @@ static void test_state_machine(void **state)
     assert_int_equal(nf_tile_prefetch(&st, 2, 1, false), -ENOBUFS);
     assert_int_equal(state_of(&st, 2), NF_TILE_EMPTY);
 
+    /* A daemon found dead ends a pin wait with -EOWNERDEAD (daemons/common/live.c). */
+    atomic_store(&st.sync->dead_mask, NF_READY_FETCHER);
+    assert_null(nf_tile_pin_wait(&st, 2, 1, -1, &rc));
+    assert_int_equal(rc, -EOWNERDEAD);
+    atomic_store(&st.sync->dead_mask, 0);
     /* Stopping wakes a blocked pin with -ECANCELED. */
     atomic_store(&st.sync->stop, 1);
     assert_null(nf_tile_pin_wait(&st, 2, 1, -1, &rc));

@@ -291,6 +291,9 @@ def load(p):
     rows = [json.loads(l) for l in open(p, encoding="utf-8")]
     for k in ("prompt_tok_s", "decode_tok_s"):
         rows[-1].pop(k)
+    # The contexts differ (the plan's, 256, run's default) and only gen has a queue.
+    for k in ("n_ctx", "queue_wait_s", "queued_ahead"):
+        rows[-1].pop(k, None)
     return rows
 run = load(sys.argv[1])
 for p in sys.argv[2:]:

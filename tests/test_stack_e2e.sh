@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # test_stack_e2e.sh - the whole streaming stack on stories260K: up, status, gen (exact mode:
 # the same JSON Lines and text as `nanoflowctl run`, gen_ids equal to the golden), stats, down;
-# afterwards no daemon process, socket, pid file or /dev/shm object of the stack is left.
+# afterwards no daemon process, socket, pid file or /dev/shm object of the stack is left. Then a
+# stack at the model's own context: up -c past it is refused, and gen and run stop at the same
+# token when the context is full, saying so.
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -19,13 +21,19 @@ fi
 need_daemons
 T=$(mktemp -d)
 R="$T/run"
+R2="$T/run2"
 cleanup() {
     "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
+    "$NF_BIN" down --run-dir "$R2" >/dev/null 2>&1
     rm -rf "$T"
 }
 trap cleanup EXIT
 export XDG_CACHE_HOME="$T/cache"
 cp "$M0" "$T/m.gguf" # the converted .nft is cached beside the copy
+# The copy claims a trained context of 2048 instead of 128 (llama.context_length, a u32 patched in
+# place; the arithmetic does not read it), so that `up --ctx 2048` is taken and a generation runs
+# long enough to be interrupted (section 4). Sections 1-3 stay within 128 tokens.
+patch_ctx "$T/m.gguf" 2048 || exit 1
 python3 -c "import json,sys; sys.stdout.write(json.loads(open(sys.argv[1]).readline())['prompt'])" \
     "$G" >"$T/prompt.txt"
 SHM=$(python3 -c "
@@ -78,7 +86,7 @@ check "status table shows three ready rows" $?
 ARGS=(-f "$T/prompt.txt" --temp 0 -n 60 --seed 3)
 "$NF_BIN" gen --run-dir "$R" "${ARGS[@]}" --json --top-logits 5 >"$T/gen.jsonl" 2>"$T/gen.err"
 check "gen --json exits 0" $?
-"$NF_BIN" run -m "$M0" -t 1 "${ARGS[@]}" --json --top-logits 5 >"$T/run.jsonl" 2>/dev/null
+"$NF_BIN" run -m "$T/m.gguf" -t 1 "${ARGS[@]}" --json --top-logits 5 >"$T/run.jsonl" 2>/dev/null
 check "run --json exits 0" $?
 python3 - "$T/gen.jsonl" "$T/run.jsonl" "$G" <<'PY'
 import json, sys
@@ -90,13 +98,14 @@ assert gen[:-1] == run[:-1], "token lines differ"
 g, r = gen[-1], run[-1]
 for k in ("prompt_tok_s", "decode_tok_s"):
     g.pop(k), r.pop(k)
+assert g.pop("queued_ahead") == 0 and g.pop("queue_wait_s") >= 0, g  # only gen has a queue
 assert g == r, (g, r)
 assert g["gen_ids"] == gold["gen_ids"][:len(g["gen_ids"])], g["gen_ids"]
 assert g["prompt_ids"] == gold["prompt_ids"]
 PY
 check "gen --json equals run --json and the golden gen_ids" $?
 "$NF_BIN" gen --run-dir "$R" "${ARGS[@]}" >"$T/gen.txt" 2>/dev/null
-"$NF_BIN" run -m "$M0" -t 1 "${ARGS[@]}" >"$T/run.txt" 2>/dev/null
+"$NF_BIN" run -m "$T/m.gguf" -t 1 "${ARGS[@]}" >"$T/run.txt" 2>/dev/null
 cmp -s "$T/gen.txt" "$T/run.txt"
 check "gen text equals run text" $?
 # A positional prompt is the same as -p.
@@ -142,11 +151,13 @@ for st in ("predictor", "fetcher", "compute", "memory"):
     assert st in s and "error" not in s[st], (st, s.get(st))
 assert s["compute"]["tokens"] > 0, s["compute"]
 assert s["compute"]["decode_tok_s"] > 0, s["compute"]
+assert s["compute"]["queue_len"] == 0 and s["compute"]["queue_wait_ms"] >= 0, s["compute"]
+assert s["compute"]["clamped"] == 1, s["compute"]  # section 4's -n 1000000
 assert s["fetcher"]["reads"] > 0, s["fetcher"]
 assert s["memory"]["budget"] == 256 << 20, s["memory"]
 assert 0 < s["memory"]["held"] <= s["memory"]["budget"], s["memory"]
 PY
-check "stats --json: tokens, reads, memory within budget" $?
+check "stats --json: tokens, reads, queue, memory within budget" $?
 "$NF_BIN" stats --run-dir "$R" >"$T/stats.txt"
 grep -q "^predictor" "$T/stats.txt" && grep -q "^fetcher" "$T/stats.txt" &&
     grep -q "^compute" "$T/stats.txt" && grep -q "^memory" "$T/stats.txt"
@@ -179,4 +190,41 @@ check "logs kept" $?
 "$NF_BIN" down --run-dir "$R" >/dev/null 2>"$T/err"
 [ $? -eq 1 ] && grep -q "no stack running" "$T/err"
 check "second down says no stack running" $?
+
+# 7. The model's own context (128): up -c past it is refused; gen and run stop at the same token
+#    when it is full, both saying so on stderr and with stop "ctx" in the JSON; a prompt longer
+#    than the context is refused.
+cp "$M0" "$T/s.gguf"
+"$NF_BIN" up -m "$T/s.gguf" --ram 256M -t 1 -c 100000 --run-dir "$R2" >/dev/null 2>"$T/err"
+[ $? -eq 1 ] && grep -q "context 100000 is beyond the model's trained length 128" "$T/err" &&
+    [ ! -e "$R2/compute.sock" ]
+check "up -c 100000 is refused ($(tail -n 1 "$T/err"))" $?
+"$NF_BIN" up -m "$T/s.gguf" --ram 256M -t 1 --run-dir "$R2" >"$T/up2.out" 2>/dev/null &&
+    grep -q "n_ctx 128" "$T/up2.out"
+check "up takes the model's context by default" $?
+CTX_ARGS=(--temp 0 -n 500 --json "Once upon a time")
+"$NF_BIN" gen --run-dir "$R2" "${CTX_ARGS[@]}" >"$T/gctx.jsonl" 2>"$T/gctx.err"
+grc=$?
+"$NF_BIN" run -m "$T/s.gguf" -t 1 "${CTX_ARGS[@]}" >"$T/rctx.jsonl" 2>"$T/rctx.err"
+rrc=$?
+python3 - "$T/gctx.jsonl" "$T/rctx.jsonl" <<'PY'
+import json, sys
+g = [json.loads(l) for l in open(sys.argv[1])][-1]
+r = [json.loads(l) for l in open(sys.argv[2])][-1]
+assert g["stop"] == r["stop"] == "ctx" and g["n_ctx"] == r["n_ctx"] == 128, (g, r)
+assert g["gen_ids"] == r["gen_ids"], (g["gen_ids"], r["gen_ids"])
+assert g["prompt_tokens"] + g["gen_tokens"] - 1 == 128
+PY
+check "gen and run stop at the same token with stop ctx (exit $grc, $rrc)" $?
+n=$(python3 -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1])][-1]['gen_tokens'])" "$T/gctx.jsonl")
+want="context full after $n tokens (n_ctx 128, the model's trained length)"
+[ $grc -eq 0 ] && [ "$(cat "$T/gctx.err")" = "nanoflowctl gen: $want" ] &&
+    [ $rrc -eq 0 ] && [ "$(cat "$T/rctx.err")" = "nanoflowctl run: $want" ]
+check "gen and run say the context is full ($(cat "$T/gctx.err"))" $?
+python3 -c "print('Once upon a time ' * 100)" >"$T/long.txt"
+"$NF_BIN" gen --run-dir "$R2" -f "$T/long.txt" >/dev/null 2>"$T/err"
+[ $? -eq 1 ] && grep -q "the prompt has [0-9]* tokens but the context holds 128" "$T/err"
+check "gen refuses a prompt longer than the context ($(cat "$T/err"))" $?
+"$NF_BIN" down --run-dir "$R2" >/dev/null 2>&1
+check "down of the second stack" $?
 exit $fail

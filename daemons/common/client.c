@@ -143,6 +143,34 @@ static void dir_of(const char *path, char *out, size_t len)
         snprintf(out, len, ".");
 }
 
+int nf_client_peer_pid(const char *sock_path, char *err, size_t errlen)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(sock_path) >= sizeof(a.sun_path))
+        return nf_errf(err, errlen, -ENAMETOOLONG, "socket path too long: %s", sock_path);
+    memcpy(a.sun_path, sock_path, strlen(sock_path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return nf_errf(err, errlen, -errno, "socket: %s", strerror(errno));
+    /* The listener's credentials come with the connection itself: no need for the server to
+     * accept or answer (a stopped or hung daemon is identified too). */
+    int rc = 0;
+    struct ucred cred;
+    socklen_t cl = sizeof(cred);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
+        rc = nf_errf(err, errlen, -errno, "cannot connect to %s: %s", sock_path, strerror(errno));
+    else if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0)
+        rc = nf_errf(err, errlen, -errno, "%s: cannot identify the server: %s", sock_path,
+                     strerror(errno));
+    else if (cred.uid != geteuid() && cred.uid != 0)
+        rc = nf_errf(err, errlen, -EPERM, "%s is served by uid %u (pid %d), not by uid %u or root",
+                     sock_path, (unsigned)cred.uid, (int)cred.pid, (unsigned)geteuid());
+    else
+        rc = (int)cred.pid;
+    close(fd);
+    return rc;
+}
+
 int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t errlen)
 {
     struct sockaddr_un a = {.sun_family = AF_UNIX};
@@ -184,6 +212,23 @@ int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t e
         struct timespec ts = {0, 5 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
+    /* Nothing (not even Hello) goes to a server run by another user: whoever made the socket
+     * would read our prompts and answer them. */
+    struct ucred cred;
+    socklen_t cl = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s: cannot identify the server: %s", sock_path, strerror(-rc));
+        close(fd);
+        return rc;
+    }
+    if (cred.uid != geteuid() && cred.uid != 0) {
+        snprintf(err, errlen,
+                 "%s is served by uid %u (pid %d), not by uid %u or root; refusing to talk to it",
+                 sock_path, (unsigned)cred.uid, (int)cred.pid, (unsigned)geteuid());
+        close(fd);
+        return -EPERM;
+    }
     nf_envelope env;
     Nanoflow__Hello h;
     nanoflow__envelope__init(&env);
@@ -195,17 +240,20 @@ int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t e
     h.pid = (uint32_t)getpid();
     env.msg_case = NANOFLOW__ENVELOPE__MSG_HELLO;
     env.hello = &h;
-    rc = nf_client_send(fd, 0, &env);
-    if (rc < 0) {
-        snprintf(err, errlen, "%s: sending Hello: %s", sock_path, nf_strerror(rc));
-        close(fd);
-        return rc;
-    }
+    int sent = nf_client_send(fd, 0, &env);
+    /* A server that refuses us (too many connections) writes an Error and closes before our
+     * Hello arrives: read that reason rather than report a broken pipe. */
     nf_envelope *r = NULL;
     for (;;) {
-        rc = nf_client_recv(fd, &r, left_ms(deadline));
+        rc = nf_client_recv(fd, &r, sent < 0 ? 0 : left_ms(deadline));
         if (rc != -EINTR)
             break;
+    }
+    if (sent < 0 && (rc <= 0 || r->msg_case != NANOFLOW__ENVELOPE__MSG_ERROR)) {
+        nf_envelope_free(r);
+        snprintf(err, errlen, "%s: sending Hello: %s", sock_path, nf_strerror(sent));
+        close(fd);
+        return sent;
     }
     if (rc <= 0) {
         snprintf(err, errlen, "%s: no Hello reply: %s", sock_path,

@@ -36,9 +36,23 @@ int nf_log_level_parse(const char *s, enum nf_log_level *out);
 
 /* Resolves the run directory from arg (may be NULL) and the environment into out. */
 int nf_rundir_resolve(const char *arg, char *out, size_t len);
-/* Creates dir (and missing parents) with mode 0700; refuses an existing dir not owned by us
- * or accessible to others. Returns 0 or a negative code with a message in err. */
+/* Checks that the run directory dir (absolute) can be trusted before anything in it is used:
+ * every component from "/" down is a directory (no symbolic link, except one only root could
+ * have made, such as /var/run, whose target is then checked the same way), owned by root or by
+ * us, and not writable by others unless sticky (/tmp); dir itself is not group- or
+ * world-writable. Returns 0; -ENOENT when dir (or a parent) does not exist and everything
+ * above it is sound; or a negative code (-EPERM, -ENOTDIR, -EACCES ...) with one line in err
+ * naming the path and what is wrong with it. */
+int nf_rundir_check(const char *dir, char *err, size_t errlen);
+/* Creates dir (and missing parents, 0700) after the checks of nf_rundir_check on every
+ * component; refuses a dir not owned by us or accessible to others. Returns 0 or a negative
+ * code with a message in err. */
 int nf_rundir_create(const char *dir, char *err, size_t errlen);
+/* Checks that pid runs the daemon binary of role (/proc/PID/exe named nanoflow-ROLE). This
+ * alone does not make pid the stack's daemon: the caller also matches it against the peer pid
+ * of the role's socket (nf_client_peer_pid) before signalling it. Returns 0 or a negative code
+ * with the reason in err. */
+int nf_pid_is_daemon(int pid, const char *role, char *err, size_t errlen);
 /* dir/ROLE.SUFFIX into out (suffix "sock", "pid" or "log"). */
 void nf_rundir_path(const char *dir, const char *role, const char *suffix, char *out, size_t len);
 /* The shm object name of the stack in dir: "/nanoflow-" + 16 hex digits of a hash of the path. */
@@ -62,15 +76,39 @@ void nf_daemon_end(const char *role, const char *dir, int status);
 /* Own session (forking first if we lead a process group), stdin from /dev/null, stdout and
  * stderr appended to log_path. Returns 0 or a negated errno. */
 int nf_daemon_detach(const char *log_path);
+struct nf_nft;
+struct nf_stack;
 /* Attaches st to the region of the stack in dir, built for f: retries while the fetcher has not
  * created it yet, then waits for the fetcher's ready bit; *attached is set once st holds the
  * region (detach it even after a failure). Gives up after timeout_s seconds in all. Returns 0,
  * -ECANCELED when the stack stops meanwhile, -ETIMEDOUT, or nf_stack_attach's code; a message
  * in err on failure. */
-struct nf_nft;
-struct nf_stack;
 int nf_daemon_attach(struct nf_stack *st, const char *dir, const struct nf_nft *f, int timeout_s,
                      bool *attached, char *err, size_t errlen);
+
+/* --- Liveness of the stack's daemons (live.c) ---------------------------------------------- */
+/* How often each daemon checks the others (and the stop word): a death is seen within this. */
+#define NF_LIVE_CHECK_MS 250
+
+/* The start time (field 22 of /proc/PID/stat, clock ticks after boot) of process pid into
+ * *start. Returns 0, or -ESRCH when there is no such process or it is a zombie. */
+int nf_proc_start_time(int pid, uint64_t *start);
+/* Records our pid and start time in the region as the daemon of ready_bit (enum nf_ready_bit),
+ * state UP; nf_live_unregister marks it EXITED (a clean exit, after the stack was stopped). */
+void nf_live_register(struct nf_stack *st, unsigned ready_bit);
+void nf_live_unregister(struct nf_stack *st, unsigned ready_bit);
+/* The daemons (ready bits) that are dead: marked so in sync->dead_mask, or registered UP while
+ * their process is gone, a zombie, or another process with the same pid. Reads only. */
+uint32_t nf_live_check(const struct nf_stack *st);
+/* Marks the daemons in dead DEAD and adds them to sync->dead_mask (ringing every bell when that
+ * changed it), so that tile waits end and the other daemons refuse work. */
+void nf_live_mark(struct nf_stack *st, uint32_t dead);
+/* The role name and recorded pid of the first daemon in dead ("?" and 0 for none). */
+const char *nf_live_role(uint32_t dead);
+int nf_live_pid(const struct nf_stack *st, uint32_t dead);
+/* "the ROLE (pid N) died: restart the stack with nanoflowctl down && nanoflowctl up" for the
+ * first daemon in dead. */
+void nf_live_message(const struct nf_stack *st, uint32_t dead, char *buf, size_t len);
 
 /* --- Command line shared by the daemons (args.c) -------------------------------------------- */
 /* The stack's flags, which `nanoflowctl up` passes to every daemon alike. */
@@ -114,7 +152,11 @@ int nf_daemon_arg_size(const char *s, uint64_t *out);
 
 /* --- Control loop shared by the daemons (loop.c) ------------------------------------------- */
 /* The loop answers Hello and Health (the server), Stats (from the region's counters) and
- * Shutdown itself; SIGTERM and SIGINT shut down as Shutdown does. Shutdown: health STOPPING,
+ * Shutdown itself; SIGTERM and SIGINT shut down as Shutdown does, and so does the stop word of
+ * the region set by another daemon (checked every NF_LIVE_CHECK_MS). On the same timer it
+ * checks the other daemons' liveness records (live.c): one found dead is logged, passed to
+ * hooks->dead and marked in sync->dead_mask; the daemon goes on running (to say why it refuses
+ * work) until `down`. Shutdown: health STOPPING,
  * the stack stopped (nf_stack_stop: our ready bit cleared, sync->stop set, every bell rung),
  * hooks->shutdown, then 50 ms later (the reply goes out) hooks->stop, the server
  * stopped and every handle closed, so nf_daemon_loop_run returns. All hooks run on the loop
@@ -128,10 +170,18 @@ struct nf_daemon_hooks {
     void (*conn_closed)(struct nf_daemon_loop *dl, uint64_t conn_id);
     /* Refreshes the daemon's private memory gauge: every second and before each Stats reply. */
     void (*mem)(struct nf_daemon_loop *dl);
+    /* Answers a Stats request with the daemon's own counters added (NULL: the region's
+     * counters alone, nf_stats_reply). Returns 0 or a negative code (the loop replies with an
+     * Error). */
+    int (*stats)(struct nf_daemon_loop *dl, uint64_t conn_id, uint64_t req_id);
     /* The shutdown began: cancel running work. */
     void (*shutdown)(struct nf_daemon_loop *dl);
     /* Before the server stops: join every thread that sends frames. */
     void (*stop)(struct nf_daemon_loop *dl);
+    /* Other daemons of the stack died (their ready bits in dead; msg names the first): called
+     * before they are marked in sync->dead_mask, so that what the hook sends goes out before
+     * any tile wait fails. */
+    void (*dead)(struct nf_daemon_loop *dl, uint32_t dead, const char *msg);
 };
 
 /* Caller-allocated (zeroed) and kept in place from start to close. */
@@ -141,6 +191,8 @@ struct nf_daemon_loop {
     uv_signal_t sigterm, sigint;
     uv_timer_t mem_timer;  /* hooks->mem every second */
     uv_timer_t stop_timer; /* lets the Shutdown reply leave before the server closes */
+    uv_timer_t live_timer; /* the stop word and the other daemons' liveness */
+    uint32_t dead_seen;    /* the daemons already passed to hooks->dead */
     const char *role;
     struct nf_stack *st;
     unsigned ready_bit; /* enum nf_ready_bit: ours in sync->ready_mask */
@@ -180,6 +232,10 @@ typedef void (*nf_server_close_cb)(struct nf_server *s, uint64_t conn_id, void *
 
 /* Listens on sock_path (removed first if stale; mode 0600) on loop. Malformed or oversized
  * frames get an Error reply and that connection is closed; the server and other clients go on.
+ * Every client's memory is bounded (see server.c): at most 256 connections (the environment's
+ * NANOFLOW_MAX_CONNS, kept below RLIMIT_NOFILE; more get an Error), no reading from a client
+ * that leaves 256 KiB of replies unread, a half-sent frame dropped after 10 s
+ * (NANOFLOW_FRAME_TIMEOUT_S) and an idle connection after 600 s (NANOFLOW_IDLE_TIMEOUT_S).
  * Returns 0 or a negative code. */
 int nf_server_start(struct nf_server **out, uv_loop_t *loop, const char *sock_path,
                     const char *role, nf_server_cb cb, nf_server_close_cb close_cb, void *ud);
@@ -204,9 +260,14 @@ int nf_server_send_error(struct nf_server *s, uint64_t conn_id, uint64_t req_id,
 void nf_server_stop(struct nf_server *s);
 
 /* --- Blocking client (nanoflowctl, tests) --------------------------------------------------- */
-/* Connects to sock_path and exchanges Hello. Returns a socket fd or a negative code (with a
- * message in err: "no stack running in DIR" for -ENOENT/-ECONNREFUSED). */
+/* Connects to sock_path, checks that the server runs as our uid or root (SO_PEERCRED; else
+ * -EPERM before a byte is sent) and exchanges Hello. Returns a socket fd or a negative code
+ * (with a message in err: "no stack running in DIR" for -ENOENT/-ECONNREFUSED). */
 int nf_client_connect(const char *sock_path, int timeout_ms, char *err, size_t errlen);
+/* The pid of the process listening on sock_path (SO_PEERCRED of a fresh connection, closed
+ * again without a byte sent; the server need not answer), or a negative code with err set
+ * (-EPERM when it runs as another uid than ours or root). */
+int nf_client_peer_pid(const char *sock_path, char *err, size_t errlen);
 /* Sends one envelope (request id req_id). Returns 0 or a negative code. */
 int nf_client_send(int fd, uint64_t req_id, nf_envelope *env);
 /* Receives one envelope (free with nf_envelope_free). Returns 1, 0 on orderly close,
@@ -240,6 +301,9 @@ struct nf_stats_msg {
  * region_bytes plus the three processes' mem_* gauges. Returns 0 or -EINVAL for another stage. */
 int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_stack_counters *ctr,
                   uint64_t ram_budget, uint64_t region_bytes);
+/* Appends counter name = v to m (name must outlive m: a string literal); dropped once m holds
+ * NF_STATS_MAX_COUNTERS. For a daemon's counters that are not in the shared region. */
+void nf_stats_add(struct nf_stats_msg *m, const char *name, uint64_t v);
 /* Convenience for a daemon: fills from st (its counters, budget and region size) and sends the
  * Stats reply to conn_id. Any thread. */
 int nf_stats_reply(struct nf_server *s, uint64_t conn_id, uint64_t req_id,

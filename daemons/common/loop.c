@@ -53,6 +53,30 @@ static void on_mem_timer(uv_timer_t *t)
     dl->hooks->mem(dl);
 }
 
+/* Every NF_LIVE_CHECK_MS: the stack stopped by another daemon stops us too; another daemon
+ * that died is reported once through hooks->dead, then marked for every process. */
+static void on_live_timer(uv_timer_t *t)
+{
+    struct nf_daemon_loop *dl = t->data;
+    if (dl->stopping)
+        return;
+    /* Acquire pairs with the release store of stop in nf_stack_stop(). */
+    if (atomic_load_explicit(&dl->st->sync->stop, memory_order_acquire)) {
+        nf_daemon_loop_shutdown(dl, "the stack is stopping");
+        return;
+    }
+    uint32_t fresh = nf_live_check(dl->st) & ~dl->ready_bit & ~dl->dead_seen;
+    if (!fresh)
+        return;
+    char msg[256];
+    nf_live_message(dl->st, fresh, msg, sizeof(msg));
+    nf_log(NF_LOG_ERROR, "%s", msg);
+    dl->dead_seen |= fresh;
+    if (dl->hooks->dead)
+        dl->hooks->dead(dl, fresh, msg);
+    nf_live_mark(dl->st, fresh);
+}
+
 static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, void *ud)
 {
     struct nf_daemon_loop *dl = ud;
@@ -63,7 +87,8 @@ static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, voi
          * memory gauge is refreshed first. */
         if (dl->hooks->mem)
             dl->hooks->mem(dl);
-        int rc = nf_stats_reply(s, conn, req, dl->st, dl->role);
+        int rc = dl->hooks->stats ? dl->hooks->stats(dl, conn, req)
+                                  : nf_stats_reply(s, conn, req, dl->st, dl->role);
         if (rc < 0 && rc != -ENOTCONN)
             nf_server_send_error(s, conn, req, rc, "stats: %s", nf_strerror(rc));
         return;
@@ -118,6 +143,10 @@ int nf_daemon_loop_start(struct nf_daemon_loop *dl, const char *role, const char
     dl->sigterm.data = dl->sigint.data = dl->stop_timer.data = dl;
     uv_signal_start(&dl->sigterm, on_signal, SIGTERM);
     uv_signal_start(&dl->sigint, on_signal, SIGINT);
+    nf_live_register(st, ready_bit);
+    uv_timer_init(&dl->loop, &dl->live_timer);
+    dl->live_timer.data = dl;
+    uv_timer_start(&dl->live_timer, on_live_timer, NF_LIVE_CHECK_MS, NF_LIVE_CHECK_MS);
     if (hooks->mem) {
         uv_timer_init(&dl->loop, &dl->mem_timer);
         dl->mem_timer.data = dl;
@@ -139,6 +168,8 @@ void nf_daemon_loop_run(struct nf_daemon_loop *dl)
 
 void nf_daemon_loop_close(struct nf_daemon_loop *dl)
 {
+    if (dl->st && dl->st->sync)
+        nf_live_unregister(dl->st, dl->ready_bit);
     if (dl->srv) { /* startup failed after the server started */
         nf_server_stop(dl->srv);
         dl->srv = NULL;

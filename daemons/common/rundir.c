@@ -2,7 +2,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pwd.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +12,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "nf_err.h"
 
 int nf_rundir_resolve(const char *arg, char *out, size_t len)
 {
@@ -54,52 +57,146 @@ int nf_rundir_resolve(const char *arg, char *out, size_t len)
     return 0;
 }
 
-int nf_rundir_create(const char *dir, char *err, size_t errlen)
+/* Describes who owns st for messages: "uid 1001 (alice)". */
+static void owner_name(uid_t uid, char *out, size_t len)
+{
+    struct passwd pw, *res = NULL;
+    char buf[1024];
+    if (getpwuid_r(uid, &pw, buf, sizeof(buf), &res) == 0 && res)
+        snprintf(out, len, "uid %u (%s)", (unsigned)uid, res->pw_name);
+    else
+        snprintf(out, len, "uid %u", (unsigned)uid);
+}
+
+/* True when only root could have made the symlink at path (st): a root-owned link in a
+ * root-owned directory nobody else may write to, as /var/run -> /run is. */
+static bool system_symlink(const char *path, const struct stat *st)
+{
+    if (st->st_uid != 0)
+        return false;
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof(parent), "%s", path);
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        return false;
+    if (slash == parent)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    struct stat ps;
+    return lstat(parent, &ps) == 0 && S_ISDIR(ps.st_mode) && ps.st_uid == 0 &&
+           !(ps.st_mode & (S_IWGRP | S_IWOTH));
+}
+
+/* Checks one existing path component: p is a directory (a symlink only when only root could
+ * have made it), owned by root or us, and not writable by others unless sticky; the run
+ * directory itself (last) must not be group- or world-writable at all. Returns 0, 1 for a
+ * system symlink the caller must resolve, or -EPERM/-ENOTDIR with the reason in err. */
+static int check_component(const char *p, const struct stat *st, bool last, char *err,
+                           size_t errlen)
+{
+    char who[96];
+    uid_t me = geteuid();
+    if (S_ISLNK(st->st_mode)) {
+        if (system_symlink(p, st))
+            return 1;
+        owner_name(st->st_uid, who, sizeof(who));
+        return nf_errf(err, errlen, -EPERM,
+                       "%s is a symbolic link (owned by %s); a run directory path must not go "
+                       "through links others could have made",
+                       p, who);
+    }
+    if (!S_ISDIR(st->st_mode))
+        return nf_errf(err, errlen, -ENOTDIR, "%s is not a directory", p);
+    if (st->st_uid != me && st->st_uid != 0) {
+        owner_name(st->st_uid, who, sizeof(who));
+        return nf_errf(err, errlen, -EPERM, "%s is owned by %s, expected uid %u or root", p, who,
+                       (unsigned)me);
+    }
+    mode_t w = st->st_mode & (S_IWGRP | S_IWOTH);
+    if (w && (last || !(st->st_mode & S_ISVTX)))
+        return nf_errf(err, errlen, -EPERM, "%s is writable by %s (mode %04o)%s", p,
+                       (w & S_IWOTH) ? "everyone" : "its group", (unsigned)(st->st_mode & 07777),
+                       last ? "" : " and not sticky");
+    return 0;
+}
+
+/* Walks every component of the absolute path dir from "/" down, checking each with
+ * check_component; with create, missing components are made (0700). Returns 0, -ENOENT
+ * (without create) when a component is missing and everything above it is sound, or a
+ * negative code with err set. */
+static int walk(const char *dir, bool create, int depth, char *err, size_t errlen)
 {
     char p[PATH_MAX];
-    if (snprintf(p, sizeof(p), "%s", dir) >= (int)sizeof(p)) {
-        snprintf(err, errlen, "run directory path too long: %s", dir);
-        return -ENAMETOOLONG;
-    }
-    /* Missing parents first, each 0700 (only directories we create get that mode). */
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
+    if (dir[0] != '/' || snprintf(p, sizeof(p), "%s", dir) >= (int)sizeof(p))
+        return nf_errf(err, errlen, -ENAMETOOLONG, "run directory path unusable: %s", dir);
+    size_t n = strlen(p);
+    for (size_t i = 1; i <= n; i++) {
+        if (p[i] != '/' && p[i] != '\0')
             continue;
-        *s = '\0';
-        if (mkdir(p, 0700) < 0 && errno != EEXIST) {
+        if (p[i - 1] == '/' && i > 1)
+            continue; /* "//" */
+        char save = p[i];
+        p[i] = '\0';
+        bool last = save == '\0';
+        struct stat st;
+        if (lstat(p, &st) < 0) {
             int e = errno;
-            snprintf(err, errlen, "cannot create %s: %s", p, strerror(e));
-            return -e;
+            if (e == ENOENT && create && mkdir(p, 0700) == 0 && lstat(p, &st) == 0) {
+                /* made by us just now: checked below like any other */
+            } else if (e == ENOENT && !create) {
+                return -ENOENT;
+            } else {
+                return nf_errf(err, errlen, -e, "cannot %s %s: %s",
+                               e == ENOENT ? "create" : "access", p, strerror(e));
+            }
         }
-        *s = '/';
+        int rc = check_component(p, &st, last, err, errlen);
+        if (rc < 0)
+            return rc;
+        if (rc == 1) {
+            /* A system symlink: go on from where it leads (checked in full, links and all). */
+            char real[PATH_MAX], rest[PATH_MAX];
+            if (depth >= 8 || !realpath(p, real))
+                return nf_errf(err, errlen, -ELOOP, "cannot resolve %s", p);
+            p[i] = save;
+            if (snprintf(rest, sizeof(rest), "%s%s", real, p + i) >= (int)sizeof(rest))
+                return nf_errf(err, errlen, -ENAMETOOLONG, "run directory path too long: %s", dir);
+            return walk(rest, create, depth + 1, err, errlen);
+        }
+        p[i] = save;
     }
-    if (mkdir(p, 0700) < 0 && errno != EEXIST) {
-        int e = errno;
-        snprintf(err, errlen, "cannot create run directory %s: %s", p, strerror(e));
-        return -e;
-    }
+    return 0;
+}
+
+int nf_rundir_check(const char *dir, char *err, size_t errlen)
+{
+    err[0] = '\0';
+    return walk(dir, false, 0, err, errlen);
+}
+
+int nf_rundir_create(const char *dir, char *err, size_t errlen)
+{
+    err[0] = '\0';
+    int rc = walk(dir, true, 0, err, errlen);
+    if (rc < 0)
+        return rc;
+    /* The directory itself: ours (not root's, unless we are root) and closed to others. */
     struct stat st;
-    if (lstat(p, &st) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "cannot stat run directory %s: %s", p, strerror(e));
-        return -e;
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        snprintf(err, errlen, "run directory %s is not a directory", p);
-        return -ENOTDIR;
-    }
+    if (stat(dir, &st) < 0)
+        return nf_errf(err, errlen, -errno, "cannot stat run directory %s: %s", dir,
+                       strerror(errno));
     if (st.st_uid != geteuid()) {
-        snprintf(err, errlen, "run directory %s is owned by uid %u, expected %u", p,
-                 (unsigned)st.st_uid, (unsigned)geteuid());
-        return -EPERM;
+        char who[96];
+        owner_name(st.st_uid, who, sizeof(who));
+        return nf_errf(err, errlen, -EPERM, "run directory %s is owned by %s, expected uid %u", dir,
+                       who, (unsigned)geteuid());
     }
-    if (st.st_mode & 077) {
-        snprintf(err, errlen,
-                 "run directory %s has mode %04o, expected 0700 (not accessible to "
-                 "others)",
-                 p, (unsigned)(st.st_mode & 0777));
-        return -EPERM;
-    }
+    if (st.st_mode & 077)
+        return nf_errf(err, errlen, -EPERM,
+                       "run directory %s has mode %04o, expected 0700 (not accessible to "
+                       "others)",
+                       dir, (unsigned)(st.st_mode & 0777));
     return 0;
 }
 
@@ -197,4 +294,26 @@ void nf_pidfile_remove(const char *dir, const char *role)
     char path[PATH_MAX];
     nf_rundir_path(dir, role, "pid", path, sizeof(path));
     unlink(path);
+}
+
+int nf_pid_is_daemon(int pid, const char *role, char *err, size_t errlen)
+{
+    char path[64], exe[PATH_MAX];
+    snprintf(path, sizeof(path), "/proc/%d/exe", pid);
+    ssize_t n = readlink(path, exe, sizeof(exe) - 1);
+    if (n < 0)
+        return nf_errf(err, errlen, -errno, "cannot read %s: %s", path, strerror(errno));
+    exe[n] = '\0';
+    /* A daemon whose binary was rebuilt under it still is that daemon. */
+    static const char deleted[] = " (deleted)";
+    size_t l = (size_t)n;
+    if (l > sizeof(deleted) - 1 && !strcmp(exe + l - (sizeof(deleted) - 1), deleted))
+        exe[l - (sizeof(deleted) - 1)] = '\0';
+    const char *base = strrchr(exe, '/');
+    base = base ? base + 1 : exe;
+    char want[64];
+    snprintf(want, sizeof(want), "nanoflow-%s", role);
+    if (strcmp(base, want))
+        return nf_errf(err, errlen, -ESRCH, "pid %d is %s, not %s", pid, exe, want);
+    return 0;
 }

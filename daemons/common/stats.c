@@ -50,6 +50,11 @@ static void add(struct nf_stats_msg *m, const char *name, uint64_t v)
     m->stage.n_counters = i + 1;
 }
 
+void nf_stats_add(struct nf_stats_msg *m, const char *name, uint64_t v)
+{
+    add(m, name, v);
+}
+
 #define LD(x) atomic_load_explicit(&ctr->x, memory_order_relaxed)
 
 int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_stack_counters *ctr,

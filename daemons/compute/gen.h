@@ -30,6 +30,10 @@
  * context we run holds; a longer one is refused before it is copied or tokenized. */
 #define NF_GEN_MAX_PROMPT_BYTES (1 << 20)
 #define NF_GEN_PIN_TIMEOUT_MS   30000 /* a tile not READY after this fails the generation */
+/* Default per-request token limit (--max-tokens-per-request). The engine holds one sequence's
+ * KV cache, so requests run one after the other: this bounds how long a short request can wait
+ * behind one long one (512 tokens: under a minute at 10 tokens/s). */
+#define NF_GEN_DEFAULT_MAX_TOKENS 512
 
 /* One queued Generate request (owned by the queue, freed by the worker). */
 struct nf_gen_job {
@@ -37,8 +41,11 @@ struct nf_gen_job {
     char *prompt; /* (prompt_len) bytes, owned */
     size_t prompt_len;
     struct nf_sampler_params sp;
-    int n_predict;  /* 1..NF_GEN_MAX_N_PREDICT */
-    int top_logits; /* 0..NF_GEN_TOP_LOGITS_MAX */
+    int n_predict;        /* 1..max_tokens of struct nf_gen (clamped) */
+    int n_asked;          /* n_predict as asked (0 taken as NF_GEN_DEFAULT_N) */
+    int top_logits;       /* 0..NF_GEN_TOP_LOGITS_MAX */
+    uint64_t t_queued_ns; /* nf_now_ns when queued */
+    uint32_t ahead;       /* jobs ahead of it when queued, the running one included */
     atomic_int cancel;
     struct nf_gen_job *next;
 };
@@ -52,6 +59,7 @@ struct nf_gen {
     int n_threads;
     int n_ctx;
     float sparsity;
+    int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
     /* Private. */
     pthread_t thread;
     bool started;
@@ -59,6 +67,9 @@ struct nf_gen {
     pthread_cond_t cv;
     struct nf_gen_job *head, *tail; /* FIFO */
     struct nf_gen_job *cur;         /* running job (under mu) */
+    uint32_t n_queued;              /* jobs in head..tail (under mu) */
+    /* Counters for Stats (under mu): jobs started, their summed queue waits, jobs clamped. */
+    uint64_t n_started, wait_ns, n_clamped;
     bool stop;
     int init_rc; /* engine creation result, valid once init_done */
     bool init_done;
@@ -78,11 +89,16 @@ void nf_gen_stop(struct nf_gen *g);
  * of range (n_predict, top_logits, sampling, prompt size) is answered with an Error naming the
  * field and not queued. Returns 0 (queued or answered) or -ENOMEM. */
 int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nanoflow__Generate *m);
-/* Loop thread: cancel request target_id (on conn_id if such a job exists there, else on any
- * connection). Returns true when a job was found. */
-bool nf_gen_cancel(struct nf_gen *g, uint64_t conn_id, uint64_t target_id);
+/* Loop thread: Cancel req_id on conn_id: cancels request target_id of conn_id. A target_id
+ * that only another connection has is answered with an Error (-EPERM) and cancels nothing; one
+ * that no connection has (it already ended) is a no-op. Returns true when a job was cancelled. */
+bool nf_gen_cancel(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, uint64_t target_id);
 /* Loop thread: the connection went away: cancel its jobs. */
 void nf_gen_conn_closed(struct nf_gen *g, uint64_t conn_id);
+/* Loop thread: the Stats reply of compute: the shared counters (nf_stats_fill) and the queue's:
+ * queue_len (gauge: jobs waiting), requests (started), queue_wait_ns (their summed waits) and
+ * clamped (requests cut to the per-request token limit). Returns nf_server_send's result. */
+int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, uint64_t req_id);
 /* Bytes of private memory of the engine (for logs). */
 uint64_t nf_gen_engine_bytes(const struct nf_gen *g);
 
@@ -92,14 +108,16 @@ uint64_t nf_gen_engine_bytes(const struct nf_gen *g);
 void nf_gen_tile_src(struct nf_gen *g, struct nf_tile_src *src);
 /* gen.c: adds what the engine did since the last call to the shared compute counters. */
 void nf_gen_flush_counters(struct nf_gen *g);
-/* job.c: runs job j to its end: TokenEvents, then GenerateDone or an Error. Allocates per
- * request (tokens, sampler); the evaluation itself does not. */
-void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j);
+/* job.c: runs job j, which waited wait_s in the queue, to its end: TokenEvents, then
+ * GenerateDone or an Error. Allocates per request (tokens, sampler); the evaluation itself does
+ * not. */
+void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s);
 /* reply.c: the frames of a generation; each returns nf_server_send's result. */
 int nf_gen_send_error(struct nf_gen *g, const struct nf_gen_job *j, int code, const char *msg);
 int nf_gen_send_token(struct nf_gen *g, const struct nf_gen_job *j, const struct nf_gen_token *t);
-/* ids: n_prompt prompt ids then n_gen generated ones (NULL when both are 0). */
+/* ids: n_prompt prompt ids then n_gen generated ones (NULL when both are 0); wait_s: the
+ * job's queue wait. */
 int nf_gen_send_done(struct nf_gen *g, const struct nf_gen_job *j, const int32_t *ids, int n_prompt,
-                     int n_gen, const char *stop, double prompt_s, double decode_s);
+                     int n_gen, const char *stop, double prompt_s, double decode_s, double wait_s);
 
 #endif

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "gen.h"
 #include "nf_err.h"
@@ -68,13 +69,15 @@ static void job_failed(struct nf_gen *g, const struct nf_gen_job *j, const struc
         snprintf(msg, sizeof(msg), "%s", q->err);
     else if (q->rc == -ECANCELED)
         snprintf(msg, sizeof(msg), "compute is shutting down");
+    else if (q->rc == -EOWNERDEAD) /* a daemon died: name it (daemons/common/live.c) */
+        nf_live_message(g->st, nf_live_check(g->st), msg, sizeof(msg));
     else
         snprintf(msg, sizeof(msg), "generation aborted: %s",
                  nf_stream_error(g->s)[0] ? nf_stream_error(g->s) : nf_strerror(q->rc));
     nf_gen_send_error(g, j, q->rc, msg);
 }
 
-void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j)
+void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
 {
     char err[512];
     int32_t *ids = NULL;
@@ -96,6 +99,12 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j)
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
     int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &ids, err, sizeof(err));
     if (n < 0 || (n = nf_gen_seq_init(&q, &e, g->v, ids, n, &p, err, sizeof(err))) < 0) {
+        if (n == NF_ECTXFULL) { /* as `run` says it: what bounds the context */
+            const size_t l = strlen(err);
+            snprintf(err + l, sizeof(err) - l,
+                     " (the stack's n_ctx, set by 'up -c' up to the model's trained length %d)",
+                     nf_stream_hparams(g->s)->n_ctx_train);
+        }
         nf_gen_send_error(g, j, n, err);
         goto done;
     }
@@ -113,9 +122,10 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j)
     const char *stop = nf_gen_stop_name(q.stop);
     nf_gen_send_done(g, j, q.ids, q.n_prompt, q.n_gen, stop,
                      (double)(q.t_prompt_ns - q.t_start_ns) * 1e-9,
-                     (double)(q.t_end_ns - q.t_prompt_ns) * 1e-9);
-    nf_log(NF_LOG_INFO, "request %llu: %d prompt + %d generated tokens, stop %s",
-           (unsigned long long)j->req_id, q.n_prompt, q.n_gen, stop);
+                     (double)(q.t_end_ns - q.t_prompt_ns) * 1e-9, wait_s);
+    nf_log(NF_LOG_INFO,
+           "request %llu: %d prompt + %d generated tokens, stop %s, %.3f s in the queue",
+           (unsigned long long)j->req_id, q.n_prompt, q.n_gen, stop, wait_s);
 done:
     nf_stream_set_abort(g->s, NULL);
     nf_gen_seq_free(&q);

@@ -22,6 +22,7 @@
 
 struct compute {
     struct nf_daemon_args o;
+    int max_tokens; /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
     char dir[PATH_MAX];
     struct nf_nft *f;
     struct nf_vocab *v;
@@ -36,7 +37,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: nanoflow-compute --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--attach-timeout S]\n"
-            "                        [--foreground] [--log-level error|warn|info|debug]\n\n"
+            "                        [--max-tokens-per-request N] [--foreground]\n"
+            "                        [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
             "pool (filled by nanoflow-fetcher). The context length, thread count and sparsity\n"
             "come from the stack's plan; -t, --ctx and --sparsity override them.\n\n"
@@ -52,12 +54,35 @@ static void usage(FILE *out)
             "                      (default: the plan's)\n"
             "  --ctx N             context length, 0..16777216; 0 = the plan's (default: the\n"
             "                      plan's)\n"
+            "  --max-tokens-per-request N\n"
+            "                      tokens one request may generate, 1..1000000; a request\n"
+            "                      asking more is clamped (its reply says so) so that requests\n"
+            "                      queued behind it wait less (default %d)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
             "                      (default 30)\n"
             "  --foreground        stay attached, log to stderr (default: detach and log to\n"
             "                      DIR/compute.log)\n"
             "  --log-level L       error, warn, info or debug (default: info)\n"
-            "  -h, --help          show this help\n");
+            "  -h, --help          show this help\n",
+            NF_GEN_DEFAULT_MAX_TOKENS);
+}
+
+enum { ARG_MAX_TOKENS = NF_ARG_OWN };
+
+static const struct option own_opts[] = {
+    {"max-tokens-per-request", required_argument, NULL, ARG_MAX_TOKENS},
+    {NULL, 0, NULL, 0},
+};
+
+/* Parses one of own_opts: 0 or -EINVAL. */
+static int parse_own(int val, const char *arg, void *ud)
+{
+    struct compute *m = ud;
+    long v;
+    if (val != ARG_MAX_TOKENS || nf_daemon_arg_long(arg, 1, NF_GEN_MAX_N_PREDICT, &v) < 0)
+        return -EINVAL;
+    m->max_tokens = (int)v;
+    return 0;
 }
 
 static int start(struct compute *m, char *err, size_t errlen)
@@ -79,6 +104,7 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.n_threads = (int)nf_stack_compute_threads(
         (uint32_t)(m->o.threads >= 0 ? m->o.threads : (int)cfg->n_threads));
     m->gen.sparsity = m->o.sparsity >= 0 ? m->o.sparsity : cfg->sparsity;
+    m->gen.max_tokens = m->max_tokens;
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
         return NF_EUSAGE;
@@ -119,25 +145,53 @@ static void on_stop(struct nf_daemon_loop *dl)
     nf_gen_stop(&m->gen);
 }
 
+/* Another daemon died (loop.c saw it): the running and the queued generations fail at once
+ * with msg, sent before the stack is marked dead so that it is the first word their clients
+ * read (the worker's own error or cancel reply follows, to a client that has left). */
+static void on_dead(struct nf_daemon_loop *dl, uint32_t dead, const char *msg)
+{
+    (void)dead;
+    struct compute *m = dl->ud;
+    pthread_mutex_lock(&m->gen.mu);
+    for (struct nf_gen_job *j = m->gen.cur ? m->gen.cur : m->gen.head; j;
+         j = j == m->gen.cur ? m->gen.head : j->next) {
+        nf_server_send_error(dl->srv, j->conn_id, j->req_id, -EOWNERDEAD, "%s", msg);
+        atomic_store(&j->cancel, 1);
+    }
+    pthread_mutex_unlock(&m->gen.mu);
+}
+
 static bool on_request(struct nf_daemon_loop *dl, uint64_t conn, nf_envelope *env)
 {
     struct compute *m = dl->ud;
     const uint64_t req = env->request_id;
+    char msg[256];
+    uint32_t dead;
     switch (env->msg_case) {
     case NANOFLOW__ENVELOPE__MSG_GENERATE:
         if (dl->stopping) {
             nf_server_send_error(dl->srv, conn, req, -ECANCELED, "compute is shutting down");
+        } else if ((dead = nf_live_check(&m->st) & ~NF_READY_COMPUTE) != 0) {
+            /* Checked now, not only on the timer: a request right after a death fails too. */
+            nf_live_message(&m->st, dead, msg, sizeof(msg));
+            nf_server_send_error(dl->srv, conn, req, -EOWNERDEAD, "%s", msg);
         } else if (nf_gen_submit(&m->gen, conn, req, env->generate) < 0) {
             nf_server_send_error(dl->srv, conn, req, -ENOMEM, "out of memory queueing the request");
         }
         return true;
     case NANOFLOW__ENVELOPE__MSG_CANCEL:
-        if (!nf_gen_cancel(&m->gen, conn, env->cancel->target_id))
+        if (!nf_gen_cancel(&m->gen, conn, req, env->cancel->target_id))
             nf_log(NF_LOG_DEBUG, "cancel of request %llu: no such generation",
                    (unsigned long long)env->cancel->target_id);
         return true;
     default: return false;
     }
+}
+
+static int on_stats(struct nf_daemon_loop *dl, uint64_t conn, uint64_t req)
+{
+    struct compute *m = dl->ud;
+    return nf_gen_stats_reply(&m->gen, dl->srv, conn, req);
 }
 
 static void on_close(struct nf_daemon_loop *dl, uint64_t conn)
@@ -150,8 +204,10 @@ static const struct nf_daemon_hooks hooks = {
     .request = on_request,
     .conn_closed = on_close,
     .mem = on_mem,
+    .stats = on_stats,
     .shutdown = on_shutdown,
     .stop = on_stop,
+    .dead = on_dead,
 };
 
 static int serve(struct compute *m, char *err, size_t errlen)
@@ -184,8 +240,12 @@ int main(int argc, char **argv)
 {
     static struct compute m;
     char err[PATH_MAX + 512] = "";
-    const struct nf_daemon_argspec spec = {
-        .role = NF_ROLE_COMPUTE, .attaches = true, .usage = usage};
+    const struct nf_daemon_argspec spec = {.role = NF_ROLE_COMPUTE,
+                                           .attaches = true,
+                                           .usage = usage,
+                                           .own = own_opts,
+                                           .parse = parse_own,
+                                           .ud = &m};
     int rc = nf_daemon_args_parse(argc, argv, &spec, &m.o);
     if (rc)
         return rc == 1 ? 0 : 2;

@@ -1,5 +1,6 @@
-/* queue.c - nanoflow-compute's job queue: Generate requests checked and queued by the loop
- * thread, run one at a time by the worker thread that owns the engine (see gen.h). */
+/* queue.c - nanoflow-compute's job queue: Generate requests checked, clamped to the per-request
+ * token limit and queued by the loop thread, run one at a time by the worker thread that owns
+ * the engine (see gen.h); Cancel by (connection, request id); the queue's Stats counters. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 
 #include "gen.h"
 #include "nf_err.h"
+#include "nf_time.h"
 
 static void job_free(struct nf_gen_job *j)
 {
@@ -43,12 +45,16 @@ static void *worker(void *arg)
         g->head = j->next;
         if (!g->head)
             g->tail = NULL;
+        g->n_queued--;
         g->cur = j;
+        const uint64_t wait_ns = nf_now_ns() - j->t_queued_ns;
+        g->n_started++;
+        g->wait_ns += wait_ns;
         pthread_mutex_unlock(&g->mu);
         if (atomic_load(&j->cancel))
-            nf_gen_send_done(g, j, NULL, 0, 0, "cancel", 0, 0);
+            nf_gen_send_done(g, j, NULL, 0, 0, "cancel", 0, 0, (double)wait_ns * 1e-9);
         else
-            nf_gen_run_job(g, j);
+            nf_gen_run_job(g, j, (double)wait_ns * 1e-9);
         pthread_mutex_lock(&g->mu);
         g->cur = NULL;
         pthread_mutex_unlock(&g->mu);
@@ -98,14 +104,16 @@ void nf_gen_stop(struct nf_gen *g)
         job_free(j);
     }
     g->tail = NULL;
+    g->n_queued = 0;
     nf_stream_free(g->s);
     g->s = NULL;
 }
 
 /* Checks every field of Generate request m against its range (add_bos is ignored: BOS follows
- * the vocabulary, as in `run`) and
- * fills j's copy of the parameters. Returns 0, or NF_EUSAGE with err naming the field. */
-static int job_check(const Nanoflow__Generate *m, struct nf_gen_job *j, char *err, size_t errlen)
+ * the vocabulary, as in `run`) and fills j's copy of the parameters, n_predict clamped to
+ * max_tokens. Returns 0, or NF_EUSAGE with err naming the field. */
+static int job_check(const Nanoflow__Generate *m, int max_tokens, struct nf_gen_job *j, char *err,
+                     size_t errlen)
 {
     if (m->prompt.len > NF_GEN_MAX_PROMPT_BYTES)
         return nf_errf(err, errlen, NF_EUSAGE, "Generate.prompt has %zu bytes, expected at most %d",
@@ -134,7 +142,8 @@ static int job_check(const Nanoflow__Generate *m, struct nf_gen_job *j, char *er
     }
     /* What n_predict reserves is bounded by the context, not by its value: the driver stops at
      * a full context ("ctx") and sizes its ids for what fits. */
-    j->n_predict = m->n_predict > 0 ? m->n_predict : NF_GEN_DEFAULT_N;
+    j->n_asked = m->n_predict > 0 ? m->n_predict : NF_GEN_DEFAULT_N;
+    j->n_predict = j->n_asked < max_tokens ? j->n_asked : max_tokens;
     j->top_logits = (int)m->top_logits;
     return 0;
 }
@@ -147,7 +156,8 @@ int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nan
     j->conn_id = conn_id;
     j->req_id = req_id;
     char err[300];
-    if (job_check(m, j, err, sizeof(err)) < 0) {
+    const int max_tokens = g->max_tokens > 0 ? g->max_tokens : NF_GEN_DEFAULT_MAX_TOKENS;
+    if (job_check(m, max_tokens, j, err, sizeof(err)) < 0) {
         nf_gen_send_error(g, j, NF_EUSAGE, err);
         free(j);
         return 0;
@@ -163,33 +173,61 @@ int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nan
     j->prompt[m->prompt.len] = 0;
     atomic_init(&j->cancel, 0);
     pthread_mutex_lock(&g->mu);
+    j->t_queued_ns = nf_now_ns();
+    j->ahead = g->n_queued + (g->cur != NULL);
+    if (j->n_predict < j->n_asked)
+        g->n_clamped++;
     if (g->tail)
         g->tail->next = j;
     else
         g->head = j;
     g->tail = j;
+    g->n_queued++;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
     return 0;
 }
 
-bool nf_gen_cancel(struct nf_gen *g, uint64_t conn_id, uint64_t target_id)
+/* The job with request id req_id on conn_id, the running one included, or NULL (under mu). */
+static struct nf_gen_job *job_find(struct nf_gen *g, uint64_t conn_id, uint64_t req_id)
 {
-    bool found = false;
+    if (g->cur && g->cur->conn_id == conn_id && g->cur->req_id == req_id)
+        return g->cur;
+    for (struct nf_gen_job *j = g->head; j; j = j->next)
+        if (j->conn_id == conn_id && j->req_id == req_id)
+            return j;
+    return NULL;
+}
+
+/* True when a connection other than conn_id has a job with request id req_id (under mu). */
+static bool job_elsewhere(const struct nf_gen *g, uint64_t conn_id, uint64_t req_id)
+{
+    if (g->cur && g->cur->conn_id != conn_id && g->cur->req_id == req_id)
+        return true;
+    for (const struct nf_gen_job *j = g->head; j; j = j->next)
+        if (j->conn_id != conn_id && j->req_id == req_id)
+            return true;
+    return false;
+}
+
+bool nf_gen_cancel(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, uint64_t target_id)
+{
+    /* Request ids are chosen by each client (every `gen` uses 1), so only the pair (connection,
+     * request id) names a generation: a client may cancel only its own. */
     pthread_mutex_lock(&g->mu);
-    for (int pass = 0; pass < 2 && !found; pass++) {
-        if (g->cur && g->cur->req_id == target_id && (pass || g->cur->conn_id == conn_id)) {
-            atomic_store(&g->cur->cancel, 1);
-            found = true;
-        }
-        for (struct nf_gen_job *j = g->head; j && !found; j = j->next)
-            if (j->req_id == target_id && (pass || j->conn_id == conn_id)) {
-                atomic_store(&j->cancel, 1);
-                found = true;
-            }
-    }
+    struct nf_gen_job *j = job_find(g, conn_id, target_id);
+    if (j)
+        atomic_store(&j->cancel, 1);
+    const bool foreign = !j && job_elsewhere(g, conn_id, target_id);
     pthread_mutex_unlock(&g->mu);
-    return found;
+    if (foreign) {
+        nf_log(NF_LOG_WARN, "connection %llu: Cancel of request %llu refused: not its request",
+               (unsigned long long)conn_id, (unsigned long long)target_id);
+        nf_server_send_error(g->srv, conn_id, req_id, -EPERM,
+                             "Cancel.target_id %llu is not a request of this connection",
+                             (unsigned long long)target_id);
+    }
+    return j != NULL;
 }
 
 void nf_gen_conn_closed(struct nf_gen *g, uint64_t conn_id)
@@ -201,6 +239,26 @@ void nf_gen_conn_closed(struct nf_gen *g, uint64_t conn_id)
         if (j->conn_id == conn_id)
             atomic_store(&j->cancel, 1);
     pthread_mutex_unlock(&g->mu);
+}
+
+int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, uint64_t req_id)
+{
+    struct nf_stats_msg m;
+    int rc =
+        nf_stats_fill(&m, NF_ROLE_COMPUTE, g->st->ctr, g->st->cfg->ram_budget, g->st->shm.size);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&g->mu);
+    nf_stats_add(&m, "queue_len", g->n_queued);
+    nf_stats_add(&m, "requests", g->n_started);
+    nf_stats_add(&m, "queue_wait_ns", g->wait_ns);
+    nf_stats_add(&m, "clamped", g->n_clamped);
+    pthread_mutex_unlock(&g->mu);
+    nf_envelope env;
+    nanoflow__envelope__init(&env);
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS;
+    env.stats = &m.stats;
+    return nf_server_send(s, conn_id, req_id, &env);
 }
 
 uint64_t nf_gen_engine_bytes(const struct nf_gen *g)

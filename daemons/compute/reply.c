@@ -1,5 +1,7 @@
 /* reply.c - nanoflow-compute's protobuf output for a generation: one TokenEvent per token, then
  * GenerateDone or an Error (see gen.h). Every function is safe from the worker thread. */
+#include <stdio.h>
+
 #include "gen.h"
 #include "nf_err.h"
 
@@ -35,8 +37,13 @@ int nf_gen_send_token(struct nf_gen *g, const struct nf_gen_job *j, const struct
 }
 
 int nf_gen_send_done(struct nf_gen *g, const struct nf_gen_job *j, const int32_t *ids, int n_prompt,
-                     int n_gen, const char *stop, double prompt_s, double decode_s)
+                     int n_gen, const char *stop, double prompt_s, double decode_s, double wait_s)
 {
+    char note[128] = "";
+    if (j->n_predict < j->n_asked)
+        snprintf(note, sizeof(note),
+                 "n_predict %d clamped to the per-request limit %d (--max-tokens-per-request)",
+                 j->n_asked, j->n_predict);
     Nanoflow__Timings tm;
     nanoflow__timings__init(&tm);
     tm.prompt_s = prompt_s;
@@ -52,6 +59,11 @@ int nf_gen_send_done(struct nf_gen *g, const struct nf_gen_job *j, const int32_t
     d.stop = (char *)stop;
     d.seed = j->sp.seed;
     d.timings = &tm;
+    d.n_ctx = (uint32_t)nf_stream_n_ctx(g->s);
+    d.n_ctx_train = (uint32_t)nf_stream_hparams(g->s)->n_ctx_train;
+    d.queue_wait_s = wait_s;
+    d.queued_ahead = j->ahead;
+    d.note = note;
     nf_envelope env;
     nanoflow__envelope__init(&env);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE_DONE;

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# test_stack_liveness.sh - no daemon outlives its stack, deaths are seen at once, no endless
+# waits (issue 9, items 3-5), on a real stack on stories260K:
+#  1. kill -9 of each daemon in turn: a gen fails within 2 s naming it, status says "dead",
+#     up replaces the half-dead stack and a gen gives the golden output again;
+#  2. kill -9 of the fetcher, then down: the half-dead stack stops and leaves nothing behind;
+#  3. SIGTERM of the fetcher: predictor and compute exit within 2 s;
+#  4. SIGSTOP of compute: gen --timeout 2 fails after ~2 s with the message, before the first
+#     frame (Hello) and in the middle of a stream.
+set -u
+. "$(dirname "$0")/lib.sh"
+: "${NF_BIN:?NF_BIN must point to nanoflowctl}"
+: "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
+M0="$NF_SHARED_DIR/models/stories260K.gguf"
+G="$NF_SHARED_DIR/golden/stories260K.jsonl"
+if [ ! -f "$M0" ] || [ ! -f "$G" ]; then
+    echo "skip: $M0 or $G is missing"
+    exit 77
+fi
+if ! command -v python3 >/dev/null; then
+    echo "skip: python3 is needed to read JSON"
+    exit 77
+fi
+need_daemons
+T=$(mktemp -d)
+R="$T/run"
+STOPPED=
+cleanup() {
+    [ -n "$STOPPED" ] && kill -CONT "$STOPPED" 2>/dev/null
+    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
+    rm -rf "$T"
+}
+trap cleanup EXIT
+export XDG_CACHE_HOME="$T/cache"
+cp "$M0" "$T/m.gguf"
+# A trained context of 2048 (tests/lib.sh): `up --ctx 2048` is taken and a generation runs long
+# enough to be stopped mid-stream.
+patch_ctx "$T/m.gguf" 2048 || exit 1
+N=20
+# The golden prompt and its first N generated ids as gen --json prints them ("1,2,3"); python
+# once only: its start-up takes seconds on a loaded machine, awk and grep do the rest.
+python3 - "$G" "$N" "$T/prompt.txt" >"$T/gold.ids" <<'PY'
+import json, sys
+g = json.loads(open(sys.argv[1]).readline())
+open(sys.argv[3], "w").write(g["prompt"])
+print(",".join(str(i) for i in g["gen_ids"][:int(sys.argv[2])]))
+PY
+PROMPT=$(cat "$T/prompt.txt")
+GOLD=$(cat "$T/gold.ids")
+
+now() { date +%s.%N; }
+# elapsed T0: seconds since T0.
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+# below X LIMIT: X < LIMIT.
+below() { awk -v x="$1" -v l="$2" 'BEGIN { exit !(x < l) }'; }
+# gone PID: the process is gone or a zombie (the reaper may be slow).
+gone() { ! kill -0 "$1" 2>/dev/null || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+
+up() {
+    "$NF_BIN" up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
+}
+
+# golden NAME: a greedy gen equals the golden generation's first N ids.
+golden() {
+    "$NF_BIN" gen --run-dir "$R" -p "$PROMPT" --temp 0 -n $N --json >"$T/gen.jsonl" 2>"$T/gen.err" &&
+        tail -n 1 "$T/gen.jsonl" | grep -q "\"gen_ids\":\[$GOLD\]"
+    check "$1" $?
+}
+
+up
+check "up" $?
+golden "gen gives the golden output"
+
+# 1. kill -9 of each daemon in turn.
+for role in fetcher predictor compute; do
+    pid=$(cat "$R/$role.pid")
+    kill -9 "$pid"
+    t0=$(now)
+    "$NF_BIN" gen --run-dir "$R" -p "$PROMPT" --temp 0 -n $N >/dev/null 2>"$T/err"
+    rc=$?
+    dt=$(elapsed "$t0")
+    [ $rc -ne 0 ] && below "$dt" 2 && grep -q "the $role (pid $pid) died" "$T/err"
+    check "kill -9 $role: gen fails in ${dt} s naming it (rc $rc: $(cat "$T/err"))" $?
+    "$NF_BIN" status --run-dir "$R" >"$T/status.out" 2>"$T/status.err"
+    rc=$?
+    [ $rc -eq 1 ] && grep -Eq "^$role +$pid +dead" "$T/status.out" &&
+        grep -q "the $role (pid $pid) died" "$T/status.err"
+    check "kill -9 $role: status says it is dead" $?
+    "$NF_BIN" status --run-dir "$R" --json 2>/dev/null |
+        grep -q "{\"role\":\"$role\",\"pid\":$pid,\"state\":\"dead\"}"
+    check "kill -9 $role: status --json says it is dead" $?
+    survivors=$(for r in fetcher predictor compute; do [ $r != $role ] && cat "$R/$r.pid"; done)
+    up
+    rc=$?
+    [ $rc -eq 0 ] && grep -q "the $role (pid $pid) of the stack in $R died" "$T/up.err"
+    check "kill -9 $role: up replaces the half-dead stack (rc $rc)" $?
+    for p in $survivors; do
+        gone "$p"
+        check "kill -9 $role: the old stack's pid $p is gone" $?
+    done
+    golden "kill -9 $role: the new stack gives the golden output"
+done
+
+# 2. down on a half-dead stack.
+kill -9 "$(cat "$R/fetcher.pid")"
+"$NF_BIN" down --run-dir "$R" >/dev/null 2>"$T/err"
+check "down stops a stack whose fetcher died ($(cat "$T/err"))" $?
+left=$(ls "$R" | grep -vE '\.log$')
+[ -z "$left" ]
+check "down leaves only logs ($left)" $?
+
+# 3. SIGTERM of the fetcher stops the whole stack.
+up
+check "up again" $?
+pp=$(cat "$R/predictor.pid")
+cp=$(cat "$R/compute.pid")
+kill -TERM "$(cat "$R/fetcher.pid")"
+t0=$(now)
+for _ in $(seq 100); do
+    gone "$pp" && gone "$cp" && break
+    sleep 0.05
+done
+dt=$(elapsed "$t0")
+gone "$pp" && gone "$cp" && below "$dt" 2
+check "SIGTERM of the fetcher: predictor and compute exit in ${dt} s" $?
+grep -q "shutting down (the stack is stopping)" "$R/compute.log"
+check "compute says why it stopped" $?
+"$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
+
+# 4. SIGSTOP of compute: gen gives up after --timeout.
+up
+check "up for the stall" $?
+STOPPED=$(cat "$R/compute.pid")
+kill -STOP "$STOPPED"
+t0=$(now)
+"$NF_BIN" gen --run-dir "$R" -p "$PROMPT" --temp 0 -n $N --timeout 2 >/dev/null 2>"$T/err"
+rc=$?
+dt=$(elapsed "$t0")
+[ $rc -eq 1 ] && ! below "$dt" 1.9 && below "$dt" 4 && grep -q "compute did not answer within 2.0 s" "$T/err"
+check "stopped compute: gen --timeout 2 fails in ${dt} s (rc $rc: $(cat "$T/err"))" $?
+kill -CONT "$STOPPED"
+# In the middle of a stream: stop compute once tokens flow.
+"$NF_BIN" gen --run-dir "$R" -p "Once" --temp 0 -n 1000000 --timeout 2 >"$T/long.txt" 2>"$T/err" &
+GP=$!
+for _ in $(seq 200); do
+    [ -s "$T/long.txt" ] && break
+    sleep 0.02
+done
+kill -STOP "$STOPPED"
+t0=$(now)
+wait "$GP"
+rc=$?
+dt=$(elapsed "$t0")
+[ $rc -eq 1 ] && below "$dt" 4 && grep -q "compute sent nothing for 2.* s (--timeout 2)" "$T/err"
+check "compute stopped mid-stream: gen fails in ${dt} s (rc $rc: $(cat "$T/err"))" $?
+kill -CONT "$STOPPED"
+STOPPED=
+golden "after SIGCONT the stack serves the golden output"
+exit $fail
