@@ -92,9 +92,19 @@ resolve() {
     [ -n "$hits" ] && [ "$(wc -l <<<"$hits")" -eq 1 ] && echo "$hits"
 }
 
-# defines FILE NAME: status 0 when FILE has a line that defines or declares NAME as a function.
+# defined FILE: prints, one per line, the names FILE defines or declares as functions: the
+# identifier right before the first "(" of a line that starts at column 0 with a type or the
+# name, or of a function-like #define. Read once per file (DEFINED caches it).
+defined() {
+    sed -nE 's/^(#[[:space:]]*define[[:space:]]+|([A-Za-z_][^(;=]*[^A-Za-z0-9_])?)([A-Za-z_][A-Za-z0-9_]*)\(.*/\3/p' \
+        "$ROOT/$1"
+}
+
+# defines FILE NAME: status 0 when FILE defines or declares NAME as a function.
+declare -A DEFINED # file -> its defined names, one per line, between newlines
 defines() {
-    grep -Eq "^(#[[:space:]]*define[[:space:]]+|([A-Za-z_][^(;=]*[^A-Za-z0-9_])?)$2\(" "$ROOT/$1"
+    [ -n "${DEFINED[$1]+set}" ] || DEFINED[$1]=$'\n'$(defined "$1")$'\n'
+    [[ ${DEFINED[$1]} == *$'\n'"$2"$'\n'* ]]
 }
 
 # Every file a bare name may stand for, relative to ROOT (found once).
