@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "gen.h"
+#include "nf_err.h"
 
 /* --- tile source over the shared pool -------------------------------------------------------- */
 
@@ -30,8 +31,8 @@ static void shm_unpin(void *ud, uint32_t id)
 static void shm_layer_done(void *ud, uint32_t layer, const float *x, int n_embd)
 {
     struct nf_gen *g = ud;
-    if (layer >= g->st->cfg->n_layer)
-        return;
+    /* The engine calls this for its own layers 0..n_layer-1 of the plan it was built from. */
+    NF_ASSERT(layer < g->st->cfg->n_layer);
     nf_act_slot_publish(nf_stack_act(g->st, layer), g->step, layer, x, (uint32_t)n_embd);
     nf_notify_wake(&g->st->sync->act_bell);
 }
@@ -41,11 +42,10 @@ static void shm_used(void *ud, uint32_t layer, const uint64_t *bits, uint32_t n_
 {
     struct nf_gen *g = ud;
     const struct nf_stack_config *cfg = g->st->cfg;
-    if (layer >= cfg->n_layer)
-        return;
+    /* The plan sized every used slot for the most groups or experts of any layer. */
+    NF_ASSERT(layer < cfg->n_layer);
     const size_t words = (n_groups + 63) / 64;
-    if (sizeof(struct nf_used_slot) + words * sizeof(uint64_t) > cfg->used_stride)
-        return;
+    NF_ASSERT(sizeof(struct nf_used_slot) + words * sizeof(uint64_t) <= cfg->used_stride);
     nf_used_slot_publish(nf_stack_used(g->st, layer), g->step, layer, bits, n_groups);
 }
 
