@@ -472,6 +472,25 @@ static void send_shutdown(int fd)
     nf_client_send(fd, nf_ctl_next_id(), &req);
 }
 
+/* A daemon whose socket is already gone while its pid file still names a live nanoflow-ROLE
+ * process is most likely exiting: the stop word of an earlier Shutdown (compute's stops the
+ * whole stack) makes every daemon close its socket, then unmap the region and remove its pid
+ * file. It cannot be confirmed as the stack's daemon any more, so it is never signalled; this
+ * only waits up to 10 s for it to finish on its own. True when it did. */
+static bool exiting_on_its_own(const char *dir, const char *role)
+{
+    char err[PATH_MAX + 64];
+    int pid = nf_pidfile_read(dir, role);
+    if (pid <= 0 || nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0)
+        return pid <= 0;
+    for (int waited = 0; waited < 10000; waited += 50) {
+        if (nf_pidfile_read(dir, role) != pid)
+            return true;
+        nf_sleep_ms(50);
+    }
+    return false;
+}
+
 /* Stops every daemon of the stack in dir that still runs (those of a half-dead stack too):
  * Shutdown to compute, predictor, then fetcher, SIGTERM after 10 s, SIGKILL after 15 s; then
  * removes the run directory's files but the logs. A pid is signalled only once it proves to be
@@ -495,7 +514,9 @@ static int stop_stack(const char *cmd, const char *dir)
             send_shutdown(fd);
             close(fd);
         }
-        if (pid < 0) {
+        if (pid < 0 && exiting_on_its_own(dir, role)) {
+            pid = 0; /* gone without a signal: nothing was trusted */
+        } else if (pid < 0) {
             fprintf(stderr, "nanoflowctl %s: %s\n", cmd, why);
             ret = 1;
         } else if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
