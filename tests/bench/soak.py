@@ -127,6 +127,8 @@ class Soak:
         self.kills = []  # (role, pid, drain seconds, up seconds, up ok)
         self.floods = {"churn": 0, "pipelined": 0, "half": 0}
         self.flood_err = 0
+        self.flood_why = {}
+        self.backoffs = 0
         self.cancels = {"sent": 0, "refused": 0, "other": 0}
         self.mem = {r: None for r in ROLES}  # [start VmRSS, max, end, start anon, max, end]
         self.cg_max = 0
@@ -226,8 +228,16 @@ class Soak:
     def flood(self, kind, role):
         try:
             if kind == "churn":
-                for _ in range(self.a.churn):
-                    self.connect(role).close()
+                # A full listen backlog answers EAGAIN: back off 1 ms and go on (for 10 s at most).
+                done, t_end = 0, time.time() + 10
+                while done < self.a.churn and time.time() < t_end:
+                    try:
+                        self.connect(role).close()
+                        done += 1
+                    except BlockingIOError:
+                        with self.lock:
+                            self.backoffs += 1
+                        time.sleep(0.001)
             elif kind == "pipelined":
                 s = self.connect(role)
                 s.setblocking(False)
@@ -251,21 +261,22 @@ class Soak:
                 for s in socks:
                     s.close()
             self.floods[kind] += 1
-        except OSError:
+        except OSError as e:
             with self.lock:
                 self.flood_err += 1  # the daemon refused or was just restarted: not an error
+                self.flood_why["%s: %s" % (kind, e)] = self.flood_why.get("%s: %s" % (kind, e), 0) + 1
 
     def foreign_cancel(self):
         """Cancel of request ids 1..4 from a connection that asked for nothing: must be refused."""
         try:
             s = self.connect("compute")
             s.sendall(HELLO + b"".join(cancel(t) for t in range(1, 5)))
-            s.shutdown(socket.SHUT_WR)
-            frames = read_frames(s, time.time() + 2)
+            frames = read_frames(s, time.time() + 1)
             s.close()
-        except OSError:
+        except OSError as e:
             with self.lock:
                 self.flood_err += 1
+                self.flood_why["cancel: %s" % e] = self.flood_why.get("cancel: %s" % e, 0) + 1
             return
         with self.lock:
             self.cancels["sent"] += 4
@@ -467,8 +478,9 @@ class Soak:
                  sum(1 for k in self.kills if not k[4]))),
             ("floods (churn/pipelined/half)", "%d/%d/%d" % (
                 self.floods["churn"], self.floods["pipelined"], self.floods["half"]),
-             "%d refused or cut by a restart" % self.flood_err),
-            ("foreign Cancels refused", "%d/%d" % (self.cancels["refused"], self.cancels["sent"]),
+             "%d cut by a restart, %d connects backed off (EAGAIN)" % (
+                 self.flood_err, self.backoffs)),
+            ("foreign Cancels refused/sent", "%d/%d" % (self.cancels["refused"], self.cancels["sent"]),
              "%d other replies" % self.cancels["other"]),
         ]
         for name, v, note in rows:
@@ -491,6 +503,8 @@ class Soak:
             print("cgroup: none (%s)" % a.cgroup_note)
         for i, prompt, flags, ids, ref in self.wrong[:5]:
             print("WRONG #%d %r %s:\n  got %s\n  ref %s" % (i, prompt, " ".join(flags), ids, ref))
+        for why, n in sorted(self.flood_why.items()):
+            print("flood cut %dx: %s" % (n, why))
         for i, what, msg in self.errors[:10]:
             print("ERROR #%d %s: %s" % (i, what, msg))
 
@@ -518,7 +532,7 @@ def main():
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--flood-gap", type=float, default=0.5)
     p.add_argument("--churn", type=int, default=500)
-    p.add_argument("--pipelined", type=int, default=20000)
+    p.add_argument("--pipelined", type=int, default=100000)
     p.add_argument("--half", type=int, default=20)
     p.add_argument("--random-seed", type=int, default=1)
     a = p.parse_args()
