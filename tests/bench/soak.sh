@@ -19,7 +19,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 SHARED=${NF_SHARED_DIR:-$ROOT/../shared}
 BIN=${NF_BIN:-$ROOT/build/ctl/nanoflowctl}
 MODEL=$SHARED/models/stories260K.gguf
-N=2000 CLIENTS=16 KILL_EVERY=100 DURATION=3600 TOKENS=32 CSV= USE_CG=1
+N=2000 CLIENTS=16 KILL_EVERY=100 DURATION=3600 TOKENS=32 CSV='' USE_CG=1
 LIMIT=$((1024 * 1024 * 1024))
 usage() { sed -n 's/^# \{0,1\}//; 13,15p' "$0"; exit 2; }
 while [ $# -gt 0 ]; do
@@ -48,17 +48,18 @@ GOLDEN=$SHARED/golden/$(basename "$MODEL" .gguf).jsonl
 T=$(mktemp -d /tmp/nf-soak.XXXXXX)
 R=$T/run
 [ -n "$CSV" ] || CSV=$T/memory.csv
-CG= CGROOT= HOME_CG= CG_NOTE=
+CG='' CGROOT='' CG_NOTE=''
 cg_drop() {
     [ -n "$CG" ] && [ -d "$CG" ] || return 0
     local p
-    for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    while read -r p; do kill -9 "$p" 2>/dev/null; done <"$CG/cgroup.procs"
     for _ in $(seq 50); do
         [ -z "$(cat "$CG/cgroup.procs" 2>/dev/null)" ] && break
         sleep 0.1
     done
     rmdir "$CG" 2>/dev/null || echo "soak: could not remove $CG" >&2
 }
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     trap - EXIT INT TERM
     [ -n "${DRIVER:-}" ] && kill "$DRIVER" 2>/dev/null && wait "$DRIVER" 2>/dev/null
