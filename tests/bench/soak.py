@@ -130,9 +130,9 @@ class Soak:
         self.flood_why = {}
         self.backoffs = 0
         self.cancels = {"sent": 0, "refused": 0, "other": 0}
+        self.samples = {r: [] for r in ROLES}  # (t, VmRSS kB) for the over-time line
         self.mem = {r: None for r in ROLES}  # [start VmRSS, max, end, start anon, max, end]
         self.cg_max = 0
-        self.last_kill_at = 0
 
     def sock_path(self, role):
         return os.path.join(self.a.run_dir, role + ".sock")
@@ -319,19 +319,20 @@ class Soak:
             self.errors.append((-1, "up rc %d" % r.returncode, r.stderr.strip()))
         return False
 
-    def disturber(self):
-        kinds = ("churn", "pipelined", "half", "cancel")
-        while not self.stop.is_set():
-            time.sleep(self.a.flood_gap)
-            with self.lock:
-                due = self.a.kill_every and self.done - self.last_kill_at >= self.a.kill_every
-                if due:
-                    self.last_kill_at = self.done
-            if due and self.done < self.a.n:
+    def killer(self):
+        """SIGKILLs a random daemon each time kill_every more generations have ended."""
+        next_kill = self.a.kill_every
+        while self.a.kill_every and not self.stop.wait(0.05):
+            if self.done >= next_kill and next_kill < self.a.n:
+                next_kill += self.a.kill_every
                 if not self.kill_and_up():
                     sys.stderr.write("soak: up failed twice after a kill: stopping\n")
                     self.stop.set()
-                continue
+
+    def flooder(self):
+        """Floods a random daemon (or cancels from a foreign connection) every flood_gap s."""
+        kinds = ("churn", "pipelined", "half", "cancel")
+        while not self.stop.wait(self.a.flood_gap):
             kind = random.choice(kinds)
             if kind == "cancel":
                 self.foreign_cancel()
@@ -377,6 +378,7 @@ class Soak:
                     continue
                 m = self.mem[role]
                 rss, anon = v["VmRSS"], v["RssAnon"]
+                self.samples[role].append((time.time() - t0, rss))
                 if m is None:
                     self.mem[role] = [rss, rss, rss, anon, anon, anon]
                 else:
@@ -402,10 +404,10 @@ class Soak:
         samp.start()
         t0 = time.time()
         clients = [threading.Thread(target=self.client, daemon=True) for _ in range(a.clients)]
-        dist = threading.Thread(target=self.disturber, daemon=True)
-        for c in clients:
-            c.start()
-        dist.start()
+        dist = [threading.Thread(target=self.killer, daemon=True)]
+        dist += [threading.Thread(target=self.flooder, daemon=True) for _ in range(a.flooders)]
+        for th in clients + dist:
+            th.start()
         interrupted = False
         try:
             while any(c.is_alive() for c in clients):
@@ -418,9 +420,8 @@ class Soak:
             interrupted = True
             self.stop.set()
         self.stop.set()
-        dist.join(timeout=150)
-        for c in clients:
-            c.join(timeout=150)
+        for th in clients + dist:
+            th.join(timeout=150)
         self.elapsed = time.time() - t0
         samp.join(timeout=5)
         csv.close()
@@ -495,6 +496,11 @@ class Soak:
                 print("%-10s %10s %10s %10s %12s %12s %12s" % ((r,) + tuple(mib(x) for x in m)))
         print("(start: first sample; max over every instance, restarts included; "
               "end: last sample; CSV %s)" % a.csv)
+        print("VmRSS MiB over time (at 0, 25, 50, 75, 100 %% of the run): %s" % "; ".join(
+            "%s %s" % (r, " ".join(mib(self.samples[r][min(len(self.samples[r]) - 1,
+                                                           q * len(self.samples[r]) // 4)][1])
+                                   for q in range(5)))
+            for r in ROLES if self.samples[r]))
         if a.cgroup:
             print("cgroup: peak %s MiB (sampled max %.1f MiB) of %d MiB, OOM kills %s" % (
                 "?" if peak is None else "%.1f" % (peak / 1048576.0), self.cg_max / 1048576.0,
@@ -530,7 +536,8 @@ def main():
     p.add_argument("--duration", type=int, default=3600)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--flood-gap", type=float, default=0.5)
+    p.add_argument("--flood-gap", type=float, default=0.2)
+    p.add_argument("--flooders", type=int, default=2)
     p.add_argument("--churn", type=int, default=500)
     p.add_argument("--pipelined", type=int, default=100000)
     p.add_argument("--half", type=int, default=20)

@@ -47,7 +47,7 @@ GOLDEN=$SHARED/golden/$(basename "$MODEL" .gguf).jsonl
 
 T=$(mktemp -d /tmp/nf-soak.XXXXXX)
 R=$T/run
-[ -n "$CSV" ] || CSV=$T/memory.csv
+[ -n "$CSV" ] || CSV=${TMPDIR:-/tmp}/nf-soak-$$.csv # kept: the memory over time
 CG='' CGROOT='' CG_NOTE=''
 cg_drop() {
     [ -n "$CG" ] && [ -d "$CG" ] || return 0
@@ -65,7 +65,6 @@ cleanup() {
     [ -n "${DRIVER:-}" ] && kill "$DRIVER" 2>/dev/null && wait "$DRIVER" 2>/dev/null
     "$BIN" down --run-dir "$R" >/dev/null 2>&1
     cg_drop
-    # Keep the CSV when it was asked for outside the temp dir.
     rm -rf "$T"
 }
 trap cleanup EXIT
