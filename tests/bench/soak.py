@@ -120,7 +120,7 @@ class Soak:
         self.paused.clear()
         self.inflight = 0
         self.done = 0
-        self.count = {"ok": 0, "killed": 0, "timeout": 0, "error": 0, "hang": 0}
+        self.count = {"ok": 0, "killed": 0, "timeout": 0, "error": 0, "hang": 0, "intr": 0}
         self.killed_by = {r: 0 for r in ROLES}
         self.wrong = []
         self.errors = []
@@ -214,6 +214,8 @@ class Soak:
                 elif rc is None:
                     self.count["hang"] += 1
                     self.errors.append((i, "hang", " ".join(cmd)))
+                elif rc == 130 and self.stop.is_set():
+                    self.count["intr"] += 1  # Ctrl-C reached the clients too
                 elif DIED.search(err):
                     self.count["killed"] += 1
                     self.killed_by[DIED.search(err).group(1)] += 1
@@ -471,6 +473,7 @@ class Soak:
             ("  failed, timeout", c["timeout"], "must be 0"),
             ("  failed, other error", c["error"], "must be 0"),
             ("  hung (no exit in 120 s)", c["hang"], "must be 0"),
+            ("  interrupted (Ctrl-C)", c["intr"], ""),
             ("duration", "%.1f s" % self.elapsed,
              "%.1f gen/s" % (self.done / self.elapsed if self.elapsed else 0)),
             ("daemon kills + up", len(self.kills),
