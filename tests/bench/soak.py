@@ -488,7 +488,7 @@ class Soak:
              "%d other replies" % self.cancels["other"]),
         ]
         for name, v, note in rows:
-            print("%-34s %12s  %s" % (name, v, note))
+            print(("%-34s %12s  %s" % (name, v, note)).rstrip())
         print()
         print("%-10s %10s %10s %10s %12s %12s %12s" % ("daemon", "RSS0 MiB", "RSSmax MiB",
                                                        "RSSend MiB", "anon0 MiB", "anonmax MiB",
