@@ -231,8 +231,9 @@ static void test_unknown_message(void **state)
 {
     struct fixture *f = *state;
     int fd = connect_ok(f);
-    /* request_id 7, then field 15 (not in this protocol version) as a varint. */
-    const uint8_t unknown[] = {0x08, 0x07, 0x78, 0x01};
+    /* request_id 7, then field 99 (not in this protocol version; 15 became PromptProgress) as a
+     * varint. */
+    const uint8_t unknown[] = {0x08, 0x07, 0x98, 0x06, 0x01};
     send_raw(fd, sizeof(unknown), unknown, sizeof(unknown));
     nf_envelope *r = recv_ok(fd);
     assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_ERROR);
