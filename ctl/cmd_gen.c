@@ -134,14 +134,26 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
     return 0;
 }
 
-/* Prints why compute failed us: a daemon of the stack that died (named), else what. */
-static void gen_fail(const char *dir, const char *what)
+/* How long a connection that closed under us waits for a daemon's death to show. A SIGKILLed
+ * compute's socket closes while the kernel still tears it down: /proc shows it running (not yet
+ * a zombie) for a moment, and a single look then missed its death (2 gens in 8 in a loop). */
+#define GEN_DEATH_GRACE_MS 500
+
+/* Prints why compute failed us: a daemon of the stack that died (named), else what. With
+ * grace_ms, looks again for a death every 20 ms for that long before settling for what. */
+static void gen_fail(const char *dir, const char *what, int grace_ms)
 {
     char msg[256];
-    if (nf_ctl_stack_dead(dir, msg, sizeof(msg), NULL))
-        fprintf(stderr, "nanoflowctl gen: %s\n", msg);
-    else
-        fprintf(stderr, "nanoflowctl gen: %s\n", what);
+    for (int waited = 0;; waited += 20) {
+        if (nf_ctl_stack_dead(dir, msg, sizeof(msg), NULL)) {
+            fprintf(stderr, "nanoflowctl gen: %s\n", msg);
+            return;
+        }
+        if (waited >= grace_ms)
+            break;
+        nf_sleep_ms(20);
+    }
+    fprintf(stderr, "nanoflowctl gen: %s\n", what);
 }
 
 static volatile sig_atomic_t nf_gen_interrupted;
@@ -220,7 +232,7 @@ int nf_cmd_gen(int argc, char **argv)
                      "compute did not answer within %.1f s: giving up (is it stopped or stuck? "
                      "see nanoflowctl status)",
                      conn_ms / 1000.0);
-        gen_fail(dir, err);
+        gen_fail(dir, err, 0);
         free(prompt);
         return 1;
     }
@@ -249,7 +261,8 @@ int nf_cmd_gen(int argc, char **argv)
     rc = nf_client_send(fd, id, &req);
     free(prompt);
     if (rc < 0) {
-        fprintf(stderr, "nanoflowctl gen: sending the request to compute: %s\n", nf_strerror(rc));
+        snprintf(err, sizeof(err), "sending the request to compute: %s", nf_strerror(rc));
+        gen_fail(dir, err, GEN_DEATH_GRACE_MS);
         close(fd);
         return 1;
     }
@@ -291,7 +304,7 @@ int nf_cmd_gen(int argc, char **argv)
                      "compute sent nothing for %.1f s (--timeout %g): giving up (is it stopped "
                      "or stuck? see nanoflowctl status)",
                      idle, (double)o.timeout_s);
-            gen_fail(dir, err);
+            gen_fail(dir, err, 0);
             break;
         }
         if (pn == 0 || (pn < 0 && errno == EINTR))
@@ -301,8 +314,10 @@ int nf_cmd_gen(int argc, char **argv)
         int left_ms = o.timeout_s > 0 ? (int)((o.timeout_s - idle) * 1000.0) + 1 : -1;
         rc = nf_client_recv(fd, &r, left_ms);
         if (rc <= 0) {
-            gen_fail(dir, rc == 0 ? "compute closed the connection before the generation ended"
-                                  : nf_strerror(rc));
+            gen_fail(dir,
+                     rc == 0 ? "compute closed the connection before the generation ended"
+                             : nf_strerror(rc),
+                     GEN_DEATH_GRACE_MS);
             break;
         }
         last = nf_now_s();

@@ -62,7 +62,8 @@ err_case() { # err_case NAME WANT_RC ARGS...
     "$NF_BIN" run "$@" >/dev/null 2>"$T/e.txt"
     local rc=$?
     [ "$rc" -eq "$want" ] && [ "$(wc -l <"$T/e.txt")" -eq 1 ]
-    check "$name (rc $rc, want $want; $(head -c 120 "$T/e.txt"))" $?
+    st=$? # the $(...) in the message would reset $?
+    check "$name (rc $rc, want $want; $(head -c 120 "$T/e.txt"))" $st
 }
 err_case "unknown flag" 2 -m "$M" --bogus
 err_case "bad temperature" 2 -m "$M" --temp abc
@@ -110,9 +111,11 @@ print(f['gen_tokens'])" "$T/ctx.jsonl")
 check "full context: stop ctx at 128 positions (rc $rc)" $?
 [ $rc -eq 0 ] && [ "$(cat "$T/ctx.err")" = \
     "nanoflowctl run: context full after $n tokens (n_ctx 128, the model's trained length)" ]
-check "full context: one line on stderr ($(cat "$T/ctx.err"))" $?
+st=$? # the $(...) in the message would reset $?
+check "full context: one line on stderr ($(cat "$T/ctx.err"))" $st
 "$NF_BIN" run -m "$M" "Once upon a time" --temp 0 -n 500 -c 64 >/dev/null 2>"$T/ctx.err"
 [ $? -eq 0 ] && [ "$(cat "$T/ctx.err")" = \
     "nanoflowctl run: context full after 60 tokens (n_ctx 64); use -c to raise it" ]
-check "full context at -c 64: says to raise -c ($(cat "$T/ctx.err"))" $?
+st=$? # the $(...) in the message would reset $?
+check "full context at -c 64: says to raise -c ($(cat "$T/ctx.err"))" $st
 exit $fail

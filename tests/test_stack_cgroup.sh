@@ -151,9 +151,11 @@ echo "cgroup v$CGV under $CGROOT, limit $LIMIT bytes"
 #    predictor rank (exact mode never uses the predictors; rank 16 converts in ~20 s instead of
 #    ~65 s).
 "$NF_BIN" mkmodel "$T/m.gguf" --shape llama-7b --type q4_0 --layers 38 >"$T/mk.out" 2>&1
-check "mkmodel writes the model ($(elapsed) s)" $?
+st=$? # the $(...) in the message would reset $?
+check "mkmodel writes the model ($(elapsed) s)" $st
 "$NF_BIN" convert "$T/m.gguf" "$T/m.nft" --rank 16 >"$T/conv.out" 2>&1
-check "convert writes the .nft ($(elapsed) s)" $?
+st=$? # the $(...) in the message would reset $?
+check "convert writes the .nft ($(elapsed) s)" $st
 NFT_BYTES=$(stat -c %s "$T/m.nft" 2>/dev/null || echo 0)
 [ "$NFT_BYTES" -ge $((4 * LIMIT)) ]
 check "the .nft ($NFT_BYTES bytes) is at least 4x the budget" $?
@@ -215,10 +217,12 @@ stack() {
     cg_make "$name"
     check "$name: cgroup $CGROOT/nf-test-$$-$name $CG_WHY" $?
     incg "$NF_BIN" up --model "$T/m.nft" --ram 1G --run-dir "$R" "$@" >"$T/up.$name" 2>&1
-    check "$name: up inside the cgroup ($(elapsed) s)" $?
+    st=$? # the $(...) in the message would reset $?
+    check "$name: up inside the cgroup ($(elapsed) s)" $st
     sed 's/^/    /' "$T/up.$name"
     incg "$NF_BIN" gen --run-dir "$R" "${GEN_ARGS[@]}" -n "$n" >"$T/gen.$name" 2>"$T/gen.$name.err"
-    check "$name: gen exits 0 ($(elapsed) s)" $?
+    st=$? # the $(...) in the message would reset $?
+    check "$name: gen exits 0 ($(elapsed) s)" $st
     python3 -c "
 import json, sys
 s = [json.loads(l) for l in open(sys.argv[1])][-1]
@@ -259,7 +263,8 @@ PY
         fi
     done
     [ -z "$alive" ] && [ -z "$(cat "$CG/cgroup.procs")" ]
-    check "$name: no process left (daemons:$alive; in cgroup: $(tr '\n' ' ' <"$CG/cgroup.procs"))" $?
+    st=$? # the $(...) in the message would reset $?
+    check "$name: no process left (daemons:$alive; in cgroup: $(tr '\n' ' ' <"$CG/cgroup.procs"))" $st
     local left
     left=$(find "$R" -mindepth 1 ! -name '*.log' -printf '%f ')
     [ -z "$left" ]
@@ -284,7 +289,8 @@ if [ "${AVAIL_KB:-0}" -lt $((6 << 20)) ]; then
     echo "note: gen vs run not compared (MemAvailable ${AVAIL_KB} kB < 6 GiB)"
 else
     "$NF_BIN" run -m "$T/m.gguf" "${GEN_ARGS[@]}" -n 3 >"$T/run.jsonl" 2>"$T/run.err"
-    check "run on the GGUF outside the cgroup exits 0 ($(elapsed) s)" $?
+    st=$? # the $(...) in the message would reset $?
+    check "run on the GGUF outside the cgroup exits 0 ($(elapsed) s)" $st
     python3 - "$T/run.jsonl" "$T/gen.default" "$T/gen.ctx256" <<'PY'
 import json, sys
 def load(p):

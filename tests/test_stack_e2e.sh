@@ -198,7 +198,8 @@ cp "$M0" "$T/s.gguf"
 "$NF_BIN" up -m "$T/s.gguf" --ram 256M -t 1 -c 100000 --run-dir "$R2" >/dev/null 2>"$T/err"
 [ $? -eq 1 ] && grep -q "context 100000 is beyond the model's trained length 128" "$T/err" &&
     [ ! -e "$R2/compute.sock" ]
-check "up -c 100000 is refused ($(tail -n 1 "$T/err"))" $?
+st=$? # the $(...) in the message would reset $?
+check "up -c 100000 is refused ($(tail -n 1 "$T/err"))" $st
 "$NF_BIN" up -m "$T/s.gguf" --ram 256M -t 1 --run-dir "$R2" >"$T/up2.out" 2>/dev/null &&
     grep -q "n_ctx 128" "$T/up2.out"
 check "up takes the model's context by default" $?
@@ -220,11 +221,13 @@ n=$(python3 -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1])
 want="context full after $n tokens (n_ctx 128, the model's trained length)"
 [ $grc -eq 0 ] && [ "$(cat "$T/gctx.err")" = "nanoflowctl gen: $want" ] &&
     [ $rrc -eq 0 ] && [ "$(cat "$T/rctx.err")" = "nanoflowctl run: $want" ]
-check "gen and run say the context is full ($(cat "$T/gctx.err"))" $?
+st=$? # the $(...) in the message would reset $?
+check "gen and run say the context is full ($(cat "$T/gctx.err"))" $st
 python3 -c "print('Once upon a time ' * 100)" >"$T/long.txt"
 "$NF_BIN" gen --run-dir "$R2" -f "$T/long.txt" >/dev/null 2>"$T/err"
 [ $? -eq 1 ] && grep -q "the prompt has [0-9]* tokens but the context holds 128" "$T/err"
-check "gen refuses a prompt longer than the context ($(cat "$T/err"))" $?
+st=$? # the $(...) in the message would reset $?
+check "gen refuses a prompt longer than the context ($(cat "$T/err"))" $st
 "$NF_BIN" down --run-dir "$R2" >/dev/null 2>&1
 check "down of the second stack" $?
 exit $fail
