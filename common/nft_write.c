@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -701,6 +703,7 @@ static int write_file(struct conv *c, const char *out)
                         (unsigned long long)vfs.f_bavail * vfs.f_frsize, h->file_size);
         goto out;
     }
+    nf_nft_tmp_sweep(out);
     if ((size_t)snprintf(c->tmp, PATH_MAX, "%s.tmp-XXXXXX", out) >= PATH_MAX) {
         c->tmp[0] = '\0';
         rc = nf_errf_at(c->err, c->errlen, NF_EUSAGE, c->in, "output path too long");
@@ -713,6 +716,9 @@ static int write_file(struct conv *c, const char *out)
         c->tmp[0] = '\0';
         goto out;
     }
+    /* Held until the descriptor closes (or the process dies): nf_nft_tmp_sweep leaves alone a
+     * temporary file whose writer still runs. */
+    flock(c->fd, LOCK_EX);
     fchmod(c->fd, 0644);
     if (ftruncate(c->fd, (off_t)h->file_size) != 0) {
         rc = nf_errf_at(c->err, c->errlen, -errno, c->in, "sizing %s to %" PRIu64 " bytes: %s",
@@ -771,6 +777,38 @@ out:
     free(page);
     free(meta);
     return rc;
+}
+
+int nf_nft_tmp_sweep(const char *out_path)
+{
+    char dirbuf[PATH_MAX], basebuf[PATH_MAX], path[PATH_MAX];
+    snprintf(dirbuf, sizeof(dirbuf), "%s", out_path);
+    snprintf(basebuf, sizeof(basebuf), "%s", out_path);
+    const char *dir = dirname(dirbuf), *base = basename(basebuf);
+    size_t blen = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        /* Exactly what mkstemp made of "OUT.tmp-XXXXXX". */
+        if (strncmp(e->d_name, base, blen) || strncmp(e->d_name + blen, ".tmp-", 5) ||
+            strlen(e->d_name + blen + 5) != 6)
+            continue;
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= sizeof(path))
+            continue;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd < 0)
+            continue;
+        struct stat st;
+        /* A lock we get means its writer is gone (the kernel drops it with the process). */
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+            unlink(path) == 0)
+            n++;
+        close(fd);
+    }
+    closedir(d);
+    return n;
 }
 
 int nf_nft_convert(const char *in_path, const char *out_path, const struct nf_nft_convert_opts *o,
