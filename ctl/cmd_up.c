@@ -40,7 +40,7 @@ static void up_usage(FILE *f)
             "  -t, --threads N      compute threads (default: 0 = one per CPU but one, at least\n"
             "                       1: the fetcher and predictor need a core)\n"
             "      --sparsity S     share of FFN groups skipped per token, 0..0.99; 0 = exact\n"
-            "                       (default: 0)\n"
+            "                       (default: 0); dense models only, refused for MoE\n"
             "  -c, --ctx N          context length, also --ctx-size, at most the model's trained\n"
             "                       context_length (default: that length, capped at 4096 and by\n"
             "                       the budget)\n"
@@ -683,6 +683,16 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
     if ((rc = nf_model_hparams(&hp, nf_nft_gguf(f), err, sizeof(err))) < 0 ||
         (rc = nf_gen_ctx_check(o->n_ctx, hp.n_ctx_train, err, sizeof(err))) < 0) {
         fprintf(stderr, "nanoflowctl up: %s: %s\n", nft, err);
+        nf_nft_close(f);
+        return 1;
+    }
+    /* Sparsity skips FFN neuron groups of dense layers; a MoE layer's work is chosen by its
+     * router, so the flag would silently do nothing there. */
+    if (hp.n_expert > 0 && o->sparsity > 0) {
+        fprintf(stderr,
+                "nanoflowctl up: --sparsity %g applies to dense models only: %s is a "
+                "mixture-of-experts model (%d experts, %d used per token); drop --sparsity\n",
+                (double)o->sparsity, nft, hp.n_expert, hp.n_expert_used);
         nf_nft_close(f);
         return 1;
     }
