@@ -633,6 +633,28 @@ static int build_meta(struct conv *c, void **img, size_t *len)
     return rc;
 }
 
+/* Creates the temporary file from the template tmp ("OUT.tmp-XXXXXX", rewritten with the name
+ * made) and locks it: the flock is held until the descriptor closes or the process dies, so
+ * nf_nft_tmp_sweep leaves alone a file whose writer still runs. A sweep by another converter
+ * that came between mkstemp and flock has unlinked the file: then another is made. Returns the
+ * descriptor or a negative errno. */
+static int tmp_create(char *tmp)
+{
+    size_t n = strlen(tmp);
+    for (int tries = 0;; tries++) {
+        memcpy(tmp + n - 6, "XXXXXX", 6);
+        int fd = mkstemp(tmp);
+        if (fd < 0)
+            return -errno;
+        struct stat st;
+        if (flock(fd, LOCK_EX) == 0 && fstat(fd, &st) == 0 && (st.st_nlink > 0 || tries == 3))
+            return fd;
+        close(fd);
+        if (tries == 3)
+            return -EAGAIN;
+    }
+}
+
 /* convert --calibrate: the temporary file is a complete .nft now; runs the model in it over the
  * text and appends the calibration section after the last tile, then rewrites the header (page
  * is its 4096-byte buffer). */
@@ -709,16 +731,14 @@ static int write_file(struct conv *c, const char *out)
         rc = nf_errf_at(c->err, c->errlen, NF_EUSAGE, c->in, "output path too long");
         goto out;
     }
-    c->fd = mkstemp(c->tmp);
+    c->fd = tmp_create(c->tmp);
     if (c->fd < 0) {
-        rc = nf_errf_at(c->err, c->errlen, -errno, c->in, "creating %s: %s", c->tmp,
-                        strerror(errno));
+        rc = nf_errf_at(c->err, c->errlen, c->fd, c->in, "creating %s: %s", c->tmp,
+                        strerror(-c->fd));
         c->tmp[0] = '\0';
+        c->fd = -1;
         goto out;
     }
-    /* Held until the descriptor closes (or the process dies): nf_nft_tmp_sweep leaves alone a
-     * temporary file whose writer still runs. */
-    flock(c->fd, LOCK_EX);
     fchmod(c->fd, 0644);
     if (ftruncate(c->fd, (off_t)h->file_size) != 0) {
         rc = nf_errf_at(c->err, c->errlen, -errno, c->in, "sizing %s to %" PRIu64 " bytes: %s",

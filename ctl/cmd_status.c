@@ -343,18 +343,17 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
 
 static void stats_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: nanoflowctl stats [--run-dir DIR] [--json] [--watch [SECS]]\n\n"
-            "Per-stage numbers of the stack: predictor (predictions/s, recall, precision,\n"
-            "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate:\n"
-            "the share of the tiles compute used that needed no read, bytes per token, queue\n"
-            "depth), compute (prompt and decode tok/s, share of time stalled on tiles), and\n"
-            "memory held vs the budget. Rates are per busy second of the stage; with --watch\n"
-            "they cover the last interval.\n\n"
-            "      --run-dir DIR    run directory (default: as for 'up')\n"
-            "      --json           one JSON object (per refresh) instead of the table\n"
-            "      --watch [SECS]   refresh every SECS seconds (default: 2) until interrupted\n"
-            "  -h, --help           show this help\n");
+    fprintf(f, "usage: nanoflowctl stats [--run-dir DIR] [--json] [--watch [SECS]]\n\n"
+               "Per-stage numbers of the stack: predictor (predictions/s, recall, precision,\n"
+               "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate:\n"
+               "the share of the tiles compute used that needed no read, bytes per token, queue\n"
+               "depth), compute (prompt and decode tok/s, share of time stalled on tiles), and\n"
+               "memory held vs the budget. Rates are per busy second of the stage; with --watch\n"
+               "they cover the last interval.\n\n"
+               "      --run-dir DIR    run directory (default: as for 'up')\n"
+               "      --json           one JSON object (per refresh) instead of the table\n"
+               "      --watch [SECS]   refresh every SECS seconds (default: 2) until interrupted\n"
+               "  -h, --help           show this help\n");
 }
 
 int nf_cmd_stats(int argc, char **argv)

@@ -44,7 +44,7 @@ kind() {
     -m | --model | -p | --prompt | --run-dir | --name) K=str ;;
     -f | --file | --calibrate | --vocab-from) K=file ;;
     --watch) K=opt ;;
-    -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
+    -h | --help | --json | --no-bos | --parse-special | --f32 | --force | --zero | --foreground | \
         --no-uring | --mmap | --no-cgroup) K=bool ;;
     *) K="" ;;
     esac
@@ -127,7 +127,7 @@ parsed_flags() {
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
         "--name --alignment -t --threads" ;;
-    convert) echo "--tile-size --rank --f32 --calibrate" ;;
+    convert) echo "--tile-size --rank --f32 --calibrate --force" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
         "--max-tokens-per-request" ;;
