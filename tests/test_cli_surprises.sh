@@ -122,9 +122,19 @@ fi
 expect "up --ram 1G is still fine to parse" 2 "unknown flag" "$NF_BIN" up -m x --ram 1G --bogus
 
 # --- item 10: a GGUF or a foreign file is described as what it is ---------------------------
+head -c 3000 "$T/s.gguf" >"$T/broken.gguf"
+expect "verify on a GGUF says so" 1 "this is a GGUF model, not a .nft tile file: make one with 'nanoflowctl convert" \
+    "$NF_BIN" verify "$T/s.gguf"
+expect "inspect describes a GGUF" 0 "" "$NF_BIN" inspect "$M/moe-Q4_K_M.gguf"
+ok "... architecture, tensors, types and the convert command" \
+    "$(grep -q 'a GGUF model (version 3), not a .nft tile file' "$T/out" && grep -q '^architecture: llama' "$T/out" &&
+        grep -q '^tensors: 33, ' "$T/out" && grep -q '^q4_K  *12 ' "$T/out" &&
+        grep -q "nanoflowctl convert $M/moe-Q4_K_M.gguf OUT.nft" "$T/out" && echo 0 || echo 1)"
+expect "inspect --json of a GGUF" 0 "" "$NF_BIN" inspect --json "$T/s.gguf"
+ok "... is JSON with format gguf" \
+    "$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d["format"]=="gguf" and d["tensors"]==48 else 1)' "$T/out" && echo 0 || echo 1)"
+expect "inspect a truncated GGUF" 1 "broken.gguf" "$NF_BIN" inspect "$T/broken.gguf"
 for c in inspect verify; do
-    expect "$c on a GGUF says so" 1 "this is a GGUF model, not a .nft tile file: make one with 'nanoflowctl convert" \
-        "$NF_BIN" $c "$T/s.gguf"
     expect "$c on an ELF file" 1 "not a GGUF or .nft file (first bytes 7f 45 4c 46" "$NF_BIN" $c "$(command -v bash)"
 done
 : >"$T/empty.nft"
@@ -134,7 +144,6 @@ expect "verify a truncated .nft" 1 "truncated .nft file: 100 bytes" "$NF_BIN" ve
 cp "$(command -v bash)" "$T/elf.nft"
 expect "up on a foreign .nft" 1 "not a GGUF or .nft file (first bytes 7f 45 4c 46" \
     "$NF_BIN" up -m "$T/elf.nft" --run-dir "$T/run4"
-head -c 3000 "$T/s.gguf" >"$T/broken.gguf"
 expect "up on a truncated GGUF speaks GGUF" 1 "converting $T/broken.gguf" \
     "$NF_BIN" up -m "$T/broken.gguf" --run-dir "$T/run4"
 ok "no .nft terms for the GGUF" "$(grep -q 'NFT1\|4096-byte' "$T/err" && echo 1 || echo 0)"
