@@ -44,7 +44,8 @@ kind() {
     -m | --model | -p | --prompt | --run-dir | --name) K=str ;;
     -f | --file | --calibrate | --vocab-from) K=file ;;
     --watch) K=opt ;;
-    -h | --help | --json | --no-bos | --parse-special | --f32 | --force | --zero | --foreground | \
+    --force) K=bool ;;
+    -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
         --no-uring | --mmap | --no-cgroup) K=bool ;;
     *) K="" ;;
     esac
