@@ -128,7 +128,7 @@ parsed_flags() {
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
         "--name --alignment -t --threads" ;;
-    convert) echo "--tile-size --rank --f32 --calibrate --force" ;;
+    convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
         "--max-tokens-per-request" ;;
