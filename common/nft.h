@@ -293,6 +293,12 @@ struct nf_nft_convert_opts {
     int calib_threads;
 };
 
+/* Removes the temporary files a killed nf_nft_convert left for out_path ("OUT.tmp-XXXXXX" in
+ * its directory) whose writer is gone: a running converter holds an flock on its file, so only
+ * files nobody locks are deleted. nf_nft_convert calls it before creating its own. Returns how
+ * many were removed. */
+int nf_nft_tmp_sweep(const char *out_path);
+
 #define NF_NFT_DEFAULT_TILE_SIZE (1024u * 1024)
 #define NF_NFT_PRED_SHARE        0.03 /* budget of the predictors, as a share of the weights */
 

@@ -138,6 +138,40 @@ static bool section_ok(const struct nf_nft_header *h, uint64_t off, uint64_t siz
            !__builtin_add_overflow(off, size, &end) && end <= h->file_size;
 }
 
+/* Says what the file at path is when it is not a .nft (a GGUF, or something else named by its
+ * first bytes), as the caller's error: a foreign file is described in its own terms, not as a
+ * .nft with a bad header. Returns 0 when the file starts with the .nft magic (or cannot be read
+ * again), else NF_EBADMAGIC with err set. */
+static int check_kind(const char *path, char *err, size_t errlen)
+{
+    unsigned char b[8];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = pread(fd, b, sizeof(b), 0);
+    close(fd);
+    if (n < 0)
+        return 0;
+    uint32_t magic = NF_NFT_MAGIC;
+    if (n >= 4 && !memcmp(b, &magic, 4))
+        return 0;
+    if (n >= 4 && !memcmp(b, "GGUF", 4))
+        return nf_errf_at(err, errlen, NF_EBADMAGIC, path,
+                          "this is a GGUF model, not a .nft tile file: make one with 'nanoflowctl "
+                          "convert %s OUT.nft' (or give the .gguf to 'nanoflowctl up', which "
+                          "converts it)",
+                          path);
+    if (n == 0)
+        return nf_errf_at(err, errlen, NF_EBADMAGIC, path,
+                          "an empty file, not a GGUF or .nft file");
+    char hex[3 * sizeof(b) + 1];
+    for (ssize_t i = 0; i < n; i++)
+        snprintf(hex + 3 * i, sizeof(hex) - 3 * (size_t)i, "%02x ", b[i]);
+    hex[3 * n - 1] = '\0';
+    return nf_errf_at(err, errlen, NF_EBADMAGIC, path, "not a GGUF or .nft file (first bytes %s)",
+                      hex);
+}
+
 static int check_header(const struct nf_nft_header *h, uint64_t real_size, const char *name,
                         char *err, size_t errlen)
 {
@@ -403,9 +437,12 @@ int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, s
         nf_errf_at(err, errlen, 0, path, "not a regular file");
         goto out;
     }
+    if ((rc = check_kind(path, err, errlen)))
+        goto out;
     if ((uint64_t)st.st_size < NF_NFT_ALIGN) {
         rc = NF_ETRUNCATED;
-        nf_errf_at(err, errlen, 0, path, "file has %lld bytes, less than one %u-byte header",
+        nf_errf_at(err, errlen, 0, path,
+                   "truncated .nft file: %lld bytes, less than its %u-byte header",
                    (long long)st.st_size, NF_NFT_ALIGN);
         goto out;
     }

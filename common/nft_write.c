@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -666,6 +668,28 @@ static int build_meta(struct conv *c, void **img, size_t *len)
     return rc;
 }
 
+/* Creates the temporary file from the template tmp ("OUT.tmp-XXXXXX", rewritten with the name
+ * made) and locks it: the flock is held until the descriptor closes or the process dies, so
+ * nf_nft_tmp_sweep leaves alone a file whose writer still runs. A sweep by another converter
+ * that came between mkstemp and flock has unlinked the file: then another is made. Returns the
+ * descriptor or a negative errno. */
+static int tmp_create(char *tmp)
+{
+    size_t n = strlen(tmp);
+    for (int tries = 0;; tries++) {
+        memcpy(tmp + n - 6, "XXXXXX", 6);
+        int fd = mkstemp(tmp);
+        if (fd < 0)
+            return -errno;
+        struct stat st;
+        if (flock(fd, LOCK_EX) == 0 && fstat(fd, &st) == 0 && (st.st_nlink > 0 || tries == 3))
+            return fd;
+        close(fd);
+        if (tries == 3)
+            return -EAGAIN;
+    }
+}
+
 /* convert --calibrate: the temporary file is a complete .nft now; runs the model in it over the
  * text and appends the calibration section after the last tile, then rewrites the header (page
  * is its 4096-byte buffer). */
@@ -736,16 +760,18 @@ static int write_file(struct conv *c, const char *out)
                         (unsigned long long)vfs.f_bavail * vfs.f_frsize, h->file_size);
         goto out;
     }
+    nf_nft_tmp_sweep(out);
     if ((size_t)snprintf(c->tmp, PATH_MAX, "%s.tmp-XXXXXX", out) >= PATH_MAX) {
         c->tmp[0] = '\0';
         rc = nf_errf_at(c->err, c->errlen, NF_EUSAGE, c->in, "output path too long");
         goto out;
     }
-    c->fd = mkstemp(c->tmp);
+    c->fd = tmp_create(c->tmp);
     if (c->fd < 0) {
-        rc = nf_errf_at(c->err, c->errlen, -errno, c->in, "creating %s: %s", c->tmp,
-                        strerror(errno));
+        rc = nf_errf_at(c->err, c->errlen, c->fd, c->in, "creating %s: %s", c->tmp,
+                        strerror(-c->fd));
         c->tmp[0] = '\0';
+        c->fd = -1;
         goto out;
     }
     fchmod(c->fd, 0644);
@@ -806,6 +832,38 @@ out:
     free(page);
     free(meta);
     return rc;
+}
+
+int nf_nft_tmp_sweep(const char *out_path)
+{
+    char dirbuf[PATH_MAX], basebuf[PATH_MAX], path[PATH_MAX];
+    snprintf(dirbuf, sizeof(dirbuf), "%s", out_path);
+    snprintf(basebuf, sizeof(basebuf), "%s", out_path);
+    const char *dir = dirname(dirbuf), *base = basename(basebuf);
+    size_t blen = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        /* Exactly what mkstemp made of "OUT.tmp-XXXXXX". */
+        if (strncmp(e->d_name, base, blen) || strncmp(e->d_name + blen, ".tmp-", 5) ||
+            strlen(e->d_name + blen + 5) != 6)
+            continue;
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= sizeof(path))
+            continue;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd < 0)
+            continue;
+        struct stat st;
+        /* A lock we get means its writer is gone (the kernel drops it with the process). */
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+            unlink(path) == 0)
+            n++;
+        close(fd);
+    }
+    closedir(d);
+    return n;
 }
 
 int nf_nft_convert(const char *in_path, const char *out_path, const struct nf_nft_convert_opts *o,

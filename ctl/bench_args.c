@@ -4,6 +4,7 @@
 
 #include "bench.h"
 #include "cmds.h"
+#include "nf_size.h"
 
 static const char *const cmd = "bench";
 
@@ -102,6 +103,9 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
                 return 2;
             if (o->ram == 0)
                 return nf_usage_error(cmd, "--ram must be above 0");
+            char why[256];
+            if (nf_ram_check("--ram", o->ram, why, sizeof(why)) < 0)
+                return nf_usage_error(cmd, "%s", why);
         } else if (nf_arg_is(a, "--n-predict") || !strcmp(a, "-n")) {
             if (nf_arg_long(cmd, a, v, 2, 100000, &o->n))
                 return 2;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,12 +30,13 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: nanoflowctl convert IN.gguf OUT.nft [--tile-size BYTES] [--rank R] [--f32]\n"
-        "                           [--calibrate TEXT_FILE]\n\n"
+        "                           [--calibrate TEXT_FILE] [--force]\n\n"
         "Writes a llama-architecture GGUF model as a NanoFlow tile file: every weight kept\n"
         "bit-identical, cut into 4096-aligned checksummed tiles (FFN neurons bundled with their\n"
         "gate/up rows and down columns), with a low-rank predictor per dense layer (randomized\n"
         "SVD of ffn_gate) or a copy of the router per MoE layer. The file is written under a\n"
-        "temporary name and renamed when complete.\n\n"
+        "temporary name and renamed when complete; temporary files a killed convert left for\n"
+        "the same output are removed. An existing OUT.nft is kept unless --force is given.\n\n"
         "  --tile-size BYTES  target tile size, e.g. 512K or 1M (default 1M; 4096..1G)\n"
         "  --rank R           predictor rank (default: the largest keeping all predictors\n"
         "                     within 3%% of the model's bytes)\n"
@@ -43,6 +45,7 @@ static void usage(FILE *f)
         "                     store per layer each neuron group's activation frequency and\n"
         "                     mean magnitude, thresholds for 50/80/90%% sparsity and a\n"
         "                     hot-first group order (dense models; loads the model in RAM)\n"
+        "  --force            replace OUT.nft when it exists\n"
         "  --help, -h         show this help\n");
 }
 
@@ -67,6 +70,7 @@ int nf_cmd_convert(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL;
     struct nf_nft_convert_opts o = {0};
+    bool force = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -89,6 +93,8 @@ int nf_cmd_convert(int argc, char **argv)
             if (access(v, R_OK) != 0)
                 return nf_usage_error(cmd, "--calibrate: cannot read '%s'", v);
             o.calib_text = v;
+        } else if (!strcmp(a, "--force")) {
+            force = true;
         } else if (!strcmp(a, "--f32")) {
             o.pred_f32 = true;
         } else if (a[0] == '-' && a[1]) {
@@ -103,6 +109,14 @@ int nf_cmd_convert(int argc, char **argv)
     }
     if (!in || !out)
         return nf_usage_error(cmd, "needs IN.gguf and OUT.nft");
+    struct stat st;
+    if (!force && lstat(out, &st) == 0) {
+        fprintf(stderr,
+                "nanoflowctl convert: %s already exists; pass --force to replace it, or choose "
+                "another output\n",
+                out);
+        return 1;
+    }
     struct bar b = {.tty = isatty(STDERR_FILENO)};
     b.t0 = nf_now_s();
     o.progress = on_progress;

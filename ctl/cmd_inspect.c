@@ -4,8 +4,11 @@
 #include <string.h>
 
 #include "cmds.h"
+#include "gen_output.h"
+#include "gguf.h"
 #include "nf_err.h"
 #include "nft.h"
+#include "quants.h"
 
 static const char *const cmd = "inspect";
 
@@ -17,6 +20,7 @@ static void usage(FILE *f)
            "bytes, the predictors' bytes and share of the model, and the bytes one token reads\n"
            "at 0%%, 50%%, 80%% and 90%% FFN sparsity (disk bytes, tiles padded to 4096; FFN tiles\n"
            "taken in proportion, MoE experts in the proportion used per token).\n\n"
+           "A GGUF model is described instead: architecture, tensors per type and bytes.\n\n"
            "  --json       print one JSON object instead\n"
            "  --help, -h   show this help\n");
 }
@@ -151,6 +155,63 @@ static void print_json(const struct nf_nft *f, const char *path, const struct la
     printf("}}\n");
 }
 
+/* A GGUF given to inspect is described in its own terms (architecture, tensors per type, size)
+ * with the command that makes the .nft inspect otherwise reads. Returns 0, or 1 after printing
+ * why the GGUF cannot be read. */
+static int inspect_gguf(const char *path, bool json)
+{
+    struct nf_gguf *g = NULL;
+    char err[512];
+    if (nf_gguf_open(&g, path, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nanoflowctl inspect: %s\n", err);
+        return 1;
+    }
+    const char *arch = "unknown";
+    nf_gguf_get_str(g, "general.architecture", &arch);
+    uint64_t n_of[NF_TYPE_COUNT] = {0}, bytes_of[NF_TYPE_COUNT] = {0}, weights = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const struct nf_gguf_tensor *t = &g->tensors[i];
+        weights += t->size;
+        if ((unsigned)t->type < NF_TYPE_COUNT) {
+            n_of[t->type]++;
+            bytes_of[t->type] += t->size;
+        }
+    }
+    if (json) {
+        printf("{\"file\":");
+        nf_json_str(stdout, (const unsigned char *)path, strlen(path));
+        printf(",\"format\":\"gguf\",\"gguf_version\":%" PRIu32 ",\"architecture\":", g->version);
+        nf_json_str(stdout, (const unsigned char *)arch, strlen(arch));
+        printf(",\"tensors\":%" PRIu64 ",\"file_bytes\":%" PRIu64 ",\"weight_bytes\":%" PRIu64
+               ",\"types\":{",
+               g->n_tensors, g->file_size, weights);
+        bool first = true;
+        for (int t = 0; t < NF_TYPE_COUNT; t++)
+            if (n_of[t]) {
+                const struct nf_type_traits *tr = nf_type_traits((enum nf_type)t);
+                printf("%s\"%s\":{\"tensors\":%" PRIu64 ",\"bytes\":%" PRIu64 "}", first ? "" : ",",
+                       tr && tr->name ? tr->name : "?", n_of[t], bytes_of[t]);
+                first = false;
+            }
+        printf("}}\n");
+    } else {
+        printf("%s: a GGUF model (version %" PRIu32 "), not a .nft tile file\n"
+               "architecture: %s\ntensors: %" PRIu64 ", %" PRIu64 " bytes of weights in a %" PRIu64
+               "-byte file\n%-8s %8s %14s\n",
+               path, g->version, arch, g->n_tensors, weights, g->file_size, "type", "tensors",
+               "bytes");
+        for (int t = 0; t < NF_TYPE_COUNT; t++)
+            if (n_of[t]) {
+                const struct nf_type_traits *tr = nf_type_traits((enum nf_type)t);
+                printf("%-8s %8" PRIu64 " %14" PRIu64 "\n", tr && tr->name ? tr->name : "?",
+                       n_of[t], bytes_of[t]);
+            }
+        printf("its tile layout: 'nanoflowctl convert %s OUT.nft', then inspect OUT.nft\n", path);
+    }
+    nf_gguf_close(g);
+    return 0;
+}
+
 int nf_cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL;
@@ -173,7 +234,10 @@ int nf_cmd_inspect(int argc, char **argv)
         return nf_usage_error(cmd, "needs FILE.nft");
     struct nf_nft *f;
     char err[512];
-    if (nf_nft_open(&f, path, false, err, sizeof(err))) {
+    int rc = nf_nft_open(&f, path, false, err, sizeof(err));
+    if (rc == NF_EBADMAGIC && strstr(err, "is a GGUF model"))
+        return inspect_gguf(path, json);
+    if (rc) {
         fprintf(stderr, "nanoflowctl inspect: %s\n", err);
         return 1;
     }

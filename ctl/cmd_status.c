@@ -213,7 +213,7 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                (unsigned long long)s->budget, (unsigned long long)s->held);
     } else
         printf("%-10s %-22s %14s\n", "STAGE", "METRIC", "VALUE");
-    bool first;
+    bool first, no_recall = false;
     /* predictor */
     if (json)
         printf(",\"predictor\":{");
@@ -224,7 +224,9 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                np = (double)nf_stage_ctr(p, "predictions"), ns = (double)nf_stage_ctr(p, "pred_ns");
         metric(json, &first, "predictor", "predictions_s", "predictions/s",
                nf_snap_ratio(np, ns * 1e-9), "/s");
-        metric(json, &first, "predictor", "recall", "recall", nf_snap_ratio(tp, tp + fn), "%");
+        no_recall = isnan(nf_snap_ratio(tp, tp + fn));
+        metric(json, &first, "predictor", "recall", no_recall ? "recall (1)" : "recall",
+               nf_snap_ratio(tp, tp + fn), "%");
         metric(json, &first, "predictor", "precision", "precision", nf_snap_ratio(tp, tp + fp),
                "%");
         metric(json, &first, "predictor", "latency_us", "latency", nf_snap_ratio(ns * 1e-3, np),
@@ -244,8 +246,7 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
     first = true;
     if (f->ok) {
         double busy = (double)nf_stage_ctr(f, "busy_ns") * 1e-9,
-               bytes = (double)nf_stage_ctr(f, "bytes"), reads = (double)nf_stage_ctr(f, "reads"),
-               hits = (double)nf_stage_ctr(f, "hits"), miss = (double)nf_stage_ctr(f, "misses");
+               bytes = (double)nf_stage_ctr(f, "bytes"), reads = (double)nf_stage_ctr(f, "reads");
         uint64_t hist[32];
         for (int i = 0; i < 32; i++) {
             char nm[16];
@@ -265,8 +266,7 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                nh ? nf_lat_quantile_us(hist, 32, 0.50) : NAN, "us");
         metric(json, &first, "fetcher", "p99_us", "read latency p99",
                nh ? nf_lat_quantile_us(hist, 32, 0.99) : NAN, "us");
-        metric(json, &first, "fetcher", "hit_rate", "hit rate", nf_snap_ratio(hits, hits + miss),
-               "%");
+        metric(json, &first, "fetcher", "hit_rate", "hit rate", nf_snap_hit_rate(f, c), "%");
         metric(json, &first, "fetcher", "bytes_per_token", "bytes per token",
                nf_snap_ratio(bytes, tokens), "B");
         metric(json, &first, "fetcher", "queue_depth", "queue depth",
@@ -333,23 +333,27 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                 printf("%-10s %-22s %14s\n", "", lab,
                        nf_ctl_fmt_size(b1, sizeof(b1), nf_stage_ctr(&s->st[i], "mem_bytes")));
             }
+        if (no_recall)
+            printf("(1) recall and precision are measured only in sparse (--sparsity > 0) or MoE "
+                   "mode:\n    an exact dense model runs every FFN group, so nothing is "
+                   "predicted\n");
     }
     fflush(stdout);
 }
 
 static void stats_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: nanoflowctl stats [--run-dir DIR] [--json] [--watch [SECS]]\n\n"
-            "Per-stage numbers of the stack: predictor (predictions/s, recall, precision,\n"
-            "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate,\n"
-            "bytes per token, queue depth), compute (prompt and decode tok/s, share of time\n"
-            "stalled on tiles), and memory held vs the budget. Rates are per busy second of the\n"
-            "stage; with --watch they cover the last interval.\n\n"
-            "      --run-dir DIR    run directory (default: as for 'up')\n"
-            "      --json           one JSON object (per refresh) instead of the table\n"
-            "      --watch [SECS]   refresh every SECS seconds (default: 2) until interrupted\n"
-            "  -h, --help           show this help\n");
+    fprintf(f, "usage: nanoflowctl stats [--run-dir DIR] [--json] [--watch [SECS]]\n\n"
+               "Per-stage numbers of the stack: predictor (predictions/s, recall, precision,\n"
+               "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate:\n"
+               "the share of the tiles compute used that needed no read, bytes per token, queue\n"
+               "depth), compute (prompt and decode tok/s, share of time stalled on tiles), and\n"
+               "memory held vs the budget. Rates are per busy second of the stage; with --watch\n"
+               "they cover the last interval.\n\n"
+               "      --run-dir DIR    run directory (default: as for 'up')\n"
+               "      --json           one JSON object (per refresh) instead of the table\n"
+               "      --watch [SECS]   refresh every SECS seconds (default: 2) until interrupted\n"
+               "  -h, --help           show this help\n");
 }
 
 int nf_cmd_stats(int argc, char **argv)

@@ -18,6 +18,7 @@
 #include "model.h"
 #include "nf_err.h"
 #include "nf_file.h"
+#include "nf_size.h"
 #include "nft.h"
 #include "stack.h"
 #include "stack_ctl.h"
@@ -39,7 +40,7 @@ static void up_usage(FILE *f)
             "  -t, --threads N      compute threads (default: 0 = one per CPU but one, at least\n"
             "                       1: the fetcher and predictor need a core)\n"
             "      --sparsity S     share of FFN groups skipped per token, 0..0.99; 0 = exact\n"
-            "                       (default: 0)\n"
+            "                       (default: 0); dense models only, refused for MoE\n"
             "  -c, --ctx N          context length, also --ctx-size, at most the model's trained\n"
             "                       context_length (default: that length, capped at 4096 and by\n"
             "                       the budget)\n"
@@ -619,8 +620,11 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
         if (nf_arg_is(a, "--model") || !strcmp(a, "-m")) {
             o->model = v;
         } else if (nf_arg_is(a, "--ram")) {
+            char why[256];
             if (nf_arg_size(cmd, a, v, &o->ram))
                 return 2;
+            if (nf_ram_check("--ram", o->ram, why, sizeof(why)) < 0)
+                return nf_usage_error(cmd, "%s", why);
         } else if (nf_arg_is(a, "--threads") || !strcmp(a, "-t")) {
             if (nf_arg_long(cmd, a, v, 0, 1024, &o->threads))
                 return 2;
@@ -649,19 +653,12 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
     return 0;
 }
 
-int nf_cmd_up(int argc, char **argv)
+/* Starts the stack described by o in the run directory dir (existing and checked). Returns 0,
+ * or 1 after printing why not. */
+static int up_in_dir(const struct up_opts *o, const char *dir)
 {
-    struct up_opts o = {0};
-    int rc = up_parse(argc, argv, &o);
-    if (rc)
-        return rc == 1 ? 0 : rc;
-    char dir[PATH_MAX], err[512];
-    if (nf_ctl_rundir("up", o.run_dir, dir, sizeof(dir)) < 0)
-        return 1;
-    if ((rc = nf_rundir_create(dir, err, sizeof(err))) < 0) {
-        fprintf(stderr, "nanoflowctl up: %s\n", err);
-        return 1;
-    }
+    char err[512];
+    int rc;
     for (int i = 0; i < NF_N_ROLES; i++) {
         int pid = nf_pidfile_read(dir, nf_stack_roles[i]);
         if (pid <= 0)
@@ -688,37 +685,55 @@ int nf_cmd_up(int argc, char **argv)
         break;
     }
     char nft[PATH_MAX];
-    if (resolve_model(o.model, nft, sizeof(nft)))
+    if (resolve_model(o->model, nft, sizeof(nft)))
         return 1;
     struct nf_nft *f = NULL;
     if ((rc = nf_nft_open(&f, nft, false, err, sizeof(err))) < 0) {
         fprintf(stderr, "nanoflowctl up: %s\n", err);
+        char src[PATH_MAX];
+        if (realpath(o->model, src) && strcmp(src, nft)) /* nft is our cache of a .gguf */
+            fprintf(stderr,
+                    "  %s is the cached conversion of %s and is damaged: delete it ('rm %s "
+                    "%s.src') and run up again, or re-convert it with 'nanoflowctl convert "
+                    "--force %s %s'\n",
+                    nft, src, nft, nft, src, nft);
         return 1;
     }
     /* -c past the trained length is refused, as `run -c` is (nf_gen_ctx_check). */
     struct nf_hparams hp;
     if ((rc = nf_model_hparams(&hp, nf_nft_gguf(f), err, sizeof(err))) < 0 ||
-        (rc = nf_gen_ctx_check(o.n_ctx, hp.n_ctx_train, err, sizeof(err))) < 0) {
+        (rc = nf_gen_ctx_check(o->n_ctx, hp.n_ctx_train, err, sizeof(err))) < 0) {
         fprintf(stderr, "nanoflowctl up: %s: %s\n", nft, err);
         nf_nft_close(f);
         return 1;
     }
+    /* Sparsity skips FFN neuron groups of dense layers; a MoE layer's work is chosen by its
+     * router, so the flag would silently do nothing there. */
+    if (hp.n_expert > 0 && o->sparsity > 0) {
+        fprintf(stderr,
+                "nanoflowctl up: --sparsity %g applies to dense models only: %s is a "
+                "mixture-of-experts model (%d experts, %d used per token); drop --sparsity\n",
+                (double)o->sparsity, nft, hp.n_expert, hp.n_expert_used);
+        nf_nft_close(f);
+        return 1;
+    }
     struct nf_stack_plan plan;
-    rc = nf_stack_plan(f, o.ram, (uint32_t)o.n_ctx, (uint32_t)o.threads, &plan, err, sizeof(err));
+    rc =
+        nf_stack_plan(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads, &plan, err, sizeof(err));
     nf_nft_close(f);
     char b1[32], b2[32], b3[32], b4[32];
     if (rc == -ENOSPC) {
         fprintf(stderr,
                 "nanoflowctl up: a RAM budget of %s is too small for %s: it needs at least %s "
                 "(%llu bytes; raise --ram)\n  %s\n",
-                nf_ctl_fmt_size(b1, sizeof(b1), o.ram), nft,
+                nf_ctl_fmt_size(b1, sizeof(b1), o->ram), nft,
                 nf_ctl_fmt_size(b2, sizeof(b2), plan.min_budget),
                 (unsigned long long)plan.min_budget, err);
         return 1;
     }
     if (rc < 0) {
         fprintf(stderr, "nanoflowctl up: planning %s under %s: %s\n", nft,
-                nf_ctl_fmt_size(b1, sizeof(b1), o.ram), err[0] ? err : nf_strerror(rc));
+                nf_ctl_fmt_size(b1, sizeof(b1), o->ram), err[0] ? err : nf_strerror(rc));
         return 1;
     }
     /* Every binary must exist before anything starts. */
@@ -738,13 +753,13 @@ int nf_cmd_up(int argc, char **argv)
     FILE *cf = fopen(conf, "w");
     if (cf) {
         fprintf(cf, "model=%s\nram=%llu\nthreads=%ld\nsparsity=%.6g\nctx=%ld\n", nft,
-                (unsigned long long)o.ram, o.threads, (double)o.sparsity, o.n_ctx);
+                (unsigned long long)o->ram, o->threads, (double)o->sparsity, o->n_ctx);
         fclose(cf);
     }
     pid_t children[NF_N_ROLES] = {0};
     int pids[NF_N_ROLES] = {0};
     for (int i = 0; i < NF_N_ROLES; i++) {
-        children[i] = spawn_daemon(bins[i], nf_stack_roles[i], dir, nft, &o);
+        children[i] = spawn_daemon(bins[i], nf_stack_roles[i], dir, nft, o);
         if (children[i] < 0) {
             fprintf(stderr, "nanoflowctl up: cannot start %s: %s\n", bins[i], strerror(errno));
             up_abort(dir, children, i);
@@ -769,12 +784,37 @@ int nf_cmd_up(int argc, char **argv)
             pd += (size_t)w;
     }
     printf("stack up in %s\n  model %s\n  budget %s: pool %s (%s), KV %s, n_ctx %u\n", dir, nft,
-           nf_ctl_fmt_size(b1, sizeof(b1), o.ram), nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes),
-           pool_desc, nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx);
+           nf_ctl_fmt_size(b1, sizeof(b1), o->ram),
+           nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes), pool_desc,
+           nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx);
     for (int i = 0; i < NF_N_ROLES; i++)
         printf("  %-9s pid %d  log %s/%s.log\n", nf_stack_roles[i], pids[i], dir,
                nf_stack_roles[i]);
     return 0;
+}
+
+int nf_cmd_up(int argc, char **argv)
+{
+    struct up_opts o = {0};
+    int rc = up_parse(argc, argv, &o);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+    char dir[PATH_MAX], err[512];
+    if (nf_ctl_rundir("up", o.run_dir, dir, sizeof(dir)) < 0)
+        return 1;
+    bool created = nf_rundir_check(dir, err, sizeof(err)) == -ENOENT;
+    if ((rc = nf_rundir_create(dir, err, sizeof(err))) < 0) {
+        fprintf(stderr, "nanoflowctl up: %s\n", err);
+        return 1;
+    }
+    rc = up_in_dir(&o, dir);
+    /* A failed up takes back the run directory it made. rmdir removes only an empty one: the
+     * logs of daemons that failed to start stay (their last lines were shown). */
+    if (rc && created) {
+        nf_ctl_cleanup_rundir(dir);
+        rmdir(dir);
+    }
+    return rc;
 }
 
 /* --- down ----------------------------------------------------------------------------------- */

@@ -101,3 +101,13 @@ double nf_snap_ratio(double num, double den)
 {
     return den > 0 ? num / den : NAN;
 }
+
+double nf_snap_hit_rate(const struct nf_stage_snap *f, const struct nf_stage_snap *c)
+{
+    double used = c->ok ? (double)nf_stage_ctr(c, "tiles_used") : 0,
+           loads = (double)nf_stage_ctr(f, "misses");
+    if (used <= 0) /* compute used nothing: the fetcher's own view, requests found ready */
+        return nf_snap_ratio((double)nf_stage_ctr(f, "hits"),
+                             (double)(nf_stage_ctr(f, "hits") + nf_stage_ctr(f, "misses")));
+    return loads >= used ? 0.0 : 1.0 - loads / used;
+}

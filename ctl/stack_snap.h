@@ -36,6 +36,13 @@ uint64_t nf_stage_ctr(const struct nf_stage_snap *s, const char *name);
 void nf_stack_snap_delta(struct nf_stack_snap *d, const struct nf_stack_snap *cur,
                          const struct nf_stack_snap *prev);
 
+/* The pool's hit rate: the share of the tiles compute used (stage c) that needed no read by the
+ * fetcher (stage f), 1 - loads started / tiles used, at least 0. A model fully resident reads
+ * nothing once loaded, so its hit rate tends to 100%; counting only the requests the fetcher
+ * sees would give 0%, since compute requests nothing it finds in the pool. With no tile used
+ * (or compute unavailable) it is the share of fetcher requests found ready, or NAN. */
+double nf_snap_hit_rate(const struct nf_stage_snap *f, const struct nf_stage_snap *c);
+
 /* num / den, or NAN when den is not positive (a rate not measured). */
 double nf_snap_ratio(double num, double den);
 

@@ -69,7 +69,7 @@ check "convert not a gguf" 1 "$BIN" convert "$T/s.nft" "$T/x.nft"
     { echo "FAIL leftovers: $(ls "$T")"; fails=$((fails + 1)); }
 check "verify missing file" 1 "$BIN" verify "$T/none.nft"
 check "verify a gguf" 1 "$BIN" verify "$MODELS/stories260K.gguf"
-expect "verify says bad magic" "$T/err" "bad magic"
+expect "verify says it is a GGUF" "$T/err" "this is a GGUF model, not a .nft tile file"
 check "inspect no args" 2 "$BIN" inspect
 check "verify --help" 0 "$BIN" verify --help
 

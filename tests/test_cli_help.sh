@@ -44,6 +44,7 @@ kind() {
     -m | --model | -p | --prompt | --run-dir | --name) K=str ;;
     -f | --file | --calibrate | --vocab-from) K=file ;;
     --watch) K=opt ;;
+    --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
         --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs) K=bool ;;
     *) K="" ;;

@@ -70,14 +70,19 @@ int nf_daemon_arg_size(const char *s, uint64_t *out)
 }
 
 /* Parses the value of shared flag c into a: 0 or -EINVAL. */
-static int parse_shared(int c, const char *v, struct nf_daemon_args *a)
+static int parse_shared(const char *role, int c, const char *v, struct nf_daemon_args *a)
 {
+    char why[256];
     long n;
     int rc = 0;
     switch (c) {
     case ARG_RUN_DIR: a->run_dir = v; break;
     case ARG_MODEL: a->model = v; break;
-    case ARG_RAM: rc = nf_daemon_arg_size(v, &a->ram); break;
+    case ARG_RAM:
+        if ((rc = nf_daemon_arg_size(v, &a->ram)) == 0 &&
+            (rc = nf_ram_check("--ram", a->ram, why, sizeof(why))) < 0)
+            fprintf(stderr, "nanoflow-%s: %s\n", role, why);
+        break;
     case 't':
         if ((rc = nf_daemon_arg_long(v, 0, 1024, &n)) == 0)
             a->threads = (int)n;
@@ -141,7 +146,9 @@ int nf_daemon_args_parse(int argc, char **argv, const struct nf_daemon_argspec *
                         k, role);
             return 2;
         }
-        rc = c >= NF_ARG_OWN ? spec->parse(c, optarg, spec->ud) : parse_shared(c, optarg, a);
+        rc = c >= NF_ARG_OWN ? spec->parse(c, optarg, spec->ud) : parse_shared(role, c, optarg, a);
+        if (rc == -ERANGE) /* already said why (parse_shared's --ram bound) */
+            return 2;
         if (rc < 0) {
             /* The flag as given: "--name" (also from "--name=value"), or "-t". */
             char name[40];
