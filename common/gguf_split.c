@@ -58,6 +58,15 @@ static int check_part(const struct nf_gguf *g, const struct nf_gguf *s, uint32_t
     if (no != i)
         return nf_errf(err, errlen, NF_ECORRUPT, "%s: split.no is %u, expected %u (part %u of %u)",
                        s->path, no, i, i + 1, count);
+    /* Every part carries its model's tensor total: a part of another model rarely agrees. */
+    int64_t t0 = -1, t = -1;
+    nf_gguf_get_i64(g, "split.tensors.count", &t0);
+    nf_gguf_get_i64(s, "split.tensors.count", &t);
+    if (t != t0)
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "%s: split.tensors.count is %" PRId64 ", but the first part %s says %" PRId64
+                       " (a part of another model?)",
+                       s->path, t, g->path, t0);
     const char *a0 = arch_of(g), *a = arch_of(s);
     if (*a && strcmp(a, a0))
         return nf_errf(err, errlen, NF_ECORRUPT,
