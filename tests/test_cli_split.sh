@@ -136,3 +136,87 @@ check "verify the split model's .nft" $?
 "$NF_BIN" run -m "$T/s.nft" -p "Lily" --temp 0 -n 32 -t 1 >"$T/n.txt" 2>/dev/null &&
     cmp -s "$T/w.txt" "$T/n.txt"
 check "run on the .nft equals run on the whole file" $?
+
+# 3. inspect names the parts.
+"$NF_BIN" inspect "$S" >"$T/out" 2>&1 &&
+    grep -q "48 tensors in 3 parts" "$T/out" &&
+    grep -q "part 2  $T/s-00002-of-00003.gguf  [0-9]* bytes, 20 tensors" "$T/out" &&
+    grep -q "part 3  $T/s-00003-of-00003.gguf  [0-9]* bytes, 8 tensors" "$T/out"
+check "inspect lists the three parts" $?
+
+# 4. up on the first file, gen through the stack: the text run gives on the whole file.
+if (need_daemons >/dev/null); then
+    "$NF_BIN" up -m "$S" --ram 256M -t 1 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
+    rc=$?
+    check "up on the split model" $rc
+    [ $rc -eq 0 ] || cat "$T/up.err"
+    "$NF_BIN" gen --run-dir "$R" -p "Lily" --temp 0 -n 32 >"$T/g.txt" 2>"$T/g.err" &&
+        cmp -s "$T/w.txt" "$T/g.txt"
+    check "gen on the split model equals run on the whole file" $?
+    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
+else
+    echo "note: the daemons are not built; up/gen not tried"
+fi
+
+# 5. Refusals: one line naming the part and what is wrong, exit 1, for run, convert and inspect.
+# refused DIR PATTERN WHAT: every command given DIR/s-00001-of-00003.gguf fails with PATTERN.
+refused() {
+    local c st
+    for c in run convert inspect; do
+        case $c in
+        run) "$NF_BIN" run -m "$1/s-00001-of-00003.gguf" -n 2 >/dev/null 2>"$T/err" ;;
+        convert) "$NF_BIN" convert "$1/s-00001-of-00003.gguf" "$T/x.nft" >/dev/null 2>"$T/err" ;;
+        inspect) "$NF_BIN" inspect "$1/s-00001-of-00003.gguf" >/dev/null 2>"$T/err" ;;
+        esac
+        st=$?
+        [ $st -eq 1 ] && one_line "$T/err" && grep -q -- "$2" "$T/err"
+        st=$?
+        check "$c refuses $3" $st
+        [ $st -eq 0 ] || cat "$T/err"
+    done
+    [ ! -e "$T/x.nft" ]
+    check "no .nft written for $3" $?
+}
+mkdir "$T/miss" "$T/other" "$T/count" "$T/count1"
+cp "$T/s-00001-of-00003.gguf" "$T/s-00003-of-00003.gguf" "$T/miss/"
+refused "$T/miss" "part 2 of 3 of .*s-00002-of-00003.gguf: cannot open: No such file" \
+    "a missing part"
+
+# A part of another model: zoo-Q4_0 (39 tensors) split in three, its second part put in place.
+if [ -f "$MD/zoo-Q4_0.gguf" ]; then
+    split "$MD/zoo-Q4_0.gguf" "$T/other/z" 14
+    cp "$T/s-00001-of-00003.gguf" "$T/s-00003-of-00003.gguf" "$T/other/"
+    cp "$T/other/z-00002-of-00003.gguf" "$T/other/s-00002-of-00003.gguf"
+    refused "$T/other" "s-00002-of-00003.gguf: split.tensors.count is 39, but the first part .* says 48" \
+        "a part of another model"
+else
+    echo "note: $MD/zoo-Q4_0.gguf missing, no part of another model tried"
+fi
+
+# set_count FILE N: rewrites FILE's split.count (u16 3) to N in place.
+set_count() {
+    python3 - "$1" "$2" <<'PY'
+import struct, sys
+b = bytearray(open(sys.argv[1], 'rb').read())
+k = b'split.count'
+i = b.index(struct.pack('<Q', len(k)) + k) + 8 + len(k)
+assert struct.unpack_from('<IH', b, i) == (2, 3)
+struct.pack_into('<H', b, i + 4, int(sys.argv[2]))
+open(sys.argv[1], 'wb').write(b)
+PY
+}
+cp "$T"/s-0000?-of-00003.gguf "$T/count/"
+set_count "$T/count/s-00002-of-00003.gguf" 4
+refused "$T/count" "s-00002-of-00003.gguf: split.count is 4, but the first part .* says 3" \
+    "a part with a wrong split.count"
+cp "$T"/s-0000?-of-00003.gguf "$T/count1/"
+set_count "$T/count1/s-00001-of-00003.gguf" 4
+refused "$T/count1" "split.count is 4, so the name should end in '-00001-of-00004.gguf'" \
+    "a first part with a wrong split.count"
+
+# Not the first part: named as such.
+"$NF_BIN" run -m "$T/s-00002-of-00003.gguf" -n 2 >/dev/null 2>"$T/err"
+[ $? -eq 1 ] && one_line "$T/err" && grep -q "this is part 2 of 3 of a split model; give the first part" "$T/err"
+check "run refuses a later part given first" $?
+
+exit $fail
