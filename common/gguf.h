@@ -123,7 +123,8 @@ struct nf_gguf {
  * [a, b) lies outside the file (size c)"). On success *out owns the open file. */
 int nf_gguf_open(struct nf_gguf **out, const char *path, char *err, size_t errlen);
 
-/* Same, on a file descriptor already open (the reader dups it; the caller keeps fd). */
+/* Same, on a file descriptor already open (the reader dups it; the caller keeps fd). Split parts
+ * are found by name, so here a split model's first file opens alone (its own tensors only). */
 int nf_gguf_open_fd(struct nf_gguf **out, int fd, const char *name, char *err, size_t errlen);
 
 /* Parses an in-memory image (used by the fuzzer); tensor reads are then served from `data`,
