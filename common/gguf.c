@@ -156,6 +156,11 @@ void nf_gguf_close(struct nf_gguf *g)
     struct gguf_impl *im = (struct gguf_impl *)g;
     if (g->fd >= 0)
         close(g->fd);
+    if (im->sub)
+        for (uint32_t i = 1; i < g->n_parts; i++)
+            nf_gguf_close(im->sub[i]);
+    free(im->sub);
+    free(g->parts);
     free(g->kv);
     free(g->tensors);
     free(im->kv_index.slot);
@@ -689,8 +694,10 @@ static int open_common(struct nf_gguf **out, int fd, const uint8_t *mem, uint64_
     p.g = calloc(1, sizeof(*p.g));
     if (!mem)
         p.buf = malloc(GGUF_BUF_SIZE);
-    if (!p.g || (!mem && !p.buf)) {
+    struct nf_gguf_part *part = calloc(1, sizeof(*part));
+    if (!p.g || !part || (!mem && !p.buf)) {
         free(p.g);
+        free(part);
         free(p.buf);
         if (fd >= 0)
             close(fd);
@@ -700,6 +707,10 @@ static int open_common(struct nf_gguf **out, int fd, const uint8_t *mem, uint64_
     g->fd = fd;
     g->file_size = size;
     snprintf(g->path, sizeof(g->path), "%s", name);
+    *part = (struct nf_gguf_part){.fd = fd, .base = 0, .size = size};
+    snprintf(part->path, sizeof(part->path), "%s", name);
+    g->parts = part;
+    g->n_parts = 1;
     p.g->mem = mem;
     int rc = parse(&p);
     free(p.buf);
@@ -727,7 +738,7 @@ static int open_owned_fd(struct nf_gguf **out, int fd, const char *name, char *e
     return open_common(out, fd, NULL, (uint64_t)st.st_size, name, err, errlen, false);
 }
 
-int nf_gguf_open(struct nf_gguf **out, const char *path, char *err, size_t errlen)
+int nf__gguf_open_one(struct nf_gguf **out, const char *path, char *err, size_t errlen)
 {
     if (!out || !path)
         return NF_EUSAGE;
@@ -739,6 +750,16 @@ int nf_gguf_open(struct nf_gguf **out, const char *path, char *err, size_t errle
         return nf_errf_at(p.err, p.errlen, rc, p.name, "cannot open: %s", strerror(-rc));
     }
     return open_owned_fd(out, fd, path, err, errlen);
+}
+
+int nf_gguf_open(struct nf_gguf **out, const char *path, char *err, size_t errlen)
+{
+    int rc = nf__gguf_open_one(out, path, err, errlen);
+    if (rc == 0 && (rc = nf__gguf_split_join(*out, err, errlen))) {
+        nf_gguf_close(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int nf_gguf_open_fd(struct nf_gguf **out, int fd, const char *name, char *err, size_t errlen)

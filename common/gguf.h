@@ -11,7 +11,15 @@
  *
  * nf_gguf_open() parses sections 1-4 into memory and validates everything (counts and lengths
  * against the file size, types, dimension products, data ranges inside the file and not
- * overlapping). Tensor data is never loaded: callers pread it with nf_gguf_read_tensor(). */
+ * overlapping). Tensor data is never loaded: callers pread it with nf_gguf_read_tensor().
+ *
+ * Split models (llama.cpp's gguf-split: NAME-00001-of-0000N.gguf ... NAME-0000N-of-0000N.gguf,
+ * each a whole GGUF file with u16 `split.no` (0-based) and `split.count`, the first with all the
+ * metadata and i32 `split.tensors.count`) are opened by their first file: nf_gguf_open() opens
+ * every part and presents one tensor table. Offsets then live in one address space: part i's
+ * bytes sit at [parts[i].base, parts[i].base + parts[i].size), the bases page-aligned with at
+ * least NF_GGUF_PART_GAP bytes between parts, so mapping each part at its base gives one image. A
+ * single file is the 1-part case (parts[0].base 0). */
 #ifndef NF_GGUF_H
 #define NF_GGUF_H
 
@@ -76,15 +84,27 @@ struct nf_gguf_tensor {
     uint32_t n_dims;
     int64_t ne[NF_GGUF_MAX_DIMS]; /* ne[0] is the row length; unused dims are 1 */
     enum nf_type type;
-    uint64_t offset; /* absolute offset in the file */
+    uint64_t offset; /* absolute offset: in the file, or in the parts' address space */
     uint64_t size;   /* bytes of data */
     int64_t n_elements;
+    uint32_t part; /* index into nf_gguf.parts of the file holding the data */
+};
+
+/* Bytes kept free between the parts of a split model in the offset space (page-aligned). */
+#define NF_GGUF_PART_GAP 65536
+
+/* One file of a (possibly split) model. */
+struct nf_gguf_part {
+    int fd;        /* owned by the reader; -1 for an in-memory image */
+    uint64_t base; /* where the file's byte 0 lies in the offset space */
+    uint64_t size; /* the file's size */
+    char path[256];
 };
 
 struct nf_gguf {
     int fd;
     uint32_t version;
-    uint64_t file_size;
+    uint64_t file_size; /* end of the offset space: the file size when not split */
     uint64_t alignment;
     uint64_t data_offset; /* absolute offset of the tensor data section */
     uint64_t n_kv;
@@ -92,14 +112,19 @@ struct nf_gguf {
     uint64_t n_tensors;
     struct nf_gguf_tensor *tensors;
     char path[256];
+    uint32_t n_parts;           /* 1 unless split */
+    struct nf_gguf_part *parts; /* (n_parts) */
 };
 
-/* Opens and validates path. On failure returns a negative code and, if err is not NULL, writes
+/* Opens and validates path; a split model's first file brings in every part (which must all be
+ * present, numbered and counted as the first says, of the same architecture, with distinct tensor
+ * names). On failure returns a negative code and, if err is not NULL, writes
  * one line naming the file and the problem (e.g. "x.gguf: tensor 'blk.0.attn_q.weight': data
  * [a, b) lies outside the file (size c)"). On success *out owns the open file. */
 int nf_gguf_open(struct nf_gguf **out, const char *path, char *err, size_t errlen);
 
-/* Same, on a file descriptor already open (the reader dups it; the caller keeps fd). */
+/* Same, on a file descriptor already open (the reader dups it; the caller keeps fd). Split parts
+ * are found by name, so here a split model's first file opens alone (its own tensors only). */
 int nf_gguf_open_fd(struct nf_gguf **out, int fd, const char *name, char *err, size_t errlen);
 
 /* Parses an in-memory image (used by the fuzzer); tensor reads are then served from `data`,
@@ -134,8 +159,8 @@ int nf_gguf_get_arr(const struct nf_gguf *g, const char *key, enum nf_gguf_vtype
 /* Tensor lookup by name (hash table, O(1)), or NULL. */
 const struct nf_gguf_tensor *nf_gguf_find_tensor(const struct nf_gguf *g, const char *name);
 
-/* Reads len bytes at absolute file offset off into buf; 0 or a negative code (a short read at
- * the end of the file is NF_ETRUNCATED). */
+/* Reads len bytes at absolute offset off into buf; 0 or a negative code (a short read at the end
+ * of the file, or a range that is not inside one part, is NF_ETRUNCATED). */
 int nf_gguf_pread(const struct nf_gguf *g, void *buf, size_t len, uint64_t off);
 
 /* Reads all of t's data into buf (bufsize >= t->size). */

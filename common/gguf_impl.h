@@ -33,6 +33,14 @@ struct gguf_impl {
     struct gguf_chunk *arena;
     struct gguf_htab kv_index;
     struct gguf_htab tensor_index;
+    struct nf_gguf **sub; /* (n_parts) parts 1.. of a split model, owned; sub[0] is NULL */
 };
+
+/* Opens one GGUF file as nf_gguf_open() does, but never follows split.* keys. */
+int nf__gguf_open_one(struct nf_gguf **out, const char *path, char *err, size_t errlen);
+
+/* Called on a freshly opened first file: when its split.count says the model has more parts,
+ * opens and checks them and merges their tensors into g. 0, or a negative code with err set. */
+int nf__gguf_split_join(struct nf_gguf *g, char *err, size_t errlen);
 
 #endif

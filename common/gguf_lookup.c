@@ -105,7 +105,22 @@ int nf_gguf_pread(const struct nf_gguf *g, void *buf, size_t len, uint64_t off)
             memcpy(buf, im->mem + off, len);
         return 0;
     }
-    return nf__gguf_pread_full(g->fd, buf, len, off);
+    if (g->n_parts <= 1)
+        return nf__gguf_pread_full(g->fd, buf, len, off);
+    /* Split: the range must lie inside one part (parts are in base order). */
+    uint32_t lo = 0, hi = g->n_parts;
+    while (hi - lo > 1) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (g->parts[mid].base <= off)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    const struct nf_gguf_part *pt = &g->parts[lo];
+    uint64_t rel = off - pt->base;
+    if (rel > pt->size || len > pt->size - rel)
+        return NF_ETRUNCATED;
+    return nf__gguf_pread_full(pt->fd, buf, len, rel);
 }
 
 int nf_gguf_read_tensor(const struct nf_gguf *g, const struct nf_gguf_tensor *t, void *buf,

@@ -412,7 +412,8 @@ int nf_model_hparams(struct nf_hparams *hp, struct nf_gguf *g, char *err, size_t
  * tensor's end never fault at the end of the file. */
 #define NF_MAP_TAIL 65536
 
-/* Maps m's GGUF read-only: an anonymous reservation with the file mapped over its start. */
+/* Maps m's GGUF read-only: an anonymous reservation with each file (each part of a split model)
+ * mapped over it at its base in the reader's offset space; the gaps between parts stay zero. */
 static int nf_model_map(struct nf_model *m, char *err, size_t errlen)
 {
     const struct nf_gguf *g = m->gguf;
@@ -421,11 +422,14 @@ static int nf_model_map(struct nf_model *m, char *err, size_t errlen)
     if (base == MAP_FAILED)
         return nf_errf(err, errlen, -errno, "%s: reserving %zu bytes of address space: %s", g->path,
                        len, strerror(errno));
-    if (g->file_size && mmap(base, (size_t)g->file_size, PROT_READ, MAP_SHARED | MAP_FIXED, g->fd,
-                             0) == MAP_FAILED) {
-        int e = errno;
-        munmap(base, len);
-        return nf_errf(err, errlen, -e, "%s: mmap: %s", g->path, strerror(e));
+    for (uint32_t i = 0; i < g->n_parts; i++) {
+        const struct nf_gguf_part *p = &g->parts[i];
+        if (p->size && mmap((char *)base + p->base, (size_t)p->size, PROT_READ,
+                            MAP_SHARED | MAP_FIXED, p->fd, 0) == MAP_FAILED) {
+            int e = errno;
+            munmap(base, len);
+            return nf_errf(err, errlen, -e, "%s: mmap: %s", p->path, strerror(e));
+        }
     }
     m->map = base;
     m->map_len = len;

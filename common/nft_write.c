@@ -575,7 +575,8 @@ static void drop_caches(struct conv *c)
 {
     fdatasync(c->fd);
     posix_fadvise(c->fd, 0, 0, POSIX_FADV_DONTNEED);
-    posix_fadvise(c->g->fd, 0, 0, POSIX_FADV_DONTNEED);
+    for (uint32_t i = 0; i < c->g->n_parts; i++) /* every file of a split source */
+        posix_fadvise(c->g->parts[i].fd, 0, 0, POSIX_FADV_DONTNEED);
 }
 
 static int write_tiles(struct conv *c)

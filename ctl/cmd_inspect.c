@@ -21,6 +21,8 @@ static void usage(FILE *f)
            "at 0%%, 50%%, 80%% and 90%% FFN sparsity (disk bytes, tiles padded to 4096; FFN tiles\n"
            "taken in proportion, MoE experts in the proportion used per token).\n\n"
            "A GGUF model is described instead: architecture, tensors per type and bytes.\n\n"
+           "A split GGUF model (NAME-00001-of-0000N.gguf, its first file) is opened with all\n"
+           "its parts, which are listed with their sizes and tensor counts.\n\n"
            "  --json       print one JSON object instead\n"
            "  --help, -h   show this help\n");
 }
@@ -212,6 +214,47 @@ static int inspect_gguf(const char *path, bool json)
     return 0;
 }
 
+/* Lists the parts of the split GGUF model whose first file is path: 0, or 1 with a message. */
+static int inspect_split(const char *path, bool json)
+{
+    struct nf_gguf *g;
+    char err[512];
+    if (nf_gguf_open(&g, path, err, sizeof(err))) {
+        fprintf(stderr, "nanoflowctl inspect: %s\n", err);
+        return 1;
+    }
+    const char *arch = "?";
+    nf_gguf_get_str(g, "general.architecture", &arch);
+    if (json) {
+        printf("{\"file\":");
+        nf_json_str(stdout, (const unsigned char *)path, strlen(path));
+        printf(",\"format\":\"gguf\",\"arch\":");
+        nf_json_str(stdout, (const unsigned char *)arch, strlen(arch));
+        printf(",\"tensors\":%" PRIu64 ",\"parts\":[", g->n_tensors);
+    } else {
+        printf("%s: GGUF v%u, %s, %" PRIu64 " tensors in %u parts\n", path, g->version, arch,
+               g->n_tensors, g->n_parts);
+    }
+    for (uint32_t i = 0; i < g->n_parts; i++) {
+        const struct nf_gguf_part *p = &g->parts[i];
+        uint64_t n = 0;
+        for (uint64_t j = 0; j < g->n_tensors; j++)
+            n += g->tensors[j].part == i;
+        if (json) {
+            printf("%s{\"path\":", i ? "," : "");
+            nf_json_str(stdout, (const unsigned char *)p->path, strlen(p->path));
+            printf(",\"bytes\":%" PRIu64 ",\"tensors\":%" PRIu64 "}", p->size, n);
+        } else {
+            printf("  part %u  %s  %" PRIu64 " bytes, %" PRIu64 " tensors\n", i + 1, p->path,
+                   p->size, n);
+        }
+    }
+    if (json)
+        printf("]}\n");
+    nf_gguf_close(g);
+    return 0;
+}
+
 int nf_cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL;
@@ -232,6 +275,8 @@ int nf_cmd_inspect(int argc, char **argv)
     }
     if (!path)
         return nf_usage_error(cmd, "needs FILE.nft");
+    if (strstr(path, "-00001-of-") && strlen(path) > 5 && !strcmp(path + strlen(path) - 5, ".gguf"))
+        return inspect_split(path, json);
     struct nf_nft *f;
     char err[512];
     int rc = nf_nft_open(&f, path, false, err, sizeof(err));

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "gguf.h"
+#include "gguf_write.h"
 #include "nf_err.h"
 
 static char tmpdir[256];
@@ -984,6 +985,159 @@ static void test_quantized_models(void **state)
         skip();
 }
 
+/* --- split models (llama.cpp gguf-split layout) --- */
+
+/* How write_split departs from what llama-gguf-split writes, to make broken sets. */
+struct split_fault {
+    uint32_t bad_no_part; /* this part (>0) says split.no one too high; 0 = none */
+    uint32_t arch_part;   /* this part (>0) names general.architecture "qwen2"; 0 = none */
+    bool dup_name;        /* part 2's first tensor takes part 1's first tensor's name */
+    int64_t total_delta;  /* added to every part's split.tensors.count */
+};
+
+/* Writes src as PREFIX-0000i-of-0000N.gguf, per tensors a part in order, all metadata in part 1
+ * and split.no (u16), split.count (u16), split.tensors.count (i32) in each; returns N. */
+static uint32_t write_split(const struct nf_gguf *src, const char *prefix, uint64_t per,
+                            const struct split_fault *f)
+{
+    uint32_t n = (uint32_t)((src->n_tensors + per - 1) / per);
+    for (uint32_t i = 0; i < n; i++) {
+        struct nf_gguf_writer *w;
+        assert_int_equal(nf_gguf_writer_init(&w), 0);
+        if (i == 0)
+            for (uint64_t k = 0; k < src->n_kv; k++)
+                assert_int_equal(nf_gguf_writer_add_value(w, src->kv[k].key.s, &src->kv[k].value),
+                                 0);
+        if (i > 0 && i == f->arch_part)
+            assert_int_equal(nf_gguf_writer_add_str(w, "general.architecture", "qwen2"), 0);
+        uint16_t no = (uint16_t)(i + (i > 0 && i == f->bad_no_part));
+        assert_int_equal(nf_gguf_writer_add_u16(w, "split.no", no), 0);
+        assert_int_equal(nf_gguf_writer_add_u16(w, "split.count", (uint16_t)n), 0);
+        assert_int_equal(
+            nf_gguf_writer_add_i32(w, "split.tensors.count",
+                                   (int32_t)((int64_t)src->n_tensors + f->total_delta)),
+            0);
+        uint64_t lo = i * per, hi = lo + per < src->n_tensors ? lo + per : src->n_tensors;
+        for (uint64_t j = lo; j < hi; j++) {
+            const struct nf_gguf_tensor *t = &src->tensors[j];
+            const char *name =
+                (f->dup_name && i == 1 && j == lo) ? src->tensors[0].name.s : t->name.s;
+            assert_int_equal(nf_gguf_writer_add_tensor(w, name, t->n_dims, t->ne, t->type, NULL),
+                             0);
+        }
+        char path[512];
+        snprintf(path, sizeof(path), "%s-%05u-of-%05u.gguf", prefix, i + 1, n);
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        assert_true(fd >= 0);
+        assert_int_equal(nf_gguf_writer_write_header(w, fd), 0);
+        for (uint64_t j = lo; j < hi; j++) {
+            const struct nf_gguf_tensor *t = &src->tensors[j];
+            void *buf = malloc(t->size);
+            assert_non_null(buf);
+            assert_int_equal(nf_gguf_read_tensor(src, t, buf, t->size), 0);
+            assert_int_equal(
+                pwrite(fd, buf, t->size, (off_t)nf_gguf_writer_tensor_offset(w, j - lo)),
+                (ssize_t)t->size);
+            free(buf);
+        }
+        close(fd);
+        nf_gguf_writer_free(w);
+    }
+    return n;
+}
+
+/* A split stories260K opens as one table: every tensor's part, shape and bytes as in the whole
+ * file; reads are confined to one part. */
+static void test_split(void **state)
+{
+    (void)state;
+    char path[512], prefix[300], first[512], err[512];
+    struct nf_gguf *w = NULL, *g = NULL;
+    model_path(path, sizeof(path), "models", "stories260K.gguf");
+    if (nf_gguf_open(&w, path, err, sizeof(err)))
+        skip();
+    snprintf(prefix, sizeof(prefix), "%s/split", tmpdir);
+    const struct split_fault none = {0};
+    assert_int_equal(write_split(w, prefix, 20, &none), 3);
+    snprintf(first, sizeof(first), "%s-00001-of-00003.gguf", prefix);
+    assert_int_equal(nf_gguf_open(&g, first, err, sizeof(err)), 0);
+    assert_int_equal(g->n_parts, 3);
+    assert_int_equal(g->n_tensors, w->n_tensors);
+    uint8_t *a = malloc(1 << 20), *b = malloc(1 << 20);
+    assert_non_null(a);
+    assert_non_null(b);
+    for (uint64_t i = 0; i < w->n_tensors; i++) {
+        const struct nf_gguf_tensor *tw = &w->tensors[i];
+        const struct nf_gguf_tensor *t = nf_gguf_find_tensor(g, tw->name.s);
+        assert_non_null(t);
+        assert_int_equal(t->part, i / 20);
+        assert_int_equal(t->type, tw->type);
+        assert_memory_equal(t->ne, tw->ne, sizeof(t->ne));
+        const struct nf_gguf_part *p = &g->parts[t->part];
+        assert_true(t->offset >= p->base && t->offset + t->size <= p->base + p->size);
+        assert_true(tw->size <= (1 << 20));
+        assert_int_equal(nf_gguf_read_tensor(g, t, a, 1 << 20), 0);
+        assert_int_equal(nf_gguf_read_tensor(w, tw, b, 1 << 20), 0);
+        assert_memory_equal(a, b, t->size);
+    }
+    for (uint32_t i = 1; i < 3; i++) {
+        const struct nf_gguf_part *p = &g->parts[i], *q = &g->parts[i - 1];
+        assert_int_equal(p->base % NF_GGUF_PART_GAP, 0);
+        assert_true(p->base >= q->base + q->size + NF_GGUF_PART_GAP);
+        /* Across the end of a part, and inside the gap: refused. */
+        assert_int_equal(nf_gguf_pread(g, a, 2, q->base + q->size - 1), NF_ETRUNCATED);
+        assert_int_equal(nf_gguf_pread(g, a, 1, q->base + q->size), NF_ETRUNCATED);
+    }
+    assert_int_equal(g->file_size, g->parts[2].base + g->parts[2].size);
+    free(a);
+    free(b);
+    nf_gguf_close(g);
+    nf_gguf_close(w);
+}
+
+/* Broken sets are refused with one line naming the part at fault and what is wrong. */
+static void test_split_refused(void **state)
+{
+    (void)state;
+    static const struct {
+        struct split_fault f;
+        const char *bad, *needle;
+    } cases[] = {
+        {{.bad_no_part = 1}, "00002-of-00003", "split.no is 2, expected 1"},
+        {{.arch_part = 1}, "00002-of-00003", "general.architecture is 'qwen2'"},
+        {{.dup_name = true}, "00002-of-00003", "is also in"},
+        {{.total_delta = 1},
+         "00001-of-00003",
+         "split.tensors.count is 49, but the 3 parts hold 48"},
+    };
+    char path[512], prefix[300], first[512], err[512], name[600];
+    struct nf_gguf *w = NULL, *g = NULL;
+    model_path(path, sizeof(path), "models", "stories260K.gguf");
+    if (nf_gguf_open(&w, path, err, sizeof(err)))
+        skip();
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(prefix, sizeof(prefix), "%s/bad%zu", tmpdir, i);
+        assert_int_equal(write_split(w, prefix, 20, &cases[i].f), 3);
+        snprintf(first, sizeof(first), "%s-00001-of-00003.gguf", prefix);
+        assert_true(nf_gguf_open(&g, first, err, sizeof(err)) < 0);
+        assert_null(g);
+        snprintf(name, sizeof(name), "%s-%s.gguf", prefix, cases[i].bad);
+        check_msg(err, name, cases[i].needle);
+    }
+    /* A missing part: named by number and path. */
+    snprintf(name, sizeof(name), "%s/bad0-00002-of-00003.gguf", tmpdir);
+    assert_int_equal(unlink(name), 0);
+    snprintf(first, sizeof(first), "%s/bad0-00001-of-00003.gguf", tmpdir);
+    assert_int_equal(nf_gguf_open(&g, first, err, sizeof(err)), -ENOENT);
+    assert_non_null(strstr(err, "part 2 of 3 of "));
+    assert_non_null(strstr(err, name));
+    /* A later part given as the model. */
+    snprintf(name, sizeof(name), "%s/bad0-00003-of-00003.gguf", tmpdir);
+    assert_int_equal(nf_gguf_open(&g, name, err, sizeof(err)), NF_EUSAGE);
+    check_msg(err, name, "this is part 3 of 3 of a split model; give the first part");
+    nf_gguf_close(w);
+}
+
 static int setup(void **state)
 {
     const char *base = getenv("TMPDIR");
@@ -1016,6 +1170,7 @@ int main(void)
         cmocka_unit_test(test_mutations),      cmocka_unit_test(test_type_sizes),
         cmocka_unit_test(test_not_a_file),     cmocka_unit_test(test_all_shared_files),
         cmocka_unit_test(test_stories260k),    cmocka_unit_test(test_quantized_models),
+        cmocka_unit_test(test_split),          cmocka_unit_test(test_split_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
