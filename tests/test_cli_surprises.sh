@@ -231,5 +231,27 @@ else
     STACK=
 fi
 
+# --- item 12: the help names the default run directory a root user really gets ---------------
+# Every command and daemon that takes --run-dir resolves it with nf_rundir_default: /run/nanoflow
+# for root without NANOFLOW_RUN_DIR or XDG_RUNTIME_DIR (the help once said /tmp/nanoflow-UID).
+h=$("$NF_BIN" up --help 2>&1 | tr -s ' \n' ' ')
+case "$h" in
+*"/run/nanoflow for root"*) rc=0 ;;
+*) rc=1 ;;
+esac
+ok "up --help names /run/nanoflow for root" $rc
+for c in gen stats status down; do # the others refer to up's rule
+    "$NF_BIN" "$c" --help 2>&1 | grep -q -- "--run-dir DIR.*as for 'up'"
+    ok "$c --help takes the run directory as up does" $?
+done
+if [ "$(id -u)" = 0 ] && [ -d /run ]; then
+    out=$(env -u NANOFLOW_RUN_DIR -u XDG_RUNTIME_DIR "$NF_BIN" status 2>&1)
+    case "$out" in
+    *"/run/nanoflow"*) rc=0 ;;
+    *) rc=1 ;;
+    esac
+    ok "status as root looks in /run/nanoflow ($out)" $rc
+fi
+
 [ $fail -eq 0 ] && echo "all passed"
 exit $fail
