@@ -13,6 +13,29 @@ check() {
     fi
 }
 
+# expect NAME WANT_RC PATTERN CMD...: runs CMD (stdin from /dev/null; under `timeout
+# $EXPECT_TIMEOUT` when that is set), checks its exit code and that its stderr contains PATTERN
+# (none when empty); CMD's stdout and stderr are left in $T/out and $T/err.
+expect() {
+    local name=$1 want=$2 pat=$3
+    shift 3
+    if [ -n "${EXPECT_TIMEOUT:-}" ]; then
+        timeout "$EXPECT_TIMEOUT" "$@" >"$T/out" 2>"$T/err" </dev/null
+    else
+        "$@" >"$T/out" 2>"$T/err" </dev/null
+    fi
+    local rc=$?
+    if [ "$rc" -ne "$want" ]; then
+        echo "FAIL: $name (rc $rc, want $want): $(head -c 400 "$T/err")"
+        fail=1
+    elif [ -n "$pat" ] && ! grep -q -- "$pat" "$T/err"; then
+        echo "FAIL: $name: stderr lacks '$pat': $(head -c 400 "$T/err")"
+        fail=1
+    else
+        echo "ok: $name (rc $rc): $(head -n 1 "$T/err")"
+    fi
+}
+
 # need_daemons: skips the test (exit 77) unless the three stack daemons are where `up` looks for
 # them: beside $NF_BIN, in its ../daemons (the build tree), or on PATH.
 need_daemons() {

@@ -3,6 +3,7 @@
 # no stack -> a clear message and exit 1, bad flags -> exit 2, a budget below the plan's minimum
 # -> refused naming the minimum, a live pid -> "already running"; nothing is left behind.
 set -u
+. "$(dirname "$0")/lib.sh" # expect
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 M0="$NF_SHARED_DIR/models/stories260K.gguf"
@@ -20,22 +21,6 @@ trap cleanup EXIT
 export XDG_CACHE_HOME="$T/cache" NANOFLOW_RUN_DIR="$T/default-run"
 R="$T/run"
 fail=0
-# expect NAME WANT_RC PATTERN CMD...: runs CMD, checks its exit code and that stderr matches.
-expect() {
-    local name=$1 want=$2 pat=$3
-    shift 3
-    "$@" >"$T/out" 2>"$T/err"
-    local rc=$?
-    if [ "$rc" -ne "$want" ]; then
-        echo "FAIL: $name (rc $rc, want $want): $(head -c 300 "$T/err")"
-        fail=1
-    elif [ -n "$pat" ] && ! grep -q -- "$pat" "$T/err"; then
-        echo "FAIL: $name: stderr lacks '$pat': $(head -c 300 "$T/err")"
-        fail=1
-    else
-        echo "ok: $name (rc $rc)"
-    fi
-}
 
 # 1. No stack running: every client command says so and exits 1.
 expect "down without a stack" 1 "no stack running in $R" "$NF_BIN" down --run-dir "$R"

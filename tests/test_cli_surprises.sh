@@ -7,6 +7,7 @@
 # keeping the first error visible, install-deps waiting for the apt lock, and the stats hit rate
 # of a resident model with the recall footnote.
 set -u
+. "$(dirname "$0")/lib.sh" # expect
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 M="$NF_SHARED_DIR/models"
@@ -24,22 +25,6 @@ cleanup() {
 trap cleanup EXIT
 export XDG_CACHE_HOME="$T/cache"
 fail=0
-# expect NAME WANT_RC PATTERN CMD...: runs CMD, checks its exit code and that stderr matches.
-expect() {
-    local name=$1 want=$2 pat=$3
-    shift 3
-    "$@" >"$T/out" 2>"$T/err"
-    local rc=$?
-    if [ "$rc" -ne "$want" ]; then
-        echo "FAIL: $name (rc $rc, want $want): $(head -c 400 "$T/err")"
-        fail=1
-    elif [ -n "$pat" ] && ! grep -q -- "$pat" "$T/err"; then
-        echo "FAIL: $name: '$pat' not in: $(head -c 400 "$T/err")"
-        fail=1
-    else
-        echo "ok: $name"
-    fi
-}
 ok() { # ok NAME STATUS
     if [ "$2" -eq 0 ]; then echo "ok: $1"; else echo "FAIL: $1"; fail=1; fi
 }
