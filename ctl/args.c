@@ -69,6 +69,18 @@ int nf_arg_size(const char *cmd, const char *flag, const char *val, uint64_t *ou
     return -1;
 }
 
+int nf_arg_ram(const char *cmd, const char *flag, const char *val, uint64_t *out)
+{
+    char why[256];
+    if (nf_arg_size(cmd, flag, val, out))
+        return -1;
+    if (nf_ram_check(flag, *out, why, sizeof(why)) < 0) {
+        nf_usage_error(cmd, "%s", why);
+        return -1;
+    }
+    return 0;
+}
+
 bool nf_arg_is(const char *arg, const char *name)
 {
     size_t n = strlen(name);

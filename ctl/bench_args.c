@@ -99,13 +99,10 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
         if (nf_arg_is(a, "--model") || !strcmp(a, "-m")) {
             o->model = v;
         } else if (nf_arg_is(a, "--ram")) {
-            if (nf_arg_size(cmd, a, v, &o->ram))
+            if (nf_arg_ram(cmd, "--ram", v, &o->ram))
                 return 2;
             if (o->ram == 0)
                 return nf_usage_error(cmd, "--ram must be above 0");
-            char why[256];
-            if (nf_ram_check("--ram", o->ram, why, sizeof(why)) < 0)
-                return nf_usage_error(cmd, "%s", why);
         } else if (nf_arg_is(a, "--n-predict") || !strcmp(a, "-n")) {
             if (nf_arg_long(cmd, a, v, 2, 100000, &o->n))
                 return 2;

@@ -620,11 +620,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
         if (nf_arg_is(a, "--model") || !strcmp(a, "-m")) {
             o->model = v;
         } else if (nf_arg_is(a, "--ram")) {
-            char why[256];
-            if (nf_arg_size(cmd, a, v, &o->ram))
+            if (nf_arg_ram(cmd, "--ram", v, &o->ram))
                 return 2;
-            if (nf_ram_check("--ram", o->ram, why, sizeof(why)) < 0)
-                return nf_usage_error(cmd, "%s", why);
         } else if (nf_arg_is(a, "--threads") || !strcmp(a, "-t")) {
             if (nf_arg_long(cmd, a, v, 0, 1024, &o->threads))
                 return 2;

@@ -33,6 +33,8 @@ int nf_arg_float(const char *cmd, const char *flag, const char *val, float min, 
                  float *out);
 /* Size with an optional K/M/G/T suffix (powers of 1024), e.g. "1G". */
 int nf_arg_size(const char *cmd, const char *flag, const char *val, uint64_t *out);
+/* A RAM budget: a size as nf_arg_size takes it that this machine could hold (nf_ram_check). */
+int nf_arg_ram(const char *cmd, const char *flag, const char *val, uint64_t *out);
 
 /* Prints "nanoflowctl CMD: MSG" plus "Try 'nanoflowctl CMD --help'." and returns 2. */
 int nf_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
