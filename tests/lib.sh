@@ -98,3 +98,18 @@ else:
 assert g["text"] == r["text"], "text"
 PY
 }
+
+# need_stories: sets M0 to the shared stories260K model and G to its llama.cpp golden, or skips
+# (exit 77) when either is missing or python3 (which reads the golden's JSON) is not there.
+need_stories() {
+    M0="$NF_SHARED_DIR/models/stories260K.gguf"
+    G="$NF_SHARED_DIR/golden/stories260K.jsonl"
+    if [ ! -f "$M0" ] || [ ! -f "$G" ]; then
+        echo "skip: $M0 or $G is missing"
+        exit 77
+    fi
+    if ! command -v python3 >/dev/null; then
+        echo "skip: python3 is needed to read JSON"
+        exit 77
+    fi
+}

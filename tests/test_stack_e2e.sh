@@ -8,16 +8,7 @@ set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
-M0="$NF_SHARED_DIR/models/stories260K.gguf"
-G="$NF_SHARED_DIR/golden/stories260K.jsonl"
-if [ ! -f "$M0" ] || [ ! -f "$G" ]; then
-    echo "skip: $M0 or $G is missing"
-    exit 77
-fi
-if ! command -v python3 >/dev/null; then
-    echo "skip: python3 is needed to read JSON"
-    exit 77
-fi
+need_stories
 need_daemons
 T=$(mktemp -d)
 R="$T/run"
