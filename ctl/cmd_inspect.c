@@ -157,6 +157,26 @@ static void print_json(const struct nf_nft *f, const char *path, const struct la
     printf("}}\n");
 }
 
+/* The parts of a split GGUF (one line each, or a JSON array's elements): its path, size and
+ * tensor count. */
+static void print_parts(const struct nf_gguf *g, bool json)
+{
+    for (uint32_t i = 0; i < g->n_parts; i++) {
+        const struct nf_gguf_part *p = &g->parts[i];
+        uint64_t n = 0;
+        for (uint64_t j = 0; j < g->n_tensors; j++)
+            n += g->tensors[j].part == i;
+        if (json) {
+            printf("%s{\"path\":", i ? "," : "");
+            nf_json_str(stdout, (const unsigned char *)p->path, strlen(p->path));
+            printf(",\"bytes\":%" PRIu64 ",\"tensors\":%" PRIu64 "}", p->size, n);
+        } else {
+            printf("  part %u  %s  %" PRIu64 " bytes, %" PRIu64 " tensors\n", i + 1, p->path,
+                   p->size, n);
+        }
+    }
+}
+
 /* A GGUF given to inspect is described in its own terms (architecture, tensors per type, size)
  * with the command that makes the .nft inspect otherwise reads. Returns 0, or 1 after printing
  * why the GGUF cannot be read. */
@@ -195,7 +215,13 @@ static int inspect_gguf(const char *path, bool json)
                        tr && tr->name ? tr->name : "?", n_of[t], bytes_of[t]);
                 first = false;
             }
-        printf("}}\n");
+        printf("}");
+        if (g->n_parts > 1) {
+            printf(",\"parts\":[");
+            print_parts(g, true);
+            printf("]");
+        }
+        printf("}\n");
     } else {
         printf("%s: a GGUF model (version %" PRIu32 "), not a .nft tile file\n"
                "architecture: %s\ntensors: %" PRIu64 ", %" PRIu64 " bytes of weights in a %" PRIu64
@@ -208,49 +234,12 @@ static int inspect_gguf(const char *path, bool json)
                 printf("%-8s %8" PRIu64 " %14" PRIu64 "\n", tr && tr->name ? tr->name : "?",
                        n_of[t], bytes_of[t]);
             }
+        if (g->n_parts > 1) {
+            printf("%" PRIu64 " tensors in %u parts\n", g->n_tensors, g->n_parts);
+            print_parts(g, false);
+        }
         printf("its tile layout: 'nanoflowctl convert %s OUT.nft', then inspect OUT.nft\n", path);
     }
-    nf_gguf_close(g);
-    return 0;
-}
-
-/* Lists the parts of the split GGUF model whose first file is path: 0, or 1 with a message. */
-static int inspect_split(const char *path, bool json)
-{
-    struct nf_gguf *g;
-    char err[512];
-    if (nf_gguf_open(&g, path, err, sizeof(err))) {
-        fprintf(stderr, "nanoflowctl inspect: %s\n", err);
-        return 1;
-    }
-    const char *arch = "?";
-    nf_gguf_get_str(g, "general.architecture", &arch);
-    if (json) {
-        printf("{\"file\":");
-        nf_json_str(stdout, (const unsigned char *)path, strlen(path));
-        printf(",\"format\":\"gguf\",\"arch\":");
-        nf_json_str(stdout, (const unsigned char *)arch, strlen(arch));
-        printf(",\"tensors\":%" PRIu64 ",\"parts\":[", g->n_tensors);
-    } else {
-        printf("%s: GGUF v%u, %s, %" PRIu64 " tensors in %u parts\n", path, g->version, arch,
-               g->n_tensors, g->n_parts);
-    }
-    for (uint32_t i = 0; i < g->n_parts; i++) {
-        const struct nf_gguf_part *p = &g->parts[i];
-        uint64_t n = 0;
-        for (uint64_t j = 0; j < g->n_tensors; j++)
-            n += g->tensors[j].part == i;
-        if (json) {
-            printf("%s{\"path\":", i ? "," : "");
-            nf_json_str(stdout, (const unsigned char *)p->path, strlen(p->path));
-            printf(",\"bytes\":%" PRIu64 ",\"tensors\":%" PRIu64 "}", p->size, n);
-        } else {
-            printf("  part %u  %s  %" PRIu64 " bytes, %" PRIu64 " tensors\n", i + 1, p->path,
-                   p->size, n);
-        }
-    }
-    if (json)
-        printf("]}\n");
     nf_gguf_close(g);
     return 0;
 }
@@ -275,8 +264,6 @@ int nf_cmd_inspect(int argc, char **argv)
     }
     if (!path)
         return nf_usage_error(cmd, "needs FILE.nft");
-    if (strstr(path, "-00001-of-") && strlen(path) > 5 && !strcmp(path + strlen(path) - 5, ".gguf"))
-        return inspect_split(path, json);
     struct nf_nft *f;
     char err[512];
     int rc = nf_nft_open(&f, path, false, err, sizeof(err));
