@@ -15,7 +15,8 @@
  *     (replies a worker keeps sending) it is closed;
  *   - one server-wide read buffer; a connection holds only the frame it is reading (sized by
  *     the decoder, freed once consumed), and all connections together at most
- *     NF_SERVER_RX_BUDGET: past it, the connection that grew is paused until others finish;
+ *     NF_SERVER_RX_BUDGET: past it, a connection reads only into the buffer it holds (a fresh
+ *     one: 4 KiB) and is paused when that is full, until others finish;
  *   - a frame half-sent for NF_SERVER_FRAME_TIMEOUT_S, or a connection idle (nothing read or
  *     written) for NF_SERVER_IDLE_TIMEOUT_S, is dropped;
  *   - after a burst of closes or large frees the heap is trimmed (malloc_trim).
@@ -50,6 +51,7 @@
 #define NF_SERVER_OUT_SOFT        (256u << 10) /* a few hundred replies: plenty for any client */
 #define NF_SERVER_OUT_HARD        (8u << 20)   /* ~250k tokens of TokenEvents nobody reads */
 #define NF_SERVER_RX_BUDGET       (4u << 20)   /* partial frames of all connections together */
+#define NF_SERVER_RX_MIN_READ     4096u        /* a fresh connection's read past the budget */
 #define NF_SERVER_FRAME_TIMEOUT_S 10           /* a client writes a frame in one go */
 #define NF_SERVER_IDLE_TIMEOUT_S  600          /* long enough for the longest prompt's prefill */
 #define NF_SERVER_LOG_EVERY_S     10
@@ -481,10 +483,24 @@ static bool conn_dispatch(struct nf_conn *c, nf_envelope *env)
     }
 }
 
+/* Past the receive budget a connection reads only into the space its decoder already holds
+ * (a fresh connection: one small piece, enough for a small frame); with neither, the read fails
+ * with UV_ENOBUFS and read_cb pauses the connection. So a flood of connections that all start a
+ * large frame at once holds the budget plus 4 KiB each, not a doubled buffer each. */
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct nf_conn *c = (struct nf_conn *)h;
-    *buf = uv_buf_init(c->s->rbuf, sizeof(c->s->rbuf));
+    struct nf_server *s = c->s;
+    size_t len = sizeof(s->rbuf);
+    (void)suggested;
+    if (s->rx_held >= NF_SERVER_RX_BUDGET) {
+        size_t used = c->dec.len - c->dec.pos;
+        size_t space = c->dec.cap - used;
+        if (c->dec.cap == 0)
+            space = NF_SERVER_RX_MIN_READ;
+        len = space < len ? space : len;
+    }
+    *buf = uv_buf_init(len ? s->rbuf : NULL, (unsigned)len);
 }
 
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
@@ -579,6 +595,11 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     struct nf_conn *c = (struct nf_conn *)st;
     if (c->closing)
         return;
+    if (n == UV_ENOBUFS) {
+        c->rx_paused = true; /* alloc_cb: the budget is spent; resume_rx reads on */
+        conn_update_reading(c);
+        return;
+    }
     if (n < 0) {
         if (n != UV_EOF)
             nf_log(NF_LOG_DEBUG, "connection %llu: read: %s", (unsigned long long)c->id,
