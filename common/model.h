@@ -13,7 +13,8 @@
  *    Q scaled after RoPE (1 / sqrt(key_length)), RMSNorm of the attention and FFN outputs
  *    (post_attention_norm, post_ffw_norm) before their residual adds, a GELU (tanh) gated FFN,
  *    and sliding-window layers (window attention.sliding_window, rope base 10000) with every
- *    6th layer global (rope.freq_base, linear rope.scaling.factor), as llama.cpp's gemma3.
+ *    6th layer global (rope.freq_base, linear rope.scaling.factor), as llama.cpp's gemma3;
+ *    without the window key every layer is global.
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,

@@ -213,13 +213,15 @@ static int nf_load_rope(struct nf_hparams *hp, const struct nf_gguf *g, const ch
 
 /* gemma3's additions, with llama.cpp's values (llama-model.cpp, LLM_ARCH_GEMMA3): every 6th
  * layer global, the others local with a sliding window of attention.sliding_window positions and
- * RoPE base 10000 unscaled; embeddings times sqrt(n_embd); Q times 1 / sqrt(key_length) after
- * RoPE, except for the 27B model (62 layers, recognised by its layer count as llama.cpp does),
- * whose query_pre_attn_scalar is n_embd / n_head. */
+ * RoPE base 10000 unscaled (a file without the key, or with 0, has global layers only: llama.cpp
+ * reads it so, and the converter omits the key for sliding_window_pattern 1); embeddings times
+ * sqrt(n_embd); Q times 1 / sqrt(key_length) after RoPE, except for the 27B model (62 layers,
+ * recognised by its layer count as llama.cpp does), whose query_pre_attn_scalar is n_embd / n_head.
+ */
 static int nf_load_gemma3(struct nf_hparams *hp, const struct nf_gguf *g, char *err, size_t errlen)
 {
     int rc =
-        nf_hp_int(g, "gemma3", "attention.sliding_window", -1, 1, 1 << 30, &hp->n_swa, err, errlen);
+        nf_hp_int(g, "gemma3", "attention.sliding_window", 0, 0, 1 << 30, &hp->n_swa, err, errlen);
     if (rc)
         return rc;
     char key[64] = "gemma3.final_logit_softcapping";
