@@ -92,11 +92,12 @@ static void usage(FILE *f)
         "                       (required unless --dim, --layers, --ffn and --heads are given)\n"
         "  --arch A             llama, qwen2 (Q/K/V biases), qwen3 (q/k norms) or qwen3moe\n"
         "                       (qwen3 with experts; needs --experts) or gemma3 (sliding-\n"
-        "                       window and global layers, post norms, GELU; tied output\n"
-        "                       unless an output.weight is wanted) (default: the shape's,\n"
-        "                       else llama)\n"
+        "                       window and global layers, post norms, GELU; published\n"
+        "                       files have --tied-output) (default: the shape's, else\n"
+        "                       llama)\n"
         "  --window N           (gemma3) attention.sliding_window of the local layers\n"
-        "                       (default %d); every 6th layer is global\n"
+        "                       (default %d); every 6th layer is global; 0: no window key,\n"
+        "                       every layer global\n"
         "  --rope-scale F       linear RoPE scaling factor (rope.scaling.factor; gemma3: the\n"
         "                       global layers only) (default: none)\n"
         "  --head-dim N         attention head size (default dim/heads; qwen3 presets 128)\n"
@@ -185,7 +186,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--threads", 1, 256, offsetof(struct mk_opts, threads)},
         {"-t", 1, 256, offsetof(struct mk_opts, threads)},
         {"--alignment", 1, 1 << 20, offsetof(struct mk_opts, alignment)},
-        {"--window", 1, 1 << 30, offsetof(struct mk_opts, window)},
+        {"--window", 0, 1 << 30, offsetof(struct mk_opts, window)},
     };
     *done = false;
     for (int i = 1; i < argc; i++) {
@@ -332,7 +333,7 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
     if (o->head_dim > 0)
         s->head_dim = o->head_dim;
     bool gemma3 = !strcmp(s->arch, "gemma3");
-    if (o->window > 0 && !gemma3)
+    if (o->window >= 0 && !gemma3)
         return nf_usage_error(CMD, "--window is for --arch gemma3 (sliding-window layers)");
 
     const char *missing = s->dim < 0      ? "--dim"
@@ -535,7 +536,7 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     U32("rope.dimension_count", s->head_dim);
     F32("rope.freq_base", s->rope_base);
     F32("attention.layer_norm_rms_epsilon", s->rms_eps);
-    if (!strcmp(a, "gemma3"))
+    if (!strcmp(a, "gemma3") && o->window != 0)
         U32("attention.sliding_window", o->window > 0 ? o->window : NF_MK_GEMMA3_WINDOW);
     if (o->rope_scale > 0) {
         snprintf(k, sizeof(k), "%s.rope.scaling.type", a);
