@@ -40,6 +40,7 @@ MODELS=(
     "llama3-q4_k 2e8f43a6667969b2f5a123a47c11f95544866bd4a5abb9c8e2999b09dea22a87 --seed 8 --arch llama --dim 256 --layers 2 --ffn 512 --heads 4 --kv-heads 2 --rope-base 500000 --rope-freqs --type q4_k"
     "gemma3-q8_0 695d8669f34ef6d9375d4e761b78f78952c357a597b2d4a988cfe668b64ba0e1 --seed 7 --arch gemma3 --dim 64 --layers 6 --ffn 128 --heads 4 --kv-heads 2 --head-dim 32 --window 8 --rope-base 1000000 --rope-scale 8 --tied-output --type q8_0"
     "gemma3-q4_k 8f7205d18cca4322503336a3bbc311d671a67fc9ee734352fb231d43408d4df0 --seed 8 --arch gemma3 --dim 256 --layers 6 --ffn 512 --heads 4 --kv-heads 2 --head-dim 64 --window 8 --rope-base 1000000 --type q4_k"
+    "gemma3-global-q8_0 96bfbd873b0a57a2ecdcbc11179880f9bbe1a2d97702de024f01cdd2b6d34460 --seed 7 --arch gemma3 --dim 64 --layers 6 --ffn 128 --heads 4 --kv-heads 2 --head-dim 32 --window 0 --rope-base 1000000 --rope-scale 8 --tied-output --type q8_0"
 )
 
 for entry in "${MODELS[@]}"; do
@@ -65,6 +66,18 @@ for entry in "${MODELS[@]}"; do
     check "$name: the .nft matches the golden" $rc
     [ $rc -ne 0 ] && cat "$T/tg.out"
 done
+
+# A gemma3 file without one of its post norms is refused by run and convert with one line naming
+# the tensor (the byte-patched name no longer matches).
+python3 -c "import sys; b = open(sys.argv[1], 'rb').read(); \
+open(sys.argv[2], 'wb').write(b.replace(b'blk.3.post_ffw_norm.weight', b'blk.3.post_ffw_norm.weighX'))" \
+    "$T/gemma3-q8_0.gguf" "$T/gemma3-bad.gguf"
+expect "gemma3 without blk.3.post_ffw_norm: run refuses it" 1 "tensor 'blk.3.post_ffw_norm.weight'" \
+    "$NF_BIN" run -m "$T/gemma3-bad.gguf" -p hi -n 1
+[ "$(wc -l <"$T/err")" -eq 1 ]
+check "gemma3 without blk.3.post_ffw_norm: one line" $?
+expect "gemma3 without blk.3.post_ffw_norm: convert refuses it" 1 "post_ffw_norm" \
+    "$NF_BIN" convert "$T/gemma3-bad.gguf" "$T/gemma3-bad.nft"
 
 # The stack on a dense (biases) model and MoE (q/k norms, experts) ones, one with
 # Qwen3-30B-A3B's 128 experts, 8 used, and on gemma3 (its first prompt runs 21 positions past
