@@ -324,7 +324,9 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const float scale = hp->q_scale ? 1.0f : 1.0f / sqrtf((float)hd);
     /* The first visible cell: gemma3's local layers see the last n_swa positions (llama.cpp's
      * LLAMA_SWA_TYPE_STANDARD masks a cell when pos - cell >= n_swa); the cells before it are
-     * masked like those past pos. */
+     * masked like those past pos. The cache still keeps every position of a local layer: a
+     * ring of n_swa cells per local layer, which would cut their KV memory, is a later
+     * optimisation. */
     const int lo = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
     const float *q = c->q + (size_t)t * hp->n_head * hd + (size_t)h * hd;
     float *out = c->att + (size_t)t * hp->n_head * hd + (size_t)h * hd;
