@@ -8,7 +8,13 @@
  *  - "qwen2": the same with biases on Q, K and V and NEOX RoPE (pairs half a head apart);
  *  - "qwen3": NEOX RoPE, no biases, a per-head RMSNorm of q and k (attn_q_norm, attn_k_norm)
  *    before RoPE, head size from attention.key_length;
- *  - "qwen3moe": qwen3 attention with a routed MoE FFN (softmax, top-k, renormalized).
+ *  - "qwen3moe": qwen3 attention with a routed MoE FFN (softmax, top-k, renormalized);
+ *  - "gemma3" (Gemma 3 text): embeddings scaled by sqrt(n_embd), NEOX RoPE, qwen3's q/k norms,
+ *    Q scaled after RoPE (1 / sqrt(key_length)), RMSNorm of the attention and FFN outputs
+ *    (post_attention_norm, post_ffw_norm) before their residual adds, a GELU (tanh) gated FFN,
+ *    and sliding-window layers (window attention.sliding_window, rope base 10000) with every
+ *    6th layer global (rope.freq_base, linear rope.scaling.factor), as llama.cpp's gemma3;
+ *    without the window key every layer is global.
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
@@ -41,7 +47,7 @@ struct nf_tensor {
 };
 
 /* The architectures nf_model_load runs (general.architecture). */
-enum nf_arch { NF_ARCH_LLAMA = 0, NF_ARCH_QWEN2, NF_ARCH_QWEN3, NF_ARCH_QWEN3MOE };
+enum nf_arch { NF_ARCH_LLAMA = 0, NF_ARCH_QWEN2, NF_ARCH_QWEN3, NF_ARCH_QWEN3MOE, NF_ARCH_GEMMA3 };
 
 /* The general.architecture string of a. */
 const char *nf_arch_name(enum nf_arch a);
@@ -65,7 +71,25 @@ struct nf_hparams {
     float rope_base;
     float rope_freq_scale; /* 1 / rope.scaling.factor for linear scaling, else 1 */
     float rms_eps;
+
+    /* gemma3 (zero / false for the other architectures): */
+    bool post_norms;  /* post_attention_norm and post_ffw_norm tensors */
+    bool ffn_gelu;    /* GEGLU FFN, gelu(gate) * up with the tanh GELU, instead of SwiGLU */
+    float embd_scale; /* token embeddings multiplied by it (sqrt(n_embd)); 0: not scaled */
+    float q_scale;    /* Q multiplied by it after RoPE, the KQ product then unscaled; 0: the
+                       * usual 1 / sqrt(head_dim) on the scores */
+    int n_swa;        /* sliding window of the local layers (attention.sliding_window); 0: none */
+    int swa_pattern;  /* layer il is global when il % swa_pattern == swa_pattern - 1 */
+    float rope_base_swa;       /* RoPE base of the local layers */
+    float rope_freq_scale_swa; /* and their linear scaling (1) */
+    int kv_pad; /* attention cells padded to this many (see model_forward.c); 0: the default */
 };
+
+/* Whether layer il attends through the sliding window (a local layer of gemma3). */
+static inline bool nf_layer_swa(const struct nf_hparams *hp, int il)
+{
+    return hp->n_swa > 0 && il % hp->swa_pattern != hp->swa_pattern - 1;
+}
 
 struct nf_attn_weights {
     struct nf_tensor norm;   /* (n_embd) F32 */
@@ -78,12 +102,16 @@ struct nf_attn_weights {
     struct nf_tensor bv;     /* (n_head_kv * head_dim) F32, qkv_bias only */
     struct nf_tensor q_norm; /* (head_dim) F32, qk_norm only */
     struct nf_tensor k_norm; /* (head_dim) F32, qk_norm only */
+
+    struct nf_tensor post_norm; /* (n_embd) F32 post_attention_norm, post_norms only */
 };
 
 struct nf_ffn_weights {
     struct nf_tensor gate; /* (n_embd -> n_ff) */
     struct nf_tensor up;   /* (n_embd -> n_ff) */
     struct nf_tensor down; /* (n_ff -> n_embd) */
+
+    struct nf_tensor post_norm; /* (n_embd) F32 post_ffw_norm, post_norms only; else data NULL */
 };
 
 struct nf_moe_weights {
@@ -191,6 +219,9 @@ struct nf_ctx {
     float *rope_sin;   /* (NF_MAX_BATCH, n_rot / 2) */
     void *att_scratch; /* per-thread attention scratch */
     size_t att_scratch_stride;
+
+    float *rope_cos_swa; /* (NF_MAX_BATCH, n_rot / 2) the local layers' (n_swa > 0 only) */
+    float *rope_sin_swa; /* (NF_MAX_BATCH, n_rot / 2) */
 };
 
 /* Creates a context for m with room for n_ctx positions and n_threads threads (<= 0: all
@@ -228,6 +259,14 @@ void nf_attn_qk(struct nf_ctx *c, const struct nf_attn_weights *w, int n_tok);
 void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok);
 /* hb (n_rows, n) = silu(hb) * hb2, element by element. */
 void nf_swiglu(float *hb, const float *hb2, int n_rows, int n);
+/* hb (n_rows, n) = gelu(hb) * hb2 with ggml's tanh GELU (its F16 table, as llama.cpp's CPU
+ * backend computes it). */
+void nf_geglu(float *hb, const float *hb2, int n_rows, int n);
+/* The FFN activation of hp's architecture: nf_geglu (ffn_gelu) or nf_swiglu. */
+void nf_ffn_act(const struct nf_hparams *hp, float *hb, const float *hb2, int n_rows, int n);
+/* x (n_tok, n_embd) = RMSNorm of x times norm, in place (gemma3's post norms); nothing when norm
+ * has no data. */
+void nf_post_norm(const struct nf_ctx *c, float *x, const struct nf_tensor *norm, int n_tok);
 /* MoE router of one token: p (X) holds the router logits and is turned into probabilities;
  * sel (K) gets the chosen experts and w (K) their renormalized weights (K <= 64). */
 void nf_moe_route(float *p, int X, int K, int *sel, float *w);

@@ -10,6 +10,7 @@
  * What was tried, the numbers and what was ruled out: docs/exactness.md. */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -320,7 +321,13 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const struct nf_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
     const int kvh = h / (hp->n_head / hp->n_head_kv);
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = hp->q_scale ? 1.0f : 1.0f / sqrtf((float)hd);
+    /* The first visible cell: gemma3's local layers see the last n_swa positions (llama.cpp's
+     * LLAMA_SWA_TYPE_STANDARD masks a cell when pos - cell >= n_swa); the cells before it are
+     * masked like those past pos. The cache still keeps every position of a local layer: a
+     * ring of n_swa cells per local layer, which would cut their KV memory, is a later
+     * optimisation. */
+    const int lo = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
     const float *q = c->q + (size_t)t * hp->n_head * hd + (size_t)h * hd;
     float *out = c->att + (size_t)t * hp->n_head * hd + (size_t)h * hd;
     const nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
@@ -335,7 +342,7 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
         /* ggml_compute_forward_flash_attn_ext_f16: online softmax, V accumulated in F16. */
         float M = -INFINITY, S = 0.0f;
         memset(acc16, 0, sizeof(nf_fp16_t) * (size_t)hd);
-        for (int ic = 0; ic <= pos; ic++) {
+        for (int ic = lo; ic <= pos; ic++) {
             float s = nf_dot_f16(kc + (size_t)ic * kvd, q16, hd) * scale;
             float ms = 1.0f, vs = 1.0f;
             const nf_fp16_t *vr = vc + (size_t)ic * kvd;
@@ -366,9 +373,9 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const bool kq_tb = n_tok >= 2 && hd % 16 == 0, kqv_tb = n_tok >= 2 && n_kv % 16 == 0;
     float *vcol = sc + n_kv; /* (n_kv) */
     for (int ic = 0; ic < n_kv; ic++) {
-        const nf_fp16_t *kr = kc + (size_t)ic * kvd;
         float s = -INFINITY;
-        if (ic <= pos)
+        const nf_fp16_t *kr = kc + (size_t)(ic <= pos ? ic : 0) * kvd;
+        if (ic <= pos && ic >= lo)
             s = (q_f32   ? nf_tinyblas_dot(kr, true, q, hd, hd)
                  : kq_tb ? nf_tinyblas_dot16(kr, q16, hd)
                          : nf_ggml_dot(kr, q16, true, hd, hd)) *
@@ -400,9 +407,13 @@ static void nf_attn_run(void *arg, int ith, int nth)
     void *scratch = (char *)c->att_scratch + (size_t)ith * c->att_scratch_stride;
     const int nh = c->m->hp.n_head;
     /* llama.cpp's KV cache view covers the used cells padded to NF_KV_PAD (the cells past a
-     * token's position are masked); the padded length decides the summation order. */
-    int n_kv = (j->pos0 + j->n_tok + NF_KV_PAD - 1) / NF_KV_PAD * NF_KV_PAD;
-    n_kv = n_kv < c->n_ctx ? n_kv : c->n_ctx;
+     * token's position are masked); the padded length decides the summation order. gemma3's
+     * goldens come from a llama.cpp that pads to 256 (kv_pad) within a cache padded likewise,
+     * so there the view may reach past n_ctx: those cells are masked and never read. */
+    const int pad = c->m->hp.kv_pad ? c->m->hp.kv_pad : NF_KV_PAD;
+    int n_kv = (j->pos0 + j->n_tok + pad - 1) / pad * pad;
+    const int cap = c->m->hp.kv_pad ? (c->n_ctx + pad - 1) / pad * pad : c->n_ctx;
+    n_kv = n_kv < cap ? n_kv : cap;
     for (int task = ith; task < j->n_tok * nh; task += nth)
         nf_attn_head(c, j->il, task / nh, task % nh, j->pos0 + task / nh, j->n_tok, n_kv, scratch);
 }
@@ -410,32 +421,43 @@ static void nf_attn_run(void *arg, int ith, int nth)
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
  * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
  * optional frequency factor, times the linear scaling factor. */
-void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
+static void nf_rope_fill(float *cs, float *sn, int n_rot, float base, float freq_scale,
+                         const float *ff, int pos0, int n_tok)
 {
-    const struct nf_hparams *hp = &c->m->hp;
-    const int half = hp->n_rot / 2;
-    const float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
-    const float *ff = c->m->rope_freqs.data;
+    const int half = n_rot / 2;
+    const float theta_scale = powf(base, -2.0f / (float)n_rot);
     for (int t = 0; t < n_tok; t++) {
         float theta = (float)(pos0 + t);
         for (int i = 0; i < half; i++) {
-            const float th = (ff ? theta / ff[i] : theta) * hp->rope_freq_scale;
-            c->rope_cos[(size_t)t * half + i] = cosf(th);
-            c->rope_sin[(size_t)t * half + i] = sinf(th);
+            const float th = (ff ? theta / ff[i] : theta) * freq_scale;
+            cs[(size_t)t * half + i] = cosf(th);
+            sn[(size_t)t * half + i] = sinf(th);
             theta *= theta_scale;
         }
     }
 }
 
+void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    nf_rope_fill(c->rope_cos, c->rope_sin, hp->n_rot, hp->rope_base, hp->rope_freq_scale,
+                 c->m->rope_freqs.data, pos0, n_tok);
+    /* gemma3's local layers rotate with their own base and scale (no frequency factors). */
+    if (hp->n_swa)
+        nf_rope_fill(c->rope_cos_swa, c->rope_sin_swa, hp->n_rot, hp->rope_base_swa,
+                     hp->rope_freq_scale_swa, NULL, pos0, n_tok);
+}
+
 /* Rotates the pairs of each head's first n_rot dims: adjacent pairs (x[2i], x[2i+1]) in
  * llama.cpp's NORM mode (llama), pairs half the rotated dims apart (x[i], x[i + n_rot/2]) in
  * its NEOX mode (qwen2, qwen3). Dims past n_rot are left alone. */
-static void nf_rope_apply(const struct nf_ctx *c, float *x, int n_heads, int t)
+static void nf_rope_apply(const struct nf_ctx *c, float *x, int n_heads, int t, bool swa)
 {
     const struct nf_hparams *hp = &c->m->hp;
     const int half = hp->n_rot / 2;
     const int stride = hp->rope_neox ? 1 : 2, off = hp->rope_neox ? half : 1;
-    const float *cs = c->rope_cos + (size_t)t * half, *sn = c->rope_sin + (size_t)t * half;
+    const float *cs = (swa ? c->rope_cos_swa : c->rope_cos) + (size_t)t * half;
+    const float *sn = (swa ? c->rope_sin_swa : c->rope_sin) + (size_t)t * half;
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * hp->head_dim;
         for (int i = 0; i < half; i++) {
@@ -485,6 +507,7 @@ void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, 
     nf_attn_qk(c, w, n_tok);
     nf_attn_core(c, il, pos0, n_tok);
     nf_matmul(c, c->ffo, &w->wo, c->att, n_tok);
+    nf_post_norm(c, c->ffo, &w->post_norm, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
 }
@@ -495,9 +518,13 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
     const int qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
     nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * kvd;
     nf_fp16_t *vc = c->v_cache + (size_t)il * c->n_ctx * kvd;
+    const bool swa = nf_layer_swa(hp, il);
     for (int t = 0; t < n_tok; t++) {
-        nf_rope_apply(c, c->q + (size_t)t * qd, hp->n_head, t);
-        nf_rope_apply(c, c->k + (size_t)t * kvd, hp->n_head_kv, t);
+        nf_rope_apply(c, c->q + (size_t)t * qd, hp->n_head, t, swa);
+        nf_rope_apply(c, c->k + (size_t)t * kvd, hp->n_head_kv, t, swa);
+        if (hp->q_scale) /* gemma3: ggml_scale of Q after RoPE, before its F16 rounding */
+            for (int i = 0; i < qd; i++)
+                c->q[(size_t)t * qd + i] *= hp->q_scale;
         for (int i = 0; i < kvd; i++) {
             kc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->k[(size_t)t * kvd + i]);
             vc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->v[(size_t)t * kvd + i]);
@@ -522,6 +549,57 @@ void nf_swiglu(float *hb, const float *hb2, int n_rows, int n)
     }
 }
 
+/* ggml's tanh GELU of one value (ggml_gelu_f32), the first product-sum fused as ggml's C is
+ * compiled (FMA contraction). */
+static float nf_gelu_tanh(float x)
+{
+    const float sqrt_2_over_pi = 0.79788456080286535587989211986876f, coef_a = 0.044715f;
+    return 0.5f * x * (1.0f + tanhf(sqrt_2_over_pi * x * fmaf(coef_a * x, x, 1.0f)));
+}
+
+/* ggml_table_gelu_f16: the GELU of every F16 value, rounded to F16 (built once). */
+static nf_fp16_t nf_gelu_table[1 << 16];
+static pthread_once_t nf_gelu_once = PTHREAD_ONCE_INIT;
+
+static void nf_gelu_table_init(void)
+{
+    for (uint32_t i = 0; i < (1u << 16); i++)
+        nf_gelu_table[i] = nf_fp32_to_fp16(nf_gelu_tanh(nf_fp16_to_fp32((nf_fp16_t)i)));
+}
+
+void nf_geglu(float *hb, const float *hb2, int n_rows, int n)
+{
+    /* ggml_vec_geglu_f32 with GGML_GELU_FP16 (the CPU backend's default): the GELU looked up
+     * by the F16 rounding of x, except past +-10. */
+    pthread_once(&nf_gelu_once, nf_gelu_table_init);
+    for (size_t i = 0; i < (size_t)n_rows * (size_t)n; i++) {
+        const float x = hb[i];
+        if (x <= -10.0f)
+            hb[i] = 0.0f;
+        else if (x >= 10.0f)
+            hb[i] = x * hb2[i];
+        else
+            hb[i] = nf_fp16_to_fp32(nf_gelu_table[nf_fp32_to_fp16(x)]) * hb2[i];
+    }
+}
+
+void nf_ffn_act(const struct nf_hparams *hp, float *hb, const float *hb2, int n_rows, int n)
+{
+    if (hp->ffn_gelu)
+        nf_geglu(hb, hb2, n_rows, n);
+    else
+        nf_swiglu(hb, hb2, n_rows, n);
+}
+
+void nf_post_norm(const struct nf_ctx *c, float *x, const struct nf_tensor *norm, int n_tok)
+{
+    const int E = c->m->hp.n_embd;
+    if (!norm->data)
+        return;
+    for (int t = 0; t < n_tok; t++)
+        nf_rmsnorm(x + (size_t)t * E, x + (size_t)t * E, norm->data, E, c->m->hp.rms_eps);
+}
+
 void nf_ffn_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct nf_ffn_weights *w,
                     int n_tok)
 {
@@ -531,8 +609,9 @@ void nf_ffn_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
         nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, norm->data, E, hp->rms_eps);
     nf_matmul(c, c->hb, &w->gate, c->xn, n_tok);
     nf_matmul(c, c->hb2, &w->up, c->xn, n_tok);
-    nf_swiglu(c->hb, c->hb2, n_tok, (int)w->gate.ne[1]);
+    nf_ffn_act(hp, c->hb, c->hb2, n_tok, (int)w->gate.ne[1]);
     nf_matmul(c, c->ffo, &w->down, c->hb, n_tok);
+    nf_post_norm(c, c->ffo, &w->post_norm, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
 }
@@ -560,9 +639,9 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
         nf_moe_route(c->router + (size_t)t * X, X, K, sel, wsel);
         float *xt = c->xn + (size_t)t * E, *ot = c->ffo + (size_t)t * E;
         for (int k = 0; k < K; k++) {
-            struct nf_ffn_weights ew = {nf_expert_view(&w->gate_exps, sel[k]),
-                                        nf_expert_view(&w->up_exps, sel[k]),
-                                        nf_expert_view(&w->down_exps, sel[k])};
+            struct nf_ffn_weights ew = {.gate = nf_expert_view(&w->gate_exps, sel[k]),
+                                        .up = nf_expert_view(&w->up_exps, sel[k]),
+                                        .down = nf_expert_view(&w->down_exps, sel[k])};
             const float wk = wsel[k];
             nf_matmul(c, c->hb, &ew.gate, xt, 1);
             nf_matmul(c, c->hb2, &ew.up, xt, 1);
@@ -632,7 +711,9 @@ int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int 
     maxin = maxin > F ? maxin : F;
     /* 4 bytes per element bounds every vec_dot_type (F32; Q8_K and Q8_0 need less). */
     c->xq_row_stride = nf_align64(maxin * 4 + 64);
-    c->att_scratch_stride = nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)n_ctx * 8);
+    /* sc and vcol of nf_attn_head: n_kv floats each, n_kv at most n_ctx padded to kv_pad. */
+    c->att_scratch_stride =
+        nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)(n_ctx + hp->kv_pad) * 8);
     c->k_cache = calloc(kv, sizeof(nf_fp16_t));
     c->v_cache = calloc(kv, sizeof(nf_fp16_t));
     c->x = calloc(B * E, sizeof(float));
@@ -649,6 +730,14 @@ int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int 
     c->logits = calloc((size_t)hp->n_vocab, sizeof(float));
     c->rope_cos = calloc(B * (size_t)hp->n_rot / 2, sizeof(float));
     c->rope_sin = calloc(B * (size_t)hp->n_rot / 2, sizeof(float));
+    if (hp->n_swa) {
+        c->rope_cos_swa = calloc(B * (size_t)hp->n_rot / 2, sizeof(float));
+        c->rope_sin_swa = calloc(B * (size_t)hp->n_rot / 2, sizeof(float));
+        if (!c->rope_cos_swa || !c->rope_sin_swa) {
+            nf_ctx_free(c);
+            return -ENOMEM;
+        }
+    }
     if (posix_memalign(&c->xq, 64, B * c->xq_row_stride))
         c->xq = NULL;
     if (posix_memalign(&c->att_scratch, 64,
@@ -674,6 +763,8 @@ void nf_ctx_free(struct nf_ctx *c)
                     c->router,  c->logits,  c->xq, c->rope_cos, c->rope_sin, c->att_scratch};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         free(bufs[i]);
+    free(c->rope_cos_swa);
+    free(c->rope_sin_swa);
     free(c);
 }
 
@@ -692,6 +783,9 @@ static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bo
     for (int t = 0; t < n_tok; t++)
         et->to_float((const char *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_size,
                      c->x + (size_t)t * E, E);
+    if (hp->embd_scale) /* gemma3: ggml_scale of the embeddings by sqrt(n_embd) */
+        for (size_t i = 0; i < (size_t)n_tok * E; i++)
+            c->x[i] *= hp->embd_scale;
     const int pos0 = c->n_past;
     nf_rope_cache(c, pos0, n_tok);
     int n_tok_ffn = n_tok;

@@ -1,6 +1,7 @@
-/* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe) into RAM, with
+/* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3) into RAM, with
  * every hyperparameter and tensor validated. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +109,7 @@ static const struct nf_arch_info {
     [NF_ARCH_QWEN2] = {"qwen2", true, true, false, false},
     [NF_ARCH_QWEN3] = {"qwen3", true, false, true, false},
     [NF_ARCH_QWEN3MOE] = {"qwen3moe", true, false, true, true},
+    [NF_ARCH_GEMMA3] = {"gemma3", true, false, true, false},
 };
 
 const char *nf_arch_name(enum nf_arch a)
@@ -173,7 +175,7 @@ static int nf_load_arch(struct nf_hparams *hp, const struct nf_gguf *g, char *er
     }
     return nf_errf(err, errlen, NF_EARCH,
                    "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
-                   "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe)",
+                   "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; gemma3)",
                    g->path, arch);
 }
 
@@ -206,6 +208,38 @@ static int nf_load_rope(struct nf_hparams *hp, const struct nf_gguf *g, const ch
                        pfx, pfx);
     hp->rope_freq_scale =
         (factor == 0.0f || (stype && !strcmp(stype, "none"))) ? 1.0f : 1.0f / factor;
+    return 0;
+}
+
+/* gemma3's additions, with llama.cpp's values (llama-model.cpp, LLM_ARCH_GEMMA3): every 6th
+ * layer global, the others local with a sliding window of attention.sliding_window positions and
+ * RoPE base 10000 unscaled (a file without the key, or with 0, has global layers only: llama.cpp
+ * reads it so, and the converter omits the key for sliding_window_pattern 1); embeddings times
+ * sqrt(n_embd); Q times 1 / sqrt(key_length) after RoPE, except for the 27B model (62 layers,
+ * recognised by its layer count as llama.cpp does), whose query_pre_attn_scalar is n_embd / n_head.
+ */
+static int nf_load_gemma3(struct nf_hparams *hp, const struct nf_gguf *g, char *err, size_t errlen)
+{
+    int rc =
+        nf_hp_int(g, "gemma3", "attention.sliding_window", 0, 0, 1 << 30, &hp->n_swa, err, errlen);
+    if (rc)
+        return rc;
+    char key[64] = "gemma3.final_logit_softcapping";
+    float cap = 0;
+    if (nf_gguf_get_f32(g, key, &cap) == 0 && cap != 0)
+        return nf_errf(err, errlen, NF_EARCH, "%s: %s (%g) is not supported", g->path, key,
+                       (double)cap);
+    hp->post_norms = true;
+    hp->ffn_gelu = true;
+    hp->swa_pattern = 6;
+    hp->rope_base_swa = 10000.0f;
+    hp->rope_freq_scale_swa = 1.0f;
+    /* The llama.cpp that made the gemma3 goldens pads its KV cache view to 256 cells (the
+     * older one behind shared/golden, and the other archs' goldens, measure right with 32). */
+    hp->kv_pad = 256;
+    hp->embd_scale = sqrtf((float)hp->n_embd);
+    hp->q_scale = hp->n_layer == 62 ? 1.0f / sqrtf((float)(hp->n_embd / hp->n_head))
+                                    : 1.0f / sqrtf((float)hp->head_dim);
     return 0;
 }
 
@@ -264,7 +298,9 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
     if (!(hp->rms_eps >= 0))
         return nf_errf(err, errlen, NF_EKEYTYPE,
                        "%s: %s.attention.layer_norm_rms_epsilon must be >= 0", g->path, pfx);
-    return nf_load_rope(hp, g, pfx, err, errlen);
+    if ((rc = nf_load_rope(hp, g, pfx, err, errlen)))
+        return rc;
+    return hp->arch == NF_ARCH_GEMMA3 ? nf_load_gemma3(hp, g, err, errlen) : 0;
 }
 
 /* The FFN width: the dense feed_forward_length, or for MoE the experts' width, which llama.cpp
@@ -313,6 +349,19 @@ static int nf_load_attn_extra(struct nf_model *m, struct nf_attn_weights *a, int
          (rc = nf_load_tensor(m, &a->k_norm, n[4], hp->head_dim, 1, 1, NF_T_F32, err, errlen))))
         return rc;
     return 0;
+}
+
+/* gemma3's RMSNorms of the attention and FFN outputs. llama.cpp's converter already adds
+ * Gemma's +1 to every norm weight, so they are used as stored, like the other norms. */
+static int nf_load_post_norms(struct nf_model *m, struct nf_layer *L, int il, char *err,
+                              size_t errlen)
+{
+    char pa[64], pf[64];
+    snprintf(pa, sizeof(pa), "blk.%d.post_attention_norm.weight", il);
+    snprintf(pf, sizeof(pf), "blk.%d.post_ffw_norm.weight", il);
+    int rc = nf_load_tensor(m, &L->attn.post_norm, pa, m->hp.n_embd, 1, 1, NF_T_F32, err, errlen);
+    return rc ? rc
+              : nf_load_tensor(m, &L->ffn.post_norm, pf, m->hp.n_embd, 1, 1, NF_T_F32, err, errlen);
 }
 
 /* Loads every tensor with the shapes the hyperparameters imply. */
@@ -368,6 +417,8 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
             (rc = nf_load_tensor(m, &L->attn.wv, n[3], E, kvd, 1, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wo, n[4], qd, E, 1, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->ffn_norm, n[5], E, 1, 1, NF_T_F32, err, errlen)))
+            return rc;
+        if (hp->post_norms && (rc = nf_load_post_norms(m, L, il, err, errlen)))
             return rc;
         if (!X) {
             if ((rc = nf_load_tensor(m, &L->ffn.gate, n[6], E, F, 1, 0, err, errlen)) ||
@@ -508,6 +559,8 @@ void nf_model_free(struct nf_model *m)
                                       &L->attn.bv,       &L->attn.q_norm,   &L->attn.k_norm};
             for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++)
                 nf_tensor_release(ts[i]);
+            nf_tensor_release(&L->attn.post_norm);
+            nf_tensor_release(&L->ffn.post_norm);
         }
         free(m->layers);
     }
@@ -535,6 +588,9 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
                  hp->n_head_kv, hp->head_dim, hp->n_vocab, hp->n_ctx_train, tr ? tr->name : "?",
                  m->tied_output ? ", tied output" : "", m->weight_bytes / 1048576.0);
     if (hp->n_expert && off > 0 && (size_t)off < len)
-        snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
-                 hp->n_expert_used);
+        off += snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
+                        hp->n_expert_used);
+    if (hp->n_swa && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off, ", sliding window %d (every %dth layer global)",
+                 hp->n_swa, hp->swa_pattern);
 }

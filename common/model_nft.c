@@ -60,6 +60,8 @@ static int place_of(const char *name, struct tensor_place *p)
         {"attn_v.bias", NF_TILE_ATTN_V_BIAS, -1},
         {"attn_q_norm.weight", NF_TILE_ATTN_Q_NORM, -1},
         {"attn_k_norm.weight", NF_TILE_ATTN_K_NORM, -1},
+        {"post_attention_norm.weight", NF_TILE_ATTN_POST_NORM, -1},
+        {"post_ffw_norm.weight", NF_TILE_FFN_POST_NORM, -1},
     };
     static const struct {
         const char *name;

@@ -52,8 +52,11 @@ void nf_ffn_sparse_xn(struct nf_ctx *c, const struct nf_ffn_weights *w, const ui
         struct nf_tensor gv = rows_view(&w->gate, r0, r1), uv = rows_view(&w->up, r0, r1);
         nf_matmul(c, hb + r0, &gv, c->xn, 1);
         nf_matmul(c, hb2 + r0, &uv, c->xn, 1);
-        for (int64_t i = r0; i < r1; i++) /* SwiGLU as model_forward.c (ggml's SiLU) */
-            hb[i] = hb[i] / (1.0f + expf(-hb[i])) * hb2[i];
+        if (c->m->hp.ffn_gelu) /* gemma3 */
+            nf_geglu(hb + r0, hb2 + r0, 1, (int)(r1 - r0));
+        else
+            for (int64_t i = r0; i < r1; i++) /* SwiGLU as model_forward.c (ggml's SiLU) */
+                hb[i] = hb[i] / (1.0f + expf(-hb[i])) * hb2[i];
         g0 = g1;
     }
     /* Down: each output row summed over the selected groups' columns only. The activations are
@@ -85,6 +88,7 @@ void nf_ffn_sparse_xn(struct nf_ctx *c, const struct nf_ffn_weights *w, const ui
         }
         c->ffo[r] = sum;
     }
+    nf_post_norm(c, c->ffo, &w->post_norm, 1); /* gemma3's post_ffw_norm; else nothing */
     for (int i = 0; i < E; i++)
         c->x[i] += c->ffo[i];
 }
@@ -215,8 +219,13 @@ int nf_sparse_eval(struct nf_sparse *s, struct nf_ctx *c, int32_t token)
         return NF_ECTXFULL;
     nf_type_traits(m->tok_embd.type)
         ->to_float((const char *)m->tok_embd.data + (size_t)token * m->tok_embd.row_size, c->x, E);
+    if (hp->embd_scale) /* gemma3 */
+        for (int i = 0; i < E; i++)
+            c->x[i] *= hp->embd_scale;
     const int pos = c->n_past;
     rope_one(c, pos);
+    if (hp->n_swa) /* gemma3's local layers have a table of their own */
+        nf_rope_cache(c, pos, 1);
     for (int il = 0; il < hp->n_layer; il++) {
         const struct nf_layer *L = &m->layers[il];
         nf_attn_forward(c, &L->attn, il, pos, 1);

@@ -49,9 +49,11 @@
  *  - PRED_LOWRANK: a dense layer's FFN predictor, ffn_gate ~= A B with A (n_ff, rank) then
  *    B (rank, n_embd), row-major, elements of type[0] (F16 or F32); scores = A (B x).
  *  - PRED_ROUTER: a MoE layer's predictor, a copy of its router (type[0], n_expert rows).
- *  - ATTN_Q_BIAS, ATTN_K_BIAS, ATTN_V_BIAS (qwen2), ATTN_Q_NORM, ATTN_K_NORM (qwen3): a
- *    layer's bias or per-head norm vector in one tile (one F32 row), present only when the
+ *  - ATTN_Q_BIAS, ATTN_K_BIAS, ATTN_V_BIAS (qwen2), ATTN_Q_NORM, ATTN_K_NORM (qwen3, gemma3):
+ *    a layer's bias or per-head norm vector in one tile (one F32 row), present only when the
  *    source has the tensor; readers without these kinds refuse such a file by its kind.
+ *  - ATTN_POST_NORM, FFN_POST_NORM (gemma3): a layer's post_attention_norm or post_ffw_norm
+ *    vector (n_embd) in one tile, the same way.
  * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER. */
 #ifndef NF_NFT_H
 #define NF_NFT_H
@@ -93,6 +95,8 @@ enum nf_tile_kind {
     NF_TILE_ATTN_V_BIAS,
     NF_TILE_ATTN_Q_NORM, /* qwen3, qwen3moe */
     NF_TILE_ATTN_K_NORM,
+    NF_TILE_ATTN_POST_NORM, /* gemma3 */
+    NF_TILE_FFN_POST_NORM,
     NF_TILE_KIND_COUNT,
 };
 

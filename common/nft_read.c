@@ -33,6 +33,8 @@ static const char *const kind_names[NF_TILE_KIND_COUNT] = {
     [NF_TILE_ATTN_V_BIAS] = "attn_v_bias",
     [NF_TILE_ATTN_Q_NORM] = "attn_q_norm",
     [NF_TILE_ATTN_K_NORM] = "attn_k_norm",
+    [NF_TILE_ATTN_POST_NORM] = "attn_post_norm",
+    [NF_TILE_FFN_POST_NORM] = "ffn_post_norm",
 };
 
 const char *nf_tile_kind_name(enum nf_tile_kind kind)
@@ -105,7 +107,9 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     case NF_TILE_ATTN_K_BIAS:
     case NF_TILE_ATTN_V_BIAS:
     case NF_TILE_ATTN_Q_NORM:
-    case NF_TILE_ATTN_K_NORM: return rows_bytes(t->type[0], t->count, t->ne0);
+    case NF_TILE_ATTN_K_NORM:
+    case NF_TILE_ATTN_POST_NORM:
+    case NF_TILE_FFN_POST_NORM: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_KIND_COUNT: break;
     }
     return 0;

@@ -28,6 +28,7 @@ struct layer_src {
     const struct nf_gguf_tensor *gate_inp, *gate_exps, *up_exps, *down_exps; /* MoE */
     const struct nf_gguf_tensor *bq, *bk, *bv, *q_norm, *k_norm; /* qwen2 / qwen3 extras */
     uint32_t group;                                              /* neurons per FFN group */
+    const struct nf_gguf_tensor *attn_post, *ffn_post;           /* gemma3 post norms */
 };
 
 struct conv {
@@ -88,6 +89,8 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
         {"attn_v.bias", offsetof(struct layer_src, bv)},
         {"attn_q_norm.weight", offsetof(struct layer_src, q_norm)},
         {"attn_k_norm.weight", offsetof(struct layer_src, k_norm)},
+        {"post_attention_norm.weight", offsetof(struct layer_src, attn_post)},
+        {"post_ffw_norm.weight", offsetof(struct layer_src, ffn_post)},
     };
     const char *name = t->name.s;
     const struct nf_type_traits *tr = nf_type_traits(t->type);
@@ -183,7 +186,9 @@ static int check_layer(struct conv *c, uint32_t il)
                                                         : l->bk ? l->bk
                                                                 : l->bv)
         : !c->hp.qk_norm && (l->q_norm || l->k_norm) ? (l->q_norm ? l->q_norm : l->k_norm)
-                                                     : NULL;
+        : !c->hp.post_norms && (l->attn_post || l->ffn_post)
+            ? (l->attn_post ? l->attn_post : l->ffn_post)
+            : NULL;
     if (extra)
         return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
                           "tensor '%s' is not used by architecture %s (not supported)",
@@ -196,6 +201,10 @@ static int check_layer(struct conv *c, uint32_t il)
     if (c->hp.qk_norm) {
         NEED(q_norm, 1, c->hp.head_dim, 1, 1);
         NEED(k_norm, 1, c->hp.head_dim, 1, 1);
+    }
+    if (c->hp.post_norms) {
+        NEED(attn_post, 1, n_embd, 1, 1);
+        NEED(ffn_post, 1, n_embd, 1, 1);
     }
     if (l->gate_inp || l->gate_exps || l->up_exps || l->down_exps) {
         if (l->gate || l->up || l->down)
@@ -386,6 +395,8 @@ static int plan(struct conv *c)
             (l->bv && (rc = plan_rows(c, NF_TILE_ATTN_V_BIAS, il, l->bv, 1))) ||
             (l->q_norm && (rc = plan_rows(c, NF_TILE_ATTN_Q_NORM, il, l->q_norm, 1))) ||
             (l->k_norm && (rc = plan_rows(c, NF_TILE_ATTN_K_NORM, il, l->k_norm, 1))) ||
+            (l->attn_post && (rc = plan_rows(c, NF_TILE_ATTN_POST_NORM, il, l->attn_post, 1))) ||
+            (l->ffn_post && (rc = plan_rows(c, NF_TILE_FFN_POST_NORM, il, l->ffn_post, 1))) ||
             (rc = plan_rows(c, NF_TILE_FFN_NORM, il, l->ffn_norm, 1)))
             return rc;
         uint32_t index = 0;
@@ -610,6 +621,8 @@ static int write_tiles(struct conv *c)
         case NF_TILE_ATTN_V_BIAS: rc = write_rows(c, t, l->bv); break;
         case NF_TILE_ATTN_Q_NORM: rc = write_rows(c, t, l->q_norm); break;
         case NF_TILE_ATTN_K_NORM: rc = write_rows(c, t, l->k_norm); break;
+        case NF_TILE_ATTN_POST_NORM: rc = write_rows(c, t, l->attn_post); break;
+        case NF_TILE_FFN_POST_NORM: rc = write_rows(c, t, l->ffn_post); break;
         case NF_TILE_ROUTER:
         case NF_TILE_PRED_ROUTER: rc = write_rows(c, t, l->gate_inp); break;
         case NF_TILE_PRED_LOWRANK: rc = write_predictor(c, t, l); break;

@@ -17,6 +17,7 @@ struct nf_stream {
      * copied from their small tiles at creation into ext_data; NULL for a plain llama model. */
     struct nf_attn_weights *ext;
     float *ext_data;
+    struct nf_tensor *ffn_post; /* (n_layer) gemma3's post_ffw_norm, in ext_data; else NULL */
     struct nf_ctx *c;
     float sparsity;
     const atomic_int *abort;
@@ -262,7 +263,7 @@ static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
         nf_stream_bundles(s, il, NF_TILE_FFN, 0, nf_nft_count(s->f, il, NF_TILE_FFN), c->xn, n_tok);
     if (rc < 0)
         return rc;
-    nf_swiglu(c->hb, c->hb2, n_tok, s->shell.hp.n_ff);
+    nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->shell.hp.n_ff);
     struct nf_tensor dv = nf_stream_down_view(s);
     nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
@@ -347,7 +348,7 @@ static void nf_sparse_run(void *arg, int ith, int nth)
         const uint8_t *xg = s->xq + (size_t)k * 2 * s->xq_stride, *xu = xg + s->xq_stride;
         nf_dot_rows(b.gate_type, E, h, b.gate_row_size, b.gate, xg, G);
         nf_dot_rows(b.up_type, E, h2, b.up_row_size, b.up, xu, G);
-        nf_swiglu(h, h2, 1, G);
+        nf_ffn_act(&s->shell.hp, h, h2, 1, G);
         nf_act_convert(nf_type_traits(b.down_type)->vec_dot_type, h, hq, G);
         nf_dot_rows(b.down_type, G, eo, b.down_row_size, b.down, hq, E);
         float *o = acc + (size_t)k * E;
@@ -469,7 +470,7 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
             rc = nf_stream_bundles(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, xt, 1);
             if (rc < 0)
                 return rc;
-            nf_swiglu(c->hb, c->hb2, 1, hp->n_ff);
+            nf_ffn_act(hp, c->hb, c->hb2, 1, hp->n_ff);
             nf_matmul(c, c->eo, &dv, c->hb, 1);
             for (int i = 0; i < E; i++)
                 ot[i] = j == 0 ? c->eo[i] * w[j] : ot[i] + c->eo[i] * w[j];
@@ -506,6 +507,8 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     nf_attn_core(c, (int)il, pos0, n_tok);
     if ((rc = nf_stream_mm(s, c->ffo, il, NF_TILE_ATTN_O, E, c->att, n_tok)))
         return rc;
+    if (s->ext) /* gemma3's post_attention_norm (nothing without one) */
+        nf_post_norm(c, c->ffo, &s->ext[il].post_norm, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
     int n_ffn = n_tok;
@@ -533,6 +536,8 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         rc = nf_stream_ffn_exact(s, il, n_ffn);
     if (rc < 0)
         return rc;
+    if (s->ffn_post) /* gemma3's post_ffw_norm */
+        nf_post_norm(c, c->ffo, &s->ffn_post[il], n_ffn);
     for (size_t i = 0; i < (size_t)n_ffn * E; i++)
         c->x[i] += c->ffo[i];
     if (s->src.layer_done)
@@ -550,8 +555,12 @@ static int nf_stream_embed(struct nf_stream *s, const int32_t *tokens, int n_tok
         const uint8_t *p = nf_stream_pin(s, t, &rc);
         if (!p)
             return rc;
-        nf_type_traits((enum nf_type)t->type[0])->to_float(p + off, s->c->x + (size_t)k * E, E);
+        float *x = s->c->x + (size_t)k * E;
+        nf_type_traits((enum nf_type)t->type[0])->to_float(p + off, x, E);
         nf_stream_unpin(s, t);
+        if (s->shell.hp.embd_scale) /* gemma3, as nf_eval_chunk */
+            for (int i = 0; i < E; i++)
+                x[i] *= s->shell.hp.embd_scale;
     }
     return 0;
 }
@@ -717,7 +726,9 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
                {NF_TILE_ATTN_K_BIAS, hp->qkv_bias, kvd},
                {NF_TILE_ATTN_V_BIAS, hp->qkv_bias, kvd},
                {NF_TILE_ATTN_Q_NORM, hp->qk_norm, (uint64_t)hp->head_dim},
-               {NF_TILE_ATTN_K_NORM, hp->qk_norm, (uint64_t)hp->head_dim}};
+               {NF_TILE_ATTN_K_NORM, hp->qk_norm, (uint64_t)hp->head_dim},
+               {NF_TILE_ATTN_POST_NORM, hp->post_norms, E},
+               {NF_TILE_FFN_POST_NORM, hp->post_norms, E}};
     for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++)
         if ((rc = nf_stream_check_rows(f, il, ext[i].kind, ext[i].want ? 1 : 0, ext[i].ne0, true,
                                        &one, err, errlen)))
@@ -820,26 +831,36 @@ static int nf_stream_load_rope(struct nf_stream *s, char *err, size_t errlen)
 static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
 {
     const struct nf_hparams *hp = &s->shell.hp;
-    if (!hp->qkv_bias && !hp->qk_norm)
+    if (!hp->qkv_bias && !hp->qk_norm && !hp->post_norms)
         return 0;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    const size_t per =
-        (hp->qkv_bias ? qd + 2 * kvd : 0) + (hp->qk_norm ? 2 * (size_t)hp->head_dim : 0);
+    const size_t per = (hp->qkv_bias ? qd + 2 * kvd : 0) +
+                       (hp->qk_norm ? 2 * (size_t)hp->head_dim : 0) +
+                       (hp->post_norms ? 2 * (size_t)hp->n_embd : 0);
     s->ext = calloc((size_t)hp->n_layer, sizeof(*s->ext));
     s->ext_data = malloc(sizeof(float) * per * (size_t)hp->n_layer);
-    if (!s->ext || !s->ext_data)
+    if (hp->post_norms)
+        s->ffn_post = calloc((size_t)hp->n_layer, sizeof(*s->ffn_post));
+    if (!s->ext || !s->ext_data || (hp->post_norms && !s->ffn_post))
         return nf_errf(err, errlen, -ENOMEM, "out of memory for the attention extras");
     s->mem += (sizeof(*s->ext) + sizeof(float) * per) * (size_t)hp->n_layer;
     float *p = s->ext_data;
     for (uint32_t il = 0; il < (uint32_t)hp->n_layer; il++) {
         struct nf_attn_weights *w = &s->ext[il];
-        struct nf_tensor *dst[] = {&w->bq, &w->bk, &w->bv, &w->q_norm, &w->k_norm};
-        static const enum nf_tile_kind kinds[] = {NF_TILE_ATTN_Q_BIAS, NF_TILE_ATTN_K_BIAS,
-                                                  NF_TILE_ATTN_V_BIAS, NF_TILE_ATTN_Q_NORM,
-                                                  NF_TILE_ATTN_K_NORM};
+        /* The post norms are not attention extras, but as small and read the same way. */
+        struct nf_tensor *dst[] = {&w->bq,
+                                   &w->bk,
+                                   &w->bv,
+                                   &w->q_norm,
+                                   &w->k_norm,
+                                   &w->post_norm,
+                                   s->ffn_post ? &s->ffn_post[il] : NULL};
+        static const enum nf_tile_kind kinds[] = {
+            NF_TILE_ATTN_Q_BIAS, NF_TILE_ATTN_K_BIAS,    NF_TILE_ATTN_V_BIAS,  NF_TILE_ATTN_Q_NORM,
+            NF_TILE_ATTN_K_NORM, NF_TILE_ATTN_POST_NORM, NF_TILE_FFN_POST_NORM};
         for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
             const struct nf_nft_tile *t = nf_nft_find(s->f, il, kinds[i], 0);
-            if (!t) /* nf_stream_check: absent exactly when the architecture has none */
+            if (!t || !dst[i]) /* nf_stream_check: absent exactly when the arch has none */
                 continue;
             int rc;
             const uint8_t *src = nf_stream_pin(s, t, &rc);
@@ -951,6 +972,7 @@ void nf_stream_free(struct nf_stream *s)
     free(s->shell.rope_freqs.data);
     free(s->ext);
     free(s->ext_data);
+    free(s->ffn_post);
     free(s->tmp);
     free(s->down);
     free(s->scores);

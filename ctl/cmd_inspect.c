@@ -102,11 +102,25 @@ static void print_calib(const struct nf_nft *f)
     }
 }
 
+/* The architecture of the embedded metadata, with gemma3's sliding window. */
+static void print_arch(const struct nf_nft *f)
+{
+    const char *arch = NULL;
+    uint32_t win = 0;
+    if (nf_gguf_get_str(nf_nft_gguf(f), "general.architecture", &arch) < 0)
+        arch = "?";
+    printf("architecture: %s", arch);
+    if (nf_gguf_get_u32(nf_nft_gguf(f), "gemma3.attention.sliding_window", &win) == 0)
+        printf(" (sliding window %u, every 6th layer global)", win);
+    printf("\n");
+}
+
 static void print_text(const struct nf_nft *f, const char *path, const struct layout *s)
 {
     const struct nf_nft_header *h = &f->hdr;
     printf("%s: NanoFlow tile file v%u.%u, %" PRIu64 " bytes, %" PRIu64 " tiles (tile size %u)\n",
            path, h->major, h->minor, h->file_size, f->n_tiles, h->tile_size);
+    print_arch(f);
     printf("model: %u layers, n_embd %u, n_ff %u, n_vocab %u, heads %u/%u, experts %u (%u used), "
            "%s output\n",
            h->n_layer, h->n_embd, h->n_ff, h->n_vocab, h->n_head, h->n_head_kv, h->n_expert,

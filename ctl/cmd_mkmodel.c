@@ -1,5 +1,5 @@
-/* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe)
- * with generated weights. */
+/* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe,
+ * gemma3) with generated weights. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -42,7 +42,10 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
-static const char *const nf_mk_archs[] = {"llama", "qwen2", "qwen3", "qwen3moe"};
+static const char *const nf_mk_archs[] = {"llama", "qwen2", "qwen3", "qwen3moe", "gemma3"};
+
+/* gemma3's sliding window when --window is not given (Gemma 3 1B's). */
+#define NF_MK_GEMMA3_WINDOW 512
 
 const struct nf_mk_shape *nf_mk_shape_find(const char *name)
 {
@@ -80,15 +83,23 @@ static void usage(FILE *f)
         f,
         "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
         "--heads H [--kv-heads K]) [OPTIONS]\n\n"
-        "Writes a GGUF v3 model of architecture llama, qwen2, qwen3 or qwen3moe with\n"
-        "deterministic random weights (uniform, std %.2g; norms 1.0, qwen3 q/k norms 1 +\n"
-        "%g x noise) or, with --zero, all-zero matrices left as file holes.\n\n"
+        "Writes a GGUF v3 model of architecture llama, qwen2, qwen3, qwen3moe or gemma3\n"
+        "with deterministic random weights (uniform, std %.2g; norms 1.0, qwen3 q/k norms and\n"
+        "every gemma3 norm 1 + %g x noise) or, with --zero, all-zero matrices left as file\n"
+        "holes.\n\n"
         "Shape (flags override the preset's values):\n"
         "  --shape NAME         %s\n"
         "                       (required unless --dim, --layers, --ffn and --heads are given)\n"
         "  --arch A             llama, qwen2 (Q/K/V biases), qwen3 (q/k norms) or qwen3moe\n"
-        "                       (qwen3 with experts; needs --experts) (default: the shape's,\n"
-        "                       else llama)\n"
+        "                       (qwen3 with experts; needs --experts) or gemma3 (sliding-\n"
+        "                       window and global layers, post norms, GELU; published\n"
+        "                       files have --tied-output) (default: the shape's, else\n"
+        "                       llama)\n"
+        "  --window N           (gemma3) attention.sliding_window of the local layers\n"
+        "                       (default %d); every 6th layer is global; 0: no window key,\n"
+        "                       every layer global\n"
+        "  --rope-scale F       linear RoPE scaling factor (rope.scaling.factor; gemma3: the\n"
+        "                       global layers only) (default: none)\n"
         "  --head-dim N         attention head size (default dim/heads; qwen3 presets 128)\n"
         "  --tied-output        no output.weight: the output reuses token_embd\n"
         "  --rope-freqs         (llama) Llama 3.1 rope scaling: a rope_freqs.weight tensor\n"
@@ -122,7 +133,7 @@ static void usage(FILE *f)
         "  --alignment N        general.alignment, a power of two (default 32)\n"
         "  -t, --threads N      generator threads, 1..256 (default: online CPUs)\n"
         "  -h, --help           show this help\n",
-        NF_MK_STD, NF_MK_NEAR_ONE_SCALE, shapes);
+        NF_MK_STD, NF_MK_NEAR_ONE_SCALE, shapes, NF_MK_GEMMA3_WINDOW);
 }
 
 struct mk_opts {
@@ -133,8 +144,8 @@ struct mk_opts {
     const char *arch;
     bool tied, rope_freqs;
     /* -1 = not given on the command line. */
-    long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx;
-    float rope_base, rms_eps;
+    long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx, window;
+    float rope_base, rms_eps, rope_scale;
     bool rope_set, eps_set;
     enum nf_type type;
     uint64_t seed;
@@ -175,6 +186,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--threads", 1, 256, offsetof(struct mk_opts, threads)},
         {"-t", 1, 256, offsetof(struct mk_opts, threads)},
         {"--alignment", 1, 1 << 20, offsetof(struct mk_opts, alignment)},
+        {"--window", 0, 1 << 30, offsetof(struct mk_opts, window)},
     };
     *done = false;
     for (int i = 1; i < argc; i++) {
@@ -234,7 +246,8 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 known |= !strcmp(v, nf_mk_archs[k]);
             if (!known)
                 return nf_usage_error(
-                    CMD, "unknown --arch '%s' (expected llama, qwen2, qwen3 or qwen3moe)", v);
+                    CMD, "unknown --arch '%s' (expected llama, qwen2, qwen3, qwen3moe or gemma3)",
+                    v);
             o->arch = v;
         } else if (nf_arg_is(a, "--type")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)))
@@ -261,6 +274,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 nf_arg_float(CMD, "--rope-base", v, 1.0f, 1e9f, &o->rope_base))
                 return 2;
             o->rope_set = true;
+        } else if (nf_arg_is(a, "--rope-scale")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, "--rope-scale", v, 1.0f, 1e6f, &o->rope_scale))
+                return 2;
         } else if (nf_arg_is(a, "--rms-eps")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--rms-eps", v, 1e-12f, 1.0f, &o->rms_eps))
@@ -315,6 +332,9 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
         s->arch = "llama";
     if (o->head_dim > 0)
         s->head_dim = o->head_dim;
+    bool gemma3 = !strcmp(s->arch, "gemma3");
+    if (o->window >= 0 && !gemma3)
+        return nf_usage_error(CMD, "--window is for --arch gemma3 (sliding-window layers)");
 
     const char *missing = s->dim < 0      ? "--dim"
                           : s->layers < 0 ? "--layers"
@@ -382,8 +402,11 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool ti
 {
     int64_t hd = s->head_dim;
     int64_t q_dim = s->heads * hd, kv_dim = s->kv_heads * hd, e = s->experts;
-    bool bias = !strcmp(s->arch, "qwen2"), qk_norm = !strncmp(s->arch, "qwen3", 5);
-    size_t per_layer = (e ? 10 : 9) + (bias ? 3 : 0) + (qk_norm ? 2 : 0);
+    bool gemma3 = !strcmp(s->arch, "gemma3");
+    bool bias = !strcmp(s->arch, "qwen2"), qk_norm = !strncmp(s->arch, "qwen3", 5) || gemma3;
+    size_t per_layer = (e ? 10 : 9) + (bias ? 3 : 0) + (qk_norm ? 2 : 0) + (gemma3 ? 2 : 0);
+    /* gemma3's norms are all 1 + noise, so each one (the post norms too) shows in the output. */
+    enum nf_mk_fill norm_fill = gemma3 ? NF_MK_NEAR_ONE : NF_MK_ONES;
     size_t n = 4 + per_layer * (size_t)s->layers, k = 0;
     struct nf_mk_tensor *t = calloc(n, sizeof(*t));
     if (!t)
@@ -402,7 +425,7 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool ti
     } while (0)
     /* (vocab, dim) embedding rows; the output projection has the same shape. */
     ADD(NF_MK_RANDOM, type, 2, s->dim, s->vocab, 1, "token_embd.weight");
-    ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "output_norm.weight");
+    ADD(norm_fill, NF_TYPE_F32, 1, s->dim, 1, 1, "output_norm.weight");
     if (!tied)
         ADD(NF_MK_RANDOM, type, 2, s->dim, s->vocab, 1, "output.weight");
     if (rope_freqs) {
@@ -411,7 +434,7 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool ti
     }
     for (int64_t l = 0; l < s->layers; l++) {
         long long b = (long long)l;
-        ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.attn_norm.weight", b);
+        ADD(norm_fill, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.attn_norm.weight", b);
         ADD(NF_MK_RANDOM, type, 2, s->dim, q_dim, 1, "blk.%lld.attn_q.weight", b);
         ADD(NF_MK_RANDOM, type, 2, s->dim, kv_dim, 1, "blk.%lld.attn_k.weight", b);
         ADD(NF_MK_RANDOM, type, 2, s->dim, kv_dim, 1, "blk.%lld.attn_v.weight", b);
@@ -425,7 +448,11 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool ti
             ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_q_norm.weight", b);
             ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_k_norm.weight", b);
         }
-        ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.ffn_norm.weight", b);
+        if (gemma3) /* RMSNorm of the attention output, before the residual add */
+            ADD(norm_fill, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.post_attention_norm.weight", b);
+        ADD(norm_fill, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.ffn_norm.weight", b);
+        if (gemma3) /* and of the FFN output */
+            ADD(norm_fill, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.post_ffw_norm.weight", b);
         if (e) {
             /* Router (n_expert, dim) in F32 as llama.cpp keeps it; experts stacked in ne[2]. */
             ADD(NF_MK_RANDOM, NF_TYPE_F32, 2, s->dim, e, 1, "blk.%lld.ffn_gate_inp.weight", b);
@@ -509,6 +536,14 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     U32("rope.dimension_count", s->head_dim);
     F32("rope.freq_base", s->rope_base);
     F32("attention.layer_norm_rms_epsilon", s->rms_eps);
+    if (!strcmp(a, "gemma3") && o->window != 0)
+        U32("attention.sliding_window", o->window > 0 ? o->window : NF_MK_GEMMA3_WINDOW);
+    if (o->rope_scale > 0) {
+        snprintf(k, sizeof(k), "%s.rope.scaling.type", a);
+        if (!rc)
+            rc = nf_gguf_writer_add_str(w, k, "linear");
+        F32("rope.scaling.factor", o->rope_scale);
+    }
     U32("vocab_size", s->vocab);
     if (s->experts) {
         U32("expert_count", s->experts);
@@ -677,6 +712,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
                         .experts_used = -1,
                         .vocab = -1,
                         .ctx = -1,
+                        .window = -1,
                         .type = NF_TYPE_F16,
                         .seed = 1,
                         .threads = -1,

@@ -36,9 +36,10 @@ kind() {
     -n | --n-predict | -t | --threads | -c | --ctx-size | --ctx | --top-k | --top-logits | \
         -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
-        --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request) K=int ;;
+        --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
+        --window) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
-        --rms-eps) K=float ;;
+        --rms-eps | --rope-scale) K=float ;;
     --ram | --tile-size | --pred-mem) K=size ;;
     --log-level | --verify | --shape | --type | --arch) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name) K=str ;;
@@ -78,6 +79,7 @@ good() {
     --repeat-penalty) G=1.1 ;;
     --sparsity) G=0.5 ;;
     --rope-base) G=10000 ;;
+    --window | --rope-scale) G=8 ;;
     --rms-eps) G=1e-6 ;;
     --ram) G=1G ;;
     --tile-size) G=512K ;;
@@ -120,6 +122,15 @@ post_args() {
     esac
 }
 
+# flag_ctx FLAG: sets X to the other flags FLAG needs to be valid, given after PRE (mkmodel's
+# --window is for gemma3, which is dense).
+flag_ctx() {
+    case "$1" in
+    --window) X=(--arch gemma3 --experts 0) ;;
+    *) X=() ;;
+    esac
+}
+
 # parsed_flags NAME: the flags each parser accepts (read from its source); every one must be
 # named in the help. A command not listed here (e.g. bench) is checked from its help alone.
 parsed_flags() {
@@ -129,7 +140,8 @@ parsed_flags() {
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
-        "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" ;;
+        "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
+        "--window --rope-scale" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
@@ -273,7 +285,8 @@ check_command() {
         good "$f"
         [ "$k" != bool ] && val=("$G")
         [ -e "$R" ] && rm -rf "$R"
-        run_to acc "$@" "${pre[@]}" "$f" "${val[@]}" "${post[@]}"
+        flag_ctx "$f"
+        run_to acc "$@" "${pre[@]}" "${X[@]}" "$f" "${val[@]}" "${post[@]}"
         if [ "$rc" -ne 1 ]; then
             bad "$label $f ${val[*]}: exit $rc, want 1 (a runtime failure): $(head -c 300 "$T/acc.err")"
         elif mapfile -t acc <"$T/acc.err" &&
@@ -285,7 +298,7 @@ check_command() {
         # The --flag=value form, and a value given to a flag that takes none.
         if [[ "$f" == --* && "$k" != bool ]]; then
             [ -e "$R" ] && rm -rf "$R"
-            run_to acc "$@" "${pre[@]}" "$f=$G" "${post[@]}"
+            run_to acc "$@" "${pre[@]}" "${X[@]}" "$f=$G" "${post[@]}"
             if [ "$rc" -eq 1 ]; then ok; else
                 bad "$label $f=$G: exit $rc, want 1: $(head -c 300 "$T/acc.err")"
             fi
