@@ -33,6 +33,7 @@ static const char *const kind_names[NF_TILE_KIND_COUNT] = {
     [NF_TILE_ATTN_V_BIAS] = "attn_v_bias",
     [NF_TILE_ATTN_Q_NORM] = "attn_q_norm",
     [NF_TILE_ATTN_K_NORM] = "attn_k_norm",
+    [NF_TILE_SHEXP_GATE] = "shexp_gate",
 };
 
 const char *nf_tile_kind_name(enum nf_tile_kind kind)
@@ -105,7 +106,8 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     case NF_TILE_ATTN_K_BIAS:
     case NF_TILE_ATTN_V_BIAS:
     case NF_TILE_ATTN_Q_NORM:
-    case NF_TILE_ATTN_K_NORM: return rows_bytes(t->type[0], t->count, t->ne0);
+    case NF_TILE_ATTN_K_NORM:
+    case NF_TILE_SHEXP_GATE: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_KIND_COUNT: break;
     }
     return 0;
