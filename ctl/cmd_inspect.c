@@ -58,7 +58,9 @@ static void measure(const struct nf_nft *f, struct layout *s)
     double moe = f->hdr.n_expert ? (double)f->hdr.n_expert_used / f->hdr.n_expert : 0;
     for (size_t j = 0; j < N_SPARSITY; j++) {
         double keep = 1.0 - sparsity[j] / 100.0;
-        s->token[j] = fixed + (uint64_t)(keep * (double)s->disk[NF_TILE_FFN]) +
+        /* A MoE file's FFN tiles are a shared expert (qwen2moe), read by every token. */
+        double keep_ffn = f->hdr.n_expert ? 1.0 : keep;
+        s->token[j] = fixed + (uint64_t)(keep_ffn * (double)s->disk[NF_TILE_FFN]) +
                       (uint64_t)(keep * moe * (double)s->disk[NF_TILE_EXPERT]);
     }
 }
@@ -107,9 +109,11 @@ static void print_text(const struct nf_nft *f, const char *path, const struct la
     const struct nf_nft_header *h = &f->hdr;
     printf("%s: NanoFlow tile file v%u.%u, %" PRIu64 " bytes, %" PRIu64 " tiles (tile size %u)\n",
            path, h->major, h->minor, h->file_size, f->n_tiles, h->tile_size);
-    printf("model: %u layers, n_embd %u, n_ff %u, n_vocab %u, heads %u/%u, experts %u (%u used), "
-           "%s output\n",
-           h->n_layer, h->n_embd, h->n_ff, h->n_vocab, h->n_head, h->n_head_kv, h->n_expert,
+    const char *arch = "?";
+    nf_gguf_get_str(nf_nft_gguf(f), "general.architecture", &arch);
+    printf("model: %s, %u layers, n_embd %u, n_ff %u, n_vocab %u, heads %u/%u, experts %u (%u "
+           "used), %s output\n",
+           arch, h->n_layer, h->n_embd, h->n_ff, h->n_vocab, h->n_head, h->n_head_kv, h->n_expert,
            h->n_expert_used, h->tied_output ? "tied" : "separate");
     printf("\n%-14s %8s %14s %14s\n", "kind", "tiles", "bytes", "disk bytes");
     for (int k = 0; k < NF_TILE_KIND_COUNT; k++)

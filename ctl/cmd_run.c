@@ -24,7 +24,8 @@ static void usage(FILE *f)
         f,
         "usage: nanoflowctl run --model FILE [PROMPT | -p PROMPT | -f FILE] [options]\n\n"
         "Generates text with a llama-family GGUF model entirely in RAM, in this process. The\n"
-        "generated text (not the prompt) is streamed to stdout as it is produced.\n\n"
+        "generated text (not the prompt) is streamed to stdout as it is produced.\n"
+        "Architectures (general.architecture): llama, qwen2, qwen3, qwen3moe, qwen2moe, olmoe.\n\n"
         "  -m, --model FILE        GGUF model (required)\n"
         "  -p, --prompt TEXT       prompt text (default: empty: generation starts from BOS)\n"
         "  -f, --file FILE         read the prompt from FILE\n"
