@@ -34,7 +34,8 @@ bad() {
 kind() {
     case "$1" in
     -n | --n-predict | -t | --threads | -c | --ctx-size | --ctx | --top-k | --top-logits | \
-        -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --heads | \
+        -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --shared-ffn | \
+        --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
@@ -62,7 +63,7 @@ good() {
     -s | --seed) G=7 ;;
     --dim) G=64 ;;
     --layers | --layers-override) G=2 ;;
-    --ffn) G=128 ;;
+    --ffn | --shared-ffn) G=128 ;;
     --heads) G=4 ;;
     --head-dim) G=16 ;;
     --arch) G=llama ;;
@@ -94,6 +95,15 @@ good() {
     --vocab-from) G="$VOCAB" ;;
     --watch) G=1 ;;
     *) G="" ;;
+    esac
+}
+
+# flag_ctx FLAG: sets CTX to the arguments a flag needs beside the command's (mkmodel
+# --shared-ffn is for --arch qwen2moe only).
+flag_ctx() {
+    case "$1" in
+    --shared-ffn) CTX=(--arch qwen2moe) ;;
+    *) CTX=() ;;
     esac
 }
 
@@ -129,7 +139,8 @@ parsed_flags() {
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
-        "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" ;;
+        "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
+        "--shared-ffn" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
@@ -260,6 +271,8 @@ check_command() {
         kind "$f"
         k=$K
         case "$f" in -h | --help) continue ;; esac
+        flag_ctx "$f"
+        local -a fpre=("${pre[@]}" "${CTX[@]}")
         if [ -z "$k" ]; then
             bad "$label: the help names $f, which this test does not know (add it to kind/good)"
             continue
@@ -273,7 +286,7 @@ check_command() {
         good "$f"
         [ "$k" != bool ] && val=("$G")
         [ -e "$R" ] && rm -rf "$R"
-        run_to acc "$@" "${pre[@]}" "$f" "${val[@]}" "${post[@]}"
+        run_to acc "$@" "${fpre[@]}" "$f" "${val[@]}" "${post[@]}"
         if [ "$rc" -ne 1 ]; then
             bad "$label $f ${val[*]}: exit $rc, want 1 (a runtime failure): $(head -c 300 "$T/acc.err")"
         elif mapfile -t acc <"$T/acc.err" &&
@@ -285,17 +298,17 @@ check_command() {
         # The --flag=value form, and a value given to a flag that takes none.
         if [[ "$f" == --* && "$k" != bool ]]; then
             [ -e "$R" ] && rm -rf "$R"
-            run_to acc "$@" "${pre[@]}" "$f=$G" "${post[@]}"
+            run_to acc "$@" "${fpre[@]}" "$f=$G" "${post[@]}"
             if [ "$rc" -eq 1 ]; then ok; else
                 bad "$label $f=$G: exit $rc, want 1: $(head -c 300 "$T/acc.err")"
             fi
         elif [[ "$f" == --* ]]; then
-            usage_err "$label $f=1 (takes no value)" "$@" "${pre[@]}" "$f=1" "${post[@]}"
+            usage_err "$label $f=1 (takes no value)" "$@" "${fpre[@]}" "$f=1" "${post[@]}"
         fi
         # A flag given without its value.
         case "$k" in
         bool | opt) ;;
-        *) usage_err "$label $f (no value)" "$@" "${pre[@]}" "$f" ;;
+        *) usage_err "$label $f (no value)" "$@" "${fpre[@]}" "$f" ;;
         esac
         # Bad values.
         local -a bads=()
@@ -306,7 +319,7 @@ check_command() {
         enum) bads=(bogus) ;;
         esac
         for b in "${bads[@]}"; do
-            usage_err "$label $f '$b'" "$@" "${pre[@]}" "$f" "$b" "${post[@]}"
+            usage_err "$label $f '$b'" "$@" "${fpre[@]}" "$f" "$b" "${post[@]}"
         done
     done
     # Without its required model (or files) a command is a usage error too.
