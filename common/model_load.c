@@ -618,6 +618,8 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
                  hp->n_head_kv, hp->head_dim, hp->n_vocab, hp->n_ctx_train, tr ? tr->name : "?",
                  m->tied_output ? ", tied output" : "", m->weight_bytes / 1048576.0);
     if (hp->n_expert && off > 0 && (size_t)off < len)
-        snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
-                 hp->n_expert_used);
+        off += snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
+                        hp->n_expert_used);
+    if (hp->n_ff_shexp && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off, ", shared expert %d", hp->n_ff_shexp);
 }
