@@ -608,17 +608,9 @@ void nf_shexp_gate(struct nf_ctx *c, const float *ffn_out, int n_tok)
     }
 }
 
-void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w)
+/* sel (K) = the K largest of p (X), the first of equal ones first; w (K) their values. */
+static void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
 {
-    /* ggml_soft_max (ggml_vec_soft_max_f32, then a scale by the inverse sum), the top K by
-     * probability (ggml_argsort_top_k), their probabilities taken as they are (norm_w
-     * false). */
-    float mx = -INFINITY;
-    for (int e = 0; e < X; e++)
-        mx = p[e] > mx ? p[e] : mx;
-    const float inv = (float)(1.0 / nf_softmax_exp(p, p, X, mx));
-    for (int e = 0; e < X; e++)
-        p[e] *= inv;
     for (int k = 0; k < K; k++) {
         int best = -1;
         for (int e = 0; e < X; e++) {
@@ -631,6 +623,20 @@ void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w)
         sel[k] = best;
         w[k] = p[best];
     }
+}
+
+void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w)
+{
+    /* ggml_soft_max (ggml_vec_soft_max_f32, then a scale by the inverse sum), the top K by
+     * probability (ggml_argsort_top_k), their probabilities taken as they are (norm_w
+     * false). */
+    float mx = -INFINITY;
+    for (int e = 0; e < X; e++)
+        mx = p[e] > mx ? p[e] : mx;
+    const float inv = (float)(1.0 / nf_softmax_exp(p, p, X, mx));
+    for (int e = 0; e < X; e++)
+        p[e] *= inv;
+    nf_moe_top_k(p, X, K, sel, w);
 }
 
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w)
@@ -656,20 +662,10 @@ void nf_moe_route(float *p, int X, int K, int *sel, float *w)
     const float inv = (float)(1.0 / sum);
     for (int e = 0; e < X; e++)
         p[e] *= inv;
+    nf_moe_top_k(p, X, K, sel, w);
     float wsum = 0.0f;
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        for (int e = 0; e < X; e++) {
-            bool taken = false;
-            for (int k2 = 0; k2 < k; k2++)
-                taken |= sel[k2] == e;
-            if (!taken && (best < 0 || p[e] > p[best]))
-                best = e;
-        }
-        sel[k] = best;
-        w[k] = p[best];
-        wsum += p[best];
-    }
+    for (int k = 0; k < K; k++)
+        wsum += w[k];
     for (int k = 0; k < K; k++)
         w[k] = w[k] / wsum;
 }
