@@ -15,6 +15,11 @@
  *    and sliding-window layers (window attention.sliding_window, rope base 10000) with every
  *    6th layer global (rope.freq_base, linear rope.scaling.factor), as llama.cpp's gemma3;
  *    without the window key every layer is global.
+ *  - "qwen2moe": qwen2 attention with a routed MoE FFN (softmax, top-k, not renormalized) plus
+ *    a shared expert (ffn_*_shexp) whose output is scaled by sigmoid(ffn_gate_inp_shexp . x);
+ *  - "olmoe": NEOX RoPE, an RMSNorm of q and of k over the whole projection (attn_q_norm of
+ *    n_head * head_dim, attn_k_norm of n_head_kv * head_dim) before RoPE, a routed MoE FFN
+ *    (softmax, top-k, not renormalized).
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
@@ -47,16 +52,26 @@ struct nf_tensor {
 };
 
 /* The architectures nf_model_load runs (general.architecture). */
-enum nf_arch { NF_ARCH_LLAMA = 0, NF_ARCH_QWEN2, NF_ARCH_QWEN3, NF_ARCH_QWEN3MOE, NF_ARCH_GEMMA3 };
+enum nf_arch {
+    NF_ARCH_LLAMA = 0,
+    NF_ARCH_QWEN2,
+    NF_ARCH_QWEN3,
+    NF_ARCH_QWEN3MOE,
+    NF_ARCH_GEMMA3,
+    NF_ARCH_QWEN2MOE,
+    NF_ARCH_OLMOE,
+};
 
 /* The general.architecture string of a. */
 const char *nf_arch_name(enum nf_arch a);
 
 struct nf_hparams {
     enum nf_arch arch;
-    bool rope_neox; /* NEOX RoPE (pairs i, i + n_rot/2) instead of adjacent pairs */
-    bool qkv_bias;  /* attn_q/k/v.bias tensors present (qwen2) */
-    bool qk_norm;   /* attn_q_norm / attn_k_norm per-head RMSNorm (qwen3, qwen3moe) */
+    bool rope_neox;  /* NEOX RoPE (pairs i, i + n_rot/2) instead of adjacent pairs */
+    bool qkv_bias;   /* attn_q/k/v.bias tensors present (qwen2) */
+    bool qk_norm;    /* attn_q_norm / attn_k_norm: per head (qwen3, qwen3moe) or over the
+                      * whole projection (olmoe), told apart by the norm's length */
+    bool moe_norm_w; /* the top-k expert weights renormalized to sum to 1 (qwen3moe, llama) */
     int n_vocab;
     int n_embd; /* model width */
     int n_layer;
@@ -67,6 +82,7 @@ struct nf_hparams {
     int n_rot;    /* rotated dims per head (rope.dimension_count) */
     int n_expert; /* 0 for dense models */
     int n_expert_used;
+    int n_ff_shexp;  /* shared expert width (qwen2moe), else 0 */
     int n_ctx_train; /* <arch>.context_length */
     float rope_base;
     float rope_freq_scale; /* 1 / rope.scaling.factor for linear scaling, else 1 */
@@ -100,8 +116,8 @@ struct nf_attn_weights {
     struct nf_tensor bq;     /* (n_head * head_dim) F32, qkv_bias only; else data NULL */
     struct nf_tensor bk;     /* (n_head_kv * head_dim) F32, qkv_bias only */
     struct nf_tensor bv;     /* (n_head_kv * head_dim) F32, qkv_bias only */
-    struct nf_tensor q_norm; /* (head_dim) F32, qk_norm only */
-    struct nf_tensor k_norm; /* (head_dim) F32, qk_norm only */
+    struct nf_tensor q_norm; /* (head_dim), or (n_head * head_dim) for olmoe; F32, qk_norm */
+    struct nf_tensor k_norm; /* (head_dim), or (n_head_kv * head_dim) for olmoe; F32 */
 
     struct nf_tensor post_norm; /* (n_embd) F32 post_attention_norm, post_norms only */
 };
@@ -119,6 +135,11 @@ struct nf_moe_weights {
     struct nf_tensor gate_exps; /* (n_embd -> n_ff, n_expert) */
     struct nf_tensor up_exps;   /* (n_embd -> n_ff, n_expert) */
     struct nf_tensor down_exps; /* (n_ff -> n_embd, n_expert) */
+    /* qwen2moe's shared expert, used by every token (data NULL when absent). */
+    struct nf_tensor gate_inp_shexp; /* (n_embd -> 1) its sigmoid gate */
+    struct nf_tensor gate_shexp;     /* (n_embd -> n_ff_shexp) */
+    struct nf_tensor up_shexp;       /* (n_embd -> n_ff_shexp) */
+    struct nf_tensor down_shexp;     /* (n_ff_shexp -> n_embd) */
 };
 
 struct nf_layer {
@@ -207,8 +228,8 @@ struct nf_ctx {
     float *k;           /* (NF_MAX_BATCH, n_head_kv * head_dim) */
     float *v;           /* (NF_MAX_BATCH, n_head_kv * head_dim) */
     float *att;         /* (NF_MAX_BATCH, n_head * head_dim) attention output */
-    float *hb;          /* (NF_MAX_BATCH, n_ff) */
-    float *hb2;         /* (NF_MAX_BATCH, n_ff) */
+    float *hb;          /* (NF_MAX_BATCH, max(n_ff, n_ff_shexp)) */
+    float *hb2;         /* (NF_MAX_BATCH, max(n_ff, n_ff_shexp)) */
     float *ffo;         /* (NF_MAX_BATCH, n_embd) block output before the residual add */
     float *eo;          /* (n_embd) one expert's output */
     float *router;      /* (n_expert) */
@@ -222,6 +243,8 @@ struct nf_ctx {
 
     float *rope_cos_swa; /* (NF_MAX_BATCH, n_rot / 2) the local layers' (n_swa > 0 only) */
     float *rope_sin_swa; /* (NF_MAX_BATCH, n_rot / 2) */
+    float *sh_out;       /* (NF_MAX_BATCH, n_embd) the shared expert's gated output (qwen2moe) */
+    float *sh_gate;      /* (NF_MAX_BATCH) its gate logits, then sigmoids */
 };
 
 /* Creates a context for m with room for n_ctx positions and n_threads threads (<= 0: all
@@ -270,6 +293,16 @@ void nf_post_norm(const struct nf_ctx *c, float *x, const struct nf_tensor *norm
 /* MoE router of one token: p (X) holds the router logits and is turned into probabilities;
  * sel (K) gets the chosen experts and w (K) their renormalized weights (K <= 64). */
 void nf_moe_route(float *p, int X, int K, int *sel, float *w);
+/* The router of an architecture that does not renormalize (qwen2moe, olmoe): the softmax as
+ * ggml_soft_max computes it, the top K, w their probabilities as they are. */
+void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w);
+/* The router hp's architecture uses: nf_moe_route or nf_moe_route_raw. */
+void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w);
+
+/* qwen2moe's shared expert gate for n_tok tokens: c->sh_out (n_tok, n_embd) = ffn_out (the
+ * shared expert's FFN output, same shape) times sigmoid(c->sh_gate[t]), the sigmoid computed
+ * as llama.cpp does (silu(g) / g). */
+void nf_shexp_gate(struct nf_ctx *c, const float *ffn_out, int n_tok);
 
 /* out (n_tok, w->ne[1]) = x (n_tok, w->ne[0]) times w's rows, with x converted to w's
  * vec_dot_type first (as llama.cpp does); parallel over rows on c's pool. */

@@ -486,13 +486,19 @@ void nf_attn_qk(struct nf_ctx *c, const struct nf_attn_weights *w, int n_tok)
             for (int i = 0; i < len[j]; i++)
                 dst[j][(size_t)t * len[j] + i] += bias[j][i];
     }
-    /* ggml_rms_norm over each head's head_dim values, then ggml_mul by the norm (qwen3). */
-    if (w->q_norm.data)
-        for (size_t r = 0; r < (size_t)n_tok * hp->n_head; r++)
-            nf_rmsnorm(c->q + r * hd, c->q + r * hd, w->q_norm.data, hd, hp->rms_eps);
-    if (w->k_norm.data)
-        for (size_t r = 0; r < (size_t)n_tok * hp->n_head_kv; r++)
-            nf_rmsnorm(c->k + r * hd, c->k + r * hd, w->k_norm.data, hd, hp->rms_eps);
+    /* ggml_rms_norm over each norm-length run of values, then ggml_mul by the norm: each
+     * head's head_dim values (qwen3), or each token's whole projection (olmoe, whose norms
+     * are n_head * head_dim and n_head_kv * head_dim long). */
+    if (w->q_norm.data) {
+        const size_t n = (size_t)w->q_norm.ne[0];
+        for (size_t r = 0; r < (size_t)n_tok * qd / n; r++)
+            nf_rmsnorm(c->q + r * n, c->q + r * n, w->q_norm.data, (int)n, hp->rms_eps);
+    }
+    if (w->k_norm.data) {
+        const size_t n = (size_t)w->k_norm.ne[0];
+        for (size_t r = 0; r < (size_t)n_tok * kvd / n; r++)
+            nf_rmsnorm(c->k + r * n, c->k + r * n, w->k_norm.data, (int)n, hp->rms_eps);
+    }
 }
 
 void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok)
@@ -633,10 +639,20 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
     for (int t = 0; t < n_tok; t++)
         nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, norm->data, E, hp->rms_eps);
     nf_matmul(c, c->router, &w->gate_inp, c->xn, n_tok);
+    if (w->gate_shexp.data) {
+        /* The shared expert on every token, as a dense FFN of its own width, gated. */
+        const int S = hp->n_ff_shexp;
+        nf_matmul(c, c->sh_gate, &w->gate_inp_shexp, c->xn, n_tok);
+        nf_matmul(c, c->hb, &w->gate_shexp, c->xn, n_tok);
+        nf_matmul(c, c->hb2, &w->up_shexp, c->xn, n_tok);
+        nf_swiglu(c->hb, c->hb2, n_tok, S);
+        nf_matmul(c, c->ffo, &w->down_shexp, c->hb, n_tok);
+        nf_shexp_gate(c, c->ffo, n_tok);
+    }
     for (int t = 0; t < n_tok; t++) {
         int sel[64];
         float wsel[64];
-        nf_moe_route(c->router + (size_t)t * X, X, K, sel, wsel);
+        nf_moe_route_hp(hp, c->router + (size_t)t * X, sel, wsel);
         float *xt = c->xn + (size_t)t * E, *ot = c->ffo + (size_t)t * E;
         for (int k = 0; k < K; k++) {
             struct nf_ffn_weights ew = {.gate = nf_expert_view(&w->gate_exps, sel[k]),
@@ -651,8 +667,63 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
                 ot[i] = k == 0 ? c->eo[i] * wk : ot[i] + c->eo[i] * wk;
         }
     }
+    if (w->gate_shexp.data) /* llama.cpp: moe_out + ffn_shexp_out */
+        for (size_t i = 0; i < (size_t)n_tok * E; i++)
+            c->ffo[i] += c->sh_out[i];
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
+}
+
+void nf_shexp_gate(struct nf_ctx *c, const float *ffn_out, int n_tok)
+{
+    const int E = c->m->hp.n_embd;
+    for (int t = 0; t < n_tok; t++) {
+        /* ggml_div(ggml_silu(g), g), silu as ggml_silu_f32 on a row of one element:
+         * g / (1 + expf(-g)). At g = 0 that is 0 / 0; its limit, 1/2, is used instead. */
+        const float g = c->sh_gate[t];
+        const float sg = g == 0.0f ? 0.5f : (g / (1.0f + expf(-g))) / g;
+        for (int i = 0; i < E; i++)
+            c->sh_out[(size_t)t * E + i] = ffn_out[(size_t)t * E + i] * sg;
+    }
+}
+
+/* sel (K) = the K largest of p (X), the first of equal ones first; w (K) their values. */
+static void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
+{
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < X; e++) {
+            bool taken = false;
+            for (int k2 = 0; k2 < k; k2++)
+                taken |= sel[k2] == e;
+            if (!taken && (best < 0 || p[e] > p[best]))
+                best = e;
+        }
+        sel[k] = best;
+        w[k] = p[best];
+    }
+}
+
+void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w)
+{
+    /* ggml_soft_max (ggml_vec_soft_max_f32, then a scale by the inverse sum), the top K by
+     * probability (ggml_argsort_top_k), their probabilities taken as they are (norm_w
+     * false). */
+    float mx = -INFINITY;
+    for (int e = 0; e < X; e++)
+        mx = p[e] > mx ? p[e] : mx;
+    const float inv = (float)(1.0 / nf_softmax_exp(p, p, X, mx));
+    for (int e = 0; e < X; e++)
+        p[e] *= inv;
+    nf_moe_top_k(p, X, K, sel, w);
+}
+
+void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w)
+{
+    if (hp->moe_norm_w)
+        nf_moe_route(p, hp->n_expert, hp->n_expert_used, sel, w);
+    else
+        nf_moe_route_raw(p, hp->n_expert, hp->n_expert_used, sel, w);
 }
 
 void nf_moe_route(float *p, int X, int K, int *sel, float *w)
@@ -670,20 +741,10 @@ void nf_moe_route(float *p, int X, int K, int *sel, float *w)
     const float inv = (float)(1.0 / sum);
     for (int e = 0; e < X; e++)
         p[e] *= inv;
+    nf_moe_top_k(p, X, K, sel, w);
     float wsum = 0.0f;
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        for (int e = 0; e < X; e++) {
-            bool taken = false;
-            for (int k2 = 0; k2 < k; k2++)
-                taken |= sel[k2] == e;
-            if (!taken && (best < 0 || p[e] > p[best]))
-                best = e;
-        }
-        sel[k] = best;
-        w[k] = p[best];
-        wsum += p[best];
-    }
+    for (int k = 0; k < K; k++)
+        wsum += w[k];
     for (int k = 0; k < K; k++)
         w[k] = w[k] / wsum;
 }
@@ -704,7 +765,9 @@ int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int 
         free(c);
         return rc;
     }
-    const size_t B = NF_MAX_BATCH, E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
+    const size_t B = NF_MAX_BATCH, E = (size_t)hp->n_embd;
+    /* hb and hb2 also hold the shared expert's activations (qwen2moe), which may be wider. */
+    const size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     const size_t kv = (size_t)hp->n_layer * (size_t)n_ctx * kvd;
     size_t maxin = E > qd ? E : qd;
@@ -738,6 +801,8 @@ int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int 
             return -ENOMEM;
         }
     }
+    c->sh_out = calloc(B * E, sizeof(float));
+    c->sh_gate = calloc(B, sizeof(float));
     if (posix_memalign(&c->xq, 64, B * c->xq_row_stride))
         c->xq = NULL;
     if (posix_memalign(&c->att_scratch, 64,
@@ -745,7 +810,7 @@ int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int 
         c->att_scratch = NULL;
     if (!c->k_cache || !c->v_cache || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att ||
         !c->hb || !c->hb2 || !c->ffo || !c->eo || !c->router || !c->logits || !c->rope_cos ||
-        !c->rope_sin || !c->xq || !c->att_scratch) {
+        !c->rope_sin || !c->xq || !c->att_scratch || !c->sh_out || !c->sh_gate) {
         nf_ctx_free(c);
         return -ENOMEM;
     }
@@ -758,9 +823,10 @@ void nf_ctx_free(struct nf_ctx *c)
     if (!c)
         return;
     nf_threadpool_free(c->pool);
-    void *bufs[] = {c->k_cache, c->v_cache, c->x,  c->xn,       c->q,        c->k,
-                    c->v,       c->att,     c->hb, c->hb2,      c->ffo,      c->eo,
-                    c->router,  c->logits,  c->xq, c->rope_cos, c->rope_sin, c->att_scratch};
+    void *bufs[] = {c->k_cache,  c->v_cache,  c->x,           c->xn,     c->q,
+                    c->k,        c->v,        c->att,         c->hb,     c->hb2,
+                    c->ffo,      c->eo,       c->router,      c->logits, c->xq,
+                    c->rope_cos, c->rope_sin, c->att_scratch, c->sh_out, c->sh_gate};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         free(bufs[i]);
     free(c->rope_cos_swa);

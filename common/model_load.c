@@ -1,4 +1,5 @@
-/* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3) into RAM, with
+/* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3, qwen2moe,
+ * olmoe) into RAM, with
  * every hyperparameter and tensor validated. */
 #include <errno.h>
 #include <math.h>
@@ -110,6 +111,8 @@ static const struct nf_arch_info {
     [NF_ARCH_QWEN3] = {"qwen3", true, false, true, false},
     [NF_ARCH_QWEN3MOE] = {"qwen3moe", true, false, true, true},
     [NF_ARCH_GEMMA3] = {"gemma3", true, false, true, false},
+    [NF_ARCH_QWEN2MOE] = {"qwen2moe", true, true, false, true},
+    [NF_ARCH_OLMOE] = {"olmoe", true, false, true, true},
 };
 
 const char *nf_arch_name(enum nf_arch a)
@@ -171,11 +174,13 @@ static int nf_load_arch(struct nf_hparams *hp, const struct nf_gguf *g, char *er
         hp->rope_neox = nf_archs[i].rope_neox;
         hp->qkv_bias = nf_archs[i].qkv_bias;
         hp->qk_norm = nf_archs[i].qk_norm;
+        /* llama.cpp's build_moe_ffn with norm_w false for these two (norm_topk_prob false). */
+        hp->moe_norm_w = hp->arch != NF_ARCH_QWEN2MOE && hp->arch != NF_ARCH_OLMOE;
         return 0;
     }
     return nf_errf(err, errlen, NF_EARCH,
                    "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
-                   "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; gemma3)",
+                   "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; gemma3; qwen2moe; olmoe)",
                    g->path, arch);
 }
 
@@ -303,13 +308,44 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
     return hp->arch == NF_ARCH_GEMMA3 ? nf_load_gemma3(hp, g, err, errlen) : 0;
 }
 
+/* qwen2moe's widths as llama.cpp reads them: the experts' from expert_feed_forward_length, else
+ * feed_forward_length / expert_used_count; the shared expert's from
+ * expert_shared_feed_forward_length, else feed_forward_length. */
+static int nf_load_n_ff_qwen2moe(struct nf_hparams *hp, const struct nf_gguf *g, char *err,
+                                 size_t errlen)
+{
+    const char *pfx = nf_arch_name(hp->arch);
+    int ff = 0, rc;
+    if ((rc = nf_hp_int(g, pfx, "expert_feed_forward_length", 0, 1, 1 << 24, &hp->n_ff, err,
+                        errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_shared_feed_forward_length", 0, 1, 1 << 24, &hp->n_ff_shexp,
+                        err, errlen)))
+        return rc;
+    if ((!hp->n_ff || !hp->n_ff_shexp) &&
+        (rc = nf_hp_int(g, pfx, "feed_forward_length", -1, 1, 1 << 24, &ff, err, errlen)))
+        return rc;
+    if (!hp->n_ff)
+        hp->n_ff = ff / hp->n_expert_used;
+    if (!hp->n_ff_shexp)
+        hp->n_ff_shexp = ff;
+    if (hp->n_ff < 1)
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: %s.feed_forward_length %d / expert_used_count %d leaves no expert "
+                       "width (and %s.expert_feed_forward_length is missing)",
+                       g->path, pfx, ff, hp->n_expert_used, pfx);
+    return 0;
+}
+
 /* The FFN width: the dense feed_forward_length, or for MoE the experts' width, which llama.cpp
- * reads from expert_feed_forward_length (required for qwen3moe) or else feed_forward_length. */
+ * reads from expert_feed_forward_length (required for qwen3moe) or else feed_forward_length
+ * (olmoe reads feed_forward_length only; qwen2moe: nf_load_n_ff_qwen2moe). */
 static int nf_load_n_ff(struct nf_hparams *hp, const struct nf_gguf *g, char *err, size_t errlen)
 {
     const char *pfx = nf_arch_name(hp->arch);
     int rc;
-    if (!hp->n_expert)
+    if (hp->arch == NF_ARCH_QWEN2MOE)
+        return nf_load_n_ff_qwen2moe(hp, g, err, errlen);
+    if (!hp->n_expert || hp->arch == NF_ARCH_OLMOE)
         return nf_hp_int(g, pfx, "feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err, errlen);
     if ((rc = nf_hp_int(g, pfx, "expert_feed_forward_length", nf_archs[hp->arch].moe ? -1 : 0, 1,
                         1 << 24, &hp->n_ff, err, errlen)))
@@ -321,8 +357,9 @@ static int nf_load_n_ff(struct nf_hparams *hp, const struct nf_gguf *g, char *er
 }
 
 /* Loads layer il's architecture-specific attention tensors: the Q/K/V biases (qwen2) and the
- * per-head q/k norms (qwen3); refuses biases in a file whose architecture does not use them
- * (a few llama-arch fine-tunes have them), rather than silently compute something else. */
+ * q/k norms (per head for qwen3, over the whole projection for olmoe); refuses biases in a file
+ * whose architecture does not use them (a few llama-arch fine-tunes have them), rather than
+ * silently compute something else. */
 static int nf_load_attn_extra(struct nf_model *m, struct nf_attn_weights *a, int il, char *err,
                               size_t errlen)
 {
@@ -344,9 +381,38 @@ static int nf_load_attn_extra(struct nf_model *m, struct nf_attn_weights *a, int
                          (rc = nf_load_tensor(m, &a->bk, n[1], kvd, 1, 1, NF_T_F32, err, errlen)) ||
                          (rc = nf_load_tensor(m, &a->bv, n[2], kvd, 1, 1, NF_T_F32, err, errlen))))
         return rc;
-    if (hp->qk_norm &&
-        ((rc = nf_load_tensor(m, &a->q_norm, n[3], hp->head_dim, 1, 1, NF_T_F32, err, errlen)) ||
-         (rc = nf_load_tensor(m, &a->k_norm, n[4], hp->head_dim, 1, 1, NF_T_F32, err, errlen))))
+    const bool full = hp->arch == NF_ARCH_OLMOE;
+    if (hp->qk_norm && ((rc = nf_load_tensor(m, &a->q_norm, n[3], full ? qd : hp->head_dim, 1, 1,
+                                             NF_T_F32, err, errlen)) ||
+                        (rc = nf_load_tensor(m, &a->k_norm, n[4], full ? kvd : hp->head_dim, 1, 1,
+                                             NF_T_F32, err, errlen))))
+        return rc;
+    return 0;
+}
+
+/* Loads layer il's shared expert (qwen2moe); refuses one in a file whose architecture has none. */
+static int nf_load_shexp(struct nf_model *m, struct nf_moe_weights *w, int il, char *err,
+                         size_t errlen)
+{
+    const int64_t E = m->hp.n_embd, S = m->hp.n_ff_shexp;
+    char n[4][64];
+    const char *sfx[4] = {"ffn_gate_inp_shexp", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"};
+    for (int i = 0; i < 4; i++)
+        snprintf(n[i], sizeof(n[i]), "blk.%d.%s.weight", il, sfx[i]);
+    if (!S) {
+        for (int i = 0; i < 4; i++)
+            if (nf_gguf_find_tensor(m->gguf, n[i]))
+                return nf_errf(err, errlen, NF_EARCH,
+                               "%s: tensor '%s': a shared expert is not supported for "
+                               "architecture %s",
+                               m->gguf->path, n[i], nf_arch_name(m->hp.arch));
+        return 0;
+    }
+    int rc;
+    if ((rc = nf_load_tensor(m, &w->gate_inp_shexp, n[0], E, 1, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &w->gate_shexp, n[1], E, S, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &w->up_shexp, n[2], E, S, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &w->down_shexp, n[3], S, E, 1, 0, err, errlen)))
         return rc;
     return 0;
 }
@@ -434,7 +500,8 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
         if ((rc = nf_load_tensor(m, &L->moe.gate_inp, n[9], E, X, 1, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->moe.gate_exps, ge, E, F, X, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->moe.up_exps, ue, E, F, X, 0, err, errlen)) ||
-            (rc = nf_load_tensor(m, &L->moe.down_exps, de, F, E, X, 0, err, errlen)))
+            (rc = nf_load_tensor(m, &L->moe.down_exps, de, F, E, X, 0, err, errlen)) ||
+            (rc = nf_load_shexp(m, &L->moe, il, err, errlen)))
             return rc;
     }
     return 0;
@@ -551,12 +618,28 @@ void nf_model_free(struct nf_model *m)
     if (m->layers) {
         for (int il = 0; il < m->hp.n_layer; il++) {
             struct nf_layer *L = &m->layers[il];
-            struct nf_tensor *ts[] = {&L->attn.norm,     &L->attn.wq,       &L->attn.wk,
-                                      &L->attn.wv,       &L->attn.wo,       &L->ffn_norm,
-                                      &L->ffn.gate,      &L->ffn.up,        &L->ffn.down,
-                                      &L->moe.gate_inp,  &L->moe.gate_exps, &L->moe.up_exps,
-                                      &L->moe.down_exps, &L->attn.bq,       &L->attn.bk,
-                                      &L->attn.bv,       &L->attn.q_norm,   &L->attn.k_norm};
+            struct nf_tensor *ts[] = {&L->attn.norm,
+                                      &L->attn.wq,
+                                      &L->attn.wk,
+                                      &L->attn.wv,
+                                      &L->attn.wo,
+                                      &L->ffn_norm,
+                                      &L->ffn.gate,
+                                      &L->ffn.up,
+                                      &L->ffn.down,
+                                      &L->moe.gate_inp,
+                                      &L->moe.gate_exps,
+                                      &L->moe.up_exps,
+                                      &L->moe.down_exps,
+                                      &L->attn.bq,
+                                      &L->attn.bk,
+                                      &L->attn.bv,
+                                      &L->attn.q_norm,
+                                      &L->attn.k_norm,
+                                      &L->moe.gate_inp_shexp,
+                                      &L->moe.gate_shexp,
+                                      &L->moe.up_shexp,
+                                      &L->moe.down_shexp};
             for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++)
                 nf_tensor_release(ts[i]);
             nf_tensor_release(&L->attn.post_norm);
@@ -591,6 +674,9 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
         off += snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
                         hp->n_expert_used);
     if (hp->n_swa && off > 0 && (size_t)off < len)
-        snprintf(buf + off, len - (size_t)off, ", sliding window %d (every %dth layer global)",
-                 hp->n_swa, hp->swa_pattern);
+        off +=
+            snprintf(buf + off, len - (size_t)off, ", sliding window %d (every %dth layer global)",
+                     hp->n_swa, hp->swa_pattern);
+    if (hp->n_ff_shexp && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off, ", shared expert %d", hp->n_ff_shexp);
 }

@@ -62,6 +62,11 @@ static int place_of(const char *name, struct tensor_place *p)
         {"attn_k_norm.weight", NF_TILE_ATTN_K_NORM, -1},
         {"post_attention_norm.weight", NF_TILE_ATTN_POST_NORM, -1},
         {"post_ffw_norm.weight", NF_TILE_FFN_POST_NORM, -1},
+        /* qwen2moe's shared expert: FFN tiles of its MoE layer. */
+        {"ffn_gate_inp_shexp.weight", NF_TILE_SHEXP_GATE, -1},
+        {"ffn_gate_shexp.weight", NF_TILE_FFN, 0},
+        {"ffn_up_shexp.weight", NF_TILE_FFN, 1},
+        {"ffn_down_shexp.weight", NF_TILE_FFN, 2},
     };
     static const struct {
         const char *name;

@@ -43,6 +43,8 @@
  *        down columns (n_embd rows of G elements, type[2]: block j of each ffn_down row),
  *    so one read brings all a group needs, and nf_nft_bundle_group() gives pointers the
  *    Foundation kernels take directly. Several groups per tile, up to tile_size (one at least).
+ *    In a MoE layer FFN tiles hold its shared expert (qwen2moe's ffn_*_shexp, of its own width
+ *    n_ff_shexp), which every token uses.
  *  - EXPERT: the same bundle layout for one expert of a MoE layer (its slice of ffn_*_exps);
  *    `expert` names it, and index runs over all experts' tiles of the layer, expert-major.
  *  - ROUTER: a MoE layer's ffn_gate_inp (n_expert rows).
@@ -54,6 +56,7 @@
  *    source has the tensor; readers without these kinds refuse such a file by its kind.
  *  - ATTN_POST_NORM, FFN_POST_NORM (gemma3): a layer's post_attention_norm or post_ffw_norm
  *    vector (n_embd) in one tile, the same way.
+ *  - SHEXP_GATE (qwen2moe): a MoE layer's shared-expert gate, ffn_gate_inp_shexp (one row).
  * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER. */
 #ifndef NF_NFT_H
 #define NF_NFT_H
@@ -97,6 +100,7 @@ enum nf_tile_kind {
     NF_TILE_ATTN_K_NORM,
     NF_TILE_ATTN_POST_NORM, /* gemma3 */
     NF_TILE_FFN_POST_NORM,
+    NF_TILE_SHEXP_GATE, /* qwen2moe */
     NF_TILE_KIND_COUNT,
 };
 

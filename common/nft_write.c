@@ -1,5 +1,5 @@
-/* nft_write.c - converts a llama-family GGUF (llama, qwen2, qwen3, qwen3moe) into a .nft tile
- * file (see nft.h). */
+/* nft_write.c - converts a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, qwen2moe, olmoe)
+ * into a .nft tile file (see nft.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -29,7 +29,19 @@ struct layer_src {
     const struct nf_gguf_tensor *bq, *bk, *bv, *q_norm, *k_norm; /* qwen2 / qwen3 extras */
     uint32_t group;                                              /* neurons per FFN group */
     const struct nf_gguf_tensor *attn_post, *ffn_post;           /* gemma3 post norms */
+    /* qwen2moe's shared expert (its FFN tiles hold these, group_sh neurons a group). */
+    const struct nf_gguf_tensor *gate_inp_sh, *gate_sh, *up_sh, *down_sh;
+    uint32_t group_sh;
 };
+
+/* The tensors FFN tiles of layer l hold (part 0 gate, 1 up, 2 down): the dense FFN's, or in
+ * a MoE layer its shared expert's. */
+static const struct nf_gguf_tensor *ffn_src(const struct layer_src *l, int part)
+{
+    const struct nf_gguf_tensor *d[3] = {l->gate, l->up, l->down},
+                                *sh[3] = {l->gate_sh, l->up_sh, l->down_sh};
+    return l->gate ? d[part] : sh[part];
+}
 
 struct conv {
     const char *in;
@@ -91,6 +103,10 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
         {"attn_k_norm.weight", offsetof(struct layer_src, k_norm)},
         {"post_attention_norm.weight", offsetof(struct layer_src, attn_post)},
         {"post_ffw_norm.weight", offsetof(struct layer_src, ffn_post)},
+        {"ffn_gate_inp_shexp.weight", offsetof(struct layer_src, gate_inp_sh)},
+        {"ffn_gate_shexp.weight", offsetof(struct layer_src, gate_sh)},
+        {"ffn_up_shexp.weight", offsetof(struct layer_src, up_sh)},
+        {"ffn_down_shexp.weight", offsetof(struct layer_src, down_sh)},
     };
     const char *name = t->name.s;
     const struct nf_type_traits *tr = nf_type_traits(t->type);
@@ -162,6 +178,47 @@ static uint32_t group_for(enum nf_type down, int64_t n_ff)
     return g;
 }
 
+/* A MoE layer's shared expert (qwen2moe): present exactly when the architecture has one. */
+static int check_shexp(struct conv *c, uint32_t il)
+{
+    struct layer_src *l = &c->L[il];
+    const int64_t n_embd = c->hdr.n_embd, S = c->hp.n_ff_shexp;
+    const struct nf_gguf_tensor *any = l->gate_inp_sh ? l->gate_inp_sh
+                                       : l->gate_sh   ? l->gate_sh
+                                       : l->up_sh     ? l->up_sh
+                                                      : l->down_sh;
+    if (!S) {
+        if (any)
+            return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                              "tensor '%s' is not used by architecture %s (not supported)",
+                              any->name.s, nf_arch_name(c->hp.arch));
+        return 0;
+    }
+    char what[64];
+    int rc;
+    const struct {
+        const struct nf_gguf_tensor *t;
+        const char *name;
+        uint32_t n_dims;
+        int64_t a, b;
+    } need[] = {{l->gate_inp_sh, "ffn_gate_inp_shexp", 1, n_embd, 1},
+                {l->gate_sh, "ffn_gate_shexp", 2, n_embd, S},
+                {l->up_sh, "ffn_up_shexp", 2, n_embd, S},
+                {l->down_sh, "ffn_down_shexp", 2, S, n_embd}};
+    for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+        snprintf(what, sizeof(what), "blk.%u.%s", il, need[i].name);
+        if ((rc = want_shape(c, need[i].t, what, need[i].n_dims, need[i].a, need[i].b, 1)))
+            return rc;
+    }
+    l->group_sh = group_for(l->down_sh->type, S);
+    if (S % l->group_sh)
+        return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
+                          "layer %u: the shared expert's width %" PRId64
+                          " is not a multiple of the group size %u",
+                          il, S, l->group_sh);
+    return 0;
+}
+
 static int check_layer(struct conv *c, uint32_t il)
 {
     struct layer_src *l = &c->L[il];
@@ -198,14 +255,17 @@ static int check_layer(struct conv *c, uint32_t il)
         NEED(bk, 1, l->k->ne[1], 1, 1);
         NEED(bv, 1, l->v->ne[1], 1, 1);
     }
-    if (c->hp.qk_norm) {
-        NEED(q_norm, 1, c->hp.head_dim, 1, 1);
-        NEED(k_norm, 1, c->hp.head_dim, 1, 1);
+    if (c->hp.qk_norm) { /* per head, or over the whole projection (olmoe) */
+        const bool full = c->hp.arch == NF_ARCH_OLMOE;
+        NEED(q_norm, 1, full ? l->q->ne[1] : c->hp.head_dim, 1, 1);
+        NEED(k_norm, 1, full ? l->k->ne[1] : c->hp.head_dim, 1, 1);
     }
     if (c->hp.post_norms) {
         NEED(attn_post, 1, n_embd, 1, 1);
         NEED(ffn_post, 1, n_embd, 1, 1);
     }
+    if ((rc = check_shexp(c, il)))
+        return rc;
     if (l->gate_inp || l->gate_exps || l->up_exps || l->down_exps) {
         if (l->gate || l->up || l->down)
             return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
@@ -328,14 +388,17 @@ static int plan_rows(struct conv *c, enum nf_tile_kind kind, uint32_t layer,
     return 0;
 }
 
-/* Bundle tiles of one dense layer (expert == NF_NFT_NO_EXPERT) or one expert. */
+/* Bundle tiles of one dense layer or shared expert (expert == NF_NFT_NO_EXPERT) or one
+ * expert. */
 static int plan_bundles(struct conv *c, uint32_t il, uint32_t expert, uint32_t *index)
 {
     const struct layer_src *l = &c->L[il];
     bool moe = expert != NF_NFT_NO_EXPERT;
-    const struct nf_gguf_tensor *g = moe ? l->gate_exps : l->gate, *u = moe ? l->up_exps : l->up;
-    const struct nf_gguf_tensor *d = moe ? l->down_exps : l->down;
-    uint32_t G = l->group, n_ff = (uint32_t)g->ne[1], n_embd = c->hdr.n_embd;
+    const struct nf_gguf_tensor *g = moe ? l->gate_exps : ffn_src(l, 0),
+                                *u = moe ? l->up_exps : ffn_src(l, 1);
+    const struct nf_gguf_tensor *d = moe ? l->down_exps : ffn_src(l, 2);
+    uint32_t G = moe || l->gate ? l->group : l->group_sh, n_ff = (uint32_t)g->ne[1],
+             n_embd = c->hdr.n_embd;
     uint64_t per = (uint64_t)G * (nf_row_size(g->type, n_embd) + nf_row_size(u->type, n_embd)) +
                    (uint64_t)n_embd * nf_row_size(d->type, G);
     uint64_t groups_per = c->tile_size / per ? c->tile_size / per : 1;
@@ -400,6 +463,12 @@ static int plan(struct conv *c)
             (rc = plan_rows(c, NF_TILE_FFN_NORM, il, l->ffn_norm, 1)))
             return rc;
         uint32_t index = 0;
+        if (l->gate_sh) { /* the shared expert first: compute runs it before the router */
+            uint32_t sh_index = 0;
+            if ((rc = plan_rows(c, NF_TILE_SHEXP_GATE, il, l->gate_inp_sh, 1)) ||
+                (rc = plan_bundles(c, il, NF_NFT_NO_EXPERT, &sh_index)))
+                return rc;
+        }
         if (l->gate_inp) {
             if ((rc = plan_rows(c, NF_TILE_ROUTER, il, l->gate_inp, UINT32_MAX)) ||
                 (rc = plan_rows(c, NF_TILE_PRED_ROUTER, il, l->gate_inp, UINT32_MAX)))
@@ -506,8 +575,9 @@ static int write_bundle(struct conv *c, struct nf_nft_tile *t, const struct laye
                         const uint8_t *down)
 {
     bool moe = t->kind == NF_TILE_EXPERT;
-    const struct nf_gguf_tensor *g = moe ? l->gate_exps : l->gate, *u = moe ? l->up_exps : l->up;
-    const struct nf_gguf_tensor *d = moe ? l->down_exps : l->down;
+    const struct nf_gguf_tensor *g = moe ? l->gate_exps : ffn_src(l, 0),
+                                *u = moe ? l->up_exps : ffn_src(l, 1);
+    const struct nf_gguf_tensor *d = moe ? l->down_exps : ffn_src(l, 2);
     uint64_t n_ff = (uint64_t)g->ne[1], n_embd = t->ne0, G = t->group;
     uint64_t grs = nf_row_size(g->type, (int64_t)n_embd),
              urs = nf_row_size(u->type, (int64_t)n_embd);
@@ -623,6 +693,7 @@ static int write_tiles(struct conv *c)
         case NF_TILE_ATTN_K_NORM: rc = write_rows(c, t, l->k_norm); break;
         case NF_TILE_ATTN_POST_NORM: rc = write_rows(c, t, l->attn_post); break;
         case NF_TILE_FFN_POST_NORM: rc = write_rows(c, t, l->ffn_post); break;
+        case NF_TILE_SHEXP_GATE: rc = write_rows(c, t, l->gate_inp_sh); break;
         case NF_TILE_ROUTER:
         case NF_TILE_PRED_ROUTER: rc = write_rows(c, t, l->gate_inp); break;
         case NF_TILE_PRED_LOWRANK: rc = write_predictor(c, t, l); break;
@@ -630,8 +701,11 @@ static int write_tiles(struct conv *c)
         case NF_TILE_EXPERT: {
             /* Only one layer's (or one expert's) ffn_down is held at a time. */
             uint32_t e = t->kind == NF_TILE_EXPERT ? t->expert : 0;
-            if (down_layer != t->layer || down_expert != e) {
-                const struct nf_gguf_tensor *d = t->kind == NF_TILE_EXPERT ? l->down_exps : l->down;
+            /* (a MoE layer's FFN tiles, its shared expert, have their own ffn_down) */
+            uint32_t key = t->kind == NF_TILE_EXPERT ? t->expert : NF_NFT_NO_EXPERT;
+            if (down_layer != t->layer || down_expert != key) {
+                const struct nf_gguf_tensor *d =
+                    t->kind == NF_TILE_EXPERT ? l->down_exps : ffn_src(l, 2);
                 uint64_t bytes = nf_row_size(d->type, d->ne[0]) * (uint64_t)d->ne[1];
                 free(down);
                 down = malloc((size_t)bytes);
@@ -643,7 +717,7 @@ static int write_tiles(struct conv *c)
                 if ((rc = src_read(c, down, (size_t)bytes, d->offset + bytes * e)))
                     break;
                 down_layer = t->layer;
-                down_expert = e;
+                down_expert = key;
             }
             rc = write_bundle(c, t, l, down);
             break;

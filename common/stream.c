@@ -27,6 +27,7 @@ struct nf_stream {
     uint32_t n_groups;      /* of the current layer */
     int group;              /* neurons per FFN group of the current layer */
     enum nf_type down_type; /* ffn_down's type in the current layer */
+    int ff;                 /* width of the FFN being run: n_ff, or n_ff_shexp (qwen2moe) */
     float *tmp;             /* (NF_MAX_BATCH, max_rows) one tile's mat-vec output */
     size_t max_rows;        /* most rows of any row tile or group */
     void *down;             /* (n_embd rows of n_ff elements of down_type) reassembled ffn_down */
@@ -138,7 +139,7 @@ static void nf_stream_gate_up(struct nf_stream *s, const struct nf_nft_bundle *b
                               int n_tok)
 {
     struct nf_ctx *c = s->c;
-    const size_t F = (size_t)s->shell.hp.n_ff, G = (size_t)b->n_neurons;
+    const size_t F = (size_t)s->ff, G = (size_t)b->n_neurons;
     struct nf_tensor gv = {.type = b->gate_type,
                            .ne = {b->n_embd, b->n_neurons, 1},
                            .row_size = b->gate_row_size,
@@ -221,7 +222,7 @@ static struct nf_tensor nf_stream_down_view(const struct nf_stream *s)
 {
     const struct nf_hparams *hp = &s->shell.hp;
     struct nf_tensor v = {.type = s->down_type,
-                          .ne = {hp->n_ff, hp->n_embd, 1},
+                          .ne = {s->ff, hp->n_embd, 1},
                           .row_size = s->down_row_size,
                           .data = s->down};
     return v;
@@ -449,7 +450,7 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
     for (int k = 0; k < n_tok; k++) {
         int sel[64];
         float w[64];
-        nf_moe_route(c->router + (size_t)k * X, X, K, sel, w);
+        nf_moe_route_hp(hp, c->router + (size_t)k * X, sel, w);
         if (s->src.want) {
             /* Every tile of the chosen experts, in use order, asked for at once: a tile the
              * predictor did not forecast is read with the others instead of one at a time as
@@ -477,6 +478,28 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
         }
     }
     nf_stream_report_used(s, il);
+    return 0;
+}
+
+/* qwen2moe's shared expert, on every token: c->sh_out (n_tok, n_embd) = its FFN (the layer's
+ * FFN tiles, run as the exact dense path) times the sigmoid of its gate (the SHEXP_GATE
+ * tile), as nf_moe_forward computes it. */
+static int nf_stream_shexp(struct nf_stream *s, uint32_t il, int n_tok)
+{
+    struct nf_ctx *c = s->c;
+    int rc = nf_stream_mm(s, c->sh_gate, il, NF_TILE_SHEXP_GATE, 1, c->xn, n_tok);
+    if (rc < 0)
+        return rc;
+    s->ff = s->shell.hp.n_ff_shexp;
+    s->down_type = (enum nf_type)nf_nft_find(s->f, il, NF_TILE_FFN, 0)->type[2];
+    s->down_row_size = nf_row_size(s->down_type, s->ff);
+    if ((rc = nf_stream_bundles(s, il, NF_TILE_FFN, 0, nf_nft_count(s->f, il, NF_TILE_FFN), c->xn,
+                                n_tok)) < 0)
+        return rc;
+    nf_swiglu(c->hb, c->hb2, n_tok, s->ff);
+    struct nf_tensor dv = nf_stream_down_view(s);
+    nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+    nf_shexp_gate(c, c->ffo, n_tok);
     return 0;
 }
 
@@ -521,6 +544,8 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     }
     if ((rc = nf_stream_norm(s, c->xn, c->x, il, NF_TILE_FFN_NORM, n_ffn)))
         return rc;
+    if (hp->n_ff_shexp && (rc = nf_stream_shexp(s, il, n_ffn)) < 0)
+        return rc;
     /* The layer's group size and ffn_down type (they may differ between layers). */
     const struct nf_nft_tile *t0 =
         nf_nft_find(s->f, il, hp->n_expert ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
@@ -528,6 +553,7 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     s->n_groups = hp->n_expert ? (uint32_t)hp->n_expert : (uint32_t)hp->n_ff / t0->group;
     s->down_type = (enum nf_type)t0->type[2];
     s->down_row_size = nf_row_size(s->down_type, hp->n_ff);
+    s->ff = hp->n_ff;
     if (hp->n_expert)
         rc = nf_stream_moe(s, il, n_ffn);
     else if (s->sparsity > 0)
@@ -538,6 +564,9 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         return rc;
     if (s->ffn_post) /* gemma3's post_ffw_norm */
         nf_post_norm(c, c->ffo, &s->ffn_post[il], n_ffn);
+    if (hp->n_ff_shexp) /* as nf_moe_forward: moe_out + ffn_shexp_out */
+        for (size_t i = 0; i < (size_t)n_ffn * E; i++)
+            c->ffo[i] += c->sh_out[i];
     for (size_t i = 0; i < (size_t)n_ffn * E; i++)
         c->x[i] += c->ffo[i];
     if (s->src.layer_done)
@@ -717,7 +746,10 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
         (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_O, E, qd, false, max_rows, err, errlen)) ||
         (rc = nf_stream_check_rows(f, il, NF_TILE_FFN_NORM, 1, E, true, &one, err, errlen)))
         return rc;
-    /* The architecture's attention extras: each one F32 row, present exactly when needed. */
+    /* The architecture's attention extras: each one F32 row, present exactly when needed (the
+     * shared expert's gate too, of any computable type). q/k norms are per head, or over the
+     * whole projection (olmoe). */
+    const bool full = hp->arch == NF_ARCH_OLMOE;
     const struct {
         enum nf_tile_kind kind;
         bool want;
@@ -725,14 +757,27 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
     } ext[] = {{NF_TILE_ATTN_Q_BIAS, hp->qkv_bias, qd},
                {NF_TILE_ATTN_K_BIAS, hp->qkv_bias, kvd},
                {NF_TILE_ATTN_V_BIAS, hp->qkv_bias, kvd},
-               {NF_TILE_ATTN_Q_NORM, hp->qk_norm, (uint64_t)hp->head_dim},
-               {NF_TILE_ATTN_K_NORM, hp->qk_norm, (uint64_t)hp->head_dim},
+               {NF_TILE_ATTN_Q_NORM, hp->qk_norm, full ? qd : (uint64_t)hp->head_dim},
+               {NF_TILE_ATTN_K_NORM, hp->qk_norm, full ? kvd : (uint64_t)hp->head_dim},
                {NF_TILE_ATTN_POST_NORM, hp->post_norms, E},
-               {NF_TILE_FFN_POST_NORM, hp->post_norms, E}};
+               {NF_TILE_FFN_POST_NORM, hp->post_norms, E},
+               {NF_TILE_SHEXP_GATE, hp->n_ff_shexp > 0, E}};
     for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++)
-        if ((rc = nf_stream_check_rows(f, il, ext[i].kind, ext[i].want ? 1 : 0, ext[i].ne0, true,
-                                       &one, err, errlen)))
+        if ((rc = nf_stream_check_rows(f, il, ext[i].kind, ext[i].want ? 1 : 0, ext[i].ne0,
+                                       ext[i].kind != NF_TILE_SHEXP_GATE, &one, err, errlen)))
             return rc;
+    if (hp->n_ff_shexp) {
+        /* The shared expert: the MoE layer's FFN tiles, of its own width. */
+        uint32_t g = 0;
+        uint8_t ty[3] = {0};
+        const uint32_t S = (uint32_t)hp->n_ff_shexp;
+        if ((rc = nf_stream_check_bundles(f, il, NF_TILE_FFN, 0, nf_nft_count(f, il, NF_TILE_FFN),
+                                          NF_NFT_NO_EXPERT, S, (uint32_t)E, &g, ty, err, errlen)))
+            return rc;
+        *max_rows = g > *max_rows ? g : *max_rows;
+        const size_t dr = nf_row_size((enum nf_type)ty[2], (int64_t)S);
+        *down_row = dr > *down_row ? dr : *down_row;
+    }
     uint32_t group = 0;
     uint8_t types[3] = {0};
     if (hp->n_expert) {
@@ -834,9 +879,10 @@ static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
     if (!hp->qkv_bias && !hp->qk_norm && !hp->post_norms)
         return 0;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    const size_t per = (hp->qkv_bias ? qd + 2 * kvd : 0) +
-                       (hp->qk_norm ? 2 * (size_t)hp->head_dim : 0) +
-                       (hp->post_norms ? 2 * (size_t)hp->n_embd : 0);
+    const size_t per =
+        (hp->qkv_bias ? qd + 2 * kvd : 0) +
+        (hp->qk_norm ? hp->arch == NF_ARCH_OLMOE ? qd + kvd : 2 * (size_t)hp->head_dim : 0) +
+        (hp->post_norms ? 2 * (size_t)hp->n_embd : 0);
     s->ext = calloc((size_t)hp->n_layer, sizeof(*s->ext));
     s->ext_data = malloc(sizeof(float) * per * (size_t)hp->n_layer);
     if (hp->post_norms)
@@ -908,7 +954,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
         goto fail;
     }
     const struct nf_hparams *hp = &s->shell.hp;
-    const size_t E = (size_t)hp->n_embd, F = (size_t)hp->n_ff, G = s->max_groups;
+    const size_t E = (size_t)hp->n_embd, G = s->max_groups;
+    const size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
     const size_t words = (G + 63) / 64;
     s->tmp = malloc(sizeof(float) * NF_MAX_BATCH * s->max_rows);
     if (posix_memalign(&s->down, 64, E * down_row + 64))

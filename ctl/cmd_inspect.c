@@ -58,7 +58,9 @@ static void measure(const struct nf_nft *f, struct layout *s)
     double moe = f->hdr.n_expert ? (double)f->hdr.n_expert_used / f->hdr.n_expert : 0;
     for (size_t j = 0; j < N_SPARSITY; j++) {
         double keep = 1.0 - sparsity[j] / 100.0;
-        s->token[j] = fixed + (uint64_t)(keep * (double)s->disk[NF_TILE_FFN]) +
+        /* A MoE file's FFN tiles are a shared expert (qwen2moe), read by every token. */
+        double keep_ffn = f->hdr.n_expert ? 1.0 : keep;
+        s->token[j] = fixed + (uint64_t)(keep_ffn * (double)s->disk[NF_TILE_FFN]) +
                       (uint64_t)(keep * moe * (double)s->disk[NF_TILE_EXPERT]);
     }
 }

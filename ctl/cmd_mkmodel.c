@@ -1,5 +1,5 @@
 /* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe,
- * gemma3) with generated weights. */
+ * gemma3, qwen2moe, olmoe) with generated weights. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -39,13 +39,24 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
     {"qwen3-8b", 4096, 36, 12288, 32, 8, 0, 0, 151936, 40960, 1000000.0f, 1e-6f, "qwen3", 128},
     {"qwen3-30b-a3b", 2048, 48, 768, 32, 4, 128, 8, 151936, 40960, 1000000.0f, 1e-6f, "qwen3moe",
      128},
+    /* Qwen1.5-MoE-A2.7B (shared expert 5632) and OLMoE-1B-7B, from their config.json. */
+    {"qwen1.5-moe-a2.7b", 2048, 24, 1408, 16, 16, 60, 4, 151936, 8192, 1000000.0f, 1e-6f,
+     "qwen2moe", 128},
+    {"olmoe-1b-7b", 2048, 16, 1024, 16, 16, 64, 8, 50304, 4096, 10000.0f, 1e-5f, "olmoe", 128},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
-static const char *const nf_mk_archs[] = {"llama", "qwen2", "qwen3", "qwen3moe", "gemma3"};
+static const char *const nf_mk_archs[] = {"llama",  "qwen2",    "qwen3", "qwen3moe",
+                                          "gemma3", "qwen2moe", "olmoe"};
 
 /* gemma3's sliding window when --window is not given (Gemma 3 1B's). */
 #define NF_MK_GEMMA3_WINDOW 512
+
+/* The architectures with routed experts only (llama may have them too). */
+static bool nf_mk_moe_arch(const char *a)
+{
+    return !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe") || !strcmp(a, "olmoe");
+}
 
 const struct nf_mk_shape *nf_mk_shape_find(const char *name)
 {
@@ -83,18 +94,22 @@ static void usage(FILE *f)
         f,
         "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
         "--heads H [--kv-heads K]) [OPTIONS]\n\n"
-        "Writes a GGUF v3 model of architecture llama, qwen2, qwen3, qwen3moe or gemma3\n"
-        "with deterministic random weights (uniform, std %.2g; norms 1.0, qwen3 q/k norms and\n"
-        "every gemma3 norm 1 + %g x noise) or, with --zero, all-zero matrices left as file\n"
-        "holes.\n\n"
+        "Writes a GGUF v3 model of architecture llama, qwen2, qwen3, qwen3moe, gemma3,\n"
+        "qwen2moe or olmoe with deterministic random weights (uniform, std %.2g; norms 1.0,\n"
+        "qwen3 q/k norms and every gemma3 norm 1 + %g x noise) or, with --zero, all-zero\n"
+        "matrices left as file holes.\n\n"
         "Shape (flags override the preset's values):\n"
         "  --shape NAME         %s\n"
         "                       (required unless --dim, --layers, --ffn and --heads are given)\n"
-        "  --arch A             llama, qwen2 (Q/K/V biases), qwen3 (q/k norms) or qwen3moe\n"
-        "                       (qwen3 with experts; needs --experts) or gemma3 (sliding-\n"
+        "  --arch A             llama, qwen2 (Q/K/V biases), qwen3 (q/k norms), qwen3moe\n"
+        "                       (qwen3 with experts), qwen2moe (qwen2 with experts and a\n"
+        "                       shared expert), olmoe (q/k norms over the whole projection,\n"
+        "                       experts; the MoE ones need --experts) or gemma3 (sliding-\n"
         "                       window and global layers, post norms, GELU; published\n"
         "                       files have --tied-output) (default: the shape's, else\n"
         "                       llama)\n"
+        "  --shared-ffn N       (qwen2moe) the shared expert's width (default: the shape's,\n"
+        "                       else 4 x --ffn)\n"
         "  --window N           (gemma3) attention.sliding_window of the local layers\n"
         "                       (default %d); every 6th layer is global; 0: no window key,\n"
         "                       every layer global\n"
@@ -145,6 +160,7 @@ struct mk_opts {
     bool tied, rope_freqs;
     /* -1 = not given on the command line. */
     long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx, window;
+    long shared_ffn;
     float rope_base, rms_eps, rope_scale;
     bool rope_set, eps_set;
     enum nf_type type;
@@ -176,6 +192,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--layers", 1, 4096, offsetof(struct mk_opts, layers)},
         {"--layers-override", 1, 4096, offsetof(struct mk_opts, layers)},
         {"--ffn", 1, 1 << 22, offsetof(struct mk_opts, ffn)},
+        {"--shared-ffn", 1, 1 << 22, offsetof(struct mk_opts, shared_ffn)},
         {"--heads", 1, 4096, offsetof(struct mk_opts, heads)},
         {"--head-dim", 2, 1 << 16, offsetof(struct mk_opts, head_dim)},
         {"--kv-heads", 1, 4096, offsetof(struct mk_opts, kv_heads)},
@@ -246,7 +263,9 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 known |= !strcmp(v, nf_mk_archs[k]);
             if (!known)
                 return nf_usage_error(
-                    CMD, "unknown --arch '%s' (expected llama, qwen2, qwen3, qwen3moe or gemma3)",
+                    CMD,
+                    "unknown --arch '%s' (expected llama, qwen2, qwen3, qwen3moe, gemma3, "
+                    "qwen2moe or olmoe)",
                     v);
             o->arch = v;
         } else if (nf_arg_is(a, "--type")) {
@@ -290,6 +309,15 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
     if (!o->out)
         return nf_usage_error(CMD, "missing the output file OUT.gguf");
     return 0;
+}
+
+/* qwen2moe's shared expert width: --shared-ffn, else 4 x the experts' (Qwen1.5-MoE-A2.7B's
+ * 5632 = 4 x 1408); 0 for the other architectures. */
+static int64_t mk_shared_ffn(const struct nf_mk_shape *s, const struct mk_opts *o)
+{
+    if (strcmp(s->arch, "qwen2moe") != 0)
+        return 0;
+    return o->shared_ffn > 0 ? o->shared_ffn : 4 * s->ffn;
 }
 
 /* Combines the preset and the flags into s and checks that the result is a valid model. */
@@ -351,11 +379,27 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
     if (s->head_dim % 2 != 0)
         return nf_usage_error(CMD, "head dimension %lld must be even (RoPE rotates pairs)",
                               (long long)s->head_dim);
-    bool moe_arch = !strcmp(s->arch, "qwen3moe");
+    bool moe_arch = nf_mk_moe_arch(s->arch);
     if (moe_arch && s->experts == 0)
-        return nf_usage_error(CMD, "--arch qwen3moe needs --experts");
+        return nf_usage_error(CMD, "--arch %s needs --experts", s->arch);
     if (s->experts && strcmp(s->arch, "llama") != 0 && !moe_arch)
-        return nf_usage_error(CMD, "--arch %s is dense: use qwen3moe or llama for --experts",
+        return nf_usage_error(
+            CMD, "--arch %s is dense: use qwen3moe, qwen2moe, olmoe or llama for --experts",
+            s->arch);
+    bool shexp = !strcmp(s->arch, "qwen2moe");
+    if (o->shared_ffn > 0 && !shexp)
+        return nf_usage_error(CMD, "--shared-ffn is for --arch qwen2moe (its shared expert)");
+    /* llama.cpp's loaders for these two take attn_q/attn_output (and olmoe's q/k norms) as
+     * n_embd wide: a file with another shape would not load there. */
+    if ((shexp || !strcmp(s->arch, "olmoe")) && s->heads * s->head_dim != s->dim)
+        return nf_usage_error(CMD, "--arch %s needs --heads x head dimension = --dim (llama.cpp)",
+                              s->arch);
+    if (!strcmp(s->arch, "olmoe") && s->kv_heads != s->heads)
+        return nf_usage_error(CMD,
+                              "--arch olmoe needs --kv-heads = --heads (llama.cpp reads its k norm "
+                              "as n_embd wide)");
+    if (o->tied && (shexp || !strcmp(s->arch, "olmoe")))
+        return nf_usage_error(CMD, "--tied-output: llama.cpp requires output.weight for --arch %s",
                               s->arch);
     if (s->heads % s->kv_heads != 0)
         return nf_usage_error(CMD, "--heads %lld is not a multiple of --kv-heads %lld",
@@ -397,14 +441,17 @@ static void llama3_rope_freqs(float *out, int64_t n_rot, float base)
     }
 }
 
-static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool tied,
+static int build_tensors(const struct nf_mk_shape *s, int64_t S, enum nf_type type, bool tied,
                          const float *rope_freqs, struct nf_mk_tensor **out, size_t *count)
 {
     int64_t hd = s->head_dim;
     int64_t q_dim = s->heads * hd, kv_dim = s->kv_heads * hd, e = s->experts;
     bool gemma3 = !strcmp(s->arch, "gemma3");
-    bool bias = !strcmp(s->arch, "qwen2"), qk_norm = !strncmp(s->arch, "qwen3", 5) || gemma3;
-    size_t per_layer = (e ? 10 : 9) + (bias ? 3 : 0) + (qk_norm ? 2 : 0) + (gemma3 ? 2 : 0);
+    bool bias = !strcmp(s->arch, "qwen2") || !strcmp(s->arch, "qwen2moe");
+    bool olmoe = !strcmp(s->arch, "olmoe");
+    bool qk_norm = !strncmp(s->arch, "qwen3", 5) || olmoe || gemma3;
+    size_t per_layer =
+        (e ? 10 : 9) + (bias ? 3 : 0) + (qk_norm ? 2 : 0) + (gemma3 ? 2 : 0) + (S ? 4 : 0);
     /* gemma3's norms are all 1 + noise, so each one (the post norms too) shows in the output. */
     enum nf_mk_fill norm_fill = gemma3 ? NF_MK_NEAR_ONE : NF_MK_ONES;
     size_t n = 4 + per_layer * (size_t)s->layers, k = 0;
@@ -444,9 +491,11 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool ti
             ADD(NF_MK_RANDOM, NF_TYPE_F32, 1, kv_dim, 1, 1, "blk.%lld.attn_k.bias", b);
             ADD(NF_MK_RANDOM, NF_TYPE_F32, 1, kv_dim, 1, 1, "blk.%lld.attn_v.bias", b);
         }
-        if (qk_norm) { /* qwen3: per-head RMSNorm weights of q and k */
-            ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_q_norm.weight", b);
-            ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, hd, 1, 1, "blk.%lld.attn_k_norm.weight", b);
+        if (qk_norm) { /* RMSNorm weights of q and k: per head (qwen3), whole (olmoe) */
+            ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, olmoe ? q_dim : hd, 1, 1,
+                "blk.%lld.attn_q_norm.weight", b);
+            ADD(NF_MK_NEAR_ONE, NF_TYPE_F32, 1, olmoe ? kv_dim : hd, 1, 1,
+                "blk.%lld.attn_k_norm.weight", b);
         }
         if (gemma3) /* RMSNorm of the attention output, before the residual add */
             ADD(norm_fill, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.post_attention_norm.weight", b);
@@ -459,7 +508,15 @@ static int build_tensors(const struct nf_mk_shape *s, enum nf_type type, bool ti
             ADD(NF_MK_RANDOM, type, 3, s->dim, s->ffn, e, "blk.%lld.ffn_gate_exps.weight", b);
             ADD(NF_MK_RANDOM, type, 3, s->dim, s->ffn, e, "blk.%lld.ffn_up_exps.weight", b);
             ADD(NF_MK_RANDOM, type, 3, s->ffn, s->dim, e, "blk.%lld.ffn_down_exps.weight", b);
-        } else {
+        }
+        if (e && S) { /* qwen2moe's shared expert; its gate is one F32 row, as converted */
+            ADD(NF_MK_RANDOM, NF_TYPE_F32, 1, s->dim, 1, 1, "blk.%lld.ffn_gate_inp_shexp.weight",
+                b);
+            ADD(NF_MK_RANDOM, type, 2, s->dim, S, 1, "blk.%lld.ffn_gate_shexp.weight", b);
+            ADD(NF_MK_RANDOM, type, 2, s->dim, S, 1, "blk.%lld.ffn_up_shexp.weight", b);
+            ADD(NF_MK_RANDOM, type, 2, S, s->dim, 1, "blk.%lld.ffn_down_shexp.weight", b);
+        }
+        if (!e) {
             ADD(NF_MK_RANDOM, type, 2, s->dim, s->ffn, 1, "blk.%lld.ffn_gate.weight", b);
             ADD(NF_MK_RANDOM, type, 2, s->dim, s->ffn, 1, "blk.%lld.ffn_up.weight", b);
             ADD(NF_MK_RANDOM, type, 2, s->ffn, s->dim, 1, "blk.%lld.ffn_down.weight", b);
@@ -496,7 +553,7 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     int rc = 0;
     const char *a = s->arch;
     char k[96];
-    bool moe_arch = !strcmp(a, "qwen3moe");
+    bool moe_arch = !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe");
 #define U32(key, v)                                       \
     if (!rc) {                                            \
         snprintf(k, sizeof(k), "%s.%s", a, key);          \
@@ -527,6 +584,8 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     U32("feed_forward_length", moe_arch ? s->ffn * s->experts_used : s->ffn);
     if (moe_arch)
         U32("expert_feed_forward_length", s->ffn);
+    if (mk_shared_ffn(s, o)) /* qwen2moe */
+        U32("expert_shared_feed_forward_length", mk_shared_ffn(s, o));
     U32("attention.head_count", s->heads);
     U32("attention.head_count_kv", s->kv_heads);
     if (s->head_dim != s->dim / s->heads || strcmp(a, "llama") != 0) {
@@ -776,7 +835,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
         }
         llama3_rope_freqs(freqs, s.head_dim, s.rope_base);
     }
-    if ((rc = build_tensors(&s, o.type, o.tied, freqs, &t, &nt)))
+    if ((rc = build_tensors(&s, mk_shared_ffn(&s, &o), o.type, o.tied, freqs, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {
         exit_code = rc;

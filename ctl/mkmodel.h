@@ -23,7 +23,8 @@ struct nf_mk_shape {
     int64_t ctx;
     float rope_base;
     float rms_eps;
-    const char *arch; /* general.architecture: llama (NULL), qwen2, qwen3 or qwen3moe */
+    const char *arch; /* general.architecture: llama (NULL), qwen2, qwen3, qwen3moe, qwen2moe,
+                       * olmoe */
     int64_t head_dim; /* attention.key_length; 0 = dim / heads */
 };
 

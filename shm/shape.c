@@ -230,8 +230,11 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
         if ((t->kind == NF_TILE_FFN || t->kind == NF_TILE_EXPERT) && t->type[2] < NF_TYPE_COUNT &&
             nf_type_traits((enum nf_type)t->type[2])) {
             /* For MoE tiles count is the expert's slice; the down row is n_ff of the expert,
-             * which the header's n_ff gives. */
-            uint64_t row = nf_row_size((enum nf_type)t->type[2], h->n_ff);
+             * which the header's n_ff gives. A MoE file's FFN tiles are a shared expert
+             * (qwen2moe) of its own width, which its tiles' ends give. */
+            uint64_t w =
+                h->n_expert && t->kind == NF_TILE_FFN ? (uint64_t)t->first + t->count : h->n_ff;
+            uint64_t row = nf_row_size((enum nf_type)t->type[2], (int64_t)w);
             if ((uint64_t)h->n_embd * row > sh->down_scratch)
                 sh->down_scratch = (uint64_t)h->n_embd * row;
         }

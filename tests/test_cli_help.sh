@@ -34,7 +34,8 @@ bad() {
 kind() {
     case "$1" in
     -n | --n-predict | -t | --threads | -c | --ctx-size | --ctx | --top-k | --top-logits | \
-        -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --heads | \
+        -s | --seed | --rank | --dim | --layers | --layers-override | --ffn | --shared-ffn | \
+        --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
         --window) K=int ;;
@@ -63,7 +64,7 @@ good() {
     -s | --seed) G=7 ;;
     --dim) G=64 ;;
     --layers | --layers-override) G=2 ;;
-    --ffn) G=128 ;;
+    --ffn | --shared-ffn) G=128 ;;
     --heads) G=4 ;;
     --head-dim) G=16 ;;
     --arch) G=llama ;;
@@ -99,6 +100,16 @@ good() {
     esac
 }
 
+# flag_ctx FLAG: sets CTX to the arguments a flag needs beside the command's (mkmodel
+# --shared-ffn is for --arch qwen2moe only, --window for gemma3, which is dense).
+flag_ctx() {
+    case "$1" in
+    --shared-ffn) CTX=(--arch qwen2moe) ;;
+    --window) CTX=(--arch gemma3 --experts 0) ;;
+    *) CTX=() ;;
+    esac
+}
+
 # Arguments that make each command otherwise valid but fail at run time (exit 1): PRE goes
 # before the flag under test, POST after it.
 pre_args() {
@@ -122,15 +133,6 @@ post_args() {
     esac
 }
 
-# flag_ctx FLAG: sets X to the other flags FLAG needs to be valid, given after PRE (mkmodel's
-# --window is for gemma3, which is dense).
-flag_ctx() {
-    case "$1" in
-    --window) X=(--arch gemma3 --experts 0) ;;
-    *) X=() ;;
-    esac
-}
-
 # parsed_flags NAME: the flags each parser accepts (read from its source); every one must be
 # named in the help. A command not listed here (e.g. bench) is checked from its help alone.
 parsed_flags() {
@@ -141,7 +143,7 @@ parsed_flags() {
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
         "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
-        "--window --rope-scale" ;;
+        "--window --rope-scale --shared-ffn" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
@@ -272,6 +274,8 @@ check_command() {
         kind "$f"
         k=$K
         case "$f" in -h | --help) continue ;; esac
+        flag_ctx "$f"
+        local -a fpre=("${pre[@]}" "${CTX[@]}")
         if [ -z "$k" ]; then
             bad "$label: the help names $f, which this test does not know (add it to kind/good)"
             continue
@@ -285,8 +289,7 @@ check_command() {
         good "$f"
         [ "$k" != bool ] && val=("$G")
         [ -e "$R" ] && rm -rf "$R"
-        flag_ctx "$f"
-        run_to acc "$@" "${pre[@]}" "${X[@]}" "$f" "${val[@]}" "${post[@]}"
+        run_to acc "$@" "${fpre[@]}" "$f" "${val[@]}" "${post[@]}"
         if [ "$rc" -ne 1 ]; then
             bad "$label $f ${val[*]}: exit $rc, want 1 (a runtime failure): $(head -c 300 "$T/acc.err")"
         elif mapfile -t acc <"$T/acc.err" &&
@@ -298,17 +301,17 @@ check_command() {
         # The --flag=value form, and a value given to a flag that takes none.
         if [[ "$f" == --* && "$k" != bool ]]; then
             [ -e "$R" ] && rm -rf "$R"
-            run_to acc "$@" "${pre[@]}" "${X[@]}" "$f=$G" "${post[@]}"
+            run_to acc "$@" "${fpre[@]}" "$f=$G" "${post[@]}"
             if [ "$rc" -eq 1 ]; then ok; else
                 bad "$label $f=$G: exit $rc, want 1: $(head -c 300 "$T/acc.err")"
             fi
         elif [[ "$f" == --* ]]; then
-            usage_err "$label $f=1 (takes no value)" "$@" "${pre[@]}" "$f=1" "${post[@]}"
+            usage_err "$label $f=1 (takes no value)" "$@" "${fpre[@]}" "$f=1" "${post[@]}"
         fi
         # A flag given without its value.
         case "$k" in
         bool | opt) ;;
-        *) usage_err "$label $f (no value)" "$@" "${pre[@]}" "$f" ;;
+        *) usage_err "$label $f (no value)" "$@" "${fpre[@]}" "$f" ;;
         esac
         # Bad values.
         local -a bads=()
@@ -319,7 +322,7 @@ check_command() {
         enum) bads=(bogus) ;;
         esac
         for b in "${bads[@]}"; do
-            usage_err "$label $f '$b'" "$@" "${pre[@]}" "$f" "$b" "${post[@]}"
+            usage_err "$label $f '$b'" "$@" "${fpre[@]}" "$f" "$b" "${post[@]}"
         done
     done
     # Without its required model (or files) a command is a usage error too.

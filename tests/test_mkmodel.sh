@@ -161,6 +161,10 @@ expect_fail 2 "unknown --arch 'gpt2'" --shape tiny --arch gpt2
 expect_fail 2 "--arch qwen3moe needs --experts" --shape tiny --arch qwen3moe
 expect_fail 2 "--arch qwen2 is dense" --shape tiny-moe --arch qwen2
 expect_fail 2 "--rope-freqs is for --arch llama" --shape tiny --arch qwen3 --rope-freqs
+expect_fail 2 "--arch qwen2moe needs --experts" --shape tiny --arch qwen2moe
+expect_fail 2 "--shared-ffn is for --arch qwen2moe" --shape tiny-moe --arch olmoe --shared-ffn 64
+expect_fail 2 "--arch olmoe needs --kv-heads = --heads" --shape tiny-moe --arch olmoe
+expect_fail 2 "requires output.weight" --shape tiny-moe --arch qwen2moe --tied-output
 # The qwen presets at their published sizes, as file holes: Qwen3-30B-A3B has 30.5B parameters.
 if mk q30.gguf --shape qwen3-30b-a3b --type q4_k --zero && grep -q "30.532B params" "$T/out.txt"; then
     ok
@@ -168,6 +172,16 @@ else
     bad "--shape qwen3-30b-a3b --zero: $(cat "$T/out.txt" "$T/err.txt" 2>/dev/null)"
 fi
 rm -f "$T/q30.gguf"
+# Qwen1.5-MoE-A2.7B (14.3B parameters, shared expert included) and OLMoE-1B-7B (6.92B).
+for p in "qwen1.5-moe-a2.7b q5_0 14.316B" "olmoe-1b-7b q4_k 6.919B"; do
+    read -r shape ty want <<<"$p"
+    if mk moe.gguf --shape "$shape" --type "$ty" --zero && grep -q "$want params" "$T/out.txt"; then
+        ok
+    else
+        bad "--shape $shape --zero: $(cat "$T/out.txt" "$T/err.txt" 2>/dev/null)"
+    fi
+    rm -f "$T/moe.gguf"
+done
 # Not enough disk: a 405B model in f32 (1.6 TB) is refused before anything is written.
 expect_fail 1 "not enough free disk space" --shape llama3-405b --type f32
 # A write that fails half-way (file size limit) leaves no temporary file and no output.

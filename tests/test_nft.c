@@ -552,6 +552,10 @@ static void test_refusals(void **state)
         /* Keys are read under the architecture's prefix: llama.* does not count for qwen3moe. */
         {"qwen3moe", NULL, NF_TYPE_COUNT, NF_ENOKEY, "'qwen3moe.embedding_length' is missing"},
         {NULL, "blk.0.attn_q.bias", NF_TYPE_COUNT, NF_EARCH, "blk.0.attn_q.bias"},
+        {"olmoe", NULL, NF_TYPE_COUNT, NF_ENOKEY, "'olmoe.embedding_length' is missing"},
+        /* A shared expert outside qwen2moe is refused, not ignored. */
+        {NULL, "blk.0.ffn_gate_inp_shexp.weight", NF_TYPE_COUNT, NF_EARCH,
+         "blk.0.ffn_gate_inp_shexp.weight"},
         {NULL, NULL, NF_TYPE_Q8_1, NF_EBADTYPE, "blk.1.ffn_up.weight"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

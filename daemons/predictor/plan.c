@@ -133,6 +133,9 @@ int nf_plan_init(struct nf_plan *p, const struct nf_nft *f, char *err, size_t er
                                                  NF_TILE_ATTN_K,    NF_TILE_ATTN_V,
                                                  NF_TILE_ATTN_O,    NF_TILE_FFN_NORM};
         pl->n_fixed = p->moe ? 1 : 0;
+        if (p->moe) /* a shared expert (qwen2moe): its gate and FFN tiles, every token */
+            pl->n_fixed +=
+                nf_nft_count(f, il, NF_TILE_SHEXP_GATE) + nf_nft_count(f, il, NF_TILE_FFN);
         for (size_t k = 0; k < sizeof(need) / sizeof(need[0]); k++) {
             uint32_t n = nf_nft_count(f, il, need[k]);
             if (n == 0) {
@@ -204,7 +207,8 @@ int nf_plan_head(const struct nf_plan *p, uint32_t token, uint32_t *out, size_t 
     return rc ? rc : (int)n;
 }
 
-/* Appends the tiles of layer used whatever its units: norms, attention, and the router (MoE). */
+/* Appends the tiles of layer used whatever its units: norms, attention, and for MoE the shared
+ * expert's gate and FFN tiles (qwen2moe; compute runs them first) and the router. */
 static int put_fixed(const struct nf_plan *p, uint32_t layer, uint32_t *out, size_t cap, size_t *n)
 {
     static const enum nf_tile_kind fixed[] = {NF_TILE_ATTN_NORM, NF_TILE_ATTN_Q, NF_TILE_ATTN_K,
@@ -213,6 +217,9 @@ static int put_fixed(const struct nf_plan *p, uint32_t layer, uint32_t *out, siz
     for (size_t k = 0; k < sizeof(fixed) / sizeof(fixed[0]); k++)
         if ((rc = put_run(p->f, layer, fixed[k], out, cap, n)))
             return rc;
+    if (p->moe && ((rc = put_run(p->f, layer, NF_TILE_SHEXP_GATE, out, cap, n)) ||
+                   (rc = put_run(p->f, layer, NF_TILE_FFN, out, cap, n))))
+        return rc;
     return p->moe ? put_run(p->f, layer, NF_TILE_ROUTER, out, cap, n) : 0;
 }
 
