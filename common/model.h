@@ -8,7 +8,13 @@
  *  - "qwen2": the same with biases on Q, K and V and NEOX RoPE (pairs half a head apart);
  *  - "qwen3": NEOX RoPE, no biases, a per-head RMSNorm of q and k (attn_q_norm, attn_k_norm)
  *    before RoPE, head size from attention.key_length;
- *  - "qwen3moe": qwen3 attention with a routed MoE FFN (softmax, top-k, renormalized).
+ *  - "qwen3moe": qwen3 attention with a routed MoE FFN (softmax, top-k, renormalized);
+ *  - "phi3" (Phi-3, Phi-3.5, Phi-4-mini): fused attn_qkv (Q rows, then K, then V) and fused
+ *    ffn_up (gate rows, then up rows) loaded as row views of one tensor, NEOX RoPE over
+ *    rope.dimension_count dims (partial rotary), Q scaled by 1/sqrt(head_dim) before the
+ *    attention (softmax scale 1), optional LongRoPE factors (rope_factors_short/long) with
+ *    rope.scaling.attn_factor; attention.sliding_window is read but, as in llama.cpp, not
+ *    applied (full causal attention).
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
@@ -41,7 +47,7 @@ struct nf_tensor {
 };
 
 /* The architectures nf_model_load runs (general.architecture). */
-enum nf_arch { NF_ARCH_LLAMA = 0, NF_ARCH_QWEN2, NF_ARCH_QWEN3, NF_ARCH_QWEN3MOE };
+enum nf_arch { NF_ARCH_LLAMA = 0, NF_ARCH_QWEN2, NF_ARCH_QWEN3, NF_ARCH_QWEN3MOE, NF_ARCH_PHI3 };
 
 /* The general.architecture string of a. */
 const char *nf_arch_name(enum nf_arch a);
@@ -65,6 +71,13 @@ struct nf_hparams {
     float rope_base;
     float rope_freq_scale; /* 1 / rope.scaling.factor for linear scaling, else 1 */
     float rms_eps;
+    /* phi3: Q is multiplied by 1/sqrt(head_dim) after RoPE and the softmax scale is 1 (the
+     * other architectures scale the scores in the softmax); different F16 roundings of Q. */
+    bool q_prescale;
+    int n_ctx_orig; /* rope.scaling.original_context_length (LongRoPE's switch point) */
+    float
+        rope_attn_factor; /* rope.scaling.attn_factor: cos and sin are scaled by it; 1 if absent */
+    int n_swa;            /* phi3 attention.sliding_window as read (0: none); not applied */
 };
 
 struct nf_attn_weights {
@@ -78,12 +91,16 @@ struct nf_attn_weights {
     struct nf_tensor bv;     /* (n_head_kv * head_dim) F32, qkv_bias only */
     struct nf_tensor q_norm; /* (head_dim) F32, qk_norm only */
     struct nf_tensor k_norm; /* (head_dim) F32, qk_norm only */
+    /* phi3: (n_embd -> (n_head + 2 n_head_kv) * head_dim), owning the data wq, wk and wv view */
+    struct nf_tensor wqkv;
 };
 
 struct nf_ffn_weights {
     struct nf_tensor gate; /* (n_embd -> n_ff) */
     struct nf_tensor up;   /* (n_embd -> n_ff) */
     struct nf_tensor down; /* (n_ff -> n_embd) */
+    /* phi3: (n_embd -> 2 n_ff) gate rows then up rows, owning the data gate and up view */
+    struct nf_tensor gate_up;
 };
 
 struct nf_moe_weights {
@@ -107,6 +124,8 @@ struct nf_model {
     struct nf_tensor output_norm; /* (n_embd) F32 */
     struct nf_tensor output;      /* (n_embd -> n_vocab); token_embd when tied */
     struct nf_tensor rope_freqs;  /* (n_rot / 2) F32 or absent (data NULL) */
+    struct nf_tensor rope_short;  /* phi3 LongRoPE: (n_rot / 2) F32, n_ctx <= n_ctx_orig */
+    struct nf_tensor rope_long;   /* phi3 LongRoPE: (n_rot / 2) F32, n_ctx > n_ctx_orig */
     struct nf_layer *layers;      /* (n_layer) */
     bool tied_output;
     size_t weight_bytes;

@@ -320,7 +320,8 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const struct nf_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
     const int kvh = h / (hp->n_head / hp->n_head_kv);
-    const float scale = 1.0f / sqrtf((float)hd);
+    /* phi3 scaled Q before (nf_attn_core): its softmax scale is 1, an exact no-op. */
+    const float scale = hp->q_prescale ? 1.0f : 1.0f / sqrtf((float)hd);
     const float *q = c->q + (size_t)t * hp->n_head * hd + (size_t)h * hd;
     float *out = c->att + (size_t)t * hp->n_head * hd + (size_t)h * hd;
     const nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
@@ -409,19 +410,25 @@ static void nf_attn_run(void *arg, int ith, int nth)
 
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
  * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
- * optional frequency factor, times the linear scaling factor. */
+ * optional frequency factor, times the linear scaling factor; cos and sin times attn_factor. */
 void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
 {
     const struct nf_hparams *hp = &c->m->hp;
     const int half = hp->n_rot / 2;
     const float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
     const float *ff = c->m->rope_freqs.data;
+    /* phi3 LongRoPE: llama.cpp's get_rope_factors takes the long factors when the context is
+     * longer than the original one; ggml's rope_yarn scales cos and sin by attn_factor (1.0,
+     * an exact no-op, for the other architectures). */
+    if (!ff && c->m->rope_long.data)
+        ff = c->n_ctx > hp->n_ctx_orig ? c->m->rope_long.data : c->m->rope_short.data;
+    const float mscale = hp->rope_attn_factor;
     for (int t = 0; t < n_tok; t++) {
         float theta = (float)(pos0 + t);
         for (int i = 0; i < half; i++) {
             const float th = (ff ? theta / ff[i] : theta) * hp->rope_freq_scale;
-            c->rope_cos[(size_t)t * half + i] = cosf(th);
-            c->rope_sin[(size_t)t * half + i] = sinf(th);
+            c->rope_cos[(size_t)t * half + i] = cosf(th) * mscale;
+            c->rope_sin[(size_t)t * half + i] = sinf(th) * mscale;
             theta *= theta_scale;
         }
     }
@@ -498,6 +505,11 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
     for (int t = 0; t < n_tok; t++) {
         nf_rope_apply(c, c->q + (size_t)t * qd, hp->n_head, t);
         nf_rope_apply(c, c->k + (size_t)t * kvd, hp->n_head_kv, t);
+        if (hp->q_prescale) { /* phi3: ggml_scale(Qcur, 1 / sqrt(head_dim)) after RoPE */
+            const float qs = 1.0f / sqrtf((float)hp->head_dim);
+            for (int i = 0; i < qd; i++)
+                c->q[(size_t)t * qd + i] *= qs;
+        }
         for (int i = 0; i < kvd; i++) {
             kc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->k[(size_t)t * kvd + i]);
             vc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->v[(size_t)t * kvd + i]);
@@ -560,9 +572,9 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
         nf_moe_route(c->router + (size_t)t * X, X, K, sel, wsel);
         float *xt = c->xn + (size_t)t * E, *ot = c->ffo + (size_t)t * E;
         for (int k = 0; k < K; k++) {
-            struct nf_ffn_weights ew = {nf_expert_view(&w->gate_exps, sel[k]),
-                                        nf_expert_view(&w->up_exps, sel[k]),
-                                        nf_expert_view(&w->down_exps, sel[k])};
+            struct nf_ffn_weights ew = {.gate = nf_expert_view(&w->gate_exps, sel[k]),
+                                        .up = nf_expert_view(&w->up_exps, sel[k]),
+                                        .down = nf_expert_view(&w->down_exps, sel[k])};
             const float wk = wsel[k];
             nf_matmul(c, c->hb, &ew.gate, xt, 1);
             nf_matmul(c, c->hb2, &ew.up, xt, 1);

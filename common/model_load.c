@@ -1,5 +1,5 @@
-/* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe) into RAM, with
- * every hyperparameter and tensor validated. */
+/* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, phi3) into RAM,
+ * with every hyperparameter and tensor validated. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,6 +108,7 @@ static const struct nf_arch_info {
     [NF_ARCH_QWEN2] = {"qwen2", true, true, false, false},
     [NF_ARCH_QWEN3] = {"qwen3", true, false, true, false},
     [NF_ARCH_QWEN3MOE] = {"qwen3moe", true, false, true, true},
+    [NF_ARCH_PHI3] = {"phi3", true, false, false, false},
 };
 
 const char *nf_arch_name(enum nf_arch a)
@@ -171,10 +172,11 @@ static int nf_load_arch(struct nf_hparams *hp, const struct nf_gguf *g, char *er
         hp->qk_norm = nf_archs[i].qk_norm;
         return 0;
     }
-    return nf_errf(err, errlen, NF_EARCH,
-                   "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
-                   "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe)",
-                   g->path, arch);
+    return nf_errf(
+        err, errlen, NF_EARCH,
+        "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
+        "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; phi3 - Phi-3/3.5, Phi-4-mini)",
+        g->path, arch);
 }
 
 /* Reads the rope.* keys: freq_base, and linear scaling (factor, scale_linear, scaling.type). */
@@ -206,6 +208,27 @@ static int nf_load_rope(struct nf_hparams *hp, const struct nf_gguf *g, const ch
                        pfx, pfx);
     hp->rope_freq_scale =
         (factor == 0.0f || (stype && !strcmp(stype, "none"))) ? 1.0f : 1.0f / factor;
+    return 0;
+}
+
+/* The keys phi3 adds (the defaults leave the other architectures unchanged): LongRoPE's
+ * original context length and attention factor, and the sliding window, which llama.cpp reads
+ * and then disables for phi3 ("Phi SWA is currently disabled"): full attention, as here. */
+static int nf_load_phi3_hparams(struct nf_hparams *hp, const struct nf_gguf *g, const char *pfx,
+                                char *err, size_t errlen)
+{
+    int rc;
+    hp->q_prescale = hp->arch == NF_ARCH_PHI3;
+    if ((rc = nf_hp_int(g, pfx, "rope.scaling.original_context_length", hp->n_ctx_train, 1, 1 << 30,
+                        &hp->n_ctx_orig, err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.attn_factor", 1.0f, false, &hp->rope_attn_factor,
+                          err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "attention.sliding_window", 0, 0, INT32_MAX, &hp->n_swa, err,
+                        errlen)))
+        return rc;
+    if (!(hp->rope_attn_factor > 0))
+        return nf_errf(err, errlen, NF_EKEYTYPE, "%s: %s.rope.scaling.attn_factor must be > 0",
+                       g->path, pfx);
     return 0;
 }
 
@@ -264,7 +287,9 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
     if (!(hp->rms_eps >= 0))
         return nf_errf(err, errlen, NF_EKEYTYPE,
                        "%s: %s.attention.layer_norm_rms_epsilon must be >= 0", g->path, pfx);
-    return nf_load_rope(hp, g, pfx, err, errlen);
+    if ((rc = nf_load_rope(hp, g, pfx, err, errlen)))
+        return rc;
+    return nf_load_phi3_hparams(hp, g, pfx, err, errlen);
 }
 
 /* The FFN width: the dense feed_forward_length, or for MoE the experts' width, which llama.cpp
@@ -315,6 +340,63 @@ static int nf_load_attn_extra(struct nf_model *m, struct nf_attn_weights *a, int
     return 0;
 }
 
+/* Loads a phi3 layer: the fused attn_qkv and ffn_up tensors, with wq, wk, wv (rows Q, then K,
+ * then V, as llama.cpp's build_qkv splits them) and gate, up (the first n_ff rows are the gate:
+ * llama.cpp's ggml_swiglu takes silu of the first half) as row views into them. */
+static int nf_load_fused_layer(struct nf_model *m, struct nf_layer *L, int il, char *err,
+                               size_t errlen)
+{
+    const struct nf_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, F = hp->n_ff;
+    const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    char n[6][64];
+    const char *sfx[6] = {"attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"};
+    for (int i = 0; i < 6; i++)
+        snprintf(n[i], sizeof(n[i]), "blk.%d.%s.weight", il, sfx[i]);
+    int rc;
+    if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, NF_T_F32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wqkv, n[1], E, qd + 2 * kvd, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wo, n[2], qd, E, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->ffn_norm, n[3], E, 1, 1, NF_T_F32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->ffn.gate_up, n[4], E, 2 * F, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->ffn.down, n[5], F, E, 1, 0, err, errlen)))
+        return rc;
+    const struct nf_tensor *qkv = &L->attn.wqkv, *gu = &L->ffn.gate_up;
+    const int64_t first[3] = {0, qd, qd + kvd}, rows[3] = {qd, kvd, kvd};
+    struct nf_tensor *part[3] = {&L->attn.wq, &L->attn.wk, &L->attn.wv};
+    for (int i = 0; i < 3; i++) {
+        *part[i] = *qkv;
+        part[i]->ne[1] = rows[i];
+        part[i]->data = (char *)qkv->data + (size_t)first[i] * qkv->row_size;
+    }
+    L->ffn.gate = *gu;
+    L->ffn.gate.ne[1] = F;
+    L->ffn.up = L->ffn.gate;
+    L->ffn.up.data = (char *)gu->data + (size_t)F * gu->row_size;
+    return 0;
+}
+
+/* Loads phi3's optional LongRoPE factors: both or neither (llama.cpp picks the long ones when
+ * the context is longer than rope.scaling.original_context_length). */
+static int nf_load_longrope(struct nf_model *m, char *err, size_t errlen)
+{
+    const int64_t half = m->hp.n_rot / 2;
+    int rc;
+    if ((rc = nf_load_tensor(m, &m->rope_short, "rope_factors_short.weight", half, 1, 1,
+                             NF_T_OPTIONAL | NF_T_F32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &m->rope_long, "rope_factors_long.weight", half, 1, 1,
+                             NF_T_OPTIONAL | NF_T_F32, err, errlen)))
+        return rc;
+    if (!m->rope_short.data != !m->rope_long.data)
+        return nf_errf(
+            err, errlen, NF_ENOTENSOR,
+            "%s: tensor '%s' [%lld] is missing (LongRoPE needs both factor tensors)", m->gguf->path,
+            m->rope_short.data ? "rope_factors_long.weight" : "rope_factors_short.weight",
+            (long long)half);
+    return 0;
+}
+
 /* Loads every tensor with the shapes the hyperparameters imply. */
 static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
 {
@@ -341,7 +423,8 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
         (rc = hp->arch == NF_ARCH_LLAMA
                   ? nf_load_tensor(m, &m->rope_freqs, "rope_freqs.weight", hp->n_rot / 2, 1, 1,
                                    NF_T_OPTIONAL | NF_T_F32, err, errlen)
-                  : 0))
+                  : 0) ||
+        (rc = hp->arch == NF_ARCH_PHI3 ? nf_load_longrope(m, err, errlen) : 0))
         return rc;
     if (!m->output.data) {
         m->output = m->tok_embd;
@@ -362,6 +445,11 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
             snprintf(n[i], sizeof(n[i]), "blk.%d.%s.weight", il, sfx[i]);
         if ((rc = nf_load_attn_extra(m, &L->attn, il, err, errlen)))
             return rc;
+        if (hp->arch == NF_ARCH_PHI3) {
+            if ((rc = nf_load_fused_layer(m, L, il, err, errlen)))
+                return rc;
+            continue;
+        }
         if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, NF_T_F32, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wq, n[1], E, qd, 1, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wk, n[2], E, kvd, 1, 0, err, errlen)) ||
@@ -445,6 +533,8 @@ static void nf_model_unmap(struct nf_model *m)
     memset(&m->output, 0, sizeof(m->output));
     memset(&m->output_norm, 0, sizeof(m->output_norm));
     memset(&m->rope_freqs, 0, sizeof(m->rope_freqs));
+    memset(&m->rope_short, 0, sizeof(m->rope_short));
+    memset(&m->rope_long, 0, sizeof(m->rope_long));
     munmap(m->map, m->map_len);
     m->map = NULL;
 }
@@ -500,12 +590,16 @@ void nf_model_free(struct nf_model *m)
     if (m->layers) {
         for (int il = 0; il < m->hp.n_layer; il++) {
             struct nf_layer *L = &m->layers[il];
-            struct nf_tensor *ts[] = {&L->attn.norm,     &L->attn.wq,       &L->attn.wk,
-                                      &L->attn.wv,       &L->attn.wo,       &L->ffn_norm,
-                                      &L->ffn.gate,      &L->ffn.up,        &L->ffn.down,
-                                      &L->moe.gate_inp,  &L->moe.gate_exps, &L->moe.up_exps,
-                                      &L->moe.down_exps, &L->attn.bq,       &L->attn.bk,
-                                      &L->attn.bv,       &L->attn.q_norm,   &L->attn.k_norm};
+            if (L->attn.wqkv.data) /* phi3: views into the fused tensors, freed below */
+                L->attn.wq.data = L->attn.wk.data = L->attn.wv.data = NULL;
+            if (L->ffn.gate_up.data)
+                L->ffn.gate.data = L->ffn.up.data = NULL;
+            struct nf_tensor *ts[] = {
+                &L->attn.norm,     &L->attn.wq,      &L->attn.wk,       &L->attn.wv,
+                &L->attn.wo,       &L->ffn_norm,     &L->ffn.gate,      &L->ffn.up,
+                &L->ffn.down,      &L->moe.gate_inp, &L->moe.gate_exps, &L->moe.up_exps,
+                &L->moe.down_exps, &L->attn.bq,      &L->attn.bk,       &L->attn.bv,
+                &L->attn.q_norm,   &L->attn.k_norm,  &L->attn.wqkv,     &L->ffn.gate_up};
             for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++)
                 nf_tensor_release(ts[i]);
         }
@@ -516,11 +610,27 @@ void nf_model_free(struct nf_model *m)
     nf_tensor_release(&m->tok_embd);
     nf_tensor_release(&m->output_norm);
     nf_tensor_release(&m->rope_freqs);
+    nf_tensor_release(&m->rope_short);
+    nf_tensor_release(&m->rope_long);
     if (m->gguf)
         nf_gguf_close(m->gguf);
     if (m->close_src)
         m->close_src(m->src);
     free(m);
+}
+
+/* What phi3 adds to the summary: partial rotary, LongRoPE, an unapplied sliding window. */
+static void nf_model_describe_phi3(const struct nf_model *m, char *buf, size_t len)
+{
+    const struct nf_hparams *hp = &m->hp;
+    int off = snprintf(buf, len, ", rope dims %d", hp->n_rot);
+    if (m->rope_long.data && off > 0 && (size_t)off < len)
+        off +=
+            snprintf(buf + off, len - (size_t)off, ", LongRoPE (original ctx %d, attn factor %g)",
+                     hp->n_ctx_orig, (double)hp->rope_attn_factor);
+    if (hp->n_swa && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off,
+                 ", sliding window %d not applied (as llama.cpp: full attention)", hp->n_swa);
 }
 
 void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
@@ -535,6 +645,8 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
                  hp->n_head_kv, hp->head_dim, hp->n_vocab, hp->n_ctx_train, tr ? tr->name : "?",
                  m->tied_output ? ", tied output" : "", m->weight_bytes / 1048576.0);
     if (hp->n_expert && off > 0 && (size_t)off < len)
-        snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
-                 hp->n_expert_used);
+        off += snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
+                        hp->n_expert_used);
+    if (hp->arch == NF_ARCH_PHI3 && off > 0 && (size_t)off < len)
+        nf_model_describe_phi3(m, buf + off, len - (size_t)off);
 }
