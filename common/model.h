@@ -77,7 +77,7 @@ struct nf_hparams {
     int n_ctx_orig; /* rope.scaling.original_context_length (LongRoPE's switch point) */
     float
         rope_attn_factor; /* rope.scaling.attn_factor: cos and sin are scaled by it; 1 if absent */
-    int n_swa;            /* phi3 attention.sliding_window as read (0: none); not applied */
+    int phi3_swa;         /* phi3 attention.sliding_window as read (0: none); not applied */
 };
 
 struct nf_attn_weights {

@@ -211,19 +211,23 @@ static int nf_load_rope(struct nf_hparams *hp, const struct nf_gguf *g, const ch
     return 0;
 }
 
-/* The keys phi3 adds (the defaults leave the other architectures unchanged): LongRoPE's
- * original context length and attention factor, and the sliding window, which llama.cpp reads
- * and then disables for phi3 ("Phi SWA is currently disabled"): full attention, as here. */
+/* The keys phi3 adds: LongRoPE's original context length and attention factor, and the sliding
+ * window, which llama.cpp reads and then disables for phi3 ("Phi SWA is currently disabled"):
+ * full attention, as here. Other architectures keep the defaults (no prescaled Q, factor 1). */
 static int nf_load_phi3_hparams(struct nf_hparams *hp, const struct nf_gguf *g, const char *pfx,
                                 char *err, size_t errlen)
 {
     int rc;
     hp->q_prescale = hp->arch == NF_ARCH_PHI3;
+    hp->n_ctx_orig = hp->n_ctx_train;
+    hp->rope_attn_factor = 1.0f;
+    if (hp->arch != NF_ARCH_PHI3)
+        return 0;
     if ((rc = nf_hp_int(g, pfx, "rope.scaling.original_context_length", hp->n_ctx_train, 1, 1 << 30,
                         &hp->n_ctx_orig, err, errlen)) ||
         (rc = nf_hp_float(g, pfx, "rope.scaling.attn_factor", 1.0f, false, &hp->rope_attn_factor,
                           err, errlen)) ||
-        (rc = nf_hp_int(g, pfx, "attention.sliding_window", 0, 0, INT32_MAX, &hp->n_swa, err,
+        (rc = nf_hp_int(g, pfx, "attention.sliding_window", 0, 0, INT32_MAX, &hp->phi3_swa, err,
                         errlen)))
         return rc;
     if (!(hp->rope_attn_factor > 0))
@@ -628,9 +632,9 @@ static void nf_model_describe_phi3(const struct nf_model *m, char *buf, size_t l
         off +=
             snprintf(buf + off, len - (size_t)off, ", LongRoPE (original ctx %d, attn factor %g)",
                      hp->n_ctx_orig, (double)hp->rope_attn_factor);
-    if (hp->n_swa && off > 0 && (size_t)off < len)
+    if (hp->phi3_swa && off > 0 && (size_t)off < len)
         snprintf(buf + off, len - (size_t)off,
-                 ", sliding window %d not applied (as llama.cpp: full attention)", hp->n_swa);
+                 ", sliding window %d not applied (as llama.cpp: full attention)", hp->phi3_swa);
 }
 
 void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
