@@ -107,6 +107,10 @@ static void print_text(const struct nf_nft *f, const char *path, const struct la
     const struct nf_nft_header *h = &f->hdr;
     printf("%s: NanoFlow tile file v%u.%u, %" PRIu64 " bytes, %" PRIu64 " tiles (tile size %u)\n",
            path, h->major, h->minor, h->file_size, f->n_tiles, h->tile_size);
+    const char *arch = NULL; /* the source's general.architecture, from the embedded metadata */
+    if (nf_gguf_get_str(nf_nft_gguf(f), "general.architecture", &arch) < 0 || !arch)
+        arch = "?";
+    printf("architecture: %s\n", arch);
     printf("model: %u layers, n_embd %u, n_ff %u, n_vocab %u, heads %u/%u, experts %u (%u used), "
            "%s output\n",
            h->n_layer, h->n_embd, h->n_ff, h->n_vocab, h->n_head, h->n_head_kv, h->n_expert,

@@ -24,7 +24,8 @@ static void usage(FILE *f)
         f,
         "usage: nanoflowctl run --model FILE [PROMPT | -p PROMPT | -f FILE] [options]\n\n"
         "Generates text with a llama-family GGUF model entirely in RAM, in this process. The\n"
-        "generated text (not the prompt) is streamed to stdout as it is produced.\n\n"
+        "generated text (not the prompt) is streamed to stdout as it is produced.\n"
+        "Architectures: llama, qwen2, qwen3, qwen3moe, phi3 (Phi-3/3.5, Phi-4-mini).\n\n"
         "  -m, --model FILE        GGUF model (required)\n"
         "  -p, --prompt TEXT       prompt text (default: empty: generation starts from BOS)\n"
         "  -f, --file FILE         read the prompt from FILE\n"
