@@ -158,6 +158,14 @@ static int put_bundle(const struct nf_nft_tile *t, const struct nf_gguf_tensor *
     return 0;
 }
 
+/* Prefixes the file name to the message a put_* function wrote to err; returns rc. */
+static int with_path(const struct nf_nft *f, int rc, char *err, size_t errlen)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", err ? err : "");
+    return nf_errf(err, errlen, rc, "%s: %s", f->path, msg);
+}
+
 /* Copies every row tile of (layer, kind) into consecutive rows of dst (row bytes each), from
  * row 0; *rows gets the count. */
 static int read_kind_rows(struct nft_src *s, const struct nf_gguf_tensor *gt, uint32_t layer,
@@ -174,8 +182,10 @@ static int read_kind_rows(struct nft_src *s, const struct nf_gguf_tensor *gt, ui
         const struct nf_nft_tile *t = nf_nft_find(f, layer, kind, i);
         nf_nft_describe(f, t, what, sizeof(what));
         int rc = nf_nft_read(f, t, s->buf, s->cap, err, errlen);
-        if (rc || (rc = put_rows(t, &part, s->buf, dst, &done, what, err, errlen)))
+        if (rc)
             return rc;
+        if ((rc = put_rows(t, &part, s->buf, dst, &done, what, err, errlen)))
+            return with_path(f, rc, err, errlen);
     }
     *rows = done;
     return 0;
@@ -210,18 +220,17 @@ static int read_fused(struct nft_src *s, const struct nf_gguf_tensor *gt,
             for (uint32_t i = 0, n = nf_nft_count(f, pl->layer, NF_TILE_FFN); i < n && !rc; i++) {
                 const struct nf_nft_tile *t = nf_nft_find(f, pl->layer, NF_TILE_FFN, i);
                 nf_nft_describe(f, t, what, sizeof(what));
-                if (!(rc = nf_nft_read(f, t, s->buf, s->cap, err, errlen)))
-                    rc = put_bundle(t, &half, part, s->buf, dst + (size_t)part * half.ne[1] * row,
-                                    &got, what, err, errlen);
+                if ((rc = nf_nft_read(f, t, s->buf, s->cap, err, errlen)))
+                    return rc;
+                if ((rc = put_bundle(t, &half, part, s->buf, dst + (size_t)part * half.ne[1] * row,
+                                     &got, what, err, errlen)))
+                    return with_path(f, rc, err, errlen);
             }
             done += got;
         }
     }
-    if (rc) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s", err ? err : "");
-        return nf_errf(err, errlen, rc, "%s: %s", f->path, msg);
-    }
+    if (rc)
+        return rc;
     if (done != total)
         return nf_errf(err, errlen, NF_ECORRUPT,
                        "%s: tensor '%s': its tiles cover %" PRIu64 " of %" PRIu64 " rows", f->path,
@@ -279,12 +288,8 @@ static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, 
             return rc;
         rc = pl.part < 0 ? put_rows(t, gt, s->buf, dst, &done, what, err, errlen)
                          : put_bundle(t, gt, pl.part, s->buf, dst, &done, what, err, errlen);
-        if (rc) {
-            /* Prefix the file name to the message put_* wrote. */
-            char msg[512];
-            snprintf(msg, sizeof(msg), "%s", err ? err : "");
-            return nf_errf(err, errlen, rc, "%s: %s", f->path, msg);
-        }
+        if (rc)
+            return with_path(f, rc, err, errlen);
     }
     if (done != total)
         return nf_errf(err, errlen, NF_ECORRUPT,
