@@ -67,6 +67,23 @@ for entry in "${MODELS[@]}"; do
     [ $rc -ne 0 ] && cat "$T/tg.out"
 done
 
+# Bad phi3 files (a tensor renamed in phi3-q8_0's bytes): one line naming what is missing.
+for bad in "blk.1.attn_qkv.weight blk.1.attn_qkx.weight" \
+    "rope_factors_long.weight rope_factors_lonx.weight"; do
+    read -r want repl <<<"$bad"
+    python3 -c "import sys; d=open(sys.argv[1],'rb').read(); a,b=sys.argv[3].encode(),sys.argv[4].encode(); \
+assert d.count(a) == 1; open(sys.argv[2],'wb').write(d.replace(a,b))" \
+        "$T/phi3-q8_0.gguf" "$T/bad.gguf" "$want" "$repl"
+    "$NF_BIN" run -m "$T/bad.gguf" -p hi -n 1 >/dev/null 2>"$T/bad.err"
+    rc=$?
+    [ $rc -eq 1 ] && [ "$(wc -l <"$T/bad.err")" -eq 1 ] && grep -q "'$want'.* is missing" "$T/bad.err"
+    check "phi3 without $want: run refuses it in one line (rc $rc: $(cat "$T/bad.err"))" $?
+    "$NF_BIN" convert "$T/bad.gguf" "$T/bad.nft" >/dev/null 2>"$T/bad.err"
+    rc=$?
+    [ $rc -eq 1 ] && [ "$(wc -l <"$T/bad.err")" -eq 1 ] && grep -q "'$repl'" "$T/bad.err"
+    check "phi3 with $repl: convert refuses it in one line (rc $rc)" $?
+done
+
 # The stack on a dense (biases) model, MoE (q/k norms, experts) ones, one with
 # Qwen3-30B-A3B's 128 experts, 8 used, and phi3 (fused tensors split into tiles, LongRoPE).
 if ! (need_daemons >/dev/null); then
