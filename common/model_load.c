@@ -387,6 +387,12 @@ static int nf_load_longrope(struct nf_model *m, char *err, size_t errlen)
 {
     const int64_t half = m->hp.n_rot / 2;
     int rc;
+    /* llama.cpp's phi3 has no rope_freqs (its tensor count check refuses such a file). */
+    if (nf_gguf_find_tensor(m->gguf, "rope_freqs.weight"))
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: tensor 'rope_freqs.weight' is not used by architecture phi3 (its "
+                       "frequency factors are rope_factors_short/long.weight)",
+                       m->gguf->path);
     if ((rc = nf_load_tensor(m, &m->rope_short, "rope_factors_short.weight", half, 1, 1,
                              NF_T_OPTIONAL | NF_T_F32, err, errlen)) ||
         (rc = nf_load_tensor(m, &m->rope_long, "rope_factors_long.weight", half, 1, 1,

@@ -296,15 +296,16 @@ static int check_layer(struct conv *c, uint32_t il)
     return 0;
 }
 
-/* phi3's LongRoPE factors: both or neither, n_rot / 2 F32 each (what nf_model_load takes). */
+/* phi3's LongRoPE factors: both or neither, n_rot / 2 F32 each (what nf_model_load takes);
+ * phi3 has no rope_freqs.weight (nf_model_load refuses it too), other architectures no factors. */
 static int check_longrope(struct conv *c)
 {
     int rc;
+    if (c->hp.arch == NF_ARCH_PHI3 && c->rope)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor 'rope_freqs.weight' is not used by architecture phi3");
     if (!c->rope_short && !c->rope_long)
         return 0;
-    if (c->rope) /* both would be ROPE_FREQS tiles */
-        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
-                          "rope_freqs.weight and rope_factors tensors exclude each other");
     if (c->hp.arch != NF_ARCH_PHI3)
         return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
                           "tensor 'rope_factors_%s.weight' is not used by architecture %s",
