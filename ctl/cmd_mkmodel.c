@@ -797,6 +797,19 @@ static int add_vocab(struct nf_gguf_writer *w, const struct mk_opts *o, struct n
     return 0;
 }
 
+/* general.name when --name is not given: "nanoflow-<shape>". llama.cpp's vocabulary loader
+ * looks up Phi-3's chat tokens in a model whose name contains "phi3" or "phi-3" (measured:
+ * "unordered_map::at", the model refused), which the synthetic vocabulary lacks, so with it the
+ * phi3 presets are called "nanoflow-phi-..." (a copied Phi-3 vocabulary has the tokens). */
+static void default_name(char *name, size_t len, const struct mk_opts *o)
+{
+    const char *shape = o->shape_name ? o->shape_name : "custom";
+    if (!o->vocab_from && !strncmp(shape, "phi3", 4))
+        snprintf(name, len, "nanoflow-phi%s", shape + 4);
+    else
+        snprintf(name, len, "nanoflow-%s", shape);
+}
+
 int nf_cmd_mkmodel(int argc, char **argv)
 {
     struct mk_opts o = {.rope_dim = -1,
@@ -845,7 +858,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
     if (o.name)
         snprintf(name, sizeof(name), "%s", o.name);
     else
-        snprintf(name, sizeof(name), "nanoflow-%s", o.shape_name ? o.shape_name : "custom");
+        default_name(name, sizeof(name), &o);
 
     /* The tokenizer keys go last, but the vocabulary size is needed by the llama.* keys and the
      * embedding shapes: build them in a writer of their own first, then append. */
