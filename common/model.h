@@ -20,6 +20,12 @@
  *  - "olmoe": NEOX RoPE, an RMSNorm of q and of k over the whole projection (attn_q_norm of
  *    n_head * head_dim, attn_k_norm of n_head_kv * head_dim) before RoPE, a routed MoE FFN
  *    (softmax, top-k, not renormalized).
+ *  - "phi3" (Phi-3, Phi-3.5, Phi-4-mini): fused attn_qkv (Q rows, then K, then V) and fused
+ *    ffn_up (gate rows, then up rows) loaded as row views of one tensor, NEOX RoPE over
+ *    rope.dimension_count dims (partial rotary), Q scaled by 1/sqrt(head_dim) before the
+ *    attention (softmax scale 1), optional LongRoPE factors (rope_factors_short/long) with
+ *    rope.scaling.attn_factor; attention.sliding_window is read but, as in llama.cpp, not
+ *    applied (full causal attention).
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
@@ -60,6 +66,7 @@ enum nf_arch {
     NF_ARCH_GEMMA3,
     NF_ARCH_QWEN2MOE,
     NF_ARCH_OLMOE,
+    NF_ARCH_PHI3,
 };
 
 /* The general.architecture string of a. */
@@ -99,6 +106,13 @@ struct nf_hparams {
     float rope_base_swa;       /* RoPE base of the local layers */
     float rope_freq_scale_swa; /* and their linear scaling (1) */
     int kv_pad; /* attention cells padded to this many (see model_forward.c); 0: the default */
+    /* phi3: Q is multiplied by 1/sqrt(head_dim) after RoPE and the softmax scale is 1 (the
+     * other architectures scale the scores in the softmax); different F16 roundings of Q. */
+    bool q_prescale;
+    int n_ctx_orig; /* rope.scaling.original_context_length (LongRoPE's switch point) */
+    float
+        rope_attn_factor; /* rope.scaling.attn_factor: cos and sin are scaled by it; 1 if absent */
+    int phi3_swa;         /* phi3 attention.sliding_window as read (0: none); not applied */
 };
 
 /* Whether layer il attends through the sliding window (a local layer of gemma3). */
@@ -118,6 +132,8 @@ struct nf_attn_weights {
     struct nf_tensor bv;     /* (n_head_kv * head_dim) F32, qkv_bias only */
     struct nf_tensor q_norm; /* (head_dim), or (n_head * head_dim) for olmoe; F32, qk_norm */
     struct nf_tensor k_norm; /* (head_dim), or (n_head_kv * head_dim) for olmoe; F32 */
+    /* phi3: (n_embd -> (n_head + 2 n_head_kv) * head_dim), owning the data wq, wk and wv view */
+    struct nf_tensor wqkv;
 
     struct nf_tensor post_norm; /* (n_embd) F32 post_attention_norm, post_norms only */
 };
@@ -128,6 +144,8 @@ struct nf_ffn_weights {
     struct nf_tensor down; /* (n_ff -> n_embd) */
 
     struct nf_tensor post_norm; /* (n_embd) F32 post_ffw_norm, post_norms only; else data NULL */
+    /* phi3: (n_embd -> 2 n_ff) gate rows then up rows, owning the data gate and up view */
+    struct nf_tensor gate_up;
 };
 
 struct nf_moe_weights {
@@ -156,6 +174,8 @@ struct nf_model {
     struct nf_tensor output_norm; /* (n_embd) F32 */
     struct nf_tensor output;      /* (n_embd -> n_vocab); token_embd when tied */
     struct nf_tensor rope_freqs;  /* (n_rot / 2) F32 or absent (data NULL) */
+    struct nf_tensor rope_short;  /* phi3 LongRoPE: (n_rot / 2) F32, n_ctx <= n_ctx_orig */
+    struct nf_tensor rope_long;   /* phi3 LongRoPE: (n_rot / 2) F32, n_ctx > n_ctx_orig */
     struct nf_layer *layers;      /* (n_layer) */
     bool tied_output;
     size_t weight_bytes;

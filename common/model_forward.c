@@ -321,12 +321,13 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const struct nf_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
     const int kvh = h / (hp->n_head / hp->n_head_kv);
-    const float scale = hp->q_scale ? 1.0f : 1.0f / sqrtf((float)hd);
+    const float scale = hp->q_scale || hp->q_prescale ? 1.0f : 1.0f / sqrtf((float)hd);
     /* The first visible cell: gemma3's local layers see the last n_swa positions (llama.cpp's
      * LLAMA_SWA_TYPE_STANDARD masks a cell when pos - cell >= n_swa); the cells before it are
      * masked like those past pos. The cache still keeps every position of a local layer: a
      * ring of n_swa cells per local layer, which would cut their KV memory, is a later
-     * optimisation. */
+     * optimisation. gemma3 and phi3 scaled Q before (nf_attn_core): their softmax scale is 1,
+     * an exact no-op. */
     const int lo = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
     const float *q = c->q + (size_t)t * hp->n_head * hd + (size_t)h * hd;
     float *out = c->att + (size_t)t * hp->n_head * hd + (size_t)h * hd;
@@ -420,9 +421,9 @@ static void nf_attn_run(void *arg, int ith, int nth)
 
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
  * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
- * optional frequency factor, times the linear scaling factor. */
+ * optional frequency factor, times the linear scaling factor; cos and sin times mscale. */
 static void nf_rope_fill(float *cs, float *sn, int n_rot, float base, float freq_scale,
-                         const float *ff, int pos0, int n_tok)
+                         const float *ff, float mscale, int pos0, int n_tok)
 {
     const int half = n_rot / 2;
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
@@ -430,8 +431,8 @@ static void nf_rope_fill(float *cs, float *sn, int n_rot, float base, float freq
         float theta = (float)(pos0 + t);
         for (int i = 0; i < half; i++) {
             const float th = (ff ? theta / ff[i] : theta) * freq_scale;
-            cs[(size_t)t * half + i] = cosf(th);
-            sn[(size_t)t * half + i] = sinf(th);
+            cs[(size_t)t * half + i] = cosf(th) * mscale;
+            sn[(size_t)t * half + i] = sinf(th) * mscale;
             theta *= theta_scale;
         }
     }
@@ -440,12 +441,18 @@ static void nf_rope_fill(float *cs, float *sn, int n_rot, float base, float freq
 void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
 {
     const struct nf_hparams *hp = &c->m->hp;
-    nf_rope_fill(c->rope_cos, c->rope_sin, hp->n_rot, hp->rope_base, hp->rope_freq_scale,
-                 c->m->rope_freqs.data, pos0, n_tok);
+    const float *ff = c->m->rope_freqs.data;
+    /* phi3 LongRoPE: llama.cpp's get_rope_factors takes the long factors when the context is
+     * longer than the original one; ggml's rope_yarn scales cos and sin by attn_factor (1.0,
+     * an exact no-op, for the other architectures). */
+    if (!ff && c->m->rope_long.data)
+        ff = c->n_ctx > hp->n_ctx_orig ? c->m->rope_long.data : c->m->rope_short.data;
+    nf_rope_fill(c->rope_cos, c->rope_sin, hp->n_rot, hp->rope_base, hp->rope_freq_scale, ff,
+                 hp->rope_attn_factor, pos0, n_tok);
     /* gemma3's local layers rotate with their own base and scale (no frequency factors). */
     if (hp->n_swa)
         nf_rope_fill(c->rope_cos_swa, c->rope_sin_swa, hp->n_rot, hp->rope_base_swa,
-                     hp->rope_freq_scale_swa, NULL, pos0, n_tok);
+                     hp->rope_freq_scale_swa, NULL, 1.0f, pos0, n_tok);
 }
 
 /* Rotates the pairs of each head's first n_rot dims: adjacent pairs (x[2i], x[2i+1]) in
@@ -531,6 +538,11 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
         if (hp->q_scale) /* gemma3: ggml_scale of Q after RoPE, before its F16 rounding */
             for (int i = 0; i < qd; i++)
                 c->q[(size_t)t * qd + i] *= hp->q_scale;
+        if (hp->q_prescale) { /* phi3: ggml_scale(Qcur, 1 / sqrt(head_dim)) after RoPE */
+            const float qs = 1.0f / sqrtf((float)hp->head_dim);
+            for (int i = 0; i < qd; i++)
+                c->q[(size_t)t * qd + i] *= qs;
+        }
         for (int i = 0; i < kvd; i++) {
             kc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->k[(size_t)t * kvd + i]);
             vc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->v[(size_t)t * kvd + i]);

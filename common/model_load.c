@@ -1,6 +1,5 @@
 /* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3, qwen2moe,
- * olmoe) into RAM, with
- * every hyperparameter and tensor validated. */
+ * olmoe, phi3) into RAM, with every hyperparameter and tensor validated. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -113,6 +112,7 @@ static const struct nf_arch_info {
     [NF_ARCH_GEMMA3] = {"gemma3", true, false, true, false},
     [NF_ARCH_QWEN2MOE] = {"qwen2moe", true, true, false, true},
     [NF_ARCH_OLMOE] = {"olmoe", true, false, true, true},
+    [NF_ARCH_PHI3] = {"phi3", true, false, false, false},
 };
 
 const char *nf_arch_name(enum nf_arch a)
@@ -180,7 +180,8 @@ static int nf_load_arch(struct nf_hparams *hp, const struct nf_gguf *g, char *er
     }
     return nf_errf(err, errlen, NF_EARCH,
                    "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
-                   "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; gemma3; qwen2moe; olmoe)",
+                   "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; gemma3; qwen2moe; olmoe; "
+                   "phi3 - Phi-3/3.5, Phi-4-mini)",
                    g->path, arch);
 }
 
@@ -248,6 +249,31 @@ static int nf_load_gemma3(struct nf_hparams *hp, const struct nf_gguf *g, char *
     return 0;
 }
 
+/* The keys phi3 adds: LongRoPE's original context length and attention factor, and the sliding
+ * window, which llama.cpp reads and then disables for phi3 ("Phi SWA is currently disabled"):
+ * full attention, as here. Other architectures keep the defaults (no prescaled Q, factor 1). */
+static int nf_load_phi3_hparams(struct nf_hparams *hp, const struct nf_gguf *g, const char *pfx,
+                                char *err, size_t errlen)
+{
+    int rc;
+    hp->q_prescale = hp->arch == NF_ARCH_PHI3;
+    hp->n_ctx_orig = hp->n_ctx_train;
+    hp->rope_attn_factor = 1.0f;
+    if (hp->arch != NF_ARCH_PHI3)
+        return 0;
+    if ((rc = nf_hp_int(g, pfx, "rope.scaling.original_context_length", hp->n_ctx_train, 1, 1 << 30,
+                        &hp->n_ctx_orig, err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.attn_factor", 1.0f, false, &hp->rope_attn_factor,
+                          err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "attention.sliding_window", 0, 0, INT32_MAX, &hp->phi3_swa, err,
+                        errlen)))
+        return rc;
+    if (!(hp->rope_attn_factor > 0))
+        return nf_errf(err, errlen, NF_EKEYTYPE, "%s: %s.rope.scaling.attn_factor must be > 0",
+                       g->path, pfx);
+    return 0;
+}
+
 static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
 {
     const struct nf_gguf *g = m->gguf;
@@ -304,6 +330,8 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
         return nf_errf(err, errlen, NF_EKEYTYPE,
                        "%s: %s.attention.layer_norm_rms_epsilon must be >= 0", g->path, pfx);
     if ((rc = nf_load_rope(hp, g, pfx, err, errlen)))
+        return rc;
+    if ((rc = nf_load_phi3_hparams(hp, g, pfx, err, errlen)))
         return rc;
     return hp->arch == NF_ARCH_GEMMA3 ? nf_load_gemma3(hp, g, err, errlen) : 0;
 }
@@ -430,6 +458,69 @@ static int nf_load_post_norms(struct nf_model *m, struct nf_layer *L, int il, ch
               : nf_load_tensor(m, &L->ffn.post_norm, pf, m->hp.n_embd, 1, 1, NF_T_F32, err, errlen);
 }
 
+/* Loads a phi3 layer: the fused attn_qkv and ffn_up tensors, with wq, wk, wv (rows Q, then K,
+ * then V, as llama.cpp's build_qkv splits them) and gate, up (the first n_ff rows are the gate:
+ * llama.cpp's ggml_swiglu takes silu of the first half) as row views into them. */
+static int nf_load_fused_layer(struct nf_model *m, struct nf_layer *L, int il, char *err,
+                               size_t errlen)
+{
+    const struct nf_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, F = hp->n_ff;
+    const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    char n[6][64];
+    const char *sfx[6] = {"attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"};
+    for (int i = 0; i < 6; i++)
+        snprintf(n[i], sizeof(n[i]), "blk.%d.%s.weight", il, sfx[i]);
+    int rc;
+    if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, NF_T_F32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wqkv, n[1], E, qd + 2 * kvd, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wo, n[2], qd, E, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->ffn_norm, n[3], E, 1, 1, NF_T_F32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->ffn.gate_up, n[4], E, 2 * F, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->ffn.down, n[5], F, E, 1, 0, err, errlen)))
+        return rc;
+    const struct nf_tensor *qkv = &L->attn.wqkv, *gu = &L->ffn.gate_up;
+    const int64_t first[3] = {0, qd, qd + kvd}, rows[3] = {qd, kvd, kvd};
+    struct nf_tensor *part[3] = {&L->attn.wq, &L->attn.wk, &L->attn.wv};
+    for (int i = 0; i < 3; i++) {
+        *part[i] = *qkv;
+        part[i]->ne[1] = rows[i];
+        part[i]->data = (char *)qkv->data + (size_t)first[i] * qkv->row_size;
+    }
+    L->ffn.gate = *gu;
+    L->ffn.gate.ne[1] = F;
+    L->ffn.up = L->ffn.gate;
+    L->ffn.up.data = (char *)gu->data + (size_t)F * gu->row_size;
+    return 0;
+}
+
+/* Loads phi3's optional LongRoPE factors: both or neither (llama.cpp picks the long ones when
+ * the context is longer than rope.scaling.original_context_length). */
+static int nf_load_longrope(struct nf_model *m, char *err, size_t errlen)
+{
+    const int64_t half = m->hp.n_rot / 2;
+    int rc;
+    /* llama.cpp's phi3 has no rope_freqs (its tensor count check refuses such a file). */
+    if (nf_gguf_find_tensor(m->gguf, "rope_freqs.weight"))
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: tensor 'rope_freqs.weight' is not used by architecture phi3 (its "
+                       "frequency factors are rope_factors_short/long.weight)",
+                       m->gguf->path);
+    if ((rc = nf_load_tensor(m, &m->rope_short, "rope_factors_short.weight", half, 1, 1,
+                             NF_T_OPTIONAL | NF_T_F32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &m->rope_long, "rope_factors_long.weight", half, 1, 1,
+                             NF_T_OPTIONAL | NF_T_F32, err, errlen)))
+        return rc;
+    if (!m->rope_short.data != !m->rope_long.data)
+        return nf_errf(
+            err, errlen, NF_ENOTENSOR,
+            "%s: tensor '%s' [%lld] is missing (LongRoPE needs both factor tensors)", m->gguf->path,
+            m->rope_short.data ? "rope_factors_long.weight" : "rope_factors_short.weight",
+            (long long)half);
+    return 0;
+}
+
 /* Loads every tensor with the shapes the hyperparameters imply. */
 static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
 {
@@ -456,7 +547,8 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
         (rc = hp->arch == NF_ARCH_LLAMA
                   ? nf_load_tensor(m, &m->rope_freqs, "rope_freqs.weight", hp->n_rot / 2, 1, 1,
                                    NF_T_OPTIONAL | NF_T_F32, err, errlen)
-                  : 0))
+                  : 0) ||
+        (rc = hp->arch == NF_ARCH_PHI3 ? nf_load_longrope(m, err, errlen) : 0))
         return rc;
     if (!m->output.data) {
         m->output = m->tok_embd;
@@ -477,6 +569,11 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
             snprintf(n[i], sizeof(n[i]), "blk.%d.%s.weight", il, sfx[i]);
         if ((rc = nf_load_attn_extra(m, &L->attn, il, err, errlen)))
             return rc;
+        if (hp->arch == NF_ARCH_PHI3) {
+            if ((rc = nf_load_fused_layer(m, L, il, err, errlen)))
+                return rc;
+            continue;
+        }
         if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, NF_T_F32, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wq, n[1], E, qd, 1, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wk, n[2], E, kvd, 1, 0, err, errlen)) ||
@@ -563,6 +660,8 @@ static void nf_model_unmap(struct nf_model *m)
     memset(&m->output, 0, sizeof(m->output));
     memset(&m->output_norm, 0, sizeof(m->output_norm));
     memset(&m->rope_freqs, 0, sizeof(m->rope_freqs));
+    memset(&m->rope_short, 0, sizeof(m->rope_short));
+    memset(&m->rope_long, 0, sizeof(m->rope_long));
     munmap(m->map, m->map_len);
     m->map = NULL;
 }
@@ -618,6 +717,10 @@ void nf_model_free(struct nf_model *m)
     if (m->layers) {
         for (int il = 0; il < m->hp.n_layer; il++) {
             struct nf_layer *L = &m->layers[il];
+            if (L->attn.wqkv.data) /* phi3: views into the fused tensors, freed below */
+                L->attn.wq.data = L->attn.wk.data = L->attn.wv.data = NULL;
+            if (L->ffn.gate_up.data)
+                L->ffn.gate.data = L->ffn.up.data = NULL;
             struct nf_tensor *ts[] = {&L->attn.norm,
                                       &L->attn.wq,
                                       &L->attn.wk,
@@ -639,7 +742,9 @@ void nf_model_free(struct nf_model *m)
                                       &L->moe.gate_inp_shexp,
                                       &L->moe.gate_shexp,
                                       &L->moe.up_shexp,
-                                      &L->moe.down_shexp};
+                                      &L->moe.down_shexp,
+                                      &L->attn.wqkv,
+                                      &L->ffn.gate_up};
             for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++)
                 nf_tensor_release(ts[i]);
             nf_tensor_release(&L->attn.post_norm);
@@ -652,11 +757,27 @@ void nf_model_free(struct nf_model *m)
     nf_tensor_release(&m->tok_embd);
     nf_tensor_release(&m->output_norm);
     nf_tensor_release(&m->rope_freqs);
+    nf_tensor_release(&m->rope_short);
+    nf_tensor_release(&m->rope_long);
     if (m->gguf)
         nf_gguf_close(m->gguf);
     if (m->close_src)
         m->close_src(m->src);
     free(m);
+}
+
+/* What phi3 adds to the summary: partial rotary, LongRoPE, an unapplied sliding window. */
+static void nf_model_describe_phi3(const struct nf_model *m, char *buf, size_t len)
+{
+    const struct nf_hparams *hp = &m->hp;
+    int off = snprintf(buf, len, ", rope dims %d", hp->n_rot);
+    if (m->rope_long.data && off > 0 && (size_t)off < len)
+        off +=
+            snprintf(buf + off, len - (size_t)off, ", LongRoPE (original ctx %d, attn factor %g)",
+                     hp->n_ctx_orig, (double)hp->rope_attn_factor);
+    if (hp->phi3_swa && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off,
+                 ", sliding window %d not applied (as llama.cpp: full attention)", hp->phi3_swa);
 }
 
 void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
@@ -678,5 +799,7 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
             snprintf(buf + off, len - (size_t)off, ", sliding window %d (every %dth layer global)",
                      hp->n_swa, hp->swa_pattern);
     if (hp->n_ff_shexp && off > 0 && (size_t)off < len)
-        snprintf(buf + off, len - (size_t)off, ", shared expert %d", hp->n_ff_shexp);
+        off += snprintf(buf + off, len - (size_t)off, ", shared expert %d", hp->n_ff_shexp);
+    if (hp->arch == NF_ARCH_PHI3 && off > 0 && (size_t)off < len)
+        nf_model_describe_phi3(m, buf + off, len - (size_t)off);
 }

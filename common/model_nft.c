@@ -32,8 +32,11 @@ static void src_close(void *p)
 struct tensor_place {
     enum nf_tile_kind kind;
     uint32_t layer;
-    int part; /* FFN/EXPERT: 0 gate, 1 up, 2 down; else -1 */
+    int part; /* FFN/EXPERT: 0 gate, 1 up, 2 down; NF_PART_QKV; else -1 */
 };
+
+/* phi3's attn_qkv: the rows of the ATTN_Q, then ATTN_K, then ATTN_V tiles. */
+#define NF_PART_QKV 3
 
 static int place_of(const char *name, struct tensor_place *p)
 {
@@ -67,6 +70,7 @@ static int place_of(const char *name, struct tensor_place *p)
         {"ffn_gate_shexp.weight", NF_TILE_FFN, 0},
         {"ffn_up_shexp.weight", NF_TILE_FFN, 1},
         {"ffn_down_shexp.weight", NF_TILE_FFN, 2},
+        {"attn_qkv.weight", NF_TILE_ATTN_Q, NF_PART_QKV},
     };
     static const struct {
         const char *name;
@@ -74,7 +78,9 @@ static int place_of(const char *name, struct tensor_place *p)
     } global[] = {{"token_embd.weight", NF_TILE_EMBD},
                   {"output.weight", NF_TILE_OUTPUT},
                   {"output_norm.weight", NF_TILE_OUTPUT_NORM},
-                  {"rope_freqs.weight", NF_TILE_ROPE_FREQS}};
+                  {"rope_freqs.weight", NF_TILE_ROPE_FREQS},
+                  {"rope_factors_short.weight", NF_TILE_ROPE_FREQS},
+                  {"rope_factors_long.weight", NF_TILE_ROPE_FREQS}};
     for (size_t i = 0; i < sizeof(global) / sizeof(global[0]); i++)
         if (!strcmp(name, global[i].name)) {
             *p = (struct tensor_place){global[i].kind, NF_NFT_NO_LAYER, -1};
@@ -89,6 +95,14 @@ static int place_of(const char *name, struct tensor_place *p)
                 return 0;
             }
     return NF_ENOTENSOR;
+}
+
+/* Whether the .nft's metadata names architecture phi3 (whose ffn_up is fused). */
+static bool nf_nft_meta_is_phi3(const struct nf_nft *f)
+{
+    const char *arch = NULL;
+    return nf_gguf_get_str(f->meta, "general.architecture", &arch) == 0 && arch &&
+           !strcmp(arch, "phi3");
 }
 
 /* Copies a row tile (rows [first, first + count) of the tensor) into dst. */
@@ -151,6 +165,104 @@ static int put_bundle(const struct nf_nft_tile *t, const struct nf_gguf_tensor *
     return 0;
 }
 
+/* Prefixes the file name to the message a put_* function wrote to err; returns rc. */
+static int with_path(const struct nf_nft *f, int rc, char *err, size_t errlen)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", err ? err : "");
+    return nf_errf(err, errlen, rc, "%s: %s", f->path, msg);
+}
+
+/* Copies every row tile of (layer, kind) into consecutive rows of dst (row bytes each), from
+ * row 0; *rows gets the count. */
+static int read_kind_rows(struct nft_src *s, const struct nf_gguf_tensor *gt, uint32_t layer,
+                          enum nf_tile_kind kind, uint8_t *dst, uint64_t max_rows, uint64_t *rows,
+                          char *err, size_t errlen)
+{
+    const struct nf_nft *f = s->f;
+    struct nf_gguf_tensor part = *gt;
+    part.ne[1] = (int64_t)max_rows;
+    part.ne[2] = 1;
+    uint64_t done = 0;
+    char what[160];
+    for (uint32_t i = 0, n = nf_nft_count(f, layer, kind); i < n; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(f, layer, kind, i);
+        nf_nft_describe(f, t, what, sizeof(what));
+        int rc = nf_nft_read(f, t, s->buf, s->cap, err, errlen);
+        if (rc)
+            return rc;
+        if ((rc = put_rows(t, &part, s->buf, dst, &done, what, err, errlen)))
+            return with_path(f, rc, err, errlen);
+    }
+    *rows = done;
+    return 0;
+}
+
+/* phi3's fused tensors from the tiles they were cut into: attn_qkv from the ATTN_Q, ATTN_K and
+ * ATTN_V tiles, one after the other; ffn_up (gate rows, then up rows) from the FFN bundles'
+ * gate and up parts. */
+static int read_fused(struct nft_src *s, const struct nf_gguf_tensor *gt,
+                      const struct tensor_place *pl, uint8_t *dst, char *err, size_t errlen)
+{
+    const struct nf_nft *f = s->f;
+    const size_t row = nf_row_size(gt->type, gt->ne[0]);
+    const uint64_t total = (uint64_t)gt->ne[1];
+    uint64_t done = 0;
+    int rc = 0;
+    if (pl->part == NF_PART_QKV) {
+        static const enum nf_tile_kind kinds[3] = {NF_TILE_ATTN_Q, NF_TILE_ATTN_K, NF_TILE_ATTN_V};
+        for (int k = 0; k < 3 && !rc; k++) {
+            uint64_t got = 0;
+            rc = read_kind_rows(s, gt, pl->layer, kinds[k], dst + done * row, total - done, &got,
+                                err, errlen);
+            done += got;
+        }
+    } else {
+        /* ffn_up of 2 n_ff rows: part 0 (gate) into the first half, part 1 into the second. */
+        struct nf_gguf_tensor half = *gt;
+        half.ne[1] = gt->ne[1] / 2;
+        for (int part = 0; part < 2 && !rc; part++) {
+            uint64_t got = 0;
+            char what[160];
+            for (uint32_t i = 0, n = nf_nft_count(f, pl->layer, NF_TILE_FFN); i < n && !rc; i++) {
+                const struct nf_nft_tile *t = nf_nft_find(f, pl->layer, NF_TILE_FFN, i);
+                nf_nft_describe(f, t, what, sizeof(what));
+                if ((rc = nf_nft_read(f, t, s->buf, s->cap, err, errlen)))
+                    return rc;
+                if ((rc = put_bundle(t, &half, part, s->buf, dst + (size_t)part * half.ne[1] * row,
+                                     &got, what, err, errlen)))
+                    return with_path(f, rc, err, errlen);
+            }
+            done += got;
+        }
+    }
+    if (rc)
+        return rc;
+    if (done != total)
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "%s: tensor '%s': its tiles cover %" PRIu64 " of %" PRIu64 " rows", f->path,
+                       gt->name.s, done, total);
+    return 0;
+}
+
+/* phi3's LongRoPE factors: row 0 (short) or row 1 (long) of the ROPE_FREQS tiles. */
+static int read_longrope(struct nft_src *s, const struct nf_gguf_tensor *gt, uint8_t *dst,
+                         char *err, size_t errlen)
+{
+    const struct nf_nft *f = s->f;
+    const uint32_t want = strstr(gt->name.s, "_long") ? 1 : 0;
+    const struct nf_nft_tile *t = nf_nft_find(f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS, want);
+    if (!t || t->first != want || t->count != 1 || t->type[0] != NF_TYPE_F32 ||
+        t->ne0 != (uint64_t)gt->ne[0] || t->size != gt->size)
+        return nf_errf(err, errlen, NF_ECORRUPT, "%s: tensor '%s' has no matching rope_freqs tile",
+                       f->path, gt->name.s);
+    int rc = nf_nft_read(f, t, s->buf, s->cap, err, errlen);
+    if (rc)
+        return rc;
+    memcpy(dst, s->buf, (size_t)gt->size);
+    return 0;
+}
+
 /* Reads tensor gt from its tiles (each checksummed) into dst. */
 static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, size_t len,
                            char *err, size_t errlen)
@@ -165,6 +277,11 @@ static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, 
         return nf_errf(err, errlen, NF_EUSAGE,
                        "%s: tensor '%s': buffer of %zu bytes, needs %" PRIu64, f->path, gt->name.s,
                        len, gt->size);
+    if (pl.part == NF_PART_QKV ||
+        (pl.part == 1 && strstr(gt->name.s, "ffn_up") && nf_nft_meta_is_phi3(f)))
+        return read_fused(s, gt, &pl, dst, err, errlen);
+    if (pl.kind == NF_TILE_ROPE_FREQS && strncmp(gt->name.s, "rope_factors_", 13) == 0)
+        return read_longrope(s, gt, dst, err, errlen);
     uint32_t n = nf_nft_count(f, pl.layer, pl.kind);
     uint64_t total = pl.part < 0 ? (uint64_t)gt->ne[1] * (uint64_t)gt->ne[2]
                                  : (uint64_t)gt->ne[pl.part == 2 ? 0 : 1] * (uint64_t)gt->ne[2];
@@ -178,12 +295,8 @@ static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, 
             return rc;
         rc = pl.part < 0 ? put_rows(t, gt, s->buf, dst, &done, what, err, errlen)
                          : put_bundle(t, gt, pl.part, s->buf, dst, &done, what, err, errlen);
-        if (rc) {
-            /* Prefix the file name to the message put_* wrote. */
-            char msg[512];
-            snprintf(msg, sizeof(msg), "%s", err ? err : "");
-            return nf_errf(err, errlen, rc, "%s: %s", f->path, msg);
-        }
+        if (rc)
+            return with_path(f, rc, err, errlen);
     }
     if (done != total)
         return nf_errf(err, errlen, NF_ECORRUPT,

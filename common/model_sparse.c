@@ -192,22 +192,6 @@ void nf_sparse_predict(struct nf_sparse *s, int il, const float *xn)
     nf_group_scores(s->gscores, s->scores, s->n_ff, s->group[il]);
 }
 
-/* The RoPE angles of one position, as model_forward.c's cache (ggml_rope_cache_init). */
-static void rope_one(struct nf_ctx *c, int pos)
-{
-    const struct nf_hparams *hp = &c->m->hp;
-    const int half = hp->n_rot / 2;
-    const float theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
-    const float *ff = c->m->rope_freqs.data;
-    float theta = (float)pos;
-    for (int i = 0; i < half; i++) {
-        const float th = (ff ? theta / ff[i] : theta) * hp->rope_freq_scale;
-        c->rope_cos[i] = cosf(th);
-        c->rope_sin[i] = sinf(th);
-        theta *= theta_scale;
-    }
-}
-
 int nf_sparse_eval(struct nf_sparse *s, struct nf_ctx *c, int32_t token)
 {
     const struct nf_model *m = c->m;
@@ -223,9 +207,7 @@ int nf_sparse_eval(struct nf_sparse *s, struct nf_ctx *c, int32_t token)
         for (int i = 0; i < E; i++)
             c->x[i] *= hp->embd_scale;
     const int pos = c->n_past;
-    rope_one(c, pos);
-    if (hp->n_swa) /* gemma3's local layers have a table of their own */
-        nf_rope_cache(c, pos, 1);
+    nf_rope_cache(c, pos, 1); /* gemma3's local layers' table too */
     for (int il = 0; il < hp->n_layer; il++) {
         const struct nf_layer *L = &m->layers[il];
         nf_attn_forward(c, &L->attn, il, pos, 1);

@@ -33,7 +33,8 @@
  *  - EMBD: token_embd rows [first, first + count); embd_rows_per_tile rows per tile, chosen so a
  *    tile is a few pages, so a token's row is one small read (tile = token / rows_per_tile).
  *  - OUTPUT: rows of output.weight (absent when the output is tied to token_embd).
- *  - OUTPUT_NORM, ROPE_FREQS: the whole tensor in one tile.
+ *  - OUTPUT_NORM, ROPE_FREQS: the whole tensor in one tile (phi3's LongRoPE factors: two
+ *    ROPE_FREQS tiles, row 0 rope_factors_short, row 1 rope_factors_long).
  *  - ATTN_NORM, FFN_NORM: a layer's norm vector in one tile.
  *  - ATTN_Q, ATTN_K, ATTN_V, ATTN_O: a layer's rows [first, first + count), about tile_size bytes.
  *  - FFN: a dense layer's neurons [first, first + count) as groups of `group` neurons (G = the
@@ -57,6 +58,8 @@
  *  - ATTN_POST_NORM, FFN_POST_NORM (gemma3): a layer's post_attention_norm or post_ffw_norm
  *    vector (n_embd) in one tile, the same way.
  *  - SHEXP_GATE (qwen2moe): a MoE layer's shared-expert gate, ffn_gate_inp_shexp (one row).
+ * phi3's fused tensors are cut into these kinds: attn_qkv's Q, K and V row ranges into ATTN_Q,
+ * ATTN_K and ATTN_V tiles, its ffn_up's gate half and up half into the FFN bundles.
  * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER. */
 #ifndef NF_NFT_H
 #define NF_NFT_H

@@ -1,5 +1,5 @@
-/* nft_write.c - converts a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, qwen2moe, olmoe)
- * into a .nft tile file (see nft.h). */
+/* nft_write.c - converts a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3, qwen2moe,
+ * olmoe, phi3) into a .nft tile file (see nft.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -32,6 +32,10 @@ struct layer_src {
     /* qwen2moe's shared expert (its FFN tiles hold these, group_sh neurons a group). */
     const struct nf_gguf_tensor *gate_inp_sh, *gate_sh, *up_sh, *down_sh;
     uint32_t group_sh;
+    /* phi3: the fused attn_qkv, and q, k, v, gate, up as row ranges of it and of the fused
+     * ffn_up (held in `up` as classified, replaced by its upper half), which q..up point to. */
+    const struct nf_gguf_tensor *qkv;
+    struct nf_gguf_tensor split[5];
 };
 
 /* The tensors FFN tiles of layer l hold (part 0 gate, 1 up, 2 down): the dense FFN's, or in
@@ -52,6 +56,7 @@ struct conv {
     struct nf_nft_header hdr;
     struct nf_hparams hp; /* as the engine reads them (nf_model_hparams) */
     const struct nf_gguf_tensor *embd, *out_norm, *output, *rope;
+    const struct nf_gguf_tensor *rope_short, *rope_long; /* phi3 LongRoPE factors */
     struct layer_src *L;
     struct nf_nft_tile *tiles;
     uint64_t n_tiles, cap;
@@ -107,6 +112,7 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
         {"ffn_gate_shexp.weight", offsetof(struct layer_src, gate_sh)},
         {"ffn_up_shexp.weight", offsetof(struct layer_src, up_sh)},
         {"ffn_down_shexp.weight", offsetof(struct layer_src, down_sh)},
+        {"attn_qkv.weight", offsetof(struct layer_src, qkv)},
     };
     const char *name = t->name.s;
     const struct nf_type_traits *tr = nf_type_traits(t->type);
@@ -127,6 +133,10 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
         return assign(c, &c->output, t);
     if (!strcmp(name, "rope_freqs.weight"))
         return assign(c, &c->rope, t);
+    if (!strcmp(name, "rope_factors_short.weight"))
+        return assign(c, &c->rope_short, t);
+    if (!strcmp(name, "rope_factors_long.weight"))
+        return assign(c, &c->rope_long, t);
     unsigned layer;
     int pos = 0;
     if (sscanf(name, "blk.%u.%n", &layer, &pos) == 1 && pos > 0) {
@@ -219,12 +229,67 @@ static int check_shexp(struct conv *c, uint32_t il)
     return 0;
 }
 
+/* Rows [first, first + rows) of the 2-D tensor t, as a tensor of its own. */
+static struct nf_gguf_tensor row_range(const struct nf_gguf_tensor *t, int64_t first, int64_t rows)
+{
+    struct nf_gguf_tensor r = *t;
+    const uint64_t row = nf_row_size(t->type, t->ne[0]);
+    r.ne[1] = rows;
+    r.offset = t->offset + row * (uint64_t)first;
+    r.size = row * (uint64_t)rows;
+    return r;
+}
+
+/* phi3: checks the fused attn_qkv and ffn_up and points q, k, v, gate and up at their row
+ * ranges, so the layer is cut into the same ATTN_Q/K/V and FFN tiles as a llama layer (one
+ * tile layout for the readers, and FFN bundles that sparse mode selects as for llama). A layer
+ * of another architecture with attn_qkv is refused. */
+static int split_fused(struct conv *c, uint32_t il)
+{
+    struct layer_src *l = &c->L[il];
+    const struct nf_hparams *hp = &c->hp;
+    const int64_t E = c->hdr.n_embd, F = hp->n_ff;
+    const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    char what[64];
+    int rc;
+    if (hp->arch != NF_ARCH_PHI3)
+        return l->qkv ? nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                                   "tensor '%s' is not used by architecture %s (not supported)",
+                                   l->qkv->name.s, nf_arch_name(hp->arch))
+                      : 0;
+    if (l->q || l->k || l->v || l->gate)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "layer %u: phi3 has fused attn_qkv and ffn_up tensors, not separate "
+                          "attn_q/k/v or ffn_gate ones",
+                          il);
+    snprintf(what, sizeof(what), "blk.%u.attn_qkv.weight", il);
+    if ((rc = want_shape(c, l->qkv, what, 2, E, qd + 2 * kvd, 1)))
+        return rc;
+    snprintf(what, sizeof(what), "blk.%u.ffn_up.weight", il);
+    if ((rc = want_shape(c, l->up, what, 2, E, 2 * F, 1)))
+        return rc;
+    l->split[0] = row_range(l->qkv, 0, qd);
+    l->split[1] = row_range(l->qkv, qd, kvd);
+    l->split[2] = row_range(l->qkv, qd + kvd, kvd);
+    l->split[3] = row_range(l->up, 0, F);
+    l->split[4] = row_range(l->up, F, F);
+    l->q = &l->split[0];
+    l->k = &l->split[1];
+    l->v = &l->split[2];
+    l->gate = &l->split[3];
+    l->up = &l->split[4];
+    return 0;
+}
+
 static int check_layer(struct conv *c, uint32_t il)
 {
     struct layer_src *l = &c->L[il];
     int64_t n_embd = c->hdr.n_embd;
     char what[64];
     int rc;
+    if ((rc = split_fused(c, il)))
+        return rc;
 #define NEED(t, ...)                                       \
     do {                                                   \
         snprintf(what, sizeof(what), "blk.%u.%s", il, #t); \
@@ -300,6 +365,30 @@ static int check_layer(struct conv *c, uint32_t il)
     return 0;
 }
 
+/* phi3's LongRoPE factors: both or neither, n_rot / 2 F32 each (what nf_model_load takes);
+ * phi3 has no rope_freqs.weight (nf_model_load refuses it too), other architectures no factors. */
+static int check_longrope(struct conv *c)
+{
+    int rc;
+    if (c->hp.arch == NF_ARCH_PHI3 && c->rope)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor 'rope_freqs.weight' is not used by architecture phi3");
+    if (!c->rope_short && !c->rope_long)
+        return 0;
+    if (c->hp.arch != NF_ARCH_PHI3)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor 'rope_factors_%s.weight' is not used by architecture %s",
+                          c->rope_short ? "short" : "long", nf_arch_name(c->hp.arch));
+    const int64_t half = c->hp.n_rot / 2;
+    if ((rc = want_shape(c, c->rope_short, "rope_factors_short.weight", 1, half, 1, 1)) ||
+        (rc = want_shape(c, c->rope_long, "rope_factors_long.weight", 1, half, 1, 1)))
+        return rc;
+    if (c->rope_short->type != NF_TYPE_F32 || c->rope_long->type != NF_TYPE_F32)
+        return nf_errf_at(c->err, c->errlen, NF_EBADTYPE, c->in,
+                          "the rope_factors tensors must be f32");
+    return 0;
+}
+
 static int check_model(struct conv *c)
 {
     /* The architecture and its hyperparameters as the engine will read them: a file the
@@ -333,6 +422,8 @@ static int check_model(struct conv *c)
         (rc = want_shape(c, c->output, "output.weight", 2, c->hdr.n_embd, c->hdr.n_vocab, 1)))
         return rc;
     if (c->rope && (rc = want_shape(c, c->rope, "rope_freqs.weight", 1, -1, 1, 1)))
+        return rc;
+    if ((rc = check_longrope(c)))
         return rc;
     c->hdr.tied_output = c->output == NULL;
     for (uint32_t il = 0; il < c->hdr.n_layer; il++)
@@ -491,6 +582,12 @@ static int plan(struct conv *c)
         return rc;
     if (c->rope && (rc = plan_rows(c, NF_TILE_ROPE_FREQS, NF_NFT_NO_LAYER, c->rope, 1)))
         return rc;
+    /* phi3 LongRoPE: rows 0 (short) and 1 (long) of ROPE_FREQS, one tile each. */
+    if (c->rope_short && ((rc = add_tile(c, NF_TILE_ROPE_FREQS, NF_NFT_NO_LAYER, 0, 0, 1,
+                                         (uint32_t)c->rope_short->ne[0], NF_TYPE_F32)) ||
+                          (rc = add_tile(c, NF_TILE_ROPE_FREQS, NF_NFT_NO_LAYER, 1, 1, 1,
+                                         (uint32_t)c->rope_long->ne[0], NF_TYPE_F32))))
+        return rc;
     for (uint64_t i = 0; i < c->n_tiles; i++) {
         struct nf_nft_tile *t = &c->tiles[i];
         t->size = nf_nft_tile_bytes(t);
@@ -566,6 +663,16 @@ static int write_rows(struct conv *c, struct nf_nft_tile *t, const struct nf_ggu
     uint64_t row = nf_row_size(src->type, src->ne[0]);
     if ((rc = ensure_buf(c, t->size)) ||
         (rc = src_read(c, c->buf, (size_t)t->size, src->offset + row * t->first)))
+        return rc;
+    return emit(c, t);
+}
+
+/* Writes a LongRoPE factor tile: row 0 is rope_factors_short, row 1 rope_factors_long. */
+static int write_longrope(struct conv *c, struct nf_nft_tile *t)
+{
+    const struct nf_gguf_tensor *src = t->first ? c->rope_long : c->rope_short;
+    int rc;
+    if ((rc = ensure_buf(c, t->size)) || (rc = src_read(c, c->buf, (size_t)t->size, src->offset)))
         return rc;
     return emit(c, t);
 }
@@ -679,7 +786,9 @@ static int write_tiles(struct conv *c)
         case NF_TILE_EMBD: rc = write_rows(c, t, c->embd); break;
         case NF_TILE_OUTPUT: rc = write_rows(c, t, c->output); break;
         case NF_TILE_OUTPUT_NORM: rc = write_rows(c, t, c->out_norm); break;
-        case NF_TILE_ROPE_FREQS: rc = write_rows(c, t, c->rope); break;
+        case NF_TILE_ROPE_FREQS:
+            rc = c->rope ? write_rows(c, t, c->rope) : write_longrope(c, t);
+            break;
         case NF_TILE_ATTN_NORM: rc = write_rows(c, t, l->attn_norm); break;
         case NF_TILE_ATTN_Q: rc = write_rows(c, t, l->q); break;
         case NF_TILE_ATTN_K: rc = write_rows(c, t, l->k); break;

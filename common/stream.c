@@ -838,8 +838,10 @@ static int nf_stream_check(struct nf_stream *s, char *err, size_t errlen, size_t
         (rc = nf_stream_check_rows(f, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 1, E, true, &one, err,
                                    errlen)))
         return rc;
+    /* rope_freqs in one row, or phi3's LongRoPE factors as rows 0 (short) and 1 (long). */
+    const uint64_t rope_rows = hp->arch == NF_ARCH_PHI3 ? 2 : 1;
     if (nf_nft_count(f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS) &&
-        (rc = nf_stream_check_rows(f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS, 1,
+        (rc = nf_stream_check_rows(f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS, rope_rows,
                                    (uint64_t)hp->n_rot / 2, true, &one, err, errlen)))
         return rc;
     for (uint32_t il = 0; il < h->n_layer; il++)
@@ -849,10 +851,35 @@ static int nf_stream_check(struct nf_stream *s, char *err, size_t errlen, size_t
     return 0;
 }
 
+/* Copies phi3's LongRoPE factor tiles (nf_stream_check: rows 0 and 1 of ROPE_FREQS) into
+ * s->shell.rope_short and rope_long, which nf_rope_cache chooses between by the context. */
+static int nf_stream_load_longrope(struct nf_stream *s, char *err, size_t errlen)
+{
+    struct nf_tensor *dst[2] = {&s->shell.rope_short, &s->shell.rope_long};
+    for (uint32_t i = 0; i < 2; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(s->f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS, i);
+        int rc;
+        const uint8_t *p = nf_stream_pin(s, t, &rc);
+        if (!p)
+            return nf_errf(err, errlen, rc, "%s", s->err);
+        float *ff = malloc(sizeof(float) * t->ne0);
+        if (ff)
+            memcpy(ff, p, sizeof(float) * t->ne0);
+        nf_stream_unpin(s, t);
+        if (!ff)
+            return nf_errf(err, errlen, -ENOMEM, "out of memory");
+        *dst[i] = nf_rows_view(t, ff);
+        s->mem += sizeof(float) * t->ne0;
+    }
+    return 0;
+}
+
 /* Copies the optional rope_freqs tile into s->shell.rope_freqs (nf_rope_cache reads it). */
 static int nf_stream_load_rope(struct nf_stream *s, char *err, size_t errlen)
 {
     const struct nf_nft_tile *t = nf_nft_find(s->f, NF_NFT_NO_LAYER, NF_TILE_ROPE_FREQS, 0);
+    if (t && s->shell.hp.arch == NF_ARCH_PHI3)
+        return nf_stream_load_longrope(s, err, errlen);
     if (!t || s->shell.hp.arch != NF_ARCH_LLAMA) /* as nf_model_load: llama uses it alone */
         return 0;
     int rc;
@@ -1017,6 +1044,8 @@ void nf_stream_free(struct nf_stream *s)
         return;
     nf_ctx_free(s->c);
     free(s->shell.rope_freqs.data);
+    free(s->shell.rope_short.data);
+    free(s->shell.rope_long.data);
     free(s->ext);
     free(s->ext_data);
     free(s->ffn_post);

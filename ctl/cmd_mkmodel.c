@@ -1,5 +1,5 @@
 /* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe,
- * gemma3, qwen2moe, olmoe) with generated weights. */
+ * gemma3, qwen2moe, olmoe, phi3) with generated weights. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -43,11 +43,13 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
     {"qwen1.5-moe-a2.7b", 2048, 24, 1408, 16, 16, 60, 4, 151936, 8192, 1000000.0f, 1e-6f,
      "qwen2moe", 128},
     {"olmoe-1b-7b", 2048, 16, 1024, 16, 16, 64, 8, 50304, 4096, 10000.0f, 1e-5f, "olmoe", 128},
+    /* Phi-3-mini-4k-instruct's config.json (no LongRoPE; fused QKV and gate/up tensors). */
+    {"phi3-mini", 3072, 32, 8192, 32, 32, 0, 0, 32064, 4096, 10000.0f, 1e-5f, "phi3", 0},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
 static const char *const nf_mk_archs[] = {"llama",  "qwen2",    "qwen3", "qwen3moe",
-                                          "gemma3", "qwen2moe", "olmoe"};
+                                          "gemma3", "qwen2moe", "olmoe", "phi3"};
 
 /* gemma3's sliding window when --window is not given (Gemma 3 1B's). */
 #define NF_MK_GEMMA3_WINDOW 512
@@ -95,7 +97,7 @@ static void usage(FILE *f)
         "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
         "--heads H [--kv-heads K]) [OPTIONS]\n\n"
         "Writes a GGUF v3 model of architecture llama, qwen2, qwen3, qwen3moe, gemma3,\n"
-        "qwen2moe or olmoe with deterministic random weights (uniform, std %.2g; norms 1.0,\n"
+        "qwen2moe, olmoe or phi3 with deterministic random weights (uniform, std %.2g; norms 1.0,\n"
         "qwen3 q/k norms and every gemma3 norm 1 + %g x noise) or, with --zero, all-zero\n"
         "matrices left as file holes.\n\n"
         "Shape (flags override the preset's values):\n"
@@ -104,10 +106,10 @@ static void usage(FILE *f)
         "  --arch A             llama, qwen2 (Q/K/V biases), qwen3 (q/k norms), qwen3moe\n"
         "                       (qwen3 with experts), qwen2moe (qwen2 with experts and a\n"
         "                       shared expert), olmoe (q/k norms over the whole projection,\n"
-        "                       experts; the MoE ones need --experts) or gemma3 (sliding-\n"
+        "                       experts; the MoE ones need --experts), gemma3 (sliding-\n"
         "                       window and global layers, post norms, GELU; published\n"
-        "                       files have --tied-output) (default: the shape's, else\n"
-        "                       llama)\n"
+        "                       files have --tied-output) or phi3 (fused attn_qkv and\n"
+        "                       ffn_up tensors) (default: the shape's, else llama)\n"
         "  --shared-ffn N       (qwen2moe) the shared expert's width (default: the shape's,\n"
         "                       else 4 x --ffn)\n"
         "  --window N           (gemma3) attention.sliding_window of the local layers\n"
@@ -120,6 +122,14 @@ static void usage(FILE *f)
         "  --rope-freqs         (llama) Llama 3.1 rope scaling: a rope_freqs.weight tensor\n"
         "                       as llama.cpp's converter writes it (factor 8, low/high\n"
         "                       frequency factors 1 and 4, original context 8192)\n"
+        "  --rope-dim N         (phi3) rope.dimension_count, even and <= head dim: partial\n"
+        "                       rotary as Phi-4-mini (default: the head dim)\n"
+        "  --longrope ORIG      (phi3) LongRoPE: rope_factors_short/long.weight tensors,\n"
+        "                       rope.scaling.original_context_length ORIG (< --ctx) and\n"
+        "                       rope.scaling.attn_factor, as llama.cpp's converter writes them\n"
+        "                       (default: none)\n"
+        "  --sliding-window N   (phi3) attention.sliding_window, which llama.cpp ignores for\n"
+        "                       phi3 (default: none)\n"
         "  --dim D              embedding length (default: the shape's)\n"
         "  --layers L           block count (default: the shape's; --layers-override is the\n"
         "                       same flag)\n"
@@ -159,6 +169,7 @@ struct mk_opts {
     const char *arch;
     bool tied, rope_freqs;
     /* -1 = not given on the command line. */
+    long rope_dim, longrope, swa;
     long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx, window;
     long shared_ffn;
     float rope_base, rms_eps, rope_scale;
@@ -204,6 +215,9 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"-t", 1, 256, offsetof(struct mk_opts, threads)},
         {"--alignment", 1, 1 << 20, offsetof(struct mk_opts, alignment)},
         {"--window", 0, 1 << 30, offsetof(struct mk_opts, window)},
+        {"--rope-dim", 2, 1 << 16, offsetof(struct mk_opts, rope_dim)},
+        {"--longrope", 1, 1 << 24, offsetof(struct mk_opts, longrope)},
+        {"--sliding-window", 1, 1 << 30, offsetof(struct mk_opts, swa)},
     };
     *done = false;
     for (int i = 1; i < argc; i++) {
@@ -265,7 +279,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return nf_usage_error(
                     CMD,
                     "unknown --arch '%s' (expected llama, qwen2, qwen3, qwen3moe, gemma3, "
-                    "qwen2moe or olmoe)",
+                    "qwen2moe, olmoe or phi3)",
                     v);
             o->arch = v;
         } else if (nf_arg_is(a, "--type")) {
@@ -320,9 +334,37 @@ static int64_t mk_shared_ffn(const struct nf_mk_shape *s, const struct mk_opts *
     return o->shared_ffn > 0 ? o->shared_ffn : 4 * s->ffn;
 }
 
+/* Checks the phi3-only flags, and what llama.cpp's phi3 needs: attn_output is (n_embd, n_embd),
+ * so heads x head dim must be the width; dense only. */
+static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
+{
+    const bool phi3 = !strcmp(s->arch, "phi3");
+    const char *only = o->rope_dim > 0   ? "--rope-dim"
+                       : o->longrope > 0 ? "--longrope"
+                       : o->swa > 0      ? "--sliding-window"
+                                         : NULL;
+    if (!phi3)
+        return only ? nf_usage_error(CMD, "%s is for --arch phi3", only) : 0;
+    if (s->experts)
+        return nf_usage_error(CMD, "--arch phi3 is dense: --experts is not supported");
+    if (s->heads * s->head_dim != s->dim)
+        return nf_usage_error(CMD,
+                              "--arch phi3 needs heads x head dim = dim (llama.cpp's attn_output "
+                              "is dim x dim): %lld x %lld != %lld",
+                              (long long)s->heads, (long long)s->head_dim, (long long)s->dim);
+    if (o->rope_dim > 0 && (o->rope_dim > s->head_dim || o->rope_dim % 2))
+        return nf_usage_error(CMD, "--rope-dim %ld must be even and at most the head dim %lld",
+                              o->rope_dim, (long long)s->head_dim);
+    if (o->longrope > 0 && o->longrope >= s->ctx)
+        return nf_usage_error(CMD, "--longrope %ld must be below the context length %lld",
+                              o->longrope, (long long)s->ctx);
+    return 0;
+}
+
 /* Combines the preset and the flags into s and checks that the result is a valid model. */
 static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
 {
+    int rc;
     static const struct nf_mk_shape custom = {"custom", -1,    -1,   -1,       -1,    -1,   0,
                                               0,        32000, 4096, 10000.0f, 1e-5f, NULL, 0};
     *s = o->shape_name ? *nf_mk_shape_find(o->shape_name) : custom;
@@ -401,6 +443,8 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
     if (o->tied && (shexp || !strcmp(s->arch, "olmoe")))
         return nf_usage_error(CMD, "--tied-output: llama.cpp requires output.weight for --arch %s",
                               s->arch);
+    if ((rc = resolve_phi3(o, s)))
+        return rc;
     if (s->heads % s->kv_heads != 0)
         return nf_usage_error(CMD, "--heads %lld is not a multiple of --kv-heads %lld",
                               (long long)s->heads, (long long)s->kv_heads);
@@ -528,6 +572,69 @@ static int build_tensors(const struct nf_mk_shape *s, int64_t S, enum nf_type ty
     return 0;
 }
 
+/* LongRoPE factors for n pairs, smooth and deterministic (the published ones rise from ~1 for
+ * the fast pairs): short from 1 to 2, long from 1 to 40 (both as the converter writes them, F32).
+ * out holds 2 n floats: short, then long. */
+static void longrope_factors(float *out, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const double x = n > 1 ? (double)i / (double)(n - 1) : 0.0;
+        out[i] = (float)(1.0 + x * x);
+        out[n + i] = (float)(1.0 + 39.0 * x * x * x);
+    }
+}
+
+/* phi3's tensors: per layer a fused attn_qkv (Q rows, then K, then V) and a fused ffn_up (gate
+ * rows, then up rows), as llama.cpp loads them; with --longrope, the two factor tensors (their
+ * values malloc'ed into *factors). */
+static int build_tensors_phi3(const struct nf_mk_shape *s, const struct mk_opts *o,
+                              struct nf_mk_tensor **out, size_t *count, float **factors)
+{
+    const int64_t hd = s->head_dim, qkv = (s->heads + 2 * s->kv_heads) * hd;
+    const int64_t half = (o->rope_dim > 0 ? o->rope_dim : hd) / 2;
+    const size_t n = 5 + 6 * (size_t)s->layers;
+    size_t k = 0;
+    struct nf_mk_tensor *t = calloc(n, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+#define ADD(fill_, type_, nd, n0, n1, ...)                                               \
+    do {                                                                                 \
+        struct nf_mk_tensor *x = &t[k++];                                                \
+        *x = (struct nf_mk_tensor){                                                      \
+            .n_dims = (nd), .ne = {(n0), (n1), 1, 1}, .type = (type_), .fill = (fill_)}; \
+        snprintf(x->name, sizeof(x->name), __VA_ARGS__);                                 \
+    } while (0)
+    ADD(NF_MK_RANDOM, o->type, 2, s->dim, s->vocab, "token_embd.weight");
+    ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, "output_norm.weight");
+    if (!o->tied)
+        ADD(NF_MK_RANDOM, o->type, 2, s->dim, s->vocab, "output.weight");
+    if (o->longrope > 0) {
+        *factors = malloc(sizeof(float) * 2 * (size_t)half);
+        if (!*factors) {
+            free(t);
+            return -ENOMEM;
+        }
+        longrope_factors(*factors, half);
+        ADD(NF_MK_VALUES, NF_TYPE_F32, 1, half, 1, "rope_factors_long.weight");
+        t[k - 1].values = *factors + half;
+        ADD(NF_MK_VALUES, NF_TYPE_F32, 1, half, 1, "rope_factors_short.weight");
+        t[k - 1].values = *factors;
+    }
+    for (int64_t l = 0; l < s->layers; l++) {
+        long long b = (long long)l;
+        ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, "blk.%lld.attn_norm.weight", b);
+        ADD(NF_MK_RANDOM, o->type, 2, s->dim, qkv, "blk.%lld.attn_qkv.weight", b);
+        ADD(NF_MK_RANDOM, o->type, 2, s->dim, s->dim, "blk.%lld.attn_output.weight", b);
+        ADD(NF_MK_ONES, NF_TYPE_F32, 1, s->dim, 1, "blk.%lld.ffn_norm.weight", b);
+        ADD(NF_MK_RANDOM, o->type, 2, s->dim, 2 * s->ffn, "blk.%lld.ffn_up.weight", b);
+        ADD(NF_MK_RANDOM, o->type, 2, s->ffn, s->dim, "blk.%lld.ffn_down.weight", b);
+    }
+#undef ADD
+    *out = t;
+    *count = k;
+    return 0;
+}
+
 /* Checks that every row length fits the type's block size: K-types need multiples of 256. */
 static int check_rows(const struct nf_mk_tensor *t, size_t n, enum nf_type type)
 {
@@ -543,6 +650,28 @@ static int check_rows(const struct nf_mk_tensor *t, size_t n, enum nf_type type)
                               (long long)tr->blck_size);
     }
     return 0;
+}
+
+/* LongRoPE's attention factor as llama.cpp's converter computes it for Phi-3: sqrt(1 +
+ * ln(ctx / orig) / ln(orig)). */
+static float longrope_attn_factor(int64_t ctx, int64_t orig)
+{
+    return (float)sqrt(1.0 + log((double)ctx / (double)orig) / log((double)orig));
+}
+
+/* phi3's optional keys: LongRoPE's original context and attention factor, the sliding window. */
+static int add_metadata_phi3(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
+                             const struct mk_opts *o)
+{
+    int rc = 0;
+    if (o->longrope > 0 &&
+        !(rc = nf_gguf_writer_add_u32(w, "phi3.rope.scaling.original_context_length",
+                                      (uint32_t)o->longrope)))
+        rc = nf_gguf_writer_add_f32(w, "phi3.rope.scaling.attn_factor",
+                                    longrope_attn_factor(s->ctx, o->longrope));
+    if (!rc && o->swa > 0)
+        rc = nf_gguf_writer_add_u32(w, "phi3.attention.sliding_window", (uint32_t)o->swa);
+    return rc;
 }
 
 /* The metadata llama.cpp reads for the shape's architecture (the tokenizer keys are added
@@ -592,7 +721,7 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
         U32("attention.key_length", s->head_dim);
         U32("attention.value_length", s->head_dim);
     }
-    U32("rope.dimension_count", s->head_dim);
+    U32("rope.dimension_count", o->rope_dim > 0 ? o->rope_dim : s->head_dim);
     F32("rope.freq_base", s->rope_base);
     F32("attention.layer_norm_rms_epsilon", s->rms_eps);
     if (!strcmp(a, "gemma3") && o->window != 0)
@@ -608,6 +737,8 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
         U32("expert_count", s->experts);
         U32("expert_used_count", s->experts_used);
     }
+    if (!rc && !strcmp(a, "phi3"))
+        rc = add_metadata_phi3(w, s, o);
 #undef U32
 #undef F32
     return rc;
@@ -760,9 +891,25 @@ static int add_vocab(struct nf_gguf_writer *w, const struct mk_opts *o, struct n
     return 0;
 }
 
+/* general.name when --name is not given: "nanoflow-<shape>". llama.cpp's vocabulary loader
+ * looks up Phi-3's chat tokens in a model whose name contains "phi3" or "phi-3" (measured:
+ * "unordered_map::at", the model refused), which the synthetic vocabulary lacks, so with it the
+ * phi3 presets are called "nanoflow-phi-..." (a copied Phi-3 vocabulary has the tokens). */
+static void default_name(char *name, size_t len, const struct mk_opts *o)
+{
+    const char *shape = o->shape_name ? o->shape_name : "custom";
+    if (!o->vocab_from && !strncmp(shape, "phi3", 4))
+        snprintf(name, len, "nanoflow-phi%s", shape + 4);
+    else
+        snprintf(name, len, "nanoflow-%s", shape);
+}
+
 int nf_cmd_mkmodel(int argc, char **argv)
 {
-    struct mk_opts o = {.dim = -1,
+    struct mk_opts o = {.rope_dim = -1,
+                        .longrope = -1,
+                        .swa = -1,
+                        .dim = -1,
                         .layers = -1,
                         .ffn = -1,
                         .heads = -1,
@@ -806,7 +953,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
     if (o.name)
         snprintf(name, sizeof(name), "%s", o.name);
     else
-        snprintf(name, sizeof(name), "nanoflow-%s", o.shape_name ? o.shape_name : "custom");
+        default_name(name, sizeof(name), &o);
 
     /* The tokenizer keys go last, but the vocabulary size is needed by the llama.* keys and the
      * embedding shapes: build them in a writer of their own first, then append. */
@@ -835,7 +982,9 @@ int nf_cmd_mkmodel(int argc, char **argv)
         }
         llama3_rope_freqs(freqs, s.head_dim, s.rope_base);
     }
-    if ((rc = build_tensors(&s, mk_shared_ffn(&s, &o), o.type, o.tied, freqs, &t, &nt)))
+    if ((rc = !strcmp(s.arch, "phi3")
+                  ? build_tensors_phi3(&s, &o, &t, &nt, &freqs)
+                  : build_tensors(&s, mk_shared_ffn(&s, &o), o.type, o.tied, freqs, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {
         exit_code = rc;

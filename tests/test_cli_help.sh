@@ -38,7 +38,7 @@ kind() {
         --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
-        --window) K=int ;;
+        --window | --rope-dim | --longrope | --sliding-window) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale) K=float ;;
     --ram | --tile-size | --pred-mem) K=size ;;
@@ -66,7 +66,9 @@ good() {
     --layers | --layers-override) G=2 ;;
     --ffn | --shared-ffn) G=128 ;;
     --heads) G=4 ;;
-    --head-dim) G=16 ;;
+    --head-dim | --rope-dim) G=16 ;;
+    --longrope) G=64 ;;
+    --sliding-window) G=2047 ;;
     --arch) G=llama ;;
     --experts) G=4 ;;
     --vocab) G=512 ;;
@@ -143,7 +145,7 @@ parsed_flags() {
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
         "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
-        "--window --rope-scale --shared-ffn" ;;
+        "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
@@ -247,8 +249,8 @@ check_command() {
     local label=$1
     shift
     local key=${label##* }
-    local -a pre post
-    read -r -a pre <<<"$(pre_args "$key")"
+    local -a pre0 post
+    read -r -a pre0 <<<"$(pre_args "$key")"
     read -r -a post <<<"$(post_args "$key")"
     run_to help "$@" --help
     if [ "$rc" -ne 0 ] || ! grep -q "^usage: $label" "$T/help.out"; then
@@ -274,8 +276,6 @@ check_command() {
         kind "$f"
         k=$K
         case "$f" in -h | --help) continue ;; esac
-        flag_ctx "$f"
-        local -a fpre=("${pre[@]}" "${CTX[@]}")
         if [ -z "$k" ]; then
             bad "$label: the help names $f, which this test does not know (add it to kind/good)"
             continue
@@ -284,6 +284,14 @@ check_command() {
             echo "skip: $label $f ($VOCAB is missing)"
             continue
         fi
+        # mkmodel's phi3-only flags are usage errors on the llama preset: use a phi3 one.
+        local -a pre=("${pre0[@]}")
+        case "$key $f" in
+        "mkmodel --rope-dim" | "mkmodel --longrope" | "mkmodel --sliding-window")
+            pre=("$T/nodir/out.gguf" --shape phi3-mini) ;;
+        esac
+        flag_ctx "$f"
+        local -a fpre=("${pre[@]}" "${CTX[@]}")
         # Accepted: fails later (exit 1) instead of a usage error.
         local -a val=()
         good "$f"
@@ -330,7 +338,7 @@ check_command() {
     down | status | stats | gen) ;;
     *) usage_err "$label without its required arguments" "$@" ;;
     esac
-    usage_err "$label unknown flag" "$@" "${pre[@]}" --definitely-not-a-flag "${post[@]}"
+    usage_err "$label unknown flag" "$@" "${pre0[@]}" --definitely-not-a-flag "${post[@]}"
     if ! grep -q -- "unknown flag '--definitely-not-a-flag'" "$T/ue.err"; then
         bad "$label: the unknown-flag message does not name the flag: $(cat "$T/ue.err")"
     fi
