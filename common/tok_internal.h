@@ -30,7 +30,27 @@ enum nf_pretok {
     NF_PRETOK_FALCON,
     NF_PRETOK_DEEPSEEK_LLM,
     NF_PRETOK_STARCODER,
+    NF_PRETOK_DEEPSEEK_CODER,
+    NF_PRETOK_DEEPSEEK3,
+    NF_PRETOK_GPT4O,
+    NF_PRETOK_TEKKEN,
+    NF_PRETOK_QWEN35,
 };
+
+/* Settings llama.cpp ties to some pre-tokenizer names besides their splitting rules. */
+enum {
+    NF_PRE_IGNORE_MERGES = 1 << 0, /* a word that is a token is that token, merges or not */
+    NF_PRE_ADD_BOS = 1 << 1,       /* add_bos_token defaults to true */
+    NF_PRE_NO_BOS = 1 << 2,        /* no default BOS id (tokenizer.ggml.bos_token_id sets one) */
+};
+
+/* The splitting rules (*pre) and NF_PRE_* settings (*flags) llama.cpp gives the
+ * tokenizer.ggml.pre value `name`: 0, or -ENOENT for a name it does not know or we do not
+ * support. */
+int nf_pretok_lookup(const char *name, enum nf_pretok *pre, unsigned *flags);
+/* Writes the first name of each group of names with the same rules and settings, joined by
+ * ", " (short enough for a one-line refusal), into buf[len] (256 bytes are enough). */
+void nf_pretok_heads(char *buf, size_t len);
 
 /* A string hash table from byte strings to int32 values (open addressing, linear probing).
  * Keys are not copied: they point into storage that outlives the table. */

@@ -95,29 +95,6 @@ static const char *gguf_name(const struct nf_gguf *g)
     return g->path[0] ? g->path : "gguf";
 }
 
-struct pre_name {
-    const char *name;
-    enum nf_pretok pre;
-};
-
-/* The tokenizer.ggml.pre values accepted, with the splitting rules llama.cpp applies to them. */
-static const struct pre_name pre_names[] = {
-    {"default", NF_PRETOK_DEFAULT},     {"gpt-2", NF_PRETOK_GPT2},
-    {"phi-2", NF_PRETOK_GPT2},          {"mpt", NF_PRETOK_GPT2},
-    {"olmo", NF_PRETOK_GPT2},           {"llama-bpe", NF_PRETOK_LLAMA3},
-    {"llama3", NF_PRETOK_LLAMA3},       {"llama-v3", NF_PRETOK_LLAMA3},
-    {"falcon", NF_PRETOK_FALCON},       {"deepseek-llm", NF_PRETOK_DEEPSEEK_LLM},
-    {"qwen2", NF_PRETOK_QWEN2},         {"deepseek-r1-qwen", NF_PRETOK_QWEN2},
-    {"starcoder", NF_PRETOK_STARCODER}, {"refact", NF_PRETOK_STARCODER},
-    {"smollm", NF_PRETOK_STARCODER},
-};
-
-const char *nf_vocab_pre_names(void)
-{
-    return "default, gpt-2, phi-2, mpt, olmo, llama-bpe, llama3, llama-v3, falcon, deepseek-llm, "
-           "qwen2, deepseek-r1-qwen, starcoder, refact, smollm";
-}
-
 static uint16_t attr_of_type(int64_t t)
 {
     switch (t) {
@@ -404,20 +381,21 @@ int nf_vocab_load(struct nf_vocab **out, const struct nf_gguf *g, char *err, siz
         const char *pre = NULL;
         if (nf_gguf_get_str(g, "tokenizer.ggml.pre", &pre) != 0 || pre[0] == '\0')
             pre = "default";
-        size_t i = 0;
-        while (i < N_OF(pre_names) && strcmp(pre_names[i].name, pre) != 0)
-            i++;
-        if (i == N_OF(pre_names)) {
+        unsigned flags;
+        if (nf_pretok_lookup(pre, &v->pre, &flags) != 0) {
+            char heads[256];
+            nf_pretok_heads(heads, sizeof(heads));
             rc = nf_errf_at(err, errlen, NF_EVOCAB, gguf_name(g),
-                            "tokenizer.ggml.pre: unsupported pre-tokenizer '%s' (supported: %s)",
-                            pre, nf_vocab_pre_names());
+                            "tokenizer.ggml.pre: unsupported pre-tokenizer '%s' (supported: %s "
+                            "and their aliases)",
+                            pre, heads);
             goto fail;
         }
-        v->pre = pre_names[i].pre;
-        if (v->pre == NF_PRETOK_LLAMA3) {
-            v->ignore_merges = true;
+        v->ignore_merges = flags & NF_PRE_IGNORE_MERGES;
+        if (flags & NF_PRE_ADD_BOS)
             v->add_bos = true;
-        }
+        if (flags & NF_PRE_NO_BOS)
+            v->bos = -1;
         rc = load_merges(v, g, err, errlen);
         if (rc)
             goto fail;
