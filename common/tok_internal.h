@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gguf.h"
+
 /* Token attributes, as llama.cpp's llama_token_attr (bit values kept the same). */
 enum {
     NF_TATTR_UNKNOWN = 1 << 0,
@@ -114,6 +116,12 @@ static inline int32_t nf_vocab_find(const struct nf_vocab *v, const char *s, siz
 {
     return nf_strmap_get(&v->tok_map, s, (uint32_t)len);
 }
+
+/* After the tokens and the special ids are loaded: finds the end-of-turn, end-of-message and
+ * fill-in-the-middle tokens llama.cpp recognizes by text (making them control tokens), builds
+ * the end-of-generation set and the list of special tokens matched before tokenizing, and
+ * applies llama.cpp's attribute fix-ups. 0 or -ENOMEM. */
+int nf_vocab_setup_special(struct nf_vocab *v, const struct nf_gguf *g);
 
 /* Tokenizes one raw text fragment (already separated from special tokens). */
 int nf_spm_tokenize(const struct nf_vocab *v, const char *text, size_t len, struct nf_tok_out *out);
