@@ -85,77 +85,90 @@ static size_t detok_all(const struct nf_vocab *v, const int32_t *ids, int n, cha
     return k;
 }
 
-struct vocab_case {
-    const char *name;
-    bool spm;
-};
-
-static const struct vocab_case vocab_cases[] = {
-    {"llama-spm", true},     {"phi-3", true},      {"gpt-2", false}, {"falcon", false},
-    {"deepseek-llm", false}, {"llama-bpe", false}, {"qwen2", false},
-};
-
-/* Every case of ggml-vocab-X.gguf.inp tokenizes (no BOS, no special parsing) to the matching
- * line of .out, and the pieces give the input back. */
-static void check_vocab_vectors(const struct vocab_case *vc)
+/* Checks every case of inp (cases separated by "\n__ggml_vocab_test__\n") against the matching
+ * line of out: nf_tokenize (no BOS, no special parsing) gives the line's ids, and the pieces give
+ * the input back (after the SentencePiece space prefix when `prefix`, unless the ids hold the
+ * unknown token). Returns the number of cases; modifies inp and out. */
+static int check_cases(const char *name, const struct nf_vocab *v, char *inp, char *out,
+                       bool prefix)
 {
-    char path[1024], ipath[1100], opath[1100];
-    snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-%s.gguf", NF_SHARED_DIR, vc->name);
-    struct nf_vocab *v = load_vocab_file(path);
-    if (!v)
-        skip();
-    snprintf(ipath, sizeof(ipath), "%s.inp", path);
-    snprintf(opath, sizeof(opath), "%s.out", path);
-    size_t ilen, olen;
-    char *inp = slurp(ipath, &ilen), *outp = slurp(opath, &olen);
-    assert_non_null(inp);
-    assert_non_null(outp);
     static const char sep[] = "\n__ggml_vocab_test__\n";
     int32_t *ids = malloc(MAX_IDS * sizeof(*ids));
     char *back = malloc(1 << 16);
     assert_non_null(ids);
     assert_non_null(back);
-    char *s = inp, *o = outp;
+    char *s = inp, *o = out;
     int n_cases = 0;
     for (char *e; (e = strstr(s, sep)) != NULL; s = e + strlen(sep), n_cases++) {
         *e = '\0';
         char *eol = strchr(o, '\n');
-        assert_non_null(eol);
+        if (!eol)
+            fail_msg("%s: no expected ids for case %d (\"%s\")", name, n_cases, s);
         *eol = '\0';
         int n = tokenize(v, s, strlen(s), false, false, ids);
         int k = 0;
+        bool unk = false;
         for (char *p = o, *end; *p; p = end, k++) {
             long want = strtol(p, &end, 10);
             if (end == p)
                 break;
             if (k >= n || ids[k] != want)
-                fail_msg("%s case %d (\"%s\"): token %d is %d, expected %ld (line \"%s\")",
-                         vc->name, n_cases, s, k, k < n ? ids[k] : -1, want, o);
+                fail_msg("%s case %d (\"%s\"): token %d is %d, expected %ld (line \"%s\")", name,
+                         n_cases, s, k, k < n ? ids[k] : -1, want, o);
+            const char *t = nf_vocab_token_text(v, ids[k]);
+            unk |= strcmp(t, "<unk>") == 0;
         }
         if (k != n)
-            fail_msg("%s case %d: %d tokens, expected %d", vc->name, n_cases, n, k);
+            fail_msg("%s case %d: %d tokens, expected %d", name, n_cases, n, k);
         size_t bl = detok_all(v, ids, n, back, 1 << 16);
-        /* SPM adds a space in front (add_space_prefix); the rest must come back exactly. */
         const char *cmp = back;
-        if (vc->spm && bl > 0 && back[0] == ' ')
+        if (prefix && bl > 0 && back[0] == ' ')
             cmp++;
-        if (strcmp(cmp, s) != 0)
-            fail_msg("%s case %d: detokenized \"%s\", expected \"%s\"", vc->name, n_cases, cmp, s);
+        if (!unk && strcmp(cmp, s) != 0)
+            fail_msg("%s case %d: detokenized \"%s\", expected \"%s\"", name, n_cases, cmp, s);
         o = eol + 1;
     }
-    assert_int_equal(n_cases, 46);
+    if (*o)
+        fail_msg("%s: more expected lines than cases (%d)", name, n_cases);
     free(ids);
     free(back);
-    free(inp);
-    free(outp);
-    nf_vocab_free(v);
+    return n_cases;
 }
 
+static const char *const shared_vocabs[] = {
+    "llama-spm", "phi-3", "gpt-2", "falcon", "deepseek-llm", "llama-bpe", "qwen2",
+};
+#define N_SHARED       (sizeof(shared_vocabs) / sizeof(shared_vocabs[0]))
+#define N_SHARED_CASES 46
+
+static bool is_spm(const struct nf_vocab *v)
+{
+    return strcmp(nf_vocab_type_name(v), "spm") == 0;
+}
+
+/* Every case of ggml-vocab-X.gguf.inp tokenizes (no BOS, no special parsing) to the matching
+ * line of .out, and the pieces give the input back. */
 static void test_vocab_vectors(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < sizeof(vocab_cases) / sizeof(vocab_cases[0]); i++)
-        check_vocab_vectors(&vocab_cases[i]);
+    for (size_t i = 0; i < N_SHARED; i++) {
+        char path[1024], ipath[1100], opath[1100];
+        snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-%s.gguf", NF_SHARED_DIR,
+                 shared_vocabs[i]);
+        struct nf_vocab *v = load_vocab_file(path);
+        if (!v)
+            skip();
+        snprintf(ipath, sizeof(ipath), "%s.inp", path);
+        snprintf(opath, sizeof(opath), "%s.out", path);
+        size_t ilen, olen;
+        char *inp = slurp(ipath, &ilen), *outp = slurp(opath, &olen);
+        assert_non_null(inp);
+        assert_non_null(outp);
+        assert_int_equal(check_cases(shared_vocabs[i], v, inp, outp, is_spm(v)), N_SHARED_CASES);
+        free(inp);
+        free(outp);
+        nf_vocab_free(v);
+    }
 }
 
 /* ---- the two golden fields this test reads, from one JSON line ------------------------------ */
@@ -569,13 +582,227 @@ static void test_unicode(void **state)
     assert_int_equal(off, 3);
 }
 
-int main(void)
+/* ---- vocabularies derived from the shared ones -------------------------------------------- */
+
+/* A pre-tokenizer (or SentencePiece setting) without a vocabulary of its own in ../shared: the
+ * shared vocabulary `src` rewritten with another tokenizer.ggml.pre, or made Gemma-like. The
+ * expected ids come from llama.cpp on the same files (tests/data/vocab/README.md). */
+struct derived {
+    const char *name; /* tests/data/vocab/NAME.out */
+    const char *src;  /* ../shared/golden/vocab/ggml-vocab-SRC.gguf */
+    const char *pre;  /* tokenizer.ggml.pre written instead of the source's; NULL keeps it */
+    bool gemma;       /* add_space_prefix false, gemma_extra appended */
+};
+
+static const struct derived derived_vocabs[] = {
+    {"deepseek-coder", "deepseek-llm", "deepseek-coder", false},
+    {"deepseek-v3", "deepseek-llm", "deepseek-v3", false},
+    {"gpt-4o", "llama-bpe", "gpt-4o", false},
+    {"tekken", "llama-bpe", "tekken", false},
+    {"chatglm-bpe", "llama-bpe", "chatglm-bpe", false},
+    {"dbrx", "llama-bpe", "dbrx", false},
+    {"qwen35", "qwen2", "qwen35", false},
+    {"smollm", "gpt-2", "smollm", false},
+    {"olmo", "gpt-2", "olmo", false},
+    {"default", "gpt-2", "default", false},
+    {"gemma-spm", "llama-spm", NULL, true},
+};
+#define N_DERIVED (sizeof(derived_vocabs) / sizeof(derived_vocabs[0]))
+
+/* Gemma's SentencePiece vocabulary has user-defined tokens (matched in the raw text before the
+ * merges, even without special parsing) and control tokens; these are appended to llama-spm's. */
+static const struct tok_spec gemma_extra[] = {
+    {"<start_of_turn>", 0, 4}, {"<end_of_turn>", 0, 3}, {"<h1>", 0, 4},
+    {"</h1>", 0, 4},           {"\t\t", 0, 4},
+};
+#define N_GEMMA_EXTRA (sizeof(gemma_extra) / sizeof(gemma_extra[0]))
+
+static bool key_is(const struct nf_gguf_kv *kv, const char *key)
 {
+    return kv->key.len == strlen(key) && memcmp(kv->key.s, key, kv->key.len) == 0;
+}
+
+/* Appends gemma_extra to the source's tokens, scores and token types. */
+static void add_gemma_tokens(struct nf_gguf_writer *w, const struct nf_gguf *g)
+{
+    uint64_t n, ns, nt;
+    const void *tok, *sc, *ty;
+    assert_int_equal(nf_gguf_get_arr(g, "tokenizer.ggml.tokens", NF_GGUF_STRING, &n, &tok), 0);
+    assert_int_equal(nf_gguf_get_arr(g, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, &ns, &sc), 0);
+    assert_int_equal(nf_gguf_get_arr(g, "tokenizer.ggml.token_type", NF_GGUF_INT32, &nt, &ty), 0);
+    assert_true(ns == n && nt == n);
+    uint64_t m = n + N_GEMMA_EXTRA;
+    const char **texts = malloc(m * sizeof(*texts));
+    size_t *lens = malloc(m * sizeof(*lens));
+    float *scores = malloc(m * sizeof(*scores));
+    int32_t *types = malloc(m * sizeof(*types));
+    assert_true(texts && lens && scores && types);
+    const struct nf_gguf_str *ts = tok;
+    for (uint64_t i = 0; i < n; i++) {
+        texts[i] = ts[i].s;
+        lens[i] = ts[i].len;
+    }
+    memcpy(scores, sc, n * sizeof(*scores));
+    memcpy(types, ty, n * sizeof(*types));
+    for (size_t i = 0; i < N_GEMMA_EXTRA; i++) {
+        texts[n + i] = gemma_extra[i].text;
+        lens[n + i] = strlen(gemma_extra[i].text);
+        scores[n + i] = gemma_extra[i].score;
+        types[n + i] = gemma_extra[i].type;
+    }
+    assert_int_equal(nf_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", texts, lens, m), 0);
+    assert_int_equal(nf_gguf_writer_add_arr(w, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, scores, m),
+                     0);
+    assert_int_equal(
+        nf_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", NF_GGUF_INT32, types, m), 0);
+    assert_int_equal(nf_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", false), 0);
+    free(texts);
+    free(lens);
+    free(scores);
+    free(types);
+}
+
+/* The GGUF image of derived vocabulary d (malloc'd, *len bytes), or NULL when its source is
+ * missing. Every key of the source is copied except the ones d replaces. */
+static void *derive_image(const struct derived *d, size_t *len)
+{
+    char path[1024], err[512];
+    snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-%s.gguf", NF_SHARED_DIR, d->src);
+    struct nf_gguf *g;
+    int rc = nf_gguf_open(&g, path, err, sizeof(err));
+    if (rc == -ENOENT)
+        return NULL;
+    if (rc)
+        fail_msg("%s", err);
+    struct nf_gguf_writer *w;
+    assert_int_equal(nf_gguf_writer_init(&w), 0);
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        const struct nf_gguf_kv *kv = &g->kv[i];
+        if ((d->pre && key_is(kv, "tokenizer.ggml.pre")) ||
+            (d->gemma &&
+             (key_is(kv, "tokenizer.ggml.tokens") || key_is(kv, "tokenizer.ggml.scores") ||
+              key_is(kv, "tokenizer.ggml.token_type") ||
+              key_is(kv, "tokenizer.ggml.add_space_prefix"))))
+            continue;
+        char key[256];
+        assert_true(kv->key.len < sizeof(key));
+        memcpy(key, kv->key.s, kv->key.len);
+        key[kv->key.len] = '\0';
+        assert_int_equal(nf_gguf_writer_add_value(w, key, &kv->value), 0);
+    }
+    if (d->pre)
+        assert_int_equal(nf_gguf_writer_add_str(w, "tokenizer.ggml.pre", d->pre), 0);
+    if (d->gemma)
+        add_gemma_tokens(w, g);
+    void *img;
+    assert_int_equal(nf_gguf_writer_header(w, &img, len), 0);
+    nf_gguf_writer_free(w);
+    nf_gguf_close(g);
+    return img;
+}
+
+/* The cases of tests/data/vocab: the shared .inp followed by extra.inp (malloc'd). */
+static char *all_cases(void)
+{
+    char p1[1024], p2[1024];
+    snprintf(p1, sizeof(p1), "%s/golden/vocab/ggml-vocab-gpt-2.gguf.inp", NF_SHARED_DIR);
+    snprintf(p2, sizeof(p2), "%s/tests/data/vocab/extra.inp", NF_SOURCE_DIR);
+    size_t l1, l2;
+    char *a = slurp(p1, &l1), *b = slurp(p2, &l2);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return NULL;
+    }
+    char *all = realloc(a, l1 + l2 + 1);
+    assert_non_null(all);
+    memcpy(all + l1, b, l2 + 1);
+    free(b);
+    return all;
+}
+
+static void check_data_vectors(const char *name, const struct nf_vocab *v)
+{
+    char opath[1024];
+    snprintf(opath, sizeof(opath), "%s/tests/data/vocab/%s.out", NF_SOURCE_DIR, name);
+    size_t olen;
+    char *outp = slurp(opath, &olen), *inp = all_cases();
+    assert_non_null(outp);
+    assert_non_null(inp);
+    int n = check_cases(name, v, inp, outp, is_spm(v) && strcmp(name, "gemma-spm") != 0);
+    assert_true(n > N_SHARED_CASES);
+    free(inp);
+    free(outp);
+}
+
+/* tests/data/vocab: the shared vocabularies on the added cases, and the derived ones on all. */
+static void test_data_vectors(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < N_SHARED; i++) {
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-%s.gguf", NF_SHARED_DIR,
+                 shared_vocabs[i]);
+        struct nf_vocab *v = load_vocab_file(path);
+        if (!v)
+            skip();
+        check_data_vectors(shared_vocabs[i], v);
+        nf_vocab_free(v);
+    }
+    for (size_t i = 0; i < N_DERIVED; i++) {
+        size_t len;
+        void *img = derive_image(&derived_vocabs[i], &len);
+        if (!img)
+            skip();
+        char err[512];
+        struct nf_gguf *g;
+        struct nf_vocab *v;
+        assert_int_equal(nf_gguf_open_mem(&g, img, len, err, sizeof(err)), 0);
+        if (nf_vocab_load(&v, g, err, sizeof(err)))
+            fail_msg("%s: %s", derived_vocabs[i].name, err);
+        check_data_vectors(derived_vocabs[i].name, v);
+        nf_vocab_free(v);
+        nf_gguf_close(g);
+        free(img);
+    }
+}
+
+/* `test_tokenizer --write-vocabs DIR` writes the derived vocabularies as DIR/NAME.gguf (to run
+ * llama.cpp on them) instead of testing. */
+static int write_vocabs(const char *dir)
+{
+    for (size_t i = 0; i < N_DERIVED; i++) {
+        size_t len;
+        void *img = derive_image(&derived_vocabs[i], &len);
+        if (!img) {
+            fprintf(stderr, "%s: source vocabulary missing under %s\n", derived_vocabs[i].name,
+                    NF_SHARED_DIR);
+            return 1;
+        }
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s.gguf", dir, derived_vocabs[i].name);
+        FILE *f = fopen(path, "wb");
+        bool ok = f && fwrite(img, 1, len, f) == len;
+        if (f && fclose(f) != 0)
+            ok = false;
+        free(img);
+        if (!ok) {
+            fprintf(stderr, "%s: %s\n", path, strerror(errno));
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--write-vocabs") == 0)
+        return write_vocabs(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unicode),         cmocka_unit_test(test_spm_merge_order),
         cmocka_unit_test(test_bpe_merges),      cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_streaming_detok), cmocka_unit_test(test_vocab_vectors),
-        cmocka_unit_test(test_golden_prompts),
+        cmocka_unit_test(test_golden_prompts),  cmocka_unit_test(test_data_vectors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
