@@ -602,20 +602,24 @@ struct derived {
     const char *src;  /* ../shared/golden/vocab/ggml-vocab-SRC.gguf */
     const char *pre;  /* tokenizer.ggml.pre written instead of the source's; NULL keeps it */
     bool gemma;       /* add_space_prefix false, gemma_extra appended */
+    /* llama.cpp's llama_vocab_get_add_bos, llama_vocab_bos and every id llama_vocab_is_eog
+     * accepts (-1 ends the list), for the file. */
+    bool add_bos;
+    int32_t bos, eog[4];
 };
 
 static const struct derived derived_vocabs[] = {
-    {"deepseek-coder", "deepseek-llm", "deepseek-coder", false},
-    {"deepseek-v3", "deepseek-llm", "deepseek-v3", false},
-    {"gpt-4o", "llama-bpe", "gpt-4o", false},
-    {"tekken", "llama-bpe", "tekken", false},
-    {"chatglm-bpe", "llama-bpe", "chatglm-bpe", false},
-    {"dbrx", "llama-bpe", "dbrx", false},
-    {"qwen35", "qwen2", "qwen35", false},
-    {"smollm", "gpt-2", "smollm", false},
-    {"olmo", "gpt-2", "olmo", false},
-    {"default", "gpt-2", "default", false},
-    {"gemma-spm", "llama-spm", NULL, true},
+    {"deepseek-coder", "deepseek-llm", "deepseek-coder", false, true, 100000, {100001, -1}},
+    {"deepseek-v3", "deepseek-llm", "deepseek-v3", false, true, 100000, {100001, -1}},
+    {"gpt-4o", "llama-bpe", "gpt-4o", false, false, 128000, {128001, 128009, -1}},
+    {"tekken", "llama-bpe", "tekken", false, true, 128000, {128001, 128009, -1}},
+    {"chatglm-bpe", "llama-bpe", "chatglm-bpe", false, false, 128000, {128001, 128009, -1}},
+    {"dbrx", "llama-bpe", "dbrx", false, false, 128000, {128001, 128009, -1}},
+    {"qwen35", "qwen2", "qwen35", false, false, 151643, {128247, 151643, 151645, -1}},
+    {"smollm", "gpt-2", "smollm", false, false, 50256, {50256, -1}},
+    {"olmo", "gpt-2", "olmo", false, false, 50256, {50256, -1}},
+    {"default", "gpt-2", "default", false, false, 50256, {50256, -1}},
+    {"gemma-spm", "llama-spm", NULL, true, true, 1, {2, 32001, -1}},
 };
 #define N_DERIVED (sizeof(derived_vocabs) / sizeof(derived_vocabs[0]))
 
@@ -765,9 +769,20 @@ static void test_data_vectors(void **state)
         struct nf_gguf *g;
         struct nf_vocab *v;
         assert_int_equal(nf_gguf_open_mem(&g, img, len, err, sizeof(err)), 0);
+        const struct derived *d = &derived_vocabs[i];
         if (nf_vocab_load(&v, g, err, sizeof(err)))
-            fail_msg("%s: %s", derived_vocabs[i].name, err);
-        check_data_vectors(derived_vocabs[i].name, v);
+            fail_msg("%s: %s", d->name, err);
+        check_data_vectors(d->name, v);
+        assert_int_equal(nf_vocab_add_bos(v), d->add_bos);
+        assert_int_equal(nf_vocab_bos(v), d->bos);
+        int n_eog = 0, k = 0;
+        for (int32_t id = 0; id < nf_vocab_n_tokens(v); id++)
+            n_eog += nf_vocab_is_eog(v, id);
+        for (; d->eog[k] >= 0; k++) {
+            if (!nf_vocab_is_eog(v, d->eog[k]))
+                fail_msg("%s: token %d does not end generation", d->name, d->eog[k]);
+        }
+        assert_int_equal(n_eog, k);
         nf_vocab_free(v);
         nf_gguf_close(g);
         free(img);
