@@ -15,6 +15,7 @@
 #include "gguf.h"
 #include "gguf_write.h"
 #include "nf_err.h"
+#include "tok_internal.h"
 #include "tokenizer.h"
 #include "unicode.h"
 
@@ -789,6 +790,64 @@ static void test_data_vectors(void **state)
     }
 }
 
+/* The words each pre-tokenizer splits the cases into, as code point counts (a line per case),
+ * against llama.cpp's unicode_regex_split with the regexes it gives that pre-tokenizer
+ * (tests/data/vocab/pretok-NAME.out): differences the merges would hide show here. */
+static void test_pretok_splits(void **state)
+{
+    (void)state;
+    static const char *const names[] = {
+        "default",      "gpt-2",          "llama-bpe",   "qwen2",     "qwen35", "falcon",
+        "deepseek-llm", "deepseek-coder", "deepseek-v3", "starcoder", "gpt-4o", "tekken",
+    };
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    uint32_t *cps = malloc(MAX_IDS * sizeof(*cps));
+    assert_non_null(cps);
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        enum nf_pretok pre;
+        unsigned flags;
+        assert_int_equal(nf_pretok_lookup(names[i], &pre, &flags), 0);
+        char opath[1024];
+        snprintf(opath, sizeof(opath), "%s/tests/data/vocab/pretok-%s.out", NF_SOURCE_DIR,
+                 names[i]);
+        size_t olen;
+        char *inp = all_cases(), *outp = slurp(opath, &olen);
+        if (!inp)
+            skip();
+        assert_non_null(outp);
+        char *s = inp, *o = outp;
+        int n_cases = 0;
+        for (char *e; (e = strstr(s, sep)) != NULL; s = e + strlen(sep), n_cases++) {
+            size_t len = (size_t)(e - s), n = 0;
+            assert_true(len < MAX_IDS);
+            for (size_t off = 0; off < len;)
+                cps[n++] = nf_utf8_decode(s, len, &off);
+            uint32_t *words;
+            size_t n_words;
+            assert_int_equal(nf_pretok_split(pre, cps, n, &words, &n_words), 0);
+            char *eol = strchr(o, '\n');
+            assert_non_null(eol);
+            size_t k = 0;
+            for (char *p = o, *end; p < eol; p = end, k++) {
+                unsigned long want = strtoul(p, &end, 10);
+                if (end == p)
+                    break;
+                if (k >= n_words || words[k] != want)
+                    fail_msg("%s case %d: word %zu has %u code points, expected %lu", names[i],
+                             n_cases, k, k < n_words ? words[k] : 0, want);
+            }
+            if (k != n_words)
+                fail_msg("%s case %d: %zu words, expected %zu", names[i], n_cases, n_words, k);
+            free(words);
+            o = eol + 1;
+        }
+        assert_true(n_cases > N_SHARED_CASES);
+        free(inp);
+        free(outp);
+    }
+    free(cps);
+}
+
 /* `test_tokenizer --write-vocabs DIR` writes the derived vocabularies as DIR/NAME.gguf (to run
  * llama.cpp on them) instead of testing. */
 static int write_vocabs(const char *dir)
@@ -825,6 +884,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_bpe_merges),      cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_streaming_detok), cmocka_unit_test(test_vocab_vectors),
         cmocka_unit_test(test_golden_prompts),  cmocka_unit_test(test_data_vectors),
+        cmocka_unit_test(test_pretok_splits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
