@@ -595,6 +595,25 @@ static void test_unicode(void **state)
 
 /* ---- vocabularies derived from the shared ones -------------------------------------------- */
 
+/* Gemma's SentencePiece vocabulary has user-defined tokens (matched in the raw text before the
+ * merges, even without special parsing) and control tokens; these are appended to llama-spm's. */
+static const struct tok_spec gemma_extra[] = {
+    {"<start_of_turn>", 0, 4}, {"<end_of_turn>", 0, 3}, {"<h1>", 0, 4},
+    {"</h1>", 0, 4},           {"\t\t", 0, 4},
+};
+
+/* Tokens llama.cpp treats by their text: fill-in-the-middle (made control, the pad, repo and
+ * file-separator ones ending generation), gpt-oss's message tokens (always user-defined), its
+ * "<|end|>" next to "<|return|>" and "<|call|>" (not an end of generation), and "</s>" next to
+ * "<|tool_response>" (a normal token); appended to Qwen2's vocabulary. */
+static const struct tok_spec special_extra[] = {
+    {"<|fim_prefix|>", 0, 4},   {"<|fim_pad|>", 0, 1}, {"<|repo_name|>", 0, 1},
+    {"<|file_sep|>", 0, 4},     {"<|return|>", 0, 3},  {"<|call|>", 0, 3},
+    {"<|end|>", 0, 3},          {"<|channel|>", 0, 3}, {"<|message|>", 0, 1},
+    {"<|tool_response>", 0, 1},
+};
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
 /* A pre-tokenizer (or SentencePiece setting) without a vocabulary of its own in ../shared: the
  * shared vocabulary `src` rewritten with another tokenizer.ggml.pre, or made Gemma-like. The
  * expected ids come from llama.cpp on the same files (tests/data/vocab/README.md). */
@@ -602,51 +621,72 @@ struct derived {
     const char *name; /* tests/data/vocab/NAME.out */
     const char *src;  /* ../shared/golden/vocab/ggml-vocab-SRC.gguf */
     const char *pre;  /* tokenizer.ggml.pre written instead of the source's; NULL keeps it */
-    bool gemma;       /* add_space_prefix false, gemma_extra appended */
+    const struct tok_spec *extra; /* tokens appended (NULL: none) */
+    size_t n_extra;
+    bool no_space_prefix; /* tokenizer.ggml.add_space_prefix false */
     /* llama.cpp's llama_vocab_get_add_bos, llama_vocab_bos and every id llama_vocab_is_eog
      * accepts (-1 ends the list), for the file. */
     bool add_bos;
-    int32_t bos, eog[4];
+    int32_t bos, eog[10];
 };
 
 static const struct derived derived_vocabs[] = {
-    {"deepseek-coder", "deepseek-llm", "deepseek-coder", false, true, 100000, {100001, -1}},
-    {"deepseek-v3", "deepseek-llm", "deepseek-v3", false, true, 100000, {100001, -1}},
-    {"gpt-4o", "llama-bpe", "gpt-4o", false, false, 128000, {128001, 128009, -1}},
-    {"tekken", "llama-bpe", "tekken", false, true, 128000, {128001, 128009, -1}},
-    {"chatglm-bpe", "llama-bpe", "chatglm-bpe", false, false, 128000, {128001, 128009, -1}},
-    {"dbrx", "llama-bpe", "dbrx", false, false, 128000, {128001, 128009, -1}},
-    {"qwen35", "qwen2", "qwen35", false, false, 151643, {128247, 151643, 151645, -1}},
-    {"smollm", "gpt-2", "smollm", false, false, 50256, {50256, -1}},
-    {"olmo", "gpt-2", "olmo", false, false, 50256, {50256, -1}},
-    {"default", "gpt-2", "default", false, false, 50256, {50256, -1}},
-    {"gemma-spm", "llama-spm", NULL, true, true, 1, {2, 32001, -1}},
+    {"deepseek-coder",
+     "deepseek-llm",
+     "deepseek-coder",
+     NULL,
+     0,
+     false,
+     true,
+     100000,
+     {100001, -1}},
+    {"deepseek-v3", "deepseek-llm", "deepseek-v3", NULL, 0, false, true, 100000, {100001, -1}},
+    {"gpt-4o", "llama-bpe", "gpt-4o", NULL, 0, false, false, 128000, {128001, 128009, -1}},
+    {"tekken", "llama-bpe", "tekken", NULL, 0, false, true, 128000, {128001, 128009, -1}},
+    {"chatglm-bpe",
+     "llama-bpe",
+     "chatglm-bpe",
+     NULL,
+     0,
+     false,
+     false,
+     128000,
+     {128001, 128009, -1}},
+    {"dbrx", "llama-bpe", "dbrx", NULL, 0, false, false, 128000, {128001, 128009, -1}},
+    {"qwen35", "qwen2", "qwen35", NULL, 0, false, false, 151643, {128247, 151643, 151645, -1}},
+    {"smollm", "gpt-2", "smollm", NULL, 0, false, false, 50256, {50256, -1}},
+    {"olmo", "gpt-2", "olmo", NULL, 0, false, false, 50256, {50256, -1}},
+    {"default", "gpt-2", "default", NULL, 0, false, false, 50256, {50256, -1}},
+    {"gemma-spm", "llama-spm", NULL, gemma_extra, N_OF(gemma_extra), true, true, 1, {2, 32001, -1}},
+    {"qwen2-special",
+     "qwen2",
+     NULL,
+     special_extra,
+     N_OF(special_extra),
+     false,
+     false,
+     151643,
+     {151643, 151645, 151937, 151938, 151939, 151940, 151941, 151945, -1}},
 };
 #define N_DERIVED (sizeof(derived_vocabs) / sizeof(derived_vocabs[0]))
-
-/* Gemma's SentencePiece vocabulary has user-defined tokens (matched in the raw text before the
- * merges, even without special parsing) and control tokens; these are appended to llama-spm's. */
-static const struct tok_spec gemma_extra[] = {
-    {"<start_of_turn>", 0, 4}, {"<end_of_turn>", 0, 3}, {"<h1>", 0, 4},
-    {"</h1>", 0, 4},           {"\t\t", 0, 4},
-};
-#define N_GEMMA_EXTRA (sizeof(gemma_extra) / sizeof(gemma_extra[0]))
 
 static bool key_is(const struct nf_gguf_kv *kv, const char *key)
 {
     return kv->key.len == strlen(key) && memcmp(kv->key.s, key, kv->key.len) == 0;
 }
 
-/* Appends gemma_extra to the source's tokens, scores and token types. */
-static void add_gemma_tokens(struct nf_gguf_writer *w, const struct nf_gguf *g)
+/* Appends d's extra tokens to the source's tokens, scores and token types. */
+static void add_tokens(struct nf_gguf_writer *w, const struct nf_gguf *g, const struct derived *d)
 {
-    uint64_t n, ns, nt;
-    const void *tok, *sc, *ty;
+    uint64_t n, ns = 0, nt;
+    const void *tok, *sc = NULL, *ty;
     assert_int_equal(nf_gguf_get_arr(g, "tokenizer.ggml.tokens", NF_GGUF_STRING, &n, &tok), 0);
-    assert_int_equal(nf_gguf_get_arr(g, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, &ns, &sc), 0);
+    /* BPE vocabularies may have no scores: then none are written. */
+    if (nf_gguf_get_arr(g, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, &ns, &sc) != 0)
+        sc = NULL;
     assert_int_equal(nf_gguf_get_arr(g, "tokenizer.ggml.token_type", NF_GGUF_INT32, &nt, &ty), 0);
-    assert_true(ns == n && nt == n);
-    uint64_t m = n + N_GEMMA_EXTRA;
+    assert_true((!sc || ns == n) && nt == n);
+    uint64_t m = n + d->n_extra;
     const char **texts = malloc(m * sizeof(*texts));
     size_t *lens = malloc(m * sizeof(*lens));
     float *scores = malloc(m * sizeof(*scores));
@@ -657,20 +697,21 @@ static void add_gemma_tokens(struct nf_gguf_writer *w, const struct nf_gguf *g)
         texts[i] = ts[i].s;
         lens[i] = ts[i].len;
     }
-    memcpy(scores, sc, n * sizeof(*scores));
+    if (sc)
+        memcpy(scores, sc, n * sizeof(*scores));
     memcpy(types, ty, n * sizeof(*types));
-    for (size_t i = 0; i < N_GEMMA_EXTRA; i++) {
-        texts[n + i] = gemma_extra[i].text;
-        lens[n + i] = strlen(gemma_extra[i].text);
-        scores[n + i] = gemma_extra[i].score;
-        types[n + i] = gemma_extra[i].type;
+    for (size_t i = 0; i < d->n_extra; i++) {
+        texts[n + i] = d->extra[i].text;
+        lens[n + i] = strlen(d->extra[i].text);
+        scores[n + i] = d->extra[i].score;
+        types[n + i] = d->extra[i].type;
     }
     assert_int_equal(nf_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", texts, lens, m), 0);
-    assert_int_equal(nf_gguf_writer_add_arr(w, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, scores, m),
-                     0);
+    if (sc)
+        assert_int_equal(
+            nf_gguf_writer_add_arr(w, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, scores, m), 0);
     assert_int_equal(
         nf_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", NF_GGUF_INT32, types, m), 0);
-    assert_int_equal(nf_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", false), 0);
     free(texts);
     free(lens);
     free(scores);
@@ -691,10 +732,10 @@ static void *derive_image(const struct derived *d, size_t *len)
     for (uint64_t i = 0; i < g->n_kv; i++) {
         const struct nf_gguf_kv *kv = &g->kv[i];
         if ((d->pre && key_is(kv, "tokenizer.ggml.pre")) ||
-            (d->gemma &&
+            (d->extra &&
              (key_is(kv, "tokenizer.ggml.tokens") || key_is(kv, "tokenizer.ggml.scores") ||
-              key_is(kv, "tokenizer.ggml.token_type") ||
-              key_is(kv, "tokenizer.ggml.add_space_prefix"))))
+              key_is(kv, "tokenizer.ggml.token_type"))) ||
+            (d->no_space_prefix && key_is(kv, "tokenizer.ggml.add_space_prefix")))
             continue;
         char key[256];
         assert_true(kv->key.len < sizeof(key));
@@ -704,8 +745,10 @@ static void *derive_image(const struct derived *d, size_t *len)
     }
     if (d->pre)
         assert_int_equal(nf_gguf_writer_add_str(w, "tokenizer.ggml.pre", d->pre), 0);
-    if (d->gemma)
-        add_gemma_tokens(w, g);
+    if (d->extra)
+        add_tokens(w, g, d);
+    if (d->no_space_prefix)
+        assert_int_equal(nf_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", false), 0);
     void *img;
     assert_int_equal(nf_gguf_writer_header(w, &img, len), 0);
     nf_gguf_writer_free(w);
@@ -733,7 +776,7 @@ static char *all_cases(void)
     return all;
 }
 
-static void check_data_vectors(const char *name, const struct nf_vocab *v)
+static void check_data_vectors(const char *name, const struct nf_vocab *v, bool prefix)
 {
     char opath[1024];
     snprintf(opath, sizeof(opath), "%s/tests/data/vocab/%s.out", NF_SOURCE_DIR, name);
@@ -741,7 +784,7 @@ static void check_data_vectors(const char *name, const struct nf_vocab *v)
     char *outp = slurp(opath, &olen), *inp = all_cases();
     assert_non_null(outp);
     assert_non_null(inp);
-    int n = check_cases(name, v, inp, outp, is_spm(v) && strcmp(name, "gemma-spm") != 0);
+    int n = check_cases(name, v, inp, outp, prefix);
     assert_true(n > N_SHARED_CASES);
     free(inp);
     free(outp);
@@ -758,7 +801,7 @@ static void test_data_vectors(void **state)
         struct nf_vocab *v = load_vocab_file(path);
         if (!v)
             skip();
-        check_data_vectors(shared_vocabs[i], v);
+        check_data_vectors(shared_vocabs[i], v, is_spm(v));
         nf_vocab_free(v);
     }
     for (size_t i = 0; i < N_DERIVED; i++) {
@@ -773,7 +816,7 @@ static void test_data_vectors(void **state)
         const struct derived *d = &derived_vocabs[i];
         if (nf_vocab_load(&v, g, err, sizeof(err)))
             fail_msg("%s: %s", d->name, err);
-        check_data_vectors(d->name, v);
+        check_data_vectors(d->name, v, is_spm(v) && !d->no_space_prefix);
         assert_int_equal(nf_vocab_add_bos(v), d->add_bos);
         assert_int_equal(nf_vocab_bos(v), d->bos);
         int n_eog = 0, k = 0;
