@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gguf.h"
+
 /* Token attributes, as llama.cpp's llama_token_attr (bit values kept the same). */
 enum {
     NF_TATTR_UNKNOWN = 1 << 0,
@@ -30,7 +32,27 @@ enum nf_pretok {
     NF_PRETOK_FALCON,
     NF_PRETOK_DEEPSEEK_LLM,
     NF_PRETOK_STARCODER,
+    NF_PRETOK_DEEPSEEK_CODER,
+    NF_PRETOK_DEEPSEEK3,
+    NF_PRETOK_GPT4O,
+    NF_PRETOK_TEKKEN,
+    NF_PRETOK_QWEN35,
 };
+
+/* Settings llama.cpp ties to some pre-tokenizer names besides their splitting rules. */
+enum {
+    NF_PRE_IGNORE_MERGES = 1 << 0, /* a word that is a token is that token, merges or not */
+    NF_PRE_ADD_BOS = 1 << 1,       /* add_bos_token defaults to true */
+    NF_PRE_NO_BOS = 1 << 2,        /* no default BOS id (tokenizer.ggml.bos_token_id sets one) */
+};
+
+/* The splitting rules (*pre) and NF_PRE_* settings (*flags) llama.cpp gives the
+ * tokenizer.ggml.pre value `name`: 0, or -ENOENT for a name it does not know or we do not
+ * support. */
+int nf_pretok_lookup(const char *name, enum nf_pretok *pre, unsigned *flags);
+/* Writes the first name of each group of names with the same rules and settings, joined by
+ * ", " (short enough for a one-line refusal), into buf[len] (256 bytes are enough). */
+void nf_pretok_heads(char *buf, size_t len);
 
 /* A string hash table from byte strings to int32 values (open addressing, linear probing).
  * Keys are not copied: they point into storage that outlives the table. */
@@ -94,6 +116,12 @@ static inline int32_t nf_vocab_find(const struct nf_vocab *v, const char *s, siz
 {
     return nf_strmap_get(&v->tok_map, s, (uint32_t)len);
 }
+
+/* After the tokens and the special ids are loaded: finds the end-of-turn, end-of-message and
+ * fill-in-the-middle tokens llama.cpp recognizes by text (making them control tokens), builds
+ * the end-of-generation set and the list of special tokens matched before tokenizing, and
+ * applies llama.cpp's attribute fix-ups. 0 or -ENOMEM. */
+int nf_vocab_setup_special(struct nf_vocab *v, const struct nf_gguf *g);
 
 /* Tokenizes one raw text fragment (already separated from special tokens). */
 int nf_spm_tokenize(const struct nf_vocab *v, const char *text, size_t len, struct nf_tok_out *out);

@@ -95,29 +95,6 @@ static const char *gguf_name(const struct nf_gguf *g)
     return g->path[0] ? g->path : "gguf";
 }
 
-struct pre_name {
-    const char *name;
-    enum nf_pretok pre;
-};
-
-/* The tokenizer.ggml.pre values accepted, with the splitting rules llama.cpp applies to them. */
-static const struct pre_name pre_names[] = {
-    {"default", NF_PRETOK_DEFAULT},     {"gpt-2", NF_PRETOK_GPT2},
-    {"phi-2", NF_PRETOK_GPT2},          {"mpt", NF_PRETOK_GPT2},
-    {"olmo", NF_PRETOK_GPT2},           {"llama-bpe", NF_PRETOK_LLAMA3},
-    {"llama3", NF_PRETOK_LLAMA3},       {"llama-v3", NF_PRETOK_LLAMA3},
-    {"falcon", NF_PRETOK_FALCON},       {"deepseek-llm", NF_PRETOK_DEEPSEEK_LLM},
-    {"qwen2", NF_PRETOK_QWEN2},         {"deepseek-r1-qwen", NF_PRETOK_QWEN2},
-    {"starcoder", NF_PRETOK_STARCODER}, {"refact", NF_PRETOK_STARCODER},
-    {"smollm", NF_PRETOK_STARCODER},
-};
-
-const char *nf_vocab_pre_names(void)
-{
-    return "default, gpt-2, phi-2, mpt, olmo, llama-bpe, llama3, llama-v3, falcon, deepseek-llm, "
-           "qwen2, deepseek-r1-qwen, starcoder, refact, smollm";
-}
-
 static uint16_t attr_of_type(int64_t t)
 {
     switch (t) {
@@ -258,105 +235,6 @@ static int load_merges(struct nf_vocab *v, const struct nf_gguf *g, char *err, s
     return 0;
 }
 
-static int cmp_special(const void *a, const void *b, void *ctx)
-{
-    const struct nf_vocab *v = ctx;
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    if (v->text_len[x] != v->text_len[y])
-        return v->text_len[x] > v->text_len[y] ? -1 : 1;
-    return x < y ? -1 : x > y;
-}
-
-/* Tokens llama.cpp recognizes by their text as end of turn/generation (forced to control). */
-static const char *const eot_texts[] = {
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<EOT>",
-    "_<EOT>",
-    "<\xef\xbd\x9c"
-    "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
-    "<end_of_utterance>",
-};
-static const char *const eog_texts[] = {
-    "<|eot_id|>",    "<|im_end|>", "<|end|>", "<|return|>", "<|call|>",        "<end_of_turn>",
-    "<|endoftext|>", "<|eom_id|>", "<EOT>",   "_<EOT>",     "<|end_of_text|>", "<end_of_utterance>",
-};
-#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
-
-static int setup_special(struct nf_vocab *v, const struct nf_gguf *g)
-{
-    /* Without an eot/eom id in the metadata, llama.cpp finds them by text and makes them
-     * control tokens. */
-    if (v->eot < 0) {
-        for (size_t i = 0; i < N_OF(eot_texts) && v->eot < 0; i++)
-            v->eot = nf_vocab_find(v, eot_texts[i], strlen(eot_texts[i]));
-        if (v->eot >= 0 && !(v->attr[v->eot] & NF_TATTR_CONTROL))
-            v->attr[v->eot] = NF_TATTR_CONTROL;
-    }
-    if (v->eom < 0) {
-        v->eom = nf_vocab_find(v, "<|eom_id|>", 10);
-        if (v->eom >= 0 && !(v->attr[v->eom] & NF_TATTR_CONTROL))
-            v->attr[v->eom] = NF_TATTR_CONTROL;
-    }
-    v->eog = malloc((N_OF(eog_texts) + 3) * sizeof(*v->eog));
-    if (!v->eog)
-        return -ENOMEM;
-    for (size_t i = 0; i < N_OF(eog_texts); i++) {
-        int32_t id = nf_vocab_find(v, eog_texts[i], strlen(eog_texts[i]));
-        if (id >= 0) {
-            v->eog[v->n_eog++] = id;
-            if (!(v->attr[id] & NF_TATTR_CONTROL))
-                v->attr[id] = NF_TATTR_CONTROL;
-        }
-    }
-    int32_t extra[3] = {v->eos, v->eot, v->eom};
-    for (int k = 0; k < 3; k++) {
-        bool have = extra[k] < 0;
-        for (int i = 0; i < v->n_eog && !have; i++)
-            have = v->eog[i] == extra[k];
-        if (!have)
-            v->eog[v->n_eog++] = extra[k];
-    }
-
-    /* Special tokens matched before tokenizing, longest text first. */
-    const uint16_t special_mask = NF_TATTR_CONTROL | NF_TATTR_USER_DEFINED | NF_TATTR_UNKNOWN;
-    v->special = malloc((size_t)v->n_tokens * sizeof(*v->special));
-    if (!v->special)
-        return -ENOMEM;
-    for (int32_t i = 0; i < v->n_tokens; i++) {
-        if (v->attr[i] & special_mask)
-            v->special[v->n_special++] = i;
-    }
-    qsort_r(v->special, (size_t)v->n_special, sizeof(*v->special), cmp_special, v);
-
-    /* llama.cpp's per-model attribute fix-up: Phi-3 strips spaces right of its special tokens. */
-    const char *name = NULL;
-    char lower[128] = "";
-    if (nf_gguf_get_str(g, "general.name", &name) == 0) {
-        size_t i = 0;
-        for (; name[i] && i + 1 < sizeof(lower); i++)
-            lower[i] = (char)tolower((unsigned char)name[i]);
-        lower[i] = '\0';
-    }
-    if (strstr(lower, "phi-3") || strstr(lower, "phi3")) {
-        for (int i = 0; i < v->n_special; i++)
-            v->attr[v->special[i]] |= NF_TATTR_RSTRIP;
-        int32_t id = nf_vocab_find(v, "</s>", 4);
-        if (id >= 0)
-            v->attr[id] |= NF_TATTR_RSTRIP;
-        static const char *const keep[] = {"<unk>", "<s>", "<|endoftext|>"};
-        for (size_t k = 0; k < N_OF(keep); k++) {
-            id = nf_vocab_find(v, keep[k], strlen(keep[k]));
-            if (id >= 0)
-                v->attr[id] &= (uint16_t)~NF_TATTR_RSTRIP;
-        }
-    }
-    return 0;
-}
-
 int nf_vocab_load(struct nf_vocab **out, const struct nf_gguf *g, char *err, size_t errlen)
 {
     *out = NULL;
@@ -404,20 +282,21 @@ int nf_vocab_load(struct nf_vocab **out, const struct nf_gguf *g, char *err, siz
         const char *pre = NULL;
         if (nf_gguf_get_str(g, "tokenizer.ggml.pre", &pre) != 0 || pre[0] == '\0')
             pre = "default";
-        size_t i = 0;
-        while (i < N_OF(pre_names) && strcmp(pre_names[i].name, pre) != 0)
-            i++;
-        if (i == N_OF(pre_names)) {
+        unsigned flags;
+        if (nf_pretok_lookup(pre, &v->pre, &flags) != 0) {
+            char heads[256];
+            nf_pretok_heads(heads, sizeof(heads));
             rc = nf_errf_at(err, errlen, NF_EVOCAB, gguf_name(g),
-                            "tokenizer.ggml.pre: unsupported pre-tokenizer '%s' (supported: %s)",
-                            pre, nf_vocab_pre_names());
+                            "tokenizer.ggml.pre: unsupported pre-tokenizer '%s' (supported: %s "
+                            "and their aliases)",
+                            pre, heads);
             goto fail;
         }
-        v->pre = pre_names[i].pre;
-        if (v->pre == NF_PRETOK_LLAMA3) {
-            v->ignore_merges = true;
+        v->ignore_merges = flags & NF_PRE_IGNORE_MERGES;
+        if (flags & NF_PRE_ADD_BOS)
             v->add_bos = true;
-        }
+        if (flags & NF_PRE_NO_BOS)
+            v->bos = -1;
         rc = load_merges(v, g, err, errlen);
         if (rc)
             goto fail;
@@ -432,7 +311,7 @@ int nf_vocab_load(struct nf_vocab **out, const struct nf_gguf *g, char *err, siz
     get_flag(g, "tokenizer.ggml.add_bos_token", &v->add_bos);
     get_flag(g, "tokenizer.ggml.add_eos_token", &v->add_eos);
 
-    rc = setup_special(v, g);
+    rc = nf_vocab_setup_special(v, g);
     if (rc)
         goto fail;
     *out = v;

@@ -1,9 +1,10 @@
 /* tokenizer.h - vocabularies from GGUF metadata (SentencePiece and byte-level BPE), llama.cpp-exact
  * tokenization and detokenization.
  *
- * Supported: tokenizer.ggml.model "llama" (SentencePiece-style: scores, byte fallback) and "gpt2"
+ * Supported: tokenizer.ggml.model "llama" (SentencePiece-style: scores, byte fallback,
+ * tokenizer.ggml.add_space_prefix, user-defined tokens: Llama 2, Phi-3, Gemma) and "gpt2"
  * (byte-level BPE with tokenizer.ggml.merges) with tokenizer.ggml.pre one of the names listed by
- * nf_vocab_pre_names(). Other values are refused with NF_EVOCAB. */
+ * nf_vocab_pre_names() (none means "default"). Other values are refused with NF_EVOCAB. */
 #ifndef NF_TOKENIZER_H
 #define NF_TOKENIZER_H
 
@@ -25,16 +26,17 @@ int32_t nf_vocab_n_tokens(const struct nf_vocab *v);
 int32_t nf_vocab_bos(const struct nf_vocab *v); /* -1 if none */
 int32_t nf_vocab_eos(const struct nf_vocab *v); /* -1 if none */
 /* tokenizer.ggml.add_bos_token, with llama.cpp's defaults per model type (SPM: true; BPE: true
- * for the Llama 3 pre-tokenizer, false otherwise). */
+ * for the Llama 3 and Tekken pre-tokenizers, false otherwise). */
 bool nf_vocab_add_bos(const struct nf_vocab *v);
-/* End of generation: eos, eot, eom and the tokens llama.cpp recognizes by text (<|eot_id|>,
- * <|im_end|>, <|end|>, <|endoftext|>, ...). */
+/* End of generation: eos, eot, eom, the fill-in-the-middle pad, repo and file-separator tokens
+ * and the tokens llama.cpp recognizes by text (<|eot_id|>, <|im_end|>, <|end|>, <|endoftext|>,
+ * </s>, ...; see tok_special.c). */
 bool nf_vocab_is_eog(const struct nf_vocab *v, int32_t tok);
 /* The token's text as stored in the vocabulary (NUL-terminated), or NULL if out of range. */
 const char *nf_vocab_token_text(const struct nf_vocab *v, int32_t tok);
 /* "spm" or "bpe". */
 const char *nf_vocab_type_name(const struct nf_vocab *v);
-/* Comma-separated list of the supported tokenizer.ggml.pre values. */
+/* Comma-separated list of the supported tokenizer.ggml.pre values (a static string). */
 const char *nf_vocab_pre_names(void);
 
 /* Tokenizes text[0..len). Returns the number of tokens n (>= 0); if n > max_out only the first

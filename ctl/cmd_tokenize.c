@@ -27,7 +27,31 @@ static void usage(FILE *f)
            "  --json             print {\"ids\":[...],\"pieces\":[...]} instead (default: off);\n"
            "                     a piece is the token's bytes (control tokens: empty), bytes that\n"
            "                     are not valid UTF-8 are written as \\u00XX\n"
-           "  --help, -h         show this help\n");
+           "  --help, -h         show this help\n\n"
+           "Vocabularies: tokenizer.ggml.model llama (SentencePiece) or gpt2 (byte-level BPE),\n"
+           "the latter with one of these tokenizer.ggml.pre values (none means default):\n");
+    /* The list comes from the tokenizer's table, wrapped at 90 columns. */
+    const char *names = nf_vocab_pre_names();
+    int col = 0;
+    while (*names) {
+        size_t n = strcspn(names, ",");
+        if (col > 0 && col + (int)n + 2 > 90) {
+            fputs(",\n", f);
+            col = 0;
+        } else if (col > 0) {
+            fputs(", ", f);
+            col += 2;
+        }
+        if (col == 0) {
+            fputs("  ", f);
+            col = 2;
+        }
+        fwrite(names, 1, n, f);
+        col += (int)n;
+        names += n;
+        names += strspn(names, ", ");
+    }
+    fputs("\n", f);
 }
 
 /* Writes piece bytes as a JSON string body: valid UTF-8 passes through, invalid bytes become

@@ -93,6 +93,9 @@ for f in --model --no-bos --parse-special --json; do
     grep -q -- "$f" "$T/out" || bad "--help does not list $f"
 done
 grep -c "default" "$T/out" | grep -q '^[3-9]' || bad "--help does not give the defaults"
+for p in llama-bpe qwen2 deepseek-coder deepseek-v3 smollm olmo gpt-4o tekken glm4; do
+    grep -q -- "$p" "$T/out" || bad "--help does not list the pre-tokenizer $p"
+done
 
 # Usage errors: exit 2, one line on stderr.
 tok --model "$STORIES" --bogus "x"
@@ -112,6 +115,35 @@ expect_err "missing file" 1 "nope.gguf"
 printf 'this is not a gguf file, just some text\n' >"$T/text.gguf"
 tok --model "$T/text.gguf" "x"
 expect_err "not a GGUF" 1 "text.gguf"
+
+# Every pre-tokenizer without a shared vocabulary, on the vocabularies test_tokenizer derives
+# from the shared ones (tests/data/vocab/README.md): case 65 of tests/data/vocab (case runs,
+# contractions, accents) as llama.cpp tokenizes it (line 65 of NAME.out). test_tokenizer checks
+# all cases; this checks the command on each vocabulary.
+DATA="$(dirname "$0")/data/vocab"
+TT="${NF_BUILD_DIR:-}/tests/test_tokenizer"
+case_text() {
+    cat "$SHARED/golden/vocab/ggml-vocab-gpt-2.gguf.inp" "$DATA/extra.inp" |
+        awk -v k="$1" 'BEGIN { RS = "\n__ggml_vocab_test__\n" } NR == k { printf "%s", $0 }'
+}
+if [ -x "$TT" ] && "$TT" --write-vocabs "$T" >"$T/err" 2>&1; then
+    for v in deepseek-coder deepseek-v3 gpt-4o tekken chatglm-bpe dbrx qwen35 smollm olmo \
+        default gemma-spm; do
+        for k in 65; do
+            tok --model "$T/$v.gguf" --no-bos -- "$(case_text $k)"
+            expect_out "$v case $k" "$(sed -n "${k}p" "$DATA/$v.out" | sed 's/^ //')"
+        done
+    done
+else
+    bad "$TT --write-vocabs: $(cat "$T/err")"
+fi
+
+# An unknown pre-tokenizer is refused with one line naming it.
+if [ -f "$T/olmo.gguf" ]; then
+    sed 's/olmo/olmx/' "$T/olmo.gguf" >"$T/olmx.gguf"
+    tok --model "$T/olmx.gguf" "x"
+    expect_err "unknown pre-tokenizer" 1 "unsupported pre-tokenizer 'olmx'"
+fi
 
 echo "test_cli_tokenize: $pass passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -15,6 +15,7 @@
 #include "gguf.h"
 #include "gguf_write.h"
 #include "nf_err.h"
+#include "tok_internal.h"
 #include "tokenizer.h"
 #include "unicode.h"
 
@@ -41,7 +42,8 @@ static char *slurp(const char *path, size_t *len)
     return b;
 }
 
-static struct nf_vocab *load_vocab_file(const char *path)
+/* The open GGUF file, or NULL when it does not exist; any other failure fails the test. */
+static struct nf_gguf *open_gguf(const char *path)
 {
     char err[512];
     struct nf_gguf *g;
@@ -50,8 +52,17 @@ static struct nf_vocab *load_vocab_file(const char *path)
         return NULL;
     if (rc)
         fail_msg("%s", err);
+    return g;
+}
+
+static struct nf_vocab *load_vocab_file(const char *path)
+{
+    char err[512];
+    struct nf_gguf *g = open_gguf(path);
+    if (!g)
+        return NULL;
     struct nf_vocab *v;
-    rc = nf_vocab_load(&v, g, err, sizeof(err));
+    int rc = nf_vocab_load(&v, g, err, sizeof(err));
     nf_gguf_close(g);
     if (rc)
         fail_msg("%s: %s", path, err);
@@ -85,77 +96,90 @@ static size_t detok_all(const struct nf_vocab *v, const int32_t *ids, int n, cha
     return k;
 }
 
-struct vocab_case {
-    const char *name;
-    bool spm;
-};
-
-static const struct vocab_case vocab_cases[] = {
-    {"llama-spm", true},     {"phi-3", true},      {"gpt-2", false}, {"falcon", false},
-    {"deepseek-llm", false}, {"llama-bpe", false}, {"qwen2", false},
-};
-
-/* Every case of ggml-vocab-X.gguf.inp tokenizes (no BOS, no special parsing) to the matching
- * line of .out, and the pieces give the input back. */
-static void check_vocab_vectors(const struct vocab_case *vc)
+/* Checks every case of inp (cases separated by "\n__ggml_vocab_test__\n") against the matching
+ * line of out: nf_tokenize (no BOS, no special parsing) gives the line's ids, and the pieces give
+ * the input back (after the SentencePiece space prefix when `prefix`, unless the ids hold the
+ * unknown token). Returns the number of cases; modifies inp and out. */
+static int check_cases(const char *name, const struct nf_vocab *v, char *inp, char *out,
+                       bool prefix)
 {
-    char path[1024], ipath[1100], opath[1100];
-    snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-%s.gguf", NF_SHARED_DIR, vc->name);
-    struct nf_vocab *v = load_vocab_file(path);
-    if (!v)
-        skip();
-    snprintf(ipath, sizeof(ipath), "%s.inp", path);
-    snprintf(opath, sizeof(opath), "%s.out", path);
-    size_t ilen, olen;
-    char *inp = slurp(ipath, &ilen), *outp = slurp(opath, &olen);
-    assert_non_null(inp);
-    assert_non_null(outp);
     static const char sep[] = "\n__ggml_vocab_test__\n";
     int32_t *ids = malloc(MAX_IDS * sizeof(*ids));
     char *back = malloc(1 << 16);
     assert_non_null(ids);
     assert_non_null(back);
-    char *s = inp, *o = outp;
+    char *s = inp, *o = out;
     int n_cases = 0;
     for (char *e; (e = strstr(s, sep)) != NULL; s = e + strlen(sep), n_cases++) {
         *e = '\0';
         char *eol = strchr(o, '\n');
-        assert_non_null(eol);
+        if (!eol)
+            fail_msg("%s: no expected ids for case %d (\"%s\")", name, n_cases, s);
         *eol = '\0';
         int n = tokenize(v, s, strlen(s), false, false, ids);
         int k = 0;
+        bool unk = false;
         for (char *p = o, *end; *p; p = end, k++) {
             long want = strtol(p, &end, 10);
             if (end == p)
                 break;
             if (k >= n || ids[k] != want)
-                fail_msg("%s case %d (\"%s\"): token %d is %d, expected %ld (line \"%s\")",
-                         vc->name, n_cases, s, k, k < n ? ids[k] : -1, want, o);
+                fail_msg("%s case %d (\"%s\"): token %d is %d, expected %ld (line \"%s\")", name,
+                         n_cases, s, k, k < n ? ids[k] : -1, want, o);
+            const char *t = nf_vocab_token_text(v, ids[k]);
+            unk |= strcmp(t, "<unk>") == 0;
         }
         if (k != n)
-            fail_msg("%s case %d: %d tokens, expected %d", vc->name, n_cases, n, k);
+            fail_msg("%s case %d: %d tokens, expected %d", name, n_cases, n, k);
         size_t bl = detok_all(v, ids, n, back, 1 << 16);
-        /* SPM adds a space in front (add_space_prefix); the rest must come back exactly. */
         const char *cmp = back;
-        if (vc->spm && bl > 0 && back[0] == ' ')
+        if (prefix && bl > 0 && back[0] == ' ')
             cmp++;
-        if (strcmp(cmp, s) != 0)
-            fail_msg("%s case %d: detokenized \"%s\", expected \"%s\"", vc->name, n_cases, cmp, s);
+        if (!unk && strcmp(cmp, s) != 0)
+            fail_msg("%s case %d: detokenized \"%s\", expected \"%s\"", name, n_cases, cmp, s);
         o = eol + 1;
     }
-    assert_int_equal(n_cases, 46);
+    if (*o)
+        fail_msg("%s: more expected lines than cases (%d)", name, n_cases);
     free(ids);
     free(back);
-    free(inp);
-    free(outp);
-    nf_vocab_free(v);
+    return n_cases;
 }
 
+static const char *const shared_vocabs[] = {
+    "llama-spm", "phi-3", "gpt-2", "falcon", "deepseek-llm", "llama-bpe", "qwen2",
+};
+#define N_SHARED       (sizeof(shared_vocabs) / sizeof(shared_vocabs[0]))
+#define N_SHARED_CASES 46
+
+static bool is_spm(const struct nf_vocab *v)
+{
+    return strcmp(nf_vocab_type_name(v), "spm") == 0;
+}
+
+/* Every case of ggml-vocab-X.gguf.inp tokenizes (no BOS, no special parsing) to the matching
+ * line of .out, and the pieces give the input back. */
 static void test_vocab_vectors(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < sizeof(vocab_cases) / sizeof(vocab_cases[0]); i++)
-        check_vocab_vectors(&vocab_cases[i]);
+    for (size_t i = 0; i < N_SHARED; i++) {
+        char path[1024], ipath[1100], opath[1100];
+        snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-%s.gguf", NF_SHARED_DIR,
+                 shared_vocabs[i]);
+        struct nf_vocab *v = load_vocab_file(path);
+        if (!v)
+            skip();
+        snprintf(ipath, sizeof(ipath), "%s.inp", path);
+        snprintf(opath, sizeof(opath), "%s.out", path);
+        size_t ilen, olen;
+        char *inp = slurp(ipath, &ilen), *outp = slurp(opath, &olen);
+        assert_non_null(inp);
+        assert_non_null(outp);
+        assert_int_equal(check_cases(shared_vocabs[i], v, inp, outp, is_spm(v)), N_SHARED_CASES);
+        free(inp);
+        free(outp);
+        nf_vocab_free(v);
+    }
 }
 
 /* ---- the two golden fields this test reads, from one JSON line ------------------------------ */
@@ -569,13 +593,341 @@ static void test_unicode(void **state)
     assert_int_equal(off, 3);
 }
 
-int main(void)
+/* ---- vocabularies derived from the shared ones -------------------------------------------- */
+
+/* Gemma's SentencePiece vocabulary has user-defined tokens (matched in the raw text before the
+ * merges, even without special parsing) and control tokens; these are appended to llama-spm's. */
+static const struct tok_spec gemma_extra[] = {
+    {"<start_of_turn>", 0, 4}, {"<end_of_turn>", 0, 3}, {"<h1>", 0, 4},
+    {"</h1>", 0, 4},           {"\t\t", 0, 4},
+};
+
+/* Tokens llama.cpp treats by their text: fill-in-the-middle (made control, the pad, repo and
+ * file-separator ones ending generation), gpt-oss's message tokens (always user-defined), its
+ * "<|end|>" next to "<|return|>" and "<|call|>" (not an end of generation), and "</s>" next to
+ * "<|tool_response>" (a normal token); appended to Qwen2's vocabulary. */
+static const struct tok_spec special_extra[] = {
+    {"<|fim_prefix|>", 0, 4},   {"<|fim_pad|>", 0, 1}, {"<|repo_name|>", 0, 1},
+    {"<|file_sep|>", 0, 4},     {"<|return|>", 0, 3},  {"<|call|>", 0, 3},
+    {"<|end|>", 0, 3},          {"<|channel|>", 0, 3}, {"<|message|>", 0, 1},
+    {"<|tool_response>", 0, 1},
+};
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* A pre-tokenizer (or SentencePiece setting) without a vocabulary of its own in ../shared: the
+ * shared vocabulary `src` rewritten with another tokenizer.ggml.pre, or made Gemma-like. The
+ * expected ids come from llama.cpp on the same files (tests/data/vocab/README.md). */
+struct derived {
+    const char *name; /* tests/data/vocab/NAME.out */
+    const char *src;  /* ../shared/golden/vocab/ggml-vocab-SRC.gguf */
+    const char *pre;  /* tokenizer.ggml.pre written instead of the source's; NULL keeps it */
+    const struct tok_spec *extra; /* tokens appended (NULL: none) */
+    size_t n_extra;
+    bool no_space_prefix; /* tokenizer.ggml.add_space_prefix false */
+    /* llama.cpp's llama_vocab_get_add_bos, llama_vocab_bos and every id llama_vocab_is_eog
+     * accepts (-1 ends the list), for the file. */
+    bool add_bos;
+    int32_t bos, eog[10];
+};
+
+static const struct derived derived_vocabs[] = {
+    {"deepseek-coder",
+     "deepseek-llm",
+     "deepseek-coder",
+     NULL,
+     0,
+     false,
+     true,
+     100000,
+     {100001, -1}},
+    {"deepseek-v3", "deepseek-llm", "deepseek-v3", NULL, 0, false, true, 100000, {100001, -1}},
+    {"gpt-4o", "llama-bpe", "gpt-4o", NULL, 0, false, false, 128000, {128001, 128009, -1}},
+    {"tekken", "llama-bpe", "tekken", NULL, 0, false, true, 128000, {128001, 128009, -1}},
+    {"chatglm-bpe",
+     "llama-bpe",
+     "chatglm-bpe",
+     NULL,
+     0,
+     false,
+     false,
+     128000,
+     {128001, 128009, -1}},
+    {"dbrx", "llama-bpe", "dbrx", NULL, 0, false, false, 128000, {128001, 128009, -1}},
+    {"qwen35", "qwen2", "qwen35", NULL, 0, false, false, 151643, {128247, 151643, 151645, -1}},
+    {"smollm", "gpt-2", "smollm", NULL, 0, false, false, 50256, {50256, -1}},
+    {"olmo", "gpt-2", "olmo", NULL, 0, false, false, 50256, {50256, -1}},
+    {"default", "gpt-2", "default", NULL, 0, false, false, 50256, {50256, -1}},
+    {"gemma-spm", "llama-spm", NULL, gemma_extra, N_OF(gemma_extra), true, true, 1, {2, 32001, -1}},
+    {"qwen2-special",
+     "qwen2",
+     NULL,
+     special_extra,
+     N_OF(special_extra),
+     false,
+     false,
+     151643,
+     {151643, 151645, 151937, 151938, 151939, 151940, 151941, 151945, -1}},
+};
+#define N_DERIVED (sizeof(derived_vocabs) / sizeof(derived_vocabs[0]))
+
+static bool key_is(const struct nf_gguf_kv *kv, const char *key)
 {
+    return kv->key.len == strlen(key) && memcmp(kv->key.s, key, kv->key.len) == 0;
+}
+
+/* Appends d's extra tokens to the source's tokens, scores and token types. */
+static void add_tokens(struct nf_gguf_writer *w, const struct nf_gguf *g, const struct derived *d)
+{
+    uint64_t n, ns = 0, nt;
+    const void *tok, *sc = NULL, *ty;
+    assert_int_equal(nf_gguf_get_arr(g, "tokenizer.ggml.tokens", NF_GGUF_STRING, &n, &tok), 0);
+    /* BPE vocabularies may have no scores: then none are written. */
+    if (nf_gguf_get_arr(g, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, &ns, &sc) != 0)
+        sc = NULL;
+    assert_int_equal(nf_gguf_get_arr(g, "tokenizer.ggml.token_type", NF_GGUF_INT32, &nt, &ty), 0);
+    assert_true((!sc || ns == n) && nt == n);
+    uint64_t m = n + d->n_extra;
+    const char **texts = malloc(m * sizeof(*texts));
+    size_t *lens = malloc(m * sizeof(*lens));
+    float *scores = malloc(m * sizeof(*scores));
+    int32_t *types = malloc(m * sizeof(*types));
+    assert_true(texts && lens && scores && types);
+    const struct nf_gguf_str *ts = tok;
+    for (uint64_t i = 0; i < n; i++) {
+        texts[i] = ts[i].s;
+        lens[i] = ts[i].len;
+    }
+    if (sc)
+        memcpy(scores, sc, n * sizeof(*scores));
+    memcpy(types, ty, n * sizeof(*types));
+    for (size_t i = 0; i < d->n_extra; i++) {
+        texts[n + i] = d->extra[i].text;
+        lens[n + i] = strlen(d->extra[i].text);
+        scores[n + i] = d->extra[i].score;
+        types[n + i] = d->extra[i].type;
+    }
+    assert_int_equal(nf_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", texts, lens, m), 0);
+    if (sc)
+        assert_int_equal(
+            nf_gguf_writer_add_arr(w, "tokenizer.ggml.scores", NF_GGUF_FLOAT32, scores, m), 0);
+    assert_int_equal(
+        nf_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", NF_GGUF_INT32, types, m), 0);
+    free(texts);
+    free(lens);
+    free(scores);
+    free(types);
+}
+
+/* The GGUF image of derived vocabulary d (malloc'd, *len bytes), or NULL when its source is
+ * missing. Every key of the source is copied except the ones d replaces. */
+static void *derive_image(const struct derived *d, size_t *len)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-%s.gguf", NF_SHARED_DIR, d->src);
+    struct nf_gguf *g = open_gguf(path);
+    if (!g)
+        return NULL;
+    struct nf_gguf_writer *w;
+    assert_int_equal(nf_gguf_writer_init(&w), 0);
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        const struct nf_gguf_kv *kv = &g->kv[i];
+        if ((d->pre && key_is(kv, "tokenizer.ggml.pre")) ||
+            (d->extra &&
+             (key_is(kv, "tokenizer.ggml.tokens") || key_is(kv, "tokenizer.ggml.scores") ||
+              key_is(kv, "tokenizer.ggml.token_type"))) ||
+            (d->no_space_prefix && key_is(kv, "tokenizer.ggml.add_space_prefix")))
+            continue;
+        char key[256];
+        assert_true(kv->key.len < sizeof(key));
+        memcpy(key, kv->key.s, kv->key.len);
+        key[kv->key.len] = '\0';
+        assert_int_equal(nf_gguf_writer_add_value(w, key, &kv->value), 0);
+    }
+    if (d->pre)
+        assert_int_equal(nf_gguf_writer_add_str(w, "tokenizer.ggml.pre", d->pre), 0);
+    if (d->extra)
+        add_tokens(w, g, d);
+    if (d->no_space_prefix)
+        assert_int_equal(nf_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", false), 0);
+    void *img;
+    assert_int_equal(nf_gguf_writer_header(w, &img, len), 0);
+    nf_gguf_writer_free(w);
+    nf_gguf_close(g);
+    return img;
+}
+
+/* The cases of tests/data/vocab: the shared .inp followed by extra.inp (malloc'd). */
+static char *all_cases(void)
+{
+    char p1[1024], p2[1024];
+    snprintf(p1, sizeof(p1), "%s/golden/vocab/ggml-vocab-gpt-2.gguf.inp", NF_SHARED_DIR);
+    snprintf(p2, sizeof(p2), "%s/tests/data/vocab/extra.inp", NF_SOURCE_DIR);
+    size_t l1, l2;
+    char *a = slurp(p1, &l1), *b = slurp(p2, &l2);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return NULL;
+    }
+    char *all = realloc(a, l1 + l2 + 1);
+    assert_non_null(all);
+    memcpy(all + l1, b, l2 + 1);
+    free(b);
+    return all;
+}
+
+static void check_data_vectors(const char *name, const struct nf_vocab *v, bool prefix)
+{
+    char opath[1024];
+    snprintf(opath, sizeof(opath), "%s/tests/data/vocab/%s.out", NF_SOURCE_DIR, name);
+    size_t olen;
+    char *outp = slurp(opath, &olen), *inp = all_cases();
+    assert_non_null(outp);
+    assert_non_null(inp);
+    int n = check_cases(name, v, inp, outp, prefix);
+    assert_true(n > N_SHARED_CASES);
+    free(inp);
+    free(outp);
+}
+
+/* tests/data/vocab: the shared vocabularies on the added cases, and the derived ones on all. */
+static void test_data_vectors(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < N_SHARED; i++) {
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/golden/vocab/ggml-vocab-%s.gguf", NF_SHARED_DIR,
+                 shared_vocabs[i]);
+        struct nf_vocab *v = load_vocab_file(path);
+        if (!v)
+            skip();
+        check_data_vectors(shared_vocabs[i], v, is_spm(v));
+        nf_vocab_free(v);
+    }
+    for (size_t i = 0; i < N_DERIVED; i++) {
+        size_t len;
+        void *img = derive_image(&derived_vocabs[i], &len);
+        if (!img)
+            skip();
+        char err[512];
+        struct nf_gguf *g;
+        struct nf_vocab *v;
+        assert_int_equal(nf_gguf_open_mem(&g, img, len, err, sizeof(err)), 0);
+        const struct derived *d = &derived_vocabs[i];
+        if (nf_vocab_load(&v, g, err, sizeof(err)))
+            fail_msg("%s: %s", d->name, err);
+        check_data_vectors(d->name, v, is_spm(v) && !d->no_space_prefix);
+        assert_int_equal(nf_vocab_add_bos(v), d->add_bos);
+        assert_int_equal(nf_vocab_bos(v), d->bos);
+        int n_eog = 0, k = 0;
+        for (int32_t id = 0; id < nf_vocab_n_tokens(v); id++)
+            n_eog += nf_vocab_is_eog(v, id);
+        for (; d->eog[k] >= 0; k++) {
+            if (!nf_vocab_is_eog(v, d->eog[k]))
+                fail_msg("%s: token %d does not end generation", d->name, d->eog[k]);
+        }
+        assert_int_equal(n_eog, k);
+        nf_vocab_free(v);
+        nf_gguf_close(g);
+        free(img);
+    }
+}
+
+/* The words each pre-tokenizer splits the cases into, as code point counts (a line per case),
+ * against llama.cpp's unicode_regex_split with the regexes it gives that pre-tokenizer
+ * (tests/data/vocab/pretok-NAME.out): differences the merges would hide show here. */
+static void test_pretok_splits(void **state)
+{
+    (void)state;
+    static const char *const names[] = {
+        "default",      "gpt-2",          "llama-bpe",   "qwen2",     "qwen35", "falcon",
+        "deepseek-llm", "deepseek-coder", "deepseek-v3", "starcoder", "gpt-4o", "tekken",
+    };
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    uint32_t *cps = malloc(MAX_IDS * sizeof(*cps));
+    assert_non_null(cps);
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        enum nf_pretok pre;
+        unsigned flags;
+        assert_int_equal(nf_pretok_lookup(names[i], &pre, &flags), 0);
+        char opath[1024];
+        snprintf(opath, sizeof(opath), "%s/tests/data/vocab/pretok-%s.out", NF_SOURCE_DIR,
+                 names[i]);
+        size_t olen;
+        char *inp = all_cases(), *outp = slurp(opath, &olen);
+        if (!inp)
+            skip();
+        assert_non_null(outp);
+        char *s = inp, *o = outp;
+        int n_cases = 0;
+        for (char *e; (e = strstr(s, sep)) != NULL; s = e + strlen(sep), n_cases++) {
+            size_t len = (size_t)(e - s), n = 0;
+            assert_true(len < MAX_IDS);
+            for (size_t off = 0; off < len;)
+                cps[n++] = nf_utf8_decode(s, len, &off);
+            uint32_t *words;
+            size_t n_words;
+            assert_int_equal(nf_pretok_split(pre, cps, n, &words, &n_words), 0);
+            char *eol = strchr(o, '\n');
+            assert_non_null(eol);
+            size_t k = 0;
+            for (char *p = o, *end; p < eol; p = end, k++) {
+                unsigned long want = strtoul(p, &end, 10);
+                if (end == p)
+                    break;
+                if (k >= n_words || words[k] != want)
+                    fail_msg("%s case %d: word %zu has %u code points, expected %lu", names[i],
+                             n_cases, k, k < n_words ? words[k] : 0, want);
+            }
+            if (k != n_words)
+                fail_msg("%s case %d: %zu words, expected %zu", names[i], n_cases, n_words, k);
+            free(words);
+            o = eol + 1;
+        }
+        assert_true(n_cases > N_SHARED_CASES);
+        free(inp);
+        free(outp);
+    }
+    free(cps);
+}
+
+/* `test_tokenizer --write-vocabs DIR` writes the derived vocabularies as DIR/NAME.gguf (to run
+ * llama.cpp on them) instead of testing. */
+static int write_vocabs(const char *dir)
+{
+    for (size_t i = 0; i < N_DERIVED; i++) {
+        size_t len;
+        void *img = derive_image(&derived_vocabs[i], &len);
+        if (!img) {
+            fprintf(stderr, "%s: source vocabulary missing under %s\n", derived_vocabs[i].name,
+                    NF_SHARED_DIR);
+            return 1;
+        }
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s.gguf", dir, derived_vocabs[i].name);
+        FILE *f = fopen(path, "wb");
+        bool ok = f && fwrite(img, 1, len, f) == len;
+        if (f && fclose(f) != 0)
+            ok = false;
+        free(img);
+        if (!ok) {
+            fprintf(stderr, "%s: %s\n", path, strerror(errno));
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "--write-vocabs") == 0)
+        return write_vocabs(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unicode),         cmocka_unit_test(test_spm_merge_order),
         cmocka_unit_test(test_bpe_merges),      cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_streaming_detok), cmocka_unit_test(test_vocab_vectors),
-        cmocka_unit_test(test_golden_prompts),
+        cmocka_unit_test(test_golden_prompts),  cmocka_unit_test(test_data_vectors),
+        cmocka_unit_test(test_pretok_splits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
