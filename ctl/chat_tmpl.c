@@ -39,6 +39,32 @@ int nf_chat_flag(const char *cmd, int argc, char **argv, int *i, struct nf_chat_
     return 1;
 }
 
+const char *nf_chat_help_names(void)
+{
+    static char text[1024];
+    if (text[0])
+        return text;
+    const char *names = nf_chat_names(); /* "a, b, c" */
+    size_t len = 0, col = 0;
+    while (*names && len + 40 < sizeof(text)) {
+        size_t w = strcspn(names, " ");
+        if (col == 0 || col + 1 + w > 92) {
+            len += (size_t)snprintf(text + len, sizeof(text) - len, "%s%26s", col ? "\n" : "", "");
+            col = 26;
+        } else {
+            text[len++] = ' ';
+            col++;
+        }
+        memcpy(text + len, names, w);
+        len += w;
+        col += w;
+        names += w;
+        names += strspn(names, " ");
+    }
+    snprintf(text + len, sizeof(text) - len, "\n");
+    return text;
+}
+
 void nf_chat_model_free(struct nf_chat_model *cm)
 {
     free(cm->tmpl);

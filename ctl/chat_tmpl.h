@@ -20,6 +20,10 @@ struct nf_chat_opts {
  * (a missing value, an unknown template name). */
 int nf_chat_flag(const char *cmd, int argc, char **argv, int *i, struct nf_chat_opts *o);
 
+/* The built-in template names as continuation lines of a --help option entry (indented 26
+ * columns, wrapped, each line ending in a newline); a static string. */
+const char *nf_chat_help_names(void);
+
 /* The template text and BOS/EOS texts a conversation is rendered with (owned strings). */
 struct nf_chat_model {
     char *tmpl, *bos, *eos;

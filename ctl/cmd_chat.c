@@ -40,7 +40,9 @@ static void usage(FILE *f)
         "  -n, --n-predict N       tokens per reply at most, 1..1000000 (default: %d); a reply\n"
         "                          also ends at an end-of-generation token or a full context\n"
         "      --system TEXT       a system message at the start of the conversation\n"
-        "      --chat-template NAME  this built-in template instead of the model's (%s)\n"
+        "                          (default: none)\n"
+        "      --chat-template NAME  this built-in template instead of the model's\n"
+        "                          (default: the model's); NAME is one of\n%s"
         "      --temp T            temperature; 0 = greedy (default: 0.8)\n"
         "      --top-k K           keep the K most likely tokens, 0 = off (default: 40)\n"
         "      --top-p P           nucleus filter, 1 = off (default: 0.95)\n"
@@ -52,7 +54,7 @@ static void usage(FILE *f)
         "                          0 = wait forever (default: %d)\n"
         "      --run-dir DIR       run directory (default: as for 'up')\n"
         "  -h, --help              show this help\n",
-        NF_CHAT_DEFAULT_N, nf_chat_names(), NF_CHAT_DEFAULT_TIMEOUT_S);
+        NF_CHAT_DEFAULT_N, nf_chat_help_names(), NF_CHAT_DEFAULT_TIMEOUT_S);
 }
 
 struct chat_opts {

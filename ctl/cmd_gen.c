@@ -52,9 +52,10 @@ static void usage(FILE *f)
             "                          template (tokenizer.chat_template; chatml when it has\n"
             "                          none), ending where the assistant's reply begins\n"
             "                          (default: off: the prompt is sent as it is)\n"
-            "      --system TEXT       with --chat, a system message before the prompt\n"
-            "      --chat-template NAME  with --chat, this built-in template instead of the\n"
-            "                          model's (%s)\n"
+            "      --system TEXT       a system message before the prompt; implies --chat\n"
+            "                          (default: none)\n"
+            "      --chat-template NAME  this built-in template instead of the model's (default:\n"
+            "                          the model's); implies --chat; NAME is one of\n%s"
             "      --json              JSON Lines as with 'run --json'; the summary adds\n"
             "                          \"queue_wait_s\" and \"queued_ahead\" (the wait behind\n"
             "                          other requests) and compute's \"note\", if any (default:\n"
@@ -65,7 +66,8 @@ static void usage(FILE *f)
             "                          0 = wait forever (default: %d)\n"
             "      --run-dir DIR       run directory (default: as for 'up')\n"
             "  -h, --help              show this help\n",
-            NF_GEN_DEFAULT_N, nf_chat_names(), NF_GEN_MAX_TOP_LOGITS, NF_GEN_DEFAULT_TIMEOUT_S);
+            NF_GEN_DEFAULT_N, nf_chat_help_names(), NF_GEN_MAX_TOP_LOGITS,
+            NF_GEN_DEFAULT_TIMEOUT_S);
 }
 
 struct gen_opts {
@@ -142,8 +144,8 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
         return nf_usage_error(cmd, "give either a prompt or -f FILE, not both");
     if (o->c.top_logits && !o->c.json)
         return nf_usage_error(cmd, "--top-logits needs --json");
-    if ((o->chat.system || o->chat.tmpl) && !o->chat.on)
-        return nf_usage_error(cmd, "--system and --chat-template need --chat");
+    if (o->chat.system || o->chat.tmpl) /* either says the prompt is a chat message */
+        o->chat.on = true;
     if (!o->seed_set)
         o->c.sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     return 0;

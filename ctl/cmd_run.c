@@ -51,9 +51,10 @@ static void usage(FILE *f)
         "                          template (tokenizer.chat_template; chatml when it has\n"
         "                          none), ending where the assistant's reply begins\n"
         "                          (default: off: the prompt is used as it is)\n"
-        "      --system TEXT       with --chat, a system message before the prompt\n"
-        "      --chat-template NAME  with --chat, this built-in template instead of the\n"
-        "                          model's (%s)\n"
+        "      --system TEXT       a system message before the prompt; implies --chat\n"
+        "                          (default: none)\n"
+        "      --chat-template NAME  this built-in template instead of the model's (default:\n"
+        "                          the model's); implies --chat; NAME is one of\n%s"
         "      --json              JSON Lines on stdout instead of text: one object per token\n"
         "                          {\"id\",\"piece\",\"hex\"[,\"top_logits\"]} and a final "
         "summary\n"
@@ -67,7 +68,7 @@ static void usage(FILE *f)
         "      --top-logits K      with --json, add the K highest logits of each step as\n"
         "                          [[id, logit], ...], 0..%d (default: 0)\n"
         "  -h, --help              show this help\n",
-        NF_RUN_DEFAULT_N, NF_RUN_DEFAULT_CTX_CAP, nf_chat_names(), NF_GEN_TOP_LOGITS_MAX);
+        NF_RUN_DEFAULT_N, NF_RUN_DEFAULT_CTX_CAP, nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX);
 }
 
 struct run_opts {
@@ -155,8 +156,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         return nf_usage_error(cmd, "give either a prompt or -f FILE, not both");
     if (o->top_logits && !o->json)
         return nf_usage_error(cmd, "--top-logits needs --json");
-    if ((o->chat.system || o->chat.tmpl) && !o->chat.on)
-        return nf_usage_error(cmd, "--system and --chat-template need --chat");
+    if (o->chat.system || o->chat.tmpl) /* either says the prompt is a chat message */
+        o->chat.on = true;
     if (!o->seed_set)
         o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     return 0;

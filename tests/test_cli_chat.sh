@@ -29,8 +29,6 @@ expect "chat --chat-template foo is refused" 2 "unknown chat template 'foo'" \
     "$NF_BIN" chat --run-dir "$R" --chat-template foo
 expect "chat with an argument is refused" 2 "messages are read from stdin" \
     "$NF_BIN" chat --run-dir "$R" hello
-expect "gen --system without --chat is refused" 2 "need --chat" \
-    "$NF_BIN" gen --run-dir "$R" --system x hello
 
 "$NF_BIN" up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
 rc=$?
