@@ -1,8 +1,9 @@
-/* chat.c - chat templates: family detection from the template text and per-family rendering.
+/* chat.c - chat templates: the family of a template text (llama.cpp's detection order), the
+ * names, and nf_chat_render() around the per-family renderers of chat_formats.c.
  *
- * The formats and the detection order follow llama.cpp's built-in path (llm_chat_detect_template
- * and llm_chat_apply_template in its src/llama-chat.cpp, read for the facts only); the renderings
- * in tests/data/chat/ were produced by llama.cpp itself and tests/test_chat.c checks them. */
+ * The detection follows llama.cpp's built-in path (llm_chat_detect_template in its
+ * src/llama-chat.cpp, read for the facts only); the renderings in tests/data/chat/ were produced
+ * by llama.cpp itself and tests/test_chat.c checks them. */
 #include "chat.h"
 
 #include <errno.h>
@@ -10,17 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_impl.h"
 #include "nf_err.h"
 
-/* A growing output string; a failed allocation is remembered and reported once at the end, so
- * the renderers can append without checking every call. */
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    int err;
-};
-
-static void sb_putn(struct sbuf *sb, const char *s, size_t n)
+void nf_chat__putn(struct nf_chat__buf *sb, const char *s, size_t n)
 {
     if (sb->err)
         return;
@@ -41,9 +35,9 @@ static void sb_putn(struct sbuf *sb, const char *s, size_t n)
     sb->p[sb->len] = '\0';
 }
 
-static void sb_put(struct sbuf *sb, const char *s)
+void nf_chat__put(struct nf_chat__buf *sb, const char *s)
 {
-    sb_putn(sb, s, strlen(s));
+    nf_chat__putn(sb, s, strlen(s));
 }
 
 /* The whitespace llama.cpp's trim() strips: isspace() in the C locale. */
@@ -53,7 +47,7 @@ static bool is_space(char c)
 }
 
 /* Appends s without its leading and trailing whitespace. */
-static void sb_put_trim(struct sbuf *sb, const char *s)
+void nf_chat__put_trim(struct nf_chat__buf *sb, const char *s)
 {
     size_t n = strlen(s);
     while (n > 0 && is_space(*s)) {
@@ -62,360 +56,18 @@ static void sb_put_trim(struct sbuf *sb, const char *s)
     }
     while (n > 0 && is_space(s[n - 1]))
         n--;
-    sb_putn(sb, s, n);
+    nf_chat__putn(sb, s, n);
 }
 
-static bool is_role(const struct nf_chat_msg *m, const char *role)
+bool nf_chat__is_role(const struct nf_chat_msg *m, const char *role)
 {
     return strcmp(m->role, role) == 0;
 }
 
-/* ChatML (Qwen2, Qwen3 and many others): every turn in <|im_start|>ROLE ... <|im_end|>. */
-static void render_chatml(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        sb_put(sb, "<|im_start|>");
-        sb_put(sb, m[i].role);
-        sb_put(sb, "\n");
-        sb_put(sb, m[i].content);
-        sb_put(sb, "<|im_end|>\n");
-    }
-    if (add_ass)
-        sb_put(sb, "<|im_start|>assistant\n");
-}
-
-/* Phi-4: ChatML with <|im_sep|> after the role instead of a newline. */
-static void render_phi4(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        sb_put(sb, "<|im_start|>");
-        sb_put(sb, m[i].role);
-        sb_put(sb, "<|im_sep|>");
-        sb_put(sb, m[i].content);
-        sb_put(sb, "<|im_end|>");
-    }
-    if (add_ass)
-        sb_put(sb, "<|im_start|>assistant<|im_sep|>");
-}
-
-/* Llama 2 and its variants: [INST] ... [/INST] turns, the system prompt inside the first one
- * (in <<SYS>> for the variants that support it). The format has no generation prompt: a user
- * turn already ends where the reply begins, so add_ass changes nothing. */
-static void render_llama2_common(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool sys,
-                                 bool bos_inside, bool strip)
-{
-    bool inside_turn = true; /* the first [INST] is printed without BOS */
-    sb_put(sb, "[INST] ");
-    for (int i = 0; i < n; i++) {
-        if (!inside_turn) {
-            inside_turn = true;
-            sb_put(sb, bos_inside ? "<s>[INST] " : "[INST] ");
-        }
-        void (*put)(struct sbuf *, const char *) = strip ? sb_put_trim : sb_put;
-        if (is_role(&m[i], "system")) {
-            sb_put(sb, sys ? "<<SYS>>\n" : "");
-            put(sb, m[i].content);
-            sb_put(sb, sys ? "\n<</SYS>>\n\n" : "\n");
-        } else if (is_role(&m[i], "user")) {
-            put(sb, m[i].content);
-            sb_put(sb, " [/INST]");
-        } else {
-            put(sb, m[i].content);
-            sb_put(sb, "</s>");
-            inside_turn = false;
-        }
-    }
-}
-
-static void render_llama2(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    (void)add_ass;
-    render_llama2_common(sb, m, n, false, false, false);
-}
-
-static void render_llama2_sys(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    (void)add_ass;
-    render_llama2_common(sb, m, n, true, false, false);
-}
-
-static void render_llama2_sys_bos(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    (void)add_ass;
-    render_llama2_common(sb, m, n, true, true, false);
-}
-
-static void render_llama2_sys_strip(struct sbuf *sb, const struct nf_chat_msg *m, int n,
-                                    bool add_ass)
-{
-    (void)add_ass;
-    render_llama2_common(sb, m, n, true, false, true);
-}
-
-/* Mistral v1 / v3 / v3-tekken: [INST] turns with the system prompt prefixed to the next user
- * message; the three differ only in the spaces around the markers, and v3 trims the assistant's
- * messages. No generation prompt (add_ass changes nothing). */
-static void render_mistral_v13(struct sbuf *sb, const struct nf_chat_msg *m, int n,
-                               const char *lead, const char *trail, bool trim_assistant)
-{
-    bool inside_turn = false;
-    for (int i = 0; i < n; i++) {
-        if (!inside_turn) {
-            sb_put(sb, lead);
-            sb_put(sb, "[INST]");
-            sb_put(sb, trail);
-            inside_turn = true;
-        }
-        if (is_role(&m[i], "system")) {
-            sb_put(sb, m[i].content);
-            sb_put(sb, "\n\n");
-        } else if (is_role(&m[i], "user")) {
-            sb_put(sb, m[i].content);
-            sb_put(sb, lead);
-            sb_put(sb, "[/INST]");
-        } else {
-            sb_put(sb, trail);
-            if (trim_assistant)
-                sb_put_trim(sb, m[i].content);
-            else
-                sb_put(sb, m[i].content);
-            sb_put(sb, "</s>");
-            inside_turn = false;
-        }
-    }
-}
-
-static void render_mistral_v1(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    (void)add_ass;
-    render_mistral_v13(sb, m, n, " ", " ", false);
-}
-
-static void render_mistral_v3(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    (void)add_ass;
-    render_mistral_v13(sb, m, n, "", " ", true);
-}
-
-static void render_mistral_v3_tekken(struct sbuf *sb, const struct nf_chat_msg *m, int n,
-                                     bool add_ass)
-{
-    (void)add_ass;
-    render_mistral_v13(sb, m, n, "", "", false);
-}
-
-/* Mistral v7 (and v7-tekken, without the space after each opening marker): [SYSTEM_PROMPT] and
- * [INST] blocks. No generation prompt. */
-static void render_mistral_v7_common(struct sbuf *sb, const struct nf_chat_msg *m, int n,
-                                     const char *sp)
-{
-    for (int i = 0; i < n; i++) {
-        if (is_role(&m[i], "system")) {
-            sb_put(sb, "[SYSTEM_PROMPT]");
-            sb_put(sb, sp);
-            sb_put(sb, m[i].content);
-            sb_put(sb, "[/SYSTEM_PROMPT]");
-        } else if (is_role(&m[i], "user")) {
-            sb_put(sb, "[INST]");
-            sb_put(sb, sp);
-            sb_put(sb, m[i].content);
-            sb_put(sb, "[/INST]");
-        } else {
-            sb_put(sb, sp);
-            sb_put(sb, m[i].content);
-            sb_put(sb, "</s>");
-        }
-    }
-}
-
-static void render_mistral_v7(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    (void)add_ass;
-    render_mistral_v7_common(sb, m, n, " ");
-}
-
-static void render_mistral_v7_tekken(struct sbuf *sb, const struct nf_chat_msg *m, int n,
-                                     bool add_ass)
-{
-    (void)add_ass;
-    render_mistral_v7_common(sb, m, n, "");
-}
-
-/* Phi-3: <|ROLE|>\n ... <|end|>\n. */
-static void render_phi3(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        sb_put(sb, "<|");
-        sb_put(sb, m[i].role);
-        sb_put(sb, "|>\n");
-        sb_put(sb, m[i].content);
-        sb_put(sb, "<|end|>\n");
-    }
-    if (add_ass)
-        sb_put(sb, "<|assistant|>\n");
-}
-
-/* Gemma: <start_of_turn>ROLE\n ... <end_of_turn>\n with "model" for the assistant. Gemma has no
- * system role: system messages are trimmed, concatenated and put at the top of the next user
- * turn. Every message is trimmed. */
-static void render_gemma(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    struct sbuf sys = {0};
-    for (int i = 0; i < n; i++) {
-        if (is_role(&m[i], "system")) {
-            sb_put_trim(&sys, m[i].content);
-            continue;
-        }
-        bool model = is_role(&m[i], "assistant");
-        sb_put(sb, "<start_of_turn>");
-        sb_put(sb, model ? "model" : m[i].role);
-        sb_put(sb, "\n");
-        if (sys.len > 0 && !model) {
-            sb_putn(sb, sys.p, sys.len);
-            sb_put(sb, "\n\n");
-            sys.len = 0;
-        }
-        sb_put_trim(sb, m[i].content);
-        sb_put(sb, "<end_of_turn>\n");
-    }
-    if (add_ass)
-        sb_put(sb, "<start_of_turn>model\n");
-    if (sys.err)
-        sb->err = sys.err;
-    free(sys.p);
-}
-
-/* Llama 3: <|start_header_id|>ROLE<|end_header_id|>\n\n ... <|eot_id|>, contents trimmed; the
- * <|begin_of_text|> of the Jinja text is the tokenizer's BOS and not printed. */
-static void render_llama3(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        sb_put(sb, "<|start_header_id|>");
-        sb_put(sb, m[i].role);
-        sb_put(sb, "<|end_header_id|>\n\n");
-        sb_put_trim(sb, m[i].content);
-        sb_put(sb, "<|eot_id|>");
-    }
-    if (add_ass)
-        sb_put(sb, "<|start_header_id|>assistant<|end_header_id|>\n\n");
-}
-
-/* DeepSeek Coder: ### Instruction: / ### Response: blocks; other roles are dropped. */
-static void render_deepseek(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        if (is_role(&m[i], "system")) {
-            sb_put(sb, m[i].content);
-        } else if (is_role(&m[i], "user")) {
-            sb_put(sb, "### Instruction:\n");
-            sb_put(sb, m[i].content);
-            sb_put(sb, "\n");
-        } else if (is_role(&m[i], "assistant")) {
-            sb_put(sb, "### Response:\n");
-            sb_put(sb, m[i].content);
-            sb_put(sb, "\n<|EOT|>\n");
-        }
-    }
-    if (add_ass)
-        sb_put(sb, "### Response:\n");
-}
-
-#define DS_EOS      \
-    "<\xef\xbd\x9c" \
-    "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>" /* <｜end▁of▁sentence｜> */
-#define DS_USER "<\xef\xbd\x9cUser\xef\xbd\x9c>"         /* <｜User｜> */
-#define DS_ASST     \
-    "<\xef\xbd\x9c" \
-    "Assistant\xef\xbd\x9c>" /* <｜Assistant｜> */
-
-/* DeepSeek V2: User: / Assistant: paragraphs; other roles are dropped. */
-static void render_deepseek2(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        if (is_role(&m[i], "system")) {
-            sb_put(sb, m[i].content);
-            sb_put(sb, "\n\n");
-        } else if (is_role(&m[i], "user")) {
-            sb_put(sb, "User: ");
-            sb_put(sb, m[i].content);
-            sb_put(sb, "\n\n");
-        } else if (is_role(&m[i], "assistant")) {
-            sb_put(sb, "Assistant: ");
-            sb_put(sb, m[i].content);
-            sb_put(sb, DS_EOS);
-        }
-    }
-    if (add_ass)
-        sb_put(sb, "Assistant:");
-}
-
-/* DeepSeek V3 and R1: <｜User｜> / <｜Assistant｜> markers; other roles are dropped. */
-static void render_deepseek3(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        if (is_role(&m[i], "system")) {
-            sb_put(sb, m[i].content);
-            sb_put(sb, "\n\n");
-        } else if (is_role(&m[i], "user")) {
-            sb_put(sb, DS_USER);
-            sb_put(sb, m[i].content);
-        } else if (is_role(&m[i], "assistant")) {
-            sb_put(sb, DS_ASST);
-            sb_put(sb, m[i].content);
-            sb_put(sb, DS_EOS);
-        }
-    }
-    if (add_ass)
-        sb_put(sb, DS_ASST);
-}
-
-/* gpt-oss (OpenAI's harmony format): <|start|>ROLE<|message|> ... <|end|>, the assistant's
- * messages closed by <|return|>. */
-static void render_gpt_oss(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        sb_put(sb, "<|start|>");
-        sb_put(sb, m[i].role);
-        sb_put(sb, "<|message|>");
-        sb_put(sb, m[i].content);
-        sb_put(sb, is_role(&m[i], "assistant") ? "<|return|>" : "<|end|>");
-    }
-    if (add_ass)
-        sb_put(sb, "<|start|>assistant");
-}
-
-typedef void (*render_fn)(struct sbuf *sb, const struct nf_chat_msg *m, int n, bool add_ass);
-
-/* The built-in formats, by the names llama.cpp gives them. */
-static const struct {
-    const char *name;
-    render_fn render;
-} formats[] = {
-    {.name = "chatml", .render = render_chatml},
-    {.name = "llama2", .render = render_llama2},
-    {.name = "llama2-sys", .render = render_llama2_sys},
-    {.name = "llama2-sys-bos", .render = render_llama2_sys_bos},
-    {.name = "llama2-sys-strip", .render = render_llama2_sys_strip},
-    {.name = "mistral-v1", .render = render_mistral_v1},
-    {.name = "mistral-v3", .render = render_mistral_v3},
-    {.name = "mistral-v3-tekken", .render = render_mistral_v3_tekken},
-    {.name = "mistral-v7", .render = render_mistral_v7},
-    {.name = "mistral-v7-tekken", .render = render_mistral_v7_tekken},
-    {.name = "phi3", .render = render_phi3},
-    {.name = "phi4", .render = render_phi4},
-    {.name = "gemma", .render = render_gemma},
-    {.name = "llama3", .render = render_llama3},
-    {.name = "deepseek", .render = render_deepseek},
-    {.name = "deepseek2", .render = render_deepseek2},
-    {.name = "deepseek3", .render = render_deepseek3},
-    {.name = "gpt-oss", .render = render_gpt_oss},
-};
-#define N_FORMATS (sizeof(formats) / sizeof(formats[0]))
-
 static int format_index(const char *name)
 {
-    for (size_t i = 0; i < N_FORMATS; i++)
-        if (strcmp(formats[i].name, name) == 0)
+    for (size_t i = 0; i < nf_chat__n_formats; i++)
+        if (strcmp(nf_chat__formats[i].name, name) == 0)
             return (int)i;
     return -1;
 }
@@ -506,17 +158,17 @@ const char *nf_chat_detect(const char *tmpl)
         const char *family = detect_family(tmpl);
         i = family ? format_index(family) : -1;
     }
-    return i < 0 ? NULL : formats[i].name;
+    return i < 0 ? NULL : nf_chat__formats[i].name;
 }
 
 const char *nf_chat_names(void)
 {
-    static char names[512];
+    static char names[1024];
     if (!names[0]) {
         size_t len = 0;
-        for (size_t i = 0; i < N_FORMATS; i++)
+        for (size_t i = 0; i < nf_chat__n_formats; i++)
             len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%s", i ? ", " : "",
-                                    formats[i].name);
+                                    nf_chat__formats[i].name);
     }
     return names;
 }
@@ -562,9 +214,9 @@ int nf_chat_render(const char *tmpl, const struct nf_chat_msg *msgs, int n_msgs,
                            "NAME (%s)",
                            family, nf_chat_names());
     }
-    struct sbuf sb = {0};
-    formats[f].render(&sb, msgs, n_msgs, add_assistant);
-    sb_put(&sb, ""); /* an empty rendering is still a string */
+    struct nf_chat__buf sb = {0};
+    nf_chat__formats[f].render(&sb, msgs, n_msgs, add_assistant);
+    nf_chat__put(&sb, ""); /* an empty rendering is still a string */
     if (sb.err) {
         free(sb.p);
         return nf_errf(err, errlen, sb.err, "chat template: out of memory");

@@ -179,10 +179,11 @@ static void test_unsupported_family(void **state)
     struct nf_chat_msg m = {.role = "user", .content = "Hi"};
     char err[512];
     char *out = NULL;
-    const char *zephyr =
-        "{% for m in messages %}<|user|>\n{{ m.content }}<|endoftext|>{% endfor %}";
-    assert_true(nf_chat_render(zephyr, &m, 1, true, NULL, NULL, &out, err, sizeof(err)) < 0);
-    assert_non_null(strstr(err, "\"zephyr\""));
+    const char *granite = "{% for m in messages %}<|start_of_role|>{{ m.role }}<|end_of_role|>"
+                          "{{ m.content }}<|end_of_text|>\n{% endfor %}";
+    assert_null(nf_chat_detect(granite));
+    assert_true(nf_chat_render(granite, &m, 1, true, NULL, NULL, &out, err, sizeof(err)) < 0);
+    assert_non_null(strstr(err, "\"granite\""));
     assert_non_null(strstr(err, "--chat-template NAME"));
 }
 

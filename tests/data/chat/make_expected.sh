@@ -8,15 +8,21 @@ cd "$(dirname "$0")"
 rm -rf expected && mkdir expected
 NAMES="chatml llama2 llama2-sys llama2-sys-bos llama2-sys-strip mistral-v1 mistral-v3
 mistral-v3-tekken mistral-v7 mistral-v7-tekken phi3 phi4 gemma llama3 deepseek deepseek2
-deepseek3 gpt-oss"
+deepseek3 gpt-oss zephyr falcon3 chatglm3 chatglm4 glmedge monarch orion openchat vicuna
+vicuna-orca command-r minicpm exaone3 megrez llama4 smolvlm"
+# all_renderings TEMPLATE: its renderings of every conversation, with and without add_ass.
+all_renderings() {
+    for c in conversations/*.txt; do for a in 0 1; do "$R" "$1" "$c" $a; echo; done; done
+}
 # family TEMPLATE: the built-in name whose renderings of every conversation equal the template's
 # (the first in NAMES order), i.e. the family llama.cpp detected; "-" when none does.
+CACHE=$(mktemp -d)
+trap 'rm -rf "$CACHE"' EXIT
+for n in $NAMES; do all_renderings "name:$n" >"$CACHE/$n"; done
 family() {
-    local want got n
-    want=$(for c in conversations/*.txt; do for a in 0 1; do "$R" "$1" "$c" $a; echo; done; done)
+    all_renderings "$1" >"$CACHE/want"
     for n in $NAMES; do
-        got=$(for c in conversations/*.txt; do for a in 0 1; do "$R" "name:$n" "$c" $a; echo; done; done)
-        if [ "$got" == "$want" ]; then echo "$n"; return; fi
+        if cmp -s "$CACHE/$n" "$CACHE/want"; then echo "$n"; return; fi
     done
     echo -
 }
