@@ -10,7 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat_tmpl.h"
 #include "cmds.h"
+#include "gen_client.h"
 #include "gen_output.h"
 #include "nf_err.h"
 #include "nf_time.h"
@@ -46,6 +48,14 @@ static void usage(FILE *f)
             "                          (default: 0.05)\n"
             "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
             "  -s, --seed S            sampling seed (default: taken from the clock)\n"
+            "      --chat              send the prompt as a user message in the model's chat\n"
+            "                          template (tokenizer.chat_template; chatml when it has\n"
+            "                          none), ending where the assistant's reply begins\n"
+            "                          (default: off: the prompt is sent as it is)\n"
+            "      --system TEXT       a system message before the prompt; implies --chat\n"
+            "                          (default: none)\n"
+            "      --chat-template NAME  this built-in template instead of the model's (default:\n"
+            "                          the model's); implies --chat; NAME is one of\n%s"
             "      --json              JSON Lines as with 'run --json'; the summary adds\n"
             "                          \"queue_wait_s\" and \"queued_ahead\" (the wait behind\n"
             "                          other requests) and compute's \"note\", if any (default:\n"
@@ -56,22 +66,22 @@ static void usage(FILE *f)
             "                          0 = wait forever (default: %d)\n"
             "      --run-dir DIR       run directory (default: as for 'up')\n"
             "  -h, --help              show this help\n",
-            NF_GEN_DEFAULT_N, NF_GEN_MAX_TOP_LOGITS, NF_GEN_DEFAULT_TIMEOUT_S);
+            NF_GEN_DEFAULT_N, nf_chat_help_names(), NF_GEN_MAX_TOP_LOGITS,
+            NF_GEN_DEFAULT_TIMEOUT_S);
 }
 
 struct gen_opts {
     const char *prompt, *prompt_file, *run_dir;
-    long n_predict, top_logits;
-    float timeout_s; /* 0: none */
-    bool json, seed_set;
-    struct nf_sampler_params sp;
+    struct nf_gen_client_opts c;
+    struct nf_chat_opts chat;
+    bool seed_set;
 };
 
 static int parse_args(int argc, char **argv, struct gen_opts *o)
 {
-    nf_sampler_params_default(&o->sp);
-    o->n_predict = NF_GEN_DEFAULT_N;
-    o->timeout_s = NF_GEN_DEFAULT_TIMEOUT_S;
+    nf_sampler_params_default(&o->c.sp);
+    o->c.n_predict = NF_GEN_DEFAULT_N;
+    o->c.timeout_s = NF_GEN_DEFAULT_TIMEOUT_S;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int rc;
@@ -80,7 +90,12 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
             return 1;
         }
         if (!strcmp(a, "--json")) {
-            o->json = true;
+            o->c.json = true;
+            continue;
+        }
+        if ((rc = nf_chat_flag(cmd, argc, argv, &i, &o->chat)) != 0) {
+            if (rc < 0)
+                return 2;
             continue;
         }
         if (a[0] != '-' || !strcmp(a, "-")) {
@@ -104,18 +119,18 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
             o->prompt_file = v;
         } else if (nf_arg_is(a, "--n-predict") || !strcmp(a, "-n")) {
             VAL();
-            if (nf_arg_long(cmd, a, v, 1, 1000000, &o->n_predict))
+            if (nf_arg_long(cmd, a, v, 1, 1000000, &o->c.n_predict))
                 return 2;
         } else if (nf_arg_is(a, "--top-logits")) {
             VAL();
-            if (nf_arg_long(cmd, a, v, 0, NF_GEN_MAX_TOP_LOGITS, &o->top_logits))
+            if (nf_arg_long(cmd, a, v, 0, NF_GEN_MAX_TOP_LOGITS, &o->c.top_logits))
                 return 2;
-        } else if ((rc = nf_sampling_flag(cmd, argc, argv, &i, &o->sp, &o->seed_set)) != 0) {
+        } else if ((rc = nf_sampling_flag(cmd, argc, argv, &i, &o->c.sp, &o->seed_set)) != 0) {
             if (rc < 0)
                 return 2;
         } else if (nf_arg_is(a, "--timeout")) {
             VAL();
-            if (nf_arg_float(cmd, a, v, 0.0f, 86400.0f, &o->timeout_s))
+            if (nf_arg_float(cmd, a, v, 0.0f, 86400.0f, &o->c.timeout_s))
                 return 2;
         } else if (nf_arg_is(a, "--run-dir")) {
             VAL();
@@ -127,10 +142,12 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
     }
     if (o->prompt && o->prompt_file)
         return nf_usage_error(cmd, "give either a prompt or -f FILE, not both");
-    if (o->top_logits && !o->json)
+    if (o->c.top_logits && !o->c.json)
         return nf_usage_error(cmd, "--top-logits needs --json");
+    if (o->chat.system || o->chat.tmpl) /* either says the prompt is a chat message */
+        o->chat.on = true;
     if (!o->seed_set)
-        o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+        o->c.sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     return 0;
 }
 
@@ -141,19 +158,19 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
 
 /* Prints why compute failed us: a daemon of the stack that died (named), else what. With
  * grace_ms, looks again for a death every 20 ms for that long before settling for what. */
-static void gen_fail(const char *dir, const char *what, int grace_ms)
+static void gen_fail(const char *who, const char *dir, const char *what, int grace_ms)
 {
     char msg[256];
     for (int waited = 0;; waited += 20) {
         if (nf_ctl_stack_dead(dir, msg, sizeof(msg), NULL)) {
-            fprintf(stderr, "nanoflowctl gen: %s\n", msg);
+            fprintf(stderr, "nanoflowctl %s: %s\n", who, msg);
             return;
         }
         if (waited >= grace_ms)
             break;
         nf_sleep_ms(20);
     }
-    fprintf(stderr, "nanoflowctl gen: %s\n", what);
+    fprintf(stderr, "nanoflowctl %s: %s\n", who, what);
 }
 
 static volatile sig_atomic_t nf_gen_interrupted;
@@ -204,7 +221,7 @@ int nf_cmd_gen(int argc, char **argv)
     int rc = parse_args(argc, argv, &o);
     if (rc)
         return rc == 1 ? 0 : rc;
-    char dir[PATH_MAX], err[512];
+    char dir[PATH_MAX];
     if (nf_ctl_rundir(cmd, o.run_dir, dir, sizeof(dir)) < 0)
         return 1;
     char *prompt = NULL;
@@ -222,6 +239,30 @@ int nf_cmd_gen(int argc, char **argv)
         if (!prompt)
             return 1;
     }
+    if (o.chat.on) { /* the prompt becomes the user's message in the model's chat format */
+        struct nf_chat_model cm;
+        char *chat = NULL;
+        rc = nf_chat_model_init_stack(cmd, dir, o.chat.tmpl, &cm);
+        if (!rc)
+            rc = nf_chat_render_prompt(cmd, &cm, &o.chat, prompt, &chat);
+        nf_chat_model_free(&cm);
+        free(prompt);
+        if (rc)
+            return 1;
+        prompt = chat;
+        plen = strlen(chat);
+    }
+    rc = nf_gen_client_run(cmd, dir, &o.c, prompt, plen, NULL);
+    free(prompt);
+    return rc;
+}
+
+int nf_gen_client_run(const char *who, const char *dir, const struct nf_gen_client_opts *co,
+                      const char *prompt, size_t plen, struct nf_gen_reply *reply)
+{
+    const struct nf_gen_client_opts o = *co;
+    char err[512];
+    int rc;
     /* The Hello exchange counts against --timeout too (a stopped compute accepts but never
      * answers). */
     int conn_ms = o.timeout_s > 0 && o.timeout_s < 5.0f ? (int)(o.timeout_s * 1000.0f) : 5000;
@@ -232,8 +273,7 @@ int nf_cmd_gen(int argc, char **argv)
                      "compute did not answer within %.1f s: giving up (is it stopped or stuck? "
                      "see nanoflowctl status)",
                      conn_ms / 1000.0);
-        gen_fail(dir, err, 0);
-        free(prompt);
+        gen_fail(who, dir, err, 0);
         return 1;
     }
     nf_envelope req;
@@ -249,7 +289,7 @@ int nf_cmd_gen(int argc, char **argv)
     sp.repeat_penalty = o.sp.repeat_penalty;
     sp.repeat_last_n = o.sp.repeat_last_n;
     sp.seed = o.sp.seed;
-    g.prompt.data = (uint8_t *)prompt;
+    g.prompt.data = (uint8_t *)prompt; /* only read */
     g.prompt.len = plen;
     g.sampling = &sp;
     g.n_predict = (int32_t)o.n_predict;
@@ -259,13 +299,13 @@ int nf_cmd_gen(int argc, char **argv)
     req.generate = &g;
     uint64_t id = nf_ctl_next_id();
     rc = nf_client_send(fd, id, &req);
-    free(prompt);
     if (rc < 0) {
         snprintf(err, sizeof(err), "sending the request to compute: %s", nf_strerror(rc));
-        gen_fail(dir, err, GEN_DEATH_GRACE_MS);
+        gen_fail(who, dir, err, GEN_DEATH_GRACE_MS);
         close(fd);
         return 1;
     }
+    nf_gen_interrupted = 0;
     struct sigaction sa = {0};
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL);
@@ -304,7 +344,7 @@ int nf_cmd_gen(int argc, char **argv)
                      "compute sent nothing for %.1f s (--timeout %g): giving up (is it stopped "
                      "or stuck? see nanoflowctl status)",
                      idle, (double)o.timeout_s);
-            gen_fail(dir, err, 0);
+            gen_fail(who, dir, err, 0);
             break;
         }
         if (pn == 0 || (pn < 0 && errno == EINTR))
@@ -314,7 +354,7 @@ int nf_cmd_gen(int argc, char **argv)
         int left_ms = o.timeout_s > 0 ? (int)((o.timeout_s - idle) * 1000.0) + 1 : -1;
         rc = nf_client_recv(fd, &r, left_ms);
         if (rc <= 0) {
-            gen_fail(dir,
+            gen_fail(who, dir,
                      rc == 0 ? "compute closed the connection before the generation ended"
                              : nf_strerror(rc),
                      GEN_DEATH_GRACE_MS);
@@ -343,7 +383,7 @@ int nf_cmd_gen(int argc, char **argv)
         if (r->msg_case == NANOFLOW__ENVELOPE__MSG_TOKEN) {
             const Nanoflow__TokenEvent *t = r->token;
             if (acc_push(&acc, t->id, t->piece.data, t->piece.len) < 0) {
-                fprintf(stderr, "nanoflowctl gen: out of memory\n");
+                fprintf(stderr, "nanoflowctl %s: out of memory\n", who);
                 nf_envelope_free(r);
                 break;
             }
@@ -399,9 +439,9 @@ int nf_cmd_gen(int argc, char **argv)
             }
             fflush(stdout);
             if (d->note && d->note[0])
-                fprintf(stderr, "nanoflowctl gen: note: %s\n", d->note);
+                fprintf(stderr, "nanoflowctl %s: note: %s\n", who, d->note);
             if (!strcmp(stop, "ctx"))
-                nf_gen_ctx_full_note(cmd, (int)d->n_gen_ids, (int)d->n_ctx, (int)d->n_ctx_train,
+                nf_gen_ctx_full_note(who, (int)d->n_gen_ids, (int)d->n_ctx, (int)d->n_ctx_train,
                                      "'nanoflowctl up -c'");
             ret = !strcmp(stop, "cancel") ? 130 : 0;
             nf_envelope_free(r);
@@ -411,7 +451,7 @@ int nf_cmd_gen(int argc, char **argv)
             if (!o.json && acc.n_ids)
                 putchar('\n');
             fflush(stdout);
-            fprintf(stderr, "nanoflowctl gen: compute: %s\n",
+            fprintf(stderr, "nanoflowctl %s: compute: %s\n", who,
                     r->error->message ? r->error->message : nf_strerror(r->error->code));
             nf_envelope_free(r);
             break;
@@ -419,6 +459,11 @@ int nf_cmd_gen(int argc, char **argv)
         nf_envelope_free(r);
     }
     signal(SIGINT, SIG_DFL);
+    if (reply) { /* takes the generated bytes */
+        reply->text = acc.text;
+        reply->len = acc.text_len;
+        acc.text = NULL;
+    }
     free(acc.text);
     free(acc.ids);
     free(out);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "chat_tmpl.h"
 #include "cmds.h"
 #include "gen_output.h"
 #include "generate.h"
@@ -48,6 +49,14 @@ static void usage(FILE *f)
         "                          context_length (default: context_length capped at %d, as\n"
         "                          for 'up'); a prompt longer than the context is refused and\n"
         "                          generation stops, saying so, when the context is full\n"
+        "      --chat              use the prompt as a user message in the model's chat\n"
+        "                          template (tokenizer.chat_template; chatml when it has\n"
+        "                          none), ending where the assistant's reply begins\n"
+        "                          (default: off: the prompt is used as it is)\n"
+        "      --system TEXT       a system message before the prompt; implies --chat\n"
+        "                          (default: none)\n"
+        "      --chat-template NAME  this built-in template instead of the model's (default:\n"
+        "                          the model's); implies --chat; NAME is one of\n%s"
         "      --json              JSON Lines on stdout instead of text: one object per token\n"
         "                          {\"id\",\"piece\",\"hex\"[,\"top_logits\"]} and a final "
         "summary\n"
@@ -61,7 +70,7 @@ static void usage(FILE *f)
         "      --top-logits K      with --json, add the K highest logits of each step as\n"
         "                          [[id, logit], ...], 0..%d (default: 0)\n"
         "  -h, --help              show this help\n",
-        NF_RUN_DEFAULT_N, NF_RUN_DEFAULT_CTX_CAP, NF_GEN_TOP_LOGITS_MAX);
+        NF_RUN_DEFAULT_N, NF_RUN_DEFAULT_CTX_CAP, nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX);
 }
 
 struct run_opts {
@@ -69,6 +78,7 @@ struct run_opts {
     long n_predict, threads, n_ctx, top_logits;
     bool json, seed_set, use_mmap;
     struct nf_sampler_params sp;
+    struct nf_chat_opts chat;
 };
 
 /* Parses argv; returns 0, 1 after --help, or 2 after a usage error (already printed). */
@@ -89,6 +99,11 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         }
         if (!strcmp(a, "--mmap")) {
             o->use_mmap = true;
+            continue;
+        }
+        if ((rc = nf_chat_flag(cmd, argc, argv, &i, &o->chat)) != 0) {
+            if (rc < 0)
+                return 2;
             continue;
         }
         if (a[0] != '-' || !strcmp(a, "-")) { /* a positional prompt, as `gen` takes it */
@@ -143,6 +158,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         return nf_usage_error(cmd, "give either a prompt or -f FILE, not both");
     if (o->top_logits && !o->json)
         return nf_usage_error(cmd, "--top-logits needs --json");
+    if (o->chat.system || o->chat.tmpl) /* either says the prompt is a chat message */
+        o->chat.on = true;
     if (!o->seed_set)
         o->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     return 0;
@@ -232,6 +249,19 @@ int nf_cmd_run(int argc, char **argv)
         fprintf(stderr, "nanoflowctl run: %s: vocabulary has %d tokens but token_embd.weight %d\n",
                 o.model, nf_vocab_n_tokens(v), m->hp.n_vocab);
         goto done;
+    }
+    if (o.chat.on) { /* the prompt becomes the user's message in the model's chat format */
+        struct nf_chat_model cm;
+        char *chat = NULL;
+        rc = nf_chat_model_init(cmd, m->gguf, o.chat.tmpl, &cm);
+        if (!rc)
+            rc = nf_chat_render_prompt(cmd, &cm, &o.chat, prompt, &chat);
+        nf_chat_model_free(&cm);
+        if (rc)
+            goto done;
+        free(prompt);
+        prompt = chat;
+        plen = strlen(chat);
     }
     /* Tokenize (BOS as the vocabulary says, special tokens parsed, as llama.cpp's CLI does). */
     int n_prompt = nf_gen_tokenize(v, prompt, plen, true, &ids, err, sizeof(err));

@@ -19,6 +19,7 @@ int nf_cmd_down(int argc, char **argv);
 int nf_cmd_status(int argc, char **argv);
 int nf_cmd_stats(int argc, char **argv);
 int nf_cmd_gen(int argc, char **argv);
+int nf_cmd_chat(int argc, char **argv);
 int nf_cmd_bench(int argc, char **argv);
 
 /* cmd_up.c: resolves model as `up` does into an absolute .nft path (a .gguf is converted once

@@ -22,6 +22,7 @@ static const struct nf_cmd nf_cmds[] = {
     {"status", nf_cmd_status, "show the stack's daemons: pid, health, uptime"},
     {"stats", nf_cmd_stats, "show per-stage throughput and memory held vs budget"},
     {"gen", nf_cmd_gen, "generate text with the running stack (output as with run)"},
+    {"chat", nf_cmd_chat, "chat with the running stack in the terminal (or from a pipe)"},
     {"bench", nf_cmd_bench, "measure disk, stack and plain-mmap decode side by side on a model"},
 };
 

@@ -42,13 +42,13 @@ kind() {
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale) K=float ;;
     --ram | --tile-size | --pred-mem) K=size ;;
-    --log-level | --verify | --shape | --type | --arch) K=enum ;;
-    -m | --model | -p | --prompt | --run-dir | --name) K=str ;;
+    --log-level | --verify | --shape | --type | --arch | --chat-template) K=enum ;;
+    -m | --model | -p | --prompt | --run-dir | --name | --system) K=str ;;
     -f | --file | --calibrate | --vocab-from) K=file ;;
     --watch) K=opt ;;
     --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
-        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs) K=bool ;;
+        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat) K=bool ;;
     *) K="" ;;
     esac
 }
@@ -92,7 +92,8 @@ good() {
     --shape) G=tiny ;;
     --type) G=q8_0 ;;
     -m | --model) G="$MISS.nft" ;;
-    -p | --prompt) G=hello ;;
+    -p | --prompt | --system) G=hello ;;
+    --chat-template) G=chatml ;;
     --run-dir) G="$R" ;;
     --name) G=test-model ;;
     -f | --file | --calibrate) G="$T/prompt.txt" ;;
@@ -124,6 +125,7 @@ pre_args() {
     up) echo "-m $MISS.gguf --run-dir $R" ;;
     down | status | stats) echo "--run-dir $R" ;;
     gen) echo "--json --run-dir $R" ;;
+    chat) echo "--run-dir $R" ;;
     bench) echo "--model $MISS.gguf" ;;
     nanoflow-fetcher) echo "--foreground --run-dir $R --model $MISS.nft" ;;
     nanoflow-*) echo "--foreground --run-dir $R --model $MISS.nft --attach-timeout 1" ;;
@@ -140,7 +142,8 @@ post_args() {
 parsed_flags() {
     case "$1" in
     run) echo "-m --model -p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" ;;
+        "--repeat-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
+        "--chat --system --chat-template" ;;
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
@@ -152,7 +155,10 @@ parsed_flags() {
         "--max-tokens-per-request" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed --json --top-logits --run-dir" ;;
+        "--repeat-penalty -s --seed --json --top-logits --run-dir --chat --system" \
+        "--chat-template" ;;
+    chat) echo "-n --n-predict --system --chat-template --temp --top-k --top-p --min-p" \
+        "--repeat-penalty -s --seed --timeout --run-dir" ;;
     nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --qd --verify" \
         "--no-uring --numa-node --foreground --log-level" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
@@ -335,7 +341,7 @@ check_command() {
     done
     # Without its required model (or files) a command is a usage error too.
     case "$key" in
-    down | status | stats | gen) ;;
+    down | status | stats | gen | chat) ;;
     *) usage_err "$label without its required arguments" "$@" ;;
     esac
     usage_err "$label unknown flag" "$@" "${pre0[@]}" --definitely-not-a-flag "${post[@]}"
