@@ -30,9 +30,11 @@
 #define GW_IDLE_TIMEOUT_S      60         /* a keep-alive connection with no request is closed */
 #define GW_MAX_QUEUE_DEFAULT   16         /* generations forwarded to compute at once */
 #define GW_OUT_MAX             (1u << 20) /* unread response bytes before a client is dropped */
-#define GW_MAX_STOP            4          /* stop strings per request, as OpenAI */
-#define GW_MAX_STOP_LEN        256        /* bytes of one stop string */
-#define GW_UPSTREAM_TIMEOUT_MS 3000       /* a Health or Stats reply from a daemon */
+#define GW_LINGER_MS           2000       /* lingering close after a final answer */
+#define GW_TRIM_BYTES          (256u << 10) /* a freed body this large: malloc_trim */
+#define GW_MAX_STOP            4            /* stop strings per request, as OpenAI */
+#define GW_MAX_STOP_LEN        256          /* bytes of one stop string */
+#define GW_UPSTREAM_TIMEOUT_MS 3000         /* a Health or Stats reply from a daemon */
 
 struct gw_conn;
 struct gw_gen;
@@ -56,6 +58,8 @@ struct gw {
     uv_timer_t sweep;
     struct gw_conn *conns;
     bool stopping;
+    bool trim; /* a large body was freed: the sweep trims the heap */
+    int closes_since_trim;
     /* Counters for /metrics: requests answered by status class, generations, tokens sent. */
     uint64_t n_requests, n_2xx, n_4xx, n_5xx, n_gen_total, n_gen_tokens, n_refused;
 };

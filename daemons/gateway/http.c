@@ -9,11 +9,14 @@
  *   - a request not whole within g->header_timeout_ms of its first byte (slow-loris): 408;
  *   - a keep-alive connection without a request for g->idle_timeout_ms: closed;
  *   - a client that leaves GW_OUT_MAX bytes of its response unread: closed (its generation is
- *     cancelled).
+ *     cancelled);
+ *   - a connection answered with "Connection: close" is half-closed and its input dropped for
+ *     at most GW_LINGER_MS (so a client still sending a refused body reads the 413).
  * One request at a time per connection: bytes a client sends while its request is answered
  * (pipelining) are kept, up to one read buffer, and parsed after the response; reading goes on
  * meanwhile so that a disconnect is seen at once and cancels the generation. */
 #include <errno.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +36,7 @@ struct gw_conn {
     struct gw *g;
     http_parser p;
     enum conn_phase phase;
-    char url[GW_MAX_HEAD];
+    char *url; /* (url_len) bytes, at most GW_MAX_HEAD: allocated with a request's first byte */
     size_t url_len, head_bytes;
     char field[32]; /* the header name being read (longer names are not ours) */
     size_t field_len;
@@ -47,6 +50,8 @@ struct gw_conn {
     char *pending; /* bytes after the request, parsed after the response */
     size_t pending_len;
     bool keep_alive, sse, closing, close_after;
+    bool lingering; /* answered and half-closed: reading (and dropping) until EOF */
+    uv_shutdown_t shut;
     size_t out_bytes;        /* written but not yet completed */
     uint64_t t_start_ms;     /* first byte of the current request */
     uint64_t last_active_ms; /* last read or completed write */
@@ -66,10 +71,24 @@ static char rbuf[65536]; /* the one read buffer (one loop thread) */
 
 static void conn_parse(struct gw_conn *c, const char *data, size_t n);
 
+/* glibc keeps a large freed body in its heap (and raises its mmap threshold after freeing
+ * one): the sweep gives it back once one was freed. */
+static void body_free(struct gw_conn *c)
+{
+    if (c->body_cap >= GW_TRIM_BYTES)
+        c->g->trim = true;
+    free(c->body);
+    c->body = NULL;
+    c->body_cap = 0;
+}
+
 static void conn_closed(uv_handle_t *h)
 {
     struct gw_conn *c = (struct gw_conn *)h;
-    free(c->body);
+    body_free(c);
+    free(c->url);
+    if (++c->g->closes_since_trim >= 16) /* a burst of closes: their memory back too */
+        c->g->trim = true;
     free(c->pending);
     free(c);
 }
@@ -100,6 +119,12 @@ void gw_http_set_job(struct gw_conn *c, void (*gone)(void *ud), void *ud)
     c->gone_ud = ud;
 }
 
+static void shutdown_done(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status; /* the sweep or the client's EOF closes the connection */
+}
+
 static void write_done(uv_write_t *req, int status)
 {
     struct gw_wreq *w = (struct gw_wreq *)req;
@@ -109,11 +134,19 @@ static void write_done(uv_write_t *req, int status)
     free(w);
     if (c->closing)
         return;
-    if (status < 0 || close_after) {
+    c->last_active_ms = uv_now(c->g->loop);
+    if (status < 0) {
         conn_close(c);
         return;
     }
-    c->last_active_ms = uv_now(c->g->loop);
+    if (close_after) {
+        /* Lingering close: the client may still be sending the body we refused (413). Closing
+         * now would reset the connection and lose the answer, so the write side is shut down
+         * and what arrives is dropped until EOF or GW_LINGER_MS (the sweep). */
+        c->lingering = true;
+        if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, shutdown_done) < 0)
+            conn_close(c);
+    }
 }
 
 /* Writes n bytes (copied). Returns 0 or -EPIPE when the connection is gone or dropped. */
@@ -159,9 +192,9 @@ static void request_done(struct gw_conn *c)
     c->url_len = c->head_bytes = c->field_len = c->auth_len = c->body_len = 0;
     c->field_done = c->want_value = c->complete = false;
     c->refuse = 0;
-    free(c->body);
-    c->body = NULL;
-    c->body_cap = 0;
+    body_free(c);
+    free(c->url);
+    c->url = NULL;
     http_parser_init(&c->p, HTTP_REQUEST);
     c->p.data = c;
     if (c->pending_len) {
@@ -298,6 +331,8 @@ static int on_message_begin(http_parser *p)
     struct gw_conn *c = p->data;
     c->phase = PH_READING;
     c->t_start_ms = uv_now(c->g->loop);
+    if (!c->url && !(c->url = malloc(GW_MAX_HEAD + 1)))
+        return -1;
     return 0;
 }
 
@@ -505,9 +540,9 @@ static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     }
     if (n == 0)
         return;
-    c->last_active_ms = uv_now(c->g->loop);
-    if (c->close_after) /* answered for good: ignore the rest */
+    if (c->close_after) /* answered for good: drop the rest (see write_done) */
         return;
+    c->last_active_ms = uv_now(c->g->loop);
     conn_parse(c, buf->base, (size_t)n);
 }
 
@@ -562,7 +597,10 @@ static void sweep_cb(uv_timer_t *t)
     uint64_t now = uv_now(g->loop);
     for (struct gw_conn *c = g->conns, *next; c; c = next) {
         next = c->next;
-        if (c->phase == PH_READING && now - c->t_start_ms > g->header_timeout_ms) {
+        if (c->lingering) {
+            if (now - c->last_active_ms > GW_LINGER_MS)
+                conn_close(c);
+        } else if (c->phase == PH_READING && now - c->t_start_ms > g->header_timeout_ms) {
             c->phase = PH_BUSY;
             c->keep_alive = false;
             gw_http_error(c, 408, "invalid_request_error", NULL, "request_timeout",
@@ -571,6 +609,11 @@ static void sweep_cb(uv_timer_t *t)
         } else if (c->phase == PH_IDLE && now - c->last_active_ms > g->idle_timeout_ms) {
             conn_close(c);
         }
+    }
+    if (g->trim) {
+        malloc_trim(0);
+        g->trim = false;
+        g->closes_since_trim = 0;
     }
 }
 
