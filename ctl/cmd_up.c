@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "cmds.h"
 #include "generate.h"
 #include "model.h"
@@ -59,6 +60,7 @@ static void up_usage(FILE *f)
             "                       on the file's first line\n"
             "      --chat-template NAME\n"
             "                       with --http: chat format instead of the model's template\n"
+            "                       (default: the model's tokenizer.chat_template, else chatml)\n"
             "  -h, --help           show this help\n",
             NF_UP_DEFAULT_MAX_TOKENS);
 }
@@ -667,6 +669,9 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
             }
         } else if (nf_arg_is(a, "--chat-template")) {
+            if (!nf_chat_detect(v))
+                return nf_usage_error(cmd, "--chat-template expects one of %s, got '%s'",
+                                      nf_chat_names(), v);
             o->chat_template = v;
         } else {
             if (strcmp(v, "error") && strcmp(v, "warn") && strcmp(v, "info") && strcmp(v, "debug"))
