@@ -6,15 +6,15 @@ if [ -x /usr/bin/python3 ]; then
     PATH="/usr/bin:$PATH"
 fi
 
-# need_gateway: skips (exit 77) unless nanoflow-gateway is built where `up` looks for it, and
-# curl is there.
+# need_gateway: skips (exit 77) unless nanoflow-gateway is built where `up` looks for it (its
+# path then in GW_FOUND), and curl is there.
 need_gateway() {
     local bindir d
     bindir=$(dirname "$NF_BIN")
     for d in "$bindir" "$bindir/../daemons" "$bindir/../daemons/gateway"; do
-        [ -x "$d/nanoflow-gateway" ] && GW_FOUND=1
+        [ -x "$d/nanoflow-gateway" ] && [ -z "${GW_FOUND:-}" ] && GW_FOUND="$d/nanoflow-gateway"
     done
-    command -v nanoflow-gateway >/dev/null && GW_FOUND=1
+    [ -z "${GW_FOUND:-}" ] && command -v nanoflow-gateway >/dev/null && GW_FOUND=$(command -v nanoflow-gateway)
     if [ -z "${GW_FOUND:-}" ]; then
         echo "skip: nanoflow-gateway is not built"
         exit 77
