@@ -2,7 +2,8 @@
 # test_http_api.sh - the OpenAI-compatible front (up --http) on stories260K: greedy completions
 # and chat completions, whole and streamed (Server-Sent Events), equal `nanoflowctl gen` for the
 # same (rendered) prompt; usage counts; stop strings across token boundaries; /health,
-# /v1/models, /metrics; a client that disconnects cancels its generation; down stops the front.
+# /v1/models, /metrics; a client that disconnects cancels its generation; the chat page at /;
+# down stops the front.
 set -u
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/http_lib.sh"
@@ -134,7 +135,21 @@ done
 [ "$(awk '$1 == "nanoflow_compute_decode_tokens_total" {print ($2 > 100)}' "$T/metrics.txt")" = 1 ]
 check "/metrics counts the decoded tokens" $?
 
-# 7. down stops the front too.
+# 7. The chat page at /: served whole from the binary, no external assets, its script valid
+# JavaScript that streams /v1/chat/completions, stops with an AbortController and polls /metrics.
+code=$(curl -s -o "$T/page.html" -w '%{http_code} %{content_type}' "$U/")
+[ "$code" = "200 text/html; charset=utf-8" ] && grep -q 'id="stop"' "$T/page.html" &&
+    grep -q '/v1/chat/completions' "$T/page.html" && grep -q 'AbortController' "$T/page.html" &&
+    grep -q '"/metrics"' "$T/page.html" && ! grep -Eq '(src|href)="(https?:)?//' "$T/page.html"
+check "/ serves the chat page (stop button, streaming, stats), no external assets" $?
+if command -v node >/dev/null; then
+    python3 -c "import re,sys; sys.stdout.write(re.search(r'<script>(.*)</script>', open(sys.argv[1]).read(), re.S).group(1))" \
+        "$T/page.html" >"$T/page.js"
+    node --check "$T/page.js"
+    check "the page's script parses (node --check)" $?
+fi
+
+# 8. down stops the front too.
 GWPID=$(cat "$R/gateway.pid")
 "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
 check "down exits 0" $?

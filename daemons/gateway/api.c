@@ -428,7 +428,14 @@ static const struct route routes[] = {
     {"/v1/models", HTTP_GET, false, R_MODELS},
     {"/health", HTTP_GET, true, R_HEALTH},
     {"/metrics", HTTP_GET, false, R_METRICS},
+    {"/", HTTP_GET, true, R_PAGE},
 };
+
+/* The page's scripts and styles are inline and it fetches only this server. */
+#define GW_PAGE_HEADERS                                                                   \
+    "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"                      \
+    "Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; style-src " \
+    "'unsafe-inline'\r\n"
 
 void gw_api_dispatch(struct gw *g, struct gw_conn *c, const struct gw_request *r)
 {
@@ -464,6 +471,10 @@ void gw_api_dispatch(struct gw *g, struct gw_conn *c, const struct gw_request *r
     case R_MODELS: models(g, c); break;
     case R_HEALTH: gw_health(g, c); break;
     case R_METRICS: gw_metrics(g, c); break;
+    case R_PAGE:
+        gw_http_respond(c, 200, "text/html; charset=utf-8", (const char *)gw_page_html,
+                        gw_page_html_len, GW_PAGE_HEADERS);
+        break;
     default: gw_http_error(c, 404, "invalid_request_error", NULL, "not_found", "no route");
     }
 }

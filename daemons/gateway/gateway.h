@@ -5,7 +5,8 @@
  * parser, limits and timeouts, responses and Server-Sent Events), upstream.c (asynchronous
  * control connections to ROLE.sock), api.c (routes: /v1/completions, /v1/chat/completions,
  * /v1/models, /health, /metrics), gen.c (one generation: Generate out, TokenEvents in, stop
- * strings, the OpenAI replies), metrics.c (the Stats of the three daemons as Prometheus text).
+ * strings, the OpenAI replies), metrics.c (the Stats of the three daemons as Prometheus text),
+ * page.html (the chat page at /, compiled in by embed.cmake).
  *
  * Threads: one, the libuv loop's. Every callback below runs on it. */
 #ifndef NF_GATEWAY_H
@@ -124,6 +125,10 @@ void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q);
  * itself once compute confirms. */
 void gw_gen_client_gone(void *gen);
 void gw_gen_req_free(struct gw_gen_req *q);
+
+/* --- the chat page (page.html, compiled in by embed.cmake) -------------------------------- */
+extern const unsigned char gw_page_html[];
+extern const size_t gw_page_html_len;
 
 /* --- metrics.c ----------------------------------------------------------------------------- */
 /* /health and /metrics: Health or Stats requests to the three daemons, then the answer. */
