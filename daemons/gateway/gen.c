@@ -313,15 +313,19 @@ static void on_done(struct gw_gen *x, const Nanoflow__GenerateDone *d)
     free(s);
 }
 
-/* An Error from compute: a field it refused (400) or a stack that cannot serve (503). */
+/* An Error from compute: a field it refused or a prompt longer than the context (400: the
+ * client's to fix, as OpenAI's context_length_exceeded), else a stack that cannot serve (503). */
 static void on_error(struct gw_gen *x, const Nanoflow__Error *e)
 {
     if (!x->c)
         return;
-    const bool usage_err = e->code == NF_EUSAGE;
+    const bool ctx = e->code == NF_ECTXFULL;
+    const bool client = ctx || e->code == NF_EUSAGE;
+    const char *type = client ? "invalid_request_error" : "server_error";
+    const char *param = ctx ? (x->q.chat ? "messages" : "prompt") : NULL;
+    const char *code = ctx ? "context_length_exceeded" : NULL;
     if (x->q.stream) {
-        char *s = gw_api_error_json(
-            e->message, usage_err ? "invalid_request_error" : "server_error", NULL, NULL);
+        char *s = gw_api_error_json(e->message, type, param, code);
         if (s)
             gw_http_sse_data(x->c, s, strlen(s));
         free(s);
@@ -329,8 +333,7 @@ static void on_error(struct gw_gen *x, const Nanoflow__Error *e)
             gw_http_sse_end(x->c);
         return;
     }
-    gw_http_error(x->c, usage_err ? 400 : 503, usage_err ? "invalid_request_error" : "server_error",
-                  NULL, NULL, "%s", e->message);
+    gw_http_error(x->c, client ? 400 : 503, type, param, code, "%s", e->message);
 }
 
 static void finish(struct gw_gen *x)

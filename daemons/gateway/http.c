@@ -40,7 +40,8 @@ struct gw_conn {
     size_t url_len, head_bytes;
     char field[32]; /* the header name being read (longer names are not ours) */
     size_t field_len;
-    bool field_done, want_value; /* in a value; it is the Authorization header */
+    bool field_done, want_value;       /* in a value; it is the Authorization header */
+    bool want_expect, expect_continue; /* the Expect header; it asks for 100-continue */
     char auth[1024];
     size_t auth_len;
     char *body; /* (body_len) bytes of capacity body_cap, NUL-terminated */
@@ -191,6 +192,7 @@ static void request_done(struct gw_conn *c)
     c->phase = PH_IDLE;
     c->url_len = c->head_bytes = c->field_len = c->auth_len = c->body_len = 0;
     c->field_done = c->want_value = c->complete = false;
+    c->want_expect = c->expect_continue = false;
     c->refuse = 0;
     body_free(c);
     free(c->url);
@@ -381,9 +383,12 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
     if (!c->field_done) {
         c->field_done = true;
         c->want_value = !strcasecmp(c->field, "authorization");
+        c->want_expect = !strcasecmp(c->field, "expect");
         if (c->want_value)
             c->auth_len = 0;
     }
+    if (c->want_expect && n >= 12 && !strncasecmp(at, "100-continue", 12))
+        c->expect_continue = true;
     if (c->want_value) {
         if (c->auth_len + n >= sizeof(c->auth)) {
             c->refuse = 431;
@@ -404,6 +409,11 @@ static int on_headers_complete(http_parser *p)
     if (p->content_length != ULLONG_MAX && p->content_length > c->g->max_body) {
         c->refuse = 413;
         return -1;
+    }
+    /* curl and others wait (curl: 1 s) for this before sending a large body. */
+    if (c->expect_continue && p->http_major == 1 && p->http_minor >= 1) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        conn_write(c, cont, sizeof(cont) - 1, false);
     }
     return 0;
 }
