@@ -83,6 +83,29 @@ static size_t utf8_whole(const char *s, size_t n)
     return n;
 }
 
+/* Length of the valid UTF-8 character at s[0..n) (1..4), or 0 when it is not one: a bad lead
+ * or continuation byte, an overlong form, a surrogate, or past U+10FFFF. */
+static size_t utf8_char(const unsigned char *s, size_t n)
+{
+    size_t len = s[0] < 0x80         ? 1
+                 : (s[0] >> 5) == 6  ? 2
+                 : (s[0] >> 4) == 14 ? 3
+                 : (s[0] >> 3) == 30 ? 4
+                                     : 0;
+    if (len == 0 || len > n)
+        return 0;
+    uint32_t cp = len == 1 ? s[0] : s[0] & (0x7Fu >> len);
+    for (size_t t = 1; t < len; t++) {
+        if ((s[t] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[t] & 0x3Fu);
+    }
+    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[len] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+        return 0;
+    return len;
+}
+
 /* A JSON string of s[0..n), invalid UTF-8 replaced by U+FFFD (jansson takes valid UTF-8 only). */
 static json_t *json_text(const char *s, size_t n)
 {
@@ -94,14 +117,8 @@ static json_t *json_text(const char *s, size_t n)
         return NULL;
     size_t k = 0;
     for (size_t i = 0; i < n;) {
-        unsigned char b = (unsigned char)s[i];
-        size_t len = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
-        bool ok = len > 0 && i + len <= n;
-        for (size_t t = 1; ok && t < len; t++)
-            ok = ((unsigned char)s[i + t] & 0xC0) == 0x80;
-        if (ok && json_stringn(s + i, len) == NULL) /* overlong or surrogate */
-            ok = false;
-        if (ok) {
+        size_t len = utf8_char((const unsigned char *)s + i, n - i);
+        if (len) {
             memcpy(o + k, s + i, len);
             k += len;
             i += len;
