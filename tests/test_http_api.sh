@@ -57,6 +57,8 @@ cmp -s "$T/gen.txt" "$T/c.txt"
 check "completion text equals gen's" $?
 [ "$(jget "$T/c.json" 'd["object"], d["choices"][0]["finish_reason"], d["usage"]["prompt_tokens"], d["usage"]["completion_tokens"], d["usage"]["total_tokens"]')" = "text_completion length $NPROMPT 30 $((NPROMPT + 30))" ]
 check "completion: finish_reason length, usage $NPROMPT + 30 tokens" $?
+[ "$(jget "$T/c.json" 'd["timings"]["queued_ahead"], d["timings"]["queue_wait_s"] >= 0, d["timings"]["decode_tok_s"] > 0')" = "0 True True" ]
+check "completion: timings with the queue wait and speeds" $?
 curl -sN "$U/v1/completions" -d "${body%\}},\"stream\":true,\"stream_options\":{\"include_usage\":true}}" >"$T/cs.sse"
 sse_text "$T/cs.sse" >"$T/cs.txt"
 [ "$(head -n -1 "$T/cs.txt")" = "$(cat "$T/gen.txt")" ] && [ "$(tail -n 1 "$T/cs.txt")" = length ]

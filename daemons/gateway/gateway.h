@@ -63,6 +63,8 @@ struct gw {
     int closes_since_trim;
     /* Counters for /metrics: requests answered by status class, generations, tokens sent. */
     uint64_t n_requests, n_2xx, n_4xx, n_5xx, n_gen_total, n_gen_tokens, n_refused;
+    uint64_t n_waited; /* generations finished, whose queue waits wait_s_sum adds up */
+    double wait_s_sum;
 };
 
 /* --- http.c -------------------------------------------------------------------------------- */

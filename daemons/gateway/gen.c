@@ -210,10 +210,26 @@ static json_t *usage(const struct gw_gen *x, int n_prompt)
                      "total_tokens", n_prompt + x->n_tokens);
 }
 
+/* NanoFlow's own figures of a finished generation (an extension field, as llama.cpp's server
+ * adds "timings"): its wait in compute's queue and the requests ahead of it, the prompt and
+ * decode speeds, and compute's note when it ran differently from what was asked. */
+static json_t *timings(const Nanoflow__GenerateDone *d)
+{
+    json_t *t = json_pack("{s:f,s:i}", "queue_wait_s", d->queue_wait_s, "queued_ahead",
+                          (int)d->queued_ahead);
+    if (d->timings) {
+        json_object_set_new(t, "prompt_tok_s", json_real(d->timings->prompt_tok_s));
+        json_object_set_new(t, "decode_tok_s", json_real(d->timings->decode_tok_s));
+    }
+    if (d->note && *d->note)
+        json_object_set_new(t, "note", json_string(d->note));
+    return t;
+}
+
 /* Sends o as one event and frees it. */
 static int send_event(struct gw_gen *x, json_t *o)
 {
-    char *s = json_dumps(o, JSON_COMPACT);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
     if (!s)
         return -ENOMEM;
@@ -302,11 +318,14 @@ static void on_done(struct gw_gen *x, const Nanoflow__GenerateDone *d)
     }
     const char *fin = finish_reason(x, d->stop);
     int n_prompt = (int)d->n_prompt_ids;
+    x->g->n_waited++;
+    x->g->wait_s_sum += d->queue_wait_s;
     if (x->q.stream) {
         stream_flush(x, true);
         json_t *a = json_array();
         json_array_append_new(a, choice(x, x->q.chat ? NULL : json_string(""), fin, false));
         json_t *o = envelope(x, a, true);
+        json_object_set_new(o, "timings", timings(d));
         send_event(x, o);
         if (x->q.include_usage && x->c) {
             o = envelope(x, json_array(), true);
@@ -321,7 +340,8 @@ static void on_done(struct gw_gen *x, const Nanoflow__GenerateDone *d)
     json_array_append_new(a, choice(x, json_text(x->text, x->len), fin, true));
     json_t *o = envelope(x, a, false);
     json_object_set_new(o, "usage", usage(x, n_prompt));
-    char *s = json_dumps(o, JSON_COMPACT);
+    json_object_set_new(o, "timings", timings(d));
+    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
     if (s)
         gw_http_respond(x->c, 200, "application/json", s, strlen(s), NULL);

@@ -137,11 +137,15 @@ static void gateway_text(struct tbuf *b, const struct gw *g)
               "# TYPE nanoflow_gateway_generations_total counter\n"
               "nanoflow_gateway_generations_total %llu\n"
               "# TYPE nanoflow_gateway_tokens_total counter\nnanoflow_gateway_tokens_total %llu\n"
-              "# TYPE nanoflow_gateway_mem_bytes gauge\nnanoflow_gateway_mem_bytes %llu\n",
+              "# TYPE nanoflow_gateway_mem_bytes gauge\nnanoflow_gateway_mem_bytes %llu\n"
+              "# TYPE nanoflow_gateway_queue_wait_seconds summary\n"
+              "nanoflow_gateway_queue_wait_seconds_sum %.6f\n"
+              "nanoflow_gateway_queue_wait_seconds_count %llu\n",
               (unsigned long long)g->n_2xx, (unsigned long long)g->n_4xx,
               (unsigned long long)g->n_5xx, g->n_conns, (unsigned long long)g->n_refused, g->n_gens,
               (unsigned long long)g->n_gen_total, (unsigned long long)g->n_gen_tokens,
-              (unsigned long long)nf_proc_private_bytes(getpid()));
+              (unsigned long long)nf_proc_private_bytes(getpid()), g->wait_s_sum,
+              (unsigned long long)g->n_waited);
 }
 
 static const char *state_name(int s)
