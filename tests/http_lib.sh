@@ -52,3 +52,15 @@ for e in events[:-1]:
 sys.stdout.write(text + "\n" + str(fin))
 PY
 }
+
+# http_up ARGS...: `nanoflowctl up --run-dir $R --http 127.0.0.1:$PORT ARGS...` (T, R and PORT
+# set by the caller), checked; on failure its stderr is shown and the test ends (exit 1).
+http_up() {
+    "$NF_BIN" up --run-dir "$R" --http "127.0.0.1:$PORT" "$@" >"$T/up.out" 2>"$T/up.err"
+    local rc=$?
+    check "up --http $* exits 0" $rc
+    if [ $rc -ne 0 ]; then
+        cat "$T/up.err"
+        exit 1
+    fi
+}

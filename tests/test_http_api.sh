@@ -26,14 +26,7 @@ patch_ctx "$T/m.gguf" 2048 || exit 1
 PORT=$(free_port)
 U="http://127.0.0.1:$PORT"
 
-"$NF_BIN" up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --run-dir "$R" --http "127.0.0.1:$PORT" \
-    >"$T/up.out" 2>"$T/up.err"
-rc=$?
-check "up --http exits 0" $rc
-if [ $rc -ne 0 ]; then
-    cat "$T/up.err"
-    exit 1
-fi
+http_up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048
 grep -q "gateway *pid [0-9].*http://127.0.0.1:$PORT/" "$T/up.out"
 check "up names the gateway and its address" $?
 

@@ -31,14 +31,7 @@ U="http://127.0.0.1:$PORT"
 echo "s3cret-key" >"$T/key"
 # A short header timeout so that the slow-loris client is cut within the test's time.
 export NANOFLOW_HTTP_HEADER_TIMEOUT_S=2
-"$NF_BIN" up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --run-dir "$R" --http "127.0.0.1:$PORT" \
-    --api-key-file "$T/key" >"$T/up.out" 2>"$T/up.err"
-rc=$?
-check "up --http --api-key-file exits 0" $rc
-if [ $rc -ne 0 ]; then
-    cat "$T/up.err"
-    exit 1
-fi
+http_up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --api-key-file "$T/key"
 AUTH="Authorization: Bearer s3cret-key"
 metric() { curl -s -H "$AUTH" "$U/metrics" | awk -v n="$1" '$1 == n {print $2}'; }
 OK='{"prompt":"Once upon a time","max_tokens":20,"temperature":0}'

@@ -43,14 +43,7 @@ export XDG_CACHE_HOME="$T/cache"
 cp "$M0" "$T/m.gguf"
 PORT=$(free_port)
 echo "k-$$" >"$T/key"
-"$NF_BIN" up -m "$T/m.gguf" --ram 256M -t 1 --run-dir "$R" --http "127.0.0.1:$PORT" \
-    --api-key-file "$T/key" >"$T/up.out" 2>"$T/up.err"
-rc=$?
-check "up --http exits 0" $rc
-if [ $rc -ne 0 ]; then
-    cat "$T/up.err"
-    exit 1
-fi
+http_up -m "$T/m.gguf" --ram 256M -t 1 --api-key-file "$T/key"
 
 printf '<|im_start|>system\nYou tell stories.<|im_end|>\n<|im_start|>user\nTell me one.<|im_end|>\n<|im_start|>assistant\n' >"$T/chat_prompt.txt"
 printf 'Once upon a time' >"$T/prompt.txt"

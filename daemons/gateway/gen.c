@@ -83,30 +83,35 @@ static size_t utf8_whole(const char *s, size_t n)
     return n;
 }
 
-/* Length of the valid UTF-8 character at s[0..n) (1..4), or 0 when it is not one: a bad lead
- * or continuation byte, an overlong form, a surrogate, or past U+10FFFF. */
-static size_t utf8_char(const unsigned char *s, size_t n)
+/* The UTF-8 character at s[0..n): its length (1..4) when valid, else minus the length of its
+ * "maximal subpart" (1..3: the bytes that begin a well-formed sequence, which one U+FFFD
+ * replaces, as Unicode recommends and browsers and Python do). */
+static int utf8_char(const unsigned char *s, size_t n)
 {
-    size_t len = s[0] < 0x80         ? 1
-                 : (s[0] >> 5) == 6  ? 2
-                 : (s[0] >> 4) == 14 ? 3
-                 : (s[0] >> 3) == 30 ? 4
-                                     : 0;
-    if (len == 0 || len > n)
-        return 0;
-    uint32_t cp = len == 1 ? s[0] : s[0] & (0x7Fu >> len);
-    for (size_t t = 1; t < len; t++) {
-        if ((s[t] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[t] & 0x3Fu);
+    const unsigned char b = s[0];
+    if (b < 0x80)
+        return 1;
+    int len = b >= 0xC2 && b <= 0xDF   ? 2
+              : b >= 0xE0 && b <= 0xEF ? 3
+              : b >= 0xF0 && b <= 0xF4 ? 4
+                                       : 0;
+    if (len == 0)
+        return -1; /* a continuation byte, C0, C1 or F5..FF: never a lead */
+    /* The second byte's range excludes overlong forms, surrogates and code points past U+10FFFF. */
+    const unsigned char lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
+    const unsigned char hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
+    for (int t = 1; t < len; t++) {
+        if ((size_t)t >= n)
+            return -t;
+        const unsigned char c = s[t];
+        if (t == 1 ? c < lo || c > hi : (c & 0xC0) != 0x80)
+            return -t;
     }
-    static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min_cp[len] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
-        return 0;
     return len;
 }
 
-/* A JSON string of s[0..n), invalid UTF-8 replaced by U+FFFD (jansson takes valid UTF-8 only). */
+/* A JSON string of s[0..n), each maximal subpart of invalid UTF-8 replaced by one U+FFFD (jansson
+ * takes valid UTF-8 only). */
 static json_t *json_text(const char *s, size_t n)
 {
     json_t *j = json_stringn(s, n);
@@ -117,15 +122,15 @@ static json_t *json_text(const char *s, size_t n)
         return NULL;
     size_t k = 0;
     for (size_t i = 0; i < n;) {
-        size_t len = utf8_char((const unsigned char *)s + i, n - i);
-        if (len) {
-            memcpy(o + k, s + i, len);
-            k += len;
-            i += len;
+        const int len = utf8_char((const unsigned char *)s + i, n - i);
+        if (len > 0) {
+            memcpy(o + k, s + i, (size_t)len);
+            k += (size_t)len;
+            i += (size_t)len;
         } else {
             memcpy(o + k, "\xEF\xBF\xBD", 3);
             k += 3;
-            i++;
+            i += (size_t)-len;
         }
     }
     j = json_stringn(o, k);
