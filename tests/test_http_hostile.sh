@@ -29,8 +29,9 @@ patch_ctx "$T/m.gguf" 2048 || exit 1 # long generations for the full queue (part
 PORT=$(free_port)
 U="http://127.0.0.1:$PORT"
 echo "s3cret-key" >"$T/key"
-# A short header timeout so that the slow-loris client is cut within the test's time.
-export NANOFLOW_HTTP_HEADER_TIMEOUT_S=2
+# A short header timeout so that the slow-loris client is cut within the test's time, and a
+# queue of 4 generations so that few clients fill it (part 5).
+export NANOFLOW_HTTP_HEADER_TIMEOUT_S=2 NANOFLOW_HTTP_MAX_QUEUE=4
 http_up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --api-key-file "$T/key"
 AUTH="Authorization: Bearer s3cret-key"
 metric() { curl -s -H "$AUTH" "$U/metrics" | awk -v n="$1" '$1 == n {print $2}'; }
@@ -193,19 +194,19 @@ check "slow-loris: 408 and closed within the 2 s header timeout" $?
 grep -q "^idle alive: 200$" "$T/idle.out"
 check "the 200 idle connections stayed open" $?
 
-# 5. A full queue: 16 generations in flight (the default --max-queue) and the 17th gets 429.
-for i in $(seq 16); do
+# 5. A full queue: 4 generations in flight (NANOFLOW_HTTP_MAX_QUEUE) and the 5th gets 429.
+for i in $(seq 4); do
     curl -sN -H "$AUTH" "$U/v1/completions" -d '{"prompt":"Once","max_tokens":1000,"stream":true}' \
         >/dev/null 2>&1 &
     PIDS="$PIDS $!"
 done
 for _ in $(seq 50); do
-    [ "$(metric nanoflow_gateway_generations)" = 16 ] && break
+    [ "$(metric nanoflow_gateway_generations)" = 4 ] && break
     sleep 0.1
 done
 code=$(curl -s -o "$T/r.json" -w '%{http_code}' -H "$AUTH" "$U/v1/completions" -d "$OK")
 [ "$code" = 429 ] && grep -q '"code":"queue_full"' "$T/r.json"
-check "the 17th generation: 429 (got $code: $(head -c 120 "$T/r.json"))" $?
+check "the 5th generation: 429 (got $code: $(head -c 120 "$T/r.json"))" $?
 kill $PIDS 2>/dev/null
 wait 2>/dev/null
 PIDS=
@@ -214,7 +215,7 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 [ "$(metric nanoflow_gateway_generations)" = 0 ] && [ "$(metric nanoflow_compute_queue_len)" = 0 ]
-check "the 16 clients gone: their generations cancelled, compute's queue empty" $?
+check "the 4 clients gone: their generations cancelled, compute's queue empty" $?
 
 # 6. 2000 connect/disconnects, some mid-request.
 python3 - "$PORT" <<'PY'

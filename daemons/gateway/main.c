@@ -73,7 +73,7 @@ static void usage(FILE *out)
             "  -h, --help           show this help\n\n"
             "Environment: NANOFLOW_HTTP_HEADER_TIMEOUT_S (a request's line, headers and body\n"
             "arrive within it, default %d), NANOFLOW_HTTP_IDLE_TIMEOUT_S (keep-alive without\n"
-            "a request, default %d).\n",
+            "a request, default %d), NANOFLOW_HTTP_MAX_QUEUE (--max-queue when not given).\n",
             nf_chat_names(), GW_MAX_CONNS_DEFAULT, GW_MAX_QUEUE_DEFAULT, GW_HEADER_TIMEOUT_S,
             GW_IDLE_TIMEOUT_S);
 }
@@ -141,7 +141,8 @@ static int read_key(struct gateway *m, char *err, size_t errlen)
     return 0;
 }
 
-/* A timeout from the environment (seconds, 1..86400), else def. */
+/* A timeout from the environment (seconds, 1..86400), else def; in milliseconds. Also reads
+ * NANOFLOW_HTTP_MAX_QUEUE (a count in the same range). */
 static uint64_t env_timeout_ms(const char *name, int def)
 {
     const char *v = getenv(name);
@@ -253,6 +254,8 @@ static int serve(struct gateway *m, char *err, size_t errlen)
     g->max_body = m->max_body ? m->max_body : GW_MAX_BODY_DEFAULT;
     g->max_conns = m->max_conns ? (int)m->max_conns : GW_MAX_CONNS_DEFAULT;
     g->max_queue = m->max_queue ? (int)m->max_queue : GW_MAX_QUEUE_DEFAULT;
+    if (!m->max_queue) /* `up --http` passes no gateway flag: the environment may set it */
+        g->max_queue = (int)(env_timeout_ms("NANOFLOW_HTTP_MAX_QUEUE", g->max_queue) / 1000u);
     g->header_timeout_ms = env_timeout_ms("NANOFLOW_HTTP_HEADER_TIMEOUT_S", GW_HEADER_TIMEOUT_S);
     g->idle_timeout_ms = env_timeout_ms("NANOFLOW_HTTP_IDLE_TIMEOUT_S", GW_IDLE_TIMEOUT_S);
     g->started_at = (long long)time(NULL);
