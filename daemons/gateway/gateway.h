@@ -29,7 +29,7 @@
 #define GW_MAX_HEAD            16384      /* request line and headers together */
 #define GW_HEADER_TIMEOUT_S    10         /* a request's line, headers and body arrive in this */
 #define GW_IDLE_TIMEOUT_S      60         /* a keep-alive connection with no request is closed */
-#define GW_MAX_QUEUE_DEFAULT   16         /* generations forwarded to compute at once */
+#define GW_MAX_QUEUE_DEFAULT   64         /* generations forwarded to compute at once */
 #define GW_OUT_MAX             (1u << 20) /* unread response bytes before a client is dropped */
 #define GW_LINGER_MS           2000       /* lingering close after a final answer */
 #define GW_TRIM_BYTES          (256u << 10) /* a freed body this large: malloc_trim */
