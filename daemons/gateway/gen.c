@@ -231,9 +231,14 @@ static json_t *timings(const Nanoflow__GenerateDone *d)
     return t;
 }
 
-/* Sends o as one event and frees it. */
+/* Sends o as one event and frees it. A write that fails closes the connection, which detaches
+ * x (x->c becomes NULL): every later event is dropped here. */
 static int send_event(struct gw_gen *x, json_t *o)
 {
+    if (!x->c) {
+        json_decref(o);
+        return -EPIPE;
+    }
     char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
     if (!s)

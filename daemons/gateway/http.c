@@ -51,6 +51,7 @@ struct gw_conn {
     char *pending; /* bytes after the request, parsed after the response */
     size_t pending_len;
     bool keep_alive, sse, closing, close_after;
+    bool chunked;   /* the event stream uses chunked encoding (HTTP/1.1; 1.0 ends it by closing) */
     bool lingering; /* answered and half-closed: reading (and dropping) until EOF */
     uv_shutdown_t shut;
     size_t out_bytes;        /* written but not yet completed */
@@ -298,9 +299,16 @@ void gw_http_sse_begin(struct gw_conn *c)
 {
     count_status(c->g, 200);
     c->sse = true;
-    static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                               "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
-    conn_write(c, head, sizeof(head) - 1, false);
+    /* HTTP/1.0 has no chunked encoding: the stream then ends with the connection. */
+    c->chunked = c->p.http_major > 1 || (c->p.http_major == 1 && c->p.http_minor >= 1);
+    if (!c->chunked)
+        c->keep_alive = false;
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     "Cache-Control: no-cache\r\n%s\r\n",
+                     c->chunked ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n");
+    conn_write(c, head, (size_t)n, false);
 }
 
 int gw_http_sse_data(struct gw_conn *c, const char *json, size_t len)
@@ -309,10 +317,10 @@ int gw_http_sse_data(struct gw_conn *c, const char *json, size_t len)
     char *buf = malloc(n);
     if (!buf)
         return -ENOMEM;
-    int h = snprintf(buf, n, "%zx\r\ndata: ", len + 8);
+    int h = c->chunked ? snprintf(buf, n, "%zx\r\ndata: ", len + 8) : snprintf(buf, n, "data: ");
     memcpy(buf + h, json, len);
-    memcpy(buf + h + len, "\n\n\r\n", 4);
-    int rc = conn_write(c, buf, (size_t)h + len + 4, false);
+    memcpy(buf + h + len, "\n\n\r\n", c->chunked ? 4 : 2);
+    int rc = conn_write(c, buf, (size_t)h + len + (c->chunked ? 4 : 2), false);
     free(buf);
     return rc;
 }
@@ -320,9 +328,13 @@ int gw_http_sse_data(struct gw_conn *c, const char *json, size_t len)
 void gw_http_sse_end(struct gw_conn *c)
 {
     static const char tail[] = "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n";
+    static const char tail10[] = "data: [DONE]\n\n";
     if (!c->keep_alive)
         c->close_after = true;
-    conn_write(c, tail, sizeof(tail) - 1, c->close_after);
+    if (c->chunked)
+        conn_write(c, tail, sizeof(tail) - 1, c->close_after);
+    else
+        conn_write(c, tail10, sizeof(tail10) - 1, c->close_after);
     request_done(c);
 }
 

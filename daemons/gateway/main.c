@@ -133,11 +133,12 @@ static int read_key(struct gateway *m, char *err, size_t errlen)
         while (e > s && (e[-1] == '\n' || e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t'))
             *--e = 0;
     }
-    if (!got || !*s || strlen(s) >= sizeof(m->key))
+    const size_t len = got ? strlen(s) : 0;
+    if (len == 0 || len >= sizeof(m->key))
         return nf_errf(err, errlen, NF_EUSAGE,
                        "--api-key-file %s: expected the key (1..255 bytes) on its first line",
                        m->key_file);
-    snprintf(m->key, sizeof(m->key), "%s", s);
+    memcpy(m->key, s, len + 1);
     return 0;
 }
 
