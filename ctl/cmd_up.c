@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "cmds.h"
 #include "generate.h"
 #include "model.h"
@@ -52,6 +53,14 @@ static void up_usage(FILE *f)
             "                       $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow for root,\n"
             "                       else /tmp/nanoflow-UID)\n"
             "      --log-level L    daemon log level: error, warn, info, debug (default: info)\n"
+            "      --http HOST:PORT also start the OpenAI-compatible HTTP front there\n"
+            "                       (nanoflow-gateway), e.g. 127.0.0.1:8080 (default: off)\n"
+            "      --api-key-file FILE\n"
+            "                       with --http: require 'Authorization: Bearer KEY', the key\n"
+            "                       on the file's first line\n"
+            "      --chat-template NAME\n"
+            "                       with --http: chat format instead of the model's template\n"
+            "                       (default: the model's tokenizer.chat_template, else chatml)\n"
             "  -h, --help           show this help\n",
             NF_UP_DEFAULT_MAX_TOKENS);
 }
@@ -279,6 +288,8 @@ static int find_daemon(const char *role, char *out, size_t len, char *looked, si
 
 struct up_opts {
     const char *model, *run_dir, *log_level;
+    const char *http, *chat_template; /* --http, --chat-template: the gateway's */
+    char api_key_file[PATH_MAX];      /* --api-key-file made absolute ("" for none) */
     uint64_t ram;
     long threads, n_ctx, max_tokens;
     float sparsity;
@@ -293,7 +304,7 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     snprintf(thr, sizeof(thr), "%ld", o->threads);
     snprintf(sp, sizeof(sp), "%.6g", (double)o->sparsity);
     snprintf(ctx, sizeof(ctx), "%ld", o->n_ctx);
-    char *argv[20];
+    char *argv[32];
     int k = 0;
     argv[k++] = (char *)bin;
     argv[k++] = "--run-dir";
@@ -316,6 +327,18 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     if (o->log_level) {
         argv[k++] = "--log-level";
         argv[k++] = (char *)o->log_level;
+    }
+    if (!strcmp(role, NF_ROLE_GATEWAY)) {
+        argv[k++] = "--http";
+        argv[k++] = (char *)o->http;
+        if (o->api_key_file[0]) {
+            argv[k++] = "--api-key-file";
+            argv[k++] = (char *)o->api_key_file;
+        }
+        if (o->chat_template) {
+            argv[k++] = "--chat-template";
+            argv[k++] = (char *)o->chat_template;
+        }
     }
     argv[k] = NULL;
     fflush(NULL);
@@ -501,8 +524,9 @@ static bool exiting_on_its_own(const char *dir, const char *role)
 static int stop_stack(const char *cmd, const char *dir)
 {
     int ret = 0;
-    for (int i = NF_N_ROLES - 1; i >= 0; i--) {
-        const char *role = nf_stack_roles[i];
+    /* The HTTP front first (when `up --http` started one), then the stack's three. */
+    for (int i = NF_N_ROLES; i >= 0; i--) {
+        const char *role = i == NF_N_ROLES ? NF_ROLE_GATEWAY : nf_stack_roles[i];
         char err[512], why[PATH_MAX + 512];
         /* Checked before Shutdown, which makes a daemon remove its socket. */
         int pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
@@ -613,7 +637,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--sparsity") ||
               nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c") ||
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level") ||
-              nf_arg_is(a, "--max-tokens-per-request")))
+              nf_arg_is(a, "--max-tokens-per-request") || nf_arg_is(a, "--http") ||
+              nf_arg_is(a, "--api-key-file") || nf_arg_is(a, "--chat-template")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -636,6 +661,18 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--run-dir")) {
             o->run_dir = v;
+        } else if (nf_arg_is(a, "--http")) {
+            o->http = v;
+        } else if (nf_arg_is(a, "--api-key-file")) {
+            if (!realpath(v, o->api_key_file) || access(o->api_key_file, R_OK) < 0) {
+                fprintf(stderr, "nanoflowctl up: --api-key-file %s: %s\n", v, strerror(errno));
+                return 2;
+            }
+        } else if (nf_arg_is(a, "--chat-template")) {
+            if (!nf_chat_detect(v))
+                return nf_usage_error(cmd, "--chat-template expects one of %s, got '%s'",
+                                      nf_chat_names(), v);
+            o->chat_template = v;
         } else {
             if (strcmp(v, "error") && strcmp(v, "warn") && strcmp(v, "info") && strcmp(v, "debug"))
                 return nf_usage_error(
@@ -647,7 +684,40 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
         return nf_usage_error(cmd, "--model FILE is required");
     if (o->ram == 0)
         return nf_usage_error(cmd, "--ram must be above 0");
+    if (!o->http && (o->api_key_file[0] || o->chat_template))
+        return nf_usage_error(cmd, "--api-key-file and --chat-template need --http HOST:PORT");
     return 0;
+}
+
+/* Starts the HTTP front of `up --http` once the stack is ready. Returns its pid, or -1 after
+ * stopping it and the stack (children: the three daemons `up` started) and saying why. */
+static int up_gateway(const struct up_opts *o, const char *dir, const char *nft,
+                      const pid_t *children)
+{
+    char bin[PATH_MAX], looked[2048];
+    if (find_daemon(NF_ROLE_GATEWAY, bin, sizeof(bin), looked, sizeof(looked)) < 0) {
+        fprintf(stderr, "nanoflowctl up: nanoflow-%s not found (looked in %s)\n", NF_ROLE_GATEWAY,
+                looked);
+        up_abort(dir, children, NF_N_ROLES);
+        return -1;
+    }
+    pid_t child = spawn_daemon(bin, NF_ROLE_GATEWAY, dir, nft, o);
+    if (child < 0 || wait_ready(dir, NF_ROLE_GATEWAY, child)) {
+        if (child < 0)
+            fprintf(stderr, "nanoflowctl up: cannot start %s: %s\n", bin, strerror(errno));
+        int pid = nf_pidfile_read(dir, NF_ROLE_GATEWAY);
+        if (pid > 0 &&
+            (pid == child || nf_pid_is_daemon(pid, NF_ROLE_GATEWAY, looked, sizeof(looked)) == 0))
+            stop_pid(dir, NF_ROLE_GATEWAY, pid, 0, 3000);
+        if (child > 0 && waitpid(child, NULL, WNOHANG) == 0) {
+            kill(child, SIGKILL);
+            waitpid(child, NULL, 0);
+        }
+        up_abort(dir, children, NF_N_ROLES);
+        fprintf(stderr, "nanoflowctl up: stack not started; nothing is left running\n");
+        return -1;
+    }
+    return nf_pidfile_read(dir, NF_ROLE_GATEWAY);
 }
 
 /* Starts the stack described by o in the run directory dir (existing and checked). Returns 0,
@@ -769,6 +839,9 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         }
         pids[i] = nf_pidfile_read(dir, nf_stack_roles[i]);
     }
+    int gw_pid = 0;
+    if (o->http && (gw_pid = up_gateway(o, dir, nft, children)) < 0)
+        return 1;
     /* The pool as "N slots: n0 x size0 + n1 x size1 ..." (one entry per slot size class). */
     char pool_desc[192];
     size_t pd = (size_t)snprintf(pool_desc, sizeof(pool_desc),
@@ -787,6 +860,9 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
     for (int i = 0; i < NF_N_ROLES; i++)
         printf("  %-9s pid %d  log %s/%s.log\n", nf_stack_roles[i], pids[i], dir,
                nf_stack_roles[i]);
+    if (o->http)
+        printf("  %-9s pid %d  log %s/%s.log  http://%s/\n", NF_ROLE_GATEWAY, gw_pid, dir,
+               NF_ROLE_GATEWAY, o->http);
     return 0;
 }
 

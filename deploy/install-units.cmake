@@ -28,7 +28,7 @@ string(MD5 stage_id "$ENV{DESTDIR}|${prefix}")
 set(stage "${NF_DEPLOY_BIN}/stage-${stage_id}")
 file(REMOVE_RECURSE "${stage}")
 set(units nanoflow.target nanoflow.slice nanoflow-fetcher.service nanoflow-predictor.service
-  nanoflow-compute.service)
+  nanoflow-compute.service nanoflow-gateway.service)
 set(unit_files "")
 foreach(u ${units})
   configure_file("${NF_DEPLOY_SRC}/systemd/${u}.in" "${stage}/${u}" @ONLY)

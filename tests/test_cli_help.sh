@@ -38,13 +38,13 @@ kind() {
         --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
-        --window | --rope-dim | --longrope | --sliding-window) K=int ;;
+        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale) K=float ;;
-    --ram | --tile-size | --pred-mem) K=size ;;
+    --ram | --tile-size | --pred-mem | --max-body) K=size ;;
     --log-level | --verify | --shape | --type | --arch | --chat-template) K=enum ;;
-    -m | --model | -p | --prompt | --run-dir | --name | --system) K=str ;;
-    -f | --file | --calibrate | --vocab-from) K=file ;;
+    -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
+    -f | --file | --calibrate | --vocab-from | --api-key-file) K=file ;;
     --watch) K=opt ;;
     --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
@@ -59,7 +59,11 @@ good() {
     -n | --n-predict) G=4 ;;
     -t | --threads) G=1 ;;
     -c | --ctx-size | --ctx) G=64 ;;
-    --top-k | --rank | --qd | --lookahead | --max-tokens-per-request) G=8 ;;
+    --top-k | --rank | --qd | --lookahead | --max-tokens-per-request | --max-conns | \
+        --max-queue) G=8 ;;
+    --max-body) G=1M ;;
+    --http) G=127.0.0.1:1 ;;
+    --chat-template) G=chatml ;;
     --top-logits | --experts-used | --kv-heads) G=2 ;;
     -s | --seed) G=7 ;;
     --dim) G=64 ;;
@@ -96,7 +100,7 @@ good() {
     --chat-template) G=chatml ;;
     --run-dir) G="$R" ;;
     --name) G=test-model ;;
-    -f | --file | --calibrate) G="$T/prompt.txt" ;;
+    -f | --file | --calibrate | --api-key-file) G="$T/prompt.txt" ;;
     --vocab-from) G="$VOCAB" ;;
     --watch) G=1 ;;
     *) G="" ;;
@@ -122,12 +126,13 @@ pre_args() {
     mkmodel) echo "$T/nodir/out.gguf --shape tiny-moe" ;;
     convert) echo "$MISS.gguf $T/out.nft" ;;
     verify | inspect) echo "$MISS.nft" ;;
-    up) echo "-m $MISS.gguf --run-dir $R" ;;
+    up) echo "-m $MISS.gguf --run-dir $R --http 127.0.0.1:1" ;;
     down | status | stats) echo "--run-dir $R" ;;
     gen) echo "--json --run-dir $R" ;;
     chat) echo "--run-dir $R" ;;
     bench) echo "--model $MISS.gguf" ;;
     nanoflow-fetcher) echo "--foreground --run-dir $R --model $MISS.nft" ;;
+    nanoflow-gateway) echo "--foreground --run-dir $R --model $MISS.nft --attach-timeout 1 --http 127.0.0.1:1" ;;
     nanoflow-*) echo "--foreground --run-dir $R --model $MISS.nft --attach-timeout 1" ;;
     esac
 }
@@ -152,7 +157,7 @@ parsed_flags() {
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
-        "--max-tokens-per-request" ;;
+        "--max-tokens-per-request --http --api-key-file --chat-template" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty -s --seed --json --top-logits --run-dir --chat --system" \
@@ -165,6 +170,9 @@ parsed_flags() {
         "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
     nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
         "--attach-timeout --max-tokens-per-request --foreground --log-level" ;;
+    nanoflow-gateway) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
+        "--attach-timeout --foreground --log-level --http --api-key-file --chat-template" \
+        "--max-conns --max-body --max-queue" ;;
     esac
 }
 
@@ -375,7 +383,7 @@ run_to none "$NF_BIN"
 for c in $cmds; do
     check_command "nanoflowctl $c" "$NF_BIN" "$c"
 done
-for d in fetcher predictor compute; do
+for d in fetcher predictor compute gateway; do
     bin="$DAEMON_DIR/nanoflow-$d"
     if [ ! -x "$bin" ]; then
         echo "skip: $bin is not built"

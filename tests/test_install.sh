@@ -42,7 +42,7 @@ if [ $rc -ne 0 ]; then
     cat "$T/install.log"
     exit 1
 fi
-for b in nanoflowctl nanoflow-fetcher nanoflow-predictor nanoflow-compute; do
+for b in nanoflowctl nanoflow-fetcher nanoflow-predictor nanoflow-compute nanoflow-gateway; do
     [ -f "$P/bin/$b" ] && [ -x "$P/bin/$b" ]
     check "bin/$b is installed and executable" $?
 done
@@ -55,7 +55,7 @@ check "etc/nanoflow/nanoflow.conf is the default configuration" $?
 check "share/doc/nanoflow/README.deploy.md is installed" $?
 U="$P/lib/systemd/system"
 for u in nanoflow.target nanoflow.slice nanoflow-fetcher.service nanoflow-predictor.service \
-    nanoflow-compute.service; do
+    nanoflow-compute.service nanoflow-gateway.service; do
     [ -f "$U/$u" ] && ! grep -q '@NF_' "$U/$u"
     check "lib/systemd/system/$u is installed with every @NF_...@ substituted" $?
 done
@@ -73,6 +73,11 @@ for role in predictor compute; do
 done
 grep -q '^MemoryMax=' "$U/nanoflow.slice"
 check "nanoflow.slice sets MemoryMax=" $?
+f="$U/nanoflow-gateway.service"
+grep -q "^ExecStart=$P/bin/nanoflow-gateway --foreground .* --http \${NANOFLOW_HTTP} " "$f" &&
+    grep -q '^ExecCondition=.*NANOFLOW_HTTP' "$f" && grep -q '^BindsTo=nanoflow-fetcher.service$' "$f" &&
+    grep -q '^Wants=nanoflow-gateway.service$' "$U/nanoflow.target"
+check "nanoflow-gateway.service runs the HTTP front only when NANOFLOW_HTTP is set" $?
 # A second install keeps an edited configuration and puts the default beside it.
 echo "# edited" >>"$P/etc/nanoflow/nanoflow.conf"
 cmake --install "$NF_BUILD_DIR" --prefix "$P" >/dev/null 2>&1 &&
@@ -83,7 +88,8 @@ check "reinstall keeps the edited nanoflow.conf (default as nanoflow.conf.defaul
 # 2. systemd-analyze verify: syntax, dependencies between the units, ExecStart paths exist.
 if command -v systemd-analyze >/dev/null; then
     (cd "$U" && systemd-analyze verify ./nanoflow.target ./nanoflow.slice ./nanoflow-fetcher.service \
-        ./nanoflow-predictor.service ./nanoflow-compute.service) >"$T/verify.out" 2>&1
+        ./nanoflow-predictor.service ./nanoflow-compute.service ./nanoflow-gateway.service) \
+        >"$T/verify.out" 2>&1
     rc=$?
     # Warnings (unknown keys, bad values) do not change the exit status: they fail the test too.
     [ $rc -eq 0 ] && [ ! -s "$T/verify.out" ]
@@ -104,10 +110,15 @@ check "nanoflow-config refuses --sparsity 1" $?
 "$NC" --model "$T/none.gguf" --no-reload >/dev/null 2>"$T/err"
 [ $? -eq 1 ] && grep -q "none.gguf" "$T/err"
 check "nanoflow-config refuses a missing model" $?
+"$NC" --model "$M0" --http nowhere --no-reload >/dev/null 2>"$T/err"
+[ $? -eq 1 ] && grep -q -- "--http" "$T/err"
+check "nanoflow-config refuses a bad --http" $?
 "$NC" --model "$M0" --ram 256M -t 1 --ctx 512 --run-dir "$R" --no-reload >"$T/nc.out" 2>&1
 rc=$?
 check "nanoflow-config writes the configuration" $rc
 [ $rc -ne 0 ] && cat "$T/nc.out"
+grep -qx "NANOFLOW_HTTP=" "$P/etc/nanoflow/nanoflow.conf"
+check "the HTTP front is off by default (NANOFLOW_HTTP empty)" $?
 NFT="$P/var/lib/nanoflow/stories260K.nft"
 [ -f "$NFT" ] && grep -qx "NANOFLOW_MODEL=$NFT" "$P/etc/nanoflow/nanoflow.conf" &&
     grep -qx "NANOFLOW_RAM=268435456" "$P/etc/nanoflow/nanoflow.conf" &&

@@ -33,6 +33,8 @@ int nf_log_level_parse(const char *s, enum nf_log_level *out);
 #define NF_ROLE_FETCHER   "fetcher"
 #define NF_ROLE_PREDICTOR "predictor"
 #define NF_ROLE_COMPUTE   "compute"
+/* The optional HTTP front (nanoflow-gateway, `up --http`): not one of the stack's three. */
+#define NF_ROLE_GATEWAY "gateway"
 
 /* Resolves the run directory from arg (may be NULL) and the environment into out. */
 int nf_rundir_resolve(const char *arg, char *out, size_t len);
