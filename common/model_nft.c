@@ -205,8 +205,8 @@ int nf_model_nft_source(struct nf_model *m, const char *path, char *err, size_t 
         goto fail;
     uint64_t cap = NF_NFT_ALIGN;
     for (uint64_t i = 0; i < s->f->n_tiles; i++)
-        if (nf_nft_padded(s->f->tiles[i].size) > cap)
-            cap = nf_nft_padded(s->f->tiles[i].size);
+        if (nf_nft_tile_span(&s->f->tiles[i]) > cap)
+            cap = nf_nft_tile_span(&s->f->tiles[i]);
     s->cap = (size_t)cap;
     if (posix_memalign(&s->buf, NF_NFT_ALIGN, s->cap)) {
         s->buf = NULL;

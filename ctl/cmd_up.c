@@ -32,9 +32,12 @@ static void up_usage(FILE *f)
     fprintf(f,
             "usage: nanoflowctl up --model FILE [options]\n\n"
             "Starts a streaming stack (fetcher, predictor, compute daemons) that runs the model\n"
-            "within a RAM budget, streaming weight tiles from the SSD. A .gguf model is converted\n"
-            "once to a cached .nft tile file (beside it when that directory is writable, else in\n"
-            "$XDG_CACHE_HOME/nanoflow or ~/.cache/nanoflow).\n\n"
+            "within a RAM budget, streaming weight tiles from the SSD. A .gguf model (split or\n"
+            "not) is served in place: up reads it once to build a small index, NAME.nfi (tile\n"
+            "table and checksums, cached beside it when that directory is writable, else in\n"
+            "$XDG_CACHE_HOME/nanoflow or ~/.cache/nanoflow, and rebuilt when a file of the model\n"
+            "changes); no copy of the weights is written. With --sparsity the GGUF is converted\n"
+            "once to a cached .nft instead (sparse mode needs its neuron bundles).\n\n"
             "  -m, --model FILE     .gguf or .nft model (required)\n"
             "      --ram SIZE       RAM budget of the whole stack, K/M/G/T suffixes (default: 1G)\n"
             "  -t, --threads N      compute threads (default: 0 = one per CPU but one, at least\n"
@@ -71,6 +74,7 @@ static void up_on_signal(int sig)
 struct progress {
     int last_pct;
     bool tty;
+    const char *what; /* "converting" or "indexing" */
 };
 
 static void up_progress(void *ud, uint64_t done, uint64_t total, const char *what)
@@ -81,9 +85,9 @@ static void up_progress(void *ud, uint64_t done, uint64_t total, const char *wha
         return;
     p->last_pct = pct;
     if (p->tty)
-        fprintf(stderr, "\rconverting: %3d%% %-40.40s", pct, what ? what : "");
+        fprintf(stderr, "\r%s: %3d%% %-40.40s", p->what, pct, what ? what : "");
     else
-        fprintf(stderr, "converting: %3d%%\n", pct);
+        fprintf(stderr, "%s: %3d%%\n", p->what, pct);
     if (p->tty && pct == 100)
         fputc('\n', stderr);
 }
@@ -113,10 +117,11 @@ static bool dir_writable(const char *dir)
     return st.st_mode & S_IWOTH;
 }
 
-/* The cache entry for gguf: dir/NAME.nft with dir beside the source when writable, else the
- * user cache (file name made unique by a hash of the source path). The sidecar NAME.nft.src
- * records the source's size and mtime the entry was made from. */
-static int cache_path(const char *gguf, char *out, size_t len)
+/* The cache entry for gguf: dir/NAME.EXT (ext "nft": a converted copy, whose sidecar
+ * NAME.nft.src records the source's size and mtime; "nfi": the in-place index, which records
+ * every part's itself) with dir beside the source when writable, else the user cache (file name
+ * made unique by a hash of the source path). */
+static int cache_path(const char *gguf, const char *ext, char *out, size_t len)
 {
     char dir[PATH_MAX], base[NAME_MAX + 1];
     const char *slash = strrchr(gguf, '/');
@@ -129,7 +134,7 @@ static int cache_path(const char *gguf, char *out, size_t len)
     else
         snprintf(dir, sizeof(dir), ".");
     if (dir_writable(dir[0] ? dir : "/")) {
-        return nf_pathf(out, len, "%s/%s.nft", dir[0] ? dir : "", base) ? 0 : -ENAMETOOLONG;
+        return nf_pathf(out, len, "%s/%s.%s", dir[0] ? dir : "", base, ext) ? 0 : -ENAMETOOLONG;
     }
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     if (xdg && *xdg)
@@ -145,7 +150,8 @@ static int cache_path(const char *gguf, char *out, size_t len)
     uint64_t h = 0xcbf29ce484222325ull;
     for (const unsigned char *s = (const unsigned char *)gguf; *s; s++)
         h = (h ^ *s) * 0x100000001b3ull;
-    if (!nf_pathf(out, len, "%s/%s-%08llx.nft", dir, base, (unsigned long long)(h & 0xffffffffu)))
+    if (!nf_pathf(out, len, "%s/%s-%08llx.%s", dir, base, (unsigned long long)(h & 0xffffffffu),
+                  ext))
         return -ENAMETOOLONG;
     return 0;
 }
@@ -166,9 +172,56 @@ static bool cache_fresh(const char *nft, const struct stat *src)
            nsec == (unsigned long long)src->st_mtim.tv_nsec;
 }
 
-/* Resolves model into an absolute .nft path, converting a .gguf once. Returns 0 or 1 (error
+/* The in-place index of the GGUF absm at idx: reused when it opens (nf_nft_open checks that
+ * no part of the model changed since it was built), else built. Returns 0 or 1 (error
  * printed). */
-static int resolve_model(const char *model, char *nft, size_t len)
+static int resolve_index(const char *absm, char *idx, size_t len)
+{
+    int rc = cache_path(absm, "nfi", idx, len);
+    if (rc < 0) {
+        fprintf(stderr, "nanoflowctl up: no writable place for the index of %s: %s\n", absm,
+                nf_strerror(rc));
+        return 1;
+    }
+    char err[1024];
+    struct nf_nft *f = NULL;
+    if (access(idx, F_OK) == 0) {
+        if (nf_nft_open(&f, idx, false, err, sizeof(err)) == 0) {
+            nf_nft_close(f);
+            fprintf(stderr, "using cached index %s\n", idx);
+            return 0;
+        }
+        fprintf(stderr, "rebuilding the index: %s\n", err);
+    }
+    fprintf(stderr, "indexing %s -> %s (reads the model once; the weights stay in the GGUF)\n",
+            absm, idx);
+    struct progress pg = {.last_pct = -1, .tty = isatty(2), .what = "indexing"};
+    struct nf_nft_convert_opts o = {0};
+    o.progress = up_progress;
+    o.progress_ud = &pg;
+    o.tmp_path = nf_up_tmp;
+    o.tmp_path_len = sizeof(nf_up_tmp);
+    signal(SIGINT, up_on_signal);
+    signal(SIGTERM, up_on_signal);
+    double t0 = nf_now_s();
+    rc = nf_nft_index_build(absm, idx, &o, err, sizeof(err));
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    if (rc < 0) {
+        fprintf(stderr, "nanoflowctl up: indexing %s: %s\n", absm, err);
+        return 1;
+    }
+    struct stat st;
+    if (stat(idx, &st) == 0)
+        fprintf(stderr, "index: %lld bytes written in %.1f s\n", (long long)st.st_size,
+                nf_now_s() - t0);
+    return 0;
+}
+
+/* Resolves model into the absolute path of what the daemons open: a .nft as given, the in-place
+ * index of a .gguf (built once), or with sparse a .gguf's cached .nft conversion (sparse mode
+ * needs the neuron bundles). Returns 0 or 1 (error printed). */
+static int resolve_model(const char *model, bool sparse, char *nft, size_t len)
 {
     char absm[PATH_MAX];
     if (!realpath(model, absm)) {
@@ -179,12 +232,14 @@ static int resolve_model(const char *model, char *nft, size_t len)
         snprintf(nft, len, "%s", absm);
         return 0;
     }
+    if (!sparse)
+        return resolve_index(absm, nft, len);
     struct stat src;
     if (stat(absm, &src) < 0) {
         fprintf(stderr, "nanoflowctl up: %s: %s\n", absm, strerror(errno));
         return 1;
     }
-    int rc = cache_path(absm, nft, len);
+    int rc = cache_path(absm, "nft", nft, len);
     if (rc < 0) {
         fprintf(stderr, "nanoflowctl up: no writable place for the converted model of %s: %s\n",
                 absm, nf_strerror(rc));
@@ -195,7 +250,7 @@ static int resolve_model(const char *model, char *nft, size_t len)
         return 0;
     }
     fprintf(stderr, "converting %s -> %s (once; later runs reuse it)\n", absm, nft);
-    struct progress pg = {.last_pct = -1, .tty = isatty(2)};
+    struct progress pg = {.last_pct = -1, .tty = isatty(2), .what = "converting"};
     struct nf_nft_convert_opts o = {0};
     o.progress = up_progress;
     o.progress_ud = &pg;
@@ -225,7 +280,7 @@ static int resolve_model(const char *model, char *nft, size_t len)
 
 int nf_up_resolve_model(const char *model, char *nft, size_t len)
 {
-    return resolve_model(model, nft, len);
+    return resolve_model(model, false, nft, len);
 }
 
 /* --- Finding and starting the daemons ------------------------------------------------------- */
@@ -682,13 +737,13 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         break;
     }
     char nft[PATH_MAX];
-    if (resolve_model(o->model, nft, sizeof(nft)))
+    if (resolve_model(o->model, o->sparsity > 0, nft, sizeof(nft)))
         return 1;
     struct nf_nft *f = NULL;
     if ((rc = nf_nft_open(&f, nft, false, err, sizeof(err))) < 0) {
         fprintf(stderr, "nanoflowctl up: %s\n", err);
         char src[PATH_MAX];
-        if (realpath(o->model, src) && strcmp(src, nft)) /* nft is our cache of a .gguf */
+        if (realpath(o->model, src) && strcmp(src, nft) && o->sparsity > 0) /* our .nft cache */
             fprintf(stderr,
                     "  %s is the cached conversion of %s and is damaged: delete it ('rm %s "
                     "%s.src') and run up again, or re-convert it with 'nanoflowctl convert "
