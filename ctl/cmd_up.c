@@ -278,9 +278,9 @@ static int resolve_model(const char *model, bool sparse, char *nft, size_t len)
     return 0;
 }
 
-int nf_up_resolve_model(const char *model, char *nft, size_t len)
+int nf_up_resolve_model(const char *model, bool sparse, char *nft, size_t len)
 {
-    return resolve_model(model, false, nft, len);
+    return resolve_model(model, sparse, nft, len);
 }
 
 /* --- Finding and starting the daemons ------------------------------------------------------- */
