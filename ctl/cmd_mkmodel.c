@@ -39,6 +39,8 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
     {"qwen3-8b", 4096, 36, 12288, 32, 8, 0, 0, 151936, 40960, 1000000.0f, 1e-6f, "qwen3", 128},
     {"qwen3-30b-a3b", 2048, 48, 768, 32, 4, 128, 8, 151936, 40960, 1000000.0f, 1e-6f, "qwen3moe",
      128},
+    {"qwen3-235b-a22b", 4096, 94, 1536, 64, 4, 128, 8, 151936, 40960, 1000000.0f, 1e-6f, "qwen3moe",
+     128},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
