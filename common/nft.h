@@ -3,8 +3,9 @@
  * File layout (all little-endian; every section and every tile starts on a 4096-byte boundary and
  * is padded with zeros to a multiple of 4096, so each can be read with O_DIRECT):
  *  1. header (struct nf_nft_header, padded to 4096): magic "NFT1", major/minor version, header
- *     size, flags (none defined: any bit set is refused), file size, the offset/size/checksum of
- *     the metadata and of the tile index, the offset of the first tile, hyperparameters (layers,
+ *     size, flags (NF_NFT_IN_PLACE alone is defined: any other bit is refused), file size, the
+ *     offset/size/checksum of the metadata and of the tile index, the offset of the first tile,
+ *     hyperparameters (layers,
  *     width, FFN width, vocabulary, experts, heads), the convert settings (tile size, predictor
  *     rank and type, embedding rows per tile), byte totals, the calibration section's place
  *     (version 1.1; zero when absent, as every 1.0 file has it), and last the header checksum
@@ -52,7 +53,21 @@
  *  - ATTN_Q_BIAS, ATTN_K_BIAS, ATTN_V_BIAS (qwen2), ATTN_Q_NORM, ATTN_K_NORM (qwen3): a
  *    layer's bias or per-head norm vector in one tile (one F32 row), present only when the
  *    source has the tensor; readers without these kinds refuse such a file by its kind.
- * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER. */
+ * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER.
+ *
+ * In-place index (version 1.2, header flag NF_NFT_IN_PLACE; `up` names it NAME.nfi): the same
+ * header, metadata and tile index, and no tile data (data_offset is the file's end). The
+ * metadata adds nanoflow.source.paths (string[]: the GGUF parts, absolute), .sizes and
+ * .mtimes_ns (u64[]); a tile's `part` indexes them and its offset is a byte offset in that part
+ * (GGUF data is aligned to 32 bytes only, so tiles are not page-aligned: readers read the span
+ * nf_nft_tile_span() from offset - nf_nft_tile_skew() and find the tile at the skew). Its checksum
+ * is the XXH3-64 of its size bytes. Tiles are in (layer, kind) runs as above, not in file
+ * order, and a PRED_ROUTER names its ROUTER's bytes. FFN and EXPERT tiles are row slices
+ * (type[3] = enum nf_slice, group = count, type[0] the tensor's type, ne0 its row length):
+ * a dense layer's ffn_gate rows, then ffn_up rows, then ffn_down rows, about tile_size bytes a
+ * tile; an expert's three whole slices of ffn_gate_exps, ffn_up_exps, ffn_down_exps (expert-major
+ * like the bundles). There are no PRED_LOWRANK tiles and no calibration: sparse mode needs a
+ * .nft. */
 #ifndef NF_NFT_H
 #define NF_NFT_H
 
