@@ -763,7 +763,7 @@ static int hash_tiles(struct conv *c)
         if ((since_drop += t->size) >= (64u << 20)) {
             since_drop = 0;
             drop_caches(c);
-            snprintf(what, sizeof(what), "part %u/%u", t->part + 1, c->g->n_parts);
+            snprintf(what, sizeof(what), "part %u/%u", (unsigned)t->part + 1, c->g->n_parts);
             progress(c, what);
         }
     }

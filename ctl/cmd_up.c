@@ -156,20 +156,63 @@ static int cache_path(const char *gguf, const char *ext, char *out, size_t len)
     return 0;
 }
 
-static bool cache_fresh(const char *nft, const struct stat *src)
+/* The .nft cache's stamp of the GGUF absm: "SIZE SEC NSEC" of every part (a split model's
+ * first file brings in the others), one line each, so that a change to any part is seen. Empty
+ * when the model does not open (the conversion then says why). */
+static void src_stamp(const char *absm, char *out, size_t len)
 {
-    char side[PATH_MAX + 8];
+    out[0] = '\0';
+    struct nf_gguf *g = NULL;
+    char err[256];
+    if (nf_gguf_open(&g, absm, err, sizeof(err)) < 0)
+        return;
+    size_t n = 0;
+    for (uint32_t i = 0; i < g->n_parts && n < len; i++) {
+        struct stat st;
+        if (fstat(g->parts[i].fd, &st) != 0) {
+            out[0] = '\0';
+            break;
+        }
+        n += (size_t)snprintf(out + n, len - n, "%llu %llu %llu\n", (unsigned long long)st.st_size,
+                              (unsigned long long)st.st_mtim.tv_sec,
+                              (unsigned long long)st.st_mtim.tv_nsec);
+    }
+    nf_gguf_close(g);
+}
+
+static bool cache_fresh(const char *nft, const char *stamp)
+{
+    char side[PATH_MAX + 8], have[8192];
     snprintf(side, sizeof(side), "%s.src", nft);
     FILE *f = fopen(side, "r");
     if (!f)
         return false;
-    unsigned long long size = 0, sec = 0, nsec = 0;
-    int n = fscanf(f, "%llu %llu %llu", &size, &sec, &nsec);
+    size_t n = fread(have, 1, sizeof(have) - 1, f);
     fclose(f);
+    have[n] = '\0';
     struct stat st;
-    return n == 3 && stat(nft, &st) == 0 && size == (unsigned long long)src->st_size &&
-           sec == (unsigned long long)src->st_mtim.tv_sec &&
-           nsec == (unsigned long long)src->st_mtim.tv_nsec;
+    return stamp[0] && !strcmp(have, stamp) && stat(nft, &st) == 0;
+}
+
+/* Writes the in-place index (in_place) or the .nft conversion of the GGUF absm to out, with
+ * progress on stderr; SIGINT and SIGTERM remove the temporary file. Returns 0 or a negative
+ * code with err set. */
+static int build(const char *absm, const char *out, bool in_place, char *err, size_t errlen)
+{
+    struct progress pg = {
+        .last_pct = -1, .tty = isatty(2), .what = in_place ? "indexing" : "converting"};
+    struct nf_nft_convert_opts o = {0};
+    o.progress = up_progress;
+    o.progress_ud = &pg;
+    o.tmp_path = nf_up_tmp;
+    o.tmp_path_len = sizeof(nf_up_tmp);
+    signal(SIGINT, up_on_signal);
+    signal(SIGTERM, up_on_signal);
+    int rc = in_place ? nf_nft_index_build(absm, out, &o, err, errlen)
+                      : nf_nft_convert(absm, out, &o, err, errlen);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    return rc;
 }
 
 /* The in-place index of the GGUF absm at idx: reused when it opens (nf_nft_open checks that
@@ -195,19 +238,8 @@ static int resolve_index(const char *absm, char *idx, size_t len)
     }
     fprintf(stderr, "indexing %s -> %s (reads the model once; the weights stay in the GGUF)\n",
             absm, idx);
-    struct progress pg = {.last_pct = -1, .tty = isatty(2), .what = "indexing"};
-    struct nf_nft_convert_opts o = {0};
-    o.progress = up_progress;
-    o.progress_ud = &pg;
-    o.tmp_path = nf_up_tmp;
-    o.tmp_path_len = sizeof(nf_up_tmp);
-    signal(SIGINT, up_on_signal);
-    signal(SIGTERM, up_on_signal);
     double t0 = nf_now_s();
-    rc = nf_nft_index_build(absm, idx, &o, err, sizeof(err));
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    if (rc < 0) {
+    if (build(absm, idx, true, err, sizeof(err)) < 0) {
         fprintf(stderr, "nanoflowctl up: indexing %s: %s\n", absm, err);
         return 1;
     }
@@ -234,35 +266,21 @@ static int resolve_model(const char *model, bool sparse, char *nft, size_t len)
     }
     if (!sparse)
         return resolve_index(absm, nft, len);
-    struct stat src;
-    if (stat(absm, &src) < 0) {
-        fprintf(stderr, "nanoflowctl up: %s: %s\n", absm, strerror(errno));
-        return 1;
-    }
+    char stamp[8192];
+    src_stamp(absm, stamp, sizeof(stamp));
     int rc = cache_path(absm, "nft", nft, len);
     if (rc < 0) {
         fprintf(stderr, "nanoflowctl up: no writable place for the converted model of %s: %s\n",
                 absm, nf_strerror(rc));
         return 1;
     }
-    if (cache_fresh(nft, &src)) {
+    if (cache_fresh(nft, stamp)) {
         fprintf(stderr, "using cached %s\n", nft);
         return 0;
     }
     fprintf(stderr, "converting %s -> %s (once; later runs reuse it)\n", absm, nft);
-    struct progress pg = {.last_pct = -1, .tty = isatty(2), .what = "converting"};
-    struct nf_nft_convert_opts o = {0};
-    o.progress = up_progress;
-    o.progress_ud = &pg;
-    o.tmp_path = nf_up_tmp;
-    o.tmp_path_len = sizeof(nf_up_tmp);
-    signal(SIGINT, up_on_signal);
-    signal(SIGTERM, up_on_signal);
     char err[512];
-    rc = nf_nft_convert(absm, nft, &o, err, sizeof(err));
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    if (rc < 0) {
+    if (build(absm, nft, false, err, sizeof(err)) < 0) {
         fprintf(stderr, "nanoflowctl up: converting %s: %s\n", absm, err);
         return 1;
     }
@@ -270,8 +288,7 @@ static int resolve_model(const char *model, bool sparse, char *nft, size_t len)
     snprintf(side, sizeof(side), "%s.src", nft);
     FILE *f = fopen(side, "w");
     if (f) {
-        fprintf(f, "%llu %llu %llu\n", (unsigned long long)src.st_size,
-                (unsigned long long)src.st_mtim.tv_sec, (unsigned long long)src.st_mtim.tv_nsec);
+        fputs(stamp, f);
         if (fclose(f) != 0)
             unlink(side);
     }

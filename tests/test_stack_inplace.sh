@@ -83,7 +83,7 @@ check "mkmodel writes a qwen3moe model" $?
 serve qwen3moe "$Q"
 
 # 4. A split model: indexed from its first file, gen equal to run on the whole file; a changed
-# second part rebuilds the index.
+# second part rebuilds the index; with --sparsity a changed third part converts it again.
 gguf_split "$M0" "$T/m/s" 20
 S="$T/m/s-00001-of-00003.gguf"
 serve split "$S" "$M0"
@@ -91,6 +91,22 @@ touch -d "2020-01-01" "$T/m/s-00002-of-00003.gguf"
 serve "split, part 2 touched" "$S" "$M0"
 grep -q "rebuilding the index: .*s-00002-of-00003.gguf changed since" "$T/up.err"
 check "split: a changed part rebuilds the index" $?
+
+# --sparsity still converts to a .nft; its cache stamp covers every part too.
+sparse_up() {
+    "$NF_BIN" up -m "$S" --sparsity 0.5 --ram 256M -t 1 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
+    local rc=$?
+    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
+    return $rc
+}
+sparse_up && grep -q "converting .*s-00001-of-00003.gguf -> .*\.nft" "$T/up.err"
+check "split, --sparsity: up converts to a .nft" $?
+sparse_up && grep -q "using cached .*\.nft" "$T/up.err"
+check "split, --sparsity: the second up reuses the .nft" $?
+touch -d "2021-01-01" "$T/m/s-00003-of-00003.gguf"
+sparse_up && grep -q "converting" "$T/up.err"
+check "split, --sparsity: a changed third part converts again" $?
+rm -f "$T"/m/*.nft "$T"/m/*.nft.src
 
 # 5. Errors. A corrupt index: verify refuses it with one line; up rebuilds it.
 IDX="$T/m/stories.nfi"
