@@ -65,6 +65,8 @@ msz=$(stat -c %s "$M")
 check "stories: the index ($isz bytes) is under 5% of the model ($msz bytes)" $?
 "$NF_BIN" verify "$T/m/stories.nfi" >/dev/null 2>"$T/err"
 check "stories: verify checks every tile of the index against the GGUF" $?
+expect "run on the index names the GGUF to run instead" 1 "in-place index of a GGUF: run the GGUF itself (-m $M)" \
+    "$NF_BIN" run -m "$T/m/stories.nfi" -p "Once" -n 2
 
 # 2. Reused while unchanged; rebuilt when the model's mtime changes.
 serve "stories again" "$M"
