@@ -323,10 +323,20 @@ int nf_model_nft_source(struct nf_model *m, const char *path, char *err, size_t 
     int rc = nf_nft_open(&s->f, path, false, err, errlen);
     if (rc)
         goto fail;
+    if (s->f->in_place) {
+        /* Its tiles are the GGUF's own bytes: the GGUF itself loads (or maps) directly. */
+        const void *paths = NULL;
+        uint64_t n = 0;
+        nf_gguf_get_arr(nf_nft_gguf(s->f), "nanoflow.source.paths", NF_GGUF_STRING, &n, &paths);
+        rc = nf_errf(err, errlen, NF_EUSAGE,
+                     "%s is the in-place index of a GGUF: run the GGUF itself (-m %s)", path,
+                     n ? ((const struct nf_gguf_str *)paths)[0].s : "MODEL.gguf");
+        goto fail;
+    }
     uint64_t cap = NF_NFT_ALIGN;
     for (uint64_t i = 0; i < s->f->n_tiles; i++)
-        if (nf_nft_padded(s->f->tiles[i].size) > cap)
-            cap = nf_nft_padded(s->f->tiles[i].size);
+        if (nf_nft_tile_span(&s->f->tiles[i]) > cap)
+            cap = nf_nft_tile_span(&s->f->tiles[i]);
     s->cap = (size_t)cap;
     if (posix_memalign(&s->buf, NF_NFT_ALIGN, s->cap)) {
         s->buf = NULL;

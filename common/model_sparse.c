@@ -169,12 +169,12 @@ int nf_sparse_create(struct nf_sparse **out, const struct nf_model *m, const str
             goto fail;
         }
         s->group[il] = (int)ft->group;
-        if (posix_memalign(&s->pred[il], NF_NFT_ALIGN, nf_nft_padded(pt->size))) {
+        if (posix_memalign(&s->pred[il], NF_NFT_ALIGN, nf_nft_tile_span(pt))) {
             s->pred[il] = NULL;
             rc = nf_errf(err, errlen, -ENOMEM, "out of memory for the predictor of layer %d", il);
             goto fail;
         }
-        if ((rc = nf_nft_read(f, pt, s->pred[il], nf_nft_padded(pt->size), err, errlen)))
+        if ((rc = nf_nft_read(f, pt, s->pred[il], nf_nft_tile_span(pt), err, errlen)))
             goto fail;
     }
     *out = s;

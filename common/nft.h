@@ -3,8 +3,9 @@
  * File layout (all little-endian; every section and every tile starts on a 4096-byte boundary and
  * is padded with zeros to a multiple of 4096, so each can be read with O_DIRECT):
  *  1. header (struct nf_nft_header, padded to 4096): magic "NFT1", major/minor version, header
- *     size, flags (none defined: any bit set is refused), file size, the offset/size/checksum of
- *     the metadata and of the tile index, the offset of the first tile, hyperparameters (layers,
+ *     size, flags (NF_NFT_IN_PLACE alone is defined: any other bit is refused), file size, the
+ *     offset/size/checksum of the metadata and of the tile index, the offset of the first tile,
+ *     hyperparameters (layers,
  *     width, FFN width, vocabulary, experts, heads), the convert settings (tile size, predictor
  *     rank and type, embedding rows per tile), byte totals, the calibration section's place
  *     (version 1.1; zero when absent, as every 1.0 file has it), and last the header checksum
@@ -60,7 +61,21 @@
  *  - SHEXP_GATE (qwen2moe): a MoE layer's shared-expert gate, ffn_gate_inp_shexp (one row).
  * phi3's fused tensors are cut into these kinds: attn_qkv's Q, K and V row ranges into ATTN_Q,
  * ATTN_K and ATTN_V tiles, its ffn_up's gate half and up half into the FFN bundles.
- * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER. */
+ * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER.
+ *
+ * In-place index (version 1.2, header flag NF_NFT_IN_PLACE; `up` names it NAME.nfi): the same
+ * header, metadata and tile index, and no tile data (data_offset is the file's end). The
+ * metadata adds nanoflow.source.paths (string[]: the GGUF parts, absolute), .sizes and
+ * .mtimes_ns (u64[]); a tile's `part` indexes them and its offset is a byte offset in that part
+ * (GGUF data is aligned to 32 bytes only, so tiles are not page-aligned: readers read the span
+ * nf_nft_tile_span() from offset - nf_nft_tile_skew() and find the tile at the skew). Its checksum
+ * is the XXH3-64 of its size bytes. Tiles are in (layer, kind) runs as above, not in file
+ * order, and a PRED_ROUTER names its ROUTER's bytes. FFN and EXPERT tiles are row slices
+ * (type[3] = enum nf_slice, group = count, type[0] the tensor's type, ne0 its row length):
+ * a dense layer's ffn_gate rows, then ffn_up rows, then ffn_down rows, about tile_size bytes a
+ * tile; an expert's three whole slices of ffn_gate_exps, ffn_up_exps, ffn_down_exps (expert-major
+ * like the bundles). There are no PRED_LOWRANK tiles and no calibration: sparse mode needs a
+ * .nft. */
 #ifndef NF_NFT_H
 #define NF_NFT_H
 
@@ -73,7 +88,10 @@
 
 #define NF_NFT_MAGIC         0x3154464Eu /* "NFT1" */
 #define NF_NFT_MAJOR         1
-#define NF_NFT_MINOR         1 /* 1.1: calibration section */
+#define NF_NFT_MINOR         1    /* 1.1: calibration section */
+#define NF_NFT_MINOR_INPLACE 2    /* 1.2: in-place index (header flag NF_NFT_IN_PLACE) */
+#define NF_NFT_IN_PLACE      0x1u /* header flag: tiles live in the source GGUF, see below */
+#define NF_NFT_MAX_PARTS     256  /* most source files an in-place index may name */
 #define NF_NFT_ALIGN         4096u
 #define NF_NFT_NO_LAYER      UINT32_MAX
 #define NF_NFT_NO_EXPERT     UINT32_MAX
@@ -107,6 +125,14 @@ enum nf_tile_kind {
     NF_TILE_KIND_COUNT,
 };
 
+/* What an in-place FFN or EXPERT tile holds (type[3]): rows of one of the three tensors. */
+enum nf_slice {
+    NF_SLICE_NONE = 0, /* a bundle tile (.nft) */
+    NF_SLICE_GATE = 1, /* rows [first, +count) of ffn_gate (of the expert's slice) */
+    NF_SLICE_UP = 2,
+    NF_SLICE_DOWN = 3,
+};
+
 /* One tile index record, as stored (64 bytes). */
 struct nf_nft_tile {
     uint64_t offset;   /* absolute file offset, a multiple of 4096 */
@@ -114,7 +140,7 @@ struct nf_nft_tile {
     uint64_t checksum; /* XXH3-64 of the padded extent */
     uint32_t layer;    /* NF_NFT_NO_LAYER for layer-less kinds */
     uint16_t kind;     /* enum nf_tile_kind */
-    uint16_t flags;    /* 0 */
+    uint16_t part;     /* in-place index: the source GGUF part holding the tile; else 0 */
     uint32_t index;    /* position within (layer, kind) */
     uint32_t expert;   /* EXPERT tiles: the expert; else NF_NFT_NO_EXPERT */
     uint32_t first;    /* first row, or first neuron (FFN/EXPERT: within the expert) */
@@ -122,7 +148,8 @@ struct nf_nft_tile {
     uint32_t group;    /* FFN/EXPERT: neurons per group (G); else 0 */
     uint32_t rank;     /* PRED_LOWRANK: the rank; else 0 */
     uint32_t ne0;      /* elements per row (FFN/EXPERT/PRED: n_embd) */
-    uint8_t type[4];   /* enum nf_type of gate, up, down (FFN/EXPERT); else type[0] only */
+    uint8_t type[4];   /* enum nf_type of gate, up, down (FFN/EXPERT); else type[0] only; in
+                        * an in-place index type[3] is the enum nf_slice of a row-slice tile */
 };
 _Static_assert(sizeof(struct nf_nft_tile) == 64, "nf_nft_tile is 64 bytes on disk");
 
@@ -199,6 +226,12 @@ struct nf_nft {
     void *meta_image;
     void *calib;           /* calibration section (validated), or NULL */
     uint64_t *calib_layer; /* (n_layer) byte offset of each layer record in calib */
+    /* The files tile data is read from: the .nft itself (n_parts 1, part_fd[0] == fd), or the
+     * source GGUF parts of an in-place index, named in its metadata. */
+    bool in_place;
+    uint32_t n_parts;
+    int *part_fd;        /* (n_parts) */
+    uint64_t *part_size; /* (n_parts) */
 };
 
 /* A group of neurons inside an FFN or EXPERT tile buffer (pointers into that buffer). */
@@ -219,12 +252,37 @@ static inline uint64_t nf_nft_padded(uint64_t size)
     return (size + NF_NFT_ALIGN - 1) / NF_NFT_ALIGN * NF_NFT_ALIGN;
 }
 
+/* Where a tile's bytes start inside the 4096-aligned span read for it: 0 in a .nft, the offset
+ * within its page in an in-place index (GGUF data is aligned to 32 bytes only). */
+static inline uint64_t nf_nft_tile_skew(const struct nf_nft_tile *t)
+{
+    return t->offset % NF_NFT_ALIGN;
+}
+
+/* Bytes of the aligned span that covers tile t: what a slot or an O_DIRECT buffer for it must
+ * hold (nf_nft_padded(size) in a .nft). */
+static inline uint64_t nf_nft_tile_span(const struct nf_nft_tile *t)
+{
+    return nf_nft_padded(nf_nft_tile_skew(t) + t->size);
+}
+
+/* The descriptor tile t is read from (O_DIRECT when the file was opened direct). */
+int nf_nft_tile_fd(const struct nf_nft *f, const struct nf_nft_tile *t);
+
+/* XXH3-64 of tile t as its index checksum covers it, given the span read for it at span (the
+ * padded extent in a .nft; the size bytes at the skew in an in-place index). */
+uint64_t nf_nft_tile_sum(const struct nf_nft *f, const struct nf_nft_tile *t, const void *span);
+
 /* Opens and validates path: header and its checksum, metadata (checksum and GGUF parse), index
  * (checksum, kinds, layers, types, numbering, every tile aligned, inside the file, not
  * overlapping, and of the size its shape implies). Tile data is not read (nf_nft_verify does).
  * With direct, tiles are read with O_DIRECT when the file system allows it. On failure returns a
  * negative code and writes one line to err naming the file and the problem. */
 int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, size_t errlen);
+/* In an in-place index (header flag NF_NFT_IN_PLACE) the metadata also names the source files
+ * (nanoflow.source.paths, .sizes, .mtimes_ns): nf_nft_open opens them and refuses the index
+ * with -ESTALE when one is missing or its size or mtime changed since the index was built, and
+ * checks every tile lies inside its part. */
 void nf_nft_close(struct nf_nft *f);
 
 /* The embedded metadata (kv and tensor infos; reading tensor data from it fails). */
@@ -244,9 +302,9 @@ const struct nf_nft_tile *nf_nft_embd_row(const struct nf_nft *f, uint32_t token
 /* The predictor tile of layer (PRED_LOWRANK or PRED_ROUTER), or NULL. */
 const struct nf_nft_tile *nf_nft_predictor(const struct nf_nft *f, uint32_t layer);
 
-/* Reads tile t into buf and checks its checksum. buf must be 4096-byte aligned and hold
- * nf_nft_padded(t->size) bytes. Returns 0, NF_EUSAGE (buffer too small or misaligned),
- * NF_ECHECKSUM (err names the tile), NF_ETRUNCATED or a negated errno. */
+/* Reads tile t into buf (its bytes at buf[0]) and checks its checksum. buf must be 4096-byte
+ * aligned and hold nf_nft_tile_span(t) bytes. Returns 0, NF_EUSAGE (buffer too small or
+ * misaligned), NF_ECHECKSUM (err names the tile), NF_ETRUNCATED or a negated errno. */
 int nf_nft_read(const struct nf_nft *f, const struct nf_nft_tile *t, void *buf, size_t bufsize,
                 char *err, size_t errlen);
 
@@ -302,6 +360,8 @@ struct nf_nft_convert_opts {
     int calib_n_levels;
     int calib_max_tokens;
     int calib_threads;
+    /* Write an in-place index (see nf_nft_index_build) instead of a .nft. */
+    bool in_place;
 };
 
 /* Removes the temporary files a killed nf_nft_convert left for out_path ("OUT.tmp-XXXXXX" in
@@ -311,7 +371,20 @@ struct nf_nft_convert_opts {
 int nf_nft_tmp_sweep(const char *out_path);
 
 #define NF_NFT_DEFAULT_TILE_SIZE (1024u * 1024)
-#define NF_NFT_PRED_SHARE        0.03 /* budget of the predictors, as a share of the weights */
+
+/* Builds the in-place index of the GGUF in_path (split or not) into out_path: a .nft 1.2 file
+ * with the header flag NF_NFT_IN_PLACE holding the header, the metadata (plus the source files'
+ * paths, sizes and mtimes) and the tile index, and no tile data. Tiles are row ranges of the
+ * source tensors and whole experts (one tile per expert and tensor); each record's offset and
+ * part say where its bytes lie in the source, its checksum is the XXH3-64 of those size bytes,
+ * computed here by reading the source once, tile by tile, in file order, with the page cache
+ * dropped behind (memory: the index and one tile). Dense FFN layers become row slices of
+ * ffn_gate, ffn_up and ffn_down (FFN tiles with type[3] = enum nf_slice, group = count); there
+ * are no low-rank predictors (sparse mode needs a .nft); MoE layers keep ROUTER and a
+ * PRED_ROUTER naming the same bytes. Uses o's tile_size, progress and tmp_path. */
+int nf_nft_index_build(const char *in_path, const char *out_path,
+                       const struct nf_nft_convert_opts *o, char *err, size_t errlen);
+#define NF_NFT_PRED_SHARE 0.03 /* budget of the predictors, as a share of the weights */
 
 /* Converts the GGUF in_path into out_path: plans the tiles, writes them layer by layer into a
  * temporary file beside out_path, fsyncs it and renames it into place (on any failure the

@@ -71,6 +71,10 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     switch ((enum nf_tile_kind)t->kind) {
     case NF_TILE_FFN:
     case NF_TILE_EXPERT: {
+        if (t->type[3] != NF_SLICE_NONE) /* in-place row slice */
+            return t->type[3] <= NF_SLICE_DOWN && t->group == t->count
+                       ? rows_bytes(t->type[0], t->count, t->ne0)
+                       : 0;
         if (t->group == 0 || t->count % t->group)
             return 0;
         uint64_t g = rows_bytes(t->type[0], t->group, t->ne0);
@@ -113,6 +117,26 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     case NF_TILE_FFN_POST_NORM: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_SHEXP_GATE: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_KIND_COUNT: break;
+    }
+    return 0;
+}
+
+/* Reads [off, off + len) into buf; the end of the file may cut it short once need bytes came
+ * (an in-place tile's aligned span may run past its source's end). */
+static int read_span(int fd, void *buf, size_t len, uint64_t off, size_t need)
+{
+    uint8_t *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, p + done, len - done, (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return done >= need ? 0 : NF_ETRUNCATED;
+        done += (size_t)n;
     }
     return 0;
 }
@@ -198,9 +222,10 @@ static int check_header(const struct nf_nft_header *h, uint64_t real_size, const
                           "header checksum mismatch (stored %016" PRIx64 ", computed %016" PRIx64
                           ")",
                           h->header_checksum, sum);
-    if (h->flags)
+    if (h->flags & ~NF_NFT_IN_PLACE)
         return nf_errf_at(err, errlen, NF_EBADVERSION, name,
-                          "unknown flags 0x%" PRIx32 " (expected 0)", h->flags);
+                          "unknown flags 0x%" PRIx32 " (expected 0 or 0x%x)", h->flags,
+                          NF_NFT_IN_PLACE);
     if (h->file_size != real_size)
         return nf_errf_at(err, errlen, real_size < h->file_size ? NF_ETRUNCATED : NF_ECORRUPT, name,
                           "header says the file has %" PRIu64 " bytes but it has %" PRIu64,
@@ -212,7 +237,8 @@ static int check_header(const struct nf_nft_header *h, uint64_t real_size, const
         return nf_errf_at(err, errlen, NF_ETRUNCATED, name,
                           "metadata [%" PRIu64 ", +%" PRIu64 ") is not inside the file",
                           h->meta_offset, h->meta_size);
-    if (h->n_tiles == 0 || h->n_tiles > h->file_size / NF_NFT_ALIGN ||
+    uint64_t per_tile = h->flags & NF_NFT_IN_PLACE ? sizeof(struct nf_nft_tile) : NF_NFT_ALIGN;
+    if (h->n_tiles == 0 || h->n_tiles > h->file_size / per_tile ||
         !section_ok(h, h->index_offset, h->n_tiles * sizeof(struct nf_nft_tile)))
         return nf_errf_at(err, errlen, NF_ETRUNCATED, name,
                           "tile index of %" PRIu64 " tiles at %" PRIu64 " does not fit the file",
@@ -246,9 +272,10 @@ static int check_index(struct nf_nft *f, const char *name, char *err, size_t err
                               "tile %" PRIu64 " (%s): layer %" PRIu32 " (expected %s)", i,
                               kind_names[t->kind], t->layer,
                               has_layer ? "< n_layer" : "none (0xffffffff)");
-        if (t->flags)
+        if (t->part >= f->n_parts)
             return nf_errf_at(err, errlen, NF_ECORRUPT, name,
-                              "tile %" PRIu64 ": unknown flags 0x%x", i, t->flags);
+                              "tile %" PRIu64 ": part %u (expected < %" PRIu32 ")", i, t->part,
+                              f->n_parts);
         uint64_t want = nf_nft_tile_bytes(t);
         if (want == 0 || want != t->size)
             return nf_errf_at(err, errlen, NF_ECORRUPT, name,
@@ -258,8 +285,18 @@ static int check_index(struct nf_nft *f, const char *name, char *err, size_t err
                               i, kind_names[t->kind], t->size, want, t->type[0], t->type[1],
                               t->type[2], t->count, t->ne0);
         uint64_t end;
-        if (t->offset % NF_NFT_ALIGN || t->offset < prev_end ||
-            __builtin_add_overflow(t->offset, nf_nft_padded(t->size), &end) || end > h->file_size)
+        if (f->in_place) {
+            /* Tiles lie in the source files, 32-byte aligned, in any order (a PRED_ROUTER
+             * names its ROUTER's bytes): each must lie inside its part. */
+            if (__builtin_add_overflow(t->offset, t->size, &end) || end > f->part_size[t->part])
+                return nf_errf_at(err, errlen, NF_ETRUNCATED, name,
+                                  "tile %" PRIu64 " (%s): bytes [%" PRIu64 ", +%" PRIu64
+                                  ") lie outside source part %u (%" PRIu64 " bytes)",
+                                  i, kind_names[t->kind], t->offset, t->size, t->part,
+                                  f->part_size[t->part]);
+        } else if (t->offset % NF_NFT_ALIGN || t->offset < prev_end ||
+                   __builtin_add_overflow(t->offset, nf_nft_padded(t->size), &end) ||
+                   end > h->file_size)
             return nf_errf_at(
                 err, errlen,
                 t->offset % NF_NFT_ALIGN || t->offset < prev_end ? NF_ECORRUPT : NF_ETRUNCATED,
@@ -417,6 +454,78 @@ int nf_nft_calib_layer(const struct nf_nft *f, uint32_t il, struct nf_nft_calib_
     return 0;
 }
 
+/* The files tile data comes from: the .nft itself, or the source parts an in-place index
+ * names, each opened (direct when asked and possible) and checked against the size and mtime
+ * recorded when the index was built. */
+static int open_parts(struct nf_nft *f, bool direct, uint64_t file_size, const char *name,
+                      char *err, size_t errlen)
+{
+    f->in_place = f->hdr.flags & NF_NFT_IN_PLACE;
+    uint64_t n = 1, ns = 0, nm = 0;
+    const void *paths = NULL, *sizes = NULL, *mtimes = NULL;
+    if (f->in_place &&
+        (nf_gguf_get_arr(f->meta, "nanoflow.source.paths", NF_GGUF_STRING, &n, &paths) ||
+         nf_gguf_get_arr(f->meta, "nanoflow.source.sizes", NF_GGUF_UINT64, &ns, &sizes) ||
+         nf_gguf_get_arr(f->meta, "nanoflow.source.mtimes_ns", NF_GGUF_UINT64, &nm, &mtimes) ||
+         n == 0 || n > NF_NFT_MAX_PARTS || ns != n || nm != n))
+        return nf_errf_at(err, errlen, NF_ECORRUPT, name,
+                          "in-place index without a valid nanoflow.source.paths/sizes/mtimes_ns "
+                          "list (1..%d files)",
+                          NF_NFT_MAX_PARTS);
+    f->part_fd = malloc(n * sizeof(*f->part_fd));
+    f->part_size = malloc(n * sizeof(*f->part_size));
+    if (!f->part_fd || !f->part_size)
+        return nf_errf_at(err, errlen, -ENOMEM, name, "out of memory");
+    f->n_parts = (uint32_t)n;
+    for (uint32_t i = 0; i < f->n_parts; i++)
+        f->part_fd[i] = -1;
+    if (!f->in_place) {
+        f->part_fd[0] = f->fd;
+        f->part_size[0] = file_size;
+        return 0;
+    }
+    for (uint32_t i = 0; i < f->n_parts; i++) {
+        const char *p = ((const struct nf_gguf_str *)paths)[i].s;
+        uint64_t want_size, want_mtime;
+        memcpy(&want_size, (const uint8_t *)sizes + 8 * i, 8);
+        memcpy(&want_mtime, (const uint8_t *)mtimes + 8 * i, 8);
+        int fd = open(p, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+        if (fd < 0 && direct && errno == EINVAL)
+            fd = open(p, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return nf_errf_at(err, errlen, -ESTALE, name,
+                              "its source file %s cannot be opened (%s): rebuild the index "
+                              "(nanoflowctl up on the GGUF does)",
+                              p, strerror(errno));
+        f->part_fd[i] = fd;
+        struct stat st;
+        if (fstat(fd, &st) != 0)
+            return nf_errf_at(err, errlen, -errno, name, "%s: %s", p, strerror(errno));
+        uint64_t mt = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+        if ((uint64_t)st.st_size != want_size || mt != want_mtime)
+            return nf_errf_at(err, errlen, -ESTALE, name,
+                              "its source file %s changed since the index was built (%" PRIu64
+                              " bytes, mtime %" PRIu64 " ns; the index expects %" PRIu64
+                              " bytes, mtime %" PRIu64 " ns): rebuild the index (nanoflowctl up "
+                              "on the GGUF does)",
+                              p, (uint64_t)st.st_size, mt, want_size, want_mtime);
+        f->part_size[i] = want_size;
+    }
+    return 0;
+}
+
+int nf_nft_tile_fd(const struct nf_nft *f, const struct nf_nft_tile *t)
+{
+    return t->part < f->n_parts ? f->part_fd[t->part] : -1;
+}
+
+uint64_t nf_nft_tile_sum(const struct nf_nft *f, const struct nf_nft_tile *t, const void *span)
+{
+    if (f->in_place)
+        return XXH3_64bits((const uint8_t *)span + nf_nft_tile_skew(t), (size_t)t->size);
+    return XXH3_64bits(span, (size_t)nf_nft_padded(t->size));
+}
+
 int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, size_t errlen)
 {
     if (!out || !path)
@@ -512,7 +621,8 @@ int nf_nft_open(struct nf_nft **out, const char *path, bool direct, char *err, s
                    h->index_checksum, sum);
         goto out;
     }
-    if ((rc = check_index(f, path, err, errlen)) || (rc = load_calib(f, path, err, errlen)))
+    if ((rc = open_parts(f, direct, (uint64_t)st.st_size, path, err, errlen)) ||
+        (rc = check_index(f, path, err, errlen)) || (rc = load_calib(f, path, err, errlen)))
         goto out;
     *out = f;
     return 0;
@@ -525,6 +635,11 @@ void nf_nft_close(struct nf_nft *f)
 {
     if (!f)
         return;
+    for (uint32_t i = 0; f->in_place && i < f->n_parts; i++)
+        if (f->part_fd[i] >= 0)
+            close(f->part_fd[i]);
+    free(f->part_fd);
+    free(f->part_size);
     if (f->fd >= 0)
         close(f->fd);
     nf_gguf_close(f->meta);
@@ -612,21 +727,26 @@ int nf_nft_read(const struct nf_nft *f, const struct nf_nft_tile *t, void *buf, 
 {
     if (!f || !t || !buf || t < f->tiles || t >= f->tiles + f->n_tiles)
         return NF_EUSAGE;
-    uint64_t padded = nf_nft_padded(t->size);
+    uint64_t padded = nf_nft_tile_span(t), skew = nf_nft_tile_skew(t);
     if ((uintptr_t)buf % NF_NFT_ALIGN || bufsize < padded) {
         nf_errf_at(err, errlen, 0, f->path,
                    "tile buffer of %zu bytes at %p: needs %" PRIu64 " bytes, 4096-aligned", bufsize,
                    buf, padded);
         return NF_EUSAGE;
     }
-    int rc = read_full(f->fd, buf, (size_t)padded, t->offset);
+    /* An in-place tile's span may run past the end of its source file: only the tile's own
+     * bytes must arrive. */
+    int rc = read_span(nf_nft_tile_fd(f, t), buf, (size_t)padded, t->offset - skew,
+                       (size_t)(f->in_place ? skew + t->size : padded));
     char what[128];
     if (rc) {
         nf_nft_describe(f, t, what, sizeof(what));
         nf_errf_at(err, errlen, 0, f->path, "reading tile %s: %s", what, nf_strerror(rc));
         return rc;
     }
-    uint64_t sum = XXH3_64bits(buf, (size_t)padded);
+    uint64_t sum = nf_nft_tile_sum(f, t, buf);
+    if (skew)
+        memmove(buf, (uint8_t *)buf + skew, (size_t)t->size);
     if (sum != t->checksum) {
         nf_nft_describe(f, t, what, sizeof(what));
         nf_errf_at(err, errlen, 0, f->path,
@@ -672,7 +792,7 @@ int nf_nft_verify(const struct nf_nft *f,
     char msg[512];
     for (uint64_t i = 0; i < f->n_tiles; i++) {
         const struct nf_nft_tile *t = &f->tiles[i];
-        uint64_t need = nf_nft_padded(t->size);
+        uint64_t need = nf_nft_tile_span(t);
         if (need > cap) {
             free(buf);
             buf = NULL;

@@ -460,6 +460,19 @@ static int add_tile(struct conv *c, enum nf_tile_kind kind, uint32_t layer, uint
     return 0;
 }
 
+/* In-place index: tile t's bytes are src's from byte skip on (offset within its part). */
+static void src_extent(struct conv *c, struct nf_nft_tile *t, const struct nf_gguf_tensor *src,
+                       uint64_t skip)
+{
+    t->part = (uint16_t)src->part;
+    t->offset = src->offset - c->g->parts[src->part].base + skip;
+}
+
+static bool in_place(const struct conv *c)
+{
+    return c->o && c->o->in_place;
+}
+
 /* Tiles of rows_per rows covering a 2-D tensor's rows. */
 static int plan_rows(struct conv *c, enum nf_tile_kind kind, uint32_t layer,
                      const struct nf_gguf_tensor *t, uint64_t rows_per)
@@ -475,6 +488,39 @@ static int plan_rows(struct conv *c, enum nf_tile_kind kind, uint32_t layer,
         if ((rc = add_tile(c, kind, layer, (uint32_t)i, (uint32_t)r, (uint32_t)n,
                            (uint32_t)t->ne[0], t->type)))
             return rc;
+        if (in_place(c))
+            src_extent(c, &c->tiles[c->n_tiles - 1], t, r * nf_row_size(t->type, t->ne[0]));
+    }
+    return 0;
+}
+
+/* In-place index: the FFN of one dense layer or shared expert (expert == NF_NFT_NO_EXPERT) as row
+ * slices of about tile_size bytes of ffn_gate, then ffn_up, then ffn_down; or one expert as three
+ * tiles, its whole slices of ffn_gate_exps, ffn_up_exps and ffn_down_exps (each contiguous in the
+ * GGUF). */
+static int plan_slices(struct conv *c, uint32_t il, uint32_t expert, uint32_t *index)
+{
+    const struct layer_src *l = &c->L[il];
+    bool moe = expert != NF_NFT_NO_EXPERT;
+    const struct nf_gguf_tensor *src[3] = {moe ? l->gate_exps : ffn_src(l, 0),
+                                           moe ? l->up_exps : ffn_src(l, 1),
+                                           moe ? l->down_exps : ffn_src(l, 2)};
+    for (int k = 0; k < 3; k++) {
+        const struct nf_gguf_tensor *t = src[k];
+        uint64_t row = nf_row_size(t->type, t->ne[0]), rows = (uint64_t)t->ne[1];
+        uint64_t per = moe ? rows : (c->tile_size / row ? c->tile_size / row : 1);
+        for (uint64_t r = 0; r < rows; r += per) {
+            uint64_t n = rows - r < per ? rows - r : per;
+            int rc = add_tile(c, moe ? NF_TILE_EXPERT : NF_TILE_FFN, il, (*index)++, (uint32_t)r,
+                              (uint32_t)n, (uint32_t)t->ne[0], t->type);
+            if (rc)
+                return rc;
+            struct nf_nft_tile *nt = &c->tiles[c->n_tiles - 1];
+            nt->expert = expert;
+            nt->group = (uint32_t)n; /* one unit per tile for the used bitmaps */
+            nt->type[3] = (uint8_t)(NF_SLICE_GATE + k);
+            src_extent(c, nt, t, (moe ? row * rows * expert : 0) + r * row);
+        }
     }
     return 0;
 }
@@ -557,7 +603,8 @@ static int plan(struct conv *c)
         if (l->gate_sh) { /* the shared expert first: compute runs it before the router */
             uint32_t sh_index = 0;
             if ((rc = plan_rows(c, NF_TILE_SHEXP_GATE, il, l->gate_inp_sh, 1)) ||
-                (rc = plan_bundles(c, il, NF_NFT_NO_EXPERT, &sh_index)))
+                (rc = in_place(c) ? plan_slices(c, il, NF_NFT_NO_EXPERT, &sh_index)
+                                  : plan_bundles(c, il, NF_NFT_NO_EXPERT, &sh_index)))
                 return rc;
         }
         if (l->gate_inp) {
@@ -565,8 +612,12 @@ static int plan(struct conv *c)
                 (rc = plan_rows(c, NF_TILE_PRED_ROUTER, il, l->gate_inp, UINT32_MAX)))
                 return rc;
             for (uint32_t e = 0; e < h->n_expert; e++)
-                if ((rc = plan_bundles(c, il, e, &index)))
+                if ((rc = in_place(c) ? plan_slices(c, il, e, &index)
+                                      : plan_bundles(c, il, e, &index)))
                     return rc;
+        } else if (in_place(c)) {
+            if ((rc = plan_slices(c, il, NF_NFT_NO_EXPERT, &index)))
+                return rc;
         } else {
             if ((rc = add_tile(c, NF_TILE_PRED_LOWRANK, il, 0, 0, (uint32_t)l->gate->ne[1],
                                h->n_embd, c->pred_type)))
@@ -583,11 +634,16 @@ static int plan(struct conv *c)
     if (c->rope && (rc = plan_rows(c, NF_TILE_ROPE_FREQS, NF_NFT_NO_LAYER, c->rope, 1)))
         return rc;
     /* phi3 LongRoPE: rows 0 (short) and 1 (long) of ROPE_FREQS, one tile each. */
-    if (c->rope_short && ((rc = add_tile(c, NF_TILE_ROPE_FREQS, NF_NFT_NO_LAYER, 0, 0, 1,
-                                         (uint32_t)c->rope_short->ne[0], NF_TYPE_F32)) ||
-                          (rc = add_tile(c, NF_TILE_ROPE_FREQS, NF_NFT_NO_LAYER, 1, 1, 1,
-                                         (uint32_t)c->rope_long->ne[0], NF_TYPE_F32))))
-        return rc;
+    if (c->rope_short) {
+        const struct nf_gguf_tensor *f[2] = {c->rope_short, c->rope_long};
+        for (uint32_t i = 0; i < 2; i++) {
+            if ((rc = add_tile(c, NF_TILE_ROPE_FREQS, NF_NFT_NO_LAYER, i, i, 1,
+                               (uint32_t)f[i]->ne[0], NF_TYPE_F32)))
+                return rc;
+            if (in_place(c))
+                src_extent(c, &c->tiles[c->n_tiles - 1], f[i], 0);
+        }
+    }
     for (uint64_t i = 0; i < c->n_tiles; i++) {
         struct nf_nft_tile *t = &c->tiles[i];
         t->size = nf_nft_tile_bytes(t);
@@ -840,6 +896,85 @@ static int write_tiles(struct conv *c)
     return rc;
 }
 
+/* In-place index: the source files' absolute paths, sizes and mtimes (ns), which the reader
+ * opens and checks (nf_nft_open: a changed part makes the index stale). */
+static int add_sources(struct conv *c, struct nf_gguf_writer *w)
+{
+    uint32_t n = c->g->n_parts;
+    char(*paths)[PATH_MAX] = calloc(n, sizeof(*paths));
+    const char **names = calloc(n, sizeof(*names));
+    uint64_t *sizes = calloc(n, sizeof(*sizes)), *mtimes = calloc(n, sizeof(*mtimes));
+    int rc = 0;
+    if (!paths || !names || !sizes || !mtimes)
+        rc = nf_errf_at(c->err, c->errlen, -ENOMEM, c->in, "out of memory");
+    for (uint32_t i = 0; i < n && !rc; i++) {
+        struct stat st;
+        const struct nf_gguf_part *p = &c->g->parts[i];
+        if (!realpath(p->path, paths[i]) || fstat(p->fd, &st) != 0)
+            rc = nf_errf_at(c->err, c->errlen, -errno, c->in, "%s: %s", p->path, strerror(errno));
+        names[i] = paths[i];
+        sizes[i] = (uint64_t)st.st_size;
+        mtimes[i] = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+    }
+    if (!rc &&
+        ((rc = nf_gguf_writer_add_arr_str(w, "nanoflow.source.paths", names, NULL, n)) ||
+         (rc = nf_gguf_writer_add_arr(w, "nanoflow.source.sizes", NF_GGUF_UINT64, sizes, n)) ||
+         (rc = nf_gguf_writer_add_arr(w, "nanoflow.source.mtimes_ns", NF_GGUF_UINT64, mtimes, n))))
+        nf_errf_at(c->err, c->errlen, rc, c->in, "recording the source files: %s", nf_strerror(rc));
+    free(paths);
+    free(names);
+    free(sizes);
+    free(mtimes);
+    return rc;
+}
+
+/* In-place index: each tile's XXH3-64 over its bytes in the source, reading the source once in
+ * file order, one tile at a time (a PRED_ROUTER names its ROUTER's bytes and copies its sum). */
+static int cmp_src(const void *a, const void *b)
+{
+    const struct nf_nft_tile *x = *(const struct nf_nft_tile *const *)a;
+    const struct nf_nft_tile *y = *(const struct nf_nft_tile *const *)b;
+    if (x->part != y->part)
+        return x->part < y->part ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static int hash_tiles(struct conv *c)
+{
+    struct nf_nft_tile **order = malloc(c->n_tiles * sizeof(*order));
+    if (!order)
+        return nf_errf_at(c->err, c->errlen, -ENOMEM, c->in, "out of memory");
+    for (uint64_t i = 0; i < c->n_tiles; i++)
+        order[i] = &c->tiles[i];
+    qsort(order, c->n_tiles, sizeof(*order), cmp_src);
+    int rc = 0;
+    uint64_t since_drop = 0;
+    char what[64];
+    for (uint64_t i = 0; i < c->n_tiles && !rc; i++) {
+        struct nf_nft_tile *t = order[i];
+        const struct nf_nft_tile *p = i ? order[i - 1] : NULL;
+        if (p && p->part == t->part && p->offset == t->offset && p->size == t->size) {
+            t->checksum = p->checksum; /* the router and its predictor copy */
+            c->done += t->size;
+            continue;
+        }
+        if ((rc = ensure_buf(c, t->size)))
+            break;
+        if ((rc = src_read(c, c->buf, (size_t)t->size, c->g->parts[t->part].base + t->offset)))
+            break;
+        t->checksum = XXH3_64bits(c->buf, (size_t)t->size);
+        c->done += t->size;
+        if ((since_drop += t->size) >= (64u << 20)) {
+            since_drop = 0;
+            drop_caches(c);
+            snprintf(what, sizeof(what), "part %u/%u", (unsigned)t->part + 1, c->g->n_parts);
+            progress(c, what);
+        }
+    }
+    free(order);
+    return rc;
+}
+
 /* The metadata image: every key of the source and its tensor infos, no tensor data. */
 static int build_meta(struct conv *c, void **img, size_t *len)
 {
@@ -853,6 +988,8 @@ static int build_meta(struct conv *c, void **img, size_t *len)
             nf_errf_at(c->err, c->errlen, rc, c->in, "copying metadata key '%s': %s", kv->key.s,
                        nf_strerror(rc));
     }
+    if (!rc && in_place(c))
+        rc = add_sources(c, w);
     for (uint64_t i = 0; i < c->g->n_tensors && !rc; i++) {
         const struct nf_gguf_tensor *t = &c->g->tensors[i];
         if ((rc = nf_gguf_writer_add_tensor(w, t->name.s, t->n_dims, t->ne, t->type, NULL)))
@@ -940,7 +1077,7 @@ static int write_file(struct conv *c, const char *out)
     h->n_tiles = c->n_tiles;
     h->data_offset = h->index_offset + nf_nft_padded(c->n_tiles * sizeof(struct nf_nft_tile));
     uint64_t off = h->data_offset;
-    for (uint64_t i = 0; i < c->n_tiles; i++) {
+    for (uint64_t i = 0; i < c->n_tiles && !in_place(c); i++) {
         c->tiles[i].offset = off;
         off += nf_nft_padded(c->tiles[i].size);
     }
@@ -977,13 +1114,14 @@ static int write_file(struct conv *c, const char *out)
                         c->tmp, h->file_size, strerror(errno));
         goto out;
     }
-    progress(c, "layer 1");
-    if ((rc = write_tiles(c)))
+    progress(c, in_place(c) ? "checksums" : "layer 1");
+    if ((rc = in_place(c) ? hash_tiles(c) : write_tiles(c)))
         goto out;
     h->index_checksum = XXH3_64bits(c->tiles, c->n_tiles * sizeof(struct nf_nft_tile));
     h->magic = NF_NFT_MAGIC;
     h->major = NF_NFT_MAJOR;
-    h->minor = NF_NFT_MINOR;
+    h->minor = in_place(c) ? NF_NFT_MINOR_INPLACE : NF_NFT_MINOR;
+    h->flags = in_place(c) ? NF_NFT_IN_PLACE : 0;
     h->header_size = sizeof(*h);
     h->tile_size = (uint32_t)c->tile_size;
     h->pred_rank = (uint32_t)c->rank;
@@ -1105,7 +1243,7 @@ int nf_nft_convert(const char *in_path, const char *out_path, const struct nf_nf
         c.rank = nf_lowrank_default_rank(c.hdr.weight_bytes, (int)n_dense, c.hdr.n_ff, c.hdr.n_embd,
                                          nf_type_traits(c.pred_type)->type_size, NF_NFT_PRED_SHARE);
     }
-    if (n_dense == 0)
+    if (n_dense == 0 || (o && o->in_place))
         c.rank = 0;
     if ((rc = plan(&c)) || (rc = write_file(&c, out_path)))
         goto out;
@@ -1115,4 +1253,13 @@ out:
     free(c.L);
     nf_gguf_close(c.g);
     return rc;
+}
+
+int nf_nft_index_build(const char *in_path, const char *out_path,
+                       const struct nf_nft_convert_opts *o, char *err, size_t errlen)
+{
+    struct nf_nft_convert_opts io = o ? *o : (struct nf_nft_convert_opts){0};
+    io.in_place = true;
+    io.calib_text = NULL;
+    return nf_nft_convert(in_path, out_path, &io, err, errlen);
 }

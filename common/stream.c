@@ -37,6 +37,7 @@ struct nf_stream {
     float *ptmp;            /* (rank) */
     uint32_t *bound;        /* (max_groups + 1) first group of each FFN tile of the layer */
     uint32_t n_bound;       /* FFN tiles of the layer (bound[n_bound] = n_groups) */
+    bool slices;            /* the current layer's FFN tiles are in-place row slices */
     uint32_t *order;        /* (2 max_groups) nf_sparse_pick scratch */
     uint32_t *pick;         /* (max_groups) groups chosen for one token */
     float *tscore;          /* (max_groups) tile scores */
@@ -250,6 +251,43 @@ static int nf_stream_bundles(struct nf_stream *s, uint32_t layer, enum nf_tile_k
     return 0;
 }
 
+/* In-place index: the row-slice tiles [i0, i1) of (layer, kind), gate, up then down (checked
+ * at creation): the gate and up rows times xn (n_tok, n_embd) into c->hb and c->hb2, SwiGLU
+ * once the first down tile comes, then the down rows times c->hb into out (n_tok, n_embd). Each
+ * row is the dot product the whole matrix would give it, so this equals the in-RAM FFN. */
+static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_kind kind,
+                            uint32_t i0, uint32_t i1, const float *xn, float *out, int n_tok)
+{
+    struct nf_ctx *c = s->c;
+    const size_t E = (size_t)s->shell.hp.n_embd, F = (size_t)s->ff;
+    bool act = false;
+    for (uint32_t i = i0; i < i1; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
+        const bool down = t->type[3] == NF_SLICE_DOWN;
+        if (down && !act) {
+            nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, (int)F);
+            act = true;
+        }
+        float *o = down ? out : t->type[3] == NF_SLICE_GATE ? c->hb : c->hb2;
+        const size_t rows = down ? E : F;
+        int rc;
+        const uint8_t *p = nf_stream_pin(s, t, &rc);
+        if (!p)
+            return rc;
+        struct nf_tensor v = nf_rows_view(t, p);
+        if (t->count == rows || n_tok == 1) {
+            nf_matmul(c, o + t->first, &v, down ? c->hb : xn, n_tok);
+        } else {
+            nf_matmul(c, s->tmp, &v, down ? c->hb : xn, n_tok);
+            for (int k = 0; k < n_tok; k++)
+                memcpy(o + (size_t)k * rows + t->first, s->tmp + (size_t)k * t->count,
+                       sizeof(float) * t->count);
+        }
+        nf_stream_unpin(s, t);
+    }
+    return 0;
+}
+
 static void nf_stream_report_used(struct nf_stream *s, uint32_t il)
 {
     if (s->src.used)
@@ -260,13 +298,18 @@ static void nf_stream_report_used(struct nf_stream *s, uint32_t il)
 static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
 {
     struct nf_ctx *c = s->c;
-    int rc =
-        nf_stream_bundles(s, il, NF_TILE_FFN, 0, nf_nft_count(s->f, il, NF_TILE_FFN), c->xn, n_tok);
-    if (rc < 0)
-        return rc;
-    nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->shell.hp.n_ff);
-    struct nf_tensor dv = nf_stream_down_view(s);
-    nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+    const uint32_t n = nf_nft_count(s->f, il, NF_TILE_FFN);
+    int rc;
+    if (s->slices) {
+        if ((rc = nf_stream_slices(s, il, NF_TILE_FFN, 0, n, c->xn, c->ffo, n_tok)) < 0)
+            return rc;
+    } else {
+        if ((rc = nf_stream_bundles(s, il, NF_TILE_FFN, 0, n, c->xn, n_tok)) < 0)
+            return rc;
+        nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->shell.hp.n_ff);
+        struct nf_tensor dv = nf_stream_down_view(s);
+        nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+    }
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
     for (uint32_t g = 0; g < s->n_groups; g++)
         s->bits[g / 64] |= 1ull << (g % 64);
@@ -468,11 +511,17 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
         for (int j = 0; j < K; j++) {
             const uint32_t e = (uint32_t)sel[j];
             s->bits[e / 64] |= 1ull << (e % 64);
-            rc = nf_stream_bundles(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, xt, 1);
-            if (rc < 0)
-                return rc;
-            nf_ffn_act(hp, c->hb, c->hb2, 1, hp->n_ff);
-            nf_matmul(c, c->eo, &dv, c->hb, 1);
+            if (s->slices) {
+                rc = nf_stream_slices(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, xt, c->eo, 1);
+                if (rc < 0)
+                    return rc;
+            } else {
+                rc = nf_stream_bundles(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, xt, 1);
+                if (rc < 0)
+                    return rc;
+                nf_ffn_act(hp, c->hb, c->hb2, 1, hp->n_ff);
+                nf_matmul(c, c->eo, &dv, c->hb, 1);
+            }
             for (int i = 0; i < E; i++)
                 ot[i] = j == 0 ? c->eo[i] * w[j] : ot[i] + c->eo[i] * w[j];
         }
@@ -490,15 +539,21 @@ static int nf_stream_shexp(struct nf_stream *s, uint32_t il, int n_tok)
     int rc = nf_stream_mm(s, c->sh_gate, il, NF_TILE_SHEXP_GATE, 1, c->xn, n_tok);
     if (rc < 0)
         return rc;
+    const struct nf_nft_tile *t0 = nf_nft_find(s->f, il, NF_TILE_FFN, 0);
+    const uint32_t n = nf_nft_count(s->f, il, NF_TILE_FFN);
     s->ff = s->shell.hp.n_ff_shexp;
-    s->down_type = (enum nf_type)nf_nft_find(s->f, il, NF_TILE_FFN, 0)->type[2];
-    s->down_row_size = nf_row_size(s->down_type, s->ff);
-    if ((rc = nf_stream_bundles(s, il, NF_TILE_FFN, 0, nf_nft_count(s->f, il, NF_TILE_FFN), c->xn,
-                                n_tok)) < 0)
-        return rc;
-    nf_swiglu(c->hb, c->hb2, n_tok, s->ff);
-    struct nf_tensor dv = nf_stream_down_view(s);
-    nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+    if (t0->type[3] != NF_SLICE_NONE) { /* an in-place index: row slices of the GGUF */
+        if ((rc = nf_stream_slices(s, il, NF_TILE_FFN, 0, n, c->xn, c->ffo, n_tok)) < 0)
+            return rc;
+    } else {
+        s->down_type = (enum nf_type)t0->type[2];
+        s->down_row_size = nf_row_size(s->down_type, s->ff);
+        if ((rc = nf_stream_bundles(s, il, NF_TILE_FFN, 0, n, c->xn, n_tok)) < 0)
+            return rc;
+        nf_swiglu(c->hb, c->hb2, n_tok, s->ff);
+        struct nf_tensor dv = nf_stream_down_view(s);
+        nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+    }
     nf_shexp_gate(c, c->ffo, n_tok);
     return 0;
 }
@@ -550,7 +605,10 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     const struct nf_nft_tile *t0 =
         nf_nft_find(s->f, il, hp->n_expert ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
     s->group = (int)t0->group;
-    s->n_groups = hp->n_expert ? (uint32_t)hp->n_expert : (uint32_t)hp->n_ff / t0->group;
+    s->slices = t0->type[3] != NF_SLICE_NONE;
+    s->n_groups = hp->n_expert ? (uint32_t)hp->n_expert
+                  : s->slices  ? nf_nft_count(s->f, il, NF_TILE_FFN) /* one unit a tile */
+                               : (uint32_t)hp->n_ff / t0->group;
     s->down_type = (enum nf_type)t0->type[2];
     s->down_row_size = nf_row_size(s->down_type, hp->n_ff);
     s->ff = hp->n_ff;
@@ -729,6 +787,43 @@ static int nf_stream_check_bundles(const struct nf_nft *f, uint32_t layer, enum 
     return 0;
 }
 
+/* In-place index: checks the row-slice tiles [i0, i1) of (layer, kind) hold, in this order,
+ * ffn_gate rows [0, n_ff), ffn_up rows [0, n_ff) and ffn_down rows [0, n_embd) of expert
+ * `expert`, in computable types; *max_rows grows to the largest tile (the dense path's tmp). */
+static int nf_stream_check_slices(const struct nf_nft *f, uint32_t layer, enum nf_tile_kind kind,
+                                  uint32_t i0, uint32_t i1, uint32_t expert, uint32_t n_ff,
+                                  uint32_t n_embd, size_t *max_rows, char *err, size_t errlen)
+{
+    uint32_t next[3] = {0, 0, 0}, cur = 0;
+    for (uint32_t i = i0; i < i1; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(f, layer, kind, i);
+        const uint32_t k = (uint32_t)t->type[3] - 1;
+        const struct nf_type_traits *tr = nf_type_traits((enum nf_type)t->type[0]);
+        const struct nf_type_traits *dt = tr ? nf_type_traits(tr->vec_dot_type) : NULL;
+        const uint32_t ne0 = k == 2 ? n_ff : n_embd;
+        char d[160];
+        nf_nft_describe(f, t, d, sizeof(d));
+        if (k > 2 || k < cur || t->expert != expert || t->first != next[k] || t->ne0 != ne0 ||
+            t->count == 0 || !tr || !tr->compute || !dt || !dt->from_float ||
+            ne0 % (uint64_t)dt->blck_size)
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: %s is not the next row slice of the layer's ffn_gate, ffn_up, "
+                           "ffn_down (expert %u, computable types)",
+                           f->path, d, expert);
+        cur = k;
+        next[k] += t->count;
+        if (kind == NF_TILE_FFN && t->count > *max_rows)
+            *max_rows = t->count;
+    }
+    if (next[0] != n_ff || next[1] != n_ff || next[2] != n_embd)
+        return nf_errf(err, errlen, NF_ECORRUPT,
+                       "%s: layer %u %s slices hold %u/%u/%u rows of gate/up/down, expected "
+                       "%u/%u/%u",
+                       f->path, layer, nf_tile_kind_name(kind), next[0], next[1], next[2], n_ff,
+                       n_ff, n_embd);
+    return 0;
+}
+
 /* Checks one layer; *max_groups and *down_row grow to what it needs. */
 static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams *hp, uint32_t il,
                                  bool sparse, size_t *max_rows, uint32_t *max_groups,
@@ -770,9 +865,15 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
         /* The shared expert: the MoE layer's FFN tiles, of its own width. */
         uint32_t g = 0;
         uint8_t ty[3] = {0};
-        const uint32_t S = (uint32_t)hp->n_ff_shexp;
-        if ((rc = nf_stream_check_bundles(f, il, NF_TILE_FFN, 0, nf_nft_count(f, il, NF_TILE_FFN),
-                                          NF_NFT_NO_EXPERT, S, (uint32_t)E, &g, ty, err, errlen)))
+        const uint32_t S = (uint32_t)hp->n_ff_shexp, n = nf_nft_count(f, il, NF_TILE_FFN);
+        const struct nf_nft_tile *s0 = nf_nft_find(f, il, NF_TILE_FFN, 0);
+        if (s0 && s0->type[3] != NF_SLICE_NONE)
+            rc = nf_stream_check_slices(f, il, NF_TILE_FFN, 0, n, NF_NFT_NO_EXPERT, S, (uint32_t)E,
+                                        max_rows, err, errlen);
+        else
+            rc = nf_stream_check_bundles(f, il, NF_TILE_FFN, 0, n, NF_NFT_NO_EXPERT, S, (uint32_t)E,
+                                         &g, ty, err, errlen);
+        if (rc)
             return rc;
         *max_rows = g > *max_rows ? g : *max_rows;
         const size_t dr = nf_row_size((enum nf_type)ty[2], (int64_t)S);
@@ -780,6 +881,33 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
     }
     uint32_t group = 0;
     uint8_t types[3] = {0};
+    const struct nf_nft_tile *t0 =
+        nf_nft_find(f, il, hp->n_expert ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
+    if (t0 && t0->type[3] != NF_SLICE_NONE) {
+        const uint32_t X = (uint32_t)hp->n_expert;
+        const uint32_t n = nf_nft_count(f, il, X ? NF_TILE_EXPERT : NF_TILE_FFN);
+        if (sparse)
+            return nf_errf(err, errlen, NF_EUSAGE,
+                           "%s: an in-place index has no FFN predictors; for --sparsity convert "
+                           "the GGUF to a .nft first (nanoflowctl convert)",
+                           f->path);
+        if (X &&
+            (rc = nf_stream_check_rows(f, il, NF_TILE_ROUTER, X, E, false, max_rows, err, errlen)))
+            return rc;
+        if (X && n % X)
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: layer %u has %u expert tiles, expected a multiple of %u", f->path,
+                           il, n, X);
+        for (uint32_t e = 0; e < (X ? X : 1); e++)
+            if ((rc = nf_stream_check_slices(f, il, X ? NF_TILE_EXPERT : NF_TILE_FFN,
+                                             X ? e * (n / X) : 0, X ? (e + 1) * (n / X) : n,
+                                             X ? e : NF_NFT_NO_EXPERT, (uint32_t)F, (uint32_t)E,
+                                             max_rows, err, errlen)))
+                return rc;
+        const uint32_t units = X ? X : n;
+        *max_groups = units > *max_groups ? units : *max_groups;
+        return 0;
+    }
     if (hp->n_expert) {
         const uint32_t X = (uint32_t)hp->n_expert, n = nf_nft_count(f, il, NF_TILE_EXPERT);
         if ((rc = nf_stream_check_rows(f, il, NF_TILE_ROUTER, X, E, false, max_rows, err, errlen)))
@@ -1199,7 +1327,7 @@ int nf_tile_src_file_open(struct nf_tile_src *src, const struct nf_nft *f, uint6
         return -ENOMEM;
     fs->f = f;
     for (uint64_t i = 0; i < f->n_tiles; i++) {
-        const uint64_t p = nf_nft_padded(f->tiles[i].size);
+        const uint64_t p = nf_nft_tile_span(&f->tiles[i]);
         fs->slot_size = p > fs->slot_size ? p : fs->slot_size;
     }
     if (fs->slot_size == 0)

@@ -1,5 +1,6 @@
-/* bench_raw.c - nanoflowctl bench's raw read: the disk's bandwidth on the .nft's tiles with
- * O_DIRECT reads at the fetcher's queue depth. */
+/* bench_raw.c - nanoflowctl bench's raw read: the disk's bandwidth on the model's tiles (in the
+ * .nft, or in the GGUF parts of an in-place index) with O_DIRECT reads at the fetcher's queue
+ * depth, each read the aligned span the fetcher reads. */
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -18,7 +19,16 @@ static int cmp_offset(const void *a, const void *b)
 {
     const struct nf_nft_tile *x = *(const struct nf_nft_tile *const *)a,
                              *y = *(const struct nf_nft_tile *const *)b;
+    if (x->part != y->part)
+        return x->part < y->part ? -1 : 1;
     return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Bytes a read of t's span must return: the whole span, or in an in-place index up to the
+ * tile's end (the span may run past the end of the GGUF part). */
+static uint64_t need_of(const struct nf_nft *f, const struct nf_nft_tile *t)
+{
+    return f->in_place ? nf_nft_tile_skew(t) + t->size : nf_nft_tile_span(t);
 }
 
 void nf_bench_raw_read(struct nf_bench *b, const struct nf_nft *f, struct nf_bench_raw *r)
@@ -34,12 +44,19 @@ void nf_bench_raw_read(struct nf_bench *b, const struct nf_nft *f, struct nf_ben
         order[i] = &f->tiles[i];
     qsort(order, f->n_tiles, sizeof(*order), cmp_offset);
     for (; n < f->n_tiles && total < NF_BENCH_RAW_CAP; n++) {
-        uint64_t p = nf_nft_padded(order[n]->size);
+        uint64_t p = nf_nft_tile_span(order[n]);
         total += p;
         if (p > cap)
             cap = p;
     }
-    int fd = open(b->nft, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    /* Each file f reads tiles from, opened again with O_DIRECT. */
+    int fds[NF_NFT_MAX_PARTS], fd = 0;
+    uint32_t n_fds = 0;
+    for (; n_fds < f->n_parts && fd >= 0; n_fds++) {
+        char p[64];
+        snprintf(p, sizeof(p), "/proc/self/fd/%d", f->part_fd[n_fds]);
+        fds[n_fds] = fd = open(f->in_place ? p : b->nft, O_RDONLY | O_DIRECT | O_CLOEXEC);
+    }
     uint8_t *bufs = cap ? aligned_alloc(NF_NFT_ALIGN, cap * qd) : NULL; /* (qd, cap) */
     struct iovec iov[NF_BENCH_QD];
     uint32_t free_b[NF_BENCH_QD];
@@ -72,12 +89,14 @@ void nf_bench_raw_read(struct nf_bench *b, const struct nf_nft *f, struct nf_ben
                     break;
                 uint32_t bi = free_b[--n_free];
                 const struct nf_nft_tile *t = order[next++];
-                unsigned len = (unsigned)nf_nft_padded(t->size);
+                unsigned len = (unsigned)nf_nft_tile_span(t);
+                uint64_t off = t->offset - nf_nft_tile_skew(t);
                 if (fixed)
-                    io_uring_prep_read_fixed(sqe, fd, iov[bi].iov_base, len, t->offset, (int)bi);
+                    io_uring_prep_read_fixed(sqe, fds[t->part], iov[bi].iov_base, len, off,
+                                             (int)bi);
                 else
-                    io_uring_prep_read(sqe, fd, iov[bi].iov_base, len, t->offset);
-                io_uring_sqe_set_data64(sqe, ((uint64_t)len << 32) | bi);
+                    io_uring_prep_read(sqe, fds[t->part], iov[bi].iov_base, len, off);
+                io_uring_sqe_set_data64(sqe, (need_of(f, t) << 32) | bi);
                 in_flight++;
             }
             io_uring_submit(&ring);
@@ -94,7 +113,7 @@ void nf_bench_raw_read(struct nf_bench *b, const struct nf_nft *f, struct nf_ben
             io_uring_cqe_seen(&ring, cqe);
             in_flight--;
             free_b[n_free++] = (uint32_t)(ud & 0xffffffffu);
-            if (res < 0 || (uint64_t)res != ud >> 32) {
+            if (res < 0 || (uint64_t)res < ud >> 32) {
                 snprintf(r->error, sizeof(r->error), "read of %llu bytes returned %d (%s)",
                          (unsigned long long)(ud >> 32), res, res < 0 ? strerror(-res) : "short");
                 goto out;
@@ -113,14 +132,14 @@ void nf_bench_raw_read(struct nf_bench *b, const struct nf_nft *f, struct nf_ben
         r->backend = "pread (io_uring unavailable)";
         for (; next < n && !nf_bench_stop; next++) {
             const struct nf_nft_tile *t = order[next];
-            size_t len = (size_t)nf_nft_padded(t->size);
-            ssize_t got = pread(fd, bufs, len, (off_t)t->offset);
-            if (got != (ssize_t)len) {
+            size_t len = (size_t)nf_nft_tile_span(t);
+            ssize_t got = pread(fds[t->part], bufs, len, (off_t)(t->offset - nf_nft_tile_skew(t)));
+            if (got < 0 || (uint64_t)got < need_of(f, t)) {
                 snprintf(r->error, sizeof(r->error), "pread of %zu bytes at %llu: %s", len,
                          (unsigned long long)t->offset, got < 0 ? strerror(errno) : "short");
                 goto out;
             }
-            bytes += len;
+            bytes += (uint64_t)got;
             done++;
         }
     }
@@ -135,8 +154,9 @@ void nf_bench_raw_read(struct nf_bench *b, const struct nf_nft *f, struct nf_ben
 out:
     if (have_ring)
         io_uring_queue_exit(&ring);
-    if (fd >= 0)
-        close(fd);
+    for (uint32_t i = 0; i < n_fds; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
     free(bufs);
     free(order);
 }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "cmds.h"
 #include "nf_err.h"
 #include "nf_proc.h"
 #include "nf_time.h"
@@ -164,13 +165,20 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     bool have_cg = b->use_cgroup;
     if (!phase_cgroup(b, &cg, phase, r))
         return;
-    drop_cache(b->nft);
+    /* Sparse mode needs a .nft's neuron bundles: a GGUF's conversion, made once. */
+    char model[PATH_MAX];
+    snprintf(model, sizeof(model), "%s", b->nft);
+    if (sparsity > 0 && b->gguf[0] && nf_up_resolve_model(b->gguf, true, model, sizeof(model))) {
+        nf_errf(r->error, sizeof(r->error), 0, "converting %.200s for sparse mode failed", b->gguf);
+        return;
+    }
+    drop_cache(model);
     nf_bench_progress(b, "%s: up (run dir %s%s)", r->mode, dir,
                       have_cg ? ", in its memory cgroup" : "");
     char ctx[32];
     snprintf(ctx, sizeof(ctx), "%u", b->n_ctx);
-    char *up_argv[] = {NULL, "up", "--model",    b->nft, "--ram", ram, "--run-dir", dir,
-                       "-t", thr,  "--sparsity", sp,     "--ctx", ctx, NULL};
+    char *up_argv[] = {NULL, "up", "--model",    model, "--ram", ram, "--run-dir", dir,
+                       "-t", thr,  "--sparsity", sp,    "--ctx", ctx, NULL};
     pid_t pid = nf_bench_spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? nf_bench_wait(pid, NF_BENCH_UP_TIMEOUT) : -1;
     if (pid > 0 && st < 0)

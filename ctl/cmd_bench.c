@@ -121,8 +121,9 @@ int nf_cmd_bench(int argc, char **argv)
         fprintf(stderr, "nanoflowctl bench: %s: %s\n", b.o.model, strerror(errno));
         return 1;
     }
-    /* A .gguf is converted once to the cached .nft that `up` uses. */
-    if (nf_up_resolve_model(absm, b.nft, sizeof(b.nft)))
+    /* A .gguf is served in place through the cached index `up` uses (sparse phases resolve
+     * it again, to its .nft conversion). */
+    if (nf_up_resolve_model(absm, false, b.nft, sizeof(b.nft)))
         return 1;
     if (strcmp(absm, b.nft))
         snprintf(b.gguf, sizeof(b.gguf), "%s", absm);

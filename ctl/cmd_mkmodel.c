@@ -45,6 +45,8 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
     {"olmoe-1b-7b", 2048, 16, 1024, 16, 16, 64, 8, 50304, 4096, 10000.0f, 1e-5f, "olmoe", 128},
     /* Phi-3-mini-4k-instruct's config.json (no LongRoPE; fused QKV and gate/up tensors). */
     {"phi3-mini", 3072, 32, 8192, 32, 32, 0, 0, 32064, 4096, 10000.0f, 1e-5f, "phi3", 0},
+    {"qwen3-235b-a22b", 4096, 94, 1536, 64, 4, 128, 8, 151936, 40960, 1000000.0f, 1e-6f, "qwen3moe",
+     128},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */

@@ -33,9 +33,12 @@ static void up_usage(FILE *f)
     fprintf(f,
             "usage: nanoflowctl up --model FILE [options]\n\n"
             "Starts a streaming stack (fetcher, predictor, compute daemons) that runs the model\n"
-            "within a RAM budget, streaming weight tiles from the SSD. A .gguf model is converted\n"
-            "once to a cached .nft tile file (beside it when that directory is writable, else in\n"
-            "$XDG_CACHE_HOME/nanoflow or ~/.cache/nanoflow).\n\n"
+            "within a RAM budget, streaming weight tiles from the SSD. A .gguf model (split or\n"
+            "not) is served in place: up reads it once to build a small index, NAME.nfi (tile\n"
+            "table and checksums, cached beside it when that directory is writable, else in\n"
+            "$XDG_CACHE_HOME/nanoflow or ~/.cache/nanoflow, and rebuilt when a file of the model\n"
+            "changes); no copy of the weights is written. With --sparsity the GGUF is converted\n"
+            "once to a cached .nft instead (sparse mode needs its neuron bundles).\n\n"
             "  -m, --model FILE     .gguf or .nft model (required)\n"
             "      --ram SIZE       RAM budget of the whole stack, K/M/G/T suffixes (default: 1G)\n"
             "  -t, --threads N      compute threads (default: 0 = one per CPU but one, at least\n"
@@ -80,6 +83,7 @@ static void up_on_signal(int sig)
 struct progress {
     int last_pct;
     bool tty;
+    const char *what; /* "converting" or "indexing" */
 };
 
 static void up_progress(void *ud, uint64_t done, uint64_t total, const char *what)
@@ -90,9 +94,9 @@ static void up_progress(void *ud, uint64_t done, uint64_t total, const char *wha
         return;
     p->last_pct = pct;
     if (p->tty)
-        fprintf(stderr, "\rconverting: %3d%% %-40.40s", pct, what ? what : "");
+        fprintf(stderr, "\r%s: %3d%% %-40.40s", p->what, pct, what ? what : "");
     else
-        fprintf(stderr, "converting: %3d%%\n", pct);
+        fprintf(stderr, "%s: %3d%%\n", p->what, pct);
     if (p->tty && pct == 100)
         fputc('\n', stderr);
 }
@@ -122,10 +126,11 @@ static bool dir_writable(const char *dir)
     return st.st_mode & S_IWOTH;
 }
 
-/* The cache entry for gguf: dir/NAME.nft with dir beside the source when writable, else the
- * user cache (file name made unique by a hash of the source path). The sidecar NAME.nft.src
- * records the source's size and mtime the entry was made from. */
-static int cache_path(const char *gguf, char *out, size_t len)
+/* The cache entry for gguf: dir/NAME.EXT (ext "nft": a converted copy, whose sidecar
+ * NAME.nft.src records the source's size and mtime; "nfi": the in-place index, which records
+ * every part's itself) with dir beside the source when writable, else the user cache (file name
+ * made unique by a hash of the source path). */
+static int cache_path(const char *gguf, const char *ext, char *out, size_t len)
 {
     char dir[PATH_MAX], base[NAME_MAX + 1];
     const char *slash = strrchr(gguf, '/');
@@ -138,7 +143,7 @@ static int cache_path(const char *gguf, char *out, size_t len)
     else
         snprintf(dir, sizeof(dir), ".");
     if (dir_writable(dir[0] ? dir : "/")) {
-        return nf_pathf(out, len, "%s/%s.nft", dir[0] ? dir : "", base) ? 0 : -ENAMETOOLONG;
+        return nf_pathf(out, len, "%s/%s.%s", dir[0] ? dir : "", base, ext) ? 0 : -ENAMETOOLONG;
     }
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     if (xdg && *xdg)
@@ -154,30 +159,110 @@ static int cache_path(const char *gguf, char *out, size_t len)
     uint64_t h = 0xcbf29ce484222325ull;
     for (const unsigned char *s = (const unsigned char *)gguf; *s; s++)
         h = (h ^ *s) * 0x100000001b3ull;
-    if (!nf_pathf(out, len, "%s/%s-%08llx.nft", dir, base, (unsigned long long)(h & 0xffffffffu)))
+    if (!nf_pathf(out, len, "%s/%s-%08llx.%s", dir, base, (unsigned long long)(h & 0xffffffffu),
+                  ext))
         return -ENAMETOOLONG;
     return 0;
 }
 
-static bool cache_fresh(const char *nft, const struct stat *src)
+/* The .nft cache's stamp of the GGUF absm: "SIZE SEC NSEC" of every part (a split model's
+ * first file brings in the others), one line each, so that a change to any part is seen. Empty
+ * when the model does not open (the conversion then says why). */
+static void src_stamp(const char *absm, char *out, size_t len)
 {
-    char side[PATH_MAX + 8];
+    out[0] = '\0';
+    struct nf_gguf *g = NULL;
+    char err[256];
+    if (nf_gguf_open(&g, absm, err, sizeof(err)) < 0)
+        return;
+    size_t n = 0;
+    for (uint32_t i = 0; i < g->n_parts && n < len; i++) {
+        struct stat st;
+        if (fstat(g->parts[i].fd, &st) != 0) {
+            out[0] = '\0';
+            break;
+        }
+        n += (size_t)snprintf(out + n, len - n, "%llu %llu %llu\n", (unsigned long long)st.st_size,
+                              (unsigned long long)st.st_mtim.tv_sec,
+                              (unsigned long long)st.st_mtim.tv_nsec);
+    }
+    nf_gguf_close(g);
+}
+
+static bool cache_fresh(const char *nft, const char *stamp)
+{
+    char side[PATH_MAX + 8], have[8192];
     snprintf(side, sizeof(side), "%s.src", nft);
     FILE *f = fopen(side, "r");
     if (!f)
         return false;
-    unsigned long long size = 0, sec = 0, nsec = 0;
-    int n = fscanf(f, "%llu %llu %llu", &size, &sec, &nsec);
+    size_t n = fread(have, 1, sizeof(have) - 1, f);
     fclose(f);
+    have[n] = '\0';
     struct stat st;
-    return n == 3 && stat(nft, &st) == 0 && size == (unsigned long long)src->st_size &&
-           sec == (unsigned long long)src->st_mtim.tv_sec &&
-           nsec == (unsigned long long)src->st_mtim.tv_nsec;
+    return stamp[0] && !strcmp(have, stamp) && stat(nft, &st) == 0;
 }
 
-/* Resolves model into an absolute .nft path, converting a .gguf once. Returns 0 or 1 (error
+/* Writes the in-place index (in_place) or the .nft conversion of the GGUF absm to out, with
+ * progress on stderr; SIGINT and SIGTERM remove the temporary file. Returns 0 or a negative
+ * code with err set. */
+static int build(const char *absm, const char *out, bool in_place, char *err, size_t errlen)
+{
+    struct progress pg = {
+        .last_pct = -1, .tty = isatty(2), .what = in_place ? "indexing" : "converting"};
+    struct nf_nft_convert_opts o = {0};
+    o.progress = up_progress;
+    o.progress_ud = &pg;
+    o.tmp_path = nf_up_tmp;
+    o.tmp_path_len = sizeof(nf_up_tmp);
+    signal(SIGINT, up_on_signal);
+    signal(SIGTERM, up_on_signal);
+    int rc = in_place ? nf_nft_index_build(absm, out, &o, err, errlen)
+                      : nf_nft_convert(absm, out, &o, err, errlen);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    return rc;
+}
+
+/* The in-place index of the GGUF absm at idx: reused when it opens (nf_nft_open checks that
+ * no part of the model changed since it was built), else built. Returns 0 or 1 (error
  * printed). */
-static int resolve_model(const char *model, char *nft, size_t len)
+static int resolve_index(const char *absm, char *idx, size_t len)
+{
+    int rc = cache_path(absm, "nfi", idx, len);
+    if (rc < 0) {
+        fprintf(stderr, "nanoflowctl up: no writable place for the index of %s: %s\n", absm,
+                nf_strerror(rc));
+        return 1;
+    }
+    char err[1024];
+    struct nf_nft *f = NULL;
+    if (access(idx, F_OK) == 0) {
+        if (nf_nft_open(&f, idx, false, err, sizeof(err)) == 0) {
+            nf_nft_close(f);
+            fprintf(stderr, "using cached index %s\n", idx);
+            return 0;
+        }
+        fprintf(stderr, "rebuilding the index: %s\n", err);
+    }
+    fprintf(stderr, "indexing %s -> %s (reads the model once; the weights stay in the GGUF)\n",
+            absm, idx);
+    double t0 = nf_now_s();
+    if (build(absm, idx, true, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nanoflowctl up: indexing %s: %s\n", absm, err);
+        return 1;
+    }
+    struct stat st;
+    if (stat(idx, &st) == 0)
+        fprintf(stderr, "index: %lld bytes written in %.1f s\n", (long long)st.st_size,
+                nf_now_s() - t0);
+    return 0;
+}
+
+/* Resolves model into the absolute path of what the daemons open: a .nft as given, the in-place
+ * index of a .gguf (built once), or with sparse a .gguf's cached .nft conversion (sparse mode
+ * needs the neuron bundles). Returns 0 or 1 (error printed). */
+static int resolve_model(const char *model, bool sparse, char *nft, size_t len)
 {
     char absm[PATH_MAX];
     if (!realpath(model, absm)) {
@@ -188,35 +273,23 @@ static int resolve_model(const char *model, char *nft, size_t len)
         snprintf(nft, len, "%s", absm);
         return 0;
     }
-    struct stat src;
-    if (stat(absm, &src) < 0) {
-        fprintf(stderr, "nanoflowctl up: %s: %s\n", absm, strerror(errno));
-        return 1;
-    }
-    int rc = cache_path(absm, nft, len);
+    if (!sparse)
+        return resolve_index(absm, nft, len);
+    char stamp[8192];
+    src_stamp(absm, stamp, sizeof(stamp));
+    int rc = cache_path(absm, "nft", nft, len);
     if (rc < 0) {
         fprintf(stderr, "nanoflowctl up: no writable place for the converted model of %s: %s\n",
                 absm, nf_strerror(rc));
         return 1;
     }
-    if (cache_fresh(nft, &src)) {
+    if (cache_fresh(nft, stamp)) {
         fprintf(stderr, "using cached %s\n", nft);
         return 0;
     }
     fprintf(stderr, "converting %s -> %s (once; later runs reuse it)\n", absm, nft);
-    struct progress pg = {.last_pct = -1, .tty = isatty(2)};
-    struct nf_nft_convert_opts o = {0};
-    o.progress = up_progress;
-    o.progress_ud = &pg;
-    o.tmp_path = nf_up_tmp;
-    o.tmp_path_len = sizeof(nf_up_tmp);
-    signal(SIGINT, up_on_signal);
-    signal(SIGTERM, up_on_signal);
     char err[512];
-    rc = nf_nft_convert(absm, nft, &o, err, sizeof(err));
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    if (rc < 0) {
+    if (build(absm, nft, false, err, sizeof(err)) < 0) {
         fprintf(stderr, "nanoflowctl up: converting %s: %s\n", absm, err);
         return 1;
     }
@@ -224,17 +297,16 @@ static int resolve_model(const char *model, char *nft, size_t len)
     snprintf(side, sizeof(side), "%s.src", nft);
     FILE *f = fopen(side, "w");
     if (f) {
-        fprintf(f, "%llu %llu %llu\n", (unsigned long long)src.st_size,
-                (unsigned long long)src.st_mtim.tv_sec, (unsigned long long)src.st_mtim.tv_nsec);
+        fputs(stamp, f);
         if (fclose(f) != 0)
             unlink(side);
     }
     return 0;
 }
 
-int nf_up_resolve_model(const char *model, char *nft, size_t len)
+int nf_up_resolve_model(const char *model, bool sparse, char *nft, size_t len)
 {
-    return resolve_model(model, nft, len);
+    return resolve_model(model, sparse, nft, len);
 }
 
 /* --- Finding and starting the daemons ------------------------------------------------------- */
@@ -752,13 +824,13 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         break;
     }
     char nft[PATH_MAX];
-    if (resolve_model(o->model, nft, sizeof(nft)))
+    if (resolve_model(o->model, o->sparsity > 0, nft, sizeof(nft)))
         return 1;
     struct nf_nft *f = NULL;
     if ((rc = nf_nft_open(&f, nft, false, err, sizeof(err))) < 0) {
         fprintf(stderr, "nanoflowctl up: %s\n", err);
         char src[PATH_MAX];
-        if (realpath(o->model, src) && strcmp(src, nft)) /* nft is our cache of a .gguf */
+        if (realpath(o->model, src) && strcmp(src, nft) && o->sparsity > 0) /* our .nft cache */
             fprintf(stderr,
                     "  %s is the cached conversion of %s and is damaged: delete it ('rm %s "
                     "%s.src') and run up again, or re-convert it with 'nanoflowctl convert "

@@ -22,9 +22,10 @@ int nf_cmd_gen(int argc, char **argv);
 int nf_cmd_chat(int argc, char **argv);
 int nf_cmd_bench(int argc, char **argv);
 
-/* cmd_up.c: resolves model as `up` does into an absolute .nft path (a .gguf is converted once
- * to its cached .nft, progress on stderr). Returns 0, or 1 after printing the reason. */
-int nf_up_resolve_model(const char *model, char *nft, size_t len);
+/* cmd_up.c: resolves model as `up` does into the absolute path the daemons open: a .nft as
+ * given; for a .gguf its in-place index (built once), or with sparse its .nft conversion (made
+ * once); progress on stderr. Returns 0, or 1 after printing the reason. */
+int nf_up_resolve_model(const char *model, bool sparse, char *nft, size_t len);
 
 /* Parse helpers: on a bad value they print one line to stderr naming the command, the flag, the
  * accepted range and the offending text, with a pointer to --help, and return -1. */

@@ -122,7 +122,7 @@ static void plan_class_counts(struct nf_stack_shape *sh, const struct nf_nft *f,
     uint64_t experts[NF_STACK_MAX_CLASSES] = {0};
     for (uint64_t i = 0; i < f->n_tiles; i++) {
         const struct nf_nft_tile *t = &f->tiles[i];
-        uint64_t padded = nf_nft_padded(t->size);
+        uint64_t padded = nf_nft_tile_span(t);
         int k = class_of_shape(sh, padded); /* >= 0: the last class fits the largest tile */
         uint32_t l = t->layer == NF_NFT_NO_LAYER ? h->n_layer : t->layer;
         sh->class_tiles[k]++;
@@ -209,7 +209,7 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
     uint64_t n_out_tiles = 0;
     for (uint64_t i = 0; i < f->n_tiles; i++) {
         const struct nf_nft_tile *t = &f->tiles[i];
-        uint64_t padded = nf_nft_padded(t->size);
+        uint64_t padded = nf_nft_tile_span(t);
         /* A slot is never smaller than a page (O_DIRECT and the mapping's granularity). */
         sizes[i] = padded > NF_SHM_ALIGN ? padded : NF_SHM_ALIGN;
         uint32_t l = t->layer == NF_NFT_NO_LAYER ? h->n_layer : t->layer;

@@ -362,12 +362,12 @@ static int check_classes(const struct nf_stack_config *c, uint64_t pool_size,
             (unsigned long long)first, (unsigned long long)largest);
     if (f) {
         for (uint64_t i = 0; i < f->n_tiles; i++)
-            if (nf_nft_padded(f->tiles[i].size) > largest)
+            if (nf_nft_tile_span(&f->tiles[i]) > largest)
                 return nf_errf(err, errlen, NF_ECORRUPT,
                                "stack %s: largest slots %llu bytes, expected >= %llu (tile %llu of "
                                "%s)",
                                name, (unsigned long long)largest,
-                               (unsigned long long)nf_nft_padded(f->tiles[i].size),
+                               (unsigned long long)nf_nft_tile_span(&f->tiles[i]),
                                (unsigned long long)i, f->path);
     }
     return 0;

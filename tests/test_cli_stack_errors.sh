@@ -71,7 +71,7 @@ printf 'not a model at all' >"$T/bad.nft"
 expect "up with a file that is no model" 1 "$T/bad.nft" "$NF_BIN" up -m "$T/bad.nft" --run-dir "$R"
 
 # A budget below the minimum is refused with the minimum (bytes) named. The model is copied so
-# its converted .nft is cached beside the copy, never in the shared directory.
+# its in-place index is cached beside the copy, never in the shared directory.
 cp "$M0" "$T/m.gguf"
 expect "up with a 1M budget is refused" 1 "too small" "$NF_BIN" up -m "$T/m.gguf" --ram 1M \
     --run-dir "$R"
@@ -82,13 +82,13 @@ if [ -z "$min" ] || [ "$min" -le $((1 << 20)) ]; then
 else
     echo "ok: minimum named ($min bytes)"
 fi
-[ -f "$T/m.nft" ] && [ -f "$T/m.nft.src" ]
-if [ $? -ne 0 ]; then echo "FAIL: the converted model is not cached beside the copy"; fail=1; fi
-# One byte below the minimum is still refused; the second up reuses the cached .nft.
+[ -f "$T/m.nfi" ] && [ ! -e "$T/m.nft" ]
+if [ $? -ne 0 ]; then echo "FAIL: the index is not cached beside the copy (or a .nft was)"; fail=1; fi
+# One byte below the minimum is still refused; the second up reuses the cached index.
 expect "up one byte below the minimum" 1 "too small" "$NF_BIN" up -m "$T/m.gguf" \
     --ram $((min - 1)) --run-dir "$R"
 grep -q "using cached" "$T/err"
-if [ $? -ne 0 ]; then echo "FAIL: second up did not reuse the cached .nft"; fail=1; fi
+if [ $? -ne 0 ]; then echo "FAIL: second up did not reuse the cached index"; fail=1; fi
 left=$(ls "$R" 2>/dev/null | grep -E '\.(sock|pid)$')
 if [ -n "$left" ]; then echo "FAIL: refused up left files: $left"; fail=1; fi
 

@@ -70,7 +70,8 @@ HOLDER=
 
 # --- item 8: a damaged cached .nft is named, with the command that fixes it -------------------
 cp "$T/s.nft" "$T/c.nft" # a clean copy for later
-# $T/s.nft becomes up's cache of $T/s.gguf with the sidecar of the source's size and mtime.
+# $T/s.nft becomes up --sparsity's cache of $T/s.gguf (up without it serves the GGUF in place)
+# with the sidecar of the source's size and mtime.
 python3 - "$T/s.gguf" "$T/s.nft.src" <<'PY'
 import os, sys
 st = os.stat(sys.argv[1])
@@ -78,15 +79,16 @@ open(sys.argv[2], "w").write("%d %d %d\n" % (st.st_size, st.st_mtime_ns // 10**9
 PY
 printf '\x00\x00\x00\x00\x00\x00\x00\x00' | dd of="$T/s.nft" bs=1 seek=64 conv=notrunc status=none
 expect "up on a damaged cache names it" 1 "s.nft is the cached conversion of $T/s.gguf and is damaged" \
-    "$NF_BIN" up -m "$T/s.gguf" --ram 256M --run-dir "$T/run1"
+    "$NF_BIN" up -m "$T/s.gguf" --sparsity 0.5 --ram 256M --run-dir "$T/run1"
 expect "... and gives the command to fix it" 1 "nanoflowctl convert --force $T/s.gguf $T/s.nft" \
-    "$NF_BIN" up -m "$T/s.gguf" --ram 256M --run-dir "$T/run1"
+    "$NF_BIN" up -m "$T/s.gguf" --sparsity 0.5 --ram 256M --run-dir "$T/run1"
 
 # --- item 15: a failed up takes back the run directory it created ----------------------------
 ok "the failed up left no run directory" "$([ ! -e "$T/run1" ] && echo 0 || echo 1)"
 mkdir -m 700 "$T/mine"
 touch "$T/mine/keep"
-expect "up fails in an existing run dir" 1 "damaged" "$NF_BIN" up -m "$T/s.gguf" --run-dir "$T/mine"
+expect "up fails in an existing run dir" 1 "damaged" "$NF_BIN" up -m "$T/s.gguf" --sparsity 0.5 \
+    --run-dir "$T/mine"
 ok "a run dir up did not create is kept, with its files" "$([ -f "$T/mine/keep" ] && echo 0 || echo 1)"
 
 # --- item 8: --ram beyond the machine's RAM + swap -------------------------------------------
@@ -129,7 +131,7 @@ expect "verify a truncated .nft" 1 "truncated .nft file: 100 bytes" "$NF_BIN" ve
 cp "$(command -v bash)" "$T/elf.nft"
 expect "up on a foreign .nft" 1 "not a GGUF or .nft file (first bytes 7f 45 4c 46" \
     "$NF_BIN" up -m "$T/elf.nft" --run-dir "$T/run4"
-expect "up on a truncated GGUF speaks GGUF" 1 "converting $T/broken.gguf" \
+expect "up on a truncated GGUF speaks GGUF" 1 "indexing $T/broken.gguf" \
     "$NF_BIN" up -m "$T/broken.gguf" --run-dir "$T/run4"
 ok "no .nft terms for the GGUF" "$(grep -q 'NFT1\|4096-byte' "$T/err" && echo 1 || echo 0)"
 

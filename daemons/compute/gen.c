@@ -11,7 +11,9 @@
 static const uint8_t *shm_pin(void *ud, uint32_t id, int *rc)
 {
     struct nf_gen *g = ud;
-    return nf_tile_pin_wait(g->st, id, g->step, NF_GEN_PIN_TIMEOUT_MS, rc);
+    const uint8_t *p = nf_tile_pin_wait(g->st, id, g->step, NF_GEN_PIN_TIMEOUT_MS, rc);
+    /* The slot holds the tile's aligned span: its bytes start at the skew (0 in a .nft). */
+    return p ? p + nf_nft_tile_skew(&g->f->tiles[id]) : NULL;
 }
 
 static void shm_want(void *ud, uint32_t id, bool flush)

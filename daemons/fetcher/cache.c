@@ -129,7 +129,7 @@ int nf_cache_init_nft(struct nf_cache *c, const struct nf_nft *f,
     for (uint32_t i = 0; i < n; i++) {
         info[i].layer = f->tiles[i].layer;
         info[i].kind = f->tiles[i].kind;
-        info[i].bytes = nf_nft_padded(f->tiles[i].size);
+        info[i].bytes = nf_nft_tile_span(&f->tiles[i]);
         int k = nf_stack_class_of(classes, n_classes, info[i].bytes);
         info[i].cls = k < 0 ? NF_CACHE_NO_CLASS : (uint8_t)k;
     }

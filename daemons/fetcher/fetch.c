@@ -451,7 +451,7 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
             nf_nft_describe(ft->f, &ft->f->tiles[id], desc, sizeof(desc));
             nf_log(NF_LOG_ERROR,
                    "tile %s: %" PRIu64 " bytes, larger than the pool's slots (%" PRIu64 ")", desc,
-                   nf_nft_padded(ft->f->tiles[id].size), st->cfg->max_slot_size);
+                   nf_nft_tile_span(&ft->f->tiles[id]), st->cfg->max_slot_size);
             ft->logged[id] = 1;
         }
         nf_tile_fail(st, id, -E2BIG);
@@ -473,21 +473,23 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
     }
     atomic_fetch_add_explicit(&ctr->f_misses, 1, memory_order_relaxed);
     (demand ? ft->diag.demand_reads : ft->diag.prefetch_reads)[kind_of(ft, id)]++;
-    ft->diag.bytes[kind_of(ft, id)] += nf_nft_padded(ft->f->tiles[id].size);
+    ft->diag.bytes[kind_of(ft, id)] += nf_nft_tile_span(&ft->f->tiles[id]);
     /* Not used since this load (track_compute); compute's pin overwrites it. */
     atomic_store_explicit(&st->tiles[id].last_use, NF_FETCH_UNUSED, memory_order_relaxed);
     const struct nf_nft_tile *t = &ft->f->tiles[id];
     if (nf_cache_is_resident(&ft->cache, id)) {
         atomic_fetch_or(&st->slots[slot].flags, NF_SLOT_RESIDENT);
-        atomic_fetch_add_explicit(&ctr->f_resident_bytes, nf_nft_padded(t->size),
+        atomic_fetch_add_explicit(&ctr->f_resident_bytes, nf_nft_tile_span(t),
                                   memory_order_relaxed);
     }
     uint32_t i = ft->io_free[--ft->n_io_free];
     struct nf_fetch_io *io = &ft->ios[i];
     io->tile = id;
     io->slot = slot;
-    io->off = t->offset;
-    io->len = nf_nft_padded(t->size);
+    io->off = t->offset - nf_nft_tile_skew(t);
+    io->len = nf_nft_tile_span(t);
+    /* An in-place tile's span may run past the end of its GGUF part: its own bytes suffice. */
+    io->need = ft->f->in_place ? nf_nft_tile_skew(t) + t->size : io->len;
     io->done = 0;
     io->demand = demand;
     io->start_ns = nf_now_ns();
@@ -556,13 +558,13 @@ static void finish_read(struct nf_fetcher *ft, uint32_t i)
     struct nf_stack_counters *ctr = ft->st->ctr;
     if (io->res > 0) {
         io->done += (uint64_t)io->res;
-        if (io->done < io->len) { /* short read: ask for the rest */
+        if (io->done < io->need) { /* short read: ask for the rest */
             int rc = nf_fetch_backend_submit(ft, i);
             if (rc == 0)
                 return;
             io->res = rc;
         }
-    } else if (io->res == 0) {
+    } else if (io->res == 0 && io->done < io->need) {
         io->res = NF_ETRUNCATED; /* end of file inside a tile the index says is there */
     }
     if (io->res < 0) {
@@ -599,8 +601,9 @@ static void publish_loaded(struct nf_fetcher *ft)
     uint64_t t0 = nf_now_ns();
     for (uint32_t k = 0; k < ft->n_loaded; k++) {
         const struct nf_fetch_loaded *l = &ft->loaded[k];
-        if (l->check && XXH3_64bits(nf_stack_slot_ptr(ft->st, l->slot), l->len) !=
-                            ft->f->tiles[l->tile].checksum) {
+        const struct nf_nft_tile *t = &ft->f->tiles[l->tile];
+        if (l->check &&
+            nf_nft_tile_sum(ft->f, t, nf_stack_slot_ptr(ft->st, l->slot)) != t->checksum) {
             atomic_fetch_add_explicit(&ft->st->ctr->f_checksum_errors, 1, memory_order_relaxed);
             fail_tile(ft, l->tile, l->slot, l->len, NF_ECHECKSUM,
                       "checksum mismatch (XXH3-64 of the tile read differs from the index)");

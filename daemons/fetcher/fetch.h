@@ -36,7 +36,9 @@ struct nf_fetch_opts {
 /* One read in flight. */
 struct nf_fetch_io {
     uint32_t tile, slot;
-    uint64_t off, len; /* file offset and bytes of the whole padded tile */
+    uint64_t off, len; /* file offset and bytes of the tile's aligned span */
+    uint64_t need;     /* bytes that must arrive (len, or to the tile's end in an in-place
+                        * index, whose span may run past the end of the GGUF part) */
     uint64_t done;     /* bytes read so far (short reads are resubmitted for the rest) */
     uint64_t start_ns; /* submission time, for the latency histogram */
     bool demand;

@@ -107,8 +107,9 @@ static int uring_open(struct nf_fetcher *ft, struct nf_fetch_backend *be)
                    pool, strerror(-rc));
         }
     }
-    int fd = ft->f->fd;
-    if (io_uring_register_files(&be->ring, &fd, 1) == 0)
+    /* The files tiles are read from: the .nft, or the GGUF parts of an in-place index (a
+     * tile's part is its index among the registered files). */
+    if (io_uring_register_files(&be->ring, ft->f->part_fd, ft->f->n_parts) == 0)
         be->fixed_file = true;
     return 0;
 }
@@ -172,7 +173,8 @@ static int uring_submit(struct nf_fetcher *ft, struct nf_fetch_backend *be, uint
     uint8_t *dst = nf_stack_slot_ptr(ft->st, io->slot) + io->done;
     unsigned len = nf_fetch_read_len(io);
     uint64_t off = io->off + io->done;
-    int fd = be->fixed_file ? 0 : ft->f->fd;
+    const struct nf_nft_tile *t = &ft->f->tiles[io->tile];
+    int fd = be->fixed_file ? (int)t->part : nf_nft_tile_fd(ft->f, t);
     if (be->fixed_bufs) {
         uint32_t k = nf_stack_slot_class(ft->st, io->slot);
         uint64_t in_class = io->slot - ft->st->cfg->classes[k].first_slot;
@@ -241,8 +243,9 @@ static void *pread_worker(void *arg)
         pthread_mutex_unlock(&be->mu);
 
         struct nf_fetch_io *io = &ft->ios[i];
-        ssize_t r = pread(ft->f->fd, nf_stack_slot_ptr(ft->st, io->slot) + io->done,
-                          nf_fetch_read_len(io), (off_t)(io->off + io->done));
+        ssize_t r = pread(nf_nft_tile_fd(ft->f, &ft->f->tiles[io->tile]),
+                          nf_stack_slot_ptr(ft->st, io->slot) + io->done, nf_fetch_read_len(io),
+                          (off_t)(io->off + io->done));
         int res = r < 0 ? -errno : (int)r;
 
         pthread_mutex_lock(&be->mu);

@@ -45,6 +45,18 @@ static int map_dense(struct nf_plan_layer *pl, const struct nf_nft *f, uint32_t 
     const uint32_t n_ff = f->hdr.n_ff;
     if (nt == 0)
         return nf_errf(err, errlen, NF_ECORRUPT, "%s: layer %u has no ffn tiles", f->path, layer);
+    if (nf_nft_find(f, layer, NF_TILE_FFN, 0)->type[3] != NF_SLICE_NONE) {
+        /* In-place index: row slices of gate, up and down, one unit a tile (no predictor, so
+         * every unit is used, in tile order). */
+        pl->group = 0;
+        pl->n_units = nt;
+        pl->unit_tile = malloc(sizeof(uint32_t) * nt);
+        if (!pl->unit_tile)
+            return -ENOMEM;
+        for (uint32_t i = 0; i < nt; i++)
+            pl->unit_tile[i] = tile_id(f, nf_nft_find(f, layer, NF_TILE_FFN, i));
+        return 0;
+    }
     uint32_t G = nf_nft_find(f, layer, NF_TILE_FFN, 0)->group;
     if (G == 0 || n_ff % G)
         return nf_errf(err, errlen, NF_ECORRUPT,
@@ -363,6 +375,8 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
         struct nf_fc_layer *L = &fc->layers[il];
         const struct nf_nft_tile *pt = nf_nft_predictor(f, il);
         const struct nf_nft_tile *nt = nf_nft_find(f, il, NF_TILE_FFN_NORM, 0);
+        if (!p->moe && !pt && f->in_place)
+            break; /* an in-place index has no dense predictors: every unit, in order */
         bool want =
             p->moe ? pt && pt->kind == NF_TILE_PRED_ROUTER : pt && pt->kind == NF_TILE_PRED_LOWRANK;
         if (!want || !nt || nt->type[0] != NF_TYPE_F32 || nt->size != E * sizeof(float)) {
@@ -371,18 +385,18 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
                          f->path, il, p->moe ? "router" : "low-rank", E);
             goto fail;
         }
-        uint64_t need = nf_nft_padded(pt->size) + nf_nft_padded(nt->size);
+        uint64_t need = nf_nft_tile_span(pt) + nf_nft_tile_span(nt);
         if (fc->mem_bytes + need > mem_cap)
             break; /* this and later layers fall back to every unit */
-        L->pred = aligned_alloc_4k(nf_nft_padded(pt->size));
-        void *nb = aligned_alloc_4k(nf_nft_padded(nt->size));
+        L->pred = aligned_alloc_4k(nf_nft_tile_span(pt));
+        void *nb = aligned_alloc_4k(nf_nft_tile_span(nt));
         L->norm = nb;
         if (!L->pred || !nb) {
             rc = -ENOMEM;
             goto fail;
         }
-        if ((rc = nf_nft_read(f, pt, L->pred, nf_nft_padded(pt->size), err, errlen)) ||
-            (rc = nf_nft_read(f, nt, nb, nf_nft_padded(nt->size), err, errlen)))
+        if ((rc = nf_nft_read(f, pt, L->pred, nf_nft_tile_span(pt), err, errlen)) ||
+            (rc = nf_nft_read(f, nt, nb, nf_nft_tile_span(nt), err, errlen)))
             goto fail;
         L->type = (enum nf_type)pt->type[0];
         L->rank = pt->rank;
