@@ -8,6 +8,8 @@
 #include "quants_avx2_impl.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
+/* Unrolls a tile loop completely, so the accumulators live in registers (-O2 does not). */
+#define UNROLL _Pragma("GCC unroll 16")
 
 /* Calls TILE(rt, ct, s, x, y) over nrows x ncols in tiles of RT x CT, then the edges one row or
  * one column wide (so each tile size is a compile-time constant). */
@@ -50,12 +52,15 @@ static ALWAYS_INLINE void q_tile(bool q4, int rt, int ct, int nb, float *s, size
 {
     const __m256i off = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
     __m256 acc[Q_RT][Q_CT];
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++)
-            acc[r][c] = _mm256_setzero_ps();
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        acc[r][c] = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         __m256i q[Q_RT], aq[Q_RT];
         float dx[Q_RT];
+        UNROLL
         for (int r = 0; r < rt; r++) {
             if (q4) {
                 const nf_block_q4_0 *b = (const nf_block_q4_0 *)(x + (size_t)r * bx) + i;
@@ -68,10 +73,12 @@ static ALWAYS_INLINE void q_tile(bool q4, int rt, int ct, int nb, float *s, size
             }
             aq[r] = _mm256_sign_epi8(q[r], q[r]);
         }
+        UNROLL
         for (int c = 0; c < ct; c++) {
             const nf_block_q8_0 *b = (const nf_block_q8_0 *)(y + (size_t)c * by) + i;
             const __m256i yq = _mm256_loadu_si256((const __m256i *)b->qs);
             const float dy = h2f(b->d);
+            UNROLL
             for (int r = 0; r < rt; r++) {
                 __m256i p = _mm256_madd_epi16(
                     _mm256_maddubs_epi16(aq[r], _mm256_sign_epi8(yq, q[r])), ones);
@@ -80,9 +87,11 @@ static ALWAYS_INLINE void q_tile(bool q4, int rt, int ct, int nb, float *s, size
             }
         }
     }
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++)
-            s[(size_t)c * ld + r] = hsum8(acc[r][c]);
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        s[(size_t)c * ld + r] = hsum8(acc[r][c]);
 }
 
 void nf__vec_dot_q4_0_q8_0_mat_avx2(int n, float *s, size_t ld, const void *vx, size_t bx,
@@ -141,39 +150,46 @@ static ALWAYS_INLINE void f_tile(bool f16, int rt, int ct, int n, float *s, size
                                  const char *x, size_t bx, const char *y, size_t by)
 {
     __m256 lo[F_RT][F_CT], hi[F_RT][F_CT];
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++)
-            lo[r][c] = hi[r][c] = _mm256_setzero_ps();
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        lo[r][c] = hi[r][c] = _mm256_setzero_ps();
     const int n16 = n & ~15;
     for (int i = 0; i < n16; i += 16) {
         __m256 xl[F_RT], xh[F_RT];
+        UNROLL
         for (int r = 0; r < rt; r++) {
             xl[r] = ld8(x + (size_t)r * bx, f16, i);
             xh[r] = ld8(x + (size_t)r * bx, f16, i + 8);
         }
+        UNROLL
         for (int c = 0; c < ct; c++) {
             const __m256 yl = ld8(y + (size_t)c * by, f16, i);
             const __m256 yh = ld8(y + (size_t)c * by, f16, i + 8);
+            UNROLL
             for (int r = 0; r < rt; r++) {
                 lo[r][c] = _mm256_fmadd_ps(xl[r], yl, lo[r][c]);
                 hi[r][c] = _mm256_fmadd_ps(xh[r], yh, hi[r][c]);
             }
         }
     }
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++) {
-            if (n16 < n) {
-                float a[16];
-                _mm256_storeu_ps(a, lo[r][c]);
-                _mm256_storeu_ps(a + 8, hi[r][c]);
-                for (int i = n16; i < n; i++)
-                    a[i & 15] = __builtin_fmaf(ld1(x + (size_t)r * bx, f16, i),
-                                               ld1(y + (size_t)c * by, f16, i), a[i & 15]);
-                lo[r][c] = _mm256_loadu_ps(a);
-                hi[r][c] = _mm256_loadu_ps(a + 8);
-            }
-            s[(size_t)c * ld + r] = reduce16(lo[r][c], hi[r][c]);
+        UNROLL
+    for (int c = 0; c < ct; c++) {
+        if (n16 < n) {
+            float a[16];
+            _mm256_storeu_ps(a, lo[r][c]);
+            _mm256_storeu_ps(a + 8, hi[r][c]);
+            for (int i = n16; i < n; i++)
+                a[i & 15] = __builtin_fmaf(ld1(x + (size_t)r * bx, f16, i),
+                                           ld1(y + (size_t)c * by, f16, i), a[i & 15]);
+            lo[r][c] = _mm256_loadu_ps(a);
+            hi[r][c] = _mm256_loadu_ps(a + 8);
         }
+        s[(size_t)c * ld + r] = reduce16(lo[r][c], hi[r][c]);
+    }
 }
 
 void nf__vec_dot_f32_mat_avx2(int n, float *s, size_t ld, const void *vx, size_t bx, const void *vy,

@@ -8,6 +8,8 @@
 #include "quants_avx512_impl.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
+/* Unrolls a tile loop completely, so the accumulators live in registers (-O2 does not). */
+#define UNROLL _Pragma("GCC unroll 16")
 
 /* ---- q4_0 ---------------------------------------------------------------------------------
  *
@@ -48,15 +50,20 @@ static ALWAYS_INLINE void q4_0_tile(int rt, int ct, int gn, float *s, size_t ld,
 {
     const __m512i iq = q4_0_qs_index(), id = q4_0_d_index();
     __m512 acc[Q4_RT][Q4_CT];
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++)
-            acc[r][c] = _mm512_setzero_ps();
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        acc[r][c] = _mm512_setzero_ps();
     for (int k = 0; k < gn; k++) {
         struct q4_w w[Q4_RT];
+        UNROLL
         for (int r = 0; r < rt; r++)
             w[r] = q4_0_unpack(x + (size_t)r * bx + 72 * (size_t)k, iq, id);
+        UNROLL
         for (int c = 0; c < ct; c++) {
             const struct y_group *gc = &g[(size_t)c * KC + k];
+            UNROLL
             for (int r = 0; r < rt; r++) {
                 __m512i sumi = _mm512_dpbusd_epi32(gc->base, w[r].lo, gc->lo);
                 sumi = _mm512_dpbusd_epi32(sumi, w[r].hi, gc->hi);
@@ -65,12 +72,14 @@ static ALWAYS_INLINE void q4_0_tile(int rt, int ct, int gn, float *s, size_t ld,
             }
         }
     }
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++) {
-            float v = _mm512_reduce_add_ps(acc[r][c]);
-            float *o = s + (size_t)c * ld + r;
-            *o = first ? v : *o + v;
-        }
+        UNROLL
+    for (int c = 0; c < ct; c++) {
+        float v = _mm512_reduce_add_ps(acc[r][c]);
+        float *o = s + (size_t)c * ld + r;
+        *o = first ? v : *o + v;
+    }
 }
 
 /* The tiles of one chunk: full tiles, then the edges one row or one column wide. */
@@ -143,23 +152,28 @@ static ALWAYS_INLINE void q8_0_tile(int rt, int ct, int nb, float *s, size_t ld,
     const __m256i flip = _mm256_set1_epi8((char)0x80);
     const __m256i off = _mm256_set1_epi8((char)0x80);
     __m256 acc[Q8_RT][Q8_CT];
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++)
-            acc[r][c] = _mm256_setzero_ps();
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        acc[r][c] = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
         __m256i ux[Q8_RT];
         __m256 dx[Q8_RT];
+        UNROLL
         for (int r = 0; r < rt; r++) {
             const nf_block_q8_0 *b = (const nf_block_q8_0 *)(x + (size_t)r * bx) + i;
             ux[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b->qs), flip);
             dx[r] = _mm256_set1_ps(_cvtsh_ss(b->d));
         }
+        UNROLL
         for (int c = 0; c < ct; c++) {
             const nf_block_q8_0 *b = (const nf_block_q8_0 *)(y + (size_t)c * by) + i;
             const __m256i yq = _mm256_loadu_si256((const __m256i *)b->qs);
             const __m256i base = _mm256_sub_epi32(
                 _mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, yq));
             const __m256 dy = _mm256_set1_ps(_cvtsh_ss(b->d));
+            UNROLL
             for (int r = 0; r < rt; r++) {
                 __m256i p = _mm256_dpbusd_epi32(base, ux[r], yq);
                 acc[r][c] =
@@ -167,14 +181,16 @@ static ALWAYS_INLINE void q8_0_tile(int rt, int ct, int nb, float *s, size_t ld,
             }
         }
     }
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++) {
-            __m128 h =
-                _mm_add_ps(_mm256_castps256_ps128(acc[r][c]), _mm256_extractf128_ps(acc[r][c], 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            s[(size_t)c * ld + r] = _mm_cvtss_f32(h);
-        }
+        UNROLL
+    for (int c = 0; c < ct; c++) {
+        __m128 h =
+            _mm_add_ps(_mm256_castps256_ps128(acc[r][c]), _mm256_extractf128_ps(acc[r][c], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        s[(size_t)c * ld + r] = _mm_cvtss_f32(h);
+    }
 }
 
 void nf__vec_dot_q8_0_q8_0_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
@@ -223,23 +239,30 @@ static ALWAYS_INLINE void f_tile(bool f16, int rt, int ct, int n, float *s, size
                                  const char *x, size_t bx, const char *y, size_t by)
 {
     __m512 acc[F_RT][F_CT];
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++)
-            acc[r][c] = _mm512_setzero_ps();
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        acc[r][c] = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) {
         const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
         __m512 xv[F_RT];
+        UNROLL
         for (int r = 0; r < rt; r++)
             xv[r] = ld_f(x + (size_t)r * bx, f16, i, m);
+        UNROLL
         for (int c = 0; c < ct; c++) {
             const __m512 yv = ld_f(y + (size_t)c * by, f16, i, m);
+            UNROLL
             for (int r = 0; r < rt; r++)
                 acc[r][c] = _mm512_fmadd_ps(xv[r], yv, acc[r][c]);
         }
     }
+    UNROLL
     for (int r = 0; r < rt; r++)
-        for (int c = 0; c < ct; c++)
-            s[(size_t)c * ld + r] = _mm512_reduce_add_ps(acc[r][c]);
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        s[(size_t)c * ld + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
 static ALWAYS_INLINE void f_mat(bool f16, int n, float *s, size_t ld, const char *x, size_t bx,
