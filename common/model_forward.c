@@ -381,7 +381,16 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
      * mat-muls to tinyBLAS when the dot length is a multiple of 16. */
     const bool kq_tb = n_tok >= 2 && hd % 16 == 0, kqv_tb = n_tok >= 2 && n_kv % 16 == 0;
     float *vcol = sc + n_kv; /* (n_kv) */
-    for (int ic = 0; ic < n_kv; ic++) {
+    /* tinyBLAS's order is that of the F16 and F32 multi-token kernels, bit for bit
+     * (quants_mat.c): the SIMD kernels stand in for the scalar emulations. */
+    const nf_vec_dot_mat_fn mat16 = nf_type_traits(NF_TYPE_F16)->vec_dot_mat;
+    const nf_vec_dot_mat_fn mat32 = nf_type_traits(NF_TYPE_F32)->vec_dot_mat;
+    if (kq_tb && !q_f32) {
+        mat16(hd, sc, (size_t)n_kv, kc, (size_t)kvd * sizeof(nf_fp16_t), q16, 0, pos + 1, 1);
+        for (int ic = 0; ic < n_kv; ic++)
+            sc[ic] = ic <= pos ? sc[ic] * scale : -INFINITY;
+    }
+    for (int ic = 0; ic < n_kv && !(kq_tb && !q_f32); ic++) {
         const nf_fp16_t *kr = kc + (size_t)ic * kvd;
         float s = -INFINITY;
         if (ic <= pos)
@@ -404,8 +413,10 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     for (int d = 0; d < hd; d++) {
         for (int ic = 0; ic <= pos; ic++)
             vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
-        out[d] = (p_f32 || kqv_tb) ? nf_tinyblas_dot(vcol, false, sc, n_kv, pos + 1)
-                                   : nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
+        if (p_f32 || kqv_tb) /* tinyBLAS over the unmasked cells (the rest add nothing) */
+            mat32(pos + 1, &out[d], 1, vcol, 0, sc, 0, 1, 1);
+        else
+            out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
     }
 }
 
