@@ -202,7 +202,7 @@ struct nf_ctx {
 int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads);
 /* The same with prompts evaluated n_ubatch tokens at a time (1..NF_MAX_UBATCH, else
  * NF_EUSAGE; nf_ctx_create takes NF_MAX_BATCH): every weight matrix is read once per chunk,
- * and the chunk's activations take about n_ubatch * (6 n_embd + 3 n_ff) * 4 bytes. */
+ * and the chunk's activations take about n_ubatch * (7 n_embd + 3 n_ff) * 4 bytes. */
 int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads,
                      int n_ubatch);
 void nf_ctx_free(struct nf_ctx *c);
