@@ -107,11 +107,12 @@ static void q4_0_chunk(int gn, float *s, size_t ld, const char *x, size_t bx,
     }
 }
 
-void nf__vec_dot_q4_0_q8_0_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
-                                      const void *vy, size_t by, int nrows, int ncols)
+/* nrows weight rows against ncols activation rows. */
+static void q4_0_panel(int n, float *s, size_t ld, const void *vx, size_t bx, const void *vy,
+                       size_t by, int nrows, int ncols)
 {
     const int nb = n / NF_QK8_0, ng = nb / 4;
-    /* Activation rows in blocks of CB: the weights are read once per block of CB. */
+    /* Activation rows in blocks of CB: the panel's weights are read once per block of CB. */
     for (int c0 = 0; c0 < ncols; c0 += CB) {
         const int cn = ncols - c0 < CB ? ncols - c0 : CB;
         float *sc = s + (size_t)c0 * ld;
@@ -135,6 +136,19 @@ void nf__vec_dot_q4_0_q8_0_mat_avx512(int n, float *s, size_t ld, const void *vx
                                      (const nf_block_q8_0 *)(yc + (size_t)c * by) + i);
             }
     }
+}
+
+void nf__vec_dot_q4_0_q8_0_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
+                                      const void *vy, size_t by, int nrows, int ncols)
+{
+    /* More than CB activation rows: panels of RP weight rows (at most 400 KiB of a 7B FFN
+     * row, in L2) meet every block of CB activation rows, so the weights come from DRAM once
+     * per call, not once per CB; the activation groups are prepared again per panel. */
+    enum { RP = 64 };
+    const int rp = ncols > CB ? RP : nrows;
+    for (int r0 = 0; r0 < nrows; r0 += rp)
+        q4_0_panel(n, s + r0, ld, (const char *)vx + (size_t)r0 * bx, bx, vy, by,
+                   nrows - r0 < rp ? nrows - r0 : rp, ncols);
 }
 
 /* ---- q8_0 ---------------------------------------------------------------------------------

@@ -192,6 +192,44 @@ static void test_mat_vs_ref(void **state)
     assert_true(compared > 100000);
 }
 
+/* Shapes past the kernels' blocking: 70 weight rows (more than a q4_0 panel of 64) x 40
+ * activation rows (more than a block of 32), every type at the best ISA, against the
+ * reference. */
+static void test_mat_wide(void **state)
+{
+    (void)state;
+    enum { WR = 70, WC = 40 };
+    for (size_t ti = 0; ti < NWEIGHT; ti++) {
+        const enum nf_type t = weight_types[ti];
+        const struct nf_type_traits *tt = nf_type_traits(t);
+        const int n = (int)(tt->blck_size == 1 ? 48 : 9 * tt->blck_size);
+        const size_t bx = nf_row_size(t, n), by = nf_row_size(tt->vec_dot_type, n);
+        char *x = calloc(WR, bx), *y = calloc(WC, by);
+        float *src = malloc(sizeof(float) * (size_t)n);
+        float *want = malloc(sizeof(float) * WR * WC), *got = malloc(sizeof(float) * WR * WC);
+        assert_true(x && y && src && want && got);
+        for (int r = 0; r < WR + WC; r++) {
+            for (int i = 0; i < n; i++)
+                src[i] = rng_gauss();
+            if (r < WR)
+                tt->from_float(src, x + (size_t)r * bx, n);
+            else
+                nf_type_traits(tt->vec_dot_type)->from_float(src, y + (size_t)(r - WR) * by, n);
+        }
+        nf_vec_dot_mat_for(t, NF_ISA_SCALAR)(n, want, WR, x, bx, y, by, WR, WC);
+        tt->vec_dot_mat(n, got, WR, x, bx, y, by, WR, WC);
+        for (int i = 0; i < WR * WC; i++)
+            if (!(fabs((double)got[i] - want[i]) <= 1e-4 * (fabs(want[i]) + 1.0)))
+                fail_msg("%s %dx%d output %d: %.9g, reference %.9g", tt->name, WR, WC, i, got[i],
+                         want[i]);
+        free(x);
+        free(y);
+        free(src);
+        free(want);
+        free(got);
+    }
+}
+
 /* The forward pass relies on these being bit-identical: q8_0's multi-token kernels and its
  * AVX2 single-row kernel (llama.cpp's order, which the q8_0 goldens reproduce), and the F32/F16
  * kernels of every ISA and their tinyBLAS-order reference. */
@@ -258,6 +296,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mat_traits),
         cmocka_unit_test(test_mat_vs_ref),
+        cmocka_unit_test(test_mat_wide),
         cmocka_unit_test(test_mat_bit_identical),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
