@@ -6,10 +6,7 @@
 #include <immintrin.h>
 
 #include "quants_avx512_impl.h"
-
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-/* Unrolls a tile loop completely, so the accumulators live in registers (-O2 does not). */
-#define UNROLL _Pragma("GCC unroll 16")
+#include "quants_mat_impl.h"
 
 /* ---- q4_0 ---------------------------------------------------------------------------------
  *
@@ -82,29 +79,16 @@ static ALWAYS_INLINE void q4_0_tile(int rt, int ct, int gn, float *s, size_t ld,
     }
 }
 
-/* The tiles of one chunk: full tiles, then the edges one row or one column wide. */
+/* The tiles of one chunk; y is the prepared groups, KC of them per activation row. */
 static void q4_0_chunk(int gn, float *s, size_t ld, const char *x, size_t bx,
                        const struct y_group *g, int nrows, int ncols, bool first)
 {
-    int r = 0;
-    for (; r + Q4_RT <= nrows; r += Q4_RT) {
-        int c = 0;
-        for (; c + Q4_CT <= ncols; c += Q4_CT)
-            q4_0_tile(Q4_RT, Q4_CT, gn, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                      g + (size_t)c * KC, first);
-        for (; c < ncols; c++)
-            q4_0_tile(Q4_RT, 1, gn, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                      g + (size_t)c * KC, first);
-    }
-    for (; r < nrows; r++) {
-        int c = 0;
-        for (; c + Q4_CT <= ncols; c += Q4_CT)
-            q4_0_tile(1, Q4_CT, gn, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                      g + (size_t)c * KC, first);
-        for (; c < ncols; c++)
-            q4_0_tile(1, 1, gn, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                      g + (size_t)c * KC, first);
-    }
+    const char *y = (const char *)g;
+    const size_t by = KC * sizeof(struct y_group);
+#define Q4_TILE(rt, ct, so, xo, yo) \
+    q4_0_tile(rt, ct, gn, so, ld, xo, bx, (const struct y_group *)(const void *)(yo), first)
+    FOR_TILES(Q4_RT, Q4_CT, Q4_TILE);
+#undef Q4_TILE
 }
 
 /* nrows weight rows against ncols activation rows. */
@@ -212,25 +196,9 @@ void nf__vec_dot_q8_0_q8_0_mat_avx512(int n, float *s, size_t ld, const void *vx
 {
     const int nb = n / NF_QK8_0;
     const char *x = vx, *y = vy;
-    int r = 0;
-    for (; r + Q8_RT <= nrows; r += Q8_RT) {
-        int c = 0;
-        for (; c + Q8_CT <= ncols; c += Q8_CT)
-            q8_0_tile(Q8_RT, Q8_CT, nb, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                      y + (size_t)c * by, by);
-        for (; c < ncols; c++)
-            q8_0_tile(Q8_RT, 1, nb, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                      y + (size_t)c * by, by);
-    }
-    for (; r < nrows; r++) {
-        int c = 0;
-        for (; c + Q8_CT <= ncols; c += Q8_CT)
-            q8_0_tile(1, Q8_CT, nb, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                      y + (size_t)c * by, by);
-        for (; c < ncols; c++)
-            q8_0_tile(1, 1, nb, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                      y + (size_t)c * by, by);
-    }
+#define Q8_TILE(rt, ct, so, xo, yo) q8_0_tile(rt, ct, nb, so, ld, xo, bx, yo, by)
+    FOR_TILES(Q8_RT, Q8_CT, Q8_TILE);
+#undef Q8_TILE
 }
 
 /* ---- f32 and f16: tinyBLAS order ----------------------------------------------------------
@@ -282,25 +250,9 @@ static ALWAYS_INLINE void f_tile(bool f16, int rt, int ct, int n, float *s, size
 static ALWAYS_INLINE void f_mat(bool f16, int n, float *s, size_t ld, const char *x, size_t bx,
                                 const char *y, size_t by, int nrows, int ncols)
 {
-    int r = 0;
-    for (; r + F_RT <= nrows; r += F_RT) {
-        int c = 0;
-        for (; c + F_CT <= ncols; c += F_CT)
-            f_tile(f16, F_RT, F_CT, n, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                   y + (size_t)c * by, by);
-        for (; c < ncols; c++)
-            f_tile(f16, F_RT, 1, n, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                   y + (size_t)c * by, by);
-    }
-    for (; r < nrows; r++) {
-        int c = 0;
-        for (; c + F_CT <= ncols; c += F_CT)
-            f_tile(f16, 1, F_CT, n, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                   y + (size_t)c * by, by);
-        for (; c < ncols; c++)
-            f_tile(f16, 1, 1, n, s + (size_t)c * ld + r, ld, x + (size_t)r * bx, bx,
-                   y + (size_t)c * by, by);
-    }
+#define F_TILE(rt, ct, so, xo, yo) f_tile(f16, rt, ct, n, so, ld, xo, bx, yo, by)
+    FOR_TILES(F_RT, F_CT, F_TILE);
+#undef F_TILE
 }
 
 void nf__vec_dot_f32_mat_avx512(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,
