@@ -122,6 +122,7 @@ struct kernel_set {
     nf_vec_dot_fn vec_dot[NF_ISA_COUNT];
     nf_vec_dot_rows_fn rows[NF_ISA_COUNT];
     nf_from_float_fn from_float[NF_ISA_COUNT];
+    nf_vec_dot_mat_fn mat[NF_ISA_COUNT];
 };
 
 #define K3(ref, avx2, avx512) \
@@ -129,46 +130,61 @@ struct kernel_set {
         ref, avx2, avx512     \
     }
 
-#define EXT_KERNELS(fn)                                             \
-    {                                                               \
-        .vec_dot = K3(fn##_ref, fn##_avx2, fn##_avx512),            \
-        .rows = K3(fn##_ref_rows, fn##_avx2_rows, fn##_avx512_rows) \
+#define EXT_KERNELS(fn)                                              \
+    {                                                                \
+        .vec_dot = K3(fn##_ref, fn##_avx2, fn##_avx512),             \
+        .rows = K3(fn##_ref_rows, fn##_avx2_rows, fn##_avx512_rows), \
+        .mat = K3(fn##_ref_mat, fn##_avx2_mat, fn##_avx512_mat)      \
     }
 
 static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_F32] = {.vec_dot =
                          K3(nf__vec_dot_f32_ref, nf__vec_dot_f32_avx2, nf__vec_dot_f32_avx512),
                      .rows = K3(nf__vec_dot_f32_ref_rows, nf__vec_dot_f32_avx2_rows,
-                                nf__vec_dot_f32_avx512_rows)},
+                                nf__vec_dot_f32_avx512_rows),
+                     .mat = K3(nf__vec_dot_f32_mat_ref, nf__vec_dot_f32_mat_avx2,
+                               nf__vec_dot_f32_mat_avx512)},
     [NF_TYPE_F16] = {.vec_dot =
                          K3(nf__vec_dot_f16_ref, nf__vec_dot_f16_avx2, nf__vec_dot_f16_avx512),
                      .rows = K3(nf__vec_dot_f16_ref_rows, nf__vec_dot_f16_avx2_rows,
                                 nf__vec_dot_f16_avx512_rows),
-                     .from_float = K3(nf__quantize_row_f16_ref, nf__quantize_row_f16_avx2, NULL)},
+                     .from_float = K3(nf__quantize_row_f16_ref, nf__quantize_row_f16_avx2, NULL),
+                     .mat = K3(nf__vec_dot_f16_mat_ref, nf__vec_dot_f16_mat_avx2,
+                               nf__vec_dot_f16_mat_avx512)},
     [NF_TYPE_BF16] = {.vec_dot = K3(nf__vec_dot_bf16_ref, nf__vec_dot_bf16_avx2, NULL),
                       .rows = K3(nf__vec_dot_bf16_ref_rows, nf__vec_dot_bf16_avx2_rows, NULL),
-                      .from_float =
-                          K3(nf__quantize_row_bf16_ref, nf__quantize_row_bf16_avx2, NULL)},
+                      .from_float = K3(nf__quantize_row_bf16_ref, nf__quantize_row_bf16_avx2, NULL),
+                      .mat = K3(nf__vec_dot_bf16_ref_mat, nf__vec_dot_bf16_avx2_mat, NULL)},
     [NF_TYPE_Q4_0] = {.vec_dot = K3(nf__vec_dot_q4_0_q8_0_ref, nf__vec_dot_q4_0_q8_0_avx2,
                                     nf__vec_dot_q4_0_q8_0_avx512),
                       .rows = K3(nf__vec_dot_q4_0_q8_0_ref_rows, nf__vec_dot_q4_0_q8_0_avx2_rows,
-                                 nf__vec_dot_q4_0_q8_0_rows_avx512)},
+                                 nf__vec_dot_q4_0_q8_0_rows_avx512),
+                      .mat = K3(nf__vec_dot_q4_0_q8_0_ref_mat, nf__vec_dot_q4_0_q8_0_mat_avx2,
+                                nf__vec_dot_q4_0_q8_0_mat_avx512)},
     [NF_TYPE_Q8_0] = {.vec_dot = K3(nf__vec_dot_q8_0_q8_0_ref, nf__vec_dot_q8_0_q8_0_avx2, NULL),
                       .rows = K3(nf__vec_dot_q8_0_q8_0_ref_rows, nf__vec_dot_q8_0_q8_0_avx2_rows,
                                  nf__vec_dot_q8_0_q8_0_rows_avx512),
-                      .from_float =
-                          K3(nf__quantize_row_q8_0_ref, nf__quantize_row_q8_0_avx2, NULL)},
+                      .from_float = K3(nf__quantize_row_q8_0_ref, nf__quantize_row_q8_0_avx2, NULL),
+                      .mat = K3(nf__vec_dot_q8_0_q8_0_ref_mat, nf__vec_dot_q8_0_q8_0_mat_avx2,
+                                nf__vec_dot_q8_0_q8_0_mat_avx512)},
     [NF_TYPE_Q4_K] = {.vec_dot = K3(nf__vec_dot_q4_K_q8_K_ref, nf__vec_dot_q4_K_q8_K_avx2, NULL),
-                      .rows = K3(nf__vec_dot_q4_K_q8_K_ref_rows, nf__vec_dot_q4_K_q8_K_avx2_rows,
-                                 NULL)},
+                      .rows =
+                          K3(nf__vec_dot_q4_K_q8_K_ref_rows, nf__vec_dot_q4_K_q8_K_avx2_rows, NULL),
+                      .mat =
+                          K3(nf__vec_dot_q4_K_q8_K_ref_mat, nf__vec_dot_q4_K_q8_K_avx2_mat, NULL)},
     [NF_TYPE_Q5_K] = {.vec_dot = K3(nf__vec_dot_q5_K_q8_K_ref, nf__vec_dot_q5_K_q8_K_avx2, NULL),
-                      .rows = K3(nf__vec_dot_q5_K_q8_K_ref_rows, nf__vec_dot_q5_K_q8_K_avx2_rows,
-                                 NULL)},
+                      .rows =
+                          K3(nf__vec_dot_q5_K_q8_K_ref_rows, nf__vec_dot_q5_K_q8_K_avx2_rows, NULL),
+                      .mat =
+                          K3(nf__vec_dot_q5_K_q8_K_ref_mat, nf__vec_dot_q5_K_q8_K_avx2_mat, NULL)},
     [NF_TYPE_Q6_K] = {.vec_dot = K3(nf__vec_dot_q6_K_q8_K_ref, nf__vec_dot_q6_K_q8_K_avx2, NULL),
-                      .rows = K3(nf__vec_dot_q6_K_q8_K_ref_rows, nf__vec_dot_q6_K_q8_K_avx2_rows,
-                                 NULL)},
+                      .rows =
+                          K3(nf__vec_dot_q6_K_q8_K_ref_rows, nf__vec_dot_q6_K_q8_K_avx2_rows, NULL),
+                      .mat =
+                          K3(nf__vec_dot_q6_K_q8_K_ref_mat, nf__vec_dot_q6_K_q8_K_avx2_mat, NULL)},
     [NF_TYPE_Q8_K] = {.vec_dot = K3(nf__vec_dot_q8_K_q8_K_ref, NULL, NULL),
                       .rows = K3(nf__vec_dot_q8_K_q8_K_ref_rows, NULL, NULL),
+                      .mat = K3(nf__vec_dot_q8_K_q8_K_ref_mat, NULL, NULL),
                       .from_float =
                           K3(nf__quantize_row_q8_K_ref, nf__quantize_row_q8_K_avx2, NULL)},
     /* The types of quants_ext.c: a kernel in every tier. q8_1 is only an activation type. */
@@ -215,6 +231,7 @@ static void kernels_init(void)
         if (k->vec_dot[0]) {
             nf__traits[t].vec_dot = BEST_UPTO(k->vec_dot, isa);
             nf__traits[t].vec_dot_rows = BEST_UPTO(k->rows, isa);
+            nf__traits[t].vec_dot_mat = BEST_UPTO(k->mat, isa);
         }
         if (k->from_float[0])
             nf__traits[t].from_float_act = BEST_UPTO(k->from_float, isa);
@@ -253,4 +270,9 @@ nf_from_float_fn nf_from_float_for(enum nf_type t, enum nf_isa isa)
 nf_vec_dot_rows_fn nf_vec_dot_rows_for(enum nf_type t, enum nf_isa isa)
 {
     return valid(t, isa) ? kernels[t].rows[isa] : NULL;
+}
+
+nf_vec_dot_mat_fn nf_vec_dot_mat_for(enum nf_type t, enum nf_isa isa)
+{
+    return valid(t, isa) ? kernels[t].mat[isa] : NULL;
 }

@@ -45,8 +45,11 @@
 #include "quants.h"
 
 /* Largest number of tokens one forward call processes at once (prompt batches are cut into
- * chunks of this size); scratch buffers are sized for it. */
+ * chunks of this size); scratch buffers are sized for it. The default ubatch of nf_ctx_create
+ * and the stream's chunk size. */
 #define NF_MAX_BATCH 32
+/* Largest ubatch nf_ctx_create_ub accepts (run's -ub). */
+#define NF_MAX_UBATCH 4096
 
 /* A weight tensor in RAM (or a view of one expert's slice of a 3-D tensor). */
 struct nf_tensor {
@@ -265,11 +268,17 @@ struct nf_ctx {
     float *rope_sin_swa; /* (NF_MAX_BATCH, n_rot / 2) */
     float *sh_out;       /* (NF_MAX_BATCH, n_embd) the shared expert's gated output (qwen2moe) */
     float *sh_gate;      /* (NF_MAX_BATCH) its gate logits, then sigmoids */
+    int n_ubatch; /* tokens per prompt chunk; the (NF_MAX_BATCH, ...) buffers hold this many */
 };
 
 /* Creates a context for m with room for n_ctx positions and n_threads threads (<= 0: all
  * CPUs). Returns 0 or a negative code (-ENOMEM, NF_EUSAGE for n_ctx < 1). */
 int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads);
+/* The same with prompts evaluated n_ubatch tokens at a time (1..NF_MAX_UBATCH, else
+ * NF_EUSAGE; nf_ctx_create takes NF_MAX_BATCH): every weight matrix is read once per chunk,
+ * and the chunk's activations take about n_ubatch * (7 n_embd + 3 n_ff) * 4 bytes. */
+int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads,
+                     int n_ubatch);
 void nf_ctx_free(struct nf_ctx *c);
 
 /* Forgets the sequence (n_past = 0). */

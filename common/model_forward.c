@@ -206,6 +206,7 @@ struct nf_matmul_job {
     const struct nf_tensor *w;
     nf_vec_dot_fn dot;
     nf_vec_dot_rows_fn rows_fn;
+    nf_vec_dot_mat_fn mat_fn; /* several tokens through a multi-token kernel; NULL: one by one */
     const char *xq;
     size_t xq_stride;
     float *out;
@@ -222,6 +223,15 @@ static void nf_matmul_run(void *arg, int ith, int nth)
     per = (per + 7) & ~(int64_t)7;
     int64_t r0 = per * ith, r1 = r0 + per < rows ? r0 + per : rows;
     const int n = (int)j->w->ne[0];
+    if (j->mat_fn) {
+        /* Every token against the thread's rows at once: each weight block is unpacked once
+         * for a tile of tokens (quants_mat*.c). */
+        if (r1 > r0)
+            j->mat_fn(n, j->out + r0, (size_t)rows,
+                      (const char *)j->w->data + (size_t)r0 * j->w->row_size, j->w->row_size, j->xq,
+                      j->xq_stride, (int)(r1 - r0), j->n_tok);
+        return;
+    }
     if (j->kind == NF_MM_ROWS) {
         if (r1 <= r0)
             return;
@@ -294,6 +304,12 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     }
+    /* Prompt chunks: the multi-token kernels. For F32 and F16 they sum in tinyBLAS's order
+     * bit for bit, for q8_0 and the types without a register-blocked kernel as vec_dot does;
+     * q4_0 (outside the exact order above) and the rest within the kernel tolerances. */
+    if (n_tok >= 2 &&
+        (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS || j.kind == NF_MM_TINYBLAS16))
+        j.mat_fn = tr->vec_dot_mat;
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
     nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);
@@ -373,7 +389,16 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
      * mat-muls to tinyBLAS when the dot length is a multiple of 16. */
     const bool kq_tb = n_tok >= 2 && hd % 16 == 0, kqv_tb = n_tok >= 2 && n_kv % 16 == 0;
     float *vcol = sc + n_kv; /* (n_kv) */
-    for (int ic = 0; ic < n_kv; ic++) {
+    /* tinyBLAS's order is that of the F16 and F32 multi-token kernels, bit for bit
+     * (quants_mat.c): the SIMD kernels stand in for the scalar emulations. */
+    const nf_vec_dot_mat_fn mat16 = nf_type_traits(NF_TYPE_F16)->vec_dot_mat;
+    const nf_vec_dot_mat_fn mat32 = nf_type_traits(NF_TYPE_F32)->vec_dot_mat;
+    if (kq_tb && !q_f32) {
+        mat16(hd, sc, (size_t)n_kv, kc, (size_t)kvd * sizeof(nf_fp16_t), q16, 0, pos + 1, 1);
+        for (int ic = 0; ic < n_kv; ic++)
+            sc[ic] = ic <= pos && ic >= lo ? sc[ic] * scale : -INFINITY;
+    }
+    for (int ic = 0; ic < n_kv && !(kq_tb && !q_f32); ic++) {
         float s = -INFINITY;
         const nf_fp16_t *kr = kc + (size_t)(ic <= pos ? ic : 0) * kvd;
         if (ic <= pos && ic >= lo)
@@ -396,8 +421,10 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     for (int d = 0; d < hd; d++) {
         for (int ic = 0; ic <= pos; ic++)
             vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
-        out[d] = (p_f32 || kqv_tb) ? nf_tinyblas_dot(vcol, false, sc, n_kv, pos + 1)
-                                   : nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
+        if (p_f32 || kqv_tb) /* tinyBLAS over the unmasked cells (the rest add nothing) */
+            mat32(pos + 1, &out[d], 1, vcol, 0, sc, 0, 1, 1);
+        else
+            out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
     }
 }
 
@@ -763,8 +790,14 @@ void nf_moe_route(float *p, int X, int K, int *sel, float *w)
 
 int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads)
 {
+    return nf_ctx_create_ub(out, m, n_ctx, n_threads, NF_MAX_BATCH);
+}
+
+int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads,
+                     int n_ubatch)
+{
     const struct nf_hparams *hp = &m->hp;
-    if (n_ctx < 1)
+    if (n_ctx < 1 || n_ubatch < 1 || n_ubatch > NF_MAX_UBATCH)
         return NF_EUSAGE;
     struct nf_ctx *c = calloc(1, sizeof(*c));
     if (!c)
@@ -772,12 +805,13 @@ int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int 
     c->m = m;
     c->n_ctx = n_ctx;
     c->attn_mode = NF_ATTN_PLAIN;
+    c->n_ubatch = n_ubatch;
     int rc = nf_threadpool_create(&c->pool, n_threads);
     if (rc < 0) {
         free(c);
         return rc;
     }
-    const size_t B = NF_MAX_BATCH, E = (size_t)hp->n_embd;
+    const size_t B = (size_t)n_ubatch, E = (size_t)hp->n_embd;
     /* hb and hb2 also hold the shared expert's activations (qwen2moe), which may be wider. */
     const size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
@@ -851,7 +885,7 @@ void nf_ctx_reset(struct nf_ctx *c)
     c->n_past = 0;
 }
 
-/* Runs one chunk of at most NF_MAX_BATCH tokens through every layer. */
+/* Runs one chunk of at most c->n_ubatch tokens through every layer. */
 static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bool want_logits)
 {
     const struct nf_model *m = c->m;
@@ -899,8 +933,8 @@ int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n)
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= c->m->hp.n_vocab)
             return NF_EUSAGE;
-    for (int i = 0; i < n; i += NF_MAX_BATCH) {
-        int nb = n - i < NF_MAX_BATCH ? n - i : NF_MAX_BATCH;
+    for (int i = 0; i < n; i += c->n_ubatch) {
+        int nb = n - i < c->n_ubatch ? n - i : c->n_ubatch;
         nf_eval_chunk(c, tokens + i, nb, i + nb == n);
     }
     return 0;

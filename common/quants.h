@@ -198,6 +198,14 @@ typedef void (*nf_from_float_fn)(const float *x, void *y, int64_t n);
  * once per block for all rows (the fast way to do a matrix-vector product). */
 typedef void (*nf_vec_dot_rows_fn)(int n, float *s, size_t row_stride, const void *x, const void *y,
                                    int nrows);
+/* s[c * ld + r] = dot(row r of x, row c of y) for r in [0, nrows), c in [0, ncols): row r of x
+ * starts r * bx bytes after x, activation row c (already of the vec_dot_type) c * by bytes
+ * after y. The multi-token product: SIMD paths load and unpack each weight block once for a
+ * tile of activation rows and each activation block once for a tile of weight rows. Sums may
+ * be ordered differently from vec_dot's (within the kernel tests' tolerances), except where
+ * quants_mat.c says they are identical. */
+typedef void (*nf_vec_dot_mat_fn)(int n, float *s, size_t ld, const void *x, size_t bx,
+                                  const void *y, size_t by, int nrows, int ncols);
 
 struct nf_type_traits {
     const char *name;            /* ggml's name: "f32", "q4_0", "q4_K", ... */
@@ -212,6 +220,7 @@ struct nf_type_traits {
      * round ties differently from the reference (see quants.c), so use from_float for weights. */
     nf_from_float_fn from_float_act;
     nf_vec_dot_rows_fn vec_dot_rows; /* best multi-row path (set by nf_kernels_init) */
+    nf_vec_dot_mat_fn vec_dot_mat;   /* best multi-token path (set by nf_kernels_init) */
 };
 
 /* Traits of type t, or NULL when t is not a ggml type (unknown or retired number). */
@@ -236,6 +245,8 @@ nf_vec_dot_fn nf_vec_dot_for(enum nf_type t, enum nf_isa isa);
 nf_from_float_fn nf_from_float_for(enum nf_type t, enum nf_isa isa);
 /* Likewise for the multi-row dot kernel of type t. */
 nf_vec_dot_rows_fn nf_vec_dot_rows_for(enum nf_type t, enum nf_isa isa);
+/* Likewise for the multi-token kernel of type t. */
+nf_vec_dot_mat_fn nf_vec_dot_mat_for(enum nf_type t, enum nf_isa isa);
 
 /* Half and bfloat16 conversions, bit-exact with ggml's (round to nearest even). */
 float nf_fp16_to_fp32(nf_fp16_t h);

@@ -117,6 +117,44 @@ void nf__vec_dot_q2_K_q8_K_avx512(int n, float *s, const void *x, const void *y)
 void nf__vec_dot_q3_K_q8_K_avx512(int n, float *s, const void *x, const void *y);
 void nf__vec_dot_iq4_xs_q8_K_avx512(int n, float *s, const void *x, const void *y);
 
+/* Multi-token kernels (quants.h nf_vec_dot_mat_fn): scalar references and single-row-made
+ * paths (quants_mat.c), register-blocked ones (quants_mat_avx2.c, quants_mat_avx512.c). */
+#define NF__MAT_DECL(fn)                                                                    \
+    void fn(int n, float *s, size_t ld, const void *x, size_t bx, const void *y, size_t by, \
+            int nrows, int ncols)
+NF__MAT_DECL(nf__vec_dot_f32_mat_ref);
+NF__MAT_DECL(nf__vec_dot_f16_mat_ref);
+NF__MAT_DECL(nf__vec_dot_bf16_ref_mat);
+NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_ref_mat);
+NF__MAT_DECL(nf__vec_dot_q8_0_q8_0_ref_mat);
+NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_ref_mat);
+NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_ref_mat);
+NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_ref_mat);
+NF__MAT_DECL(nf__vec_dot_q8_K_q8_K_ref_mat);
+NF__MAT_DECL(nf__vec_dot_bf16_avx2_mat);
+NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_avx2_mat);
+NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_avx2_mat);
+NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_avx2_mat);
+#define NF__MAT_DECL_ALL(fn)     \
+    NF__MAT_DECL(fn##_ref_mat);  \
+    NF__MAT_DECL(fn##_avx2_mat); \
+    NF__MAT_DECL(fn##_avx512_mat)
+NF__MAT_DECL_ALL(nf__vec_dot_q4_1_q8_1);
+NF__MAT_DECL_ALL(nf__vec_dot_q5_0_q8_0);
+NF__MAT_DECL_ALL(nf__vec_dot_q5_1_q8_1);
+NF__MAT_DECL_ALL(nf__vec_dot_iq4_nl_q8_0);
+NF__MAT_DECL_ALL(nf__vec_dot_q2_K_q8_K);
+NF__MAT_DECL_ALL(nf__vec_dot_q3_K_q8_K);
+NF__MAT_DECL_ALL(nf__vec_dot_iq4_xs_q8_K);
+NF__MAT_DECL(nf__vec_dot_f32_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_f16_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_q8_0_q8_0_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_f32_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_f16_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_q8_0_q8_0_mat_avx512);
+
 /* Decodes the 6-bit scale and min of sub-block j (0..7) of a q4_K/q5_K block. */
 static inline void nf__get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
 {

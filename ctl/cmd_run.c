@@ -18,6 +18,8 @@ static const char *const cmd = "run";
 
 #define NF_RUN_DEFAULT_N       128
 #define NF_RUN_DEFAULT_CTX_CAP 4096
+/* Prompt tokens per forward chunk (see docs/measurements.md, "Prompt ubatch"). */
+#define NF_RUN_DEFAULT_UBATCH 32
 
 static void usage(FILE *f)
 {
@@ -42,6 +44,9 @@ static void usage(FILE *f)
         "  -s, --seed S            sampling seed (default: taken from the clock; printed in\n"
         "                          --json output)\n"
         "  -t, --threads N         compute threads (default: 0 = all CPUs)\n"
+        "  -ub, --ubatch-size N    prompt tokens evaluated together, 1..%d: each weight\n"
+        "                          matrix is read once per N tokens, and N tokens of\n"
+        "                          activations are kept (default: %d)\n"
         "      --mmap              map the GGUF read-only and let the page cache serve the\n"
         "                          weights on demand (as llama.cpp's default mmap loading)\n"
         "                          instead of reading them into RAM (default: off)\n"
@@ -70,12 +75,13 @@ static void usage(FILE *f)
         "      --top-logits K      with --json, add the K highest logits of each step as\n"
         "                          [[id, logit], ...], 0..%d (default: 0)\n"
         "  -h, --help              show this help\n",
-        NF_RUN_DEFAULT_N, NF_RUN_DEFAULT_CTX_CAP, nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX);
+        NF_RUN_DEFAULT_N, NF_MAX_UBATCH, NF_RUN_DEFAULT_UBATCH, NF_RUN_DEFAULT_CTX_CAP,
+        nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX);
 }
 
 struct run_opts {
     const char *model, *prompt, *prompt_file;
-    long n_predict, threads, n_ctx, top_logits;
+    long n_predict, threads, n_ctx, top_logits, n_ubatch;
     bool json, seed_set, use_mmap;
     struct nf_sampler_params sp;
     struct nf_chat_opts chat;
@@ -86,6 +92,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
 {
     nf_sampler_params_default(&o->sp);
     o->n_predict = NF_RUN_DEFAULT_N;
+    o->n_ubatch = NF_RUN_DEFAULT_UBATCH;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int rc;
@@ -139,6 +146,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         } else if (nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")) {
             VAL();
             if (nf_arg_long(cmd, a, v, 1, 1 << 24, &o->n_ctx))
+                return 2;
+        } else if (nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")) {
+            VAL();
+            if (nf_arg_long(cmd, a, v, 1, NF_MAX_UBATCH, &o->n_ubatch))
                 return 2;
         } else if (nf_arg_is(a, "--top-logits")) {
             VAL();
@@ -279,7 +290,7 @@ int nf_cmd_run(int argc, char **argv)
         fprintf(stderr, "nanoflowctl run: %s: %s\n", o.model, err);
         goto done;
     }
-    if ((rc = nf_ctx_create(&c, m, (int)n_ctx, (int)o.threads)) < 0) {
+    if ((rc = nf_ctx_create_ub(&c, m, (int)n_ctx, (int)o.threads, (int)o.n_ubatch)) < 0) {
         fprintf(stderr, "nanoflowctl run: creating a context of %ld tokens: %s\n", n_ctx,
                 nf_strerror(rc));
         goto done;

@@ -49,6 +49,7 @@ kind() {
     --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
         --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat) K=bool ;;
+    -ub | --ubatch-size) K=int ;;
     *) K="" ;;
     esac
 }
@@ -76,6 +77,7 @@ good() {
     --arch) G=llama ;;
     --experts) G=4 ;;
     --vocab) G=512 ;;
+    -ub | --ubatch-size) G=8 ;;
     --alignment) G=64 ;;
     --numa-node) G=0 ;;
     --attach-timeout) G=1 ;;
@@ -148,7 +150,7 @@ parsed_flags() {
     case "$1" in
     run) echo "-m --model -p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
-        "--chat --system --chat-template" ;;
+        "--chat --system --chat-template -ub --ubatch-size" ;;
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \

@@ -1,4 +1,6 @@
-/* bench_kernels.c - single-threaded mat-vec throughput (GB/s of weights) per type and ISA. */
+/* bench_kernels.c - single-threaded mat-vec throughput (GB/s of weights) per type and ISA, and
+ * the multi-token product (GMAC/s) of vec_dot_mat against one vec_dot per row and token.
+ * `bench_kernels mat` prints the second table only. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,12 +76,80 @@ static void fill_weights(enum nf_type t, char *w, size_t bytes)
     }
 }
 
-int main(void)
+/* Thread CPU seconds: the machine is shared, and CPU time is less disturbed by other
+ * processes than wall time. */
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* MROWS weight rows x MTOK tokens (a prompt chunk) through vec_dot one row and token at a time
+ * (the prompt path before vec_dot_mat) and through vec_dot_mat, best of REPS, CPU time. */
+enum { MROWS = 1024, MTOK = 32 };
+
+static void bench_mat(const enum nf_type *types, size_t ntypes)
+{
+    printf("mat-mat %d rows x %d x %d tokens, one thread, best of %d (thread CPU time)\n", MROWS,
+           COLS, MTOK, REPS);
+    printf("%-6s %-7s %14s %14s %8s\n", "type", "isa", "vec_dot GMAC/s", "mat GMAC/s", "speedup");
+    float *act = malloc(sizeof(float) * COLS);
+    float *out = malloc(sizeof(float) * MROWS * MTOK);
+    char *yq = malloc((size_t)MTOK * COLS * 4);
+    for (int i = 0; i < COLS; i++)
+        act[i] = (float)(next() >> 40) / (float)(1 << 23) - 1.0f;
+    for (size_t ti = 0; ti < ntypes; ti++) {
+        const enum nf_type t = types[ti];
+        const struct nf_type_traits *tt = nf_type_traits(t);
+        const size_t rs = nf_row_size(t, COLS), ys = (size_t)COLS * 4;
+        char *w = malloc(rs * MROWS);
+        fill_weights(t, w, rs * MROWS);
+        for (int k = 0; k < MTOK; k++)
+            nf_type_traits(tt->vec_dot_type)->from_float(act, yq + (size_t)k * ys, COLS);
+        for (int isa = 0; isa <= (int)nf_cpu_best_isa(); isa++) {
+            nf_vec_dot_fn dot = NULL;
+            nf_vec_dot_mat_fn mat = NULL;
+            for (int k = isa; k >= 0 && !dot; k--)
+                dot = nf_vec_dot_for(t, (enum nf_isa)k);
+            for (int k = isa; k >= 0 && !mat; k--)
+                mat = nf_vec_dot_mat_for(t, (enum nf_isa)k);
+            double td = 1e9, tm = 1e9;
+            for (int rep = 0; rep < REPS; rep++) {
+                double t0 = cpu_s();
+                for (int r = 0; r < MROWS; r++)
+                    for (int k = 0; k < MTOK; k++)
+                        dot(COLS, out + (size_t)k * MROWS + r, w + (size_t)r * rs,
+                            yq + (size_t)k * ys);
+                double t1 = cpu_s();
+                mat(COLS, out, MROWS, w, rs, yq, ys, MROWS, MTOK);
+                double t2 = cpu_s();
+                td = t1 - t0 < td ? t1 - t0 : td;
+                tm = t2 - t1 < tm ? t2 - t1 : tm;
+            }
+            const double macs = (double)MROWS * COLS * MTOK;
+            printf("%-6s %-7s %14.2f %14.2f %7.2fx\n", tt->name, nf_isa_name((enum nf_isa)isa),
+                   macs / td / 1e9, macs / tm / 1e9, td / tm);
+            fflush(stdout);
+        }
+        free(w);
+    }
+    free(act);
+    free(out);
+    free(yq);
+}
+
+int main(int argc, char **argv)
 {
     static const enum nf_type types[] = {NF_TYPE_F32,    NF_TYPE_F16,  NF_TYPE_BF16,  NF_TYPE_Q8_0,
                                          NF_TYPE_Q4_0,   NF_TYPE_Q4_1, NF_TYPE_Q5_0,  NF_TYPE_Q5_1,
                                          NF_TYPE_IQ4_NL, NF_TYPE_Q2_K, NF_TYPE_Q3_K,  NF_TYPE_Q4_K,
                                          NF_TYPE_Q5_K,   NF_TYPE_Q6_K, NF_TYPE_IQ4_XS};
+    const size_t ntypes = sizeof(types) / sizeof(types[0]);
+    if (argc > 1 && !strcmp(argv[1], "mat")) {
+        bench_mat(types, ntypes);
+        return 0;
+    }
     float *act = malloc(COLS * sizeof(float));
     float *out = malloc(ROWS * sizeof(float));
     void *yq = malloc(COLS * 4);
@@ -136,5 +206,6 @@ int main(void)
     free(act);
     free(out);
     free(yq);
+    bench_mat(types, ntypes);
     return 0;
 }

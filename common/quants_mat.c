@@ -1,0 +1,87 @@
+/* quants_mat.c - multi-token (matrix x matrix) dot kernels: scalar references, and the paths
+ * made of single-row kernels for types and ISAs without a register-blocked one.
+ *
+ * A vec_dot_mat call multiplies nrows weight rows by ncols activation rows (see quants.h). The
+ * references below define what the SIMD paths (quants_mat_avx2.c, quants_mat_avx512.c) are
+ * tested against (tests/test_quants_mat.c):
+ *  - quantized types and BF16: each output is the type's scalar reference vec_dot;
+ *  - F32 and F16: the order of llamafile's tinyBLAS on AVX-512, which llama.cpp uses for F32
+ *    and F16 weights in prompt batches (one 16-lane accumulator of fused multiply-adds, lane
+ *    i % 16 taking element i, then _mm512_reduce_add_ps). The SIMD paths reproduce it bit for
+ *    bit, so the forward pass's tinyBLAS emulation (model_forward.c) can call them. */
+#include <math.h>
+
+#include "quants_impl.h"
+
+/* _mm512_reduce_add_ps: halves, then quarters, then pairs. */
+static float hsum16(const float *v)
+{
+    float t8[8], t4[4];
+    for (int i = 0; i < 8; i++)
+        t8[i] = v[i + 8] + v[i];
+    for (int i = 0; i < 4; i++)
+        t4[i] = t8[i + 4] + t8[i];
+    return (t4[0] + t4[2]) + (t4[1] + t4[3]);
+}
+
+void nf__vec_dot_f32_mat_ref(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,
+                             size_t by, int nrows, int ncols)
+{
+    for (int r = 0; r < nrows; r++) {
+        const float *xr = (const void *)((const char *)x + (size_t)r * bx);
+        for (int c = 0; c < ncols; c++) {
+            const float *yc = (const void *)((const char *)y + (size_t)c * by);
+            float acc[16] = {0};
+            for (int i = 0; i < n; i++)
+                acc[i & 15] = fmaf(xr[i], yc[i], acc[i & 15]);
+            s[(size_t)c * ld + r] = hsum16(acc);
+        }
+    }
+}
+
+void nf__vec_dot_f16_mat_ref(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,
+                             size_t by, int nrows, int ncols)
+{
+    for (int r = 0; r < nrows; r++) {
+        const nf_fp16_t *xr = (const void *)((const char *)x + (size_t)r * bx);
+        for (int c = 0; c < ncols; c++) {
+            const nf_fp16_t *yc = (const void *)((const char *)y + (size_t)c * by);
+            float acc[16] = {0};
+            for (int i = 0; i < n; i++)
+                acc[i & 15] = fmaf(nf_fp16_to_fp32(xr[i]), nf_fp16_to_fp32(yc[i]), acc[i & 15]);
+            s[(size_t)c * ld + r] = hsum16(acc);
+        }
+    }
+}
+
+/* Multi-token kernels made of single-row ones: weight row r stays in L1 while it meets every
+ * activation row, which the caller keeps few enough to stay in L2. */
+#define MAT_FROM(fn)                                                                              \
+    void fn##_mat(int n, float *s, size_t ld, const void *x, size_t bx, const void *y, size_t by, \
+                  int nrows, int ncols)                                                           \
+    {                                                                                             \
+        for (int r = 0; r < nrows; r++)                                                           \
+            for (int c = 0; c < ncols; c++)                                                       \
+                fn(n, s + (size_t)c * ld + r, (const char *)x + (size_t)r * bx,                   \
+                   (const char *)y + (size_t)c * by);                                             \
+    }
+#define MAT_FROM_ALL(fn) MAT_FROM(fn##_ref) MAT_FROM(fn##_avx2) MAT_FROM(fn##_avx512)
+
+MAT_FROM(nf__vec_dot_bf16_ref)
+MAT_FROM(nf__vec_dot_q4_0_q8_0_ref)
+MAT_FROM(nf__vec_dot_q8_0_q8_0_ref)
+MAT_FROM(nf__vec_dot_q4_K_q8_K_ref)
+MAT_FROM(nf__vec_dot_q5_K_q8_K_ref)
+MAT_FROM(nf__vec_dot_q6_K_q8_K_ref)
+MAT_FROM(nf__vec_dot_q8_K_q8_K_ref)
+MAT_FROM(nf__vec_dot_bf16_avx2)
+MAT_FROM(nf__vec_dot_q4_K_q8_K_avx2)
+MAT_FROM(nf__vec_dot_q5_K_q8_K_avx2)
+MAT_FROM(nf__vec_dot_q6_K_q8_K_avx2)
+MAT_FROM_ALL(nf__vec_dot_q4_1_q8_1)
+MAT_FROM_ALL(nf__vec_dot_q5_0_q8_0)
+MAT_FROM_ALL(nf__vec_dot_q5_1_q8_1)
+MAT_FROM_ALL(nf__vec_dot_iq4_nl_q8_0)
+MAT_FROM_ALL(nf__vec_dot_q2_K_q8_K)
+MAT_FROM_ALL(nf__vec_dot_q3_K_q8_K)
+MAT_FROM_ALL(nf__vec_dot_iq4_xs_q8_K)

@@ -1,0 +1,268 @@
+/* quants_mat_avx512.c - AVX-512 (F/BW/VL/VNNI) multi-token kernels: q4_0, q8_0, f32, f16.
+ *
+ * Each kernel computes a tile of weight rows x activation rows in registers, so a weight block
+ * is loaded and unpacked once for all the tile's activation rows and an activation block once
+ * for all its weight rows. */
+#include <immintrin.h>
+
+#include "quants_avx512_impl.h"
+#include "quants_mat_impl.h"
+
+/* ---- q4_0 ---------------------------------------------------------------------------------
+ *
+ * In groups of four blocks as nf__vec_dot_q4_0_q8_0_rows_avx512 (quants_avx512.c): each
+ * activation group is prepared once per call (prep_group) and each weight group unpacked once
+ * per tile into unsigned nibbles (lo, hi) and its four scales. Tiles are 2 weight rows x 8
+ * activation rows: 16 accumulators, 6 unpacked weight vectors and a group of 4 activation
+ * vectors fit the 32 registers. One float accumulator per output over the groups of a chunk of
+ * KC groups; the chunks' sums are added in s, the rows' last nb % 4 blocks one at a time. */
+enum { Q4_RT = 2, Q4_CT = 8, KC = 32, CB = 32 };
+
+/* Prepared activation groups: CB activation rows x KC groups (256 KiB, in L2). */
+static _Thread_local struct y_group prep_buf[CB * KC] __attribute__((aligned(64)));
+
+struct q4_w {
+    __m512i lo, hi;
+    __m512 d;
+};
+
+static ALWAYS_INLINE struct q4_w q4_0_unpack(const char *p, __m512i iq, __m512i id)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i a = _mm512_loadu_si512(p);
+    __m512i b =
+        _mm512_alignr_epi32(_mm512_castsi128_si512(_mm_loadl_epi64((const void *)(p + 64))), a, 2);
+    __m512i qs = _mm512_permutex2var_epi16(a, iq, b);
+    struct q4_w w;
+    w.d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(id, a)));
+    w.lo = _mm512_and_si512(qs, m4);
+    w.hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), m4);
+    return w;
+}
+
+/* rt weight rows (at x, stride bx, from group g0) x ct prepared activation rows (g, KC groups
+ * apart) over gn groups; adds (or stores, when first) into s. */
+static ALWAYS_INLINE void q4_0_tile(int rt, int ct, int gn, float *s, size_t ld, const char *x,
+                                    size_t bx, const struct y_group *g, bool first)
+{
+    const __m512i iq = q4_0_qs_index(), id = q4_0_d_index();
+    __m512 acc[Q4_RT][Q4_CT];
+    UNROLL
+    for (int r = 0; r < rt; r++)
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        acc[r][c] = _mm512_setzero_ps();
+    for (int k = 0; k < gn; k++) {
+        struct q4_w w[Q4_RT];
+        UNROLL
+        for (int r = 0; r < rt; r++)
+            w[r] = q4_0_unpack(x + (size_t)r * bx + 72 * (size_t)k, iq, id);
+        UNROLL
+        for (int c = 0; c < ct; c++) {
+            const struct y_group *gc = &g[(size_t)c * KC + k];
+            UNROLL
+            for (int r = 0; r < rt; r++) {
+                __m512i sumi = _mm512_dpbusd_epi32(gc->base, w[r].lo, gc->lo);
+                sumi = _mm512_dpbusd_epi32(sumi, w[r].hi, gc->hi);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(w[r].d, gc->d), _mm512_cvtepi32_ps(sumi),
+                                            acc[r][c]);
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < rt; r++)
+        UNROLL
+    for (int c = 0; c < ct; c++) {
+        float v = _mm512_reduce_add_ps(acc[r][c]);
+        float *o = s + (size_t)c * ld + r;
+        *o = first ? v : *o + v;
+    }
+}
+
+/* The tiles of one chunk; y is the prepared groups, KC of them per activation row. */
+static void q4_0_chunk(int gn, float *s, size_t ld, const char *x, size_t bx,
+                       const struct y_group *g, int nrows, int ncols, bool first)
+{
+    const char *y = (const char *)g;
+    const size_t by = KC * sizeof(struct y_group);
+#define Q4_TILE(rt, ct, so, xo, yo) \
+    q4_0_tile(rt, ct, gn, so, ld, xo, bx, (const struct y_group *)(const void *)(yo), first)
+    FOR_TILES(Q4_RT, Q4_CT, Q4_TILE);
+#undef Q4_TILE
+}
+
+/* nrows weight rows against ncols activation rows. */
+static void q4_0_panel(int n, float *s, size_t ld, const void *vx, size_t bx, const void *vy,
+                       size_t by, int nrows, int ncols)
+{
+    const int nb = n / NF_QK8_0, ng = nb / 4;
+    /* Activation rows in blocks of CB: the panel's weights are read once per block of CB. */
+    for (int c0 = 0; c0 < ncols; c0 += CB) {
+        const int cn = ncols - c0 < CB ? ncols - c0 : CB;
+        float *sc = s + (size_t)c0 * ld;
+        const char *yc = (const char *)vy + (size_t)c0 * by;
+        for (int g0 = 0; g0 < ng; g0 += KC) {
+            const int gn = ng - g0 < KC ? ng - g0 : KC;
+            for (int c = 0; c < cn; c++)
+                for (int k = 0; k < gn; k++)
+                    prep_group(&prep_buf[c * KC + k],
+                               (const nf_block_q8_0 *)(yc + (size_t)c * by) + 4 * (g0 + k), 8);
+            q4_0_chunk(gn, sc, ld, (const char *)vx + (size_t)g0 * 72, bx, prep_buf, nrows, cn,
+                       g0 == 0);
+        }
+        for (int c = 0; c < cn; c++)
+            for (int r = 0; r < nrows; r++) {
+                float *o = sc + (size_t)c * ld + r;
+                if (ng == 0)
+                    *o = 0.0f;
+                for (int i = 4 * ng; i < nb; i++)
+                    *o += q4_0_block((const nf_block_q4_0 *)((const char *)vx + (size_t)r * bx) + i,
+                                     (const nf_block_q8_0 *)(yc + (size_t)c * by) + i);
+            }
+    }
+}
+
+void nf__vec_dot_q4_0_q8_0_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
+                                      const void *vy, size_t by, int nrows, int ncols)
+{
+    /* More than CB activation rows: panels of RP weight rows (at most 400 KiB of a 7B FFN
+     * row, in L2) meet every block of CB activation rows, so the weights come from DRAM once
+     * per call, not once per CB; the activation groups are prepared again per panel. */
+    enum { RP = 64 };
+    const int rp = ncols > CB ? RP : nrows;
+    for (int r0 = 0; r0 < nrows; r0 += rp)
+        q4_0_panel(n, s + r0, ld, (const char *)vx + (size_t)r0 * bx, bx, vy, by,
+                   nrows - r0 < rp ? nrows - r0 : rp, ncols);
+}
+
+/* ---- q8_0 ---------------------------------------------------------------------------------
+ *
+ * Bit-identical to nf__vec_dot_q8_0_q8_0_avx2 (one 8-lane accumulator, as ggml's vec_dot and
+ * tinyBLAS_Q0 for q8_0): per block, the same int32 lane sums (four products each, exact) come
+ * from 256-bit VNNI with the weight made unsigned (+128) and -128 * (sum of each 4 activation
+ * quants) as the starting value, then acc = fma(dx * dy, float(sums), acc). Tiles of 4 weight
+ * rows x 4 activation rows. */
+enum { Q8_RT = 4, Q8_CT = 4 };
+
+static ALWAYS_INLINE void q8_0_tile(int rt, int ct, int nb, float *s, size_t ld, const char *x,
+                                    size_t bx, const char *y, size_t by)
+{
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    const __m256i off = _mm256_set1_epi8((char)0x80);
+    __m256 acc[Q8_RT][Q8_CT];
+    UNROLL
+    for (int r = 0; r < rt; r++)
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        acc[r][c] = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        __m256i ux[Q8_RT];
+        __m256 dx[Q8_RT];
+        UNROLL
+        for (int r = 0; r < rt; r++) {
+            const nf_block_q8_0 *b = (const nf_block_q8_0 *)(x + (size_t)r * bx) + i;
+            ux[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b->qs), flip);
+            dx[r] = _mm256_set1_ps(_cvtsh_ss(b->d));
+        }
+        UNROLL
+        for (int c = 0; c < ct; c++) {
+            const nf_block_q8_0 *b = (const nf_block_q8_0 *)(y + (size_t)c * by) + i;
+            const __m256i yq = _mm256_loadu_si256((const __m256i *)b->qs);
+            const __m256i base = _mm256_sub_epi32(
+                _mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, yq));
+            const __m256 dy = _mm256_set1_ps(_cvtsh_ss(b->d));
+            UNROLL
+            for (int r = 0; r < rt; r++) {
+                __m256i p = _mm256_dpbusd_epi32(base, ux[r], yq);
+                acc[r][c] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy), _mm256_cvtepi32_ps(p), acc[r][c]);
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < rt; r++)
+        UNROLL
+    for (int c = 0; c < ct; c++) {
+        __m128 h =
+            _mm_add_ps(_mm256_castps256_ps128(acc[r][c]), _mm256_extractf128_ps(acc[r][c], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        s[(size_t)c * ld + r] = _mm_cvtss_f32(h);
+    }
+}
+
+void nf__vec_dot_q8_0_q8_0_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
+                                      const void *vy, size_t by, int nrows, int ncols)
+{
+    const int nb = n / NF_QK8_0;
+    const char *x = vx, *y = vy;
+#define Q8_TILE(rt, ct, so, xo, yo) q8_0_tile(rt, ct, nb, so, ld, xo, bx, yo, by)
+    FOR_TILES(Q8_RT, Q8_CT, Q8_TILE);
+#undef Q8_TILE
+}
+
+/* ---- f32 and f16: tinyBLAS order ----------------------------------------------------------
+ *
+ * One 16-lane accumulator of fused multiply-adds per output and _mm512_reduce_add_ps, as
+ * llamafile's tinyBLAS on AVX-512 (and quants_mat.c's references, bit for bit); the last n % 16
+ * elements through masked loads (zero lanes add nothing). Tiles of 4 x 4. */
+enum { F_RT = 4, F_CT = 4 };
+
+static ALWAYS_INLINE __m512 ld_f(const char *p, bool f16, int i, __mmask16 m)
+{
+    const nf_fp16_t *h = (const void *)p;
+    const float *f = (const void *)p;
+    if (f16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, h + i));
+    return _mm512_maskz_loadu_ps(m, f + i);
+}
+
+static ALWAYS_INLINE void f_tile(bool f16, int rt, int ct, int n, float *s, size_t ld,
+                                 const char *x, size_t bx, const char *y, size_t by)
+{
+    __m512 acc[F_RT][F_CT];
+    UNROLL
+    for (int r = 0; r < rt; r++)
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        acc[r][c] = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 xv[F_RT];
+        UNROLL
+        for (int r = 0; r < rt; r++)
+            xv[r] = ld_f(x + (size_t)r * bx, f16, i, m);
+        UNROLL
+        for (int c = 0; c < ct; c++) {
+            const __m512 yv = ld_f(y + (size_t)c * by, f16, i, m);
+            UNROLL
+            for (int r = 0; r < rt; r++)
+                acc[r][c] = _mm512_fmadd_ps(xv[r], yv, acc[r][c]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < rt; r++)
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        s[(size_t)c * ld + r] = _mm512_reduce_add_ps(acc[r][c]);
+}
+
+static ALWAYS_INLINE void f_mat(bool f16, int n, float *s, size_t ld, const char *x, size_t bx,
+                                const char *y, size_t by, int nrows, int ncols)
+{
+#define F_TILE(rt, ct, so, xo, yo) f_tile(f16, rt, ct, n, so, ld, xo, bx, yo, by)
+    FOR_TILES(F_RT, F_CT, F_TILE);
+#undef F_TILE
+}
+
+void nf__vec_dot_f32_mat_avx512(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,
+                                size_t by, int nrows, int ncols)
+{
+    f_mat(false, n, s, ld, x, bx, y, by, nrows, ncols);
+}
+
+void nf__vec_dot_f16_mat_avx512(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,
+                                size_t by, int nrows, int ncols)
+{
+    f_mat(true, n, s, ld, x, bx, y, by, nrows, ncols);
+}

@@ -1,0 +1,303 @@
+/* test_quants_mat.c - the multi-token kernels (vec_dot_mat) of every type and ISA against the
+ * scalar reference: weight row counts 1..17, activation row counts 1..17, odd row lengths, an
+ * output stride wider than the tile, and the bit-for-bit claims the forward pass relies on. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "quants_impl.h"
+
+/* The tolerances of test_quants.c's single-row kernel tests, relative to sum |x * y|. */
+#define TOL_FLOAT_DOT 2e-6
+#define TOL_QUANT_DOT 1e-5
+
+#define MAXR 17 /* weight rows and activation rows tested */
+
+static const enum nf_type weight_types[] = {
+    NF_TYPE_F32,    NF_TYPE_F16,  NF_TYPE_BF16, NF_TYPE_Q4_0,  NF_TYPE_Q8_0, NF_TYPE_Q4_K,
+    NF_TYPE_Q5_K,   NF_TYPE_Q6_K, NF_TYPE_Q8_K, NF_TYPE_Q4_1,  NF_TYPE_Q5_0, NF_TYPE_Q5_1,
+    NF_TYPE_IQ4_NL, NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_IQ4_XS};
+#define NWEIGHT (sizeof(weight_types) / sizeof(weight_types[0]))
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+
+static float rng_gauss(void)
+{
+    double a = 0;
+    for (int i = 0; i < 4; i++) {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        a += (double)(rng_state >> 11) / (double)(1ull << 53);
+    }
+    return (float)((a - 2.0) * 1.7);
+}
+
+/* MAXR weight rows of type t and MAXR activation rows of its vec_dot_type, n elements each,
+ * with their dequantized values; 1 in 64 values 30x larger (outliers). */
+struct mats {
+    int n;
+    size_t bx, by;
+    char *x, *y;
+    float *xf, *yf;
+};
+
+static void make_mats(struct mats *m, enum nf_type t, int n)
+{
+    const struct nf_type_traits *tt = nf_type_traits(t);
+    const enum nf_type yt = tt->vec_dot_type;
+    m->n = n;
+    m->bx = nf_row_size(t, n) + 8; /* odd strides: rows need not be aligned */
+    m->by = nf_row_size(yt, n) + 4;
+    m->x = calloc(MAXR, m->bx);
+    m->y = calloc(MAXR, m->by);
+    m->xf = malloc(sizeof(float) * MAXR * (size_t)n);
+    m->yf = malloc(sizeof(float) * MAXR * (size_t)n);
+    float *src = malloc(sizeof(float) * (size_t)n);
+    assert_true(m->x && m->y && m->xf && m->yf && src);
+    for (int r = 0; r < MAXR; r++) {
+        for (int i = 0; i < n; i++)
+            src[i] = rng_gauss() * ((i * 7 + r) % 64 == 0 ? 30.0f : 1.0f);
+        tt->from_float(src, m->x + r * m->bx, n);
+        tt->to_float(m->x + r * m->bx, m->xf + (size_t)r * n, n);
+        for (int i = 0; i < n; i++)
+            src[i] = rng_gauss();
+        nf_type_traits(yt)->from_float(src, m->y + r * m->by, n);
+        nf_type_traits(yt)->to_float(m->y + r * m->by, m->yf + (size_t)r * n, n);
+    }
+    free(src);
+}
+
+static void free_mats(struct mats *m)
+{
+    free(m->x);
+    free(m->y);
+    free(m->xf);
+    free(m->yf);
+}
+
+/* sum |x * y| of weight row r and activation row c. */
+static double abs_dot(const struct mats *m, int r, int c)
+{
+    double a = 0;
+    for (int i = 0; i < m->n; i++)
+        a += fabs((double)m->xf[(size_t)r * m->n + i] * m->yf[(size_t)c * m->n + i]);
+    return a;
+}
+
+static bool is_float(enum nf_type t)
+{
+    return t == NF_TYPE_F32 || t == NF_TYPE_F16 || t == NF_TYPE_BF16;
+}
+
+/* Row lengths: one block, odd block counts, a long row; plain types also lengths that are not a
+ * multiple of 16 (the masked and scalar tails). */
+static int lengths(enum nf_type t, int *out)
+{
+    const int bs = (int)nf_type_traits(t)->blck_size;
+    if (bs == 1) {
+        static const int plain[] = {1, 16, 33, 100, 4099};
+        memcpy(out, plain, sizeof(plain));
+        return 5;
+    }
+    static const int blocks[] = {1, 3, 5, 9, 17};
+    for (int i = 0; i < 5; i++)
+        out[i] = blocks[i] * bs;
+    out[5] = 4096 + (bs == 32 ? 3 * 32 : 0); /* q4_0: 131 blocks, 32 groups and 3 left */
+    return 6;
+}
+
+/* Checks mat(nr, nc) against want (the reference over MAXR x MAXR, ld MAXR) with an output
+ * stride of nr + 3 whose gaps must stay untouched; returns how many outputs were compared. */
+static int check_tile(enum nf_type t, enum nf_isa isa, nf_vec_dot_mat_fn f, const struct mats *m,
+                      const float *want, const double *scale, int nr, int nc)
+{
+    const size_t ld = (size_t)nr + 3;
+    float *s = malloc(sizeof(float) * ld * (size_t)nc);
+    assert_non_null(s);
+    for (size_t i = 0; i < ld * (size_t)nc; i++)
+        s[i] = -777.0f;
+    f(m->n, s, ld, m->x, m->bx, m->y, m->by, nr, nc);
+    const double tol = is_float(t) ? TOL_FLOAT_DOT : TOL_QUANT_DOT;
+    for (int c = 0; c < nc; c++) {
+        for (int r = 0; r < nr; r++) {
+            const float g = s[(size_t)c * ld + r], w = want[c * MAXR + r];
+            if (!(fabs((double)g - w) <= tol * scale[c * MAXR + r] + 1e-30))
+                fail_msg("%s %s n=%d %dx%d: row %d col %d: %.9g, reference %.9g",
+                         nf_type_traits(t)->name, nf_isa_name(isa), m->n, nr, nc, r, c, g, w);
+        }
+        for (size_t r = (size_t)nr; r < ld; r++)
+            if (s[(size_t)c * ld + r] != -777.0f)
+                fail_msg("%s %s n=%d %dx%d: wrote past row %d of column %d",
+                         nf_type_traits(t)->name, nf_isa_name(isa), m->n, nr, nc, nr, c);
+    }
+    free(s);
+    return nr * nc;
+}
+
+static void test_mat_vs_ref(void **state)
+{
+    (void)state;
+    long compared = 0;
+    for (size_t ti = 0; ti < NWEIGHT; ti++) {
+        const enum nf_type t = weight_types[ti];
+        nf_vec_dot_mat_fn ref = nf_vec_dot_mat_for(t, NF_ISA_SCALAR);
+        assert_non_null(ref);
+        int ns[6];
+        const int nl = lengths(t, ns);
+        for (int li = 0; li < nl; li++) {
+            struct mats m;
+            make_mats(&m, t, ns[li]);
+            float want[MAXR * MAXR];
+            double scale[MAXR * MAXR];
+            ref(m.n, want, MAXR, m.x, m.bx, m.y, m.by, MAXR, MAXR);
+            for (int c = 0; c < MAXR; c++)
+                for (int r = 0; r < MAXR; r++)
+                    scale[c * MAXR + r] = abs_dot(&m, r, c) + fabs(want[c * MAXR + r]);
+            /* The reference itself: each output is the scalar single-row dot (the float types:
+             * the tinyBLAS order, checked against the exact dot instead). */
+            nf_vec_dot_fn dot = nf_vec_dot_for(t, NF_ISA_SCALAR);
+            for (int c = 0; c < MAXR; c++)
+                for (int r = 0; r < MAXR; r++) {
+                    float d;
+                    dot(m.n, &d, m.x + r * m.bx, m.y + c * m.by);
+                    const double tol = is_float(t) ? TOL_FLOAT_DOT : 0.0;
+                    if (!(fabs((double)d - want[c * MAXR + r]) <= tol * scale[c * MAXR + r]))
+                        fail_msg("%s reference n=%d row %d col %d: %.9g, vec_dot %.9g",
+                                 nf_type_traits(t)->name, m.n, r, c, want[c * MAXR + r], d);
+                }
+            for (int isa = NF_ISA_SCALAR; isa <= (int)nf_cpu_best_isa(); isa++) {
+                nf_vec_dot_mat_fn f = nf_vec_dot_mat_for(t, (enum nf_isa)isa);
+                if (!f)
+                    continue;
+                const bool long_row = m.n >= 4096;
+                for (int nr = 1; nr <= MAXR; nr++)
+                    for (int nc = 1; nc <= MAXR; nc++) {
+                        /* Long rows: a few shapes only (time). */
+                        if (long_row && !((nr == MAXR && nc == MAXR) || (nr == 3 && nc == 10) ||
+                                          (nr == 1 && nc == 1) || (nr == 8 && nc == 16)))
+                            continue;
+                        compared += check_tile(t, (enum nf_isa)isa, f, &m, want, scale, nr, nc);
+                    }
+            }
+            free_mats(&m);
+        }
+    }
+    assert_true(compared > 100000);
+}
+
+/* Shapes past the kernels' blocking: 70 weight rows (more than a q4_0 panel of 64) x 40
+ * activation rows (more than a block of 32), every type at the best ISA, against the
+ * reference. */
+static void test_mat_wide(void **state)
+{
+    (void)state;
+    enum { WR = 70, WC = 40 };
+    for (size_t ti = 0; ti < NWEIGHT; ti++) {
+        const enum nf_type t = weight_types[ti];
+        const struct nf_type_traits *tt = nf_type_traits(t);
+        const int n = (int)(tt->blck_size == 1 ? 48 : 9 * tt->blck_size);
+        const size_t bx = nf_row_size(t, n), by = nf_row_size(tt->vec_dot_type, n);
+        char *x = calloc(WR, bx), *y = calloc(WC, by);
+        float *src = malloc(sizeof(float) * (size_t)n);
+        float *want = malloc(sizeof(float) * WR * WC), *got = malloc(sizeof(float) * WR * WC);
+        assert_true(x && y && src && want && got);
+        for (int r = 0; r < WR + WC; r++) {
+            for (int i = 0; i < n; i++)
+                src[i] = rng_gauss();
+            if (r < WR)
+                tt->from_float(src, x + (size_t)r * bx, n);
+            else
+                nf_type_traits(tt->vec_dot_type)->from_float(src, y + (size_t)(r - WR) * by, n);
+        }
+        nf_vec_dot_mat_for(t, NF_ISA_SCALAR)(n, want, WR, x, bx, y, by, WR, WC);
+        tt->vec_dot_mat(n, got, WR, x, bx, y, by, WR, WC);
+        for (int i = 0; i < WR * WC; i++)
+            if (!(fabs((double)got[i] - want[i]) <= 1e-4 * (fabs(want[i]) + 1.0)))
+                fail_msg("%s %dx%d output %d: %.9g, reference %.9g", tt->name, WR, WC, i, got[i],
+                         want[i]);
+        free(x);
+        free(y);
+        free(src);
+        free(want);
+        free(got);
+    }
+}
+
+/* The forward pass relies on these being bit-identical: q8_0's multi-token kernels and its
+ * AVX2 single-row kernel (llama.cpp's order, which the q8_0 goldens reproduce), and the F32/F16
+ * kernels of every ISA and their tinyBLAS-order reference. */
+static void test_mat_bit_identical(void **state)
+{
+    (void)state;
+    int tested = 0;
+    const enum nf_type types[] = {NF_TYPE_Q8_0, NF_TYPE_F32, NF_TYPE_F16};
+    for (size_t ti = 0; ti < 3; ti++) {
+        const enum nf_type t = types[ti];
+        int ns[6];
+        const int nl = lengths(t, ns);
+        for (int li = 0; li < nl; li++) {
+            struct mats m;
+            make_mats(&m, t, ns[li]);
+            float want[MAXR * MAXR], got[MAXR * MAXR];
+            if (t == NF_TYPE_Q8_0) {
+                nf_vec_dot_fn d = nf_vec_dot_for(t, NF_ISA_AVX2);
+                if (!d) {
+                    free_mats(&m);
+                    continue;
+                }
+                for (int c = 0; c < MAXR; c++)
+                    for (int r = 0; r < MAXR; r++)
+                        d(m.n, &want[c * MAXR + r], m.x + r * m.bx, m.y + c * m.by);
+            } else {
+                nf_vec_dot_mat_for(t, NF_ISA_SCALAR)(m.n, want, MAXR, m.x, m.bx, m.y, m.by, MAXR,
+                                                     MAXR);
+            }
+            for (int isa = NF_ISA_AVX2; isa <= (int)nf_cpu_best_isa(); isa++) {
+                nf_vec_dot_mat_fn f = nf_vec_dot_mat_for(t, (enum nf_isa)isa);
+                assert_non_null(f);
+                f(m.n, got, MAXR, m.x, m.bx, m.y, m.by, MAXR, MAXR);
+                for (int i = 0; i < MAXR * MAXR; i++)
+                    if (memcmp(&got[i], &want[i], sizeof(float)))
+                        fail_msg("%s %s n=%d output %d: %.9g, expected bit-identical %.9g",
+                                 nf_type_traits(t)->name, nf_isa_name(isa), m.n, i, got[i],
+                                 want[i]);
+                tested++;
+            }
+            free_mats(&m);
+        }
+    }
+    if (nf_cpu_best_isa() < NF_ISA_AVX2)
+        skip();
+    assert_true(tested > 0);
+}
+
+static void test_mat_traits(void **state)
+{
+    (void)state;
+    for (size_t ti = 0; ti < NWEIGHT; ti++) {
+        const struct nf_type_traits *tt = nf_type_traits(weight_types[ti]);
+        assert_non_null(tt->vec_dot_mat);
+        assert_non_null(nf_vec_dot_mat_for(weight_types[ti], NF_ISA_SCALAR));
+    }
+    assert_null(nf_type_traits(NF_TYPE_IQ2_XXS)->vec_dot_mat);
+    assert_null(nf_vec_dot_mat_for(NF_TYPE_Q4_0, NF_ISA_COUNT));
+}
+
+int main(void)
+{
+    nf_kernels_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mat_traits),
+        cmocka_unit_test(test_mat_vs_ref),
+        cmocka_unit_test(test_mat_wide),
+        cmocka_unit_test(test_mat_bit_identical),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
