@@ -24,29 +24,41 @@
 
 /* Published hyperparameters of common llama-architecture models, plus small test shapes. */
 static const struct nf_mk_shape nf_mk_shapes[] = {
-    {"tiny", 256, 2, 768, 8, 4, 0, 0, 1024, 2048, 10000.0f, 1e-5f, "llama", 0},
-    {"tiny-moe", 256, 2, 512, 8, 2, 4, 2, 1024, 2048, 10000.0f, 1e-5f, "llama", 0},
-    {"llama-7b", 4096, 32, 11008, 32, 32, 0, 0, 32000, 4096, 10000.0f, 1e-5f, "llama", 0},
-    {"llama-13b", 5120, 40, 13824, 40, 40, 0, 0, 32000, 4096, 10000.0f, 1e-5f, "llama", 0},
-    {"llama-70b", 8192, 80, 28672, 64, 8, 0, 0, 32000, 4096, 10000.0f, 1e-5f, "llama", 0},
-    {"llama3-8b", 4096, 32, 14336, 32, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f, "llama", 0},
-    {"llama3-70b", 8192, 80, 28672, 64, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f, "llama", 0},
-    {"llama3-405b", 16384, 126, 53248, 128, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f, "llama", 0},
-    {"mixtral-8x7b", 4096, 32, 14336, 32, 8, 8, 2, 32000, 32768, 1000000.0f, 1e-5f, "llama", 0},
-    {"mixtral-8x22b", 6144, 56, 16384, 48, 8, 8, 2, 32768, 65536, 1000000.0f, 1e-5f, "llama", 0},
+    {"tiny", 256, 2, 768, 8, 4, 0, 0, 1024, 2048, 10000.0f, 1e-5f, "llama", 0, 0, 0.0f},
+    {"tiny-moe", 256, 2, 512, 8, 2, 4, 2, 1024, 2048, 10000.0f, 1e-5f, "llama", 0, 0, 0.0f},
+    {"llama-7b", 4096, 32, 11008, 32, 32, 0, 0, 32000, 4096, 10000.0f, 1e-5f, "llama", 0, 0, 0.0f},
+    {"llama-13b", 5120, 40, 13824, 40, 40, 0, 0, 32000, 4096, 10000.0f, 1e-5f, "llama", 0, 0, 0.0f},
+    {"llama-70b", 8192, 80, 28672, 64, 8, 0, 0, 32000, 4096, 10000.0f, 1e-5f, "llama", 0, 0, 0.0f},
+    {"llama3-8b", 4096, 32, 14336, 32, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f, "llama", 0, 0,
+     0.0f},
+    {"llama3-70b", 8192, 80, 28672, 64, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f, "llama", 0, 0,
+     0.0f},
+    {"llama3-405b", 16384, 126, 53248, 128, 8, 0, 0, 128256, 8192, 500000.0f, 1e-5f, "llama", 0, 0,
+     0.0f},
+    {"mixtral-8x7b", 4096, 32, 14336, 32, 8, 8, 2, 32000, 32768, 1000000.0f, 1e-5f, "llama", 0, 0,
+     0.0f},
+    {"mixtral-8x22b", 6144, 56, 16384, 48, 8, 8, 2, 32768, 65536, 1000000.0f, 1e-5f, "llama", 0, 0,
+     0.0f},
     /* Qwen: published config.json values; qwen3-30b-a3b's ffn is the experts' width. */
-    {"qwen2.5-7b", 3584, 28, 18944, 28, 4, 0, 0, 152064, 32768, 1000000.0f, 1e-6f, "qwen2", 0},
-    {"qwen3-8b", 4096, 36, 12288, 32, 8, 0, 0, 151936, 40960, 1000000.0f, 1e-6f, "qwen3", 128},
+    {"qwen2.5-7b", 3584, 28, 18944, 28, 4, 0, 0, 152064, 32768, 1000000.0f, 1e-6f, "qwen2", 0, 0,
+     0.0f},
+    {"qwen3-8b", 4096, 36, 12288, 32, 8, 0, 0, 151936, 40960, 1000000.0f, 1e-6f, "qwen3", 128, 0,
+     0.0f},
     {"qwen3-30b-a3b", 2048, 48, 768, 32, 4, 128, 8, 151936, 40960, 1000000.0f, 1e-6f, "qwen3moe",
-     128},
+     128, 0, 0.0f},
     /* Qwen1.5-MoE-A2.7B (shared expert 5632) and OLMoE-1B-7B, from their config.json. */
     {"qwen1.5-moe-a2.7b", 2048, 24, 1408, 16, 16, 60, 4, 151936, 8192, 1000000.0f, 1e-6f,
-     "qwen2moe", 128},
-    {"olmoe-1b-7b", 2048, 16, 1024, 16, 16, 64, 8, 50304, 4096, 10000.0f, 1e-5f, "olmoe", 128},
+     "qwen2moe", 128, 0, 0.0f},
+    {"olmoe-1b-7b", 2048, 16, 1024, 16, 16, 64, 8, 50304, 4096, 10000.0f, 1e-5f, "olmoe", 128, 0,
+     0.0f},
     /* Phi-3-mini-4k-instruct's config.json (no LongRoPE; fused QKV and gate/up tensors). */
-    {"phi3-mini", 3072, 32, 8192, 32, 32, 0, 0, 32064, 4096, 10000.0f, 1e-5f, "phi3", 0},
+    {"phi3-mini", 3072, 32, 8192, 32, 32, 0, 0, 32064, 4096, 10000.0f, 1e-5f, "phi3", 0, 0, 0.0f},
     {"qwen3-235b-a22b", 4096, 94, 1536, 64, 4, 128, 8, 151936, 40960, 1000000.0f, 1e-6f, "qwen3moe",
-     128},
+     128, 0, 0.0f},
+    /* Gemma 3 12B's config.json: head_dim 256 (16 x 256 != 3840), sliding window 1024, linear
+     * rope scaling 8 (llama.cpp applies it to the global layers only). */
+    {"gemma3-12b", 3840, 48, 15360, 16, 8, 0, 0, 262208, 131072, 1000000.0f, 1e-6f, "gemma3", 256,
+     1024, 8.0f},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
@@ -92,7 +104,7 @@ static const struct {
 
 static void usage(FILE *f)
 {
-    char shapes[256];
+    char shapes[512];
     nf_mk_shape_list(shapes, sizeof(shapes));
     fprintf(
         f,
@@ -115,10 +127,11 @@ static void usage(FILE *f)
         "  --shared-ffn N       (qwen2moe) the shared expert's width (default: the shape's,\n"
         "                       else 4 x --ffn)\n"
         "  --window N           (gemma3) attention.sliding_window of the local layers\n"
-        "                       (default %d); every 6th layer is global; 0: no window key,\n"
+        "                       (default: the shape's, else %d); every 6th layer is global;\n"
+        "                       0: no window key,"
         "                       every layer global\n"
         "  --rope-scale F       linear RoPE scaling factor (rope.scaling.factor; gemma3: the\n"
-        "                       global layers only) (default: none)\n"
+        "                       global layers only) (default: the shape's, else none)\n"
         "  --head-dim N         attention head size (default dim/heads; qwen3 presets 128)\n"
         "  --tied-output        no output.weight: the output reuses token_embd\n"
         "  --rope-freqs         (llama) Llama 3.1 rope scaling: a rope_freqs.weight tensor\n"
@@ -151,9 +164,14 @@ static void usage(FILE *f)
         "Contents:\n"
         "  --type T             matrix type: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 iq4_nl\n"
         "                       q2_k q3_k q4_k q5_k q6_k iq4_xs (default f16);\n"
-        "                       norms and the MoE router stay f32\n"
+        "                       norms and the MoE router stay f32; q4_k_m is llama-quantize's\n"
+        "                       Q4_K_M mix: q4_k with q6_k output and, on 1/8 + 1/8 + every\n"
+        "                       third layer between, attn_v and ffn_down*\n"
         "  --seed S             generator seed (default 1); same seed, same bytes\n"
         "  --zero               all-zero matrices written as file holes (norms stay 1.0)\n"
+        "  --zero-experts       routed experts' tensors written as real zero bytes (not\n"
+        "                       holes; fast, every byte on disk); router, attention, norms\n"
+        "                       and embeddings stay random, so routing still varies\n"
         "  --vocab-from GGUF    copy every tokenizer.* key (and the vocab size) from GGUF\n"
         "                       (default: a synthetic vocabulary)\n"
         "  --name S             general.name (default nanoflow-<shape>)\n"
@@ -178,7 +196,8 @@ struct mk_opts {
     bool rope_set, eps_set;
     enum nf_type type;
     uint64_t seed;
-    bool zero;
+    bool zero, zero_experts;
+    bool q4_k_m; /* --type q4_k_m: o->type is q4_k, some tensors get q6_k */
     long threads;
     long alignment;
 };
@@ -240,6 +259,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             o->zero = true;
             continue;
         }
+        if (!strcmp(a, "--zero-experts")) {
+            o->zero_experts = true;
+            continue;
+        }
         if (!strcmp(a, "--tied-output")) {
             o->tied = true;
             continue;
@@ -266,7 +289,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             if (!(v = nf_arg_value(CMD, argc, argv, &i)))
                 return 2;
             if (!nf_mk_shape_find(v)) {
-                char shapes[256];
+                char shapes[512];
                 nf_mk_shape_list(shapes, sizeof(shapes));
                 return nf_usage_error(CMD, "unknown --shape '%s' (known: %s)", v, shapes);
             }
@@ -287,11 +310,14 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         } else if (nf_arg_is(a, "--type")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)))
                 return 2;
-            if (parse_type(v, &o->type))
+            o->q4_k_m = !strcasecmp(v, "q4_k_m");
+            if (o->q4_k_m)
+                o->type = NF_TYPE_Q4_K;
+            else if (parse_type(v, &o->type))
                 return nf_usage_error(
                     CMD,
                     "unknown --type '%s' (expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
-                    "q5_1, iq4_nl, q2_k, q3_k, q4_k, q5_k, q6_k or iq4_xs)",
+                    "q5_1, iq4_nl, q2_k, q3_k, q4_k, q4_k_m, q5_k, q6_k or iq4_xs)",
                     v);
         } else if (nf_arg_is(a, "--seed")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) || nf_arg_u64(CMD, "--seed", v, &o->seed))
@@ -367,8 +393,8 @@ static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
 static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
 {
     int rc;
-    static const struct nf_mk_shape custom = {"custom", -1,    -1,   -1,       -1,    -1,   0,
-                                              0,        32000, 4096, 10000.0f, 1e-5f, NULL, 0};
+    static const struct nf_mk_shape custom = {"custom", -1,   -1,       -1,    -1,   -1, 0, 0,
+                                              32000,    4096, 10000.0f, 1e-5f, NULL, 0,  0, 0.0f};
     *s = o->shape_name ? *nf_mk_shape_find(o->shape_name) : custom;
     if (o->dim > 0)
         s->dim = o->dim;
@@ -398,6 +424,10 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
         s->rope_base = o->rope_base;
     if (o->eps_set)
         s->rms_eps = o->rms_eps;
+    if (o->arch && s->arch && strcmp(o->arch, s->arch) != 0) {
+        s->window = 0; /* the preset's window and scaling belong to its own architecture */
+        s->rope_scale = 0.0f;
+    }
     if (o->arch)
         s->arch = o->arch;
     if (!s->arch)
@@ -574,6 +604,44 @@ static int build_tensors(const struct nf_mk_shape *s, int64_t S, enum nf_type ty
     return 0;
 }
 
+/* llama-quantize's use_more_bits(): the first and last eighth of the layers and every third
+ * layer between get more bits in its _M mixes. */
+static bool more_bits(int64_t i, int64_t n)
+{
+    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+}
+
+/* general.file_type of llama-quantize's Q4_K_M (LLAMA_FTYPE_MOSTLY_Q4_K_M). */
+#define NF_MK_FTYPE_Q4_K_M 15u
+
+/* Turns the q4_k tensors of t into llama-quantize's Q4_K_M mix (its llama_tensor_get_type()):
+ * output.weight q6_k (token_embd when the output is tied), and attn_v and every ffn_down tensor
+ * (dense, routed experts, shared expert) q6_k on the more_bits() layers. The rest stays q4_k. */
+static void q4_k_m_mix(struct nf_mk_tensor *t, size_t n, int64_t layers, bool tied)
+{
+    for (size_t i = 0; i < n; i++) {
+        long long l;
+        char rest[NF_GGUF_MAX_NAME + 1];
+        if (t[i].type != NF_TYPE_Q4_K)
+            continue;
+        if (!strcmp(t[i].name, tied ? "token_embd.weight" : "output.weight"))
+            t[i].type = NF_TYPE_Q6_K;
+        else if (sscanf(t[i].name, "blk.%lld.%63s", &l, rest) == 2 &&
+                 (!strcmp(rest, "attn_v.weight") || !strncmp(rest, "ffn_down", 8)) &&
+                 more_bits(l, layers))
+            t[i].type = NF_TYPE_Q6_K;
+    }
+}
+
+/* --zero-experts: the routed experts' stacked tensors (blk.N.ffn_*_exps) become real zero bytes.
+ */
+static void zero_experts(struct nf_mk_tensor *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strstr(t[i].name, "_exps."))
+            t[i].fill = NF_MK_ZEROS;
+}
+
 /* LongRoPE factors for n pairs, smooth and deterministic (the published ones rise from ~1 for
  * the fast pairs): short from 1 to 2, long from 1 to 40 (both as the converter writes them, F32).
  * out holds 2 n floats: short, then long. */
@@ -700,7 +768,9 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     if (!rc)
         rc = nf_gguf_writer_add_str(w, "general.name", name);
     if (!rc)
-        rc = nf_gguf_writer_add_u32(w, "general.file_type", (uint32_t)nf_gguf_ftype_for(o->type));
+        rc = nf_gguf_writer_add_u32(w, "general.file_type",
+                                    o->q4_k_m ? NF_MK_FTYPE_Q4_K_M
+                                              : (uint32_t)nf_gguf_ftype_for(o->type));
     if (!rc)
         rc = nf_gguf_writer_add_u32(
             w, "general.alignment",
@@ -726,13 +796,17 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     U32("rope.dimension_count", o->rope_dim > 0 ? o->rope_dim : s->head_dim);
     F32("rope.freq_base", s->rope_base);
     F32("attention.layer_norm_rms_epsilon", s->rms_eps);
-    if (!strcmp(a, "gemma3") && o->window != 0)
-        U32("attention.sliding_window", o->window > 0 ? o->window : NF_MK_GEMMA3_WINDOW);
-    if (o->rope_scale > 0) {
+    const int64_t window = o->window >= 0  ? o->window
+                           : s->window > 0 ? s->window
+                                           : NF_MK_GEMMA3_WINDOW;
+    const float rope_scale = o->rope_scale > 0 ? o->rope_scale : s->rope_scale;
+    if (!strcmp(a, "gemma3") && window != 0)
+        U32("attention.sliding_window", window);
+    if (rope_scale > 0) {
         snprintf(k, sizeof(k), "%s.rope.scaling.type", a);
         if (!rc)
             rc = nf_gguf_writer_add_str(w, k, "linear");
-        F32("rope.scaling.factor", o->rope_scale);
+        F32("rope.scaling.factor", rope_scale);
     }
     U32("vocab_size", s->vocab);
     if (s->experts) {
@@ -936,6 +1010,13 @@ int nf_cmd_mkmodel(int argc, char **argv)
         return nf_usage_error(CMD, "--vocab and --vocab-from exclude each other");
     if (o.alignment > 0 && (o.alignment & (o.alignment - 1)) != 0)
         return nf_usage_error(CMD, "--alignment %ld is not a power of two", o.alignment);
+    if (o.zero_experts && o.zero)
+        return nf_usage_error(CMD, "--zero-experts and --zero exclude each other");
+    if (o.zero_experts && s.experts == 0)
+        return nf_usage_error(CMD, "--zero-experts needs routed experts (the model is dense)");
+    if (o.q4_k_m && !strcmp(s.arch, "phi3"))
+        return nf_usage_error(CMD, "--type q4_k_m is not supported for --arch phi3 (fused "
+                                   "attn_qkv)");
     const struct nf_type_traits *tr = nf_type_traits(o.type);
     if (!tr || (!o.zero && o.type != NF_TYPE_F32 && !tr->from_float)) {
         fprintf(stderr, "nanoflowctl mkmodel: no quantizer for type %s in this build\n",
@@ -992,6 +1073,10 @@ int nf_cmd_mkmodel(int argc, char **argv)
         exit_code = rc;
         goto out;
     }
+    if (o.q4_k_m)
+        q4_k_m_mix(t, nt, s.layers, o.tied);
+    if (o.zero_experts)
+        zero_experts(t, nt);
     uint64_t params = 0;
     for (size_t i = 0; i < nt; i++) {
         rc = nf_gguf_writer_add_tensor(w, t[i].name, t[i].n_dims, t[i].ne, t[i].type, NULL);
@@ -1031,7 +1116,9 @@ int nf_cmd_mkmodel(int argc, char **argv)
     human(hw, sizeof(hw), (double)(written + nf_gguf_writer_data_offset(w)));
     printf("mkmodel: wrote %s: %s, %.3f%s params, %s%s, %llu bytes (%s; %s written), %.2f s\n",
            o.out, name, params >= 1e9 ? params / 1e9 : params / 1e6, params >= 1e9 ? "B" : "M",
-           tr->name, o.zero ? " (zero)" : "", (unsigned long long)total, hs, hw, secs);
+           o.q4_k_m ? "q4_K_M" : tr->name,
+           o.zero ? " (zero)" : (o.zero_experts ? " (zero experts)" : ""),
+           (unsigned long long)total, hs, hw, secs);
     exit_code = 0;
     goto out;
 fail:

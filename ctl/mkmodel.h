@@ -26,6 +26,8 @@ struct nf_mk_shape {
     const char *arch; /* general.architecture: llama (NULL), qwen2, qwen3, qwen3moe, qwen2moe,
                        * olmoe */
     int64_t head_dim; /* attention.key_length; 0 = dim / heads */
+    int64_t window;   /* gemma3: attention.sliding_window; 0 = mkmodel's default */
+    float rope_scale; /* linear rope.scaling.factor; 0 = none */
 };
 
 /* The preset called name, or NULL. */
@@ -40,6 +42,7 @@ enum nf_mk_fill {
     NF_MK_VALUES,   /* the F32 values of nf_mk_tensor.values (rope_freqs) */
     NF_MK_NEAR_ONE, /* 1 + NF_MK_NEAR_ONE_SCALE x the RANDOM noise (q/k norms: not all equal,
                      * so a misplaced weight changes the output) */
+    NF_MK_ZEROS,    /* all-zero bytes, really written (not a hole): --zero-experts */
 };
 #define NF_MK_NEAR_ONE_SCALE 10.0f
 

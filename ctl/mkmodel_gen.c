@@ -144,6 +144,17 @@ static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t r
 {
     size_t n = (size_t)(nrows * t->ne[0]);
     uint64_t first = (uint64_t)row * (uint64_t)t->ne[0];
+    size_t row_bytes = nf_row_size(t->type, t->ne[0]);
+    size_t len = row_bytes * (size_t)nrows;
+    int rc;
+    if (t->fill == NF_MK_ZEROS) {
+        /* All-zero bytes decode to 0.0 in every type (zero scales, zero quants); they are written
+         * so the blocks exist on disk, unlike --zero's holes. len <= the n floats of qbuf. */
+        memset(qbuf, 0, len);
+        if (!(rc = pwrite_all(s->fd, qbuf, len, t->offset + (uint64_t)row * row_bytes)))
+            atomic_fetch_add_explicit(&s->written, len, memory_order_relaxed);
+        return rc;
+    }
     if (t->fill == NF_MK_ONES) {
         for (size_t i = 0; i < n; i++)
             fbuf[i] = 1.0f;
@@ -155,7 +166,6 @@ static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t r
             for (size_t i = 0; i < n; i++)
                 fbuf[i] = 1.0f + NF_MK_NEAR_ONE_SCALE * fbuf[i];
     }
-    size_t row_bytes = nf_row_size(t->type, t->ne[0]);
     const void *out = fbuf;
     if (t->type != NF_TYPE_F32) {
         const struct nf_type_traits *tr = nf_type_traits(t->type);
@@ -164,8 +174,7 @@ static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t r
         tr->from_float(fbuf, qbuf, (int64_t)n);
         out = qbuf;
     }
-    size_t len = row_bytes * (size_t)nrows;
-    int rc = pwrite_all(s->fd, out, len, t->offset + (uint64_t)row * row_bytes);
+    rc = pwrite_all(s->fd, out, len, t->offset + (uint64_t)row * row_bytes);
     if (!rc)
         atomic_fetch_add_explicit(&s->written, len, memory_order_relaxed);
     return rc;

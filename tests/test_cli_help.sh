@@ -47,7 +47,8 @@ kind() {
     -f | --file | --calibrate | --vocab-from | --api-key-file) K=file ;;
     --watch) K=opt ;;
     --force) K=bool ;;
-    -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --foreground | \
+    -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --zero-experts | \
+        --foreground | \
         --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat) K=bool ;;
     -ub | --ubatch-size) K=int ;;
     *) K="" ;;
@@ -154,6 +155,7 @@ parsed_flags() {
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
+        "--zero-experts" \
         "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
         "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;

@@ -1,0 +1,54 @@
+# test_mkmodel_mix.sh - mkmodel --type q4_k_m (llama-quantize's Q4_K_M tensor mix) and
+# --zero-experts (routed experts as real zero bytes, the rest random), and their refusals.
+set -u
+if [ -z "${NF_BIN:-}" ] || [ ! -x "$NF_BIN" ]; then
+    echo "SKIP: NF_BIN (path to nanoflowctl) is not set or not executable"
+    exit 77
+fi
+. "$(dirname "$0")/lib.sh"
+T=$(mktemp -d /tmp/nf_test_mkmodel_mix.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail=0
+MOE=(--arch qwen3moe --dim 256 --ffn 256 --heads 4 --head-dim 64 --kv-heads 2 --experts 4
+    --experts-used 2 --vocab 1024 -t 1)
+
+# Q4_K_M on 16 layers: use_more_bits() picks layers 0, 1, 4, 7, 10, 13, 14, 15, so attn_v and
+# ffn_down_exps of those 8 layers plus output.weight are q6_K (17 tensors), as llama-quantize
+# Q4_K_M writes them from the same model in f16 (oracle d32676d); the other matrices q4_K.
+"$NF_BIN" mkmodel "$T/m.gguf" "${MOE[@]}" --layers 16 --type q4_k_m >/dev/null 2>"$T/err"
+check "mkmodel --type q4_k_m" $?
+"$NF_BIN" inspect "$T/m.gguf" >"$T/inspect" 2>&1
+grep -qE '^q6_K +17 ' "$T/inspect"
+check "q4_k_m: 17 q6_K tensors" $?
+grep -qE '^q4_K +97 ' "$T/inspect"
+check "q4_k_m: 97 q4_K tensors" $?
+
+# --zero-experts: 2 layers x 3 stacked tensors x 4 experts x 256 rows x 144 bytes (q4_K) are
+# zero bytes on disk, not holes; everything else is random as without the flag.
+EXP=$((2 * 3 * 4 * 256 * 144))
+"$NF_BIN" mkmodel "$T/z.gguf" "${MOE[@]}" --layers 2 --type q4_k --zero-experts >/dev/null
+check "mkmodel --zero-experts" $?
+"$NF_BIN" mkmodel "$T/r.gguf" "${MOE[@]}" --layers 2 --type q4_k >/dev/null
+check "mkmodel without --zero-experts" $?
+size=$(stat -c %s "$T/z.gguf")
+[ "$size" -eq "$(stat -c %s "$T/r.gguf")" ]
+check "same size with and without --zero-experts" $?
+alloc=$(($(stat -c '%b * %B' "$T/z.gguf")))
+[ "$alloc" -ge "$size" ]
+check "--zero-experts leaves no holes ($alloc bytes allocated of $size)" $?
+nz=$(tr -d '\000' <"$T/z.gguf" | wc -c)
+nr=$(tr -d '\000' <"$T/r.gguf" | wc -c)
+[ "$nz" -le $((size - EXP)) ] && [ "$nr" -gt $((size - EXP)) ]
+check "experts are zero ($nz non-zero bytes, random model $nr, experts $EXP)" $?
+"$NF_BIN" run -m "$T/z.gguf" -p hello -n 4 --temp 0 >/dev/null 2>"$T/err"
+check "run loads the --zero-experts model" $?
+
+expect "--zero-experts on a dense model" 2 "needs routed experts" \
+    "$NF_BIN" mkmodel "$T/d.gguf" --shape tiny --zero-experts
+expect "--zero-experts with --zero" 2 "exclude each other" \
+    "$NF_BIN" mkmodel "$T/d.gguf" "${MOE[@]}" --layers 2 --zero --zero-experts
+expect "--type q4_k_m for phi3" 2 "not supported for --arch phi3" \
+    "$NF_BIN" mkmodel "$T/d.gguf" --shape phi3-mini --layers 1 --type q4_k_m
+[ -z "$(ls "$T"/d.gguf* 2>/dev/null)" ]
+check "refusals write nothing" $?
+exit $fail
