@@ -203,6 +203,7 @@ static int acc_push(struct gen_acc *a, int32_t id, const void *piece, size_t len
     if (len > 0) /* a token may have no bytes (and no piece pointer) */
         memcpy(a->text + a->text_len, piece, len);
     a->text_len += len;
+    a->text[a->text_len] = '\0'; /* callers (chat's history) read it as a string */
     if (a->n_ids == a->ids_cap) {
         int cap = a->ids_cap ? 2 * a->ids_cap : 256;
         int32_t *n = realloc(a->ids, sizeof(*n) * (size_t)cap);
