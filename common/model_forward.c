@@ -53,17 +53,6 @@ static size_t nf_align64(size_t n)
  *  - llamafile's tinyBLAS (used for F32/F16 weights when a mat-mul has >= 2 columns and the
  *    dot length is a multiple of 16: one 16-lane accumulator, then a horizontal add). */
 
-/* _mm512_reduce_add_ps: halves, then quarters, then pairs. */
-static float nf_hsum16(const float *v)
-{
-    float t8[8], t4[4];
-    for (int i = 0; i < 8; i++)
-        t8[i] = v[i + 8] + v[i];
-    for (int i = 0; i < 4; i++)
-        t4[i] = t8[i + 4] + t8[i];
-    return (t4[0] + t4[2]) + (t4[1] + t4[3]);
-}
-
 static inline float nf_ld(const void *p, bool f16, int i)
 {
     return f16 ? nf_fp16_to_fp32(((const nf_fp16_t *)p)[i]) : ((const float *)p)[i];
@@ -87,7 +76,7 @@ static float nf_ggml_dot(const void *x, const void *y, bool f16, int n, int nv)
         acc[0][l] = acc[0][l] + acc[1][l];
     }
     const int ne = nv < n ? nv : n;
-    double s = np ? (double)nf_hsum16(acc[0]) : 0.0;
+    double s = np ? (double)nf__hsum16(acc[0]) : 0.0;
     for (int i = np; i < ne; i++)
         s += (double)(nf_ld(x, f16, i) * nf_ld(y, f16, i));
     return (float)s;
@@ -101,7 +90,7 @@ static float nf_tinyblas_dot(const void *a, bool a16, const void *vb, int n, int
     float acc[16] = {0};
     for (int i = 0; i < ne; i++)
         acc[i & 15] = fmaf(nf_ld(a, a16, i), b[i], acc[i & 15]);
-    return nf_hsum16(acc);
+    return nf__hsum16(acc);
 }
 
 /* tinyBLAS on AVX-512 with both operands F16 (F16 weights, activations converted). */
@@ -111,7 +100,7 @@ static float nf_tinyblas_dot16(const void *a, const void *b, int n)
     for (int i = 0; i < n; i += 16)
         for (int l = 0; l < 16; l++)
             acc[l] = fmaf(nf_ld(a, true, i + l), nf_ld(b, true, i + l), acc[l]);
-    return nf_hsum16(acc);
+    return nf__hsum16(acc);
 }
 
 /* One lane of AVX512-BF16's vdpbf16ps: acc + x[1]*y[1] + x[0]*y[0], the odd product first, each
@@ -134,8 +123,8 @@ static float nf_ggml_dot_bf16(const nf_bf16_t *x, const nf_bf16_t *y, int n)
             c2[l] = nf_dpbf16(c2[l], x + i + 32 + 2 * l, y + i + 32 + 2 * l);
         }
     double s = 0.0;
-    s += (double)nf_hsum16(c1);
-    s += (double)nf_hsum16(c2);
+    s += (double)nf__hsum16(c1);
+    s += (double)nf__hsum16(c2);
     for (; i < n; i++)
         s += (double)(nf_bf16_to_fp32(x[i]) * nf_bf16_to_fp32(y[i]));
     return (float)s;
@@ -148,7 +137,7 @@ static float nf_tinyblas_dot_bf16(const nf_bf16_t *x, const nf_bf16_t *y, int n)
     for (int i = 0; i < n; i += 32)
         for (int l = 0; l < 16; l++)
             c[l] = nf_dpbf16(c[l], x + i + 2 * l, y + i + 2 * l);
-    return nf_hsum16(c);
+    return nf__hsum16(c);
 }
 
 /* The softmax numerator and its sum as ggml_vec_soft_max_f32 computes them on AVX-512: groups
@@ -161,7 +150,7 @@ static double nf_softmax_exp(float *y, const float *x, int n, float max)
     for (; i + 16 <= n; i += 16) {
         for (int l = 0; l < 16; l++)
             y[i + l] = nf__v_expf_ref(x[i + l] - max);
-        sum += (double)nf_hsum16(y + i);
+        sum += (double)nf__hsum16(y + i);
     }
     for (; i < n; i++) {
         y[i] = expf(x[i] - max);

@@ -16,6 +16,18 @@ static inline int nf__nearest_int(float f)
     return (u.i & 0x007fffff) - 0x00400000;
 }
 
+/* The sum of 16 floats in the order of _mm512_reduce_add_ps: halves, then quarters, then
+ * pairs (the tinyBLAS and ggml AVX-512 horizontal add that the references reproduce). */
+static inline float nf__hsum16(const float *v)
+{
+    float t8[8], t4[4];
+    for (int i = 0; i < 8; i++)
+        t8[i] = v[i + 8] + v[i];
+    for (int i = 0; i < 4; i++)
+        t4[i] = t8[i + 4] + t8[i];
+    return (t4[0] + t4[2]) + (t4[1] + t4[3]);
+}
+
 /* The traits table (quants.c); nf_kernels_init (cpu.c) fills in the fastest kernels. */
 extern struct nf_type_traits nf__traits[NF_TYPE_COUNT];
 

@@ -13,17 +13,6 @@
 
 #include "quants_impl.h"
 
-/* _mm512_reduce_add_ps: halves, then quarters, then pairs. */
-static float hsum16(const float *v)
-{
-    float t8[8], t4[4];
-    for (int i = 0; i < 8; i++)
-        t8[i] = v[i + 8] + v[i];
-    for (int i = 0; i < 4; i++)
-        t4[i] = t8[i + 4] + t8[i];
-    return (t4[0] + t4[2]) + (t4[1] + t4[3]);
-}
-
 void nf__vec_dot_f32_mat_ref(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,
                              size_t by, int nrows, int ncols)
 {
@@ -34,7 +23,7 @@ void nf__vec_dot_f32_mat_ref(int n, float *s, size_t ld, const void *x, size_t b
             float acc[16] = {0};
             for (int i = 0; i < n; i++)
                 acc[i & 15] = fmaf(xr[i], yc[i], acc[i & 15]);
-            s[(size_t)c * ld + r] = hsum16(acc);
+            s[(size_t)c * ld + r] = nf__hsum16(acc);
         }
     }
 }
@@ -49,7 +38,7 @@ void nf__vec_dot_f16_mat_ref(int n, float *s, size_t ld, const void *x, size_t b
             float acc[16] = {0};
             for (int i = 0; i < n; i++)
                 acc[i & 15] = fmaf(nf_fp16_to_fp32(xr[i]), nf_fp16_to_fp32(yc[i]), acc[i & 15]);
-            s[(size_t)c * ld + r] = hsum16(acc);
+            s[(size_t)c * ld + r] = nf__hsum16(acc);
         }
     }
 }
