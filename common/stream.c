@@ -867,17 +867,19 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
         uint8_t ty[3] = {0};
         const uint32_t S = (uint32_t)hp->n_ff_shexp, n = nf_nft_count(f, il, NF_TILE_FFN);
         const struct nf_nft_tile *s0 = nf_nft_find(f, il, NF_TILE_FFN, 0);
-        if (s0 && s0->type[3] != NF_SLICE_NONE)
-            rc = nf_stream_check_slices(f, il, NF_TILE_FFN, 0, n, NF_NFT_NO_EXPERT, S, (uint32_t)E,
-                                        max_rows, err, errlen);
-        else
-            rc = nf_stream_check_bundles(f, il, NF_TILE_FFN, 0, n, NF_NFT_NO_EXPERT, S, (uint32_t)E,
-                                         &g, ty, err, errlen);
-        if (rc)
-            return rc;
-        *max_rows = g > *max_rows ? g : *max_rows;
-        const size_t dr = nf_row_size((enum nf_type)ty[2], (int64_t)S);
-        *down_row = dr > *down_row ? dr : *down_row;
+        if (s0 && s0->type[3] != NF_SLICE_NONE) {
+            /* Row slices (an in-place index): no bundle group and no down-row scratch. */
+            if ((rc = nf_stream_check_slices(f, il, NF_TILE_FFN, 0, n, NF_NFT_NO_EXPERT, S,
+                                             (uint32_t)E, max_rows, err, errlen)))
+                return rc;
+        } else {
+            if ((rc = nf_stream_check_bundles(f, il, NF_TILE_FFN, 0, n, NF_NFT_NO_EXPERT, S,
+                                              (uint32_t)E, &g, ty, err, errlen)))
+                return rc;
+            *max_rows = g > *max_rows ? g : *max_rows;
+            const size_t dr = nf_row_size((enum nf_type)ty[2], (int64_t)S);
+            *down_row = dr > *down_row ? dr : *down_row;
+        }
     }
     uint32_t group = 0;
     uint8_t types[3] = {0};
