@@ -78,7 +78,8 @@ for role in fetcher predictor compute; do
     rc=$?
     [ $rc -eq 1 ] && grep -Eq "^$role +$pid +dead" "$T/status.out" &&
         grep -q "the $role (pid $pid) died" "$T/status.err"
-    check "kill -9 $role: status says it is dead" $?
+    st=$?
+    check "kill -9 $role: status says it is dead (rc $rc: $(tr '\n' '|' <"$T/status.out") $(tr '\n' '|' <"$T/status.err"))" $st
     "$NF_BIN" status --run-dir "$R" --json 2>/dev/null |
         grep -q "{\"role\":\"$role\",\"pid\":$pid,\"state\":\"dead\"}"
     check "kill -9 $role: status --json says it is dead" $?
