@@ -507,7 +507,10 @@ static bool stop_pid(const char *dir, const char *role, int pid, int term_ms, in
         pid_signal(pfd, pid, SIGTERM);
     for (;;) {
         waitpid(pid, NULL, WNOHANG); /* reap it if it is our child */
-        if (nf_pidfile_read(dir, role) != pid || !pid_running(pfd, pid)) {
+        /* A daemon removes its pid file before it returns from main (and, under a sanitizer,
+         * before the leak check at exit): with a pidfd only the process's exit counts, or
+         * `down` could return while a daemon still holds memory and files. */
+        if ((pfd < 0 && nf_pidfile_read(dir, role) != pid) || !pid_running(pfd, pid)) {
             gone = true;
             break;
         }
@@ -579,12 +582,19 @@ static bool exiting_on_its_own(const char *dir, const char *role)
     int pid = nf_pidfile_read(dir, role);
     if (pid <= 0 || nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0)
         return pid <= 0;
-    for (int waited = 0; waited < 10000; waited += 50) {
-        if (nf_pidfile_read(dir, role) != pid)
-            return true;
-        nf_sleep_ms(50);
+    int pfd = pid_open(pid);
+    bool gone = false;
+    if (pfd >= 0 && nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0)
+        gone = true; /* exited (and the pid maybe reused) before the pidfd pinned it */
+    for (int waited = 0; !gone && waited < 10000; waited += 50) {
+        if ((pfd < 0 && nf_pidfile_read(dir, role) != pid) || !pid_running(pfd, pid))
+            gone = true;
+        else
+            nf_sleep_ms(50);
     }
-    return false;
+    if (pfd >= 0)
+        close(pfd);
+    return gone;
 }
 
 /* Stops every daemon of the stack in dir that still runs (those of a half-dead stack too):
@@ -595,13 +605,19 @@ static bool exiting_on_its_own(const char *dir, const char *role)
  * 0, or 1 after saying which daemon does not exit or could not be confirmed. */
 static int stop_stack(const char *cmd, const char *dir)
 {
-    int ret = 0;
+    int ret = 0, pids[NF_N_ROLES + 1];
+    char why[NF_N_ROLES + 1][PATH_MAX + 512];
+    /* Every pid is confirmed before the first Shutdown: compute's stops the whole stack, and a
+     * daemon on its way out has already removed its socket and pid file. */
+    for (int i = NF_N_ROLES; i >= 0; i--) {
+        const char *role = i == NF_N_ROLES ? NF_ROLE_GATEWAY : nf_stack_roles[i];
+        pids[i] = nf_ctl_daemon_pid(dir, role, why[i], sizeof(why[i]));
+    }
     /* The HTTP front first (when `up --http` started one), then the stack's three. */
     for (int i = NF_N_ROLES; i >= 0; i--) {
         const char *role = i == NF_N_ROLES ? NF_ROLE_GATEWAY : nf_stack_roles[i];
-        char err[512], why[PATH_MAX + 512];
-        /* Checked before Shutdown, which makes a daemon remove its socket. */
-        int pid = nf_ctl_daemon_pid(dir, role, why, sizeof(why));
+        char err[512];
+        int pid = pids[i];
         int fd = nf_ctl_connect(dir, role, 2000, err, sizeof(err));
         if (fd == -EPERM) {
             fprintf(stderr, "nanoflowctl %s: %s\n", cmd, err);
@@ -614,7 +630,7 @@ static int stop_stack(const char *cmd, const char *dir)
         if (pid < 0 && exiting_on_its_own(dir, role)) {
             pid = 0; /* gone without a signal: nothing was trusted */
         } else if (pid < 0) {
-            fprintf(stderr, "nanoflowctl %s: %s\n", cmd, why);
+            fprintf(stderr, "nanoflowctl %s: %s\n", cmd, why[i]);
             ret = 1;
         } else if (pid > 0 && !stop_pid(dir, role, pid, 10000, 5000)) {
             fprintf(stderr, "nanoflowctl %s: %s (pid %d) does not exit\n", cmd, role, pid);
