@@ -5,6 +5,7 @@ pkgs=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-c
       liburing-dev libnuma-dev libcmocka-dev libxxhash-dev
       libjansson-dev libhttp-parser-dev # the HTTP front (nanoflow-gateway): JSON and HTTP/1.1
       dpkg-dev file python3 # python3 reads JSON in the shell tests; dpkg-shlibdeps and file compute the .deb's Depends (cpack -G DEB)
+      strace # test_stack_liveness holds a daemon's exit with it
       clang-format cppcheck) # tests/run.sh checks the format and runs cppcheck before it builds
 # clang builds the libFuzzer targets; the tests use it when present.
 if [ "${NF_WITH_CLANG:-1}" = 1 ]; then pkgs+=(clang libclang-rt-14-dev); fi
