@@ -26,6 +26,12 @@
  *    attention (softmax scale 1), optional LongRoPE factors (rope_factors_short/long) with
  *    rope.scaling.attn_factor; attention.sliding_window is read but, as in llama.cpp, not
  *    applied (full causal attention).
+ *  - "gpt-oss" (OpenAI gpt-oss-20b/120b): NEOX RoPE with YaRN scaling, biases on Q, K, V and
+ *    the attention output, a learned per-head attention sink (attn_sinks: a logit added to
+ *    the softmax's denominator), sliding-window layers (attention.sliding_window; even layers,
+ *    the odd ones global) as llama.cpp's openai-moe graph, post_attention_norm as the FFN's
+ *    norm, a routed MoE with a biased router (top k of the logits, then a softmax over those
+ *    k) and biased experts whose activation is the clamped SwiGLU (nf_swiglu_oai).
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
@@ -70,6 +76,7 @@ enum nf_arch {
     NF_ARCH_QWEN2MOE,
     NF_ARCH_OLMOE,
     NF_ARCH_PHI3,
+    NF_ARCH_GPTOSS,
 };
 
 /* The general.architecture string of a. */
@@ -116,6 +123,14 @@ struct nf_hparams {
     float
         rope_attn_factor; /* rope.scaling.attn_factor: cos and sin are scaled by it; 1 if absent */
     int phi3_swa;         /* phi3 attention.sliding_window as read (0: none); not applied */
+    /* YaRN (gpt-oss; rope.scaling.type yarn): ggml's ext_factor (1; 0 without YaRN), its
+     * correction dims from beta_fast / beta_slow over n_ctx_orig, and rope_attn_factor is then
+     * llama.cpp's yarn_attn_factor (see nf_load_yarn). */
+    float yarn_ext_factor;
+    float yarn_beta_fast, yarn_beta_slow;
+    /* gpt-oss: attention sinks, output and router biases, expert biases, the clamped SwiGLU and
+     * the softmax over the chosen experts' logits (llama.cpp's SOFTMAX_WEIGHT gating). */
+    bool oai_moe;
 };
 
 /* Whether layer il attends through the sliding window (a local layer of gemma3). */
@@ -139,6 +154,8 @@ struct nf_attn_weights {
     struct nf_tensor wqkv;
 
     struct nf_tensor post_norm; /* (n_embd) F32 post_attention_norm, post_norms only */
+    struct nf_tensor bo;        /* (n_embd) F32 attn_output.bias (gpt-oss); else data NULL */
+    struct nf_tensor sinks;     /* (n_head) F32 attn_sinks (gpt-oss); else data NULL */
 };
 
 struct nf_ffn_weights {
@@ -161,6 +178,11 @@ struct nf_moe_weights {
     struct nf_tensor gate_shexp;     /* (n_embd -> n_ff_shexp) */
     struct nf_tensor up_shexp;       /* (n_embd -> n_ff_shexp) */
     struct nf_tensor down_shexp;     /* (n_ff_shexp -> n_embd) */
+    /* gpt-oss's biases, F32 (data NULL when absent). */
+    struct nf_tensor gate_inp_b;  /* (n_expert) added to the router logits */
+    struct nf_tensor gate_exps_b; /* (n_ff, n_expert) */
+    struct nf_tensor up_exps_b;   /* (n_ff, n_expert) */
+    struct nf_tensor down_exps_b; /* (n_embd, n_expert) */
 };
 
 struct nf_layer {
@@ -269,6 +291,9 @@ struct nf_ctx {
     float *sh_out;       /* (NF_MAX_BATCH, n_embd) the shared expert's gated output (qwen2moe) */
     float *sh_gate;      /* (NF_MAX_BATCH) its gate logits, then sigmoids */
     int n_ubatch; /* tokens per prompt chunk; the (NF_MAX_BATCH, ...) buffers hold this many */
+    /* (n_head) F32 the attention sinks of the layer nf_attn_core runs next (gpt-oss), set by
+     * its caller; NULL: none. Not owned. */
+    const float *attn_sinks;
 };
 
 /* Creates a context for m with room for n_ctx positions and n_threads threads (<= 0: all
@@ -314,7 +339,11 @@ void nf_swiglu(float *hb, const float *hb2, int n_rows, int n);
 /* hb (n_rows, n) = gelu(hb) * hb2 with ggml's tanh GELU (its F16 table, as llama.cpp's CPU
  * backend computes it). */
 void nf_geglu(float *hb, const float *hb2, int n_rows, int n);
-/* The FFN activation of hp's architecture: nf_geglu (ffn_gelu) or nf_swiglu. */
+/* gpt-oss's clamped SwiGLU as ggml_swiglu_oai (alpha 1.702, limit 7): with x = min(hb, 7) and
+ * y = clamp(hb2, -7, 7), hb = x / (1 + exp(-1.702 x)) * (y + 1), element by element. */
+void nf_swiglu_oai(float *hb, const float *hb2, int n_rows, int n);
+/* The FFN activation of hp's architecture: nf_geglu (ffn_gelu), nf_swiglu_oai (oai_moe) or
+ * nf_swiglu. */
 void nf_ffn_act(const struct nf_hparams *hp, float *hb, const float *hb2, int n_rows, int n);
 /* x (n_tok, n_embd) = RMSNorm of x times norm, in place (gemma3's post norms); nothing when norm
  * has no data. */
@@ -325,8 +354,16 @@ void nf_moe_route(float *p, int X, int K, int *sel, float *w);
 /* The router of an architecture that does not renormalize (qwen2moe, olmoe): the softmax as
  * ggml_soft_max computes it, the top K, w their probabilities as they are. */
 void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w);
-/* The router hp's architecture uses: nf_moe_route or nf_moe_route_raw. */
+/* gpt-oss's router (llama.cpp's SOFTMAX_WEIGHT gating): the top K of the logits p (X) as
+ * they are, w their softmax over those K (ggml_soft_max on a row of K). */
+void nf_moe_route_topk_softmax(const float *p, int X, int K, int *sel, float *w);
+/* The router hp's architecture uses: nf_moe_route, nf_moe_route_raw or
+ * nf_moe_route_topk_softmax. */
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w);
+
+/* gpt-oss's biases: row (n) of bias tensor b (NULL data: nothing) added to each of n_tok rows of
+ * x (n_tok, n), as ggml_add; row is the expert for a 2-D expert bias, else 0. */
+void nf_add_bias(float *x, const struct nf_tensor *b, int row, int n_tok);
 
 /* qwen2moe's shared expert gate for n_tok tokens: c->sh_out (n_tok, n_embd) = ffn_out (the
  * shared expert's FFN output, same shape) times sigmoid(c->sh_gate[t]), the sigmoid computed

@@ -365,6 +365,17 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
                 acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) + nf_fp16_to_fp32(vr[d]) * vs);
             S = S * ms + vs;
         }
+        if (c->attn_sinks) { /* ggml's flash kernel: the sink joins the softmax at the end */
+            const float sk = c->attn_sinks[h];
+            float ms = 1.0f, vs = 1.0f;
+            if (sk > M)
+                ms = expf(M - sk);
+            else
+                vs = expf(sk - M);
+            for (int d = 0; d < hd && ms != 1.0f; d++)
+                acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) * ms);
+            S = S * ms + vs;
+        }
         const float inv = S == 0.0f ? 0.0f : 1.0f / S;
         for (int d = 0; d < hd; d++)
             out[d] = nf_fp16_to_fp32(acc16[d]) * inv;
@@ -400,7 +411,14 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     float mx = -INFINITY;
     for (int ic = 0; ic < n_kv; ic++)
         mx = sc[ic] > mx ? sc[ic] : mx;
-    const double sum = nf_softmax_exp(sc, sc, n_kv, mx);
+    /* gpt-oss's sink (ggml_soft_max_add_sinks): a logit of its own in the max and, as expf, in
+     * the denominator, with no value row. */
+    const float *sk = c->attn_sinks;
+    if (sk)
+        mx = sk[h] > mx ? sk[h] : mx;
+    double sum = nf_softmax_exp(sc, sc, n_kv, mx);
+    if (sk)
+        sum += (double)expf(sk[h] - mx);
     const float inv = (float)(1.0 / sum);
     for (int ic = 0; ic < n_kv; ic++) {
         sc[ic] *= inv;
@@ -435,18 +453,54 @@ static void nf_attn_run(void *arg, int ith, int nth)
         nf_attn_head(c, j->il, task / nh, task % nh, j->pos0 + task / nh, j->n_tok, n_kv, scratch);
 }
 
+/* ggml_rope_yarn_corr_dims: the first and last pair index of YaRN's ramp between extrapolated
+ * and interpolated angles (pairs that turn beta_fast, resp. beta_slow, times over n_ctx_orig). */
+static void nf_yarn_corr_dims(int n_dims, int n_ctx_orig, float base, float beta_fast,
+                              float beta_slow, float dims[2])
+{
+    const float pi2 = 2 * (float)M_PI;
+    const float lo = (float)n_dims * logf((float)n_ctx_orig / (beta_fast * pi2)) / (2 * logf(base));
+    const float hi = (float)n_dims * logf((float)n_ctx_orig / (beta_slow * pi2)) / (2 * logf(base));
+    const float start = floorf(lo), end = ceilf(hi);
+    dims[0] = start > 0 ? start : 0;
+    dims[1] = end < (float)(n_dims - 1) ? end : (float)(n_dims - 1);
+}
+
+/* The RoPE scaling of one table: frequency factors (or NULL), linear scale, the cos/sin scale
+ * (mscale) and YaRN's ext_factor with its correction dims (ext_factor 0: no YaRN). */
+struct nf_rope_scaling {
+    const float *ff;
+    float freq_scale, mscale, ext_factor;
+    float corr[2];
+};
+
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
  * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
- * optional frequency factor, times the linear scaling factor; cos and sin times mscale. */
-static void nf_rope_fill(float *cs, float *sn, int n_rot, float base, float freq_scale,
-                         const float *ff, float mscale, int pos0, int n_tok)
+ * optional frequency factor, times the linear scaling factor; with YaRN (ext_factor != 0)
+ * blended with the unscaled angle by rope_yarn's ramp over the correction dims and mscale
+ * multiplied by 1 + 0.1 ln(1 / freq_scale); cos and sin times mscale. */
+static void nf_rope_fill(float *cs, float *sn, int n_rot, float base,
+                         const struct nf_rope_scaling *r, int pos0, int n_tok)
 {
     const int half = n_rot / 2;
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
+    float mscale = r->mscale;
+    if (r->ext_factor != 0.0f)
+        mscale *= fmaf(0.1f, logf(1.0f / r->freq_scale), 1.0f);
     for (int t = 0; t < n_tok; t++) {
         float theta = (float)(pos0 + t);
         for (int i = 0; i < half; i++) {
-            const float th = (ff ? theta / ff[i] : theta) * freq_scale;
+            const float extrap = r->ff ? theta / r->ff[i] : theta;
+            float th = extrap * r->freq_scale;
+            if (r->ext_factor != 0.0f) {
+                /* rope_yarn_ramp, then the blend with its first product fused (ggml's C). */
+                const float y =
+                    ((float)i - r->corr[0]) /
+                    (r->corr[1] - r->corr[0] > 0.001f ? r->corr[1] - r->corr[0] : 0.001f);
+                const float ramp = 1 - (y < 0 ? 0 : y > 1 ? 1 : y);
+                const float mix = ramp * r->ext_factor;
+                th = fmaf(r->freq_scale * extrap, 1 - mix, extrap * mix);
+            }
             cs[(size_t)t * half + i] = cosf(th) * mscale;
             sn[(size_t)t * half + i] = sinf(th) * mscale;
             theta *= theta_scale;
@@ -463,12 +517,27 @@ void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
      * an exact no-op, for the other architectures). */
     if (!ff && c->m->rope_long.data)
         ff = c->n_ctx > hp->n_ctx_orig ? c->m->rope_long.data : c->m->rope_short.data;
-    nf_rope_fill(c->rope_cos, c->rope_sin, hp->n_rot, hp->rope_base, hp->rope_freq_scale, ff,
-                 hp->rope_attn_factor, pos0, n_tok);
-    /* gemma3's local layers rotate with their own base and scale (no frequency factors). */
-    if (hp->n_swa)
-        nf_rope_fill(c->rope_cos_swa, c->rope_sin_swa, hp->n_rot, hp->rope_base_swa,
-                     hp->rope_freq_scale_swa, NULL, 1.0f, pos0, n_tok);
+    struct nf_rope_scaling r = {.ff = ff,
+                                .freq_scale = hp->rope_freq_scale,
+                                .mscale = hp->rope_attn_factor,
+                                .ext_factor = hp->yarn_ext_factor};
+    if (r.ext_factor != 0.0f)
+        nf_yarn_corr_dims(hp->n_rot, hp->n_ctx_orig, hp->rope_base, hp->yarn_beta_fast,
+                          hp->yarn_beta_slow, r.corr);
+    nf_rope_fill(c->rope_cos, c->rope_sin, hp->n_rot, hp->rope_base, &r, pos0, n_tok);
+    /* The local layers rotate with their own base and scale (no frequency factors): gemma3's
+     * unscaled base 10000, gpt-oss's the global YaRN scaling. */
+    if (hp->n_swa) {
+        struct nf_rope_scaling rs = {.freq_scale = hp->rope_freq_scale_swa, .mscale = 1.0f};
+        if (hp->yarn_ext_factor != 0.0f) {
+            rs.mscale = hp->rope_attn_factor;
+            rs.ext_factor = hp->yarn_ext_factor;
+            nf_yarn_corr_dims(hp->n_rot, hp->n_ctx_orig, hp->rope_base_swa, hp->yarn_beta_fast,
+                              hp->yarn_beta_slow, rs.corr);
+        }
+        nf_rope_fill(c->rope_cos_swa, c->rope_sin_swa, hp->n_rot, hp->rope_base_swa, &rs, pos0,
+                     n_tok);
+    }
 }
 
 /* Rotates the pairs of each head's first n_rot dims: adjacent pairs (x[2i], x[2i+1]) in
@@ -534,8 +603,10 @@ void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, 
     nf_matmul(c, c->k, &w->wk, c->xn, n_tok);
     nf_matmul(c, c->v, &w->wv, c->xn, n_tok);
     nf_attn_qk(c, w, n_tok);
+    c->attn_sinks = w->sinks.data;
     nf_attn_core(c, il, pos0, n_tok);
     nf_matmul(c, c->ffo, &w->wo, c->att, n_tok);
+    nf_add_bias(c->ffo, &w->bo, 0, n_tok); /* gpt-oss: ggml_add of attn_output.bias */
     nf_post_norm(c, c->ffo, &w->post_norm, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
@@ -617,9 +688,34 @@ void nf_geglu(float *hb, const float *hb2, int n_rows, int n)
     }
 }
 
+void nf_swiglu_oai(float *hb, const float *hb2, int n_rows, int n)
+{
+    /* ggml_swiglu_oai's constants in llama.cpp's openai-moe graph. */
+    const float alpha = 1.702f, limit = 7.0f;
+    for (size_t i = 0; i < (size_t)n_rows * (size_t)n; i++) {
+        const float x = hb[i] < limit ? hb[i] : limit;
+        const float y = hb2[i] < -limit ? -limit : hb2[i] > limit ? limit : hb2[i];
+        const float glu = x / (1.0f + expf(alpha * (-x)));
+        hb[i] = glu * (y + 1.0f);
+    }
+}
+
+void nf_add_bias(float *x, const struct nf_tensor *b, int row, int n_tok)
+{
+    if (!b->data)
+        return;
+    const int64_t n = b->ne[0];
+    const float *br = (const float *)b->data + (size_t)row * (size_t)n;
+    for (int t = 0; t < n_tok; t++)
+        for (int64_t i = 0; i < n; i++)
+            x[(size_t)t * (size_t)n + (size_t)i] += br[i];
+}
+
 void nf_ffn_act(const struct nf_hparams *hp, float *hb, const float *hb2, int n_rows, int n)
 {
-    if (hp->ffn_gelu)
+    if (hp->oai_moe)
+        nf_swiglu_oai(hb, hb2, n_rows, n);
+    else if (hp->ffn_gelu)
         nf_geglu(hb, hb2, n_rows, n);
     else
         nf_swiglu(hb, hb2, n_rows, n);
@@ -667,6 +763,7 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
     for (int t = 0; t < n_tok; t++)
         nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, norm->data, E, hp->rms_eps);
     nf_matmul(c, c->router, &w->gate_inp, c->xn, n_tok);
+    nf_add_bias(c->router, &w->gate_inp_b, 0, n_tok); /* gpt-oss's router bias */
     if (w->gate_shexp.data) {
         /* The shared expert on every token, as a dense FFN of its own width, gated. */
         const int S = hp->n_ff_shexp;
@@ -689,8 +786,12 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
             const float wk = wsel[k];
             nf_matmul(c, c->hb, &ew.gate, xt, 1);
             nf_matmul(c, c->hb2, &ew.up, xt, 1);
-            nf_swiglu(c->hb, c->hb2, 1, hp->n_ff);
+            /* gpt-oss: ggml_add_id of the chosen expert's biases around its activation. */
+            nf_add_bias(c->hb, &w->gate_exps_b, sel[k], 1);
+            nf_add_bias(c->hb2, &w->up_exps_b, sel[k], 1);
+            nf_ffn_act(hp, c->hb, c->hb2, 1, hp->n_ff);
             nf_matmul(c, c->eo, &ew.down, c->hb, 1);
+            nf_add_bias(c->eo, &w->down_exps_b, sel[k], 1);
             for (int i = 0; i < E; i++)
                 ot[i] = k == 0 ? c->eo[i] * wk : ot[i] + c->eo[i] * wk;
         }
@@ -746,9 +847,23 @@ void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w)
     nf_moe_top_k(p, X, K, sel, w);
 }
 
+void nf_moe_route_topk_softmax(const float *p, int X, int K, int *sel, float *w)
+{
+    /* ggml_top_k of the (biased) logits, then ggml_soft_max over the K chosen ones. */
+    nf_moe_top_k(p, X, K, sel, w);
+    float mx = -INFINITY;
+    for (int k = 0; k < K; k++)
+        mx = w[k] > mx ? w[k] : mx;
+    const float inv = (float)(1.0 / nf_softmax_exp(w, w, K, mx));
+    for (int k = 0; k < K; k++)
+        w[k] *= inv;
+}
+
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w)
 {
-    if (hp->moe_norm_w)
+    if (hp->oai_moe)
+        nf_moe_route_topk_softmax(p, hp->n_expert, hp->n_expert_used, sel, w);
+    else if (hp->moe_norm_w)
         nf_moe_route(p, hp->n_expert, hp->n_expert_used, sel, w);
     else
         nf_moe_route_raw(p, hp->n_expert, hp->n_expert_used, sel, w);

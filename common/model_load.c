@@ -1,5 +1,5 @@
 /* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3, qwen2moe,
- * olmoe, phi3) into RAM, with every hyperparameter and tensor validated. */
+ * olmoe, phi3, gpt-oss) into RAM, with every hyperparameter and tensor validated. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -113,6 +113,7 @@ static const struct nf_arch_info {
     [NF_ARCH_QWEN2MOE] = {"qwen2moe", true, true, false, true},
     [NF_ARCH_OLMOE] = {"olmoe", true, false, true, true},
     [NF_ARCH_PHI3] = {"phi3", true, false, false, false},
+    [NF_ARCH_GPTOSS] = {"gpt-oss", true, true, false, true},
 };
 
 const char *nf_arch_name(enum nf_arch a)
@@ -175,13 +176,15 @@ static int nf_load_arch(struct nf_hparams *hp, const struct nf_gguf *g, char *er
         hp->qkv_bias = nf_archs[i].qkv_bias;
         hp->qk_norm = nf_archs[i].qk_norm;
         /* llama.cpp's build_moe_ffn with norm_w false for these two (norm_topk_prob false). */
-        hp->moe_norm_w = hp->arch != NF_ARCH_QWEN2MOE && hp->arch != NF_ARCH_OLMOE;
+        hp->moe_norm_w =
+            hp->arch != NF_ARCH_QWEN2MOE && hp->arch != NF_ARCH_OLMOE && hp->arch != NF_ARCH_GPTOSS;
+        hp->oai_moe = hp->arch == NF_ARCH_GPTOSS;
         return 0;
     }
     return nf_errf(err, errlen, NF_EARCH,
                    "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
                    "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; gemma3; qwen2moe; olmoe; "
-                   "phi3 - Phi-3/3.5, Phi-4-mini)",
+                   "phi3 - Phi-3/3.5, Phi-4-mini; gpt-oss)",
                    g->path, arch);
 }
 
@@ -203,11 +206,15 @@ static int nf_load_rope(struct nf_hparams *hp, const struct nf_gguf *g, const ch
     const char *stype = NULL;
     if (nf_gguf_get_str(g, key, &stype) < 0)
         stype = NULL;
-    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0)
+    /* YaRN for gpt-oss only (nf_load_yarn reads its keys); other architectures keep refusing
+     * it, as before gpt-oss was added. */
+    const bool yarn = stype && !strcmp(stype, "yarn") && hp->arch == NF_ARCH_GPTOSS;
+    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0 && !yarn)
         return nf_errf(err, errlen, NF_EARCH,
-                       "%s: %s '%s' is not supported (supported: none, linear; Llama 3.1+ "
-                       "scaling comes as the rope_freqs.weight tensor)",
+                       "%s: %s '%s' is not supported (supported: none, linear, and yarn for "
+                       "gpt-oss; Llama 3.1+ scaling comes as the rope_freqs.weight tensor)",
                        g->path, key, stype);
+    hp->yarn_ext_factor = yarn ? 1.0f : 0.0f;
     if (factor < 0 || !(hp->rope_base > 0))
         return nf_errf(err, errlen, NF_EKEYTYPE,
                        "%s: %s.rope.freq_base must be > 0 and %s.rope.scaling.factor >= 0", g->path,
@@ -274,6 +281,62 @@ static int nf_load_phi3_hparams(struct nf_hparams *hp, const struct nf_gguf *g, 
     return 0;
 }
 
+/* YaRN's attention factor as llama.cpp's context computes it (cparams.yarn_attn_factor):
+ * get_mscale(factor) = 0.1 ln(factor) + 1 (divided by get_mscale with log_mul when
+ * rope.scaling.yarn_log_multiplier is set), times the inverse of the 1 + 0.1 ln(1 / freq_scale)
+ * that ggml's rope multiplies back in, times rope.scaling.attn_factor. In float, with the
+ * product-sums fused as the compiled C++ has them. */
+static float nf_yarn_attn_factor(float freq_scale, float log_mul, float attn_factor)
+{
+    const float factor = 1.0f / freq_scale;
+    float a = 1.0f;
+    if (factor > 1.0f) {
+        const float m1 = fmaf(0.1f * 1.0f, logf(factor), 1.0f);
+        a = log_mul != 0.0f ? m1 / fmaf(0.1f * log_mul, logf(factor), 1.0f) : m1;
+    }
+    a *= 1.0f / fmaf(0.1f, logf(factor), 1.0f);
+    return a * attn_factor;
+}
+
+/* gpt-oss's keys, as llama.cpp's openai-moe loader reads them: the sliding window (required),
+ * its layer pattern (attention.sliding_window_pattern, default 2: even layers local), the local
+ * layers' RoPE base (rope.freq_base_swa, default rope.freq_base) and scaling (the global one),
+ * and YaRN: original context, beta_fast / beta_slow (32 / 1), the attention factor. The KV view
+ * is padded to 256 cells as gemma3's (the same llama.cpp made both goldens). */
+static int nf_load_gptoss(struct nf_hparams *hp, const struct nf_gguf *g, char *err, size_t errlen)
+{
+    const char *pfx = "gpt-oss";
+    float attn_factor = 1.0f, log_mul = 0.0f;
+    int rc;
+    if ((rc = nf_hp_int(g, pfx, "attention.sliding_window", -1, 1, INT32_MAX, &hp->n_swa, err,
+                        errlen)) ||
+        (rc = nf_hp_int(g, pfx, "attention.sliding_window_pattern", 2, 1, 4096, &hp->swa_pattern,
+                        err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.freq_base_swa", hp->rope_base, false, &hp->rope_base_swa,
+                          err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "rope.scaling.original_context_length", hp->n_ctx_train, 1, 1 << 30,
+                        &hp->n_ctx_orig, err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.yarn_beta_fast", 32.0f, false, &hp->yarn_beta_fast,
+                          err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.yarn_beta_slow", 1.0f, false, &hp->yarn_beta_slow,
+                          err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.yarn_log_multiplier", 0.0f, false, &log_mul, err,
+                          errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.attn_factor", 1.0f, false, &attn_factor, err,
+                          errlen)))
+        return rc;
+    if (!(hp->rope_base_swa > 0) || !(attn_factor > 0))
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: gpt-oss.rope.freq_base_swa and rope.scaling.attn_factor must be > 0",
+                       g->path);
+    hp->rope_freq_scale_swa = hp->rope_freq_scale;
+    hp->kv_pad = 256;
+    hp->rope_attn_factor = hp->yarn_ext_factor != 0.0f
+                               ? nf_yarn_attn_factor(hp->rope_freq_scale, log_mul, attn_factor)
+                               : attn_factor;
+    return 0;
+}
+
 static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
 {
     const struct nf_gguf *g = m->gguf;
@@ -333,6 +396,8 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
         return rc;
     if ((rc = nf_load_phi3_hparams(hp, g, pfx, err, errlen)))
         return rc;
+    if (hp->arch == NF_ARCH_GPTOSS)
+        return nf_load_gptoss(hp, g, err, errlen);
     return hp->arch == NF_ARCH_GEMMA3 ? nf_load_gemma3(hp, g, err, errlen) : 0;
 }
 
@@ -495,6 +560,50 @@ static int nf_load_fused_layer(struct nf_model *m, struct nf_layer *L, int il, c
     return 0;
 }
 
+/* Loads a gpt-oss layer (llama.cpp's openai-moe tensors): attention with biases on Q, K, V
+ * (nf_load_attn_extra) and on the output, the per-head sinks, post_attention_norm as the FFN's
+ * norm, the router and its bias, the experts and their biases, every bias and sink F32. */
+static int nf_load_gptoss_layer(struct nf_model *m, struct nf_layer *L, int il, char *err,
+                                size_t errlen)
+{
+    const struct nf_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, F = hp->n_ff, X = hp->n_expert, H = hp->n_head;
+    const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    static const char *const sfx[15] = {"attn_norm.weight",     "attn_q.weight",
+                                        "attn_k.weight",        "attn_v.weight",
+                                        "attn_output.weight",   "attn_output.bias",
+                                        "attn_sinks.weight",    "post_attention_norm.weight",
+                                        "ffn_gate_inp.weight",  "ffn_gate_inp.bias",
+                                        "ffn_gate_exps.weight", "ffn_up_exps.weight",
+                                        "ffn_down_exps.weight", "ffn_gate_exps.bias",
+                                        "ffn_up_exps.bias"};
+    char n[16][64];
+    for (int i = 0; i < 15; i++)
+        snprintf(n[i], sizeof(n[i]), "blk.%d.%s", il, sfx[i]);
+    snprintf(n[15], sizeof(n[15]), "blk.%d.ffn_down_exps.bias", il);
+    const int f32 = NF_T_F32;
+    int rc;
+    if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wq, n[1], E, qd, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wk, n[2], E, kvd, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wv, n[3], E, kvd, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wo, n[4], qd, E, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.bo, n[5], E, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.sinks, n[6], H, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->ffn_norm, n[7], E, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.gate_inp, n[8], E, X, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.gate_inp_b, n[9], X, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.gate_exps, n[10], E, F, X, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.up_exps, n[11], E, F, X, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.down_exps, n[12], F, E, X, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.gate_exps_b, n[13], F, X, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.up_exps_b, n[14], F, X, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.down_exps_b, n[15], E, X, 1, f32, err, errlen)))
+        return rc;
+    return 0;
+}
+
 /* Loads phi3's optional LongRoPE factors: both or neither (llama.cpp picks the long ones when
  * the context is longer than rope.scaling.original_context_length). */
 static int nf_load_longrope(struct nf_model *m, char *err, size_t errlen)
@@ -571,6 +680,11 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
             return rc;
         if (hp->arch == NF_ARCH_PHI3) {
             if ((rc = nf_load_fused_layer(m, L, il, err, errlen)))
+                return rc;
+            continue;
+        }
+        if (hp->arch == NF_ARCH_GPTOSS) {
+            if ((rc = nf_load_gptoss_layer(m, L, il, err, errlen)))
                 return rc;
             continue;
         }
@@ -749,6 +863,10 @@ void nf_model_free(struct nf_model *m)
                 nf_tensor_release(ts[i]);
             nf_tensor_release(&L->attn.post_norm);
             nf_tensor_release(&L->ffn.post_norm);
+            struct nf_tensor *oai[] = {&L->attn.bo,         &L->attn.sinks,    &L->moe.gate_inp_b,
+                                       &L->moe.gate_exps_b, &L->moe.up_exps_b, &L->moe.down_exps_b};
+            for (size_t i = 0; i < sizeof(oai) / sizeof(oai[0]); i++)
+                nf_tensor_release(oai[i]);
         }
         free(m->layers);
     }
@@ -802,4 +920,7 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
         off += snprintf(buf + off, len - (size_t)off, ", shared expert %d", hp->n_ff_shexp);
     if (hp->arch == NF_ARCH_PHI3 && off > 0 && (size_t)off < len)
         nf_model_describe_phi3(m, buf + off, len - (size_t)off);
+    if (hp->yarn_ext_factor != 0.0f && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off, ", YaRN x%g (original ctx %d)",
+                 (double)(1.0f / hp->rope_freq_scale), hp->n_ctx_orig);
 }
