@@ -165,6 +165,9 @@ static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t r
         if (t->fill == NF_MK_NEAR_ONE)
             for (size_t i = 0; i < n; i++)
                 fbuf[i] = 1.0f + NF_MK_NEAR_ONE_SCALE * fbuf[i];
+        if (t->fill == NF_MK_WIDE)
+            for (size_t i = 0; i < n; i++)
+                fbuf[i] = NF_MK_WIDE_SCALE * fbuf[i];
     }
     const void *out = fbuf;
     if (t->type != NF_TYPE_F32) {
