@@ -71,6 +71,13 @@ static int place_of(const char *name, struct tensor_place *p)
         {"ffn_up_shexp.weight", NF_TILE_FFN, 1},
         {"ffn_down_shexp.weight", NF_TILE_FFN, 2},
         {"attn_qkv.weight", NF_TILE_ATTN_Q, NF_PART_QKV},
+        /* gpt-oss (its post_attention_norm is the FFN_NORM tile: src_read_tensor) */
+        {"attn_output.bias", NF_TILE_ATTN_O_BIAS, -1},
+        {"attn_sinks.weight", NF_TILE_ATTN_SINKS, -1},
+        {"ffn_gate_inp.bias", NF_TILE_ROUTER_BIAS, -1},
+        {"ffn_gate_exps.bias", NF_TILE_EXP_GATE_BIAS, -1},
+        {"ffn_up_exps.bias", NF_TILE_EXP_UP_BIAS, -1},
+        {"ffn_down_exps.bias", NF_TILE_EXP_DOWN_BIAS, -1},
     };
     static const struct {
         const char *name;
@@ -97,12 +104,18 @@ static int place_of(const char *name, struct tensor_place *p)
     return NF_ENOTENSOR;
 }
 
-/* Whether the .nft's metadata names architecture phi3 (whose ffn_up is fused). */
-static bool nf_nft_meta_is_phi3(const struct nf_nft *f)
+/* Whether the .nft's metadata names architecture name. */
+static bool nf_nft_meta_is(const struct nf_nft *f, const char *name)
 {
     const char *arch = NULL;
     return nf_gguf_get_str(f->meta, "general.architecture", &arch) == 0 && arch &&
-           !strcmp(arch, "phi3");
+           !strcmp(arch, name);
+}
+
+/* Whether the .nft's metadata names architecture phi3 (whose ffn_up is fused). */
+static bool nf_nft_meta_is_phi3(const struct nf_nft *f)
+{
+    return nf_nft_meta_is(f, "phi3");
 }
 
 /* Copies a row tile (rows [first, first + count) of the tensor) into dst. */
@@ -282,6 +295,8 @@ static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, 
         return read_fused(s, gt, &pl, dst, err, errlen);
     if (pl.kind == NF_TILE_ROPE_FREQS && strncmp(gt->name.s, "rope_factors_", 13) == 0)
         return read_longrope(s, gt, dst, err, errlen);
+    if (pl.kind == NF_TILE_ATTN_POST_NORM && nf_nft_meta_is(f, "gpt-oss"))
+        pl.kind = NF_TILE_FFN_NORM; /* gpt-oss's FFN norm (nft_write.c) */
     uint32_t n = nf_nft_count(f, pl.layer, pl.kind);
     uint64_t total = pl.part < 0 ? (uint64_t)gt->ne[1] * (uint64_t)gt->ne[2]
                                  : (uint64_t)gt->ne[pl.part == 2 ? 0 : 1] * (uint64_t)gt->ne[2];

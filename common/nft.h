@@ -59,6 +59,12 @@
  *  - ATTN_POST_NORM, FFN_POST_NORM (gemma3): a layer's post_attention_norm or post_ffw_norm
  *    vector (n_embd) in one tile, the same way.
  *  - SHEXP_GATE (qwen2moe): a MoE layer's shared-expert gate, ffn_gate_inp_shexp (one row).
+ *  - ATTN_O_BIAS, ATTN_SINKS, ROUTER_BIAS (gpt-oss): a layer's attn_output.bias (n_embd),
+ *    attn_sinks (n_head) or ffn_gate_inp.bias (n_expert), one F32 row in one tile.
+ *  - EXP_GATE_BIAS, EXP_UP_BIAS, EXP_DOWN_BIAS (gpt-oss): rows of ffn_gate_exps.bias,
+ *    ffn_up_exps.bias (n_ff each) or ffn_down_exps.bias (n_embd), one row per expert, F32,
+ *    about tile_size bytes a tile: every token reads its chosen experts' rows. gpt-oss's
+ *    post_attention_norm is its FFN norm and goes into the FFN_NORM tile.
  * phi3's fused tensors are cut into these kinds: attn_qkv's Q, K and V row ranges into ATTN_Q,
  * ATTN_K and ATTN_V tiles, its ffn_up's gate half and up half into the FFN bundles.
  * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER.
@@ -121,7 +127,13 @@ enum nf_tile_kind {
     NF_TILE_ATTN_K_NORM,
     NF_TILE_ATTN_POST_NORM, /* gemma3 */
     NF_TILE_FFN_POST_NORM,
-    NF_TILE_SHEXP_GATE, /* qwen2moe */
+    NF_TILE_SHEXP_GATE,  /* qwen2moe */
+    NF_TILE_ATTN_O_BIAS, /* gpt-oss */
+    NF_TILE_ATTN_SINKS,
+    NF_TILE_ROUTER_BIAS,
+    NF_TILE_EXP_GATE_BIAS,
+    NF_TILE_EXP_UP_BIAS,
+    NF_TILE_EXP_DOWN_BIAS,
     NF_TILE_KIND_COUNT,
 };
 

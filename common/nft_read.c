@@ -36,6 +36,12 @@ static const char *const kind_names[NF_TILE_KIND_COUNT] = {
     [NF_TILE_ATTN_POST_NORM] = "attn_post_norm",
     [NF_TILE_FFN_POST_NORM] = "ffn_post_norm",
     [NF_TILE_SHEXP_GATE] = "shexp_gate",
+    [NF_TILE_ATTN_O_BIAS] = "attn_o_bias",
+    [NF_TILE_ATTN_SINKS] = "attn_sinks",
+    [NF_TILE_ROUTER_BIAS] = "router_bias",
+    [NF_TILE_EXP_GATE_BIAS] = "exp_gate_bias",
+    [NF_TILE_EXP_UP_BIAS] = "exp_up_bias",
+    [NF_TILE_EXP_DOWN_BIAS] = "exp_down_bias",
 };
 
 const char *nf_tile_kind_name(enum nf_tile_kind kind)
@@ -116,6 +122,12 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     case NF_TILE_ATTN_POST_NORM:
     case NF_TILE_FFN_POST_NORM: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_SHEXP_GATE: return rows_bytes(t->type[0], t->count, t->ne0);
+    case NF_TILE_ATTN_O_BIAS:
+    case NF_TILE_ATTN_SINKS:
+    case NF_TILE_ROUTER_BIAS:
+    case NF_TILE_EXP_GATE_BIAS:
+    case NF_TILE_EXP_UP_BIAS:
+    case NF_TILE_EXP_DOWN_BIAS: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_KIND_COUNT: break;
     }
     return 0;

@@ -10,6 +10,11 @@
 #include "predictor.h"
 #include "sparse_pick.h"
 
+/* gpt-oss's MoE tiles used every token whatever the routing: the router's bias and the
+ * experts' bias rows (a few rows of them, but the tiles are read whole). */
+static const enum nf_tile_kind nf_plan_bias_kinds[] = {NF_TILE_ROUTER_BIAS, NF_TILE_EXP_GATE_BIAS,
+                                                       NF_TILE_EXP_UP_BIAS, NF_TILE_EXP_DOWN_BIAS};
+
 static uint32_t tile_id(const struct nf_nft *f, const struct nf_nft_tile *t)
 {
     return (uint32_t)nf_nft_tile_id(f, t);
@@ -148,6 +153,9 @@ int nf_plan_init(struct nf_plan *p, const struct nf_nft *f, char *err, size_t er
         if (p->moe) /* a shared expert (qwen2moe): its gate and FFN tiles, every token */
             pl->n_fixed +=
                 nf_nft_count(f, il, NF_TILE_SHEXP_GATE) + nf_nft_count(f, il, NF_TILE_FFN);
+        for (size_t k = 0; p->moe && k < sizeof(nf_plan_bias_kinds) / sizeof(nf_plan_bias_kinds[0]);
+             k++) /* gpt-oss's router and expert biases */
+            pl->n_fixed += nf_nft_count(f, il, nf_plan_bias_kinds[k]);
         for (size_t k = 0; k < sizeof(need) / sizeof(need[0]); k++) {
             uint32_t n = nf_nft_count(f, il, need[k]);
             if (n == 0) {
@@ -232,7 +240,13 @@ static int put_fixed(const struct nf_plan *p, uint32_t layer, uint32_t *out, siz
     if (p->moe && ((rc = put_run(p->f, layer, NF_TILE_SHEXP_GATE, out, cap, n)) ||
                    (rc = put_run(p->f, layer, NF_TILE_FFN, out, cap, n))))
         return rc;
-    return p->moe ? put_run(p->f, layer, NF_TILE_ROUTER, out, cap, n) : 0;
+    if (p->moe && (rc = put_run(p->f, layer, NF_TILE_ROUTER, out, cap, n)))
+        return rc;
+    for (size_t k = 0; p->moe && k < sizeof(nf_plan_bias_kinds) / sizeof(nf_plan_bias_kinds[0]);
+         k++)
+        if ((rc = put_run(p->f, layer, nf_plan_bias_kinds[k], out, cap, n)))
+            return rc;
+    return 0;
 }
 
 int nf_plan_layer(const struct nf_plan *p, uint32_t layer, const uint64_t *sel, uint32_t *out,
