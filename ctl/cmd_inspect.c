@@ -104,7 +104,7 @@ static void print_calib(const struct nf_nft *f)
     }
 }
 
-/* The architecture of the embedded metadata, with gemma3's sliding window. */
+/* The architecture of the embedded metadata, with gemma3's and gpt-oss's sliding windows. */
 static void print_arch(const struct nf_nft *f)
 {
     const char *arch = NULL;
@@ -114,6 +114,9 @@ static void print_arch(const struct nf_nft *f)
     printf("architecture: %s", arch);
     if (nf_gguf_get_u32(nf_nft_gguf(f), "gemma3.attention.sliding_window", &win) == 0)
         printf(" (sliding window %u, every 6th layer global)", win);
+    if (nf_gguf_get_u32(nf_nft_gguf(f), "gpt-oss.attention.sliding_window", &win) == 0)
+        printf(" (sliding window %u on the even layers, the odd ones global; attention sinks)",
+               win);
     printf("\n");
 }
 
