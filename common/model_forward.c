@@ -833,17 +833,22 @@ static void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
     }
 }
 
+/* v (n) = ggml_soft_max of v in place: ggml_vec_soft_max_f32, then a scale by the inverse sum. */
+static void nf_soft_max_row(float *v, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        mx = v[i] > mx ? v[i] : mx;
+    const float inv = (float)(1.0 / nf_softmax_exp(v, v, n, mx));
+    for (int i = 0; i < n; i++)
+        v[i] *= inv;
+}
+
 void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w)
 {
-    /* ggml_soft_max (ggml_vec_soft_max_f32, then a scale by the inverse sum), the top K by
-     * probability (ggml_argsort_top_k), their probabilities taken as they are (norm_w
-     * false). */
-    float mx = -INFINITY;
-    for (int e = 0; e < X; e++)
-        mx = p[e] > mx ? p[e] : mx;
-    const float inv = (float)(1.0 / nf_softmax_exp(p, p, X, mx));
-    for (int e = 0; e < X; e++)
-        p[e] *= inv;
+    /* ggml_soft_max, the top K by probability (ggml_argsort_top_k), their probabilities taken
+     * as they are (norm_w false). */
+    nf_soft_max_row(p, X);
     nf_moe_top_k(p, X, K, sel, w);
 }
 
@@ -851,12 +856,7 @@ void nf_moe_route_topk_softmax(const float *p, int X, int K, int *sel, float *w)
 {
     /* ggml_top_k of the (biased) logits, then ggml_soft_max over the K chosen ones. */
     nf_moe_top_k(p, X, K, sel, w);
-    float mx = -INFINITY;
-    for (int k = 0; k < K; k++)
-        mx = w[k] > mx ? w[k] : mx;
-    const float inv = (float)(1.0 / nf_softmax_exp(w, w, K, mx));
-    for (int k = 0; k < K; k++)
-        w[k] *= inv;
+    nf_soft_max_row(w, K);
 }
 
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w)
