@@ -412,6 +412,23 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
         if ((rc = nf_nft_read(f, pt, L->pred, nf_nft_tile_span(pt), err, errlen)) ||
             (rc = nf_nft_read(f, nt, nb, nf_nft_tile_span(nt), err, errlen)))
             goto fail;
+        /* gpt-oss: the router's bias joins the logits, as compute adds it before its top k. */
+        const struct nf_nft_tile *bt = p->moe ? nf_nft_find(f, il, NF_TILE_ROUTER_BIAS, 0) : NULL;
+        if (bt && (bt->type[0] != NF_TYPE_F32 || bt->count != 1 || bt->ne0 != p->n_expert)) {
+            rc = nf_errf(err, errlen, NF_ECORRUPT, "%s: layer %u router bias is not %u F32 values",
+                         f->path, il, p->n_expert);
+            goto fail;
+        }
+        if (bt) {
+            L->bias = aligned_alloc_4k(nf_nft_tile_span(bt));
+            if (!L->bias) {
+                rc = -ENOMEM;
+                goto fail;
+            }
+            if ((rc = nf_nft_read(f, bt, L->bias, nf_nft_tile_span(bt), err, errlen)))
+                goto fail;
+            fc->mem_bytes += nf_nft_tile_span(bt);
+        }
         L->type = (enum nf_type)pt->type[0];
         L->rank = pt->rank;
         L->rows = p->moe ? p->n_expert : pt->count;
@@ -438,6 +455,7 @@ void nf_forecaster_free(struct nf_forecaster *fc)
     if (fc->layers && fc->p)
         for (uint32_t il = 0; il < fc->p->n_layer; il++) {
             free(fc->layers[il].pred);
+            free(fc->layers[il].bias);
             free(fc->layers[il].norm);
         }
     free(fc->layers);
@@ -518,7 +536,7 @@ int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float 
             float acc = 0;
             for (int j = 0; j < E; j++)
                 acc += fc->tmp[j] * fc->xn[j];
-            fc->gscores[e] = acc;
+            fc->gscores[e] = L->bias ? acc + L->bias[e] : acc;
         }
         k = nf_forecast_moe_pick(fc->gscores, n, p->n_expert_used, margin, p->n_expert_used,
                                  fc->idx);

@@ -92,6 +92,7 @@ struct nf_fc_layer {
     enum nf_type type; /* element type of pred */
     uint32_t rank;     /* low-rank predictors */
     uint32_t rows;     /* n_ff (low-rank) or n_expert (router) */
+    float *bias;       /* (n_expert) gpt-oss's router bias (ROUTER_BIAS), or NULL */
 };
 
 struct nf_forecaster {
