@@ -912,7 +912,10 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
     if (hp->n_expert && off > 0 && (size_t)off < len)
         off += snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
                         hp->n_expert_used);
-    if (hp->n_swa && off > 0 && (size_t)off < len)
+    if (hp->n_swa && hp->swa_pattern == 2 && off > 0 && (size_t)off < len)
+        off += snprintf(buf + off, len - (size_t)off,
+                        ", sliding window %d (even layers; the odd ones global)", hp->n_swa);
+    else if (hp->n_swa && off > 0 && (size_t)off < len)
         off +=
             snprintf(buf + off, len - (size_t)off, ", sliding window %d (every %dth layer global)",
                      hp->n_swa, hp->swa_pattern);
