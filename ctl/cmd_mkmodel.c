@@ -172,6 +172,9 @@ static void usage(FILE *f)
         "  --zero-experts       routed experts' tensors written as real zero bytes (not\n"
         "                       holes; fast, every byte on disk); router, attention, norms\n"
         "                       and embeddings stay random, so routing still varies\n"
+        "  --router-skew S      MoE routers favour low experts: expert e's router row is\n"
+        "                       divided by exp(S e / (E - 1)), so routing is skewed as in a\n"
+        "                       trained model rather than near-uniform (default 0)\n"
         "  --vocab-from GGUF    copy every tokenizer.* key (and the vocab size) from GGUF\n"
         "                       (default: a synthetic vocabulary)\n"
         "  --name S             general.name (default nanoflow-<shape>)\n"
@@ -192,7 +195,7 @@ struct mk_opts {
     long rope_dim, longrope, swa;
     long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx, window;
     long shared_ffn;
-    float rope_base, rms_eps, rope_scale;
+    float rope_base, rms_eps, rope_scale, router_skew;
     bool rope_set, eps_set;
     enum nf_type type;
     uint64_t seed;
@@ -338,6 +341,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         } else if (nf_arg_is(a, "--rope-scale")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--rope-scale", v, 1.0f, 1e6f, &o->rope_scale))
+                return 2;
+        } else if (nf_arg_is(a, "--router-skew")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, "--router-skew", v, 0.0f, 100.0f, &o->router_skew))
                 return 2;
         } else if (nf_arg_is(a, "--rms-eps")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
@@ -1014,6 +1021,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
         return nf_usage_error(CMD, "--zero-experts and --zero exclude each other");
     if (o.zero_experts && s.experts == 0)
         return nf_usage_error(CMD, "--zero-experts needs routed experts (the model is dense)");
+    if (o.router_skew > 0 && s.experts == 0)
+        return nf_usage_error(CMD, "--router-skew needs routed experts (the model is dense)");
     if (o.q4_k_m && !strcmp(s.arch, "phi3"))
         return nf_usage_error(CMD, "--type q4_k_m is not supported for --arch phi3 (fused "
                                    "attn_qkv)");
@@ -1105,7 +1114,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
     struct nf_mk_gen g = {.seed = o.seed,
                           .zero = o.zero,
                           .threads = (int)(o.threads > 0 ? o.threads : (ncpu > 0 ? ncpu : 1)),
-                          .progress = isatty(2)};
+                          .progress = isatty(2),
+                          .router_skew = o.router_skew};
     uint64_t written = 0;
     double t0 = nf_now_s();
     if ((rc = write_model(o.out, dir, w, t, nt, &g, &written, err, sizeof(err))))

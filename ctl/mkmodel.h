@@ -77,6 +77,10 @@ struct nf_mk_gen {
     bool zero;     /* RANDOM tensors are left as file holes (all zero) */
     int threads;   /* worker threads, >= 1 */
     bool progress; /* print progress to stderr */
+    /* Routers (RANDOM ffn_gate_inp tensors): row e (expert e) scaled by
+     * exp(-router_skew * e / (rows - 1)), so low experts win the top-k more often; 0: all rows
+     * alike (near-uniform routing). */
+    float router_skew;
 };
 
 /* Fills the data of every tensor into fd at its offset. The file must already have its final

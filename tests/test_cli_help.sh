@@ -40,9 +40,9 @@ kind() {
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
         --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
-        --rms-eps | --rope-scale) K=float ;;
+        --rms-eps | --rope-scale | --router-skew) K=float ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
-    --log-level | --verify | --shape | --type | --arch | --chat-template) K=enum ;;
+    --log-level | --verify | --shape | --type | --arch | --chat-template | --expert-cache) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
     -f | --file | --calibrate | --vocab-from | --api-key-file) K=file ;;
     --watch) K=opt ;;
@@ -96,6 +96,8 @@ good() {
     --pred-mem) G=1M ;;
     --log-level) G=warn ;;
     --verify) G=sample ;;
+    --expert-cache) G=cyclic ;;
+    --router-skew) G=2 ;;
     --shape) G=tiny ;;
     --type) G=q8_0 ;;
     -m | --model) G="$MISS.nft" ;;
@@ -155,13 +157,13 @@ parsed_flags() {
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
-        "--zero-experts" \
+        "--zero-experts --router-skew" \
         "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
         "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
-        "--max-tokens-per-request --http --api-key-file --chat-template" ;;
+        "--max-tokens-per-request --http --api-key-file --chat-template --expert-cache" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty -s --seed --json --top-logits --run-dir --chat --system" \
@@ -169,7 +171,7 @@ parsed_flags() {
     chat) echo "-n --n-predict --system --chat-template --temp --top-k --top-p --min-p" \
         "--repeat-penalty -s --seed --timeout --run-dir" ;;
     nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --qd --verify" \
-        "--no-uring --numa-node --foreground --log-level" ;;
+        "--no-uring --numa-node --expert-cache --foreground --log-level" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
         "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
     nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
