@@ -103,6 +103,74 @@ assert d.count(a) == 1; open(sys.argv[2],'wb').write(d.replace(a,b))" \
     check "phi3 with $repl: convert refuses it in one line (rc $rc)" $?
 done
 
+# An mxfp4 block whose E8M0 exponent is 0xFF (NaN) is refused by run (read and mapped), convert
+# and up (its in-place index) with one line naming the tensor: block 5 of blk.1.ffn_down_exps
+# of a llama-quantize MXFP4_MOE-style model (mkmodel --type mxfp4), patched.
+"$NF_BIN" mkmodel "$T/mx.gguf" --vocab-from "$VOCAB" -t 2 --seed 7 --arch llama --dim 64 \
+    --layers 2 --ffn 96 --heads 4 --kv-heads 2 --experts 4 --experts-used 2 --type mxfp4 >/dev/null
+check "mkmodel --type mxfp4 exits 0" $?
+cp "$T/mx.gguf" "$T/mx-nan.gguf"
+python3 - "$T/mx-nan.gguf" blk.1.ffn_down_exps.weight 5 <<'PY'
+import struct, sys
+# Sets the exponent byte of mxfp4 block BLOCK of tensor NAME in the GGUF FILE to 0xFF.
+path, name, blk = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+d = bytearray(open(path, "rb").read())
+_, nt, nkv = struct.unpack_from("<IQQ", d, 4)
+p, align = 24, 32
+fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+def skip(t, p):
+    if t == 8:
+        return p + 8 + struct.unpack_from("<Q", d, p)[0]
+    if t == 9:
+        et, n = struct.unpack_from("<IQ", d, p)
+        p += 12
+        for _ in range(n):
+            p = skip(et, p)
+        return p
+    return p + fixed[t]
+for _ in range(nkv):
+    kl = struct.unpack_from("<Q", d, p)[0]
+    key = bytes(d[p + 8:p + 8 + kl])
+    t = struct.unpack_from("<I", d, p + 8 + kl)[0]
+    if key == b"general.alignment":
+        align = struct.unpack_from("<I", d, p + 12 + kl)[0]
+    p = skip(t, p + 12 + kl)
+off = None
+for _ in range(nt):
+    nl = struct.unpack_from("<Q", d, p)[0]
+    tn = bytes(d[p + 8:p + 8 + nl])
+    nd = struct.unpack_from("<I", d, p + 8 + nl)[0]
+    p += 12 + nl + 8 * nd
+    ty, o = struct.unpack_from("<IQ", d, p)
+    p += 12
+    if tn == name:
+        assert ty == 39, ty  # mxfp4
+        off = o
+pos = (p + align - 1) // align * align + off + 17 * blk
+assert d[pos] != 0xFF
+d[pos] = 0xFF
+open(path, "wb").write(d)
+PY
+check "mxfp4 block patched" $?
+want="tensor 'blk.1.ffn_down_exps.weight': mxfp4 block 5 has the exponent 0xFF"
+for mode in "" --mmap; do
+    # shellcheck disable=SC2086 # mode is empty or one flag
+    expect "mxfp4 NaN exponent: run${mode:+ $mode} refuses it" 1 "$want" \
+        "$NF_BIN" run -m "$T/mx-nan.gguf" $mode -p hi -n 1
+    [ "$(wc -l <"$T/err")" -eq 1 ]
+    check "mxfp4 NaN exponent: run${mode:+ $mode} says it in one line" $?
+done
+expect "mxfp4 NaN exponent: convert refuses it" 1 "$want" \
+    "$NF_BIN" convert "$T/mx-nan.gguf" "$T/mx-nan.nft"
+[ "$(wc -l <"$T/err")" -eq 1 ] && [ ! -e "$T/mx-nan.nft" ]
+check "mxfp4 NaN exponent: convert says it in one line, writes nothing" $?
+expect "mxfp4 NaN exponent: up refuses it (indexing)" 1 "$want" \
+    "$NF_BIN" up -m "$T/mx-nan.gguf" --ram 256M -t 1 --run-dir "$T/run-mx-nan"
+[ "$(grep -vc '^indexing ' "$T/err")" -eq 1 ]
+check "mxfp4 NaN exponent: up says it in one line (after its progress line)" $?
+expect "mkmodel --type mxfp4 refuses a dense model" 2 "needs routed experts" \
+    "$NF_BIN" mkmodel "$T/dense.gguf" --dim 64 --layers 1 --ffn 64 --heads 4 --type mxfp4
+
 # The stack on a dense (biases) model and MoE (q/k norms, experts) ones, one with
 # Qwen3-30B-A3B's 128 experts, 8 used; qwen2moe's shared expert (FFN tiles of a MoE layer, used
 # by every token), olmoe's whole-projection q/k norms, gemma3 (its first prompt runs 21
