@@ -212,32 +212,28 @@ static void random_blocks(nf_block_mxfp4 *x, nf_block_q8_0 *y, int nb, bool any_
     }
 }
 
-/* The dot in double from the codes (dequantized floats overflow for e >= 253). */
-static double exact_dot(const nf_block_mxfp4 *x, const nf_block_q8_0 *y, int nb)
+/* The code of element j (0..31) of block b: low nibbles first. */
+static int code(const nf_block_mxfp4 *b, int j)
 {
-    double s = 0;
-    for (int i = 0; i < nb; i++) {
-        double a = 0;
-        for (int j = 0; j < 32; j++) {
-            int code = j < 16 ? x[i].qs[j] & 0xF : x[i].qs[j - 16] >> 4;
-            a += (double)nf_kvalues_mxfp4[code] * y[i].qs[j];
-        }
-        s += (double)nf_fp16_to_fp32(y[i].d) * ldexp(1.0, x[i].e - 128) * a;
-    }
-    return s;
+    return j < 16 ? b->qs[j] & 0xF : b->qs[j - 16] >> 4;
 }
 
-/* sum over blocks of |dy * scale| * sum |value * quant|: the size of the rounding errors. */
-static double dot_scale(const nf_block_mxfp4 *x, const nf_block_q8_0 *y, int nb)
+/* The dot in double from the codes (dequantized floats overflow for e >= 253); *scale = sum over
+ * blocks of |dy * 2^(e - 128)| * sum |value * quant|, the size of the rounding errors. */
+static double exact_dot(const nf_block_mxfp4 *x, const nf_block_q8_0 *y, int nb, double *scale)
 {
     double s = 0;
+    *scale = 0;
     for (int i = 0; i < nb; i++) {
-        double a = 0;
+        double a = 0, aa = 0;
         for (int j = 0; j < 32; j++) {
-            int code = j < 16 ? x[i].qs[j] & 0xF : x[i].qs[j - 16] >> 4;
-            a += fabs((double)nf_kvalues_mxfp4[code] * y[i].qs[j]);
+            const double p = (double)nf_kvalues_mxfp4[code(&x[i], j)] * y[i].qs[j];
+            a += p;
+            aa += fabs(p);
         }
-        s += fabs((double)nf_fp16_to_fp32(y[i].d) * nf_e8m0_to_fp32_half(x[i].e)) * a;
+        const double d = (double)nf_fp16_to_fp32(y[i].d) * ldexp(1.0, x[i].e - 128);
+        s += d * a;
+        *scale += fabs(d) * aa;
     }
     return s;
 }
@@ -254,10 +250,8 @@ static float llama_order(const nf_block_mxfp4 *x, const nf_block_q8_0 *y, int nb
             const float d = nf_fp16_to_fp32(y[i + h].d) * nf_e8m0_to_fp32_half(x[i + h].e);
             for (int k = 0; k < 8; k++) {
                 int sumi = 0;
-                for (int j = 4 * k; j < 4 * k + 4; j++) {
-                    int code = j < 16 ? x[i + h].qs[j] & 0xF : x[i + h].qs[j - 16] >> 4;
-                    sumi += nf_kvalues_mxfp4[code] * y[i + h].qs[j];
-                }
+                for (int j = 4 * k; j < 4 * k + 4; j++)
+                    sumi += nf_kvalues_mxfp4[code(&x[i + h], j)] * y[i + h].qs[j];
                 acc[h][k] = fmaf(d, (float)sumi, acc[h][k]);
             }
         }
@@ -268,10 +262,8 @@ static float llama_order(const nf_block_mxfp4 *x, const nf_block_q8_0 *y, int nb
     float sum = (h0 + h2) + (h1 + h3);
     if (i < nb) {
         int sumi = 0;
-        for (int j = 0; j < 32; j++) {
-            int code = j < 16 ? x[i].qs[j] & 0xF : x[i].qs[j - 16] >> 4;
-            sumi += nf_kvalues_mxfp4[code] * y[i].qs[j];
-        }
+        for (int j = 0; j < 32; j++)
+            sumi += nf_kvalues_mxfp4[code(&x[i], j)] * y[i].qs[j];
         sum = fmaf(nf_fp16_to_fp32(y[i].d) * nf_e8m0_to_fp32_half(x[i].e), (float)sumi, sum);
     }
     return sum;
@@ -292,8 +284,8 @@ static void test_vec_dot(void **state)
         for (int rep = 0; rep < 20; rep++) {
             const int nb = nbs[k], n = 32 * nb;
             random_blocks(x, y, nb, false);
-            const double exact = exact_dot(x, y, nb);
-            const double scale = dot_scale(x, y, nb);
+            double scale;
+            const double exact = exact_dot(x, y, nb, &scale);
             float ref;
             nf_vec_dot_for(NF_TYPE_MXFP4, NF_ISA_SCALAR)(n, &ref, x, y);
             if (!(fabs(ref - exact) <= TOL_MXFP4_DOT * scale + 1e-37))
@@ -355,7 +347,8 @@ static void test_rows_and_mat(void **state)
                     float sr;
                     dot(n, &want[c][r], xr, yc);
                     ref(n, &sr, xr, yc);
-                    const double sc = dot_scale(xr, yc, nb);
+                    double sc;
+                    exact_dot(xr, yc, nb, &sc);
                     if (!(fabs(want[c][r] - sr) <= TOL_MXFP4_DOT * sc + 1e-37))
                         fail_msg("%s n=%d row %d col %d: %.9g, scalar %.9g", nf_isa_name(isa), n, r,
                                  c, want[c][r], sr);
