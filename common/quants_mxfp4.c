@@ -4,10 +4,10 @@
  *
  * A block is one E8M0 exponent byte e and 32 E2M1 codes. ggml stores the codes' values doubled
  * (nf_kvalues_mxfp4: 0, 1, 2, 3, 4, 6, 8, 12 and their negatives, so they are integers) and
- * halves the scale instead: x = 2^(e - 128) * kvalue. Both are exact, so dequantization is
- * exact too. The SIMD kernels are quants_mxfp4_avx2.c and quants_mxfp4_avx512.c. */
+ * halves the scale instead: x = 2^(e - 128) * kvalue. Both are powers of two times small
+ * integers, so dequantization is exact (values of 8 and more overflow to infinity for
+ * e >= 253, as in ggml). The SIMD kernels are quants_mxfp4_avx2.c and quants_mxfp4_avx512.c. */
 #include <math.h>
-#include <string.h>
 
 #include "nf_err.h"
 #include "quants_impl.h"
