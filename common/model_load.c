@@ -24,6 +24,19 @@ static void nf_shape_str(char *buf, size_t len, const int64_t *ne, int n)
 
 enum { NF_T_REQUIRED = 0, NF_T_OPTIONAL = 1, NF_T_F32 = 2 };
 
+/* Refuses tensor data no kernel may meet (an mxfp4 block with the NaN exponent 0xFF), as
+ * llama.cpp's ggml_validate_row_data does. */
+static int nf_check_blocks(const struct nf_gguf *g, const struct nf_tensor *t, char *err,
+                           size_t errlen)
+{
+    int64_t bad;
+    if (!nf_blocks_check(t->type, t->data, t->ne[0] * t->ne[1] * t->ne[2], &bad))
+        return 0;
+    return nf_errf(err, errlen, NF_ECORRUPT,
+                   "%s: tensor '%s': %s block %lld has the exponent 0xFF (NaN in E8M0)", g->path,
+                   t->name, nf_type_traits(t->type)->name, (long long)bad);
+}
+
 /* Finds tensor `name`, checks it has shape (ne0, ne1, ne2) (trailing 1s may be omitted in the
  * file) and a type NanoFlow can compute with (F32 only with NF_T_F32), and reads it into RAM.
  * An absent optional tensor leaves t->data NULL and returns 0. */
@@ -77,7 +90,7 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
         /* Mapped: the data stays in the page cache (the GGUF validated its range). */
         t->data = (char *)m->map + gt->offset;
         m->weight_bytes += gt->size;
-        return 0;
+        return nf_check_blocks(g, t, err, errlen);
     }
     size_t sz = (gt->size + NF_WEIGHT_ALIGN - 1) / NF_WEIGHT_ALIGN * NF_WEIGHT_ALIGN;
     if (posix_memalign(&t->data, NF_WEIGHT_ALIGN, sz ? sz : NF_WEIGHT_ALIGN)) {
@@ -96,7 +109,7 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
                        nf_strerror(rc));
     }
     m->weight_bytes += gt->size;
-    return 0;
+    return nf_check_blocks(g, t, err, errlen);
 }
 
 /* What each architecture adds to the llama layer, and its RoPE layout (llama.cpp's

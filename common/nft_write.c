@@ -68,6 +68,7 @@ struct conv {
     void *buf; /* tile buffer, 4096-aligned */
     size_t buf_cap;
     uint64_t done, total;
+    int checked; /* 0: not looked yet, 1: no tensor nf_blocks_check checks, 2: some (mxfp4) */
 };
 
 /* --- classifying the source tensors --- */
@@ -704,12 +705,39 @@ static int emit(struct conv *c, struct nf_nft_tile *t)
     return rc;
 }
 
+/* Refuses bytes [off, off + len) of the source, whole blocks of one tensor, when they hold
+ * what no kernel may meet (an mxfp4 block with the NaN exponent 0xFF), naming the tensor. */
+static int check_blocks(struct conv *c, const void *buf, size_t len, uint64_t off)
+{
+    const struct nf_gguf *g = c->g;
+    if (!c->checked) {
+        c->checked = 1;
+        for (uint64_t i = 0; i < g->n_tensors; i++)
+            if (g->tensors[i].type == NF_TYPE_MXFP4)
+                c->checked = 2;
+    }
+    for (uint64_t i = 0; c->checked == 2 && i < g->n_tensors; i++) {
+        const struct nf_gguf_tensor *t = &g->tensors[i];
+        if (t->type != NF_TYPE_MXFP4 || off < t->offset || off >= t->offset + t->size)
+            continue;
+        const size_t bs = nf_type_traits(t->type)->type_size;
+        int64_t bad;
+        if (nf_blocks_check(t->type, buf, (int64_t)(len / bs) * NF_QK4_0, &bad))
+            return nf_errf_at(c->err, c->errlen, NF_ECORRUPT, c->in,
+                              "tensor '%s': mxfp4 block %" PRIu64
+                              " has the exponent 0xFF (NaN in E8M0)",
+                              t->name.s, (off - t->offset) / bs + (uint64_t)bad);
+        return 0;
+    }
+    return 0;
+}
+
 static int src_read(struct conv *c, void *dst, size_t len, uint64_t off)
 {
     int rc = nf_gguf_pread(c->g, dst, len, off);
     return rc ? nf_errf_at(c->err, c->errlen, rc, c->in,
                            "reading %zu bytes at offset %" PRIu64 ": %s", len, off, nf_strerror(rc))
-              : 0;
+              : check_blocks(c, dst, len, off);
 }
 
 /* Writes a row tile of tensor src (its rows [first, first + count)). */

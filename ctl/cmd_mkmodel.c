@@ -166,7 +166,9 @@ static void usage(FILE *f)
         "                       q2_k q3_k q4_k q5_k q6_k iq4_xs (default f16);\n"
         "                       norms and the MoE router stay f32; q4_k_m is llama-quantize's\n"
         "                       Q4_K_M mix: q4_k with q6_k output and, on 1/8 + 1/8 + every\n"
-        "                       third layer between, attn_v and ffn_down*\n"
+        "                       third layer between, attn_v and ffn_down*; mxfp4 is\n"
+        "                       llama-quantize's MXFP4_MOE: routed experts mxfp4, the\n"
+        "                       other matrices q8_0 (needs --experts)\n"
         "  --seed S             generator seed (default 1); same seed, same bytes\n"
         "  --zero               all-zero matrices written as file holes (norms stay 1.0)\n"
         "  --zero-experts       routed experts' tensors written as real zero bytes (not\n"
@@ -201,6 +203,7 @@ struct mk_opts {
     uint64_t seed;
     bool zero, zero_experts;
     bool q4_k_m; /* --type q4_k_m: o->type is q4_k, some tensors get q6_k */
+    bool mxfp4;  /* --type mxfp4: o->type is q8_0, the routed experts get mxfp4 */
     long threads;
     long alignment;
 };
@@ -314,13 +317,16 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             if (!(v = nf_arg_value(CMD, argc, argv, &i)))
                 return 2;
             o->q4_k_m = !strcasecmp(v, "q4_k_m");
+            o->mxfp4 = !strcasecmp(v, "mxfp4");
             if (o->q4_k_m)
                 o->type = NF_TYPE_Q4_K;
+            else if (o->mxfp4)
+                o->type = NF_TYPE_Q8_0;
             else if (parse_type(v, &o->type))
                 return nf_usage_error(
                     CMD,
                     "unknown --type '%s' (expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
-                    "q5_1, iq4_nl, q2_k, q3_k, q4_k, q4_k_m, q5_k, q6_k or iq4_xs)",
+                    "q5_1, iq4_nl, q2_k, q3_k, q4_k, q4_k_m, q5_k, q6_k, iq4_xs or mxfp4)",
                     v);
         } else if (nf_arg_is(a, "--seed")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) || nf_arg_u64(CMD, "--seed", v, &o->seed))
@@ -640,6 +646,18 @@ static void q4_k_m_mix(struct nf_mk_tensor *t, size_t n, int64_t layers, bool ti
     }
 }
 
+/* general.file_type of llama-quantize's MXFP4_MOE (LLAMA_FTYPE_MOSTLY_MXFP4_MOE). */
+#define NF_MK_FTYPE_MXFP4_MOE 38u
+
+/* --type mxfp4: the routed experts' stacked tensors (blk.N.ffn_*_exps) in mxfp4, as
+ * llama-quantize's MXFP4_MOE writes them; the other matrices stay q8_0. */
+static void mxfp4_experts(struct nf_mk_tensor *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strstr(t[i].name, "_exps."))
+            t[i].type = NF_TYPE_MXFP4;
+}
+
 /* --zero-experts: the routed experts' stacked tensors (blk.N.ffn_*_exps) become real zero bytes.
  */
 static void zero_experts(struct nf_mk_tensor *t, size_t n)
@@ -776,8 +794,9 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
         rc = nf_gguf_writer_add_str(w, "general.name", name);
     if (!rc)
         rc = nf_gguf_writer_add_u32(w, "general.file_type",
-                                    o->q4_k_m ? NF_MK_FTYPE_Q4_K_M
-                                              : (uint32_t)nf_gguf_ftype_for(o->type));
+                                    o->q4_k_m  ? NF_MK_FTYPE_Q4_K_M
+                                    : o->mxfp4 ? NF_MK_FTYPE_MXFP4_MOE
+                                               : (uint32_t)nf_gguf_ftype_for(o->type));
     if (!rc)
         rc = nf_gguf_writer_add_u32(
             w, "general.alignment",
@@ -1023,6 +1042,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
         return nf_usage_error(CMD, "--zero-experts needs routed experts (the model is dense)");
     if (o.router_skew > 0 && s.experts == 0)
         return nf_usage_error(CMD, "--router-skew needs routed experts (the model is dense)");
+    if (o.mxfp4 && s.experts == 0)
+        return nf_usage_error(CMD, "--type mxfp4 needs routed experts (the model is dense)");
     if (o.q4_k_m && !strcmp(s.arch, "phi3"))
         return nf_usage_error(CMD, "--type q4_k_m is not supported for --arch phi3 (fused "
                                    "attn_qkv)");
@@ -1084,6 +1105,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
     }
     if (o.q4_k_m)
         q4_k_m_mix(t, nt, s.layers, o.tied);
+    if (o.mxfp4)
+        mxfp4_experts(t, nt);
     if (o.zero_experts)
         zero_experts(t, nt);
     uint64_t params = 0;
@@ -1126,7 +1149,9 @@ int nf_cmd_mkmodel(int argc, char **argv)
     human(hw, sizeof(hw), (double)(written + nf_gguf_writer_data_offset(w)));
     printf("mkmodel: wrote %s: %s, %.3f%s params, %s%s, %llu bytes (%s; %s written), %.2f s\n",
            o.out, name, params >= 1e9 ? params / 1e9 : params / 1e6, params >= 1e9 ? "B" : "M",
-           o.q4_k_m ? "q4_K_M" : tr->name,
+           o.q4_k_m  ? "q4_K_M"
+           : o.mxfp4 ? "MXFP4_MOE"
+                     : tr->name,
            o.zero ? " (zero)" : (o.zero_experts ? " (zero experts)" : ""),
            (unsigned long long)total, hs, hw, secs);
     exit_code = 0;
