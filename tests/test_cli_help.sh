@@ -28,8 +28,9 @@ bad() {
     failed=$((failed + 1))
 }
 
-# kind FLAG: sets K to how a flag's value is checked: int, float, size, enum, str (any text), file
-# (an existing file), opt (optional number), bool (no value), or "" when the test does not know it.
+# kind FLAG: sets K to how a flag's value is checked: int, float, sfloat (a float that may be
+# negative), size, enum, str (any text), file (an existing file), opt (optional number), bool (no
+# value), or "" when the test does not know it.
 # kind and good set a variable instead of printing: a $(...) forks, and this runs hundreds of times.
 kind() {
     case "$1" in
@@ -41,6 +42,7 @@ kind() {
         --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale) K=float ;;
+    --presence-penalty | --frequency-penalty) K=sfloat ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
     --log-level | --verify | --shape | --type | --arch | --chat-template) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
@@ -87,6 +89,7 @@ good() {
     --top-p) G=0.9 ;;
     --min-p | --margin) G=0.1 ;;
     --repeat-penalty) G=1.1 ;;
+    --presence-penalty | --frequency-penalty) G=0.5 ;;
     --sparsity) G=0.5 ;;
     --rope-base) G=10000 ;;
     --window | --rope-scale) G=8 ;;
@@ -150,7 +153,7 @@ post_args() {
 parsed_flags() {
     case "$1" in
     run) echo "-m --model -p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
         "--chat --system --chat-template -ub --ubatch-size" ;;
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
@@ -164,10 +167,11 @@ parsed_flags() {
         "--max-tokens-per-request --http --api-key-file --chat-template" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed --json --top-logits --run-dir --chat --system" \
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --json --top-logits" \
+        "--run-dir --chat --system" \
         "--chat-template" ;;
     chat) echo "-n --n-predict --system --chat-template --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed --timeout --run-dir" ;;
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --timeout --run-dir" ;;
     nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --qd --verify" \
         "--no-uring --numa-node --foreground --log-level" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
@@ -344,6 +348,7 @@ check_command() {
         case "$k" in
         int) bads=(12abc -5 " -5" 99999999999999999999) ;;
         float | opt) bads=(1.5x -1 nan) ;;
+        sfloat) bads=(1.5x -3 nan) ;;
         size) bads=(12Q -1G) ;;
         enum) bads=(bogus) ;;
         esac

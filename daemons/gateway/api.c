@@ -93,7 +93,6 @@ static int get_bool(struct gw_conn *c, json_t *o, const char *key, bool *out)
 static int refuse_unsupported(struct gw_conn *c, json_t *o, bool chat)
 {
     long long n = 1;
-    double d = 0;
     int r;
     if ((r = get_int(c, o, "n", 1, 128, &n)) < 0)
         return -1;
@@ -113,16 +112,6 @@ static int refuse_unsupported(struct gw_conn *c, json_t *o, bool chat)
         json_t *sfx = json_object_get(o, "suffix");
         if (sfx && !json_is_null(sfx) && !(json_is_string(sfx) && !json_string_length(sfx)))
             return bad(c, "suffix", "suffix is not supported");
-    }
-    static const char *const pen[] = {"presence_penalty", "frequency_penalty"};
-    for (int i = 0; i < 2; i++) {
-        if ((r = get_number(c, o, pen[i], -2, 2, &d)) < 0)
-            return -1;
-        if (r && d != 0)
-            return bad(c, pen[i],
-                       "%s is not supported: the stack's sampler has llama.cpp's repetition "
-                       "penalty only (omit it or send 0)",
-                       pen[i]);
     }
     json_t *lp = json_object_get(o, "logprobs");
     if (lp && !json_is_null(lp) && !json_is_false(lp) &&
@@ -230,6 +219,15 @@ static int get_common(struct gw_conn *c, json_t *o, bool chat, struct gw_gen_req
         return -1;
     q->has_seed = r;
     q->seed = (uint64_t)seed;
+    /* As llama.cpp's server: over the sampler's window (the last 64 tokens, prompt included). */
+    d = 0;
+    if (get_number(c, o, "presence_penalty", -2, 2, &d) < 0)
+        return -1;
+    q->presence_penalty = (float)d;
+    d = 0;
+    if (get_number(c, o, "frequency_penalty", -2, 2, &d) < 0)
+        return -1;
+    q->frequency_penalty = (float)d;
     return get_stop(c, o, q);
 }
 

@@ -113,6 +113,7 @@ struct gw_gen_req {
     bool chat, stream, include_usage;
     int max_tokens; /* 0: compute's default */
     float temp, top_p;
+    float presence_penalty, frequency_penalty; /* 0: off */
     bool has_temp, has_top_p, has_seed;
     uint64_t seed;
     char *stop[GW_MAX_STOP]; /* owned */

@@ -496,6 +496,8 @@ void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q)
     s.repeat_penalty = sp.repeat_penalty;
     s.repeat_last_n = sp.repeat_last_n;
     s.seed = sp.seed;
+    s.presence_penalty = x->q.presence_penalty;
+    s.frequency_penalty = x->q.frequency_penalty;
     Nanoflow__Generate m;
     nanoflow__generate__init(&m);
     m.prompt.data = (uint8_t *)x->q.prompt;
