@@ -147,6 +147,7 @@ static int job_check(const Nanoflow__Generate *m, int max_tokens, struct nf_gen_
     j->n_asked = m->n_predict > 0 ? m->n_predict : NF_GEN_DEFAULT_N;
     j->n_predict = j->n_asked < max_tokens ? j->n_asked : max_tokens;
     j->top_logits = (int)m->top_logits;
+    j->logprobs = m->logprobs;
     return 0;
 }
 

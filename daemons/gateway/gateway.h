@@ -5,8 +5,8 @@
  * parser, limits and timeouts, responses and Server-Sent Events), upstream.c (asynchronous
  * control connections to ROLE.sock), api.c (routes: /v1/completions, /v1/chat/completions,
  * /v1/models, /health, /metrics), gen.c (one generation: Generate out, TokenEvents in, stop
- * strings, the OpenAI replies), metrics.c (the Stats of the three daemons as Prometheus text),
- * page.html (the chat page at /, compiled in by embed.cmake).
+ * strings, the OpenAI replies), logprobs.c (their logprobs), metrics.c (the Stats of the three
+ * daemons as Prometheus text), page.html (the chat page at /, compiled in by embed.cmake).
  *
  * Threads: one, the libuv loop's. Every callback below runs on it. */
 #ifndef NF_GATEWAY_H
@@ -36,15 +36,18 @@
 #define GW_MAX_STOP            4            /* stop strings per request, as OpenAI */
 #define GW_MAX_STOP_LEN        256          /* bytes of one stop string */
 #define GW_UPSTREAM_TIMEOUT_MS 3000         /* a Health or Stats reply from a daemon */
+#define GW_MAX_TOP_LOGPROBS    20           /* top_logprobs (chat) and logprobs (completions) */
 
 struct gw_conn;
 struct gw_gen;
+struct nf_vocab;
 
 struct gw {
     uv_loop_t *loop;
     char dir[PATH_MAX];
     char model_id[256]; /* what /v1/models lists: general.name, else the file's base name */
     const struct nf_gguf *gguf;
+    struct nf_vocab *vocab;     /* loaded by the first request with top_logprobs (logprobs.c) */
     struct nf_stack *st;        /* attached region: stop word and liveness */
     const char *api_key;        /* NULL: no key asked */
     uint64_t max_body;          /* request body limit in bytes */
@@ -114,6 +117,8 @@ struct gw_gen_req {
     int max_tokens; /* 0: compute's default */
     float temp, top_p;
     float presence_penalty, frequency_penalty; /* 0: off */
+    bool logprobs;    /* chat's logprobs true, completions' logprobs N given */
+    int top_logprobs; /* alternatives per token, 0..GW_MAX_TOP_LOGPROBS */
     bool has_temp, has_top_p, has_seed;
     uint64_t seed;
     char *stop[GW_MAX_STOP]; /* owned */
@@ -128,6 +133,21 @@ void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q);
  * itself once compute confirms. */
 void gw_gen_client_gone(void *gen);
 void gw_gen_req_free(struct gw_gen_req *q);
+/* A JSON string of s[0..n), each maximal subpart of invalid UTF-8 replaced by one U+FFFD (jansson
+ * takes valid UTF-8 only). */
+json_t *gw_json_text(const char *s, size_t n);
+
+/* --- logprobs.c ---------------------------------------------------------------------------- */
+/* Loads g->vocab from the model (once), for the alternatives' text. Returns 0 or a negative
+ * code with err set. */
+int gw_lp_vocab(struct gw *g, char *err, size_t errlen);
+/* Token t's entry in chat's shape ({"token","logprob","bytes","top_logprobs"}, its first n_top
+ * alternatives) from the log-probabilities compute attached. */
+json_t *gw_lp_token(struct gw *g, const Nanoflow__TokenEvent *t, int n_top);
+/* The "logprobs" object of a choice from entries (taken): chat's {"content","refusal"}, or the
+ * completions' {"tokens","token_logprobs","top_logprobs","text_offset"}, whose offsets count
+ * characters from *text_offset, which it advances. */
+json_t *gw_lp_render(json_t *entries, bool chat, size_t *text_offset);
 
 /* --- the chat page (page.html, compiled in by embed.cmake) -------------------------------- */
 extern const unsigned char gw_page_html[];

@@ -29,6 +29,8 @@ struct gw_gen {
     int n_tokens;          /* tokens taken into text (those after a stop are not counted) */
     bool stopped;          /* a stop string matched: text ends before it, Cancel sent */
     bool finished;         /* the reply is complete (or abandoned) */
+    json_t *lp;            /* with logprobs: the entries of the tokens not yet sent (gw_lp_token) */
+    size_t lp_off;         /* characters before them (completions' text_offset) */
 };
 
 void gw_gen_req_free(struct gw_gen_req *q)
@@ -43,6 +45,7 @@ static void gen_free(struct gw_gen *x)
 {
     x->g->n_gens--;
     gw_gen_req_free(&x->q);
+    json_decref(x->lp);
     free(x->text);
     free(x);
 }
@@ -110,9 +113,7 @@ static int utf8_char(const unsigned char *s, size_t n)
     return len;
 }
 
-/* A JSON string of s[0..n), each maximal subpart of invalid UTF-8 replaced by one U+FFFD (jansson
- * takes valid UTF-8 only). */
-static json_t *json_text(const char *s, size_t n)
+json_t *gw_json_text(const char *s, size_t n)
 {
     json_t *j = json_stringn(s, n);
     if (j)
@@ -177,8 +178,20 @@ static const char *object_name(const struct gw_gen *x, bool chunk)
     return "text_completion";
 }
 
-/* One choice with text t (NULL: none) and finish reason (NULL: null). */
-static json_t *choice(const struct gw_gen *x, json_t *t, const char *finish, bool first)
+/* The logprobs of the tokens not yet sent, for a choice (takes them; x->lp starts again empty):
+ * NULL (JSON null) when they were not asked, or when there are none and !always. */
+static json_t *take_lp(struct gw_gen *x, bool always)
+{
+    if (!x->lp || (!always && json_array_size(x->lp) == 0))
+        return NULL;
+    json_t *r = gw_lp_render(x->lp, x->q.chat, &x->lp_off);
+    x->lp = json_array();
+    return r;
+}
+
+/* One choice with text t (NULL: none), logprobs lp (NULL: null) and finish reason (NULL: null);
+ * takes t and lp. */
+static json_t *choice(const struct gw_gen *x, json_t *t, json_t *lp, const char *finish, bool first)
 {
     json_t *ch = json_object();
     json_object_set_new(ch, "index", json_integer(0));
@@ -192,7 +205,7 @@ static json_t *choice(const struct gw_gen *x, json_t *t, const char *finish, boo
     } else {
         json_object_set_new(ch, "text", t ? t : json_string(""));
     }
-    json_object_set_new(ch, "logprobs", json_null());
+    json_object_set_new(ch, "logprobs", lp ? lp : json_null());
     json_object_set_new(ch, "finish_reason", finish ? json_string(finish) : json_null());
     return ch;
 }
@@ -257,7 +270,8 @@ static void stream_flush(struct gw_gen *x, bool all)
     if (end <= x->sent || !x->c)
         return;
     json_t *a = json_array();
-    json_array_append_new(a, choice(x, json_text(x->text + x->sent, end - x->sent), NULL, false));
+    json_t *t = gw_json_text(x->text + x->sent, end - x->sent);
+    json_array_append_new(a, choice(x, t, take_lp(x, false), NULL, false));
     send_event(x, envelope(x, a, true));
     /* Compact: what is sent is needed only as the context of a stop string across tokens. */
     size_t keep = x->len - end;
@@ -288,6 +302,8 @@ static void on_token(struct gw_gen *x, const Nanoflow__TokenEvent *t)
         return;
     x->n_tokens++;
     x->g->n_gen_tokens++;
+    if (x->lp)
+        json_array_append_new(x->lp, gw_lp_token(x->g, t, x->q.top_logprobs));
     size_t maxl = 0;
     for (int i = 0; i < x->q.n_stop; i++)
         maxl = x->q.stop_len[i] > maxl ? x->q.stop_len[i] : maxl;
@@ -333,7 +349,8 @@ static void on_done(struct gw_gen *x, const Nanoflow__GenerateDone *d)
     if (x->q.stream) {
         stream_flush(x, true);
         json_t *a = json_array();
-        json_array_append_new(a, choice(x, x->q.chat ? NULL : json_string(""), fin, false));
+        json_t *t = x->q.chat ? NULL : json_string("");
+        json_array_append_new(a, choice(x, t, take_lp(x, false), fin, false));
         json_t *o = envelope(x, a, true);
         json_object_set_new(o, "timings", timings(d));
         send_event(x, o);
@@ -347,7 +364,7 @@ static void on_done(struct gw_gen *x, const Nanoflow__GenerateDone *d)
         return;
     }
     json_t *a = json_array();
-    json_array_append_new(a, choice(x, json_text(x->text, x->len), fin, true));
+    json_array_append_new(a, choice(x, gw_json_text(x->text, x->len), take_lp(x, true), fin, true));
     json_t *o = envelope(x, a, false);
     json_object_set_new(o, "usage", usage(x, n_prompt));
     json_object_set_new(o, "timings", timings(d));
@@ -471,6 +488,16 @@ void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q)
     x->c = c;
     x->q = *q;
     memset(q, 0, sizeof(*q));
+    if (x->q.logprobs) {
+        char err[300];
+        if (x->q.top_logprobs > 0 && gw_lp_vocab(g, err, sizeof(err)) < 0) {
+            gw_gen_req_free(&x->q);
+            free(x);
+            gw_http_error(c, 503, "server_error", NULL, NULL, "top_logprobs: %s", err);
+            return;
+        }
+        x->lp = json_array();
+    }
     x->req_id = ++g->next_req_id;
     x->created = (long long)time(NULL);
     fill_id(x);
@@ -504,6 +531,8 @@ void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q)
     m.prompt.len = x->q.prompt_len;
     m.sampling = &s;
     m.n_predict = x->q.max_tokens;
+    m.logprobs = x->q.logprobs;
+    m.top_logits = (uint32_t)x->q.top_logprobs;
     nf_envelope env;
     nanoflow__envelope__init(&env);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE;
@@ -523,7 +552,7 @@ void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q)
         gw_http_sse_begin(c);
         if (x->q.chat) { /* the role first, as OpenAI's first chunk */
             json_t *a = json_array();
-            json_array_append_new(a, choice(x, json_string(""), NULL, true));
+            json_array_append_new(a, choice(x, json_string(""), NULL, NULL, true));
             send_event(x, envelope(x, a, true));
         }
     }

@@ -20,6 +20,7 @@
 #include "gguf.h"
 #include "nf_err.h"
 #include "nft.h"
+#include "tokenizer.h"
 
 struct gateway {
     struct nf_daemon_args o;
@@ -221,6 +222,7 @@ static int start(struct gateway *m, char *err, size_t errlen)
     if (rc < 0)
         return rc;
     model_id(m);
+    m->g.gguf = nf_nft_gguf(m->f);
     const char *tmpl = NULL;
     if (m->chat_template) {
         m->g.chat_template = m->chat_template;
@@ -311,6 +313,7 @@ static void cleanup(struct gateway *m)
     }
     if (m->attached)
         nf_stack_detach(&m->st);
+    nf_vocab_free(m->g.vocab);
     if (m->f)
         nf_nft_close(m->f);
 }
