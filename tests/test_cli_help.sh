@@ -39,7 +39,8 @@ kind() {
         --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
-        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue) K=int ;;
+        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue | \
+        --max-running) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale) K=float ;;
     --presence-penalty | --frequency-penalty) K=sfloat ;;
@@ -64,7 +65,7 @@ good() {
     -t | --threads) G=1 ;;
     -c | --ctx-size | --ctx) G=64 ;;
     --top-k | --rank | --qd | --lookahead | --max-tokens-per-request | --max-conns | \
-        --max-queue) G=8 ;;
+        --max-queue | --max-running) G=8 ;;
     --max-body) G=1M ;;
     --http) G=127.0.0.1:1 ;;
     --chat-template) G=chatml ;;
@@ -180,7 +181,7 @@ parsed_flags() {
         "--attach-timeout --max-tokens-per-request --foreground --log-level" ;;
     nanoflow-gateway) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
         "--attach-timeout --foreground --log-level --http --api-key-file --chat-template" \
-        "--max-conns --max-body --max-queue" ;;
+        "--max-conns --max-body --max-queue --max-running" ;;
     esac
 }
 

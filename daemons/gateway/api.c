@@ -400,7 +400,13 @@ static void completion(struct gw *g, struct gw_conn *c, const struct gw_request 
         gw_gen_req_free(&q);
         return;
     }
-    gw_gen_start(g, c, &q);
+    /* Who the fair queue serves in turn: the API key, else the peer address (fair.c). */
+    char client[GW_CLIENT_ID_MAX];
+    if (r->auth && !strncasecmp(r->auth, "Bearer ", 7))
+        snprintf(client, sizeof(client), "key %s", r->auth + 7);
+    else
+        snprintf(client, sizeof(client), "addr %s", r->peer ? r->peer : "?");
+    gw_gen_start(g, c, &q, client);
 }
 
 static void models(struct gw *g, struct gw_conn *c)

@@ -29,7 +29,9 @@
 #define GW_MAX_HEAD            16384      /* request line and headers together */
 #define GW_HEADER_TIMEOUT_S    10         /* a request's line, headers and body arrive in this */
 #define GW_IDLE_TIMEOUT_S      60         /* a keep-alive connection with no request is closed */
-#define GW_MAX_QUEUE_DEFAULT   64         /* generations forwarded to compute at once */
+#define GW_MAX_QUEUE_DEFAULT   64         /* generations waiting or running in the gateway */
+#define GW_MAX_RUNNING_DEFAULT 1          /* forwarded to compute at once (it runs one) */
+#define GW_CLIENT_ID_MAX       160        /* bytes of a client's identity (key or address) */
 #define GW_OUT_MAX             (1u << 20) /* unread response bytes before a client is dropped */
 #define GW_LINGER_MS           2000       /* lingering close after a final answer */
 #define GW_TRIM_BYTES          (256u << 10) /* a freed body this large: malloc_trim */
@@ -40,7 +42,17 @@
 
 struct gw_conn;
 struct gw_gen;
+struct gw_client;
 struct nf_vocab;
+
+/* A generation's place in the fair queue (fair.c), embedded in it. */
+struct gw_wait {
+    struct gw_wait *next;
+    struct gw_client *cl; /* its client while it waits or runs, else NULL */
+    bool queued;          /* waiting (not yet forwarded) */
+    uint64_t t_queued_ns; /* nf_now_ns when queued */
+    uint32_t ahead;       /* generations waiting or running in the gateway when it came */
+};
 
 struct gw {
     uv_loop_t *loop;
@@ -52,9 +64,17 @@ struct gw {
     const char *api_key;        /* NULL: no key asked */
     uint64_t max_body;          /* request body limit in bytes */
     int max_conns, n_conns;     /* HTTP connections: cap and how many are open */
-    int max_queue, n_gens;      /* generations forwarded at once: cap and how many */
-    uint64_t header_timeout_ms; /* request line, headers and body */
-    uint64_t idle_timeout_ms;   /* keep-alive without a request */
+    int max_queue, n_gens;      /* generations waiting or running: cap and how many */
+    int max_running, n_running; /* of those, forwarded to compute: cap and how many */
+    /* The fair queue (fair.c): the clients with waiting generations, a sequence number that
+     * orders their turns; counters for stats and /metrics. */
+    struct gw_client *clients;
+    uint64_t fair_seq;
+    int n_clients, n_waiting;
+    uint64_t n_started, wait_ns_sum, wait_ns_max; /* generations forwarded; their waits here */
+    uint64_t n_queue_full;                        /* answered 429: the queue was full */
+    uint64_t header_timeout_ms;                   /* request line, headers and body */
+    uint64_t idle_timeout_ms;                     /* keep-alive without a request */
     uint64_t next_req_id;
     const char *chat_template; /* --chat-template, else the GGUF's, else "chatml" */
     long long started_at;      /* time() at start: /v1/models' created */
@@ -78,6 +98,7 @@ struct gw_request {
     const char *body; /* (body_len) bytes, NUL-terminated */
     size_t body_len;
     const char *auth; /* Authorization header value or NULL */
+    const char *peer; /* the client's address ("127.0.0.1", "::1") */
 };
 
 /* Listens on host:port ("127.0.0.1:8080", "[::1]:8080"). Returns 0 or a negative code with a
@@ -125,10 +146,12 @@ struct gw_gen_req {
     size_t stop_len[GW_MAX_STOP];
     int n_stop;
 };
-/* Starts the generation of q for connection c (takes ownership of q's strings): a Generate to
- * compute over a fresh connection, the reply streamed or sent whole. Answers 429 itself when
- * max_queue generations are in flight. */
-void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q);
+/* Queues the generation of q for connection c and client (fair.c; takes ownership of q's
+ * strings); its turn sends a Generate to compute over a fresh connection, the reply streamed or
+ * sent whole. Answers 429 itself when max_queue generations wait or run. */
+void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q, const char *client);
+/* Forwards waiting generations while fewer than max_running run. */
+void gw_gen_pump(struct gw *g);
 /* The client of gen went away: Cancel is sent (compute stops within one token); gen frees
  * itself once compute confirms. */
 void gw_gen_client_gone(void *gen);
@@ -149,6 +172,17 @@ json_t *gw_lp_token(struct gw *g, const Nanoflow__TokenEvent *t, int n_top);
  * characters from *text_offset, which it advances. */
 json_t *gw_lp_render(json_t *entries, bool chat, size_t *text_offset);
 
+/* --- fair.c -------------------------------------------------------------------------------- */
+/* Queues w as the newest request of client (an id of at most GW_CLIENT_ID_MAX - 1 bytes).
+ * Returns 0 or -ENOMEM. */
+int gw_fair_push(struct gw *g, struct gw_wait *w, const char *client);
+/* The next request to forward: the oldest of the client served least recently (one not served
+ * yet first), or NULL when none waits. Counts its wait. */
+struct gw_wait *gw_fair_pop(struct gw *g);
+/* w leaves the gateway: done after it ran, or taken out of the queue (its client went away
+ * while it waited). A no-op when it was never queued. */
+void gw_fair_done(struct gw *g, struct gw_wait *w);
+
 /* --- the chat page (page.html, compiled in by embed.cmake) -------------------------------- */
 extern const unsigned char gw_page_html[];
 extern const size_t gw_page_html_len;
@@ -157,6 +191,10 @@ extern const size_t gw_page_html_len;
 /* /health and /metrics: Health or Stats requests to the three daemons, then the answer. */
 void gw_health(struct gw *g, struct gw_conn *c);
 void gw_metrics(struct gw *g, struct gw_conn *c);
+/* Answers a StatsRequest on gateway.sock: one stage "gateway" with the fair queue's counters
+ * (queue_len*, queue_clients*, running*, requests, queue_wait_ns, queue_wait_max_ns*,
+ * queue_full, connections*, tokens, mem_bytes*; * = gauge). Returns 0 or a negative code. */
+int gw_stats_reply(const struct gw *g, struct nf_server *s, uint64_t conn, uint64_t req_id);
 
 /* --- upstream.c ---------------------------------------------------------------------------- */
 struct gw_up;
