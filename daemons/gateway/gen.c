@@ -237,8 +237,9 @@ static json_t *usage(const struct gw_gen *x, int n_prompt)
 }
 
 /* NanoFlow's own figures of a finished generation (an extension field, as llama.cpp's server
- * adds "timings"): its wait in compute's queue and the requests ahead of it, the prompt and
- * decode speeds, and compute's note when it ran differently from what was asked. */
+ * adds "timings"): its wait in the gateway's fair queue and compute's together and the requests
+ * ahead of it (with the gateway's part apart), the prompt and decode speeds, and compute's note
+ * when it ran differently from what was asked. */
 static json_t *timings(const struct gw_gen *x, const Nanoflow__GenerateDone *d)
 {
     json_t *t = json_pack("{s:f,s:i,s:f,s:i}", "queue_wait_s", x->wait_s + d->queue_wait_s,
