@@ -43,12 +43,12 @@ kind() {
         --max-running) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale) K=float ;;
-    --presence-penalty | --frequency-penalty) K=sfloat ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
     --log-level | --verify | --shape | --type | --arch | --chat-template) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
     -f | --file | --calibrate | --vocab-from | --api-key-file) K=file ;;
     --watch) K=opt ;;
+    --presence-penalty | --frequency-penalty) K=sfloat ;;
     --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --zero-experts | \
         --foreground | \
