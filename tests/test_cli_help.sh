@@ -28,8 +28,9 @@ bad() {
     failed=$((failed + 1))
 }
 
-# kind FLAG: sets K to how a flag's value is checked: int, float, size, enum, str (any text), file
-# (an existing file), opt (optional number), bool (no value), or "" when the test does not know it.
+# kind FLAG: sets K to how a flag's value is checked: int, float, sfloat (a float that may be
+# negative), size, enum, str (any text), file (an existing file), opt (optional number), bool (no
+# value), or "" when the test does not know it.
 # kind and good set a variable instead of printing: a $(...) forks, and this runs hundreds of times.
 kind() {
     case "$1" in
@@ -38,7 +39,8 @@ kind() {
         --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
-        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue) K=int ;;
+        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue | \
+        --max-running) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale | --router-skew) K=float ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
@@ -46,6 +48,7 @@ kind() {
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
     -f | --file | --calibrate | --vocab-from | --api-key-file) K=file ;;
     --watch) K=opt ;;
+    --presence-penalty | --frequency-penalty) K=sfloat ;;
     --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --zero-experts | \
         --foreground | \
@@ -62,7 +65,7 @@ good() {
     -t | --threads) G=1 ;;
     -c | --ctx-size | --ctx) G=64 ;;
     --top-k | --rank | --qd | --lookahead | --max-tokens-per-request | --max-conns | \
-        --max-queue) G=8 ;;
+        --max-queue | --max-running) G=8 ;;
     --max-body) G=1M ;;
     --http) G=127.0.0.1:1 ;;
     --chat-template) G=chatml ;;
@@ -87,6 +90,7 @@ good() {
     --top-p) G=0.9 ;;
     --min-p | --margin) G=0.1 ;;
     --repeat-penalty) G=1.1 ;;
+    --presence-penalty | --frequency-penalty) G=0.5 ;;
     --sparsity) G=0.5 ;;
     --rope-base) G=10000 ;;
     --window | --rope-scale) G=8 ;;
@@ -152,7 +156,7 @@ post_args() {
 parsed_flags() {
     case "$1" in
     run) echo "-m --model -p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
         "--chat --system --chat-template -ub --ubatch-size" ;;
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
@@ -166,10 +170,11 @@ parsed_flags() {
         "--max-tokens-per-request --http --api-key-file --chat-template --expert-cache" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed --json --top-logits --run-dir --chat --system" \
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --json --top-logits" \
+        "--run-dir --chat --system" \
         "--chat-template" ;;
     chat) echo "-n --n-predict --system --chat-template --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed --timeout --run-dir" ;;
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --timeout --run-dir" ;;
     nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --qd --verify" \
         "--no-uring --numa-node --expert-cache --foreground --log-level" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
@@ -178,7 +183,7 @@ parsed_flags() {
         "--attach-timeout --max-tokens-per-request --foreground --log-level" ;;
     nanoflow-gateway) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
         "--attach-timeout --foreground --log-level --http --api-key-file --chat-template" \
-        "--max-conns --max-body --max-queue" ;;
+        "--max-conns --max-body --max-queue --max-running" ;;
     esac
 }
 
@@ -346,6 +351,7 @@ check_command() {
         case "$k" in
         int) bads=(12abc -5 " -5" 99999999999999999999) ;;
         float | opt) bads=(1.5x -1 nan) ;;
+        sfloat) bads=(1.5x -3 nan) ;;
         size) bads=(12Q -1G) ;;
         enum) bads=(bogus) ;;
         esac
