@@ -328,6 +328,25 @@ void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w);
 /* The router hp's architecture uses: nf_moe_route or nf_moe_route_raw. */
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w);
 
+/* Sigmoid expert routing (DeepSeek-V3, GLM-4.5; llama.cpp's build_moe_ffn with sigmoid gating),
+ * its settings read from the <arch>.expert_* metadata keys. */
+struct nf_moe_sigmoid_route {
+    int n_expert;      /* X, 2..4096 */
+    int n_expert_used; /* K, 1..64 */
+    int n_group;       /* expert_group_count: experts in n_group equal groups; 0 or 1: none */
+    int n_group_used;  /* expert_group_used_count: groups a token may choose from (1..n_group) */
+    bool norm_w;       /* expert_weights_norm: the K weights divided by their sum */
+    float scale;       /* expert_weights_scale (routed scaling factor); 0 or 1: none */
+};
+/* Routes one token (moe_route.c): p (X) holds the router logits and becomes their sigmoids;
+ * the experts are chosen by the sigmoid plus bias (X, exp_probs_b, the score-correction bias;
+ * NULL: none), within the n_group_used groups whose two best biased scores sum highest when
+ * n_group > 1; sel (K) gets the chosen experts in decreasing biased score, w (K) their
+ * unbiased sigmoids, normalized (norm_w) and then scaled. Settings out of range are a broken
+ * invariant (NF_ASSERT): the loader validates them. */
+void nf_moe_route_sigmoid(const struct nf_moe_sigmoid_route *r, float *p, const float *bias,
+                          int *sel, float *w);
+
 /* qwen2moe's shared expert gate for n_tok tokens: c->sh_out (n_tok, n_embd) = ffn_out (the
  * shared expert's FFN output, same shape) times sigmoid(c->sh_gate[t]), the sigmoid computed
  * as llama.cpp does (silu(g) / g). */
