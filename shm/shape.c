@@ -247,7 +247,8 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
     for (uint32_t l = 0; l < h->n_layer; l++) {
         if (lc[l].all > max_all)
             max_all = lc[l].all;
-        uint64_t g = h->n_expert ? h->n_expert : lc[l].groups;
+        /* (a MoE model's leading dense layers, glm4moe's, report their FFN groups) */
+        uint64_t g = h->n_expert > lc[l].groups ? h->n_expert : lc[l].groups;
         if (g > sh->max_groups)
             sh->max_groups = (uint32_t)g;
     }
