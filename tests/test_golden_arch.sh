@@ -52,6 +52,7 @@ MODELS=(
     "phi3lr-q8_0 e91fe275afe8ad0b03c5942c3cd2f206e3730068a1baa72c456c7aebcb18e35d --seed 7 --arch phi3 --dim 128 --layers 2 --ffn 128 --heads 4 --kv-heads 2 --ctx 131072 --longrope 64 --type q8_0"
     "glm4moe-q8_0 ff02afa3cd64ecff6285cd409b2f27e4105ffbdc444ade9cc888f0a85d3550cd --seed 7 --arch glm4moe --dim 64 --layers 3 --ffn 64 --heads 4 --kv-heads 2 --head-dim 32 --experts 8 --experts-used 4 --dense-layers 1 --dense-ffn 128 --nextn 1 --expert-scale 2.5 --qk-norm --type q8_0"
     "glm4moe-q4_k 3bded347eebfde0b51451486099503c9969b65d53f1f7ecf325f62caa4a9523f --seed 20 --arch glm4moe --dim 256 --layers 3 --ffn 256 --heads 4 --kv-heads 2 --head-dim 64 --experts 8 --experts-used 4 --dense-layers 1 --dense-ffn 512 --nextn 1 --expert-scale 2.5 --type q4_k"
+    "glm4moe-grp-q8_0 8d8841126d20d747c27aa995a898a6f71ef68d3049638a2229826f145a9d0899 --seed 7 --arch glm4moe --dim 64 --layers 3 --ffn 64 --heads 4 --kv-heads 2 --head-dim 32 --experts 16 --experts-used 4 --expert-groups 4 --groups-used 2 --dense-layers 1 --dense-ffn 128 --nextn 1 --expert-scale 2.5 --type q8_0"
 )
 
 for entry in "${MODELS[@]}"; do
