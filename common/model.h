@@ -82,7 +82,8 @@ struct nf_moe_sigmoid_route {
     int n_expert;      /* X, 2..4096 */
     int n_expert_used; /* K, 1..64 */
     int n_group;       /* expert_group_count: experts in n_group equal groups; 0 or 1: none */
-    int n_group_used;  /* expert_group_used_count: groups a token may choose from (1..n_group) */
+    int n_group_used;  /* expert_group_used_count: groups a token may choose from (1..n_group,
+                        * at most 64) */
     bool norm_w;       /* expert_weights_norm: the K weights divided by their sum */
     float scale;       /* expert_weights_scale (routed scaling factor); 0 or 1: none */
 };
@@ -360,6 +361,9 @@ void nf_moe_route(float *p, int X, int K, int *sel, float *w);
 /* The router of an architecture that does not renormalize (qwen2moe, olmoe): the softmax as
  * ggml_soft_max computes it, the top K, w their probabilities as they are. */
 void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w);
+/* sel (K) = the indices of the K largest of p (X) in decreasing order, the first of equal ones
+ * first (ggml_argsort_top_k); w (K) their values. */
+void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w);
 /* The router hp's architecture uses: nf_moe_route or nf_moe_route_raw. */
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w);
 

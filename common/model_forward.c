@@ -722,8 +722,7 @@ void nf_shexp_gate(struct nf_ctx *c, const float *ffn_out, int n_tok)
     }
 }
 
-/* sel (K) = the K largest of p (X), the first of equal ones first; w (K) their values. */
-static void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
+void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
 {
     for (int k = 0; k < K; k++) {
         int best = -1;

@@ -270,8 +270,8 @@ static int nf_load_expert_groups(struct nf_hparams *hp, const struct nf_gguf *g,
     int rc;
     if ((rc = nf_hp_int(g, pfx, "expert_group_count", 0, 0, hp->n_expert - 1, &r->n_group, err,
                         errlen)) ||
-        (rc = nf_hp_int(g, pfx, "expert_group_used_count", 0, 0, 4096, &r->n_group_used, err,
-                        errlen)))
+        (rc =
+             nf_hp_int(g, pfx, "expert_group_used_count", 0, 0, 64, &r->n_group_used, err, errlen)))
         return rc;
     if (r->n_group <= 1)
         return 0;

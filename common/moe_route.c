@@ -9,21 +9,12 @@
 /* The largest expert count the routing handles: nf_model_hparams refuses more. */
 #define NF_MOE_ROUTE_MAX_X 4096
 
-/* sel (K) = indices of the K largest of s (n), in decreasing order, the first of equal values
- * first (ggml_argsort_top_k: a descending sort, the first K kept). */
+/* sel (K <= 64) = indices of the K largest of s (n), in decreasing order, the first of equal
+ * values first (ggml_argsort_top_k: a descending sort, the first K kept). */
 static void nf_route_top(const float *s, int n, int K, int *sel)
 {
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        for (int e = 0; e < n; e++) {
-            bool taken = false;
-            for (int k2 = 0; k2 < k; k2++)
-                taken |= sel[k2] == e;
-            if (!taken && (best < 0 || s[e] > s[best]))
-                best = e;
-        }
-        sel[k] = best;
-    }
+    float v[64];
+    nf_moe_top_k(s, n, K, sel, v);
 }
 
 /* DeepSeek-V3's group limit: every group scored by the sum of its two highest selection
@@ -55,8 +46,9 @@ void nf_moe_route_sigmoid(const struct nf_moe_sigmoid_route *r, float *p, const 
 {
     const int X = r->n_expert, K = r->n_expert_used;
     NF_ASSERT(X >= 2 && X <= NF_MOE_ROUTE_MAX_X && K >= 1 && K <= 64 && K <= X);
-    NF_ASSERT(r->n_group <= 1 || (X % r->n_group == 0 && X / r->n_group >= 2 &&
-                                  r->n_group_used >= 1 && r->n_group_used <= r->n_group));
+    NF_ASSERT(r->n_group <= 1 ||
+              (X % r->n_group == 0 && X / r->n_group >= 2 && r->n_group_used >= 1 &&
+               r->n_group_used <= r->n_group && r->n_group_used <= 64));
     /* ggml_sigmoid (op_sigmoid: 1 / (1 + expf(-x))), kept unbiased for the weights; the
      * selection scores add exp_probs_b (ggml_add). */
     float s[NF_MOE_ROUTE_MAX_X];
