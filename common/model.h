@@ -70,10 +70,23 @@ enum nf_arch {
     NF_ARCH_QWEN2MOE,
     NF_ARCH_OLMOE,
     NF_ARCH_PHI3,
+    NF_ARCH_GLM4MOE,
 };
 
 /* The general.architecture string of a. */
 const char *nf_arch_name(enum nf_arch a);
+
+/* Sigmoid expert routing (DeepSeek-V3, GLM-4.5; llama.cpp's build_moe_ffn with sigmoid gating),
+ * its settings read from the <arch>.expert_* metadata keys. */
+struct nf_moe_sigmoid_route {
+    int n_expert;      /* X, 2..4096 */
+    int n_expert_used; /* K, 1..64 */
+    int n_group;       /* expert_group_count: experts in n_group equal groups; 0 or 1: none */
+    int n_group_used;  /* expert_group_used_count: groups a token may choose from (1..n_group,
+                        * at most 64) */
+    bool norm_w;       /* expert_weights_norm: the K weights divided by their sum */
+    float scale;       /* expert_weights_scale (routed scaling factor); 0 or 1: none */
+};
 
 struct nf_hparams {
     enum nf_arch arch;
@@ -116,7 +129,27 @@ struct nf_hparams {
     float
         rope_attn_factor; /* rope.scaling.attn_factor: cos and sin are scaled by it; 1 if absent */
     int phi3_swa;         /* phi3 attention.sliding_window as read (0: none); not applied */
+
+    /* glm4moe (zero / false for the other architectures): */
+    bool moe_sigmoid;                  /* sigmoid routing with exp_probs_b: nf_moe_route_sigmoid */
+    struct nf_moe_sigmoid_route route; /* its settings (moe_sigmoid only) */
+    int n_layer_dense; /* leading_dense_block_count: layers [0, n) have a dense FFN of n_ff_dense */
+    int n_ff_dense;    /* their width (feed_forward_length) */
+    int n_nextn;       /* nextn_predict_layers: the file's last blocks, skipped (not in n_layer) */
 };
+
+/* Whether layer il of a MoE model has a dense FFN instead of experts (glm4moe's leading
+ * dense layers). */
+static inline bool nf_layer_dense(const struct nf_hparams *hp, int il)
+{
+    return il < hp->n_layer_dense;
+}
+
+/* The FFN width of layer il: n_ff_dense in a leading dense layer, else n_ff. */
+static inline int nf_layer_n_ff(const struct nf_hparams *hp, int il)
+{
+    return nf_layer_dense(hp, il) ? hp->n_ff_dense : hp->n_ff;
+}
 
 /* Whether layer il attends through the sliding window (a local layer of gemma3). */
 static inline bool nf_layer_swa(const struct nf_hparams *hp, int il)
@@ -161,6 +194,9 @@ struct nf_moe_weights {
     struct nf_tensor gate_shexp;     /* (n_embd -> n_ff_shexp) */
     struct nf_tensor up_shexp;       /* (n_embd -> n_ff_shexp) */
     struct nf_tensor down_shexp;     /* (n_ff_shexp -> n_embd) */
+    /* glm4moe's score-correction bias, exp_probs_b.bias: (n_expert) F32 (data NULL when
+     * absent); the qwen2moe gate above is absent there, the shared expert ungated. */
+    struct nf_tensor exp_probs_b;
 };
 
 struct nf_layer {
@@ -325,8 +361,20 @@ void nf_moe_route(float *p, int X, int K, int *sel, float *w);
 /* The router of an architecture that does not renormalize (qwen2moe, olmoe): the softmax as
  * ggml_soft_max computes it, the top K, w their probabilities as they are. */
 void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w);
+/* sel (K) = the indices of the K largest of p (X) in decreasing order, the first of equal ones
+ * first (ggml_argsort_top_k); w (K) their values. */
+void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w);
 /* The router hp's architecture uses: nf_moe_route or nf_moe_route_raw. */
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w);
+
+/* Sigmoid expert routing of one token (moe_route.c, settings in struct nf_moe_sigmoid_route): p (X)
+ * holds the router logits and becomes their sigmoids; the experts are chosen by the sigmoid plus
+ * bias (X, exp_probs_b, the score-correction bias; NULL: none), within the n_group_used groups
+ * whose two best biased scores sum highest when n_group > 1; sel (K) gets the chosen experts in
+ * decreasing biased score, w (K) their unbiased sigmoids, normalized (norm_w) and then scaled.
+ * Settings out of range are a broken invariant (NF_ASSERT): the loader validates them. */
+void nf_moe_route_sigmoid(const struct nf_moe_sigmoid_route *r, float *p, const float *bias,
+                          int *sel, float *w);
 
 /* qwen2moe's shared expert gate for n_tok tokens: c->sh_out (n_tok, n_embd) = ffn_out (the
  * shared expert's FFN output, same shape) times sigmoid(c->sh_gate[t]), the sigmoid computed

@@ -670,17 +670,24 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
     if (w->gate_shexp.data) {
         /* The shared expert on every token, as a dense FFN of its own width, gated. */
         const int S = hp->n_ff_shexp;
-        nf_matmul(c, c->sh_gate, &w->gate_inp_shexp, c->xn, n_tok);
+        const bool gated = w->gate_inp_shexp.data != NULL; /* glm4moe's is not */
+        if (gated)
+            nf_matmul(c, c->sh_gate, &w->gate_inp_shexp, c->xn, n_tok);
         nf_matmul(c, c->hb, &w->gate_shexp, c->xn, n_tok);
         nf_matmul(c, c->hb2, &w->up_shexp, c->xn, n_tok);
         nf_swiglu(c->hb, c->hb2, n_tok, S);
-        nf_matmul(c, c->ffo, &w->down_shexp, c->hb, n_tok);
-        nf_shexp_gate(c, c->ffo, n_tok);
+        nf_matmul(c, gated ? c->ffo : c->sh_out, &w->down_shexp, c->hb, n_tok);
+        if (gated)
+            nf_shexp_gate(c, c->ffo, n_tok);
     }
     for (int t = 0; t < n_tok; t++) {
         int sel[64];
         float wsel[64];
-        nf_moe_route_hp(hp, c->router + (size_t)t * X, sel, wsel);
+        if (hp->moe_sigmoid)
+            nf_moe_route_sigmoid(&hp->route, c->router + (size_t)t * X, w->exp_probs_b.data, sel,
+                                 wsel);
+        else
+            nf_moe_route_hp(hp, c->router + (size_t)t * X, sel, wsel);
         float *xt = c->xn + (size_t)t * E, *ot = c->ffo + (size_t)t * E;
         for (int k = 0; k < K; k++) {
             struct nf_ffn_weights ew = {.gate = nf_expert_view(&w->gate_exps, sel[k]),
@@ -715,8 +722,7 @@ void nf_shexp_gate(struct nf_ctx *c, const float *ffn_out, int n_tok)
     }
 }
 
-/* sel (K) = the K largest of p (X), the first of equal ones first; w (K) their values. */
-static void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
+void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
 {
     for (int k = 0; k < K; k++) {
         int best = -1;
@@ -801,8 +807,10 @@ int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, i
         return rc;
     }
     const size_t B = (size_t)n_ubatch, E = (size_t)hp->n_embd;
-    /* hb and hb2 also hold the shared expert's activations (qwen2moe), which may be wider. */
-    const size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    /* hb and hb2 also hold the shared expert's activations (qwen2moe), which may be wider,
+     * and those of glm4moe's leading dense layers (n_ff_dense). */
+    size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    F = (size_t)hp->n_ff_dense > F ? (size_t)hp->n_ff_dense : F;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     const size_t kv = (size_t)hp->n_layer * (size_t)n_ctx * kvd;
     size_t maxin = E > qd ? E : qd;
@@ -901,7 +909,7 @@ static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bo
             memmove(c->x, c->x + (size_t)(n_tok - 1) * E, sizeof(float) * (size_t)E);
             n_tok_ffn = 1;
         }
-        if (hp->n_expert)
+        if (hp->n_expert && !nf_layer_dense(hp, il))
             nf_moe_forward(c, &L->ffn_norm, &L->moe, n_tok_ffn);
         else
             nf_ffn_forward(c, &L->ffn_norm, &L->ffn, n_tok_ffn);

@@ -1,5 +1,5 @@
 /* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3, qwen2moe,
- * olmoe, phi3) into RAM, with every hyperparameter and tensor validated. */
+ * olmoe, phi3, glm4moe) into RAM, with every hyperparameter and tensor validated. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -126,6 +126,8 @@ static const struct nf_arch_info {
     [NF_ARCH_QWEN2MOE] = {"qwen2moe", true, true, false, true},
     [NF_ARCH_OLMOE] = {"olmoe", true, false, true, true},
     [NF_ARCH_PHI3] = {"phi3", true, false, false, false},
+    /* glm4moe's biases and q/k norms are optional: nf_load_glm4moe sets the flags by file. */
+    [NF_ARCH_GLM4MOE] = {"glm4moe", true, false, false, true},
 };
 
 const char *nf_arch_name(enum nf_arch a)
@@ -194,7 +196,7 @@ static int nf_load_arch(struct nf_hparams *hp, const struct nf_gguf *g, char *er
     return nf_errf(err, errlen, NF_EARCH,
                    "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
                    "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; gemma3; qwen2moe; olmoe; "
-                   "phi3 - Phi-3/3.5, Phi-4-mini)",
+                   "phi3 - Phi-3/3.5, Phi-4-mini; glm4moe - GLM-4.5/4.6/Air)",
                    g->path, arch);
 }
 
@@ -259,6 +261,99 @@ static int nf_load_gemma3(struct nf_hparams *hp, const struct nf_gguf *g, char *
     hp->embd_scale = sqrtf((float)hp->n_embd);
     hp->q_scale = hp->n_layer == 62 ? 1.0f / sqrtf((float)(hp->n_embd / hp->n_head))
                                     : 1.0f / sqrtf((float)hp->head_dim);
+    return 0;
+}
+
+/* Whether layer 0 of g has tensor "blk.0.<sfx>". */
+static bool nf_has_blk0(const struct nf_gguf *g, const char *sfx)
+{
+    char n[64];
+    snprintf(n, sizeof(n), "blk.0.%s", sfx);
+    return nf_gguf_find_tensor(g, n) != NULL;
+}
+
+/* glm4moe's group limit (expert_group_count, expert_group_used_count), with llama.cpp's
+ * checks: fewer groups than experts, equal groups, 1..count-1 of them used; NanoFlow also wants
+ * two experts a group (a group is scored by its two best) and enough experts in the used groups
+ * for expert_used_count. */
+static int nf_load_expert_groups(struct nf_hparams *hp, const struct nf_gguf *g, const char *pfx,
+                                 char *err, size_t errlen)
+{
+    struct nf_moe_sigmoid_route *r = &hp->route;
+    int rc;
+    if ((rc = nf_hp_int(g, pfx, "expert_group_count", 0, 0, hp->n_expert - 1, &r->n_group, err,
+                        errlen)) ||
+        (rc =
+             nf_hp_int(g, pfx, "expert_group_used_count", 0, 0, 64, &r->n_group_used, err, errlen)))
+        return rc;
+    if (r->n_group <= 1)
+        return 0;
+    const int per = hp->n_expert / r->n_group;
+    if (hp->n_expert % r->n_group || per < 2 || r->n_group_used < 1 ||
+        r->n_group_used >= r->n_group || r->n_group_used * per < hp->n_expert_used)
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: %s.expert_group_count %d / expert_group_used_count %d do not fit "
+                       "%d experts, %d used (equal groups of 2 or more, 1 to count-1 used, "
+                       "holding the used experts)",
+                       g->path, pfx, r->n_group, r->n_group_used, hp->n_expert, hp->n_expert_used);
+    return 0;
+}
+
+/* glm4moe's keys, as llama.cpp's llama_model_glm4_moe reads them: block_count counts the
+ * nextn_predict_layers next-token-prediction blocks at the end, which are skipped (n_layer
+ * excludes them); the first leading_dense_block_count layers have a dense FFN of
+ * feed_forward_length, the others expert_count experts of expert_feed_forward_length and
+ * expert_shared_count shared experts of that width times the count; sigmoid routing
+ * (expert_gating_func 2 or absent) with exp_probs_b, expert_weights_norm and
+ * expert_weights_scale. Q/K/V biases and per-head q/k norms are optional (GLM-4.5 has the
+ * norms, Air not), taken as layer 0 has them. M-RoPE files (rope.dimension_sections) are
+ * refused. */
+static int nf_load_glm4moe(struct nf_hparams *hp, const struct nf_gguf *g, char *err, size_t errlen)
+{
+    const char *pfx = "glm4moe";
+    char key[96];
+    int rc, n_shared = 0, gating = 2;
+    if ((rc = nf_hp_int(g, pfx, "nextn_predict_layers", 0, 0, hp->n_layer - 1, &hp->n_nextn, err,
+                        errlen)))
+        return rc;
+    hp->n_layer -= hp->n_nextn;
+    if ((rc = nf_hp_int(g, pfx, "leading_dense_block_count", 0, 0, hp->n_layer, &hp->n_layer_dense,
+                        err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err,
+                        errlen)) ||
+        (rc = nf_hp_int(g, pfx, "feed_forward_length", hp->n_layer_dense ? -1 : 0, 1, 1 << 24,
+                        &hp->n_ff_dense, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_shared_count", -1, 0, 64, &n_shared, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_gating_func", 2, 0, 16, &gating, err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "expert_weights_scale", 0.0f, false, &hp->route.scale, err,
+                          errlen)) ||
+        (rc = nf_load_expert_groups(hp, g, pfx, err, errlen)))
+        return rc;
+    if (gating != 2 && gating != 0) /* llama.cpp takes 0 (none) as sigmoid */
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: %s.expert_gating_func %d is not supported (supported: 2, sigmoid)",
+                       g->path, pfx, gating);
+    snprintf(key, sizeof(key), "%s.expert_weights_norm", pfx);
+    rc = nf_gguf_get_bool(g, key, &hp->route.norm_w);
+    if (rc == NF_ENOKEY)
+        hp->route.norm_w = false;
+    else if (rc < 0)
+        return nf_errf(err, errlen, rc, "%s: metadata key '%s' must be a bool", g->path, key);
+    snprintf(key, sizeof(key), "%s.rope.dimension_sections", pfx);
+    uint64_t n_sec = 0;
+    const void *sec = NULL;
+    if (nf_gguf_get_arr(g, key, NF_GGUF_INT32, &n_sec, &sec) == 0 && n_sec >= 2 &&
+        ((const int32_t *)sec)[0] > 0 && ((const int32_t *)sec)[1] > 0)
+        return nf_errf(err, errlen, NF_EARCH, "%s: %s (M-RoPE) is not supported", g->path, key);
+    if (!(hp->route.scale >= 0))
+        return nf_errf(err, errlen, NF_EKEYTYPE, "%s: %s.expert_weights_scale must be >= 0",
+                       g->path, pfx);
+    hp->n_ff_shexp = hp->n_ff * n_shared;
+    hp->moe_sigmoid = true;
+    hp->route.n_expert = hp->n_expert;
+    hp->route.n_expert_used = hp->n_expert_used;
+    hp->qkv_bias = nf_has_blk0(g, "attn_q.bias");
+    hp->qk_norm = nf_has_blk0(g, "attn_q_norm.weight");
     return 0;
 }
 
@@ -346,6 +441,8 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
         return rc;
     if ((rc = nf_load_phi3_hparams(hp, g, pfx, err, errlen)))
         return rc;
+    if (hp->arch == NF_ARCH_GLM4MOE)
+        return nf_load_glm4moe(hp, g, err, errlen);
     return hp->arch == NF_ARCH_GEMMA3 ? nf_load_gemma3(hp, g, err, errlen) : 0;
 }
 
@@ -386,6 +483,8 @@ static int nf_load_n_ff(struct nf_hparams *hp, const struct nf_gguf *g, char *er
     int rc;
     if (hp->arch == NF_ARCH_QWEN2MOE)
         return nf_load_n_ff_qwen2moe(hp, g, err, errlen);
+    if (hp->arch == NF_ARCH_GLM4MOE) /* nf_load_glm4moe read both widths */
+        return 0;
     if (!hp->n_expert || hp->arch == NF_ARCH_OLMOE)
         return nf_hp_int(g, pfx, "feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err, errlen);
     if ((rc = nf_hp_int(g, pfx, "expert_feed_forward_length", nf_archs[hp->arch].moe ? -1 : 0, 1,
@@ -450,7 +549,14 @@ static int nf_load_shexp(struct nf_model *m, struct nf_moe_weights *w, int il, c
         return 0;
     }
     int rc;
-    if ((rc = nf_load_tensor(m, &w->gate_inp_shexp, n[0], E, 1, 1, 0, err, errlen)) ||
+    /* glm4moe's shared expert is ungated: a gate tensor there is refused. */
+    const bool gated = m->hp.arch != NF_ARCH_GLM4MOE;
+    if (!gated && nf_gguf_find_tensor(m->gguf, n[0]))
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: tensor '%s': a shared expert gate is not supported for architecture "
+                       "%s",
+                       m->gguf->path, n[0], nf_arch_name(m->hp.arch));
+    if ((gated && (rc = nf_load_tensor(m, &w->gate_inp_shexp, n[0], E, 1, 1, 0, err, errlen))) ||
         (rc = nf_load_tensor(m, &w->gate_shexp, n[1], E, S, 1, 0, err, errlen)) ||
         (rc = nf_load_tensor(m, &w->up_shexp, n[2], E, S, 1, 0, err, errlen)) ||
         (rc = nf_load_tensor(m, &w->down_shexp, n[3], S, E, 1, 0, err, errlen)))
@@ -587,6 +693,9 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
                 return rc;
             continue;
         }
+        /* glm4moe normalizes the FFN input with post_attention_norm (it has no ffn_norm). */
+        if (hp->arch == NF_ARCH_GLM4MOE)
+            snprintf(n[5], sizeof(n[5]), "blk.%d.post_attention_norm.weight", il);
         if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, NF_T_F32, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wq, n[1], E, qd, 1, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wk, n[2], E, kvd, 1, 0, err, errlen)) ||
@@ -596,10 +705,11 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
             return rc;
         if (hp->post_norms && (rc = nf_load_post_norms(m, L, il, err, errlen)))
             return rc;
-        if (!X) {
-            if ((rc = nf_load_tensor(m, &L->ffn.gate, n[6], E, F, 1, 0, err, errlen)) ||
-                (rc = nf_load_tensor(m, &L->ffn.up, n[7], E, F, 1, 0, err, errlen)) ||
-                (rc = nf_load_tensor(m, &L->ffn.down, n[8], F, E, 1, 0, err, errlen)))
+        if (!X || nf_layer_dense(hp, il)) {
+            const int64_t Fl = nf_layer_n_ff(hp, il);
+            if ((rc = nf_load_tensor(m, &L->ffn.gate, n[6], E, Fl, 1, 0, err, errlen)) ||
+                (rc = nf_load_tensor(m, &L->ffn.up, n[7], E, Fl, 1, 0, err, errlen)) ||
+                (rc = nf_load_tensor(m, &L->ffn.down, n[8], Fl, E, 1, 0, err, errlen)))
                 return rc;
             continue;
         }
@@ -613,6 +723,12 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
             (rc = nf_load_tensor(m, &L->moe.down_exps, de, F, E, X, 0, err, errlen)) ||
             (rc = nf_load_shexp(m, &L->moe, il, err, errlen)))
             return rc;
+        if (hp->moe_sigmoid) {
+            char eb[64];
+            snprintf(eb, sizeof(eb), "blk.%d.exp_probs_b.bias", il);
+            if ((rc = nf_load_tensor(m, &L->moe.exp_probs_b, eb, X, 1, 1, NF_T_F32, err, errlen)))
+                return rc;
+        }
     }
     return 0;
 }
@@ -762,6 +878,7 @@ void nf_model_free(struct nf_model *m)
                 nf_tensor_release(ts[i]);
             nf_tensor_release(&L->attn.post_norm);
             nf_tensor_release(&L->ffn.post_norm);
+            nf_tensor_release(&L->moe.exp_probs_b);
         }
         free(m->layers);
     }
@@ -815,4 +932,11 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
         off += snprintf(buf + off, len - (size_t)off, ", shared expert %d", hp->n_ff_shexp);
     if (hp->arch == NF_ARCH_PHI3 && off > 0 && (size_t)off < len)
         nf_model_describe_phi3(m, buf + off, len - (size_t)off);
+    if (hp->moe_sigmoid && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off,
+                 ", sigmoid routing (groups %d/%d, norm %s, scale %g), %d leading dense "
+                 "(ffn %d), rope dims %d, %d nextn layers skipped",
+                 hp->route.n_group_used, hp->route.n_group, hp->route.norm_w ? "yes" : "no",
+                 (double)hp->route.scale, hp->n_layer_dense, hp->n_ff_dense, hp->n_rot,
+                 hp->n_nextn);
 }

@@ -59,6 +59,10 @@
  *  - ATTN_POST_NORM, FFN_POST_NORM (gemma3): a layer's post_attention_norm or post_ffw_norm
  *    vector (n_embd) in one tile, the same way.
  *  - SHEXP_GATE (qwen2moe): a MoE layer's shared-expert gate, ffn_gate_inp_shexp (one row).
+ *  - EXP_PROBS_B (glm4moe): a MoE layer's expert score-correction bias, exp_probs_b.bias
+ *    (n_expert F32, one row). glm4moe's post_attention_norm, its FFN input norm, is the
+ *    layer's FFN_NORM tile; its leading dense layers (in a MoE model) have FFN tiles and no
+ *    PRED_LOWRANK; its next-token-prediction blocks are not in the file.
  * phi3's fused tensors are cut into these kinds: attn_qkv's Q, K and V row ranges into ATTN_Q,
  * ATTN_K and ATTN_V tiles, its ffn_up's gate half and up half into the FFN bundles.
  * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER.
@@ -121,7 +125,8 @@ enum nf_tile_kind {
     NF_TILE_ATTN_K_NORM,
     NF_TILE_ATTN_POST_NORM, /* gemma3 */
     NF_TILE_FFN_POST_NORM,
-    NF_TILE_SHEXP_GATE, /* qwen2moe */
+    NF_TILE_SHEXP_GATE,  /* qwen2moe */
+    NF_TILE_EXP_PROBS_B, /* glm4moe */
     NF_TILE_KIND_COUNT,
 };
 

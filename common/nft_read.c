@@ -36,6 +36,7 @@ static const char *const kind_names[NF_TILE_KIND_COUNT] = {
     [NF_TILE_ATTN_POST_NORM] = "attn_post_norm",
     [NF_TILE_FFN_POST_NORM] = "ffn_post_norm",
     [NF_TILE_SHEXP_GATE] = "shexp_gate",
+    [NF_TILE_EXP_PROBS_B] = "exp_probs_b",
 };
 
 const char *nf_tile_kind_name(enum nf_tile_kind kind)
@@ -116,6 +117,7 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     case NF_TILE_ATTN_POST_NORM:
     case NF_TILE_FFN_POST_NORM: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_SHEXP_GATE: return rows_bytes(t->type[0], t->count, t->ne0);
+    case NF_TILE_EXP_PROBS_B: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_KIND_COUNT: break;
     }
     return 0;

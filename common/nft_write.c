@@ -32,6 +32,7 @@ struct layer_src {
     /* qwen2moe's shared expert (its FFN tiles hold these, group_sh neurons a group). */
     const struct nf_gguf_tensor *gate_inp_sh, *gate_sh, *up_sh, *down_sh;
     uint32_t group_sh;
+    const struct nf_gguf_tensor *probs_b; /* glm4moe's exp_probs_b.bias (EXP_PROBS_B tile) */
     /* phi3: the fused attn_qkv, and q, k, v, gate, up as row ranges of it and of the fused
      * ffn_up (held in `up` as classified, replaced by its upper half), which q..up point to. */
     const struct nf_gguf_tensor *qkv;
@@ -114,6 +115,7 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
         {"ffn_up_shexp.weight", offsetof(struct layer_src, up_sh)},
         {"ffn_down_shexp.weight", offsetof(struct layer_src, down_sh)},
         {"attn_qkv.weight", offsetof(struct layer_src, qkv)},
+        {"exp_probs_b.bias", offsetof(struct layer_src, probs_b)},
     };
     const char *name = t->name.s;
     const struct nf_type_traits *tr = nf_type_traits(t->type);
@@ -141,6 +143,13 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
     unsigned layer;
     int pos = 0;
     if (sscanf(name, "blk.%u.%n", &layer, &pos) == 1 && pos > 0) {
+        /* glm4moe's next-token-prediction blocks follow the model's: skipped, not refused. */
+        if (layer >= c->hdr.n_layer && layer < c->hdr.n_layer + (uint32_t)c->hp.n_nextn)
+            return 0;
+        /* Its FFN input norm is post_attention_norm: an FFN_NORM tile like ffn_norm. */
+        if (c->hp.arch == NF_ARCH_GLM4MOE && layer < c->hdr.n_layer &&
+            !strcmp(name + pos, "post_attention_norm.weight"))
+            return assign(c, &c->L[layer].ffn_norm, t);
         if (layer >= c->hdr.n_layer)
             return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
                               "tensor '%s' names layer %u but block_count is %u", name, layer,
@@ -193,7 +202,9 @@ static uint32_t group_for(enum nf_type down, int64_t n_ff)
 static int check_shexp(struct conv *c, uint32_t il)
 {
     struct layer_src *l = &c->L[il];
-    const int64_t n_embd = c->hdr.n_embd, S = c->hp.n_ff_shexp;
+    /* (glm4moe's leading dense layers have none) */
+    const int64_t n_embd = c->hdr.n_embd,
+                  S = nf_layer_dense(&c->hp, (int)il) ? 0 : c->hp.n_ff_shexp;
     const struct nf_gguf_tensor *any = l->gate_inp_sh ? l->gate_inp_sh
                                        : l->gate_sh   ? l->gate_sh
                                        : l->up_sh     ? l->up_sh
@@ -207,6 +218,12 @@ static int check_shexp(struct conv *c, uint32_t il)
     }
     char what[64];
     int rc;
+    /* glm4moe's shared expert has no gate: one is refused, the others need theirs. */
+    const bool gated = c->hp.arch != NF_ARCH_GLM4MOE;
+    if (!gated && l->gate_inp_sh)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor '%s' is not used by architecture %s (not supported)",
+                          l->gate_inp_sh->name.s, nf_arch_name(c->hp.arch));
     const struct {
         const struct nf_gguf_tensor *t;
         const char *name;
@@ -216,7 +233,7 @@ static int check_shexp(struct conv *c, uint32_t il)
                 {l->gate_sh, "ffn_gate_shexp", 2, n_embd, S},
                 {l->up_sh, "ffn_up_shexp", 2, n_embd, S},
                 {l->down_sh, "ffn_down_shexp", 2, S, n_embd}};
-    for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+    for (size_t i = gated ? 0 : 1; i < sizeof(need) / sizeof(need[0]); i++) {
         snprintf(what, sizeof(what), "blk.%u.%s", il, need[i].name);
         if ((rc = want_shape(c, need[i].t, what, need[i].n_dims, need[i].a, need[i].b, 1)))
             return rc;
@@ -332,11 +349,16 @@ static int check_layer(struct conv *c, uint32_t il)
     }
     if ((rc = check_shexp(c, il)))
         return rc;
+    if (l->probs_b && (!c->hp.moe_sigmoid || !l->gate_inp))
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor '%s' is not used by architecture %s (not supported)",
+                          l->probs_b->name.s, nf_arch_name(c->hp.arch));
     if (l->gate_inp || l->gate_exps || l->up_exps || l->down_exps) {
         if (l->gate || l->up || l->down)
             return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
                               "layer %u has both dense and expert FFN tensors", il);
-        NEED(gate_inp, 2, n_embd, -1, 1);
+        /* glm4moe's router has expert_count rows (the other archs take the tensors' count). */
+        NEED(gate_inp, 2, n_embd, c->hp.moe_sigmoid ? c->hp.n_expert : -1, 1);
         int64_t n_exp = l->gate_inp->ne[1];
         NEED(gate_exps, 3, n_embd, -1, n_exp);
         int64_t n_ff = l->gate_exps->ne[1];
@@ -349,12 +371,19 @@ static int check_layer(struct conv *c, uint32_t il)
         c->hdr.n_expert = (uint32_t)n_exp;
         c->hdr.n_ff = (uint32_t)n_ff;
         l->group = group_for(l->down_exps->type, n_ff);
+        if (c->hp.moe_sigmoid) {
+            NEED(probs_b, 1, n_exp, 1, 1);
+            if (l->probs_b->type != NF_TYPE_F32)
+                return nf_errf_at(c->err, c->errlen, NF_EBADTYPE, c->in, "tensor '%s' must be f32",
+                                  l->probs_b->name.s);
+        }
     } else {
         NEED(gate, 2, n_embd, -1, 1);
         int64_t n_ff = l->gate->ne[1];
         NEED(up, 2, n_embd, n_ff, 1);
         NEED(down, 2, n_ff, n_embd, 1);
-        c->hdr.n_ff = (uint32_t)n_ff;
+        if (!c->hp.n_expert) /* a MoE model's (leading dense) layers keep the experts' n_ff */
+            c->hdr.n_ff = (uint32_t)n_ff;
         l->group = group_for(l->down->type, n_ff);
         if (n_ff % l->group)
             return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
@@ -407,6 +436,8 @@ static int check_model(struct conv *c)
     c->hdr.n_head_kv = (uint32_t)hp.n_head_kv;
     c->hdr.n_expert = (uint32_t)hp.n_expert;
     c->hdr.n_expert_used = (uint32_t)hp.n_expert_used;
+    if (hp.n_expert)
+        c->hdr.n_ff = (uint32_t)hp.n_ff;
     c->L = calloc(c->hdr.n_layer, sizeof(*c->L));
     if (!c->L)
         return nf_errf_at(c->err, c->errlen, -ENOMEM, c->in, "out of memory");
@@ -430,8 +461,12 @@ static int check_model(struct conv *c)
     for (uint32_t il = 0; il < c->hdr.n_layer; il++)
         if ((rc = check_layer(c, il)))
             return rc;
-    for (uint64_t i = 0; i < c->g->n_tensors; i++)
+    for (uint64_t i = 0; i < c->g->n_tensors; i++) {
+        unsigned layer;
+        if (sscanf(c->g->tensors[i].name.s, "blk.%u.", &layer) == 1 && layer >= c->hdr.n_layer)
+            continue; /* a skipped next-token-prediction block */
         c->hdr.weight_bytes += c->g->tensors[i].size;
+    }
     return 0;
 }
 
@@ -603,21 +638,26 @@ static int plan(struct conv *c)
         uint32_t index = 0;
         if (l->gate_sh) { /* the shared expert first: compute runs it before the router */
             uint32_t sh_index = 0;
-            if ((rc = plan_rows(c, NF_TILE_SHEXP_GATE, il, l->gate_inp_sh, 1)) ||
+            if ((l->gate_inp_sh && /* glm4moe's shared expert is ungated */
+                 (rc = plan_rows(c, NF_TILE_SHEXP_GATE, il, l->gate_inp_sh, 1))) ||
                 (rc = in_place(c) ? plan_slices(c, il, NF_NFT_NO_EXPERT, &sh_index)
                                   : plan_bundles(c, il, NF_NFT_NO_EXPERT, &sh_index)))
                 return rc;
         }
         if (l->gate_inp) {
             if ((rc = plan_rows(c, NF_TILE_ROUTER, il, l->gate_inp, UINT32_MAX)) ||
-                (rc = plan_rows(c, NF_TILE_PRED_ROUTER, il, l->gate_inp, UINT32_MAX)))
+                (rc = plan_rows(c, NF_TILE_PRED_ROUTER, il, l->gate_inp, UINT32_MAX)) ||
+                (l->probs_b && (rc = plan_rows(c, NF_TILE_EXP_PROBS_B, il, l->probs_b, 1))))
                 return rc;
             for (uint32_t e = 0; e < h->n_expert; e++)
                 if ((rc = in_place(c) ? plan_slices(c, il, e, &index)
                                       : plan_bundles(c, il, e, &index)))
                     return rc;
-        } else if (in_place(c)) {
-            if ((rc = plan_slices(c, il, NF_NFT_NO_EXPERT, &index)))
+        } else if (in_place(c) || h->n_expert) {
+            /* In a MoE model a (leading dense) layer has no low-rank predictor: sparse mode is
+             * for dense models. */
+            if ((rc = in_place(c) ? plan_slices(c, il, NF_NFT_NO_EXPERT, &index)
+                                  : plan_bundles(c, il, NF_NFT_NO_EXPERT, &index)))
                 return rc;
         } else {
             if ((rc = add_tile(c, NF_TILE_PRED_LOWRANK, il, 0, 0, (uint32_t)l->gate->ne[1],
@@ -887,6 +927,7 @@ static int write_tiles(struct conv *c)
         case NF_TILE_ATTN_POST_NORM: rc = write_rows(c, t, l->attn_post); break;
         case NF_TILE_FFN_POST_NORM: rc = write_rows(c, t, l->ffn_post); break;
         case NF_TILE_SHEXP_GATE: rc = write_rows(c, t, l->gate_inp_sh); break;
+        case NF_TILE_EXP_PROBS_B: rc = write_rows(c, t, l->probs_b); break;
         case NF_TILE_ROUTER:
         case NF_TILE_PRED_ROUTER: rc = write_rows(c, t, l->gate_inp); break;
         case NF_TILE_PRED_LOWRANK: rc = write_predictor(c, t, l); break;
@@ -1257,7 +1298,7 @@ int nf_nft_convert(const char *in_path, const char *out_path, const struct nf_nf
     bool dense = c.L[0].gate != NULL;
     int64_t cap = c.hdr.n_ff < c.hdr.n_embd ? c.hdr.n_ff : c.hdr.n_embd;
     uint32_t n_dense = 0;
-    for (uint32_t il = 0; il < c.hdr.n_layer; il++)
+    for (uint32_t il = 0; il < c.hdr.n_layer && !c.hdr.n_expert; il++)
         n_dense += c.L[il].gate != NULL;
     if (o && o->rank) {
         if (o->rank < 0 || o->rank > cap) {

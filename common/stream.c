@@ -18,6 +18,7 @@ struct nf_stream {
     struct nf_attn_weights *ext;
     float *ext_data;
     struct nf_tensor *ffn_post; /* (n_layer) gemma3's post_ffw_norm, in ext_data; else NULL */
+    float *probs_b; /* (n_layer, n_expert) glm4moe's exp_probs_b (zero in dense layers); or NULL */
     struct nf_ctx *c;
     float sparsity;
     const atomic_int *abort;
@@ -306,7 +307,7 @@ static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
     } else {
         if ((rc = nf_stream_bundles(s, il, NF_TILE_FFN, 0, n, c->xn, n_tok)) < 0)
             return rc;
-        nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->shell.hp.n_ff);
+        nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->ff);
         struct nf_tensor dv = nf_stream_down_view(s);
         nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
     }
@@ -493,7 +494,11 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
     for (int k = 0; k < n_tok; k++) {
         int sel[64];
         float w[64];
-        nf_moe_route_hp(hp, c->router + (size_t)k * X, sel, w);
+        if (hp->moe_sigmoid) /* glm4moe: sigmoid, exp_probs_b, scaled */
+            nf_moe_route_sigmoid(&hp->route, c->router + (size_t)k * X,
+                                 s->probs_b ? s->probs_b + (size_t)il * X : NULL, sel, w);
+        else
+            nf_moe_route_hp(hp, c->router + (size_t)k * X, sel, w);
         if (s->src.want) {
             /* Every tile of the chosen experts, in use order, asked for at once: a tile the
              * predictor did not forecast is read with the others instead of one at a time as
@@ -530,13 +535,14 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
     return 0;
 }
 
-/* qwen2moe's shared expert, on every token: c->sh_out (n_tok, n_embd) = its FFN (the layer's
- * FFN tiles, run as the exact dense path) times the sigmoid of its gate (the SHEXP_GATE
- * tile), as nf_moe_forward computes it. */
+/* The shared expert, on every token: c->sh_out (n_tok, n_embd) = its FFN (the layer's FFN
+ * tiles, run as the exact dense path) times the sigmoid of its gate (qwen2moe's SHEXP_GATE
+ * tile; glm4moe's is ungated), as nf_moe_forward computes it. */
 static int nf_stream_shexp(struct nf_stream *s, uint32_t il, int n_tok)
 {
     struct nf_ctx *c = s->c;
-    int rc = nf_stream_mm(s, c->sh_gate, il, NF_TILE_SHEXP_GATE, 1, c->xn, n_tok);
+    const bool gated = nf_nft_count(s->f, il, NF_TILE_SHEXP_GATE) > 0;
+    int rc = gated ? nf_stream_mm(s, c->sh_gate, il, NF_TILE_SHEXP_GATE, 1, c->xn, n_tok) : 0;
     if (rc < 0)
         return rc;
     const struct nf_nft_tile *t0 = nf_nft_find(s->f, il, NF_TILE_FFN, 0);
@@ -554,7 +560,10 @@ static int nf_stream_shexp(struct nf_stream *s, uint32_t il, int n_tok)
         struct nf_tensor dv = nf_stream_down_view(s);
         nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
     }
-    nf_shexp_gate(c, c->ffo, n_tok);
+    if (gated)
+        nf_shexp_gate(c, c->ffo, n_tok);
+    else
+        memcpy(c->sh_out, c->ffo, sizeof(float) * (size_t)n_tok * (size_t)s->shell.hp.n_embd);
     return 0;
 }
 
@@ -599,22 +608,24 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     }
     if ((rc = nf_stream_norm(s, c->xn, c->x, il, NF_TILE_FFN_NORM, n_ffn)))
         return rc;
-    if (hp->n_ff_shexp && (rc = nf_stream_shexp(s, il, n_ffn)) < 0)
+    /* A MoE model's layer has experts unless it is one of glm4moe's leading dense layers. */
+    const bool moe = hp->n_expert && !nf_layer_dense(hp, (int)il);
+    const int F = nf_layer_n_ff(hp, (int)il);
+    if (moe && hp->n_ff_shexp && (rc = nf_stream_shexp(s, il, n_ffn)) < 0)
         return rc;
     /* The layer's group size and ffn_down type (they may differ between layers). */
-    const struct nf_nft_tile *t0 =
-        nf_nft_find(s->f, il, hp->n_expert ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
+    const struct nf_nft_tile *t0 = nf_nft_find(s->f, il, moe ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
     s->group = (int)t0->group;
     s->slices = t0->type[3] != NF_SLICE_NONE;
-    s->n_groups = hp->n_expert ? (uint32_t)hp->n_expert
-                  : s->slices  ? nf_nft_count(s->f, il, NF_TILE_FFN) /* one unit a tile */
-                               : (uint32_t)hp->n_ff / t0->group;
+    s->n_groups = moe         ? (uint32_t)hp->n_expert
+                  : s->slices ? nf_nft_count(s->f, il, NF_TILE_FFN) /* one unit a tile */
+                              : (uint32_t)F / t0->group;
     s->down_type = (enum nf_type)t0->type[2];
-    s->down_row_size = nf_row_size(s->down_type, hp->n_ff);
-    s->ff = hp->n_ff;
-    if (hp->n_expert)
+    s->down_row_size = nf_row_size(s->down_type, F);
+    s->ff = F;
+    if (moe)
         rc = nf_stream_moe(s, il, n_ffn);
-    else if (s->sparsity > 0)
+    else if (s->sparsity > 0 && !hp->n_expert)
         rc = nf_stream_ffn_sparse(s, il, n_ffn);
     else
         rc = nf_stream_ffn_exact(s, il, n_ffn);
@@ -622,7 +633,7 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         return rc;
     if (s->ffn_post) /* gemma3's post_ffw_norm */
         nf_post_norm(c, c->ffo, &s->ffn_post[il], n_ffn);
-    if (hp->n_ff_shexp) /* as nf_moe_forward: moe_out + ffn_shexp_out */
+    if (moe && hp->n_ff_shexp) /* as nf_moe_forward: moe_out + ffn_shexp_out */
         for (size_t i = 0; i < (size_t)n_ffn * E; i++)
             c->ffo[i] += c->sh_out[i];
     for (size_t i = 0; i < (size_t)n_ffn * E; i++)
@@ -829,9 +840,13 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
                                  bool sparse, size_t *max_rows, uint32_t *max_groups,
                                  size_t *down_row, char *err, size_t errlen)
 {
-    const uint64_t E = (uint64_t)hp->n_embd, F = (uint64_t)hp->n_ff;
+    /* glm4moe's leading dense layers: FFN tiles of their own width in a MoE model. */
+    const bool moe = hp->n_expert && !nf_layer_dense(hp, (int)il);
+    const uint64_t E = (uint64_t)hp->n_embd, F = (uint64_t)nf_layer_n_ff(hp, (int)il);
+    const uint32_t X = moe ? (uint32_t)hp->n_expert : 0;
     const uint64_t qd = (uint64_t)hp->n_head * hp->head_dim;
     const uint64_t kvd = (uint64_t)hp->n_head_kv * hp->head_dim;
+    const bool shexp = moe && hp->n_ff_shexp > 0, gated = shexp && !hp->moe_sigmoid;
     size_t one = 0;
     int rc;
     if ((rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_NORM, 1, E, true, &one, err, errlen)) ||
@@ -856,12 +871,13 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
                {NF_TILE_ATTN_K_NORM, hp->qk_norm, full ? kvd : (uint64_t)hp->head_dim},
                {NF_TILE_ATTN_POST_NORM, hp->post_norms, E},
                {NF_TILE_FFN_POST_NORM, hp->post_norms, E},
-               {NF_TILE_SHEXP_GATE, hp->n_ff_shexp > 0, E}};
+               {NF_TILE_SHEXP_GATE, gated, E},
+               {NF_TILE_EXP_PROBS_B, moe && hp->moe_sigmoid, X}};
     for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++)
         if ((rc = nf_stream_check_rows(f, il, ext[i].kind, ext[i].want ? 1 : 0, ext[i].ne0,
                                        ext[i].kind != NF_TILE_SHEXP_GATE, &one, err, errlen)))
             return rc;
-    if (hp->n_ff_shexp) {
+    if (shexp) {
         /* The shared expert: the MoE layer's FFN tiles, of its own width. */
         uint32_t g = 0;
         uint8_t ty[3] = {0};
@@ -883,10 +899,8 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
     }
     uint32_t group = 0;
     uint8_t types[3] = {0};
-    const struct nf_nft_tile *t0 =
-        nf_nft_find(f, il, hp->n_expert ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
+    const struct nf_nft_tile *t0 = nf_nft_find(f, il, moe ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
     if (t0 && t0->type[3] != NF_SLICE_NONE) {
-        const uint32_t X = (uint32_t)hp->n_expert;
         const uint32_t n = nf_nft_count(f, il, X ? NF_TILE_EXPERT : NF_TILE_FFN);
         if (sparse)
             return nf_errf(err, errlen, NF_EUSAGE,
@@ -910,8 +924,8 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
         *max_groups = units > *max_groups ? units : *max_groups;
         return 0;
     }
-    if (hp->n_expert) {
-        const uint32_t X = (uint32_t)hp->n_expert, n = nf_nft_count(f, il, NF_TILE_EXPERT);
+    if (moe) {
+        const uint32_t n = nf_nft_count(f, il, NF_TILE_EXPERT);
         if ((rc = nf_stream_check_rows(f, il, NF_TILE_ROUTER, X, E, false, max_rows, err, errlen)))
             return rc;
         if (n == 0 || n % X)
@@ -931,8 +945,9 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
             return rc;
         *max_groups = (uint32_t)F / group > *max_groups ? (uint32_t)F / group : *max_groups;
         const struct nf_nft_tile *pt = nf_nft_predictor(f, il);
-        if (sparse && (!pt || pt->kind != NF_TILE_PRED_LOWRANK || pt->count != F || pt->ne0 != E ||
-                       pt->rank == 0 || (pt->type[0] != NF_TYPE_F16 && pt->type[0] != NF_TYPE_F32)))
+        if (sparse && !hp->n_expert &&
+            (!pt || pt->kind != NF_TILE_PRED_LOWRANK || pt->count != F || pt->ne0 != E ||
+             pt->rank == 0 || (pt->type[0] != NF_TYPE_F16 && pt->type[0] != NF_TYPE_F32)))
             return nf_errf(err, errlen, NF_ECORRUPT,
                            "%s: layer %u has no usable low-rank predictor tile (needed "
                            "for --sparsity)",
@@ -1078,6 +1093,32 @@ static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Copies every MoE layer's exp_probs_b tile (glm4moe; nf_stream_check: present exactly there)
+ * into s->probs_b: n_expert floats a layer, read once like the attention extras. */
+static int nf_stream_load_probs_b(struct nf_stream *s, char *err, size_t errlen)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    if (!hp->moe_sigmoid)
+        return 0;
+    const size_t X = (size_t)hp->n_expert;
+    s->probs_b = calloc((size_t)hp->n_layer * X, sizeof(float));
+    if (!s->probs_b)
+        return nf_errf(err, errlen, -ENOMEM, "out of memory for the expert biases");
+    s->mem += sizeof(float) * (size_t)hp->n_layer * X;
+    for (uint32_t il = 0; il < (uint32_t)hp->n_layer; il++) {
+        const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_EXP_PROBS_B, 0);
+        if (!t)
+            continue;
+        int rc;
+        const uint8_t *src = nf_stream_pin(s, t, &rc);
+        if (!src)
+            return nf_errf(err, errlen, rc, "%s", s->err);
+        memcpy(s->probs_b + il * X, src, sizeof(float) * X);
+        nf_stream_unpin(s, t);
+    }
+    return 0;
+}
+
 int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struct nf_tile_src *src,
                      const struct nf_stream_opts *o, char *err, size_t errlen)
 {
@@ -1112,7 +1153,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     }
     const struct nf_hparams *hp = &s->shell.hp;
     const size_t E = (size_t)hp->n_embd, G = s->max_groups;
-    const size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    F = (size_t)hp->n_ff_dense > F ? (size_t)hp->n_ff_dense : F; /* glm4moe's dense layers */
     const size_t words = (G + 63) / 64;
     s->tmp = malloc(sizeof(float) * NF_MAX_BATCH * s->max_rows);
     if (posix_memalign(&s->down, 64, E * down_row + 64))
@@ -1159,7 +1201,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
               sizeof(float) * NF_MAX_BATCH * (s->max_rows + 6 * E + 2 * F) + E * down_row +
               sizeof(float) * (F + 2 * G) + (size_t)NF_MAX_BATCH * G;
     if ((rc = nf_stream_load_rope(s, err, errlen)) < 0 ||
-        (rc = nf_stream_load_ext(s, err, errlen)) < 0)
+        (rc = nf_stream_load_ext(s, err, errlen)) < 0 ||
+        (rc = nf_stream_load_probs_b(s, err, errlen)) < 0)
         goto fail;
     *out = s;
     return 0;
@@ -1179,6 +1222,7 @@ void nf_stream_free(struct nf_stream *s)
     free(s->ext);
     free(s->ext_data);
     free(s->ffn_post);
+    free(s->probs_b);
     free(s->tmp);
     free(s->down);
     free(s->scores);

@@ -1,5 +1,5 @@
 /* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe,
- * gemma3, qwen2moe, olmoe, phi3) with generated weights. */
+ * gemma3, qwen2moe, olmoe, phi3, glm4moe) with generated weights. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -59,11 +59,18 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
      * rope scaling 8 (llama.cpp applies it to the global layers only). */
     {"gemma3-12b", 3840, 48, 15360, 16, 8, 0, 0, 262208, 131072, 1000000.0f, 1e-6f, "gemma3", 256,
      1024, 8.0f},
+    /* GLM-4.5 and GLM-4.5-Air, from their config.json: 92 / 46 transformer layers (plus one
+     * nextn block: block_count 93 / 47), 160 / 128 experts of 1536 / 1408 with 8 used,
+     * head_dim 128 (96 heads, 8 KV), vocab 151552; the rest in mkmodel_glm4moe.c. */
+    {"glm-4.5", 5120, 92, 1536, 96, 8, 160, 8, 151552, 131072, 1000000.0f, 1e-5f, "glm4moe", 128, 0,
+     0.0f},
+    {"glm-4.5-air", 4096, 46, 1408, 96, 8, 128, 8, 151552, 131072, 1000000.0f, 1e-5f, "glm4moe",
+     128, 0, 0.0f},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
-static const char *const nf_mk_archs[] = {"llama",  "qwen2",    "qwen3", "qwen3moe",
-                                          "gemma3", "qwen2moe", "olmoe", "phi3"};
+static const char *const nf_mk_archs[] = {"llama",    "qwen2", "qwen3", "qwen3moe", "gemma3",
+                                          "qwen2moe", "olmoe", "phi3",  "glm4moe"};
 
 /* gemma3's sliding window when --window is not given (Gemma 3 1B's). */
 #define NF_MK_GEMMA3_WINDOW 512
@@ -71,7 +78,8 @@ static const char *const nf_mk_archs[] = {"llama",  "qwen2",    "qwen3", "qwen3m
 /* The architectures with routed experts only (llama may have them too). */
 static bool nf_mk_moe_arch(const char *a)
 {
-    return !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe") || !strcmp(a, "olmoe");
+    return !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe") || !strcmp(a, "olmoe") ||
+           !strcmp(a, "glm4moe");
 }
 
 const struct nf_mk_shape *nf_mk_shape_find(const char *name)
@@ -123,7 +131,24 @@ static void usage(FILE *f)
         "                       experts; the MoE ones need --experts), gemma3 (sliding-\n"
         "                       window and global layers, post norms, GELU; published\n"
         "                       files have --tied-output) or phi3 (fused attn_qkv and\n"
-        "                       ffn_up tensors) (default: the shape's, else llama)\n"
+        "                       ffn_up tensors) or glm4moe (sigmoid-routed experts with a\n"
+        "                       score-correction bias, a shared expert, leading dense\n"
+        "                       layers, partial rotary, Q/K/V biases, nextn blocks)\n"
+        "                       (default: the shape's, else llama)\n"
+        "  --dense-layers N     (glm4moe) leading dense layers (default: the shape's, or one\n"
+        "                       less than --layers when that cuts a preset; else 1)\n"
+        "  --dense-ffn N        (glm4moe) their FFN width (default: the shape's, else four\n"
+        "                       times --ffn)\n"
+        "  --nextn N            (glm4moe) next-token-prediction blocks after the others,\n"
+        "                       which engines skip (default: the shape's, else 0)\n"
+        "  --shared-experts N   (glm4moe) shared experts of --ffn each (default 1)\n"
+        "  --expert-scale F     (glm4moe) expert_weights_scale, the routed scaling factor\n"
+        "                       (default: the shape's, else 1)\n"
+        "  --qk-norm            (glm4moe) per-head q/k norms, as GLM-4.5 (not Air) has\n"
+        "  --expert-groups G    (glm4moe) expert_group_count: the experts in G groups, of\n"
+        "                       which --groups-used are used (default: no group keys)\n"
+        "  --groups-used U      (glm4moe) expert_group_used_count (default: no group keys)\n"
+
         "  --shared-ffn N       (qwen2moe) the shared expert's width (default: the shape's,\n"
         "                       else 4 x --ffn)\n"
         "  --window N           (gemma3) attention.sliding_window of the local layers\n"
@@ -137,8 +162,9 @@ static void usage(FILE *f)
         "  --rope-freqs         (llama) Llama 3.1 rope scaling: a rope_freqs.weight tensor\n"
         "                       as llama.cpp's converter writes it (factor 8, low/high\n"
         "                       frequency factors 1 and 4, original context 8192)\n"
-        "  --rope-dim N         (phi3) rope.dimension_count, even and <= head dim: partial\n"
-        "                       rotary as Phi-4-mini (default: the head dim)\n"
+        "  --rope-dim N         (phi3, glm4moe) rope.dimension_count, even and <= head dim:\n"
+        "                       partial rotary as Phi-4-mini (default: the head dim; glm4moe\n"
+        "                       half of it, as GLM-4.5)\n"
         "  --longrope ORIG      (phi3) LongRoPE: rope_factors_short/long.weight tensors,\n"
         "                       rope.scaling.original_context_length ORIG (< --ctx) and\n"
         "                       rope.scaling.attn_factor, as llama.cpp's converter writes them\n"
@@ -197,6 +223,9 @@ struct mk_opts {
     long rope_dim, longrope, swa;
     long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx, window;
     long shared_ffn;
+    long dense_layers, dense_ffn, nextn, shared_experts, groups, groups_used; /* glm4moe */
+    float expert_scale;                                                       /* < 0: not given */
+    bool qk_norm;
     float rope_base, rms_eps, rope_scale, router_skew;
     bool rope_set, eps_set;
     enum nf_type type;
@@ -245,6 +274,12 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--rope-dim", 2, 1 << 16, offsetof(struct mk_opts, rope_dim)},
         {"--longrope", 1, 1 << 24, offsetof(struct mk_opts, longrope)},
         {"--sliding-window", 1, 1 << 30, offsetof(struct mk_opts, swa)},
+        {"--dense-layers", 0, 4096, offsetof(struct mk_opts, dense_layers)},
+        {"--dense-ffn", 1, 1 << 22, offsetof(struct mk_opts, dense_ffn)},
+        {"--nextn", 0, 64, offsetof(struct mk_opts, nextn)},
+        {"--shared-experts", 0, 64, offsetof(struct mk_opts, shared_experts)},
+        {"--expert-groups", 2, 1024, offsetof(struct mk_opts, groups)},
+        {"--groups-used", 1, 1024, offsetof(struct mk_opts, groups_used)},
     };
     *done = false;
     for (int i = 1; i < argc; i++) {
@@ -275,6 +310,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         }
         if (!strcmp(a, "--rope-freqs")) {
             o->rope_freqs = true;
+            continue;
+        }
+        if (!strcmp(a, "--qk-norm")) {
+            o->qk_norm = true;
             continue;
         }
         bool matched = false;
@@ -310,7 +349,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return nf_usage_error(
                     CMD,
                     "unknown --arch '%s' (expected llama, qwen2, qwen3, qwen3moe, gemma3, "
-                    "qwen2moe, olmoe or phi3)",
+                    "qwen2moe, olmoe, phi3 or glm4moe)",
                     v);
             o->arch = v;
         } else if (nf_arg_is(a, "--type")) {
@@ -352,6 +391,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--router-skew", v, 0.0f, 100.0f, &o->router_skew))
                 return 2;
+        } else if (nf_arg_is(a, "--expert-scale")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, "--expert-scale", v, 0.0f, 1e6f, &o->expert_scale))
+                return 2;
         } else if (nf_arg_is(a, "--rms-eps")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--rms-eps", v, 1e-12f, 1.0f, &o->rms_eps))
@@ -380,10 +423,10 @@ static int64_t mk_shared_ffn(const struct nf_mk_shape *s, const struct mk_opts *
 static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
 {
     const bool phi3 = !strcmp(s->arch, "phi3");
-    const char *only = o->rope_dim > 0   ? "--rope-dim"
-                       : o->longrope > 0 ? "--longrope"
-                       : o->swa > 0      ? "--sliding-window"
-                                         : NULL;
+    const char *only = o->rope_dim > 0 && strcmp(s->arch, "glm4moe") != 0 ? "--rope-dim"
+                       : o->longrope > 0                                  ? "--longrope"
+                       : o->swa > 0                                       ? "--sliding-window"
+                                                                          : NULL;
     if (!phi3)
         return only ? nf_usage_error(CMD, "%s is for --arch phi3", only) : 0;
     if (s->experts)
@@ -402,8 +445,64 @@ static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
     return 0;
 }
 
+/* glm4moe's part of the shape: the preset's values (a custom shape: 1 leading dense layer of 4 x
+ * --ffn, no nextn block, 1 shared expert, scale 1, rope over half the head) overridden by the
+ * flags; a preset cut by --layers keeps at least one MoE layer. Refuses the glm4moe flags for
+ * other architectures. */
+static int resolve_glm4moe(const struct mk_opts *o, const struct nf_mk_shape *s,
+                           struct nf_mk_glm *g)
+{
+    const bool preset_glm = nf_mk_glm4moe_preset(o->shape_name, g);
+    const char *only = o->dense_layers >= 0      ? "--dense-layers"
+                       : o->dense_ffn > 0        ? "--dense-ffn"
+                       : o->nextn >= 0           ? "--nextn"
+                       : o->shared_experts >= 0  ? "--shared-experts"
+                       : o->expert_scale >= 0.0f ? "--expert-scale"
+                       : o->qk_norm              ? "--qk-norm"
+                       : o->groups > 0           ? "--expert-groups"
+                       : o->groups_used > 0      ? "--groups-used"
+                                                 : NULL;
+    if (strcmp(s->arch, "glm4moe") != 0)
+        return only ? nf_usage_error(CMD, "%s is for --arch glm4moe", only) : 0;
+    if (!preset_glm)
+        *g = (struct nf_mk_glm){1, 4 * s->ffn, 0, 1, 0, 1.0f, false, 0, 0};
+    else if (o->layers > 0 && g->dense_layers >= s->layers)
+        g->dense_layers = s->layers > 1 ? s->layers - 1 : 0;
+    if (o->dense_layers >= 0)
+        g->dense_layers = o->dense_layers;
+    if (o->dense_ffn > 0)
+        g->dense_ffn = o->dense_ffn;
+    if (o->nextn >= 0)
+        g->nextn = o->nextn;
+    if (o->shared_experts >= 0)
+        g->shared = o->shared_experts;
+    if (o->expert_scale >= 0.0f)
+        g->scale = o->expert_scale;
+    g->qk_norm |= o->qk_norm;
+    if (o->groups > 0 || o->groups_used > 0) {
+        g->groups = o->groups;
+        g->groups_used = o->groups_used;
+    }
+    g->rope_dim = o->rope_dim > 0 ? o->rope_dim : s->head_dim / 2;
+    if (g->dense_layers > s->layers)
+        return nf_usage_error(CMD, "--dense-layers %lld is more than --layers %lld",
+                              (long long)g->dense_layers, (long long)s->layers);
+    if (g->rope_dim > s->head_dim || g->rope_dim % 2 || g->rope_dim < 2)
+        return nf_usage_error(CMD, "--rope-dim %lld must be even, 2 to the head dim %lld",
+                              (long long)g->rope_dim, (long long)s->head_dim);
+    /* llama.cpp's checks: equal groups, fewer than the experts, 1 to count-1 used. */
+    if ((g->groups > 0) != (g->groups_used > 0) ||
+        (g->groups > 0 &&
+         (s->experts % g->groups || g->groups >= s->experts || g->groups_used >= g->groups ||
+          g->groups_used * (s->experts / g->groups) < s->experts_used)))
+        return nf_usage_error(CMD,
+                              "--expert-groups G and --groups-used U go together: G divides "
+                              "--experts, U < G, and the U groups hold --experts-used experts");
+    return 0;
+}
+
 /* Combines the preset and the flags into s and checks that the result is a valid model. */
-static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
+static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s, struct nf_mk_glm *g)
 {
     int rc;
     static const struct nf_mk_shape custom = {"custom", -1,   -1,       -1,    -1,   -1, 0, 0,
@@ -489,6 +588,8 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
         return nf_usage_error(CMD, "--tied-output: llama.cpp requires output.weight for --arch %s",
                               s->arch);
     if ((rc = resolve_phi3(o, s)))
+        return rc;
+    if ((rc = resolve_glm4moe(o, s, g)))
         return rc;
     if (s->heads % s->kv_heads != 0)
         return nf_usage_error(CMD, "--heads %lld is not a multiple of --kv-heads %lld",
@@ -772,7 +873,7 @@ static int add_metadata_phi3(struct nf_gguf_writer *w, const struct nf_mk_shape 
 /* The metadata llama.cpp reads for the shape's architecture (the tokenizer keys are added
  * separately): every key under "<arch>.". */
 static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
-                        const struct mk_opts *o, const char *name)
+                        const struct nf_mk_glm *g, const struct mk_opts *o, const char *name)
 {
     int rc = 0;
     const char *a = s->arch;
@@ -805,11 +906,12 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
         rc = nf_gguf_writer_add_u32(w, "general.quantization_version", 2);
     U32("context_length", s->ctx);
     U32("embedding_length", s->dim);
-    U32("block_count", s->layers);
+    const bool glm = !strcmp(a, "glm4moe");
+    U32("block_count", s->layers + (glm ? g->nextn : 0));
     /* qwen3moe: the experts' width has its own key; feed_forward_length is the width of the
      * used experts together, as the published files have it. */
-    U32("feed_forward_length", moe_arch ? s->ffn * s->experts_used : s->ffn);
-    if (moe_arch)
+    U32("feed_forward_length", glm ? g->dense_ffn : moe_arch ? s->ffn * s->experts_used : s->ffn);
+    if (moe_arch || glm)
         U32("expert_feed_forward_length", s->ffn);
     if (mk_shared_ffn(s, o)) /* qwen2moe */
         U32("expert_shared_feed_forward_length", mk_shared_ffn(s, o));
@@ -819,7 +921,7 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
         U32("attention.key_length", s->head_dim);
         U32("attention.value_length", s->head_dim);
     }
-    U32("rope.dimension_count", o->rope_dim > 0 ? o->rope_dim : s->head_dim);
+    U32("rope.dimension_count", glm ? g->rope_dim : o->rope_dim > 0 ? o->rope_dim : s->head_dim);
     F32("rope.freq_base", s->rope_base);
     F32("attention.layer_norm_rms_epsilon", s->rms_eps);
     const int64_t window = o->window >= 0  ? o->window
@@ -841,6 +943,8 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     }
     if (!rc && !strcmp(a, "phi3"))
         rc = add_metadata_phi3(w, s, o);
+    if (!rc && glm)
+        rc = nf_mk_glm4moe_metadata(w, g);
 #undef U32
 #undef F32
     return rc;
@@ -1021,6 +1125,10 @@ int nf_cmd_mkmodel(int argc, char **argv)
                         .vocab = -1,
                         .ctx = -1,
                         .window = -1,
+                        .dense_layers = -1,
+                        .nextn = -1,
+                        .shared_experts = -1,
+                        .expert_scale = -1.0f,
                         .type = NF_TYPE_F16,
                         .seed = 1,
                         .threads = -1,
@@ -1030,7 +1138,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
     if (rc || done)
         return rc;
     struct nf_mk_shape s;
-    if ((rc = resolve_shape(&o, &s)))
+    struct nf_mk_glm glm = {0};
+    if ((rc = resolve_shape(&o, &s, &glm)))
         return rc;
     if (o.vocab_from && o.vocab > 0)
         return nf_usage_error(CMD, "--vocab and --vocab-from exclude each other");
@@ -1076,7 +1185,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
         exit_code = rc;
         goto out;
     }
-    if ((rc = add_metadata(w, &s, &o, name)))
+    if ((rc = add_metadata(w, &s, &glm, &o, name)))
         goto fail;
     if ((rc = add_vocab(w, &o, &s))) {
         exit_code = rc;
@@ -1095,8 +1204,9 @@ int nf_cmd_mkmodel(int argc, char **argv)
         }
         llama3_rope_freqs(freqs, s.head_dim, s.rope_base);
     }
-    if ((rc = !strcmp(s.arch, "phi3")
-                  ? build_tensors_phi3(&s, &o, &t, &nt, &freqs)
+    if ((rc = !strcmp(s.arch, "phi3") ? build_tensors_phi3(&s, &o, &t, &nt, &freqs)
+              : !strcmp(s.arch, "glm4moe")
+                  ? nf_mk_glm4moe_tensors(&s, &glm, o.type, o.tied, &t, &nt)
                   : build_tensors(&s, mk_shared_ffn(&s, &o), o.type, o.tied, freqs, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {

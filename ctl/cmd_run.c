@@ -29,7 +29,7 @@ static void usage(FILE *f)
         "Generates text with a llama-family GGUF model entirely in RAM, in this process. The\n"
         "generated text (not the prompt) is streamed to stdout as it is produced.\n"
         "Architectures (general.architecture): llama, qwen2, qwen3, qwen3moe, gemma3, qwen2moe,\n"
-        "olmoe, phi3 (Phi-3/3.5, Phi-4-mini).\n\n"
+        "olmoe, phi3 (Phi-3/3.5, Phi-4-mini), glm4moe (GLM-4.5/4.6/Air).\n\n"
         "  -m, --model FILE        GGUF model (required)\n"
         "  -p, --prompt TEXT       prompt text (default: empty: generation starts from BOS)\n"
         "  -f, --file FILE         read the prompt from FILE\n"

@@ -9,6 +9,18 @@
 #include "gguf_write.h"
 #include "quants.h"
 
+/* What glm4moe adds to a shape (mkmodel_glm4moe.c). */
+struct nf_mk_glm {
+    int64_t dense_layers;        /* leading_dense_block_count */
+    int64_t dense_ffn;           /* their feed_forward_length */
+    int64_t nextn;               /* nextn_predict_layers: blocks after the `layers` ones */
+    int64_t shared;              /* expert_shared_count */
+    int64_t rope_dim;            /* rope.dimension_count (GLM: half the head) */
+    float scale;                 /* expert_weights_scale (routed scaling factor) */
+    bool qk_norm;                /* attn_q_norm / attn_k_norm (GLM-4.5, not Air) */
+    int64_t groups, groups_used; /* expert_group_count / _used_count; 0: keys absent */
+};
+
 /* Hyperparameters of a llama-family model. */
 struct nf_mk_shape {
     const char *name; /* preset name, or "custom" */
@@ -89,5 +101,14 @@ struct nf_mk_gen {
  * Returns 0 or a negative code; *written receives the bytes written. */
 int nf_mk_write_data(int fd, const struct nf_mk_tensor *t, size_t n, const struct nf_mk_gen *g,
                      uint64_t *written);
+
+/* glm4moe (mkmodel_glm4moe.c), with s->layers the transformer layers (the nextn blocks come
+ * after them): the glm4moe part of preset `name` into *out (false: not a glm4moe preset); the
+ * tensors of the model, types as build_tensors' (routers, exp_probs_b and norms F32), the nextn
+ * blocks included; the glm4moe.* keys llama.cpp reads beyond the common ones. */
+bool nf_mk_glm4moe_preset(const char *name, struct nf_mk_glm *out);
+int nf_mk_glm4moe_tensors(const struct nf_mk_shape *s, const struct nf_mk_glm *g, enum nf_type type,
+                          bool tied, struct nf_mk_tensor **out, size_t *count);
+int nf_mk_glm4moe_metadata(struct nf_gguf_writer *w, const struct nf_mk_glm *g);
 
 #endif

@@ -41,6 +41,10 @@ kind() {
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
         --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue | \
         --max-running) K=int ;;
+    --dense-layers | --dense-ffn | --nextn | --shared-experts | --expert-groups | \
+        --groups-used) K=int ;;
+    --expert-scale) K=float ;;
+    --qk-norm) K=bool ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale | --router-skew) K=float ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
@@ -78,6 +82,10 @@ good() {
     --head-dim | --rope-dim) G=16 ;;
     --longrope) G=64 ;;
     --sliding-window) G=2047 ;;
+    --dense-layers | --nextn | --shared-experts | --groups-used) G=1 ;;
+    --dense-ffn) G=128 ;;
+    --expert-groups) G=2 ;;
+    --expert-scale) G=2.5 ;;
     --arch) G=llama ;;
     --experts) G=4 ;;
     --vocab) G=512 ;;
@@ -122,6 +130,10 @@ flag_ctx() {
     case "$1" in
     --shared-ffn) CTX=(--arch qwen2moe) ;;
     --window) CTX=(--arch gemma3 --experts 0) ;;
+    --dense-layers | --dense-ffn | --nextn | --shared-experts | --expert-scale | --qk-norm)
+        CTX=(--arch glm4moe) ;;
+    --expert-groups) CTX=(--arch glm4moe --groups-used 1) ;;
+    --groups-used) CTX=(--arch glm4moe --expert-groups 2) ;;
     *) CTX=() ;;
     esac
 }
@@ -163,7 +175,9 @@ parsed_flags() {
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
         "--zero-experts --router-skew" \
         "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
-        "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" ;;
+        "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" \
+        "--dense-layers --dense-ffn --nextn --shared-experts --expert-scale --qk-norm" \
+        "--expert-groups --groups-used" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \

@@ -92,6 +92,14 @@ static int map_moe(struct nf_plan_layer *pl, const struct nf_nft *f, uint32_t la
 {
     const uint32_t ne = f->hdr.n_expert;
     uint32_t nt = nf_nft_count(f, layer, NF_TILE_EXPERT);
+    if (nt == 0 && !nf_nft_find(f, layer, NF_TILE_ROUTER, 0) &&
+        nf_nft_count(f, layer, NF_TILE_FFN)) {
+        /* A leading dense layer (glm4moe): no experts; its FFN tiles are fixed (put_fixed). */
+        pl->group = 0;
+        pl->n_units = 0;
+        pl->unit_tile = calloc(1, sizeof(uint32_t));
+        return pl->unit_tile ? 0 : -ENOMEM;
+    }
     if (nt == 0 || !nf_nft_find(f, layer, NF_TILE_ROUTER, 0))
         return nf_errf(err, errlen, NF_ECORRUPT, "%s: MoE layer %u lacks expert or router tiles",
                        f->path, layer);
@@ -220,7 +228,8 @@ int nf_plan_head(const struct nf_plan *p, uint32_t token, uint32_t *out, size_t 
 }
 
 /* Appends the tiles of layer used whatever its units: norms, attention, and for MoE the shared
- * expert's gate and FFN tiles (qwen2moe; compute runs them first) and the router. */
+ * expert's gate and FFN tiles (qwen2moe; compute runs them first; a glm4moe leading dense
+ * layer's FFN tiles) and the router. */
 static int put_fixed(const struct nf_plan *p, uint32_t layer, uint32_t *out, size_t cap, size_t *n)
 {
     static const enum nf_tile_kind fixed[] = {NF_TILE_ATTN_NORM, NF_TILE_ATTN_Q, NF_TILE_ATTN_K,
@@ -377,6 +386,8 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
         const struct nf_nft_tile *nt = nf_nft_find(f, il, NF_TILE_FFN_NORM, 0);
         if (!p->moe && !pt && f->in_place)
             break; /* an in-place index has no dense predictors: every unit, in order */
+        if (p->moe && p->layers[il].n_units == 0)
+            continue; /* a leading dense layer of a MoE model: nothing to forecast */
         bool want =
             p->moe ? pt && pt->kind == NF_TILE_PRED_ROUTER : pt && pt->kind == NF_TILE_PRED_LOWRANK;
         if (!want || !nt || nt->type[0] != NF_TYPE_F32 || nt->size != E * sizeof(float)) {
