@@ -1,5 +1,5 @@
 /* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe,
- * gemma3, qwen2moe, olmoe, phi3) with generated weights. */
+ * gemma3, qwen2moe, olmoe, phi3, deepseek2) with generated weights. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -59,11 +59,16 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
      * rope scaling 8 (llama.cpp applies it to the global layers only). */
     {"gemma3-12b", 3840, 48, 15360, 16, 8, 0, 0, 262208, 131072, 1000000.0f, 1e-6f, "gemma3", 256,
      1024, 8.0f},
+    /* DeepSeek-V3 and Kimi-K2 (the MLA part in mkmodel_deepseek2.c). */
+    {"deepseek-v3", 7168, 61, 2048, 128, 1, 256, 8, 129280, 163840, 10000.0f, 1e-6f, "deepseek2",
+     192, 0, 0.0f},
+    {"kimi-k2", 7168, 61, 2048, 64, 1, 384, 8, 163840, 131072, 50000.0f, 1e-6f, "deepseek2", 192, 0,
+     0.0f},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
-static const char *const nf_mk_archs[] = {"llama",  "qwen2",    "qwen3", "qwen3moe",
-                                          "gemma3", "qwen2moe", "olmoe", "phi3"};
+static const char *const nf_mk_archs[] = {"llama",    "qwen2", "qwen3", "qwen3moe", "gemma3",
+                                          "qwen2moe", "olmoe", "phi3",  "deepseek2"};
 
 /* gemma3's sliding window when --window is not given (Gemma 3 1B's). */
 #define NF_MK_GEMMA3_WINDOW 512
@@ -71,7 +76,8 @@ static const char *const nf_mk_archs[] = {"llama",  "qwen2",    "qwen3", "qwen3m
 /* The architectures with routed experts only (llama may have them too). */
 static bool nf_mk_moe_arch(const char *a)
 {
-    return !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe") || !strcmp(a, "olmoe");
+    return !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe") || !strcmp(a, "olmoe") ||
+           !strcmp(a, "deepseek2");
 }
 
 const struct nf_mk_shape *nf_mk_shape_find(const char *name)
@@ -111,8 +117,9 @@ static void usage(FILE *f)
         "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
         "--heads H [--kv-heads K]) [OPTIONS]\n\n"
         "Writes a GGUF v3 model of architecture llama, qwen2, qwen3, qwen3moe, gemma3,\n"
-        "qwen2moe, olmoe or phi3 with deterministic random weights (uniform, std %.2g; norms 1.0,\n"
-        "qwen3 q/k norms and every gemma3 norm 1 + %g x noise) or, with --zero, all-zero\n"
+        "qwen2moe, olmoe, phi3 or deepseek2 with deterministic random weights (uniform, std\n"
+        "%.2g; norms 1.0, qwen3 q/k norms, deepseek2 low-rank norms and every gemma3 norm\n"
+        "1 + %g x noise) or, with --zero, all-zero\n"
         "matrices left as file holes.\n\n"
         "Shape (flags override the preset's values):\n"
         "  --shape NAME         %s\n"
@@ -145,6 +152,20 @@ static void usage(FILE *f)
         "                       (default: none)\n"
         "  --sliding-window N   (phi3) attention.sliding_window, which llama.cpp ignores for\n"
         "                       phi3 (default: none)\n"
+        "deepseek2 (multi-head latent attention; --head-dim is the q/k head size, nope +\n"
+        "rope; --ffn the experts' width; presets deepseek-v3, kimi-k2):\n"
+        "  --q-lora N           attention.q_lora_rank; 0: plain attn_q as V2-Lite\n"
+        "  --kv-lora N          attention.kv_lora_rank (the cached latent's width)\n"
+        "  --rope-dim N         the decoupled rope part of each head (qk_rope_head_dim)\n"
+        "  --v-head N           value head size (value_length_mla)\n"
+        "  --dense-layers N     leading dense layers (cut to --layers - 1 when fewer)\n"
+        "  --dense-ffn N        their feed-forward length\n"
+        "  --shared-experts N   shared experts (each --ffn wide)\n"
+        "  --sigmoid            V3 routing: sigmoid gating, an exp_probs_b selection bias,\n"
+        "                       renormalized weights (default: V2's softmax)\n"
+        "  --expert-scale F     expert_weights_scale (default: the shape's, else 1)\n"
+        "  --expert-groups G    grouped top-k: G groups, --groups-used U of them kept\n"
+        "  --groups-used U\n"
         "  --dim D              embedding length (default: the shape's)\n"
         "  --layers L           block count (default: the shape's; --layers-override is the\n"
         "                       same flag)\n"
@@ -192,6 +213,11 @@ struct mk_opts {
     long rope_dim, longrope, swa;
     long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx, window;
     long shared_ffn;
+    /* deepseek2, -1 = not given */
+    long q_lora, kv_lora, v_head, dense_layers, dense_ffn, shared_experts, groups, groups_used;
+    bool sigmoid;
+    float expert_scale;
+    struct nf_mk_ds ds; /* the resolved deepseek2 shape */
     float rope_base, rms_eps, rope_scale;
     bool rope_set, eps_set;
     enum nf_type type;
@@ -239,6 +265,14 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--rope-dim", 2, 1 << 16, offsetof(struct mk_opts, rope_dim)},
         {"--longrope", 1, 1 << 24, offsetof(struct mk_opts, longrope)},
         {"--sliding-window", 1, 1 << 30, offsetof(struct mk_opts, swa)},
+        {"--q-lora", 0, 1 << 20, offsetof(struct mk_opts, q_lora)},
+        {"--kv-lora", 1, 1 << 20, offsetof(struct mk_opts, kv_lora)},
+        {"--v-head", 1, 1 << 16, offsetof(struct mk_opts, v_head)},
+        {"--dense-layers", 0, 4096, offsetof(struct mk_opts, dense_layers)},
+        {"--dense-ffn", 1, 1 << 22, offsetof(struct mk_opts, dense_ffn)},
+        {"--shared-experts", 0, 64, offsetof(struct mk_opts, shared_experts)},
+        {"--expert-groups", 0, 1024, offsetof(struct mk_opts, groups)},
+        {"--groups-used", 1, 1024, offsetof(struct mk_opts, groups_used)},
     };
     *done = false;
     for (int i = 1; i < argc; i++) {
@@ -269,6 +303,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         }
         if (!strcmp(a, "--rope-freqs")) {
             o->rope_freqs = true;
+            continue;
+        }
+        if (!strcmp(a, "--sigmoid")) {
+            o->sigmoid = true;
             continue;
         }
         bool matched = false;
@@ -304,7 +342,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return nf_usage_error(
                     CMD,
                     "unknown --arch '%s' (expected llama, qwen2, qwen3, qwen3moe, gemma3, "
-                    "qwen2moe, olmoe or phi3)",
+                    "qwen2moe, olmoe, phi3 or deepseek2)",
                     v);
             o->arch = v;
         } else if (nf_arg_is(a, "--type")) {
@@ -339,6 +377,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--rope-scale", v, 1.0f, 1e6f, &o->rope_scale))
                 return 2;
+        } else if (nf_arg_is(a, "--expert-scale")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, "--expert-scale", v, 0.0f, 1e3f, &o->expert_scale))
+                return 2;
         } else if (nf_arg_is(a, "--rms-eps")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--rms-eps", v, 1e-12f, 1.0f, &o->rms_eps))
@@ -367,6 +409,10 @@ static int64_t mk_shared_ffn(const struct nf_mk_shape *s, const struct mk_opts *
 static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
 {
     const bool phi3 = !strcmp(s->arch, "phi3");
+    if (!strcmp(s->arch, "deepseek2")) /* its --rope-dim is the decoupled rope part */
+        return o->longrope > 0 || o->swa > 0
+                   ? nf_usage_error(CMD, "--longrope and --sliding-window are for --arch phi3")
+                   : 0;
     const char *only = o->rope_dim > 0   ? "--rope-dim"
                        : o->longrope > 0 ? "--longrope"
                        : o->swa > 0      ? "--sliding-window"
@@ -387,6 +433,55 @@ static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
         return nf_usage_error(CMD, "--longrope %ld must be below the context length %lld",
                               o->longrope, (long long)s->ctx);
     return 0;
+}
+
+/* Applies the deepseek2 flags to s (refused for the other architectures) and checks the shape:
+ * one KV head (the latent), the leading dense layers cut below --layers. */
+static int resolve_deepseek2(struct mk_opts *o, struct nf_mk_shape *s)
+{
+    const long *given[] = {&o->q_lora,    &o->kv_lora, &o->v_head,      &o->dense_layers,
+                           &o->dense_ffn, &o->groups,  &o->groups_used, &o->shared_experts};
+    bool any = o->sigmoid || o->expert_scale > 0;
+    for (size_t i = 0; i < sizeof(given) / sizeof(given[0]); i++)
+        any |= *given[i] >= 0;
+    if (strcmp(s->arch, "deepseek2") != 0)
+        return any ? nf_usage_error(CMD, "--q-lora, --kv-lora, --v-head, --dense-layers, "
+                                         "--dense-ffn, --shared-experts, --sigmoid, "
+                                         "--expert-scale and --expert-groups are for --arch "
+                                         "deepseek2")
+                   : 0;
+    struct nf_mk_ds *d = &o->ds;
+    const struct nf_mk_ds *pre = nf_mk_ds_preset(o->shape_name);
+    if (pre && !strcmp(s->name, o->shape_name))
+        *d = *pre;
+    if (o->q_lora >= 0)
+        d->q_lora = o->q_lora;
+    if (o->kv_lora > 0)
+        d->kv_lora = o->kv_lora;
+    if (o->rope_dim > 0)
+        d->rope_dim = o->rope_dim;
+    if (o->v_head > 0)
+        d->v_head = o->v_head;
+    if (d->v_head <= 0)
+        d->v_head = s->head_dim - d->rope_dim;
+    if (o->dense_layers >= 0)
+        d->dense_lead = o->dense_layers;
+    if (o->dense_ffn > 0)
+        d->dense_ffn = o->dense_ffn;
+    if (o->shared_experts >= 0)
+        d->n_shared = o->shared_experts;
+    if (o->sigmoid)
+        d->sigmoid = true;
+    if (o->expert_scale > 0)
+        d->expert_scale = o->expert_scale;
+    if (o->groups >= 0)
+        d->groups = o->groups;
+    if (o->groups_used > 0)
+        d->groups_used = o->groups_used;
+    if (d->dense_lead >= s->layers && o->dense_layers < 0)
+        d->dense_lead = s->layers - 1; /* a preset cut by --layers keeps one MoE layer */
+    s->kv_heads = 1;
+    return nf_mk_deepseek2_check(s, d);
 }
 
 /* Combines the preset and the flags into s and checks that the result is a valid model. */
@@ -777,6 +872,8 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
             (uint32_t)(o->alignment > 0 ? o->alignment : NF_GGUF_DEFAULT_ALIGNMENT));
     if (!rc && o->type != NF_TYPE_F32 && o->type != NF_TYPE_F16 && o->type != NF_TYPE_BF16)
         rc = nf_gguf_writer_add_u32(w, "general.quantization_version", 2);
+    if (!rc && !strcmp(a, "deepseek2"))
+        return nf_mk_deepseek2_metadata(w, s, &o->ds);
     U32("context_length", s->ctx);
     U32("embedding_length", s->dim);
     U32("block_count", s->layers);
@@ -982,7 +1079,15 @@ static void default_name(char *name, size_t len, const struct mk_opts *o)
 
 int nf_cmd_mkmodel(int argc, char **argv)
 {
-    struct mk_opts o = {.rope_dim = -1,
+    struct mk_opts o = {.q_lora = -1,
+                        .kv_lora = -1,
+                        .v_head = -1,
+                        .dense_layers = -1,
+                        .dense_ffn = -1,
+                        .shared_experts = -1,
+                        .groups = -1,
+                        .groups_used = -1,
+                        .rope_dim = -1,
                         .longrope = -1,
                         .swa = -1,
                         .dim = -1,
@@ -1004,7 +1109,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
     if (rc || done)
         return rc;
     struct nf_mk_shape s;
-    if ((rc = resolve_shape(&o, &s)))
+    if ((rc = resolve_shape(&o, &s)) || (rc = resolve_deepseek2(&o, &s)))
         return rc;
     if (o.vocab_from && o.vocab > 0)
         return nf_usage_error(CMD, "--vocab and --vocab-from exclude each other");
@@ -1065,8 +1170,9 @@ int nf_cmd_mkmodel(int argc, char **argv)
         }
         llama3_rope_freqs(freqs, s.head_dim, s.rope_base);
     }
-    if ((rc = !strcmp(s.arch, "phi3")
-                  ? build_tensors_phi3(&s, &o, &t, &nt, &freqs)
+    if ((rc = !strcmp(s.arch, "phi3") ? build_tensors_phi3(&s, &o, &t, &nt, &freqs)
+              : !strcmp(s.arch, "deepseek2")
+                  ? nf_mk_deepseek2_tensors(&s, &o.ds, o.type, o.tied, &t, &nt)
                   : build_tensors(&s, mk_shared_ffn(&s, &o), o.type, o.tied, freqs, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {
