@@ -69,7 +69,7 @@ int nf_mk_deepseek2_tensors(const struct nf_mk_shape *s, const struct nf_mk_ds *
     const int64_t E = s->dim, H = s->heads, K = s->head_dim, R = d->rope_dim;
     const int64_t L = d->kv_lora, QA = d->q_lora, VM = d->v_head, X = s->experts;
     const int64_t S = s->ffn * d->n_shared;
-    const size_t n = 3 + 16 * (size_t)s->layers;
+    const size_t n = 3 + 20 * (size_t)s->layers; /* at most 18 a layer */
     size_t k = 0;
     struct nf_mk_tensor *t = calloc(n, sizeof(*t));
     if (!t)
