@@ -385,6 +385,14 @@ void nf_mla_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, i
  * then attn_v_b per head into c->mla_att (n_tok, H * n_embd_head_v_mla). Reads only w's
  * kv_a_norm, wk_b and wv_b. */
 void nf_mla_attend(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok);
+/* nf_mla_attend in steps, for a caller whose attn_k_b / attn_v_b come in pieces of whole heads
+ * (the streaming engine): nf_mla_prep (RoPE and the latent's norm, kv_a_norm (n_lora_kv) F32),
+ * nf_mla_absorb for each piece of attn_k_b (heads h0 .. h0 + ne[2] - 1), nf_mla_attend_latent
+ * (the cache and the heads), nf_mla_values for each piece of attn_v_b. */
+void nf_mla_prep(struct nf_ctx *c, const float *kv_a_norm, int n_tok);
+void nf_mla_absorb(struct nf_ctx *c, const struct nf_tensor *wk_b, int h0, int n_tok);
+void nf_mla_attend_latent(struct nf_ctx *c, int il, int pos0, int n_tok);
+void nf_mla_values(struct nf_ctx *c, const struct nf_tensor *wv_b, int h0, int n_tok);
 /* deepseek2's router of one token: p (X) holds the router logits; softmax or sigmoid gating,
  * bias (X, or NULL) added for the selection only, the groups of hp's grouped top-k, the top K,
  * their gate values renormalized (expert_weights_norm) and scaled (expert_weights_scale), as

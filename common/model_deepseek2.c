@@ -31,32 +31,33 @@ static struct nf_tensor nf_head_view(const struct nf_tensor *t, int h)
     return v;
 }
 
-/* ggml's batched mul_mat over the heads, each head a mat-mul of n_tok columns: for head h, the
- * w->ne[0] values at in + h * in_off of each token row (in_stride floats apart) times head h of
- * w, written at out + h * out_off of each row (out_stride floats apart). */
-static void nf_mla_per_head(struct nf_ctx *c, const struct nf_tensor *w, const float *in,
-                            size_t in_off, size_t in_stride, float *out, size_t out_off,
-                            size_t out_stride, int n_tok)
+/* ggml's batched mul_mat over the heads, each head a mat-mul of n_tok columns: for heads
+ * h0 .. h0 + w->ne[2] - 1 (w holds exactly those), the w->ne[0] values at in + h * in_off of each
+ * token row (in_stride floats apart) times w's slice of head h, written at out + h * out_off of
+ * each row (out_stride floats apart). */
+static void nf_mla_heads(struct nf_ctx *c, const struct nf_tensor *w, int h0, const float *in,
+                         size_t in_off, size_t in_stride, float *out, size_t out_off,
+                         size_t out_stride, int n_tok)
 {
-    const struct nf_hparams *hp = &c->m->hp;
     const size_t n = (size_t)w->ne[0], m = (size_t)w->ne[1];
-    for (int h = 0; h < hp->n_head; h++) {
-        const struct nf_tensor wh = nf_head_view(w, h);
+    for (int j = 0; j < (int)w->ne[2]; j++) {
+        const size_t h = (size_t)(h0 + j);
+        const struct nf_tensor wh = nf_head_view(w, j);
         for (int t = 0; t < n_tok; t++)
-            memcpy(c->mla_in + (size_t)t * n, in + (size_t)t * in_stride + (size_t)h * in_off,
+            memcpy(c->mla_in + (size_t)t * n, in + (size_t)t * in_stride + h * in_off,
                    n * sizeof(float));
         nf_matmul(c, c->mla_out, &wh, c->mla_in, n_tok);
         for (int t = 0; t < n_tok; t++)
-            memcpy(out + (size_t)t * out_stride + (size_t)h * out_off, c->mla_out + (size_t)t * m,
+            memcpy(out + (size_t)t * out_stride + h * out_off, c->mla_out + (size_t)t * m,
                    m * sizeof(float));
     }
 }
 
-void nf_mla_attend(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok)
+void nf_mla_prep(struct nf_ctx *c, const float *kv_a_norm, int n_tok)
 {
     const struct nf_hparams *hp = &c->m->hp;
     const int H = hp->n_head, K = hp->n_embd_head_k_mla, R = hp->n_rot, NOPE = K - R;
-    const int L = hp->n_lora_kv, D = hp->head_dim, VM = hp->n_embd_head_v_mla;
+    const int L = hp->n_lora_kv, D = hp->head_dim;
     for (int t = 0; t < n_tok; t++) {
         /* ggml_rope_ext of the q_pe and k_pe views (NORM mode), then the RMSNorm of the
          * latent, kv_cmpr. */
@@ -64,11 +65,25 @@ void nf_mla_attend(struct nf_ctx *c, const struct nf_attn_weights *w, int il, in
         for (int h = 0; h < H; h++)
             nf_rope_vec(c, qt + (size_t)h * K + NOPE, t, false);
         nf_rope_vec(c, kt + L, t, false);
-        nf_rmsnorm(kt, kt, w->kv_a_norm.data, L, hp->rms_eps);
+        nf_rmsnorm(kt, kt, kv_a_norm, L, hp->rms_eps);
     }
-    /* Qcur = concat(wk_b x q_nope, q_pe) per head: (n_tok, H, L + R). */
-    nf_mla_per_head(c, &w->wk_b, c->mla_q, (size_t)K, (size_t)H * K, c->q, (size_t)D, (size_t)H * D,
-                    n_tok);
+}
+
+void nf_mla_absorb(struct nf_ctx *c, const struct nf_tensor *wk_b, int h0, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const size_t H = (size_t)hp->n_head, K = (size_t)hp->n_embd_head_k_mla;
+    const size_t D = (size_t)hp->head_dim;
+    /* Qcur's first part, wk_b x q_nope per head: (n_tok, H, L) at stride D. */
+    nf_mla_heads(c, wk_b, h0, c->mla_q, K, H * K, c->q, D, H * D, n_tok);
+}
+
+void nf_mla_attend_latent(struct nf_ctx *c, int il, int pos0, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int H = hp->n_head, K = hp->n_embd_head_k_mla, R = hp->n_rot, NOPE = K - R;
+    const int L = hp->n_lora_kv, D = hp->head_dim;
+    /* Qcur = concat(q_nope_absorbed, q_pe) per head: (n_tok, H, L + R). */
     for (int t = 0; t < n_tok; t++)
         for (int h = 0; h < H; h++)
             memcpy(c->q + (size_t)t * H * D + (size_t)h * D + L,
@@ -78,9 +93,23 @@ void nf_mla_attend(struct nf_ctx *c, const struct nf_attn_weights *w, int il, in
         for (int i = 0; i < D; i++)
             kc[(size_t)(pos0 + t) * D + i] = nf_fp32_to_fp16(c->k[(size_t)t * D + i]);
     nf_attn_heads(c, il, pos0, n_tok);
-    /* kqv_mla = wv_b x kqv per head: (n_tok, H, VM), into attn_output. */
-    nf_mla_per_head(c, &w->wv_b, c->att, (size_t)L, (size_t)H * L, c->mla_att, (size_t)VM,
-                    (size_t)H * VM, n_tok);
+}
+
+void nf_mla_values(struct nf_ctx *c, const struct nf_tensor *wv_b, int h0, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const size_t H = (size_t)hp->n_head, L = (size_t)hp->n_lora_kv;
+    const size_t VM = (size_t)hp->n_embd_head_v_mla;
+    /* kqv_mla = wv_b x kqv per head: (n_tok, H, VM), the input of attn_output. */
+    nf_mla_heads(c, wv_b, h0, c->att, L, H * L, c->mla_att, VM, H * VM, n_tok);
+}
+
+void nf_mla_attend(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok)
+{
+    nf_mla_prep(c, w->kv_a_norm.data, n_tok);
+    nf_mla_absorb(c, &w->wk_b, 0, n_tok);
+    nf_mla_attend_latent(c, il, pos0, n_tok);
+    nf_mla_values(c, &w->wv_b, 0, n_tok);
 }
 
 void nf_mla_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok)
