@@ -33,7 +33,8 @@
  *    (kv_lora_rank + rope dims per token and layer, key_length); NORM RoPE on the rope dims;
  *    leading dense layers, then routed experts plus an ungated shared expert, routed by softmax
  *    (V2) or sigmoid with a score-correction bias and expert groups (V3), weights optionally
- *    renormalized and scaled by expert_weights_scale.
+ *    renormalized and scaled by expert_weights_scale; YaRN rope scaling (rope.scaling.type
+ *    yarn) with llama.cpp's attention factor and score scale (mscale^2 / sqrt(key_length_mla)).
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
@@ -140,6 +141,10 @@ struct nf_hparams {
     int n_expert_groups;        /* grouped top-k (expert_group_count; 0 or 1: no groups) */
     int n_group_used;           /* groups kept (expert_group_used_count) */
     float kq_scale;             /* softmax scale of the scores; 0: 1 / sqrt(head_dim) */
+    /* YaRN (deepseek2's rope.scaling.type yarn): ggml's ext_factor (1; 0 without YaRN) and
+     * the correction dims between which rotated pairs blend interpolation and extrapolation. */
+    float yarn_ext_factor;
+    float yarn_corr[2];
 };
 
 /* deepseek2's expert gating functions (llama.cpp's expert_gating_func values). */

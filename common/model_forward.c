@@ -443,14 +443,25 @@ static void nf_attn_run(void *arg, int ith, int nth)
  * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
  * optional frequency factor, times the linear scaling factor; cos and sin times mscale. */
 static void nf_rope_fill(float *cs, float *sn, int n_rot, float base, float freq_scale,
-                         const float *ff, float mscale, int pos0, int n_tok)
+                         const float *ff, float mscale, int pos0, int n_tok, float ext,
+                         const float *corr)
 {
     const int half = n_rot / 2;
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
     for (int t = 0; t < n_tok; t++) {
         float theta = (float)(pos0 + t);
         for (int i = 0; i < half; i++) {
-            const float th = (ff ? theta / ff[i] : theta) * freq_scale;
+            float th = (ff ? theta / ff[i] : theta) * freq_scale;
+            if (ext != 0.0f) {
+                /* ggml's rope_yarn: pair i blends the interpolated angle with the
+                 * extrapolated one by its ramp between the correction dims (the first
+                 * product fused, as ggml's C is compiled). The magnitude scaling is in
+                 * mscale already (rope_attn_factor). */
+                const float extrap = ff ? theta / ff[i] : theta;
+                const float y = ((float)i - corr[0]) / fmaxf(0.001f, corr[1] - corr[0]);
+                const float ramp = (1 - fminf(1, fmaxf(0, y))) * ext;
+                th = fmaf(freq_scale * extrap, 1 - ramp, extrap * ramp);
+            }
             cs[(size_t)t * half + i] = cosf(th) * mscale;
             sn[(size_t)t * half + i] = sinf(th) * mscale;
             theta *= theta_scale;
@@ -468,11 +479,11 @@ void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
     if (!ff && c->m->rope_long.data)
         ff = c->n_ctx > hp->n_ctx_orig ? c->m->rope_long.data : c->m->rope_short.data;
     nf_rope_fill(c->rope_cos, c->rope_sin, hp->n_rot, hp->rope_base, hp->rope_freq_scale, ff,
-                 hp->rope_attn_factor, pos0, n_tok);
+                 hp->rope_attn_factor, pos0, n_tok, hp->yarn_ext_factor, hp->yarn_corr);
     /* gemma3's local layers rotate with their own base and scale (no frequency factors). */
     if (hp->n_swa)
         nf_rope_fill(c->rope_cos_swa, c->rope_sin_swa, hp->n_rot, hp->rope_base_swa,
-                     hp->rope_freq_scale_swa, NULL, 1.0f, pos0, n_tok);
+                     hp->rope_freq_scale_swa, NULL, 1.0f, pos0, n_tok, 0.0f, NULL);
 }
 
 /* Rotates the pairs of each head's first n_rot dims: adjacent pairs (x[2i], x[2i+1]) in

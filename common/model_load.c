@@ -204,7 +204,9 @@ static int nf_load_rope(struct nf_hparams *hp, const struct nf_gguf *g, const ch
     const char *stype = NULL;
     if (nf_gguf_get_str(g, key, &stype) < 0)
         stype = NULL;
-    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0)
+    /* deepseek2 reads YaRN's other keys in nf_load_deepseek2 (its only YaRN architecture). */
+    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0 &&
+        !(hp->arch == NF_ARCH_DEEPSEEK2 && !strcmp(stype, "yarn")))
         return nf_errf(err, errlen, NF_EARCH,
                        "%s: %s '%s' is not supported (supported: none, linear; Llama 3.1+ "
                        "scaling comes as the rope_freqs.weight tensor)",
@@ -275,6 +277,58 @@ static int nf_load_phi3_hparams(struct nf_hparams *hp, const struct nf_gguf *g, 
     return 0;
 }
 
+/* llama.cpp's get_mscale of YaRN. */
+static float nf_yarn_mscale(float scale, float mscale)
+{
+    return scale <= 1.0f ? 1.0f : (0.1f * mscale * logf(scale) + 1.0f);
+}
+
+/* deepseek2's rope scaling and score scale, in the float steps of llama.cpp (llama_context's
+ * yarn_attn_factor, then llm_build_deepseek2's mscale and kq_scale, and ggml's rope_yarn):
+ * YaRN (rope.scaling.type yarn: original_context_length, yarn_log_multiplier, which the
+ * converter writes as 0.1 x mscale_all_dim) or linear scaling, times rope.scaling.attn_factor. */
+static int nf_load_deepseek2_rope(struct nf_hparams *hp, const struct nf_gguf *g, char *err,
+                                  size_t errlen)
+{
+    const char *pfx = "deepseek2", *stype = NULL;
+    float log_mul = 0.0f, attn = 1.0f;
+    int orig = 0, rc;
+    char key[96];
+    snprintf(key, sizeof(key), "%s.rope.scaling.type", pfx);
+    const bool yarn = nf_gguf_get_str(g, key, &stype) == 0 && stype && !strcmp(stype, "yarn");
+    if ((rc = nf_hp_float(g, pfx, "rope.scaling.yarn_log_multiplier", 0.0f, false, &log_mul, err,
+                          errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.attn_factor", 1.0f, false, &attn, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "rope.scaling.original_context_length", hp->n_ctx_train, 1, 1 << 30,
+                        &orig, err, errlen)))
+        return rc;
+    log_mul /= 0.1f; /* llama.cpp cancels the converter's factor */
+    const float fs = hp->rope_freq_scale, factor = 1.0f / fs;
+    float yaf = 1.0f;
+    if (yarn) {
+        if (log_mul != 0.0f) /* DeepSeek-V2's mscale is mscale_all_dim unless that is 1 */
+            yaf = nf_yarn_mscale(factor, log_mul != 1.0f ? log_mul : 1.0f) /
+                  nf_yarn_mscale(factor, log_mul);
+        else
+            yaf = nf_yarn_mscale(factor, 1.0f);
+        yaf *= 1.0f / (1.0f + 0.1f * logf(factor)); /* cancelled again in rope_yarn */
+    }
+    yaf *= attn;
+    const float org = yaf * (1.0f + 0.1f * logf(1.0f / fs));
+    const float ms = org * (1.0f + 0.1f * log_mul * logf(1.0f / fs));
+    hp->kq_scale = 1.0f * ms * ms / sqrtf((float)hp->n_embd_head_k_mla);
+    hp->rope_attn_factor = yarn ? yaf * (1.0f + 0.1f * logf(1.0f / fs)) : yaf;
+    hp->yarn_ext_factor = yarn ? 1.0f : 0.0f;
+    if (yarn) { /* ggml_rope_yarn_corr_dims with llama.cpp's beta_fast 32, beta_slow 1 */
+        const float nd = (float)hp->n_rot, base = hp->rope_base;
+        const float lo = nd * logf((float)orig / (32.0f * 2 * (float)M_PI)) / (2 * logf(base));
+        const float hi = nd * logf((float)orig / (1.0f * 2 * (float)M_PI)) / (2 * logf(base));
+        hp->yarn_corr[0] = fmaxf(0, floorf(lo));
+        hp->yarn_corr[1] = fminf(nd - 1, ceilf(hi));
+    }
+    return 0;
+}
+
 /* deepseek2's keys, as llama.cpp's llama_model_deepseek2 reads them, for files with the split
  * attn_k_b / attn_v_b (key_length_mla and value_length_mla present; the latent's lengths in
  * key_length and value_length, one KV head). On entry hp->n_lora_kv holds value_length. */
@@ -339,13 +393,9 @@ static int nf_load_deepseek2(struct nf_hparams *hp, const struct nf_gguf *g, cha
                        "%s: %s.attention.key_length_mla (%d) must be more than the even "
                        "rope.dimension_count (%d)",
                        path, pfx, hp->n_embd_head_k_mla, hp->n_rot);
-    /* YaRN's attention factor changes the score scale (llama.cpp's mscale); not applied here. */
-    if (hp->rope_freq_scale != 1.0f)
-        return nf_errf(err, errlen, NF_EARCH,
-                       "%s: %s.rope.scaling: rope scaling is not supported for deepseek2 yet", path,
-                       pfx);
     hp->n_lora_kv = kv_lora;
-    hp->kq_scale = 1.0f / sqrtf((float)hp->n_embd_head_k_mla);
+    if ((rc = nf_load_deepseek2_rope(hp, g, err, errlen)))
+        return rc;
     /* The oracle (d32676d) pads its KV view to 256 cells, as for gemma3: with 32 a V3-like
      * q8_0 model's decode steps drift (13 of 178 off by more than 1e-4), with 256 none. */
     hp->kv_pad = 256;

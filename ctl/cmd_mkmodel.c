@@ -166,6 +166,9 @@ static void usage(FILE *f)
         "  --expert-scale F     expert_weights_scale (default: the shape's, else 1)\n"
         "  --expert-groups G    grouped top-k: G groups, --groups-used U of them kept\n"
         "  --groups-used U\n"
+        "  --yarn F             YaRN rope scaling by F (deepseek-v3: 40, kimi-k2: 32)\n"
+        "  --yarn-orig N        its original context length (default: --ctx)\n"
+        "  --yarn-mscale M      its mscale_all_dim (default 1; 0: no log multiplier)\n"
         "  --dim D              embedding length (default: the shape's)\n"
         "  --layers L           block count (default: the shape's; --layers-override is the\n"
         "                       same flag)\n"
@@ -216,7 +219,8 @@ struct mk_opts {
     /* deepseek2, -1 = not given */
     long q_lora, kv_lora, v_head, dense_layers, dense_ffn, shared_experts, groups, groups_used;
     bool sigmoid;
-    float expert_scale;
+    float expert_scale, yarn, yarn_mscale;
+    long yarn_orig;
     struct nf_mk_ds ds; /* the resolved deepseek2 shape */
     float rope_base, rms_eps, rope_scale;
     bool rope_set, eps_set;
@@ -273,6 +277,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--shared-experts", 0, 64, offsetof(struct mk_opts, shared_experts)},
         {"--expert-groups", 0, 1024, offsetof(struct mk_opts, groups)},
         {"--groups-used", 1, 1024, offsetof(struct mk_opts, groups_used)},
+        {"--yarn-orig", 1, 1 << 24, offsetof(struct mk_opts, yarn_orig)},
     };
     *done = false;
     for (int i = 1; i < argc; i++) {
@@ -377,6 +382,12 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--rope-scale", v, 1.0f, 1e6f, &o->rope_scale))
                 return 2;
+        } else if (nf_arg_is(a, "--yarn") || nf_arg_is(a, "--yarn-mscale")) {
+            const bool f = nf_arg_is(a, "--yarn");
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, f ? "--yarn" : "--yarn-mscale", v, f ? 1.0f : 0.0f, 1e4f,
+                             f ? &o->yarn : &o->yarn_mscale))
+                return 2;
         } else if (nf_arg_is(a, "--expert-scale")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--expert-scale", v, 0.0f, 1e3f, &o->expert_scale))
@@ -439,16 +450,17 @@ static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
  * one KV head (the latent), the leading dense layers cut below --layers. */
 static int resolve_deepseek2(struct mk_opts *o, struct nf_mk_shape *s)
 {
-    const long *given[] = {&o->q_lora,    &o->kv_lora, &o->v_head,      &o->dense_layers,
-                           &o->dense_ffn, &o->groups,  &o->groups_used, &o->shared_experts};
-    bool any = o->sigmoid || o->expert_scale > 0;
+    const long *given[] = {&o->q_lora,       &o->kv_lora,        &o->v_head,
+                           &o->dense_layers, &o->dense_ffn,      &o->groups,
+                           &o->groups_used,  &o->shared_experts, &o->yarn_orig};
+    bool any = o->sigmoid || o->expert_scale > 0 || o->yarn > 0 || o->yarn_mscale >= 0;
     for (size_t i = 0; i < sizeof(given) / sizeof(given[0]); i++)
         any |= *given[i] >= 0;
     if (strcmp(s->arch, "deepseek2") != 0)
         return any ? nf_usage_error(CMD, "--q-lora, --kv-lora, --v-head, --dense-layers, "
                                          "--dense-ffn, --shared-experts, --sigmoid, "
-                                         "--expert-scale and --expert-groups are for --arch "
-                                         "deepseek2")
+                                         "--expert-scale, --expert-groups and --yarn are "
+                                         "for --arch deepseek2")
                    : 0;
     struct nf_mk_ds *d = &o->ds;
     const struct nf_mk_ds *pre = nf_mk_ds_preset(o->shape_name);
@@ -478,6 +490,14 @@ static int resolve_deepseek2(struct mk_opts *o, struct nf_mk_shape *s)
         d->groups = o->groups;
     if (o->groups_used > 0)
         d->groups_used = o->groups_used;
+    if (o->yarn > 0) {
+        d->yarn = o->yarn;
+        d->yarn_mscale = 1.0f;
+    }
+    if (o->yarn_orig > 0)
+        d->yarn_orig = o->yarn_orig;
+    if (o->yarn_mscale >= 0)
+        d->yarn_mscale = o->yarn_mscale;
     if (d->dense_lead >= s->layers && o->dense_layers < 0)
         d->dense_lead = s->layers - 1; /* a preset cut by --layers keeps one MoE layer */
     s->kv_heads = 1;
@@ -1079,7 +1099,9 @@ static void default_name(char *name, size_t len, const struct mk_opts *o)
 
 int nf_cmd_mkmodel(int argc, char **argv)
 {
-    struct mk_opts o = {.q_lora = -1,
+    struct mk_opts o = {.yarn_orig = -1,
+                        .yarn_mscale = -1.0f,
+                        .q_lora = -1,
                         .kv_lora = -1,
                         .v_head = -1,
                         .dense_layers = -1,

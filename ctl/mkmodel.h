@@ -93,6 +93,9 @@ struct nf_mk_ds {
     float expert_scale; /* expert_weights_scale (0: 1) */
     int64_t groups;     /* expert_group_count (0: none) */
     int64_t groups_used;
+    float yarn;        /* YaRN rope.scaling.factor (0: no rope scaling) */
+    int64_t yarn_orig; /* its rope.scaling.original_context_length */
+    float yarn_mscale; /* mscale_all_dim (written x 0.1 as yarn_log_multiplier) */
 };
 
 /* mkmodel_deepseek2.c: the deepseek2 part of the preset called name, or NULL. */

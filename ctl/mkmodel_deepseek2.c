@@ -13,14 +13,14 @@
 #define CMD "mkmodel"
 
 /* DeepSeek-V3's and Kimi-K2's config.json (Kimi-K2: 64 heads, 384 experts, one dense layer, no
- * expert groups, rope base 50000); the shapes' other half is in cmd_mkmodel.c's table. Their YaRN
- * rope scaling is left out (not supported yet). */
+ * expert groups, rope base 50000, YaRN factor 32); the shapes' other half is in cmd_mkmodel.c's
+ * table. */
 static const struct {
     const char *name;
     struct nf_mk_ds ds;
 } nf_mk_ds_presets[] = {
-    {"deepseek-v3", {1536, 512, 64, 128, 3, 18432, 1, true, 2.5f, 8, 4}},
-    {"kimi-k2", {1536, 512, 64, 128, 1, 18432, 1, true, 2.827f, 0, 0}},
+    {"deepseek-v3", {1536, 512, 64, 128, 3, 18432, 1, true, 2.5f, 8, 4, 40.0f, 4096, 1.0f}},
+    {"kimi-k2", {1536, 512, 64, 128, 1, 18432, 1, true, 2.827f, 0, 0, 32.0f, 4096, 1.0f}},
 };
 
 const struct nf_mk_ds *nf_mk_ds_preset(const char *name)
@@ -167,6 +167,13 @@ int nf_mk_deepseek2_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape 
     if (d->groups > 1) {
         U32("expert_group_count", d->groups);
         U32("expert_group_used_count", d->groups_used);
+    }
+    if (d->yarn > 0) { /* as llama.cpp's converter writes DeepSeek's rope_scaling */
+        if (!rc)
+            rc = nf_gguf_writer_add_str(w, "deepseek2.rope.scaling.type", "yarn");
+        F32("rope.scaling.factor", d->yarn);
+        U32("rope.scaling.original_context_length", d->yarn_orig > 0 ? d->yarn_orig : s->ctx);
+        F32("rope.scaling.yarn_log_multiplier", 0.1f * d->yarn_mscale);
     }
     U32("vocab_size", s->vocab);
 #undef U32

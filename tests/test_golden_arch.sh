@@ -51,6 +51,7 @@ MODELS=(
     "phi3lr-q8_0 e91fe275afe8ad0b03c5942c3cd2f206e3730068a1baa72c456c7aebcb18e35d --seed 7 --arch phi3 --dim 128 --layers 2 --ffn 128 --heads 4 --kv-heads 2 --ctx 131072 --longrope 64 --type q8_0"
     "deepseek2-q8_0 eefe7244de0b7f4aa96ecbe9486e238a4c644d20a5c7e9977811c54770b26522 --seed 7 --arch deepseek2 --dim 128 --layers 3 --ffn 64 --heads 4 --head-dim 48 --rope-dim 16 --kv-lora 64 --v-head 32 --q-lora 0 --dense-layers 1 --dense-ffn 256 --experts 8 --experts-used 2 --shared-experts 1 --type q8_0"
     "deepseek3-q4_k cbe4ed5978f78194c8b9c792a30f650c91b012ad720fee518a3bf6a587b8e0e5 --seed 7 --arch deepseek2 --dim 256 --layers 3 --ffn 256 --heads 4 --head-dim 64 --rope-dim 16 --kv-lora 256 --v-head 64 --q-lora 256 --dense-layers 1 --dense-ffn 512 --experts 8 --experts-used 2 --shared-experts 1 --sigmoid --expert-scale 2.5 --expert-groups 4 --groups-used 2 --type q4_k"
+    "deepseek2yarn-q8_0 b237860b2f1225d77e7213b014f4284b711a7521b75975d2dd5a7f0be39ef152 --seed 9 --arch deepseek2 --dim 128 --layers 3 --ffn 64 --heads 4 --head-dim 48 --rope-dim 32 --kv-lora 64 --v-head 32 --q-lora 64 --dense-layers 1 --dense-ffn 256 --experts 8 --experts-used 2 --shared-experts 1 --type q8_0 --yarn 8 --yarn-orig 256 --rope-base 1000 --yarn-mscale 0.707"
 )
 
 for entry in "${MODELS[@]}"; do
