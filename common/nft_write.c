@@ -299,6 +299,15 @@ static int split_fused(struct conv *c, uint32_t il)
     return 0;
 }
 
+/* Checks layer il's tensor l->t against want_shape(..., dims...), naming it "blk.<il>.<t>";
+ * for functions with c, il, l, what and rc in scope (check_mla, check_layer). */
+#define NEED(t, ...)                                       \
+    do {                                                   \
+        snprintf(what, sizeof(what), "blk.%u.%s", il, #t); \
+        if ((rc = want_shape(c, l->t, what, __VA_ARGS__))) \
+            return rc;                                     \
+    } while (0)
+
 /* deepseek2's latent attention tensors, shaped by the hyperparameters nf_model_hparams read
  * (a file the engine would refuse is refused here too). */
 static int check_mla(struct conv *c, uint32_t il)
@@ -309,12 +318,6 @@ static int check_mla(struct conv *c, uint32_t il)
     const int64_t LK = hp->n_lora_kv, QA = hp->n_lora_q, VM = hp->n_embd_head_v_mla;
     char what[64];
     int rc;
-#define NEED(t, ...)                                       \
-    do {                                                   \
-        snprintf(what, sizeof(what), "blk.%u.%s", il, #t); \
-        if ((rc = want_shape(c, l->t, what, __VA_ARGS__))) \
-            return rc;                                     \
-    } while (0)
     if (l->k || l->v)
         return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
                           "tensor '%s' is not used by architecture deepseek2 (not supported)",
@@ -333,7 +336,6 @@ static int check_mla(struct conv *c, uint32_t il)
     NEED(o, 2, H * VM, E, 1);
     if (l->probs_b)
         NEED(probs_b, 1, hp->n_expert, 1, 1);
-#undef NEED
     return 0;
 }
 
@@ -345,12 +347,6 @@ static int check_layer(struct conv *c, uint32_t il)
     int rc;
     if ((rc = split_fused(c, il)))
         return rc;
-#define NEED(t, ...)                                       \
-    do {                                                   \
-        snprintf(what, sizeof(what), "blk.%u.%s", il, #t); \
-        if ((rc = want_shape(c, l->t, what, __VA_ARGS__))) \
-            return rc;                                     \
-    } while (0)
     NEED(attn_norm, 1, n_embd, 1, 1);
     if (c->hp.arch == NF_ARCH_DEEPSEEK2) {
         if ((rc = check_mla(c, il)))

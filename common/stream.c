@@ -1166,6 +1166,25 @@ static int nf_stream_load_rope(struct nf_stream *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Copies the one-row F32 tile (il, kind), when the file has it, to *p and points dst at the
+ * copy (*p advanced past it). */
+static int nf_stream_copy_row(struct nf_stream *s, uint32_t il, enum nf_tile_kind kind,
+                              struct nf_tensor *dst, float **p, char *err, size_t errlen)
+{
+    const struct nf_nft_tile *t = nf_nft_find(s->f, il, kind, 0);
+    if (!t || !dst) /* nf_stream_check: absent exactly when the arch has none */
+        return 0;
+    int rc;
+    const uint8_t *src = nf_stream_pin(s, t, &rc);
+    if (!src)
+        return nf_errf(err, errlen, rc, "%s", s->err);
+    memcpy(*p, src, sizeof(float) * t->ne0);
+    nf_stream_unpin(s, t);
+    *dst = nf_rows_view(t, *p);
+    *p += t->ne0;
+    return 0;
+}
+
 /* deepseek2's small per-layer vectors (the q and kv low-rank norms, V3's exp_probs_b) copied
  * into s->ext / s->probs_b, as nf_stream_load_ext does for the other architectures' extras. */
 static int nf_stream_load_ds(struct nf_stream *s, char *err, size_t errlen)
@@ -1184,17 +1203,9 @@ static int nf_stream_load_ds(struct nf_stream *s, char *err, size_t errlen)
         static const enum nf_tile_kind kinds[] = {NF_TILE_ATTN_Q_A_NORM, NF_TILE_ATTN_KV_A_NORM,
                                                   NF_TILE_EXP_PROBS_B};
         for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
-            const struct nf_nft_tile *t = nf_nft_find(s->f, il, kinds[i], 0);
-            if (!t) /* nf_stream_check_mla: absent exactly when not used */
-                continue;
-            int rc;
-            const uint8_t *src = nf_stream_pin(s, t, &rc);
-            if (!src)
-                return nf_errf(err, errlen, rc, "%s", s->err);
-            memcpy(p, src, sizeof(float) * t->ne0);
-            nf_stream_unpin(s, t);
-            *dst[i] = nf_rows_view(t, p);
-            p += t->ne0;
+            int rc = nf_stream_copy_row(s, il, kinds[i], dst[i], &p, err, errlen);
+            if (rc)
+                return rc;
         }
     }
     return 0;
@@ -1236,17 +1247,9 @@ static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
             NF_TILE_ATTN_Q_BIAS, NF_TILE_ATTN_K_BIAS,    NF_TILE_ATTN_V_BIAS,  NF_TILE_ATTN_Q_NORM,
             NF_TILE_ATTN_K_NORM, NF_TILE_ATTN_POST_NORM, NF_TILE_FFN_POST_NORM};
         for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
-            const struct nf_nft_tile *t = nf_nft_find(s->f, il, kinds[i], 0);
-            if (!t || !dst[i]) /* nf_stream_check: absent exactly when the arch has none */
-                continue;
-            int rc;
-            const uint8_t *src = nf_stream_pin(s, t, &rc);
-            if (!src)
-                return nf_errf(err, errlen, rc, "%s", s->err);
-            memcpy(p, src, sizeof(float) * t->ne0);
-            nf_stream_unpin(s, t);
-            *dst[i] = nf_rows_view(t, p);
-            p += t->ne0;
+            int rc = nf_stream_copy_row(s, il, kinds[i], dst[i], &p, err, errlen);
+            if (rc)
+                return rc;
         }
     }
     return 0;
