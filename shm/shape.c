@@ -246,12 +246,15 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
     plan_classes(sh, sizes, f->n_tiles);
     free(sizes);
     plan_class_counts(sh, f, lc);
-    uint64_t max_all = 0;
+    uint64_t max_all = 0, any_experts = 0;
+    for (uint32_t l = 0; l < h->n_layer; l++)
+        any_experts += lc[l].experts;
     for (uint32_t l = 0; l < h->n_layer; l++) {
         if (lc[l].all > max_all)
             max_all = lc[l].all;
-        /* A dense layer of a MoE model reports its FFN groups (or slices) as used. */
-        uint64_t g = h->n_expert && lc[l].experts ? h->n_expert : lc[l].groups;
+        /* A dense layer beside MoE ones (deepseek2's leading layers) reports its FFN groups
+         * (or slices) as used. */
+        uint64_t g = h->n_expert && (lc[l].experts || !any_experts) ? h->n_expert : lc[l].groups;
         if (g > sh->max_groups)
             sh->max_groups = (uint32_t)g;
     }
