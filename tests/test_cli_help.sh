@@ -38,9 +38,11 @@ kind() {
         --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
-        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue) K=int ;;
+        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue | \
+        --q-lora | --kv-lora | --v-head | --dense-layers | --dense-ffn | --shared-experts | \
+        --expert-groups | --groups-used | --yarn-orig) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
-        --rms-eps | --rope-scale) K=float ;;
+        --rms-eps | --rope-scale | --expert-scale | --yarn | --yarn-mscale) K=float ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
     --log-level | --verify | --shape | --type | --arch | --chat-template) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
@@ -49,7 +51,7 @@ kind() {
     --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --zero-experts | \
         --foreground | \
-        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat) K=bool ;;
+        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat | --sigmoid) K=bool ;;
     -ub | --ubatch-size) K=int ;;
     *) K="" ;;
     esac
@@ -74,6 +76,16 @@ good() {
     --heads) G=4 ;;
     --head-dim | --rope-dim) G=16 ;;
     --longrope) G=64 ;;
+    --q-lora | --v-head) G=16 ;;
+    --kv-lora) G=32 ;;
+    --dense-layers | --shared-experts) G=1 ;;
+    --dense-ffn) G=128 ;;
+    --expert-groups) G=8 ;;
+    --groups-used) G=2 ;;
+    --yarn-orig) G=64 ;;
+    --expert-scale) G=2.5 ;;
+    --yarn) G=4 ;;
+    --yarn-mscale) G=1 ;;
     --sliding-window) G=2047 ;;
     --arch) G=llama ;;
     --experts) G=4 ;;
@@ -116,6 +128,9 @@ flag_ctx() {
     case "$1" in
     --shared-ffn) CTX=(--arch qwen2moe) ;;
     --window) CTX=(--arch gemma3 --experts 0) ;;
+    --q-lora | --kv-lora | --v-head | --dense-layers | --dense-ffn | --shared-experts | \
+        --expert-groups | --groups-used | --yarn-orig | --expert-scale | --yarn | --yarn-mscale | \
+        --sigmoid) CTX=(--shape deepseek-v3) ;;
     *) CTX=() ;;
     esac
 }
@@ -157,7 +172,9 @@ parsed_flags() {
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
         "--zero-experts" \
         "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
-        "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" ;;
+        "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" \
+        "--q-lora --kv-lora --v-head --dense-layers --dense-ffn --shared-experts --sigmoid" \
+        "--expert-scale --expert-groups --groups-used --yarn --yarn-orig --yarn-mscale" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
