@@ -71,6 +71,13 @@ static int place_of(const char *name, struct tensor_place *p)
         {"ffn_up_shexp.weight", NF_TILE_FFN, 1},
         {"ffn_down_shexp.weight", NF_TILE_FFN, 2},
         {"attn_qkv.weight", NF_TILE_ATTN_Q, NF_PART_QKV},
+        {"attn_q_a.weight", NF_TILE_ATTN_Q_A, -1},
+        {"attn_q_a_norm.weight", NF_TILE_ATTN_Q_A_NORM, -1},
+        {"attn_q_b.weight", NF_TILE_ATTN_Q_B, -1},
+        {"attn_kv_a_mqa.weight", NF_TILE_ATTN_KV_A, -1},
+        {"attn_kv_a_norm.weight", NF_TILE_ATTN_KV_A_NORM, -1},
+        {"attn_k_b.weight", NF_TILE_ATTN_K_B, -1},
+        {"attn_v_b.weight", NF_TILE_ATTN_V_B, -1},
         {"exp_probs_b.bias", NF_TILE_EXP_PROBS_B, -1},
     };
     static const struct {

@@ -32,11 +32,13 @@ struct layer_src {
     /* qwen2moe's shared expert (its FFN tiles hold these, group_sh neurons a group). */
     const struct nf_gguf_tensor *gate_inp_sh, *gate_sh, *up_sh, *down_sh;
     uint32_t group_sh;
-    const struct nf_gguf_tensor *probs_b; /* glm4moe's exp_probs_b.bias (EXP_PROBS_B tile) */
+    const struct nf_gguf_tensor *probs_b; /* exp_probs_b.bias (glm4moe, deepseek2 V3) */
     /* phi3: the fused attn_qkv, and q, k, v, gate, up as row ranges of it and of the fused
      * ffn_up (held in `up` as classified, replaced by its upper half), which q..up point to. */
     const struct nf_gguf_tensor *qkv;
     struct nf_gguf_tensor split[5];
+    /* deepseek2's latent attention (its V3 selection bias is probs_b above) */
+    const struct nf_gguf_tensor *q_a, *q_a_norm, *q_b, *kv_a, *kv_a_norm, *k_b, *v_b;
 };
 
 /* The tensors FFN tiles of layer l hold (part 0 gate, 1 up, 2 down): the dense FFN's, or in
@@ -115,6 +117,13 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
         {"ffn_up_shexp.weight", offsetof(struct layer_src, up_sh)},
         {"ffn_down_shexp.weight", offsetof(struct layer_src, down_sh)},
         {"attn_qkv.weight", offsetof(struct layer_src, qkv)},
+        {"attn_q_a.weight", offsetof(struct layer_src, q_a)},
+        {"attn_q_a_norm.weight", offsetof(struct layer_src, q_a_norm)},
+        {"attn_q_b.weight", offsetof(struct layer_src, q_b)},
+        {"attn_kv_a_mqa.weight", offsetof(struct layer_src, kv_a)},
+        {"attn_kv_a_norm.weight", offsetof(struct layer_src, kv_a_norm)},
+        {"attn_k_b.weight", offsetof(struct layer_src, k_b)},
+        {"attn_v_b.weight", offsetof(struct layer_src, v_b)},
         {"exp_probs_b.bias", offsetof(struct layer_src, probs_b)},
     };
     const char *name = t->name.s;
@@ -202,7 +211,7 @@ static uint32_t group_for(enum nf_type down, int64_t n_ff)
 static int check_shexp(struct conv *c, uint32_t il)
 {
     struct layer_src *l = &c->L[il];
-    /* (glm4moe's leading dense layers have none) */
+    /* (the leading dense layers of glm4moe and deepseek2 have none) */
     const int64_t n_embd = c->hdr.n_embd,
                   S = nf_layer_dense(&c->hp, (int)il) ? 0 : c->hp.n_ff_shexp;
     const struct nf_gguf_tensor *any = l->gate_inp_sh ? l->gate_inp_sh
@@ -218,8 +227,9 @@ static int check_shexp(struct conv *c, uint32_t il)
     }
     char what[64];
     int rc;
-    /* glm4moe's shared expert has no gate: one is refused, the others need theirs. */
-    const bool gated = c->hp.arch != NF_ARCH_GLM4MOE;
+    /* The shared experts of glm4moe and deepseek2 have no gate: one is refused, the others need
+     * theirs. */
+    const bool gated = c->hp.arch != NF_ARCH_GLM4MOE && c->hp.arch != NF_ARCH_DEEPSEEK2;
     if (!gated && l->gate_inp_sh)
         return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
                           "tensor '%s' is not used by architecture %s (not supported)",
@@ -300,6 +310,46 @@ static int split_fused(struct conv *c, uint32_t il)
     return 0;
 }
 
+/* Checks layer il's tensor l->t against want_shape(..., dims...), naming it "blk.<il>.<t>";
+ * for functions with c, il, l, what and rc in scope (check_mla, check_layer). */
+#define NEED(t, ...)                                       \
+    do {                                                   \
+        snprintf(what, sizeof(what), "blk.%u.%s", il, #t); \
+        if ((rc = want_shape(c, l->t, what, __VA_ARGS__))) \
+            return rc;                                     \
+    } while (0)
+
+/* deepseek2's latent attention tensors, shaped by the hyperparameters nf_model_hparams read
+ * (a file the engine would refuse is refused here too). */
+static int check_mla(struct conv *c, uint32_t il)
+{
+    struct layer_src *l = &c->L[il];
+    const struct nf_hparams *hp = &c->hp;
+    const int64_t E = c->hdr.n_embd, H = hp->n_head, K = hp->n_embd_head_k_mla, R = hp->n_rot;
+    const int64_t LK = hp->n_lora_kv, QA = hp->n_lora_q, VM = hp->n_embd_head_v_mla;
+    char what[64];
+    int rc;
+    if (l->k || l->v)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor '%s' is not used by architecture deepseek2 (not supported)",
+                          (l->k ? l->k : l->v)->name.s);
+    if (QA > 0) {
+        NEED(q_a, 2, E, QA, 1);
+        NEED(q_a_norm, 1, QA, 1, 1);
+        NEED(q_b, 2, QA, H * K, 1);
+    } else {
+        NEED(q, 2, E, H * K, 1);
+    }
+    NEED(kv_a, 2, E, LK + R, 1);
+    NEED(kv_a_norm, 1, LK, 1, 1);
+    NEED(k_b, 3, K - R, LK, H);
+    NEED(v_b, 3, LK, VM, H);
+    NEED(o, 2, H * VM, E, 1);
+    if (l->probs_b)
+        NEED(probs_b, 1, hp->n_expert, 1, 1);
+    return 0;
+}
+
 static int check_layer(struct conv *c, uint32_t il)
 {
     struct layer_src *l = &c->L[il];
@@ -308,17 +358,25 @@ static int check_layer(struct conv *c, uint32_t il)
     int rc;
     if ((rc = split_fused(c, il)))
         return rc;
-#define NEED(t, ...)                                       \
-    do {                                                   \
-        snprintf(what, sizeof(what), "blk.%u.%s", il, #t); \
-        if ((rc = want_shape(c, l->t, what, __VA_ARGS__))) \
-            return rc;                                     \
-    } while (0)
     NEED(attn_norm, 1, n_embd, 1, 1);
-    NEED(q, 2, n_embd, -1, 1);
-    NEED(k, 2, n_embd, -1, 1);
-    NEED(v, 2, n_embd, l->k->ne[1], 1);
-    NEED(o, 2, l->q->ne[1], n_embd, 1);
+    if (c->hp.arch == NF_ARCH_DEEPSEEK2) {
+        if ((rc = check_mla(c, il)))
+            return rc;
+    } else {
+        const struct nf_gguf_tensor *mla = l->q_a       ? l->q_a
+                                           : l->kv_a    ? l->kv_a
+                                           : l->k_b     ? l->k_b
+                                           : l->probs_b ? l->probs_b
+                                                        : NULL;
+        if (mla)
+            return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                              "tensor '%s' is not used by architecture %s (not supported)",
+                              mla->name.s, nf_arch_name(c->hp.arch));
+        NEED(q, 2, n_embd, -1, 1);
+        NEED(k, 2, n_embd, -1, 1);
+        NEED(v, 2, n_embd, l->k->ne[1], 1);
+        NEED(o, 2, l->q->ne[1], n_embd, 1);
+    }
     NEED(ffn_norm, 1, n_embd, 1, 1);
     /* The architecture's attention extras: required by it, refused without it. */
     const struct nf_gguf_tensor *extra =
@@ -349,7 +407,7 @@ static int check_layer(struct conv *c, uint32_t il)
     }
     if ((rc = check_shexp(c, il)))
         return rc;
-    if (l->probs_b && (!c->hp.moe_sigmoid || !l->gate_inp))
+    if (l->probs_b && c->hp.arch != NF_ARCH_DEEPSEEK2 && (!c->hp.moe_sigmoid || !l->gate_inp))
         return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
                           "tensor '%s' is not used by architecture %s (not supported)",
                           l->probs_b->name.s, nf_arch_name(c->hp.arch));
@@ -513,7 +571,7 @@ static bool in_place(const struct conv *c)
 static int plan_rows(struct conv *c, enum nf_tile_kind kind, uint32_t layer,
                      const struct nf_gguf_tensor *t, uint64_t rows_per)
 {
-    uint64_t rows = (uint64_t)t->ne[1];
+    uint64_t rows = (uint64_t)t->ne[1] * (uint64_t)t->ne[2]; /* a per-head tensor's heads too */
     if (rows_per == 0) {
         uint64_t row = nf_row_size(t->type, t->ne[0]);
         rows_per = c->tile_size / row ? c->tile_size / row : 1;
@@ -612,6 +670,30 @@ static uint32_t embd_rows_per_tile(uint64_t row)
     return best;
 }
 
+/* Rows per tile of a per-head tensor (head_rows rows a head): whole heads, about tile_size
+ * bytes, one head at least. */
+static uint64_t head_rows_per(const struct conv *c, const struct nf_gguf_tensor *t)
+{
+    const uint64_t head = nf_row_size(t->type, t->ne[0]) * (uint64_t)t->ne[1];
+    return (c->tile_size / head ? c->tile_size / head : 1) * (uint64_t)t->ne[1];
+}
+
+/* deepseek2's latent attention tiles, in the order compute uses them. */
+static int plan_mla(struct conv *c, uint32_t il)
+{
+    const struct layer_src *l = &c->L[il];
+    int rc;
+    if ((l->q_a && ((rc = plan_rows(c, NF_TILE_ATTN_Q_A, il, l->q_a, 0)) ||
+                    (rc = plan_rows(c, NF_TILE_ATTN_Q_A_NORM, il, l->q_a_norm, 1)) ||
+                    (rc = plan_rows(c, NF_TILE_ATTN_Q_B, il, l->q_b, 0)))) ||
+        (rc = plan_rows(c, NF_TILE_ATTN_KV_A, il, l->kv_a, 0)) ||
+        (rc = plan_rows(c, NF_TILE_ATTN_KV_A_NORM, il, l->kv_a_norm, 1)) ||
+        (rc = plan_rows(c, NF_TILE_ATTN_K_B, il, l->k_b, head_rows_per(c, l->k_b))) ||
+        (rc = plan_rows(c, NF_TILE_ATTN_V_B, il, l->v_b, head_rows_per(c, l->v_b))))
+        return rc;
+    return 0;
+}
+
 static int plan(struct conv *c)
 {
     int rc;
@@ -622,9 +704,10 @@ static int plan(struct conv *c)
     for (uint32_t il = 0; il < h->n_layer; il++) {
         const struct layer_src *l = &c->L[il];
         if ((rc = plan_rows(c, NF_TILE_ATTN_NORM, il, l->attn_norm, 1)) ||
-            (rc = plan_rows(c, NF_TILE_ATTN_Q, il, l->q, 0)) ||
-            (rc = plan_rows(c, NF_TILE_ATTN_K, il, l->k, 0)) ||
-            (rc = plan_rows(c, NF_TILE_ATTN_V, il, l->v, 0)) ||
+            (l->q && (rc = plan_rows(c, NF_TILE_ATTN_Q, il, l->q, 0))) ||
+            (l->k && (rc = plan_rows(c, NF_TILE_ATTN_K, il, l->k, 0))) ||
+            (l->v && (rc = plan_rows(c, NF_TILE_ATTN_V, il, l->v, 0))) ||
+            (l->kv_a && (rc = plan_mla(c, il))) ||
             (rc = plan_rows(c, NF_TILE_ATTN_O, il, l->o, 0)) ||
             (l->bq && (rc = plan_rows(c, NF_TILE_ATTN_Q_BIAS, il, l->bq, 1))) ||
             (l->bk && (rc = plan_rows(c, NF_TILE_ATTN_K_BIAS, il, l->bk, 1))) ||
@@ -633,7 +716,9 @@ static int plan(struct conv *c)
             (l->k_norm && (rc = plan_rows(c, NF_TILE_ATTN_K_NORM, il, l->k_norm, 1))) ||
             (l->attn_post && (rc = plan_rows(c, NF_TILE_ATTN_POST_NORM, il, l->attn_post, 1))) ||
             (l->ffn_post && (rc = plan_rows(c, NF_TILE_FFN_POST_NORM, il, l->ffn_post, 1))) ||
-            (rc = plan_rows(c, NF_TILE_FFN_NORM, il, l->ffn_norm, 1)))
+            (rc = plan_rows(c, NF_TILE_FFN_NORM, il, l->ffn_norm, 1)) ||
+            (l->probs_b && c->hp.arch == NF_ARCH_DEEPSEEK2 && /* glm4moe's: after its router */
+             (rc = plan_rows(c, NF_TILE_EXP_PROBS_B, il, l->probs_b, 1))))
             return rc;
         uint32_t index = 0;
         if (l->gate_sh) { /* the shared expert first: compute runs it before the router */
@@ -647,7 +732,8 @@ static int plan(struct conv *c)
         if (l->gate_inp) {
             if ((rc = plan_rows(c, NF_TILE_ROUTER, il, l->gate_inp, UINT32_MAX)) ||
                 (rc = plan_rows(c, NF_TILE_PRED_ROUTER, il, l->gate_inp, UINT32_MAX)) ||
-                (l->probs_b && (rc = plan_rows(c, NF_TILE_EXP_PROBS_B, il, l->probs_b, 1))))
+                (l->probs_b && c->hp.arch != NF_ARCH_DEEPSEEK2 &&
+                 (rc = plan_rows(c, NF_TILE_EXP_PROBS_B, il, l->probs_b, 1))))
                 return rc;
             for (uint32_t e = 0; e < h->n_expert; e++)
                 if ((rc = in_place(c) ? plan_slices(c, il, e, &index)
@@ -927,6 +1013,13 @@ static int write_tiles(struct conv *c)
         case NF_TILE_ATTN_POST_NORM: rc = write_rows(c, t, l->attn_post); break;
         case NF_TILE_FFN_POST_NORM: rc = write_rows(c, t, l->ffn_post); break;
         case NF_TILE_SHEXP_GATE: rc = write_rows(c, t, l->gate_inp_sh); break;
+        case NF_TILE_ATTN_Q_A: rc = write_rows(c, t, l->q_a); break;
+        case NF_TILE_ATTN_Q_A_NORM: rc = write_rows(c, t, l->q_a_norm); break;
+        case NF_TILE_ATTN_Q_B: rc = write_rows(c, t, l->q_b); break;
+        case NF_TILE_ATTN_KV_A: rc = write_rows(c, t, l->kv_a); break;
+        case NF_TILE_ATTN_KV_A_NORM: rc = write_rows(c, t, l->kv_a_norm); break;
+        case NF_TILE_ATTN_K_B: rc = write_rows(c, t, l->k_b); break;
+        case NF_TILE_ATTN_V_B: rc = write_rows(c, t, l->v_b); break;
         case NF_TILE_EXP_PROBS_B: rc = write_rows(c, t, l->probs_b); break;
         case NF_TILE_ROUTER:
         case NF_TILE_PRED_ROUTER: rc = write_rows(c, t, l->gate_inp); break;

@@ -1,5 +1,5 @@
 /* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe,
- * gemma3, qwen2moe, olmoe, phi3, glm4moe) with generated weights. */
+ * gemma3, qwen2moe, olmoe, phi3, glm4moe, deepseek2) with generated weights. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -66,11 +66,16 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
      0.0f},
     {"glm-4.5-air", 4096, 46, 1408, 96, 8, 128, 8, 151552, 131072, 1000000.0f, 1e-5f, "glm4moe",
      128, 0, 0.0f},
+    /* DeepSeek-V3 and Kimi-K2 (the MLA part in mkmodel_deepseek2.c). */
+    {"deepseek-v3", 7168, 61, 2048, 128, 1, 256, 8, 129280, 163840, 10000.0f, 1e-6f, "deepseek2",
+     192, 0, 0.0f},
+    {"kimi-k2", 7168, 61, 2048, 64, 1, 384, 8, 163840, 131072, 50000.0f, 1e-6f, "deepseek2", 192, 0,
+     0.0f},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
 static const char *const nf_mk_archs[] = {"llama",    "qwen2", "qwen3", "qwen3moe", "gemma3",
-                                          "qwen2moe", "olmoe", "phi3",  "glm4moe"};
+                                          "qwen2moe", "olmoe", "phi3",  "glm4moe",  "deepseek2"};
 
 /* gemma3's sliding window when --window is not given (Gemma 3 1B's). */
 #define NF_MK_GEMMA3_WINDOW 512
@@ -79,7 +84,7 @@ static const char *const nf_mk_archs[] = {"llama",    "qwen2", "qwen3", "qwen3mo
 static bool nf_mk_moe_arch(const char *a)
 {
     return !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe") || !strcmp(a, "olmoe") ||
-           !strcmp(a, "glm4moe");
+           !strcmp(a, "glm4moe") || !strcmp(a, "deepseek2");
 }
 
 const struct nf_mk_shape *nf_mk_shape_find(const char *name)
@@ -119,8 +124,9 @@ static void usage(FILE *f)
         "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
         "--heads H [--kv-heads K]) [OPTIONS]\n\n"
         "Writes a GGUF v3 model of architecture llama, qwen2, qwen3, qwen3moe, gemma3,\n"
-        "qwen2moe, olmoe or phi3 with deterministic random weights (uniform, std %.2g; norms 1.0,\n"
-        "qwen3 q/k norms and every gemma3 norm 1 + %g x noise) or, with --zero, all-zero\n"
+        "qwen2moe, olmoe, phi3 or deepseek2 with deterministic random weights (uniform, std\n"
+        "%.2g; norms 1.0, qwen3 q/k norms, deepseek2 low-rank norms and every gemma3 norm\n"
+        "1 + %g x noise) or, with --zero, all-zero\n"
         "matrices left as file holes.\n\n"
         "Shape (flags override the preset's values):\n"
         "  --shape NAME         %s\n"
@@ -171,6 +177,28 @@ static void usage(FILE *f)
         "                       (default: none)\n"
         "  --sliding-window N   (phi3) attention.sliding_window, which llama.cpp ignores for\n"
         "                       phi3 (default: none)\n"
+        "deepseek2 (multi-head latent attention; --head-dim is the q/k head size, nope +\n"
+        "rope, --rope-dim its decoupled rope part, --ffn the experts' width; presets\n"
+        "deepseek-v3, kimi-k2):\n"
+        "  --q-lora N           attention.q_lora_rank; 0: plain attn_q as V2-Lite (default:\n"
+        "                       the shape's, else 0)\n"
+        "  --kv-lora N          attention.kv_lora_rank, the cached latent's width (default:\n"
+        "                       the shape's)\n"
+        "  --v-head N           value head size (default: the shape's, else head dim - rope\n"
+        "                       dim)\n"
+        "  --dense-layers N     leading dense layers (default: the shape's, cut to --layers - 1\n"
+        "                       when fewer; else 0)\n"
+        "  --dense-ffn N        their feed-forward length (default: the shape's)\n"
+        "  --shared-experts N   shared experts, each --ffn wide (default: the shape's, else 0)\n"
+        "  --sigmoid            V3 routing: sigmoid gating, an exp_probs_b selection bias,\n"
+        "                       renormalized weights (default: the shape's, else V2's softmax)\n"
+        "  --expert-scale F     expert_weights_scale (default: the shape's, else 1)\n"
+        "  --expert-groups G    grouped top-k over G groups (default: the shape's, else none)\n"
+        "  --groups-used U      groups kept (default: the shape's)\n"
+        "  --yarn F             YaRN rope scaling by F (default: the shape's, else none;\n"
+        "                       deepseek-v3 40, kimi-k2 32)\n"
+        "  --yarn-orig N        its original context length (default: the shape's, else --ctx)\n"
+        "  --yarn-mscale M      its mscale_all_dim (default 1; 0: no log multiplier)\n"
         "  --dim D              embedding length (default: the shape's)\n"
         "  --layers L           block count (default: the shape's; --layers-override is the\n"
         "                       same flag)\n"
@@ -223,9 +251,14 @@ struct mk_opts {
     long rope_dim, longrope, swa;
     long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx, window;
     long shared_ffn;
-    long dense_layers, dense_ffn, nextn, shared_experts, groups, groups_used; /* glm4moe */
-    float expert_scale;                                                       /* < 0: not given */
-    bool qk_norm;
+    /* glm4moe and deepseek2 (shared: dense layers, shared experts, groups, scale); -1 = not
+     * given */
+    long q_lora, kv_lora, v_head, dense_layers, dense_ffn, nextn, shared_experts, groups,
+        groups_used;
+    bool qk_norm, sigmoid;
+    float expert_scale, yarn, yarn_mscale; /* expert_scale < 0: not given */
+    long yarn_orig;
+    struct nf_mk_ds ds; /* the resolved deepseek2 shape */
     float rope_base, rms_eps, rope_scale, router_skew;
     bool rope_set, eps_set;
     enum nf_type type;
@@ -274,12 +307,16 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--rope-dim", 2, 1 << 16, offsetof(struct mk_opts, rope_dim)},
         {"--longrope", 1, 1 << 24, offsetof(struct mk_opts, longrope)},
         {"--sliding-window", 1, 1 << 30, offsetof(struct mk_opts, swa)},
+        {"--q-lora", 0, 1 << 20, offsetof(struct mk_opts, q_lora)},
+        {"--kv-lora", 1, 1 << 20, offsetof(struct mk_opts, kv_lora)},
+        {"--v-head", 1, 1 << 16, offsetof(struct mk_opts, v_head)},
         {"--dense-layers", 0, 4096, offsetof(struct mk_opts, dense_layers)},
         {"--dense-ffn", 1, 1 << 22, offsetof(struct mk_opts, dense_ffn)},
         {"--nextn", 0, 64, offsetof(struct mk_opts, nextn)},
         {"--shared-experts", 0, 64, offsetof(struct mk_opts, shared_experts)},
-        {"--expert-groups", 2, 1024, offsetof(struct mk_opts, groups)},
+        {"--expert-groups", 0, 1024, offsetof(struct mk_opts, groups)},
         {"--groups-used", 1, 1024, offsetof(struct mk_opts, groups_used)},
+        {"--yarn-orig", 1, 1 << 24, offsetof(struct mk_opts, yarn_orig)},
     };
     *done = false;
     for (int i = 1; i < argc; i++) {
@@ -316,6 +353,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             o->qk_norm = true;
             continue;
         }
+        if (!strcmp(a, "--sigmoid")) {
+            o->sigmoid = true;
+            continue;
+        }
         bool matched = false;
         for (size_t k = 0; k < sizeof(ints) / sizeof(ints[0]); k++) {
             if (!nf_arg_is(a, ints[k].flag))
@@ -349,7 +390,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return nf_usage_error(
                     CMD,
                     "unknown --arch '%s' (expected llama, qwen2, qwen3, qwen3moe, gemma3, "
-                    "qwen2moe, olmoe, phi3 or glm4moe)",
+                    "qwen2moe, olmoe, phi3, glm4moe or deepseek2)",
                     v);
             o->arch = v;
         } else if (nf_arg_is(a, "--type")) {
@@ -391,6 +432,12 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--router-skew", v, 0.0f, 100.0f, &o->router_skew))
                 return 2;
+        } else if (nf_arg_is(a, "--yarn") || nf_arg_is(a, "--yarn-mscale")) {
+            const bool f = nf_arg_is(a, "--yarn");
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, f ? "--yarn" : "--yarn-mscale", v, f ? 1.0f : 0.0f, 1e4f,
+                             f ? &o->yarn : &o->yarn_mscale))
+                return 2;
         } else if (nf_arg_is(a, "--expert-scale")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--expert-scale", v, 0.0f, 1e6f, &o->expert_scale))
@@ -423,6 +470,10 @@ static int64_t mk_shared_ffn(const struct nf_mk_shape *s, const struct mk_opts *
 static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
 {
     const bool phi3 = !strcmp(s->arch, "phi3");
+    if (!strcmp(s->arch, "deepseek2")) /* its --rope-dim is the decoupled rope part */
+        return o->longrope > 0 || o->swa > 0
+                   ? nf_usage_error(CMD, "--longrope and --sliding-window are for --arch phi3")
+                   : 0;
     const char *only = o->rope_dim > 0 && strcmp(s->arch, "glm4moe") != 0 ? "--rope-dim"
                        : o->longrope > 0                                  ? "--longrope"
                        : o->swa > 0                                       ? "--sliding-window"
@@ -462,8 +513,14 @@ static int resolve_glm4moe(const struct mk_opts *o, const struct nf_mk_shape *s,
                        : o->groups > 0           ? "--expert-groups"
                        : o->groups_used > 0      ? "--groups-used"
                                                  : NULL;
+    if (!strcmp(s->arch, "deepseek2")) /* the flags both take are resolve_deepseek2's */
+        only = o->nextn >= 0 ? "--nextn" : o->qk_norm ? "--qk-norm" : NULL;
     if (strcmp(s->arch, "glm4moe") != 0)
-        return only ? nf_usage_error(CMD, "%s is for --arch glm4moe", only) : 0;
+        return only ? nf_usage_error(CMD, "%s is for --arch glm4moe%s", only,
+                                     strcmp(only, "--nextn") && strcmp(only, "--qk-norm")
+                                         ? " or deepseek2"
+                                         : "")
+                    : 0;
     if (!preset_glm)
         *g = (struct nf_mk_glm){1, 4 * s->ffn, 0, 1, 0, 1.0f, false, 0, 0};
     else if (o->layers > 0 && g->dense_layers >= s->layers)
@@ -499,6 +556,62 @@ static int resolve_glm4moe(const struct mk_opts *o, const struct nf_mk_shape *s,
                               "--expert-groups G and --groups-used U go together: G divides "
                               "--experts, U < G, and the U groups hold --experts-used experts");
     return 0;
+}
+
+/* Applies the deepseek2 flags to s (refused for the other architectures) and checks the shape:
+ * one KV head (the latent), the leading dense layers cut below --layers. */
+static int resolve_deepseek2(struct mk_opts *o, struct nf_mk_shape *s)
+{
+    /* The flags glm4moe shares (dense layers, shared experts, groups, scale) are checked by
+     * resolve_glm4moe for the other architectures. */
+    const long *given[] = {&o->q_lora, &o->kv_lora, &o->v_head, &o->yarn_orig};
+    bool any = o->sigmoid || o->yarn > 0 || o->yarn_mscale >= 0;
+    for (size_t i = 0; i < sizeof(given) / sizeof(given[0]); i++)
+        any |= *given[i] >= 0;
+    if (strcmp(s->arch, "deepseek2") != 0)
+        return any ? nf_usage_error(CMD, "--q-lora, --kv-lora, --v-head, --sigmoid and --yarn "
+                                         "are for --arch deepseek2")
+                   : 0;
+    struct nf_mk_ds *d = &o->ds;
+    const struct nf_mk_ds *pre = nf_mk_ds_preset(o->shape_name);
+    if (pre && !strcmp(s->name, o->shape_name))
+        *d = *pre;
+    if (o->q_lora >= 0)
+        d->q_lora = o->q_lora;
+    if (o->kv_lora > 0)
+        d->kv_lora = o->kv_lora;
+    if (o->rope_dim > 0)
+        d->rope_dim = o->rope_dim;
+    if (o->v_head > 0)
+        d->v_head = o->v_head;
+    if (d->v_head <= 0)
+        d->v_head = s->head_dim - d->rope_dim;
+    if (o->dense_layers >= 0)
+        d->dense_lead = o->dense_layers;
+    if (o->dense_ffn > 0)
+        d->dense_ffn = o->dense_ffn;
+    if (o->shared_experts >= 0)
+        d->n_shared = o->shared_experts;
+    if (o->sigmoid)
+        d->sigmoid = true;
+    if (o->expert_scale > 0)
+        d->expert_scale = o->expert_scale;
+    if (o->groups >= 0)
+        d->groups = o->groups;
+    if (o->groups_used > 0)
+        d->groups_used = o->groups_used;
+    if (o->yarn > 0) {
+        d->yarn = o->yarn;
+        d->yarn_mscale = 1.0f;
+    }
+    if (o->yarn_orig > 0)
+        d->yarn_orig = o->yarn_orig;
+    if (o->yarn_mscale >= 0)
+        d->yarn_mscale = o->yarn_mscale;
+    if (d->dense_lead >= s->layers && o->dense_layers < 0)
+        d->dense_lead = s->layers - 1; /* a preset cut by --layers keeps one MoE layer */
+    s->kv_heads = 1;
+    return nf_mk_deepseek2_check(s, d);
 }
 
 /* Combines the preset and the flags into s and checks that the result is a valid model. */
@@ -904,6 +1017,8 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
             (uint32_t)(o->alignment > 0 ? o->alignment : NF_GGUF_DEFAULT_ALIGNMENT));
     if (!rc && o->type != NF_TYPE_F32 && o->type != NF_TYPE_F16 && o->type != NF_TYPE_BF16)
         rc = nf_gguf_writer_add_u32(w, "general.quantization_version", 2);
+    if (!rc && !strcmp(a, "deepseek2"))
+        return nf_mk_deepseek2_metadata(w, s, &o->ds);
     U32("context_length", s->ctx);
     U32("embedding_length", s->dim);
     const bool glm = !strcmp(a, "glm4moe");
@@ -1112,7 +1227,17 @@ static void default_name(char *name, size_t len, const struct mk_opts *o)
 
 int nf_cmd_mkmodel(int argc, char **argv)
 {
-    struct mk_opts o = {.rope_dim = -1,
+    struct mk_opts o = {.yarn_orig = -1,
+                        .yarn_mscale = -1.0f,
+                        .q_lora = -1,
+                        .kv_lora = -1,
+                        .v_head = -1,
+                        .dense_layers = -1,
+                        .dense_ffn = -1,
+                        .shared_experts = -1,
+                        .groups = -1,
+                        .groups_used = -1,
+                        .rope_dim = -1,
                         .longrope = -1,
                         .swa = -1,
                         .dim = -1,
@@ -1125,9 +1250,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
                         .vocab = -1,
                         .ctx = -1,
                         .window = -1,
-                        .dense_layers = -1,
                         .nextn = -1,
-                        .shared_experts = -1,
                         .expert_scale = -1.0f,
                         .type = NF_TYPE_F16,
                         .seed = 1,
@@ -1139,7 +1262,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
         return rc;
     struct nf_mk_shape s;
     struct nf_mk_glm glm = {0};
-    if ((rc = resolve_shape(&o, &s, &glm)))
+    if ((rc = resolve_shape(&o, &s, &glm)) || (rc = resolve_deepseek2(&o, &s)))
         return rc;
     if (o.vocab_from && o.vocab > 0)
         return nf_usage_error(CMD, "--vocab and --vocab-from exclude each other");
@@ -1207,6 +1330,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
     if ((rc = !strcmp(s.arch, "phi3") ? build_tensors_phi3(&s, &o, &t, &nt, &freqs)
               : !strcmp(s.arch, "glm4moe")
                   ? nf_mk_glm4moe_tensors(&s, &glm, o.type, o.tied, &t, &nt)
+              : !strcmp(s.arch, "deepseek2")
+                  ? nf_mk_deepseek2_tensors(&s, &o.ds, o.type, o.tied, &t, &nt)
                   : build_tensors(&s, mk_shared_ffn(&s, &o), o.type, o.tied, freqs, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {

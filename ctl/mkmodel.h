@@ -95,6 +95,33 @@ struct nf_mk_gen {
     float router_skew;
 };
 
+/* deepseek2's shape beyond struct nf_mk_shape (whose head_dim is then key_length_mla, nope +
+ * rope, and ffn the experts' width). */
+struct nf_mk_ds {
+    int64_t q_lora;     /* attention.q_lora_rank; 0 = plain attn_q (V2-Lite) */
+    int64_t kv_lora;    /* attention.kv_lora_rank */
+    int64_t rope_dim;   /* qk_rope_head_dim (rope.dimension_count) */
+    int64_t v_head;     /* value_length_mla */
+    int64_t dense_lead; /* leading_dense_block_count */
+    int64_t dense_ffn;  /* the dense layers' feed_forward_length */
+    int64_t n_shared;   /* expert_shared_count */
+    bool sigmoid;       /* V3 routing: sigmoid gating, exp_probs_b, normalized weights */
+    float expert_scale; /* expert_weights_scale (0: 1) */
+    int64_t groups;     /* expert_group_count (0: none) */
+    int64_t groups_used;
+    float yarn;        /* YaRN rope.scaling.factor (0: no rope scaling) */
+    int64_t yarn_orig; /* its rope.scaling.original_context_length */
+    float yarn_mscale; /* mscale_all_dim (written x 0.1 as yarn_log_multiplier) */
+};
+
+/* mkmodel_deepseek2.c: the deepseek2 part of the preset called name, or NULL. */
+const struct nf_mk_ds *nf_mk_ds_preset(const char *name);
+/* Checks a deepseek2 shape; returns 0 or the usage exit code after printing the reason. */
+int nf_mk_deepseek2_check(const struct nf_mk_shape *s, const struct nf_mk_ds *d);
+/* Its "deepseek2.*" metadata (the general.* and tokenizer keys are written by the caller). */
+int nf_mk_deepseek2_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
+                             const struct nf_mk_ds *d);
+
 /* Fills the data of every tensor into fd at its offset. The file must already have its final
  * size (nf_gguf_writer_write_header does that). Each element's value depends only on the seed,
  * the tensor name and the element index, so the output is identical for any thread count.
@@ -110,5 +137,10 @@ bool nf_mk_glm4moe_preset(const char *name, struct nf_mk_glm *out);
 int nf_mk_glm4moe_tensors(const struct nf_mk_shape *s, const struct nf_mk_glm *g, enum nf_type type,
                           bool tied, struct nf_mk_tensor **out, size_t *count);
 int nf_mk_glm4moe_metadata(struct nf_gguf_writer *w, const struct nf_mk_glm *g);
+/* mkmodel_deepseek2.c: the deepseek2 tensors (matrices of type type; the per-head attn_k_b and
+ * attn_v_b fall back to q8_0 or f16 when their rows do not fit the type's blocks) in *out
+ * (malloc'ed), *count set. Returns 0 or -ENOMEM. */
+int nf_mk_deepseek2_tensors(const struct nf_mk_shape *s, const struct nf_mk_ds *d,
+                            enum nf_type type, bool tied, struct nf_mk_tensor **out, size_t *count);
 
 #endif

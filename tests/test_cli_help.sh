@@ -43,7 +43,8 @@ kind() {
         --max-running) K=int ;;
     --dense-layers | --dense-ffn | --nextn | --shared-experts | --expert-groups | \
         --groups-used) K=int ;;
-    --expert-scale) K=float ;;
+    --expert-scale | --yarn | --yarn-mscale) K=float ;;
+    --q-lora | --kv-lora | --v-head | --yarn-orig) K=int ;;
     --qk-norm) K=bool ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale | --router-skew) K=float ;;
@@ -56,7 +57,7 @@ kind() {
     --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --zero-experts | \
         --foreground | \
-        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat) K=bool ;;
+        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat | --sigmoid) K=bool ;;
     -ub | --ubatch-size) K=int ;;
     *) K="" ;;
     esac
@@ -81,6 +82,16 @@ good() {
     --heads) G=4 ;;
     --head-dim | --rope-dim) G=16 ;;
     --longrope) G=64 ;;
+    --q-lora | --v-head) G=16 ;;
+    --kv-lora) G=32 ;;
+    --dense-layers | --shared-experts) G=1 ;;
+    --dense-ffn) G=128 ;;
+    --expert-groups) G=8 ;;
+    --groups-used) G=2 ;;
+    --yarn-orig) G=64 ;;
+    --expert-scale) G=2.5 ;;
+    --yarn) G=4 ;;
+    --yarn-mscale) G=1 ;;
     --sliding-window) G=2047 ;;
     --dense-layers | --nextn | --shared-experts | --groups-used) G=1 ;;
     --dense-ffn) G=128 ;;
@@ -134,6 +145,8 @@ flag_ctx() {
         CTX=(--arch glm4moe) ;;
     --expert-groups) CTX=(--arch glm4moe --groups-used 1) ;;
     --groups-used) CTX=(--arch glm4moe --expert-groups 2) ;;
+    --q-lora | --kv-lora | --v-head | --yarn-orig | --yarn | --yarn-mscale | --sigmoid)
+        CTX=(--shape deepseek-v3) ;;
     *) CTX=() ;;
     esac
 }
@@ -177,7 +190,8 @@ parsed_flags() {
         "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
         "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" \
         "--dense-layers --dense-ffn --nextn --shared-experts --expert-scale --qk-norm" \
-        "--expert-groups --groups-used" ;;
+        "--expert-groups --groups-used --q-lora --kv-lora --v-head --sigmoid --yarn --yarn-orig" \
+        "--yarn-mscale" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \

@@ -16,7 +16,8 @@ static bool always_hot(const struct nf_cache_tile_info *t)
     case NF_TILE_ATTN_NORM:
     case NF_TILE_FFN_NORM:
     case NF_TILE_ROUTER:
-    case NF_TILE_SHEXP_GATE: return true;
+    case NF_TILE_SHEXP_GATE:
+    case NF_TILE_EXP_PROBS_B: return true;
     default: return false;
     }
 }
@@ -26,7 +27,8 @@ static bool by_layer(const struct nf_cache_tile_info *t)
 {
     return t->kind == NF_TILE_ATTN_Q || t->kind == NF_TILE_ATTN_K || t->kind == NF_TILE_ATTN_V ||
            t->kind == NF_TILE_ATTN_O || t->kind == NF_TILE_PRED_LOWRANK ||
-           t->kind == NF_TILE_PRED_ROUTER;
+           t->kind == NF_TILE_PRED_ROUTER ||
+           (t->kind >= NF_TILE_ATTN_Q_A && t->kind <= NF_TILE_ATTN_V_B); /* deepseek2 */
 }
 
 static void mark(struct nf_cache *c, const struct nf_cache_tile_info *info, uint32_t id)

@@ -2,7 +2,8 @@
 # bench_frontier_start.sh - the 100B+ class inside a 1 GiB memory cgroup (issue 11): for each
 # mkmodel preset given (default: every frontier preset mkmodel knows among qwen3-235b-a22b,
 # deepseek-v3, kimi-k2, glm-4.5, gpt-oss-120b), generates the model with --zero (all-zero
-# matrices as file holes: the file has its real size, the disk holds almost nothing), then runs
+# matrices as file holes: the file has its real size, the disk holds almost nothing; experts
+# mxfp4 for gpt-oss, Q4_K_M for the others), then runs
 # `up MODEL.gguf` (the in-place index is built there), a 4-token greedy `gen` and `down`, all
 # inside one fresh memory cgroup limited to 1 GiB, and prints the file size, the time of each
 # part, the tokens generated and the cgroup's peak memory (page cache included).
@@ -53,7 +54,12 @@ printf '%-16s %10s %9s %9s %9s %7s %11s %s\n' preset GB mkmodel_s up_s gen_s tok
 for p in "${PRESETS[@]}"; do
     M="$DIR/frontier-$p-$$.gguf"
     t0=$(now)
-    "$BIN" mkmodel "$M" --shape "$p" --zero >"$DIR/frontier-$$.log" 2>&1 ||
+    # The types such models ship in: gpt-oss's experts in mxfp4, the others' Q4_K_M.
+    case "$p" in
+    gpt-oss*) ty=mxfp4 ;;
+    *) ty=q4_k_m ;;
+    esac
+    "$BIN" mkmodel "$M" --shape "$p" --zero --type "$ty" >"$DIR/frontier-$$.log" 2>&1 ||
         { echo "$p: mkmodel failed: $(tail -1 "$DIR/frontier-$$.log")"; continue; }
     t1=$(now)
     CG=$CGROOT/nf-frontier-$$
