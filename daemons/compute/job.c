@@ -124,7 +124,8 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
                                     .sp = j->sp,
                                     .cancel = &j->cancel,
                                     .on_token = job_on_token,
-                                    .ud = &r};
+                                    .ud = &r,
+                                    .logprobs = j->logprobs};
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
     int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &ids, err, sizeof(err));
     if (n < 0 || (n = nf_gen_seq_init(&q, &e, g->v, ids, n, &p, err, sizeof(err))) < 0) {
