@@ -884,12 +884,13 @@ static void q4_k_m_mix(struct nf_mk_tensor *t, size_t n, int64_t layers, bool ti
 /* general.file_type of llama-quantize's MXFP4_MOE (LLAMA_FTYPE_MOSTLY_MXFP4_MOE). */
 #define NF_MK_FTYPE_MXFP4_MOE 38u
 
-/* --type mxfp4: the routed experts' stacked tensors (blk.N.ffn_*_exps) in mxfp4, as
- * llama-quantize's MXFP4_MOE writes them; the other matrices stay q8_0. */
+/* --type mxfp4: the routed experts' stacked weights (blk.N.ffn_*_exps.weight) in mxfp4, as
+ * llama-quantize's MXFP4_MOE writes them; the other matrices stay q8_0 and gpt-oss's expert
+ * biases (ffn_*_exps.bias) f32. */
 static void mxfp4_experts(struct nf_mk_tensor *t, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (strstr(t[i].name, "_exps."))
+        if (strstr(t[i].name, "_exps.weight"))
             t[i].type = NF_TYPE_MXFP4;
 }
 

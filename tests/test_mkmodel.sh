@@ -215,6 +215,16 @@ for p in "gpt-oss-20b 20.915B" "gpt-oss-120b 116.829B"; do
     fi
     rm -f "$T/go.gguf"
 done
+# gpt-oss with --type mxfp4 (as the published files): the experts' weights mxfp4, their biases
+# f32, so run loads it.
+if mk go.gguf --arch gpt-oss --dim 64 --layers 2 --ffn 64 --heads 4 --kv-heads 2 --head-dim 64 \
+    --experts 4 --experts-used 2 --type mxfp4 &&
+    "$NF_BIN" run -m "$T/go.gguf" -p hi -n 1 --temp 0 >/dev/null 2>"$T/err.txt"; then
+    ok
+else
+    bad "gpt-oss --type mxfp4: $(cat "$T/out.txt" "$T/err.txt" 2>/dev/null)"
+fi
+rm -f "$T/go.gguf"
 # Not enough disk: a 405B model in f32 (1.6 TB) is refused before anything is written.
 expect_fail 1 "not enough free disk space" --shape llama3-405b --type f32
 # A write that fails half-way (file size limit) leaves no temporary file and no output.
