@@ -170,18 +170,18 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_Q4_K] = {.vec_dot = K3(nf__vec_dot_q4_K_q8_K_ref, nf__vec_dot_q4_K_q8_K_avx2, NULL),
                       .rows =
                           K3(nf__vec_dot_q4_K_q8_K_ref_rows, nf__vec_dot_q4_K_q8_K_avx2_rows, NULL),
-                      .mat =
-                          K3(nf__vec_dot_q4_K_q8_K_ref_mat, nf__vec_dot_q4_K_q8_K_avx2_mat, NULL)},
+                      .mat = K3(nf__vec_dot_q4_K_q8_K_ref_mat, nf__vec_dot_q4_K_q8_K_mat_avx2,
+                                nf__vec_dot_q4_K_q8_K_mat_avx512)},
     [NF_TYPE_Q5_K] = {.vec_dot = K3(nf__vec_dot_q5_K_q8_K_ref, nf__vec_dot_q5_K_q8_K_avx2, NULL),
                       .rows =
                           K3(nf__vec_dot_q5_K_q8_K_ref_rows, nf__vec_dot_q5_K_q8_K_avx2_rows, NULL),
-                      .mat =
-                          K3(nf__vec_dot_q5_K_q8_K_ref_mat, nf__vec_dot_q5_K_q8_K_avx2_mat, NULL)},
+                      .mat = K3(nf__vec_dot_q5_K_q8_K_ref_mat, nf__vec_dot_q5_K_q8_K_mat_avx2,
+                                nf__vec_dot_q5_K_q8_K_mat_avx512)},
     [NF_TYPE_Q6_K] = {.vec_dot = K3(nf__vec_dot_q6_K_q8_K_ref, nf__vec_dot_q6_K_q8_K_avx2, NULL),
                       .rows =
                           K3(nf__vec_dot_q6_K_q8_K_ref_rows, nf__vec_dot_q6_K_q8_K_avx2_rows, NULL),
-                      .mat =
-                          K3(nf__vec_dot_q6_K_q8_K_ref_mat, nf__vec_dot_q6_K_q8_K_avx2_mat, NULL)},
+                      .mat = K3(nf__vec_dot_q6_K_q8_K_ref_mat, nf__vec_dot_q6_K_q8_K_mat_avx2,
+                                nf__vec_dot_q6_K_q8_K_mat_avx512)},
     [NF_TYPE_Q8_K] = {.vec_dot = K3(nf__vec_dot_q8_K_q8_K_ref, NULL, NULL),
                       .rows = K3(nf__vec_dot_q8_K_q8_K_ref_rows, NULL, NULL),
                       .mat = K3(nf__vec_dot_q8_K_q8_K_ref_mat, NULL, NULL),

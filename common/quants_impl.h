@@ -144,9 +144,6 @@ NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_ref_mat);
 NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_ref_mat);
 NF__MAT_DECL(nf__vec_dot_q8_K_q8_K_ref_mat);
 NF__MAT_DECL(nf__vec_dot_bf16_avx2_mat);
-NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_avx2_mat);
-NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_avx2_mat);
-NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_avx2_mat);
 #define NF__MAT_DECL_ALL(fn)     \
     NF__MAT_DECL(fn##_ref_mat);  \
     NF__MAT_DECL(fn##_avx2_mat); \
@@ -166,6 +163,12 @@ NF__MAT_DECL(nf__vec_dot_f32_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_f16_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_q8_0_q8_0_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_mat_avx512);
 
 /* Decodes the 6-bit scale and min of sub-block j (0..7) of a q4_K/q5_K block. */
 static inline void nf__get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
