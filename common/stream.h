@@ -48,6 +48,8 @@ struct nf_stream_opts {
     int n_ctx;      /* KV cache positions (>= 1) */
     int n_threads;  /* <= 0: one per CPU */
     float sparsity; /* 0: exact; in (0, 1): the fraction of FFN groups skipped */
+    int n_ubatch;   /* tokens per prompt chunk, each chunk one pass over the tiles; 0: 32
+                     * (NF_MAX_BATCH), at most NF_MAX_UBATCH */
 };
 
 /* Monotonic counters of one engine. */
