@@ -136,6 +136,13 @@ struct kernel_set {
         .rows = K3(fn##_ref_rows, fn##_avx2_rows, fn##_avx512_rows), \
         .mat = K3(fn##_ref_mat, fn##_avx2_mat, fn##_avx512_mat)      \
     }
+/* The same with a register-blocked AVX-512 multi-token kernel (quants_mat_avx512.c). */
+#define EXT_KERNELS_MAT512(fn)                                       \
+    {                                                                \
+        .vec_dot = K3(fn##_ref, fn##_avx2, fn##_avx512),             \
+        .rows = K3(fn##_ref_rows, fn##_avx2_rows, fn##_avx512_rows), \
+        .mat = K3(fn##_ref_mat, fn##_avx2_mat, fn##_mat_avx512)      \
+    }
 
 static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_F32] = {.vec_dot =
@@ -192,8 +199,8 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_Q5_0] = EXT_KERNELS(nf__vec_dot_q5_0_q8_0),
     [NF_TYPE_Q5_1] = EXT_KERNELS(nf__vec_dot_q5_1_q8_1),
     [NF_TYPE_IQ4_NL] = EXT_KERNELS(nf__vec_dot_iq4_nl_q8_0),
-    [NF_TYPE_Q2_K] = EXT_KERNELS(nf__vec_dot_q2_K_q8_K),
-    [NF_TYPE_Q3_K] = EXT_KERNELS(nf__vec_dot_q3_K_q8_K),
+    [NF_TYPE_Q2_K] = EXT_KERNELS_MAT512(nf__vec_dot_q2_K_q8_K),
+    [NF_TYPE_Q3_K] = EXT_KERNELS_MAT512(nf__vec_dot_q3_K_q8_K),
     [NF_TYPE_IQ4_XS] = EXT_KERNELS(nf__vec_dot_iq4_xs_q8_K),
     [NF_TYPE_Q8_1] = {.from_float =
                           K3(nf__quantize_row_q8_1_ref, nf__quantize_row_q8_1_avx2, NULL)},
