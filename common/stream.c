@@ -23,11 +23,12 @@ struct nf_stream {
     const atomic_int *abort;
     nf_stream_progress_cb progress; /* after each chunk of a multi-chunk eval; may be NULL */
     void *progress_ud;
-    uint32_t max_groups;    /* most FFN groups (dense) or experts (MoE) of any layer */
-    uint32_t n_groups;      /* of the current layer */
-    int group;              /* neurons per FFN group of the current layer */
-    enum nf_type down_type; /* ffn_down's type in the current layer */
-    int ff;                 /* width of the FFN being run: n_ff, or n_ff_shexp (qwen2moe) */
+    int prog_done, prog_total; /* tokens before the current chunk, and in the whole eval */
+    uint32_t max_groups;       /* most FFN groups (dense) or experts (MoE) of any layer */
+    uint32_t n_groups;         /* of the current layer */
+    int group;                 /* neurons per FFN group of the current layer */
+    enum nf_type down_type;    /* ffn_down's type in the current layer */
+    int ff;                    /* width of the FFN being run: n_ff, or n_ff_shexp (qwen2moe) */
     int ub;               /* tokens per chunk (the ubatch): the (ub, ...) buffers hold this many */
     float *tmp;           /* (ub, max_rows) one tile's mat-vec output */
     size_t max_rows;      /* most rows of any row tile or group */
@@ -669,6 +670,13 @@ static int nf_stream_chunk(struct nf_stream *s, const int32_t *tokens, int n_tok
         }
         if ((rc = nf_stream_layer(s, il, pos0, n_tok, want_logits)))
             return rc;
+        /* A chunk larger than the default one (up -ub) can take minutes through a capped pool:
+         * it reports after each layer too, so that clients waiting for a sign of life do not
+         * give up. */
+        const int part = (int)((int64_t)n_tok * (il + 1) / hp->n_layer);
+        if (s->progress && n_tok > NF_MAX_BATCH && il + 1 < (uint32_t)hp->n_layer &&
+            part > (int)((int64_t)n_tok * il / hp->n_layer))
+            s->progress(s->progress_ud, s->prog_done + part, s->prog_total);
     }
     c->n_past += n_tok;
     if (!want_logits)
@@ -700,6 +708,8 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
     /* One chunk per ubatch: each tile is pinned once for all its tokens. */
     for (int i = 0; i < n; i += s->ub) {
         int nb = n - i < s->ub ? n - i : s->ub;
+        s->prog_done = i;
+        s->prog_total = n;
         int rc = nf_stream_chunk(s, tokens + i, nb, i + nb == n);
         if (rc < 0)
             return rc;
