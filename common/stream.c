@@ -54,6 +54,15 @@ struct nf_stream {
     struct nf_stream_stats st;
     uint64_t mem;
     char err[320];
+    /* Several sequences (nf_stream_set_slots; 0 / NULL before). */
+    int n_slots;
+    struct nf_kv_slot *slots; /* (n_slots) slot 0 borrows c's cache and logits */
+    int batch;                /* rows of the batched step running now, else 0 */
+    struct nf_ctx *views;     /* (NF_MAX_BATCH) row r of c bound to its slot, during a step */
+    float *blogits;           /* (NF_MAX_BATCH, n_vocab) a step's logits, row by row */
+    float *mxn;               /* (NF_MAX_BATCH, n_embd) MoE: the rows that chose one expert */
+    float *mout;              /* (NF_MAX_BATCH, n_embd) their expert's outputs */
+    float *meo;               /* (NF_MAX_BATCH, n_expert_used, n_embd) every row's outputs */
 };
 
 /* --- tiles ----------------------------------------------------------------------------- */
@@ -90,6 +99,17 @@ static struct nf_tensor nf_rows_view(const struct nf_nft_tile *t, const void *p)
     return v;
 }
 
+/* out (n_tok, w->ne[1]) = x times w's rows: as a prompt chunk (nf_matmul), or in a batched
+ * step as each sequence's own decode step computes its row (nf_matmul_each). */
+static void nf_stream_matmul(struct nf_stream *s, float *out, const struct nf_tensor *w,
+                             const float *x, int n_tok)
+{
+    if (s->batch)
+        nf_matmul_each(s->c, out, w, x, n_tok);
+    else
+        nf_matmul(s->c, out, w, x, n_tok);
+}
+
 /* out (n_tok, rows) = x (n_tok, ne0) times the rows of every tile of (layer, kind), where rows
  * is the total row count; each tile's rows are computed in place or through s->tmp. */
 static int nf_stream_mm(struct nf_stream *s, float *out, uint32_t layer, enum nf_tile_kind kind,
@@ -104,9 +124,9 @@ static int nf_stream_mm(struct nf_stream *s, float *out, uint32_t layer, enum nf
             return rc;
         struct nf_tensor v = nf_rows_view(t, p);
         if (n == 1 || n_tok == 1) {
-            nf_matmul(s->c, out + t->first, &v, x, n_tok);
+            nf_stream_matmul(s, out + t->first, &v, x, n_tok);
         } else {
-            nf_matmul(s->c, s->tmp, &v, x, n_tok);
+            nf_stream_matmul(s, s->tmp, &v, x, n_tok);
             for (int k = 0; k < n_tok; k++)
                 memcpy(out + (size_t)k * rows + t->first, s->tmp + (size_t)k * t->count,
                        sizeof(float) * t->count);
@@ -150,14 +170,14 @@ static void nf_stream_gate_up(struct nf_stream *s, const struct nf_nft_bundle *b
                            .row_size = b->up_row_size,
                            .data = (void *)b->up};
     if (n_tok == 1) {
-        nf_matmul(c, c->hb + b->first, &gv, xn, 1);
-        nf_matmul(c, c->hb2 + b->first, &uv, xn, 1);
+        nf_stream_matmul(s, c->hb + b->first, &gv, xn, 1);
+        nf_stream_matmul(s, c->hb2 + b->first, &uv, xn, 1);
         return;
     }
-    nf_matmul(c, s->tmp, &gv, xn, n_tok);
+    nf_stream_matmul(s, s->tmp, &gv, xn, n_tok);
     for (int k = 0; k < n_tok; k++)
         memcpy(c->hb + (size_t)k * F + b->first, s->tmp + (size_t)k * G, sizeof(float) * G);
-    nf_matmul(c, s->tmp, &uv, xn, n_tok);
+    nf_stream_matmul(s, s->tmp, &uv, xn, n_tok);
     for (int k = 0; k < n_tok; k++)
         memcpy(c->hb2 + (size_t)k * F + b->first, s->tmp + (size_t)k * G, sizeof(float) * G);
 }
@@ -276,9 +296,9 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
             return rc;
         struct nf_tensor v = nf_rows_view(t, p);
         if (t->count == rows || n_tok == 1) {
-            nf_matmul(c, o + t->first, &v, down ? c->hb : xn, n_tok);
+            nf_stream_matmul(s, o + t->first, &v, down ? c->hb : xn, n_tok);
         } else {
-            nf_matmul(c, s->tmp, &v, down ? c->hb : xn, n_tok);
+            nf_stream_matmul(s, s->tmp, &v, down ? c->hb : xn, n_tok);
             for (int k = 0; k < n_tok; k++)
                 memcpy(o + (size_t)k * rows + t->first, s->tmp + (size_t)k * t->count,
                        sizeof(float) * t->count);
@@ -308,7 +328,7 @@ static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
             return rc;
         nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->shell.hp.n_ff);
         struct nf_tensor dv = nf_stream_down_view(s);
-        nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+        nf_stream_matmul(s, c->ffo, &dv, c->hb, n_tok);
     }
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
     for (uint32_t g = 0; g < s->n_groups; g++)
@@ -401,6 +421,18 @@ static void nf_sparse_run(void *arg, int ith, int nth)
     }
 }
 
+/* Lists in s->spairs the chosen (token, group) pairs of tokens [k0, k1) among the ng groups
+ * from g0 (one FFN tile), group by group; returns their count. */
+static uint32_t nf_sparse_pairs(struct nf_stream *s, uint32_t g0, uint32_t ng, int k0, int k1)
+{
+    uint32_t np = 0;
+    for (uint32_t j = 0; j < ng; j++)
+        for (int k = k0; k < k1; k++)
+            if (s->sel[(size_t)k * s->n_groups + g0 + j])
+                s->spairs[np++] = (uint32_t)k << 16 | j;
+    return np;
+}
+
 /* Dense FFN, sparse: only the predicted groups, their down contributions added group by
  * group (per thread, then the threads' sums in thread order) into c->ffo. */
 static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
@@ -456,17 +488,20 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
     for (uint32_t i = 0; i < n; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_FFN, i);
         const uint32_t g0 = t->first / t->group, ng = t->count / t->group;
-        uint32_t np = 0;
-        for (uint32_t j = 0; j < ng; j++)
-            for (int k = 0; k < n_tok; k++)
-                if (s->sel[(size_t)k * s->n_groups + g0 + j])
-                    s->spairs[np++] = (uint32_t)k << 16 | j;
-        if (np == 0)
+        if (nf_sparse_pairs(s, g0, ng, 0, n_tok) == 0)
             continue;
         if (!(p = nf_stream_pin(s, t, &rc)))
             return rc;
-        struct nf_sparse_job jb = {s, t, p, np};
-        nf_threadpool_run(c->pool, nf_sparse_run, &jb, np < (uint32_t)nth ? (int)np : nth);
+        /* A batched step runs each row's pairs as its own decode step would (the same split
+         * between threads, so the same sums); a prompt chunk runs all of them at once. */
+        for (int k = 0; k < (s->batch ? n_tok : 1); k++) {
+            const uint32_t np = s->batch ? nf_sparse_pairs(s, g0, ng, k, k + 1)
+                                         : nf_sparse_pairs(s, g0, ng, 0, n_tok);
+            if (np == 0)
+                continue;
+            struct nf_sparse_job jb = {s, t, p, np};
+            nf_threadpool_run(c->pool, nf_sparse_run, &jb, np < (uint32_t)nth ? (int)np : nth);
+        }
         nf_stream_unpin(s, t);
     }
     for (int th = 0; th < nth; th++) {
@@ -520,10 +555,84 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
                 if (rc < 0)
                     return rc;
                 nf_ffn_act(hp, c->hb, c->hb2, 1, hp->n_ff);
-                nf_matmul(c, c->eo, &dv, c->hb, 1);
+                nf_stream_matmul(s, c->eo, &dv, c->hb, 1);
             }
             for (int i = 0; i < E; i++)
                 ot[i] = j == 0 ? c->eo[i] * w[j] : ot[i] + c->eo[i] * w[j];
+        }
+    }
+    nf_stream_report_used(s, il);
+    return 0;
+}
+
+/* MoE FFN of a batched step: each row routed as alone; every expert some row chose (the
+ * union) pinned once and run on those rows; then each row's expert outputs weighted and summed
+ * in its own choice order, as nf_stream_moe sums them for one token. */
+static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
+{
+    struct nf_ctx *c = s->c;
+    const struct nf_hparams *hp = &s->shell.hp;
+    const int E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
+    int rc = nf_stream_mm(s, c->router, il, NF_TILE_ROUTER, (size_t)X, c->xn, n_tok);
+    if (rc < 0)
+        return rc;
+    memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
+    const uint32_t per = nf_nft_count(s->f, il, NF_TILE_EXPERT) / (uint32_t)X;
+    int sel[NF_MAX_BATCH][64];
+    float w[NF_MAX_BATCH][64];
+    for (int k = 0; k < n_tok; k++) {
+        nf_moe_route_hp(hp, c->router + (size_t)k * X, sel[k], w[k]);
+        for (int j = 0; j < K; j++)
+            s->bits[sel[k][j] / 64] |= 1ull << (sel[k][j] % 64);
+    }
+    if (s->src.want) { /* the union's tiles, asked for at once */
+        uint32_t last = UINT32_MAX;
+        for (uint32_t e = 0; e < (uint32_t)X; e++) {
+            if (!((s->bits[e / 64] >> (e % 64)) & 1))
+                continue;
+            for (uint32_t i = e * per; i < (e + 1) * per; i++) {
+                if (last != UINT32_MAX)
+                    s->src.want(s->src.ud, last, false);
+                last = (uint32_t)nf_nft_tile_id(s->f, nf_nft_find(s->f, il, NF_TILE_EXPERT, i));
+            }
+        }
+        if (last != UINT32_MAX)
+            s->src.want(s->src.ud, last, true);
+    }
+    struct nf_tensor dv = nf_stream_down_view(s);
+    for (uint32_t e = 0; e < (uint32_t)X; e++) {
+        if (!((s->bits[e / 64] >> (e % 64)) & 1))
+            continue;
+        int rk[NF_MAX_BATCH], rj[NF_MAX_BATCH], m = 0;
+        for (int k = 0; k < n_tok; k++)
+            for (int j = 0; j < K; j++)
+                if (sel[k][j] == (int)e) {
+                    rk[m] = k;
+                    rj[m] = j;
+                    memcpy(s->mxn + (size_t)m++ * E, c->xn + (size_t)k * E, sizeof(float) * E);
+                }
+        if (s->slices) {
+            rc =
+                nf_stream_slices(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, s->mxn, s->mout, m);
+            if (rc < 0)
+                return rc;
+        } else {
+            rc = nf_stream_bundles(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, s->mxn, m);
+            if (rc < 0)
+                return rc;
+            nf_ffn_act(hp, c->hb, c->hb2, m, hp->n_ff);
+            nf_stream_matmul(s, s->mout, &dv, c->hb, m);
+        }
+        for (int i = 0; i < m; i++)
+            memcpy(s->meo + ((size_t)rk[i] * K + rj[i]) * E, s->mout + (size_t)i * E,
+                   sizeof(float) * E);
+    }
+    for (int k = 0; k < n_tok; k++) {
+        float *ot = c->ffo + (size_t)k * E;
+        for (int j = 0; j < K; j++) {
+            const float *eo = s->meo + ((size_t)k * K + j) * E;
+            for (int i = 0; i < E; i++)
+                ot[i] = j == 0 ? eo[i] * w[k][j] : ot[i] + eo[i] * w[k][j];
         }
     }
     nf_stream_report_used(s, il);
@@ -552,7 +661,7 @@ static int nf_stream_shexp(struct nf_stream *s, uint32_t il, int n_tok)
             return rc;
         nf_swiglu(c->hb, c->hb2, n_tok, s->ff);
         struct nf_tensor dv = nf_stream_down_view(s);
-        nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+        nf_stream_matmul(s, c->ffo, &dv, c->hb, n_tok);
     }
     nf_shexp_gate(c, c->ffo, n_tok);
     return 0;
@@ -582,7 +691,11 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         return rc;
     if (s->ext)
         nf_attn_qk(c, &s->ext[il], n_tok);
-    nf_attn_core(c, (int)il, pos0, n_tok);
+    if (s->batch) /* each row over its own sequence's cache */
+        for (int r = 0; r < n_tok; r++)
+            nf_attn_core(&s->views[r], (int)il, s->views[r].n_past, 1);
+    else
+        nf_attn_core(c, (int)il, pos0, n_tok);
     if ((rc = nf_stream_mm(s, c->ffo, il, NF_TILE_ATTN_O, E, c->att, n_tok)))
         return rc;
     if (s->ext) /* gemma3's post_attention_norm (nothing without one) */
@@ -590,8 +703,9 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
     int n_ffn = n_tok;
-    if ((int)il == hp->n_layer - 1) {
-        /* As nf_eval_chunk: past the last attention only the last token's row is needed. */
+    if ((int)il == hp->n_layer - 1 && !s->batch) {
+        /* As nf_eval_chunk: past the last attention only the last token's row is needed (in a
+         * batched step every row is a sequence's last token). */
         if (!want_logits)
             return 0;
         memmove(c->x, c->x + (size_t)(n_tok - 1) * E, sizeof(float) * E);
@@ -613,7 +727,7 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     s->down_row_size = nf_row_size(s->down_type, hp->n_ff);
     s->ff = hp->n_ff;
     if (hp->n_expert)
-        rc = nf_stream_moe(s, il, n_ffn);
+        rc = s->batch ? nf_stream_moe_batch(s, il, n_ffn) : nf_stream_moe(s, il, n_ffn);
     else if (s->sparsity > 0)
         rc = nf_stream_ffn_sparse(s, il, n_ffn);
     else
@@ -703,6 +817,134 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
             return rc;
         if (s->progress && n > NF_MAX_BATCH)
             s->progress(s->progress_ud, i + nb, n);
+    }
+    return 0;
+}
+
+/* --- several sequences -------------------------------------------------------------------- */
+
+int nf_stream_set_slots(struct nf_stream *s, int n, char *err, size_t errlen)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    if (s->slots || n < 1 || n > NF_MAX_BATCH)
+        return nf_errf(err, errlen, NF_EUSAGE, "stream: %d sequences, expected 1..%d (once)", n,
+                       NF_MAX_BATCH);
+    const size_t E = (size_t)hp->n_embd, K = (size_t)(hp->n_expert_used ? hp->n_expert_used : 1);
+    int rc = nf_kv_slots_create(&s->slots, s->c, n);
+    s->views = calloc(NF_MAX_BATCH, sizeof(*s->views));
+    s->blogits = malloc(sizeof(float) * NF_MAX_BATCH * (size_t)hp->n_vocab);
+    if (hp->n_expert) {
+        s->mxn = malloc(sizeof(float) * NF_MAX_BATCH * E);
+        s->mout = malloc(sizeof(float) * NF_MAX_BATCH * E);
+        s->meo = malloc(sizeof(float) * NF_MAX_BATCH * K * E);
+    }
+    if (rc < 0 || !s->views || !s->blogits || (hp->n_expert && (!s->mxn || !s->mout || !s->meo)))
+        return nf_errf(err, errlen, -ENOMEM, "out of memory for %d sequences' KV caches", n);
+    s->n_slots = n;
+    s->mem +=
+        (uint64_t)(n - 1) * nf_kv_slot_bytes(s->c) +
+        sizeof(float) * NF_MAX_BATCH * ((size_t)hp->n_vocab + (hp->n_expert ? (2 + K) * E : 0));
+    return 0;
+}
+
+int nf_stream_n_slots(const struct nf_stream *s)
+{
+    return s->n_slots;
+}
+
+void nf_stream_slot_reset(struct nf_stream *s, int i)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    s->slots[i].n_past = 0;
+}
+
+int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    nf_ctx_bind(s->c, &s->slots[i]);
+    int rc = nf_stream_eval(s, tokens, n);
+    s->slots[i].n_past = s->c->n_past;
+    nf_ctx_bind(s->c, &s->slots[0]);
+    return rc;
+}
+
+const float *nf_stream_slot_logits(const struct nf_stream *s, int i)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    return s->slots[i].logits;
+}
+
+int nf_stream_slot_n_past(const struct nf_stream *s, int i)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    return s->slots[i].n_past;
+}
+
+/* Checks a step's rows: distinct valid slots with room, tokens in the vocabulary. */
+static int nf_stream_step_check(struct nf_stream *s, const int *idx, const int32_t *toks, int n)
+{
+    if (n < 1 || n > s->n_slots) {
+        snprintf(s->err, sizeof(s->err), "a step of %d sequences, expected 1..%d", n, s->n_slots);
+        return NF_EUSAGE;
+    }
+    for (int r = 0; r < n; r++) {
+        bool dup = false;
+        for (int q = 0; q < r; q++)
+            dup |= idx[q] == idx[r];
+        if (idx[r] < 0 || idx[r] >= s->n_slots || dup) {
+            snprintf(s->err, sizeof(s->err), "slot %d is out of range or repeated", idx[r]);
+            return NF_EUSAGE;
+        }
+        if (toks[r] < 0 || toks[r] >= s->shell.hp.n_vocab) {
+            snprintf(s->err, sizeof(s->err), "token id %d outside the vocabulary [0, %d)", toks[r],
+                     s->shell.hp.n_vocab);
+            return NF_EUSAGE;
+        }
+        if (s->slots[idx[r]].n_past >= s->c->n_ctx) {
+            snprintf(s->err, sizeof(s->err), "slot %d: its %d positions are used", idx[r],
+                     s->c->n_ctx);
+            return NF_ECTXFULL;
+        }
+    }
+    return 0;
+}
+
+int nf_stream_step(struct nf_stream *s, const int *idx, const int32_t *toks, int n)
+{
+    struct nf_ctx *c = s->c;
+    const struct nf_hparams *hp = &s->shell.hp;
+    s->err[0] = 0;
+    int rc = nf_stream_step_check(s, idx, toks, n);
+    if (rc < 0)
+        return rc;
+    if ((rc = nf_stream_embed(s, toks, n)) < 0)
+        return rc;
+    for (int r = 0; r < n; r++) {
+        nf_ctx_row_view(&s->views[r], c, r, &s->slots[idx[r]]);
+        nf_rope_cache(&s->views[r], s->views[r].n_past, 1);
+    }
+    s->batch = n;
+    for (uint32_t il = 0; il < (uint32_t)hp->n_layer && rc == 0; il++) {
+        if (s->abort && atomic_load(s->abort)) {
+            snprintf(s->err, sizeof(s->err), "evaluation cancelled");
+            rc = -ECANCELED;
+        } else {
+            rc = nf_stream_layer(s, il, 0, n, true);
+        }
+    }
+    if (rc == 0)
+        rc = nf_stream_norm(s, c->xn, c->x, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, n);
+    if (rc == 0)
+        rc = nf_stream_mm(s, s->blogits, NF_NFT_NO_LAYER,
+                          s->f->hdr.tied_output ? NF_TILE_EMBD : NF_TILE_OUTPUT,
+                          (size_t)hp->n_vocab, c->xn, n);
+    s->batch = 0;
+    if (rc < 0)
+        return rc;
+    for (int r = 0; r < n; r++) {
+        struct nf_kv_slot *sl = &s->slots[idx[r]];
+        memcpy(sl->logits, s->blogits + (size_t)r * hp->n_vocab, sizeof(float) * hp->n_vocab);
+        sl->n_past++;
     }
     return 0;
 }
@@ -1172,6 +1414,8 @@ void nf_stream_free(struct nf_stream *s)
 {
     if (!s)
         return;
+    if (s->slots) /* c frees its own cache and logits, slot 0's */
+        nf_ctx_bind(s->c, &s->slots[0]);
     nf_ctx_free(s->c);
     free(s->shell.rope_freqs.data);
     free(s->shell.rope_short.data);
@@ -1195,6 +1439,12 @@ void nf_stream_free(struct nf_stream *s)
     free(s->spairs);
     free(s->sel);
     free(s->bits);
+    nf_kv_slots_free(s->slots, s->n_slots);
+    free(s->views);
+    free(s->blogits);
+    free(s->mxn);
+    free(s->mout);
+    free(s->meo);
     free(s);
 }
 
