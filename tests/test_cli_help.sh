@@ -38,7 +38,8 @@ kind() {
         --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
-        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue) K=int ;;
+        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue | \
+        --parallel) K=int ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale) K=float ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
@@ -66,7 +67,7 @@ good() {
     --max-body) G=1M ;;
     --http) G=127.0.0.1:1 ;;
     --chat-template) G=chatml ;;
-    --top-logits | --experts-used | --kv-heads) G=2 ;;
+    --top-logits | --experts-used | --kv-heads | --parallel) G=2 ;;
     -s | --seed) G=7 ;;
     --dim) G=64 ;;
     --layers | --layers-override) G=2 ;;

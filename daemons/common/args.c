@@ -9,6 +9,7 @@
 #include "daemon.h"
 #include "nf_err.h"
 #include "nf_size.h"
+#include "stack.h"
 
 /* getopt_long values of the shared flags; a daemon's own start at NF_ARG_OWN. */
 enum {
@@ -20,8 +21,9 @@ enum {
     ARG_FOREGROUND,
     ARG_LOG_LEVEL,
     ARG_ATTACH,
+    ARG_PARALLEL,
 };
-_Static_assert(ARG_ATTACH < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
+_Static_assert(ARG_PARALLEL < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
 
 static const struct option shared_opts[] = {
     {"run-dir", required_argument, NULL, ARG_RUN_DIR},
@@ -32,6 +34,7 @@ static const struct option shared_opts[] = {
     {"ctx", required_argument, NULL, ARG_CTX},
     {"foreground", no_argument, NULL, ARG_FOREGROUND},
     {"log-level", required_argument, NULL, ARG_LOG_LEVEL},
+    {"parallel", required_argument, NULL, ARG_PARALLEL},
     {"help", no_argument, NULL, 'h'},
 };
 #define N_SHARED (sizeof(shared_opts) / sizeof(shared_opts[0]))
@@ -91,6 +94,10 @@ static int parse_shared(const char *role, int c, const char *v, struct nf_daemon
     case ARG_CTX:
         if ((rc = nf_daemon_arg_long(v, 0, 1 << 24, &n)) == 0)
             a->ctx = (uint32_t)n;
+        break;
+    case ARG_PARALLEL:
+        if ((rc = nf_daemon_arg_long(v, 0, NF_STACK_SEQ_MAX, &n)) == 0)
+            a->parallel = (uint32_t)n;
         break;
     case ARG_FOREGROUND: a->foreground = true; break;
     case ARG_LOG_LEVEL: rc = nf_log_level_parse(v, &a->level); break;
