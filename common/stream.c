@@ -58,11 +58,11 @@ struct nf_stream {
     int n_slots;
     struct nf_kv_slot *slots; /* (n_slots) slot 0 borrows c's cache and logits */
     int batch;                /* rows of the batched step running now, else 0 */
-    struct nf_ctx *views;     /* (NF_MAX_BATCH) row r of c bound to its slot, during a step */
-    float *blogits;           /* (NF_MAX_BATCH, n_vocab) a step's logits, row by row */
-    float *mxn;               /* (NF_MAX_BATCH, n_embd) MoE: the rows that chose one expert */
-    float *mout;              /* (NF_MAX_BATCH, n_embd) their expert's outputs */
-    float *meo;               /* (NF_MAX_BATCH, n_expert_used, n_embd) every row's outputs */
+    struct nf_ctx *views;     /* (n_slots) row r of c bound to its slot, during a step */
+    float *blogits;           /* (n_slots, n_vocab) a step's logits, row by row */
+    float *mxn;               /* (n_slots, n_embd) MoE: the rows that chose one expert */
+    float *mout;              /* (n_slots, n_embd) their expert's outputs */
+    float *meo;               /* (n_slots, n_expert_used, n_embd) every row's outputs */
 };
 
 /* --- tiles ----------------------------------------------------------------------------- */
@@ -830,20 +830,22 @@ int nf_stream_set_slots(struct nf_stream *s, int n, char *err, size_t errlen)
         return nf_errf(err, errlen, NF_EUSAGE, "stream: %d sequences, expected 1..%d (once)", n,
                        NF_MAX_BATCH);
     const size_t E = (size_t)hp->n_embd, K = (size_t)(hp->n_expert_used ? hp->n_expert_used : 1);
+    /* A step has at most n rows. */
+    const size_t N = (size_t)n;
     int rc = nf_kv_slots_create(&s->slots, s->c, n);
-    s->views = calloc(NF_MAX_BATCH, sizeof(*s->views));
-    s->blogits = malloc(sizeof(float) * NF_MAX_BATCH * (size_t)hp->n_vocab);
+    if (rc == 0)
+        s->n_slots = n; /* nf_stream_free releases them from here on */
+    s->views = calloc(N, sizeof(*s->views));
+    s->blogits = malloc(sizeof(float) * N * (size_t)hp->n_vocab);
     if (hp->n_expert) {
-        s->mxn = malloc(sizeof(float) * NF_MAX_BATCH * E);
-        s->mout = malloc(sizeof(float) * NF_MAX_BATCH * E);
-        s->meo = malloc(sizeof(float) * NF_MAX_BATCH * K * E);
+        s->mxn = malloc(sizeof(float) * N * E);
+        s->mout = malloc(sizeof(float) * N * E);
+        s->meo = malloc(sizeof(float) * N * K * E);
     }
     if (rc < 0 || !s->views || !s->blogits || (hp->n_expert && (!s->mxn || !s->mout || !s->meo)))
         return nf_errf(err, errlen, -ENOMEM, "out of memory for %d sequences' KV caches", n);
-    s->n_slots = n;
-    s->mem +=
-        (uint64_t)(n - 1) * nf_kv_slot_bytes(s->c) +
-        sizeof(float) * NF_MAX_BATCH * ((size_t)hp->n_vocab + (hp->n_expert ? (2 + K) * E : 0));
+    s->mem += (uint64_t)(n - 1) * nf_kv_slot_bytes(s->c) + sizeof(*s->views) * N +
+              sizeof(float) * N * ((size_t)hp->n_vocab + (hp->n_expert ? (2 + K) * E : 0));
     return 0;
 }
 

@@ -78,11 +78,11 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     /* Compute's float activations: residual and its normed copies, q/k/v, attention output,
      * FFN hidden states and their quantized copies, logits twice (raw and sampled), and the
      * attention scores (per head and per thread, n_ctx each); with several sequences each one's
-     * logits, a step's logits and activations row by row. */
+     * logits, a step's logits and activations row by row (a MoE row's expert outputs too). */
     uint64_t act_floats = 8ull * sh->n_embd + 4ull * sh->n_ff + 2ull * sh->n_vocab +
                           ((uint64_t)sh->n_head + n_threads) * n_ctx;
     if (n_seq > 1)
-        act_floats += n_seq * (2ull * sh->n_vocab + 8ull * sh->n_embd + 4ull * sh->n_ff);
+        act_floats += n_seq * (2ull * sh->n_vocab + 16ull * sh->n_embd + 4ull * sh->n_ff);
     p->down_scratch = sh->down_scratch;
     p->compute_private =
         NF_STACK_PROC_BYTES + p->kv_bytes + sh->down_scratch + act_floats * sizeof(float);

@@ -151,6 +151,8 @@ int nf_gen_start(struct nf_gen *g, char *err, size_t errlen)
     int rc = pthread_create(&g->thread, NULL, worker, g);
     if (rc) {
         snprintf(err, errlen, "cannot start the generation thread: %s", strerror(rc));
+        free(g->running);
+        g->running = NULL;
         return -rc;
     }
     g->started = true;
@@ -163,6 +165,10 @@ int nf_gen_start(struct nf_gen *g, char *err, size_t errlen)
         snprintf(err, errlen, "%s", g->init_err);
         pthread_join(g->thread, NULL);
         g->started = false;
+        nf_stream_free(g->s); /* made before nf_stream_set_slots failed, or NULL */
+        g->s = NULL;
+        free(g->running);
+        g->running = NULL;
     }
     return rc;
 }
