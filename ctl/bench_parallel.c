@@ -136,6 +136,8 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
     snprintf(n, sizeof(n), "%ld", b->o.n);
     snprintf(par, sizeof(par), "%d", n_seq);
     snprintf(ctx, sizeof(ctx), "%u", b->n_ctx);
+    char tmo[32];
+    snprintf(tmo, sizeof(tmo), "%ld", b->o.timeout + (long)NF_BENCH_CANCEL_WAIT);
     struct nf_cgroup cg;
     const bool have_cg = b->use_cgroup;
     if (!nf_bench_phase_cgroup(b, &cg, phase, r))
@@ -167,8 +169,10 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
     for (int i = 0; i < n_seq; i++) {
         char prompt[32];
         snprintf(prompt, sizeof(prompt), "Request %d", i + 1);
-        char *gen_argv[] = {NULL,     "gen", "--run-dir", dir,    "-n",     n,
-                            "--temp", "0",   "-p",        prompt, "--json", NULL};
+        /* A client waits for the prompts before its own (evaluated one at a time) without a
+         * frame: gen's silence limit is the whole time box. */
+        char *gen_argv[] = {NULL, "gen", "--run-dir", dir,      "-n",        n,   "--temp",
+                            "0",  "-p",  prompt,      "--json", "--timeout", tmo, NULL};
         int fd = -1;
         cl[i].tok_s = NAN;
         cl[i].pid = nf_bench_spawn(b, gen_argv, NULL, &fd, log);
