@@ -74,6 +74,9 @@ struct nf_gen_token {
     int n_top;              /* top_logits of the params, or fewer for a tiny vocabulary */
     const int32_t *top_ids; /* (n_top) highest logits of this step, highest first */
     const float *top_vals;  /* (n_top) */
+    float logit;            /* the token's raw logit (before the sampler's penalties) */
+    double log_sum_exp;     /* with params logprobs: log(sum(exp(all n_vocab logits))), so that
+                               a logit minus it is a log-probability; else 0 */
 };
 
 struct nf_gen_params {
@@ -87,6 +90,7 @@ struct nf_gen_params {
      * with NF_GEN_STOP_CANCEL (the token stays recorded). */
     int (*on_token)(void *ud, const struct nf_gen_token *t);
     void *ud;
+    bool logprobs; /* fill nf_gen_token.log_sum_exp (one pass over the vocabulary per token) */
 };
 
 /* One sequence. The caller allocates it; nf_gen_seq_init fills it, nf_gen_seq_free releases

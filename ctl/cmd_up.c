@@ -57,6 +57,9 @@ static void up_usage(FILE *f)
             "                       tokens one generation may produce, 1..1000000; requests\n"
             "                       asking more are clamped so that queued ones wait less\n"
             "                       (default: %d)\n"
+            "      --expert-cache P routed-expert tiles a load evicts first (MoE models): freq,\n"
+            "                       those least often chosen lately; cyclic, the farthest in\n"
+            "                       layer order as for dense tiles (default: freq)\n"
             "      --run-dir DIR    run directory (default: $NANOFLOW_RUN_DIR, else\n"
             "                       $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow for root,\n"
             "                       else /tmp/nanoflow-UID)\n"
@@ -366,6 +369,7 @@ static int find_daemon(const char *role, char *out, size_t len, char *looked, si
 struct up_opts {
     const char *model, *run_dir, *log_level;
     const char *http, *chat_template; /* --http, --chat-template: the gateway's */
+    const char *expert_cache;         /* --expert-cache: the fetcher's (NULL: its default) */
     char api_key_file[PATH_MAX];      /* --api-key-file made absolute ("" for none) */
     uint64_t ram;
     long threads, n_ctx, max_tokens;
@@ -404,6 +408,10 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
         snprintf(maxtok, sizeof(maxtok), "%ld", o->max_tokens);
         argv[k++] = "--max-tokens-per-request";
         argv[k++] = maxtok;
+    }
+    if (o->expert_cache && !strcmp(role, NF_ROLE_FETCHER)) {
+        argv[k++] = "--expert-cache";
+        argv[k++] = (char *)o->expert_cache;
     }
     if (o->log_level) {
         argv[k++] = "--log-level";
@@ -736,7 +744,7 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level") ||
               nf_arg_is(a, "--max-tokens-per-request") || nf_arg_is(a, "--http") ||
               nf_arg_is(a, "--api-key-file") || nf_arg_is(a, "--chat-template") ||
-              nf_arg_is(a, "--parallel")))
+              nf_arg_is(a, "--parallel") || nf_arg_is(a, "--expert-cache")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -764,6 +772,10 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
             o->run_dir = v;
         } else if (nf_arg_is(a, "--http")) {
             o->http = v;
+        } else if (nf_arg_is(a, "--expert-cache")) {
+            if (strcmp(v, "freq") && strcmp(v, "cyclic"))
+                return nf_usage_error(cmd, "--expert-cache expects freq or cyclic, got '%s'", v);
+            o->expert_cache = v;
         } else if (nf_arg_is(a, "--api-key-file")) {
             if (!realpath(v, o->api_key_file) || access(o->api_key_file, R_OK) < 0) {
                 fprintf(stderr, "nanoflowctl up: --api-key-file %s: %s\n", v, strerror(errno));

@@ -53,6 +53,7 @@ struct nf_gen_job {
     int n_predict;        /* 1..max_tokens of struct nf_gen (clamped) */
     int n_asked;          /* n_predict as asked (0 taken as NF_GEN_DEFAULT_N) */
     int top_logits;       /* 0..NF_GEN_TOP_LOGITS_MAX */
+    bool logprobs;        /* Generate.logprobs: log-probabilities in the TokenEvents */
     uint64_t t_queued_ns; /* nf_now_ns when queued */
     uint32_t ahead;       /* jobs ahead of it when queued, the running one included */
     atomic_int cancel;

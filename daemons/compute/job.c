@@ -166,7 +166,8 @@ int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *
                                     .sp = j->sp,
                                     .cancel = &j->cancel,
                                     .on_token = job_on_token,
-                                    .ud = r};
+                                    .ud = r,
+                                    .logprobs = j->logprobs};
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
     int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &r->ids, err, sizeof(err));
     if (n < 0 || (n = nf_gen_seq_init(&r->q, &r->e, g->v, r->ids, n, &p, err, sizeof(err))) < 0) {
