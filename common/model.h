@@ -386,7 +386,7 @@ int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n);
  * nf_ctx_free frees what it allocated; the slots' n_past is authoritative. */
 struct nf_kv_slot {
     nf_fp16_t *k_cache; /* (n_layer, n_ctx, n_head_kv * head_dim) */
-    nf_fp16_t *v_cache; /* (n_layer, n_ctx, n_head_kv * head_dim) */
+    nf_fp16_t *v_cache; /* (n_layer, n_ctx, n_head_kv * head_dim); NULL for deepseek2 */
     float *logits;      /* (n_vocab) of the last token this slot evaluated */
     int n_past;
     bool owned; /* the buffers above were allocated for the slot */

@@ -11,7 +11,9 @@ size_t nf_kv_slot_bytes(const struct nf_ctx *c)
 {
     const struct nf_hparams *hp = &c->m->hp;
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    return 2 * (size_t)hp->n_layer * (size_t)c->n_ctx * kvd * sizeof(nf_fp16_t) +
+    /* deepseek2 caches one latent per position (no v_cache). */
+    return (hp->n_lora_kv ? 1 : 2) * (size_t)hp->n_layer * (size_t)c->n_ctx * kvd *
+               sizeof(nf_fp16_t) +
            sizeof(float) * (size_t)hp->n_vocab;
 }
 
@@ -30,9 +32,9 @@ int nf_kv_slots_create(struct nf_kv_slot **out, struct nf_ctx *c, int n)
     for (int i = 1; i < n; i++) {
         sl[i].owned = true;
         sl[i].k_cache = calloc(kv, sizeof(nf_fp16_t));
-        sl[i].v_cache = calloc(kv, sizeof(nf_fp16_t));
+        sl[i].v_cache = hp->n_lora_kv ? NULL : calloc(kv, sizeof(nf_fp16_t));
         sl[i].logits = calloc((size_t)hp->n_vocab, sizeof(float));
-        if (!sl[i].k_cache || !sl[i].v_cache || !sl[i].logits) {
+        if (!sl[i].k_cache || (!sl[i].v_cache && !hp->n_lora_kv) || !sl[i].logits) {
             nf_kv_slots_free(sl, i + 1);
             return -ENOMEM;
         }
@@ -67,7 +69,9 @@ void nf_ctx_row_view(struct nf_ctx *v, const struct nf_ctx *c, int r, const stru
     const struct nf_hparams *hp = &c->m->hp;
     const size_t R = (size_t)r, E = (size_t)hp->n_embd;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    const size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    /* The strides nf_ctx_create_ub sizes its buffers with. */
+    size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    F = (size_t)hp->n_ff_dense > F ? (size_t)hp->n_ff_dense : F;
     const size_t half = (size_t)hp->n_rot / 2;
     *v = *c;
     nf_ctx_bind(v, sl);
@@ -89,6 +93,16 @@ void nf_ctx_row_view(struct nf_ctx *v, const struct nf_ctx *c, int r, const stru
     }
     v->sh_out = c->sh_out + R * E;
     v->sh_gate = c->sh_gate + R;
+    if (c->mla_q) { /* deepseek2: as nf_mla_ctx_alloc sizes them */
+        const size_t H = (size_t)hp->n_head, K = (size_t)hp->n_embd_head_k_mla;
+        const size_t L = (size_t)hp->n_lora_kv, VM = (size_t)hp->n_embd_head_v_mla;
+        const size_t QA = hp->n_lora_q > 0 ? (size_t)hp->n_lora_q : 1;
+        v->mla_q = c->mla_q + R * H * K;
+        v->mla_qa = c->mla_qa + R * QA;
+        v->mla_in = c->mla_in + R * (K > L ? K : L);
+        v->mla_out = c->mla_out + R * (L > VM ? L : VM);
+        v->mla_att = c->mla_att + R * H * VM;
+    }
     v->n_ubatch = 1;
 }
 
@@ -135,8 +149,11 @@ int nf_ctx_step(struct nf_ctx *c, struct nf_kv_slot *slots, const int *idx, cons
     for (int il = 0; il < hp->n_layer; il++) {
         const struct nf_layer *L = &m->layers[il];
         for (int r = 0; r < n; r++) {
-            nf_attn_forward(&v[r], &L->attn, il, v[r].n_past, 1);
-            if (hp->n_expert)
+            if (hp->n_lora_kv) /* as nf_eval_chunk */
+                nf_mla_forward(&v[r], &L->attn, il, v[r].n_past, 1);
+            else
+                nf_attn_forward(&v[r], &L->attn, il, v[r].n_past, 1);
+            if (hp->n_expert && !nf_layer_dense(hp, il))
                 nf_moe_forward(&v[r], &L->ffn_norm, &L->moe, 1);
             else
                 nf_ffn_forward(&v[r], &L->ffn_norm, &L->ffn, 1);

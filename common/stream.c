@@ -714,12 +714,18 @@ static int nf_stream_mla(struct nf_stream *s, uint32_t il, int pos0, int n_tok)
     }
     if (rc || (rc = nf_stream_mm(s, c->k, il, NF_TILE_ATTN_KV_A, D, c->xn, n_tok)))
         return rc;
-    nf_mla_prep(c, s->ext[il].kv_a_norm.data, n_tok);
+    /* A batched step runs the per-row parts (RoPE and norm, attn_k_b / attn_v_b, attention
+     * over the sequence's own latent cache) on each row's view, one token as its solo step
+     * would; otherwise once on c for all n_tok tokens. */
+    const int nv = s->batch ? n_tok : 1, nt = s->batch ? 1 : n_tok;
+    for (int r = 0; r < nv; r++)
+        nf_mla_prep(s->batch ? &s->views[r] : c, s->ext[il].kv_a_norm.data, nt);
     for (int part = 0; part < 2; part++) {
         const enum nf_tile_kind kind = part ? NF_TILE_ATTN_V_B : NF_TILE_ATTN_K_B;
         const uint32_t per = part ? (uint32_t)hp->n_embd_head_v_mla : (uint32_t)hp->n_lora_kv;
-        if (part)
-            nf_mla_attend_latent(c, (int)il, pos0, n_tok);
+        for (int r = 0; part && r < nv; r++)
+            nf_mla_attend_latent(s->batch ? &s->views[r] : c, (int)il,
+                                 s->batch ? s->views[r].n_past : pos0, nt);
         for (uint32_t i = 0, n = nf_nft_count(s->f, il, kind); i < n; i++) {
             const struct nf_nft_tile *t = nf_nft_find(s->f, il, kind, i);
             const uint8_t *p = nf_stream_pin(s, t, &rc);
@@ -728,10 +734,13 @@ static int nf_stream_mla(struct nf_stream *s, uint32_t il, int pos0, int n_tok)
             struct nf_tensor v = nf_rows_view(t, p); /* whole heads (nf_stream_check_mla) */
             v.ne[1] = per;
             v.ne[2] = t->count / per;
-            if (part)
-                nf_mla_values(c, &v, (int)(t->first / per), n_tok);
-            else
-                nf_mla_absorb(c, &v, (int)(t->first / per), n_tok);
+            for (int r = 0; r < nv; r++) {
+                struct nf_ctx *cr = s->batch ? &s->views[r] : c;
+                if (part)
+                    nf_mla_values(cr, &v, (int)(t->first / per), nt);
+                else
+                    nf_mla_absorb(cr, &v, (int)(t->first / per), nt);
+            }
             nf_stream_unpin(s, t);
         }
     }
