@@ -1,7 +1,8 @@
 /* test_batch_engine.c - several sequences in one engine (continuous batching): every sequence's
  * logits at every step are bit-identical to running it alone, for the in-RAM context
  * (nf_ctx_step) and the streaming engine (nf_stream_step), with sequences of different prompt
- * lengths joining and leaving at different steps, on dense, quantized, F16/BF16 and MoE models,
+ * lengths joining and leaving at different steps, on dense, quantized, F16/BF16 and MoE models
+ * (glm4moe and deepseek2 among them: leading dense layers, sigmoid routing, latent attention),
  * and in sparse mode. */
 #include <dirent.h>
 #include <setjmp.h>
@@ -180,10 +181,56 @@ static int check_batched(struct eng *e, const float *ref)
     return shared;
 }
 
+/* A model mkmodel generated into tmpdir (gen_model), else the shared one. */
 static void model_path(const char *name, char *out, size_t len)
 {
-    snprintf(out, len, "%s/models/%s.gguf", NF_SHARED_DIR, name);
+    snprintf(out, len, "%s/%s.gguf", tmpdir, name);
+    if (access(out, R_OK) != 0)
+        snprintf(out, len, "%s/models/%s.gguf", NF_SHARED_DIR, name);
 }
+
+/* tmpdir/NAME.gguf from `nanoflowctl mkmodel ARGS` (once). */
+static void gen_model(const char *name, const char *args)
+{
+    char path[512], cmd[1536];
+    snprintf(path, sizeof(path), "%s/%s.gguf", tmpdir, name);
+    if (access(path, R_OK) == 0)
+        return;
+    snprintf(cmd, sizeof(cmd), "%s/ctl/nanoflowctl mkmodel %s %s >/dev/null", NF_BUILD_DIR, path,
+             args);
+    if (system(cmd) != 0)
+        fail_msg("mkmodel %s failed", name);
+}
+
+/* The tests/test_golden_arch.sh shapes of the architectures main gained. */
+static void gen_arch_models(void)
+{
+    gen_model("glm4moe-q8_0", "--seed 7 --arch glm4moe --dim 64 --layers 3 --ffn 64 --heads 4 "
+                              "--kv-heads 2 --head-dim 32 --experts 8 --experts-used 4 "
+                              "--dense-layers 1 --dense-ffn 128 --nextn 1 --expert-scale 2.5 "
+                              "--qk-norm --type q8_0");
+    gen_model("glm4moe-grp-q8_0",
+              "--seed 7 --arch glm4moe --dim 64 --layers 3 --ffn 64 --heads 4 --kv-heads 2 "
+              "--head-dim 32 --experts 16 --experts-used 4 --expert-groups 4 --groups-used 2 "
+              "--dense-layers 1 --dense-ffn 128 --nextn 1 --expert-scale 2.5 --type q8_0");
+    gen_model("deepseek2-q8_0", "--seed 7 --arch deepseek2 --dim 128 --layers 3 --ffn 64 --heads 4 "
+                                "--head-dim 48 --rope-dim 16 --kv-lora 64 --v-head 32 --q-lora 0 "
+                                "--dense-layers 1 --dense-ffn 256 --experts 8 --experts-used 2 "
+                                "--shared-experts 1 --type q8_0");
+    gen_model("deepseek3-q4_k",
+              "--seed 7 --arch deepseek2 --dim 256 --layers 3 --ffn 256 --heads 4 --head-dim 64 "
+              "--rope-dim 16 --kv-lora 256 --v-head 64 --q-lora 256 --dense-layers 1 "
+              "--dense-ffn 512 --experts 8 --experts-used 2 --shared-experts 1 --sigmoid "
+              "--expert-scale 2.5 --expert-groups 4 --groups-used 2 --type q4_k");
+    gen_model("deepseek2yarn-q8_0",
+              "--seed 9 --arch deepseek2 --dim 128 --layers 3 --ffn 64 --heads 4 --head-dim 48 "
+              "--rope-dim 32 --kv-lora 64 --v-head 32 --q-lora 64 --dense-layers 1 "
+              "--dense-ffn 256 --experts 8 --experts-used 2 --shared-experts 1 --type q8_0 "
+              "--yarn 8 --yarn-orig 256 --rope-base 1000 --yarn-mscale 0.707");
+}
+
+static const char *const arch_models[] = {"glm4moe-q8_0", "glm4moe-grp-q8_0", "deepseek2-q8_0",
+                                          "deepseek3-q4_k", "deepseek2yarn-q8_0"};
 
 static void check_ctx(const char *name)
 {
@@ -290,6 +337,22 @@ static void test_stream_moe(void **state)
     check_stream("moe-Q4_K_M", 0.0f);
 }
 
+static void test_ctx_arch(void **state)
+{
+    (void)state;
+    gen_arch_models();
+    for (size_t i = 0; i < sizeof(arch_models) / sizeof(arch_models[0]); i++)
+        check_ctx(arch_models[i]);
+}
+
+static void test_stream_arch(void **state)
+{
+    (void)state;
+    gen_arch_models();
+    for (size_t i = 0; i < sizeof(arch_models) / sizeof(arch_models[0]); i++)
+        check_stream(arch_models[i], 0.0f);
+}
+
 static void test_stream_sparse(void **state)
 {
     (void)state;
@@ -302,7 +365,8 @@ int main(void)
         cmocka_unit_test(test_ctx_stories),   cmocka_unit_test(test_ctx_quantized),
         cmocka_unit_test(test_ctx_moe),       cmocka_unit_test(test_stream_stories),
         cmocka_unit_test(test_stream_types),  cmocka_unit_test(test_stream_moe),
-        cmocka_unit_test(test_stream_sparse),
+        cmocka_unit_test(test_stream_sparse), cmocka_unit_test(test_ctx_arch),
+        cmocka_unit_test(test_stream_arch),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
