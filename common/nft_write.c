@@ -363,7 +363,7 @@ static int check_layer(struct conv *c, uint32_t il)
         if ((rc = check_mla(c, il)))
             return rc;
     } else {
-        /* exp_probs_b is not MLA's: glm4moe has it too (checked with the FFN below). */
+        /* (exp_probs_b is checked with the router: glm4moe has one too) */
         const struct nf_gguf_tensor *mla = l->q_a    ? l->q_a
                                            : l->kv_a ? l->kv_a
                                            : l->k_b  ? l->k_b

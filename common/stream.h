@@ -48,6 +48,10 @@ struct nf_stream_opts {
     int n_ctx;      /* KV cache positions (>= 1) */
     int n_threads;  /* <= 0: one per CPU */
     float sparsity; /* 0: exact; in (0, 1): the fraction of FFN groups skipped */
+    int n_ubatch;   /* tokens per prompt chunk, each chunk one pass over the tiles; 0: 32
+                     * (NF_MAX_BATCH), at most NF_MAX_UBATCH */
+    int n_seq;      /* most sequences nf_stream_set_slots will be given (0: up to the ubatch):
+                     * the activation buffers hold max(n_ubatch, n_seq) rows */
 };
 
 /* Monotonic counters of one engine. */
@@ -78,9 +82,10 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n);
 /* An abort flag checked before every layer (NULL: none); any nonzero value stops the eval. */
 void nf_stream_set_abort(struct nf_stream *s, const atomic_int *flag);
 
-/* A callback after each chunk (NF_MAX_BATCH tokens) of an eval of several tokens, with the
- * tokens of that eval done so far and in all (NULL: none). It runs on the evaluating thread and
- * must not call back into s. */
+/* A callback after each chunk (the ubatch) of an eval of several chunks, and after each layer of
+ * a chunk longer than NF_MAX_BATCH tokens, with the tokens of that eval done so far (a chunk's
+ * share by layers) and in all (NULL: none); done < total, except after the last chunk. It runs
+ * on the evaluating thread and must not call back into s. */
 typedef void (*nf_stream_progress_cb)(void *ud, int done, int total);
 void nf_stream_set_progress(struct nf_stream *s, nf_stream_progress_cb cb, void *ud);
 

@@ -145,8 +145,12 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
     nf_bench_drop_cache(b->nft);
     nf_bench_progress(b, "%s: up --parallel %d (run dir %s%s)", r->mode, n_seq, dir,
                       have_cg ? ", in its memory cgroup" : "");
-    char *up_argv[] = {NULL, "up", "--model", b->nft, "--ram",      ram, "--run-dir", dir,
-                       "-t", thr,  "--ctx",   ctx,    "--parallel", par, NULL};
+    char ub[32]; /* bench -ub: the prompt chunk of every engine, these too */
+    snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
+    char *up_argv[] = {NULL,    "up",        "--model",    b->nft, "--ram",
+                       ram,     "--run-dir", dir,          "-t",   thr,
+                       "--ctx", ctx,         "--parallel", par,    b->o.ubatch ? "-ub" : NULL,
+                       ub,      NULL};
     pid_t pid = nf_bench_spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? nf_bench_wait(pid, NF_BENCH_UP_TIMEOUT) : -1;
     if (pid > 0 && st < 0)

@@ -187,13 +187,30 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     nf_bench_drop_cache(model);
     nf_bench_progress(b, "%s: up (run dir %s%s)", r->mode, dir,
                       have_cg ? ", in its memory cgroup" : "");
-    char ctx[32];
+    char ctx[32], ub[32];
     snprintf(ctx, sizeof(ctx), "%u", b->n_ctx);
+    snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
     /* One sequence: the whole budget but its KV cache for the pool (--parallel rows are
      * measured by nf_bench_run_parallel). */
-    char *up_argv[] = {NULL,        "up", "--model",    model, "--ram",      ram,
-                       "--run-dir", dir,  "-t",         thr,   "--sparsity", sp,
-                       "--ctx",     ctx,  "--parallel", "1",   NULL};
+    char *up_argv[] = {NULL,
+                       "up",
+                       "--model",
+                       model,
+                       "--ram",
+                       ram,
+                       "--run-dir",
+                       dir,
+                       "-t",
+                       thr,
+                       "--sparsity",
+                       sp,
+                       "--ctx",
+                       ctx,
+                       "--parallel",
+                       "1",
+                       b->o.ubatch ? "-ub" : NULL,
+                       ub,
+                       NULL};
     pid_t pid = nf_bench_spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? nf_bench_wait(pid, NF_BENCH_UP_TIMEOUT) : -1;
     if (pid > 0 && st < 0)
@@ -332,8 +349,27 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
     nf_bench_drop_cache(b->gguf);
     nf_bench_progress(b, "mmap: run --mmap -n %ld -c %s%s", b->o.n, ctx,
                       have_cg ? " in its memory cgroup" : "");
-    char *argv[] = {NULL, "run", "--mmap", "-m", b->gguf,  "-n", n,        "-c", ctx,
-                    "-t", thr,   "--temp", "0",  "--seed", "1",  "--json", NULL};
+    char ub[32];
+    snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
+    char *argv[] = {NULL,
+                    "run",
+                    "--mmap",
+                    "-m",
+                    b->gguf,
+                    "-n",
+                    n,
+                    "-c",
+                    ctx,
+                    "-t",
+                    thr,
+                    "--temp",
+                    "0",
+                    "--seed",
+                    "1",
+                    "--json",
+                    b->o.ubatch ? "-ub" : NULL,
+                    ub,
+                    NULL};
     int out_fd = -1;
     pid_t pid = nf_bench_spawn(b, argv, have_cg ? &cg : NULL, &out_fd, log);
     if (pid < 0) {

@@ -53,6 +53,9 @@ static void up_usage(FILE *f)
             "                       its KV cache in the budget; too many is refused with the\n"
             "                       most that fit (default: up to 4, as many as take at most a\n"
             "                       quarter of the budget)\n"
+            "  -ub, --ubatch-size N prompt tokens evaluated together, 1..%d: each weight tile\n"
+            "                       is read once per chunk of N, whose activations the plan\n"
+            "                       reserves in the budget (default: 32)\n"
             "      --max-tokens-per-request N\n"
             "                       tokens one generation may produce, 1..1000000; requests\n"
             "                       asking more are clamped so that queued ones wait less\n"
@@ -73,7 +76,7 @@ static void up_usage(FILE *f)
             "                       with --http: chat format instead of the model's template\n"
             "                       (default: the model's tokenizer.chat_template, else chatml)\n"
             "  -h, --help           show this help\n",
-            NF_UP_DEFAULT_MAX_TOKENS);
+            NF_MAX_UBATCH, NF_UP_DEFAULT_MAX_TOKENS);
 }
 
 /* --- .gguf -> cached .nft ------------------------------------------------------------------ */
@@ -374,13 +377,14 @@ struct up_opts {
     uint64_t ram;
     long threads, n_ctx, max_tokens;
     long parallel; /* --parallel; 0: the plan's choice, then the plan's count */
+    long n_ubatch; /* -ub: compute's prompt chunk; 0: the daemons' default */
     float sparsity;
 };
 
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
                           const struct up_opts *o)
 {
-    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32], par[32];
+    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32], par[32], ub[32];
     nf_rundir_path(dir, role, "log", logp, sizeof(logp));
     snprintf(ram, sizeof(ram), "%llu", (unsigned long long)o->ram);
     snprintf(thr, sizeof(thr), "%ld", o->threads);
@@ -404,6 +408,11 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     argv[k++] = ctx;
     argv[k++] = "--parallel";
     argv[k++] = par;
+    if (o->n_ubatch) {
+        snprintf(ub, sizeof(ub), "%ld", o->n_ubatch);
+        argv[k++] = "--ubatch";
+        argv[k++] = ub;
+    }
     if (o->max_tokens && !strcmp(role, NF_ROLE_COMPUTE)) {
         snprintf(maxtok, sizeof(maxtok), "%ld", o->max_tokens);
         argv[k++] = "--max-tokens-per-request";
@@ -744,7 +753,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level") ||
               nf_arg_is(a, "--max-tokens-per-request") || nf_arg_is(a, "--http") ||
               nf_arg_is(a, "--api-key-file") || nf_arg_is(a, "--chat-template") ||
-              nf_arg_is(a, "--parallel") || nf_arg_is(a, "--expert-cache")))
+              nf_arg_is(a, "--parallel") || nf_arg_is(a, "--expert-cache") ||
+              nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -764,6 +774,9 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--parallel")) {
             if (nf_arg_long(cmd, a, v, 1, NF_STACK_SEQ_MAX, &o->parallel))
+                return 2;
+        } else if (nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")) {
+            if (nf_arg_long(cmd, a, v, 1, NF_MAX_UBATCH, &o->n_ubatch))
                 return 2;
         } else if (nf_arg_is(a, "--max-tokens-per-request")) {
             if (nf_arg_long(cmd, a, v, 1, 1000000, &o->max_tokens))
@@ -898,10 +911,16 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         return 1;
     }
     struct nf_stack_plan plan;
-    rc = nf_stack_plan_seq(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
-                           (uint32_t)o->parallel, &plan, err, sizeof(err));
+    rc =
+        nf_stack_plan_seq_ub(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
+                             (uint32_t)o->parallel, (uint32_t)o->n_ubatch, &plan, err, sizeof(err));
     nf_nft_close(f);
     char b1[32], b2[32], b3[32], b4[32];
+    if (rc == -ENOSPC && strstr(err, "ubatch")) {
+        fprintf(stderr, "nanoflowctl up: -ub %ld: %s; lower -ub or raise --ram\n", o->n_ubatch,
+                err);
+        return 1;
+    }
     if (rc == -ENOSPC) {
         fprintf(stderr,
                 "nanoflowctl up: a RAM budget of %s is too small for %s: it needs at least %s "

@@ -69,6 +69,7 @@ struct nf_gen {
     int n_threads;
     int n_ctx;
     float sparsity;
+    int n_ubatch;   /* prompt tokens per chunk (--ubatch); 0: the stream's default */
     int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
     int parallel;   /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
     /* Private. */

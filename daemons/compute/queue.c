@@ -66,8 +66,11 @@ static void *worker(void *arg)
     struct nf_gen *g = arg;
     struct nf_tile_src src;
     nf_gen_tile_src(g, &src);
-    struct nf_stream_opts o = {
-        .n_ctx = g->n_ctx, .n_threads = g->n_threads, .sparsity = g->sparsity};
+    struct nf_stream_opts o = {.n_ctx = g->n_ctx,
+                               .n_threads = g->n_threads,
+                               .sparsity = g->sparsity,
+                               .n_ubatch = g->n_ubatch,
+                               .n_seq = g->parallel};
     struct nf_gen_run *runs = calloc((size_t)g->parallel, sizeof(*runs));
     bool *live = calloc((size_t)g->parallel, sizeof(*live));
     int rc = !runs || !live
