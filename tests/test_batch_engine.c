@@ -250,7 +250,7 @@ static void check_ctx(const char *name)
     nf_model_free(m);
 }
 
-static void check_stream(const char *name, float sparsity)
+static void check_stream_ub(const char *name, float sparsity, int n_ubatch, int n_seq)
 {
     char in[512], nft[512], err[512];
     model_path(name, in, sizeof(in));
@@ -263,7 +263,8 @@ static void check_stream(const char *name, float sparsity)
         fail_msg("%s", err);
     struct nf_tile_src src;
     assert_int_equal(nf_tile_src_file_open(&src, f, 1 << 20), 0);
-    struct nf_stream_opts o = {.n_ctx = N_CTX, .n_threads = 2, .sparsity = sparsity};
+    struct nf_stream_opts o = {
+        .n_ctx = N_CTX, .n_threads = 2, .sparsity = sparsity, .n_ubatch = n_ubatch, .n_seq = n_seq};
     struct eng e = {0};
     if (nf_stream_create(&e.s, f, &src, &o, err, sizeof(err)) < 0)
         fail_msg("%s", err);
@@ -292,6 +293,11 @@ static void check_stream(const char *name, float sparsity)
     nf_stream_free(e.s);
     nf_tile_src_file_close(&src);
     nf_nft_close(f);
+}
+
+static void check_stream(const char *name, float sparsity)
+{
+    check_stream_ub(name, sparsity, 0, 0);
 }
 
 static void test_ctx_stories(void **state)
@@ -353,6 +359,32 @@ static void test_stream_arch(void **state)
         check_stream(arch_models[i], 0.0f);
 }
 
+/* A prompt ubatch smaller than the sequences (up -ub 2 --parallel 4): the buffers hold the
+ * step's rows, prompts still go 2 tokens a chunk; without n_seq the slots are refused. */
+static void test_stream_small_ubatch(void **state)
+{
+    (void)state;
+    check_stream_ub("stories260K", 0.0f, 2, N_SEQ);
+    check_stream_ub("moe-Q8_0", 0.0f, 2, N_SEQ);
+    char in[512], nft[512], err[512];
+    model_path("stories260K", in, sizeof(in));
+    snprintf(nft, sizeof(nft), "%s/stories260K.nft", tmpdir);
+    struct nf_nft *f;
+    if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    struct nf_tile_src src;
+    assert_int_equal(nf_tile_src_file_open(&src, f, 1 << 20), 0);
+    struct nf_stream_opts o = {.n_ctx = N_CTX, .n_threads = 1, .n_ubatch = 2};
+    struct nf_stream *s;
+    if (nf_stream_create(&s, f, &src, &o, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    assert_int_equal(nf_stream_set_slots(s, N_SEQ, err, sizeof(err)), NF_EUSAGE);
+    assert_non_null(strstr(err, "rows"));
+    nf_stream_free(s);
+    nf_tile_src_file_close(&src);
+    nf_nft_close(f);
+}
+
 static void test_stream_sparse(void **state)
 {
     (void)state;
@@ -366,7 +398,7 @@ int main(void)
         cmocka_unit_test(test_ctx_moe),       cmocka_unit_test(test_stream_stories),
         cmocka_unit_test(test_stream_types),  cmocka_unit_test(test_stream_moe),
         cmocka_unit_test(test_stream_sparse), cmocka_unit_test(test_ctx_arch),
-        cmocka_unit_test(test_stream_arch),
+        cmocka_unit_test(test_stream_arch),   cmocka_unit_test(test_stream_small_ubatch),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
