@@ -403,6 +403,41 @@ void nf_ctx_reset(struct nf_ctx *c);
  * (nothing evaluated), or NF_EUSAGE for a token id outside the vocabulary. */
 int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n);
 
+/* --- several sequences over one context (model_batch.c) ---------------------------------
+ * A slot is one sequence's KV cache, position and logits. Slot 0 borrows the context's own
+ * cache and logits, the others own theirs. A context stays bound to slot 0 between calls, so
+ * nf_ctx_free frees what it allocated; the slots' n_past is authoritative. */
+struct nf_kv_slot {
+    nf_fp16_t *k_cache; /* (n_layer, n_ctx, n_head_kv * head_dim) */
+    nf_fp16_t *v_cache; /* (n_layer, n_ctx, n_head_kv * head_dim); NULL for deepseek2 */
+    float *logits;      /* (n_vocab) of the last token this slot evaluated */
+    int n_past;
+    bool owned; /* the buffers above were allocated for the slot */
+};
+
+/* Bytes of one slot's KV cache and logits (what each slot past the first adds). */
+size_t nf_kv_slot_bytes(const struct nf_ctx *c);
+/* n >= 1 slots for c (slot 0 borrowing c's buffers); *out is freed with nf_kv_slots_free.
+ * Returns 0, NF_EUSAGE (n < 1) or -ENOMEM. */
+int nf_kv_slots_create(struct nf_kv_slot **out, struct nf_ctx *c, int n);
+void nf_kv_slots_free(struct nf_kv_slot *slots, int n);
+/* Points c's cache, logits and n_past at slot sl, so that the one-sequence calls (nf_ctx_eval,
+ * nf_stream_eval) work on it. */
+void nf_ctx_bind(struct nf_ctx *c, const struct nf_kv_slot *sl);
+/* v = c seen from row r of a batched step whose row r belongs to slot sl: every activation
+ * buffer starts at row r, the cache, logits and n_past are the slot's; thread pool and
+ * quantization scratch are c's (v is used on c's thread, one row at a time). */
+void nf_ctx_row_view(struct nf_ctx *v, const struct nf_ctx *c, int r, const struct nf_kv_slot *sl);
+/* Evaluates n tokens (a prompt) for slot i alone: nf_ctx_eval on it. */
+int nf_ctx_slot_eval(struct nf_ctx *c, struct nf_kv_slot *slots, int i, const int32_t *tokens,
+                     int n);
+/* One decode step of n sequences at once: token toks[r] for slot idx[r] (distinct slots,
+ * n <= NF_MAX_BATCH), layer by layer, every row with the arithmetic of its solo step, so each
+ * slot's logits are bit-identical to nf_ctx_eval of that token alone. Returns 0, NF_EUSAGE (a
+ * bad slot or token; nothing evaluated) or NF_ECTXFULL (a slot's cache is full). */
+int nf_ctx_step(struct nf_ctx *c, struct nf_kv_slot *slots, const int *idx, const int32_t *toks,
+                int n);
+
 /* Per-layer building blocks, exposed for callers that bring their own weights. Each works on
  * c->x for n_tok tokens starting at position pos0 and adds its output to the residual stream. */
 void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0,
@@ -508,6 +543,11 @@ void nf_shexp_gate(struct nf_ctx *c, const float *ffn_out, int n_tok);
 /* out (n_tok, w->ne[1]) = x (n_tok, w->ne[0]) times w's rows, with x converted to w's
  * vec_dot_type first (as llama.cpp does); parallel over rows on c's pool. */
 void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x, int n_tok);
+/* The same product computed as n_tok separate one-token calls of nf_matmul would, bit for bit
+ * (the decode arithmetic of each row, never a prompt batch's), in one dispatch over the rows:
+ * the batched decode step of several sequences (model_batch.c, stream.c). */
+void nf_matmul_each(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
+                    int n_tok);
 
 /* RMSNorm as ggml: out = x / sqrt(mean(x^2) + eps) * w, the sum of squares taken in double. */
 void nf_rmsnorm(float *out, const float *x, const float *w, int n, float eps);

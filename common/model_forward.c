@@ -251,17 +251,22 @@ static void nf_matmul_run(void *arg, int ith, int nth)
     }
 }
 
-void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x, int n_tok)
+/* nf_matmul, or with each_tok the arithmetic of n_tok separate one-token calls (in one
+ * dispatch): n_tok >= 2 then picks neither tinyBLAS's order nor a multi-token kernel. */
+static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
+                         int n_tok, bool each_tok)
 {
     const struct nf_type_traits *tr = nf_type_traits(w->type);
     const int64_t n = w->ne[0];
     struct nf_matmul_job j = {.w = w, .dot = tr->vec_dot, .out = out, .n_tok = n_tok};
-    if (w->type == NF_TYPE_F32 && n_tok >= 2 && n % 16 == 0) {
+    /* What a prompt batch of n_tok tokens computes differently from n_tok decode steps. */
+    const bool batch = n_tok >= 2 && !each_tok;
+    if (w->type == NF_TYPE_F32 && batch && n % 16 == 0) {
         /* llama.cpp hands this to tinyBLAS, which takes the activations in F32. */
         j.kind = NF_MM_TINYBLAS;
         j.xq = (const char *)x;
         j.xq_stride = (size_t)n * sizeof(float);
-    } else if (w->type == NF_TYPE_F16 && n_tok >= 2 && n % 16 == 0) {
+    } else if (w->type == NF_TYPE_F16 && batch && n % 16 == 0) {
         /* x86 tinyBLAS takes F16 weights only with F16 activations: llama.cpp converts the
          * activations to F16 first (as for its own dot) and then calls tinyBLAS. */
         j.kind = NF_MM_TINYBLAS16;
@@ -280,7 +285,7 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
         if (w->type == NF_TYPE_BF16 && c->m->weight_bytes <= NF_EXACT_Q4_0_MAX)
             /* llama.cpp with AVX512-BF16: its dot, or tinyBLAS for prompt batches. These are
              * scalar emulations, so (as for q4_0) only for models that fit in the caches. */
-            j.kind = n_tok >= 2 && n % 32 == 0 ? NF_MM_TINYBLAS_BF16 : NF_MM_BF16;
+            j.kind = batch && n % 32 == 0 ? NF_MM_TINYBLAS_BF16 : NF_MM_BF16;
         if (w->type == NF_TYPE_Q4_0 && c->m->weight_bytes <= NF_EXACT_Q4_0_MAX) {
             /* llama.cpp repacks q4_0 weights on x86 and sums each row block after block. */
             j.kind = NF_MM_ROWS;
@@ -296,12 +301,25 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
     /* Prompt chunks: the multi-token kernels. For F32 and F16 they sum in tinyBLAS's order
      * bit for bit, for q8_0 and the types without a register-blocked kernel as vec_dot does;
      * q4_0 (outside the exact order above) and the rest within the kernel tolerances. */
-    if (n_tok >= 2 &&
+    if (batch &&
         (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS || j.kind == NF_MM_TINYBLAS16))
         j.mat_fn = tr->vec_dot_mat;
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
     nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);
+}
+
+void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x, int n_tok)
+{
+    nf_matmul_do(c, out, w, x, n_tok, false);
+}
+
+void nf_matmul_each(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
+                    int n_tok)
+{
+    /* Each (row, token) product is one vec_dot whatever the split of rows between threads,
+     * and the q4_0 row kernel gives a row the same sum in any row range (exactness.md). */
+    nf_matmul_do(c, out, w, x, n_tok, true);
 }
 
 /* ggml_vec_dot_f16: products of halves are exact in float; ggml sums them in double in its

@@ -1,5 +1,6 @@
-/* job.c - one Generate request run through the common generation driver (generate.h) on the
- * streaming engine, with the shared counters kept up to date and the tokens streamed back. */
+/* job.c - one Generate request run through the common generation driver (generate.h) on its slot
+ * of the streaming engine, the batched step of the running requests, the shared counters kept
+ * up to date and the tokens streamed back. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,19 +10,28 @@
 #include "nf_err.h"
 #include "nf_time.h"
 
-/* The driver's engine: g's stream, each eval counted in the stack's compute counters. */
+/* The driver's engine for one run: its slot of g's stream. The prompt is evaluated at once (alone,
+ * counted in the stack's compute counters); a decode token is left pending for the batched
+ * step (nf_gen_run_batch). */
 
 static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
 {
-    struct nf_gen *g = ud;
+    struct nf_gen_run *r = ud;
+    struct nf_gen *g = r->g;
+    if (!prompt) {
+        NF_ASSERT(n == 1 && !r->pending); /* the driver evaluates one token per step */
+        r->pending = true;
+        r->tok = toks[0];
+        return 0;
+    }
     struct nf_stack_counters *c = g->st->ctr;
     const uint64_t t0 = nf_now_ns();
     g->step = atomic_fetch_add(&c->c_step, 1) + 1;
-    int rc = nf_stream_eval(g->s, toks, n);
+    int rc = nf_stream_slot_eval(g->s, r->slot, toks, n);
     const uint64_t dt = nf_now_ns() - t0;
     if (rc == 0) {
-        atomic_fetch_add(prompt ? &c->c_prompt_tokens : &c->c_decode_tokens, (uint64_t)n);
-        atomic_fetch_add(prompt ? &c->c_prompt_ns : &c->c_decode_ns, dt);
+        atomic_fetch_add(&c->c_prompt_tokens, (uint64_t)n);
+        atomic_fetch_add(&c->c_prompt_ns, dt);
     }
     nf_gen_flush_counters(g);
     return rc;
@@ -29,29 +39,62 @@ static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
 
 static const float *job_logits(void *ud)
 {
-    const struct nf_gen *g = ud;
-    return nf_stream_logits(g->s);
+    const struct nf_gen_run *r = ud;
+    return nf_stream_slot_logits(r->g->s, r->slot);
 }
 
 static int job_n_past(void *ud)
 {
-    const struct nf_gen *g = ud;
-    return nf_stream_n_past(g->s);
+    const struct nf_gen_run *r = ud;
+    return nf_stream_slot_n_past(r->g->s, r->slot);
 }
 
 static void job_reset(void *ud)
 {
-    struct nf_gen *g = ud;
-    nf_stream_reset(g->s);
+    struct nf_gen_run *r = ud;
+    nf_stream_slot_reset(r->g->s, r->slot);
 }
 
-struct job_run {
-    struct nf_gen *g;
-    struct nf_gen_job *j;
-    bool gone;              /* a TokenEvent could not be sent: the client is gone */
-    uint64_t last_frame_ns; /* nf_now_ns when the last frame went to the client */
-    uint64_t progress_ns;   /* least interval between PromptProgress frames */
-};
+void nf_gen_run_batch(struct nf_gen *g, struct nf_gen_run *const *rs, int n)
+{
+    struct nf_gen_run *list[NF_MAX_BATCH];
+    int idx[NF_MAX_BATCH], m = 0;
+    int32_t toks[NF_MAX_BATCH];
+    for (int i = 0; i < n; i++)
+        if (rs[i]->pending) {
+            NF_ASSERT(m < NF_MAX_BATCH); /* at most `parallel` runs, one token each */
+            list[m] = rs[i];
+            idx[m] = rs[i]->slot;
+            toks[m++] = rs[i]->tok;
+        }
+    if (m == 0)
+        return;
+    struct nf_stack_counters *c = g->st->ctr;
+    const uint64_t t0 = nf_now_ns();
+    g->step = atomic_fetch_add(&c->c_step, 1) + 1;
+    /* One sequence's cancel ends it before its next step (the driver checks its flag); only a
+     * shutdown stops a step that serves the others too. */
+    nf_stream_set_abort(g->s, &g->shutdown);
+    const int rc = nf_stream_step(g->s, idx, toks, m);
+    nf_stream_set_abort(g->s, NULL);
+    const uint64_t dt = nf_now_ns() - t0;
+    if (rc == 0) {
+        atomic_fetch_add(&c->c_decode_tokens, (uint64_t)m);
+        atomic_fetch_add(&c->c_decode_ns, dt);
+    }
+    if (rc == 0 && m >= 2) {
+        pthread_mutex_lock(&g->mu);
+        g->n_shared_steps++;
+        g->n_shared_rows += (uint64_t)m;
+        pthread_mutex_unlock(&g->mu);
+    }
+    nf_gen_flush_counters(g);
+    for (int i = 0; i < m; i++) {
+        list[i]->pending = false;
+        if (rc < 0)
+            nf_gen_seq_eval_failed(&list[i]->q, rc, list[i]->tok);
+    }
+}
 
 /* Interval of PromptProgress frames during a long prompt: often enough for the client's
  * --timeout and the server's idle rule, seldom enough to cost nothing. The environment may
@@ -71,7 +114,7 @@ static uint64_t progress_interval_ns(void)
 /* The stream's progress hook: a PromptProgress frame at most every progress interval. */
 static void job_on_progress(void *ud, int done, int total)
 {
-    struct job_run *r = ud;
+    struct nf_gen_run *r = ud;
     const uint64_t now = nf_now_ns();
     if (done >= total || now - r->last_frame_ns < r->progress_ns)
         return;
@@ -82,7 +125,7 @@ static void job_on_progress(void *ud, int done, int total)
 
 static int job_on_token(void *ud, const struct nf_gen_token *t)
 {
-    struct job_run *r = ud;
+    struct nf_gen_run *r = ud;
     if (nf_gen_send_token(r->g, r->j, t) < 0) {
         r->gone = true;
         return 1;
@@ -106,29 +149,28 @@ static void job_failed(struct nf_gen *g, const struct nf_gen_job *j, const struc
     nf_gen_send_error(g, j, q->rc, msg);
 }
 
-void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
+int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *j, int slot,
+                     double wait_s)
 {
     char err[512];
-    int32_t *ids = NULL;
-    struct nf_gen_seq q = {0};
-    struct job_run r = {.g = g, .j = j};
-    const struct nf_gen_engine e = {.eval = job_eval,
-                                    .logits = job_logits,
-                                    .n_past = job_n_past,
-                                    .reset = job_reset,
-                                    .ud = g,
-                                    .n_ctx = nf_stream_n_ctx(g->s),
-                                    .n_vocab = nf_stream_hparams(g->s)->n_vocab};
+    *r = (struct nf_gen_run){.g = g, .j = j, .slot = slot, .wait_s = wait_s};
+    r->e = (struct nf_gen_engine){.eval = job_eval,
+                                  .logits = job_logits,
+                                  .n_past = job_n_past,
+                                  .reset = job_reset,
+                                  .ud = r,
+                                  .n_ctx = nf_stream_n_ctx(g->s),
+                                  .n_vocab = nf_stream_hparams(g->s)->n_vocab};
     const struct nf_gen_params p = {.max_tokens = j->n_predict,
                                     .top_logits = j->top_logits,
                                     .sp = j->sp,
                                     .cancel = &j->cancel,
                                     .on_token = job_on_token,
-                                    .ud = &r,
+                                    .ud = r,
                                     .logprobs = j->logprobs};
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
-    int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &ids, err, sizeof(err));
-    if (n < 0 || (n = nf_gen_seq_init(&q, &e, g->v, ids, n, &p, err, sizeof(err))) < 0) {
+    int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &r->ids, err, sizeof(err));
+    if (n < 0 || (n = nf_gen_seq_init(&r->q, &r->e, g->v, r->ids, n, &p, err, sizeof(err))) < 0) {
         if (n == NF_ECTXFULL) { /* as `run` says it: what bounds the context */
             const size_t l = strlen(err);
             snprintf(err + l, sizeof(err) - l,
@@ -136,32 +178,50 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
                      nf_stream_hparams(g->s)->n_ctx_train);
         }
         nf_gen_send_error(g, j, n, err);
-        goto done;
+        nf_gen_seq_free(&r->q);
+        free(r->ids);
+        r->ids = NULL;
+        return n;
     }
-    nf_stream_set_abort(g->s, &j->cancel);
-    r.last_frame_ns = nf_now_ns();
-    r.progress_ns = progress_interval_ns();
-    nf_stream_set_progress(g->s, job_on_progress, &r);
-    nf_gen_seq_run(&q);
-    if (q.stop == NF_GEN_STOP_ERROR) {
-        job_failed(g, j, &q);
-        goto done;
-    }
-    if (r.gone) {
-        nf_log(NF_LOG_INFO, "request %llu: client gone, generation stopped",
-               (unsigned long long)j->req_id);
-        goto done;
-    }
-    const char *stop = nf_gen_stop_name(q.stop);
-    nf_gen_send_done(g, j, q.ids, q.n_prompt, q.n_gen, stop,
-                     (double)(q.t_prompt_ns - q.t_start_ns) * 1e-9,
-                     (double)(q.t_end_ns - q.t_prompt_ns) * 1e-9, wait_s);
-    nf_log(NF_LOG_INFO,
-           "request %llu: %d prompt + %d generated tokens, stop %s, %.3f s in the queue",
-           (unsigned long long)j->req_id, q.n_prompt, q.n_gen, stop, wait_s);
-done:
+    r->last_frame_ns = nf_now_ns();
+    r->progress_ns = progress_interval_ns();
+    return 0;
+}
+
+int nf_gen_run_step(struct nf_gen_run *r)
+{
+    if (r->q.prompt_done)
+        return nf_gen_seq_step(&r->q);
+    /* The prompt, alone: the job's cancel stops it between layers, progress frames keep the
+     * client's timeout away during a long one. */
+    struct nf_gen *g = r->g;
+    nf_stream_set_abort(g->s, &r->j->cancel);
+    nf_stream_set_progress(g->s, job_on_progress, r);
+    const int more = nf_gen_seq_step(&r->q);
     nf_stream_set_abort(g->s, NULL);
     nf_stream_set_progress(g->s, NULL, NULL);
-    nf_gen_seq_free(&q);
-    free(ids);
+    return more;
+}
+
+void nf_gen_run_end(struct nf_gen *g, struct nf_gen_run *r)
+{
+    const struct nf_gen_seq *q = &r->q;
+    const struct nf_gen_job *j = r->j;
+    if (q->stop == NF_GEN_STOP_ERROR) {
+        job_failed(g, j, q);
+    } else if (r->gone) {
+        nf_log(NF_LOG_INFO, "request %llu: client gone, generation stopped",
+               (unsigned long long)j->req_id);
+    } else {
+        const char *stop = nf_gen_stop_name(q->stop);
+        nf_gen_send_done(g, j, q->ids, q->n_prompt, q->n_gen, stop,
+                         (double)(q->t_prompt_ns - q->t_start_ns) * 1e-9,
+                         (double)(q->t_end_ns - q->t_prompt_ns) * 1e-9, r->wait_s);
+        nf_log(NF_LOG_INFO,
+               "request %llu: %d prompt + %d generated tokens, stop %s, %.3f s in the queue",
+               (unsigned long long)j->req_id, q->n_prompt, q->n_gen, stop, r->wait_s);
+    }
+    nf_gen_seq_free(&r->q);
+    free(r->ids);
+    r->ids = NULL;
 }
