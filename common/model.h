@@ -521,6 +521,11 @@ void nf_moe_route_topk_softmax(const float *p, int X, int K, int *sel, float *w)
 /* The router hp's architecture uses: nf_moe_route, nf_moe_route_raw or
  * nf_moe_route_topk_softmax. */
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w);
+/* Routes one token's router row p (n_expert) by the architecture's rule: glm4moe's sigmoid
+ * (nf_moe_route_sigmoid), deepseek2's (nf_moe_route_ds), else nf_moe_route_hp. bias is the
+ * layer's exp_probs_b (n_expert), or NULL. The one dispatch of nf_moe_forward and the stream. */
+void nf_moe_route_layer(const struct nf_hparams *hp, float *p, const float *bias, int *sel,
+                        float *w);
 
 /* gpt-oss's biases: row (n) of bias tensor b (NULL data: nothing) added to each of n_tok rows of
  * x (n_tok, n), as ggml_add; row is the expert for a 2-D expert bias, else 0. */

@@ -779,13 +779,7 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
     for (int t = 0; t < n_tok; t++) {
         int sel[64];
         float wsel[64];
-        if (hp->moe_sigmoid)
-            nf_moe_route_sigmoid(&hp->route, c->router + (size_t)t * X, w->exp_probs_b.data, sel,
-                                 wsel);
-        else if (hp->arch == NF_ARCH_DEEPSEEK2)
-            nf_moe_route_ds(hp, c->router + (size_t)t * X, w->exp_probs_b.data, sel, wsel);
-        else
-            nf_moe_route_hp(hp, c->router + (size_t)t * X, sel, wsel);
+        nf_moe_route_layer(hp, c->router + (size_t)t * X, w->exp_probs_b.data, sel, wsel);
         float *xt = c->xn + (size_t)t * E, *ot = c->ffo + (size_t)t * E;
         for (int k = 0; k < K; k++) {
             struct nf_ffn_weights ew = {.gate = nf_expert_view(&w->gate_exps, sel[k]),
@@ -864,6 +858,17 @@ void nf_moe_route_topk_softmax(const float *p, int X, int K, int *sel, float *w)
     /* ggml_top_k of the (biased) logits, then ggml_soft_max over the K chosen ones. */
     nf_moe_top_k(p, X, K, sel, w);
     nf_soft_max_row(w, K);
+}
+
+void nf_moe_route_layer(const struct nf_hparams *hp, float *p, const float *bias, int *sel,
+                        float *w)
+{
+    if (hp->moe_sigmoid) /* glm4moe: sigmoid, exp_probs_b, scaled */
+        nf_moe_route_sigmoid(&hp->route, p, bias, sel, w);
+    else if (hp->arch == NF_ARCH_DEEPSEEK2)
+        nf_moe_route_ds(hp, p, bias, sel, w);
+    else
+        nf_moe_route_hp(hp, p, sel, w);
 }
 
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w)

@@ -24,7 +24,6 @@ struct nf_stream {
     float *eb_gate, *eb_up, *eb_down;
     bool eb_on;
     float *probs_b; /* (n_layer, n_expert) glm4moe's exp_probs_b (zero in dense layers); or NULL */
-    struct nf_tensor *ds_probs_b; /* (n_layer) deepseek2 V3's exp_probs_b, in ext_data; else NULL */
     struct nf_ctx *c;
     float sparsity;
     const atomic_int *abort;
@@ -555,21 +554,14 @@ static int nf_stream_expert_bias(struct nf_stream *s, uint32_t il, uint32_t e)
     return 0;
 }
 
-/* Routes token row k of c->router in layer il as nf_moe_forward does for the architecture:
- * glm4moe's sigmoid with its exp_probs_b, deepseek2's router, else softmax (nf_moe_route_hp).
- * Shared by the one-sequence and the batched MoE paths. */
+/* Routes token row k of c->router in layer il as nf_moe_forward does (nf_moe_route_layer,
+ * with the layer's exp_probs_b when the model has one). Shared by the one-sequence and the
+ * batched MoE paths. */
 static void nf_stream_route(struct nf_stream *s, uint32_t il, int k, int *sel, float *w)
 {
-    const struct nf_hparams *hp = &s->shell.hp;
-    const int X = hp->n_expert;
-    float *p = s->c->router + (size_t)k * X;
-    if (hp->moe_sigmoid) /* glm4moe: sigmoid, exp_probs_b, scaled */
-        nf_moe_route_sigmoid(&hp->route, p, s->probs_b ? s->probs_b + (size_t)il * X : NULL, sel,
-                             w);
-    else if (hp->arch == NF_ARCH_DEEPSEEK2)
-        nf_moe_route_ds(hp, p, s->ds_probs_b ? s->ds_probs_b[il].data : NULL, sel, w);
-    else
-        nf_moe_route_hp(hp, p, sel, w);
+    const size_t X = (size_t)s->shell.hp.n_expert;
+    nf_moe_route_layer(&s->shell.hp, s->c->router + (size_t)k * X,
+                       s->probs_b ? s->probs_b + il * X : NULL, sel, w);
 }
 
 /* MoE FFN: the router on the actual input, then only the chosen experts (as nf_moe_forward). */
@@ -1546,24 +1538,22 @@ static int nf_stream_copy_row(struct nf_stream *s, uint32_t il, enum nf_tile_kin
     return 0;
 }
 
-/* deepseek2's small per-layer vectors (the q and kv low-rank norms, V3's exp_probs_b) copied
- * into s->ext / s->ds_probs_b, as nf_stream_load_ext does for the other architectures' extras. */
+/* deepseek2's small per-layer vectors (the q and kv low-rank norms) copied into s->ext, as
+ * nf_stream_load_ext does for the other architectures' extras (V3's exp_probs_b goes with
+ * glm4moe's, nf_stream_load_probs_b). */
 static int nf_stream_load_ds(struct nf_stream *s, char *err, size_t errlen)
 {
     const struct nf_hparams *hp = &s->shell.hp;
-    const size_t per = (size_t)hp->n_lora_q + (size_t)hp->n_lora_kv + (size_t)hp->n_expert;
+    const size_t per = (size_t)hp->n_lora_q + (size_t)hp->n_lora_kv;
     s->ext = calloc((size_t)hp->n_layer, sizeof(*s->ext));
-    s->ds_probs_b = calloc((size_t)hp->n_layer, sizeof(*s->ds_probs_b));
     s->ext_data = malloc(sizeof(float) * per * (size_t)hp->n_layer);
-    if (!s->ext || !s->ds_probs_b || !s->ext_data)
+    if (!s->ext || !s->ext_data)
         return nf_errf(err, errlen, -ENOMEM, "out of memory for the latent attention's norms");
-    s->mem +=
-        (sizeof(*s->ext) + sizeof(*s->ds_probs_b) + sizeof(float) * per) * (size_t)hp->n_layer;
+    s->mem += (sizeof(*s->ext) + sizeof(float) * per) * (size_t)hp->n_layer;
     float *p = s->ext_data;
     for (uint32_t il = 0; il < (uint32_t)hp->n_layer; il++) {
-        struct nf_tensor *dst[] = {&s->ext[il].q_a_norm, &s->ext[il].kv_a_norm, &s->ds_probs_b[il]};
-        static const enum nf_tile_kind kinds[] = {NF_TILE_ATTN_Q_A_NORM, NF_TILE_ATTN_KV_A_NORM,
-                                                  NF_TILE_EXP_PROBS_B};
+        struct nf_tensor *dst[] = {&s->ext[il].q_a_norm, &s->ext[il].kv_a_norm};
+        static const enum nf_tile_kind kinds[] = {NF_TILE_ATTN_Q_A_NORM, NF_TILE_ATTN_KV_A_NORM};
         for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
             int rc = nf_stream_copy_row(s, il, kinds[i], dst[i], &p, err, errlen);
             if (rc)
@@ -1629,12 +1619,16 @@ static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
     return 0;
 }
 
-/* Copies every MoE layer's exp_probs_b tile (glm4moe; nf_stream_check: present exactly there)
- * into s->probs_b: n_expert floats a layer, read once like the attention extras. */
+/* Copies every MoE layer's exp_probs_b tile (glm4moe, deepseek2 V3; nf_stream_check: present
+ * exactly there) into s->probs_b: n_expert floats a layer, read once like the attention
+ * extras. s->probs_b stays NULL for a model without them. */
 static int nf_stream_load_probs_b(struct nf_stream *s, char *err, size_t errlen)
 {
     const struct nf_hparams *hp = &s->shell.hp;
-    if (!hp->moe_sigmoid)
+    uint32_t n = 0;
+    for (uint32_t il = 0; il < (uint32_t)hp->n_layer; il++)
+        n += nf_nft_count(s->f, il, NF_TILE_EXP_PROBS_B);
+    if (n == 0)
         return 0;
     const size_t X = (size_t)hp->n_expert;
     s->probs_b = calloc((size_t)hp->n_layer * X, sizeof(float));
@@ -1766,7 +1760,6 @@ void nf_stream_free(struct nf_stream *s)
     free(s->ffn_post);
     free(s->router_b);
     free(s->eb_gate);
-    free(s->ds_probs_b);
     free(s->tmp);
     free(s->down);
     free(s->scores);
