@@ -514,6 +514,29 @@ static bool pid_running(int pfd, pid_t pid)
     return kill(pid, 0) == 0;
 }
 
+/* A pidfd pinning pid, which the caller verified as role's daemon: checked again once pinned,
+ * as that process may have exited and its pid been reused since. -1 without pidfds, -2 when
+ * pid is no longer the daemon (it is gone). */
+static int pin_daemon(int pid, const char *role)
+{
+    char err[PATH_MAX + 64];
+    int pfd = pid_open(pid);
+    if (pfd >= 0 && nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0) {
+        close(pfd);
+        return -2;
+    }
+    return pfd < 0 ? -1 : pfd;
+}
+
+/* True once daemon pid has exited. A daemon removes its pid file before it returns from main
+ * (and, under a sanitizer, before the leak check at exit): with a pidfd only the process's
+ * exit counts, or `down` could return while a daemon still holds memory and files; without
+ * one, the pid file naming another pid (or none) has to do. */
+static bool daemon_gone(const char *dir, const char *role, int pid, int pfd)
+{
+    return (pfd < 0 && nf_pidfile_read(dir, role) != pid) || !pid_running(pfd, pid);
+}
+
 /* Sends SIGTERM, then SIGKILL after term_ms, to pid, a daemon of role the caller has verified
  * (nf_ctl_daemon_pid, or our own unreaped child); returns once it is gone (or after kill_ms
  * more). */
@@ -521,22 +544,14 @@ static bool stop_pid(const char *dir, const char *role, int pid, int term_ms, in
 {
     double t0 = nf_now_s();
     bool termed = term_ms == 0, killed = false, gone = false;
-    int pfd = pid_open(pid);
-    char err[PATH_MAX + 64];
-    /* Checked again once the pidfd pins the process: the one we verified may have exited and
-     * its pid been reused since. */
-    if (pfd >= 0 && nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0) {
-        close(pfd);
+    int pfd = pin_daemon(pid, role);
+    if (pfd == -2)
         return true;
-    }
     if (termed)
         pid_signal(pfd, pid, SIGTERM);
     for (;;) {
         waitpid(pid, NULL, WNOHANG); /* reap it if it is our child */
-        /* A daemon removes its pid file before it returns from main (and, under a sanitizer,
-         * before the leak check at exit): with a pidfd only the process's exit counts, or
-         * `down` could return while a daemon still holds memory and files. */
-        if ((pfd < 0 && nf_pidfile_read(dir, role) != pid) || !pid_running(pfd, pid)) {
+        if (daemon_gone(dir, role, pid, pfd)) {
             gone = true;
             break;
         }
@@ -608,12 +623,10 @@ static bool exiting_on_its_own(const char *dir, const char *role)
     int pid = nf_pidfile_read(dir, role);
     if (pid <= 0 || nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0)
         return pid <= 0;
-    int pfd = pid_open(pid);
-    bool gone = false;
-    if (pfd >= 0 && nf_pid_is_daemon(pid, role, err, sizeof(err)) < 0)
-        gone = true; /* exited (and the pid maybe reused) before the pidfd pinned it */
+    int pfd = pin_daemon(pid, role);
+    bool gone = pfd == -2;
     for (int waited = 0; !gone && waited < 10000; waited += 50) {
-        if ((pfd < 0 && nf_pidfile_read(dir, role) != pid) || !pid_running(pfd, pid))
+        if (daemon_gone(dir, role, pid, pfd))
             gone = true;
         else
             nf_sleep_ms(50);

@@ -3,6 +3,14 @@
 
 fail=0
 
+# proc_running PID: true while PID runs (a zombie, Z, or a process being reaped, X, is gone).
+# Its state is read once: a zombie reaped between two reads would look alive.
+proc_running() {
+    local st
+    st=$(sed -n 's/^State:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null)
+    [ -n "$st" ] && [ "${st#[ZX]}" = "$st" ]
+}
+
 # check NAME STATUS: prints "ok: NAME" when STATUS is 0, else "FAIL: NAME" and sets fail=1.
 check() {
     if [ "$2" -ne 0 ]; then

@@ -256,12 +256,9 @@ PY
     pids=$(cat "$R"/*.pid 2>/dev/null)
     incg "$NF_BIN" down --run-dir "$R" >"$T/down.$name" 2>&1
     check "$name: down exits 0" $?
-    local alive= st
+    local alive=
     for p in $pids; do
-        st=$(sed -n 's/^State:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null)
-        if [ -n "$st" ] && [ "${st#[ZX]}" = "$st" ]; then
-            alive="$alive $p"
-        fi
+        proc_running "$p" && alive="$alive $p"
     done
     [ -z "$alive" ] && [ -z "$(cat "$CG/cgroup.procs")" ]
     st=$? # the $(...) in the message would reset $?

@@ -165,11 +165,7 @@ check "stats --watch refreshes" $?
 check "down exits 0" $?
 alive=
 for p in $PIDS; do
-    # The state read once (a zombie reaped between two reads would look alive); Z and X gone.
-    st=$(sed -n 's/^State:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null)
-    if [ -n "$st" ] && [ "${st#[ZX]}" = "$st" ]; then
-        alive="$alive $p"
-    fi
+    proc_running "$p" && alive="$alive $p"
 done
 [ -z "$alive" ]
 check "no daemon process left ($alive)" $?
