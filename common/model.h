@@ -35,6 +35,12 @@
  *    (V2) or sigmoid with a score-correction bias and expert groups (V3), weights optionally
  *    renormalized and scaled by expert_weights_scale; YaRN rope scaling (rope.scaling.type
  *    yarn) with llama.cpp's attention factor and score scale (mscale^2 / sqrt(key_length_mla)).
+ *  - "gpt-oss" (OpenAI gpt-oss-20b/120b): NEOX RoPE with YaRN scaling, biases on Q, K, V and
+ *    the attention output, a learned per-head attention sink (attn_sinks: a logit added to
+ *    the softmax's denominator), sliding-window layers (attention.sliding_window; even layers,
+ *    the odd ones global) as llama.cpp's openai-moe graph, post_attention_norm as the FFN's
+ *    norm, a routed MoE with a biased router (top k of the logits, then a softmax over those
+ *    k) and biased experts whose activation is the clamped SwiGLU (nf_swiglu_oai).
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
@@ -81,6 +87,7 @@ enum nf_arch {
     NF_ARCH_PHI3,
     NF_ARCH_GLM4MOE,
     NF_ARCH_DEEPSEEK2,
+    NF_ARCH_GPTOSS,
 };
 
 /* The general.architecture string of a. */
@@ -158,10 +165,16 @@ struct nf_hparams {
     int n_expert_groups;        /* grouped top-k (expert_group_count; 0 or 1: no groups) */
     int n_group_used;           /* groups kept (expert_group_used_count) */
     float kq_scale;             /* softmax scale of the scores; 0: 1 / sqrt(head_dim) */
-    /* YaRN (deepseek2's rope.scaling.type yarn): ggml's ext_factor (1; 0 without YaRN) and
-     * the correction dims between which rotated pairs blend interpolation and extrapolation. */
+    /* YaRN (deepseek2 and gpt-oss; rope.scaling.type yarn): ggml's ext_factor (1; 0 without
+     * YaRN) and the correction dims between which rotated pairs blend interpolation and
+     * extrapolation, for rope_base and (gpt-oss's local layers) rope_base_swa; rope_attn_factor
+     * is then the cos/sin scale with rope_yarn's 1 + 0.1 ln(1 / freq_scale) in it. */
     float yarn_ext_factor;
     float yarn_corr[2];
+    float yarn_corr_swa[2];
+    /* gpt-oss: attention sinks, output and router biases, expert biases, the clamped SwiGLU and
+     * the softmax over the chosen experts' logits (llama.cpp's SOFTMAX_WEIGHT gating). */
+    bool oai_moe;
 };
 
 /* deepseek2's expert gating functions (llama.cpp's expert_gating_func values). */
@@ -201,6 +214,8 @@ struct nf_attn_weights {
     struct nf_tensor wqkv;
 
     struct nf_tensor post_norm; /* (n_embd) F32 post_attention_norm, post_norms only */
+    struct nf_tensor bo;        /* (n_embd) F32 attn_output.bias (gpt-oss); else data NULL */
+    struct nf_tensor sinks;     /* (n_head) F32 attn_sinks (gpt-oss); else data NULL */
 
     /* deepseek2 (data NULL elsewhere); H = n_head, K = n_embd_head_k_mla, R = n_rot,
      * L = n_lora_kv. wq then holds V2-Lite's plain projection (n_embd -> H * K). */
@@ -233,9 +248,14 @@ struct nf_moe_weights {
     struct nf_tensor gate_shexp;     /* (n_embd -> n_ff_shexp) */
     struct nf_tensor up_shexp;       /* (n_embd -> n_ff_shexp) */
     struct nf_tensor down_shexp;     /* (n_ff_shexp -> n_embd) */
+    /* gpt-oss's biases, F32 (data NULL when absent). */
+    struct nf_tensor gate_inp_b;  /* (n_expert) added to the router logits */
+    struct nf_tensor gate_exps_b; /* (n_ff, n_expert) */
+    struct nf_tensor up_exps_b;   /* (n_ff, n_expert) */
+    struct nf_tensor down_exps_b; /* (n_embd, n_expert) */
     /* The score-correction bias, exp_probs_b.bias (glm4moe, deepseek2 V3): (n_expert) F32 added
-     * for selection only (data NULL when absent); the qwen2moe gate above is absent there, the
-     * shared expert ungated. */
+     * for selection only (data NULL when absent; unlike gpt-oss's gate_inp_b, which the weights
+     * see too); the qwen2moe gate above is absent there, the shared expert ungated. */
     struct nf_tensor exp_probs_b;
 };
 
@@ -345,6 +365,9 @@ struct nf_ctx {
     float *sh_out;       /* (NF_MAX_BATCH, n_embd) the shared expert's gated output (qwen2moe) */
     float *sh_gate;      /* (NF_MAX_BATCH) its gate logits, then sigmoids */
     int n_ubatch; /* tokens per prompt chunk; the (NF_MAX_BATCH, ...) buffers hold this many */
+    /* (n_head) F32 the attention sinks of the layer nf_attn_core runs next (gpt-oss), set by
+     * its caller; NULL: none. Not owned. */
+    const float *attn_sinks;
 
     /* deepseek2 (NULL elsewhere; H = n_head, K = n_embd_head_k_mla): q, k and att above hold
      * the absorbed queries (H, head_dim), the new latents (head_dim) and the attention over
@@ -472,7 +495,11 @@ void nf_swiglu(float *hb, const float *hb2, int n_rows, int n);
 /* hb (n_rows, n) = gelu(hb) * hb2 with ggml's tanh GELU (its F16 table, as llama.cpp's CPU
  * backend computes it). */
 void nf_geglu(float *hb, const float *hb2, int n_rows, int n);
-/* The FFN activation of hp's architecture: nf_geglu (ffn_gelu) or nf_swiglu. */
+/* gpt-oss's clamped SwiGLU as ggml_swiglu_oai (alpha 1.702, limit 7): with x = min(hb, 7) and
+ * y = clamp(hb2, -7, 7), hb = x / (1 + exp(-1.702 x)) * (y + 1), element by element. */
+void nf_swiglu_oai(float *hb, const float *hb2, int n_rows, int n);
+/* The FFN activation of hp's architecture: nf_geglu (ffn_gelu), nf_swiglu_oai (oai_moe) or
+ * nf_swiglu. */
 void nf_ffn_act(const struct nf_hparams *hp, float *hb, const float *hb2, int n_rows, int n);
 /* x (n_tok, n_embd) = RMSNorm of x times norm, in place (gemma3's post norms); nothing when norm
  * has no data. */
@@ -488,8 +515,16 @@ void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w);
 void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w);
 /* The most experts nf_moe_route_ds takes (Kimi-K2 has 384). */
 #define NF_DS_MAX_EXPERT 512
-/* The router hp's architecture uses: nf_moe_route or nf_moe_route_raw. */
+/* gpt-oss's router (llama.cpp's SOFTMAX_WEIGHT gating): the top K of the logits p (X) as
+ * they are (nf_moe_top_k), w their softmax over those K (ggml_soft_max on a row of K). */
+void nf_moe_route_topk_softmax(const float *p, int X, int K, int *sel, float *w);
+/* The router hp's architecture uses: nf_moe_route, nf_moe_route_raw or
+ * nf_moe_route_topk_softmax. */
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w);
+
+/* gpt-oss's biases: row (n) of bias tensor b (NULL data: nothing) added to each of n_tok rows of
+ * x (n_tok, n), as ggml_add; row is the expert for a 2-D expert bias, else 0. */
+void nf_add_bias(float *x, const struct nf_tensor *b, int row, int n_tok);
 
 /* Sigmoid expert routing of one token (moe_route.c, settings in struct nf_moe_sigmoid_route): p (X)
  * holds the router logits and becomes their sigmoids; the experts are chosen by the sigmoid plus

@@ -18,6 +18,11 @@ struct nf_stream {
     struct nf_attn_weights *ext;
     float *ext_data;
     struct nf_tensor *ffn_post; /* (n_layer) gemma3's post_ffw_norm, in ext_data; else NULL */
+    struct nf_tensor *router_b; /* (n_layer) gpt-oss's router bias, in ext_data; else NULL */
+    /* gpt-oss: the chosen expert's bias rows (n_ff, n_ff, n_embd), copied from its
+     * EXP_*_BIAS tiles per use; eb_on while they apply (nf_stream_slices adds gate and up). */
+    float *eb_gate, *eb_up, *eb_down;
+    bool eb_on;
     float *probs_b; /* (n_layer, n_expert) glm4moe's exp_probs_b (zero in dense layers); or NULL */
     struct nf_tensor *ds_probs_b; /* (n_layer) deepseek2 V3's exp_probs_b, in ext_data; else NULL */
     struct nf_ctx *c;
@@ -290,6 +295,12 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
         const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
         const bool down = t->type[3] == NF_SLICE_DOWN;
         if (down && !act) {
+            if (s->eb_on) { /* gpt-oss: the expert's gate and up biases (n_tok is 1) */
+                for (size_t j = 0; j < F; j++) {
+                    c->hb[j] += s->eb_gate[j];
+                    c->hb2[j] += s->eb_up[j];
+                }
+            }
             nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, (int)F);
             act = true;
         }
@@ -518,6 +529,32 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
     return 0;
 }
 
+/* gpt-oss: copies expert e's rows of layer il's EXP_GATE_BIAS, EXP_UP_BIAS and EXP_DOWN_BIAS
+ * tiles (row tiles of one row per expert, checked at creation) into s->eb_gate, eb_up,
+ * eb_down. */
+static int nf_stream_expert_bias(struct nf_stream *s, uint32_t il, uint32_t e)
+{
+    static const enum nf_tile_kind kinds[3] = {NF_TILE_EXP_GATE_BIAS, NF_TILE_EXP_UP_BIAS,
+                                               NF_TILE_EXP_DOWN_BIAS};
+    float *dst[3] = {s->eb_gate, s->eb_up, s->eb_down};
+    for (int k = 0; k < 3; k++) {
+        const uint32_t n = nf_nft_count(s->f, il, kinds[k]);
+        for (uint32_t i = 0; i < n; i++) {
+            const struct nf_nft_tile *t = nf_nft_find(s->f, il, kinds[k], i);
+            if (e < t->first || e >= t->first + t->count)
+                continue;
+            int rc;
+            const uint8_t *p = nf_stream_pin(s, t, &rc);
+            if (!p)
+                return rc;
+            memcpy(dst[k], p + sizeof(float) * t->ne0 * (e - t->first), sizeof(float) * t->ne0);
+            nf_stream_unpin(s, t);
+            break;
+        }
+    }
+    return 0;
+}
+
 /* Routes token row k of c->router in layer il as nf_moe_forward does for the architecture:
  * glm4moe's sigmoid with its exp_probs_b, deepseek2's router, else softmax (nf_moe_route_hp).
  * Shared by the one-sequence and the batched MoE paths. */
@@ -544,6 +581,8 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
     int rc = nf_stream_mm(s, c->router, il, NF_TILE_ROUTER, (size_t)X, c->xn, n_tok);
     if (rc < 0)
         return rc;
+    if (s->router_b) /* gpt-oss */
+        nf_add_bias(c->router, &s->router_b[il], 0, n_tok);
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
     const uint32_t per = nf_nft_count(s->f, il, NF_TILE_EXPERT) / (uint32_t)X;
     struct nf_tensor dv = nf_stream_down_view(s);
@@ -568,17 +607,30 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
         for (int j = 0; j < K; j++) {
             const uint32_t e = (uint32_t)sel[j];
             s->bits[e / 64] |= 1ull << (e % 64);
+            if (hp->oai_moe && (rc = nf_stream_expert_bias(s, il, e)) < 0)
+                return rc;
+            s->eb_on = hp->oai_moe;
             if (s->slices) {
                 rc = nf_stream_slices(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, xt, c->eo, 1);
+                s->eb_on = false;
                 if (rc < 0)
                     return rc;
             } else {
                 rc = nf_stream_bundles(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, xt, 1);
+                s->eb_on = false;
                 if (rc < 0)
                     return rc;
+                if (hp->oai_moe) /* as nf_moe_forward: the biases around the activation */
+                    for (int i = 0; i < hp->n_ff; i++) {
+                        c->hb[i] += s->eb_gate[i];
+                        c->hb2[i] += s->eb_up[i];
+                    }
                 nf_ffn_act(hp, c->hb, c->hb2, 1, hp->n_ff);
                 nf_stream_matmul(s, c->eo, &dv, c->hb, 1);
             }
+            if (hp->oai_moe)
+                for (int i = 0; i < E; i++)
+                    c->eo[i] += s->eb_down[i];
             for (int i = 0; i < E; i++)
                 ot[i] = j == 0 ? c->eo[i] * w[j] : ot[i] + c->eo[i] * w[j];
         }
@@ -594,6 +646,9 @@ static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
 {
     struct nf_ctx *c = s->c;
     const struct nf_hparams *hp = &s->shell.hp;
+    /* gpt-oss (router and expert biases): row by row, as nf_stream_moe runs one token. */
+    if (hp->oai_moe)
+        return nf_stream_moe(s, il, n_tok);
     const int E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
     int rc = nf_stream_mm(s, c->router, il, NF_TILE_ROUTER, (size_t)X, c->xn, n_tok);
     if (rc < 0)
@@ -783,13 +838,18 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         return rc;
     if (s->ext)
         nf_attn_qk(c, &s->ext[il], n_tok);
+    c->attn_sinks = s->ext ? s->ext[il].sinks.data : NULL; /* gpt-oss */
     if (s->batch) /* each row over its own sequence's cache */
-        for (int r = 0; r < n_tok; r++)
+        for (int r = 0; r < n_tok; r++) {
+            s->views[r].attn_sinks = c->attn_sinks;
             nf_attn_core(&s->views[r], (int)il, s->views[r].n_past, 1);
+        }
     else
         nf_attn_core(c, (int)il, pos0, n_tok);
     if ((rc = nf_stream_mm(s, c->ffo, il, NF_TILE_ATTN_O, E, c->att, n_tok)))
         return rc;
+    if (s->ext) /* gpt-oss's attn_output.bias (nothing without one) */
+        nf_add_bias(c->ffo, &s->ext[il].bo, 0, n_tok);
     if (s->ext) /* gemma3's post_attention_norm (nothing without one) */
         nf_post_norm(c, c->ffo, &s->ext[il].post_norm, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
@@ -1286,12 +1346,21 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
                {NF_TILE_ATTN_POST_NORM, hp->post_norms, E},
                {NF_TILE_FFN_POST_NORM, hp->post_norms, E},
                {NF_TILE_SHEXP_GATE, gated, E},
-               {NF_TILE_EXP_PROBS_B, moe && hp->moe_sigmoid, X}};
+               {NF_TILE_EXP_PROBS_B, moe && hp->moe_sigmoid, X},
+               {NF_TILE_ATTN_O_BIAS, hp->oai_moe, E},
+               {NF_TILE_ATTN_SINKS, hp->oai_moe, (uint64_t)hp->n_head},
+               {NF_TILE_ROUTER_BIAS, moe && hp->oai_moe, (uint64_t)hp->n_expert}};
     for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++)
         if ((hp->arch != NF_ARCH_DEEPSEEK2 || ext[i].kind != NF_TILE_EXP_PROBS_B) && /* MLA's */
             (rc = nf_stream_check_rows(f, il, ext[i].kind, ext[i].want ? 1 : 0, ext[i].ne0,
                                        ext[i].kind != NF_TILE_SHEXP_GATE, &one, err, errlen)))
             return rc;
+    /* gpt-oss's expert biases: one F32 row per expert. */
+    const uint64_t XB = moe && hp->oai_moe ? (uint64_t)hp->n_expert : 0;
+    if ((rc = nf_stream_check_rows(f, il, NF_TILE_EXP_GATE_BIAS, XB, F, true, &one, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_EXP_UP_BIAS, XB, F, true, &one, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_EXP_DOWN_BIAS, XB, E, true, &one, err, errlen)))
+        return rc;
     if (shexp) {
         /* The shared expert: the MoE layer's FFN tiles, of its own width. */
         uint32_t g = 0;
@@ -1517,12 +1586,20 @@ static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
     const size_t per =
         (hp->qkv_bias ? qd + 2 * kvd : 0) +
         (hp->qk_norm ? hp->arch == NF_ARCH_OLMOE ? qd + kvd : 2 * (size_t)hp->head_dim : 0) +
-        (hp->post_norms ? 2 * (size_t)hp->n_embd : 0);
+        (hp->post_norms ? 2 * (size_t)hp->n_embd : 0) +
+        (hp->oai_moe ? (size_t)(hp->n_embd + hp->n_head + hp->n_expert) : 0);
     s->ext = calloc((size_t)hp->n_layer, sizeof(*s->ext));
     s->ext_data = malloc(sizeof(float) * per * (size_t)hp->n_layer);
     if (hp->post_norms)
         s->ffn_post = calloc((size_t)hp->n_layer, sizeof(*s->ffn_post));
-    if (!s->ext || !s->ext_data || (hp->post_norms && !s->ffn_post))
+    if (hp->oai_moe) {
+        s->router_b = calloc((size_t)hp->n_layer, sizeof(*s->router_b));
+        s->eb_gate = malloc(sizeof(float) * (2 * (size_t)hp->n_ff + (size_t)hp->n_embd));
+        s->eb_up = s->eb_gate ? s->eb_gate + hp->n_ff : NULL;
+        s->eb_down = s->eb_gate ? s->eb_up + hp->n_ff : NULL;
+    }
+    if (!s->ext || !s->ext_data || (hp->post_norms && !s->ffn_post) ||
+        (hp->oai_moe && (!s->router_b || !s->eb_gate)))
         return nf_errf(err, errlen, -ENOMEM, "out of memory for the attention extras");
     s->mem += (sizeof(*s->ext) + sizeof(float) * per) * (size_t)hp->n_layer;
     float *p = s->ext_data;
@@ -1535,10 +1612,14 @@ static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
                                    &w->q_norm,
                                    &w->k_norm,
                                    &w->post_norm,
-                                   s->ffn_post ? &s->ffn_post[il] : NULL};
+                                   s->ffn_post ? &s->ffn_post[il] : NULL,
+                                   &w->bo,
+                                   &w->sinks,
+                                   s->router_b ? &s->router_b[il] : NULL};
         static const enum nf_tile_kind kinds[] = {
-            NF_TILE_ATTN_Q_BIAS, NF_TILE_ATTN_K_BIAS,    NF_TILE_ATTN_V_BIAS,  NF_TILE_ATTN_Q_NORM,
-            NF_TILE_ATTN_K_NORM, NF_TILE_ATTN_POST_NORM, NF_TILE_FFN_POST_NORM};
+            NF_TILE_ATTN_Q_BIAS, NF_TILE_ATTN_K_BIAS,    NF_TILE_ATTN_V_BIAS,   NF_TILE_ATTN_Q_NORM,
+            NF_TILE_ATTN_K_NORM, NF_TILE_ATTN_POST_NORM, NF_TILE_FFN_POST_NORM, NF_TILE_ATTN_O_BIAS,
+            NF_TILE_ATTN_SINKS,  NF_TILE_ROUTER_BIAS};
         for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
             int rc = nf_stream_copy_row(s, il, kinds[i], dst[i], &p, err, errlen);
             if (rc)
@@ -1683,6 +1764,8 @@ void nf_stream_free(struct nf_stream *s)
     free(s->ext_data);
     free(s->probs_b);
     free(s->ffn_post);
+    free(s->router_b);
+    free(s->eb_gate);
     free(s->ds_probs_b);
     free(s->tmp);
     free(s->down);
