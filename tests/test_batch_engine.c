@@ -2,8 +2,8 @@
  * logits at every step are bit-identical to running it alone, for the in-RAM context
  * (nf_ctx_step) and the streaming engine (nf_stream_step), with sequences of different prompt
  * lengths joining and leaving at different steps, on dense, quantized, F16/BF16 and MoE models
- * (glm4moe and deepseek2 among them: leading dense layers, sigmoid routing, latent attention),
- * and in sparse mode. */
+ * (glm4moe, deepseek2 and gpt-oss among them: leading dense layers, sigmoid routing, latent
+ * attention, attention sinks and expert biases), and in sparse mode. */
 #include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -227,10 +227,13 @@ static void gen_arch_models(void)
               "--rope-dim 32 --kv-lora 64 --v-head 32 --q-lora 64 --dense-layers 1 "
               "--dense-ffn 256 --experts 8 --experts-used 2 --shared-experts 1 --type q8_0 "
               "--yarn 8 --yarn-orig 256 --rope-base 1000 --yarn-mscale 0.707");
+    gen_model("gptoss-q8_0", "--seed 7 --arch gpt-oss --dim 64 --layers 4 --ffn 64 --heads 4 "
+                             "--kv-heads 2 --head-dim 64 --experts 8 --experts-used 4 --window 4 "
+                             "--rope-base 150000 --rope-scale 32 --ctx 131072 --type q8_0");
 }
 
-static const char *const arch_models[] = {"glm4moe-q8_0", "glm4moe-grp-q8_0", "deepseek2-q8_0",
-                                          "deepseek3-q4_k", "deepseek2yarn-q8_0"};
+static const char *const arch_models[] = {"glm4moe-q8_0",   "glm4moe-grp-q8_0",   "deepseek2-q8_0",
+                                          "deepseek3-q4_k", "deepseek2yarn-q8_0", "gptoss-q8_0"};
 
 static void check_ctx(const char *name)
 {
