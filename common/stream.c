@@ -54,6 +54,7 @@ struct nf_stream {
     struct nf_stream_stats st;
     uint64_t mem;
     char err[320];
+    float *rows; /* (n_tok, n_vocab) during nf_stream_eval_rows: the chunk's logits; else NULL */
 };
 
 /* --- tiles ----------------------------------------------------------------------------- */
@@ -456,18 +457,25 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
     for (uint32_t i = 0; i < n; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_FFN, i);
         const uint32_t g0 = t->first / t->group, ng = t->count / t->group;
-        uint32_t np = 0;
-        for (uint32_t j = 0; j < ng; j++)
-            for (int k = 0; k < n_tok; k++)
-                if (s->sel[(size_t)k * s->n_groups + g0 + j])
-                    s->spairs[np++] = (uint32_t)k << 16 | j;
-        if (np == 0)
-            continue;
-        if (!(p = nf_stream_pin(s, t, &rc)))
-            return rc;
-        struct nf_sparse_job jb = {s, t, p, np};
-        nf_threadpool_run(c->pool, nf_sparse_run, &jb, np < (uint32_t)nth ? (int)np : nth);
-        nf_stream_unpin(s, t);
+        /* A per-row pass runs each token's groups as its own job, so each group lands on the
+         * thread (and in the sum order) a decode step of that token alone gives it. */
+        const int per = c->per_row ? 1 : n_tok;
+        p = NULL;
+        for (int k0 = 0; k0 < n_tok; k0 += per) {
+            uint32_t np = 0;
+            for (uint32_t j = 0; j < ng; j++)
+                for (int k = k0; k < k0 + per; k++)
+                    if (s->sel[(size_t)k * s->n_groups + g0 + j])
+                        s->spairs[np++] = (uint32_t)k << 16 | j;
+            if (np == 0)
+                continue;
+            if (!p && !(p = nf_stream_pin(s, t, &rc)))
+                return rc;
+            struct nf_sparse_job jb = {s, t, p, np};
+            nf_threadpool_run(c->pool, nf_sparse_run, &jb, np < (uint32_t)nth ? (int)np : nth);
+        }
+        if (p)
+            nf_stream_unpin(s, t);
     }
     for (int th = 0; th < nth; th++) {
         const float *a = s->sacc + (size_t)th * NF_MAX_BATCH * E;
@@ -590,7 +598,7 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
     int n_ffn = n_tok;
-    if ((int)il == hp->n_layer - 1) {
+    if ((int)il == hp->n_layer - 1 && !s->rows) {
         /* As nf_eval_chunk: past the last attention only the last token's row is needed. */
         if (!want_logits)
             return 0;
@@ -670,6 +678,13 @@ static int nf_stream_chunk(struct nf_stream *s, const int32_t *tokens, int n_tok
             return rc;
     }
     c->n_past += n_tok;
+    if (s->rows) { /* a per-row pass: every token's logits */
+        if ((rc = nf_stream_norm(s, c->xn, c->x, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, n_tok)))
+            return rc;
+        return nf_stream_mm(s, s->rows, NF_NFT_NO_LAYER,
+                            s->f->hdr.tied_output ? NF_TILE_EMBD : NF_TILE_OUTPUT,
+                            (size_t)hp->n_vocab, c->xn, n_tok);
+    }
     if (!want_logits)
         return 0;
     if ((rc = nf_stream_norm(s, c->xn, c->x, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 1)))
@@ -705,6 +720,43 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
             s->progress(s->progress_ud, i + nb, n);
     }
     return 0;
+}
+
+int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float *logits)
+{
+    struct nf_ctx *c = s->c;
+    const size_t V = (size_t)s->shell.hp.n_vocab;
+    s->err[0] = 0;
+    if (n < 1)
+        return NF_EUSAGE;
+    if (n > c->n_ctx - c->n_past) {
+        snprintf(s->err, sizeof(s->err), "%d tokens do not fit: %d of %d positions used", n,
+                 c->n_past, c->n_ctx);
+        return NF_ECTXFULL;
+    }
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= s->shell.hp.n_vocab) {
+            snprintf(s->err, sizeof(s->err), "token id %d outside the vocabulary [0, %d)",
+                     tokens[i], s->shell.hp.n_vocab);
+            return NF_EUSAGE;
+        }
+    int rc = 0;
+    c->per_row = true;
+    for (int i = 0; i < n && rc == 0; i += NF_MAX_BATCH) {
+        const int nb = n - i < NF_MAX_BATCH ? n - i : NF_MAX_BATCH;
+        s->rows = logits + (size_t)i * V;
+        rc = nf_stream_chunk(s, tokens + i, nb, true);
+    }
+    c->per_row = false;
+    s->rows = NULL;
+    if (rc == 0) /* the last row is also what nf_stream_eval would have left */
+        memcpy(c->logits, logits + (size_t)(n - 1) * V, sizeof(float) * V);
+    return rc;
+}
+
+int nf_stream_rollback(struct nf_stream *s, int n_past)
+{
+    return nf_ctx_rollback(s->c, n_past);
 }
 
 /* --- creation: every tile the forward pass uses is checked once here ----------------------- */

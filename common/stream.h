@@ -75,6 +75,15 @@ void nf_stream_reset(struct nf_stream *s);
  * nf_stream_error names the tile). After an error the sequence is undefined: reset it. */
 int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n);
 
+/* Evaluates n tokens at positions n_past.. as n decode steps would, in one pass over the tiles,
+ * and writes every token's logits into logits (n, n_vocab): each row bit-identical to what
+ * nf_stream_eval of that token alone leaves (nf_ctx_eval_rows' per-row kernels and attention;
+ * in sparse mode each token's groups are summed as its own step would). Returns as
+ * nf_stream_eval; nf_stream_logits gets the last row. */
+int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float *logits);
+/* Rolls the sequence back to its first n_past positions (nf_ctx_rollback): 0 or NF_EUSAGE. */
+int nf_stream_rollback(struct nf_stream *s, int n_past);
+
 /* An abort flag checked before every layer (NULL: none); any nonzero value stops the eval. */
 void nf_stream_set_abort(struct nf_stream *s, const atomic_int *flag);
 
