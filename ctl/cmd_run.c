@@ -74,15 +74,22 @@ static void usage(FILE *f)
         "                          holds the piece's exact bytes (default: off)\n"
         "      --top-logits K      with --json, add the K highest logits of each step as\n"
         "                          [[id, logit], ...], 0..%d (default: 0)\n"
+        "      --lookup            speculative decoding with prompt lookup drafts: the tokens\n"
+        "                          that followed the latest earlier occurrence of the last\n"
+        "                          3..1 tokens are verified in one pass; the output is the\n"
+        "                          same token for token (greedy or seeded); --json's summary\n"
+        "                          adds \"drafted\", \"accepted\", \"accept_rate\" (default: off)\n"
+        "      --draft-max K       most drafts verified per pass, 1..%d; fewer when drafts are\n"
+        "                          rejected (default: %d)\n"
         "  -h, --help              show this help\n",
         NF_RUN_DEFAULT_N, NF_MAX_UBATCH, NF_RUN_DEFAULT_UBATCH, NF_RUN_DEFAULT_CTX_CAP,
-        nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX);
+        nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX, NF_GEN_SPEC_MAX, NF_GEN_SPEC_MAX);
 }
 
 struct run_opts {
     const char *model, *prompt, *prompt_file;
-    long n_predict, threads, n_ctx, top_logits, n_ubatch;
-    bool json, seed_set, use_mmap;
+    long n_predict, threads, n_ctx, top_logits, n_ubatch, draft_max;
+    bool json, seed_set, use_mmap, lookup;
     struct nf_sampler_params sp;
     struct nf_chat_opts chat;
 };
@@ -106,6 +113,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         }
         if (!strcmp(a, "--mmap")) {
             o->use_mmap = true;
+            continue;
+        }
+        if (!strcmp(a, "--lookup")) {
+            o->lookup = true;
             continue;
         }
         if ((rc = nf_chat_flag(cmd, argc, argv, &i, &o->chat)) != 0) {
@@ -151,6 +162,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             VAL();
             if (nf_arg_long(cmd, a, v, 1, NF_MAX_UBATCH, &o->n_ubatch))
                 return 2;
+        } else if (nf_arg_is(a, "--draft-max")) {
+            VAL();
+            if (nf_arg_long(cmd, a, v, 1, NF_GEN_SPEC_MAX, &o->draft_max))
+                return 2;
         } else if (nf_arg_is(a, "--top-logits")) {
             VAL();
             if (nf_arg_long(cmd, a, v, 0, NF_GEN_TOP_LOGITS_MAX, &o->top_logits))
@@ -169,6 +184,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         return nf_usage_error(cmd, "give either a prompt or -f FILE, not both");
     if (o->top_logits && !o->json)
         return nf_usage_error(cmd, "--top-logits needs --json");
+    if (o->draft_max && !o->lookup)
+        return nf_usage_error(cmd, "--draft-max needs --lookup");
     if (o->chat.system || o->chat.tmpl) /* either says the prompt is a chat message */
         o->chat.on = true;
     if (!o->seed_set)
@@ -297,11 +314,16 @@ int nf_cmd_run(int argc, char **argv)
     }
     struct nf_gen_engine eng;
     nf_gen_engine_ctx(&eng, c);
+    struct nf_gen_lookup lk = {.ngram_min = 1, .ngram_max = 3};
+    struct nf_gen_draft draft;
+    nf_gen_draft_lookup(&draft, &lk);
     const struct nf_gen_params gp = {.max_tokens = (int)o.n_predict,
                                      .top_logits = (int)o.top_logits,
                                      .sp = o.sp,
                                      .on_token = on_token,
-                                     .ud = &ro};
+                                     .ud = &ro,
+                                     .draft = o.lookup ? &draft : NULL,
+                                     .spec_max = (int)o.draft_max};
     if ((rc = nf_gen_seq_init(&q, &eng, v, ids, n_prompt, &gp, err, sizeof(err))) < 0) {
         if (rc != NF_ECTXFULL)
             fprintf(stderr, "nanoflowctl run: %s\n", err);
@@ -332,7 +354,10 @@ int nf_cmd_run(int argc, char **argv)
                             ro.text_len, q.n_prompt / (prompt_s > 0 ? prompt_s : 1e-9),
                             (q.n_gen > 1 ? q.n_gen - 1 : 0) / (decode_s > 0 ? decode_s : 1e-9),
                             nf_gen_stop_name(q.stop), o.sp.seed,
-                            &(struct nf_gen_summary_extra){.n_ctx = (int)n_ctx});
+                            &(struct nf_gen_summary_extra){.n_ctx = (int)n_ctx,
+                                                           .spec = o.lookup,
+                                                           .drafted = q.n_drafted,
+                                                           .accepted = q.n_accepted});
     } else {
         int ol = nf_detok_flush(&ro.dt, ro.out);
         fwrite(ro.out, 1, (size_t)ol, stdout);
