@@ -52,6 +52,9 @@ static void up_usage(FILE *f)
             "                       tokens one generation may produce, 1..1000000; requests\n"
             "                       asking more are clamped so that queued ones wait less\n"
             "                       (default: %d)\n"
+            "      --lookup         speculative decoding with prompt-lookup drafts for every\n"
+            "                       request that does not say ('gen --no-lookup'); the output\n"
+            "                       is the same (default: off)\n"
             "      --run-dir DIR    run directory (default: $NANOFLOW_RUN_DIR, else\n"
             "                       $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow for root,\n"
             "                       else /tmp/nanoflow-UID)\n"
@@ -365,6 +368,7 @@ struct up_opts {
     uint64_t ram;
     long threads, n_ctx, max_tokens;
     float sparsity;
+    bool lookup; /* --lookup: compute speculates with prompt lookup by default */
 };
 
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
@@ -391,6 +395,8 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     argv[k++] = sp;
     argv[k++] = "--ctx";
     argv[k++] = ctx;
+    if (o->lookup && !strcmp(role, NF_ROLE_COMPUTE))
+        argv[k++] = "--lookup";
     if (o->max_tokens && !strcmp(role, NF_ROLE_COMPUTE)) {
         snprintf(maxtok, sizeof(maxtok), "%ld", o->max_tokens);
         argv[k++] = "--max-tokens-per-request";
@@ -720,6 +726,10 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             up_usage(stdout);
             return 1;
+        }
+        if (!strcmp(a, "--lookup")) {
+            o->lookup = true;
+            continue;
         }
         if (!(nf_arg_is(a, "--model") || !strcmp(a, "-m") || nf_arg_is(a, "--ram") ||
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--sparsity") ||

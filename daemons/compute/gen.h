@@ -41,11 +41,13 @@ struct nf_gen_job {
     char *prompt; /* (prompt_len) bytes, owned */
     size_t prompt_len;
     struct nf_sampler_params sp;
-    int n_predict;        /* 1..max_tokens of struct nf_gen (clamped) */
-    int n_asked;          /* n_predict as asked (0 taken as NF_GEN_DEFAULT_N) */
-    int top_logits;       /* 0..NF_GEN_TOP_LOGITS_MAX */
-    uint64_t t_queued_ns; /* nf_now_ns when queued */
-    uint32_t ahead;       /* jobs ahead of it when queued, the running one included */
+    int n_predict;         /* 1..max_tokens of struct nf_gen (clamped) */
+    int n_asked;           /* n_predict as asked (0 taken as NF_GEN_DEFAULT_N) */
+    int top_logits;        /* 0..NF_GEN_TOP_LOGITS_MAX */
+    bool lookup;           /* speculative decoding with prompt-lookup drafts */
+    int drafted, accepted; /* set by the run: what GenerateDone reports */
+    uint64_t t_queued_ns;  /* nf_now_ns when queued */
+    uint32_t ahead;        /* jobs ahead of it when queued, the running one included */
     atomic_int cancel;
     struct nf_gen_job *next;
 };
@@ -60,6 +62,7 @@ struct nf_gen {
     int n_ctx;
     float sparsity;
     int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
+    bool lookup;    /* requests speculate with prompt lookup unless they say otherwise */
     /* Private. */
     pthread_t thread;
     bool started;
@@ -70,6 +73,7 @@ struct nf_gen {
     uint32_t n_queued;              /* jobs in head..tail (under mu) */
     /* Counters for Stats (under mu): jobs started, their summed queue waits, jobs clamped. */
     uint64_t n_started, wait_ns, n_clamped;
+    uint64_t n_drafted, n_accepted; /* speculative decoding: drafts verified and accepted */
     bool stop;
     int init_rc; /* engine creation result, valid once init_done */
     bool init_done;
@@ -96,8 +100,9 @@ bool nf_gen_cancel(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, uint64_t
 /* Loop thread: the connection went away: cancel its jobs. */
 void nf_gen_conn_closed(struct nf_gen *g, uint64_t conn_id);
 /* Loop thread: the Stats reply of compute: the shared counters (nf_stats_fill) and the queue's:
- * queue_len (gauge: jobs waiting), requests (started), queue_wait_ns (their summed waits) and
- * clamped (requests cut to the per-request token limit). Returns nf_server_send's result. */
+ * queue_len (gauge: jobs waiting), requests (started), queue_wait_ns (their summed waits),
+ * clamped (requests cut to the per-request token limit), drafted and accepted (speculative
+ * decoding's draft tokens verified and accepted). Returns nf_server_send's result. */
 int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, uint64_t req_id);
 /* Bytes of private memory of the engine (for logs). */
 uint64_t nf_gen_engine_bytes(const struct nf_gen *g);

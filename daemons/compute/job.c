@@ -27,6 +27,33 @@ static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
     return rc;
 }
 
+/* A verification pass of speculative decoding: counted as decode work; the positions a
+ * rollback drops are taken back out of the token count (job_rollback). */
+static int job_eval_rows(void *ud, const int32_t *toks, int n, float *logits)
+{
+    struct nf_gen *g = ud;
+    struct nf_stack_counters *c = g->st->ctr;
+    const uint64_t t0 = nf_now_ns();
+    g->step = atomic_fetch_add(&c->c_step, 1) + 1;
+    int rc = nf_stream_eval_rows(g->s, toks, n, logits);
+    if (rc == 0) {
+        atomic_fetch_add(&c->c_decode_tokens, (uint64_t)n);
+        atomic_fetch_add(&c->c_decode_ns, nf_now_ns() - t0);
+    }
+    nf_gen_flush_counters(g);
+    return rc;
+}
+
+static int job_rollback(void *ud, int n_past)
+{
+    struct nf_gen *g = ud;
+    const int dropped = nf_stream_n_past(g->s) - n_past;
+    int rc = nf_stream_rollback(g->s, n_past);
+    if (rc == 0 && dropped > 0)
+        atomic_fetch_sub(&g->st->ctr->c_decode_tokens, (uint64_t)dropped);
+    return rc;
+}
+
 static const float *job_logits(void *ud)
 {
     const struct nf_gen *g = ud;
@@ -118,13 +145,19 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
                                     .reset = job_reset,
                                     .ud = g,
                                     .n_ctx = nf_stream_n_ctx(g->s),
-                                    .n_vocab = nf_stream_hparams(g->s)->n_vocab};
+                                    .n_vocab = nf_stream_hparams(g->s)->n_vocab,
+                                    .eval_rows = job_eval_rows,
+                                    .rollback = job_rollback};
+    struct nf_gen_lookup lk = {.ngram_min = 1, .ngram_max = 3};
+    struct nf_gen_draft draft;
+    nf_gen_draft_lookup(&draft, &lk);
     const struct nf_gen_params p = {.max_tokens = j->n_predict,
                                     .top_logits = j->top_logits,
                                     .sp = j->sp,
                                     .cancel = &j->cancel,
                                     .on_token = job_on_token,
-                                    .ud = &r};
+                                    .ud = &r,
+                                    .draft = j->lookup ? &draft : NULL};
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
     int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &ids, err, sizeof(err));
     if (n < 0 || (n = nf_gen_seq_init(&q, &e, g->v, ids, n, &p, err, sizeof(err))) < 0) {
@@ -142,6 +175,12 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
     r.progress_ns = progress_interval_ns();
     nf_stream_set_progress(g->s, job_on_progress, &r);
     nf_gen_seq_run(&q);
+    j->drafted = q.n_drafted;
+    j->accepted = q.n_accepted;
+    pthread_mutex_lock(&g->mu);
+    g->n_drafted += (uint64_t)q.n_drafted;
+    g->n_accepted += (uint64_t)q.n_accepted;
+    pthread_mutex_unlock(&g->mu);
     if (q.stop == NF_GEN_STOP_ERROR) {
         job_failed(g, j, &q);
         goto done;

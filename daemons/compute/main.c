@@ -37,7 +37,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: nanoflow-compute --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--attach-timeout S]\n"
-            "                        [--max-tokens-per-request N] [--foreground]\n"
+            "                        [--max-tokens-per-request N] [--lookup] [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
             "pool (filled by nanoflow-fetcher). The context length, thread count and sparsity\n"
@@ -58,6 +58,9 @@ static void usage(FILE *out)
             "                      tokens one request may generate, 1..1000000; a request\n"
             "                      asking more is clamped (its reply says so) so that requests\n"
             "                      queued behind it wait less (default %d)\n"
+            "  --lookup            speculative decoding with prompt-lookup drafts for the\n"
+            "                      requests that do not say (Generate.speculate 0); the\n"
+            "                      output is the same (default: off)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
             "                      (default 30)\n"
             "  --foreground        stay attached, log to stderr (default: detach and log to\n"
@@ -67,10 +70,11 @@ static void usage(FILE *out)
             NF_GEN_DEFAULT_MAX_TOKENS);
 }
 
-enum { ARG_MAX_TOKENS = NF_ARG_OWN };
+enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP };
 
 static const struct option own_opts[] = {
     {"max-tokens-per-request", required_argument, NULL, ARG_MAX_TOKENS},
+    {"lookup", no_argument, NULL, ARG_LOOKUP},
     {NULL, 0, NULL, 0},
 };
 
@@ -79,6 +83,10 @@ static int parse_own(int val, const char *arg, void *ud)
 {
     struct compute *m = ud;
     long v;
+    if (val == ARG_LOOKUP) {
+        m->gen.lookup = true;
+        return 0;
+    }
     if (val != ARG_MAX_TOKENS || nf_daemon_arg_long(arg, 1, NF_GEN_MAX_N_PREDICT, &v) < 0)
         return -EINVAL;
     m->max_tokens = (int)v;

@@ -126,6 +126,11 @@ static int job_check(const Nanoflow__Generate *m, int max_tokens, struct nf_gen_
         return nf_errf(err, errlen, NF_EUSAGE,
                        "Generate.top_logits %u is out of range, expected 0..%d", m->top_logits,
                        NF_GEN_TOP_LOGITS_MAX);
+    if (m->speculate < -1 || m->speculate > 1)
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "Generate.speculate %d is out of range, expected -1 (off), 0 (the "
+                       "stack's default) or 1 (prompt lookup)",
+                       m->speculate);
     nf_sampler_params_default(&j->sp);
     if (m->sampling) {
         const Nanoflow__SamplingParams *p = m->sampling;
@@ -162,6 +167,7 @@ int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nan
         free(j);
         return 0;
     }
+    j->lookup = m->speculate > 0 || (m->speculate == 0 && g->lookup);
     j->prompt_len = m->prompt.len;
     j->prompt = malloc(m->prompt.len + 1);
     if (!j->prompt) {
@@ -253,6 +259,8 @@ int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, 
     nf_stats_add(&m, "requests", g->n_started);
     nf_stats_add(&m, "queue_wait_ns", g->wait_ns);
     nf_stats_add(&m, "clamped", g->n_clamped);
+    nf_stats_add(&m, "drafted", g->n_drafted);
+    nf_stats_add(&m, "accepted", g->n_accepted);
     pthread_mutex_unlock(&g->mu);
     nf_envelope env;
     nanoflow__envelope__init(&env);
