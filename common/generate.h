@@ -91,6 +91,28 @@ struct nf_gen_lookup {
 /* Fills d to draft by prompt lookup with l (clamped here; l must outlive d). */
 void nf_gen_draft_lookup(struct nf_gen_draft *d, struct nf_gen_lookup *l);
 
+/* A draft model (spec_draft.c): a small model with the target's vocabulary, in RAM with its own
+ * context c (n_ctx at least the target's), decoding greedily ahead of the target (a point-mass
+ * draft). Between steps it keeps the positions the sequence still shares (accepted drafts) and
+ * rolls back the rest. */
+struct nf_gen_draft_model {
+    struct nf_ctx *c;         /* not owned */
+    const struct nf_vocab *v; /* eog tokens end a draft */
+    int32_t *ids;             /* (c->n_ctx) the tokens in c's KV cache */
+    int n_ids;
+};
+/* Fills d to draft with dm over c (which must outlive d). Returns 0 or -ENOMEM; dm needs
+ * nf_gen_draft_model_free either way. */
+int nf_gen_draft_model_init(struct nf_gen_draft *d, struct nf_gen_draft_model *dm, struct nf_ctx *c,
+                            const struct nf_vocab *v);
+void nf_gen_draft_model_free(struct nf_gen_draft_model *dm);
+/* The draft callback of a draft model (ud = dm). */
+int nf_gen_draft_model_run(void *ud, const int32_t *ids, int n, int32_t *out, int max);
+/* Whether draft can draft for target: the same tokens (count, texts, BOS and EOS). Returns 0,
+ * or NF_EUSAGE with err saying the first difference. */
+int nf_gen_vocab_check(const struct nf_vocab *target, const struct nf_vocab *draft, char *err,
+                       size_t errlen);
+
 /* Why a sequence stopped. */
 enum nf_gen_stop {
     NF_GEN_RUNNING = 0,
