@@ -106,6 +106,10 @@ struct nf_gen_draft_model {
 int nf_gen_draft_model_init(struct nf_gen_draft *d, struct nf_gen_draft_model *dm, struct nf_ctx *c,
                             const struct nf_vocab *v);
 void nf_gen_draft_model_free(struct nf_gen_draft_model *dm);
+/* Bytes a draft model with hyperparameters hp takes besides its weights when it drafts in a
+ * context of n_ctx on n_threads threads: its KV cache and scratch, its token record and the
+ * target's verification rows (for the budget of `up --draft`). */
+uint64_t nf_gen_draft_ctx_bytes(const struct nf_hparams *hp, int n_ctx, int n_threads);
 /* The draft callback of a draft model (ud = dm). */
 int nf_gen_draft_model_run(void *ud, const int32_t *ids, int n, int32_t *out, int max);
 /* Whether draft can draft for target: the same tokens (count, texts, BOS and EOS). Returns 0,

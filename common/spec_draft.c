@@ -107,3 +107,21 @@ int nf_gen_draft_model_run(void *ud, const int32_t *ids, int n, int32_t *out, in
     }
     return nd;
 }
+
+uint64_t nf_gen_draft_ctx_bytes(const struct nf_hparams *hp, int n_ctx, int n_threads)
+{
+    const uint64_t B = NF_MAX_BATCH, E = (uint64_t)hp->n_embd, V = (uint64_t)hp->n_vocab;
+    const uint64_t qd = (uint64_t)hp->n_head * (uint64_t)hp->head_dim;
+    const uint64_t kvd = (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+    const uint64_t F = (uint64_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    uint64_t maxin = E > qd ? E : qd;
+    maxin = maxin > F ? maxin : F;
+    /* nf_ctx_create's F16 KV cache and scratch (see model_forward.c), the draft's token record,
+     * and the target's verification rows (NF_GEN_SPEC_MAX + 1 of n_vocab logits). */
+    const uint64_t kv = 2ull * 2ull * (uint64_t)hp->n_layer * (uint64_t)n_ctx * kvd;
+    const uint64_t act =
+        4ull * (B * (4 * E + 2 * qd + 2 * kvd + 2 * F + maxin + 16 + (uint64_t)hp->n_rot) + V);
+    const uint64_t att = (uint64_t)(n_threads > 0 ? n_threads : 1) *
+                         ((uint64_t)hp->head_dim * 4 + 128 + ((uint64_t)n_ctx + 256) * 8);
+    return kv + act + att + 4ull * (uint64_t)n_ctx + 4ull * (NF_GEN_SPEC_MAX + 1) * V;
+}

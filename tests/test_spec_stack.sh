@@ -3,7 +3,7 @@
 # the default, `gen --lookup` / `--no-lookup` choose per request, and every way gives run's
 # tokens: greedy on stories260K (the golden), into the context limit, seeded sampling, and
 # zoo-Q4_K_M's prompt that ends in eog; `stats` and gen --json report drafted, accepted and the
-# acceptance rate; bad --draft-max flags are refused.
+# acceptance rate; bad flags are refused. (`up --draft`: test_spec_draft.sh.)
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -23,31 +23,6 @@ mkdir "$T/m"
 cp "$M0" "$T/m/stories.gguf"
 cp "$Z0" "$T/m/zoo.gguf"
 
-# same_ids A B [STOP]: the summaries of two --json outputs have the same gen_ids and text (and
-# stop STOP when given).
-same_ids() {
-    python3 - "$@" <<'PY'
-import json, sys
-a = json.loads(open(sys.argv[1]).read().splitlines()[-1])
-b = json.loads(open(sys.argv[2]).read().splitlines()[-1])
-assert a["gen_ids"] == b["gen_ids"], (a["gen_ids"], b["gen_ids"])
-assert a["text"] == b["text"]
-if len(sys.argv) > 3:
-    assert a["stop"] == b["stop"] == sys.argv[3], (a["stop"], b["stop"])
-PY
-}
-
-# drafted FILE MIN: the summary of FILE reports drafted >= MIN, accepted <= drafted and the rate.
-drafted() {
-    python3 - "$1" "$2" <<'PY'
-import json, sys
-s = json.loads(open(sys.argv[1]).read().splitlines()[-1])
-assert s["drafted"] >= int(sys.argv[2]), s
-assert 0 <= s["accepted"] <= s["drafted"], s
-assert abs(s["accept_rate"] - (s["accepted"] / s["drafted"] if s["drafted"] else 0)) < 1e-3, s
-PY
-}
-
 # 1. stories260K with `up --lookup`: the default request speculates, --no-lookup does not, and
 #    both give run's tokens, which are the golden's.
 "$NF_BIN" up -m "$T/m/stories.gguf" --ram 256M -t 1 --lookup --run-dir "$R" >/dev/null 2>"$T/up.err"
@@ -60,10 +35,10 @@ check "stories: gen (the stack's lookup) exits 0" $?
 check "stories: run exits 0" $?
 gen_matches_run "$T/gen.jsonl" "$T/run.jsonl" "$G"
 check "stories: speculative gen equals run and the golden" $?
-drafted "$T/gen.jsonl" 1
+spec_drafted "$T/gen.jsonl" 1
 check "stories: the summary reports drafts" $?
 "$NF_BIN" gen --run-dir "$R" --no-lookup "${args[@]}" >"$T/plain.jsonl" 2>/dev/null
-same_ids "$T/plain.jsonl" "$T/gen.jsonl"
+spec_same_ids "$T/plain.jsonl" "$T/gen.jsonl"
 check "stories: gen --no-lookup gives the same tokens" $?
 ! grep -q drafted <(tail -n 1 "$T/plain.jsonl")
 check "stories: --no-lookup's summary has no draft counts" $?
@@ -84,13 +59,13 @@ LONG="Lily and Tom went to the park. They played with a ball. Lily and Tom went 
 args=(-p "$LONG" -n 200 --temp 0 --json)
 "$NF_BIN" gen --run-dir "$R" "${args[@]}" >"$T/gen.jsonl" 2>/dev/null
 "$NF_BIN" run -m "$M0" -t 1 "${args[@]}" >"$T/run.jsonl" 2>/dev/null
-same_ids "$T/gen.jsonl" "$T/run.jsonl" ctx
+spec_same_ids "$T/gen.jsonl" "$T/run.jsonl" ctx
 check "stories: speculative gen into the context limit equals run" $?
 for seed in 1 2 3; do
     args=(-p "$P" -n 40 --temp 0.8 --seed $seed --json)
     "$NF_BIN" gen --run-dir "$R" "${args[@]}" >"$T/gen.jsonl" 2>/dev/null
     "$NF_BIN" run -m "$M0" -t 1 "${args[@]}" >"$T/run.jsonl" 2>/dev/null
-    same_ids "$T/gen.jsonl" "$T/run.jsonl"
+    spec_same_ids "$T/gen.jsonl" "$T/run.jsonl"
     check "stories: seeded sampling ($seed) with lookup equals run" $?
 done
 "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
@@ -103,9 +78,9 @@ args=(-p "$P" -n 40 --temp 0 --json)
 "$NF_BIN" gen --run-dir "$R" --lookup "${args[@]}" >"$T/gen.jsonl" 2>/dev/null
 check "zoo: gen --lookup exits 0" $?
 "$NF_BIN" run -m "$Z0" -t 1 "${args[@]}" >"$T/run.jsonl" 2>/dev/null
-same_ids "$T/gen.jsonl" "$T/run.jsonl" eog
+spec_same_ids "$T/gen.jsonl" "$T/run.jsonl" eog
 check "zoo: gen --lookup ends in eog with run's tokens" $?
-drafted "$T/gen.jsonl" 0
+spec_drafted "$T/gen.jsonl" 0
 check "zoo: gen --lookup's summary has the draft counts" $?
 "$NF_BIN" gen --run-dir "$R" "${args[@]}" >"$T/plain.jsonl" 2>/dev/null
 ! grep -q drafted <(tail -n 1 "$T/plain.jsonl")
@@ -113,7 +88,7 @@ check "zoo: without --lookup (the stack's default: off) no drafts" $?
 "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
 
 # 4. Bad flags: --draft-max without --lookup.
-expect "run --draft-max without --lookup is refused" 2 "needs --lookup" \
+expect "run --draft-max without --lookup is refused" 2 "needs --lookup or --draft" \
     "$NF_BIN" run -m "$M0" -p hi --draft-max 4
 expect "run --draft-max 17 is refused" 2 "draft-max" \
     "$NF_BIN" run -m "$M0" -p hi --lookup --draft-max 17

@@ -45,6 +45,7 @@ struct nf_gen_job {
     int n_asked;           /* n_predict as asked (0 taken as NF_GEN_DEFAULT_N) */
     int top_logits;        /* 0..NF_GEN_TOP_LOGITS_MAX */
     bool lookup;           /* speculative decoding with prompt-lookup drafts */
+    bool draft;            /* speculative decoding with the stack's draft model */
     int drafted, accepted; /* set by the run: what GenerateDone reports */
     uint64_t t_queued_ns;  /* nf_now_ns when queued */
     uint32_t ahead;        /* jobs ahead of it when queued, the running one included */
@@ -63,6 +64,11 @@ struct nf_gen {
     float sparsity;
     int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
     bool lookup;    /* requests speculate with prompt lookup unless they say otherwise */
+    /* --draft: a draft model held in RAM (owned by the caller), the default draft source of
+     * requests when set; its context is created by the worker at its first use. */
+    struct nf_model *dmodel;
+    struct nf_vocab *dvocab;
+    struct nf_ctx *dctx;
     /* Private. */
     pthread_t thread;
     bool started;

@@ -150,14 +150,26 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
                                     .rollback = job_rollback};
     struct nf_gen_lookup lk = {.ngram_min = 1, .ngram_max = 3};
     struct nf_gen_draft draft;
+    struct nf_gen_draft_model dm = {0};
     nf_gen_draft_lookup(&draft, &lk);
+    if (j->draft) { /* the draft model's context: made once, on this (the worker) thread */
+        int rc =
+            g->dctx ? 0 : nf_ctx_create(&g->dctx, g->dmodel, nf_stream_n_ctx(g->s), g->n_threads);
+        if (rc == 0)
+            rc = nf_gen_draft_model_init(&draft, &dm, g->dctx, g->dvocab);
+        if (rc < 0) {
+            snprintf(err, sizeof(err), "creating the draft model's context: %s", nf_strerror(rc));
+            nf_gen_send_error(g, j, rc, err);
+            goto done;
+        }
+    }
     const struct nf_gen_params p = {.max_tokens = j->n_predict,
                                     .top_logits = j->top_logits,
                                     .sp = j->sp,
                                     .cancel = &j->cancel,
                                     .on_token = job_on_token,
                                     .ud = &r,
-                                    .draft = j->lookup ? &draft : NULL};
+                                    .draft = j->lookup || j->draft ? &draft : NULL};
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
     int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &ids, err, sizeof(err));
     if (n < 0 || (n = nf_gen_seq_init(&q, &e, g->v, ids, n, &p, err, sizeof(err))) < 0) {
@@ -201,5 +213,6 @@ done:
     nf_stream_set_abort(g->s, NULL);
     nf_stream_set_progress(g->s, NULL, NULL);
     nf_gen_seq_free(&q);
+    nf_gen_draft_model_free(&dm);
     free(ids);
 }

@@ -107,6 +107,8 @@ void nf_gen_stop(struct nf_gen *g)
     g->n_queued = 0;
     nf_stream_free(g->s);
     g->s = NULL;
+    nf_ctx_free(g->dctx);
+    g->dctx = NULL;
 }
 
 /* Checks every field of Generate request m against its range (add_bos is ignored: BOS follows
@@ -126,10 +128,10 @@ static int job_check(const Nanoflow__Generate *m, int max_tokens, struct nf_gen_
         return nf_errf(err, errlen, NF_EUSAGE,
                        "Generate.top_logits %u is out of range, expected 0..%d", m->top_logits,
                        NF_GEN_TOP_LOGITS_MAX);
-    if (m->speculate < -1 || m->speculate > 1)
+    if (m->speculate < -1 || m->speculate > 2)
         return nf_errf(err, errlen, NF_EUSAGE,
                        "Generate.speculate %d is out of range, expected -1 (off), 0 (the "
-                       "stack's default) or 1 (prompt lookup)",
+                       "stack's default), 1 (prompt lookup) or 2 (the draft model)",
                        m->speculate);
     nf_sampler_params_default(&j->sp);
     if (m->sampling) {
@@ -167,7 +169,15 @@ int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nan
         free(j);
         return 0;
     }
-    j->lookup = m->speculate > 0 || (m->speculate == 0 && g->lookup);
+    if (m->speculate == 2 && !g->dmodel) {
+        nf_gen_send_error(g, j, NF_EUSAGE,
+                          "Generate.speculate 2 asks for the draft model, but the stack has "
+                          "none (up --draft FILE)");
+        free(j);
+        return 0;
+    }
+    j->draft = m->speculate == 2 || (m->speculate == 0 && g->dmodel);
+    j->lookup = m->speculate == 1 || (m->speculate == 0 && !g->dmodel && g->lookup);
     j->prompt_len = m->prompt.len;
     j->prompt = malloc(m->prompt.len + 1);
     if (!j->prompt) {
