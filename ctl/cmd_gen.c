@@ -65,10 +65,10 @@ static void usage(FILE *f)
             "      --lookup            speculative decoding with prompt-lookup drafts (as 'run\n"
             "                          --lookup': the same output); --json's summary adds\n"
             "                          \"drafted\", \"accepted\", \"accept_rate\"\n"
-            "      --draft             speculative decoding with the stack's draft model ('up\n"
-            "                          --draft FILE')\n"
-            "      --no-lookup         no speculative decoding (default: the stack's, 'up\n"
-            "                          --lookup' or 'up --draft')\n"
+            "      --use-draft         speculative decoding with the stack's draft model (one\n"
+            "                          given to 'up')\n"
+            "      --no-lookup         no speculative decoding (default: what the stack was\n"
+            "                          started with, see 'up --help')\n"
             "      --timeout SECONDS   give up when compute sends nothing for this long,\n"
             "                          0 = wait forever (default: %d)\n"
             "      --run-dir DIR       run directory (default: as for 'up')\n"
@@ -100,8 +100,8 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
             o->c.json = true;
             continue;
         }
-        if (!strcmp(a, "--lookup") || !strcmp(a, "--no-lookup") || !strcmp(a, "--draft")) {
-            o->c.speculate = a[2] == 'l' ? 1 : a[2] == 'd' ? 2 : -1;
+        if (!strcmp(a, "--lookup") || !strcmp(a, "--no-lookup") || !strcmp(a, "--use-draft")) {
+            o->c.speculate = a[2] == 'l' ? 1 : a[2] == 'u' ? 2 : -1;
             continue;
         }
         if ((rc = nf_chat_flag(cmd, argc, argv, &i, &o->chat)) != 0) {

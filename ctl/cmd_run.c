@@ -82,8 +82,8 @@ static void usage(FILE *f)
         "      --draft FILE        speculative decoding with a small draft model (a GGUF with\n"
         "                          the same vocabulary, in RAM beside the model) decoding\n"
         "                          greedily ahead; the output is the same (default: none)\n"
-        "      --draft-max K       most drafts verified per pass, 1..%d; fewer when drafts are\n"
-        "                          rejected (default: %d)\n"
+        "      --draft-max K       with --lookup or --draft, the most drafts verified per\n"
+        "                          pass, 1..%d; fewer when drafts are rejected (default: %d)\n"
         "  -h, --help              show this help\n",
         NF_RUN_DEFAULT_N, NF_MAX_UBATCH, NF_RUN_DEFAULT_UBATCH, NF_RUN_DEFAULT_CTX_CAP,
         nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX, NF_GEN_SPEC_MAX, NF_GEN_SPEC_MAX);
@@ -190,8 +190,6 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         return nf_usage_error(cmd, "give either a prompt or -f FILE, not both");
     if (o->top_logits && !o->json)
         return nf_usage_error(cmd, "--top-logits needs --json");
-    if (o->draft_max && !o->lookup && !o->draft)
-        return nf_usage_error(cmd, "--draft-max needs --lookup or --draft");
     if (o->lookup && o->draft)
         return nf_usage_error(cmd, "give either --lookup or --draft FILE, not both");
     if (o->chat.system || o->chat.tmpl) /* either says the prompt is a chat message */

@@ -2,7 +2,7 @@
 # test_spec_draft.sh - speculative decoding with a draft model through the stack: `up --draft`
 # (held in compute's RAM, counted in the budget) drafts for every request by default and gives
 # run's tokens on zoo-Q4_K_M, eog prompt included; gen --lookup still works beside it; a draft
-# model with another vocabulary is refused by up, and gen --draft by a stack without one.
+# model with another vocabulary is refused by up, and gen --use-draft by a stack without one.
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -46,8 +46,8 @@ if [ -f "$NF_SHARED_DIR/models/llama-2-tiny-random.gguf" ]; then
         --draft "$NF_SHARED_DIR/models/llama-2-tiny-random.gguf" --run-dir "$R"
 fi
 "$NF_BIN" up -m "$T/m/stories.gguf" --ram 256M -t 1 --run-dir "$R" >/dev/null 2>&1
-expect "gen --draft on a stack without a draft model is refused" 1 "up --draft" \
-    "$NF_BIN" gen --run-dir "$R" --draft -p hi -n 4
+expect "gen --use-draft on a stack without a draft model is refused" 1 "up --draft" \
+    "$NF_BIN" gen --run-dir "$R" --use-draft -p hi -n 4
 "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
 
 exit $fail

@@ -87,9 +87,9 @@ check "zoo: gen --lookup's summary has the draft counts" $?
 check "zoo: without --lookup (the stack's default: off) no drafts" $?
 "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
 
-# 4. Bad flags: --draft-max without --lookup.
-expect "run --draft-max without --lookup is refused" 2 "needs --lookup or --draft" \
-    "$NF_BIN" run -m "$M0" -p hi --draft-max 4
+# 4. Bad flags: --draft-max out of range; --lookup with --draft.
 expect "run --draft-max 17 is refused" 2 "draft-max" \
     "$NF_BIN" run -m "$M0" -p hi --lookup --draft-max 17
+expect "run --lookup with --draft is refused" 2 "not both" \
+    "$NF_BIN" run -m "$M0" -p hi --lookup --draft "$M0"
 exit $fail
