@@ -933,7 +933,8 @@ static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bo
     }
 }
 
-int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n)
+/* The checks of an eval of n tokens: 0, NF_ECTXFULL or NF_EUSAGE. */
+static int nf_ctx_eval_check(const struct nf_ctx *c, const int32_t *tokens, int n)
 {
     if (n < 1)
         return NF_EUSAGE;
@@ -942,6 +943,14 @@ int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n)
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= c->m->hp.n_vocab)
             return NF_EUSAGE;
+    return 0;
+}
+
+int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n)
+{
+    int rc = nf_ctx_eval_check(c, tokens, n);
+    if (rc < 0)
+        return rc;
     for (int i = 0; i < n; i += c->n_ubatch) {
         int nb = n - i < c->n_ubatch ? n - i : c->n_ubatch;
         nf_eval_chunk(c, tokens + i, nb, i + nb == n, NULL);
@@ -952,13 +961,9 @@ int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n)
 int nf_ctx_eval_rows(struct nf_ctx *c, const int32_t *tokens, int n, float *logits)
 {
     const size_t V = (size_t)c->m->hp.n_vocab;
-    if (n < 1)
-        return NF_EUSAGE;
-    if (n > c->n_ctx - c->n_past)
-        return NF_ECTXFULL;
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->m->hp.n_vocab)
-            return NF_EUSAGE;
+    int rc = nf_ctx_eval_check(c, tokens, n);
+    if (rc < 0)
+        return rc;
     c->per_row = true;
     for (int i = 0; i < n; i += c->n_ubatch) {
         int nb = n - i < c->n_ubatch ? n - i : c->n_ubatch;

@@ -694,9 +694,10 @@ static int nf_stream_chunk(struct nf_stream *s, const int32_t *tokens, int n_tok
                         c->xn, 1);
 }
 
-int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
+/* The checks of an eval of n tokens: 0, or NF_ECTXFULL / NF_EUSAGE with s->err set. */
+static int nf_stream_eval_check(struct nf_stream *s, const int32_t *tokens, int n)
 {
-    struct nf_ctx *c = s->c;
+    const struct nf_ctx *c = s->c;
     s->err[0] = 0;
     if (n < 1)
         return NF_EUSAGE;
@@ -711,6 +712,14 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
                      tokens[i], s->shell.hp.n_vocab);
             return NF_EUSAGE;
         }
+    return 0;
+}
+
+int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
+{
+    const int bad = nf_stream_eval_check(s, tokens, n);
+    if (bad < 0)
+        return bad;
     for (int i = 0; i < n; i += NF_MAX_BATCH) {
         int nb = n - i < NF_MAX_BATCH ? n - i : NF_MAX_BATCH;
         int rc = nf_stream_chunk(s, tokens + i, nb, i + nb == n);
@@ -726,21 +735,9 @@ int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float
 {
     struct nf_ctx *c = s->c;
     const size_t V = (size_t)s->shell.hp.n_vocab;
-    s->err[0] = 0;
-    if (n < 1)
-        return NF_EUSAGE;
-    if (n > c->n_ctx - c->n_past) {
-        snprintf(s->err, sizeof(s->err), "%d tokens do not fit: %d of %d positions used", n,
-                 c->n_past, c->n_ctx);
-        return NF_ECTXFULL;
-    }
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= s->shell.hp.n_vocab) {
-            snprintf(s->err, sizeof(s->err), "token id %d outside the vocabulary [0, %d)",
-                     tokens[i], s->shell.hp.n_vocab);
-            return NF_EUSAGE;
-        }
-    int rc = 0;
+    int rc = nf_stream_eval_check(s, tokens, n);
+    if (rc < 0)
+        return rc;
     c->per_row = true;
     for (int i = 0; i < n && rc == 0; i += NF_MAX_BATCH) {
         const int nb = n - i < NF_MAX_BATCH ? n - i : NF_MAX_BATCH;
