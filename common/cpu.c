@@ -113,6 +113,7 @@ ROWS_FROM_ALL(nf__vec_dot_iq4_nl_q8_0)
 ROWS_FROM_ALL(nf__vec_dot_q2_K_q8_K)
 ROWS_FROM_ALL(nf__vec_dot_q3_K_q8_K)
 ROWS_FROM_ALL(nf__vec_dot_iq4_xs_q8_K)
+ROWS_FROM_ALL(nf__vec_dot_mxfp4_q8_0)
 
 /* Per type and ISA: the paths specific to that ISA. The AVX-512 q8_0 kernel prepares the
  * activation per call, which only pays off over several rows, so single-row q8_0 stays AVX2.
@@ -195,6 +196,7 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_Q2_K] = EXT_KERNELS(nf__vec_dot_q2_K_q8_K),
     [NF_TYPE_Q3_K] = EXT_KERNELS(nf__vec_dot_q3_K_q8_K),
     [NF_TYPE_IQ4_XS] = EXT_KERNELS(nf__vec_dot_iq4_xs_q8_K),
+    [NF_TYPE_MXFP4] = EXT_KERNELS(nf__vec_dot_mxfp4_q8_0),
     [NF_TYPE_Q8_1] = {.from_float =
                           K3(nf__quantize_row_q8_1_ref, nf__quantize_row_q8_1_avx2, NULL)},
 };

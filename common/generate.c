@@ -277,7 +277,10 @@ static int seq_emit(struct nf_gen_seq *q, int32_t tok, const float *logits)
                                  .piece = q->piece,
                                  .piece_len = pl,
                                  .top_ids = q->top_ids,
-                                 .top_vals = q->top_vals};
+                                 .top_vals = q->top_vals,
+                                 .logit = logits[tok]};
+        if (q->p.logprobs)
+            t.log_sum_exp = nf_log_sum_exp(logits, q->e->n_vocab);
         t.n_top = nf_top_logits(logits, q->e->n_vocab, q->p.top_logits, q->top_ids, q->top_vals);
         if (q->p.on_token(q->p.ud, &t))
             return seq_end(q, NF_GEN_STOP_CANCEL);

@@ -140,6 +140,9 @@ struct nf_gen_token {
     int n_top;              /* top_logits of the params, or fewer for a tiny vocabulary */
     const int32_t *top_ids; /* (n_top) highest logits of this step, highest first */
     const float *top_vals;  /* (n_top) */
+    float logit;            /* the token's raw logit (before the sampler's penalties) */
+    double log_sum_exp;     /* with params logprobs: log(sum(exp(all n_vocab logits))), so that
+                               a logit minus it is a log-probability; else 0 */
 };
 
 struct nf_gen_params {
@@ -153,6 +156,7 @@ struct nf_gen_params {
      * with NF_GEN_STOP_CANCEL (the token stays recorded). */
     int (*on_token)(void *ud, const struct nf_gen_token *t);
     void *ud;
+    bool logprobs; /* fill nf_gen_token.log_sum_exp (one pass over the vocabulary per token) */
     /* Optional (NULL): speculative decoding with this source (the engine needs eval_rows and
      * rollback); spec_max bounds k (1..NF_GEN_SPEC_MAX, 0: NF_GEN_SPEC_MAX). */
     const struct nf_gen_draft *draft;

@@ -26,6 +26,15 @@
  *    attention (softmax scale 1), optional LongRoPE factors (rope_factors_short/long) with
  *    rope.scaling.attn_factor; attention.sliding_window is read but, as in llama.cpp, not
  *    applied (full causal attention).
+ *  - "deepseek2" (DeepSeek-V2/V2-Lite/V3/R1, Kimi-K2): multi-head latent attention in its absorbed
+ *    form (model_deepseek2.c): q through a low rank (attn_q_a, attn_q_a_norm, attn_q_b) or plain
+ *    attn_q (V2-Lite), the kv latent attn_kv_a_mqa (kv_lora_rank values, then the shared rope
+ *    part), attn_kv_a_norm, and the split attn_k_b / attn_v_b; the KV cache keeps the latent
+ *    (kv_lora_rank + rope dims per token and layer, key_length); NORM RoPE on the rope dims;
+ *    leading dense layers, then routed experts plus an ungated shared expert, routed by softmax
+ *    (V2) or sigmoid with a score-correction bias and expert groups (V3), weights optionally
+ *    renormalized and scaled by expert_weights_scale; YaRN rope scaling (rope.scaling.type
+ *    yarn) with llama.cpp's attention factor and score scale (mscale^2 / sqrt(key_length_mla)).
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
@@ -70,10 +79,24 @@ enum nf_arch {
     NF_ARCH_QWEN2MOE,
     NF_ARCH_OLMOE,
     NF_ARCH_PHI3,
+    NF_ARCH_GLM4MOE,
+    NF_ARCH_DEEPSEEK2,
 };
 
 /* The general.architecture string of a. */
 const char *nf_arch_name(enum nf_arch a);
+
+/* Sigmoid expert routing (DeepSeek-V3, GLM-4.5; llama.cpp's build_moe_ffn with sigmoid gating),
+ * its settings read from the <arch>.expert_* metadata keys. */
+struct nf_moe_sigmoid_route {
+    int n_expert;      /* X, 2..4096 */
+    int n_expert_used; /* K, 1..64 */
+    int n_group;       /* expert_group_count: experts in n_group equal groups; 0 or 1: none */
+    int n_group_used;  /* expert_group_used_count: groups a token may choose from (1..n_group,
+                        * at most 64) */
+    bool norm_w;       /* expert_weights_norm: the K weights divided by their sum */
+    float scale;       /* expert_weights_scale (routed scaling factor); 0 or 1: none */
+};
 
 struct nf_hparams {
     enum nf_arch arch;
@@ -116,7 +139,46 @@ struct nf_hparams {
     float
         rope_attn_factor; /* rope.scaling.attn_factor: cos and sin are scaled by it; 1 if absent */
     int phi3_swa;         /* phi3 attention.sliding_window as read (0: none); not applied */
+
+    /* glm4moe and deepseek2 (zero / false for the other architectures): */
+    bool moe_sigmoid;                  /* sigmoid routing with exp_probs_b: nf_moe_route_sigmoid */
+    struct nf_moe_sigmoid_route route; /* its settings (moe_sigmoid only) */
+    int n_layer_dense; /* leading_dense_block_count: layers [0, n) have a dense FFN of n_ff_dense */
+    int n_ff_dense;    /* their width (feed_forward_length) */
+    int n_nextn;       /* nextn_predict_layers: the file's last blocks, skipped (not in n_layer) */
+    /* deepseek2 (zero for the other architectures). head_dim is the latent key length
+     * (kv_lora_rank + n_rot), n_head_kv 1, n_ff the routed experts' width. */
+    int n_lora_q;          /* q low rank (attention.q_lora_rank); 0: plain attn_q */
+    int n_lora_kv;         /* kv latent (attention.kv_lora_rank) */
+    int n_embd_head_k_mla; /* per-head q/k length, nope + rope (attention.key_length_mla) */
+    int n_embd_head_v_mla; /* per-head value length after attn_v_b (attention.value_length_mla) */
+    int expert_gating;     /* NF_GATING_SOFTMAX or NF_GATING_SIGMOID */
+    bool expert_weights_norm;   /* the chosen weights renormalized to sum to 1 */
+    float expert_weights_scale; /* then multiplied by it (0 or 1: not scaled) */
+    int n_expert_groups;        /* grouped top-k (expert_group_count; 0 or 1: no groups) */
+    int n_group_used;           /* groups kept (expert_group_used_count) */
+    float kq_scale;             /* softmax scale of the scores; 0: 1 / sqrt(head_dim) */
+    /* YaRN (deepseek2's rope.scaling.type yarn): ggml's ext_factor (1; 0 without YaRN) and
+     * the correction dims between which rotated pairs blend interpolation and extrapolation. */
+    float yarn_ext_factor;
+    float yarn_corr[2];
 };
+
+/* deepseek2's expert gating functions (llama.cpp's expert_gating_func values). */
+enum { NF_GATING_SOFTMAX = 1, NF_GATING_SIGMOID = 2 };
+
+/* Whether layer il of a MoE model has a dense FFN instead of experts (the leading dense layers
+ * of glm4moe and deepseek2; every layer of a deepseek2 model without experts). */
+static inline bool nf_layer_dense(const struct nf_hparams *hp, int il)
+{
+    return il < hp->n_layer_dense || (hp->arch == NF_ARCH_DEEPSEEK2 && hp->n_expert == 0);
+}
+
+/* The FFN width of layer il: n_ff_dense in a leading dense layer, else n_ff. */
+static inline int nf_layer_n_ff(const struct nf_hparams *hp, int il)
+{
+    return nf_layer_dense(hp, il) ? hp->n_ff_dense : hp->n_ff;
+}
 
 /* Whether layer il attends through the sliding window (a local layer of gemma3). */
 static inline bool nf_layer_swa(const struct nf_hparams *hp, int il)
@@ -139,6 +201,16 @@ struct nf_attn_weights {
     struct nf_tensor wqkv;
 
     struct nf_tensor post_norm; /* (n_embd) F32 post_attention_norm, post_norms only */
+
+    /* deepseek2 (data NULL elsewhere); H = n_head, K = n_embd_head_k_mla, R = n_rot,
+     * L = n_lora_kv. wq then holds V2-Lite's plain projection (n_embd -> H * K). */
+    struct nf_tensor wq_a;      /* (n_embd -> n_lora_q) */
+    struct nf_tensor q_a_norm;  /* (n_lora_q) F32 */
+    struct nf_tensor wq_b;      /* (n_lora_q -> H * K) */
+    struct nf_tensor wkv_a;     /* (n_embd -> L + R) attn_kv_a_mqa: the latent, then k_pe */
+    struct nf_tensor kv_a_norm; /* (L) F32 */
+    struct nf_tensor wk_b;      /* (K - R -> L, H) per head: q_nope into the latent space */
+    struct nf_tensor wv_b;      /* (L -> n_embd_head_v_mla, H) per head: latent to value */
 };
 
 struct nf_ffn_weights {
@@ -161,6 +233,10 @@ struct nf_moe_weights {
     struct nf_tensor gate_shexp;     /* (n_embd -> n_ff_shexp) */
     struct nf_tensor up_shexp;       /* (n_embd -> n_ff_shexp) */
     struct nf_tensor down_shexp;     /* (n_ff_shexp -> n_embd) */
+    /* The score-correction bias, exp_probs_b.bias (glm4moe, deepseek2 V3): (n_expert) F32 added
+     * for selection only (data NULL when absent); the qwen2moe gate above is absent there, the
+     * shared expert ungated. */
+    struct nf_tensor exp_probs_b;
 };
 
 struct nf_layer {
@@ -272,7 +348,22 @@ struct nf_ctx {
     /* Set during a per-row pass (nf_ctx_eval_rows, nf_stream_eval_rows): nf_matmul and the
      * attention compute each token's row with the one-token kernels. */
     bool per_row;
+
+    /* deepseek2 (NULL elsewhere; H = n_head, K = n_embd_head_k_mla): q, k and att above hold
+     * the absorbed queries (H, head_dim), the new latents (head_dim) and the attention over
+     * the latents (H, n_lora_kv); v_cache is not used (the values are the latents). */
+    float *mla_q;   /* (NF_MAX_BATCH, H * K) the queries before absorption */
+    float *mla_qa;  /* (NF_MAX_BATCH, n_lora_q) the q low-rank activations */
+    float *mla_in;  /* (NF_MAX_BATCH, max(K, n_lora_kv)) one head's input to attn_k_b / v_b */
+    float *mla_out; /* (NF_MAX_BATCH, max(n_lora_kv, n_embd_head_v_mla)) its output */
+    float *mla_att; /* (NF_MAX_BATCH, H * n_embd_head_v_mla) the heads' values, into wo */
 };
+
+/* The per-head length of what attention sums: the latent (deepseek2), else head_dim. */
+static inline int nf_head_dim_v(const struct nf_hparams *hp)
+{
+    return hp->n_lora_kv ? hp->n_lora_kv : hp->head_dim;
+}
 
 /* Creates a context for m with room for n_ctx positions and n_threads threads (<= 0: all
  * CPUs). Returns 0 or a negative code (-ENOMEM, NF_EUSAGE for n_ctx < 1). */
@@ -321,6 +412,38 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok);
  * for n_tok tokens: the biases (qwen2), then the per-head RMSNorm of q and k (qwen3). Reads
  * only w's bq, bk, bv, q_norm and k_norm; nothing happens for a plain llama layer. */
 void nf_attn_qk(struct nf_ctx *c, const struct nf_attn_weights *w, int n_tok);
+/* The attention heads of nf_attn_core once q is roped and the new keys and values are in
+ * layer il's cache: c->att (n_tok, n_head * nf_head_dim_v) from c->q, on the pool. */
+void nf_attn_heads(struct nf_ctx *c, int il, int pos0, int n_tok);
+/* Rotates the first n_rot values of v (one head) by token t's angles from the rope cache. */
+void nf_rope_vec(const struct nf_ctx *c, float *v, int t, bool swa);
+
+/* Allocates c's deepseek2 buffers (mla_*) for n_ubatch tokens; -ENOMEM (nf_ctx_free frees what
+ * was allocated). */
+int nf_mla_ctx_alloc(struct nf_ctx *c, size_t n_ubatch);
+/* deepseek2's multi-head latent attention (model_deepseek2.c), the whole block: RMSNorm, the q
+ * and kv projections, nf_mla_attend, attn_output, residual add. */
+void nf_mla_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok);
+/* The attention core of MLA once c->mla_q (n_tok, H * K) and c->k (n_tok, n_lora_kv + n_rot,
+ * attn_kv_a_mqa's output) are filled: RoPE of q_pe and k_pe, kv_a_norm of the latent, q_nope
+ * absorbed through attn_k_b, the latents stored in layer il's F16 cache, attention over them,
+ * then attn_v_b per head into c->mla_att (n_tok, H * n_embd_head_v_mla). Reads only w's
+ * kv_a_norm, wk_b and wv_b. */
+void nf_mla_attend(struct nf_ctx *c, const struct nf_attn_weights *w, int il, int pos0, int n_tok);
+/* nf_mla_attend in steps, for a caller whose attn_k_b / attn_v_b come in pieces of whole heads
+ * (the streaming engine): nf_mla_prep (RoPE and the latent's norm, kv_a_norm (n_lora_kv) F32),
+ * nf_mla_absorb for each piece of attn_k_b (heads h0 .. h0 + ne[2] - 1), nf_mla_attend_latent
+ * (the cache and the heads), nf_mla_values for each piece of attn_v_b. */
+void nf_mla_prep(struct nf_ctx *c, const float *kv_a_norm, int n_tok);
+void nf_mla_absorb(struct nf_ctx *c, const struct nf_tensor *wk_b, int h0, int n_tok);
+void nf_mla_attend_latent(struct nf_ctx *c, int il, int pos0, int n_tok);
+void nf_mla_values(struct nf_ctx *c, const struct nf_tensor *wv_b, int h0, int n_tok);
+/* deepseek2's router of one token: p (X) holds the router logits; softmax or sigmoid gating,
+ * bias (X, or NULL) added for the selection only, the groups of hp's grouped top-k, the top K,
+ * their gate values renormalized (expert_weights_norm) and scaled (expert_weights_scale), as
+ * llama.cpp's build_moe_ffn computes them. */
+void nf_moe_route_ds(const struct nf_hparams *hp, float *p, const float *bias, int *sel, float *w);
+
 /* Fills c's RoPE cos/sin tables for n_tok positions from pos0 (once per evaluated chunk). */
 void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok);
 /* hb (n_rows, n) = silu(hb) * hb2, element by element. */
@@ -339,8 +462,22 @@ void nf_moe_route(float *p, int X, int K, int *sel, float *w);
 /* The router of an architecture that does not renormalize (qwen2moe, olmoe): the softmax as
  * ggml_soft_max computes it, the top K, w their probabilities as they are. */
 void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w);
+/* sel (K) = the indices of the K largest of p (X) in decreasing order, the first of equal ones
+ * first (ggml_argsort_top_k); w (K) their values. */
+void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w);
+/* The most experts nf_moe_route_ds takes (Kimi-K2 has 384). */
+#define NF_DS_MAX_EXPERT 512
 /* The router hp's architecture uses: nf_moe_route or nf_moe_route_raw. */
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w);
+
+/* Sigmoid expert routing of one token (moe_route.c, settings in struct nf_moe_sigmoid_route): p (X)
+ * holds the router logits and becomes their sigmoids; the experts are chosen by the sigmoid plus
+ * bias (X, exp_probs_b, the score-correction bias; NULL: none), within the n_group_used groups
+ * whose two best biased scores sum highest when n_group > 1; sel (K) gets the chosen experts in
+ * decreasing biased score, w (K) their unbiased sigmoids, normalized (norm_w) and then scaled.
+ * Settings out of range are a broken invariant (NF_ASSERT): the loader validates them. */
+void nf_moe_route_sigmoid(const struct nf_moe_sigmoid_route *r, float *p, const float *bias,
+                          int *sel, float *w);
 
 /* qwen2moe's shared expert gate for n_tok tokens: c->sh_out (n_tok, n_embd) = ffn_out (the
  * shared expert's FFN output, same shape) times sigmoid(c->sh_gate[t]), the sigmoid computed

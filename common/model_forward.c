@@ -327,9 +327,11 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
                          void *scratch)
 {
     const struct nf_hparams *hp = &c->m->hp;
-    const int hd = hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
+    const int hd = hp->head_dim, kvd = hp->n_head_kv * hp->head_dim, vd = nf_head_dim_v(hp);
     const int kvh = h / (hp->n_head / hp->n_head_kv);
-    const float scale = hp->q_scale || hp->q_prescale ? 1.0f : 1.0f / sqrtf((float)hd);
+    const float scale = hp->kq_scale                    ? hp->kq_scale
+                        : hp->q_scale || hp->q_prescale ? 1.0f
+                                                        : 1.0f / sqrtf((float)hd);
     /* The first visible cell: gemma3's local layers see the last n_swa positions (llama.cpp's
      * LLAMA_SWA_TYPE_STANDARD masks a cell when pos - cell >= n_swa); the cells before it are
      * masked like those past pos. The cache still keeps every position of a local layer: a
@@ -338,9 +340,11 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
      * an exact no-op. */
     const int lo = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
     const float *q = c->q + (size_t)t * hp->n_head * hd + (size_t)h * hd;
-    float *out = c->att + (size_t)t * hp->n_head * hd + (size_t)h * hd;
+    float *out = c->att + (size_t)t * hp->n_head * vd + (size_t)h * vd;
     const nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
-    const nf_fp16_t *vc = c->v_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
+    /* deepseek2's values are the first vd values of its latent keys (one cache). */
+    const nf_fp16_t *vc =
+        (hp->n_lora_kv ? c->k_cache : c->v_cache) + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
     nf_fp16_t *q16 = scratch;                              /* (hd) */
     nf_fp16_t *acc16 = q16 + hd;                           /* (hd) */
     float *sc = (float *)nf_align64((size_t)(acc16 + hd)); /* (n_ctx) */
@@ -350,7 +354,7 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     if (c->attn_mode == NF_ATTN_FLASH) {
         /* ggml_compute_forward_flash_attn_ext_f16: online softmax, V accumulated in F16. */
         float M = -INFINITY, S = 0.0f;
-        memset(acc16, 0, sizeof(nf_fp16_t) * (size_t)hd);
+        memset(acc16, 0, sizeof(nf_fp16_t) * (size_t)vd);
         for (int ic = lo; ic <= pos; ic++) {
             float s = nf_dot_f16(kc + (size_t)ic * kvd, q16, hd) * scale;
             float ms = 1.0f, vs = 1.0f;
@@ -359,17 +363,17 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
                 const float Mold = M;
                 M = s;
                 ms = expf(Mold - M);
-                for (int d = 0; d < hd; d++)
+                for (int d = 0; d < vd; d++)
                     acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) * ms);
             } else {
                 vs = expf(s - M);
             }
-            for (int d = 0; d < hd; d++)
+            for (int d = 0; d < vd; d++)
                 acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) + nf_fp16_to_fp32(vr[d]) * vs);
             S = S * ms + vs;
         }
         const float inv = S == 0.0f ? 0.0f : 1.0f / S;
-        for (int d = 0; d < hd; d++)
+        for (int d = 0; d < vd; d++)
             out[d] = nf_fp16_to_fp32(acc16[d]) * inv;
         return;
     }
@@ -410,7 +414,7 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
         if (!p_f32)
             sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
     }
-    for (int d = 0; d < hd; d++) {
+    for (int d = 0; d < vd; d++) {
         for (int ic = 0; ic <= pos; ic++)
             vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
         if (p_f32 || kqv_tb) /* tinyBLAS over the unmasked cells (the rest add nothing) */
@@ -451,14 +455,25 @@ static void nf_attn_run(void *arg, int ith, int nth)
  * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
  * optional frequency factor, times the linear scaling factor; cos and sin times mscale. */
 static void nf_rope_fill(float *cs, float *sn, int n_rot, float base, float freq_scale,
-                         const float *ff, float mscale, int pos0, int n_tok)
+                         const float *ff, float mscale, int pos0, int n_tok, float ext,
+                         const float *corr)
 {
     const int half = n_rot / 2;
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
     for (int t = 0; t < n_tok; t++) {
         float theta = (float)(pos0 + t);
         for (int i = 0; i < half; i++) {
-            const float th = (ff ? theta / ff[i] : theta) * freq_scale;
+            float th = (ff ? theta / ff[i] : theta) * freq_scale;
+            if (ext != 0.0f) {
+                /* ggml's rope_yarn: pair i blends the interpolated angle with the
+                 * extrapolated one by its ramp between the correction dims (the first
+                 * product fused, as ggml's C is compiled). The magnitude scaling is in
+                 * mscale already (rope_attn_factor). */
+                const float extrap = ff ? theta / ff[i] : theta;
+                const float y = ((float)i - corr[0]) / fmaxf(0.001f, corr[1] - corr[0]);
+                const float ramp = (1 - fminf(1, fmaxf(0, y))) * ext;
+                th = fmaf(freq_scale * extrap, 1 - ramp, extrap * ramp);
+            }
             cs[(size_t)t * half + i] = cosf(th) * mscale;
             sn[(size_t)t * half + i] = sinf(th) * mscale;
             theta *= theta_scale;
@@ -476,11 +491,11 @@ void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
     if (!ff && c->m->rope_long.data)
         ff = c->n_ctx > hp->n_ctx_orig ? c->m->rope_long.data : c->m->rope_short.data;
     nf_rope_fill(c->rope_cos, c->rope_sin, hp->n_rot, hp->rope_base, hp->rope_freq_scale, ff,
-                 hp->rope_attn_factor, pos0, n_tok);
+                 hp->rope_attn_factor, pos0, n_tok, hp->yarn_ext_factor, hp->yarn_corr);
     /* gemma3's local layers rotate with their own base and scale (no frequency factors). */
     if (hp->n_swa)
         nf_rope_fill(c->rope_cos_swa, c->rope_sin_swa, hp->n_rot, hp->rope_base_swa,
-                     hp->rope_freq_scale_swa, NULL, 1.0f, pos0, n_tok);
+                     hp->rope_freq_scale_swa, NULL, 1.0f, pos0, n_tok, 0.0f, NULL);
 }
 
 /* Rotates the pairs of each head's first n_rot dims: adjacent pairs (x[2i], x[2i+1]) in
@@ -488,21 +503,24 @@ void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
  * its NEOX mode (qwen2, qwen3). Dims past n_rot are left alone. */
 static void nf_rope_apply(const struct nf_ctx *c, float *x, int n_heads, int t, bool swa)
 {
+    for (int h = 0; h < n_heads; h++)
+        nf_rope_vec(c, x + (size_t)h * c->m->hp.head_dim, t, swa);
+}
+
+void nf_rope_vec(const struct nf_ctx *c, float *v, int t, bool swa)
+{
     const struct nf_hparams *hp = &c->m->hp;
     const int half = hp->n_rot / 2;
     const int stride = hp->rope_neox ? 1 : 2, off = hp->rope_neox ? half : 1;
     const float *cs = (swa ? c->rope_cos_swa : c->rope_cos) + (size_t)t * half;
     const float *sn = (swa ? c->rope_sin_swa : c->rope_sin) + (size_t)t * half;
-    for (int h = 0; h < n_heads; h++) {
-        float *v = x + (size_t)h * hp->head_dim;
-        for (int i = 0; i < half; i++) {
-            float *p0 = v + (size_t)i * stride, *p1 = p0 + off;
-            const float x0 = *p0, x1 = *p1;
-            /* ggml's C is compiled with fused multiply-add contraction, which fuses the first
-             * product of each expression. */
-            *p0 = fmaf(x0, cs[i], -(x1 * sn[i]));
-            *p1 = fmaf(x0, sn[i], x1 * cs[i]);
-        }
+    for (int i = 0; i < half; i++) {
+        float *p0 = v + (size_t)i * stride, *p1 = p0 + off;
+        const float x0 = *p0, x1 = *p1;
+        /* ggml's C is compiled with fused multiply-add contraction, which fuses the first
+         * product of each expression. */
+        *p0 = fmaf(x0, cs[i], -(x1 * sn[i]));
+        *p1 = fmaf(x0, sn[i], x1 * cs[i]);
     }
 }
 
@@ -576,6 +594,12 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
             vc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->v[(size_t)t * kvd + i]);
         }
     }
+    nf_attn_heads(c, il, pos0, n_tok);
+}
+
+void nf_attn_heads(struct nf_ctx *c, int il, int pos0, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
     struct nf_attn_job j = {.c = c, .il = il, .pos0 = pos0, .n_tok = n_tok};
     int64_t work = (int64_t)n_tok * hp->n_head * (pos0 + n_tok) * hp->head_dim;
     nf_threadpool_run(c->pool, nf_attn_run, &j,
@@ -680,19 +704,29 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
         nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, norm->data, E, hp->rms_eps);
     nf_matmul(c, c->router, &w->gate_inp, c->xn, n_tok);
     if (w->gate_shexp.data) {
-        /* The shared expert on every token, as a dense FFN of its own width, gated. */
+        /* The shared expert on every token, as a dense FFN of its own width, gated (qwen2moe)
+         * or not (deepseek2, which has no ffn_gate_inp_shexp). */
         const int S = hp->n_ff_shexp;
-        nf_matmul(c, c->sh_gate, &w->gate_inp_shexp, c->xn, n_tok);
+        const bool gated = w->gate_inp_shexp.data != NULL; /* glm4moe's is not */
+        if (gated)
+            nf_matmul(c, c->sh_gate, &w->gate_inp_shexp, c->xn, n_tok);
         nf_matmul(c, c->hb, &w->gate_shexp, c->xn, n_tok);
         nf_matmul(c, c->hb2, &w->up_shexp, c->xn, n_tok);
         nf_swiglu(c->hb, c->hb2, n_tok, S);
-        nf_matmul(c, c->ffo, &w->down_shexp, c->hb, n_tok);
-        nf_shexp_gate(c, c->ffo, n_tok);
+        nf_matmul(c, gated ? c->ffo : c->sh_out, &w->down_shexp, c->hb, n_tok);
+        if (gated)
+            nf_shexp_gate(c, c->ffo, n_tok);
     }
     for (int t = 0; t < n_tok; t++) {
         int sel[64];
         float wsel[64];
-        nf_moe_route_hp(hp, c->router + (size_t)t * X, sel, wsel);
+        if (hp->moe_sigmoid)
+            nf_moe_route_sigmoid(&hp->route, c->router + (size_t)t * X, w->exp_probs_b.data, sel,
+                                 wsel);
+        else if (hp->arch == NF_ARCH_DEEPSEEK2)
+            nf_moe_route_ds(hp, c->router + (size_t)t * X, w->exp_probs_b.data, sel, wsel);
+        else
+            nf_moe_route_hp(hp, c->router + (size_t)t * X, sel, wsel);
         float *xt = c->xn + (size_t)t * E, *ot = c->ffo + (size_t)t * E;
         for (int k = 0; k < K; k++) {
             struct nf_ffn_weights ew = {.gate = nf_expert_view(&w->gate_exps, sel[k]),
@@ -727,8 +761,7 @@ void nf_shexp_gate(struct nf_ctx *c, const float *ffn_out, int n_tok)
     }
 }
 
-/* sel (K) = the K largest of p (X), the first of equal ones first; w (K) their values. */
-static void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
+void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
 {
     for (int k = 0; k < K; k++) {
         int best = -1;
@@ -813,8 +846,10 @@ int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, i
         return rc;
     }
     const size_t B = (size_t)n_ubatch, E = (size_t)hp->n_embd;
-    /* hb and hb2 also hold the shared expert's activations (qwen2moe), which may be wider. */
-    const size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    /* hb and hb2 also hold the shared expert's activations (qwen2moe), which may be wider,
+     * and those of glm4moe's leading dense layers (n_ff_dense). */
+    size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    F = (size_t)hp->n_ff_dense > F ? (size_t)hp->n_ff_dense : F;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     const size_t kv = (size_t)hp->n_layer * (size_t)n_ctx * kvd;
     size_t maxin = E > qd ? E : qd;
@@ -825,7 +860,12 @@ int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, i
     c->att_scratch_stride =
         nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)(n_ctx + hp->kv_pad) * 8);
     c->k_cache = calloc(kv, sizeof(nf_fp16_t));
-    c->v_cache = calloc(kv, sizeof(nf_fp16_t));
+    /* deepseek2 keeps one latent per token and layer: the values are a part of it. */
+    c->v_cache = hp->n_lora_kv ? NULL : calloc(kv, sizeof(nf_fp16_t));
+    if (hp->n_lora_kv && nf_mla_ctx_alloc(c, B) < 0) {
+        nf_ctx_free(c);
+        return -ENOMEM;
+    }
     c->x = calloc(B * E, sizeof(float));
     c->xn = calloc(B * E, sizeof(float));
     c->q = calloc(B * qd, sizeof(float));
@@ -855,9 +895,9 @@ int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, i
     if (posix_memalign(&c->att_scratch, 64,
                        (size_t)nf_threadpool_size(c->pool) * c->att_scratch_stride))
         c->att_scratch = NULL;
-    if (!c->k_cache || !c->v_cache || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att ||
-        !c->hb || !c->hb2 || !c->ffo || !c->eo || !c->router || !c->logits || !c->rope_cos ||
-        !c->rope_sin || !c->xq || !c->att_scratch || !c->sh_out || !c->sh_gate) {
+    if (!c->k_cache || (!c->v_cache && !hp->n_lora_kv) || !c->x || !c->xn || !c->q || !c->k ||
+        !c->v || !c->att || !c->hb || !c->hb2 || !c->ffo || !c->eo || !c->router || !c->logits ||
+        !c->rope_cos || !c->rope_sin || !c->xq || !c->att_scratch || !c->sh_out || !c->sh_gate) {
         nf_ctx_free(c);
         return -ENOMEM;
     }
@@ -878,6 +918,11 @@ void nf_ctx_free(struct nf_ctx *c)
         free(bufs[i]);
     free(c->rope_cos_swa);
     free(c->rope_sin_swa);
+    free(c->mla_q);
+    free(c->mla_qa);
+    free(c->mla_in);
+    free(c->mla_out);
+    free(c->mla_att);
     free(c);
 }
 
@@ -907,7 +952,10 @@ static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bo
     int n_tok_ffn = n_tok;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct nf_layer *L = &m->layers[il];
-        nf_attn_forward(c, &L->attn, il, pos0, n_tok);
+        if (hp->n_lora_kv)
+            nf_mla_forward(c, &L->attn, il, pos0, n_tok);
+        else
+            nf_attn_forward(c, &L->attn, il, pos0, n_tok);
         if (il == hp->n_layer - 1 && !rows) {
             /* Only the output rows are needed past the last attention (llama.cpp's
              * inp_out_ids): the last FFN runs on the last token alone, or not at all. */
@@ -916,7 +964,7 @@ static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bo
             memmove(c->x, c->x + (size_t)(n_tok - 1) * E, sizeof(float) * (size_t)E);
             n_tok_ffn = 1;
         }
-        if (hp->n_expert)
+        if (hp->n_expert && !nf_layer_dense(hp, il))
             nf_moe_forward(c, &L->ffn_norm, &L->moe, n_tok_ffn);
         else
             nf_ffn_forward(c, &L->ffn_norm, &L->ffn, n_tok_ffn);

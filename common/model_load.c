@@ -1,5 +1,5 @@
 /* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3, qwen2moe,
- * olmoe, phi3) into RAM, with every hyperparameter and tensor validated. */
+ * olmoe, phi3, glm4moe) into RAM, with every hyperparameter and tensor validated. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -23,6 +23,19 @@ static void nf_shape_str(char *buf, size_t len, const int64_t *ne, int n)
 }
 
 enum { NF_T_REQUIRED = 0, NF_T_OPTIONAL = 1, NF_T_F32 = 2 };
+
+/* Refuses tensor data no kernel may meet (an mxfp4 block with the NaN exponent 0xFF), as
+ * llama.cpp's ggml_validate_row_data does. */
+static int nf_check_blocks(const struct nf_gguf *g, const struct nf_tensor *t, char *err,
+                           size_t errlen)
+{
+    int64_t bad;
+    if (!nf_blocks_check(t->type, t->data, t->ne[0] * t->ne[1] * t->ne[2], &bad))
+        return 0;
+    return nf_errf(err, errlen, NF_ECORRUPT,
+                   "%s: tensor '%s': %s block %lld has the exponent 0xFF (NaN in E8M0)", g->path,
+                   t->name, nf_type_traits(t->type)->name, (long long)bad);
+}
 
 /* Finds tensor `name`, checks it has shape (ne0, ne1, ne2) (trailing 1s may be omitted in the
  * file) and a type NanoFlow can compute with (F32 only with NF_T_F32), and reads it into RAM.
@@ -77,7 +90,7 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
         /* Mapped: the data stays in the page cache (the GGUF validated its range). */
         t->data = (char *)m->map + gt->offset;
         m->weight_bytes += gt->size;
-        return 0;
+        return nf_check_blocks(g, t, err, errlen);
     }
     size_t sz = (gt->size + NF_WEIGHT_ALIGN - 1) / NF_WEIGHT_ALIGN * NF_WEIGHT_ALIGN;
     if (posix_memalign(&t->data, NF_WEIGHT_ALIGN, sz ? sz : NF_WEIGHT_ALIGN)) {
@@ -96,7 +109,7 @@ static int nf_load_tensor(struct nf_model *m, struct nf_tensor *t, const char *n
                        nf_strerror(rc));
     }
     m->weight_bytes += gt->size;
-    return 0;
+    return nf_check_blocks(g, t, err, errlen);
 }
 
 /* What each architecture adds to the llama layer, and its RoPE layout (llama.cpp's
@@ -113,6 +126,9 @@ static const struct nf_arch_info {
     [NF_ARCH_QWEN2MOE] = {"qwen2moe", true, true, false, true},
     [NF_ARCH_OLMOE] = {"olmoe", true, false, true, true},
     [NF_ARCH_PHI3] = {"phi3", true, false, false, false},
+    /* glm4moe's biases and q/k norms are optional: nf_load_glm4moe sets the flags by file. */
+    [NF_ARCH_GLM4MOE] = {"glm4moe", true, false, false, true},
+    [NF_ARCH_DEEPSEEK2] = {"deepseek2", false, false, false, true},
 };
 
 const char *nf_arch_name(enum nf_arch a)
@@ -181,7 +197,8 @@ static int nf_load_arch(struct nf_hparams *hp, const struct nf_gguf *g, char *er
     return nf_errf(err, errlen, NF_EARCH,
                    "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
                    "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; gemma3; qwen2moe; olmoe; "
-                   "phi3 - Phi-3/3.5, Phi-4-mini)",
+                   "phi3 - Phi-3/3.5, Phi-4-mini; glm4moe - GLM-4.5/4.6/Air; deepseek2 - "
+                   "DeepSeek-V2/V3/R1, Kimi-K2)",
                    g->path, arch);
 }
 
@@ -203,7 +220,9 @@ static int nf_load_rope(struct nf_hparams *hp, const struct nf_gguf *g, const ch
     const char *stype = NULL;
     if (nf_gguf_get_str(g, key, &stype) < 0)
         stype = NULL;
-    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0)
+    /* deepseek2 reads YaRN's other keys in nf_load_deepseek2 (its only YaRN architecture). */
+    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0 &&
+        !(hp->arch == NF_ARCH_DEEPSEEK2 && !strcmp(stype, "yarn")))
         return nf_errf(err, errlen, NF_EARCH,
                        "%s: %s '%s' is not supported (supported: none, linear; Llama 3.1+ "
                        "scaling comes as the rope_freqs.weight tensor)",
@@ -249,6 +268,99 @@ static int nf_load_gemma3(struct nf_hparams *hp, const struct nf_gguf *g, char *
     return 0;
 }
 
+/* Whether layer 0 of g has tensor "blk.0.<sfx>". */
+static bool nf_has_blk0(const struct nf_gguf *g, const char *sfx)
+{
+    char n[64];
+    snprintf(n, sizeof(n), "blk.0.%s", sfx);
+    return nf_gguf_find_tensor(g, n) != NULL;
+}
+
+/* glm4moe's group limit (expert_group_count, expert_group_used_count), with llama.cpp's
+ * checks: fewer groups than experts, equal groups, 1..count-1 of them used; NanoFlow also wants
+ * two experts a group (a group is scored by its two best) and enough experts in the used groups
+ * for expert_used_count. */
+static int nf_load_expert_groups(struct nf_hparams *hp, const struct nf_gguf *g, const char *pfx,
+                                 char *err, size_t errlen)
+{
+    struct nf_moe_sigmoid_route *r = &hp->route;
+    int rc;
+    if ((rc = nf_hp_int(g, pfx, "expert_group_count", 0, 0, hp->n_expert - 1, &r->n_group, err,
+                        errlen)) ||
+        (rc =
+             nf_hp_int(g, pfx, "expert_group_used_count", 0, 0, 64, &r->n_group_used, err, errlen)))
+        return rc;
+    if (r->n_group <= 1)
+        return 0;
+    const int per = hp->n_expert / r->n_group;
+    if (hp->n_expert % r->n_group || per < 2 || r->n_group_used < 1 ||
+        r->n_group_used >= r->n_group || r->n_group_used * per < hp->n_expert_used)
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: %s.expert_group_count %d / expert_group_used_count %d do not fit "
+                       "%d experts, %d used (equal groups of 2 or more, 1 to count-1 used, "
+                       "holding the used experts)",
+                       g->path, pfx, r->n_group, r->n_group_used, hp->n_expert, hp->n_expert_used);
+    return 0;
+}
+
+/* glm4moe's keys, as llama.cpp's llama_model_glm4_moe reads them: block_count counts the
+ * nextn_predict_layers next-token-prediction blocks at the end, which are skipped (n_layer
+ * excludes them); the first leading_dense_block_count layers have a dense FFN of
+ * feed_forward_length, the others expert_count experts of expert_feed_forward_length and
+ * expert_shared_count shared experts of that width times the count; sigmoid routing
+ * (expert_gating_func 2 or absent) with exp_probs_b, expert_weights_norm and
+ * expert_weights_scale. Q/K/V biases and per-head q/k norms are optional (GLM-4.5 has the
+ * norms, Air not), taken as layer 0 has them. M-RoPE files (rope.dimension_sections) are
+ * refused. */
+static int nf_load_glm4moe(struct nf_hparams *hp, const struct nf_gguf *g, char *err, size_t errlen)
+{
+    const char *pfx = "glm4moe";
+    char key[96];
+    int rc, n_shared = 0, gating = 2;
+    if ((rc = nf_hp_int(g, pfx, "nextn_predict_layers", 0, 0, hp->n_layer - 1, &hp->n_nextn, err,
+                        errlen)))
+        return rc;
+    hp->n_layer -= hp->n_nextn;
+    if ((rc = nf_hp_int(g, pfx, "leading_dense_block_count", 0, 0, hp->n_layer, &hp->n_layer_dense,
+                        err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err,
+                        errlen)) ||
+        (rc = nf_hp_int(g, pfx, "feed_forward_length", hp->n_layer_dense ? -1 : 0, 1, 1 << 24,
+                        &hp->n_ff_dense, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_shared_count", -1, 0, 64, &n_shared, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_gating_func", 2, 0, 16, &gating, err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "expert_weights_scale", 0.0f, false, &hp->route.scale, err,
+                          errlen)) ||
+        (rc = nf_load_expert_groups(hp, g, pfx, err, errlen)))
+        return rc;
+    if (gating != 2 && gating != 0) /* llama.cpp takes 0 (none) as sigmoid */
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: %s.expert_gating_func %d is not supported (supported: 2, sigmoid)",
+                       g->path, pfx, gating);
+    snprintf(key, sizeof(key), "%s.expert_weights_norm", pfx);
+    rc = nf_gguf_get_bool(g, key, &hp->route.norm_w);
+    if (rc == NF_ENOKEY)
+        hp->route.norm_w = false;
+    else if (rc < 0)
+        return nf_errf(err, errlen, rc, "%s: metadata key '%s' must be a bool", g->path, key);
+    snprintf(key, sizeof(key), "%s.rope.dimension_sections", pfx);
+    uint64_t n_sec = 0;
+    const void *sec = NULL;
+    if (nf_gguf_get_arr(g, key, NF_GGUF_INT32, &n_sec, &sec) == 0 && n_sec >= 2 &&
+        ((const int32_t *)sec)[0] > 0 && ((const int32_t *)sec)[1] > 0)
+        return nf_errf(err, errlen, NF_EARCH, "%s: %s (M-RoPE) is not supported", g->path, key);
+    if (!(hp->route.scale >= 0))
+        return nf_errf(err, errlen, NF_EKEYTYPE, "%s: %s.expert_weights_scale must be >= 0",
+                       g->path, pfx);
+    hp->n_ff_shexp = hp->n_ff * n_shared;
+    hp->moe_sigmoid = true;
+    hp->route.n_expert = hp->n_expert;
+    hp->route.n_expert_used = hp->n_expert_used;
+    hp->qkv_bias = nf_has_blk0(g, "attn_q.bias");
+    hp->qk_norm = nf_has_blk0(g, "attn_q_norm.weight");
+    return 0;
+}
+
 /* The keys phi3 adds: LongRoPE's original context length and attention factor, and the sliding
  * window, which llama.cpp reads and then disables for phi3 ("Phi SWA is currently disabled"):
  * full attention, as here. Other architectures keep the defaults (no prescaled Q, factor 1). */
@@ -271,6 +383,131 @@ static int nf_load_phi3_hparams(struct nf_hparams *hp, const struct nf_gguf *g, 
     if (!(hp->rope_attn_factor > 0))
         return nf_errf(err, errlen, NF_EKEYTYPE, "%s: %s.rope.scaling.attn_factor must be > 0",
                        g->path, pfx);
+    return 0;
+}
+
+/* llama.cpp's get_mscale of YaRN. */
+static float nf_yarn_mscale(float scale, float mscale)
+{
+    return scale <= 1.0f ? 1.0f : (0.1f * mscale * logf(scale) + 1.0f);
+}
+
+/* deepseek2's rope scaling and score scale, in the float steps of llama.cpp (llama_context's
+ * yarn_attn_factor, then llm_build_deepseek2's mscale and kq_scale, and ggml's rope_yarn):
+ * YaRN (rope.scaling.type yarn: original_context_length, yarn_log_multiplier, which the
+ * converter writes as 0.1 x mscale_all_dim) or linear scaling, times rope.scaling.attn_factor. */
+static int nf_load_deepseek2_rope(struct nf_hparams *hp, const struct nf_gguf *g, char *err,
+                                  size_t errlen)
+{
+    const char *pfx = "deepseek2", *stype = NULL;
+    float log_mul = 0.0f, attn = 1.0f;
+    int orig = 0, rc;
+    char key[96];
+    snprintf(key, sizeof(key), "%s.rope.scaling.type", pfx);
+    const bool yarn = nf_gguf_get_str(g, key, &stype) == 0 && stype && !strcmp(stype, "yarn");
+    if ((rc = nf_hp_float(g, pfx, "rope.scaling.yarn_log_multiplier", 0.0f, false, &log_mul, err,
+                          errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.attn_factor", 1.0f, false, &attn, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "rope.scaling.original_context_length", hp->n_ctx_train, 1, 1 << 30,
+                        &orig, err, errlen)))
+        return rc;
+    log_mul /= 0.1f; /* llama.cpp cancels the converter's factor */
+    const float fs = hp->rope_freq_scale, factor = 1.0f / fs;
+    float yaf = 1.0f;
+    if (yarn) {
+        if (log_mul != 0.0f) /* DeepSeek-V2's mscale is mscale_all_dim unless that is 1 */
+            yaf = nf_yarn_mscale(factor, log_mul != 1.0f ? log_mul : 1.0f) /
+                  nf_yarn_mscale(factor, log_mul);
+        else
+            yaf = nf_yarn_mscale(factor, 1.0f);
+        yaf *= 1.0f / (1.0f + 0.1f * logf(factor)); /* cancelled again in rope_yarn */
+    }
+    yaf *= attn;
+    const float org = yaf * (1.0f + 0.1f * logf(1.0f / fs));
+    const float ms = org * (1.0f + 0.1f * log_mul * logf(1.0f / fs));
+    hp->kq_scale = 1.0f * ms * ms / sqrtf((float)hp->n_embd_head_k_mla);
+    hp->rope_attn_factor = yarn ? yaf * (1.0f + 0.1f * logf(1.0f / fs)) : yaf;
+    hp->yarn_ext_factor = yarn ? 1.0f : 0.0f;
+    if (yarn) { /* ggml_rope_yarn_corr_dims with llama.cpp's beta_fast 32, beta_slow 1 */
+        const float nd = (float)hp->n_rot, base = hp->rope_base;
+        const float lo = nd * logf((float)orig / (32.0f * 2 * (float)M_PI)) / (2 * logf(base));
+        const float hi = nd * logf((float)orig / (1.0f * 2 * (float)M_PI)) / (2 * logf(base));
+        hp->yarn_corr[0] = fmaxf(0, floorf(lo));
+        hp->yarn_corr[1] = fminf(nd - 1, ceilf(hi));
+    }
+    return 0;
+}
+
+/* deepseek2's keys, as llama.cpp's llama_model_deepseek2 reads them, for files with the split
+ * attn_k_b / attn_v_b (key_length_mla and value_length_mla present; the latent's lengths in
+ * key_length and value_length, one KV head). On entry hp->n_lora_kv holds value_length. */
+static int nf_load_deepseek2(struct nf_hparams *hp, const struct nf_gguf *g, char *err,
+                             size_t errlen)
+{
+    const char *pfx = "deepseek2", *path = g->path;
+    const int vlen = hp->n_lora_kv;
+    int kv_lora = 0, groups = 0, used = 0, gating = 0, rc;
+    bool norm = false;
+    char key[96];
+    if ((rc = nf_hp_int(g, pfx, "attention.q_lora_rank", 0, 0, 1 << 20, &hp->n_lora_q, err,
+                        errlen)) ||
+        (rc = nf_hp_int(g, pfx, "attention.kv_lora_rank", -1, 1, 1 << 20, &kv_lora, err, errlen)))
+        return rc;
+    snprintf(key, sizeof(key), "%s.attention.key_length_mla", pfx);
+    if (!nf_gguf_get(g, key))
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: metadata key '%s' is missing: a deepseek2 file with the legacy "
+                       "attn_kv_b is not supported (convert it again: newer GGUFs carry "
+                       "attn_k_b and attn_v_b)",
+                       path, key);
+    if ((rc = nf_hp_int(g, pfx, "attention.key_length_mla", -1, 2, 1 << 16, &hp->n_embd_head_k_mla,
+                        err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "attention.value_length_mla", -1, 1, 1 << 16,
+                        &hp->n_embd_head_v_mla, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "leading_dense_block_count", 0, 0, hp->n_layer, &hp->n_layer_dense,
+                        err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_group_count", 0, 0, hp->n_expert, &groups, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_group_used_count", 0, 0, groups, &used, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_gating_func", NF_GATING_SOFTMAX, 0, NF_GATING_SIGMOID,
+                        &gating, err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "expert_weights_scale", 0.0f, false, &hp->expert_weights_scale,
+                          err, errlen)))
+        return rc;
+    snprintf(key, sizeof(key), "%s.expert_weights_norm", pfx);
+    if (nf_gguf_get(g, key) && (rc = nf_gguf_get_bool(g, key, &norm)) < 0)
+        return nf_errf(err, errlen, rc, "%s: metadata key '%s' must be a bool", path, key);
+    hp->expert_weights_norm = norm;
+    /* llama.cpp: no gating key (0) means softmax, as DeepSeek-V2's files have it. */
+    hp->expert_gating = gating ? gating : NF_GATING_SOFTMAX;
+    hp->n_expert_groups = groups;
+    hp->n_group_used = used;
+    if (groups > 1 && (hp->n_expert % groups || used < 1 || used >= groups))
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: %s.expert_group_count %d must divide expert_count %d with "
+                       "expert_group_used_count in [1, %d)",
+                       path, pfx, groups, hp->n_expert, groups);
+    if (hp->n_expert > NF_DS_MAX_EXPERT)
+        return nf_errf(err, errlen, NF_EKEYTYPE, "%s: %s.expert_count %d is more than %d", path,
+                       pfx, hp->n_expert, NF_DS_MAX_EXPERT);
+    /* The absorbed form is MQA over the latents: one KV head whose key is the latent and the
+     * rope part, whose value is the latent. */
+    if (hp->n_head_kv != 1 || hp->head_dim != kv_lora + hp->n_rot || vlen != kv_lora)
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: %s needs attention.head_count_kv 1, key_length kv_lora_rank + "
+                       "rope.dimension_count (%d) and value_length kv_lora_rank (%d); got %d, "
+                       "%d and %d",
+                       path, pfx, kv_lora + hp->n_rot, kv_lora, hp->n_head_kv, hp->head_dim, vlen);
+    if (hp->n_embd_head_k_mla <= hp->n_rot || hp->n_rot % 2)
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: %s.attention.key_length_mla (%d) must be more than the even "
+                       "rope.dimension_count (%d)",
+                       path, pfx, hp->n_embd_head_k_mla, hp->n_rot);
+    hp->n_lora_kv = kv_lora;
+    if ((rc = nf_load_deepseek2_rope(hp, g, err, errlen)))
+        return rc;
+    /* The oracle (d32676d) pads its KV view to 256 cells, as for gemma3: with 32 a V3-like
+     * q8_0 model's decode steps drift (13 of 178 off by more than 1e-4), with 256 none. */
+    hp->kv_pad = 256;
     return 0;
 }
 
@@ -308,7 +545,11 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
         (rc = nf_hp_int(g, pfx, "attention.value_length", hp->head_dim, 2, 1 << 16, &vlen, err,
                         errlen)))
         return rc;
-    if (vlen != hp->head_dim || hp->head_dim % 2)
+    /* deepseek2: the latent's key length (kv_lora_rank + rope dims) and value length
+     * (kv_lora_rank), checked by nf_load_deepseek2. */
+    if (hp->arch == NF_ARCH_DEEPSEEK2)
+        hp->n_lora_kv = vlen;
+    else if (vlen != hp->head_dim || hp->head_dim % 2)
         return nf_errf(err, errlen, NF_EKEYTYPE,
                        "%s: attention key length %d and value length %d must be equal and "
                        "even",
@@ -333,6 +574,10 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
         return rc;
     if ((rc = nf_load_phi3_hparams(hp, g, pfx, err, errlen)))
         return rc;
+    if (hp->arch == NF_ARCH_GLM4MOE)
+        return nf_load_glm4moe(hp, g, err, errlen);
+    if (hp->arch == NF_ARCH_DEEPSEEK2)
+        return nf_load_deepseek2(hp, g, err, errlen);
     return hp->arch == NF_ARCH_GEMMA3 ? nf_load_gemma3(hp, g, err, errlen) : 0;
 }
 
@@ -364,6 +609,28 @@ static int nf_load_n_ff_qwen2moe(struct nf_hparams *hp, const struct nf_gguf *g,
     return 0;
 }
 
+/* deepseek2's widths: the routed experts' (expert_feed_forward_length), the leading dense
+ * layers' (feed_forward_length) and the shared experts' together (expert_shared_count x the
+ * experts' width, as llama.cpp shapes ffn_*_shexp). */
+static int nf_load_n_ff_deepseek2(struct nf_hparams *hp, const struct nf_gguf *g, char *err,
+                                  size_t errlen)
+{
+    const char *pfx = "deepseek2";
+    int shared = 0, rc;
+    if ((rc = nf_hp_int(g, pfx, "expert_feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err,
+                        errlen)) ||
+        (rc = nf_hp_int(g, pfx, "expert_shared_count", -1, 0, 64, &shared, err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "feed_forward_length", hp->n_layer_dense ? -1 : 0, 0, 1 << 24,
+                        &hp->n_ff_dense, err, errlen)))
+        return rc;
+    if (hp->n_layer_dense && hp->n_ff_dense < 1)
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: %s.feed_forward_length must be >= 1 with %d leading dense layers",
+                       g->path, pfx, hp->n_layer_dense);
+    hp->n_ff_shexp = hp->n_ff * shared;
+    return 0;
+}
+
 /* The FFN width: the dense feed_forward_length, or for MoE the experts' width, which llama.cpp
  * reads from expert_feed_forward_length (required for qwen3moe) or else feed_forward_length
  * (olmoe reads feed_forward_length only; qwen2moe: nf_load_n_ff_qwen2moe). */
@@ -373,6 +640,10 @@ static int nf_load_n_ff(struct nf_hparams *hp, const struct nf_gguf *g, char *er
     int rc;
     if (hp->arch == NF_ARCH_QWEN2MOE)
         return nf_load_n_ff_qwen2moe(hp, g, err, errlen);
+    if (hp->arch == NF_ARCH_GLM4MOE) /* nf_load_glm4moe read both widths */
+        return 0;
+    if (hp->arch == NF_ARCH_DEEPSEEK2)
+        return nf_load_n_ff_deepseek2(hp, g, err, errlen);
     if (!hp->n_expert || hp->arch == NF_ARCH_OLMOE)
         return nf_hp_int(g, pfx, "feed_forward_length", -1, 1, 1 << 24, &hp->n_ff, err, errlen);
     if ((rc = nf_hp_int(g, pfx, "expert_feed_forward_length", nf_archs[hp->arch].moe ? -1 : 0, 1,
@@ -437,7 +708,14 @@ static int nf_load_shexp(struct nf_model *m, struct nf_moe_weights *w, int il, c
         return 0;
     }
     int rc;
-    if ((rc = nf_load_tensor(m, &w->gate_inp_shexp, n[0], E, 1, 1, 0, err, errlen)) ||
+    /* glm4moe's shared expert is ungated: a gate tensor there is refused. */
+    const bool gated = m->hp.arch != NF_ARCH_GLM4MOE;
+    if (!gated && nf_gguf_find_tensor(m->gguf, n[0]))
+        return nf_errf(err, errlen, NF_EARCH,
+                       "%s: tensor '%s': a shared expert gate is not supported for architecture "
+                       "%s",
+                       m->gguf->path, n[0], nf_arch_name(m->hp.arch));
+    if ((gated && (rc = nf_load_tensor(m, &w->gate_inp_shexp, n[0], E, 1, 1, 0, err, errlen))) ||
         (rc = nf_load_tensor(m, &w->gate_shexp, n[1], E, S, 1, 0, err, errlen)) ||
         (rc = nf_load_tensor(m, &w->up_shexp, n[2], E, S, 1, 0, err, errlen)) ||
         (rc = nf_load_tensor(m, &w->down_shexp, n[3], S, E, 1, 0, err, errlen)))
@@ -521,6 +799,78 @@ static int nf_load_longrope(struct nf_model *m, char *err, size_t errlen)
     return 0;
 }
 
+/* Loads a deepseek2 layer: the latent attention's tensors, then a dense FFN (leading layers) or
+ * the router, routed experts (with V3's optional selection bias) and the shared expert. The
+ * kv latent's width is checked against attention.kv_lora_rank first, so a file whose rank does
+ * not match its tensors is refused with one line naming both. */
+static int nf_load_mla_layer(struct nf_model *m, struct nf_layer *L, int il, char *err,
+                             size_t errlen)
+{
+    const struct nf_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, H = hp->n_head, K = hp->n_embd_head_k_mla, R = hp->n_rot;
+    const int64_t LK = hp->n_lora_kv, QA = hp->n_lora_q, VM = hp->n_embd_head_v_mla;
+    const int64_t X = hp->n_expert, F = hp->n_ff, S = hp->n_ff_shexp;
+    struct nf_attn_weights *a = &L->attn;
+    char n[19][64];
+    const char *sfx[19] = {"attn_norm.weight",      "attn_q_a.weight",    "attn_q_a_norm.weight",
+                           "attn_q_b.weight",       "attn_q.weight",      "attn_kv_a_mqa.weight",
+                           "attn_kv_a_norm.weight", "attn_k_b.weight",    "attn_v_b.weight",
+                           "attn_output.weight",    "ffn_norm.weight",    "ffn_gate.weight",
+                           "ffn_up.weight",         "ffn_down.weight",    "ffn_gate_inp.weight",
+                           "ffn_gate_exps.weight",  "ffn_up_exps.weight", "ffn_down_exps.weight",
+                           "exp_probs_b.bias"};
+    for (int i = 0; i < 19; i++)
+        snprintf(n[i], sizeof(n[i]), "blk.%d.%s", il, sfx[i]);
+    const struct nf_gguf_tensor *kva = nf_gguf_find_tensor(m->gguf, n[5]);
+    if (kva && kva->ne[1] != LK + R)
+        return nf_errf(err, errlen, NF_ESHAPE,
+                       "%s: tensor '%s' has %lld rows, but deepseek2.attention.kv_lora_rank %lld "
+                       "+ rope dims %lld = %lld (the MLA rank does not match the tensor)",
+                       m->gguf->path, n[5], (long long)kva->ne[1], (long long)LK, (long long)R,
+                       (long long)(LK + R));
+    int rc;
+    if ((rc = nf_load_tensor(m, &a->norm, n[0], E, 1, 1, NF_T_F32, err, errlen)))
+        return rc;
+    if (QA > 0 && ((rc = nf_load_tensor(m, &a->wq_a, n[1], E, QA, 1, 0, err, errlen)) ||
+                   (rc = nf_load_tensor(m, &a->q_a_norm, n[2], QA, 1, 1, NF_T_F32, err, errlen)) ||
+                   (rc = nf_load_tensor(m, &a->wq_b, n[3], QA, H * K, 1, 0, err, errlen))))
+        return rc;
+    if (QA == 0 && (rc = nf_load_tensor(m, &a->wq, n[4], E, H * K, 1, 0, err, errlen)))
+        return rc;
+    if ((rc = nf_load_tensor(m, &a->wkv_a, n[5], E, LK + R, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &a->kv_a_norm, n[6], LK, 1, 1, NF_T_F32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &a->wk_b, n[7], K - R, LK, H, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &a->wv_b, n[8], LK, VM, H, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &a->wo, n[9], H * VM, E, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->ffn_norm, n[10], E, 1, 1, NF_T_F32, err, errlen)))
+        return rc;
+    if (nf_layer_dense(hp, il)) {
+        const int64_t FD = hp->n_ff_dense;
+        return (rc = nf_load_tensor(m, &L->ffn.gate, n[11], E, FD, 1, 0, err, errlen)) ||
+                       (rc = nf_load_tensor(m, &L->ffn.up, n[12], E, FD, 1, 0, err, errlen)) ||
+                       (rc = nf_load_tensor(m, &L->ffn.down, n[13], FD, E, 1, 0, err, errlen))
+                   ? rc
+                   : 0;
+    }
+    struct nf_moe_weights *w = &L->moe;
+    char sh[3][64];
+    snprintf(sh[0], sizeof(sh[0]), "blk.%d.ffn_gate_shexp.weight", il);
+    snprintf(sh[1], sizeof(sh[1]), "blk.%d.ffn_up_shexp.weight", il);
+    snprintf(sh[2], sizeof(sh[2]), "blk.%d.ffn_down_shexp.weight", il);
+    if ((rc = nf_load_tensor(m, &w->gate_inp, n[14], E, X, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &w->gate_exps, n[15], E, F, X, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &w->up_exps, n[16], E, F, X, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &w->down_exps, n[17], F, E, X, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &w->exp_probs_b, n[18], X, 1, 1, NF_T_OPTIONAL | NF_T_F32, err,
+                             errlen)))
+        return rc;
+    if (S && ((rc = nf_load_tensor(m, &w->gate_shexp, sh[0], E, S, 1, 0, err, errlen)) ||
+              (rc = nf_load_tensor(m, &w->up_shexp, sh[1], E, S, 1, 0, err, errlen)) ||
+              (rc = nf_load_tensor(m, &w->down_shexp, sh[2], S, E, 1, 0, err, errlen))))
+        return rc;
+    return 0;
+}
+
 /* Loads every tensor with the shapes the hyperparameters imply. */
 static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
 {
@@ -567,6 +917,11 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
                                "ffn_norm",  "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp"};
         for (int i = 0; i < 10; i++)
             snprintf(n[i], sizeof(n[i]), "blk.%d.%s.weight", il, sfx[i]);
+        if (hp->arch == NF_ARCH_DEEPSEEK2) {
+            if ((rc = nf_load_mla_layer(m, L, il, err, errlen)))
+                return rc;
+            continue;
+        }
         if ((rc = nf_load_attn_extra(m, &L->attn, il, err, errlen)))
             return rc;
         if (hp->arch == NF_ARCH_PHI3) {
@@ -574,6 +929,9 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
                 return rc;
             continue;
         }
+        /* glm4moe normalizes the FFN input with post_attention_norm (it has no ffn_norm). */
+        if (hp->arch == NF_ARCH_GLM4MOE)
+            snprintf(n[5], sizeof(n[5]), "blk.%d.post_attention_norm.weight", il);
         if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, NF_T_F32, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wq, n[1], E, qd, 1, 0, err, errlen)) ||
             (rc = nf_load_tensor(m, &L->attn.wk, n[2], E, kvd, 1, 0, err, errlen)) ||
@@ -583,10 +941,11 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
             return rc;
         if (hp->post_norms && (rc = nf_load_post_norms(m, L, il, err, errlen)))
             return rc;
-        if (!X) {
-            if ((rc = nf_load_tensor(m, &L->ffn.gate, n[6], E, F, 1, 0, err, errlen)) ||
-                (rc = nf_load_tensor(m, &L->ffn.up, n[7], E, F, 1, 0, err, errlen)) ||
-                (rc = nf_load_tensor(m, &L->ffn.down, n[8], F, E, 1, 0, err, errlen)))
+        if (!X || nf_layer_dense(hp, il)) {
+            const int64_t Fl = nf_layer_n_ff(hp, il);
+            if ((rc = nf_load_tensor(m, &L->ffn.gate, n[6], E, Fl, 1, 0, err, errlen)) ||
+                (rc = nf_load_tensor(m, &L->ffn.up, n[7], E, Fl, 1, 0, err, errlen)) ||
+                (rc = nf_load_tensor(m, &L->ffn.down, n[8], Fl, E, 1, 0, err, errlen)))
                 return rc;
             continue;
         }
@@ -600,6 +959,12 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
             (rc = nf_load_tensor(m, &L->moe.down_exps, de, F, E, X, 0, err, errlen)) ||
             (rc = nf_load_shexp(m, &L->moe, il, err, errlen)))
             return rc;
+        if (hp->moe_sigmoid) {
+            char eb[64];
+            snprintf(eb, sizeof(eb), "blk.%d.exp_probs_b.bias", il);
+            if ((rc = nf_load_tensor(m, &L->moe.exp_probs_b, eb, X, 1, 1, NF_T_F32, err, errlen)))
+                return rc;
+        }
     }
     return 0;
 }
@@ -749,6 +1114,11 @@ void nf_model_free(struct nf_model *m)
                 nf_tensor_release(ts[i]);
             nf_tensor_release(&L->attn.post_norm);
             nf_tensor_release(&L->ffn.post_norm);
+            struct nf_tensor *mla[] = {&L->attn.wq_a,  &L->attn.q_a_norm,  &L->attn.wq_b,
+                                       &L->attn.wkv_a, &L->attn.kv_a_norm, &L->attn.wk_b,
+                                       &L->attn.wv_b,  &L->moe.exp_probs_b};
+            for (size_t i = 0; i < sizeof(mla) / sizeof(mla[0]); i++)
+                nf_tensor_release(mla[i]);
         }
         free(m->layers);
     }
@@ -783,7 +1153,8 @@ static void nf_model_describe_phi3(const struct nf_model *m, char *buf, size_t l
 void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
 {
     const struct nf_hparams *hp = &m->hp;
-    const struct nf_type_traits *tr = nf_type_traits(m->layers[0].attn.wq.type);
+    const struct nf_type_traits *tr = nf_type_traits(
+        hp->arch == NF_ARCH_DEEPSEEK2 ? m->layers[0].attn.wkv_a.type : m->layers[0].attn.wq.type);
     int off =
         snprintf(buf, len,
                  "%s: %d layers, dim %d, ffn %d, heads %d/%d (head dim %d), vocab %d, "
@@ -802,4 +1173,18 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
         off += snprintf(buf + off, len - (size_t)off, ", shared expert %d", hp->n_ff_shexp);
     if (hp->arch == NF_ARCH_PHI3 && off > 0 && (size_t)off < len)
         nf_model_describe_phi3(m, buf + off, len - (size_t)off);
+    if (hp->moe_sigmoid && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off,
+                 ", sigmoid routing (groups %d/%d, norm %s, scale %g), %d leading dense "
+                 "(ffn %d), rope dims %d, %d nextn layers skipped",
+                 hp->route.n_group_used, hp->route.n_group, hp->route.norm_w ? "yes" : "no",
+                 (double)hp->route.scale, hp->n_layer_dense, hp->n_ff_dense, hp->n_rot,
+                 hp->n_nextn);
+    if (hp->arch == NF_ARCH_DEEPSEEK2 && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off,
+                 ", MLA (q rank %d, kv rank %d, rope dims %d, latent cache %d per token), %d "
+                 "leading dense (ffn %d), %s routing%s",
+                 hp->n_lora_q, hp->n_lora_kv, hp->n_rot, hp->head_dim, hp->n_layer_dense,
+                 hp->n_ff_dense, hp->expert_gating == NF_GATING_SIGMOID ? "sigmoid" : "softmax",
+                 hp->n_expert_groups > 1 ? " (grouped)" : "");
 }

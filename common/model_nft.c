@@ -71,6 +71,14 @@ static int place_of(const char *name, struct tensor_place *p)
         {"ffn_up_shexp.weight", NF_TILE_FFN, 1},
         {"ffn_down_shexp.weight", NF_TILE_FFN, 2},
         {"attn_qkv.weight", NF_TILE_ATTN_Q, NF_PART_QKV},
+        {"attn_q_a.weight", NF_TILE_ATTN_Q_A, -1},
+        {"attn_q_a_norm.weight", NF_TILE_ATTN_Q_A_NORM, -1},
+        {"attn_q_b.weight", NF_TILE_ATTN_Q_B, -1},
+        {"attn_kv_a_mqa.weight", NF_TILE_ATTN_KV_A, -1},
+        {"attn_kv_a_norm.weight", NF_TILE_ATTN_KV_A_NORM, -1},
+        {"attn_k_b.weight", NF_TILE_ATTN_K_B, -1},
+        {"attn_v_b.weight", NF_TILE_ATTN_V_B, -1},
+        {"exp_probs_b.bias", NF_TILE_EXP_PROBS_B, -1},
     };
     static const struct {
         const char *name;
@@ -97,12 +105,13 @@ static int place_of(const char *name, struct tensor_place *p)
     return NF_ENOTENSOR;
 }
 
-/* Whether the .nft's metadata names architecture phi3 (whose ffn_up is fused). */
-static bool nf_nft_meta_is_phi3(const struct nf_nft *f)
+/* Whether the .nft's metadata names architecture `name` (phi3: its ffn_up is fused; glm4moe:
+ * its FFN input norm, post_attention_norm, is in the FFN_NORM tiles). */
+static bool nf_nft_meta_arch_is(const struct nf_nft *f, const char *name)
 {
     const char *arch = NULL;
     return nf_gguf_get_str(f->meta, "general.architecture", &arch) == 0 && arch &&
-           !strcmp(arch, "phi3");
+           !strcmp(arch, name);
 }
 
 /* Copies a row tile (rows [first, first + count) of the tensor) into dst. */
@@ -278,10 +287,12 @@ static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, 
                        "%s: tensor '%s': buffer of %zu bytes, needs %" PRIu64, f->path, gt->name.s,
                        len, gt->size);
     if (pl.part == NF_PART_QKV ||
-        (pl.part == 1 && strstr(gt->name.s, "ffn_up") && nf_nft_meta_is_phi3(f)))
+        (pl.part == 1 && strstr(gt->name.s, "ffn_up") && nf_nft_meta_arch_is(f, "phi3")))
         return read_fused(s, gt, &pl, dst, err, errlen);
     if (pl.kind == NF_TILE_ROPE_FREQS && strncmp(gt->name.s, "rope_factors_", 13) == 0)
         return read_longrope(s, gt, dst, err, errlen);
+    if (pl.kind == NF_TILE_ATTN_POST_NORM && nf_nft_meta_arch_is(f, "glm4moe"))
+        pl.kind = NF_TILE_FFN_NORM;
     uint32_t n = nf_nft_count(f, pl.layer, pl.kind);
     uint64_t total = pl.part < 0 ? (uint64_t)gt->ne[1] * (uint64_t)gt->ne[2]
                                  : (uint64_t)gt->ne[pl.part == 2 ? 0 : 1] * (uint64_t)gt->ne[2];

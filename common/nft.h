@@ -59,6 +59,15 @@
  *  - ATTN_POST_NORM, FFN_POST_NORM (gemma3): a layer's post_attention_norm or post_ffw_norm
  *    vector (n_embd) in one tile, the same way.
  *  - SHEXP_GATE (qwen2moe): a MoE layer's shared-expert gate, ffn_gate_inp_shexp (one row).
+ *  - EXP_PROBS_B (glm4moe, deepseek2 V3): a MoE layer's expert score-correction bias,
+ * exp_probs_b.bias (n_expert F32, one row). glm4moe's post_attention_norm, its FFN input norm, is
+ * the layer's FFN_NORM tile; its leading dense layers (in a MoE model) have FFN tiles and no
+ *    PRED_LOWRANK; its next-token-prediction blocks are not in the file.
+ *  - deepseek2's latent attention: ATTN_Q_A, ATTN_Q_B, ATTN_KV_A (attn_q_a, attn_q_b,
+ *    attn_kv_a_mqa) row tiles like ATTN_Q; ATTN_Q_A_NORM, ATTN_KV_A_NORM one F32 row each;
+ *    ATTN_K_B, ATTN_V_B the per-head attn_k_b / attn_v_b as n_head x ne[1] rows, each tile
+ *    whole heads. V2-Lite's plain attn_q is ATTN_Q; attn_output ATTN_O. Its leading dense layers
+ * have FFN tiles, its MoE layers FFN tiles for the (ungated) shared expert besides the EXPERT ones.
  * phi3's fused tensors are cut into these kinds: attn_qkv's Q, K and V row ranges into ATTN_Q,
  * ATTN_K and ATTN_V tiles, its ffn_up's gate half and up half into the FFN bundles.
  * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER.
@@ -121,7 +130,15 @@ enum nf_tile_kind {
     NF_TILE_ATTN_K_NORM,
     NF_TILE_ATTN_POST_NORM, /* gemma3 */
     NF_TILE_FFN_POST_NORM,
-    NF_TILE_SHEXP_GATE, /* qwen2moe */
+    NF_TILE_SHEXP_GATE,  /* qwen2moe */
+    NF_TILE_EXP_PROBS_B, /* glm4moe, deepseek2 V3 */
+    NF_TILE_ATTN_Q_A,    /* deepseek2 */
+    NF_TILE_ATTN_Q_A_NORM,
+    NF_TILE_ATTN_Q_B,
+    NF_TILE_ATTN_KV_A,
+    NF_TILE_ATTN_KV_A_NORM,
+    NF_TILE_ATTN_K_B,
+    NF_TILE_ATTN_V_B,
     NF_TILE_KIND_COUNT,
 };
 

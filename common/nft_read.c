@@ -36,6 +36,14 @@ static const char *const kind_names[NF_TILE_KIND_COUNT] = {
     [NF_TILE_ATTN_POST_NORM] = "attn_post_norm",
     [NF_TILE_FFN_POST_NORM] = "ffn_post_norm",
     [NF_TILE_SHEXP_GATE] = "shexp_gate",
+    [NF_TILE_ATTN_Q_A] = "attn_q_a",
+    [NF_TILE_ATTN_Q_A_NORM] = "attn_q_a_norm",
+    [NF_TILE_ATTN_Q_B] = "attn_q_b",
+    [NF_TILE_ATTN_KV_A] = "attn_kv_a",
+    [NF_TILE_ATTN_KV_A_NORM] = "attn_kv_a_norm",
+    [NF_TILE_ATTN_K_B] = "attn_k_b",
+    [NF_TILE_ATTN_V_B] = "attn_v_b",
+    [NF_TILE_EXP_PROBS_B] = "exp_probs_b",
 };
 
 const char *nf_tile_kind_name(enum nf_tile_kind kind)
@@ -115,7 +123,15 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     case NF_TILE_ATTN_K_NORM:
     case NF_TILE_ATTN_POST_NORM:
     case NF_TILE_FFN_POST_NORM: return rows_bytes(t->type[0], t->count, t->ne0);
-    case NF_TILE_SHEXP_GATE: return rows_bytes(t->type[0], t->count, t->ne0);
+    case NF_TILE_SHEXP_GATE:
+    case NF_TILE_ATTN_Q_A:
+    case NF_TILE_ATTN_Q_A_NORM:
+    case NF_TILE_ATTN_Q_B:
+    case NF_TILE_ATTN_KV_A:
+    case NF_TILE_ATTN_KV_A_NORM:
+    case NF_TILE_ATTN_K_B:
+    case NF_TILE_ATTN_V_B:
+    case NF_TILE_EXP_PROBS_B: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_KIND_COUNT: break;
     }
     return 0;

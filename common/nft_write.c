@@ -32,10 +32,13 @@ struct layer_src {
     /* qwen2moe's shared expert (its FFN tiles hold these, group_sh neurons a group). */
     const struct nf_gguf_tensor *gate_inp_sh, *gate_sh, *up_sh, *down_sh;
     uint32_t group_sh;
+    const struct nf_gguf_tensor *probs_b; /* exp_probs_b.bias (glm4moe, deepseek2 V3) */
     /* phi3: the fused attn_qkv, and q, k, v, gate, up as row ranges of it and of the fused
      * ffn_up (held in `up` as classified, replaced by its upper half), which q..up point to. */
     const struct nf_gguf_tensor *qkv;
     struct nf_gguf_tensor split[5];
+    /* deepseek2's latent attention (its V3 selection bias is probs_b above) */
+    const struct nf_gguf_tensor *q_a, *q_a_norm, *q_b, *kv_a, *kv_a_norm, *k_b, *v_b;
 };
 
 /* The tensors FFN tiles of layer l hold (part 0 gate, 1 up, 2 down): the dense FFN's, or in
@@ -68,6 +71,7 @@ struct conv {
     void *buf; /* tile buffer, 4096-aligned */
     size_t buf_cap;
     uint64_t done, total;
+    int checked; /* 0: not looked yet, 1: no tensor nf_blocks_check checks, 2: some (mxfp4) */
 };
 
 /* --- classifying the source tensors --- */
@@ -113,6 +117,14 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
         {"ffn_up_shexp.weight", offsetof(struct layer_src, up_sh)},
         {"ffn_down_shexp.weight", offsetof(struct layer_src, down_sh)},
         {"attn_qkv.weight", offsetof(struct layer_src, qkv)},
+        {"attn_q_a.weight", offsetof(struct layer_src, q_a)},
+        {"attn_q_a_norm.weight", offsetof(struct layer_src, q_a_norm)},
+        {"attn_q_b.weight", offsetof(struct layer_src, q_b)},
+        {"attn_kv_a_mqa.weight", offsetof(struct layer_src, kv_a)},
+        {"attn_kv_a_norm.weight", offsetof(struct layer_src, kv_a_norm)},
+        {"attn_k_b.weight", offsetof(struct layer_src, k_b)},
+        {"attn_v_b.weight", offsetof(struct layer_src, v_b)},
+        {"exp_probs_b.bias", offsetof(struct layer_src, probs_b)},
     };
     const char *name = t->name.s;
     const struct nf_type_traits *tr = nf_type_traits(t->type);
@@ -140,6 +152,13 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
     unsigned layer;
     int pos = 0;
     if (sscanf(name, "blk.%u.%n", &layer, &pos) == 1 && pos > 0) {
+        /* glm4moe's next-token-prediction blocks follow the model's: skipped, not refused. */
+        if (layer >= c->hdr.n_layer && layer < c->hdr.n_layer + (uint32_t)c->hp.n_nextn)
+            return 0;
+        /* Its FFN input norm is post_attention_norm: an FFN_NORM tile like ffn_norm. */
+        if (c->hp.arch == NF_ARCH_GLM4MOE && layer < c->hdr.n_layer &&
+            !strcmp(name + pos, "post_attention_norm.weight"))
+            return assign(c, &c->L[layer].ffn_norm, t);
         if (layer >= c->hdr.n_layer)
             return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
                               "tensor '%s' names layer %u but block_count is %u", name, layer,
@@ -192,7 +211,9 @@ static uint32_t group_for(enum nf_type down, int64_t n_ff)
 static int check_shexp(struct conv *c, uint32_t il)
 {
     struct layer_src *l = &c->L[il];
-    const int64_t n_embd = c->hdr.n_embd, S = c->hp.n_ff_shexp;
+    /* (the leading dense layers of glm4moe and deepseek2 have none) */
+    const int64_t n_embd = c->hdr.n_embd,
+                  S = nf_layer_dense(&c->hp, (int)il) ? 0 : c->hp.n_ff_shexp;
     const struct nf_gguf_tensor *any = l->gate_inp_sh ? l->gate_inp_sh
                                        : l->gate_sh   ? l->gate_sh
                                        : l->up_sh     ? l->up_sh
@@ -206,6 +227,13 @@ static int check_shexp(struct conv *c, uint32_t il)
     }
     char what[64];
     int rc;
+    /* The shared experts of glm4moe and deepseek2 have no gate: one is refused, the others need
+     * theirs. */
+    const bool gated = c->hp.arch != NF_ARCH_GLM4MOE && c->hp.arch != NF_ARCH_DEEPSEEK2;
+    if (!gated && l->gate_inp_sh)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor '%s' is not used by architecture %s (not supported)",
+                          l->gate_inp_sh->name.s, nf_arch_name(c->hp.arch));
     const struct {
         const struct nf_gguf_tensor *t;
         const char *name;
@@ -215,7 +243,7 @@ static int check_shexp(struct conv *c, uint32_t il)
                 {l->gate_sh, "ffn_gate_shexp", 2, n_embd, S},
                 {l->up_sh, "ffn_up_shexp", 2, n_embd, S},
                 {l->down_sh, "ffn_down_shexp", 2, S, n_embd}};
-    for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+    for (size_t i = gated ? 0 : 1; i < sizeof(need) / sizeof(need[0]); i++) {
         snprintf(what, sizeof(what), "blk.%u.%s", il, need[i].name);
         if ((rc = want_shape(c, need[i].t, what, need[i].n_dims, need[i].a, need[i].b, 1)))
             return rc;
@@ -282,6 +310,46 @@ static int split_fused(struct conv *c, uint32_t il)
     return 0;
 }
 
+/* Checks layer il's tensor l->t against want_shape(..., dims...), naming it "blk.<il>.<t>";
+ * for functions with c, il, l, what and rc in scope (check_mla, check_layer). */
+#define NEED(t, ...)                                       \
+    do {                                                   \
+        snprintf(what, sizeof(what), "blk.%u.%s", il, #t); \
+        if ((rc = want_shape(c, l->t, what, __VA_ARGS__))) \
+            return rc;                                     \
+    } while (0)
+
+/* deepseek2's latent attention tensors, shaped by the hyperparameters nf_model_hparams read
+ * (a file the engine would refuse is refused here too). */
+static int check_mla(struct conv *c, uint32_t il)
+{
+    struct layer_src *l = &c->L[il];
+    const struct nf_hparams *hp = &c->hp;
+    const int64_t E = c->hdr.n_embd, H = hp->n_head, K = hp->n_embd_head_k_mla, R = hp->n_rot;
+    const int64_t LK = hp->n_lora_kv, QA = hp->n_lora_q, VM = hp->n_embd_head_v_mla;
+    char what[64];
+    int rc;
+    if (l->k || l->v)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor '%s' is not used by architecture deepseek2 (not supported)",
+                          (l->k ? l->k : l->v)->name.s);
+    if (QA > 0) {
+        NEED(q_a, 2, E, QA, 1);
+        NEED(q_a_norm, 1, QA, 1, 1);
+        NEED(q_b, 2, QA, H * K, 1);
+    } else {
+        NEED(q, 2, E, H * K, 1);
+    }
+    NEED(kv_a, 2, E, LK + R, 1);
+    NEED(kv_a_norm, 1, LK, 1, 1);
+    NEED(k_b, 3, K - R, LK, H);
+    NEED(v_b, 3, LK, VM, H);
+    NEED(o, 2, H * VM, E, 1);
+    if (l->probs_b)
+        NEED(probs_b, 1, hp->n_expert, 1, 1);
+    return 0;
+}
+
 static int check_layer(struct conv *c, uint32_t il)
 {
     struct layer_src *l = &c->L[il];
@@ -290,17 +358,25 @@ static int check_layer(struct conv *c, uint32_t il)
     int rc;
     if ((rc = split_fused(c, il)))
         return rc;
-#define NEED(t, ...)                                       \
-    do {                                                   \
-        snprintf(what, sizeof(what), "blk.%u.%s", il, #t); \
-        if ((rc = want_shape(c, l->t, what, __VA_ARGS__))) \
-            return rc;                                     \
-    } while (0)
     NEED(attn_norm, 1, n_embd, 1, 1);
-    NEED(q, 2, n_embd, -1, 1);
-    NEED(k, 2, n_embd, -1, 1);
-    NEED(v, 2, n_embd, l->k->ne[1], 1);
-    NEED(o, 2, l->q->ne[1], n_embd, 1);
+    if (c->hp.arch == NF_ARCH_DEEPSEEK2) {
+        if ((rc = check_mla(c, il)))
+            return rc;
+    } else {
+        const struct nf_gguf_tensor *mla = l->q_a       ? l->q_a
+                                           : l->kv_a    ? l->kv_a
+                                           : l->k_b     ? l->k_b
+                                           : l->probs_b ? l->probs_b
+                                                        : NULL;
+        if (mla)
+            return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                              "tensor '%s' is not used by architecture %s (not supported)",
+                              mla->name.s, nf_arch_name(c->hp.arch));
+        NEED(q, 2, n_embd, -1, 1);
+        NEED(k, 2, n_embd, -1, 1);
+        NEED(v, 2, n_embd, l->k->ne[1], 1);
+        NEED(o, 2, l->q->ne[1], n_embd, 1);
+    }
     NEED(ffn_norm, 1, n_embd, 1, 1);
     /* The architecture's attention extras: required by it, refused without it. */
     const struct nf_gguf_tensor *extra =
@@ -331,11 +407,16 @@ static int check_layer(struct conv *c, uint32_t il)
     }
     if ((rc = check_shexp(c, il)))
         return rc;
+    if (l->probs_b && c->hp.arch != NF_ARCH_DEEPSEEK2 && (!c->hp.moe_sigmoid || !l->gate_inp))
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor '%s' is not used by architecture %s (not supported)",
+                          l->probs_b->name.s, nf_arch_name(c->hp.arch));
     if (l->gate_inp || l->gate_exps || l->up_exps || l->down_exps) {
         if (l->gate || l->up || l->down)
             return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
                               "layer %u has both dense and expert FFN tensors", il);
-        NEED(gate_inp, 2, n_embd, -1, 1);
+        /* glm4moe's router has expert_count rows (the other archs take the tensors' count). */
+        NEED(gate_inp, 2, n_embd, c->hp.moe_sigmoid ? c->hp.n_expert : -1, 1);
         int64_t n_exp = l->gate_inp->ne[1];
         NEED(gate_exps, 3, n_embd, -1, n_exp);
         int64_t n_ff = l->gate_exps->ne[1];
@@ -348,12 +429,19 @@ static int check_layer(struct conv *c, uint32_t il)
         c->hdr.n_expert = (uint32_t)n_exp;
         c->hdr.n_ff = (uint32_t)n_ff;
         l->group = group_for(l->down_exps->type, n_ff);
+        if (c->hp.moe_sigmoid) {
+            NEED(probs_b, 1, n_exp, 1, 1);
+            if (l->probs_b->type != NF_TYPE_F32)
+                return nf_errf_at(c->err, c->errlen, NF_EBADTYPE, c->in, "tensor '%s' must be f32",
+                                  l->probs_b->name.s);
+        }
     } else {
         NEED(gate, 2, n_embd, -1, 1);
         int64_t n_ff = l->gate->ne[1];
         NEED(up, 2, n_embd, n_ff, 1);
         NEED(down, 2, n_ff, n_embd, 1);
-        c->hdr.n_ff = (uint32_t)n_ff;
+        if (!c->hp.n_expert) /* a MoE model's (leading dense) layers keep the experts' n_ff */
+            c->hdr.n_ff = (uint32_t)n_ff;
         l->group = group_for(l->down->type, n_ff);
         if (n_ff % l->group)
             return nf_errf_at(c->err, c->errlen, NF_ESHAPE, c->in,
@@ -406,6 +494,8 @@ static int check_model(struct conv *c)
     c->hdr.n_head_kv = (uint32_t)hp.n_head_kv;
     c->hdr.n_expert = (uint32_t)hp.n_expert;
     c->hdr.n_expert_used = (uint32_t)hp.n_expert_used;
+    if (hp.n_expert)
+        c->hdr.n_ff = (uint32_t)hp.n_ff;
     c->L = calloc(c->hdr.n_layer, sizeof(*c->L));
     if (!c->L)
         return nf_errf_at(c->err, c->errlen, -ENOMEM, c->in, "out of memory");
@@ -429,8 +519,12 @@ static int check_model(struct conv *c)
     for (uint32_t il = 0; il < c->hdr.n_layer; il++)
         if ((rc = check_layer(c, il)))
             return rc;
-    for (uint64_t i = 0; i < c->g->n_tensors; i++)
+    for (uint64_t i = 0; i < c->g->n_tensors; i++) {
+        unsigned layer;
+        if (sscanf(c->g->tensors[i].name.s, "blk.%u.", &layer) == 1 && layer >= c->hdr.n_layer)
+            continue; /* a skipped next-token-prediction block */
         c->hdr.weight_bytes += c->g->tensors[i].size;
+    }
     return 0;
 }
 
@@ -477,7 +571,7 @@ static bool in_place(const struct conv *c)
 static int plan_rows(struct conv *c, enum nf_tile_kind kind, uint32_t layer,
                      const struct nf_gguf_tensor *t, uint64_t rows_per)
 {
-    uint64_t rows = (uint64_t)t->ne[1];
+    uint64_t rows = (uint64_t)t->ne[1] * (uint64_t)t->ne[2]; /* a per-head tensor's heads too */
     if (rows_per == 0) {
         uint64_t row = nf_row_size(t->type, t->ne[0]);
         rows_per = c->tile_size / row ? c->tile_size / row : 1;
@@ -576,6 +670,30 @@ static uint32_t embd_rows_per_tile(uint64_t row)
     return best;
 }
 
+/* Rows per tile of a per-head tensor (head_rows rows a head): whole heads, about tile_size
+ * bytes, one head at least. */
+static uint64_t head_rows_per(const struct conv *c, const struct nf_gguf_tensor *t)
+{
+    const uint64_t head = nf_row_size(t->type, t->ne[0]) * (uint64_t)t->ne[1];
+    return (c->tile_size / head ? c->tile_size / head : 1) * (uint64_t)t->ne[1];
+}
+
+/* deepseek2's latent attention tiles, in the order compute uses them. */
+static int plan_mla(struct conv *c, uint32_t il)
+{
+    const struct layer_src *l = &c->L[il];
+    int rc;
+    if ((l->q_a && ((rc = plan_rows(c, NF_TILE_ATTN_Q_A, il, l->q_a, 0)) ||
+                    (rc = plan_rows(c, NF_TILE_ATTN_Q_A_NORM, il, l->q_a_norm, 1)) ||
+                    (rc = plan_rows(c, NF_TILE_ATTN_Q_B, il, l->q_b, 0)))) ||
+        (rc = plan_rows(c, NF_TILE_ATTN_KV_A, il, l->kv_a, 0)) ||
+        (rc = plan_rows(c, NF_TILE_ATTN_KV_A_NORM, il, l->kv_a_norm, 1)) ||
+        (rc = plan_rows(c, NF_TILE_ATTN_K_B, il, l->k_b, head_rows_per(c, l->k_b))) ||
+        (rc = plan_rows(c, NF_TILE_ATTN_V_B, il, l->v_b, head_rows_per(c, l->v_b))))
+        return rc;
+    return 0;
+}
+
 static int plan(struct conv *c)
 {
     int rc;
@@ -586,9 +704,10 @@ static int plan(struct conv *c)
     for (uint32_t il = 0; il < h->n_layer; il++) {
         const struct layer_src *l = &c->L[il];
         if ((rc = plan_rows(c, NF_TILE_ATTN_NORM, il, l->attn_norm, 1)) ||
-            (rc = plan_rows(c, NF_TILE_ATTN_Q, il, l->q, 0)) ||
-            (rc = plan_rows(c, NF_TILE_ATTN_K, il, l->k, 0)) ||
-            (rc = plan_rows(c, NF_TILE_ATTN_V, il, l->v, 0)) ||
+            (l->q && (rc = plan_rows(c, NF_TILE_ATTN_Q, il, l->q, 0))) ||
+            (l->k && (rc = plan_rows(c, NF_TILE_ATTN_K, il, l->k, 0))) ||
+            (l->v && (rc = plan_rows(c, NF_TILE_ATTN_V, il, l->v, 0))) ||
+            (l->kv_a && (rc = plan_mla(c, il))) ||
             (rc = plan_rows(c, NF_TILE_ATTN_O, il, l->o, 0)) ||
             (l->bq && (rc = plan_rows(c, NF_TILE_ATTN_Q_BIAS, il, l->bq, 1))) ||
             (l->bk && (rc = plan_rows(c, NF_TILE_ATTN_K_BIAS, il, l->bk, 1))) ||
@@ -597,26 +716,34 @@ static int plan(struct conv *c)
             (l->k_norm && (rc = plan_rows(c, NF_TILE_ATTN_K_NORM, il, l->k_norm, 1))) ||
             (l->attn_post && (rc = plan_rows(c, NF_TILE_ATTN_POST_NORM, il, l->attn_post, 1))) ||
             (l->ffn_post && (rc = plan_rows(c, NF_TILE_FFN_POST_NORM, il, l->ffn_post, 1))) ||
-            (rc = plan_rows(c, NF_TILE_FFN_NORM, il, l->ffn_norm, 1)))
+            (rc = plan_rows(c, NF_TILE_FFN_NORM, il, l->ffn_norm, 1)) ||
+            (l->probs_b && c->hp.arch == NF_ARCH_DEEPSEEK2 && /* glm4moe's: after its router */
+             (rc = plan_rows(c, NF_TILE_EXP_PROBS_B, il, l->probs_b, 1))))
             return rc;
         uint32_t index = 0;
         if (l->gate_sh) { /* the shared expert first: compute runs it before the router */
             uint32_t sh_index = 0;
-            if ((rc = plan_rows(c, NF_TILE_SHEXP_GATE, il, l->gate_inp_sh, 1)) ||
+            if ((l->gate_inp_sh && /* glm4moe's shared expert is ungated */
+                 (rc = plan_rows(c, NF_TILE_SHEXP_GATE, il, l->gate_inp_sh, 1))) ||
                 (rc = in_place(c) ? plan_slices(c, il, NF_NFT_NO_EXPERT, &sh_index)
                                   : plan_bundles(c, il, NF_NFT_NO_EXPERT, &sh_index)))
                 return rc;
         }
         if (l->gate_inp) {
             if ((rc = plan_rows(c, NF_TILE_ROUTER, il, l->gate_inp, UINT32_MAX)) ||
-                (rc = plan_rows(c, NF_TILE_PRED_ROUTER, il, l->gate_inp, UINT32_MAX)))
+                (rc = plan_rows(c, NF_TILE_PRED_ROUTER, il, l->gate_inp, UINT32_MAX)) ||
+                (l->probs_b && c->hp.arch != NF_ARCH_DEEPSEEK2 &&
+                 (rc = plan_rows(c, NF_TILE_EXP_PROBS_B, il, l->probs_b, 1))))
                 return rc;
             for (uint32_t e = 0; e < h->n_expert; e++)
                 if ((rc = in_place(c) ? plan_slices(c, il, e, &index)
                                       : plan_bundles(c, il, e, &index)))
                     return rc;
-        } else if (in_place(c)) {
-            if ((rc = plan_slices(c, il, NF_NFT_NO_EXPERT, &index)))
+        } else if (in_place(c) || h->n_expert) {
+            /* In a MoE model a (leading dense) layer has no low-rank predictor: sparse mode is
+             * for dense models. */
+            if ((rc = in_place(c) ? plan_slices(c, il, NF_NFT_NO_EXPERT, &index)
+                                  : plan_bundles(c, il, NF_NFT_NO_EXPERT, &index)))
                 return rc;
         } else {
             if ((rc = add_tile(c, NF_TILE_PRED_LOWRANK, il, 0, 0, (uint32_t)l->gate->ne[1],
@@ -704,12 +831,39 @@ static int emit(struct conv *c, struct nf_nft_tile *t)
     return rc;
 }
 
+/* Refuses bytes [off, off + len) of the source, whole blocks of one tensor, when they hold
+ * what no kernel may meet (an mxfp4 block with the NaN exponent 0xFF), naming the tensor. */
+static int check_blocks(struct conv *c, const void *buf, size_t len, uint64_t off)
+{
+    const struct nf_gguf *g = c->g;
+    if (!c->checked) {
+        c->checked = 1;
+        for (uint64_t i = 0; i < g->n_tensors; i++)
+            if (g->tensors[i].type == NF_TYPE_MXFP4)
+                c->checked = 2;
+    }
+    for (uint64_t i = 0; c->checked == 2 && i < g->n_tensors; i++) {
+        const struct nf_gguf_tensor *t = &g->tensors[i];
+        if (t->type != NF_TYPE_MXFP4 || off < t->offset || off >= t->offset + t->size)
+            continue;
+        const size_t bs = nf_type_traits(t->type)->type_size;
+        int64_t bad;
+        if (nf_blocks_check(t->type, buf, (int64_t)(len / bs) * NF_QK4_0, &bad))
+            return nf_errf_at(c->err, c->errlen, NF_ECORRUPT, c->in,
+                              "tensor '%s': mxfp4 block %" PRIu64
+                              " has the exponent 0xFF (NaN in E8M0)",
+                              t->name.s, (off - t->offset) / bs + (uint64_t)bad);
+        return 0;
+    }
+    return 0;
+}
+
 static int src_read(struct conv *c, void *dst, size_t len, uint64_t off)
 {
     int rc = nf_gguf_pread(c->g, dst, len, off);
     return rc ? nf_errf_at(c->err, c->errlen, rc, c->in,
                            "reading %zu bytes at offset %" PRIu64 ": %s", len, off, nf_strerror(rc))
-              : 0;
+              : check_blocks(c, dst, len, off);
 }
 
 /* Writes a row tile of tensor src (its rows [first, first + count)). */
@@ -859,6 +1013,14 @@ static int write_tiles(struct conv *c)
         case NF_TILE_ATTN_POST_NORM: rc = write_rows(c, t, l->attn_post); break;
         case NF_TILE_FFN_POST_NORM: rc = write_rows(c, t, l->ffn_post); break;
         case NF_TILE_SHEXP_GATE: rc = write_rows(c, t, l->gate_inp_sh); break;
+        case NF_TILE_ATTN_Q_A: rc = write_rows(c, t, l->q_a); break;
+        case NF_TILE_ATTN_Q_A_NORM: rc = write_rows(c, t, l->q_a_norm); break;
+        case NF_TILE_ATTN_Q_B: rc = write_rows(c, t, l->q_b); break;
+        case NF_TILE_ATTN_KV_A: rc = write_rows(c, t, l->kv_a); break;
+        case NF_TILE_ATTN_KV_A_NORM: rc = write_rows(c, t, l->kv_a_norm); break;
+        case NF_TILE_ATTN_K_B: rc = write_rows(c, t, l->k_b); break;
+        case NF_TILE_ATTN_V_B: rc = write_rows(c, t, l->v_b); break;
+        case NF_TILE_EXP_PROBS_B: rc = write_rows(c, t, l->probs_b); break;
         case NF_TILE_ROUTER:
         case NF_TILE_PRED_ROUTER: rc = write_rows(c, t, l->gate_inp); break;
         case NF_TILE_PRED_LOWRANK: rc = write_predictor(c, t, l); break;
@@ -1229,7 +1391,7 @@ int nf_nft_convert(const char *in_path, const char *out_path, const struct nf_nf
     bool dense = c.L[0].gate != NULL;
     int64_t cap = c.hdr.n_ff < c.hdr.n_embd ? c.hdr.n_ff : c.hdr.n_embd;
     uint32_t n_dense = 0;
-    for (uint32_t il = 0; il < c.hdr.n_layer; il++)
+    for (uint32_t il = 0; il < c.hdr.n_layer && !c.hdr.n_expert; il++)
         n_dense += c.L[il].gate != NULL;
     if (o && o->rank) {
         if (o->rank < 0 || o->rank > cap) {

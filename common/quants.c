@@ -875,6 +875,8 @@ struct nf_type_traits nf__traits[NF_TYPE_COUNT] = {
     EXT(Q2_K, "q2_K", NF_QK_K, Q8_K, q2_K, q2_K_q8_K),
     EXT(Q3_K, "q3_K", NF_QK_K, Q8_K, q3_K, q3_K_q8_K),
     EXT(IQ4_XS, "iq4_xs", NF_QK_K, Q8_K, iq4_xs, iq4_xs_q8_K),
+    /* quants_mxfp4.c: the experts of gpt-oss and of llama.cpp's MXFP4_MOE files. */
+    EXT(MXFP4, "mxfp4", NF_QK4_0, Q8_0, mxfp4, mxfp4_q8_0),
     BLOCK(IQ2_XXS, "iq2_xxs", 256, 66),
     BLOCK(IQ2_XS, "iq2_xs", 256, 74),
     BLOCK(IQ3_XXS, "iq3_xxs", 256, 98),
@@ -889,7 +891,6 @@ struct nf_type_traits nf__traits[NF_TYPE_COUNT] = {
     BLOCK(IQ1_M, "iq1_m", 256, 56),
     BLOCK(TQ1_0, "tq1_0", 256, 54),
     BLOCK(TQ2_0, "tq2_0", 256, 66),
-    BLOCK(MXFP4, "mxfp4", 32, 17),
 };
 
 const struct nf_type_traits *nf_type_traits(enum nf_type t)

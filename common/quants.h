@@ -125,6 +125,30 @@ typedef struct {
 _Static_assert(sizeof(nf_block_iq4_xs) == 4 + NF_QK_K / 64 + NF_QK_K / 2,
                "wrong iq4_xs block size");
 
+/* OCP microscaling FP4: 32 E2M1 values sharing one E8M0 exponent e (a power of two, 0xFF is
+ * NaN); x = 2^(e - 128) * nf_kvalues_mxfp4[q], the table holding twice the E2M1 values, so the
+ * scale is half of E8M0's 2^(e - 127) (ggml's GGML_E8M0_TO_FP32_HALF). Nibbles as in q4_0. */
+typedef struct {
+    uint8_t e;
+    uint8_t qs[NF_QK4_0 / 2];
+} nf_block_mxfp4;
+_Static_assert(sizeof(nf_block_mxfp4) == 1 + NF_QK4_0 / 2, "wrong mxfp4 block size");
+
+/* Twice the 16 E2M1 values (sign bit 3; 0, 0.5, 1, 1.5, 2, 3, 4, 6), as ggml's kvalues_mxfp4. */
+extern const int8_t nf_kvalues_mxfp4[16];
+
+/* The scale of an mxfp4 block, as ggml_e8m0_to_fp32_half: 2^(e - 128) as float bits, e 0 and 1
+ * giving the subnormals 2^-128 and 2^-127; e 255 (NaN in E8M0) gives 2^127 here, which
+ * nf_blocks_check keeps out of the kernels. */
+static inline float nf_e8m0_to_fp32_half(uint8_t e)
+{
+    union {
+        uint32_t u;
+        float f;
+    } v = {.u = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23};
+    return v.f;
+}
+
 /* 2-bit K-quant: 16 sub-blocks of 16, each byte of scales holds a 4-bit scale (low) and min
  * (high); x = d * sc * q - dmin * m. Element 128h + 32j + l is bits 2j..2j+1 of qs[32h + l]. */
 typedef struct {
@@ -247,6 +271,12 @@ nf_from_float_fn nf_from_float_for(enum nf_type t, enum nf_isa isa);
 nf_vec_dot_rows_fn nf_vec_dot_rows_for(enum nf_type t, enum nf_isa isa);
 /* Likewise for the multi-token kernel of type t. */
 nf_vec_dot_mat_fn nf_vec_dot_mat_for(enum nf_type t, enum nf_isa isa);
+
+/* Checks the blocks of n elements of type t at data for values no kernel may meet: an mxfp4
+ * block whose E8M0 exponent is 0xFF (NaN), as llama.cpp's ggml_validate_row_data refuses.
+ * Returns 0, or NF_ECORRUPT with *bad_block (when not NULL) the index of the first bad block.
+ * Types with no invalid bit pattern always pass. */
+int nf_blocks_check(enum nf_type t, const void *data, int64_t n, int64_t *bad_block);
 
 /* Half and bfloat16 conversions, bit-exact with ggml's (round to nearest even). */
 float nf_fp16_to_fp32(nf_fp16_t h);

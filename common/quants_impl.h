@@ -167,6 +167,14 @@ NF__MAT_DECL(nf__vec_dot_f16_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_q8_0_q8_0_mat_avx512);
 
+/* MXFP4 (quants_mxfp4.c, quants_mxfp4_avx2.c, quants_mxfp4_avx512.c). */
+void nf__to_float_mxfp4(const void *x, float *y, int64_t n);
+void nf__quantize_row_mxfp4_ref(const float *x, void *y, int64_t n);
+void nf__vec_dot_mxfp4_q8_0_ref(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_mxfp4_q8_0_avx2(int n, float *s, const void *x, const void *y);
+void nf__vec_dot_mxfp4_q8_0_avx512(int n, float *s, const void *x, const void *y);
+NF__MAT_DECL_ALL(nf__vec_dot_mxfp4_q8_0);
+
 /* Decodes the 6-bit scale and min of sub-block j (0..7) of a q4_K/q5_K block. */
 static inline void nf__get_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
 {

@@ -1,4 +1,5 @@
-/* sampler.c - repetition penalty, top-k / top-p / min-p filters, temperature, seeded draws. */
+/* sampler.c - repetition, presence and frequency penalties, top-k / top-p / min-p filters,
+ * temperature, seeded draws. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -31,6 +32,8 @@ void nf_sampler_params_default(struct nf_sampler_params *p)
     p->repeat_penalty = 1.0f;
     p->repeat_last_n = 64;
     p->seed = 0;
+    p->presence_penalty = 0.0f;
+    p->frequency_penalty = 0.0f;
 }
 
 /* True when lo <= x <= hi (false for NaN). */
@@ -60,6 +63,15 @@ int nf_sampler_params_check(const struct nf_sampler_params *p, char *err, size_t
     if (p->repeat_last_n < 0 || p->repeat_last_n > NF_SAMPLER_LAST_N_MAX)
         return nf_errf(err, errlen, NF_EUSAGE, "repeat_last_n %d is out of range, expected 0..%d",
                        p->repeat_last_n, NF_SAMPLER_LAST_N_MAX);
+    const float am = NF_SAMPLER_ADD_PENALTY_MAX;
+    if (!in_range(p->presence_penalty, -am, am))
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "presence_penalty %g is out of range, expected %g..%g",
+                       (double)p->presence_penalty, (double)-am, (double)am);
+    if (!in_range(p->frequency_penalty, -am, am))
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "frequency_penalty %g is out of range, expected %g..%g",
+                       (double)p->frequency_penalty, (double)-am, (double)am);
     return 0;
 }
 
@@ -94,7 +106,8 @@ int nf_sampler_create(struct nf_sampler **out, const struct nf_sampler_params *p
 {
     if (n_vocab < 1 || !(p->temp == p->temp) || !(p->top_p >= 0) || !(p->min_p <= 1) ||
         !(p->repeat_penalty > 0) || p->repeat_last_n < 0 ||
-        p->repeat_last_n > NF_SAMPLER_LAST_N_MAX)
+        !(p->presence_penalty == p->presence_penalty) ||
+        !(p->frequency_penalty == p->frequency_penalty) || p->repeat_last_n > NF_SAMPLER_LAST_N_MAX)
         return NF_EUSAGE;
     struct nf_sampler *s = calloc(1, sizeof(*s));
     if (!s)
@@ -157,30 +170,64 @@ static void nf_softmax(struct nf_cand *c, int n, float temp)
         c[i].p = (float)(c[i].p / sum);
 }
 
+/* Fills the candidates with logits and applies the penalties as llama.cpp's penalties sampler:
+ * for each distinct token among the recent ones, seen count times, the repetition penalty
+ * (divides a positive logit, multiplies a negative one), then logit -= count * frequency +
+ * presence. The candidates' p counts occurrences meanwhile (softmax overwrites it later). */
+static void nf_penalize(struct nf_sampler *s, const float *logits)
+{
+    const struct nf_sampler_params *p = &s->prm;
+    struct nf_cand *c = s->cand;
+    const int n = s->n_vocab;
+    for (int i = 0; i < n; i++) {
+        c[i].id = i;
+        c[i].logit = logits[i];
+        c[i].p = 0.0f;
+    }
+    if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f)
+        return;
+    for (int i = 0; i < s->n_recent; i++)
+        if (s->recent[i] >= 0 && s->recent[i] < n)
+            c[s->recent[i]].p += 1.0f;
+    for (int i = 0; i < s->n_recent; i++) {
+        const int32_t t = s->recent[i];
+        if (t < 0 || t >= n || c[t].p == 0.0f)
+            continue; /* out of the vocabulary, or already done */
+        const float count = c[t].p;
+        c[t].p = 0.0f;
+        if (c[t].logit <= 0)
+            c[t].logit *= p->repeat_penalty;
+        else
+            c[t].logit /= p->repeat_penalty;
+        c[t].logit -= count * p->frequency_penalty + p->presence_penalty;
+    }
+}
+
+void nf_sampler_penalized(struct nf_sampler *s, const float *logits, float *out)
+{
+    nf_penalize(s, logits);
+    for (int i = 0; i < s->n_vocab; i++)
+        out[i] = s->cand[i].logit;
+}
+
+double nf_log_sum_exp(const float *logits, int n)
+{
+    float mx = logits[0];
+    for (int i = 1; i < n; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = exp((double)logits[0] - (double)mx); /* > 0 */
+    for (int i = 1; i < n; i++)
+        sum += exp((double)logits[i] - (double)mx);
+    return (double)mx + log(sum);
+}
+
 int32_t nf_sampler_sample(struct nf_sampler *s, const float *logits)
 {
     const struct nf_sampler_params *p = &s->prm;
     struct nf_cand *c = s->cand;
     int n = s->n_vocab;
-    for (int i = 0; i < n; i++) {
-        c[i].id = i;
-        c[i].logit = logits[i];
-    }
-    /* Repetition penalty, once per distinct recent token, as llama.cpp's penalties sampler. */
-    if (p->repeat_penalty != 1.0f) {
-        for (int i = 0; i < s->n_recent; i++) {
-            const int32_t t = s->recent[i];
-            bool seen = false;
-            for (int j = 0; j < i && !seen; j++)
-                seen = s->recent[j] == t;
-            if (seen || t < 0 || t >= n)
-                continue;
-            if (c[t].logit <= 0)
-                c[t].logit *= p->repeat_penalty;
-            else
-                c[t].logit /= p->repeat_penalty;
-        }
-    }
+    nf_penalize(s, logits);
     if (p->temp <= 0) {
         int best = 0;
         for (int i = 1; i < n; i++)

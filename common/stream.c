@@ -18,6 +18,8 @@ struct nf_stream {
     struct nf_attn_weights *ext;
     float *ext_data;
     struct nf_tensor *ffn_post; /* (n_layer) gemma3's post_ffw_norm, in ext_data; else NULL */
+    float *probs_b; /* (n_layer, n_expert) glm4moe's exp_probs_b (zero in dense layers); or NULL */
+    struct nf_tensor *ds_probs_b; /* (n_layer) deepseek2 V3's exp_probs_b, in ext_data; else NULL */
     struct nf_ctx *c;
     float sparsity;
     const atomic_int *abort;
@@ -307,7 +309,7 @@ static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
     } else {
         if ((rc = nf_stream_bundles(s, il, NF_TILE_FFN, 0, n, c->xn, n_tok)) < 0)
             return rc;
-        nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->shell.hp.n_ff);
+        nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->ff);
         struct nf_tensor dv = nf_stream_down_view(s);
         nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
     }
@@ -501,7 +503,14 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
     for (int k = 0; k < n_tok; k++) {
         int sel[64];
         float w[64];
-        nf_moe_route_hp(hp, c->router + (size_t)k * X, sel, w);
+        if (hp->moe_sigmoid) /* glm4moe: sigmoid, exp_probs_b, scaled */
+            nf_moe_route_sigmoid(&hp->route, c->router + (size_t)k * X,
+                                 s->probs_b ? s->probs_b + (size_t)il * X : NULL, sel, w);
+        else if (hp->arch == NF_ARCH_DEEPSEEK2)
+            nf_moe_route_ds(hp, c->router + (size_t)k * X,
+                            s->ds_probs_b ? s->ds_probs_b[il].data : NULL, sel, w);
+        else
+            nf_moe_route_hp(hp, c->router + (size_t)k * X, sel, w);
         if (s->src.want) {
             /* Every tile of the chosen experts, in use order, asked for at once: a tile the
              * predictor did not forecast is read with the others instead of one at a time as
@@ -538,13 +547,15 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
     return 0;
 }
 
-/* qwen2moe's shared expert, on every token: c->sh_out (n_tok, n_embd) = its FFN (the layer's
- * FFN tiles, run as the exact dense path) times the sigmoid of its gate (the SHEXP_GATE
- * tile), as nf_moe_forward computes it. */
+/* The shared expert, on every token: c->sh_out (n_tok, n_embd) = its FFN (the layer's FFN
+ * tiles, run as the exact dense path) times the sigmoid of its gate (qwen2moe's SHEXP_GATE
+ * tile; glm4moe's is ungated), as nf_moe_forward computes it. */
 static int nf_stream_shexp(struct nf_stream *s, uint32_t il, int n_tok)
 {
     struct nf_ctx *c = s->c;
-    int rc = nf_stream_mm(s, c->sh_gate, il, NF_TILE_SHEXP_GATE, 1, c->xn, n_tok);
+    /* deepseek2's shared expert has no gate (no SHEXP_GATE tile). */
+    const bool gated = nf_nft_count(s->f, il, NF_TILE_SHEXP_GATE) > 0;
+    int rc = gated ? nf_stream_mm(s, c->sh_gate, il, NF_TILE_SHEXP_GATE, 1, c->xn, n_tok) : 0;
     if (rc < 0)
         return rc;
     const struct nf_nft_tile *t0 = nf_nft_find(s->f, il, NF_TILE_FFN, 0);
@@ -562,7 +573,61 @@ static int nf_stream_shexp(struct nf_stream *s, uint32_t il, int n_tok)
         struct nf_tensor dv = nf_stream_down_view(s);
         nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
     }
-    nf_shexp_gate(c, c->ffo, n_tok);
+    if (gated)
+        nf_shexp_gate(c, c->ffo, n_tok);
+    else
+        memcpy(c->sh_out, c->ffo, sizeof(float) * (size_t)n_tok * (size_t)s->shell.hp.n_embd);
+    return 0;
+}
+
+/* deepseek2's latent attention block from its tiles, as nf_mla_forward: the q and kv
+ * projections through nf_stream_mm, attn_k_b and attn_v_b a tile (whole heads) at a time. */
+static int nf_stream_mla(struct nf_stream *s, uint32_t il, int pos0, int n_tok)
+{
+    struct nf_ctx *c = s->c;
+    const struct nf_hparams *hp = &s->shell.hp;
+    const size_t H = (size_t)hp->n_head, K = (size_t)hp->n_embd_head_k_mla;
+    const size_t QA = (size_t)hp->n_lora_q, D = (size_t)hp->head_dim;
+    int rc;
+    if ((rc = nf_stream_norm(s, c->xn, c->x, il, NF_TILE_ATTN_NORM, n_tok)))
+        return rc;
+    if (QA) {
+        if ((rc = nf_stream_mm(s, c->mla_qa, il, NF_TILE_ATTN_Q_A, QA, c->xn, n_tok)))
+            return rc;
+        for (int t = 0; t < n_tok; t++)
+            nf_rmsnorm(c->mla_qa + (size_t)t * QA, c->mla_qa + (size_t)t * QA,
+                       s->ext[il].q_a_norm.data, (int)QA, hp->rms_eps);
+        rc = nf_stream_mm(s, c->mla_q, il, NF_TILE_ATTN_Q_B, H * K, c->mla_qa, n_tok);
+    } else {
+        rc = nf_stream_mm(s, c->mla_q, il, NF_TILE_ATTN_Q, H * K, c->xn, n_tok);
+    }
+    if (rc || (rc = nf_stream_mm(s, c->k, il, NF_TILE_ATTN_KV_A, D, c->xn, n_tok)))
+        return rc;
+    nf_mla_prep(c, s->ext[il].kv_a_norm.data, n_tok);
+    for (int part = 0; part < 2; part++) {
+        const enum nf_tile_kind kind = part ? NF_TILE_ATTN_V_B : NF_TILE_ATTN_K_B;
+        const uint32_t per = part ? (uint32_t)hp->n_embd_head_v_mla : (uint32_t)hp->n_lora_kv;
+        if (part)
+            nf_mla_attend_latent(c, (int)il, pos0, n_tok);
+        for (uint32_t i = 0, n = nf_nft_count(s->f, il, kind); i < n; i++) {
+            const struct nf_nft_tile *t = nf_nft_find(s->f, il, kind, i);
+            const uint8_t *p = nf_stream_pin(s, t, &rc);
+            if (!p)
+                return rc;
+            struct nf_tensor v = nf_rows_view(t, p); /* whole heads (nf_stream_check_mla) */
+            v.ne[1] = per;
+            v.ne[2] = t->count / per;
+            if (part)
+                nf_mla_values(c, &v, (int)(t->first / per), n_tok);
+            else
+                nf_mla_absorb(c, &v, (int)(t->first / per), n_tok);
+            nf_stream_unpin(s, t);
+        }
+    }
+    if ((rc = nf_stream_mm(s, c->ffo, il, NF_TILE_ATTN_O, (size_t)hp->n_embd, c->mla_att, n_tok)))
+        return rc;
+    for (size_t i = 0; i < (size_t)n_tok * (size_t)hp->n_embd; i++)
+        c->x[i] += c->ffo[i];
     return 0;
 }
 
@@ -583,6 +648,11 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         if (pt)
             s->src.want(s->src.ud, (uint32_t)nf_nft_tile_id(s->f, pt), true);
     }
+    if (hp->n_lora_kv) {
+        if ((rc = nf_stream_mla(s, il, pos0, n_tok)))
+            return rc;
+        goto ffn;
+    }
     if ((rc = nf_stream_norm(s, c->xn, c->x, il, NF_TILE_ATTN_NORM, n_tok)) ||
         (rc = nf_stream_mm(s, c->q, il, NF_TILE_ATTN_Q, qd, c->xn, n_tok)) ||
         (rc = nf_stream_mm(s, c->k, il, NF_TILE_ATTN_K, kvd, c->xn, n_tok)) ||
@@ -597,6 +667,7 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         nf_post_norm(c, c->ffo, &s->ext[il].post_norm, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
+ffn:;
     int n_ffn = n_tok;
     if ((int)il == hp->n_layer - 1 && !s->rows) {
         /* As nf_eval_chunk: past the last attention only the last token's row is needed. */
@@ -607,22 +678,25 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
     }
     if ((rc = nf_stream_norm(s, c->xn, c->x, il, NF_TILE_FFN_NORM, n_ffn)))
         return rc;
-    if (hp->n_ff_shexp && (rc = nf_stream_shexp(s, il, n_ffn)) < 0)
+    /* A MoE model's layer has experts unless it is one of the leading dense layers (glm4moe,
+     * deepseek2), which run a dense FFN of their own width. */
+    const bool moe = hp->n_expert && !nf_layer_dense(hp, (int)il);
+    const int F = nf_layer_n_ff(hp, (int)il);
+    if (moe && hp->n_ff_shexp && (rc = nf_stream_shexp(s, il, n_ffn)) < 0)
         return rc;
     /* The layer's group size and ffn_down type (they may differ between layers). */
-    const struct nf_nft_tile *t0 =
-        nf_nft_find(s->f, il, hp->n_expert ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
+    const struct nf_nft_tile *t0 = nf_nft_find(s->f, il, moe ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
     s->group = (int)t0->group;
     s->slices = t0->type[3] != NF_SLICE_NONE;
-    s->n_groups = hp->n_expert ? (uint32_t)hp->n_expert
-                  : s->slices  ? nf_nft_count(s->f, il, NF_TILE_FFN) /* one unit a tile */
-                               : (uint32_t)hp->n_ff / t0->group;
+    s->n_groups = moe         ? (uint32_t)hp->n_expert
+                  : s->slices ? nf_nft_count(s->f, il, NF_TILE_FFN) /* one unit a tile */
+                              : (uint32_t)F / t0->group;
     s->down_type = (enum nf_type)t0->type[2];
-    s->down_row_size = nf_row_size(s->down_type, hp->n_ff);
-    s->ff = hp->n_ff;
-    if (hp->n_expert)
+    s->down_row_size = nf_row_size(s->down_type, F);
+    s->ff = F;
+    if (moe)
         rc = nf_stream_moe(s, il, n_ffn);
-    else if (s->sparsity > 0)
+    else if (s->sparsity > 0 && !hp->n_expert)
         rc = nf_stream_ffn_sparse(s, il, n_ffn);
     else
         rc = nf_stream_ffn_exact(s, il, n_ffn);
@@ -630,7 +704,7 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         return rc;
     if (s->ffn_post) /* gemma3's post_ffw_norm */
         nf_post_norm(c, c->ffo, &s->ffn_post[il], n_ffn);
-    if (hp->n_ff_shexp) /* as nf_moe_forward: moe_out + ffn_shexp_out */
+    if (moe && hp->n_ff_shexp) /* as nf_moe_forward: moe_out + ffn_shexp_out */
         for (size_t i = 0; i < (size_t)n_ffn * E; i++)
             c->ffo[i] += c->sh_out[i];
     for (size_t i = 0; i < (size_t)n_ffn * E; i++)
@@ -874,21 +948,96 @@ static int nf_stream_check_slices(const struct nf_nft *f, uint32_t layer, enum n
 }
 
 /* Checks one layer; *max_groups and *down_row grow to what it needs. */
-static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams *hp, uint32_t il,
-                                 bool sparse, size_t *max_rows, uint32_t *max_groups,
-                                 size_t *down_row, char *err, size_t errlen)
+/* deepseek2's latent attention tiles of layer il: the q path (low rank, or plain attn_q), the kv
+ * latent, attn_k_b / attn_v_b in tiles of whole heads, attn_output, and none of the llama
+ * attention kinds. */
+static int nf_stream_check_mla(const struct nf_nft *f, const struct nf_hparams *hp, uint32_t il,
+                               size_t *max_rows, char *err, size_t errlen)
 {
-    const uint64_t E = (uint64_t)hp->n_embd, F = (uint64_t)hp->n_ff;
-    const uint64_t qd = (uint64_t)hp->n_head * hp->head_dim;
-    const uint64_t kvd = (uint64_t)hp->n_head_kv * hp->head_dim;
+    const uint64_t E = (uint64_t)hp->n_embd, H = (uint64_t)hp->n_head;
+    const uint64_t K = (uint64_t)hp->n_embd_head_k_mla, R = (uint64_t)hp->n_rot;
+    const uint64_t L = (uint64_t)hp->n_lora_kv, QA = (uint64_t)hp->n_lora_q;
+    const uint64_t VM = (uint64_t)hp->n_embd_head_v_mla;
     size_t one = 0;
     int rc;
     if ((rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_NORM, 1, E, true, &one, err, errlen)) ||
-        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_Q, qd, E, false, max_rows, err, errlen)) ||
-        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_K, kvd, E, false, max_rows, err, errlen)) ||
-        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_V, kvd, E, false, max_rows, err, errlen)) ||
-        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_O, E, qd, false, max_rows, err, errlen)) ||
-        (rc = nf_stream_check_rows(f, il, NF_TILE_FFN_NORM, 1, E, true, &one, err, errlen)))
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_Q_A, QA ? QA : 0, E, false, max_rows, err,
+                                   errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_Q_A_NORM, QA ? 1 : 0, QA, true, &one, err,
+                                   errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_Q_B, QA ? H * K : 0, QA, false, max_rows,
+                                   err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_Q, QA ? 0 : H * K, E, false, max_rows, err,
+                                   errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_K, 0, E, false, &one, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_V, 0, E, false, &one, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_KV_A, L + R, E, false, max_rows, err,
+                                   errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_KV_A_NORM, 1, L, true, &one, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_K_B, H * L, K - R, false, &one, err,
+                                   errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_V_B, H * VM, L, false, &one, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_O, E, H * VM, false, max_rows, err,
+                                   errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_EXP_PROBS_B,
+                                   nf_nft_count(f, il, NF_TILE_EXP_PROBS_B) ? 1 : 0,
+                                   (uint64_t)hp->n_expert, true, &one, err, errlen)))
+        return rc;
+    for (int part = 0; part < 2; part++) {
+        const enum nf_tile_kind kind = part ? NF_TILE_ATTN_V_B : NF_TILE_ATTN_K_B;
+        const uint64_t per = part ? VM : L;
+        for (uint32_t i = 0, n = nf_nft_count(f, il, kind); i < n; i++) {
+            const struct nf_nft_tile *t = nf_nft_find(f, il, kind, i);
+            if (t->first % per || t->count % per)
+                return nf_errf(err, errlen, NF_ECORRUPT,
+                               "%s: layer %u: %s tile %u (rows %u, +%u) does not hold whole heads "
+                               "of %llu rows",
+                               f->path, il, nf_tile_kind_name(kind), i, t->first, t->count,
+                               (unsigned long long)per);
+        }
+    }
+    return 0;
+}
+
+static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams *hp0, uint32_t il,
+                                 bool sparse, size_t *max_rows, uint32_t *max_groups,
+                                 size_t *down_row, char *err, size_t errlen)
+{
+    /* deepseek2's leading dense layers are checked as a dense model's (their own width, no
+     * shared expert), its MoE layers without a shared-expert gate. */
+    struct nf_hparams lh = *hp0;
+    const struct nf_hparams *hp = &lh;
+    if (hp0->arch == NF_ARCH_DEEPSEEK2 && nf_layer_dense(hp0, (int)il)) {
+        lh.n_expert = 0;
+        lh.n_ff = lh.n_ff_dense;
+        lh.n_ff_shexp = 0;
+    }
+    /* glm4moe's (and, with lh, deepseek2's) leading dense layers: FFN tiles of their own width in a
+     * MoE model. */
+    const bool moe = hp->n_expert && !nf_layer_dense(hp, (int)il);
+    const uint64_t E = (uint64_t)hp->n_embd, F = (uint64_t)nf_layer_n_ff(hp, (int)il);
+    const uint32_t X = moe ? (uint32_t)hp->n_expert : 0;
+    const uint64_t qd = (uint64_t)hp->n_head * hp->head_dim;
+    const uint64_t kvd = (uint64_t)hp->n_head_kv * hp->head_dim;
+    const bool shexp = moe && hp->n_ff_shexp > 0,
+               gated = shexp && !hp->moe_sigmoid && hp->arch != NF_ARCH_DEEPSEEK2;
+    size_t one = 0;
+    int rc;
+    if (hp->arch == NF_ARCH_DEEPSEEK2) {
+        if ((rc = nf_stream_check_mla(f, hp, il, max_rows, err, errlen)) ||
+            (rc = nf_stream_check_rows(f, il, NF_TILE_FFN_NORM, 1, E, true, &one, err, errlen)))
+            return rc;
+    } else if ((rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_NORM, 1, E, true, &one, err,
+                                          errlen)) ||
+               (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_Q, qd, E, false, max_rows, err,
+                                          errlen)) ||
+               (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_K, kvd, E, false, max_rows, err,
+                                          errlen)) ||
+               (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_V, kvd, E, false, max_rows, err,
+                                          errlen)) ||
+               (rc = nf_stream_check_rows(f, il, NF_TILE_ATTN_O, E, qd, false, max_rows, err,
+                                          errlen)) ||
+               (rc = nf_stream_check_rows(f, il, NF_TILE_FFN_NORM, 1, E, true, &one, err, errlen)))
         return rc;
     /* The architecture's attention extras: each one F32 row, present exactly when needed (the
      * shared expert's gate too, of any computable type). q/k norms are per head, or over the
@@ -905,12 +1054,14 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
                {NF_TILE_ATTN_K_NORM, hp->qk_norm, full ? kvd : (uint64_t)hp->head_dim},
                {NF_TILE_ATTN_POST_NORM, hp->post_norms, E},
                {NF_TILE_FFN_POST_NORM, hp->post_norms, E},
-               {NF_TILE_SHEXP_GATE, hp->n_ff_shexp > 0, E}};
+               {NF_TILE_SHEXP_GATE, gated, E},
+               {NF_TILE_EXP_PROBS_B, moe && hp->moe_sigmoid, X}};
     for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++)
-        if ((rc = nf_stream_check_rows(f, il, ext[i].kind, ext[i].want ? 1 : 0, ext[i].ne0,
+        if ((hp->arch != NF_ARCH_DEEPSEEK2 || ext[i].kind != NF_TILE_EXP_PROBS_B) && /* MLA's */
+            (rc = nf_stream_check_rows(f, il, ext[i].kind, ext[i].want ? 1 : 0, ext[i].ne0,
                                        ext[i].kind != NF_TILE_SHEXP_GATE, &one, err, errlen)))
             return rc;
-    if (hp->n_ff_shexp) {
+    if (shexp) {
         /* The shared expert: the MoE layer's FFN tiles, of its own width. */
         uint32_t g = 0;
         uint8_t ty[3] = {0};
@@ -932,10 +1083,8 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
     }
     uint32_t group = 0;
     uint8_t types[3] = {0};
-    const struct nf_nft_tile *t0 =
-        nf_nft_find(f, il, hp->n_expert ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
+    const struct nf_nft_tile *t0 = nf_nft_find(f, il, moe ? NF_TILE_EXPERT : NF_TILE_FFN, 0);
     if (t0 && t0->type[3] != NF_SLICE_NONE) {
-        const uint32_t X = (uint32_t)hp->n_expert;
         const uint32_t n = nf_nft_count(f, il, X ? NF_TILE_EXPERT : NF_TILE_FFN);
         if (sparse)
             return nf_errf(err, errlen, NF_EUSAGE,
@@ -959,8 +1108,8 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
         *max_groups = units > *max_groups ? units : *max_groups;
         return 0;
     }
-    if (hp->n_expert) {
-        const uint32_t X = (uint32_t)hp->n_expert, n = nf_nft_count(f, il, NF_TILE_EXPERT);
+    if (moe) {
+        const uint32_t n = nf_nft_count(f, il, NF_TILE_EXPERT);
         if ((rc = nf_stream_check_rows(f, il, NF_TILE_ROUTER, X, E, false, max_rows, err, errlen)))
             return rc;
         if (n == 0 || n % X)
@@ -980,8 +1129,9 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
             return rc;
         *max_groups = (uint32_t)F / group > *max_groups ? (uint32_t)F / group : *max_groups;
         const struct nf_nft_tile *pt = nf_nft_predictor(f, il);
-        if (sparse && (!pt || pt->kind != NF_TILE_PRED_LOWRANK || pt->count != F || pt->ne0 != E ||
-                       pt->rank == 0 || (pt->type[0] != NF_TYPE_F16 && pt->type[0] != NF_TYPE_F32)))
+        if (sparse && !hp->n_expert &&
+            (!pt || pt->kind != NF_TILE_PRED_LOWRANK || pt->count != F || pt->ne0 != E ||
+             pt->rank == 0 || (pt->type[0] != NF_TYPE_F16 && pt->type[0] != NF_TYPE_F32)))
             return nf_errf(err, errlen, NF_ECORRUPT,
                            "%s: layer %u has no usable low-rank predictor tile (needed "
                            "for --sparsity)",
@@ -1077,11 +1227,59 @@ static int nf_stream_load_rope(struct nf_stream *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Copies the one-row F32 tile (il, kind), when the file has it, to *p and points dst at the
+ * copy (*p advanced past it). */
+static int nf_stream_copy_row(struct nf_stream *s, uint32_t il, enum nf_tile_kind kind,
+                              struct nf_tensor *dst, float **p, char *err, size_t errlen)
+{
+    const struct nf_nft_tile *t = nf_nft_find(s->f, il, kind, 0);
+    if (!t || !dst) /* nf_stream_check: absent exactly when the arch has none */
+        return 0;
+    int rc;
+    const uint8_t *src = nf_stream_pin(s, t, &rc);
+    if (!src)
+        return nf_errf(err, errlen, rc, "%s", s->err);
+    memcpy(*p, src, sizeof(float) * t->ne0);
+    nf_stream_unpin(s, t);
+    *dst = nf_rows_view(t, *p);
+    *p += t->ne0;
+    return 0;
+}
+
+/* deepseek2's small per-layer vectors (the q and kv low-rank norms, V3's exp_probs_b) copied
+ * into s->ext / s->ds_probs_b, as nf_stream_load_ext does for the other architectures' extras. */
+static int nf_stream_load_ds(struct nf_stream *s, char *err, size_t errlen)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    const size_t per = (size_t)hp->n_lora_q + (size_t)hp->n_lora_kv + (size_t)hp->n_expert;
+    s->ext = calloc((size_t)hp->n_layer, sizeof(*s->ext));
+    s->ds_probs_b = calloc((size_t)hp->n_layer, sizeof(*s->ds_probs_b));
+    s->ext_data = malloc(sizeof(float) * per * (size_t)hp->n_layer);
+    if (!s->ext || !s->ds_probs_b || !s->ext_data)
+        return nf_errf(err, errlen, -ENOMEM, "out of memory for the latent attention's norms");
+    s->mem +=
+        (sizeof(*s->ext) + sizeof(*s->ds_probs_b) + sizeof(float) * per) * (size_t)hp->n_layer;
+    float *p = s->ext_data;
+    for (uint32_t il = 0; il < (uint32_t)hp->n_layer; il++) {
+        struct nf_tensor *dst[] = {&s->ext[il].q_a_norm, &s->ext[il].kv_a_norm, &s->ds_probs_b[il]};
+        static const enum nf_tile_kind kinds[] = {NF_TILE_ATTN_Q_A_NORM, NF_TILE_ATTN_KV_A_NORM,
+                                                  NF_TILE_EXP_PROBS_B};
+        for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+            int rc = nf_stream_copy_row(s, il, kinds[i], dst[i], &p, err, errlen);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
 /* Copies every layer's attention extras (biases, q/k norms) into s->ext / s->ext_data: a
  * few KiB per layer, read once so the forward pass never waits on these small tiles. */
 static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
 {
     const struct nf_hparams *hp = &s->shell.hp;
+    if (hp->arch == NF_ARCH_DEEPSEEK2)
+        return nf_stream_load_ds(s, err, errlen);
     if (!hp->qkv_bias && !hp->qk_norm && !hp->post_norms)
         return 0;
     const size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
@@ -1111,18 +1309,36 @@ static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
             NF_TILE_ATTN_Q_BIAS, NF_TILE_ATTN_K_BIAS,    NF_TILE_ATTN_V_BIAS,  NF_TILE_ATTN_Q_NORM,
             NF_TILE_ATTN_K_NORM, NF_TILE_ATTN_POST_NORM, NF_TILE_FFN_POST_NORM};
         for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
-            const struct nf_nft_tile *t = nf_nft_find(s->f, il, kinds[i], 0);
-            if (!t || !dst[i]) /* nf_stream_check: absent exactly when the arch has none */
-                continue;
-            int rc;
-            const uint8_t *src = nf_stream_pin(s, t, &rc);
-            if (!src)
-                return nf_errf(err, errlen, rc, "%s", s->err);
-            memcpy(p, src, sizeof(float) * t->ne0);
-            nf_stream_unpin(s, t);
-            *dst[i] = nf_rows_view(t, p);
-            p += t->ne0;
+            int rc = nf_stream_copy_row(s, il, kinds[i], dst[i], &p, err, errlen);
+            if (rc)
+                return rc;
         }
+    }
+    return 0;
+}
+
+/* Copies every MoE layer's exp_probs_b tile (glm4moe; nf_stream_check: present exactly there)
+ * into s->probs_b: n_expert floats a layer, read once like the attention extras. */
+static int nf_stream_load_probs_b(struct nf_stream *s, char *err, size_t errlen)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    if (!hp->moe_sigmoid)
+        return 0;
+    const size_t X = (size_t)hp->n_expert;
+    s->probs_b = calloc((size_t)hp->n_layer * X, sizeof(float));
+    if (!s->probs_b)
+        return nf_errf(err, errlen, -ENOMEM, "out of memory for the expert biases");
+    s->mem += sizeof(float) * (size_t)hp->n_layer * X;
+    for (uint32_t il = 0; il < (uint32_t)hp->n_layer; il++) {
+        const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_EXP_PROBS_B, 0);
+        if (!t)
+            continue;
+        int rc;
+        const uint8_t *src = nf_stream_pin(s, t, &rc);
+        if (!src)
+            return nf_errf(err, errlen, rc, "%s", s->err);
+        memcpy(s->probs_b + il * X, src, sizeof(float) * X);
+        nf_stream_unpin(s, t);
     }
     return 0;
 }
@@ -1161,7 +1377,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     }
     const struct nf_hparams *hp = &s->shell.hp;
     const size_t E = (size_t)hp->n_embd, G = s->max_groups;
-    const size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
+    F = (size_t)hp->n_ff_dense > F ? (size_t)hp->n_ff_dense : F; /* glm4moe's dense layers */
     const size_t words = (G + 63) / 64;
     s->tmp = malloc(sizeof(float) * NF_MAX_BATCH * s->max_rows);
     if (posix_memalign(&s->down, 64, E * down_row + 64))
@@ -1208,7 +1425,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
               sizeof(float) * NF_MAX_BATCH * (s->max_rows + 6 * E + 2 * F) + E * down_row +
               sizeof(float) * (F + 2 * G) + (size_t)NF_MAX_BATCH * G;
     if ((rc = nf_stream_load_rope(s, err, errlen)) < 0 ||
-        (rc = nf_stream_load_ext(s, err, errlen)) < 0)
+        (rc = nf_stream_load_ext(s, err, errlen)) < 0 ||
+        (rc = nf_stream_load_probs_b(s, err, errlen)) < 0)
         goto fail;
     *out = s;
     return 0;
@@ -1227,7 +1445,9 @@ void nf_stream_free(struct nf_stream *s)
     free(s->shell.rope_long.data);
     free(s->ext);
     free(s->ext_data);
+    free(s->probs_b);
     free(s->ffn_post);
+    free(s->ds_probs_b);
     free(s->tmp);
     free(s->down);
     free(s->scores);

@@ -47,6 +47,10 @@ static void usage(FILE *f)
             "      --min-p M           drop tokens below M x the top probability, 0 = off\n"
             "                          (default: 0.05)\n"
             "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
+            "      --presence-penalty P  subtract P from the logit of every token seen in the\n"
+            "                          last 64, -2..2, 0 = off (default: 0.0)\n"
+            "      --frequency-penalty F  subtract F x its count in the last 64 from a\n"
+            "                          token's logit, -2..2, 0 = off (default: 0.0)\n"
             "  -s, --seed S            sampling seed (default: taken from the clock)\n"
             "      --chat              send the prompt as a user message in the model's chat\n"
             "                          template (tokenizer.chat_template; chatml when it has\n"
@@ -301,6 +305,8 @@ int nf_gen_client_run(const char *who, const char *dir, const struct nf_gen_clie
     sp.repeat_penalty = o.sp.repeat_penalty;
     sp.repeat_last_n = o.sp.repeat_last_n;
     sp.seed = o.sp.seed;
+    sp.presence_penalty = o.sp.presence_penalty;
+    sp.frequency_penalty = o.sp.frequency_penalty;
     g.prompt.data = (uint8_t *)prompt; /* only read */
     g.prompt.len = plen;
     g.sampling = &sp;

@@ -58,7 +58,8 @@ static void measure(const struct nf_nft *f, struct layout *s)
     double moe = f->hdr.n_expert ? (double)f->hdr.n_expert_used / f->hdr.n_expert : 0;
     for (size_t j = 0; j < N_SPARSITY; j++) {
         double keep = 1.0 - sparsity[j] / 100.0;
-        /* A MoE file's FFN tiles are a shared expert (qwen2moe), read by every token. */
+        /* A MoE file's FFN tiles are a shared expert (qwen2moe, glm4moe) or a leading dense
+         * layer (glm4moe), read by every token. */
         double keep_ffn = f->hdr.n_expert ? 1.0 : keep;
         s->token[j] = fixed + (uint64_t)(keep_ffn * (double)s->disk[NF_TILE_FFN]) +
                       (uint64_t)(keep * moe * (double)s->disk[NF_TILE_EXPERT]);
@@ -104,16 +105,27 @@ static void print_calib(const struct nf_nft *f)
     }
 }
 
-/* The architecture of the embedded metadata, with gemma3's sliding window. */
+/* The architecture of the embedded metadata, with gemma3's sliding window and glm4moe's
+ * routing, leading dense layers and skipped next-token-prediction blocks. */
 static void print_arch(const struct nf_nft *f)
 {
+    const struct nf_gguf *g = nf_nft_gguf(f);
     const char *arch = NULL;
-    uint32_t win = 0;
-    if (nf_gguf_get_str(nf_nft_gguf(f), "general.architecture", &arch) < 0)
+    uint32_t win = 0, dense = 0, nextn = 0;
+    float scale = 0;
+    if (nf_gguf_get_str(g, "general.architecture", &arch) < 0)
         arch = "?";
     printf("architecture: %s", arch);
-    if (nf_gguf_get_u32(nf_nft_gguf(f), "gemma3.attention.sliding_window", &win) == 0)
+    if (nf_gguf_get_u32(g, "gemma3.attention.sliding_window", &win) == 0)
         printf(" (sliding window %u, every 6th layer global)", win);
+    if (!strcmp(arch, "glm4moe")) {
+        nf_gguf_get_u32(g, "glm4moe.leading_dense_block_count", &dense);
+        nf_gguf_get_u32(g, "glm4moe.nextn_predict_layers", &nextn);
+        nf_gguf_get_f32(g, "glm4moe.expert_weights_scale", &scale);
+        printf(" (sigmoid routing with expert bias, scale %g; %u leading dense layers; %u "
+               "next-token-prediction blocks skipped)",
+               (double)scale, dense, nextn);
+    }
     printf("\n");
 }
 

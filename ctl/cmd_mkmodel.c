@@ -1,5 +1,5 @@
 /* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe,
- * gemma3, qwen2moe, olmoe, phi3) with generated weights. */
+ * gemma3, qwen2moe, olmoe, phi3, glm4moe, deepseek2) with generated weights. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -59,11 +59,23 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
      * rope scaling 8 (llama.cpp applies it to the global layers only). */
     {"gemma3-12b", 3840, 48, 15360, 16, 8, 0, 0, 262208, 131072, 1000000.0f, 1e-6f, "gemma3", 256,
      1024, 8.0f},
+    /* GLM-4.5 and GLM-4.5-Air, from their config.json: 92 / 46 transformer layers (plus one
+     * nextn block: block_count 93 / 47), 160 / 128 experts of 1536 / 1408 with 8 used,
+     * head_dim 128 (96 heads, 8 KV), vocab 151552; the rest in mkmodel_glm4moe.c. */
+    {"glm-4.5", 5120, 92, 1536, 96, 8, 160, 8, 151552, 131072, 1000000.0f, 1e-5f, "glm4moe", 128, 0,
+     0.0f},
+    {"glm-4.5-air", 4096, 46, 1408, 96, 8, 128, 8, 151552, 131072, 1000000.0f, 1e-5f, "glm4moe",
+     128, 0, 0.0f},
+    /* DeepSeek-V3 and Kimi-K2 (the MLA part in mkmodel_deepseek2.c). */
+    {"deepseek-v3", 7168, 61, 2048, 128, 1, 256, 8, 129280, 163840, 10000.0f, 1e-6f, "deepseek2",
+     192, 0, 0.0f},
+    {"kimi-k2", 7168, 61, 2048, 64, 1, 384, 8, 163840, 131072, 50000.0f, 1e-6f, "deepseek2", 192, 0,
+     0.0f},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
-static const char *const nf_mk_archs[] = {"llama",  "qwen2",    "qwen3", "qwen3moe",
-                                          "gemma3", "qwen2moe", "olmoe", "phi3"};
+static const char *const nf_mk_archs[] = {"llama",    "qwen2", "qwen3", "qwen3moe", "gemma3",
+                                          "qwen2moe", "olmoe", "phi3",  "glm4moe",  "deepseek2"};
 
 /* gemma3's sliding window when --window is not given (Gemma 3 1B's). */
 #define NF_MK_GEMMA3_WINDOW 512
@@ -71,7 +83,8 @@ static const char *const nf_mk_archs[] = {"llama",  "qwen2",    "qwen3", "qwen3m
 /* The architectures with routed experts only (llama may have them too). */
 static bool nf_mk_moe_arch(const char *a)
 {
-    return !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe") || !strcmp(a, "olmoe");
+    return !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe") || !strcmp(a, "olmoe") ||
+           !strcmp(a, "glm4moe") || !strcmp(a, "deepseek2");
 }
 
 const struct nf_mk_shape *nf_mk_shape_find(const char *name)
@@ -111,8 +124,9 @@ static void usage(FILE *f)
         "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
         "--heads H [--kv-heads K]) [OPTIONS]\n\n"
         "Writes a GGUF v3 model of architecture llama, qwen2, qwen3, qwen3moe, gemma3,\n"
-        "qwen2moe, olmoe or phi3 with deterministic random weights (uniform, std %.2g; norms 1.0,\n"
-        "qwen3 q/k norms and every gemma3 norm 1 + %g x noise) or, with --zero, all-zero\n"
+        "qwen2moe, olmoe, phi3 or deepseek2 with deterministic random weights (uniform, std\n"
+        "%.2g; norms 1.0, qwen3 q/k norms, deepseek2 low-rank norms and every gemma3 norm\n"
+        "1 + %g x noise) or, with --zero, all-zero\n"
         "matrices left as file holes.\n\n"
         "Shape (flags override the preset's values):\n"
         "  --shape NAME         %s\n"
@@ -123,7 +137,24 @@ static void usage(FILE *f)
         "                       experts; the MoE ones need --experts), gemma3 (sliding-\n"
         "                       window and global layers, post norms, GELU; published\n"
         "                       files have --tied-output) or phi3 (fused attn_qkv and\n"
-        "                       ffn_up tensors) (default: the shape's, else llama)\n"
+        "                       ffn_up tensors) or glm4moe (sigmoid-routed experts with a\n"
+        "                       score-correction bias, a shared expert, leading dense\n"
+        "                       layers, partial rotary, Q/K/V biases, nextn blocks)\n"
+        "                       (default: the shape's, else llama)\n"
+        "  --dense-layers N     (glm4moe) leading dense layers (default: the shape's, or one\n"
+        "                       less than --layers when that cuts a preset; else 1)\n"
+        "  --dense-ffn N        (glm4moe) their FFN width (default: the shape's, else four\n"
+        "                       times --ffn)\n"
+        "  --nextn N            (glm4moe) next-token-prediction blocks after the others,\n"
+        "                       which engines skip (default: the shape's, else 0)\n"
+        "  --shared-experts N   (glm4moe) shared experts of --ffn each (default 1)\n"
+        "  --expert-scale F     (glm4moe) expert_weights_scale, the routed scaling factor\n"
+        "                       (default: the shape's, else 1)\n"
+        "  --qk-norm            (glm4moe) per-head q/k norms, as GLM-4.5 (not Air) has\n"
+        "  --expert-groups G    (glm4moe) expert_group_count: the experts in G groups, of\n"
+        "                       which --groups-used are used (default: no group keys)\n"
+        "  --groups-used U      (glm4moe) expert_group_used_count (default: no group keys)\n"
+
         "  --shared-ffn N       (qwen2moe) the shared expert's width (default: the shape's,\n"
         "                       else 4 x --ffn)\n"
         "  --window N           (gemma3) attention.sliding_window of the local layers\n"
@@ -137,14 +168,37 @@ static void usage(FILE *f)
         "  --rope-freqs         (llama) Llama 3.1 rope scaling: a rope_freqs.weight tensor\n"
         "                       as llama.cpp's converter writes it (factor 8, low/high\n"
         "                       frequency factors 1 and 4, original context 8192)\n"
-        "  --rope-dim N         (phi3) rope.dimension_count, even and <= head dim: partial\n"
-        "                       rotary as Phi-4-mini (default: the head dim)\n"
+        "  --rope-dim N         (phi3, glm4moe) rope.dimension_count, even and <= head dim:\n"
+        "                       partial rotary as Phi-4-mini (default: the head dim; glm4moe\n"
+        "                       half of it, as GLM-4.5)\n"
         "  --longrope ORIG      (phi3) LongRoPE: rope_factors_short/long.weight tensors,\n"
         "                       rope.scaling.original_context_length ORIG (< --ctx) and\n"
         "                       rope.scaling.attn_factor, as llama.cpp's converter writes them\n"
         "                       (default: none)\n"
         "  --sliding-window N   (phi3) attention.sliding_window, which llama.cpp ignores for\n"
         "                       phi3 (default: none)\n"
+        "deepseek2 (multi-head latent attention; --head-dim is the q/k head size, nope +\n"
+        "rope, --rope-dim its decoupled rope part, --ffn the experts' width; presets\n"
+        "deepseek-v3, kimi-k2):\n"
+        "  --q-lora N           attention.q_lora_rank; 0: plain attn_q as V2-Lite (default:\n"
+        "                       the shape's, else 0)\n"
+        "  --kv-lora N          attention.kv_lora_rank, the cached latent's width (default:\n"
+        "                       the shape's)\n"
+        "  --v-head N           value head size (default: the shape's, else head dim - rope\n"
+        "                       dim)\n"
+        "  --dense-layers N     leading dense layers (default: the shape's, cut to --layers - 1\n"
+        "                       when fewer; else 0)\n"
+        "  --dense-ffn N        their feed-forward length (default: the shape's)\n"
+        "  --shared-experts N   shared experts, each --ffn wide (default: the shape's, else 0)\n"
+        "  --sigmoid            V3 routing: sigmoid gating, an exp_probs_b selection bias,\n"
+        "                       renormalized weights (default: the shape's, else V2's softmax)\n"
+        "  --expert-scale F     expert_weights_scale (default: the shape's, else 1)\n"
+        "  --expert-groups G    grouped top-k over G groups (default: the shape's, else none)\n"
+        "  --groups-used U      groups kept (default: the shape's)\n"
+        "  --yarn F             YaRN rope scaling by F (default: the shape's, else none;\n"
+        "                       deepseek-v3 40, kimi-k2 32)\n"
+        "  --yarn-orig N        its original context length (default: the shape's, else --ctx)\n"
+        "  --yarn-mscale M      its mscale_all_dim (default 1; 0: no log multiplier)\n"
         "  --dim D              embedding length (default: the shape's)\n"
         "  --layers L           block count (default: the shape's; --layers-override is the\n"
         "                       same flag)\n"
@@ -166,12 +220,17 @@ static void usage(FILE *f)
         "                       q2_k q3_k q4_k q5_k q6_k iq4_xs (default f16);\n"
         "                       norms and the MoE router stay f32; q4_k_m is llama-quantize's\n"
         "                       Q4_K_M mix: q4_k with q6_k output and, on 1/8 + 1/8 + every\n"
-        "                       third layer between, attn_v and ffn_down*\n"
+        "                       third layer between, attn_v and ffn_down*; mxfp4 is\n"
+        "                       llama-quantize's MXFP4_MOE: routed experts mxfp4, the\n"
+        "                       other matrices q8_0 (needs --experts)\n"
         "  --seed S             generator seed (default 1); same seed, same bytes\n"
         "  --zero               all-zero matrices written as file holes (norms stay 1.0)\n"
         "  --zero-experts       routed experts' tensors written as real zero bytes (not\n"
         "                       holes; fast, every byte on disk); router, attention, norms\n"
         "                       and embeddings stay random, so routing still varies\n"
+        "  --router-skew S      MoE routers favour low experts: expert e's router row is\n"
+        "                       divided by exp(S e / (E - 1)), so routing is skewed as in a\n"
+        "                       trained model rather than near-uniform (default 0)\n"
         "  --vocab-from GGUF    copy every tokenizer.* key (and the vocab size) from GGUF\n"
         "                       (default: a synthetic vocabulary)\n"
         "  --name S             general.name (default nanoflow-<shape>)\n"
@@ -192,12 +251,21 @@ struct mk_opts {
     long rope_dim, longrope, swa;
     long head_dim, dim, layers, ffn, heads, kv_heads, experts, experts_used, vocab, ctx, window;
     long shared_ffn;
-    float rope_base, rms_eps, rope_scale;
+    /* glm4moe and deepseek2 (shared: dense layers, shared experts, groups, scale); -1 = not
+     * given */
+    long q_lora, kv_lora, v_head, dense_layers, dense_ffn, nextn, shared_experts, groups,
+        groups_used;
+    bool qk_norm, sigmoid;
+    float expert_scale, yarn, yarn_mscale; /* expert_scale < 0: not given */
+    long yarn_orig;
+    struct nf_mk_ds ds; /* the resolved deepseek2 shape */
+    float rope_base, rms_eps, rope_scale, router_skew;
     bool rope_set, eps_set;
     enum nf_type type;
     uint64_t seed;
     bool zero, zero_experts;
     bool q4_k_m; /* --type q4_k_m: o->type is q4_k, some tensors get q6_k */
+    bool mxfp4;  /* --type mxfp4: o->type is q8_0, the routed experts get mxfp4 */
     long threads;
     long alignment;
 };
@@ -239,6 +307,16 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         {"--rope-dim", 2, 1 << 16, offsetof(struct mk_opts, rope_dim)},
         {"--longrope", 1, 1 << 24, offsetof(struct mk_opts, longrope)},
         {"--sliding-window", 1, 1 << 30, offsetof(struct mk_opts, swa)},
+        {"--q-lora", 0, 1 << 20, offsetof(struct mk_opts, q_lora)},
+        {"--kv-lora", 1, 1 << 20, offsetof(struct mk_opts, kv_lora)},
+        {"--v-head", 1, 1 << 16, offsetof(struct mk_opts, v_head)},
+        {"--dense-layers", 0, 4096, offsetof(struct mk_opts, dense_layers)},
+        {"--dense-ffn", 1, 1 << 22, offsetof(struct mk_opts, dense_ffn)},
+        {"--nextn", 0, 64, offsetof(struct mk_opts, nextn)},
+        {"--shared-experts", 0, 64, offsetof(struct mk_opts, shared_experts)},
+        {"--expert-groups", 0, 1024, offsetof(struct mk_opts, groups)},
+        {"--groups-used", 1, 1024, offsetof(struct mk_opts, groups_used)},
+        {"--yarn-orig", 1, 1 << 24, offsetof(struct mk_opts, yarn_orig)},
     };
     *done = false;
     for (int i = 1; i < argc; i++) {
@@ -269,6 +347,14 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         }
         if (!strcmp(a, "--rope-freqs")) {
             o->rope_freqs = true;
+            continue;
+        }
+        if (!strcmp(a, "--qk-norm")) {
+            o->qk_norm = true;
+            continue;
+        }
+        if (!strcmp(a, "--sigmoid")) {
+            o->sigmoid = true;
             continue;
         }
         bool matched = false;
@@ -304,20 +390,23 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return nf_usage_error(
                     CMD,
                     "unknown --arch '%s' (expected llama, qwen2, qwen3, qwen3moe, gemma3, "
-                    "qwen2moe, olmoe or phi3)",
+                    "qwen2moe, olmoe, phi3, glm4moe or deepseek2)",
                     v);
             o->arch = v;
         } else if (nf_arg_is(a, "--type")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)))
                 return 2;
             o->q4_k_m = !strcasecmp(v, "q4_k_m");
+            o->mxfp4 = !strcasecmp(v, "mxfp4");
             if (o->q4_k_m)
                 o->type = NF_TYPE_Q4_K;
+            else if (o->mxfp4)
+                o->type = NF_TYPE_Q8_0;
             else if (parse_type(v, &o->type))
                 return nf_usage_error(
                     CMD,
                     "unknown --type '%s' (expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
-                    "q5_1, iq4_nl, q2_k, q3_k, q4_k, q4_k_m, q5_k, q6_k or iq4_xs)",
+                    "q5_1, iq4_nl, q2_k, q3_k, q4_k, q4_k_m, q5_k, q6_k, iq4_xs or mxfp4)",
                     v);
         } else if (nf_arg_is(a, "--seed")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) || nf_arg_u64(CMD, "--seed", v, &o->seed))
@@ -338,6 +427,20 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
         } else if (nf_arg_is(a, "--rope-scale")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
                 nf_arg_float(CMD, "--rope-scale", v, 1.0f, 1e6f, &o->rope_scale))
+                return 2;
+        } else if (nf_arg_is(a, "--router-skew")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, "--router-skew", v, 0.0f, 100.0f, &o->router_skew))
+                return 2;
+        } else if (nf_arg_is(a, "--yarn") || nf_arg_is(a, "--yarn-mscale")) {
+            const bool f = nf_arg_is(a, "--yarn");
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, f ? "--yarn" : "--yarn-mscale", v, f ? 1.0f : 0.0f, 1e4f,
+                             f ? &o->yarn : &o->yarn_mscale))
+                return 2;
+        } else if (nf_arg_is(a, "--expert-scale")) {
+            if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
+                nf_arg_float(CMD, "--expert-scale", v, 0.0f, 1e6f, &o->expert_scale))
                 return 2;
         } else if (nf_arg_is(a, "--rms-eps")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)) ||
@@ -367,10 +470,14 @@ static int64_t mk_shared_ffn(const struct nf_mk_shape *s, const struct mk_opts *
 static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
 {
     const bool phi3 = !strcmp(s->arch, "phi3");
-    const char *only = o->rope_dim > 0   ? "--rope-dim"
-                       : o->longrope > 0 ? "--longrope"
-                       : o->swa > 0      ? "--sliding-window"
-                                         : NULL;
+    if (!strcmp(s->arch, "deepseek2")) /* its --rope-dim is the decoupled rope part */
+        return o->longrope > 0 || o->swa > 0
+                   ? nf_usage_error(CMD, "--longrope and --sliding-window are for --arch phi3")
+                   : 0;
+    const char *only = o->rope_dim > 0 && strcmp(s->arch, "glm4moe") != 0 ? "--rope-dim"
+                       : o->longrope > 0                                  ? "--longrope"
+                       : o->swa > 0                                       ? "--sliding-window"
+                                                                          : NULL;
     if (!phi3)
         return only ? nf_usage_error(CMD, "%s is for --arch phi3", only) : 0;
     if (s->experts)
@@ -389,8 +496,126 @@ static int resolve_phi3(const struct mk_opts *o, const struct nf_mk_shape *s)
     return 0;
 }
 
+/* glm4moe's part of the shape: the preset's values (a custom shape: 1 leading dense layer of 4 x
+ * --ffn, no nextn block, 1 shared expert, scale 1, rope over half the head) overridden by the
+ * flags; a preset cut by --layers keeps at least one MoE layer. Refuses the glm4moe flags for
+ * other architectures. */
+static int resolve_glm4moe(const struct mk_opts *o, const struct nf_mk_shape *s,
+                           struct nf_mk_glm *g)
+{
+    const bool preset_glm = nf_mk_glm4moe_preset(o->shape_name, g);
+    const char *only = o->dense_layers >= 0      ? "--dense-layers"
+                       : o->dense_ffn > 0        ? "--dense-ffn"
+                       : o->nextn >= 0           ? "--nextn"
+                       : o->shared_experts >= 0  ? "--shared-experts"
+                       : o->expert_scale >= 0.0f ? "--expert-scale"
+                       : o->qk_norm              ? "--qk-norm"
+                       : o->groups > 0           ? "--expert-groups"
+                       : o->groups_used > 0      ? "--groups-used"
+                                                 : NULL;
+    if (!strcmp(s->arch, "deepseek2")) /* the flags both take are resolve_deepseek2's */
+        only = o->nextn >= 0 ? "--nextn" : o->qk_norm ? "--qk-norm" : NULL;
+    if (strcmp(s->arch, "glm4moe") != 0)
+        return only ? nf_usage_error(CMD, "%s is for --arch glm4moe%s", only,
+                                     strcmp(only, "--nextn") && strcmp(only, "--qk-norm")
+                                         ? " or deepseek2"
+                                         : "")
+                    : 0;
+    if (!preset_glm)
+        *g = (struct nf_mk_glm){1, 4 * s->ffn, 0, 1, 0, 1.0f, false, 0, 0};
+    else if (o->layers > 0 && g->dense_layers >= s->layers)
+        g->dense_layers = s->layers > 1 ? s->layers - 1 : 0;
+    if (o->dense_layers >= 0)
+        g->dense_layers = o->dense_layers;
+    if (o->dense_ffn > 0)
+        g->dense_ffn = o->dense_ffn;
+    if (o->nextn >= 0)
+        g->nextn = o->nextn;
+    if (o->shared_experts >= 0)
+        g->shared = o->shared_experts;
+    if (o->expert_scale >= 0.0f)
+        g->scale = o->expert_scale;
+    g->qk_norm |= o->qk_norm;
+    if (o->groups > 0 || o->groups_used > 0) {
+        g->groups = o->groups;
+        g->groups_used = o->groups_used;
+    }
+    g->rope_dim = o->rope_dim > 0 ? o->rope_dim : s->head_dim / 2;
+    if (g->dense_layers > s->layers)
+        return nf_usage_error(CMD, "--dense-layers %lld is more than --layers %lld",
+                              (long long)g->dense_layers, (long long)s->layers);
+    if (g->rope_dim > s->head_dim || g->rope_dim % 2 || g->rope_dim < 2)
+        return nf_usage_error(CMD, "--rope-dim %lld must be even, 2 to the head dim %lld",
+                              (long long)g->rope_dim, (long long)s->head_dim);
+    /* llama.cpp's checks: equal groups, fewer than the experts, 1 to count-1 used. */
+    if ((g->groups > 0) != (g->groups_used > 0) ||
+        (g->groups > 0 &&
+         (s->experts % g->groups || g->groups >= s->experts || g->groups_used >= g->groups ||
+          g->groups_used * (s->experts / g->groups) < s->experts_used)))
+        return nf_usage_error(CMD,
+                              "--expert-groups G and --groups-used U go together: G divides "
+                              "--experts, U < G, and the U groups hold --experts-used experts");
+    return 0;
+}
+
+/* Applies the deepseek2 flags to s (refused for the other architectures) and checks the shape:
+ * one KV head (the latent), the leading dense layers cut below --layers. */
+static int resolve_deepseek2(struct mk_opts *o, struct nf_mk_shape *s)
+{
+    /* The flags glm4moe shares (dense layers, shared experts, groups, scale) are checked by
+     * resolve_glm4moe for the other architectures. */
+    const long *given[] = {&o->q_lora, &o->kv_lora, &o->v_head, &o->yarn_orig};
+    bool any = o->sigmoid || o->yarn > 0 || o->yarn_mscale >= 0;
+    for (size_t i = 0; i < sizeof(given) / sizeof(given[0]); i++)
+        any |= *given[i] >= 0;
+    if (strcmp(s->arch, "deepseek2") != 0)
+        return any ? nf_usage_error(CMD, "--q-lora, --kv-lora, --v-head, --sigmoid and --yarn "
+                                         "are for --arch deepseek2")
+                   : 0;
+    struct nf_mk_ds *d = &o->ds;
+    const struct nf_mk_ds *pre = nf_mk_ds_preset(o->shape_name);
+    if (pre && !strcmp(s->name, o->shape_name))
+        *d = *pre;
+    if (o->q_lora >= 0)
+        d->q_lora = o->q_lora;
+    if (o->kv_lora > 0)
+        d->kv_lora = o->kv_lora;
+    if (o->rope_dim > 0)
+        d->rope_dim = o->rope_dim;
+    if (o->v_head > 0)
+        d->v_head = o->v_head;
+    if (d->v_head <= 0)
+        d->v_head = s->head_dim - d->rope_dim;
+    if (o->dense_layers >= 0)
+        d->dense_lead = o->dense_layers;
+    if (o->dense_ffn > 0)
+        d->dense_ffn = o->dense_ffn;
+    if (o->shared_experts >= 0)
+        d->n_shared = o->shared_experts;
+    if (o->sigmoid)
+        d->sigmoid = true;
+    if (o->expert_scale > 0)
+        d->expert_scale = o->expert_scale;
+    if (o->groups >= 0)
+        d->groups = o->groups;
+    if (o->groups_used > 0)
+        d->groups_used = o->groups_used;
+    if (o->yarn > 0) {
+        d->yarn = o->yarn;
+        d->yarn_mscale = 1.0f;
+    }
+    if (o->yarn_orig > 0)
+        d->yarn_orig = o->yarn_orig;
+    if (o->yarn_mscale >= 0)
+        d->yarn_mscale = o->yarn_mscale;
+    if (d->dense_lead >= s->layers && o->dense_layers < 0)
+        d->dense_lead = s->layers - 1; /* a preset cut by --layers keeps one MoE layer */
+    s->kv_heads = 1;
+    return nf_mk_deepseek2_check(s, d);
+}
+
 /* Combines the preset and the flags into s and checks that the result is a valid model. */
-static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
+static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s, struct nf_mk_glm *g)
 {
     int rc;
     static const struct nf_mk_shape custom = {"custom", -1,   -1,       -1,    -1,   -1, 0, 0,
@@ -476,6 +701,8 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s)
         return nf_usage_error(CMD, "--tied-output: llama.cpp requires output.weight for --arch %s",
                               s->arch);
     if ((rc = resolve_phi3(o, s)))
+        return rc;
+    if ((rc = resolve_glm4moe(o, s, g)))
         return rc;
     if (s->heads % s->kv_heads != 0)
         return nf_usage_error(CMD, "--heads %lld is not a multiple of --kv-heads %lld",
@@ -633,6 +860,18 @@ static void q4_k_m_mix(struct nf_mk_tensor *t, size_t n, int64_t layers, bool ti
     }
 }
 
+/* general.file_type of llama-quantize's MXFP4_MOE (LLAMA_FTYPE_MOSTLY_MXFP4_MOE). */
+#define NF_MK_FTYPE_MXFP4_MOE 38u
+
+/* --type mxfp4: the routed experts' stacked tensors (blk.N.ffn_*_exps) in mxfp4, as
+ * llama-quantize's MXFP4_MOE writes them; the other matrices stay q8_0. */
+static void mxfp4_experts(struct nf_mk_tensor *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strstr(t[i].name, "_exps."))
+            t[i].type = NF_TYPE_MXFP4;
+}
+
 /* --zero-experts: the routed experts' stacked tensors (blk.N.ffn_*_exps) become real zero bytes.
  */
 static void zero_experts(struct nf_mk_tensor *t, size_t n)
@@ -747,7 +986,7 @@ static int add_metadata_phi3(struct nf_gguf_writer *w, const struct nf_mk_shape 
 /* The metadata llama.cpp reads for the shape's architecture (the tokenizer keys are added
  * separately): every key under "<arch>.". */
 static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
-                        const struct mk_opts *o, const char *name)
+                        const struct nf_mk_glm *g, const struct mk_opts *o, const char *name)
 {
     int rc = 0;
     const char *a = s->arch;
@@ -769,21 +1008,25 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
         rc = nf_gguf_writer_add_str(w, "general.name", name);
     if (!rc)
         rc = nf_gguf_writer_add_u32(w, "general.file_type",
-                                    o->q4_k_m ? NF_MK_FTYPE_Q4_K_M
-                                              : (uint32_t)nf_gguf_ftype_for(o->type));
+                                    o->q4_k_m  ? NF_MK_FTYPE_Q4_K_M
+                                    : o->mxfp4 ? NF_MK_FTYPE_MXFP4_MOE
+                                               : (uint32_t)nf_gguf_ftype_for(o->type));
     if (!rc)
         rc = nf_gguf_writer_add_u32(
             w, "general.alignment",
             (uint32_t)(o->alignment > 0 ? o->alignment : NF_GGUF_DEFAULT_ALIGNMENT));
     if (!rc && o->type != NF_TYPE_F32 && o->type != NF_TYPE_F16 && o->type != NF_TYPE_BF16)
         rc = nf_gguf_writer_add_u32(w, "general.quantization_version", 2);
+    if (!rc && !strcmp(a, "deepseek2"))
+        return nf_mk_deepseek2_metadata(w, s, &o->ds);
     U32("context_length", s->ctx);
     U32("embedding_length", s->dim);
-    U32("block_count", s->layers);
+    const bool glm = !strcmp(a, "glm4moe");
+    U32("block_count", s->layers + (glm ? g->nextn : 0));
     /* qwen3moe: the experts' width has its own key; feed_forward_length is the width of the
      * used experts together, as the published files have it. */
-    U32("feed_forward_length", moe_arch ? s->ffn * s->experts_used : s->ffn);
-    if (moe_arch)
+    U32("feed_forward_length", glm ? g->dense_ffn : moe_arch ? s->ffn * s->experts_used : s->ffn);
+    if (moe_arch || glm)
         U32("expert_feed_forward_length", s->ffn);
     if (mk_shared_ffn(s, o)) /* qwen2moe */
         U32("expert_shared_feed_forward_length", mk_shared_ffn(s, o));
@@ -793,7 +1036,7 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
         U32("attention.key_length", s->head_dim);
         U32("attention.value_length", s->head_dim);
     }
-    U32("rope.dimension_count", o->rope_dim > 0 ? o->rope_dim : s->head_dim);
+    U32("rope.dimension_count", glm ? g->rope_dim : o->rope_dim > 0 ? o->rope_dim : s->head_dim);
     F32("rope.freq_base", s->rope_base);
     F32("attention.layer_norm_rms_epsilon", s->rms_eps);
     const int64_t window = o->window >= 0  ? o->window
@@ -815,6 +1058,8 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     }
     if (!rc && !strcmp(a, "phi3"))
         rc = add_metadata_phi3(w, s, o);
+    if (!rc && glm)
+        rc = nf_mk_glm4moe_metadata(w, g);
 #undef U32
 #undef F32
     return rc;
@@ -982,7 +1227,17 @@ static void default_name(char *name, size_t len, const struct mk_opts *o)
 
 int nf_cmd_mkmodel(int argc, char **argv)
 {
-    struct mk_opts o = {.rope_dim = -1,
+    struct mk_opts o = {.yarn_orig = -1,
+                        .yarn_mscale = -1.0f,
+                        .q_lora = -1,
+                        .kv_lora = -1,
+                        .v_head = -1,
+                        .dense_layers = -1,
+                        .dense_ffn = -1,
+                        .shared_experts = -1,
+                        .groups = -1,
+                        .groups_used = -1,
+                        .rope_dim = -1,
                         .longrope = -1,
                         .swa = -1,
                         .dim = -1,
@@ -995,6 +1250,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
                         .vocab = -1,
                         .ctx = -1,
                         .window = -1,
+                        .nextn = -1,
+                        .expert_scale = -1.0f,
                         .type = NF_TYPE_F16,
                         .seed = 1,
                         .threads = -1,
@@ -1004,7 +1261,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
     if (rc || done)
         return rc;
     struct nf_mk_shape s;
-    if ((rc = resolve_shape(&o, &s)))
+    struct nf_mk_glm glm = {0};
+    if ((rc = resolve_shape(&o, &s, &glm)) || (rc = resolve_deepseek2(&o, &s)))
         return rc;
     if (o.vocab_from && o.vocab > 0)
         return nf_usage_error(CMD, "--vocab and --vocab-from exclude each other");
@@ -1014,6 +1272,10 @@ int nf_cmd_mkmodel(int argc, char **argv)
         return nf_usage_error(CMD, "--zero-experts and --zero exclude each other");
     if (o.zero_experts && s.experts == 0)
         return nf_usage_error(CMD, "--zero-experts needs routed experts (the model is dense)");
+    if (o.router_skew > 0 && s.experts == 0)
+        return nf_usage_error(CMD, "--router-skew needs routed experts (the model is dense)");
+    if (o.mxfp4 && s.experts == 0)
+        return nf_usage_error(CMD, "--type mxfp4 needs routed experts (the model is dense)");
     if (o.q4_k_m && !strcmp(s.arch, "phi3"))
         return nf_usage_error(CMD, "--type q4_k_m is not supported for --arch phi3 (fused "
                                    "attn_qkv)");
@@ -1046,7 +1308,7 @@ int nf_cmd_mkmodel(int argc, char **argv)
         exit_code = rc;
         goto out;
     }
-    if ((rc = add_metadata(w, &s, &o, name)))
+    if ((rc = add_metadata(w, &s, &glm, &o, name)))
         goto fail;
     if ((rc = add_vocab(w, &o, &s))) {
         exit_code = rc;
@@ -1065,8 +1327,11 @@ int nf_cmd_mkmodel(int argc, char **argv)
         }
         llama3_rope_freqs(freqs, s.head_dim, s.rope_base);
     }
-    if ((rc = !strcmp(s.arch, "phi3")
-                  ? build_tensors_phi3(&s, &o, &t, &nt, &freqs)
+    if ((rc = !strcmp(s.arch, "phi3") ? build_tensors_phi3(&s, &o, &t, &nt, &freqs)
+              : !strcmp(s.arch, "glm4moe")
+                  ? nf_mk_glm4moe_tensors(&s, &glm, o.type, o.tied, &t, &nt)
+              : !strcmp(s.arch, "deepseek2")
+                  ? nf_mk_deepseek2_tensors(&s, &o.ds, o.type, o.tied, &t, &nt)
                   : build_tensors(&s, mk_shared_ffn(&s, &o), o.type, o.tied, freqs, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {
@@ -1075,6 +1340,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
     }
     if (o.q4_k_m)
         q4_k_m_mix(t, nt, s.layers, o.tied);
+    if (o.mxfp4)
+        mxfp4_experts(t, nt);
     if (o.zero_experts)
         zero_experts(t, nt);
     uint64_t params = 0;
@@ -1105,7 +1372,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
     struct nf_mk_gen g = {.seed = o.seed,
                           .zero = o.zero,
                           .threads = (int)(o.threads > 0 ? o.threads : (ncpu > 0 ? ncpu : 1)),
-                          .progress = isatty(2)};
+                          .progress = isatty(2),
+                          .router_skew = o.router_skew};
     uint64_t written = 0;
     double t0 = nf_now_s();
     if ((rc = write_model(o.out, dir, w, t, nt, &g, &written, err, sizeof(err))))
@@ -1116,7 +1384,9 @@ int nf_cmd_mkmodel(int argc, char **argv)
     human(hw, sizeof(hw), (double)(written + nf_gguf_writer_data_offset(w)));
     printf("mkmodel: wrote %s: %s, %.3f%s params, %s%s, %llu bytes (%s; %s written), %.2f s\n",
            o.out, name, params >= 1e9 ? params / 1e9 : params / 1e6, params >= 1e9 ? "B" : "M",
-           o.q4_k_m ? "q4_K_M" : tr->name,
+           o.q4_k_m  ? "q4_K_M"
+           : o.mxfp4 ? "MXFP4_MOE"
+                     : tr->name,
            o.zero ? " (zero)" : (o.zero_experts ? " (zero experts)" : ""),
            (unsigned long long)total, hs, hw, secs);
     exit_code = 0;

@@ -84,8 +84,9 @@ static int parse_common(const char *cmd, int argc, char **argv, const char **run
 static void status_usage(FILE *f)
 {
     fprintf(f, "usage: nanoflowctl status [--run-dir DIR] [--json]\n\n"
-               "Shows each daemon of the stack: pid, health state and uptime. Exits 1 unless all\n"
-               "three answer.\n\n"
+               "Shows each daemon of the stack: pid, health state and uptime, and the HTTP\n"
+               "gateway when the stack runs one (up --http). Exits 1 unless the three daemons\n"
+               "answer.\n\n"
                "      --run-dir DIR    run directory (default: as for 'up')\n"
                "      --json           one JSON object instead of the table\n"
                "  -h, --help           show this help\n");
@@ -116,8 +117,11 @@ int nf_cmd_status(int argc, char **argv)
         printf(",\"daemons\":[");
     } else
         printf("%-10s %8s  %-10s %10s\n", "DAEMON", "PID", "STATE", "UPTIME");
-    for (int i = 0; i < NF_N_ROLES; i++) {
-        const char *role = nf_stack_roles[i];
+    /* The gateway (up --http) follows the three daemons when its pid file says it runs; it is
+     * not one of the daemons the stack needs, so it does not count in the exit status. */
+    const bool gw = nf_pidfile_read(dir, NF_ROLE_GATEWAY) > 0;
+    for (int i = 0; i < NF_N_ROLES + gw; i++) {
+        const char *role = i < NF_N_ROLES ? nf_stack_roles[i] : NF_ROLE_GATEWAY;
         int pid = nf_pidfile_read(dir, role);
         char err[512] = "";
         const char *state = "down";
@@ -136,7 +140,7 @@ int nf_cmd_status(int argc, char **argv)
                 uptime = r->health->uptime_s;
                 if (r->health->pid)
                     pid = (int)r->health->pid;
-                n_ok++;
+                n_ok += i < NF_N_ROLES;
             } else {
                 state = "not responding";
                 snprintf(err, sizeof(err), "%s", rc < 0 ? nf_strerror(rc) : "unexpected reply");
@@ -149,7 +153,7 @@ int nf_cmd_status(int argc, char **argv)
         } else if (pid > 0) {
             state = "not responding";
         }
-        if (dead & (1u << i)) {
+        if (i < NF_N_ROLES && (dead & (1u << i))) {
             state = "dead";
             pid = live_pids[i];
         }
@@ -320,6 +324,35 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
     } else {
         printf("%-10s unavailable: %s\n", "compute", c->err);
     }
+    /* gateway: only when the stack runs one (up --http) */
+    if (s->has_gw) {
+        const struct nf_stage_snap *g = &s->gw;
+        if (json)
+            printf("},\"gateway\":{");
+        first = true;
+        if (g->ok) {
+            const double n = (double)nf_stage_ctr(g, "requests");
+            metric(json, &first, "gateway", "queue_len", "requests queued",
+                   (double)nf_stage_ctr(g, "queue_len"), "");
+            metric(json, &first, "gateway", "queue_clients", "clients queued",
+                   (double)nf_stage_ctr(g, "queue_clients"), "");
+            metric(json, &first, "gateway", "running", "requests at compute",
+                   (double)nf_stage_ctr(g, "running"), "");
+            metric(json, &first, "gateway", "requests", "requests forwarded", n, "");
+            metric(json, &first, "gateway", "queue_wait_ms", "queue wait (mean)",
+                   nf_snap_ratio((double)nf_stage_ctr(g, "queue_wait_ns") * 1e-6, n), "ms");
+            metric(json, &first, "gateway", "queue_wait_max_ms", "queue wait (max)",
+                   (double)nf_stage_ctr(g, "queue_wait_max_ns") * 1e-6, "ms");
+            metric(json, &first, "gateway", "queue_full", "refused, queue full",
+                   (double)nf_stage_ctr(g, "queue_full"), "");
+            metric(json, &first, "gateway", "connections", "HTTP connections",
+                   (double)nf_stage_ctr(g, "connections"), "");
+        } else if (json) {
+            jerr(g->err);
+        } else {
+            printf("%-10s unavailable: %s\n", "gateway", g->err);
+        }
+    }
     /* memory */
     if (json) {
         printf("},\"memory\":{\"budget\":%llu,\"held\":%llu", (unsigned long long)s->budget,
@@ -357,9 +390,10 @@ static void stats_usage(FILE *f)
                "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate:\n"
                "the share of the tiles compute used that needed no read, bytes per token, queue\n"
                "depth), compute (prompt and decode tok/s, share of time stalled on tiles,\n"
-               "speculative decoding's drafted and accepted tokens and acceptance rate), and\n"
-               "memory held vs the budget. Rates are per busy second of the stage; with --watch\n"
-               "they cover the last interval.\n\n"
+               "speculative decoding's drafted and accepted tokens and acceptance rate), the\n"
+               "HTTP gateway when the stack runs one (requests and clients in its fair queue,\n"
+               "mean and longest queue wait), and memory held vs the budget. Rates are per busy\n"
+               "second of the stage; with --watch they cover the last interval.\n\n"
                "      --run-dir DIR    run directory (default: as for 'up')\n"
                "      --json           one JSON object (per refresh) instead of the table\n"
                "      --watch [SECS]   refresh every SECS seconds (default: 2) until interrupted\n"

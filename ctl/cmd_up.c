@@ -60,6 +60,9 @@ static void up_usage(FILE *f)
             "                       that does not ask otherwise (gen's flags);\n"
             "                       its file and context are counted in the budget, the\n"
             "                       stack's daemons plan with the rest (default: none)\n"
+            "      --expert-cache P routed-expert tiles a load evicts first (MoE models): freq,\n"
+            "                       those least often chosen lately; cyclic, the farthest in\n"
+            "                       layer order as for dense tiles (default: freq)\n"
             "      --run-dir DIR    run directory (default: $NANOFLOW_RUN_DIR, else\n"
             "                       $XDG_RUNTIME_DIR/nanoflow, else /run/nanoflow for root,\n"
             "                       else /tmp/nanoflow-UID)\n"
@@ -369,6 +372,7 @@ static int find_daemon(const char *role, char *out, size_t len, char *looked, si
 struct up_opts {
     const char *model, *run_dir, *log_level;
     const char *http, *chat_template; /* --http, --chat-template: the gateway's */
+    const char *expert_cache;         /* --expert-cache: the fetcher's (NULL: its default) */
     char api_key_file[PATH_MAX];      /* --api-key-file made absolute ("" for none) */
     uint64_t ram;
     long threads, n_ctx, max_tokens;
@@ -412,6 +416,10 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
         snprintf(maxtok, sizeof(maxtok), "%ld", o->max_tokens);
         argv[k++] = "--max-tokens-per-request";
         argv[k++] = maxtok;
+    }
+    if (o->expert_cache && !strcmp(role, NF_ROLE_FETCHER)) {
+        argv[k++] = "--expert-cache";
+        argv[k++] = (char *)o->expert_cache;
     }
     if (o->log_level) {
         argv[k++] = "--log-level";
@@ -748,7 +756,7 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level") ||
               nf_arg_is(a, "--max-tokens-per-request") || nf_arg_is(a, "--http") ||
               nf_arg_is(a, "--api-key-file") || nf_arg_is(a, "--chat-template") ||
-              nf_arg_is(a, "--draft")))
+              nf_arg_is(a, "--draft") || nf_arg_is(a, "--expert-cache")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -778,6 +786,10 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
             }
         } else if (nf_arg_is(a, "--http")) {
             o->http = v;
+        } else if (nf_arg_is(a, "--expert-cache")) {
+            if (strcmp(v, "freq") && strcmp(v, "cyclic"))
+                return nf_usage_error(cmd, "--expert-cache expects freq or cyclic, got '%s'", v);
+            o->expert_cache = v;
         } else if (nf_arg_is(a, "--api-key-file")) {
             if (!realpath(v, o->api_key_file) || access(o->api_key_file, R_OK) < 0) {
                 fprintf(stderr, "nanoflowctl up: --api-key-file %s: %s\n", v, strerror(errno));

@@ -118,7 +118,8 @@ int nf_sampling_flag(const char *cmd, int argc, char **argv, int *i, struct nf_s
     const char *a = argv[*i];
     const bool seed = nf_arg_is(a, "--seed") || !strcmp(a, "-s");
     if (!seed && !nf_arg_is(a, "--temp") && !nf_arg_is(a, "--top-k") && !nf_arg_is(a, "--top-p") &&
-        !nf_arg_is(a, "--min-p") && !nf_arg_is(a, "--repeat-penalty"))
+        !nf_arg_is(a, "--min-p") && !nf_arg_is(a, "--repeat-penalty") &&
+        !nf_arg_is(a, "--presence-penalty") && !nf_arg_is(a, "--frequency-penalty"))
         return 0;
     const char *v = nf_arg_value(cmd, argc, argv, i);
     if (!v)
@@ -137,6 +138,12 @@ int nf_sampling_flag(const char *cmd, int argc, char **argv, int *i, struct nf_s
         rc = nf_arg_float(cmd, a, v, 0.0f, 1.0f, &sp->top_p);
     } else if (nf_arg_is(a, "--min-p")) {
         rc = nf_arg_float(cmd, a, v, 0.0f, 1.0f, &sp->min_p);
+    } else if (nf_arg_is(a, "--presence-penalty")) {
+        rc = nf_arg_float(cmd, a, v, -NF_SAMPLER_ADD_PENALTY_MAX, NF_SAMPLER_ADD_PENALTY_MAX,
+                          &sp->presence_penalty);
+    } else if (nf_arg_is(a, "--frequency-penalty")) {
+        rc = nf_arg_float(cmd, a, v, -NF_SAMPLER_ADD_PENALTY_MAX, NF_SAMPLER_ADD_PENALTY_MAX,
+                          &sp->frequency_penalty);
     } else {
         rc = nf_arg_float(cmd, a, v, 0.01f, 100.0f, &sp->repeat_penalty);
     }

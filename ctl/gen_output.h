@@ -48,7 +48,8 @@ void nf_gen_ctx_full_note(const char *cmd, int n_gen, int n_ctx, int n_ctx_train
                           const char *raise);
 
 /* Parses argv[*i] if it is one of the sampling flags `run` and `gen` share (--temp, --top-k,
- * --top-p, --min-p, --repeat-penalty, --seed/-s), with the same ranges in both, into sp
+ * --top-p, --min-p, --repeat-penalty, --presence-penalty, --frequency-penalty, --seed/-s), with the
+ * same ranges in both, into sp
  * (*seed_set becomes true for a seed), advancing *i past its value. Returns 1 when the flag was
  * consumed, 0 when argv[*i] is not a sampling flag, or -1 after printing a usage error. */
 int nf_sampling_flag(const char *cmd, int argc, char **argv, int *i, struct nf_sampler_params *sp,

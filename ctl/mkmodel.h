@@ -9,6 +9,18 @@
 #include "gguf_write.h"
 #include "quants.h"
 
+/* What glm4moe adds to a shape (mkmodel_glm4moe.c). */
+struct nf_mk_glm {
+    int64_t dense_layers;        /* leading_dense_block_count */
+    int64_t dense_ffn;           /* their feed_forward_length */
+    int64_t nextn;               /* nextn_predict_layers: blocks after the `layers` ones */
+    int64_t shared;              /* expert_shared_count */
+    int64_t rope_dim;            /* rope.dimension_count (GLM: half the head) */
+    float scale;                 /* expert_weights_scale (routed scaling factor) */
+    bool qk_norm;                /* attn_q_norm / attn_k_norm (GLM-4.5, not Air) */
+    int64_t groups, groups_used; /* expert_group_count / _used_count; 0: keys absent */
+};
+
 /* Hyperparameters of a llama-family model. */
 struct nf_mk_shape {
     const char *name; /* preset name, or "custom" */
@@ -77,7 +89,38 @@ struct nf_mk_gen {
     bool zero;     /* RANDOM tensors are left as file holes (all zero) */
     int threads;   /* worker threads, >= 1 */
     bool progress; /* print progress to stderr */
+    /* Routers (RANDOM ffn_gate_inp tensors): row e (expert e) scaled by
+     * exp(-router_skew * e / (rows - 1)), so low experts win the top-k more often; 0: all rows
+     * alike (near-uniform routing). */
+    float router_skew;
 };
+
+/* deepseek2's shape beyond struct nf_mk_shape (whose head_dim is then key_length_mla, nope +
+ * rope, and ffn the experts' width). */
+struct nf_mk_ds {
+    int64_t q_lora;     /* attention.q_lora_rank; 0 = plain attn_q (V2-Lite) */
+    int64_t kv_lora;    /* attention.kv_lora_rank */
+    int64_t rope_dim;   /* qk_rope_head_dim (rope.dimension_count) */
+    int64_t v_head;     /* value_length_mla */
+    int64_t dense_lead; /* leading_dense_block_count */
+    int64_t dense_ffn;  /* the dense layers' feed_forward_length */
+    int64_t n_shared;   /* expert_shared_count */
+    bool sigmoid;       /* V3 routing: sigmoid gating, exp_probs_b, normalized weights */
+    float expert_scale; /* expert_weights_scale (0: 1) */
+    int64_t groups;     /* expert_group_count (0: none) */
+    int64_t groups_used;
+    float yarn;        /* YaRN rope.scaling.factor (0: no rope scaling) */
+    int64_t yarn_orig; /* its rope.scaling.original_context_length */
+    float yarn_mscale; /* mscale_all_dim (written x 0.1 as yarn_log_multiplier) */
+};
+
+/* mkmodel_deepseek2.c: the deepseek2 part of the preset called name, or NULL. */
+const struct nf_mk_ds *nf_mk_ds_preset(const char *name);
+/* Checks a deepseek2 shape; returns 0 or the usage exit code after printing the reason. */
+int nf_mk_deepseek2_check(const struct nf_mk_shape *s, const struct nf_mk_ds *d);
+/* Its "deepseek2.*" metadata (the general.* and tokenizer keys are written by the caller). */
+int nf_mk_deepseek2_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
+                             const struct nf_mk_ds *d);
 
 /* Fills the data of every tensor into fd at its offset. The file must already have its final
  * size (nf_gguf_writer_write_header does that). Each element's value depends only on the seed,
@@ -85,5 +128,19 @@ struct nf_mk_gen {
  * Returns 0 or a negative code; *written receives the bytes written. */
 int nf_mk_write_data(int fd, const struct nf_mk_tensor *t, size_t n, const struct nf_mk_gen *g,
                      uint64_t *written);
+
+/* glm4moe (mkmodel_glm4moe.c), with s->layers the transformer layers (the nextn blocks come
+ * after them): the glm4moe part of preset `name` into *out (false: not a glm4moe preset); the
+ * tensors of the model, types as build_tensors' (routers, exp_probs_b and norms F32), the nextn
+ * blocks included; the glm4moe.* keys llama.cpp reads beyond the common ones. */
+bool nf_mk_glm4moe_preset(const char *name, struct nf_mk_glm *out);
+int nf_mk_glm4moe_tensors(const struct nf_mk_shape *s, const struct nf_mk_glm *g, enum nf_type type,
+                          bool tied, struct nf_mk_tensor **out, size_t *count);
+int nf_mk_glm4moe_metadata(struct nf_gguf_writer *w, const struct nf_mk_glm *g);
+/* mkmodel_deepseek2.c: the deepseek2 tensors (matrices of type type; the per-head attn_k_b and
+ * attn_v_b fall back to q8_0 or f16 when their rows do not fit the type's blocks) in *out
+ * (malloc'ed), *count set. Returns 0 or -ENOMEM. */
+int nf_mk_deepseek2_tensors(const struct nf_mk_shape *s, const struct nf_mk_ds *d,
+                            enum nf_type type, bool tied, struct nf_mk_tensor **out, size_t *count);
 
 #endif

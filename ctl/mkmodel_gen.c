@@ -5,6 +5,7 @@
  * at its offset, so memory stays at two chunk buffers per thread whatever the model size and the
  * bytes do not depend on which thread did what. */
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -138,6 +139,30 @@ static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
     return 0;
 }
 
+/* A MoE router: blk.N.ffn_gate_inp.weight (not a shared expert's gate, _shexp). */
+static bool is_router(const struct nf_mk_tensor *t)
+{
+    const char *suf = ".ffn_gate_inp.weight";
+    size_t n = strlen(t->name), k = strlen(suf);
+    return n > k && !strcmp(t->name + n - k, suf);
+}
+
+/* Scales rows [row, row + nrows) of router t (in buf) by exp(-skew * e / (rows - 1)) for row e:
+ * larger logits for the low experts, which then win the top-k more often (--router-skew). */
+static void skew_rows(float *buf, const struct nf_mk_tensor *t, int64_t row, int64_t nrows,
+                      float skew)
+{
+    int64_t rows = 1;
+    for (uint32_t d = 1; d < t->n_dims; d++)
+        rows *= t->ne[d];
+    for (int64_t r = 0; r < nrows; r++) {
+        int64_t e = (row + r) % rows; /* the expert (one router per tensor) */
+        float f = rows > 1 ? expf(-skew * (float)e / (float)(rows - 1)) : 1.0f;
+        for (int64_t i = 0; i < t->ne[0]; i++)
+            buf[r * t->ne[0] + i] *= f;
+    }
+}
+
 /* Generates, converts and writes rows [row, row + nrows) of tensor t. */
 static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t row, int64_t nrows,
                     float *fbuf, void *qbuf)
@@ -165,6 +190,8 @@ static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t r
         if (t->fill == NF_MK_NEAR_ONE)
             for (size_t i = 0; i < n; i++)
                 fbuf[i] = 1.0f + NF_MK_NEAR_ONE_SCALE * fbuf[i];
+        else if (s->g->router_skew > 0 && is_router(t))
+            skew_rows(fbuf, t, row, nrows, s->g->router_skew);
     }
     const void *out = fbuf;
     if (t->type != NF_TYPE_F32) {

@@ -22,8 +22,9 @@ uint64_t nf_stage_ctr(const struct nf_stage_snap *s, const char *name)
 
 static bool is_gauge(const char *name)
 {
-    static const char *const g[] = {"queue_depth", "resident_bytes", "mem_bytes", "lookahead",
-                                    "queue_len"};
+    static const char *const g[] = {"queue_depth", "resident_bytes",    "mem_bytes",
+                                    "lookahead",   "queue_len",         "queue_clients",
+                                    "running",     "queue_wait_max_ns", "connections"};
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++)
         if (!strcmp(name, g[i]))
             return true;
@@ -34,10 +35,11 @@ void nf_stack_snap_take(const char *dir, struct nf_stack_snap *s)
 {
     memset(s, 0, sizeof(*s));
     s->t = nf_now_s();
-    for (int i = 0; i < NF_N_ROLES; i++) {
-        struct nf_stage_snap *ss = &s->st[i];
-        int fd =
-            nf_ctl_connect(dir, nf_stack_roles[i], NF_SNAP_CONNECT_MS, ss->err, sizeof(ss->err));
+    s->has_gw = nf_pidfile_read(dir, NF_ROLE_GATEWAY) > 0;
+    for (int i = 0; i < NF_N_ROLES + s->has_gw; i++) {
+        const char *role = i < NF_N_ROLES ? nf_stack_roles[i] : NF_ROLE_GATEWAY;
+        struct nf_stage_snap *ss = i < NF_N_ROLES ? &s->st[i] : &s->gw;
+        int fd = nf_ctl_connect(dir, role, NF_SNAP_CONNECT_MS, ss->err, sizeof(ss->err));
         if (fd < 0)
             continue;
         nf_envelope req, *r = NULL;
@@ -49,21 +51,21 @@ void nf_stack_snap_take(const char *dir, struct nf_stack_snap *s)
         int rc = nf_ctl_request(fd, &req, &r, NF_SNAP_RPC_MS);
         close(fd);
         if (rc < 0) {
-            snprintf(ss->err, sizeof(ss->err), "%s: %s", nf_stack_roles[i], nf_strerror(rc));
+            snprintf(ss->err, sizeof(ss->err), "%s: %s", role, nf_strerror(rc));
         } else if (r->msg_case == NANOFLOW__ENVELOPE__MSG_ERROR) {
-            snprintf(ss->err, sizeof(ss->err), "%s: %s", nf_stack_roles[i], r->error->message);
+            snprintf(ss->err, sizeof(ss->err), "%s: %s", role, r->error->message);
         } else if (r->msg_case != NANOFLOW__ENVELOPE__MSG_STATS) {
-            snprintf(ss->err, sizeof(ss->err), "%s: unexpected reply", nf_stack_roles[i]);
+            snprintf(ss->err, sizeof(ss->err), "%s: unexpected reply", role);
         } else {
             const Nanoflow__Stats *st = r->stats;
             if (st->ram_budget > s->budget)
                 s->budget = st->ram_budget;
             if (st->ram_held > s->held)
-                s->held = st->ram_held;
+                s->held = st->ram_held; /* the gateway reports 0 for both */
             /* A daemon reports its own stage; take the one named like the role. */
             for (size_t k = 0; k < st->n_stages; k++) {
                 const Nanoflow__StageStats *sg = st->stages[k];
-                if (!sg->stage || strcmp(sg->stage, nf_stack_roles[i]))
+                if (!sg->stage || strcmp(sg->stage, role))
                     continue;
                 for (size_t c = 0; c < sg->n_counters && ss->n < NF_STATS_MAX_COUNTERS; c++) {
                     snprintf(ss->name[ss->n], sizeof(ss->name[0]), "%s",
@@ -73,8 +75,8 @@ void nf_stack_snap_take(const char *dir, struct nf_stack_snap *s)
                 ss->ok = true;
             }
             if (!ss->ok)
-                snprintf(ss->err, sizeof(ss->err), "%s: no %s stage in its Stats reply",
-                         nf_stack_roles[i], nf_stack_roles[i]);
+                snprintf(ss->err, sizeof(ss->err), "%s: no %s stage in its Stats reply", role,
+                         role);
         }
         nf_envelope_free(r);
     }
@@ -84,14 +86,15 @@ void nf_stack_snap_delta(struct nf_stack_snap *d, const struct nf_stack_snap *cu
                          const struct nf_stack_snap *prev)
 {
     *d = *cur;
-    for (int i = 0; i < NF_N_ROLES; i++) {
-        struct nf_stage_snap *ds = &d->st[i];
-        if (!ds->ok || !prev->st[i].ok)
+    for (int i = 0; i < NF_N_ROLES + 1; i++) {
+        struct nf_stage_snap *ds = i < NF_N_ROLES ? &d->st[i] : &d->gw;
+        const struct nf_stage_snap *ps = i < NF_N_ROLES ? &prev->st[i] : &prev->gw;
+        if (!ds->ok || !ps->ok)
             continue;
         for (int c = 0; c < ds->n; c++) {
             if (is_gauge(ds->name[c]))
                 continue;
-            uint64_t p = nf_stage_ctr(&prev->st[i], ds->name[c]);
+            uint64_t p = nf_stage_ctr(ps, ds->name[c]);
             ds->val[c] = ds->val[c] >= p ? ds->val[c] - p : 0;
         }
     }

@@ -19,20 +19,24 @@ struct nf_stage_snap {
 
 struct nf_stack_snap {
     struct nf_stage_snap st[NF_N_ROLES]; /* in nf_stack_roles order */
+    bool has_gw;                         /* the stack runs a gateway (up --http) */
+    struct nf_stage_snap gw;             /* its stage "gateway" (the fair queue) when has_gw */
     uint64_t budget, held;               /* the largest ram_budget and ram_held reported */
     double t;                            /* nf_now_s() when taken */
 };
 
 /* Asks each daemon of the stack in dir for its Stats (2 s to connect, 5 s for the reply) and
  * keeps the stage named like the daemon's role. A daemon that does not answer leaves its stage
- * !ok with err set ("ROLE: reason"); never fails as a whole. */
+ * !ok with err set ("ROLE: reason"); never fails as a whole. When the stack runs a gateway (its
+ * pid file), its Stats go to gw the same way. */
 void nf_stack_snap_take(const char *dir, struct nf_stack_snap *s);
 
 /* Counter name of stage s, or 0 when it has none of that name. */
 uint64_t nf_stage_ctr(const struct nf_stage_snap *s, const char *name);
 
-/* d = cur minus prev for the counters that only grow; gauges (queue_depth, resident_bytes,
- * mem_bytes, lookahead) keep their current value, and a counter that went back gives 0. */
+/* d = cur minus prev for the counters that only grow (the gateway's too); gauges (queue_depth,
+ * resident_bytes, mem_bytes, lookahead, queue_len and the gateway's) keep their current value, and
+ * a counter that went back gives 0. */
 void nf_stack_snap_delta(struct nf_stack_snap *d, const struct nf_stack_snap *cur,
                          const struct nf_stack_snap *prev);
 

@@ -9,6 +9,10 @@ pkgs=(build-essential cmake pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-c
       clang-format cppcheck) # tests/run.sh checks the format and runs cppcheck before it builds
 # clang builds the libFuzzer targets; the tests use it when present.
 if [ "${NF_WITH_CLANG:-1}" = 1 ]; then pkgs+=(clang libclang-rt-14-dev); fi
+# Chromium drives the chat page in test_http_browser (headless, with playwright-core from npm).
+# It is large (~300 MB installed), so only on request (NF_WITH_BROWSER=1) or in CI (CI=true);
+# without it that test is skipped (exit 77) saying so.
+if [ "${NF_WITH_BROWSER:-0}" = 1 ] || [ "${CI:-}" = true ]; then pkgs+=(chromium); fi
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -27,9 +27,11 @@ static const char *fmt_size(char *buf, size_t len, uint64_t b)
     return buf;
 }
 
-/* F16 K and V of one position in every layer. */
+/* F16 K and V of one position in every layer (deepseek2: its latent, the one thing cached). */
 static uint64_t kv_token_bytes(const struct nf_stack_shape *sh)
 {
+    if (sh->kv_latent)
+        return (uint64_t)sh->n_layer * sh->kv_latent * 2;
     uint64_t head_dim = sh->n_embd / sh->n_head;
     uint64_t kv_dim = (uint64_t)sh->n_head_kv * head_dim;
     return (uint64_t)sh->n_layer * 2 * kv_dim * 2;

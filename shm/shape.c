@@ -32,6 +32,7 @@ struct nf_layer_count {
     uint64_t all;
     uint64_t attn_set[NF_STACK_MAX_CLASSES], ffn[NF_STACK_MAX_CLASSES];
     uint64_t groups;
+    bool routed; /* a ROUTER, PRED_ROUTER or EXPERT tile: a MoE layer */
 };
 
 int nf_stack_class_of(const struct nf_stack_class *classes, uint32_t n_classes, uint64_t padded)
@@ -224,6 +225,9 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
             n_out_tiles++;
         if (t->kind == NF_TILE_FFN && t->group)
             lc[l].groups += t->count / t->group;
+        if (t->kind == NF_TILE_ROUTER || t->kind == NF_TILE_PRED_ROUTER ||
+            t->kind == NF_TILE_EXPERT)
+            lc[l].routed = true;
         /* The predictor daemon of a MoE model keeps every layer's router and ffn_norm. */
         if (h->n_expert && (t->kind == NF_TILE_PRED_ROUTER || t->kind == NF_TILE_FFN_NORM))
             sh->pred_copies += padded;
@@ -247,7 +251,9 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
     for (uint32_t l = 0; l < h->n_layer; l++) {
         if (lc[l].all > max_all)
             max_all = lc[l].all;
-        uint64_t g = h->n_expert ? h->n_expert : lc[l].groups;
+        /* A MoE model's layer reports its experts, but a leading dense layer (glm4moe's or
+         * deepseek2's, no router) its FFN groups. */
+        uint64_t g = h->n_expert && lc[l].routed ? h->n_expert : lc[l].groups;
         if (g > sh->max_groups)
             sh->max_groups = (uint32_t)g;
     }
@@ -267,6 +273,12 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
             snprintf(key, sizeof(key), "%s.context_length", arch);
             if (nf_gguf_get_u64(f->meta, key, &v) == 0 && v > 0)
                 sh->n_ctx_model = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+            /* deepseek2 caches one latent per token and layer (key_length values: kv_lora_rank
+             * + rope dims, 576 for V3), not K and V per head. */
+            if (!strcmp(arch, "deepseek2") &&
+                nf_gguf_get_u64(f->meta, "deepseek2.attention.key_length", &v) == 0 && v > 0 &&
+                v <= NF_STACK_DIM_MAX)
+                sh->kv_latent = (uint32_t)v;
         }
     }
     return 0;

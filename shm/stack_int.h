@@ -23,6 +23,7 @@ struct nf_stack_shape {
     uint64_t down_scratch; /* n_embd rows of the largest ffn_down row */
     uint64_t pred_copies;  /* MoE: the predictor's private copies of routers and ffn_norms */
     uint32_t n_ctx_model;  /* context_length from the metadata, 0 when absent */
+    uint32_t kv_latent;    /* deepseek2: F16 values cached per token and layer, else 0 */
     /* The pool's classes (plan_classes), by increasing slot size. */
     uint32_t n_classes;
     uint64_t class_size[NF_STACK_MAX_CLASSES];  /* bytes per slot */

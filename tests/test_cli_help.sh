@@ -28,8 +28,9 @@ bad() {
     failed=$((failed + 1))
 }
 
-# kind FLAG: sets K to how a flag's value is checked: int, float, size, enum, str (any text), file
-# (an existing file), opt (optional number), bool (no value), or "" when the test does not know it.
+# kind FLAG: sets K to how a flag's value is checked: int, float, sfloat (a float that may be
+# negative), size, enum, str (any text), file (an existing file), opt (optional number), bool (no
+# value), or "" when the test does not know it.
 # kind and good set a variable instead of printing: a $(...) forks, and this runs hundreds of times.
 kind() {
     case "$1" in
@@ -38,18 +39,25 @@ kind() {
         --heads | \
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
-        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue) K=int ;;
+        --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue | \
+        --max-running) K=int ;;
+    --dense-layers | --dense-ffn | --nextn | --shared-experts | --expert-groups | \
+        --groups-used) K=int ;;
+    --expert-scale | --yarn | --yarn-mscale) K=float ;;
+    --q-lora | --kv-lora | --v-head | --yarn-orig) K=int ;;
+    --qk-norm) K=bool ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
-        --rms-eps | --rope-scale) K=float ;;
+        --rms-eps | --rope-scale | --router-skew) K=float ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
-    --log-level | --verify | --shape | --type | --arch | --chat-template) K=enum ;;
+    --log-level | --verify | --shape | --type | --arch | --chat-template | --expert-cache) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
     -f | --file | --calibrate | --vocab-from | --api-key-file) K=file ;;
     --watch) K=opt ;;
+    --presence-penalty | --frequency-penalty) K=sfloat ;;
     --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --zero-experts | \
         --foreground | \
-        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat) K=bool ;;
+        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat | --sigmoid) K=bool ;;
     --lookup | --no-lookup | --use-draft) K=bool ;;
     --draft) K=file ;;
     --draft-max) K=int ;;
@@ -65,7 +73,7 @@ good() {
     -t | --threads) G=1 ;;
     -c | --ctx-size | --ctx) G=64 ;;
     --top-k | --rank | --qd | --lookahead | --max-tokens-per-request | --max-conns | \
-        --max-queue) G=8 ;;
+        --max-queue | --max-running) G=8 ;;
     --max-body) G=1M ;;
     --http) G=127.0.0.1:1 ;;
     --chat-template) G=chatml ;;
@@ -77,7 +85,21 @@ good() {
     --heads) G=4 ;;
     --head-dim | --rope-dim) G=16 ;;
     --longrope) G=64 ;;
+    --q-lora | --v-head) G=16 ;;
+    --kv-lora) G=32 ;;
+    --dense-layers | --shared-experts) G=1 ;;
+    --dense-ffn) G=128 ;;
+    --expert-groups) G=8 ;;
+    --groups-used) G=2 ;;
+    --yarn-orig) G=64 ;;
+    --expert-scale) G=2.5 ;;
+    --yarn) G=4 ;;
+    --yarn-mscale) G=1 ;;
     --sliding-window) G=2047 ;;
+    --dense-layers | --nextn | --shared-experts | --groups-used) G=1 ;;
+    --dense-ffn) G=128 ;;
+    --expert-groups) G=2 ;;
+    --expert-scale) G=2.5 ;;
     --arch) G=llama ;;
     --experts) G=4 ;;
     --vocab) G=512 ;;
@@ -91,6 +113,7 @@ good() {
     --top-p) G=0.9 ;;
     --min-p | --margin) G=0.1 ;;
     --repeat-penalty) G=1.1 ;;
+    --presence-penalty | --frequency-penalty) G=0.5 ;;
     --sparsity) G=0.5 ;;
     --rope-base) G=10000 ;;
     --window | --rope-scale) G=8 ;;
@@ -100,6 +123,8 @@ good() {
     --pred-mem) G=1M ;;
     --log-level) G=warn ;;
     --verify) G=sample ;;
+    --expert-cache) G=cyclic ;;
+    --router-skew) G=2 ;;
     --shape) G=tiny ;;
     --type) G=q8_0 ;;
     -m | --model) G="$MISS.nft" ;;
@@ -120,6 +145,12 @@ flag_ctx() {
     case "$1" in
     --shared-ffn) CTX=(--arch qwen2moe) ;;
     --window) CTX=(--arch gemma3 --experts 0) ;;
+    --dense-layers | --dense-ffn | --nextn | --shared-experts | --expert-scale | --qk-norm)
+        CTX=(--arch glm4moe) ;;
+    --expert-groups) CTX=(--arch glm4moe --groups-used 1) ;;
+    --groups-used) CTX=(--arch glm4moe --expert-groups 2) ;;
+    --q-lora | --kv-lora | --v-head | --yarn-orig | --yarn | --yarn-mscale | --sigmoid)
+        CTX=(--shape deepseek-v3) ;;
     *) CTX=() ;;
     esac
 }
@@ -154,33 +185,37 @@ post_args() {
 parsed_flags() {
     case "$1" in
     run) echo "-m --model -p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
         "--chat --system --chat-template -ub --ubatch-size" ;;
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
-        "--zero-experts" \
+        "--zero-experts --router-skew" \
         "--name --alignment -t --threads --arch --head-dim --tied-output --rope-freqs" \
-        "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" ;;
+        "--window --rope-scale --shared-ffn --rope-dim --longrope --sliding-window" \
+        "--dense-layers --dense-ffn --nextn --shared-experts --expert-scale --qk-norm" \
+        "--expert-groups --groups-used --q-lora --kv-lora --v-head --sigmoid --yarn --yarn-orig" \
+        "--yarn-mscale" ;;
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
-        "--max-tokens-per-request --http --api-key-file --chat-template" ;;
+        "--max-tokens-per-request --http --api-key-file --chat-template --expert-cache" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed --json --top-logits --run-dir --chat --system" \
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --json --top-logits" \
+        "--run-dir --chat --system" \
         "--chat-template" ;;
     chat) echo "-n --n-predict --system --chat-template --temp --top-k --top-p --min-p" \
-        "--repeat-penalty -s --seed --timeout --run-dir" ;;
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --timeout --run-dir" ;;
     nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --qd --verify" \
-        "--no-uring --numa-node --foreground --log-level" ;;
+        "--no-uring --numa-node --expert-cache --foreground --log-level" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
         "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
     nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
         "--attach-timeout --max-tokens-per-request --foreground --log-level" ;;
     nanoflow-gateway) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
         "--attach-timeout --foreground --log-level --http --api-key-file --chat-template" \
-        "--max-conns --max-body --max-queue" ;;
+        "--max-conns --max-body --max-queue --max-running" ;;
     esac
 }
 
@@ -348,6 +383,7 @@ check_command() {
         case "$k" in
         int) bads=(12abc -5 " -5" 99999999999999999999) ;;
         float | opt) bads=(1.5x -1 nan) ;;
+        sfloat) bads=(1.5x -3 nan) ;;
         size) bads=(12Q -1G) ;;
         enum) bads=(bogus) ;;
         esac

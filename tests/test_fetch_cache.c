@@ -33,9 +33,9 @@ static void table_init(struct table *t)
     }
 }
 
-static uint32_t victim(struct table *t, uint32_t cur, uint32_t min_dist, uint32_t below)
+static uint32_t victim(struct table *t, uint32_t cur, uint64_t min_dist, uint64_t below)
 {
-    return nf_cache_pick_victim(t->tiles, NT, t->slots, 0, NS, cur, min_dist, below);
+    return nf_cache_pick_victim(t->tiles, NT, t->slots, 0, NS, cur, min_dist, below, NULL, NULL);
 }
 
 static void test_distance(void **state)
@@ -54,12 +54,12 @@ static void test_cyclic_evicts_most_recent(void **state)
     (void)state;
     struct table t;
     table_init(&t);
-    assert_int_equal(victim(&t, 8, 0, UINT32_MAX), 7);
+    assert_int_equal(victim(&t, 8, 0, UINT64_MAX), 7);
     /* The next candidate after 7 failed (pinned meanwhile) is 6, then 5. */
     assert_int_equal(victim(&t, 8, 0, nf_cache_distance(7, 8, NT)), 6);
     assert_int_equal(victim(&t, 8, 0, nf_cache_distance(6, 8, NT)), 5);
     /* Mid-cycle: compute is at tile 3, so 4..7 are needed soon and 2 (just used) is last. */
-    assert_int_equal(victim(&t, 3, 0, UINT32_MAX), 2);
+    assert_int_equal(victim(&t, 3, 0, UINT64_MAX), 2);
 }
 
 static void test_pinned_resident_loading_never(void **state)
@@ -70,13 +70,13 @@ static void test_pinned_resident_loading_never(void **state)
     atomic_store(&t.tiles[7].pins, 1);                 /* compute uses it */
     atomic_store(&t.slots[6].flags, NF_SLOT_RESIDENT); /* hot set */
     atomic_store(&t.tiles[5].state, NF_TILE_LOADING);  /* read in flight */
-    assert_int_equal(victim(&t, 8, 0, UINT32_MAX), 4);
+    assert_int_equal(victim(&t, 8, 0, UINT64_MAX), 4);
     /* Nothing evictable at all: every slot pinned, resident or loading. */
     for (uint32_t s = 0; s < NS; s++)
         atomic_store(&t.tiles[s].pins, 1);
     atomic_store(&t.tiles[6].pins, 0);
     atomic_store(&t.tiles[5].pins, 0);
-    assert_int_equal(victim(&t, 8, 0, UINT32_MAX), NF_NO_SLOT);
+    assert_int_equal(victim(&t, 8, 0, UINT64_MAX), NF_NO_SLOT);
     /* An empty slot is not a victim (it is free already). */
     table_init(&t);
     atomic_store(&t.slots[3].tile, NF_NO_TILE);
@@ -84,7 +84,7 @@ static void test_pinned_resident_loading_never(void **state)
     for (uint32_t s = 0; s < NS; s++)
         if (s != 3)
             atomic_store(&t.tiles[s].pins, 1);
-    assert_int_equal(victim(&t, 8, 0, UINT32_MAX), NF_NO_SLOT);
+    assert_int_equal(victim(&t, 8, 0, UINT64_MAX), NF_NO_SLOT);
 }
 
 /* A prefetch only evicts tiles needed after itself. */
@@ -94,13 +94,13 @@ static void test_prefetch_does_not_evict_sooner_tiles(void **state)
     struct table t;
     table_init(&t);
     /* cur 8: tile 15 is 7 steps ahead; all cached tiles (0..7) are 12..19 ahead: evict 7. */
-    assert_int_equal(victim(&t, 8, nf_cache_distance(15, 8, NT), UINT32_MAX), 7);
+    assert_int_equal(victim(&t, 8, nf_cache_distance(15, 8, NT), UINT64_MAX), 7);
     /* Tile 5 of the next cycle (17 ahead): only 6 (18) and 7 (19) are needed later. */
-    assert_int_equal(victim(&t, 8, nf_cache_distance(5, 8, NT), UINT32_MAX), 7);
+    assert_int_equal(victim(&t, 8, nf_cache_distance(5, 8, NT), UINT64_MAX), 7);
     atomic_store(&t.tiles[7].pins, 1);
-    assert_int_equal(victim(&t, 8, nf_cache_distance(5, 8, NT), UINT32_MAX), 6);
+    assert_int_equal(victim(&t, 8, nf_cache_distance(5, 8, NT), UINT64_MAX), 6);
     atomic_store(&t.tiles[6].pins, 1);
-    assert_int_equal(victim(&t, 8, nf_cache_distance(5, 8, NT), UINT32_MAX), NF_NO_SLOT);
+    assert_int_equal(victim(&t, 8, nf_cache_distance(5, 8, NT), UINT64_MAX), NF_NO_SLOT);
 }
 
 /* Simulates compute scanning NT tiles cyclically with NS slots, loading each miss into a free
@@ -133,7 +133,7 @@ static unsigned simulate(bool lru, unsigned cycles)
                             s = k;
                         }
                 } else if (s == NF_NO_SLOT) {
-                    s = victim(&t, id, 0, UINT32_MAX);
+                    s = victim(&t, id, 0, UINT64_MAX);
                 }
                 assert_int_not_equal(s, NF_NO_SLOT);
                 uint32_t old = atomic_load(&t.slots[s].tile);
@@ -222,16 +222,20 @@ static void test_victim_within_class(void **state)
     table_init(&t); /* tiles 0..7 READY in slots 0..7 */
     /* cur 4: tile 3 (slot 3, class 0) is needed last of all, but a class-1 load may only take
      * slots 4..7, where tile 4 is needed soonest and 7 last. */
-    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 4, 0, UINT32_MAX), 3);
-    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 4, NS, 4, 0, UINT32_MAX), 7);
-    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, 4, 4, 0, UINT32_MAX), 3);
+    assert_int_equal(
+        nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 4, 0, UINT64_MAX, NULL, NULL), 3);
+    assert_int_equal(
+        nf_cache_pick_victim(t.tiles, NT, t.slots, 4, NS, 4, 0, UINT64_MAX, NULL, NULL), 7);
+    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, 4, 4, 0, UINT64_MAX, NULL, NULL),
+                     3);
     /* Class 1 wholly pinned: no victim there, though class 0 has free-able slots. */
     for (uint32_t s = 4; s < NS; s++)
         atomic_store(&t.tiles[s].pins, 1);
-    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 4, NS, 4, 0, UINT32_MAX),
-                     NF_NO_SLOT);
-    assert_int_not_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, 4, 4, 0, UINT32_MAX),
-                         NF_NO_SLOT);
+    assert_int_equal(
+        nf_cache_pick_victim(t.tiles, NT, t.slots, 4, NS, 4, 0, UINT64_MAX, NULL, NULL),
+        NF_NO_SLOT);
+    assert_int_not_equal(
+        nf_cache_pick_victim(t.tiles, NT, t.slots, 0, 4, 4, 0, UINT64_MAX, NULL, NULL), NF_NO_SLOT);
 }
 
 /* A cyclic scan over tiles of two classes (even ids small, odd ids large), each class with its
@@ -261,7 +265,8 @@ static void test_cyclic_scan_per_class(void **state)
                 if (atomic_load(&t.slots[j].tile) == NF_NO_TILE)
                     s = j;
             if (s == NF_NO_SLOT)
-                s = nf_cache_pick_victim(t.tiles, NT, t.slots, first[k], end[k], id, 0, UINT32_MAX);
+                s = nf_cache_pick_victim(t.tiles, NT, t.slots, first[k], end[k], id, 0, UINT64_MAX,
+                                         NULL, NULL);
             assert_true(s >= first[k] && s < end[k]);
             uint32_t old = atomic_load(&t.slots[s].tile);
             if (old != NF_NO_TILE) {
@@ -413,6 +418,150 @@ static void test_late_prefetch(void **state)
     assert_false(nf_cache_late(52, 5, 50, 5, 9, 1));
 }
 
+/* Frequency estimate: an expert used every step tends to 1, one used once long ago to almost
+ * 0, one never seen is rare too once steps go by (had it been chosen, it would have been
+ * loaded and seen); a tile with prior 0 is used every step and not tracked. */
+static void test_freq_estimate(void **state)
+{
+    (void)state;
+    const float p0[4] = {0.25f, 0.25f, 0.25f, 0.0f};
+    struct nf_cache_freq q;
+    assert_int_equal(nf_cache_freq_init(&q, p0, 4), 0);
+    /* Before any step: the prior. */
+    assert_true(nf_cache_freq_p(&q, 0) > 0.24 && nf_cache_freq_p(&q, 0) < 0.26);
+    nf_cache_freq_observe(&q, 1, 100);
+    for (uint32_t step = 100; step < 160; step++) {
+        nf_cache_freq_observe(&q, 0, step);
+        nf_cache_freq_observe(&q, 0, step); /* seen twice in a step: one use */
+    }
+    assert_true(nf_cache_freq_p(&q, 0) > 0.8);
+    assert_true(nf_cache_freq_p(&q, 1) < 0.1);
+    assert_true(nf_cache_freq_p(&q, 2) < 0.1);
+    assert_true(nf_cache_freq_p(&q, 1) > 0.0);
+    assert_true(nf_cache_freq_p(&q, 3) == 1.0);
+    /* Not seen: counts nothing. */
+    double p1 = nf_cache_freq_p(&q, 1);
+    nf_cache_freq_observe(&q, 1, NF_CACHE_FREQ_NONE);
+    assert_true(nf_cache_freq_p(&q, 1) == p1);
+    /* Expected distance: every-step tiles keep their distance; a rare expert's is larger than
+     * any every-step tile's; a frequent expert's is below a rare one's. */
+    assert_int_equal(nf_cache_expected(&q, 3, 7, 20), 7);
+    assert_int_equal(nf_cache_expected(NULL, 1, 7, 20), 7);
+    assert_true(nf_cache_expected(&q, 1, 0, 20) > 20);
+    assert_true(nf_cache_expected(&q, 0, 7, 20) < nf_cache_expected(&q, 1, 0, 20));
+    nf_cache_freq_free(&q);
+}
+
+/* The victim by expected next use: compute is at tile 8 after 0..7; tiles 2 and 3 are routed
+ * experts, 2 chosen every other step, 3 not since its load: 3 goes first, then 2 (its next use
+ * is about two cycles away), then the cyclic order (7, 6, ...). A prefetch needed at distance
+ * 15 may still evict the experts but no every-step tile. */
+static void test_victim_rare_expert_first(void **state)
+{
+    (void)state;
+    struct table t;
+    table_init(&t);
+    float p0[NT] = {0};
+    p0[2] = p0[3] = 0.25f;
+    struct nf_cache_freq q;
+    assert_int_equal(nf_cache_freq_init(&q, p0, NT), 0);
+    for (uint32_t step = 2; step <= 30; step += 2)
+        nf_cache_freq_observe(&q, 2, step);
+    nf_cache_freq_observe(&q, 3, 1);
+    uint64_t got = 0;
+    uint32_t s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, 0, UINT64_MAX, &q, &got);
+    assert_int_equal(s, 3);
+    s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, 0, got, &q, &got);
+    assert_int_equal(s, 2);
+    s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, 0, got, &q, &got);
+    assert_int_equal(s, 7);
+    /* The cyclic rule alone would take 7 first. */
+    assert_int_equal(victim(&t, 8, 0, UINT64_MAX), 7);
+    s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, nf_cache_distance(15, 8, NT),
+                             UINT64_MAX, &q, &got);
+    assert_int_equal(s, 3);
+    nf_cache_freq_free(&q);
+}
+
+/* A MoE scan with skewed routing: 4 layers of one every-step tile and 8 experts (2 chosen per
+ * token, expert e with weight 2^-e), 14 slots for 36 tiles. Loads evict by expected next use
+ * or by cyclic distance alone; the frequency rule must miss less (the hot experts stay), and
+ * the every-step tiles must not miss more than under the cyclic rule. */
+#define ML 4
+#define ME 8
+#define MT (ML * (ME + 1))
+#define MS 14
+static void moe_scan(bool use_freq, unsigned *misses, unsigned *dense_misses)
+{
+    struct nf_tile_entry tiles[MT];
+    struct nf_slot_entry slots[MS];
+    memset(tiles, 0, sizeof(tiles));
+    memset(slots, 0, sizeof(slots));
+    for (uint32_t i = 0; i < MT; i++)
+        atomic_init(&tiles[i].slot, NF_NO_SLOT);
+    for (uint32_t s = 0; s < MS; s++)
+        atomic_init(&slots[s].tile, NF_NO_TILE);
+    float p0[MT];
+    for (uint32_t i = 0; i < MT; i++)
+        p0[i] = i % (ME + 1) == 0 ? 0.0f : 2.0f / ME;
+    struct nf_cache_freq q;
+    assert_int_equal(nf_cache_freq_init(&q, p0, MT), 0);
+    uint64_t rng = 12345;
+    *misses = *dense_misses = 0;
+    for (uint32_t step = 1; step <= 400; step++) {
+        for (uint32_t l = 0; l < ML; l++) {
+            uint32_t use[3] = {l * (ME + 1), 0, 0};
+            for (int k = 1; k <= 2; k++) {
+                uint32_t e;
+                do { /* weight 2^-e: e with probability ~ 2^-(e+1) */
+                    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                    uint32_t r = (uint32_t)(rng >> 32) | 0x80000000u;
+                    e = (uint32_t)__builtin_ctz(r) % ME;
+                } while (k == 2 && l * (ME + 1) + 1 + e == use[1]);
+                use[k] = l * (ME + 1) + 1 + e;
+            }
+            for (int k = 0; k < 3; k++) {
+                uint32_t id = use[k];
+                if (atomic_load(&tiles[id].state) != NF_TILE_READY) {
+                    if (step > 20) { /* after warm-up */
+                        (*misses)++;
+                        *dense_misses += k == 0;
+                    }
+                    uint32_t s = NF_NO_SLOT;
+                    for (uint32_t j = 0; j < MS && s == NF_NO_SLOT; j++)
+                        if (atomic_load(&slots[j].tile) == NF_NO_TILE)
+                            s = j;
+                    if (s == NF_NO_SLOT)
+                        s = nf_cache_pick_victim(tiles, MT, slots, 0, MS, id, 0, UINT64_MAX,
+                                                 use_freq ? &q : NULL, NULL);
+                    assert_int_not_equal(s, NF_NO_SLOT);
+                    uint32_t old = atomic_load(&slots[s].tile);
+                    if (old != NF_NO_TILE)
+                        atomic_store(&tiles[old].state, NF_TILE_EMPTY);
+                    atomic_store(&slots[s].tile, id);
+                    atomic_store(&tiles[id].state, NF_TILE_READY);
+                }
+                atomic_store(&tiles[id].last_use, step);
+                nf_cache_freq_observe(&q, id, step);
+            }
+        }
+    }
+    nf_cache_freq_free(&q);
+}
+
+static void test_moe_scan_skewed(void **state)
+{
+    (void)state;
+    unsigned cyc, cyc_dense, fr, fr_dense;
+    moe_scan(false, &cyc, &cyc_dense);
+    moe_scan(true, &fr, &fr_dense);
+    print_message("skewed MoE scan, 380 steps: misses cyclic %u (every-step tiles %u), "
+                  "frequency %u (%u)\n",
+                  cyc, cyc_dense, fr, fr_dense);
+    assert_true(fr * 10 < cyc * 8); /* at least 20% fewer misses */
+    assert_true(fr_dense <= cyc_dense);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -428,6 +577,9 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_resident_spread),
         cmocka_unit_test(test_late_prefetch),
+        cmocka_unit_test(test_freq_estimate),
+        cmocka_unit_test(test_victim_rare_expert_first),
+        cmocka_unit_test(test_moe_scan_skewed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,7 @@
  * llama.cpp's goldens on the in-RAM and the streaming engine, the BOS rule, and every stop
  * reason (eog, length, ctx, cancel by callback and by flag, error) with what it leaves behind. */
 #include <errno.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -162,6 +163,57 @@ static void test_golden_ctx(void **state)
     nf_gen_engine_ctx(&e, c);
     for (int i = 0; i < N_PROMPTS; i++)
         check_golden(&e, &gold[i], gold[i].n_gen); /* the sequence is reset each time */
+    nf_ctx_free(c);
+}
+
+/* With logprobs each token carries its raw logit and the log-sum-exp of the step's logits, as a
+ * naive sum over the whole vocabulary (long double, no max shift) gives it. */
+struct lp_seen {
+    const struct nf_gen_engine *e;
+    bool logprobs;
+    int n;
+};
+
+static int on_token_lp(void *ud, const struct nf_gen_token *t)
+{
+    struct lp_seen *s = ud;
+    const float *l = s->e->logits(s->e->ud); /* still this step's: eval follows the callback */
+    assert_float_equal(t->logit, l[t->id], 0);
+    if (!s->logprobs) {
+        assert_true(t->log_sum_exp == 0.0);
+    } else {
+        long double sum = expl((long double)l[0]); /* > 0 */
+        for (int i = 1; i < s->e->n_vocab; i++)
+            sum += expl((long double)l[i]);
+        assert_float_equal(t->log_sum_exp, (double)logl(sum), 1e-9);
+        assert_true(t->logit - t->log_sum_exp < 0); /* a log-probability */
+    }
+    s->n++;
+    return 0;
+}
+
+static void test_logprobs(void **state)
+{
+    (void)state;
+    struct nf_ctx *c;
+    assert_int_equal(nf_ctx_create(&c, model, 256, 2), 0);
+    struct nf_gen_engine e;
+    nf_gen_engine_ctx(&e, c);
+    for (int on = 0; on < 2; on++) {
+        struct lp_seen s = {.e = &e, .logprobs = on};
+        struct nf_gen_params p = greedy(8);
+        p.logprobs = on;
+        p.on_token = on_token_lp;
+        p.ud = &s;
+        char err[256];
+        struct nf_gen_seq q;
+        assert_int_equal(nf_gen_seq_init(&q, &e, vocab, gold[0].prompt_ids, gold[0].n_prompt, &p,
+                                         err, sizeof(err)),
+                         0);
+        assert_int_equal(nf_gen_seq_run(&q), 0);
+        assert_int_equal(s.n, 8);
+        nf_gen_seq_free(&q);
+    }
     nf_ctx_free(c);
 }
 
@@ -450,7 +502,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bos_rule),       cmocka_unit_test(test_golden_ctx),
         cmocka_unit_test(test_golden_stream),  cmocka_unit_test(test_stop_length_ctx_cancel),
-        cmocka_unit_test(test_stop_eog_error),
+        cmocka_unit_test(test_stop_eog_error), cmocka_unit_test(test_logprobs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -165,6 +165,26 @@ expect_fail 2 "--arch qwen2moe needs --experts" --shape tiny --arch qwen2moe
 expect_fail 2 "--shared-ffn is for --arch qwen2moe" --shape tiny-moe --arch olmoe --shared-ffn 64
 expect_fail 2 "--arch olmoe needs --kv-heads = --heads" --shape tiny-moe --arch olmoe
 expect_fail 2 "requires output.weight" --shape tiny-moe --arch qwen2moe --tied-output
+expect_fail 2 "--nextn is for --arch glm4moe" --shape tiny --nextn 1
+expect_fail 2 "--expert-scale is for --arch glm4moe" --shape tiny-moe --expert-scale 2.5
+expect_fail 2 "--arch glm4moe needs --experts" --shape tiny --arch glm4moe
+expect_fail 2 "--dense-layers 3 is more than --layers 2" --shape tiny-moe --arch glm4moe \
+    --dense-layers 3
+expect_fail 2 "go together" --shape tiny-moe --arch glm4moe --expert-groups 2
+expect_fail 2 "go together" --shape tiny-moe --arch glm4moe --expert-groups 2 --groups-used 2
+expect_fail 2 "--rope-dim 34 must be even, 2 to the head dim 32" --shape tiny-moe --arch glm4moe \
+    --rope-dim 34
+# The GLM presets as file holes: GLM-4.5 (355B, plus its nextn block) and GLM-4.5-Air (106B,
+# plus its nextn block); Air's expert width 1408 takes q8_0, not a K-type.
+for p in "glm-4.5 q4_k 356.786B" "glm-4.5-air q8_0 109.227B"; do
+    read -r shape ty want <<<"$p"
+    if mk glm.gguf --shape "$shape" --type "$ty" --zero && grep -q "$want params" "$T/out.txt"; then
+        ok
+    else
+        bad "--shape $shape --zero: $(cat "$T/out.txt" "$T/err.txt" 2>/dev/null)"
+    fi
+    rm -f "$T/glm.gguf"
+done
 # The qwen presets at their published sizes, as file holes: Qwen3-30B-A3B has 30.5B parameters.
 if mk q30.gguf --shape qwen3-30b-a3b --type q4_k --zero && grep -q "30.532B params" "$T/out.txt"; then
     ok

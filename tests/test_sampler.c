@@ -167,6 +167,77 @@ static void test_repeat_penalty(void **state)
     nf_sampler_free(s);
 }
 
+/* Hand-computed: window 4 holds [1, 2, 5, 1] after accepting 7, 1, 2, 5, 1 (7 has left it), so
+ * token 1 is seen twice, 2 and 5 once. With repeat 2, frequency 0.5, presence 0.25:
+ *   1:  2.0 / 2 = 1.0,  - (2 * 0.5 + 0.25) = -0.25
+ *   2: -1.0 * 2 = -2.0, - (1 * 0.5 + 0.25) = -2.75
+ *   5:  1.0 / 2 = 0.5,  - 0.75             = -0.25
+ * and every other logit (7 included) unchanged. */
+static void test_presence_frequency(void **state)
+{
+    const float l[NV] = {0.5f, 2.0f, -1.0f, 3.0f, 0.0f, 1.0f, -0.5f, 0.25f};
+    const float want[NV] = {0.5f, -0.25f, -2.75f, 3.0f, 0.0f, -0.25f, -0.5f, 0.25f};
+    struct nf_sampler_params p = open_params();
+    p.temp = 0.0f;
+    p.repeat_penalty = 2.0f;
+    p.repeat_last_n = 4;
+    p.frequency_penalty = 0.5f;
+    p.presence_penalty = 0.25f;
+    struct nf_sampler *s = NULL;
+    assert_int_equal(nf_sampler_create(&s, &p, NV), 0);
+    const int32_t seq[] = {7, 1, 2, 5, 1};
+    for (size_t i = 0; i < sizeof(seq) / sizeof(seq[0]); i++)
+        nf_sampler_accept(s, seq[i]);
+    float out[NV];
+    nf_sampler_penalized(s, l, out);
+    for (int i = 0; i < NV; i++)
+        assert_float_equal(out[i], want[i], 1e-6);
+    nf_sampler_free(s);
+
+    /* Frequency alone counts repeats: after 3, 3, 3 and 0, token 3 (3.0 - 3 * 1.0 = 0.0) falls
+     * below token 1 (2.0) and token 0 gets 0.5 - 1.0 = -0.5; presence does not count. */
+    p = open_params();
+    p.temp = 0.0f;
+    p.frequency_penalty = 1.0f;
+    assert_int_equal(nf_sampler_create(&s, &p, NV), 0);
+    assert_int_equal(nf_sampler_sample(s, l), 3);
+    nf_sampler_accept(s, 3);
+    assert_int_equal(nf_sampler_sample(s, l), 1); /* 3 - 1 ties with token 1's 2.0: lower id */
+    nf_sampler_accept(s, 3);
+    nf_sampler_accept(s, 3);
+    nf_sampler_accept(s, 0);
+    nf_sampler_penalized(s, l, out);
+    assert_float_equal(out[3], 0.0f, 1e-6);
+    assert_float_equal(out[0], -0.5f, 1e-6);
+    assert_int_equal(nf_sampler_sample(s, l), 1);
+    nf_sampler_free(s);
+    p.frequency_penalty = 0.0f;
+    p.presence_penalty = 1.5f;
+    assert_int_equal(nf_sampler_create(&s, &p, NV), 0);
+    nf_sampler_accept(s, 3);
+    nf_sampler_accept(s, 3);
+    nf_sampler_penalized(s, l, out);
+    assert_float_equal(out[3], 1.5f, 1e-6);
+    /* A negative penalty favours what was seen: token 6 (-0.5 + 4) wins. */
+    nf_sampler_free(s);
+    p.presence_penalty = -2.0f;
+    p.frequency_penalty = -2.0f;
+    assert_int_equal(nf_sampler_create(&s, &p, NV), 0);
+    nf_sampler_accept(s, 6);
+    assert_int_equal(nf_sampler_sample(s, l), 6);
+    nf_sampler_free(s);
+}
+
+static void test_log_sum_exp(void **state)
+{
+    /* log(e^1 + e^2 + e^3) = 3 + log(1 + e^-1 + e^-2) = 3.40760596...; huge values do not
+     * overflow. */
+    const float a[3] = {1.0f, 2.0f, 3.0f};
+    assert_float_equal(nf_log_sum_exp(a, 3), 3.4076059644443806, 1e-9);
+    const float b[2] = {1000.0f, 1000.0f};
+    assert_float_equal(nf_log_sum_exp(b, 2), 1000.0 + log(2.0), 1e-9);
+}
+
 static void test_bad_params(void **state)
 {
     struct nf_sampler_params p = open_params();
@@ -175,6 +246,15 @@ static void test_bad_params(void **state)
     assert_int_equal(nf_sampler_create(&s, &p, NV), NF_EUSAGE);
     p = open_params();
     assert_int_equal(nf_sampler_create(&s, &p, 0), NF_EUSAGE);
+    char err[200];
+    p.presence_penalty = 2.5f;
+    assert_int_equal(nf_sampler_params_check(&p, err, sizeof(err)), NF_EUSAGE);
+    assert_non_null(strstr(err, "presence_penalty 2.5 is out of range, expected -2..2"));
+    p = open_params();
+    p.frequency_penalty = NAN;
+    assert_int_equal(nf_sampler_params_check(&p, err, sizeof(err)), NF_EUSAGE);
+    assert_non_null(strstr(err, "frequency_penalty"));
+    assert_int_equal(nf_sampler_create(&s, &p, NV), NF_EUSAGE);
 }
 
 int main(void)
@@ -184,7 +264,8 @@ int main(void)
         cmocka_unit_test(test_distribution), cmocka_unit_test(test_top_k),
         cmocka_unit_test(test_top_p),        cmocka_unit_test(test_min_p),
         cmocka_unit_test(test_temperature),  cmocka_unit_test(test_repeat_penalty),
-        cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_bad_params),   cmocka_unit_test(test_presence_frequency),
+        cmocka_unit_test(test_log_sum_exp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

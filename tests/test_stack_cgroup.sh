@@ -256,9 +256,10 @@ PY
     pids=$(cat "$R"/*.pid 2>/dev/null)
     incg "$NF_BIN" down --run-dir "$R" >"$T/down.$name" 2>&1
     check "$name: down exits 0" $?
-    local alive=
+    local alive= st
     for p in $pids; do
-        if kill -0 "$p" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then
+        st=$(sed -n 's/^State:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null)
+        if [ -n "$st" ] && [ "${st#[ZX]}" = "$st" ]; then
             alive="$alive $p"
         fi
     done

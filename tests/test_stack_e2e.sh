@@ -165,7 +165,9 @@ check "stats --watch refreshes" $?
 check "down exits 0" $?
 alive=
 for p in $PIDS; do
-    if kill -0 "$p" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then
+    # The state read once (a zombie reaped between two reads would look alive); Z and X gone.
+    st=$(sed -n 's/^State:[[:space:]]*//p' "/proc/$p/status" 2>/dev/null)
+    if [ -n "$st" ] && [ "${st#[ZX]}" = "$st" ]; then
         alive="$alive $p"
     fi
 done

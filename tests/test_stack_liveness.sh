@@ -48,7 +48,12 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 # below X LIMIT: X < LIMIT.
 below() { awk -v x="$1" -v l="$2" 'BEGIN { exit !(x < l) }'; }
 # gone PID: the process is gone or a zombie (the reaper may be slow).
-gone() { ! kill -0 "$1" 2>/dev/null || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+# (The state is read once: a zombie reaped between two reads would look alive.)
+gone() {
+    local st
+    st=$(sed -n 's/^State:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null)
+    [ -z "$st" ] || [ "${st#[ZX]}" != "$st" ]
+}
 
 up() {
     "$NF_BIN" up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"

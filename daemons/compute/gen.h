@@ -44,6 +44,7 @@ struct nf_gen_job {
     int n_predict;         /* 1..max_tokens of struct nf_gen (clamped) */
     int n_asked;           /* n_predict as asked (0 taken as NF_GEN_DEFAULT_N) */
     int top_logits;        /* 0..NF_GEN_TOP_LOGITS_MAX */
+    bool logprobs;         /* Generate.logprobs: log-probabilities in the TokenEvents */
     bool lookup;           /* speculative decoding with prompt-lookup drafts */
     bool draft;            /* speculative decoding with the stack's draft model */
     int drafted, accepted; /* set by the run: what GenerateDone reports */

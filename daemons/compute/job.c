@@ -169,6 +169,7 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
                                     .cancel = &j->cancel,
                                     .on_token = job_on_token,
                                     .ud = &r,
+                                    .logprobs = j->logprobs,
                                     .draft = j->lookup || j->draft ? &draft : NULL};
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
     int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &ids, err, sizeof(err));

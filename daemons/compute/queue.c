@@ -142,7 +142,9 @@ static int job_check(const Nanoflow__Generate *m, int max_tokens, struct nf_gen_
                                            .min_p = p->min_p,
                                            .repeat_penalty = p->repeat_penalty,
                                            .repeat_last_n = p->repeat_last_n,
-                                           .seed = p->seed};
+                                           .seed = p->seed,
+                                           .presence_penalty = p->presence_penalty,
+                                           .frequency_penalty = p->frequency_penalty};
         char why[200];
         if (nf_sampler_params_check(&j->sp, why, sizeof(why)) < 0)
             return nf_errf(err, errlen, NF_EUSAGE, "Generate.sampling: %s", why);
@@ -152,6 +154,7 @@ static int job_check(const Nanoflow__Generate *m, int max_tokens, struct nf_gen_
     j->n_asked = m->n_predict > 0 ? m->n_predict : NF_GEN_DEFAULT_N;
     j->n_predict = j->n_asked < max_tokens ? j->n_asked : max_tokens;
     j->top_logits = (int)m->top_logits;
+    j->logprobs = m->logprobs;
     return 0;
 }
 

@@ -20,6 +20,8 @@ int nf_gen_send_token(struct nf_gen *g, const struct nf_gen_job *j, const struct
         nanoflow__top_logit__init(&tl[i]);
         tl[i].id = t->top_ids[i];
         tl[i].logit = t->top_vals[i];
+        if (j->logprobs)
+            tl[i].logprob = (float)((double)t->top_vals[i] - t->log_sum_exp);
         tlp[i] = &tl[i];
     }
     Nanoflow__TokenEvent ev;
@@ -29,6 +31,8 @@ int nf_gen_send_token(struct nf_gen *g, const struct nf_gen_job *j, const struct
     ev.piece.len = (size_t)t->piece_len;
     ev.n_top_logits = (size_t)nk;
     ev.top_logits = nk ? tlp : NULL;
+    if (j->logprobs)
+        ev.logprob = (float)((double)t->logit - t->log_sum_exp);
     nf_envelope env;
     nanoflow__envelope__init(&env);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_TOKEN;

@@ -2,6 +2,7 @@
 #include "cache.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,7 +15,9 @@ static bool always_hot(const struct nf_cache_tile_info *t)
     case NF_TILE_ROPE_FREQS:
     case NF_TILE_ATTN_NORM:
     case NF_TILE_FFN_NORM:
-    case NF_TILE_ROUTER: return true;
+    case NF_TILE_ROUTER:
+    case NF_TILE_SHEXP_GATE:
+    case NF_TILE_EXP_PROBS_B: return true;
     default: return false;
     }
 }
@@ -24,7 +27,8 @@ static bool by_layer(const struct nf_cache_tile_info *t)
 {
     return t->kind == NF_TILE_ATTN_Q || t->kind == NF_TILE_ATTN_K || t->kind == NF_TILE_ATTN_V ||
            t->kind == NF_TILE_ATTN_O || t->kind == NF_TILE_PRED_LOWRANK ||
-           t->kind == NF_TILE_PRED_ROUTER;
+           t->kind == NF_TILE_PRED_ROUTER ||
+           (t->kind >= NF_TILE_ATTN_Q_A && t->kind <= NF_TILE_ATTN_V_B); /* deepseek2 */
 }
 
 static void mark(struct nf_cache *c, const struct nf_cache_tile_info *info, uint32_t id)
@@ -167,11 +171,107 @@ bool nf_cache_late(uint32_t id, uint32_t pt, uint32_t cur, uint32_t pc, uint32_t
     return next > (uint64_t)prio + 1;
 }
 
+int nf_cache_freq_init(struct nf_cache_freq *q, const float *p0, uint32_t n_tiles)
+{
+    memset(q, 0, sizeof(*q));
+    size_t n = n_tiles ? n_tiles : 1;
+    q->n_tiles = n_tiles;
+    q->p0 = malloc(n * sizeof(*q->p0));
+    q->uses = calloc(n, sizeof(*q->uses));
+    q->upd = calloc(n, sizeof(*q->upd));
+    q->seen = malloc(n * sizeof(*q->seen));
+    if (!q->p0 || !q->uses || !q->upd || !q->seen) {
+        nf_cache_freq_free(q);
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < n_tiles; i++) {
+        q->p0[i] = p0[i] > 1.0f ? 1.0f : p0[i] < 0.0f ? 0.0f : p0[i];
+        q->seen[i] = NF_CACHE_FREQ_NONE;
+    }
+    return 0;
+}
+
+int nf_cache_freq_init_nft(struct nf_cache_freq *q, const struct nf_nft *f)
+{
+    uint32_t n = (uint32_t)f->n_tiles;
+    float *p0 = calloc(n ? n : 1, sizeof(*p0));
+    if (!p0)
+        return -ENOMEM;
+    float prior = f->hdr.n_expert ? (float)f->hdr.n_expert_used / (float)f->hdr.n_expert : 0.0f;
+    for (uint32_t i = 0; i < n; i++)
+        p0[i] = f->tiles[i].kind == NF_TILE_EXPERT ? prior : 0.0f;
+    int rc = nf_cache_freq_init(q, p0, n);
+    free(p0);
+    return rc;
+}
+
+void nf_cache_freq_free(struct nf_cache_freq *q)
+{
+    free(q->p0);
+    free(q->uses);
+    free(q->upd);
+    free(q->seen);
+    memset(q, 0, sizeof(*q));
+}
+
+/* decay^steps */
+static float decay_pow(uint32_t steps)
+{
+    return expf((float)steps * logf(NF_CACHE_FREQ_DECAY));
+}
+
+void nf_cache_freq_observe(struct nf_cache_freq *q, uint32_t id, uint32_t last_use)
+{
+    if (id >= q->n_tiles || last_use == NF_CACHE_FREQ_NONE)
+        return;
+    if (!q->started) {
+        q->first = q->now = last_use;
+        q->started = true;
+    }
+    /* Steps grow; one older than the first seen (a tile pinned before the fetcher looked)
+     * counts from the first. */
+    uint32_t u = last_use < q->first ? q->first : last_use;
+    if (u > q->now)
+        q->now = u;
+    if (q->p0[id] == 0.0f || q->seen[id] == last_use)
+        return;
+    q->seen[id] = last_use;
+    if (u >= q->upd[id]) {
+        q->uses[id] = q->uses[id] * decay_pow(u - q->upd[id]) + 1.0f;
+        q->upd[id] = u;
+    } else { /* a use older than the newest counted: weighed at its age */
+        q->uses[id] += decay_pow(q->upd[id] - u);
+    }
+}
+
+double nf_cache_freq_p(const struct nf_cache_freq *q, uint32_t id)
+{
+    if (!q || id >= q->n_tiles || q->p0[id] == 0.0f)
+        return 1.0;
+    const float d = NF_CACHE_FREQ_DECAY;
+    uint32_t span = q->started ? q->now - q->first + 1 : 0; /* steps seen */
+    double uses = q->uses[id] * decay_pow(q->now - q->upd[id]);
+    double steps = (1.0 - decay_pow(span)) / (1.0 - d); /* the same decayed weights, summed */
+    double p = (uses + NF_CACHE_FREQ_PRIOR * q->p0[id]) / (steps + NF_CACHE_FREQ_PRIOR);
+    return p < NF_CACHE_FREQ_MIN_P ? NF_CACHE_FREQ_MIN_P : p > 1.0 ? 1.0 : p;
+}
+
+uint64_t nf_cache_expected(const struct nf_cache_freq *q, uint32_t id, uint32_t dist,
+                           uint32_t n_tiles)
+{
+    double p = nf_cache_freq_p(q, id);
+    if (p >= 1.0)
+        return dist;
+    return dist + (uint64_t)((double)n_tiles * (1.0 / p - 1.0));
+}
+
 uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tiles,
                               const struct nf_slot_entry *slots, uint32_t first_slot,
-                              uint32_t end_slot, uint32_t cur, uint32_t min_dist, uint32_t below)
+                              uint32_t end_slot, uint32_t cur, uint64_t min_dist, uint64_t below,
+                              const struct nf_cache_freq *q, uint64_t *got)
 {
-    uint32_t best = NF_NO_SLOT, best_dist = 0;
+    uint32_t best = NF_NO_SLOT;
+    uint64_t best_dist = 0;
     for (uint32_t s = first_slot; s < end_slot; s++) {
         uint32_t id = atomic_load_explicit(&slots[s].tile, memory_order_relaxed);
         if (id >= n_tiles)
@@ -182,7 +282,7 @@ uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tile
         if (atomic_load_explicit(&t->state, memory_order_relaxed) != NF_TILE_READY ||
             atomic_load_explicit(&t->pins, memory_order_relaxed) != 0)
             continue;
-        uint32_t d = nf_cache_distance(id, cur, n_tiles);
+        uint64_t d = nf_cache_expected(q, id, nf_cache_distance(id, cur, n_tiles), n_tiles);
         if (d <= min_dist || d >= below)
             continue;
         if (best == NF_NO_SLOT || d > best_dist) {
@@ -190,5 +290,7 @@ uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tile
             best_dist = d;
         }
     }
+    if (got)
+        *got = best_dist;
     return best;
 }

@@ -118,15 +118,61 @@ bool nf_cache_behind(uint32_t id, uint32_t pt, uint32_t cur, uint32_t pc, uint32
  * asks for such tiles; see docs/measurements.md). */
 bool nf_cache_late(uint32_t id, uint32_t pt, uint32_t cur, uint32_t pc, uint32_t np, uint32_t prio);
 
+/* --- Routed experts: decayed use frequency ----------------------------------------------
+ *
+ * The cyclic rule above is Belady's for tiles every token uses. A routed expert's tile is used
+ * only by the tokens that choose it: with probability p per token, its next use is expected
+ * (1/p - 1) whole steps after its next pass, so the victim rule compares expected distances,
+ * distance + n_tiles * (1/p - 1) (nf_cache_expected). Every tile every token uses (attention,
+ * dense FFN, a shared expert, norms and routers) then outranks every routed expert, and among
+ * experts the rarely chosen go first: skewed routing turns into hits. p is estimated per tile
+ * from the uses compute's pins show (a pin stamps the tile's last_use with compute's step):
+ * decayed counts, each step weighing NF_CACHE_FREQ_DECAY of the one after it, blended with the
+ * prior K/E (experts used of experts per layer) weighing NF_CACHE_FREQ_PRIOR steps, so an expert
+ * not seen yet counts as an average one and recent routing outweighs old. */
+#define NF_CACHE_FREQ_DECAY 0.95f /* a use 14 steps ago counts half */
+#define NF_CACHE_FREQ_PRIOR 4.0f  /* steps' worth of weight of the prior */
+#define NF_CACHE_FREQ_MIN_P (1.0f / 1024)
+
+struct nf_cache_freq {
+    uint32_t n_tiles;
+    float *p0;           /* (n_tiles) prior use probability per step; 0: not tracked (every step) */
+    float *uses;         /* (n_tiles) decayed uses as of step upd[id] */
+    uint32_t *upd;       /* (n_tiles) step of the last counted use */
+    uint32_t *seen;      /* (n_tiles) the last_use value last counted (NF_CACHE_FREQ_NONE: none) */
+    uint32_t first, now; /* first and newest step seen */
+    bool started;
+};
+#define NF_CACHE_FREQ_NONE UINT32_MAX
+
+/* Allocates q for n_tiles tiles with prior p0[id] (copied; 0 for a tile used every step, which
+ * is not tracked). Returns 0 or -ENOMEM. */
+int nf_cache_freq_init(struct nf_cache_freq *q, const float *p0, uint32_t n_tiles);
+/* The same from an open .nft: EXPERT tiles get n_expert_used / n_expert, the rest 0. */
+int nf_cache_freq_init_nft(struct nf_cache_freq *q, const struct nf_nft *f);
+void nf_cache_freq_free(struct nf_cache_freq *q);
+/* Counts a use of tile id at compute step last_use, once per distinct value (NF_CACHE_FREQ_NONE,
+ * a tile not pinned since it was loaded, counts nothing); also advances q's newest step. */
+void nf_cache_freq_observe(struct nf_cache_freq *q, uint32_t id, uint32_t last_use);
+/* Estimated probability that tile id is used in a step, as of q's newest step (1 for a tile
+ * not tracked). */
+double nf_cache_freq_p(const struct nf_cache_freq *q, uint32_t id);
+/* Expected steps-in-tiles until tile id's next use: dist, plus n_tiles * (1/p - 1) for a
+ * tracked tile (q may be NULL: dist alone, the cyclic rule). */
+uint64_t nf_cache_expected(const struct nf_cache_freq *q, uint32_t id, uint32_t dist,
+                           uint32_t n_tiles);
+
 /* Picks the eviction victim among the slots first_slot .. end_slot - 1 (one class: a tile
  * only evicts within its own class): the slot whose tile is READY, unpinned, not flagged
- * NF_SLOT_RESIDENT, and has the largest distance from cur that is both > min_dist and < below
- * (pass UINT32_MAX for no upper bound; after a failed nf_slot_try_evict, call again with below
- * set to the failed tile's distance to get the next candidate). Returns the slot, or NF_NO_SLOT
- * when none qualifies. Reads the tables with relaxed atomics (a racing pin is caught by
+ * NF_SLOT_RESIDENT, and has the largest expected next use (nf_cache_expected with q: NULL for
+ * the cyclic distance alone) that is both > min_dist and < below (pass UINT64_MAX for no upper
+ * bound; after a failed nf_slot_try_evict, call again with below set to the failed tile's
+ * value to get the next candidate, *got when not NULL). Returns the slot, or NF_NO_SLOT when
+ * none qualifies. Reads the tables with relaxed atomics (a racing pin is caught by
  * nf_slot_try_evict). */
 uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tiles,
                               const struct nf_slot_entry *slots, uint32_t first_slot,
-                              uint32_t end_slot, uint32_t cur, uint32_t min_dist, uint32_t below);
+                              uint32_t end_slot, uint32_t cur, uint64_t min_dist, uint64_t below,
+                              const struct nf_cache_freq *q, uint64_t *got);
 
 #endif

@@ -232,6 +232,16 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
         nf_fetch_free(ft);
         return rc;
     }
+    if (f->hdr.n_expert > 0 && !o->expert_cyclic) {
+        if ((rc = nf_cache_freq_init_nft(&ft->freq, f)) < 0) {
+            snprintf(err, errlen, "out of memory for the experts' use counts");
+            nf_fetch_free(ft);
+            return rc;
+        }
+        ft->use_freq = true;
+    }
+    nf_log(NF_LOG_INFO, "routed experts evicted by %s",
+           ft->use_freq ? "expected next use (decayed frequency)" : "cyclic distance");
     nf_log(NF_LOG_INFO,
            "resident set: %u tiles (%" PRIu64 " bytes) of %u slots, loaded on first use",
            ft->cache.n_resident, ft->cache.resident_bytes, ft->n_slots);
@@ -253,6 +263,7 @@ void nf_fetch_free(struct nf_fetcher *ft)
 {
     nf_fetch_backend_close(ft);
     nf_cache_free(&ft->cache);
+    nf_cache_freq_free(&ft->freq);
     free(ft->pend);
     free(ft->dq);
     free(ft->heap);
@@ -378,6 +389,8 @@ static void track_compute(struct nf_fetcher *ft)
         uint32_t u = atomic_load_explicit(&st->tiles[id].last_use, memory_order_relaxed);
         if (u == NF_FETCH_UNUSED)
             continue;
+        if (ft->use_freq)
+            nf_cache_freq_observe(&ft->freq, id, u);
         uint64_t key = (uint64_t)u << 32 | id;
         if (!found || key > best) {
             best = key;
@@ -403,11 +416,13 @@ static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, uint32_t k, bool de
     const struct nf_stack_class *c = &st->cfg->classes[k];
     uint32_t first = (uint32_t)c->first_slot, end = (uint32_t)(c->first_slot + c->n_slots);
     track_compute(ft);
-    uint32_t min_dist = demand ? 0 : nf_cache_distance(id, ft->cur, ft->n_tiles);
-    uint32_t below = UINT32_MAX;
+    /* A prefetched tile is wanted on its next pass: its own expected use is its distance. */
+    uint64_t min_dist = demand ? 0 : nf_cache_distance(id, ft->cur, ft->n_tiles);
+    uint64_t below = UINT64_MAX, got;
+    const struct nf_cache_freq *q = ft->use_freq ? &ft->freq : NULL;
     for (uint32_t tries = 0; tries < end - first; tries++) {
         s = nf_cache_pick_victim(st->tiles, ft->n_tiles, st->slots, first, end, ft->cur, min_dist,
-                                 below);
+                                 below, q, &got);
         if (s == NF_NO_SLOT)
             return NF_NO_SLOT;
         uint32_t victim = atomic_load(&st->slots[s].tile);
@@ -422,7 +437,7 @@ static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, uint32_t k, bool de
             ft->diag.evict_by_prefetch += !demand;
             return s;
         }
-        below = nf_cache_distance(victim, ft->cur, ft->n_tiles); /* pinned meanwhile: next */
+        below = got; /* pinned meanwhile: the next candidate */
     }
     return NF_NO_SLOT;
 }

@@ -29,6 +29,7 @@ struct nf_fetch_opts {
     unsigned qd;                /* reads in flight at most (--qd) */
     enum nf_verify_mode verify; /* --verify */
     bool no_uring;              /* --no-uring: use the pread pool even if io_uring works */
+    bool expert_cyclic;         /* --expert-cache cyclic: routed experts by cyclic distance only */
     /* Slots the resident set must leave in each class (the plan's class_min). */
     uint32_t class_min[NF_STACK_MAX_CLASSES];
 };
@@ -89,6 +90,8 @@ struct nf_fetcher {
     const struct nf_nft *f;
     struct nf_fetch_opts o;
     struct nf_cache cache;
+    struct nf_cache_freq freq; /* routed experts' use frequency (cache.h) */
+    bool use_freq;             /* a MoE model, --expert-cache freq */
     uint32_t n_tiles, n_slots;
     /* Pending requests. pend[id]: bit 0 in the demand FIFO, bit 1 in the prefetch heap. */
     uint8_t *pend; /* (n_tiles) */

@@ -54,7 +54,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: nanoflow-fetcher --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--qd N] [--verify all|sample|none]\n"
-            "                        [--no-uring] [--numa-node N] [--foreground]\n"
+            "                        [--no-uring] [--numa-node N] [--expert-cache freq|cyclic]\n"
+            "                        [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Creates the stack's shared region and reads weight tiles into it with io_uring\n"
             "(O_DIRECT, registered buffers; a pread thread pool when io_uring is unavailable).\n\n"
@@ -77,19 +78,24 @@ static void usage(FILE *out)
             "                     (default: off)\n"
             "  --numa-node N      bind the region's tile pool to node N (default: the node the\n"
             "                     fetcher starts on; a one-node machine ignores it)\n"
+            "  --expert-cache P   which routed-expert tiles a load evicts first: freq, the one\n"
+            "                     whose next use is expected farthest by its decayed use\n"
+            "                     frequency (rarely chosen experts first); cyclic, the one\n"
+            "                     farthest in layer order, as for dense tiles (default: freq)\n"
             "  --foreground       stay attached, log to stderr (default: detach once ready and\n"
             "                     log to DIR/fetcher.log)\n"
             "  --log-level L      error, warn, info or debug (default: info)\n"
             "  -h, --help         show this help\n");
 }
 
-enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA };
+enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA, O_EXPERT_CACHE };
 
 static const struct option own_opts[] = {
     {"qd", required_argument, NULL, O_QD},
     {"verify", required_argument, NULL, O_VERIFY},
     {"no-uring", no_argument, NULL, O_NO_URING},
     {"numa-node", required_argument, NULL, O_NUMA},
+    {"expert-cache", required_argument, NULL, O_EXPERT_CACHE},
     {NULL, 0, NULL, 0},
 };
 
@@ -115,6 +121,14 @@ static int parse_own(int val, const char *arg, void *ud)
             return -EINVAL;
         return 0;
     case O_NO_URING: fo->o.no_uring = true; return 0;
+    case O_EXPERT_CACHE:
+        if (!strcmp(arg, "freq"))
+            fo->o.expert_cyclic = false;
+        else if (!strcmp(arg, "cyclic"))
+            fo->o.expert_cyclic = true;
+        else
+            return -EINVAL;
+        return 0;
     case O_NUMA:
         if (nf_daemon_arg_long(arg, 0, 4095, &v))
             return -EINVAL;

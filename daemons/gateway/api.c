@@ -93,7 +93,6 @@ static int get_bool(struct gw_conn *c, json_t *o, const char *key, bool *out)
 static int refuse_unsupported(struct gw_conn *c, json_t *o, bool chat)
 {
     long long n = 1;
-    double d = 0;
     int r;
     if ((r = get_int(c, o, "n", 1, 128, &n)) < 0)
         return -1;
@@ -114,26 +113,6 @@ static int refuse_unsupported(struct gw_conn *c, json_t *o, bool chat)
         if (sfx && !json_is_null(sfx) && !(json_is_string(sfx) && !json_string_length(sfx)))
             return bad(c, "suffix", "suffix is not supported");
     }
-    static const char *const pen[] = {"presence_penalty", "frequency_penalty"};
-    for (int i = 0; i < 2; i++) {
-        if ((r = get_number(c, o, pen[i], -2, 2, &d)) < 0)
-            return -1;
-        if (r && d != 0)
-            return bad(c, pen[i],
-                       "%s is not supported: the stack's sampler has llama.cpp's repetition "
-                       "penalty only (omit it or send 0)",
-                       pen[i]);
-    }
-    json_t *lp = json_object_get(o, "logprobs");
-    if (lp && !json_is_null(lp) && !json_is_false(lp) &&
-        !(json_is_integer(lp) && json_integer_value(lp) == 0))
-        return bad(c, "logprobs",
-                   "logprobs is not supported: compute streams tokens without their "
-                   "probabilities (omit it or send %s)",
-                   chat ? "false" : "null");
-    json_t *tl = json_object_get(o, "top_logprobs");
-    if (tl && !json_is_null(tl) && !(json_is_integer(tl) && json_integer_value(tl) == 0))
-        return bad(c, "top_logprobs", "top_logprobs is not supported (omit it or send 0)");
     json_t *lb = json_object_get(o, "logit_bias");
     if (lb && !json_is_null(lb) && !(json_is_object(lb) && json_object_size(lb) == 0))
         return bad(c, "logit_bias", "logit_bias is not supported");
@@ -151,6 +130,33 @@ static int refuse_unsupported(struct gw_conn *c, json_t *o, bool chat)
             return bad(c, "response_format",
                        "response_format other than {\"type\":\"text\"} is not supported");
     }
+    return 0;
+}
+
+/* logprobs, as OpenAI has them: chat takes logprobs (boolean) and top_logprobs (0..20, which
+ * needs logprobs true); completions take logprobs N (0..20 alternatives, null: none). */
+static int get_logprobs(struct gw_conn *c, json_t *o, bool chat, struct gw_gen_req *q)
+{
+    long long n = 0;
+    int r;
+    if (!chat) {
+        json_t *tl = json_object_get(o, "top_logprobs");
+        if (tl && !json_is_null(tl))
+            return bad(c, "top_logprobs",
+                       "top_logprobs is a chat field: /v1/completions takes logprobs N");
+        if ((r = get_int(c, o, "logprobs", 0, GW_MAX_TOP_LOGPROBS, &n)) < 0)
+            return -1;
+        q->logprobs = r > 0;
+        q->top_logprobs = (int)n;
+        return 0;
+    }
+    if (get_bool(c, o, "logprobs", &q->logprobs) < 0)
+        return -1;
+    if ((r = get_int(c, o, "top_logprobs", 0, GW_MAX_TOP_LOGPROBS, &n)) < 0)
+        return -1;
+    if (n > 0 && !q->logprobs)
+        return bad(c, "top_logprobs", "top_logprobs needs logprobs: true");
+    q->top_logprobs = (int)n;
     return 0;
 }
 
@@ -230,6 +236,17 @@ static int get_common(struct gw_conn *c, json_t *o, bool chat, struct gw_gen_req
         return -1;
     q->has_seed = r;
     q->seed = (uint64_t)seed;
+    /* As llama.cpp's server: over the sampler's window (the last 64 tokens, prompt included). */
+    d = 0;
+    if (get_number(c, o, "presence_penalty", -2, 2, &d) < 0)
+        return -1;
+    q->presence_penalty = (float)d;
+    d = 0;
+    if (get_number(c, o, "frequency_penalty", -2, 2, &d) < 0)
+        return -1;
+    q->frequency_penalty = (float)d;
+    if (get_logprobs(c, o, chat, q) < 0)
+        return -1;
     return get_stop(c, o, q);
 }
 
@@ -383,7 +400,13 @@ static void completion(struct gw *g, struct gw_conn *c, const struct gw_request 
         gw_gen_req_free(&q);
         return;
     }
-    gw_gen_start(g, c, &q);
+    /* Who the fair queue serves in turn: the API key, else the peer address (fair.c). */
+    char client[GW_CLIENT_ID_MAX];
+    if (r->auth && !strncasecmp(r->auth, "Bearer ", 7))
+        snprintf(client, sizeof(client), "key %s", r->auth + 7);
+    else
+        snprintf(client, sizeof(client), "addr %s", r->peer ? r->peer : "?");
+    gw_gen_start(g, c, &q, client);
 }
 
 static void models(struct gw *g, struct gw_conn *c)

@@ -5,8 +5,8 @@
  * parser, limits and timeouts, responses and Server-Sent Events), upstream.c (asynchronous
  * control connections to ROLE.sock), api.c (routes: /v1/completions, /v1/chat/completions,
  * /v1/models, /health, /metrics), gen.c (one generation: Generate out, TokenEvents in, stop
- * strings, the OpenAI replies), metrics.c (the Stats of the three daemons as Prometheus text),
- * page.html (the chat page at /, compiled in by embed.cmake).
+ * strings, the OpenAI replies), logprobs.c (their logprobs), metrics.c (the Stats of the three
+ * daemons as Prometheus text), page.html (the chat page at /, compiled in by embed.cmake).
  *
  * Threads: one, the libuv loop's. Every callback below runs on it. */
 #ifndef NF_GATEWAY_H
@@ -29,29 +29,52 @@
 #define GW_MAX_HEAD            16384      /* request line and headers together */
 #define GW_HEADER_TIMEOUT_S    10         /* a request's line, headers and body arrive in this */
 #define GW_IDLE_TIMEOUT_S      60         /* a keep-alive connection with no request is closed */
-#define GW_MAX_QUEUE_DEFAULT   64         /* generations forwarded to compute at once */
+#define GW_MAX_QUEUE_DEFAULT   64         /* generations waiting or running in the gateway */
+#define GW_MAX_RUNNING_DEFAULT 1          /* forwarded to compute at once (it runs one) */
+#define GW_CLIENT_ID_MAX       160        /* bytes of a client's identity (key or address) */
 #define GW_OUT_MAX             (1u << 20) /* unread response bytes before a client is dropped */
 #define GW_LINGER_MS           2000       /* lingering close after a final answer */
 #define GW_TRIM_BYTES          (256u << 10) /* a freed body this large: malloc_trim */
 #define GW_MAX_STOP            4            /* stop strings per request, as OpenAI */
 #define GW_MAX_STOP_LEN        256          /* bytes of one stop string */
 #define GW_UPSTREAM_TIMEOUT_MS 3000         /* a Health or Stats reply from a daemon */
+#define GW_MAX_TOP_LOGPROBS    20           /* top_logprobs (chat) and logprobs (completions) */
 
 struct gw_conn;
 struct gw_gen;
+struct gw_client;
+struct nf_vocab;
+
+/* A generation's place in the fair queue (fair.c), embedded in it. */
+struct gw_wait {
+    struct gw_wait *next;
+    struct gw_client *cl; /* its client while it waits or runs, else NULL */
+    bool queued;          /* waiting (not yet forwarded) */
+    uint64_t t_queued_ns; /* nf_now_ns when queued */
+    uint32_t ahead;       /* generations waiting or running in the gateway when it came */
+};
 
 struct gw {
     uv_loop_t *loop;
     char dir[PATH_MAX];
     char model_id[256]; /* what /v1/models lists: general.name, else the file's base name */
     const struct nf_gguf *gguf;
+    struct nf_vocab *vocab;     /* loaded by the first request with top_logprobs (logprobs.c) */
     struct nf_stack *st;        /* attached region: stop word and liveness */
     const char *api_key;        /* NULL: no key asked */
     uint64_t max_body;          /* request body limit in bytes */
     int max_conns, n_conns;     /* HTTP connections: cap and how many are open */
-    int max_queue, n_gens;      /* generations forwarded at once: cap and how many */
-    uint64_t header_timeout_ms; /* request line, headers and body */
-    uint64_t idle_timeout_ms;   /* keep-alive without a request */
+    int max_queue, n_gens;      /* generations waiting or running: cap and how many */
+    int max_running, n_running; /* of those, forwarded to compute: cap and how many */
+    /* The fair queue (fair.c): the clients with waiting generations, a sequence number that
+     * orders their turns; counters for stats and /metrics. */
+    struct gw_client *clients;
+    uint64_t fair_seq;
+    int n_clients, n_waiting;
+    uint64_t n_started, wait_ns_sum, wait_ns_max; /* generations forwarded; their waits here */
+    uint64_t n_queue_full;                        /* answered 429: the queue was full */
+    uint64_t header_timeout_ms;                   /* request line, headers and body */
+    uint64_t idle_timeout_ms;                     /* keep-alive without a request */
     uint64_t next_req_id;
     const char *chat_template; /* --chat-template, else the GGUF's, else "chatml" */
     long long started_at;      /* time() at start: /v1/models' created */
@@ -75,6 +98,7 @@ struct gw_request {
     const char *body; /* (body_len) bytes, NUL-terminated */
     size_t body_len;
     const char *auth; /* Authorization header value or NULL */
+    const char *peer; /* the client's address ("127.0.0.1", "::1") */
 };
 
 /* Listens on host:port ("127.0.0.1:8080", "[::1]:8080"). Returns 0 or a negative code with a
@@ -113,20 +137,51 @@ struct gw_gen_req {
     bool chat, stream, include_usage;
     int max_tokens; /* 0: compute's default */
     float temp, top_p;
+    float presence_penalty, frequency_penalty; /* 0: off */
+    bool logprobs;    /* chat's logprobs true, completions' logprobs N given */
+    int top_logprobs; /* alternatives per token, 0..GW_MAX_TOP_LOGPROBS */
     bool has_temp, has_top_p, has_seed;
     uint64_t seed;
     char *stop[GW_MAX_STOP]; /* owned */
     size_t stop_len[GW_MAX_STOP];
     int n_stop;
 };
-/* Starts the generation of q for connection c (takes ownership of q's strings): a Generate to
- * compute over a fresh connection, the reply streamed or sent whole. Answers 429 itself when
- * max_queue generations are in flight. */
-void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q);
+/* Queues the generation of q for connection c and client (fair.c; takes ownership of q's
+ * strings); its turn sends a Generate to compute over a fresh connection, the reply streamed or
+ * sent whole. Answers 429 itself when max_queue generations wait or run. */
+void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q, const char *client);
+/* Forwards waiting generations while fewer than max_running run. */
+void gw_gen_pump(struct gw *g);
 /* The client of gen went away: Cancel is sent (compute stops within one token); gen frees
  * itself once compute confirms. */
 void gw_gen_client_gone(void *gen);
 void gw_gen_req_free(struct gw_gen_req *q);
+/* A JSON string of s[0..n), each maximal subpart of invalid UTF-8 replaced by one U+FFFD (jansson
+ * takes valid UTF-8 only). */
+json_t *gw_json_text(const char *s, size_t n);
+
+/* --- logprobs.c ---------------------------------------------------------------------------- */
+/* Loads g->vocab from the model (once), for the alternatives' text. Returns 0 or a negative
+ * code with err set. */
+int gw_lp_vocab(struct gw *g, char *err, size_t errlen);
+/* Token t's entry in chat's shape ({"token","logprob","bytes","top_logprobs"}, its first n_top
+ * alternatives) from the log-probabilities compute attached. */
+json_t *gw_lp_token(struct gw *g, const Nanoflow__TokenEvent *t, int n_top);
+/* The "logprobs" object of a choice from entries (taken): chat's {"content","refusal"}, or the
+ * completions' {"tokens","token_logprobs","top_logprobs","text_offset"}, whose offsets count
+ * characters from *text_offset, which it advances. */
+json_t *gw_lp_render(json_t *entries, bool chat, size_t *text_offset);
+
+/* --- fair.c -------------------------------------------------------------------------------- */
+/* Queues w as the newest request of client (an id of at most GW_CLIENT_ID_MAX - 1 bytes).
+ * Returns 0 or -ENOMEM. */
+int gw_fair_push(struct gw *g, struct gw_wait *w, const char *client);
+/* The next request to forward: the oldest of the client served least recently (one not served
+ * yet first), or NULL when none waits. Counts its wait. */
+struct gw_wait *gw_fair_pop(struct gw *g);
+/* w leaves the gateway: done after it ran, or taken out of the queue (its client went away
+ * while it waited). A no-op when it was never queued. */
+void gw_fair_done(struct gw *g, struct gw_wait *w);
 
 /* --- the chat page (page.html, compiled in by embed.cmake) -------------------------------- */
 extern const unsigned char gw_page_html[];
@@ -136,6 +191,10 @@ extern const size_t gw_page_html_len;
 /* /health and /metrics: Health or Stats requests to the three daemons, then the answer. */
 void gw_health(struct gw *g, struct gw_conn *c);
 void gw_metrics(struct gw *g, struct gw_conn *c);
+/* Answers a StatsRequest on gateway.sock: one stage "gateway" with the fair queue's counters
+ * (queue_len*, queue_clients*, running*, requests, queue_wait_ns, queue_wait_max_ns*,
+ * queue_full, connections*, tokens, mem_bytes*; * = gauge). Returns 0 or a negative code. */
+int gw_stats_reply(const struct gw *g, struct nf_server *s, uint64_t conn, uint64_t req_id);
 
 /* --- upstream.c ---------------------------------------------------------------------------- */
 struct gw_up;

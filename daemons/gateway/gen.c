@@ -6,6 +6,7 @@
  * the connection's end). A stop string, or a client that goes away, sends Cancel: compute stops
  * before its next token (the engine checks the flag before each layer). */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 
 #include "gateway.h"
 #include "nf_err.h"
+#include "nf_time.h"
 #include "sampler.h"
 
 struct gw_gen {
@@ -29,6 +31,11 @@ struct gw_gen {
     int n_tokens;          /* tokens taken into text (those after a stop are not counted) */
     bool stopped;          /* a stop string matched: text ends before it, Cancel sent */
     bool finished;         /* the reply is complete (or abandoned) */
+    struct gw_wait w;      /* its place in the fair queue until it runs */
+    bool running;          /* forwarded to compute (counted in g->n_running) */
+    double wait_s;         /* seconds it waited in the fair queue */
+    json_t *lp;            /* with logprobs: the entries of the tokens not yet sent (gw_lp_token) */
+    size_t lp_off;         /* characters before them (completions' text_offset) */
 };
 
 void gw_gen_req_free(struct gw_gen_req *q)
@@ -42,7 +49,11 @@ void gw_gen_req_free(struct gw_gen_req *q)
 static void gen_free(struct gw_gen *x)
 {
     x->g->n_gens--;
+    if (x->running)
+        x->g->n_running--;
+    gw_fair_done(x->g, &x->w);
     gw_gen_req_free(&x->q);
+    json_decref(x->lp);
     free(x->text);
     free(x);
 }
@@ -110,9 +121,7 @@ static int utf8_char(const unsigned char *s, size_t n)
     return len;
 }
 
-/* A JSON string of s[0..n), each maximal subpart of invalid UTF-8 replaced by one U+FFFD (jansson
- * takes valid UTF-8 only). */
-static json_t *json_text(const char *s, size_t n)
+json_t *gw_json_text(const char *s, size_t n)
 {
     json_t *j = json_stringn(s, n);
     if (j)
@@ -177,8 +186,20 @@ static const char *object_name(const struct gw_gen *x, bool chunk)
     return "text_completion";
 }
 
-/* One choice with text t (NULL: none) and finish reason (NULL: null). */
-static json_t *choice(const struct gw_gen *x, json_t *t, const char *finish, bool first)
+/* The logprobs of the tokens not yet sent, for a choice (takes them; x->lp starts again empty):
+ * NULL (JSON null) when they were not asked, or when there are none and !always. */
+static json_t *take_lp(struct gw_gen *x, bool always)
+{
+    if (!x->lp || (!always && json_array_size(x->lp) == 0))
+        return NULL;
+    json_t *r = gw_lp_render(x->lp, x->q.chat, &x->lp_off);
+    x->lp = json_array();
+    return r;
+}
+
+/* One choice with text t (NULL: none), logprobs lp (NULL: null) and finish reason (NULL: null);
+ * takes t and lp. */
+static json_t *choice(const struct gw_gen *x, json_t *t, json_t *lp, const char *finish, bool first)
 {
     json_t *ch = json_object();
     json_object_set_new(ch, "index", json_integer(0));
@@ -192,7 +213,7 @@ static json_t *choice(const struct gw_gen *x, json_t *t, const char *finish, boo
     } else {
         json_object_set_new(ch, "text", t ? t : json_string(""));
     }
-    json_object_set_new(ch, "logprobs", json_null());
+    json_object_set_new(ch, "logprobs", lp ? lp : json_null());
     json_object_set_new(ch, "finish_reason", finish ? json_string(finish) : json_null());
     return ch;
 }
@@ -216,12 +237,14 @@ static json_t *usage(const struct gw_gen *x, int n_prompt)
 }
 
 /* NanoFlow's own figures of a finished generation (an extension field, as llama.cpp's server
- * adds "timings"): its wait in compute's queue and the requests ahead of it, the prompt and
- * decode speeds, and compute's note when it ran differently from what was asked. */
-static json_t *timings(const Nanoflow__GenerateDone *d)
+ * adds "timings"): its wait in the gateway's fair queue and compute's together and the requests
+ * ahead of it (with the gateway's part apart), the prompt and decode speeds, and compute's note
+ * when it ran differently from what was asked. */
+static json_t *timings(const struct gw_gen *x, const Nanoflow__GenerateDone *d)
 {
-    json_t *t = json_pack("{s:f,s:i}", "queue_wait_s", d->queue_wait_s, "queued_ahead",
-                          (int)d->queued_ahead);
+    json_t *t = json_pack("{s:f,s:i,s:f,s:i}", "queue_wait_s", x->wait_s + d->queue_wait_s,
+                          "queued_ahead", (int)(x->w.ahead + d->queued_ahead), "gateway_wait_s",
+                          x->wait_s, "gateway_ahead", (int)x->w.ahead);
     if (d->timings) {
         json_object_set_new(t, "prompt_tok_s", json_real(d->timings->prompt_tok_s));
         json_object_set_new(t, "decode_tok_s", json_real(d->timings->decode_tok_s));
@@ -257,7 +280,8 @@ static void stream_flush(struct gw_gen *x, bool all)
     if (end <= x->sent || !x->c)
         return;
     json_t *a = json_array();
-    json_array_append_new(a, choice(x, json_text(x->text + x->sent, end - x->sent), NULL, false));
+    json_t *t = gw_json_text(x->text + x->sent, end - x->sent);
+    json_array_append_new(a, choice(x, t, take_lp(x, false), NULL, false));
     send_event(x, envelope(x, a, true));
     /* Compact: what is sent is needed only as the context of a stop string across tokens. */
     size_t keep = x->len - end;
@@ -288,6 +312,8 @@ static void on_token(struct gw_gen *x, const Nanoflow__TokenEvent *t)
         return;
     x->n_tokens++;
     x->g->n_gen_tokens++;
+    if (x->lp)
+        json_array_append_new(x->lp, gw_lp_token(x->g, t, x->q.top_logprobs));
     size_t maxl = 0;
     for (int i = 0; i < x->q.n_stop; i++)
         maxl = x->q.stop_len[i] > maxl ? x->q.stop_len[i] : maxl;
@@ -329,13 +355,14 @@ static void on_done(struct gw_gen *x, const Nanoflow__GenerateDone *d)
     const char *fin = finish_reason(x, d->stop);
     int n_prompt = (int)d->n_prompt_ids;
     x->g->n_waited++;
-    x->g->wait_s_sum += d->queue_wait_s;
+    x->g->wait_s_sum += x->wait_s + d->queue_wait_s;
     if (x->q.stream) {
         stream_flush(x, true);
         json_t *a = json_array();
-        json_array_append_new(a, choice(x, x->q.chat ? NULL : json_string(""), fin, false));
+        json_t *t = x->q.chat ? NULL : json_string("");
+        json_array_append_new(a, choice(x, t, take_lp(x, false), fin, false));
         json_t *o = envelope(x, a, true);
-        json_object_set_new(o, "timings", timings(d));
+        json_object_set_new(o, "timings", timings(x, d));
         send_event(x, o);
         if (x->q.include_usage && x->c) {
             o = envelope(x, json_array(), true);
@@ -347,10 +374,10 @@ static void on_done(struct gw_gen *x, const Nanoflow__GenerateDone *d)
         return;
     }
     json_t *a = json_array();
-    json_array_append_new(a, choice(x, json_text(x->text, x->len), fin, true));
+    json_array_append_new(a, choice(x, gw_json_text(x->text, x->len), take_lp(x, true), fin, true));
     json_t *o = envelope(x, a, false);
     json_object_set_new(o, "usage", usage(x, n_prompt));
-    json_object_set_new(o, "timings", timings(d));
+    json_object_set_new(o, "timings", timings(x, d));
     char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
     if (s)
@@ -431,13 +458,19 @@ static void up_close(struct gw_up *u, int status, void *ud)
                           status ? nf_strerror(status) : "no reason given");
         }
     }
+    struct gw *g = x->g;
     gen_free(x);
+    gw_gen_pump(g); /* its place is free: the next client's turn */
 }
 
 void gw_gen_client_gone(void *ud)
 {
     struct gw_gen *x = ud;
     x->c = NULL;
+    if (!x->running) { /* still waiting: nothing was sent */
+        gen_free(x);
+        return;
+    }
     if (!x->finished && !x->stopped)
         send_cancel(x); /* GenerateDone (stop "cancel") then ends it */
 }
@@ -451,32 +484,15 @@ static void fill_id(struct gw_gen *x)
              (unsigned long long)r);
 }
 
-void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q)
+/* Sends x's Generate to compute (its turn in the fair queue came). On failure x is answered
+ * and freed. */
+static void gen_launch(struct gw_gen *x)
 {
-    if (g->n_gens >= g->max_queue) {
-        gw_gen_req_free(q);
-        gw_http_error(c, 429, "rate_limit_exceeded", NULL, "queue_full",
-                      "%d generations are queued or running, the most this server takes; try "
-                      "again later",
-                      g->n_gens);
-        return;
-    }
-    struct gw_gen *x = calloc(1, sizeof(*x));
-    if (!x) {
-        gw_gen_req_free(q);
-        gw_http_error(c, 500, "server_error", NULL, NULL, "out of memory");
-        return;
-    }
-    x->g = g;
-    x->c = c;
-    x->q = *q;
-    memset(q, 0, sizeof(*q));
-    x->req_id = ++g->next_req_id;
-    x->created = (long long)time(NULL);
-    fill_id(x);
-    g->n_gens++;
-    g->n_gen_total++;
-
+    struct gw *g = x->g;
+    struct gw_conn *c = x->c;
+    x->running = true;
+    g->n_running++;
+    x->wait_s = (double)(nf_now_ns() - x->w.t_queued_ns) * 1e-9;
     struct nf_sampler_params sp;
     nf_sampler_params_default(&sp);
     if (x->q.has_temp)
@@ -496,12 +512,16 @@ void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q)
     s.repeat_penalty = sp.repeat_penalty;
     s.repeat_last_n = sp.repeat_last_n;
     s.seed = sp.seed;
+    s.presence_penalty = x->q.presence_penalty;
+    s.frequency_penalty = x->q.frequency_penalty;
     Nanoflow__Generate m;
     nanoflow__generate__init(&m);
     m.prompt.data = (uint8_t *)x->q.prompt;
     m.prompt.len = x->q.prompt_len;
     m.sampling = &s;
     m.n_predict = x->q.max_tokens;
+    m.logprobs = x->q.logprobs;
+    m.top_logits = (uint32_t)x->q.top_logprobs;
     nf_envelope env;
     nanoflow__envelope__init(&env);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE;
@@ -516,13 +536,67 @@ void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q)
     /* The prompt is in the queued frame now. */
     free(x->q.prompt);
     x->q.prompt = NULL;
-    gw_http_set_job(c, gw_gen_client_gone, x);
     if (x->q.stream) {
         gw_http_sse_begin(c);
         if (x->q.chat) { /* the role first, as OpenAI's first chunk */
             json_t *a = json_array();
-            json_array_append_new(a, choice(x, json_string(""), NULL, true));
+            json_array_append_new(a, choice(x, json_string(""), NULL, NULL, true));
             send_event(x, envelope(x, a, true));
         }
     }
+}
+
+void gw_gen_pump(struct gw *g)
+{
+    while (!g->stopping && g->n_running < g->max_running) {
+        struct gw_wait *w = gw_fair_pop(g);
+        if (!w)
+            return;
+        gen_launch((struct gw_gen *)((char *)w - offsetof(struct gw_gen, w)));
+    }
+}
+
+void gw_gen_start(struct gw *g, struct gw_conn *c, struct gw_gen_req *q, const char *client)
+{
+    if (g->n_gens >= g->max_queue) {
+        gw_gen_req_free(q);
+        g->n_queue_full++;
+        gw_http_error(c, 429, "rate_limit_exceeded", NULL, "queue_full",
+                      "%d generations are queued or running, the most this server takes; try "
+                      "again later",
+                      g->n_gens);
+        return;
+    }
+    struct gw_gen *x = calloc(1, sizeof(*x));
+    if (!x) {
+        gw_gen_req_free(q);
+        gw_http_error(c, 500, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    x->g = g;
+    x->c = c;
+    x->q = *q;
+    memset(q, 0, sizeof(*q));
+    if (x->q.logprobs) {
+        char err[300];
+        if (x->q.top_logprobs > 0 && gw_lp_vocab(g, err, sizeof(err)) < 0) {
+            gw_gen_req_free(&x->q);
+            free(x);
+            gw_http_error(c, 503, "server_error", NULL, NULL, "top_logprobs: %s", err);
+            return;
+        }
+        x->lp = json_array();
+    }
+    x->req_id = ++g->next_req_id;
+    x->created = (long long)time(NULL);
+    fill_id(x);
+    g->n_gens++;
+    g->n_gen_total++;
+    if (gw_fair_push(g, &x->w, client) < 0) {
+        gw_http_error(c, 500, "server_error", NULL, NULL, "out of memory");
+        gen_free(x);
+        return;
+    }
+    gw_http_set_job(c, gw_gen_client_gone, x);
+    gw_gen_pump(g);
 }

@@ -15,6 +15,7 @@
  * One request at a time per connection: bytes a client sends while its request is answered
  * (pipelining) are kept, up to one read buffer, and parsed after the response; reading goes on
  * meanwhile so that a disconnect is seen at once and cancels the generation. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <malloc.h>
 #include <stdarg.h>
@@ -43,6 +44,7 @@ struct gw_conn {
     bool field_done, want_value;       /* in a value; it is the Authorization header */
     bool want_expect, expect_continue; /* the Expect header; it asks for 100-continue */
     char auth[1024];
+    char peer[INET6_ADDRSTRLEN]; /* the client's address, for the fair queue */
     size_t auth_len;
     char *body; /* (body_len) bytes of capacity body_cap, NUL-terminated */
     size_t body_len, body_cap;
@@ -487,6 +489,7 @@ static void conn_route(struct gw_conn *c)
         .body = c->body ? c->body : "",
         .body_len = c->body_len,
         .auth = c->auth_len ? c->auth : NULL,
+        .peer = c->peer,
     };
     gw_api_dispatch(c->g, c, &r);
 }
@@ -604,6 +607,10 @@ static void accept_cb(uv_stream_t *l, int status)
     g->n_conns++;
     c->next = g->conns;
     g->conns = c;
+    struct sockaddr_storage sa;
+    int salen = sizeof(sa);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0)
+        uv_ip_name((struct sockaddr *)&sa, c->peer, sizeof(c->peer));
     c->last_active_ms = uv_now(g->loop);
     uv_tcp_nodelay(&c->tcp, 1);
     http_parser_init(&c->p, HTTP_REQUEST);

@@ -20,11 +20,12 @@
 #include "gguf.h"
 #include "nf_err.h"
 #include "nft.h"
+#include "tokenizer.h"
 
 struct gateway {
     struct nf_daemon_args o;
     const char *http, *key_file, *chat_template;
-    long max_conns, max_queue;
+    long max_conns, max_queue, max_running;
     uint64_t max_body;
     char dir[PATH_MAX];
     char key[256];
@@ -63,6 +64,9 @@ static void usage(FILE *out)
             "  --max-body SIZE      request body limit, K/M suffixes (default 2M)\n"
             "  --max-queue N        generations queued or running at once, 1..4096; more get\n"
             "                       429 (default %d)\n"
+            "  --max-running N      of those, forwarded to compute at once, 1..4096; the rest\n"
+            "                       wait in the gateway, served round-robin per client (API\n"
+            "                       key, else address) (default %d: compute runs one)\n"
             "  --run-dir DIR        run directory (default: as nanoflowctl's)\n"
             "  --ram SIZE, -t, --threads N, --sparsity S, --ctx N\n"
             "                       the stack's flags, which 'up' passes to every daemon:\n"
@@ -73,9 +77,10 @@ static void usage(FILE *out)
             "  -h, --help           show this help\n\n"
             "Environment: NANOFLOW_HTTP_HEADER_TIMEOUT_S (a request's line, headers and body\n"
             "arrive within it, default %d), NANOFLOW_HTTP_IDLE_TIMEOUT_S (keep-alive without\n"
-            "a request, default %d), NANOFLOW_HTTP_MAX_QUEUE (--max-queue when not given).\n",
-            nf_chat_names(), GW_MAX_CONNS_DEFAULT, GW_MAX_QUEUE_DEFAULT, GW_HEADER_TIMEOUT_S,
-            GW_IDLE_TIMEOUT_S);
+            "a request, default %d), NANOFLOW_HTTP_MAX_QUEUE (--max-queue when not given),\n"
+            "NANOFLOW_HTTP_MAX_RUNNING (--max-running when not given).\n",
+            nf_chat_names(), GW_MAX_CONNS_DEFAULT, GW_MAX_QUEUE_DEFAULT, GW_MAX_RUNNING_DEFAULT,
+            GW_HEADER_TIMEOUT_S, GW_IDLE_TIMEOUT_S);
 }
 
 enum {
@@ -85,6 +90,7 @@ enum {
     ARG_MAX_CONNS,
     ARG_MAX_BODY,
     ARG_MAX_QUEUE,
+    ARG_MAX_RUNNING,
 };
 
 static const struct option own_opts[] = {
@@ -94,6 +100,7 @@ static const struct option own_opts[] = {
     {"max-conns", required_argument, NULL, ARG_MAX_CONNS},
     {"max-body", required_argument, NULL, ARG_MAX_BODY},
     {"max-queue", required_argument, NULL, ARG_MAX_QUEUE},
+    {"max-running", required_argument, NULL, ARG_MAX_RUNNING},
     {NULL, 0, NULL, 0},
 };
 
@@ -108,6 +115,7 @@ static int parse_own(int val, const char *arg, void *ud)
         return m->chat_template ? 0 : -EINVAL;
     case ARG_MAX_CONNS: return nf_daemon_arg_long(arg, 1, 65536, &m->max_conns);
     case ARG_MAX_QUEUE: return nf_daemon_arg_long(arg, 1, 4096, &m->max_queue);
+    case ARG_MAX_RUNNING: return nf_daemon_arg_long(arg, 1, 4096, &m->max_running);
     case ARG_MAX_BODY:
         if (nf_daemon_arg_size(arg, &m->max_body) < 0 || m->max_body > (64u << 20))
             return -EINVAL;
@@ -143,7 +151,7 @@ static int read_key(struct gateway *m, char *err, size_t errlen)
 }
 
 /* A timeout from the environment (seconds, 1..86400), else def; in milliseconds. Also reads
- * NANOFLOW_HTTP_MAX_QUEUE (a count in the same range). */
+ * NANOFLOW_HTTP_MAX_QUEUE and NANOFLOW_HTTP_MAX_RUNNING (counts in the same range). */
 static uint64_t env_timeout_ms(const char *name, int def)
 {
     const char *v = getenv(name);
@@ -180,6 +188,12 @@ static void on_request(struct nf_server *s, uint64_t conn, nf_envelope *env, voi
     if (env->msg_case == NANOFLOW__ENVELOPE__MSG_SHUTDOWN) {
         nf_server_send_stopping(s, conn, env->request_id);
         shutdown_gw(m, "Shutdown request");
+        return;
+    }
+    if (env->msg_case == NANOFLOW__ENVELOPE__MSG_STATS_REQUEST) {
+        int rc = gw_stats_reply(&m->g, s, conn, env->request_id);
+        if (rc < 0 && rc != -ENOTCONN)
+            nf_server_send_error(s, conn, env->request_id, rc, "stats: %s", nf_strerror(rc));
         return;
     }
     nf_server_send_error(s, conn, env->request_id, NF_EPROTO,
@@ -221,6 +235,7 @@ static int start(struct gateway *m, char *err, size_t errlen)
     if (rc < 0)
         return rc;
     model_id(m);
+    m->g.gguf = nf_nft_gguf(m->f);
     const char *tmpl = NULL;
     if (m->chat_template) {
         m->g.chat_template = m->chat_template;
@@ -257,6 +272,9 @@ static int serve(struct gateway *m, char *err, size_t errlen)
     g->max_queue = m->max_queue ? (int)m->max_queue : GW_MAX_QUEUE_DEFAULT;
     if (!m->max_queue) /* `up --http` passes no gateway flag: the environment may set it */
         g->max_queue = (int)(env_timeout_ms("NANOFLOW_HTTP_MAX_QUEUE", g->max_queue) / 1000u);
+    g->max_running = m->max_running ? (int)m->max_running : GW_MAX_RUNNING_DEFAULT;
+    if (!m->max_running)
+        g->max_running = (int)(env_timeout_ms("NANOFLOW_HTTP_MAX_RUNNING", g->max_running) / 1000u);
     g->header_timeout_ms = env_timeout_ms("NANOFLOW_HTTP_HEADER_TIMEOUT_S", GW_HEADER_TIMEOUT_S);
     g->idle_timeout_ms = env_timeout_ms("NANOFLOW_HTTP_IDLE_TIMEOUT_S", GW_IDLE_TIMEOUT_S);
     g->started_at = (long long)time(NULL);
@@ -311,6 +329,7 @@ static void cleanup(struct gateway *m)
     }
     if (m->attached)
         nf_stack_detach(&m->st);
+    nf_vocab_free(m->g.vocab);
     if (m->f)
         nf_nft_close(m->f);
 }

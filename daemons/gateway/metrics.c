@@ -146,6 +146,22 @@ static void gateway_text(struct tbuf *b, const struct gw *g)
               (unsigned long long)g->n_gen_total, (unsigned long long)g->n_gen_tokens,
               (unsigned long long)nf_proc_private_bytes(getpid()), g->wait_s_sum,
               (unsigned long long)g->n_waited);
+    /* The fair queue (fair.c): generations waiting in the gateway, the clients they belong to,
+     * those forwarded to compute, and the waits of those forwarded. */
+    tb_printf(b,
+              "# TYPE nanoflow_gateway_queue_len gauge\nnanoflow_gateway_queue_len %d\n"
+              "# TYPE nanoflow_gateway_queue_clients gauge\nnanoflow_gateway_queue_clients %d\n"
+              "# TYPE nanoflow_gateway_running gauge\nnanoflow_gateway_running %d\n"
+              "# TYPE nanoflow_gateway_queue_full_total counter\n"
+              "nanoflow_gateway_queue_full_total %llu\n"
+              "# TYPE nanoflow_gateway_fair_wait_seconds summary\n"
+              "nanoflow_gateway_fair_wait_seconds_sum %.6f\n"
+              "nanoflow_gateway_fair_wait_seconds_count %llu\n"
+              "# TYPE nanoflow_gateway_fair_wait_max_seconds gauge\n"
+              "nanoflow_gateway_fair_wait_max_seconds %.6f\n",
+              g->n_waiting, g->n_clients, g->n_running, (unsigned long long)g->n_queue_full,
+              (double)g->wait_ns_sum * 1e-9, (unsigned long long)g->n_started,
+              (double)g->wait_ns_max * 1e-9);
 }
 
 static const char *state_name(int s)
@@ -331,4 +347,32 @@ void gw_health(struct gw *g, struct gw_conn *c)
 void gw_metrics(struct gw *g, struct gw_conn *c)
 {
     fan_start(g, c, true);
+}
+
+int gw_stats_reply(const struct gw *g, struct nf_server *s, uint64_t conn, uint64_t req_id)
+{
+    struct nf_stats_msg m;
+    memset(&m, 0, sizeof(m));
+    nanoflow__stats__init(&m.stats);
+    nanoflow__stage_stats__init(&m.stage);
+    m.stagep[0] = &m.stage;
+    m.stats.n_stages = 1;
+    m.stats.stages = m.stagep;
+    m.stage.counters = m.ctrp;
+    m.stage.stage = (char *)NF_ROLE_GATEWAY;
+    nf_stats_add(&m, "queue_len", (uint64_t)g->n_waiting);
+    nf_stats_add(&m, "queue_clients", (uint64_t)g->n_clients);
+    nf_stats_add(&m, "running", (uint64_t)g->n_running);
+    nf_stats_add(&m, "requests", g->n_started);
+    nf_stats_add(&m, "queue_wait_ns", g->wait_ns_sum);
+    nf_stats_add(&m, "queue_wait_max_ns", g->wait_ns_max);
+    nf_stats_add(&m, "queue_full", g->n_queue_full);
+    nf_stats_add(&m, "connections", (uint64_t)g->n_conns);
+    nf_stats_add(&m, "tokens", g->n_gen_tokens);
+    nf_stats_add(&m, "mem_bytes", nf_proc_private_bytes(getpid()));
+    nf_envelope env;
+    nanoflow__envelope__init(&env);
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS;
+    env.stats = &m.stats;
+    return nf_server_send(s, conn, req_id, &env);
 }

@@ -92,6 +92,15 @@ static int map_moe(struct nf_plan_layer *pl, const struct nf_nft *f, uint32_t la
 {
     const uint32_t ne = f->hdr.n_expert;
     uint32_t nt = nf_nft_count(f, layer, NF_TILE_EXPERT);
+    if (nt == 0 && !nf_nft_find(f, layer, NF_TILE_ROUTER, 0) &&
+        nf_nft_count(f, layer, NF_TILE_FFN)) {
+        /* A leading dense layer of a MoE model (glm4moe, deepseek2): no experts; its FFN tiles are
+         * fixed (put_fixed). */
+        pl->group = 0;
+        pl->n_units = 0;
+        pl->unit_tile = calloc(1, sizeof(uint32_t));
+        return pl->unit_tile ? 0 : -ENOMEM;
+    }
     if (nt == 0 || !nf_nft_find(f, layer, NF_TILE_ROUTER, 0))
         return nf_errf(err, errlen, NF_ECORRUPT, "%s: MoE layer %u lacks expert or router tiles",
                        f->path, layer);
@@ -120,6 +129,19 @@ static int map_moe(struct nf_plan_layer *pl, const struct nf_nft *f, uint32_t la
     return 0;
 }
 
+/* deepseek2's tiles put_fixed adds beyond the six kinds nf_plan_init requires of it. */
+static const enum nf_tile_kind nf_mla_extra[] = {NF_TILE_ATTN_Q,         NF_TILE_ATTN_Q_A,
+                                                 NF_TILE_ATTN_Q_A_NORM,  NF_TILE_ATTN_Q_B,
+                                                 NF_TILE_ATTN_KV_A_NORM, NF_TILE_EXP_PROBS_B};
+
+static uint32_t nf_plan_count_mla(const struct nf_nft *f, uint32_t il)
+{
+    uint32_t n = 0;
+    for (size_t k = 0; k < sizeof(nf_mla_extra) / sizeof(nf_mla_extra[0]); k++)
+        n += nf_nft_count(f, il, nf_mla_extra[k]);
+    return n;
+}
+
 int nf_plan_init(struct nf_plan *p, const struct nf_nft *f, char *err, size_t errlen)
 {
     memset(p, 0, sizeof(*p));
@@ -141,9 +163,15 @@ int nf_plan_init(struct nf_plan *p, const struct nf_nft *f, char *err, size_t er
         rc = p->moe ? map_moe(pl, f, il, err, errlen) : map_dense(pl, f, il, err, errlen);
         if (rc)
             goto fail;
-        static const enum nf_tile_kind need[] = {NF_TILE_ATTN_NORM, NF_TILE_ATTN_Q,
-                                                 NF_TILE_ATTN_K,    NF_TILE_ATTN_V,
-                                                 NF_TILE_ATTN_O,    NF_TILE_FFN_NORM};
+        /* deepseek2's latent attention has none of ATTN_K and ATTN_V, and ATTN_Q only
+         * without a q rank: its own kinds are counted by nf_plan_count_mla. */
+        const bool mla = nf_nft_count(f, il, NF_TILE_ATTN_KV_A) > 0;
+        const enum nf_tile_kind need[] = {NF_TILE_ATTN_NORM,
+                                          mla ? NF_TILE_ATTN_KV_A : NF_TILE_ATTN_Q,
+                                          mla ? NF_TILE_ATTN_K_B : NF_TILE_ATTN_K,
+                                          mla ? NF_TILE_ATTN_V_B : NF_TILE_ATTN_V,
+                                          NF_TILE_ATTN_O,
+                                          NF_TILE_FFN_NORM};
         pl->n_fixed = p->moe ? 1 : 0;
         if (p->moe) /* a shared expert (qwen2moe): its gate and FFN tiles, every token */
             pl->n_fixed +=
@@ -157,6 +185,8 @@ int nf_plan_init(struct nf_plan *p, const struct nf_nft *f, char *err, size_t er
             }
             pl->n_fixed += n;
         }
+        if (mla)
+            pl->n_fixed += nf_plan_count_mla(f, il);
         if (pl->n_units > p->max_units)
             p->max_units = pl->n_units;
         total += pl->n_fixed;
@@ -220,11 +250,16 @@ int nf_plan_head(const struct nf_plan *p, uint32_t token, uint32_t *out, size_t 
 }
 
 /* Appends the tiles of layer used whatever its units: norms, attention, and for MoE the shared
- * expert's gate and FFN tiles (qwen2moe; compute runs them first) and the router. */
+ * expert's gate and FFN tiles (qwen2moe; compute runs them first; a glm4moe leading dense
+ * layer's FFN tiles) and the router. */
 static int put_fixed(const struct nf_plan *p, uint32_t layer, uint32_t *out, size_t cap, size_t *n)
 {
-    static const enum nf_tile_kind fixed[] = {NF_TILE_ATTN_NORM, NF_TILE_ATTN_Q, NF_TILE_ATTN_K,
-                                              NF_TILE_ATTN_V,    NF_TILE_ATTN_O, NF_TILE_FFN_NORM};
+    /* In compute's order; the deepseek2 kinds are absent from the other architectures. */
+    static const enum nf_tile_kind fixed[] = {
+        NF_TILE_ATTN_NORM,      NF_TILE_ATTN_Q,        NF_TILE_ATTN_K,   NF_TILE_ATTN_V,
+        NF_TILE_ATTN_Q_A,       NF_TILE_ATTN_Q_A_NORM, NF_TILE_ATTN_Q_B, NF_TILE_ATTN_KV_A,
+        NF_TILE_ATTN_KV_A_NORM, NF_TILE_ATTN_K_B,      NF_TILE_ATTN_V_B, NF_TILE_ATTN_O,
+        NF_TILE_FFN_NORM,       NF_TILE_EXP_PROBS_B};
     int rc;
     for (size_t k = 0; k < sizeof(fixed) / sizeof(fixed[0]); k++)
         if ((rc = put_run(p->f, layer, fixed[k], out, cap, n)))
@@ -377,6 +412,8 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
         const struct nf_nft_tile *nt = nf_nft_find(f, il, NF_TILE_FFN_NORM, 0);
         if (!p->moe && !pt && f->in_place)
             break; /* an in-place index has no dense predictors: every unit, in order */
+        if (p->moe && p->layers[il].n_units == 0)
+            continue; /* a leading dense layer of a MoE model: nothing to forecast */
         bool want =
             p->moe ? pt && pt->kind == NF_TILE_PRED_ROUTER : pt && pt->kind == NF_TILE_PRED_LOWRANK;
         if (!want || !nt || nt->type[0] != NF_TYPE_F32 || nt->size != E * sizeof(float)) {
@@ -485,6 +522,8 @@ int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float 
         nf_sel_all(sel, n, p->words); /* exact mode: every group, no scoring needed */
         return (int)n;
     }
+    if (p->moe && n == 0) /* a dense layer of a MoE model: its FFN tiles are fixed ones */
+        return 0;
     const struct nf_fc_layer *L = &fc->layers[layer];
     if (!L->pred)
         return -ENOENT;

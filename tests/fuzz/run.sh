@@ -29,15 +29,19 @@ echo "fuzzing the control-frame decoder for $secs s"
 "$build/tests/fuzz_frame" -max_total_time="$secs" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -error_exitcode=1 -artifact_prefix="$build/fuzz-artifacts/" "$work/frame"
 
-# .nft seeds: a dense model with calibration and a MoE model, tiny, in the file's real layout.
+# .nft seeds: a dense model with calibration and two MoE models (q4_0, and mxfp4 experts), tiny,
+# in the file's real layout.
 ctl="$build/ctl/nanoflowctl"
 "$ctl" mkmodel "$work/d.gguf" --dim 32 --layers 2 --ffn 64 --heads 4 --kv-heads 2 --vocab 259 \
     --type q8_0 >/dev/null
 "$ctl" mkmodel "$work/m.gguf" --dim 32 --layers 1 --ffn 32 --heads 2 --vocab 259 --experts 4 \
     --type q4_0 >/dev/null
+"$ctl" mkmodel "$work/x.gguf" --dim 32 --layers 1 --ffn 32 --heads 2 --vocab 259 --experts 4 \
+    --type mxfp4 >/dev/null
 printf 'a b c d e f g h i j k l m n o p q r s t u v w x y z\n' >"$work/calib.txt"
 "$ctl" convert "$work/d.gguf" "$work/nft-seeds/dense.nft" --rank 4 --calibrate "$work/calib.txt" 2>/dev/null
 "$ctl" convert "$work/m.gguf" "$work/nft-seeds/moe.nft" 2>/dev/null
+"$ctl" convert "$work/x.gguf" "$work/nft-seeds/moe-mxfp4.nft" 2>/dev/null
 # Inputs that once failed (tests/fuzz/regress/TARGET/) must pass before fuzzing goes on.
 for f in "$src"/tests/fuzz/regress/nft/*; do
     [ -e "$f" ] || continue

@@ -4,6 +4,9 @@ by llama.cpp's llama-quantize, followed by llama.cpp's dequantization of them (g
 quants.dequantize) as little-endian float32. Usage (see README.md):
 
     PYTHONPATH=$ORACLE/gguf-py python3 make_fixtures.py OUT_DIR TYPE=MODEL.gguf ...
+
+TYPE=MODEL.gguf@SOURCE.gguf also writes type_src.bin: the same elements of the tensor in the
+file MODEL.gguf was quantized from, as little-endian float32 (the quantizer's input).
 """
 import sys
 
@@ -20,6 +23,7 @@ def main():
     out = sys.argv[1]
     for arg in sys.argv[2:]:
         name, path = arg.split("=", 1)
+        path, _, source = path.partition("@")
         qtype = GGMLQuantizationType[name]
         block, size = GGML_QUANT_SIZES[qtype]
         t = next(t for t in GGUFReader(path).tensors if t.name == TENSOR)
@@ -32,6 +36,11 @@ def main():
         with open(f"{out}/{name.lower()}.bin", "wb") as f:
             f.write(raw.tobytes())
             f.write(vals.tobytes())
+        if source:
+            st = next(t for t in GGUFReader(source).tensors if t.name == TENSOR)
+            src = np.asarray(st.data).reshape(-1)[: nb * block].astype("<f4")
+            with open(f"{out}/{name.lower()}_src.bin", "wb") as f:
+                f.write(src.tobytes())
         print(f"{name}: {nb} blocks of {block} ({nb * size} bytes) from {TENSOR} of {path}")
 
 
