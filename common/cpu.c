@@ -137,6 +137,13 @@ struct kernel_set {
         .rows = K3(fn##_ref_rows, fn##_avx2_rows, fn##_avx512_rows), \
         .mat = K3(fn##_ref_mat, fn##_avx2_mat, fn##_avx512_mat)      \
     }
+/* The same with a register-blocked AVX-512 multi-token kernel (quants_mat_avx512.c). */
+#define EXT_KERNELS_MAT512(fn)                                       \
+    {                                                                \
+        .vec_dot = K3(fn##_ref, fn##_avx2, fn##_avx512),             \
+        .rows = K3(fn##_ref_rows, fn##_avx2_rows, fn##_avx512_rows), \
+        .mat = K3(fn##_ref_mat, fn##_avx2_mat, fn##_mat_avx512)      \
+    }
 
 static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_F32] = {.vec_dot =
@@ -171,18 +178,18 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_Q4_K] = {.vec_dot = K3(nf__vec_dot_q4_K_q8_K_ref, nf__vec_dot_q4_K_q8_K_avx2, NULL),
                       .rows =
                           K3(nf__vec_dot_q4_K_q8_K_ref_rows, nf__vec_dot_q4_K_q8_K_avx2_rows, NULL),
-                      .mat =
-                          K3(nf__vec_dot_q4_K_q8_K_ref_mat, nf__vec_dot_q4_K_q8_K_avx2_mat, NULL)},
+                      .mat = K3(nf__vec_dot_q4_K_q8_K_ref_mat, nf__vec_dot_q4_K_q8_K_mat_avx2,
+                                nf__vec_dot_q4_K_q8_K_mat_avx512)},
     [NF_TYPE_Q5_K] = {.vec_dot = K3(nf__vec_dot_q5_K_q8_K_ref, nf__vec_dot_q5_K_q8_K_avx2, NULL),
                       .rows =
                           K3(nf__vec_dot_q5_K_q8_K_ref_rows, nf__vec_dot_q5_K_q8_K_avx2_rows, NULL),
-                      .mat =
-                          K3(nf__vec_dot_q5_K_q8_K_ref_mat, nf__vec_dot_q5_K_q8_K_avx2_mat, NULL)},
+                      .mat = K3(nf__vec_dot_q5_K_q8_K_ref_mat, nf__vec_dot_q5_K_q8_K_mat_avx2,
+                                nf__vec_dot_q5_K_q8_K_mat_avx512)},
     [NF_TYPE_Q6_K] = {.vec_dot = K3(nf__vec_dot_q6_K_q8_K_ref, nf__vec_dot_q6_K_q8_K_avx2, NULL),
                       .rows =
                           K3(nf__vec_dot_q6_K_q8_K_ref_rows, nf__vec_dot_q6_K_q8_K_avx2_rows, NULL),
-                      .mat =
-                          K3(nf__vec_dot_q6_K_q8_K_ref_mat, nf__vec_dot_q6_K_q8_K_avx2_mat, NULL)},
+                      .mat = K3(nf__vec_dot_q6_K_q8_K_ref_mat, nf__vec_dot_q6_K_q8_K_mat_avx2,
+                                nf__vec_dot_q6_K_q8_K_mat_avx512)},
     [NF_TYPE_Q8_K] = {.vec_dot = K3(nf__vec_dot_q8_K_q8_K_ref, NULL, NULL),
                       .rows = K3(nf__vec_dot_q8_K_q8_K_ref_rows, NULL, NULL),
                       .mat = K3(nf__vec_dot_q8_K_q8_K_ref_mat, NULL, NULL),
@@ -193,8 +200,8 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_Q5_0] = EXT_KERNELS(nf__vec_dot_q5_0_q8_0),
     [NF_TYPE_Q5_1] = EXT_KERNELS(nf__vec_dot_q5_1_q8_1),
     [NF_TYPE_IQ4_NL] = EXT_KERNELS(nf__vec_dot_iq4_nl_q8_0),
-    [NF_TYPE_Q2_K] = EXT_KERNELS(nf__vec_dot_q2_K_q8_K),
-    [NF_TYPE_Q3_K] = EXT_KERNELS(nf__vec_dot_q3_K_q8_K),
+    [NF_TYPE_Q2_K] = EXT_KERNELS_MAT512(nf__vec_dot_q2_K_q8_K),
+    [NF_TYPE_Q3_K] = EXT_KERNELS_MAT512(nf__vec_dot_q3_K_q8_K),
     [NF_TYPE_IQ4_XS] = EXT_KERNELS(nf__vec_dot_iq4_xs_q8_K),
     [NF_TYPE_MXFP4] = EXT_KERNELS(nf__vec_dot_mxfp4_q8_0),
     [NF_TYPE_Q8_1] = {.from_float =

@@ -363,11 +363,11 @@ static int check_layer(struct conv *c, uint32_t il)
         if ((rc = check_mla(c, il)))
             return rc;
     } else {
-        const struct nf_gguf_tensor *mla = l->q_a       ? l->q_a
-                                           : l->kv_a    ? l->kv_a
-                                           : l->k_b     ? l->k_b
-                                           : l->probs_b ? l->probs_b
-                                                        : NULL;
+        /* (exp_probs_b is checked with the router: glm4moe has one too) */
+        const struct nf_gguf_tensor *mla = l->q_a    ? l->q_a
+                                           : l->kv_a ? l->kv_a
+                                           : l->k_b  ? l->k_b
+                                                     : NULL;
         if (mla)
             return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
                               "tensor '%s' is not used by architecture %s (not supported)",

@@ -184,32 +184,6 @@ void nf__vec_dot_q4_0_q8_0_seq_avx2_rows(int n, float *s, size_t bs, const void 
 
 /* ---- K-quants ---------------------------------------------------------------------------- */
 
-/* Unpacks the 12 scale bytes of a q4_K/q5_K block into 8 scales and 8 mins (6 bits each). */
-static inline void unpack_k4_scales(const uint8_t *q, uint8_t sc[8], uint8_t m[8])
-{
-    uint32_t u[4];
-    memcpy(u, q, 12);
-    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-    uint32_t s0 = u[0] & k1;
-    uint32_t s1 = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-    uint32_t m0 = u[1] & k1;
-    uint32_t m1 = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-    memcpy(sc, &s0, 4);
-    memcpy(sc + 4, &s1, 4);
-    memcpy(m, &m0, 4);
-    memcpy(m + 4, &m1, 4);
-}
-
-/* ggml's four partial sums of the mins term: lane l = m[2l] * (b[4l] + b[4l+1]) + m[2l+1] *
- * (b[4l+2] + b[4l+3]) for 8 mins and 16 bsums (the pair sums are exact in int16). */
-static inline __m128i mins_dot_bsums(const uint8_t m[8], const int16_t *bsums)
-{
-    const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m));
-    const __m128i q8s = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bsums),
-                                       _mm_loadu_si128((const __m128i *)(bsums + 8)));
-    return _mm_madd_epi16(m16, q8s);
-}
-
 void nf__vec_dot_q4_K_q8_K_avx2(int n, float *s, const void *vx, const void *vy)
 {
     const nf_block_q4_K *x = vx;

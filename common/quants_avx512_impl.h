@@ -98,4 +98,36 @@ static inline float q4_0_block(const nf_block_q4_0 *x, const nf_block_q8_0 *y)
     return (float)_mm_cvtsi128_si32(s) * (_cvtsh_ss(x->d) * _cvtsh_ss(y->d));
 }
 
+/* ---- helpers of the 512-bit K-quant kernels (quants_ext_avx512.c, quants_mat_avx512.c) ---- */
+
+static inline __m512i cat256(__m256i lo, __m256i hi)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* Lane k of the result: lanes k and k + 8 of p added (integers: exact). */
+static inline __m256i fold16(__m512i p)
+{
+    return _mm256_add_epi32(_mm512_castsi512_si256(p), _mm512_extracti64x4_epi64(p, 1));
+}
+
+/* Word indices spreading four 16-bit scales (sub-blocks 4g..4g+3) over the 32 words of the
+ * vpmaddubsw result of 64 elements: word m holds elements 2m, 2m + 1, sub-block 4g + m / 8. */
+static inline __m512i scale_index(int g)
+{
+    short idx[32];
+    for (int m = 0; m < 32; m++)
+        idx[m] = (short)(4 * g + m / 8);
+    return _mm512_loadu_si512(idx);
+}
+
+/* The two-bit fields of element 128h + 32j + l for j = 2jj, 2jj + 1 from qs[32h + l]. */
+static inline __m512i crumbs64(__m256i q2, int jj)
+{
+    const __m512i q = cat256(q2, q2);
+    const __m512i sh =
+        cat256(_mm256_set1_epi16((short)(4 * jj)), _mm256_set1_epi16((short)(4 * jj + 2)));
+    return _mm512_and_si512(_mm512_srlv_epi16(q, sh), _mm512_set1_epi8(3));
+}
+
 #endif

@@ -10,11 +10,7 @@
 #include <string.h>
 
 #include "quants_avx2_impl.h"
-
-static inline __m512i cat256(__m256i lo, __m256i hi)
-{
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
+#include "quants_avx512_impl.h"
 
 /* acc += da * (low 8 lanes of p) then db * (high 8 lanes): two blocks in the AVX2 order. */
 static inline __m256 fma_pair(__m256 acc, float da, float db, __m512i p)
@@ -22,12 +18,6 @@ static inline __m256 fma_pair(__m256 acc, float da, float db, __m512i p)
     const __m512 f = _mm512_cvtepi32_ps(p);
     acc = _mm256_fmadd_ps(_mm256_set1_ps(da), _mm512_castps512_ps256(f), acc);
     return _mm256_fmadd_ps(_mm256_set1_ps(db), _mm512_extractf32x8_ps(f, 1), acc);
-}
-
-/* Lane k of the result: lanes k and k + 8 of p added (integers: exact). */
-static inline __m256i fold16(__m512i p)
-{
-    return _mm256_add_epi32(_mm512_castsi512_si256(p), _mm512_extracti64x4_epi64(p, 1));
 }
 
 /* The 256-bit vpdpbusd of one block (a row's odd last block), as dot_offset for 32 bytes. */
@@ -121,25 +111,6 @@ LEGACY_KERNEL(nf__vec_dot_iq4_nl_q8_0_avx512, nf_block_iq4_nl, nf_block_q8_0, IQ
               IQ4_NL_ONE, NO_MIN)
 
 /* ---- 256-element blocks, 64 elements per vector ------------------------------------------ */
-
-/* Word indices spreading four 16-bit scales (sub-blocks 4g..4g+3) over the 32 words of the
- * vpmaddubsw result of 64 elements: word m holds elements 2m, 2m + 1, sub-block 4g + m / 8. */
-static inline __m512i scale_index(int g)
-{
-    short idx[32];
-    for (int m = 0; m < 32; m++)
-        idx[m] = (short)(4 * g + m / 8);
-    return _mm512_loadu_si512(idx);
-}
-
-/* The two-bit fields of element 128h + 32j + l for j = 2jj, 2jj + 1 from qs[32h + l]. */
-static inline __m512i crumbs64(__m256i q2, int jj)
-{
-    const __m512i q = cat256(q2, q2);
-    const __m512i sh =
-        cat256(_mm256_set1_epi16((short)(4 * jj)), _mm256_set1_epi16((short)(4 * jj + 2)));
-    return _mm512_and_si512(_mm512_srlv_epi16(q, sh), _mm512_set1_epi8(3));
-}
 
 void nf__vec_dot_q2_K_q8_K_avx512(int n, float *s, const void *vx, const void *vy)
 {

@@ -144,9 +144,6 @@ NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_ref_mat);
 NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_ref_mat);
 NF__MAT_DECL(nf__vec_dot_q8_K_q8_K_ref_mat);
 NF__MAT_DECL(nf__vec_dot_bf16_avx2_mat);
-NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_avx2_mat);
-NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_avx2_mat);
-NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_avx2_mat);
 #define NF__MAT_DECL_ALL(fn)     \
     NF__MAT_DECL(fn##_ref_mat);  \
     NF__MAT_DECL(fn##_avx2_mat); \
@@ -155,8 +152,12 @@ NF__MAT_DECL_ALL(nf__vec_dot_q4_1_q8_1);
 NF__MAT_DECL_ALL(nf__vec_dot_q5_0_q8_0);
 NF__MAT_DECL_ALL(nf__vec_dot_q5_1_q8_1);
 NF__MAT_DECL_ALL(nf__vec_dot_iq4_nl_q8_0);
-NF__MAT_DECL_ALL(nf__vec_dot_q2_K_q8_K);
-NF__MAT_DECL_ALL(nf__vec_dot_q3_K_q8_K);
+NF__MAT_DECL(nf__vec_dot_q2_K_q8_K_ref_mat);
+NF__MAT_DECL(nf__vec_dot_q2_K_q8_K_avx2_mat);
+NF__MAT_DECL(nf__vec_dot_q2_K_q8_K_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_q3_K_q8_K_ref_mat);
+NF__MAT_DECL(nf__vec_dot_q3_K_q8_K_avx2_mat);
+NF__MAT_DECL(nf__vec_dot_q3_K_q8_K_mat_avx512);
 NF__MAT_DECL_ALL(nf__vec_dot_iq4_xs_q8_K);
 NF__MAT_DECL(nf__vec_dot_f32_mat_avx2);
 NF__MAT_DECL(nf__vec_dot_f16_mat_avx2);
@@ -166,6 +167,12 @@ NF__MAT_DECL(nf__vec_dot_f32_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_f16_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_q8_0_q8_0_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_mat_avx512);
+NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_mat_avx512);
 
 /* MXFP4 (quants_mxfp4.c, quants_mxfp4_avx2.c, quants_mxfp4_avx512.c). */
 void nf__to_float_mxfp4(const void *x, float *y, int64_t n);

@@ -184,3 +184,27 @@ void nf__vec_dot_f16_mat_avx2(int n, float *s, size_t ld, const void *vx, size_t
     FOR_TILES(F_RT, F_CT, F16_TILE);
 #undef F16_TILE
 }
+
+/* ---- q4_K, q5_K, q6_K: quants_mat_k_impl.h, bit-identical to the AVX2 single-row kernels ---- */
+#define KQ_RT   2
+#define KQ_CT   4
+#define KQ_VNNI 0
+#include "quants_mat_k_impl.h"
+
+void nf__vec_dot_q4_K_q8_K_mat_avx2(int n, float *s, size_t ld, const void *x, size_t bx,
+                                    const void *y, size_t by, int nrows, int ncols)
+{
+    kq_q4_K_mat(n, s, ld, x, bx, y, by, nrows, ncols);
+}
+
+void nf__vec_dot_q5_K_q8_K_mat_avx2(int n, float *s, size_t ld, const void *x, size_t bx,
+                                    const void *y, size_t by, int nrows, int ncols)
+{
+    kq_q5_K_mat(n, s, ld, x, bx, y, by, nrows, ncols);
+}
+
+void nf__vec_dot_q6_K_q8_K_mat_avx2(int n, float *s, size_t ld, const void *x, size_t bx,
+                                    const void *y, size_t by, int nrows, int ncols)
+{
+    kq_q6_K_mat(n, s, ld, x, bx, y, by, nrows, ncols);
+}

@@ -266,3 +266,156 @@ void nf__vec_dot_f16_mat_avx512(int n, float *s, size_t ld, const void *x, size_
 {
     f_mat(true, n, s, ld, x, bx, y, by, nrows, ncols);
 }
+
+/* ---- q4_K, q5_K, q6_K: quants_mat_k_impl.h, bit-identical to the AVX2 single-row kernels ---- */
+#define KQ_RT   4
+#define KQ_CT   4
+#define KQ_VNNI 1
+#include "quants_mat_k_impl.h"
+
+void nf__vec_dot_q4_K_q8_K_mat_avx512(int n, float *s, size_t ld, const void *x, size_t bx,
+                                      const void *y, size_t by, int nrows, int ncols)
+{
+    kq_q4_K_mat(n, s, ld, x, bx, y, by, nrows, ncols);
+}
+
+void nf__vec_dot_q5_K_q8_K_mat_avx512(int n, float *s, size_t ld, const void *x, size_t bx,
+                                      const void *y, size_t by, int nrows, int ncols)
+{
+    kq_q5_K_mat(n, s, ld, x, bx, y, by, nrows, ncols);
+}
+
+void nf__vec_dot_q6_K_q8_K_mat_avx512(int n, float *s, size_t ld, const void *x, size_t bx,
+                                      const void *y, size_t by, int nrows, int ncols)
+{
+    kq_q6_K_mat(n, s, ld, x, bx, y, by, nrows, ncols);
+}
+
+/* ---- q2_K and q3_K: 64 elements per 512-bit vector -------------------------------------------
+ *
+ * Bit-identical to nf__vec_dot_q2_K_q8_K_avx512 / nf__vec_dot_q3_K_q8_K_avx512
+ * (quants_ext_avx512.c, themselves bit-identical to the reference): per block and output the
+ * same 16 int32 lanes, folded to 8, and the same float multiply-adds in the same order (q2_K:
+ * its mins term first). Per block each weight row's 64-element chunks are unpacked and their
+ * scales spread once for the tile's activation rows; tiles of 4 x 4 (16 accumulators). */
+enum { K23_RT = 4, K23_CT = 4 };
+
+static ALWAYS_INLINE void k23_tile(bool q3, int rt, int ct, int nb, float *s, size_t ld,
+                                   const char *x, size_t bx, const char *y, size_t by)
+{
+    const __m512i one = _mm512_set1_epi8(1), four = _mm512_set1_epi8(4);
+    const size_t xs = q3 ? sizeof(nf_block_q3_K) : sizeof(nf_block_q2_K);
+    __m256 acc[K23_RT][K23_CT];
+    UNROLL
+    for (int r = 0; r < rt; r++)
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        acc[r][c] = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const nf_block_q8_K *yb[K23_CT];
+        UNROLL
+        for (int c = 0; c < ct; c++)
+            yb[c] = (const nf_block_q8_K *)(const void *)(y + (size_t)c * by) + i;
+        const char *xb[K23_RT];
+        __m512i sc16[K23_RT];
+        float xd[K23_RT];
+        UNROLL
+        for (int r = 0; r < rt; r++) {
+            xb[r] = x + (size_t)r * bx + (size_t)i * xs;
+            if (q3) {
+                const nf_block_q3_K *b = (const nf_block_q3_K *)(const void *)xb[r];
+                int8_t sc[16];
+                nf__q3_K_scales(b->scales, sc);
+                sc16[r] = _mm512_castsi256_si512(
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc)));
+                xd[r] = _cvtsh_ss(b->d);
+            } else {
+                const nf_block_q2_K *b = (const nf_block_q2_K *)(const void *)xb[r];
+                const __m128i sc = _mm_loadu_si128((const __m128i *)b->scales);
+                sc16[r] = _mm512_castsi256_si512(
+                    _mm256_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x0F))));
+                xd[r] = _cvtsh_ss(b->d);
+                /* The mins term goes first, as in the single-row kernel. */
+                const __m256i mins =
+                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0x0F)));
+                const float dmin = _cvtsh_ss(b->dmin);
+                UNROLL
+                for (int c = 0; c < ct; c++) {
+                    const __m256i pm =
+                        _mm256_madd_epi16(mins, _mm256_loadu_si256((const void *)yb[c]->bsums));
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(-yb[c]->d * dmin),
+                                                _mm256_cvtepi32_ps(pm), acc[r][c]);
+                }
+            }
+        }
+        __m512i sumi[K23_RT][K23_CT];
+        UNROLL
+        for (int r = 0; r < rt; r++)
+            UNROLL
+        for (int c = 0; c < ct; c++)
+            sumi[r][c] = _mm512_setzero_si512();
+        for (int g = 0; g < 4; g++) { /* g = 2h + jj: elements 64g .. 64g + 63 */
+            const int h = g >> 1, jj = g & 1;
+            const __m512i ix = scale_index(g);
+            __m512i q[K23_RT], scv[K23_RT];
+            UNROLL
+            for (int r = 0; r < rt; r++) {
+                const uint8_t *qs = q3 ? ((const nf_block_q3_K *)(const void *)xb[r])->qs
+                                       : ((const nf_block_q2_K *)(const void *)xb[r])->qs;
+                q[r] = crumbs64(_mm256_loadu_si256((const __m256i *)(qs + 32 * h)), jj);
+                if (q3) {
+                    const __m256i hm = _mm256_loadu_si256(
+                        (const __m256i *)((const nf_block_q3_K *)(const void *)xb[r])->hmask);
+                    const __m512i sh = cat256(_mm256_set1_epi16((short)(4 * h + 2 * jj)),
+                                              _mm256_set1_epi16((short)(4 * h + 2 * jj + 1)));
+                    const __m512i hb = _mm512_and_si512(_mm512_srlv_epi16(cat256(hm, hm), sh), one);
+                    q[r] = _mm512_or_si512(q[r], _mm512_slli_epi16(hb, 2));
+                }
+                scv[r] = _mm512_permutexvar_epi16(ix, sc16[r]);
+            }
+            UNROLL
+            for (int c = 0; c < ct; c++) {
+                const __m512i y8 = _mm512_loadu_si512(yb[c]->qs + 64 * g);
+                const __m512i off = q3 ? _mm512_maddubs_epi16(four, y8) : _mm512_setzero_si512();
+                UNROLL
+                for (int r = 0; r < rt; r++) {
+                    __m512i p = _mm512_maddubs_epi16(q[r], y8);
+                    if (q3)
+                        p = _mm512_sub_epi16(p, off);
+                    sumi[r][c] = _mm512_add_epi32(sumi[r][c], _mm512_madd_epi16(p, scv[r]));
+                }
+            }
+        }
+        UNROLL
+        for (int r = 0; r < rt; r++)
+            UNROLL
+        for (int c = 0; c < ct; c++)
+            acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(yb[c]->d * xd[r]),
+                                        _mm256_cvtepi32_ps(fold16(sumi[r][c])), acc[r][c]);
+    }
+    UNROLL
+    for (int r = 0; r < rt; r++)
+        UNROLL
+    for (int c = 0; c < ct; c++)
+        s[(size_t)c * ld + r] = hsum_ps(acc[r][c]);
+}
+
+void nf__vec_dot_q2_K_q8_K_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
+                                      const void *vy, size_t by, int nrows, int ncols)
+{
+    const int nb = n / NF_QK_K;
+    const char *x = vx, *y = vy;
+#define K2_TILE(rt, ct, so, xo, yo) k23_tile(false, rt, ct, nb, so, ld, xo, bx, yo, by)
+    FOR_TILES(K23_RT, K23_CT, K2_TILE);
+#undef K2_TILE
+}
+
+void nf__vec_dot_q3_K_q8_K_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
+                                      const void *vy, size_t by, int nrows, int ncols)
+{
+    const int nb = n / NF_QK_K;
+    const char *x = vx, *y = vy;
+#define K3_TILE(rt, ct, so, xo, yo) k23_tile(true, rt, ct, nb, so, ld, xo, bx, yo, by)
+    FOR_TILES(K23_RT, K23_CT, K3_TILE);
+#undef K3_TILE
+}

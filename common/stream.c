@@ -25,33 +25,35 @@ struct nf_stream {
     const atomic_int *abort;
     nf_stream_progress_cb progress; /* after each chunk of a multi-chunk eval; may be NULL */
     void *progress_ud;
-    uint32_t max_groups;    /* most FFN groups (dense) or experts (MoE) of any layer */
-    uint32_t n_groups;      /* of the current layer */
-    int group;              /* neurons per FFN group of the current layer */
-    enum nf_type down_type; /* ffn_down's type in the current layer */
-    int ff;                 /* width of the FFN being run: n_ff, or n_ff_shexp (qwen2moe) */
-    float *tmp;             /* (NF_MAX_BATCH, max_rows) one tile's mat-vec output */
-    size_t max_rows;        /* most rows of any row tile or group */
-    void *down;             /* (n_embd rows of n_ff elements of down_type) reassembled ffn_down */
-    size_t down_row_size;   /* bytes per reassembled row in the current layer */
-    float *scores;          /* (n_ff) predictor neuron scores */
-    float *gscores;         /* (n_groups) */
-    float *ptmp;            /* (rank) */
-    uint32_t *bound;        /* (max_groups + 1) first group of each FFN tile of the layer */
-    uint32_t n_bound;       /* FFN tiles of the layer (bound[n_bound] = n_groups) */
-    bool slices;            /* the current layer's FFN tiles are in-place row slices */
-    uint32_t *order;        /* (2 max_groups) nf_sparse_pick scratch */
-    uint32_t *pick;         /* (max_groups) groups chosen for one token */
-    float *tscore;          /* (max_groups) tile scores */
+    int prog_done, prog_total; /* tokens before the current chunk, and in the whole eval */
+    uint32_t max_groups;       /* most FFN groups (dense) or experts (MoE) of any layer */
+    uint32_t n_groups;         /* of the current layer */
+    int group;                 /* neurons per FFN group of the current layer */
+    enum nf_type down_type;    /* ffn_down's type in the current layer */
+    int ff;                    /* width of the FFN being run: n_ff, or n_ff_shexp (qwen2moe) */
+    int ub;               /* tokens per chunk (the ubatch): the (ub, ...) buffers hold this many */
+    float *tmp;           /* (ub, max_rows) one tile's mat-vec output */
+    size_t max_rows;      /* most rows of any row tile or group */
+    void *down;           /* (n_embd rows of n_ff elements of down_type) reassembled ffn_down */
+    size_t down_row_size; /* bytes per reassembled row in the current layer */
+    float *scores;        /* (n_ff) predictor neuron scores */
+    float *gscores;       /* (n_groups) */
+    float *ptmp;          /* (rank) */
+    uint32_t *bound;      /* (max_groups + 1) first group of each FFN tile of the layer */
+    uint32_t n_bound;     /* FFN tiles of the layer (bound[n_bound] = n_groups) */
+    bool slices;          /* the current layer's FFN tiles are in-place row slices */
+    uint32_t *order;      /* (2 max_groups) nf_sparse_pick scratch */
+    uint32_t *pick;       /* (max_groups) groups chosen for one token */
+    float *tscore;        /* (max_groups) tile scores */
     /* Sparse FFN scratch (sparse dense models only; NULL otherwise). */
-    uint8_t *xq;      /* (NF_MAX_BATCH, 2, xq_stride) xn converted for gate and up vec_dots */
+    uint8_t *xq;      /* (ub, 2, xq_stride) xn converted for gate and up vec_dots */
     size_t xq_stride; /* bytes per converted row (4 n_embd: room for any vec_dot type) */
-    float *sacc;      /* (n_threads, NF_MAX_BATCH, n_embd) per-thread down sums */
+    float *sacc;      /* (n_threads, ub, n_embd) per-thread down sums */
     float *swork;     /* (n_threads, 2 max_rows + n_embd) gate, up and one group's down */
     uint8_t *shq;     /* (n_threads, 4 max_rows + 64) a group's activation converted */
-    uint32_t *spairs; /* (NF_MAX_BATCH max_groups) (token << 16 | group in tile) of one tile */
+    uint32_t *spairs; /* (ub max_groups) (token << 16 | group in tile) of one tile */
     int n_threads;
-    uint8_t *sel;   /* (NF_MAX_BATCH, n_groups) groups selected per token */
+    uint8_t *sel;   /* (ub, n_groups) groups selected per token */
     uint64_t *bits; /* (ceil(n_groups / 64)) used bitmap */
     struct nf_stream_stats st;
     uint64_t mem;
@@ -384,7 +386,7 @@ static void nf_sparse_run(void *arg, int ith, int nth)
     struct nf_stream *s = jb->s;
     const int E = s->shell.hp.n_embd;
     const size_t R = s->max_rows;
-    float *acc = s->sacc + (size_t)ith * NF_MAX_BATCH * (size_t)E;
+    float *acc = s->sacc + (size_t)ith * s->ub * (size_t)E;
     float *h = s->swork + (size_t)ith * (2 * R + (size_t)E), *h2 = h + R, *eo = h2 + R;
     uint8_t *hq = s->shq + (size_t)ith * (4 * R + 64);
     for (uint32_t i = (uint32_t)ith; i < jb->n_pairs; i += (uint32_t)nth) {
@@ -455,7 +457,7 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
         nf_act_convert(utr->vec_dot_type, c->xn + (size_t)k * E, xg + s->xq_stride, E);
     }
     const int nth = s->n_threads;
-    memset(s->sacc, 0, sizeof(float) * (size_t)nth * NF_MAX_BATCH * E);
+    memset(s->sacc, 0, sizeof(float) * (size_t)nth * s->ub * E);
     for (uint32_t i = 0; i < n; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_FFN, i);
         const uint32_t g0 = t->first / t->group, ng = t->count / t->group;
@@ -480,7 +482,7 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
             nf_stream_unpin(s, t);
     }
     for (int th = 0; th < nth; th++) {
-        const float *a = s->sacc + (size_t)th * NF_MAX_BATCH * E;
+        const float *a = s->sacc + (size_t)th * s->ub * E;
         for (size_t i = 0; i < (size_t)n_tok * E; i++)
             c->ffo[i] += a[i];
     }
@@ -750,6 +752,13 @@ static int nf_stream_chunk(struct nf_stream *s, const int32_t *tokens, int n_tok
         }
         if ((rc = nf_stream_layer(s, il, pos0, n_tok, want_logits)))
             return rc;
+        /* A chunk larger than the default one (up -ub) can take minutes through a capped pool:
+         * it reports after each layer too, so that clients waiting for a sign of life do not
+         * give up. */
+        const int part = (int)((int64_t)n_tok * (il + 1) / hp->n_layer);
+        if (s->progress && n_tok > NF_MAX_BATCH && il + 1 < (uint32_t)hp->n_layer &&
+            part > (int)((int64_t)n_tok * il / hp->n_layer))
+            s->progress(s->progress_ud, s->prog_done + part, s->prog_total);
     }
     c->n_past += n_tok;
     if (s->rows) { /* a per-row pass: every token's logits */
@@ -794,12 +803,15 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
     const int bad = nf_stream_eval_check(s, tokens, n);
     if (bad < 0)
         return bad;
-    for (int i = 0; i < n; i += NF_MAX_BATCH) {
-        int nb = n - i < NF_MAX_BATCH ? n - i : NF_MAX_BATCH;
+    /* One chunk per ubatch: each tile is pinned once for all its tokens. */
+    for (int i = 0; i < n; i += s->ub) {
+        int nb = n - i < s->ub ? n - i : s->ub;
+        s->prog_done = i;
+        s->prog_total = n;
         int rc = nf_stream_chunk(s, tokens + i, nb, i + nb == n);
         if (rc < 0)
             return rc;
-        if (s->progress && n > NF_MAX_BATCH)
+        if (s->progress && n > s->ub)
             s->progress(s->progress_ud, i + nb, n);
     }
     return 0;
@@ -813,8 +825,11 @@ int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float
     if (rc < 0)
         return rc;
     c->per_row = true;
-    for (int i = 0; i < n && rc == 0; i += NF_MAX_BATCH) {
-        const int nb = n - i < NF_MAX_BATCH ? n - i : NF_MAX_BATCH;
+    /* Chunks of the ubatch, as nf_stream_eval: the (ub, ...) buffers hold that many rows. */
+    for (int i = 0; i < n && rc == 0; i += s->ub) {
+        const int nb = n - i < s->ub ? n - i : s->ub;
+        s->prog_done = i;
+        s->prog_total = n;
         s->rows = logits + (size_t)i * V;
         rc = nf_stream_chunk(s, tokens + i, nb, true);
     }
@@ -1371,7 +1386,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     /* The kernels' summation order depends on the model's size (model_forward.c): the shell
      * must report the whole model's weight bytes for the results to match nf_ctx_eval's. */
     s->shell.weight_bytes = (size_t)f->hdr.weight_bytes;
-    if ((rc = nf_ctx_create(&s->c, &s->shell, o->n_ctx, o->n_threads)) < 0) {
+    s->ub = o->n_ubatch > 0 ? o->n_ubatch : NF_MAX_BATCH;
+    if ((rc = nf_ctx_create_ub(&s->c, &s->shell, o->n_ctx, o->n_threads, s->ub)) < 0) {
         nf_errf(err, errlen, rc, "creating the run state: %s", nf_strerror(rc));
         goto fail;
     }
@@ -1380,7 +1396,7 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
     F = (size_t)hp->n_ff_dense > F ? (size_t)hp->n_ff_dense : F; /* glm4moe's dense layers */
     const size_t words = (G + 63) / 64;
-    s->tmp = malloc(sizeof(float) * NF_MAX_BATCH * s->max_rows);
+    s->tmp = malloc(sizeof(float) * (size_t)s->ub * s->max_rows);
     if (posix_memalign(&s->down, 64, E * down_row + 64))
         s->down = NULL;
     s->scores = malloc(sizeof(float) * F);
@@ -1390,7 +1406,7 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     s->order = malloc(sizeof(uint32_t) * 2 * G);
     s->pick = malloc(sizeof(uint32_t) * G);
     s->tscore = malloc(sizeof(float) * G);
-    s->sel = malloc((size_t)NF_MAX_BATCH * G);
+    s->sel = malloc((size_t)s->ub * G);
     s->bits = calloc(words, sizeof(uint64_t));
     if (!s->tmp || !s->down || !s->scores || !s->gscores || !s->ptmp || !s->bound || !s->order ||
         !s->pick || !s->tscore || !s->sel || !s->bits) {
@@ -1401,11 +1417,11 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
         const size_t R = s->max_rows, T = (size_t)nf_threadpool_size(s->c->pool);
         s->n_threads = (int)T;
         s->xq_stride = (4 * E + 63) / 64 * 64;
-        s->xq = malloc((size_t)NF_MAX_BATCH * 2 * s->xq_stride);
-        s->sacc = malloc(sizeof(float) * T * NF_MAX_BATCH * E);
+        s->xq = malloc((size_t)s->ub * 2 * s->xq_stride);
+        s->sacc = malloc(sizeof(float) * T * (size_t)s->ub * E);
         s->swork = malloc(sizeof(float) * T * (2 * R + E));
         s->shq = malloc(T * (4 * R + 64));
-        s->spairs = malloc(sizeof(uint32_t) * NF_MAX_BATCH * G);
+        s->spairs = malloc(sizeof(uint32_t) * (size_t)s->ub * G);
         if (!s->xq || !s->sacc || !s->swork || !s->shq || !s->spairs) {
             rc = nf_errf(err, errlen, -ENOMEM, "out of memory for the sparse scratch");
             goto fail;
@@ -1416,14 +1432,14 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
                          s->max_groups);
             goto fail;
         }
-        s->mem += (size_t)NF_MAX_BATCH * 2 * s->xq_stride +
-                  T * (sizeof(float) * (NF_MAX_BATCH * E + 2 * R + E) + 4 * R + 64) +
-                  sizeof(uint32_t) * NF_MAX_BATCH * G;
+        s->mem += (size_t)s->ub * 2 * s->xq_stride +
+                  T * (sizeof(float) * ((size_t)s->ub * E + 2 * R + E) + 4 * R + 64) +
+                  sizeof(uint32_t) * (size_t)s->ub * G;
     }
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     s->mem += 2 * (size_t)hp->n_layer * (size_t)o->n_ctx * kvd * sizeof(nf_fp16_t) +
-              sizeof(float) * NF_MAX_BATCH * (s->max_rows + 6 * E + 2 * F) + E * down_row +
-              sizeof(float) * (F + 2 * G) + (size_t)NF_MAX_BATCH * G;
+              sizeof(float) * (size_t)s->ub * (s->max_rows + 6 * E + 2 * F) + E * down_row +
+              sizeof(float) * (F + 2 * G) + (size_t)s->ub * G;
     if ((rc = nf_stream_load_rope(s, err, errlen)) < 0 ||
         (rc = nf_stream_load_ext(s, err, errlen)) < 0 ||
         (rc = nf_stream_load_probs_b(s, err, errlen)) < 0)

@@ -48,6 +48,8 @@ struct nf_stream_opts {
     int n_ctx;      /* KV cache positions (>= 1) */
     int n_threads;  /* <= 0: one per CPU */
     float sparsity; /* 0: exact; in (0, 1): the fraction of FFN groups skipped */
+    int n_ubatch;   /* tokens per prompt chunk, each chunk one pass over the tiles; 0: 32
+                     * (NF_MAX_BATCH), at most NF_MAX_UBATCH */
 };
 
 /* Monotonic counters of one engine. */
@@ -75,11 +77,11 @@ void nf_stream_reset(struct nf_stream *s);
  * nf_stream_error names the tile). After an error the sequence is undefined: reset it. */
 int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n);
 
-/* Evaluates n tokens at positions n_past.. as n decode steps would, in one pass over the tiles,
- * and writes every token's logits into logits (n, n_vocab): each row bit-identical to what
- * nf_stream_eval of that token alone leaves (nf_ctx_eval_rows' per-row kernels and attention;
- * in sparse mode each token's groups are summed as its own step would). Returns as
- * nf_stream_eval; nf_stream_logits gets the last row. */
+/* Evaluates n tokens at positions n_past.. as n decode steps would, in one pass over the tiles
+ * per ubatch of tokens, and writes every token's logits into logits (n, n_vocab): each row
+ * bit-identical to what nf_stream_eval of that token alone leaves (nf_ctx_eval_rows' per-row
+ * kernels and attention; in sparse mode each token's groups are summed as its own step would).
+ * Returns as nf_stream_eval; nf_stream_logits gets the last row. */
 int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float *logits);
 /* Rolls the sequence back to its first n_past positions (nf_ctx_rollback): 0 or NF_EUSAGE. */
 int nf_stream_rollback(struct nf_stream *s, int n_past);
@@ -87,9 +89,10 @@ int nf_stream_rollback(struct nf_stream *s, int n_past);
 /* An abort flag checked before every layer (NULL: none); any nonzero value stops the eval. */
 void nf_stream_set_abort(struct nf_stream *s, const atomic_int *flag);
 
-/* A callback after each chunk (NF_MAX_BATCH tokens) of an eval of several tokens, with the
- * tokens of that eval done so far and in all (NULL: none). It runs on the evaluating thread and
- * must not call back into s. */
+/* A callback after each chunk (the ubatch) of an eval of several chunks, and after each layer of
+ * a chunk longer than NF_MAX_BATCH tokens, with the tokens of that eval done so far (a chunk's
+ * share by layers) and in all (NULL: none); done < total, except after the last chunk. It runs
+ * on the evaluating thread and must not call back into s. */
 typedef void (*nf_stream_progress_cb)(void *ud, int done, int total);
 void nf_stream_set_progress(struct nf_stream *s, nf_stream_progress_cb cb, void *ud);
 

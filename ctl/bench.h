@@ -21,6 +21,7 @@ struct nf_bench_opts {
     const char *model, *run_dir;
     uint64_t ram;
     long n, threads, timeout, ctx;
+    long ubatch; /* -ub: prompt chunk of every engine; 0: their default */
     float levels[NF_BENCH_MAX_LEVELS];
     int n_levels;
     bool json, no_cgroup;

@@ -36,6 +36,8 @@ static void usage(FILE *f)
             "                        KV cache is reserved from the budget for all of it, so\n"
             "                        a short context leaves more to the tile pool (default: 0 =\n"
             "                        what 'up' picks: KV cache at most a quarter of the budget)\n"
+            "  -ub, --ubatch-size N  prompt tokens evaluated together by every engine, 1..4096\n"
+            "                        ('up -ub', 'run -ub'; default: theirs, 32)\n"
             "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
             "                        a phase cut short reports the tokens it finished\n"
             "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
@@ -92,7 +94,8 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
         if (!(nf_arg_is(a, "--model") || !strcmp(a, "-m") || nf_arg_is(a, "--ram") ||
               nf_arg_is(a, "--n-predict") || !strcmp(a, "-n") || nf_arg_is(a, "--sparsity") ||
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--timeout") ||
-              nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")))
+              nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c") ||
+              nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -115,6 +118,9 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")) {
             if (nf_arg_long(cmd, a, v, 0, 1048576, &o->ctx))
+                return 2;
+        } else if (nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")) {
+            if (nf_arg_long(cmd, a, v, 1, 4096, &o->ubatch))
                 return 2;
         } else if (nf_arg_is(a, "--timeout")) {
             if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))

@@ -175,10 +175,13 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     drop_cache(model);
     nf_bench_progress(b, "%s: up (run dir %s%s)", r->mode, dir,
                       have_cg ? ", in its memory cgroup" : "");
-    char ctx[32];
+    char ctx[32], ub[32];
     snprintf(ctx, sizeof(ctx), "%u", b->n_ctx);
-    char *up_argv[] = {NULL, "up", "--model",    model, "--ram", ram, "--run-dir", dir,
-                       "-t", thr,  "--sparsity", sp,    "--ctx", ctx, NULL};
+    snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
+    char *up_argv[] = {NULL,         "up",        "--model", model, "--ram",
+                       ram,          "--run-dir", dir,       "-t",  thr,
+                       "--sparsity", sp,          "--ctx",   ctx,   b->o.ubatch ? "-ub" : NULL,
+                       ub,           NULL};
     pid_t pid = nf_bench_spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? nf_bench_wait(pid, NF_BENCH_UP_TIMEOUT) : -1;
     if (pid > 0 && st < 0)
@@ -323,8 +326,27 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
     drop_cache(b->gguf);
     nf_bench_progress(b, "mmap: run --mmap -n %ld -c %s%s", b->o.n, ctx,
                       have_cg ? " in its memory cgroup" : "");
-    char *argv[] = {NULL, "run", "--mmap", "-m", b->gguf,  "-n", n,        "-c", ctx,
-                    "-t", thr,   "--temp", "0",  "--seed", "1",  "--json", NULL};
+    char ub[32];
+    snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
+    char *argv[] = {NULL,
+                    "run",
+                    "--mmap",
+                    "-m",
+                    b->gguf,
+                    "-n",
+                    n,
+                    "-c",
+                    ctx,
+                    "-t",
+                    thr,
+                    "--temp",
+                    "0",
+                    "--seed",
+                    "1",
+                    "--json",
+                    b->o.ubatch ? "-ub" : NULL,
+                    ub,
+                    NULL};
     int out_fd = -1;
     pid_t pid = nf_bench_spawn(b, argv, have_cg ? &cg : NULL, &out_fd, log);
     if (pid < 0) {

@@ -48,6 +48,9 @@ static void up_usage(FILE *f)
             "  -c, --ctx N          context length, also --ctx-size, at most the model's trained\n"
             "                       context_length (default: that length, capped at 4096 and by\n"
             "                       the budget)\n"
+            "  -ub, --ubatch-size N prompt tokens evaluated together, 1..%d: each weight tile\n"
+            "                       is read once per chunk of N, whose activations the plan\n"
+            "                       reserves in the budget (default: 32)\n"
             "      --max-tokens-per-request N\n"
             "                       tokens one generation may produce, 1..1000000; requests\n"
             "                       asking more are clamped so that queued ones wait less\n"
@@ -76,7 +79,7 @@ static void up_usage(FILE *f)
             "                       with --http: chat format instead of the model's template\n"
             "                       (default: the model's tokenizer.chat_template, else chatml)\n"
             "  -h, --help           show this help\n",
-            NF_UP_DEFAULT_MAX_TOKENS);
+            NF_MAX_UBATCH, NF_UP_DEFAULT_MAX_TOKENS);
 }
 
 /* --- .gguf -> cached .nft ------------------------------------------------------------------ */
@@ -376,6 +379,7 @@ struct up_opts {
     char api_key_file[PATH_MAX];      /* --api-key-file made absolute ("" for none) */
     uint64_t ram;
     long threads, n_ctx, max_tokens;
+    long n_ubatch; /* -ub: compute's prompt chunk; 0: the daemons' default */
     float sparsity;
     bool lookup;          /* --lookup: compute speculates with prompt lookup by default */
     char draft[PATH_MAX]; /* --draft FILE made absolute ("" for none) */
@@ -385,7 +389,7 @@ struct up_opts {
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
                           const struct up_opts *o)
 {
-    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32];
+    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32], ub[32];
     nf_rundir_path(dir, role, "log", logp, sizeof(logp));
     snprintf(ram, sizeof(ram), "%llu", (unsigned long long)(o->stack_ram ? o->stack_ram : o->ram));
     snprintf(thr, sizeof(thr), "%ld", o->threads);
@@ -411,6 +415,11 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     if (o->draft[0] && !strcmp(role, NF_ROLE_COMPUTE)) {
         argv[k++] = "--draft";
         argv[k++] = (char *)o->draft;
+    }
+    if (o->n_ubatch) {
+        snprintf(ub, sizeof(ub), "%ld", o->n_ubatch);
+        argv[k++] = "--ubatch";
+        argv[k++] = ub;
     }
     if (o->max_tokens && !strcmp(role, NF_ROLE_COMPUTE)) {
         snprintf(maxtok, sizeof(maxtok), "%ld", o->max_tokens);
@@ -756,7 +765,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level") ||
               nf_arg_is(a, "--max-tokens-per-request") || nf_arg_is(a, "--http") ||
               nf_arg_is(a, "--api-key-file") || nf_arg_is(a, "--chat-template") ||
-              nf_arg_is(a, "--draft") || nf_arg_is(a, "--expert-cache")))
+              nf_arg_is(a, "--draft") || nf_arg_is(a, "--expert-cache") ||
+              nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -773,6 +783,9 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")) {
             if (nf_arg_long(cmd, a, v, 0, 1 << 24, &o->n_ctx))
+                return 2;
+        } else if (nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")) {
+            if (nf_arg_long(cmd, a, v, 1, NF_MAX_UBATCH, &o->n_ubatch))
                 return 2;
         } else if (nf_arg_is(a, "--max-tokens-per-request")) {
             if (nf_arg_long(cmd, a, v, 1, 1000000, &o->max_tokens))
@@ -945,8 +958,8 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         return 1;
     }
     struct nf_stack_plan plan;
-    rc =
-        nf_stack_plan(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads, &plan, err, sizeof(err));
+    rc = nf_stack_plan_ub(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
+                          (uint32_t)o->n_ubatch, &plan, err, sizeof(err));
     struct up_opts so = *o; /* o with the draft model's share taken out of the stack's budget */
     if (rc == 0 && o->draft[0]) {
         uint64_t dbytes = 0;
@@ -955,8 +968,8 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
             return 1;
         }
         so.stack_ram = dbytes < o->ram ? o->ram - dbytes : 0;
-        rc = nf_stack_plan(f, so.stack_ram, (uint32_t)o->n_ctx, (uint32_t)o->threads, &plan, err,
-                           sizeof(err));
+        rc = nf_stack_plan_ub(f, so.stack_ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
+                              (uint32_t)o->n_ubatch, &plan, err, sizeof(err));
         if (rc == -ENOSPC) {
             char b1[32], b2[32], b3[32];
             fprintf(stderr,
@@ -973,6 +986,11 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
     o = &so;
     nf_nft_close(f);
     char b1[32], b2[32], b3[32], b4[32];
+    if (rc == -ENOSPC && strstr(err, "ubatch")) {
+        fprintf(stderr, "nanoflowctl up: -ub %ld: %s; lower -ub or raise --ram\n", o->n_ubatch,
+                err);
+        return 1;
+    }
     if (rc == -ENOSPC) {
         fprintf(stderr,
                 "nanoflowctl up: a RAM budget of %s is too small for %s: it needs at least %s "

@@ -76,11 +76,14 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     p->kernel_bytes = NF_STACK_MAPPINGS * (region / 256) + NF_STACK_KERNEL_BYTES;
 
     p->kv_bytes = kv_token_bytes(sh) * n_ctx;
-    /* Compute's float activations: residual and its normed copies, q/k/v, attention output,
-     * FFN hidden states and their quantized copies, logits twice (raw and sampled), and the
-     * attention scores (per head and per thread, n_ctx each). */
-    uint64_t act_floats = 8ull * sh->n_embd + 4ull * sh->n_ff + 2ull * sh->n_vocab +
+    /* Compute's float activations: per token of a prompt chunk (the ubatch) the residual and
+     * its normed copies, q/k/v, attention output, FFN hidden states and their quantized
+     * copies; then logits twice (raw and sampled), and the attention scores (per head and per
+     * thread, n_ctx each). */
+    const uint64_t ub = sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
+    uint64_t act_floats = (8ull * sh->n_embd + 4ull * sh->n_ff) * ub + 2ull * sh->n_vocab +
                           ((uint64_t)sh->n_head + n_threads) * n_ctx;
+    p->n_ubatch = (uint32_t)ub;
     p->down_scratch = sh->down_scratch;
     p->compute_private =
         NF_STACK_PROC_BYTES + p->kv_bytes + sh->down_scratch + act_floats * sizeof(float);
@@ -222,6 +225,13 @@ static const char *fmt_classes(char *buf, size_t len, const struct nf_stack_shap
 int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                   uint32_t n_threads, struct nf_stack_plan *plan, char *err, size_t errlen)
 {
+    return nf_stack_plan_ub(f, ram_budget, n_ctx_req, n_threads, 0, plan, err, errlen);
+}
+
+int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                     uint32_t n_threads, uint32_t n_ubatch, struct nf_stack_plan *plan, char *err,
+                     size_t errlen)
+{
     memset(plan, 0, sizeof(*plan));
     struct nf_stack_shape sh;
     int rc = nf__stack_shape(f, &sh, err, errlen);
@@ -229,10 +239,12 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
         return rc;
     if (n_threads == 0)
         n_threads = 1;
-    if (n_ctx_req > NF_STACK_CTX_MAX || n_threads > 4096)
+    if (n_ctx_req > NF_STACK_CTX_MAX || n_threads > 4096 || n_ubatch > 4096)
         return nf_errf(err, errlen, NF_EUSAGE,
-                       "stack plan: context %u and threads %u, expected at most %u and 4096",
-                       n_ctx_req, n_threads, NF_STACK_CTX_MAX);
+                       "stack plan: context %u, threads %u and ubatch %u, expected at most %u, "
+                       "4096 and 4096",
+                       n_ctx_req, n_threads, n_ubatch, NF_STACK_CTX_MAX);
+    sh.n_ubatch = n_ubatch;
     uint32_t want = n_ctx_req;
     if (want == 0) {
         want = sh.n_ctx_model ? sh.n_ctx_model : NF_STACK_CTX_LIMIT;
@@ -253,6 +265,29 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
     p.demand_count = sh.demand_count;
     p.prefetch_count = sh.prefetch_count;
     p.max_groups = sh.max_groups;
+    if (ram_budget < min_budget && n_ubatch > 1) {
+        /* Is it the ubatch? The largest one the minimum pool leaves room for, if any. */
+        struct nf_stack_plan q;
+        uint32_t lo = 0, hi = n_ubatch; /* hi does not fit */
+        while (hi - lo > 1) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            sh.n_ubatch = mid;
+            if (nf__plan_total(&sh, sh.class_min, ctx_min, n_threads, &q) <= ram_budget)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        sh.n_ubatch = n_ubatch;
+        if (lo > 0) {
+            *plan = p;
+            char b[32], m[32];
+            return nf_errf(err, errlen, -ENOSPC,
+                           "a prompt ubatch of %u tokens does not fit the budget %s (it needs %s "
+                           "with the minimum pool): at most %u does",
+                           n_ubatch, fmt_size(b, sizeof(b), ram_budget),
+                           fmt_size(m, sizeof(m), min_budget), lo);
+        }
+    }
     if (ram_budget < min_budget) {
         *plan = p;
         char b[32], m[32], pool[160], kv[32], priv[32];

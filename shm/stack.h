@@ -239,6 +239,7 @@ struct nf_stack_plan {
     struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* by increasing slot size */
     uint64_t class_min[NF_STACK_MAX_CLASSES];            /* the minimum slots of each class */
     uint64_t class_tiles[NF_STACK_MAX_CLASSES];          /* tiles that go in each class */
+    uint32_t n_ubatch; /* compute's prompt chunk (tokens) whose activations compute_private holds */
 };
 
 /* Budget constants of the plan. */
@@ -247,6 +248,7 @@ struct nf_stack_plan {
 #define NF_STACK_CTX_LIMIT    4096u        /* cap on the model's default context length */
 #define NF_STACK_MAPPINGS     3u           /* processes mapping the region (page tables) */
 #define NF_STACK_KERNEL_BYTES (4ull << 20) /* sockets', logs' and slab's page cache */
+#define NF_STACK_UBATCH       32u /* compute's default prompt chunk (NF_MAX_BATCH, model.h) */
 
 /* Computes the plan for model f under budget ram_budget with the requested context length
  * and thread count. The pool's slot size classes come from the model's tile sizes and the pool
@@ -260,6 +262,14 @@ struct nf_stack_plan {
  * filled in, so the caller can say what is needed), with a one-line reason in err. */
 int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                   uint32_t n_threads, struct nf_stack_plan *plan, char *err, size_t errlen);
+
+/* The same for a compute daemon that evaluates prompts n_ubatch tokens at a time (1..4096; 0:
+ * NF_STACK_UBATCH, which nf_stack_plan uses): compute_private holds that many tokens'
+ * activations, so a larger ubatch leaves less to the pool (or the context). -ENOSPC names the
+ * ubatch when it is what does not fit. */
+int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                     uint32_t n_threads, uint32_t n_ubatch, struct nf_stack_plan *plan, char *err,
+                     size_t errlen);
 
 /* Compute threads for a requested count: the request, or for 0 one per online CPU but one (at
  * least 1): the fetcher (reads, checksums) and the predictor need a core of their own; on a

@@ -32,6 +32,7 @@ struct nf_stack_shape {
     uint64_t class_step[NF_STACK_MAX_CLASSES];  /* tiles one token step reads */
     uint64_t class_need[NF_STACK_MAX_CLASSES];  /* bytes one token step reads */
     uint64_t min_slots;                         /* the sum of class_min */
+    uint32_t n_ubatch; /* compute's prompt chunk in tokens (nf_stack_plan_ub); 0: the default */
 };
 
 /* Where the tables sit inside their areas (shared by the plan and create). */

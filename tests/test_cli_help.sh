@@ -61,7 +61,7 @@ kind() {
     --lookup | --no-lookup | --use-draft) K=bool ;;
     --draft) K=file ;;
     --draft-max) K=int ;;
-    -ub | --ubatch-size) K=int ;;
+    -ub | --ubatch-size | --ubatch) K=int ;;
     *) K="" ;;
     esac
 }
@@ -87,12 +87,7 @@ good() {
     --longrope) G=64 ;;
     --q-lora | --v-head) G=16 ;;
     --kv-lora) G=32 ;;
-    --dense-layers | --shared-experts) G=1 ;;
-    --dense-ffn) G=128 ;;
-    --expert-groups) G=8 ;;
-    --groups-used) G=2 ;;
     --yarn-orig) G=64 ;;
-    --expert-scale) G=2.5 ;;
     --yarn) G=4 ;;
     --yarn-mscale) G=1 ;;
     --sliding-window) G=2047 ;;
@@ -103,7 +98,7 @@ good() {
     --arch) G=llama ;;
     --experts) G=4 ;;
     --vocab) G=512 ;;
-    -ub | --ubatch-size) G=8 ;;
+    -ub | --ubatch-size | --ubatch) G=8 ;;
     --draft-max) G=4 ;;
     --alignment) G=64 ;;
     --numa-node) G=0 ;;
@@ -199,7 +194,8 @@ parsed_flags() {
     convert) echo "--tile-size --rank --f32 --calibrate" ;;
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
-        "--max-tokens-per-request --http --api-key-file --chat-template --expert-cache" ;;
+        "--max-tokens-per-request --http --api-key-file --chat-template --expert-cache -ub" \
+        "--ubatch-size" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --json --top-logits" \
@@ -207,11 +203,12 @@ parsed_flags() {
         "--chat-template" ;;
     chat) echo "-n --n-predict --system --chat-template --temp --top-k --top-p --min-p" \
         "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --timeout --run-dir" ;;
-    nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --qd --verify" \
+    nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --ubatch --qd" \
+        "--verify" \
         "--no-uring --numa-node --expert-cache --foreground --log-level" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
         "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
-    nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
+    nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx --ubatch" \
         "--attach-timeout --max-tokens-per-request --foreground --log-level" ;;
     nanoflow-gateway) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
         "--attach-timeout --foreground --log-level --http --api-key-file --chat-template" \

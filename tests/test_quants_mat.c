@@ -230,15 +230,16 @@ static void test_mat_wide(void **state)
     }
 }
 
-/* The forward pass relies on these being bit-identical: q8_0's multi-token kernels and its
- * AVX2 single-row kernel (llama.cpp's order, which the q8_0 goldens reproduce), and the F32/F16
- * kernels of every ISA and their tinyBLAS-order reference. */
+/* The forward pass relies on these being bit-identical: the multi-token kernels of q8_0 and the
+ * K-quants q2_K..q6_K and their AVX2 single-row kernels (llama.cpp's orders, which the
+ * goldens reproduce), and the F32/F16 kernels of every ISA and their tinyBLAS-order reference. */
 static void test_mat_bit_identical(void **state)
 {
     (void)state;
     int tested = 0;
-    const enum nf_type types[] = {NF_TYPE_Q8_0, NF_TYPE_F32, NF_TYPE_F16};
-    for (size_t ti = 0; ti < 3; ti++) {
+    const enum nf_type types[] = {NF_TYPE_Q8_0, NF_TYPE_Q4_K, NF_TYPE_Q5_K, NF_TYPE_Q6_K,
+                                  NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_F32,  NF_TYPE_F16};
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
         const enum nf_type t = types[ti];
         int ns[6];
         const int nl = lengths(t, ns);
@@ -246,7 +247,7 @@ static void test_mat_bit_identical(void **state)
             struct mats m;
             make_mats(&m, t, ns[li]);
             float want[MAXR * MAXR], got[MAXR * MAXR];
-            if (t == NF_TYPE_Q8_0) {
+            if (!is_float(t)) {
                 nf_vec_dot_fn d = nf_vec_dot_for(t, NF_ISA_AVX2);
                 if (!d) {
                     free_mats(&m);

@@ -311,12 +311,76 @@ static void test_corrupt_tile(void **state)
     nf_nft_close(f);
 }
 
+/* The ubatch (nf_stream_opts.n_ubatch): a 40-token prompt in one chunk of 40 (past NF_MAX_BATCH:
+ * progress after each layer, done increasing and below the total) or in chunks of 7 (progress
+ * after each chunk) gives the logits of the in-RAM context with the same ubatch,
+ * bit for bit. */
+struct prog {
+    int calls, last, total;
+    bool bad;
+};
+
+static void on_prog(void *ud, int done, int total)
+{
+    struct prog *p = ud;
+    p->bad |= done <= p->last || done > total;
+    p->last = done;
+    p->total = total;
+    p->calls++;
+}
+
+static void test_ubatch(void **state)
+{
+    (void)state;
+    char nft[512], err[512];
+    convert("stories260K", nft, sizeof(nft));
+    struct nf_model *m;
+    if (nf_model_load(&m, nft, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    struct nf_nft *f;
+    if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    int32_t tok[N_PROMPT];
+    for (int i = 0; i < N_PROMPT; i++)
+        tok[i] = 1 + (i * 37) % (m->hp.n_vocab - 1);
+    const int ubs[] = {N_PROMPT, 7};
+    for (int k = 0; k < 2; k++) {
+        const int ub = ubs[k];
+        struct nf_tile_src src;
+        assert_int_equal(nf_tile_src_file_open(&src, f, (uint64_t)1 << 30), 0);
+        struct nf_stream *s;
+        struct nf_stream_opts o = {.n_ctx = N_CTX, .n_threads = 2, .n_ubatch = ub};
+        if (nf_stream_create(&s, f, &src, &o, err, sizeof(err)) < 0)
+            fail_msg("%s", err);
+        struct prog p = {0};
+        nf_stream_set_progress(s, on_prog, &p);
+        assert_int_equal(nf_stream_eval(s, tok, N_PROMPT), 0);
+        struct nf_ctx *c;
+        assert_int_equal(nf_ctx_create_ub(&c, m, N_CTX, 2, ub), 0);
+        assert_int_equal(nf_ctx_eval(c, tok, N_PROMPT), 0);
+        assert_memory_equal(nf_stream_logits(s), c->logits, sizeof(float) * m->hp.n_vocab);
+        print_message("ubatch %d: %d progress calls\n", ub, p.calls);
+        assert_false(p.bad);
+        if (ub == N_PROMPT) /* one chunk: after every layer but the last */
+            assert_int_equal(p.calls, m->hp.n_layer - 1);
+        else /* chunks of 7: after each, the last one included (done == total ends it) */
+            assert_int_equal(p.calls, (N_PROMPT + ub - 1) / ub);
+        assert_true(p.last < N_PROMPT || ub < N_PROMPT);
+        nf_ctx_free(c);
+        nf_stream_free(s);
+        nf_tile_src_file_close(&src);
+    }
+    nf_nft_close(f);
+    nf_model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exact_all),
         cmocka_unit_test(test_sparse_stories),
         cmocka_unit_test(test_corrupt_tile),
+        cmocka_unit_test(test_ubatch),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

@@ -20,8 +20,9 @@ enum {
     ARG_FOREGROUND,
     ARG_LOG_LEVEL,
     ARG_ATTACH,
+    ARG_UBATCH,
 };
-_Static_assert(ARG_ATTACH < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
+_Static_assert(ARG_UBATCH < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
 
 static const struct option shared_opts[] = {
     {"run-dir", required_argument, NULL, ARG_RUN_DIR},
@@ -33,6 +34,7 @@ static const struct option shared_opts[] = {
     {"foreground", no_argument, NULL, ARG_FOREGROUND},
     {"log-level", required_argument, NULL, ARG_LOG_LEVEL},
     {"help", no_argument, NULL, 'h'},
+    {"ubatch", required_argument, NULL, ARG_UBATCH},
 };
 #define N_SHARED (sizeof(shared_opts) / sizeof(shared_opts[0]))
 static const struct option attach_opt = {"attach-timeout", required_argument, NULL, ARG_ATTACH};
@@ -91,6 +93,10 @@ static int parse_shared(const char *role, int c, const char *v, struct nf_daemon
     case ARG_CTX:
         if ((rc = nf_daemon_arg_long(v, 0, 1 << 24, &n)) == 0)
             a->ctx = (uint32_t)n;
+        break;
+    case ARG_UBATCH:
+        if ((rc = nf_daemon_arg_long(v, 1, 4096, &n)) == 0)
+            a->ubatch = (uint32_t)n;
         break;
     case ARG_FOREGROUND: a->foreground = true; break;
     case ARG_LOG_LEVEL: rc = nf_log_level_parse(v, &a->level); break;

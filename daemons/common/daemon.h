@@ -124,6 +124,7 @@ struct nf_daemon_args {
     int attach_timeout_s;    /* --attach-timeout S in 1..3600 (default 30), with spec->attaches */
     bool foreground;         /* --foreground */
     enum nf_log_level level; /* --log-level L (default info) */
+    uint32_t ubatch;         /* --ubatch N in 1..4096: compute's prompt chunk; 0 when not given */
 };
 
 /* getopt_long values of a daemon's own flags start here (below: the shared ones). */

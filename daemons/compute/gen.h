@@ -63,6 +63,7 @@ struct nf_gen {
     int n_threads;
     int n_ctx;
     float sparsity;
+    int n_ubatch;   /* prompt tokens per chunk (--ubatch); 0: the stream's default */
     int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
     bool lookup;    /* requests speculate with prompt lookup unless they say otherwise */
     /* --draft: a draft model held in RAM (owned by the caller), the default draft source of

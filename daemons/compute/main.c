@@ -37,7 +37,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: nanoflow-compute --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
-            "                        [--sparsity S] [--ctx N] [--attach-timeout S]\n"
+            "                        [--sparsity S] [--ctx N] [--ubatch N] [--attach-timeout S]\n"
             "                        [--max-tokens-per-request N] [--lookup] [--draft FILE]\n"
             "                        [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
@@ -56,6 +56,8 @@ static void usage(FILE *out)
             "                      (default: the plan's)\n"
             "  --ctx N             context length, 0..16777216; 0 = the plan's (default: the\n"
             "                      plan's)\n"
+            "  --ubatch N          prompt tokens evaluated together, 1..4096: each weight tile\n"
+            "                      is read once per chunk of N (default: 32)\n"
             "  --max-tokens-per-request N\n"
             "                      tokens one request may generate, 1..1000000; a request\n"
             "                      asking more is clamped (its reply says so) so that requests\n"
@@ -132,6 +134,7 @@ static int start(struct compute *m, char *err, size_t errlen)
         (uint32_t)(m->o.threads >= 0 ? m->o.threads : (int)cfg->n_threads));
     m->gen.sparsity = m->o.sparsity >= 0 ? m->o.sparsity : cfg->sparsity;
     m->gen.max_tokens = m->max_tokens;
+    m->gen.n_ubatch = (int)m->o.ubatch;
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
         return NF_EUSAGE;
@@ -140,9 +143,10 @@ static int start(struct compute *m, char *err, size_t errlen)
         return rc;
     atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
     nf_log(NF_LOG_INFO,
-           "engine ready: %s, n_ctx %d, %d threads, sparsity %.2f, %.1f MiB of KV cache and "
-           "scratch",
+           "engine ready: %s, n_ctx %d, %d threads, sparsity %.2f, ubatch %d, %.1f MiB of KV "
+           "cache and scratch",
            m->o.model, m->gen.n_ctx, m->gen.n_threads, (double)m->gen.sparsity,
+           m->gen.n_ubatch ? m->gen.n_ubatch : NF_MAX_BATCH,
            (double)nf_gen_engine_bytes(&m->gen) / 1048576.0);
     return 0;
 }

@@ -23,8 +23,10 @@ static void *worker(void *arg)
     struct nf_gen *g = arg;
     struct nf_tile_src src;
     nf_gen_tile_src(g, &src);
-    struct nf_stream_opts o = {
-        .n_ctx = g->n_ctx, .n_threads = g->n_threads, .sparsity = g->sparsity};
+    struct nf_stream_opts o = {.n_ctx = g->n_ctx,
+                               .n_threads = g->n_threads,
+                               .sparsity = g->sparsity,
+                               .n_ubatch = g->n_ubatch};
     int rc = nf_stream_create(&g->s, g->f, &src, &o, g->init_err, sizeof(g->init_err));
     pthread_mutex_lock(&g->mu);
     g->init_rc = rc;
