@@ -412,6 +412,13 @@ int nf_gen_seq_step(struct nf_gen_seq *q)
     return 1;
 }
 
+int nf_gen_seq_eval_failed(struct nf_gen_seq *q, int rc, int32_t tok)
+{
+    if (q->stop != NF_GEN_RUNNING)
+        return 0;
+    return seq_eval_failed(q, rc, tok);
+}
+
 int nf_gen_seq_run(struct nf_gen_seq *q)
 {
     while (nf_gen_seq_step(q) > 0)

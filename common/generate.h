@@ -224,6 +224,13 @@ int nf_gen_seq_init(struct nf_gen_seq *q, const struct nf_gen_engine *e, const s
  * stays stopped). Does not allocate except to grow the piece buffer for an unusually long piece. */
 int nf_gen_seq_step(struct nf_gen_seq *q);
 
+/* For an engine that evaluates a sequence's decode tokens later, with other sequences' (the
+ * compute daemon's batched step): its eval records the token and returns 0, and when the
+ * batched evaluation of tok failed with rc < 0 the caller ends q here, as a failed eval inside
+ * nf_gen_seq_step would (a cancel when q's cancel flag is set and rc is -ECANCELED, else an
+ * error naming tok). Returns 0. */
+int nf_gen_seq_eval_failed(struct nf_gen_seq *q, int rc, int32_t tok);
+
 /* Steps q until it stops. Returns q->rc (0 unless it stopped with NF_GEN_STOP_ERROR). */
 int nf_gen_seq_run(struct nf_gen_seq *q);
 

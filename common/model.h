@@ -35,6 +35,12 @@
  *    (V2) or sigmoid with a score-correction bias and expert groups (V3), weights optionally
  *    renormalized and scaled by expert_weights_scale; YaRN rope scaling (rope.scaling.type
  *    yarn) with llama.cpp's attention factor and score scale (mscale^2 / sqrt(key_length_mla)).
+ *  - "gpt-oss" (OpenAI gpt-oss-20b/120b): NEOX RoPE with YaRN scaling, biases on Q, K, V and
+ *    the attention output, a learned per-head attention sink (attn_sinks: a logit added to
+ *    the softmax's denominator), sliding-window layers (attention.sliding_window; even layers,
+ *    the odd ones global) as llama.cpp's openai-moe graph, post_attention_norm as the FFN's
+ *    norm, a routed MoE with a biased router (top k of the logits, then a softmax over those
+ *    k) and biased experts whose activation is the clamped SwiGLU (nf_swiglu_oai).
  * Every hyperparameter is read from the "<arch>.*" metadata keys.
  *
  * The per-layer math takes weight pointers (struct nf_attn_weights, nf_ffn_weights,
@@ -81,6 +87,7 @@ enum nf_arch {
     NF_ARCH_PHI3,
     NF_ARCH_GLM4MOE,
     NF_ARCH_DEEPSEEK2,
+    NF_ARCH_GPTOSS,
 };
 
 /* The general.architecture string of a. */
@@ -158,10 +165,16 @@ struct nf_hparams {
     int n_expert_groups;        /* grouped top-k (expert_group_count; 0 or 1: no groups) */
     int n_group_used;           /* groups kept (expert_group_used_count) */
     float kq_scale;             /* softmax scale of the scores; 0: 1 / sqrt(head_dim) */
-    /* YaRN (deepseek2's rope.scaling.type yarn): ggml's ext_factor (1; 0 without YaRN) and
-     * the correction dims between which rotated pairs blend interpolation and extrapolation. */
+    /* YaRN (deepseek2 and gpt-oss; rope.scaling.type yarn): ggml's ext_factor (1; 0 without
+     * YaRN) and the correction dims between which rotated pairs blend interpolation and
+     * extrapolation, for rope_base and (gpt-oss's local layers) rope_base_swa; rope_attn_factor
+     * is then the cos/sin scale with rope_yarn's 1 + 0.1 ln(1 / freq_scale) in it. */
     float yarn_ext_factor;
     float yarn_corr[2];
+    float yarn_corr_swa[2];
+    /* gpt-oss: attention sinks, output and router biases, expert biases, the clamped SwiGLU and
+     * the softmax over the chosen experts' logits (llama.cpp's SOFTMAX_WEIGHT gating). */
+    bool oai_moe;
 };
 
 /* deepseek2's expert gating functions (llama.cpp's expert_gating_func values). */
@@ -201,6 +214,8 @@ struct nf_attn_weights {
     struct nf_tensor wqkv;
 
     struct nf_tensor post_norm; /* (n_embd) F32 post_attention_norm, post_norms only */
+    struct nf_tensor bo;        /* (n_embd) F32 attn_output.bias (gpt-oss); else data NULL */
+    struct nf_tensor sinks;     /* (n_head) F32 attn_sinks (gpt-oss); else data NULL */
 
     /* deepseek2 (data NULL elsewhere); H = n_head, K = n_embd_head_k_mla, R = n_rot,
      * L = n_lora_kv. wq then holds V2-Lite's plain projection (n_embd -> H * K). */
@@ -233,9 +248,14 @@ struct nf_moe_weights {
     struct nf_tensor gate_shexp;     /* (n_embd -> n_ff_shexp) */
     struct nf_tensor up_shexp;       /* (n_embd -> n_ff_shexp) */
     struct nf_tensor down_shexp;     /* (n_ff_shexp -> n_embd) */
+    /* gpt-oss's biases, F32 (data NULL when absent). */
+    struct nf_tensor gate_inp_b;  /* (n_expert) added to the router logits */
+    struct nf_tensor gate_exps_b; /* (n_ff, n_expert) */
+    struct nf_tensor up_exps_b;   /* (n_ff, n_expert) */
+    struct nf_tensor down_exps_b; /* (n_embd, n_expert) */
     /* The score-correction bias, exp_probs_b.bias (glm4moe, deepseek2 V3): (n_expert) F32 added
-     * for selection only (data NULL when absent); the qwen2moe gate above is absent there, the
-     * shared expert ungated. */
+     * for selection only (data NULL when absent; unlike gpt-oss's gate_inp_b, which the weights
+     * see too); the qwen2moe gate above is absent there, the shared expert ungated. */
     struct nf_tensor exp_probs_b;
 };
 
@@ -348,6 +368,9 @@ struct nf_ctx {
     /* Set during a per-row pass (nf_ctx_eval_rows, nf_stream_eval_rows): nf_matmul and the
      * attention compute each token's row with the one-token kernels. */
     bool per_row;
+    /* (n_head) F32 the attention sinks of the layer nf_attn_core runs next (gpt-oss), set by
+     * its caller; NULL: none. Not owned. */
+    const float *attn_sinks;
 
     /* deepseek2 (NULL elsewhere; H = n_head, K = n_embd_head_k_mla): q, k and att above hold
      * the absorbed queries (H, head_dim), the new latents (head_dim) and the attention over
@@ -393,6 +416,41 @@ int nf_ctx_eval_rows(struct nf_ctx *c, const int32_t *tokens, int n, float *logi
 /* Rolls the sequence back to its first n_past positions (0 <= n_past <= c->n_past, else
  * NF_EUSAGE): the later positions are forgotten, as drafts a verification rejected. */
 int nf_ctx_rollback(struct nf_ctx *c, int n_past);
+
+/* --- several sequences over one context (model_batch.c) ---------------------------------
+ * A slot is one sequence's KV cache, position and logits. Slot 0 borrows the context's own
+ * cache and logits, the others own theirs. A context stays bound to slot 0 between calls, so
+ * nf_ctx_free frees what it allocated; the slots' n_past is authoritative. */
+struct nf_kv_slot {
+    nf_fp16_t *k_cache; /* (n_layer, n_ctx, n_head_kv * head_dim) */
+    nf_fp16_t *v_cache; /* (n_layer, n_ctx, n_head_kv * head_dim); NULL for deepseek2 */
+    float *logits;      /* (n_vocab) of the last token this slot evaluated */
+    int n_past;
+    bool owned; /* the buffers above were allocated for the slot */
+};
+
+/* Bytes of one slot's KV cache and logits (what each slot past the first adds). */
+size_t nf_kv_slot_bytes(const struct nf_ctx *c);
+/* n >= 1 slots for c (slot 0 borrowing c's buffers); *out is freed with nf_kv_slots_free.
+ * Returns 0, NF_EUSAGE (n < 1) or -ENOMEM. */
+int nf_kv_slots_create(struct nf_kv_slot **out, struct nf_ctx *c, int n);
+void nf_kv_slots_free(struct nf_kv_slot *slots, int n);
+/* Points c's cache, logits and n_past at slot sl, so that the one-sequence calls (nf_ctx_eval,
+ * nf_stream_eval) work on it. */
+void nf_ctx_bind(struct nf_ctx *c, const struct nf_kv_slot *sl);
+/* v = c seen from row r of a batched step whose row r belongs to slot sl: every activation
+ * buffer starts at row r, the cache, logits and n_past are the slot's; thread pool and
+ * quantization scratch are c's (v is used on c's thread, one row at a time). */
+void nf_ctx_row_view(struct nf_ctx *v, const struct nf_ctx *c, int r, const struct nf_kv_slot *sl);
+/* Evaluates n tokens (a prompt) for slot i alone: nf_ctx_eval on it. */
+int nf_ctx_slot_eval(struct nf_ctx *c, struct nf_kv_slot *slots, int i, const int32_t *tokens,
+                     int n);
+/* One decode step of n sequences at once: token toks[r] for slot idx[r] (distinct slots,
+ * n <= NF_MAX_BATCH), layer by layer, every row with the arithmetic of its solo step, so each
+ * slot's logits are bit-identical to nf_ctx_eval of that token alone. Returns 0, NF_EUSAGE (a
+ * bad slot or token; nothing evaluated) or NF_ECTXFULL (a slot's cache is full). */
+int nf_ctx_step(struct nf_ctx *c, struct nf_kv_slot *slots, const int *idx, const int32_t *toks,
+                int n);
 
 /* Per-layer building blocks, exposed for callers that bring their own weights. Each works on
  * c->x for n_tok tokens starting at position pos0 and adds its output to the residual stream. */
@@ -451,7 +509,11 @@ void nf_swiglu(float *hb, const float *hb2, int n_rows, int n);
 /* hb (n_rows, n) = gelu(hb) * hb2 with ggml's tanh GELU (its F16 table, as llama.cpp's CPU
  * backend computes it). */
 void nf_geglu(float *hb, const float *hb2, int n_rows, int n);
-/* The FFN activation of hp's architecture: nf_geglu (ffn_gelu) or nf_swiglu. */
+/* gpt-oss's clamped SwiGLU as ggml_swiglu_oai (alpha 1.702, limit 7): with x = min(hb, 7) and
+ * y = clamp(hb2, -7, 7), hb = x / (1 + exp(-1.702 x)) * (y + 1), element by element. */
+void nf_swiglu_oai(float *hb, const float *hb2, int n_rows, int n);
+/* The FFN activation of hp's architecture: nf_geglu (ffn_gelu), nf_swiglu_oai (oai_moe) or
+ * nf_swiglu. */
 void nf_ffn_act(const struct nf_hparams *hp, float *hb, const float *hb2, int n_rows, int n);
 /* x (n_tok, n_embd) = RMSNorm of x times norm, in place (gemma3's post norms); nothing when norm
  * has no data. */
@@ -467,8 +529,16 @@ void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w);
 void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w);
 /* The most experts nf_moe_route_ds takes (Kimi-K2 has 384). */
 #define NF_DS_MAX_EXPERT 512
-/* The router hp's architecture uses: nf_moe_route or nf_moe_route_raw. */
+/* gpt-oss's router (llama.cpp's SOFTMAX_WEIGHT gating): the top K of the logits p (X) as
+ * they are (nf_moe_top_k), w their softmax over those K (ggml_soft_max on a row of K). */
+void nf_moe_route_topk_softmax(const float *p, int X, int K, int *sel, float *w);
+/* The router hp's architecture uses: nf_moe_route, nf_moe_route_raw or
+ * nf_moe_route_topk_softmax. */
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w);
+
+/* gpt-oss's biases: row (n) of bias tensor b (NULL data: nothing) added to each of n_tok rows of
+ * x (n_tok, n), as ggml_add; row is the expert for a 2-D expert bias, else 0. */
+void nf_add_bias(float *x, const struct nf_tensor *b, int row, int n_tok);
 
 /* Sigmoid expert routing of one token (moe_route.c, settings in struct nf_moe_sigmoid_route): p (X)
  * holds the router logits and becomes their sigmoids; the experts are chosen by the sigmoid plus
@@ -487,6 +557,11 @@ void nf_shexp_gate(struct nf_ctx *c, const float *ffn_out, int n_tok);
 /* out (n_tok, w->ne[1]) = x (n_tok, w->ne[0]) times w's rows, with x converted to w's
  * vec_dot_type first (as llama.cpp does); parallel over rows on c's pool. */
 void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x, int n_tok);
+/* The same product computed as n_tok separate one-token calls of nf_matmul would, bit for bit
+ * (the decode arithmetic of each row, never a prompt batch's), in one dispatch over the rows:
+ * the batched decode step of several sequences (model_batch.c, stream.c). */
+void nf_matmul_each(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
+                    int n_tok);
 
 /* RMSNorm as ggml: out = x / sqrt(mean(x^2) + eps) * w, the sum of squares taken in double. */
 void nf_rmsnorm(float *out, const float *x, const float *w, int n, float eps);

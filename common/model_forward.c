@@ -251,20 +251,24 @@ static void nf_matmul_run(void *arg, int ith, int nth)
     }
 }
 
-void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x, int n_tok)
+/* nf_matmul, or with each_tok the arithmetic of n_tok separate one-token calls (in one
+ * dispatch): n_tok >= 2 then picks neither tinyBLAS's order nor a multi-token kernel. */
+static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
+                         int n_tok, bool each_tok)
 {
     const struct nf_type_traits *tr = nf_type_traits(w->type);
     const int64_t n = w->ne[0];
     struct nf_matmul_job j = {.w = w, .dot = tr->vec_dot, .out = out, .n_tok = n_tok};
-    /* The kernel is chosen for nk tokens: a per-row pass (c->per_row) takes the one-token
-     * kernels, so each of its rows gets the floats a decode step of that token gets. */
-    const int nk = c->per_row ? 1 : n_tok;
-    if (w->type == NF_TYPE_F32 && nk >= 2 && n % 16 == 0) {
+    /* What a prompt batch of n_tok tokens computes differently from n_tok decode steps. A
+     * per-row pass (c->per_row) takes each_tok for every product: each of its rows gets the
+     * floats a decode step of that token gets. */
+    const bool batch = n_tok >= 2 && !each_tok && !c->per_row;
+    if (w->type == NF_TYPE_F32 && batch && n % 16 == 0) {
         /* llama.cpp hands this to tinyBLAS, which takes the activations in F32. */
         j.kind = NF_MM_TINYBLAS;
         j.xq = (const char *)x;
         j.xq_stride = (size_t)n * sizeof(float);
-    } else if (w->type == NF_TYPE_F16 && nk >= 2 && n % 16 == 0) {
+    } else if (w->type == NF_TYPE_F16 && batch && n % 16 == 0) {
         /* x86 tinyBLAS takes F16 weights only with F16 activations: llama.cpp converts the
          * activations to F16 first (as for its own dot) and then calls tinyBLAS. */
         j.kind = NF_MM_TINYBLAS16;
@@ -283,7 +287,7 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
         if (w->type == NF_TYPE_BF16 && c->m->weight_bytes <= NF_EXACT_Q4_0_MAX)
             /* llama.cpp with AVX512-BF16: its dot, or tinyBLAS for prompt batches. These are
              * scalar emulations, so (as for q4_0) only for models that fit in the caches. */
-            j.kind = nk >= 2 && n % 32 == 0 ? NF_MM_TINYBLAS_BF16 : NF_MM_BF16;
+            j.kind = batch && n % 32 == 0 ? NF_MM_TINYBLAS_BF16 : NF_MM_BF16;
         if (w->type == NF_TYPE_Q4_0 && c->m->weight_bytes <= NF_EXACT_Q4_0_MAX) {
             /* llama.cpp repacks q4_0 weights on x86 and sums each row block after block. */
             j.kind = NF_MM_ROWS;
@@ -299,12 +303,25 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
     /* Prompt chunks: the multi-token kernels. For F32 and F16 they sum in tinyBLAS's order
      * bit for bit, for q8_0 and the types without a register-blocked kernel as vec_dot does;
      * q4_0 (outside the exact order above) and the rest within the kernel tolerances. */
-    if (nk >= 2 &&
+    if (batch &&
         (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS || j.kind == NF_MM_TINYBLAS16))
         j.mat_fn = tr->vec_dot_mat;
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
     nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);
+}
+
+void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x, int n_tok)
+{
+    nf_matmul_do(c, out, w, x, n_tok, false);
+}
+
+void nf_matmul_each(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
+                    int n_tok)
+{
+    /* Each (row, token) product is one vec_dot whatever the split of rows between threads,
+     * and the q4_0 row kernel gives a row the same sum in any row range (exactness.md). */
+    nf_matmul_do(c, out, w, x, n_tok, true);
 }
 
 /* ggml_vec_dot_f16: products of halves are exact in float; ggml sums them in double in its
@@ -372,6 +389,17 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
                 acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) + nf_fp16_to_fp32(vr[d]) * vs);
             S = S * ms + vs;
         }
+        if (c->attn_sinks) { /* ggml's flash kernel: the sink joins the softmax at the end */
+            const float sk = c->attn_sinks[h];
+            float ms = 1.0f, vs = 1.0f;
+            if (sk > M)
+                ms = expf(M - sk);
+            else
+                vs = expf(sk - M);
+            for (int d = 0; d < hd && ms != 1.0f; d++)
+                acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) * ms);
+            S = S * ms + vs;
+        }
         const float inv = S == 0.0f ? 0.0f : 1.0f / S;
         for (int d = 0; d < vd; d++)
             out[d] = nf_fp16_to_fp32(acc16[d]) * inv;
@@ -407,7 +435,14 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     float mx = -INFINITY;
     for (int ic = 0; ic < n_kv; ic++)
         mx = sc[ic] > mx ? sc[ic] : mx;
-    const double sum = nf_softmax_exp(sc, sc, n_kv, mx);
+    /* gpt-oss's sink (ggml_soft_max_add_sinks): a logit of its own in the max and, as expf, in
+     * the denominator, with no value row. */
+    const float *sk = c->attn_sinks;
+    if (sk)
+        mx = sk[h] > mx ? sk[h] : mx;
+    double sum = nf_softmax_exp(sc, sc, n_kv, mx);
+    if (sk)
+        sum += (double)expf(sk[h] - mx);
     const float inv = (float)(1.0 / sum);
     for (int ic = 0; ic < n_kv; ic++) {
         sc[ic] *= inv;
@@ -453,7 +488,9 @@ static void nf_attn_run(void *arg, int ith, int nth)
 
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
  * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
- * optional frequency factor, times the linear scaling factor; cos and sin times mscale. */
+ * optional frequency factor, times the linear scaling factor, with YaRN (ext != 0: deepseek2,
+ * gpt-oss) blended with the unscaled angle by rope_yarn's ramp over the correction dims corr;
+ * cos and sin times mscale. */
 static void nf_rope_fill(float *cs, float *sn, int n_rot, float base, float freq_scale,
                          const float *ff, float mscale, int pos0, int n_tok, float ext,
                          const float *corr)
@@ -492,8 +529,13 @@ void nf_rope_cache(struct nf_ctx *c, int pos0, int n_tok)
         ff = c->n_ctx > hp->n_ctx_orig ? c->m->rope_long.data : c->m->rope_short.data;
     nf_rope_fill(c->rope_cos, c->rope_sin, hp->n_rot, hp->rope_base, hp->rope_freq_scale, ff,
                  hp->rope_attn_factor, pos0, n_tok, hp->yarn_ext_factor, hp->yarn_corr);
-    /* gemma3's local layers rotate with their own base and scale (no frequency factors). */
-    if (hp->n_swa)
+    /* The local layers rotate with their own base and scale (no frequency factors): gemma3's
+     * unscaled base 10000, gpt-oss's with the global YaRN scaling over their own base. */
+    if (hp->n_swa && hp->yarn_ext_factor != 0.0f)
+        nf_rope_fill(c->rope_cos_swa, c->rope_sin_swa, hp->n_rot, hp->rope_base_swa,
+                     hp->rope_freq_scale_swa, NULL, hp->rope_attn_factor, pos0, n_tok,
+                     hp->yarn_ext_factor, hp->yarn_corr_swa);
+    else if (hp->n_swa)
         nf_rope_fill(c->rope_cos_swa, c->rope_sin_swa, hp->n_rot, hp->rope_base_swa,
                      hp->rope_freq_scale_swa, NULL, 1.0f, pos0, n_tok, 0.0f, NULL);
 }
@@ -564,8 +606,10 @@ void nf_attn_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, 
     nf_matmul(c, c->k, &w->wk, c->xn, n_tok);
     nf_matmul(c, c->v, &w->wv, c->xn, n_tok);
     nf_attn_qk(c, w, n_tok);
+    c->attn_sinks = w->sinks.data;
     nf_attn_core(c, il, pos0, n_tok);
     nf_matmul(c, c->ffo, &w->wo, c->att, n_tok);
+    nf_add_bias(c->ffo, &w->bo, 0, n_tok); /* gpt-oss: ggml_add of attn_output.bias */
     nf_post_norm(c, c->ffo, &w->post_norm, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
@@ -653,9 +697,34 @@ void nf_geglu(float *hb, const float *hb2, int n_rows, int n)
     }
 }
 
+void nf_swiglu_oai(float *hb, const float *hb2, int n_rows, int n)
+{
+    /* ggml_swiglu_oai's constants in llama.cpp's openai-moe graph. */
+    const float alpha = 1.702f, limit = 7.0f;
+    for (size_t i = 0; i < (size_t)n_rows * (size_t)n; i++) {
+        const float x = hb[i] < limit ? hb[i] : limit;
+        const float y = hb2[i] < -limit ? -limit : hb2[i] > limit ? limit : hb2[i];
+        const float glu = x / (1.0f + expf(alpha * (-x)));
+        hb[i] = glu * (y + 1.0f);
+    }
+}
+
+void nf_add_bias(float *x, const struct nf_tensor *b, int row, int n_tok)
+{
+    if (!b->data)
+        return;
+    const int64_t n = b->ne[0];
+    const float *br = (const float *)b->data + (size_t)row * (size_t)n;
+    for (int t = 0; t < n_tok; t++)
+        for (int64_t i = 0; i < n; i++)
+            x[(size_t)t * (size_t)n + (size_t)i] += br[i];
+}
+
 void nf_ffn_act(const struct nf_hparams *hp, float *hb, const float *hb2, int n_rows, int n)
 {
-    if (hp->ffn_gelu)
+    if (hp->oai_moe)
+        nf_swiglu_oai(hb, hb2, n_rows, n);
+    else if (hp->ffn_gelu)
         nf_geglu(hb, hb2, n_rows, n);
     else
         nf_swiglu(hb, hb2, n_rows, n);
@@ -703,6 +772,7 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
     for (int t = 0; t < n_tok; t++)
         nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, norm->data, E, hp->rms_eps);
     nf_matmul(c, c->router, &w->gate_inp, c->xn, n_tok);
+    nf_add_bias(c->router, &w->gate_inp_b, 0, n_tok); /* gpt-oss's router bias */
     if (w->gate_shexp.data) {
         /* The shared expert on every token, as a dense FFN of its own width, gated (qwen2moe)
          * or not (deepseek2, which has no ffn_gate_inp_shexp). */
@@ -735,8 +805,12 @@ void nf_moe_forward(struct nf_ctx *c, const struct nf_tensor *norm, const struct
             const float wk = wsel[k];
             nf_matmul(c, c->hb, &ew.gate, xt, 1);
             nf_matmul(c, c->hb2, &ew.up, xt, 1);
-            nf_swiglu(c->hb, c->hb2, 1, hp->n_ff);
+            /* gpt-oss: ggml_add_id of the chosen expert's biases around its activation. */
+            nf_add_bias(c->hb, &w->gate_exps_b, sel[k], 1);
+            nf_add_bias(c->hb2, &w->up_exps_b, sel[k], 1);
+            nf_ffn_act(hp, c->hb, c->hb2, 1, hp->n_ff);
             nf_matmul(c, c->eo, &ew.down, c->hb, 1);
+            nf_add_bias(c->eo, &w->down_exps_b, sel[k], 1);
             for (int i = 0; i < E; i++)
                 ot[i] = k == 0 ? c->eo[i] * wk : ot[i] + c->eo[i] * wk;
         }
@@ -777,23 +851,37 @@ void nf_moe_top_k(const float *p, int X, int K, int *sel, float *w)
     }
 }
 
+/* v (n) = ggml_soft_max of v in place: ggml_vec_soft_max_f32, then a scale by the inverse sum. */
+static void nf_soft_max_row(float *v, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        mx = v[i] > mx ? v[i] : mx;
+    const float inv = (float)(1.0 / nf_softmax_exp(v, v, n, mx));
+    for (int i = 0; i < n; i++)
+        v[i] *= inv;
+}
+
 void nf_moe_route_raw(float *p, int X, int K, int *sel, float *w)
 {
-    /* ggml_soft_max (ggml_vec_soft_max_f32, then a scale by the inverse sum), the top K by
-     * probability (ggml_argsort_top_k), their probabilities taken as they are (norm_w
-     * false). */
-    float mx = -INFINITY;
-    for (int e = 0; e < X; e++)
-        mx = p[e] > mx ? p[e] : mx;
-    const float inv = (float)(1.0 / nf_softmax_exp(p, p, X, mx));
-    for (int e = 0; e < X; e++)
-        p[e] *= inv;
+    /* ggml_soft_max, the top K by probability (ggml_argsort_top_k), their probabilities taken
+     * as they are (norm_w false). */
+    nf_soft_max_row(p, X);
     nf_moe_top_k(p, X, K, sel, w);
+}
+
+void nf_moe_route_topk_softmax(const float *p, int X, int K, int *sel, float *w)
+{
+    /* ggml_top_k of the (biased) logits, then ggml_soft_max over the K chosen ones. */
+    nf_moe_top_k(p, X, K, sel, w);
+    nf_soft_max_row(w, K);
 }
 
 void nf_moe_route_hp(const struct nf_hparams *hp, float *p, int *sel, float *w)
 {
-    if (hp->moe_norm_w)
+    if (hp->oai_moe)
+        nf_moe_route_topk_softmax(p, hp->n_expert, hp->n_expert_used, sel, w);
+    else if (hp->moe_norm_w)
         nf_moe_route(p, hp->n_expert, hp->n_expert_used, sel, w);
     else
         nf_moe_route_raw(p, hp->n_expert, hp->n_expert_used, sel, w);

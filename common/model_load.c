@@ -1,5 +1,6 @@
 /* model_load.c - loading a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3, qwen2moe,
- * olmoe, phi3, glm4moe) into RAM, with every hyperparameter and tensor validated. */
+ * olmoe, phi3, glm4moe, deepseek2, gpt-oss) into RAM, with every hyperparameter and tensor
+ * validated. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -129,6 +130,7 @@ static const struct nf_arch_info {
     /* glm4moe's biases and q/k norms are optional: nf_load_glm4moe sets the flags by file. */
     [NF_ARCH_GLM4MOE] = {"glm4moe", true, false, false, true},
     [NF_ARCH_DEEPSEEK2] = {"deepseek2", false, false, false, true},
+    [NF_ARCH_GPTOSS] = {"gpt-oss", true, true, false, true},
 };
 
 const char *nf_arch_name(enum nf_arch a)
@@ -191,14 +193,16 @@ static int nf_load_arch(struct nf_hparams *hp, const struct nf_gguf *g, char *er
         hp->qkv_bias = nf_archs[i].qkv_bias;
         hp->qk_norm = nf_archs[i].qk_norm;
         /* llama.cpp's build_moe_ffn with norm_w false for these two (norm_topk_prob false). */
-        hp->moe_norm_w = hp->arch != NF_ARCH_QWEN2MOE && hp->arch != NF_ARCH_OLMOE;
+        hp->moe_norm_w =
+            hp->arch != NF_ARCH_QWEN2MOE && hp->arch != NF_ARCH_OLMOE && hp->arch != NF_ARCH_GPTOSS;
+        hp->oai_moe = hp->arch == NF_ARCH_GPTOSS;
         return 0;
     }
     return nf_errf(err, errlen, NF_EARCH,
                    "%s: architecture '%s' is not supported (supported: llama - Llama 1/2/3, "
                    "Mistral, Mixtral-style MoE; qwen2; qwen3; qwen3moe; gemma3; qwen2moe; olmoe; "
                    "phi3 - Phi-3/3.5, Phi-4-mini; glm4moe - GLM-4.5/4.6/Air; deepseek2 - "
-                   "DeepSeek-V2/V3/R1, Kimi-K2)",
+                   "DeepSeek-V2/V3/R1, Kimi-K2; gpt-oss)",
                    g->path, arch);
 }
 
@@ -220,13 +224,17 @@ static int nf_load_rope(struct nf_hparams *hp, const struct nf_gguf *g, const ch
     const char *stype = NULL;
     if (nf_gguf_get_str(g, key, &stype) < 0)
         stype = NULL;
-    /* deepseek2 reads YaRN's other keys in nf_load_deepseek2 (its only YaRN architecture). */
-    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0 &&
-        !(hp->arch == NF_ARCH_DEEPSEEK2 && !strcmp(stype, "yarn")))
-        return nf_errf(err, errlen, NF_EARCH,
-                       "%s: %s '%s' is not supported (supported: none, linear; Llama 3.1+ "
-                       "scaling comes as the rope_freqs.weight tensor)",
-                       g->path, key, stype);
+    /* YaRN for deepseek2 (nf_load_deepseek2_rope reads its other keys) and gpt-oss
+     * (nf_load_gptoss); other architectures keep refusing it. */
+    const bool yarn = stype && !strcmp(stype, "yarn") &&
+                      (hp->arch == NF_ARCH_GPTOSS || hp->arch == NF_ARCH_DEEPSEEK2);
+    if (stype && strcmp(stype, "none") != 0 && strcmp(stype, "linear") != 0 && !yarn)
+        return nf_errf(
+            err, errlen, NF_EARCH,
+            "%s: %s '%s' is not supported (supported: none, linear, and yarn for "
+            "deepseek2 and gpt-oss; Llama 3.1+ scaling comes as the rope_freqs.weight tensor)",
+            g->path, key, stype);
+    hp->yarn_ext_factor = yarn ? 1.0f : 0.0f;
     if (factor < 0 || !(hp->rope_base > 0))
         return nf_errf(err, errlen, NF_EKEYTYPE,
                        "%s: %s.rope.freq_base must be > 0 and %s.rope.scaling.factor >= 0", g->path,
@@ -386,6 +394,85 @@ static int nf_load_phi3_hparams(struct nf_hparams *hp, const struct nf_gguf *g, 
     return 0;
 }
 
+/* ggml_rope_yarn_corr_dims: the first and last pair index of YaRN's ramp between extrapolated
+ * and interpolated angles (pairs that turn beta_fast, resp. beta_slow, times over n_ctx_orig),
+ * for n_dims rotated dims of RoPE base base (deepseek2 and gpt-oss). */
+static void nf_yarn_corr_dims(int n_dims, int n_ctx_orig, float base, float beta_fast,
+                              float beta_slow, float dims[2])
+{
+    const float pi2 = 2 * (float)M_PI, nd = (float)n_dims;
+    const float lo = nd * logf((float)n_ctx_orig / (beta_fast * pi2)) / (2 * logf(base));
+    const float hi = nd * logf((float)n_ctx_orig / (beta_slow * pi2)) / (2 * logf(base));
+    dims[0] = fmaxf(0, floorf(lo));
+    dims[1] = fminf(nd - 1, ceilf(hi));
+}
+
+/* YaRN's attention factor as llama.cpp's context computes it (cparams.yarn_attn_factor):
+ * get_mscale(factor) = 0.1 ln(factor) + 1 (divided by get_mscale with log_mul when
+ * rope.scaling.yarn_log_multiplier is set), times the inverse of the 1 + 0.1 ln(1 / freq_scale)
+ * that ggml's rope multiplies back in, times rope.scaling.attn_factor. In float, with the
+ * product-sums fused as the compiled C++ has them. */
+static float nf_yarn_attn_factor(float freq_scale, float log_mul, float attn_factor)
+{
+    const float factor = 1.0f / freq_scale;
+    float a = 1.0f;
+    if (factor > 1.0f) {
+        const float m1 = fmaf(0.1f * 1.0f, logf(factor), 1.0f);
+        a = log_mul != 0.0f ? m1 / fmaf(0.1f * log_mul, logf(factor), 1.0f) : m1;
+    }
+    a *= 1.0f / fmaf(0.1f, logf(factor), 1.0f);
+    return a * attn_factor;
+}
+
+/* gpt-oss's keys, as llama.cpp's openai-moe loader reads them: the sliding window (required),
+ * its layer pattern (attention.sliding_window_pattern, default 2: even layers local), the local
+ * layers' RoPE base (rope.freq_base_swa, default rope.freq_base) and scaling (the global one),
+ * and YaRN: original context, beta_fast / beta_slow (32 / 1), the attention factor. The KV view
+ * is padded to 256 cells as gemma3's (the same llama.cpp made both goldens). */
+static int nf_load_gptoss(struct nf_hparams *hp, const struct nf_gguf *g, char *err, size_t errlen)
+{
+    const char *pfx = "gpt-oss";
+    float attn_factor = 1.0f, log_mul = 0.0f, beta_fast = 32.0f, beta_slow = 1.0f;
+    int rc;
+    if ((rc = nf_hp_int(g, pfx, "attention.sliding_window", -1, 1, INT32_MAX, &hp->n_swa, err,
+                        errlen)) ||
+        (rc = nf_hp_int(g, pfx, "attention.sliding_window_pattern", 2, 1, 4096, &hp->swa_pattern,
+                        err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.freq_base_swa", hp->rope_base, false, &hp->rope_base_swa,
+                          err, errlen)) ||
+        (rc = nf_hp_int(g, pfx, "rope.scaling.original_context_length", hp->n_ctx_train, 1, 1 << 30,
+                        &hp->n_ctx_orig, err, errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.yarn_beta_fast", 32.0f, false, &beta_fast, err,
+                          errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.yarn_beta_slow", 1.0f, false, &beta_slow, err,
+                          errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.yarn_log_multiplier", 0.0f, false, &log_mul, err,
+                          errlen)) ||
+        (rc = nf_hp_float(g, pfx, "rope.scaling.attn_factor", 1.0f, false, &attn_factor, err,
+                          errlen)))
+        return rc;
+    if (!(hp->rope_base_swa > 0) || !(attn_factor > 0))
+        return nf_errf(err, errlen, NF_EKEYTYPE,
+                       "%s: gpt-oss.rope.freq_base_swa and rope.scaling.attn_factor must be > 0",
+                       g->path);
+    hp->rope_freq_scale_swa = hp->rope_freq_scale;
+    hp->kv_pad = 256;
+    hp->rope_attn_factor = attn_factor;
+    if (hp->yarn_ext_factor != 0.0f) {
+        /* rope_attn_factor holds the cos/sin scale after rope_yarn's 1 + 0.1 ln(1 / freq_scale)
+         * (nf_rope_fill applies it as it is, as for deepseek2); the local layers' corrections
+         * are over their own base. */
+        const float fs = hp->rope_freq_scale;
+        hp->rope_attn_factor =
+            nf_yarn_attn_factor(fs, log_mul, attn_factor) * fmaf(0.1f, logf(1.0f / fs), 1.0f);
+        nf_yarn_corr_dims(hp->n_rot, hp->n_ctx_orig, hp->rope_base, beta_fast, beta_slow,
+                          hp->yarn_corr);
+        nf_yarn_corr_dims(hp->n_rot, hp->n_ctx_orig, hp->rope_base_swa, beta_fast, beta_slow,
+                          hp->yarn_corr_swa);
+    }
+    return 0;
+}
+
 /* llama.cpp's get_mscale of YaRN. */
 static float nf_yarn_mscale(float scale, float mscale)
 {
@@ -428,13 +515,8 @@ static int nf_load_deepseek2_rope(struct nf_hparams *hp, const struct nf_gguf *g
     hp->kq_scale = 1.0f * ms * ms / sqrtf((float)hp->n_embd_head_k_mla);
     hp->rope_attn_factor = yarn ? yaf * (1.0f + 0.1f * logf(1.0f / fs)) : yaf;
     hp->yarn_ext_factor = yarn ? 1.0f : 0.0f;
-    if (yarn) { /* ggml_rope_yarn_corr_dims with llama.cpp's beta_fast 32, beta_slow 1 */
-        const float nd = (float)hp->n_rot, base = hp->rope_base;
-        const float lo = nd * logf((float)orig / (32.0f * 2 * (float)M_PI)) / (2 * logf(base));
-        const float hi = nd * logf((float)orig / (1.0f * 2 * (float)M_PI)) / (2 * logf(base));
-        hp->yarn_corr[0] = fmaxf(0, floorf(lo));
-        hp->yarn_corr[1] = fminf(nd - 1, ceilf(hi));
-    }
+    if (yarn) /* llama.cpp's beta_fast 32, beta_slow 1 */
+        nf_yarn_corr_dims(hp->n_rot, orig, hp->rope_base, 32.0f, 1.0f, hp->yarn_corr);
     return 0;
 }
 
@@ -578,6 +660,8 @@ static int nf_load_hparams(struct nf_model *m, char *err, size_t errlen)
         return nf_load_glm4moe(hp, g, err, errlen);
     if (hp->arch == NF_ARCH_DEEPSEEK2)
         return nf_load_deepseek2(hp, g, err, errlen);
+    if (hp->arch == NF_ARCH_GPTOSS)
+        return nf_load_gptoss(hp, g, err, errlen);
     return hp->arch == NF_ARCH_GEMMA3 ? nf_load_gemma3(hp, g, err, errlen) : 0;
 }
 
@@ -773,6 +857,50 @@ static int nf_load_fused_layer(struct nf_model *m, struct nf_layer *L, int il, c
     return 0;
 }
 
+/* Loads a gpt-oss layer (llama.cpp's openai-moe tensors): attention with biases on Q, K, V
+ * (nf_load_attn_extra) and on the output, the per-head sinks, post_attention_norm as the FFN's
+ * norm, the router and its bias, the experts and their biases, every bias and sink F32. */
+static int nf_load_gptoss_layer(struct nf_model *m, struct nf_layer *L, int il, char *err,
+                                size_t errlen)
+{
+    const struct nf_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, F = hp->n_ff, X = hp->n_expert, H = hp->n_head;
+    const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    static const char *const sfx[15] = {"attn_norm.weight",     "attn_q.weight",
+                                        "attn_k.weight",        "attn_v.weight",
+                                        "attn_output.weight",   "attn_output.bias",
+                                        "attn_sinks.weight",    "post_attention_norm.weight",
+                                        "ffn_gate_inp.weight",  "ffn_gate_inp.bias",
+                                        "ffn_gate_exps.weight", "ffn_up_exps.weight",
+                                        "ffn_down_exps.weight", "ffn_gate_exps.bias",
+                                        "ffn_up_exps.bias"};
+    char n[16][64];
+    for (int i = 0; i < 15; i++)
+        snprintf(n[i], sizeof(n[i]), "blk.%d.%s", il, sfx[i]);
+    snprintf(n[15], sizeof(n[15]), "blk.%d.ffn_down_exps.bias", il);
+    const int f32 = NF_T_F32;
+    int rc;
+    if ((rc = nf_load_tensor(m, &L->attn.norm, n[0], E, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wq, n[1], E, qd, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wk, n[2], E, kvd, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wv, n[3], E, kvd, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.wo, n[4], qd, E, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.bo, n[5], E, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->attn.sinks, n[6], H, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->ffn_norm, n[7], E, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.gate_inp, n[8], E, X, 1, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.gate_inp_b, n[9], X, 1, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.gate_exps, n[10], E, F, X, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.up_exps, n[11], E, F, X, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.down_exps, n[12], F, E, X, 0, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.gate_exps_b, n[13], F, X, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.up_exps_b, n[14], F, X, 1, f32, err, errlen)) ||
+        (rc = nf_load_tensor(m, &L->moe.down_exps_b, n[15], E, X, 1, f32, err, errlen)))
+        return rc;
+    return 0;
+}
+
 /* Loads phi3's optional LongRoPE factors: both or neither (llama.cpp picks the long ones when
  * the context is longer than rope.scaling.original_context_length). */
 static int nf_load_longrope(struct nf_model *m, char *err, size_t errlen)
@@ -926,6 +1054,11 @@ static int nf_load_weights(struct nf_model *m, char *err, size_t errlen)
             return rc;
         if (hp->arch == NF_ARCH_PHI3) {
             if ((rc = nf_load_fused_layer(m, L, il, err, errlen)))
+                return rc;
+            continue;
+        }
+        if (hp->arch == NF_ARCH_GPTOSS) {
+            if ((rc = nf_load_gptoss_layer(m, L, il, err, errlen)))
                 return rc;
             continue;
         }
@@ -1114,11 +1247,13 @@ void nf_model_free(struct nf_model *m)
                 nf_tensor_release(ts[i]);
             nf_tensor_release(&L->attn.post_norm);
             nf_tensor_release(&L->ffn.post_norm);
-            struct nf_tensor *mla[] = {&L->attn.wq_a,  &L->attn.q_a_norm,  &L->attn.wq_b,
-                                       &L->attn.wkv_a, &L->attn.kv_a_norm, &L->attn.wk_b,
-                                       &L->attn.wv_b,  &L->moe.exp_probs_b};
-            for (size_t i = 0; i < sizeof(mla) / sizeof(mla[0]); i++)
-                nf_tensor_release(mla[i]);
+            struct nf_tensor *extra[] = {
+                &L->attn.wq_a,      &L->attn.q_a_norm,  &L->attn.wq_b,      &L->attn.wkv_a,
+                &L->attn.kv_a_norm, &L->attn.wk_b,      &L->attn.wv_b,      &L->moe.exp_probs_b,
+                &L->attn.bo,        &L->attn.sinks,     &L->moe.gate_inp_b, &L->moe.gate_exps_b,
+                &L->moe.up_exps_b,  &L->moe.down_exps_b};
+            for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++)
+                nf_tensor_release(extra[i]);
         }
         free(m->layers);
     }
@@ -1165,7 +1300,10 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
     if (hp->n_expert && off > 0 && (size_t)off < len)
         off += snprintf(buf + off, len - (size_t)off, ", %d experts (%d used)", hp->n_expert,
                         hp->n_expert_used);
-    if (hp->n_swa && off > 0 && (size_t)off < len)
+    if (hp->n_swa && hp->swa_pattern == 2 && off > 0 && (size_t)off < len)
+        off += snprintf(buf + off, len - (size_t)off,
+                        ", sliding window %d (even layers; the odd ones global)", hp->n_swa);
+    else if (hp->n_swa && off > 0 && (size_t)off < len)
         off +=
             snprintf(buf + off, len - (size_t)off, ", sliding window %d (every %dth layer global)",
                      hp->n_swa, hp->swa_pattern);
@@ -1174,17 +1312,21 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len)
     if (hp->arch == NF_ARCH_PHI3 && off > 0 && (size_t)off < len)
         nf_model_describe_phi3(m, buf + off, len - (size_t)off);
     if (hp->moe_sigmoid && off > 0 && (size_t)off < len)
-        snprintf(buf + off, len - (size_t)off,
-                 ", sigmoid routing (groups %d/%d, norm %s, scale %g), %d leading dense "
-                 "(ffn %d), rope dims %d, %d nextn layers skipped",
-                 hp->route.n_group_used, hp->route.n_group, hp->route.norm_w ? "yes" : "no",
-                 (double)hp->route.scale, hp->n_layer_dense, hp->n_ff_dense, hp->n_rot,
-                 hp->n_nextn);
+        off += snprintf(buf + off, len - (size_t)off,
+                        ", sigmoid routing (groups %d/%d, norm %s, scale %g), %d leading dense "
+                        "(ffn %d), rope dims %d, %d nextn layers skipped",
+                        hp->route.n_group_used, hp->route.n_group, hp->route.norm_w ? "yes" : "no",
+                        (double)hp->route.scale, hp->n_layer_dense, hp->n_ff_dense, hp->n_rot,
+                        hp->n_nextn);
     if (hp->arch == NF_ARCH_DEEPSEEK2 && off > 0 && (size_t)off < len)
-        snprintf(buf + off, len - (size_t)off,
-                 ", MLA (q rank %d, kv rank %d, rope dims %d, latent cache %d per token), %d "
-                 "leading dense (ffn %d), %s routing%s",
-                 hp->n_lora_q, hp->n_lora_kv, hp->n_rot, hp->head_dim, hp->n_layer_dense,
-                 hp->n_ff_dense, hp->expert_gating == NF_GATING_SIGMOID ? "sigmoid" : "softmax",
-                 hp->n_expert_groups > 1 ? " (grouped)" : "");
+        off +=
+            snprintf(buf + off, len - (size_t)off,
+                     ", MLA (q rank %d, kv rank %d, rope dims %d, latent cache %d per token), "
+                     "%d leading dense (ffn %d), %s routing%s",
+                     hp->n_lora_q, hp->n_lora_kv, hp->n_rot, hp->head_dim, hp->n_layer_dense,
+                     hp->n_ff_dense, hp->expert_gating == NF_GATING_SIGMOID ? "sigmoid" : "softmax",
+                     hp->n_expert_groups > 1 ? " (grouped)" : "");
+    if (hp->arch == NF_ARCH_GPTOSS && hp->yarn_ext_factor != 0.0f && off > 0 && (size_t)off < len)
+        snprintf(buf + off, len - (size_t)off, ", YaRN x%g (original ctx %d)",
+                 (double)(1.0f / hp->rope_freq_scale), hp->n_ctx_orig);
 }

@@ -79,6 +79,13 @@ static int place_of(const char *name, struct tensor_place *p)
         {"attn_k_b.weight", NF_TILE_ATTN_K_B, -1},
         {"attn_v_b.weight", NF_TILE_ATTN_V_B, -1},
         {"exp_probs_b.bias", NF_TILE_EXP_PROBS_B, -1},
+        /* gpt-oss (its post_attention_norm is the FFN_NORM tile: src_read_tensor) */
+        {"attn_output.bias", NF_TILE_ATTN_O_BIAS, -1},
+        {"attn_sinks.weight", NF_TILE_ATTN_SINKS, -1},
+        {"ffn_gate_inp.bias", NF_TILE_ROUTER_BIAS, -1},
+        {"ffn_gate_exps.bias", NF_TILE_EXP_GATE_BIAS, -1},
+        {"ffn_up_exps.bias", NF_TILE_EXP_UP_BIAS, -1},
+        {"ffn_down_exps.bias", NF_TILE_EXP_DOWN_BIAS, -1},
     };
     static const struct {
         const char *name;
@@ -291,8 +298,9 @@ static int src_read_tensor(void *p, const struct nf_gguf_tensor *gt, void *dst, 
         return read_fused(s, gt, &pl, dst, err, errlen);
     if (pl.kind == NF_TILE_ROPE_FREQS && strncmp(gt->name.s, "rope_factors_", 13) == 0)
         return read_longrope(s, gt, dst, err, errlen);
-    if (pl.kind == NF_TILE_ATTN_POST_NORM && nf_nft_meta_arch_is(f, "glm4moe"))
-        pl.kind = NF_TILE_FFN_NORM;
+    if (pl.kind == NF_TILE_ATTN_POST_NORM &&
+        (nf_nft_meta_arch_is(f, "glm4moe") || nf_nft_meta_arch_is(f, "gpt-oss")))
+        pl.kind = NF_TILE_FFN_NORM; /* their FFN input norm (nft_write.c) */
     uint32_t n = nf_nft_count(f, pl.layer, pl.kind);
     uint64_t total = pl.part < 0 ? (uint64_t)gt->ne[1] * (uint64_t)gt->ne[2]
                                  : (uint64_t)gt->ne[pl.part == 2 ? 0 : 1] * (uint64_t)gt->ne[2];

@@ -68,6 +68,13 @@
  *    ATTN_K_B, ATTN_V_B the per-head attn_k_b / attn_v_b as n_head x ne[1] rows, each tile
  *    whole heads. V2-Lite's plain attn_q is ATTN_Q; attn_output ATTN_O. Its leading dense layers
  * have FFN tiles, its MoE layers FFN tiles for the (ungated) shared expert besides the EXPERT ones.
+ *  - ATTN_O_BIAS, ATTN_SINKS, ROUTER_BIAS (gpt-oss): a layer's attn_output.bias (n_embd),
+ *    attn_sinks (n_head) or ffn_gate_inp.bias (n_expert), one F32 row in one tile (the router
+ *    bias is added to the logits the weights come from, not for selection only as EXP_PROBS_B).
+ *  - EXP_GATE_BIAS, EXP_UP_BIAS, EXP_DOWN_BIAS (gpt-oss): rows of ffn_gate_exps.bias,
+ *    ffn_up_exps.bias (n_ff each) or ffn_down_exps.bias (n_embd), one row per expert, F32,
+ *    about tile_size bytes a tile: every token reads its chosen experts' rows. gpt-oss's
+ *    post_attention_norm is its FFN norm and goes into the FFN_NORM tile.
  * phi3's fused tensors are cut into these kinds: attn_qkv's Q, K and V row ranges into ATTN_Q,
  * ATTN_K and ATTN_V tiles, its ffn_up's gate half and up half into the FFN bundles.
  * Layer-less kinds (EMBD, OUTPUT, OUTPUT_NORM, ROPE_FREQS) have layer NF_NFT_NO_LAYER.
@@ -139,6 +146,12 @@ enum nf_tile_kind {
     NF_TILE_ATTN_KV_A_NORM,
     NF_TILE_ATTN_K_B,
     NF_TILE_ATTN_V_B,
+    NF_TILE_ATTN_O_BIAS, /* gpt-oss */
+    NF_TILE_ATTN_SINKS,
+    NF_TILE_ROUTER_BIAS,
+    NF_TILE_EXP_GATE_BIAS,
+    NF_TILE_EXP_UP_BIAS,
+    NF_TILE_EXP_DOWN_BIAS,
     NF_TILE_KIND_COUNT,
 };
 

@@ -36,6 +36,7 @@ static const char *const kind_names[NF_TILE_KIND_COUNT] = {
     [NF_TILE_ATTN_POST_NORM] = "attn_post_norm",
     [NF_TILE_FFN_POST_NORM] = "ffn_post_norm",
     [NF_TILE_SHEXP_GATE] = "shexp_gate",
+    [NF_TILE_EXP_PROBS_B] = "exp_probs_b",
     [NF_TILE_ATTN_Q_A] = "attn_q_a",
     [NF_TILE_ATTN_Q_A_NORM] = "attn_q_a_norm",
     [NF_TILE_ATTN_Q_B] = "attn_q_b",
@@ -43,7 +44,12 @@ static const char *const kind_names[NF_TILE_KIND_COUNT] = {
     [NF_TILE_ATTN_KV_A_NORM] = "attn_kv_a_norm",
     [NF_TILE_ATTN_K_B] = "attn_k_b",
     [NF_TILE_ATTN_V_B] = "attn_v_b",
-    [NF_TILE_EXP_PROBS_B] = "exp_probs_b",
+    [NF_TILE_ATTN_O_BIAS] = "attn_o_bias",
+    [NF_TILE_ATTN_SINKS] = "attn_sinks",
+    [NF_TILE_ROUTER_BIAS] = "router_bias",
+    [NF_TILE_EXP_GATE_BIAS] = "exp_gate_bias",
+    [NF_TILE_EXP_UP_BIAS] = "exp_up_bias",
+    [NF_TILE_EXP_DOWN_BIAS] = "exp_down_bias",
 };
 
 const char *nf_tile_kind_name(enum nf_tile_kind kind)
@@ -124,6 +130,7 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     case NF_TILE_ATTN_POST_NORM:
     case NF_TILE_FFN_POST_NORM: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_SHEXP_GATE:
+    case NF_TILE_EXP_PROBS_B:
     case NF_TILE_ATTN_Q_A:
     case NF_TILE_ATTN_Q_A_NORM:
     case NF_TILE_ATTN_Q_B:
@@ -131,7 +138,12 @@ uint64_t nf_nft_tile_bytes(const struct nf_nft_tile *t)
     case NF_TILE_ATTN_KV_A_NORM:
     case NF_TILE_ATTN_K_B:
     case NF_TILE_ATTN_V_B:
-    case NF_TILE_EXP_PROBS_B: return rows_bytes(t->type[0], t->count, t->ne0);
+    case NF_TILE_ATTN_O_BIAS:
+    case NF_TILE_ATTN_SINKS:
+    case NF_TILE_ROUTER_BIAS:
+    case NF_TILE_EXP_GATE_BIAS:
+    case NF_TILE_EXP_UP_BIAS:
+    case NF_TILE_EXP_DOWN_BIAS: return rows_bytes(t->type[0], t->count, t->ne0);
     case NF_TILE_KIND_COUNT: break;
     }
     return 0;

@@ -1,5 +1,5 @@
 /* nft_write.c - converts a llama-family GGUF (llama, qwen2, qwen3, qwen3moe, gemma3, qwen2moe,
- * olmoe, phi3) into a .nft tile file (see nft.h). */
+ * olmoe, phi3, gpt-oss) into a .nft tile file (see nft.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -37,6 +37,8 @@ struct layer_src {
      * ffn_up (held in `up` as classified, replaced by its upper half), which q..up point to. */
     const struct nf_gguf_tensor *qkv;
     struct nf_gguf_tensor split[5];
+    /* gpt-oss's biases and sinks (its post_attention_norm becomes ffn_norm: check_gptoss). */
+    const struct nf_gguf_tensor *bo, *sinks, *gate_inp_b, *gate_exps_b, *up_exps_b, *down_exps_b;
     /* deepseek2's latent attention (its V3 selection bias is probs_b above) */
     const struct nf_gguf_tensor *q_a, *q_a_norm, *q_b, *kv_a, *kv_a_norm, *k_b, *v_b;
 };
@@ -117,6 +119,12 @@ static int classify(struct conv *c, const struct nf_gguf_tensor *t)
         {"ffn_up_shexp.weight", offsetof(struct layer_src, up_sh)},
         {"ffn_down_shexp.weight", offsetof(struct layer_src, down_sh)},
         {"attn_qkv.weight", offsetof(struct layer_src, qkv)},
+        {"attn_output.bias", offsetof(struct layer_src, bo)},
+        {"attn_sinks.weight", offsetof(struct layer_src, sinks)},
+        {"ffn_gate_inp.bias", offsetof(struct layer_src, gate_inp_b)},
+        {"ffn_gate_exps.bias", offsetof(struct layer_src, gate_exps_b)},
+        {"ffn_up_exps.bias", offsetof(struct layer_src, up_exps_b)},
+        {"ffn_down_exps.bias", offsetof(struct layer_src, down_exps_b)},
         {"attn_q_a.weight", offsetof(struct layer_src, q_a)},
         {"attn_q_a_norm.weight", offsetof(struct layer_src, q_a_norm)},
         {"attn_q_b.weight", offsetof(struct layer_src, q_b)},
@@ -310,6 +318,50 @@ static int split_fused(struct conv *c, uint32_t il)
     return 0;
 }
 
+/* gpt-oss's extras: its post_attention_norm is the FFN norm (moved to ffn_norm, so the layer
+ * has the usual FFN_NORM tile); the output bias, sinks, router bias and expert biases (F32) are
+ * required by it and refused in any other architecture. Runs before check_layer's checks. */
+static int check_gptoss(struct conv *c, uint32_t il)
+{
+    struct layer_src *l = &c->L[il];
+    const struct nf_gguf_tensor *ex[6] = {l->bo,          l->sinks,     l->gate_inp_b,
+                                          l->gate_exps_b, l->up_exps_b, l->down_exps_b};
+    if (c->hp.arch != NF_ARCH_GPTOSS) {
+        for (int i = 0; i < 6; i++)
+            if (ex[i])
+                return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                                  "tensor '%s' is not used by architecture %s (not supported)",
+                                  ex[i]->name.s, nf_arch_name(c->hp.arch));
+        return 0;
+    }
+    if (l->ffn_norm)
+        return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
+                          "tensor '%s' is not used by architecture gpt-oss (its FFN norm is "
+                          "post_attention_norm)",
+                          l->ffn_norm->name.s);
+    l->ffn_norm = l->attn_post;
+    l->attn_post = NULL;
+    const int64_t E = c->hdr.n_embd, X = c->hp.n_expert, F = c->hp.n_ff, H = c->hp.n_head;
+    const struct {
+        const char *name;
+        uint32_t n_dims;
+        int64_t a, b;
+    } need[6] = {{"attn_output.bias", 1, E, 1},  {"attn_sinks.weight", 1, H, 1},
+                 {"ffn_gate_inp.bias", 1, X, 1}, {"ffn_gate_exps.bias", 2, F, X},
+                 {"ffn_up_exps.bias", 2, F, X},  {"ffn_down_exps.bias", 2, E, X}};
+    char what[64];
+    int rc;
+    for (int i = 0; i < 6; i++) {
+        snprintf(what, sizeof(what), "blk.%u.%s", il, need[i].name);
+        if ((rc = want_shape(c, ex[i], what, need[i].n_dims, need[i].a, need[i].b, 1)))
+            return rc;
+        if (ex[i]->type != NF_TYPE_F32)
+            return nf_errf_at(c->err, c->errlen, NF_EBADTYPE, c->in, "tensor '%s' must be f32",
+                              ex[i]->name.s);
+    }
+    return 0;
+}
+
 /* Checks layer il's tensor l->t against want_shape(..., dims...), naming it "blk.<il>.<t>";
  * for functions with c, il, l, what and rc in scope (check_mla, check_layer). */
 #define NEED(t, ...)                                       \
@@ -356,7 +408,7 @@ static int check_layer(struct conv *c, uint32_t il)
     int64_t n_embd = c->hdr.n_embd;
     char what[64];
     int rc;
-    if ((rc = split_fused(c, il)))
+    if ((rc = split_fused(c, il)) || (rc = check_gptoss(c, il)))
         return rc;
     NEED(attn_norm, 1, n_embd, 1, 1);
     if (c->hp.arch == NF_ARCH_DEEPSEEK2) {
@@ -716,6 +768,8 @@ static int plan(struct conv *c)
             (l->k_norm && (rc = plan_rows(c, NF_TILE_ATTN_K_NORM, il, l->k_norm, 1))) ||
             (l->attn_post && (rc = plan_rows(c, NF_TILE_ATTN_POST_NORM, il, l->attn_post, 1))) ||
             (l->ffn_post && (rc = plan_rows(c, NF_TILE_FFN_POST_NORM, il, l->ffn_post, 1))) ||
+            (l->bo && (rc = plan_rows(c, NF_TILE_ATTN_O_BIAS, il, l->bo, 1))) ||
+            (l->sinks && (rc = plan_rows(c, NF_TILE_ATTN_SINKS, il, l->sinks, 1))) ||
             (rc = plan_rows(c, NF_TILE_FFN_NORM, il, l->ffn_norm, 1)) ||
             (l->probs_b && c->hp.arch == NF_ARCH_DEEPSEEK2 && /* glm4moe's: after its router */
              (rc = plan_rows(c, NF_TILE_EXP_PROBS_B, il, l->probs_b, 1))))
@@ -734,6 +788,13 @@ static int plan(struct conv *c)
                 (rc = plan_rows(c, NF_TILE_PRED_ROUTER, il, l->gate_inp, UINT32_MAX)) ||
                 (l->probs_b && c->hp.arch != NF_ARCH_DEEPSEEK2 &&
                  (rc = plan_rows(c, NF_TILE_EXP_PROBS_B, il, l->probs_b, 1))))
+                return rc;
+            /* gpt-oss: the router's bias, then the experts' bias rows, before the experts. */
+            if (l->gate_inp_b &&
+                ((rc = plan_rows(c, NF_TILE_ROUTER_BIAS, il, l->gate_inp_b, 1)) ||
+                 (rc = plan_rows(c, NF_TILE_EXP_GATE_BIAS, il, l->gate_exps_b, 0)) ||
+                 (rc = plan_rows(c, NF_TILE_EXP_UP_BIAS, il, l->up_exps_b, 0)) ||
+                 (rc = plan_rows(c, NF_TILE_EXP_DOWN_BIAS, il, l->down_exps_b, 0))))
                 return rc;
             for (uint32_t e = 0; e < h->n_expert; e++)
                 if ((rc = in_place(c) ? plan_slices(c, il, e, &index)
@@ -1013,6 +1074,12 @@ static int write_tiles(struct conv *c)
         case NF_TILE_ATTN_POST_NORM: rc = write_rows(c, t, l->attn_post); break;
         case NF_TILE_FFN_POST_NORM: rc = write_rows(c, t, l->ffn_post); break;
         case NF_TILE_SHEXP_GATE: rc = write_rows(c, t, l->gate_inp_sh); break;
+        case NF_TILE_ATTN_O_BIAS: rc = write_rows(c, t, l->bo); break;
+        case NF_TILE_ATTN_SINKS: rc = write_rows(c, t, l->sinks); break;
+        case NF_TILE_ROUTER_BIAS: rc = write_rows(c, t, l->gate_inp_b); break;
+        case NF_TILE_EXP_GATE_BIAS: rc = write_rows(c, t, l->gate_exps_b); break;
+        case NF_TILE_EXP_UP_BIAS: rc = write_rows(c, t, l->up_exps_b); break;
+        case NF_TILE_EXP_DOWN_BIAS: rc = write_rows(c, t, l->down_exps_b); break;
         case NF_TILE_ATTN_Q_A: rc = write_rows(c, t, l->q_a); break;
         case NF_TILE_ATTN_Q_A_NORM: rc = write_rows(c, t, l->q_a_norm); break;
         case NF_TILE_ATTN_Q_B: rc = write_rows(c, t, l->q_b); break;

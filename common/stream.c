@@ -18,6 +18,11 @@ struct nf_stream {
     struct nf_attn_weights *ext;
     float *ext_data;
     struct nf_tensor *ffn_post; /* (n_layer) gemma3's post_ffw_norm, in ext_data; else NULL */
+    struct nf_tensor *router_b; /* (n_layer) gpt-oss's router bias, in ext_data; else NULL */
+    /* gpt-oss: the chosen expert's bias rows (n_ff, n_ff, n_embd), copied from its
+     * EXP_*_BIAS tiles per use; eb_on while they apply (nf_stream_slices adds gate and up). */
+    float *eb_gate, *eb_up, *eb_down;
+    bool eb_on;
     float *probs_b; /* (n_layer, n_expert) glm4moe's exp_probs_b (zero in dense layers); or NULL */
     struct nf_tensor *ds_probs_b; /* (n_layer) deepseek2 V3's exp_probs_b, in ext_data; else NULL */
     struct nf_ctx *c;
@@ -31,9 +36,10 @@ struct nf_stream {
     int group;                 /* neurons per FFN group of the current layer */
     enum nf_type down_type;    /* ffn_down's type in the current layer */
     int ff;                    /* width of the FFN being run: n_ff, or n_ff_shexp (qwen2moe) */
-    int ub;               /* tokens per chunk (the ubatch): the (ub, ...) buffers hold this many */
-    float *tmp;           /* (ub, max_rows) one tile's mat-vec output */
-    size_t max_rows;      /* most rows of any row tile or group */
+    int ub;                    /* tokens per chunk (the ubatch) */
+    int rows;                  /* max(ub, opts n_seq): the (rows, ...) buffers hold this many */
+    float *tmp;                /* (rows, max_rows) one tile's mat-vec output */
+    size_t max_rows;           /* most rows of any row tile or group */
     void *down;           /* (n_embd rows of n_ff elements of down_type) reassembled ffn_down */
     size_t down_row_size; /* bytes per reassembled row in the current layer */
     float *scores;        /* (n_ff) predictor neuron scores */
@@ -46,19 +52,29 @@ struct nf_stream {
     uint32_t *pick;       /* (max_groups) groups chosen for one token */
     float *tscore;        /* (max_groups) tile scores */
     /* Sparse FFN scratch (sparse dense models only; NULL otherwise). */
-    uint8_t *xq;      /* (ub, 2, xq_stride) xn converted for gate and up vec_dots */
+    uint8_t *xq;      /* (rows, 2, xq_stride) xn converted for gate and up vec_dots */
     size_t xq_stride; /* bytes per converted row (4 n_embd: room for any vec_dot type) */
-    float *sacc;      /* (n_threads, ub, n_embd) per-thread down sums */
+    float *sacc;      /* (n_threads, rows, n_embd) per-thread down sums */
     float *swork;     /* (n_threads, 2 max_rows + n_embd) gate, up and one group's down */
     uint8_t *shq;     /* (n_threads, 4 max_rows + 64) a group's activation converted */
-    uint32_t *spairs; /* (ub max_groups) (token << 16 | group in tile) of one tile */
+    uint32_t *spairs; /* (rows max_groups) (token << 16 | group in tile) of one tile */
     int n_threads;
-    uint8_t *sel;   /* (ub, n_groups) groups selected per token */
+    uint8_t *sel;   /* (rows, n_groups) groups selected per token */
     uint64_t *bits; /* (ceil(n_groups / 64)) used bitmap */
     struct nf_stream_stats st;
     uint64_t mem;
     char err[320];
-    float *rows; /* (n_tok, n_vocab) during nf_stream_eval_rows: the chunk's logits; else NULL */
+    /* Several sequences (nf_stream_set_slots; 0 / NULL before). */
+    int n_slots;
+    struct nf_kv_slot *slots; /* (n_slots) slot 0 borrows c's cache and logits */
+    int batch;                /* rows of the batched step running now, else 0 */
+    struct nf_ctx *views;     /* (n_slots) row r of c bound to its slot, during a step */
+    float *blogits;           /* (n_slots, n_vocab) a step's logits, row by row */
+    float *mxn;               /* (n_slots, n_embd) MoE: the rows that chose one expert */
+    float *mout;              /* (n_slots, n_embd) their expert's outputs */
+    float *meo;               /* (n_slots, n_expert_used, n_embd) every row's outputs */
+    /* (n_tok, n_vocab) during nf_stream_eval_rows: the chunk's logits; else NULL */
+    float *row_logits;
 };
 
 /* --- tiles ----------------------------------------------------------------------------- */
@@ -95,6 +111,17 @@ static struct nf_tensor nf_rows_view(const struct nf_nft_tile *t, const void *p)
     return v;
 }
 
+/* out (n_tok, w->ne[1]) = x times w's rows: as a prompt chunk (nf_matmul), or in a batched
+ * step as each sequence's own decode step computes its row (nf_matmul_each). */
+static void nf_stream_matmul(struct nf_stream *s, float *out, const struct nf_tensor *w,
+                             const float *x, int n_tok)
+{
+    if (s->batch)
+        nf_matmul_each(s->c, out, w, x, n_tok);
+    else
+        nf_matmul(s->c, out, w, x, n_tok);
+}
+
 /* out (n_tok, rows) = x (n_tok, ne0) times the rows of every tile of (layer, kind), where rows
  * is the total row count; each tile's rows are computed in place or through s->tmp. */
 static int nf_stream_mm(struct nf_stream *s, float *out, uint32_t layer, enum nf_tile_kind kind,
@@ -109,9 +136,9 @@ static int nf_stream_mm(struct nf_stream *s, float *out, uint32_t layer, enum nf
             return rc;
         struct nf_tensor v = nf_rows_view(t, p);
         if (n == 1 || n_tok == 1) {
-            nf_matmul(s->c, out + t->first, &v, x, n_tok);
+            nf_stream_matmul(s, out + t->first, &v, x, n_tok);
         } else {
-            nf_matmul(s->c, s->tmp, &v, x, n_tok);
+            nf_stream_matmul(s, s->tmp, &v, x, n_tok);
             for (int k = 0; k < n_tok; k++)
                 memcpy(out + (size_t)k * rows + t->first, s->tmp + (size_t)k * t->count,
                        sizeof(float) * t->count);
@@ -155,14 +182,14 @@ static void nf_stream_gate_up(struct nf_stream *s, const struct nf_nft_bundle *b
                            .row_size = b->up_row_size,
                            .data = (void *)b->up};
     if (n_tok == 1) {
-        nf_matmul(c, c->hb + b->first, &gv, xn, 1);
-        nf_matmul(c, c->hb2 + b->first, &uv, xn, 1);
+        nf_stream_matmul(s, c->hb + b->first, &gv, xn, 1);
+        nf_stream_matmul(s, c->hb2 + b->first, &uv, xn, 1);
         return;
     }
-    nf_matmul(c, s->tmp, &gv, xn, n_tok);
+    nf_stream_matmul(s, s->tmp, &gv, xn, n_tok);
     for (int k = 0; k < n_tok; k++)
         memcpy(c->hb + (size_t)k * F + b->first, s->tmp + (size_t)k * G, sizeof(float) * G);
-    nf_matmul(c, s->tmp, &uv, xn, n_tok);
+    nf_stream_matmul(s, s->tmp, &uv, xn, n_tok);
     for (int k = 0; k < n_tok; k++)
         memcpy(c->hb2 + (size_t)k * F + b->first, s->tmp + (size_t)k * G, sizeof(float) * G);
 }
@@ -270,6 +297,12 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
         const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
         const bool down = t->type[3] == NF_SLICE_DOWN;
         if (down && !act) {
+            if (s->eb_on) { /* gpt-oss: the expert's gate and up biases (n_tok is 1) */
+                for (size_t j = 0; j < F; j++) {
+                    c->hb[j] += s->eb_gate[j];
+                    c->hb2[j] += s->eb_up[j];
+                }
+            }
             nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, (int)F);
             act = true;
         }
@@ -281,9 +314,9 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
             return rc;
         struct nf_tensor v = nf_rows_view(t, p);
         if (t->count == rows || n_tok == 1) {
-            nf_matmul(c, o + t->first, &v, down ? c->hb : xn, n_tok);
+            nf_stream_matmul(s, o + t->first, &v, down ? c->hb : xn, n_tok);
         } else {
-            nf_matmul(c, s->tmp, &v, down ? c->hb : xn, n_tok);
+            nf_stream_matmul(s, s->tmp, &v, down ? c->hb : xn, n_tok);
             for (int k = 0; k < n_tok; k++)
                 memcpy(o + (size_t)k * rows + t->first, s->tmp + (size_t)k * t->count,
                        sizeof(float) * t->count);
@@ -313,7 +346,7 @@ static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
             return rc;
         nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->ff);
         struct nf_tensor dv = nf_stream_down_view(s);
-        nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+        nf_stream_matmul(s, c->ffo, &dv, c->hb, n_tok);
     }
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
     for (uint32_t g = 0; g < s->n_groups; g++)
@@ -386,7 +419,7 @@ static void nf_sparse_run(void *arg, int ith, int nth)
     struct nf_stream *s = jb->s;
     const int E = s->shell.hp.n_embd;
     const size_t R = s->max_rows;
-    float *acc = s->sacc + (size_t)ith * s->ub * (size_t)E;
+    float *acc = s->sacc + (size_t)ith * s->rows * (size_t)E;
     float *h = s->swork + (size_t)ith * (2 * R + (size_t)E), *h2 = h + R, *eo = h2 + R;
     uint8_t *hq = s->shq + (size_t)ith * (4 * R + 64);
     for (uint32_t i = (uint32_t)ith; i < jb->n_pairs; i += (uint32_t)nth) {
@@ -404,6 +437,18 @@ static void nf_sparse_run(void *arg, int ith, int nth)
         for (int e = 0; e < E; e++)
             o[e] += eo[e];
     }
+}
+
+/* Lists in s->spairs the chosen (token, group) pairs of tokens [k0, k1) among the ng groups
+ * from g0 (one FFN tile), group by group; returns their count. */
+static uint32_t nf_sparse_pairs(struct nf_stream *s, uint32_t g0, uint32_t ng, int k0, int k1)
+{
+    uint32_t np = 0;
+    for (uint32_t j = 0; j < ng; j++)
+        for (int k = k0; k < k1; k++)
+            if (s->sel[(size_t)k * s->n_groups + g0 + j])
+                s->spairs[np++] = (uint32_t)k << 16 | j;
+    return np;
 }
 
 /* Dense FFN, sparse: only the predicted groups, their down contributions added group by
@@ -457,37 +502,78 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
         nf_act_convert(utr->vec_dot_type, c->xn + (size_t)k * E, xg + s->xq_stride, E);
     }
     const int nth = s->n_threads;
-    memset(s->sacc, 0, sizeof(float) * (size_t)nth * s->ub * E);
+    memset(s->sacc, 0, sizeof(float) * (size_t)nth * s->rows * E);
     for (uint32_t i = 0; i < n; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, il, NF_TILE_FFN, i);
         const uint32_t g0 = t->first / t->group, ng = t->count / t->group;
-        /* A per-row pass runs each token's groups as its own job, so each group lands on the
-         * thread (and in the sum order) a decode step of that token alone gives it. */
-        const int per = c->per_row ? 1 : n_tok;
-        p = NULL;
-        for (int k0 = 0; k0 < n_tok; k0 += per) {
-            uint32_t np = 0;
-            for (uint32_t j = 0; j < ng; j++)
-                for (int k = k0; k < k0 + per; k++)
-                    if (s->sel[(size_t)k * s->n_groups + g0 + j])
-                        s->spairs[np++] = (uint32_t)k << 16 | j;
+        if (nf_sparse_pairs(s, g0, ng, 0, n_tok) == 0)
+            continue;
+        if (!(p = nf_stream_pin(s, t, &rc)))
+            return rc;
+        /* A batched step, or a per-row pass (c->per_row), runs each row's pairs as its own
+         * decode step would (the same split between threads, so the same sums); a prompt
+         * chunk runs all of them at once. */
+        const bool each = s->batch || c->per_row;
+        for (int k = 0; k < (each ? n_tok : 1); k++) {
+            const uint32_t np =
+                each ? nf_sparse_pairs(s, g0, ng, k, k + 1) : nf_sparse_pairs(s, g0, ng, 0, n_tok);
             if (np == 0)
                 continue;
-            if (!p && !(p = nf_stream_pin(s, t, &rc)))
-                return rc;
             struct nf_sparse_job jb = {s, t, p, np};
             nf_threadpool_run(c->pool, nf_sparse_run, &jb, np < (uint32_t)nth ? (int)np : nth);
         }
-        if (p)
-            nf_stream_unpin(s, t);
+        nf_stream_unpin(s, t);
     }
     for (int th = 0; th < nth; th++) {
-        const float *a = s->sacc + (size_t)th * s->ub * E;
+        const float *a = s->sacc + (size_t)th * s->rows * E;
         for (size_t i = 0; i < (size_t)n_tok * E; i++)
             c->ffo[i] += a[i];
     }
     nf_stream_report_used(s, il);
     return 0;
+}
+
+/* gpt-oss: copies expert e's rows of layer il's EXP_GATE_BIAS, EXP_UP_BIAS and EXP_DOWN_BIAS
+ * tiles (row tiles of one row per expert, checked at creation) into s->eb_gate, eb_up,
+ * eb_down. */
+static int nf_stream_expert_bias(struct nf_stream *s, uint32_t il, uint32_t e)
+{
+    static const enum nf_tile_kind kinds[3] = {NF_TILE_EXP_GATE_BIAS, NF_TILE_EXP_UP_BIAS,
+                                               NF_TILE_EXP_DOWN_BIAS};
+    float *dst[3] = {s->eb_gate, s->eb_up, s->eb_down};
+    for (int k = 0; k < 3; k++) {
+        const uint32_t n = nf_nft_count(s->f, il, kinds[k]);
+        for (uint32_t i = 0; i < n; i++) {
+            const struct nf_nft_tile *t = nf_nft_find(s->f, il, kinds[k], i);
+            if (e < t->first || e >= t->first + t->count)
+                continue;
+            int rc;
+            const uint8_t *p = nf_stream_pin(s, t, &rc);
+            if (!p)
+                return rc;
+            memcpy(dst[k], p + sizeof(float) * t->ne0 * (e - t->first), sizeof(float) * t->ne0);
+            nf_stream_unpin(s, t);
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Routes token row k of c->router in layer il as nf_moe_forward does for the architecture:
+ * glm4moe's sigmoid with its exp_probs_b, deepseek2's router, else softmax (nf_moe_route_hp).
+ * Shared by the one-sequence and the batched MoE paths. */
+static void nf_stream_route(struct nf_stream *s, uint32_t il, int k, int *sel, float *w)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    const int X = hp->n_expert;
+    float *p = s->c->router + (size_t)k * X;
+    if (hp->moe_sigmoid) /* glm4moe: sigmoid, exp_probs_b, scaled */
+        nf_moe_route_sigmoid(&hp->route, p, s->probs_b ? s->probs_b + (size_t)il * X : NULL, sel,
+                             w);
+    else if (hp->arch == NF_ARCH_DEEPSEEK2)
+        nf_moe_route_ds(hp, p, s->ds_probs_b ? s->ds_probs_b[il].data : NULL, sel, w);
+    else
+        nf_moe_route_hp(hp, p, sel, w);
 }
 
 /* MoE FFN: the router on the actual input, then only the chosen experts (as nf_moe_forward). */
@@ -499,20 +585,15 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
     int rc = nf_stream_mm(s, c->router, il, NF_TILE_ROUTER, (size_t)X, c->xn, n_tok);
     if (rc < 0)
         return rc;
+    if (s->router_b) /* gpt-oss */
+        nf_add_bias(c->router, &s->router_b[il], 0, n_tok);
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
     const uint32_t per = nf_nft_count(s->f, il, NF_TILE_EXPERT) / (uint32_t)X;
     struct nf_tensor dv = nf_stream_down_view(s);
     for (int k = 0; k < n_tok; k++) {
         int sel[64];
         float w[64];
-        if (hp->moe_sigmoid) /* glm4moe: sigmoid, exp_probs_b, scaled */
-            nf_moe_route_sigmoid(&hp->route, c->router + (size_t)k * X,
-                                 s->probs_b ? s->probs_b + (size_t)il * X : NULL, sel, w);
-        else if (hp->arch == NF_ARCH_DEEPSEEK2)
-            nf_moe_route_ds(hp, c->router + (size_t)k * X,
-                            s->ds_probs_b ? s->ds_probs_b[il].data : NULL, sel, w);
-        else
-            nf_moe_route_hp(hp, c->router + (size_t)k * X, sel, w);
+        nf_stream_route(s, il, k, sel, w);
         if (s->src.want) {
             /* Every tile of the chosen experts, in use order, asked for at once: a tile the
              * predictor did not forecast is read with the others instead of one at a time as
@@ -530,19 +611,109 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
         for (int j = 0; j < K; j++) {
             const uint32_t e = (uint32_t)sel[j];
             s->bits[e / 64] |= 1ull << (e % 64);
+            if (hp->oai_moe && (rc = nf_stream_expert_bias(s, il, e)) < 0)
+                return rc;
+            s->eb_on = hp->oai_moe;
             if (s->slices) {
                 rc = nf_stream_slices(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, xt, c->eo, 1);
+                s->eb_on = false;
                 if (rc < 0)
                     return rc;
             } else {
                 rc = nf_stream_bundles(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, xt, 1);
+                s->eb_on = false;
                 if (rc < 0)
                     return rc;
+                if (hp->oai_moe) /* as nf_moe_forward: the biases around the activation */
+                    for (int i = 0; i < hp->n_ff; i++) {
+                        c->hb[i] += s->eb_gate[i];
+                        c->hb2[i] += s->eb_up[i];
+                    }
                 nf_ffn_act(hp, c->hb, c->hb2, 1, hp->n_ff);
-                nf_matmul(c, c->eo, &dv, c->hb, 1);
+                nf_stream_matmul(s, c->eo, &dv, c->hb, 1);
             }
+            if (hp->oai_moe)
+                for (int i = 0; i < E; i++)
+                    c->eo[i] += s->eb_down[i];
             for (int i = 0; i < E; i++)
                 ot[i] = j == 0 ? c->eo[i] * w[j] : ot[i] + c->eo[i] * w[j];
+        }
+    }
+    nf_stream_report_used(s, il);
+    return 0;
+}
+
+/* MoE FFN of a batched step: each row routed as alone; every expert some row chose (the
+ * union) pinned once and run on those rows; then each row's expert outputs weighted and summed
+ * in its own choice order, as nf_stream_moe sums them for one token. */
+static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
+{
+    struct nf_ctx *c = s->c;
+    const struct nf_hparams *hp = &s->shell.hp;
+    /* gpt-oss (router and expert biases): row by row, as nf_stream_moe runs one token. */
+    if (hp->oai_moe)
+        return nf_stream_moe(s, il, n_tok);
+    const int E = hp->n_embd, X = hp->n_expert, K = hp->n_expert_used;
+    int rc = nf_stream_mm(s, c->router, il, NF_TILE_ROUTER, (size_t)X, c->xn, n_tok);
+    if (rc < 0)
+        return rc;
+    memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
+    const uint32_t per = nf_nft_count(s->f, il, NF_TILE_EXPERT) / (uint32_t)X;
+    int sel[NF_MAX_BATCH][64];
+    float w[NF_MAX_BATCH][64];
+    for (int k = 0; k < n_tok; k++) {
+        nf_stream_route(s, il, k, sel[k], w[k]);
+        for (int j = 0; j < K; j++)
+            s->bits[sel[k][j] / 64] |= 1ull << (sel[k][j] % 64);
+    }
+    if (s->src.want) { /* the union's tiles, asked for at once */
+        uint32_t last = UINT32_MAX;
+        for (uint32_t e = 0; e < (uint32_t)X; e++) {
+            if (!((s->bits[e / 64] >> (e % 64)) & 1))
+                continue;
+            for (uint32_t i = e * per; i < (e + 1) * per; i++) {
+                if (last != UINT32_MAX)
+                    s->src.want(s->src.ud, last, false);
+                last = (uint32_t)nf_nft_tile_id(s->f, nf_nft_find(s->f, il, NF_TILE_EXPERT, i));
+            }
+        }
+        if (last != UINT32_MAX)
+            s->src.want(s->src.ud, last, true);
+    }
+    struct nf_tensor dv = nf_stream_down_view(s);
+    for (uint32_t e = 0; e < (uint32_t)X; e++) {
+        if (!((s->bits[e / 64] >> (e % 64)) & 1))
+            continue;
+        int rk[NF_MAX_BATCH], rj[NF_MAX_BATCH], m = 0;
+        for (int k = 0; k < n_tok; k++)
+            for (int j = 0; j < K; j++)
+                if (sel[k][j] == (int)e) {
+                    rk[m] = k;
+                    rj[m] = j;
+                    memcpy(s->mxn + (size_t)m++ * E, c->xn + (size_t)k * E, sizeof(float) * E);
+                }
+        if (s->slices) {
+            rc =
+                nf_stream_slices(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, s->mxn, s->mout, m);
+            if (rc < 0)
+                return rc;
+        } else {
+            rc = nf_stream_bundles(s, il, NF_TILE_EXPERT, e * per, (e + 1) * per, s->mxn, m);
+            if (rc < 0)
+                return rc;
+            nf_ffn_act(hp, c->hb, c->hb2, m, hp->n_ff);
+            nf_stream_matmul(s, s->mout, &dv, c->hb, m);
+        }
+        for (int i = 0; i < m; i++)
+            memcpy(s->meo + ((size_t)rk[i] * K + rj[i]) * E, s->mout + (size_t)i * E,
+                   sizeof(float) * E);
+    }
+    for (int k = 0; k < n_tok; k++) {
+        float *ot = c->ffo + (size_t)k * E;
+        for (int j = 0; j < K; j++) {
+            const float *eo = s->meo + ((size_t)k * K + j) * E;
+            for (int i = 0; i < E; i++)
+                ot[i] = j == 0 ? eo[i] * w[k][j] : ot[i] + eo[i] * w[k][j];
         }
     }
     nf_stream_report_used(s, il);
@@ -573,7 +744,7 @@ static int nf_stream_shexp(struct nf_stream *s, uint32_t il, int n_tok)
             return rc;
         nf_swiglu(c->hb, c->hb2, n_tok, s->ff);
         struct nf_tensor dv = nf_stream_down_view(s);
-        nf_matmul(c, c->ffo, &dv, c->hb, n_tok);
+        nf_stream_matmul(s, c->ffo, &dv, c->hb, n_tok);
     }
     if (gated)
         nf_shexp_gate(c, c->ffo, n_tok);
@@ -605,12 +776,18 @@ static int nf_stream_mla(struct nf_stream *s, uint32_t il, int pos0, int n_tok)
     }
     if (rc || (rc = nf_stream_mm(s, c->k, il, NF_TILE_ATTN_KV_A, D, c->xn, n_tok)))
         return rc;
-    nf_mla_prep(c, s->ext[il].kv_a_norm.data, n_tok);
+    /* A batched step runs the per-row parts (RoPE and norm, attn_k_b / attn_v_b, attention
+     * over the sequence's own latent cache) on each row's view, one token as its solo step
+     * would; otherwise once on c for all n_tok tokens. */
+    const int nv = s->batch ? n_tok : 1, nt = s->batch ? 1 : n_tok;
+    for (int r = 0; r < nv; r++)
+        nf_mla_prep(s->batch ? &s->views[r] : c, s->ext[il].kv_a_norm.data, nt);
     for (int part = 0; part < 2; part++) {
         const enum nf_tile_kind kind = part ? NF_TILE_ATTN_V_B : NF_TILE_ATTN_K_B;
         const uint32_t per = part ? (uint32_t)hp->n_embd_head_v_mla : (uint32_t)hp->n_lora_kv;
-        if (part)
-            nf_mla_attend_latent(c, (int)il, pos0, n_tok);
+        for (int r = 0; part && r < nv; r++)
+            nf_mla_attend_latent(s->batch ? &s->views[r] : c, (int)il,
+                                 s->batch ? s->views[r].n_past : pos0, nt);
         for (uint32_t i = 0, n = nf_nft_count(s->f, il, kind); i < n; i++) {
             const struct nf_nft_tile *t = nf_nft_find(s->f, il, kind, i);
             const uint8_t *p = nf_stream_pin(s, t, &rc);
@@ -619,10 +796,13 @@ static int nf_stream_mla(struct nf_stream *s, uint32_t il, int pos0, int n_tok)
             struct nf_tensor v = nf_rows_view(t, p); /* whole heads (nf_stream_check_mla) */
             v.ne[1] = per;
             v.ne[2] = t->count / per;
-            if (part)
-                nf_mla_values(c, &v, (int)(t->first / per), n_tok);
-            else
-                nf_mla_absorb(c, &v, (int)(t->first / per), n_tok);
+            for (int r = 0; r < nv; r++) {
+                struct nf_ctx *cr = s->batch ? &s->views[r] : c;
+                if (part)
+                    nf_mla_values(cr, &v, (int)(t->first / per), nt);
+                else
+                    nf_mla_absorb(cr, &v, (int)(t->first / per), nt);
+            }
             nf_stream_unpin(s, t);
         }
     }
@@ -662,17 +842,27 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         return rc;
     if (s->ext)
         nf_attn_qk(c, &s->ext[il], n_tok);
-    nf_attn_core(c, (int)il, pos0, n_tok);
+    c->attn_sinks = s->ext ? s->ext[il].sinks.data : NULL; /* gpt-oss */
+    if (s->batch) /* each row over its own sequence's cache */
+        for (int r = 0; r < n_tok; r++) {
+            s->views[r].attn_sinks = c->attn_sinks;
+            nf_attn_core(&s->views[r], (int)il, s->views[r].n_past, 1);
+        }
+    else
+        nf_attn_core(c, (int)il, pos0, n_tok);
     if ((rc = nf_stream_mm(s, c->ffo, il, NF_TILE_ATTN_O, E, c->att, n_tok)))
         return rc;
+    if (s->ext) /* gpt-oss's attn_output.bias (nothing without one) */
+        nf_add_bias(c->ffo, &s->ext[il].bo, 0, n_tok);
     if (s->ext) /* gemma3's post_attention_norm (nothing without one) */
         nf_post_norm(c, c->ffo, &s->ext[il].post_norm, n_tok);
     for (size_t i = 0; i < (size_t)n_tok * E; i++)
         c->x[i] += c->ffo[i];
 ffn:;
     int n_ffn = n_tok;
-    if ((int)il == hp->n_layer - 1 && !s->rows) {
-        /* As nf_eval_chunk: past the last attention only the last token's row is needed. */
+    if ((int)il == hp->n_layer - 1 && !s->batch && !s->row_logits) {
+        /* As nf_eval_chunk: past the last attention only the last token's row is needed (in a
+         * batched step every row is a sequence's last token; a per-row pass needs them all). */
         if (!want_logits)
             return 0;
         memmove(c->x, c->x + (size_t)(n_tok - 1) * E, sizeof(float) * E);
@@ -697,7 +887,7 @@ ffn:;
     s->down_row_size = nf_row_size(s->down_type, F);
     s->ff = F;
     if (moe)
-        rc = nf_stream_moe(s, il, n_ffn);
+        rc = s->batch ? nf_stream_moe_batch(s, il, n_ffn) : nf_stream_moe(s, il, n_ffn);
     else if (s->sparsity > 0 && !hp->n_expert)
         rc = nf_stream_ffn_sparse(s, il, n_ffn);
     else
@@ -761,10 +951,10 @@ static int nf_stream_chunk(struct nf_stream *s, const int32_t *tokens, int n_tok
             s->progress(s->progress_ud, s->prog_done + part, s->prog_total);
     }
     c->n_past += n_tok;
-    if (s->rows) { /* a per-row pass: every token's logits */
+    if (s->row_logits) { /* a per-row pass: every token's logits */
         if ((rc = nf_stream_norm(s, c->xn, c->x, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, n_tok)))
             return rc;
-        return nf_stream_mm(s, s->rows, NF_NFT_NO_LAYER,
+        return nf_stream_mm(s, s->row_logits, NF_NFT_NO_LAYER,
                             s->f->hdr.tied_output ? NF_TILE_EMBD : NF_TILE_OUTPUT,
                             (size_t)hp->n_vocab, c->xn, n_tok);
     }
@@ -830,11 +1020,11 @@ int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float
         const int nb = n - i < s->ub ? n - i : s->ub;
         s->prog_done = i;
         s->prog_total = n;
-        s->rows = logits + (size_t)i * V;
+        s->row_logits = logits + (size_t)i * V;
         rc = nf_stream_chunk(s, tokens + i, nb, true);
     }
     c->per_row = false;
-    s->rows = NULL;
+    s->row_logits = NULL;
     if (rc == 0) /* the last row is also what nf_stream_eval would have left */
         memcpy(c->logits, logits + (size_t)(n - 1) * V, sizeof(float) * V);
     return rc;
@@ -843,6 +1033,160 @@ int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float
 int nf_stream_rollback(struct nf_stream *s, int n_past)
 {
     return nf_ctx_rollback(s->c, n_past);
+}
+
+/* --- several sequences -------------------------------------------------------------------- */
+
+int nf_stream_set_slots(struct nf_stream *s, int n, char *err, size_t errlen)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    if (s->slots || n < 1 || n > NF_MAX_BATCH)
+        return nf_errf(err, errlen, NF_EUSAGE, "stream: %d sequences, expected 1..%d (once)", n,
+                       NF_MAX_BATCH);
+    if (n > s->rows)
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "stream: %d sequences, but its buffers hold %d rows (nf_stream_opts n_seq)",
+                       n, s->rows);
+    const size_t E = (size_t)hp->n_embd, K = (size_t)(hp->n_expert_used ? hp->n_expert_used : 1);
+    /* A step has at most n rows. */
+    const size_t N = (size_t)n;
+    int rc = nf_kv_slots_create(&s->slots, s->c, n);
+    if (rc == 0)
+        s->n_slots = n; /* nf_stream_free releases them from here on */
+    s->views = calloc(N, sizeof(*s->views));
+    s->blogits = malloc(sizeof(float) * N * (size_t)hp->n_vocab);
+    if (hp->n_expert) {
+        s->mxn = malloc(sizeof(float) * N * E);
+        s->mout = malloc(sizeof(float) * N * E);
+        s->meo = malloc(sizeof(float) * N * K * E);
+    }
+    if (rc < 0 || !s->views || !s->blogits || (hp->n_expert && (!s->mxn || !s->mout || !s->meo)))
+        return nf_errf(err, errlen, -ENOMEM, "out of memory for %d sequences' KV caches", n);
+    s->mem += (uint64_t)(n - 1) * nf_kv_slot_bytes(s->c) + sizeof(*s->views) * N +
+              sizeof(float) * N * ((size_t)hp->n_vocab + (hp->n_expert ? (2 + K) * E : 0));
+    return 0;
+}
+
+int nf_stream_n_slots(const struct nf_stream *s)
+{
+    return s->n_slots;
+}
+
+void nf_stream_slot_reset(struct nf_stream *s, int i)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    s->slots[i].n_past = 0;
+}
+
+int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    nf_ctx_bind(s->c, &s->slots[i]);
+    int rc = nf_stream_eval(s, tokens, n);
+    s->slots[i].n_past = s->c->n_past;
+    nf_ctx_bind(s->c, &s->slots[0]);
+    return rc;
+}
+
+int nf_stream_slot_eval_rows(struct nf_stream *s, int i, const int32_t *tokens, int n,
+                             float *logits)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    nf_ctx_bind(s->c, &s->slots[i]);
+    int rc = nf_stream_eval_rows(s, tokens, n, logits);
+    s->slots[i].n_past = s->c->n_past;
+    nf_ctx_bind(s->c, &s->slots[0]);
+    return rc;
+}
+
+int nf_stream_slot_rollback(struct nf_stream *s, int i, int n_past)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    if (n_past < 0 || n_past > s->slots[i].n_past)
+        return NF_EUSAGE;
+    s->slots[i].n_past = n_past; /* as nf_ctx_rollback: later cells are never read */
+    return 0;
+}
+
+const float *nf_stream_slot_logits(const struct nf_stream *s, int i)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    return s->slots[i].logits;
+}
+
+int nf_stream_slot_n_past(const struct nf_stream *s, int i)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    return s->slots[i].n_past;
+}
+
+/* Checks a step's rows: distinct valid slots with room, tokens in the vocabulary. */
+static int nf_stream_step_check(struct nf_stream *s, const int *idx, const int32_t *toks, int n)
+{
+    if (n < 1 || n > s->n_slots) {
+        snprintf(s->err, sizeof(s->err), "a step of %d sequences, expected 1..%d", n, s->n_slots);
+        return NF_EUSAGE;
+    }
+    for (int r = 0; r < n; r++) {
+        bool dup = false;
+        for (int q = 0; q < r; q++)
+            dup |= idx[q] == idx[r];
+        if (idx[r] < 0 || idx[r] >= s->n_slots || dup) {
+            snprintf(s->err, sizeof(s->err), "slot %d is out of range or repeated", idx[r]);
+            return NF_EUSAGE;
+        }
+        if (toks[r] < 0 || toks[r] >= s->shell.hp.n_vocab) {
+            snprintf(s->err, sizeof(s->err), "token id %d outside the vocabulary [0, %d)", toks[r],
+                     s->shell.hp.n_vocab);
+            return NF_EUSAGE;
+        }
+        if (s->slots[idx[r]].n_past >= s->c->n_ctx) {
+            snprintf(s->err, sizeof(s->err), "slot %d: its %d positions are used", idx[r],
+                     s->c->n_ctx);
+            return NF_ECTXFULL;
+        }
+    }
+    return 0;
+}
+
+int nf_stream_step(struct nf_stream *s, const int *idx, const int32_t *toks, int n)
+{
+    struct nf_ctx *c = s->c;
+    const struct nf_hparams *hp = &s->shell.hp;
+    s->err[0] = 0;
+    int rc = nf_stream_step_check(s, idx, toks, n);
+    if (rc < 0)
+        return rc;
+    if ((rc = nf_stream_embed(s, toks, n)) < 0)
+        return rc;
+    for (int r = 0; r < n; r++) {
+        nf_ctx_row_view(&s->views[r], c, r, &s->slots[idx[r]]);
+        nf_rope_cache(&s->views[r], s->views[r].n_past, 1);
+    }
+    s->batch = n;
+    for (uint32_t il = 0; il < (uint32_t)hp->n_layer && rc == 0; il++) {
+        if (s->abort && atomic_load(s->abort)) {
+            snprintf(s->err, sizeof(s->err), "evaluation cancelled");
+            rc = -ECANCELED;
+        } else {
+            rc = nf_stream_layer(s, il, 0, n, true);
+        }
+    }
+    if (rc == 0)
+        rc = nf_stream_norm(s, c->xn, c->x, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, n);
+    if (rc == 0)
+        rc = nf_stream_mm(s, s->blogits, NF_NFT_NO_LAYER,
+                          s->f->hdr.tied_output ? NF_TILE_EMBD : NF_TILE_OUTPUT,
+                          (size_t)hp->n_vocab, c->xn, n);
+    s->batch = 0;
+    if (rc < 0)
+        return rc;
+    for (int r = 0; r < n; r++) {
+        struct nf_kv_slot *sl = &s->slots[idx[r]];
+        memcpy(sl->logits, s->blogits + (size_t)r * hp->n_vocab, sizeof(float) * hp->n_vocab);
+        sl->n_past++;
+    }
+    return 0;
 }
 
 /* --- creation: every tile the forward pass uses is checked once here ----------------------- */
@@ -1070,12 +1414,21 @@ static int nf_stream_check_layer(const struct nf_nft *f, const struct nf_hparams
                {NF_TILE_ATTN_POST_NORM, hp->post_norms, E},
                {NF_TILE_FFN_POST_NORM, hp->post_norms, E},
                {NF_TILE_SHEXP_GATE, gated, E},
-               {NF_TILE_EXP_PROBS_B, moe && hp->moe_sigmoid, X}};
+               {NF_TILE_EXP_PROBS_B, moe && hp->moe_sigmoid, X},
+               {NF_TILE_ATTN_O_BIAS, hp->oai_moe, E},
+               {NF_TILE_ATTN_SINKS, hp->oai_moe, (uint64_t)hp->n_head},
+               {NF_TILE_ROUTER_BIAS, moe && hp->oai_moe, (uint64_t)hp->n_expert}};
     for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++)
         if ((hp->arch != NF_ARCH_DEEPSEEK2 || ext[i].kind != NF_TILE_EXP_PROBS_B) && /* MLA's */
             (rc = nf_stream_check_rows(f, il, ext[i].kind, ext[i].want ? 1 : 0, ext[i].ne0,
                                        ext[i].kind != NF_TILE_SHEXP_GATE, &one, err, errlen)))
             return rc;
+    /* gpt-oss's expert biases: one F32 row per expert. */
+    const uint64_t XB = moe && hp->oai_moe ? (uint64_t)hp->n_expert : 0;
+    if ((rc = nf_stream_check_rows(f, il, NF_TILE_EXP_GATE_BIAS, XB, F, true, &one, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_EXP_UP_BIAS, XB, F, true, &one, err, errlen)) ||
+        (rc = nf_stream_check_rows(f, il, NF_TILE_EXP_DOWN_BIAS, XB, E, true, &one, err, errlen)))
+        return rc;
     if (shexp) {
         /* The shared expert: the MoE layer's FFN tiles, of its own width. */
         uint32_t g = 0;
@@ -1301,12 +1654,20 @@ static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
     const size_t per =
         (hp->qkv_bias ? qd + 2 * kvd : 0) +
         (hp->qk_norm ? hp->arch == NF_ARCH_OLMOE ? qd + kvd : 2 * (size_t)hp->head_dim : 0) +
-        (hp->post_norms ? 2 * (size_t)hp->n_embd : 0);
+        (hp->post_norms ? 2 * (size_t)hp->n_embd : 0) +
+        (hp->oai_moe ? (size_t)(hp->n_embd + hp->n_head + hp->n_expert) : 0);
     s->ext = calloc((size_t)hp->n_layer, sizeof(*s->ext));
     s->ext_data = malloc(sizeof(float) * per * (size_t)hp->n_layer);
     if (hp->post_norms)
         s->ffn_post = calloc((size_t)hp->n_layer, sizeof(*s->ffn_post));
-    if (!s->ext || !s->ext_data || (hp->post_norms && !s->ffn_post))
+    if (hp->oai_moe) {
+        s->router_b = calloc((size_t)hp->n_layer, sizeof(*s->router_b));
+        s->eb_gate = malloc(sizeof(float) * (2 * (size_t)hp->n_ff + (size_t)hp->n_embd));
+        s->eb_up = s->eb_gate ? s->eb_gate + hp->n_ff : NULL;
+        s->eb_down = s->eb_gate ? s->eb_up + hp->n_ff : NULL;
+    }
+    if (!s->ext || !s->ext_data || (hp->post_norms && !s->ffn_post) ||
+        (hp->oai_moe && (!s->router_b || !s->eb_gate)))
         return nf_errf(err, errlen, -ENOMEM, "out of memory for the attention extras");
     s->mem += (sizeof(*s->ext) + sizeof(float) * per) * (size_t)hp->n_layer;
     float *p = s->ext_data;
@@ -1319,10 +1680,14 @@ static int nf_stream_load_ext(struct nf_stream *s, char *err, size_t errlen)
                                    &w->q_norm,
                                    &w->k_norm,
                                    &w->post_norm,
-                                   s->ffn_post ? &s->ffn_post[il] : NULL};
+                                   s->ffn_post ? &s->ffn_post[il] : NULL,
+                                   &w->bo,
+                                   &w->sinks,
+                                   s->router_b ? &s->router_b[il] : NULL};
         static const enum nf_tile_kind kinds[] = {
-            NF_TILE_ATTN_Q_BIAS, NF_TILE_ATTN_K_BIAS,    NF_TILE_ATTN_V_BIAS,  NF_TILE_ATTN_Q_NORM,
-            NF_TILE_ATTN_K_NORM, NF_TILE_ATTN_POST_NORM, NF_TILE_FFN_POST_NORM};
+            NF_TILE_ATTN_Q_BIAS, NF_TILE_ATTN_K_BIAS,    NF_TILE_ATTN_V_BIAS,   NF_TILE_ATTN_Q_NORM,
+            NF_TILE_ATTN_K_NORM, NF_TILE_ATTN_POST_NORM, NF_TILE_FFN_POST_NORM, NF_TILE_ATTN_O_BIAS,
+            NF_TILE_ATTN_SINKS,  NF_TILE_ROUTER_BIAS};
         for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
             int rc = nf_stream_copy_row(s, il, kinds[i], dst[i], &p, err, errlen);
             if (rc)
@@ -1387,7 +1752,9 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
      * must report the whole model's weight bytes for the results to match nf_ctx_eval's. */
     s->shell.weight_bytes = (size_t)f->hdr.weight_bytes;
     s->ub = o->n_ubatch > 0 ? o->n_ubatch : NF_MAX_BATCH;
-    if ((rc = nf_ctx_create_ub(&s->c, &s->shell, o->n_ctx, o->n_threads, s->ub)) < 0) {
+    /* The (rows, ...) buffers hold a prompt chunk or a batched step of n_seq sequences. */
+    s->rows = o->n_seq > s->ub ? o->n_seq : s->ub;
+    if ((rc = nf_ctx_create_ub(&s->c, &s->shell, o->n_ctx, o->n_threads, s->rows)) < 0) {
         nf_errf(err, errlen, rc, "creating the run state: %s", nf_strerror(rc));
         goto fail;
     }
@@ -1396,7 +1763,7 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
     F = (size_t)hp->n_ff_dense > F ? (size_t)hp->n_ff_dense : F; /* glm4moe's dense layers */
     const size_t words = (G + 63) / 64;
-    s->tmp = malloc(sizeof(float) * (size_t)s->ub * s->max_rows);
+    s->tmp = malloc(sizeof(float) * (size_t)s->rows * s->max_rows);
     if (posix_memalign(&s->down, 64, E * down_row + 64))
         s->down = NULL;
     s->scores = malloc(sizeof(float) * F);
@@ -1406,7 +1773,7 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     s->order = malloc(sizeof(uint32_t) * 2 * G);
     s->pick = malloc(sizeof(uint32_t) * G);
     s->tscore = malloc(sizeof(float) * G);
-    s->sel = malloc((size_t)s->ub * G);
+    s->sel = malloc((size_t)s->rows * G);
     s->bits = calloc(words, sizeof(uint64_t));
     if (!s->tmp || !s->down || !s->scores || !s->gscores || !s->ptmp || !s->bound || !s->order ||
         !s->pick || !s->tscore || !s->sel || !s->bits) {
@@ -1417,11 +1784,11 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
         const size_t R = s->max_rows, T = (size_t)nf_threadpool_size(s->c->pool);
         s->n_threads = (int)T;
         s->xq_stride = (4 * E + 63) / 64 * 64;
-        s->xq = malloc((size_t)s->ub * 2 * s->xq_stride);
-        s->sacc = malloc(sizeof(float) * T * (size_t)s->ub * E);
+        s->xq = malloc((size_t)s->rows * 2 * s->xq_stride);
+        s->sacc = malloc(sizeof(float) * T * (size_t)s->rows * E);
         s->swork = malloc(sizeof(float) * T * (2 * R + E));
         s->shq = malloc(T * (4 * R + 64));
-        s->spairs = malloc(sizeof(uint32_t) * (size_t)s->ub * G);
+        s->spairs = malloc(sizeof(uint32_t) * (size_t)s->rows * G);
         if (!s->xq || !s->sacc || !s->swork || !s->shq || !s->spairs) {
             rc = nf_errf(err, errlen, -ENOMEM, "out of memory for the sparse scratch");
             goto fail;
@@ -1432,14 +1799,14 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
                          s->max_groups);
             goto fail;
         }
-        s->mem += (size_t)s->ub * 2 * s->xq_stride +
-                  T * (sizeof(float) * ((size_t)s->ub * E + 2 * R + E) + 4 * R + 64) +
-                  sizeof(uint32_t) * (size_t)s->ub * G;
+        s->mem += (size_t)s->rows * 2 * s->xq_stride +
+                  T * (sizeof(float) * ((size_t)s->rows * E + 2 * R + E) + 4 * R + 64) +
+                  sizeof(uint32_t) * (size_t)s->rows * G;
     }
     const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     s->mem += 2 * (size_t)hp->n_layer * (size_t)o->n_ctx * kvd * sizeof(nf_fp16_t) +
-              sizeof(float) * (size_t)s->ub * (s->max_rows + 6 * E + 2 * F) + E * down_row +
-              sizeof(float) * (F + 2 * G) + (size_t)s->ub * G;
+              sizeof(float) * (size_t)s->rows * (s->max_rows + 6 * E + 2 * F) + E * down_row +
+              sizeof(float) * (F + 2 * G) + (size_t)s->rows * G;
     if ((rc = nf_stream_load_rope(s, err, errlen)) < 0 ||
         (rc = nf_stream_load_ext(s, err, errlen)) < 0 ||
         (rc = nf_stream_load_probs_b(s, err, errlen)) < 0)
@@ -1455,6 +1822,8 @@ void nf_stream_free(struct nf_stream *s)
 {
     if (!s)
         return;
+    if (s->slots) /* c frees its own cache and logits, slot 0's */
+        nf_ctx_bind(s->c, &s->slots[0]);
     nf_ctx_free(s->c);
     free(s->shell.rope_freqs.data);
     free(s->shell.rope_short.data);
@@ -1463,6 +1832,8 @@ void nf_stream_free(struct nf_stream *s)
     free(s->ext_data);
     free(s->probs_b);
     free(s->ffn_post);
+    free(s->router_b);
+    free(s->eb_gate);
     free(s->ds_probs_b);
     free(s->tmp);
     free(s->down);
@@ -1480,6 +1851,12 @@ void nf_stream_free(struct nf_stream *s)
     free(s->spairs);
     free(s->sel);
     free(s->bits);
+    nf_kv_slots_free(s->slots, s->n_slots);
+    free(s->views);
+    free(s->blogits);
+    free(s->mxn);
+    free(s->mout);
+    free(s->meo);
     free(s);
 }
 

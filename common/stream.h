@@ -50,6 +50,8 @@ struct nf_stream_opts {
     float sparsity; /* 0: exact; in (0, 1): the fraction of FFN groups skipped */
     int n_ubatch;   /* tokens per prompt chunk, each chunk one pass over the tiles; 0: 32
                      * (NF_MAX_BATCH), at most NF_MAX_UBATCH */
+    int n_seq;      /* most sequences nf_stream_set_slots will be given (0: up to the ubatch):
+                     * the activation buffers hold max(n_ubatch, n_seq) rows */
 };
 
 /* Monotonic counters of one engine. */
@@ -95,6 +97,28 @@ void nf_stream_set_abort(struct nf_stream *s, const atomic_int *flag);
  * on the evaluating thread and must not call back into s. */
 typedef void (*nf_stream_progress_cb)(void *ud, int done, int total);
 void nf_stream_set_progress(struct nf_stream *s, nf_stream_progress_cb cb, void *ud);
+
+/* Several sequences (continuous batching). nf_stream_set_slots gives the engine n KV caches
+ * (slots 0..n-1, 1 <= n <= NF_MAX_BATCH, once; slot 0 is the cache the calls above use). A
+ * sequence's prompt is evaluated alone (nf_stream_slot_eval: nf_stream_eval on its slot);
+ * nf_stream_step then advances several at once, one token each: every tile is pinned once for
+ * all rows, each row computed with the arithmetic of its solo step (so each slot's logits are
+ * bit-identical to evaluating its sequence alone), attention over each slot's own cache, and
+ * for MoE the union of the experts the rows chose. Returns as nf_stream_eval; the abort flag
+ * stops a step before a layer, and after any error the rows' slots must be reset. */
+int nf_stream_set_slots(struct nf_stream *s, int n, char *err, size_t errlen);
+int nf_stream_n_slots(const struct nf_stream *s); /* 0 before nf_stream_set_slots */
+void nf_stream_slot_reset(struct nf_stream *s, int i);
+int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n);
+/* toks[r] for slot idx[r], r < n (distinct slots). */
+int nf_stream_step(struct nf_stream *s, const int *idx, const int32_t *toks, int n);
+const float *nf_stream_slot_logits(const struct nf_stream *s, int i); /* (n_vocab) */
+int nf_stream_slot_n_past(const struct nf_stream *s, int i);
+/* nf_stream_eval_rows and nf_stream_rollback on slot i alone (speculative decoding's
+ * verification of one sequence; its rows bit-identical to that slot's solo steps). */
+int nf_stream_slot_eval_rows(struct nf_stream *s, int i, const int32_t *tokens, int n,
+                             float *logits);
+int nf_stream_slot_rollback(struct nf_stream *s, int i, int n_past);
 
 const float *nf_stream_logits(const struct nf_stream *s); /* (n_vocab) */
 const struct nf_hparams *nf_stream_hparams(const struct nf_stream *s);

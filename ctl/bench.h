@@ -24,6 +24,8 @@ struct nf_bench_opts {
     long ubatch; /* -ub: prompt chunk of every engine; 0: their default */
     float levels[NF_BENCH_MAX_LEVELS];
     int n_levels;
+    int parallel[NF_BENCH_MAX_LEVELS]; /* --parallel: sequences at once of each extra row */
+    int n_parallel;
     bool json, no_cgroup;
 };
 
@@ -46,6 +48,9 @@ struct nf_bench_row {
     const char *peak_src;
     uint64_t oom_kills, limit_hits;
     double vs_mmap, io_bound, vs_io_bound;
+    int n_seq;           /* --parallel rows: sequences at once (tok_s is per sequence); else 0 */
+    double agg_tok_s;    /* --parallel rows: decode tokens of all sequences per second */
+    double shared_batch; /* --parallel rows: sequences per step that served 2 or more */
 };
 
 struct nf_bench_raw {
@@ -70,7 +75,7 @@ struct nf_bench {
     uint32_t n_ctx;                  /* the stack's context per its plan, used for run --mmap too */
     struct nf_bench_raw raw;         /* the faster successful pass (the bound's bandwidth) */
     struct nf_bench_raw raw_pass[2]; /* before and after the engines */
-    struct nf_bench_row rows[NF_BENCH_MAX_LEVELS + 2];
+    struct nf_bench_row rows[2 * NF_BENCH_MAX_LEVELS + 2];
     int n_rows;
     bool tty;
     double t_start;
@@ -132,6 +137,18 @@ char *nf_bench_next_line(struct nf_bench_lines *l, int ms, size_t *consumed);
 void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsity);
 /* `run --mmap` on the .gguf (a row error when the model is a .nft). */
 void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r);
+/* The phase's memory cgroup when cgroups are in use (false: a row error); the page cache of
+ * path dropped; the phase's peak memory (the cgroup's, else the stack daemons' VmHWM). */
+bool nf_bench_phase_cgroup(struct nf_bench *b, struct nf_cgroup *cg, const char *phase,
+                           struct nf_bench_row *r);
+void nf_bench_drop_cache(const char *path);
+void nf_bench_phase_peak(struct nf_cgroup *cg, bool have_cg, struct nf_bench_row *r,
+                         const char *dir);
+
+/* bench_parallel.c: the exact stack with `up --parallel n_seq` and n_seq `gen` clients at once
+ * (continuous batching), measured into r: tok_s per sequence (their GenerateDone timings),
+ * agg_tok_s (compute's decode tokens over its decode time), bytes read per evaluated token. */
+void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq);
 
 /* bench_report.c: the results as one table with notes, or as one JSON object, on stdout. */
 void nf_bench_print_table(const struct nf_bench *b);

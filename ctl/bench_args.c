@@ -29,6 +29,11 @@ static void usage(FILE *f)
             "  -n, --n-predict N     tokens generated per engine, 2..100000 (default: 8)\n"
             "      --sparsity LIST   comma-separated sparse levels, each 0 < S <= 0.99, measured\n"
             "                        after exact mode; 'none' for exact only (default: 0.5)\n"
+            "      --parallel LIST   comma-separated sequence counts, each 1..32: one more\n"
+            "                        exact stack row per count, started with 'up --parallel N'\n"
+            "                        and N 'gen' clients at once (continuous batching): tok/s\n"
+            "                        per sequence, aggregate tok/s, bytes read per token\n"
+            "                        (default: none)\n"
             "  -t, --threads N       compute threads of every engine, the stack's and mmap's\n"
             "                        alike; 0 = what 'up' picks: one per CPU but one, at least\n"
             "                        1 (default: 0)\n"
@@ -70,6 +75,26 @@ static int parse_levels(const char *v, struct nf_bench_opts *o)
     return 0;
 }
 
+static int parse_parallel(const char *v, struct nf_bench_opts *o)
+{
+    char tmp[256];
+    o->n_parallel = 0;
+    if (strlen(v) >= sizeof(tmp))
+        return nf_usage_error(cmd, "--parallel list is too long");
+    snprintf(tmp, sizeof(tmp), "%s", v);
+    for (char *s = NULL, *t = strtok_r(tmp, ",", &s); t; t = strtok_r(NULL, ",", &s)) {
+        if (o->n_parallel == NF_BENCH_MAX_LEVELS)
+            return nf_usage_error(cmd, "--parallel takes at most %d counts", NF_BENCH_MAX_LEVELS);
+        long n;
+        if (nf_arg_long(cmd, "--parallel", t, 1, 32, &n))
+            return 2;
+        o->parallel[o->n_parallel++] = (int)n;
+    }
+    if (o->n_parallel == 0)
+        return nf_usage_error(cmd, "--parallel expects a list like 1,4,8, got '%s'", v);
+    return 0;
+}
+
 int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
 {
     o->ram = 1ull << 30;
@@ -95,7 +120,7 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
               nf_arg_is(a, "--n-predict") || !strcmp(a, "-n") || nf_arg_is(a, "--sparsity") ||
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--timeout") ||
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c") ||
-              nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
+              nf_arg_is(a, "--parallel") || nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -111,6 +136,10 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--sparsity")) {
             int rc = parse_levels(v, o);
+            if (rc)
+                return rc;
+        } else if (nf_arg_is(a, "--parallel")) {
+            int rc = parse_parallel(v, o);
             if (rc)
                 return rc;
         } else if (nf_arg_is(a, "--threads") || !strcmp(a, "-t")) {

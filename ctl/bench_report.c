@@ -67,6 +67,29 @@ void nf_bench_print_table(const struct nf_bench *b)
         printf("%-13s %8s %10s %10s %9s %8s %7s %7s %11s %8s %10s %9s\n", r->mode, c[0], c[1], c[2],
                c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]);
     }
+    bool par = false;
+    for (int i = 0; i < b->n_rows; i++)
+        par |= b->rows[i].n_seq > 0;
+    if (par) {
+        printf("\n%-13s %9s %13s %15s %9s %10s %11s\n", "SEQUENCES", "at once", "tok/s per seq",
+               "aggregate tok/s", "MB/token", "per shared", "peak mem");
+        for (int i = 0; i < b->n_rows; i++) {
+            const struct nf_bench_row *r = &b->rows[i];
+            if (!r->n_seq)
+                continue;
+            char c[5][32];
+            fmt_num(c[0], 32, r->ran ? r->tok_s : NAN, "%.3f");
+            fmt_num(c[1], 32, r->ran ? r->agg_tok_s : NAN, "%.3f");
+            fmt_num(c[2], 32, r->bytes_per_tok / 1e6, "%.1f");
+            fmt_num(c[3], 32, r->shared_batch, "%.2f");
+            if (r->peak)
+                nf_ctl_fmt_size(c[4], 32, r->peak);
+            else
+                snprintf(c[4], 32, "-");
+            printf("%-13s %9d %13s %15s %9s %10s %11s\n", r->mode, r->n_seq, c[0], c[1], c[2], c[3],
+                   c[4]);
+        }
+    }
     printf("\n");
     for (int i = 0; i < b->n_rows; i++) {
         const struct nf_bench_row *r = &b->rows[i];
@@ -89,6 +112,12 @@ void nf_bench_print_table(const struct nf_bench *b)
         "recall: predictor vs the FFN groups or experts compute used ('-': not tracked, as\n"
         "in exact mode); stall: share of compute time waiting for tiles. I/O bound =\n"
         "raw MB/s / MB per token; vs bound = tok/s / I/O bound; vs mmap = tok/s / mmap tok/s.\n");
+    if (par)
+        printf("stack xN (--parallel): 'up --parallel N' and N gen clients at once (prompts\n"
+               "'Request K', greedy); tok/s per seq: the mean of their GenerateDone rates;\n"
+               "aggregate tok/s: compute's decode tokens over its decode steps' time (each\n"
+               "prompt is evaluated alone, outside it); MB/token: fetcher bytes per evaluated\n"
+               "token; per shared: sequences per step that served two or more.\n");
 }
 
 static void jnum(const char *key, double v, bool comma)
@@ -163,6 +192,9 @@ void nf_bench_print_json(const struct nf_bench *b)
         jnum("vs_mmap", r->vs_mmap, true);
         jnum("io_bound_tok_s", r->io_bound, true);
         jnum("vs_io_bound", r->vs_io_bound, true);
+        printf("\"n_seq\":%d,", r->n_seq);
+        jnum("aggregate_tok_s", r->n_seq ? r->agg_tok_s : NAN, true);
+        jnum("shared_batch", r->n_seq ? r->shared_batch : NAN, true);
         jstr("error", r->error[0] ? r->error : NULL, false);
         printf("}");
     }

@@ -24,7 +24,7 @@
 
 /* Drops path's pages from the page cache (so each engine starts cold and its reads are charged
  * to its own cgroup). */
-static void drop_cache(const char *path)
+void nf_bench_drop_cache(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -35,8 +35,8 @@ static void drop_cache(const char *path)
 }
 
 /* Creates this phase's cgroup when cgroups are in use; false when it could not (row error). */
-static bool phase_cgroup(struct nf_bench *b, struct nf_cgroup *cg, const char *phase,
-                         struct nf_bench_row *r)
+bool nf_bench_phase_cgroup(struct nf_bench *b, struct nf_cgroup *cg, const char *phase,
+                           struct nf_bench_row *r)
 {
     if (!b->use_cgroup)
         return true;
@@ -69,6 +69,18 @@ static void phase_peak(struct nf_cgroup *cg, bool have_cg, struct nf_bench_row *
         r->peak = hwm_bytes;
         r->peak_src = "VmHWM";
     }
+}
+
+void nf_bench_phase_peak(struct nf_cgroup *cg, bool have_cg, struct nf_bench_row *r,
+                         const char *dir)
+{
+    uint64_t hwm = 0;
+    for (int i = 0; i < NF_N_ROLES && !have_cg; i++) {
+        int dp = nf_pidfile_read(dir, nf_stack_roles[i]);
+        if (dp > 0)
+            hwm += nf_proc_value(dp, "status", "VmHWM") * 1024;
+    }
+    phase_peak(cg, have_cg, r, hwm);
 }
 
 /* Reads a generation's JSON Lines from fd (gen --json or run --json): counts tokens (progress),
@@ -163,7 +175,7 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     snprintf(n, sizeof(n), "%ld", b->o.n);
     struct nf_cgroup cg;
     bool have_cg = b->use_cgroup;
-    if (!phase_cgroup(b, &cg, phase, r))
+    if (!nf_bench_phase_cgroup(b, &cg, phase, r))
         return;
     /* Sparse mode needs a .nft's neuron bundles: a GGUF's conversion, made once. */
     char model[PATH_MAX];
@@ -172,16 +184,33 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
         nf_errf(r->error, sizeof(r->error), 0, "converting %.200s for sparse mode failed", b->gguf);
         return;
     }
-    drop_cache(model);
+    nf_bench_drop_cache(model);
     nf_bench_progress(b, "%s: up (run dir %s%s)", r->mode, dir,
                       have_cg ? ", in its memory cgroup" : "");
     char ctx[32], ub[32];
     snprintf(ctx, sizeof(ctx), "%u", b->n_ctx);
     snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
-    char *up_argv[] = {NULL,         "up",        "--model", model, "--ram",
-                       ram,          "--run-dir", dir,       "-t",  thr,
-                       "--sparsity", sp,          "--ctx",   ctx,   b->o.ubatch ? "-ub" : NULL,
-                       ub,           NULL};
+    /* One sequence: the whole budget but its KV cache for the pool (--parallel rows are
+     * measured by nf_bench_run_parallel). */
+    char *up_argv[] = {NULL,
+                       "up",
+                       "--model",
+                       model,
+                       "--ram",
+                       ram,
+                       "--run-dir",
+                       dir,
+                       "-t",
+                       thr,
+                       "--sparsity",
+                       sp,
+                       "--ctx",
+                       ctx,
+                       "--parallel",
+                       "1",
+                       b->o.ubatch ? "-ub" : NULL,
+                       ub,
+                       NULL};
     pid_t pid = nf_bench_spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? nf_bench_wait(pid, NF_BENCH_UP_TIMEOUT) : -1;
     if (pid > 0 && st < 0)
@@ -253,13 +282,7 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
             r->recall = nf_snap_ratio(tp, tp + fn);
         if (s1->st[2].ok)
             r->stall = nf_snap_ratio(stall, ns);
-        uint64_t hwm = 0;
-        for (int i = 0; i < NF_N_ROLES && !have_cg; i++) {
-            int dp = nf_pidfile_read(dir, nf_stack_roles[i]);
-            if (dp > 0)
-                hwm += nf_proc_value(dp, "status", "VmHWM") * 1024;
-        }
-        phase_peak(&cg, have_cg, r, hwm);
+        nf_bench_phase_peak(&cg, have_cg, r, dir);
     }
     free(s0);
     free(s1);
@@ -321,9 +344,9 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
     snprintf(ctx, sizeof(ctx), "%u", b->n_ctx ? b->n_ctx : 256u);
     struct nf_cgroup cg;
     bool have_cg = b->use_cgroup;
-    if (!phase_cgroup(b, &cg, "mmap", r))
+    if (!nf_bench_phase_cgroup(b, &cg, "mmap", r))
         return;
-    drop_cache(b->gguf);
+    nf_bench_drop_cache(b->gguf);
     nf_bench_progress(b, "mmap: run --mmap -n %ld -c %s%s", b->o.n, ctx,
                       have_cg ? " in its memory cgroup" : "");
     char ub[32];

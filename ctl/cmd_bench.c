@@ -1,5 +1,6 @@
-/* cmd_bench.c - nanoflowctl bench: raw disk bandwidth, the stack's decode (exact and sparse) and
- * the plain-mmap engine, side by side on one model under one RAM budget, in one table. */
+/* cmd_bench.c - nanoflowctl bench: raw disk bandwidth, the stack's decode (exact, sparse, and
+ * several sequences at once) and the plain-mmap engine, side by side on one model under one RAM
+ * budget, in one table. */
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -99,6 +100,7 @@ static void row_init(struct nf_bench_row *r)
     r->tok_s = r->mb_s = r->busy_mb_s = r->bytes_per_tok = NAN;
     r->hit_rate = r->req_hit_rate = r->used_per_tok = r->recall = r->stall = NAN;
     r->vs_mmap = r->io_bound = r->vs_io_bound = NAN;
+    r->agg_tok_s = r->shared_batch = NAN;
 }
 
 int nf_cmd_bench(int argc, char **argv)
@@ -192,6 +194,11 @@ int nf_cmd_bench(int argc, char **argv)
         struct nf_bench_row *r = &b.rows[b.n_rows++];
         row_init(r);
         nf_bench_run_stack(&b, r, levels[i]);
+    }
+    for (int i = 0; i < b.o.n_parallel && !nf_bench_stop; i++) {
+        struct nf_bench_row *r = &b.rows[b.n_rows++];
+        row_init(r);
+        nf_bench_run_parallel(&b, r, b.o.parallel[i]);
     }
     struct nf_bench_row *mm = NULL;
     if (!nf_bench_stop) {

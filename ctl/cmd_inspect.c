@@ -105,8 +105,8 @@ static void print_calib(const struct nf_nft *f)
     }
 }
 
-/* The architecture of the embedded metadata, with gemma3's sliding window and glm4moe's
- * routing, leading dense layers and skipped next-token-prediction blocks. */
+/* The architecture of the embedded metadata, with gemma3's and gpt-oss's sliding windows and
+ * glm4moe's routing, leading dense layers and skipped next-token-prediction blocks. */
 static void print_arch(const struct nf_nft *f)
 {
     const struct nf_gguf *g = nf_nft_gguf(f);
@@ -118,6 +118,9 @@ static void print_arch(const struct nf_nft *f)
     printf("architecture: %s", arch);
     if (nf_gguf_get_u32(g, "gemma3.attention.sliding_window", &win) == 0)
         printf(" (sliding window %u, every 6th layer global)", win);
+    if (nf_gguf_get_u32(g, "gpt-oss.attention.sliding_window", &win) == 0)
+        printf(" (sliding window %u on the even layers, the odd ones global; attention sinks)",
+               win);
     if (!strcmp(arch, "glm4moe")) {
         nf_gguf_get_u32(g, "glm4moe.leading_dense_block_count", &dense);
         nf_gguf_get_u32(g, "glm4moe.nextn_predict_layers", &nextn);

@@ -1,5 +1,5 @@
 /* cmd_mkmodel.c - nanoflowctl mkmodel: write a llama-family GGUF (llama, qwen2, qwen3, qwen3moe,
- * gemma3, qwen2moe, olmoe, phi3, glm4moe, deepseek2) with generated weights. */
+ * gemma3, qwen2moe, olmoe, phi3, glm4moe, deepseek2, gpt-oss) with generated weights. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -71,20 +71,30 @@ static const struct nf_mk_shape nf_mk_shapes[] = {
      192, 0, 0.0f},
     {"kimi-k2", 7168, 61, 2048, 64, 1, 384, 8, 163840, 131072, 50000.0f, 1e-6f, "deepseek2", 192, 0,
      0.0f},
+    /* gpt-oss-20b and -120b's config.json: hidden and expert width 2880, 64 heads of 64, 8 KV
+     * heads, 32 / 128 experts with 4 used, sliding window 128, YaRN factor 32 over 4096. */
+    {"gpt-oss-20b", 2880, 24, 2880, 64, 8, 32, 4, 201088, 131072, 150000.0f, 1e-5f, "gpt-oss", 64,
+     128, 32.0f},
+    {"gpt-oss-120b", 2880, 36, 2880, 64, 8, 128, 4, 201088, 131072, 150000.0f, 1e-5f, "gpt-oss", 64,
+     128, 32.0f},
 };
 
 /* The architectures mkmodel writes, and what each needs (see model.h). */
-static const char *const nf_mk_archs[] = {"llama",    "qwen2", "qwen3", "qwen3moe", "gemma3",
-                                          "qwen2moe", "olmoe", "phi3",  "glm4moe",  "deepseek2"};
+static const char *const nf_mk_archs[] = {"llama",   "qwen2",     "qwen3",  "qwen3moe",
+                                          "gemma3",  "qwen2moe",  "olmoe",  "phi3",
+                                          "glm4moe", "deepseek2", "gpt-oss"};
 
 /* gemma3's sliding window when --window is not given (Gemma 3 1B's). */
 #define NF_MK_GEMMA3_WINDOW 512
+/* gpt-oss's when not given, and the original context of its YaRN scaling (both published). */
+#define NF_MK_GPTOSS_WINDOW   128
+#define NF_MK_GPTOSS_ORIG_CTX 4096
 
 /* The architectures with routed experts only (llama may have them too). */
 static bool nf_mk_moe_arch(const char *a)
 {
     return !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe") || !strcmp(a, "olmoe") ||
-           !strcmp(a, "glm4moe") || !strcmp(a, "deepseek2");
+           !strcmp(a, "glm4moe") || !strcmp(a, "deepseek2") || !strcmp(a, "gpt-oss");
 }
 
 const struct nf_mk_shape *nf_mk_shape_find(const char *name)
@@ -124,10 +134,10 @@ static void usage(FILE *f)
         "usage: nanoflowctl mkmodel OUT.gguf (--shape NAME | --dim D --layers L --ffn F "
         "--heads H [--kv-heads K]) [OPTIONS]\n\n"
         "Writes a GGUF v3 model of architecture llama, qwen2, qwen3, qwen3moe, gemma3,\n"
-        "qwen2moe, olmoe, phi3 or deepseek2 with deterministic random weights (uniform, std\n"
-        "%.2g; norms 1.0, qwen3 q/k norms, deepseek2 low-rank norms and every gemma3 norm\n"
-        "1 + %g x noise) or, with --zero, all-zero\n"
-        "matrices left as file holes.\n\n"
+        "qwen2moe, olmoe, phi3, glm4moe, deepseek2 or gpt-oss with deterministic random weights\n"
+        "(uniform, std %.2g; norms 1.0, qwen3 q/k norms, deepseek2 low-rank norms, every gemma3\n"
+        "and gpt-oss norm and gpt-oss's sinks and router bias 1 + %g x noise, gpt-oss's expert\n"
+        "gate/up biases %g x noise) or, with --zero, all-zero matrices left as file holes.\n\n"
         "Shape (flags override the preset's values):\n"
         "  --shape NAME         %s\n"
         "                       (required unless --dim, --layers, --ffn and --heads are given)\n"
@@ -137,9 +147,11 @@ static void usage(FILE *f)
         "                       experts; the MoE ones need --experts), gemma3 (sliding-\n"
         "                       window and global layers, post norms, GELU; published\n"
         "                       files have --tied-output) or phi3 (fused attn_qkv and\n"
-        "                       ffn_up tensors) or glm4moe (sigmoid-routed experts with a\n"
+        "                       ffn_up tensors), glm4moe (sigmoid-routed experts with a\n"
         "                       score-correction bias, a shared expert, leading dense\n"
-        "                       layers, partial rotary, Q/K/V biases, nextn blocks)\n"
+        "                       layers, partial rotary, Q/K/V biases, nextn blocks) or\n"
+        "                       gpt-oss (attention sinks and biases, alternating sliding-\n"
+        "                       window layers, biased experts, YaRN; needs --experts)\n"
         "                       (default: the shape's, else llama)\n"
         "  --dense-layers N     (glm4moe) leading dense layers (default: the shape's, or one\n"
         "                       less than --layers when that cuts a preset; else 1)\n"
@@ -157,12 +169,14 @@ static void usage(FILE *f)
 
         "  --shared-ffn N       (qwen2moe) the shared expert's width (default: the shape's,\n"
         "                       else 4 x --ffn)\n"
-        "  --window N           (gemma3) attention.sliding_window of the local layers\n"
-        "                       (default: the shape's, else %d); every 6th layer is global;\n"
-        "                       0: no window key,"
-        "                       every layer global\n"
+        "  --window N           (gemma3, gpt-oss) attention.sliding_window of the local\n"
+        "                       layers (default: the shape's, else %d; gpt-oss %d); every\n"
+        "                       6th layer is global (gpt-oss: every 2nd); 0: no window key\n"
+        "                       (gemma3: every layer global; gpt-oss: a file llama.cpp and\n"
+        "                       NanoFlow refuse)\n"
         "  --rope-scale F       linear RoPE scaling factor (rope.scaling.factor; gemma3: the\n"
-        "                       global layers only) (default: the shape's, else none)\n"
+        "                       global layers only; gpt-oss: YaRN's factor over an original\n"
+        "                       context of %d) (default: the shape's, else none)\n"
         "  --head-dim N         attention head size (default dim/heads; qwen3 presets 128)\n"
         "  --tied-output        no output.weight: the output reuses token_embd\n"
         "  --rope-freqs         (llama) Llama 3.1 rope scaling: a rope_freqs.weight tensor\n"
@@ -237,7 +251,8 @@ static void usage(FILE *f)
         "  --alignment N        general.alignment, a power of two (default 32)\n"
         "  -t, --threads N      generator threads, 1..256 (default: online CPUs)\n"
         "  -h, --help           show this help\n",
-        NF_MK_STD, NF_MK_NEAR_ONE_SCALE, shapes, NF_MK_GEMMA3_WINDOW);
+        NF_MK_STD, NF_MK_NEAR_ONE_SCALE, NF_MK_WIDE_SCALE, shapes, NF_MK_GEMMA3_WINDOW,
+        NF_MK_GPTOSS_WINDOW, NF_MK_GPTOSS_ORIG_CTX);
 }
 
 struct mk_opts {
@@ -390,7 +405,7 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return nf_usage_error(
                     CMD,
                     "unknown --arch '%s' (expected llama, qwen2, qwen3, qwen3moe, gemma3, "
-                    "qwen2moe, olmoe, phi3, glm4moe or deepseek2)",
+                    "qwen2moe, olmoe, phi3, glm4moe, deepseek2 or gpt-oss)",
                     v);
             o->arch = v;
         } else if (nf_arg_is(a, "--type")) {
@@ -660,8 +675,13 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s, struct 
     if (o->head_dim > 0)
         s->head_dim = o->head_dim;
     bool gemma3 = !strcmp(s->arch, "gemma3");
-    if (o->window >= 0 && !gemma3)
-        return nf_usage_error(CMD, "--window is for --arch gemma3 (sliding-window layers)");
+    const bool gptoss = !strcmp(s->arch, "gpt-oss");
+    if (o->window >= 0 && !gemma3 && !gptoss)
+        return nf_usage_error(CMD,
+                              "--window is for --arch gemma3 or gpt-oss (sliding-window layers)");
+    if (gptoss && o->tied)
+        return nf_usage_error(CMD, "--tied-output: llama.cpp requires output.weight for --arch "
+                                   "gpt-oss");
 
     const char *missing = s->dim < 0      ? "--dim"
                           : s->layers < 0 ? "--layers"
@@ -683,7 +703,8 @@ static int resolve_shape(const struct mk_opts *o, struct nf_mk_shape *s, struct 
         return nf_usage_error(CMD, "--arch %s needs --experts", s->arch);
     if (s->experts && strcmp(s->arch, "llama") != 0 && !moe_arch)
         return nf_usage_error(
-            CMD, "--arch %s is dense: use qwen3moe, qwen2moe, olmoe or llama for --experts",
+            CMD,
+            "--arch %s is dense: use qwen3moe, qwen2moe, olmoe, gpt-oss or llama for --experts",
             s->arch);
     bool shexp = !strcmp(s->arch, "qwen2moe");
     if (o->shared_ffn > 0 && !shexp)
@@ -863,12 +884,13 @@ static void q4_k_m_mix(struct nf_mk_tensor *t, size_t n, int64_t layers, bool ti
 /* general.file_type of llama-quantize's MXFP4_MOE (LLAMA_FTYPE_MOSTLY_MXFP4_MOE). */
 #define NF_MK_FTYPE_MXFP4_MOE 38u
 
-/* --type mxfp4: the routed experts' stacked tensors (blk.N.ffn_*_exps) in mxfp4, as
- * llama-quantize's MXFP4_MOE writes them; the other matrices stay q8_0. */
+/* --type mxfp4: the routed experts' stacked weights (blk.N.ffn_*_exps.weight) in mxfp4, as
+ * llama-quantize's MXFP4_MOE writes them; the other matrices stay q8_0 and gpt-oss's expert
+ * biases (ffn_*_exps.bias) f32. */
 static void mxfp4_experts(struct nf_mk_tensor *t, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (strstr(t[i].name, "_exps."))
+        if (strstr(t[i].name, "_exps.weight"))
             t[i].type = NF_TYPE_MXFP4;
 }
 
@@ -944,6 +966,60 @@ static int build_tensors_phi3(const struct nf_mk_shape *s, const struct mk_opts 
     return 0;
 }
 
+/* gpt-oss's tensors as llama.cpp's openai-moe loader takes them: per layer the attention with
+ * F32 biases on Q, K, V and the output, the per-head sinks, post_attention_norm (the FFN's
+ * norm), a biased F32 router and the experts with F32 biases (ffn_*_exps.bias: one row per
+ * expert). Norms, sinks and the router bias are 1 + noise x NF_MK_NEAR_ONE_SCALE, the gate and up
+ * biases wide (NF_MK_WIDE), so each one shows in the output and the SwiGLU clamp is reached. */
+static int build_tensors_gptoss(const struct nf_mk_shape *s, const struct mk_opts *o,
+                                struct nf_mk_tensor **out, size_t *count)
+{
+    const int64_t q_dim = s->heads * s->head_dim, kv_dim = s->kv_heads * s->head_dim;
+    const int64_t E = s->dim, F = s->ffn, X = s->experts;
+    const enum nf_type ty = o->type, f32 = NF_TYPE_F32;
+    const size_t n = 3 + 19 * (size_t)s->layers;
+    size_t k = 0;
+    struct nf_mk_tensor *t = calloc(n, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+#define ADD(fill_, type_, nd, n0, n1, n2, ...)                                              \
+    do {                                                                                    \
+        struct nf_mk_tensor *x = &t[k++];                                                   \
+        *x = (struct nf_mk_tensor){                                                         \
+            .n_dims = (nd), .ne = {(n0), (n1), (n2), 1}, .type = (type_), .fill = (fill_)}; \
+        snprintf(x->name, sizeof(x->name), __VA_ARGS__);                                    \
+    } while (0)
+    ADD(NF_MK_RANDOM, ty, 2, E, s->vocab, 1, "token_embd.weight");
+    ADD(NF_MK_NEAR_ONE, f32, 1, E, 1, 1, "output_norm.weight");
+    ADD(NF_MK_RANDOM, ty, 2, E, s->vocab, 1, "output.weight");
+    for (int64_t l = 0; l < s->layers; l++) {
+        long long b = (long long)l;
+        ADD(NF_MK_NEAR_ONE, f32, 1, E, 1, 1, "blk.%lld.attn_norm.weight", b);
+        ADD(NF_MK_RANDOM, ty, 2, E, q_dim, 1, "blk.%lld.attn_q.weight", b);
+        ADD(NF_MK_RANDOM, f32, 1, q_dim, 1, 1, "blk.%lld.attn_q.bias", b);
+        ADD(NF_MK_RANDOM, ty, 2, E, kv_dim, 1, "blk.%lld.attn_k.weight", b);
+        ADD(NF_MK_RANDOM, f32, 1, kv_dim, 1, 1, "blk.%lld.attn_k.bias", b);
+        ADD(NF_MK_RANDOM, ty, 2, E, kv_dim, 1, "blk.%lld.attn_v.weight", b);
+        ADD(NF_MK_RANDOM, f32, 1, kv_dim, 1, 1, "blk.%lld.attn_v.bias", b);
+        ADD(NF_MK_RANDOM, ty, 2, q_dim, E, 1, "blk.%lld.attn_output.weight", b);
+        ADD(NF_MK_RANDOM, f32, 1, E, 1, 1, "blk.%lld.attn_output.bias", b);
+        ADD(NF_MK_NEAR_ONE, f32, 1, s->heads, 1, 1, "blk.%lld.attn_sinks.weight", b);
+        ADD(NF_MK_NEAR_ONE, f32, 1, E, 1, 1, "blk.%lld.post_attention_norm.weight", b);
+        ADD(NF_MK_RANDOM, f32, 2, E, X, 1, "blk.%lld.ffn_gate_inp.weight", b);
+        ADD(NF_MK_NEAR_ONE, f32, 1, X, 1, 1, "blk.%lld.ffn_gate_inp.bias", b);
+        ADD(NF_MK_RANDOM, ty, 3, E, F, X, "blk.%lld.ffn_gate_exps.weight", b);
+        ADD(NF_MK_WIDE, f32, 2, F, X, 1, "blk.%lld.ffn_gate_exps.bias", b);
+        ADD(NF_MK_RANDOM, ty, 3, E, F, X, "blk.%lld.ffn_up_exps.weight", b);
+        ADD(NF_MK_WIDE, f32, 2, F, X, 1, "blk.%lld.ffn_up_exps.bias", b);
+        ADD(NF_MK_RANDOM, ty, 3, F, E, X, "blk.%lld.ffn_down_exps.weight", b);
+        ADD(NF_MK_RANDOM, f32, 2, E, X, 1, "blk.%lld.ffn_down_exps.bias", b);
+    }
+#undef ADD
+    *out = t;
+    *count = k;
+    return 0;
+}
+
 /* Checks that every row length fits the type's block size: K-types need multiples of 256. */
 static int check_rows(const struct nf_mk_tensor *t, size_t n, enum nf_type type)
 {
@@ -992,6 +1068,7 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     const char *a = s->arch;
     char k[96];
     bool moe_arch = !strcmp(a, "qwen3moe") || !strcmp(a, "qwen2moe");
+    const bool gptoss = !strcmp(a, "gpt-oss");
 #define U32(key, v)                                       \
     if (!rc) {                                            \
         snprintf(k, sizeof(k), "%s.%s", a, key);          \
@@ -1026,7 +1103,7 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     /* qwen3moe: the experts' width has its own key; feed_forward_length is the width of the
      * used experts together, as the published files have it. */
     U32("feed_forward_length", glm ? g->dense_ffn : moe_arch ? s->ffn * s->experts_used : s->ffn);
-    if (moe_arch || glm)
+    if (moe_arch || glm || gptoss) /* gpt-oss: both keys the experts' width, as converted */
         U32("expert_feed_forward_length", s->ffn);
     if (mk_shared_ffn(s, o)) /* qwen2moe */
         U32("expert_shared_feed_forward_length", mk_shared_ffn(s, o));
@@ -1041,15 +1118,18 @@ static int add_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape *s,
     F32("attention.layer_norm_rms_epsilon", s->rms_eps);
     const int64_t window = o->window >= 0  ? o->window
                            : s->window > 0 ? s->window
+                           : gptoss        ? NF_MK_GPTOSS_WINDOW
                                            : NF_MK_GEMMA3_WINDOW;
     const float rope_scale = o->rope_scale > 0 ? o->rope_scale : s->rope_scale;
-    if (!strcmp(a, "gemma3") && window != 0)
+    if ((!strcmp(a, "gemma3") || gptoss) && window != 0)
         U32("attention.sliding_window", window);
     if (rope_scale > 0) {
         snprintf(k, sizeof(k), "%s.rope.scaling.type", a);
         if (!rc)
-            rc = nf_gguf_writer_add_str(w, k, "linear");
+            rc = nf_gguf_writer_add_str(w, k, gptoss ? "yarn" : "linear");
         F32("rope.scaling.factor", rope_scale);
+        if (gptoss)
+            U32("rope.scaling.original_context_length", NF_MK_GPTOSS_ORIG_CTX);
     }
     U32("vocab_size", s->vocab);
     if (s->experts) {
@@ -1332,6 +1412,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
                   ? nf_mk_glm4moe_tensors(&s, &glm, o.type, o.tied, &t, &nt)
               : !strcmp(s.arch, "deepseek2")
                   ? nf_mk_deepseek2_tensors(&s, &o.ds, o.type, o.tied, &t, &nt)
+              : !strcmp(s.arch, "gpt-oss")
+                  ? build_tensors_gptoss(&s, &o, &t, &nt)
                   : build_tensors(&s, mk_shared_ffn(&s, &o), o.type, o.tied, freqs, &t, &nt)))
         goto fail;
     if ((rc = check_rows(t, nt, o.type))) {

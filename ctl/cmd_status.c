@@ -302,6 +302,16 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                (double)(nf_stage_ctr(c, "prompt_tokens") + nf_stage_ctr(c, "decode_tokens")), "");
         metric(json, &first, "compute", "groups_skipped", "FFN groups skipped",
                nf_snap_ratio((double)nf_stage_ctr(c, "groups_skipped"), gt), "%");
+        metric(json, &first, "compute", "active", "sequences active",
+               (double)nf_stage_ctr(c, "active"), "");
+        metric(json, &first, "compute", "parallel", "sequences at most",
+               (double)nf_stage_ctr(c, "parallel"), "");
+        metric(json, &first, "compute", "shared_steps", "steps shared (2+ sequences)",
+               (double)nf_stage_ctr(c, "shared_steps"), "");
+        metric(json, &first, "compute", "shared_batch", "sequences per shared step",
+               nf_snap_ratio((double)nf_stage_ctr(c, "shared_rows"),
+                             (double)nf_stage_ctr(c, "shared_steps")),
+               "");
         metric(json, &first, "compute", "queue_len", "requests queued",
                (double)nf_stage_ctr(c, "queue_len"), "");
         metric(json, &first, "compute", "queue_wait_ms", "queue wait (mean)",

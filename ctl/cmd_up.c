@@ -48,6 +48,11 @@ static void up_usage(FILE *f)
             "  -c, --ctx N          context length, also --ctx-size, at most the model's trained\n"
             "                       context_length (default: that length, capped at 4096 and by\n"
             "                       the budget)\n"
+            "      --parallel N     sequences generated at once (continuous batching: requests\n"
+            "                       join the running ones at the next token), 1..32, each with\n"
+            "                       its KV cache in the budget; too many is refused with the\n"
+            "                       most that fit (default: up to 4, as many as take at most a\n"
+            "                       quarter of the budget)\n"
             "  -ub, --ubatch-size N prompt tokens evaluated together, 1..%d: each weight tile\n"
             "                       is read once per chunk of N, whose activations the plan\n"
             "                       reserves in the budget (default: 32)\n"
@@ -379,6 +384,7 @@ struct up_opts {
     char api_key_file[PATH_MAX];      /* --api-key-file made absolute ("" for none) */
     uint64_t ram;
     long threads, n_ctx, max_tokens;
+    long parallel; /* --parallel; 0: the plan's choice, then the plan's count */
     long n_ubatch; /* -ub: compute's prompt chunk; 0: the daemons' default */
     float sparsity;
     bool lookup;          /* --lookup: compute speculates with prompt lookup by default */
@@ -389,12 +395,13 @@ struct up_opts {
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
                           const struct up_opts *o)
 {
-    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32], ub[32];
+    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32], par[32], ub[32];
     nf_rundir_path(dir, role, "log", logp, sizeof(logp));
     snprintf(ram, sizeof(ram), "%llu", (unsigned long long)(o->stack_ram ? o->stack_ram : o->ram));
     snprintf(thr, sizeof(thr), "%ld", o->threads);
     snprintf(sp, sizeof(sp), "%.6g", (double)o->sparsity);
     snprintf(ctx, sizeof(ctx), "%ld", o->n_ctx);
+    snprintf(par, sizeof(par), "%ld", o->parallel);
     char *argv[32];
     int k = 0;
     argv[k++] = (char *)bin;
@@ -416,6 +423,8 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
         argv[k++] = "--draft";
         argv[k++] = (char *)o->draft;
     }
+    argv[k++] = "--parallel";
+    argv[k++] = par;
     if (o->n_ubatch) {
         snprintf(ub, sizeof(ub), "%ld", o->n_ubatch);
         argv[k++] = "--ubatch";
@@ -765,8 +774,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level") ||
               nf_arg_is(a, "--max-tokens-per-request") || nf_arg_is(a, "--http") ||
               nf_arg_is(a, "--api-key-file") || nf_arg_is(a, "--chat-template") ||
-              nf_arg_is(a, "--draft") || nf_arg_is(a, "--expert-cache") ||
-              nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
+              nf_arg_is(a, "--parallel") || nf_arg_is(a, "--draft") ||
+              nf_arg_is(a, "--expert-cache") || nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -783,6 +792,9 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c")) {
             if (nf_arg_long(cmd, a, v, 0, 1 << 24, &o->n_ctx))
+                return 2;
+        } else if (nf_arg_is(a, "--parallel")) {
+            if (nf_arg_long(cmd, a, v, 1, NF_STACK_SEQ_MAX, &o->parallel))
                 return 2;
         } else if (nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")) {
             if (nf_arg_long(cmd, a, v, 1, NF_MAX_UBATCH, &o->n_ubatch))
@@ -958,8 +970,9 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         return 1;
     }
     struct nf_stack_plan plan;
-    rc = nf_stack_plan_ub(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
-                          (uint32_t)o->n_ubatch, &plan, err, sizeof(err));
+    rc =
+        nf_stack_plan_seq_ub(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
+                             (uint32_t)o->parallel, (uint32_t)o->n_ubatch, &plan, err, sizeof(err));
     struct up_opts so = *o; /* o with the draft model's share taken out of the stack's budget */
     if (rc == 0 && o->draft[0]) {
         uint64_t dbytes = 0;
@@ -968,8 +981,9 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
             return 1;
         }
         so.stack_ram = dbytes < o->ram ? o->ram - dbytes : 0;
-        rc = nf_stack_plan_ub(f, so.stack_ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
-                              (uint32_t)o->n_ubatch, &plan, err, sizeof(err));
+        rc = nf_stack_plan_seq_ub(f, so.stack_ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
+                                  (uint32_t)o->parallel, (uint32_t)o->n_ubatch, &plan, err,
+                                  sizeof(err));
         if (rc == -ENOSPC) {
             char b1[32], b2[32], b3[32];
             fprintf(stderr,
@@ -1005,6 +1019,9 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
                 nf_ctl_fmt_size(b1, sizeof(b1), o->ram), err[0] ? err : nf_strerror(rc));
         return 1;
     }
+    /* Every daemon plans with the sequence count chosen here. */
+    struct up_opts od = *o;
+    od.parallel = plan.n_seq;
     /* Every binary must exist before anything starts. */
     char bins[NF_N_ROLES][PATH_MAX];
     for (int i = 0; i < NF_N_ROLES; i++) {
@@ -1028,7 +1045,7 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
     pid_t children[NF_N_ROLES] = {0};
     int pids[NF_N_ROLES] = {0};
     for (int i = 0; i < NF_N_ROLES; i++) {
-        children[i] = spawn_daemon(bins[i], nf_stack_roles[i], dir, nft, o);
+        children[i] = spawn_daemon(bins[i], nf_stack_roles[i], dir, nft, &od);
         if (children[i] < 0) {
             fprintf(stderr, "nanoflowctl up: cannot start %s: %s\n", bins[i], strerror(errno));
             up_abort(dir, children, i);
@@ -1055,10 +1072,11 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         if (w > 0)
             pd += (size_t)w;
     }
-    printf("stack up in %s\n  model %s\n  budget %s: pool %s (%s), KV %s, n_ctx %u\n", dir, nft,
-           nf_ctl_fmt_size(b1, sizeof(b1), o->ram),
+    printf("stack up in %s\n  model %s\n  budget %s: pool %s (%s), KV %s, n_ctx %u\n"
+           "  parallel %u sequences\n",
+           dir, nft, nf_ctl_fmt_size(b1, sizeof(b1), o->ram),
            nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes), pool_desc,
-           nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx);
+           nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx, plan.n_seq);
     if (o->draft[0])
         printf("  draft model %s: %s of the budget (its weights, KV cache and scratch in "
                "compute)\n",

@@ -36,10 +36,10 @@ struct nf_mk_shape {
     float rope_base;
     float rms_eps;
     const char *arch; /* general.architecture: llama (NULL), qwen2, qwen3, qwen3moe, qwen2moe,
-                       * olmoe */
+                       * olmoe, gemma3, phi3, gpt-oss */
     int64_t head_dim; /* attention.key_length; 0 = dim / heads */
-    int64_t window;   /* gemma3: attention.sliding_window; 0 = mkmodel's default */
-    float rope_scale; /* linear rope.scaling.factor; 0 = none */
+    int64_t window;   /* gemma3, gpt-oss: attention.sliding_window; 0 = mkmodel's default */
+    float rope_scale; /* linear rope.scaling.factor (gpt-oss: YaRN's); 0 = none */
 };
 
 /* The preset called name, or NULL. */
@@ -55,7 +55,10 @@ enum nf_mk_fill {
     NF_MK_NEAR_ONE, /* 1 + NF_MK_NEAR_ONE_SCALE x the RANDOM noise (q/k norms: not all equal,
                      * so a misplaced weight changes the output) */
     NF_MK_ZEROS,    /* all-zero bytes, really written (not a hole): --zero-experts */
+    NF_MK_WIDE,     /* NF_MK_WIDE_SCALE x the RANDOM noise (gpt-oss's expert biases: values past
+                     * the clamped SwiGLU's limit of 7, so the clamp is exercised) */
 };
+#define NF_MK_WIDE_SCALE     300.0f
 #define NF_MK_NEAR_ONE_SCALE 10.0f
 
 #define NF_MK_STD 0.02f

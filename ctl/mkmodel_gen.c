@@ -190,6 +190,9 @@ static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t r
         if (t->fill == NF_MK_NEAR_ONE)
             for (size_t i = 0; i < n; i++)
                 fbuf[i] = 1.0f + NF_MK_NEAR_ONE_SCALE * fbuf[i];
+        if (t->fill == NF_MK_WIDE)
+            for (size_t i = 0; i < n; i++)
+                fbuf[i] = NF_MK_WIDE_SCALE * fbuf[i];
         else if (s->g->router_skew > 0 && is_router(t))
             skew_rows(fbuf, t, row, nrows, s->g->router_skew);
     }

@@ -75,14 +75,18 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
      * the io_uring registration) and the sockets', logs' and slab's page cache. */
     p->kernel_bytes = NF_STACK_MAPPINGS * (region / 256) + NF_STACK_KERNEL_BYTES;
 
-    p->kv_bytes = kv_token_bytes(sh) * n_ctx;
+    const uint64_t n_seq = p->n_seq ? p->n_seq : 1;
+    p->kv_bytes = kv_token_bytes(sh) * n_ctx * n_seq;
     /* Compute's float activations: per token of a prompt chunk (the ubatch) the residual and
      * its normed copies, q/k/v, attention output, FFN hidden states and their quantized
      * copies; then logits twice (raw and sampled), and the attention scores (per head and per
-     * thread, n_ctx each). */
+     * thread, n_ctx each); with several sequences each one's logits, a step's logits and
+     * activations row by row (a MoE row's expert outputs too). */
     const uint64_t ub = sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
     uint64_t act_floats = (8ull * sh->n_embd + 4ull * sh->n_ff) * ub + 2ull * sh->n_vocab +
                           ((uint64_t)sh->n_head + n_threads) * n_ctx;
+    if (n_seq > 1)
+        act_floats += n_seq * (2ull * sh->n_vocab + 16ull * sh->n_embd + 4ull * sh->n_ff);
     p->n_ubatch = (uint32_t)ub;
     p->down_scratch = sh->down_scratch;
     p->compute_private =
@@ -225,12 +229,46 @@ static const char *fmt_classes(char *buf, size_t len, const struct nf_stack_shap
 int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                   uint32_t n_threads, struct nf_stack_plan *plan, char *err, size_t errlen)
 {
-    return nf_stack_plan_ub(f, ram_budget, n_ctx_req, n_threads, 0, plan, err, errlen);
+    return nf_stack_plan_seq_ub(f, ram_budget, n_ctx_req, n_threads, 1, 0, plan, err, errlen);
+}
+
+int nf_stack_plan_seq(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                      uint32_t n_threads, uint32_t n_seq, struct nf_stack_plan *plan, char *err,
+                      size_t errlen)
+{
+    return nf_stack_plan_seq_ub(f, ram_budget, n_ctx_req, n_threads, n_seq, 0, plan, err, errlen);
 }
 
 int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                      uint32_t n_threads, uint32_t n_ubatch, struct nf_stack_plan *plan, char *err,
                      size_t errlen)
+{
+    return nf_stack_plan_seq_ub(f, ram_budget, n_ctx_req, n_threads, 1, n_ubatch, plan, err,
+                                errlen);
+}
+
+/* The total of the minimum pool with n_seq sequences at n_ctx (p is scratch). */
+static uint64_t min_total(const struct nf_stack_shape *sh, uint32_t n_ctx, uint32_t n_threads,
+                          uint32_t n_seq, struct nf_stack_plan *p)
+{
+    p->n_seq = n_seq;
+    return nf__plan_total(sh, sh->class_min, n_ctx, n_threads, p);
+}
+
+/* The most sequences, up to NF_STACK_SEQ_MAX, whose caches fit beside the minimum pool at
+ * n_ctx (0 when not even one does). */
+static uint32_t seq_fit(const struct nf_stack_shape *sh, uint64_t ram_budget, uint32_t n_ctx,
+                        uint32_t n_threads, struct nf_stack_plan *p)
+{
+    uint32_t n = 0;
+    while (n < NF_STACK_SEQ_MAX && min_total(sh, n_ctx, n_threads, n + 1, p) <= ram_budget)
+        n++;
+    return n;
+}
+
+int nf_stack_plan_seq_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                         uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch,
+                         struct nf_stack_plan *plan, char *err, size_t errlen)
 {
     memset(plan, 0, sizeof(*plan));
     struct nf_stack_shape sh;
@@ -239,11 +277,13 @@ int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
         return rc;
     if (n_threads == 0)
         n_threads = 1;
-    if (n_ctx_req > NF_STACK_CTX_MAX || n_threads > 4096 || n_ubatch > 4096)
+    if (n_ctx_req > NF_STACK_CTX_MAX || n_threads > 4096 || n_seq > NF_STACK_SEQ_MAX ||
+        n_ubatch > 4096)
         return nf_errf(err, errlen, NF_EUSAGE,
-                       "stack plan: context %u, threads %u and ubatch %u, expected at most %u, "
-                       "4096 and 4096",
-                       n_ctx_req, n_threads, n_ubatch, NF_STACK_CTX_MAX);
+                       "stack plan: context %u, threads %u, %u sequences and ubatch %u, expected "
+                       "at most %u, 4096, %u and 4096",
+                       n_ctx_req, n_threads, n_seq, n_ubatch, NF_STACK_CTX_MAX, NF_STACK_SEQ_MAX);
+    const bool seq_auto = n_seq == 0;
     sh.n_ubatch = n_ubatch;
     uint32_t want = n_ctx_req;
     if (want == 0) {
@@ -267,7 +307,7 @@ int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
     p.max_groups = sh.max_groups;
     if (ram_budget < min_budget && n_ubatch > 1) {
         /* Is it the ubatch? The largest one the minimum pool leaves room for, if any. */
-        struct nf_stack_plan q;
+        struct nf_stack_plan q = p;     /* (one sequence, as min_budget) */
         uint32_t lo = 0, hi = n_ubatch; /* hi does not fit */
         while (hi - lo > 1) {
             uint32_t mid = lo + (hi - lo) / 2;
@@ -304,18 +344,40 @@ int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
                      p.compute_private - p.kv_bytes + p.predictor_private + p.fetcher_private));
     }
 
-    /* Context: without a request, the largest multiple of NF_STACK_MIN_CTX whose KV cache
-     * takes at most a quarter of the budget (the pool should get most of it), but not below
+    /* Sequences: a given count must fit beside the minimum pool at the smallest context the
+     * plan may cap to (a larger context is then capped for them, as for one sequence). */
+    const uint32_t seq_ctx = ctx_min;
+    if (!seq_auto && min_total(&sh, seq_ctx, n_threads, n_seq, &p) > ram_budget) {
+        const uint32_t fit = seq_fit(&sh, ram_budget, seq_ctx, n_threads, &p);
+        char b[32];
+        *plan = p;
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "%u sequences do not fit in the budget %s at n_ctx %u (their KV caches "
+                       "beside the minimum pool): at most %u do",
+                       n_seq, fmt_size(b, sizeof(b), ram_budget), seq_ctx, fit ? fit : 1);
+    }
+
+    /* Context: without a request, the largest multiple of NF_STACK_MIN_CTX whose KV caches
+     * take at most a quarter of the budget (the pool should get most of it), but not below
      * ctx_min nor above the model's default. */
     uint32_t n_ctx = want;
     if (n_ctx_req == 0) {
-        uint64_t q = ram_budget / 4 / kv_token_bytes(&sh);
+        uint64_t q = ram_budget / 4 / kv_token_bytes(&sh) / (seq_auto ? 1 : n_seq);
         q = q / NF_STACK_MIN_CTX * NF_STACK_MIN_CTX;
         if (q < ctx_min)
             q = ctx_min;
         if (q < n_ctx)
             n_ctx = (uint32_t)q;
     }
+    /* Chosen sequences: the most, up to NF_STACK_SEQ_DEFAULT, whose caches at that context
+     * take at most a quarter of the budget and fit beside the minimum pool (at least 1). */
+    if (seq_auto) {
+        uint64_t q = ram_budget / 4 / (kv_token_bytes(&sh) * n_ctx);
+        const uint32_t fit = seq_fit(&sh, ram_budget, n_ctx, n_threads, &p);
+        q = q < fit ? q : fit;
+        n_seq = q < 1 ? 1 : q > NF_STACK_SEQ_DEFAULT ? NF_STACK_SEQ_DEFAULT : (uint32_t)q;
+    }
+    p.n_seq = n_seq;
     /* Then: that context if the minimum pool fits beside it, else the largest that does
      * (binary search: the total grows with n_ctx), rounded down to a multiple of
      * NF_STACK_MIN_CTX when above it. */

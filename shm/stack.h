@@ -123,7 +123,9 @@ struct nf_stack_config {
     float sparsity;      /* 0: exact mode */
     uint32_t n_threads;
     uint32_t n_classes; /* 1..NF_STACK_MAX_CLASSES */
-    uint32_t reserved[4];
+    uint32_t n_seq;     /* sequences compute runs at once, each with a KV cache of kv_bytes / n_seq
+                         * (0 in a region made before it: 1) */
+    uint32_t reserved[3];
     struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* (n_classes) by slot size */
     char nft_path[PATH_MAX];
 };
@@ -239,6 +241,7 @@ struct nf_stack_plan {
     struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* by increasing slot size */
     uint64_t class_min[NF_STACK_MAX_CLASSES];            /* the minimum slots of each class */
     uint64_t class_tiles[NF_STACK_MAX_CLASSES];          /* tiles that go in each class */
+    uint32_t n_seq;    /* sequences compute runs at once (kv_bytes holds all their caches) */
     uint32_t n_ubatch; /* compute's prompt chunk (tokens) whose activations compute_private holds */
 };
 
@@ -262,6 +265,17 @@ struct nf_stack_plan {
  * filled in, so the caller can say what is needed), with a one-line reason in err. */
 int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                   uint32_t n_threads, struct nf_stack_plan *plan, char *err, size_t errlen);
+/* The plan for n_seq sequences run at once (`up --parallel`): n_seq KV caches and their logits
+ * in compute's private memory (nf_stack_plan is n_seq 1). n_seq 0 chooses it from the budget:
+ * the most, up to NF_STACK_SEQ_DEFAULT, whose caches take at most a quarter of the budget and
+ * leave room for the minimum pool. A given n_seq (1..NF_STACK_SEQ_MAX) whose caches do not fit
+ * beside the minimum pool at the smallest context the plan may cap to is refused with NF_EUSAGE
+ * naming the largest that fits; the context is then chosen (or capped) for n_seq caches. */
+int nf_stack_plan_seq(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                      uint32_t n_threads, uint32_t n_seq, struct nf_stack_plan *plan, char *err,
+                      size_t errlen);
+#define NF_STACK_SEQ_DEFAULT 4u  /* most sequences a plan chooses by itself */
+#define NF_STACK_SEQ_MAX     32u /* most sequences a plan takes (NF_MAX_BATCH) */
 
 /* The same for a compute daemon that evaluates prompts n_ubatch tokens at a time (1..4096; 0:
  * NF_STACK_UBATCH, which nf_stack_plan uses): compute_private holds that many tokens'
@@ -270,6 +284,11 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
 int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                      uint32_t n_threads, uint32_t n_ubatch, struct nf_stack_plan *plan, char *err,
                      size_t errlen);
+/* Both: n_seq sequences (as nf_stack_plan_seq) and prompt chunks of n_ubatch tokens (as
+ * nf_stack_plan_ub); the two above are this with n_ubatch 0 and n_seq 1. */
+int nf_stack_plan_seq_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                         uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch,
+                         struct nf_stack_plan *plan, char *err, size_t errlen);
 
 /* Compute threads for a requested count: the request, or for 0 one per online CPU but one (at
  * least 1): the fetcher (reads, checksums) and the predictor need a core of their own; on a

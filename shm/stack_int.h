@@ -58,8 +58,8 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
 void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots,
                       struct nf_stack_layout *lo);
 
-/* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns
- * the total. */
+/* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx, for
+ * p->n_seq sequences (an input: 0 is taken as 1); returns the total. */
 uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts, uint32_t n_ctx,
                         uint32_t n_threads, struct nf_stack_plan *p);
 

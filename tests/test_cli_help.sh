@@ -40,7 +40,7 @@ kind() {
         --kv-heads | --head-dim | --experts | --experts-used | --vocab | --alignment | --qd | \
         --numa-node | --lookahead | --attach-timeout | --timeout | --max-tokens-per-request | \
         --window | --rope-dim | --longrope | --sliding-window | --max-conns | --max-queue | \
-        --max-running) K=int ;;
+        --max-running | --parallel) K=int ;;
     --dense-layers | --dense-ffn | --nextn | --shared-experts | --expert-groups | \
         --groups-used) K=int ;;
     --expert-scale | --yarn | --yarn-mscale) K=float ;;
@@ -77,7 +77,7 @@ good() {
     --max-body) G=1M ;;
     --http) G=127.0.0.1:1 ;;
     --chat-template) G=chatml ;;
-    --top-logits | --experts-used | --kv-heads) G=2 ;;
+    --top-logits | --experts-used | --kv-heads | --parallel) G=2 ;;
     -s | --seed) G=7 ;;
     --dim) G=64 ;;
     --layers | --layers-override) G=2 ;;

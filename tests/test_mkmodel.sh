@@ -165,6 +165,9 @@ expect_fail 2 "--arch qwen2moe needs --experts" --shape tiny --arch qwen2moe
 expect_fail 2 "--shared-ffn is for --arch qwen2moe" --shape tiny-moe --arch olmoe --shared-ffn 64
 expect_fail 2 "--arch olmoe needs --kv-heads = --heads" --shape tiny-moe --arch olmoe
 expect_fail 2 "requires output.weight" --shape tiny-moe --arch qwen2moe --tied-output
+expect_fail 2 "--arch gpt-oss needs --experts" --shape tiny --arch gpt-oss
+expect_fail 2 "requires output.weight for --arch gpt-oss" --shape gpt-oss-20b --tied-output
+expect_fail 2 "--window is for --arch gemma3 or gpt-oss" --shape tiny --window 8
 expect_fail 2 "--nextn is for --arch glm4moe" --shape tiny --nextn 1
 expect_fail 2 "--expert-scale is for --arch glm4moe" --shape tiny-moe --expert-scale 2.5
 expect_fail 2 "--arch glm4moe needs --experts" --shape tiny --arch glm4moe
@@ -202,6 +205,26 @@ for p in "qwen1.5-moe-a2.7b q5_0 14.316B" "olmoe-1b-7b q4_k 6.919B"; do
     fi
     rm -f "$T/moe.gguf"
 done
+# gpt-oss-20b and -120b at their published sizes (20.9B, 116.8B parameters), as file holes.
+for p in "gpt-oss-20b 20.915B" "gpt-oss-120b 116.829B"; do
+    read -r shape want <<<"$p"
+    if mk go.gguf --shape "$shape" --type q8_0 --zero && grep -q "$want params" "$T/out.txt"; then
+        ok
+    else
+        bad "--shape $shape --zero: $(cat "$T/out.txt" "$T/err.txt" 2>/dev/null)"
+    fi
+    rm -f "$T/go.gguf"
+done
+# gpt-oss with --type mxfp4 (as the published files): the experts' weights mxfp4, their biases
+# f32, so run loads it.
+if mk go.gguf --arch gpt-oss --dim 64 --layers 2 --ffn 64 --heads 4 --kv-heads 2 --head-dim 64 \
+    --experts 4 --experts-used 2 --type mxfp4 &&
+    "$NF_BIN" run -m "$T/go.gguf" -p hi -n 1 --temp 0 >/dev/null 2>"$T/err.txt"; then
+    ok
+else
+    bad "gpt-oss --type mxfp4: $(cat "$T/out.txt" "$T/err.txt" 2>/dev/null)"
+fi
+rm -f "$T/go.gguf"
 # Not enough disk: a 405B model in f32 (1.6 TB) is refused before anything is written.
 expect_fail 1 "not enough free disk space" --shape llama3-405b --type f32
 # A write that fails half-way (file size limit) leaves no temporary file and no output.

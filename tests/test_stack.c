@@ -138,8 +138,8 @@ static void check_plan(const struct nf_nft *f, const struct nf_stack_plan *p)
     /* Kernel memory: page tables of three mappings of the region, plus 4 MiB. */
     assert_int_equal(p->kernel_bytes, 3 * (region / 256) + (4ull << 20));
     uint64_t head_dim = f->hdr.n_embd / f->hdr.n_head;
-    assert_int_equal(p->kv_bytes,
-                     (uint64_t)f->hdr.n_layer * p->n_ctx * 2 * f->hdr.n_head_kv * head_dim * 2);
+    assert_int_equal(p->kv_bytes, (uint64_t)(p->n_seq ? p->n_seq : 1) * f->hdr.n_layer * p->n_ctx *
+                                      2 * f->hdr.n_head_kv * head_dim * 2);
     assert_true(p->compute_private >= p->kv_bytes + p->down_scratch + NF_STACK_PROC_BYTES);
     assert_true(p->predictor_private >= NF_STACK_PROC_BYTES);
     assert_true(p->fetcher_private >= NF_STACK_PROC_BYTES);
@@ -147,6 +147,47 @@ static void check_plan(const struct nf_nft *f, const struct nf_stack_plan *p)
     assert_true(p->n_slots >= p->min_slots && p->n_slots <= f->n_tiles);
     assert_true(p->n_ctx >= p->n_ctx_min && p->n_ctx <= p->n_ctx_want);
     assert_true(p->min_budget <= p->ram_budget);
+}
+
+/* Several sequences (`up --parallel`): n_seq KV caches in the plan, a count that does not fit
+ * refused with the most that do, and a count chosen from the budget. */
+static void test_plan_seq(void **state)
+{
+    (void)state;
+    char err[512];
+    struct nf_stack_plan p1, p4, p;
+    assert_int_equal(nf_stack_plan_seq(stories, 64ull << 20, 128, 1, 1, &p1, err, sizeof(err)), 0);
+    assert_int_equal(nf_stack_plan_seq(stories, 64ull << 20, 128, 1, 4, &p4, err, sizeof(err)), 0);
+    assert_int_equal(p1.n_seq, 1);
+    assert_int_equal(p4.n_seq, 4);
+    assert_int_equal(p4.kv_bytes, 4 * p1.kv_bytes);
+    assert_true(p4.pool_bytes <= p1.pool_bytes); /* the caches come out of the pool */
+    check_plan(stories, &p4);
+    /* nf_stack_plan is one sequence. */
+    assert_int_equal(nf_stack_plan(stories, 64ull << 20, 128, 1, &p, err, sizeof(err)), 0);
+    assert_int_equal(p.n_seq, 1);
+    assert_int_equal(p.pool_bytes, p1.pool_bytes);
+    /* Chosen: stories' caches are tiny, so the default's most. */
+    assert_int_equal(nf_stack_plan_seq(stories, 64ull << 20, 128, 1, 0, &p, err, sizeof(err)), 0);
+    assert_int_equal(p.n_seq, NF_STACK_SEQ_DEFAULT);
+    /* Just above the one-sequence minimum, 32 sequences do not fit: refused with the most. */
+    const uint64_t min = p1.min_budget;
+    int rc = nf_stack_plan_seq(stories, min, 128, 1, 32, &p, err, sizeof(err));
+    assert_int_equal(rc, NF_EUSAGE);
+    assert_non_null(strstr(err, "32 sequences do not fit"));
+    unsigned fit = 0;
+    const char *at = strstr(err, "at most ");
+    assert_non_null(at);
+    assert_int_equal(sscanf(at, "at most %u", &fit), 1);
+    assert_true(fit >= 1 && fit < 32);
+    if (fit > 1)
+        assert_int_equal(nf_stack_plan_seq(stories, min, 128, 1, fit, &p, err, sizeof(err)), 0);
+    assert_int_equal(nf_stack_plan_seq(stories, min, 128, 1, fit + 1, &p, err, sizeof(err)),
+                     NF_EUSAGE);
+    /* Out of range. */
+    assert_int_equal(
+        nf_stack_plan_seq(stories, 64ull << 20, 128, 1, NF_STACK_SEQ_MAX + 1, &p, err, sizeof(err)),
+        NF_EUSAGE);
 }
 
 static void test_plan_stories(void **state)
@@ -1150,12 +1191,12 @@ static void test_no_leftovers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plan_stories),         cmocka_unit_test(test_plan_handmade),
-        cmocka_unit_test(test_plan_predictor_share), cmocka_unit_test(test_plan_classes),
-        cmocka_unit_test(test_slot_addresses),       cmocka_unit_test(test_create_attach),
-        cmocka_unit_test(test_attach_refusals),      cmocka_unit_test(test_state_machine),
-        cmocka_unit_test(test_stress_processes),     cmocka_unit_test(test_stress_threads),
-        cmocka_unit_test(test_no_leftovers),
+        cmocka_unit_test(test_plan_stories),   cmocka_unit_test(test_plan_seq),
+        cmocka_unit_test(test_plan_handmade),  cmocka_unit_test(test_plan_predictor_share),
+        cmocka_unit_test(test_plan_classes),   cmocka_unit_test(test_slot_addresses),
+        cmocka_unit_test(test_create_attach),  cmocka_unit_test(test_attach_refusals),
+        cmocka_unit_test(test_state_machine),  cmocka_unit_test(test_stress_processes),
+        cmocka_unit_test(test_stress_threads), cmocka_unit_test(test_no_leftovers),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

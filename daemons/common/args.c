@@ -9,6 +9,7 @@
 #include "daemon.h"
 #include "nf_err.h"
 #include "nf_size.h"
+#include "stack.h"
 
 /* getopt_long values of the shared flags; a daemon's own start at NF_ARG_OWN. */
 enum {
@@ -20,6 +21,7 @@ enum {
     ARG_FOREGROUND,
     ARG_LOG_LEVEL,
     ARG_ATTACH,
+    ARG_PARALLEL,
     ARG_UBATCH,
 };
 _Static_assert(ARG_UBATCH < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
@@ -33,6 +35,7 @@ static const struct option shared_opts[] = {
     {"ctx", required_argument, NULL, ARG_CTX},
     {"foreground", no_argument, NULL, ARG_FOREGROUND},
     {"log-level", required_argument, NULL, ARG_LOG_LEVEL},
+    {"parallel", required_argument, NULL, ARG_PARALLEL},
     {"help", no_argument, NULL, 'h'},
     {"ubatch", required_argument, NULL, ARG_UBATCH},
 };
@@ -93,6 +96,10 @@ static int parse_shared(const char *role, int c, const char *v, struct nf_daemon
     case ARG_CTX:
         if ((rc = nf_daemon_arg_long(v, 0, 1 << 24, &n)) == 0)
             a->ctx = (uint32_t)n;
+        break;
+    case ARG_PARALLEL:
+        if ((rc = nf_daemon_arg_long(v, 0, NF_STACK_SEQ_MAX, &n)) == 0)
+            a->parallel = (uint32_t)n;
         break;
     case ARG_UBATCH:
         if ((rc = nf_daemon_arg_long(v, 1, 4096, &n)) == 0)

@@ -121,6 +121,7 @@ struct nf_daemon_args {
     int threads;             /* -t, --threads N in 0..1024; -1 when not given */
     float sparsity;          /* --sparsity S in [0, 1); -1 when not given */
     uint32_t ctx;            /* --ctx N in 0..2^24; 0 when not given */
+    uint32_t parallel;       /* --parallel N in 0..NF_STACK_SEQ_MAX sequences; 0: the plan's */
     int attach_timeout_s;    /* --attach-timeout S in 1..3600 (default 30), with spec->attaches */
     bool foreground;         /* --foreground */
     enum nf_log_level level; /* --log-level L (default info) */

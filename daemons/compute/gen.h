@@ -1,9 +1,18 @@
 /* gen.h - nanoflow-compute's generation worker: the request queue, the streaming engine over the
- * shared tile pool, and one generation at a time streamed back to its client.
+ * shared tile pool, and up to `parallel` generations at once (continuous batching), each
+ * streamed back to its client.
  *
- * Files: queue.c (requests checked and queued, the worker thread), job.c (one request through
- * the common driver, generate.h), gen.c (the tile source over the shared pool and the shared
- * counters), reply.c (TokenEvent, GenerateDone, Error).
+ * Batching: a request that arrives while others run joins them at the next step if one of the
+ * `parallel` KV cache slots is free, else waits in the FIFO. Its prompt is evaluated alone on
+ * its slot (the others wait that long), then every step evaluates one token of every running
+ * sequence in one pass over the weights (nf_stream_step: each tile pinned once for all of
+ * them), each sequence keeping its own sampler, stop rules, token limit, cancel flag and
+ * replies, and its output identical to running it alone. A sequence leaves when it stops.
+ *
+ * Files: queue.c (requests checked and queued, the worker thread and its batch loop), job.c
+ * (one request through the common driver, generate.h, and the batched step), gen.c (the tile
+ * source over the shared pool and the shared counters), reply.c (TokenEvent, GenerateDone,
+ * Error).
  *
  * Threads: the libuv loop thread calls nf_gen_submit / nf_gen_cancel / nf_gen_conn_closed; the
  * worker thread (started by nf_gen_start) owns the engine (its thread pool must be driven from
@@ -30,9 +39,9 @@
  * context we run holds; a longer one is refused before it is copied or tokenized. */
 #define NF_GEN_MAX_PROMPT_BYTES (1 << 20)
 #define NF_GEN_PIN_TIMEOUT_MS   30000 /* a tile not READY after this fails the generation */
-/* Default per-request token limit (--max-tokens-per-request). The engine holds one sequence's
- * KV cache, so requests run one after the other: this bounds how long a short request can wait
- * behind one long one (512 tokens: under a minute at 10 tokens/s). */
+/* Default per-request token limit (--max-tokens-per-request). Beyond `parallel` running
+ * sequences requests wait for a slot: this bounds how long a short request can wait behind
+ * long ones (512 tokens: under a minute at 10 tokens/s). */
 #define NF_GEN_DEFAULT_MAX_TOKENS 512
 
 /* One queued Generate request (owned by the queue, freed by the worker). */
@@ -65,23 +74,31 @@ struct nf_gen {
     float sparsity;
     int n_ubatch;   /* prompt tokens per chunk (--ubatch); 0: the stream's default */
     int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
+    int parallel;   /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
     bool lookup;    /* requests speculate with prompt lookup unless they say otherwise */
     /* --draft: a draft model held in RAM (owned by the caller), the default draft source of
      * requests when set; its context is created by the worker at its first use. */
     struct nf_model *dmodel;
     struct nf_vocab *dvocab;
     struct nf_ctx *dctx;
+    /* The draft model's state over dctx, shared by the runs that draft with it (one context:
+     * its token record follows what dctx holds, so runs taking turns re-evaluate, never mix). */
+    struct nf_gen_draft_model dm;
     /* Private. */
     pthread_t thread;
     bool started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct nf_gen_job *head, *tail; /* FIFO */
-    struct nf_gen_job *cur;         /* running job (under mu) */
+    struct nf_gen_job **running;    /* (parallel) the job on each slot, or NULL (under mu) */
+    int n_running;                  /* non-NULL entries of running (under mu) */
     uint32_t n_queued;              /* jobs in head..tail (under mu) */
+    atomic_int shutdown;            /* set by nf_gen_stop: aborts a batched step */
     /* Counters for Stats (under mu): jobs started, their summed queue waits, jobs clamped. */
     uint64_t n_started, wait_ns, n_clamped;
     uint64_t n_drafted, n_accepted; /* speculative decoding: drafts verified and accepted */
+    /* Batched steps that served two or more sequences, and their sequences (under mu). */
+    uint64_t n_shared_steps, n_shared_rows;
     bool stop;
     int init_rc; /* engine creation result, valid once init_done */
     bool init_done;
@@ -107,10 +124,17 @@ int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nan
 bool nf_gen_cancel(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, uint64_t target_id);
 /* Loop thread: the connection went away: cancel its jobs. */
 void nf_gen_conn_closed(struct nf_gen *g, uint64_t conn_id);
+/* Loop thread: cancels the running generations (shutdown; the worker is joined later). */
+void nf_gen_cancel_running(struct nf_gen *g);
+/* Loop thread: another daemon died: every running and queued request is answered with an
+ * Error carrying msg and cancelled. */
+void nf_gen_fail_all(struct nf_gen *g, struct nf_server *srv, const char *msg);
 /* Loop thread: the Stats reply of compute: the shared counters (nf_stats_fill) and the queue's:
- * queue_len (gauge: jobs waiting), requests (started), queue_wait_ns (their summed waits),
- * clamped (requests cut to the per-request token limit), drafted and accepted (speculative
- * decoding's draft tokens verified and accepted). Returns nf_server_send's result. */
+ * queue_len (gauge: jobs waiting), active (gauge: sequences running), parallel (most that may
+ * run at once), shared_steps and shared_rows (steps that served two or more sequences, and
+ * those sequences), requests (started), queue_wait_ns (their summed waits), clamped (requests
+ * cut to the per-request token limit), drafted and accepted (speculative decoding's draft
+ * tokens verified and accepted). Returns nf_server_send's result. */
 int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, uint64_t req_id);
 /* Bytes of private memory of the engine (for logs). */
 uint64_t nf_gen_engine_bytes(const struct nf_gen *g);
@@ -121,10 +145,41 @@ uint64_t nf_gen_engine_bytes(const struct nf_gen *g);
 void nf_gen_tile_src(struct nf_gen *g, struct nf_tile_src *src);
 /* gen.c: adds what the engine did since the last call to the shared compute counters. */
 void nf_gen_flush_counters(struct nf_gen *g);
-/* job.c: runs job j, which waited wait_s in the queue, to its end: TokenEvents, then
- * GenerateDone or an Error. Allocates per request (tokens, sampler); the evaluation itself does
- * not. */
-void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s);
+/* job.c: one running request on its KV cache slot. */
+struct nf_gen_run {
+    struct nf_gen *g;
+    struct nf_gen_job *j;
+    int slot;
+    double wait_s; /* its wait in the queue */
+    struct nf_gen_engine e;
+    struct nf_gen_seq q;
+    int32_t *ids; /* the tokenized prompt */
+    bool gone;    /* a TokenEvent could not be sent: the client is gone */
+    bool pending; /* tok waits for the batched step */
+    /* Speculative decoding (the job's lookup or draft): the run evaluates on its own, its
+     * drafts verified in one pass of its slot, and never joins the batched step. */
+    bool spec;
+    struct nf_gen_lookup lk;
+    struct nf_gen_draft draft;
+    int32_t tok;            /* with pending: the token to evaluate */
+    uint64_t last_frame_ns; /* nf_now_ns when the last frame went to the client */
+    uint64_t progress_ns;   /* least interval between PromptProgress frames */
+};
+/* job.c: prepares r to run job j (which waited wait_s) on slot: tokenizes the prompt and checks
+ * the context. Returns 0, or a negative code after answering j with an Error (r then holds
+ * nothing). Allocates per request (tokens, sampler); the steps do not. */
+int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *j, int slot,
+                     double wait_s);
+/* job.c: one step of r (nf_gen_seq_step): the first evaluates its prompt alone on its slot,
+ * each later one samples and sends a token and leaves the token's evaluation pending for
+ * nf_gen_run_batch. Returns 1 while r runs, 0 once it has stopped. */
+int nf_gen_run_step(struct nf_gen_run *r);
+/* job.c: evaluates the pending tokens of rs[0..n) in one batched step; a failure ends each of
+ * those sequences (a cancel at shutdown, else an error naming the tile). */
+void nf_gen_run_batch(struct nf_gen *g, struct nf_gen_run *const *rs, int n);
+/* job.c: r has stopped: answers its client (GenerateDone, or an Error) and frees what r
+ * holds. */
+void nf_gen_run_end(struct nf_gen *g, struct nf_gen_run *r);
 /* reply.c: the frames of a generation; each returns nf_server_send's result. */
 int nf_gen_send_error(struct nf_gen *g, const struct nf_gen_job *j, int code, const char *msg);
 int nf_gen_send_token(struct nf_gen *g, const struct nf_gen_job *j, const struct nf_gen_token *t);

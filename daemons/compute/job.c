@@ -1,5 +1,6 @@
-/* job.c - one Generate request run through the common generation driver (generate.h) on the
- * streaming engine, with the shared counters kept up to date and the tokens streamed back. */
+/* job.c - one Generate request run through the common generation driver (generate.h) on its slot
+ * of the streaming engine, the batched step of the running requests, the shared counters kept
+ * up to date and the tokens streamed back. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,15 +10,30 @@
 #include "nf_err.h"
 #include "nf_time.h"
 
-/* The driver's engine: g's stream, each eval counted in the stack's compute counters. */
+/* The driver's engine for one run: its slot of g's stream. The prompt is evaluated at once (alone,
+ * counted in the stack's compute counters); a decode token is left pending for the batched
+ * step (nf_gen_run_batch). */
 
 static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
 {
-    struct nf_gen *g = ud;
+    struct nf_gen_run *r = ud;
+    struct nf_gen *g = r->g;
+    if (!prompt && !r->spec) {
+        NF_ASSERT(n == 1 && !r->pending); /* the driver evaluates one token per step */
+        r->pending = true;
+        r->tok = toks[0];
+        return 0;
+    }
+    /* A prompt, or a speculating run's step without drafts: on its slot alone, now (the
+     * driver reads its logits right after). */
     struct nf_stack_counters *c = g->st->ctr;
     const uint64_t t0 = nf_now_ns();
     g->step = atomic_fetch_add(&c->c_step, 1) + 1;
-    int rc = nf_stream_eval(g->s, toks, n);
+    if (!prompt)
+        nf_stream_set_abort(g->s, &r->j->cancel);
+    int rc = nf_stream_slot_eval(g->s, r->slot, toks, n);
+    if (!prompt)
+        nf_stream_set_abort(g->s, NULL);
     const uint64_t dt = nf_now_ns() - t0;
     if (rc == 0) {
         atomic_fetch_add(prompt ? &c->c_prompt_tokens : &c->c_decode_tokens, (uint64_t)n);
@@ -31,11 +47,14 @@ static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
  * rollback drops are taken back out of the token count (job_rollback). */
 static int job_eval_rows(void *ud, const int32_t *toks, int n, float *logits)
 {
-    struct nf_gen *g = ud;
+    struct nf_gen_run *r = ud;
+    struct nf_gen *g = r->g;
     struct nf_stack_counters *c = g->st->ctr;
     const uint64_t t0 = nf_now_ns();
     g->step = atomic_fetch_add(&c->c_step, 1) + 1;
-    int rc = nf_stream_eval_rows(g->s, toks, n, logits);
+    nf_stream_set_abort(g->s, &r->j->cancel);
+    int rc = nf_stream_slot_eval_rows(g->s, r->slot, toks, n, logits);
+    nf_stream_set_abort(g->s, NULL);
     if (rc == 0) {
         atomic_fetch_add(&c->c_decode_tokens, (uint64_t)n);
         atomic_fetch_add(&c->c_decode_ns, nf_now_ns() - t0);
@@ -46,9 +65,10 @@ static int job_eval_rows(void *ud, const int32_t *toks, int n, float *logits)
 
 static int job_rollback(void *ud, int n_past)
 {
-    struct nf_gen *g = ud;
-    const int dropped = nf_stream_n_past(g->s) - n_past;
-    int rc = nf_stream_rollback(g->s, n_past);
+    struct nf_gen_run *r = ud;
+    struct nf_gen *g = r->g;
+    const int dropped = nf_stream_slot_n_past(g->s, r->slot) - n_past;
+    int rc = nf_stream_slot_rollback(g->s, r->slot, n_past);
     if (rc == 0 && dropped > 0)
         atomic_fetch_sub(&g->st->ctr->c_decode_tokens, (uint64_t)dropped);
     return rc;
@@ -56,29 +76,62 @@ static int job_rollback(void *ud, int n_past)
 
 static const float *job_logits(void *ud)
 {
-    const struct nf_gen *g = ud;
-    return nf_stream_logits(g->s);
+    const struct nf_gen_run *r = ud;
+    return nf_stream_slot_logits(r->g->s, r->slot);
 }
 
 static int job_n_past(void *ud)
 {
-    const struct nf_gen *g = ud;
-    return nf_stream_n_past(g->s);
+    const struct nf_gen_run *r = ud;
+    return nf_stream_slot_n_past(r->g->s, r->slot);
 }
 
 static void job_reset(void *ud)
 {
-    struct nf_gen *g = ud;
-    nf_stream_reset(g->s);
+    struct nf_gen_run *r = ud;
+    nf_stream_slot_reset(r->g->s, r->slot);
 }
 
-struct job_run {
-    struct nf_gen *g;
-    struct nf_gen_job *j;
-    bool gone;              /* a TokenEvent could not be sent: the client is gone */
-    uint64_t last_frame_ns; /* nf_now_ns when the last frame went to the client */
-    uint64_t progress_ns;   /* least interval between PromptProgress frames */
-};
+void nf_gen_run_batch(struct nf_gen *g, struct nf_gen_run *const *rs, int n)
+{
+    struct nf_gen_run *list[NF_MAX_BATCH];
+    int idx[NF_MAX_BATCH], m = 0;
+    int32_t toks[NF_MAX_BATCH];
+    for (int i = 0; i < n; i++)
+        if (rs[i]->pending) {
+            NF_ASSERT(m < NF_MAX_BATCH); /* at most `parallel` runs, one token each */
+            list[m] = rs[i];
+            idx[m] = rs[i]->slot;
+            toks[m++] = rs[i]->tok;
+        }
+    if (m == 0)
+        return;
+    struct nf_stack_counters *c = g->st->ctr;
+    const uint64_t t0 = nf_now_ns();
+    g->step = atomic_fetch_add(&c->c_step, 1) + 1;
+    /* One sequence's cancel ends it before its next step (the driver checks its flag); only a
+     * shutdown stops a step that serves the others too. */
+    nf_stream_set_abort(g->s, &g->shutdown);
+    const int rc = nf_stream_step(g->s, idx, toks, m);
+    nf_stream_set_abort(g->s, NULL);
+    const uint64_t dt = nf_now_ns() - t0;
+    if (rc == 0) {
+        atomic_fetch_add(&c->c_decode_tokens, (uint64_t)m);
+        atomic_fetch_add(&c->c_decode_ns, dt);
+    }
+    if (rc == 0 && m >= 2) {
+        pthread_mutex_lock(&g->mu);
+        g->n_shared_steps++;
+        g->n_shared_rows += (uint64_t)m;
+        pthread_mutex_unlock(&g->mu);
+    }
+    nf_gen_flush_counters(g);
+    for (int i = 0; i < m; i++) {
+        list[i]->pending = false;
+        if (rc < 0)
+            nf_gen_seq_eval_failed(&list[i]->q, rc, list[i]->tok);
+    }
+}
 
 /* Interval of PromptProgress frames during a long prompt: often enough for the client's
  * --timeout and the server's idle rule, seldom enough to cost nothing. The environment may
@@ -98,7 +151,7 @@ static uint64_t progress_interval_ns(void)
 /* The stream's progress hook: a PromptProgress frame at most every progress interval. */
 static void job_on_progress(void *ud, int done, int total)
 {
-    struct job_run *r = ud;
+    struct nf_gen_run *r = ud;
     const uint64_t now = nf_now_ns();
     if (done >= total || now - r->last_frame_ns < r->progress_ns)
         return;
@@ -109,7 +162,7 @@ static void job_on_progress(void *ud, int done, int total)
 
 static int job_on_token(void *ud, const struct nf_gen_token *t)
 {
-    struct job_run *r = ud;
+    struct nf_gen_run *r = ud;
     if (nf_gen_send_token(r->g, r->j, t) < 0) {
         r->gone = true;
         return 1;
@@ -133,47 +186,54 @@ static void job_failed(struct nf_gen *g, const struct nf_gen_job *j, const struc
     nf_gen_send_error(g, j, q->rc, msg);
 }
 
-void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
+int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *j, int slot,
+                     double wait_s)
 {
     char err[512];
-    int32_t *ids = NULL;
-    struct nf_gen_seq q = {0};
-    struct job_run r = {.g = g, .j = j};
-    const struct nf_gen_engine e = {.eval = job_eval,
-                                    .logits = job_logits,
-                                    .n_past = job_n_past,
-                                    .reset = job_reset,
-                                    .ud = g,
-                                    .n_ctx = nf_stream_n_ctx(g->s),
-                                    .n_vocab = nf_stream_hparams(g->s)->n_vocab,
-                                    .eval_rows = job_eval_rows,
-                                    .rollback = job_rollback};
-    struct nf_gen_lookup lk = {.ngram_min = 1, .ngram_max = 3};
-    struct nf_gen_draft draft;
-    struct nf_gen_draft_model dm = {0};
-    nf_gen_draft_lookup(&draft, &lk);
-    if (j->draft) { /* the draft model's context: made once, on this (the worker) thread */
-        int rc =
-            g->dctx ? 0 : nf_ctx_create(&g->dctx, g->dmodel, nf_stream_n_ctx(g->s), g->n_threads);
-        if (rc == 0)
-            rc = nf_gen_draft_model_init(&draft, &dm, g->dctx, g->dvocab);
+    *r = (struct nf_gen_run){.g = g, .j = j, .slot = slot, .wait_s = wait_s};
+    r->e = (struct nf_gen_engine){.eval = job_eval,
+                                  .logits = job_logits,
+                                  .n_past = job_n_past,
+                                  .reset = job_reset,
+                                  .ud = r,
+                                  .n_ctx = nf_stream_n_ctx(g->s),
+                                  .n_vocab = nf_stream_hparams(g->s)->n_vocab,
+                                  .eval_rows = job_eval_rows,
+                                  .rollback = job_rollback};
+    r->spec = j->lookup || j->draft;
+    r->lk = (struct nf_gen_lookup){.ngram_min = 1, .ngram_max = 3};
+    nf_gen_draft_lookup(&r->draft, &r->lk);
+    if (j->draft) {
+        /* The draft model's context and state: made once, on this (the worker) thread, and
+         * shared by the runs that draft with it (g->dm). */
+        int rc = 0;
+        if (!g->dctx) {
+            rc = nf_ctx_create(&g->dctx, g->dmodel, nf_stream_n_ctx(g->s), g->n_threads);
+            if (rc == 0 &&
+                (rc = nf_gen_draft_model_init(&r->draft, &g->dm, g->dctx, g->dvocab)) < 0) {
+                nf_gen_draft_model_free(&g->dm);
+                nf_ctx_free(g->dctx);
+                g->dctx = NULL;
+            }
+        }
         if (rc < 0) {
             snprintf(err, sizeof(err), "creating the draft model's context: %s", nf_strerror(rc));
             nf_gen_send_error(g, j, rc, err);
-            goto done;
+            return rc;
         }
+        r->draft = (struct nf_gen_draft){.draft = nf_gen_draft_model_run, .ud = &g->dm};
     }
     const struct nf_gen_params p = {.max_tokens = j->n_predict,
                                     .top_logits = j->top_logits,
                                     .sp = j->sp,
                                     .cancel = &j->cancel,
                                     .on_token = job_on_token,
-                                    .ud = &r,
+                                    .ud = r,
                                     .logprobs = j->logprobs,
-                                    .draft = j->lookup || j->draft ? &draft : NULL};
+                                    .draft = r->spec ? &r->draft : NULL};
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
-    int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &ids, err, sizeof(err));
-    if (n < 0 || (n = nf_gen_seq_init(&q, &e, g->v, ids, n, &p, err, sizeof(err))) < 0) {
+    int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &r->ids, err, sizeof(err));
+    if (n < 0 || (n = nf_gen_seq_init(&r->q, &r->e, g->v, r->ids, n, &p, err, sizeof(err))) < 0) {
         if (n == NF_ECTXFULL) { /* as `run` says it: what bounds the context */
             const size_t l = strlen(err);
             snprintf(err + l, sizeof(err) - l,
@@ -181,39 +241,56 @@ void nf_gen_run_job(struct nf_gen *g, struct nf_gen_job *j, double wait_s)
                      nf_stream_hparams(g->s)->n_ctx_train);
         }
         nf_gen_send_error(g, j, n, err);
-        goto done;
+        nf_gen_seq_free(&r->q);
+        free(r->ids);
+        r->ids = NULL;
+        return n;
     }
-    nf_stream_set_abort(g->s, &j->cancel);
-    r.last_frame_ns = nf_now_ns();
-    r.progress_ns = progress_interval_ns();
-    nf_stream_set_progress(g->s, job_on_progress, &r);
-    nf_gen_seq_run(&q);
-    j->drafted = q.n_drafted;
-    j->accepted = q.n_accepted;
-    pthread_mutex_lock(&g->mu);
-    g->n_drafted += (uint64_t)q.n_drafted;
-    g->n_accepted += (uint64_t)q.n_accepted;
-    pthread_mutex_unlock(&g->mu);
-    if (q.stop == NF_GEN_STOP_ERROR) {
-        job_failed(g, j, &q);
-        goto done;
-    }
-    if (r.gone) {
-        nf_log(NF_LOG_INFO, "request %llu: client gone, generation stopped",
-               (unsigned long long)j->req_id);
-        goto done;
-    }
-    const char *stop = nf_gen_stop_name(q.stop);
-    nf_gen_send_done(g, j, q.ids, q.n_prompt, q.n_gen, stop,
-                     (double)(q.t_prompt_ns - q.t_start_ns) * 1e-9,
-                     (double)(q.t_end_ns - q.t_prompt_ns) * 1e-9, wait_s);
-    nf_log(NF_LOG_INFO,
-           "request %llu: %d prompt + %d generated tokens, stop %s, %.3f s in the queue",
-           (unsigned long long)j->req_id, q.n_prompt, q.n_gen, stop, wait_s);
-done:
+    r->last_frame_ns = nf_now_ns();
+    r->progress_ns = progress_interval_ns();
+    return 0;
+}
+
+int nf_gen_run_step(struct nf_gen_run *r)
+{
+    if (r->q.prompt_done)
+        return nf_gen_seq_step(&r->q);
+    /* The prompt, alone: the job's cancel stops it between layers, progress frames keep the
+     * client's timeout away during a long one. */
+    struct nf_gen *g = r->g;
+    nf_stream_set_abort(g->s, &r->j->cancel);
+    nf_stream_set_progress(g->s, job_on_progress, r);
+    const int more = nf_gen_seq_step(&r->q);
     nf_stream_set_abort(g->s, NULL);
     nf_stream_set_progress(g->s, NULL, NULL);
-    nf_gen_seq_free(&q);
-    nf_gen_draft_model_free(&dm);
-    free(ids);
+    return more;
+}
+
+void nf_gen_run_end(struct nf_gen *g, struct nf_gen_run *r)
+{
+    const struct nf_gen_seq *q = &r->q;
+    const struct nf_gen_job *j = r->j;
+    r->j->drafted = q->n_drafted;
+    r->j->accepted = q->n_accepted;
+    pthread_mutex_lock(&g->mu);
+    g->n_drafted += (uint64_t)q->n_drafted;
+    g->n_accepted += (uint64_t)q->n_accepted;
+    pthread_mutex_unlock(&g->mu);
+    if (q->stop == NF_GEN_STOP_ERROR) {
+        job_failed(g, j, q);
+    } else if (r->gone) {
+        nf_log(NF_LOG_INFO, "request %llu: client gone, generation stopped",
+               (unsigned long long)j->req_id);
+    } else {
+        const char *stop = nf_gen_stop_name(q->stop);
+        nf_gen_send_done(g, j, q->ids, q->n_prompt, q->n_gen, stop,
+                         (double)(q->t_prompt_ns - q->t_start_ns) * 1e-9,
+                         (double)(q->t_end_ns - q->t_prompt_ns) * 1e-9, r->wait_s);
+        nf_log(NF_LOG_INFO,
+               "request %llu: %d prompt + %d generated tokens, stop %s, %.3f s in the queue",
+               (unsigned long long)j->req_id, q->n_prompt, q->n_gen, stop, r->wait_s);
+    }
+    nf_gen_seq_free(&r->q);
+    free(r->ids);
+    r->ids = NULL;
 }

@@ -37,7 +37,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: nanoflow-compute --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
-            "                        [--sparsity S] [--ctx N] [--ubatch N] [--attach-timeout S]\n"
+            "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
+            "                        [--attach-timeout S]\n"
             "                        [--max-tokens-per-request N] [--lookup] [--draft FILE]\n"
             "                        [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
@@ -56,6 +57,8 @@ static void usage(FILE *out)
             "                      (default: the plan's)\n"
             "  --ctx N             context length, 0..16777216; 0 = the plan's (default: the\n"
             "                      plan's)\n"
+            "  --parallel N        sequences run at once, each with its KV cache, 0..32; 0 =\n"
+            "                      the plan's (default: the plan's)\n"
             "  --ubatch N          prompt tokens evaluated together, 1..4096: each weight tile\n"
             "                      is read once per chunk of N (default: 32)\n"
             "  --max-tokens-per-request N\n"
@@ -134,6 +137,7 @@ static int start(struct compute *m, char *err, size_t errlen)
         (uint32_t)(m->o.threads >= 0 ? m->o.threads : (int)cfg->n_threads));
     m->gen.sparsity = m->o.sparsity >= 0 ? m->o.sparsity : cfg->sparsity;
     m->gen.max_tokens = m->max_tokens;
+    m->gen.parallel = m->o.parallel > 0 ? (int)m->o.parallel : cfg->n_seq ? (int)cfg->n_seq : 1;
     m->gen.n_ubatch = (int)m->o.ubatch;
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
@@ -143,9 +147,9 @@ static int start(struct compute *m, char *err, size_t errlen)
         return rc;
     atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
     nf_log(NF_LOG_INFO,
-           "engine ready: %s, n_ctx %d, %d threads, sparsity %.2f, ubatch %d, %.1f MiB of KV "
-           "cache and scratch",
-           m->o.model, m->gen.n_ctx, m->gen.n_threads, (double)m->gen.sparsity,
+           "engine ready: %s, n_ctx %d, %d sequences, %d threads, sparsity %.2f, ubatch %d, "
+           "%.1f MiB of KV caches and scratch",
+           m->o.model, m->gen.n_ctx, m->gen.parallel, m->gen.n_threads, (double)m->gen.sparsity,
            m->gen.n_ubatch ? m->gen.n_ubatch : NF_MAX_BATCH,
            (double)nf_gen_engine_bytes(&m->gen) / 1048576.0);
     return 0;
@@ -163,10 +167,7 @@ static void on_mem(struct nf_daemon_loop *dl)
 static void on_shutdown(struct nf_daemon_loop *dl)
 {
     struct compute *m = dl->ud;
-    pthread_mutex_lock(&m->gen.mu);
-    if (m->gen.cur)
-        atomic_store(&m->gen.cur->cancel, 1);
-    pthread_mutex_unlock(&m->gen.mu);
+    nf_gen_cancel_running(&m->gen);
 }
 
 /* The worker sends frames; it must be gone before the server is. */
@@ -183,13 +184,7 @@ static void on_dead(struct nf_daemon_loop *dl, uint32_t dead, const char *msg)
 {
     (void)dead;
     struct compute *m = dl->ud;
-    pthread_mutex_lock(&m->gen.mu);
-    for (struct nf_gen_job *j = m->gen.cur ? m->gen.cur : m->gen.head; j;
-         j = j == m->gen.cur ? m->gen.head : j->next) {
-        nf_server_send_error(dl->srv, j->conn_id, j->req_id, -EOWNERDEAD, "%s", msg);
-        atomic_store(&j->cancel, 1);
-    }
-    pthread_mutex_unlock(&m->gen.mu);
+    nf_gen_fail_all(&m->gen, dl->srv, msg);
 }
 
 static bool on_request(struct nf_daemon_loop *dl, uint64_t conn, nf_envelope *env)

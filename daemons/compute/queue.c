@@ -1,6 +1,7 @@
 /* queue.c - nanoflow-compute's job queue: Generate requests checked, clamped to the per-request
- * token limit and queued by the loop thread, run one at a time by the worker thread that owns
- * the engine (see gen.h); Cancel by (connection, request id); the queue's Stats counters. */
+ * token limit and queued by the loop thread, run up to `parallel` at once by the worker thread
+ * that owns the engine, joining and leaving the batch between steps (see gen.h); Cancel by
+ * (connection, request id); the queue's Stats counters. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,48 @@ static void job_free(struct nf_gen_job *j)
     free(j);
 }
 
+/* Worker: frees slot i's entry of the running table. */
+static void slot_release(struct nf_gen *g, int i)
+{
+    pthread_mutex_lock(&g->mu);
+    g->running[i] = NULL;
+    g->n_running--;
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Worker: moves queued jobs to free slots, oldest first, waiting while there is nothing to do.
+ * Fills fresh[] with the slots taken (their wait in wait_s[]); returns their count, or -1 when
+ * the worker is to stop. */
+static int admit(struct nf_gen *g, int *fresh, double *wait_s)
+{
+    int n = 0;
+    pthread_mutex_lock(&g->mu);
+    while (!g->stop && !g->head && g->n_running == 0)
+        pthread_cond_wait(&g->cv, &g->mu);
+    if (g->stop) {
+        pthread_mutex_unlock(&g->mu);
+        return -1;
+    }
+    for (int i = 0; i < g->parallel && g->head; i++) {
+        if (g->running[i])
+            continue;
+        struct nf_gen_job *j = g->head;
+        g->head = j->next;
+        if (!g->head)
+            g->tail = NULL;
+        g->n_queued--;
+        g->running[i] = j;
+        g->n_running++;
+        const uint64_t wait_ns = nf_now_ns() - j->t_queued_ns;
+        g->n_started++;
+        g->wait_ns += wait_ns;
+        wait_s[n] = (double)wait_ns * 1e-9;
+        fresh[n++] = i;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
 static void *worker(void *arg)
 {
     struct nf_gen *g = arg;
@@ -26,52 +69,93 @@ static void *worker(void *arg)
     struct nf_stream_opts o = {.n_ctx = g->n_ctx,
                                .n_threads = g->n_threads,
                                .sparsity = g->sparsity,
-                               .n_ubatch = g->n_ubatch};
-    int rc = nf_stream_create(&g->s, g->f, &src, &o, g->init_err, sizeof(g->init_err));
+                               .n_ubatch = g->n_ubatch,
+                               .n_seq = g->parallel};
+    struct nf_gen_run *runs = calloc((size_t)g->parallel, sizeof(*runs));
+    bool *live = calloc((size_t)g->parallel, sizeof(*live));
+    int rc = !runs || !live
+                 ? nf_errf(g->init_err, sizeof(g->init_err), -ENOMEM, "out of memory")
+                 : nf_stream_create(&g->s, g->f, &src, &o, g->init_err, sizeof(g->init_err));
+    if (rc == 0)
+        rc = nf_stream_set_slots(g->s, g->parallel, g->init_err, sizeof(g->init_err));
     pthread_mutex_lock(&g->mu);
     g->init_rc = rc;
     g->init_done = true;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
-    if (rc < 0)
-        return NULL;
-    for (;;) {
-        pthread_mutex_lock(&g->mu);
-        while (!g->stop && !g->head)
-            pthread_cond_wait(&g->cv, &g->mu);
-        if (g->stop) {
-            pthread_mutex_unlock(&g->mu);
-            break;
+    int fresh[NF_MAX_BATCH], n;
+    double wait_s[NF_MAX_BATCH];
+    struct nf_gen_run *batch[NF_MAX_BATCH];
+    while (rc == 0 && (n = admit(g, fresh, wait_s)) >= 0) {
+        /* Joining requests: each prompt evaluated alone on its slot. */
+        for (int k = 0; k < n; k++) {
+            const int i = fresh[k];
+            struct nf_gen_job *j = g->running[i]; /* only the worker changes a slot's job */
+            if (atomic_load(&j->cancel)) {
+                nf_gen_send_done(g, j, NULL, 0, 0, "cancel", 0, 0, wait_s[k]);
+            } else if (nf_gen_run_begin(g, &runs[i], j, i, wait_s[k]) == 0) {
+                live[i] = true;
+                nf_gen_run_step(&runs[i]);
+                continue;
+            }
+            slot_release(g, i);
+            job_free(j);
         }
-        struct nf_gen_job *j = g->head;
-        g->head = j->next;
-        if (!g->head)
-            g->tail = NULL;
-        g->n_queued--;
-        g->cur = j;
-        const uint64_t wait_ns = nf_now_ns() - j->t_queued_ns;
-        g->n_started++;
-        g->wait_ns += wait_ns;
-        pthread_mutex_unlock(&g->mu);
-        if (atomic_load(&j->cancel))
-            nf_gen_send_done(g, j, NULL, 0, 0, "cancel", 0, 0, (double)wait_ns * 1e-9);
-        else
-            nf_gen_run_job(g, j, (double)wait_ns * 1e-9);
-        pthread_mutex_lock(&g->mu);
-        g->cur = NULL;
-        pthread_mutex_unlock(&g->mu);
+        /* One token of every running sequence: sampled and sent, then evaluated together. */
+        int m = 0;
+        for (int i = 0; i < g->parallel; i++)
+            if (live[i] && nf_gen_run_step(&runs[i]))
+                batch[m++] = &runs[i];
+        nf_gen_run_batch(g, batch, m);
+        /* Sequences that stopped leave. */
+        for (int i = 0; i < g->parallel; i++) {
+            if (!live[i] || runs[i].q.stop == NF_GEN_RUNNING)
+                continue;
+            struct nf_gen_job *j = runs[i].j;
+            nf_gen_run_end(g, &runs[i]);
+            live[i] = false;
+            slot_release(g, i);
+            job_free(j);
+        }
+    }
+    /* Stopping: what still runs was cancelled by nf_gen_stop; its clients get their reply. */
+    for (int i = 0; runs && live && i < g->parallel; i++) {
+        if (!live[i])
+            continue;
+        while (nf_gen_run_step(&runs[i]))
+            ;
+        struct nf_gen_job *j = runs[i].j;
+        nf_gen_run_end(g, &runs[i]);
+        slot_release(g, i);
         job_free(j);
     }
+    free(runs);
+    free(live);
     return NULL;
 }
 
 int nf_gen_start(struct nf_gen *g, char *err, size_t errlen)
 {
+    if (g->parallel < 1)
+        g->parallel = 1;
+    if (g->parallel > NF_MAX_BATCH) {
+        snprintf(err, errlen, "%d sequences at once, expected at most %d", g->parallel,
+                 NF_MAX_BATCH);
+        return NF_EUSAGE;
+    }
+    g->running = calloc((size_t)g->parallel, sizeof(*g->running));
+    if (!g->running) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    atomic_init(&g->shutdown, 0);
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     int rc = pthread_create(&g->thread, NULL, worker, g);
     if (rc) {
         snprintf(err, errlen, "cannot start the generation thread: %s", strerror(rc));
+        free(g->running);
+        g->running = NULL;
         return -rc;
     }
     g->started = true;
@@ -84,6 +168,10 @@ int nf_gen_start(struct nf_gen *g, char *err, size_t errlen)
         snprintf(err, errlen, "%s", g->init_err);
         pthread_join(g->thread, NULL);
         g->started = false;
+        nf_stream_free(g->s); /* made before nf_stream_set_slots failed, or NULL */
+        g->s = NULL;
+        free(g->running);
+        g->running = NULL;
     }
     return rc;
 }
@@ -94,8 +182,10 @@ void nf_gen_stop(struct nf_gen *g)
         return;
     pthread_mutex_lock(&g->mu);
     g->stop = true;
-    if (g->cur)
-        atomic_store(&g->cur->cancel, 1);
+    for (int i = 0; i < g->parallel; i++)
+        if (g->running[i])
+            atomic_store(&g->running[i]->cancel, 1);
+    atomic_store(&g->shutdown, 1);
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
     pthread_join(g->thread, NULL);
@@ -109,6 +199,9 @@ void nf_gen_stop(struct nf_gen *g)
     g->n_queued = 0;
     nf_stream_free(g->s);
     g->s = NULL;
+    free(g->running);
+    g->running = NULL;
+    nf_gen_draft_model_free(&g->dm);
     nf_ctx_free(g->dctx);
     g->dctx = NULL;
 }
@@ -195,7 +288,7 @@ int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nan
     atomic_init(&j->cancel, 0);
     pthread_mutex_lock(&g->mu);
     j->t_queued_ns = nf_now_ns();
-    j->ahead = g->n_queued + (g->cur != NULL);
+    j->ahead = g->n_queued + (uint32_t)g->n_running;
     if (j->n_predict < j->n_asked)
         g->n_clamped++;
     if (g->tail)
@@ -212,8 +305,9 @@ int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nan
 /* The job with request id req_id on conn_id, the running one included, or NULL (under mu). */
 static struct nf_gen_job *job_find(struct nf_gen *g, uint64_t conn_id, uint64_t req_id)
 {
-    if (g->cur && g->cur->conn_id == conn_id && g->cur->req_id == req_id)
-        return g->cur;
+    for (int i = 0; i < g->parallel; i++)
+        if (g->running[i] && g->running[i]->conn_id == conn_id && g->running[i]->req_id == req_id)
+            return g->running[i];
     for (struct nf_gen_job *j = g->head; j; j = j->next)
         if (j->conn_id == conn_id && j->req_id == req_id)
             return j;
@@ -223,8 +317,9 @@ static struct nf_gen_job *job_find(struct nf_gen *g, uint64_t conn_id, uint64_t 
 /* True when a connection other than conn_id has a job with request id req_id (under mu). */
 static bool job_elsewhere(const struct nf_gen *g, uint64_t conn_id, uint64_t req_id)
 {
-    if (g->cur && g->cur->conn_id != conn_id && g->cur->req_id == req_id)
-        return true;
+    for (int i = 0; i < g->parallel; i++)
+        if (g->running[i] && g->running[i]->conn_id != conn_id && g->running[i]->req_id == req_id)
+            return true;
     for (const struct nf_gen_job *j = g->head; j; j = j->next)
         if (j->conn_id != conn_id && j->req_id == req_id)
             return true;
@@ -254,11 +349,38 @@ bool nf_gen_cancel(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, uint64_t
 void nf_gen_conn_closed(struct nf_gen *g, uint64_t conn_id)
 {
     pthread_mutex_lock(&g->mu);
-    if (g->cur && g->cur->conn_id == conn_id)
-        atomic_store(&g->cur->cancel, 1);
+    for (int i = 0; i < g->parallel; i++)
+        if (g->running[i] && g->running[i]->conn_id == conn_id)
+            atomic_store(&g->running[i]->cancel, 1);
     for (struct nf_gen_job *j = g->head; j; j = j->next)
         if (j->conn_id == conn_id)
             atomic_store(&j->cancel, 1);
+    pthread_mutex_unlock(&g->mu);
+}
+
+void nf_gen_cancel_running(struct nf_gen *g)
+{
+    pthread_mutex_lock(&g->mu);
+    for (int i = 0; i < g->parallel; i++)
+        if (g->running[i])
+            atomic_store(&g->running[i]->cancel, 1);
+    pthread_mutex_unlock(&g->mu);
+}
+
+void nf_gen_fail_all(struct nf_gen *g, struct nf_server *srv, const char *msg)
+{
+    pthread_mutex_lock(&g->mu);
+    for (int i = 0; i < g->parallel; i++) {
+        struct nf_gen_job *j = g->running[i];
+        if (j) {
+            nf_server_send_error(srv, j->conn_id, j->req_id, -EOWNERDEAD, "%s", msg);
+            atomic_store(&j->cancel, 1);
+        }
+    }
+    for (struct nf_gen_job *j = g->head; j; j = j->next) {
+        nf_server_send_error(srv, j->conn_id, j->req_id, -EOWNERDEAD, "%s", msg);
+        atomic_store(&j->cancel, 1);
+    }
     pthread_mutex_unlock(&g->mu);
 }
 
@@ -271,6 +393,10 @@ int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, 
         return rc;
     pthread_mutex_lock(&g->mu);
     nf_stats_add(&m, "queue_len", g->n_queued);
+    nf_stats_add(&m, "active", (uint64_t)g->n_running);
+    nf_stats_add(&m, "parallel", (uint64_t)g->parallel);
+    nf_stats_add(&m, "shared_steps", g->n_shared_steps);
+    nf_stats_add(&m, "shared_rows", g->n_shared_rows);
     nf_stats_add(&m, "requests", g->n_started);
     nf_stats_add(&m, "queue_wait_ns", g->wait_ns);
     nf_stats_add(&m, "clamped", g->n_clamped);

@@ -17,7 +17,10 @@ static bool always_hot(const struct nf_cache_tile_info *t)
     case NF_TILE_FFN_NORM:
     case NF_TILE_ROUTER:
     case NF_TILE_SHEXP_GATE:
-    case NF_TILE_EXP_PROBS_B: return true;
+    case NF_TILE_EXP_PROBS_B:
+    case NF_TILE_ATTN_O_BIAS: /* gpt-oss: one small row each */
+    case NF_TILE_ATTN_SINKS:
+    case NF_TILE_ROUTER_BIAS: return true;
     default: return false;
     }
 }
@@ -28,7 +31,9 @@ static bool by_layer(const struct nf_cache_tile_info *t)
     return t->kind == NF_TILE_ATTN_Q || t->kind == NF_TILE_ATTN_K || t->kind == NF_TILE_ATTN_V ||
            t->kind == NF_TILE_ATTN_O || t->kind == NF_TILE_PRED_LOWRANK ||
            t->kind == NF_TILE_PRED_ROUTER ||
-           (t->kind >= NF_TILE_ATTN_Q_A && t->kind <= NF_TILE_ATTN_V_B); /* deepseek2 */
+           (t->kind >= NF_TILE_ATTN_Q_A && t->kind <= NF_TILE_ATTN_V_B) || /* deepseek2 */
+           t->kind == NF_TILE_EXP_GATE_BIAS || t->kind == NF_TILE_EXP_UP_BIAS ||
+           t->kind == NF_TILE_EXP_DOWN_BIAS; /* gpt-oss */
 }
 
 static void mark(struct nf_cache *c, const struct nf_cache_tile_info *info, uint32_t id)

@@ -21,8 +21,9 @@
  *
  * The resident set (chosen at startup per class, at most half of each class's slots; see
  * nf_cache_limits) holds the tiles every token needs that are small or always used: output
- * norm, rope frequencies, every layer's norms and MoE routers, then the attention tiles (Q, K,
- * V, O) and predictor tiles of whole layers while they fit in their class: layers 0, 1, ... in
+ * norm, rope frequencies, every layer's norms and MoE routers (and gpt-oss's attention output
+ * bias, sinks and router bias), then the attention tiles (Q, K, V, O), predictor tiles and
+ * gpt-oss's expert bias rows of whole layers while they fit in their class: layers 0, 1, ... in
  * exact mode; in sparse mode the same number of layers spread evenly over the model (every
  * third or fourth layer), so that every stretch of layers has attention tiles to read while
  * compute works, not only the last ones (that read fewer bytes per token than layers 0, 1, ...;

@@ -53,9 +53,9 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: nanoflow-fetcher --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
-            "                        [--sparsity S] [--ctx N] [--ubatch N] [--qd N]\n"
-            "                        [--verify all|sample|none] [--no-uring] [--numa-node N]\n"
-            "                        [--expert-cache freq|cyclic] [--foreground]\n"
+            "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
+            "                        [--qd N] [--verify all|sample|none] [--no-uring]\n"
+            "                        [--numa-node N] [--expert-cache freq|cyclic] [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Creates the stack's shared region and reads weight tiles into it with io_uring\n"
             "(O_DIRECT, registered buffers; a pread thread pool when io_uring is unavailable).\n\n"
@@ -71,6 +71,8 @@ static void usage(FILE *out)
             "                     exact)\n"
             "  --ctx N            context length the plan holds KV for (default: 0 = the\n"
             "                     model's, capped at 4096 and by the budget)\n"
+            "  --parallel N       sequences compute runs at once, whose KV caches the plan\n"
+            "                     holds, 0..32 (default: 0 = chosen from the budget)\n"
             "  --ubatch N         compute's prompt chunk in tokens, 1..4096, whose activations\n"
             "                     the plan holds (default: 32)\n"
             "  --qd N             reads in flight (default 16, 1..4096)\n"
@@ -248,8 +250,8 @@ static int create_region(struct fetcher_main *m, char *err, size_t errlen)
 {
     struct nf_stack_plan plan;
     float sparsity = m->a.sparsity >= 0 ? m->a.sparsity : 0;
-    int rc =
-        nf_stack_plan_ub(m->f, m->ram, m->a.ctx, m->n_threads, m->a.ubatch, &plan, err, errlen);
+    int rc = nf_stack_plan_seq_ub(m->f, m->ram, m->a.ctx, m->n_threads, m->a.parallel, m->a.ubatch,
+                                  &plan, err, errlen);
     if (rc < 0)
         return rc;
     nf_rundir_shm_name(m->run_dir, m->shm_name, sizeof(m->shm_name));

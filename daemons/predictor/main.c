@@ -58,6 +58,8 @@ static void usage(FILE *out)
             "                      the stack's is used, a different value logged; default: the\n"
             "                      stack's)\n"
             "  --ctx N             context length (informational; default: 0 = the plan's)\n"
+            "  --parallel N        sequences compute runs at once (informational; default: 0 =\n"
+            "                      the plan's)\n"
             "  --lookahead N       deepest lookahead in layers, 1..64 (default 4)\n"
             "  --margin F          extra share of groups prefetched in sparse mode (default 0.1)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600 (default 30)\n"
@@ -101,8 +103,8 @@ static int load_predictors(struct pred *d)
     char err[512];
     const struct nf_stack_config *cfg = d->st.cfg;
     struct nf_stack_plan sp;
-    int rc =
-        nf_stack_plan(d->f, cfg->ram_budget, cfg->n_ctx, cfg->n_threads, &sp, err, sizeof(err));
+    int rc = nf_stack_plan_seq(d->f, cfg->ram_budget, cfg->n_ctx, cfg->n_threads,
+                               cfg->n_seq ? cfg->n_seq : 1, &sp, err, sizeof(err));
     if (rc < 0) {
         nf_log(NF_LOG_ERROR, "plan: %s", err);
         return rc;

@@ -10,6 +10,11 @@
 #include "predictor.h"
 #include "sparse_pick.h"
 
+/* gpt-oss's MoE tiles used every token whatever the routing: the router's bias and the
+ * experts' bias rows (a few rows of them, but the tiles are read whole). */
+static const enum nf_tile_kind nf_plan_bias_kinds[] = {NF_TILE_ROUTER_BIAS, NF_TILE_EXP_GATE_BIAS,
+                                                       NF_TILE_EXP_UP_BIAS, NF_TILE_EXP_DOWN_BIAS};
+
 static uint32_t tile_id(const struct nf_nft *f, const struct nf_nft_tile *t)
 {
     return (uint32_t)nf_nft_tile_id(f, t);
@@ -176,6 +181,9 @@ int nf_plan_init(struct nf_plan *p, const struct nf_nft *f, char *err, size_t er
         if (p->moe) /* a shared expert (qwen2moe): its gate and FFN tiles, every token */
             pl->n_fixed +=
                 nf_nft_count(f, il, NF_TILE_SHEXP_GATE) + nf_nft_count(f, il, NF_TILE_FFN);
+        for (size_t k = 0; p->moe && k < sizeof(nf_plan_bias_kinds) / sizeof(nf_plan_bias_kinds[0]);
+             k++) /* gpt-oss's router and expert biases */
+            pl->n_fixed += nf_nft_count(f, il, nf_plan_bias_kinds[k]);
         for (size_t k = 0; k < sizeof(need) / sizeof(need[0]); k++) {
             uint32_t n = nf_nft_count(f, il, need[k]);
             if (n == 0) {
@@ -267,7 +275,13 @@ static int put_fixed(const struct nf_plan *p, uint32_t layer, uint32_t *out, siz
     if (p->moe && ((rc = put_run(p->f, layer, NF_TILE_SHEXP_GATE, out, cap, n)) ||
                    (rc = put_run(p->f, layer, NF_TILE_FFN, out, cap, n))))
         return rc;
-    return p->moe ? put_run(p->f, layer, NF_TILE_ROUTER, out, cap, n) : 0;
+    if (p->moe && (rc = put_run(p->f, layer, NF_TILE_ROUTER, out, cap, n)))
+        return rc;
+    for (size_t k = 0; p->moe && k < sizeof(nf_plan_bias_kinds) / sizeof(nf_plan_bias_kinds[0]);
+         k++)
+        if ((rc = put_run(p->f, layer, nf_plan_bias_kinds[k], out, cap, n)))
+            return rc;
+    return 0;
 }
 
 int nf_plan_layer(const struct nf_plan *p, uint32_t layer, const uint64_t *sel, uint32_t *out,
@@ -435,6 +449,23 @@ int nf_forecaster_init(struct nf_forecaster *fc, const struct nf_plan *p, uint64
         if ((rc = nf_nft_read(f, pt, L->pred, nf_nft_tile_span(pt), err, errlen)) ||
             (rc = nf_nft_read(f, nt, nb, nf_nft_tile_span(nt), err, errlen)))
             goto fail;
+        /* gpt-oss: the router's bias joins the logits, as compute adds it before its top k. */
+        const struct nf_nft_tile *bt = p->moe ? nf_nft_find(f, il, NF_TILE_ROUTER_BIAS, 0) : NULL;
+        if (bt && (bt->type[0] != NF_TYPE_F32 || bt->count != 1 || bt->ne0 != p->n_expert)) {
+            rc = nf_errf(err, errlen, NF_ECORRUPT, "%s: layer %u router bias is not %u F32 values",
+                         f->path, il, p->n_expert);
+            goto fail;
+        }
+        if (bt) {
+            L->bias = aligned_alloc_4k(nf_nft_tile_span(bt));
+            if (!L->bias) {
+                rc = -ENOMEM;
+                goto fail;
+            }
+            if ((rc = nf_nft_read(f, bt, L->bias, nf_nft_tile_span(bt), err, errlen)))
+                goto fail;
+            fc->mem_bytes += nf_nft_tile_span(bt);
+        }
         L->type = (enum nf_type)pt->type[0];
         L->rank = pt->rank;
         L->rows = p->moe ? p->n_expert : pt->count;
@@ -461,6 +492,7 @@ void nf_forecaster_free(struct nf_forecaster *fc)
     if (fc->layers && fc->p)
         for (uint32_t il = 0; il < fc->p->n_layer; il++) {
             free(fc->layers[il].pred);
+            free(fc->layers[il].bias);
             free(fc->layers[il].norm);
         }
     free(fc->layers);
@@ -543,7 +575,7 @@ int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float 
             float acc = 0;
             for (int j = 0; j < E; j++)
                 acc += fc->tmp[j] * fc->xn[j];
-            fc->gscores[e] = acc;
+            fc->gscores[e] = L->bias ? acc + L->bias[e] : acc;
         }
         k = nf_forecast_moe_pick(fc->gscores, n, p->n_expert_used, margin, p->n_expert_used,
                                  fc->idx);

@@ -92,6 +92,7 @@ struct nf_fc_layer {
     enum nf_type type; /* element type of pred */
     uint32_t rank;     /* low-rank predictors */
     uint32_t rows;     /* n_ff (low-rank) or n_expert (router) */
+    float *bias;       /* (n_expert) gpt-oss's router bias (ROUTER_BIAS), or NULL */
 };
 
 struct nf_forecaster {
@@ -134,9 +135,10 @@ uint32_t nf_forecast_moe_pick(const float *logits, uint32_t n, uint32_t k, float
  *   dense: scored with its low-rank predictor; nf_sparse_keep(n, sparsity) groups plus
  *          ceil(margin * n) more are selected, whole FFN tiles first as compute chooses them
  *          (nf_sparse_pick in sparse_pick.h; every group when sparsity <= 0);
- *   MoE:   routed with its router copy; the experts nf_forecast_moe_pick keeps with k =
- *          n_expert_used, gap = margin (a router-logit difference) and at most n_expert_used
- *          extra; fc->idx[0 .. returned) lists them best first.
+ *   MoE:   routed with its router copy (plus gpt-oss's router bias, L->bias); the experts
+ *          nf_forecast_moe_pick keeps with k = n_expert_used, gap = margin (a router-logit
+ *          difference) and at most n_expert_used extra; fc->idx[0 .. returned) lists them best
+ *          first.
  * Writes the selection to sel (p->words words) and returns the number of units selected, or
  * -ENOENT when the layer's predictor was not loaded (sel untouched), NF_EUSAGE for a bad layer. */
 int nf_forecast(struct nf_forecaster *fc, uint32_t layer, const float *x, float sparsity,

@@ -1,0 +1,404 @@
+/* test_batch_engine.c - several sequences in one engine (continuous batching): every sequence's
+ * logits at every step are bit-identical to running it alone, for the in-RAM context
+ * (nf_ctx_step) and the streaming engine (nf_stream_step), with sequences of different prompt
+ * lengths joining and leaving at different steps, on dense, quantized, F16/BF16 and MoE models
+ * (glm4moe and deepseek2 among them: leading dense layers, sigmoid routing, latent attention),
+ * and in sparse mode. */
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "model.h"
+#include "nf_err.h"
+#include "nft.h"
+#include "stream.h"
+
+#define N_SEQ     4
+#define N_CTX     96
+#define MAX_STEPS 24
+
+/* Sequence i: a prompt of plen[i] tokens, joins the batch at step join[i], generates ngen[i]
+ * tokens greedily. Prompt 1 takes two chunks; sequences 0 and 3 overlap only partly. */
+static const int plen[N_SEQ] = {5, 40, 12, 1};
+static const int join[N_SEQ] = {0, 0, 3, 7};
+static const int ngen[N_SEQ] = {14, 6, 12, 9};
+
+static char tmpdir[256];
+
+static int setup_dir(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_batch_engine-XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown_dir(void **state)
+{
+    (void)state;
+    DIR *d = opendir(tmpdir);
+    struct dirent *e;
+    char p[600];
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
+            unlink(p);
+        }
+    if (d)
+        closedir(d);
+    rmdir(tmpdir);
+    return 0;
+}
+
+static int argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
+
+static void prompt(int i, int32_t *tok, int n_vocab)
+{
+    tok[0] = 1;
+    for (int k = 1; k < plen[i]; k++)
+        tok[k] = (int32_t)((k * 37 + 11 * (i + 1)) % n_vocab);
+}
+
+/* One engine seen through the same calls: the in-RAM context or the stream. */
+struct eng {
+    struct nf_ctx *c;
+    struct nf_kv_slot *slots;
+    struct nf_stream *s;
+    int n_vocab;
+};
+
+static int eng_solo(struct eng *e, bool reset, const int32_t *t, int n)
+{
+    if (e->s) {
+        if (reset)
+            nf_stream_reset(e->s);
+        return nf_stream_eval(e->s, t, n);
+    }
+    if (reset)
+        nf_ctx_reset(e->c);
+    return nf_ctx_eval(e->c, t, n);
+}
+
+static const float *eng_solo_logits(const struct eng *e)
+{
+    return e->s ? nf_stream_logits(e->s) : e->c->logits;
+}
+
+static int eng_prefill(struct eng *e, int i, const int32_t *t, int n)
+{
+    if (e->s) {
+        nf_stream_slot_reset(e->s, i);
+        return nf_stream_slot_eval(e->s, i, t, n);
+    }
+    e->slots[i].n_past = 0;
+    return nf_ctx_slot_eval(e->c, e->slots, i, t, n);
+}
+
+static int eng_step(struct eng *e, const int *idx, const int32_t *t, int n)
+{
+    return e->s ? nf_stream_step(e->s, idx, t, n) : nf_ctx_step(e->c, e->slots, idx, t, n);
+}
+
+static const float *eng_slot_logits(const struct eng *e, int i)
+{
+    return e->s ? nf_stream_slot_logits(e->s, i) : e->slots[i].logits;
+}
+
+/* ref[i][k]: logits of sequence i after its prompt (k = 0) and after its k-th generated token,
+ * each sequence run alone from a reset engine. */
+static float *solo_reference(struct eng *e)
+{
+    const int V = e->n_vocab;
+    float *ref = malloc(sizeof(float) * N_SEQ * (MAX_STEPS + 1) * (size_t)V);
+    assert_non_null(ref);
+    for (int i = 0; i < N_SEQ; i++) {
+        int32_t tok[64];
+        prompt(i, tok, V);
+        assert_int_equal(eng_solo(e, true, tok, plen[i]), 0);
+        for (int k = 0;; k++) {
+            const float *l = eng_solo_logits(e);
+            memcpy(ref + ((size_t)i * (MAX_STEPS + 1) + k) * V, l, sizeof(float) * V);
+            if (k == ngen[i] - 1)
+                break;
+            int32_t t = argmax(l, V);
+            assert_int_equal(eng_solo(e, false, &t, 1), 0);
+        }
+    }
+    return ref;
+}
+
+/* Runs the join/leave schedule in batches and checks every logit vector against ref. Returns
+ * the number of steps that ran two or more sequences. */
+static int check_batched(struct eng *e, const float *ref)
+{
+    const int V = e->n_vocab;
+    int done[N_SEQ] = {0}, shared = 0;
+    for (int step = 0; step < MAX_STEPS; step++) {
+        for (int i = 0; i < N_SEQ; i++)
+            if (join[i] == step) {
+                int32_t tok[64];
+                prompt(i, tok, V);
+                assert_int_equal(eng_prefill(e, i, tok, plen[i]), 0);
+                assert_memory_equal(eng_slot_logits(e, i), ref + (size_t)i * (MAX_STEPS + 1) * V,
+                                    sizeof(float) * V);
+            }
+        int idx[N_SEQ], n = 0;
+        int32_t t[N_SEQ];
+        for (int i = 0; i < N_SEQ; i++)
+            if (join[i] <= step && done[i] < ngen[i] - 1) {
+                idx[n] = i;
+                t[n++] = argmax(eng_slot_logits(e, i), V);
+            }
+        if (n == 0)
+            continue;
+        assert_int_equal(eng_step(e, idx, t, n), 0);
+        shared += n >= 2;
+        for (int r = 0; r < n; r++) {
+            const int i = idx[r];
+            done[i]++;
+            const float *want = ref + ((size_t)i * (MAX_STEPS + 1) + done[i]) * V;
+            if (memcmp(eng_slot_logits(e, i), want, sizeof(float) * V))
+                fail_msg("sequence %d, step %d of %d in a batch of %d: logits differ from its solo "
+                         "run",
+                         i, done[i], ngen[i], n);
+        }
+    }
+    for (int i = 0; i < N_SEQ; i++)
+        assert_int_equal(done[i], ngen[i] - 1);
+    return shared;
+}
+
+/* A model mkmodel generated into tmpdir (gen_model), else the shared one. */
+static void model_path(const char *name, char *out, size_t len)
+{
+    snprintf(out, len, "%s/%s.gguf", tmpdir, name);
+    if (access(out, R_OK) != 0)
+        snprintf(out, len, "%s/models/%s.gguf", NF_SHARED_DIR, name);
+}
+
+/* tmpdir/NAME.gguf from `nanoflowctl mkmodel ARGS` (once). */
+static void gen_model(const char *name, const char *args)
+{
+    char path[512], cmd[1536];
+    snprintf(path, sizeof(path), "%s/%s.gguf", tmpdir, name);
+    if (access(path, R_OK) == 0)
+        return;
+    snprintf(cmd, sizeof(cmd), "%s/ctl/nanoflowctl mkmodel %s %s >/dev/null", NF_BUILD_DIR, path,
+             args);
+    if (system(cmd) != 0)
+        fail_msg("mkmodel %s failed", name);
+}
+
+/* The tests/test_golden_arch.sh shapes of the architectures main gained. */
+static void gen_arch_models(void)
+{
+    gen_model("glm4moe-q8_0", "--seed 7 --arch glm4moe --dim 64 --layers 3 --ffn 64 --heads 4 "
+                              "--kv-heads 2 --head-dim 32 --experts 8 --experts-used 4 "
+                              "--dense-layers 1 --dense-ffn 128 --nextn 1 --expert-scale 2.5 "
+                              "--qk-norm --type q8_0");
+    gen_model("glm4moe-grp-q8_0",
+              "--seed 7 --arch glm4moe --dim 64 --layers 3 --ffn 64 --heads 4 --kv-heads 2 "
+              "--head-dim 32 --experts 16 --experts-used 4 --expert-groups 4 --groups-used 2 "
+              "--dense-layers 1 --dense-ffn 128 --nextn 1 --expert-scale 2.5 --type q8_0");
+    gen_model("deepseek2-q8_0", "--seed 7 --arch deepseek2 --dim 128 --layers 3 --ffn 64 --heads 4 "
+                                "--head-dim 48 --rope-dim 16 --kv-lora 64 --v-head 32 --q-lora 0 "
+                                "--dense-layers 1 --dense-ffn 256 --experts 8 --experts-used 2 "
+                                "--shared-experts 1 --type q8_0");
+    gen_model("deepseek3-q4_k",
+              "--seed 7 --arch deepseek2 --dim 256 --layers 3 --ffn 256 --heads 4 --head-dim 64 "
+              "--rope-dim 16 --kv-lora 256 --v-head 64 --q-lora 256 --dense-layers 1 "
+              "--dense-ffn 512 --experts 8 --experts-used 2 --shared-experts 1 --sigmoid "
+              "--expert-scale 2.5 --expert-groups 4 --groups-used 2 --type q4_k");
+    gen_model("deepseek2yarn-q8_0",
+              "--seed 9 --arch deepseek2 --dim 128 --layers 3 --ffn 64 --heads 4 --head-dim 48 "
+              "--rope-dim 32 --kv-lora 64 --v-head 32 --q-lora 64 --dense-layers 1 "
+              "--dense-ffn 256 --experts 8 --experts-used 2 --shared-experts 1 --type q8_0 "
+              "--yarn 8 --yarn-orig 256 --rope-base 1000 --yarn-mscale 0.707");
+}
+
+static const char *const arch_models[] = {"glm4moe-q8_0", "glm4moe-grp-q8_0", "deepseek2-q8_0",
+                                          "deepseek3-q4_k", "deepseek2yarn-q8_0"};
+
+static void check_ctx(const char *name)
+{
+    char path[512], err[512];
+    model_path(name, path, sizeof(path));
+    struct nf_model *m;
+    if (nf_model_load(&m, path, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    struct eng e = {.n_vocab = m->hp.n_vocab};
+    assert_int_equal(nf_ctx_create(&e.c, m, N_CTX, 2), 0);
+    float *ref = solo_reference(&e);
+    assert_int_equal(nf_kv_slots_create(&e.slots, e.c, N_SEQ), 0);
+    assert_true(check_batched(&e, ref) >= 5);
+    nf_kv_slots_free(e.slots, N_SEQ);
+    free(ref);
+    nf_ctx_free(e.c);
+    nf_model_free(m);
+}
+
+static void check_stream_ub(const char *name, float sparsity, int n_ubatch, int n_seq)
+{
+    char in[512], nft[512], err[512];
+    model_path(name, in, sizeof(in));
+    snprintf(nft, sizeof(nft), "%s/%s.nft", tmpdir, name);
+    struct nf_nft_convert_opts co = {.tile_size = 16384};
+    if (access(nft, R_OK) != 0 && nf_nft_convert(in, nft, &co, err, sizeof(err)) < 0)
+        fail_msg("convert %s: %s", name, err);
+    struct nf_nft *f;
+    if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    struct nf_tile_src src;
+    assert_int_equal(nf_tile_src_file_open(&src, f, 1 << 20), 0);
+    struct nf_stream_opts o = {
+        .n_ctx = N_CTX, .n_threads = 2, .sparsity = sparsity, .n_ubatch = n_ubatch, .n_seq = n_seq};
+    struct eng e = {0};
+    if (nf_stream_create(&e.s, f, &src, &o, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    e.n_vocab = nf_stream_hparams(e.s)->n_vocab;
+    float *ref = solo_reference(&e);
+    if (nf_stream_set_slots(e.s, N_SEQ, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    const uint64_t reads0 = nf_tile_src_file_reads(&src);
+    struct nf_stream_stats st0, st1;
+    nf_stream_get_stats(e.s, &st0);
+    assert_true(check_batched(&e, ref) >= 5);
+    nf_stream_get_stats(e.s, &st1);
+    (void)reads0;
+    assert_true(st1.tiles_pinned > st0.tiles_pinned);
+    /* Bad steps are refused without evaluating anything. */
+    int idx[2] = {0, 0};
+    int32_t t[2] = {1, 1};
+    assert_int_equal(nf_stream_step(e.s, idx, t, 2), NF_EUSAGE);
+    idx[1] = N_SEQ;
+    assert_int_equal(nf_stream_step(e.s, idx, t, 2), NF_EUSAGE);
+    idx[1] = 1;
+    t[1] = e.n_vocab;
+    assert_int_equal(nf_stream_step(e.s, idx, t, 2), NF_EUSAGE);
+    assert_int_equal(nf_stream_set_slots(e.s, 2, err, sizeof(err)), NF_EUSAGE);
+    free(ref);
+    nf_stream_free(e.s);
+    nf_tile_src_file_close(&src);
+    nf_nft_close(f);
+}
+
+static void check_stream(const char *name, float sparsity)
+{
+    check_stream_ub(name, sparsity, 0, 0);
+}
+
+static void test_ctx_stories(void **state)
+{
+    (void)state;
+    check_ctx("stories260K");
+}
+
+static void test_ctx_quantized(void **state)
+{
+    (void)state;
+    check_ctx("zoo-Q4_K_M");
+    check_ctx("zoo-Q4_0");
+}
+
+static void test_ctx_moe(void **state)
+{
+    (void)state;
+    check_ctx("moe-Q8_0");
+}
+
+static void test_stream_stories(void **state)
+{
+    (void)state;
+    check_stream("stories260K", 0.0f);
+}
+
+static void test_stream_types(void **state)
+{
+    (void)state;
+    /* F16 and BF16 prompt batches take tinyBLAS's order, q4_0 of a small model the repacked
+     * row order: a batched step must take the decode order instead. */
+    check_stream("zoo-F16", 0.0f);
+    check_stream("zoo-BF16", 0.0f);
+    check_stream("zoo-Q4_0", 0.0f);
+    check_stream("zoo-Q4_K_M", 0.0f);
+}
+
+static void test_stream_moe(void **state)
+{
+    (void)state;
+    check_stream("moe-Q8_0", 0.0f);
+    check_stream("moe-Q4_K_M", 0.0f);
+}
+
+static void test_ctx_arch(void **state)
+{
+    (void)state;
+    gen_arch_models();
+    for (size_t i = 0; i < sizeof(arch_models) / sizeof(arch_models[0]); i++)
+        check_ctx(arch_models[i]);
+}
+
+static void test_stream_arch(void **state)
+{
+    (void)state;
+    gen_arch_models();
+    for (size_t i = 0; i < sizeof(arch_models) / sizeof(arch_models[0]); i++)
+        check_stream(arch_models[i], 0.0f);
+}
+
+/* A prompt ubatch smaller than the sequences (up -ub 2 --parallel 4): the buffers hold the
+ * step's rows, prompts still go 2 tokens a chunk; without n_seq the slots are refused. */
+static void test_stream_small_ubatch(void **state)
+{
+    (void)state;
+    check_stream_ub("stories260K", 0.0f, 2, N_SEQ);
+    check_stream_ub("moe-Q8_0", 0.0f, 2, N_SEQ);
+    char in[512], nft[512], err[512];
+    model_path("stories260K", in, sizeof(in));
+    snprintf(nft, sizeof(nft), "%s/stories260K.nft", tmpdir);
+    struct nf_nft *f;
+    if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    struct nf_tile_src src;
+    assert_int_equal(nf_tile_src_file_open(&src, f, 1 << 20), 0);
+    struct nf_stream_opts o = {.n_ctx = N_CTX, .n_threads = 1, .n_ubatch = 2};
+    struct nf_stream *s;
+    if (nf_stream_create(&s, f, &src, &o, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    assert_int_equal(nf_stream_set_slots(s, N_SEQ, err, sizeof(err)), NF_EUSAGE);
+    assert_non_null(strstr(err, "rows"));
+    nf_stream_free(s);
+    nf_tile_src_file_close(&src);
+    nf_nft_close(f);
+}
+
+static void test_stream_sparse(void **state)
+{
+    (void)state;
+    check_stream("stories260K", 0.5f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ctx_stories),   cmocka_unit_test(test_ctx_quantized),
+        cmocka_unit_test(test_ctx_moe),       cmocka_unit_test(test_stream_stories),
+        cmocka_unit_test(test_stream_types),  cmocka_unit_test(test_stream_moe),
+        cmocka_unit_test(test_stream_sparse), cmocka_unit_test(test_ctx_arch),
+        cmocka_unit_test(test_stream_arch),   cmocka_unit_test(test_stream_small_ubatch),
+    };
+    return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
+}

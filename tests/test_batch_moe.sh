@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# test_batch_moe.sh - continuous batching through the stack (`up --parallel 4`): several `gen`
+# clients started at different times, with prompts of different lengths, different -n, greedy
+# and seeded sampling, each get exactly their solo `run --json` output (token lines, gen_ids,
+# text) while sharing steps (stats: steps shared by 2+ sequences); a client cancelled with
+# Ctrl-C mid-way leaves the others' output intact and its own a prefix of its solo output. On
+# moe-Q8_0 (tests/batch_lib.sh).
+set -u
+. "$(dirname "$0")/lib.sh"
+: "${NF_BIN:?NF_BIN must point to nanoflowctl}"
+: "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
+if ! command -v python3 >/dev/null; then
+    echo "skip: python3 is needed to read JSON"
+    exit 77
+fi
+need_daemons
+T=$(mktemp -d)
+export XDG_CACHE_HOME="$T/cache" # the in-place index of the read-only shared model goes here
+export NANOFLOW_PROGRESS_MS=0
+cleanup() {
+    for d in "$T"/run-*; do
+        [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
+    done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+. "$(dirname "$0")/batch_lib.sh"
+if [ ! -f "$NF_SHARED_DIR/models/moe-Q8_0.gguf" ]; then
+    echo "skip: $NF_SHARED_DIR/models/moe-Q8_0.gguf is missing"
+    exit 77
+fi
+batch_check moe-Q8_0
+exit $fail
