@@ -1059,7 +1059,7 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         pids[i] = nf_pidfile_read(dir, nf_stack_roles[i]);
     }
     int gw_pid = 0;
-    if (o->http && (gw_pid = up_gateway(o, dir, nft, children)) < 0)
+    if (o->http && (gw_pid = up_gateway(&od, dir, nft, children)) < 0)
         return 1;
     /* The pool as "N slots: n0 x size0 + n1 x size1 ..." (one entry per slot size class). */
     char pool_desc[192];

@@ -24,7 +24,8 @@ cp "$M0" "$T/m.gguf"
 patch_ctx "$T/m.gguf" 2048 || exit 1 # room for 150-token generations
 PORT=$(free_port)
 U="http://127.0.0.1:$PORT"
-http_up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048
+# --parallel 1: compute runs one request at a time, so the order served is the gateway's queue.
+http_up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --parallel 1
 
 "$NF_BIN" status --run-dir "$R" >"$T/status.txt" 2>&1
 grep -Eq "^gateway +[0-9]+ +ready" "$T/status.txt"

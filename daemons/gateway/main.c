@@ -66,7 +66,8 @@ static void usage(FILE *out)
             "                       429 (default %d)\n"
             "  --max-running N      of those, forwarded to compute at once, 1..4096; the rest\n"
             "                       wait in the gateway, served round-robin per client (API\n"
-            "                       key, else address) (default %d: compute runs one)\n"
+            "                       key, else address) (default: --parallel, the sequences\n"
+            "                       compute runs at once, which up passes; else %d)\n"
             "  --run-dir DIR        run directory (default: as nanoflowctl's)\n"
             "  --ram SIZE, -t, --threads N, --sparsity S, --ctx N\n"
             "                       the stack's flags, which 'up' passes to every daemon:\n"
@@ -272,7 +273,11 @@ static int serve(struct gateway *m, char *err, size_t errlen)
     g->max_queue = m->max_queue ? (int)m->max_queue : GW_MAX_QUEUE_DEFAULT;
     if (!m->max_queue) /* `up --http` passes no gateway flag: the environment may set it */
         g->max_queue = (int)(env_timeout_ms("NANOFLOW_HTTP_MAX_QUEUE", g->max_queue) / 1000u);
-    g->max_running = m->max_running ? (int)m->max_running : GW_MAX_RUNNING_DEFAULT;
+    /* Without --max-running: as many as compute runs at once (--parallel, which `up` passes
+     * every daemon), so HTTP requests join its batch. */
+    g->max_running = m->max_running  ? (int)m->max_running
+                     : m->o.parallel ? (int)m->o.parallel
+                                     : GW_MAX_RUNNING_DEFAULT;
     if (!m->max_running)
         g->max_running = (int)(env_timeout_ms("NANOFLOW_HTTP_MAX_RUNNING", g->max_running) / 1000u);
     g->header_timeout_ms = env_timeout_ms("NANOFLOW_HTTP_HEADER_TIMEOUT_S", GW_HEADER_TIMEOUT_S);
