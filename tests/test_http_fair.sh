@@ -61,9 +61,17 @@ def metrics():
     m = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     return {l.split()[0]: float(l.split()[1]) for l in m.splitlines() if l and not l.startswith("#")}
 flood = [threading.Thread(target=client, args=(f"A{i}", "key-A")) for i in range(10)]
-for t in flood:
+def accepted():  # requests the gateway holds or has forwarded
+    m = metrics()
+    return m["nanoflow_gateway_queue_len"] + m["nanoflow_gateway_fair_wait_seconds_count"]
+# A0 first, then A1..A9 queue behind it: each started once the gateway has the one before (a
+# fixed stagger let A1 overtake A0 on a loaded machine).
+for i, t in enumerate(flood):
     t.start()
-    time.sleep(0.01)  # A0 first, then A1..A9 queue behind it
+    for _ in range(1000):
+        if accepted() >= i + 1:
+            break
+        time.sleep(0.005)
 # Once all 10 are in the gateway (waiting, or forwarded), B comes: it must be forwarded right
 # after the request running then, before every A still waiting.
 for _ in range(500):
