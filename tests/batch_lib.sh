@@ -4,7 +4,9 @@
 # different -n, greedy and seeded sampling, and checks each gets exactly its solo `run --json`
 # output (token lines, gen_ids, text) while they shared steps (stats: steps shared by 2+
 # sequences); a client cancelled with Ctrl-C mid-way leaves the others' output intact and gets
-# a prefix of its solo output. Needs T (a scratch directory) and NF_BIN, NF_SHARED_DIR.
+# a prefix of its solo output. Needs T (a scratch directory) and NF_BIN, NF_SHARED_DIR;
+# BATCH_NEED_SHARED=0 waives the shared-steps check (for a model too fast to be sure its
+# staggered clients overlap on a loaded machine).
 
 # Clients: name, delay before starting (s), -n, sampling flags, prompt.
 CLIENTS=(
@@ -73,10 +75,10 @@ batch_check() {
     [ $xrc -eq 130 ]
     check "$name: the cancelled gen exits 130 (rc $xrc)" $?
     "$NF_BIN" stats --run-dir "$R" --json >"$T/stats.json" 2>/dev/null
-    python3 - "$T/stats.json" <<'PY'
+    python3 - "$T/stats.json" "${BATCH_NEED_SHARED:-1}" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))["compute"]
-assert c["shared_steps"] > 0, c
+assert c["shared_steps"] > 0 or sys.argv[2] == "0", c
 assert c["parallel"] == 4 and c["active"] == 0, c
 print("shared steps", c["shared_steps"], "sequences per shared step", c["shared_batch"])
 PY
