@@ -2,8 +2,9 @@
 # test_spec_stack.sh - speculative decoding through the stack: `up --lookup` makes prompt lookup
 # the default, `gen --lookup` / `--no-lookup` choose per request, and every way gives run's
 # tokens: greedy on stories260K (the golden), into the context limit, seeded sampling, and
-# zoo-Q4_K_M's prompt that ends in eog; `stats` and gen --json report drafted, accepted and the
-# acceptance rate; bad flags are refused. (`up --draft`: test_spec_draft.sh.)
+# zoo-Q4_K_M's prompt that ends in eog, requests speculating beside a plain one with up
+# --parallel; `stats` and gen --json report drafted, accepted and the acceptance rate; bad flags
+# are refused. (`up --draft` alone: test_spec_draft.sh.)
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -87,7 +88,31 @@ check "zoo: gen --lookup's summary has the draft counts" $?
 check "zoo: without --lookup (the stack's default: off) no drafts" $?
 "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
 
-# 4. Bad flags: --draft-max out of range; --lookup with --draft.
+# 4. With continuous batching (up --parallel 3 --draft): speculating requests (the draft model,
+#    lookup) run beside a plain one at once, each on its own slot, and each gives run's tokens.
+"$NF_BIN" up -m "$T/m/stories.gguf" --ram 256M -t 1 --parallel 3 --draft "$T/m/stories.gguf" \
+    --run-dir "$R" >/dev/null 2>"$T/up.err"
+check "parallel: up --parallel 3 --draft exits 0" $?
+P1="Tim had a red ball. He liked to play with it. Tim had a red ball. He liked"
+P2="Once upon a time there was a little girl"
+FLAGS=(--use-draft --lookup --no-lookup)
+PROMPTS=("$P1" "$P1" "$P2")
+for k in 0 1 2; do
+    "$NF_BIN" gen --run-dir "$R" "${FLAGS[$k]}" -p "${PROMPTS[$k]}" -n 48 --temp 0 --json \
+        >"$T/par$k.jsonl" 2>/dev/null &
+done
+wait
+for k in 0 1 2; do
+    "$NF_BIN" run -m "$M0" -t 1 -p "${PROMPTS[$k]}" -n 48 --temp 0 --json >"$T/run$k.jsonl" \
+        2>/dev/null
+    spec_same_ids "$T/par$k.jsonl" "$T/run$k.jsonl"
+    check "parallel: gen ${FLAGS[$k]} beside the others equals run" $?
+done
+spec_drafted "$T/par0.jsonl" 1
+check "parallel: the draft model drafted" $?
+"$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
+
+# 5. Bad flags: --draft-max out of range; --lookup with --draft.
 expect "run --draft-max 17 is refused" 2 "draft-max" \
     "$NF_BIN" run -m "$M0" -p hi --lookup --draft-max 17
 expect "run --lookup with --draft is refused" 2 "not both" \
