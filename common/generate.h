@@ -13,6 +13,19 @@
  *     stops at an end-of-generation token ("eog"), after max_tokens ("length") or when the
  *     context is full ("ctx"); otherwise the token is evaluated.
  *
+ * Speculative decoding (params.draft set, off by default): after a token is sampled, a draft
+ * source guesses the k tokens that follow it; the engine evaluates the token and the guesses in
+ * one pass (eval_rows: every position's logits, each as a decode step would compute it), and
+ * the step samples from those logits in order, exactly as plain decoding would, keeping the
+ * guesses while the sampled token equals them: the first sampled token that differs (or the one
+ * after the last guess) ends the step and the rejected positions are rolled back. Each sample
+ * sees the logits and sampler state plain decoding gives it, so the output is the same token
+ * for token, greedy or seeded. For sampling this is the standard rejection rule for a draft
+ * that is a point mass (accept x with probability p(x), else draw from the residual): a draw
+ * from p that lands on x accepts it, one that does not is a draw from p without x. Rule 3's
+ * stops apply to every token of an accepted run as to a plain step. k adapts to the
+ * acceptance (1..NF_GEN_SPEC_MAX).
+ *
  * All state of one sequence lives in its struct nf_gen_seq (the caller owns it, no globals), and
  * nf_gen_seq_step advances it by one token, so a caller can later interleave several sequences.
  * The engine is reached through struct nf_gen_engine: the in-RAM nf_ctx and the streaming
@@ -30,6 +43,9 @@
 #include "stream.h"
 #include "tokenizer.h"
 
+/* Most draft tokens one speculative step verifies. */
+#define NF_GEN_SPEC_MAX 16
+
 /* Most top logits a token event can carry. */
 #define NF_GEN_TOP_LOGITS_MAX 64
 
@@ -45,11 +61,61 @@ struct nf_gen_engine {
     void *ud;
     int n_ctx;
     int n_vocab;
+    /* Optional (NULL: no speculative decoding): eval_rows evaluates n tokens like eval and
+     * writes every one's logits (n, n_vocab), each as a one-token eval would compute it
+     * (nf_ctx_eval_rows); rollback forgets the positions from n_past on. Both return 0 or a
+     * negative code. */
+    int (*eval_rows)(void *ud, const int32_t *toks, int n, float *logits);
+    int (*rollback)(void *ud, int n_past);
 };
 
 /* Adapters for the two engines of model.h and stream.h (ud = c or s, which must outlive e). */
 void nf_gen_engine_ctx(struct nf_gen_engine *e, struct nf_ctx *c);
 void nf_gen_engine_stream(struct nf_gen_engine *e, struct nf_stream *s);
+
+/* A source of draft tokens. draft writes up to max (1..NF_GEN_SPEC_MAX) guesses of the tokens
+ * following ids[0..n) (the prompt and the tokens generated so far) into out and returns how
+ * many (0: no guess, the step decodes plainly), or a negative code that ends the sequence with
+ * an error. */
+struct nf_gen_draft {
+    int (*draft)(void *ud, const int32_t *ids, int n, int32_t *out, int max);
+    void *ud;
+};
+
+/* Prompt lookup (spec_lookup.c): the draft is what followed the latest earlier occurrence of
+ * the sequence's last ngram_max..ngram_min tokens (the longest that occurs), up to max tokens.
+ * Needs no model: strong where the output repeats its input (extraction, edits, code). */
+struct nf_gen_lookup {
+    int ngram_min, ngram_max; /* clamped into 1 <= min <= max <= 8 */
+};
+/* Fills d to draft by prompt lookup with l (clamped here; l must outlive d). */
+void nf_gen_draft_lookup(struct nf_gen_draft *d, struct nf_gen_lookup *l);
+
+/* A draft model (spec_draft.c): a small model with the target's vocabulary, in RAM with its own
+ * context c (n_ctx at least the target's), decoding greedily ahead of the target (a point-mass
+ * draft). Between steps it keeps the positions the sequence still shares (accepted drafts) and
+ * rolls back the rest. */
+struct nf_gen_draft_model {
+    struct nf_ctx *c;         /* not owned */
+    const struct nf_vocab *v; /* eog tokens end a draft */
+    int32_t *ids;             /* (c->n_ctx) the tokens in c's KV cache */
+    int n_ids;
+};
+/* Fills d to draft with dm over c (which must outlive d). Returns 0 or -ENOMEM; dm needs
+ * nf_gen_draft_model_free either way. */
+int nf_gen_draft_model_init(struct nf_gen_draft *d, struct nf_gen_draft_model *dm, struct nf_ctx *c,
+                            const struct nf_vocab *v);
+void nf_gen_draft_model_free(struct nf_gen_draft_model *dm);
+/* Bytes a draft model with hyperparameters hp takes besides its weights when it drafts in a
+ * context of n_ctx on n_threads threads: its KV cache and scratch, its token record and the
+ * target's verification rows (for the budget of `up --draft`). */
+uint64_t nf_gen_draft_ctx_bytes(const struct nf_hparams *hp, int n_ctx, int n_threads);
+/* The draft callback of a draft model (ud = dm). */
+int nf_gen_draft_model_run(void *ud, const int32_t *ids, int n, int32_t *out, int max);
+/* Whether draft can draft for target: the same tokens (count, texts, BOS and EOS). Returns 0,
+ * or NF_EUSAGE with err saying the first difference. */
+int nf_gen_vocab_check(const struct nf_vocab *target, const struct nf_vocab *draft, char *err,
+                       size_t errlen);
 
 /* Why a sequence stopped. */
 enum nf_gen_stop {
@@ -91,6 +157,10 @@ struct nf_gen_params {
     int (*on_token)(void *ud, const struct nf_gen_token *t);
     void *ud;
     bool logprobs; /* fill nf_gen_token.log_sum_exp (one pass over the vocabulary per token) */
+    /* Optional (NULL): speculative decoding with this source (the engine needs eval_rows and
+     * rollback); spec_max bounds k (1..NF_GEN_SPEC_MAX, 0: NF_GEN_SPEC_MAX). */
+    const struct nf_gen_draft *draft;
+    int spec_max;
 };
 
 /* One sequence. The caller allocates it; nf_gen_seq_init fills it, nf_gen_seq_free releases
@@ -109,12 +179,19 @@ struct nf_gen_seq {
     bool prompt_done; /* the prompt has been evaluated */
     uint64_t t_start_ns, t_prompt_ns, t_end_ns; /* nf_now_ns at the first step, after the
                                                    prompt, at the stop */
+    /* Speculative decoding: tokens drafted and verified, those accepted, verification passes
+     * (evals of more than one token after the prompt). */
+    int n_drafted, n_accepted, n_verify;
     /* Private. */
     struct nf_sampler *smp;
     char *piece; /* (piece_cap) */
     int piece_cap;
     int32_t top_ids[NF_GEN_TOP_LOGITS_MAX];
     float top_vals[NF_GEN_TOP_LOGITS_MAX];
+    int spec_k;        /* drafts asked for at the next step */
+    bool spec_pending; /* the last generated token is not evaluated yet */
+    float *spec_rows;  /* (NF_GEN_SPEC_MAX + 1, n_vocab) logits of a verification pass */
+    int32_t spec_batch[NF_GEN_SPEC_MAX + 1];
 };
 
 /* The context rule of `run`, `up -c` and so of `gen` (whose stack `up` sizes): a context longer
@@ -142,9 +219,9 @@ int nf_gen_seq_init(struct nf_gen_seq *q, const struct nf_gen_engine *e, const s
                     size_t errlen);
 
 /* Advances q: the first call resets the engine and evaluates the prompt, every later one
- * generates one token (rule 3). Returns 1 while the sequence runs, 0 once it has stopped
- * (q->stop says why; a stopped sequence stays stopped). Does not allocate except to grow the
- * piece buffer for an unusually long piece. */
+ * generates one token (rule 3), or with speculative decoding the tokens of one verified run.
+ * Returns 1 while the sequence runs, 0 once it has stopped (q->stop says why; a stopped sequence
+ * stays stopped). Does not allocate except to grow the piece buffer for an unusually long piece. */
 int nf_gen_seq_step(struct nf_gen_seq *q);
 
 /* For an engine that evaluates a sequence's decode tokens later, with other sequences' (the

@@ -365,6 +365,9 @@ struct nf_ctx {
     float *sh_out;       /* (NF_MAX_BATCH, n_embd) the shared expert's gated output (qwen2moe) */
     float *sh_gate;      /* (NF_MAX_BATCH) its gate logits, then sigmoids */
     int n_ubatch; /* tokens per prompt chunk; the (NF_MAX_BATCH, ...) buffers hold this many */
+    /* Set during a per-row pass (nf_ctx_eval_rows, nf_stream_eval_rows): nf_matmul and the
+     * attention compute each token's row with the one-token kernels. */
+    bool per_row;
     /* (n_head) F32 the attention sinks of the layer nf_attn_core runs next (gpt-oss), set by
      * its caller; NULL: none. Not owned. */
     const float *attn_sinks;
@@ -402,6 +405,17 @@ void nf_ctx_reset(struct nf_ctx *c);
  * leaves the logits of the last one in c->logits. Returns 0, NF_ECTXFULL when they do not fit
  * (nothing evaluated), or NF_EUSAGE for a token id outside the vocabulary. */
 int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n);
+
+/* Evaluates n tokens at positions n_past.. (appended to the KV cache) and writes the logits of
+ * every one into logits (n, n_vocab), each row bit-identical to what nf_ctx_eval of that token
+ * alone would leave: every mat-vec runs the one-token kernels per row and every row attends
+ * as a decode step does (its own causal view, padded as for one token). The weights are still
+ * read once per chunk of n_ubatch tokens. Speculative decoding verifies its drafts with it.
+ * c->logits gets the last row. Returns 0, NF_ECTXFULL (nothing evaluated) or NF_EUSAGE. */
+int nf_ctx_eval_rows(struct nf_ctx *c, const int32_t *tokens, int n, float *logits);
+/* Rolls the sequence back to its first n_past positions (0 <= n_past <= c->n_past, else
+ * NF_EUSAGE): the later positions are forgotten, as drafts a verification rejected. */
+int nf_ctx_rollback(struct nf_ctx *c, int n_past);
 
 /* --- several sequences over one context (model_batch.c) ---------------------------------
  * A slot is one sequence's KV cache, position and logits. Slot 0 borrows the context's own

@@ -259,8 +259,10 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
     const struct nf_type_traits *tr = nf_type_traits(w->type);
     const int64_t n = w->ne[0];
     struct nf_matmul_job j = {.w = w, .dot = tr->vec_dot, .out = out, .n_tok = n_tok};
-    /* What a prompt batch of n_tok tokens computes differently from n_tok decode steps. */
-    const bool batch = n_tok >= 2 && !each_tok;
+    /* What a prompt batch of n_tok tokens computes differently from n_tok decode steps. A
+     * per-row pass (c->per_row) takes each_tok for every product: each of its rows gets the
+     * floats a decode step of that token gets. */
+    const bool batch = n_tok >= 2 && !each_tok && !c->per_row;
     if (w->type == NF_TYPE_F32 && batch && n % 16 == 0) {
         /* llama.cpp hands this to tinyBLAS, which takes the activations in F32. */
         j.kind = NF_MM_TINYBLAS;
@@ -471,8 +473,17 @@ static void nf_attn_run(void *arg, int ith, int nth)
     int n_kv = (j->pos0 + j->n_tok + pad - 1) / pad * pad;
     const int cap = c->m->hp.kv_pad ? (c->n_ctx + pad - 1) / pad * pad : c->n_ctx;
     n_kv = n_kv < cap ? n_kv : cap;
-    for (int task = ith; task < j->n_tok * nh; task += nth)
-        nf_attn_head(c, j->il, task / nh, task % nh, j->pos0 + task / nh, j->n_tok, n_kv, scratch);
+    for (int task = ith; task < j->n_tok * nh; task += nth) {
+        const int t = task / nh, pos = j->pos0 + t;
+        if (c->per_row) {
+            /* Each row as the decode step of its token alone: its own padded view of the
+             * cells up to its position, and the one-token (non-tinyBLAS) products. */
+            const int kv1 = (pos + pad) / pad * pad;
+            nf_attn_head(c, j->il, t, task % nh, pos, 1, kv1 < cap ? kv1 : cap, scratch);
+        } else {
+            nf_attn_head(c, j->il, t, task % nh, pos, j->n_tok, n_kv, scratch);
+        }
+    }
 }
 
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
@@ -1013,8 +1024,11 @@ void nf_ctx_reset(struct nf_ctx *c)
     c->n_past = 0;
 }
 
-/* Runs one chunk of at most c->n_ubatch tokens through every layer. */
-static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bool want_logits)
+/* Runs one chunk of at most c->n_ubatch tokens through every layer. With rows (n_tok, n_vocab)
+ * every token's logits are computed into it (a per-row pass), else the last one's into
+ * c->logits when want_logits. */
+static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bool want_logits,
+                          float *rows)
 {
     const struct nf_model *m = c->m;
     const struct nf_hparams *hp = &m->hp;
@@ -1035,7 +1049,7 @@ static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bo
             nf_mla_forward(c, &L->attn, il, pos0, n_tok);
         else
             nf_attn_forward(c, &L->attn, il, pos0, n_tok);
-        if (il == hp->n_layer - 1) {
+        if (il == hp->n_layer - 1 && !rows) {
             /* Only the output rows are needed past the last attention (llama.cpp's
              * inp_out_ids): the last FFN runs on the last token alone, or not at all. */
             if (!want_logits)
@@ -1049,13 +1063,19 @@ static void nf_eval_chunk(struct nf_ctx *c, const int32_t *tokens, int n_tok, bo
             nf_ffn_forward(c, &L->ffn_norm, &L->ffn, n_tok_ffn);
     }
     c->n_past += n_tok;
-    if (want_logits) {
+    if (rows) {
+        for (int t = 0; t < n_tok; t++)
+            nf_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, m->output_norm.data, E,
+                       hp->rms_eps);
+        nf_matmul(c, rows, &m->output, c->xn, n_tok);
+    } else if (want_logits) {
         nf_rmsnorm(c->xn, c->x, m->output_norm.data, E, hp->rms_eps);
         nf_matmul(c, c->logits, &m->output, c->xn, 1);
     }
 }
 
-int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n)
+/* The checks of an eval of n tokens: 0, NF_ECTXFULL or NF_EUSAGE. */
+static int nf_ctx_eval_check(const struct nf_ctx *c, const int32_t *tokens, int n)
 {
     if (n < 1)
         return NF_EUSAGE;
@@ -1064,9 +1084,44 @@ int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n)
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= c->m->hp.n_vocab)
             return NF_EUSAGE;
+    return 0;
+}
+
+int nf_ctx_eval(struct nf_ctx *c, const int32_t *tokens, int n)
+{
+    int rc = nf_ctx_eval_check(c, tokens, n);
+    if (rc < 0)
+        return rc;
     for (int i = 0; i < n; i += c->n_ubatch) {
         int nb = n - i < c->n_ubatch ? n - i : c->n_ubatch;
-        nf_eval_chunk(c, tokens + i, nb, i + nb == n);
+        nf_eval_chunk(c, tokens + i, nb, i + nb == n, NULL);
     }
+    return 0;
+}
+
+int nf_ctx_eval_rows(struct nf_ctx *c, const int32_t *tokens, int n, float *logits)
+{
+    const size_t V = (size_t)c->m->hp.n_vocab;
+    int rc = nf_ctx_eval_check(c, tokens, n);
+    if (rc < 0)
+        return rc;
+    c->per_row = true;
+    for (int i = 0; i < n; i += c->n_ubatch) {
+        int nb = n - i < c->n_ubatch ? n - i : c->n_ubatch;
+        nf_eval_chunk(c, tokens + i, nb, true, logits + (size_t)i * V);
+    }
+    c->per_row = false;
+    /* The last row is also what nf_ctx_eval would have left. */
+    memcpy(c->logits, logits + (size_t)(n - 1) * V, sizeof(float) * V);
+    return 0;
+}
+
+int nf_ctx_rollback(struct nf_ctx *c, int n_past)
+{
+    if (n_past < 0 || n_past > c->n_past)
+        return NF_EUSAGE;
+    /* Cells past n_past are never read (attention looks at cells 0..pos only) and are
+     * overwritten when their positions are evaluated again. */
+    c->n_past = n_past;
     return 0;
 }

@@ -72,6 +72,8 @@ struct nf_stream {
     float *mxn;               /* (n_slots, n_embd) MoE: the rows that chose one expert */
     float *mout;              /* (n_slots, n_embd) their expert's outputs */
     float *meo;               /* (n_slots, n_expert_used, n_embd) every row's outputs */
+    /* (n_tok, n_vocab) during nf_stream_eval_rows: the chunk's logits; else NULL */
+    float *row_logits;
 };
 
 /* --- tiles ----------------------------------------------------------------------------- */
@@ -507,11 +509,13 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
             continue;
         if (!(p = nf_stream_pin(s, t, &rc)))
             return rc;
-        /* A batched step runs each row's pairs as its own decode step would (the same split
-         * between threads, so the same sums); a prompt chunk runs all of them at once. */
-        for (int k = 0; k < (s->batch ? n_tok : 1); k++) {
-            const uint32_t np = s->batch ? nf_sparse_pairs(s, g0, ng, k, k + 1)
-                                         : nf_sparse_pairs(s, g0, ng, 0, n_tok);
+        /* A batched step, or a per-row pass (c->per_row), runs each row's pairs as its own
+         * decode step would (the same split between threads, so the same sums); a prompt
+         * chunk runs all of them at once. */
+        const bool each = s->batch || c->per_row;
+        for (int k = 0; k < (each ? n_tok : 1); k++) {
+            const uint32_t np =
+                each ? nf_sparse_pairs(s, g0, ng, k, k + 1) : nf_sparse_pairs(s, g0, ng, 0, n_tok);
             if (np == 0)
                 continue;
             struct nf_sparse_job jb = {s, t, p, np};
@@ -848,9 +852,9 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         c->x[i] += c->ffo[i];
 ffn:;
     int n_ffn = n_tok;
-    if ((int)il == hp->n_layer - 1 && !s->batch) {
+    if ((int)il == hp->n_layer - 1 && !s->batch && !s->row_logits) {
         /* As nf_eval_chunk: past the last attention only the last token's row is needed (in a
-         * batched step every row is a sequence's last token). */
+         * batched step every row is a sequence's last token; a per-row pass needs them all). */
         if (!want_logits)
             return 0;
         memmove(c->x, c->x + (size_t)(n_tok - 1) * E, sizeof(float) * E);
@@ -939,6 +943,13 @@ static int nf_stream_chunk(struct nf_stream *s, const int32_t *tokens, int n_tok
             s->progress(s->progress_ud, s->prog_done + part, s->prog_total);
     }
     c->n_past += n_tok;
+    if (s->row_logits) { /* a per-row pass: every token's logits */
+        if ((rc = nf_stream_norm(s, c->xn, c->x, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, n_tok)))
+            return rc;
+        return nf_stream_mm(s, s->row_logits, NF_NFT_NO_LAYER,
+                            s->f->hdr.tied_output ? NF_TILE_EMBD : NF_TILE_OUTPUT,
+                            (size_t)hp->n_vocab, c->xn, n_tok);
+    }
     if (!want_logits)
         return 0;
     if ((rc = nf_stream_norm(s, c->xn, c->x, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 1)))
@@ -948,9 +959,10 @@ static int nf_stream_chunk(struct nf_stream *s, const int32_t *tokens, int n_tok
                         c->xn, 1);
 }
 
-int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
+/* The checks of an eval of n tokens: 0, or NF_ECTXFULL / NF_EUSAGE with s->err set. */
+static int nf_stream_eval_check(struct nf_stream *s, const int32_t *tokens, int n)
 {
-    struct nf_ctx *c = s->c;
+    const struct nf_ctx *c = s->c;
     s->err[0] = 0;
     if (n < 1)
         return NF_EUSAGE;
@@ -965,6 +977,14 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
                      tokens[i], s->shell.hp.n_vocab);
             return NF_EUSAGE;
         }
+    return 0;
+}
+
+int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
+{
+    const int bad = nf_stream_eval_check(s, tokens, n);
+    if (bad < 0)
+        return bad;
     /* One chunk per ubatch: each tile is pinned once for all its tokens. */
     for (int i = 0; i < n; i += s->ub) {
         int nb = n - i < s->ub ? n - i : s->ub;
@@ -977,6 +997,34 @@ int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
             s->progress(s->progress_ud, i + nb, n);
     }
     return 0;
+}
+
+int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float *logits)
+{
+    struct nf_ctx *c = s->c;
+    const size_t V = (size_t)s->shell.hp.n_vocab;
+    int rc = nf_stream_eval_check(s, tokens, n);
+    if (rc < 0)
+        return rc;
+    c->per_row = true;
+    /* Chunks of the ubatch, as nf_stream_eval: the (ub, ...) buffers hold that many rows. */
+    for (int i = 0; i < n && rc == 0; i += s->ub) {
+        const int nb = n - i < s->ub ? n - i : s->ub;
+        s->prog_done = i;
+        s->prog_total = n;
+        s->row_logits = logits + (size_t)i * V;
+        rc = nf_stream_chunk(s, tokens + i, nb, true);
+    }
+    c->per_row = false;
+    s->row_logits = NULL;
+    if (rc == 0) /* the last row is also what nf_stream_eval would have left */
+        memcpy(c->logits, logits + (size_t)(n - 1) * V, sizeof(float) * V);
+    return rc;
+}
+
+int nf_stream_rollback(struct nf_stream *s, int n_past)
+{
+    return nf_ctx_rollback(s->c, n_past);
 }
 
 /* --- several sequences -------------------------------------------------------------------- */
@@ -1030,6 +1078,26 @@ int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n
     s->slots[i].n_past = s->c->n_past;
     nf_ctx_bind(s->c, &s->slots[0]);
     return rc;
+}
+
+int nf_stream_slot_eval_rows(struct nf_stream *s, int i, const int32_t *tokens, int n,
+                             float *logits)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    nf_ctx_bind(s->c, &s->slots[i]);
+    int rc = nf_stream_eval_rows(s, tokens, n, logits);
+    s->slots[i].n_past = s->c->n_past;
+    nf_ctx_bind(s->c, &s->slots[0]);
+    return rc;
+}
+
+int nf_stream_slot_rollback(struct nf_stream *s, int i, int n_past)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    if (n_past < 0 || n_past > s->slots[i].n_past)
+        return NF_EUSAGE;
+    s->slots[i].n_past = n_past; /* as nf_ctx_rollback: later cells are never read */
+    return 0;
 }
 
 const float *nf_stream_slot_logits(const struct nf_stream *s, int i)

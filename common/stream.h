@@ -79,6 +79,15 @@ void nf_stream_reset(struct nf_stream *s);
  * nf_stream_error names the tile). After an error the sequence is undefined: reset it. */
 int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n);
 
+/* Evaluates n tokens at positions n_past.. as n decode steps would, in one pass over the tiles
+ * per ubatch of tokens, and writes every token's logits into logits (n, n_vocab): each row
+ * bit-identical to what nf_stream_eval of that token alone leaves (nf_ctx_eval_rows' per-row
+ * kernels and attention; in sparse mode each token's groups are summed as its own step would).
+ * Returns as nf_stream_eval; nf_stream_logits gets the last row. */
+int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float *logits);
+/* Rolls the sequence back to its first n_past positions (nf_ctx_rollback): 0 or NF_EUSAGE. */
+int nf_stream_rollback(struct nf_stream *s, int n_past);
+
 /* An abort flag checked before every layer (NULL: none); any nonzero value stops the eval. */
 void nf_stream_set_abort(struct nf_stream *s, const atomic_int *flag);
 
@@ -105,6 +114,11 @@ int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n
 int nf_stream_step(struct nf_stream *s, const int *idx, const int32_t *toks, int n);
 const float *nf_stream_slot_logits(const struct nf_stream *s, int i); /* (n_vocab) */
 int nf_stream_slot_n_past(const struct nf_stream *s, int i);
+/* nf_stream_eval_rows and nf_stream_rollback on slot i alone (speculative decoding's
+ * verification of one sequence; its rows bit-identical to that slot's solo steps). */
+int nf_stream_slot_eval_rows(struct nf_stream *s, int i, const int32_t *tokens, int n,
+                             float *logits);
+int nf_stream_slot_rollback(struct nf_stream *s, int i, int n_past);
 
 const float *nf_stream_logits(const struct nf_stream *s); /* (n_vocab) */
 const struct nf_hparams *nf_stream_hparams(const struct nf_stream *s);

@@ -66,6 +66,13 @@ static void usage(FILE *f)
             "                          off)\n"
             "      --top-logits K      with --json, the K highest logits of each step, 0..%d\n"
             "                          (default: 0)\n"
+            "      --lookup            speculative decoding with prompt-lookup drafts (as 'run\n"
+            "                          --lookup': the same output); --json's summary adds\n"
+            "                          \"drafted\", \"accepted\", \"accept_rate\"\n"
+            "      --use-draft         speculative decoding with the stack's draft model (one\n"
+            "                          given to 'up')\n"
+            "      --no-lookup         no speculative decoding (default: what the stack was\n"
+            "                          started with, see 'up --help')\n"
             "      --timeout SECONDS   give up when compute sends nothing for this long,\n"
             "                          0 = wait forever (default: %d)\n"
             "      --run-dir DIR       run directory (default: as for 'up')\n"
@@ -95,6 +102,10 @@ static int parse_args(int argc, char **argv, struct gen_opts *o)
         }
         if (!strcmp(a, "--json")) {
             o->c.json = true;
+            continue;
+        }
+        if (!strcmp(a, "--lookup") || !strcmp(a, "--no-lookup") || !strcmp(a, "--use-draft")) {
+            o->c.speculate = a[2] == 'l' ? 1 : a[2] == 'u' ? 2 : -1;
             continue;
         }
         if ((rc = nf_chat_flag(cmd, argc, argv, &i, &o->chat)) != 0) {
@@ -302,6 +313,7 @@ int nf_gen_client_run(const char *who, const char *dir, const struct nf_gen_clie
     g.n_predict = (int32_t)o.n_predict;
     g.top_logits = (uint32_t)o.top_logits;
     g.add_bos = true; /* as the model's vocabulary says, like `run` */
+    g.speculate = o.speculate;
     req.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE;
     req.generate = &g;
     uint64_t id = nf_ctl_next_id();
@@ -434,7 +446,10 @@ int nf_gen_client_run(const char *who, const char *dir, const struct nf_gen_clie
                                                        .queued = true,
                                                        .queue_wait_s = d->queue_wait_s,
                                                        .queued_ahead = d->queued_ahead,
-                                                       .note = d->note};
+                                                       .note = d->note,
+                                                       .spec = o.speculate > 0 || d->drafted,
+                                                       .drafted = d->drafted,
+                                                       .accepted = d->accepted};
                 nf_gen_summary_json(stdout, d->prompt_ids, (int)d->n_prompt_ids, gen, n_gen,
                                     acc.text ? acc.text : "", acc.text_len, pts, dts, stop,
                                     d->seed ? d->seed : o.sp.seed, &x);

@@ -80,15 +80,25 @@ static void usage(FILE *f)
         "                          holds the piece's exact bytes (default: off)\n"
         "      --top-logits K      with --json, add the K highest logits of each step as\n"
         "                          [[id, logit], ...], 0..%d (default: 0)\n"
+        "      --lookup            speculative decoding with prompt lookup drafts: the tokens\n"
+        "                          that followed the latest earlier occurrence of the last\n"
+        "                          3..1 tokens are verified in one pass; the output is the\n"
+        "                          same token for token (greedy or seeded); --json's summary\n"
+        "                          adds \"drafted\", \"accepted\", \"accept_rate\" (default: off)\n"
+        "      --draft FILE        speculative decoding with a small draft model (a GGUF with\n"
+        "                          the same vocabulary, in RAM beside the model) decoding\n"
+        "                          greedily ahead; the output is the same (default: none)\n"
+        "      --draft-max K       with --lookup or --draft, the most drafts verified per\n"
+        "                          pass, 1..%d; fewer when drafts are rejected (default: %d)\n"
         "  -h, --help              show this help\n",
         NF_RUN_DEFAULT_N, NF_MAX_UBATCH, NF_RUN_DEFAULT_UBATCH, NF_RUN_DEFAULT_CTX_CAP,
-        nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX);
+        nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX, NF_GEN_SPEC_MAX, NF_GEN_SPEC_MAX);
 }
 
 struct run_opts {
-    const char *model, *prompt, *prompt_file;
-    long n_predict, threads, n_ctx, top_logits, n_ubatch;
-    bool json, seed_set, use_mmap;
+    const char *model, *prompt, *prompt_file, *draft;
+    long n_predict, threads, n_ctx, top_logits, n_ubatch, draft_max;
+    bool json, seed_set, use_mmap, lookup;
     struct nf_sampler_params sp;
     struct nf_chat_opts chat;
 };
@@ -112,6 +122,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         }
         if (!strcmp(a, "--mmap")) {
             o->use_mmap = true;
+            continue;
+        }
+        if (!strcmp(a, "--lookup")) {
+            o->lookup = true;
             continue;
         }
         if ((rc = nf_chat_flag(cmd, argc, argv, &i, &o->chat)) != 0) {
@@ -157,6 +171,13 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             VAL();
             if (nf_arg_long(cmd, a, v, 1, NF_MAX_UBATCH, &o->n_ubatch))
                 return 2;
+        } else if (nf_arg_is(a, "--draft")) {
+            VAL();
+            o->draft = v;
+        } else if (nf_arg_is(a, "--draft-max")) {
+            VAL();
+            if (nf_arg_long(cmd, a, v, 1, NF_GEN_SPEC_MAX, &o->draft_max))
+                return 2;
         } else if (nf_arg_is(a, "--top-logits")) {
             VAL();
             if (nf_arg_long(cmd, a, v, 0, NF_GEN_TOP_LOGITS_MAX, &o->top_logits))
@@ -175,6 +196,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         return nf_usage_error(cmd, "give either a prompt or -f FILE, not both");
     if (o->top_logits && !o->json)
         return nf_usage_error(cmd, "--top-logits needs --json");
+    if (o->lookup && o->draft)
+        return nf_usage_error(cmd, "give either --lookup or --draft FILE, not both");
     if (o->chat.system || o->chat.tmpl) /* either says the prompt is a chat message */
         o->chat.on = true;
     if (!o->seed_set)
@@ -234,6 +257,10 @@ int nf_cmd_run(int argc, char **argv)
     struct nf_model *m = NULL;
     struct nf_vocab *v = NULL;
     struct nf_ctx *c = NULL;
+    struct nf_model *dmod = NULL; /* --draft */
+    struct nf_vocab *dvoc = NULL;
+    struct nf_ctx *dctx = NULL;
+    struct nf_gen_draft_model dm = {0};
     struct nf_gen_seq q = {0};
     struct run_out ro = {.json = o.json, .out_cap = 256 + 8, .text_cap = 4096};
     char *prompt = NULL;
@@ -303,11 +330,30 @@ int nf_cmd_run(int argc, char **argv)
     }
     struct nf_gen_engine eng;
     nf_gen_engine_ctx(&eng, c);
+    struct nf_gen_lookup lk = {.ngram_min = 1, .ngram_max = 3};
+    struct nf_gen_draft draft;
+    nf_gen_draft_lookup(&draft, &lk);
+    if (o.draft) { /* the draft model: same vocabulary, same context, in RAM */
+        if ((rc = nf_model_load(&dmod, o.draft, err, sizeof(err))) < 0 ||
+            (rc = nf_vocab_load(&dvoc, dmod->gguf, err, sizeof(err))) < 0 ||
+            (rc = nf_gen_vocab_check(v, dvoc, err, sizeof(err))) < 0) {
+            fprintf(stderr, "nanoflowctl run: --draft %s: %s\n", o.draft, err);
+            goto done;
+        }
+        if ((rc = nf_ctx_create_ub(&dctx, dmod, (int)n_ctx, (int)o.threads, (int)o.n_ubatch)) < 0 ||
+            (rc = nf_gen_draft_model_init(&draft, &dm, dctx, dvoc)) < 0) {
+            fprintf(stderr, "nanoflowctl run: --draft %s: creating its context: %s\n", o.draft,
+                    nf_strerror(rc));
+            goto done;
+        }
+    }
     const struct nf_gen_params gp = {.max_tokens = (int)o.n_predict,
                                      .top_logits = (int)o.top_logits,
                                      .sp = o.sp,
                                      .on_token = on_token,
-                                     .ud = &ro};
+                                     .ud = &ro,
+                                     .draft = o.lookup || o.draft ? &draft : NULL,
+                                     .spec_max = (int)o.draft_max};
     if ((rc = nf_gen_seq_init(&q, &eng, v, ids, n_prompt, &gp, err, sizeof(err))) < 0) {
         if (rc != NF_ECTXFULL)
             fprintf(stderr, "nanoflowctl run: %s\n", err);
@@ -338,7 +384,10 @@ int nf_cmd_run(int argc, char **argv)
                             ro.text_len, q.n_prompt / (prompt_s > 0 ? prompt_s : 1e-9),
                             (q.n_gen > 1 ? q.n_gen - 1 : 0) / (decode_s > 0 ? decode_s : 1e-9),
                             nf_gen_stop_name(q.stop), o.sp.seed,
-                            &(struct nf_gen_summary_extra){.n_ctx = (int)n_ctx});
+                            &(struct nf_gen_summary_extra){.n_ctx = (int)n_ctx,
+                                                           .spec = o.lookup || o.draft,
+                                                           .drafted = q.n_drafted,
+                                                           .accepted = q.n_accepted});
     } else {
         int ol = nf_detok_flush(&ro.dt, ro.out);
         fwrite(ro.out, 1, (size_t)ol, stdout);
@@ -360,5 +409,9 @@ done:
     nf_ctx_free(c);
     nf_vocab_free(v);
     nf_model_free(m);
+    nf_gen_draft_model_free(&dm);
+    nf_ctx_free(dctx);
+    nf_vocab_free(dvoc);
+    nf_model_free(dmod);
     return ret;
 }

@@ -320,6 +320,15 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                "ms");
         metric(json, &first, "compute", "clamped", "requests clamped",
                (double)nf_stage_ctr(c, "clamped"), "");
+        /* Speculative decoding: draft tokens verified, accepted, and the acceptance rate. */
+        metric(json, &first, "compute", "drafted", "drafted", (double)nf_stage_ctr(c, "drafted"),
+               "");
+        metric(json, &first, "compute", "accepted", "drafts accepted",
+               (double)nf_stage_ctr(c, "accepted"), "");
+        metric(
+            json, &first, "compute", "accept_rate", "acceptance rate",
+            nf_snap_ratio((double)nf_stage_ctr(c, "accepted"), (double)nf_stage_ctr(c, "drafted")),
+            "%");
     } else if (json) {
         jerr(c->err);
     } else {
@@ -390,7 +399,8 @@ static void stats_usage(FILE *f)
                "Per-stage numbers of the stack: predictor (predictions/s, recall, precision,\n"
                "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate:\n"
                "the share of the tiles compute used that needed no read, bytes per token, queue\n"
-               "depth), compute (prompt and decode tok/s, share of time stalled on tiles), the\n"
+               "depth), compute (prompt and decode tok/s, share of time stalled on tiles,\n"
+               "speculative decoding's drafted and accepted tokens and acceptance rate), the\n"
                "HTTP gateway when the stack runs one (requests and clients in its fair queue,\n"
                "mean and longest queue wait), and memory held vs the budget. Rates are per busy\n"
                "second of the stage; with --watch they cover the last interval.\n\n"

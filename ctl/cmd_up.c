@@ -60,6 +60,14 @@ static void up_usage(FILE *f)
             "                       tokens one generation may produce, 1..1000000; requests\n"
             "                       asking more are clamped so that queued ones wait less\n"
             "                       (default: %d)\n"
+            "      --lookup         speculative decoding with prompt-lookup drafts for every\n"
+            "                       request that does not ask otherwise (gen's flags); the output\n"
+            "                       is the same (default: off)\n"
+            "      --draft FILE     a small draft model (GGUF, the model's vocabulary) that\n"
+            "                       compute holds in RAM and drafts with for every request\n"
+            "                       that does not ask otherwise (gen's flags);\n"
+            "                       its file and context are counted in the budget, the\n"
+            "                       stack's daemons plan with the rest (default: none)\n"
             "      --expert-cache P routed-expert tiles a load evicts first (MoE models): freq,\n"
             "                       those least often chosen lately; cyclic, the farthest in\n"
             "                       layer order as for dense tiles (default: freq)\n"
@@ -379,6 +387,9 @@ struct up_opts {
     long parallel; /* --parallel; 0: the plan's choice, then the plan's count */
     long n_ubatch; /* -ub: compute's prompt chunk; 0: the daemons' default */
     float sparsity;
+    bool lookup;          /* --lookup: compute speculates with prompt lookup by default */
+    char draft[PATH_MAX]; /* --draft FILE made absolute ("" for none) */
+    uint64_t stack_ram;   /* the budget the daemons plan with: --ram less the draft model's */
 };
 
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
@@ -386,7 +397,7 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
 {
     char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32], par[32], ub[32];
     nf_rundir_path(dir, role, "log", logp, sizeof(logp));
-    snprintf(ram, sizeof(ram), "%llu", (unsigned long long)o->ram);
+    snprintf(ram, sizeof(ram), "%llu", (unsigned long long)(o->stack_ram ? o->stack_ram : o->ram));
     snprintf(thr, sizeof(thr), "%ld", o->threads);
     snprintf(sp, sizeof(sp), "%.6g", (double)o->sparsity);
     snprintf(ctx, sizeof(ctx), "%ld", o->n_ctx);
@@ -406,6 +417,12 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     argv[k++] = sp;
     argv[k++] = "--ctx";
     argv[k++] = ctx;
+    if (o->lookup && !strcmp(role, NF_ROLE_COMPUTE))
+        argv[k++] = "--lookup";
+    if (o->draft[0] && !strcmp(role, NF_ROLE_COMPUTE)) {
+        argv[k++] = "--draft";
+        argv[k++] = (char *)o->draft;
+    }
     argv[k++] = "--parallel";
     argv[k++] = par;
     if (o->n_ubatch) {
@@ -760,14 +777,18 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
             up_usage(stdout);
             return 1;
         }
+        if (!strcmp(a, "--lookup")) {
+            o->lookup = true;
+            continue;
+        }
         if (!(nf_arg_is(a, "--model") || !strcmp(a, "-m") || nf_arg_is(a, "--ram") ||
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--sparsity") ||
               nf_arg_is(a, "--ctx") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c") ||
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--log-level") ||
               nf_arg_is(a, "--max-tokens-per-request") || nf_arg_is(a, "--http") ||
               nf_arg_is(a, "--api-key-file") || nf_arg_is(a, "--chat-template") ||
-              nf_arg_is(a, "--parallel") || nf_arg_is(a, "--expert-cache") ||
-              nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
+              nf_arg_is(a, "--parallel") || nf_arg_is(a, "--draft") ||
+              nf_arg_is(a, "--expert-cache") || nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -796,6 +817,11 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--run-dir")) {
             o->run_dir = v;
+        } else if (nf_arg_is(a, "--draft")) {
+            if (!realpath(v, o->draft) || access(o->draft, R_OK) < 0) {
+                fprintf(stderr, "nanoflowctl up: --draft %s: %s\n", v, strerror(errno));
+                return 2;
+            }
         } else if (nf_arg_is(a, "--http")) {
             o->http = v;
         } else if (nf_arg_is(a, "--expert-cache")) {
@@ -861,6 +887,39 @@ static int up_gateway(const struct up_opts *o, const char *dir, const char *nft,
 
 /* Starts the stack described by o in the run directory dir (existing and checked). Returns 0,
  * or 1 after printing why not. */
+/* What `up --draft` reserves for the draft model inside the budget: its file (the weights, read
+ * into compute's RAM) and what it needs to draft at n_ctx (nf_gen_draft_ctx_bytes). Checks that
+ * it is a model we run with the vocabulary of the stack's model f. Returns 0, or 1 after saying
+ * why not. */
+static int up_draft_bytes(const struct up_opts *o, const struct nf_nft *f, uint32_t n_ctx,
+                          uint64_t *bytes)
+{
+    char err[512];
+    struct nf_gguf *g = NULL;
+    struct nf_vocab *tv = NULL, *dv = NULL;
+    struct nf_hparams hp;
+    struct stat sb;
+    int rc;
+    if ((rc = nf_gguf_open(&g, o->draft, err, sizeof(err))) < 0 ||
+        (rc = nf_model_hparams(&hp, g, err, sizeof(err))) < 0 ||
+        (rc = nf_vocab_load(&dv, g, err, sizeof(err))) < 0 ||
+        (rc = nf_vocab_load(&tv, nf_nft_gguf(f), err, sizeof(err))) < 0 ||
+        (rc = nf_gen_vocab_check(tv, dv, err, sizeof(err))) < 0) {
+        fprintf(stderr, "nanoflowctl up: --draft %s: %s\n", o->draft, err);
+    } else if (stat(o->draft, &sb) < 0) {
+        fprintf(stderr, "nanoflowctl up: --draft %s: %s\n", o->draft, strerror(errno));
+        rc = -errno;
+    } else {
+        const int thr = (int)nf_stack_compute_threads((uint32_t)o->threads);
+        *bytes = (uint64_t)sb.st_size + nf_gen_draft_ctx_bytes(&hp, (int)n_ctx, thr);
+    }
+    nf_vocab_free(tv);
+    nf_vocab_free(dv);
+    if (g)
+        nf_gguf_close(g);
+    return rc < 0;
+}
+
 static int up_in_dir(const struct up_opts *o, const char *dir)
 {
     char err[512];
@@ -927,6 +986,31 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
     rc =
         nf_stack_plan_seq_ub(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
                              (uint32_t)o->parallel, (uint32_t)o->n_ubatch, &plan, err, sizeof(err));
+    struct up_opts so = *o; /* o with the draft model's share taken out of the stack's budget */
+    if (rc == 0 && o->draft[0]) {
+        uint64_t dbytes = 0;
+        if (up_draft_bytes(o, f, plan.n_ctx, &dbytes)) {
+            nf_nft_close(f);
+            return 1;
+        }
+        so.stack_ram = dbytes < o->ram ? o->ram - dbytes : 0;
+        rc = nf_stack_plan_seq_ub(f, so.stack_ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
+                                  (uint32_t)o->parallel, (uint32_t)o->n_ubatch, &plan, err,
+                                  sizeof(err));
+        if (rc == -ENOSPC) {
+            char b1[32], b2[32], b3[32];
+            fprintf(stderr,
+                    "nanoflowctl up: a RAM budget of %s is too small for %s with the draft "
+                    "model %s, which takes %s of it: the stack needs at least %s more (raise "
+                    "--ram)\n",
+                    nf_ctl_fmt_size(b1, sizeof(b1), o->ram), nft, o->draft,
+                    nf_ctl_fmt_size(b2, sizeof(b2), dbytes),
+                    nf_ctl_fmt_size(b3, sizeof(b3), plan.min_budget));
+            nf_nft_close(f);
+            return 1;
+        }
+    }
+    o = &so;
     nf_nft_close(f);
     char b1[32], b2[32], b3[32], b4[32];
     if (rc == -ENOSPC && strstr(err, "ubatch")) {
@@ -1006,6 +1090,10 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
            dir, nft, nf_ctl_fmt_size(b1, sizeof(b1), o->ram),
            nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes), pool_desc,
            nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx, plan.n_seq);
+    if (o->draft[0])
+        printf("  draft model %s: %s of the budget (its weights, KV cache and scratch in "
+               "compute)\n",
+               o->draft, nf_ctl_fmt_size(b1, sizeof(b1), o->ram - o->stack_ram));
     for (int i = 0; i < NF_N_ROLES; i++)
         printf("  %-9s pid %d  log %s/%s.log\n", nf_stack_roles[i], pids[i], dir,
                nf_stack_roles[i]);

@@ -89,6 +89,9 @@ void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const
         fprintf(f, ",\"n_ctx\":%d", x->n_ctx);
     if (x && x->queued)
         fprintf(f, ",\"queue_wait_s\":%.3f,\"queued_ahead\":%u", x->queue_wait_s, x->queued_ahead);
+    if (x && x->spec)
+        fprintf(f, ",\"drafted\":%ld,\"accepted\":%ld,\"accept_rate\":%.3f", x->drafted,
+                x->accepted, x->drafted ? (double)x->accepted / (double)x->drafted : 0.0);
     if (x && x->note && x->note[0]) {
         fprintf(f, ",\"note\":");
         nf_json_str(f, (const unsigned char *)x->note, strlen(x->note));

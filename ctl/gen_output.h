@@ -29,6 +29,10 @@ struct nf_gen_summary_extra {
     double queue_wait_s;
     unsigned queued_ahead;
     const char *note; /* NULL or "": none; else "note" (e.g. n_predict clamped by compute) */
+    /* Speculative decoding was on: "drafted", "accepted" and "accept_rate" (accepted /
+     * drafted, 0 when nothing was drafted). */
+    bool spec;
+    long drafted, accepted;
 };
 
 /* The final summary line of --json output (x may be NULL). */

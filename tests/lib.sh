@@ -190,3 +190,29 @@ def split(src, prefix, per):
 split(sys.argv[1], sys.argv[2], int(sys.argv[3]))
 PY
 }
+
+# Speculative decoding's tests (test_spec_stack.sh, test_spec_draft.sh):
+# spec_same_ids A B [STOP]: the summaries of two --json outputs have the same gen_ids and text (and
+# stop STOP when given).
+spec_same_ids() {
+    python3 - "$@" <<'PY'
+import json, sys
+a = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+b = json.loads(open(sys.argv[2]).read().splitlines()[-1])
+assert a["gen_ids"] == b["gen_ids"], (a["gen_ids"], b["gen_ids"])
+assert a["text"] == b["text"]
+if len(sys.argv) > 3:
+    assert a["stop"] == b["stop"] == sys.argv[3], (a["stop"], b["stop"])
+PY
+}
+
+# spec_drafted FILE MIN: the summary of FILE reports drafted >= MIN, accepted <= drafted and the rate.
+spec_drafted() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+s = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+assert s["drafted"] >= int(sys.argv[2]), s
+assert 0 <= s["accepted"] <= s["drafted"], s
+assert abs(s["accept_rate"] - (s["accepted"] / s["drafted"] if s["drafted"] else 0)) < 1e-3, s
+PY
+}

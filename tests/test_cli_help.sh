@@ -58,6 +58,9 @@ kind() {
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --zero-experts | \
         --foreground | \
         --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat | --sigmoid) K=bool ;;
+    --lookup | --no-lookup | --use-draft) K=bool ;;
+    --draft) K=file ;;
+    --draft-max) K=int ;;
     -ub | --ubatch-size | --ubatch) K=int ;;
     *) K="" ;;
     esac
@@ -96,6 +99,7 @@ good() {
     --experts) G=4 ;;
     --vocab) G=512 ;;
     -ub | --ubatch-size | --ubatch) G=8 ;;
+    --draft-max) G=4 ;;
     --alignment) G=64 ;;
     --numa-node) G=0 ;;
     --attach-timeout) G=1 ;;
@@ -123,7 +127,7 @@ good() {
     --chat-template) G=chatml ;;
     --run-dir) G="$R" ;;
     --name) G=test-model ;;
-    -f | --file | --calibrate | --api-key-file) G="$T/prompt.txt" ;;
+    -f | --file | --calibrate | --api-key-file | --draft) G="$T/prompt.txt" ;;
     --vocab-from) G="$VOCAB" ;;
     --watch) G=1 ;;
     *) G="" ;;

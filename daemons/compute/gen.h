@@ -50,12 +50,15 @@ struct nf_gen_job {
     char *prompt; /* (prompt_len) bytes, owned */
     size_t prompt_len;
     struct nf_sampler_params sp;
-    int n_predict;        /* 1..max_tokens of struct nf_gen (clamped) */
-    int n_asked;          /* n_predict as asked (0 taken as NF_GEN_DEFAULT_N) */
-    int top_logits;       /* 0..NF_GEN_TOP_LOGITS_MAX */
-    bool logprobs;        /* Generate.logprobs: log-probabilities in the TokenEvents */
-    uint64_t t_queued_ns; /* nf_now_ns when queued */
-    uint32_t ahead;       /* jobs ahead of it when queued, the running one included */
+    int n_predict;         /* 1..max_tokens of struct nf_gen (clamped) */
+    int n_asked;           /* n_predict as asked (0 taken as NF_GEN_DEFAULT_N) */
+    int top_logits;        /* 0..NF_GEN_TOP_LOGITS_MAX */
+    bool logprobs;         /* Generate.logprobs: log-probabilities in the TokenEvents */
+    bool lookup;           /* speculative decoding with prompt-lookup drafts */
+    bool draft;            /* speculative decoding with the stack's draft model */
+    int drafted, accepted; /* set by the run: what GenerateDone reports */
+    uint64_t t_queued_ns;  /* nf_now_ns when queued */
+    uint32_t ahead;        /* jobs ahead of it when queued, the running one included */
     atomic_int cancel;
     struct nf_gen_job *next;
 };
@@ -72,6 +75,15 @@ struct nf_gen {
     int n_ubatch;   /* prompt tokens per chunk (--ubatch); 0: the stream's default */
     int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
     int parallel;   /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
+    bool lookup;    /* requests speculate with prompt lookup unless they say otherwise */
+    /* --draft: a draft model held in RAM (owned by the caller), the default draft source of
+     * requests when set; its context is created by the worker at its first use. */
+    struct nf_model *dmodel;
+    struct nf_vocab *dvocab;
+    struct nf_ctx *dctx;
+    /* The draft model's state over dctx, shared by the runs that draft with it (one context:
+     * its token record follows what dctx holds, so runs taking turns re-evaluate, never mix). */
+    struct nf_gen_draft_model dm;
     /* Private. */
     pthread_t thread;
     bool started;
@@ -84,6 +96,7 @@ struct nf_gen {
     atomic_int shutdown;            /* set by nf_gen_stop: aborts a batched step */
     /* Counters for Stats (under mu): jobs started, their summed queue waits, jobs clamped. */
     uint64_t n_started, wait_ns, n_clamped;
+    uint64_t n_drafted, n_accepted; /* speculative decoding: drafts verified and accepted */
     /* Batched steps that served two or more sequences, and their sequences (under mu). */
     uint64_t n_shared_steps, n_shared_rows;
     bool stop;
@@ -119,8 +132,9 @@ void nf_gen_fail_all(struct nf_gen *g, struct nf_server *srv, const char *msg);
 /* Loop thread: the Stats reply of compute: the shared counters (nf_stats_fill) and the queue's:
  * queue_len (gauge: jobs waiting), active (gauge: sequences running), parallel (most that may
  * run at once), shared_steps and shared_rows (steps that served two or more sequences, and
- * those sequences), requests (started), queue_wait_ns (their summed waits) and clamped (requests
- * cut to the per-request token limit). Returns nf_server_send's result. */
+ * those sequences), requests (started), queue_wait_ns (their summed waits), clamped (requests
+ * cut to the per-request token limit), drafted and accepted (speculative decoding's draft
+ * tokens verified and accepted). Returns nf_server_send's result. */
 int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, uint64_t req_id);
 /* Bytes of private memory of the engine (for logs). */
 uint64_t nf_gen_engine_bytes(const struct nf_gen *g);
@@ -139,9 +153,14 @@ struct nf_gen_run {
     double wait_s; /* its wait in the queue */
     struct nf_gen_engine e;
     struct nf_gen_seq q;
-    int32_t *ids;           /* the tokenized prompt */
-    bool gone;              /* a TokenEvent could not be sent: the client is gone */
-    bool pending;           /* tok waits for the batched step */
+    int32_t *ids; /* the tokenized prompt */
+    bool gone;    /* a TokenEvent could not be sent: the client is gone */
+    bool pending; /* tok waits for the batched step */
+    /* Speculative decoding (the job's lookup or draft): the run evaluates on its own, its
+     * drafts verified in one pass of its slot, and never joins the batched step. */
+    bool spec;
+    struct nf_gen_lookup lk;
+    struct nf_gen_draft draft;
     int32_t tok;            /* with pending: the token to evaluate */
     uint64_t last_frame_ns; /* nf_now_ns when the last frame went to the client */
     uint64_t progress_ns;   /* least interval between PromptProgress frames */

@@ -18,22 +18,59 @@ static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
 {
     struct nf_gen_run *r = ud;
     struct nf_gen *g = r->g;
-    if (!prompt) {
+    if (!prompt && !r->spec) {
         NF_ASSERT(n == 1 && !r->pending); /* the driver evaluates one token per step */
         r->pending = true;
         r->tok = toks[0];
         return 0;
     }
+    /* A prompt, or a speculating run's step without drafts: on its slot alone, now (the
+     * driver reads its logits right after). */
     struct nf_stack_counters *c = g->st->ctr;
     const uint64_t t0 = nf_now_ns();
     g->step = atomic_fetch_add(&c->c_step, 1) + 1;
+    if (!prompt)
+        nf_stream_set_abort(g->s, &r->j->cancel);
     int rc = nf_stream_slot_eval(g->s, r->slot, toks, n);
+    if (!prompt)
+        nf_stream_set_abort(g->s, NULL);
     const uint64_t dt = nf_now_ns() - t0;
     if (rc == 0) {
-        atomic_fetch_add(&c->c_prompt_tokens, (uint64_t)n);
-        atomic_fetch_add(&c->c_prompt_ns, dt);
+        atomic_fetch_add(prompt ? &c->c_prompt_tokens : &c->c_decode_tokens, (uint64_t)n);
+        atomic_fetch_add(prompt ? &c->c_prompt_ns : &c->c_decode_ns, dt);
     }
     nf_gen_flush_counters(g);
+    return rc;
+}
+
+/* A verification pass of speculative decoding: counted as decode work; the positions a
+ * rollback drops are taken back out of the token count (job_rollback). */
+static int job_eval_rows(void *ud, const int32_t *toks, int n, float *logits)
+{
+    struct nf_gen_run *r = ud;
+    struct nf_gen *g = r->g;
+    struct nf_stack_counters *c = g->st->ctr;
+    const uint64_t t0 = nf_now_ns();
+    g->step = atomic_fetch_add(&c->c_step, 1) + 1;
+    nf_stream_set_abort(g->s, &r->j->cancel);
+    int rc = nf_stream_slot_eval_rows(g->s, r->slot, toks, n, logits);
+    nf_stream_set_abort(g->s, NULL);
+    if (rc == 0) {
+        atomic_fetch_add(&c->c_decode_tokens, (uint64_t)n);
+        atomic_fetch_add(&c->c_decode_ns, nf_now_ns() - t0);
+    }
+    nf_gen_flush_counters(g);
+    return rc;
+}
+
+static int job_rollback(void *ud, int n_past)
+{
+    struct nf_gen_run *r = ud;
+    struct nf_gen *g = r->g;
+    const int dropped = nf_stream_slot_n_past(g->s, r->slot) - n_past;
+    int rc = nf_stream_slot_rollback(g->s, r->slot, n_past);
+    if (rc == 0 && dropped > 0)
+        atomic_fetch_sub(&g->st->ctr->c_decode_tokens, (uint64_t)dropped);
     return rc;
 }
 
@@ -160,14 +197,40 @@ int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *
                                   .reset = job_reset,
                                   .ud = r,
                                   .n_ctx = nf_stream_n_ctx(g->s),
-                                  .n_vocab = nf_stream_hparams(g->s)->n_vocab};
+                                  .n_vocab = nf_stream_hparams(g->s)->n_vocab,
+                                  .eval_rows = job_eval_rows,
+                                  .rollback = job_rollback};
+    r->spec = j->lookup || j->draft;
+    r->lk = (struct nf_gen_lookup){.ngram_min = 1, .ngram_max = 3};
+    nf_gen_draft_lookup(&r->draft, &r->lk);
+    if (j->draft) {
+        /* The draft model's context and state: made once, on this (the worker) thread, and
+         * shared by the runs that draft with it (g->dm). */
+        int rc = 0;
+        if (!g->dctx) {
+            rc = nf_ctx_create(&g->dctx, g->dmodel, nf_stream_n_ctx(g->s), g->n_threads);
+            if (rc == 0 &&
+                (rc = nf_gen_draft_model_init(&r->draft, &g->dm, g->dctx, g->dvocab)) < 0) {
+                nf_gen_draft_model_free(&g->dm);
+                nf_ctx_free(g->dctx);
+                g->dctx = NULL;
+            }
+        }
+        if (rc < 0) {
+            snprintf(err, sizeof(err), "creating the draft model's context: %s", nf_strerror(rc));
+            nf_gen_send_error(g, j, rc, err);
+            return rc;
+        }
+        r->draft = (struct nf_gen_draft){.draft = nf_gen_draft_model_run, .ud = &g->dm};
+    }
     const struct nf_gen_params p = {.max_tokens = j->n_predict,
                                     .top_logits = j->top_logits,
                                     .sp = j->sp,
                                     .cancel = &j->cancel,
                                     .on_token = job_on_token,
                                     .ud = r,
-                                    .logprobs = j->logprobs};
+                                    .logprobs = j->logprobs,
+                                    .draft = r->spec ? &r->draft : NULL};
     /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
     int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &r->ids, err, sizeof(err));
     if (n < 0 || (n = nf_gen_seq_init(&r->q, &r->e, g->v, r->ids, n, &p, err, sizeof(err))) < 0) {
@@ -207,6 +270,12 @@ void nf_gen_run_end(struct nf_gen *g, struct nf_gen_run *r)
 {
     const struct nf_gen_seq *q = &r->q;
     const struct nf_gen_job *j = r->j;
+    r->j->drafted = q->n_drafted;
+    r->j->accepted = q->n_accepted;
+    pthread_mutex_lock(&g->mu);
+    g->n_drafted += (uint64_t)q->n_drafted;
+    g->n_accepted += (uint64_t)q->n_accepted;
+    pthread_mutex_unlock(&g->mu);
     if (q->stop == NF_GEN_STOP_ERROR) {
         job_failed(g, j, q);
     } else if (r->gone) {

@@ -22,7 +22,8 @@
 
 struct compute {
     struct nf_daemon_args o;
-    int max_tokens; /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
+    const char *draft; /* --draft FILE */
+    int max_tokens;    /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
     char dir[PATH_MAX];
     struct nf_nft *f;
     struct nf_vocab *v;
@@ -38,7 +39,8 @@ static void usage(FILE *out)
             "usage: nanoflow-compute --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
             "                        [--attach-timeout S]\n"
-            "                        [--max-tokens-per-request N] [--foreground]\n"
+            "                        [--max-tokens-per-request N] [--lookup] [--draft FILE]\n"
+            "                        [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
             "pool (filled by nanoflow-fetcher). The context length, thread count and sparsity\n"
@@ -63,6 +65,12 @@ static void usage(FILE *out)
             "                      tokens one request may generate, 1..1000000; a request\n"
             "                      asking more is clamped (its reply says so) so that requests\n"
             "                      queued behind it wait less (default %d)\n"
+            "  --lookup            speculative decoding with prompt-lookup drafts for the\n"
+            "                      requests that do not say (Generate.speculate 0); the\n"
+            "                      output is the same (default: off)\n"
+            "  --draft FILE        a small draft model (GGUF, the same vocabulary) held in RAM:\n"
+            "                      the default draft source of requests (Generate.speculate\n"
+            "                      0 or 2); the output is the same (default: none)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
             "                      (default 30)\n"
             "  --foreground        stay attached, log to stderr (default: detach and log to\n"
@@ -72,10 +80,12 @@ static void usage(FILE *out)
             NF_GEN_DEFAULT_MAX_TOKENS);
 }
 
-enum { ARG_MAX_TOKENS = NF_ARG_OWN };
+enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT };
 
 static const struct option own_opts[] = {
     {"max-tokens-per-request", required_argument, NULL, ARG_MAX_TOKENS},
+    {"lookup", no_argument, NULL, ARG_LOOKUP},
+    {"draft", required_argument, NULL, ARG_DRAFT},
     {NULL, 0, NULL, 0},
 };
 
@@ -84,6 +94,14 @@ static int parse_own(int val, const char *arg, void *ud)
 {
     struct compute *m = ud;
     long v;
+    if (val == ARG_LOOKUP) {
+        m->gen.lookup = true;
+        return 0;
+    }
+    if (val == ARG_DRAFT) {
+        m->draft = arg;
+        return 0;
+    }
     if (val != ARG_MAX_TOKENS || nf_daemon_arg_long(arg, 1, NF_GEN_MAX_N_PREDICT, &v) < 0)
         return -EINVAL;
     m->max_tokens = (int)v;
@@ -97,6 +115,15 @@ static int start(struct compute *m, char *err, size_t errlen)
         return rc;
     if ((rc = nf_vocab_load(&m->v, nf_nft_gguf(m->f), err, errlen)) < 0)
         return rc;
+    if (m->draft) { /* held in RAM for the daemon's life; `up` counted it in the budget */
+        char why[400];
+        if ((rc = nf_model_load(&m->gen.dmodel, m->draft, why, sizeof(why))) < 0 ||
+            (rc = nf_vocab_load(&m->gen.dvocab, m->gen.dmodel->gguf, why, sizeof(why))) < 0 ||
+            (rc = nf_gen_vocab_check(m->v, m->gen.dvocab, why, sizeof(why))) < 0) {
+            snprintf(err, errlen, "--draft %s: %s", m->draft, why);
+            return rc;
+        }
+    }
     if ((rc = nf_daemon_attach(&m->st, m->dir, m->f, m->o.attach_timeout_s, &m->attached, err,
                                errlen)) < 0)
         return rc;
@@ -233,6 +260,8 @@ static void cleanup(struct compute *m)
     nf_vocab_free(m->v);
     if (m->f)
         nf_nft_close(m->f);
+    nf_vocab_free(m->gen.dvocab);
+    nf_model_free(m->gen.dmodel);
 }
 
 int main(int argc, char **argv)

@@ -201,6 +201,9 @@ void nf_gen_stop(struct nf_gen *g)
     g->s = NULL;
     free(g->running);
     g->running = NULL;
+    nf_gen_draft_model_free(&g->dm);
+    nf_ctx_free(g->dctx);
+    g->dctx = NULL;
 }
 
 /* Checks every field of Generate request m against its range (add_bos is ignored: BOS follows
@@ -220,6 +223,11 @@ static int job_check(const Nanoflow__Generate *m, int max_tokens, struct nf_gen_
         return nf_errf(err, errlen, NF_EUSAGE,
                        "Generate.top_logits %u is out of range, expected 0..%d", m->top_logits,
                        NF_GEN_TOP_LOGITS_MAX);
+    if (m->speculate < -1 || m->speculate > 2)
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "Generate.speculate %d is out of range, expected -1 (off), 0 (the "
+                       "stack's default), 1 (prompt lookup) or 2 (the draft model)",
+                       m->speculate);
     nf_sampler_params_default(&j->sp);
     if (m->sampling) {
         const Nanoflow__SamplingParams *p = m->sampling;
@@ -259,6 +267,15 @@ int nf_gen_submit(struct nf_gen *g, uint64_t conn_id, uint64_t req_id, const Nan
         free(j);
         return 0;
     }
+    if (m->speculate == 2 && !g->dmodel) {
+        nf_gen_send_error(g, j, NF_EUSAGE,
+                          "Generate.speculate 2 asks for the draft model, but the stack has "
+                          "none (up --draft FILE)");
+        free(j);
+        return 0;
+    }
+    j->draft = m->speculate == 2 || (m->speculate == 0 && g->dmodel);
+    j->lookup = m->speculate == 1 || (m->speculate == 0 && !g->dmodel && g->lookup);
     j->prompt_len = m->prompt.len;
     j->prompt = malloc(m->prompt.len + 1);
     if (!j->prompt) {
@@ -383,6 +400,8 @@ int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, 
     nf_stats_add(&m, "requests", g->n_started);
     nf_stats_add(&m, "queue_wait_ns", g->wait_ns);
     nf_stats_add(&m, "clamped", g->n_clamped);
+    nf_stats_add(&m, "drafted", g->n_drafted);
+    nf_stats_add(&m, "accepted", g->n_accepted);
     pthread_mutex_unlock(&g->mu);
     nf_envelope env;
     nanoflow__envelope__init(&env);

@@ -81,6 +81,8 @@ int nf_gen_send_done(struct nf_gen *g, const struct nf_gen_job *j, const int32_t
     d.queue_wait_s = wait_s;
     d.queued_ahead = j->ahead;
     d.note = note;
+    d.drafted = (uint32_t)j->drafted;
+    d.accepted = (uint32_t)j->accepted;
     nf_envelope env;
     nanoflow__envelope__init(&env);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_GENERATE_DONE;
