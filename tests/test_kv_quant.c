@@ -16,6 +16,8 @@
 #include "kv_quant.h"
 #include "model.h"
 #include "nf_err.h"
+#include "nft.h"
+#include "stack.h"
 
 /* Attention output vs the double-precision reference, relative to the largest |value| of the
  * head's V: the kernel sums in float (scores, softmax, the weighted V rows) and, with an F16 V,
@@ -267,6 +269,61 @@ static void test_refusals(void **state)
     nf_model_free(m);
 }
 
+/* The budget plan counts the cache types' bytes: per token a q8_0 row is 34/64 of an f16 one
+ * and a q4_0 row 18/64, so under a budget that caps the context the quantized caches get a
+ * longer one, and at a fixed context a larger pool. */
+static void test_plan_counts_types(void **state)
+{
+    (void)state;
+    char path[1024], err[512];
+    snprintf(path, sizeof(path), "%s/models/stories260K.nft", NF_SHARED_DIR);
+    struct nf_nft *f = NULL;
+    if (access(path, R_OK) != 0 || nf_nft_open(&f, path, false, err, sizeof(err)) < 0)
+        skip();
+    /* stories260K: 5 layers, K and V rows of 32 values (f16 64 bytes, q8_0 34, q4_0 18) */
+    struct nf_stack_plan p16, p8, p4, pv;
+    const uint64_t ram = 64ull << 20;
+    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_F16, NF_TYPE_F16, &p16,
+                                      err, sizeof(err)),
+                     0);
+    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_Q8_0, NF_TYPE_Q8_0, &p8,
+                                      err, sizeof(err)),
+                     0);
+    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_Q4_0, NF_TYPE_Q4_0, &p4,
+                                      err, sizeof(err)),
+                     0);
+    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_Q8_0, NF_TYPE_F16, &pv,
+                                      err, sizeof(err)),
+                     0);
+    assert_int_equal(p16.kv_token_bytes, 5 * (64 + 64));
+    assert_int_equal(p8.kv_token_bytes, 5 * (34 + 34));
+    assert_int_equal(p4.kv_token_bytes, 5 * (18 + 18));
+    assert_int_equal(pv.kv_token_bytes, 5 * (34 + 64));
+    assert_int_equal(p8.type_k, NF_TYPE_Q8_0);
+    /* the request (2^20) is capped by the budget, less so for the smaller rows */
+    assert_true(p16.n_ctx < (1u << 20));
+    assert_true(p8.n_ctx > p16.n_ctx && p4.n_ctx > p8.n_ctx);
+    assert_true(p16.kv_bytes == (uint64_t)p16.n_ctx * p16.kv_token_bytes);
+    /* the f16 plan is the one nf_stack_plan_seq_ub made before the types */
+    struct nf_stack_plan old;
+    assert_int_equal(nf_stack_plan_seq_ub(f, ram, 1u << 20, 1, 1, 0, &old, err, sizeof(err)), 0);
+    assert_int_equal(old.n_ctx, p16.n_ctx);
+    assert_int_equal(old.pool_bytes, p16.pool_bytes);
+    /* at a fixed context the bytes saved go to the pool */
+    assert_int_equal(nf_stack_plan_kv(f, 64ull << 20, 128, 1, 1, 0, NF_TYPE_F16, NF_TYPE_F16, &p16,
+                                      err, sizeof(err)),
+                     0);
+    assert_int_equal(nf_stack_plan_kv(f, 64ull << 20, 128, 1, 1, 0, NF_TYPE_Q4_0, NF_TYPE_Q4_0, &p4,
+                                      err, sizeof(err)),
+                     0);
+    assert_true(p4.kv_bytes < p16.kv_bytes && p4.pool_bytes >= p16.pool_bytes);
+    /* a type the cache cannot hold is refused */
+    assert_int_equal(
+        nf_stack_plan_kv(f, ram, 128, 1, 1, 0, NF_TYPE_Q4_1, NF_TYPE_F16, &p4, err, sizeof(err)),
+        NF_EUSAGE);
+    nf_nft_close(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -275,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_attention_vs_reference),
         cmocka_unit_test(test_rows_match_steps),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_plan_counts_types),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_kv_quant_golden.sh - quantized KV caches against llama.cpp: K q8_0 (and q4_0) against
 # the oracle's -ctk goldens in tests/golden/ (README there), a quantized V against the oracle's
-# f16-V output by the rule stated below; and run's flags refuse what they cannot do.
+# f16-V output by the rule stated below; the flags refuse what they cannot do (MLA models, head
+# sizes not a multiple of 32); and the stack plans, runs and reports the types.
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -14,6 +15,7 @@ for f in zoo-Q8_0 moe-Q8_0 stories260K; do
     [ -f "$MD/$f.gguf" ] || { echo "skip: $MD/$f.gguf is missing"; exit 77; }
 done
 [ -x "$TG" ] || { echo "skip: $TG is not built"; exit 77; }
+need_daemons
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
@@ -67,4 +69,39 @@ expect "head size 8 (stories260K)" 1 "multiple of 32" \
     "$NF_BIN" run -m "$MD/stories260K.gguf" -p x -ctv q8_0
 [ "$(wc -l <"$T/err")" -eq 1 ]
 check "the refusal is one line" $?
+
+# 6. MLA (deepseek2) keeps its f16 latent: a quantized type is refused by run and by up.
+"$NF_BIN" mkmodel "$T/ds.gguf" --vocab-from "$MD/stories260K.gguf" -t 2 --seed 7 --arch deepseek2 \
+    --dim 128 --layers 2 --ffn 64 --heads 4 --head-dim 48 --rope-dim 16 --kv-lora 64 --v-head 32 \
+    --q-lora 0 --dense-layers 1 --dense-ffn 256 --experts 4 --experts-used 2 --shared-experts 1 \
+    --type q8_0 >/dev/null 2>&1
+check "mkmodel deepseek2" $?
+expect "run: MLA refuses -ctk q8_0" 1 "compressed latent" \
+    "$NF_BIN" run -m "$T/ds.gguf" -p x -n 1 -ctk q8_0
+expect "up: MLA refuses -ctv q4_0" 1 "compressed latent" \
+    "$NF_BIN" up -m "$T/ds.gguf" --run-dir "$T/rd-ds" -ctv q4_0
+
+# 7. The stack: up plans with the types, says so, gen equals run with the same types, and
+#    stats names them.
+cp "$MD/zoo-Q8_0.gguf" "$T/zoo.gguf"
+RD="$T/rd"
+if "$NF_BIN" up -m "$T/zoo.gguf" --run-dir "$RD" --ram 256M -t 1 -ctk q8_0 -ctv q4_0 \
+    >"$T/up.out" 2>"$T/up.err"; then
+    grep -q "KV cache K q8_0, V q4_0: 832 B a token" "$T/up.out"
+    check "up names the KV types and bytes a token" $?
+    "$NF_BIN" gen --run-dir "$RD" -p "$P" -n 16 --temp 0 --json >"$T/gen.jsonl" 2>"$T/gen.err"
+    check "gen" $?
+    "$NF_BIN" run -m "$T/zoo.gguf" -p "$P" -n 16 --temp 0 --json -t 1 -ctk q8_0 -ctv q4_0 \
+        >"$T/run.jsonl" 2>/dev/null
+    [ "$(tail -n1 "$T/gen.jsonl" | grep -o '"gen_ids":[^]]*')" = \
+        "$(tail -n1 "$T/run.jsonl" | grep -o '"gen_ids":[^]]*')" ]
+    check "gen -ctk q8_0 -ctv q4_0 through the stack equals run" $?
+    "$NF_BIN" stats --run-dir "$RD" >"$T/stats.out" 2>&1
+    grep -q "KV cache K / V .* q8_0 / q4_0" "$T/stats.out"
+    check "stats names the KV types" $?
+    "$NF_BIN" down --run-dir "$RD" >/dev/null 2>&1
+else
+    echo "FAIL: up -ctk q8_0 -ctv q4_0: $(tail -n 3 "$T/up.err")"
+    fail=1
+fi
 exit $fail
