@@ -111,17 +111,14 @@ static int parse_shared(const char *role, int c, const char *v, struct nf_daemon
             a->ubatch = (uint32_t)n;
         break;
     case ARG_CACHE_TYPE_K:
-    case ARG_CACHE_TYPE_V: {
+    case ARG_CACHE_TYPE_V: { /* f16, q8_0 or q4_0 (the caller names the flag and --help) */
         enum nf_type t;
-        if ((rc = nf_kv_type_parse(v, &t)) < 0) {
-            fprintf(stderr, "nanoflow-%s: --cache-type-%c expects one of %s, got '%s'\n", role,
-                    c == ARG_CACHE_TYPE_K ? 'k' : 'v', NF_KV_TYPE_NAMES, v);
-            rc = -ERANGE; /* said why */
-        } else if (c == ARG_CACHE_TYPE_K) {
+        if ((rc = nf_kv_type_parse(v, &t)) < 0)
+            rc = -EINVAL;
+        else if (c == ARG_CACHE_TYPE_K)
             a->type_k = (uint32_t)t;
-        } else {
+        else
             a->type_v = (uint32_t)t;
-        }
         break;
     }
     case ARG_FOREGROUND: a->foreground = true; break;

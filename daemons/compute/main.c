@@ -64,7 +64,7 @@ static void usage(FILE *out)
             "                      is read once per chunk of N (default: 32)\n"
             "  --cache-type-k T    KV cache type of K: f16, q8_0 or q4_0 (default: the plan's,\n"
             "                      which up's flag of this name sets; f16 without one)\n"
-            "  --cache-type-v T    KV cache type of V, likewise\n"
+            "  --cache-type-v T    KV cache type of V, likewise (default: the plan's)\n"
             "  --max-tokens-per-request N\n"
             "                      tokens one request may generate, 1..1000000; a request\n"
             "                      asking more is clamped (its reply says so) so that requests\n"
