@@ -351,44 +351,30 @@ static const void *nf_kv_row(const void *cache, enum nf_type t, const struct nf_
            (size_t)kvh * nf_kv_row_bytes(t, hp->head_dim);
 }
 
-/* nf_attn_head with a quantized K or V (kv_quant.h): scores as llama.cpp's mul_mat of a
- * quantized K (Q quantized to q8_0, the type's vec_dot), or its F16 order for an F16 K; the
- * softmax as in the plain path; an F16 V as the plain path (probabilities rounded to F16,
- * ggml's dot over the cells), a quantized V row by row (nf_kv_axpy, probabilities in F32).
- * The attention mode (NF_ATTN) does not apply. qq holds a head's q8_0 blocks, sc n_kv
- * scores and, after them, n_kv floats of V column for an F16 V. */
-static void nf_attn_head_kvq(struct nf_ctx *c, int il, const float *q, float *out, int h, int lo,
-                             int pos, int n_tok, int n_kv, float scale, void *qq, float *sc)
+/* Scores of a quantized K (kv_quant.h) as llama.cpp's non-flash mul_mat of a quantized K: q
+ * (hd floats) quantized to q8_0 into qq, each visible cell's score the type's vec_dot times
+ * scale, the others -inf. */
+static void nf_attn_scores_kvq(const struct nf_ctx *c, int il, const float *q, int kvh, int lo,
+                               int pos, int n_kv, float scale, void *qq, float *sc)
 {
-    const struct nf_hparams *hp = &c->m->hp;
-    const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, kvh = h / (hp->n_head / hp->n_head_kv);
-    if (c->type_k == NF_TYPE_F16) {
-        /* The plain path's F16 products: tinyBLAS for prompt batches, else ggml's dot. */
-        nf_fp16_t *q16 = qq;
-        const nf_fp16_t *kc = nf_kv_row(c->k_cache, NF_TYPE_F16, c, il, 0, kvh);
-        for (int d = 0; d < hd; d++)
-            q16[d] = nf_fp32_to_fp16(q[d]);
-        const bool kq_tb = n_tok >= 2 && hd % 16 == 0;
-        if (kq_tb)
-            nf_type_traits(NF_TYPE_F16)
-                ->vec_dot_mat(hd, sc, (size_t)n_kv, kc, (size_t)kvd * sizeof(nf_fp16_t), q16, 0,
-                              pos + 1, 1);
-        for (int ic = 0; ic < n_kv; ic++)
-            sc[ic] = ic > pos || ic < lo ? -INFINITY
-                     : kq_tb             ? sc[ic] * scale
-                             : nf_ggml_dot(kc + (size_t)ic * kvd, q16, true, hd, hd) * scale;
-    } else {
-        const struct nf_type_traits *tr = nf_type_traits(c->type_k);
-        nf_act_quantizer(tr->vec_dot_type)(q, qq, hd);
-        for (int ic = 0; ic < n_kv; ic++) {
-            float s = -INFINITY;
-            if (ic <= pos && ic >= lo) {
-                tr->vec_dot(hd, &s, nf_kv_row(c->k_cache, c->type_k, c, il, ic, kvh), qq);
-                s *= scale;
-            }
-            sc[ic] = s;
+    const int hd = c->m->hp.head_dim;
+    const struct nf_type_traits *tr = nf_type_traits(c->type_k);
+    nf_act_quantizer(tr->vec_dot_type)(q, qq, hd);
+    for (int ic = 0; ic < n_kv; ic++) {
+        float s = -INFINITY;
+        if (ic <= pos && ic >= lo) {
+            tr->vec_dot(hd, &s, nf_kv_row(c->k_cache, c->type_k, c, il, ic, kvh), qq);
+            s *= scale;
         }
+        sc[ic] = s;
     }
+}
+
+/* ggml_soft_max_ext over sc (n_kv scores, max taken here) with gpt-oss's sink of head h
+ * (ggml_soft_max_add_sinks: a logit of its own in the max and, as expf, in the denominator,
+ * with no value row): sc becomes the exponentials; returns 1 / their sum. */
+static float nf_attn_softmax(const struct nf_ctx *c, float *sc, int n_kv, int h)
+{
     float mx = -INFINITY;
     for (int ic = 0; ic < n_kv; ic++)
         mx = sc[ic] > mx ? sc[ic] : mx;
@@ -398,29 +384,7 @@ static void nf_attn_head_kvq(struct nf_ctx *c, int il, const float *q, float *ou
     double sum = nf_softmax_exp(sc, sc, n_kv, mx);
     if (sk)
         sum += (double)expf(sk[h] - mx);
-    const float inv = (float)(1.0 / sum);
-    for (int ic = 0; ic < n_kv; ic++)
-        sc[ic] *= inv;
-    if (c->type_v == NF_TYPE_F16) {
-        const bool kqv_tb = n_tok >= 2 && n_kv % 16 == 0;
-        float *vcol = sc + n_kv; /* (n_kv) */
-        for (int ic = 0; ic < n_kv; ic++)
-            sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
-        const nf_fp16_t *vc = nf_kv_row(c->v_cache, NF_TYPE_F16, c, il, 0, kvh);
-        for (int d = 0; d < hd; d++) {
-            for (int ic = 0; ic <= pos; ic++)
-                vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
-            if (kqv_tb)
-                nf_type_traits(NF_TYPE_F32)->vec_dot_mat(pos + 1, &out[d], 1, vcol, 0, sc, 0, 1, 1);
-            else
-                out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
-        }
-        return;
-    }
-    const nf_kv_axpy_fn axpy = nf_kv_axpy_for(c->type_v);
-    memset(out, 0, sizeof(float) * (size_t)hd);
-    for (int ic = lo; ic <= pos; ic++)
-        axpy(out, sc[ic], nf_kv_row(c->v_cache, c->type_v, c, il, ic, kvh), hd);
+    return (float)(1.0 / sum);
 }
 
 /* Attention of one query head of one token over cache positions 0..pos. */
@@ -443,12 +407,10 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const float *q = c->q + (size_t)t * hp->n_head * hd + (size_t)h * hd;
     float *out = c->att + (size_t)t * hp->n_head * vd + (size_t)h * vd;
     nf_fp16_t *q16 = scratch;                              /* (hd) */
-    nf_fp16_t *acc16 = q16 + hd;                           /* (hd) */
+    nf_fp16_t *acc16 = q16 + hd;                           /* (hd); a quantized K's q8_0 q */
     float *sc = (float *)nf_align64((size_t)(acc16 + hd)); /* (n_ctx) */
-    if (c->type_k != NF_TYPE_F16 || c->type_v != NF_TYPE_F16) {
-        nf_attn_head_kvq(c, il, q, out, h, lo, pos, n_tok, n_kv, scale, acc16, sc);
-        return;
-    }
+    /* A quantized cache (kv_quant.h) takes the plain path whatever the attention mode. */
+    const bool kvq = c->type_k != NF_TYPE_F16 || c->type_v != NF_TYPE_F16;
     const nf_fp16_t *kc =
         (const nf_fp16_t *)c->k_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
     /* deepseek2's values are the first vd values of its latent keys (one cache). */
@@ -457,7 +419,7 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     for (int d = 0; d < hd; d++)
         q16[d] = nf_fp32_to_fp16(q[d]);
 
-    if (c->attn_mode == NF_ATTN_FLASH) {
+    if (c->attn_mode == NF_ATTN_FLASH && !kvq) {
         /* ggml_compute_forward_flash_attn_ext_f16: online softmax, V accumulated in F16. */
         float M = -INFINITY, S = 0.0f;
         memset(acc16, 0, sizeof(nf_fp16_t) * (size_t)vd);
@@ -497,7 +459,7 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
 
     /* ggml mul_mat(K, Q) + soft_max_ext(scale, causal mask) + mul_mat(V, softmax), over the
      * n_kv cache cells of the batch (cells past pos are masked with -inf). */
-    const bool q_f32 = c->attn_mode == NF_ATTN_F32, p_f32 = c->attn_mode == NF_ATTN_F32;
+    const bool q_f32 = c->attn_mode == NF_ATTN_F32 && !kvq, p_f32 = q_f32;
     /* Prompt batches (n_tok >= 2): ggml converts Q and the softmax to F16 and hands the two
      * mat-muls to tinyBLAS when the dot length is a multiple of 16. */
     const bool kq_tb = n_tok >= 2 && hd % 16 == 0, kqv_tb = n_tok >= 2 && n_kv % 16 == 0;
@@ -506,12 +468,14 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
      * (quants_mat.c): the SIMD kernels stand in for the scalar emulations. */
     const nf_vec_dot_mat_fn mat16 = nf_type_traits(NF_TYPE_F16)->vec_dot_mat;
     const nf_vec_dot_mat_fn mat32 = nf_type_traits(NF_TYPE_F32)->vec_dot_mat;
-    if (kq_tb && !q_f32) {
+    if (c->type_k != NF_TYPE_F16)
+        nf_attn_scores_kvq(c, il, q, kvh, lo, pos, n_kv, scale, acc16, sc);
+    else if (kq_tb && !q_f32) {
         mat16(hd, sc, (size_t)n_kv, kc, (size_t)kvd * sizeof(nf_fp16_t), q16, 0, pos + 1, 1);
         for (int ic = 0; ic < n_kv; ic++)
             sc[ic] = ic <= pos && ic >= lo ? sc[ic] * scale : -INFINITY;
     }
-    for (int ic = 0; ic < n_kv && !(kq_tb && !q_f32); ic++) {
+    for (int ic = 0; ic < n_kv && c->type_k == NF_TYPE_F16 && !(kq_tb && !q_f32); ic++) {
         float s = -INFINITY;
         const nf_fp16_t *kr = kc + (size_t)(ic <= pos ? ic : 0) * kvd;
         if (ic <= pos && ic >= lo)
@@ -521,18 +485,15 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
                 scale;
         sc[ic] = s;
     }
-    float mx = -INFINITY;
-    for (int ic = 0; ic < n_kv; ic++)
-        mx = sc[ic] > mx ? sc[ic] : mx;
-    /* gpt-oss's sink (ggml_soft_max_add_sinks): a logit of its own in the max and, as expf, in
-     * the denominator, with no value row. */
-    const float *sk = c->attn_sinks;
-    if (sk)
-        mx = sk[h] > mx ? sk[h] : mx;
-    double sum = nf_softmax_exp(sc, sc, n_kv, mx);
-    if (sk)
-        sum += (double)expf(sk[h] - mx);
-    const float inv = (float)(1.0 / sum);
+    const float inv = nf_attn_softmax(c, sc, n_kv, h);
+    if (c->type_v != NF_TYPE_F16) {
+        /* A quantized V, row by row: out += p * dequant(V row), p in F32 (kv_quant.h). */
+        const nf_kv_axpy_fn axpy = nf_kv_axpy_for(c->type_v);
+        memset(out, 0, sizeof(float) * (size_t)vd);
+        for (int ic = lo; ic <= pos; ic++)
+            axpy(out, sc[ic] * inv, nf_kv_row(c->v_cache, c->type_v, c, il, ic, kvh), vd);
+        return;
+    }
     for (int ic = 0; ic < n_kv; ic++) {
         sc[ic] *= inv;
         if (!p_f32)

@@ -45,7 +45,7 @@ static void test_axpy_simd_vs_ref(void **state)
     nf_kv_axpy_fn simd[] = {nf__kv_axpy_q8_0_avx2, nf__kv_axpy_q4_0_avx2};
     for (int ti = 0; ti < 2; ti++)
         for (int n = 32; n <= 256; n += 32) {
-            float src[256], init[256], a[256], b[256], deq[256];
+            float src[256] = {0}, init[256] = {0}, a[256] = {0}, b[256] = {0}, deq[256] = {0};
             uint8_t row[256 * 2];
             for (int i = 0; i < n; i++)
                 src[i] = frand() * (i % 7 == 0 ? 40.0f : 1.0f);
