@@ -1717,6 +1717,18 @@ static int nf_stream_load_probs_b(struct nf_stream *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Gives the engine's context the KV cache types of o (0 for either: f16), refused in one line
+ * when the model cannot keep them (nf_kv_types_check). */
+static int nf_stream_kv_types(struct nf_stream *s, const struct nf_stream_opts *o, char *err,
+                              size_t errlen)
+{
+    const enum nf_type tk = o->type_k ? o->type_k : NF_TYPE_F16;
+    const enum nf_type tv = o->type_v ? o->type_v : NF_TYPE_F16;
+    char why[256];
+    int rc = nf_ctx_set_kv_types(s->c, tk, tv, why, sizeof(why));
+    return rc < 0 ? nf_errf(err, errlen, rc, "%s: %s", s->f->path, why) : 0;
+}
+
 int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struct nf_tile_src *src,
                      const struct nf_stream_opts *o, char *err, size_t errlen)
 {
@@ -1752,6 +1764,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
         nf_errf(err, errlen, rc, "creating the run state: %s", nf_strerror(rc));
         goto fail;
     }
+    if ((rc = nf_stream_kv_types(s, o, err, errlen)) < 0)
+        goto fail;
     const struct nf_hparams *hp = &s->shell.hp;
     const size_t E = (size_t)hp->n_embd, G = s->max_groups;
     size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
@@ -1797,8 +1811,7 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
                   T * (sizeof(float) * ((size_t)s->rows * E + 2 * R + E) + 4 * R + 64) +
                   sizeof(uint32_t) * (size_t)s->rows * G;
     }
-    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    s->mem += 2 * (size_t)hp->n_layer * (size_t)o->n_ctx * kvd * sizeof(nf_fp16_t) +
+    s->mem += nf_ctx_kv_bytes(s->c) +
               sizeof(float) * (size_t)s->rows * (s->max_rows + 6 * E + 2 * F) + E * down_row +
               sizeof(float) * (F + 2 * G) + (size_t)s->rows * G;
     if ((rc = nf_stream_load_rope(s, err, errlen)) < 0 ||

@@ -52,6 +52,9 @@ struct nf_stream_opts {
                      * (NF_MAX_BATCH), at most NF_MAX_UBATCH */
     int n_seq;      /* most sequences nf_stream_set_slots will be given (0: up to the ubatch):
                      * the activation buffers hold max(n_ubatch, n_seq) rows */
+    /* KV cache element types (kv_quant.h): NF_TYPE_F16, Q8_0 or Q4_0; 0 (as zeroed options
+     * leave them): f16. */
+    enum nf_type type_k, type_v;
 };
 
 /* Monotonic counters of one engine. */

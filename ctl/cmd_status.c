@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cmds.h"
+#include "kv_quant.h"
 #include "gen_output.h"
 #include "nf_err.h"
 #include "stack_ctl.h"
@@ -329,6 +330,21 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
             json, &first, "compute", "accept_rate", "acceptance rate",
             nf_snap_ratio((double)nf_stage_ctr(c, "accepted"), (double)nf_stage_ctr(c, "drafted")),
             "%");
+        /* The KV cache: its types by name, its bytes (all sequences) and bytes a token. */
+        const uint64_t ck = nf_stage_ctr(c, "kv_type_k"), cv = nf_stage_ctr(c, "kv_type_v");
+        const char *tk = nf_kv_type_name(ck ? (enum nf_type)ck : NF_TYPE_F16);
+        const char *tv = nf_kv_type_name(cv ? (enum nf_type)cv : NF_TYPE_F16);
+        const unsigned long long kvb = nf_stage_ctr(c, "kv_bytes"),
+                                 kvt = nf_stage_ctr(c, "kv_token_bytes");
+        char kb[32];
+        if (json)
+            printf(",\"kv_type_k\":\"%s\",\"kv_type_v\":\"%s\",\"kv_bytes\":%llu,"
+                   "\"kv_token_bytes\":%llu",
+                   tk, tv, kvb, kvt);
+        else
+            printf("%-10s %-22s %9s / %s\n%-10s %-22s %14s\n%-10s %-22s %12llu B\n", "",
+                   "KV cache K / V", tk, tv, "", "KV cache bytes",
+                   nf_ctl_fmt_size(kb, sizeof(kb), kvb), "", "KV bytes a token", kvt);
     } else if (json) {
         jerr(c->err);
     } else {

@@ -125,7 +125,10 @@ struct nf_stack_config {
     uint32_t n_classes; /* 1..NF_STACK_MAX_CLASSES */
     uint32_t n_seq;     /* sequences compute runs at once, each with a KV cache of kv_bytes / n_seq
                          * (0 in a region made before it: 1) */
-    uint32_t reserved[3];
+    /* The KV cache's element types kv_bytes counts (enum nf_type: f16, q8_0, q4_0; 0 in a
+     * region made before them: f16). */
+    uint16_t kv_type_k, kv_type_v;
+    uint32_t reserved[2];
     struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* (n_classes) by slot size */
     char nft_path[PATH_MAX];
 };
@@ -243,6 +246,8 @@ struct nf_stack_plan {
     uint64_t class_tiles[NF_STACK_MAX_CLASSES];          /* tiles that go in each class */
     uint32_t n_seq;    /* sequences compute runs at once (kv_bytes holds all their caches) */
     uint32_t n_ubatch; /* compute's prompt chunk (tokens) whose activations compute_private holds */
+    uint32_t type_k, type_v; /* the KV cache's element types (enum nf_type; nf_stack_plan_kv) */
+    uint64_t kv_token_bytes; /* kv_bytes of one position of one sequence (every layer, K and V) */
 };
 
 /* Budget constants of the plan. */
@@ -274,6 +279,14 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
 int nf_stack_plan_seq(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                       uint32_t n_threads, uint32_t n_seq, struct nf_stack_plan *plan, char *err,
                       size_t errlen);
+/* All of the above with the KV cache's element types: type_k and type_v are NF_TYPE_F16,
+ * Q8_0 or Q4_0 (0: f16; anything else NF_EUSAGE), and the plan counts their bytes per position
+ * (a q8_0 row takes 34/64 of an f16 one, q4_0 18/64), so the same budget holds a longer
+ * context or leaves a larger pool. MLA models (deepseek2) count their f16 latent whatever the
+ * types (compute refuses quantized types for them). The others are this with f16. */
+int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                     uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch, uint32_t type_k,
+                     uint32_t type_v, struct nf_stack_plan *plan, char *err, size_t errlen);
 #define NF_STACK_SEQ_DEFAULT 4u  /* most sequences a plan chooses by itself */
 #define NF_STACK_SEQ_MAX     32u /* most sequences a plan takes (NF_MAX_BATCH) */
 

@@ -62,6 +62,7 @@ kind() {
     --draft) K=file ;;
     --draft-max) K=int ;;
     -ub | --ubatch-size | --ubatch) K=int ;;
+    -ctk | -ctv | --cache-type-k | --cache-type-v) K=enum ;;
     *) K="" ;;
     esac
 }
@@ -99,6 +100,7 @@ good() {
     --experts) G=4 ;;
     --vocab) G=512 ;;
     -ub | --ubatch-size | --ubatch) G=8 ;;
+    -ctk | -ctv | --cache-type-k | --cache-type-v) G=q8_0 ;;
     --draft-max) G=4 ;;
     --alignment) G=64 ;;
     --numa-node) G=0 ;;
@@ -181,7 +183,8 @@ parsed_flags() {
     case "$1" in
     run) echo "-m --model -p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty --presence-penalty --frequency-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
-        "--chat --system --chat-template -ub --ubatch-size" ;;
+        "--chat --system --chat-template -ub --ubatch-size -ctk --cache-type-k -ctv" \
+        "--cache-type-v" ;;
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
@@ -195,7 +198,7 @@ parsed_flags() {
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
         "--max-tokens-per-request --http --api-key-file --chat-template --expert-cache -ub" \
-        "--ubatch-size" ;;
+        "--ubatch-size -ctk --cache-type-k -ctv --cache-type-v" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --json --top-logits" \
@@ -204,12 +207,12 @@ parsed_flags() {
     chat) echo "-n --n-predict --system --chat-template --temp --top-k --top-p --min-p" \
         "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --timeout --run-dir" ;;
     nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --ubatch --qd" \
-        "--verify" \
+        "--verify --cache-type-k --cache-type-v" \
         "--no-uring --numa-node --expert-cache --foreground --log-level" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
         "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
     nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx --ubatch" \
-        "--attach-timeout --max-tokens-per-request --foreground --log-level" ;;
+        "--cache-type-k --cache-type-v --attach-timeout --max-tokens-per-request --foreground --log-level" ;;
     nanoflow-gateway) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
         "--attach-timeout --foreground --log-level --http --api-key-file --chat-template" \
         "--max-conns --max-body --max-queue --max-running" ;;

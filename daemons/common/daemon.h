@@ -126,6 +126,9 @@ struct nf_daemon_args {
     bool foreground;         /* --foreground */
     enum nf_log_level level; /* --log-level L (default info) */
     uint32_t ubatch;         /* --ubatch N in 1..4096: compute's prompt chunk; 0 when not given */
+    /* --cache-type-k / --cache-type-v T (f16, q8_0, q4_0) as enum nf_type; 0 when not given:
+     * the fetcher plans the KV cache with them, compute keeps it so (else the region's). */
+    uint32_t type_k, type_v;
 };
 
 /* getopt_long values of a daemon's own flags start here (below: the shared ones). */

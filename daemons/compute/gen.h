@@ -72,10 +72,11 @@ struct nf_gen {
     int n_threads;
     int n_ctx;
     float sparsity;
-    int n_ubatch;   /* prompt tokens per chunk (--ubatch); 0: the stream's default */
-    int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
-    int parallel;   /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
-    bool lookup;    /* requests speculate with prompt lookup unless they say otherwise */
+    int n_ubatch;       /* prompt tokens per chunk (--ubatch); 0: the stream's default */
+    int type_k, type_v; /* KV cache types (enum nf_type; 0: f16), nf_stream_opts' */
+    int max_tokens;     /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
+    int parallel;       /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
+    bool lookup;        /* requests speculate with prompt lookup unless they say otherwise */
     /* --draft: a draft model held in RAM (owned by the caller), the default draft source of
      * requests when set; its context is created by the worker at its first use. */
     struct nf_model *dmodel;

@@ -14,6 +14,7 @@
 
 #include "daemon.h"
 #include "gen.h"
+#include "kv_quant.h"
 #include "nf_err.h"
 #include "nf_proc.h"
 #include "nft.h"
@@ -38,7 +39,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: nanoflow-compute --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
-            "                        [--attach-timeout S]\n"
+            "                        [--cache-type-k T] [--cache-type-v T] [--attach-timeout S]\n"
             "                        [--max-tokens-per-request N] [--lookup] [--draft FILE]\n"
             "                        [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
@@ -61,6 +62,9 @@ static void usage(FILE *out)
             "                      the plan's (default: the plan's)\n"
             "  --ubatch N          prompt tokens evaluated together, 1..4096: each weight tile\n"
             "                      is read once per chunk of N (default: 32)\n"
+            "  --cache-type-k T    KV cache type of K: f16, q8_0 or q4_0 (default: the plan's,\n"
+            "                      which up's flag of this name sets; f16 without one)\n"
+            "  --cache-type-v T    KV cache type of V, likewise (default: the plan's)\n"
             "  --max-tokens-per-request N\n"
             "                      tokens one request may generate, 1..1000000; a request\n"
             "                      asking more is clamped (its reply says so) so that requests\n"
@@ -139,6 +143,9 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.max_tokens = m->max_tokens;
     m->gen.parallel = m->o.parallel > 0 ? (int)m->o.parallel : cfg->n_seq ? (int)cfg->n_seq : 1;
     m->gen.n_ubatch = (int)m->o.ubatch;
+    /* The KV types the fetcher planned with (the region's), unless given here. */
+    m->gen.type_k = (int)(m->o.type_k ? m->o.type_k : cfg->kv_type_k);
+    m->gen.type_v = (int)(m->o.type_v ? m->o.type_v : cfg->kv_type_v);
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
         return NF_EUSAGE;
@@ -148,9 +155,11 @@ static int start(struct compute *m, char *err, size_t errlen)
     atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
     nf_log(NF_LOG_INFO,
            "engine ready: %s, n_ctx %d, %d sequences, %d threads, sparsity %.2f, ubatch %d, "
-           "%.1f MiB of KV caches and scratch",
+           "KV %s/%s, %.1f MiB of KV caches and scratch",
            m->o.model, m->gen.n_ctx, m->gen.parallel, m->gen.n_threads, (double)m->gen.sparsity,
            m->gen.n_ubatch ? m->gen.n_ubatch : NF_MAX_BATCH,
+           nf_kv_type_name(m->gen.type_k ? (enum nf_type)m->gen.type_k : NF_TYPE_F16),
+           nf_kv_type_name(m->gen.type_v ? (enum nf_type)m->gen.type_v : NF_TYPE_F16),
            (double)nf_gen_engine_bytes(&m->gen) / 1048576.0);
     return 0;
 }

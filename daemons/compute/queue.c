@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "gen.h"
+#include "kv_quant.h"
 #include "nf_err.h"
 #include "nf_time.h"
 
@@ -70,7 +71,9 @@ static void *worker(void *arg)
                                .n_threads = g->n_threads,
                                .sparsity = g->sparsity,
                                .n_ubatch = g->n_ubatch,
-                               .n_seq = g->parallel};
+                               .n_seq = g->parallel,
+                               .type_k = (enum nf_type)g->type_k,
+                               .type_v = (enum nf_type)g->type_v};
     struct nf_gen_run *runs = calloc((size_t)g->parallel, sizeof(*runs));
     bool *live = calloc((size_t)g->parallel, sizeof(*live));
     int rc = !runs || !live
@@ -403,6 +406,16 @@ int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, 
     nf_stats_add(&m, "drafted", g->n_drafted);
     nf_stats_add(&m, "accepted", g->n_accepted);
     pthread_mutex_unlock(&g->mu);
+    /* The KV cache: its element types (enum nf_type) and the bytes of every slot's cache. */
+    const enum nf_type tk = g->type_k ? (enum nf_type)g->type_k : NF_TYPE_F16;
+    const enum nf_type tv = g->type_v ? (enum nf_type)g->type_v : NF_TYPE_F16;
+    nf_stats_add(&m, "kv_type_k", (uint64_t)tk);
+    nf_stats_add(&m, "kv_type_v", (uint64_t)tv);
+    if (g->s) { /* (set once by the worker before it serves anything) */
+        const uint64_t tok = nf_kv_token_bytes(nf_stream_hparams(g->s), tk, tv);
+        nf_stats_add(&m, "kv_token_bytes", tok);
+        nf_stats_add(&m, "kv_bytes", tok * (uint64_t)g->n_ctx * (uint64_t)g->parallel);
+    }
     nf_envelope env;
     nanoflow__envelope__init(&env);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS;
