@@ -28,7 +28,7 @@ static bool is_gauge(const char *name)
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++)
         if (!strcmp(name, g[i]))
             return true;
-    return !strcmp(name, "prefix_cache"); /* compute's setting (1: on) */
+    return false;
 }
 
 void nf_stack_snap_take(const char *dir, struct nf_stack_snap *s)

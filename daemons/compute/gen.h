@@ -164,7 +164,9 @@ void nf_gen_fail_all(struct nf_gen *g, struct nf_server *srv, const char *msg);
  * run at once), shared_steps and shared_rows (steps that served two or more sequences, and
  * those sequences), requests (started), queue_wait_ns (their summed waits), clamped (requests
  * cut to the per-request token limit), drafted and accepted (speculative decoding's draft
- * tokens verified and accepted). Returns nf_server_send's result. */
+ * tokens verified and accepted), prefix_hits, prefix_reused and prefix_common (prefix reuse:
+ * requests started from a kept prefix, the prompt tokens they did not evaluate, the tokens
+ * their prompts shared with the kept ones). Returns nf_server_send's result. */
 int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, uint64_t req_id);
 /* Bytes of private memory of the engine (for logs). */
 uint64_t nf_gen_engine_bytes(const struct nf_gen *g);

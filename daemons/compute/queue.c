@@ -457,7 +457,6 @@ int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, 
     nf_stats_add(&m, "clamped", g->n_clamped);
     nf_stats_add(&m, "drafted", g->n_drafted);
     nf_stats_add(&m, "accepted", g->n_accepted);
-    nf_stats_add(&m, "prefix_cache", !g->prefix_off);
     nf_stats_add(&m, "prefix_hits", g->n_prefix_hits);
     nf_stats_add(&m, "prefix_reused", g->n_prefix_reused);
     nf_stats_add(&m, "prefix_common", g->n_prefix_common);
