@@ -1902,6 +1902,11 @@ int nf_stream_n_ctx(const struct nf_stream *s)
     return s->c->n_ctx;
 }
 
+int nf_stream_ubatch(const struct nf_stream *s)
+{
+    return s->ub;
+}
+
 uint32_t nf_stream_n_groups(const struct nf_stream *s)
 {
     return s->max_groups;

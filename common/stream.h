@@ -127,6 +127,10 @@ const float *nf_stream_logits(const struct nf_stream *s); /* (n_vocab) */
 const struct nf_hparams *nf_stream_hparams(const struct nf_stream *s);
 int nf_stream_n_past(const struct nf_stream *s);
 int nf_stream_n_ctx(const struct nf_stream *s);
+/* Tokens per prompt chunk (the ubatch): nf_stream_eval cuts n tokens into chunks of this many
+ * from its first position, so a prefix of whole chunks is computed the same whatever follows
+ * (the compute daemon's prefix reuse relies on it). */
+int nf_stream_ubatch(const struct nf_stream *s);
 /* Groups (dense) or experts (MoE) per layer: the length of the used bitmaps. */
 uint32_t nf_stream_n_groups(const struct nf_stream *s);
 /* The message of the last failed eval ("" if none). */

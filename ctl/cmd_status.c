@@ -345,6 +345,14 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
             printf("%-10s %-22s %9s / %s\n%-10s %-22s %14s\n%-10s %-22s %12llu B\n", "",
                    "KV cache K / V", tk, tv, "", "KV cache bytes",
                    nf_ctl_fmt_size(kb, sizeof(kb), kvb), "", "KV bytes a token", kvt);
+        /* Prefix reuse: requests started from a kept prefix, the prompt tokens they did not
+         * evaluate, and those as a share of all prompt tokens (evaluated or not). */
+        const double reused = (double)nf_stage_ctr(c, "prefix_reused");
+        metric(json, &first, "compute", "prefix_hits", "prefix hits",
+               (double)nf_stage_ctr(c, "prefix_hits"), "");
+        metric(json, &first, "compute", "prefix_reused", "prompt tokens reused", reused, "");
+        metric(json, &first, "compute", "prefix_saved", "prompt tokens saved",
+               nf_snap_ratio(reused, reused + (double)nf_stage_ctr(c, "prompt_tokens")), "%");
     } else if (json) {
         jerr(c->err);
     } else {
@@ -416,7 +424,8 @@ static void stats_usage(FILE *f)
                "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate:\n"
                "the share of the tiles compute used that needed no read, bytes per token, queue\n"
                "depth), compute (prompt and decode tok/s, share of time stalled on tiles,\n"
-               "speculative decoding's drafted and accepted tokens and acceptance rate), the\n"
+               "speculative decoding's drafted and accepted tokens and acceptance rate, prefix\n"
+               "reuse's hits, prompt tokens reused and their share of all prompt tokens), the\n"
                "HTTP gateway when the stack runs one (requests and clients in its fair queue,\n"
                "mean and longest queue wait), and memory held vs the budget. Rates are per busy\n"
                "second of the stage; with --watch they cover the last interval.\n\n"

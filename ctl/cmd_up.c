@@ -75,6 +75,11 @@ static void up_usage(FILE *f)
             "                       that does not ask otherwise (gen's flags);\n"
             "                       its file and context are counted in the budget, the\n"
             "                       stack's daemons plan with the rest (default: none)\n"
+            "      --prefix-cache on|off\n"
+            "                       keep each sequence's prompt KV in its slot after it ends; a\n"
+            "                       request whose prompt extends a kept one (the next turn of a\n"
+            "                       chat, a shared system prompt) starts from it, with the same\n"
+            "                       output as a cold run (default: on)\n"
             "      --expert-cache P routed-expert tiles a load evicts first (MoE models): freq,\n"
             "                       those least often chosen lately; cyclic, the farthest in\n"
             "                       layer order as for dense tiles (default: freq)\n"
@@ -396,6 +401,7 @@ struct up_opts {
     int type_k, type_v; /* -ctk / -ctv (enum nf_type); 0: f16 */
     float sparsity;
     bool lookup;          /* --lookup: compute speculates with prompt lookup by default */
+    bool prefix_off;      /* --prefix-cache off: compute keeps no prefix between requests */
     char draft[PATH_MAX]; /* --draft FILE made absolute ("" for none) */
     uint64_t stack_ram;   /* the budget the daemons plan with: --ram less the draft model's */
 };
@@ -427,6 +433,10 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     argv[k++] = ctx;
     if (o->lookup && !strcmp(role, NF_ROLE_COMPUTE))
         argv[k++] = "--lookup";
+    if (o->prefix_off && !strcmp(role, NF_ROLE_COMPUTE)) {
+        argv[k++] = "--prefix-cache";
+        argv[k++] = "off";
+    }
     if (o->draft[0] && !strcmp(role, NF_ROLE_COMPUTE)) {
         argv[k++] = "--draft";
         argv[k++] = (char *)o->draft;
@@ -806,7 +816,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               nf_arg_is(a, "--parallel") || nf_arg_is(a, "--draft") ||
               nf_arg_is(a, "--expert-cache") || nf_arg_is(a, "--ubatch-size") ||
               !strcmp(a, "-ub") || nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
-              nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv")))
+              nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") ||
+              nf_arg_is(a, "--prefix-cache")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -848,6 +859,10 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
             }
         } else if (nf_arg_is(a, "--http")) {
             o->http = v;
+        } else if (nf_arg_is(a, "--prefix-cache")) {
+            if (strcmp(v, "on") && strcmp(v, "off"))
+                return nf_usage_error(cmd, "--prefix-cache expects on or off, got '%s'", v);
+            o->prefix_off = !strcmp(v, "off");
         } else if (nf_arg_is(a, "--expert-cache")) {
             if (strcmp(v, "freq") && strcmp(v, "cyclic"))
                 return nf_usage_error(cmd, "--expert-cache expects freq or cyclic, got '%s'", v);

@@ -50,6 +50,7 @@ kind() {
         --rms-eps | --rope-scale | --router-skew) K=float ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
     --log-level | --verify | --shape | --type | --arch | --chat-template | --expert-cache) K=enum ;;
+    --prefix-cache) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
     -f | --file | --calibrate | --vocab-from | --api-key-file) K=file ;;
     --watch) K=opt ;;
@@ -121,6 +122,7 @@ good() {
     --log-level) G=warn ;;
     --verify) G=sample ;;
     --expert-cache) G=cyclic ;;
+    --prefix-cache) G=off ;;
     --router-skew) G=2 ;;
     --shape) G=tiny ;;
     --type) G=q8_0 ;;

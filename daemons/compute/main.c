@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -41,6 +42,7 @@ static void usage(FILE *out)
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
             "                        [--cache-type-k T] [--cache-type-v T] [--attach-timeout S]\n"
             "                        [--max-tokens-per-request N] [--lookup] [--draft FILE]\n"
+            "                        [--prefix-cache on|off]\n"
             "                        [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
@@ -75,6 +77,10 @@ static void usage(FILE *out)
             "  --draft FILE        a small draft model (GGUF, the same vocabulary) held in RAM:\n"
             "                      the default draft source of requests (Generate.speculate\n"
             "                      0 or 2); the output is the same (default: none)\n"
+            "  --prefix-cache on|off\n"
+            "                      keep each slot's prompt tokens after its sequence ends, and\n"
+            "                      start a prompt that extends them from the kept KV cells\n"
+            "                      (whole ubatch chunks: the output is the same) (default: on)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
             "                      (default 30)\n"
             "  --foreground        stay attached, log to stderr (default: detach and log to\n"
@@ -84,12 +90,13 @@ static void usage(FILE *out)
             NF_GEN_DEFAULT_MAX_TOKENS);
 }
 
-enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT };
+enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT, ARG_PREFIX_CACHE };
 
 static const struct option own_opts[] = {
     {"max-tokens-per-request", required_argument, NULL, ARG_MAX_TOKENS},
     {"lookup", no_argument, NULL, ARG_LOOKUP},
     {"draft", required_argument, NULL, ARG_DRAFT},
+    {"prefix-cache", required_argument, NULL, ARG_PREFIX_CACHE},
     {NULL, 0, NULL, 0},
 };
 
@@ -104,6 +111,12 @@ static int parse_own(int val, const char *arg, void *ud)
     }
     if (val == ARG_DRAFT) {
         m->draft = arg;
+        return 0;
+    }
+    if (val == ARG_PREFIX_CACHE) {
+        if (strcmp(arg, "on") && strcmp(arg, "off"))
+            return -EINVAL;
+        m->gen.prefix_off = !strcmp(arg, "off");
         return 0;
     }
     if (val != ARG_MAX_TOKENS || nf_daemon_arg_long(arg, 1, NF_GEN_MAX_N_PREDICT, &v) < 0)
