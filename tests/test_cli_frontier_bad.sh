@@ -83,7 +83,7 @@ patch "$T/ds.gguf" "$T/ds-qrank.gguf" key deepseek2.attention.q_lora_rank 32 &&
 patch "$T/ds.gguf" "$T/ds-router.gguf" dim blk.1.ffn_gate_inp.weight 1 7 &&
     refused ds-router "$T/ds-router.gguf" "ffn_gate_inp.weight' has shape"
 patch "$T/ds.gguf" "$T/ds-groups.gguf" key deepseek2.expert_group_count 3 &&
-    refused ds-groups "$T/ds-groups.gguf" "expert_group_count 3 must divide expert_count 8"
+    refused ds-groups "$T/ds-groups.gguf" "expert_group_count 3 must divide expert_count 8 in groups"
 patch "$T/glm.gguf" "$T/glm-groups.gguf" key glm4moe.expert_group_count 3 &&
     refused glm-groups "$T/glm-groups.gguf" "expert_group_count 3 .* do not fit 16 experts"
 patch "$T/glm.gguf" "$T/glm-router.gguf" dim blk.2.ffn_gate_inp.weight 1 15 &&
