@@ -155,6 +155,34 @@ static size_t ws_tail(const struct ptext *t, size_t pos, size_t end)
     return nws;
 }
 
+/* The end of the Llama 3 regex's match at pos when it is none of the letter alternatives:
+ * \p{N}{1,max_digits} | ?[^\s<letter>\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+, else the code
+ * point alone (no alternative matches). Shared by the Llama 3 family and Kimi-K2. */
+static size_t llama3_rest(const struct ptext *t, size_t pos, size_t end, size_t max_digits,
+                          unsigned letter)
+{
+    const size_t start = pos;
+    const unsigned f = t->flags[pos];
+    if (f & F_NUM) {
+        while ((flags_at(t, pos, end) & F_NUM) && pos - start < max_digits)
+            pos++;
+        return pos;
+    }
+    bool sp = t->cps[pos] == ' ';
+    unsigned f2 = sp ? flags_at(t, pos + 1, end) : f;
+    const unsigned word = F_WS | letter | F_NUM;
+    if (f2 && !(f2 & word)) {
+        pos += sp;
+        for (unsigned g = flags_at(t, pos, end); g && !(g & word); g = flags_at(t, pos, end))
+            pos++;
+        while (pos < end && (t->cps[pos] == '\r' || t->cps[pos] == '\n'))
+            pos++;
+        return pos;
+    }
+    size_t nws = ws_tail(t, pos, end);
+    return pos + (nws ? nws : 1);
+}
+
 /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
  *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+   (Llama 3: max_digits 3; Qwen2: 1).
  * Qwen3.5 reads [\p{L}\p{M}] for \p{L} and [^\s\p{L}\p{M}\p{N}] for the symbol run: `letter`
@@ -181,26 +209,7 @@ static void split_llama3(const struct ptext *t, size_t ini, size_t end, size_t m
             lens_push(out, pos - start);
             continue;
         }
-        if (f & F_NUM) {
-            while ((flags_at(t, pos, end) & F_NUM) && pos - start < max_digits)
-                pos++;
-            lens_push(out, pos - start);
-            continue;
-        }
-        bool sp = cpt == ' ';
-        unsigned f2 = sp ? flags_at(t, pos + 1, end) : f;
-        const unsigned word = F_WS | letter | F_NUM;
-        if (f2 && !(f2 & word)) {
-            pos += sp;
-            for (unsigned g = flags_at(t, pos, end); g && !(g & word); g = flags_at(t, pos, end))
-                pos++;
-            while (pos < end && (t->cps[pos] == '\r' || t->cps[pos] == '\n'))
-                pos++;
-            lens_push(out, pos - start);
-            continue;
-        }
-        size_t nws = ws_tail(t, pos, end);
-        pos += nws ? nws : 1; /* no alternative matches: the code point stands alone */
+        pos = llama3_rest(t, pos, end, max_digits, letter);
         lens_push(out, pos - start);
     }
 }
@@ -251,26 +260,7 @@ static void split_kimi_k2(const struct ptext *t, size_t ini, size_t end, struct 
             lens_push(out, pos - start);
             continue;
         }
-        if (f & F_NUM) {
-            while ((flags_at(t, pos, end) & F_NUM) && pos - start < 3)
-                pos++;
-            lens_push(out, pos - start);
-            continue;
-        }
-        bool sp = cpt == ' ';
-        unsigned f2 = sp ? flags_at(t, pos + 1, end) : f;
-        const unsigned word = F_WS | F_LET | F_NUM;
-        if (f2 && !(f2 & word)) {
-            pos += sp;
-            for (unsigned g = flags_at(t, pos, end); g && !(g & word); g = flags_at(t, pos, end))
-                pos++;
-            while (pos < end && (t->cps[pos] == '\r' || t->cps[pos] == '\n'))
-                pos++;
-            lens_push(out, pos - start);
-            continue;
-        }
-        size_t nws = ws_tail(t, pos, end);
-        pos += nws ? nws : 1; /* no alternative matches: the code point stands alone */
+        pos = llama3_rest(t, pos, end, 3, F_LET);
         lens_push(out, pos - start);
     }
 }
