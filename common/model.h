@@ -565,6 +565,10 @@ void nf_add_bias(float *x, const struct nf_tensor *b, int row, int n_tok);
  * Settings out of range are a broken invariant (NF_ASSERT): the loader validates them. */
 void nf_moe_route_sigmoid(const struct nf_moe_sigmoid_route *r, float *p, const float *bias,
                           int *sel, float *w);
+/* nf_moe_route_sigmoid's selection on gate values p (X) computed already (a sigmoid, or
+ * deepseek2's softmax): bias, groups, top K, weights, normalization and scale as above. */
+void nf_moe_route_select(const struct nf_moe_sigmoid_route *r, const float *p, const float *bias,
+                         int *sel, float *w);
 
 /* qwen2moe's shared expert gate for n_tok tokens: c->sh_out (n_tok, n_embd) = ffn_out (the
  * shared expert's FFN output, same shape) times sigmoid(c->sh_gate[t]), the sigmoid computed
