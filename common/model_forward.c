@@ -17,6 +17,7 @@
 #include "model.h"
 #include "nf_err.h"
 #include "quants_impl.h"
+#include "quants_rows.h"
 #include "threadpool.h"
 
 /* Mat-vecs smaller than this many multiply-adds run on the calling thread only: waking the
@@ -251,6 +252,27 @@ static void nf_matmul_run(void *arg, int ith, int nth)
     }
 }
 
+void nf_matmul_reuse(struct nf_ctx *c, bool on)
+{
+    c->xq_reuse = on;
+    c->xq_of = NULL;
+}
+
+/* x (n_tok, n) converted by q into c->xq, unless c->xq already holds it (nf_matmul_reuse). */
+static void nf_matmul_convert(struct nf_ctx *c, nf_from_float_fn q, const float *x, int64_t n,
+                              int n_tok)
+{
+    if (c->xq_reuse && c->xq_of == x && c->xq_fn == (const void *)q && c->xq_n == n &&
+        c->xq_ntok == n_tok)
+        return;
+    for (int t = 0; t < n_tok; t++)
+        q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+    c->xq_of = c->xq_reuse ? x : NULL;
+    c->xq_fn = (const void *)q;
+    c->xq_n = n;
+    c->xq_ntok = n_tok;
+}
+
 /* nf_matmul, or with each_tok the arithmetic of n_tok separate one-token calls (in one
  * dispatch): n_tok >= 2 then picks neither tinyBLAS's order nor a multi-token kernel. */
 static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
@@ -272,9 +294,7 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
         /* x86 tinyBLAS takes F16 weights only with F16 activations: llama.cpp converts the
          * activations to F16 first (as for its own dot) and then calls tinyBLAS. */
         j.kind = NF_MM_TINYBLAS16;
-        nf_from_float_fn q = nf_act_quantizer(NF_TYPE_F16);
-        for (int t = 0; t < n_tok; t++)
-            q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+        nf_matmul_convert(c, nf_act_quantizer(NF_TYPE_F16), x, n, n_tok);
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     } else if (tr->vec_dot_type == NF_TYPE_F32) {
@@ -294,9 +314,7 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
             j.rows_fn = nf_kernels_isa() >= NF_ISA_AVX2 ? nf__vec_dot_q4_0_q8_0_seq_avx2_rows
                                                         : nf__vec_dot_q4_0_q8_0_seq_ref_rows;
         }
-        nf_from_float_fn q = nf_act_quantizer(tr->vec_dot_type);
-        for (int t = 0; t < n_tok; t++)
-            q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+        nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), x, n, n_tok);
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     }
@@ -306,6 +324,13 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
     if (batch &&
         (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS || j.kind == NF_MM_TINYBLAS16))
         j.mat_fn = tr->vec_dot_mat;
+    /* Several tokens each with its one-token arithmetic (a batched step, a per-row pass): the
+     * kernels that unpack each weight block once for all of them and sum every output in the
+     * one-token kernel's order (quants_rows.h); NULL leaves one call per (row, token). */
+    if (n_tok >= 2 && !batch && j.kind == NF_MM_VEC_DOT)
+        j.mat_fn = nf_vec_dot_cols(w->type);
+    else if (n_tok >= 2 && !batch && j.kind == NF_MM_GGML_DOT)
+        j.mat_fn = nf_ggml_dot_cols(w->type);
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
     nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);
