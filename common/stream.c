@@ -302,6 +302,8 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
     struct nf_ctx *c = s->c;
     const size_t E = (size_t)s->shell.hp.n_embd, F = (size_t)s->ff;
     bool act = false;
+    /* xn is converted once for all the gate and up tiles, c->hb once for the down tiles. */
+    nf_matmul_reuse(c, true);
     for (uint32_t i = i0; i < i1; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
         const bool down = t->type[3] == NF_SLICE_DOWN;
@@ -313,14 +315,17 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
                 }
             }
             nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, (int)F);
+            nf_matmul_reuse(c, true); /* forgets the conversions made before */
             act = true;
         }
         float *o = down ? out : t->type[3] == NF_SLICE_GATE ? c->hb : c->hb2;
         const size_t rows = down ? E : F;
         int rc;
         const uint8_t *p = nf_stream_pin(s, t, &rc);
-        if (!p)
+        if (!p) {
+            nf_matmul_reuse(c, false);
             return rc;
+        }
         struct nf_tensor v = nf_rows_view(t, p);
         if (t->count == rows || n_tok == 1) {
             nf_stream_matmul(s, o + t->first, &v, down ? c->hb : xn, n_tok);
@@ -332,6 +337,7 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
         }
         nf_stream_unpin(s, t);
     }
+    nf_matmul_reuse(c, false);
     return 0;
 }
 
