@@ -38,8 +38,8 @@ static float rng_gauss(void)
 /* MAXR rows of type t (the weights) and MAXC rows of type yt, n elements each, odd strides. */
 static void make(enum nf_type t, enum nf_type yt, int n, char **x, size_t *bx, char **y, size_t *by)
 {
-    *bx = nf_row_size(t, n) + 6;
-    *by = nf_row_size(yt, n) + 2;
+    *bx = nf_row_size(t, n) + 8;
+    *by = nf_row_size(yt, n) + 4; /* q8_K holds a float: 4-byte aligned rows */
     *x = calloc(MAXR, *bx);
     *y = calloc(MAXC, *by);
     float *src = malloc(sizeof(float) * (size_t)n);
