@@ -66,21 +66,7 @@ static inline float nf_ld(const void *p, bool f16, int i)
  * measured worse on stories260K.) */
 static float nf_ggml_dot(const void *x, const void *y, bool f16, int n, int nv)
 {
-    const int np = n & ~63, mv = nv < np ? nv : np;
-    float acc[4][16] = {{0}};
-    for (int i = 0; i < mv; i++)
-        acc[(i >> 4) & 3][i & 15] =
-            fmaf(nf_ld(x, f16, i), nf_ld(y, f16, i), acc[(i >> 4) & 3][i & 15]);
-    for (int l = 0; l < 16; l++) {
-        acc[0][l] = acc[0][l] + acc[2][l];
-        acc[1][l] = acc[1][l] + acc[3][l];
-        acc[0][l] = acc[0][l] + acc[1][l];
-    }
-    const int ne = nv < n ? nv : n;
-    double s = np ? (double)nf__hsum16(acc[0]) : 0.0;
-    for (int i = np; i < ne; i++)
-        s += (double)(nf_ld(x, f16, i) * nf_ld(y, f16, i));
-    return (float)s;
+    return nf__ggml_dot_ref(x, y, f16, n, nv); /* quants_rows.c */
 }
 
 /* tinyBLAS on AVX-512: a (F32 or F16) times b (F32), n a multiple of 16; b is zero from nv on. */

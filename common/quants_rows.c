@@ -46,11 +46,11 @@ static inline float nf_ld(const void *p, bool f16, int i)
     return f16 ? nf_fp16_to_fp32(((const nf_fp16_t *)p)[i]) : ((const float *)p)[i];
 }
 
-float nf__ggml_dot_ref(const void *x, const void *y, bool f16, int n)
+float nf__ggml_dot_ref(const void *x, const void *y, bool f16, int n, int nv)
 {
-    const int np = n & ~63;
+    const int np = n & ~63, mv = nv < np ? nv : np;
     float acc[4][16] = {{0}};
-    for (int i = 0; i < np; i++)
+    for (int i = 0; i < mv; i++)
         acc[(i >> 4) & 3][i & 15] =
             fmaf(nf_ld(x, f16, i), nf_ld(y, f16, i), acc[(i >> 4) & 3][i & 15]);
     for (int l = 0; l < 16; l++) {
@@ -58,20 +58,22 @@ float nf__ggml_dot_ref(const void *x, const void *y, bool f16, int n)
         acc[1][l] = acc[1][l] + acc[3][l];
         acc[0][l] = acc[0][l] + acc[1][l];
     }
+    const int ne = nv < n ? nv : n;
     double s = np ? (double)nf__hsum16(acc[0]) : 0.0;
-    for (int i = np; i < n; i++)
+    for (int i = np; i < ne; i++)
         s += (double)(nf_ld(x, f16, i) * nf_ld(y, f16, i));
     return (float)s;
 }
 
-#define GGML_COLS_REF(name, f16)                                                                 \
-    void name(int n, float *s, size_t ld, const void *x, size_t bx, const void *y, size_t by,    \
-              int nrows, int ncols)                                                              \
-    {                                                                                            \
-        for (int r = 0; r < nrows; r++)                                                          \
-            for (int c = 0; c < ncols; c++)                                                      \
-                s[(size_t)c * ld + r] = nf__ggml_dot_ref(                                        \
-                    (const char *)x + (size_t)r * bx, (const char *)y + (size_t)c * by, f16, n); \
+#define GGML_COLS_REF(name, f16)                                                              \
+    void name(int n, float *s, size_t ld, const void *x, size_t bx, const void *y, size_t by, \
+              int nrows, int ncols)                                                           \
+    {                                                                                         \
+        for (int r = 0; r < nrows; r++)                                                       \
+            for (int c = 0; c < ncols; c++)                                                   \
+                s[(size_t)c * ld + r] =                                                       \
+                    nf__ggml_dot_ref((const char *)x + (size_t)r * bx,                        \
+                                     (const char *)y + (size_t)c * by, f16, n, n);            \
     }
 GGML_COLS_REF(nf__ggml_dot_f32_cols_ref, false)
 GGML_COLS_REF(nf__ggml_dot_f16_cols_ref, true)

@@ -22,8 +22,10 @@ nf_vec_dot_mat_fn nf_vec_dot_cols(enum nf_type t);
  * (both operands F32) or NF_TYPE_F16 (both F16); NULL for any other type. */
 nf_vec_dot_mat_fn nf_ggml_dot_cols(enum nf_type t);
 
-/* That dot for one pair, the scalar definition (n elements, no masked cells). */
-float nf__ggml_dot_ref(const void *x, const void *y, bool f16, int n);
+/* That dot for one pair, the scalar definition: n elements of which those from nv on are zero
+ * in y (masked attention cells add nothing, but n still decides which part the 64-element
+ * body sums); the forward pass's own (model_forward.c) is this function. */
+float nf__ggml_dot_ref(const void *x, const void *y, bool f16, int n, int nv);
 
 /* The kernels behind the two choosers (quants_rows.c, _avx2.c, _avx512.c). */
 void nf__vec_dot_q4_0_q8_0_cols_avx2(int n, float *s, size_t ld, const void *x, size_t bx,

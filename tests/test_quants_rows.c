@@ -68,7 +68,7 @@ static float pair_vec_dot(enum nf_type t, int n, const void *x, const void *y)
 
 static float pair_ggml(enum nf_type t, int n, const void *x, const void *y)
 {
-    return nf__ggml_dot_ref(x, y, t == NF_TYPE_F16, n);
+    return nf__ggml_dot_ref(x, y, t == NF_TYPE_F16, n, n);
 }
 
 /* Every (nrows, ncols) of interest against the pair kernel, bit for bit. */
