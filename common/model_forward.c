@@ -18,6 +18,7 @@
 #include "model.h"
 #include "nf_err.h"
 #include "quants_impl.h"
+#include "quants_rows.h"
 #include "threadpool.h"
 
 /* Mat-vecs smaller than this many multiply-adds run on the calling thread only: waking the
@@ -66,21 +67,7 @@ static inline float nf_ld(const void *p, bool f16, int i)
  * measured worse on stories260K.) */
 static float nf_ggml_dot(const void *x, const void *y, bool f16, int n, int nv)
 {
-    const int np = n & ~63, mv = nv < np ? nv : np;
-    float acc[4][16] = {{0}};
-    for (int i = 0; i < mv; i++)
-        acc[(i >> 4) & 3][i & 15] =
-            fmaf(nf_ld(x, f16, i), nf_ld(y, f16, i), acc[(i >> 4) & 3][i & 15]);
-    for (int l = 0; l < 16; l++) {
-        acc[0][l] = acc[0][l] + acc[2][l];
-        acc[1][l] = acc[1][l] + acc[3][l];
-        acc[0][l] = acc[0][l] + acc[1][l];
-    }
-    const int ne = nv < n ? nv : n;
-    double s = np ? (double)nf__hsum16(acc[0]) : 0.0;
-    for (int i = np; i < ne; i++)
-        s += (double)(nf_ld(x, f16, i) * nf_ld(y, f16, i));
-    return (float)s;
+    return nf__ggml_dot_ref(x, y, f16, n, nv); /* quants_rows.c */
 }
 
 /* tinyBLAS on AVX-512: a (F32 or F16) times b (F32), n a multiple of 16; b is zero from nv on. */
@@ -252,6 +239,27 @@ static void nf_matmul_run(void *arg, int ith, int nth)
     }
 }
 
+void nf_matmul_reuse(struct nf_ctx *c, bool on)
+{
+    c->xq_reuse = on;
+    c->xq_of = NULL;
+}
+
+/* x (n_tok, n) converted by q into c->xq, unless c->xq already holds it (nf_matmul_reuse). */
+static void nf_matmul_convert(struct nf_ctx *c, nf_from_float_fn q, const float *x, int64_t n,
+                              int n_tok)
+{
+    if (c->xq_reuse && c->xq_of == x && c->xq_fn == (const void *)q && c->xq_n == n &&
+        c->xq_ntok == n_tok)
+        return;
+    for (int t = 0; t < n_tok; t++)
+        q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+    c->xq_of = c->xq_reuse ? x : NULL;
+    c->xq_fn = (const void *)q;
+    c->xq_n = n;
+    c->xq_ntok = n_tok;
+}
+
 /* nf_matmul, or with each_tok the arithmetic of n_tok separate one-token calls (in one
  * dispatch): n_tok >= 2 then picks neither tinyBLAS's order nor a multi-token kernel. */
 static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
@@ -273,9 +281,7 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
         /* x86 tinyBLAS takes F16 weights only with F16 activations: llama.cpp converts the
          * activations to F16 first (as for its own dot) and then calls tinyBLAS. */
         j.kind = NF_MM_TINYBLAS16;
-        nf_from_float_fn q = nf_act_quantizer(NF_TYPE_F16);
-        for (int t = 0; t < n_tok; t++)
-            q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+        nf_matmul_convert(c, nf_act_quantizer(NF_TYPE_F16), x, n, n_tok);
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     } else if (tr->vec_dot_type == NF_TYPE_F32) {
@@ -295,9 +301,7 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
             j.rows_fn = nf_kernels_isa() >= NF_ISA_AVX2 ? nf__vec_dot_q4_0_q8_0_seq_avx2_rows
                                                         : nf__vec_dot_q4_0_q8_0_seq_ref_rows;
         }
-        nf_from_float_fn q = nf_act_quantizer(tr->vec_dot_type);
-        for (int t = 0; t < n_tok; t++)
-            q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+        nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), x, n, n_tok);
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     }
@@ -307,6 +311,13 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
     if (batch &&
         (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS || j.kind == NF_MM_TINYBLAS16))
         j.mat_fn = tr->vec_dot_mat;
+    /* Several tokens each with its one-token arithmetic (a batched step, a per-row pass): the
+     * kernels that unpack each weight block once for all of them and sum every output in the
+     * one-token kernel's order (quants_rows.h); NULL leaves one call per (row, token). */
+    if (n_tok >= 2 && !batch && j.kind == NF_MM_VEC_DOT)
+        j.mat_fn = nf_vec_dot_cols(w->type);
+    else if (n_tok >= 2 && !batch && j.kind == NF_MM_GGML_DOT)
+        j.mat_fn = nf_ggml_dot_cols(w->type);
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
     nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);
