@@ -197,12 +197,12 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
     if (h->n_layer == 0 || h->n_layer > NF_NFT_MAX_LAYERS || h->n_embd == 0 ||
         h->n_embd > NF_STACK_DIM_MAX || h->n_ff > NF_STACK_DIM_MAX ||
         h->n_vocab > NF_STACK_DIM_MAX || h->n_head == 0 || h->n_head_kv == 0 ||
-        h->n_head > h->n_embd || h->n_head_kv > h->n_head || h->n_embd % h->n_head != 0 ||
-        f->n_tiles == 0 || f->n_tiles >= NF_NO_TILE || !f->tiles)
+        h->n_head > h->n_embd || h->n_head_kv > h->n_head || f->n_tiles == 0 ||
+        f->n_tiles >= NF_NO_TILE || !f->tiles)
         return nf_errf(err, errlen, NF_ECORRUPT,
                        "%s: header n_layer %u, n_embd %u, n_ff %u, n_vocab %u, n_head %u, "
                        "n_head_kv %u, n_tiles %llu: expected 1..%d layers, widths up to %u, "
-                       "n_embd a multiple of n_head >= n_head_kv > 0, 1..%u tiles",
+                       "n_embd >= n_head >= n_head_kv > 0, 1..%u tiles",
                        f->path, h->n_layer, h->n_embd, h->n_ff, h->n_vocab, h->n_head, h->n_head_kv,
                        (unsigned long long)f->n_tiles, NF_NFT_MAX_LAYERS, NF_STACK_DIM_MAX,
                        NF_NO_TILE - 1);
@@ -305,7 +305,23 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
                 nf_gguf_get_u64(f->meta, "deepseek2.attention.key_length", &v) == 0 && v > 0 &&
                 v <= NF_STACK_DIM_MAX)
                 sh->kv_latent = (uint32_t)v;
+            /* Heads wider than n_embd / n_head (qwen3, gemma3, glm4moe) say so. */
+            snprintf(key, sizeof(key), "%s.attention.key_length", arch);
+            if (nf_gguf_get_u64(f->meta, key, &v) == 0 && v > 0 && v <= NF_STACK_DIM_MAX)
+                sh->head_k = sh->head_v = (uint32_t)v;
+            snprintf(key, sizeof(key), "%s.attention.value_length", arch);
+            if (sh->head_k && nf_gguf_get_u64(f->meta, key, &v) == 0 && v > 0 &&
+                v <= NF_STACK_DIM_MAX)
+                sh->head_v = (uint32_t)v;
         }
+    }
+    if (!sh->head_k) {
+        if (h->n_embd % h->n_head != 0)
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: n_embd %u is not a multiple of n_head %u and the model gives no "
+                           "attention.key_length",
+                           f->path, h->n_embd, h->n_head);
+        sh->head_k = sh->head_v = h->n_embd / h->n_head;
     }
     return 0;
 }
