@@ -300,11 +300,12 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     }
-    /* Prompt chunks: the multi-token kernels. For F32 and F16 they sum in tinyBLAS's order
-     * bit for bit, for q8_0 and the types without a register-blocked kernel as vec_dot does;
-     * q4_0 (outside the exact order above) and the rest within the kernel tolerances. */
-    if (batch &&
-        (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS || j.kind == NF_MM_TINYBLAS16))
+    /* Prompt chunks: the multi-token kernels. For F32, F16 and BF16 they sum in tinyBLAS's
+     * order bit for bit (BF16: AVX512-BF16's, which nf_tinyblas_dot_bf16 emulates), for q8_0,
+     * the K-quants and the types of quants_ext.c as vec_dot does; q4_0 (outside the exact
+     * order above) within the kernel tolerances. */
+    if (batch && (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS ||
+                  j.kind == NF_MM_TINYBLAS16 || j.kind == NF_MM_TINYBLAS_BF16))
         j.mat_fn = tr->vec_dot_mat;
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
