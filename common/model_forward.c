@@ -417,7 +417,6 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     /* tinyBLAS's order is that of the F16 and F32 multi-token kernels, bit for bit
      * (quants_mat.c): the SIMD kernels stand in for the scalar emulations. */
     const nf_vec_dot_mat_fn mat16 = nf_type_traits(NF_TYPE_F16)->vec_dot_mat;
-    const nf_vec_dot_mat_fn mat32 = nf_type_traits(NF_TYPE_F32)->vec_dot_mat;
     if (kq_tb && !q_f32) {
         mat16(hd, sc, (size_t)n_kv, kc, (size_t)kvd * sizeof(nf_fp16_t), q16, 0, pos + 1, 1);
         for (int ic = 0; ic < n_kv; ic++)
@@ -450,13 +449,20 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
         if (!p_f32)
             sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
     }
+    if (p_f32 || kqv_tb) {
+        /* tinyBLAS over the unmasked cells (the rest add nothing): what the F32 multi-token
+         * kernel gives on each column of V, with V's rows read as they lie in the cache
+         * (nf__vec_dot_f16_cols_ref and its SIMD paths, quants_mat*.c). */
+        const enum nf_isa isa = nf_kernels_isa();
+        (isa >= NF_ISA_AVX512 ? nf__vec_dot_f16_cols_avx512
+         : isa >= NF_ISA_AVX2 ? nf__vec_dot_f16_cols_avx2
+                              : nf__vec_dot_f16_cols_ref)(pos + 1, out, vd, vc, (size_t)kvd, sc);
+        return;
+    }
     for (int d = 0; d < vd; d++) {
         for (int ic = 0; ic <= pos; ic++)
             vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
-        if (p_f32 || kqv_tb) /* tinyBLAS over the unmasked cells (the rest add nothing) */
-            mat32(pos + 1, &out[d], 1, vcol, 0, sc, 0, 1, 1);
-        else
-            out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
+        out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
     }
 }
 

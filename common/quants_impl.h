@@ -165,6 +165,17 @@ NF__MAT_DECL_EXT(nf__vec_dot_iq4_xs_q8_K);
 NF__MAT_DECL(nf__vec_dot_bf16_mat_avx2);
 NF__MAT_DECL(nf__vec_dot_bf16_mat_avx512bf16);
 bool nf_cpu_has_avx512bf16(void);
+/* Prompt attention's KQV: out[d] = sum over i < n of v[i * vs + d] * p[i] for d < nd (V's nd
+ * columns, rows vs F16 values apart, times the softmax row p), each output in tinyBLAS's order
+ * (lane i % 16, the lanes reduced as _mm512_reduce_add_ps): bit for bit what the F32
+ * multi-token kernels give on each column gathered to F32. The SIMD paths take 16 (AVX-512) or
+ * 8 (AVX2) columns per vector, so V's rows are read as they lie in the cache. */
+void nf__vec_dot_f16_cols_ref(int n, float *out, int nd, const nf_fp16_t *v, size_t vs,
+                              const float *p);
+void nf__vec_dot_f16_cols_avx2(int n, float *out, int nd, const nf_fp16_t *v, size_t vs,
+                               const float *p);
+void nf__vec_dot_f16_cols_avx512(int n, float *out, int nd, const nf_fp16_t *v, size_t vs,
+                                 const float *p);
 NF__MAT_DECL(nf__vec_dot_f32_mat_avx2);
 NF__MAT_DECL(nf__vec_dot_f16_mat_avx2);
 NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_mat_avx2);

@@ -67,6 +67,17 @@ void nf__vec_dot_bf16_mat_ref(int n, float *s, size_t ld, const void *x, size_t 
     }
 }
 
+void nf__vec_dot_f16_cols_ref(int n, float *out, int nd, const nf_fp16_t *v, size_t vs,
+                              const float *p)
+{
+    for (int d = 0; d < nd; d++) {
+        float acc[16] = {0};
+        for (int i = 0; i < n; i++)
+            acc[i & 15] = fmaf(nf_fp16_to_fp32(v[(size_t)i * vs + d]), p[i], acc[i & 15]);
+        out[d] = nf__hsum16(acc);
+    }
+}
+
 /* Multi-token kernels made of single-row ones: weight row r stays in L1 while it meets every
  * activation row, which the caller keeps few enough to stay in L2. */
 #define MAT_FROM(fn)                                                                              \

@@ -142,3 +142,49 @@ void nf__vec_dot_bf16_mat_avx2(int n, float *s, size_t ld, const void *vx, size_
     FOR_TILES(BF_RT, BF_CT, BF_TILE);
 #undef BF_TILE
 }
+
+/* ---- prompt attention's KQV: V's columns against the softmax row ----------------------------
+ *
+ * nf__vec_dot_f16_cols_ref's order with 8 columns per vector, in two passes over the rows so
+ * that 8 accumulators fit the registers: the first takes the rows i % 16 < 8 (accumulator
+ * i % 16), the second the rest; then the 16 are reduced in _mm512_reduce_add_ps's order. The
+ * last nd % 8 columns through the reference. */
+void nf__vec_dot_f16_cols_avx2(int n, float *out, int nd, const nf_fp16_t *v, size_t vs,
+                               const float *p)
+{
+    int d0 = 0;
+    for (; d0 + 8 <= nd; d0 += 8) {
+        __m256 a[16];
+        const nf_fp16_t *vr = v + d0;
+        for (int h = 0; h < 2; h++) {
+            __m256 b[8];
+            UNROLL
+            for (int l = 0; l < 8; l++)
+                b[l] = _mm256_setzero_ps();
+            int i = 8 * h;
+            for (; i + 8 <= n; i += 16)
+                UNROLL
+            for (int l = 0; l < 8; l++)
+                b[l] = _mm256_fmadd_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + (size_t)(i + l) * vs))),
+                    _mm256_set1_ps(p[i + l]), b[l]);
+            for (int l = 0; i + l < n && l < 8; l++) /* the rows' last partial group */
+                b[l] = _mm256_fmadd_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + (size_t)(i + l) * vs))),
+                    _mm256_set1_ps(p[i + l]), b[l]);
+            UNROLL
+            for (int l = 0; l < 8; l++)
+                a[8 * h + l] = b[l];
+        }
+        UNROLL
+        for (int l = 0; l < 8; l++)
+            a[l] = _mm256_add_ps(a[l + 8], a[l]);
+        UNROLL
+        for (int l = 0; l < 4; l++)
+            a[l] = _mm256_add_ps(a[l + 4], a[l]);
+        _mm256_storeu_ps(out + d0,
+                         _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3])));
+    }
+    if (d0 < nd)
+        nf__vec_dot_f16_cols_ref(n, out + d0, nd - d0, v + d0, vs, p);
+}

@@ -97,3 +97,43 @@ BF16_TARGET void nf__vec_dot_bf16_mat_avx512bf16(int n, float *s, size_t ld, con
     FOR_TILES(BF_RT, BF_CT, BF_TILE);
 #undef BF_TILE
 }
+
+/* ---- prompt attention's KQV: V's columns against the softmax row ----------------------------
+ *
+ * nf__vec_dot_f16_cols_ref's order with 16 columns per vector: accumulator l takes the rows
+ * i = l (mod 16), each a fused multiply-add of 16 columns by p[i], then the 16 accumulators are
+ * reduced in _mm512_reduce_add_ps's order (halves, quarters, pairs), lane by lane. The last
+ * nd % 16 columns through masked loads and stores. */
+void nf__vec_dot_f16_cols_avx512(int n, float *out, int nd, const nf_fp16_t *v, size_t vs,
+                                 const float *p)
+{
+    for (int d0 = 0; d0 < nd; d0 += 16) {
+        const __mmask16 m = nd - d0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nd - d0)) - 1);
+        __m512 a[16];
+        UNROLL
+        for (int l = 0; l < 16; l++)
+            a[l] = _mm512_setzero_ps();
+        const nf_fp16_t *vr = v + d0;
+        int i = 0;
+        for (; i + 16 <= n; i += 16)
+            UNROLL
+        for (int l = 0; l < 16; l++)
+            a[l] = _mm512_fmadd_ps(
+                _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, vr + (size_t)(i + l) * vs)),
+                _mm512_set1_ps(p[i + l]), a[l]);
+        UNROLL
+        for (int l = 0; l < 16; l++)
+            if (i + l < n)
+                a[l] = _mm512_fmadd_ps(
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, vr + (size_t)(i + l) * vs)),
+                    _mm512_set1_ps(p[i + l]), a[l]);
+        UNROLL
+        for (int l = 0; l < 8; l++)
+            a[l] = _mm512_add_ps(a[l + 8], a[l]);
+        UNROLL
+        for (int l = 0; l < 4; l++)
+            a[l] = _mm512_add_ps(a[l + 4], a[l]);
+        const __m512 r = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        _mm512_mask_storeu_ps(out + d0, m, r);
+    }
+}

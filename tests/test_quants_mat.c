@@ -1,6 +1,7 @@
 /* test_quants_mat.c - the multi-token kernels (vec_dot_mat) of every type and ISA against the
  * scalar reference: weight row counts 1..17, activation row counts 1..17, odd row lengths, an
- * output stride wider than the tile, and the bit-for-bit claims the forward pass relies on. */
+ * output stride wider than the tile, and the bit-for-bit claims the forward pass relies on
+ * (prompt attention's KQV kernel included). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -284,6 +285,55 @@ static void test_mat_bit_identical(void **state)
     assert_true(tested > 0);
 }
 
+/* Prompt attention's KQV kernels (nf__vec_dot_f16_cols_*): every ISA bit-identical to the F32
+ * multi-token reference on each column of V gathered to F32 (what the forward pass did
+ * before), over row counts with and without a partial group of 16 and column counts with and
+ * without a partial vector. */
+static void test_cols_bit_identical(void **state)
+{
+    (void)state;
+    typedef void (*cols_fn)(int, float *, int, const nf_fp16_t *, size_t, const float *);
+    const cols_fn fns[NF_ISA_COUNT] = {nf__vec_dot_f16_cols_ref, nf__vec_dot_f16_cols_avx2,
+                                       nf__vec_dot_f16_cols_avx512};
+    static const int ns[] = {1, 5, 16, 17, 33, 100, 513};
+    static const int nds[] = {1, 7, 8, 16, 17, 64, 80, 128};
+    enum { MAXN = 513, MAXD = 128, VS = MAXD + 8 };
+    nf_fp16_t *v = malloc(sizeof(nf_fp16_t) * MAXN * VS);
+    float *p = malloc(sizeof(float) * MAXN), *col = malloc(sizeof(float) * MAXN);
+    float want[MAXD + 1], got[MAXD + 1];
+    assert_true(v && p && col);
+    for (int i = 0; i < MAXN * VS; i++)
+        v[i] = nf_fp32_to_fp16(rng_gauss());
+    for (int i = 0; i < MAXN; i++) /* softmax-like weights, F16-rounded as the forward pass's */
+        p[i] = nf_fp16_to_fp32(nf_fp32_to_fp16(fabsf(rng_gauss()) / 64.0f));
+    int tested = 0;
+    for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++)
+        for (size_t di = 0; di < sizeof(nds) / sizeof(nds[0]); di++) {
+            const int n = ns[ni], nd = nds[di];
+            for (int d = 0; d < nd; d++) {
+                for (int i = 0; i < n; i++)
+                    col[i] = nf_fp16_to_fp32(v[(size_t)i * VS + d]);
+                nf__vec_dot_f32_mat_ref(n, &want[d], 1, col, 0, p, 0, 1, 1);
+            }
+            for (int isa = NF_ISA_SCALAR; isa <= (int)nf_cpu_best_isa(); isa++) {
+                got[nd] = -777.0f;
+                fns[isa](n, got, nd, v, VS, p);
+                for (int d = 0; d < nd; d++)
+                    if (memcmp(&got[d], &want[d], sizeof(float)))
+                        fail_msg("cols %s n=%d nd=%d column %d: %.9g, expected bit-identical %.9g",
+                                 nf_isa_name((enum nf_isa)isa), n, nd, d, got[d], want[d]);
+                if (got[nd] != -777.0f)
+                    fail_msg("cols %s n=%d nd=%d wrote past the last column",
+                             nf_isa_name((enum nf_isa)isa), n, nd);
+                tested++;
+            }
+        }
+    assert_true(tested >= 56);
+    free(v);
+    free(p);
+    free(col);
+}
+
 static void test_mat_traits(void **state)
 {
     (void)state;
@@ -300,10 +350,9 @@ int main(void)
 {
     nf_kernels_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mat_traits),
-        cmocka_unit_test(test_mat_vs_ref),
-        cmocka_unit_test(test_mat_wide),
-        cmocka_unit_test(test_mat_bit_identical),
+        cmocka_unit_test(test_mat_traits),         cmocka_unit_test(test_mat_vs_ref),
+        cmocka_unit_test(test_mat_wide),           cmocka_unit_test(test_mat_bit_identical),
+        cmocka_unit_test(test_cols_bit_identical),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
