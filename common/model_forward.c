@@ -305,11 +305,12 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     }
-    /* Prompt chunks: the multi-token kernels. For F32 and F16 they sum in tinyBLAS's order
-     * bit for bit, for q8_0 and the types without a register-blocked kernel as vec_dot does;
-     * q4_0 (outside the exact order above) and the rest within the kernel tolerances. */
-    if (batch &&
-        (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS || j.kind == NF_MM_TINYBLAS16))
+    /* Prompt chunks: the multi-token kernels. For F32, F16 and BF16 they sum in tinyBLAS's
+     * order bit for bit (BF16: AVX512-BF16's, which nf_tinyblas_dot_bf16 emulates), for q8_0,
+     * the K-quants and the types of quants_ext.c as vec_dot does; q4_0 (outside the exact
+     * order above) within the kernel tolerances. */
+    if (batch && (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS ||
+                  j.kind == NF_MM_TINYBLAS16 || j.kind == NF_MM_TINYBLAS_BF16))
         j.mat_fn = tr->vec_dot_mat;
     /* Several tokens each with its one-token arithmetic (a batched step, a per-row pass): the
      * kernels that unpack each weight block once for all of them and sum every output in the
@@ -478,7 +479,6 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     /* tinyBLAS's order is that of the F16 and F32 multi-token kernels, bit for bit
      * (quants_mat.c): the SIMD kernels stand in for the scalar emulations. */
     const nf_vec_dot_mat_fn mat16 = nf_type_traits(NF_TYPE_F16)->vec_dot_mat;
-    const nf_vec_dot_mat_fn mat32 = nf_type_traits(NF_TYPE_F32)->vec_dot_mat;
     if (c->type_k != NF_TYPE_F16)
         nf_attn_scores_kvq(c, il, q, kvh, lo, pos, n_kv, scale, acc16, sc);
     else if (kq_tb && !q_f32) {
@@ -510,13 +510,20 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
         if (!p_f32)
             sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
     }
+    if (p_f32 || kqv_tb) {
+        /* tinyBLAS over the unmasked cells (the rest add nothing): what the F32 multi-token
+         * kernel gives on each column of V, with V's rows read as they lie in the cache
+         * (nf__vec_dot_f16_cols_ref and its SIMD paths, quants_mat*.c). */
+        const enum nf_isa isa = nf_kernels_isa();
+        (isa >= NF_ISA_AVX512 ? nf__vec_dot_f16_cols_avx512
+         : isa >= NF_ISA_AVX2 ? nf__vec_dot_f16_cols_avx2
+                              : nf__vec_dot_f16_cols_ref)(pos + 1, out, vd, vc, (size_t)kvd, sc);
+        return;
+    }
     for (int d = 0; d < vd; d++) {
         for (int ic = 0; ic <= pos; ic++)
             vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
-        if (p_f32 || kqv_tb) /* tinyBLAS over the unmasked cells (the rest add nothing) */
-            mat32(pos + 1, &out[d], 1, vcol, 0, sc, 0, 1, 1);
-        else
-            out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
+        out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
     }
 }
 
