@@ -483,9 +483,11 @@ static void test_victim_rare_expert_first(void **state)
     nf_cache_freq_free(&q);
 }
 
-/* A rare expert prefetched and not pinned since its load (last_use NF_CACHE_FREQ_NONE) is
- * wanted on its next pass: it ranks by its cyclic distance like any tile, so the farthest tile
- * (7) goes first, where by its frequency it would have gone before it was used. */
+/* A rare expert prefetched and not pinned since its load (last_use NF_CACHE_FREQ_NONE), less
+ * than half a cycle ahead of compute, is wanted on that pass: it ranks by its cyclic distance
+ * like any tile and is not the victim, where by its frequency it would have gone first, before
+ * it was used. Once compute has passed it unused (the forecast missed), its frequency ranks it
+ * first again. */
 static void test_victim_prefetched_expert_kept(void **state)
 {
     (void)state;
@@ -498,19 +500,22 @@ static void test_victim_prefetched_expert_kept(void **state)
     for (uint32_t step = 2; step <= 30; step += 2)
         nf_cache_freq_observe(&q, 2, step);
     nf_cache_freq_observe(&q, 3, 1);
-    uint64_t got = 0;
-    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, 0, UINT64_MAX, &q, &got),
+    /* Compute at 1: tile 3 is 2 tiles ahead. Used before, it goes first. */
+    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 1, 0, UINT64_MAX, &q, NULL),
                      3);
     atomic_store(&t.tiles[3].last_use, NF_CACHE_FREQ_NONE); /* reloaded by a prefetch */
-    uint32_t s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, 0, UINT64_MAX, &q, &got);
-    assert_int_equal(s, 2);
-    s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, 0, got, &q, &got);
-    assert_int_equal(s, 7);
-    /* Past its pass unused (compute at 4), it is the farthest again. */
-    s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 4, 0, UINT64_MAX, &q, &got);
-    assert_int_equal(s, 2);
-    s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 4, 0, got, &q, &got);
-    assert_int_equal(s, 3);
+    uint64_t got = 0;
+    uint32_t order[NS - 1]; /* 1, at distance 0, is never a victim */
+    for (uint32_t i = 0; i < NS - 1; i++) {
+        order[i] =
+            nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 1, 0, i ? got : UINT64_MAX, &q, &got);
+        assert_true(order[i] < NS);
+    }
+    /* Ranked by its distance it is the last victim. */
+    assert_int_equal(order[NS - 2], 3);
+    /* Compute at 4, past it. */
+    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 4, 0, UINT64_MAX, &q, NULL),
+                     3);
     nf_cache_freq_free(&q);
 }
 

@@ -287,13 +287,16 @@ uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tile
         if (atomic_load_explicit(&t->state, memory_order_relaxed) != NF_TILE_READY ||
             atomic_load_explicit(&t->pins, memory_order_relaxed) != 0)
             continue;
-        /* A tile loaded and not pinned since was prefetched for its next pass: its expected use
-         * is that distance, whatever its frequency (ranking it by frequency let the next
-         * prefetch evict it before compute got to it). */
+        /* A tile loaded and not pinned since, still in the half cycle ahead of compute, was
+         * prefetched for that pass: its expected use is its distance, whatever its frequency
+         * (ranked by frequency, the next prefetch evicted it before compute got to it). Once
+         * compute has passed it unused (a forecast that missed), it ranks by frequency again. */
         uint32_t dist = nf_cache_distance(id, cur, n_tiles);
-        uint64_t d = atomic_load_explicit(&t->last_use, memory_order_relaxed) == NF_CACHE_FREQ_NONE
-                         ? dist
-                         : nf_cache_expected(q, id, dist, n_tiles);
+        uint64_t d =
+            atomic_load_explicit(&t->last_use, memory_order_relaxed) == NF_CACHE_FREQ_NONE &&
+                    dist < n_tiles / 2
+                ? dist
+                : nf_cache_expected(q, id, dist, n_tiles);
         if (d <= min_dist || d >= below)
             continue;
         if (best == NF_NO_SLOT || d > best_dist) {
