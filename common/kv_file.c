@@ -426,12 +426,21 @@ int nf_kv_file_layer_store(struct nf_kv_file *kf, int slot, int il, int n_end)
     if (l->loaded)
         kf->resident -= (uint64_t)l->kept * (kf->row_k + kf->row_v);
     l->loaded = false;
+    const int full = n_end / kf->block * kf->block;
+    /* Before more blocks are written, the previous ones (a block's worth of tokens ago in
+     * decode) must be durable, so that at most the newest block and the one being written stay
+     * resident per layer (nf_kv_file_resident_bound). */
+    int rc = full > l->wr_end && l->n_wr ? wait_layer(kf, l, false, true) : 0;
+    if (rc < 0) {
+        snprintf(kf->err, sizeof(kf->err), "kv file %s: writing layer %d: %s", kf->path, il,
+                 nf_strerror(rc));
+        return rc;
+    }
     if (l->n_wr == 0) /* the earlier writes are durable: their blocks may go */
         l->kept = l->wr_end;
     release_rows(kf, slot, il, 0, l->kept);
-    const int full = n_end / kf->block * kf->block;
     if (full > l->wr_end) {
-        int rc = xfer_rows(kf, slot, il, true, l->wr_end, full);
+        rc = xfer_rows(kf, slot, il, true, l->wr_end, full);
         l->wr_end = full;
         if (rc < 0) {
             kf->io_err = kf->io_err ? kf->io_err : rc;
