@@ -125,7 +125,9 @@ struct nf_stack_config {
     uint32_t n_classes; /* 1..NF_STACK_MAX_CLASSES */
     uint32_t n_seq;     /* sequences compute runs at once, each with a KV cache of kv_bytes / n_seq
                          * (0 in a region made before it: 1) */
-    uint32_t reserved[3];
+    uint32_t kv_block;  /* compute's KV cache on disk in blocks of this many positions (0: in
+                         * RAM, and in a region made before it); `up --kv-offload` */
+    uint32_t reserved[2];
     struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* (n_classes) by slot size */
     char nft_path[PATH_MAX];
 };
@@ -243,6 +245,10 @@ struct nf_stack_plan {
     uint64_t class_tiles[NF_STACK_MAX_CLASSES];          /* tiles that go in each class */
     uint32_t n_seq;    /* sequences compute runs at once (kv_bytes holds all their caches) */
     uint32_t n_ubatch; /* compute's prompt chunk (tokens) whose activations compute_private holds */
+    /* The KV cache on disk (nf_stack_plan_kv): kv_block positions per block (0: in RAM), the
+     * file's size; kv_bytes is then only what stays resident. */
+    uint32_t kv_block;
+    uint64_t kv_file_bytes;
 };
 
 /* Budget constants of the plan. */
@@ -289,6 +295,16 @@ int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
 int nf_stack_plan_seq_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                          uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch,
                          struct nf_stack_plan *plan, char *err, size_t errlen);
+
+/* The same with compute's KV cache on disk in blocks of kv_block positions (0: in RAM, as
+ * nf_stack_plan_seq_ub). The budget then holds only the resident KV (per sequence two layers'
+ * context and two blocks of every layer, nf_kv_file_resident_bound), so the context is not
+ * capped by RAM: a request is honoured whenever the minimum pool fits beside that, and without
+ * one the model's default (capped at 4096) is not lowered to a quarter of the budget.
+ * plan->kv_file_bytes is the file's size, for the caller's free-disk check. */
+int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                     uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch, uint32_t kv_block,
+                     struct nf_stack_plan *plan, char *err, size_t errlen);
 
 /* Compute threads for a requested count: the request, or for 0 one per online CPU but one (at
  * least 1): the fetcher (reads, checksums) and the predictor need a core of their own; on a

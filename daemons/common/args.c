@@ -23,8 +23,9 @@ enum {
     ARG_ATTACH,
     ARG_PARALLEL,
     ARG_UBATCH,
+    ARG_KV_BLOCK,
 };
-_Static_assert(ARG_UBATCH < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
+_Static_assert(ARG_KV_BLOCK < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
 
 static const struct option shared_opts[] = {
     {"run-dir", required_argument, NULL, ARG_RUN_DIR},
@@ -38,6 +39,7 @@ static const struct option shared_opts[] = {
     {"parallel", required_argument, NULL, ARG_PARALLEL},
     {"help", no_argument, NULL, 'h'},
     {"ubatch", required_argument, NULL, ARG_UBATCH},
+    {"kv-block", required_argument, NULL, ARG_KV_BLOCK},
 };
 #define N_SHARED (sizeof(shared_opts) / sizeof(shared_opts[0]))
 static const struct option attach_opt = {"attach-timeout", required_argument, NULL, ARG_ATTACH};
@@ -104,6 +106,10 @@ static int parse_shared(const char *role, int c, const char *v, struct nf_daemon
     case ARG_UBATCH:
         if ((rc = nf_daemon_arg_long(v, 1, 4096, &n)) == 0)
             a->ubatch = (uint32_t)n;
+        break;
+    case ARG_KV_BLOCK:
+        if ((rc = nf_daemon_arg_long(v, 0, NF_KV_BLOCK_MAX, &n)) == 0)
+            a->kv_block = (uint32_t)n;
         break;
     case ARG_FOREGROUND: a->foreground = true; break;
     case ARG_LOG_LEVEL: rc = nf_log_level_parse(v, &a->level); break;

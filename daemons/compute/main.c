@@ -22,8 +22,9 @@
 
 struct compute {
     struct nf_daemon_args o;
-    const char *draft; /* --draft FILE */
-    int max_tokens;    /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
+    const char *draft;  /* --draft FILE */
+    const char *kv_dir; /* --kv-dir DIR (NULL: the run directory) */
+    int max_tokens;     /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
     char dir[PATH_MAX];
     struct nf_nft *f;
     struct nf_vocab *v;
@@ -71,6 +72,10 @@ static void usage(FILE *out)
             "  --draft FILE        a small draft model (GGUF, the same vocabulary) held in RAM:\n"
             "                      the default draft source of requests (Generate.speculate\n"
             "                      0 or 2); the output is the same (default: none)\n"
+            "  --kv-dir DIR        where the KV file goes when the plan puts the KV cache on\n"
+            "                      disk (up --kv-offload; default: the run directory)\n"
+            "  --kv-block N        the stack's KV cache on disk in blocks of N positions\n"
+            "                      (every daemon; `up` passes it), 0..65536; 0 = in RAM\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
             "                      (default 30)\n"
             "  --foreground        stay attached, log to stderr (default: detach and log to\n"
@@ -80,12 +85,13 @@ static void usage(FILE *out)
             NF_GEN_DEFAULT_MAX_TOKENS);
 }
 
-enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT };
+enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT, ARG_KV_DIR };
 
 static const struct option own_opts[] = {
     {"max-tokens-per-request", required_argument, NULL, ARG_MAX_TOKENS},
     {"lookup", no_argument, NULL, ARG_LOOKUP},
     {"draft", required_argument, NULL, ARG_DRAFT},
+    {"kv-dir", required_argument, NULL, ARG_KV_DIR},
     {NULL, 0, NULL, 0},
 };
 
@@ -100,6 +106,10 @@ static int parse_own(int val, const char *arg, void *ud)
     }
     if (val == ARG_DRAFT) {
         m->draft = arg;
+        return 0;
+    }
+    if (val == ARG_KV_DIR) {
+        m->kv_dir = arg;
         return 0;
     }
     if (val != ARG_MAX_TOKENS || nf_daemon_arg_long(arg, 1, NF_GEN_MAX_N_PREDICT, &v) < 0)
@@ -139,6 +149,10 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.max_tokens = m->max_tokens;
     m->gen.parallel = m->o.parallel > 0 ? (int)m->o.parallel : cfg->n_seq ? (int)cfg->n_seq : 1;
     m->gen.n_ubatch = (int)m->o.ubatch;
+    /* The plan puts the KV cache on disk (up --kv-offload): its file, created empty. */
+    m->gen.kv_block = (int)cfg->kv_block;
+    if (m->gen.kv_block)
+        nf_rundir_kv_path(m->dir, m->kv_dir, m->gen.kv_path, sizeof(m->gen.kv_path));
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
         return NF_EUSAGE;
@@ -148,10 +162,11 @@ static int start(struct compute *m, char *err, size_t errlen)
     atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
     nf_log(NF_LOG_INFO,
            "engine ready: %s, n_ctx %d, %d sequences, %d threads, sparsity %.2f, ubatch %d, "
-           "%.1f MiB of KV caches and scratch",
+           "%.1f MiB of KV caches and scratch%s%s",
            m->o.model, m->gen.n_ctx, m->gen.parallel, m->gen.n_threads, (double)m->gen.sparsity,
            m->gen.n_ubatch ? m->gen.n_ubatch : NF_MAX_BATCH,
-           (double)nf_gen_engine_bytes(&m->gen) / 1048576.0);
+           (double)nf_gen_engine_bytes(&m->gen) / 1048576.0,
+           m->gen.kv_block ? ", KV on disk in " : "", m->gen.kv_block ? m->gen.kv_path : "");
     return 0;
 }
 

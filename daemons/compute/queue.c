@@ -70,7 +70,9 @@ static void *worker(void *arg)
                                .n_threads = g->n_threads,
                                .sparsity = g->sparsity,
                                .n_ubatch = g->n_ubatch,
-                               .n_seq = g->parallel};
+                               .n_seq = g->parallel,
+                               .kv_path = g->kv_block ? g->kv_path : NULL,
+                               .kv_block = g->kv_block};
     struct nf_gen_run *runs = calloc((size_t)g->parallel, sizeof(*runs));
     bool *live = calloc((size_t)g->parallel, sizeof(*live));
     int rc = !runs || !live

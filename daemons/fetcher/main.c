@@ -250,8 +250,8 @@ static int create_region(struct fetcher_main *m, char *err, size_t errlen)
 {
     struct nf_stack_plan plan;
     float sparsity = m->a.sparsity >= 0 ? m->a.sparsity : 0;
-    int rc = nf_stack_plan_seq_ub(m->f, m->ram, m->a.ctx, m->n_threads, m->a.parallel, m->a.ubatch,
-                                  &plan, err, errlen);
+    int rc = nf_stack_plan_kv(m->f, m->ram, m->a.ctx, m->n_threads, m->a.parallel, m->a.ubatch,
+                              m->a.kv_block, &plan, err, errlen);
     if (rc < 0)
         return rc;
     nf_rundir_shm_name(m->run_dir, m->shm_name, sizeof(m->shm_name));
