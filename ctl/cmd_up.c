@@ -396,13 +396,15 @@ struct up_opts {
     long parallel; /* --parallel; 0: the plan's choice, then the plan's count */
     long n_ubatch; /* -ub: compute's prompt chunk; 0: the daemons' default */
     float sparsity;
-    bool lookup;            /* --lookup: compute speculates with prompt lookup by default */
-    char draft[PATH_MAX];   /* --draft FILE made absolute ("" for none) */
-    uint64_t stack_ram;     /* the budget the daemons plan with: --ram less the draft model's */
-    const char *kv_offload; /* --kv-offload off|on|auto (NULL: auto) */
-    const char *kv_dir;     /* --kv-dir DIR made absolute in kv_dir_abs */
+    bool lookup;          /* --lookup: compute speculates with prompt lookup by default */
+    char draft[PATH_MAX]; /* --draft FILE made absolute ("" for none) */
+    uint64_t stack_ram;   /* the budget the daemons plan with: --ram less the draft model's */
+
+    /* The KV cache on disk: --kv-offload off|on|auto (NULL: auto), --kv-dir DIR (made absolute
+     * in kv_dir_abs), --kv-block, after planning the plan's (0: the KV cache in RAM). */
+    const char *kv_offload, *kv_dir;
     char kv_dir_abs[PATH_MAX];
-    long kv_block; /* --kv-block; after planning, the plan's (0: the KV cache in RAM) */
+    long kv_block;
 };
 
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,

@@ -73,8 +73,11 @@ struct nf_gen {
     int n_ctx;
     float sparsity;
     int n_ubatch; /* prompt tokens per chunk (--ubatch); 0: the stream's default */
-    int kv_block; /* the KV cache on disk in kv_path, blocks of kv_block positions; 0: RAM */
+
+    /* The KV cache on disk in kv_path, in blocks of kv_block positions (0: in RAM). */
+    int kv_block;
     char kv_path[PATH_MAX];
+
     int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
     int parallel;   /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
     bool lookup;    /* requests speculate with prompt lookup unless they say otherwise */

@@ -22,9 +22,10 @@
 
 struct compute {
     struct nf_daemon_args o;
-    const char *draft;  /* --draft FILE */
+    const char *draft; /* --draft FILE */
+    int max_tokens;    /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
+
     const char *kv_dir; /* --kv-dir DIR (NULL: the run directory) */
-    int max_tokens;     /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
     char dir[PATH_MAX];
     struct nf_nft *f;
     struct nf_vocab *v;
