@@ -72,15 +72,13 @@ struct nf_gen {
     int n_threads;
     int n_ctx;
     float sparsity;
-    int n_ubatch; /* prompt tokens per chunk (--ubatch); 0: the stream's default */
-
-    /* The KV cache on disk in kv_path, in blocks of kv_block positions (0: in RAM). */
-    int kv_block;
-    char kv_path[PATH_MAX];
-
+    int n_ubatch;   /* prompt tokens per chunk (--ubatch); 0: the stream's default */
     int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
     int parallel;   /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
     bool lookup;    /* requests speculate with prompt lookup unless they say otherwise */
+    /* The KV cache on disk in kv_path, in blocks of kv_block positions (0: in RAM). */
+    int kv_block;
+    char kv_path[PATH_MAX];
     /* --draft: a draft model held in RAM (owned by the caller), the default draft source of
      * requests when set; its context is created by the worker at its first use. */
     struct nf_model *dmodel;
