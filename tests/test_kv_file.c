@@ -1,8 +1,8 @@
 /* test_kv_file.c - the KV cache on disk (common/kv_file.c): blocks written behind, released and
  * read back with the same bytes; the streaming engine with its KV in a file gives the logits of
  * the in-RAM cache bit for bit (stories260K, a quantized zoo model, a MoE model), with tiny
- * blocks so that nearly every position comes back from the file; slots, batched steps and
- * rollback; a bad path refused in one line. */
+ * blocks so that nearly every position comes back from the file; deepseek2, gemma3 and gpt-oss
+ * models from mkmodel; slots, batched steps and rollback; a bad path refused in one line. */
 #include <dirent.h>
 #include <errno.h>
 #include <setjmp.h>
@@ -169,10 +169,9 @@ static void engine_close(struct engine *e)
 /* The prompt and N_GEN greedy steps through an in-RAM engine and one with its KV on disk in
  * blocks of `block` positions: the logits of every step equal bit for bit; then the same after
  * a reset (a second request on the same engine). */
-static void check_same(const char *name, int block, int ubatch, int n_gen)
+static void check_same_nft(const char *name, const char *nft, int block, int ubatch, int n_gen)
 {
-    char nft[512], kv[600];
-    convert(name, nft, sizeof(nft));
+    char kv[600];
     snprintf(kv, sizeof(kv), "%s/%s.kv", tmpdir, name);
     struct engine a, b;
     engine_open(&a, nft, NULL, 0, 0, ubatch);
@@ -213,6 +212,13 @@ static void check_same(const char *name, int block, int ubatch, int n_gen)
     assert_int_equal(access(kv, F_OK), -1);
 }
 
+static void check_same(const char *name, int block, int ubatch, int n_gen)
+{
+    char nft[512];
+    convert(name, nft, sizeof(nft));
+    check_same_nft(name, nft, block, ubatch, n_gen);
+}
+
 static void test_stories(void **state)
 {
     (void)state;
@@ -230,6 +236,37 @@ static void test_moe(void **state)
 {
     (void)state;
     check_same("moe-Q4_K_M", 8, 0, N_GEN);
+}
+
+/* Latent attention (deepseek2: one cache, no V), a sliding window with the cache view padded to
+ * 256 (gemma3) and attention sinks (gpt-oss), on models mkmodel writes (the goldens' shapes). */
+static void test_arch(void **state)
+{
+    (void)state;
+    static const char *const models[][2] = {
+        {"ds2", "--seed 7 --arch deepseek2 --dim 128 --layers 3 --ffn 64 --heads 4 --head-dim 48 "
+                "--rope-dim 16 --kv-lora 64 --v-head 32 --q-lora 0 --dense-layers 1 --dense-ffn "
+                "256 --experts 8 --experts-used 2 --shared-experts 1 --type q8_0"},
+        {"gemma3", "--seed 7 --arch gemma3 --dim 64 --layers 6 --ffn 128 --heads 4 --kv-heads 2 "
+                   "--head-dim 32 --window 8 --rope-base 1000000 --rope-scale 8 --tied-output "
+                   "--type q8_0"},
+        {"gptoss", "--seed 7 --arch gpt-oss --dim 64 --layers 4 --ffn 64 --heads 4 --kv-heads 2 "
+                   "--head-dim 64 --experts 8 --experts-used 4 --window 4 --rope-base 150000 "
+                   "--rope-scale 32 --ctx 131072 --type q8_0"},
+    };
+    for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) {
+        char cmd[1024], gguf[600], nft[600], err[512];
+        snprintf(gguf, sizeof(gguf), "%s/%s.gguf", tmpdir, models[i][0]);
+        snprintf(cmd, sizeof(cmd), "%s/ctl/nanoflowctl mkmodel %s %s >/dev/null 2>&1", NF_BUILD_DIR,
+                 gguf, models[i][1]);
+        if (system(cmd) != 0)
+            fail_msg("mkmodel %s failed: %s", models[i][0], cmd);
+        snprintf(nft, sizeof(nft), "%s/%s.nft", tmpdir, models[i][0]);
+        struct nf_nft_convert_opts o = {.tile_size = 16384};
+        if (nf_nft_convert(gguf, nft, &o, err, sizeof(err)) < 0)
+            fail_msg("convert %s: %s", models[i][0], err);
+        check_same_nft(models[i][0], nft, 8, 0, N_GEN);
+    }
 }
 
 /* Two sequences: prompts alone on their slots, then batched steps and a rollback into a block
@@ -281,7 +318,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blocks),   cmocka_unit_test(test_stories),
         cmocka_unit_test(test_zoo_q4km), cmocka_unit_test(test_moe),
-        cmocka_unit_test(test_slots),
+        cmocka_unit_test(test_arch),     cmocka_unit_test(test_slots),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
