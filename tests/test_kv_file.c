@@ -19,6 +19,7 @@
 #include "model.h"
 #include "nf_err.h"
 #include "nft.h"
+#include "stack.h"
 #include "stream.h"
 
 #define N_PROMPT 40 /* two chunks of the default ubatch */
@@ -313,12 +314,42 @@ static void test_slots(void **state)
     engine_close(&b);
 }
 
+/* The plan with the KV cache on disk: a context the budget caps in RAM is honoured, the budget
+ * holds the resident bound, the file's size is the whole cache. */
+static void test_plan(void **state)
+{
+    (void)state;
+    char nft[512], err[512];
+    convert("stories260K", nft, sizeof(nft));
+    struct nf_nft *f;
+    if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    struct nf_stack_plan ram, disk;
+    const uint64_t budget = 56ull << 20;
+    assert_int_equal(nf_stack_plan_seq_ub(f, budget, 65536, 1, 1, 0, &ram, err, sizeof(err)), 0);
+    assert_true(ram.n_ctx < 65536); /* 40 MiB of KV in RAM: capped */
+    assert_int_equal(ram.kv_block, 0);
+    assert_int_equal(nf_stack_plan_kv(f, budget, 65536, 1, 1, 0, 64, &disk, err, sizeof(err)), 0);
+    assert_int_equal(disk.n_ctx, 65536);
+    assert_int_equal(disk.kv_block, 64);
+    const size_t row = 2 * 2 * 32; /* K and V of one position in one layer: 4 heads of 8, F16 */
+    assert_int_equal(disk.kv_file_bytes, 65536ull * 5 * row);
+    assert_int_equal(disk.kv_bytes, nf_kv_file_resident_bound(5, 65536, 1, 64, row));
+    assert_true(disk.kv_bytes < disk.kv_file_bytes / 2);
+    print_message("56 MiB: n_ctx %u in RAM; on disk n_ctx %u, %llu KiB resident of a %llu KiB "
+                  "file\n",
+                  ram.n_ctx, disk.n_ctx, (unsigned long long)(disk.kv_bytes >> 10),
+                  (unsigned long long)(disk.kv_file_bytes >> 10));
+    nf_nft_close(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blocks),   cmocka_unit_test(test_stories),
         cmocka_unit_test(test_zoo_q4km), cmocka_unit_test(test_moe),
         cmocka_unit_test(test_arch),     cmocka_unit_test(test_slots),
+        cmocka_unit_test(test_plan),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
