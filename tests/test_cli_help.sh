@@ -62,6 +62,9 @@ kind() {
     --draft) K=file ;;
     --draft-max) K=int ;;
     -ub | --ubatch-size | --ubatch) K=int ;;
+    --kv-block) K=int ;;
+    --kv-offload) K=enum ;;
+    --kv-dir) K=str ;;
     *) K="" ;;
     esac
 }
@@ -100,6 +103,9 @@ good() {
     --vocab) G=512 ;;
     -ub | --ubatch-size | --ubatch) G=8 ;;
     --draft-max) G=4 ;;
+    --kv-block) G=4 ;;
+    --kv-offload) G=auto ;;
+    --kv-dir) G="$T" ;;
     --alignment) G=64 ;;
     --numa-node) G=0 ;;
     --attach-timeout) G=1 ;;

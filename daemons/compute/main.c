@@ -74,7 +74,7 @@ static void usage(FILE *out)
             "                      the default draft source of requests (Generate.speculate\n"
             "                      0 or 2); the output is the same (default: none)\n"
             "  --kv-dir DIR        where the KV file goes when the plan puts the KV cache on\n"
-            "                      disk (up --kv-offload; default: the run directory)\n"
+            "                      disk (default: the run directory)\n"
             "  --kv-block N        the stack's KV cache on disk in blocks of N positions\n"
             "                      (every daemon; `up` passes it), 0..65536; 0 = in RAM\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
