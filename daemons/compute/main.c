@@ -77,6 +77,7 @@ static void usage(FILE *out)
             "                      disk (default: the run directory)\n"
             "  --kv-block N        the stack's KV cache on disk in blocks of N positions\n"
             "                      (every daemon; `up` passes it), 0..65536; 0 = in RAM\n"
+            "                      (default: 0)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
             "                      (default 30)\n"
             "  --foreground        stay attached, log to stderr (default: detach and log to\n"
