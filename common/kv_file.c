@@ -364,14 +364,14 @@ void nf_kv_file_close(struct nf_kv_file *kf)
     free(kf);
 }
 
-nf_fp16_t *nf_kv_file_k(struct nf_kv_file *kf, int slot)
+void *nf_kv_file_k(struct nf_kv_file *kf, int slot)
 {
-    return (nf_fp16_t *)(kf->mem + span_k(kf, slot, 0));
+    return kf->mem + span_k(kf, slot, 0);
 }
 
-nf_fp16_t *nf_kv_file_v(struct nf_kv_file *kf, int slot)
+void *nf_kv_file_v(struct nf_kv_file *kf, int slot)
 {
-    return kf->row_v ? (nf_fp16_t *)(kf->mem + span_v(kf, slot, 0)) : NULL;
+    return kf->row_v ? kf->mem + span_v(kf, slot, 0) : NULL;
 }
 
 static struct nf_kv_layer *layer(struct nf_kv_file *kf, int slot, int il)

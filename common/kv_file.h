@@ -24,8 +24,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "quants.h"
-
 struct nf_kv_file_opts {
     const char *path; /* the file, created or truncated; removed by nf_kv_file_close */
     int n_layer, n_ctx, n_slots;
@@ -51,9 +49,10 @@ int nf_kv_file_open(struct nf_kv_file **out, const struct nf_kv_file_opts *o, ch
 /* Waits for the I/O in flight, releases the memory and removes the file. NULL is a no-op. */
 void nf_kv_file_close(struct nf_kv_file *kf);
 
-/* Slot `slot`'s caches: (n_layer, n_ctx, row_k) and (n_layer, n_ctx, row_v) (NULL without V). */
-nf_fp16_t *nf_kv_file_k(struct nf_kv_file *kf, int slot);
-nf_fp16_t *nf_kv_file_v(struct nf_kv_file *kf, int slot);
+/* Slot `slot`'s caches: (n_layer, n_ctx) rows of row_k bytes and of row_v bytes (NULL without
+ * V); the rows' element type is the caller's. */
+void *nf_kv_file_k(struct nf_kv_file *kf, int slot);
+void *nf_kv_file_v(struct nf_kv_file *kf, int slot);
 
 /* Issues the reads of layer il's file-backed blocks of slot (nothing when they are resident or
  * already on their way). */

@@ -75,8 +75,10 @@ static void test_blocks(void **state)
         for (int pos = 0; pos < 30; pos++)
             for (int il = 0; il < L; il++) {
                 assert_int_equal(nf_kv_file_layer_load(kf, slot, il), 0);
-                nf_fp16_t *k = nf_kv_file_k(kf, slot) + ((size_t)il * C + (size_t)pos) * nr;
-                nf_fp16_t *v = nf_kv_file_v(kf, slot) + ((size_t)il * C + (size_t)pos) * nr;
+                nf_fp16_t *k =
+                    (nf_fp16_t *)nf_kv_file_k(kf, slot) + ((size_t)il * C + (size_t)pos) * nr;
+                nf_fp16_t *v =
+                    (nf_fp16_t *)nf_kv_file_v(kf, slot) + ((size_t)il * C + (size_t)pos) * nr;
                 for (size_t i = 0; i < nr; i++) {
                     k[i] = (nf_fp16_t)(slot * 10000 + il * 1000 + pos + (int)i);
                     v[i] = (nf_fp16_t)(k[i] ^ 0x5555);
@@ -96,7 +98,7 @@ static void test_blocks(void **state)
     assert_int_equal(nf_kv_file_layer_store(kf, 1, 0, 30), 0);
     /* Rollback into a released block brings it back: position 9 of block [8, 12). */
     assert_int_equal(nf_kv_file_rollback(kf, 0, 9), 0);
-    const nf_fp16_t *k8 = nf_kv_file_k(kf, 0) + 8 * nr;
+    const nf_fp16_t *k8 = (const nf_fp16_t *)nf_kv_file_k(kf, 0) + 8 * nr;
     assert_int_equal(k8[7], (nf_fp16_t)(8 + 7));
     struct nf_kv_file_stats st;
     nf_kv_file_get_stats(kf, &st);
