@@ -331,29 +331,30 @@ void nf_model_describe(const struct nf_model *m, char *buf, size_t len);
 
 struct nf_threadpool;
 
-/* Run state for one sequence: the F16 KV cache for n_ctx positions and all scratch buffers,
- * allocated here so that evaluating tokens allocates nothing. */
+/* Run state for one sequence: the KV cache for n_ctx positions (F16, or the types of
+ * nf_ctx_set_kv_types) and all scratch buffers, allocated here so that evaluating tokens
+ * allocates nothing. */
 struct nf_ctx {
     const struct nf_model *m;
     struct nf_threadpool *pool; /* owned */
     int n_ctx;
     int n_past; /* positions filled in the KV cache */
     enum nf_attn_mode attn_mode;
-    nf_fp16_t *k_cache; /* (n_layer, n_ctx, n_head_kv * head_dim) */
-    nf_fp16_t *v_cache; /* (n_layer, n_ctx, n_head_kv * head_dim) */
-    float *x;           /* (NF_MAX_BATCH, n_embd) residual stream */
-    float *xn;          /* (NF_MAX_BATCH, n_embd) normed input of the current block */
-    float *q;           /* (NF_MAX_BATCH, n_head * head_dim) */
-    float *k;           /* (NF_MAX_BATCH, n_head_kv * head_dim) */
-    float *v;           /* (NF_MAX_BATCH, n_head_kv * head_dim) */
-    float *att;         /* (NF_MAX_BATCH, n_head * head_dim) attention output */
-    float *hb;          /* (NF_MAX_BATCH, max(n_ff, n_ff_shexp)) */
-    float *hb2;         /* (NF_MAX_BATCH, max(n_ff, n_ff_shexp)) */
-    float *ffo;         /* (NF_MAX_BATCH, n_embd) block output before the residual add */
-    float *eo;          /* (n_embd) one expert's output */
-    float *router;      /* (n_expert) */
-    float *logits;      /* (n_vocab) logits of the last evaluated token */
-    void *xq; /* activations converted to a vec_dot_type: NF_MAX_BATCH rows of the widest */
+    void *k_cache; /* (n_layer, n_ctx) rows of n_head_kv * head_dim values of type_k */
+    void *v_cache; /* (n_layer, n_ctx) rows of n_head_kv * head_dim values of type_v */
+    float *x;      /* (NF_MAX_BATCH, n_embd) residual stream */
+    float *xn;     /* (NF_MAX_BATCH, n_embd) normed input of the current block */
+    float *q;      /* (NF_MAX_BATCH, n_head * head_dim) */
+    float *k;      /* (NF_MAX_BATCH, n_head_kv * head_dim) */
+    float *v;      /* (NF_MAX_BATCH, n_head_kv * head_dim) */
+    float *att;    /* (NF_MAX_BATCH, n_head * head_dim) attention output */
+    float *hb;     /* (NF_MAX_BATCH, max(n_ff, n_ff_shexp)) */
+    float *hb2;    /* (NF_MAX_BATCH, max(n_ff, n_ff_shexp)) */
+    float *ffo;    /* (NF_MAX_BATCH, n_embd) block output before the residual add */
+    float *eo;     /* (n_embd) one expert's output */
+    float *router; /* (n_expert) */
+    float *logits; /* (n_vocab) logits of the last evaluated token */
+    void *xq;      /* activations converted to a vec_dot_type: NF_MAX_BATCH rows of the widest */
     size_t xq_row_stride;
     float *rope_cos;   /* (NF_MAX_BATCH, n_rot / 2) */
     float *rope_sin;   /* (NF_MAX_BATCH, n_rot / 2) */
@@ -380,6 +381,9 @@ struct nf_ctx {
     float *mla_in;  /* (NF_MAX_BATCH, max(K, n_lora_kv)) one head's input to attn_k_b / v_b */
     float *mla_out; /* (NF_MAX_BATCH, max(n_lora_kv, n_embd_head_v_mla)) its output */
     float *mla_att; /* (NF_MAX_BATCH, H * n_embd_head_v_mla) the heads' values, into wo */
+
+    /* The cache's element types (kv_quant.h): NF_TYPE_F16 (the default), Q8_0 or Q4_0. */
+    enum nf_type type_k, type_v;
 };
 
 /* The per-head length of what attention sums: the latent (deepseek2), else head_dim. */
@@ -397,6 +401,14 @@ int nf_ctx_create(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int 
 int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, int n_threads,
                      int n_ubatch);
 void nf_ctx_free(struct nf_ctx *c);
+/* Keeps K as tk and V as tv (NF_TYPE_F16, Q8_0 or Q4_0; kv_quant.h says how attention reads
+ * them) from now on: the cache is allocated again, empty (n_past 0), before any slot is made
+ * (nf_kv_slots_create). Returns 0, NF_EUSAGE with one line in err (a type the model cannot
+ * keep: nf_kv_types_check) or -ENOMEM (the context keeps its old cache). */
+int nf_ctx_set_kv_types(struct nf_ctx *c, enum nf_type tk, enum nf_type tv, char *err,
+                        size_t errlen);
+/* Bytes of one sequence's KV cache (every layer, n_ctx positions, both types). */
+size_t nf_ctx_kv_bytes(const struct nf_ctx *c);
 
 /* Forgets the sequence (n_past = 0). */
 void nf_ctx_reset(struct nf_ctx *c);
@@ -422,9 +434,9 @@ int nf_ctx_rollback(struct nf_ctx *c, int n_past);
  * cache and logits, the others own theirs. A context stays bound to slot 0 between calls, so
  * nf_ctx_free frees what it allocated; the slots' n_past is authoritative. */
 struct nf_kv_slot {
-    nf_fp16_t *k_cache; /* (n_layer, n_ctx, n_head_kv * head_dim) */
-    nf_fp16_t *v_cache; /* (n_layer, n_ctx, n_head_kv * head_dim); NULL for deepseek2 */
-    float *logits;      /* (n_vocab) of the last token this slot evaluated */
+    void *k_cache; /* (n_layer, n_ctx) rows of the context's type_k */
+    void *v_cache; /* (n_layer, n_ctx) rows of its type_v; NULL for deepseek2 */
+    float *logits; /* (n_vocab) of the last token this slot evaluated */
     int n_past;
     bool owned; /* the buffers above were allocated for the slot */
 };

@@ -9,12 +9,8 @@
 
 size_t nf_kv_slot_bytes(const struct nf_ctx *c)
 {
-    const struct nf_hparams *hp = &c->m->hp;
-    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     /* deepseek2 caches one latent per position (no v_cache). */
-    return (hp->n_lora_kv ? 1 : 2) * (size_t)hp->n_layer * (size_t)c->n_ctx * kvd *
-               sizeof(nf_fp16_t) +
-           sizeof(float) * (size_t)hp->n_vocab;
+    return nf_ctx_kv_bytes(c) + sizeof(float) * (size_t)c->m->hp.n_vocab;
 }
 
 int nf_kv_slots_create(struct nf_kv_slot **out, struct nf_ctx *c, int n)
@@ -28,11 +24,13 @@ int nf_kv_slots_create(struct nf_kv_slot **out, struct nf_ctx *c, int n)
         return -ENOMEM;
     sl[0] = (struct nf_kv_slot){
         .k_cache = c->k_cache, .v_cache = c->v_cache, .logits = c->logits, .n_past = c->n_past};
-    const size_t kv = (size_t)hp->n_layer * (size_t)c->n_ctx * hp->n_head_kv * hp->head_dim;
+    /* Rows of the context's cache types (F16 unless nf_ctx_set_kv_types said otherwise). */
+    const size_t rows = (size_t)hp->n_layer * (size_t)c->n_ctx;
+    const int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
     for (int i = 1; i < n; i++) {
         sl[i].owned = true;
-        sl[i].k_cache = calloc(kv, sizeof(nf_fp16_t));
-        sl[i].v_cache = hp->n_lora_kv ? NULL : calloc(kv, sizeof(nf_fp16_t));
+        sl[i].k_cache = calloc(rows, nf_row_size(c->type_k, kvd));
+        sl[i].v_cache = hp->n_lora_kv ? NULL : calloc(rows, nf_row_size(c->type_v, kvd));
         sl[i].logits = calloc((size_t)hp->n_vocab, sizeof(float));
         if (!sl[i].k_cache || (!sl[i].v_cache && !hp->n_lora_kv) || !sl[i].logits) {
             nf_kv_slots_free(sl, i + 1);

@@ -88,7 +88,7 @@ void nf_mla_attend_latent(struct nf_ctx *c, int il, int pos0, int n_tok)
         for (int h = 0; h < H; h++)
             memcpy(c->q + (size_t)t * H * D + (size_t)h * D + L,
                    c->mla_q + (size_t)t * H * K + (size_t)h * K + NOPE, (size_t)R * sizeof(float));
-    nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * D;
+    nf_fp16_t *kc = (nf_fp16_t *)c->k_cache + (size_t)il * c->n_ctx * D;
     for (int t = 0; t < n_tok; t++)
         for (int i = 0; i < D; i++)
             kc[(size_t)(pos0 + t) * D + i] = nf_fp32_to_fp16(c->k[(size_t)t * D + i]);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv_quant.h"
 #include "model.h"
 #include "nf_err.h"
 #include "quants_impl.h"
@@ -339,6 +340,53 @@ struct nf_attn_job {
     int il, pos0, n_tok;
 };
 
+/* Row pos of layer il of a cache of type t whose rows hold kvd values, from head kvh's
+ * first value (a head's values are whole blocks: nf_kv_types_check). */
+static const void *nf_kv_row(const void *cache, enum nf_type t, const struct nf_ctx *c, int il,
+                             int pos, int kvh)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const size_t row = nf_kv_row_bytes(t, hp->n_head_kv * hp->head_dim);
+    return (const char *)cache + ((size_t)il * c->n_ctx + (size_t)pos) * row +
+           (size_t)kvh * nf_kv_row_bytes(t, hp->head_dim);
+}
+
+/* Scores of a quantized K (kv_quant.h) as llama.cpp's non-flash mul_mat of a quantized K: q
+ * (hd floats) quantized to q8_0 into qq, each visible cell's score the type's vec_dot times
+ * scale, the others -inf. */
+static void nf_attn_scores_kvq(const struct nf_ctx *c, int il, const float *q, int kvh, int lo,
+                               int pos, int n_kv, float scale, void *qq, float *sc)
+{
+    const int hd = c->m->hp.head_dim;
+    const struct nf_type_traits *tr = nf_type_traits(c->type_k);
+    nf_act_quantizer(tr->vec_dot_type)(q, qq, hd);
+    for (int ic = 0; ic < n_kv; ic++) {
+        float s = -INFINITY;
+        if (ic <= pos && ic >= lo) {
+            tr->vec_dot(hd, &s, nf_kv_row(c->k_cache, c->type_k, c, il, ic, kvh), qq);
+            s *= scale;
+        }
+        sc[ic] = s;
+    }
+}
+
+/* ggml_soft_max_ext over sc (n_kv scores, max taken here) with gpt-oss's sink of head h
+ * (ggml_soft_max_add_sinks: a logit of its own in the max and, as expf, in the denominator,
+ * with no value row): sc becomes the exponentials; returns 1 / their sum. */
+static float nf_attn_softmax(const struct nf_ctx *c, float *sc, int n_kv, int h)
+{
+    float mx = -INFINITY;
+    for (int ic = 0; ic < n_kv; ic++)
+        mx = sc[ic] > mx ? sc[ic] : mx;
+    const float *sk = c->attn_sinks;
+    if (sk)
+        mx = sk[h] > mx ? sk[h] : mx;
+    double sum = nf_softmax_exp(sc, sc, n_kv, mx);
+    if (sk)
+        sum += (double)expf(sk[h] - mx);
+    return (float)(1.0 / sum);
+}
+
 /* Attention of one query head of one token over cache positions 0..pos. */
 static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_tok, int n_kv,
                          void *scratch)
@@ -358,17 +406,20 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const int lo = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
     const float *q = c->q + (size_t)t * hp->n_head * hd + (size_t)h * hd;
     float *out = c->att + (size_t)t * hp->n_head * vd + (size_t)h * vd;
-    const nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
-    /* deepseek2's values are the first vd values of its latent keys (one cache). */
-    const nf_fp16_t *vc =
-        (hp->n_lora_kv ? c->k_cache : c->v_cache) + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
     nf_fp16_t *q16 = scratch;                              /* (hd) */
-    nf_fp16_t *acc16 = q16 + hd;                           /* (hd) */
+    nf_fp16_t *acc16 = q16 + hd;                           /* (hd); a quantized K's q8_0 q */
     float *sc = (float *)nf_align64((size_t)(acc16 + hd)); /* (n_ctx) */
+    /* A quantized cache (kv_quant.h) takes the plain path whatever the attention mode. */
+    const bool kvq = c->type_k != NF_TYPE_F16 || c->type_v != NF_TYPE_F16;
+    const nf_fp16_t *kc =
+        (const nf_fp16_t *)c->k_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
+    /* deepseek2's values are the first vd values of its latent keys (one cache). */
+    const nf_fp16_t *vc = (const nf_fp16_t *)(hp->n_lora_kv ? c->k_cache : c->v_cache) +
+                          (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
     for (int d = 0; d < hd; d++)
         q16[d] = nf_fp32_to_fp16(q[d]);
 
-    if (c->attn_mode == NF_ATTN_FLASH) {
+    if (c->attn_mode == NF_ATTN_FLASH && !kvq) {
         /* ggml_compute_forward_flash_attn_ext_f16: online softmax, V accumulated in F16. */
         float M = -INFINITY, S = 0.0f;
         memset(acc16, 0, sizeof(nf_fp16_t) * (size_t)vd);
@@ -408,7 +459,7 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
 
     /* ggml mul_mat(K, Q) + soft_max_ext(scale, causal mask) + mul_mat(V, softmax), over the
      * n_kv cache cells of the batch (cells past pos are masked with -inf). */
-    const bool q_f32 = c->attn_mode == NF_ATTN_F32, p_f32 = c->attn_mode == NF_ATTN_F32;
+    const bool q_f32 = c->attn_mode == NF_ATTN_F32 && !kvq, p_f32 = q_f32;
     /* Prompt batches (n_tok >= 2): ggml converts Q and the softmax to F16 and hands the two
      * mat-muls to tinyBLAS when the dot length is a multiple of 16. */
     const bool kq_tb = n_tok >= 2 && hd % 16 == 0, kqv_tb = n_tok >= 2 && n_kv % 16 == 0;
@@ -417,12 +468,14 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
      * (quants_mat.c): the SIMD kernels stand in for the scalar emulations. */
     const nf_vec_dot_mat_fn mat16 = nf_type_traits(NF_TYPE_F16)->vec_dot_mat;
     const nf_vec_dot_mat_fn mat32 = nf_type_traits(NF_TYPE_F32)->vec_dot_mat;
-    if (kq_tb && !q_f32) {
+    if (c->type_k != NF_TYPE_F16)
+        nf_attn_scores_kvq(c, il, q, kvh, lo, pos, n_kv, scale, acc16, sc);
+    else if (kq_tb && !q_f32) {
         mat16(hd, sc, (size_t)n_kv, kc, (size_t)kvd * sizeof(nf_fp16_t), q16, 0, pos + 1, 1);
         for (int ic = 0; ic < n_kv; ic++)
             sc[ic] = ic <= pos && ic >= lo ? sc[ic] * scale : -INFINITY;
     }
-    for (int ic = 0; ic < n_kv && !(kq_tb && !q_f32); ic++) {
+    for (int ic = 0; ic < n_kv && c->type_k == NF_TYPE_F16 && !(kq_tb && !q_f32); ic++) {
         float s = -INFINITY;
         const nf_fp16_t *kr = kc + (size_t)(ic <= pos ? ic : 0) * kvd;
         if (ic <= pos && ic >= lo)
@@ -432,18 +485,15 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
                 scale;
         sc[ic] = s;
     }
-    float mx = -INFINITY;
-    for (int ic = 0; ic < n_kv; ic++)
-        mx = sc[ic] > mx ? sc[ic] : mx;
-    /* gpt-oss's sink (ggml_soft_max_add_sinks): a logit of its own in the max and, as expf, in
-     * the denominator, with no value row. */
-    const float *sk = c->attn_sinks;
-    if (sk)
-        mx = sk[h] > mx ? sk[h] : mx;
-    double sum = nf_softmax_exp(sc, sc, n_kv, mx);
-    if (sk)
-        sum += (double)expf(sk[h] - mx);
-    const float inv = (float)(1.0 / sum);
+    const float inv = nf_attn_softmax(c, sc, n_kv, h);
+    if (c->type_v != NF_TYPE_F16) {
+        /* A quantized V, row by row: out += p * dequant(V row), p in F32 (kv_quant.h). */
+        const nf_kv_axpy_fn axpy = nf_kv_axpy_for(c->type_v);
+        memset(out, 0, sizeof(float) * (size_t)vd);
+        for (int ic = lo; ic <= pos; ic++)
+            axpy(out, sc[ic] * inv, nf_kv_row(c->v_cache, c->type_v, c, il, ic, kvh), vd);
+        return;
+    }
     for (int ic = 0; ic < n_kv; ic++) {
         sc[ic] *= inv;
         if (!p_f32)
@@ -619,8 +669,9 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
 {
     const struct nf_hparams *hp = &c->m->hp;
     const int qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
-    nf_fp16_t *kc = c->k_cache + (size_t)il * c->n_ctx * kvd;
-    nf_fp16_t *vc = c->v_cache + (size_t)il * c->n_ctx * kvd;
+    const size_t krow = nf_kv_row_bytes(c->type_k, kvd), vrow = nf_kv_row_bytes(c->type_v, kvd);
+    char *kc = (char *)c->k_cache + (size_t)il * c->n_ctx * krow;
+    char *vc = (char *)c->v_cache + (size_t)il * c->n_ctx * vrow;
     const bool swa = nf_layer_swa(hp, il);
     for (int t = 0; t < n_tok; t++) {
         nf_rope_apply(c, c->q + (size_t)t * qd, hp->n_head, t, swa);
@@ -633,10 +684,8 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
             for (int i = 0; i < qd; i++)
                 c->q[(size_t)t * qd + i] *= qs;
         }
-        for (int i = 0; i < kvd; i++) {
-            kc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->k[(size_t)t * kvd + i]);
-            vc[(size_t)(pos0 + t) * kvd + i] = nf_fp32_to_fp16(c->v[(size_t)t * kvd + i]);
-        }
+        nf_kv_store_row(c->type_k, kc + (size_t)(pos0 + t) * krow, c->k + (size_t)t * kvd, kvd);
+        nf_kv_store_row(c->type_v, vc + (size_t)(pos0 + t) * vrow, c->v + (size_t)t * kvd, kvd);
     }
     nf_attn_heads(c, il, pos0, n_tok);
 }
@@ -952,6 +1001,7 @@ int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, i
     /* sc and vcol of nf_attn_head: n_kv floats each, n_kv at most n_ctx padded to kv_pad. */
     c->att_scratch_stride =
         nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)(n_ctx + hp->kv_pad) * 8);
+    c->type_k = c->type_v = NF_TYPE_F16;
     c->k_cache = calloc(kv, sizeof(nf_fp16_t));
     /* deepseek2 keeps one latent per token and layer: the values are a part of it. */
     c->v_cache = hp->n_lora_kv ? NULL : calloc(kv, sizeof(nf_fp16_t));
@@ -1017,6 +1067,41 @@ void nf_ctx_free(struct nf_ctx *c)
     free(c->mla_out);
     free(c->mla_att);
     free(c);
+}
+
+size_t nf_ctx_kv_bytes(const struct nf_ctx *c)
+{
+    return nf_kv_token_bytes(&c->m->hp, c->type_k, c->type_v) * (size_t)c->n_ctx;
+}
+
+int nf_ctx_set_kv_types(struct nf_ctx *c, enum nf_type tk, enum nf_type tv, char *err,
+                        size_t errlen)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    int rc = nf_kv_types_check(hp, tk, tv, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (hp->n_lora_kv || (tk == c->type_k && tv == c->type_v)) {
+        c->n_past = 0;
+        return 0;
+    }
+    const size_t rows = (size_t)hp->n_layer * (size_t)c->n_ctx;
+    const int kvd = hp->n_head_kv * hp->head_dim;
+    void *k = calloc(rows, nf_kv_row_bytes(tk, kvd)), *v = calloc(rows, nf_kv_row_bytes(tv, kvd));
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return nf_errf(err, errlen, -ENOMEM, "out of memory for a %s / %s KV cache of %d positions",
+                       nf_kv_type_name(tk), nf_kv_type_name(tv), c->n_ctx);
+    }
+    free(c->k_cache);
+    free(c->v_cache);
+    c->k_cache = k;
+    c->v_cache = v;
+    c->type_k = tk;
+    c->type_v = tv;
+    c->n_past = 0;
+    return 0;
 }
 
 void nf_ctx_reset(struct nf_ctx *c)

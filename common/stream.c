@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "kv_file.h"
+#include "kv_quant.h"
 #include "nf_err.h"
 #include "predictor.h"
 #include "stream.h"
@@ -859,8 +860,8 @@ static int nf_stream_kv_store(struct nf_stream *s, uint32_t il, int pos0, int n_
 static void nf_stream_kv_bind(struct nf_stream *s, int first, int n)
 {
     for (int i = first; i < n; i++) {
-        nf_fp16_t **k = i ? &s->slots[i].k_cache : &s->c->k_cache;
-        nf_fp16_t **v = i ? &s->slots[i].v_cache : &s->c->v_cache;
+        void **k = i ? &s->slots[i].k_cache : &s->c->k_cache;
+        void **v = i ? &s->slots[i].v_cache : &s->c->v_cache;
         free(*k);
         free(*v);
         *k = nf_kv_file_k(s->kvf, i);
@@ -868,27 +869,30 @@ static void nf_stream_kv_bind(struct nf_stream *s, int first, int n)
     }
 }
 
-/* Opens the KV file of o->kv_path for max(1, n_seq) slots and binds c's cache to slot 0. */
+/* Opens the KV file of o->kv_path for max(1, n_seq) slots and binds c's cache to slot 0. The
+ * file's rows are the cache's, of c's element types (nf_ctx_set_kv_types ran before): f16
+ * halves or q8_0 / q4_0 blocks, bytes to the file. */
 static int nf_stream_kv_open(struct nf_stream *s, const struct nf_stream_opts *o, char *err,
                              size_t errlen)
 {
     const struct nf_hparams *hp = &s->shell.hp;
-    const size_t row = (size_t)hp->n_head_kv * hp->head_dim * sizeof(nf_fp16_t);
+    const int kvd = hp->n_head_kv * hp->head_dim;
     const struct nf_kv_file_opts ko = {.path = o->kv_path,
                                        .n_layer = hp->n_layer,
                                        .n_ctx = o->n_ctx,
                                        .n_slots = o->n_seq > 1 ? o->n_seq : 1,
                                        .block = o->kv_block > 0 ? o->kv_block : NF_KV_BLOCK,
-                                       .row_k = row,
-                                       .row_v = hp->n_lora_kv ? 0 : row};
+                                       .row_k = nf_kv_row_bytes(s->c->type_k, kvd),
+                                       .row_v =
+                                           hp->n_lora_kv ? 0 : nf_kv_row_bytes(s->c->type_v, kvd)};
     int rc = nf_kv_file_open(&s->kvf, &ko, err, errlen);
     if (rc < 0)
         return rc;
-    nf_stream_kv_bind(s, 0, 1);
     /* The resident KV replaces the whole cache in the engine's memory count. */
-    s->mem -= 2 * (size_t)hp->n_layer * (size_t)o->n_ctx * row;
+    s->mem -= nf_ctx_kv_bytes(s->c);
     s->mem +=
-        nf_kv_file_resident_bound(hp->n_layer, o->n_ctx, ko.n_slots, ko.block, row + ko.row_v);
+        nf_kv_file_resident_bound(hp->n_layer, o->n_ctx, ko.n_slots, ko.block, ko.row_k + ko.row_v);
+    nf_stream_kv_bind(s, 0, 1);
     return 0;
 }
 
@@ -1157,7 +1161,9 @@ int nf_stream_set_slots(struct nf_stream *s, int n, char *err, size_t errlen)
     }
     if (rc < 0 || !s->views || !s->blogits || (hp->n_expert && (!s->mxn || !s->mout || !s->meo)))
         return nf_errf(err, errlen, -ENOMEM, "out of memory for %d sequences' KV caches", n);
-    s->mem += (uint64_t)(n - 1) * (s->kvf ? 0 : nf_kv_slot_bytes(s->c)) + sizeof(*s->views) * N +
+    /* (with the KV file, a slot's cache is in its resident bound already: its logits only) */
+    const size_t slot_bytes = nf_kv_slot_bytes(s->c) - (s->kvf ? nf_ctx_kv_bytes(s->c) : 0);
+    s->mem += (uint64_t)(n - 1) * slot_bytes + sizeof(*s->views) * N +
               sizeof(float) * N * ((size_t)hp->n_vocab + (hp->n_expert ? (2 + K) * E : 0));
     return 0;
 }
@@ -1832,6 +1838,18 @@ static int nf_stream_load_probs_b(struct nf_stream *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Gives the engine's context the KV cache types of o (0 for either: f16), refused in one line
+ * when the model cannot keep them (nf_kv_types_check). */
+static int nf_stream_kv_types(struct nf_stream *s, const struct nf_stream_opts *o, char *err,
+                              size_t errlen)
+{
+    const enum nf_type tk = o->type_k ? o->type_k : NF_TYPE_F16;
+    const enum nf_type tv = o->type_v ? o->type_v : NF_TYPE_F16;
+    char why[256];
+    int rc = nf_ctx_set_kv_types(s->c, tk, tv, why, sizeof(why));
+    return rc < 0 ? nf_errf(err, errlen, rc, "%s: %s", s->f->path, why) : 0;
+}
+
 int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struct nf_tile_src *src,
                      const struct nf_stream_opts *o, char *err, size_t errlen)
 {
@@ -1867,6 +1885,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
         nf_errf(err, errlen, rc, "creating the run state: %s", nf_strerror(rc));
         goto fail;
     }
+    if ((rc = nf_stream_kv_types(s, o, err, errlen)) < 0)
+        goto fail;
     const struct nf_hparams *hp = &s->shell.hp;
     const size_t E = (size_t)hp->n_embd, G = s->max_groups;
     size_t F = (size_t)(hp->n_ff_shexp > hp->n_ff ? hp->n_ff_shexp : hp->n_ff);
@@ -1912,8 +1932,7 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
                   T * (sizeof(float) * ((size_t)s->rows * E + 2 * R + E) + 4 * R + 64) +
                   sizeof(uint32_t) * (size_t)s->rows * G;
     }
-    const size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
-    s->mem += 2 * (size_t)hp->n_layer * (size_t)o->n_ctx * kvd * sizeof(nf_fp16_t) +
+    s->mem += nf_ctx_kv_bytes(s->c) +
               sizeof(float) * (size_t)s->rows * (s->max_rows + 6 * E + 2 * F) + E * down_row +
               sizeof(float) * (F + 2 * G) + (size_t)s->rows * G;
     if (o->kv_path && (rc = nf_stream_kv_open(s, o, err, errlen)) < 0)
@@ -2013,6 +2032,11 @@ int nf_stream_n_past(const struct nf_stream *s)
 int nf_stream_n_ctx(const struct nf_stream *s)
 {
     return s->c->n_ctx;
+}
+
+int nf_stream_ubatch(const struct nf_stream *s)
+{
+    return s->ub;
 }
 
 uint32_t nf_stream_n_groups(const struct nf_stream *s)

@@ -52,9 +52,13 @@ struct nf_stream_opts {
                      * (NF_MAX_BATCH), at most NF_MAX_UBATCH */
     int n_seq;      /* most sequences nf_stream_set_slots will be given (0: up to the ubatch):
                      * the activation buffers hold max(n_ubatch, n_seq) rows */
+    /* KV cache element types (kv_quant.h): NF_TYPE_F16, Q8_0 or Q4_0; 0 (as zeroed options
+     * leave them): f16. */
+    enum nf_type type_k, type_v;
     /* The KV cache in this file on the SSD (kv_file.h), cut in blocks of kv_block positions
-     * (0: NF_KV_BLOCK); with it, nf_stream_set_slots takes at most max(1, n_seq) sequences.
-     * NULL: the KV cache in RAM. The output is the same bit for bit. */
+     * (0: NF_KV_BLOCK), its rows of type_k and type_v as in RAM; with it, nf_stream_set_slots
+     * takes at most max(1, n_seq) sequences. NULL: the KV cache in RAM. The output is the same
+     * bit for bit. */
     const char *kv_path;
     int kv_block;
 };
@@ -131,6 +135,10 @@ const float *nf_stream_logits(const struct nf_stream *s); /* (n_vocab) */
 const struct nf_hparams *nf_stream_hparams(const struct nf_stream *s);
 int nf_stream_n_past(const struct nf_stream *s);
 int nf_stream_n_ctx(const struct nf_stream *s);
+/* Tokens per prompt chunk (the ubatch): nf_stream_eval cuts n tokens into chunks of this many
+ * from its first position, so a prefix of whole chunks is computed the same whatever follows
+ * (the compute daemon's prefix reuse relies on it). */
+int nf_stream_ubatch(const struct nf_stream *s);
 /* Groups (dense) or experts (MoE) per layer: the length of the used bitmaps. */
 uint32_t nf_stream_n_groups(const struct nf_stream *s);
 /* The message of the last failed eval ("" if none). */

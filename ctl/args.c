@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cmds.h"
+#include "kv_quant.h"
 #include "nf_size.h"
 
 int nf_usage_error(const char *cmd, const char *fmt, ...)
@@ -30,6 +31,17 @@ int nf_arg_long(const char *cmd, const char *flag, const char *val, long min, lo
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+int nf_arg_kv_type(const char *cmd, const char *flag, const char *val, int *out)
+{
+    enum nf_type t;
+    if (nf_kv_type_parse(val, &t) < 0) {
+        nf_usage_error(cmd, "%s expects one of %s, got '%s'", flag, NF_KV_TYPE_NAMES, val);
+        return -1;
+    }
+    *out = (int)t;
     return 0;
 }
 

@@ -21,7 +21,8 @@ struct nf_bench_opts {
     const char *model, *run_dir;
     uint64_t ram;
     long n, threads, timeout, ctx;
-    long ubatch; /* -ub: prompt chunk of every engine; 0: their default */
+    long ubatch;        /* -ub: prompt chunk of every engine; 0: their default */
+    int type_k, type_v; /* -ctk / -ctv of every engine (enum nf_type; f16 by default) */
     float levels[NF_BENCH_MAX_LEVELS];
     int n_levels;
     int parallel[NF_BENCH_MAX_LEVELS]; /* --parallel: sequences at once of each extra row */

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "kv_quant.h"
 #include "cmds.h"
 #include "nf_size.h"
 
@@ -43,6 +44,10 @@ static void usage(FILE *f)
             "                        what 'up' picks: KV cache at most a quarter of the budget)\n"
             "  -ub, --ubatch-size N  prompt tokens evaluated together by every engine, 1..4096\n"
             "                        ('up -ub', 'run -ub'; default: theirs, 32)\n"
+            "  -ctk, --cache-type-k T  KV cache type of K of every engine, as up's and run's\n"
+            "                        flag: f16, q8_0 or q4_0 (default: f16)\n"
+            "  -ctv, --cache-type-v T  KV cache type of V of every engine, likewise (default:\n"
+            "                        f16)\n"
             "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
             "                        a phase cut short reports the tokens it finished\n"
             "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
@@ -100,6 +105,7 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
     o->ram = 1ull << 30;
     o->n = 8;
     o->timeout = 70; /* 3 engines stay under 5 minutes in all */
+    o->type_k = o->type_v = NF_TYPE_F16;
     o->levels[0] = 0.5f;
     o->n_levels = 1;
     for (int i = 1; i < argc; i++) {
@@ -120,7 +126,9 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
               nf_arg_is(a, "--n-predict") || !strcmp(a, "-n") || nf_arg_is(a, "--sparsity") ||
               nf_arg_is(a, "--threads") || !strcmp(a, "-t") || nf_arg_is(a, "--timeout") ||
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c") ||
-              nf_arg_is(a, "--parallel") || nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")))
+              nf_arg_is(a, "--parallel") || nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub") ||
+              nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
+              nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -150,6 +158,12 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")) {
             if (nf_arg_long(cmd, a, v, 1, 4096, &o->ubatch))
+                return 2;
+        } else if (nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk")) {
+            if (nf_arg_kv_type(cmd, a, v, &o->type_k))
+                return 2;
+        } else if (nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv")) {
+            if (nf_arg_kv_type(cmd, a, v, &o->type_v))
                 return 2;
         } else if (nf_arg_is(a, "--timeout")) {
             if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "kv_quant.h"
 #include "cmds.h"
 #include "nf_err.h"
 #include "nf_time.h"
@@ -147,10 +148,27 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
                       have_cg ? ", in its memory cgroup" : "");
     char ub[32]; /* bench -ub: the prompt chunk of every engine, these too */
     snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
-    char *up_argv[] = {NULL,    "up",        "--model",    b->nft, "--ram",
-                       ram,     "--run-dir", dir,          "-t",   thr,
-                       "--ctx", ctx,         "--parallel", par,    b->o.ubatch ? "-ub" : NULL,
-                       ub,      NULL};
+    char *up_argv[] = {NULL,
+                       "up",
+                       "--model",
+                       b->nft,
+                       "--ram",
+                       ram,
+                       "--run-dir",
+                       dir,
+                       "-t",
+                       thr,
+                       "--ctx",
+                       ctx,
+                       "--parallel",
+                       par,
+                       "-ctk",
+                       (char *)nf_kv_type_name((enum nf_type)b->o.type_k),
+                       "-ctv",
+                       (char *)nf_kv_type_name((enum nf_type)b->o.type_v),
+                       b->o.ubatch ? "-ub" : NULL,
+                       ub,
+                       NULL};
     pid_t pid = nf_bench_spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? nf_bench_wait(pid, NF_BENCH_UP_TIMEOUT) : -1;
     if (pid > 0 && st < 0)

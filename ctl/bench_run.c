@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "kv_quant.h"
 #include "cmds.h"
 #include "nf_err.h"
 #include "nf_proc.h"
@@ -208,6 +209,10 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
                        ctx,
                        "--parallel",
                        "1",
+                       "-ctk",
+                       (char *)nf_kv_type_name((enum nf_type)b->o.type_k),
+                       "-ctv",
+                       (char *)nf_kv_type_name((enum nf_type)b->o.type_v),
                        b->o.ubatch ? "-ub" : NULL,
                        ub,
                        NULL};
@@ -367,6 +372,10 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
                     "--seed",
                     "1",
                     "--json",
+                    "-ctk",
+                    (char *)nf_kv_type_name((enum nf_type)b->o.type_k),
+                    "-ctv",
+                    (char *)nf_kv_type_name((enum nf_type)b->o.type_v),
                     b->o.ubatch ? "-ub" : NULL,
                     ub,
                     NULL};

@@ -60,6 +60,14 @@ static void usage(FILE *f)
         "                          context_length (default: context_length capped at %d, as\n"
         "                          for 'up'); a prompt longer than the context is refused and\n"
         "                          generation stops, saying so, when the context is full\n"
+        "  -ctk, --cache-type-k T  KV cache type of K: f16, q8_0 or q4_0 (default: f16);\n"
+        "                          q8_0 takes about half the bytes, q4_0 a quarter, in\n"
+        "                          blocks of 32 per head (the head size must be a multiple\n"
+        "                          of 32); MLA models (deepseek2) keep their f16 latent and\n"
+        "                          refuse a quantized type\n"
+        "  -ctv, --cache-type-v T  KV cache type of V, likewise (default: f16); a quantized\n"
+        "                          V is dequantized row by row in the attention (llama.cpp\n"
+        "                          needs flash attention for it, NanoFlow does not)\n"
         "      --chat              use the prompt as a user message in the model's chat\n"
         "                          template (tokenizer.chat_template; chatml when it has\n"
         "                          none), ending where the assistant's reply begins\n"
@@ -98,6 +106,7 @@ static void usage(FILE *f)
 struct run_opts {
     const char *model, *prompt, *prompt_file, *draft;
     long n_predict, threads, n_ctx, top_logits, n_ubatch, draft_max;
+    int type_k, type_v; /* KV cache element types (enum nf_type) */
     bool json, seed_set, use_mmap, lookup;
     struct nf_sampler_params sp;
     struct nf_chat_opts chat;
@@ -109,6 +118,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
     nf_sampler_params_default(&o->sp);
     o->n_predict = NF_RUN_DEFAULT_N;
     o->n_ubatch = NF_RUN_DEFAULT_UBATCH;
+    o->type_k = o->type_v = NF_TYPE_F16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int rc;
@@ -170,6 +180,14 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         } else if (nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")) {
             VAL();
             if (nf_arg_long(cmd, a, v, 1, NF_MAX_UBATCH, &o->n_ubatch))
+                return 2;
+        } else if (nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk")) {
+            VAL();
+            if (nf_arg_kv_type(cmd, a, v, &o->type_k))
+                return 2;
+        } else if (nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv")) {
+            VAL();
+            if (nf_arg_kv_type(cmd, a, v, &o->type_v))
                 return 2;
         } else if (nf_arg_is(a, "--draft")) {
             VAL();
@@ -326,6 +344,11 @@ int nf_cmd_run(int argc, char **argv)
     if ((rc = nf_ctx_create_ub(&c, m, (int)n_ctx, (int)o.threads, (int)o.n_ubatch)) < 0) {
         fprintf(stderr, "nanoflowctl run: creating a context of %ld tokens: %s\n", n_ctx,
                 nf_strerror(rc));
+        goto done;
+    }
+    if ((rc = nf_ctx_set_kv_types(c, (enum nf_type)o.type_k, (enum nf_type)o.type_v, err,
+                                  sizeof(err))) < 0) {
+        fprintf(stderr, "nanoflowctl run: %s: %s\n", o.model, err);
         goto done;
     }
     struct nf_gen_engine eng;

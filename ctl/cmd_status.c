@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cmds.h"
+#include "kv_quant.h"
 #include "gen_output.h"
 #include "nf_err.h"
 #include "stack_ctl.h"
@@ -329,6 +330,29 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
             json, &first, "compute", "accept_rate", "acceptance rate",
             nf_snap_ratio((double)nf_stage_ctr(c, "accepted"), (double)nf_stage_ctr(c, "drafted")),
             "%");
+        /* The KV cache: its types by name, its bytes (all sequences) and bytes a token. */
+        const uint64_t ck = nf_stage_ctr(c, "kv_type_k"), cv = nf_stage_ctr(c, "kv_type_v");
+        const char *tk = nf_kv_type_name(ck ? (enum nf_type)ck : NF_TYPE_F16);
+        const char *tv = nf_kv_type_name(cv ? (enum nf_type)cv : NF_TYPE_F16);
+        const unsigned long long kvb = nf_stage_ctr(c, "kv_bytes"),
+                                 kvt = nf_stage_ctr(c, "kv_token_bytes");
+        char kb[32];
+        if (json)
+            printf(",\"kv_type_k\":\"%s\",\"kv_type_v\":\"%s\",\"kv_bytes\":%llu,"
+                   "\"kv_token_bytes\":%llu",
+                   tk, tv, kvb, kvt);
+        else
+            printf("%-10s %-22s %9s / %s\n%-10s %-22s %14s\n%-10s %-22s %12llu B\n", "",
+                   "KV cache K / V", tk, tv, "", "KV cache bytes",
+                   nf_ctl_fmt_size(kb, sizeof(kb), kvb), "", "KV bytes a token", kvt);
+        /* Prefix reuse: requests started from a kept prefix, the prompt tokens they did not
+         * evaluate, and those as a share of all prompt tokens (evaluated or not). */
+        const double reused = (double)nf_stage_ctr(c, "prefix_reused");
+        metric(json, &first, "compute", "prefix_hits", "prefix hits",
+               (double)nf_stage_ctr(c, "prefix_hits"), "");
+        metric(json, &first, "compute", "prefix_reused", "prompt tokens reused", reused, "");
+        metric(json, &first, "compute", "prefix_saved", "prompt tokens saved",
+               nf_snap_ratio(reused, reused + (double)nf_stage_ctr(c, "prompt_tokens")), "%");
     } else if (json) {
         jerr(c->err);
     } else {
@@ -400,7 +424,8 @@ static void stats_usage(FILE *f)
                "latency), fetcher (MB/s and IOPS while reading, p50/p99 read latency, hit rate:\n"
                "the share of the tiles compute used that needed no read, bytes per token, queue\n"
                "depth), compute (prompt and decode tok/s, share of time stalled on tiles,\n"
-               "speculative decoding's drafted and accepted tokens and acceptance rate), the\n"
+               "speculative decoding's drafted and accepted tokens and acceptance rate, prefix\n"
+               "reuse's hits, prompt tokens reused and their share of all prompt tokens), the\n"
                "HTTP gateway when the stack runs one (requests and clients in its fair queue,\n"
                "mean and longest queue wait), and memory held vs the budget. Rates are per busy\n"
                "second of the stage; with --watch they cover the last interval.\n\n"

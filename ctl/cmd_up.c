@@ -16,6 +16,7 @@
 
 #include "chat.h"
 #include "cmds.h"
+#include "kv_quant.h"
 #include "generate.h"
 #include "model.h"
 #include "nf_err.h"
@@ -54,6 +55,12 @@ static void up_usage(FILE *f)
             "                       its KV cache in the budget; too many is refused with the\n"
             "                       most that fit (default: up to 4, as many as take at most a\n"
             "                       quarter of the budget)\n"
+            "  -ctk, --cache-type-k T  KV cache type of K: f16, q8_0 or q4_0 (default: f16);\n"
+            "                       the plan counts its bytes (q8_0 about half of f16's, q4_0\n"
+            "                       a quarter), so the same --ram holds a longer context or a\n"
+            "                       larger pool; the head size must be a multiple of 32, and\n"
+            "                       MLA models (deepseek2) keep their f16 latent and refuse it\n"
+            "  -ctv, --cache-type-v T  KV cache type of V, likewise (default: f16)\n"
             "  -ub, --ubatch-size N prompt tokens evaluated together, 1..%d: each weight tile\n"
             "                       is read once per chunk of N, whose activations the plan\n"
             "                       reserves in the budget (default: 32)\n"
@@ -77,6 +84,11 @@ static void up_usage(FILE *f)
             "                       that does not ask otherwise (gen's flags);\n"
             "                       its file and context are counted in the budget, the\n"
             "                       stack's daemons plan with the rest (default: none)\n"
+            "      --prefix-cache on|off\n"
+            "                       keep each sequence's prompt KV in its slot after it ends; a\n"
+            "                       request whose prompt extends a kept one (the next turn of a\n"
+            "                       chat, a shared system prompt) starts from it, with the same\n"
+            "                       output as a cold run (default: on)\n"
             "      --expert-cache P routed-expert tiles a load evicts first (MoE models): freq,\n"
             "                       those least often chosen lately; cyclic, the farthest in\n"
             "                       layer order as for dense tiles (default: freq)\n"
@@ -393,10 +405,12 @@ struct up_opts {
     char api_key_file[PATH_MAX];      /* --api-key-file made absolute ("" for none) */
     uint64_t ram;
     long threads, n_ctx, max_tokens;
-    long parallel; /* --parallel; 0: the plan's choice, then the plan's count */
-    long n_ubatch; /* -ub: compute's prompt chunk; 0: the daemons' default */
+    long parallel;      /* --parallel; 0: the plan's choice, then the plan's count */
+    long n_ubatch;      /* -ub: compute's prompt chunk; 0: the daemons' default */
+    int type_k, type_v; /* -ctk / -ctv (enum nf_type); 0: f16 */
     float sparsity;
     bool lookup;          /* --lookup: compute speculates with prompt lookup by default */
+    bool prefix_off;      /* --prefix-cache off: compute keeps no prefix between requests */
     char draft[PATH_MAX]; /* --draft FILE made absolute ("" for none) */
     uint64_t stack_ram;   /* the budget the daemons plan with: --ram less the draft model's */
 
@@ -417,7 +431,7 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     snprintf(sp, sizeof(sp), "%.6g", (double)o->sparsity);
     snprintf(ctx, sizeof(ctx), "%ld", o->n_ctx);
     snprintf(par, sizeof(par), "%ld", o->parallel);
-    char *argv[32];
+    char *argv[40];
     int k = 0;
     argv[k++] = (char *)bin;
     argv[k++] = "--run-dir";
@@ -434,6 +448,10 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     argv[k++] = ctx;
     if (o->lookup && !strcmp(role, NF_ROLE_COMPUTE))
         argv[k++] = "--lookup";
+    if (o->prefix_off && !strcmp(role, NF_ROLE_COMPUTE)) {
+        argv[k++] = "--prefix-cache";
+        argv[k++] = "off";
+    }
     if (o->draft[0] && !strcmp(role, NF_ROLE_COMPUTE)) {
         argv[k++] = "--draft";
         argv[k++] = (char *)o->draft;
@@ -453,6 +471,14 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
         snprintf(ub, sizeof(ub), "%ld", o->n_ubatch);
         argv[k++] = "--ubatch";
         argv[k++] = ub;
+    }
+    if (o->type_k) { /* every daemon takes them: the fetcher plans with them */
+        argv[k++] = "--cache-type-k";
+        argv[k++] = (char *)nf_kv_type_name((enum nf_type)o->type_k);
+    }
+    if (o->type_v) {
+        argv[k++] = "--cache-type-v";
+        argv[k++] = (char *)nf_kv_type_name((enum nf_type)o->type_v);
     }
     if (o->max_tokens && !strcmp(role, NF_ROLE_COMPUTE)) {
         snprintf(maxtok, sizeof(maxtok), "%ld", o->max_tokens);
@@ -813,8 +839,10 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               nf_arg_is(a, "--api-key-file") || nf_arg_is(a, "--chat-template") ||
               nf_arg_is(a, "--parallel") || nf_arg_is(a, "--draft") ||
               nf_arg_is(a, "--expert-cache") || nf_arg_is(a, "--ubatch-size") ||
-              !strcmp(a, "-ub") || nf_arg_is(a, "--kv-offload") || nf_arg_is(a, "--kv-dir") ||
-              nf_arg_is(a, "--kv-block")))
+              !strcmp(a, "-ub") || nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
+              nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") ||
+              nf_arg_is(a, "--prefix-cache") || nf_arg_is(a, "--kv-offload") ||
+              nf_arg_is(a, "--kv-dir") || nf_arg_is(a, "--kv-block")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -837,6 +865,12 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub")) {
             if (nf_arg_long(cmd, a, v, 1, NF_MAX_UBATCH, &o->n_ubatch))
+                return 2;
+        } else if (nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk")) {
+            if (nf_arg_kv_type(cmd, a, v, &o->type_k))
+                return 2;
+        } else if (nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv")) {
+            if (nf_arg_kv_type(cmd, a, v, &o->type_v))
                 return 2;
         } else if (nf_arg_is(a, "--kv-offload")) {
             if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
@@ -867,6 +901,10 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
             }
         } else if (nf_arg_is(a, "--http")) {
             o->http = v;
+        } else if (nf_arg_is(a, "--prefix-cache")) {
+            if (strcmp(v, "on") && strcmp(v, "off"))
+                return nf_usage_error(cmd, "--prefix-cache expects on or off, got '%s'", v);
+            o->prefix_off = !strcmp(v, "off");
         } else if (nf_arg_is(a, "--expert-cache")) {
             if (strcmp(v, "freq") && strcmp(v, "cyclic"))
                 return nf_usage_error(cmd, "--expert-cache expects freq or cyclic, got '%s'", v);
@@ -970,7 +1008,8 @@ static int up_kv_plan(struct up_opts *o, const struct nf_nft *f, const char *dir
     char err[512], kvp[PATH_MAX], b1[32], b2[32];
     int rc = nf_stack_plan_kv(f, o->stack_ram ? o->stack_ram : o->ram, (uint32_t)o->n_ctx,
                               (uint32_t)o->threads, (uint32_t)o->parallel, (uint32_t)o->n_ubatch,
-                              (uint32_t)block, plan, err, sizeof(err));
+                              (uint32_t)o->type_k, (uint32_t)o->type_v, (uint32_t)block, plan, err,
+                              sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "nanoflowctl up: planning with the KV cache on disk: %s\n", err);
         return 1;
@@ -1081,10 +1120,18 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         nf_nft_close(f);
         return 1;
     }
+    /* A KV cache type the model cannot keep (MLA, head size) is refused here, in one line. */
+    if ((rc = nf_kv_types_check(&hp, o->type_k ? (enum nf_type)o->type_k : NF_TYPE_F16,
+                                o->type_v ? (enum nf_type)o->type_v : NF_TYPE_F16, err,
+                                sizeof(err))) < 0) {
+        fprintf(stderr, "nanoflowctl up: %s: %s\n", nft, err);
+        nf_nft_close(f);
+        return 1;
+    }
     struct nf_stack_plan plan;
-    rc =
-        nf_stack_plan_seq_ub(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
-                             (uint32_t)o->parallel, (uint32_t)o->n_ubatch, &plan, err, sizeof(err));
+    rc = nf_stack_plan_kv(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
+                          (uint32_t)o->parallel, (uint32_t)o->n_ubatch, (uint32_t)o->type_k,
+                          (uint32_t)o->type_v, 0, &plan, err, sizeof(err));
     struct up_opts so = *o; /* o with the draft model's share taken out of the stack's budget */
     if (rc == 0 && o->draft[0]) {
         uint64_t dbytes = 0;
@@ -1093,9 +1140,9 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
             return 1;
         }
         so.stack_ram = dbytes < o->ram ? o->ram - dbytes : 0;
-        rc = nf_stack_plan_seq_ub(f, so.stack_ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
-                                  (uint32_t)o->parallel, (uint32_t)o->n_ubatch, &plan, err,
-                                  sizeof(err));
+        rc = nf_stack_plan_kv(f, so.stack_ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
+                              (uint32_t)o->parallel, (uint32_t)o->n_ubatch, (uint32_t)o->type_k,
+                              (uint32_t)o->type_v, 0, &plan, err, sizeof(err));
         if (rc == -ENOSPC) {
             char b1[32], b2[32], b3[32];
             fprintf(stderr,
@@ -1193,11 +1240,15 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         if (w > 0)
             pd += (size_t)w;
     }
+    char b5[32];
     printf("stack up in %s\n  model %s\n  budget %s: pool %s (%s), KV %s, n_ctx %u\n"
+           "  KV cache K %s, V %s: %s a token\n"
            "  parallel %u sequences\n",
            dir, nft, nf_ctl_fmt_size(b1, sizeof(b1), o->ram),
            nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes), pool_desc,
-           nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx, plan.n_seq);
+           nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx,
+           nf_kv_type_name((enum nf_type)plan.type_k), nf_kv_type_name((enum nf_type)plan.type_v),
+           nf_ctl_fmt_size(b5, sizeof(b5), plan.kv_token_bytes), plan.n_seq);
     if (o->kv_block) {
         char kvp[PATH_MAX];
         nf_rundir_kv_path(dir, o->kv_dir ? o->kv_dir_abs : NULL, kvp, sizeof(kvp));

@@ -38,6 +38,9 @@ int nf_arg_size(const char *cmd, const char *flag, const char *val, uint64_t *ou
 /* A RAM budget: a size as nf_arg_size takes it that this machine could hold (nf_ram_check). */
 int nf_arg_ram(const char *cmd, const char *flag, const char *val, uint64_t *out);
 
+/* A KV cache element type (--cache-type-k / -v): f16, q8_0 or q4_0, as an enum nf_type. */
+int nf_arg_kv_type(const char *cmd, const char *flag, const char *val, int *out);
+
 /* Prints "nanoflowctl CMD: MSG" plus "Try 'nanoflowctl CMD --help'." and returns 2. */
 int nf_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "kv_file.h"
+#include "kv_quant.h"
 #include "nf_err.h"
 #include "nft.h"
 #include "stack_int.h"
@@ -28,14 +29,28 @@ static const char *fmt_size(char *buf, size_t len, uint64_t b)
     return buf;
 }
 
-/* F16 K and V of one position in every layer (deepseek2: its latent, the one thing cached). */
+/* Bytes of a KV cache row of n values of type t: f16 halves, or 32-value blocks of q8_0 (34
+ * bytes) or q4_0 (18 bytes), as ggml's (quants.h). */
+static uint64_t kv_row_bytes(uint32_t t, uint64_t n)
+{
+    const uint64_t blocks = (n + NF_QK8_0 - 1) / NF_QK8_0;
+    switch (t) {
+    case NF_TYPE_Q8_0: return blocks * sizeof(nf_block_q8_0);
+    case NF_TYPE_Q4_0: return blocks * sizeof(nf_block_q4_0);
+    default: return n * sizeof(nf_fp16_t);
+    }
+}
+
+/* K and V of one position in every layer, in the shape's cache types (deepseek2: its F16
+ * latent, the one thing cached). */
 static uint64_t kv_token_bytes(const struct nf_stack_shape *sh)
 {
     if (sh->kv_latent)
         return (uint64_t)sh->n_layer * sh->kv_latent * 2;
     uint64_t head_dim = sh->n_embd / sh->n_head;
     uint64_t kv_dim = (uint64_t)sh->n_head_kv * head_dim;
-    return (uint64_t)sh->n_layer * 2 * kv_dim * 2;
+    return (uint64_t)sh->n_layer *
+           (kv_row_bytes(sh->type_k, kv_dim) + kv_row_bytes(sh->type_v, kv_dim));
 }
 
 /* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns
@@ -77,12 +92,16 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     p->kernel_bytes = NF_STACK_MAPPINGS * (region / 256) + NF_STACK_KERNEL_BYTES;
 
     const uint64_t n_seq = p->n_seq ? p->n_seq : 1;
-    p->kv_bytes = kv_token_bytes(sh) * n_ctx * n_seq;
-    if (p->kv_block) { /* on disk: only the resident blocks (kv_file.h) */
+    p->kv_token_bytes = kv_token_bytes(sh);
+    p->type_k = sh->type_k ? sh->type_k : NF_TYPE_F16;
+    p->type_v = sh->type_v ? sh->type_v : NF_TYPE_F16;
+    p->kv_bytes = p->kv_token_bytes * n_ctx * n_seq;
+    p->kv_file_bytes = 0;
+    if (p->kv_block) { /* on disk: only the resident blocks (kv_file.h), rows of the types */
         p->kv_file_bytes = p->kv_bytes;
         p->kv_bytes =
             nf_kv_file_resident_bound((int)sh->n_layer, (int)n_ctx, (int)n_seq, (int)p->kv_block,
-                                      (size_t)(kv_token_bytes(sh) / sh->n_layer));
+                                      (size_t)(p->kv_token_bytes / sh->n_layer));
     }
     /* Compute's float activations: per token of a prompt chunk (the ubatch) the residual and
      * its normed copies, q/k/v, attention output, FFN hidden states and their quantized
@@ -277,19 +296,29 @@ int nf_stack_plan_seq_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n
                          uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch,
                          struct nf_stack_plan *plan, char *err, size_t errlen)
 {
-    return nf_stack_plan_kv(f, ram_budget, n_ctx_req, n_threads, n_seq, n_ubatch, 0, plan, err,
-                            errlen);
+    return nf_stack_plan_kv(f, ram_budget, n_ctx_req, n_threads, n_seq, n_ubatch, NF_TYPE_F16,
+                            NF_TYPE_F16, 0, plan, err, errlen);
 }
 
 int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
-                     uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch, uint32_t kv_block,
-                     struct nf_stack_plan *plan, char *err, size_t errlen)
+                     uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch, uint32_t type_k,
+                     uint32_t type_v, uint32_t kv_block, struct nf_stack_plan *plan, char *err,
+                     size_t errlen)
 {
     memset(plan, 0, sizeof(*plan));
+    type_k = type_k ? type_k : NF_TYPE_F16;
+    type_v = type_v ? type_v : NF_TYPE_F16;
+    if (!nf_kv_type_ok((enum nf_type)type_k) || !nf_kv_type_ok((enum nf_type)type_v))
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "stack plan: KV cache types %u / %u, expected f16 (%d), q8_0 (%d) or q4_0 "
+                       "(%d)",
+                       type_k, type_v, NF_TYPE_F16, NF_TYPE_Q8_0, NF_TYPE_Q4_0);
     struct nf_stack_shape sh;
     int rc = nf__stack_shape(f, &sh, err, errlen);
     if (rc < 0)
         return rc;
+    sh.type_k = type_k;
+    sh.type_v = type_v;
     if (n_threads == 0)
         n_threads = 1;
     if (n_ctx_req > NF_STACK_CTX_MAX || n_threads > 4096 || n_seq > NF_STACK_SEQ_MAX ||

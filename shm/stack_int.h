@@ -33,6 +33,7 @@ struct nf_stack_shape {
     uint64_t class_need[NF_STACK_MAX_CLASSES];  /* bytes one token step reads */
     uint64_t min_slots;                         /* the sum of class_min */
     uint32_t n_ubatch; /* compute's prompt chunk in tokens (nf_stack_plan_ub); 0: the default */
+    uint32_t type_k, type_v; /* KV cache element types (nf_stack_plan_kv); 0: f16 */
 };
 
 /* Where the tables sit inside their areas (shared by the plan and create). */

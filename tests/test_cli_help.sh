@@ -50,6 +50,7 @@ kind() {
         --rms-eps | --rope-scale | --router-skew) K=float ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
     --log-level | --verify | --shape | --type | --arch | --chat-template | --expert-cache) K=enum ;;
+    --prefix-cache) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
     -f | --file | --calibrate | --vocab-from | --api-key-file) K=file ;;
     --watch) K=opt ;;
@@ -65,6 +66,7 @@ kind() {
     --kv-block) K=int ;;
     --kv-offload) K=enum ;;
     --kv-dir) K=str ;;
+    -ctk | -ctv | --cache-type-k | --cache-type-v) K=enum ;;
     *) K="" ;;
     esac
 }
@@ -102,6 +104,7 @@ good() {
     --experts) G=4 ;;
     --vocab) G=512 ;;
     -ub | --ubatch-size | --ubatch) G=8 ;;
+    -ctk | -ctv | --cache-type-k | --cache-type-v) G=q8_0 ;;
     --draft-max) G=4 ;;
     --kv-block) G=4 ;;
     --kv-offload) G=auto ;;
@@ -125,6 +128,7 @@ good() {
     --log-level) G=warn ;;
     --verify) G=sample ;;
     --expert-cache) G=cyclic ;;
+    --prefix-cache) G=off ;;
     --router-skew) G=2 ;;
     --shape) G=tiny ;;
     --type) G=q8_0 ;;
@@ -187,7 +191,8 @@ parsed_flags() {
     case "$1" in
     run) echo "-m --model -p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty --presence-penalty --frequency-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
-        "--chat --system --chat-template -ub --ubatch-size" ;;
+        "--chat --system --chat-template -ub --ubatch-size -ctk --cache-type-k -ctv" \
+        "--cache-type-v" ;;
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;
     mkmodel) echo "--shape --dim --layers --layers-override --ffn --heads --kv-heads --experts" \
         "--experts-used --vocab --ctx --rope-base --rms-eps --type --seed --zero --vocab-from" \
@@ -201,7 +206,7 @@ parsed_flags() {
     inspect | status) echo "--json" ;;
     up) echo "-m --model --ram -t --threads --sparsity -c --ctx --ctx-size --run-dir --log-level" \
         "--max-tokens-per-request --http --api-key-file --chat-template --expert-cache -ub" \
-        "--ubatch-size" ;;
+        "--ubatch-size -ctk --cache-type-k -ctv --cache-type-v" ;;
     stats) echo "--run-dir --json --watch" ;;
     gen) echo "-p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
         "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --json --top-logits" \
@@ -210,12 +215,12 @@ parsed_flags() {
     chat) echo "-n --n-predict --system --chat-template --temp --top-k --top-p --min-p" \
         "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --timeout --run-dir" ;;
     nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --ubatch --qd" \
-        "--verify" \
+        "--verify --cache-type-k --cache-type-v" \
         "--no-uring --numa-node --expert-cache --foreground --log-level" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
         "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
     nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx --ubatch" \
-        "--attach-timeout --max-tokens-per-request --foreground --log-level" ;;
+        "--cache-type-k --cache-type-v --attach-timeout --max-tokens-per-request --foreground --log-level" ;;
     nanoflow-gateway) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
         "--attach-timeout --foreground --log-level --http --api-key-file --chat-template" \
         "--max-conns --max-body --max-queue --max-running" ;;

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "json_mini.h"
+#include "kv_quant.h"
 #include "model.h"
 #include "nf_err.h"
 #include "quants.h"
@@ -169,6 +170,14 @@ static void test_model(void **state)
     struct nf_ctx *c = NULL;
     assert_int_equal(nf_ctx_create(&c, m, 512, 2), 0);
     c->attn_mode = attn_mode_from_env(c->attn_mode);
+    /* NF_GOLDEN_CTK / NF_GOLDEN_CTV: the KV cache types the golden was made with (llama.cpp's
+     * -ctk / -ctv); F16 when unset. */
+    enum nf_type tk = NF_TYPE_F16, tv = NF_TYPE_F16;
+    const char *ctk = getenv("NF_GOLDEN_CTK"), *ctv = getenv("NF_GOLDEN_CTV");
+    assert_true(!ctk || nf_kv_type_parse(ctk, &tk) == 0);
+    assert_true(!ctv || nf_kv_type_parse(ctv, &tv) == 0);
+    if (nf_ctx_set_kv_types(c, tk, tv, err, sizeof(err)) < 0)
+        fail_msg("%s: %s", path, err);
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -228,6 +237,10 @@ int main(void)
         one.path = gm;
         one.golden = gg;
         one.bitexact = getenv("NF_GOLDEN_NOT_BITEXACT") == NULL;
+        /* NF_GOLDEN_TOL=T: the first step's tolerance and the near-tie gap, for a run whose
+         * arithmetic is not llama.cpp's (a quantized V cache against its f16-V output). */
+        if (getenv("NF_GOLDEN_TOL"))
+            one.tol = one.gap_tol = atof(getenv("NF_GOLDEN_TOL"));
         const struct CMUnitTest t[] = {{gm, test_model, NULL, NULL, &one}};
         return cmocka_run_group_tests(t, NULL, NULL);
     }

@@ -331,7 +331,9 @@ static void test_plan(void **state)
     assert_int_equal(nf_stack_plan_seq_ub(f, budget, 65536, 1, 1, 0, &ram, err, sizeof(err)), 0);
     assert_true(ram.n_ctx < 65536); /* 40 MiB of KV in RAM: capped */
     assert_int_equal(ram.kv_block, 0);
-    assert_int_equal(nf_stack_plan_kv(f, budget, 65536, 1, 1, 0, 64, &disk, err, sizeof(err)), 0);
+    assert_int_equal(nf_stack_plan_kv(f, budget, 65536, 1, 1, 0, NF_TYPE_F16, NF_TYPE_F16, 64,
+                                      &disk, err, sizeof(err)),
+                     0);
     assert_int_equal(disk.n_ctx, 65536);
     assert_int_equal(disk.kv_block, 64);
     const size_t row = 2 * 2 * 32; /* K and V of one position in one layer: 4 heads of 8, F16 */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "daemon.h"
+#include "kv_quant.h"
 #include "nf_err.h"
 #include "nf_size.h"
 #include "stack.h"
@@ -23,6 +24,8 @@ enum {
     ARG_ATTACH,
     ARG_PARALLEL,
     ARG_UBATCH,
+    ARG_CACHE_TYPE_K,
+    ARG_CACHE_TYPE_V,
     ARG_KV_BLOCK,
 };
 _Static_assert(ARG_KV_BLOCK < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
@@ -39,6 +42,8 @@ static const struct option shared_opts[] = {
     {"parallel", required_argument, NULL, ARG_PARALLEL},
     {"help", no_argument, NULL, 'h'},
     {"ubatch", required_argument, NULL, ARG_UBATCH},
+    {"cache-type-k", required_argument, NULL, ARG_CACHE_TYPE_K},
+    {"cache-type-v", required_argument, NULL, ARG_CACHE_TYPE_V},
     {"kv-block", required_argument, NULL, ARG_KV_BLOCK},
 };
 #define N_SHARED (sizeof(shared_opts) / sizeof(shared_opts[0]))
@@ -107,6 +112,17 @@ static int parse_shared(const char *role, int c, const char *v, struct nf_daemon
         if ((rc = nf_daemon_arg_long(v, 1, 4096, &n)) == 0)
             a->ubatch = (uint32_t)n;
         break;
+    case ARG_CACHE_TYPE_K:
+    case ARG_CACHE_TYPE_V: { /* f16, q8_0 or q4_0 (the caller names the flag and --help) */
+        enum nf_type t;
+        if ((rc = nf_kv_type_parse(v, &t)) < 0)
+            rc = -EINVAL;
+        else if (c == ARG_CACHE_TYPE_K)
+            a->type_k = (uint32_t)t;
+        else
+            a->type_v = (uint32_t)t;
+        break;
+    }
     case ARG_KV_BLOCK:
         if ((rc = nf_daemon_arg_long(v, 0, NF_KV_BLOCK_MAX, &n)) == 0)
             a->kv_block = (uint32_t)n;

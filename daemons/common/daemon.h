@@ -129,6 +129,9 @@ struct nf_daemon_args {
     bool foreground;         /* --foreground */
     enum nf_log_level level; /* --log-level L (default info) */
     uint32_t ubatch;         /* --ubatch N in 1..4096: compute's prompt chunk; 0 when not given */
+    /* --cache-type-k / --cache-type-v T (f16, q8_0, q4_0) as enum nf_type; 0 when not given:
+     * the fetcher plans the KV cache with them, compute keeps it so (else the region's). */
+    uint32_t type_k, type_v;
     uint32_t kv_block; /* --kv-block N in 0..NF_KV_BLOCK_MAX: compute's KV cache on disk in blocks
                         * of N positions (the plan's kv_block); 0 (default): in RAM */
 };

@@ -60,7 +60,30 @@ struct nf_gen_job {
     uint64_t t_queued_ns;  /* nf_now_ns when queued */
     uint32_t ahead;        /* jobs ahead of it when queued, the running one included */
     atomic_int cancel;
+    /* The prompt's tokens (n_ids; NULL until the worker tokenizes it, nf_gen_job_tokens), owned
+     * until nf_gen_run_begin takes them. */
+    int32_t *ids;
+    int n_ids;
     struct nf_gen_job *next;
+};
+
+/* Prefix reuse (`up --prefix-cache on`, the default): each KV cache slot keeps, after its
+ * sequence ends, the tokens of the prompt positions whose cells hold exactly what a cold
+ * evaluation of those tokens leaves there. A prompt is evaluated in chunks of the ubatch from
+ * position 0, and a chunk's cells depend on its extent (the attention of a chunk pads its view
+ * of the cache to the chunk's last position, and a chunk of one token takes the one-token
+ * kernels), so only the whole chunks of the prompt qualify: the first n_prompt / ub * ub
+ * positions; the last partial chunk and the generated tokens (one-token steps) are computed
+ * differently from a longer prompt's chunks and are not kept. A request whose prompt starts
+ * with kept tokens takes the free slot with the longest such prefix (a multiple of the ubatch,
+ * at least NF_GEN_PREFIX_MIN, at most n_prompt - 1), rolls the slot back to it and evaluates
+ * the rest of its prompt from there, in chunks aligned as a cold run's: its output is bit for
+ * bit a cold run's (docs/exactness.md). */
+#define NF_GEN_PREFIX_MIN 16
+struct nf_gen_kept {
+    int32_t *ids;  /* (n_ctx) */
+    int n;         /* tokens kept: a multiple of the ubatch, 0 for none */
+    uint64_t used; /* g->kept_clock when last stored or taken (the least recent goes first) */
 };
 
 struct nf_gen {
@@ -72,10 +95,12 @@ struct nf_gen {
     int n_threads;
     int n_ctx;
     float sparsity;
-    int n_ubatch;   /* prompt tokens per chunk (--ubatch); 0: the stream's default */
-    int max_tokens; /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
-    int parallel;   /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
-    bool lookup;    /* requests speculate with prompt lookup unless they say otherwise */
+    int n_ubatch;       /* prompt tokens per chunk (--ubatch); 0: the stream's default */
+    int type_k, type_v; /* KV cache types (enum nf_type; 0: f16), nf_stream_opts' */
+    int max_tokens;     /* per-request token limit, 1..NF_GEN_MAX_N_PREDICT; 0: the default */
+    int parallel;       /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
+    bool lookup;        /* requests speculate with prompt lookup unless they say otherwise */
+    bool prefix_off;    /* --prefix-cache off: every prompt evaluated whole, no slot keeps one */
     /* The KV cache on disk in kv_path, in blocks of kv_block positions (0: in RAM). */
     int kv_block;
     char kv_path[PATH_MAX];
@@ -100,6 +125,12 @@ struct nf_gen {
     /* Counters for Stats (under mu): jobs started, their summed queue waits, jobs clamped. */
     uint64_t n_started, wait_ns, n_clamped;
     uint64_t n_drafted, n_accepted; /* speculative decoding: drafts verified and accepted */
+    /* Prefix reuse (under mu): requests whose prompt started from a kept prefix, the prompt
+     * tokens they did not evaluate, and the tokens they shared with the slot's kept ones
+     * (reused ones plus those recomputed to keep the chunks aligned). */
+    uint64_t n_prefix_hits, n_prefix_reused, n_prefix_common;
+    struct nf_gen_kept *kept; /* (parallel) each slot's kept prefix (worker only) */
+    uint64_t kept_clock;      /* worker only */
     /* Batched steps that served two or more sequences, and their sequences (under mu). */
     uint64_t n_shared_steps, n_shared_rows;
     bool stop;
@@ -137,7 +168,9 @@ void nf_gen_fail_all(struct nf_gen *g, struct nf_server *srv, const char *msg);
  * run at once), shared_steps and shared_rows (steps that served two or more sequences, and
  * those sequences), requests (started), queue_wait_ns (their summed waits), clamped (requests
  * cut to the per-request token limit), drafted and accepted (speculative decoding's draft
- * tokens verified and accepted). Returns nf_server_send's result. */
+ * tokens verified and accepted), prefix_hits, prefix_reused and prefix_common (prefix reuse:
+ * requests started from a kept prefix, the prompt tokens they did not evaluate, the tokens
+ * their prompts shared with the kept ones). Returns nf_server_send's result. */
 int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, uint64_t req_id);
 /* Bytes of private memory of the engine (for logs). */
 uint64_t nf_gen_engine_bytes(const struct nf_gen *g);
@@ -154,6 +187,8 @@ struct nf_gen_run {
     struct nf_gen_job *j;
     int slot;
     double wait_s; /* its wait in the queue */
+    int reuse;     /* prompt positions taken from the slot's kept prefix (0: none) */
+    int common;    /* tokens the prompt shares with the slot's kept prefix */
     struct nf_gen_engine e;
     struct nf_gen_seq q;
     int32_t *ids; /* the tokenized prompt */
@@ -168,6 +203,12 @@ struct nf_gen_run {
     uint64_t last_frame_ns; /* nf_now_ns when the last frame went to the client */
     uint64_t progress_ns;   /* least interval between PromptProgress frames */
 };
+/* job.c: tokenizes j's prompt into j->ids once (the driver's BOS rule). Returns its count, or
+ * a negative code (nf_gen_run_begin tokenizes again to answer the error). */
+int nf_gen_job_tokens(struct nf_gen *g, struct nf_gen_job *j);
+/* job.c: the prompt positions ids[0..n) may take from slot's kept prefix (0: none, or prefix
+ * reuse is off); with common set, the tokens they share with it. */
+int nf_gen_prefix_len(const struct nf_gen *g, int slot, const int32_t *ids, int n, int *common);
 /* job.c: prepares r to run job j (which waited wait_s) on slot: tokenizes the prompt and checks
  * the context. Returns 0, or a negative code after answering j with an Error (r then holds
  * nothing). Allocates per request (tokens, sampler); the steps do not. */

@@ -10,6 +10,69 @@
 #include "nf_err.h"
 #include "nf_time.h"
 
+/* --- prefix reuse (gen.h) -------------------------------------------------------------------- */
+
+int nf_gen_job_tokens(struct nf_gen *g, struct nf_gen_job *j)
+{
+    if (!j->ids) {
+        char err[512];
+        j->n_ids = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &j->ids, err, sizeof(err));
+        if (j->n_ids < 0)
+            return j->n_ids; /* j->ids stays NULL: nf_gen_run_begin answers the error */
+    }
+    return j->n_ids;
+}
+
+int nf_gen_prefix_len(const struct nf_gen *g, int slot, const int32_t *ids, int n, int *common)
+{
+    if (common)
+        *common = 0;
+    if (g->prefix_off || !g->kept || n < 1)
+        return 0;
+    const struct nf_gen_kept *k = &g->kept[slot];
+    int l = 0;
+    while (l < k->n && l < n && k->ids[l] == ids[l])
+        l++;
+    if (common)
+        *common = l;
+    /* Whole chunks only (k->n is a multiple of the ubatch, so is l rounded down), and at least
+     * one token left to evaluate: the logits of the prompt's last token are needed. */
+    const int ub = nf_stream_ubatch(g->s);
+    if (l > n - 1)
+        l = n - 1;
+    l = l / ub * ub;
+    return l >= NF_GEN_PREFIX_MIN ? l : 0;
+}
+
+/* After r's prompt eval (toks[0..n), rc its result): what its slot keeps. On success, the
+ * tokens of the whole ubatch chunks (gen.h); on failure nothing (the cells past the reused
+ * prefix were partly overwritten, and an error leaves the sequence undefined). Counts a hit. */
+static void prefix_keep(struct nf_gen_run *r, const int32_t *toks, int n, int rc)
+{
+    struct nf_gen *g = r->g;
+    if (g->prefix_off || !g->kept)
+        return;
+    struct nf_gen_kept *k = &g->kept[r->slot];
+    k->used = ++g->kept_clock;
+    if (rc < 0) {
+        k->n = 0;
+        return;
+    }
+    const int ub = nf_stream_ubatch(g->s);
+    k->n = n / ub * ub;
+    memcpy(k->ids, toks, sizeof(int32_t) * (size_t)k->n);
+    if (r->reuse > 0) {
+        pthread_mutex_lock(&g->mu);
+        g->n_prefix_hits++;
+        g->n_prefix_reused += (uint64_t)r->reuse;
+        g->n_prefix_common += (uint64_t)r->common;
+        pthread_mutex_unlock(&g->mu);
+        nf_log(NF_LOG_INFO,
+               "request %llu: %d of %d prompt tokens reused from slot %d (%d in common)",
+               (unsigned long long)r->j->req_id, r->reuse, n, r->slot, r->common);
+    }
+}
+
 /* The driver's engine for one run: its slot of g's stream. The prompt is evaluated at once (alone,
  * counted in the stack's compute counters); a decode token is left pending for the batched
  * step (nf_gen_run_batch). */
@@ -25,20 +88,25 @@ static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
         return 0;
     }
     /* A prompt, or a speculating run's step without drafts: on its slot alone, now (the
-     * driver reads its logits right after). */
+     * driver reads its logits right after). A prompt starting from a kept prefix evaluates
+     * the rest from there (job_reset rolled the slot back to it). */
+    const int skip = prompt ? r->reuse : 0;
+    NF_ASSERT(skip < n);
     struct nf_stack_counters *c = g->st->ctr;
     const uint64_t t0 = nf_now_ns();
     g->step = atomic_fetch_add(&c->c_step, 1) + 1;
     if (!prompt)
         nf_stream_set_abort(g->s, &r->j->cancel);
-    int rc = nf_stream_slot_eval(g->s, r->slot, toks, n);
+    int rc = nf_stream_slot_eval(g->s, r->slot, toks + skip, n - skip);
     if (!prompt)
         nf_stream_set_abort(g->s, NULL);
     const uint64_t dt = nf_now_ns() - t0;
     if (rc == 0) {
-        atomic_fetch_add(prompt ? &c->c_prompt_tokens : &c->c_decode_tokens, (uint64_t)n);
+        atomic_fetch_add(prompt ? &c->c_prompt_tokens : &c->c_decode_tokens, (uint64_t)(n - skip));
         atomic_fetch_add(prompt ? &c->c_prompt_ns : &c->c_decode_ns, dt);
     }
+    if (prompt)
+        prefix_keep(r, toks, n, rc);
     nf_gen_flush_counters(g);
     return rc;
 }
@@ -86,9 +154,13 @@ static int job_n_past(void *ud)
     return nf_stream_slot_n_past(r->g->s, r->slot);
 }
 
+/* Before the prompt: the slot forgets its sequence, except the kept prefix r reuses. */
 static void job_reset(void *ud)
 {
     struct nf_gen_run *r = ud;
+    if (r->reuse > 0 && nf_stream_slot_rollback(r->g->s, r->slot, r->reuse) == 0)
+        return;
+    r->reuse = 0;
     nf_stream_slot_reset(r->g->s, r->slot);
 }
 
@@ -231,8 +303,15 @@ int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *
                                     .ud = r,
                                     .logprobs = j->logprobs,
                                     .draft = r->spec ? &r->draft : NULL};
-    /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed. */
-    int n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &r->ids, err, sizeof(err));
+    /* Tokenize as `run` does: BOS as the vocabulary says, special tokens parsed (admit did it
+     * to choose the slot; again here only to say why it failed). */
+    int n = j->n_ids;
+    r->ids = j->ids;
+    j->ids = NULL;
+    if (!r->ids)
+        n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &r->ids, err, sizeof(err));
+    if (n > 0)
+        r->reuse = nf_gen_prefix_len(g, slot, r->ids, n, &r->common);
     if (n < 0 || (n = nf_gen_seq_init(&r->q, &r->e, g->v, r->ids, n, &p, err, sizeof(err))) < 0) {
         if (n == NF_ECTXFULL) { /* as `run` says it: what bounds the context */
             const size_t l = strlen(err);

@@ -10,10 +10,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "daemon.h"
 #include "gen.h"
+#include "kv_quant.h"
 #include "nf_err.h"
 #include "nf_proc.h"
 #include "nft.h"
@@ -40,8 +42,9 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: nanoflow-compute --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
-            "                        [--attach-timeout S]\n"
+            "                        [--cache-type-k T] [--cache-type-v T] [--attach-timeout S]\n"
             "                        [--max-tokens-per-request N] [--lookup] [--draft FILE]\n"
+            "                        [--prefix-cache on|off]\n"
             "                        [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
@@ -63,6 +66,9 @@ static void usage(FILE *out)
             "                      the plan's (default: the plan's)\n"
             "  --ubatch N          prompt tokens evaluated together, 1..4096: each weight tile\n"
             "                      is read once per chunk of N (default: 32)\n"
+            "  --cache-type-k T    KV cache type of K: f16, q8_0 or q4_0 (default: the plan's,\n"
+            "                      which up's flag of this name sets; f16 without one)\n"
+            "  --cache-type-v T    KV cache type of V, likewise (default: the plan's)\n"
             "  --max-tokens-per-request N\n"
             "                      tokens one request may generate, 1..1000000; a request\n"
             "                      asking more is clamped (its reply says so) so that requests\n"
@@ -78,6 +84,10 @@ static void usage(FILE *out)
             "  --kv-block N        the stack's KV cache on disk in blocks of N positions\n"
             "                      (every daemon; `up` passes it), 0..65536; 0 = in RAM\n"
             "                      (default: 0)\n"
+            "  --prefix-cache on|off\n"
+            "                      keep each slot's prompt tokens after its sequence ends, and\n"
+            "                      start a prompt that extends them from the kept KV cells\n"
+            "                      (whole ubatch chunks: the output is the same) (default: on)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
             "                      (default 30)\n"
             "  --foreground        stay attached, log to stderr (default: detach and log to\n"
@@ -87,13 +97,14 @@ static void usage(FILE *out)
             NF_GEN_DEFAULT_MAX_TOKENS);
 }
 
-enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT, ARG_KV_DIR };
+enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT, ARG_KV_DIR, ARG_PREFIX_CACHE };
 
 static const struct option own_opts[] = {
     {"max-tokens-per-request", required_argument, NULL, ARG_MAX_TOKENS},
     {"lookup", no_argument, NULL, ARG_LOOKUP},
     {"draft", required_argument, NULL, ARG_DRAFT},
     {"kv-dir", required_argument, NULL, ARG_KV_DIR},
+    {"prefix-cache", required_argument, NULL, ARG_PREFIX_CACHE},
     {NULL, 0, NULL, 0},
 };
 
@@ -112,6 +123,12 @@ static int parse_own(int val, const char *arg, void *ud)
     }
     if (val == ARG_KV_DIR) {
         m->kv_dir = arg;
+        return 0;
+    }
+    if (val == ARG_PREFIX_CACHE) {
+        if (strcmp(arg, "on") && strcmp(arg, "off"))
+            return -EINVAL;
+        m->gen.prefix_off = !strcmp(arg, "off");
         return 0;
     }
     if (val != ARG_MAX_TOKENS || nf_daemon_arg_long(arg, 1, NF_GEN_MAX_N_PREDICT, &v) < 0)
@@ -151,6 +168,9 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.max_tokens = m->max_tokens;
     m->gen.parallel = m->o.parallel > 0 ? (int)m->o.parallel : cfg->n_seq ? (int)cfg->n_seq : 1;
     m->gen.n_ubatch = (int)m->o.ubatch;
+    /* The KV types the fetcher planned with (the region's), unless given here. */
+    m->gen.type_k = (int)(m->o.type_k ? m->o.type_k : cfg->kv_type_k);
+    m->gen.type_v = (int)(m->o.type_v ? m->o.type_v : cfg->kv_type_v);
     /* The plan puts the KV cache on disk (up --kv-offload): its file, created empty. */
     m->gen.kv_block = (int)cfg->kv_block;
     if (m->gen.kv_block)
@@ -164,9 +184,11 @@ static int start(struct compute *m, char *err, size_t errlen)
     atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
     nf_log(NF_LOG_INFO,
            "engine ready: %s, n_ctx %d, %d sequences, %d threads, sparsity %.2f, ubatch %d, "
-           "%.1f MiB of KV caches and scratch%s%s",
+           "KV %s/%s, %.1f MiB of KV caches and scratch%s%s",
            m->o.model, m->gen.n_ctx, m->gen.parallel, m->gen.n_threads, (double)m->gen.sparsity,
            m->gen.n_ubatch ? m->gen.n_ubatch : NF_MAX_BATCH,
+           nf_kv_type_name(m->gen.type_k ? (enum nf_type)m->gen.type_k : NF_TYPE_F16),
+           nf_kv_type_name(m->gen.type_v ? (enum nf_type)m->gen.type_v : NF_TYPE_F16),
            (double)nf_gen_engine_bytes(&m->gen) / 1048576.0,
            m->gen.kv_block ? ", KV on disk in " : "", m->gen.kv_block ? m->gen.kv_path : "");
     return 0;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "gen.h"
+#include "kv_quant.h"
 #include "nf_err.h"
 #include "nf_time.h"
 
@@ -16,6 +17,7 @@ static void job_free(struct nf_gen_job *j)
     if (!j)
         return;
     free(j->prompt);
+    free(j->ids);
     free(j);
 }
 
@@ -26,6 +28,28 @@ static void slot_release(struct nf_gen *g, int i)
     g->running[i] = NULL;
     g->n_running--;
     pthread_mutex_unlock(&g->mu);
+}
+
+/* Worker, under mu: the free slot for job j, or -1 when none is free. Without prefix reuse the
+ * first free one. With it, the one whose kept prefix saves j the most prompt tokens (gen.h);
+ * when none saves any, the one whose kept prefix was used least recently, so that the
+ * prefixes of recent sequences stay for their next turn. */
+static int pick_slot(struct nf_gen *g, const struct nf_gen_job *j)
+{
+    int best = -1, best_len = 0;
+    for (int i = 0; i < g->parallel; i++) {
+        if (g->running[i])
+            continue;
+        if (g->prefix_off || !g->kept)
+            return i;
+        const int l = j->ids ? nf_gen_prefix_len(g, i, j->ids, j->n_ids, NULL) : 0;
+        if (best < 0 || l > best_len ||
+            (l == best_len && l == 0 && g->kept[i].used < g->kept[best].used)) {
+            best = i;
+            best_len = l;
+        }
+    }
+    return best;
 }
 
 /* Worker: moves queued jobs to free slots, oldest first, waiting while there is nothing to do.
@@ -41,10 +65,17 @@ static int admit(struct nf_gen *g, int *fresh, double *wait_s)
         pthread_mutex_unlock(&g->mu);
         return -1;
     }
-    for (int i = 0; i < g->parallel && g->head; i++) {
-        if (g->running[i])
-            continue;
+    while (g->head && g->n_running < g->parallel) {
         struct nf_gen_job *j = g->head;
+        if (!g->prefix_off && !j->ids) {
+            /* Its tokens choose its slot. Tokenized outside the lock: only this thread takes
+             * jobs off the queue, so j stays at its head. */
+            pthread_mutex_unlock(&g->mu);
+            nf_gen_job_tokens(g, j);
+            pthread_mutex_lock(&g->mu);
+        }
+        const int i = pick_slot(g, j);
+        NF_ASSERT(i >= 0); /* n_running < parallel */
         g->head = j->next;
         if (!g->head)
             g->tail = NULL;
@@ -61,6 +92,27 @@ static int admit(struct nf_gen *g, int *fresh, double *wait_s)
     return n;
 }
 
+/* Worker: each slot's kept-prefix record, n_ctx token ids (prefix reuse keeps the KV cells in
+ * the slots themselves: nothing else is allocated for it). 0 or -ENOMEM with init_err set. */
+static int kept_alloc(struct nf_gen *g)
+{
+    const int n_ctx = nf_stream_n_ctx(g->s);
+    g->kept = calloc((size_t)g->parallel, sizeof(*g->kept));
+    for (int i = 0; g->kept && i < g->parallel; i++)
+        if (!(g->kept[i].ids = malloc(sizeof(int32_t) * (size_t)n_ctx)))
+            return nf_errf(g->init_err, sizeof(g->init_err), -ENOMEM,
+                           "out of memory for the kept prefixes' token ids");
+    return g->kept ? 0 : nf_errf(g->init_err, sizeof(g->init_err), -ENOMEM, "out of memory");
+}
+
+static void kept_free(struct nf_gen *g)
+{
+    for (int i = 0; g->kept && i < g->parallel; i++)
+        free(g->kept[i].ids);
+    free(g->kept);
+    g->kept = NULL;
+}
+
 static void *worker(void *arg)
 {
     struct nf_gen *g = arg;
@@ -71,6 +123,8 @@ static void *worker(void *arg)
                                .sparsity = g->sparsity,
                                .n_ubatch = g->n_ubatch,
                                .n_seq = g->parallel,
+                               .type_k = (enum nf_type)g->type_k,
+                               .type_v = (enum nf_type)g->type_v,
                                .kv_path = g->kv_block ? g->kv_path : NULL,
                                .kv_block = g->kv_block};
     struct nf_gen_run *runs = calloc((size_t)g->parallel, sizeof(*runs));
@@ -80,6 +134,8 @@ static void *worker(void *arg)
                  : nf_stream_create(&g->s, g->f, &src, &o, g->init_err, sizeof(g->init_err));
     if (rc == 0)
         rc = nf_stream_set_slots(g->s, g->parallel, g->init_err, sizeof(g->init_err));
+    if (rc == 0 && !g->prefix_off)
+        rc = kept_alloc(g);
     pthread_mutex_lock(&g->mu);
     g->init_rc = rc;
     g->init_done = true;
@@ -172,6 +228,7 @@ int nf_gen_start(struct nf_gen *g, char *err, size_t errlen)
         g->started = false;
         nf_stream_free(g->s); /* made before nf_stream_set_slots failed, or NULL */
         g->s = NULL;
+        kept_free(g);
         free(g->running);
         g->running = NULL;
     }
@@ -201,6 +258,7 @@ void nf_gen_stop(struct nf_gen *g)
     g->n_queued = 0;
     nf_stream_free(g->s);
     g->s = NULL;
+    kept_free(g);
     free(g->running);
     g->running = NULL;
     nf_gen_draft_model_free(&g->dm);
@@ -404,7 +462,20 @@ int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, 
     nf_stats_add(&m, "clamped", g->n_clamped);
     nf_stats_add(&m, "drafted", g->n_drafted);
     nf_stats_add(&m, "accepted", g->n_accepted);
+    nf_stats_add(&m, "prefix_hits", g->n_prefix_hits);
+    nf_stats_add(&m, "prefix_reused", g->n_prefix_reused);
+    nf_stats_add(&m, "prefix_common", g->n_prefix_common);
     pthread_mutex_unlock(&g->mu);
+    /* The KV cache: its element types (enum nf_type) and the bytes of every slot's cache. */
+    const enum nf_type tk = g->type_k ? (enum nf_type)g->type_k : NF_TYPE_F16;
+    const enum nf_type tv = g->type_v ? (enum nf_type)g->type_v : NF_TYPE_F16;
+    nf_stats_add(&m, "kv_type_k", (uint64_t)tk);
+    nf_stats_add(&m, "kv_type_v", (uint64_t)tv);
+    if (g->s) { /* (set once by the worker before it serves anything) */
+        const uint64_t tok = nf_kv_token_bytes(nf_stream_hparams(g->s), tk, tv);
+        nf_stats_add(&m, "kv_token_bytes", tok);
+        nf_stats_add(&m, "kv_bytes", tok * (uint64_t)g->n_ctx * (uint64_t)g->parallel);
+    }
     nf_envelope env;
     nanoflow__envelope__init(&env);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS;

@@ -54,6 +54,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: nanoflow-fetcher --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
+            "                        [--cache-type-k T] [--cache-type-v T]\n"
             "                        [--qd N] [--verify all|sample|none] [--no-uring]\n"
             "                        [--numa-node N] [--expert-cache freq|cyclic] [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
@@ -75,6 +76,9 @@ static void usage(FILE *out)
             "                     holds, 0..32 (default: 0 = chosen from the budget)\n"
             "  --ubatch N         compute's prompt chunk in tokens, 1..4096, whose activations\n"
             "                     the plan holds (default: 32)\n"
+            "  --cache-type-k T   KV cache type of K the plan counts: f16, q8_0 or q4_0 (the\n"
+            "                     region records it for compute; default: f16)\n"
+            "  --cache-type-v T   KV cache type of V, likewise (default: f16)\n"
             "  --qd N             reads in flight (default 16, 1..4096)\n"
             "  --verify MODE      check each tile's XXH3-64: all (default), sample (1 in 16),\n"
             "                     none\n"
@@ -251,7 +255,7 @@ static int create_region(struct fetcher_main *m, char *err, size_t errlen)
     struct nf_stack_plan plan;
     float sparsity = m->a.sparsity >= 0 ? m->a.sparsity : 0;
     int rc = nf_stack_plan_kv(m->f, m->ram, m->a.ctx, m->n_threads, m->a.parallel, m->a.ubatch,
-                              m->a.kv_block, &plan, err, errlen);
+                              m->a.type_k, m->a.type_v, m->a.kv_block, &plan, err, errlen);
     if (rc < 0)
         return rc;
     nf_rundir_shm_name(m->run_dir, m->shm_name, sizeof(m->shm_name));

@@ -1,0 +1,201 @@
+/* test_prefix_engine.c - the rule behind the compute daemon's prefix reuse (daemons/compute/gen.h),
+ * checked on the streaming engine: a slot that evaluated prompt A and generated from it, rolled
+ * back to A's whole ubatch chunks (n_A / ub * ub positions) and given the rest of a prompt B
+ * that extends A and its output, leaves bit for bit the logits of B evaluated cold on a fresh
+ * slot, for the prompt and every later decode step; on dense, quantized and MoE models, with
+ * ubatches of 32, 8 and 5. It also reports, without asserting, what reusing A's partial last
+ * chunk as well would change (docs/exactness.md cites it). */
+#include <dirent.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "model.h"
+#include "nf_err.h"
+#include "nft.h"
+#include "stream.h"
+
+#define N_CTX 128
+#define LEN_A 45 /* prompt A: one or more whole chunks and a partial one for every ubatch */
+#define GEN_A 12 /* tokens generated after A (one-token steps) */
+#define EXTRA 9  /* B = A, A's output, then EXTRA more tokens */
+#define STEPS 8  /* decode steps compared after B */
+
+static char tmpdir[256];
+
+static int setup_dir(void **state)
+{
+    (void)state;
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_prefix_engine-XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown_dir(void **state)
+{
+    (void)state;
+    DIR *d = opendir(tmpdir);
+    struct dirent *e;
+    char p[600];
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
+            unlink(p);
+        }
+    if (d)
+        closedir(d);
+    rmdir(tmpdir);
+    return 0;
+}
+
+static int argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b])
+            b = i;
+    return b;
+}
+
+/* Greedy decoding of n steps on slot i from its current logits; the logits of each step go to
+ * out (n, V) and the tokens to toks. */
+static void decode(struct nf_stream *s, int i, int n, int V, float *out, int32_t *toks)
+{
+    for (int k = 0; k < n; k++) {
+        int32_t t = argmax(nf_stream_slot_logits(s, i), V);
+        if (toks)
+            toks[k] = t;
+        int idx = i;
+        assert_int_equal(nf_stream_step(s, &idx, &t, 1), 0);
+        if (out)
+            memcpy(out + (size_t)k * V, nf_stream_slot_logits(s, i), sizeof(float) * V);
+    }
+}
+
+/* The largest |difference| between a and b (n floats). */
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i] - (double)b[i]));
+    return m;
+}
+
+static void check_model(const char *name, int n_ubatch)
+{
+    char in[512], nft[512], err[512];
+    snprintf(in, sizeof(in), "%s/models/%s.gguf", NF_SHARED_DIR, name);
+    if (access(in, R_OK) != 0) {
+        printf("note: %s is missing, skipped\n", in);
+        return;
+    }
+    snprintf(nft, sizeof(nft), "%s/%s.nft", tmpdir, name);
+    struct nf_nft_convert_opts co = {.tile_size = 16384};
+    if (access(nft, R_OK) != 0 && nf_nft_convert(in, nft, &co, err, sizeof(err)) < 0)
+        fail_msg("convert %s: %s", name, err);
+    struct nf_nft *f;
+    if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    struct nf_tile_src src;
+    assert_int_equal(nf_tile_src_file_open(&src, f, 1 << 20), 0);
+    struct nf_stream_opts o = {.n_ctx = N_CTX, .n_threads = 2, .n_ubatch = n_ubatch, .n_seq = 3};
+    struct nf_stream *s;
+    if (nf_stream_create(&s, f, &src, &o, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    if (nf_stream_set_slots(s, 3, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    const int V = nf_stream_hparams(s)->n_vocab, ub = nf_stream_ubatch(s);
+    assert_int_equal(ub, n_ubatch);
+    /* A, then its output on slot 1: the finished sequence whose slot keeps A. */
+    int32_t b[LEN_A + GEN_A + EXTRA];
+    b[0] = 1;
+    for (int k = 1; k < LEN_A; k++)
+        b[k] = (int32_t)((k * 37 + 11) % V);
+    nf_stream_slot_reset(s, 1);
+    assert_int_equal(nf_stream_slot_eval(s, 1, b, LEN_A), 0);
+    decode(s, 1, GEN_A, V, NULL, b + LEN_A);
+    for (int k = 0; k < EXTRA; k++)
+        b[LEN_A + GEN_A + k] = (int32_t)((k * 53 + 5) % V);
+    const int nb = LEN_A + GEN_A + EXTRA;
+    /* B cold on slot 0. */
+    float *cold = malloc(sizeof(float) * (size_t)(STEPS + 1) * V);
+    float *warm = malloc(sizeof(float) * (size_t)(STEPS + 1) * V);
+    assert_non_null(cold);
+    assert_non_null(warm);
+    nf_stream_slot_reset(s, 0);
+    assert_int_equal(nf_stream_slot_eval(s, 0, b, nb), 0);
+    memcpy(cold, nf_stream_slot_logits(s, 0), sizeof(float) * V);
+    decode(s, 0, STEPS, V, cold + V, NULL);
+    /* B from A's whole chunks on slot 1: identical, prompt and steps. */
+    const int keep = LEN_A / ub * ub;
+    assert_int_equal(nf_stream_slot_rollback(s, 1, keep), 0);
+    assert_int_equal(nf_stream_slot_eval(s, 1, b + keep, nb - keep), 0);
+    memcpy(warm, nf_stream_slot_logits(s, 1), sizeof(float) * V);
+    decode(s, 1, STEPS, V, warm + V, NULL);
+    for (int k = 0; k <= STEPS; k++)
+        if (memcmp(cold + (size_t)k * V, warm + (size_t)k * V, sizeof(float) * V))
+            fail_msg("%s, ubatch %d: B from %d kept positions differs from cold at step %d (max "
+                     "|diff| %.3g)",
+                     name, ub, keep, k,
+                     max_diff(cold + (size_t)k * V, warm + (size_t)k * V, (size_t)V));
+    /* What reusing A whole and its output would give (slot 2 replays A and its output). */
+    nf_stream_slot_reset(s, 2);
+    assert_int_equal(nf_stream_slot_eval(s, 2, b, LEN_A), 0);
+    decode(s, 2, GEN_A, V, NULL, NULL);
+    const int all = LEN_A + GEN_A;
+    assert_int_equal(nf_stream_slot_rollback(s, 2, all), 0);
+    assert_int_equal(nf_stream_slot_eval(s, 2, b + all, nb - all), 0);
+    memcpy(warm, nf_stream_slot_logits(s, 2), sizeof(float) * V);
+    decode(s, 2, STEPS, V, warm + V, NULL);
+    printf("%s, ubatch %2d: reusing %d whole-chunk positions: bit-identical; reusing all %d: max "
+           "|diff| %.3g over the prompt and %d steps\n",
+           name, ub, keep, all, max_diff(cold, warm, (size_t)(STEPS + 1) * V), STEPS);
+    free(cold);
+    free(warm);
+    nf_stream_free(s);
+    nf_tile_src_file_close(&src);
+    nf_nft_close(f);
+}
+
+static void check_all_ubatches(const char *name)
+{
+    check_model(name, 32);
+    check_model(name, 8);
+    check_model(name, 5);
+}
+
+static void test_stories(void **state)
+{
+    (void)state;
+    check_all_ubatches("stories260K");
+}
+
+static void test_quantized(void **state)
+{
+    (void)state;
+    check_all_ubatches("zoo-Q4_K_M");
+    check_all_ubatches("zoo-Q4_0");
+    check_all_ubatches("zoo-F16");
+}
+
+static void test_moe(void **state)
+{
+    (void)state;
+    check_all_ubatches("moe-Q4_K_M");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stories),
+        cmocka_unit_test(test_quantized),
+        cmocka_unit_test(test_moe),
+    };
+    return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
+}
