@@ -2,7 +2,8 @@
  * read back with the same bytes; the streaming engine with its KV in a file gives the logits of
  * the in-RAM cache bit for bit (stories260K, a quantized zoo model, a MoE model), with tiny
  * blocks so that nearly every position comes back from the file; deepseek2, gemma3 and gpt-oss
- * models from mkmodel; slots, batched steps and rollback; a bad path refused in one line. */
+ * models from mkmodel; slots, batched steps and rollback; a bad path refused in one line; a
+ * quantized cache (q8_0 K, q4_0 V) on disk against the same types in RAM. */
 #include <dirent.h>
 #include <errno.h>
 #include <setjmp.h>
@@ -142,6 +143,9 @@ struct engine {
     struct nf_stream *s;
 };
 
+/* The KV types of the engines engine_open makes (0: f16); test_quant sets them. */
+static enum nf_type kv_tk, kv_tv;
+
 static void engine_open(struct engine *e, const char *nft, const char *kv, int block, int n_seq,
                         int ubatch)
 {
@@ -154,6 +158,8 @@ static void engine_open(struct engine *e, const char *nft, const char *kv, int b
                                .n_threads = 2,
                                .n_seq = n_seq,
                                .n_ubatch = ubatch,
+                               .type_k = kv_tk,
+                               .type_v = kv_tv,
                                .kv_path = kv,
                                .kv_block = block};
     if (nf_stream_create(&e->s, e->f, &e->src, &o, err, sizeof(err)) < 0)
@@ -272,6 +278,25 @@ static void test_arch(void **state)
     }
 }
 
+/* Quantized KV on disk (rows are bytes to the file): K q8_0 and V q4_0 rows (136 and 72 bytes
+ * on zoo's 4 KV heads of 32, so no O_DIRECT and blocks that straddle pages) give the logits of
+ * the same types in RAM bit for bit, through two requests and with blocks of 4 and 64. */
+static void test_quant(void **state)
+{
+    (void)state;
+    char in[512];
+    snprintf(in, sizeof(in), "%s/models/zoo-Q8_0.gguf", NF_SHARED_DIR);
+    if (access(in, R_OK) != 0) {
+        print_message("skipping: %s is missing\n", in);
+        skip();
+    }
+    kv_tk = NF_TYPE_Q8_0;
+    kv_tv = NF_TYPE_Q4_0;
+    check_same("zoo-Q8_0", 4, 0, N_GEN);
+    check_same("zoo-Q8_0", 64, 16, 60); /* 3 chunks, the rows of 2 blocks back from the file */
+    kv_tk = kv_tv = 0;
+}
+
 /* Two sequences: prompts alone on their slots, then batched steps and a rollback into a block
  * already on disk; each slot's logits equal the in-RAM engine's. */
 static void test_slots(void **state)
@@ -353,7 +378,7 @@ int main(void)
         cmocka_unit_test(test_blocks),   cmocka_unit_test(test_stories),
         cmocka_unit_test(test_zoo_q4km), cmocka_unit_test(test_moe),
         cmocka_unit_test(test_arch),     cmocka_unit_test(test_slots),
-        cmocka_unit_test(test_plan),
+        cmocka_unit_test(test_plan),     cmocka_unit_test(test_quant),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
