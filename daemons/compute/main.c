@@ -24,9 +24,8 @@
 
 struct compute {
     struct nf_daemon_args o;
-    const char *draft; /* --draft FILE */
-    int max_tokens;    /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
-
+    const char *draft;  /* --draft FILE */
+    int max_tokens;     /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
     const char *kv_dir; /* --kv-dir DIR (NULL: the run directory) */
     char dir[PATH_MAX];
     struct nf_nft *f;
@@ -44,7 +43,7 @@ static void usage(FILE *out)
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
             "                        [--cache-type-k T] [--cache-type-v T] [--attach-timeout S]\n"
             "                        [--max-tokens-per-request N] [--lookup] [--draft FILE]\n"
-            "                        [--prefix-cache on|off]\n"
+            "                        [--prefix-cache on|off] [--kv-dir DIR] [--kv-block N]\n"
             "                        [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
