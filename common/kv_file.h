@@ -1,7 +1,8 @@
 /* kv_file.h - the KV cache as blocks of a file on the SSD (issue 15, item 1).
  *
- * The streaming engine's F16 KV cache keeps its in-RAM layout, (slot, layer, n_ctx, row), but in
- * an address range reserved without memory (MAP_NORESERVE): only the pages in use are resident.
+ * The streaming engine's KV cache keeps its in-RAM layout, (slot, layer, n_ctx, row), but in an
+ * address range reserved without memory (MAP_NORESERVE): only the pages in use are resident. A
+ * row is bytes here (row_k, row_v): F16 halves, or the q8_0 / q4_0 blocks of kv_quant.h.
  * The file mirrors that layout byte for byte (K of every slot and layer, then V), cut into
  * blocks of `block` positions per layer:
  *  - the newest block of each layer and slot (the one being written) stays resident;
