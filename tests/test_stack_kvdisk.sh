@@ -2,7 +2,8 @@
 # test_stack_kvdisk.sh - the KV cache on disk through the stack (`up --kv-offload on`): with
 # blocks of 4 positions (nearly every position is read back from the file) stories260K gives the
 # golden greedy tokens of all 8 prompts and the same `gen --json` lines as `run`; so do
-# zoo-Q4_K_M and moe-Q4_K_M (blocks of 8); bad flags are refused; `down` removes the file.
+# zoo-Q4_K_M and moe-Q4_K_M (blocks of 8), and zoo-Q8_0 with a q8_0 / q4_0 KV cache on disk;
+# bad flags are refused; `down` removes the file.
 # test_stack_kvdisk_crash.sh has auto mode, the free-disk check and the kill -9 case.
 set -u
 . "$(dirname "$0")/lib.sh"
@@ -76,27 +77,35 @@ check "stories: down exits 0" $?
 [ ! -e "$KV" ]
 check "stories: down removed the KV file" $?
 
-# 2. A quantized zoo model and a MoE model (blocks of 8): gen equals run line for line.
-for m in zoo-Q4_K_M moe-Q4_K_M; do
+# 2. A quantized zoo model and a MoE model (blocks of 8): gen equals run line for line; and a
+# quantized KV cache on disk (zoo-Q8_0, -ctk q8_0 -ctv q4_0: rows of 136 and 72 bytes) equals
+# run with the same types.
+for m in zoo-Q4_K_M moe-Q4_K_M zoo-Q8_0; do
     R="$T/run-$m"
+    CT=()
+    [ "$m" = zoo-Q8_0 ] && CT=(-ctk q8_0 -ctv q4_0)
     "$NF_BIN" up -m "$NF_SHARED_DIR/models/$m.gguf" --ram 128M -t 1 -c 128 --kv-offload on \
-        --kv-block 8 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
-    check "$m: up --kv-offload on exits 0" $?
+        --kv-block 8 "${CT[@]}" --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
+    check "$m: up --kv-offload on ${CT[*]} exits 0" $?
+    if [ ${#CT[@]} -gt 0 ]; then
+        grep -q "KV cache K q8_0, V q4_0" "$T/up.out" && grep -q "KV cache on disk" "$T/up.out"
+        check "$m: up plans a q8_0 / q4_0 KV cache on disk" $?
+    fi
     ARGS=(-p "Once upon a time" -n 100 --temp 0 --json --top-logits 3)
     "$NF_BIN" gen --run-dir "$R" "${ARGS[@]}" >"$T/gen-$m.jsonl" 2>/dev/null
-    "$NF_BIN" run -m "$NF_SHARED_DIR/models/$m.gguf" -t 1 -c 128 "${ARGS[@]}" \
+    "$NF_BIN" run -m "$NF_SHARED_DIR/models/$m.gguf" -t 1 -c 128 "${ARGS[@]}" "${CT[@]}" \
         >"$T/run-$m.jsonl" 2>/dev/null
     "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
 done
 python3 - "$T" <<'PY'
 import json, sys
-for m in ("zoo-Q4_K_M", "moe-Q4_K_M"):
+for m in ("zoo-Q4_K_M", "moe-Q4_K_M", "zoo-Q8_0"):
     gen = [json.loads(l) for l in open(f"{sys.argv[1]}/gen-{m}.jsonl", encoding="utf-8")]
     run = [json.loads(l) for l in open(f"{sys.argv[1]}/run-{m}.jsonl", encoding="utf-8")]
     assert len(gen) == len(run) and len(gen) > 20, (m, len(gen), len(run))
     assert gen[:-1] == run[:-1], f"{m}: token lines differ"
     assert gen[-1]["gen_ids"] == run[-1]["gen_ids"], m
 PY
-check "zoo-Q4_K_M, moe-Q4_K_M: gen with the KV on disk equals run (ids and top logits)" $?
+check "zoo-Q4_K_M, moe-Q4_K_M, zoo-Q8_0 (q8_0 / q4_0 KV): gen with the KV on disk equals run" $?
 
 exit $fail
