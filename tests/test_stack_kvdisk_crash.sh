@@ -57,16 +57,26 @@ check "auto: --kv-offload off keeps the KV in RAM and caps the context" $?
 #    budget given holds their resident blocks, 4 GiB each: nothing is allocated).
 cp "$M0" "$T/huge.gguf"
 patch_ctx "$T/huge.gguf" 16777216
+#    The KV directory is the smaller of $T's file system and /dev/shm: `up` refuses a budget
+#    above the machine's RAM first, so 5 GiB per sequence must stay below it.
+KD=$T
 FREE_G=$(df -BG --output=avail "$T" | tail -1 | tr -dc 0-9)
+SHM_G=$( [ -d /dev/shm ] && [ -w /dev/shm ] && df -BG --output=avail /dev/shm | tail -1 | tr -dc 0-9)
+if [ -n "$SHM_G" ] && [ "$SHM_G" -lt "$FREE_G" ]; then
+    KD=/dev/shm
+    FREE_G=$SHM_G
+fi
+MEM_G=$(awk '/^MemTotal:/ { print int($2 / 1048576) }' /proc/meminfo)
 NSEQ=$((FREE_G / 10 + 1))
-if [ "$NSEQ" -le 32 ]; then
+if [ "$NSEQ" -le 32 ] && [ $((NSEQ * 5)) -lt "$MEM_G" ]; then
     expect "a KV file over the free disk refused" 1 "needs .* free: lower -c" "$NF_BIN" up \
         -m "$T/huge.gguf" --ram $((NSEQ * 5))G -t 1 -c 16777216 --parallel "$NSEQ" \
-        --kv-offload on --run-dir "$T/run-huge"
+        --kv-offload on --kv-dir "$KD" --run-dir "$T/run-huge"
     [ "$(grep -c "nanoflowctl up" "$T/err")" -eq 1 ]
     check "the refusal is one line" $?
 else
-    echo "skip: the disk has ${FREE_G}G free, more than 32 sequences' KV files"
+    echo "skip: $KD has ${FREE_G}G free: ${NSEQ} sequences' KV files, a budget of" \
+        "$((NSEQ * 5))G against ${MEM_G}G of RAM"
 fi
 
 # 3. kill -9 of compute mid-generation: `up` again starts a new stack over the dead one (the
