@@ -51,12 +51,33 @@ static enum nf_isa detect_isa(void)
 #endif
 }
 
+/* AVX512-BF16 (vdpbf16ps): CPUID leaf 7 subleaf 1, EAX bit 5, on top of the AVX-512 level. */
+static bool detect_avx512bf16(void)
+{
+#if NF_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d))
+        return false;
+    return a & (1u << 5);
+#else
+    return false;
+#endif
+}
+
 static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
 static enum nf_isa cpu_isa;
+static bool cpu_bf16;
 
 static void cpu_init(void)
 {
     cpu_isa = detect_isa();
+    cpu_bf16 = cpu_isa == NF_ISA_AVX512 && detect_avx512bf16();
+}
+
+bool nf_cpu_has_avx512bf16(void)
+{
+    pthread_once(&cpu_once, cpu_init);
+    return cpu_bf16;
 }
 
 enum nf_isa nf_cpu_best_isa(void)
@@ -137,12 +158,13 @@ struct kernel_set {
         .rows = K3(fn##_ref_rows, fn##_avx2_rows, fn##_avx512_rows), \
         .mat = K3(fn##_ref_mat, fn##_avx2_mat, fn##_avx512_mat)      \
     }
-/* The same with a register-blocked AVX-512 multi-token kernel (quants_mat_avx512.c). */
-#define EXT_KERNELS_MAT512(fn)                                       \
+/* The same with register-blocked multi-token kernels (quants_mat_ext_avx2.c,
+ * quants_mat_ext_avx512.c, quants_mat_avx512.c). */
+#define EXT_KERNELS_MAT(fn)                                          \
     {                                                                \
         .vec_dot = K3(fn##_ref, fn##_avx2, fn##_avx512),             \
         .rows = K3(fn##_ref_rows, fn##_avx2_rows, fn##_avx512_rows), \
-        .mat = K3(fn##_ref_mat, fn##_avx2_mat, fn##_mat_avx512)      \
+        .mat = K3(fn##_ref_mat, fn##_mat_avx2, fn##_mat_avx512)      \
     }
 
 static const struct kernel_set kernels[NF_TYPE_COUNT] = {
@@ -162,7 +184,9 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
     [NF_TYPE_BF16] = {.vec_dot = K3(nf__vec_dot_bf16_ref, nf__vec_dot_bf16_avx2, NULL),
                       .rows = K3(nf__vec_dot_bf16_ref_rows, nf__vec_dot_bf16_avx2_rows, NULL),
                       .from_float = K3(nf__quantize_row_bf16_ref, nf__quantize_row_bf16_avx2, NULL),
-                      .mat = K3(nf__vec_dot_bf16_ref_mat, nf__vec_dot_bf16_avx2_mat, NULL)},
+                      /* AVX-512 only with AVX512-BF16 (mat_paths) */
+                      .mat = K3(nf__vec_dot_bf16_mat_ref, nf__vec_dot_bf16_mat_avx2,
+                                nf__vec_dot_bf16_mat_avx512bf16)},
     [NF_TYPE_Q4_0] = {.vec_dot = K3(nf__vec_dot_q4_0_q8_0_ref, nf__vec_dot_q4_0_q8_0_avx2,
                                     nf__vec_dot_q4_0_q8_0_avx512),
                       .rows = K3(nf__vec_dot_q4_0_q8_0_ref_rows, nf__vec_dot_q4_0_q8_0_avx2_rows,
@@ -196,17 +220,26 @@ static const struct kernel_set kernels[NF_TYPE_COUNT] = {
                       .from_float =
                           K3(nf__quantize_row_q8_K_ref, nf__quantize_row_q8_K_avx2, NULL)},
     /* The types of quants_ext.c: a kernel in every tier. q8_1 is only an activation type. */
-    [NF_TYPE_Q4_1] = EXT_KERNELS(nf__vec_dot_q4_1_q8_1),
-    [NF_TYPE_Q5_0] = EXT_KERNELS(nf__vec_dot_q5_0_q8_0),
-    [NF_TYPE_Q5_1] = EXT_KERNELS(nf__vec_dot_q5_1_q8_1),
-    [NF_TYPE_IQ4_NL] = EXT_KERNELS(nf__vec_dot_iq4_nl_q8_0),
-    [NF_TYPE_Q2_K] = EXT_KERNELS_MAT512(nf__vec_dot_q2_K_q8_K),
-    [NF_TYPE_Q3_K] = EXT_KERNELS_MAT512(nf__vec_dot_q3_K_q8_K),
-    [NF_TYPE_IQ4_XS] = EXT_KERNELS(nf__vec_dot_iq4_xs_q8_K),
+    [NF_TYPE_Q4_1] = EXT_KERNELS_MAT(nf__vec_dot_q4_1_q8_1),
+    [NF_TYPE_Q5_0] = EXT_KERNELS_MAT(nf__vec_dot_q5_0_q8_0),
+    [NF_TYPE_Q5_1] = EXT_KERNELS_MAT(nf__vec_dot_q5_1_q8_1),
+    [NF_TYPE_IQ4_NL] = EXT_KERNELS_MAT(nf__vec_dot_iq4_nl_q8_0),
+    [NF_TYPE_Q2_K] = EXT_KERNELS_MAT(nf__vec_dot_q2_K_q8_K),
+    [NF_TYPE_Q3_K] = EXT_KERNELS_MAT(nf__vec_dot_q3_K_q8_K),
+    [NF_TYPE_IQ4_XS] = EXT_KERNELS_MAT(nf__vec_dot_iq4_xs_q8_K),
     [NF_TYPE_MXFP4] = EXT_KERNELS(nf__vec_dot_mxfp4_q8_0),
     [NF_TYPE_Q8_1] = {.from_float =
                           K3(nf__quantize_row_q8_1_ref, nf__quantize_row_q8_1_avx2, NULL)},
 };
+
+/* The multi-token paths of type t: bf16's AVX-512 one needs AVX512-BF16 as well. */
+static void mat_paths(enum nf_type t, nf_vec_dot_mat_fn out[NF_ISA_COUNT])
+{
+    for (int i = 0; i < NF_ISA_COUNT; i++)
+        out[i] = kernels[t].mat[i];
+    if (t == NF_TYPE_BF16 && !nf_cpu_has_avx512bf16())
+        out[NF_ISA_AVX512] = NULL;
+}
 
 static pthread_once_t kernels_once = PTHREAD_ONCE_INIT;
 static enum nf_isa kernels_isa;
@@ -240,7 +273,9 @@ static void kernels_init(void)
         if (k->vec_dot[0]) {
             nf__traits[t].vec_dot = BEST_UPTO(k->vec_dot, isa);
             nf__traits[t].vec_dot_rows = BEST_UPTO(k->rows, isa);
-            nf__traits[t].vec_dot_mat = BEST_UPTO(k->mat, isa);
+            nf_vec_dot_mat_fn mat[NF_ISA_COUNT];
+            mat_paths((enum nf_type)t, mat);
+            nf__traits[t].vec_dot_mat = BEST_UPTO(mat, isa);
         }
         if (k->from_float[0])
             nf__traits[t].from_float_act = BEST_UPTO(k->from_float, isa);
@@ -283,5 +318,9 @@ nf_vec_dot_rows_fn nf_vec_dot_rows_for(enum nf_type t, enum nf_isa isa)
 
 nf_vec_dot_mat_fn nf_vec_dot_mat_for(enum nf_type t, enum nf_isa isa)
 {
-    return valid(t, isa) ? kernels[t].mat[isa] : NULL;
+    if (!valid(t, isa))
+        return NULL;
+    nf_vec_dot_mat_fn mat[NF_ISA_COUNT];
+    mat_paths(t, mat);
+    return mat[isa];
 }

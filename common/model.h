@@ -384,6 +384,13 @@ struct nf_ctx {
 
     /* The cache's element types (kv_quant.h): NF_TYPE_F16 (the default), Q8_0 or Q4_0. */
     enum nf_type type_k, type_v;
+    /* nf_matmul_reuse: while xq_reuse is set, a product whose input (pointer, length, rows and
+     * converter) is the one xq already holds skips converting it again. */
+    bool xq_reuse;
+    const float *xq_of;
+    const void *xq_fn;
+    int64_t xq_n;
+    int xq_ntok;
 };
 
 /* The per-head length of what attention sums: the latent (deepseek2), else head_dim. */
@@ -565,6 +572,10 @@ void nf_add_bias(float *x, const struct nf_tensor *b, int row, int n_tok);
  * Settings out of range are a broken invariant (NF_ASSERT): the loader validates them. */
 void nf_moe_route_sigmoid(const struct nf_moe_sigmoid_route *r, float *p, const float *bias,
                           int *sel, float *w);
+/* nf_moe_route_sigmoid's selection on gate values p (X) computed already (a sigmoid, or
+ * deepseek2's softmax): bias, groups, top K, weights, normalization and scale as above. */
+void nf_moe_route_select(const struct nf_moe_sigmoid_route *r, const float *p, const float *bias,
+                         int *sel, float *w);
 
 /* qwen2moe's shared expert gate for n_tok tokens: c->sh_out (n_tok, n_embd) = ffn_out (the
  * shared expert's FFN output, same shape) times sigmoid(c->sh_gate[t]), the sigmoid computed
@@ -579,6 +590,11 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
  * the batched decode step of several sequences (model_batch.c, stream.c). */
 void nf_matmul_each(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
                     int n_tok);
+/* Between nf_matmul_reuse(c, true) and nf_matmul_reuse(c, false), the caller promises that
+ * the inputs of its products do not change: several tiles of one matrix, or the gate and up
+ * groups of a layer, then convert their shared input to the vec_dot_type once, not per call
+ * (the same bytes, so the same results). */
+void nf_matmul_reuse(struct nf_ctx *c, bool on);
 
 /* RMSNorm as ggml: out = x / sqrt(mean(x^2) + eps) * w, the sum of squares taken in double. */
 void nf_rmsnorm(float *out, const float *x, const float *w, int n, float eps);

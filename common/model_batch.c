@@ -114,6 +114,31 @@ int nf_ctx_slot_eval(struct nf_ctx *c, struct nf_kv_slot *slots, int i, const in
     return rc;
 }
 
+/* nf_attn_forward for the n rows of a batched step: the mat-vecs of all rows at once (c is in
+ * per_row mode: each row with its one-token arithmetic), the attention of each row over its own
+ * sequence's cache (view v[r]). */
+static void nf_step_attn(struct nf_ctx *c, struct nf_ctx *v, int n, const struct nf_attn_weights *w,
+                         int il)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int E = hp->n_embd;
+    for (int r = 0; r < n; r++)
+        nf_rmsnorm(c->xn + (size_t)r * E, c->x + (size_t)r * E, w->norm.data, E, hp->rms_eps);
+    nf_matmul(c, c->q, &w->wq, c->xn, n);
+    nf_matmul(c, c->k, &w->wk, c->xn, n);
+    nf_matmul(c, c->v, &w->wv, c->xn, n);
+    nf_attn_qk(c, w, n);
+    for (int r = 0; r < n; r++) {
+        v[r].attn_sinks = w->sinks.data;
+        nf_attn_core(&v[r], il, v[r].n_past, 1);
+    }
+    nf_matmul(c, c->ffo, &w->wo, c->att, n);
+    nf_add_bias(c->ffo, &w->bo, 0, n);
+    nf_post_norm(c, c->ffo, &w->post_norm, n);
+    for (size_t i = 0; i < (size_t)n * E; i++)
+        c->x[i] += c->ffo[i];
+}
+
 int nf_ctx_step(struct nf_ctx *c, struct nf_kv_slot *slots, const int *idx, const int32_t *toks,
                 int n)
 {
@@ -143,20 +168,30 @@ int nf_ctx_step(struct nf_ctx *c, struct nf_kv_slot *slots, const int *idx, cons
                 v[r].x[i] *= hp->embd_scale;
         nf_rope_cache(&v[r], v[r].n_past, 1);
     }
-    /* Layer by layer, so each layer's weights serve every sequence while they are hot. */
+    /* Layer by layer, so each layer's weights serve every sequence while they are hot; the
+     * mat-vecs of the attention and of a dense FFN take all rows at once, each row with its
+     * one-token arithmetic (per_row: quants_rows.h's kernels unpack each weight block once for
+     * all rows). deepseek2's attention and the MoE FFNs go row by row. */
+    c->per_row = true;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct nf_layer *L = &m->layers[il];
+        if (!hp->n_lora_kv)
+            nf_step_attn(c, v, n, &L->attn, il);
+        const bool moe = hp->n_expert && !nf_layer_dense(hp, il);
+        if (!moe && !hp->n_lora_kv) {
+            nf_ffn_forward(c, &L->ffn_norm, &L->ffn, n);
+            continue;
+        }
         for (int r = 0; r < n; r++) {
             if (hp->n_lora_kv) /* as nf_eval_chunk */
                 nf_mla_forward(&v[r], &L->attn, il, v[r].n_past, 1);
-            else
-                nf_attn_forward(&v[r], &L->attn, il, v[r].n_past, 1);
-            if (hp->n_expert && !nf_layer_dense(hp, il))
+            if (moe)
                 nf_moe_forward(&v[r], &L->ffn_norm, &L->moe, 1);
             else
                 nf_ffn_forward(&v[r], &L->ffn_norm, &L->ffn, 1);
         }
     }
+    c->per_row = false;
     for (int r = 0; r < n; r++) {
         nf_rmsnorm(v[r].xn, v[r].x, m->output_norm.data, E, hp->rms_eps);
         nf_matmul(&v[r], v[r].logits, &m->output, v[r].xn, 1);

@@ -137,55 +137,23 @@ void nf_mla_forward(struct nf_ctx *c, const struct nf_attn_weights *w, int il, i
 
 void nf_moe_route_ds(const struct nf_hparams *hp, float *p, const float *bias, int *sel, float *w)
 {
-    const int X = hp->n_expert, K = hp->n_expert_used;
-    float selp[NF_DS_MAX_EXPERT];
+    /* V3's sigmoid and V2's softmax gates share glm4moe's selection (moe_route.c): the
+     * selection bias (V3's e_score_correction_bias), the group limit, the top K, the unbiased
+     * gate values as weights, their normalization and the routed scaling factor. */
+    const struct nf_moe_sigmoid_route r = {.n_expert = hp->n_expert,
+                                           .n_expert_used = hp->n_expert_used,
+                                           .n_group = hp->n_expert_groups,
+                                           .n_group_used = hp->n_group_used,
+                                           .norm_w = hp->expert_weights_norm,
+                                           .scale = hp->expert_weights_scale};
     if (hp->expert_gating == NF_GATING_SIGMOID) {
-        for (int e = 0; e < X; e++) /* ggml_sigmoid */
-            p[e] = 1.0f / (1.0f + expf(-p[e]));
-    } else {
-        /* ggml_soft_max as nf_moe_route_raw computes it (the top K it picks is redone below,
-         * after the bias and the groups). */
-        int tmp_sel[64];
-        float tmp_w[64];
-        nf_moe_route_raw(p, X, 1, tmp_sel, tmp_w);
+        nf_moe_route_sigmoid(&r, p, bias, sel, w);
+        return;
     }
-    for (int e = 0; e < X; e++) /* the selection bias, V3's e_score_correction_bias */
-        selp[e] = bias ? p[e] + bias[e] : p[e];
-    const int G = hp->n_expert_groups;
-    if (G > 1) {
-        /* Each group scored by the sum of its two best; the n_group_used best groups kept,
-         * the other experts masked with -inf. */
-        const int per = X / G;
-        float gs[NF_DS_MAX_EXPERT], gw[NF_DS_MAX_EXPERT], two_w[2];
-        int gsel[NF_DS_MAX_EXPERT], two[2];
-        for (int g = 0; g < G; g++) {
-            nf_moe_top_k(selp + g * per, per, 2, two, two_w);
-            gs[g] = two_w[0] + two_w[1];
-        }
-        nf_moe_top_k(gs, G, hp->n_group_used, gsel, gw);
-        for (int g = 0; g < G; g++) {
-            bool kept = false;
-            for (int i = 0; i < hp->n_group_used; i++)
-                kept |= gsel[i] == g;
-            for (int e = 0; !kept && e < per; e++)
-                selp[g * per + e] = -INFINITY;
-        }
-    }
-    nf_moe_top_k(selp, X, K, sel, w);
-    for (int k = 0; k < K; k++) /* the gate values, unbiased */
-        w[k] = p[sel[k]];
-    if (hp->expert_weights_norm) {
-        /* ggml_sum_rows (a double sum), clamped to the smallest F16 normal, ggml_div. */
-        double sum = 0.0;
-        for (int k = 0; k < K; k++)
-            sum += (double)w[k];
-        float s = (float)sum;
-        s = s < 6.103515625e-5f ? 6.103515625e-5f : s;
-        for (int k = 0; k < K; k++)
-            w[k] = w[k] / s;
-    }
-    const float sc = hp->expert_weights_scale;
-    if (sc != 0.0f && sc != 1.0f)
-        for (int k = 0; k < K; k++) /* ggml_scale */
-            w[k] *= sc;
+    /* ggml_soft_max as nf_moe_route_raw computes it (the top K it picks is redone in the
+     * selection, after the bias and the groups). */
+    int tmp_sel[64];
+    float tmp_w[64];
+    nf_moe_route_raw(p, hp->n_expert, 1, tmp_sel, tmp_w);
+    nf_moe_route_select(&r, p, bias, sel, w);
 }

@@ -18,6 +18,7 @@
 #include "model.h"
 #include "nf_err.h"
 #include "quants_impl.h"
+#include "quants_rows.h"
 #include "threadpool.h"
 
 /* Mat-vecs smaller than this many multiply-adds run on the calling thread only: waking the
@@ -66,21 +67,7 @@ static inline float nf_ld(const void *p, bool f16, int i)
  * measured worse on stories260K.) */
 static float nf_ggml_dot(const void *x, const void *y, bool f16, int n, int nv)
 {
-    const int np = n & ~63, mv = nv < np ? nv : np;
-    float acc[4][16] = {{0}};
-    for (int i = 0; i < mv; i++)
-        acc[(i >> 4) & 3][i & 15] =
-            fmaf(nf_ld(x, f16, i), nf_ld(y, f16, i), acc[(i >> 4) & 3][i & 15]);
-    for (int l = 0; l < 16; l++) {
-        acc[0][l] = acc[0][l] + acc[2][l];
-        acc[1][l] = acc[1][l] + acc[3][l];
-        acc[0][l] = acc[0][l] + acc[1][l];
-    }
-    const int ne = nv < n ? nv : n;
-    double s = np ? (double)nf__hsum16(acc[0]) : 0.0;
-    for (int i = np; i < ne; i++)
-        s += (double)(nf_ld(x, f16, i) * nf_ld(y, f16, i));
-    return (float)s;
+    return nf__ggml_dot_ref(x, y, f16, n, nv); /* quants_rows.c */
 }
 
 /* tinyBLAS on AVX-512: a (F32 or F16) times b (F32), n a multiple of 16; b is zero from nv on. */
@@ -252,6 +239,27 @@ static void nf_matmul_run(void *arg, int ith, int nth)
     }
 }
 
+void nf_matmul_reuse(struct nf_ctx *c, bool on)
+{
+    c->xq_reuse = on;
+    c->xq_of = NULL;
+}
+
+/* x (n_tok, n) converted by q into c->xq, unless c->xq already holds it (nf_matmul_reuse). */
+static void nf_matmul_convert(struct nf_ctx *c, nf_from_float_fn q, const float *x, int64_t n,
+                              int n_tok)
+{
+    if (c->xq_reuse && c->xq_of == x && c->xq_fn == (const void *)q && c->xq_n == n &&
+        c->xq_ntok == n_tok)
+        return;
+    for (int t = 0; t < n_tok; t++)
+        q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+    c->xq_of = c->xq_reuse ? x : NULL;
+    c->xq_fn = (const void *)q;
+    c->xq_n = n;
+    c->xq_ntok = n_tok;
+}
+
 /* nf_matmul, or with each_tok the arithmetic of n_tok separate one-token calls (in one
  * dispatch): n_tok >= 2 then picks neither tinyBLAS's order nor a multi-token kernel. */
 static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
@@ -273,9 +281,7 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
         /* x86 tinyBLAS takes F16 weights only with F16 activations: llama.cpp converts the
          * activations to F16 first (as for its own dot) and then calls tinyBLAS. */
         j.kind = NF_MM_TINYBLAS16;
-        nf_from_float_fn q = nf_act_quantizer(NF_TYPE_F16);
-        for (int t = 0; t < n_tok; t++)
-            q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+        nf_matmul_convert(c, nf_act_quantizer(NF_TYPE_F16), x, n, n_tok);
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     } else if (tr->vec_dot_type == NF_TYPE_F32) {
@@ -295,18 +301,24 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
             j.rows_fn = nf_kernels_isa() >= NF_ISA_AVX2 ? nf__vec_dot_q4_0_q8_0_seq_avx2_rows
                                                         : nf__vec_dot_q4_0_q8_0_seq_ref_rows;
         }
-        nf_from_float_fn q = nf_act_quantizer(tr->vec_dot_type);
-        for (int t = 0; t < n_tok; t++)
-            q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+        nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), x, n, n_tok);
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     }
-    /* Prompt chunks: the multi-token kernels. For F32 and F16 they sum in tinyBLAS's order
-     * bit for bit, for q8_0 and the types without a register-blocked kernel as vec_dot does;
-     * q4_0 (outside the exact order above) and the rest within the kernel tolerances. */
-    if (batch &&
-        (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS || j.kind == NF_MM_TINYBLAS16))
+    /* Prompt chunks: the multi-token kernels. For F32, F16 and BF16 they sum in tinyBLAS's
+     * order bit for bit (BF16: AVX512-BF16's, which nf_tinyblas_dot_bf16 emulates), for q8_0,
+     * the K-quants and the types of quants_ext.c as vec_dot does; q4_0 (outside the exact
+     * order above) within the kernel tolerances. */
+    if (batch && (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS ||
+                  j.kind == NF_MM_TINYBLAS16 || j.kind == NF_MM_TINYBLAS_BF16))
         j.mat_fn = tr->vec_dot_mat;
+    /* Several tokens each with its one-token arithmetic (a batched step, a per-row pass): the
+     * kernels that unpack each weight block once for all of them and sum every output in the
+     * one-token kernel's order (quants_rows.h); NULL leaves one call per (row, token). */
+    if (n_tok >= 2 && !batch && j.kind == NF_MM_VEC_DOT)
+        j.mat_fn = nf_vec_dot_cols(w->type);
+    else if (n_tok >= 2 && !batch && j.kind == NF_MM_GGML_DOT)
+        j.mat_fn = nf_ggml_dot_cols(w->type);
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
     nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);
@@ -467,7 +479,6 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     /* tinyBLAS's order is that of the F16 and F32 multi-token kernels, bit for bit
      * (quants_mat.c): the SIMD kernels stand in for the scalar emulations. */
     const nf_vec_dot_mat_fn mat16 = nf_type_traits(NF_TYPE_F16)->vec_dot_mat;
-    const nf_vec_dot_mat_fn mat32 = nf_type_traits(NF_TYPE_F32)->vec_dot_mat;
     if (c->type_k != NF_TYPE_F16)
         nf_attn_scores_kvq(c, il, q, kvh, lo, pos, n_kv, scale, acc16, sc);
     else if (kq_tb && !q_f32) {
@@ -499,13 +510,20 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
         if (!p_f32)
             sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
     }
+    if (p_f32 || kqv_tb) {
+        /* tinyBLAS over the unmasked cells (the rest add nothing): what the F32 multi-token
+         * kernel gives on each column of V, with V's rows read as they lie in the cache
+         * (nf__vec_dot_f16_cols_ref and its SIMD paths, quants_mat*.c). */
+        const enum nf_isa isa = nf_kernels_isa();
+        (isa >= NF_ISA_AVX512 ? nf__vec_dot_f16_cols_avx512
+         : isa >= NF_ISA_AVX2 ? nf__vec_dot_f16_cols_avx2
+                              : nf__vec_dot_f16_cols_ref)(pos + 1, out, vd, vc, (size_t)kvd, sc);
+        return;
+    }
     for (int d = 0; d < vd; d++) {
         for (int ic = 0; ic <= pos; ic++)
             vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
-        if (p_f32 || kqv_tb) /* tinyBLAS over the unmasked cells (the rest add nothing) */
-            mat32(pos + 1, &out[d], 1, vcol, 0, sc, 0, 1, 1);
-        else
-            out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
+        out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
     }
 }
 

@@ -563,10 +563,11 @@ static int nf_load_deepseek2(struct nf_hparams *hp, const struct nf_gguf *g, cha
     hp->expert_gating = gating ? gating : NF_GATING_SOFTMAX;
     hp->n_expert_groups = groups;
     hp->n_group_used = used;
-    if (groups > 1 && (hp->n_expert % groups || used < 1 || used >= groups))
+    if (groups > 1 &&
+        (hp->n_expert % groups || hp->n_expert / groups < 2 || used < 1 || used >= groups))
         return nf_errf(err, errlen, NF_EKEYTYPE,
-                       "%s: %s.expert_group_count %d must divide expert_count %d with "
-                       "expert_group_used_count in [1, %d)",
+                       "%s: %s.expert_group_count %d must divide expert_count %d in groups of "
+                       "2 or more, with expert_group_used_count in [1, %d)",
                        path, pfx, groups, hp->n_expert, groups);
     if (hp->n_expert > NF_DS_MAX_EXPERT)
         return nf_errf(err, errlen, NF_EKEYTYPE, "%s: %s.expert_count %d is more than %d", path,

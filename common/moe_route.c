@@ -1,5 +1,6 @@
-/* moe_route.c - sigmoid expert routing with a score-correction bias, expert groups and a
- * routed scaling factor (DeepSeek-V3, GLM-4.5), as llama.cpp's build_moe_ffn computes it. */
+/* moe_route.c - expert selection with a score-correction bias, expert groups and a routed
+ * scaling factor after a sigmoid (DeepSeek-V3, GLM-4.5) or a softmax (DeepSeek-V2), as
+ * llama.cpp's build_moe_ffn computes it. */
 #include <math.h>
 #include <stdbool.h>
 
@@ -44,18 +45,26 @@ static void nf_route_mask_groups(float *s, int X, int n_group, int n_group_used)
 void nf_moe_route_sigmoid(const struct nf_moe_sigmoid_route *r, float *p, const float *bias,
                           int *sel, float *w)
 {
+    NF_ASSERT(r->n_expert >= 2 && r->n_expert <= NF_MOE_ROUTE_MAX_X);
+    /* ggml_sigmoid (op_sigmoid: 1 / (1 + expf(-x))). */
+    for (int e = 0; e < r->n_expert; e++)
+        p[e] = 1.0f / (1.0f + expf(-p[e]));
+    nf_moe_route_select(r, p, bias, sel, w);
+}
+
+void nf_moe_route_select(const struct nf_moe_sigmoid_route *r, const float *p, const float *bias,
+                         int *sel, float *w)
+{
     const int X = r->n_expert, K = r->n_expert_used;
     NF_ASSERT(X >= 2 && X <= NF_MOE_ROUTE_MAX_X && K >= 1 && K <= 64 && K <= X);
     NF_ASSERT(r->n_group <= 1 ||
               (X % r->n_group == 0 && X / r->n_group >= 2 && r->n_group_used >= 1 &&
                r->n_group_used <= r->n_group && r->n_group_used <= 64));
-    /* ggml_sigmoid (op_sigmoid: 1 / (1 + expf(-x))), kept unbiased for the weights; the
-     * selection scores add exp_probs_b (ggml_add). */
+    /* The gate values p stay unbiased for the weights; the selection scores add exp_probs_b
+     * (ggml_add). */
     float s[NF_MOE_ROUTE_MAX_X];
-    for (int e = 0; e < X; e++) {
-        p[e] = 1.0f / (1.0f + expf(-p[e]));
+    for (int e = 0; e < X; e++)
         s[e] = bias ? p[e] + bias[e] : p[e];
-    }
     if (r->n_group > 1)
         nf_route_mask_groups(s, X, r->n_group, r->n_group_used);
     nf_route_top(s, X, K, sel);

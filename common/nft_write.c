@@ -467,8 +467,10 @@ static int check_layer(struct conv *c, uint32_t il)
         if (l->gate || l->up || l->down)
             return nf_errf_at(c->err, c->errlen, NF_EARCH, c->in,
                               "layer %u has both dense and expert FFN tensors", il);
-        /* glm4moe's router has expert_count rows (the other archs take the tensors' count). */
-        NEED(gate_inp, 2, n_embd, c->hp.moe_sigmoid ? c->hp.n_expert : -1, 1);
+        /* The router has expert_count rows: a router of another count is named as the bad
+         * tensor, not the experts that match the key (files without the key take the
+         * tensors' count). */
+        NEED(gate_inp, 2, n_embd, c->hp.n_expert > 0 ? c->hp.n_expert : -1, 1);
         int64_t n_exp = l->gate_inp->ne[1];
         NEED(gate_exps, 3, n_embd, -1, n_exp);
         int64_t n_ff = l->gate_exps->ne[1];

@@ -136,29 +136,46 @@ void nf__vec_dot_iq4_xs_q8_K_avx512(int n, float *s, const void *x, const void *
             int nrows, int ncols)
 NF__MAT_DECL(nf__vec_dot_f32_mat_ref);
 NF__MAT_DECL(nf__vec_dot_f16_mat_ref);
-NF__MAT_DECL(nf__vec_dot_bf16_ref_mat);
+NF__MAT_DECL(nf__vec_dot_bf16_mat_ref);
 NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_ref_mat);
 NF__MAT_DECL(nf__vec_dot_q8_0_q8_0_ref_mat);
 NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_ref_mat);
 NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_ref_mat);
 NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_ref_mat);
 NF__MAT_DECL(nf__vec_dot_q8_K_q8_K_ref_mat);
-NF__MAT_DECL(nf__vec_dot_bf16_avx2_mat);
 #define NF__MAT_DECL_ALL(fn)     \
     NF__MAT_DECL(fn##_ref_mat);  \
     NF__MAT_DECL(fn##_avx2_mat); \
     NF__MAT_DECL(fn##_avx512_mat)
-NF__MAT_DECL_ALL(nf__vec_dot_q4_1_q8_1);
-NF__MAT_DECL_ALL(nf__vec_dot_q5_0_q8_0);
-NF__MAT_DECL_ALL(nf__vec_dot_q5_1_q8_1);
-NF__MAT_DECL_ALL(nf__vec_dot_iq4_nl_q8_0);
-NF__MAT_DECL(nf__vec_dot_q2_K_q8_K_ref_mat);
-NF__MAT_DECL(nf__vec_dot_q2_K_q8_K_avx2_mat);
-NF__MAT_DECL(nf__vec_dot_q2_K_q8_K_mat_avx512);
-NF__MAT_DECL(nf__vec_dot_q3_K_q8_K_ref_mat);
-NF__MAT_DECL(nf__vec_dot_q3_K_q8_K_avx2_mat);
-NF__MAT_DECL(nf__vec_dot_q3_K_q8_K_mat_avx512);
-NF__MAT_DECL_ALL(nf__vec_dot_iq4_xs_q8_K);
+/* The types of quants_ext.c: references made of the scalar vec_dot (quants_mat.c), blocked
+ * kernels in quants_mat_ext_avx2.c / quants_mat_ext_avx512.c (q2_K, q3_K: quants_mat_avx512.c). */
+#define NF__MAT_DECL_EXT(fn)     \
+    NF__MAT_DECL(fn##_ref_mat);  \
+    NF__MAT_DECL(fn##_mat_avx2); \
+    NF__MAT_DECL(fn##_mat_avx512)
+NF__MAT_DECL_EXT(nf__vec_dot_q4_1_q8_1);
+NF__MAT_DECL_EXT(nf__vec_dot_q5_0_q8_0);
+NF__MAT_DECL_EXT(nf__vec_dot_q5_1_q8_1);
+NF__MAT_DECL_EXT(nf__vec_dot_iq4_nl_q8_0);
+NF__MAT_DECL_EXT(nf__vec_dot_q2_K_q8_K);
+NF__MAT_DECL_EXT(nf__vec_dot_q3_K_q8_K);
+NF__MAT_DECL_EXT(nf__vec_dot_iq4_xs_q8_K);
+/* bf16 in tinyBLAS's AVX512-BF16 order: emulated with AVX2, vdpbf16ps where the CPU has
+ * AVX512-BF16 (nf_cpu_has_avx512bf16). */
+NF__MAT_DECL(nf__vec_dot_bf16_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_bf16_mat_avx512bf16);
+bool nf_cpu_has_avx512bf16(void);
+/* Prompt attention's KQV: out[d] = sum over i < n of v[i * vs + d] * p[i] for d < nd (V's nd
+ * columns, rows vs F16 values apart, times the softmax row p), each output in tinyBLAS's order
+ * (lane i % 16, the lanes reduced as _mm512_reduce_add_ps): bit for bit what the F32
+ * multi-token kernels give on each column gathered to F32. The SIMD paths take 16 (AVX-512) or
+ * 8 (AVX2) columns per vector, so V's rows are read as they lie in the cache. */
+void nf__vec_dot_f16_cols_ref(int n, float *out, int nd, const nf_fp16_t *v, size_t vs,
+                              const float *p);
+void nf__vec_dot_f16_cols_avx2(int n, float *out, int nd, const nf_fp16_t *v, size_t vs,
+                               const float *p);
+void nf__vec_dot_f16_cols_avx512(int n, float *out, int nd, const nf_fp16_t *v, size_t vs,
+                                 const float *p);
 NF__MAT_DECL(nf__vec_dot_f32_mat_avx2);
 NF__MAT_DECL(nf__vec_dot_f16_mat_avx2);
 NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_mat_avx2);

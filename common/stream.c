@@ -134,12 +134,15 @@ static int nf_stream_mm(struct nf_stream *s, float *out, uint32_t layer, enum nf
                         size_t rows, const float *x, int n_tok)
 {
     const uint32_t n = nf_nft_count(s->f, layer, kind);
+    nf_matmul_reuse(s->c, true); /* x is converted once for all the tiles */
     for (uint32_t i = 0; i < n; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
         int rc;
         const uint8_t *p = nf_stream_pin(s, t, &rc);
-        if (!p)
+        if (!p) {
+            nf_matmul_reuse(s->c, false);
             return rc;
+        }
         struct nf_tensor v = nf_rows_view(t, p);
         if (n == 1 || n_tok == 1) {
             nf_stream_matmul(s, out + t->first, &v, x, n_tok);
@@ -151,6 +154,7 @@ static int nf_stream_mm(struct nf_stream *s, float *out, uint32_t layer, enum nf
         }
         nf_stream_unpin(s, t);
     }
+    nf_matmul_reuse(s->c, false);
     return 0;
 }
 
@@ -272,12 +276,17 @@ static struct nf_tensor nf_stream_down_view(const struct nf_stream *s)
 static int nf_stream_bundles(struct nf_stream *s, uint32_t layer, enum nf_tile_kind kind,
                              uint32_t i0, uint32_t i1, const float *xn, int n_tok)
 {
+    /* xn is converted once for every group's gate and up (once each when their vec_dot types
+     * differ: the conversions then alternate). */
+    nf_matmul_reuse(s->c, true);
     for (uint32_t i = i0; i < i1; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
         int rc;
         const uint8_t *p = nf_stream_pin(s, t, &rc);
-        if (!p)
+        if (!p) {
+            nf_matmul_reuse(s->c, false);
             return rc;
+        }
         for (uint32_t j = 0; j < t->count / t->group; j++) {
             struct nf_nft_bundle b;
             nf_nft_bundle_group(t, p, j, &b);
@@ -286,6 +295,7 @@ static int nf_stream_bundles(struct nf_stream *s, uint32_t layer, enum nf_tile_k
         nf_stream_put_down(s, t, p);
         nf_stream_unpin(s, t);
     }
+    nf_matmul_reuse(s->c, false);
     return 0;
 }
 
@@ -299,6 +309,8 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
     struct nf_ctx *c = s->c;
     const size_t E = (size_t)s->shell.hp.n_embd, F = (size_t)s->ff;
     bool act = false;
+    /* xn is converted once for all the gate and up tiles, c->hb once for the down tiles. */
+    nf_matmul_reuse(c, true);
     for (uint32_t i = i0; i < i1; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
         const bool down = t->type[3] == NF_SLICE_DOWN;
@@ -310,14 +322,17 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
                 }
             }
             nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, (int)F);
+            nf_matmul_reuse(c, true); /* forgets the conversions made before */
             act = true;
         }
         float *o = down ? out : t->type[3] == NF_SLICE_GATE ? c->hb : c->hb2;
         const size_t rows = down ? E : F;
         int rc;
         const uint8_t *p = nf_stream_pin(s, t, &rc);
-        if (!p)
+        if (!p) {
+            nf_matmul_reuse(c, false);
             return rc;
+        }
         struct nf_tensor v = nf_rows_view(t, p);
         if (t->count == rows || n_tok == 1) {
             nf_stream_matmul(s, o + t->first, &v, down ? c->hb : xn, n_tok);
@@ -329,6 +344,7 @@ static int nf_stream_slices(struct nf_stream *s, uint32_t layer, enum nf_tile_ki
         }
         nf_stream_unpin(s, t);
     }
+    nf_matmul_reuse(c, false);
     return 0;
 }
 

@@ -37,6 +37,7 @@ enum nf_pretok {
     NF_PRETOK_GPT4O,
     NF_PRETOK_TEKKEN,
     NF_PRETOK_QWEN35,
+    NF_PRETOK_KIMI_K2,
 };
 
 /* Settings llama.cpp ties to some pre-tokenizer names besides their splitting rules. */

@@ -155,6 +155,34 @@ static size_t ws_tail(const struct ptext *t, size_t pos, size_t end)
     return nws;
 }
 
+/* The end of the Llama 3 regex's match at pos when it is none of the letter alternatives:
+ * \p{N}{1,max_digits} | ?[^\s<letter>\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+, else the code
+ * point alone (no alternative matches). Shared by the Llama 3 family and Kimi-K2. */
+static size_t llama3_rest(const struct ptext *t, size_t pos, size_t end, size_t max_digits,
+                          unsigned letter)
+{
+    const size_t start = pos;
+    const unsigned f = t->flags[pos];
+    if (f & F_NUM) {
+        while ((flags_at(t, pos, end) & F_NUM) && pos - start < max_digits)
+            pos++;
+        return pos;
+    }
+    bool sp = t->cps[pos] == ' ';
+    unsigned f2 = sp ? flags_at(t, pos + 1, end) : f;
+    const unsigned word = F_WS | letter | F_NUM;
+    if (f2 && !(f2 & word)) {
+        pos += sp;
+        for (unsigned g = flags_at(t, pos, end); g && !(g & word); g = flags_at(t, pos, end))
+            pos++;
+        while (pos < end && (t->cps[pos] == '\r' || t->cps[pos] == '\n'))
+            pos++;
+        return pos;
+    }
+    size_t nws = ws_tail(t, pos, end);
+    return pos + (nws ? nws : 1);
+}
+
 /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
  *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+   (Llama 3: max_digits 3; Qwen2: 1).
  * Qwen3.5 reads [\p{L}\p{M}] for \p{L} and [^\s\p{L}\p{M}\p{N}] for the symbol run: `letter`
@@ -181,26 +209,58 @@ static void split_llama3(const struct ptext *t, size_t ini, size_t end, size_t m
             lens_push(out, pos - start);
             continue;
         }
-        if (f & F_NUM) {
-            while ((flags_at(t, pos, end) & F_NUM) && pos - start < max_digits)
+        pos = llama3_rest(t, pos, end, max_digits, letter);
+        lens_push(out, pos - start);
+    }
+}
+
+/* Han ideographs as llama.cpp's Kimi-K2 splitter counts them (unicode_cpt_is_han): the CJK
+ * Unified Ideographs, Extensions A to F, and the Compatibility Ideographs and their
+ * Supplement. */
+static bool is_han(uint32_t c)
+{
+    return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) ||
+           (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2EBEF) ||
+           (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
+}
+
+/* A letter other than a Han ideograph, inside the fragment. */
+static bool kimi_letter(const struct ptext *t, size_t pos, size_t end)
+{
+    return (flags_at(t, pos, end) & F_LET) && !is_han(t->cps[pos]);
+}
+
+/* Kimi-K2's regex as llama.cpp splits it (one hand-written pass for the whole regex):
+ *   [\p{Han}]+ | [^\r\n\p{L}\p{N}]?[non-Han letters]+(?i:'s|'t|'re|'ve|'m|'ll|'d)? |
+ *   \p{N}{1,3} | ?[^\s\p{L}\p{N}]+[\r\n]* | \s*[\r\n]+ | \s+(?!\S) | \s+
+ * The regex's two letter alternatives (an upper-then-lower and an upper-only run) become one
+ * run of letters whatever their case, as in llama.cpp: "getUserName" is one word. A
+ * contraction only follows letters ("'sup" is one word, not "'s" "up"), and Han runs are
+ * words of their own. */
+static void split_kimi_k2(const struct ptext *t, size_t ini, size_t end, struct lens *out)
+{
+    size_t pos = ini;
+    while (pos < end) {
+        size_t start = pos;
+        uint32_t cpt = t->cps[pos];
+        unsigned f = t->flags[pos];
+        if (is_han(cpt)) {
+            while (pos < end && is_han(t->cps[pos]))
                 pos++;
             lens_push(out, pos - start);
             continue;
         }
-        bool sp = cpt == ' ';
-        unsigned f2 = sp ? flags_at(t, pos + 1, end) : f;
-        const unsigned word = F_WS | letter | F_NUM;
-        if (f2 && !(f2 & word)) {
-            pos += sp;
-            for (unsigned g = flags_at(t, pos, end); g && !(g & word); g = flags_at(t, pos, end))
+        bool lead = !(cpt == '\r' || cpt == '\n' || (f & (F_LET | F_NUM)));
+        if (kimi_letter(t, pos, end) || (lead && kimi_letter(t, pos + 1, end))) {
+            pos += lead;
+            while (kimi_letter(t, pos, end))
                 pos++;
-            while (pos < end && (t->cps[pos] == '\r' || t->cps[pos] == '\n'))
-                pos++;
+            if (pos < end)
+                pos += contraction(t, pos, end, true);
             lens_push(out, pos - start);
             continue;
         }
-        size_t nws = ws_tail(t, pos, end);
-        pos += nws ? nws : 1; /* no alternative matches: the code point stands alone */
+        pos = llama3_rest(t, pos, end, 3, F_LET);
         lens_push(out, pos - start);
     }
 }
@@ -453,6 +513,7 @@ enum stage {
     ST_DS3_MAIN,    /* DeepSeek V3's word regex, match_ds3() */
     ST_O200K,       /* GPT-4o, match_o200k() */
     ST_TEKKEN,      /* Tekken, match_o200k() without contractions, single digits */
+    ST_KIMI_K2,     /* custom Kimi-K2 splitter */
 };
 
 /* Runs of code points satisfying a class, optionally preceded by one whitespace (\s?). */
@@ -520,6 +581,7 @@ static void split_stage(enum stage st, const struct ptext *t, size_t ini, size_t
     case ST_LLAMA3: split_llama3(t, ini, end, 3, F_LET, out); return;
     case ST_QWEN2: split_llama3(t, ini, end, 1, F_LET, out); return;
     case ST_QWEN35: split_llama3(t, ini, end, 1, F_LET | NF_UFLAG_MARK, out); return;
+    case ST_KIMI_K2: split_kimi_k2(t, ini, end, out); return;
     case ST_DS_TRAIL_WS: {
         /* \s+$ matches once: the whitespace run that ends the fragment. */
         size_t p = end;
@@ -562,6 +624,7 @@ static int stages_of(enum nf_pretok pre, const enum stage **st)
     static const enum stage starcoder[] = {ST_NUMBER1, ST_GPT2};
     static const enum stage gpt4o[] = {ST_O200K};
     static const enum stage tekken[] = {ST_TEKKEN};
+    static const enum stage kimi_k2[] = {ST_KIMI_K2};
     switch (pre) {
     case NF_PRETOK_GPT2: *st = gpt2; return N_OF(gpt2);
     case NF_PRETOK_LLAMA3: *st = llama3; return N_OF(llama3);
@@ -574,6 +637,7 @@ static int stages_of(enum nf_pretok pre, const enum stage **st)
     case NF_PRETOK_STARCODER: *st = starcoder; return N_OF(starcoder);
     case NF_PRETOK_GPT4O: *st = gpt4o; return N_OF(gpt4o);
     case NF_PRETOK_TEKKEN: *st = tekken; return N_OF(tekken);
+    case NF_PRETOK_KIMI_K2: *st = kimi_k2; return N_OF(kimi_k2);
     case NF_PRETOK_DEFAULT:
     default: *st = dflt; return N_OF(dflt);
     }
@@ -671,6 +735,7 @@ static const struct pre_name pre_names[] = {
     {"deepseek-coder", NF_PRETOK_DEEPSEEK_CODER, 0},
     {"deepseek-v3", NF_PRETOK_DEEPSEEK3, 0},
     {"hunyuan-dense", NF_PRETOK_DEEPSEEK3, 0},
+    {"kimi-k2", NF_PRETOK_KIMI_K2, 0},
     {"qwen2", NF_PRETOK_QWEN2, 0},
     {"deepseek-r1-qwen", NF_PRETOK_QWEN2, 0},
     {"megrez", NF_PRETOK_QWEN2, 0},

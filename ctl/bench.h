@@ -23,6 +23,7 @@ struct nf_bench_opts {
     long n, threads, timeout, ctx;
     long ubatch;        /* -ub: prompt chunk of every engine; 0: their default */
     int type_k, type_v; /* -ctk / -ctv of every engine (enum nf_type; f16 by default) */
+    long prompt;        /* -p: prompt tokens of every engine's generation; 0: BOS only */
     float levels[NF_BENCH_MAX_LEVELS];
     int n_levels;
     int parallel[NF_BENCH_MAX_LEVELS]; /* --parallel: sequences at once of each extra row */
@@ -52,6 +53,9 @@ struct nf_bench_row {
     int n_seq;           /* --parallel rows: sequences at once (tok_s is per sequence); else 0 */
     double agg_tok_s;    /* --parallel rows: decode tokens of all sequences per second */
     double shared_batch; /* --parallel rows: sequences per step that served 2 or more */
+    int prompt_tokens;   /* -p: the prompt's tokens as the engine counted them (BOS included) */
+    double prompt_tok_s; /* -p: prompt tokens per second (the engine's summary) */
+    double ttft;         /* -p: seconds from the request to the first generated token */
 };
 
 struct nf_bench_raw {
@@ -80,6 +84,7 @@ struct nf_bench {
     int n_rows;
     bool tty;
     double t_start;
+    char *prompt; /* -p: the prompt text (o.prompt - 1 words after BOS); NULL without -p */
 };
 
 /* Set by SIGINT / SIGTERM: every phase stops as soon as it can. */
@@ -92,6 +97,12 @@ void nf_bench_progress(struct nf_bench *b, const char *fmt, ...)
 /* bench_args.c: parses the command line into o (defaults first). Returns 0, 1 when --help was
  * printed, or 2 on a usage error (already printed). */
 int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o);
+
+/* The prompt of -p N: N - 1 repetitions of the word "the" ("the the ..."), which the
+ * tokenizers of the supported families (SentencePiece and GPT-2 BPE alike) read as one token
+ * each, so with BOS the prompt is N tokens; each row reports the count its engine saw. Returns
+ * NULL when out of memory. The caller frees it. */
+char *nf_bench_prompt_text(long n_tokens);
 
 /* bench_raw.c: reads f's tiles (in file order, padded extents, up to 2 GiB) O_DIRECT with
  * NF_BENCH_QD reads in flight: io_uring with registered buffers, or pread when io_uring cannot

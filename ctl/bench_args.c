@@ -1,5 +1,6 @@
 /* bench_args.c - nanoflowctl bench's command line: usage and options. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "bench.h"
@@ -48,6 +49,10 @@ static void usage(FILE *f)
             "                        flag: f16, q8_0 or q4_0 (default: f16)\n"
             "  -ctv, --cache-type-v T  KV cache type of V of every engine, likewise (default:\n"
             "                        f16)\n"
+            "  -p, --n-prompt N      a prompt of N tokens (BOS and N - 1 words 'the') for every\n"
+            "                        engine, 2..65536, as llama-bench -p: adds each row's prompt\n"
+            "                        tok/s and time to first token; the context must hold N\n"
+            "                        + -n tokens (default: none, the prompt is BOS)\n"
             "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
             "                        a phase cut short reports the tokens it finished\n"
             "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
@@ -128,7 +133,8 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
               nf_arg_is(a, "--run-dir") || nf_arg_is(a, "--ctx-size") || !strcmp(a, "-c") ||
               nf_arg_is(a, "--parallel") || nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub") ||
               nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
-              nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv")))
+              nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") || nf_arg_is(a, "--n-prompt") ||
+              !strcmp(a, "-p")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -165,6 +171,9 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
         } else if (nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv")) {
             if (nf_arg_kv_type(cmd, a, v, &o->type_v))
                 return 2;
+        } else if (nf_arg_is(a, "--n-prompt") || !strcmp(a, "-p")) {
+            if (nf_arg_long(cmd, a, v, 2, 65536, &o->prompt))
+                return 2;
         } else if (nf_arg_is(a, "--timeout")) {
             if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))
                 return 2;
@@ -175,4 +184,19 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
     if (!o->model)
         return nf_usage_error(cmd, "--model FILE is required");
     return 0;
+}
+
+char *nf_bench_prompt_text(long n_tokens)
+{
+    const long words = n_tokens > 1 ? n_tokens - 1 : 0;
+    char *p = malloc((size_t)words * 4 + 1);
+    if (!p)
+        return NULL;
+    size_t len = 0;
+    for (long i = 0; i < words; i++) {
+        memcpy(p + len, i ? " the" : "the", i ? 4 : 3);
+        len += i ? 4 : 3;
+    }
+    p[len] = '\0';
+    return p;
 }

@@ -20,9 +20,15 @@ void nf_bench_print_table(const struct nf_bench *b)
     char sz[32];
     printf("nanoflowctl bench: %s\n", b->gguf[0] ? b->gguf : b->nft);
     printf("  tiles: %s\n", b->nft);
-    printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = BOS), %ld "
+    char pr[64];
+    if (b->o.prompt)
+        snprintf(pr, sizeof(pr), "%ld tokens (-p)", b->o.prompt);
+    else
+        snprintf(pr, sizeof(pr), "BOS");
+    printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = %s), %ld "
            "threads per engine, time box %ld s\n",
-           nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, b->o.threads, b->o.timeout);
+           nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, pr, b->o.threads,
+           b->o.timeout);
     if (b->use_cgroup)
         printf("  memory cgroup: v%d, a fresh one per engine under %s, limit %llu bytes "
                "(peak = the cgroup's, page cache included)\n",
@@ -90,6 +96,19 @@ void nf_bench_print_table(const struct nf_bench *b)
                    c[4]);
         }
     }
+    if (b->o.prompt) {
+        printf("\n%-13s %14s %13s %9s\n", "PROMPT", "prompt tokens", "prompt tok/s", "TTFT s");
+        for (int i = 0; i < b->n_rows; i++) {
+            const struct nf_bench_row *r = &b->rows[i];
+            if (r->n_seq) /* --parallel rows send their own short prompts */
+                continue;
+            char c[3][32];
+            fmt_num(c[0], 32, r->prompt_tokens ? (double)r->prompt_tokens : NAN, "%.0f");
+            fmt_num(c[1], 32, r->prompt_tok_s, "%.2f");
+            fmt_num(c[2], 32, r->ttft, "%.2f");
+            printf("%-13s %14s %13s %9s\n", r->mode, c[0], c[1], c[2]);
+        }
+    }
     printf("\n");
     for (int i = 0; i < b->n_rows; i++) {
         const struct nf_bench_row *r = &b->rows[i];
@@ -112,6 +131,10 @@ void nf_bench_print_table(const struct nf_bench *b)
         "recall: predictor vs the FFN groups or experts compute used ('-': not tracked, as\n"
         "in exact mode); stall: share of compute time waiting for tiles. I/O bound =\n"
         "raw MB/s / MB per token; vs bound = tok/s / I/O bound; vs mmap = tok/s / mmap tok/s.\n");
+    if (b->o.prompt)
+        printf("prompt tok/s: the engine's prompt tokens over its prompt evaluation time (its\n"
+               "summary); TTFT: from the client's start (gen; run --mmap: the process, the\n"
+               "model's opening included) to the first generated token.\n");
     if (par)
         printf("stack xN (--parallel): 'up --parallel N' and N gen clients at once (prompts\n"
                "'Request K', greedy); tok/s per seq: the mean of their GenerateDone rates;\n"
@@ -147,8 +170,8 @@ void nf_bench_print_json(const struct nf_bench *b)
     jstr("model", b->gguf[0] ? b->gguf : b->nft, true);
     jstr("nft", b->nft, true);
     printf("\"ram_budget\":%llu,\"n_predict\":%ld,\"threads\":%ld,\"timeout_s\":%ld,"
-           "\"n_ctx\":%u,",
-           (unsigned long long)b->o.ram, b->o.n, b->o.threads, b->o.timeout, b->n_ctx);
+           "\"n_ctx\":%u,\"n_prompt\":%ld,",
+           (unsigned long long)b->o.ram, b->o.n, b->o.threads, b->o.timeout, b->n_ctx, b->o.prompt);
     printf("\"cgroup\":{\"used\":%s,", b->use_cgroup ? "true" : "false");
     if (b->use_cgroup)
         printf("\"version\":%d,", b->cg_version);
@@ -195,6 +218,9 @@ void nf_bench_print_json(const struct nf_bench *b)
         printf("\"n_seq\":%d,", r->n_seq);
         jnum("aggregate_tok_s", r->n_seq ? r->agg_tok_s : NAN, true);
         jnum("shared_batch", r->n_seq ? r->shared_batch : NAN, true);
+        printf("\"prompt_tokens\":%d,", r->prompt_tokens);
+        jnum("prompt_tok_s", r->prompt_tok_s, true);
+        jnum("ttft_s", r->ttft, true);
         jstr("error", r->error[0] ? r->error : NULL, false);
         printf("}");
     }

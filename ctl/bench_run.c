@@ -121,14 +121,25 @@ static bool follow_gen(struct nf_bench *b, struct nf_bench_row *r, pid_t pid, in
             double ts = nf_bench_json_num(line, "decode_tok_s");
             if (!isnan(ts) && ts > 0)
                 r->tok_s = ts;
+            double pt = nf_bench_json_num(line, "prompt_tok_s");
+            double pn = nf_bench_json_num(line, "prompt_tokens");
+            if (b->prompt && !isnan(pt) && pt > 0)
+                r->prompt_tok_s = pt;
+            if (b->prompt && !isnan(pn))
+                r->prompt_tokens = (int)pn;
             continue;
         }
         if (strncmp(line, "{\"id\":", 6))
             continue;
         r->tokens++;
         t_last = nf_now_s();
-        if (r->tokens == 1)
+        if (r->tokens == 1) {
             t_first = t_last;
+            /* From the client's start: the request, the prompt's evaluation (and for run
+             * --mmap the model's opening), the first sampled token. */
+            if (b->prompt)
+                r->ttft = t_first - t0;
+        }
         if (b->tty || t_last - last_report > 1.0 || r->tokens == b->o.n) {
             last_report = t_last;
             nf_bench_progress(b, "%s: tokens %d/%ld", r->mode, r->tokens, b->o.n);
@@ -137,7 +148,6 @@ static bool follow_gen(struct nf_bench *b, struct nf_bench_row *r, pid_t pid, in
     /* Cut short: the rate of the tokens that arrived after the first (prompt) one. */
     if (!summary && r->tokens >= 2 && t_last > t_first)
         r->tok_s = (r->tokens - 1) / (t_last - t_first);
-    (void)t0;
     return summary;
 }
 
@@ -238,8 +248,9 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     }
     nf_stack_snap_take(dir, s0);
     nf_bench_progress(b, "%s: gen -n %ld", r->mode, b->o.n);
-    char *gen_argv[] = {NULL,     "gen", "--run-dir", dir, "-n",     n,
-                        "--temp", "0",   "--seed",    "1", "--json", NULL};
+    char *gen_argv[] = {NULL,      "gen", "--run-dir", dir, "-n",     n,
+                        "--temp",  "0",   "--seed",    "1", "--json", b->prompt ? "-p" : NULL,
+                        b->prompt, NULL};
     int out_fd = -1;
     pid = nf_bench_spawn(b, gen_argv, NULL, &out_fd, log);
     if (pid < 0) {
@@ -356,29 +367,22 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
                       have_cg ? " in its memory cgroup" : "");
     char ub[32];
     snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
-    char *argv[] = {NULL,
-                    "run",
-                    "--mmap",
-                    "-m",
-                    b->gguf,
-                    "-n",
-                    n,
-                    "-c",
-                    ctx,
-                    "-t",
-                    thr,
-                    "--temp",
-                    "0",
-                    "--seed",
-                    "1",
-                    "--json",
-                    "-ctk",
-                    (char *)nf_kv_type_name((enum nf_type)b->o.type_k),
-                    "-ctv",
-                    (char *)nf_kv_type_name((enum nf_type)b->o.type_v),
-                    b->o.ubatch ? "-ub" : NULL,
-                    ub,
-                    NULL};
+    char *argv[28] = {NULL, "run", "--mmap", "-m",     b->gguf, "-n",     n,   "-c",
+                      ctx,  "-t",  thr,      "--temp", "0",     "--seed", "1", "--json"};
+    int k = 16;
+    argv[k++] = "-ctk";
+    argv[k++] = (char *)nf_kv_type_name((enum nf_type)b->o.type_k);
+    argv[k++] = "-ctv";
+    argv[k++] = (char *)nf_kv_type_name((enum nf_type)b->o.type_v);
+    if (b->o.ubatch) {
+        argv[k++] = "-ub";
+        argv[k++] = ub;
+    }
+    if (b->prompt) {
+        argv[k++] = "-p";
+        argv[k++] = b->prompt;
+    }
+    argv[k] = NULL;
     int out_fd = -1;
     pid_t pid = nf_bench_spawn(b, argv, have_cg ? &cg : NULL, &out_fd, log);
     if (pid < 0) {

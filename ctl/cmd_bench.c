@@ -101,6 +101,7 @@ static void row_init(struct nf_bench_row *r)
     r->hit_rate = r->req_hit_rate = r->used_per_tok = r->recall = r->stall = NAN;
     r->vs_mmap = r->io_bound = r->vs_io_bound = NAN;
     r->agg_tok_s = r->shared_batch = NAN;
+    r->prompt_tok_s = r->ttft = NAN;
 }
 
 int nf_cmd_bench(int argc, char **argv)
@@ -146,6 +147,19 @@ int nf_cmd_bench(int argc, char **argv)
         return 1;
     }
     b.n_ctx = plan.n_ctx;
+    if (b.o.prompt && (uint64_t)b.o.prompt + (uint64_t)b.o.n > b.n_ctx) {
+        fprintf(stderr,
+                "nanoflowctl bench: -p %ld and -n %ld need a context of %ld tokens, the plan "
+                "has %u: give -c\n",
+                b.o.prompt, b.o.n, b.o.prompt + b.o.n, b.n_ctx);
+        nf_nft_close(f);
+        return 2;
+    }
+    if (b.o.prompt && !(b.prompt = nf_bench_prompt_text(b.o.prompt))) {
+        fprintf(stderr, "nanoflowctl bench: out of memory\n");
+        nf_nft_close(f);
+        return 1;
+    }
 
     if (b.o.run_dir) {
         snprintf(b.base, sizeof(b.base), "%s", b.o.run_dir);
@@ -224,6 +238,7 @@ int nf_cmd_bench(int argc, char **argv)
     else
         nf_bench_print_table(&b);
     fflush(stdout);
+    free(b.prompt);
     if (b.base_made)
         nftw(b.base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     nf_bench_progress(&b, "done");

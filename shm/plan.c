@@ -47,10 +47,10 @@ static uint64_t kv_token_bytes(const struct nf_stack_shape *sh)
 {
     if (sh->kv_latent)
         return (uint64_t)sh->n_layer * sh->kv_latent * 2;
-    uint64_t head_dim = sh->n_embd / sh->n_head;
-    uint64_t kv_dim = (uint64_t)sh->n_head_kv * head_dim;
+    uint64_t k_dim = (uint64_t)sh->n_head_kv * sh->head_k;
+    uint64_t v_dim = (uint64_t)sh->n_head_kv * sh->head_v;
     return (uint64_t)sh->n_layer *
-           (kv_row_bytes(sh->type_k, kv_dim) + kv_row_bytes(sh->type_v, kv_dim));
+           (kv_row_bytes(sh->type_k, k_dim) + kv_row_bytes(sh->type_v, v_dim));
 }
 
 /* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns

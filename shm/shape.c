@@ -18,6 +18,11 @@
 #define NF_STACK_MIN_DEMAND   64u        /* demand ring entries at least */
 #define NF_STACK_MIN_PREFETCH 256u       /* prefetch ring entries at least */
 #define NF_STACK_DIM_MAX      (1u << 24) /* widths and vocabulary a plan accepts */
+/* Router copies the predictor of a MoE model keeps in private memory, at most: the layers
+ * beyond are routed from the pool's ROUTER tiles (daemons/predictor/loop.c pool_route). Every
+ * router of qwen3-30b-a3b (50 MB) or gpt-oss-120b (53 MB) fits; deepseek-v3's (426 MB) or
+ * kimi-k2's (660 MB) would not fit a 1 GiB stack beside its pool. */
+#define NF_STACK_PRED_COPIES_MAX (64ull << 20)
 
 static uint32_t pow2_at_least(uint64_t v)
 {
@@ -82,12 +87,17 @@ static uint64_t upper_bound(const uint64_t *sorted, uint64_t n, uint64_t v)
  *    the main class: attention, FFN and output tiles, which are all within a few percent of
  *    one another), sized to the largest of them; the tiles above that (the oversize ones, like
  *    the per-layer low-rank predictor tiles) repeat the step with their own median, and the
- *    last class allowed takes whatever remains.
+ *    last class allowed takes whatever remains. The median is that of the tiles other than
+ *    routed experts (other[0..n_other), sorted) when some remain: a step reads n_expert_used
+ *    of n_expert of those, so their count must not decide the slot of the tiles read every
+ *    step (deepseek-v3 has 44,544 expert tiles of 7.9-11.5 MiB and ~7,000 attention, dense
+ *    FFN and output tiles of 1 MiB, which an all-tile median put in 11.5 MiB slots).
  * So a tile never sits in a slot more than twice its class's median, except in the last class,
  * and a model whose tiles are all alike gets one class. More classes would cut the waste
  * further but every class costs its own minimum working set and cannot lend slots to another,
  * so the split stops at these natural gaps. */
-static void plan_classes(struct nf_stack_shape *sh, const uint64_t *sorted, uint64_t n)
+static void plan_classes(struct nf_stack_shape *sh, const uint64_t *sorted, uint64_t n,
+                         const uint64_t *other, uint64_t n_other)
 {
     uint64_t i = 0;
     sh->n_classes = 0;
@@ -97,8 +107,12 @@ static void plan_classes(struct nf_stack_shape *sh, const uint64_t *sorted, uint
     }
     while (i < n) {
         uint64_t j = n;
-        if (sh->n_classes + 1 < NF_STACK_MAX_CLASSES)
-            j = upper_bound(sorted, n, 2 * sorted[i + (n - i) / 2]);
+        if (sh->n_classes + 1 < NF_STACK_MAX_CLASSES) {
+            /* The rest is every tile above sorted[i - 1]; other's share of it starts at o. */
+            uint64_t o = i ? upper_bound(other, n_other, sorted[i - 1]) : 0;
+            uint64_t median = o < n_other ? other[o + (n_other - o) / 2] : sorted[i + (n - i) / 2];
+            j = upper_bound(sorted, n, 2 * median);
+        }
         sh->class_size[sh->n_classes++] = sorted[j - 1];
         i = j;
     }
@@ -183,12 +197,12 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
     if (h->n_layer == 0 || h->n_layer > NF_NFT_MAX_LAYERS || h->n_embd == 0 ||
         h->n_embd > NF_STACK_DIM_MAX || h->n_ff > NF_STACK_DIM_MAX ||
         h->n_vocab > NF_STACK_DIM_MAX || h->n_head == 0 || h->n_head_kv == 0 ||
-        h->n_head > h->n_embd || h->n_head_kv > h->n_head || h->n_embd % h->n_head != 0 ||
-        f->n_tiles == 0 || f->n_tiles >= NF_NO_TILE || !f->tiles)
+        h->n_head > h->n_embd || h->n_head_kv > h->n_head || f->n_tiles == 0 ||
+        f->n_tiles >= NF_NO_TILE || !f->tiles)
         return nf_errf(err, errlen, NF_ECORRUPT,
                        "%s: header n_layer %u, n_embd %u, n_ff %u, n_vocab %u, n_head %u, "
                        "n_head_kv %u, n_tiles %llu: expected 1..%d layers, widths up to %u, "
-                       "n_embd a multiple of n_head >= n_head_kv > 0, 1..%u tiles",
+                       "n_embd >= n_head >= n_head_kv > 0, 1..%u tiles",
                        f->path, h->n_layer, h->n_embd, h->n_ff, h->n_vocab, h->n_head, h->n_head_kv,
                        (unsigned long long)f->n_tiles, NF_NFT_MAX_LAYERS, NF_STACK_DIM_MAX,
                        NF_NO_TILE - 1);
@@ -202,21 +216,26 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
 
     struct nf_layer_count *lc = calloc((size_t)h->n_layer + 1, sizeof(*lc));
     uint64_t *sizes = malloc(f->n_tiles * sizeof(*sizes)); /* (n_tiles) padded, sorted */
-    if (!lc || !sizes) {
+    uint64_t *other = malloc(f->n_tiles * sizeof(*other)); /* (n_other) those not EXPERT */
+    if (!lc || !sizes || !other) {
         free(lc);
         free(sizes);
+        free(other);
         return nf_errf(err, errlen, -ENOMEM, "stack plan: out of memory");
     }
-    uint64_t n_out_tiles = 0;
+    uint64_t n_out_tiles = 0, n_other = 0;
     for (uint64_t i = 0; i < f->n_tiles; i++) {
         const struct nf_nft_tile *t = &f->tiles[i];
         uint64_t padded = nf_nft_tile_span(t);
         /* A slot is never smaller than a page (O_DIRECT and the mapping's granularity). */
         sizes[i] = padded > NF_SHM_ALIGN ? padded : NF_SHM_ALIGN;
+        if (t->kind != NF_TILE_EXPERT)
+            other[n_other++] = sizes[i];
         uint32_t l = t->layer == NF_NFT_NO_LAYER ? h->n_layer : t->layer;
         if (l > h->n_layer) {
             free(lc);
             free(sizes);
+            free(other);
             return nf_errf(err, errlen, NF_ECORRUPT, "%s: tile %llu: layer %u, expected < %u",
                            f->path, (unsigned long long)i, t->layer, h->n_layer);
         }
@@ -228,11 +247,16 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
         if (t->kind == NF_TILE_ROUTER || t->kind == NF_TILE_PRED_ROUTER ||
             t->kind == NF_TILE_EXPERT)
             lc[l].routed = true;
-        /* The predictor daemon of a MoE model keeps every layer's router and ffn_norm. */
-        if (h->n_expert && (t->kind == NF_TILE_PRED_ROUTER || t->kind == NF_TILE_FFN_NORM))
+        /* The predictor daemon of a MoE model keeps the routers and ffn_norms of the first
+         * layers, in layer order as nf_forecaster_init reads them, up to
+         * NF_STACK_PRED_COPIES_MAX. */
+        if (h->n_expert && (t->kind == NF_TILE_PRED_ROUTER || t->kind == NF_TILE_FFN_NORM) &&
+            sh->pred_copies + padded <= NF_STACK_PRED_COPIES_MAX)
             sh->pred_copies += padded;
-        if ((t->kind == NF_TILE_FFN || t->kind == NF_TILE_EXPERT) && t->type[2] < NF_TYPE_COUNT &&
-            nf_type_traits((enum nf_type)t->type[2])) {
+        /* Bundle tiles only: compute reads an in-place index's row slices (type[3] names the
+         * projection, type[2] is unset) where they lie, with no down-row scratch (stream.c). */
+        if ((t->kind == NF_TILE_FFN || t->kind == NF_TILE_EXPERT) && t->type[3] == NF_SLICE_NONE &&
+            t->type[2] < NF_TYPE_COUNT && nf_type_traits((enum nf_type)t->type[2])) {
             /* For MoE tiles count is the expert's slice; the down row is n_ff of the expert,
              * which the header's n_ff gives. A MoE file's FFN tiles are a shared expert
              * (qwen2moe) of its own width, which its tiles' ends give. */
@@ -244,8 +268,10 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
         }
     }
     qsort(sizes, f->n_tiles, sizeof(*sizes), cmp_u64);
-    plan_classes(sh, sizes, f->n_tiles);
+    qsort(other, n_other, sizeof(*other), cmp_u64);
+    plan_classes(sh, sizes, f->n_tiles, other, n_other);
     free(sizes);
+    free(other);
     plan_class_counts(sh, f, lc);
     uint64_t max_all = 0;
     for (uint32_t l = 0; l < h->n_layer; l++) {
@@ -279,7 +305,23 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
                 nf_gguf_get_u64(f->meta, "deepseek2.attention.key_length", &v) == 0 && v > 0 &&
                 v <= NF_STACK_DIM_MAX)
                 sh->kv_latent = (uint32_t)v;
+            /* Heads wider than n_embd / n_head (qwen3, gemma3, glm4moe) say so. */
+            snprintf(key, sizeof(key), "%s.attention.key_length", arch);
+            if (nf_gguf_get_u64(f->meta, key, &v) == 0 && v > 0 && v <= NF_STACK_DIM_MAX)
+                sh->head_k = sh->head_v = (uint32_t)v;
+            snprintf(key, sizeof(key), "%s.attention.value_length", arch);
+            if (sh->head_k && nf_gguf_get_u64(f->meta, key, &v) == 0 && v > 0 &&
+                v <= NF_STACK_DIM_MAX)
+                sh->head_v = (uint32_t)v;
         }
+    }
+    if (!sh->head_k) {
+        if (h->n_embd % h->n_head != 0)
+            return nf_errf(err, errlen, NF_ECORRUPT,
+                           "%s: n_embd %u is not a multiple of n_head %u and the model gives no "
+                           "attention.key_length",
+                           f->path, h->n_embd, h->n_head);
+        sh->head_k = sh->head_v = h->n_embd / h->n_head;
     }
     return 0;
 }

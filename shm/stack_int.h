@@ -20,10 +20,12 @@ struct nf_stack_shape {
     uint32_t demand_count; /* ring entries */
     uint32_t prefetch_count;
     uint32_t max_groups;
-    uint64_t down_scratch; /* n_embd rows of the largest ffn_down row */
-    uint64_t pred_copies;  /* MoE: the predictor's private copies of routers and ffn_norms */
-    uint32_t n_ctx_model;  /* context_length from the metadata, 0 when absent */
-    uint32_t kv_latent;    /* deepseek2: F16 values cached per token and layer, else 0 */
+    uint64_t down_scratch;   /* n_embd rows of the largest ffn_down row */
+    uint64_t pred_copies;    /* MoE: the predictor's private copies of routers and ffn_norms */
+    uint32_t n_ctx_model;    /* context_length from the metadata, 0 when absent */
+    uint32_t kv_latent;      /* deepseek2: F16 values cached per token and layer, else 0 */
+    uint32_t head_k, head_v; /* K and V values per head: attention.key_length / value_length, else
+                              * n_embd / n_head */
     /* The pool's classes (plan_classes), by increasing slot size. */
     uint32_t n_classes;
     uint64_t class_size[NF_STACK_MAX_CLASSES];  /* bytes per slot */

@@ -339,6 +339,17 @@ static void test_stream_types(void **state)
     check_stream("zoo-Q4_K_M", 0.0f);
 }
 
+/* A q4_0 model above NF_EXACT_Q4_0_MAX (model_forward.c: 32 MiB) decodes with the one-token
+ * vec_dot, not the repacked row order: a batched step goes through nf_vec_dot_cols (its ffn_down
+ * rows of 8448 take two of the AVX-512 kernel's 8192-element chunks). */
+static void test_large_q4_0(void **state)
+{
+    (void)state;
+    gen_model("big-q4_0", "--seed 3 --dim 512 --layers 3 --ffn 8448 --heads 8 --type q4_0");
+    check_ctx("big-q4_0");
+    check_stream("big-q4_0", 0.0f);
+}
+
 static void test_stream_moe(void **state)
 {
     (void)state;
@@ -402,6 +413,7 @@ int main(void)
         cmocka_unit_test(test_stream_types),  cmocka_unit_test(test_stream_moe),
         cmocka_unit_test(test_stream_sparse), cmocka_unit_test(test_ctx_arch),
         cmocka_unit_test(test_stream_arch),   cmocka_unit_test(test_stream_small_ubatch),
+        cmocka_unit_test(test_large_q4_0),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

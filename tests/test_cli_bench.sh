@@ -86,6 +86,27 @@ else:
 PY
 check "--json is one object with every field" $?
 
+# 2b. -p N: a prompt of N tokens for every engine; each row has its prompt tok/s and TTFT, the
+#     table a PROMPT section; a prompt past the context is a usage error.
+"$NF_BIN" bench --model "$M" -n 3 -t 1 -c 96 -p 40 --sparsity none --json >"$T/p.json" 2>/dev/null
+check "bench -p exits 0" $?
+python3 - "$T/p.json" <<'PY'
+import json, sys
+o = json.load(open(sys.argv[1]))
+assert o["n_prompt"] == 40, o["n_prompt"]
+assert [r["mode"] for r in o["rows"]] == ["stack exact", "mmap"]
+for r in o["rows"]:
+    assert r["prompt_tokens"] == 40 and r["prompt_tok_s"] > 0 and r["ttft_s"] > 0, r
+PY
+check "-p: every row has prompt tokens, prompt tok/s and TTFT" $?
+"$NF_BIN" bench --model "$M" -n 3 -t 1 -c 96 -p 40 --sparsity none >"$T/p.txt" 2>/dev/null &&
+    grep -Eq "^stack exact +40 +[0-9.]+ +[0-9.]+$" "$T/p.txt" && grep -q "prompt = 40 tokens" "$T/p.txt"
+check "-p: the table's PROMPT section" $?
+"$NF_BIN" bench --model "$M" -n 3 -c 96 -p 100 >/dev/null 2>"$T/pctx.err"
+rc=$?
+[ $rc -eq 2 ] && grep -q "need a context of 103 tokens" "$T/pctx.err"
+check "-p past the context: exit 2 with the reason (rc $rc)" $?
+
 # 3. Cgroup creation failure (an impossible cgroup name) and --no-cgroup: runs without, says
 #    why, peak from VmHWM.
 NANOFLOW_BENCH_CGROUP="bad/name" "$NF_BIN" bench --model "$M" -n 2 -t 1 --sparsity none --json \
@@ -116,7 +137,8 @@ check "a .nft model: stack measured, mmap row explains (exit $rc)" $?
 
 # 5. Usage errors exit 2 with a one-line reason.
 for args in "" "--model" "--model $M --bogus" "--model $M -n 1" "--model $M --sparsity 1.5" \
-    "--model $M --sparsity 0.5,x" "--model $M --ram 0" "--model $M --timeout 2" "--model $M -t -1"; do
+    "--model $M --sparsity 0.5,x" "--model $M --ram 0" "--model $M --timeout 2" "--model $M -t -1" "--model $M -p 1" \
+    "--model $M -p x"; do
     # shellcheck disable=SC2086
     "$NF_BIN" bench $args >/dev/null 2>"$T/usage.err"
     rc=$?

@@ -67,6 +67,7 @@ kind() {
     --kv-offload) K=enum ;;
     --kv-dir) K=str ;;
     -ctk | -ctv | --cache-type-k | --cache-type-v) K=enum ;;
+    --n-prompt) K=int ;;
     *) K="" ;;
     esac
 }
@@ -105,6 +106,7 @@ good() {
     --vocab) G=512 ;;
     -ub | --ubatch-size | --ubatch) G=8 ;;
     -ctk | -ctv | --cache-type-k | --cache-type-v) G=q8_0 ;;
+    --n-prompt) G=8 ;;
     --draft-max) G=4 ;;
     --kv-block) G=4 ;;
     --kv-offload) G=auto ;;
@@ -340,6 +342,8 @@ check_command() {
         local k
         kind "$f"
         k=$K
+        # bench's -p is llama-bench's prompt length, a number (elsewhere -p is the prompt).
+        [ "$key $f" = "bench -p" ] && k=int
         case "$f" in -h | --help) continue ;; esac
         if [ -z "$k" ]; then
             bad "$label: the help names $f, which this test does not know (add it to kind/good)"
@@ -360,6 +364,7 @@ check_command() {
         # Accepted: fails later (exit 1) instead of a usage error.
         local -a val=()
         good "$f"
+        [ "$key $f" = "bench -p" ] && G=8
         [ "$k" != bool ] && val=("$G")
         [ -e "$R" ] && rm -rf "$R"
         run_to acc "$@" "${fpre[@]}" "$f" "${val[@]}" "${post[@]}"

@@ -93,7 +93,7 @@ for f in --model --no-bos --parse-special --json; do
     grep -q -- "$f" "$T/out" || bad "--help does not list $f"
 done
 grep -c "default" "$T/out" | grep -q '^[3-9]' || bad "--help does not give the defaults"
-for p in llama-bpe qwen2 deepseek-coder deepseek-v3 smollm olmo gpt-4o tekken glm4; do
+for p in llama-bpe qwen2 deepseek-coder deepseek-v3 smollm olmo gpt-4o tekken glm4 kimi-k2; do
     grep -q -- "$p" "$T/out" || bad "--help does not list the pre-tokenizer $p"
 done
 
@@ -127,7 +127,7 @@ case_text() {
         awk -v k="$1" 'BEGIN { RS = "\n__ggml_vocab_test__\n" } NR == k { printf "%s", $0 }'
 }
 if [ -x "$TT" ] && "$TT" --write-vocabs "$T" >"$T/err" 2>&1; then
-    for v in deepseek-coder deepseek-v3 gpt-4o tekken chatglm-bpe dbrx qwen35 smollm olmo \
+    for v in deepseek-coder deepseek-v3 gpt-4o kimi-k2 tekken chatglm-bpe dbrx qwen35 smollm olmo \
         default gemma-spm; do
         for k in 65; do
             tok --model "$T/$v.gguf" --no-bos -- "$(case_text $k)"

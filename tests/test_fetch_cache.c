@@ -483,6 +483,37 @@ static void test_victim_rare_expert_first(void **state)
     nf_cache_freq_free(&q);
 }
 
+/* A rare expert prefetched and not pinned since its load (last_use NF_CACHE_FREQ_NONE) is
+ * wanted on its next pass: it ranks by its cyclic distance like any tile, so the farthest tile
+ * (7) goes first, where by its frequency it would have gone before it was used. */
+static void test_victim_prefetched_expert_kept(void **state)
+{
+    (void)state;
+    struct table t;
+    table_init(&t);
+    float p0[NT] = {0};
+    p0[2] = p0[3] = 0.25f;
+    struct nf_cache_freq q;
+    assert_int_equal(nf_cache_freq_init(&q, p0, NT), 0);
+    for (uint32_t step = 2; step <= 30; step += 2)
+        nf_cache_freq_observe(&q, 2, step);
+    nf_cache_freq_observe(&q, 3, 1);
+    uint64_t got = 0;
+    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, 0, UINT64_MAX, &q, &got),
+                     3);
+    atomic_store(&t.tiles[3].last_use, NF_CACHE_FREQ_NONE); /* reloaded by a prefetch */
+    uint32_t s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, 0, UINT64_MAX, &q, &got);
+    assert_int_equal(s, 2);
+    s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 8, 0, got, &q, &got);
+    assert_int_equal(s, 7);
+    /* Past its pass unused (compute at 4), it is the farthest again. */
+    s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 4, 0, UINT64_MAX, &q, &got);
+    assert_int_equal(s, 2);
+    s = nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 4, 0, got, &q, &got);
+    assert_int_equal(s, 3);
+    nf_cache_freq_free(&q);
+}
+
 /* A MoE scan with skewed routing: 4 layers of one every-step tile and 8 experts (2 chosen per
  * token, expert e with weight 2^-e), 14 slots for 36 tiles. Loads evict by expected next use
  * or by cyclic distance alone; the frequency rule must miss less (the hot experts stay), and
@@ -579,6 +610,7 @@ int main(void)
         cmocka_unit_test(test_late_prefetch),
         cmocka_unit_test(test_freq_estimate),
         cmocka_unit_test(test_victim_rare_expert_first),
+        cmocka_unit_test(test_victim_prefetched_expert_kept),
         cmocka_unit_test(test_moe_scan_skewed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,7 @@
 /* test_quants_mat.c - the multi-token kernels (vec_dot_mat) of every type and ISA against the
  * scalar reference: weight row counts 1..17, activation row counts 1..17, odd row lengths, an
- * output stride wider than the tile, and the bit-for-bit claims the forward pass relies on. */
+ * output stride wider than the tile, and the bit-for-bit claims the forward pass relies on
+ * (prompt attention's KQV kernel included). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -230,15 +231,18 @@ static void test_mat_wide(void **state)
     }
 }
 
-/* The forward pass relies on these being bit-identical: the multi-token kernels of q8_0 and the
- * K-quants q2_K..q6_K and their AVX2 single-row kernels (llama.cpp's orders, which the
- * goldens reproduce), and the F32/F16 kernels of every ISA and their tinyBLAS-order reference. */
+/* The forward pass relies on these being bit-identical: the multi-token kernels of q8_0, the
+ * K-quants q2_K..q6_K, q4_1, q5_0, q5_1, iq4_nl and iq4_xs and their AVX2 single-row kernels
+ * (llama.cpp's orders, which the goldens reproduce), and the F32/F16/BF16 kernels of every ISA
+ * and their tinyBLAS-order reference (BF16: vdpbf16ps's, emulated on AVX2). */
 static void test_mat_bit_identical(void **state)
 {
     (void)state;
     int tested = 0;
-    const enum nf_type types[] = {NF_TYPE_Q8_0, NF_TYPE_Q4_K, NF_TYPE_Q5_K, NF_TYPE_Q6_K,
-                                  NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_F32,  NF_TYPE_F16};
+    const enum nf_type types[] = {NF_TYPE_Q8_0,   NF_TYPE_Q4_K, NF_TYPE_Q5_K, NF_TYPE_Q6_K,
+                                  NF_TYPE_Q2_K,   NF_TYPE_Q3_K, NF_TYPE_F32,  NF_TYPE_F16,
+                                  NF_TYPE_Q4_1,   NF_TYPE_Q5_0, NF_TYPE_Q5_1, NF_TYPE_IQ4_NL,
+                                  NF_TYPE_IQ4_XS, NF_TYPE_BF16};
     for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
         const enum nf_type t = types[ti];
         int ns[6];
@@ -262,6 +266,8 @@ static void test_mat_bit_identical(void **state)
             }
             for (int isa = NF_ISA_AVX2; isa <= (int)nf_cpu_best_isa(); isa++) {
                 nf_vec_dot_mat_fn f = nf_vec_dot_mat_for(t, (enum nf_isa)isa);
+                if (!f && t == NF_TYPE_BF16) /* AVX-512 without AVX512-BF16: the AVX2 path */
+                    continue;
                 assert_non_null(f);
                 f(m.n, got, MAXR, m.x, m.bx, m.y, m.by, MAXR, MAXR);
                 for (int i = 0; i < MAXR * MAXR; i++)
@@ -277,6 +283,55 @@ static void test_mat_bit_identical(void **state)
     if (nf_cpu_best_isa() < NF_ISA_AVX2)
         skip();
     assert_true(tested > 0);
+}
+
+/* Prompt attention's KQV kernels (nf__vec_dot_f16_cols_*): every ISA bit-identical to the F32
+ * multi-token reference on each column of V gathered to F32 (what the forward pass did
+ * before), over row counts with and without a partial group of 16 and column counts with and
+ * without a partial vector. */
+static void test_cols_bit_identical(void **state)
+{
+    (void)state;
+    typedef void (*cols_fn)(int, float *, int, const nf_fp16_t *, size_t, const float *);
+    const cols_fn fns[NF_ISA_COUNT] = {nf__vec_dot_f16_cols_ref, nf__vec_dot_f16_cols_avx2,
+                                       nf__vec_dot_f16_cols_avx512};
+    static const int ns[] = {1, 5, 16, 17, 33, 100, 513};
+    static const int nds[] = {1, 7, 8, 16, 17, 64, 80, 128};
+    enum { MAXN = 513, MAXD = 128, VS = MAXD + 8 };
+    nf_fp16_t *v = malloc(sizeof(nf_fp16_t) * MAXN * VS);
+    float *p = malloc(sizeof(float) * MAXN), *col = malloc(sizeof(float) * MAXN);
+    float want[MAXD + 1], got[MAXD + 1];
+    assert_true(v && p && col);
+    for (int i = 0; i < MAXN * VS; i++)
+        v[i] = nf_fp32_to_fp16(rng_gauss());
+    for (int i = 0; i < MAXN; i++) /* softmax-like weights, F16-rounded as the forward pass's */
+        p[i] = nf_fp16_to_fp32(nf_fp32_to_fp16(fabsf(rng_gauss()) / 64.0f));
+    int tested = 0;
+    for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++)
+        for (size_t di = 0; di < sizeof(nds) / sizeof(nds[0]); di++) {
+            const int n = ns[ni], nd = nds[di];
+            for (int d = 0; d < nd; d++) {
+                for (int i = 0; i < n; i++)
+                    col[i] = nf_fp16_to_fp32(v[(size_t)i * VS + d]);
+                nf__vec_dot_f32_mat_ref(n, &want[d], 1, col, 0, p, 0, 1, 1);
+            }
+            for (int isa = NF_ISA_SCALAR; isa <= (int)nf_cpu_best_isa(); isa++) {
+                got[nd] = -777.0f;
+                fns[isa](n, got, nd, v, VS, p);
+                for (int d = 0; d < nd; d++)
+                    if (memcmp(&got[d], &want[d], sizeof(float)))
+                        fail_msg("cols %s n=%d nd=%d column %d: %.9g, expected bit-identical %.9g",
+                                 nf_isa_name((enum nf_isa)isa), n, nd, d, got[d], want[d]);
+                if (got[nd] != -777.0f)
+                    fail_msg("cols %s n=%d nd=%d wrote past the last column",
+                             nf_isa_name((enum nf_isa)isa), n, nd);
+                tested++;
+            }
+        }
+    assert_true(tested >= 56);
+    free(v);
+    free(p);
+    free(col);
 }
 
 static void test_mat_traits(void **state)
@@ -295,10 +350,9 @@ int main(void)
 {
     nf_kernels_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mat_traits),
-        cmocka_unit_test(test_mat_vs_ref),
-        cmocka_unit_test(test_mat_wide),
-        cmocka_unit_test(test_mat_bit_identical),
+        cmocka_unit_test(test_mat_traits),         cmocka_unit_test(test_mat_vs_ref),
+        cmocka_unit_test(test_mat_wide),           cmocka_unit_test(test_mat_bit_identical),
+        cmocka_unit_test(test_cols_bit_identical),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

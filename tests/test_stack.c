@@ -652,6 +652,78 @@ static void test_plan_classes(void **state)
     assert_int_equal(p.n_classes, 1);
 }
 
+/* A deepseek-v3-like in-place index cut to 13 layers and 32 experts: a leading dense layer of
+ * 100 FFN row slices, 40 attention tiles of 1 MiB a layer, and in the 12 MoE layers a router
+ * and its predictor copy of 7.3 MiB each and 32 experts of three slices (7.9, 7.9 and 11.5
+ * MiB). The expert slices outnumber the 1 MiB tiles. */
+static void make_v3_cut(struct fake_model *m)
+{
+    memset(m, 0, sizeof(*m));
+    struct nf_nft_header *h = &m->f.hdr;
+    h->n_layer = 13;
+    h->n_embd = 7168;
+    h->n_ff = 2048;
+    h->n_vocab = 129280;
+    h->n_head = 128;
+    h->n_head_kv = 128;
+    h->n_expert = 32;
+    h->n_expert_used = 8;
+    h->file_size = 40ull << 30;
+    h->header_checksum = 0x3d3;
+    snprintf(m->f.path, sizeof(m->f.path), "/models/v3cut.nfi");
+    m->f.tiles = m->tiles;
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_EMBD, 100, 28672);
+    const uint64_t mib = 1ull << 20, router = 32ull * 7168 * 4 * 8; /* 7.3 MiB */
+    for (uint32_t l = 0; l < 13; l++) {
+        add_tiles(m, l, NF_TILE_ATTN_NORM, 1, 28672);
+        add_tiles(m, l, NF_TILE_ATTN_O, 40, mib);
+        add_tiles(m, l, NF_TILE_FFN_NORM, 1, 28672);
+        if (l == 0) {
+            add_tiles(m, l, NF_TILE_FFN, 100, mib);
+            continue;
+        }
+        add_tiles(m, l, NF_TILE_ROUTER, 1, router);
+        add_tiles(m, l, NF_TILE_PRED_ROUTER, 1, router);
+        for (uint32_t e = 0; e < 32; e++) {
+            add_tiles(m, l, NF_TILE_EXPERT, 2, 2048ull * 4032);
+            add_tiles(m, l, NF_TILE_EXPERT, 1, 7168ull * 1680);
+        }
+    }
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_OUTPUT_NORM, 1, 28672);
+    add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_OUTPUT, 50, mib);
+    /* Row slices of an in-place index: type[3] names the projection, type[2] is unset. */
+    for (uint64_t i = 0; i < m->f.n_tiles; i++)
+        if (m->tiles[i].kind == NF_TILE_FFN || m->tiles[i].kind == NF_TILE_EXPERT) {
+            m->tiles[i].type[2] = 0;
+            m->tiles[i].type[3] = NF_SLICE_GATE;
+        }
+}
+
+static void test_plan_moe_classes(void **state)
+{
+    static struct fake_model m;
+    make_v3_cut(&m);
+    struct nf_stack_plan p;
+    char err[512] = "";
+    assert_int_equal(nf_stack_plan(&m.f, 1ull << 30, 256, 2, &p, err, sizeof(err)), 0);
+    check_plan(&m.f, &p);
+    /* The 1 MiB tiles read every step get 1 MiB slots although the expert slices are the
+     * majority: small, 1 MiB, and the routers with the experts in 11.5 MiB slots. */
+    assert_int_equal(p.n_classes, 3);
+    assert_int_equal(p.classes[1].slot_size, 1ull << 20);
+    assert_int_equal(p.classes[2].slot_size, align_page(7168ull * 1680));
+    assert_int_equal(p.class_tiles[1], 13 * 40 + 100 + 50);
+    /* Minimum of the large class: a layer's router and its copy, 4 experts, 2 spare. */
+    assert_int_equal(p.class_min[2], 2 + 4 + 2);
+    /* Row slices need no down-row scratch in compute. */
+    assert_int_equal(p.down_scratch, 0);
+    /* The predictor keeps the first layers' routers and norms up to 64 MiB (8 of the 12
+     * routers here); the others it reads from the pool. */
+    const uint64_t copy = align_page(32ull * 7168 * 4 * 8) + 28672;
+    assert_true(p.predictor_private >= NF_STACK_PROC_BYTES + 8 * copy);
+    assert_true(p.predictor_private < NF_STACK_PROC_BYTES + (64ull << 20) + (1ull << 20));
+}
+
 /* A small model with three tile sizes (8 KiB, 40 KiB-ish and 160 KiB), so its region is small
  * enough to create in a test. */
 static void make_small_classes(struct fake_model *m)
@@ -1191,12 +1263,13 @@ static void test_no_leftovers(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plan_stories),   cmocka_unit_test(test_plan_seq),
-        cmocka_unit_test(test_plan_handmade),  cmocka_unit_test(test_plan_predictor_share),
-        cmocka_unit_test(test_plan_classes),   cmocka_unit_test(test_slot_addresses),
-        cmocka_unit_test(test_create_attach),  cmocka_unit_test(test_attach_refusals),
-        cmocka_unit_test(test_state_machine),  cmocka_unit_test(test_stress_processes),
-        cmocka_unit_test(test_stress_threads), cmocka_unit_test(test_no_leftovers),
+        cmocka_unit_test(test_plan_stories),     cmocka_unit_test(test_plan_seq),
+        cmocka_unit_test(test_plan_handmade),    cmocka_unit_test(test_plan_predictor_share),
+        cmocka_unit_test(test_plan_classes),     cmocka_unit_test(test_plan_moe_classes),
+        cmocka_unit_test(test_slot_addresses),   cmocka_unit_test(test_create_attach),
+        cmocka_unit_test(test_attach_refusals),  cmocka_unit_test(test_state_machine),
+        cmocka_unit_test(test_stress_processes), cmocka_unit_test(test_stress_threads),
+        cmocka_unit_test(test_no_leftovers),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

@@ -643,6 +643,7 @@ static const struct derived derived_vocabs[] = {
     {"deepseek-v3", "deepseek-llm", "deepseek-v3", NULL, 0, false, true, 100000, {100001, -1}},
     {"gpt-4o", "llama-bpe", "gpt-4o", NULL, 0, false, false, 128000, {128001, 128009, -1}},
     {"tekken", "llama-bpe", "tekken", NULL, 0, false, true, 128000, {128001, 128009, -1}},
+    {"kimi-k2", "llama-bpe", "kimi-k2", NULL, 0, false, false, 128000, {128001, 128009, -1}},
     {"chatglm-bpe",
      "llama-bpe",
      "chatglm-bpe",
@@ -840,8 +841,8 @@ static void test_pretok_splits(void **state)
 {
     (void)state;
     static const char *const names[] = {
-        "default",      "gpt-2",          "llama-bpe",   "qwen2",     "qwen35", "falcon",
-        "deepseek-llm", "deepseek-coder", "deepseek-v3", "starcoder", "gpt-4o", "tekken",
+        "default",        "gpt-2",       "llama-bpe", "qwen2",  "qwen35", "falcon",  "deepseek-llm",
+        "deepseek-coder", "deepseek-v3", "starcoder", "gpt-4o", "tekken", "kimi-k2",
     };
     static const char sep[] = "\n__ggml_vocab_test__\n";
     uint32_t *cps = malloc(MAX_IDS * sizeof(*cps));

@@ -287,7 +287,13 @@ uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tile
         if (atomic_load_explicit(&t->state, memory_order_relaxed) != NF_TILE_READY ||
             atomic_load_explicit(&t->pins, memory_order_relaxed) != 0)
             continue;
-        uint64_t d = nf_cache_expected(q, id, nf_cache_distance(id, cur, n_tiles), n_tiles);
+        /* A tile loaded and not pinned since was prefetched for its next pass: its expected use
+         * is that distance, whatever its frequency (ranking it by frequency let the next
+         * prefetch evict it before compute got to it). */
+        uint32_t dist = nf_cache_distance(id, cur, n_tiles);
+        uint64_t d = atomic_load_explicit(&t->last_use, memory_order_relaxed) == NF_CACHE_FREQ_NONE
+                         ? dist
+                         : nf_cache_expected(q, id, dist, n_tiles);
         if (d <= min_dist || d >= below)
             continue;
         if (best == NF_NO_SLOT || d > best_dist) {

@@ -166,11 +166,12 @@ uint64_t nf_cache_expected(const struct nf_cache_freq *q, uint32_t id, uint32_t 
 /* Picks the eviction victim among the slots first_slot .. end_slot - 1 (one class: a tile
  * only evicts within its own class): the slot whose tile is READY, unpinned, not flagged
  * NF_SLOT_RESIDENT, and has the largest expected next use (nf_cache_expected with q: NULL for
- * the cyclic distance alone) that is both > min_dist and < below (pass UINT64_MAX for no upper
- * bound; after a failed nf_slot_try_evict, call again with below set to the failed tile's
- * value to get the next candidate, *got when not NULL). Returns the slot, or NF_NO_SLOT when
- * none qualifies. Reads the tables with relaxed atomics (a racing pin is caught by
- * nf_slot_try_evict). */
+ * the cyclic distance alone; a tile whose last_use is NF_CACHE_FREQ_NONE, loaded and not pinned
+ * since, was prefetched for its next pass and ranks by its cyclic distance) that is both > min_dist
+ * and < below (pass UINT64_MAX for no upper bound; after a failed nf_slot_try_evict, call again
+ * with below set to the failed tile's value to get the next candidate, *got when not NULL). Returns
+ * the slot, or NF_NO_SLOT when none qualifies. Reads the tables with relaxed atomics (a racing pin
+ * is caught by nf_slot_try_evict). */
 uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tiles,
                               const struct nf_slot_entry *slots, uint32_t first_slot,
                               uint32_t end_slot, uint32_t cur, uint64_t min_dist, uint64_t below,

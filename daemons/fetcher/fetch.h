@@ -20,10 +20,10 @@
 struct nf_nft;
 
 enum nf_verify_mode { NF_VERIFY_NONE = 0, NF_VERIFY_SAMPLE, NF_VERIFY_ALL };
-#define NF_VERIFY_SAMPLE_EVERY 16
-#define NF_FETCH_UNUSED                                                                          \
-    UINT32_MAX /* last_use of a tile not pinned since it was loaded */ /* --verify sample checks \
-                                                                          one read in 16 */
+#define NF_VERIFY_SAMPLE_EVERY 16 /* --verify sample checks one read in 16 */
+/* last_use of a tile not pinned since it was loaded (the value nf_cache_pick_victim and
+ * nf_cache_freq_observe take for "not used") */
+#define NF_FETCH_UNUSED NF_CACHE_FREQ_NONE
 
 struct nf_fetch_opts {
     unsigned qd;                /* reads in flight at most (--qd) */

@@ -147,6 +147,55 @@ static const uint64_t *fallback(const struct nf_pred_loop *lp, uint32_t l)
     return lp->have_used[l] ? lp->last_used + (size_t)l * lp->plan->words : NULL;
 }
 
+/* A MoE layer whose router copy did not fit this process's memory (deepseek-v3's 58 routers of
+ * 256 x 7168 F32 are 426 MB, beyond a 1 GiB stack's share) is routed from the pool: its ROUTER
+ * tile (the bytes its PRED_ROUTER copies), FFN_NORM and gpt-oss's ROUTER_BIAS read in place when
+ * READY, peeked as pool_forecast peeks. They are tiles compute pins for the layer anyway, listed
+ * with the layer's attention a layer or two ahead, so they are usually READY one layer ahead;
+ * when the router is not, it is asked for and the layer gets no forecast. Returns what
+ * nf_forecast returns, -ENOENT when the layer has no router of the plan's shape (a leading
+ * dense layer: nf_forecast's answer), -EAGAIN when the tiles are not READY. */
+static int pool_route(struct nf_pred_loop *lp, uint32_t l, uint32_t d, uint64_t *sel)
+{
+    const struct nf_plan *p = lp->plan;
+    const struct nf_nft *f = p->f;
+    struct nf_fc_layer *L = &lp->fc->layers[l];
+    const struct nf_nft_tile *rt = nf_nft_find(f, l, NF_TILE_ROUTER, 0);
+    const struct nf_nft_tile *nt = nf_nft_find(f, l, NF_TILE_FFN_NORM, 0);
+    const struct nf_nft_tile *bt = nf_nft_find(f, l, NF_TILE_ROUTER_BIAS, 0);
+    const struct nf_type_traits *tr = rt ? nf_type_traits((enum nf_type)rt->type[0]) : NULL;
+    if (p->layers[l].n_units == 0 || !rt || !tr || !tr->to_float || rt->count != p->n_expert ||
+        rt->ne0 != p->n_embd || nf_nft_count(f, l, NF_TILE_ROUTER) != 1 || !nt ||
+        nt->type[0] != NF_TYPE_F32 || nt->size != (uint64_t)p->n_embd * sizeof(float) ||
+        (bt && (bt->type[0] != NF_TYPE_F32 || bt->count != 1 || bt->ne0 != p->n_expert)))
+        return -ENOENT;
+    uint32_t ids[3] = {(uint32_t)nf_nft_tile_id(f, rt), (uint32_t)nf_nft_tile_id(f, nt),
+                       bt ? (uint32_t)nf_nft_tile_id(f, bt) : 0};
+    const uint8_t *b[3] = {NULL, NULL, NULL};
+    uint32_t n = bt ? 3 : 2, got = 0;
+    while (got < n && (b[got] = nf_tile_try_peek(lp->st, ids[got])))
+        got++;
+    int rc = -EAGAIN;
+    if (got == n) {
+        /* A slot holds a tile's aligned span: its bytes start at the skew (0 in a .nft). */
+        L->pred = (void *)(b[0] + nf_nft_tile_skew(rt));
+        L->norm = (float *)(void *)(b[1] + nf_nft_tile_skew(nt));
+        L->bias = bt ? (float *)(void *)(b[2] + nf_nft_tile_skew(bt)) : NULL;
+        L->type = (enum nf_type)rt->type[0];
+        L->rank = 0;
+        L->rows = p->n_expert;
+        rc = nf_forecast(lp->fc, l, lp->x, lp->sparsity, lp->moe_gap, sel);
+        L->pred = NULL;
+        L->norm = NULL;
+        L->bias = NULL;
+    } else if (got == 0) {
+        nf_tile_prefetch(lp->st, ids[0], d, false);
+    }
+    while (got > 0)
+        nf_tile_unpin(lp->st, ids[--got]);
+    return rc;
+}
+
 /* A dense layer whose predictor did not fit this process's memory is forecast from the pool:
  * its PRED_LOWRANK and FFN_NORM tiles read in place when READY (peeked: the fetcher tracks
  * compute from its pins, not ours). When the predictor tile is not READY it is asked for, so the
@@ -157,8 +206,10 @@ static int pool_forecast(struct nf_pred_loop *lp, uint32_t l, uint32_t d, uint64
 {
     const struct nf_plan *p = lp->plan;
     struct nf_fc_layer *L = &lp->fc->layers[l];
-    if (p->moe || L->pred)
+    if (L->pred)
         return -ENOENT;
+    if (p->moe)
+        return pool_route(lp, l, d, sel);
     const struct nf_nft *f = p->f;
     const struct nf_nft_tile *pt = nf_nft_predictor(f, l);
     const struct nf_nft_tile *nt = nf_nft_find(f, l, NF_TILE_FFN_NORM, 0);
@@ -216,6 +267,8 @@ static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, ui
     }
     if (rc < 0) {
         lp->fc_live[l] = false;
+        if (p->moe && rc == -EAGAIN)
+            return fallback(lp, l); /* its router is not in the pool yet: last step's experts */
         if (p->moe)
             return NULL; /* no router copy in memory for this layer: every expert, in order */
         /* No predictor in memory for this dense layer: no FFN group is guessed (compute asks

@@ -134,9 +134,10 @@ static int load_predictors(struct pred *d)
     if (d->fc.n_loaded < d->plan.n_layer && needed)
         nf_log(NF_LOG_WARN,
                "predictors of %u of %u layers fit the plan's %llu bytes for predictor data; "
-               "layers %u.. prefetch every %s in order",
+               "layers %u.. %s",
                d->fc.n_loaded, d->plan.n_layer, (unsigned long long)cap, d->fc.n_loaded,
-               d->plan.moe ? "expert" : "group");
+               d->plan.moe ? "are routed with the pool's router tiles"
+                           : "prefetch every group in order");
     nf_log(NF_LOG_INFO, "%s: %u layers, %s, %u units max, predictors for %u layers (%llu bytes)",
            d->f->path, d->plan.n_layer, d->plan.moe ? "MoE" : "dense", d->plan.max_units,
            d->fc.n_loaded, (unsigned long long)d->fc.mem_bytes);

@@ -20,18 +20,32 @@ cmake --build "$build" -j2 --target fuzz_gguf fuzz_frame fuzz_nft nanoflowctl
 # New inputs go to scratch corpora so that the committed seeds stay as they are.
 work=$(mktemp -d "${TMPDIR:-/tmp}/nf-fuzz-XXXXXX")
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$build/fuzz-artifacts" "$work/gguf" "$work/frame" "$work/nft" "$work/nft-seeds"
-echo "fuzzing the GGUF reader for $secs s"
-"$build/tests/fuzz_gguf" -max_total_time="$secs" -max_len=16384 -timeout=10 -rss_limit_mb=2048 \
+mkdir -p "$build/fuzz-artifacts" "$work/gguf" "$work/frame" "$work/nft" "$work/nft-seeds" \
+    "$work/gguf-seeds"
+ctl="$build/ctl/nanoflowctl"
+# GGUF seeds beside the committed ones: the frontier architectures' metadata (MLA ranks, expert
+# groups, sigmoid routing, sinks, sliding windows, YaRN) and mxfp4 experts, tiny (60-80 KB).
+"$ctl" mkmodel "$work/gguf-seeds/deepseek2.gguf" --arch deepseek2 --dim 32 --layers 2 --ffn 32 \
+    --heads 2 --head-dim 24 --rope-dim 8 --kv-lora 32 --v-head 16 --q-lora 32 --dense-layers 1 \
+    --dense-ffn 64 --experts 4 --experts-used 2 --shared-experts 1 --sigmoid --expert-groups 2 \
+    --groups-used 1 --vocab 259 --type q8_0 >/dev/null
+"$ctl" mkmodel "$work/gguf-seeds/glm4moe.gguf" --arch glm4moe --dim 32 --layers 2 --ffn 32 \
+    --heads 2 --kv-heads 1 --head-dim 16 --experts 4 --experts-used 2 --expert-groups 2 \
+    --groups-used 1 --dense-layers 1 --dense-ffn 64 --nextn 1 --vocab 259 --type q8_0 >/dev/null
+"$ctl" mkmodel "$work/gguf-seeds/gpt-oss.gguf" --arch gpt-oss --dim 32 --layers 2 --ffn 32 \
+    --heads 2 --kv-heads 1 --head-dim 32 --experts 4 --experts-used 2 --window 4 --rope-scale 32 \
+    --ctx 131072 --vocab 259 --type mxfp4 >/dev/null
+echo "fuzzing the GGUF reader and model loader for $secs s"
+"$build/tests/fuzz_gguf" -max_total_time="$secs" -max_len=131072 -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -error_exitcode=1 -dict="$src/tests/fuzz/gguf.dict" \
-    -artifact_prefix="$build/fuzz-artifacts/" "$work/gguf" "$src/tests/fuzz/corpus/gguf"
+    -artifact_prefix="$build/fuzz-artifacts/" "$work/gguf" "$src/tests/fuzz/corpus/gguf" \
+    "$work/gguf-seeds"
 echo "fuzzing the control-frame decoder for $secs s"
 "$build/tests/fuzz_frame" -max_total_time="$secs" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -error_exitcode=1 -artifact_prefix="$build/fuzz-artifacts/" "$work/frame"
 
-# .nft seeds: a dense model with calibration and two MoE models (q4_0, and mxfp4 experts), tiny,
-# in the file's real layout.
-ctl="$build/ctl/nanoflowctl"
+# .nft seeds: a dense model with calibration, two MoE models (q4_0, and mxfp4 experts) and the
+# frontier architectures (their GGUF seeds above), tiny, in the file's real layout.
 "$ctl" mkmodel "$work/d.gguf" --dim 32 --layers 2 --ffn 64 --heads 4 --kv-heads 2 --vocab 259 \
     --type q8_0 >/dev/null
 "$ctl" mkmodel "$work/m.gguf" --dim 32 --layers 1 --ffn 32 --heads 2 --vocab 259 --experts 4 \
@@ -42,6 +56,9 @@ printf 'a b c d e f g h i j k l m n o p q r s t u v w x y z\n' >"$work/calib.txt
 "$ctl" convert "$work/d.gguf" "$work/nft-seeds/dense.nft" --rank 4 --calibrate "$work/calib.txt" 2>/dev/null
 "$ctl" convert "$work/m.gguf" "$work/nft-seeds/moe.nft" 2>/dev/null
 "$ctl" convert "$work/x.gguf" "$work/nft-seeds/moe-mxfp4.nft" 2>/dev/null
+for a in deepseek2 glm4moe gpt-oss; do
+    "$ctl" convert "$work/gguf-seeds/$a.gguf" "$work/nft-seeds/$a.nft" 2>/dev/null
+done
 # Inputs that once failed (tests/fuzz/regress/TARGET/) must pass before fuzzing goes on.
 for f in "$src"/tests/fuzz/regress/nft/*; do
     [ -e "$f" ] || continue

@@ -1,0 +1,79 @@
+/* quants_rows.c - the choice of the per-row exact multi-token kernels (quants_rows.h) and the
+ * scalar definition of the forward pass's one-token F32/F16 dot. */
+#include <math.h>
+
+#include "quants_impl.h"
+#include "quants_rows.h"
+
+nf_vec_dot_mat_fn nf_vec_dot_cols(enum nf_type t)
+{
+    const struct nf_type_traits *tr = nf_type_traits(t);
+    const enum nf_isa isa = nf_kernels_isa();
+    switch (t) {
+    case NF_TYPE_Q4_0:
+        /* The scalar vec_dot_mat is the reference vec_dot per pair; the SIMD ones are not. */
+        if (isa == NF_ISA_AVX512)
+            return nf__vec_dot_q4_0_q8_0_cols_avx512;
+        if (isa == NF_ISA_AVX2)
+            return nf__vec_dot_q4_0_q8_0_cols_avx2;
+        return tr->vec_dot_mat;
+    case NF_TYPE_Q8_0:
+    case NF_TYPE_Q2_K:
+    case NF_TYPE_Q3_K:
+    case NF_TYPE_Q4_K:
+    case NF_TYPE_Q5_K:
+    case NF_TYPE_Q6_K:
+    case NF_TYPE_MXFP4:
+        /* Their register-blocked kernels keep vec_dot's order (quants_mat_avx2.c,
+         * quants_mat_avx512.c, quants_mxfp4_avx*.c; checked by tests/test_quants_rows.c). */
+        return tr->vec_dot_mat;
+    default: return NULL;
+    }
+}
+
+nf_vec_dot_mat_fn nf_ggml_dot_cols(enum nf_type t)
+{
+    const bool avx512 = nf_kernels_isa() == NF_ISA_AVX512;
+    if (t == NF_TYPE_F32)
+        return avx512 ? nf__ggml_dot_f32_cols_avx512 : nf__ggml_dot_f32_cols_ref;
+    if (t == NF_TYPE_F16)
+        return avx512 ? nf__ggml_dot_f16_cols_avx512 : nf__ggml_dot_f16_cols_ref;
+    return NULL;
+}
+
+static inline float nf_ld(const void *p, bool f16, int i)
+{
+    return f16 ? nf_fp16_to_fp32(((const nf_fp16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+float nf__ggml_dot_ref(const void *x, const void *y, bool f16, int n, int nv)
+{
+    const int np = n & ~63, mv = nv < np ? nv : np;
+    float acc[4][16] = {{0}};
+    for (int i = 0; i < mv; i++)
+        acc[(i >> 4) & 3][i & 15] =
+            fmaf(nf_ld(x, f16, i), nf_ld(y, f16, i), acc[(i >> 4) & 3][i & 15]);
+    for (int l = 0; l < 16; l++) {
+        acc[0][l] = acc[0][l] + acc[2][l];
+        acc[1][l] = acc[1][l] + acc[3][l];
+        acc[0][l] = acc[0][l] + acc[1][l];
+    }
+    const int ne = nv < n ? nv : n;
+    double s = np ? (double)nf__hsum16(acc[0]) : 0.0;
+    for (int i = np; i < ne; i++)
+        s += (double)(nf_ld(x, f16, i) * nf_ld(y, f16, i));
+    return (float)s;
+}
+
+#define GGML_COLS_REF(name, f16)                                                              \
+    void name(int n, float *s, size_t ld, const void *x, size_t bx, const void *y, size_t by, \
+              int nrows, int ncols)                                                           \
+    {                                                                                         \
+        for (int r = 0; r < nrows; r++)                                                       \
+            for (int c = 0; c < ncols; c++)                                                   \
+                s[(size_t)c * ld + r] =                                                       \
+                    nf__ggml_dot_ref((const char *)x + (size_t)r * bx,                        \
+                                     (const char *)y + (size_t)c * by, f16, n, n);            \
+    }
+GGML_COLS_REF(nf__ggml_dot_f32_cols_ref, false)
+GGML_COLS_REF(nf__ggml_dot_f16_cols_ref, true)

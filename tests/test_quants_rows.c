@@ -1,0 +1,178 @@
+/* test_quants_rows.c - the per-row exact multi-token kernels (quants_rows.h): every output bit
+ * for bit what the one-token kernel gives for its pair, for weight rows 1..17 (and a tile of
+ * 40), activation rows 1..17, row lengths with one or several 8192-element chunks and a tail,
+ * odd strides. Runs at the best ISA, then again under NF_ISA=avx2 and NF_ISA=scalar (each a
+ * child process: the kernel choice is made once per process). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "quants_impl.h"
+#include "quants_rows.h"
+
+#define MAXR 40 /* weight rows */
+#define MAXC 17 /* activation rows */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static float rng_gauss(void)
+{
+    double a = 0;
+    for (int i = 0; i < 4; i++) {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        a += (double)(rng_state >> 11) / (double)(1ull << 53);
+    }
+    return (float)((a - 2.0) * 1.7);
+}
+
+/* MAXR rows of type t (the weights) and MAXC rows of type yt, n elements each, odd strides. */
+static void make(enum nf_type t, enum nf_type yt, int n, char **x, size_t *bx, char **y, size_t *by)
+{
+    *bx = nf_row_size(t, n) + 8;
+    *by = nf_row_size(yt, n) + 4; /* q8_K holds a float: 4-byte aligned rows */
+    *x = calloc(MAXR, *bx);
+    *y = calloc(MAXC, *by);
+    float *src = malloc(sizeof(float) * (size_t)n);
+    assert_true(*x && *y && src);
+    for (int r = 0; r < MAXR; r++) {
+        for (int i = 0; i < n; i++)
+            src[i] = rng_gauss() * ((i * 5 + r) % 64 == 0 ? 30.0f : 1.0f);
+        nf_type_traits(t)->from_float(src, *x + r * *bx, n);
+    }
+    for (int c = 0; c < MAXC; c++) {
+        for (int i = 0; i < n; i++)
+            src[i] = rng_gauss();
+        nf_type_traits(yt)->from_float(src, *y + c * *by, n);
+    }
+    free(src);
+}
+
+typedef float (*pair_fn)(enum nf_type t, int n, const void *x, const void *y);
+
+static float pair_vec_dot(enum nf_type t, int n, const void *x, const void *y)
+{
+    float v;
+    nf_type_traits(t)->vec_dot(n, &v, x, y);
+    return v;
+}
+
+static float pair_ggml(enum nf_type t, int n, const void *x, const void *y)
+{
+    return nf__ggml_dot_ref(x, y, t == NF_TYPE_F16, n, n);
+}
+
+/* Every (nrows, ncols) of interest against the pair kernel, bit for bit. */
+static void check_cols(enum nf_type t, enum nf_type yt, nf_vec_dot_mat_fn cols, pair_fn pair, int n)
+{
+    char *x, *y;
+    size_t bx, by;
+    make(t, yt, n, &x, &bx, &y, &by);
+    float *want = malloc(sizeof(float) * MAXR * MAXC);
+    const size_t ld = MAXR + 3; /* wider than the tile */
+    float *got = malloc(sizeof(float) * ld * MAXC);
+    assert_true(want && got);
+    for (int r = 0; r < MAXR; r++)
+        for (int c = 0; c < MAXC; c++)
+            want[c * MAXR + r] = pair(t, n, x + r * bx, y + c * by);
+    static const int rows[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 40};
+    for (size_t ri = 0; ri < sizeof(rows) / sizeof(rows[0]); ri++)
+        for (int nc = 1; nc <= MAXC; nc++) {
+            const int nr = rows[ri];
+            for (size_t i = 0; i < ld * MAXC; i++)
+                got[i] = -1234.5f;
+            cols(n, got, ld, x, bx, y, by, nr, nc);
+            for (int c = 0; c < MAXC; c++)
+                for (int r = 0; r < (int)ld; r++) {
+                    const float g = got[(size_t)c * ld + r];
+                    if (c >= nc || r >= nr) {
+                        if (g != -1234.5f)
+                            fail_msg("%s n=%d: %dx%d wrote outside at (%d, %d)",
+                                     nf_type_traits(t)->name, n, nr, nc, r, c);
+                    } else if (memcmp(&g, &want[c * MAXR + r], sizeof(g)) != 0) {
+                        fail_msg("%s n=%d isa %s: %dx%d output (%d, %d) = %.9g, one-token "
+                                 "kernel %.9g",
+                                 nf_type_traits(t)->name, n, nf_isa_name(nf_kernels_isa()), nr, nc,
+                                 r, c, (double)g, (double)want[c * MAXR + r]);
+                    }
+                }
+        }
+    free(want);
+    free(got);
+    free(x);
+    free(y);
+}
+
+static void test_quant_types(void **state)
+{
+    (void)state;
+    static const enum nf_type types[] = {NF_TYPE_Q4_0, NF_TYPE_Q8_0, NF_TYPE_Q4_K, NF_TYPE_Q5_K,
+                                         NF_TYPE_Q6_K, NF_TYPE_Q2_K, NF_TYPE_Q3_K, NF_TYPE_MXFP4};
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        const enum nf_type t = types[i];
+        const struct nf_type_traits *tr = nf_type_traits(t);
+        nf_vec_dot_mat_fn cols = nf_vec_dot_cols(t);
+        assert_non_null(cols);
+        /* One chunk, several chunks with a partial last one, and (32-element blocks) a tail
+         * past the last group of four blocks. */
+        const int ns32[] = {256, 4096, 32 * (4 * 70 + 3), 11008};
+        const int ns256[] = {256, 4096, 256 * 43};
+        const bool k = tr->blck_size == 256;
+        for (int j = 0; j < (k ? 3 : 4); j++)
+            check_cols(t, tr->vec_dot_type, cols, pair_vec_dot, k ? ns256[j] : ns32[j]);
+    }
+    /* Types without one fall back to vec_dot per pair. */
+    assert_null(nf_vec_dot_cols(NF_TYPE_F32));
+}
+
+static void test_ggml_dot(void **state)
+{
+    (void)state;
+    const int ns[] = {64, 288, 4096 + 17, 40};
+    for (int j = 0; j < 4; j++) {
+        check_cols(NF_TYPE_F32, NF_TYPE_F32, nf_ggml_dot_cols(NF_TYPE_F32), pair_ggml, ns[j]);
+        check_cols(NF_TYPE_F16, NF_TYPE_F16, nf_ggml_dot_cols(NF_TYPE_F16), pair_ggml, ns[j]);
+    }
+    assert_null(nf_ggml_dot_cols(NF_TYPE_Q4_0));
+}
+
+/* The same tests under a lower ISA, in a child process. */
+static int run_isa(const char *isa)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("NF_ISA", isa, 1);
+        execl("/proc/self/exe", "test_quants_rows", (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st))
+        return 1;
+    return WEXITSTATUS(st);
+}
+
+int main(void)
+{
+    nf_kernels_init();
+    printf("kernels: %s\n", nf_isa_name(nf_kernels_isa()));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_quant_types),
+        cmocka_unit_test(test_ggml_dot),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    if (!getenv("NF_ISA")) {
+        if (nf_cpu_best_isa() > NF_ISA_AVX2)
+            rc |= run_isa("avx2");
+        rc |= run_isa("scalar");
+    }
+    return rc;
+}
