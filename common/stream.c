@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv_file.h"
+#include "kv_quant.h"
 #include "nf_err.h"
 #include "predictor.h"
 #include "stream.h"
@@ -74,6 +76,11 @@ struct nf_stream {
     float *meo;               /* (n_slots, n_expert_used, n_embd) every row's outputs */
     /* (n_tok, n_vocab) during nf_stream_eval_rows: the chunk's logits; else NULL */
     float *row_logits;
+    /* The KV cache on disk (nf_stream_opts kv_path; NULL: in RAM): the slot c is bound to
+     * outside a batched step, and each row's slot during one. */
+    struct nf_kv_file *kvf;
+    int kv_slot;
+    int kv_rows[NF_MAX_BATCH];
 };
 
 /* --- tiles ----------------------------------------------------------------------------- */
@@ -821,6 +828,90 @@ static int nf_stream_mla(struct nf_stream *s, uint32_t il, int pos0, int n_tok)
     return 0;
 }
 
+/* --- the KV cache on disk (kv_file.h) ------------------------------------------------------ */
+
+/* The slot of row r of the running eval (one slot outside a batched step). */
+static int nf_stream_kv_slot(const struct nf_stream *s, int r)
+{
+    return s->batch ? s->kv_rows[r] : s->kv_slot;
+}
+
+/* Before layer il's attention: its blocks back in memory for every row's slot, the reads of
+ * layer il + 1 issued first so that they overlap this layer's compute. */
+static int nf_stream_kv_load(struct nf_stream *s, uint32_t il, int n_tok)
+{
+    const int nr = s->batch ? n_tok : 1;
+    for (int r = 0; r < nr; r++) {
+        nf_kv_file_layer_prefetch(s->kvf, nf_stream_kv_slot(s, r), (int)il);
+        if ((int)il + 1 < s->shell.hp.n_layer)
+            nf_kv_file_layer_prefetch(s->kvf, nf_stream_kv_slot(s, r), (int)il + 1);
+    }
+    for (int r = 0; r < nr; r++) {
+        int rc = nf_kv_file_layer_load(s->kvf, nf_stream_kv_slot(s, r), (int)il);
+        if (rc < 0) {
+            snprintf(s->err, sizeof(s->err), "%s", nf_kv_file_error(s->kvf));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* After layer il's attention stored its rows: write-behind of the blocks that filled up. */
+static int nf_stream_kv_store(struct nf_stream *s, uint32_t il, int pos0, int n_tok)
+{
+    const int nr = s->batch ? n_tok : 1;
+    for (int r = 0; r < nr; r++) {
+        const int end = s->batch ? s->views[r].n_past + 1 : pos0 + n_tok;
+        int rc = nf_kv_file_layer_store(s->kvf, nf_stream_kv_slot(s, r), (int)il, end);
+        if (rc < 0) {
+            snprintf(s->err, sizeof(s->err), "%s", nf_kv_file_error(s->kvf));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Puts the engine's caches (c's, then each slot's past the first) in kv's reserved range:
+ * the in-RAM buffers nf_ctx_create and nf_kv_slots_create allocated are given back untouched. */
+static void nf_stream_kv_bind(struct nf_stream *s, int first, int n)
+{
+    for (int i = first; i < n; i++) {
+        void **k = i ? &s->slots[i].k_cache : &s->c->k_cache;
+        void **v = i ? &s->slots[i].v_cache : &s->c->v_cache;
+        free(*k);
+        free(*v);
+        *k = nf_kv_file_k(s->kvf, i);
+        *v = nf_kv_file_v(s->kvf, i);
+    }
+}
+
+/* Opens the KV file of o->kv_path for max(1, n_seq) slots and binds c's cache to slot 0. The
+ * file's rows are the cache's, of c's element types (nf_ctx_set_kv_types ran before): f16
+ * halves or q8_0 / q4_0 blocks, bytes to the file. */
+static int nf_stream_kv_open(struct nf_stream *s, const struct nf_stream_opts *o, char *err,
+                             size_t errlen)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    const int kvd = hp->n_head_kv * hp->head_dim;
+    const struct nf_kv_file_opts ko = {.path = o->kv_path,
+                                       .n_layer = hp->n_layer,
+                                       .n_ctx = o->n_ctx,
+                                       .n_slots = o->n_seq > 1 ? o->n_seq : 1,
+                                       .block = o->kv_block > 0 ? o->kv_block : NF_KV_BLOCK,
+                                       .row_k = nf_kv_row_bytes(s->c->type_k, kvd),
+                                       .row_v =
+                                           hp->n_lora_kv ? 0 : nf_kv_row_bytes(s->c->type_v, kvd)};
+    int rc = nf_kv_file_open(&s->kvf, &ko, err, errlen);
+    if (rc < 0)
+        return rc;
+    /* The resident KV replaces the whole cache in the engine's memory count. */
+    s->mem -= nf_ctx_kv_bytes(s->c);
+    s->mem +=
+        nf_kv_file_resident_bound(hp->n_layer, o->n_ctx, ko.n_slots, ko.block, ko.row_k + ko.row_v);
+    nf_stream_kv_bind(s, 0, 1);
+    return 0;
+}
+
 /* --- the forward pass -------------------------------------------------------------------- */
 
 static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok, bool want_logits)
@@ -838,8 +929,11 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         if (pt)
             s->src.want(s->src.ud, (uint32_t)nf_nft_tile_id(s->f, pt), true);
     }
+    if (s->kvf && (rc = nf_stream_kv_load(s, il, n_tok)) < 0)
+        return rc;
     if (hp->n_lora_kv) {
-        if ((rc = nf_stream_mla(s, il, pos0, n_tok)))
+        if ((rc = nf_stream_mla(s, il, pos0, n_tok)) ||
+            (s->kvf && (rc = nf_stream_kv_store(s, il, pos0, n_tok)) < 0))
             return rc;
         goto ffn;
     }
@@ -858,6 +952,8 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
         }
     else
         nf_attn_core(c, (int)il, pos0, n_tok);
+    if (s->kvf && (rc = nf_stream_kv_store(s, il, pos0, n_tok)) < 0)
+        return rc;
     if ((rc = nf_stream_mm(s, c->ffo, il, NF_TILE_ATTN_O, E, c->att, n_tok)))
         return rc;
     if (s->ext) /* gpt-oss's attn_output.bias (nothing without one) */
@@ -1040,6 +1136,11 @@ int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float
 
 int nf_stream_rollback(struct nf_stream *s, int n_past)
 {
+    if (s->kvf && n_past >= 0 && n_past <= s->c->n_past) {
+        int rc = nf_kv_file_rollback(s->kvf, s->kv_slot, n_past);
+        if (rc < 0)
+            return rc;
+    }
     return nf_ctx_rollback(s->c, n_past);
 }
 
@@ -1058,9 +1159,15 @@ int nf_stream_set_slots(struct nf_stream *s, int n, char *err, size_t errlen)
     const size_t E = (size_t)hp->n_embd, K = (size_t)(hp->n_expert_used ? hp->n_expert_used : 1);
     /* A step has at most n rows. */
     const size_t N = (size_t)n;
+    if (s->kvf && n > nf_kv_file_n_slots(s->kvf))
+        return nf_errf(err, errlen, NF_EUSAGE,
+                       "stream: %d sequences, but the KV file holds %d (nf_stream_opts n_seq)", n,
+                       nf_kv_file_n_slots(s->kvf));
     int rc = nf_kv_slots_create(&s->slots, s->c, n);
     if (rc == 0)
-        s->n_slots = n; /* nf_stream_free releases them from here on */
+        s->n_slots = n;    /* nf_stream_free releases them from here on */
+    if (rc == 0 && s->kvf) /* (slot 0 borrows c's, bound already) */
+        nf_stream_kv_bind(s, 1, n);
     s->views = calloc(N, sizeof(*s->views));
     s->blogits = malloc(sizeof(float) * N * (size_t)hp->n_vocab);
     if (hp->n_expert) {
@@ -1070,7 +1177,9 @@ int nf_stream_set_slots(struct nf_stream *s, int n, char *err, size_t errlen)
     }
     if (rc < 0 || !s->views || !s->blogits || (hp->n_expert && (!s->mxn || !s->mout || !s->meo)))
         return nf_errf(err, errlen, -ENOMEM, "out of memory for %d sequences' KV caches", n);
-    s->mem += (uint64_t)(n - 1) * nf_kv_slot_bytes(s->c) + sizeof(*s->views) * N +
+    /* (with the KV file, a slot's cache is in its resident bound already: its logits only) */
+    const size_t slot_bytes = nf_kv_slot_bytes(s->c) - (s->kvf ? nf_ctx_kv_bytes(s->c) : 0);
+    s->mem += (uint64_t)(n - 1) * slot_bytes + sizeof(*s->views) * N +
               sizeof(float) * N * ((size_t)hp->n_vocab + (hp->n_expert ? (2 + K) * E : 0));
     return 0;
 }
@@ -1083,6 +1192,8 @@ int nf_stream_n_slots(const struct nf_stream *s)
 void nf_stream_slot_reset(struct nf_stream *s, int i)
 {
     NF_ASSERT(i >= 0 && i < s->n_slots);
+    if (s->kvf)
+        nf_kv_file_reset(s->kvf, i);
     s->slots[i].n_past = 0;
 }
 
@@ -1090,7 +1201,9 @@ int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n
 {
     NF_ASSERT(i >= 0 && i < s->n_slots);
     nf_ctx_bind(s->c, &s->slots[i]);
+    s->kv_slot = i;
     int rc = nf_stream_eval(s, tokens, n);
+    s->kv_slot = 0;
     s->slots[i].n_past = s->c->n_past;
     nf_ctx_bind(s->c, &s->slots[0]);
     return rc;
@@ -1101,7 +1214,9 @@ int nf_stream_slot_eval_rows(struct nf_stream *s, int i, const int32_t *tokens, 
 {
     NF_ASSERT(i >= 0 && i < s->n_slots);
     nf_ctx_bind(s->c, &s->slots[i]);
+    s->kv_slot = i;
     int rc = nf_stream_eval_rows(s, tokens, n, logits);
+    s->kv_slot = 0;
     s->slots[i].n_past = s->c->n_past;
     nf_ctx_bind(s->c, &s->slots[0]);
     return rc;
@@ -1112,6 +1227,11 @@ int nf_stream_slot_rollback(struct nf_stream *s, int i, int n_past)
     NF_ASSERT(i >= 0 && i < s->n_slots);
     if (n_past < 0 || n_past > s->slots[i].n_past)
         return NF_EUSAGE;
+    if (s->kvf) {
+        int rc = nf_kv_file_rollback(s->kvf, i, n_past);
+        if (rc < 0)
+            return rc;
+    }
     s->slots[i].n_past = n_past; /* as nf_ctx_rollback: later cells are never read */
     return 0;
 }
@@ -1168,6 +1288,7 @@ int nf_stream_step(struct nf_stream *s, const int *idx, const int32_t *toks, int
     if ((rc = nf_stream_embed(s, toks, n)) < 0)
         return rc;
     for (int r = 0; r < n; r++) {
+        s->kv_rows[r] = idx[r];
         nf_ctx_row_view(&s->views[r], c, r, &s->slots[idx[r]]);
         nf_rope_cache(&s->views[r], s->views[r].n_past, 1);
     }
@@ -1830,6 +1951,8 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
     s->mem += nf_ctx_kv_bytes(s->c) +
               sizeof(float) * (size_t)s->rows * (s->max_rows + 6 * E + 2 * F) + E * down_row +
               sizeof(float) * (F + 2 * G) + (size_t)s->rows * G;
+    if (o->kv_path && (rc = nf_stream_kv_open(s, o, err, errlen)) < 0)
+        goto fail;
     if ((rc = nf_stream_load_rope(s, err, errlen)) < 0 ||
         (rc = nf_stream_load_ext(s, err, errlen)) < 0 ||
         (rc = nf_stream_load_probs_b(s, err, errlen)) < 0)
@@ -1847,6 +1970,13 @@ void nf_stream_free(struct nf_stream *s)
         return;
     if (s->slots) /* c frees its own cache and logits, slot 0's */
         nf_ctx_bind(s->c, &s->slots[0]);
+    if (s->kvf) { /* the caches are the KV file's memory */
+        for (int i = 0; i < s->n_slots; i++)
+            s->slots[i].k_cache = s->slots[i].v_cache = NULL;
+        if (s->c)
+            s->c->k_cache = s->c->v_cache = NULL;
+        nf_kv_file_close(s->kvf);
+    }
     nf_ctx_free(s->c);
     free(s->shell.rope_freqs.data);
     free(s->shell.rope_short.data);
@@ -1884,6 +2014,8 @@ void nf_stream_free(struct nf_stream *s)
 
 void nf_stream_reset(struct nf_stream *s)
 {
+    if (s->kvf)
+        nf_kv_file_reset(s->kvf, s->kv_slot);
     nf_ctx_reset(s->c);
 }
 
@@ -1941,6 +2073,14 @@ void nf_stream_get_stats(const struct nf_stream *s, struct nf_stream_stats *out)
 uint64_t nf_stream_mem_bytes(const struct nf_stream *s)
 {
     return s->mem;
+}
+
+bool nf_stream_kv_stats(const struct nf_stream *s, struct nf_kv_file_stats *out)
+{
+    if (!s->kvf)
+        return false;
+    nf_kv_file_get_stats(s->kvf, out);
+    return true;
 }
 
 /* --- file-backed tile source --------------------------------------------------------------- */

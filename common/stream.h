@@ -55,7 +55,15 @@ struct nf_stream_opts {
     /* KV cache element types (kv_quant.h): NF_TYPE_F16, Q8_0 or Q4_0; 0 (as zeroed options
      * leave them): f16. */
     enum nf_type type_k, type_v;
+    /* The KV cache in this file on the SSD (kv_file.h), cut in blocks of kv_block positions
+     * (0: NF_KV_BLOCK), its rows of type_k and type_v as in RAM; with it, nf_stream_set_slots
+     * takes at most max(1, n_seq) sequences. NULL: the KV cache in RAM. The output is the same
+     * bit for bit. */
+    const char *kv_path;
+    int kv_block;
 };
+
+#define NF_KV_BLOCK 64 /* positions per KV block on disk: 1 MiB of K and V for Llama-2-7B */
 
 /* Monotonic counters of one engine. */
 struct nf_stream_stats {
@@ -138,6 +146,9 @@ const char *nf_stream_error(const struct nf_stream *s);
 void nf_stream_get_stats(const struct nf_stream *s, struct nf_stream_stats *out);
 /* Bytes of private memory the engine allocated (KV cache, scratch), for budget checks. */
 uint64_t nf_stream_mem_bytes(const struct nf_stream *s);
+/* The KV file's counters: false (out untouched) when the KV cache is in RAM. */
+struct nf_kv_file_stats;
+bool nf_stream_kv_stats(const struct nf_stream *s, struct nf_kv_file_stats *out);
 
 /* A tile source reading f with nf_nft_read (checksums verified) into a cache of about
  * cache_bytes (at least two tiles), evicting unpinned tiles in clock order. src->ud owns the

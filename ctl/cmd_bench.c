@@ -140,7 +140,7 @@ int nf_cmd_bench(int argc, char **argv)
     /* Every engine gets the same thread count: what the stack would pick for -t 0. */
     b.o.threads = (long)nf_stack_compute_threads((uint32_t)b.o.threads);
     if (nf_stack_plan_kv(f, b.o.ram, (uint32_t)b.o.ctx, (uint32_t)b.o.threads, 1,
-                         (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v, &plan,
+                         (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v, 0, &plan,
                          err, sizeof(err)) < 0) {
         fprintf(stderr, "nanoflowctl bench: %s\n", err);
         nf_nft_close(f);

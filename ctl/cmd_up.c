@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -63,6 +64,14 @@ static void up_usage(FILE *f)
             "  -ub, --ubatch-size N prompt tokens evaluated together, 1..%d: each weight tile\n"
             "                       is read once per chunk of N, whose activations the plan\n"
             "                       reserves in the budget (default: 32)\n"
+            "      --kv-offload M   where the KV cache lives: off, in RAM; on, in a file on\n"
+            "                       the SSD in blocks of 64 positions (only the blocks in use\n"
+            "                       stay in the budget, so -c is limited by disk, not RAM);\n"
+            "                       auto, on when the -c asked for does not fit the budget in\n"
+            "                       RAM (default: auto)\n"
+            "      --kv-dir DIR     directory of the KV file (default: the run directory)\n"
+            "      --kv-block N     positions per KV block on disk, 1..65536 (default: 64;\n"
+            "                       small blocks are for tests)\n"
             "      --max-tokens-per-request N\n"
             "                       tokens one generation may produce, 1..1000000; requests\n"
             "                       asking more are clamped so that queued ones wait less\n"
@@ -404,12 +413,18 @@ struct up_opts {
     bool prefix_off;      /* --prefix-cache off: compute keeps no prefix between requests */
     char draft[PATH_MAX]; /* --draft FILE made absolute ("" for none) */
     uint64_t stack_ram;   /* the budget the daemons plan with: --ram less the draft model's */
+
+    /* The KV cache on disk: --kv-offload off|on|auto (NULL: auto), --kv-dir DIR (made absolute
+     * in kv_dir_abs), --kv-block, after planning the plan's (0: the KV cache in RAM). */
+    const char *kv_offload, *kv_dir;
+    char kv_dir_abs[PATH_MAX];
+    long kv_block;
 };
 
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
                           const struct up_opts *o)
 {
-    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32], par[32], ub[32];
+    char logp[PATH_MAX], ram[32], thr[32], sp[32], ctx[32], maxtok[32], par[32], ub[32], kvb[32];
     nf_rundir_path(dir, role, "log", logp, sizeof(logp));
     snprintf(ram, sizeof(ram), "%llu", (unsigned long long)(o->stack_ram ? o->stack_ram : o->ram));
     snprintf(thr, sizeof(thr), "%ld", o->threads);
@@ -443,6 +458,15 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     }
     argv[k++] = "--parallel";
     argv[k++] = par;
+    if (o->kv_block && strcmp(role, NF_ROLE_GATEWAY)) { /* every daemon plans with it */
+        snprintf(kvb, sizeof(kvb), "%ld", o->kv_block);
+        argv[k++] = "--kv-block";
+        argv[k++] = kvb;
+        if (o->kv_dir && !strcmp(role, NF_ROLE_COMPUTE)) {
+            argv[k++] = "--kv-dir";
+            argv[k++] = (char *)o->kv_dir_abs;
+        }
+    }
     if (o->n_ubatch) {
         snprintf(ub, sizeof(ub), "%ld", o->n_ubatch);
         argv[k++] = "--ubatch";
@@ -817,7 +841,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               nf_arg_is(a, "--expert-cache") || nf_arg_is(a, "--ubatch-size") ||
               !strcmp(a, "-ub") || nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
               nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") ||
-              nf_arg_is(a, "--prefix-cache")))
+              nf_arg_is(a, "--prefix-cache") || nf_arg_is(a, "--kv-offload") ||
+              nf_arg_is(a, "--kv-dir") || nf_arg_is(a, "--kv-block")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -846,6 +871,23 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
         } else if (nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv")) {
             if (nf_arg_kv_type(cmd, a, v, &o->type_v))
+                return 2;
+        } else if (nf_arg_is(a, "--kv-offload")) {
+            if (strcmp(v, "auto") && strcmp(v, "on") && strcmp(v, "off"))
+                return nf_usage_error(cmd, "--kv-offload expects auto, on or off, got '%s'", v);
+            o->kv_offload = v;
+        } else if (nf_arg_is(a, "--kv-dir")) {
+            struct stat st;
+            errno = 0;
+            if (!realpath(v, o->kv_dir_abs) || stat(o->kv_dir_abs, &st) < 0 ||
+                !S_ISDIR(st.st_mode) || access(o->kv_dir_abs, W_OK) < 0) {
+                fprintf(stderr, "nanoflowctl up: --kv-dir %s: %s\n", v,
+                        errno ? strerror(errno) : "not a directory");
+                return 2;
+            }
+            o->kv_dir = v;
+        } else if (nf_arg_is(a, "--kv-block")) {
+            if (nf_arg_long(cmd, a, v, 1, NF_KV_BLOCK_MAX, &o->kv_block))
                 return 2;
         } else if (nf_arg_is(a, "--max-tokens-per-request")) {
             if (nf_arg_long(cmd, a, v, 1, 1000000, &o->max_tokens))
@@ -930,6 +972,63 @@ static int up_gateway(const struct up_opts *o, const char *dir, const char *nft,
  * into compute's RAM) and what it needs to draft at n_ctx (nf_gen_draft_ctx_bytes). Checks that
  * it is a model we run with the vocabulary of the stack's model f. Returns 0, or 1 after saying
  * why not. */
+/* Free bytes of the file system holding path, or of its nearest existing parent (the run
+ * directory may not exist yet); stale, the bytes of a stale file that `up` removes, counts as
+ * free. */
+static uint64_t up_free_bytes(const char *path, const char *stale)
+{
+    char p[PATH_MAX];
+    struct statvfs vs;
+    struct stat st;
+    snprintf(p, sizeof(p), "%s", path);
+    while (statvfs(p, &vs) < 0) {
+        char *slash = strrchr(p, '/');
+        if (!slash || slash == p)
+            return statvfs("/", &vs) < 0 ? 0 : (uint64_t)vs.f_bavail * vs.f_frsize;
+        *slash = 0;
+    }
+    const uint64_t old = stat(stale, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+    return (uint64_t)vs.f_bavail * vs.f_frsize + old;
+}
+
+/* --kv-offload: on, or auto when -c was asked for and the plan in RAM capped it, re-plans with
+ * the KV cache on disk (nf_stack_plan_kv), whose file must fit the free space of its
+ * directory. Sets o->kv_block (0: the KV cache stays in RAM). Returns 0, or 1 after saying why
+ * on stderr. */
+static int up_kv_plan(struct up_opts *o, const struct nf_nft *f, const char *dir,
+                      struct nf_stack_plan *plan)
+{
+    const char *mode = o->kv_offload ? o->kv_offload : "auto";
+    const bool on = !strcmp(mode, "on") ||
+                    (!strcmp(mode, "auto") && o->n_ctx > 0 && plan->n_ctx < (uint32_t)o->n_ctx);
+    const long block = o->kv_block ? o->kv_block : NF_KV_BLOCK;
+    o->kv_block = 0;
+    if (!on)
+        return 0;
+    char err[512], kvp[PATH_MAX], b1[32], b2[32];
+    int rc = nf_stack_plan_kv(f, o->stack_ram ? o->stack_ram : o->ram, (uint32_t)o->n_ctx,
+                              (uint32_t)o->threads, (uint32_t)o->parallel, (uint32_t)o->n_ubatch,
+                              (uint32_t)o->type_k, (uint32_t)o->type_v, (uint32_t)block, plan, err,
+                              sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "nanoflowctl up: planning with the KV cache on disk: %s\n", err);
+        return 1;
+    }
+    const char *kd = o->kv_dir ? o->kv_dir_abs : dir;
+    nf_rundir_kv_path(dir, o->kv_dir ? o->kv_dir_abs : NULL, kvp, sizeof(kvp));
+    const uint64_t avail = up_free_bytes(kd, kvp);
+    if (avail < plan->kv_file_bytes) {
+        fprintf(stderr,
+                "nanoflowctl up: the KV file at n_ctx %u needs %s in %s, which has %s free: "
+                "lower -c or choose --kv-dir on a larger disk\n",
+                plan->n_ctx, nf_ctl_fmt_size(b1, sizeof(b1), plan->kv_file_bytes), kd,
+                nf_ctl_fmt_size(b2, sizeof(b2), avail));
+        return 1;
+    }
+    o->kv_block = block;
+    return 0;
+}
+
 static int up_draft_bytes(const struct up_opts *o, const struct nf_nft *f, uint32_t n_ctx,
                           uint64_t *bytes)
 {
@@ -1032,7 +1131,7 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
     struct nf_stack_plan plan;
     rc = nf_stack_plan_kv(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
                           (uint32_t)o->parallel, (uint32_t)o->n_ubatch, (uint32_t)o->type_k,
-                          (uint32_t)o->type_v, &plan, err, sizeof(err));
+                          (uint32_t)o->type_v, 0, &plan, err, sizeof(err));
     struct up_opts so = *o; /* o with the draft model's share taken out of the stack's budget */
     if (rc == 0 && o->draft[0]) {
         uint64_t dbytes = 0;
@@ -1043,7 +1142,7 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         so.stack_ram = dbytes < o->ram ? o->ram - dbytes : 0;
         rc = nf_stack_plan_kv(f, so.stack_ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
                               (uint32_t)o->parallel, (uint32_t)o->n_ubatch, (uint32_t)o->type_k,
-                              (uint32_t)o->type_v, &plan, err, sizeof(err));
+                              (uint32_t)o->type_v, 0, &plan, err, sizeof(err));
         if (rc == -ENOSPC) {
             char b1[32], b2[32], b3[32];
             fprintf(stderr,
@@ -1056,6 +1155,10 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
             nf_nft_close(f);
             return 1;
         }
+    }
+    if (rc == 0 && up_kv_plan(&so, f, dir, &plan)) {
+        nf_nft_close(f);
+        return 1;
     }
     o = &so;
     nf_nft_close(f);
@@ -1100,6 +1203,11 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
     if (cf) {
         fprintf(cf, "model=%s\nram=%llu\nthreads=%ld\nsparsity=%.6g\nctx=%ld\n", nft,
                 (unsigned long long)o->ram, o->threads, (double)o->sparsity, o->n_ctx);
+        if (o->kv_block) { /* for nf_ctl_cleanup_rundir: `down` removes the file */
+            char kvp[PATH_MAX];
+            nf_rundir_kv_path(dir, o->kv_dir ? o->kv_dir_abs : NULL, kvp, sizeof(kvp));
+            fprintf(cf, "kv_file=%s\n", kvp);
+        }
         fclose(cf);
     }
     pid_t children[NF_N_ROLES] = {0};
@@ -1141,6 +1249,13 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
            nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx,
            nf_kv_type_name((enum nf_type)plan.type_k), nf_kv_type_name((enum nf_type)plan.type_v),
            nf_ctl_fmt_size(b5, sizeof(b5), plan.kv_token_bytes), plan.n_seq);
+    if (o->kv_block) {
+        char kvp[PATH_MAX];
+        nf_rundir_kv_path(dir, o->kv_dir ? o->kv_dir_abs : NULL, kvp, sizeof(kvp));
+        printf("  KV cache on disk: %s (%s, blocks of %ld positions; %s of it resident)\n", kvp,
+               nf_ctl_fmt_size(b1, sizeof(b1), plan.kv_file_bytes), o->kv_block,
+               nf_ctl_fmt_size(b2, sizeof(b2), plan.kv_bytes));
+    }
     if (o->draft[0])
         printf("  draft model %s: %s of the budget (its weights, KV cache and scratch in "
                "compute)\n",

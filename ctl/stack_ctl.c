@@ -156,6 +156,15 @@ void nf_ctl_cleanup_rundir(const char *dir)
         nf_pidfile_remove(dir, nf_stack_roles[i]);
     }
     snprintf(path, sizeof(path), "%s/stack.conf", dir);
+    FILE *cf = fopen(path, "r"); /* the KV file on disk, if `up` put it there (kv_file=) */
+    char line[PATH_MAX + 16];
+    while (cf && fgets(line, sizeof(line), cf))
+        if (!strncmp(line, "kv_file=", 8)) {
+            line[strcspn(line, "\n")] = 0;
+            unlink(line + 8);
+        }
+    if (cf)
+        fclose(cf);
     unlink(path);
     char name[64];
     nf_rundir_shm_name(dir, name, sizeof(name));

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kv_file.h"
 #include "kv_quant.h"
 #include "nf_err.h"
 #include "nft.h"
@@ -95,6 +96,13 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     p->type_k = sh->type_k ? sh->type_k : NF_TYPE_F16;
     p->type_v = sh->type_v ? sh->type_v : NF_TYPE_F16;
     p->kv_bytes = p->kv_token_bytes * n_ctx * n_seq;
+    p->kv_file_bytes = 0;
+    if (p->kv_block) { /* on disk: only the resident blocks (kv_file.h), rows of the types */
+        p->kv_file_bytes = p->kv_bytes;
+        p->kv_bytes =
+            nf_kv_file_resident_bound((int)sh->n_layer, (int)n_ctx, (int)n_seq, (int)p->kv_block,
+                                      (size_t)(p->kv_token_bytes / sh->n_layer));
+    }
     /* Compute's float activations: per token of a prompt chunk (the ubatch) the residual and
      * its normed copies, q/k/v, attention output, FFN hidden states and their quantized
      * copies; then logits twice (raw and sampled), and the attention scores (per head and per
@@ -289,12 +297,13 @@ int nf_stack_plan_seq_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n
                          struct nf_stack_plan *plan, char *err, size_t errlen)
 {
     return nf_stack_plan_kv(f, ram_budget, n_ctx_req, n_threads, n_seq, n_ubatch, NF_TYPE_F16,
-                            NF_TYPE_F16, plan, err, errlen);
+                            NF_TYPE_F16, 0, plan, err, errlen);
 }
 
 int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                      uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch, uint32_t type_k,
-                     uint32_t type_v, struct nf_stack_plan *plan, char *err, size_t errlen)
+                     uint32_t type_v, uint32_t kv_block, struct nf_stack_plan *plan, char *err,
+                     size_t errlen)
 {
     memset(plan, 0, sizeof(*plan));
     type_k = type_k ? type_k : NF_TYPE_F16;
@@ -331,6 +340,7 @@ int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
 
     struct nf_stack_plan p;
     memset(&p, 0, sizeof(p));
+    p.kv_block = kv_block;
     uint64_t min_budget = nf__plan_total(&sh, sh.class_min, ctx_min, n_threads, &p);
     p.ram_budget = ram_budget;
     p.min_budget = min_budget;
@@ -396,7 +406,7 @@ int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
      * take at most a quarter of the budget (the pool should get most of it), but not below
      * ctx_min nor above the model's default. */
     uint32_t n_ctx = want;
-    if (n_ctx_req == 0) {
+    if (n_ctx_req == 0 && !kv_block) {
         uint64_t q = ram_budget / 4 / kv_token_bytes(&sh) / (seq_auto ? 1 : n_seq);
         q = q / NF_STACK_MIN_CTX * NF_STACK_MIN_CTX;
         if (q < ctx_min)

@@ -57,7 +57,9 @@ _Static_assert(offsetof(struct nf_stack_config, n_threads) == 168, "nf_stack_con
 _Static_assert(offsetof(struct nf_stack_config, n_classes) == 172, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, n_seq) == 176, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, kv_type_k) == 180, "nf_stack_config layout");
-_Static_assert(offsetof(struct nf_stack_config, reserved) == 184, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, kv_type_v) == 182, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, kv_block) == 184, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, reserved) == 188, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, classes) == 192, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, nft_path) == 320, "nf_stack_config layout");
 _Static_assert(sizeof(struct nf_stack_config) == 4416, "nf_stack_config size");
@@ -216,6 +218,7 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     struct nf_stack_plan p;
     memset(&p, 0, sizeof(p));
     p.n_seq = plan->n_seq;
+    p.kv_block = plan->kv_block;
     nf__plan_total(&sh, counts, plan->n_ctx, n_threads ? n_threads : 1, &p);
     struct nf_stack_layout lo;
     nf__stack_layout(&sh, plan->n_slots, &lo);
@@ -256,6 +259,7 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     c->n_seq = plan->n_seq ? plan->n_seq : 1;
     c->kv_type_k = (uint16_t)(plan->type_k ? plan->type_k : NF_TYPE_F16);
     c->kv_type_v = (uint16_t)(plan->type_v ? plan->type_v : NF_TYPE_F16);
+    c->kv_block = plan->kv_block;
     snprintf(c->nft_path, sizeof(c->nft_path), "%s", f->path);
     stack_bind(st);
 

@@ -128,7 +128,9 @@ struct nf_stack_config {
     /* The KV cache's element types kv_bytes counts (enum nf_type: f16, q8_0, q4_0; 0 in a
      * region made before them: f16). */
     uint16_t kv_type_k, kv_type_v;
-    uint32_t reserved[2];
+    uint32_t kv_block; /* compute's KV cache on disk in blocks of this many positions (0: in
+                        * RAM, and in a region made before it); `up --kv-offload` */
+    uint32_t reserved[1];
     struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* (n_classes) by slot size */
     char nft_path[PATH_MAX];
 };
@@ -247,7 +249,11 @@ struct nf_stack_plan {
     uint32_t n_seq;    /* sequences compute runs at once (kv_bytes holds all their caches) */
     uint32_t n_ubatch; /* compute's prompt chunk (tokens) whose activations compute_private holds */
     uint32_t type_k, type_v; /* the KV cache's element types (enum nf_type; nf_stack_plan_kv) */
-    uint64_t kv_token_bytes; /* kv_bytes of one position of one sequence (every layer, K and V) */
+    uint64_t kv_token_bytes; /* bytes of one position of one sequence (every layer, K and V) */
+    /* The KV cache on disk (nf_stack_plan_kv): kv_block positions per block (0: in RAM), the
+     * file's size; kv_bytes is then only what stays resident. */
+    uint32_t kv_block;
+    uint64_t kv_file_bytes;
 };
 
 /* Budget constants of the plan. */
@@ -279,14 +285,6 @@ int nf_stack_plan(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_re
 int nf_stack_plan_seq(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                       uint32_t n_threads, uint32_t n_seq, struct nf_stack_plan *plan, char *err,
                       size_t errlen);
-/* All of the above with the KV cache's element types: type_k and type_v are NF_TYPE_F16,
- * Q8_0 or Q4_0 (0: f16; anything else NF_EUSAGE), and the plan counts their bytes per position
- * (a q8_0 row takes 34/64 of an f16 one, q4_0 18/64), so the same budget holds a longer
- * context or leaves a larger pool. MLA models (deepseek2) count their f16 latent whatever the
- * types (compute refuses quantized types for them). The others are this with f16. */
-int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
-                     uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch, uint32_t type_k,
-                     uint32_t type_v, struct nf_stack_plan *plan, char *err, size_t errlen);
 #define NF_STACK_SEQ_DEFAULT 4u  /* most sequences a plan chooses by itself */
 #define NF_STACK_SEQ_MAX     32u /* most sequences a plan takes (NF_MAX_BATCH) */
 
@@ -302,6 +300,24 @@ int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
 int nf_stack_plan_seq_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                          uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch,
                          struct nf_stack_plan *plan, char *err, size_t errlen);
+
+/* All of the above with the KV cache's element types and, optionally, on disk; the others
+ * are this with f16 in RAM.
+ *  - type_k and type_v are NF_TYPE_F16, Q8_0 or Q4_0 (0: f16; anything else NF_EUSAGE), and
+ *    the plan counts their bytes per position (plan->kv_token_bytes: a q8_0 row takes 34/64 of
+ *    an f16 one, q4_0 18/64), so the same budget holds a longer context or leaves a larger
+ *    pool. MLA models (deepseek2) count their f16 latent whatever the types (compute refuses
+ *    quantized types for them).
+ *  - kv_block > 0 puts compute's KV cache on disk in blocks of kv_block positions (0: in RAM).
+ *    The budget then holds only the resident KV (per sequence two layers' context and two
+ *    blocks of every layer, of kv_token_bytes per position: nf_kv_file_resident_bound), so the
+ *    context is not capped by RAM: a request is honoured whenever the minimum pool fits beside
+ *    that, and without one the model's default (capped at 4096) is not lowered to a quarter of
+ *    the budget. plan->kv_file_bytes is the file's size, for the caller's free-disk check. */
+int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
+                     uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch, uint32_t type_k,
+                     uint32_t type_v, uint32_t kv_block, struct nf_stack_plan *plan, char *err,
+                     size_t errlen);
 
 /* Compute threads for a requested count: the request, or for 0 one per online CPU but one (at
  * least 1): the fetcher (reads, checksums) and the predictor need a core of their own; on a

@@ -63,6 +63,9 @@ kind() {
     --draft) K=file ;;
     --draft-max) K=int ;;
     -ub | --ubatch-size | --ubatch) K=int ;;
+    --kv-block) K=int ;;
+    --kv-offload) K=enum ;;
+    --kv-dir) K=str ;;
     -ctk | -ctv | --cache-type-k | --cache-type-v) K=enum ;;
     --n-prompt) K=int ;;
     *) K="" ;;
@@ -105,6 +108,9 @@ good() {
     -ctk | -ctv | --cache-type-k | --cache-type-v) G=q8_0 ;;
     --n-prompt) G=8 ;;
     --draft-max) G=4 ;;
+    --kv-block) G=4 ;;
+    --kv-offload) G=auto ;;
+    --kv-dir) G="$T" ;;
     --alignment) G=64 ;;
     --numa-node) G=0 ;;
     --attach-timeout) G=1 ;;

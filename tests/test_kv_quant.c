@@ -283,16 +283,16 @@ static void test_plan_counts_types(void **state)
     /* stories260K: 5 layers, K and V rows of 32 values (f16 64 bytes, q8_0 34, q4_0 18) */
     struct nf_stack_plan p16, p8, p4, pv;
     const uint64_t ram = 64ull << 20;
-    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_F16, NF_TYPE_F16, &p16,
+    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_F16, NF_TYPE_F16, 0, &p16,
                                       err, sizeof(err)),
                      0);
-    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_Q8_0, NF_TYPE_Q8_0, &p8,
+    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_Q8_0, NF_TYPE_Q8_0, 0, &p8,
                                       err, sizeof(err)),
                      0);
-    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_Q4_0, NF_TYPE_Q4_0, &p4,
+    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_Q4_0, NF_TYPE_Q4_0, 0, &p4,
                                       err, sizeof(err)),
                      0);
-    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_Q8_0, NF_TYPE_F16, &pv,
+    assert_int_equal(nf_stack_plan_kv(f, ram, 1u << 20, 1, 1, 0, NF_TYPE_Q8_0, NF_TYPE_F16, 0, &pv,
                                       err, sizeof(err)),
                      0);
     assert_int_equal(p16.kv_token_bytes, 5 * (64 + 64));
@@ -310,16 +310,16 @@ static void test_plan_counts_types(void **state)
     assert_int_equal(old.n_ctx, p16.n_ctx);
     assert_int_equal(old.pool_bytes, p16.pool_bytes);
     /* at a fixed context the bytes saved go to the pool */
-    assert_int_equal(nf_stack_plan_kv(f, 64ull << 20, 128, 1, 1, 0, NF_TYPE_F16, NF_TYPE_F16, &p16,
-                                      err, sizeof(err)),
+    assert_int_equal(nf_stack_plan_kv(f, 64ull << 20, 128, 1, 1, 0, NF_TYPE_F16, NF_TYPE_F16, 0,
+                                      &p16, err, sizeof(err)),
                      0);
-    assert_int_equal(nf_stack_plan_kv(f, 64ull << 20, 128, 1, 1, 0, NF_TYPE_Q4_0, NF_TYPE_Q4_0, &p4,
-                                      err, sizeof(err)),
+    assert_int_equal(nf_stack_plan_kv(f, 64ull << 20, 128, 1, 1, 0, NF_TYPE_Q4_0, NF_TYPE_Q4_0, 0,
+                                      &p4, err, sizeof(err)),
                      0);
     assert_true(p4.kv_bytes < p16.kv_bytes && p4.pool_bytes >= p16.pool_bytes);
     /* a type the cache cannot hold is refused */
     assert_int_equal(
-        nf_stack_plan_kv(f, ram, 128, 1, 1, 0, NF_TYPE_Q4_1, NF_TYPE_F16, &p4, err, sizeof(err)),
+        nf_stack_plan_kv(f, ram, 128, 1, 1, 0, NF_TYPE_Q4_1, NF_TYPE_F16, 0, &p4, err, sizeof(err)),
         NF_EUSAGE);
     nf_nft_close(f);
 }

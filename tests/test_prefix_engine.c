@@ -3,8 +3,9 @@
  * back to A's whole ubatch chunks (n_A / ub * ub positions) and given the rest of a prompt B
  * that extends A and its output, leaves bit for bit the logits of B evaluated cold on a fresh
  * slot, for the prompt and every later decode step; on dense, quantized and MoE models, with
- * ubatches of 32, 8 and 5. It also reports, without asserting, what reusing A's partial last
- * chunk as well would change (docs/exactness.md cites it). */
+ * ubatches of 32, 8 and 5; and with the KV cache on disk (common/kv_file.c). It also reports,
+ * without asserting, what reusing A's partial last chunk as well would change (docs/exactness.md
+ * cites it). */
 #include <dirent.h>
 #include <math.h>
 #include <setjmp.h>
@@ -87,6 +88,11 @@ static double max_diff(const float *a, const float *b, size_t n)
     return m;
 }
 
+/* The KV cache of the engines check_model makes: in RAM (kv_block 0), or in a file in blocks of
+ * kv_block positions, of types kv_tk / kv_tv (0: f16). */
+static int kv_block;
+static enum nf_type kv_tk, kv_tv;
+
 static void check_model(const char *name, int n_ubatch)
 {
     char in[512], nft[512], err[512];
@@ -104,7 +110,16 @@ static void check_model(const char *name, int n_ubatch)
         fail_msg("%s", err);
     struct nf_tile_src src;
     assert_int_equal(nf_tile_src_file_open(&src, f, 1 << 20), 0);
-    struct nf_stream_opts o = {.n_ctx = N_CTX, .n_threads = 2, .n_ubatch = n_ubatch, .n_seq = 3};
+    char kv[600];
+    snprintf(kv, sizeof(kv), "%s/%s.kv", tmpdir, name);
+    struct nf_stream_opts o = {.n_ctx = N_CTX,
+                               .n_threads = 2,
+                               .n_ubatch = n_ubatch,
+                               .n_seq = 3,
+                               .type_k = kv_tk,
+                               .type_v = kv_tv,
+                               .kv_path = kv_block ? kv : NULL,
+                               .kv_block = kv_block};
     struct nf_stream *s;
     if (nf_stream_create(&s, f, &src, &o, err, sizeof(err)) < 0)
         fail_msg("%s", err);
@@ -140,9 +155,9 @@ static void check_model(const char *name, int n_ubatch)
     decode(s, 1, STEPS, V, warm + V, NULL);
     for (int k = 0; k <= STEPS; k++)
         if (memcmp(cold + (size_t)k * V, warm + (size_t)k * V, sizeof(float) * V))
-            fail_msg("%s, ubatch %d: B from %d kept positions differs from cold at step %d (max "
-                     "|diff| %.3g)",
-                     name, ub, keep, k,
+            fail_msg("%s, ubatch %d, KV blocks %d: B from %d kept positions differs from cold "
+                     "at step %d (max |diff| %.3g)",
+                     name, ub, kv_block, keep, k,
                      max_diff(cold + (size_t)k * V, warm + (size_t)k * V, (size_t)V));
     /* What reusing A whole and its output would give (slot 2 replays A and its output). */
     nf_stream_slot_reset(s, 2);
@@ -153,9 +168,10 @@ static void check_model(const char *name, int n_ubatch)
     assert_int_equal(nf_stream_slot_eval(s, 2, b + all, nb - all), 0);
     memcpy(warm, nf_stream_slot_logits(s, 2), sizeof(float) * V);
     decode(s, 2, STEPS, V, warm + V, NULL);
-    printf("%s, ubatch %2d: reusing %d whole-chunk positions: bit-identical; reusing all %d: max "
-           "|diff| %.3g over the prompt and %d steps\n",
-           name, ub, keep, all, max_diff(cold, warm, (size_t)(STEPS + 1) * V), STEPS);
+    printf("%s, ubatch %2d%s: reusing %d whole-chunk positions: bit-identical; reusing all %d: "
+           "max |diff| %.3g over the prompt and %d steps\n",
+           name, ub, kv_block ? ", KV on disk" : "", keep, all,
+           max_diff(cold, warm, (size_t)(STEPS + 1) * V), STEPS);
     free(cold);
     free(warm);
     nf_stream_free(s);
@@ -190,12 +206,31 @@ static void test_moe(void **state)
     check_all_ubatches("moe-Q4_K_M");
 }
 
+/* The KV cache on disk in blocks of 4: the rollback to the kept prefix lands inside a block
+ * already written to the file (ubatch 5 keeps 45 positions, the block [44, 48) comes back
+ * from the file with its first row kept), and the kept cells are read back from the file; a
+ * quantized cache (q8_0 K, q4_0 V) too. The engine's own output equals its in-RAM one bit for
+ * bit (test_kv_file), so the rule holds as it does in RAM. */
+static void test_kv_disk(void **state)
+{
+    (void)state;
+    kv_block = 4;
+    check_model("stories260K", 8);
+    check_model("stories260K", 5);
+    kv_tk = NF_TYPE_Q8_0;
+    kv_tv = NF_TYPE_Q4_0;
+    check_model("zoo-Q8_0", 5);
+    kv_tk = kv_tv = 0;
+    kv_block = 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories),
         cmocka_unit_test(test_quantized),
         cmocka_unit_test(test_moe),
+        cmocka_unit_test(test_kv_disk),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

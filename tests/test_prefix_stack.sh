@@ -6,7 +6,7 @@
 # tokens reused are the first prompt's whole 8-token chunks) and gives `run`'s cold output line
 # for line, greedy and seeded; a prompt that diverges mid-way reuses only the whole chunks of
 # the common part; with `--prefix-cache off` nothing is reused and the output is the same; a bad
-# --prefix-cache value is refused.
+# --prefix-cache value is refused. Stories260K again with the KV cache on disk in blocks of 4.
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -85,18 +85,24 @@ PY
     [ $? -eq 0 ] || fail=1
 }
 
-# prefix_check NAME MODEL [off]: the scenario of the header on a stack of MODEL (with off: up
-# --prefix-cache off, where nothing may be reused).
+# prefix_check NAME MODEL [off|disk]: the scenario of the header on a stack of MODEL (with off:
+# up --prefix-cache off, where nothing may be reused; with disk: the KV cache on disk in blocks
+# of 4, `up --kv-offload on --kv-block 4`, so a kept prefix comes back from the file).
 prefix_check() {
-    local name=$1 M=$2 off=${3:-} R="$T/run-$1" rc text k=0
+    local name=$1 M=$2 mode=${3:-} off= R="$T/run-$1" rc text k=0
     local upf=(-m "$M" --ram 256M -t 1 -ub 8 --parallel 2 --run-dir "$R")
-    [ -n "$off" ] && upf+=(--prefix-cache off)
+    [ "$mode" = off ] && off=off && upf+=(--prefix-cache off)
+    [ "$mode" = disk ] && upf+=(--kv-offload on --kv-block 4)
     "$NF_BIN" up "${upf[@]}" >"$T/up.out" 2>"$T/up.err"
     rc=$?
     check "$name: up exits 0 (rc $rc)" $rc
     if [ $rc -ne 0 ]; then
         cat "$T/up.err"
         return
+    fi
+    if [ "$mode" = disk ]; then
+        grep -q "KV cache on disk" "$T/up.out"
+        check "$name: up puts the KV cache on disk" $?
     fi
     "$NF_BIN" stats --run-dir "$R" --json >"$T/s0.stats" 2>/dev/null
     # g ID PROMPT N [FLAGS...]: gen and run of PROMPT with the same flags into $T/ID.gen and
@@ -132,6 +138,7 @@ prefix_check() {
 
 prefix_check stories "$M0"
 prefix_check stories-off "$M0" off
+prefix_check stories-disk "$M0" disk
 for m in zoo-Q4_K_M moe-Q4_K_M; do
     if [ -f "$NF_SHARED_DIR/models/$m.gguf" ]; then
         prefix_check "$m" "$NF_SHARED_DIR/models/$m.gguf"

@@ -26,8 +26,9 @@ enum {
     ARG_UBATCH,
     ARG_CACHE_TYPE_K,
     ARG_CACHE_TYPE_V,
+    ARG_KV_BLOCK,
 };
-_Static_assert(ARG_CACHE_TYPE_V < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
+_Static_assert(ARG_KV_BLOCK < NF_ARG_OWN, "the shared flags' values run into the daemons' own");
 
 static const struct option shared_opts[] = {
     {"run-dir", required_argument, NULL, ARG_RUN_DIR},
@@ -43,6 +44,7 @@ static const struct option shared_opts[] = {
     {"ubatch", required_argument, NULL, ARG_UBATCH},
     {"cache-type-k", required_argument, NULL, ARG_CACHE_TYPE_K},
     {"cache-type-v", required_argument, NULL, ARG_CACHE_TYPE_V},
+    {"kv-block", required_argument, NULL, ARG_KV_BLOCK},
 };
 #define N_SHARED (sizeof(shared_opts) / sizeof(shared_opts[0]))
 static const struct option attach_opt = {"attach-timeout", required_argument, NULL, ARG_ATTACH};
@@ -121,6 +123,10 @@ static int parse_shared(const char *role, int c, const char *v, struct nf_daemon
             a->type_v = (uint32_t)t;
         break;
     }
+    case ARG_KV_BLOCK:
+        if ((rc = nf_daemon_arg_long(v, 0, NF_KV_BLOCK_MAX, &n)) == 0)
+            a->kv_block = (uint32_t)n;
+        break;
     case ARG_FOREGROUND: a->foreground = true; break;
     case ARG_LOG_LEVEL: rc = nf_log_level_parse(v, &a->level); break;
     case ARG_ATTACH:

@@ -59,6 +59,9 @@ int nf_pid_is_daemon(int pid, const char *role, char *err, size_t errlen);
 void nf_rundir_path(const char *dir, const char *role, const char *suffix, char *out, size_t len);
 /* The shm object name of the stack in dir: "/nanoflow-" + 16 hex digits of a hash of the path. */
 void nf_rundir_shm_name(const char *dir, char *out, size_t len);
+/* The KV file of the stack in dir (`up --kv-offload`): in kv_dir, or in dir when kv_dir is NULL,
+ * named "nanoflow-" + the hash of nf_rundir_shm_name + ".kv" (several stacks may share kv_dir). */
+void nf_rundir_kv_path(const char *dir, const char *kv_dir, char *out, size_t len);
 /* Writes our pid to dir/ROLE.pid (O_EXCL after removing a stale file whose pid is dead).
  * Returns 0, -EEXIST when a live process holds it. */
 int nf_pidfile_create(const char *dir, const char *role);
@@ -129,7 +132,10 @@ struct nf_daemon_args {
     /* --cache-type-k / --cache-type-v T (f16, q8_0, q4_0) as enum nf_type; 0 when not given:
      * the fetcher plans the KV cache with them, compute keeps it so (else the region's). */
     uint32_t type_k, type_v;
+    uint32_t kv_block; /* --kv-block N in 0..NF_KV_BLOCK_MAX: compute's KV cache on disk in blocks
+                        * of N positions (the plan's kv_block); 0 (default): in RAM */
 };
+#define NF_KV_BLOCK_MAX 65536
 
 /* getopt_long values of a daemon's own flags start here (below: the shared ones). */
 #define NF_ARG_OWN 512

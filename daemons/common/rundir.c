@@ -216,6 +216,13 @@ void nf_rundir_shm_name(const char *dir, char *out, size_t len)
     snprintf(out, len, "/nanoflow-%016llx", (unsigned long long)h);
 }
 
+void nf_rundir_kv_path(const char *dir, const char *kv_dir, char *out, size_t len)
+{
+    char name[64];
+    nf_rundir_shm_name(dir, name, sizeof(name));
+    snprintf(out, len, "%s/%s.kv", kv_dir ? kv_dir : dir, name + 1); /* (name without '/') */
+}
+
 /* True when pid names a live process that is not a zombie. */
 static int pid_alive(pid_t pid)
 {

@@ -101,6 +101,9 @@ struct nf_gen {
     int parallel;       /* sequences run at once, 1..NF_MAX_BATCH (the plan's n_seq); 0: 1 */
     bool lookup;        /* requests speculate with prompt lookup unless they say otherwise */
     bool prefix_off;    /* --prefix-cache off: every prompt evaluated whole, no slot keeps one */
+    /* The KV cache on disk in kv_path, in blocks of kv_block positions (0: in RAM). */
+    int kv_block;
+    char kv_path[PATH_MAX];
     /* --draft: a draft model held in RAM (owned by the caller), the default draft source of
      * requests when set; its context is created by the worker at its first use. */
     struct nf_model *dmodel;

@@ -24,8 +24,9 @@
 
 struct compute {
     struct nf_daemon_args o;
-    const char *draft; /* --draft FILE */
-    int max_tokens;    /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
+    const char *draft;  /* --draft FILE */
+    int max_tokens;     /* --max-tokens-per-request; 0: NF_GEN_DEFAULT_MAX_TOKENS */
+    const char *kv_dir; /* --kv-dir DIR (NULL: the run directory) */
     char dir[PATH_MAX];
     struct nf_nft *f;
     struct nf_vocab *v;
@@ -42,7 +43,7 @@ static void usage(FILE *out)
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
             "                        [--cache-type-k T] [--cache-type-v T] [--attach-timeout S]\n"
             "                        [--max-tokens-per-request N] [--lookup] [--draft FILE]\n"
-            "                        [--prefix-cache on|off]\n"
+            "                        [--prefix-cache on|off] [--kv-dir DIR] [--kv-block N]\n"
             "                        [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
@@ -77,6 +78,11 @@ static void usage(FILE *out)
             "  --draft FILE        a small draft model (GGUF, the same vocabulary) held in RAM:\n"
             "                      the default draft source of requests (Generate.speculate\n"
             "                      0 or 2); the output is the same (default: none)\n"
+            "  --kv-dir DIR        where the KV file goes when the plan puts the KV cache on\n"
+            "                      disk (default: the run directory)\n"
+            "  --kv-block N        the stack's KV cache on disk in blocks of N positions\n"
+            "                      (every daemon; `up` passes it), 0..65536; 0 = in RAM\n"
+            "                      (default: 0)\n"
             "  --prefix-cache on|off\n"
             "                      keep each slot's prompt tokens after its sequence ends, and\n"
             "                      start a prompt that extends them from the kept KV cells\n"
@@ -90,12 +96,13 @@ static void usage(FILE *out)
             NF_GEN_DEFAULT_MAX_TOKENS);
 }
 
-enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT, ARG_PREFIX_CACHE };
+enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT, ARG_KV_DIR, ARG_PREFIX_CACHE };
 
 static const struct option own_opts[] = {
     {"max-tokens-per-request", required_argument, NULL, ARG_MAX_TOKENS},
     {"lookup", no_argument, NULL, ARG_LOOKUP},
     {"draft", required_argument, NULL, ARG_DRAFT},
+    {"kv-dir", required_argument, NULL, ARG_KV_DIR},
     {"prefix-cache", required_argument, NULL, ARG_PREFIX_CACHE},
     {NULL, 0, NULL, 0},
 };
@@ -111,6 +118,10 @@ static int parse_own(int val, const char *arg, void *ud)
     }
     if (val == ARG_DRAFT) {
         m->draft = arg;
+        return 0;
+    }
+    if (val == ARG_KV_DIR) {
+        m->kv_dir = arg;
         return 0;
     }
     if (val == ARG_PREFIX_CACHE) {
@@ -159,6 +170,10 @@ static int start(struct compute *m, char *err, size_t errlen)
     /* The KV types the fetcher planned with (the region's), unless given here. */
     m->gen.type_k = (int)(m->o.type_k ? m->o.type_k : cfg->kv_type_k);
     m->gen.type_v = (int)(m->o.type_v ? m->o.type_v : cfg->kv_type_v);
+    /* The plan puts the KV cache on disk (up --kv-offload): its file, created empty. */
+    m->gen.kv_block = (int)cfg->kv_block;
+    if (m->gen.kv_block)
+        nf_rundir_kv_path(m->dir, m->kv_dir, m->gen.kv_path, sizeof(m->gen.kv_path));
     if (m->gen.n_ctx < 1) {
         snprintf(err, errlen, "the stack's plan has no context room (n_ctx %u)", cfg->n_ctx);
         return NF_EUSAGE;
@@ -168,12 +183,13 @@ static int start(struct compute *m, char *err, size_t errlen)
     atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
     nf_log(NF_LOG_INFO,
            "engine ready: %s, n_ctx %d, %d sequences, %d threads, sparsity %.2f, ubatch %d, "
-           "KV %s/%s, %.1f MiB of KV caches and scratch",
+           "KV %s/%s, %.1f MiB of KV caches and scratch%s%s",
            m->o.model, m->gen.n_ctx, m->gen.parallel, m->gen.n_threads, (double)m->gen.sparsity,
            m->gen.n_ubatch ? m->gen.n_ubatch : NF_MAX_BATCH,
            nf_kv_type_name(m->gen.type_k ? (enum nf_type)m->gen.type_k : NF_TYPE_F16),
            nf_kv_type_name(m->gen.type_v ? (enum nf_type)m->gen.type_v : NF_TYPE_F16),
-           (double)nf_gen_engine_bytes(&m->gen) / 1048576.0);
+           (double)nf_gen_engine_bytes(&m->gen) / 1048576.0,
+           m->gen.kv_block ? ", KV on disk in " : "", m->gen.kv_block ? m->gen.kv_path : "");
     return 0;
 }
 

@@ -124,7 +124,9 @@ static void *worker(void *arg)
                                .n_ubatch = g->n_ubatch,
                                .n_seq = g->parallel,
                                .type_k = (enum nf_type)g->type_k,
-                               .type_v = (enum nf_type)g->type_v};
+                               .type_v = (enum nf_type)g->type_v,
+                               .kv_path = g->kv_block ? g->kv_path : NULL,
+                               .kv_block = g->kv_block};
     struct nf_gen_run *runs = calloc((size_t)g->parallel, sizeof(*runs));
     bool *live = calloc((size_t)g->parallel, sizeof(*live));
     int rc = !runs || !live

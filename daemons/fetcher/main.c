@@ -54,7 +54,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: nanoflow-fetcher --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
-            "                        [--cache-type-k T] [--cache-type-v T]\n"
+            "                        [--cache-type-k T] [--cache-type-v T] [--kv-block N]\n"
             "                        [--qd N] [--verify all|sample|none] [--no-uring]\n"
             "                        [--numa-node N] [--expert-cache freq|cyclic] [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
@@ -79,6 +79,10 @@ static void usage(FILE *out)
             "  --cache-type-k T   KV cache type of K the plan counts: f16, q8_0 or q4_0 (the\n"
             "                     region records it for compute; default: f16)\n"
             "  --cache-type-v T   KV cache type of V, likewise (default: f16)\n"
+            "  --kv-block N       compute's KV cache on disk in blocks of N positions,\n"
+            "                     0..65536: the plan holds only its resident blocks (the region\n"
+            "                     records it for compute; `up` passes it when the cache goes\n"
+            "                     on disk; default: 0 = in RAM)\n"
             "  --qd N             reads in flight (default 16, 1..4096)\n"
             "  --verify MODE      check each tile's XXH3-64: all (default), sample (1 in 16),\n"
             "                     none\n"
@@ -255,7 +259,7 @@ static int create_region(struct fetcher_main *m, char *err, size_t errlen)
     struct nf_stack_plan plan;
     float sparsity = m->a.sparsity >= 0 ? m->a.sparsity : 0;
     int rc = nf_stack_plan_kv(m->f, m->ram, m->a.ctx, m->n_threads, m->a.parallel, m->a.ubatch,
-                              m->a.type_k, m->a.type_v, &plan, err, errlen);
+                              m->a.type_k, m->a.type_v, m->a.kv_block, &plan, err, errlen);
     if (rc < 0)
         return rc;
     nf_rundir_shm_name(m->run_dir, m->shm_name, sizeof(m->shm_name));

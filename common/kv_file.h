@@ -1,0 +1,85 @@
+/* kv_file.h - the KV cache as blocks of a file on the SSD (issue 15, item 1).
+ *
+ * The streaming engine's KV cache keeps its in-RAM layout, (slot, layer, n_ctx, row), but in an
+ * address range reserved without memory (MAP_NORESERVE): only the pages in use are resident. A
+ * row is bytes here (row_k, row_v): F16 halves, or the q8_0 / q4_0 blocks of kv_quant.h.
+ * The file mirrors that layout byte for byte (K of every slot and layer, then V), cut into
+ * blocks of `block` positions per layer:
+ *  - the newest block of each layer and slot (the one being written) stays resident;
+ *  - older blocks are written to the file as they fill up (write-behind, io_uring, O_DIRECT
+ *    when the block is a multiple of 4096 bytes), and their pages are released once the write
+ *    completed, so a row is always durable in the file or still resident;
+ *  - before a layer's attention its file-backed blocks are read back into the same addresses
+ *    (nf_kv_file_layer_load), the reads of the next layer being issued first
+ *    (nf_kv_file_layer_prefetch); after the attention (nf_kv_file_layer_store) they are
+ *    released again.
+ * So the attention kernels see exactly the memory of the in-RAM cache (bit-identical output),
+ * while the resident KV is about two layers' worth plus the newest blocks, not n_layer layers.
+ *
+ * A sequence only ever reads back blocks it wrote itself since its slot was reset, and the file
+ * is created empty (truncated) when the engine starts: a crashed process leaves nothing that a
+ * later request can read. All calls must come from one thread (the engine's). */
+#ifndef NF_KV_FILE_H
+#define NF_KV_FILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct nf_kv_file_opts {
+    const char *path; /* the file, created or truncated; removed by nf_kv_file_close */
+    int n_layer, n_ctx, n_slots;
+    int block;    /* positions per block (>= 1) */
+    size_t row_k; /* bytes of one position's K row in one layer */
+    size_t row_v; /* the same for V; 0: no V cache (deepseek2's latent) */
+};
+
+/* Monotonic counters. */
+struct nf_kv_file_stats {
+    uint64_t read_bytes, write_bytes; /* bytes read back and written */
+    uint64_t wait_ns;                 /* time nf_kv_file_layer_load waited for reads */
+    uint64_t resident_max;            /* most KV bytes resident at once (estimate from the state) */
+};
+
+struct nf_kv_file;
+
+/* Creates (O_TRUNC) the file, reserves the address range and sets up io_uring (a pread/pwrite
+ * fallback when io_uring is not available). Returns 0 or a negative errno with a one-line
+ * reason in err naming the path. */
+int nf_kv_file_open(struct nf_kv_file **out, const struct nf_kv_file_opts *o, char *err,
+                    size_t errlen);
+/* Waits for the I/O in flight, releases the memory and removes the file. NULL is a no-op. */
+void nf_kv_file_close(struct nf_kv_file *kf);
+
+/* Slot `slot`'s caches: (n_layer, n_ctx) rows of row_k bytes and of row_v bytes (NULL without
+ * V); the rows' element type is the caller's. */
+void *nf_kv_file_k(struct nf_kv_file *kf, int slot);
+void *nf_kv_file_v(struct nf_kv_file *kf, int slot);
+
+/* Issues the reads of layer il's file-backed blocks of slot (nothing when they are resident or
+ * already on their way). */
+void nf_kv_file_layer_prefetch(struct nf_kv_file *kf, int slot, int il);
+/* Makes every position of layer il of slot resident: issues its reads if needed and waits for
+ * them. Returns 0 or a negative errno (a failed read, with nf_kv_file_error saying which). */
+int nf_kv_file_layer_load(struct nf_kv_file *kf, int slot, int il);
+/* After layer il's attention wrote its rows up to position n_end (exclusive): submits the
+ * writes of the blocks that filled up, and releases the file-backed blocks whose writes
+ * completed. Returns 0 or a negative errno of an earlier failed write. */
+int nf_kv_file_layer_store(struct nf_kv_file *kf, int slot, int il, int n_end);
+
+/* Forgets slot's sequence (waits for its I/O, releases its pages). */
+void nf_kv_file_reset(struct nf_kv_file *kf, int slot);
+/* Keeps the first n_past positions of slot's sequence, later ones to be overwritten: the block
+ * holding position n_past becomes resident again (read back if it was released). Returns 0 or a
+ * negative errno. */
+int nf_kv_file_rollback(struct nf_kv_file *kf, int slot, int n_past);
+
+void nf_kv_file_get_stats(const struct nf_kv_file *kf, struct nf_kv_file_stats *out);
+/* The most KV bytes resident at once by construction: per slot two layers' positions plus two
+ * blocks of every layer (the newest and one being written). */
+uint64_t nf_kv_file_resident_bound(int n_layer, int n_ctx, int n_slots, int block, size_t row);
+/* The file's size for these options (sparse: blocks take disk space as they are written). */
+uint64_t nf_kv_file_bytes(int n_layer, int n_ctx, int n_slots, int block, size_t row);
+const char *nf_kv_file_error(const struct nf_kv_file *kf);
+int nf_kv_file_n_slots(const struct nf_kv_file *kf);
+
+#endif
