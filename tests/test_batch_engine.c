@@ -20,6 +20,9 @@
 #include "nft.h"
 #include "stream.h"
 
+#define ENGINE_TEST_NAME "test_batch_engine"
+#include "engine_test.h"
+
 #define N_SEQ     4
 #define N_CTX     96
 #define MAX_STEPS 24
@@ -29,41 +32,6 @@
 static const int plen[N_SEQ] = {5, 40, 12, 1};
 static const int join[N_SEQ] = {0, 0, 3, 7};
 static const int ngen[N_SEQ] = {14, 6, 12, 9};
-
-static char tmpdir[256];
-
-static int setup_dir(void **state)
-{
-    (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_batch_engine-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int teardown_dir(void **state)
-{
-    (void)state;
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[600];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
-            unlink(p);
-        }
-    if (d)
-        closedir(d);
-    rmdir(tmpdir);
-    return 0;
-}
-
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
-}
 
 static void prompt(int i, int32_t *tok, int n_vocab)
 {

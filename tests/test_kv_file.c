@@ -23,35 +23,12 @@
 #include "stack.h"
 #include "stream.h"
 
+#define ENGINE_TEST_NAME "test_kv_file"
+#include "engine_test.h"
+
 #define N_PROMPT 40 /* two chunks of the default ubatch */
 #define N_GEN    12
 #define N_CTX    128
-
-static char tmpdir[256];
-
-static int setup_dir(void **state)
-{
-    (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_kv_file-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int teardown_dir(void **state)
-{
-    (void)state;
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[600];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
-            unlink(p);
-        }
-    if (d)
-        closedir(d);
-    rmdir(tmpdir);
-    return 0;
-}
 
 /* The file layer alone: rows written through the cache's memory survive their release. */
 static void test_blocks(void **state)
@@ -126,15 +103,6 @@ static void convert(const char *name, char *out, size_t len)
     struct nf_nft_convert_opts o = {.tile_size = 16384};
     if (nf_nft_convert(in, out, &o, err, sizeof(err)) < 0)
         fail_msg("convert %s: %s", name, err);
-}
-
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
 }
 
 struct engine {

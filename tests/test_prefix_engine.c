@@ -23,46 +23,14 @@
 #include "nft.h"
 #include "stream.h"
 
+#define ENGINE_TEST_NAME "test_prefix_engine"
+#include "engine_test.h"
+
 #define N_CTX 128
 #define LEN_A 45 /* prompt A: one or more whole chunks and a partial one for every ubatch */
 #define GEN_A 12 /* tokens generated after A (one-token steps) */
 #define EXTRA 9  /* B = A, A's output, then EXTRA more tokens */
 #define STEPS 8  /* decode steps compared after B */
-
-static char tmpdir[256];
-
-static int setup_dir(void **state)
-{
-    (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_prefix_engine-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int teardown_dir(void **state)
-{
-    (void)state;
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[600];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
-            unlink(p);
-        }
-    if (d)
-        closedir(d);
-    rmdir(tmpdir);
-    return 0;
-}
-
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
-}
 
 /* Greedy decoding of n steps on slot i from its current logits; the logits of each step go to
  * out (n, V) and the tokens to toks. */

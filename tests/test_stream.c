@@ -18,35 +18,12 @@
 #include "nft.h"
 #include "stream.h"
 
+#define ENGINE_TEST_NAME "test_stream"
+#include "engine_test.h"
+
 #define N_PROMPT 40 /* more than NF_MAX_BATCH: the prompt takes two chunks */
 #define N_GEN    8
 #define N_CTX    64
-
-static char tmpdir[256];
-
-static int setup_dir(void **state)
-{
-    (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_stream-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int teardown_dir(void **state)
-{
-    (void)state;
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[600];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
-            unlink(p);
-        }
-    if (d)
-        closedir(d);
-    rmdir(tmpdir);
-    return 0;
-}
 
 /* Converts models/NAME.gguf into tmpdir/NAME.nft (small tiles: several per tensor). */
 static void convert(const char *name, char *out, size_t len)
@@ -60,15 +37,6 @@ static void convert(const char *name, char *out, size_t len)
     int rc = nf_nft_convert(in, out, &o, err, sizeof(err));
     if (rc < 0)
         fail_msg("convert %s: %s", name, err);
-}
-
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
 }
 
 /* Callback bookkeeping. */
