@@ -65,9 +65,15 @@ static inline __m512i q4_0_d_index(void)
     return _mm512_loadu_si512(idx);
 }
 
-/* sum over one group of 4 q4_0 blocks at p, accumulated into acc. */
-static inline __m512 q4_0_group(__m512 acc, const char *p, const struct y_group *g, __m512i iq,
-                                __m512i id)
+/* One group of 4 q4_0 blocks at p unpacked: unsigned nibbles lo (low halves) and hi, and the
+ * blocks' scales d, each repeated over its block's lanes. */
+struct q4_w {
+    __m512i lo, hi;
+    __m512 d;
+};
+
+static inline __attribute__((always_inline)) struct q4_w q4_0_unpack(const char *p, __m512i iq,
+                                                                     __m512i id)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     /* b = bytes 8..71 by shifting, not by a second 64-byte load: loads that straddle cache
@@ -76,11 +82,21 @@ static inline __m512 q4_0_group(__m512 acc, const char *p, const struct y_group 
     __m512i b =
         _mm512_alignr_epi32(_mm512_castsi128_si512(_mm_loadl_epi64((const void *)(p + 64))), a, 2);
     __m512i qs = _mm512_permutex2var_epi16(a, iq, b);
-    __m512 dx = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(id, a)));
-    __m512i lo = _mm512_and_si512(qs, m4), hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), m4);
-    __m512i sumi = _mm512_dpbusd_epi32(g->base, lo, g->lo);
-    sumi = _mm512_dpbusd_epi32(sumi, hi, g->hi);
-    return _mm512_fmadd_ps(_mm512_mul_ps(dx, g->d), _mm512_cvtepi32_ps(sumi), acc);
+    struct q4_w w;
+    w.d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(id, a)));
+    w.lo = _mm512_and_si512(qs, m4);
+    w.hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), m4);
+    return w;
+}
+
+/* sum over one group of 4 q4_0 blocks at p, accumulated into acc. */
+static inline __m512 q4_0_group(__m512 acc, const char *p, const struct y_group *g, __m512i iq,
+                                __m512i id)
+{
+    const struct q4_w w = q4_0_unpack(p, iq, id);
+    __m512i sumi = _mm512_dpbusd_epi32(g->base, w.lo, g->lo);
+    sumi = _mm512_dpbusd_epi32(sumi, w.hi, g->hi);
+    return _mm512_fmadd_ps(_mm512_mul_ps(w.d, g->d), _mm512_cvtepi32_ps(sumi), acc);
 }
 
 /* One q4_0 block against one q8_0 block (the tail of a row), 256-bit. */

@@ -21,25 +21,6 @@ enum { Q4_RT = 2, Q4_CT = 8, KC = 32, CB = 32 };
 /* Prepared activation groups: CB activation rows x KC groups (256 KiB, in L2). */
 static _Thread_local struct y_group prep_buf[CB * KC] __attribute__((aligned(64)));
 
-struct q4_w {
-    __m512i lo, hi;
-    __m512 d;
-};
-
-static ALWAYS_INLINE struct q4_w q4_0_unpack(const char *p, __m512i iq, __m512i id)
-{
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i a = _mm512_loadu_si512(p);
-    __m512i b =
-        _mm512_alignr_epi32(_mm512_castsi128_si512(_mm_loadl_epi64((const void *)(p + 64))), a, 2);
-    __m512i qs = _mm512_permutex2var_epi16(a, iq, b);
-    struct q4_w w;
-    w.d = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(id, a)));
-    w.lo = _mm512_and_si512(qs, m4);
-    w.hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), m4);
-    return w;
-}
-
 /* rt weight rows (at x, stride bx, from group g0) x ct prepared activation rows (g, KC groups
  * apart) over gn groups; adds (or stores, when first) into s. */
 static ALWAYS_INLINE void q4_0_tile(int rt, int ct, int gn, float *s, size_t ld, const char *x,

@@ -17,31 +17,11 @@
  * tile's weights to stay in L2 when a row has several chunks). */
 enum { CHUNK_GROUPS = 64, COLS = 8, ROW_TILE = 32 };
 
-struct q4_w {
-    __m512i lo, hi;
-    __m512 dx;
-};
-
-static ALWAYS_INLINE struct q4_w q4_0_unpack(const char *p, __m512i iq, __m512i id)
-{
-    /* As q4_0_group (quants_avx512_impl.h). */
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i a = _mm512_loadu_si512(p);
-    __m512i b =
-        _mm512_alignr_epi32(_mm512_castsi128_si512(_mm_loadl_epi64((const void *)(p + 64))), a, 2);
-    __m512i qs = _mm512_permutex2var_epi16(a, iq, b);
-    struct q4_w w;
-    w.dx = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(id, a)));
-    w.lo = _mm512_and_si512(qs, m4);
-    w.hi = _mm512_and_si512(_mm512_srli_epi16(qs, 4), m4);
-    return w;
-}
-
 static ALWAYS_INLINE __m512 q4_0_acc(__m512 acc, const struct q4_w *w, const struct y_group *g)
 {
     __m512i sumi = _mm512_dpbusd_epi32(g->base, w->lo, g->lo);
     sumi = _mm512_dpbusd_epi32(sumi, w->hi, g->hi);
-    return _mm512_fmadd_ps(_mm512_mul_ps(w->dx, g->d), _mm512_cvtepi32_ps(sumi), acc);
+    return _mm512_fmadd_ps(_mm512_mul_ps(w->d, g->d), _mm512_cvtepi32_ps(sumi), acc);
 }
 
 /* Rows [0, nrows) of x against the ct activation rows whose groups g0.. are prepared in
