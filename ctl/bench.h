@@ -29,7 +29,13 @@ struct nf_bench_opts {
     int parallel[NF_BENCH_MAX_LEVELS]; /* --parallel: sequences at once of each extra row */
     int n_parallel;
     bool json, no_cgroup;
+    bool lookup;             /* --lookup: a speculating twin of the exact stack and mmap rows */
+    const char *draft;       /* --draft FILE: likewise with this draft model (NULL: none) */
+    const char *prompt_file; /* -f: every engine's prompt, read from this file (NULL: none) */
 };
+
+/* Speculative decoding of a row (--lookup, --draft). */
+enum nf_bench_spec { NF_BENCH_SPEC_NONE = 0, NF_BENCH_SPEC_LOOKUP, NF_BENCH_SPEC_DRAFT };
 
 /* One measured engine. Doubles are NAN when not measured or not applicable. */
 struct nf_bench_row {
@@ -56,6 +62,10 @@ struct nf_bench_row {
     int prompt_tokens;   /* -p: the prompt's tokens as the engine counted them (BOS included) */
     double prompt_tok_s; /* -p: prompt tokens per second (the engine's summary) */
     double ttft;         /* -p: seconds from the request to the first generated token */
+    enum nf_bench_spec spec; /* --lookup / --draft rows: how this row speculates */
+    int spec_base;           /* with spec: the index of the same engine's plain row, or -1 */
+    long drafted, accepted;  /* with spec: draft tokens verified and accepted (the summary's) */
+    uint64_t ids_hash;       /* FNV-1a of the summary's "gen_ids" list; 0: no summary */
 };
 
 struct nf_bench_raw {
@@ -80,11 +90,12 @@ struct nf_bench {
     uint32_t n_ctx;                  /* the stack's context per its plan, used for run --mmap too */
     struct nf_bench_raw raw;         /* the faster successful pass (the bound's bandwidth) */
     struct nf_bench_raw raw_pass[2]; /* before and after the engines */
-    struct nf_bench_row rows[2 * NF_BENCH_MAX_LEVELS + 2];
+    struct nf_bench_row rows[2 * NF_BENCH_MAX_LEVELS + 6];
     int n_rows;
     bool tty;
     double t_start;
-    char *prompt; /* -p: the prompt text (o.prompt - 1 words after BOS); NULL without -p */
+    char *prompt; /* -p: the prompt text (o.prompt - 1 words after BOS), -f: the file's text;
+                     NULL without either */
 };
 
 /* Set by SIGINT / SIGTERM: every phase stops as soon as it can. */
@@ -131,6 +142,9 @@ void nf_bench_log_last_line(const char *log, char *out, size_t len);
 
 /* A number following "key": in a JSON line, or NAN. */
 double nf_bench_json_num(const char *line, const char *key);
+/* FNV-1a of the JSON array following "key": in line (never 0), or 0 when there is none: tells
+ * whether two generations gave the same tokens. */
+uint64_t nf_bench_json_list_hash(const char *line, const char *key);
 
 /* Line reader over a pipe. */
 struct nf_bench_lines {
@@ -161,6 +175,22 @@ void nf_bench_phase_peak(struct nf_cgroup *cg, bool have_cg, struct nf_bench_row
  * (continuous batching), measured into r: tok_s per sequence (their GenerateDone timings),
  * agg_tok_s (compute's decode tokens over its decode time), bytes read per evaluated token. */
 void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq);
+
+/* bench_spec.c: the --lookup / --draft rows. nf_bench_run_spec measures the exact stack (base
+ * is the stack exact row) or run --mmap (base is the mmap row) again with speculative decoding
+ * kind into r, in the same way as its plain row, and notes base for the speed-up.
+ * nf_bench_spec_args appends the flags of kind to argv at *k (up's or run's: --lookup, or
+ * --draft FILE). nf_bench_spec_name is "lookup" or "draft" ("" for none). */
+void nf_bench_run_spec(struct nf_bench *b, struct nf_bench_row *r, enum nf_bench_spec kind,
+                       bool mmap, int base);
+void nf_bench_spec_args(const struct nf_bench *b, enum nf_bench_spec kind, char **argv, int *k);
+const char *nf_bench_spec_name(enum nf_bench_spec kind);
+/* The speed-up of r over its plain row (NAN when either did not run), and the SPECULATION table
+ * and its note (nothing when no row speculates). */
+double nf_bench_spec_speedup(const struct nf_bench *b, const struct nf_bench_row *r);
+/* Whether r gave the same tokens as its plain row (both generations complete). */
+bool nf_bench_spec_same(const struct nf_bench *b, const struct nf_bench_row *r);
+void nf_bench_print_spec(const struct nf_bench *b);
 
 /* bench_report.c: the results as one table with notes, or as one JSON object, on stdout. */
 void nf_bench_print_table(const struct nf_bench *b);

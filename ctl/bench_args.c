@@ -1,7 +1,9 @@
 /* bench_args.c - nanoflowctl bench's command line: usage and options. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bench.h"
 #include "kv_quant.h"
@@ -53,6 +55,17 @@ static void usage(FILE *f)
             "                        engine, 2..65536, as llama-bench -p: adds each row's prompt\n"
             "                        tok/s and time to first token; the context must hold N\n"
             "                        + -n tokens (default: none, the prompt is BOS)\n"
+            "  -f, --file FILE       every engine's prompt: the text of FILE (as 'gen -f' and\n"
+            "                        'run -f' read it), e.g. a passage to repeat, which\n"
+            "                        speculation can draft from; not with -p (default: none)\n"
+            "      --lookup          one more row beside the exact stack and one beside mmap\n"
+            "                        with speculative decoding by prompt lookup ('up --lookup',\n"
+            "                        'run --lookup'): tok/s per sequence, aggregate tok/s,\n"
+            "                        MB per token, drafted, accepted, acceptance rate and the\n"
+            "                        speed-up over the plain row (default: off)\n"
+            "      --draft FILE      likewise with the draft model FILE (a GGUF with the\n"
+            "                        model's vocabulary; 'up --draft', 'run --draft'); with\n"
+            "                        --lookup, both rows (default: none)\n"
             "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
             "                        a phase cut short reports the tokens it finished\n"
             "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
@@ -123,6 +136,10 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
             o->json = true;
             continue;
         }
+        if (!strcmp(a, "--lookup")) {
+            o->lookup = true;
+            continue;
+        }
         if (!strcmp(a, "--no-cgroup")) {
             o->no_cgroup = true;
             continue;
@@ -134,7 +151,8 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
               nf_arg_is(a, "--parallel") || nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub") ||
               nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
               nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") || nf_arg_is(a, "--n-prompt") ||
-              !strcmp(a, "-p")))
+              !strcmp(a, "-p") || nf_arg_is(a, "--draft") || nf_arg_is(a, "--file") ||
+              !strcmp(a, "-f")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -174,6 +192,14 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
         } else if (nf_arg_is(a, "--n-prompt") || !strcmp(a, "-p")) {
             if (nf_arg_long(cmd, a, v, 2, 65536, &o->prompt))
                 return 2;
+        } else if (nf_arg_is(a, "--draft")) {
+            if (access(v, R_OK) < 0)
+                return nf_usage_error(cmd, "--draft %s: %s", v, strerror(errno));
+            o->draft = v;
+        } else if (nf_arg_is(a, "--file") || !strcmp(a, "-f")) {
+            if (access(v, R_OK) < 0)
+                return nf_usage_error(cmd, "%s %s: %s", a, v, strerror(errno));
+            o->prompt_file = v;
         } else if (nf_arg_is(a, "--timeout")) {
             if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))
                 return 2;
@@ -183,6 +209,8 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
     }
     if (!o->model)
         return nf_usage_error(cmd, "--model FILE is required");
+    if (o->prompt && o->prompt_file)
+        return nf_usage_error(cmd, "give either -p N or -f FILE, not both");
     return 0;
 }
 

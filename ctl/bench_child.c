@@ -119,6 +119,20 @@ double nf_bench_json_num(const char *line, const char *key)
     return end == p + strlen(pat) ? NAN : v;
 }
 
+uint64_t nf_bench_json_list_hash(const char *line, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\":[", key);
+    const char *p = strstr(line, pat);
+    const char *end = p ? strchr(p, ']') : NULL;
+    if (!end)
+        return 0;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const char *c = p + strlen(pat); c < end; c++)
+        h = (h ^ (uint8_t)*c) * 0x100000001b3ull;
+    return h ? h : 1;
+}
+
 char *nf_bench_next_line(struct nf_bench_lines *l, int ms, size_t *consumed)
 {
     for (;;) {

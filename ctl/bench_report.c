@@ -23,6 +23,8 @@ void nf_bench_print_table(const struct nf_bench *b)
     char pr[64];
     if (b->o.prompt)
         snprintf(pr, sizeof(pr), "%ld tokens (-p)", b->o.prompt);
+    else if (b->o.prompt_file)
+        snprintf(pr, sizeof(pr), "-f %.50s", b->o.prompt_file);
     else
         snprintf(pr, sizeof(pr), "BOS");
     printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = %s), %ld "
@@ -96,7 +98,8 @@ void nf_bench_print_table(const struct nf_bench *b)
                    c[4]);
         }
     }
-    if (b->o.prompt) {
+    nf_bench_print_spec(b);
+    if (b->prompt) {
         printf("\n%-13s %14s %13s %9s\n", "PROMPT", "prompt tokens", "prompt tok/s", "TTFT s");
         for (int i = 0; i < b->n_rows; i++) {
             const struct nf_bench_row *r = &b->rows[i];
@@ -131,7 +134,19 @@ void nf_bench_print_table(const struct nf_bench *b)
         "recall: predictor vs the FFN groups or experts compute used ('-': not tracked, as\n"
         "in exact mode); stall: share of compute time waiting for tiles. I/O bound =\n"
         "raw MB/s / MB per token; vs bound = tok/s / I/O bound; vs mmap = tok/s / mmap tok/s.\n");
-    if (b->o.prompt)
+    bool spec = false;
+    for (int i = 0; i < b->n_rows; i++)
+        spec |= b->rows[i].spec != NF_BENCH_SPEC_NONE;
+    if (spec)
+        printf("SPECULATION (--lookup, --draft): the plain row, then the same engine with\n"
+               "speculative decoding ('up --lookup' / 'up --draft FILE', 'run --mmap --lookup'\n"
+               "/ '--draft FILE'); aggregate tok/s: stack: compute's decode tokens over its\n"
+               "decode time (a draft model's own time not in it), run: its own rate (one\n"
+               "sequence); drafted / accepted: draft tokens\n"
+               "verified / kept (the summary's); rate = accepted / drafted; speed-up = tok/s /\n"
+               "the plain row's tok/s; same output: its tokens ('gen_ids') equal the plain\n"
+               "row's, as speculation requires ('-': a generation was cut short).\n");
+    if (b->prompt)
         printf("prompt tok/s: the engine's prompt tokens over its prompt evaluation time (its\n"
                "summary); TTFT: from the client's start (gen; run --mmap: the process, the\n"
                "model's opening included) to the first generated token.\n");
@@ -221,6 +236,18 @@ void nf_bench_print_json(const struct nf_bench *b)
         printf("\"prompt_tokens\":%d,", r->prompt_tokens);
         jnum("prompt_tok_s", r->prompt_tok_s, true);
         jnum("ttft_s", r->ttft, true);
+        jstr("spec", r->spec ? nf_bench_spec_name(r->spec) : NULL, true);
+        if (r->spec)
+            printf("\"drafted\":%ld,\"accepted\":%ld,", r->drafted, r->accepted);
+        else
+            printf("\"drafted\":null,\"accepted\":null,");
+        jnum("accept_rate", r->spec && r->drafted ? (double)r->accepted / (double)r->drafted : NAN,
+             true);
+        jnum("spec_speedup", nf_bench_spec_speedup(b, r), true);
+        if (r->spec)
+            printf("\"same_output\":%s,", nf_bench_spec_same(b, r) ? "true" : "false");
+        else
+            printf("\"same_output\":null,");
         jstr("error", r->error[0] ? r->error : NULL, false);
         printf("}");
     }

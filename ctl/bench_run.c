@@ -118,6 +118,7 @@ static bool follow_gen(struct nf_bench *b, struct nf_bench_row *r, pid_t pid, in
             continue;
         if (strstr(line, "\"gen_ids\"")) {
             summary = true;
+            r->ids_hash = nf_bench_json_list_hash(line, "gen_ids");
             double ts = nf_bench_json_num(line, "decode_tok_s");
             if (!isnan(ts) && ts > 0)
                 r->tok_s = ts;
@@ -127,6 +128,12 @@ static bool follow_gen(struct nf_bench *b, struct nf_bench_row *r, pid_t pid, in
                 r->prompt_tok_s = pt;
             if (b->prompt && !isnan(pn))
                 r->prompt_tokens = (int)pn;
+            const double dr = nf_bench_json_num(line, "drafted");
+            const double ac = nf_bench_json_num(line, "accepted");
+            if (r->spec && !isnan(dr) && !isnan(ac)) {
+                r->drafted = (long)dr;
+                r->accepted = (long)ac;
+            }
             continue;
         }
         if (strncmp(line, "{\"id\":", 6))
@@ -174,6 +181,10 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
         snprintf(phase, sizeof(phase), "exact");
     snprintf(r->mode, sizeof(r->mode), sparsity > 0 ? "stack s=%.2f" : "stack exact",
              (double)sparsity);
+    if (r->spec) { /* a --lookup / --draft row (bench_spec.c) */
+        snprintf(phase, sizeof(phase), "exact-%s", nf_bench_spec_name(r->spec));
+        snprintf(r->mode, sizeof(r->mode), "stack %s", nf_bench_spec_name(r->spec));
+    }
     r->sparsity = sparsity;
     if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", b->base, phase) >= sizeof(dir)) {
         nf_errf(r->error, sizeof(r->error), 0, "run directory name too long");
@@ -203,29 +214,23 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
     /* One sequence: the whole budget but its KV cache for the pool (--parallel rows are
      * measured by nf_bench_run_parallel). */
-    char *up_argv[] = {NULL,
-                       "up",
-                       "--model",
-                       model,
-                       "--ram",
-                       ram,
-                       "--run-dir",
-                       dir,
-                       "-t",
-                       thr,
-                       "--sparsity",
-                       sp,
-                       "--ctx",
-                       ctx,
-                       "--parallel",
-                       "1",
-                       "-ctk",
-                       (char *)nf_kv_type_name((enum nf_type)b->o.type_k),
-                       "-ctv",
-                       (char *)nf_kv_type_name((enum nf_type)b->o.type_v),
-                       b->o.ubatch ? "-ub" : NULL,
-                       ub,
-                       NULL};
+    char *up_argv[26] = {NULL,         "up",
+                         "--model",    model,
+                         "--ram",      ram,
+                         "--run-dir",  dir,
+                         "-t",         thr,
+                         "--sparsity", sp,
+                         "--ctx",      ctx,
+                         "--parallel", "1",
+                         "-ctk",       (char *)nf_kv_type_name((enum nf_type)b->o.type_k),
+                         "-ctv",       (char *)nf_kv_type_name((enum nf_type)b->o.type_v)};
+    int k = 20;
+    nf_bench_spec_args(b, r->spec, up_argv, &k);
+    if (b->o.ubatch) {
+        up_argv[k++] = "-ub";
+        up_argv[k++] = ub;
+    }
+    up_argv[k] = NULL;
     pid_t pid = nf_bench_spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? nf_bench_wait(pid, NF_BENCH_UP_TIMEOUT) : -1;
     if (pid > 0 && st < 0)
@@ -296,8 +301,13 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
         }
         if (s1->st[1].ok)
             r->recall = nf_snap_ratio(tp, tp + fn);
-        if (s1->st[2].ok)
+        if (s1->st[2].ok) {
             r->stall = nf_snap_ratio(stall, ns);
+            /* Compute's decode tokens over its decode time (verification passes included,
+             * rejected drafts not counted), beside the client's rate. */
+            r->agg_tok_s = nf_snap_ratio((double)nf_stage_ctr(co, "decode_tokens"),
+                                         (double)nf_stage_ctr(co, "decode_ns") * 1e-9);
+        }
         nf_bench_phase_peak(&cg, have_cg, r, dir);
     }
     free(s0);
@@ -348,26 +358,31 @@ static void mmap_tick(void *ud, pid_t pid, int tokens)
 void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
 {
     snprintf(r->mode, sizeof(r->mode), "mmap");
+    if (r->spec) /* a --lookup / --draft row (bench_spec.c) */
+        snprintf(r->mode, sizeof(r->mode), "mmap %s", nf_bench_spec_name(r->spec));
     r->is_mmap = true;
     if (!b->gguf[0]) {
         nf_errf(r->error, sizeof(r->error), 0, "needs the .gguf (the model given is a .nft)");
         return;
     }
     char log[PATH_MAX + 32], thr[32], n[32], ctx[32];
-    snprintf(log, sizeof(log), "%s/mmap.log", b->base);
+    snprintf(log, sizeof(log), "%s/mmap%s%s.log", b->base, r->spec ? "-" : "",
+             nf_bench_spec_name(r->spec));
     snprintf(thr, sizeof(thr), "%ld", b->o.threads);
     snprintf(n, sizeof(n), "%ld", b->o.n);
     snprintf(ctx, sizeof(ctx), "%u", b->n_ctx ? b->n_ctx : 256u);
     struct nf_cgroup cg;
     bool have_cg = b->use_cgroup;
-    if (!nf_bench_phase_cgroup(b, &cg, "mmap", r))
+    char phase[32];
+    snprintf(phase, sizeof(phase), "mmap%s%s", r->spec ? "-" : "", nf_bench_spec_name(r->spec));
+    if (!nf_bench_phase_cgroup(b, &cg, phase, r))
         return;
     nf_bench_drop_cache(b->gguf);
-    nf_bench_progress(b, "mmap: run --mmap -n %ld -c %s%s", b->o.n, ctx,
+    nf_bench_progress(b, "%s: run --mmap -n %ld -c %s%s", r->mode, b->o.n, ctx,
                       have_cg ? " in its memory cgroup" : "");
     char ub[32];
     snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
-    char *argv[28] = {NULL, "run", "--mmap", "-m",     b->gguf, "-n",     n,   "-c",
+    char *argv[32] = {NULL, "run", "--mmap", "-m",     b->gguf, "-n",     n,   "-c",
                       ctx,  "-t",  thr,      "--temp", "0",     "--seed", "1", "--json"};
     int k = 16;
     argv[k++] = "-ctk";
@@ -382,6 +397,7 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
         argv[k++] = "-p";
         argv[k++] = b->prompt;
     }
+    nf_bench_spec_args(b, r->spec, argv, &k);
     argv[k] = NULL;
     int out_fd = -1;
     pid_t pid = nf_bench_spawn(b, argv, have_cg ? &cg : NULL, &out_fd, log);

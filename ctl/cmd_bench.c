@@ -16,6 +16,7 @@
 
 #include "bench.h"
 #include "cmds.h"
+#include "nf_file.h"
 #include "nf_time.h"
 #include "stack.h"
 #include "stack_ctl.h"
@@ -102,6 +103,7 @@ static void row_init(struct nf_bench_row *r)
     r->vs_mmap = r->io_bound = r->vs_io_bound = NAN;
     r->agg_tok_s = r->shared_batch = NAN;
     r->prompt_tok_s = r->ttft = NAN;
+    r->spec_base = -1;
 }
 
 int nf_cmd_bench(int argc, char **argv)
@@ -154,6 +156,16 @@ int nf_cmd_bench(int argc, char **argv)
                 b.o.prompt, b.o.n, b.o.prompt + b.o.n, b.n_ctx);
         nf_nft_close(f);
         return 2;
+    }
+    if (b.o.prompt_file) { /* -f: the file's text, verbatim, as run -f and gen -f read it */
+        size_t len = 0;
+        if (!(b.prompt = nf_read_file(b.o.prompt_file, &len)) || strlen(b.prompt) != len) {
+            fprintf(stderr, "nanoflowctl bench: -f %s: %s\n", b.o.prompt_file,
+                    b.prompt ? "holds a NUL byte" : strerror(errno));
+            free(b.prompt);
+            nf_nft_close(f);
+            return 2;
+        }
     }
     if (b.o.prompt && !(b.prompt = nf_bench_prompt_text(b.o.prompt))) {
         fprintf(stderr, "nanoflowctl bench: out of memory\n");
@@ -210,6 +222,17 @@ int nf_cmd_bench(int argc, char **argv)
         row_init(r);
         nf_bench_run_stack(&b, r, levels[i]);
     }
+    /* --lookup / --draft: the exact stack again with speculative decoding (rows[0] is the
+     * exact stack). */
+    const enum nf_bench_spec kinds[2] = {b.o.lookup ? NF_BENCH_SPEC_LOOKUP : NF_BENCH_SPEC_NONE,
+                                         b.o.draft ? NF_BENCH_SPEC_DRAFT : NF_BENCH_SPEC_NONE};
+    for (int i = 0; i < 2 && !nf_bench_stop; i++) {
+        if (!kinds[i])
+            continue;
+        struct nf_bench_row *r = &b.rows[b.n_rows++];
+        row_init(r);
+        nf_bench_run_spec(&b, r, kinds[i], false, 0);
+    }
     for (int i = 0; i < b.o.n_parallel && !nf_bench_stop; i++) {
         struct nf_bench_row *r = &b.rows[b.n_rows++];
         row_init(r);
@@ -220,6 +243,13 @@ int nf_cmd_bench(int argc, char **argv)
         mm = &b.rows[b.n_rows++];
         row_init(mm);
         nf_bench_run_mmap(&b, mm);
+        for (int i = 0; i < 2 && !nf_bench_stop && b.gguf[0]; i++) {
+            if (!kinds[i])
+                continue;
+            struct nf_bench_row *r = &b.rows[b.n_rows++];
+            row_init(r);
+            nf_bench_run_spec(&b, r, kinds[i], true, (int)(mm - b.rows));
+        }
     }
     /* A second raw pass after the engines: the bound uses the faster of the two, so a disk
      * busy with someone else's writes during one pass does not flatter the engines. */
