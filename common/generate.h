@@ -83,8 +83,10 @@ struct nf_gen_draft {
 };
 
 /* Prompt lookup (spec_lookup.c): the draft is what followed the latest earlier occurrence of
- * the sequence's last ngram_max..ngram_min tokens (the longest that occurs), up to max tokens.
- * Needs no model: strong where the output repeats its input (extraction, edits, code). */
+ * the sequence's last ngram_max..ngram_min tokens (the longest that occurs), up to max tokens,
+ * copied as an overlapping copy: where it reaches the end of the sequence it goes on with its
+ * own output, so text repeating with a period p drafts max tokens, not p. Needs no model:
+ * strong where the output repeats its input (extraction, edits, code) or itself. */
 struct nf_gen_lookup {
     int ngram_min, ngram_max; /* clamped into 1 <= min <= max <= 8 */
 };

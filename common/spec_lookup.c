@@ -27,11 +27,17 @@ static int lookup_draft(void *ud, const int32_t *ids, int n, int32_t *out, int m
         const int i = lookup_match(ids, n, g);
         if (i < 0)
             continue;
-        /* What followed the match, up to the end of what is known (it may run into the
-         * pattern itself: a period of fewer than g tokens repeats). */
+        /* What followed the match, copied as an overlapping copy (LZ77's): past the end of
+         * what is known the copy reads its own output, so text that repeats with a period p
+         * (the distance from the match to the end) is drafted as that period repeated, up to
+         * max, instead of stopping after p tokens. A run of one token repeated (p = 1), which
+         * the latest match would otherwise draft one token at a time, drafts max of it. */
+        const int src = i + g;
         int nd = 0;
-        for (int j = i + g; j < n && nd < max; j++)
-            out[nd++] = ids[j];
+        for (; nd < max && src + nd < n; nd++)
+            out[nd] = ids[src + nd];
+        for (; nd < max; nd++)
+            out[nd] = out[src + nd - n];
         return nd;
     }
     return 0;

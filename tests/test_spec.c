@@ -627,10 +627,16 @@ static void test_lookup_source(void **state)
     assert_int_equal(out[0], 8);
     assert_int_equal(out[3], 6);
     const int32_t b[] = {5, 6, 7, 8, 1, 6, 7, 2, 3, 7};
-    /* no 3-gram or 2-gram (6 7 / x 7 at the end is "3 7"); 1-gram 7: latest at 6 -> 2 3 7 */
-    assert_int_equal(d.draft(d.ud, b, 10, out, 8), 3);
-    assert_int_equal(out[0], 2);
-    assert_int_equal(out[2], 7);
+    /* no 3-gram or 2-gram (6 7 / x 7 at the end is "3 7"); 1-gram 7: latest at 6 -> 2 3 7,
+     * then the overlapping copy goes on with the period 2 3 7: 2 3 7 2 3 */
+    assert_int_equal(d.draft(d.ud, b, 10, out, 8), 8);
+    const int32_t b_draft[] = {2, 3, 7, 2, 3, 7, 2, 3};
+    assert_memory_equal(out, b_draft, sizeof(b_draft));
+    /* A run of one token: the latest match is one back, the draft is the token max times. */
+    const int32_t r[] = {4, 9, 9, 9};
+    assert_int_equal(d.draft(d.ud, r, 4, out, 5), 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(out[i], 9);
     const int32_t c[] = {1, 2, 3, 4};
     assert_int_equal(d.draft(d.ud, c, 4, out, 8), 0);
 }
