@@ -24,7 +24,11 @@
  * that is a point mass (accept x with probability p(x), else draw from the residual): a draw
  * from p that lands on x accepts it, one that does not is a draw from p without x. Rule 3's
  * stops apply to every token of an accepted run as to a plain step. k adapts to the
- * acceptance (1..NF_GEN_SPEC_MAX).
+ * acceptance: it starts at min(4, spec_max); a pass whose drafts were all accepted grows it by
+ * 2, one that rejected a draft sets it to one past the drafts it accepted (1 when it rejected
+ * them all), always within 1..spec_max; a step without drafts leaves it (spec_adapt,
+ * tests/test_spec_adapt.c). Rejected drafts cost a verification row each, accepted ones save a
+ * pass, so k follows the length of the runs the source gets right.
  *
  * All state of one sequence lives in its struct nf_gen_seq (the caller owns it, no globals), and
  * nf_gen_seq_step advances it by one token, so a caller can later interleave several sequences.
