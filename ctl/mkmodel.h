@@ -96,6 +96,10 @@ struct nf_mk_gen {
      * exp(-router_skew * e / (rows - 1)), so low experts win the top-k more often; 0: all rows
      * alike (near-uniform routing). */
     float router_skew;
+    /* RANDOM mxfp4, q8_0 and q4_0 tensors as random valid blocks written straight from the
+     * generator, not quantized from random floats (--random-blocks): other bytes for the same
+     * seed, written many times faster. */
+    bool random_blocks;
 };
 
 /* deepseek2's shape beyond struct nf_mk_shape (whose head_dim is then key_length_mla, nope +
