@@ -242,6 +242,9 @@ static void usage(FILE *f)
         "  --zero-experts       routed experts' tensors written as real zero bytes (not\n"
         "                       holes; fast, every byte on disk); router, attention, norms\n"
         "                       and embeddings stay random, so routing still varies\n"
+        "  --tensor-types FILE  per-tensor types after --type: lines 'TENSOR TYPE' (ggml's\n"
+        "                       type names, e.g. q6_K, mxfp4), to write another tool's mix\n"
+        "                       (a llama-quantize recipe's); '#' starts a comment line\n"
         "  --random-blocks      (--type q8_0, q4_0, mxfp4) random matrices as random valid\n"
         "                       blocks straight from the generator (fixed scales, random\n"
         "                       quants), not quantized from random floats: other bytes\n"
@@ -266,6 +269,7 @@ struct mk_opts {
     const char *vocab_from;
     const char *name;
     const char *arch;
+    const char *tensor_types; /* --tensor-types FILE */
     bool tied, rope_freqs;
     /* -1 = not given on the command line. */
     long rope_dim, longrope, swa;
@@ -404,6 +408,9 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return nf_usage_error(CMD, "unknown --shape '%s' (known: %s)", v, shapes);
             }
             o->shape_name = v;
+        } else if (nf_arg_is(a, "--tensor-types")) {
+            if (!(o->tensor_types = nf_arg_value(CMD, argc, argv, &i)))
+                return 2;
         } else if (nf_arg_is(a, "--arch")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)))
                 return 2;
@@ -1443,6 +1450,10 @@ int nf_cmd_mkmodel(int argc, char **argv)
         mxfp4_experts(t, nt);
     if (o.zero_experts)
         zero_experts(t, nt);
+    if (o.tensor_types && (rc = nf_mk_tensor_types_apply(o.tensor_types, t, nt))) {
+        exit_code = rc;
+        goto out;
+    }
     uint64_t params = 0;
     for (size_t i = 0; i < nt; i++) {
         rc = nf_gguf_writer_add_tensor(w, t[i].name, t[i].n_dims, t[i].ne, t[i].type, NULL);

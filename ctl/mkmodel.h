@@ -136,6 +136,11 @@ int nf_mk_deepseek2_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape 
 int nf_mk_write_data(int fd, const struct nf_mk_tensor *t, size_t n, const struct nf_mk_gen *g,
                      uint64_t *written);
 
+/* mkmodel_types.c: sets the type of each tensor of t named in the recipe file at path (lines
+ * "TENSOR TYPE"). Returns 0, or the usage exit code after printing one line naming the file,
+ * the line and what is wrong (an unknown tensor or type, rows that are not whole blocks). */
+int nf_mk_tensor_types_apply(const char *path, struct nf_mk_tensor *t, size_t n);
+
 /* glm4moe (mkmodel_glm4moe.c), with s->layers the transformer layers (the nextn blocks come
  * after them): the glm4moe part of preset `name` into *out (false: not a glm4moe preset); the
  * tensors of the model, types as build_tensors' (routers, exp_probs_b and norms F32), the nextn

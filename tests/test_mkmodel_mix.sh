@@ -1,6 +1,7 @@
 # test_mkmodel_mix.sh - mkmodel --type q4_k_m (llama-quantize's Q4_K_M tensor mix),
-# --zero-experts (routed experts as real zero bytes, the rest random) and --random-blocks
-# (random valid blocks without float quantization), and their refusals.
+# --zero-experts (routed experts as real zero bytes, the rest random), --random-blocks
+# (random valid blocks without float quantization) and --tensor-types (a per-tensor recipe),
+# and their refusals.
 set -u
 if [ -z "${NF_BIN:-}" ] || [ ! -x "$NF_BIN" ]; then
     echo "SKIP: NF_BIN (path to nanoflowctl) is not set or not executable"
@@ -65,6 +66,30 @@ expect "--random-blocks with --type q4_k" 2 "needs --type q8_0, q4_0 or mxfp4" \
     "$NF_BIN" mkmodel "$T/d.gguf" "${MOE[@]}" --layers 1 --type q4_k --random-blocks
 expect "--random-blocks with --zero" 2 "exclude each other" \
     "$NF_BIN" mkmodel "$T/d.gguf" "${GO[@]}" --zero --random-blocks
+
+# --tensor-types: a recipe's types override --type per tensor; bad recipes are refused in one
+# line naming the line.
+printf '# a recipe\n\nblk.0.attn_v.weight q6_K\nblk.1.ffn_down_exps.weight Q5_k\n' >"$T/r.types"
+"$NF_BIN" mkmodel "$T/tt.gguf" "${MOE[@]}" --layers 2 --type q4_k --tensor-types "$T/r.types" \
+    >/dev/null 2>"$T/err"
+check "mkmodel --tensor-types ($(head -c 200 "$T/err"))" $?
+"$NF_BIN" inspect "$T/tt.gguf" >"$T/inspect" 2>&1
+grep -qE '^q6_K +1 ' "$T/inspect" && grep -qE '^q5_K +1 ' "$T/inspect" &&
+    grep -qE '^q4_K +14 ' "$T/inspect"
+check "--tensor-types: one q6_K, one q5_K, the other 14 matrices q4_K" $?
+for bad in "blk.9.attn_v.weight q6_K|line 1: the model has no tensor 'blk.9.attn_v.weight'" \
+    "blk.0.attn_v.weight q7_K|line 1: unknown or unwritable type 'q7_K'" \
+    "blk.0.attn_norm.weight q8_0 x|line 1: expected 'TENSOR TYPE'"; do
+    printf '%s\n' "${bad%%|*}" >"$T/bad.types"
+    expect "--tensor-types: ${bad%%|*}" 2 "${bad#*|}" \
+        "$NF_BIN" mkmodel "$T/d.gguf" "${MOE[@]}" --layers 2 --tensor-types "$T/bad.types"
+done
+printf 'blk.0.attn_norm.weight q4_K\n' >"$T/bad.types"
+expect "--tensor-types: 64-wide rows are not q4_K blocks" 2 \
+    "not whole q4_K blocks" "$NF_BIN" mkmodel "$T/d.gguf" --arch qwen3moe --dim 64 --ffn 64 \
+    --heads 4 --head-dim 16 --experts 4 --layers 1 --vocab 1024 --tensor-types "$T/bad.types"
+expect "--tensor-types: a missing file" 2 "no-such.types" \
+    "$NF_BIN" mkmodel "$T/d.gguf" "${MOE[@]}" --layers 2 --tensor-types "$T/no-such.types"
 
 expect "--zero-experts on a dense model" 2 "needs routed experts" \
     "$NF_BIN" mkmodel "$T/d.gguf" --shape tiny --zero-experts
