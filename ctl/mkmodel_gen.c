@@ -82,40 +82,34 @@ static bool random_blocks(const struct nf_mk_gen *g, const struct nf_mk_tensor *
 static void fill_blocks(void *out, enum nf_type type, uint64_t key, uint64_t first, size_t nb)
 {
     const float a = 1.7320508f * NF_MK_STD;
-    if (type == NF_TYPE_MXFP4) {
-        const uint8_t e = (uint8_t)(floorf(log2f(a)) - 2 + 127);
-        nf_block_mxfp4 *y = out;
-        for (size_t i = 0; i < nb; i++) {
-            uint64_t b = first + i, w[2];
-            for (int j = 0; j < 2; j++)
-                w[j] = mix64(key + (b * 2 + (uint64_t)j + 1) * GOLDEN);
-            y[i].e = e;
-            memcpy(y[i].qs, w, sizeof(w));
+    const uint8_t e = (uint8_t)(floorf(log2f(a)) - 2 + 127);
+    const nf_fp16_t d = nf_fp32_to_fp16(type == NF_TYPE_Q4_0 ? a / 8 : a / 127);
+    for (size_t i = 0; i < nb; i++) {
+        uint8_t *qs;
+        size_t nq;
+        if (type == NF_TYPE_MXFP4) {
+            nf_block_mxfp4 *y = (nf_block_mxfp4 *)out + i;
+            y->e = e;
+            qs = y->qs, nq = sizeof(y->qs);
+        } else if (type == NF_TYPE_Q4_0) {
+            nf_block_q4_0 *y = (nf_block_q4_0 *)out + i;
+            y->d = d;
+            qs = y->qs, nq = sizeof(y->qs);
+        } else {
+            NF_ASSERT(type == NF_TYPE_Q8_0);
+            nf_block_q8_0 *y = (nf_block_q8_0 *)out + i;
+            y->d = d;
+            qs = (uint8_t *)y->qs, nq = sizeof(y->qs);
         }
-    } else if (type == NF_TYPE_Q4_0) {
-        const nf_fp16_t d = nf_fp32_to_fp16(a / 8);
-        nf_block_q4_0 *y = out;
-        for (size_t i = 0; i < nb; i++) {
-            uint64_t b = first + i, w[2];
-            for (int j = 0; j < 2; j++)
-                w[j] = mix64(key + (b * 2 + (uint64_t)j + 1) * GOLDEN);
-            y[i].d = d;
-            memcpy(y[i].qs, w, sizeof(w));
+        const uint64_t words = nq / 8, b = first + i;
+        for (uint64_t j = 0; j < words; j++) {
+            uint64_t w = mix64(key + (b * words + j + 1) * GOLDEN);
+            memcpy(qs + 8 * j, &w, sizeof(w));
         }
-    } else {
-        NF_ASSERT(type == NF_TYPE_Q8_0);
-        const nf_fp16_t d = nf_fp32_to_fp16(a / 127);
-        nf_block_q8_0 *y = out;
-        for (size_t i = 0; i < nb; i++) {
-            uint64_t b = first + i, w[4];
-            for (int j = 0; j < 4; j++)
-                w[j] = mix64(key + (b * 4 + (uint64_t)j + 1) * GOLDEN);
-            y[i].d = d;
-            memcpy(y[i].qs, w, sizeof(w));
-            for (int j = 0; j < NF_QK8_0; j++)
-                if (y[i].qs[j] == INT8_MIN)
-                    y[i].qs[j] = -127;
-        }
+        if (type == NF_TYPE_Q8_0)
+            for (size_t j = 0; j < nq; j++)
+                if (qs[j] == 0x80) /* -128 */
+                    qs[j] = 0x81;  /* -127 */
     }
 }
 
