@@ -68,18 +68,7 @@ for entry in "${MODELS[@]}"; do
     S=$(ls "$T/$name"-00001-of-0000*.gguf 2>/dev/null)
     [ -n "$S" ] && [ "$(ls "$T/$name"-0000*-of-0000*.gguf | wc -l)" -ge 3 ]
     check "$name: split in 3 or more parts" $?
-    NF_GOLDEN_MODEL="$S" NF_GOLDEN_FILE="$G" "$TG" >"$T/tg.out" 2>&1
-    rc=$?
-    check "$name: the split model in RAM matches the golden" $rc
-    [ $rc -ne 0 ] && cat "$T/tg.out"
-    "$NF_BIN" convert "$S" "$T/$name.nft" --tile-size 8K >/dev/null 2>"$T/err"
-    rc=$?
-    check "$name: convert of the split model exits 0" $rc
-    [ $rc -ne 0 ] && cat "$T/err"
-    NF_GOLDEN_MODEL="$T/$name.nft" NF_GOLDEN_FILE="$G" "$TG" >"$T/tg.out" 2>&1
-    rc=$?
-    check "$name: its .nft matches the golden" $rc
-    [ $rc -ne 0 ] && cat "$T/tg.out"
+    golden_ram_nft "$name" "$S" "$G" # tests/lib.sh
 done
 
 if ! (need_daemons >/dev/null); then
@@ -87,28 +76,6 @@ if ! (need_daemons >/dev/null); then
     exit $fail
 fi
 for name in $STACK; do
-    S=$(ls "$T/$name"-00001-of-0000*.gguf)
-    G="$GOLDEN_DIR/$name.jsonl"
-    R="$T/run-$name"
-    python3 -c "import json,sys; sys.stdout.write(json.loads(open(sys.argv[1]).readline())['prompt'])" \
-        "$G" >"$T/prompt.txt"
-    "$NF_BIN" up -m "$S" --ram 256M -t 1 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
-    rc=$?
-    check "$name: up on the split model exits 0 (rc $rc)" $rc
-    if [ $rc -ne 0 ]; then
-        cat "$T/up.err"
-        continue
-    fi
-    ARGS=(-f "$T/prompt.txt" -n 24 --temp 0 --json --top-logits 5)
-    "$NF_BIN" gen --run-dir "$R" "${ARGS[@]}" >"$T/gen.jsonl" 2>"$T/gen.err"
-    check "$name: gen --json exits 0" $?
-    "$NF_BIN" run -m "$S" -t 1 "${ARGS[@]}" >"$T/run.jsonl" 2>/dev/null
-    check "$name: run --json exits 0" $?
-    gen_matches_run "$T/gen.jsonl" "$T/run.jsonl" "$G" tie
-    check "$name: gen --json equals run --json and the golden gen_ids" $?
-    "$NF_BIN" down --run-dir "$R" >/dev/null 2>"$T/down.err"
-    rc=$?
-    check "$name: down exits 0" $rc
-    [ $rc -ne 0 ] && cat "$T/down.err"
+    golden_stack "$name" "$(ls "$T/$name"-00001-of-0000*.gguf)" "$GOLDEN_DIR/$name.jsonl"
 done
 exit $fail
