@@ -242,6 +242,14 @@ static void usage(FILE *f)
         "  --zero-experts       routed experts' tensors written as real zero bytes (not\n"
         "                       holes; fast, every byte on disk); router, attention, norms\n"
         "                       and embeddings stay random, so routing still varies\n"
+        "  --tensor-types FILE  per-tensor types after --type: lines 'TENSOR TYPE' (ggml's\n"
+        "                       type names, e.g. q6_K, mxfp4), to write another tool's mix\n"
+        "                       (a llama-quantize recipe's); '#' starts a comment line\n"
+        "  --random-blocks      (--type q8_0, q4_0, mxfp4) random matrices as random valid\n"
+        "                       blocks straight from the generator (fixed scales, random\n"
+        "                       quants), not quantized from random floats: other bytes\n"
+        "                       for the same seed, written many times faster (large\n"
+        "                       models for I/O benchmarks)\n"
         "  --router-skew S      MoE routers favour low experts: expert e's router row is\n"
         "                       divided by exp(S e / (E - 1)), so routing is skewed as in a\n"
         "                       trained model rather than near-uniform (default 0)\n"
@@ -261,6 +269,7 @@ struct mk_opts {
     const char *vocab_from;
     const char *name;
     const char *arch;
+    const char *tensor_types; /* --tensor-types FILE */
     bool tied, rope_freqs;
     /* -1 = not given on the command line. */
     long rope_dim, longrope, swa;
@@ -278,7 +287,7 @@ struct mk_opts {
     bool rope_set, eps_set;
     enum nf_type type;
     uint64_t seed;
-    bool zero, zero_experts;
+    bool zero, zero_experts, random_blocks;
     bool q4_k_m; /* --type q4_k_m: o->type is q4_k, some tensors get q6_k */
     bool mxfp4;  /* --type mxfp4: o->type is q8_0, the routed experts get mxfp4 */
     long threads;
@@ -356,6 +365,10 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
             o->zero_experts = true;
             continue;
         }
+        if (!strcmp(a, "--random-blocks")) {
+            o->random_blocks = true;
+            continue;
+        }
         if (!strcmp(a, "--tied-output")) {
             o->tied = true;
             continue;
@@ -395,6 +408,9 @@ static int parse_args(int argc, char **argv, struct mk_opts *o, bool *done)
                 return nf_usage_error(CMD, "unknown --shape '%s' (known: %s)", v, shapes);
             }
             o->shape_name = v;
+        } else if (nf_arg_is(a, "--tensor-types")) {
+            if (!(o->tensor_types = nf_arg_value(CMD, argc, argv, &i)))
+                return 2;
         } else if (nf_arg_is(a, "--arch")) {
             if (!(v = nf_arg_value(CMD, argc, argv, &i)))
                 return 2;
@@ -1352,6 +1368,14 @@ int nf_cmd_mkmodel(int argc, char **argv)
         return nf_usage_error(CMD, "--zero-experts and --zero exclude each other");
     if (o.zero_experts && s.experts == 0)
         return nf_usage_error(CMD, "--zero-experts needs routed experts (the model is dense)");
+    if (o.random_blocks && o.zero)
+        return nf_usage_error(CMD, "--random-blocks and --zero exclude each other");
+    if (o.random_blocks && o.q4_k_m)
+        return nf_usage_error(CMD, "--random-blocks needs --type q8_0, q4_0 or mxfp4 (not "
+                                   "q4_k_m)");
+    if (o.random_blocks && o.type != NF_TYPE_Q8_0 && o.type != NF_TYPE_Q4_0)
+        return nf_usage_error(CMD, "--random-blocks needs --type q8_0, q4_0 or mxfp4 (not %s)",
+                              nf_type_traits(o.type) ? nf_type_traits(o.type)->name : "?");
     if (o.router_skew > 0 && s.experts == 0)
         return nf_usage_error(CMD, "--router-skew needs routed experts (the model is dense)");
     if (o.mxfp4 && s.experts == 0)
@@ -1426,6 +1450,10 @@ int nf_cmd_mkmodel(int argc, char **argv)
         mxfp4_experts(t, nt);
     if (o.zero_experts)
         zero_experts(t, nt);
+    if (o.tensor_types && (rc = nf_mk_tensor_types_apply(o.tensor_types, t, nt))) {
+        exit_code = rc;
+        goto out;
+    }
     uint64_t params = 0;
     for (size_t i = 0; i < nt; i++) {
         rc = nf_gguf_writer_add_tensor(w, t[i].name, t[i].n_dims, t[i].ne, t[i].type, NULL);
@@ -1455,7 +1483,8 @@ int nf_cmd_mkmodel(int argc, char **argv)
                           .zero = o.zero,
                           .threads = (int)(o.threads > 0 ? o.threads : (ncpu > 0 ? ncpu : 1)),
                           .progress = isatty(2),
-                          .router_skew = o.router_skew};
+                          .router_skew = o.router_skew,
+                          .random_blocks = o.random_blocks};
     uint64_t written = 0;
     double t0 = nf_now_s();
     if ((rc = write_model(o.out, dir, w, t, nt, &g, &written, err, sizeof(err))))
@@ -1469,7 +1498,10 @@ int nf_cmd_mkmodel(int argc, char **argv)
            o.q4_k_m  ? "q4_K_M"
            : o.mxfp4 ? "MXFP4_MOE"
                      : tr->name,
-           o.zero ? " (zero)" : (o.zero_experts ? " (zero experts)" : ""),
+           o.zero            ? " (zero)"
+           : o.zero_experts  ? " (zero experts)"
+           : o.random_blocks ? " (random blocks)"
+                             : "",
            (unsigned long long)total, hs, hw, secs);
     exit_code = 0;
     goto out;

@@ -96,6 +96,10 @@ struct nf_mk_gen {
      * exp(-router_skew * e / (rows - 1)), so low experts win the top-k more often; 0: all rows
      * alike (near-uniform routing). */
     float router_skew;
+    /* RANDOM mxfp4, q8_0 and q4_0 tensors as random valid blocks written straight from the
+     * generator, not quantized from random floats (--random-blocks): other bytes for the same
+     * seed, written many times faster. */
+    bool random_blocks;
 };
 
 /* deepseek2's shape beyond struct nf_mk_shape (whose head_dim is then key_length_mla, nope +
@@ -131,6 +135,11 @@ int nf_mk_deepseek2_metadata(struct nf_gguf_writer *w, const struct nf_mk_shape 
  * Returns 0 or a negative code; *written receives the bytes written. */
 int nf_mk_write_data(int fd, const struct nf_mk_tensor *t, size_t n, const struct nf_mk_gen *g,
                      uint64_t *written);
+
+/* mkmodel_types.c: sets the type of each tensor of t named in the recipe file at path (lines
+ * "TENSOR TYPE"). Returns 0, or the usage exit code after printing one line naming the file,
+ * the line and what is wrong (an unknown tensor or type, rows that are not whole blocks). */
+int nf_mk_tensor_types_apply(const char *path, struct nf_mk_tensor *t, size_t n);
 
 /* glm4moe (mkmodel_glm4moe.c), with s->layers the transformer layers (the nextn blocks come
  * after them): the glm4moe part of preset `name` into *out (false: not a glm4moe preset); the

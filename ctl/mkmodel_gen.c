@@ -65,6 +65,54 @@ static void fill_random(float *out, uint64_t key, uint64_t first, size_t n)
         out[i] = (float)(int32_t)(uint32_t)mix64(key + (e / 2 + 1) * GOLDEN) * scale;
 }
 
+/* Whether --random-blocks writes tensor t's blocks straight from the generator. */
+static bool random_blocks(const struct nf_mk_gen *g, const struct nf_mk_tensor *t)
+{
+    return g->random_blocks && t->fill == NF_MK_RANDOM &&
+           (t->type == NF_TYPE_MXFP4 || t->type == NF_TYPE_Q8_0 || t->type == NF_TYPE_Q4_0);
+}
+
+/* Fills blocks first..first+nb of a RANDOM tensor of type `type` (mxfp4, q8_0 or q4_0) into out
+ * without any float work: block b's quants are the bytes of mix64(key + (b * w + j + 1) *
+ * GOLDEN) for its w words j (2 for the 16 bytes of mxfp4 and q4_0, 4 for q8_0's 32), and its
+ * scale is fixed so that the values spread about as RANDOM's uniform noise of [-a, a] does:
+ * q8_0 d = a / 127 (quants in [-127, 127]: a byte of -128 becomes -127, as quantizers never
+ * write -128), q4_0 d = a / 8, mxfp4 the exponent the reference quantizer gives a block whose
+ * largest value is a (never 0xFF). Valid blocks by construction, at the generator's speed. */
+static void fill_blocks(void *out, enum nf_type type, uint64_t key, uint64_t first, size_t nb)
+{
+    const float a = 1.7320508f * NF_MK_STD;
+    const uint8_t e = (uint8_t)(floorf(log2f(a)) - 2 + 127);
+    const nf_fp16_t d = nf_fp32_to_fp16(type == NF_TYPE_Q4_0 ? a / 8 : a / 127);
+    for (size_t i = 0; i < nb; i++) {
+        uint8_t *qs;
+        size_t nq;
+        if (type == NF_TYPE_MXFP4) {
+            nf_block_mxfp4 *y = (nf_block_mxfp4 *)out + i;
+            y->e = e;
+            qs = y->qs, nq = sizeof(y->qs);
+        } else if (type == NF_TYPE_Q4_0) {
+            nf_block_q4_0 *y = (nf_block_q4_0 *)out + i;
+            y->d = d;
+            qs = y->qs, nq = sizeof(y->qs);
+        } else {
+            NF_ASSERT(type == NF_TYPE_Q8_0);
+            nf_block_q8_0 *y = (nf_block_q8_0 *)out + i;
+            y->d = d;
+            qs = (uint8_t *)y->qs, nq = sizeof(y->qs);
+        }
+        const uint64_t words = nq / 8, b = first + i;
+        for (uint64_t j = 0; j < words; j++) {
+            uint64_t w = mix64(key + (b * words + j + 1) * GOLDEN);
+            memcpy(qs + 8 * j, &w, sizeof(w));
+        }
+        if (type == NF_TYPE_Q8_0)
+            for (size_t j = 0; j < nq; j++)
+                if (qs[j] == 0x80) /* -128 */
+                    qs[j] = 0x81;  /* -127 */
+    }
+}
+
 struct gen_state {
     const struct nf_mk_tensor *t;
     size_t n;
@@ -176,6 +224,13 @@ static int do_chunk(struct gen_state *s, const struct nf_mk_tensor *t, int64_t r
         /* All-zero bytes decode to 0.0 in every type (zero scales, zero quants); they are written
          * so the blocks exist on disk, unlike --zero's holes. len <= the n floats of qbuf. */
         memset(qbuf, 0, len);
+        if (!(rc = pwrite_all(s->fd, qbuf, len, t->offset + (uint64_t)row * row_bytes)))
+            atomic_fetch_add_explicit(&s->written, len, memory_order_relaxed);
+        return rc;
+    }
+    if (random_blocks(s->g, t)) {
+        /* Whole rows of whole blocks: element `first` starts a block. */
+        fill_blocks(qbuf, t->type, tensor_key(s->g->seed, t->name), first / NF_QK4_0, n / NF_QK4_0);
         if (!(rc = pwrite_all(s->fd, qbuf, len, t->offset + (uint64_t)row * row_bytes)))
             atomic_fetch_add_explicit(&s->written, len, memory_order_relaxed);
         return rc;

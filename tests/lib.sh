@@ -107,6 +107,52 @@ assert g["text"] == r["text"], "text"
 PY
 }
 
+# golden_ram_nft NAME MODEL GOLDEN: MODEL (a .gguf, split or not) against llama.cpp's GOLDEN in
+# RAM and through the .nft that convert makes of it ($T/NAME.nft, 8 KiB tiles), with
+# test_golden ($TG) and its rules for NF_GOLDEN_MODEL; outputs in $T.
+golden_ram_nft() {
+    local name=$1 m=$2 g=$3 rc
+    NF_GOLDEN_MODEL="$m" NF_GOLDEN_FILE="$g" "$TG" >"$T/tg.out" 2>&1
+    rc=$?
+    check "$name: in RAM matches the golden" $rc
+    [ $rc -ne 0 ] && cat "$T/tg.out"
+    "$NF_BIN" convert "$m" "$T/$name.nft" --tile-size 8K >/dev/null 2>"$T/err"
+    rc=$?
+    check "$name: convert exits 0" $rc
+    [ $rc -ne 0 ] && cat "$T/err"
+    NF_GOLDEN_MODEL="$T/$name.nft" NF_GOLDEN_FILE="$g" "$TG" >"$T/tg.out" 2>&1
+    rc=$?
+    check "$name: the .nft matches the golden" $rc
+    [ $rc -ne 0 ] && cat "$T/tg.out"
+}
+
+# golden_stack NAME MODEL GOLDEN: the stack on MODEL (up --ram 256M -t 1 in $T/run-NAME) with
+# the golden's first prompt: gen --json must equal run --json and the golden's gen_ids up to its
+# first near tie; then down. Outputs in $T.
+golden_stack() {
+    local name=$1 m=$2 g=$3 rc r="$T/run-$1"
+    python3 -c "import json,sys; sys.stdout.write(json.loads(open(sys.argv[1]).readline())['prompt'])" \
+        "$g" >"$T/prompt.txt"
+    "$NF_BIN" up -m "$m" --ram 256M -t 1 --run-dir "$r" >"$T/up.out" 2>"$T/up.err"
+    rc=$?
+    check "$name: up exits 0 (rc $rc)" $rc
+    if [ $rc -ne 0 ]; then
+        cat "$T/up.err"
+        return
+    fi
+    local args=(-f "$T/prompt.txt" -n 24 --temp 0 --json --top-logits 5)
+    "$NF_BIN" gen --run-dir "$r" "${args[@]}" >"$T/gen.jsonl" 2>"$T/gen.err"
+    check "$name: gen --json exits 0" $?
+    "$NF_BIN" run -m "$m" -t 1 "${args[@]}" >"$T/run.jsonl" 2>/dev/null
+    check "$name: run --json exits 0" $?
+    gen_matches_run "$T/gen.jsonl" "$T/run.jsonl" "$g" tie
+    check "$name: gen --json equals run --json and the golden gen_ids" $?
+    "$NF_BIN" down --run-dir "$r" >/dev/null 2>"$T/down.err"
+    rc=$?
+    check "$name: down exits 0" $rc
+    [ $rc -ne 0 ] && cat "$T/down.err"
+}
+
 # need_stories: sets M0 to the shared stories260K model and G to its llama.cpp golden, or skips
 # (exit 77) when either is missing or python3 (which reads the golden's JSON) is not there.
 need_stories() {

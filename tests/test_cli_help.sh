@@ -19,6 +19,7 @@ trap 'rm -rf "$T"' EXIT
 MISS="$T/missing"
 R="$T/run"
 printf 'Once upon a time\n' >"$T/prompt.txt"
+printf '# mkmodel --tensor-types: a recipe that changes nothing\n' >"$T/recipe.types"
 VOCAB="$SHARED/models/stories260K.gguf"
 pass=0
 failed=0
@@ -61,6 +62,8 @@ kind() {
         --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat | --sigmoid) K=bool ;;
     --lookup | --no-lookup | --use-draft) K=bool ;;
     --draft) K=file ;;
+    --tensor-types) K=file ;;
+    --random-blocks) K=bool ;;
     --draft-max) K=int ;;
     -ub | --ubatch-size | --ubatch) K=int ;;
     --kv-block) K=int ;;
@@ -141,6 +144,7 @@ good() {
     --name) G=test-model ;;
     -f | --file | --calibrate | --api-key-file | --draft) G="$T/prompt.txt" ;;
     --vocab-from) G="$VOCAB" ;;
+    --tensor-types) G="$T/recipe.types" ;;
     --watch) G=1 ;;
     *) G="" ;;
     esac
@@ -152,6 +156,7 @@ flag_ctx() {
     case "$1" in
     --shared-ffn) CTX=(--arch qwen2moe) ;;
     --window) CTX=(--arch gemma3 --experts 0) ;;
+    --random-blocks) CTX=(--type q8_0) ;;
     --dense-layers | --dense-ffn | --nextn | --shared-experts | --expert-scale | --qk-norm)
         CTX=(--arch glm4moe) ;;
     --expert-groups) CTX=(--arch glm4moe --groups-used 1) ;;

@@ -77,18 +77,7 @@ for entry in "${MODELS[@]}"; do
     got=$(sha256sum "$M" | cut -d' ' -f1)
     [ "$got" = "$sum" ]
     check "$name: mkmodel output is the one the golden was made from ($got)" $?
-    NF_GOLDEN_MODEL="$M" NF_GOLDEN_FILE="$G" "$TG" >"$T/tg.out" 2>&1
-    rc=$?
-    check "$name: in RAM matches the golden" $rc
-    [ $rc -ne 0 ] && cat "$T/tg.out"
-    "$NF_BIN" convert "$M" "$T/$name.nft" --tile-size 8K >/dev/null 2>"$T/err"
-    rc=$?
-    check "$name: convert exits 0" $rc
-    [ $rc -ne 0 ] && cat "$T/err"
-    NF_GOLDEN_MODEL="$T/$name.nft" NF_GOLDEN_FILE="$G" "$TG" >"$T/tg.out" 2>&1
-    rc=$?
-    check "$name: the .nft matches the golden" $rc
-    [ $rc -ne 0 ] && cat "$T/tg.out"
+    golden_ram_nft "$name" "$M" "$G" # tests/lib.sh
 done
 
 # A gemma3 file without one of its post norms is refused by run and convert with one line naming
@@ -283,28 +272,7 @@ for name in qwen2-q8_0 qwen3moe-q8_0 qwen3moe128-q8_0 gemma3-q8_0 qwen2moe-q8_0 
     gptoss-q4_k.nft; do
     M="$T/$name.gguf"
     [ "${name%.nft}" != "$name" ] && M="$T/$name" && name=${name%.nft} # a .nft: bundle tiles
-    G="$GOLDEN_DIR/$name.jsonl"
-    R="$T/run-$name"
-    python3 -c "import json,sys; sys.stdout.write(json.loads(open(sys.argv[1]).readline())['prompt'])" \
-        "$G" >"$T/prompt.txt"
-    "$NF_BIN" up -m "$M" --ram 256M -t 1 --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
-    rc=$?
-    check "$name: up exits 0 (rc $rc)" $rc
-    if [ $rc -ne 0 ]; then
-        cat "$T/up.err"
-        continue
-    fi
-    ARGS=(-f "$T/prompt.txt" -n 24 --temp 0 --json --top-logits 5)
-    "$NF_BIN" gen --run-dir "$R" "${ARGS[@]}" >"$T/gen.jsonl" 2>"$T/gen.err"
-    check "$name: gen --json exits 0" $?
-    "$NF_BIN" run -m "$M" -t 1 "${ARGS[@]}" >"$T/run.jsonl" 2>/dev/null
-    check "$name: run --json exits 0" $?
-    gen_matches_run "$T/gen.jsonl" "$T/run.jsonl" "$G" tie
-    check "$name: gen --json equals run --json and the golden gen_ids" $?
-    "$NF_BIN" down --run-dir "$R" >/dev/null 2>"$T/down.err"
-    rc=$?
-    check "$name: down exits 0" $rc
-    [ $rc -ne 0 ] && cat "$T/down.err"
+    golden_stack "$name" "$M" "$GOLDEN_DIR/$name.jsonl" # tests/lib.sh
 done
 
 # phi3's FFN bundles hold the gate and up halves of its fused ffn_up, so sparse mode (the

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench_gptoss_read.sh - issue 11's real read at 100B+ scale: a GGUF far larger than RAM (made
-# with `mkmodel --shape gpt-oss-120b --type mxfp4`, random experts) decoded by the stack and by
+# with `mkmodel --shape gpt-oss-120b --type mxfp4 --random-blocks`, random experts, about 140
+# MB/s; --layers cuts it to the disk) decoded by the stack and by
 # llama.cpp, each in its own fresh memory cgroup of RAM, beside the raw O_DIRECT read bound of
 # the same run. PAIRS times, alternating: raw read, stack, llama.cpp; the machine's load average
 # (`uptime`) beside each row. Prints one table; the raw outputs stay in $OUT.
