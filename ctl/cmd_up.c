@@ -912,13 +912,17 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
             }
             o->kv_dir = v;
         } else if (nf_arg_is(a, "--kv-store")) {
+            /* Created here (one level) so that a path that cannot be is refused now. */
             struct stat st;
-            errno = 0;
-            if ((mkdir(v, 0700) < 0 && errno != EEXIST) || !realpath(v, o->kv_store) ||
-                stat(o->kv_store, &st) < 0 || !S_ISDIR(st.st_mode) ||
-                access(o->kv_store, W_OK) < 0) {
-                fprintf(stderr, "nanoflowctl up: --kv-store %s: %s\n", v,
-                        errno && errno != EEXIST ? strerror(errno) : "not a writable directory");
+            const char *why = NULL;
+            if (mkdir(v, 0700) < 0 && errno != EEXIST)
+                why = strerror(errno);
+            else if (!realpath(v, o->kv_store) || stat(o->kv_store, &st) < 0)
+                why = strerror(errno);
+            else if (!S_ISDIR(st.st_mode) || access(o->kv_store, W_OK) < 0)
+                why = "not a writable directory";
+            if (why) {
+                fprintf(stderr, "nanoflowctl up: --kv-store %s: %s\n", v, why);
                 o->kv_store[0] = 0;
                 return 2;
             }
