@@ -53,6 +53,12 @@ static void usage(FILE *f)
             "                        engine, 2..65536, as llama-bench -p: adds each row's prompt\n"
             "                        tok/s and time to first token; the context must hold N\n"
             "                        + -n tokens (default: none, the prompt is BOS)\n"
+            "  -d, --n-depth LIST    comma-separated context depths, each 2..1048576, as\n"
+            "                        llama-bench -d: one more exact stack row and mmap row\n"
+            "                        per depth, generating after a prompt of that many tokens\n"
+            "                        (BOS and words 'the'): decode tok/s, TTFT, MB read per\n"
+            "                        decode token at that depth; the context must hold the\n"
+            "                        depth + -n tokens (default: none)\n"
             "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
             "                        a phase cut short reports the tokens it finished\n"
             "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
@@ -105,6 +111,24 @@ static int parse_parallel(const char *v, struct nf_bench_opts *o)
     return 0;
 }
 
+static int parse_depth(const char *v, struct nf_bench_opts *o)
+{
+    char tmp[256];
+    o->n_depth = 0;
+    if (strlen(v) >= sizeof(tmp))
+        return nf_usage_error(cmd, "-d list is too long");
+    snprintf(tmp, sizeof(tmp), "%s", v);
+    for (char *s = NULL, *t = strtok_r(tmp, ",", &s); t; t = strtok_r(NULL, ",", &s)) {
+        if (o->n_depth == NF_BENCH_MAX_LEVELS)
+            return nf_usage_error(cmd, "-d takes at most %d depths", NF_BENCH_MAX_LEVELS);
+        if (nf_arg_long(cmd, "-d", t, 2, 1048576, &o->depth[o->n_depth++]))
+            return 2;
+    }
+    if (o->n_depth == 0)
+        return nf_usage_error(cmd, "-d expects a list like 512,4096, got '%s'", v);
+    return 0;
+}
+
 int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
 {
     o->ram = 1ull << 30;
@@ -134,7 +158,7 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
               nf_arg_is(a, "--parallel") || nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub") ||
               nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
               nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") || nf_arg_is(a, "--n-prompt") ||
-              !strcmp(a, "-p")))
+              !strcmp(a, "-p") || nf_arg_is(a, "--n-depth") || !strcmp(a, "-d")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -174,6 +198,10 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
         } else if (nf_arg_is(a, "--n-prompt") || !strcmp(a, "-p")) {
             if (nf_arg_long(cmd, a, v, 2, 65536, &o->prompt))
                 return 2;
+        } else if (nf_arg_is(a, "--n-depth") || !strcmp(a, "-d")) {
+            int rc = parse_depth(v, o);
+            if (rc)
+                return rc;
         } else if (nf_arg_is(a, "--timeout")) {
             if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))
                 return 2;
