@@ -32,6 +32,9 @@ struct nf_bench_opts {
      * row) per depth, its decode measured after a prompt of that many tokens */
     long depth[NF_BENCH_MAX_LEVELS];
     int n_depth;
+    /* --kv-offload on (or auto and -c above what the budget holds in RAM): the stack rows with
+     * the KV cache on disk (up's flag); kv_auto: auto was asked for */
+    bool kv_offload, kv_auto;
     bool json, no_cgroup;
 };
 

@@ -59,6 +59,10 @@ static void usage(FILE *f)
             "                        (BOS and words 'the'): decode tok/s, TTFT, MB read per\n"
             "                        decode token at that depth; the context must hold the\n"
             "                        depth + -n tokens (default: none)\n"
+            "      --kv-offload M    on: the stack rows (not --parallel's) plan and run with\n"
+            "                        the KV cache on disk ('up --kv-offload on'), so -c is\n"
+            "                        not capped by the budget; auto: on when the -c given\n"
+            "                        does not fit in RAM; off: in RAM, -c capped (default: off)\n"
             "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
             "                        a phase cut short reports the tokens it finished\n"
             "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
@@ -158,7 +162,8 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
               nf_arg_is(a, "--parallel") || nf_arg_is(a, "--ubatch-size") || !strcmp(a, "-ub") ||
               nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
               nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") || nf_arg_is(a, "--n-prompt") ||
-              !strcmp(a, "-p") || nf_arg_is(a, "--n-depth") || !strcmp(a, "-d")))
+              !strcmp(a, "-p") || nf_arg_is(a, "--n-depth") || !strcmp(a, "-d") ||
+              nf_arg_is(a, "--kv-offload")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -202,6 +207,11 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
             int rc = parse_depth(v, o);
             if (rc)
                 return rc;
+        } else if (nf_arg_is(a, "--kv-offload")) {
+            if (strcmp(v, "on") && strcmp(v, "off") && strcmp(v, "auto"))
+                return nf_usage_error(cmd, "--kv-offload expects auto, on or off, got '%s'", v);
+            o->kv_offload = !strcmp(v, "on");
+            o->kv_auto = !strcmp(v, "auto");
         } else if (nf_arg_is(a, "--timeout")) {
             if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))
                 return 2;

@@ -29,6 +29,8 @@ void nf_bench_print_table(const struct nf_bench *b)
            "threads per engine, time box %ld s\n",
            nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, pr, b->o.threads,
            b->o.timeout);
+    if (b->o.kv_offload)
+        printf("  KV cache of the stack rows on disk (up --kv-offload on), in the run directory\n");
     if (b->use_cgroup)
         printf("  memory cgroup: v%d, a fresh one per engine under %s, limit %llu bytes "
                "(peak = the cgroup's, page cache included)\n",
@@ -199,6 +201,7 @@ void nf_bench_print_json(const struct nf_bench *b)
     printf("\"ram_budget\":%llu,\"n_predict\":%ld,\"threads\":%ld,\"timeout_s\":%ld,"
            "\"n_ctx\":%u,\"n_prompt\":%ld,",
            (unsigned long long)b->o.ram, b->o.n, b->o.threads, b->o.timeout, b->n_ctx, b->o.prompt);
+    printf("\"kv_offload\":%s,", b->o.kv_offload ? "true" : "false");
     printf("\"n_depth\":[");
     for (int i = 0; i < b->o.n_depth; i++)
         printf("%s%ld", i ? "," : "", b->o.depth[i]);

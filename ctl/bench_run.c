@@ -218,29 +218,26 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
     /* One sequence: the whole budget but its KV cache for the pool (--parallel rows are
      * measured by nf_bench_run_parallel). */
-    char *up_argv[] = {NULL,
-                       "up",
-                       "--model",
-                       model,
-                       "--ram",
-                       ram,
-                       "--run-dir",
-                       dir,
-                       "-t",
-                       thr,
-                       "--sparsity",
-                       sp,
-                       "--ctx",
-                       ctx,
-                       "--parallel",
-                       "1",
-                       "-ctk",
-                       (char *)nf_kv_type_name((enum nf_type)b->o.type_k),
-                       "-ctv",
-                       (char *)nf_kv_type_name((enum nf_type)b->o.type_v),
-                       b->o.ubatch ? "-ub" : NULL,
-                       ub,
-                       NULL};
+    char *up_argv[26] = {NULL,         "up",
+                         "--model",    model,
+                         "--ram",      ram,
+                         "--run-dir",  dir,
+                         "-t",         thr,
+                         "--sparsity", sp,
+                         "--ctx",      ctx,
+                         "--parallel", "1",
+                         "-ctk",       (char *)nf_kv_type_name((enum nf_type)b->o.type_k),
+                         "-ctv",       (char *)nf_kv_type_name((enum nf_type)b->o.type_v)};
+    int k = 20;
+    if (b->o.ubatch) {
+        up_argv[k++] = "-ub";
+        up_argv[k++] = ub;
+    }
+    if (b->o.kv_offload) {
+        up_argv[k++] = "--kv-offload";
+        up_argv[k++] = "on";
+    }
+    up_argv[k] = NULL;
     pid_t pid = nf_bench_spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? nf_bench_wait(pid, NF_BENCH_UP_TIMEOUT) : -1;
     if (pid > 0 && st < 0)

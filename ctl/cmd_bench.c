@@ -20,6 +20,7 @@
 #include "stack.h"
 #include "stack_ctl.h"
 #include "stack_snap.h"
+#include "stream.h"
 
 volatile sig_atomic_t nf_bench_stop;
 
@@ -170,11 +171,21 @@ int nf_cmd_bench(int argc, char **argv)
     /* Every engine gets the same thread count: what the stack would pick for -t 0. */
     b.o.threads = (long)nf_stack_compute_threads((uint32_t)b.o.threads);
     if (nf_stack_plan_kv(f, b.o.ram, (uint32_t)b.o.ctx, (uint32_t)b.o.threads, 1,
-                         (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v, 0, &plan,
-                         err, sizeof(err)) < 0) {
+                         (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v,
+                         b.o.kv_offload ? NF_KV_BLOCK : 0, &plan, err, sizeof(err)) < 0) {
         fprintf(stderr, "nanoflowctl bench: %s\n", err);
         nf_nft_close(f);
         return 1;
+    }
+    if (b.o.kv_auto && b.o.ctx > 0 && plan.n_ctx < (uint32_t)b.o.ctx) { /* as up's auto */
+        b.o.kv_offload = true;
+        if (nf_stack_plan_kv(f, b.o.ram, (uint32_t)b.o.ctx, (uint32_t)b.o.threads, 1,
+                             (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v,
+                             NF_KV_BLOCK, &plan, err, sizeof(err)) < 0) {
+            fprintf(stderr, "nanoflowctl bench: %s\n", err);
+            nf_nft_close(f);
+            return 1;
+        }
     }
     b.n_ctx = plan.n_ctx;
     if (b.o.prompt && (uint64_t)b.o.prompt + (uint64_t)b.o.n > b.n_ctx) {
