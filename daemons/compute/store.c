@@ -26,8 +26,13 @@ static void store_gauges(struct nf_gen *g)
 
 int nf_gen_store_open(struct nf_gen *g)
 {
-    if (!g->kv_store_dir[0] || g->prefix_off)
+    if (!g->kv_store_dir[0])
         return 0;
+    if (g->prefix_off) {
+        nf_log(NF_LOG_WARN, "kv-store: %s not used: --prefix-cache off keeps no prefix",
+               g->kv_store_dir);
+        return 0;
+    }
     if (g->kv_block) {
         nf_log(NF_LOG_WARN,
                "kv-store: %s not used: the KV cache is on disk (--kv-offload), its "
