@@ -389,7 +389,7 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
     if (!nf_bench_phase_cgroup(b, &cg, phase, r))
         return;
     nf_bench_drop_cache(b->gguf);
-    nf_bench_progress(b, "mmap: run --mmap -n %ld -c %s%s", b->o.n, ctx,
+    nf_bench_progress(b, "%s: run --mmap -n %ld -c %s%s", r->mode, b->o.n, ctx,
                       have_cg ? " in its memory cgroup" : "");
     char ub[32];
     snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
