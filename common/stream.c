@@ -1236,6 +1236,34 @@ int nf_stream_slot_rollback(struct nf_stream *s, int i, int n_past)
     return 0;
 }
 
+size_t nf_stream_kv_row_bytes(const struct nf_stream *s, int which)
+{
+    const struct nf_hparams *hp = &s->shell.hp;
+    const int kvd = hp->n_head_kv * hp->head_dim;
+    if (which == 0)
+        return nf_kv_row_bytes(s->c->type_k, kvd);
+    return hp->n_lora_kv ? 0 : nf_kv_row_bytes(s->c->type_v, kvd);
+}
+
+void *nf_stream_slot_kv_rows(struct nf_stream *s, int i, int il, int which)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    const size_t row = nf_stream_kv_row_bytes(s, which);
+    char *base = which ? s->slots[i].v_cache : s->slots[i].k_cache;
+    if (s->kvf || !row || !base || il < 0 || il >= s->shell.hp.n_layer)
+        return NULL;
+    return base + (size_t)il * (size_t)s->c->n_ctx * row;
+}
+
+int nf_stream_slot_kv_filled(struct nf_stream *s, int i, int n)
+{
+    NF_ASSERT(i >= 0 && i < s->n_slots);
+    if (s->kvf || n < 0 || n > s->c->n_ctx)
+        return NF_EUSAGE;
+    s->slots[i].n_past = n;
+    return 0;
+}
+
 const float *nf_stream_slot_logits(const struct nf_stream *s, int i)
 {
     NF_ASSERT(i >= 0 && i < s->n_slots);

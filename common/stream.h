@@ -130,6 +130,16 @@ int nf_stream_slot_n_past(const struct nf_stream *s, int i);
 int nf_stream_slot_eval_rows(struct nf_stream *s, int i, const int32_t *tokens, int n,
                              float *logits);
 int nf_stream_slot_rollback(struct nf_stream *s, int i, int n_past);
+/* Slot i's KV rows of layer il, positions from 0: K (which 0) or V (which 1) rows of
+ * nf_stream_kv_row_bytes bytes each, contiguous up to n_ctx (the prefix store reads and
+ * writes a slot's cells through it, kv_store.h). NULL when the KV cache is on disk (its rows
+ * are not all resident) or there is no such cache (V of deepseek2's latent attention). */
+void *nf_stream_slot_kv_rows(struct nf_stream *s, int i, int il, int which);
+/* Bytes of one position's K (which 0) or V (which 1) row in one layer; 0 for no V. */
+size_t nf_stream_kv_row_bytes(const struct nf_stream *s, int which);
+/* Slot i holds positions [0, n) written through nf_stream_slot_kv_rows: 0, or NF_EUSAGE when n
+ * is out of 0..n_ctx or the KV cache is on disk. */
+int nf_stream_slot_kv_filled(struct nf_stream *s, int i, int n);
 
 const float *nf_stream_logits(const struct nf_stream *s); /* (n_vocab) */
 const struct nf_hparams *nf_stream_hparams(const struct nf_stream *s);

@@ -28,6 +28,13 @@ struct nf_bench_opts {
     int n_levels;
     int parallel[NF_BENCH_MAX_LEVELS]; /* --parallel: sequences at once of each extra row */
     int n_parallel;
+    /* -d / --n-depth: context depths (llama-bench's -d): one more exact stack row (and mmap
+     * row) per depth, its decode measured after a prompt of that many tokens */
+    long depth[NF_BENCH_MAX_LEVELS];
+    int n_depth;
+    /* --kv-offload on (or auto and -c above what the budget holds in RAM): the stack rows with
+     * the KV cache on disk (up's flag); kv_auto: auto was asked for */
+    bool kv_offload, kv_auto;
     bool json, no_cgroup;
     bool lookup;             /* --lookup: a speculating twin of the exact stack and mmap rows */
     const char *draft;       /* --draft FILE: likewise with this draft model (NULL: none) */
@@ -62,10 +69,12 @@ struct nf_bench_row {
     int prompt_tokens;   /* -p: the prompt's tokens as the engine counted them (BOS included) */
     double prompt_tok_s; /* -p: prompt tokens per second (the engine's summary) */
     double ttft;         /* -p: seconds from the request to the first generated token */
-    enum nf_bench_spec spec; /* --lookup / --draft rows: how this row speculates */
-    int spec_base;           /* with spec: the index of the same engine's plain row, or -1 */
-    long drafted, accepted;  /* with spec: draft tokens verified and accepted (the summary's) */
-    uint64_t ids_hash;       /* FNV-1a of the summary's "gen_ids" list; 0: no summary */
+    enum nf_bench_spec spec;  /* --lookup / --draft rows: how this row speculates */
+    int spec_base;            /* with spec: the index of the same engine's plain row, or -1 */
+    long drafted, accepted;   /* with spec: draft tokens verified and accepted (the summary's) */
+    uint64_t ids_hash;        /* FNV-1a of the summary's "gen_ids" list; 0: no summary */
+    long depth;               /* -d rows: the prompt's tokens before the decode; else 0 */
+    double dec_bytes_per_tok; /* -d rows: bytes read per decode token after the first */
 };
 
 struct nf_bench_raw {
@@ -90,12 +99,14 @@ struct nf_bench {
     uint32_t n_ctx;                  /* the stack's context per its plan, used for run --mmap too */
     struct nf_bench_raw raw;         /* the faster successful pass (the bound's bandwidth) */
     struct nf_bench_raw raw_pass[2]; /* before and after the engines */
-    struct nf_bench_row rows[2 * NF_BENCH_MAX_LEVELS + 6];
+    /* the levels' rows, 4 speculation rows, a stack and mmap row per -d */
+    struct nf_bench_row rows[4 * NF_BENCH_MAX_LEVELS + 6];
     int n_rows;
     bool tty;
     double t_start;
     char *prompt; /* -p: the prompt text (o.prompt - 1 words after BOS), -f: the file's text;
                      NULL without either */
+    long depth;   /* while a -d row runs: its depth (prompt is then its prompt); else 0 */
 };
 
 /* Set by SIGINT / SIGTERM: every phase stops as soon as it can. */

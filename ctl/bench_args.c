@@ -66,6 +66,16 @@ static void usage(FILE *f)
             "      --draft FILE      likewise with the draft model FILE (a GGUF with the\n"
             "                        model's vocabulary; 'up --draft', 'run --draft'); with\n"
             "                        --lookup, both rows (default: none)\n"
+            "  -d, --n-depth LIST    comma-separated context depths, each 2..1048576, as\n"
+            "                        llama-bench -d: one more exact stack row and mmap row\n"
+            "                        per depth, generating after a prompt of that many tokens\n"
+            "                        (BOS and words 'the'): decode tok/s, TTFT, MB read per\n"
+            "                        decode token at that depth; the context must hold the\n"
+            "                        depth + -n tokens (default: none)\n"
+            "      --kv-offload M    on: the stack rows (not --parallel's) plan and run with\n"
+            "                        the KV cache on disk ('up --kv-offload on'), so -c is\n"
+            "                        not capped by the budget; auto: on when the -c given\n"
+            "                        does not fit in RAM; off: in RAM, -c capped (default: off)\n"
             "      --timeout SECS    time box of each engine's generation, 5..3600 (default: 70);\n"
             "                        a phase cut short reports the tokens it finished\n"
             "      --run-dir DIR     base directory for the stacks' run directories and logs\n"
@@ -118,6 +128,24 @@ static int parse_parallel(const char *v, struct nf_bench_opts *o)
     return 0;
 }
 
+static int parse_depth(const char *v, struct nf_bench_opts *o)
+{
+    char tmp[256];
+    o->n_depth = 0;
+    if (strlen(v) >= sizeof(tmp))
+        return nf_usage_error(cmd, "-d list is too long");
+    snprintf(tmp, sizeof(tmp), "%s", v);
+    for (char *s = NULL, *t = strtok_r(tmp, ",", &s); t; t = strtok_r(NULL, ",", &s)) {
+        if (o->n_depth == NF_BENCH_MAX_LEVELS)
+            return nf_usage_error(cmd, "-d takes at most %d depths", NF_BENCH_MAX_LEVELS);
+        if (nf_arg_long(cmd, "-d", t, 2, 1048576, &o->depth[o->n_depth++]))
+            return 2;
+    }
+    if (o->n_depth == 0)
+        return nf_usage_error(cmd, "-d expects a list like 512,4096, got '%s'", v);
+    return 0;
+}
+
 int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
 {
     o->ram = 1ull << 30;
@@ -152,7 +180,8 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
               nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
               nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") || nf_arg_is(a, "--n-prompt") ||
               !strcmp(a, "-p") || nf_arg_is(a, "--draft") || nf_arg_is(a, "--file") ||
-              !strcmp(a, "-f")))
+              !strcmp(a, "-f") || nf_arg_is(a, "--n-depth") || !strcmp(a, "-d") ||
+              nf_arg_is(a, "--kv-offload")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -200,6 +229,15 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
             if (access(v, R_OK) < 0)
                 return nf_usage_error(cmd, "%s %s: %s", a, v, strerror(errno));
             o->prompt_file = v;
+        } else if (nf_arg_is(a, "--n-depth") || !strcmp(a, "-d")) {
+            int rc = parse_depth(v, o);
+            if (rc)
+                return rc;
+        } else if (nf_arg_is(a, "--kv-offload")) {
+            if (strcmp(v, "on") && strcmp(v, "off") && strcmp(v, "auto"))
+                return nf_usage_error(cmd, "--kv-offload expects auto, on or off, got '%s'", v);
+            o->kv_offload = !strcmp(v, "on");
+            o->kv_auto = !strcmp(v, "auto");
         } else if (nf_arg_is(a, "--timeout")) {
             if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))
                 return 2;

@@ -31,6 +31,8 @@ void nf_bench_print_table(const struct nf_bench *b)
            "threads per engine, time box %ld s\n",
            nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, pr, b->o.threads,
            b->o.timeout);
+    if (b->o.kv_offload)
+        printf("  KV cache of the stack rows on disk (up --kv-offload on), in the run directory\n");
     if (b->use_cgroup)
         printf("  memory cgroup: v%d, a fresh one per engine under %s, limit %llu bytes "
                "(peak = the cgroup's, page cache included)\n",
@@ -112,6 +114,26 @@ void nf_bench_print_table(const struct nf_bench *b)
             printf("%-13s %14s %13s %9s\n", r->mode, c[0], c[1], c[2]);
         }
     }
+    if (b->o.n_depth) {
+        printf("\n%-13s %8s %14s %9s %12s %14s %11s\n", "DEPTH", "depth", "prompt tokens", "TTFT s",
+               "decode tok/s", "MB/dec. token", "peak mem");
+        for (int i = 0; i < b->n_rows; i++) {
+            const struct nf_bench_row *r = &b->rows[i];
+            if (!r->depth)
+                continue;
+            char c[5][32];
+            fmt_num(c[0], 32, r->prompt_tokens ? (double)r->prompt_tokens : NAN, "%.0f");
+            fmt_num(c[1], 32, r->ttft, "%.2f");
+            fmt_num(c[2], 32, r->ran ? r->tok_s : NAN, "%.3f");
+            fmt_num(c[3], 32, r->dec_bytes_per_tok / 1e6, "%.2f");
+            if (r->peak)
+                nf_ctl_fmt_size(c[4], 32, r->peak);
+            else
+                snprintf(c[4], 32, "-");
+            printf("%-13s %8ld %14s %9s %12s %14s %11s\n", r->mode, r->depth, c[0], c[1], c[2],
+                   c[3], c[4]);
+        }
+    }
     printf("\n");
     for (int i = 0; i < b->n_rows; i++) {
         const struct nf_bench_row *r = &b->rows[i];
@@ -150,6 +172,13 @@ void nf_bench_print_table(const struct nf_bench *b)
         printf("prompt tok/s: the engine's prompt tokens over its prompt evaluation time (its\n"
                "summary); TTFT: from the client's start (gen; run --mmap: the process, the\n"
                "model's opening included) to the first generated token.\n");
+    if (b->o.n_depth)
+        printf("d=N rows (-d, llama-bench's depth): the exact stack and run --mmap generating\n"
+               "after a prompt of N tokens (BOS and words 'the'): TTFT from the client's start\n"
+               "to the first token (the prompt's evaluation included), decode tok/s after it\n"
+               "(attention over N and more cached positions), MB/dec. token: bytes read per\n"
+               "decode token from the first token on (the prompt's reads excluded); their vs\n"
+               "mmap compares with mmap at the same depth.\n");
     if (par)
         printf("stack xN (--parallel): 'up --parallel N' and N gen clients at once (prompts\n"
                "'Request K', greedy); tok/s per seq: the mean of their GenerateDone rates;\n"
@@ -187,6 +216,11 @@ void nf_bench_print_json(const struct nf_bench *b)
     printf("\"ram_budget\":%llu,\"n_predict\":%ld,\"threads\":%ld,\"timeout_s\":%ld,"
            "\"n_ctx\":%u,\"n_prompt\":%ld,",
            (unsigned long long)b->o.ram, b->o.n, b->o.threads, b->o.timeout, b->n_ctx, b->o.prompt);
+    printf("\"kv_offload\":%s,", b->o.kv_offload ? "true" : "false");
+    printf("\"n_depth\":[");
+    for (int i = 0; i < b->o.n_depth; i++)
+        printf("%s%ld", i ? "," : "", b->o.depth[i]);
+    printf("],");
     printf("\"cgroup\":{\"used\":%s,", b->use_cgroup ? "true" : "false");
     if (b->use_cgroup)
         printf("\"version\":%d,", b->cg_version);
@@ -248,6 +282,8 @@ void nf_bench_print_json(const struct nf_bench *b)
             printf("\"same_output\":%s,", nf_bench_spec_same(b, r) ? "true" : "false");
         else
             printf("\"same_output\":null,");
+        printf("\"depth\":%ld,", r->depth);
+        jnum("decode_bytes_per_token", r->dec_bytes_per_tok, true);
         jstr("error", r->error[0] ? r->error : NULL, false);
         printf("}");
     }

@@ -146,6 +146,7 @@ static bool follow_gen(struct nf_bench *b, struct nf_bench_row *r, pid_t pid, in
              * --mmap the model's opening), the first sampled token. */
             if (b->prompt)
                 r->ttft = t_first - t0;
+            tick(ud, pid, r->tokens); /* the counters at the first token (-d rows) */
         }
         if (b->tty || t_last - last_report > 1.0 || r->tokens == b->o.n) {
             last_report = t_last;
@@ -161,6 +162,10 @@ static bool follow_gen(struct nf_bench *b, struct nf_bench_row *r, pid_t pid, in
 struct stack_tick {
     struct nf_cgroup *cg;
     bool have_cg;
+    /* -d rows: the stack's counters when the first token arrived (the decode starts). */
+    const char *dir;
+    struct nf_stack_snap *first;
+    bool have_first;
 };
 
 static void stack_tick(void *ud, pid_t pid, int tokens)
@@ -170,6 +175,10 @@ static void stack_tick(void *ud, pid_t pid, int tokens)
     struct stack_tick *st = ud;
     if (st->have_cg)
         nf_cgroup_poll(st->cg);
+    if (st->first && !st->have_first && tokens >= 1) {
+        nf_stack_snap_take(st->dir, st->first);
+        st->have_first = true;
+    }
 }
 
 void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsity)
@@ -186,6 +195,12 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
         snprintf(r->mode, sizeof(r->mode), "stack %s", nf_bench_spec_name(r->spec));
     }
     r->sparsity = sparsity;
+    if (b->depth) { /* a -d row: its own run directory and name */
+        const size_t l = strlen(phase);
+        snprintf(phase + l, sizeof(phase) - l, "-d%ld", b->depth);
+        snprintf(r->mode, sizeof(r->mode), "stack d=%ld", b->depth);
+        r->depth = b->depth;
+    }
     if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", b->base, phase) >= sizeof(dir)) {
         nf_errf(r->error, sizeof(r->error), 0, "run directory name too long");
         return;
@@ -214,7 +229,7 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     snprintf(ub, sizeof(ub), "%ld", b->o.ubatch);
     /* One sequence: the whole budget but its KV cache for the pool (--parallel rows are
      * measured by nf_bench_run_parallel). */
-    char *up_argv[26] = {NULL,         "up",
+    char *up_argv[28] = {NULL,         "up",
                          "--model",    model,
                          "--ram",      ram,
                          "--run-dir",  dir,
@@ -230,6 +245,10 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
         up_argv[k++] = "-ub";
         up_argv[k++] = ub;
     }
+    if (b->o.kv_offload) {
+        up_argv[k++] = "--kv-offload";
+        up_argv[k++] = "on";
+    }
     up_argv[k] = NULL;
     pid_t pid = nf_bench_spawn(b, up_argv, have_cg ? &cg : NULL, NULL, log);
     int st = pid > 0 ? nf_bench_wait(pid, NF_BENCH_UP_TIMEOUT) : -1;
@@ -243,11 +262,12 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
         goto down;
     }
     struct nf_stack_snap *s0 = calloc(1, sizeof(*s0)), *s1 = calloc(1, sizeof(*s1)),
-                         *d = calloc(1, sizeof(*d));
-    if (!s0 || !s1 || !d) {
+                         *d = calloc(1, sizeof(*d)), *s_first = calloc(1, sizeof(*s_first));
+    if (!s0 || !s1 || !d || !s_first) {
         free(s0);
         free(s1);
         free(d);
+        free(s_first);
         nf_errf(r->error, sizeof(r->error), 0, "out of memory");
         goto down;
     }
@@ -261,7 +281,7 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     if (pid < 0) {
         nf_errf(r->error, sizeof(r->error), 0, "cannot start gen: %s", strerror(errno));
     } else {
-        struct stack_tick tk = {&cg, have_cg};
+        struct stack_tick tk = {&cg, have_cg, dir, b->depth ? s_first : NULL, false};
         bool summary = follow_gen(b, r, pid, out_fd, SIGINT, stack_tick, &tk);
         close(out_fd);
         st = nf_bench_wait(pid, NF_BENCH_CANCEL_WAIT);
@@ -299,6 +319,12 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
                 r->hit_rate = bytes >= used ? 0.0 : 1.0 - bytes / used;
             }
         }
+        if (tk.have_first && s1->st[0].ok && s_first->st[0].ok && s1->st[2].ok &&
+            s_first->st[2].ok) { /* the decode alone: from the first token on */
+            nf_stack_snap_delta(d, s1, s_first);
+            r->dec_bytes_per_tok = nf_snap_ratio((double)nf_stage_ctr(&d->st[0], "bytes"),
+                                                 (double)nf_stage_ctr(&d->st[2], "decode_tokens"));
+        }
         if (s1->st[1].ok)
             r->recall = nf_snap_ratio(tp, tp + fn);
         if (s1->st[2].ok) {
@@ -313,6 +339,7 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     free(s0);
     free(s1);
     free(d);
+    free(s_first);
 down:
     nf_bench_progress(b, "%s: down", r->mode);
     char *down_argv[] = {NULL, "down", "--run-dir", dir, NULL};
@@ -361,20 +388,24 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
     if (r->spec) /* a --lookup / --draft row (bench_spec.c) */
         snprintf(r->mode, sizeof(r->mode), "mmap %s", nf_bench_spec_name(r->spec));
     r->is_mmap = true;
+    char phase[32];
+    snprintf(phase, sizeof(phase), "mmap%s%s", r->spec ? "-" : "", nf_bench_spec_name(r->spec));
+    if (b->depth) { /* a -d row */
+        snprintf(phase, sizeof(phase), "mmap-d%ld", b->depth);
+        snprintf(r->mode, sizeof(r->mode), "mmap d=%ld", b->depth);
+        r->depth = b->depth;
+    }
     if (!b->gguf[0]) {
         nf_errf(r->error, sizeof(r->error), 0, "needs the .gguf (the model given is a .nft)");
         return;
     }
     char log[PATH_MAX + 32], thr[32], n[32], ctx[32];
-    snprintf(log, sizeof(log), "%s/mmap%s%s.log", b->base, r->spec ? "-" : "",
-             nf_bench_spec_name(r->spec));
+    snprintf(log, sizeof(log), "%s/%s.log", b->base, phase);
     snprintf(thr, sizeof(thr), "%ld", b->o.threads);
     snprintf(n, sizeof(n), "%ld", b->o.n);
     snprintf(ctx, sizeof(ctx), "%u", b->n_ctx ? b->n_ctx : 256u);
     struct nf_cgroup cg;
     bool have_cg = b->use_cgroup;
-    char phase[32];
-    snprintf(phase, sizeof(phase), "mmap%s%s", r->spec ? "-" : "", nf_bench_spec_name(r->spec));
     if (!nf_bench_phase_cgroup(b, &cg, phase, r))
         return;
     nf_bench_drop_cache(b->gguf);
@@ -426,7 +457,9 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
         r->bytes_per_tok = nf_snap_ratio((double)mt.read_bytes, toks);
         r->mb_s = nf_snap_ratio((double)mt.read_bytes / 1e6, t1 - t0);
         phase_peak(&cg, have_cg, r, mt.hwm_kb * 1024);
-        (void)mt.rb_first;
+        if (b->depth && r->tokens >= 2) /* the decode alone: after the first token */
+            r->dec_bytes_per_tok =
+                nf_snap_ratio((double)(mt.read_bytes - mt.rb_first), (double)(r->tokens - 1));
     }
     if (have_cg) {
         int rc = nf_cgroup_remove(&cg);

@@ -21,6 +21,7 @@
 #include "stack.h"
 #include "stack_ctl.h"
 #include "stack_snap.h"
+#include "stream.h"
 
 volatile sig_atomic_t nf_bench_stop;
 
@@ -82,8 +83,12 @@ static void fill_ratios(struct nf_bench *b, struct nf_bench_row *mm)
         if (b->raw.ok && r->bytes_per_tok > 0)
             r->io_bound = b->raw.mb_s * 1e6 / r->bytes_per_tok;
         r->vs_io_bound = nf_snap_ratio(r->tok_s, r->io_bound);
-        if (!r->is_mmap && mm && mm->ran)
-            r->vs_mmap = nf_snap_ratio(r->tok_s, mm->tok_s);
+        const struct nf_bench_row *ref = r->depth ? NULL : mm; /* -d rows: mmap at that depth */
+        for (int j = 0; r->depth && j < b->n_rows; j++)
+            if (b->rows[j].is_mmap && b->rows[j].depth == r->depth)
+                ref = &b->rows[j];
+        if (!r->is_mmap && ref && ref->ran)
+            r->vs_mmap = nf_snap_ratio(r->tok_s, ref->tok_s);
     }
     /* The mmap engine uses the exact engine's bytes per token: what it did not read was hit. */
     if (mm && mm->ran && b->n_rows > 1 && b->rows[0].ran && b->rows[0].used_per_tok > 0 &&
@@ -95,6 +100,31 @@ static void fill_ratios(struct nf_bench *b, struct nf_bench_row *mm)
 
 /* --- main --------------------------------------------------------------------------------- */
 
+static void row_init(struct nf_bench_row *r);
+
+/* The -d rows: for each depth, the exact stack and (with a .gguf) run --mmap generating after a
+ * prompt of that many tokens, which stands in for -p's prompt meanwhile. */
+static void run_depths(struct nf_bench *b)
+{
+    char *prompt = b->prompt;
+    for (int i = 0; i < b->o.n_depth && !nf_bench_stop; i++) {
+        b->depth = b->o.depth[i];
+        if (!(b->prompt = nf_bench_prompt_text(b->depth)))
+            break;
+        struct nf_bench_row *r = &b->rows[b->n_rows++];
+        row_init(r);
+        nf_bench_run_stack(b, r, 0.0f);
+        if (b->gguf[0] && !nf_bench_stop) {
+            r = &b->rows[b->n_rows++];
+            row_init(r);
+            nf_bench_run_mmap(b, r);
+        }
+        free(b->prompt);
+    }
+    b->prompt = prompt;
+    b->depth = 0;
+}
+
 static void row_init(struct nf_bench_row *r)
 {
     memset(r, 0, sizeof(*r));
@@ -104,6 +134,7 @@ static void row_init(struct nf_bench_row *r)
     r->agg_tok_s = r->shared_batch = NAN;
     r->prompt_tok_s = r->ttft = NAN;
     r->spec_base = -1;
+    r->dec_bytes_per_tok = NAN;
 }
 
 int nf_cmd_bench(int argc, char **argv)
@@ -142,11 +173,21 @@ int nf_cmd_bench(int argc, char **argv)
     /* Every engine gets the same thread count: what the stack would pick for -t 0. */
     b.o.threads = (long)nf_stack_compute_threads((uint32_t)b.o.threads);
     if (nf_stack_plan_kv(f, b.o.ram, (uint32_t)b.o.ctx, (uint32_t)b.o.threads, 1,
-                         (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v, 0, &plan,
-                         err, sizeof(err)) < 0) {
+                         (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v,
+                         b.o.kv_offload ? NF_KV_BLOCK : 0, &plan, err, sizeof(err)) < 0) {
         fprintf(stderr, "nanoflowctl bench: %s\n", err);
         nf_nft_close(f);
         return 1;
+    }
+    if (b.o.kv_auto && b.o.ctx > 0 && plan.n_ctx < (uint32_t)b.o.ctx) { /* as up's auto */
+        b.o.kv_offload = true;
+        if (nf_stack_plan_kv(f, b.o.ram, (uint32_t)b.o.ctx, (uint32_t)b.o.threads, 1,
+                             (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v,
+                             NF_KV_BLOCK, &plan, err, sizeof(err)) < 0) {
+            fprintf(stderr, "nanoflowctl bench: %s\n", err);
+            nf_nft_close(f);
+            return 1;
+        }
     }
     b.n_ctx = plan.n_ctx;
     if (b.o.prompt && (uint64_t)b.o.prompt + (uint64_t)b.o.n > b.n_ctx) {
@@ -157,6 +198,15 @@ int nf_cmd_bench(int argc, char **argv)
         nf_nft_close(f);
         return 2;
     }
+    for (int i = 0; i < b.o.n_depth; i++)
+        if ((uint64_t)b.o.depth[i] + (uint64_t)b.o.n > b.n_ctx) {
+            fprintf(stderr,
+                    "nanoflowctl bench: -d %ld and -n %ld need a context of %ld tokens, the plan "
+                    "has %u: give -c\n",
+                    b.o.depth[i], b.o.n, b.o.depth[i] + b.o.n, b.n_ctx);
+            nf_nft_close(f);
+            return 2;
+        }
     if (b.o.prompt_file) { /* -f: the file's text, verbatim, as run -f and gen -f read it */
         size_t len = 0;
         if (!(b.prompt = nf_read_file(b.o.prompt_file, &len)) || strlen(b.prompt) != len) {
@@ -251,6 +301,7 @@ int nf_cmd_bench(int argc, char **argv)
             nf_bench_run_spec(&b, r, kinds[i], true, (int)(mm - b.rows));
         }
     }
+    run_depths(&b);
     /* A second raw pass after the engines: the bound uses the faster of the two, so a disk
      * busy with someone else's writes during one pass does not flatter the engines. */
     if (!nf_bench_stop && b.raw_pass[0].ok) {

@@ -353,6 +353,20 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
         metric(json, &first, "compute", "prefix_reused", "prompt tokens reused", reused, "");
         metric(json, &first, "compute", "prefix_saved", "prompt tokens saved",
                nf_snap_ratio(reused, reused + (double)nf_stage_ctr(c, "prompt_tokens")), "%");
+        /* The prefix store (up --kv-store): requests started from a stored prefix, the
+         * prompt tokens read from it, prefixes written, and its files (the table shows them
+         * once the store is in use). */
+        const char *ks[][2] = {{"kv_store_hits", "kv-store hits"},
+                               {"kv_store_reused", "kv-store tokens read"},
+                               {"kv_store_saved", "kv-store prefixes saved"},
+                               {"kv_store_entries", "kv-store prefixes"},
+                               {"kv_store_bytes", "kv-store bytes"}};
+        bool ks_used = json;
+        for (size_t i = 0; i < sizeof(ks) / sizeof(ks[0]); i++)
+            ks_used |= nf_stage_ctr(c, ks[i][0]) > 0;
+        for (size_t i = 0; ks_used && i < sizeof(ks) / sizeof(ks[0]); i++)
+            metric(json, &first, "compute", ks[i][0], ks[i][1], (double)nf_stage_ctr(c, ks[i][0]),
+                   i == 4 ? "B" : "");
     } else if (json) {
         jerr(c->err);
     } else {
@@ -425,7 +439,8 @@ static void stats_usage(FILE *f)
                "the share of the tiles compute used that needed no read, bytes per token, queue\n"
                "depth), compute (prompt and decode tok/s, share of time stalled on tiles,\n"
                "speculative decoding's drafted and accepted tokens and acceptance rate, prefix\n"
-               "reuse's hits, prompt tokens reused and their share of all prompt tokens), the\n"
+               "reuse's hits, prompt tokens reused and their share of all prompt tokens, and\n"
+               "with up --kv-store the store's hits, tokens read, prefixes saved and held), the\n"
                "HTTP gateway when the stack runs one (requests and clients in its fair queue,\n"
                "mean and longest queue wait), and memory held vs the budget. Rates are per busy\n"
                "second of the stage; with --watch they cover the last interval.\n\n"

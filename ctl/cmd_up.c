@@ -72,6 +72,17 @@ static void up_usage(FILE *f)
             "      --kv-dir DIR     directory of the KV file (default: the run directory)\n"
             "      --kv-block N     positions per KV block on disk, 1..65536 (default: 64;\n"
             "                       small blocks are for tests)\n"
+            "      --kv-store DIR   keep the prefixes the prefix cache keeps (their KV cells) in\n"
+            "                       DIR across restarts: saved when a request overwrites one\n"
+            "                       and at `down`, read back for a prompt that extends one\n"
+            "                       after the next `up` (the same output as a cold run); DIR\n"
+            "                       is created if missing; files of another model, KV type or\n"
+            "                       ubatch, truncated or corrupt are ignored with a warning in\n"
+            "                       compute.log; not used with the KV cache on disk\n"
+            "                       (default: none)\n"
+            "      --kv-store-max SIZE\n"
+            "                       bound of DIR's files, the least recently used dropped\n"
+            "                       first (default: 2G)\n"
             "      --max-tokens-per-request N\n"
             "                       tokens one generation may produce, 1..1000000; requests\n"
             "                       asking more are clamped so that queued ones wait less\n"
@@ -419,6 +430,9 @@ struct up_opts {
     const char *kv_offload, *kv_dir;
     char kv_dir_abs[PATH_MAX];
     long kv_block;
+    /* --kv-store DIR made absolute ("" for none), --kv-store-max (0: compute's default). */
+    char kv_store[PATH_MAX];
+    uint64_t kv_store_max;
 };
 
 static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, const char *nft,
@@ -431,7 +445,7 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     snprintf(sp, sizeof(sp), "%.6g", (double)o->sparsity);
     snprintf(ctx, sizeof(ctx), "%ld", o->n_ctx);
     snprintf(par, sizeof(par), "%ld", o->parallel);
-    char *argv[40];
+    char *argv[48];
     int k = 0;
     argv[k++] = (char *)bin;
     argv[k++] = "--run-dir";
@@ -451,6 +465,16 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
     if (o->prefix_off && !strcmp(role, NF_ROLE_COMPUTE)) {
         argv[k++] = "--prefix-cache";
         argv[k++] = "off";
+    }
+    char ksmax[32];
+    if (o->kv_store[0] && !strcmp(role, NF_ROLE_COMPUTE)) {
+        argv[k++] = "--kv-store";
+        argv[k++] = (char *)o->kv_store;
+        if (o->kv_store_max) {
+            snprintf(ksmax, sizeof(ksmax), "%llu", (unsigned long long)o->kv_store_max);
+            argv[k++] = "--kv-store-max";
+            argv[k++] = ksmax;
+        }
     }
     if (o->draft[0] && !strcmp(role, NF_ROLE_COMPUTE)) {
         argv[k++] = "--draft";
@@ -842,7 +866,8 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
               !strcmp(a, "-ub") || nf_arg_is(a, "--cache-type-k") || !strcmp(a, "-ctk") ||
               nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") ||
               nf_arg_is(a, "--prefix-cache") || nf_arg_is(a, "--kv-offload") ||
-              nf_arg_is(a, "--kv-dir") || nf_arg_is(a, "--kv-block")))
+              nf_arg_is(a, "--kv-dir") || nf_arg_is(a, "--kv-block") ||
+              nf_arg_is(a, "--kv-store") || nf_arg_is(a, "--kv-store-max")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -886,6 +911,26 @@ static int up_parse(int argc, char **argv, struct up_opts *o)
                 return 2;
             }
             o->kv_dir = v;
+        } else if (nf_arg_is(a, "--kv-store")) {
+            /* Created here (one level) so that a path that cannot be is refused now. */
+            struct stat st;
+            const char *why = NULL;
+            if (mkdir(v, 0700) < 0 && errno != EEXIST)
+                why = strerror(errno);
+            else if (!realpath(v, o->kv_store) || stat(o->kv_store, &st) < 0)
+                why = strerror(errno);
+            else if (!S_ISDIR(st.st_mode) || access(o->kv_store, W_OK) < 0)
+                why = "not a writable directory";
+            if (why) {
+                fprintf(stderr, "nanoflowctl up: --kv-store %s: %s\n", v, why);
+                o->kv_store[0] = 0;
+                return 2;
+            }
+        } else if (nf_arg_is(a, "--kv-store-max")) {
+            if (nf_arg_size(cmd, a, v, &o->kv_store_max))
+                return 2;
+            if (o->kv_store_max < 4096)
+                return nf_usage_error(cmd, "--kv-store-max %s is below 4K", v);
         } else if (nf_arg_is(a, "--kv-block")) {
             if (nf_arg_long(cmd, a, v, 1, NF_KV_BLOCK_MAX, &o->kv_block))
                 return 2;

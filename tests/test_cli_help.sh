@@ -71,6 +71,9 @@ kind() {
     --kv-dir) K=str ;;
     -ctk | -ctv | --cache-type-k | --cache-type-v) K=enum ;;
     --n-prompt) K=int ;;
+    -d | --n-depth) K=int ;;
+    --kv-store) K=str ;;
+    --kv-store-max) K=size ;;
     *) K="" ;;
     esac
 }
@@ -110,6 +113,9 @@ good() {
     -ub | --ubatch-size | --ubatch) G=8 ;;
     -ctk | -ctv | --cache-type-k | --cache-type-v) G=q8_0 ;;
     --n-prompt) G=8 ;;
+    -d | --n-depth) G=8 ;;
+    --kv-store) G="$T/kvs" ;;
+    --kv-store-max) G=1M ;;
     --draft-max) G=4 ;;
     --kv-block) G=4 ;;
     --kv-offload) G=auto ;;

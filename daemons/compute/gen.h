@@ -28,6 +28,7 @@
 
 #include "daemon.h"
 #include "generate.h"
+#include "kv_store.h"
 #include "sampler.h"
 #include "stack.h"
 #include "stream.h"
@@ -84,7 +85,20 @@ struct nf_gen_kept {
     int32_t *ids;  /* (n_ctx) */
     int n;         /* tokens kept: a multiple of the ubatch, 0 for none */
     uint64_t used; /* g->kept_clock when last stored or taken (the least recent goes first) */
+    bool saved;    /* the prefix store (--kv-store) holds these n tokens, or a longer prefix */
 };
+
+/* The prefix store (`up --kv-store DIR`, common/kv_store.h): the kept prefixes outlive the
+ * daemon. A slot's kept prefix is written into the store when it is about to be lost: when a
+ * request takes the slot and will overwrite positions of it (the new prompt does not extend it
+ * whole), and for every slot when compute stops (`down`). Writing when a sequence is kept would
+ * put the store's writes (megabytes a token for a 7B model) in every request's path, most of
+ * them for prefixes the slot keeps anyway; writing at eviction and at stop loses only what a
+ * crash interrupts. A request whose prompt shares more whole chunks with a stored prefix than
+ * with its slot's kept one has that prefix read into its slot (the file straight into the
+ * slot's cache, no other buffer: within the plan's memory) and starts from it, as from a kept
+ * prefix. With the KV cache on disk (--kv-offload) the store is not used (one warning). */
+#define NF_GEN_KV_STORE_MAX NF_KV_STORE_DEFAULT_MAX
 
 struct nf_gen {
     /* Set by the caller before nf_gen_start. */
@@ -104,6 +118,9 @@ struct nf_gen {
     /* The KV cache on disk in kv_path, in blocks of kv_block positions (0: in RAM). */
     int kv_block;
     char kv_path[PATH_MAX];
+    /* --kv-store DIR ("" for none) bounded to kv_store_max bytes (0: NF_GEN_KV_STORE_MAX). */
+    char kv_store_dir[PATH_MAX];
+    uint64_t kv_store_max;
     /* --draft: a draft model held in RAM (owned by the caller), the default draft source of
      * requests when set; its context is created by the worker at its first use. */
     struct nf_model *dmodel;
@@ -131,6 +148,10 @@ struct nf_gen {
     uint64_t n_prefix_hits, n_prefix_reused, n_prefix_common;
     struct nf_gen_kept *kept; /* (parallel) each slot's kept prefix (worker only) */
     uint64_t kept_clock;      /* worker only */
+    struct nf_kv_store *ks;   /* the prefix store, or NULL (worker only) */
+    /* The store (under mu): requests started from a stored prefix, the prompt tokens it
+     * saved them, prefixes written, and the store's entries and bytes (gauges). */
+    uint64_t n_store_hits, n_store_reused, n_store_saved, n_store_entries, n_store_bytes;
     /* Batched steps that served two or more sequences, and their sequences (under mu). */
     uint64_t n_shared_steps, n_shared_rows;
     bool stop;
@@ -209,6 +230,15 @@ int nf_gen_job_tokens(struct nf_gen *g, struct nf_gen_job *j);
 /* job.c: the prompt positions ids[0..n) may take from slot's kept prefix (0: none, or prefix
  * reuse is off); with common set, the tokens they share with it. */
 int nf_gen_prefix_len(const struct nf_gen *g, int slot, const int32_t *ids, int n, int *common);
+/* store.c (with --kv-store; no-ops without): opens the store after the engine and the kept
+ * records exist (0, or a negative code with init_err set); before r's prompt on its slot, with
+ * r->reuse from the kept prefix, saves the slot's kept prefix if r will overwrite it and reads
+ * a stored prefix into the slot when it saves r more (r->reuse and the slot's kept record then
+ * follow it); at stop, saves every slot's kept prefix; closes the store. */
+int nf_gen_store_open(struct nf_gen *g);
+void nf_gen_store_prepare(struct nf_gen_run *r, int n);
+void nf_gen_store_flush(struct nf_gen *g);
+void nf_gen_store_close(struct nf_gen *g);
 /* job.c: prepares r to run job j (which waited wait_s) on slot: tokenizes the prompt and checks
  * the context. Returns 0, or a negative code after answering j with an Error (r then holds
  * nothing). Allocates per request (tokens, sampler); the steps do not. */

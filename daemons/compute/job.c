@@ -60,6 +60,7 @@ static void prefix_keep(struct nf_gen_run *r, const int32_t *toks, int n, int rc
     }
     const int ub = nf_stream_ubatch(g->s);
     k->n = n / ub * ub;
+    k->saved = false;
     memcpy(k->ids, toks, sizeof(int32_t) * (size_t)k->n);
     if (r->reuse > 0) {
         pthread_mutex_lock(&g->mu);
@@ -310,8 +311,10 @@ int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *
     j->ids = NULL;
     if (!r->ids)
         n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &r->ids, err, sizeof(err));
-    if (n > 0)
+    if (n > 0) {
         r->reuse = nf_gen_prefix_len(g, slot, r->ids, n, &r->common);
+        nf_gen_store_prepare(r, n);
+    }
     if (n < 0 || (n = nf_gen_seq_init(&r->q, &r->e, g->v, r->ids, n, &p, err, sizeof(err))) < 0) {
         if (n == NF_ECTXFULL) { /* as `run` says it: what bounds the context */
             const size_t l = strlen(err);

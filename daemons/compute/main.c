@@ -18,6 +18,7 @@
 #include "kv_quant.h"
 #include "nf_err.h"
 #include "nf_proc.h"
+#include "nf_size.h"
 #include "nft.h"
 #include "stack.h"
 #include "tokenizer.h"
@@ -44,7 +45,7 @@ static void usage(FILE *out)
             "                        [--cache-type-k T] [--cache-type-v T] [--attach-timeout S]\n"
             "                        [--max-tokens-per-request N] [--lookup] [--draft FILE]\n"
             "                        [--prefix-cache on|off] [--kv-dir DIR] [--kv-block N]\n"
-            "                        [--foreground]\n"
+            "                        [--kv-store DIR] [--kv-store-max SIZE] [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Runs generations for nanoflowctl gen, streaming weight tiles from the stack's shared\n"
             "pool (filled by nanoflow-fetcher). The context length, thread count and sparsity\n"
@@ -87,6 +88,13 @@ static void usage(FILE *out)
             "                      keep each slot's prompt tokens after its sequence ends, and\n"
             "                      start a prompt that extends them from the kept KV cells\n"
             "                      (whole ubatch chunks: the output is the same) (default: on)\n"
+            "  --kv-store DIR      keep the kept prefixes' KV cells in DIR across restarts:\n"
+            "                      saved when a request overwrites one and at stop, read\n"
+            "                      back for a prompt that extends one (the output is the\n"
+            "                      same); files of another model or KV type, truncated or\n"
+            "                      corrupt are ignored with a warning (default: none)\n"
+            "  --kv-store-max SIZE bound of DIR's files, the least recently used dropped first\n"
+            "                      (default 2G)\n"
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600\n"
             "                      (default 30)\n"
             "  --foreground        stay attached, log to stderr (default: detach and log to\n"
@@ -96,7 +104,15 @@ static void usage(FILE *out)
             NF_GEN_DEFAULT_MAX_TOKENS);
 }
 
-enum { ARG_MAX_TOKENS = NF_ARG_OWN, ARG_LOOKUP, ARG_DRAFT, ARG_KV_DIR, ARG_PREFIX_CACHE };
+enum {
+    ARG_MAX_TOKENS = NF_ARG_OWN,
+    ARG_LOOKUP,
+    ARG_DRAFT,
+    ARG_KV_DIR,
+    ARG_PREFIX_CACHE,
+    ARG_KV_STORE,
+    ARG_KV_STORE_MAX
+};
 
 static const struct option own_opts[] = {
     {"max-tokens-per-request", required_argument, NULL, ARG_MAX_TOKENS},
@@ -104,6 +120,8 @@ static const struct option own_opts[] = {
     {"draft", required_argument, NULL, ARG_DRAFT},
     {"kv-dir", required_argument, NULL, ARG_KV_DIR},
     {"prefix-cache", required_argument, NULL, ARG_PREFIX_CACHE},
+    {"kv-store", required_argument, NULL, ARG_KV_STORE},
+    {"kv-store-max", required_argument, NULL, ARG_KV_STORE_MAX},
     {NULL, 0, NULL, 0},
 };
 
@@ -124,6 +142,15 @@ static int parse_own(int val, const char *arg, void *ud)
         m->kv_dir = arg;
         return 0;
     }
+    if (val == ARG_KV_STORE) {
+        if (!arg[0] || snprintf(m->gen.kv_store_dir, sizeof(m->gen.kv_store_dir), "%s", arg) >=
+                           (int)sizeof(m->gen.kv_store_dir))
+            return -EINVAL;
+        return 0;
+    }
+    if (val == ARG_KV_STORE_MAX)
+        return nf_parse_size(arg, &m->gen.kv_store_max) < 0 || m->gen.kv_store_max == 0 ? -EINVAL
+                                                                                        : 0;
     if (val == ARG_PREFIX_CACHE) {
         if (strcmp(arg, "on") && strcmp(arg, "off"))
             return -EINVAL;

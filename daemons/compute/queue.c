@@ -136,6 +136,8 @@ static void *worker(void *arg)
         rc = nf_stream_set_slots(g->s, g->parallel, g->init_err, sizeof(g->init_err));
     if (rc == 0 && !g->prefix_off)
         rc = kept_alloc(g);
+    if (rc == 0)
+        rc = nf_gen_store_open(g);
     pthread_mutex_lock(&g->mu);
     g->init_rc = rc;
     g->init_done = true;
@@ -187,6 +189,10 @@ static void *worker(void *arg)
         slot_release(g, i);
         job_free(j);
     }
+    /* The kept prefixes outlive the daemon in the store (`down`). */
+    if (rc == 0)
+        nf_gen_store_flush(g);
+    nf_gen_store_close(g);
     free(runs);
     free(live);
     return NULL;
@@ -465,6 +471,11 @@ int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, 
     nf_stats_add(&m, "prefix_hits", g->n_prefix_hits);
     nf_stats_add(&m, "prefix_reused", g->n_prefix_reused);
     nf_stats_add(&m, "prefix_common", g->n_prefix_common);
+    nf_stats_add(&m, "kv_store_hits", g->n_store_hits);
+    nf_stats_add(&m, "kv_store_reused", g->n_store_reused);
+    nf_stats_add(&m, "kv_store_saved", g->n_store_saved);
+    nf_stats_add(&m, "kv_store_entries", g->n_store_entries);
+    nf_stats_add(&m, "kv_store_bytes", g->n_store_bytes);
     pthread_mutex_unlock(&g->mu);
     /* The KV cache: its element types (enum nf_type) and the bytes of every slot's cache. */
     const enum nf_type tk = g->type_k ? (enum nf_type)g->type_k : NF_TYPE_F16;
