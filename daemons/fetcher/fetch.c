@@ -114,8 +114,25 @@ static void diag_qd(struct nf_fetcher *ft)
     if (ft->in_flight > 0 && ft->diag.qd_at_ns) {
         ft->diag.qd_ns += (now - ft->diag.qd_at_ns) * ft->in_flight;
         ft->diag.busy_ns += now - ft->diag.qd_at_ns;
+        if (ft->in_flight == ft->o.qd)
+            ft->diag.full_ns += now - ft->diag.qd_at_ns;
     }
     ft->diag.qd_at_ns = now;
+}
+
+/* The calling thread's time on a CPU and waiting on a run queue (ns), from
+ * /proc/thread-self/schedstat; false when it cannot be read (no schedstats in the kernel). */
+static bool sched_times(uint64_t *run_ns, uint64_t *wait_ns)
+{
+    FILE *fp = fopen("/proc/thread-self/schedstat", "r");
+    if (!fp)
+        return false;
+    unsigned long long run = 0, wait = 0;
+    bool ok = fscanf(fp, "%llu %llu", &run, &wait) == 2;
+    fclose(fp);
+    *run_ns = run;
+    *wait_ns = wait;
+    return ok;
 }
 
 /* Logs where the bytes went (at exit): per kind, reads by demand and by prefetch, megabytes,
@@ -134,6 +151,13 @@ static void diag_log(const struct nf_fetcher *ft)
            d->checksum_ns * 1e-9, d->dropped, d->no_slot, d->evict_by_prefetch,
            atomic_load(&ctr->c_stall_ns) * 1e-9,
            (atomic_load(&ctr->c_prompt_ns) + atomic_load(&ctr->c_decode_ns)) * 1e-9);
+    nf_log(NF_LOG_INFO,
+           "reads: time all %u reads in flight %.3f s; none in flight with requests waiting "
+           "for a slot %.3f s, with nothing to read %.3f s; %.2f completions per reap; fetch "
+           "thread on a CPU %.3f s, waiting for a CPU %.3f s",
+           ft->o.qd, d->full_ns * 1e-9, d->starved_ns * 1e-9, d->idle_ns * 1e-9,
+           d->reaps ? (double)d->reaped / (double)d->reaps : 0.0, d->sched_run_ns * 1e-9,
+           d->sched_wait_ns * 1e-9);
     for (uint32_t k = 0; k < NF_FETCH_KINDS; k++) {
         if (!d->demand_reads[k] && !d->prefetch_reads[k] && !d->evictions[k])
             continue;
@@ -703,6 +727,8 @@ int nf_fetch_run(struct nf_fetcher *ft)
     struct nf_stack_sync *sync = ft->st->sync;
     uint32_t *done = ft->done;
     int rc = 0;
+    uint64_t run0 = 0, wait0 = 0;
+    bool have_sched = sched_times(&run0, &wait0);
     while (!atomic_load(&sync->stop)) {
         uint32_t seen = nf_notify_seq(&sync->fetch_bell);
         poll_activations(ft);
@@ -715,12 +741,17 @@ int nf_fetch_run(struct nf_fetcher *ft)
             /* Nothing in flight: sleep until a request (or, for a blocked request, until
              * compute has had time to unpin or move on). */
             int ms = demand_blocked ? DEMAND_RETRY_MS : ft->heap_len ? PREFETCH_RETRY_MS : IDLE_MS;
+            uint64_t t0 = nf_now_ns();
             if (!atomic_load(&sync->stop))
                 nf_notify_wait(&sync->fetch_bell, seen, ms);
+            *(demand_blocked || ft->heap_len ? &ft->diag.starved_ns : &ft->diag.idle_ns) +=
+                nf_now_ns() - t0;
             continue;
         }
         long timeout = ft->n_io_free > 0 ? SOON_US : -1;
         unsigned n = nf_fetch_backend_reap(ft, done, ft->o.qd, timeout);
+        ft->diag.reaps += n > 0;
+        ft->diag.reaped += n;
         for (unsigned k = 0; k < n; k++)
             finish_read(ft, done[k]);
         if (ft->n_loaded > 0) {
@@ -732,6 +763,11 @@ int nf_fetch_run(struct nf_fetcher *ft)
             if (rc < 0)
                 break;
         }
+    }
+    uint64_t run1, wait1;
+    if (have_sched && sched_times(&run1, &wait1)) {
+        ft->diag.sched_run_ns = run1 - run0;
+        ft->diag.sched_wait_ns = wait1 - wait0;
     }
     diag_log(ft);
     /* Let reads in flight land before the pool is unmapped; after a failed submission, those

@@ -83,6 +83,14 @@ struct nf_fetch_diag {
     uint64_t checksum_ns;       /* time spent in XXH3 */
     uint64_t dropped;           /* prefetches dropped because compute had passed them */
     uint64_t no_slot;           /* start_load found no slot (request left pending) */
+    /* Where the fetch thread's time went, to tell a slow disk from a fetcher that did not keep
+     * it busy: time with all qd reads in flight; time with none in flight while requests waited
+     * for a slot, and while there was nothing to read; reaps that found completions and the
+     * completions they took (many per reap: the thread came late); the thread's time on a CPU
+     * and waiting for one (/proc/thread-self/schedstat, 0 when unavailable). */
+    uint64_t full_ns, starved_ns, idle_ns;
+    uint64_t reaps, reaped;
+    uint64_t sched_run_ns, sched_wait_ns;
 };
 
 struct nf_fetcher {
