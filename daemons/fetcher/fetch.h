@@ -30,6 +30,7 @@ struct nf_fetch_opts {
     enum nf_verify_mode verify; /* --verify */
     bool no_uring;              /* --no-uring: use the pread pool even if io_uring works */
     bool expert_cyclic;         /* --expert-cache cyclic: routed experts by cyclic distance only */
+    int nice;                   /* --nice: the fetch thread's nice value (0: left as it is) */
     /* Slots the resident set must leave in each class (the plan's class_min). */
     uint32_t class_min[NF_STACK_MAX_CLASSES];
 };
@@ -50,7 +51,8 @@ struct nf_fetch_io {
 struct nf_fetch_loaded {
     uint32_t tile, slot;
     uint64_t len;
-    bool check; /* verify its checksum (--verify) */
+    bool check;  /* verify its checksum (--verify) */
+    bool demand; /* read for a demand */
 };
 
 /* The most one read asks for. io_uring takes a 32-bit length and Linux moves at most
@@ -81,7 +83,9 @@ struct nf_fetch_diag {
     uint64_t qd_ns, busy_ns;    /* integral of reads in flight over time, and busy time */
     uint64_t qd_at_ns;          /* last change of in_flight */
     uint64_t checksum_ns;       /* time spent in XXH3 */
-    uint64_t dropped;           /* prefetches dropped because compute had passed them */
+    uint64_t dropped;           /* prefetches dropped unread (passed, unchosen or withdrawn) */
+    uint64_t plan_dropped;      /* of those, withdrawn by the predictor (nf_tile_prefetch_drop) */
+    uint64_t plan_released;     /* withdrawn after the read started: slot freed on landing */
     uint64_t no_slot;           /* start_load found no slot (request left pending) */
     /* Where the fetch thread's time went, to tell a slow disk from a fetcher that did not keep
      * it busy: time with all qd reads in flight; time with none in flight while requests waited

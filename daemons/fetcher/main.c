@@ -100,7 +100,7 @@ static void usage(FILE *out)
             "  -h, --help         show this help\n");
 }
 
-enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA, O_EXPERT_CACHE };
+enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA, O_EXPERT_CACHE, O_NICE };
 
 static const struct option own_opts[] = {
     {"qd", required_argument, NULL, O_QD},
@@ -108,6 +108,7 @@ static const struct option own_opts[] = {
     {"no-uring", no_argument, NULL, O_NO_URING},
     {"numa-node", required_argument, NULL, O_NUMA},
     {"expert-cache", required_argument, NULL, O_EXPERT_CACHE},
+    {"nice", required_argument, NULL, O_NICE},
     {NULL, 0, NULL, 0},
 };
 
@@ -133,6 +134,11 @@ static int parse_own(int val, const char *arg, void *ud)
             return -EINVAL;
         return 0;
     case O_NO_URING: fo->o.no_uring = true; return 0;
+    case O_NICE:
+        if (nf_daemon_arg_long(arg, -20, 19, &v))
+            return -EINVAL;
+        fo->o.nice = (int)v;
+        return 0;
     case O_EXPERT_CACHE:
         if (!strcmp(arg, "freq"))
             fo->o.expert_cyclic = false;
