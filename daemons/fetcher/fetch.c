@@ -138,6 +138,35 @@ static bool sched_times(uint64_t *run_ns, uint64_t *wait_ns)
     return ok;
 }
 
+/* Gives the calling (fetch) thread nice value nice (0: nothing changed). A thread's nice only
+ * orders it against the threads of its scheduling group: where the kernel groups processes by
+ * session (CONFIG_SCHED_AUTOGROUP, on by default in Debian's kernels), every session first gets
+ * an equal share of the CPUs, so the nice of the fetcher's own session's group is set too when
+ * the fetcher leads its session (detached), never the group of a session it shares. */
+static void set_nice(int nice)
+{
+    if (nice == 0)
+        return;
+    /* A nice value is per thread on Linux (the tid as a PRIO_PROCESS who). */
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), nice) != 0) {
+        /* Not privileged: as before, only slower on a busy machine. */
+        nf_log(NF_LOG_INFO, "cannot set the fetch thread's nice value to %d: %s (left as is)", nice,
+               strerror(errno));
+        return;
+    }
+    /* No autogroups (fopen fails): the thread's nice is all there is. */
+    FILE *fp = getsid(0) == getpid() ? fopen("/proc/self/autogroup", "w") : NULL;
+    bool group = false;
+    if (fp) {
+        group = fprintf(fp, "%d", nice) > 0;
+        group = fclose(fp) == 0 && group;
+        if (!group)
+            nf_log(NF_LOG_INFO, "cannot set the fetcher's autogroup nice value to %d: %s", nice,
+                   strerror(errno));
+    }
+    nf_log(NF_LOG_INFO, "fetch thread at nice %d%s", nice, group ? ", its session group too" : "");
+}
+
 /* Logs where the bytes went (at exit): per kind, reads by demand and by prefetch, megabytes,
  * evictions and those of tiles compute never pinned after their read (wasted reads). */
 static void diag_log(const struct nf_fetcher *ft)
@@ -770,10 +799,7 @@ int nf_fetch_run(struct nf_fetcher *ft)
     struct nf_stack_sync *sync = ft->st->sync;
     uint32_t *done = ft->done;
     int rc = 0;
-    /* Only this thread: a nice value is per thread on Linux (the tid as a PRIO_PROCESS who). */
-    if (ft->o.nice != 0 && setpriority(PRIO_PROCESS, (id_t)gettid(), ft->o.nice) != 0)
-        nf_log(NF_LOG_WARN, "cannot set the fetch thread's nice value to %d: %s (left as is)",
-               ft->o.nice, strerror(errno));
+    set_nice(ft->o.nice);
     uint64_t run0 = 0, wait0 = 0;
     bool have_sched = sched_times(&run0, &wait0);
     while (!atomic_load(&sync->stop)) {

@@ -25,12 +25,21 @@ enum nf_verify_mode { NF_VERIFY_NONE = 0, NF_VERIFY_SAMPLE, NF_VERIFY_ALL };
  * nf_cache_freq_observe take for "not used") */
 #define NF_FETCH_UNUSED NF_CACHE_FREQ_NONE
 
+/* The fetch thread's default nice value (--nice). It is mostly asleep, but each time reads land
+ * it must run at once to resubmit them: when compute, the predictor and other processes keep
+ * both CPUs busy it waited about 3x as long for a CPU as it ran, every read of the queue had
+ * landed by the time it reaped (10-15 completions of 16 per reap), and the disk sat idle.
+ * At -10 (thread and session group) sparse mode read at about twice the bandwidth while busy;
+ * see docs/measurements.md. Needs CAP_SYS_NICE (or RLIMIT_NICE): without it the value is left
+ * as it is. */
+#define NF_FETCH_NICE (-10)
+
 struct nf_fetch_opts {
     unsigned qd;                /* reads in flight at most (--qd) */
     enum nf_verify_mode verify; /* --verify */
     bool no_uring;              /* --no-uring: use the pread pool even if io_uring works */
     bool expert_cyclic;         /* --expert-cache cyclic: routed experts by cyclic distance only */
-    int nice;                   /* --nice: the fetch thread's nice value (0: left as it is) */
+    int nice; /* --nice: the fetch thread's nice value (0: left as it is; NF_FETCH_NICE) */
     /* Slots the resident set must leave in each class (the plan's class_min). */
     uint32_t class_min[NF_STACK_MAX_CLASSES];
 };
