@@ -441,14 +441,14 @@ static void test_withdrawn_prefetch(void **state)
     struct nf_stack *st = &r.st;
     /* 2n tiles of the first layer's class that fit the pool together, plus one demanded. */
     enum { N = 6 };
-    uint32_t ids[2 * N], n = 0, demanded = UINT32_MAX;
+    uint32_t ids[2 * N] = {0}, n = 0, demanded = UINT32_MAX;
     for (uint32_t id = 1; id < f->n_tiles && n < 2 * N; id++)
         if (f->tiles[id].kind == NF_TILE_FFN)
             ids[n++] = id;
+    assert_int_equal(n, 2 * N);
     for (uint32_t id = ids[n - 1] + 1; id < f->n_tiles && demanded == UINT32_MAX; id++)
         if (f->tiles[id].kind == NF_TILE_FFN)
             demanded = id;
-    assert_int_equal(n, 2 * N);
     assert_true(demanded != UINT32_MAX);
     assert_true(r.st.cfg->n_slots > 2 * N + 1);
     uint64_t reads0 = atomic_load(&st->ctr->f_reads);
