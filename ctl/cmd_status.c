@@ -281,6 +281,12 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                (double)nf_stage_ctr(f, "evictions"), "");
         metric(json, &first, "fetcher", "checksum_errors", "checksum errors",
                (double)nf_stage_ctr(f, "checksum_errors"), "");
+        metric(json, &first, "fetcher", "prefetch_dropped", "prefetches dropped",
+               (double)nf_stage_ctr(f, "prefetch_dropped"), "");
+        metric(json, &first, "fetcher", "plan_dropped", "withdrawn unread",
+               (double)nf_stage_ctr(f, "plan_dropped"), "");
+        metric(json, &first, "fetcher", "plan_released", "withdrawn after read",
+               (double)nf_stage_ctr(f, "plan_released"), "");
     } else if (json) {
         jerr(f->err);
     } else {

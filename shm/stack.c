@@ -131,7 +131,10 @@ _Static_assert(offsetof(struct nf_stack_counters, c_groups_total) == 480,
                "nf_stack_counters layout");
 _Static_assert(offsetof(struct nf_stack_counters, mem_fetcher) == 488, "nf_stack_counters layout");
 _Static_assert(offsetof(struct nf_stack_counters, mem_compute) == 504, "nf_stack_counters layout");
-_Static_assert(sizeof(struct nf_stack_counters) == 512, "nf_stack_counters size");
+_Static_assert(offsetof(struct nf_stack_counters, f_prefetch_dropped) == 512,
+               "nf_stack_counters layout");
+/* 64 counters, then the fetcher's appended drop counters (the area stays within its page). */
+_Static_assert(sizeof(struct nf_stack_counters) == 536, "nf_stack_counters size");
 _Static_assert(_Alignof(struct nf_stack_counters) == 8, "counters 8-aligned");
 
 /* The largest slot a region may declare (a tile is at most this big in any sane .nft). */

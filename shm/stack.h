@@ -91,6 +91,8 @@ struct nf_tile_req {
     uint32_t prio;
 };
 _Static_assert(sizeof(struct nf_tile_req) == 8, "request layout");
+/* prio flag on the prefetch ring: not a request but its withdrawal (nf_tile_prefetch_drop). */
+#define NF_TILE_REQ_DROP 0x80000000u
 
 /* One slot size class of the pool: n_slots slots of slot_size bytes, global slot ids
  * first_slot .. first_slot + n_slots - 1, the first at byte pool_off of the pool. */
@@ -220,6 +222,11 @@ struct nf_stack_counters {
     _Atomic uint64_t c_groups_skipped, c_groups_total;
     /* memory held, per process (gauges, bytes: private RSS as each process measures it) */
     _Atomic uint64_t mem_fetcher, mem_predictor, mem_compute;
+    /* fetcher, appended: prefetches dropped unread (compute had passed them or did not choose
+     * them, or the predictor's plan no longer held them); of those, dropped because the plan
+     * changed (nf_tile_prefetch_drop); and plan-dropped reads already submitted, whose slot was
+     * freed as soon as they landed */
+    _Atomic uint64_t f_prefetch_dropped, f_plan_dropped, f_plan_released;
 };
 
 /* The plan: how the budget is split. Everyone computes the same plan from the same inputs. */
@@ -448,6 +455,13 @@ int nf_tile_request(struct nf_stack *st, uint32_t id, bool flush);
  * the prefetch ring is full (the tile stays EMPTY). Rings fetch_bell only when flush is true
  * (batch requests, then flush once). */
 int nf_tile_prefetch(struct nf_stack *st, uint32_t id, uint32_t prio, bool flush);
+
+/* Predictor: withdraws its prefetch of tile id, which its latest plan no longer holds, when the
+ * tile is QUEUED or LOADING: the fetcher then drops the request if it has not started the read
+ * (QUEUED -> EMPTY), or frees the slot as soon as the read lands; a tile compute asked for is
+ * kept. Returns 1 if the withdrawal was enqueued, 0 if not needed, -ENOBUFS when the prefetch
+ * ring is full. Rings fetch_bell only when flush is true. */
+int nf_tile_prefetch_drop(struct nf_stack *st, uint32_t id, bool flush);
 
 /* Fetcher side. The functions that link or unlink slots (begin_load, try_evict) run on one
  * fetcher thread; end_load and fail may run on I/O worker threads. */

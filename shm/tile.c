@@ -215,6 +215,22 @@ int nf_tile_prefetch(struct nf_stack *st, uint32_t id, uint32_t prio, bool flush
     return rc;
 }
 
+int nf_tile_prefetch_drop(struct nf_stack *st, uint32_t id, bool flush)
+{
+    if (id >= st->cfg->n_tiles)
+        return -EINVAL;
+    /* A hint only: the fetcher decides on the state it sees when it takes the withdrawal. */
+    uint32_t s = atomic_load_explicit(&st->tiles[id].state, memory_order_relaxed);
+    int rc = 0;
+    if (s == NF_TILE_QUEUED || s == NF_TILE_LOADING) {
+        struct nf_tile_req req = {.tile = id, .prio = NF_TILE_REQ_DROP};
+        rc = nf_ring_sp_enqueue_bulk(st->prefetch, &req, 1, NULL) == 1 ? 1 : -ENOBUFS;
+    }
+    if (flush)
+        nf_notify_wake(&st->sync->fetch_bell);
+    return rc;
+}
+
 bool nf_tile_cancel(struct nf_stack *st, uint32_t id)
 {
     if (id >= st->cfg->n_tiles)

@@ -31,7 +31,7 @@ bad() {
 
 # kind FLAG: sets K to how a flag's value is checked: int, float, sfloat (a float that may be
 # negative), size, enum, str (any text), file (an existing file), opt (optional number), bool (no
-# value), or "" when the test does not know it.
+# value), nice (an int in -20..19), or "" when the test does not know it.
 # kind and good set a variable instead of printing: a $(...) forks, and this runs hundreds of times.
 kind() {
     case "$1" in
@@ -74,6 +74,7 @@ kind() {
     -d | --n-depth) K=int ;;
     --kv-store) K=str ;;
     --kv-store-max) K=size ;;
+    --nice) K=nice ;;
     *) K="" ;;
     esac
 }
@@ -117,6 +118,7 @@ good() {
     --kv-store) G="$T/kvs" ;;
     --kv-store-max) G=1M ;;
     --draft-max) G=4 ;;
+    --nice) G=-5 ;;
     --kv-block) G=4 ;;
     --kv-offload) G=auto ;;
     --kv-dir) G="$T" ;;
@@ -229,7 +231,7 @@ parsed_flags() {
         "--repeat-penalty --presence-penalty --frequency-penalty -s --seed --timeout --run-dir" ;;
     nanoflow-fetcher) echo "--model --run-dir --ram -t --threads --sparsity --ctx --ubatch --qd" \
         "--verify --cache-type-k --cache-type-v" \
-        "--no-uring --numa-node --expert-cache --foreground --log-level" ;;
+        "--no-uring --numa-node --expert-cache --foreground --log-level --nice" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
         "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
     nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx --ubatch" \
@@ -408,6 +410,7 @@ check_command() {
         int) bads=(12abc -5 " -5" 99999999999999999999) ;;
         float | opt) bads=(1.5x -1 nan) ;;
         sfloat) bads=(1.5x -3 nan) ;;
+        nice) bads=(12abc 20 -21 99999999999999999999) ;;
         size) bads=(12Q -1G) ;;
         enum) bads=(bogus) ;;
         esac

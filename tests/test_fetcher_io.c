@@ -392,6 +392,111 @@ static int setup_files(void)
     return 0;
 }
 
+/* The fetcher's counter `name` from its stats reply (what 'nanoflowctl stats' shows). */
+static uint64_t fetcher_stat(struct running *r, const char *name)
+{
+    char sock[PATH_MAX], err[256];
+    nf_rundir_path(r->run_dir, NF_ROLE_FETCHER, "sock", sock, sizeof(sock));
+    int fd = nf_client_connect(sock, 5000, err, sizeof(err));
+    if (fd < 0)
+        fail_msg("connect %s: %s", sock, err);
+    nf_envelope env;
+    Nanoflow__StatsRequest sr;
+    nanoflow__envelope__init(&env);
+    nanoflow__stats_request__init(&sr);
+    env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS_REQUEST;
+    env.stats_request = &sr;
+    assert_int_equal(nf_client_send(fd, 9, &env), 0);
+    nf_envelope *reply = NULL;
+    assert_int_equal(nf_client_recv(fd, &reply, 5000), 1);
+    close(fd);
+    assert_int_equal(reply->msg_case, NANOFLOW__ENVELOPE__MSG_STATS);
+    bool found = false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < reply->stats->n_stages; i++)
+        for (size_t j = 0; j < reply->stats->stages[i]->n_counters; j++)
+            if (!strcmp(reply->stats->stages[i]->counters[j]->name, name)) {
+                v = reply->stats->stages[i]->counters[j]->value;
+                found = true;
+            }
+    nf_envelope_free(reply);
+    if (!found)
+        fail_msg("no fetcher counter %s", name);
+    return v;
+}
+
+/* The predictor's plan changes: of 2n prefetched tiles it withdraws every other one
+ * (nf_tile_prefetch_drop) before the fetcher takes the batch. The n kept are read; the n
+ * withdrawn are never read nor delivered (EMPTY to the end, no read counted beyond the kept
+ * ones) and are counted as dropped in the fetcher's stats. A withdrawal of a tile compute asked
+ * for is ignored: that tile is read. */
+static void test_withdrawn_prefetch(void **state)
+{
+    (void)state;
+    struct nf_nft *f;
+    char err[512];
+    assert_int_equal(nf_nft_open(&f, g_nft, false, err, sizeof(err)), 0);
+    struct running r;
+    start_fetcher(&r, g_nft, "withdraw", false);
+    struct nf_stack *st = &r.st;
+    /* 2n tiles of the first layer's class that fit the pool together, plus one demanded. */
+    enum { N = 6 };
+    uint32_t ids[2 * N] = {0}, n = 0, demanded = UINT32_MAX;
+    for (uint32_t id = 1; id < f->n_tiles && n < 2 * N; id++)
+        if (f->tiles[id].kind == NF_TILE_FFN)
+            ids[n++] = id;
+    assert_int_equal(n, 2 * N);
+    for (uint32_t id = ids[n - 1] + 1; id < f->n_tiles && demanded == UINT32_MAX; id++)
+        if (f->tiles[id].kind == NF_TILE_FFN)
+            demanded = id;
+    assert_true(demanded != UINT32_MAX);
+    assert_true(r.st.cfg->n_slots > 2 * N + 1);
+    uint64_t reads0 = atomic_load(&st->ctr->f_reads);
+    /* One batch, one bell: the fetcher sees requests and withdrawals together. */
+    for (uint32_t i = 0; i < n; i++)
+        assert_int_equal(nf_tile_prefetch(st, ids[i], 2, false), 1);
+    assert_int_equal(nf_tile_request(st, demanded, false), 1);
+    for (uint32_t i = 1; i < n; i += 2)
+        assert_int_equal(nf_tile_prefetch_drop(st, ids[i], false), 1);
+    assert_int_equal(nf_tile_prefetch_drop(st, demanded, false), 1);
+    nf_notify_wake(&st->sync->fetch_bell);
+    /* The kept ones and the demanded one arrive; the withdrawn ones never do. */
+    for (int tries = 0;; tries++) {
+        bool all = atomic_load(&st->tiles[demanded].state) == NF_TILE_READY;
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t s = atomic_load(&st->tiles[ids[i]].state);
+            if (i % 2) /* QUEUED until the fetcher takes the withdrawal, then EMPTY */
+                assert_true(s == NF_TILE_QUEUED || s == NF_TILE_EMPTY);
+            else
+                all = all && s == NF_TILE_READY;
+        }
+        if (all)
+            break;
+        if (tries > 1000)
+            fail_msg("kept prefetches not READY after 10 s");
+        usleep(10000);
+    }
+    usleep(100000); /* a withdrawn tile read late would show now */
+    for (uint32_t i = 1; i < n; i += 2)
+        assert_int_equal(atomic_load(&st->tiles[ids[i]].state), NF_TILE_EMPTY);
+    assert_int_equal(atomic_load(&st->ctr->f_reads) - reads0, N + 1);
+    assert_int_equal(atomic_load(&st->ctr->f_plan_dropped), N);
+    assert_int_equal(atomic_load(&st->ctr->f_plan_released), 0);
+    assert_int_equal(fetcher_stat(&r, "plan_dropped"), N);
+    assert_int_equal(fetcher_stat(&r, "prefetch_dropped"), N);
+    /* Withdrawn, they can be asked for again (QUEUED -> EMPTY gave them back). */
+    assert_int_equal(nf_tile_prefetch(st, ids[1], 1, true), 1);
+    int rc = 0;
+    const uint8_t *p = nf_tile_pin_wait(st, ids[1], 1, 10000, &rc);
+    if (!p)
+        fail_msg("tile %u after its withdrawal: %s", ids[1], nf_strerror(rc));
+    nf_tile_unpin(st, ids[1]);
+    print_message("withdrawn: %u of %u prefetches dropped unread, %llu reads\n", N, 2 * N,
+                  (unsigned long long)(atomic_load(&st->ctr->f_reads) - reads0));
+    stop_fetcher(&r);
+    nf_nft_close(f);
+}
+
 /* Reads a tile of len bytes the way the back ends do, piece by piece (nf_fetch_read_len, each
  * piece read in full here); checks every piece and that they add up to the tile. */
 static void read_in_pieces(uint64_t len, unsigned want_pieces)
@@ -443,6 +548,7 @@ int main(void)
         cmocka_unit_test_teardown(test_corrupt_tile, teardown),
         cmocka_unit_test_teardown(test_verify_none, teardown),
         cmocka_unit_test_teardown(test_truncated_under_fetcher, teardown),
+        cmocka_unit_test_teardown(test_withdrawn_prefetch, teardown),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     rm_rf(g_dir);

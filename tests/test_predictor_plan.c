@@ -145,6 +145,50 @@ static void test_dense_step(void **state)
     nf_nft_close(f);
 }
 
+/* nf_plan_layer_dropped: the FFN tiles the old plan held and the new one does not, each once,
+ * in use order; none for an unchanged plan or a new plan of every unit. */
+static void test_dense_dropped(void **state)
+{
+    (void)state;
+    struct nf_nft *f = open_nft(dense_path);
+    struct nf_plan p;
+    init_plan(&p, f);
+    const struct nf_plan_layer *pl = &p.layers[1];
+    uint32_t n = pl->n_units, first = pl->unit_tile[0], last = pl->unit_tile[n - 1];
+    assert_true(first != last);
+    uint32_t *out = malloc(sizeof(uint32_t) * p.max_units);
+    assert_non_null(out);
+    uint64_t old[8] = {0}, sel[8] = {0}, none[8] = {0};
+    assert_true(p.words <= 8);
+    /* Old: the first group and every group of the last tile. */
+    nf_sel_set(old, 0);
+    for (uint32_t g = 0; g < n; g++)
+        if (pl->unit_tile[g] == last)
+            nf_sel_set(old, g);
+    /* New: a group of the first tile only (the last of that tile, so the tile is kept through
+     * another group than old's): the last tile is dropped, once. */
+    uint32_t g1 = 0;
+    while (g1 + 1 < n && pl->unit_tile[g1 + 1] == first)
+        g1++;
+    nf_sel_set(sel, g1);
+    assert_int_equal(nf_plan_layer_dropped(&p, 1, old, sel, out, p.max_units), 1);
+    assert_int_equal(out[0], last);
+    /* Unchanged, or every unit: nothing dropped. */
+    assert_int_equal(nf_plan_layer_dropped(&p, 1, old, old, out, p.max_units), 0);
+    assert_int_equal(nf_plan_layer_dropped(&p, 1, old, NULL, out, p.max_units), 0);
+    /* Nothing planned before: nothing to drop. */
+    assert_int_equal(nf_plan_layer_dropped(&p, 1, none, sel, out, p.max_units), 0);
+    /* An empty new plan drops both tiles, in use order; too small a buffer is refused. */
+    assert_int_equal(nf_plan_layer_dropped(&p, 1, old, none, out, p.max_units), 2);
+    assert_int_equal(out[0], first);
+    assert_int_equal(out[1], last);
+    assert_int_equal(nf_plan_layer_dropped(&p, 1, old, none, out, 1), -ENOBUFS);
+    assert_int_equal(nf_plan_layer_dropped(&p, p.n_layer, old, none, out, p.max_units), NF_EUSAGE);
+    free(out);
+    nf_plan_free(&p);
+    nf_nft_close(f);
+}
+
 /* MoE: router then the selected experts' tiles; with every expert, every tile once. */
 static void test_moe_step(void **state)
 {
@@ -486,10 +530,11 @@ static void test_moe_recall(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dense_step),        cmocka_unit_test(test_moe_step),
-        cmocka_unit_test(test_moe_layer_experts), cmocka_unit_test(test_moe_pick),
-        cmocka_unit_test(test_moe_forecast_gap),  cmocka_unit_test(test_sparse_counts),
-        cmocka_unit_test(test_dense_recall),      cmocka_unit_test(test_moe_recall),
+        cmocka_unit_test(test_dense_step),    cmocka_unit_test(test_dense_dropped),
+        cmocka_unit_test(test_moe_step),      cmocka_unit_test(test_moe_layer_experts),
+        cmocka_unit_test(test_moe_pick),      cmocka_unit_test(test_moe_forecast_gap),
+        cmocka_unit_test(test_sparse_counts), cmocka_unit_test(test_dense_recall),
+        cmocka_unit_test(test_moe_recall),
     };
     return cmocka_run_group_tests(tests, setup_files, teardown_files);
 }

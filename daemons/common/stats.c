@@ -85,6 +85,9 @@ int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_sta
         add(m, "busy_ns", LD(f_busy_ns));
         add(m, "queue_depth", LD(f_queue_depth));
         add(m, "resident_bytes", LD(f_resident_bytes));
+        add(m, "prefetch_dropped", LD(f_prefetch_dropped));
+        add(m, "plan_dropped", LD(f_plan_dropped));
+        add(m, "plan_released", LD(f_plan_released));
         add(m, "mem_bytes", LD(mem_fetcher));
         uint64_t hist[NF_LAT_BUCKETS];
         for (int i = 0; i < NF_LAT_BUCKETS; i++) {

@@ -70,8 +70,9 @@ struct nf_cache_tile_info {
  * class_slots[k] slots, less where the rest would fall below class_min[k] (the plan's minimum
  * working set). Not more in sparse mode, though there a resident attention slot saves a whole
  * tile per token and a cyclic one less: a larger set saved under 2% of the bytes read, and the
- * disk then gave about half its bandwidth, for a reason not understood yet (see
- * docs/measurements.md). */
+ * fetcher then read at about half its bandwidth; a fetch thread starved of CPU gives the same
+ * sign (docs/measurements.md, "Sparse-mode reads"), the larger set was not measured again since
+ * it runs at NF_FETCH_NICE. */
 void nf_cache_limits(uint32_t n_classes, const uint32_t *class_slots, const uint32_t *class_min,
                      uint32_t *max_slots);
 /* Chooses the resident set for n_tiles tiles described by info into c, using at most

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "daemon.h"
@@ -15,6 +17,7 @@
 
 #define PEND_DEMAND       1u
 #define PEND_PREFETCH     2u
+#define PEND_STALE        4u /* its prefetch read was withdrawn after it started: free on landing */
 #define REQ_BURST         64u
 #define SOON_US           200 /* reads in flight and room for more: look at the rings this often */
 #define DEMAND_RETRY_MS   1   /* a demand waits for a slot: compute unpins within microseconds */
@@ -114,8 +117,54 @@ static void diag_qd(struct nf_fetcher *ft)
     if (ft->in_flight > 0 && ft->diag.qd_at_ns) {
         ft->diag.qd_ns += (now - ft->diag.qd_at_ns) * ft->in_flight;
         ft->diag.busy_ns += now - ft->diag.qd_at_ns;
+        if (ft->in_flight == ft->o.qd)
+            ft->diag.full_ns += now - ft->diag.qd_at_ns;
     }
     ft->diag.qd_at_ns = now;
+}
+
+/* The calling thread's time on a CPU and waiting on a run queue (ns), from
+ * /proc/thread-self/schedstat; false when it cannot be read (no schedstats in the kernel). */
+static bool sched_times(uint64_t *run_ns, uint64_t *wait_ns)
+{
+    FILE *fp = fopen("/proc/thread-self/schedstat", "r");
+    if (!fp)
+        return false;
+    unsigned long long run = 0, wait = 0;
+    bool ok = fscanf(fp, "%llu %llu", &run, &wait) == 2;
+    fclose(fp);
+    *run_ns = run;
+    *wait_ns = wait;
+    return ok;
+}
+
+/* Gives the calling (fetch) thread nice value nice (0: nothing changed). A thread's nice only
+ * orders it against the threads of its scheduling group: where the kernel groups processes by
+ * session (CONFIG_SCHED_AUTOGROUP, on by default in Debian's kernels), every session first gets
+ * an equal share of the CPUs, so the nice of the fetcher's own session's group is set too when
+ * the fetcher leads its session (detached), never the group of a session it shares. */
+static void set_nice(int nice)
+{
+    if (nice == 0)
+        return;
+    /* A nice value is per thread on Linux (the tid as a PRIO_PROCESS who). */
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), nice) != 0) {
+        /* Not privileged: as before, only slower on a busy machine. */
+        nf_log(NF_LOG_INFO, "cannot set the fetch thread's nice value to %d: %s (left as is)", nice,
+               strerror(errno));
+        return;
+    }
+    /* No autogroups (fopen fails): the thread's nice is all there is. */
+    FILE *fp = getsid(0) == getpid() ? fopen("/proc/self/autogroup", "w") : NULL;
+    bool group = false;
+    if (fp) {
+        group = fprintf(fp, "%d", nice) > 0;
+        group = fclose(fp) == 0 && group;
+        if (!group)
+            nf_log(NF_LOG_INFO, "cannot set the fetcher's autogroup nice value to %d: %s", nice,
+                   strerror(errno));
+    }
+    nf_log(NF_LOG_INFO, "fetch thread at nice %d%s", nice, group ? ", its session group too" : "");
 }
 
 /* Logs where the bytes went (at exit): per kind, reads by demand and by prefetch, megabytes,
@@ -128,12 +177,21 @@ static void diag_log(const struct nf_fetcher *ft)
     nf_log(NF_LOG_INFO,
            "reads: %" PRIu64 " tokens evaluated; %.2f reads in flight on average while busy "
            "(%.3f s); checksums %.3f s; %" PRIu64 " prefetches dropped (compute had passed "
-           "them or did not choose them); %" PRIu64 " loads waited for a slot; %" PRIu64
+           "them or did not choose them, or the predictor withdrew them: %" PRIu64
+           "; withdrawn after their read started, slot freed on landing: %" PRIu64 "); %" PRIu64
+           " loads waited for a slot; %" PRIu64
            " evictions for prefetches; compute stalled %.3f s of %.3f s",
            toks, d->busy_ns ? (double)d->qd_ns / (double)d->busy_ns : 0.0, d->busy_ns * 1e-9,
-           d->checksum_ns * 1e-9, d->dropped, d->no_slot, d->evict_by_prefetch,
-           atomic_load(&ctr->c_stall_ns) * 1e-9,
+           d->checksum_ns * 1e-9, d->dropped, d->plan_dropped, d->plan_released, d->no_slot,
+           d->evict_by_prefetch, atomic_load(&ctr->c_stall_ns) * 1e-9,
            (atomic_load(&ctr->c_prompt_ns) + atomic_load(&ctr->c_decode_ns)) * 1e-9);
+    nf_log(NF_LOG_INFO,
+           "reads: time all %u reads in flight %.3f s; none in flight with requests waiting "
+           "for a slot %.3f s, with nothing to read %.3f s; %.2f completions per reap; fetch "
+           "thread on a CPU %.3f s, waiting for a CPU %.3f s",
+           ft->o.qd, d->full_ns * 1e-9, d->starved_ns * 1e-9, d->idle_ns * 1e-9,
+           d->reaps ? (double)d->reaped / (double)d->reaps : 0.0, d->sched_run_ns * 1e-9,
+           d->sched_wait_ns * 1e-9);
     for (uint32_t k = 0; k < NF_FETCH_KINDS; k++) {
         if (!d->demand_reads[k] && !d->prefetch_reads[k] && !d->evictions[k])
             continue;
@@ -320,6 +378,26 @@ static void drop_prefetch(struct nf_fetcher *ft, uint32_t id)
     heap_remove(ft, id);
     nf_tile_cancel(ft->st, id);
     ft->diag.dropped++;
+    atomic_fetch_add_explicit(&ft->st->ctr->f_prefetch_dropped, 1, memory_order_relaxed);
+}
+
+/* The predictor withdrew its prefetch of tile id (nf_tile_prefetch_drop): its latest plan for
+ * the tile's layer no longer holds it. A tile compute asked for is kept. A pending request is
+ * dropped unread; a prefetch read already submitted cannot be called back (the kernel owns its
+ * buffer until it lands), so it is marked to have its slot freed when it lands. */
+static void drop_withdrawn(struct nf_fetcher *ft, uint32_t id)
+{
+    if (ft->pend[id] & PEND_DEMAND)
+        return;
+    if (ft->pend[id] & PEND_PREFETCH) {
+        drop_prefetch(ft, id);
+        ft->diag.plan_dropped++;
+        atomic_fetch_add_explicit(&ft->st->ctr->f_plan_dropped, 1, memory_order_relaxed);
+        return;
+    }
+    if (atomic_load(&ft->st->tiles[id].state) != NF_TILE_LOADING)
+        return; /* read already (kept: compute may be using it) or never asked for */
+    ft->pend[id] |= PEND_STALE; /* publish_loaded keeps it if a demand started the read */
 }
 
 /* Sparse mode: compute asks for the FFN tiles of the groups it chose, in tile order, as soon as
@@ -360,6 +438,7 @@ static void take_requests(struct nf_fetcher *ft)
             if (behind_compute(ft, id))
                 ft->cur = id;
             drop_unchosen(ft, id);
+            ft->pend[id] &= (uint8_t)~PEND_STALE; /* compute wants it after all */
             if (ft->pend[id] & PEND_DEMAND)
                 continue;
             ft->pend[id] |= PEND_DEMAND;
@@ -368,9 +447,14 @@ static void take_requests(struct nf_fetcher *ft)
         }
     }
     while ((n = nf_ring_sc_dequeue_burst(ft->st->prefetch, req, REQ_BURST, NULL)) > 0)
-        for (unsigned i = 0; i < n; i++)
-            if (req[i].tile < ft->n_tiles)
+        for (unsigned i = 0; i < n; i++) {
+            if (req[i].tile >= ft->n_tiles)
+                continue;
+            if (req[i].prio & NF_TILE_REQ_DROP)
+                drop_withdrawn(ft, req[i].tile);
+            else
                 heap_push(ft, req[i].tile, req[i].prio);
+        }
 }
 
 /* Moves cur to just after the most recently used tile in the pool: the tile with the largest
@@ -605,6 +689,7 @@ static void finish_read(struct nf_fetcher *ft, uint32_t i)
     l->slot = io->slot;
     l->len = io->len;
     l->check = want_verify(ft);
+    l->demand = io->demand;
     ft->reads_done++;
     release_io(ft, i);
 }
@@ -617,6 +702,8 @@ static void publish_loaded(struct nf_fetcher *ft)
     for (uint32_t k = 0; k < ft->n_loaded; k++) {
         const struct nf_fetch_loaded *l = &ft->loaded[k];
         const struct nf_nft_tile *t = &ft->f->tiles[l->tile];
+        bool withdrawn = (ft->pend[l->tile] & PEND_STALE) && !l->demand;
+        ft->pend[l->tile] &= (uint8_t)~PEND_STALE;
         if (l->check &&
             nf_nft_tile_sum(ft->f, t, nf_stack_slot_ptr(ft->st, l->slot)) != t->checksum) {
             atomic_fetch_add_explicit(&ft->st->ctr->f_checksum_errors, 1, memory_order_relaxed);
@@ -625,6 +712,14 @@ static void publish_loaded(struct nf_fetcher *ft)
             continue;
         }
         nf_tile_end_load(ft->st, l->tile, true);
+        /* Withdrawn while it was read (and no demand started the read): free the slot now
+         * unless compute pinned it since (a resident tile is never evicted). Compute pinning it
+         * later finds it EMPTY and asks again. */
+        if (withdrawn && nf_slot_try_evict(ft->st, l->slot)) {
+            push_free(ft, l->slot);
+            ft->diag.plan_released++;
+            atomic_fetch_add_explicit(&ft->st->ctr->f_plan_released, 1, memory_order_relaxed);
+        }
     }
     ft->n_loaded = 0;
     ft->diag.checksum_ns += nf_now_ns() - t0;
@@ -692,6 +787,7 @@ static bool serve(struct nf_fetcher *ft)
                 break;
             nf_tile_cancel(ft->st, id);
             ft->diag.dropped++;
+            atomic_fetch_add_explicit(&ft->st->ctr->f_prefetch_dropped, 1, memory_order_relaxed);
         }
         heap_remove(ft, id);
     }
@@ -703,6 +799,9 @@ int nf_fetch_run(struct nf_fetcher *ft)
     struct nf_stack_sync *sync = ft->st->sync;
     uint32_t *done = ft->done;
     int rc = 0;
+    set_nice(ft->o.nice);
+    uint64_t run0 = 0, wait0 = 0;
+    bool have_sched = sched_times(&run0, &wait0);
     while (!atomic_load(&sync->stop)) {
         uint32_t seen = nf_notify_seq(&sync->fetch_bell);
         poll_activations(ft);
@@ -715,12 +814,17 @@ int nf_fetch_run(struct nf_fetcher *ft)
             /* Nothing in flight: sleep until a request (or, for a blocked request, until
              * compute has had time to unpin or move on). */
             int ms = demand_blocked ? DEMAND_RETRY_MS : ft->heap_len ? PREFETCH_RETRY_MS : IDLE_MS;
+            uint64_t t0 = nf_now_ns();
             if (!atomic_load(&sync->stop))
                 nf_notify_wait(&sync->fetch_bell, seen, ms);
+            *(demand_blocked || ft->heap_len ? &ft->diag.starved_ns : &ft->diag.idle_ns) +=
+                nf_now_ns() - t0;
             continue;
         }
         long timeout = ft->n_io_free > 0 ? SOON_US : -1;
         unsigned n = nf_fetch_backend_reap(ft, done, ft->o.qd, timeout);
+        ft->diag.reaps += n > 0;
+        ft->diag.reaped += n;
         for (unsigned k = 0; k < n; k++)
             finish_read(ft, done[k]);
         if (ft->n_loaded > 0) {
@@ -732,6 +836,11 @@ int nf_fetch_run(struct nf_fetcher *ft)
             if (rc < 0)
                 break;
         }
+    }
+    uint64_t run1, wait1;
+    if (have_sched && sched_times(&run1, &wait1)) {
+        ft->diag.sched_run_ns = run1 - run0;
+        ft->diag.sched_wait_ns = wait1 - wait0;
     }
     diag_log(ft);
     /* Let reads in flight land before the pool is unmapped; after a failed submission, those

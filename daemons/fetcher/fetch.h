@@ -25,11 +25,21 @@ enum nf_verify_mode { NF_VERIFY_NONE = 0, NF_VERIFY_SAMPLE, NF_VERIFY_ALL };
  * nf_cache_freq_observe take for "not used") */
 #define NF_FETCH_UNUSED NF_CACHE_FREQ_NONE
 
+/* The fetch thread's default nice value (--nice). It is mostly asleep, but each time reads land
+ * it must run at once to resubmit them: when compute, the predictor and other processes keep
+ * both CPUs busy it waited about 3x as long for a CPU as it ran, every read of the queue had
+ * landed by the time it reaped (10-15 completions of 16 per reap), and the disk sat idle.
+ * At -10 (thread and session group) sparse mode read at about twice the bandwidth while busy;
+ * see docs/measurements.md. Needs CAP_SYS_NICE (or RLIMIT_NICE): without it the value is left
+ * as it is. */
+#define NF_FETCH_NICE (-10)
+
 struct nf_fetch_opts {
     unsigned qd;                /* reads in flight at most (--qd) */
     enum nf_verify_mode verify; /* --verify */
     bool no_uring;              /* --no-uring: use the pread pool even if io_uring works */
     bool expert_cyclic;         /* --expert-cache cyclic: routed experts by cyclic distance only */
+    int nice; /* --nice: the fetch thread's nice value (0: left as it is; NF_FETCH_NICE) */
     /* Slots the resident set must leave in each class (the plan's class_min). */
     uint32_t class_min[NF_STACK_MAX_CLASSES];
 };
@@ -50,7 +60,8 @@ struct nf_fetch_io {
 struct nf_fetch_loaded {
     uint32_t tile, slot;
     uint64_t len;
-    bool check; /* verify its checksum (--verify) */
+    bool check;  /* verify its checksum (--verify) */
+    bool demand; /* read for a demand */
 };
 
 /* The most one read asks for. io_uring takes a 32-bit length and Linux moves at most
@@ -81,8 +92,18 @@ struct nf_fetch_diag {
     uint64_t qd_ns, busy_ns;    /* integral of reads in flight over time, and busy time */
     uint64_t qd_at_ns;          /* last change of in_flight */
     uint64_t checksum_ns;       /* time spent in XXH3 */
-    uint64_t dropped;           /* prefetches dropped because compute had passed them */
+    uint64_t dropped;           /* prefetches dropped unread (passed, unchosen or withdrawn) */
+    uint64_t plan_dropped;      /* of those, withdrawn by the predictor (nf_tile_prefetch_drop) */
+    uint64_t plan_released;     /* withdrawn after the read started: slot freed on landing */
     uint64_t no_slot;           /* start_load found no slot (request left pending) */
+    /* Where the fetch thread's time went, to tell a slow disk from a fetcher that did not keep
+     * it busy: time with all qd reads in flight; time with none in flight while requests waited
+     * for a slot, and while there was nothing to read; reaps that found completions and the
+     * completions they took (many per reap: the thread came late); the thread's time on a CPU
+     * and waiting for one (/proc/thread-self/schedstat, 0 when unavailable). */
+    uint64_t full_ns, starved_ns, idle_ns;
+    uint64_t reaps, reaped;
+    uint64_t sched_run_ns, sched_wait_ns;
 };
 
 struct nf_fetcher {

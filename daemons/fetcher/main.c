@@ -55,7 +55,7 @@ static void usage(FILE *out)
             "usage: nanoflow-fetcher --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
             "                        [--cache-type-k T] [--cache-type-v T] [--kv-block N]\n"
-            "                        [--qd N] [--verify all|sample|none] [--no-uring]\n"
+            "                        [--qd N] [--verify all|sample|none] [--no-uring] [--nice N]\n"
             "                        [--numa-node N] [--expert-cache freq|cyclic] [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Creates the stack's shared region and reads weight tiles into it with io_uring\n"
@@ -88,6 +88,11 @@ static void usage(FILE *out)
             "                     none\n"
             "  --no-uring         use the pread thread pool even when io_uring works\n"
             "                     (default: off)\n"
+            "  --nice N           nice value of the fetch thread, -20..19, and of the\n"
+            "                     fetcher's session group where the kernel groups by\n"
+            "                     session (autogroup), so that it resubmits reads at once\n"
+            "                     when the CPUs are busy; 0 leaves both as they are\n"
+            "                     (default: -10; left as they are without CAP_SYS_NICE)\n"
             "  --numa-node N      bind the region's tile pool to node N (default: the node the\n"
             "                     fetcher starts on; a one-node machine ignores it)\n"
             "  --expert-cache P   which routed-expert tiles a load evicts first: freq, the one\n"
@@ -100,7 +105,7 @@ static void usage(FILE *out)
             "  -h, --help         show this help\n");
 }
 
-enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA, O_EXPERT_CACHE };
+enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA, O_EXPERT_CACHE, O_NICE };
 
 static const struct option own_opts[] = {
     {"qd", required_argument, NULL, O_QD},
@@ -108,6 +113,7 @@ static const struct option own_opts[] = {
     {"no-uring", no_argument, NULL, O_NO_URING},
     {"numa-node", required_argument, NULL, O_NUMA},
     {"expert-cache", required_argument, NULL, O_EXPERT_CACHE},
+    {"nice", required_argument, NULL, O_NICE},
     {NULL, 0, NULL, 0},
 };
 
@@ -133,6 +139,11 @@ static int parse_own(int val, const char *arg, void *ud)
             return -EINVAL;
         return 0;
     case O_NO_URING: fo->o.no_uring = true; return 0;
+    case O_NICE:
+        if (nf_daemon_arg_long(arg, -20, 19, &v))
+            return -EINVAL;
+        fo->o.nice = (int)v;
+        return 0;
     case O_EXPERT_CACHE:
         if (!strcmp(arg, "freq"))
             fo->o.expert_cyclic = false;
@@ -351,7 +362,8 @@ int main(int argc, char **argv)
 {
     static struct fetcher_main m;
     char err[PATH_MAX + 512] = "";
-    m.fo = (struct fetcher_opts){.numa_node = -1, .o = {.qd = 16, .verify = NF_VERIFY_ALL}};
+    m.fo = (struct fetcher_opts){.numa_node = -1,
+                                 .o = {.qd = 16, .verify = NF_VERIFY_ALL, .nice = NF_FETCH_NICE}};
     const struct nf_daemon_argspec spec = {
         .role = NF_ROLE_FETCHER, .usage = usage, .own = own_opts, .parse = parse_own, .ud = &m.fo};
     int rc = nf_daemon_args_parse(argc, argv, &spec, &m.a);

@@ -43,8 +43,12 @@ int nf_pred_loop_init(struct nf_pred_loop *lp, struct nf_stack *st, const struct
     lp->used = calloc(W, sizeof(uint64_t));
     lp->list = calloc(plan->max_step, sizeof(uint32_t));
     lp->order = calloc(plan->max_units ? plan->max_units : 1, sizeof(uint32_t));
+    lp->asked = calloc(L * W, sizeof(uint64_t));
+    lp->asked_live = calloc(L, sizeof(bool));
+    lp->drops = calloc(plan->max_units ? plan->max_units : 1, sizeof(uint32_t));
     if (!lp->act_seq || !lp->used_seq || !lp->x || !lp->fc_sel || !lp->fc_step || !lp->fc_live ||
-        !lp->last_used || !lp->have_used || !lp->sel || !lp->used || !lp->list || !lp->order) {
+        !lp->last_used || !lp->have_used || !lp->sel || !lp->used || !lp->list || !lp->order ||
+        !lp->asked || !lp->asked_live || !lp->drops) {
         nf_pred_loop_free(lp);
         return -ENOMEM;
     }
@@ -53,8 +57,9 @@ int nf_pred_loop_init(struct nf_pred_loop *lp, struct nf_stack *st, const struct
 
 void nf_pred_loop_free(struct nf_pred_loop *lp)
 {
-    void *bufs[] = {lp->act_seq,   lp->used_seq,  lp->x,   lp->fc_sel, lp->fc_step, lp->fc_live,
-                    lp->last_used, lp->have_used, lp->sel, lp->used,   lp->list,    lp->order};
+    void *bufs[] = {lp->act_seq, lp->used_seq,  lp->x,         lp->fc_sel,     lp->fc_step,
+                    lp->fc_live, lp->last_used, lp->have_used, lp->sel,        lp->used,
+                    lp->list,    lp->order,     lp->asked,     lp->asked_live, lp->drops};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         free(bufs[i]);
     memset(lp, 0, sizeof(*lp));
@@ -273,7 +278,9 @@ static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, ui
             return NULL; /* no router copy in memory for this layer: every expert, in order */
         /* No predictor in memory for this dense layer: no FFN group is guessed (compute asks
          * for the tiles of the groups it chooses as soon as it has chosen them); prefetching
-         * every group would read twice the bytes the layer needs. */
+         * every group would read twice the bytes the layer needs. Not a plan: what an earlier
+         * one queued for the layer stays queued. */
+        lp->have_plan = false;
         memset(lp->sel, 0, sizeof(uint64_t) * p->words);
         return lp->sel;
     }
@@ -283,6 +290,28 @@ static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, ui
     lp->fc_step[l] = step;
     lp->fc_live[l] = true;
     return sel;
+}
+
+/* Sparse dense layer l is now planned with units sel (NULL: every unit): withdraws the FFN
+ * tiles the previous plan for l held and sel does not (the fetcher drops them unread, or frees
+ * their slots when their read already started), and remembers sel as l's plan. */
+static void withdraw_dropped(struct nf_pred_loop *lp, uint32_t l, const uint64_t *sel)
+{
+    const struct nf_plan *p = lp->plan;
+    if (p->moe || !(lp->sparsity > 0))
+        return; /* exact dense layers always plan every unit; MoE experts are not withdrawn */
+    uint64_t *asked = lp->asked + (size_t)l * p->words;
+    if (lp->asked_live[l]) {
+        int n = nf_plan_layer_dropped(p, l, asked, sel, lp->drops, p->max_units);
+        for (int i = 0; i < n; i++)
+            if (nf_tile_prefetch_drop(lp->st, lp->drops[i], false) == -ENOBUFS)
+                break; /* the fetcher is behind: it drops what compute passes by itself */
+    }
+    if (sel)
+        memcpy(asked, sel, sizeof(uint64_t) * p->words);
+    else
+        nf_sel_all(asked, p->layers[l].n_units, p->words);
+    lp->asked_live[l] = true;
 }
 
 /* Fills lp->list with the tiles of the target `d` layers past layer `after` of step `step`
@@ -303,10 +332,13 @@ static int build_target(struct nf_pred_loop *lp, uint64_t step, int32_t after, u
         if (p->moe && (!x_ok || d > 1))
             return nf_plan_layer_experts(p, (uint32_t)tl, NULL, 0, lp->list, p->max_step);
         uint32_t k = 0;
+        lp->have_plan = true;
         const uint64_t *sel =
             x_ok ? forecast_layer(lp, step, (uint32_t)tl, d, &k) : fallback(lp, (uint32_t)tl);
         if (k > 0) /* MoE forecast: its experts best first, what compute likely uses first */
             return nf_plan_layer_experts(p, (uint32_t)tl, lp->order, k, lp->list, p->max_step);
+        if (lp->have_plan)
+            withdraw_dropped(lp, (uint32_t)tl, sel);
         return nf_plan_layer(p, (uint32_t)tl, sel, lp->list, p->max_step);
     }
     if (tl == n_layer)
@@ -323,6 +355,8 @@ static int build_target(struct nf_pred_loop *lp, uint64_t step, int32_t after, u
     }
     /* MoE: the next token's experts are not known until compute routes it (it asks for them at
      * once); the ones this token used are no better than a guess, each a whole expert's read. */
+    if (!p->moe)
+        withdraw_dropped(lp, (uint32_t)j, fallback(lp, (uint32_t)j));
     int m = p->moe ? nf_plan_layer_experts(p, (uint32_t)j, NULL, 0, lp->list + n,
                                            p->max_step - (size_t)n)
                    : nf_plan_layer(p, (uint32_t)j, fallback(lp, (uint32_t)j), lp->list + n,

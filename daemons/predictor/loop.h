@@ -9,7 +9,9 @@
  * the last, best first) and their attention tiles only deeper; compute asks for the experts it
  * routes to itself. Past the last layer it queues the output tiles, then the next step's first
  * layers (dense: units from the set compute used last time at that layer when known; MoE: no
- * expert). k adapts to the pool: deeper while the tiles
+ * expert). When a newer plan for a sparse dense layer (the forecast replacing last time's units,
+ * or a closer forecast replacing a farther one) no longer holds some FFN tiles, it withdraws
+ * them (nf_tile_prefetch_drop). k adapts to the pool: deeper while the tiles
  * still missing fit in half the free or evictable slots, 1 when the pool is tight. It scores
  * each forecast against the set compute publishes in the used slot of the same (step, layer). */
 #ifndef NF_PRED_LOOP_H
@@ -47,7 +49,14 @@ struct nf_pred_loop {
     uint64_t *sel, *used;         /* (words) scratch */
     uint32_t *list;               /* (max_step) tile ids of one layer or step part */
     uint32_t *order;              /* (max_units) a MoE forecast's experts, best first */
-    uint64_t mem_at_ns;           /* when mem_predictor was last measured */
+    /* Sparse dense layers: the units last planned per layer (a forecast or the fallback); when
+     * a newer plan for the layer drops some, their FFN tiles are withdrawn from the fetcher
+     * (nf_tile_prefetch_drop) so it reads no tile the latest plan does not hold. */
+    uint64_t *asked;    /* (n_layer, words) */
+    bool *asked_live;   /* (n_layer) asked holds a plan */
+    uint32_t *drops;    /* (max_units) tiles to withdraw */
+    bool have_plan;     /* the forecast just made was a plan (not "no forecast") */
+    uint64_t mem_at_ns; /* when mem_predictor was last measured */
 };
 
 /* Allocates the loop's private state. Returns 0 or -ENOMEM. */

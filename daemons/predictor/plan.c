@@ -320,6 +320,31 @@ int nf_plan_layer(const struct nf_plan *p, uint32_t layer, const uint64_t *sel, 
     return (int)n;
 }
 
+int nf_plan_layer_dropped(const struct nf_plan *p, uint32_t layer, const uint64_t *old,
+                          const uint64_t *sel, uint32_t *out, size_t cap)
+{
+    if (layer >= p->n_layer || p->moe)
+        return NF_EUSAGE;
+    const struct nf_plan_layer *pl = &p->layers[layer];
+    size_t n = 0;
+    /* Groups of one tile are consecutive: decide each tile at its last group. */
+    bool was = false, is = false;
+    for (uint32_t g = 0; g < pl->n_units; g++) {
+        was = was || nf_sel_test(old, g);
+        is = is || !sel || nf_sel_test(sel, g);
+        uint32_t id = pl->unit_tile[g];
+        if (g + 1 < pl->n_units && pl->unit_tile[g + 1] == id)
+            continue;
+        if (was && !is) {
+            if (n >= cap)
+                return -ENOBUFS;
+            out[n++] = id;
+        }
+        was = is = false;
+    }
+    return (int)n;
+}
+
 int nf_plan_layer_experts(const struct nf_plan *p, uint32_t layer, const uint32_t *units,
                           uint32_t n, uint32_t *out, size_t cap)
 {

@@ -58,6 +58,11 @@ int nf_plan_head(const struct nf_plan *p, uint32_t token, uint32_t *out, size_t 
 /* Layer `layer` with units sel (NULL: every unit). */
 int nf_plan_layer(const struct nf_plan *p, uint32_t layer, const uint64_t *sel, uint32_t *out,
                   size_t cap);
+/* Dense layer `layer`: the FFN tiles that hold a unit of old and no unit of sel (NULL: every
+ * unit), in use order: what a plan that changed from old to sel no longer wants. NF_EUSAGE for
+ * a MoE layer or a layer out of range. */
+int nf_plan_layer_dropped(const struct nf_plan *p, uint32_t layer, const uint64_t *old,
+                          const uint64_t *sel, uint32_t *out, size_t cap);
 /* MoE layer `layer` with the n experts of units in that order (e.g. a forecast's, best first, so
  * the fetcher reads first what compute most likely uses first): FFN-side tiles as nf_plan_layer
  * lists them, then each listed expert's tiles. NF_EUSAGE for a dense layer or an expert out of
