@@ -575,9 +575,9 @@ struct nf_walk_task {
     float inv;  /* 1 / the softmax's sum */
 };
 
-/* A task's scratch in c->walk_buf; acc is the V sums: (vd, 128) floats for the one-token
- * products (ggml_vec_dot_f32's 64 lanes, then the products of its tail), (vd, 16) for
- * tinyBLAS's. */
+/* A task's scratch in c->walk_buf; acc is the V sums, lane-major: (128, vd) floats for the
+ * one-token products (ggml_vec_dot_f32's 64 lanes, then the products of its tail), (16, vd)
+ * for tinyBLAS's. */
 struct nf_walk_mem {
     struct nf_walk_task *tk;
     nf_fp16_t *q16;   /* (hd) */
@@ -775,25 +775,31 @@ static void nf_walk_v(const struct nf_walk_job *j, struct nf_walk_mem *w, int la
     }
     const nf_fp16_t *vc = (const nf_fp16_t *)(hp->n_lora_kv ? c->k_cache : c->v_cache) +
                           (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
+    /* The sums are kept lane-major, (lanes, vd): a cell's V row meets its lane's vd sums in
+     * order, the same fused multiply-add per value as the column-wise kernels. */
     if (lanes == 16) { /* nf__vec_dot_f16_cols_ref: 16 lanes over the cells */
-        for (int d = 0; d < vd; d++) {
-            float *acc = w->acc + (size_t)d * 16;
-            for (int i = c0; i < c1; i++)
-                acc[i & 15] = fmaf(nf_fp16_to_fp32(vc[(size_t)i * kvd + d]), sc[i], acc[i & 15]);
+        for (int i = c0; i < c1; i++) {
+            float *acc = w->acc + (size_t)(i & 15) * vd;
+            const nf_fp16_t *vr = vc + (size_t)i * kvd;
+            for (int d = 0; d < vd; d++)
+                acc[d] = fmaf(nf_fp16_to_fp32(vr[d]), sc[i], acc[d]);
         }
         return;
     }
-    /* nf__ggml_dot_ref(vcol, sc, false, n_kv, pos + 1): 4 x 16 lanes below np, then the tail's
-     * products (added in double at the end). */
+    /* nf__ggml_dot_ref(vcol, sc, false, n_kv, pos + 1): 4 x 16 lanes (lane i & 63) below np,
+     * then the tail's products (added in double at the end). */
     const int np = tk->n_kv & ~63, mv = tk->pos + 1 < np ? tk->pos + 1 : np;
-    for (int d = 0; d < vd; d++) {
-        float *acc = w->acc + (size_t)d * 64;
-        float *tail = w->acc + (size_t)vd * 64 + (size_t)d * 64;
-        for (int i = c0; i < c1 && i < mv; i++)
-            acc[((i >> 4) & 3) * 16 + (i & 15)] = fmaf(nf_fp16_to_fp32(vc[(size_t)i * kvd + d]),
-                                                       sc[i], acc[((i >> 4) & 3) * 16 + (i & 15)]);
-        for (int i = c0 > np ? c0 : np; i < c1; i++)
-            tail[i - np] = nf_fp16_to_fp32(vc[(size_t)i * kvd + d]) * sc[i];
+    for (int i = c0; i < c1 && i < mv; i++) {
+        float *acc = w->acc + (size_t)(i & 63) * vd;
+        const nf_fp16_t *vr = vc + (size_t)i * kvd;
+        for (int d = 0; d < vd; d++)
+            acc[d] = fmaf(nf_fp16_to_fp32(vr[d]), sc[i], acc[d]);
+    }
+    for (int i = c0 > np ? c0 : np; i < c1; i++) {
+        float *tail = w->acc + (size_t)(64 + i - np) * vd;
+        const nf_fp16_t *vr = vc + (size_t)i * kvd;
+        for (int d = 0; d < vd; d++)
+            tail[d] = nf_fp16_to_fp32(vr[d]) * sc[i];
     }
 }
 
@@ -807,15 +813,19 @@ static void nf_walk_end(const struct nf_walk_job *j, struct nf_walk_mem *w, int 
     float *out = c->att + ((size_t)tk->t * hp->n_head + (size_t)tk->h) * (size_t)vd;
     if (c->type_v != NF_TYPE_F16)
         return;
+    float a[64];
     if (lanes == 16) {
-        for (int d = 0; d < vd; d++)
-            out[d] = nf__hsum16(w->acc + (size_t)d * 16);
+        for (int d = 0; d < vd; d++) {
+            for (int l = 0; l < 16; l++)
+                a[l] = w->acc[(size_t)l * vd + d];
+            out[d] = nf__hsum16(a);
+        }
         return;
     }
     const int np = tk->n_kv & ~63;
     for (int d = 0; d < vd; d++) {
-        float *a = w->acc + (size_t)d * 64;
-        const float *tail = w->acc + (size_t)vd * 64 + (size_t)d * 64;
+        for (int l = 0; l < 64; l++)
+            a[l] = w->acc[(size_t)l * vd + d];
         for (int l = 0; l < 16; l++) {
             a[l] = a[l] + a[32 + l];
             a[16 + l] = a[16 + l] + a[48 + l];
@@ -823,7 +833,7 @@ static void nf_walk_end(const struct nf_walk_job *j, struct nf_walk_mem *w, int 
         }
         double s = np ? (double)nf__hsum16(a) : 0.0;
         for (int i = np; i < tk->pos + 1; i++)
-            s += (double)tail[i - np];
+            s += (double)w->acc[(size_t)(64 + i - np) * vd + d];
         out[d] = (float)s;
     }
 }
