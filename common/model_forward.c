@@ -620,19 +620,17 @@ static struct nf_walk_mem nf_walk_mem(const struct nf_ctx *c, int i, int lanes)
 {
     const struct nf_hparams *hp = &c->m->hp;
     const size_t hd = (size_t)hp->head_dim, vd = (size_t)nf_head_dim_v(hp);
-    char *p = (char *)c->walk_buf + (size_t)i * nf_walk_task_bytes(hp, c->n_ctx, lanes);
-    struct nf_walk_mem w;
-    w.tk = (struct nf_walk_task *)p;
-    p += nf_align64(sizeof(struct nf_walk_task));
-    w.q16 = (nf_fp16_t *)p;
-    p += nf_align64(hd * 2);
-    w.qq = p;
-    p += nf_align64(hd * 2 + 64);
-    w.acc16 = (nf_fp16_t *)p;
-    p += nf_align64(vd * 2);
-    w.sc = (float *)p;
-    p += nf_align64((size_t)(c->n_ctx + hp->kv_pad) * 4);
-    w.acc = (float *)p;
+    /* Byte offsets of the parts from the task's start (each 64-byte aligned). */
+    const size_t o_q16 = nf_align64(sizeof(struct nf_walk_task)), o_qq = o_q16 + nf_align64(hd * 2),
+                 o_acc16 = o_qq + nf_align64(hd * 2 + 64), o_sc = o_acc16 + nf_align64(vd * 2),
+                 o_acc = o_sc + nf_align64((size_t)(c->n_ctx + hp->kv_pad) * 4);
+    void *base = (char *)c->walk_buf + (size_t)i * nf_walk_task_bytes(hp, c->n_ctx, lanes);
+    struct nf_walk_mem w = {.tk = base,
+                            .q16 = (void *)((char *)base + o_q16),
+                            .qq = (char *)base + o_qq,
+                            .acc16 = (void *)((char *)base + o_acc16),
+                            .sc = (void *)((char *)base + o_sc),
+                            .acc = (void *)((char *)base + o_acc)};
     return w;
 }
 
