@@ -140,7 +140,10 @@ static void req_finish(struct nf_kv_file *kf, uint32_t i, int res)
     } else {
         l->n_rd--;
         kf->st.read_bytes += r->len;
-        if (r->ent != NF_KV_ENT_NONE && --kf->erd[r->ent] == 0 && kf->est[r->ent] == NF_KV_READING)
+        /* (A failed read leaves its entry READING with no read in flight: nf_kv_file_need
+         * reads it again once the error is forgotten.) */
+        if (r->ent != NF_KV_ENT_NONE && --kf->erd[r->ent] == 0 && res >= 0 &&
+            kf->est[r->ent] == NF_KV_READING)
             kf->est[r->ent] = NF_KV_IN;
     }
     req_put(kf, i);
@@ -410,10 +413,8 @@ static int win_admit(struct nf_kv_file *kf, int slot, int il, int kind, int b)
     const uint64_t res = kf->win_bytes + kf->resident;
     if (res > kf->st.resident_max)
         kf->st.resident_max = res;
-    int rc = xfer(kf, (uint32_t)(slot * kf->n_layer + il), false, kf->mem + off, off, len, e);
-    if (rc == 0 && kf->erd[e] == 0 && kf->est[e] == NF_KV_READING)
-        kf->est[e] = NF_KV_IN; /* the synchronous back end: already there */
-    return rc;
+    /* (The synchronous back end completes it here: req_finish marks it NF_KV_IN.) */
+    return xfer(kf, (uint32_t)(slot * kf->n_layer + il), false, kf->mem + off, off, len, e);
 }
 
 /* The file-backed blocks of (slot, il): [0, kept / block), unless the whole layer is loaded. */
@@ -474,6 +475,10 @@ int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, in
     /* A full window of reads in flight: wait for one, then an entry can be given back. */
     while (kf->est[e] == NF_KV_OUT && (rc = win_admit(kf, slot, il, kind, b)) == 1)
         rc = ring_reap(kf, true);
+    if (rc == 0 && kf->est[e] == NF_KV_READING && kf->erd[e] == 0) { /* an earlier read failed */
+        uint64_t len, off = ent_span(kf, slot, il, kind, b, &len);
+        rc = xfer(kf, (uint32_t)(slot * kf->n_layer + il), false, kf->mem + off, off, len, e);
+    }
     if (rc == 0)
         rc = walk_ahead(kf, slot, il, kind, b);
     while (rc == 0 && kf->est[e] != NF_KV_IN && !kf->io_err)
