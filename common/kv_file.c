@@ -19,6 +19,15 @@
 #define NF_KV_QD       64u        /* io_uring entries */
 #define NF_KV_REQS     256u       /* requests in flight at most */
 #define NF_KV_REQ_NONE UINT32_MAX
+/* The window's default size (nf_kv_file_window_blocks): this many bytes of blocks, within
+ * these many blocks. */
+#define NF_KV_WINDOW_BYTES ((uint64_t)16 << 20)
+#define NF_KV_WINDOW_MIN   4
+#define NF_KV_WINDOW_MAX   1024
+#define NF_KV_ENT_NONE     UINT32_MAX
+
+/* Window entry states (struct nf_kv_file.est). */
+enum { NF_KV_OUT = 0, NF_KV_READING, NF_KV_IN };
 
 /* One read or write in flight (user_data is its index). */
 struct nf_kv_req {
@@ -27,6 +36,7 @@ struct nf_kv_req {
     uint8_t *buf;
     uint64_t off;
     uint32_t len, done; /* done: bytes transferred so far (short transfers are resubmitted) */
+    uint32_t ent;       /* the window entry a read fills, or NF_KV_ENT_NONE */
     uint32_t next_free;
 };
 
@@ -55,6 +65,17 @@ struct nf_kv_file {
     int io_err;                      /* the first failed transfer: its negative errno */
     uint64_t resident, resident_max; /* bytes of released-or-not file-backed spans: estimate */
     struct nf_kv_file_stats st;
+    /* The window (nf_kv_file_need): entry e = ((slot * n_layer + il) * 2 + kind) * n_blk + b
+     * is block b of K (kind 0) or V (kind 1) of (slot, il), read back for the attention walk.
+     * win holds the admitted entries, oldest first; at most win_cap of them. */
+    int n_blk, win_cap, win_n;
+    uint32_t *win;    /* (win_cap) */
+    uint8_t *est;     /* (n_ent) NF_KV_OUT, NF_KV_READING or NF_KV_IN */
+    uint16_t *erd;    /* (n_ent) reads in flight */
+    uint32_t *estamp; /* (n_ent) the nf_kv_file_need call that last wanted it */
+    uint32_t stamp;
+    uint32_t prev;      /* the block the previous nf_kv_file_need call made resident: kept too */
+    uint64_t win_bytes; /* bytes of the admitted entries */
     char path[4096];
     char err[4096 + 256];
 };
@@ -70,10 +91,25 @@ uint64_t nf_kv_file_bytes(int n_layer, int n_ctx, int n_slots, int block, size_t
     return (uint64_t)n_slots * (uint64_t)n_layer * (uint64_t)n_ctx * row;
 }
 
+int nf_kv_file_window_blocks(int n_ctx, int block, size_t row)
+{
+    /* (Half a layer's blocks when that is less: a small cache is not outgrown.) */
+    uint64_t w = NF_KV_WINDOW_BYTES / ((uint64_t)block * row);
+    w = w < (uint64_t)n_ctx / (2 * (uint64_t)block) ? w : (uint64_t)n_ctx / (2 * (uint64_t)block);
+    return w < NF_KV_WINDOW_MIN   ? NF_KV_WINDOW_MIN
+           : w > NF_KV_WINDOW_MAX ? NF_KV_WINDOW_MAX
+                                  : (int)w;
+}
+
 uint64_t nf_kv_file_resident_bound(int n_layer, int n_ctx, int n_slots, int block, size_t row)
 {
-    return (uint64_t)n_slots * (2 * (uint64_t)n_ctx + 2 * (uint64_t)n_layer * (uint64_t)block) *
-           row;
+    /* The newest block and the one being written of every layer, then the window; never more
+     * than the whole cache. n_ctx only caps it. */
+    const uint64_t whole = (uint64_t)n_slots * (uint64_t)n_layer * (uint64_t)n_ctx * row;
+    const uint64_t b =
+        (uint64_t)n_slots * 2 * (uint64_t)n_layer * (uint64_t)block * row +
+        (uint64_t)nf_kv_file_window_blocks(n_ctx, block, row) * (uint64_t)block * row;
+    return b < whole ? b : whole;
 }
 
 /* --- requests -------------------------------------------------------------------------------- */
@@ -104,6 +140,11 @@ static void req_finish(struct nf_kv_file *kf, uint32_t i, int res)
     } else {
         l->n_rd--;
         kf->st.read_bytes += r->len;
+        /* (A failed read leaves its entry READING with no read in flight: nf_kv_file_need
+         * reads it again once the error is forgotten.) */
+        if (r->ent != NF_KV_ENT_NONE && --kf->erd[r->ent] == 0 && res >= 0 &&
+            kf->est[r->ent] == NF_KV_READING)
+            kf->est[r->ent] = NF_KV_IN;
     }
     req_put(kf, i);
 }
@@ -197,7 +238,7 @@ static int ring_reap(struct nf_kv_file *kf, bool wait)
 /* Starts the transfer of len bytes between buf and the file at off for layer state lay, in
  * pieces of at most NF_KV_IO_MAX. */
 static int xfer(struct nf_kv_file *kf, uint32_t lay, bool write, uint8_t *buf, uint64_t off,
-                uint64_t len)
+                uint64_t len, uint32_t ent)
 {
     while (len > 0) {
         const uint32_t n = len < NF_KV_IO_MAX ? (uint32_t)len : NF_KV_IO_MAX;
@@ -207,12 +248,14 @@ static int xfer(struct nf_kv_file *kf, uint32_t lay, bool write, uint8_t *buf, u
             if (rc < 0)
                 return rc;
         }
-        kf->req[i] =
-            (struct nf_kv_req){.lay = lay, .write = write, .buf = buf, .off = off, .len = n};
+        kf->req[i] = (struct nf_kv_req){
+            .lay = lay, .write = write, .buf = buf, .off = off, .len = n, .ent = ent};
         if (write)
             kf->lay[lay].n_wr++;
         else
             kf->lay[lay].n_rd++;
+        if (ent != NF_KV_ENT_NONE)
+            kf->erd[ent]++;
         if (kf->uring) {
             int rc = ring_prep(kf, i);
             if (rc < 0) {
@@ -246,10 +289,12 @@ static int xfer_rows(struct nf_kv_file *kf, int slot, int il, bool write, int p0
 {
     const uint32_t lay = (uint32_t)(slot * kf->n_layer + il);
     const uint64_t ok = span_k(kf, slot, il) + (uint64_t)p0 * kf->row_k;
-    int rc = xfer(kf, lay, write, kf->mem + ok, ok, (uint64_t)(p1 - p0) * kf->row_k);
+    int rc =
+        xfer(kf, lay, write, kf->mem + ok, ok, (uint64_t)(p1 - p0) * kf->row_k, NF_KV_ENT_NONE);
     if (rc == 0 && kf->row_v) {
         const uint64_t ov = span_v(kf, slot, il) + (uint64_t)p0 * kf->row_v;
-        rc = xfer(kf, lay, write, kf->mem + ov, ov, (uint64_t)(p1 - p0) * kf->row_v);
+        rc =
+            xfer(kf, lay, write, kf->mem + ov, ov, (uint64_t)(p1 - p0) * kf->row_v, NF_KV_ENT_NONE);
     }
     return rc;
 }
@@ -282,6 +327,194 @@ static int wait_layer(struct nf_kv_file *kf, struct nf_kv_layer *l, bool rd, boo
     return kf->io_err;
 }
 
+static struct nf_kv_layer *layer(struct nf_kv_file *kf, int slot, int il);
+
+/* --- the window: blocks read back for the attention walk ------------------------------- */
+
+static uint32_t ent_id(const struct nf_kv_file *kf, int slot, int il, int kind, int b)
+{
+    return (uint32_t)((((int64_t)slot * kf->n_layer + il) * 2 + kind) * kf->n_blk + b);
+}
+
+/* Offset and length of entry (slot, il, kind, b) in the reserved range (= in the file). */
+static uint64_t ent_span(const struct nf_kv_file *kf, int slot, int il, int kind, int b,
+                         uint64_t *len)
+{
+    const size_t row = kind ? kf->row_v : kf->row_k;
+    *len = (uint64_t)kf->block * row;
+    return (kind ? span_v(kf, slot, il) : span_k(kf, slot, il)) + (uint64_t)b * *len;
+}
+
+/* Takes entry e out of the window at index i: its pages are given back (it must have no read
+ * in flight). */
+static void win_remove(struct nf_kv_file *kf, int i, int slot, int il, int kind, int b)
+{
+    const uint32_t e = kf->win[i];
+    uint64_t len, off = ent_span(kf, slot, il, kind, b, &len);
+    NF_ASSERT(kf->erd[e] == 0);
+    release(kf, off, len);
+    kf->est[e] = NF_KV_OUT;
+    kf->win_bytes -= len;
+    memmove(kf->win + i, kf->win + i + 1, sizeof(*kf->win) * (size_t)(kf->win_n - i - 1));
+    kf->win_n--;
+}
+
+static void ent_decode(const struct nf_kv_file *kf, uint32_t e, int *slot, int *il, int *kind,
+                       int *b)
+{
+    *b = (int)(e % (uint32_t)kf->n_blk);
+    e /= (uint32_t)kf->n_blk;
+    *kind = (int)(e % 2);
+    e /= 2;
+    *il = (int)(e % (uint32_t)kf->n_layer);
+    *slot = (int)(e / (uint32_t)kf->n_layer);
+}
+
+/* Waits for the reads of the window's entries of slot (every layer when il < 0, else layer
+ * il) and gives them back. */
+static int win_drop(struct nf_kv_file *kf, int slot, int il)
+{
+    int rc = 0;
+    for (int i = kf->win_n - 1; i >= 0; i--) {
+        int s, l, kind, b;
+        ent_decode(kf, kf->win[i], &s, &l, &kind, &b);
+        if (s != slot || (il >= 0 && l != il))
+            continue;
+        while (kf->erd[kf->win[i]] && rc == 0)
+            rc = ring_reap(kf, true);
+        if (rc < 0)
+            return rc; /* the ring failed: the entry stays, its pages too */
+        win_remove(kf, i, s, l, kind, b);
+    }
+    return 0;
+}
+
+/* Admits entry (slot, il, kind, b) into the window and issues its read, giving back the oldest
+ * entry not wanted by the current nf_kv_file_need call when the window is full. Returns 0,
+ * 1 when every entry is wanted (nothing admitted), or a negative errno. */
+static int win_admit(struct nf_kv_file *kf, int slot, int il, int kind, int b)
+{
+    const uint32_t e = ent_id(kf, slot, il, kind, b);
+    if (kf->win_n == kf->win_cap) {
+        int i = 0;
+        while (i < kf->win_n && (kf->estamp[kf->win[i]] == kf->stamp || kf->erd[kf->win[i]] ||
+                                 kf->win[i] == kf->prev))
+            i++;
+        if (i == kf->win_n)
+            return 1;
+        int s, l, k2, b2;
+        ent_decode(kf, kf->win[i], &s, &l, &k2, &b2);
+        win_remove(kf, i, s, l, k2, b2);
+    }
+    uint64_t len, off = ent_span(kf, slot, il, kind, b, &len);
+    kf->win[kf->win_n++] = e;
+    kf->est[e] = NF_KV_READING;
+    kf->win_bytes += len;
+    const uint64_t res = kf->win_bytes + kf->resident;
+    if (res > kf->st.resident_max)
+        kf->st.resident_max = res;
+    /* (The synchronous back end completes it here: req_finish marks it NF_KV_IN.) */
+    return xfer(kf, (uint32_t)(slot * kf->n_layer + il), false, kf->mem + off, off, len, e);
+}
+
+/* The file-backed blocks of (slot, il): [0, kept / block), unless the whole layer is loaded. */
+static int file_blocks(struct nf_kv_file *kf, int slot, int il)
+{
+    const struct nf_kv_layer *l = &kf->lay[slot * kf->n_layer + il];
+    return l->loaded ? 0 : l->kept / kf->block;
+}
+
+/* The walk's order: the K blocks of a layer, its V blocks, then the next layer's. Moves
+ * (il, kind, b) to the next file-backed entry; returns false past the last layer. */
+static bool walk_next(struct nf_kv_file *kf, int slot, int *il, int *kind, int *b)
+{
+    (*b)++;
+    while (*b >= file_blocks(kf, slot, *il)) {
+        *b = 0;
+        if (*kind == 0 && kf->row_v) {
+            *kind = 1;
+        } else {
+            *kind = 0;
+            if (++*il >= kf->n_layer)
+                return false;
+        }
+    }
+    return true;
+}
+
+/* Wants the win_cap - 1 entries after (il, kind, b) in the walk's order: issues the reads of
+ * those not in the window. */
+static int walk_ahead(struct nf_kv_file *kf, int slot, int il, int kind, int b)
+{
+    for (int n = 1; n < kf->win_cap && walk_next(kf, slot, &il, &kind, &b); n++) {
+        const uint32_t e = ent_id(kf, slot, il, kind, b);
+        kf->estamp[e] = kf->stamp;
+        if (kf->est[e] == NF_KV_OUT) {
+            int rc = win_admit(kf, slot, il, kind, b);
+            if (rc != 0)
+                return rc < 0 ? rc : 0;
+        }
+    }
+    return 0;
+}
+
+int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, int b_end)
+{
+    NF_ASSERT(kind == 0 || kf->row_v);
+    layer(kf, slot, il);
+    const int nb = file_blocks(kf, slot, il);
+    if (b >= nb)
+        return b_end - b; /* resident: the newest blocks (or the whole layer, loaded) */
+    if (kf->io_err)
+        return kf->io_err;
+    const uint64_t t0 = nf_now_ns();
+    const uint32_t e = ent_id(kf, slot, il, kind, b);
+    kf->stamp++;
+    kf->estamp[e] = kf->stamp;
+    int rc = 0;
+    /* A full window of reads in flight: wait for one, then an entry can be given back. */
+    while (kf->est[e] == NF_KV_OUT && (rc = win_admit(kf, slot, il, kind, b)) == 1)
+        rc = ring_reap(kf, true);
+    if (rc == 0 && kf->est[e] == NF_KV_READING && kf->erd[e] == 0) { /* an earlier read failed */
+        uint64_t len, off = ent_span(kf, slot, il, kind, b, &len);
+        rc = xfer(kf, (uint32_t)(slot * kf->n_layer + il), false, kf->mem + off, off, len, e);
+    }
+    if (rc == 0)
+        rc = walk_ahead(kf, slot, il, kind, b);
+    while (rc == 0 && kf->est[e] != NF_KV_IN && !kf->io_err)
+        rc = ring_reap(kf, true);
+    if (rc == 0 && kf->uring)
+        rc = ring_reap(kf, false);
+    kf->st.wait_ns += nf_now_ns() - t0;
+    rc = rc < 0 ? rc : kf->io_err;
+    if (rc < 0) {
+        snprintf(kf->err, sizeof(kf->err), "kv file %s: reading layer %d: %s", kf->path, il,
+                 nf_strerror(rc));
+        return rc;
+    }
+    kf->prev = e;
+    int n = 1;
+    while (b + n < b_end && (b + n >= nb || kf->est[ent_id(kf, slot, il, kind, b + n)] == NF_KV_IN))
+        n++;
+    return n;
+}
+
+int nf_kv_file_walk_prefetch(struct nf_kv_file *kf, int slot, int il)
+{
+    if (il >= kf->n_layer || kf->io_err)
+        return kf->io_err;
+    int kind = 0, b = -1;
+    if (!walk_next(kf, slot, &il, &kind, &b))
+        return 0;
+    kf->stamp++;
+    const uint32_t e = ent_id(kf, slot, il, kind, b);
+    kf->estamp[e] = kf->stamp;
+    int rc = kf->est[e] == NF_KV_OUT ? win_admit(kf, slot, il, kind, b) : 0;
+    if (rc == 0)
+        rc = walk_ahead(kf, slot, il, kind, b);
+    return rc < 0 ? rc : 0;
+}
+
 /* --- the engine's calls ------------------------------------------------------------------ */
 
 int nf_kv_file_open(struct nf_kv_file **out, const struct nf_kv_file_opts *o, char *err,
@@ -305,19 +538,32 @@ int nf_kv_file_open(struct nf_kv_file **out, const struct nf_kv_file_opts *o, ch
     kf->size_k = nf_kv_file_bytes(o->n_layer, o->n_ctx, o->n_slots, o->block, o->row_k);
     kf->size_v = nf_kv_file_bytes(o->n_layer, o->n_ctx, o->n_slots, o->block, o->row_v);
     snprintf(kf->path, sizeof(kf->path), "%s", o->path);
+    kf->prev = NF_KV_ENT_NONE;
     for (uint32_t i = 0; i < NF_KV_REQS; i++)
         kf->req[i].next_free = i + 1 < NF_KV_REQS ? i + 1 : NF_KV_REQ_NONE;
     int rc;
     kf->lay = calloc((size_t)o->n_slots * (size_t)o->n_layer, sizeof(*kf->lay));
+    kf->n_blk = (o->n_ctx + o->block - 1) / o->block;
+    kf->win_cap = o->window > 0 ? o->window
+                                : nf_kv_file_window_blocks(o->n_ctx, o->block, o->row_k + o->row_v);
+    if (kf->win_cap < 2)
+        kf->win_cap = 2; /* a K block and a V block at once (the flash walk) */
+    const size_t n_ent = (size_t)o->n_slots * (size_t)o->n_layer * 2 * (size_t)kf->n_blk;
+    kf->win = calloc((size_t)kf->win_cap, sizeof(*kf->win));
+    kf->est = calloc(n_ent, sizeof(*kf->est));
+    kf->erd = calloc(n_ent, sizeof(*kf->erd));
+    kf->estamp = calloc(n_ent, sizeof(*kf->estamp));
+    kf->st.window = (uint64_t)kf->win_cap * (uint64_t)o->block *
+                    (uint64_t)(o->row_k > o->row_v ? o->row_k : o->row_v);
     const size_t total = (size_t)(kf->size_k + kf->size_v);
     void *mem = mmap(NULL, total, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (!kf->lay || mem == MAP_FAILED) {
+    kf->mem = mem == MAP_FAILED ? NULL : mem;
+    if (!kf->lay || !kf->win || !kf->est || !kf->erd || !kf->estamp || !kf->mem) {
         rc = nf_errf(err, errlen, -ENOMEM, "kv file: cannot reserve %zu bytes of address space",
                      total);
         goto fail;
     }
-    kf->mem = mem;
     /* O_DIRECT needs every transfer aligned: blocks and layer spans of whole pages. */
     const bool aligned = ((uint64_t)o->block * o->row_k) % NF_KV_PAGE == 0 &&
                          ((uint64_t)o->block * o->row_v) % NF_KV_PAGE == 0 &&
@@ -361,6 +607,10 @@ void nf_kv_file_close(struct nf_kv_file *kf)
     if (kf->mem)
         munmap(kf->mem, (size_t)(kf->size_k + kf->size_v));
     free(kf->lay);
+    free(kf->win);
+    free(kf->est);
+    free(kf->erd);
+    free(kf->estamp);
     free(kf);
 }
 
@@ -418,7 +668,8 @@ int nf_kv_file_layer_store(struct nf_kv_file *kf, int slot, int il, int n_end)
     NF_ASSERT(n_end >= l->wr_end && n_end <= kf->n_ctx);
     if (kf->uring && ring_reap(kf, false) < 0 && !kf->io_err)
         kf->io_err = -EIO;
-    if (kf->io_err) {
+    if (kf->io_err || win_drop(kf, slot, il) < 0) {
+        kf->io_err = kf->io_err ? kf->io_err : -EIO;
         snprintf(kf->err, sizeof(kf->err), "kv file %s: writing: %s", kf->path,
                  nf_strerror(kf->io_err));
         return kf->io_err;
@@ -442,6 +693,13 @@ int nf_kv_file_layer_store(struct nf_kv_file *kf, int slot, int il, int n_end)
     if (full > l->wr_end) {
         rc = xfer_rows(kf, slot, il, true, l->wr_end, full);
         l->wr_end = full;
+        /* A prompt chunk filled more than the two blocks the bound allows per layer: they
+         * become durable and go now, not at the layer's next store. */
+        if (rc == 0 && full - l->kept > 2 * kf->block &&
+            (rc = wait_layer(kf, l, false, true)) == 0) {
+            l->kept = full;
+            release_rows(kf, slot, il, 0, l->kept);
+        }
         if (rc < 0) {
             kf->io_err = kf->io_err ? kf->io_err : rc;
             snprintf(kf->err, sizeof(kf->err), "kv file %s: writing layer %d: %s", kf->path, il,
@@ -454,6 +712,7 @@ int nf_kv_file_layer_store(struct nf_kv_file *kf, int slot, int il, int n_end)
 
 void nf_kv_file_reset(struct nf_kv_file *kf, int slot)
 {
+    win_drop(kf, slot, -1); /* (a failed ring leaves entries: reset below forgets them anyway) */
     for (int il = 0; il < kf->n_layer; il++) {
         struct nf_kv_layer *l = layer(kf, slot, il);
         wait_layer(kf, l, true, true);
@@ -471,6 +730,9 @@ void nf_kv_file_reset(struct nf_kv_file *kf, int slot)
 int nf_kv_file_rollback(struct nf_kv_file *kf, int slot, int n_past)
 {
     const int b = n_past / kf->block * kf->block;
+    int rc0 = win_drop(kf, slot, -1);
+    if (rc0 < 0)
+        return rc0;
     for (int il = 0; il < kf->n_layer; il++) {
         struct nf_kv_layer *l = layer(kf, slot, il);
         int rc = wait_layer(kf, l, true, true);

@@ -9,12 +9,16 @@
  *  - older blocks are written to the file as they fill up (write-behind, io_uring, O_DIRECT
  *    when the block is a multiple of 4096 bytes), and their pages are released once the write
  *    completed, so a row is always durable in the file or still resident;
- *  - before a layer's attention its file-backed blocks are read back into the same addresses
- *    (nf_kv_file_layer_load), the reads of the next layer being issued first
- *    (nf_kv_file_layer_prefetch); after the attention (nf_kv_file_layer_store) they are
- *    released again.
+ *  - the attention walks a layer's cells block by block (nf_attn_walk, model_forward.c: the
+ *    K blocks for the scores, then the V blocks for the sums) and asks for each block with
+ *    nf_kv_file_need: a file-backed block is read back into its own addresses, into a window
+ *    of a fixed number of blocks (nf_kv_file_window_blocks) that gives back its oldest block
+ *    for a new one, and the reads of the blocks that follow in the walk (the rest of the
+ *    layer, then the next layer's) are issued ahead, as many as the window holds;
+ *    nf_kv_file_layer_store gives the layer's blocks back after its attention.
+ *  - deepseek2's latent attention still reads a whole layer back (nf_kv_file_layer_load).
  * So the attention kernels see exactly the memory of the in-RAM cache (bit-identical output),
- * while the resident KV is about two layers' worth plus the newest blocks, not n_layer layers.
+ * while the resident KV is the window plus the newest blocks of each layer, whatever n_ctx.
  *
  * A sequence only ever reads back blocks it wrote itself since its slot was reset, and the file
  * is created empty (truncated) when the engine starts: a crashed process leaves nothing that a
@@ -31,13 +35,15 @@ struct nf_kv_file_opts {
     int block;    /* positions per block (>= 1) */
     size_t row_k; /* bytes of one position's K row in one layer */
     size_t row_v; /* the same for V; 0: no V cache (deepseek2's latent) */
+    int window;   /* blocks the window holds (>= 2); 0: nf_kv_file_window_blocks */
 };
 
 /* Monotonic counters. */
 struct nf_kv_file_stats {
     uint64_t read_bytes, write_bytes; /* bytes read back and written */
     uint64_t wait_ns;                 /* time nf_kv_file_layer_load waited for reads */
-    uint64_t resident_max;            /* most KV bytes resident at once (estimate from the state) */
+    uint64_t resident_max; /* most bytes read back and resident at once (window + whole layers) */
+    uint64_t window;       /* what the window holds at most: its blocks times the widest row */
 };
 
 struct nf_kv_file;
@@ -61,6 +67,16 @@ void nf_kv_file_layer_prefetch(struct nf_kv_file *kf, int slot, int il);
 /* Makes every position of layer il of slot resident: issues its reads if needed and waits for
  * them. Returns 0 or a negative errno (a failed read, with nf_kv_file_error saying which). */
 int nf_kv_file_layer_load(struct nf_kv_file *kf, int slot, int il);
+/* The attention walk: makes block b (positions [b * block, (b + 1) * block)) of layer il of
+ * slot resident, of K (kind 0) or V (kind 1), waiting for its read if it is file-backed, and
+ * issues the reads of the blocks that follow it in the walk's order. Returns how many blocks
+ * from b on (at most b_end - b) are resident now and stay so until the next call, or a
+ * negative errno (a failed read; nf_kv_file_error says which). */
+int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, int b_end);
+/* Issues the reads of the first blocks of the walk from layer il on (as many as the window
+ * holds), so that they overlap what runs before layer il's attention. Returns 0 or a negative
+ * errno. */
+int nf_kv_file_walk_prefetch(struct nf_kv_file *kf, int slot, int il);
 /* After layer il's attention wrote its rows up to position n_end (exclusive): submits the
  * writes of the blocks that filled up, and releases the file-backed blocks whose writes
  * completed. Returns 0 or a negative errno of an earlier failed write. */
@@ -74,8 +90,13 @@ void nf_kv_file_reset(struct nf_kv_file *kf, int slot);
 int nf_kv_file_rollback(struct nf_kv_file *kf, int slot, int n_past);
 
 void nf_kv_file_get_stats(const struct nf_kv_file *kf, struct nf_kv_file_stats *out);
-/* The most KV bytes resident at once by construction: per slot two layers' positions plus two
- * blocks of every layer (the newest and one being written). */
+/* The window's default size in blocks for blocks of `block` positions of row bytes (K and V):
+ * about 16 MiB, or half a layer's blocks for n_ctx positions when that is less, at least 4 and
+ * at most 1024 blocks. */
+int nf_kv_file_window_blocks(int n_ctx, int block, size_t row);
+/* The most KV bytes resident at once by construction: per slot two blocks of every layer (the
+ * newest and one being written), plus the window (nf_kv_file_window_blocks blocks of K and V
+ * rows, counted whole); at most the whole cache. Independent of n_ctx past that. */
 uint64_t nf_kv_file_resident_bound(int n_layer, int n_ctx, int n_slots, int block, size_t row);
 /* The file's size for these options (sparse: blocks take disk space as they are written). */
 uint64_t nf_kv_file_bytes(int n_layer, int n_ctx, int n_slots, int block, size_t row);

@@ -391,6 +391,16 @@ struct nf_ctx {
     const void *xq_fn;
     int64_t xq_n;
     int xq_ntok;
+
+    /* The attention walk (nf_attn_walk_init; NULL kv_need: the cache is all in memory). The
+     * attention asks kv_need for each run of kv_block-position blocks it reads; an error it
+     * returns is kept in kv_err for the caller. walk_buf (owned, walk_bytes) holds the
+     * scores and sums of a wave of (token, head) tasks. */
+    int (*kv_need)(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end);
+    void *kv_need_ud; /* (nf_kv_need_fn, declared below) */
+    int kv_block, kv_err;
+    void *walk_buf;
+    size_t walk_bytes;
 };
 
 /* The per-head length of what attention sums: the latent (deepseek2), else head_dim. */
@@ -492,6 +502,19 @@ void nf_attn_qk(struct nf_ctx *c, const struct nf_attn_weights *w, int n_tok);
 /* The attention heads of nf_attn_core once q is roped and the new keys and values are in
  * layer il's cache: c->att (n_tok, n_head * nf_head_dim_v) from c->q, on the pool. */
 void nf_attn_heads(struct nf_ctx *c, int il, int pos0, int n_tok);
+/* Makes nf_attn_heads walk the cache's cells in blocks of `block` positions, asking need(ud,
+ * c, il, kind, b, b_end) for K (kind 0) or V (kind 1) block b before reading it: need returns
+ * how many blocks from b on are in memory (>= 1, < b_end - b + 1) or a negative errno, which
+ * stops the attention and is left in c->kv_err. The output is bit-identical to the in-memory
+ * attention's. Allocates the walk's scratch (nf_attn_walk_bytes). Returns 0, NF_EUSAGE or
+ * -ENOMEM. */
+typedef int (*nf_kv_need_fn)(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end);
+int nf_attn_walk_init(struct nf_ctx *c, int block, int n_ubatch, nf_kv_need_fn need, void *ud);
+/* Bytes of that scratch for n_ctx positions and chunks of n_ubatch tokens, of a cache that
+ * takes kv_bytes in RAM: 32 MiB, an eighth of kv_bytes or a chunk's (token, head) tasks,
+ * whichever is least, one task at least. A layer's attention walks its blocks once per wave
+ * of tasks that fits. */
+size_t nf_attn_walk_bytes(const struct nf_hparams *hp, int n_ctx, int n_ubatch, size_t kv_bytes);
 /* Rotates the first n_rot values of v (one head) by token t's angles from the rope cache. */
 void nf_rope_vec(const struct nf_ctx *c, float *v, int t, bool swa);
 

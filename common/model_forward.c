@@ -39,6 +39,10 @@
  * flash attention). */
 #define NF_KV_PAD 32
 
+/* The attention walk's scratch (nf_attn_walk_bytes): the scores and sums of as many (token,
+ * head) tasks as fit here are kept at once; each wave of them walks the layer's blocks. */
+#define NF_WALK_BYTES ((size_t)32 << 20)
+
 static size_t nf_align64(size_t n)
 {
     return (n + 63) & ~(size_t)63;
@@ -554,6 +558,437 @@ static void nf_attn_run(void *arg, int ith, int nth)
     }
 }
 
+/* --- the attention walk: the cache's cells block by block (kv_file.h) -----------------------
+ * With the cache on disk only a window of its blocks is in memory, so nf_attn_walk computes a
+ * layer's attention as nf_attn_head does but cell block after cell block: the scores over the
+ * K blocks, the softmax over all of them, then the sums over the V blocks, for a wave of
+ * (token, head) tasks at a time whose scores and partial sums are kept (c->walk_buf). Every
+ * score is one dot of its own, and the sums over the cells keep their lanes across blocks, in
+ * the order of the kernels nf_attn_head calls (nf__ggml_dot_ref, nf__vec_dot_f16_cols_ref,
+ * the flash loop, the quantized axpy), so the output is bit-identical to the in-RAM cache's. */
+
+/* One (token, head) task of a wave. */
+struct nf_walk_task {
+    int t, h, pos, n_kv, lo;
+    bool tok2;  /* nf_attn_head's n_tok >= 2: the tinyBLAS products (not per_row) */
+    float M, S; /* the flash loop's running max and sum */
+    float inv;  /* 1 / the softmax's sum */
+};
+
+/* A task's scratch in c->walk_buf; acc is the V sums, lane-major: (128, vd) floats for the
+ * one-token products (ggml_vec_dot_f32's 64 lanes, then the products of its tail), (16, vd)
+ * for tinyBLAS's. */
+struct nf_walk_mem {
+    struct nf_walk_task *tk;
+    nf_fp16_t *q16;   /* (hd) */
+    void *qq;         /* hd values as the quantized K's vec_dot_type */
+    nf_fp16_t *acc16; /* (vd) the flash loop's sum */
+    float *sc;        /* (n_ctx + kv_pad) */
+    float *acc;
+};
+
+enum { NF_WALK_INIT, NF_WALK_K, NF_WALK_SOFTMAX, NF_WALK_V, NF_WALK_END, NF_WALK_FLASH };
+
+struct nf_walk_job {
+    struct nf_ctx *c;
+    int il, pos0, n_tok, n_kv, w0, nw; /* the wave: tasks w0 .. w0 + nw - 1 */
+    int phase, c0, c1;                 /* the cells of this step: [c0, c1) */
+};
+
+static size_t nf_walk_task_bytes(const struct nf_hparams *hp, int n_ctx, int lanes)
+{
+    const size_t hd = (size_t)hp->head_dim, vd = (size_t)nf_head_dim_v(hp);
+    return nf_align64(sizeof(struct nf_walk_task)) + nf_align64(hd * 2) + nf_align64(hd * 2 + 64) +
+           nf_align64(vd * 2) + nf_align64((size_t)(n_ctx + hp->kv_pad) * 4) +
+           nf_align64(vd * (size_t)lanes * 4);
+}
+
+size_t nf_attn_walk_bytes(const struct nf_hparams *hp, int n_ctx, int n_ubatch, size_t kv_bytes)
+{
+    const size_t one = nf_walk_task_bytes(hp, n_ctx, 128);
+    const size_t per = nf_walk_task_bytes(hp, n_ctx, 16);
+    /* 32 MiB, an eighth of the cache in RAM (the walk must save memory) or a chunk's tasks,
+     * whichever is least; one task at least. */
+    size_t b = NF_WALK_BYTES < kv_bytes / 8 ? NF_WALK_BYTES : kv_bytes / 8;
+    const size_t all = (size_t)(n_ubatch > 1 ? n_ubatch : 1) * (size_t)hp->n_head * one;
+    b = b < all ? b : all;
+    b = b > one ? b : one;
+    return b > per ? b : per;
+}
+
+static struct nf_walk_mem nf_walk_mem(const struct nf_ctx *c, int i, int lanes)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const size_t hd = (size_t)hp->head_dim, vd = (size_t)nf_head_dim_v(hp);
+    /* Byte offsets of the parts from the task's start (each 64-byte aligned). */
+    const size_t o_q16 = nf_align64(sizeof(struct nf_walk_task)), o_qq = o_q16 + nf_align64(hd * 2),
+                 o_acc16 = o_qq + nf_align64(hd * 2 + 64), o_sc = o_acc16 + nf_align64(vd * 2),
+                 o_acc = o_sc + nf_align64((size_t)(c->n_ctx + hp->kv_pad) * 4);
+    void *base = (char *)c->walk_buf + (size_t)i * nf_walk_task_bytes(hp, c->n_ctx, lanes);
+    struct nf_walk_mem w = {.tk = base,
+                            .q16 = (void *)((char *)base + o_q16),
+                            .qq = (char *)base + o_qq,
+                            .acc16 = (void *)((char *)base + o_acc16),
+                            .sc = (void *)((char *)base + o_sc),
+                            .acc = (void *)((char *)base + o_acc)};
+    return w;
+}
+
+/* The products of tasks whose order is tinyBLAS's (16 lanes) and of the others (128). */
+static int nf_walk_lanes(const struct nf_ctx *c, int n_tok, int n_kv)
+{
+    const bool kvq = c->type_k != NF_TYPE_F16 || c->type_v != NF_TYPE_F16;
+    return (n_tok >= 2 && !c->per_row && n_kv % 16 == 0) || (c->attn_mode == NF_ATTN_F32 && !kvq)
+               ? 16
+               : 128;
+}
+
+/* What nf_attn_head does before its loops: the task's view, Q in F16 (and quantized). */
+static void nf_walk_init(const struct nf_walk_job *j, struct nf_walk_mem *w, int g)
+{
+    const struct nf_ctx *c = j->c;
+    const struct nf_hparams *hp = &c->m->hp;
+    const int nh = hp->n_head, hd = hp->head_dim, vd = nf_head_dim_v(hp);
+    struct nf_walk_task *tk = w->tk;
+    tk->t = g / nh;
+    tk->h = g % nh;
+    tk->pos = j->pos0 + tk->t;
+    tk->n_kv = j->n_kv;
+    tk->tok2 = j->n_tok >= 2 && !c->per_row;
+    if (c->per_row) { /* as nf_attn_run */
+        const int pad = hp->kv_pad ? hp->kv_pad : NF_KV_PAD;
+        const int cap = hp->kv_pad ? (c->n_ctx + pad - 1) / pad * pad : c->n_ctx;
+        const int kv1 = (tk->pos + pad) / pad * pad;
+        tk->n_kv = kv1 < cap ? kv1 : cap;
+    }
+    tk->lo = nf_layer_swa(hp, j->il) && tk->pos >= hp->n_swa ? tk->pos - hp->n_swa + 1 : 0;
+    const float *q = c->q + (size_t)tk->t * nh * hd + (size_t)tk->h * hd;
+    for (int d = 0; d < hd; d++)
+        w->q16[d] = nf_fp32_to_fp16(q[d]);
+    if (c->type_k != NF_TYPE_F16)
+        nf_act_quantizer(nf_type_traits(c->type_k)->vec_dot_type)(q, w->qq, hd);
+    tk->M = -INFINITY;
+    tk->S = 0.0f;
+    memset(w->acc16, 0, sizeof(nf_fp16_t) * (size_t)vd);
+}
+
+static float nf_walk_scale(const struct nf_hparams *hp)
+{
+    return hp->kq_scale                    ? hp->kq_scale
+           : hp->q_scale || hp->q_prescale ? 1.0f
+                                           : 1.0f / sqrtf((float)hp->head_dim);
+}
+
+/* The scores of cells [c0, c1) (those up to the task's position). */
+static void nf_walk_k(const struct nf_walk_job *j, struct nf_walk_mem *w)
+{
+    const struct nf_ctx *c = j->c;
+    const struct nf_hparams *hp = &c->m->hp;
+    const struct nf_walk_task *tk = w->tk;
+    const int hd = hp->head_dim, kvd = hp->n_head_kv * hd;
+    const int kvh = tk->h / (hp->n_head / hp->n_head_kv), lo = tk->lo;
+    const float scale = nf_walk_scale(hp);
+    const int c0 = j->c0, c1 = j->c1 < tk->pos + 1 ? j->c1 : tk->pos + 1;
+    float *sc = w->sc;
+    if (c1 <= c0)
+        return;
+    if (c->type_k != NF_TYPE_F16) {
+        const struct nf_type_traits *tr = nf_type_traits(c->type_k);
+        for (int ic = c0; ic < c1; ic++) {
+            float s = -INFINITY;
+            if (ic >= lo) {
+                tr->vec_dot(hd, &s, nf_kv_row(c->k_cache, c->type_k, c, j->il, ic, kvh), w->qq);
+                s *= scale;
+            }
+            sc[ic] = s;
+        }
+        return;
+    }
+    const nf_fp16_t *kc =
+        (const nf_fp16_t *)c->k_cache + (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
+    const bool q_f32 = c->attn_mode == NF_ATTN_F32 && c->type_v == NF_TYPE_F16,
+               kq_tb = tk->tok2 && hd % 16 == 0;
+    if (kq_tb && !q_f32) {
+        nf_type_traits(NF_TYPE_F16)
+            ->vec_dot_mat(hd, sc + c0, (size_t)tk->n_kv, kc + (size_t)c0 * kvd,
+                          (size_t)kvd * sizeof(nf_fp16_t), w->q16, 0, c1 - c0, 1);
+        for (int ic = c0; ic < c1; ic++)
+            sc[ic] = ic >= lo ? sc[ic] * scale : -INFINITY;
+        return;
+    }
+    const float *q = c->q + (size_t)tk->t * hp->n_head * hd + (size_t)tk->h * hd;
+    for (int ic = c0; ic < c1; ic++) {
+        const nf_fp16_t *kr = kc + (size_t)ic * kvd;
+        sc[ic] = ic < lo ? -INFINITY
+                         : (q_f32   ? nf_tinyblas_dot(kr, true, q, hd, hd)
+                            : kq_tb ? nf_tinyblas_dot16(kr, w->q16, hd)
+                                    : nf_ggml_dot(kr, w->q16, true, hd, hd)) *
+                               scale;
+    }
+}
+
+/* After the last K block: the masked cells past the position, the softmax, the probabilities
+ * as nf_attn_head rounds them, the V sums zeroed. */
+static void nf_walk_softmax(const struct nf_walk_job *j, struct nf_walk_mem *w, int lanes)
+{
+    const struct nf_ctx *c = j->c;
+    const int vd = nf_head_dim_v(&c->m->hp);
+    struct nf_walk_task *tk = w->tk;
+    float *sc = w->sc;
+    for (int ic = tk->pos + 1; ic < tk->n_kv; ic++)
+        sc[ic] = -INFINITY;
+    tk->inv = nf_attn_softmax(c, sc, tk->n_kv, tk->h);
+    if (c->type_v != NF_TYPE_F16) {
+        memset(c->att + ((size_t)tk->t * c->m->hp.n_head + (size_t)tk->h) * (size_t)vd, 0,
+               sizeof(float) * (size_t)vd);
+        return;
+    }
+    const bool p_f32 = c->attn_mode == NF_ATTN_F32 && c->type_k == NF_TYPE_F16;
+    for (int ic = 0; ic < tk->n_kv; ic++) {
+        sc[ic] *= tk->inv;
+        if (!p_f32)
+            sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
+    }
+    memset(w->acc, 0, sizeof(float) * (size_t)vd * (size_t)(lanes == 16 ? 16 : 64));
+}
+
+/* The V sums over cells [c0, c1). */
+static void nf_walk_v(const struct nf_walk_job *j, struct nf_walk_mem *w, int lanes)
+{
+    const struct nf_ctx *c = j->c;
+    const struct nf_hparams *hp = &c->m->hp;
+    const struct nf_walk_task *tk = w->tk;
+    const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, vd = nf_head_dim_v(hp);
+    const int kvh = tk->h / (hp->n_head / hp->n_head_kv);
+    const int c0 = j->c0, c1 = j->c1 < tk->pos + 1 ? j->c1 : tk->pos + 1;
+    const float *sc = w->sc;
+    if (c1 <= c0)
+        return;
+    if (c->type_v != NF_TYPE_F16) {
+        const nf_kv_axpy_fn axpy = nf_kv_axpy_for(c->type_v);
+        float *out = c->att + ((size_t)tk->t * hp->n_head + (size_t)tk->h) * (size_t)vd;
+        for (int ic = c0 > tk->lo ? c0 : tk->lo; ic < c1; ic++)
+            axpy(out, sc[ic] * tk->inv, nf_kv_row(c->v_cache, c->type_v, c, j->il, ic, kvh), vd);
+        return;
+    }
+    const nf_fp16_t *vc = (const nf_fp16_t *)(hp->n_lora_kv ? c->k_cache : c->v_cache) +
+                          (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
+    /* The sums are kept lane-major, (lanes, vd): a cell's V row meets its lane's vd sums in
+     * order, the same fused multiply-add per value as the column-wise kernels. */
+    if (lanes == 16) { /* nf__vec_dot_f16_cols_ref: 16 lanes over the cells */
+        for (int i = c0; i < c1; i++) {
+            float *acc = w->acc + (size_t)(i & 15) * vd;
+            const nf_fp16_t *vr = vc + (size_t)i * kvd;
+            for (int d = 0; d < vd; d++)
+                acc[d] = fmaf(nf_fp16_to_fp32(vr[d]), sc[i], acc[d]);
+        }
+        return;
+    }
+    /* nf__ggml_dot_ref(vcol, sc, false, n_kv, pos + 1): 4 x 16 lanes (lane i & 63) below np,
+     * then the tail's products (added in double at the end). */
+    const int np = tk->n_kv & ~63, mv = tk->pos + 1 < np ? tk->pos + 1 : np;
+    for (int i = c0; i < c1 && i < mv; i++) {
+        float *acc = w->acc + (size_t)(i & 63) * vd;
+        const nf_fp16_t *vr = vc + (size_t)i * kvd;
+        for (int d = 0; d < vd; d++)
+            acc[d] = fmaf(nf_fp16_to_fp32(vr[d]), sc[i], acc[d]);
+    }
+    for (int i = c0 > np ? c0 : np; i < c1; i++) {
+        float *tail = w->acc + (size_t)(64 + i - np) * vd;
+        const nf_fp16_t *vr = vc + (size_t)i * kvd;
+        for (int d = 0; d < vd; d++)
+            tail[d] = nf_fp16_to_fp32(vr[d]) * sc[i];
+    }
+}
+
+/* The task's output from its V sums. */
+static void nf_walk_end(const struct nf_walk_job *j, struct nf_walk_mem *w, int lanes)
+{
+    const struct nf_ctx *c = j->c;
+    const struct nf_hparams *hp = &c->m->hp;
+    const struct nf_walk_task *tk = w->tk;
+    const int vd = nf_head_dim_v(hp);
+    float *out = c->att + ((size_t)tk->t * hp->n_head + (size_t)tk->h) * (size_t)vd;
+    if (c->type_v != NF_TYPE_F16)
+        return;
+    float a[64];
+    if (lanes == 16) {
+        for (int d = 0; d < vd; d++) {
+            for (int l = 0; l < 16; l++)
+                a[l] = w->acc[(size_t)l * vd + d];
+            out[d] = nf__hsum16(a);
+        }
+        return;
+    }
+    const int np = tk->n_kv & ~63;
+    for (int d = 0; d < vd; d++) {
+        for (int l = 0; l < 64; l++)
+            a[l] = w->acc[(size_t)l * vd + d];
+        for (int l = 0; l < 16; l++) {
+            a[l] = a[l] + a[32 + l];
+            a[16 + l] = a[16 + l] + a[48 + l];
+            a[l] = a[l] + a[16 + l];
+        }
+        double s = np ? (double)nf__hsum16(a) : 0.0;
+        for (int i = np; i < tk->pos + 1; i++)
+            s += (double)w->acc[(size_t)(64 + i - np) * vd + d];
+        out[d] = (float)s;
+    }
+}
+
+/* nf_attn_head's flash loop over cells [c0, c1); with c0 < 0, its end (sink, output). */
+static void nf_walk_flash(const struct nf_walk_job *j, struct nf_walk_mem *w)
+{
+    const struct nf_ctx *c = j->c;
+    const struct nf_hparams *hp = &c->m->hp;
+    struct nf_walk_task *tk = w->tk;
+    const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, vd = nf_head_dim_v(hp);
+    const int kvh = tk->h / (hp->n_head / hp->n_head_kv);
+    nf_fp16_t *acc16 = w->acc16;
+    if (j->c0 < 0) {
+        float *out = c->att + ((size_t)tk->t * hp->n_head + (size_t)tk->h) * (size_t)vd;
+        if (c->attn_sinks) {
+            const float sk = c->attn_sinks[tk->h];
+            float ms = 1.0f, vs = 1.0f;
+            if (sk > tk->M)
+                ms = expf(tk->M - sk);
+            else
+                vs = expf(sk - tk->M);
+            for (int d = 0; d < hd && ms != 1.0f; d++)
+                acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) * ms);
+            tk->S = tk->S * ms + vs;
+        }
+        const float inv = tk->S == 0.0f ? 0.0f : 1.0f / tk->S;
+        for (int d = 0; d < vd; d++)
+            out[d] = nf_fp16_to_fp32(acc16[d]) * inv;
+        return;
+    }
+    const nf_fp16_t *kc =
+        (const nf_fp16_t *)c->k_cache + (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
+    const nf_fp16_t *vc = (const nf_fp16_t *)(hp->n_lora_kv ? c->k_cache : c->v_cache) +
+                          (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
+    const float scale = nf_walk_scale(hp);
+    const int c1 = j->c1 < tk->pos + 1 ? j->c1 : tk->pos + 1;
+    for (int ic = j->c0 > tk->lo ? j->c0 : tk->lo; ic < c1; ic++) {
+        float s = nf_dot_f16(kc + (size_t)ic * kvd, w->q16, hd) * scale;
+        float ms = 1.0f, vs = 1.0f;
+        const nf_fp16_t *vr = vc + (size_t)ic * kvd;
+        if (s > tk->M) {
+            const float Mold = tk->M;
+            tk->M = s;
+            ms = expf(Mold - tk->M);
+            for (int d = 0; d < vd; d++)
+                acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) * ms);
+        } else {
+            vs = expf(s - tk->M);
+        }
+        for (int d = 0; d < vd; d++)
+            acc16[d] = nf_fp32_to_fp16(nf_fp16_to_fp32(acc16[d]) + nf_fp16_to_fp32(vr[d]) * vs);
+        tk->S = tk->S * ms + vs;
+    }
+}
+
+static void nf_walk_run(void *arg, int ith, int nth)
+{
+    const struct nf_walk_job *j = arg;
+    const int lanes = nf_walk_lanes(j->c, j->n_tok, j->n_kv);
+    for (int i = ith; i < j->nw; i += nth) {
+        struct nf_walk_mem w = nf_walk_mem(j->c, i, lanes);
+        switch (j->phase) {
+        case NF_WALK_INIT: nf_walk_init(j, &w, j->w0 + i); break;
+        case NF_WALK_K: nf_walk_k(j, &w); break;
+        case NF_WALK_SOFTMAX: nf_walk_softmax(j, &w, lanes); break;
+        case NF_WALK_V: nf_walk_v(j, &w, lanes); break;
+        case NF_WALK_END: nf_walk_end(j, &w, lanes); break;
+        default: nf_walk_flash(j, &w);
+        }
+    }
+}
+
+/* Runs phase over the wave on the pool (work: multiply-adds, for the pool's threshold). */
+static void nf_walk_phase(struct nf_walk_job *j, int phase, int c0, int c1, int64_t work)
+{
+    j->phase = phase;
+    j->c0 = c0;
+    j->c1 = c1;
+    nf_threadpool_run(j->c->pool, nf_walk_run, j,
+                      work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(j->c->pool));
+}
+
+/* Walks cells [0, hi) of kind's blocks (1: V, or deepseek2's latents, kind 0) with phase,
+ * asking c->kv_need for each run of resident blocks. Returns 0 or its negative errno. */
+static int nf_walk_cells(struct nf_walk_job *j, int phase, int kind, int hi)
+{
+    struct nf_ctx *c = j->c;
+    const int B = c->kv_block, nb = (hi + B - 1) / B;
+    const int64_t per_cell = (int64_t)j->nw * c->m->hp.head_dim;
+    for (int b = 0; b < nb;) {
+        /* The flash loop wants a K block and its V block at once: one block at a time. */
+        int n = c->kv_need(c->kv_need_ud, c, j->il, kind, b, phase == NF_WALK_FLASH ? b + 1 : nb);
+        if (n < 0)
+            return n;
+        if (phase == NF_WALK_FLASH && !c->m->hp.n_lora_kv &&
+            (n = c->kv_need(c->kv_need_ud, c, j->il, 1, b, b + 1)) < 0)
+            return n;
+        const int c0 = b * B, c1 = (b + n) * B < hi ? (b + n) * B : hi;
+        nf_walk_phase(j, phase, c0, c1, per_cell * (c1 - c0));
+        b += n;
+    }
+    return 0;
+}
+
+static void nf_attn_walk(struct nf_ctx *c, int il, int pos0, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int nh = hp->n_head;
+    const int pad = hp->kv_pad ? hp->kv_pad : NF_KV_PAD;
+    int n_kv = (pos0 + n_tok + pad - 1) / pad * pad;
+    const int cap = hp->kv_pad ? (c->n_ctx + pad - 1) / pad * pad : c->n_ctx;
+    n_kv = n_kv < cap ? n_kv : cap;
+    const bool kvq = c->type_k != NF_TYPE_F16 || c->type_v != NF_TYPE_F16;
+    const bool flash = c->attn_mode == NF_ATTN_FLASH && !kvq;
+    const int lanes = nf_walk_lanes(c, n_tok, n_kv);
+    const int per_wave = (int)(c->walk_bytes / nf_walk_task_bytes(hp, c->n_ctx, lanes));
+    const int v_kind = hp->n_lora_kv ? 0 : 1;
+    struct nf_walk_job j = {.c = c, .il = il, .pos0 = pos0, .n_tok = n_tok, .n_kv = n_kv};
+    for (int w0 = 0; w0 < n_tok * nh && !c->kv_err; w0 += per_wave) {
+        j.w0 = w0;
+        j.nw = n_tok * nh - w0 < per_wave ? n_tok * nh - w0 : per_wave;
+        const int t_last = (w0 + j.nw - 1) / nh;
+        int hi = pos0 + t_last + 1;
+        hi = hi < c->n_ctx ? hi : c->n_ctx;
+        const int64_t small = (int64_t)j.nw * hp->head_dim;
+        nf_walk_phase(&j, NF_WALK_INIT, 0, 0, small);
+        int rc;
+        if (flash) {
+            if ((rc = nf_walk_cells(&j, NF_WALK_FLASH, 0, hi)) == 0)
+                nf_walk_phase(&j, NF_WALK_FLASH, -1, 0, small);
+        } else if ((rc = nf_walk_cells(&j, NF_WALK_K, 0, hi)) == 0) {
+            nf_walk_phase(&j, NF_WALK_SOFTMAX, 0, 0, (int64_t)j.nw * n_kv);
+            if ((rc = nf_walk_cells(&j, NF_WALK_V, v_kind, hi)) == 0)
+                nf_walk_phase(&j, NF_WALK_END, 0, 0, small);
+        }
+        if (rc < 0)
+            c->kv_err = rc;
+    }
+}
+
+int nf_attn_walk_init(struct nf_ctx *c, int block, int n_ubatch, nf_kv_need_fn need, void *ud)
+{
+    const size_t bytes = nf_attn_walk_bytes(&c->m->hp, c->n_ctx, n_ubatch, nf_ctx_kv_bytes(c));
+    if (block < 1 || !need)
+        return NF_EUSAGE;
+    free(c->walk_buf);
+    if (!(c->walk_buf = aligned_alloc(64, nf_align64(bytes))))
+        return -ENOMEM;
+    c->walk_bytes = bytes;
+    c->kv_block = block;
+    c->kv_need = need;
+    c->kv_need_ud = ud;
+    c->kv_err = 0;
+    return 0;
+}
+
 /* Fills c->rope_cos/sin for n_tok positions from pos0 as ggml_rope_cache_init does: the angle
  * of pair i is pos * base^(-2i/n_rot) computed as a running float product, divided by the
  * optional frequency factor, times the linear scaling factor, with YaRN (ext != 0: deepseek2,
@@ -710,6 +1145,10 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
 
 void nf_attn_heads(struct nf_ctx *c, int il, int pos0, int n_tok)
 {
+    if (c->kv_need) { /* the cache on disk: block by block */
+        nf_attn_walk(c, il, pos0, n_tok);
+        return;
+    }
     const struct nf_hparams *hp = &c->m->hp;
     struct nf_attn_job j = {.c = c, .il = il, .pos0 = pos0, .n_tok = n_tok};
     int64_t work = (int64_t)n_tok * hp->n_head * (pos0 + n_tok) * hp->head_dim;
@@ -1084,6 +1523,7 @@ void nf_ctx_free(struct nf_ctx *c)
     free(c->mla_in);
     free(c->mla_out);
     free(c->mla_att);
+    free(c->walk_buf);
     free(c);
 }
 

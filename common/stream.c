@@ -836,18 +836,28 @@ static int nf_stream_kv_slot(const struct nf_stream *s, int r)
     return s->batch ? s->kv_rows[r] : s->kv_slot;
 }
 
-/* Before layer il's attention: its blocks back in memory for every row's slot, the reads of
- * layer il + 1 issued first so that they overlap this layer's compute. */
+/* The attention walk's kv_need (model.h) for c, the engine's context or a batched step's row
+ * view: block b of the row's slot resident (kv_file.h). */
+static int nf_stream_kv_need(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end)
+{
+    struct nf_stream *s = ud;
+    const int slot = c == s->c ? s->kv_slot : nf_stream_kv_slot(s, (int)(c - s->views));
+    int n = nf_kv_file_need(s->kvf, slot, il, kind, b, b_end);
+    if (n < 0)
+        snprintf(s->err, sizeof(s->err), "%s", nf_kv_file_error(s->kvf));
+    return n;
+}
+
+/* Before layer il's attention: the reads of its first blocks (and those after them) issued,
+ * for every row's slot, while the norm and Q, K, V products run. */
 static int nf_stream_kv_load(struct nf_stream *s, uint32_t il, int n_tok)
 {
     const int nr = s->batch ? n_tok : 1;
+    s->c->kv_err = 0;
+    for (int r = 0; s->batch && r < n_tok; r++)
+        s->views[r].kv_err = 0;
     for (int r = 0; r < nr; r++) {
-        nf_kv_file_layer_prefetch(s->kvf, nf_stream_kv_slot(s, r), (int)il);
-        if ((int)il + 1 < s->shell.hp.n_layer)
-            nf_kv_file_layer_prefetch(s->kvf, nf_stream_kv_slot(s, r), (int)il + 1);
-    }
-    for (int r = 0; r < nr; r++) {
-        int rc = nf_kv_file_layer_load(s->kvf, nf_stream_kv_slot(s, r), (int)il);
+        int rc = nf_kv_file_walk_prefetch(s->kvf, nf_stream_kv_slot(s, r), (int)il);
         if (rc < 0) {
             snprintf(s->err, sizeof(s->err), "%s", nf_kv_file_error(s->kvf));
             return rc;
@@ -856,10 +866,22 @@ static int nf_stream_kv_load(struct nf_stream *s, uint32_t il, int n_tok)
     return 0;
 }
 
+/* The error an attention walk of layer il left in the context or the row views. */
+static int nf_stream_kv_err(struct nf_stream *s, int n_tok)
+{
+    int rc = s->c->kv_err;
+    for (int r = 0; s->batch && r < n_tok && rc == 0; r++)
+        rc = s->views[r].kv_err;
+    return rc;
+}
+
 /* After layer il's attention stored its rows: write-behind of the blocks that filled up. */
 static int nf_stream_kv_store(struct nf_stream *s, uint32_t il, int pos0, int n_tok)
 {
     const int nr = s->batch ? n_tok : 1;
+    int rc0 = nf_stream_kv_err(s, n_tok);
+    if (rc0 < 0)
+        return rc0; /* (s->err says which read) */
     for (int r = 0; r < nr; r++) {
         const int end = s->batch ? s->views[r].n_past + 1 : pos0 + n_tok;
         int rc = nf_kv_file_layer_store(s->kvf, nf_stream_kv_slot(s, r), (int)il, end);
@@ -898,12 +920,16 @@ static int nf_stream_kv_open(struct nf_stream *s, const struct nf_stream_opts *o
                                        .n_ctx = o->n_ctx,
                                        .n_slots = o->n_seq > 1 ? o->n_seq : 1,
                                        .block = o->kv_block > 0 ? o->kv_block : NF_KV_BLOCK,
+                                       .window = o->kv_window,
                                        .row_k = nf_kv_row_bytes(s->c->type_k, kvd),
                                        .row_v =
                                            hp->n_lora_kv ? 0 : nf_kv_row_bytes(s->c->type_v, kvd)};
     int rc = nf_kv_file_open(&s->kvf, &ko, err, errlen);
     if (rc < 0)
         return rc;
+    if ((rc = nf_attn_walk_init(s->c, ko.block, s->c->n_ubatch, nf_stream_kv_need, s)) < 0)
+        return nf_errf(err, errlen, rc, "kv file: no memory for the attention walk");
+    s->mem += nf_attn_walk_bytes(hp, o->n_ctx, s->c->n_ubatch, nf_ctx_kv_bytes(s->c));
     /* The resident KV replaces the whole cache in the engine's memory count. */
     s->mem -= nf_ctx_kv_bytes(s->c);
     s->mem +=

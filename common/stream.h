@@ -61,6 +61,7 @@ struct nf_stream_opts {
      * bit for bit. */
     const char *kv_path;
     int kv_block;
+    int kv_window; /* blocks read back at once (kv_file.h); 0: nf_kv_file_window_blocks */
 };
 
 #define NF_KV_BLOCK 64 /* positions per KV block on disk: 1 MiB of K and V for Llama-2-7B */

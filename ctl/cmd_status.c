@@ -351,6 +351,22 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
             printf("%-10s %-22s %9s / %s\n%-10s %-22s %14s\n%-10s %-22s %12llu B\n", "",
                    "KV cache K / V", tk, tv, "", "KV cache bytes",
                    nf_ctl_fmt_size(kb, sizeof(kb), kvb), "", "KV bytes a token", kvt);
+        /* The KV cache on disk (kv_file.h): bytes read back and written, and the most read
+         * back at once beside the window that bounds it. */
+        const unsigned long long kvw = nf_stage_ctr(c, "kv_window"),
+                                 kvm = nf_stage_ctr(c, "kv_resident_max"),
+                                 kvr = nf_stage_ctr(c, "kv_read_bytes"),
+                                 kvo = nf_stage_ctr(c, "kv_write_bytes");
+        char kb2[32], kb3[32], kb4[32];
+        if (kvw && json)
+            printf(",\"kv_read_bytes\":%llu,\"kv_write_bytes\":%llu,\"kv_resident_max\":%llu,"
+                   "\"kv_window\":%llu",
+                   kvr, kvo, kvm, kvw);
+        else if (kvw)
+            printf("%-10s %-22s %14s\n%-10s %-22s %14s\n%-10s %-22s %9s / %s\n", "", "KV read back",
+                   nf_ctl_fmt_size(kb, sizeof(kb), kvr), "", "KV written",
+                   nf_ctl_fmt_size(kb2, sizeof(kb2), kvo), "", "KV read back at once",
+                   nf_ctl_fmt_size(kb3, sizeof(kb3), kvm), nf_ctl_fmt_size(kb4, sizeof(kb4), kvw));
         /* Prefix reuse: requests started from a kept prefix, the prompt tokens they did not
          * evaluate, and those as a share of all prompt tokens (evaluated or not). */
         const double reused = (double)nf_stage_ctr(c, "prefix_reused");

@@ -23,9 +23,10 @@ uint64_t nf_stage_ctr(const struct nf_stage_snap *s, const char *name)
 static bool is_gauge(const char *name)
 {
     static const char *const g[] = {
-        "queue_depth", "resident_bytes", "mem_bytes",     "lookahead", "queue_len",
-        "active",      "parallel",       "queue_clients", "running",   "queue_wait_max_ns",
-        "connections", "kv_type_k",      "kv_type_v",     "kv_bytes",  "kv_token_bytes"};
+        "queue_depth",     "resident_bytes", "mem_bytes",     "lookahead", "queue_len",
+        "active",          "parallel",       "queue_clients", "running",   "queue_wait_max_ns",
+        "connections",     "kv_type_k",      "kv_type_v",     "kv_bytes",  "kv_token_bytes",
+        "kv_resident_max", "kv_window"};
     for (size_t i = 0; i < sizeof(g) / sizeof(g[0]); i++)
         if (!strcmp(name, g[i]))
             return true;

@@ -6,6 +6,7 @@
 
 #include "kv_file.h"
 #include "kv_quant.h"
+#include "model.h"
 #include "nf_err.h"
 #include "nft.h"
 #include "stack_int.h"
@@ -55,6 +56,18 @@ static uint64_t kv_token_bytes(const struct nf_stack_shape *sh)
 
 /* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns
  * the total. */
+/* The attention walk's scratch with the KV cache on disk (nf_attn_walk_bytes), with the
+ * widest cell padding (gemma3's 256) and the latent's whole width as deepseek2's values. */
+static uint64_t kv_walk_bytes(const struct nf_stack_shape *sh, uint32_t n_ctx)
+{
+    const struct nf_hparams hp = {.n_head = (int)sh->n_head,
+                                  .head_dim = (int)(sh->kv_latent ? sh->kv_latent : sh->head_k),
+                                  .n_lora_kv = (int)sh->kv_latent,
+                                  .kv_pad = 256};
+    const uint32_t ub = sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
+    return nf_attn_walk_bytes(&hp, (int)n_ctx, (int)ub, (size_t)(kv_token_bytes(sh) * n_ctx));
+}
+
 uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts, uint32_t n_ctx,
                         uint32_t n_threads, struct nf_stack_plan *p)
 {
@@ -117,6 +130,8 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     p->down_scratch = sh->down_scratch;
     p->compute_private =
         NF_STACK_PROC_BYTES + p->kv_bytes + sh->down_scratch + act_floats * sizeof(float);
+    if (p->kv_block) /* the attention walk's scores and sums (independent of n_ctx past 32 MiB) */
+        p->compute_private += kv_walk_bytes(sh, n_ctx);
     /* The predictor reads a dense model's low-rank predictor tiles from the pool and keeps a
      * MoE model's routers (small) in private copies; it keeps scores and inputs. */
     uint64_t groups = sh->max_groups ? sh->max_groups : 1;

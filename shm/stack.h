@@ -316,11 +316,13 @@ int nf_stack_plan_seq_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n
  *    pool. MLA models (deepseek2) count their f16 latent whatever the types (compute refuses
  *    quantized types for them).
  *  - kv_block > 0 puts compute's KV cache on disk in blocks of kv_block positions (0: in RAM).
- *    The budget then holds only the resident KV (per sequence two layers' context and two
- *    blocks of every layer, of kv_token_bytes per position: nf_kv_file_resident_bound), so the
- *    context is not capped by RAM: a request is honoured whenever the minimum pool fits beside
- *    that, and without one the model's default (capped at 4096) is not lowered to a quarter of
- *    the budget. plan->kv_file_bytes is the file's size, for the caller's free-disk check. */
+ *    The budget then holds only the resident KV (the window of blocks read back, and per
+ *    sequence two blocks of every layer, of kv_token_bytes per position:
+ *    nf_kv_file_resident_bound, independent of n_ctx) and compute the attention walk's
+ *    scratch (nf_attn_walk_bytes), so the context is not capped by RAM: a request is honoured
+ *    whenever the minimum pool fits beside that, and without one the model's default (capped
+ *    at 4096) is not lowered to a quarter of the budget. plan->kv_file_bytes is the file's
+ *    size, for the caller's free-disk check. */
 int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                      uint32_t n_threads, uint32_t n_seq, uint32_t n_ubatch, uint32_t type_k,
                      uint32_t type_v, uint32_t kv_block, struct nf_stack_plan *plan, char *err,

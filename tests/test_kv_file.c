@@ -340,6 +340,144 @@ static void test_plan(void **state)
     nf_nft_close(f);
 }
 
+/* The attention walk alone (model_forward.c), on an in-RAM context: kv_need hands out one block
+ * of 3 positions at a time (so the lanes of every sum cross block boundaries) and checks that
+ * the blocks come in the walk's order; the logits of a prompt, decode steps and a per-row pass
+ * equal the plain attention's bit for bit, in the plain, F32 and flash numerics and with q8_0 /
+ * q4_0 caches. */
+struct walk_seen {
+    int il, next[2], calls;
+};
+
+static int walk_need(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end)
+{
+    struct walk_seen *w = ud;
+    (void)c;
+    assert_true(kind == 0 || kind == 1);
+    if (il != w->il) /* a layer's walk starts at block 0 */
+        assert_int_equal(b, 0);
+    else if (b != 0) /* (0: the next wave of tasks) */
+        assert_int_equal(b, w->next[kind]);
+    assert_true(b < b_end);
+    w->il = il;
+    w->next[kind] = b + 1;
+    w->calls++;
+    return 1;
+}
+
+static void test_walk(void **state)
+{
+    (void)state;
+    char nft[512], err[512];
+    convert("zoo-Q4_K_M", nft, sizeof(nft));
+    struct nf_model *m;
+    if (nf_model_load(&m, nft, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    const int nv = m->hp.n_vocab;
+    const enum nf_attn_mode modes[] = {NF_ATTN_PLAIN, NF_ATTN_F32, NF_ATTN_FLASH, NF_ATTN_PLAIN};
+    float *rows_a = malloc(sizeof(float) * 4 * (size_t)nv);
+    float *rows_b = malloc(sizeof(float) * 4 * (size_t)nv);
+    assert_non_null(rows_a);
+    assert_non_null(rows_b);
+    for (size_t k = 0; k < sizeof(modes) / sizeof(modes[0]); k++) {
+        struct nf_ctx *a, *b;
+        struct walk_seen seen = {.il = -1};
+        assert_int_equal(nf_ctx_create_ub(&a, m, N_CTX, 2, 16), 0);
+        assert_int_equal(nf_ctx_create_ub(&b, m, N_CTX, 2, 16), 0);
+        if (k == 3) { /* quantized rows: their own kernels, whatever the mode */
+            assert_int_equal(nf_ctx_set_kv_types(a, NF_TYPE_Q8_0, NF_TYPE_Q4_0, err, sizeof(err)),
+                             0);
+            assert_int_equal(nf_ctx_set_kv_types(b, NF_TYPE_Q8_0, NF_TYPE_Q4_0, err, sizeof(err)),
+                             0);
+        }
+        a->attn_mode = b->attn_mode = modes[k];
+        assert_int_equal(nf_attn_walk_init(b, 3, 16, walk_need, &seen), 0);
+        int32_t tok[N_PROMPT];
+        tok[0] = 1;
+        for (int i = 1; i < N_PROMPT; i++)
+            tok[i] = (int32_t)((i * 29 + 3) % nv);
+        assert_int_equal(nf_ctx_eval(a, tok, N_PROMPT), 0);
+        assert_int_equal(nf_ctx_eval(b, tok, N_PROMPT), 0);
+        for (int step = 0; step < 6; step++) {
+            if (memcmp(a->logits, b->logits, sizeof(float) * (size_t)nv) != 0)
+                fail_msg("mode %zu: logits differ at step %d", k, step);
+            int32_t t = argmax(a->logits, nv);
+            assert_int_equal(nf_ctx_eval(a, &t, 1), 0);
+            assert_int_equal(nf_ctx_eval(b, &t, 1), 0);
+        }
+        assert_int_equal(nf_ctx_eval_rows(a, tok + 5, 4, rows_a), 0);
+        assert_int_equal(nf_ctx_eval_rows(b, tok + 5, 4, rows_b), 0);
+        if (memcmp(rows_a, rows_b, sizeof(float) * 4 * (size_t)nv) != 0)
+            fail_msg("mode %zu: per-row logits differ", k);
+        assert_int_equal(b->kv_err, 0);
+        assert_true(seen.calls > 0);
+        nf_ctx_free(a);
+        nf_ctx_free(b);
+    }
+    free(rows_a);
+    free(rows_b);
+    nf_model_free(m);
+}
+
+/* A context 64 times the window: 4 blocks of 4 positions read back at once from a 2048-position
+ * cache of which the prompt and steps fill 212. The logits equal the in-RAM engine's and the
+ * most bytes read back at once stay within the window, which is far below the cache (and the
+ * engine's memory, window and walk included, below the in-RAM engine's). */
+static void test_long(void **state)
+{
+    (void)state;
+    char nft[512], kv[600], err[512];
+    convert("stories260K", nft, sizeof(nft));
+    snprintf(kv, sizeof(kv), "%s/long.kv", tmpdir);
+    struct engine e[2];
+    for (int i = 0; i < 2; i++) {
+        memset(&e[i], 0, sizeof(e[i]));
+        if (nf_nft_open(&e[i].f, nft, false, err, sizeof(err)) < 0)
+            fail_msg("%s", err);
+        assert_int_equal(nf_tile_src_file_open(&e[i].src, e[i].f, 1ull << 30), 0);
+        struct nf_stream_opts o = {.n_ctx = 2048,
+                                   .n_threads = 2,
+                                   .n_ubatch = 64,
+                                   .kv_path = i ? kv : NULL,
+                                   .kv_block = 4,
+                                   .kv_window = 4};
+        if (nf_stream_create(&e[i].s, e[i].f, &e[i].src, &o, err, sizeof(err)) < 0)
+            fail_msg("%s", err);
+    }
+    const int nv = nf_stream_hparams(e[0].s)->n_vocab, n_prompt = 200;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)n_prompt);
+    assert_non_null(tok);
+    tok[0] = 1;
+    for (int i = 1; i < n_prompt; i++)
+        tok[i] = (int32_t)((i * 53 + 17) % nv);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(nf_stream_eval(e[i].s, tok, n_prompt), 0);
+    for (int step = 0; step < 12; step++) {
+        const float *la = nf_stream_logits(e[0].s), *lb = nf_stream_logits(e[1].s);
+        if (memcmp(la, lb, sizeof(float) * (size_t)nv) != 0)
+            fail_msg("logits differ at step %d", step);
+        int32_t t = argmax(la, nv);
+        for (int i = 0; i < 2; i++)
+            assert_int_equal(nf_stream_eval(e[i].s, &t, 1), 0);
+    }
+    struct nf_kv_file_stats st;
+    assert_true(nf_stream_kv_stats(e[1].s, &st));
+    const uint64_t whole = nf_kv_file_bytes(5, 2048, 1, 4, 128);
+    print_message("n_ctx 2048: window %llu B, most read back at once %llu B, %llu KiB read, "
+                  "cache %llu KiB; engine %llu KiB (in RAM %llu KiB)\n",
+                  (unsigned long long)st.window, (unsigned long long)st.resident_max,
+                  (unsigned long long)(st.read_bytes >> 10), (unsigned long long)(whole >> 10),
+                  (unsigned long long)(nf_stream_mem_bytes(e[1].s) >> 10),
+                  (unsigned long long)(nf_stream_mem_bytes(e[0].s) >> 10));
+    assert_true(st.resident_max > 0 && st.resident_max <= st.window);
+    assert_int_equal(st.window, 4 * 4 * 64); /* 4 blocks of 4 rows of K or V: 64 bytes each */
+    assert_true(st.read_bytes > whole / 8);  /* (the 300 rows of 5 layers went through it) */
+    assert_true(nf_stream_mem_bytes(e[1].s) < nf_stream_mem_bytes(e[0].s));
+    for (int i = 0; i < 2; i++)
+        engine_close(&e[i]);
+    free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +485,7 @@ int main(void)
         cmocka_unit_test(test_zoo_q4km), cmocka_unit_test(test_moe),
         cmocka_unit_test(test_arch),     cmocka_unit_test(test_slots),
         cmocka_unit_test(test_plan),     cmocka_unit_test(test_quant),
+        cmocka_unit_test(test_walk),     cmocka_unit_test(test_long),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

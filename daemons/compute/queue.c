@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "gen.h"
+#include "kv_file.h"
 #include "kv_quant.h"
 #include "nf_err.h"
 #include "nf_time.h"
@@ -486,6 +487,14 @@ int nf_gen_stats_reply(struct nf_gen *g, struct nf_server *s, uint64_t conn_id, 
         const uint64_t tok = nf_kv_token_bytes(nf_stream_hparams(g->s), tk, tv);
         nf_stats_add(&m, "kv_token_bytes", tok);
         nf_stats_add(&m, "kv_bytes", tok * (uint64_t)g->n_ctx * (uint64_t)g->parallel);
+        struct nf_kv_file_stats kst;
+        if (nf_stream_kv_stats(g->s, &kst)) { /* the cache on disk (kv_file.h) */
+            nf_stats_add(&m, "kv_read_bytes", kst.read_bytes);
+            nf_stats_add(&m, "kv_write_bytes", kst.write_bytes);
+            nf_stats_add(&m, "kv_wait_ns", kst.wait_ns);
+            nf_stats_add(&m, "kv_resident_max", kst.resident_max);
+            nf_stats_add(&m, "kv_window", kst.window);
+        }
     }
     nf_envelope env;
     nanoflow__envelope__init(&env);
