@@ -54,7 +54,9 @@ static size_t nf_align64(size_t n)
  *  - ggml_vec_dot_f32 / ggml_vec_dot_f16 (AVX-512: 4 accumulators of 16 lanes over blocks of
  *    64, summed pairwise, then a horizontal add; the tail in double);
  *  - llamafile's tinyBLAS (used for F32/F16 weights when a mat-mul has >= 2 columns and the
- *    dot length is a multiple of 16: one 16-lane accumulator, then a horizontal add). */
+ *    dot length is a multiple of 16: one 16-lane accumulator, then a horizontal add).
+ * The scalar code is the definition; the attention's hot paths (scores, softmax, KQV) run SIMD
+ * kernels that give the same bits (quants_rows.h, attn.h; tests/test_attn_kernels.c). */
 
 static inline float nf_ld(const void *p, bool f16, int i)
 {
