@@ -5,16 +5,7 @@
 
 #include "attn.h"
 #include "quants_mat_impl.h"
-#include "v_expf_avx512.h"
-
-/* The sum of 16 lanes in nf__hsum16's order (halves, quarters, then (0 + 2) + (1 + 3)). */
-static inline float hsum16_ps(__m512 v)
-{
-    const __m256 t8 = _mm256_add_ps(_mm512_extractf32x8_ps(v, 1), _mm512_castps512_ps256(v));
-    const __m128 t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
-    const __m128 t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
-    return _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)));
-}
+#include "vec_avx512_impl.h"
 
 double nf__softmax_exp_avx512(float *y, const float *x, int n, float max)
 {

@@ -3,7 +3,7 @@
 #include <math.h>
 
 #include "quants_avx512_impl.h"
-#include "v_expf_avx512.h"
+#include "vec_avx512_impl.h"
 
 void nf__vec_dot_f32_avx512(int n, float *s, const void *vx, const void *vy)
 {

@@ -95,11 +95,14 @@ static void test_ggml_dot_cols(void **state)
             for (int k = 0; k < ni; k++) {
                 nf_vec_dot_mat_fn fn = nf_ggml_dot_cols_for(t, isas[k]);
                 assert_non_null(fn);
+                /* C query columns, then one (the decode scores' shape: one query, many K rows). */
                 float got[C][R + 1];
                 fn(n, &got[0][0], R + 1, x, bx, y, by, R, C);
+                float one[R];
+                fn(n, one, 1, x, bx, y, by, R, 1);
                 for (int r = 0; r < R; r++)
                     for (int c = 0; c < C; c++)
-                        if (!same(got[c][r], want[c][r]))
+                        if (!same(got[c][r], want[c][r]) || (c == 0 && !same(one[r], want[0][r])))
                             fail_msg("ggml dot %s n=%d isa %s (%d, %d): %.9g, reference %.9g",
                                      f16 ? "f16" : "f32", n, nf_isa_name(isas[k]), r, c,
                                      (double)got[c][r], (double)want[c][r]);

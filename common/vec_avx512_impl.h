@@ -1,8 +1,9 @@
-/* v_expf_avx512.h - internal: ggml_v_expf, the AVX-512 form, 16 lanes at a time (the scalar
- * definition is nf__v_expf_ref, quants.c); shared by SwiGLU (quants_avx512.c) and the softmax
- * (attn_avx512.c). Include only from *_avx512.c. */
-#ifndef NF_V_EXPF_AVX512_H
-#define NF_V_EXPF_AVX512_H
+/* vec_avx512_impl.h - internal: 16-lane helpers in ggml's AVX-512 orders shared by the
+ * AVX-512 files: ggml_v_expf (SwiGLU in quants_avx512.c, the softmax in attn_avx512.c) and
+ * _mm512_reduce_add_ps's order (the F32/F16 dots of quants_rows_avx512.c and attn_avx512.c).
+ * Include only from *_avx512.c. */
+#ifndef NF_VEC_AVX512_IMPL_H
+#define NF_VEC_AVX512_IMPL_H
 
 #include <immintrin.h>
 #include <math.h>
@@ -28,6 +29,15 @@ static inline __m512 v_expf16(__m512 x)
     const __mmask16 neg = _mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ);
     const __m512 alt = _mm512_mask_blend_ps(neg, _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
     return _mm512_mask_blend_ps(big, res, alt);
+}
+
+/* The sum of 16 lanes in nf__hsum16's order (halves, quarters, then (0 + 2) + (1 + 3)). */
+static inline float hsum16_ps(__m512 v)
+{
+    const __m256 t8 = _mm256_add_ps(_mm512_extractf32x8_ps(v, 1), _mm512_castps512_ps256(v));
+    const __m128 t4 = _mm_add_ps(_mm256_extractf128_ps(t8, 1), _mm256_castps256_ps128(t8));
+    const __m128 t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+    return _mm_cvtss_f32(_mm_add_ss(t2, _mm_movehdup_ps(t2)));
 }
 
 #endif
