@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "kv_quant.h"
 #include "model.h"
 #include "nf_err.h"
@@ -57,7 +58,9 @@ static size_t nf_align64(size_t n)
  *  - ggml_vec_dot_f32 / ggml_vec_dot_f16 (AVX-512: 4 accumulators of 16 lanes over blocks of
  *    64, summed pairwise, then a horizontal add; the tail in double);
  *  - llamafile's tinyBLAS (used for F32/F16 weights when a mat-mul has >= 2 columns and the
- *    dot length is a multiple of 16: one 16-lane accumulator, then a horizontal add). */
+ *    dot length is a multiple of 16: one 16-lane accumulator, then a horizontal add).
+ * The scalar code is the definition; the attention's hot paths (scores, softmax, KQV) run SIMD
+ * kernels that give the same bits (quants_rows.h, attn.h; tests/test_attn_kernels.c). */
 
 static inline float nf_ld(const void *p, bool f16, int i)
 {
@@ -68,10 +71,15 @@ static inline float nf_ld(const void *p, bool f16, int i)
  * which those from nv on are zero in y (masked attention cells: their products add nothing,
  * but n still decides which part is summed by the vector body); the tail is summed in double.
  * (Summing the F32 tail in float with fused multiply-adds, as ggml_vec_dot_f32's C reads,
- * measured worse on stories260K.) */
+ * measured worse on stories260K.) The SIMD paths of nf_ggml_dot_cols give nf__ggml_dot_ref's
+ * bits (quants_rows.c); a masked y takes the reference. */
 static float nf_ggml_dot(const void *x, const void *y, bool f16, int n, int nv)
 {
-    return nf__ggml_dot_ref(x, y, f16, n, nv); /* quants_rows.c */
+    if (nv < n)
+        return nf__ggml_dot_ref(x, y, f16, n, nv);
+    float s;
+    nf_ggml_dot_cols(f16 ? NF_TYPE_F16 : NF_TYPE_F32)(n, &s, 1, x, 0, y, 0, 1, 1);
+    return s;
 }
 
 /* tinyBLAS on AVX-512: a (F32 or F16) times b (F32), n a multiple of 16; b is zero from nv on. */
@@ -134,21 +142,10 @@ static float nf_tinyblas_dot_bf16(const nf_bf16_t *x, const nf_bf16_t *y, int n)
 
 /* The softmax numerator and its sum as ggml_vec_soft_max_f32 computes them on AVX-512: groups
  * of 16 with ggml_v_expf, each group summed in float (_mm512_reduce_add_ps) and added in
- * double; the rest with expf, one by one in double. */
+ * double; the rest with expf, one by one in double (nf__softmax_exp_ref, attn.c). */
 static double nf_softmax_exp(float *y, const float *x, int n, float max)
 {
-    double sum = 0.0;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        for (int l = 0; l < 16; l++)
-            y[i + l] = nf__v_expf_ref(x[i + l] - max);
-        sum += (double)nf__hsum16(y + i);
-    }
-    for (; i < n; i++) {
-        y[i] = expf(x[i] - max);
-        sum += (double)y[i];
-    }
-    return sum;
+    return nf_softmax_exp_for(nf_kernels_isa())(y, x, n, max);
 }
 
 void nf_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
@@ -485,19 +482,21 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const nf_vec_dot_mat_fn mat16 = nf_type_traits(NF_TYPE_F16)->vec_dot_mat;
     if (c->type_k != NF_TYPE_F16)
         nf_attn_scores_kvq(c, il, q, kvh, lo, pos, n_kv, scale, acc16, sc);
-    else if (kq_tb && !q_f32) {
-        mat16(hd, sc, (size_t)n_kv, kc, (size_t)kvd * sizeof(nf_fp16_t), q16, 0, pos + 1, 1);
+    else if (!q_f32) {
+        /* tinyBLAS's F16 order in prompt batches, else ggml_vec_dot_f16 per visible cell
+         * (nf_ggml_dot's, the SIMD paths of nf_ggml_dot_cols reading each K row once). */
+        if (kq_tb)
+            mat16(hd, sc, (size_t)n_kv, kc, (size_t)kvd * sizeof(nf_fp16_t), q16, 0, pos + 1, 1);
+        else
+            nf_ggml_dot_cols(NF_TYPE_F16)(hd, sc + lo, 1, kc + (size_t)lo * kvd,
+                                          (size_t)kvd * sizeof(nf_fp16_t), q16, 0, pos + 1 - lo, 1);
         for (int ic = 0; ic < n_kv; ic++)
             sc[ic] = ic <= pos && ic >= lo ? sc[ic] * scale : -INFINITY;
     }
-    for (int ic = 0; ic < n_kv && c->type_k == NF_TYPE_F16 && !(kq_tb && !q_f32); ic++) {
+    for (int ic = 0; ic < n_kv && c->type_k == NF_TYPE_F16 && q_f32; ic++) {
         float s = -INFINITY;
-        const nf_fp16_t *kr = kc + (size_t)(ic <= pos ? ic : 0) * kvd;
         if (ic <= pos && ic >= lo)
-            s = (q_f32   ? nf_tinyblas_dot(kr, true, q, hd, hd)
-                 : kq_tb ? nf_tinyblas_dot16(kr, q16, hd)
-                         : nf_ggml_dot(kr, q16, true, hd, hd)) *
-                scale;
+            s = nf_tinyblas_dot(kc + (size_t)ic * kvd, true, q, hd, hd) * scale;
         sc[ic] = s;
     }
     const float inv = nf_attn_softmax(c, sc, n_kv, h);
@@ -509,26 +508,24 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
             axpy(out, sc[ic] * inv, nf_kv_row(c->v_cache, c->type_v, c, il, ic, kvh), vd);
         return;
     }
-    for (int ic = 0; ic < n_kv; ic++) {
-        sc[ic] *= inv;
-        if (!p_f32)
-            sc[ic] = nf_fp16_to_fp32(nf_fp32_to_fp16(sc[ic]));
-    }
+    const enum nf_isa isa = nf_kernels_isa();
+    if (p_f32)
+        for (int ic = 0; ic < n_kv; ic++)
+            sc[ic] *= inv;
+    else
+        nf_scale_round_f16_for(isa)(sc, n_kv, inv);
     if (p_f32 || kqv_tb) {
         /* tinyBLAS over the unmasked cells (the rest add nothing): what the F32 multi-token
          * kernel gives on each column of V, with V's rows read as they lie in the cache
          * (nf__vec_dot_f16_cols_ref and its SIMD paths, quants_mat*.c). */
-        const enum nf_isa isa = nf_kernels_isa();
         (isa >= NF_ISA_AVX512 ? nf__vec_dot_f16_cols_avx512
          : isa >= NF_ISA_AVX2 ? nf__vec_dot_f16_cols_avx2
                               : nf__vec_dot_f16_cols_ref)(pos + 1, out, vd, vc, (size_t)kvd, sc);
         return;
     }
-    for (int d = 0; d < vd; d++) {
-        for (int ic = 0; ic <= pos; ic++)
-            vcol[ic] = nf_fp16_to_fp32(vc[(size_t)ic * kvd + d]);
-        out[d] = nf_ggml_dot(vcol, sc, false, n_kv, pos + 1);
-    }
+    /* Each output is nf_ggml_dot(V's column, sc, false, n_kv, pos + 1); the SIMD paths run
+     * across the columns, each keeping its own order (attn.h). */
+    nf_attn_kqv_for(isa)(out, vd, vc, (size_t)kvd, sc, n_kv, pos + 1, vcol);
 }
 
 static void nf_attn_run(void *arg, int ith, int nth)

@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "quants_avx512_impl.h"
+#include "vec_avx512_impl.h"
 
 void nf__vec_dot_f32_avx512(int n, float *s, const void *vx, const void *vy)
 {
@@ -184,29 +185,6 @@ void nf__vec_dot_q8_0_q8_0_rows_avx512(int n, float *s, size_t bs, const void *v
 }
 
 /* ---- SwiGLU with ggml's AVX-512 exp (see nf__v_expf_ref) ---------------------------------- */
-
-static inline __m512 v_expf16(__m512 x)
-{
-    const __m512 r = _mm512_set1_ps(0x1.8p23f);
-    const __m512 z = _mm512_fmadd_ps(x, _mm512_set1_ps(0x1.715476p+0f), r);
-    const __m512 n = _mm512_sub_ps(z, r);
-    const __m512 b = _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.7f7d1cp-20f),
-                                      _mm512_fnmadd_ps(n, _mm512_set1_ps(0x1.62e4p-1f), x));
-    const __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(n), _mm512_set1_ps(192), _CMP_GT_OQ);
-    const __m512 u = _mm512_mul_ps(b, b);
-    const __m512 p01 =
-        _mm512_fmadd_ps(_mm512_set1_ps(0x1.0e4020p-7f), b, _mm512_set1_ps(0x1.573e2ep-5f));
-    const __m512 p23 =
-        _mm512_fmadd_ps(_mm512_set1_ps(0x1.555e66p-3f), b, _mm512_set1_ps(0x1.fffdb6p-2f));
-    const __m512 p45 = _mm512_fmadd_ps(_mm512_set1_ps(0x1.ffffecp-1f), b, _mm512_set1_ps(1.0f));
-    const __m512 j = _mm512_fmadd_ps(_mm512_fmadd_ps(p01, u, p23), u, p45);
-    const __m512 res = _mm512_scalef_ps(j, n);
-    if (!big)
-        return res;
-    const __mmask16 neg = _mm512_cmp_ps_mask(n, _mm512_setzero_ps(), _CMP_LE_OQ);
-    const __m512 alt = _mm512_mask_blend_ps(neg, _mm512_set1_ps(INFINITY), _mm512_setzero_ps());
-    return _mm512_mask_blend_ps(big, res, alt);
-}
 
 void nf__swiglu_avx512(float *h, const float *g, int n)
 {

@@ -31,14 +31,21 @@ nf_vec_dot_mat_fn nf_vec_dot_cols(enum nf_type t)
     }
 }
 
+nf_vec_dot_mat_fn nf_ggml_dot_cols_for(enum nf_type t, enum nf_isa isa)
+{
+    if (t != NF_TYPE_F32 && t != NF_TYPE_F16)
+        return NULL;
+    const bool f16 = t == NF_TYPE_F16;
+    switch (isa <= nf_cpu_best_isa() ? isa : NF_ISA_SCALAR) {
+    case NF_ISA_AVX512: return f16 ? nf__ggml_dot_f16_cols_avx512 : nf__ggml_dot_f32_cols_avx512;
+    case NF_ISA_AVX2: return f16 ? nf__ggml_dot_f16_cols_avx2 : nf__ggml_dot_f32_cols_avx2;
+    default: return f16 ? nf__ggml_dot_f16_cols_ref : nf__ggml_dot_f32_cols_ref;
+    }
+}
+
 nf_vec_dot_mat_fn nf_ggml_dot_cols(enum nf_type t)
 {
-    const bool avx512 = nf_kernels_isa() == NF_ISA_AVX512;
-    if (t == NF_TYPE_F32)
-        return avx512 ? nf__ggml_dot_f32_cols_avx512 : nf__ggml_dot_f32_cols_ref;
-    if (t == NF_TYPE_F16)
-        return avx512 ? nf__ggml_dot_f16_cols_avx512 : nf__ggml_dot_f16_cols_ref;
-    return NULL;
+    return nf_ggml_dot_cols_for(t, nf_kernels_isa());
 }
 
 static inline float nf_ld(const void *p, bool f16, int i)

@@ -27,7 +27,11 @@ nf_vec_dot_mat_fn nf_ggml_dot_cols(enum nf_type t);
  * body sums); the forward pass's own (model_forward.c) is this function. */
 float nf__ggml_dot_ref(const void *x, const void *y, bool f16, int n, int nv);
 
-/* The kernels behind the two choosers (quants_rows.c, _avx2.c, _avx512.c). */
+/* The F32 (t NF_TYPE_F32) or F16 dot kernel above built for isa: its SIMD path, or the
+ * scalar reference for NF_ISA_SCALAR or an isa the CPU lacks (tests compare the paths). */
+nf_vec_dot_mat_fn nf_ggml_dot_cols_for(enum nf_type t, enum nf_isa isa);
+
+/* The kernels behind the choosers (quants_rows.c, _avx2.c, _avx512.c). */
 void nf__vec_dot_q4_0_q8_0_cols_avx2(int n, float *s, size_t ld, const void *x, size_t bx,
                                      const void *y, size_t by, int nrows, int ncols);
 void nf__vec_dot_q4_0_q8_0_cols_avx512(int n, float *s, size_t ld, const void *x, size_t bx,
@@ -40,5 +44,9 @@ void nf__ggml_dot_f32_cols_avx512(int n, float *s, size_t ld, const void *x, siz
                                   const void *y, size_t by, int nrows, int ncols);
 void nf__ggml_dot_f16_cols_avx512(int n, float *s, size_t ld, const void *x, size_t bx,
                                   const void *y, size_t by, int nrows, int ncols);
+void nf__ggml_dot_f32_cols_avx2(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,
+                                size_t by, int nrows, int ncols);
+void nf__ggml_dot_f16_cols_avx2(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,
+                                size_t by, int nrows, int ncols);
 
 #endif

@@ -5,6 +5,7 @@
 #include "quants_avx512_impl.h"
 #include "quants_mat_impl.h"
 #include "quants_rows.h"
+#include "vec_avx512_impl.h"
 
 /* ---- q4_0 ---------------------------------------------------------------------------------
  *
@@ -114,8 +115,10 @@ void nf__vec_dot_q4_0_q8_0_cols_avx512(int n, float *s, size_t ld, const void *v
  * Four 16-lane accumulators, block j of 64 elements feeding accumulator (i / 16) % 4 lane
  * i % 16 by fused multiply-adds, then (a0 + a2) + (a1 + a3) and nf__hsum16's order; the tail
  * past the last whole block of 64 summed in double (nf__ggml_dot_ref). Up to GCOLS activation
- * rows share each weight block's loads. */
-enum { GCOLS = 4 };
+ * rows share each weight block's loads. One F16 activation row against many weight rows (a
+ * decode step's attention scores: one query head against every cached K row) is converted to
+ * F32 once, exactly, into YF_MAX floats at most. */
+enum { GCOLS = 4, YF_MAX = 1024 };
 
 static ALWAYS_INLINE __m512 ld16(const void *p, bool f16, int i)
 {
@@ -129,8 +132,9 @@ static ALWAYS_INLINE float ld1(const void *p, bool f16, int i)
     return f16 ? nf_fp16_to_fp32(((const nf_fp16_t *)p)[i]) : ((const float *)p)[i];
 }
 
-static ALWAYS_INLINE void ggml_tile(bool f16, int ct, int n, float *s, size_t ld, const char *x,
-                                    const char *y, size_t by)
+/* x16 / y16: whether the weight row x / the activation rows y hold F16 (else F32). */
+static ALWAYS_INLINE void ggml_tile(bool x16, bool y16, int ct, int n, float *s, size_t ld,
+                                    const char *x, const char *y, size_t by)
 {
     const int np = n & ~63;
     __m512 acc[GCOLS][4];
@@ -138,27 +142,25 @@ static ALWAYS_INLINE void ggml_tile(bool f16, int ct, int n, float *s, size_t ld
     for (int c = 0; c < ct; c++)
         acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = _mm512_setzero_ps();
     for (int i = 0; i < np; i += 64) {
-        const __m512 x0 = ld16(x, f16, i), x1 = ld16(x, f16, i + 16);
-        const __m512 x2 = ld16(x, f16, i + 32), x3 = ld16(x, f16, i + 48);
+        const __m512 x0 = ld16(x, x16, i), x1 = ld16(x, x16, i + 16);
+        const __m512 x2 = ld16(x, x16, i + 32), x3 = ld16(x, x16, i + 48);
         UNROLL
         for (int c = 0; c < ct; c++) {
             const char *yc = y + (size_t)c * by;
-            acc[c][0] = _mm512_fmadd_ps(x0, ld16(yc, f16, i), acc[c][0]);
-            acc[c][1] = _mm512_fmadd_ps(x1, ld16(yc, f16, i + 16), acc[c][1]);
-            acc[c][2] = _mm512_fmadd_ps(x2, ld16(yc, f16, i + 32), acc[c][2]);
-            acc[c][3] = _mm512_fmadd_ps(x3, ld16(yc, f16, i + 48), acc[c][3]);
+            acc[c][0] = _mm512_fmadd_ps(x0, ld16(yc, y16, i), acc[c][0]);
+            acc[c][1] = _mm512_fmadd_ps(x1, ld16(yc, y16, i + 16), acc[c][1]);
+            acc[c][2] = _mm512_fmadd_ps(x2, ld16(yc, y16, i + 32), acc[c][2]);
+            acc[c][3] = _mm512_fmadd_ps(x3, ld16(yc, y16, i + 48), acc[c][3]);
         }
     }
     UNROLL
     for (int c = 0; c < ct; c++) {
         const __m512 a =
             _mm512_add_ps(_mm512_add_ps(acc[c][0], acc[c][2]), _mm512_add_ps(acc[c][1], acc[c][3]));
-        float v[16];
-        _mm512_storeu_ps(v, a);
         const char *yc = y + (size_t)c * by;
-        double sum = np ? (double)nf__hsum16(v) : 0.0;
+        double sum = np ? (double)hsum16_ps(a) : 0.0;
         for (int i = np; i < n; i++)
-            sum += (double)(ld1(x, f16, i) * ld1(yc, f16, i));
+            sum += (double)(ld1(x, x16, i) * ld1(yc, y16, i));
         s[(size_t)c * ld] = (float)sum;
     }
 }
@@ -166,13 +168,25 @@ static ALWAYS_INLINE void ggml_tile(bool f16, int ct, int n, float *s, size_t ld
 static ALWAYS_INLINE void ggml_cols(bool f16, int n, float *s, size_t ld, const char *x, size_t bx,
                                     const char *y, size_t by, int nrows, int ncols)
 {
+    if (f16 && ncols == 1 && nrows > 1 && n <= YF_MAX) {
+        float yf[YF_MAX];
+        for (int i = 0; i < n; i += 16) {
+            const __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+            _mm512_mask_storeu_ps(yf + i, m,
+                                  _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                                      m, (const nf_fp16_t *)(const void *)y + i)));
+        }
+        for (int r = 0; r < nrows; r++)
+            ggml_tile(true, false, 1, n, s + r, ld, x + (size_t)r * bx, (const char *)yf, 0);
+        return;
+    }
     for (int r = 0; r < nrows; r++) {
         const char *xr = x + (size_t)r * bx;
         int c = 0;
         for (; c + GCOLS <= ncols; c += GCOLS)
-            ggml_tile(f16, GCOLS, n, s + (size_t)c * ld + r, ld, xr, y + (size_t)c * by, by);
+            ggml_tile(f16, f16, GCOLS, n, s + (size_t)c * ld + r, ld, xr, y + (size_t)c * by, by);
         for (; c < ncols; c++)
-            ggml_tile(f16, 1, n, s + (size_t)c * ld + r, ld, xr, y + (size_t)c * by, by);
+            ggml_tile(f16, f16, 1, n, s + (size_t)c * ld + r, ld, xr, y + (size_t)c * by, by);
     }
 }
 
