@@ -399,7 +399,7 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
         nf_errf(r->error, sizeof(r->error), 0, "needs the .gguf (the model given is a .nft)");
         return;
     }
-    char log[PATH_MAX + 32], thr[32], n[32], ctx[32];
+    char log[PATH_MAX + 48], thr[32], n[32], ctx[32];
     snprintf(log, sizeof(log), "%s/%s.log", b->base, phase);
     snprintf(thr, sizeof(thr), "%ld", b->o.threads);
     snprintf(n, sizeof(n), "%ld", b->o.n);
