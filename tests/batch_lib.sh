@@ -58,7 +58,7 @@ batch_check() {
             2>"$T/$id.err" </dev/null &
         pids+=($!)
         if [ "$id" = a ]; then # x is cancelled while a runs beside it
-            for _ in $(seq 500); do
+            for _ in $(seq 3000); do # up to 30 s: a loaded machine starts clients slowly
                 [ "$(wc -l <"$T/x.gen")" -ge 3 ] && break
                 sleep 0.01
             done
