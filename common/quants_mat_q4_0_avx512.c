@@ -28,7 +28,7 @@
 
 enum {
     PR = 16,              /* weight rows per panel (one vector lane each) */
-    CT = 8,               /* tokens per register tile */
+    CT = 16,              /* tokens per register tile */
     NC_MAX = 512,         /* tokens per packed activation chunk */
     KC_MAX = 64,          /* blocks per chunk: a 20 KiB weight panel */
     KC_MIN = 4,           /* fewest blocks per chunk (when NC_MAX tokens fill YP_BYTES) */
@@ -154,24 +154,22 @@ static ALWAYS_INLINE void tile(int ct, int kc, const struct y_blk *y, float *s, 
     }
 }
 
-/* One packed panel against the nc packed tokens. */
+/* One packed panel against the nc packed tokens: tiles of CT, the rest in tiles of 8, 4, 2, 1. */
 static void panel(int kc, float *s, size_t ld, __mmask16 m, int nc, bool first)
 {
     int c = 0;
     for (; c + CT <= nc; c += CT)
         tile(CT, kc, y_buf + (size_t)c * kc, s + (size_t)c * ld, ld, m, first);
-    const struct y_blk *y = y_buf + (size_t)c * kc;
-    s += (size_t)c * ld;
-    switch (nc - c) {
-    case 7: tile(7, kc, y, s, ld, m, first); break;
-    case 6: tile(6, kc, y, s, ld, m, first); break;
-    case 5: tile(5, kc, y, s, ld, m, first); break;
-    case 4: tile(4, kc, y, s, ld, m, first); break;
-    case 3: tile(3, kc, y, s, ld, m, first); break;
-    case 2: tile(2, kc, y, s, ld, m, first); break;
-    case 1: tile(1, kc, y, s, ld, m, first); break;
-    default: break;
+#define REST(t)                                                                \
+    if (t < CT && c + t <= nc) {                                               \
+        tile(t, kc, y_buf + (size_t)c * kc, s + (size_t)c * ld, ld, m, first); \
+        c += t;                                                                \
     }
+    REST(8)
+    REST(4)
+    REST(2)
+    REST(1)
+#undef REST
 }
 
 /* Blocks per chunk for nc >= 1 tokens: as many as y_buf holds for them, within the limits. */

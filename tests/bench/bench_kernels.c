@@ -1,7 +1,8 @@
 /* bench_kernels.c - single-threaded mat-vec throughput (GB/s of weights) per type and ISA, and
  * the multi-token product (GMAC/s) of vec_dot_mat against one vec_dot per row and token.
- * `bench_kernels mat [TOKENS [ROWS [TYPE]]]` prints the second table only (default 32 tokens,
- * 1024 rows, every type; `mat 512 4096 q4_0` is one 7B attention matrix at a 512-token ubatch). */
+ * `bench_kernels mat [TOKENS [ROWS [TYPE [ISA]]]]` prints the second table only (default 32
+ * tokens, 1024 rows, every type and ISA; `mat 512 4096 q4_0 avx512` is one 7B attention matrix
+ * at a 512-token ubatch). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,7 +89,8 @@ static double cpu_s(void)
 
 /* mrows weight rows x mtok tokens (a prompt chunk) through vec_dot one row and token at a time
  * (the prompt path before vec_dot_mat) and through vec_dot_mat, best of REPS, CPU time. */
-static void bench_mat(const enum nf_type *types, size_t ntypes, int mtok, int mrows)
+static void bench_mat(const enum nf_type *types, size_t ntypes, int mtok, int mrows,
+                      const char *only_isa)
 {
     printf("mat-mat %d rows x %d x %d tokens, one thread, best of %d (thread CPU time)\n", mrows,
            COLS, mtok, REPS);
@@ -107,6 +109,8 @@ static void bench_mat(const enum nf_type *types, size_t ntypes, int mtok, int mr
         for (int k = 0; k < mtok; k++)
             nf_type_traits(tt->vec_dot_type)->from_float(act, yq + (size_t)k * ys, COLS);
         for (int isa = 0; isa <= (int)nf_cpu_best_isa(); isa++) {
+            if (only_isa && strcmp(only_isa, nf_isa_name((enum nf_isa)isa)))
+                continue;
             nf_vec_dot_fn dot = NULL;
             nf_vec_dot_mat_fn mat = NULL;
             for (int k = isa; k >= 0 && !dot; k--)
@@ -153,14 +157,14 @@ int main(int argc, char **argv)
         }
         for (size_t ti = 0; argc > 4 && ti < ntypes; ti++)
             if (!strcmp(argv[4], nf_type_traits(types[ti])->name)) {
-                bench_mat(&types[ti], 1, mtok, mrows);
+                bench_mat(&types[ti], 1, mtok, mrows, argc > 5 ? argv[5] : NULL);
                 return 0;
             }
         if (argc > 4) {
             fprintf(stderr, "bench_kernels: unknown type '%s'\n", argv[4]);
             return 2;
         }
-        bench_mat(types, ntypes, mtok, mrows);
+        bench_mat(types, ntypes, mtok, mrows, NULL);
         return 0;
     }
     float *act = malloc(COLS * sizeof(float));
@@ -219,6 +223,6 @@ int main(int argc, char **argv)
     free(act);
     free(out);
     free(yq);
-    bench_mat(types, ntypes, 32, 1024);
+    bench_mat(types, ntypes, 32, 1024, NULL);
     return 0;
 }
