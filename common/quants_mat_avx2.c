@@ -1,4 +1,4 @@
-/* quants_mat_avx2.c - AVX2/FMA/F16C multi-token kernels: q4_0, q8_0, f32, f16.
+/* quants_mat_avx2.c - AVX2/FMA/F16C multi-token kernels: q8_0, f32, f16, K-quants.
  *
  * Tiles of weight rows x activation rows held in the 16 registers: each weight block is loaded
  * and unpacked once for the tile's activation rows, each activation block once for its weight
@@ -13,19 +13,18 @@ static ALWAYS_INLINE float hsum8(__m256 v)
     return hsum_ps(v);
 }
 
-/* ---- q4_0 and q8_0 ------------------------------------------------------------------------
+/* ---- q8_0 (q4_0: quants_mat_q4_0_avx2.c) ---------------------------------------------------
  *
  * Per block and output: the int32 lane sums of dot_i8 and acc = fma(dx * dy, float(sums), acc)
- * in one 8-lane accumulator. For q8_0 that is nf__vec_dot_q8_0_q8_0_avx2 bit for bit; q4_0's
- * single-row kernel alternates two accumulators, so its sums are ordered differently. The
- * weight's |q| (the maddubs operand) is formed once per block and tile; tiles of 2 weight rows
- * x 4 activation rows (8 accumulators). */
+ * in one 8-lane accumulator: nf__vec_dot_q8_0_q8_0_avx2 bit for bit. The weight's |q| (the
+ * maddubs operand) is formed once per block and tile; tiles of 2 weight rows x 4 activation
+ * rows (8 accumulators). */
 enum { Q_RT = 2, Q_CT = 4 };
 
-static ALWAYS_INLINE void q_tile(bool q4, int rt, int ct, int nb, float *s, size_t ld,
-                                 const char *x, size_t bx, const char *y, size_t by)
+static ALWAYS_INLINE void q_tile(int rt, int ct, int nb, float *s, size_t ld, const char *x,
+                                 size_t bx, const char *y, size_t by)
 {
-    const __m256i off = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
+    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[Q_RT][Q_CT];
     UNROLL
     for (int r = 0; r < rt; r++)
@@ -37,15 +36,9 @@ static ALWAYS_INLINE void q_tile(bool q4, int rt, int ct, int nb, float *s, size
         float dx[Q_RT];
         UNROLL
         for (int r = 0; r < rt; r++) {
-            if (q4) {
-                const nf_block_q4_0 *b = (const nf_block_q4_0 *)(x + (size_t)r * bx) + i;
-                q[r] = _mm256_sub_epi8(nibbles_32(b->qs), off);
-                dx[r] = h2f(b->d);
-            } else {
-                const nf_block_q8_0 *b = (const nf_block_q8_0 *)(x + (size_t)r * bx) + i;
-                q[r] = _mm256_loadu_si256((const __m256i *)b->qs);
-                dx[r] = h2f(b->d);
-            }
+            const nf_block_q8_0 *b = (const nf_block_q8_0 *)(x + (size_t)r * bx) + i;
+            q[r] = _mm256_loadu_si256((const __m256i *)b->qs);
+            dx[r] = h2f(b->d);
             aq[r] = _mm256_sign_epi8(q[r], q[r]);
         }
         UNROLL
@@ -69,22 +62,12 @@ static ALWAYS_INLINE void q_tile(bool q4, int rt, int ct, int nb, float *s, size
         s[(size_t)c * ld + r] = hsum8(acc[r][c]);
 }
 
-void nf__vec_dot_q4_0_q8_0_mat_avx2(int n, float *s, size_t ld, const void *vx, size_t bx,
-                                    const void *vy, size_t by, int nrows, int ncols)
-{
-    const int nb = n / NF_QK8_0;
-    const char *x = vx, *y = vy;
-#define Q4_TILE(rt, ct, so, xo, yo) q_tile(true, rt, ct, nb, so, ld, xo, bx, yo, by)
-    FOR_TILES(Q_RT, Q_CT, Q4_TILE);
-#undef Q4_TILE
-}
-
 void nf__vec_dot_q8_0_q8_0_mat_avx2(int n, float *s, size_t ld, const void *vx, size_t bx,
                                     const void *vy, size_t by, int nrows, int ncols)
 {
     const int nb = n / NF_QK8_0;
     const char *x = vx, *y = vy;
-#define Q8_TILE(rt, ct, so, xo, yo) q_tile(false, rt, ct, nb, so, ld, xo, bx, yo, by)
+#define Q8_TILE(rt, ct, so, xo, yo) q_tile(rt, ct, nb, so, ld, xo, bx, yo, by)
     FOR_TILES(Q_RT, Q_CT, Q8_TILE);
 #undef Q8_TILE
 }

@@ -1,4 +1,4 @@
-/* quants_mat_avx512.c - AVX-512 (F/BW/VL/VNNI) multi-token kernels: q4_0, q8_0, f32, f16.
+/* quants_mat_avx512.c - AVX-512 (F/BW/VL/VNNI) multi-token kernels: q8_0, f32, f16, K-quants.
  *
  * Each kernel computes a tile of weight rows x activation rows in registers, so a weight block
  * is loaded and unpacked once for all the tile's activation rows and an activation block once
@@ -8,113 +8,7 @@
 #include "quants_avx512_impl.h"
 #include "quants_mat_impl.h"
 
-/* ---- q4_0 ---------------------------------------------------------------------------------
- *
- * In groups of four blocks as nf__vec_dot_q4_0_q8_0_rows_avx512 (quants_avx512.c): each
- * activation group is prepared once per call (prep_group) and each weight group unpacked once
- * per tile into unsigned nibbles (lo, hi) and its four scales. Tiles are 2 weight rows x 8
- * activation rows: 16 accumulators, 6 unpacked weight vectors and a group of 4 activation
- * vectors fit the 32 registers. One float accumulator per output over the groups of a chunk of
- * KC groups; the chunks' sums are added in s, the rows' last nb % 4 blocks one at a time. */
-enum { Q4_RT = 2, Q4_CT = 8, KC = 32, CB = 32 };
-
-/* Prepared activation groups: CB activation rows x KC groups (256 KiB, in L2). */
-static _Thread_local struct y_group prep_buf[CB * KC] __attribute__((aligned(64)));
-
-/* rt weight rows (at x, stride bx, from group g0) x ct prepared activation rows (g, KC groups
- * apart) over gn groups; adds (or stores, when first) into s. */
-static ALWAYS_INLINE void q4_0_tile(int rt, int ct, int gn, float *s, size_t ld, const char *x,
-                                    size_t bx, const struct y_group *g, bool first)
-{
-    const __m512i iq = q4_0_qs_index(), id = q4_0_d_index();
-    __m512 acc[Q4_RT][Q4_CT];
-    UNROLL
-    for (int r = 0; r < rt; r++)
-        UNROLL
-    for (int c = 0; c < ct; c++)
-        acc[r][c] = _mm512_setzero_ps();
-    for (int k = 0; k < gn; k++) {
-        struct q4_w w[Q4_RT];
-        UNROLL
-        for (int r = 0; r < rt; r++)
-            w[r] = q4_0_unpack(x + (size_t)r * bx + 72 * (size_t)k, iq, id);
-        UNROLL
-        for (int c = 0; c < ct; c++) {
-            const struct y_group *gc = &g[(size_t)c * KC + k];
-            UNROLL
-            for (int r = 0; r < rt; r++) {
-                __m512i sumi = _mm512_dpbusd_epi32(gc->base, w[r].lo, gc->lo);
-                sumi = _mm512_dpbusd_epi32(sumi, w[r].hi, gc->hi);
-                acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(w[r].d, gc->d), _mm512_cvtepi32_ps(sumi),
-                                            acc[r][c]);
-            }
-        }
-    }
-    UNROLL
-    for (int r = 0; r < rt; r++)
-        UNROLL
-    for (int c = 0; c < ct; c++) {
-        float v = _mm512_reduce_add_ps(acc[r][c]);
-        float *o = s + (size_t)c * ld + r;
-        *o = first ? v : *o + v;
-    }
-}
-
-/* The tiles of one chunk; y is the prepared groups, KC of them per activation row. */
-static void q4_0_chunk(int gn, float *s, size_t ld, const char *x, size_t bx,
-                       const struct y_group *g, int nrows, int ncols, bool first)
-{
-    const char *y = (const char *)g;
-    const size_t by = KC * sizeof(struct y_group);
-#define Q4_TILE(rt, ct, so, xo, yo) \
-    q4_0_tile(rt, ct, gn, so, ld, xo, bx, (const struct y_group *)(const void *)(yo), first)
-    FOR_TILES(Q4_RT, Q4_CT, Q4_TILE);
-#undef Q4_TILE
-}
-
-/* nrows weight rows against ncols activation rows. */
-static void q4_0_panel(int n, float *s, size_t ld, const void *vx, size_t bx, const void *vy,
-                       size_t by, int nrows, int ncols)
-{
-    const int nb = n / NF_QK8_0, ng = nb / 4;
-    /* Activation rows in blocks of CB: the panel's weights are read once per block of CB. */
-    for (int c0 = 0; c0 < ncols; c0 += CB) {
-        const int cn = ncols - c0 < CB ? ncols - c0 : CB;
-        float *sc = s + (size_t)c0 * ld;
-        const char *yc = (const char *)vy + (size_t)c0 * by;
-        for (int g0 = 0; g0 < ng; g0 += KC) {
-            const int gn = ng - g0 < KC ? ng - g0 : KC;
-            for (int c = 0; c < cn; c++)
-                for (int k = 0; k < gn; k++)
-                    prep_group(&prep_buf[c * KC + k],
-                               (const nf_block_q8_0 *)(yc + (size_t)c * by) + 4 * (g0 + k), 8);
-            q4_0_chunk(gn, sc, ld, (const char *)vx + (size_t)g0 * 72, bx, prep_buf, nrows, cn,
-                       g0 == 0);
-        }
-        for (int c = 0; c < cn; c++)
-            for (int r = 0; r < nrows; r++) {
-                float *o = sc + (size_t)c * ld + r;
-                if (ng == 0)
-                    *o = 0.0f;
-                for (int i = 4 * ng; i < nb; i++)
-                    *o += q4_0_block((const nf_block_q4_0 *)((const char *)vx + (size_t)r * bx) + i,
-                                     (const nf_block_q8_0 *)(yc + (size_t)c * by) + i);
-            }
-    }
-}
-
-void nf__vec_dot_q4_0_q8_0_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
-                                      const void *vy, size_t by, int nrows, int ncols)
-{
-    /* More than CB activation rows: panels of RP weight rows (at most 400 KiB of a 7B FFN
-     * row, in L2) meet every block of CB activation rows, so the weights come from DRAM once
-     * per call, not once per CB; the activation groups are prepared again per panel. */
-    enum { RP = 64 };
-    const int rp = ncols > CB ? RP : nrows;
-    for (int r0 = 0; r0 < nrows; r0 += rp)
-        q4_0_panel(n, s + r0, ld, (const char *)vx + (size_t)r0 * bx, bx, vy, by,
-                   nrows - r0 < rp ? nrows - r0 : rp, ncols);
-}
+/* q4_0: quants_mat_q4_0_avx512.c. */
 
 /* ---- q8_0 ---------------------------------------------------------------------------------
  *

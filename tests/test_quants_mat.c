@@ -334,6 +334,58 @@ static void test_cols_bit_identical(void **state)
     free(col);
 }
 
+/* A prompt ubatch's shape past every blocking of the q4_0 kernels: 37 weight rows (two panels
+ * of 16 and 5 left) x 521 activation rows (more than a packed chunk of 512 tokens) x 70 blocks
+ * (several chunks of K at that many tokens), each ISA's q4_0 vec_dot_mat against the reference,
+ * with the tolerance of test_mat_vs_ref relative to sum |x * y|. */
+static void test_mat_q4_0_prompt(void **state)
+{
+    (void)state;
+    enum { R = 37, C = 521, N = 70 * 32 };
+    const struct nf_type_traits *tt = nf_type_traits(NF_TYPE_Q4_0);
+    const size_t bx = nf_row_size(NF_TYPE_Q4_0, N) + 2, by = nf_row_size(NF_TYPE_Q8_0, N);
+    char *x = calloc(R, bx), *y = calloc(C, by);
+    float *xf = malloc(sizeof(float) * R * N), *yf = malloc(sizeof(float) * C * N);
+    float *want = malloc(sizeof(float) * R * C), *got = malloc(sizeof(float) * R * C);
+    assert_true(x && y && xf && yf && want && got);
+    for (int r = 0; r < R; r++) {
+        for (int i = 0; i < N; i++)
+            xf[(size_t)r * N + i] = rng_gauss();
+        tt->from_float(xf + (size_t)r * N, x + r * bx, N);
+        tt->to_float(x + r * bx, xf + (size_t)r * N, N);
+    }
+    for (int c = 0; c < C; c++) {
+        for (int i = 0; i < N; i++)
+            yf[(size_t)c * N + i] = rng_gauss();
+        nf_type_traits(NF_TYPE_Q8_0)->from_float(yf + (size_t)c * N, y + c * by, N);
+        nf_type_traits(NF_TYPE_Q8_0)->to_float(y + c * by, yf + (size_t)c * N, N);
+    }
+    nf_vec_dot_mat_for(NF_TYPE_Q4_0, NF_ISA_SCALAR)(N, want, R, x, bx, y, by, R, C);
+    for (int isa = NF_ISA_SCALAR + 1; isa <= (int)nf_cpu_best_isa(); isa++) {
+        nf_vec_dot_mat_fn f = nf_vec_dot_mat_for(NF_TYPE_Q4_0, (enum nf_isa)isa);
+        assert_non_null(f);
+        for (int i = 0; i < R * C; i++)
+            got[i] = NAN;
+        f(N, got, R, x, bx, y, by, R, C);
+        for (int c = 0; c < C; c++)
+            for (int r = 0; r < R; r++) {
+                double a = 0;
+                for (int i = 0; i < N; i++)
+                    a += fabs((double)xf[(size_t)r * N + i] * yf[(size_t)c * N + i]);
+                const float g = got[c * R + r], w = want[c * R + r];
+                if (!(fabs((double)g - w) <= TOL_QUANT_DOT * (a + fabs(w))))
+                    fail_msg("q4_0 %s %dx%d row %d col %d: %.9g, reference %.9g",
+                             nf_isa_name((enum nf_isa)isa), R, C, r, c, g, w);
+            }
+    }
+    free(x);
+    free(y);
+    free(xf);
+    free(yf);
+    free(want);
+    free(got);
+}
+
 static void test_mat_traits(void **state)
 {
     (void)state;
@@ -352,7 +404,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mat_traits),         cmocka_unit_test(test_mat_vs_ref),
         cmocka_unit_test(test_mat_wide),           cmocka_unit_test(test_mat_bit_identical),
-        cmocka_unit_test(test_cols_bit_identical),
+        cmocka_unit_test(test_cols_bit_identical), cmocka_unit_test(test_mat_q4_0_prompt),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

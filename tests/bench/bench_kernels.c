@@ -1,6 +1,8 @@
 /* bench_kernels.c - single-threaded mat-vec throughput (GB/s of weights) per type and ISA, and
  * the multi-token product (GMAC/s) of vec_dot_mat against one vec_dot per row and token.
- * `bench_kernels mat` prints the second table only. */
+ * `bench_kernels mat [TOKENS [ROWS [TYPE [ISA]]]]` prints the second table only (default 32
+ * tokens, 1024 rows, every type and ISA; `mat 512 4096 q4_0 avx512` is one 7B attention matrix
+ * at a 512-token ubatch). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,29 +87,30 @@ static double cpu_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* MROWS weight rows x MTOK tokens (a prompt chunk) through vec_dot one row and token at a time
+/* mrows weight rows x mtok tokens (a prompt chunk) through vec_dot one row and token at a time
  * (the prompt path before vec_dot_mat) and through vec_dot_mat, best of REPS, CPU time. */
-enum { MROWS = 1024, MTOK = 32 };
-
-static void bench_mat(const enum nf_type *types, size_t ntypes)
+static void bench_mat(const enum nf_type *types, size_t ntypes, int mtok, int mrows,
+                      const char *only_isa)
 {
-    printf("mat-mat %d rows x %d x %d tokens, one thread, best of %d (thread CPU time)\n", MROWS,
-           COLS, MTOK, REPS);
+    printf("mat-mat %d rows x %d x %d tokens, one thread, best of %d (thread CPU time)\n", mrows,
+           COLS, mtok, REPS);
     printf("%-6s %-7s %14s %14s %8s\n", "type", "isa", "vec_dot GMAC/s", "mat GMAC/s", "speedup");
     float *act = malloc(sizeof(float) * COLS);
-    float *out = malloc(sizeof(float) * MROWS * MTOK);
-    char *yq = malloc((size_t)MTOK * COLS * 4);
+    float *out = malloc(sizeof(float) * mrows * mtok);
+    char *yq = malloc((size_t)mtok * COLS * 4);
     for (int i = 0; i < COLS; i++)
         act[i] = (float)(next() >> 40) / (float)(1 << 23) - 1.0f;
     for (size_t ti = 0; ti < ntypes; ti++) {
         const enum nf_type t = types[ti];
         const struct nf_type_traits *tt = nf_type_traits(t);
         const size_t rs = nf_row_size(t, COLS), ys = (size_t)COLS * 4;
-        char *w = malloc(rs * MROWS);
-        fill_weights(t, w, rs * MROWS);
-        for (int k = 0; k < MTOK; k++)
+        char *w = malloc(rs * mrows);
+        fill_weights(t, w, rs * mrows);
+        for (int k = 0; k < mtok; k++)
             nf_type_traits(tt->vec_dot_type)->from_float(act, yq + (size_t)k * ys, COLS);
         for (int isa = 0; isa <= (int)nf_cpu_best_isa(); isa++) {
+            if (only_isa && strcmp(only_isa, nf_isa_name((enum nf_isa)isa)))
+                continue;
             nf_vec_dot_fn dot = NULL;
             nf_vec_dot_mat_fn mat = NULL;
             for (int k = isa; k >= 0 && !dot; k--)
@@ -117,17 +120,17 @@ static void bench_mat(const enum nf_type *types, size_t ntypes)
             double td = 1e9, tm = 1e9;
             for (int rep = 0; rep < REPS; rep++) {
                 double t0 = cpu_s();
-                for (int r = 0; r < MROWS; r++)
-                    for (int k = 0; k < MTOK; k++)
-                        dot(COLS, out + (size_t)k * MROWS + r, w + (size_t)r * rs,
+                for (int r = 0; r < mrows; r++)
+                    for (int k = 0; k < mtok; k++)
+                        dot(COLS, out + (size_t)k * mrows + r, w + (size_t)r * rs,
                             yq + (size_t)k * ys);
                 double t1 = cpu_s();
-                mat(COLS, out, MROWS, w, rs, yq, ys, MROWS, MTOK);
+                mat(COLS, out, mrows, w, rs, yq, ys, mrows, mtok);
                 double t2 = cpu_s();
                 td = t1 - t0 < td ? t1 - t0 : td;
                 tm = t2 - t1 < tm ? t2 - t1 : tm;
             }
-            const double macs = (double)MROWS * COLS * MTOK;
+            const double macs = (double)mrows * COLS * mtok;
             printf("%-6s %-7s %14.2f %14.2f %7.2fx\n", tt->name, nf_isa_name((enum nf_isa)isa),
                    macs / td / 1e9, macs / tm / 1e9, td / tm);
             fflush(stdout);
@@ -147,7 +150,21 @@ int main(int argc, char **argv)
                                          NF_TYPE_Q5_K,   NF_TYPE_Q6_K, NF_TYPE_IQ4_XS};
     const size_t ntypes = sizeof(types) / sizeof(types[0]);
     if (argc > 1 && !strcmp(argv[1], "mat")) {
-        bench_mat(types, ntypes);
+        const int mtok = argc > 2 ? atoi(argv[2]) : 32, mrows = argc > 3 ? atoi(argv[3]) : 1024;
+        if (mtok < 1 || mtok > 4096 || mrows < 1 || mrows > 65536) {
+            fprintf(stderr, "bench_kernels: TOKENS must be 1..4096 and ROWS 1..65536\n");
+            return 2;
+        }
+        for (size_t ti = 0; argc > 4 && ti < ntypes; ti++)
+            if (!strcmp(argv[4], nf_type_traits(types[ti])->name)) {
+                bench_mat(&types[ti], 1, mtok, mrows, argc > 5 ? argv[5] : NULL);
+                return 0;
+            }
+        if (argc > 4) {
+            fprintf(stderr, "bench_kernels: unknown type '%s'\n", argv[4]);
+            return 2;
+        }
+        bench_mat(types, ntypes, mtok, mrows, NULL);
         return 0;
     }
     float *act = malloc(COLS * sizeof(float));
@@ -206,6 +223,6 @@ int main(int argc, char **argv)
     free(act);
     free(out);
     free(yq);
-    bench_mat(types, ntypes);
+    bench_mat(types, ntypes, 32, 1024, NULL);
     return 0;
 }
