@@ -21,7 +21,7 @@ cleanup() {
 trap cleanup EXIT
 export XDG_CACHE_HOME="$T/cache"
 cp "$M0" "$T/m.gguf"
-patch_ctx "$T/m.gguf" 2048 || exit 1 # room for 150-token generations
+patch_ctx "$T/m.gguf" 2048 || exit 1 # room for 600-token generations
 PORT=$(free_port)
 U="http://127.0.0.1:$PORT"
 # --parallel 1: compute runs one request at a time, so the order served is the gateway's queue.
@@ -31,7 +31,7 @@ http_up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --parallel 1
 grep -Eq "^gateway +[0-9]+ +ready" "$T/status.txt"
 check "status lists the gateway, ready" $?
 
-N=150
+N=600
 "$NF_BIN" gen --run-dir "$R" -n $N --temp 0 "Once upon a time" >"$T/gen.txt" 2>/dev/null
 python3 - "$PORT" "$T" $N <<'PY'
 import http.client, json, sys, threading, time, urllib.request
