@@ -6,7 +6,9 @@
 # sequences); a client cancelled with Ctrl-C mid-way leaves the others' output intact and gets
 # a prefix of its solo output. Needs T (a scratch directory) and NF_BIN, NF_SHARED_DIR;
 # BATCH_NEED_SHARED=0 waives the shared-steps check (for a model too fast to be sure its
-# staggered clients overlap on a loaded machine).
+# staggered clients overlap on a loaded machine); BATCH_CTX=N runs a copy of the model whose
+# trained context (128) is patched to N, so that the client to be cancelled is still
+# generating when its Ctrl-C comes.
 
 # Clients: name, delay before starting (s), -n, sampling flags, prompt.
 CLIENTS=(
@@ -25,6 +27,13 @@ batch_check() {
         return
     fi
     R="$T/run-$name"
+    if [ -n "${BATCH_CTX:-}" ]; then
+        cp "$M" "$T/$name.gguf" && patch_ctx "$T/$name.gguf" "$BATCH_CTX" || {
+            check "$name: a copy with a context of $BATCH_CTX" 1
+            return
+        }
+        M="$T/$name.gguf"
+    fi
     # Each client alone, in RAM, meanwhile.
     runs=()
     for c in "${CLIENTS[@]}"; do
