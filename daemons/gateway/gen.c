@@ -70,7 +70,8 @@ static int text_add(struct gw_gen *x, const void *p, size_t n)
         x->text = t;
         x->cap = cap;
     }
-    memcpy(x->text + x->len, p, n);
+    if (n) /* an empty piece's p may be NULL, which memcpy must not see */
+        memcpy(x->text + x->len, p, n);
     x->len += n;
     x->text[x->len] = 0;
     return 0;
