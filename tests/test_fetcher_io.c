@@ -142,27 +142,36 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Sends Shutdown over fetcher.sock, waits for the process and checks nothing is left. */
-static void stop_fetcher(struct running *r)
+/* Sends env as request id over fetcher.sock and returns the reply (the caller frees it). */
+static nf_envelope *fetcher_call(const struct running *r, nf_envelope *env, uint64_t id)
 {
-    nf_stack_detach(&r->st);
     char sock[PATH_MAX], err[256];
     nf_rundir_path(r->run_dir, NF_ROLE_FETCHER, "sock", sock, sizeof(sock));
     int fd = nf_client_connect(sock, 5000, err, sizeof(err));
     if (fd < 0)
         fail_msg("connect %s: %s", sock, err);
+    assert_int_equal(nf_client_send(fd, id, env), 0);
+    nf_envelope *reply = NULL;
+    assert_int_equal(nf_client_recv(fd, &reply, 5000), 1);
+    close(fd);
+    return reply;
+}
+
+/* Sends Shutdown over fetcher.sock, waits for the process and checks nothing is left. */
+static void stop_fetcher(struct running *r)
+{
+    nf_stack_detach(&r->st);
+    char sock[PATH_MAX];
+    nf_rundir_path(r->run_dir, NF_ROLE_FETCHER, "sock", sock, sizeof(sock));
     nf_envelope env;
     Nanoflow__Shutdown sd;
     nanoflow__envelope__init(&env);
     nanoflow__shutdown__init(&sd);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_SHUTDOWN;
     env.shutdown = &sd;
-    assert_int_equal(nf_client_send(fd, 7, &env), 0);
-    nf_envelope *reply = NULL;
-    assert_int_equal(nf_client_recv(fd, &reply, 5000), 1);
+    nf_envelope *reply = fetcher_call(r, &env, 7);
     assert_int_equal(reply->request_id, 7);
     nf_envelope_free(reply);
-    close(fd);
     int status = -1;
     for (int i = 0; i < 1000 && waitpid(r->pid, &status, WNOHANG) != r->pid; i++)
         usleep(10000);
@@ -395,21 +404,13 @@ static int setup_files(void)
 /* The fetcher's counter `name` from its stats reply (what 'nanoflowctl stats' shows). */
 static uint64_t fetcher_stat(struct running *r, const char *name)
 {
-    char sock[PATH_MAX], err[256];
-    nf_rundir_path(r->run_dir, NF_ROLE_FETCHER, "sock", sock, sizeof(sock));
-    int fd = nf_client_connect(sock, 5000, err, sizeof(err));
-    if (fd < 0)
-        fail_msg("connect %s: %s", sock, err);
     nf_envelope env;
     Nanoflow__StatsRequest sr;
     nanoflow__envelope__init(&env);
     nanoflow__stats_request__init(&sr);
     env.msg_case = NANOFLOW__ENVELOPE__MSG_STATS_REQUEST;
     env.stats_request = &sr;
-    assert_int_equal(nf_client_send(fd, 9, &env), 0);
-    nf_envelope *reply = NULL;
-    assert_int_equal(nf_client_recv(fd, &reply, 5000), 1);
-    close(fd);
+    nf_envelope *reply = fetcher_call(r, &env, 9);
     assert_int_equal(reply->msg_case, NANOFLOW__ENVELOPE__MSG_STATS);
     bool found = false;
     uint64_t v = 0;
