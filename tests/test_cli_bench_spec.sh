@@ -7,21 +7,9 @@ set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
-M="$NF_SHARED_DIR/models/stories260K.gguf"
-if [ ! -f "$M" ]; then
-    echo "skip: $M is missing"
-    exit 77
-fi
-if ! command -v python3 >/dev/null; then
-    echo "skip: python3 is needed to parse --json"
-    exit 77
-fi
-BIN_DIR=$(dirname "$NF_BIN")
-if [ ! -x "$BIN_DIR/../daemons/nanoflow-compute" ] && ! command -v nanoflow-compute >/dev/null &&
-    [ ! -x "$BIN_DIR/nanoflow-compute" ]; then
-    echo "skip: the stack daemons are not built"
-    exit 77
-fi
+need_stories
+need_daemons
+M="$M0"
 T=$(mktemp -d)
 export NANOFLOW_BENCH_CGROUP="nanoflow-benchspec-$$"
 export XDG_CACHE_HOME="$T/cache" # the converted .nft of the read-only shared model goes here
