@@ -43,22 +43,13 @@ static void usage(FILE *f)
         "                          (default: none)\n"
         "      --chat-template NAME  this built-in template instead of the model's\n"
         "                          (default: the model's); NAME is one of\n%s"
-        "      --temp T            temperature; 0 = greedy (default: 0.8)\n"
-        "      --top-k K           keep the K most likely tokens, 0 = off (default: 40)\n"
-        "      --top-p P           nucleus filter, 1 = off (default: 0.95)\n"
-        "      --min-p M           drop tokens below M x the top probability, 0 = off\n"
-        "                          (default: 0.05)\n"
-        "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
-        "      --presence-penalty P  subtract P from the logit of every token seen in the\n"
-        "                          last 64, -2..2, 0 = off (default: 0.0)\n"
-        "      --frequency-penalty F  subtract F x its count in the last 64 from a\n"
-        "                          token's logit, -2..2, 0 = off (default: 0.0)\n"
+        "%s"
         "  -s, --seed S            sampling seed of every reply (default: from the clock)\n"
         "      --timeout SECONDS   give up when compute sends nothing for this long,\n"
         "                          0 = wait forever (default: %d)\n"
         "      --run-dir DIR       run directory (default: as for 'up')\n"
         "  -h, --help              show this help\n",
-        NF_CHAT_DEFAULT_N, nf_chat_help_names(), NF_CHAT_DEFAULT_TIMEOUT_S);
+        NF_CHAT_DEFAULT_N, nf_chat_help_names(), NF_SAMPLING_HELP, NF_CHAT_DEFAULT_TIMEOUT_S);
 }
 
 struct chat_opts {

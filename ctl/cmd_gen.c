@@ -41,16 +41,7 @@ static void usage(FILE *f)
             "                          also stops at an end-of-generation token or a full context\n"
             "                          (the stack's) and at the stack's per-request token\n"
             "                          limit (both set by 'up', see its help)\n"
-            "      --temp T            temperature; 0 = greedy (default: 0.8)\n"
-            "      --top-k K           keep the K most likely tokens, 0 = off (default: 40)\n"
-            "      --top-p P           nucleus filter, 1 = off (default: 0.95)\n"
-            "      --min-p M           drop tokens below M x the top probability, 0 = off\n"
-            "                          (default: 0.05)\n"
-            "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
-            "      --presence-penalty P  subtract P from the logit of every token seen in the\n"
-            "                          last 64, -2..2, 0 = off (default: 0.0)\n"
-            "      --frequency-penalty F  subtract F x its count in the last 64 from a\n"
-            "                          token's logit, -2..2, 0 = off (default: 0.0)\n"
+            "%s"
             "  -s, --seed S            sampling seed (default: taken from the clock)\n"
             "      --chat              send the prompt as a user message in the model's chat\n"
             "                          template (tokenizer.chat_template; chatml when it has\n"
@@ -77,7 +68,7 @@ static void usage(FILE *f)
             "                          0 = wait forever (default: %d)\n"
             "      --run-dir DIR       run directory (default: as for 'up')\n"
             "  -h, --help              show this help\n",
-            NF_GEN_DEFAULT_N, nf_chat_help_names(), NF_GEN_MAX_TOP_LOGITS,
+            NF_GEN_DEFAULT_N, NF_SAMPLING_HELP, nf_chat_help_names(), NF_GEN_MAX_TOP_LOGITS,
             NF_GEN_DEFAULT_TIMEOUT_S);
 }
 

@@ -37,16 +37,7 @@ static void usage(FILE *f)
         "  -f, --file FILE         read the prompt from FILE\n"
         "  -n, --n-predict N       tokens to generate, 1..1000000 (default: %d); generation\n"
         "                          also stops at an end-of-generation token or a full context\n"
-        "      --temp T            temperature; 0 = greedy (default: 0.8)\n"
-        "      --top-k K           keep the K most likely tokens, 0 = off (default: 40)\n"
-        "      --top-p P           nucleus filter, 1 = off (default: 0.95)\n"
-        "      --min-p M           drop tokens below M x the top probability, 0 = off\n"
-        "                          (default: 0.05)\n"
-        "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"
-        "      --presence-penalty P  subtract P from the logit of every token seen in the\n"
-        "                          last 64, -2..2, 0 = off (default: 0.0)\n"
-        "      --frequency-penalty F  subtract F x its count in the last 64 from a\n"
-        "                          token's logit, -2..2, 0 = off (default: 0.0)\n"
+        "%s"
         "  -s, --seed S            sampling seed (default: taken from the clock; printed in\n"
         "                          --json output)\n"
         "  -t, --threads N         compute threads (default: 0 = all CPUs)\n"
@@ -99,8 +90,9 @@ static void usage(FILE *f)
         "      --draft-max K       with --lookup or --draft, the most drafts verified per\n"
         "                          pass, 1..%d; fewer when drafts are rejected (default: %d)\n"
         "  -h, --help              show this help\n",
-        NF_RUN_DEFAULT_N, NF_MAX_UBATCH, NF_RUN_DEFAULT_UBATCH, NF_RUN_DEFAULT_CTX_CAP,
-        nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX, NF_GEN_SPEC_MAX, NF_GEN_SPEC_MAX);
+        NF_RUN_DEFAULT_N, NF_SAMPLING_HELP, NF_MAX_UBATCH, NF_RUN_DEFAULT_UBATCH,
+        NF_RUN_DEFAULT_CTX_CAP, nf_chat_help_names(), NF_GEN_TOP_LOGITS_MAX, NF_GEN_SPEC_MAX,
+        NF_GEN_SPEC_MAX);
 }
 
 struct run_opts {

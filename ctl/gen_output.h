@@ -47,6 +47,20 @@ void nf_gen_summary_json(FILE *f, const int32_t *prompt_ids, int n_prompt, const
 void nf_gen_ctx_full_note(const char *cmd, int n_gen, int n_ctx, int n_ctx_train,
                           const char *raise);
 
+/* The --help lines of the sampling flags nf_sampling_flag() parses, but --seed (whose default
+ * each command words itself). */
+#define NF_SAMPLING_HELP                                                                 \
+    "      --temp T            temperature; 0 = greedy (default: 0.8)\n"                 \
+    "      --top-k K           keep the K most likely tokens, 0 = off (default: 40)\n"   \
+    "      --top-p P           nucleus filter, 1 = off (default: 0.95)\n"                \
+    "      --min-p M           drop tokens below M x the top probability, 0 = off\n"     \
+    "                          (default: 0.05)\n"                                        \
+    "      --repeat-penalty R  penalty on the last 64 tokens, 1 = off (default: 1.0)\n"  \
+    "      --presence-penalty P  subtract P from the logit of every token seen in the\n" \
+    "                          last 64, -2..2, 0 = off (default: 0.0)\n"                 \
+    "      --frequency-penalty F  subtract F x its count in the last 64 from a\n"        \
+    "                          token's logit, -2..2, 0 = off (default: 0.0)\n"
+
 /* Parses argv[*i] if it is one of the sampling flags `run` and `gen` share (--temp, --top-k,
  * --top-p, --min-p, --repeat-penalty, --presence-penalty, --frequency-penalty, --seed/-s), with the
  * same ranges in both, into sp
