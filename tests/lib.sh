@@ -44,6 +44,32 @@ expect() {
     fi
 }
 
+# need_python3 WHY: skips the test (exit 77) unless python3 is on PATH; WHY ("to read JSON")
+# says what the test needs it for.
+need_python3() {
+    if ! command -v python3 >/dev/null; then
+        echo "skip: python3 is needed $1"
+        exit 77
+    fi
+}
+
+# stack_tmp: sets T to a fresh scratch directory and XDG_CACHE_HOME to $T/cache (where the
+# in-place index of a read-only shared model goes); on exit every stack whose run directory is
+# $T/run-* is brought down and T is removed.
+stack_tmp() {
+    T=$(mktemp -d)
+    export XDG_CACHE_HOME="$T/cache"
+    trap stack_tmp_cleanup EXIT
+}
+
+stack_tmp_cleanup() {
+    local d
+    for d in "$T"/run-*; do
+        [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
+    done
+    rm -rf "$T"
+}
+
 # need_daemons: skips the test (exit 77) unless the three stack daemons are where `up` looks for
 # them: beside $NF_BIN, in its ../daemons (the build tree), or on PATH.
 need_daemons() {
@@ -162,10 +188,7 @@ need_stories() {
         echo "skip: $M0 or $G is missing"
         exit 77
     fi
-    if ! command -v python3 >/dev/null; then
-        echo "skip: python3 is needed to read JSON"
-        exit 77
-    fi
+    need_python3 "to read JSON"
 }
 
 # gguf_split SRC PREFIX PER: writes PREFIX-0000i-of-0000N.gguf as llama-gguf-split --split

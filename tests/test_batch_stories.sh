@@ -10,21 +10,10 @@ set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
-if ! command -v python3 >/dev/null; then
-    echo "skip: python3 is needed to read JSON"
-    exit 77
-fi
+need_python3 "to read JSON"
 need_daemons
-T=$(mktemp -d)
-export XDG_CACHE_HOME="$T/cache" # the in-place index of the read-only shared model goes here
+stack_tmp
 export NANOFLOW_PROGRESS_MS=0
-cleanup() {
-    for d in "$T"/run-*; do
-        [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
 
 . "$(dirname "$0")/batch_lib.sh"
 # stories260K decodes ~400 tok/s: on a loaded machine the staggered clients may each finish

@@ -11,10 +11,7 @@ if [ ! -f "$M" ]; then
     echo "skip: $M is missing"
     exit 77
 fi
-if ! command -v python3 >/dev/null; then
-    echo "skip: python3 is needed to parse --json"
-    exit 77
-fi
+need_python3 "to parse --json"
 BIN_DIR=$(dirname "$NF_BIN")
 if [ ! -x "$BIN_DIR/../daemons/nanoflow-compute" ] && ! command -v nanoflow-compute >/dev/null &&
     [ ! -x "$BIN_DIR/nanoflow-compute" ]; then

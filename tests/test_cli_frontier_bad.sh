@@ -10,16 +10,8 @@
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
-command -v python3 >/dev/null || { echo "skip: python3 is needed to patch the GGUF files"; exit 77; }
-T=$(mktemp -d)
-export XDG_CACHE_HOME="$T/cache"
-cleanup() {
-    for d in "$T"/run-*; do
-        [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
+need_python3 "to patch the GGUF files"
+stack_tmp
 
 # patch IN OUT key NAME VALUE: rewrites the integer metadata value NAME (any integer type, kept).
 # patch IN OUT dim TENSOR DIM VALUE: rewrites dimension DIM of tensor TENSOR's info.

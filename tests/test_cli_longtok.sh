@@ -6,7 +6,7 @@
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
-command -v python3 >/dev/null || { echo "skip: python3 is needed to read JSON"; exit 77; }
+need_python3 "to read JSON"
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 "$NF_BIN" mkmodel "$T/m.gguf" --dim 32 --layers 2 --ffn 64 --heads 4 --kv-heads 2 --vocab 259 \

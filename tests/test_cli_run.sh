@@ -11,10 +11,7 @@ if [ ! -f "$M" ] || [ ! -f "$G" ]; then
     echo "skip: $M or $G is missing"
     exit 77
 fi
-if ! command -v python3 >/dev/null; then
-    echo "skip: python3 is needed to read the golden JSON"
-    exit 77
-fi
+need_python3 "to read the golden JSON"
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 

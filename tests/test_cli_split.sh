@@ -10,7 +10,7 @@ set -u
 MD="$NF_SHARED_DIR/models"
 W="$MD/stories260K.gguf"
 [ -f "$W" ] || { echo "skip: $W is missing"; exit 77; }
-command -v python3 >/dev/null || { echo "skip: python3 is needed to split the model"; exit 77; }
+need_python3 "to split the model"
 T=$(mktemp -d)
 R="$T/run"
 cleanup() {

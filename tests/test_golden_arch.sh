@@ -24,14 +24,7 @@ if [ ! -f "$VOCAB" ] || [ ! -x "$TG" ]; then
     echo "skip: $VOCAB or $TG is missing"
     exit 77
 fi
-T=$(mktemp -d)
-cleanup() {
-    for d in "$T"/run-*; do
-        [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
+stack_tmp
 
 # name, sha256 of the generated file, mkmodel arguments: keep in step with tests/golden/README.md.
 MODELS=(
@@ -266,7 +259,6 @@ if ! (need_daemons >/dev/null); then
     echo "note: daemons not built, stack part skipped"
     exit $fail
 fi
-export XDG_CACHE_HOME="$T/cache"
 for name in qwen2-q8_0 qwen3moe-q8_0 qwen3moe128-q8_0 gemma3-q8_0 qwen2moe-q8_0 olmoe-q8_0 \
     phi3-q8_0 moe-mxfp4 moe256-mxfp4 glm4moe-q8_0 deepseek2-q8_0 deepseek3-q4_k gptoss-q8_0 \
     gptoss-q4_k.nft; do

@@ -22,16 +22,8 @@ if [ ! -f "$VOCAB" ] || [ ! -x "$TG" ]; then
     echo "skip: $VOCAB or $TG is missing"
     exit 77
 fi
-command -v python3 >/dev/null || { echo "skip: python3 is needed to split the models"; exit 77; }
-T=$(mktemp -d)
-cleanup() {
-    for d in "$T"/run-*; do
-        [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-export XDG_CACHE_HOME="$T/cache"
+need_python3 "to split the models"
+stack_tmp
 
 # name, sha256 of the generated (unsplit) file, --type, the other mkmodel arguments; the recipe
 # is tests/golden/NAME.types. Keep in step with tests/golden/README.md.

@@ -12,10 +12,7 @@ if [ ! -f "$M0" ]; then
     echo "skip: $M0 is missing"
     exit 77
 fi
-if ! command -v python3 >/dev/null; then
-    echo "skip: python3 is needed to read the units"
-    exit 77
-fi
+need_python3 "to read the units"
 for role in fetcher predictor compute; do
     if [ ! -x "$NF_BUILD_DIR/daemons/nanoflow-$role" ]; then
         echo "skip: nanoflow-$role is not built in $NF_BUILD_DIR/daemons"

@@ -10,15 +10,7 @@ set -u
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 need_stories
 need_daemons
-T=$(mktemp -d)
-export XDG_CACHE_HOME="$T/cache"
-cleanup() {
-    for d in "$T"/run-*; do
-        [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
+stack_tmp
 
 V=(--vocab-from "$M0" --type f16 --arch qwen3 --layers 2 --ffn 128 --kv-heads 2)
 "$NF_BIN" mkmodel "$T/wide.gguf" "${V[@]}" --dim 64 --heads 4 --head-dim 32 >/dev/null

@@ -13,15 +13,7 @@ set -u
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 need_stories
 need_daemons
-T=$(mktemp -d)
-export XDG_CACHE_HOME="$T/cache" # the in-place index of the read-only shared model goes here
-cleanup() {
-    for d in "$T"/run-*; do
-        [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
+stack_tmp
 
 expect "up --prefix-cache maybe refused" 2 "expects on or off" "$NF_BIN" up -m "$M0" \
     --prefix-cache maybe

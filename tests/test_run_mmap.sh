@@ -10,10 +10,7 @@ if [ ! -f "$MD/stories260K.gguf" ]; then
     echo "skip: $MD/stories260K.gguf is missing"
     exit 77
 fi
-if ! command -v python3 >/dev/null; then
-    echo "skip: python3 is needed to compare the JSON output"
-    exit 77
-fi
+need_python3 "to compare the JSON output"
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 

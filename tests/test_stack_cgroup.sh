@@ -27,10 +27,7 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "skip: needs root to create a memory cgroup"
     exit 77
 fi
-if ! command -v python3 >/dev/null; then
-    echo "skip: python3 is needed to read JSON"
-    exit 77
-fi
+need_python3 "to read JSON"
 need_daemons
 
 # The memory cgroup: v2 when the unified hierarchy has the memory controller, else v1.

@@ -6,20 +6,9 @@ set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
-if ! command -v python3 >/dev/null; then
-    echo "skip: python3 is needed to read JSON"
-    exit 77
-fi
+need_python3 "to read JSON"
 need_daemons
-T=$(mktemp -d)
-export XDG_CACHE_HOME="$T/cache" # the converted .nft of the read-only shared model goes here
-cleanup() {
-    for d in "$T"/run-*; do
-        [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
-    done
-    rm -rf "$T"
-}
-trap cleanup EXIT
+stack_tmp
 ran=0
 
 for name in moe-Q8_0 moe-Q4_K_M; do

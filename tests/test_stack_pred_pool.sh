@@ -8,7 +8,7 @@ set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
-command -v python3 >/dev/null || { echo "skip: python3 is needed to read JSON"; exit 77; }
+need_python3 "to read JSON"
 need_daemons
 M="$NF_SHARED_DIR/models/moe-Q8_0.gguf"
 G="$NF_SHARED_DIR/golden/moe-Q8_0.jsonl"
