@@ -590,6 +590,7 @@ struct nf_walk_job {
     struct nf_ctx *c;
     int il, pos0, n_tok, n_kv, w0, nw; /* the wave: tasks w0 .. w0 + nw - 1 */
     int phase, c0, c1;                 /* the cells of this step: [c0, c1) */
+    nf_kv_f16_fn axpy16, mul16;        /* the F16 V sums' kernels (kv_quant.h) */
 };
 
 static size_t nf_walk_task_bytes(const struct nf_hparams *hp, int n_ctx, int lanes)
@@ -772,30 +773,20 @@ static void nf_walk_v(const struct nf_walk_job *j, struct nf_walk_mem *w, int la
                           (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
     /* The sums are kept lane-major, (lanes, vd): a cell's V row meets its lane's vd sums in
      * order, the same fused multiply-add per value as the column-wise kernels. */
+    /* Each (cell, lane) is one row of vd sums: j->axpy16 / j->mul16 vectorize across the
+     * values, each value's fused multiply-add (or product) the same as the scalar order's. */
     if (lanes == 16) { /* nf__vec_dot_f16_cols_ref: 16 lanes over the cells */
-        for (int i = c0; i < c1; i++) {
-            float *acc = w->acc + (size_t)(i & 15) * vd;
-            const nf_fp16_t *vr = vc + (size_t)i * kvd;
-            for (int d = 0; d < vd; d++)
-                acc[d] = fmaf(nf_fp16_to_fp32(vr[d]), sc[i], acc[d]);
-        }
+        for (int i = c0; i < c1; i++)
+            j->axpy16(w->acc + (size_t)(i & 15) * vd, sc[i], vc + (size_t)i * kvd, vd);
         return;
     }
     /* nf__ggml_dot_ref(vcol, sc, false, n_kv, pos + 1): 4 x 16 lanes (lane i & 63) below np,
      * then the tail's products (added in double at the end). */
     const int np = tk->n_kv & ~63, mv = tk->pos + 1 < np ? tk->pos + 1 : np;
-    for (int i = c0; i < c1 && i < mv; i++) {
-        float *acc = w->acc + (size_t)(i & 63) * vd;
-        const nf_fp16_t *vr = vc + (size_t)i * kvd;
-        for (int d = 0; d < vd; d++)
-            acc[d] = fmaf(nf_fp16_to_fp32(vr[d]), sc[i], acc[d]);
-    }
-    for (int i = c0 > np ? c0 : np; i < c1; i++) {
-        float *tail = w->acc + (size_t)(64 + i - np) * vd;
-        const nf_fp16_t *vr = vc + (size_t)i * kvd;
-        for (int d = 0; d < vd; d++)
-            tail[d] = nf_fp16_to_fp32(vr[d]) * sc[i];
-    }
+    for (int i = c0; i < c1 && i < mv; i++)
+        j->axpy16(w->acc + (size_t)(i & 63) * vd, sc[i], vc + (size_t)i * kvd, vd);
+    for (int i = c0 > np ? c0 : np; i < c1; i++)
+        j->mul16(w->acc + (size_t)(64 + i - np) * vd, sc[i], vc + (size_t)i * kvd, vd);
 }
 
 /* The task's output from its V sums. */
@@ -947,7 +938,13 @@ static void nf_attn_walk(struct nf_ctx *c, int il, int pos0, int n_tok)
     const int lanes = nf_walk_lanes(c, n_tok, n_kv);
     const int per_wave = (int)(c->walk_bytes / nf_walk_task_bytes(hp, c->n_ctx, lanes));
     const int v_kind = hp->n_lora_kv ? 0 : 1;
-    struct nf_walk_job j = {.c = c, .il = il, .pos0 = pos0, .n_tok = n_tok, .n_kv = n_kv};
+    struct nf_walk_job j = {.c = c,
+                            .il = il,
+                            .pos0 = pos0,
+                            .n_tok = n_tok,
+                            .n_kv = n_kv,
+                            .axpy16 = nf_kv_axpy_f16_for(),
+                            .mul16 = nf_kv_mul_f16_for()};
     for (int w0 = 0; w0 < n_tok * nh && !c->kv_err; w0 += per_wave) {
         j.w0 = w0;
         j.nw = n_tok * nh - w0 < per_wave ? n_tok * nh - w0 : per_wave;
