@@ -786,9 +786,8 @@ static void nf_walk_v(const struct nf_walk_job *j, struct nf_walk_mem *w, int la
     /* (deepseek2's V is its latent, the K cache) cell c0's row, the others kvd apart */
     const nf_fp16_t *vc = nf_walk_row(j, hp->n_lora_kv ? 0 : 1, c0, kvh);
     /* The sums are kept lane-major, (lanes, vd): a cell's V row meets its lane's vd sums in
-     * order, the same fused multiply-add per value as the column-wise kernels. */
-    /* Each (cell, lane) is one row of vd sums: j->axpy16 / j->mul16 vectorize across the
-     * values, each value's fused multiply-add (or product) the same as the scalar order's. */
+     * order, the same fused multiply-add per value as the column-wise kernels; j->axpy16 /
+     * j->mul16 vectorize that across the values, each value's rounding unchanged. */
     if (lanes == 16) { /* nf__vec_dot_f16_cols_ref: 16 lanes over the cells */
         for (int i = c0; i < c1; i++)
             j->axpy16(w->acc + (size_t)(i & 15) * vd, sc[i], vc + (size_t)(i - c0) * kvd, vd);
