@@ -458,10 +458,13 @@ static int walk_ahead(struct nf_kv_file *kf, int slot, int il, int kind, int b)
     return 0;
 }
 
-int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, int b_end)
+int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, int b_end,
+                    const void **base)
 {
     NF_ASSERT(kind == 0 || kf->row_v);
     layer(kf, slot, il);
+    *base = kf->mem + (kind ? span_v(kf, slot, il) : span_k(kf, slot, il)) +
+            (uint64_t)b * (uint64_t)kf->block * (kind ? kf->row_v : kf->row_k);
     const int nb = file_blocks(kf, slot, il);
     if (b >= nb)
         return b_end - b; /* resident: the newest blocks (or the whole layer, loaded) */

@@ -70,9 +70,11 @@ int nf_kv_file_layer_load(struct nf_kv_file *kf, int slot, int il);
 /* The attention walk: makes block b (positions [b * block, (b + 1) * block)) of layer il of
  * slot resident, of K (kind 0) or V (kind 1), waiting for its read if it is file-backed, and
  * issues the reads of the blocks that follow it in the walk's order. Returns how many blocks
- * from b on (at most b_end - b) are resident now and stay so until the next call, or a
- * negative errno (a failed read; nf_kv_file_error says which). */
-int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, int b_end);
+ * from b on (at most b_end - b) are resident now and stay so until the next call, their rows
+ * one after the other from *base (position b * block's row), or a negative errno (a failed
+ * read; nf_kv_file_error says which). */
+int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, int b_end,
+                    const void **base);
 /* Issues the reads of the first blocks of the walk from layer il on (as many as the window
  * holds), so that they overlap what runs before layer il's attention. Returns 0 or a negative
  * errno. */

@@ -126,3 +126,25 @@ nf_kv_axpy_fn nf_kv_axpy_for(enum nf_type t)
         return avx2 ? nf__kv_axpy_q4_0_avx2 : nf__kv_axpy_q4_0_ref;
     return NULL;
 }
+
+void nf__kv_axpy_f16_ref(float *out, float a, const nf_fp16_t *row, int n)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = fmaf(a, nf_fp16_to_fp32(row[i]), out[i]);
+}
+
+void nf__kv_mul_f16_ref(float *out, float a, const nf_fp16_t *row, int n)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = a * nf_fp16_to_fp32(row[i]);
+}
+
+nf_kv_f16_fn nf_kv_axpy_f16_for(void)
+{
+    return nf_kernels_isa() >= NF_ISA_AVX2 ? nf__kv_axpy_f16_avx2 : nf__kv_axpy_f16_ref;
+}
+
+nf_kv_f16_fn nf_kv_mul_f16_for(void)
+{
+    return nf_kernels_isa() >= NF_ISA_AVX2 ? nf__kv_mul_f16_avx2 : nf__kv_mul_f16_ref;
+}

@@ -65,7 +65,20 @@ typedef void (*nf_kv_axpy_fn)(float *out, float a, const void *row, int n);
 /* The best path for type t (q8_0 or q4_0) on this CPU (NF_ISA caps it, as for the quants). */
 nf_kv_axpy_fn nf_kv_axpy_for(enum nf_type t);
 
+/* The walk's V sums over an F16 cache (nf_attn_walk, model_forward.c), a lane's vd sums
+ * meeting one cell's V row: out[i] = fmaf(a, row[i], out[i]) (axpy) and out[i] = a * row[i]
+ * (mul, the products of ggml_vec_dot_f32's tail) for i < n, any n, the halves converted
+ * exactly. One rounding per element as the column-wise kernels compute each lane, so the SIMD
+ * paths are bit-identical to the references. */
+typedef void (*nf_kv_f16_fn)(float *out, float a, const nf_fp16_t *row, int n);
+nf_kv_f16_fn nf_kv_axpy_f16_for(void);
+nf_kv_f16_fn nf_kv_mul_f16_for(void);
+
 /* The paths, for the tests: portable reference and AVX2. */
+void nf__kv_axpy_f16_ref(float *out, float a, const nf_fp16_t *row, int n);
+void nf__kv_axpy_f16_avx2(float *out, float a, const nf_fp16_t *row, int n);
+void nf__kv_mul_f16_ref(float *out, float a, const nf_fp16_t *row, int n);
+void nf__kv_mul_f16_avx2(float *out, float a, const nf_fp16_t *row, int n);
 void nf__kv_axpy_q8_0_ref(float *out, float a, const void *row, int n);
 void nf__kv_axpy_q4_0_ref(float *out, float a, const void *row, int n);
 void nf__kv_axpy_q8_0_avx2(float *out, float a, const void *row, int n);

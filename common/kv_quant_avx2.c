@@ -1,6 +1,7 @@
 /* kv_quant_avx2.c - AVX2 paths of the KV cache's V kernels (kv_quant.h): 8 lanes, one fused
- * multiply-add per element, bit-identical to the references in kv_quant.c. */
+ * multiply-add (or product) per element, bit-identical to the references in kv_quant.c. */
 #include <immintrin.h>
+#include <math.h>
 
 #include "kv_quant.h"
 
@@ -37,4 +38,29 @@ void nf__kv_axpy_q4_0_avx2(float *out, float a, const void *row, int n)
             _mm256_storeu_ps(o + 8 * p, _mm256_fmadd_ps(va, x, _mm256_loadu_ps(o + 8 * p)));
         }
     }
+}
+
+/* F16C converts halves exactly, as nf_fp16_to_fp32; the tail is the reference's loop. */
+void nf__kv_axpy_f16_avx2(float *out, float a, const nf_fp16_t *row, int n)
+{
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + i)));
+        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, x, _mm256_loadu_ps(out + i)));
+    }
+    for (; i < n; i++)
+        out[i] = fmaf(a, nf_fp16_to_fp32(row[i]), out[i]);
+}
+
+void nf__kv_mul_f16_avx2(float *out, float a, const nf_fp16_t *row, int n)
+{
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + i)));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(va, x));
+    }
+    for (; i < n; i++)
+        out[i] = a * nf_fp16_to_fp32(row[i]);
 }

@@ -396,7 +396,8 @@ struct nf_ctx {
      * attention asks kv_need for each run of kv_block-position blocks it reads; an error it
      * returns is kept in kv_err for the caller. walk_buf (owned, walk_bytes) holds the
      * scores and sums of a wave of (token, head) tasks. */
-    int (*kv_need)(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end);
+    int (*kv_need)(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end,
+                   const void **base);
     void *kv_need_ud; /* (nf_kv_need_fn, declared below) */
     int kv_block, kv_err;
     void *walk_buf;
@@ -503,12 +504,17 @@ void nf_attn_qk(struct nf_ctx *c, const struct nf_attn_weights *w, int n_tok);
  * layer il's cache: c->att (n_tok, n_head * nf_head_dim_v) from c->q, on the pool. */
 void nf_attn_heads(struct nf_ctx *c, int il, int pos0, int n_tok);
 /* Makes nf_attn_heads walk the cache's cells in blocks of `block` positions, asking need(ud,
- * c, il, kind, b, b_end) for K (kind 0) or V (kind 1) block b before reading it: need returns
- * how many blocks from b on are in memory (>= 1, < b_end - b + 1) or a negative errno, which
- * stops the attention and is left in c->kv_err. The output is bit-identical to the in-memory
- * attention's. Allocates the walk's scratch (nf_attn_walk_bytes). Returns 0, NF_EUSAGE or
- * -ENOMEM. */
-typedef int (*nf_kv_need_fn)(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end);
+ * c, il, kind, b, b_end, &base) for K (kind 0) or V (kind 1) block b before reading it: need
+ * returns how many blocks from b on are in memory (>= 1, < b_end - b + 1), their rows (of the
+ * cache's row size, as in c->k_cache / c->v_cache) one after the other from base, or a
+ * negative errno, which stops the attention and is left in c->kv_err. The walk reads the
+ * cache's cells only there (never through c->k_cache / c->v_cache), so the blocks may live
+ * anywhere: in the cache's own memory, or each in a slot of its own. The new rows of the
+ * current step must be in the blocks need hands out. The output is bit-identical to the
+ * in-memory attention's. Allocates the walk's scratch (nf_attn_walk_bytes). Returns 0,
+ * NF_EUSAGE or -ENOMEM. */
+typedef int (*nf_kv_need_fn)(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end,
+                             const void **base);
 int nf_attn_walk_init(struct nf_ctx *c, int block, int n_ubatch, nf_kv_need_fn need, void *ud);
 /* Bytes of that scratch for n_ctx positions and chunks of n_ubatch tokens, of a cache that
  * takes kv_bytes in RAM: 32 MiB, an eighth of kv_bytes or a chunk's (token, head) tasks,

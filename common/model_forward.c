@@ -590,7 +590,23 @@ struct nf_walk_job {
     struct nf_ctx *c;
     int il, pos0, n_tok, n_kv, w0, nw; /* the wave: tasks w0 .. w0 + nw - 1 */
     int phase, c0, c1;                 /* the cells of this step: [c0, c1) */
+    nf_kv_f16_fn axpy16, mul16;        /* the F16 V sums' kernels (kv_quant.h) */
+    /* The blocks c->kv_need handed out for this step, K (kind 0) and V (1): cell base_c0[k]'s
+     * row at base[k], the next cells' rows after it. */
+    const char *base[2];
+    int base_c0[2];
 };
+
+/* Cell ic's row of kind (0: K, 1: V, of the cache's types) from head kvh's first value, in the
+ * blocks the job holds (a head's values are whole blocks: nf_kv_types_check). */
+static const void *nf_walk_row(const struct nf_walk_job *j, int kind, int ic, int kvh)
+{
+    const struct nf_hparams *hp = &j->c->m->hp;
+    const enum nf_type t = kind ? j->c->type_v : j->c->type_k;
+    return j->base[kind] +
+           (size_t)(ic - j->base_c0[kind]) * nf_kv_row_bytes(t, hp->n_head_kv * hp->head_dim) +
+           (size_t)kvh * nf_kv_row_bytes(t, hp->head_dim);
+}
 
 static size_t nf_walk_task_bytes(const struct nf_hparams *hp, int n_ctx, int lanes)
 {
@@ -694,28 +710,27 @@ static void nf_walk_k(const struct nf_walk_job *j, struct nf_walk_mem *w)
         for (int ic = c0; ic < c1; ic++) {
             float s = -INFINITY;
             if (ic >= lo) {
-                tr->vec_dot(hd, &s, nf_kv_row(c->k_cache, c->type_k, c, j->il, ic, kvh), w->qq);
+                tr->vec_dot(hd, &s, nf_walk_row(j, 0, ic, kvh), w->qq);
                 s *= scale;
             }
             sc[ic] = s;
         }
         return;
     }
-    const nf_fp16_t *kc =
-        (const nf_fp16_t *)c->k_cache + (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
+    const nf_fp16_t *kc = nf_walk_row(j, 0, c0, kvh); /* cell c0's, the others kvd apart */
     const bool q_f32 = c->attn_mode == NF_ATTN_F32 && c->type_v == NF_TYPE_F16,
                kq_tb = tk->tok2 && hd % 16 == 0;
     if (kq_tb && !q_f32) {
         nf_type_traits(NF_TYPE_F16)
-            ->vec_dot_mat(hd, sc + c0, (size_t)tk->n_kv, kc + (size_t)c0 * kvd,
-                          (size_t)kvd * sizeof(nf_fp16_t), w->q16, 0, c1 - c0, 1);
+            ->vec_dot_mat(hd, sc + c0, (size_t)tk->n_kv, kc, (size_t)kvd * sizeof(nf_fp16_t),
+                          w->q16, 0, c1 - c0, 1);
         for (int ic = c0; ic < c1; ic++)
             sc[ic] = ic >= lo ? sc[ic] * scale : -INFINITY;
         return;
     }
     const float *q = c->q + (size_t)tk->t * hp->n_head * hd + (size_t)tk->h * hd;
     for (int ic = c0; ic < c1; ic++) {
-        const nf_fp16_t *kr = kc + (size_t)ic * kvd;
+        const nf_fp16_t *kr = kc + (size_t)(ic - c0) * kvd;
         sc[ic] = ic < lo ? -INFINITY
                          : (q_f32   ? nf_tinyblas_dot(kr, true, q, hd, hd)
                             : kq_tb ? nf_tinyblas_dot16(kr, w->q16, hd)
@@ -765,37 +780,26 @@ static void nf_walk_v(const struct nf_walk_job *j, struct nf_walk_mem *w, int la
         const nf_kv_axpy_fn axpy = nf_kv_axpy_for(c->type_v);
         float *out = c->att + ((size_t)tk->t * hp->n_head + (size_t)tk->h) * (size_t)vd;
         for (int ic = c0 > tk->lo ? c0 : tk->lo; ic < c1; ic++)
-            axpy(out, sc[ic] * tk->inv, nf_kv_row(c->v_cache, c->type_v, c, j->il, ic, kvh), vd);
+            axpy(out, sc[ic] * tk->inv, nf_walk_row(j, 1, ic, kvh), vd);
         return;
     }
-    const nf_fp16_t *vc = (const nf_fp16_t *)(hp->n_lora_kv ? c->k_cache : c->v_cache) +
-                          (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
+    /* (deepseek2's V is its latent, the K cache) cell c0's row, the others kvd apart */
+    const nf_fp16_t *vc = nf_walk_row(j, hp->n_lora_kv ? 0 : 1, c0, kvh);
     /* The sums are kept lane-major, (lanes, vd): a cell's V row meets its lane's vd sums in
-     * order, the same fused multiply-add per value as the column-wise kernels. */
+     * order, the same fused multiply-add per value as the column-wise kernels; j->axpy16 /
+     * j->mul16 vectorize that across the values, each value's rounding unchanged. */
     if (lanes == 16) { /* nf__vec_dot_f16_cols_ref: 16 lanes over the cells */
-        for (int i = c0; i < c1; i++) {
-            float *acc = w->acc + (size_t)(i & 15) * vd;
-            const nf_fp16_t *vr = vc + (size_t)i * kvd;
-            for (int d = 0; d < vd; d++)
-                acc[d] = fmaf(nf_fp16_to_fp32(vr[d]), sc[i], acc[d]);
-        }
+        for (int i = c0; i < c1; i++)
+            j->axpy16(w->acc + (size_t)(i & 15) * vd, sc[i], vc + (size_t)(i - c0) * kvd, vd);
         return;
     }
     /* nf__ggml_dot_ref(vcol, sc, false, n_kv, pos + 1): 4 x 16 lanes (lane i & 63) below np,
      * then the tail's products (added in double at the end). */
     const int np = tk->n_kv & ~63, mv = tk->pos + 1 < np ? tk->pos + 1 : np;
-    for (int i = c0; i < c1 && i < mv; i++) {
-        float *acc = w->acc + (size_t)(i & 63) * vd;
-        const nf_fp16_t *vr = vc + (size_t)i * kvd;
-        for (int d = 0; d < vd; d++)
-            acc[d] = fmaf(nf_fp16_to_fp32(vr[d]), sc[i], acc[d]);
-    }
-    for (int i = c0 > np ? c0 : np; i < c1; i++) {
-        float *tail = w->acc + (size_t)(64 + i - np) * vd;
-        const nf_fp16_t *vr = vc + (size_t)i * kvd;
-        for (int d = 0; d < vd; d++)
-            tail[d] = nf_fp16_to_fp32(vr[d]) * sc[i];
-    }
+    for (int i = c0; i < c1 && i < mv; i++)
+        j->axpy16(w->acc + (size_t)(i & 63) * vd, sc[i], vc + (size_t)(i - c0) * kvd, vd);
+    for (int i = c0 > np ? c0 : np; i < c1; i++)
+        j->mul16(w->acc + (size_t)(64 + i - np) * vd, sc[i], vc + (size_t)(i - c0) * kvd, vd);
 }
 
 /* The task's output from its V sums. */
@@ -860,16 +864,15 @@ static void nf_walk_flash(const struct nf_walk_job *j, struct nf_walk_mem *w)
             out[d] = nf_fp16_to_fp32(acc16[d]) * inv;
         return;
     }
-    const nf_fp16_t *kc =
-        (const nf_fp16_t *)c->k_cache + (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
-    const nf_fp16_t *vc = (const nf_fp16_t *)(hp->n_lora_kv ? c->k_cache : c->v_cache) +
-                          (size_t)j->il * c->n_ctx * kvd + (size_t)kvh * hd;
+    /* cell c0's rows of K and V (deepseek2's: its latent, the K cache), the others kvd apart */
+    const nf_fp16_t *kc = nf_walk_row(j, 0, j->c0, kvh);
+    const nf_fp16_t *vc = nf_walk_row(j, hp->n_lora_kv ? 0 : 1, j->c0, kvh);
     const float scale = nf_walk_scale(hp);
     const int c1 = j->c1 < tk->pos + 1 ? j->c1 : tk->pos + 1;
     for (int ic = j->c0 > tk->lo ? j->c0 : tk->lo; ic < c1; ic++) {
-        float s = nf_dot_f16(kc + (size_t)ic * kvd, w->q16, hd) * scale;
+        float s = nf_dot_f16(kc + (size_t)(ic - j->c0) * kvd, w->q16, hd) * scale;
         float ms = 1.0f, vs = 1.0f;
-        const nf_fp16_t *vr = vc + (size_t)ic * kvd;
+        const nf_fp16_t *vr = vc + (size_t)(ic - j->c0) * kvd;
         if (s > tk->M) {
             const float Mold = tk->M;
             tk->M = s;
@@ -921,12 +924,19 @@ static int nf_walk_cells(struct nf_walk_job *j, int phase, int kind, int hi)
     const int64_t per_cell = (int64_t)j->nw * c->m->hp.head_dim;
     for (int b = 0; b < nb;) {
         /* The flash loop wants a K block and its V block at once: one block at a time. */
-        int n = c->kv_need(c->kv_need_ud, c, j->il, kind, b, phase == NF_WALK_FLASH ? b + 1 : nb);
+        const void *base;
+        int n = c->kv_need(c->kv_need_ud, c, j->il, kind, b, phase == NF_WALK_FLASH ? b + 1 : nb,
+                           &base);
         if (n < 0)
             return n;
-        if (phase == NF_WALK_FLASH && !c->m->hp.n_lora_kv &&
-            (n = c->kv_need(c->kv_need_ud, c, j->il, 1, b, b + 1)) < 0)
-            return n;
+        j->base[kind] = base;
+        j->base_c0[kind] = b * B;
+        if (phase == NF_WALK_FLASH && !c->m->hp.n_lora_kv) {
+            if ((n = c->kv_need(c->kv_need_ud, c, j->il, 1, b, b + 1, &base)) < 0)
+                return n;
+            j->base[1] = base;
+            j->base_c0[1] = b * B;
+        }
         const int c0 = b * B, c1 = (b + n) * B < hi ? (b + n) * B : hi;
         nf_walk_phase(j, phase, c0, c1, per_cell * (c1 - c0));
         b += n;
@@ -947,7 +957,13 @@ static void nf_attn_walk(struct nf_ctx *c, int il, int pos0, int n_tok)
     const int lanes = nf_walk_lanes(c, n_tok, n_kv);
     const int per_wave = (int)(c->walk_bytes / nf_walk_task_bytes(hp, c->n_ctx, lanes));
     const int v_kind = hp->n_lora_kv ? 0 : 1;
-    struct nf_walk_job j = {.c = c, .il = il, .pos0 = pos0, .n_tok = n_tok, .n_kv = n_kv};
+    struct nf_walk_job j = {.c = c,
+                            .il = il,
+                            .pos0 = pos0,
+                            .n_tok = n_tok,
+                            .n_kv = n_kv,
+                            .axpy16 = nf_kv_axpy_f16_for(),
+                            .mul16 = nf_kv_mul_f16_for()};
     for (int w0 = 0; w0 < n_tok * nh && !c->kv_err; w0 += per_wave) {
         j.w0 = w0;
         j.nw = n_tok * nh - w0 < per_wave ? n_tok * nh - w0 : per_wave;

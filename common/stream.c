@@ -837,12 +837,13 @@ static int nf_stream_kv_slot(const struct nf_stream *s, int r)
 }
 
 /* The attention walk's kv_need (model.h) for c, the engine's context or a batched step's row
- * view: block b of the row's slot resident (kv_file.h). */
-static int nf_stream_kv_need(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end)
+ * view: block b of the row's slot resident (kv_file.h), at *base. */
+static int nf_stream_kv_need(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end,
+                             const void **base)
 {
     struct nf_stream *s = ud;
     const int slot = c == s->c ? s->kv_slot : nf_stream_kv_slot(s, (int)(c - s->views));
-    int n = nf_kv_file_need(s->kvf, slot, il, kind, b, b_end);
+    int n = nf_kv_file_need(s->kvf, slot, il, kind, b, b_end, base);
     if (n < 0)
         snprintf(s->err, sizeof(s->err), "%s", nf_kv_file_error(s->kvf));
     return n;

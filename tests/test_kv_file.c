@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "kv_file.h"
+#include "kv_quant.h"
 #include "model.h"
 #include "nf_err.h"
 #include "nft.h"
@@ -341,18 +342,39 @@ static void test_plan(void **state)
 }
 
 /* The attention walk alone (model_forward.c), on an in-RAM context: kv_need hands out one block
- * of 3 positions at a time (so the lanes of every sum cross block boundaries) and checks that
- * the blocks come in the walk's order; the logits of a prompt, decode steps and a per-row pass
- * equal the plain attention's bit for bit, in the plain, F32 and flash numerics and with q8_0 /
- * q4_0 caches. */
+ * of 3 positions at a time (so the lanes of every sum cross block boundaries), checks that the
+ * blocks come in the walk's order, and hands each out as a copy in a buffer of its own per kind
+ * (as a tile in a pool slot would be), the cache's own rows of the block poisoned meanwhile, so
+ * that the walk must read the cells where need says; the logits of a prompt, decode steps and a
+ * per-row pass equal the plain attention's bit for bit, in the plain, F32 and flash numerics and
+ * with q8_0 / q4_0 caches. */
+#define WALK_BLOCK 3
 struct walk_seen {
     int il, next[2], calls;
+    uint8_t *copy[2]; /* (WALK_BLOCK rows) of K and of V: the block handed out */
+    uint8_t *home[2]; /* where the copy's rows live in the cache, poisoned meanwhile */
+    uint8_t *saved[2];
+    size_t len[2], row[2];
 };
 
-static int walk_need(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end)
+/* Puts the rows of the block handed out for kind back in the cache, those still poisoned (a
+ * row the engine wrote since, its next position's, is kept). */
+static void walk_restore(struct walk_seen *w, int kind)
+{
+    for (size_t o = 0; w->home[kind] && o < w->len[kind]; o += w->row[kind]) {
+        bool poisoned = true;
+        for (size_t i = 0; i < w->row[kind] && poisoned; i++)
+            poisoned = w->home[kind][o + i] == 0x7f;
+        if (poisoned)
+            memcpy(w->home[kind] + o, w->saved[kind] + o, w->row[kind]);
+    }
+    w->home[kind] = NULL;
+}
+
+static int walk_need(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end,
+                     const void **base)
 {
     struct walk_seen *w = ud;
-    (void)c;
     assert_true(kind == 0 || kind == 1);
     if (il != w->il) /* a layer's walk starts at block 0 */
         assert_int_equal(b, 0);
@@ -362,6 +384,22 @@ static int walk_need(void *ud, const struct nf_ctx *c, int il, int kind, int b, 
     w->il = il;
     w->next[kind] = b + 1;
     w->calls++;
+    walk_restore(w, 0);
+    walk_restore(w, 1);
+    const struct nf_hparams *hp = &c->m->hp;
+    const enum nf_type t = kind ? c->type_v : c->type_k;
+    const size_t row = nf_kv_row_bytes(t, hp->n_head_kv * hp->head_dim);
+    const int p0 = b * WALK_BLOCK, p1 = p0 + WALK_BLOCK < c->n_ctx ? p0 + WALK_BLOCK : c->n_ctx;
+    uint8_t *home =
+        (uint8_t *)(kind ? c->v_cache : c->k_cache) + ((size_t)il * c->n_ctx + (size_t)p0) * row;
+    w->len[kind] = (size_t)(p1 - p0) * row;
+    w->row[kind] = row;
+    assert_true(w->len[kind] <= (size_t)WALK_BLOCK * 4096);
+    memcpy(w->copy[kind], home, w->len[kind]);
+    memcpy(w->saved[kind], home, w->len[kind]);
+    memset(home, 0x7f, w->len[kind]); /* F16 NaNs, absurd scales: a read here shows */
+    w->home[kind] = home;
+    *base = w->copy[kind];
     return 1;
 }
 
@@ -382,6 +420,12 @@ static void test_walk(void **state)
     for (size_t k = 0; k < sizeof(modes) / sizeof(modes[0]); k++) {
         struct nf_ctx *a, *b;
         struct walk_seen seen = {.il = -1};
+        for (int kd = 0; kd < 2; kd++) { /* rows of at most 4 KiB in this small model */
+            seen.copy[kd] = malloc((size_t)WALK_BLOCK * 4096);
+            seen.saved[kd] = malloc((size_t)WALK_BLOCK * 4096);
+            assert_non_null(seen.copy[kd]);
+            assert_non_null(seen.saved[kd]);
+        }
         assert_int_equal(nf_ctx_create_ub(&a, m, N_CTX, 2, 16), 0);
         assert_int_equal(nf_ctx_create_ub(&b, m, N_CTX, 2, 16), 0);
         if (k == 3) { /* quantized rows: their own kernels, whatever the mode */
@@ -391,7 +435,7 @@ static void test_walk(void **state)
                              0);
         }
         a->attn_mode = b->attn_mode = modes[k];
-        assert_int_equal(nf_attn_walk_init(b, 3, 16, walk_need, &seen), 0);
+        assert_int_equal(nf_attn_walk_init(b, WALK_BLOCK, 16, walk_need, &seen), 0);
         int32_t tok[N_PROMPT];
         tok[0] = 1;
         for (int i = 1; i < N_PROMPT; i++)
@@ -411,6 +455,11 @@ static void test_walk(void **state)
             fail_msg("mode %zu: per-row logits differ", k);
         assert_int_equal(b->kv_err, 0);
         assert_true(seen.calls > 0);
+        for (int kd = 0; kd < 2; kd++) {
+            walk_restore(&seen, kd);
+            free(seen.copy[kd]);
+            free(seen.saved[kd]);
+        }
         nf_ctx_free(a);
         nf_ctx_free(b);
     }

@@ -63,6 +63,34 @@ static void test_axpy_simd_vs_ref(void **state)
         }
 }
 
+/* The F16 V kernels of the walk: the AVX2 paths give the reference's bits at every length
+ * (the 8-wide loop and its tail), and the reference is one rounding of the exact half. */
+static void test_f16_simd_vs_ref(void **state)
+{
+    (void)state;
+    if (nf_cpu_best_isa() < NF_ISA_AVX2)
+        skip();
+    for (int n = 1; n <= 150; n++) {
+        float init[150], a[150], b[150];
+        nf_fp16_t row[150];
+        for (int i = 0; i < n; i++) {
+            row[i] = nf_fp32_to_fp16(frand() * (i % 5 == 0 ? 300.0f : 1.0f));
+            init[i] = a[i] = b[i] = frand();
+        }
+        const float w = frand();
+        nf__kv_axpy_f16_ref(a, w, row, n);
+        nf__kv_axpy_f16_avx2(b, w, row, n);
+        assert_memory_equal(a, b, sizeof(float) * (size_t)n);
+        for (int i = 0; i < n; i++)
+            assert_true(a[i] == fmaf(w, nf_fp16_to_fp32(row[i]), init[i]));
+        nf__kv_mul_f16_ref(a, w, row, n);
+        nf__kv_mul_f16_avx2(b, w, row, n);
+        assert_memory_equal(a, b, sizeof(float) * (size_t)n);
+        for (int i = 0; i < n; i++)
+            assert_true(a[i] == w * nf_fp16_to_fp32(row[i]));
+    }
+}
+
 /* A row stored as q8_0 / q4_0 comes back within the type's rounding: half a step of
  * max|x| / 127 for q8_0; for q4_0 a step of max|x| / 8 (the value of largest magnitude maps to
  * -8 exactly, so one of the opposite sign and the same size is clamped to 7). */
@@ -327,11 +355,9 @@ static void test_plan_counts_types(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_axpy_simd_vs_ref),
-        cmocka_unit_test(test_store_load),
-        cmocka_unit_test(test_attention_vs_reference),
-        cmocka_unit_test(test_rows_match_steps),
-        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_axpy_simd_vs_ref),  cmocka_unit_test(test_f16_simd_vs_ref),
+        cmocka_unit_test(test_store_load),        cmocka_unit_test(test_attention_vs_reference),
+        cmocka_unit_test(test_rows_match_steps),  cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_plan_counts_types),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
