@@ -39,6 +39,7 @@ struct nf_bench_opts {
     bool lookup;             /* --lookup: a speculating twin of the exact stack and mmap rows */
     const char *draft;       /* --draft FILE: likewise with this draft model (NULL: none) */
     const char *prompt_file; /* -f: every engine's prompt, read from this file (NULL: none) */
+    const char *freq_pen;    /* --frequency-penalty: every engine's, as given (NULL: theirs, 0) */
 };
 
 /* Speculative decoding of a row (--lookup, --draft). */
@@ -201,6 +202,9 @@ const char *nf_bench_spec_name(enum nf_bench_spec kind);
 double nf_bench_spec_speedup(const struct nf_bench *b, const struct nf_bench_row *r);
 /* Whether r gave the same tokens as its plain row (both generations complete). */
 bool nf_bench_spec_same(const struct nf_bench *b, const struct nf_bench_row *r);
+/* Whether r and its plain row both gave complete token lists and they differ: speculative
+ * decoding broke exactness, and bench exits 1 after saying so on stderr. */
+bool nf_bench_spec_differs(const struct nf_bench *b, const struct nf_bench_row *r);
 void nf_bench_print_spec(const struct nf_bench *b);
 
 /* bench_report.c: the results as one table with notes, or as one JSON object, on stdout. */

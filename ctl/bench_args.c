@@ -66,6 +66,10 @@ static void usage(FILE *f)
             "      --draft FILE      likewise with the draft model FILE (a GGUF with the\n"
             "                        model's vocabulary; 'up --draft', 'run --draft'); with\n"
             "                        --lookup, both rows (default: none)\n"
+            "      --frequency-penalty F  every engine's sampler subtracts F x its count in\n"
+            "                        the last 64 tokens from a token's logit ('gen' and 'run'\n"
+            "                        flag), -2..2; greedy all the same; a negative F makes the\n"
+            "                        text repeat itself, which lookup drafts hit (default: 0)\n"
             "  -d, --n-depth LIST    comma-separated context depths, each 2..1048576, as\n"
             "                        llama-bench -d: one more exact stack row and mmap row\n"
             "                        per depth, generating after a prompt of that many tokens\n"
@@ -181,7 +185,7 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
               nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") || nf_arg_is(a, "--n-prompt") ||
               !strcmp(a, "-p") || nf_arg_is(a, "--draft") || nf_arg_is(a, "--file") ||
               !strcmp(a, "-f") || nf_arg_is(a, "--n-depth") || !strcmp(a, "-d") ||
-              nf_arg_is(a, "--kv-offload")))
+              nf_arg_is(a, "--kv-offload") || nf_arg_is(a, "--frequency-penalty")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -229,6 +233,11 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
             if (access(v, R_OK) < 0)
                 return nf_usage_error(cmd, "%s %s: %s", a, v, strerror(errno));
             o->prompt_file = v;
+        } else if (nf_arg_is(a, "--frequency-penalty")) {
+            float f;
+            if (nf_arg_float(cmd, a, v, -2.0f, 2.0f, &f))
+                return 2;
+            o->freq_pen = v;
         } else if (nf_arg_is(a, "--n-depth") || !strcmp(a, "-d")) {
             int rc = parse_depth(v, o);
             if (rc)

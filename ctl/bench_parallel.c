@@ -193,8 +193,12 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
         snprintf(prompt, sizeof(prompt), "Request %d", i + 1);
         /* A client waits for the prompts before its own (evaluated one at a time) without a
          * frame: gen's silence limit is the whole time box. */
-        char *gen_argv[] = {NULL, "gen", "--run-dir", dir,      "-n",        n,   "--temp",
-                            "0",  "-p",  prompt,      "--json", "--timeout", tmo, NULL};
+        char *gen_argv[16] = {NULL, "gen", "--run-dir", dir,      "-n",        n,  "--temp",
+                              "0",  "-p",  prompt,      "--json", "--timeout", tmo};
+        if (b->o.freq_pen) {
+            gen_argv[13] = "--frequency-penalty";
+            gen_argv[14] = (char *)b->o.freq_pen;
+        }
         int fd = -1;
         cl[i].tok_s = NAN;
         cl[i].pid = nf_bench_spawn(b, gen_argv, NULL, &fd, log);

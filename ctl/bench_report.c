@@ -31,6 +31,8 @@ void nf_bench_print_table(const struct nf_bench *b)
            "threads per engine, time box %ld s\n",
            nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, pr, b->o.threads,
            b->o.timeout);
+    if (b->o.freq_pen)
+        printf("  sampler: --frequency-penalty %s in every engine\n", b->o.freq_pen);
     if (b->o.kv_offload)
         printf("  KV cache of the stack rows on disk (up --kv-offload on), in the run directory\n");
     if (b->use_cgroup)

@@ -273,9 +273,18 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     }
     nf_stack_snap_take(dir, s0);
     nf_bench_progress(b, "%s: gen -n %ld", r->mode, b->o.n);
-    char *gen_argv[] = {NULL,      "gen", "--run-dir", dir, "-n",     n,
-                        "--temp",  "0",   "--seed",    "1", "--json", b->prompt ? "-p" : NULL,
-                        b->prompt, NULL};
+    char *gen_argv[16] = {NULL,     "gen", "--run-dir", dir, "-n",    n,
+                          "--temp", "0",   "--seed",    "1", "--json"};
+    k = 11;
+    if (b->prompt) {
+        gen_argv[k++] = "-p";
+        gen_argv[k++] = b->prompt;
+    }
+    if (b->o.freq_pen) {
+        gen_argv[k++] = "--frequency-penalty";
+        gen_argv[k++] = (char *)b->o.freq_pen;
+    }
+    gen_argv[k] = NULL;
     int out_fd = -1;
     pid = nf_bench_spawn(b, gen_argv, NULL, &out_fd, log);
     if (pid < 0) {
@@ -427,6 +436,10 @@ void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r)
     if (b->prompt) {
         argv[k++] = "-p";
         argv[k++] = b->prompt;
+    }
+    if (b->o.freq_pen) {
+        argv[k++] = "--frequency-penalty";
+        argv[k++] = (char *)b->o.freq_pen;
     }
     nf_bench_spec_args(b, r->spec, argv, &k);
     argv[k] = NULL;

@@ -56,6 +56,15 @@ bool nf_bench_spec_same(const struct nf_bench *b, const struct nf_bench_row *r)
            !b->rows[r->spec_base].timed_out;
 }
 
+bool nf_bench_spec_differs(const struct nf_bench *b, const struct nf_bench_row *r)
+{
+    if (!r->spec || r->spec_base < 0 || r->spec_base >= b->n_rows)
+        return false;
+    const struct nf_bench_row *p = &b->rows[r->spec_base];
+    return r->ids_hash && p->ids_hash && !r->timed_out && !p->timed_out &&
+           r->ids_hash != p->ids_hash;
+}
+
 static void fmt(char *buf, size_t len, double v, const char *f)
 {
     if (isnan(v) || isinf(v))

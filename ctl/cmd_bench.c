@@ -324,7 +324,13 @@ int nf_cmd_bench(int argc, char **argv)
         nftw(b.base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     nf_bench_progress(&b, "done");
     bool ok = b.raw.ok && !nf_bench_stop;
-    for (int i = 0; i < b.n_rows; i++)
+    for (int i = 0; i < b.n_rows; i++) {
         ok = ok && b.rows[i].ran && !b.rows[i].error[0];
+        if (nf_bench_spec_differs(&b, &b.rows[i])) {
+            fprintf(stderr, "nanoflowctl bench: %s gave other tokens than %s\n", b.rows[i].mode,
+                    b.rows[b.rows[i].spec_base].mode);
+            ok = false;
+        }
+    }
     return nf_bench_stop ? 130 : ok ? 0 : 1;
 }

@@ -49,10 +49,13 @@ assert rows["stack draft"][1]["accepted"] == rows["stack draft"][1]["drafted"]
 PY
 check "--json rows: spec, drafted, accepted, rate, speed-up, same output" $?
 
-# 2. The table: the SPECULATION part with its columns, lookup only.
+# 2. The table: the SPECULATION part with its columns, lookup only; every engine's sampler
+# with a negative frequency penalty (gen's and run's flag), the rows' tokens still equal.
 "$NF_BIN" bench --model "$M" -n 20 -t 1 -c 128 --sparsity none -f "$T/passage.txt" --lookup \
-    >"$T/t.txt" 2>/dev/null
-check "bench --lookup (table) exits 0" $?
+    --frequency-penalty -0.5 >"$T/t.txt" 2>/dev/null
+check "bench --lookup --frequency-penalty (table) exits 0" $?
+grep -q "sampler: --frequency-penalty -0.5 in every engine" "$T/t.txt"
+check "the table's header names the penalty" $?
 for col in "SPECULATION" "tok/s per seq" "aggregate tok/s" "drafted" "accepted" "rate" \
     "speed-up" "same output"; do
     grep -q "$col" "$T/t.txt"
@@ -65,7 +68,7 @@ check "no draft row without --draft" $((1 - $?))
 
 # 3. Bad values exit 2 with one line naming the problem.
 for args in "--draft $T/none.gguf" "--draft" "-f $T/none.txt" "--file" "-p 8 -f $T/passage.txt" \
-    "--lookup=1"; do
+    "--lookup=1" "--frequency-penalty 3" "--frequency-penalty x"; do
     # shellcheck disable=SC2086
     "$NF_BIN" bench --model "$M" $args >/dev/null 2>"$T/usage.err"
     rc=$?

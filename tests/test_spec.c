@@ -3,7 +3,8 @@
  * roll back; the driver's speculative steps give plain greedy's tokens (llama.cpp's goldens)
  * for prompt lookup and for test drafts that are always right (running into eog, the length
  * and the context limit) or always wrong; seeded sampling gives plain sampling's tokens, and
- * the distribution over seeds matches plain sampling's (chi-square). */
+ * the distribution over seeds matches plain sampling's (chi-square); with the sampler's
+ * penalties too. */
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -613,6 +614,55 @@ static void test_refusals(void **state)
     fixture_close(&fx);
 }
 
+/* The sampler's penalties see the tokens of the positions before each sample, so a
+ * speculative step keeps plain decoding's tokens with them too: greedy with a negative
+ * frequency penalty (text that falls into a loop, the drafts hit) and with a repeat and a
+ * presence penalty (the text leaves its loops, the drafts miss), plain against lookup, on the
+ * RAM engine over stories260K's golden prompts. */
+static void test_penalties(void **state)
+{
+    (void)state;
+    struct fixture fx;
+    fixture_open(&fx, "stories260K");
+    struct nf_ctx *c;
+    assert_int_equal(nf_ctx_create(&c, fx.m, 256, 2), 0);
+    struct nf_gen_engine e;
+    nf_gen_engine_ctx(&e, c);
+    struct nf_gen_lookup l = {.ngram_min = 1, .ngram_max = 3};
+    struct nf_gen_draft d;
+    nf_gen_draft_lookup(&d, &l);
+    static const float freq[] = {-1.0f, 0.0f, 0.5f}, pres[] = {0.0f, 0.7f, -0.3f},
+                       rep[] = {1.0f, 1.3f, 1.1f};
+    for (int k = 0; k < 3; k++) {
+        int drafted = 0, accepted = 0, differ = 0;
+        for (int i = 0; i < fx.n_gold; i++) {
+            const struct golden *g = &fx.g[i];
+            struct nf_gen_params p = params(120, 0.0f, 0);
+            p.sp.frequency_penalty = freq[k];
+            p.sp.presence_penalty = pres[k];
+            p.sp.repeat_penalty = rep[k];
+            struct run_out plain, spec;
+            run(&e, fx.v, g->prompt, g->n_prompt, &p, &plain);
+            p.draft = &d;
+            run(&e, fx.v, g->prompt, g->n_prompt, &p, &spec);
+            same_run(&plain, &spec);
+            drafted += spec.n_drafted;
+            accepted += spec.n_accepted;
+            /* The penalties are in force: the text is not the goldens' plain greedy text. */
+            const int n = plain.n_gen < g->n_gen ? plain.n_gen : g->n_gen;
+            differ += memcmp(plain.ids, g->gen, sizeof(int32_t) * (size_t)n) != 0;
+        }
+        print_message("penalties freq %.1f pres %.1f rep %.1f: drafted %d, accepted %d\n",
+                      (double)freq[k], (double)pres[k], (double)rep[k], drafted, accepted);
+        assert_true(differ > 0);
+        assert_true(drafted > 0 && accepted > 0);
+        if (k == 0) /* the loop a negative frequency penalty makes is drafted right mostly */
+            assert_true(accepted * 2 > drafted);
+    }
+    nf_ctx_free(c);
+    fixture_close(&fx);
+}
+
 /* The lookup source itself: the longest n-gram first, the latest match, bounded by max. */
 static void test_lookup_source(void **state)
 {
@@ -648,7 +698,7 @@ int main(void)
         cmocka_unit_test(test_rows_stream),   cmocka_unit_test(test_lookup_goldens),
         cmocka_unit_test(test_ref_drafts),    cmocka_unit_test(test_ctx_limit),
         cmocka_unit_test(test_sampled),       cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_draft_model),
+        cmocka_unit_test(test_draft_model),   cmocka_unit_test(test_penalties),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
