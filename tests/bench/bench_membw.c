@@ -49,7 +49,7 @@ static void *read_part(void *arg)
 /* Seconds for one pass over words[0..n) split into nth contiguous parts. */
 static double pass(const uint64_t *words, size_t n, int nth, uint64_t *sink)
 {
-    struct part pt[2];
+    struct part pt[2] = {{0}};
     pthread_t th[2];
     size_t per = n / (size_t)nth / 32 * 32;
     double t0 = nf_now_s();
