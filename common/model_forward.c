@@ -320,6 +320,9 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
         j.mat_fn = nf_vec_dot_cols(w->type);
     else if (n_tok >= 2 && !batch && j.kind == NF_MM_GGML_DOT)
         j.mat_fn = nf_ggml_dot_cols(w->type);
+    /* One token (a decode step): a rows kernel with vec_dot's bits, where one is faster. */
+    if (n_tok == 1 && j.kind == NF_MM_VEC_DOT && (j.rows_fn = nf_vec_dot_rows_exact(w->type)))
+        j.kind = NF_MM_ROWS;
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
     nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);

@@ -31,6 +31,17 @@ nf_vec_dot_mat_fn nf_vec_dot_cols(enum nf_type t)
     }
 }
 
+nf_vec_dot_rows_fn nf_vec_dot_rows_exact(enum nf_type t)
+{
+    /* q4_0: the AVX-512 vec_dot is the rows kernel called for one row, and a row's sum does
+     * not depend on the other rows of a call; the AVX2 and scalar rows kernels call vec_dot
+     * row by row (cpu.c). (q8_0's AVX-512 rows kernel sums in another order than its AVX2
+     * vec_dot, which llama.cpp's order requires, so it is not one of these.) */
+    if (t == NF_TYPE_Q4_0)
+        return nf_type_traits(t)->vec_dot_rows;
+    return NULL;
+}
+
 nf_vec_dot_mat_fn nf_ggml_dot_cols_for(enum nf_type t, enum nf_isa isa)
 {
     if (t != NF_TYPE_F32 && t != NF_TYPE_F16)

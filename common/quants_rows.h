@@ -17,6 +17,13 @@
  * (nf_kernels_isa()); NULL for types without one (callers then call vec_dot per pair). */
 nf_vec_dot_mat_fn nf_vec_dot_cols(enum nf_type t);
 
+/* The multi-row kernel of weight type t (one activation row against nrows weight rows, as
+ * nf_vec_dot_rows_fn) whose every output equals, bit for bit, what nf_type_traits(t)->vec_dot
+ * gives for that row, whatever the range of rows a call covers; NULL for types where it would
+ * be no faster than vec_dot per row. A decode step's mat-vec takes it: q4_0's AVX-512 rows
+ * kernel prepares the activation once per call instead of once per row. */
+nf_vec_dot_rows_fn nf_vec_dot_rows_exact(enum nf_type t);
+
 /* Likewise for the forward pass's one-token F32 and F16 dot, ggml_vec_dot_f32 / _f16 on
  * AVX-512 (four 16-lane accumulators over blocks of 64, the tail in double): t is NF_TYPE_F32
  * (both operands F32) or NF_TYPE_F16 (both F16); NULL for any other type. */

@@ -1,8 +1,9 @@
 /* test_quants_rows.c - the per-row exact multi-token kernels (quants_rows.h): every output bit
  * for bit what the one-token kernel gives for its pair, for weight rows 1..17 (and a tile of
  * 40), activation rows 1..17, row lengths with one or several 8192-element chunks and a tail,
- * odd strides. Runs at the best ISA, then again under NF_ISA=avx2 and NF_ISA=scalar (each a
- * child process: the kernel choice is made once per process). */
+ * odd strides; and the decode step's q4_0 rows kernel against vec_dot. Runs at the best ISA, then
+ * again under NF_ISA=avx2 and NF_ISA=scalar (each a child process: the kernel choice is made once
+ * per process). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -145,6 +146,50 @@ static void test_ggml_dot(void **state)
     assert_null(nf_ggml_dot_cols(NF_TYPE_Q4_0));
 }
 
+/* The decode step's rows kernel (nf_vec_dot_rows_exact): for every row count 1..17, 33 and
+ * 40, and starting at every row 0..3 (the row ranges threads and tiles take), each output bit
+ * for bit vec_dot's for its row; nothing written past the rows asked for. */
+static void test_rows_exact(void **state)
+{
+    (void)state;
+    const enum nf_type t = NF_TYPE_Q4_0;
+    const struct nf_type_traits *tr = nf_type_traits(t);
+    nf_vec_dot_rows_fn rows = nf_vec_dot_rows_exact(t);
+    assert_non_null(rows);
+    const int ns[] = {32, 128, 256, 4096, 32 * (4 * 70 + 3), 11008};
+    for (size_t j = 0; j < sizeof(ns) / sizeof(ns[0]); j++) {
+        const int n = ns[j];
+        char *x, *y;
+        size_t bx, by;
+        make(t, tr->vec_dot_type, n, &x, &bx, &y, &by);
+        float want[MAXR], got[MAXR + 1];
+        for (int r = 0; r < MAXR; r++)
+            tr->vec_dot(n, &want[r], x + r * bx, y);
+        for (int r0 = 0; r0 < 4; r0++)
+            for (int nr = 1; r0 + nr <= MAXR; nr++) {
+                if (nr > 17 && nr != 33 && nr != MAXR - r0)
+                    continue;
+                for (int r = 0; r <= MAXR; r++)
+                    got[r] = -1234.5f;
+                rows(n, got, bx, x + r0 * bx, y, nr);
+                for (int r = 0; r <= nr; r++) {
+                    if (r == nr) {
+                        if (got[r] != -1234.5f)
+                            fail_msg("q4_0 n=%d rows %d+%d wrote past its rows", n, r0, nr);
+                    } else if (memcmp(&got[r], &want[r0 + r], sizeof(float)) != 0) {
+                        fail_msg("q4_0 n=%d isa %s: rows %d+%d, row %d = %.9g, vec_dot %.9g", n,
+                                 nf_isa_name(nf_kernels_isa()), r0, nr, r0 + r, (double)got[r],
+                                 (double)want[r0 + r]);
+                    }
+                }
+            }
+        free(x);
+        free(y);
+    }
+    /* Types whose rows kernel would be vec_dot row by row have none. */
+    assert_null(nf_vec_dot_rows_exact(NF_TYPE_F32));
+}
+
 /* The same tests under a lower ISA, in a child process. */
 static int run_isa(const char *isa)
 {
@@ -167,6 +212,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quant_types),
         cmocka_unit_test(test_ggml_dot),
+        cmocka_unit_test(test_rows_exact),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (!getenv("NF_ISA")) {
