@@ -96,7 +96,11 @@ struct nf_bench {
     int cg_version;
     char cg_why[512];
     char cg_where[PATH_MAX];
-    uint32_t n_ctx;                  /* the stack's context per its plan, used for run --mmap too */
+    uint32_t n_ctx; /* the stack's context per its plan, used for run --mmap too */
+    /* -t as given, passed to the stack rows' up (0: the stack picks per step,
+     * nf_stack_compute_threads and nf_stack_decode_threads); o.threads is then what the
+     * other engines get, the stack's one-sequence decode count */
+    long stack_threads;
     struct nf_bench_raw raw;         /* the faster successful pass (the bound's bandwidth) */
     struct nf_bench_raw raw_pass[2]; /* before and after the engines */
     /* the levels' rows, 4 speculation rows, a stack and mmap row per -d */

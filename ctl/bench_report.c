@@ -5,6 +5,7 @@
 
 #include "bench.h"
 #include "gen_output.h"
+#include "stack.h"
 #include "stack_ctl.h"
 
 static void fmt_num(char *buf, size_t len, double v, const char *fmt)
@@ -27,10 +28,15 @@ void nf_bench_print_table(const struct nf_bench *b)
         snprintf(pr, sizeof(pr), "-f %.50s", b->o.prompt_file);
     else
         snprintf(pr, sizeof(pr), "BOS");
-    printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = %s), %ld "
-           "threads per engine, time box %ld s\n",
-           nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, pr, b->o.threads,
-           b->o.timeout);
+    char thr[64];
+    if (b->stack_threads)
+        snprintf(thr, sizeof(thr), "%ld threads per engine", b->o.threads);
+    else
+        snprintf(thr, sizeof(thr), "%ld threads per engine (%u in stack prompts and batches)",
+                 b->o.threads, nf_stack_compute_threads(0));
+    printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = %s), %s, "
+           "time box %ld s\n",
+           nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, pr, thr, b->o.timeout);
     if (b->o.kv_offload)
         printf("  KV cache of the stack rows on disk (up --kv-offload on), in the run directory\n");
     if (b->use_cgroup)

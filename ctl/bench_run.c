@@ -208,7 +208,7 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     snprintf(log, sizeof(log), "%s.log", dir);
     snprintf(sp, sizeof(sp), "%g", (double)sparsity);
     snprintf(ram, sizeof(ram), "%llu", (unsigned long long)b->o.ram);
-    snprintf(thr, sizeof(thr), "%ld", b->o.threads);
+    snprintf(thr, sizeof(thr), "%ld", b->stack_threads);
     snprintf(n, sizeof(n), "%ld", b->o.n);
     struct nf_cgroup cg;
     bool have_cg = b->use_cgroup;
