@@ -75,6 +75,7 @@ struct nf_bench_row {
     uint64_t ids_hash;        /* FNV-1a of the summary's "gen_ids" list; 0: no summary */
     long depth;               /* -d rows: the prompt's tokens before the decode; else 0 */
     double dec_bytes_per_tok; /* -d rows: bytes read per decode token after the first */
+    double prompt_bytes;      /* -p, -d stack rows: bytes read before the first token */
 };
 
 struct nf_bench_raw {

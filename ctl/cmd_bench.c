@@ -134,7 +134,7 @@ static void row_init(struct nf_bench_row *r)
     r->agg_tok_s = r->shared_batch = NAN;
     r->prompt_tok_s = r->ttft = NAN;
     r->spec_base = -1;
-    r->dec_bytes_per_tok = NAN;
+    r->dec_bytes_per_tok = r->prompt_bytes = NAN;
 }
 
 int nf_cmd_bench(int argc, char **argv)
