@@ -108,7 +108,7 @@ static void nf_stream_unpin(struct nf_stream *s, const struct nf_nft_tile *t)
     s->src.unpin(s->src.ud, (uint32_t)nf_nft_tile_id(s->f, t));
 }
 
-/* Caps the pool for a pass of n_tok tokens or rows: n_threads_one threads for one token,
+/* Caps the pool for a prompt chunk of n_tok tokens: n_threads_one threads for one token,
  * every thread for more. */
 static void nf_stream_threads(struct nf_stream *s, int n_tok)
 {
@@ -1351,7 +1351,11 @@ int nf_stream_step(struct nf_stream *s, const int *idx, const int32_t *toks, int
     int rc = nf_stream_step_check(s, idx, toks, n);
     if (rc < 0)
         return rc;
-    nf_stream_threads(s, n);
+    /* A batched step runs on the one-token count too: its products are a tile's few hundred
+     * rows times n rows, too little work per dispatch for a second thread to pay for its
+     * wake-ups beside the fetcher (the 7B's 8 sequences in 1 GiB measured 5.1-5.2 aggregate
+     * tok/s on two threads, 6.4 on one: docs/measurements.md). */
+    nf_threadpool_limit(s->c->pool, s->n_threads_one);
     if ((rc = nf_stream_embed(s, toks, n)) < 0)
         return rc;
     for (int r = 0; r < n; r++) {

@@ -383,10 +383,10 @@ static void test_stream_sparse(void **state)
     check_stream("stories260K", 0.5f);
 }
 
-/* The compute daemon's threads on two cores: one-token steps of one sequence on one thread,
- * batched steps and prompt chunks on two. Each row of a batched step still gets its solo
- * logits bit for bit, in sparse mode too (there a row's groups are split as its solo step
- * splits them: the split decides the order of the sums). */
+/* The compute daemon's threads on two cores: decode steps (batched too) on one thread, prompt
+ * chunks on two. Each row of a batched step still gets its solo logits bit for bit, in sparse
+ * mode too (there a row's groups are split as its solo step splits them: the split decides
+ * the order of the sums; check_stream's n_one 0 has both on two threads). */
 static void test_stream_one_thread(void **state)
 {
     (void)state;

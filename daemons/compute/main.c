@@ -57,9 +57,8 @@ static void usage(FILE *out)
             "  --ram SIZE          RAM budget of the stack, checked but informational: the\n"
             "                      region's plan rules (default: the plan's)\n"
             "  -t, --threads N     compute threads, 0..1024; 0 = one per CPU for prompt\n"
-            "                      chunks and batched steps, one per CPU but one (at least\n"
-            "                      1) for a one-token step of one sequence (default: the\n"
-            "                      plan's)\n"
+            "                      chunks, one per CPU but one (at least 1) for decode\n"
+            "                      steps, batched too (default: the plan's)\n"
             "  --sparsity S        fraction of FFN groups skipped, in [0, 1); 0 = exact\n"
             "                      (default: the plan's)\n"
             "  --ctx N             context length, 0..16777216; 0 = the plan's (default: the\n"
@@ -189,9 +188,9 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.f = m->f;
     m->gen.v = m->v;
     m->gen.n_ctx = m->o.ctx > 0 ? (int)m->o.ctx : (int)cfg->n_ctx;
-    /* -t 0 (what `up` passes by default): one thread per CPU for prompt chunks and batched
-     * steps (nf_stack_compute_threads), one per CPU but one for a one-token step of one
-     * sequence (nf_stack_decode_threads); -t N: N for both. */
+    /* -t 0 (what `up` passes by default): one thread per CPU for prompt chunks
+     * (nf_stack_compute_threads), one per CPU but one for decode steps, batched too
+     * (nf_stack_decode_threads); -t N: N for both. */
     m->gen.n_threads = (int)nf_stack_compute_threads(
         (uint32_t)(m->o.threads >= 0 ? m->o.threads : (int)cfg->n_threads));
     m->gen.n_threads_one =
