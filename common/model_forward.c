@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -189,17 +190,41 @@ struct nf_matmul_job {
     size_t xq_stride;
     float *out;
     int n_tok;
+    atomic_llong next; /* first row not yet claimed (nf_matmul_run) */
 };
 
+static void nf_matmul_rows(const struct nf_matmul_job *j, int64_t r0, int64_t r1);
+
+/* Rows are claimed in chunks, about four per thread, so that a thread the scheduler holds back
+ * (the fetcher's reads and checksums share the cores) does not hold the whole product: the
+ * others take its chunks. A chunk is a multiple of 8 rows, so threads do not share cache lines
+ * of out and multi-row kernels get whole groups; each row's floats do not depend on who
+ * computes it. */
 static void nf_matmul_run(void *arg, int ith, int nth)
 {
-    const struct nf_matmul_job *j = arg;
+    struct nf_matmul_job *j = arg;
     const int64_t rows = j->w->ne[1];
-    /* Split rows evenly, in multiples of 8 rows so threads do not share cache lines of out and
-     * multi-row kernels get whole groups. */
-    int64_t per = (rows + nth - 1) / nth;
+    if (nth == 1) {
+        nf_matmul_rows(j, 0, rows);
+        return;
+    }
+    (void)ith;
+    int64_t per = (rows + 4 * nth - 1) / (4 * nth);
     per = (per + 7) & ~(int64_t)7;
-    int64_t r0 = per * ith, r1 = r0 + per < rows ? r0 + per : rows;
+    for (;;) {
+        /* Relaxed: the claim only partitions the rows; the pool's job hand-off orders the
+         * inputs and outputs. */
+        const int64_t r0 = atomic_fetch_add_explicit(&j->next, per, memory_order_relaxed);
+        if (r0 >= rows)
+            return;
+        nf_matmul_rows(j, r0, r0 + per < rows ? r0 + per : rows);
+    }
+}
+
+/* Rows [r0, r1) of the product. */
+static void nf_matmul_rows(const struct nf_matmul_job *j, int64_t r0, int64_t r1)
+{
+    const int64_t rows = j->w->ne[1];
     const int n = (int)j->w->ne[0];
     if (j->mat_fn) {
         /* Every token against the thread's rows at once: each weight block is unpacked once
@@ -325,6 +350,7 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
         j.kind = NF_MM_ROWS;
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
+    atomic_init(&j.next, 0);
     nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);
 }
 

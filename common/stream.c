@@ -53,15 +53,16 @@ struct nf_stream {
     uint32_t *pick;       /* (max_groups) groups chosen for one token */
     float *tscore;        /* (max_groups) tile scores */
     /* Sparse FFN scratch (sparse dense models only; NULL otherwise). */
-    uint8_t *xq;      /* (rows, 2, xq_stride) xn converted for gate and up vec_dots */
-    size_t xq_stride; /* bytes per converted row (4 n_embd: room for any vec_dot type) */
-    float *sacc;      /* (n_threads, rows, n_embd) per-thread down sums */
-    float *swork;     /* (n_threads, 2 max_rows + n_embd) gate, up and one group's down */
-    uint8_t *shq;     /* (n_threads, 4 max_rows + 64) a group's activation converted */
-    uint32_t *spairs; /* (rows max_groups) (token << 16 | group in tile) of one tile */
-    int n_threads;
-    uint8_t *sel;   /* (rows, n_groups) groups selected per token */
-    uint64_t *bits; /* (ceil(n_groups / 64)) used bitmap */
+    uint8_t *xq;       /* (rows, 2, xq_stride) xn converted for gate and up vec_dots */
+    size_t xq_stride;  /* bytes per converted row (4 n_embd: room for any vec_dot type) */
+    float *sacc;       /* (n_threads, rows, n_embd) per-thread down sums */
+    float *swork;      /* (n_threads, 2 max_rows + n_embd) gate, up and one group's down */
+    uint8_t *shq;      /* (n_threads, 4 max_rows + 64) a group's activation converted */
+    uint32_t *spairs;  /* (rows max_groups) (token << 16 | group in tile) of one tile */
+    int n_threads;     /* the pool's threads (the sparse scratch holds this many) */
+    int n_threads_one; /* of a one-token step (nf_stream_opts), <= n_threads */
+    uint8_t *sel;      /* (rows, n_groups) groups selected per token */
+    uint64_t *bits;    /* (ceil(n_groups / 64)) used bitmap */
     struct nf_stream_stats st;
     uint64_t mem;
     char err[320];
@@ -105,6 +106,13 @@ static const uint8_t *nf_stream_pin(struct nf_stream *s, const struct nf_nft_til
 static void nf_stream_unpin(struct nf_stream *s, const struct nf_nft_tile *t)
 {
     s->src.unpin(s->src.ud, (uint32_t)nf_nft_tile_id(s->f, t));
+}
+
+/* Caps the pool for a prompt chunk of n_tok tokens: n_threads_one threads for one token,
+ * every thread for more. */
+static void nf_stream_threads(struct nf_stream *s, int n_tok)
+{
+    nf_threadpool_limit(s->c->pool, n_tok > 1 ? 0 : s->n_threads_one);
 }
 
 /* A tensor view over a row tile's bytes: t->count rows of t->ne0 elements of t->type[0]. */
@@ -541,8 +549,11 @@ static int nf_stream_ffn_sparse(struct nf_stream *s, uint32_t il, int n_tok)
                 each ? nf_sparse_pairs(s, g0, ng, k, k + 1) : nf_sparse_pairs(s, g0, ng, 0, n_tok);
             if (np == 0)
                 continue;
+            /* A row of a batched step takes the threads of its solo step: the split decides
+             * the order of the sums. */
+            const int nt = each ? s->n_threads_one : nth;
             struct nf_sparse_job jb = {s, t, p, np};
-            nf_threadpool_run(c->pool, nf_sparse_run, &jb, np < (uint32_t)nth ? (int)np : nth);
+            nf_threadpool_run(c->pool, nf_sparse_run, &jb, np < (uint32_t)nt ? (int)np : nt);
         }
         nf_stream_unpin(s, t);
     }
@@ -1061,6 +1072,7 @@ static int nf_stream_chunk(struct nf_stream *s, const int32_t *tokens, int n_tok
 {
     struct nf_ctx *c = s->c;
     const struct nf_hparams *hp = &s->shell.hp;
+    nf_stream_threads(s, n_tok);
     int rc = nf_stream_embed(s, tokens, n_tok);
     if (rc < 0)
         return rc;
@@ -1340,6 +1352,11 @@ int nf_stream_step(struct nf_stream *s, const int *idx, const int32_t *toks, int
     int rc = nf_stream_step_check(s, idx, toks, n);
     if (rc < 0)
         return rc;
+    /* A batched step runs on the one-token count too: its products are a tile's few hundred
+     * rows times n rows, too little work per dispatch for a second thread to pay for its
+     * wake-ups beside the fetcher (the 7B's 8 sequences in 1 GiB measured 5.1-5.2 aggregate
+     * tok/s on two threads, 6.4 on one: docs/measurements.md). */
+    nf_threadpool_limit(s->c->pool, s->n_threads_one);
     if ((rc = nf_stream_embed(s, toks, n)) < 0)
         return rc;
     for (int r = 0; r < n; r++) {
@@ -1956,6 +1973,9 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
         nf_errf(err, errlen, rc, "creating the run state: %s", nf_strerror(rc));
         goto fail;
     }
+    s->n_threads = nf_threadpool_size(s->c->pool);
+    s->n_threads_one =
+        o->n_threads_one > 0 && o->n_threads_one < s->n_threads ? o->n_threads_one : s->n_threads;
     if ((rc = nf_stream_kv_types(s, o, err, errlen)) < 0)
         goto fail;
     const struct nf_hparams *hp = &s->shell.hp;
@@ -1981,8 +2001,7 @@ int nf_stream_create(struct nf_stream **out, const struct nf_nft *f, const struc
         goto fail;
     }
     if (s->sparsity > 0 && !hp->n_expert) {
-        const size_t R = s->max_rows, T = (size_t)nf_threadpool_size(s->c->pool);
-        s->n_threads = (int)T;
+        const size_t R = s->max_rows, T = (size_t)s->n_threads;
         s->xq_stride = (4 * E + 63) / 64 * 64;
         s->xq = malloc((size_t)s->rows * 2 * s->xq_stride);
         s->sacc = malloc(sizeof(float) * T * (size_t)s->rows * E);

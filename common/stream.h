@@ -45,8 +45,13 @@ struct nf_tile_src {
 };
 
 struct nf_stream_opts {
-    int n_ctx;      /* KV cache positions (>= 1) */
-    int n_threads;  /* <= 0: one per CPU */
+    int n_ctx;     /* KV cache positions (>= 1) */
+    int n_threads; /* <= 0: one per CPU */
+    /* Threads of a decode step (a one-token chunk, a batched step of any number of rows), at
+     * most n_threads; 0: n_threads. Prompt chunks of several tokens use n_threads: they have
+     * the work for them, while a decode step's products are too small per tile to pay for a
+     * second thread's wake-ups, and under a RAM cap it would take the fetcher's core. */
+    int n_threads_one;
     float sparsity; /* 0: exact; in (0, 1): the fraction of FFN groups skipped */
     int n_ubatch;   /* tokens per prompt chunk, each chunk one pass over the tiles; 0: 32
                      * (NF_MAX_BATCH), at most NF_MAX_UBATCH */

@@ -24,7 +24,8 @@ struct nf_threadpool {
     atomic_bool stop;
     nf_job_fn fn;
     void *arg;
-    int nth; /* threads taking part in the current job */
+    int nth;   /* threads taking part in the current job */
+    int limit; /* most threads a job takes (nf_threadpool_limit); n_threads when not capped */
 };
 
 struct nf_worker_arg {
@@ -78,6 +79,7 @@ int nf_threadpool_create(struct nf_threadpool **out, int n_threads)
     if (!p)
         return -ENOMEM;
     p->n_threads = n_threads;
+    p->limit = n_threads;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -129,13 +131,19 @@ int nf_threadpool_size(const struct nf_threadpool *p)
     return p ? p->n_threads : 1;
 }
 
+void nf_threadpool_limit(struct nf_threadpool *p, int n)
+{
+    if (p)
+        p->limit = n > 0 && n < p->n_threads ? n : p->n_threads;
+}
+
 void nf_threadpool_run(struct nf_threadpool *p, nf_job_fn fn, void *arg, int n)
 {
-    if (!p || p->n_threads == 1 || n <= 1) {
+    if (!p || p->limit == 1 || n <= 1) {
         fn(arg, 0, 1);
         return;
     }
-    int nth = n < p->n_threads ? n : p->n_threads;
+    int nth = n < p->limit ? n : p->limit;
     p->fn = fn;
     p->arg = arg;
     p->nth = nth;

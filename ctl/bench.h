@@ -76,6 +76,7 @@ struct nf_bench_row {
     uint64_t ids_hash;        /* FNV-1a of the summary's "gen_ids" list; 0: no summary */
     long depth;               /* -d rows: the prompt's tokens before the decode; else 0 */
     double dec_bytes_per_tok; /* -d rows: bytes read per decode token after the first */
+    double prompt_bytes;      /* -p, -d stack rows: bytes read before the first token */
 };
 
 struct nf_bench_raw {
@@ -97,7 +98,11 @@ struct nf_bench {
     int cg_version;
     char cg_why[512];
     char cg_where[PATH_MAX];
-    uint32_t n_ctx;                  /* the stack's context per its plan, used for run --mmap too */
+    uint32_t n_ctx; /* the stack's context per its plan, used for run --mmap too */
+    /* -t as given, passed to the stack rows' up (0: the stack picks per step,
+     * nf_stack_compute_threads and nf_stack_decode_threads); o.threads is then what the
+     * other engines get, the stack's one-sequence decode count */
+    long stack_threads;
     struct nf_bench_raw raw;         /* the faster successful pass (the bound's bandwidth) */
     struct nf_bench_raw raw_pass[2]; /* before and after the engines */
     /* the levels' rows, 4 speculation rows, a stack and mmap row per -d */

@@ -133,7 +133,7 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
     }
     snprintf(log, sizeof(log), "%s.log", dir);
     snprintf(ram, sizeof(ram), "%llu", (unsigned long long)b->o.ram);
-    snprintf(thr, sizeof(thr), "%ld", b->o.threads);
+    snprintf(thr, sizeof(thr), "%ld", b->stack_threads);
     snprintf(n, sizeof(n), "%ld", b->o.n);
     snprintf(par, sizeof(par), "%d", n_seq);
     snprintf(ctx, sizeof(ctx), "%u", b->n_ctx);

@@ -5,6 +5,7 @@
 
 #include "bench.h"
 #include "gen_output.h"
+#include "stack.h"
 #include "stack_ctl.h"
 
 static void fmt_num(char *buf, size_t len, double v, const char *fmt)
@@ -27,10 +28,15 @@ void nf_bench_print_table(const struct nf_bench *b)
         snprintf(pr, sizeof(pr), "-f %.50s", b->o.prompt_file);
     else
         snprintf(pr, sizeof(pr), "BOS");
-    printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = %s), %ld "
-           "threads per engine, time box %ld s\n",
-           nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, pr, b->o.threads,
-           b->o.timeout);
+    char thr[64];
+    if (b->stack_threads)
+        snprintf(thr, sizeof(thr), "%ld threads per engine", b->o.threads);
+    else
+        snprintf(thr, sizeof(thr), "%ld threads per engine (%u in stack prompt chunks)",
+                 b->o.threads, nf_stack_compute_threads(0));
+    printf("  budget %s, context %u tokens, %ld tokens per engine (greedy, prompt = %s), %s, "
+           "time box %ld s\n",
+           nf_ctl_fmt_size(sz, sizeof(sz), b->o.ram), b->n_ctx, b->o.n, pr, thr, b->o.timeout);
     if (b->o.freq_pen)
         printf("  sampler: --frequency-penalty %s in every engine\n", b->o.freq_pen);
     if (b->o.kv_offload)
@@ -104,16 +110,18 @@ void nf_bench_print_table(const struct nf_bench *b)
     }
     nf_bench_print_spec(b);
     if (b->prompt) {
-        printf("\n%-13s %14s %13s %9s\n", "PROMPT", "prompt tokens", "prompt tok/s", "TTFT s");
+        printf("\n%-13s %14s %13s %9s %13s\n", "PROMPT", "prompt tokens", "prompt tok/s", "TTFT s",
+               "MB read");
         for (int i = 0; i < b->n_rows; i++) {
             const struct nf_bench_row *r = &b->rows[i];
             if (r->n_seq) /* --parallel rows send their own short prompts */
                 continue;
-            char c[3][32];
+            char c[4][32];
             fmt_num(c[0], 32, r->prompt_tokens ? (double)r->prompt_tokens : NAN, "%.0f");
             fmt_num(c[1], 32, r->prompt_tok_s, "%.2f");
             fmt_num(c[2], 32, r->ttft, "%.2f");
-            printf("%-13s %14s %13s %9s\n", r->mode, c[0], c[1], c[2]);
+            fmt_num(c[3], 32, r->prompt_bytes / 1e6, "%.0f");
+            printf("%-13s %14s %13s %9s %13s\n", r->mode, c[0], c[1], c[2], c[3]);
         }
     }
     if (b->o.n_depth) {
@@ -272,6 +280,7 @@ void nf_bench_print_json(const struct nf_bench *b)
         printf("\"prompt_tokens\":%d,", r->prompt_tokens);
         jnum("prompt_tok_s", r->prompt_tok_s, true);
         jnum("ttft_s", r->ttft, true);
+        jnum("prompt_bytes", r->prompt_bytes, true);
         jstr("spec", r->spec ? nf_bench_spec_name(r->spec) : NULL, true);
         if (r->spec)
             printf("\"drafted\":%ld,\"accepted\":%ld,", r->drafted, r->accepted);

@@ -162,7 +162,8 @@ static bool follow_gen(struct nf_bench *b, struct nf_bench_row *r, pid_t pid, in
 struct stack_tick {
     struct nf_cgroup *cg;
     bool have_cg;
-    /* -d rows: the stack's counters when the first token arrived (the decode starts). */
+    /* -p and -d rows: the stack's counters when the first token arrived (the prompt is done,
+     * the decode starts). */
     const char *dir;
     struct nf_stack_snap *first;
     bool have_first;
@@ -208,7 +209,7 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     snprintf(log, sizeof(log), "%s.log", dir);
     snprintf(sp, sizeof(sp), "%g", (double)sparsity);
     snprintf(ram, sizeof(ram), "%llu", (unsigned long long)b->o.ram);
-    snprintf(thr, sizeof(thr), "%ld", b->o.threads);
+    snprintf(thr, sizeof(thr), "%ld", b->stack_threads);
     snprintf(n, sizeof(n), "%ld", b->o.n);
     struct nf_cgroup cg;
     bool have_cg = b->use_cgroup;
@@ -290,7 +291,7 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
     if (pid < 0) {
         nf_errf(r->error, sizeof(r->error), 0, "cannot start gen: %s", strerror(errno));
     } else {
-        struct stack_tick tk = {&cg, have_cg, dir, b->depth ? s_first : NULL, false};
+        struct stack_tick tk = {&cg, have_cg, dir, b->depth || b->prompt ? s_first : NULL, false};
         bool summary = follow_gen(b, r, pid, out_fd, SIGINT, stack_tick, &tk);
         close(out_fd);
         st = nf_bench_wait(pid, NF_BENCH_CANCEL_WAIT);
@@ -327,6 +328,10 @@ void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsi
                 r->used_per_tok = nf_snap_ratio(used, toks);
                 r->hit_rate = bytes >= used ? 0.0 : 1.0 - bytes / used;
             }
+        }
+        if (tk.have_first && s_first->st[0].ok && s0->st[0].ok) { /* the prompt alone */
+            nf_stack_snap_delta(d, s_first, s0);
+            r->prompt_bytes = (double)nf_stage_ctr(&d->st[0], "bytes");
         }
         if (tk.have_first && s1->st[0].ok && s_first->st[0].ok && s1->st[2].ok &&
             s_first->st[2].ok) { /* the decode alone: from the first token on */

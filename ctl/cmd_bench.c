@@ -134,7 +134,7 @@ static void row_init(struct nf_bench_row *r)
     r->agg_tok_s = r->shared_batch = NAN;
     r->prompt_tok_s = r->ttft = NAN;
     r->spec_base = -1;
-    r->dec_bytes_per_tok = NAN;
+    r->dec_bytes_per_tok = r->prompt_bytes = NAN;
 }
 
 int nf_cmd_bench(int argc, char **argv)
@@ -170,10 +170,13 @@ int nf_cmd_bench(int argc, char **argv)
         return 1;
     }
     struct nf_stack_plan plan;
-    /* Every engine gets the same thread count: what the stack would pick for -t 0. */
-    b.o.threads = (long)nf_stack_compute_threads((uint32_t)b.o.threads);
-    if (nf_stack_plan_kv(f, b.o.ram, (uint32_t)b.o.ctx, (uint32_t)b.o.threads, 1,
-                         (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v,
+    /* The stack rows get -t as given (for 0 the stack picks per step); the other engines the
+     * count of the stack's one-sequence decode step. The plan is the stack's, for its pool. */
+    b.stack_threads = b.o.threads;
+    b.o.threads = (long)nf_stack_decode_threads((uint32_t)b.o.threads);
+    const uint32_t pool_threads = nf_stack_compute_threads((uint32_t)b.stack_threads);
+    if (nf_stack_plan_kv(f, b.o.ram, (uint32_t)b.o.ctx, pool_threads, 1, (uint32_t)b.o.ubatch,
+                         (uint32_t)b.o.type_k, (uint32_t)b.o.type_v,
                          b.o.kv_offload ? NF_KV_BLOCK : 0, &plan, err, sizeof(err)) < 0) {
         fprintf(stderr, "nanoflowctl bench: %s\n", err);
         nf_nft_close(f);
@@ -181,9 +184,9 @@ int nf_cmd_bench(int argc, char **argv)
     }
     if (b.o.kv_auto && b.o.ctx > 0 && plan.n_ctx < (uint32_t)b.o.ctx) { /* as up's auto */
         b.o.kv_offload = true;
-        if (nf_stack_plan_kv(f, b.o.ram, (uint32_t)b.o.ctx, (uint32_t)b.o.threads, 1,
-                             (uint32_t)b.o.ubatch, (uint32_t)b.o.type_k, (uint32_t)b.o.type_v,
-                             NF_KV_BLOCK, &plan, err, sizeof(err)) < 0) {
+        if (nf_stack_plan_kv(f, b.o.ram, (uint32_t)b.o.ctx, pool_threads, 1, (uint32_t)b.o.ubatch,
+                             (uint32_t)b.o.type_k, (uint32_t)b.o.type_v, NF_KV_BLOCK, &plan, err,
+                             sizeof(err)) < 0) {
             fprintf(stderr, "nanoflowctl bench: %s\n", err);
             nf_nft_close(f);
             return 1;

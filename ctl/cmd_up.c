@@ -43,8 +43,9 @@ static void up_usage(FILE *f)
             "once to a cached .nft instead (sparse mode needs its neuron bundles).\n\n"
             "  -m, --model FILE     .gguf or .nft model (required)\n"
             "      --ram SIZE       RAM budget of the whole stack, K/M/G/T suffixes (default: 1G)\n"
-            "  -t, --threads N      compute threads (default: 0 = one per CPU but one, at least\n"
-            "                       1: the fetcher and predictor need a core)\n"
+            "  -t, --threads N      compute threads (default: 0 = one per CPU for prompt chunks,\n"
+            "                       one per CPU but one, at least 1, for decode steps, batched\n"
+            "                       too: there the fetcher and the predictor need a core)\n"
             "      --sparsity S     share of FFN groups skipped per token, 0..0.99; 0 = exact\n"
             "                       (default: 0); dense models only, refused for MoE\n"
             "  -c, --ctx N          context length, also --ctx-size, at most the model's trained\n"
@@ -1052,9 +1053,9 @@ static int up_kv_plan(struct up_opts *o, const struct nf_nft *f, const char *dir
         return 0;
     char err[512], kvp[PATH_MAX], b1[32], b2[32];
     int rc = nf_stack_plan_kv(f, o->stack_ram ? o->stack_ram : o->ram, (uint32_t)o->n_ctx,
-                              (uint32_t)o->threads, (uint32_t)o->parallel, (uint32_t)o->n_ubatch,
-                              (uint32_t)o->type_k, (uint32_t)o->type_v, (uint32_t)block, plan, err,
-                              sizeof(err));
+                              nf_stack_compute_threads((uint32_t)o->threads), (uint32_t)o->parallel,
+                              (uint32_t)o->n_ubatch, (uint32_t)o->type_k, (uint32_t)o->type_v,
+                              (uint32_t)block, plan, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "nanoflowctl up: planning with the KV cache on disk: %s\n", err);
         return 1;
@@ -1174,9 +1175,10 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         return 1;
     }
     struct nf_stack_plan plan;
-    rc = nf_stack_plan_kv(f, o->ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
-                          (uint32_t)o->parallel, (uint32_t)o->n_ubatch, (uint32_t)o->type_k,
-                          (uint32_t)o->type_v, 0, &plan, err, sizeof(err));
+    rc = nf_stack_plan_kv(f, o->ram, (uint32_t)o->n_ctx,
+                          nf_stack_compute_threads((uint32_t)o->threads), (uint32_t)o->parallel,
+                          (uint32_t)o->n_ubatch, (uint32_t)o->type_k, (uint32_t)o->type_v, 0, &plan,
+                          err, sizeof(err));
     struct up_opts so = *o; /* o with the draft model's share taken out of the stack's budget */
     if (rc == 0 && o->draft[0]) {
         uint64_t dbytes = 0;
@@ -1185,9 +1187,10 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
             return 1;
         }
         so.stack_ram = dbytes < o->ram ? o->ram - dbytes : 0;
-        rc = nf_stack_plan_kv(f, so.stack_ram, (uint32_t)o->n_ctx, (uint32_t)o->threads,
-                              (uint32_t)o->parallel, (uint32_t)o->n_ubatch, (uint32_t)o->type_k,
-                              (uint32_t)o->type_v, 0, &plan, err, sizeof(err));
+        rc = nf_stack_plan_kv(f, so.stack_ram, (uint32_t)o->n_ctx,
+                              nf_stack_compute_threads((uint32_t)o->threads), (uint32_t)o->parallel,
+                              (uint32_t)o->n_ubatch, (uint32_t)o->type_k, (uint32_t)o->type_v, 0,
+                              &plan, err, sizeof(err));
         if (rc == -ENOSPC) {
             char b1[32], b2[32], b3[32];
             fprintf(stderr,

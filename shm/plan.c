@@ -476,5 +476,13 @@ uint32_t nf_stack_compute_threads(uint32_t requested)
     if (requested > 0)
         return requested;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 1 ? (uint32_t)n : 1;
+}
+
+uint32_t nf_stack_decode_threads(uint32_t requested)
+{
+    if (requested > 0)
+        return requested;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 2 ? (uint32_t)(n - 1) : 1;
 }

@@ -328,11 +328,20 @@ int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
                      uint32_t type_v, uint32_t kv_block, struct nf_stack_plan *plan, char *err,
                      size_t errlen);
 
-/* Compute threads for a requested count: the request, or for 0 one per online CPU but one (at
- * least 1): the fetcher (reads, checksums) and the predictor need a core of their own; on a
- * 2-core machine one compute thread measured faster than two, in exact and in sparse mode (see
- * docs/measurements.md). */
+/* Compute threads for a requested count: the request, or for 0 one per online CPU. They are
+ * the threads of compute's pool (the plan reserves their scratch) and what prompt chunks of
+ * several tokens use: a chunk has the arithmetic to keep every core busy (a tile's rows times
+ * up to a ubatch of tokens), and the fetcher, at nice -10 (NF_FETCH_NICE), still gets the CPU
+ * when a read completes. */
 uint32_t nf_stack_compute_threads(uint32_t requested);
+
+/* Threads of a decode step (one sequence's, or a batched step of several: nf_stream_opts
+ * n_threads_one) for a requested count: the request, or for 0 one per online CPU but one (at
+ * least 1): a decode step's products are small per tile (a few hundred rows times one row per
+ * sequence), a second thread's wake-ups cost more than it brings beside the fetcher (reads,
+ * checksums) and the predictor, and on a 2-core machine one compute thread measured faster
+ * than two, in exact and in sparse mode and for 8 sequences at once (docs/measurements.md). */
+uint32_t nf_stack_decode_threads(uint32_t requested);
 
 /* A process's view of the stack's region. */
 struct nf_stack {

@@ -221,7 +221,8 @@ static void check_ctx(const char *name)
     nf_model_free(m);
 }
 
-static void check_stream_ub(const char *name, float sparsity, int n_ubatch, int n_seq)
+/* n_one: the engine's n_threads_one (0: both threads for every step). */
+static void check_stream_thr(const char *name, float sparsity, int n_ubatch, int n_seq, int n_one)
 {
     char in[512], nft[512], err[512];
     model_path(name, in, sizeof(in));
@@ -234,8 +235,12 @@ static void check_stream_ub(const char *name, float sparsity, int n_ubatch, int 
         fail_msg("%s", err);
     struct nf_tile_src src;
     assert_int_equal(nf_tile_src_file_open(&src, f, 1 << 20), 0);
-    struct nf_stream_opts o = {
-        .n_ctx = N_CTX, .n_threads = 2, .sparsity = sparsity, .n_ubatch = n_ubatch, .n_seq = n_seq};
+    struct nf_stream_opts o = {.n_ctx = N_CTX,
+                               .n_threads = 2,
+                               .n_threads_one = n_one,
+                               .sparsity = sparsity,
+                               .n_ubatch = n_ubatch,
+                               .n_seq = n_seq};
     struct eng e = {0};
     if (nf_stream_create(&e.s, f, &src, &o, err, sizeof(err)) < 0)
         fail_msg("%s", err);
@@ -264,6 +269,11 @@ static void check_stream_ub(const char *name, float sparsity, int n_ubatch, int 
     nf_stream_free(e.s);
     nf_tile_src_file_close(&src);
     nf_nft_close(f);
+}
+
+static void check_stream_ub(const char *name, float sparsity, int n_ubatch, int n_seq)
+{
+    check_stream_thr(name, sparsity, n_ubatch, n_seq, 0);
 }
 
 static void check_stream(const char *name, float sparsity)
@@ -373,6 +383,19 @@ static void test_stream_sparse(void **state)
     check_stream("stories260K", 0.5f);
 }
 
+/* The compute daemon's threads on two cores: decode steps (batched too) on one thread, prompt
+ * chunks on two. Each row of a batched step still gets its solo logits bit for bit, in sparse
+ * mode too (there a row's groups are split as its solo step splits them: the split decides
+ * the order of the sums; check_stream's n_one 0 has both on two threads). */
+static void test_stream_one_thread(void **state)
+{
+    (void)state;
+    check_stream_thr("stories260K", 0.0f, 0, 0, 1);
+    check_stream_thr("stories260K", 0.5f, 0, 0, 1);
+    check_stream_thr("zoo-Q4_0", 0.0f, 0, 0, 1);
+    check_stream_thr("moe-Q8_0", 0.0f, 0, 0, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -381,7 +404,7 @@ int main(void)
         cmocka_unit_test(test_stream_types),  cmocka_unit_test(test_stream_moe),
         cmocka_unit_test(test_stream_sparse), cmocka_unit_test(test_ctx_arch),
         cmocka_unit_test(test_stream_arch),   cmocka_unit_test(test_stream_small_ubatch),
-        cmocka_unit_test(test_large_q4_0),
+        cmocka_unit_test(test_large_q4_0),    cmocka_unit_test(test_stream_one_thread),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

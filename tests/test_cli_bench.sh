@@ -94,10 +94,13 @@ assert o["n_prompt"] == 40, o["n_prompt"]
 assert [r["mode"] for r in o["rows"]] == ["stack exact", "mmap"]
 for r in o["rows"]:
     assert r["prompt_tokens"] == 40 and r["prompt_tok_s"] > 0 and r["ttft_s"] > 0, r
+stack = o["rows"][0]
+assert isinstance(stack["prompt_bytes"], (int, float)) and stack["prompt_bytes"] >= 0, stack
+assert o["rows"][1]["prompt_bytes"] is None, o["rows"][1]
 PY
-check "-p: every row has prompt tokens, prompt tok/s and TTFT" $?
+check "-p: every row has prompt tokens, prompt tok/s and TTFT; the stack its bytes read" $?
 "$NF_BIN" bench --model "$M" -n 3 -t 1 -c 96 -p 40 --sparsity none >"$T/p.txt" 2>/dev/null &&
-    grep -Eq "^stack exact +40 +[0-9.]+ +[0-9.]+$" "$T/p.txt" && grep -q "prompt = 40 tokens" "$T/p.txt"
+    grep -Eq "^stack exact +40 +[0-9.]+ +[0-9.]+ +[0-9]+$" "$T/p.txt" && grep -q "prompt = 40 tokens" "$T/p.txt"
 check "-p: the table's PROMPT section" $?
 "$NF_BIN" bench --model "$M" -n 3 -c 96 -p 100 >/dev/null 2>"$T/pctx.err"
 rc=$?

@@ -106,7 +106,8 @@ struct nf_gen {
     const struct nf_nft *f;
     const struct nf_vocab *v;
     struct nf_server *srv; /* may be set after start, before the first job */
-    int n_threads;
+    int n_threads;         /* the pool's: prompt chunks of several tokens */
+    int n_threads_one;     /* decode steps, batched too (nf_stream_opts n_threads_one) */
     int n_ctx;
     float sparsity;
     int n_ubatch;       /* prompt tokens per chunk (--ubatch); 0: the stream's default */

@@ -56,8 +56,9 @@ static void usage(FILE *out)
             "                      else /tmp/nanoflow-UID)\n"
             "  --ram SIZE          RAM budget of the stack, checked but informational: the\n"
             "                      region's plan rules (default: the plan's)\n"
-            "  -t, --threads N     compute threads, 0..1024; 0 = one per CPU but one, at\n"
-            "                      least 1 (default: the plan's)\n"
+            "  -t, --threads N     compute threads, 0..1024; 0 = one per CPU for prompt\n"
+            "                      chunks, one per CPU but one (at least 1) for decode\n"
+            "                      steps, batched too (default: the plan's)\n"
             "  --sparsity S        fraction of FFN groups skipped, in [0, 1); 0 = exact\n"
             "                      (default: the plan's)\n"
             "  --ctx N             context length, 0..16777216; 0 = the plan's (default: the\n"
@@ -187,9 +188,15 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.f = m->f;
     m->gen.v = m->v;
     m->gen.n_ctx = m->o.ctx > 0 ? (int)m->o.ctx : (int)cfg->n_ctx;
-    /* -t 0 (what `up` passes by default): one thread per CPU but one (nf_stack_compute_threads). */
+    /* -t 0 (what `up` passes by default): one thread per CPU for prompt chunks
+     * (nf_stack_compute_threads), one per CPU but one for decode steps, batched too
+     * (nf_stack_decode_threads); -t N: N for both. */
     m->gen.n_threads = (int)nf_stack_compute_threads(
         (uint32_t)(m->o.threads >= 0 ? m->o.threads : (int)cfg->n_threads));
+    m->gen.n_threads_one =
+        (int)nf_stack_decode_threads((uint32_t)(m->o.threads > 0 ? m->o.threads : 0));
+    if (m->gen.n_threads_one > m->gen.n_threads)
+        m->gen.n_threads_one = m->gen.n_threads;
     m->gen.sparsity = m->o.sparsity >= 0 ? m->o.sparsity : cfg->sparsity;
     m->gen.max_tokens = m->max_tokens;
     m->gen.parallel = m->o.parallel > 0 ? (int)m->o.parallel : cfg->n_seq ? (int)cfg->n_seq : 1;
@@ -209,10 +216,10 @@ static int start(struct compute *m, char *err, size_t errlen)
         return rc;
     atomic_store(&m->st.ctr->mem_compute, nf_proc_private_bytes(0));
     nf_log(NF_LOG_INFO,
-           "engine ready: %s, n_ctx %d, %d sequences, %d threads, sparsity %.2f, ubatch %d, "
-           "KV %s/%s, %.1f MiB of KV caches and scratch%s%s",
-           m->o.model, m->gen.n_ctx, m->gen.parallel, m->gen.n_threads, (double)m->gen.sparsity,
-           m->gen.n_ubatch ? m->gen.n_ubatch : NF_MAX_BATCH,
+           "engine ready: %s, n_ctx %d, %d sequences, %d threads (%d for one token), "
+           "sparsity %.2f, ubatch %d, KV %s/%s, %.1f MiB of KV caches and scratch%s%s",
+           m->o.model, m->gen.n_ctx, m->gen.parallel, m->gen.n_threads, m->gen.n_threads_one,
+           (double)m->gen.sparsity, m->gen.n_ubatch ? m->gen.n_ubatch : NF_MAX_BATCH,
            nf_kv_type_name(m->gen.type_k ? (enum nf_type)m->gen.type_k : NF_TYPE_F16),
            nf_kv_type_name(m->gen.type_v ? (enum nf_type)m->gen.type_v : NF_TYPE_F16),
            (double)nf_gen_engine_bytes(&m->gen) / 1048576.0,

@@ -121,6 +121,7 @@ static void *worker(void *arg)
     nf_gen_tile_src(g, &src);
     struct nf_stream_opts o = {.n_ctx = g->n_ctx,
                                .n_threads = g->n_threads,
+                               .n_threads_one = g->n_threads_one,
                                .sparsity = g->sparsity,
                                .n_ubatch = g->n_ubatch,
                                .n_seq = g->parallel,

@@ -66,8 +66,7 @@ static void usage(FILE *out)
             "                     else /tmp/nanoflow-UID)\n"
             "  --ram SIZE         RAM budget of the whole stack, e.g. 512M or 1G (default 1G)\n"
             "  -t, --threads N    compute threads the plan accounts for, 0..1024; 0 = what\n"
-            "                     compute runs for 0: one per CPU but one, at least 1\n"
-            "                     (default: 0)\n"
+            "                     compute's pool has for 0: one per CPU (default: 0)\n"
             "  --sparsity S       share of FFN groups skipped per token, in [0, 1) (default: 0 =\n"
             "                     exact)\n"
             "  --ctx N            context length the plan holds KV for (default: 0 = the\n"
@@ -370,8 +369,8 @@ int main(int argc, char **argv)
     if (rc)
         return rc == 1 ? 0 : 2;
     m.ram = m.a.ram ? m.a.ram : 1ull << 30;
-    /* -t 0 (what `up` passes every daemon by default): the plan accounts for the threads
-     * compute will run, one per CPU but one. */
+    /* -t 0 (what `up` passes every daemon by default): the plan accounts for the threads of
+     * compute's pool, one per CPU. */
     m.n_threads = nf_stack_compute_threads(m.a.threads > 0 ? (uint32_t)m.a.threads : 0);
     m.ready_fd = -1;
     if (nf_daemon_begin(NF_ROLE_FETCHER, m.a.run_dir, m.a.foreground, m.a.level, detach,
