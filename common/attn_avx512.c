@@ -200,14 +200,16 @@ void nf__attn_kqv_tile_avx512(float *out, size_t ldo, int nd, const nf_fp16_t *v
             const __mmask16 m1 = r >= 32  ? (__mmask16)0xFFFF
                                  : r > 16 ? (__mmask16)((1u << (r - 16)) - 1)
                                           : (__mmask16)0;
-            switch (
-                qb) { /* a constant query count per call, so the accumulators stay in registers */
-#define QB(k) \
-    case k: kqv_tile_blk(k, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
-                QB(1)
-                QB(2) QB(3) QB(4) QB(5) QB(6) QB(7) QB(8)
-#undef QB
-                    default : break;
+            /* A constant query count per call, so the accumulators stay in registers. */
+            switch (qb) {
+            case 1: kqv_tile_blk(1, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 2: kqv_tile_blk(2, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 3: kqv_tile_blk(3, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 4: kqv_tile_blk(4, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 5: kqv_tile_blk(5, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 6: kqv_tile_blk(6, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 7: kqv_tile_blk(7, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            default: kqv_tile_blk(8, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
             }
         }
     }

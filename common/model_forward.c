@@ -578,7 +578,7 @@ static void nf_attn_tile(struct nf_ctx *c, int il, int t0, int nt, int kvh, int 
                                                         : 1.0f / sqrtf((float)hd);
     const int qmax = nf_attn_tile_nq(hp, c->n_ctx);
     nf_fp16_t *q16 = scratch; /* (nq, hd) */
-    float *sc = (float *)((char *)scratch + nf_align64((size_t)qmax * hd * sizeof(nf_fp16_t)));
+    float *sc = (void *)((char *)scratch + nf_align64((size_t)qmax * hd * sizeof(nf_fp16_t)));
     float *out = sc + (size_t)qmax * ldp;                                  /* (nq, vd) */
     float *lanes = (float *)nf_align64((size_t)(out + (size_t)qmax * vd)); /* lane sums */
     const nf_fp16_t *kc =
