@@ -39,6 +39,14 @@ void nf__attn_kqv_f16_ref(float *out, int nd, const nf_fp16_t *v, size_t vs, con
     }
 }
 
+void nf__attn_kqv_tile_ref(float *out, size_t ldo, int nd, const nf_fp16_t *v, size_t vs,
+                           const float *p, size_t ldp, int nq, int n, float *lanes)
+{
+    (void)lanes;
+    for (int q = 0; q < nq; q++)
+        nf__vec_dot_f16_cols_ref(n, out + (size_t)q * ldo, nd, v, vs, p + (size_t)q * ldp);
+}
+
 /* The SIMD paths exist for AVX2 (with FMA and F16C) and AVX-512; an isa the CPU lacks gets the
  * reference, as nf_vec_dot_for would give no path. */
 static enum nf_isa usable(enum nf_isa isa)
@@ -70,5 +78,14 @@ nf_attn_kqv_fn nf_attn_kqv_for(enum nf_isa isa)
     case NF_ISA_AVX512: return nf__attn_kqv_f16_avx512;
     case NF_ISA_AVX2: return nf__attn_kqv_f16_avx2;
     default: return nf__attn_kqv_f16_ref;
+    }
+}
+
+nf_attn_kqv_tile_fn nf_attn_kqv_tile_for(enum nf_isa isa)
+{
+    switch (usable(isa)) {
+    case NF_ISA_AVX512: return nf__attn_kqv_tile_avx512;
+    case NF_ISA_AVX2: return nf__attn_kqv_tile_avx2;
+    default: return nf__attn_kqv_tile_ref;
     }
 }

@@ -26,11 +26,22 @@ typedef void (*nf_scale_round_f16_fn)(float *x, int n, float s);
  * the paths that gather columns (the reference, and the AVX2 path's last nd % 8 columns). */
 typedef void (*nf_attn_kqv_fn)(float *out, int nd, const nf_fp16_t *v, size_t vs, const float *p,
                                int n, int nv, float *vcol);
+/* A prompt batch's KQV for a tile of nq queries that share one V (tokens of a ubatch, the query
+ * heads of a GQA group): out[q * ldo + d] (q < nq, d < nd) = nf__vec_dot_f16_cols_ref(n, ., nd,
+ * v, vs, p + q * ldp), tinyBLAS's order (16 lanes over the cells, lane i % 16, each a chain of
+ * fused multiply-adds, then nf__hsum16). A query's cells past its position must hold p = 0:
+ * they then leave every lane's bits as they are (a product with +0 added to a sum that cannot
+ * be -0), so the output is that of the query's own length. Each V row is converted once per
+ * NF_KQV_TILE_Q queries. lanes is scratch of NF_KQV_TILE_LANES floats (64-byte aligned). */
+typedef void (*nf_attn_kqv_tile_fn)(float *out, size_t ldo, int nd, const nf_fp16_t *v, size_t vs,
+                                    const float *p, size_t ldp, int nq, int n, float *lanes);
+enum { NF_KQV_TILE_Q = 8, NF_KQV_TILE_D = 32, NF_KQV_TILE_LANES = 16 * 8 * 32 };
 
 /* The paths for isa (at most nf_cpu_best_isa(); the scalar ones otherwise or for NF_ISA_SCALAR). */
 nf_softmax_exp_fn nf_softmax_exp_for(enum nf_isa isa);
 nf_scale_round_f16_fn nf_scale_round_f16_for(enum nf_isa isa);
 nf_attn_kqv_fn nf_attn_kqv_for(enum nf_isa isa);
+nf_attn_kqv_tile_fn nf_attn_kqv_tile_for(enum nf_isa isa);
 
 /* The kernels behind the choosers (attn.c, attn_avx2.c, attn_avx512.c). */
 double nf__softmax_exp_ref(float *y, const float *x, int n, float max);
@@ -45,5 +56,11 @@ void nf__attn_kqv_f16_avx2(float *out, int nd, const nf_fp16_t *v, size_t vs, co
                            int nv, float *vcol);
 void nf__attn_kqv_f16_avx512(float *out, int nd, const nf_fp16_t *v, size_t vs, const float *p,
                              int n, int nv, float *vcol);
+void nf__attn_kqv_tile_ref(float *out, size_t ldo, int nd, const nf_fp16_t *v, size_t vs,
+                           const float *p, size_t ldp, int nq, int n, float *lanes);
+void nf__attn_kqv_tile_avx2(float *out, size_t ldo, int nd, const nf_fp16_t *v, size_t vs,
+                            const float *p, size_t ldp, int nq, int n, float *lanes);
+void nf__attn_kqv_tile_avx512(float *out, size_t ldo, int nd, const nf_fp16_t *v, size_t vs,
+                              const float *p, size_t ldp, int nq, int n, float *lanes);
 
 #endif

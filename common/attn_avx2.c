@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "attn.h"
+#include "quants_impl.h"
 #include "quants_mat_impl.h"
 
 /* ggml_v_expf (nf__v_expf_ref) on 8 lanes. _mm512_scalef_ps(j, n), one rounding of j * 2^n, is
@@ -174,4 +175,14 @@ void nf__attn_kqv_f16_avx2(float *out, int nd, const nf_fp16_t *v, size_t vs, co
     }
     if (d < nd) /* the last nd % 8 columns, gathered */
         nf__attn_kqv_f16_ref(out + d, nd - d, v + d, vs, p, n, nv, vcol);
+}
+
+/* KQV of a query tile: the AVX2 multi-token F16 column kernel per query (the same bits as the
+ * reference; the AVX2 path does not share V's conversions between queries). */
+void nf__attn_kqv_tile_avx2(float *out, size_t ldo, int nd, const nf_fp16_t *v, size_t vs,
+                            const float *p, size_t ldp, int nq, int n, float *lanes)
+{
+    (void)lanes;
+    for (int q = 0; q < nq; q++)
+        nf__vec_dot_f16_cols_avx2(n, out + (size_t)q * ldo, nd, v, vs, p + (size_t)q * ldp);
 }

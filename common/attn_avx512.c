@@ -134,3 +134,83 @@ void nf__attn_kqv_f16_avx512(float *out, int nd, const nf_fp16_t *v, size_t vs, 
     for (int d0 = 0; d0 < nd; d0 += 32)
         kqv32(out + d0, v + d0, vs, p, n, nv, cols_mask(nd - d0), cols_mask(nd - d0 - 16));
 }
+
+/* ---- a prompt tile's KQV: nf__vec_dot_f16_cols_ref's order for several queries at once -----
+ *
+ * Each of the 16 lanes of the reference is its own chain over the cells i = l (mod 16), so the
+ * lanes are taken one after the other: for lane l, a group of 32 columns (two vectors) and up to
+ * 8 queries, every cell i of the lane is loaded and converted once and meets the 8 queries'
+ * probabilities (16 accumulators). The lane's sums go to lanes[l][q][32]; at the end each
+ * query's 16 lane sums are reduced in nf__hsum16's order (halves, quarters, pairs). */
+static ALWAYS_INLINE void kqv_tile_blk(int qb, float *out, size_t ldo, int d0, __mmask16 m0,
+                                       __mmask16 m1, const nf_fp16_t *v, size_t vs, const float *p,
+                                       size_t ldp, int n, float *lanes)
+{
+    for (int l = 0; l < 16; l++) {
+        __m512 a0[NF_KQV_TILE_Q], a1[NF_KQV_TILE_Q];
+        UNROLL
+        for (int q = 0; q < qb; q++)
+            a0[q] = a1[q] = _mm512_setzero_ps();
+        for (int i = l; i < n; i += 16) {
+            const nf_fp16_t *vr = v + (size_t)i * vs + d0;
+            const __m512 v0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, vr));
+            const __m512 v1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, vr + 16));
+            UNROLL
+            for (int q = 0; q < qb; q++) {
+                const __m512 pq = _mm512_set1_ps(p[(size_t)q * ldp + (size_t)i]);
+                a0[q] = _mm512_fmadd_ps(v0, pq, a0[q]);
+                a1[q] = _mm512_fmadd_ps(v1, pq, a1[q]);
+            }
+        }
+        float *lb = lanes + (size_t)l * NF_KQV_TILE_Q * NF_KQV_TILE_D;
+        UNROLL
+        for (int q = 0; q < qb; q++) {
+            _mm512_store_ps(lb + q * NF_KQV_TILE_D, a0[q]);
+            _mm512_store_ps(lb + q * NF_KQV_TILE_D + 16, a1[q]);
+        }
+    }
+    for (int q = 0; q < qb; q++)
+        for (int h = 0; h < 2; h++) {
+            __m512 a[16];
+            UNROLL
+            for (int l = 0; l < 16; l++)
+                a[l] = _mm512_load_ps(
+                    lanes + ((size_t)l * NF_KQV_TILE_Q + (size_t)q) * NF_KQV_TILE_D + 16 * h);
+            UNROLL
+            for (int l = 0; l < 8; l++)
+                a[l] = _mm512_add_ps(a[l + 8], a[l]);
+            UNROLL
+            for (int l = 0; l < 4; l++)
+                a[l] = _mm512_add_ps(a[l + 4], a[l]);
+            const __m512 r = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+            _mm512_mask_storeu_ps(out + (size_t)q * ldo + d0 + 16 * h, h ? m1 : m0, r);
+        }
+}
+
+void nf__attn_kqv_tile_avx512(float *out, size_t ldo, int nd, const nf_fp16_t *v, size_t vs,
+                              const float *p, size_t ldp, int nq, int n, float *lanes)
+{
+    for (int q0 = 0; q0 < nq; q0 += NF_KQV_TILE_Q) {
+        const int qb = nq - q0 < NF_KQV_TILE_Q ? nq - q0 : NF_KQV_TILE_Q;
+        float *o = out + (size_t)q0 * ldo;
+        const float *pq = p + (size_t)q0 * ldp;
+        for (int d0 = 0; d0 < nd; d0 += NF_KQV_TILE_D) {
+            const int r = nd - d0;
+            const __mmask16 m0 = r >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << r) - 1);
+            const __mmask16 m1 = r >= 32  ? (__mmask16)0xFFFF
+                                 : r > 16 ? (__mmask16)((1u << (r - 16)) - 1)
+                                          : (__mmask16)0;
+            /* A constant query count per call, so the accumulators stay in registers. */
+            switch (qb) {
+            case 1: kqv_tile_blk(1, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 2: kqv_tile_blk(2, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 3: kqv_tile_blk(3, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 4: kqv_tile_blk(4, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 5: kqv_tile_blk(5, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 6: kqv_tile_blk(6, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            case 7: kqv_tile_blk(7, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            default: kqv_tile_blk(8, o, ldo, d0, m0, m1, v, vs, pq, ldp, n, lanes); break;
+            }
+        }
+    }
+}

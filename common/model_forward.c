@@ -557,6 +557,91 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     nf_attn_kqv_for(isa)(out, vd, vc, (size_t)kvd, sc, n_kv, pos + 1, vcol);
 }
 
+/* Queries per prompt attention tile (nf_attn_tile): 16, fewer when their score rows over a
+ * context of n_ctx cells would pass 1 MiB per thread. */
+static int nf_attn_tile_nq(const struct nf_hparams *hp, int n_ctx)
+{
+    const size_t row = (size_t)(n_ctx + hp->kv_pad) * sizeof(float);
+    int nq = 16;
+    while (nq > 1 && (size_t)nq * row > ((size_t)1 << 20))
+        nq /= 2;
+    return nq;
+}
+
+/* A thread's scratch for a tile of nq queries: their Q in F16 (nq, hd), score rows (nq, n_ctx
+ * + kv_pad), outputs (nq, vd) and the KQV kernel's lane sums. */
+static size_t nf_attn_tile_bytes(const struct nf_hparams *hp, int n_ctx, int nq)
+{
+    return nf_align64((size_t)nq * (size_t)hp->head_dim * sizeof(nf_fp16_t)) +
+           nf_align64((size_t)nq * (size_t)(n_ctx + hp->kv_pad) * sizeof(float)) +
+           nf_align64((size_t)nq * (size_t)nf_head_dim_v(hp) * sizeof(float)) +
+           NF_KQV_TILE_LANES * sizeof(float);
+}
+
+/* Whether a prompt batch over n_kv cells takes nf_attn_tile: the plain F16 path whose two
+ * products are tinyBLAS's (nf_attn_head's kq_tb and kqv_tb), one token's query heads of a KV
+ * group fitting a tile. */
+static bool nf_attn_tiled(const struct nf_ctx *c, int n_tok, int n_kv)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    return n_tok >= 2 && !c->per_row && c->attn_mode == NF_ATTN_PLAIN && c->type_k == NF_TYPE_F16 &&
+           c->type_v == NF_TYPE_F16 && !hp->n_lora_kv && hp->head_dim % 16 == 0 && n_kv % 16 == 0 &&
+           hp->n_head / hp->n_head_kv <= nf_attn_tile_nq(hp, c->n_ctx);
+}
+
+/* The prompt attention of tokens t0 .. t0 + nt - 1 for the query heads of KV head kvh, as
+ * nf_attn_head computes each (token, head) with n_tok >= 2, bit for bit, but for all the
+ * tile's queries at once: KQ is the F16 multi-token kernel over keys x queries (each key row
+ * converted once per 4 queries; the cells past a query's position, up to the tile's last,
+ * are computed and then masked), the softmax row by row, and KQV the tile kernel (attn.h),
+ * each V row converted once per 8 queries; the query heads of a GQA group share the rows. */
+static void nf_attn_tile(struct nf_ctx *c, int il, int t0, int nt, int kvh, int pos0, int n_kv,
+                         void *scratch)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, vd = nf_head_dim_v(hp);
+    const int g = hp->n_head / hp->n_head_kv, nq = nt * g, n_vis = pos0 + t0 + nt;
+    const size_t ldp = (size_t)(c->n_ctx + hp->kv_pad);
+    const float scale = hp->kq_scale                    ? hp->kq_scale
+                        : hp->q_scale || hp->q_prescale ? 1.0f
+                                                        : 1.0f / sqrtf((float)hd);
+    const int qmax = nf_attn_tile_nq(hp, c->n_ctx);
+    nf_fp16_t *q16 = scratch; /* (nq, hd) */
+    float *sc = (void *)((char *)scratch + nf_align64((size_t)qmax * hd * sizeof(nf_fp16_t)));
+    float *out = sc + (size_t)qmax * ldp;                                  /* (nq, vd) */
+    float *lanes = (float *)nf_align64((size_t)(out + (size_t)qmax * vd)); /* lane sums */
+    const nf_fp16_t *kc =
+        (const nf_fp16_t *)c->k_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
+    const nf_fp16_t *vc =
+        (const nf_fp16_t *)c->v_cache + (size_t)il * c->n_ctx * kvd + (size_t)kvh * hd;
+    const enum nf_isa isa = nf_kernels_isa();
+    /* Query q is head kvh * g + q % g of token t0 + q / g: a token's g heads lie together. */
+    for (int tt = 0; tt < nt; tt++) {
+        const float *q = c->q + ((size_t)(t0 + tt) * hp->n_head + (size_t)kvh * g) * hd;
+        for (int e = 0; e < g * hd; e++)
+            q16[(size_t)tt * g * hd + e] = nf_fp32_to_fp16(q[e]);
+    }
+    nf_type_traits(NF_TYPE_F16)
+        ->vec_dot_mat(hd, sc, ldp, kc, (size_t)kvd * sizeof(nf_fp16_t), q16,
+                      (size_t)hd * sizeof(nf_fp16_t), n_vis, nq);
+    for (int qi = 0; qi < nq; qi++) {
+        const int pos = pos0 + t0 + qi / g, h = kvh * g + qi % g;
+        const int lo = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
+        float *row = sc + (size_t)qi * ldp;
+        for (int ic = 0; ic < n_kv; ic++)
+            row[ic] = ic <= pos && ic >= lo ? row[ic] * scale : -INFINITY;
+        const float inv = nf_attn_softmax(c, row, n_kv, h);
+        nf_scale_round_f16_for(isa)(row, n_kv, inv);
+        /* The cells past the position add nothing to KQV only as exact zeros. */
+        for (int ic = pos + 1; ic < n_vis; ic++)
+            row[ic] = 0.0f;
+    }
+    nf_attn_kqv_tile_for(isa)(out, (size_t)vd, vd, vc, (size_t)kvd, sc, ldp, nq, n_vis, lanes);
+    for (int tt = 0; tt < nt; tt++)
+        memcpy(c->att + ((size_t)(t0 + tt) * hp->n_head + (size_t)kvh * g) * vd,
+               out + (size_t)tt * g * vd, sizeof(float) * (size_t)g * vd);
+}
+
 static void nf_attn_run(void *arg, int ith, int nth)
 {
     const struct nf_attn_job *j = arg;
@@ -571,6 +656,19 @@ static void nf_attn_run(void *arg, int ith, int nth)
     int n_kv = (j->pos0 + j->n_tok + pad - 1) / pad * pad;
     const int cap = c->m->hp.kv_pad ? (c->n_ctx + pad - 1) / pad * pad : c->n_ctx;
     n_kv = n_kv < cap ? n_kv : cap;
+    if (nf_attn_tiled(c, j->n_tok, n_kv)) {
+        /* Tiles of tokens x a KV group's heads; with the KV heads inner, consecutive tasks
+         * (which alternate between threads) cost about the same. */
+        const int nkv = c->m->hp.n_head_kv;
+        const int tt = nf_attn_tile_nq(&c->m->hp, c->n_ctx) / (nh / nkv);
+        const int ntiles = (j->n_tok + tt - 1) / tt;
+        for (int task = ith; task < ntiles * nkv; task += nth) {
+            const int t0 = task / nkv * tt;
+            nf_attn_tile(c, j->il, t0, j->n_tok - t0 < tt ? j->n_tok - t0 : tt, task % nkv, j->pos0,
+                         n_kv, scratch);
+        }
+        return;
+    }
     for (int task = ith; task < j->n_tok * nh; task += nth) {
         const int t = task / nh, pos = j->pos0 + t;
         if (c->per_row) {
@@ -1500,6 +1598,10 @@ int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, i
     /* sc and vcol of nf_attn_head: n_kv floats each, n_kv at most n_ctx padded to kv_pad. */
     c->att_scratch_stride =
         nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)(n_ctx + hp->kv_pad) * 8);
+    if (n_ubatch >= 2) { /* prompt batches: nf_attn_tile's */
+        const size_t tb = nf_attn_tile_bytes(hp, n_ctx, nf_attn_tile_nq(hp, n_ctx));
+        c->att_scratch_stride = tb > c->att_scratch_stride ? tb : c->att_scratch_stride;
+    }
     c->type_k = c->type_v = NF_TYPE_F16;
     c->k_cache = calloc(kv, sizeof(nf_fp16_t));
     /* deepseek2 keeps one latent per token and layer: the values are a part of it. */

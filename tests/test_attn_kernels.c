@@ -176,6 +176,79 @@ static void test_kqv(void **state)
     free(vcol);
 }
 
+/* The query-tile KQV: every path bit for bit against the reference for 1..17 queries, odd
+ * strides and column counts, each query seeing its own first cells with p = 0 past them (as a
+ * causal mask leaves them), which must give the bits of the query's own length; rows past n
+ * hold NaN, so a read of them shows, and the columns past nd must stay untouched. */
+static void test_kqv_tile(void **state)
+{
+    (void)state;
+    enum nf_isa isas[NF_ISA_COUNT];
+    const int ni = simd_isas(isas);
+    enum { NQ = 17, N = 150 };
+    static const int nds[] = {1, 7, 16, 24, 40, 64, 100, 128};
+    const size_t vs = 128 + 5, ldp = N + 3, ldo = 128 + 7;
+    nf_fp16_t *v = malloc(sizeof(nf_fp16_t) * vs * (N + 16));
+    float *p = malloc(sizeof(float) * ldp * NQ), *want = malloc(sizeof(float) * ldo * NQ),
+          *got = malloc(sizeof(float) * ldo * NQ), *own = malloc(sizeof(float) * 128);
+    float *lanes = aligned_alloc(64, sizeof(float) * NF_KQV_TILE_LANES);
+    assert_true(v && p && want && got && own && lanes);
+    for (int n = 1; n <= N; n += n < 40 ? 1 : 7) {
+        for (int i = 0; i < n + 16; i++)
+            for (size_t d = 0; d < vs; d++)
+                v[(size_t)i * vs + d] = i < n ? nf_fp32_to_fp16(rng_val()) : 0x7e00;
+        for (int nq = 1; nq <= NQ; nq += nq < 10 ? 1 : 7) {
+            int seen[NQ];
+            for (int q = 0; q < nq; q++) {
+                /* The last query sees all n cells, the others fewer (a causal tile). */
+                seen[q] = q == nq - 1 ? n : 1 + (int)(rng_unit() * n);
+                for (int i = 0; i < (int)ldp; i++)
+                    p[(size_t)q * ldp + i] =
+                        i < seen[q] ? nf_fp16_to_fp32(nf_fp32_to_fp16((float)rng_unit()))
+                        : i < n     ? 0.0f
+                                    : NAN;
+            }
+            for (size_t k = 0; k < sizeof(nds) / sizeof(nds[0]); k++) {
+                const int nd = nds[k];
+                nf__attn_kqv_tile_ref(want, ldo, nd, v, vs, p, ldp, nq, n, lanes);
+                for (int q = 0; q < nq; q++) {
+                    nf__vec_dot_f16_cols_ref(seen[q], own, nd, v, vs, p + (size_t)q * ldp);
+                    for (int d = 0; d < nd; d++) {
+                        assert_false(isnan(want[(size_t)q * ldo + d]));
+                        if (!same(own[d], want[(size_t)q * ldo + d]))
+                            fail_msg("kqv tile n=%d q=%d: the zero cells change column %d", n, q,
+                                     d);
+                    }
+                }
+                for (int j = 0; j < ni; j++) {
+                    for (size_t e = 0; e < ldo * NQ; e++)
+                        got[e] = -1234.5f;
+                    nf_attn_kqv_tile_for(isas[j])(got, ldo, nd, v, vs, p, ldp, nq, n, lanes);
+                    for (int q = 0; q < NQ; q++)
+                        for (int d = 0; d < (int)ldo; d++) {
+                            const float g = got[(size_t)q * ldo + d];
+                            if (q >= nq || d >= nd) {
+                                assert_true(g == -1234.5f);
+                                continue;
+                            }
+                            if (!same(g, want[(size_t)q * ldo + d]))
+                                fail_msg("kqv tile n=%d nq=%d nd=%d isa %s q %d column %d: %.9g, "
+                                         "reference %.9g",
+                                         n, nq, nd, nf_isa_name(isas[j]), q, d, (double)g,
+                                         (double)want[(size_t)q * ldo + d]);
+                        }
+                }
+            }
+        }
+    }
+    free(v);
+    free(p);
+    free(want);
+    free(got);
+    free(own);
+    free(lanes);
+}
+
 static void test_softmax(void **state)
 {
     (void)state;
@@ -250,9 +323,8 @@ int main(void)
     nf_kernels_init();
     printf("best isa: %s\n", nf_isa_name(nf_cpu_best_isa()));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ggml_dot_cols),
-        cmocka_unit_test(test_kqv),
-        cmocka_unit_test(test_softmax),
+        cmocka_unit_test(test_ggml_dot_cols), cmocka_unit_test(test_kqv),
+        cmocka_unit_test(test_kqv_tile),      cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_expf_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
