@@ -521,6 +521,10 @@ int nf_attn_walk_init(struct nf_ctx *c, int block, int n_ubatch, nf_kv_need_fn n
  * whichever is least, one task at least. A layer's attention walks its blocks once per wave
  * of tasks that fits. */
 size_t nf_attn_walk_bytes(const struct nf_hparams *hp, int n_ctx, int n_ubatch, size_t kv_bytes);
+/* Bytes of one thread's attention scratch for n_ctx cells and prompt chunks of n_ubatch tokens:
+ * nf_attn_head's score and column rows, and with n_ubatch >= 2 a prompt tile's (at most 1 MiB
+ * of score rows). The plan reserves it per compute thread. */
+size_t nf_attn_scratch_bytes(const struct nf_hparams *hp, int n_ctx, int n_ubatch);
 /* Rotates the first n_rot values of v (one head) by token t's angles from the rope cache. */
 void nf_rope_vec(const struct nf_ctx *c, float *v, int t, bool swa);
 

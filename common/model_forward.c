@@ -578,6 +578,17 @@ static size_t nf_attn_tile_bytes(const struct nf_hparams *hp, int n_ctx, int nq)
            NF_KQV_TILE_LANES * sizeof(float);
 }
 
+size_t nf_attn_scratch_bytes(const struct nf_hparams *hp, int n_ctx, int n_ubatch)
+{
+    /* sc and vcol of nf_attn_head: n_kv floats each, n_kv at most n_ctx padded to kv_pad. */
+    size_t b = nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)(n_ctx + hp->kv_pad) * 8);
+    if (n_ubatch >= 2) { /* prompt batches: nf_attn_tile's */
+        const size_t tb = nf_attn_tile_bytes(hp, n_ctx, nf_attn_tile_nq(hp, n_ctx));
+        b = tb > b ? tb : b;
+    }
+    return b;
+}
+
 /* Whether a prompt batch over n_kv cells takes nf_attn_tile: the plain F16 path whose two
  * products are tinyBLAS's (nf_attn_head's kq_tb and kqv_tb), one token's query heads of a KV
  * group fitting a tile. */
@@ -1595,13 +1606,7 @@ int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, i
     maxin = maxin > F ? maxin : F;
     /* 4 bytes per element bounds every vec_dot_type (F32; Q8_K and Q8_0 need less). */
     c->xq_row_stride = nf_align64(maxin * 4 + 64);
-    /* sc and vcol of nf_attn_head: n_kv floats each, n_kv at most n_ctx padded to kv_pad. */
-    c->att_scratch_stride =
-        nf_align64((size_t)hp->head_dim * 4 + 64 + (size_t)(n_ctx + hp->kv_pad) * 8);
-    if (n_ubatch >= 2) { /* prompt batches: nf_attn_tile's */
-        const size_t tb = nf_attn_tile_bytes(hp, n_ctx, nf_attn_tile_nq(hp, n_ctx));
-        c->att_scratch_stride = tb > c->att_scratch_stride ? tb : c->att_scratch_stride;
-    }
+    c->att_scratch_stride = nf_attn_scratch_bytes(hp, n_ctx, n_ubatch);
     c->type_k = c->type_v = NF_TYPE_F16;
     c->k_cache = calloc(kv, sizeof(nf_fp16_t));
     /* deepseek2 keeps one latent per token and layer: the values are a part of it. */

@@ -68,6 +68,17 @@ static uint64_t kv_walk_bytes(const struct nf_stack_shape *sh, uint32_t n_ctx)
     return nf_attn_walk_bytes(&hp, (int)n_ctx, (int)ub, (size_t)(kv_token_bytes(sh) * n_ctx));
 }
 
+/* One compute thread's attention scratch (nf_attn_scratch_bytes: prompt tiles included). */
+static uint64_t att_scratch_bytes(const struct nf_stack_shape *sh, uint32_t n_ctx)
+{
+    const struct nf_hparams hp = {.n_head = (int)sh->n_head,
+                                  .head_dim = (int)(sh->kv_latent ? sh->kv_latent : sh->head_k),
+                                  .n_lora_kv = (int)sh->kv_latent,
+                                  .kv_pad = 256};
+    const uint32_t ub = sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
+    return nf_attn_scratch_bytes(&hp, (int)n_ctx, (int)ub);
+}
+
 uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts, uint32_t n_ctx,
                         uint32_t n_threads, struct nf_stack_plan *p)
 {
@@ -118,18 +129,18 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     }
     /* Compute's float activations: per token of a prompt chunk (the ubatch) the residual and
      * its normed copies, q/k/v, attention output, FFN hidden states and their quantized
-     * copies; then logits twice (raw and sampled), and the attention scores (per head and per
-     * thread, n_ctx each); with several sequences each one's logits, a step's logits and
-     * activations row by row (a MoE row's expert outputs too). */
+     * copies; then logits twice (raw and sampled), and the attention scores (per head, n_ctx
+     * each; each thread's attention scratch is added below); with several sequences each one's
+     * logits, a step's logits and activations row by row (a MoE row's expert outputs too). */
     const uint64_t ub = sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
     uint64_t act_floats = (8ull * sh->n_embd + 4ull * sh->n_ff) * ub + 2ull * sh->n_vocab +
-                          ((uint64_t)sh->n_head + n_threads) * n_ctx;
+                          (uint64_t)sh->n_head * n_ctx;
     if (n_seq > 1)
         act_floats += n_seq * (2ull * sh->n_vocab + 16ull * sh->n_embd + 4ull * sh->n_ff);
     p->n_ubatch = (uint32_t)ub;
     p->down_scratch = sh->down_scratch;
-    p->compute_private =
-        NF_STACK_PROC_BYTES + p->kv_bytes + sh->down_scratch + act_floats * sizeof(float);
+    p->compute_private = NF_STACK_PROC_BYTES + p->kv_bytes + sh->down_scratch +
+                         act_floats * sizeof(float) + n_threads * att_scratch_bytes(sh, n_ctx);
     if (p->kv_block) /* the attention walk's scores and sums (independent of n_ctx past 32 MiB) */
         p->compute_private += kv_walk_bytes(sh, n_ctx);
     /* The predictor reads a dense model's low-rank predictor tiles from the pool and keeps a
