@@ -69,6 +69,13 @@ golden "gen gives the golden output"
 for role in fetcher predictor compute; do
     pid=$(cat "$R/$role.pid")
     kill -9 "$pid"
+    # SIGKILL takes effect when the task next runs, which a loaded machine can delay (a gen
+    # 0.03 s after the kill once found the fetcher still running and gave its tokens): what
+    # is checked is a gen after the death, so wait until the process is gone (at most 2 s).
+    for _ in $(seq 200); do
+        gone "$pid" && break
+        sleep 0.01
+    done
     t0=$(now)
     "$NF_BIN" gen --run-dir "$R" -p "$PROMPT" --temp 0 -n $N >/dev/null 2>"$T/err"
     rc=$?

@@ -52,7 +52,14 @@ check "gen --json exits 0" $?
 "$B" run -m "$M" -t 1 "${ARGS[@]}" >"$T/run.jsonl" 2>/dev/null
 gen_matches_run "$T/gen.jsonl" "$T/run.jsonl" "$G"
 check "gen --json equals run --json and the golden gen_ids" $?
-"$B" stats --run-dir "$R" --json >"$T/stats.json" 2>/dev/null
+# The predictor scores its forecasts as compute publishes each layer's experts, behind the
+# generation: on a loaded machine the first stats after gen can come before any is scored
+# (recall null), so read them until one is (at most 5 s).
+for _ in $(seq 50); do
+    "$B" stats --run-dir "$R" --json >"$T/stats.json" 2>/dev/null
+    grep -q '"recall":null' "$T/stats.json" || break
+    sleep 0.1
+done
 python3 - "$T/stats.json" <<'PY'
 import json, sys
 p = json.load(open(sys.argv[1]))["predictor"]
