@@ -21,6 +21,15 @@ const char *nf_strerror(int err)
     return err == 0 ? "success" : "unknown error";
 }
 
+/* A message is one line whatever the file said: control characters from a name or string it
+ * quotes (a hostile architecture "\n", a tensor name with a tab) become '?'. */
+static void one_line(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
 int nf_errf(char *err, size_t errlen, int code, const char *fmt, ...)
 {
     if (err && errlen) {
@@ -28,6 +37,7 @@ int nf_errf(char *err, size_t errlen, int code, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(err, errlen, fmt, ap);
         va_end(ap);
+        one_line(err);
     }
     return code;
 }
@@ -42,6 +52,7 @@ int nf_errf_at(char *err, size_t errlen, int code, const char *prefix, const cha
             vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
             va_end(ap);
         }
+        one_line(err);
     }
     return code;
 }

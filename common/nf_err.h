@@ -38,7 +38,8 @@ enum {
 const char *nf_strerror(int err);
 
 /* Formats a message into err (errlen bytes, always terminated; nothing when err is NULL or errlen
- * is 0) and returns code, so a failure path reads `return nf_errf(err, errlen, -EIO, "...")`. */
+ * is 0) and returns code, so a failure path reads `return nf_errf(err, errlen, -EIO, "...")`.
+ * The message is one line: control characters (from a quoted name or string) become '?'. */
 int nf_errf(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

@@ -35,6 +35,12 @@ ctl="$build/ctl/nanoflowctl"
 "$ctl" mkmodel "$work/gguf-seeds/gpt-oss.gguf" --arch gpt-oss --dim 32 --layers 2 --ffn 32 \
     --heads 2 --kv-heads 1 --head-dim 32 --experts 4 --experts-used 2 --window 4 --rope-scale 32 \
     --ctx 131072 --vocab 259 --type mxfp4 >/dev/null
+# Inputs that once failed (tests/fuzz/regress/TARGET/) must pass before fuzzing goes on.
+for f in "$src"/tests/fuzz/regress/gguf/*; do
+    [ -e "$f" ] || continue
+    "$build/tests/fuzz_gguf" -rss_limit_mb=2048 "$f" >/dev/null 2>&1 ||
+        { echo "run.sh: fuzz_gguf fails on the regression input $f" >&2; exit 1; }
+done
 echo "fuzzing the GGUF reader and model loader for $secs s"
 "$build/tests/fuzz_gguf" -max_total_time="$secs" -max_len=131072 -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -error_exitcode=1 -dict="$src/tests/fuzz/gguf.dict" \
@@ -59,7 +65,6 @@ printf 'a b c d e f g h i j k l m n o p q r s t u v w x y z\n' >"$work/calib.txt
 for a in deepseek2 glm4moe gpt-oss; do
     "$ctl" convert "$work/gguf-seeds/$a.gguf" "$work/nft-seeds/$a.nft" 2>/dev/null
 done
-# Inputs that once failed (tests/fuzz/regress/TARGET/) must pass before fuzzing goes on.
 for f in "$src"/tests/fuzz/regress/nft/*; do
     [ -e "$f" ] || continue
     "$build/tests/fuzz_nft" -rss_limit_mb=2048 "$f" >/dev/null 2>&1 ||
