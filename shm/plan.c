@@ -54,31 +54,39 @@ static uint64_t kv_token_bytes(const struct nf_stack_shape *sh)
            (kv_row_bytes(sh->type_k, k_dim) + kv_row_bytes(sh->type_v, v_dim));
 }
 
-/* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns
- * the total. */
-/* The attention walk's scratch with the KV cache on disk (nf_attn_walk_bytes), with the
- * widest cell padding (gemma3's 256) and the latent's whole width as deepseek2's values. */
+/* The attention hyperparameters the scratch bounds need, from the shape: the widest cell
+ * padding (gemma3's 256) and the latent's whole width as deepseek2's values. */
+static struct nf_hparams plan_attn_hp(const struct nf_stack_shape *sh)
+{
+    return (struct nf_hparams){.n_head = (int)sh->n_head,
+                               .head_dim = (int)(sh->kv_latent ? sh->kv_latent : sh->head_k),
+                               .n_lora_kv = (int)sh->kv_latent,
+                               .kv_pad = 256};
+}
+
+/* Compute's prompt chunk in tokens. */
+static uint32_t plan_ub(const struct nf_stack_shape *sh)
+{
+    return sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
+}
+
+/* The attention walk's scratch with the KV cache on disk (nf_attn_walk_bytes). */
 static uint64_t kv_walk_bytes(const struct nf_stack_shape *sh, uint32_t n_ctx)
 {
-    const struct nf_hparams hp = {.n_head = (int)sh->n_head,
-                                  .head_dim = (int)(sh->kv_latent ? sh->kv_latent : sh->head_k),
-                                  .n_lora_kv = (int)sh->kv_latent,
-                                  .kv_pad = 256};
-    const uint32_t ub = sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
-    return nf_attn_walk_bytes(&hp, (int)n_ctx, (int)ub, (size_t)(kv_token_bytes(sh) * n_ctx));
+    const struct nf_hparams hp = plan_attn_hp(sh);
+    return nf_attn_walk_bytes(&hp, (int)n_ctx, (int)plan_ub(sh),
+                              (size_t)(kv_token_bytes(sh) * n_ctx));
 }
 
 /* One compute thread's attention scratch (nf_attn_scratch_bytes: prompt tiles included). */
 static uint64_t att_scratch_bytes(const struct nf_stack_shape *sh, uint32_t n_ctx)
 {
-    const struct nf_hparams hp = {.n_head = (int)sh->n_head,
-                                  .head_dim = (int)(sh->kv_latent ? sh->kv_latent : sh->head_k),
-                                  .n_lora_kv = (int)sh->kv_latent,
-                                  .kv_pad = 256};
-    const uint32_t ub = sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
-    return nf_attn_scratch_bytes(&hp, (int)n_ctx, (int)ub);
+    const struct nf_hparams hp = plan_attn_hp(sh);
+    return nf_attn_scratch_bytes(&hp, (int)n_ctx, (int)plan_ub(sh));
 }
 
+/* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns
+ * the total. */
 uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts, uint32_t n_ctx,
                         uint32_t n_threads, struct nf_stack_plan *p)
 {
@@ -132,7 +140,7 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
      * copies; then logits twice (raw and sampled), and the attention scores (per head, n_ctx
      * each; each thread's attention scratch is added below); with several sequences each one's
      * logits, a step's logits and activations row by row (a MoE row's expert outputs too). */
-    const uint64_t ub = sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
+    const uint64_t ub = plan_ub(sh);
     uint64_t act_floats = (8ull * sh->n_embd + 4ull * sh->n_ff) * ub + 2ull * sh->n_vocab +
                           (uint64_t)sh->n_head * n_ctx;
     if (n_seq > 1)
