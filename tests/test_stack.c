@@ -246,6 +246,28 @@ struct fake_model {
     struct nf_nft_tile tiles[4096];
 };
 
+/* An empty index for path, of a file of file_size bytes whose header checksums to checksum. */
+static void fake_init(struct fake_model *m, const char *path, uint64_t file_size, uint64_t checksum)
+{
+    memset(m, 0, sizeof(*m));
+    m->f.hdr.file_size = file_size;
+    m->f.hdr.header_checksum = checksum;
+    snprintf(m->f.path, sizeof(m->f.path), "%s", path);
+    m->f.tiles = m->tiles;
+}
+
+static void fake_shape(struct fake_model *m, uint32_t n_layer, uint32_t n_embd, uint32_t n_ff,
+                       uint32_t n_vocab, uint32_t n_head, uint32_t n_head_kv)
+{
+    struct nf_nft_header *h = &m->f.hdr;
+    h->n_layer = n_layer;
+    h->n_embd = n_embd;
+    h->n_ff = n_ff;
+    h->n_vocab = n_vocab;
+    h->n_head = n_head;
+    h->n_head_kv = n_head_kv;
+}
+
 static void add_tiles(struct fake_model *m, uint32_t layer, enum nf_tile_kind kind, uint32_t n,
                       uint64_t size)
 {
@@ -268,18 +290,8 @@ static void add_tiles(struct fake_model *m, uint32_t layer, enum nf_tile_kind ki
 
 static void make_7b(struct fake_model *m)
 {
-    memset(m, 0, sizeof(*m));
-    struct nf_nft_header *h = &m->f.hdr;
-    h->n_layer = 32;
-    h->n_embd = 4096;
-    h->n_ff = 11008;
-    h->n_vocab = 32000;
-    h->n_head = 32;
-    h->n_head_kv = 8;
-    h->file_size = 3800ull << 20;
-    h->header_checksum = 0x1234;
-    snprintf(m->f.path, sizeof(m->f.path), "/models/hand.nft");
-    m->f.tiles = m->tiles;
+    fake_init(m, "/models/hand.nft", 3800ull << 20, 0x1234);
+    fake_shape(m, 32, 4096, 11008, 32000, 32, 8);
     add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_EMBD, 500, 36864);
     for (uint32_t l = 0; l < 32; l++) {
         add_tiles(m, l, NF_TILE_ATTN_NORM, 1, 16384);
@@ -551,18 +563,8 @@ static void test_attach_refusals(void **state)
  * 3.2 MiB low-rank predictor tile per layer. */
 static void make_7b_pred(struct fake_model *m)
 {
-    memset(m, 0, sizeof(*m));
-    struct nf_nft_header *h = &m->f.hdr;
-    h->n_layer = 16;
-    h->n_embd = 4096;
-    h->n_ff = 11008;
-    h->n_vocab = 32000;
-    h->n_head = 32;
-    h->n_head_kv = 32;
-    h->file_size = 2000ull << 20;
-    h->header_checksum = 0x7b7b;
-    snprintf(m->f.path, sizeof(m->f.path), "/models/pred7b.nft");
-    m->f.tiles = m->tiles;
+    fake_init(m, "/models/pred7b.nft", 2000ull << 20, 0x7b7b);
+    fake_shape(m, 16, 4096, 11008, 32000, 32, 32);
     add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_EMBD, 200, 11520);
     for (uint32_t l = 0; l < 16; l++) {
         add_tiles(m, l, NF_TILE_ATTN_NORM, 1, 16384);
@@ -658,20 +660,10 @@ static void test_plan_classes(void **state)
  * MiB). The expert slices outnumber the 1 MiB tiles. */
 static void make_v3_cut(struct fake_model *m)
 {
-    memset(m, 0, sizeof(*m));
-    struct nf_nft_header *h = &m->f.hdr;
-    h->n_layer = 13;
-    h->n_embd = 7168;
-    h->n_ff = 2048;
-    h->n_vocab = 129280;
-    h->n_head = 128;
-    h->n_head_kv = 128;
-    h->n_expert = 32;
-    h->n_expert_used = 8;
-    h->file_size = 40ull << 30;
-    h->header_checksum = 0x3d3;
-    snprintf(m->f.path, sizeof(m->f.path), "/models/v3cut.nfi");
-    m->f.tiles = m->tiles;
+    fake_init(m, "/models/v3cut.nfi", 40ull << 30, 0x3d3);
+    fake_shape(m, 13, 7168, 2048, 129280, 128, 128);
+    m->f.hdr.n_expert = 32;
+    m->f.hdr.n_expert_used = 8;
     add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_EMBD, 100, 28672);
     const uint64_t mib = 1ull << 20, router = 32ull * 7168 * 4 * 8; /* 7.3 MiB */
     for (uint32_t l = 0; l < 13; l++) {
@@ -728,18 +720,8 @@ static void test_plan_moe_classes(void **state)
  * enough to create in a test. */
 static void make_small_classes(struct fake_model *m)
 {
-    memset(m, 0, sizeof(*m));
-    struct nf_nft_header *h = &m->f.hdr;
-    h->n_layer = 4;
-    h->n_embd = 256;
-    h->n_ff = 512;
-    h->n_vocab = 512;
-    h->n_head = 4;
-    h->n_head_kv = 4;
-    h->file_size = 64ull << 20;
-    h->header_checksum = 0x5c;
-    snprintf(m->f.path, sizeof(m->f.path), "/models/classes.nft");
-    m->f.tiles = m->tiles;
+    fake_init(m, "/models/classes.nft", 64ull << 20, 0x5c);
+    fake_shape(m, 4, 256, 512, 512, 4, 4);
     add_tiles(m, NF_NFT_NO_LAYER, NF_TILE_EMBD, 16, 8192);
     for (uint32_t l = 0; l < 4; l++) {
         add_tiles(m, l, NF_TILE_ATTN_NORM, 1, 1024);
@@ -1167,18 +1149,8 @@ static void compute_run(struct nf_stack *st, int n_pins)
 /* A region with STRESS_TILES one-page tiles and STRESS_SLOTS slots. */
 static void stress_region(struct nf_stack *st, const char *name, struct fake_model *m)
 {
-    memset(m, 0, sizeof(*m));
-    struct nf_nft_header *h = &m->f.hdr;
-    h->n_layer = 4;
-    h->n_embd = 64;
-    h->n_ff = 128;
-    h->n_vocab = 256;
-    h->n_head = 4;
-    h->n_head_kv = 4;
-    h->file_size = 1 << 20;
-    h->header_checksum = 77;
-    snprintf(m->f.path, sizeof(m->f.path), "stress.nft");
-    m->f.tiles = m->tiles;
+    fake_init(m, "stress.nft", 1 << 20, 77);
+    fake_shape(m, 4, 64, 128, 256, 4, 4);
     for (uint32_t l = 0; l < 4; l++)
         add_tiles(m, l, NF_TILE_ATTN_Q, STRESS_TILES / 4, 4096);
     struct nf_stack_plan p;
