@@ -30,6 +30,15 @@ free_port() {
     python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"
 }
 
+# http_tmp: a test's scratch (stack_tmp: T, XDG_CACHE_HOME, every stack brought down on exit),
+# R the run directory of its stack, PORT a free port and U the front's base URL there.
+http_tmp() {
+    stack_tmp
+    R="$T/run-http"
+    PORT=$(free_port)
+    U="http://127.0.0.1:$PORT"
+}
+
 # jget FILE EXPR: prints the Python expression EXPR evaluated on the JSON in FILE (as d).
 jget() {
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
@@ -54,7 +63,7 @@ PY
 }
 
 # http_up ARGS...: `nanoflowctl up --run-dir $R --http 127.0.0.1:$PORT ARGS...` (T, R and PORT
-# set by the caller), checked; on failure its stderr is shown and the test ends (exit 1).
+# set by http_tmp), checked; on failure its stderr is shown and the test ends (exit 1).
 http_up() {
     "$NF_BIN" up --run-dir "$R" --http "127.0.0.1:$PORT" "$@" >"$T/up.out" 2>"$T/up.err"
     local rc=$?

@@ -12,19 +12,10 @@ set -u
 need_stories
 need_daemons
 need_gateway
-T=$(mktemp -d)
-R="$T/run"
-cleanup() {
-    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
-    rm -rf "$T"
-}
-trap cleanup EXIT
-export XDG_CACHE_HOME="$T/cache"
+http_tmp
 cp "$M0" "$T/m.gguf"
 # A trained context of 2048 (patched) so that a generation runs long enough to be cut (part 5).
 patch_ctx "$T/m.gguf" 2048 || exit 1
-PORT=$(free_port)
-U="http://127.0.0.1:$PORT"
 
 http_up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048
 grep -q "gateway *pid [0-9].*http://127.0.0.1:$PORT/" "$T/up.out"

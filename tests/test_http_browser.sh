@@ -32,13 +32,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "skip: node and npm are needed for playwright-core"
     exit 77
 fi
-T=$(mktemp -d)
-R="$T/run"
-cleanup() {
-    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
-    rm -rf "$T"
-}
-trap cleanup EXIT
+http_tmp
 NPM_DIR="${NF_BUILD_DIR:-$T}/tests-npm-browser"
 if [ ! -f "$NPM_DIR/node_modules/playwright-core/package.json" ]; then
     mkdir -p "$T/npm"
@@ -54,9 +48,6 @@ if [ ! -f "$NPM_DIR/node_modules/playwright-core/package.json" ]; then
 fi
 echo "playwright-core $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['version'])" "$NPM_DIR/node_modules/playwright-core/package.json"), $("$CHROMIUM" --version 2>/dev/null)"
 
-export XDG_CACHE_HOME="$T/cache"
-PORT=$(free_port)
-U="http://127.0.0.1:$PORT"
 http_up -m "$M1" --ram 256M -t 1 --ctx 2048
 MSG="Tell me a story."
 printf '<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n' "$MSG" >"$T/chat_prompt.txt"

@@ -12,16 +12,7 @@ set -u
 need_stories
 need_daemons
 need_gateway
-T=$(mktemp -d)
-R="$T/run"
-cleanup() {
-    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
-    rm -rf "$T"
-}
-trap cleanup EXIT
-export XDG_CACHE_HOME="$T/cache"
-PORT=$(free_port)
-U="http://127.0.0.1:$PORT"
+http_tmp
 http_up -m "$M0" --ram 256M -t 1
 
 N=24

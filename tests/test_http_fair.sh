@@ -12,18 +12,9 @@ set -u
 need_stories
 need_daemons
 need_gateway
-T=$(mktemp -d)
-R="$T/run"
-cleanup() {
-    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
-    rm -rf "$T"
-}
-trap cleanup EXIT
-export XDG_CACHE_HOME="$T/cache"
+http_tmp
 cp "$M0" "$T/m.gguf"
 patch_ctx "$T/m.gguf" 2048 || exit 1 # room for 600-token generations
-PORT=$(free_port)
-U="http://127.0.0.1:$PORT"
 # --parallel 1: compute runs one request at a time, so the order served is the gateway's queue.
 http_up -m "$T/m.gguf" --ram 256M -t 1 --ctx 2048 --parallel 1
 

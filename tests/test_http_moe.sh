@@ -14,16 +14,7 @@ if [ ! -f "$M" ]; then
     echo "skip: $M is missing"
     exit 77
 fi
-T=$(mktemp -d)
-R="$T/run"
-cleanup() {
-    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
-    rm -rf "$T"
-}
-trap cleanup EXIT
-export XDG_CACHE_HOME="$T/cache" # the converted .nft of the read-only shared model goes here
-PORT=$(free_port)
-U="http://127.0.0.1:$PORT"
+http_tmp
 http_up -m "$M" --ram 256M -t 1 --chat-template chatml
 
 printf 'The quick brown fox' >"$T/prompt.txt"

@@ -17,13 +17,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "skip: node and npm are needed for the openai client"
     exit 77
 fi
-T=$(mktemp -d)
-R="$T/run"
-cleanup() {
-    "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
-    rm -rf "$T"
-}
-trap cleanup EXIT
+http_tmp
 NPM_DIR="${NF_BUILD_DIR:-$T}/tests-npm"
 if [ ! -f "$NPM_DIR/node_modules/openai/package.json" ]; then
     mkdir -p "$T/npm"
@@ -39,9 +33,7 @@ if [ ! -f "$NPM_DIR/node_modules/openai/package.json" ]; then
 fi
 echo "openai $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['version'])" "$NPM_DIR/node_modules/openai/package.json") from $NPM_DIR"
 
-export XDG_CACHE_HOME="$T/cache"
 cp "$M0" "$T/m.gguf"
-PORT=$(free_port)
 echo "k-$$" >"$T/key"
 http_up -m "$T/m.gguf" --ram 256M -t 1 --api-key-file "$T/key"
 
