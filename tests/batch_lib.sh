@@ -121,3 +121,21 @@ PY
     "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
     check "$name: down exits 0" $?
 }
+
+# batch_test NAME: a test_batch_*.sh's whole check of models/NAME.gguf: skips (exit 77) unless
+# python3, the daemons and the model are there, makes the scratch directory (stack_tmp, T) and
+# runs batch_check NAME. Whether the staggered clients overlap depends on the machine's load (a
+# loaded run saw none share a step once), so shared steps are not required unless
+# BATCH_NEED_SHARED=1 (test_batch_engine checks them deterministically); each client's exact
+# output always is.
+batch_test() {
+    need_python3 "to read JSON"
+    need_daemons
+    if [ ! -f "$NF_SHARED_DIR/models/$1.gguf" ]; then
+        echo "skip: $NF_SHARED_DIR/models/$1.gguf is missing"
+        exit 77
+    fi
+    stack_tmp
+    export NANOFLOW_PROGRESS_MS=0 BATCH_NEED_SHARED=${BATCH_NEED_SHARED:-0}
+    batch_check "$1"
+}

@@ -9,19 +9,6 @@ set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
-need_python3 "to read JSON"
-need_daemons
-stack_tmp
-export NANOFLOW_PROGRESS_MS=0
-
 . "$(dirname "$0")/batch_lib.sh"
-# Whether the staggered clients overlap depends on the machine's load (a loaded run saw none
-# share a step once): shared steps are checked deterministically by test_batch_engine; here
-# each client's exact output is.
-export BATCH_NEED_SHARED=0
-if [ ! -f "$NF_SHARED_DIR/models/zoo-Q4_K_M.gguf" ]; then
-    echo "skip: $NF_SHARED_DIR/models/zoo-Q4_K_M.gguf is missing"
-    exit 77
-fi
-batch_check zoo-Q4_K_M
+batch_test zoo-Q4_K_M
 exit $fail

@@ -4,30 +4,18 @@
 # and seeded sampling, each get exactly their solo `run --json` output (token lines, gen_ids,
 # text) while sharing steps (stats: steps shared by 2+ sequences); a client cancelled with
 # Ctrl-C mid-way leaves the others' output intact and its own a prefix of its solo output. On
-# stories260K (tests/batch_lib.sh). Also: a --parallel
-# that does not fit is refused with the most that do.
+# stories260K (tests/batch_lib.sh). Also: a --parallel that does not fit is refused with the
+# most that do.
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
-need_python3 "to read JSON"
-need_daemons
-stack_tmp
-export NANOFLOW_PROGRESS_MS=0
-
 . "$(dirname "$0")/batch_lib.sh"
-# stories260K decodes ~400 tok/s: on a loaded machine the staggered clients may each finish
-# before the next starts (seen once in CI's check), so shared steps are not required here
-# (test_batch_engine checks them deterministically); each client's exact output still is.
-export BATCH_NEED_SHARED=0
-# Its trained context is 128 tokens: at that speed the cancelled client could reach the end of
-# its context before the Ctrl-C (seen at load 20), so the stack runs a copy with 2048.
+# stories260K decodes ~400 tok/s and its trained context is 128 tokens: the cancelled client
+# could reach the end of its context before the Ctrl-C (seen at load 20), so the stack runs a
+# copy with 2048.
 export BATCH_CTX=2048
-if [ ! -f "$NF_SHARED_DIR/models/stories260K.gguf" ]; then
-    echo "skip: $NF_SHARED_DIR/models/stories260K.gguf is missing"
-    exit 77
-fi
-batch_check stories260K
+batch_test stories260K
 # A --parallel whose KV caches do not fit beside the minimum pool is refused with the most that
 # do (stories260K at n_ctx 128: tiny caches, so a budget just above the minimum).
 M="$NF_SHARED_DIR/models/stories260K.gguf"
