@@ -289,26 +289,44 @@ static void same_run(const struct run_out *a, const struct run_out *b)
     assert_int_equal(a->n_past, b->n_past);
 }
 
+/* A RAM engine over the named model (a context of n_ctx, n_threads threads) with prompt lookup
+ * (n-grams of 1 to 3) as its draft source. */
+struct ram_lookup {
+    struct fixture fx;
+    struct nf_ctx *c;
+    struct nf_gen_engine e;
+    struct nf_gen_lookup l;
+    struct nf_gen_draft d;
+};
+
+static void ram_lookup_open(struct ram_lookup *r, const char *name, int n_ctx, int n_threads)
+{
+    fixture_open(&r->fx, name);
+    assert_int_equal(nf_ctx_create(&r->c, r->fx.m, n_ctx, n_threads), 0);
+    nf_gen_engine_ctx(&r->e, r->c);
+    r->l = (struct nf_gen_lookup){.ngram_min = 1, .ngram_max = 3};
+    nf_gen_draft_lookup(&r->d, &r->l);
+}
+
+static void ram_lookup_close(struct ram_lookup *r)
+{
+    nf_ctx_free(r->c);
+    fixture_close(&r->fx);
+}
+
 /* Greedy with prompt lookup equals the goldens (and plain decoding) on every golden prompt. */
 static void lookup_goldens(const char *name, int n_ctx)
 {
-    struct fixture fx;
-    fixture_open(&fx, name);
-    struct nf_ctx *c;
-    assert_int_equal(nf_ctx_create(&c, fx.m, n_ctx, 2), 0);
-    struct nf_gen_engine e;
-    nf_gen_engine_ctx(&e, c);
-    struct nf_gen_lookup l = {.ngram_min = 1, .ngram_max = 3};
-    struct nf_gen_draft d;
-    nf_gen_draft_lookup(&d, &l);
+    struct ram_lookup r;
+    ram_lookup_open(&r, name, n_ctx, 2);
     int drafted = 0, accepted = 0;
-    for (int i = 0; i < fx.n_gold; i++) {
-        const struct golden *g = &fx.g[i];
+    for (int i = 0; i < r.fx.n_gold; i++) {
+        const struct golden *g = &r.fx.g[i];
         struct nf_gen_params p = params(g->n_gen, 0.0f, 0);
         struct run_out plain, spec;
-        run(&e, fx.v, g->prompt, g->n_prompt, &p, &plain);
-        p.draft = &d;
-        run(&e, fx.v, g->prompt, g->n_prompt, &p, &spec);
+        run(&r.e, r.fx.v, g->prompt, g->n_prompt, &p, &plain);
+        p.draft = &r.d;
+        run(&r.e, r.fx.v, g->prompt, g->n_prompt, &p, &spec);
         assert_int_equal(spec.n_gen, g->n_gen);
         assert_memory_equal(spec.ids, g->gen, sizeof(int32_t) * (size_t)g->n_gen);
         same_run(&plain, &spec);
@@ -317,8 +335,7 @@ static void lookup_goldens(const char *name, int n_ctx)
     }
     print_message("%s: lookup drafted %d, accepted %d\n", name, drafted, accepted);
     assert_true(drafted > 0);
-    nf_ctx_free(c);
-    fixture_close(&fx);
+    ram_lookup_close(&r);
 }
 
 static void test_lookup_goldens(void **state)
@@ -584,34 +601,26 @@ static void test_draft_model(void **state)
 static void test_refusals(void **state)
 {
     (void)state;
-    struct fixture fx;
-    fixture_open(&fx, "stories260K");
-    struct nf_ctx *c;
-    assert_int_equal(nf_ctx_create(&c, fx.m, 64, 1), 0);
-    struct nf_gen_engine e;
-    nf_gen_engine_ctx(&e, c);
-    struct nf_gen_lookup l = {.ngram_min = 1, .ngram_max = 3};
-    struct nf_gen_draft d;
-    nf_gen_draft_lookup(&d, &l);
+    struct ram_lookup r;
+    ram_lookup_open(&r, "stories260K", 64, 1);
     struct nf_gen_params p = params(4, 0.0f, 0);
-    p.draft = &d;
+    p.draft = &r.d;
     p.spec_max = NF_GEN_SPEC_MAX + 1;
     struct nf_gen_seq q;
     char err[256];
-    assert_int_equal(
-        nf_gen_seq_init(&q, &e, fx.v, fx.g[0].prompt, fx.g[0].n_prompt, &p, err, sizeof(err)),
-        NF_EUSAGE);
+    assert_int_equal(nf_gen_seq_init(&q, &r.e, r.fx.v, r.fx.g[0].prompt, r.fx.g[0].n_prompt, &p,
+                                     err, sizeof(err)),
+                     NF_EUSAGE);
     assert_non_null(strstr(err, "spec_max"));
     nf_gen_seq_free(&q);
     p.spec_max = 0;
-    e.eval_rows = NULL;
-    assert_int_equal(
-        nf_gen_seq_init(&q, &e, fx.v, fx.g[0].prompt, fx.g[0].n_prompt, &p, err, sizeof(err)),
-        NF_EUSAGE);
+    r.e.eval_rows = NULL;
+    assert_int_equal(nf_gen_seq_init(&q, &r.e, r.fx.v, r.fx.g[0].prompt, r.fx.g[0].n_prompt, &p,
+                                     err, sizeof(err)),
+                     NF_EUSAGE);
     assert_non_null(strstr(err, "speculative"));
     nf_gen_seq_free(&q);
-    nf_ctx_free(c);
-    fixture_close(&fx);
+    ram_lookup_close(&r);
 }
 
 /* The sampler's penalties see the tokens of the positions before each sample, so a
@@ -622,29 +631,22 @@ static void test_refusals(void **state)
 static void test_penalties(void **state)
 {
     (void)state;
-    struct fixture fx;
-    fixture_open(&fx, "stories260K");
-    struct nf_ctx *c;
-    assert_int_equal(nf_ctx_create(&c, fx.m, 256, 2), 0);
-    struct nf_gen_engine e;
-    nf_gen_engine_ctx(&e, c);
-    struct nf_gen_lookup l = {.ngram_min = 1, .ngram_max = 3};
-    struct nf_gen_draft d;
-    nf_gen_draft_lookup(&d, &l);
+    struct ram_lookup r;
+    ram_lookup_open(&r, "stories260K", 256, 2);
     static const float freq[] = {-1.0f, 0.0f, 0.5f}, pres[] = {0.0f, 0.7f, -0.3f},
                        rep[] = {1.0f, 1.3f, 1.1f};
     for (int k = 0; k < 3; k++) {
         int drafted = 0, accepted = 0, differ = 0;
-        for (int i = 0; i < fx.n_gold; i++) {
-            const struct golden *g = &fx.g[i];
+        for (int i = 0; i < r.fx.n_gold; i++) {
+            const struct golden *g = &r.fx.g[i];
             struct nf_gen_params p = params(120, 0.0f, 0);
             p.sp.frequency_penalty = freq[k];
             p.sp.presence_penalty = pres[k];
             p.sp.repeat_penalty = rep[k];
             struct run_out plain, spec;
-            run(&e, fx.v, g->prompt, g->n_prompt, &p, &plain);
-            p.draft = &d;
-            run(&e, fx.v, g->prompt, g->n_prompt, &p, &spec);
+            run(&r.e, r.fx.v, g->prompt, g->n_prompt, &p, &plain);
+            p.draft = &r.d;
+            run(&r.e, r.fx.v, g->prompt, g->n_prompt, &p, &spec);
             same_run(&plain, &spec);
             drafted += spec.n_drafted;
             accepted += spec.n_accepted;
@@ -659,8 +661,7 @@ static void test_penalties(void **state)
         if (k == 0) /* the loop a negative frequency penalty makes is drafted right mostly */
             assert_true(accepted * 2 > drafted);
     }
-    nf_ctx_free(c);
-    fixture_close(&fx);
+    ram_lookup_close(&r);
 }
 
 /* The lookup source itself: the longest n-gram first, the latest match, bounded by max. */
