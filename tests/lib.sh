@@ -2,6 +2,8 @@
 # Not a test itself (ctest registers tests/test_*.sh only).
 
 fail=0
+# This directory (where gguf_lib.py is, for the Python helpers below).
+NF_TESTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # proc_running PID: true while PID runs (a zombie, Z, or a process being reaped, X, is gone).
 # Its state is read once: a zombie reaped between two reads would look alive.
@@ -195,65 +197,31 @@ need_stories() {
 # --split-max-tensors PER does: PER tensors a part in file order, all metadata in the first part,
 # split.no (u16), split.count (u16) and split.tensors.count (i32) in every part.
 gguf_split() {
-    python3 - "$@" <<'PY'
+    python3 - "$NF_TESTS_DIR" "$@" <<'PY'
 import struct, sys
+sys.path.insert(0, sys.argv.pop(1))
+from gguf_lib import Gguf  # tests/gguf_lib.py
 def split(src, prefix, per):
     d = open(src, 'rb').read()
-    assert d[:4] == b'GGUF'
-    ver, nt, nkv = struct.unpack_from('<IQQ', d, 4)
-    p = 24
-    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-    def skip(t, p):
-        if t == 8:
-            return p + 8 + struct.unpack_from('<Q', d, p)[0]
-        if t == 9:
-            et, n = struct.unpack_from('<IQ', d, p)
-            p += 12
-            for _ in range(n):
-                p = skip(et, p)
-            return p
-        return p + sizes[t]
-    kvs, align = [], 32
-    for _ in range(nkv):
-        s = p
-        kl = struct.unpack_from('<Q', d, p)[0]
-        key = d[p + 8:p + 8 + kl]
-        p += 8 + kl
-        t = struct.unpack_from('<I', d, p)[0]
-        e = skip(t, p + 4)
-        if key == b'general.alignment':
-            align = struct.unpack_from('<I', d, p + 4)[0]
-        kvs.append(d[s:e])
-        p = e
-    ts = []
-    for _ in range(nt):
-        nl = struct.unpack_from('<Q', d, p)[0]
-        name = d[p + 8:p + 8 + nl]
-        p += 8 + nl
-        nd = struct.unpack_from('<I', d, p)[0]
-        ne = struct.unpack_from('<%dQ' % nd, d, p + 4)
-        p += 4 + 8 * nd
-        ty, off = struct.unpack_from('<IQ', d, p)
-        p += 12
-        ts.append([name, ne, ty, off])
-    base = (p + align - 1) // align * align
-    ends = sorted(t[3] for t in ts) + [len(d) - base]
+    g = Gguf(d, src)
+    ts = [[t.name, t.ne, t.ty, t.off] for t in g.tensors]
+    ends = sorted(t[3] for t in ts) + [len(d) - g.base]
     for t in ts:
         t.append(min(e for e in ends if e > t[3]) - t[3])  # data span incl. padding
     parts = [ts[i:i + per] for i in range(0, len(ts), per)]
-    n = len(parts)
+    n, align = len(parts), g.align
     def kv(key, t, fmt, v):
         return struct.pack('<Q', len(key)) + key + struct.pack('<I' + fmt, t, v)
     for i, pt in enumerate(parts):
-        keys = (kvs if i == 0 else []) + [kv(b'split.no', 2, 'H', i), kv(b'split.count', 2, 'H', n),
-                                          kv(b'split.tensors.count', 5, 'i', len(ts))]
+        keys = (g.kvs if i == 0 else []) + [kv(b'split.no', 2, 'H', i), kv(b'split.count', 2, 'H', n),
+                                            kv(b'split.tensors.count', 5, 'i', len(ts))]
         info, data = b'', b''
         for name, ne, ty, off, size in pt:
             data += b'\0' * (-len(data) % align)
             info += struct.pack('<Q', len(name)) + name + struct.pack('<I', len(ne))
             info += struct.pack('<%dQ' % len(ne), *ne) + struct.pack('<IQ', ty, len(data))
-            data += d[base + off:base + off + size]
-        head = b'GGUF' + struct.pack('<IQQ', ver, len(pt), len(keys)) + b''.join(keys) + info
+            data += d[g.base + off:g.base + off + size]
+        head = b'GGUF' + struct.pack('<IQQ', g.version, len(pt), len(keys)) + b''.join(keys) + info
         head += b'\0' * (-len(head) % align)
         open('%s-%05d-of-%05d.gguf' % (prefix, i + 1, n), 'wb').write(head + data)
 split(sys.argv[1], sys.argv[2], int(sys.argv[3]))

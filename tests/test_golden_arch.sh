@@ -161,43 +161,17 @@ done
 # and up (its in-place index) with one line naming the tensor: block 5 of blk.1.ffn_down_exps
 # of moe-mxfp4 (llama-quantize's MXFP4_MOE as mkmodel --type mxfp4 writes it), patched.
 cp "$T/moe-mxfp4.gguf" "$T/mx-nan.gguf"
-python3 - "$T/mx-nan.gguf" blk.1.ffn_down_exps.weight 5 <<'PY'
-import struct, sys
+python3 - "$NF_TESTS_DIR" "$T/mx-nan.gguf" blk.1.ffn_down_exps.weight 5 <<'PY'
+import sys
+sys.path.insert(0, sys.argv.pop(1))
+from gguf_lib import Gguf  # tests/gguf_lib.py
 # Sets the exponent byte of mxfp4 block BLOCK of tensor NAME in the GGUF FILE to 0xFF.
-path, name, blk = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+path, name, blk = sys.argv[1], sys.argv[2], int(sys.argv[3])
 d = bytearray(open(path, "rb").read())
-_, nt, nkv = struct.unpack_from("<IQQ", d, 4)
-p, align = 24, 32
-fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-def skip(t, p):
-    if t == 8:
-        return p + 8 + struct.unpack_from("<Q", d, p)[0]
-    if t == 9:
-        et, n = struct.unpack_from("<IQ", d, p)
-        p += 12
-        for _ in range(n):
-            p = skip(et, p)
-        return p
-    return p + fixed[t]
-for _ in range(nkv):
-    kl = struct.unpack_from("<Q", d, p)[0]
-    key = bytes(d[p + 8:p + 8 + kl])
-    t = struct.unpack_from("<I", d, p + 8 + kl)[0]
-    if key == b"general.alignment":
-        align = struct.unpack_from("<I", d, p + 12 + kl)[0]
-    p = skip(t, p + 12 + kl)
-off = None
-for _ in range(nt):
-    nl = struct.unpack_from("<Q", d, p)[0]
-    tn = bytes(d[p + 8:p + 8 + nl])
-    nd = struct.unpack_from("<I", d, p + 8 + nl)[0]
-    p += 12 + nl + 8 * nd
-    ty, o = struct.unpack_from("<IQ", d, p)
-    p += 12
-    if tn == name:
-        assert ty == 39, ty  # mxfp4
-        off = o
-pos = (p + align - 1) // align * align + off + 17 * blk
+g = Gguf(d, path)
+t = g.tensor(name)
+assert t.ty == 39, t.ty  # mxfp4
+pos = g.base + t.off + 17 * blk
 assert d[pos] != 0xFF
 d[pos] = 0xFF
 open(path, "wb").write(d)

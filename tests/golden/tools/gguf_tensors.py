@@ -8,10 +8,13 @@
                                        every tensor is identical, else 1 naming the first that
                                        differs
 
-Plain Python (struct), no numpy: GGUF v3, little endian, as llama.cpp's gguf.h describes it.
+The header is read by tests/gguf_lib.py.
 """
-import struct
+import os
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from gguf_lib import Gguf  # noqa: E402 (tests/gguf_lib.py)
 
 # ggml type ids -> (name, elements per block, bytes per block), the types mkmodel writes.
 TYPES = {
@@ -21,55 +24,22 @@ TYPES = {
     14: ("q6_K", 256, 210), 20: ("iq4_nl", 32, 18), 23: ("iq4_xs", 256, 136),
     30: ("bf16", 1, 2), 39: ("mxfp4", 32, 17),
 }
-FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 
 
 def tensors(path):
     """Returns [(name, type id, shape, data bytes)] in file order."""
     d = open(path, "rb").read()
-    if d[:4] != b"GGUF":
-        sys.exit(f"{path}: not a GGUF file")
-    _, nt, nkv = struct.unpack_from("<IQQ", d, 4)
-    p, align = 24, 32
-
-    def skip(t, p):
-        if t == 8:
-            return p + 8 + struct.unpack_from("<Q", d, p)[0]
-        if t == 9:
-            et, n = struct.unpack_from("<IQ", d, p)
-            p += 12
-            for _ in range(n):
-                p = skip(et, p)
-            return p
-        return p + FIXED[t]
-
-    for _ in range(nkv):
-        kl = struct.unpack_from("<Q", d, p)[0]
-        key = d[p + 8:p + 8 + kl]
-        t = struct.unpack_from("<I", d, p + 8 + kl)[0]
-        if key == b"general.alignment":
-            align = struct.unpack_from("<I", d, p + 12 + kl)[0]
-        p = skip(t, p + 12 + kl)
-    infos = []
-    for _ in range(nt):
-        nl = struct.unpack_from("<Q", d, p)[0]
-        name = d[p + 8:p + 8 + nl].decode()
-        nd = struct.unpack_from("<I", d, p + 8 + nl)[0]
-        shape = struct.unpack_from("<%dQ" % nd, d, p + 12 + nl)
-        p += 12 + nl + 8 * nd
-        ty, off = struct.unpack_from("<IQ", d, p)
-        p += 12
-        infos.append((name, ty, shape, off))
-    base = (p + align - 1) // align * align
+    g = Gguf(d, path)
     out = []
-    for name, ty, shape, off in infos:
-        if ty not in TYPES:
-            sys.exit(f"{path}: tensor {name} has type {ty}, unknown here")
-        _, bs, ts = TYPES[ty]
+    for t in g.tensors:
+        name = t.name.decode()
+        if t.ty not in TYPES:
+            sys.exit(f"{path}: tensor {name} has type {t.ty}, unknown here")
+        _, bs, ts = TYPES[t.ty]
         n = 1
-        for x in shape:
+        for x in t.ne:
             n *= x
-        out.append((name, ty, shape, d[base + off:base + off + n // bs * ts]))
+        out.append((name, t.ty, t.ne, d[g.base + t.off:g.base + t.off + n // bs * ts]))
     return out
 
 
