@@ -324,3 +324,18 @@ nf_vec_dot_mat_fn nf_vec_dot_mat_for(enum nf_type t, enum nf_isa isa)
     mat_paths(t, mat);
     return mat[isa];
 }
+
+bool nf_q4_0_packed(enum nf_isa isa, nf_q4_0_pack_fn *pack, nf_vec_dot_mat_fn *mat)
+{
+    if (!valid(NF_TYPE_Q4_0, isa) || isa < NF_ISA_AVX2)
+        return false;
+    *pack = nf__q4_0_pack_act_avx2;
+    *mat = isa >= NF_ISA_AVX512 ? nf__vec_dot_q4_0_packed_mat_avx512
+                                : nf__vec_dot_q4_0_packed_mat_avx2;
+    return true;
+}
+
+size_t nf_q4_0_packed_bytes(int64_t n, int ncols)
+{
+    return (size_t)(n / 32) * (size_t)ncols * 40; /* struct y_blk, quants_mat_q4_0_impl.h */
+}

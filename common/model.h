@@ -391,6 +391,7 @@ struct nf_ctx {
     const void *xq_fn;
     int64_t xq_n;
     int xq_ntok;
+    bool xq_packed; /* xq holds the q4_0 GEMM's packed layout (nf_q4_0_packed), not rows */
 
     /* The attention walk (nf_attn_walk_init; NULL kv_need: the cache is all in memory). The
      * attention asks kv_need for each run of kv_block-position blocks it reads; an error it

@@ -209,8 +209,11 @@ static void nf_matmul_run(void *arg, int ith, int nth)
         return;
     }
     (void)ith;
+    /* Multi-token kernels take rows in panels of up to 16 (AVX-512 q4_0): a chunk of 8 would
+     * leave half of each panel's lanes idle. */
+    const int64_t grain = j->mat_fn ? 16 : 8;
     int64_t per = (rows + 4 * nth - 1) / (4 * nth);
-    per = (per + 7) & ~(int64_t)7;
+    per = (per + grain - 1) / grain * grain;
     for (;;) {
         /* Relaxed: the claim only partitions the rows; the pool's job hand-off orders the
          * inputs and outputs. */
@@ -276,7 +279,7 @@ static void nf_matmul_convert(struct nf_ctx *c, nf_from_float_fn q, const float 
                               int n_tok)
 {
     if (c->xq_reuse && c->xq_of == x && c->xq_fn == (const void *)q && c->xq_n == n &&
-        c->xq_ntok == n_tok)
+        c->xq_ntok == n_tok && !c->xq_packed)
         return;
     for (int t = 0; t < n_tok; t++)
         q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
@@ -284,6 +287,26 @@ static void nf_matmul_convert(struct nf_ctx *c, nf_from_float_fn q, const float 
     c->xq_fn = (const void *)q;
     c->xq_n = n;
     c->xq_ntok = n_tok;
+    c->xq_packed = false;
+}
+
+/* The same for the q4_0 prompt GEMM: x quantized by q and packed by pack into c->xq in the
+ * kernel's order (nf_q4_0_packed; it takes n_tok * n * 40 / 32 bytes, within the n_tok rows of
+ * xq_row_stride >= 4 n bytes), so that the tiles of one matrix, and each thread's rows of a
+ * tile, read the activations packed once. */
+static void nf_matmul_pack(struct nf_ctx *c, nf_q4_0_pack_fn pack, nf_from_float_fn q,
+                           const float *x, int64_t n, int n_tok)
+{
+    if (c->xq_reuse && c->xq_of == x && c->xq_fn == (const void *)q && c->xq_n == n &&
+        c->xq_ntok == n_tok && c->xq_packed)
+        return;
+    NF_ASSERT(nf_q4_0_packed_bytes(n, n_tok) <= (size_t)n_tok * c->xq_row_stride);
+    pack(x, (int)n, n_tok, q, c->xq);
+    c->xq_of = c->xq_reuse ? x : NULL;
+    c->xq_fn = (const void *)q;
+    c->xq_n = n;
+    c->xq_ntok = n_tok;
+    c->xq_packed = true;
 }
 
 /* nf_matmul, or with each_tok the arithmetic of n_tok separate one-token calls (in one
@@ -327,7 +350,15 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
             j.rows_fn = nf_kernels_isa() >= NF_ISA_AVX2 ? nf__vec_dot_q4_0_q8_0_seq_avx2_rows
                                                         : nf__vec_dot_q4_0_q8_0_seq_ref_rows;
         }
-        nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), x, n, n_tok);
+        nf_q4_0_pack_fn pack;
+        nf_vec_dot_mat_fn packed_mat;
+        if (batch && j.kind == NF_MM_VEC_DOT && w->type == NF_TYPE_Q4_0 &&
+            nf_q4_0_packed(nf_kernels_isa(), &pack, &packed_mat)) {
+            nf_matmul_pack(c, pack, nf_act_quantizer(tr->vec_dot_type), x, n, n_tok);
+            j.mat_fn = packed_mat;
+        } else {
+            nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), x, n, n_tok);
+        }
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     }
@@ -335,8 +366,9 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
      * order bit for bit (BF16: AVX512-BF16's, which nf_tinyblas_dot_bf16 emulates), for q8_0,
      * the K-quants and the types of quants_ext.c as vec_dot does; q4_0 (outside the exact
      * order above) within the kernel tolerances. */
-    if (batch && (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS ||
-                  j.kind == NF_MM_TINYBLAS16 || j.kind == NF_MM_TINYBLAS_BF16))
+    if (batch && !j.mat_fn &&
+        (j.kind == NF_MM_VEC_DOT || j.kind == NF_MM_TINYBLAS || j.kind == NF_MM_TINYBLAS16 ||
+         j.kind == NF_MM_TINYBLAS_BF16))
         j.mat_fn = tr->vec_dot_mat;
     /* Several tokens each with its one-token arithmetic (a batched step, a per-row pass): the
      * kernels that unpack each weight block once for all of them and sum every output in the

@@ -272,6 +272,17 @@ nf_vec_dot_rows_fn nf_vec_dot_rows_for(enum nf_type t, enum nf_isa isa);
 /* Likewise for the multi-token kernel of type t. */
 nf_vec_dot_mat_fn nf_vec_dot_mat_for(enum nf_type t, enum nf_isa isa);
 
+/* The q4_0 prompt GEMM on activations packed once (for isa: AVX2 or AVX-512; false for the
+ * scalar path, which has none). *pack quantizes ncols rows of n floats (x, n apart) with q
+ * (Q8_0's activation quantizer) into out, nf_q4_0_packed_bytes(n, ncols) bytes, in the order
+ * the kernel reads them; *mat is then nf_vec_dot_mat_for(Q4_0, isa) with y that packed buffer
+ * (by is not used) and the same ncols, bit for bit. A product split into many calls on a few
+ * rows each (a stack's tiles, a thread's share of them) packs its activations once instead of
+ * once per call. */
+typedef void (*nf_q4_0_pack_fn)(const float *x, int n, int ncols, nf_from_float_fn q, void *out);
+bool nf_q4_0_packed(enum nf_isa isa, nf_q4_0_pack_fn *pack, nf_vec_dot_mat_fn *mat);
+size_t nf_q4_0_packed_bytes(int64_t n, int ncols);
+
 /* Checks the blocks of n elements of type t at data for values no kernel may meet: an mxfp4
  * block whose E8M0 exponent is 0xFF (NaN), as llama.cpp's ggml_validate_row_data refuses.
  * Returns 0, or NF_ECORRUPT with *bad_block (when not NULL) the index of the first bad block.

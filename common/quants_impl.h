@@ -184,6 +184,11 @@ NF__MAT_DECL(nf__vec_dot_f32_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_f16_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_q4_0_q8_0_mat_avx512);
 NF__MAT_DECL(nf__vec_dot_q8_0_q8_0_mat_avx512);
+/* The q4_0 prompt GEMMs on activations packed once by nf__q4_0_pack_act_avx2 (quants.h
+ * nf_q4_0_packed). */
+NF__MAT_DECL(nf__vec_dot_q4_0_packed_mat_avx2);
+NF__MAT_DECL(nf__vec_dot_q4_0_packed_mat_avx512);
+void nf__q4_0_pack_act_avx2(const float *x, int n, int ncols, nf_from_float_fn q, void *out);
 NF__MAT_DECL(nf__vec_dot_q4_K_q8_K_mat_avx2);
 NF__MAT_DECL(nf__vec_dot_q5_K_q8_K_mat_avx2);
 NF__MAT_DECL(nf__vec_dot_q6_K_q8_K_mat_avx2);

@@ -60,5 +60,11 @@ static inline __attribute__((always_inline)) void tile(int ct, int kc, const str
 void nf__vec_dot_q4_0_q8_0_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
                                       const void *vy, size_t by, int nrows, int ncols)
 {
-    q4_0_gemm(n, s, ld, vx, bx, vy, by, nrows, ncols);
+    q4_0_gemm(n, s, ld, vx, bx, vy, by, nrows, ncols, false);
+}
+
+void nf__vec_dot_q4_0_packed_mat_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
+                                        const void *vy, size_t by, int nrows, int ncols)
+{
+    q4_0_gemm(n, s, ld, vx, bx, vy, by, nrows, ncols, true);
 }

@@ -87,24 +87,30 @@ static void pack_w(const char *x, size_t bx, int rn, int b0, int kc, int pn)
     }
 }
 
+/* Packs block b of one q8_0 activation row into o: its quants, scale and -8 * sum(qs). */
+static inline __attribute__((always_inline)) void pack_y_blk(const nf_block_q8_0 *b,
+                                                             struct y_blk *o)
+{
+    const __m256i one = _mm256_set1_epi8(1), minus8 = _mm256_set1_epi16(-8);
+    const __m256i q = _mm256_loadu_si256((const __m256i *)b->qs);
+    _mm256_storeu_si256((__m256i *)o->qs, q);
+    /* -8 * sum(qs) in 8 lanes (exact: pairs in int16, then fours in int32), summed. */
+    __m256i s8 = _mm256_madd_epi16(_mm256_maddubs_epi16(one, q), minus8);
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+    o->corr = _mm_cvtsi128_si32(h);
+    o->d = _cvtsh_ss(b->d);
+}
+
 /* Packs blocks b0..b0+kc of nc activation rows at y (stride by) into y_buf, token-major. */
 static void pack_y(const char *y, size_t by, int nc, int b0, int kc)
 {
-    const __m256i one = _mm256_set1_epi8(1), minus8 = _mm256_set1_epi16(-8);
     for (int c = 0; c < nc; c++) {
         const nf_block_q8_0 *b = (const nf_block_q8_0 *)(y + (size_t)c * by) + b0;
         struct y_blk *o = &y_buf[(size_t)c * kc];
-        for (int k = 0; k < kc; k++) {
-            const __m256i q = _mm256_loadu_si256((const __m256i *)b[k].qs);
-            _mm256_storeu_si256((__m256i *)o[k].qs, q);
-            /* -8 * sum(qs) in 8 lanes (exact: pairs in int16, then fours in int32), summed. */
-            __m256i s8 = _mm256_madd_epi16(_mm256_maddubs_epi16(one, q), minus8);
-            __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
-            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
-            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
-            o[k].corr = _mm_cvtsi128_si32(h);
-            o[k].d = _cvtsh_ss(b[k].d);
-        }
+        for (int k = 0; k < kc; k++)
+            pack_y_blk(&b[k], &o[k]);
     }
 }
 
@@ -114,16 +120,17 @@ static void pack_y(const char *y, size_t by, int nc, int b0, int kc)
 static inline __attribute__((always_inline)) void tile(int ct, int kc, const struct y_blk *y,
                                                        float *s, size_t ld, int rn, bool first);
 
-/* One packed panel against the nc packed tokens: tiles of CT, the rest in tiles of 8, 4, 2, 1. */
-static void panel(int kc, float *s, size_t ld, int rn, int nc, bool first)
+/* One packed panel against the nc tokens packed at yp (kc blocks apart): tiles of CT, the rest in
+ * tiles of 8, 4, 2, 1. */
+static void panel(int kc, const struct y_blk *yp, float *s, size_t ld, int rn, int nc, bool first)
 {
     int c = 0;
     for (; c + CT <= nc; c += CT)
-        tile(CT, kc, y_buf + (size_t)c * kc, s + (size_t)c * ld, ld, rn, first);
-#define REST(t)                                                                               \
-    if (t < CT && c + t <= nc) {                                                              \
-        tile(t < CT ? t : CT, kc, y_buf + (size_t)c * kc, s + (size_t)c * ld, ld, rn, first); \
-        c += t;                                                                               \
+        tile(CT, kc, yp + (size_t)c * kc, s + (size_t)c * ld, ld, rn, first);
+#define REST(t)                                                                            \
+    if (t < CT && c + t <= nc) {                                                           \
+        tile(t < CT ? t : CT, kc, yp + (size_t)c * kc, s + (size_t)c * ld, ld, rn, first); \
+        c += t;                                                                            \
     }
     REST(8)
     REST(4)
@@ -142,9 +149,12 @@ static int chunk_blocks(int nc)
     return k < KC_MIN ? KC_MIN : k;
 }
 
-/* The vec_dot_mat (quants.h nf_vec_dot_mat_fn) of the including file's ISA. */
+/* The vec_dot_mat (quants.h nf_vec_dot_mat_fn) of the including file's ISA. With packed, vy
+ * holds the activations already packed by pack_act (by is not used): every chunk of them is
+ * read where pack_act left it instead of being packed again, which a call on a few rows (a
+ * stack tile's, or one thread's share of it) would otherwise pay for every token's blocks. */
 static void q4_0_gemm(int n, float *s, size_t ld, const void *vx, size_t bx, const void *vy,
-                      size_t by, int nrows, int ncols)
+                      size_t by, int nrows, int ncols, bool packed)
 {
     const int nb = n / NF_QK8_0;
     const char *x = vx, *y = vy;
@@ -159,12 +169,40 @@ static void q4_0_gemm(int n, float *s, size_t ld, const void *vx, size_t bx, con
                 memset(sc + (size_t)c * ld, 0, sizeof(float) * (size_t)nrows);
         for (int b0 = 0; b0 < nb; b0 += kcs) {
             const int kc = nb - b0 < kcs ? nb - b0 : kcs;
-            pack_y(y + (size_t)c0 * by, by, nc, b0, kc);
+            const struct y_blk *yp = y_buf;
+            if (packed) /* chunk (c0, b0) of pack_act's layout */
+                yp = (const struct y_blk *)vy + (size_t)c0 * nb + (size_t)b0 * nc;
+            else
+                pack_y(y + (size_t)c0 * by, by, nc, b0, kc);
             for (int r0 = 0; r0 < nrows; r0 += PR) {
                 const int rn = nrows - r0 < PR ? nrows - r0 : PR;
                 const int pn = nrows - r0 - rn < PR ? nrows - r0 - rn : PR;
                 pack_w(x + (size_t)r0 * bx, bx, rn, b0, kc, pn);
-                panel(kc, sc + r0, ld, rn, nc, b0 == 0);
+                panel(kc, yp, sc + r0, ld, rn, nc, b0 == 0);
+            }
+        }
+    }
+}
+
+/* Quantizes ncols activation rows of n floats (x, n apart) with q (q8_0's activation
+ * quantizer, one block at a time: q8_0 blocks do not depend on each other) and packs them at
+ * out in the order q4_0_gemm reads them: for each chunk of NC_MAX tokens (c0) and each chunk
+ * of kc blocks (b0), the chunk's tokens one after the other, kc blocks each, so chunk (c0, b0)
+ * starts c0 * nb + b0 * nc blocks in. out holds ncols * nb struct y_blk (40 bytes each). */
+static inline void pack_act(const float *x, int n, int ncols, nf_from_float_fn q, void *out)
+{
+    const int nb = n / NF_QK8_0;
+    struct y_blk *o = out;
+    for (int c0 = 0; c0 < ncols; c0 += NC_MAX) {
+        const int nc = ncols - c0 < NC_MAX ? ncols - c0 : NC_MAX;
+        const int kcs = chunk_blocks(nc);
+        for (int c = 0; c < nc; c++) {
+            const float *xr = x + (size_t)(c0 + c) * (size_t)n;
+            for (int b = 0; b < nb; b++) {
+                const int b0 = b - b % kcs, kc = nb - b0 < kcs ? nb - b0 : kcs;
+                nf_block_q8_0 blk;
+                q(xr + (size_t)b * NF_QK8_0, &blk, NF_QK8_0);
+                pack_y_blk(&blk, &o[(size_t)c0 * nb + (size_t)b0 * nc + (size_t)c * kc + (b - b0)]);
             }
         }
     }

@@ -19,7 +19,7 @@ static const char *const cmd = "run";
 #define NF_RUN_DEFAULT_N       128
 #define NF_RUN_DEFAULT_CTX_CAP 4096
 /* Prompt tokens per forward chunk (see docs/measurements.md, "Prompt ubatch"). */
-#define NF_RUN_DEFAULT_UBATCH 32
+#define NF_RUN_DEFAULT_UBATCH 512
 
 static void usage(FILE *f)
 {

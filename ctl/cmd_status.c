@@ -173,8 +173,23 @@ int nf_cmd_status(int argc, char **argv)
             printf("%-10s %8s  %-10s %10s\n", role, pids, state, up);
         }
     }
-    if (json)
-        printf("]}\n");
+    /* The plan the fetcher made (the region's config), when there is a region to read. */
+    struct nf_ctl_plan_info pi;
+    const bool have_plan = nf_ctl_stack_plan_info(dir, &pi) == 0;
+    if (json) {
+        printf("]");
+        if (have_plan)
+            printf(",\"plan\":{\"ram_budget\":%llu,\"pool_bytes\":%llu,\"n_ctx\":%u,"
+                   "\"n_ubatch\":%u,\"n_seq\":%u}",
+                   (unsigned long long)pi.ram_budget, (unsigned long long)pi.pool_bytes, pi.n_ctx,
+                   pi.n_ubatch, pi.n_seq);
+        printf("}\n");
+    } else if (have_plan) {
+        char b1[32], b2[32];
+        printf("plan: budget %s, pool %s, n_ctx %u, prompt ubatch %u tokens, %u sequences\n",
+               nf_ctl_fmt_size(b1, sizeof(b1), pi.ram_budget),
+               nf_ctl_fmt_size(b2, sizeof(b2), pi.pool_bytes), pi.n_ctx, pi.n_ubatch, pi.n_seq);
+    }
     if (dead)
         fprintf(stderr, "nanoflowctl status: %s\n", dead_msg);
     if (n_ok < NF_N_ROLES) {

@@ -64,7 +64,10 @@ static void up_usage(FILE *f)
             "  -ctv, --cache-type-v T  KV cache type of V, likewise (default: f16)\n"
             "  -ub, --ubatch-size N prompt tokens evaluated together, 1..%d: each weight tile\n"
             "                       is read once per chunk of N, whose activations the plan\n"
-            "                       reserves in the budget (default: 32)\n"
+            "                       reserves in the budget (default: from the budget, the\n"
+            "                       largest of 512, 256, .. 32 whose activations take at\n"
+            "                       most a quarter of it; a larger N that does not fit is\n"
+            "                       refused with the largest that does)\n"
             "      --kv-offload M   where the KV cache lives: off, in RAM; on, in a file on\n"
             "                       the SSD in blocks of 64 positions (only the blocks in use\n"
             "                       stay in the budget, so -c is limited by disk, not RAM);\n"
@@ -1233,6 +1236,7 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
     /* Every daemon plans with the sequence count chosen here. */
     struct up_opts od = *o;
     od.parallel = plan.n_seq;
+    od.n_ubatch = plan.n_ubatch; /* and the ubatch the plan chose (or was given) */
     /* Every binary must exist before anything starts. */
     char bins[NF_N_ROLES][PATH_MAX];
     for (int i = 0; i < NF_N_ROLES; i++) {
@@ -1291,12 +1295,12 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
     char b5[32];
     printf("stack up in %s\n  model %s\n  budget %s: pool %s (%s), KV %s, n_ctx %u\n"
            "  KV cache K %s, V %s: %s a token\n"
-           "  parallel %u sequences\n",
+           "  parallel %u sequences, prompt ubatch %u tokens\n",
            dir, nft, nf_ctl_fmt_size(b1, sizeof(b1), o->ram),
            nf_ctl_fmt_size(b2, sizeof(b2), plan.pool_bytes), pool_desc,
            nf_ctl_fmt_size(b4, sizeof(b4), plan.kv_bytes), plan.n_ctx,
            nf_kv_type_name((enum nf_type)plan.type_k), nf_kv_type_name((enum nf_type)plan.type_v),
-           nf_ctl_fmt_size(b5, sizeof(b5), plan.kv_token_bytes), plan.n_seq);
+           nf_ctl_fmt_size(b5, sizeof(b5), plan.kv_token_bytes), plan.n_seq, plan.n_ubatch);
     if (o->kv_block) {
         char kvp[PATH_MAX];
         nf_rundir_kv_path(dir, o->kv_dir ? o->kv_dir_abs : NULL, kvp, sizeof(kvp));

@@ -101,6 +101,24 @@ unsigned nf_ctl_stack_dead(const char *dir, char *msg, size_t len, int pids[NF_N
     return dead;
 }
 
+int nf_ctl_stack_plan_info(const char *dir, struct nf_ctl_plan_info *out)
+{
+    char name[64], why[256];
+    struct nf_stack st;
+    nf_rundir_shm_name(dir, name, sizeof(name));
+    int rc = nf_stack_attach(&st, name, NULL, why, sizeof(why));
+    if (rc < 0)
+        return rc;
+    const struct nf_stack_config *c = st.cfg;
+    out->n_ctx = c->n_ctx;
+    out->n_ubatch = c->n_ubatch ? c->n_ubatch : NF_STACK_UBATCH;
+    out->n_seq = c->n_seq ? c->n_seq : 1;
+    out->pool_bytes = nf_stack_pool_bytes(&st);
+    out->ram_budget = c->ram_budget;
+    nf_stack_detach(&st);
+    return 0;
+}
+
 unsigned long long nf_ctl_next_id(void)
 {
     static unsigned long long next = 1;

@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "daemon.h"
 
@@ -38,6 +39,15 @@ int nf_ctl_daemon_pid(const char *dir, const char *role, char *why, size_t whyle
  * one dead, msg gets "the ROLE (pid N) died: restart ..." for the first and pids (may be NULL)
  * the recorded pid of each daemon, in nf_stack_roles order. */
 unsigned nf_ctl_stack_dead(const char *dir, char *msg, size_t len, int pids[NF_N_ROLES]);
+
+/* What the plan of the stack in dir gave (its region's config): context length, prompt
+ * ubatch (NF_STACK_UBATCH for a region made before the config recorded it), sequences and
+ * pool bytes. Returns 0, or a negative code when there is no region to read. */
+struct nf_ctl_plan_info {
+    uint32_t n_ctx, n_ubatch, n_seq;
+    uint64_t pool_bytes, ram_budget;
+};
+int nf_ctl_stack_plan_info(const char *dir, struct nf_ctl_plan_info *out);
 
 /* Fresh request ids for this process. */
 unsigned long long nf_ctl_next_id(void);

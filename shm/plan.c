@@ -361,7 +361,7 @@ int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
                        "stack plan: context %u, threads %u, %u sequences and ubatch %u, expected "
                        "at most %u, 4096, %u and 4096",
                        n_ctx_req, n_threads, n_seq, n_ubatch, NF_STACK_CTX_MAX, NF_STACK_SEQ_MAX);
-    const bool seq_auto = n_seq == 0;
+    const bool seq_auto = n_seq == 0, ub_auto = n_ubatch == 0;
     sh.n_ubatch = n_ubatch;
     uint32_t want = n_ctx_req;
     if (want == 0) {
@@ -472,6 +472,29 @@ int nf_stack_plan_kv(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx
         n_ctx = lo;
         if (n_ctx > NF_STACK_MIN_CTX)
             n_ctx = n_ctx / NF_STACK_MIN_CTX * NF_STACK_MIN_CTX;
+    }
+
+    /* Ubatch: without a request, the largest of NF_STACK_UBATCH_MAX, its halves down to
+     * NF_STACK_UBATCH (and not past the context) whose activations and attention scratch take
+     * at most a quarter of the budget (what a ubatch adds to the plan over one token) and
+     * leave room for the minimum pool: a prompt then reads the weights once per ubatch, and
+     * the pool keeps most of the budget for decoding. Else NF_STACK_UBATCH, as before. */
+    if (ub_auto) {
+        struct nf_stack_plan q = p;
+        sh.n_ubatch = 1;
+        const uint64_t one = nf__plan_total(&sh, sh.class_min, n_ctx, n_threads, &q);
+        uint32_t ub = NF_STACK_UBATCH;
+        for (uint32_t u = NF_STACK_UBATCH_MAX; u > NF_STACK_UBATCH; u /= 2) {
+            if (u > n_ctx)
+                continue;
+            sh.n_ubatch = u;
+            const uint64_t t = nf__plan_total(&sh, sh.class_min, n_ctx, n_threads, &q);
+            if (t <= ram_budget && t - one <= ram_budget / 4) {
+                ub = u;
+                break;
+            }
+        }
+        sh.n_ubatch = ub;
     }
 
     /* Pool: every byte left, split between the classes (plan_split), but never more slots in a

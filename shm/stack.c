@@ -59,7 +59,7 @@ _Static_assert(offsetof(struct nf_stack_config, n_seq) == 176, "nf_stack_config 
 _Static_assert(offsetof(struct nf_stack_config, kv_type_k) == 180, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, kv_type_v) == 182, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, kv_block) == 184, "nf_stack_config layout");
-_Static_assert(offsetof(struct nf_stack_config, reserved) == 188, "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, n_ubatch) == 188, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, classes) == 192, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, nft_path) == 320, "nf_stack_config layout");
 _Static_assert(sizeof(struct nf_stack_config) == 4416, "nf_stack_config size");
@@ -260,6 +260,7 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     c->sparsity = sparsity;
     c->n_threads = n_threads;
     c->n_seq = plan->n_seq ? plan->n_seq : 1;
+    c->n_ubatch = plan->n_ubatch;
     c->kv_type_k = (uint16_t)(plan->type_k ? plan->type_k : NF_TYPE_F16);
     c->kv_type_v = (uint16_t)(plan->type_v ? plan->type_v : NF_TYPE_F16);
     c->kv_block = plan->kv_block;

@@ -132,7 +132,8 @@ struct nf_stack_config {
     uint16_t kv_type_k, kv_type_v;
     uint32_t kv_block; /* compute's KV cache on disk in blocks of this many positions (0: in
                         * RAM, and in a region made before it); `up --kv-offload` */
-    uint32_t reserved[1];
+    uint32_t n_ubatch; /* compute's prompt chunk the plan reserved activations for (0 in a
+                        * region made before it: NF_STACK_UBATCH) */
     struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* (n_classes) by slot size */
     char nft_path[PATH_MAX];
 };
@@ -269,7 +270,8 @@ struct nf_stack_plan {
 #define NF_STACK_CTX_LIMIT    4096u        /* cap on the model's default context length */
 #define NF_STACK_MAPPINGS     3u           /* processes mapping the region (page tables) */
 #define NF_STACK_KERNEL_BYTES (4ull << 20) /* sockets', logs' and slab's page cache */
-#define NF_STACK_UBATCH       32u /* compute's default prompt chunk (NF_MAX_BATCH, model.h) */
+#define NF_STACK_UBATCH       32u  /* smallest prompt chunk a plan picks (NF_MAX_BATCH, model.h) */
+#define NF_STACK_UBATCH_MAX   512u /* largest prompt chunk a plan picks by itself */
 
 /* Computes the plan for model f under budget ram_budget with the requested context length
  * and thread count. The pool's slot size classes come from the model's tile sizes and the pool
@@ -295,10 +297,13 @@ int nf_stack_plan_seq(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ct
 #define NF_STACK_SEQ_DEFAULT 4u  /* most sequences a plan chooses by itself */
 #define NF_STACK_SEQ_MAX     32u /* most sequences a plan takes (NF_MAX_BATCH) */
 
-/* The same for a compute daemon that evaluates prompts n_ubatch tokens at a time (1..4096; 0:
- * NF_STACK_UBATCH, which nf_stack_plan uses): compute_private holds that many tokens'
- * activations, so a larger ubatch leaves less to the pool (or the context). -ENOSPC names the
- * ubatch when it is what does not fit. */
+/* The same for a compute daemon that evaluates prompts n_ubatch tokens at a time (1..4096):
+ * compute_private holds that many tokens' activations, so a larger ubatch leaves less to the
+ * pool (or the context). -ENOSPC names the ubatch when it is what does not fit. n_ubatch 0
+ * (what nf_stack_plan uses) chooses it once the context is chosen: the largest of
+ * NF_STACK_UBATCH_MAX, 256, ... down to NF_STACK_UBATCH, at most n_ctx, whose activations and
+ * scratch take at most a quarter of the budget beside the minimum pool, else NF_STACK_UBATCH;
+ * plan->n_ubatch says which. */
 int nf_stack_plan_ub(const struct nf_nft *f, uint64_t ram_budget, uint32_t n_ctx_req,
                      uint32_t n_threads, uint32_t n_ubatch, struct nf_stack_plan *plan, char *err,
                      size_t errlen);

@@ -743,7 +743,10 @@ static void test_prompt_progress(void **state)
     const int nw = reference(prompt, 4, 0.0f, 0, want, top);
     assert_int_equal(setenv("NANOFLOW_PROGRESS_MS", "0", 1), 0);
     struct stack s;
-    stack_up(&s, nft_path, "progress");
+    /* Chunks of NF_MAX_BATCH tokens (the plan would choose a larger ubatch for this budget). */
+    char ub[16];
+    snprintf(ub, sizeof(ub), "%d", NF_MAX_BATCH);
+    stack_up_flag(&s, nft_path, "progress", "--ubatch", ub);
     assert_int_equal(unsetenv("NANOFLOW_PROGRESS_MS"), 0);
     send_generate(s.fd, 7, prompt, 4, 0.0f, 0, 0);
     int n_progress = 0, done = 0, total = 0, n = 0;

@@ -386,6 +386,81 @@ static void test_mat_q4_0_prompt(void **state)
     free(got);
 }
 
+/* The q4_0 GEMM on activations packed once (nf_q4_0_packed) gives each ISA's kernel on the
+ * q8_0 rows bit for bit, for every row count 1..17, a stack tile's 100 rows, token counts
+ * from 1 past a chunk of 512 and odd block counts, and on any row range of a call (what one
+ * thread's share of a tile computes). */
+static void test_mat_q4_0_packed(void **state)
+{
+    (void)state;
+    static const int ncs[] = {1, 2, 5, 17, 40, 513};
+    static const int nbs[] = {1, 7, 70};
+    enum { RMAX = 100, CMAX = 513, NMAX = 70 * 32 };
+    const struct nf_type_traits *tt = nf_type_traits(NF_TYPE_Q4_0);
+    nf_from_float_fn q = nf_type_traits(NF_TYPE_Q8_0)->from_float_act;
+    const size_t bx = nf_row_size(NF_TYPE_Q4_0, NMAX) + 2, by = nf_row_size(NF_TYPE_Q8_0, NMAX);
+    char *x = calloc(RMAX, bx), *y = calloc(CMAX, by);
+    float *xf = malloc(sizeof(float) * RMAX * NMAX), *yf = malloc(sizeof(float) * CMAX * NMAX);
+    float *want = malloc(sizeof(float) * RMAX * CMAX), *got = malloc(sizeof(float) * RMAX * CMAX);
+    void *yp = malloc(nf_q4_0_packed_bytes(NMAX, CMAX));
+    assert_true(x && y && xf && yf && want && got && yp);
+    for (int i = 0; i < RMAX * NMAX; i++)
+        xf[i] = rng_gauss();
+    for (int i = 0; i < CMAX * NMAX; i++)
+        yf[i] = rng_gauss();
+    int tested = 0;
+    for (int isa = NF_ISA_SCALAR; isa <= (int)nf_cpu_best_isa(); isa++) {
+        nf_q4_0_pack_fn pack;
+        nf_vec_dot_mat_fn pm;
+        if (!nf_q4_0_packed((enum nf_isa)isa, &pack, &pm)) {
+            assert_int_equal(isa, NF_ISA_SCALAR);
+            continue;
+        }
+        nf_vec_dot_mat_fn f = nf_vec_dot_mat_for(NF_TYPE_Q4_0, (enum nf_isa)isa);
+        for (size_t bi = 0; bi < sizeof(nbs) / sizeof(nbs[0]); bi++) {
+            const int n = nbs[bi] * 32;
+            for (int r = 0; r < RMAX; r++)
+                tt->from_float(xf + (size_t)r * NMAX, x + r * bx, n);
+            for (size_t ci = 0; ci < sizeof(ncs) / sizeof(ncs[0]); ci++) {
+                const int nc = ncs[ci];
+                for (int c = 0; c < nc; c++)
+                    q(yf + (size_t)c * NMAX, y + c * by, n);
+                /* The packer reads rows n floats apart. */
+                float *yc = malloc(sizeof(float) * (size_t)nc * n);
+                assert_non_null(yc);
+                for (int c = 0; c < nc; c++)
+                    memcpy(yc + (size_t)c * n, yf + (size_t)c * NMAX, sizeof(float) * n);
+                pack(yc, n, nc, q, yp);
+                free(yc);
+                for (int nr = 1; nr <= RMAX; nr = nr < 17 ? nr + 1 : RMAX) {
+                    for (int i = 0; i < RMAX * CMAX; i++)
+                        want[i] = got[i] = NAN;
+                    f(n, want, nr, x, bx, y, by, nr, nc);
+                    /* Two row ranges, as two threads' shares of the call. */
+                    const int r1 = nr / 3;
+                    pm(n, got, nr, x, bx, yp, 0, r1, nc);
+                    pm(n, got + r1, nr, x + (size_t)r1 * bx, bx, yp, 0, nr - r1, nc);
+                    if (memcmp(want, got, sizeof(float) * (size_t)nr * nc) != 0)
+                        fail_msg("q4_0 packed %s n=%d rows=%d cols=%d differs",
+                                 nf_isa_name((enum nf_isa)isa), n, nr, nc);
+                    tested++;
+                    if (nr == RMAX)
+                        break;
+                }
+            }
+        }
+    }
+    if (nf_cpu_best_isa() >= NF_ISA_AVX2)
+        assert_true(tested >= 18 * 18);
+    free(x);
+    free(y);
+    free(xf);
+    free(yf);
+    free(want);
+    free(got);
+    free(yp);
+}
+
 static void test_mat_traits(void **state)
 {
     (void)state;
@@ -405,6 +480,7 @@ int main(void)
         cmocka_unit_test(test_mat_traits),         cmocka_unit_test(test_mat_vs_ref),
         cmocka_unit_test(test_mat_wide),           cmocka_unit_test(test_mat_bit_identical),
         cmocka_unit_test(test_cols_bit_identical), cmocka_unit_test(test_mat_q4_0_prompt),
+        cmocka_unit_test(test_mat_q4_0_packed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -332,6 +332,59 @@ static void test_plan_predictor_share(void **state)
                                               work + 2ull * 8 * sizeof(float));
 }
 
+/* The prompt ubatch a plan picks by itself (n_ubatch 0): the largest of 512, 256, .. 32, at
+ * most the context, whose activations and scratch (what the plan adds over a ubatch of one
+ * token) take at most a quarter of the budget beside the minimum pool; a given one is kept. */
+static void test_plan_ubatch(void **state)
+{
+    static struct fake_model m;
+    make_7b(&m);
+    struct nf_stack_plan p, q, one;
+    char err[512] = "";
+    /* 1 GiB at -c 640 (the 512-token prompt benchmark): 512, one read of the weights. */
+    assert_int_equal(nf_stack_plan_ub(&m.f, 1ull << 30, 640, 2, 0, &p, err, sizeof(err)), 0);
+    check_plan(&m.f, &p);
+    assert_int_equal(p.n_ubatch, NF_STACK_UBATCH_MAX);
+    assert_int_equal(nf_stack_plan_ub(&m.f, 1ull << 30, 640, 2, 512, &q, err, sizeof(err)), 0);
+    assert_int_equal(q.pool_bytes, p.pool_bytes); /* the same plan as -ub 512 */
+    assert_int_equal(q.compute_private, p.compute_private);
+    /* nf_stack_plan (what `up` without -ub uses) chooses too, within the context it picks. */
+    assert_int_equal(nf_stack_plan(&m.f, 1ull << 30, 0, 2, &p, err, sizeof(err)), 0);
+    check_plan(&m.f, &p);
+    assert_true(p.n_ubatch >= NF_STACK_UBATCH && p.n_ubatch <= NF_STACK_UBATCH_MAX);
+    assert_true(p.n_ubatch <= p.n_ctx);
+    /* Never past the context: -c 256 gets 256. */
+    assert_int_equal(nf_stack_plan_ub(&m.f, 1ull << 30, 256, 2, 0, &p, err, sizeof(err)), 0);
+    assert_int_equal(p.n_ubatch, 256);
+    /* Budgets from 1 GiB down: the choice is the largest power of two whose share fits the
+     * quarter (checked against the plans with that ubatch given), so it shrinks with them. */
+    uint32_t last = NF_STACK_UBATCH_MAX + 1;
+    int below = 0;
+    for (uint64_t mib = 1024; mib >= 256; mib -= 64) {
+        const uint64_t b = mib << 20;
+        if (nf_stack_plan_ub(&m.f, b, 640, 2, 0, &p, err, sizeof(err)) < 0)
+            break;
+        check_plan(&m.f, &p);
+        assert_true(p.n_ubatch <= last);
+        last = p.n_ubatch;
+        below += p.n_ubatch < NF_STACK_UBATCH_MAX;
+        assert_int_equal(nf_stack_plan_ub(&m.f, b, 640, 2, 1, &one, err, sizeof(err)), 0);
+        if (p.n_ubatch > NF_STACK_UBATCH)
+            assert_true(p.compute_private - one.compute_private <= b / 4);
+        if (p.n_ubatch < NF_STACK_UBATCH_MAX) { /* twice as many would not do */
+            const int rc = nf_stack_plan_ub(&m.f, b, 640, 2, p.n_ubatch * 2, &q, err, sizeof(err));
+            assert_true(rc < 0 || q.compute_private - one.compute_private > b / 4);
+        }
+    }
+    assert_true(below > 0); /* some budget of the range chose less than 512 */
+    /* A given ubatch is kept, and one too large for the budget is refused by name. */
+    assert_int_equal(nf_stack_plan_ub(&m.f, 1ull << 30, 640, 2, 64, &p, err, sizeof(err)), 0);
+    assert_int_equal(p.n_ubatch, 64);
+    assert_int_equal(nf_stack_plan_ub(&m.f, 1ull << 30, 640, 2, 4096, &p, err, sizeof(err)),
+                     -ENOSPC);
+    assert_non_null(strstr(err, "ubatch of 4096"));
+}
+
 static void test_plan_handmade(void **state)
 {
     static struct fake_model m;
@@ -1237,11 +1290,11 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_stories),     cmocka_unit_test(test_plan_seq),
         cmocka_unit_test(test_plan_handmade),    cmocka_unit_test(test_plan_predictor_share),
-        cmocka_unit_test(test_plan_classes),     cmocka_unit_test(test_plan_moe_classes),
-        cmocka_unit_test(test_slot_addresses),   cmocka_unit_test(test_create_attach),
-        cmocka_unit_test(test_attach_refusals),  cmocka_unit_test(test_state_machine),
-        cmocka_unit_test(test_stress_processes), cmocka_unit_test(test_stress_threads),
-        cmocka_unit_test(test_no_leftovers),
+        cmocka_unit_test(test_plan_ubatch),      cmocka_unit_test(test_plan_classes),
+        cmocka_unit_test(test_plan_moe_classes), cmocka_unit_test(test_slot_addresses),
+        cmocka_unit_test(test_create_attach),    cmocka_unit_test(test_attach_refusals),
+        cmocka_unit_test(test_state_machine),    cmocka_unit_test(test_stress_processes),
+        cmocka_unit_test(test_stress_threads),   cmocka_unit_test(test_no_leftovers),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

@@ -66,7 +66,8 @@ static void usage(FILE *out)
             "  --parallel N        sequences run at once, each with its KV cache, 0..32; 0 =\n"
             "                      the plan's (default: the plan's)\n"
             "  --ubatch N          prompt tokens evaluated together, 1..4096: each weight tile\n"
-            "                      is read once per chunk of N (default: 32)\n"
+            "                      is read once per chunk of N (default: the plan's, which\n"
+            "                      the fetcher chose from the budget or was given)\n"
             "  --cache-type-k T    KV cache type of K: f16, q8_0 or q4_0 (default: the plan's,\n"
             "                      which up's flag of this name sets; f16 without one)\n"
             "  --cache-type-v T    KV cache type of V, likewise (default: the plan's)\n"
@@ -200,7 +201,9 @@ static int start(struct compute *m, char *err, size_t errlen)
     m->gen.sparsity = m->o.sparsity >= 0 ? m->o.sparsity : cfg->sparsity;
     m->gen.max_tokens = m->max_tokens;
     m->gen.parallel = m->o.parallel > 0 ? (int)m->o.parallel : cfg->n_seq ? (int)cfg->n_seq : 1;
-    m->gen.n_ubatch = (int)m->o.ubatch;
+    /* The ubatch the fetcher planned with (the region's: `up` passes the plan's choice to
+     * every daemon), unless given here. */
+    m->gen.n_ubatch = (int)(m->o.ubatch ? m->o.ubatch : cfg->n_ubatch);
     /* The KV types the fetcher planned with (the region's), unless given here. */
     m->gen.type_k = (int)(m->o.type_k ? m->o.type_k : cfg->kv_type_k);
     m->gen.type_v = (int)(m->o.type_v ? m->o.type_v : cfg->kv_type_v);
