@@ -35,12 +35,21 @@ static ALWAYS_INLINE void q4_0_chunk(int ct, float *s, size_t ld, const char *x,
 {
     for (int r = 0; r < nrows; r++) {
         const char *p = x + (size_t)r * bx;
+        /* The next row's groups are asked for while this row is summed: a batched step's
+         * weights come from DRAM (pool tiles, each read once a step) and its rows cross 4 KiB
+         * pages, where the hardware prefetchers stop; the weight loads were a third of this
+         * kernel's time (docs/measurements.md). A prefetch past the matrix does not fault. */
+        const char *pn = p + bx;
         __m512 a0[COLS], a1[COLS];
         UNROLL
         for (int c = 0; c < ct; c++)
             a0[c] = a1[c] = _mm512_setzero_ps();
         int k = 0;
         for (; k + 2 <= gn; k += 2) {
+            _mm_prefetch(pn + gs * k, _MM_HINT_T0);
+            _mm_prefetch(pn + gs * k + 64, _MM_HINT_T0);
+            _mm_prefetch(pn + gs * (k + 1), _MM_HINT_T0);
+            _mm_prefetch(pn + gs * (k + 1) + 64, _MM_HINT_T0);
             const struct q4_w w0 = q4_0_unpack(p + gs * k, iq, id);
             UNROLL
             for (int c = 0; c < ct; c++)

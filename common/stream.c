@@ -290,38 +290,36 @@ static bool nf_stream_down_grouped(const struct nf_stream *s, uint32_t layer,
     return true;
 }
 
-/* nf_down_run for the grouped layout: rows [r0, r1) of each group of the tile. */
-static void nf_down_run_grouped(void *arg, int ith, int nth)
+/* The grouped layout's copy of one bundle group's down columns (n_embd rows of
+ * b->down_row_size bytes, one after the other in the tile) into its 128-column group. */
+static void nf_down_group(const struct nf_stream *s, const struct nf_nft_bundle *b)
 {
-    const struct nf_down_job *jb = arg;
-    const struct nf_stream *s = jb->s;
-    const struct nf_nft_tile *t = jb->t;
     const size_t E = (size_t)s->shell.hp.n_embd, GB = nf_row_size(NF_TYPE_Q4_0, NF_DOWN_GROUP);
-    const size_t r0 = E * (size_t)ith / (size_t)nth, r1 = E * (size_t)(ith + 1) / (size_t)nth;
-    for (uint32_t j = 0; j < t->count / t->group; j++) {
-        struct nf_nft_bundle b;
-        nf_nft_bundle_group(t, jb->p, j, &b);
-        const size_t drs = b.down_row_size;
-        char *dst = (char *)s->down + (size_t)(b.first / NF_DOWN_GROUP) * E * GB +
-                    nf_row_size(NF_TYPE_Q4_0, b.first % NF_DOWN_GROUP);
-        const uint8_t *src = b.down;
-        if (drs == 18) { /* groups of 32 neurons: one block a row */
-            for (size_t r = r0; r < r1; r++)
-                memcpy(dst + r * GB, src + r * 18, 18);
-        } else {
-            for (size_t r = r0; r < r1; r++)
-                memcpy(dst + r * GB, src + r * drs, drs);
-        }
+    const size_t drs = b->down_row_size;
+    char *dst = (char *)s->down + (size_t)(b->first / NF_DOWN_GROUP) * E * GB +
+                nf_row_size(NF_TYPE_Q4_0, b->first % NF_DOWN_GROUP);
+    const uint8_t *src = b->down;
+    if (drs == 18) { /* groups of 32 neurons: one block a row */
+        for (size_t r = 0; r < E; r++)
+            memcpy(dst + r * GB, src + r * 18, 18);
+    } else {
+        for (size_t r = 0; r < E; r++)
+            memcpy(dst + r * GB, src + r * drs, drs);
     }
+}
+
+/* Asks the caches for n bytes at p (no effect on any result): a bundle group's down columns,
+ * read from DRAM while its gate and up rows are multiplied, so that the copy after them reads
+ * the caches (the copy was memory-bound: docs/measurements.md). */
+static void nf_prefetch(const void *p, size_t n)
+{
+    for (size_t off = 0; off < n; off += 64)
+        __builtin_prefetch((const char *)p + off, 0, 2);
 }
 
 static void nf_stream_put_down(struct nf_stream *s, const struct nf_nft_tile *t, const uint8_t *p)
 {
     struct nf_down_job jb = {s, t, p};
-    if (s->down_grouped) {
-        nf_threadpool_run(s->c->pool, nf_down_run_grouped, &jb, 1);
-        return;
-    }
     const size_t bytes =
         (size_t)s->shell.hp.n_embd * nf_row_size((enum nf_type)t->type[2], t->count);
     nf_threadpool_run(s->c->pool, nf_down_run, &jb,
@@ -367,9 +365,14 @@ static int nf_stream_bundles(struct nf_stream *s, uint32_t layer, enum nf_tile_k
         for (uint32_t j = 0; j < t->count / t->group; j++) {
             struct nf_nft_bundle b;
             nf_nft_bundle_group(t, p, j, &b);
+            if (s->down_grouped)
+                nf_prefetch(b.down, (size_t)b.n_embd * b.down_row_size);
             nf_stream_gate_up(s, &b, xn, n_tok);
+            if (s->down_grouped)
+                nf_down_group(s, &b);
         }
-        nf_stream_put_down(s, t, p);
+        if (!s->down_grouped)
+            nf_stream_put_down(s, t, p);
         nf_stream_unpin(s, t);
     }
     nf_matmul_reuse(s->c, false);
