@@ -96,7 +96,8 @@ static int follow_all(struct nf_bench *b, struct nf_bench_row *r, struct par_cli
 }
 
 /* Fills r's decode-phase figures from the counters' change from mid (every prompt evaluated)
- * to s1: bytes read per step (every step then is a decode step of the running sequences). */
+ * to s1: bytes read and tile bytes used per step (every step then is a decode step of the
+ * running sequences; a MoE step uses the union of the experts its rows chose). */
 static void fill_decode(struct nf_bench_row *r, const struct nf_stack_snap *mid,
                         const struct nf_stack_snap *s1)
 {
@@ -108,6 +109,7 @@ static void fill_decode(struct nf_bench_row *r, const struct nf_stack_snap *mid,
     if (s1->st[0].ok && s1->st[2].ok && mid->st[0].ok && mid->st[2].ok && steps > 0) {
         r->dec_steps = (long)steps;
         r->step_bytes = (double)nf_stage_ctr(&d->st[0], "bytes") / steps;
+        r->step_used = (double)nf_stage_ctr(&d->st[2], "tile_bytes_used") / steps;
     }
     free(d);
 }
@@ -155,7 +157,7 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
     snprintf(phase, sizeof(phase), "parallel-%d", n_seq);
     snprintf(r->mode, sizeof(r->mode), "stack x%d", n_seq);
     r->n_seq = n_seq;
-    r->agg_tok_s = r->shared_batch = r->step_bytes = NAN;
+    r->agg_tok_s = r->shared_batch = r->step_bytes = r->step_used = NAN;
     if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", b->base, phase) >= sizeof(dir)) {
         nf_errf(r->error, sizeof(r->error), 0, "run directory name too long");
         return;
