@@ -624,6 +624,16 @@ void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const fl
  * the batched decode step of several sequences (model_batch.c, stream.c). */
 void nf_matmul_each(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x,
                     int n_tok);
+/* nf_matmul_each for a weight matrix stored by groups of four blocks: group k of row r at
+ * w->data + r * w->row_size + k * gs (a batched step's ffn_down reassembled a tile at a time
+ * with sequential writes, stream.c). Only where nf_matmul_each_gs_ok, with n_tok >= 2 and
+ * w->ne[0] a multiple of the 128-element groups; the same floats as nf_matmul_each on the
+ * matrix with contiguous rows. */
+void nf_matmul_each_gs(struct nf_ctx *c, float *out, const struct nf_tensor *w, size_t gs,
+                       const float *x, int n_tok);
+/* Whether nf_matmul_each_gs may take weights of type t: nf_matmul_each would run them through
+ * nf_vec_dot_cols (the grouped kernel's arithmetic), and the CPU has the grouped kernel. */
+bool nf_matmul_each_gs_ok(const struct nf_ctx *c, enum nf_type t);
 /* Between nf_matmul_reuse(c, true) and nf_matmul_reuse(c, false), the caller promises that
  * the inputs of its products do not change: several tiles of one matrix, or the gate and up
  * groups of a layer, then convert their shared input to the vec_dot_type once, not per call

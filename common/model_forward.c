@@ -185,7 +185,9 @@ struct nf_matmul_job {
     const struct nf_tensor *w;
     nf_vec_dot_fn dot;
     nf_vec_dot_rows_fn rows_fn;
-    nf_vec_dot_mat_fn mat_fn; /* several tokens through a multi-token kernel; NULL: one by one */
+    nf_vec_dot_mat_fn mat_fn;    /* several tokens through a multi-token kernel; NULL: one by one */
+    nf_vec_dot_cols_gs_fn gs_fn; /* w's rows stored by groups gs bytes apart (nf_matmul_each_gs) */
+    size_t gs;
     const char *xq;
     size_t xq_stride;
     float *out;
@@ -229,6 +231,13 @@ static void nf_matmul_rows(const struct nf_matmul_job *j, int64_t r0, int64_t r1
 {
     const int64_t rows = j->w->ne[1];
     const int n = (int)j->w->ne[0];
+    if (j->gs_fn) {
+        if (r1 > r0)
+            j->gs_fn(n, j->out + r0, (size_t)rows,
+                     (const char *)j->w->data + (size_t)r0 * j->w->row_size, j->w->row_size, j->gs,
+                     j->xq, j->xq_stride, (int)(r1 - r0), j->n_tok);
+        return;
+    }
     if (j->mat_fn) {
         /* Every token against the thread's rows at once: each weight block is unpacked once
          * for a tile of tokens (quants_mat*.c). */
@@ -397,6 +406,30 @@ void nf_matmul_each(struct nf_ctx *c, float *out, const struct nf_tensor *w, con
     /* Each (row, token) product is one vec_dot whatever the split of rows between threads,
      * and the q4_0 row kernel gives a row the same sum in any row range (exactness.md). */
     nf_matmul_do(c, out, w, x, n_tok, true);
+}
+
+bool nf_matmul_each_gs_ok(const struct nf_ctx *c, enum nf_type t)
+{
+    /* nf_matmul_do's choice for several tokens each with its own arithmetic: nf_vec_dot_cols
+     * for q4_0 unless the model is small enough for llama.cpp's repacked row order. */
+    return t == NF_TYPE_Q4_0 && c->m->weight_bytes > NF_EXACT_Q4_0_MAX && nf_vec_dot_cols_gs(t);
+}
+
+void nf_matmul_each_gs(struct nf_ctx *c, float *out, const struct nf_tensor *w, size_t gs,
+                       const float *x, int n_tok)
+{
+    const nf_vec_dot_cols_gs_fn fn = nf_vec_dot_cols_gs(w->type);
+    NF_ASSERT(fn && n_tok >= 2 && nf_matmul_each_gs_ok(c, w->type));
+    const struct nf_type_traits *tr = nf_type_traits(w->type);
+    struct nf_matmul_job j = {
+        .w = w, .gs_fn = fn, .gs = gs, .out = out, .n_tok = n_tok, .kind = NF_MM_VEC_DOT};
+    nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), x, w->ne[0], n_tok);
+    j.xq = c->xq;
+    j.xq_stride = c->xq_row_stride;
+    const int64_t work = w->ne[0] * w->ne[1] * n_tok;
+    atomic_init(&j.next, 0);
+    nf_threadpool_run(c->pool, nf_matmul_run, &j,
+                      work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool));
 }
 
 /* ggml_vec_dot_f16: products of halves are exact in float; ggml sums them in double in its

@@ -31,6 +31,13 @@ nf_vec_dot_mat_fn nf_vec_dot_cols(enum nf_type t)
     }
 }
 
+nf_vec_dot_cols_gs_fn nf_vec_dot_cols_gs(enum nf_type t)
+{
+    if (t == NF_TYPE_Q4_0 && nf_kernels_isa() == NF_ISA_AVX512)
+        return nf__vec_dot_q4_0_q8_0_cols_gs_avx512;
+    return NULL;
+}
+
 nf_vec_dot_rows_fn nf_vec_dot_rows_exact(enum nf_type t)
 {
     /* q4_0: the AVX-512 vec_dot is the rows kernel called for one row, and a row's sum does

@@ -17,6 +17,15 @@
  * (nf_kernels_isa()); NULL for types without one (callers then call vec_dot per pair). */
 nf_vec_dot_mat_fn nf_vec_dot_cols(enum nf_type t);
 
+/* The kernel above for a weight matrix whose rows are stored by groups of four blocks (q4_0:
+ * 128 weights, 72 bytes): group k of row r at x + r * bx + k * gs; n a multiple of 128. */
+typedef void (*nf_vec_dot_cols_gs_fn)(int n, float *s, size_t ld, const void *x, size_t bx,
+                                      size_t gs, const void *y, size_t by, int nrows, int ncols);
+
+/* nf_vec_dot_cols(t) for that layout, every output bit for bit the same; NULL where there is
+ * none (types other than q4_0, ISAs below AVX-512: callers keep contiguous rows there). */
+nf_vec_dot_cols_gs_fn nf_vec_dot_cols_gs(enum nf_type t);
+
 /* The multi-row kernel of weight type t (one activation row against nrows weight rows, as
  * nf_vec_dot_rows_fn) whose every output equals, bit for bit, what nf_type_traits(t)->vec_dot
  * gives for that row, whatever the range of rows a call covers; NULL for types where it would
@@ -43,6 +52,9 @@ void nf__vec_dot_q4_0_q8_0_cols_avx2(int n, float *s, size_t ld, const void *x, 
                                      const void *y, size_t by, int nrows, int ncols);
 void nf__vec_dot_q4_0_q8_0_cols_avx512(int n, float *s, size_t ld, const void *x, size_t bx,
                                        const void *y, size_t by, int nrows, int ncols);
+void nf__vec_dot_q4_0_q8_0_cols_gs_avx512(int n, float *s, size_t ld, const void *x, size_t bx,
+                                          size_t gs, const void *y, size_t by, int nrows,
+                                          int ncols);
 void nf__ggml_dot_f32_cols_ref(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,
                                size_t by, int nrows, int ncols);
 void nf__ggml_dot_f16_cols_ref(int n, float *s, size_t ld, const void *x, size_t bx, const void *y,

@@ -2,6 +2,7 @@
  * the forward pass's F32/F16 dot. */
 #include <immintrin.h>
 
+#include "nf_err.h"
 #include "quants_avx512_impl.h"
 #include "quants_mat_impl.h"
 #include "quants_rows.h"
@@ -26,30 +27,40 @@ static ALWAYS_INLINE __m512 q4_0_acc(__m512 acc, const struct q4_w *w, const str
 }
 
 /* Rows [0, nrows) of x against the ct activation rows whose groups g0.. are prepared in
- * g[c * CHUNK_GROUPS + k], k < gn: adds each chunk sum to s[c * ld + r]. */
+ * g[c * CHUNK_GROUPS + k], k < gn: adds each chunk sum to s[c * ld + r]. Group k of row r is
+ * at x + r * bx + k * gs. */
 static ALWAYS_INLINE void q4_0_chunk(int ct, float *s, size_t ld, const char *x, size_t bx,
-                                     int nrows, const struct y_group *g, int gn, __m512i iq,
-                                     __m512i id)
+                                     size_t gs, int nrows, const struct y_group *g, int gn,
+                                     __m512i iq, __m512i id)
 {
     for (int r = 0; r < nrows; r++) {
         const char *p = x + (size_t)r * bx;
+        /* The next row's groups are asked for while this row is summed: a batched step's
+         * weights come from DRAM (pool tiles, each read once a step) and its rows cross 4 KiB
+         * pages, where the hardware prefetchers stop; the weight loads were a third of this
+         * kernel's time (docs/measurements.md). A prefetch past the matrix does not fault. */
+        const char *pn = p + bx;
         __m512 a0[COLS], a1[COLS];
         UNROLL
         for (int c = 0; c < ct; c++)
             a0[c] = a1[c] = _mm512_setzero_ps();
         int k = 0;
         for (; k + 2 <= gn; k += 2) {
-            const struct q4_w w0 = q4_0_unpack(p + 72 * k, iq, id);
+            _mm_prefetch(pn + gs * k, _MM_HINT_T0);
+            _mm_prefetch(pn + gs * k + 64, _MM_HINT_T0);
+            _mm_prefetch(pn + gs * (k + 1), _MM_HINT_T0);
+            _mm_prefetch(pn + gs * (k + 1) + 64, _MM_HINT_T0);
+            const struct q4_w w0 = q4_0_unpack(p + gs * k, iq, id);
             UNROLL
             for (int c = 0; c < ct; c++)
                 a0[c] = q4_0_acc(a0[c], &w0, &g[c * CHUNK_GROUPS + k]);
-            const struct q4_w w1 = q4_0_unpack(p + 72 * (k + 1), iq, id);
+            const struct q4_w w1 = q4_0_unpack(p + gs * (k + 1), iq, id);
             UNROLL
             for (int c = 0; c < ct; c++)
                 a1[c] = q4_0_acc(a1[c], &w1, &g[c * CHUNK_GROUPS + k + 1]);
         }
         if (k < gn) {
-            const struct q4_w w0 = q4_0_unpack(p + 72 * k, iq, id);
+            const struct q4_w w0 = q4_0_unpack(p + gs * k, iq, id);
             UNROLL
             for (int c = 0; c < ct; c++)
                 a0[c] = q4_0_acc(a0[c], &w0, &g[c * CHUNK_GROUPS + k]);
@@ -60,8 +71,10 @@ static ALWAYS_INLINE void q4_0_chunk(int ct, float *s, size_t ld, const char *x,
     }
 }
 
-void nf__vec_dot_q4_0_q8_0_cols_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
-                                       const void *vy, size_t by, int nrows, int ncols)
+/* The kernel for groups gs bytes apart (72: rows of contiguous blocks); with gs != 72 n is a
+ * multiple of 128 (no blocks past the last whole group). */
+static ALWAYS_INLINE void q4_0_cols(int n, float *s, size_t ld, const void *vx, size_t bx,
+                                    size_t gs, const void *vy, size_t by, int nrows, int ncols)
 {
     const int nb = n / NF_QK8_0, ng = nb / 4;
     const __m512i iq = q4_0_qs_index(), id = q4_0_d_index();
@@ -86,17 +99,17 @@ void nf__vec_dot_q4_0_q8_0_cols_avx512(int n, float *s, size_t ld, const void *v
                     for (int k = 0; k < gn; k++)
                         prep_group(&g[c * CHUNK_GROUPS + k], yc + 4 * (q0 + k), 8);
                 }
-                const char *x = (const char *)vx + (size_t)r0 * bx + (size_t)q0 * 72;
+                const char *x = (const char *)vx + (size_t)r0 * bx + (size_t)q0 * gs;
                 float *sr = s0 + r0;
                 switch (ct) {
-                case 1: q4_0_chunk(1, sr, ld, x, bx, rn, g, gn, iq, id); break;
-                case 2: q4_0_chunk(2, sr, ld, x, bx, rn, g, gn, iq, id); break;
-                case 3: q4_0_chunk(3, sr, ld, x, bx, rn, g, gn, iq, id); break;
-                case 4: q4_0_chunk(4, sr, ld, x, bx, rn, g, gn, iq, id); break;
-                case 5: q4_0_chunk(5, sr, ld, x, bx, rn, g, gn, iq, id); break;
-                case 6: q4_0_chunk(6, sr, ld, x, bx, rn, g, gn, iq, id); break;
-                case 7: q4_0_chunk(7, sr, ld, x, bx, rn, g, gn, iq, id); break;
-                default: q4_0_chunk(8, sr, ld, x, bx, rn, g, gn, iq, id); break;
+                case 1: q4_0_chunk(1, sr, ld, x, bx, gs, rn, g, gn, iq, id); break;
+                case 2: q4_0_chunk(2, sr, ld, x, bx, gs, rn, g, gn, iq, id); break;
+                case 3: q4_0_chunk(3, sr, ld, x, bx, gs, rn, g, gn, iq, id); break;
+                case 4: q4_0_chunk(4, sr, ld, x, bx, gs, rn, g, gn, iq, id); break;
+                case 5: q4_0_chunk(5, sr, ld, x, bx, gs, rn, g, gn, iq, id); break;
+                case 6: q4_0_chunk(6, sr, ld, x, bx, gs, rn, g, gn, iq, id); break;
+                case 7: q4_0_chunk(7, sr, ld, x, bx, gs, rn, g, gn, iq, id); break;
+                default: q4_0_chunk(8, sr, ld, x, bx, gs, rn, g, gn, iq, id); break;
                 }
             }
         }
@@ -108,6 +121,20 @@ void nf__vec_dot_q4_0_q8_0_cols_avx512(int n, float *s, size_t ld, const void *v
                         q4_0_block((const nf_block_q4_0 *)((const char *)vx + (size_t)r * bx) + i,
                                    (const nf_block_q8_0 *)(y0 + (size_t)c * by) + i);
     }
+}
+
+void nf__vec_dot_q4_0_q8_0_cols_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
+                                       const void *vy, size_t by, int nrows, int ncols)
+{
+    q4_0_cols(n, s, ld, vx, bx, 72, vy, by, nrows, ncols);
+}
+
+void nf__vec_dot_q4_0_q8_0_cols_gs_avx512(int n, float *s, size_t ld, const void *vx, size_t bx,
+                                          size_t gs, const void *vy, size_t by, int nrows,
+                                          int ncols)
+{
+    NF_ASSERT(n % (4 * NF_QK8_0) == 0);
+    q4_0_cols(n, s, ld, vx, bx, gs, vy, by, nrows, ncols);
 }
 
 /* ---- F32 / F16: ggml_vec_dot_f32 / _f16 on AVX-512 -----------------------------------------

@@ -8,6 +8,7 @@
 #include "kv_quant.h"
 #include "nf_err.h"
 #include "predictor.h"
+#include "quants_rows.h"
 #include "stream.h"
 #include "threadpool.h"
 
@@ -43,15 +44,18 @@ struct nf_stream {
     size_t max_rows;           /* most rows of any row tile or group */
     void *down;           /* (n_embd rows of n_ff elements of down_type) reassembled ffn_down */
     size_t down_row_size; /* bytes per reassembled row in the current layer */
-    float *scores;        /* (n_ff) predictor neuron scores */
-    float *gscores;       /* (n_groups) */
-    float *ptmp;          /* (rank) */
-    uint32_t *bound;      /* (max_groups + 1) first group of each FFN tile of the layer */
-    uint32_t n_bound;     /* FFN tiles of the layer (bound[n_bound] = n_groups) */
-    bool slices;          /* the current layer's FFN tiles are in-place row slices */
-    uint32_t *order;      /* (2 max_groups) nf_sparse_pick scratch */
-    uint32_t *pick;       /* (max_groups) groups chosen for one token */
-    float *tscore;        /* (max_groups) tile scores */
+    /* Whether the last nf_stream_bundles reassembled ffn_down by groups of 128 columns
+     * (nf_stream_down_grouped) instead of in contiguous rows. */
+    bool down_grouped;
+    float *scores;    /* (n_ff) predictor neuron scores */
+    float *gscores;   /* (n_groups) */
+    float *ptmp;      /* (rank) */
+    uint32_t *bound;  /* (max_groups + 1) first group of each FFN tile of the layer */
+    uint32_t n_bound; /* FFN tiles of the layer (bound[n_bound] = n_groups) */
+    bool slices;      /* the current layer's FFN tiles are in-place row slices */
+    uint32_t *order;  /* (2 max_groups) nf_sparse_pick scratch */
+    uint32_t *pick;   /* (max_groups) groups chosen for one token */
+    float *tscore;    /* (max_groups) tile scores */
     /* Sparse FFN scratch (sparse dense models only; NULL otherwise). */
     uint8_t *xq;       /* (rows, 2, xq_stride) xn converted for gate and up vec_dots */
     size_t xq_stride;  /* bytes per converted row (4 n_embd: room for any vec_dot type) */
@@ -260,6 +264,59 @@ static void nf_down_run(void *arg, int ith, int nth)
     }
 }
 
+/* A batched step's layout of the reassembled ffn_down (n_embd rows, ff columns of q4_0): by
+ * groups of NF_DOWN_GROUP columns (four blocks, 72 bytes per row), group q of row r at
+ * s->down + (q * n_embd + r) * 72. A bundle tile then fills its groups' rows one after the
+ * other, sequential writes, where contiguous rows take a few bytes of every row at a stride of
+ * a whole row, each a cache line written in part, once per tile (a fifth of an 8-row batched
+ * step, docs/measurements.md); nf_matmul_each_gs reads it with the same arithmetic. */
+#define NF_DOWN_GROUP 128
+
+/* Whether the bundle tiles [i0, i1) of (layer, kind) and a step of n_tok rows take that
+ * layout: a batched step of two or more rows, q4_0 down with its grouped kernel, and every
+ * bundle group within one 128-column group. */
+static bool nf_stream_down_grouped(const struct nf_stream *s, uint32_t layer,
+                                   enum nf_tile_kind kind, uint32_t i0, uint32_t i1, int n_tok)
+{
+    if (!s->batch || n_tok < 2 || s->down_type != NF_TYPE_Q4_0 || s->ff % NF_DOWN_GROUP ||
+        !nf_matmul_each_gs_ok(s->c, NF_TYPE_Q4_0))
+        return false;
+    for (uint32_t i = i0; i < i1; i++) {
+        const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
+        if ((enum nf_type)t->type[2] != NF_TYPE_Q4_0 || t->group == 0 || t->group % 32 ||
+            NF_DOWN_GROUP % t->group || t->first % t->group)
+            return false;
+    }
+    return true;
+}
+
+/* The grouped layout's copy of one bundle group's down columns (n_embd rows of
+ * b->down_row_size bytes, one after the other in the tile) into its 128-column group. */
+static void nf_down_group(const struct nf_stream *s, const struct nf_nft_bundle *b)
+{
+    const size_t E = (size_t)s->shell.hp.n_embd, GB = nf_row_size(NF_TYPE_Q4_0, NF_DOWN_GROUP);
+    const size_t drs = b->down_row_size;
+    char *dst = (char *)s->down + (size_t)(b->first / NF_DOWN_GROUP) * E * GB +
+                nf_row_size(NF_TYPE_Q4_0, b->first % NF_DOWN_GROUP);
+    const uint8_t *src = b->down;
+    if (drs == 18) { /* groups of 32 neurons: one block a row */
+        for (size_t r = 0; r < E; r++)
+            memcpy(dst + r * GB, src + r * 18, 18);
+    } else {
+        for (size_t r = 0; r < E; r++)
+            memcpy(dst + r * GB, src + r * drs, drs);
+    }
+}
+
+/* Asks the caches for n bytes at p (no effect on any result): a bundle group's down columns,
+ * read from DRAM while its gate and up rows are multiplied, so that the copy after them reads
+ * the caches (the copy was memory-bound: docs/measurements.md). */
+static void nf_prefetch(const void *p, size_t n)
+{
+    for (size_t off = 0; off < n; off += 64)
+        __builtin_prefetch((const char *)p + off, 0, 2);
+}
+
 static void nf_stream_put_down(struct nf_stream *s, const struct nf_nft_tile *t, const uint8_t *p)
 {
     struct nf_down_job jb = {s, t, p};
@@ -269,14 +326,23 @@ static void nf_stream_put_down(struct nf_stream *s, const struct nf_nft_tile *t,
                       bytes < 65536 ? 1 : nf_threadpool_size(s->c->pool));
 }
 
-static struct nf_tensor nf_stream_down_view(const struct nf_stream *s)
+/* out (n_tok, n_embd) = x (n_tok, ff) times the reassembled ffn_down, in the layout the last
+ * nf_stream_bundles chose. */
+static void nf_stream_down_mm(struct nf_stream *s, float *out, const float *x, int n_tok)
 {
     const struct nf_hparams *hp = &s->shell.hp;
+    if (s->down_grouped) {
+        const size_t GB = nf_row_size(NF_TYPE_Q4_0, NF_DOWN_GROUP);
+        struct nf_tensor v = {
+            .type = NF_TYPE_Q4_0, .ne = {s->ff, hp->n_embd, 1}, .row_size = GB, .data = s->down};
+        nf_matmul_each_gs(s->c, out, &v, GB * (size_t)hp->n_embd, x, n_tok);
+        return;
+    }
     struct nf_tensor v = {.type = s->down_type,
                           .ne = {s->ff, hp->n_embd, 1},
                           .row_size = s->down_row_size,
                           .data = s->down};
-    return v;
+    nf_stream_matmul(s, out, &v, x, n_tok);
 }
 
 /* Gate/up of every group of the bundle tiles [i0, i1) of (layer, kind) for n_tok tokens, with
@@ -286,6 +352,7 @@ static int nf_stream_bundles(struct nf_stream *s, uint32_t layer, enum nf_tile_k
 {
     /* xn is converted once for every group's gate and up (once each when their vec_dot types
      * differ: the conversions then alternate). */
+    s->down_grouped = nf_stream_down_grouped(s, layer, kind, i0, i1, n_tok);
     nf_matmul_reuse(s->c, true);
     for (uint32_t i = i0; i < i1; i++) {
         const struct nf_nft_tile *t = nf_nft_find(s->f, layer, kind, i);
@@ -298,9 +365,14 @@ static int nf_stream_bundles(struct nf_stream *s, uint32_t layer, enum nf_tile_k
         for (uint32_t j = 0; j < t->count / t->group; j++) {
             struct nf_nft_bundle b;
             nf_nft_bundle_group(t, p, j, &b);
+            if (s->down_grouped)
+                nf_prefetch(b.down, (size_t)b.n_embd * b.down_row_size);
             nf_stream_gate_up(s, &b, xn, n_tok);
+            if (s->down_grouped)
+                nf_down_group(s, &b);
         }
-        nf_stream_put_down(s, t, p);
+        if (!s->down_grouped)
+            nf_stream_put_down(s, t, p);
         nf_stream_unpin(s, t);
     }
     nf_matmul_reuse(s->c, false);
@@ -375,8 +447,7 @@ static int nf_stream_ffn_exact(struct nf_stream *s, uint32_t il, int n_tok)
         if ((rc = nf_stream_bundles(s, il, NF_TILE_FFN, 0, n, c->xn, n_tok)) < 0)
             return rc;
         nf_ffn_act(&s->shell.hp, c->hb, c->hb2, n_tok, s->ff);
-        struct nf_tensor dv = nf_stream_down_view(s);
-        nf_stream_matmul(s, c->ffo, &dv, c->hb, n_tok);
+        nf_stream_down_mm(s, c->ffo, c->hb, n_tok);
     }
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
     for (uint32_t g = 0; g < s->n_groups; g++)
@@ -615,7 +686,6 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
         nf_add_bias(c->router, &s->router_b[il], 0, n_tok);
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
     const uint32_t per = nf_nft_count(s->f, il, NF_TILE_EXPERT) / (uint32_t)X;
-    struct nf_tensor dv = nf_stream_down_view(s);
     for (int k = 0; k < n_tok; k++) {
         int sel[64];
         float w[64];
@@ -656,7 +726,7 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
                         c->hb2[i] += s->eb_up[i];
                     }
                 nf_ffn_act(hp, c->hb, c->hb2, 1, hp->n_ff);
-                nf_stream_matmul(s, c->eo, &dv, c->hb, 1);
+                nf_stream_down_mm(s, c->eo, c->hb, 1);
             }
             if (hp->oai_moe)
                 for (int i = 0; i < E; i++)
@@ -706,7 +776,6 @@ static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
         if (last != UINT32_MAX)
             s->src.want(s->src.ud, last, true);
     }
-    struct nf_tensor dv = nf_stream_down_view(s);
     for (uint32_t e = 0; e < (uint32_t)X; e++) {
         if (!((s->bits[e / 64] >> (e % 64)) & 1))
             continue;
@@ -728,7 +797,7 @@ static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
             if (rc < 0)
                 return rc;
             nf_ffn_act(hp, c->hb, c->hb2, m, hp->n_ff);
-            nf_stream_matmul(s, s->mout, &dv, c->hb, m);
+            nf_stream_down_mm(s, s->mout, c->hb, m);
         }
         for (int i = 0; i < m; i++)
             memcpy(s->meo + ((size_t)rk[i] * K + rj[i]) * E, s->mout + (size_t)i * E,
@@ -769,8 +838,7 @@ static int nf_stream_shexp(struct nf_stream *s, uint32_t il, int n_tok)
         if ((rc = nf_stream_bundles(s, il, NF_TILE_FFN, 0, n, c->xn, n_tok)) < 0)
             return rc;
         nf_swiglu(c->hb, c->hb2, n_tok, s->ff);
-        struct nf_tensor dv = nf_stream_down_view(s);
-        nf_stream_matmul(s, c->ffo, &dv, c->hb, n_tok);
+        nf_stream_down_mm(s, c->ffo, c->hb, n_tok);
     }
     if (gated)
         nf_shexp_gate(c, c->ffo, n_tok);

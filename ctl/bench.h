@@ -67,6 +67,9 @@ struct nf_bench_row {
     int n_seq;           /* --parallel rows: sequences at once (tok_s is per sequence); else 0 */
     double agg_tok_s;    /* --parallel rows: decode tokens of all sequences per second */
     double shared_batch; /* --parallel rows: sequences per step that served 2 or more */
+    double step_bytes;   /* --parallel rows: bytes read per step once every prompt was evaluated */
+    double step_used;    /* --parallel rows: tile bytes compute used per step, likewise */
+    long dec_steps;      /* --parallel rows: the steps step_bytes is over */
     int prompt_tokens;   /* -p: the prompt's tokens as the engine counted them (BOS included) */
     double prompt_tok_s; /* -p: prompt tokens per second (the engine's summary) */
     double ttft;         /* -p: seconds from the request to the first generated token */

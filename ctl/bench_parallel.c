@@ -32,9 +32,12 @@ struct par_client {
 };
 
 /* Reads every client until all have ended, SIGINT to all after the time box; returns the
- * tokens they streamed in all. */
+ * tokens they streamed in all. Once every client has streamed a token (every prompt is then
+ * evaluated: the steps after it are decode steps only) takes the snapshot *mid of dir's
+ * counters, and sets *have_mid. */
 static int follow_all(struct nf_bench *b, struct nf_bench_row *r, struct par_client *cl, int n,
-                      struct nf_cgroup *cg, bool have_cg)
+                      struct nf_cgroup *cg, bool have_cg, const char *dir,
+                      struct nf_stack_snap *mid, bool *have_mid)
 {
     double deadline = nf_now_s() + (double)b->o.timeout, last_report = 0;
     bool signalled = false;
@@ -73,6 +76,15 @@ static int follow_all(struct nf_bench *b, struct nf_bench_row *r, struct par_cli
                 total++;
             }
         }
+        if (!*have_mid) {
+            int started = 0;
+            for (int i = 0; i < n; i++)
+                started += cl[i].tokens > 0 || cl[i].l.eof;
+            if (started == n) {
+                nf_stack_snap_take(dir, mid);
+                *have_mid = true;
+            }
+        }
         if (have_cg)
             nf_cgroup_poll(cg);
         if (nf_now_s() - last_report > 1.0) {
@@ -81,6 +93,25 @@ static int follow_all(struct nf_bench *b, struct nf_bench_row *r, struct par_cli
         }
     }
     return total;
+}
+
+/* Fills r's decode-phase figures from the counters' change from mid (every prompt evaluated)
+ * to s1: bytes read and tile bytes used per step (every step then is a decode step of the
+ * running sequences; a MoE step uses the union of the experts its rows chose). */
+static void fill_decode(struct nf_bench_row *r, const struct nf_stack_snap *mid,
+                        const struct nf_stack_snap *s1)
+{
+    struct nf_stack_snap *d = calloc(1, sizeof(*d));
+    if (!d)
+        return;
+    nf_stack_snap_delta(d, s1, mid);
+    const double steps = (double)nf_stage_ctr(&d->st[2], "step");
+    if (s1->st[0].ok && s1->st[2].ok && mid->st[0].ok && mid->st[2].ok && steps > 0) {
+        r->dec_steps = (long)steps;
+        r->step_bytes = (double)nf_stage_ctr(&d->st[0], "bytes") / steps;
+        r->step_used = (double)nf_stage_ctr(&d->st[2], "tile_bytes_used") / steps;
+    }
+    free(d);
 }
 
 /* Fills r from the counters' change over the clients' run. */
@@ -126,7 +157,7 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
     snprintf(phase, sizeof(phase), "parallel-%d", n_seq);
     snprintf(r->mode, sizeof(r->mode), "stack x%d", n_seq);
     r->n_seq = n_seq;
-    r->agg_tok_s = r->shared_batch = NAN;
+    r->agg_tok_s = r->shared_batch = r->step_bytes = r->step_used = NAN;
     if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", b->base, phase) >= sizeof(dir)) {
         nf_errf(r->error, sizeof(r->error), 0, "run directory name too long");
         return;
@@ -175,7 +206,9 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
         nf_bench_kill_wait(pid);
     struct par_client *cl = calloc((size_t)n_seq, sizeof(*cl));
     struct nf_stack_snap *s0 = calloc(1, sizeof(*s0)), *s1 = calloc(1, sizeof(*s1));
-    if (st != 0 || !cl || !s0 || !s1) {
+    struct nf_stack_snap *mid = calloc(1, sizeof(*mid));
+    bool have_mid = false;
+    if (st != 0 || !cl || !s0 || !s1 || !mid) {
         char last[300];
         nf_bench_log_last_line(log, last, sizeof(last));
         nf_errf(r->error, sizeof(r->error), 0, "up failed (%s): %s",
@@ -209,7 +242,7 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
     if (started < n_seq)
         nf_errf(r->error, sizeof(r->error), 0, "cannot start %d gen clients: %s", n_seq - started,
                 strerror(errno));
-    r->tokens = follow_all(b, r, cl, n_seq, &cg, have_cg);
+    r->tokens = follow_all(b, r, cl, n_seq, &cg, have_cg, dir, mid, &have_mid);
     for (int i = 0; i < n_seq; i++) {
         if (cl[i].pid <= 0)
             continue;
@@ -225,11 +258,14 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
     nf_stack_snap_take(dir, s1);
     r->ran = r->tokens > 0;
     fill_row(r, s0, s1, cl, n_seq);
+    if (have_mid)
+        fill_decode(r, mid, s1);
     nf_bench_phase_peak(&cg, have_cg, r, dir);
 down:
     free(cl);
     free(s0);
     free(s1);
+    free(mid);
     nf_bench_progress(b, "%s: down", r->mode);
     char *down_argv[] = {NULL, "down", "--run-dir", dir, NULL};
     pid = nf_bench_spawn(b, down_argv, NULL, NULL, log);

@@ -319,7 +319,9 @@ static void test_stream_types(void **state)
 
 /* A q4_0 model above NF_EXACT_Q4_0_MAX (model_forward.c: 32 MiB) decodes with the one-token
  * vec_dot, not the repacked row order: a batched step goes through nf_vec_dot_cols (its ffn_down
- * rows of 8448 take two of the AVX-512 kernel's 8192-element chunks). */
+ * rows of 8448 take two of the AVX-512 kernel's 8192-element chunks); on AVX-512 the streaming
+ * engine's batched step reassembles ffn_down by groups of 128 columns (66 of them) and reads it
+ * with nf_vec_dot_cols_gs. */
 static void test_large_q4_0(void **state)
 {
     (void)state;

@@ -135,6 +135,68 @@ static void test_quant_types(void **state)
     assert_null(nf_vec_dot_cols(NF_TYPE_F32));
 }
 
+/* The kernel for ffn_down stored by groups of four blocks (nf_vec_dot_cols_gs): the rows of
+ * make()'s matrix copied group by group, group k of row r at r * 72 + k * gs (gs wider than
+ * the rows' groups, as a whole matrix's is), every output bit for bit the one-token kernel's
+ * on the contiguous row. AVX-512 only: NULL at the other ISAs. */
+static void test_cols_grouped(void **state)
+{
+    (void)state;
+    const nf_vec_dot_cols_gs_fn fn = nf_vec_dot_cols_gs(NF_TYPE_Q4_0);
+    if (nf_kernels_isa() != NF_ISA_AVX512) {
+        assert_null(fn);
+        return;
+    }
+    assert_non_null(fn);
+    assert_null(nf_vec_dot_cols_gs(NF_TYPE_Q8_0));
+    const int ns[] = {128, 4096, 11008}; /* one group; one chunk; two chunks, a partial one */
+    for (int j = 0; j < 3; j++) {
+        const int n = ns[j], ng = n / 128;
+        char *x, *y;
+        size_t bx, by;
+        make(NF_TYPE_Q4_0, NF_TYPE_Q8_0, n, &x, &bx, &y, &by);
+        const size_t gs = MAXR * 72 + 40;
+        char *g = calloc((size_t)ng, gs);
+        float *want = malloc(sizeof(float) * MAXR * MAXC);
+        const size_t ld = MAXR + 3;
+        float *got = malloc(sizeof(float) * ld * MAXC);
+        assert_true(g && want && got);
+        for (int r = 0; r < MAXR; r++)
+            for (int k = 0; k < ng; k++)
+                memcpy(g + (size_t)k * gs + (size_t)r * 72, x + (size_t)r * bx + (size_t)k * 72,
+                       72);
+        for (int r = 0; r < MAXR; r++)
+            for (int c = 0; c < MAXC; c++)
+                want[c * MAXR + r] = pair_vec_dot(NF_TYPE_Q4_0, n, x + r * bx, y + c * by);
+        static const int rows[] = {1, 3, 8, 17, 33, 40};
+        for (size_t ri = 0; ri < sizeof(rows) / sizeof(rows[0]); ri++)
+            for (int nc = 1; nc <= MAXC; nc++) {
+                const int nr = rows[ri];
+                for (size_t i = 0; i < ld * MAXC; i++)
+                    got[i] = -1234.5f;
+                fn(n, got, ld, g, 72, gs, y, by, nr, nc);
+                for (int c = 0; c < MAXC; c++)
+                    for (int r = 0; r < (int)ld; r++) {
+                        const float v = got[(size_t)c * ld + r];
+                        if (c >= nc || r >= nr) {
+                            if (v != -1234.5f)
+                                fail_msg("grouped n=%d: %dx%d wrote outside at (%d, %d)", n, nr, nc,
+                                         r, c);
+                        } else if (memcmp(&v, &want[c * MAXR + r], sizeof(v)) != 0) {
+                            fail_msg("grouped n=%d: %dx%d output (%d, %d) = %.9g, one-token "
+                                     "kernel %.9g",
+                                     n, nr, nc, r, c, (double)v, (double)want[c * MAXR + r]);
+                        }
+                    }
+            }
+        free(g);
+        free(want);
+        free(got);
+        free(x);
+        free(y);
+    }
+}
+
 static void test_ggml_dot(void **state)
 {
     (void)state;
@@ -211,6 +273,7 @@ int main(void)
     printf("kernels: %s\n", nf_isa_name(nf_kernels_isa()));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quant_types),
+        cmocka_unit_test(test_cols_grouped),
         cmocka_unit_test(test_ggml_dot),
         cmocka_unit_test(test_rows_exact),
     };
