@@ -101,6 +101,12 @@ int nf_kv_file_window_blocks(int n_ctx, int block, size_t row)
                                   : (int)w;
 }
 
+uint64_t nf_kv_file_prompt_layer(int n_ctx, size_t row)
+{
+    const uint64_t b = (uint64_t)n_ctx * row;
+    return b <= NF_KV_LAYER_BYTES ? b : 0;
+}
+
 uint64_t nf_kv_file_resident_bound(int n_layer, int n_ctx, int n_slots, int block, size_t row)
 {
     /* The newest block and the one being written of every layer, then the window; never more
@@ -658,6 +664,7 @@ int nf_kv_file_layer_load(struct nf_kv_file *kf, int slot, int il)
         return rc;
     }
     l->loaded = true;
+    kf->st.layer_loads++;
     const uint64_t res = (uint64_t)l->kept * (kf->row_k + kf->row_v);
     kf->resident += res;
     if (kf->resident > kf->st.resident_max)

@@ -42,6 +42,7 @@ struct nf_kv_file_opts {
 struct nf_kv_file_stats {
     uint64_t read_bytes, write_bytes; /* bytes read back and written */
     uint64_t wait_ns;                 /* time nf_kv_file_layer_load waited for reads */
+    uint64_t layer_loads;             /* layers nf_kv_file_layer_load read back whole */
     uint64_t resident_max; /* most bytes read back and resident at once (window + whole layers) */
     uint64_t window;       /* what the window holds at most: its blocks times the widest row */
 };
@@ -100,6 +101,15 @@ int nf_kv_file_window_blocks(int n_ctx, int block, size_t row);
  * newest and one being written), plus the window (nf_kv_file_window_blocks blocks of K and V
  * rows, counted whole); at most the whole cache. Independent of n_ctx past that. */
 uint64_t nf_kv_file_resident_bound(int n_layer, int n_ctx, int n_slots, int block, size_t row);
+/* A prompt chunk's attention reads its layer back whole (nf_kv_file_layer_load) instead of
+ * walking the window when the layer's rows for n_ctx positions take at most this many bytes:
+ * the chunk's queries then share each cell's read and the in-RAM attention's query tiles, where
+ * the walk reads the layer once per wave of (token, head) tasks and scores each task alone. */
+#define NF_KV_LAYER_BYTES ((uint64_t)64 << 20)
+/* The bytes a prompt chunk reads back whole, resident beside nf_kv_file_resident_bound while
+ * its layer's attention runs: n_ctx * row (K and V of one position in one layer) when that is at
+ * most NF_KV_LAYER_BYTES, else 0 (the chunk walks the window). */
+uint64_t nf_kv_file_prompt_layer(int n_ctx, size_t row);
 /* The file's size for these options (sparse: blocks take disk space as they are written). */
 uint64_t nf_kv_file_bytes(int n_layer, int n_ctx, int n_slots, int block, size_t row);
 const char *nf_kv_file_error(const struct nf_kv_file *kf);

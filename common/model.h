@@ -401,6 +401,9 @@ struct nf_ctx {
                    const void **base);
     void *kv_need_ud; /* (nf_kv_need_fn, declared below) */
     int kv_block, kv_err;
+    /* The caller made the layer's whole cache resident for this attention (a prompt chunk with
+     * the cache on disk, kv_file.h): nf_attn_heads takes the in-memory path, not the walk. */
+    bool kv_whole;
     void *walk_buf;
     size_t walk_bytes;
 };

@@ -1361,7 +1361,7 @@ void nf_attn_core(struct nf_ctx *c, int il, int pos0, int n_tok)
 
 void nf_attn_heads(struct nf_ctx *c, int il, int pos0, int n_tok)
 {
-    if (c->kv_need) { /* the cache on disk: block by block */
+    if (c->kv_need && !c->kv_whole) { /* the cache on disk: block by block */
         nf_attn_walk(c, il, pos0, n_tok);
         return;
     }

@@ -86,6 +86,7 @@ struct nf_stream {
     struct nf_kv_file *kvf;
     int kv_slot;
     int kv_rows[NF_MAX_BATCH];
+    bool kv_whole; /* prompt chunks read their layer back whole (nf_kv_file_prompt_layer) */
 };
 
 /* --- tiles ----------------------------------------------------------------------------- */
@@ -929,13 +930,21 @@ static int nf_stream_kv_need(void *ud, const struct nf_ctx *c, int il, int kind,
 }
 
 /* Before layer il's attention: the reads of its first blocks (and those after them) issued,
- * for every row's slot, while the norm and Q, K, V products run. */
+ * for every row's slot, while the norm and Q, K, V products run; for a prompt chunk that reads
+ * its layer whole (s->kv_whole), the reads of the whole layer (nf_stream_kv_whole waits). */
 static int nf_stream_kv_load(struct nf_stream *s, uint32_t il, int n_tok)
 {
     const int nr = s->batch ? n_tok : 1;
     s->c->kv_err = 0;
-    for (int r = 0; s->batch && r < n_tok; r++)
+    s->c->kv_whole = s->kv_whole && !s->batch && n_tok >= 2;
+    for (int r = 0; s->batch && r < n_tok; r++) {
         s->views[r].kv_err = 0;
+        s->views[r].kv_whole = false;
+    }
+    if (s->c->kv_whole) { /* (a failed read is seen again by the load that waits) */
+        nf_kv_file_layer_prefetch(s->kvf, s->kv_slot, (int)il);
+        return 0;
+    }
     for (int r = 0; r < nr; r++) {
         int rc = nf_kv_file_walk_prefetch(s->kvf, nf_stream_kv_slot(s, r), (int)il);
         if (rc < 0) {
@@ -944,6 +953,15 @@ static int nf_stream_kv_load(struct nf_stream *s, uint32_t il, int n_tok)
         }
     }
     return 0;
+}
+
+/* Before a prompt chunk's attention over its whole layer: waits for the layer's reads. */
+static int nf_stream_kv_whole(struct nf_stream *s, uint32_t il)
+{
+    int rc = nf_kv_file_layer_load(s->kvf, s->kv_slot, (int)il);
+    if (rc < 0)
+        snprintf(s->err, sizeof(s->err), "%s", nf_kv_file_error(s->kvf));
+    return rc;
 }
 
 /* The error an attention walk of layer il left in the context or the row views. */
@@ -1007,13 +1025,21 @@ static int nf_stream_kv_open(struct nf_stream *s, const struct nf_stream_opts *o
     int rc = nf_kv_file_open(&s->kvf, &ko, err, errlen);
     if (rc < 0)
         return rc;
-    if ((rc = nf_attn_walk_init(s->c, ko.block, s->c->n_ubatch, nf_stream_kv_need, s)) < 0)
+    /* Prompt chunks read their layer whole when it is small enough (deepseek2's latent
+     * attention has its own whole-layer reads); then only single-token steps walk, and the
+     * walk's scratch is sized for them. */
+    const uint64_t whole = o->kv_prompt_walk || hp->n_lora_kv
+                               ? 0
+                               : nf_kv_file_prompt_layer(o->n_ctx, ko.row_k + ko.row_v);
+    s->kv_whole = whole > 0;
+    const int walk_ub = s->kv_whole ? 1 : s->c->n_ubatch;
+    if ((rc = nf_attn_walk_init(s->c, ko.block, walk_ub, nf_stream_kv_need, s)) < 0)
         return nf_errf(err, errlen, rc, "kv file: no memory for the attention walk");
-    s->mem += nf_attn_walk_bytes(hp, o->n_ctx, s->c->n_ubatch, nf_ctx_kv_bytes(s->c));
+    s->mem += nf_attn_walk_bytes(hp, o->n_ctx, walk_ub, nf_ctx_kv_bytes(s->c));
     /* The resident KV replaces the whole cache in the engine's memory count. */
     s->mem -= nf_ctx_kv_bytes(s->c);
-    s->mem +=
-        nf_kv_file_resident_bound(hp->n_layer, o->n_ctx, ko.n_slots, ko.block, ko.row_k + ko.row_v);
+    s->mem += whole + nf_kv_file_resident_bound(hp->n_layer, o->n_ctx, ko.n_slots, ko.block,
+                                                ko.row_k + ko.row_v);
     nf_stream_kv_bind(s, 0, 1);
     return 0;
 }
@@ -1056,6 +1082,8 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
             s->views[r].attn_sinks = c->attn_sinks;
             nf_attn_core(&s->views[r], (int)il, s->views[r].n_past, 1);
         }
+    else if (c->kv_whole && (rc = nf_stream_kv_whole(s, il)) < 0)
+        return rc;
     else
         nf_attn_core(c, (int)il, pos0, n_tok);
     if (s->kvf && (rc = nf_stream_kv_store(s, il, pos0, n_tok)) < 0)

@@ -67,6 +67,9 @@ struct nf_stream_opts {
     const char *kv_path;
     int kv_block;
     int kv_window; /* blocks read back at once (kv_file.h); 0: nf_kv_file_window_blocks */
+    /* Prompt chunks walk the window too (false: they read their layer back whole when it takes
+     * at most NF_KV_LAYER_BYTES, nf_kv_file_prompt_layer) */
+    bool kv_prompt_walk;
 };
 
 #define NF_KV_BLOCK 64 /* positions per KV block on disk: 1 MiB of K and V for Llama-2-7B */

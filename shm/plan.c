@@ -70,11 +70,21 @@ static uint32_t plan_ub(const struct nf_stack_shape *sh)
     return sh->n_ubatch ? sh->n_ubatch : NF_STACK_UBATCH;
 }
 
-/* The attention walk's scratch with the KV cache on disk (nf_attn_walk_bytes). */
+/* The layer a prompt chunk reads back whole with the KV cache on disk (nf_kv_file_prompt_layer;
+ * 0: its chunks walk the window, as deepseek2's latent attention reads its own layers). */
+static uint64_t kv_prompt_layer(const struct nf_stack_shape *sh, uint32_t n_ctx)
+{
+    if (sh->kv_latent || plan_ub(sh) < 2)
+        return 0;
+    return nf_kv_file_prompt_layer((int)n_ctx, (size_t)(kv_token_bytes(sh) / sh->n_layer));
+}
+
+/* The attention walk's scratch with the KV cache on disk (nf_attn_walk_bytes): for single
+ * tokens only when prompt chunks read their layer whole. */
 static uint64_t kv_walk_bytes(const struct nf_stack_shape *sh, uint32_t n_ctx)
 {
     const struct nf_hparams hp = plan_attn_hp(sh);
-    return nf_attn_walk_bytes(&hp, (int)n_ctx, (int)plan_ub(sh),
+    return nf_attn_walk_bytes(&hp, (int)n_ctx, kv_prompt_layer(sh, n_ctx) ? 1 : (int)plan_ub(sh),
                               (size_t)(kv_token_bytes(sh) * n_ctx));
 }
 
@@ -132,6 +142,7 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     if (p->kv_block) { /* on disk: only the resident blocks (kv_file.h), rows of the types */
         p->kv_file_bytes = p->kv_bytes;
         p->kv_bytes =
+            kv_prompt_layer(sh, n_ctx) +
             nf_kv_file_resident_bound((int)sh->n_layer, (int)n_ctx, (int)n_seq, (int)p->kv_block,
                                       (size_t)(p->kv_token_bytes / sh->n_layer));
     }

@@ -7,7 +7,9 @@
 # table with the prompt tokens, those reused (stats' prefix_reused), the time to first token
 # and the second turn's as a share of the first's.
 # Usage: bench_prefix.sh NANOFLOWCTL MODEL.gguf [RAM] [CTX] [HISTORY_CHARS] [UP FLAGS...]
-# (defaults 1G, 4096, 4230: 2,027 tokens with mkmodel's synthetic vocabulary). Not a test.
+# (defaults 1G, 4096, 4230: 2,027 tokens with mkmodel's synthetic vocabulary). MODES="on" runs
+# the prefix cache's stack only (default "on off": a cold turn 1 of the full 7B takes minutes).
+# Not a test.
 set -u
 BIN=${1:?usage: bench_prefix.sh NANOFLOWCTL MODEL.gguf [RAM] [CTX] [HISTORY_CHARS]}
 M=${2:?usage: bench_prefix.sh NANOFLOWCTL MODEL.gguf [RAM] [CTX] [HISTORY_CHARS]}
@@ -36,7 +38,8 @@ turn() {
     "$BIN" stats --run-dir "$r" --json >"$T/$id.s1"
 }
 
-for mode in on off; do
+MODES=${MODES:-on off}
+for mode in $MODES; do
     R="$T/run-$mode"
     if ! "$BIN" up -m "$M" --ram "$RAM" -c "$CTX" --parallel 1 --prefix-cache "$mode" \
         --run-dir "$R" "$@" >"$T/up.out" 2>&1; then
@@ -49,13 +52,13 @@ for mode in on off; do
     "$BIN" down --run-dir "$R" >/dev/null 2>&1
 done
 
-python3 - "$T" "$M" <<'PY'
+python3 - "$T" "$M" $MODES <<'PY'
 import json, sys
-T, model = sys.argv[1], sys.argv[2]
+T, model, modes = sys.argv[1], sys.argv[2], sys.argv[3:]
 print(f"model {model}")
 print(f"{'prefix cache':<13} {'turn':>4} {'prompt tokens':>13} {'reused':>6} {'first token, ms':>15} "
       f"{'vs turn 1':>9}")
-for mode in ("on", "off"):
+for mode in modes:
     t1 = None
     for turn in (1, 2):
         base = f"{T}/{mode}-{turn}"
