@@ -371,8 +371,9 @@ struct nf_ctx {
     float *rope_sin;   /* (NF_MAX_BATCH, n_rot / 2) */
     void *att_scratch; /* per-thread attention scratch */
     size_t att_scratch_stride;
-    /* Per thread: NF_X8_UNPACK_ROWS rows of the model's widest interleaved q4_0 row, in the
-     * GGUF layout (nf_matmul of several tokens); NULL when the model has none. */
+    /* Per thread: rows of the model's interleaved q4_0 matrices unpacked to the GGUF layout
+     * (nf_matmul of several tokens; model_forward.c's NF_X8_UNPACK_BYTES); NULL when the
+     * model has none. */
     void *x8_scratch;
     size_t x8_scratch_stride;
 

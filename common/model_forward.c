@@ -28,10 +28,19 @@
  * pool costs more than it saves. */
 #define NF_PAR_MIN_WORK 32768
 
-/* Rows of an interleaved q4_0 matrix a thread unpacks at a time for a product of several
- * tokens (a multiple of 16, the multi-token kernels' row tile): 64 rows of 11008 values are
- * 396 KiB, within L2. */
-#define NF_X8_UNPACK_ROWS 64
+/* Bytes of an interleaved q4_0 matrix's rows a thread unpacks at a time for a product of
+ * several tokens: a thread's whole chunk of rows of a 7B with two threads (1376 rows of 4096
+ * values, 512 of 11008: 3.1 MiB), since the prompt GEMM packs the activations again at every
+ * call (64-row calls cost the 514-token prompt 9%: 42.4 against 46.7 tok/s). */
+#define NF_X8_UNPACK_BYTES ((size_t)4 << 20)
+
+/* Rows unpacked at a time from a matrix of rows of rs bytes: a multiple of 16 (the
+ * multi-token kernels' row tile, and of 8 for nf_q4_0x8_unpack), at least 16. */
+static int64_t nf_x8_unpack_rows(size_t rs)
+{
+    const int64_t r = (int64_t)(NF_X8_UNPACK_BYTES / rs) & ~(int64_t)15;
+    return r > 16 ? r : 16;
+}
 
 /* Models whose weights take up to this many bytes multiply q4_0 in llama.cpp's (repacked)
  * summation order, which reproduces its results bit for bit. That order is a dependent chain
@@ -197,7 +206,7 @@ struct nf_matmul_job {
     float *out;
     int n_tok;
     bool x8_rows;      /* w->x8 and a decode step: the interleaved rows kernel */
-    char *x8_buf;      /* w->x8 otherwise: per-thread room for NF_X8_UNPACK_ROWS plain rows */
+    char *x8_buf;      /* w->x8 otherwise: per-thread room for unpacked rows */
     size_t x8_bufsz;   /* bytes per thread of x8_buf */
     atomic_llong next; /* first row not yet claimed (nf_matmul_run) */
 };
@@ -273,7 +282,7 @@ static void nf_matmul_rows_at(const struct nf_matmul_job *j, const char *w0, int
 
 /* Rows [r0, r1) of the product (r0 a multiple of 8: nf_matmul_run's chunks), by thread ith.
  * Interleaved q4_0 rows (quants_q4_0x8.h) go to their decode kernel, which gives each row
- * vec_dot's bits, or are unpacked NF_X8_UNPACK_ROWS at a time for every other kernel. */
+ * vec_dot's bits, or are unpacked nf_x8_unpack_rows() at a time for every other kernel. */
 static void nf_matmul_rows(const struct nf_matmul_job *j, int ith, int64_t r0, int64_t r1)
 {
     const struct nf_tensor *w = j->w;
@@ -289,8 +298,9 @@ static void nf_matmul_rows(const struct nf_matmul_job *j, int ith, int64_t r0, i
         return;
     }
     char *buf = j->x8_buf + (size_t)ith * j->x8_bufsz;
-    for (int64_t a = r0; a < r1; a += NF_X8_UNPACK_ROWS) {
-        const int64_t b = a + NF_X8_UNPACK_ROWS < r1 ? a + NF_X8_UNPACK_ROWS : r1;
+    const int64_t step = nf_x8_unpack_rows(w->row_size);
+    for (int64_t a = r0; a < r1; a += step) {
+        const int64_t b = a + step < r1 ? a + step : r1;
         nf_q4_0x8_unpack(buf, w->data, w->ne[0], a, b);
         nf_matmul_rows_at(j, buf, a, b);
     }
@@ -385,7 +395,8 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
                 j.rows_fn == nf_vec_dot_rows_exact(NF_TYPE_Q4_0);
     j.x8_buf = c->x8_scratch;
     j.x8_bufsz = c->x8_scratch_stride;
-    NF_ASSERT(!w->x8 || j.x8_rows || (j.x8_buf && w->row_size * NF_X8_UNPACK_ROWS <= j.x8_bufsz));
+    NF_ASSERT(!w->x8 || j.x8_rows ||
+              (j.x8_buf && w->row_size * (size_t)nf_x8_unpack_rows(w->row_size) <= j.x8_bufsz));
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
     atomic_init(&j.next, 0);
@@ -1683,7 +1694,10 @@ int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, i
                        (size_t)nf_threadpool_size(c->pool) * c->att_scratch_stride))
         c->att_scratch = NULL;
     if (m->x8_row_size) {
-        c->x8_scratch_stride = nf_align64(m->x8_row_size * NF_X8_UNPACK_ROWS);
+        /* Room for nf_x8_unpack_rows() rows of any of the matrices: NF_X8_UNPACK_BYTES, or 16
+         * of the widest rows when fewer than 16 of them fit in it. */
+        const size_t b = m->x8_row_size * (size_t)nf_x8_unpack_rows(m->x8_row_size);
+        c->x8_scratch_stride = nf_align64(b > NF_X8_UNPACK_BYTES ? b : NF_X8_UNPACK_BYTES);
         if (posix_memalign(&c->x8_scratch, 64,
                            (size_t)nf_threadpool_size(c->pool) * c->x8_scratch_stride)) {
             c->x8_scratch = NULL;
