@@ -73,6 +73,9 @@ struct nf_tensor {
     int64_t ne[3]; /* ne[0] = row length (input dim), ne[1] = rows (output dim), ne[2] = experts */
     size_t row_size; /* bytes per row */
     void *data;      /* ne[2] * ne[1] rows of row_size bytes; NULL when absent */
+    /* q4_0 rows interleaved by eight in data (quants_q4_0x8.h, nf_model_load_opts.repack):
+     * only nf_matmul reads such a tensor. */
+    bool x8;
 };
 
 /* The architectures nf_model_load runs (general.architecture). */
@@ -289,6 +292,8 @@ struct nf_model {
      * points into (map_len bytes, unmapped by nf_model_free); NULL otherwise. */
     void *map;
     size_t map_len;
+    /* The longest row (bytes) of a tensor with x8 set; 0 when there is none. */
+    size_t x8_row_size;
 };
 
 /* Attention numerics. PLAIN (the default, exact mode) mirrors ggml's mul_mat + soft_max path
@@ -309,6 +314,12 @@ struct nf_model_load_opts {
      * mapping: the kernel's page cache serves the weights on demand, as with llama.cpp's default
      * mmap loading. Only for a GGUF file (a .nft is refused with NF_EUSAGE). */
     bool use_mmap;
+    /* Interleave the q4_0 matrices of the dense layers by eight rows after reading them
+     * (quants_q4_0x8.h), where the CPU runs the AVX-512 kernels: a decode step then reads each
+     * matrix as one stream with the same sums. Products of several tokens unpack the rows
+     * they need first, so take it for decoding, not for batched or speculative steps. Ignored
+     * with use_mmap. */
+    bool repack;
 };
 
 /* nf_model_load with options (NULL: the defaults, same as nf_model_load). */
@@ -360,6 +371,11 @@ struct nf_ctx {
     float *rope_sin;   /* (NF_MAX_BATCH, n_rot / 2) */
     void *att_scratch; /* per-thread attention scratch */
     size_t att_scratch_stride;
+    /* Per thread: rows of the model's interleaved q4_0 matrices unpacked to the GGUF layout
+     * (nf_matmul of several tokens; model_forward.c's NF_X8_UNPACK_BYTES); NULL when the
+     * model has none. */
+    void *x8_scratch;
+    size_t x8_scratch_stride;
 
     float *rope_cos_swa; /* (NF_MAX_BATCH, n_rot / 2) the local layers' (n_swa > 0 only) */
     float *rope_sin_swa; /* (NF_MAX_BATCH, n_rot / 2) */

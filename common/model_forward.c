@@ -20,12 +20,28 @@
 #include "model.h"
 #include "nf_err.h"
 #include "quants_impl.h"
+#include "quants_q4_0x8.h"
 #include "quants_rows.h"
 #include "threadpool.h"
 
 /* Mat-vecs smaller than this many multiply-adds run on the calling thread only: waking the
  * pool costs more than it saves. */
 #define NF_PAR_MIN_WORK 32768
+
+/* Bytes of an interleaved q4_0 matrix's rows a thread unpacks at a time for a product of
+ * several tokens: a thread's whole chunk of rows of a 7B with two threads (1376 rows of 4096
+ * values, 512 of 11008: 3.1 MiB). Chosen when the prompt GEMM packed the activations again at
+ * every call (64-row calls cost the 514-token prompt 9%: 42.4 against 46.7 tok/s); since
+ * nf_matmul_pack packs them once per matrix, smaller calls may do as well (not measured). */
+#define NF_X8_UNPACK_BYTES ((size_t)4 << 20)
+
+/* Rows unpacked at a time from a matrix of rows of rs bytes: a multiple of 16 (the
+ * multi-token kernels' row tile, and of 8 for nf_q4_0x8_unpack), at least 16. */
+static int64_t nf_x8_unpack_rows(size_t rs)
+{
+    const int64_t r = (int64_t)(NF_X8_UNPACK_BYTES / rs) & ~(int64_t)15;
+    return r > 16 ? r : 16;
+}
 
 /* Models whose weights take up to this many bytes multiply q4_0 in llama.cpp's (repacked)
  * summation order, which reproduces its results bit for bit. That order is a dependent chain
@@ -192,10 +208,13 @@ struct nf_matmul_job {
     size_t xq_stride;
     float *out;
     int n_tok;
+    bool x8_rows;      /* w->x8 and a decode step: the interleaved rows kernel */
+    char *x8_buf;      /* w->x8 otherwise: per-thread room for unpacked rows */
+    size_t x8_bufsz;   /* bytes per thread of x8_buf */
     atomic_llong next; /* first row not yet claimed (nf_matmul_run) */
 };
 
-static void nf_matmul_rows(const struct nf_matmul_job *j, int64_t r0, int64_t r1);
+static void nf_matmul_rows(const struct nf_matmul_job *j, int ith, int64_t r0, int64_t r1);
 
 /* Rows are claimed in chunks, about four per thread, so that a thread the scheduler holds back
  * (the fetcher's reads and checksums share the cores) does not hold the whole product: the
@@ -207,10 +226,9 @@ static void nf_matmul_run(void *arg, int ith, int nth)
     struct nf_matmul_job *j = arg;
     const int64_t rows = j->w->ne[1];
     if (nth == 1) {
-        nf_matmul_rows(j, 0, rows);
+        nf_matmul_rows(j, ith, 0, rows);
         return;
     }
-    (void)ith;
     /* Multi-token kernels take rows in panels of up to 16 (AVX-512 q4_0): a chunk of 8 would
      * leave half of each panel's lanes idle. */
     const int64_t grain = j->mat_fn ? 16 : 8;
@@ -222,12 +240,12 @@ static void nf_matmul_run(void *arg, int ith, int nth)
         const int64_t r0 = atomic_fetch_add_explicit(&j->next, per, memory_order_relaxed);
         if (r0 >= rows)
             return;
-        nf_matmul_rows(j, r0, r0 + per < rows ? r0 + per : rows);
+        nf_matmul_rows(j, ith, r0, r0 + per < rows ? r0 + per : rows);
     }
 }
 
-/* Rows [r0, r1) of the product. */
-static void nf_matmul_rows(const struct nf_matmul_job *j, int64_t r0, int64_t r1)
+/* Rows [r0, r1) of the product, rows r0.. in the GGUF layout at w0. */
+static void nf_matmul_rows_at(const struct nf_matmul_job *j, const char *w0, int64_t r0, int64_t r1)
 {
     const int64_t rows = j->w->ne[1];
     const int n = (int)j->w->ne[0];
@@ -242,22 +260,20 @@ static void nf_matmul_rows(const struct nf_matmul_job *j, int64_t r0, int64_t r1
         /* Every token against the thread's rows at once: each weight block is unpacked once
          * for a tile of tokens (quants_mat*.c). */
         if (r1 > r0)
-            j->mat_fn(n, j->out + r0, (size_t)rows,
-                      (const char *)j->w->data + (size_t)r0 * j->w->row_size, j->w->row_size, j->xq,
-                      j->xq_stride, (int)(r1 - r0), j->n_tok);
+            j->mat_fn(n, j->out + r0, (size_t)rows, w0, j->w->row_size, j->xq, j->xq_stride,
+                      (int)(r1 - r0), j->n_tok);
         return;
     }
     if (j->kind == NF_MM_ROWS) {
         if (r1 <= r0)
             return;
-        const char *w0 = (const char *)j->w->data + (size_t)r0 * j->w->row_size;
         for (int t = 0; t < j->n_tok; t++)
             j->rows_fn(n, j->out + (size_t)t * rows + r0, j->w->row_size, w0,
                        j->xq + (size_t)t * j->xq_stride, (int)(r1 - r0));
         return;
     }
     for (int64_t r = r0; r < r1; r++) {
-        const char *row = (const char *)j->w->data + (size_t)r * j->w->row_size;
+        const char *row = w0 + (size_t)(r - r0) * j->w->row_size;
         float *o = &j->out[r];
         for (int t = 0; t < j->n_tok; t++, o += rows) {
             const char *xt = j->xq + (size_t)t * j->xq_stride;
@@ -274,6 +290,32 @@ static void nf_matmul_rows(const struct nf_matmul_job *j, int64_t r0, int64_t r1
             else
                 *o = nf_tinyblas_dot16(row, xt, n);
         }
+    }
+}
+
+/* Rows [r0, r1) of the product (r0 a multiple of 8: nf_matmul_run's chunks), by thread ith.
+ * Interleaved q4_0 rows (quants_q4_0x8.h) go to their decode kernel, which gives each row
+ * vec_dot's bits, or are unpacked nf_x8_unpack_rows() at a time for every other kernel. */
+static void nf_matmul_rows(const struct nf_matmul_job *j, int ith, int64_t r0, int64_t r1)
+{
+    const struct nf_tensor *w = j->w;
+    if (!w->x8) {
+        nf_matmul_rows_at(j, (const char *)w->data + (size_t)r0 * w->row_size, r0, r1);
+        return;
+    }
+    if (j->x8_rows) {
+        if (r1 > r0)
+            nf__vec_dot_q4_0x8_q8_0_avx512((int)w->ne[0], j->out + r0,
+                                           (const char *)w->data + (size_t)r0 * w->row_size, j->xq,
+                                           (int)(r1 - r0));
+        return;
+    }
+    char *buf = j->x8_buf + (size_t)ith * j->x8_bufsz;
+    const int64_t step = nf_x8_unpack_rows(w->row_size);
+    for (int64_t a = r0; a < r1; a += step) {
+        const int64_t b = a + step < r1 ? a + step : r1;
+        nf_q4_0x8_unpack(buf, w->data, w->ne[0], a, b);
+        nf_matmul_rows_at(j, buf, a, b);
     }
 }
 
@@ -389,6 +431,14 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
     /* One token (a decode step): a rows kernel with vec_dot's bits, where one is faster. */
     if (n_tok == 1 && j.kind == NF_MM_VEC_DOT && (j.rows_fn = nf_vec_dot_rows_exact(w->type)))
         j.kind = NF_MM_ROWS;
+    /* Interleaved q4_0 (only where the AVX-512 kernels run, whose rows kernel is vec_dot):
+     * the decode kernel of the layout, the same bits; any other product unpacks rows. */
+    j.x8_rows = w->x8 && n_tok == 1 && j.kind == NF_MM_ROWS && !j.mat_fn &&
+                j.rows_fn == nf_vec_dot_rows_exact(NF_TYPE_Q4_0);
+    j.x8_buf = c->x8_scratch;
+    j.x8_bufsz = c->x8_scratch_stride;
+    NF_ASSERT(!w->x8 || j.x8_rows ||
+              (j.x8_buf && w->row_size * (size_t)nf_x8_unpack_rows(w->row_size) <= j.x8_bufsz));
     int64_t work = n * w->ne[1] * n_tok;
     int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
     atomic_init(&j.next, 0);
@@ -1709,6 +1759,18 @@ int nf_ctx_create_ub(struct nf_ctx **out, const struct nf_model *m, int n_ctx, i
     if (posix_memalign(&c->att_scratch, 64,
                        (size_t)nf_threadpool_size(c->pool) * c->att_scratch_stride))
         c->att_scratch = NULL;
+    if (m->x8_row_size) {
+        /* Room for nf_x8_unpack_rows() rows of any of the matrices: NF_X8_UNPACK_BYTES, or 16
+         * of the widest rows when fewer than 16 of them fit in it. */
+        const size_t b = m->x8_row_size * (size_t)nf_x8_unpack_rows(m->x8_row_size);
+        c->x8_scratch_stride = nf_align64(b > NF_X8_UNPACK_BYTES ? b : NF_X8_UNPACK_BYTES);
+        if (posix_memalign(&c->x8_scratch, 64,
+                           (size_t)nf_threadpool_size(c->pool) * c->x8_scratch_stride)) {
+            c->x8_scratch = NULL;
+            nf_ctx_free(c);
+            return -ENOMEM;
+        }
+    }
     if (!c->k_cache || (!c->v_cache && !hp->n_lora_kv) || !c->x || !c->xn || !c->q || !c->k ||
         !c->v || !c->att || !c->hb || !c->hb2 || !c->ffo || !c->eo || !c->router || !c->logits ||
         !c->rope_cos || !c->rope_sin || !c->xq || !c->att_scratch || !c->sh_out || !c->sh_gate) {
@@ -1738,6 +1800,7 @@ void nf_ctx_free(struct nf_ctx *c)
     free(c->mla_out);
     free(c->mla_att);
     free(c->walk_buf);
+    free(c->x8_scratch);
     free(c);
 }
 

@@ -11,6 +11,7 @@
 
 #include "model.h"
 #include "nf_err.h"
+#include "quants_q4_0x8.h"
 
 /* Tensor data is aligned for the widest SIMD loads (AVX-512). */
 #define NF_WEIGHT_ALIGN 64
@@ -1179,6 +1180,44 @@ static void nf_model_unmap(struct nf_model *m)
     m->map = NULL;
 }
 
+/* nf_model_load_opts.repack: the q4_0 matrices of the dense layers (not the fused ones of phi3,
+ * whose parts are views, nor experts, nor deepseek2's) interleaved by eight rows in place.
+ * Returns 0 or -ENOMEM (the tensors then keep whatever layout each has, x8 saying which). */
+static int nf_model_repack(struct nf_model *m)
+{
+    if (m->hp.arch == NF_ARCH_DEEPSEEK2)
+        return 0;
+    void *tmp = NULL;
+    size_t tmp_len = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        struct nf_layer *L = &m->layers[il];
+        if (L->attn.wqkv.data || L->ffn.gate_up.data)
+            continue;
+        struct nf_tensor *ts[] = {&L->attn.wq,  &L->attn.wk, &L->attn.wv, &L->attn.wo,
+                                  &L->ffn.gate, &L->ffn.up,  &L->ffn.down};
+        for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]); i++) {
+            struct nf_tensor *t = ts[i];
+            if (!t->data || t->type != NF_TYPE_Q4_0 || t->ne[2] != 1 ||
+                !nf_q4_0x8_ok(t->ne[0], t->ne[1]))
+                continue;
+            if (8 * t->row_size > tmp_len) {
+                void *p = realloc(tmp, 8 * t->row_size);
+                if (!p) {
+                    free(tmp);
+                    return -ENOMEM;
+                }
+                tmp = p;
+                tmp_len = 8 * t->row_size;
+            }
+            nf_q4_0x8_repack(t->data, t->ne[0], t->ne[1], tmp);
+            t->x8 = true;
+            m->x8_row_size = t->row_size > m->x8_row_size ? t->row_size : m->x8_row_size;
+        }
+    }
+    free(tmp);
+    return 0;
+}
+
 int nf_model_load(struct nf_model **out, const char *path, char *err, size_t errlen)
 {
     return nf_model_load_ex(out, path, NULL, err, errlen);
@@ -1208,6 +1247,10 @@ int nf_model_load_ex(struct nf_model **out, const char *path, const struct nf_mo
         goto fail;
     if ((rc = nf_load_hparams(m, err, errlen)) < 0 || (rc = nf_load_weights(m, err, errlen)) < 0)
         goto fail;
+    if (o && o->repack && !m->map && (rc = nf_model_repack(m)) < 0) {
+        rc = nf_errf(err, errlen, rc, "%s: out of memory interleaving q4_0 rows", path);
+        goto fail;
+    }
     *out = m;
     return 0;
 fail:

@@ -12,9 +12,11 @@
 #include "predictor.h"
 #include "sparse.h"
 
-/* Rows [r0, r1) of a 2-D weight tensor, as a tensor of its own. */
+/* Rows [r0, r1) of a 2-D weight tensor, as a tensor of its own (the GGUF layout: a sparse
+ * model is never loaded with nf_model_load_opts.repack). */
 static struct nf_tensor rows_view(const struct nf_tensor *t, int64_t r0, int64_t r1)
 {
+    NF_ASSERT(!t->x8);
     struct nf_tensor v = *t;
     v.ne[1] = r1 - r0;
     v.ne[2] = 1;

@@ -47,6 +47,10 @@ static void usage(FILE *f)
         "      --mmap              map the GGUF read-only and let the page cache serve the\n"
         "                          weights on demand (as llama.cpp's default mmap loading)\n"
         "                          instead of reading them into RAM (default: off)\n"
+        "      --no-repack         keep q4_0 weights in the GGUF's layout; by default, read\n"
+        "                          into RAM on an AVX-512 CPU without --lookup or --draft,\n"
+        "                          their rows are interleaved by eight for decoding (the\n"
+        "                          same results)\n"
         "  -c, --ctx-size N        context length in tokens, at most the model's trained\n"
         "                          context_length (default: context_length capped at %d, as\n"
         "                          for 'up'); a prompt longer than the context is refused and\n"
@@ -99,7 +103,7 @@ struct run_opts {
     const char *model, *prompt, *prompt_file, *draft;
     long n_predict, threads, n_ctx, top_logits, n_ubatch, draft_max;
     int type_k, type_v; /* KV cache element types (enum nf_type) */
-    bool json, seed_set, use_mmap, lookup;
+    bool json, seed_set, use_mmap, lookup, no_repack;
     struct nf_sampler_params sp;
     struct nf_chat_opts chat;
 };
@@ -124,6 +128,10 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
         }
         if (!strcmp(a, "--mmap")) {
             o->use_mmap = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-repack")) {
+            o->no_repack = true;
             continue;
         }
         if (!strcmp(a, "--lookup")) {
@@ -290,7 +298,9 @@ int nf_cmd_run(int argc, char **argv)
         if (!prompt)
             goto oom;
     }
-    struct nf_model_load_opts lo = {.use_mmap = o.use_mmap};
+    /* Speculative steps verify several tokens per product, which unpack interleaved rows. */
+    struct nf_model_load_opts lo = {.use_mmap = o.use_mmap,
+                                    .repack = !o.no_repack && !o.lookup && !o.draft};
     if ((rc = nf_model_load_ex(&m, o.model, &lo, err, sizeof(err))) < 0) {
         fprintf(stderr, "nanoflowctl run: %s\n", err);
         goto done;

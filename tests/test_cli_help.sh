@@ -59,7 +59,7 @@ kind() {
     --force) K=bool ;;
     -h | --help | --json | --no-bos | --parse-special | --f32 | --zero | --zero-experts | \
         --foreground | \
-        --no-uring | --mmap | --no-cgroup | --tied-output | --rope-freqs | --chat | --sigmoid) K=bool ;;
+        --no-uring | --mmap | --no-repack | --no-cgroup | --tied-output | --rope-freqs | --chat | --sigmoid) K=bool ;;
     --lookup | --no-lookup | --use-draft) K=bool ;;
     --draft) K=file ;;
     --tensor-types) K=file ;;
@@ -205,7 +205,7 @@ post_args() {
 parsed_flags() {
     case "$1" in
     run) echo "-m --model -p --prompt -f --file -n --n-predict --temp --top-k --top-p --min-p" \
-        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap" \
+        "--repeat-penalty --presence-penalty --frequency-penalty -s --seed -t --threads -c --ctx-size --json --top-logits --mmap --no-repack" \
         "--chat --system --chat-template -ub --ubatch-size -ctk --cache-type-k -ctv" \
         "--cache-type-v" ;;
     tokenize) echo "-m --model --no-bos --parse-special --json" ;;

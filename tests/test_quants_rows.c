@@ -1,7 +1,8 @@
 /* test_quants_rows.c - the per-row exact multi-token kernels (quants_rows.h): every output bit
  * for bit what the one-token kernel gives for its pair, for weight rows 1..17 (and a tile of
  * 40), activation rows 1..17, row lengths with one or several 8192-element chunks and a tail,
- * odd strides; and the decode step's q4_0 rows kernel against vec_dot. Runs at the best ISA, then
+ * odd strides; the decode step's q4_0 rows kernel against vec_dot, and the same for q4_0 rows
+ * interleaved by eight (quants_q4_0x8.h) with that layout's round trip. Runs at the best ISA, then
  * again under NF_ISA=avx2 and NF_ISA=scalar (each a child process: the kernel choice is made once
  * per process). */
 #include <setjmp.h>
@@ -17,6 +18,7 @@
 #include <cmocka.h>
 
 #include "quants_impl.h"
+#include "quants_q4_0x8.h"
 #include "quants_rows.h"
 
 #define MAXR 40 /* weight rows */
@@ -252,6 +254,72 @@ static void test_rows_exact(void **state)
     assert_null(nf_vec_dot_rows_exact(NF_TYPE_F32));
 }
 
+/* The interleaved q4_0 layout: unpacking any row range gives back the GGUF's bytes, and the
+ * decode kernel gives every row, from every block of eight rows, the bits of vec_dot on the
+ * row as the GGUF stores it, writing nothing past its rows. Only where the AVX-512 kernels
+ * run (elsewhere no tensor takes the layout, which nf_q4_0x8_ok says). */
+static void test_q4_0x8(void **state)
+{
+    (void)state;
+    const enum nf_type t = NF_TYPE_Q4_0;
+    const struct nf_type_traits *tr = nf_type_traits(t);
+    if (nf_kernels_isa() != NF_ISA_AVX512) {
+        assert_false(nf_q4_0x8_ok(4096, 4096));
+        return;
+    }
+    assert_false(nf_q4_0x8_ok(4096 + 32, 8));
+    assert_false(nf_q4_0x8_ok(4096, 12));
+    assert_false(nf_q4_0x8_ok(128 * (NF_Q4_0X8_MAX_GROUPS + 1), 8));
+    /* One group; one chunk; a second chunk of 1, 3 (odd: the last group alone) and 22
+     * groups. */
+    const int ns[] = {128, 4096, 128 * 65, 128 * 67, 11008};
+    for (size_t j = 0; j < sizeof(ns) / sizeof(ns[0]); j++) {
+        const int n = ns[j];
+        assert_true(nf_q4_0x8_ok(n, MAXR));
+        char *x, *y;
+        size_t bx, by;
+        make(t, tr->vec_dot_type, n, &x, &bx, &y, &by);
+        const size_t rs = nf_row_size(t, n);
+        void *plain = NULL, *packed = NULL, *back = malloc(MAXR * rs), *tmp = malloc(8 * rs);
+        assert_int_equal(posix_memalign(&plain, 64, MAXR * rs), 0);
+        assert_int_equal(posix_memalign(&packed, 64, MAXR * rs), 0);
+        assert_true(back && tmp);
+        for (int r = 0; r < MAXR; r++)
+            memcpy((char *)plain + r * rs, x + r * bx, rs);
+        memcpy(packed, plain, MAXR * rs);
+        nf_q4_0x8_repack(packed, n, MAXR, tmp);
+        assert_true(memcmp(packed, plain, MAXR * rs) != 0);
+        for (int r0 = 0; r0 < MAXR; r0 += 8)
+            for (int r1 = r0 + 1; r1 <= MAXR; r1 += 3) {
+                memset(back, 0x5a, MAXR * rs);
+                nf_q4_0x8_unpack(back, packed, n, r0, r1);
+                if (memcmp(back, (char *)plain + r0 * rs, (size_t)(r1 - r0) * rs) != 0)
+                    fail_msg("q4_0x8 n=%d: rows %d..%d do not unpack to the GGUF's", n, r0, r1);
+            }
+        float want[MAXR], got[MAXR + 1];
+        for (int r = 0; r < MAXR; r++)
+            tr->vec_dot(n, &want[r], (char *)plain + r * rs, y);
+        for (int r0 = 0; r0 < MAXR; r0 += 8)
+            for (int nr = 8; r0 + nr <= MAXR; nr += 8) {
+                for (int r = 0; r <= MAXR; r++)
+                    got[r] = -1234.5f;
+                nf__vec_dot_q4_0x8_q8_0_avx512(n, got, (char *)packed + r0 * rs, y, nr);
+                if (got[nr] != -1234.5f)
+                    fail_msg("q4_0x8 n=%d rows %d+%d wrote past its rows", n, r0, nr);
+                for (int r = 0; r < nr; r++)
+                    if (memcmp(&got[r], &want[r0 + r], sizeof(float)) != 0)
+                        fail_msg("q4_0x8 n=%d: rows %d+%d, row %d = %.9g, vec_dot %.9g", n, r0, nr,
+                                 r0 + r, (double)got[r], (double)want[r0 + r]);
+            }
+        free(plain);
+        free(packed);
+        free(back);
+        free(tmp);
+        free(x);
+        free(y);
+    }
+}
+
 /* The same tests under a lower ISA, in a child process. */
 static int run_isa(const char *isa)
 {
@@ -276,6 +344,7 @@ int main(void)
         cmocka_unit_test(test_cols_grouped),
         cmocka_unit_test(test_ggml_dot),
         cmocka_unit_test(test_rows_exact),
+        cmocka_unit_test(test_q4_0x8),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (!getenv("NF_ISA")) {
