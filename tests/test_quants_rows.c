@@ -340,10 +340,8 @@ int main(void)
     nf_kernels_init();
     printf("kernels: %s\n", nf_isa_name(nf_kernels_isa()));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_quant_types),
-        cmocka_unit_test(test_cols_grouped),
-        cmocka_unit_test(test_ggml_dot),
-        cmocka_unit_test(test_rows_exact),
+        cmocka_unit_test(test_quant_types), cmocka_unit_test(test_cols_grouped),
+        cmocka_unit_test(test_ggml_dot),    cmocka_unit_test(test_rows_exact),
         cmocka_unit_test(test_q4_0x8),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
