@@ -40,6 +40,19 @@ struct nf_bench_opts {
     const char *draft;       /* --draft FILE: likewise with this draft model (NULL: none) */
     const char *prompt_file; /* -f: every engine's prompt, read from this file (NULL: none) */
     const char *freq_pen;    /* --frequency-penalty: every engine's, as given (NULL: theirs, 0) */
+    /* --llama-bench PATH | off: llama.cpp's llama-bench for the -p table's reference row
+     * (NULL: llama-bench on PATH, the row left out when there is none) */
+    const char *llama_bench;
+};
+
+/* llama.cpp's prompt figure on the same GGUF, threads and budget (-p N, bench_llama.c). */
+struct nf_bench_llama {
+    bool tried, ran;
+    char error[384];
+    int prompt_tokens;   /* its n_prompt */
+    double prompt_tok_s; /* its avg_ts of the pp test */
+    double ttft;         /* prompt_tokens / prompt_tok_s: its prompt's time, no sampling */
+    uint64_t peak;       /* its memory cgroup's peak (bytes); 0 = unknown */
 };
 
 /* Speculative decoding of a row (--lookup, --draft). */
@@ -116,6 +129,7 @@ struct nf_bench {
     char *prompt; /* -p: the prompt text (o.prompt - 1 words after BOS), -f: the file's text;
                      NULL without either */
     long depth;   /* while a -d row runs: its depth (prompt is then its prompt); else 0 */
+    struct nf_bench_llama llama;
 };
 
 /* Set by SIGINT / SIGTERM: every phase stops as soon as it can. */
@@ -147,6 +161,9 @@ void nf_bench_raw_read(struct nf_bench *b, const struct nf_nft *f, struct nf_ben
  * the cgroup before exec so everything it starts inherits it. Returns the pid or -1. */
 pid_t nf_bench_spawn(struct nf_bench *b, char **argv, const struct nf_cgroup *cg, int *out_fd,
                      const char *log);
+/* The same for another program: exe with argv as given (argv[0] included). */
+pid_t nf_bench_spawn_exe(const char *exe, char **argv, const struct nf_cgroup *cg, int *out_fd,
+                         const char *log);
 
 /* Waits up to secs for child pid; returns its exit code (128 + signal when killed) or -1. When
  * maxrss_kb is not NULL it receives the child's peak resident size (wait4's ru_maxrss), which
@@ -183,6 +200,11 @@ char *nf_bench_next_line(struct nf_bench_lines *l, int ms, size_t *consumed);
 void nf_bench_run_stack(struct nf_bench *b, struct nf_bench_row *r, float sparsity);
 /* `run --mmap` on the .gguf (a row error when the model is a .nft). */
 void nf_bench_run_mmap(struct nf_bench *b, struct nf_bench_row *r);
+
+/* bench_llama.c: with -p N, llama.cpp's `llama-bench -p N -n 0` on the same .gguf with the
+ * same threads, in a memory cgroup of the same budget, into b->llama (--llama-bench PATH, else
+ * llama-bench on PATH; nothing when there is none or with --llama-bench off). */
+void nf_bench_run_llama(struct nf_bench *b);
 /* The phase's memory cgroup when cgroups are in use (false: a row error); the page cache of
  * path dropped; the phase's peak memory (the cgroup's, else the stack daemons' VmHWM). */
 bool nf_bench_phase_cgroup(struct nf_bench *b, struct nf_cgroup *cg, const char *phase,

@@ -57,6 +57,11 @@ static void usage(FILE *f)
             "                        engine, 2..65536, as llama-bench -p: adds each row's prompt\n"
             "                        tok/s and time to first token; the context must hold N\n"
             "                        + -n tokens (default: none, the prompt is BOS)\n"
+            "      --llama-bench PATH  with -p N: llama.cpp's llama-bench on the .gguf with\n"
+            "                        the same -p N and -t, -n 0, once, flash attention off, in\n"
+            "                        a memory cgroup of the same budget: a llama.cpp row in\n"
+            "                        the prompt table; off: no such row (default: llama-bench\n"
+            "                        on PATH, if there is one)\n"
             "  -f, --file FILE       every engine's prompt: the text of FILE (as 'gen -f' and\n"
             "                        'run -f' read it), e.g. a passage to repeat, which\n"
             "                        speculation can draft from; not with -p (default: none)\n"
@@ -187,7 +192,8 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
               nf_arg_is(a, "--cache-type-v") || !strcmp(a, "-ctv") || nf_arg_is(a, "--n-prompt") ||
               !strcmp(a, "-p") || nf_arg_is(a, "--draft") || nf_arg_is(a, "--file") ||
               !strcmp(a, "-f") || nf_arg_is(a, "--n-depth") || !strcmp(a, "-d") ||
-              nf_arg_is(a, "--kv-offload") || nf_arg_is(a, "--frequency-penalty")))
+              nf_arg_is(a, "--kv-offload") || nf_arg_is(a, "--frequency-penalty") ||
+              nf_arg_is(a, "--llama-bench")))
             return nf_usage_error(cmd, "unknown flag '%s'", a);
         if (!(v = nf_arg_value(cmd, argc, argv, &i)))
             return 2;
@@ -249,6 +255,11 @@ int nf_bench_parse_args(int argc, char **argv, struct nf_bench_opts *o)
                 return nf_usage_error(cmd, "--kv-offload expects auto, on or off, got '%s'", v);
             o->kv_offload = !strcmp(v, "on");
             o->kv_auto = !strcmp(v, "auto");
+        } else if (nf_arg_is(a, "--llama-bench")) {
+            if (strcmp(v, "off") && access(v, X_OK))
+                return nf_usage_error(cmd, "--llama-bench: '%s' is not an executable file (%s)", v,
+                                      strerror(errno));
+            o->llama_bench = v;
         } else if (nf_arg_is(a, "--timeout")) {
             if (nf_arg_long(cmd, a, v, 5, 3600, &o->timeout))
                 return 2;

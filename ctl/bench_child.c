@@ -19,6 +19,13 @@
 pid_t nf_bench_spawn(struct nf_bench *b, char **argv, const struct nf_cgroup *cg, int *out_fd,
                      const char *log)
 {
+    argv[0] = (char *)"nanoflowctl";
+    return nf_bench_spawn_exe(b->self, argv, cg, out_fd, log);
+}
+
+pid_t nf_bench_spawn_exe(const char *exe, char **argv, const struct nf_cgroup *cg, int *out_fd,
+                         const char *log)
+{
     int pfd[2] = {-1, -1};
     if (out_fd && pipe2(pfd, O_CLOEXEC) < 0)
         return -1;
@@ -50,9 +57,8 @@ pid_t nf_bench_spawn(struct nf_bench *b, char **argv, const struct nf_cgroup *cg
                 _exit(126);
             }
         }
-        argv[0] = (char *)"nanoflowctl";
-        execv(b->self, argv);
-        dprintf(2, "nanoflowctl bench: exec %s: %s\n", b->self, strerror(errno));
+        execv(exe, argv);
+        dprintf(2, "nanoflowctl bench: exec %s: %s\n", exe, strerror(errno));
         _exit(127);
     }
     if (out_fd) {

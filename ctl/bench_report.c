@@ -126,6 +126,19 @@ void nf_bench_print_table(const struct nf_bench *b)
             fmt_num(c[3], 32, r->prompt_bytes / 1e6, "%.0f");
             printf("%-13s %14s %13s %9s %13s\n", r->mode, c[0], c[1], c[2], c[3]);
         }
+        const struct nf_bench_llama *l = &b->llama;
+        if (l->tried && l->ran) {
+            char c[3][32];
+            fmt_num(c[0], 32, l->prompt_tok_s, "%.2f");
+            fmt_num(c[1], 32, l->ttft, "%.2f");
+            printf("%-13s %14d %13s %9s %13s\n", "llama.cpp", l->prompt_tokens, c[0], c[1], "-");
+            printf("  llama.cpp: llama-bench -p %d -n 0 (pp%d, -fa 0); its TTFT is the prompt's "
+                   "time at that rate\n",
+                   l->prompt_tokens, l->prompt_tokens);
+        } else if (l->tried) {
+            printf("%-13s %14s %13s %9s %13s\n", "llama.cpp", "-", "-", "-", "-");
+            printf("  llama.cpp: %s\n", l->error);
+        }
     }
     if (b->o.n_depth) {
         printf("\n%-13s %8s %14s %9s %12s %14s %11s\n", "DEPTH", "depth", "prompt tokens", "TTFT s",
@@ -306,5 +319,19 @@ void nf_bench_print_json(const struct nf_bench *b)
         jstr("error", r->error[0] ? r->error : NULL, false);
         printf("}");
     }
-    printf("]}\n");
+    printf("]");
+    const struct nf_bench_llama *l = &b->llama;
+    if (l->tried) {
+        printf(",\"llama_cpp\":{");
+        printf("\"prompt_tokens\":%d,", l->prompt_tokens);
+        jnum("prompt_tok_s", l->prompt_tok_s, true);
+        jnum("ttft_s", l->ttft, true);
+        if (l->peak)
+            printf("\"peak_bytes\":%llu,", (unsigned long long)l->peak);
+        else
+            printf("\"peak_bytes\":null,");
+        jstr("error", l->error[0] ? l->error : NULL, false);
+        printf("}");
+    }
+    printf("}\n");
 }

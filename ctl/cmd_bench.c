@@ -304,6 +304,8 @@ int nf_cmd_bench(int argc, char **argv)
             nf_bench_run_spec(&b, r, kinds[i], true, (int)(mm - b.rows));
         }
     }
+    if (!nf_bench_stop)
+        nf_bench_run_llama(&b);
     run_depths(&b);
     /* A second raw pass after the engines: the bound uses the faster of the two, so a disk
      * busy with someone else's writes during one pass does not flatter the engines. */

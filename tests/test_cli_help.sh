@@ -67,7 +67,7 @@ kind() {
     --draft-max) K=int ;;
     -ub | --ubatch-size | --ubatch) K=int ;;
     --kv-block) K=int ;;
-    --kv-offload) K=enum ;;
+    --kv-offload | --llama-bench) K=enum ;;
     --kv-dir) K=str ;;
     -ctk | -ctv | --cache-type-k | --cache-type-v) K=enum ;;
     --n-prompt) K=int ;;
@@ -121,6 +121,7 @@ good() {
     --nice) G=-5 ;;
     --kv-block) G=4 ;;
     --kv-offload) G=auto ;;
+    --llama-bench) G=off ;;
     --kv-dir) G="$T" ;;
     --alignment) G=64 ;;
     --numa-node) G=0 ;;
