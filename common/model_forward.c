@@ -32,7 +32,7 @@
  * several tokens: a thread's whole chunk of rows of a 7B with two threads (1376 rows of 4096
  * values, 512 of 11008: 3.1 MiB). Chosen when the prompt GEMM packed the activations again at
  * every call (64-row calls cost the 514-token prompt 9%: 42.4 against 46.7 tok/s); since
- * nf_matmul_pack packs them once per matrix, smaller calls may do as well (not measured). */
+ * nf_matmul_convert packs them once per matrix, smaller calls may do as well (not measured). */
 #define NF_X8_UNPACK_BYTES ((size_t)4 << 20)
 
 /* Rows unpacked at a time from a matrix of rows of rs bytes: a multiple of 16 (the
@@ -325,39 +325,40 @@ void nf_matmul_reuse(struct nf_ctx *c, bool on)
     c->xq_of = NULL;
 }
 
-/* x (n_tok, n) converted by q into c->xq, unless c->xq already holds it (nf_matmul_reuse). */
-static void nf_matmul_convert(struct nf_ctx *c, nf_from_float_fn q, const float *x, int64_t n,
-                              int n_tok)
+/* x (n_tok, n) converted by q into c->xq, unless c->xq already holds it (nf_matmul_reuse):
+ * row by row (xq_row_stride apart), or with pack in the q4_0 prompt GEMM's order
+ * (nf_q4_0_packed; n_tok * n * 40 / 32 bytes, within the n_tok rows of xq_row_stride >= 4 n
+ * bytes), so that the tiles of one matrix, and each thread's rows of a tile, read the
+ * activations packed once. */
+static void nf_matmul_convert(struct nf_ctx *c, nf_from_float_fn q, nf_q4_0_pack_fn pack,
+                              const float *x, int64_t n, int n_tok)
 {
+    const bool packed = pack != NULL;
     if (c->xq_reuse && c->xq_of == x && c->xq_fn == (const void *)q && c->xq_n == n &&
-        c->xq_ntok == n_tok && !c->xq_packed)
+        c->xq_ntok == n_tok && c->xq_packed == packed)
         return;
-    for (int t = 0; t < n_tok; t++)
-        q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+    if (packed) {
+        NF_ASSERT(nf_q4_0_packed_bytes(n, n_tok) <= (size_t)n_tok * c->xq_row_stride);
+        pack(x, (int)n, n_tok, q, c->xq);
+    } else {
+        for (int t = 0; t < n_tok; t++)
+            q(x + (size_t)t * n, (char *)c->xq + (size_t)t * c->xq_row_stride, n);
+    }
     c->xq_of = c->xq_reuse ? x : NULL;
     c->xq_fn = (const void *)q;
     c->xq_n = n;
     c->xq_ntok = n_tok;
-    c->xq_packed = false;
+    c->xq_packed = packed;
 }
 
-/* The same for the q4_0 prompt GEMM: x quantized by q and packed by pack into c->xq in the
- * kernel's order (nf_q4_0_packed; it takes n_tok * n * 40 / 32 bytes, within the n_tok rows of
- * xq_row_stride >= 4 n bytes), so that the tiles of one matrix, and each thread's rows of a
- * tile, read the activations packed once. */
-static void nf_matmul_pack(struct nf_ctx *c, nf_q4_0_pack_fn pack, nf_from_float_fn q,
-                           const float *x, int64_t n, int n_tok)
+/* Runs job j (its kind and kernels set) over w's rows on the pool: one thread for a product
+ * too small to share. */
+static void nf_matmul_start(struct nf_ctx *c, struct nf_matmul_job *j)
 {
-    if (c->xq_reuse && c->xq_of == x && c->xq_fn == (const void *)q && c->xq_n == n &&
-        c->xq_ntok == n_tok && c->xq_packed)
-        return;
-    NF_ASSERT(nf_q4_0_packed_bytes(n, n_tok) <= (size_t)n_tok * c->xq_row_stride);
-    pack(x, (int)n, n_tok, q, c->xq);
-    c->xq_of = c->xq_reuse ? x : NULL;
-    c->xq_fn = (const void *)q;
-    c->xq_n = n;
-    c->xq_ntok = n_tok;
-    c->xq_packed = true;
+    const int64_t work = j->w->ne[0] * j->w->ne[1] * j->n_tok;
+    atomic_init(&j->next, 0);
+    nf_threadpool_run(c->pool, nf_matmul_run, j,
+                      work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool));
 }
 
 /* nf_matmul, or with each_tok the arithmetic of n_tok separate one-token calls (in one
@@ -381,7 +382,7 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
         /* x86 tinyBLAS takes F16 weights only with F16 activations: llama.cpp converts the
          * activations to F16 first (as for its own dot) and then calls tinyBLAS. */
         j.kind = NF_MM_TINYBLAS16;
-        nf_matmul_convert(c, nf_act_quantizer(NF_TYPE_F16), x, n, n_tok);
+        nf_matmul_convert(c, nf_act_quantizer(NF_TYPE_F16), NULL, x, n, n_tok);
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     } else if (tr->vec_dot_type == NF_TYPE_F32) {
@@ -401,15 +402,12 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
             j.rows_fn = nf_kernels_isa() >= NF_ISA_AVX2 ? nf__vec_dot_q4_0_q8_0_seq_avx2_rows
                                                         : nf__vec_dot_q4_0_q8_0_seq_ref_rows;
         }
-        nf_q4_0_pack_fn pack;
+        nf_q4_0_pack_fn pack = NULL;
         nf_vec_dot_mat_fn packed_mat;
         if (batch && j.kind == NF_MM_VEC_DOT && w->type == NF_TYPE_Q4_0 &&
-            nf_q4_0_packed(nf_kernels_isa(), &pack, &packed_mat)) {
-            nf_matmul_pack(c, pack, nf_act_quantizer(tr->vec_dot_type), x, n, n_tok);
-            j.mat_fn = packed_mat;
-        } else {
-            nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), x, n, n_tok);
-        }
+            nf_q4_0_packed(nf_kernels_isa(), &pack, &packed_mat))
+            j.mat_fn = packed_mat; /* (pack stays NULL otherwise: rows) */
+        nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), pack, x, n, n_tok);
         j.xq = c->xq;
         j.xq_stride = c->xq_row_stride;
     }
@@ -439,10 +437,7 @@ static void nf_matmul_do(struct nf_ctx *c, float *out, const struct nf_tensor *w
     j.x8_bufsz = c->x8_scratch_stride;
     NF_ASSERT(!w->x8 || j.x8_rows ||
               (j.x8_buf && w->row_size * (size_t)nf_x8_unpack_rows(w->row_size) <= j.x8_bufsz));
-    int64_t work = n * w->ne[1] * n_tok;
-    int nth = work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool);
-    atomic_init(&j.next, 0);
-    nf_threadpool_run(c->pool, nf_matmul_run, &j, nth);
+    nf_matmul_start(c, &j);
 }
 
 void nf_matmul(struct nf_ctx *c, float *out, const struct nf_tensor *w, const float *x, int n_tok)
@@ -473,13 +468,10 @@ void nf_matmul_each_gs(struct nf_ctx *c, float *out, const struct nf_tensor *w, 
     const struct nf_type_traits *tr = nf_type_traits(w->type);
     struct nf_matmul_job j = {
         .w = w, .gs_fn = fn, .gs = gs, .out = out, .n_tok = n_tok, .kind = NF_MM_VEC_DOT};
-    nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), x, w->ne[0], n_tok);
+    nf_matmul_convert(c, nf_act_quantizer(tr->vec_dot_type), NULL, x, w->ne[0], n_tok);
     j.xq = c->xq;
     j.xq_stride = c->xq_row_stride;
-    const int64_t work = w->ne[0] * w->ne[1] * n_tok;
-    atomic_init(&j.next, 0);
-    nf_threadpool_run(c->pool, nf_matmul_run, &j,
-                      work < NF_PAR_MIN_WORK ? 1 : nf_threadpool_size(c->pool));
+    nf_matmul_start(c, &j);
 }
 
 /* ggml_vec_dot_f16: products of halves are exact in float; ggml sums them in double in its
