@@ -1082,10 +1082,11 @@ static int nf_stream_layer(struct nf_stream *s, uint32_t il, int pos0, int n_tok
             s->views[r].attn_sinks = c->attn_sinks;
             nf_attn_core(&s->views[r], (int)il, s->views[r].n_past, 1);
         }
-    else if (c->kv_whole && (rc = nf_stream_kv_whole(s, il)) < 0)
-        return rc;
-    else
+    else {
+        if (c->kv_whole && (rc = nf_stream_kv_whole(s, il)) < 0)
+            return rc;
         nf_attn_core(c, (int)il, pos0, n_tok);
+    }
     if (s->kvf && (rc = nf_stream_kv_store(s, il, pos0, n_tok)) < 0)
         return rc;
     if ((rc = nf_stream_mm(s, c->ffo, il, NF_TILE_ATTN_O, E, c->att, n_tok)))
