@@ -226,6 +226,15 @@ static void jnum(const char *key, double v, bool comma)
         putchar(',');
 }
 
+/* "peak_bytes": the peak in bytes, or null when unknown (0), and a comma. */
+static void jpeak(uint64_t peak)
+{
+    if (peak)
+        printf("\"peak_bytes\":%llu,", (unsigned long long)peak);
+    else
+        printf("\"peak_bytes\":null,");
+}
+
 static void jstr(const char *key, const char *s, bool comma)
 {
     printf("\"%s\":", key);
@@ -283,10 +292,7 @@ void nf_bench_print_json(const struct nf_bench *b)
         jnum("used_bytes_per_token", r->used_per_tok, true);
         jnum("recall", r->recall, true);
         jnum("stall_share", r->stall, true);
-        if (r->peak)
-            printf("\"peak_bytes\":%llu,", (unsigned long long)r->peak);
-        else
-            printf("\"peak_bytes\":null,");
+        jpeak(r->peak);
         jstr("peak_source", r->peak_src, true);
         printf("\"oom_kills\":%llu,\"limit_hits\":%llu,", (unsigned long long)r->oom_kills,
                (unsigned long long)r->limit_hits);
@@ -326,10 +332,7 @@ void nf_bench_print_json(const struct nf_bench *b)
         printf("\"prompt_tokens\":%d,", l->prompt_tokens);
         jnum("prompt_tok_s", l->prompt_tok_s, true);
         jnum("ttft_s", l->ttft, true);
-        if (l->peak)
-            printf("\"peak_bytes\":%llu,", (unsigned long long)l->peak);
-        else
-            printf("\"peak_bytes\":null,");
+        jpeak(l->peak);
         jstr("error", l->error[0] ? l->error : NULL, false);
         printf("}");
     }
