@@ -215,7 +215,7 @@ int nf_chat_render(const char *tmpl, const struct nf_chat_msg *msgs, int n_msgs,
                            family, nf_chat_names());
     }
     struct nf_chat__buf sb = {0};
-    nf_chat__formats[f].render(&sb, msgs, n_msgs, add_assistant);
+    nf_chat__format_render(&nf_chat__formats[f], &sb, msgs, n_msgs, add_assistant);
     nf_chat__put(&sb, ""); /* an empty rendering is still a string */
     if (sb.err) {
         free(sb.p);

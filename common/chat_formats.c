@@ -6,32 +6,32 @@
 
 #include "chat_impl.h"
 
-/* ChatML (Qwen2, Qwen3 and many others): every turn in <|im_start|>ROLE ... <|im_end|>. */
-static void render_chatml(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
+/* The formats that wrap every message the same way (nf_chat__turns). */
+static void render_turns(struct nf_chat__buf *sb, const struct nf_chat__turns *t,
+                         const struct nf_chat_msg *m, int n, bool add_ass)
 {
     for (int i = 0; i < n; i++) {
-        nf_chat__put(sb, "<|im_start|>");
+        nf_chat__put(sb, t->open);
         nf_chat__put(sb, m[i].role);
-        nf_chat__put(sb, "\n");
-        nf_chat__put(sb, m[i].content);
-        nf_chat__put(sb, "<|im_end|>\n");
+        nf_chat__put(sb, t->after_role);
+        if (t->trim)
+            nf_chat__put_trim(sb, m[i].content);
+        else
+            nf_chat__put(sb, m[i].content);
+        bool ass = t->close_assistant && nf_chat__is_role(&m[i], "assistant");
+        nf_chat__put(sb, ass ? t->close_assistant : t->close);
     }
     if (add_ass)
-        nf_chat__put(sb, "<|im_start|>assistant\n");
+        nf_chat__put(sb, t->gen);
 }
 
-/* Phi-4: ChatML with <|im_sep|> after the role instead of a newline. */
-static void render_phi4(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
+void nf_chat__format_render(const struct nf_chat__format *f, struct nf_chat__buf *sb,
+                            const struct nf_chat_msg *m, int n, bool add_ass)
 {
-    for (int i = 0; i < n; i++) {
-        nf_chat__put(sb, "<|im_start|>");
-        nf_chat__put(sb, m[i].role);
-        nf_chat__put(sb, "<|im_sep|>");
-        nf_chat__put(sb, m[i].content);
-        nf_chat__put(sb, "<|im_end|>");
-    }
-    if (add_ass)
-        nf_chat__put(sb, "<|im_start|>assistant<|im_sep|>");
+    if (f->render)
+        f->render(sb, m, n, add_ass);
+    else
+        render_turns(sb, &f->turns, m, n, add_ass);
 }
 
 /* Llama 2 and its variants: [INST] ... [/INST] turns, the system prompt inside the first one
@@ -182,20 +182,6 @@ static void render_mistral_v7_tekken(struct nf_chat__buf *sb, const struct nf_ch
     render_mistral_v7_common(sb, m, n, "");
 }
 
-/* Phi-3: <|ROLE|>\n ... <|end|>\n. */
-static void render_phi3(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        nf_chat__put(sb, "<|");
-        nf_chat__put(sb, m[i].role);
-        nf_chat__put(sb, "|>\n");
-        nf_chat__put(sb, m[i].content);
-        nf_chat__put(sb, "<|end|>\n");
-    }
-    if (add_ass)
-        nf_chat__put(sb, "<|assistant|>\n");
-}
-
 /* Gemma: <start_of_turn>ROLE\n ... <end_of_turn>\n with "model" for the assistant. Gemma has no
  * system role: system messages are trimmed, concatenated and put at the top of the next user
  * turn. Every message is trimmed. */
@@ -224,21 +210,6 @@ static void render_gemma(struct nf_chat__buf *sb, const struct nf_chat_msg *m, i
     if (sys.err)
         sb->err = sys.err;
     free(sys.p);
-}
-
-/* Llama 3: <|start_header_id|>ROLE<|end_header_id|>\n\n ... <|eot_id|>, contents trimmed; the
- * <|begin_of_text|> of the Jinja text is the tokenizer's BOS and not printed. */
-static void render_llama3(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        nf_chat__put(sb, "<|start_header_id|>");
-        nf_chat__put(sb, m[i].role);
-        nf_chat__put(sb, "<|end_header_id|>\n\n");
-        nf_chat__put_trim(sb, m[i].content);
-        nf_chat__put(sb, "<|eot_id|>");
-    }
-    if (add_ass)
-        nf_chat__put(sb, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
 /* DeepSeek Coder: ### Instruction: / ### Response: blocks; other roles are dropped. */
@@ -303,51 +274,6 @@ static void render_deepseek3(struct nf_chat__buf *sb, const struct nf_chat_msg *
     }
     if (add_ass)
         nf_chat__put(sb, DS_ASST);
-}
-
-/* gpt-oss (OpenAI's harmony format): <|start|>ROLE<|message|> ... <|end|>, the assistant's
- * messages closed by <|return|>. */
-static void render_gpt_oss(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n,
-                           bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        nf_chat__put(sb, "<|start|>");
-        nf_chat__put(sb, m[i].role);
-        nf_chat__put(sb, "<|message|>");
-        nf_chat__put(sb, m[i].content);
-        nf_chat__put(sb, nf_chat__is_role(&m[i], "assistant") ? "<|return|>" : "<|end|>");
-    }
-    if (add_ass)
-        nf_chat__put(sb, "<|start|>assistant");
-}
-
-/* Zephyr: <|ROLE|>\n ... <|endoftext|>\n. */
-static void render_zephyr(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        nf_chat__put(sb, "<|");
-        nf_chat__put(sb, m[i].role);
-        nf_chat__put(sb, "|>\n");
-        nf_chat__put(sb, m[i].content);
-        nf_chat__put(sb, "<|endoftext|>\n");
-    }
-    if (add_ass)
-        nf_chat__put(sb, "<|assistant|>\n");
-}
-
-/* Falcon 3: <|ROLE|>\n ... \n. */
-static void render_falcon3(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n,
-                           bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        nf_chat__put(sb, "<|");
-        nf_chat__put(sb, m[i].role);
-        nf_chat__put(sb, "|>\n");
-        nf_chat__put(sb, m[i].content);
-        nf_chat__put(sb, "\n");
-    }
-    if (add_ass)
-        nf_chat__put(sb, "<|assistant|>\n");
 }
 
 /* ChatGLM 3 and 4, GLM-Edge: <|ROLE|> then the content on the next line (ChatGLM 3 indents
@@ -537,34 +463,6 @@ static void render_exaone3(struct nf_chat__buf *sb, const struct nf_chat_msg *m,
         nf_chat__put(sb, "[|assistant|]");
 }
 
-/* Megrez: <|role_start|>ROLE<|role_end|> ... <|turn_end|>. */
-static void render_megrez(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        nf_chat__put(sb, "<|role_start|>");
-        nf_chat__put(sb, m[i].role);
-        nf_chat__put(sb, "<|role_end|>");
-        nf_chat__put(sb, m[i].content);
-        nf_chat__put(sb, "<|turn_end|>");
-    }
-    if (add_ass)
-        nf_chat__put(sb, "<|role_start|>assistant<|role_end|>");
-}
-
-/* Llama 4: <|header_start|>ROLE<|header_end|>\n\n ... <|eot|>, contents trimmed. */
-static void render_llama4(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n, bool add_ass)
-{
-    for (int i = 0; i < n; i++) {
-        nf_chat__put(sb, "<|header_start|>");
-        nf_chat__put(sb, m[i].role);
-        nf_chat__put(sb, "<|header_end|>\n\n");
-        nf_chat__put_trim(sb, m[i].content);
-        nf_chat__put(sb, "<|eot|>");
-    }
-    if (add_ass)
-        nf_chat__put(sb, "<|header_start|>assistant<|header_end|>\n\n");
-}
-
 /* SmolVLM: <|im_start|> once, then User: / Assistant: lines closed by <end_of_utterance>. */
 static void render_smolvlm(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n,
                            bool add_ass)
@@ -586,7 +484,12 @@ static void render_smolvlm(struct nf_chat__buf *sb, const struct nf_chat_msg *m,
 
 /* The built-in formats, by the names llama.cpp gives them. */
 const struct nf_chat__format nf_chat__formats[] = {
-    {.name = "chatml", .render = render_chatml},
+    /* ChatML (Qwen2, Qwen3 and many others): every turn in <|im_start|>ROLE ... <|im_end|>. */
+    {.name = "chatml",
+     .turns = {.open = "<|im_start|>",
+               .after_role = "\n",
+               .close = "<|im_end|>\n",
+               .gen = "<|im_start|>assistant\n"}},
     {.name = "llama2", .render = render_llama2},
     {.name = "llama2-sys", .render = render_llama2_sys},
     {.name = "llama2-sys-bos", .render = render_llama2_sys_bos},
@@ -596,16 +499,44 @@ const struct nf_chat__format nf_chat__formats[] = {
     {.name = "mistral-v3-tekken", .render = render_mistral_v3_tekken},
     {.name = "mistral-v7", .render = render_mistral_v7},
     {.name = "mistral-v7-tekken", .render = render_mistral_v7_tekken},
-    {.name = "phi3", .render = render_phi3},
-    {.name = "phi4", .render = render_phi4},
+    /* Phi-3: <|ROLE|>\n ... <|end|>\n. */
+    {.name = "phi3",
+     .turns = {.open = "<|", .after_role = "|>\n", .close = "<|end|>\n", .gen = "<|assistant|>\n"}},
+    /* Phi-4: ChatML with <|im_sep|> after the role instead of a newline. */
+    {.name = "phi4",
+     .turns = {.open = "<|im_start|>",
+               .after_role = "<|im_sep|>",
+               .close = "<|im_end|>",
+               .gen = "<|im_start|>assistant<|im_sep|>"}},
     {.name = "gemma", .render = render_gemma},
-    {.name = "llama3", .render = render_llama3},
+    /* Llama 3: <|start_header_id|>ROLE<|end_header_id|>\n\n ... <|eot_id|>, contents trimmed; the
+     * <|begin_of_text|> of the Jinja text is the tokenizer's BOS and not printed. */
+    {.name = "llama3",
+     .turns = {.open = "<|start_header_id|>",
+               .after_role = "<|end_header_id|>\n\n",
+               .close = "<|eot_id|>",
+               .trim = true,
+               .gen = "<|start_header_id|>assistant<|end_header_id|>\n\n"}},
     {.name = "deepseek", .render = render_deepseek},
     {.name = "deepseek2", .render = render_deepseek2},
     {.name = "deepseek3", .render = render_deepseek3},
-    {.name = "gpt-oss", .render = render_gpt_oss},
-    {.name = "zephyr", .render = render_zephyr},
-    {.name = "falcon3", .render = render_falcon3},
+    /* gpt-oss (OpenAI's harmony format): <|start|>ROLE<|message|> ... <|end|>, the assistant's
+     * messages closed by <|return|>. */
+    {.name = "gpt-oss",
+     .turns = {.open = "<|start|>",
+               .after_role = "<|message|>",
+               .close = "<|end|>",
+               .close_assistant = "<|return|>",
+               .gen = "<|start|>assistant"}},
+    /* Zephyr: <|ROLE|>\n ... <|endoftext|>\n. */
+    {.name = "zephyr",
+     .turns = {.open = "<|",
+               .after_role = "|>\n",
+               .close = "<|endoftext|>\n",
+               .gen = "<|assistant|>\n"}},
+    /* Falcon 3: <|ROLE|>\n ... \n. */
+    {.name = "falcon3",
+     .turns = {.open = "<|", .after_role = "|>\n", .close = "\n", .gen = "<|assistant|>\n"}},
     {.name = "chatglm3", .render = render_chatglm3},
     {.name = "chatglm4", .render = render_chatglm4},
     {.name = "glmedge", .render = render_glmedge},
@@ -617,8 +548,19 @@ const struct nf_chat__format nf_chat__formats[] = {
     {.name = "command-r", .render = render_command_r},
     {.name = "minicpm", .render = render_minicpm},
     {.name = "exaone3", .render = render_exaone3},
-    {.name = "megrez", .render = render_megrez},
-    {.name = "llama4", .render = render_llama4},
+    /* Megrez: <|role_start|>ROLE<|role_end|> ... <|turn_end|>. */
+    {.name = "megrez",
+     .turns = {.open = "<|role_start|>",
+               .after_role = "<|role_end|>",
+               .close = "<|turn_end|>",
+               .gen = "<|role_start|>assistant<|role_end|>"}},
+    /* Llama 4: <|header_start|>ROLE<|header_end|>\n\n ... <|eot|>, contents trimmed. */
+    {.name = "llama4",
+     .turns = {.open = "<|header_start|>",
+               .after_role = "<|header_end|>\n\n",
+               .close = "<|eot|>",
+               .trim = true,
+               .gen = "<|header_start|>assistant<|header_end|>\n\n"}},
     {.name = "smolvlm", .render = render_smolvlm},
 };
 const size_t nf_chat__n_formats = sizeof(nf_chat__formats) / sizeof(nf_chat__formats[0]);

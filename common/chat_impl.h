@@ -31,12 +31,25 @@ bool nf_chat__is_role(const struct nf_chat_msg *m, const char *role);
     "<\xef\xbd\x9c" \
     "Assistant\xef\xbd\x9c>" /* <｜Assistant｜> */
 
-/* One built-in format: its llama.cpp name and the renderer, which appends the messages to sb
- * and, with add_ass, the assistant's generation prompt (the formats without one ignore it). */
+/* A format that prints every message as OPEN ROLE AFTER_ROLE CONTENT CLOSE (CLOSE_ASSISTANT
+ * instead after an assistant's message, when set), the content trimmed when trim, and GEN as
+ * the assistant's generation prompt. */
+struct nf_chat__turns {
+    const char *open, *after_role, *close, *close_assistant, *gen;
+    bool trim;
+};
+
+/* One built-in format: its llama.cpp name and either its renderer, which appends the messages
+ * to sb and, with add_ass, the assistant's generation prompt (the formats without one ignore
+ * it), or, without one, the turns that render it. */
 struct nf_chat__format {
     const char *name;
     void (*render)(struct nf_chat__buf *sb, const struct nf_chat_msg *m, int n, bool add_ass);
+    struct nf_chat__turns turns;
 };
+
+void nf_chat__format_render(const struct nf_chat__format *f, struct nf_chat__buf *sb,
+                            const struct nf_chat_msg *m, int n, bool add_ass);
 
 extern const struct nf_chat__format nf_chat__formats[];
 extern const size_t nf_chat__n_formats;
