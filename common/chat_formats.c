@@ -1,4 +1,4 @@
-/* chat_formats.c - the built-in chat formats, one renderer per family, as llama.cpp's
+/* chat_formats.c - the built-in chat formats, a row of markers or a renderer each, as llama.cpp's
  * llm_chat_apply_template prints them (facts read from its src/llama-chat.cpp; checked against
  * its output by tests/test_chat.c). */
 #include <stdlib.h>
