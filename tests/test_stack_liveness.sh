@@ -169,7 +169,8 @@ golden "after SIGCONT the stack serves the golden output"
 for i in 1 2 3 4 5; do
     if [ $i -gt 1 ]; then
         up
-        check "kill -9 compute mid-stream ($i/5): up replaces the stack" $?
+        rc=$?
+        check "kill -9 compute mid-stream ($i/5): up replaces the stack (rc $rc: $(tail -n 3 "$T/up.err" | tr '\n' ' '))" $rc
     fi
     pid=$(cat "$R/compute.pid")
     "$NF_BIN" gen --run-dir "$R" -p "Once" --temp 0 -n 1000000 >"$T/long.txt" 2>"$T/err" &
