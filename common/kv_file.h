@@ -88,8 +88,9 @@ int nf_kv_file_layer_store(struct nf_kv_file *kf, int slot, int il, int n_end);
 /* Forgets slot's sequence (waits for its I/O, releases its pages). */
 void nf_kv_file_reset(struct nf_kv_file *kf, int slot);
 /* Keeps the first n_past positions of slot's sequence, later ones to be overwritten: the block
- * holding position n_past becomes resident again (read back if it was released). Returns 0 or a
- * negative errno. */
+ * holding position n_past becomes resident again (read back if it was released, nothing when
+ * n_past starts a block), and the pages of the positions after that block are given back, so
+ * that at most that block of each layer is resident after it. Returns 0 or a negative errno. */
 int nf_kv_file_rollback(struct nf_kv_file *kf, int slot, int n_past);
 
 void nf_kv_file_get_stats(const struct nf_kv_file *kf, struct nf_kv_file_stats *out);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -30,6 +31,22 @@
 #define N_PROMPT 40 /* two chunks of the default ubatch */
 #define N_GEN    12
 #define N_CTX    128
+
+/* Rows (of one page each) of slot's K and V caches resident in memory (mincore). */
+static int resident_rows(struct nf_kv_file *kf, int slot, int n_layer, int n_ctx, size_t row)
+{
+    int n = 0;
+    for (int kind = 0; kind < 2; kind++) {
+        uint8_t *base = kind ? nf_kv_file_v(kf, slot) : nf_kv_file_k(kf, slot);
+        const size_t len = (size_t)n_layer * (size_t)n_ctx * row;
+        unsigned char vec[4096];
+        NF_ASSERT(len / 4096 <= sizeof(vec) && row == 4096);
+        assert_int_equal(mincore(base, len, vec), 0);
+        for (size_t i = 0; i < len / 4096; i++)
+            n += vec[i] & 1;
+    }
+    return n;
+}
 
 /* The file layer alone: rows written through the cache's memory survive their release. */
 static void test_blocks(void **state)
@@ -75,10 +92,32 @@ static void test_blocks(void **state)
     assert_int_equal(nf_kv_file_layer_load(kf, 1, 0), 0);
     assert_int_equal(k0[7], (nf_fp16_t)(10000 + 7));
     assert_int_equal(nf_kv_file_layer_store(kf, 1, 0, 30), 0);
-    /* Rollback into a released block brings it back: position 9 of block [8, 12). */
+    /* Rollback into a released block brings it back: position 9 of block [8, 12). Only that
+     * block of each layer is resident then (the bound's newest block): not the later blocks of
+     * the file, nor the rows the sequence held resident past them (a prefix reused by the next
+     * chat turn rolls back hundreds of positions of every layer at once). */
     assert_int_equal(nf_kv_file_rollback(kf, 0, 9), 0);
     const nf_fp16_t *k8 = (const nf_fp16_t *)nf_kv_file_k(kf, 0) + 8 * nr;
     assert_int_equal(k8[7], (nf_fp16_t)(8 + 7));
+    assert_int_equal(resident_rows(kf, 0, L, C, row), 2 * L * B);
+    /* The rows written after it come back from the file after their release. */
+    for (int pos = 9; pos < 30; pos++)
+        for (int il = 0; il < L; il++) {
+            assert_int_equal(nf_kv_file_layer_load(kf, 0, il), 0);
+            nf_fp16_t *k = (nf_fp16_t *)nf_kv_file_k(kf, 0) + ((size_t)il * C + (size_t)pos) * nr;
+            for (size_t i = 0; i < nr; i++)
+                k[i] = (nf_fp16_t)(20000 + il * 1000 + pos + (int)i);
+            assert_int_equal(nf_kv_file_layer_store(kf, 0, il, pos + 1), 0);
+        }
+    assert_true(resident_rows(kf, 0, L, C, row) <= 2 * L * 2 * B);
+    assert_int_equal(nf_kv_file_layer_load(kf, 0, 2), 0);
+    const nf_fp16_t *k2 = (const nf_fp16_t *)nf_kv_file_k(kf, 0) + (size_t)2 * C * nr;
+    assert_int_equal(k2[8 * nr + 7], (nf_fp16_t)(2000 + 8 + 7)); /* kept by the rollback */
+    assert_int_equal(k2[20 * nr + 7], (nf_fp16_t)(20000 + 2000 + 20 + 7)); /* rewritten */
+    assert_int_equal(nf_kv_file_layer_store(kf, 0, 2, 30), 0);
+    /* A rollback to a block's start reads nothing back: no row of that block is kept. */
+    assert_int_equal(nf_kv_file_rollback(kf, 0, 12), 0);
+    assert_int_equal(resident_rows(kf, 0, L, C, row), 0);
     struct nf_kv_file_stats st;
     nf_kv_file_get_stats(kf, &st);
     assert_true(st.write_bytes >= 2ull * 2 * L * 28 * row);

@@ -6,7 +6,8 @@
 # tokens reused are the first prompt's whole 8-token chunks) and gives `run`'s cold output line
 # for line, greedy and seeded; a prompt that diverges mid-way reuses only the whole chunks of
 # the common part; with `--prefix-cache off` nothing is reused and the output is the same; a bad
-# --prefix-cache value is refused. Stories260K again with the KV cache on disk in blocks of 4.
+# --prefix-cache value is refused. Stories260K again with the KV cache on disk in blocks of 4,
+# and of 12 (a rollback that ends inside a block).
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -77,14 +78,17 @@ PY
     [ $? -eq 0 ] || fail=1
 }
 
-# prefix_check NAME MODEL [off|disk]: the scenario of the header on a stack of MODEL (with off:
-# up --prefix-cache off, where nothing may be reused; with disk: the KV cache on disk in blocks
-# of 4, `up --kv-offload on --kv-block 4`, so a kept prefix comes back from the file).
+# prefix_check NAME MODEL [off|disk|disk12]: the scenario of the header on a stack of MODEL (with
+# off: up --prefix-cache off, where nothing may be reused; with disk: the KV cache on disk in
+# blocks of 4, `up --kv-offload on --kv-block 4`, so a kept prefix comes back from the file; with
+# disk12: blocks of 12, so that the rollback to a kept prefix (a multiple of 8) can end inside a
+# block, which it reads back from the file while the blocks after it are given back).
 prefix_check() {
     local name=$1 M=$2 mode=${3:-} off= R="$T/run-$1" rc text k=0
     local upf=(-m "$M" --ram 256M -t 1 -ub 8 --parallel 2 --run-dir "$R")
     [ "$mode" = off ] && off=off && upf+=(--prefix-cache off)
     [ "$mode" = disk ] && upf+=(--kv-offload on --kv-block 4)
+    [ "$mode" = disk12 ] && upf+=(--kv-offload on --kv-block 12)
     "$NF_BIN" up "${upf[@]}" >"$T/up.out" 2>"$T/up.err"
     rc=$?
     check "$name: up exits 0 (rc $rc)" $rc
@@ -92,7 +96,7 @@ prefix_check() {
         cat "$T/up.err"
         return
     fi
-    if [ "$mode" = disk ]; then
+    if [ "${mode#disk}" != "$mode" ]; then
         grep -q "KV cache on disk" "$T/up.out"
         check "$name: up puts the KV cache on disk" $?
     fi
@@ -131,6 +135,7 @@ prefix_check() {
 prefix_check stories "$M0"
 prefix_check stories-off "$M0" off
 prefix_check stories-disk "$M0" disk
+prefix_check stories-disk12 "$M0" disk12
 for m in zoo-Q4_K_M moe-Q4_K_M; do
     if [ -f "$NF_SHARED_DIR/models/$m.gguf" ]; then
         prefix_check "$m" "$NF_SHARED_DIR/models/$m.gguf"

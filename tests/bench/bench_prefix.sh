@@ -9,7 +9,9 @@
 # Usage: bench_prefix.sh NANOFLOWCTL MODEL.gguf [RAM] [CTX] [HISTORY_CHARS] [UP FLAGS...]
 # (defaults 1G, 4096, 4230: 2,027 tokens with mkmodel's synthetic vocabulary). MODES="on" runs
 # the prefix cache's stack only (default "on off": a cold turn 1 of the full 7B takes minutes).
-# Not a test.
+# With both modes it also says whether turn 2 generated the same ids with the prefix reused as
+# cold. KEEP=DIR copies each turn's output (MODE-TURN.json: the last line has prompt_ids and
+# gen_ids) into DIR, so that runs split over several invocations can be compared. Not a test.
 set -u
 BIN=${1:?usage: bench_prefix.sh NANOFLOWCTL MODEL.gguf [RAM] [CTX] [HISTORY_CHARS]}
 M=${2:?usage: bench_prefix.sh NANOFLOWCTL MODEL.gguf [RAM] [CTX] [HISTORY_CHARS]}
@@ -50,6 +52,9 @@ for mode in $MODES; do
     TEXT=$(python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['text'], end='')" "$T/$mode-1.json")
     turn "$R" "$mode-2" "$HIST$TEXT$NEW"
     "$BIN" down --run-dir "$R" >/dev/null 2>&1
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP" && cp "$T/$mode-1.json" "$T/$mode-2.json" "$KEEP/"
+    fi
 done
 
 python3 - "$T" "$M" $MODES <<'PY'
@@ -72,4 +77,9 @@ for mode in modes:
         t1 = t1 or ttft
         print(f"{mode:<13} {turn:>4} {len(out['prompt_ids']):>13} {reused:>6} {ttft:>15} "
               f"{100.0 * ttft / t1:>8.1f}%")
+if "on" in modes and "off" in modes:
+    ids = [json.loads(open(f"{T}/{m}-2.json").read().splitlines()[-1])["gen_ids"]
+           for m in ("on", "off")]
+    print(f"turn 2 ids, prefix reused vs cold: {'same' if ids[0] == ids[1] else 'DIFFERENT'} "
+          f"({len(ids[0])} and {len(ids[1])} ids)")
 PY
