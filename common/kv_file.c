@@ -302,11 +302,27 @@ static uint64_t span_v(const struct nf_kv_file *kf, int slot, int il)
     return kf->size_k + ((uint64_t)slot * (uint64_t)kf->n_layer + (uint64_t)il) * kf->layer_v;
 }
 
+/* Writes a zero into every page of [off, off + len) of the reserved range, before a read
+ * fills it: the CPU faults the released pages in, not the kernel's read, whose pages cost
+ * the attention's kernels 10-15x per row afterwards on this machine (struct nf_kv_file.wbuf).
+ * Every byte written is one the read overwrites. */
+static void touch(struct nf_kv_file *kf, uint64_t off, uint64_t len)
+{
+    for (uint64_t p = off; p < off + len; p = (p / NF_KV_PAGE + 1) * NF_KV_PAGE)
+        kf->mem[p] = 0;
+}
+
 /* Starts the transfer of positions [p0, p1) of (slot, il), K and V. */
 static int xfer_rows(struct nf_kv_file *kf, int slot, int il, bool write, int p0, int p1)
 {
     const uint32_t lay = (uint32_t)(slot * kf->n_layer + il);
     const uint64_t ok = span_k(kf, slot, il) + (uint64_t)p0 * kf->row_k;
+    if (!write) {
+        touch(kf, ok, (uint64_t)(p1 - p0) * kf->row_k);
+        if (kf->row_v)
+            touch(kf, span_v(kf, slot, il) + (uint64_t)p0 * kf->row_v,
+                  (uint64_t)(p1 - p0) * kf->row_v);
+    }
     int rc =
         xfer(kf, lay, write, kf->mem + ok, ok, (uint64_t)(p1 - p0) * kf->row_k, NF_KV_ENT_NONE);
     if (rc == 0 && kf->row_v) {
