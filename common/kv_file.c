@@ -76,6 +76,18 @@ struct nf_kv_file {
     uint32_t stamp;
     uint32_t prev;      /* the block the previous nf_kv_file_need call made resident: kept too */
     uint64_t win_bytes; /* bytes of the admitted entries */
+    /* The window's memory: win_cap slots of slot_bytes (a block of the wider row), mapped and
+     * touched once at open and reused, never given back: an entry's block is read into its
+     * slot (eslot), not into its layout address. Blocks read into pages that the kernel
+     * faulted in for the read cost the walk's kernels 10-20x more per row than pages the CPU
+     * touched first (bench_kv_walk; docs/measurements.md), and a fixed buffer has no page
+     * churn either. The next slot is taken round-robin from slot_next, so that blocks admitted
+     * in the walk's order lie one after the other and nf_kv_file_need hands out runs of them. */
+    uint8_t *wbuf;
+    size_t wbuf_len, wbuf_off, slot_bytes; /* wbuf_off: from the mapping's start */
+    uint16_t *eslot;                       /* (n_ent) the slot of an admitted entry */
+    uint8_t *slot_used;                    /* (win_cap) */
+    int slot_next;
     char path[4096];
     char err[4096 + 256];
 };
@@ -290,11 +302,27 @@ static uint64_t span_v(const struct nf_kv_file *kf, int slot, int il)
     return kf->size_k + ((uint64_t)slot * (uint64_t)kf->n_layer + (uint64_t)il) * kf->layer_v;
 }
 
+/* Writes a zero into every page of [off, off + len) of the reserved range, before a read
+ * fills it: the CPU faults the released pages in, not the kernel's read, whose pages cost
+ * the attention's kernels 10-15x per row afterwards on this machine (struct nf_kv_file.wbuf).
+ * Every byte written is one the read overwrites. */
+static void touch(struct nf_kv_file *kf, uint64_t off, uint64_t len)
+{
+    for (uint64_t p = off; p < off + len; p = (p / NF_KV_PAGE + 1) * NF_KV_PAGE)
+        kf->mem[p] = 0;
+}
+
 /* Starts the transfer of positions [p0, p1) of (slot, il), K and V. */
 static int xfer_rows(struct nf_kv_file *kf, int slot, int il, bool write, int p0, int p1)
 {
     const uint32_t lay = (uint32_t)(slot * kf->n_layer + il);
     const uint64_t ok = span_k(kf, slot, il) + (uint64_t)p0 * kf->row_k;
+    if (!write) {
+        touch(kf, ok, (uint64_t)(p1 - p0) * kf->row_k);
+        if (kf->row_v)
+            touch(kf, span_v(kf, slot, il) + (uint64_t)p0 * kf->row_v,
+                  (uint64_t)(p1 - p0) * kf->row_v);
+    }
     int rc =
         xfer(kf, lay, write, kf->mem + ok, ok, (uint64_t)(p1 - p0) * kf->row_k, NF_KV_ENT_NONE);
     if (rc == 0 && kf->row_v) {
@@ -351,14 +379,21 @@ static uint64_t ent_span(const struct nf_kv_file *kf, int slot, int il, int kind
     return (kind ? span_v(kf, slot, il) : span_k(kf, slot, il)) + (uint64_t)b * *len;
 }
 
-/* Takes entry e out of the window at index i: its pages are given back (it must have no read
- * in flight). */
+/* Entry e's block in the window's memory (its slot). */
+static uint8_t *ent_buf(const struct nf_kv_file *kf, uint32_t e)
+{
+    return kf->wbuf + (size_t)kf->eslot[e] * kf->slot_bytes;
+}
+
+/* Takes entry e out of the window at index i: its slot becomes free (it must have no read in
+ * flight). */
 static void win_remove(struct nf_kv_file *kf, int i, int slot, int il, int kind, int b)
 {
     const uint32_t e = kf->win[i];
-    uint64_t len, off = ent_span(kf, slot, il, kind, b, &len);
+    uint64_t len;
+    ent_span(kf, slot, il, kind, b, &len);
     NF_ASSERT(kf->erd[e] == 0);
-    release(kf, off, len);
+    kf->slot_used[kf->eslot[e]] = 0;
     kf->est[e] = NF_KV_OUT;
     kf->win_bytes -= len;
     memmove(kf->win + i, kf->win + i + 1, sizeof(*kf->win) * (size_t)(kf->win_n - i - 1));
@@ -413,6 +448,12 @@ static int win_admit(struct nf_kv_file *kf, int slot, int il, int kind, int b)
         win_remove(kf, i, s, l, k2, b2);
     }
     uint64_t len, off = ent_span(kf, slot, il, kind, b, &len);
+    int si = kf->slot_next; /* a free slot: there is one, win_n < win_cap */
+    while (kf->slot_used[si])
+        si = si + 1 < kf->win_cap ? si + 1 : 0;
+    kf->slot_used[si] = 1;
+    kf->slot_next = si + 1 < kf->win_cap ? si + 1 : 0;
+    kf->eslot[e] = (uint16_t)si;
     kf->win[kf->win_n++] = e;
     kf->est[e] = NF_KV_READING;
     kf->win_bytes += len;
@@ -420,7 +461,7 @@ static int win_admit(struct nf_kv_file *kf, int slot, int il, int kind, int b)
     if (res > kf->st.resident_max)
         kf->st.resident_max = res;
     /* (The synchronous back end completes it here: req_finish marks it NF_KV_IN.) */
-    return xfer(kf, (uint32_t)(slot * kf->n_layer + il), false, kf->mem + off, off, len, e);
+    return xfer(kf, (uint32_t)(slot * kf->n_layer + il), false, ent_buf(kf, e), off, len, e);
 }
 
 /* The file-backed blocks of (slot, il): [0, kept / block), unless the whole layer is loaded. */
@@ -486,7 +527,7 @@ int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, in
         rc = ring_reap(kf, true);
     if (rc == 0 && kf->est[e] == NF_KV_READING && kf->erd[e] == 0) { /* an earlier read failed */
         uint64_t len, off = ent_span(kf, slot, il, kind, b, &len);
-        rc = xfer(kf, (uint32_t)(slot * kf->n_layer + il), false, kf->mem + off, off, len, e);
+        rc = xfer(kf, (uint32_t)(slot * kf->n_layer + il), false, ent_buf(kf, e), off, len, e);
     }
     if (rc == 0)
         rc = walk_ahead(kf, slot, il, kind, b);
@@ -502,9 +543,17 @@ int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, in
         return rc;
     }
     kf->prev = e;
+    *base = ent_buf(kf, e);
+    /* The blocks after it that are read back into the slots after its, when its blocks fill
+     * their slots (a narrower row's do not: K and V of different types); the resident blocks
+     * from nb on are at their layout addresses, for the next call. */
+    const bool packed = (size_t)kf->block * (kind ? kf->row_v : kf->row_k) == kf->slot_bytes;
     int n = 1;
-    while (b + n < b_end && (b + n >= nb || kf->est[ent_id(kf, slot, il, kind, b + n)] == NF_KV_IN))
-        n++;
+    for (uint32_t en; packed && b + n < b_end && b + n < nb; n++) {
+        en = ent_id(kf, slot, il, kind, b + n);
+        if (kf->est[en] != NF_KV_IN || kf->eslot[en] != kf->eslot[e] + n)
+            break;
+    }
     return n;
 }
 
@@ -525,6 +574,31 @@ int nf_kv_file_walk_prefetch(struct nf_kv_file *kf, int slot, int il)
 }
 
 /* --- the engine's calls ------------------------------------------------------------------ */
+
+/* Maps the window's memory: win_cap slots of a block of the wider row, at a 2 MiB boundary
+ * with MADV_HUGEPAGE over its whole huge pages (fewer TLB misses for the walk's rows, kvd
+ * apart), every page touched now
+ * so that the reads land in pages the CPU faulted in (struct nf_kv_file.wbuf). */
+static int win_map(struct nf_kv_file *kf, char *err, size_t errlen)
+{
+    const size_t huge = (size_t)2 << 20;
+    kf->slot_bytes = (size_t)kf->block * (kf->row_k > kf->row_v ? kf->row_k : kf->row_v);
+    const size_t len = kf->slot_bytes * (size_t)kf->win_cap;
+    const size_t map = round_up(len, NF_KV_PAGE) + huge;
+    uint8_t *m = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return nf_errf(err, errlen, -ENOMEM, "kv file: cannot map a window of %zu bytes", len);
+    kf->wbuf_len = map;
+    kf->wbuf_off = (size_t)(round_up((uint64_t)(uintptr_t)m, huge) - (uint64_t)(uintptr_t)m);
+    kf->wbuf = m + kf->wbuf_off;
+#ifdef MADV_HUGEPAGE
+    if (len >= huge) /* (whole huge pages only: a small window stays small; advice, a failure
+                      * is harmless) */
+        madvise(kf->wbuf, len / huge * huge, MADV_HUGEPAGE);
+#endif
+    memset(kf->wbuf, 0, len);
+    return 0;
+}
 
 int nf_kv_file_open(struct nf_kv_file **out, const struct nf_kv_file_opts *o, char *err,
                     size_t errlen)
@@ -562,17 +636,22 @@ int nf_kv_file_open(struct nf_kv_file **out, const struct nf_kv_file_opts *o, ch
     kf->est = calloc(n_ent, sizeof(*kf->est));
     kf->erd = calloc(n_ent, sizeof(*kf->erd));
     kf->estamp = calloc(n_ent, sizeof(*kf->estamp));
+    kf->eslot = calloc(n_ent, sizeof(*kf->eslot));
+    kf->slot_used = calloc((size_t)kf->win_cap, 1);
     kf->st.window = (uint64_t)kf->win_cap * (uint64_t)o->block *
                     (uint64_t)(o->row_k > o->row_v ? o->row_k : o->row_v);
     const size_t total = (size_t)(kf->size_k + kf->size_v);
     void *mem = mmap(NULL, total, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     kf->mem = mem == MAP_FAILED ? NULL : mem;
-    if (!kf->lay || !kf->win || !kf->est || !kf->erd || !kf->estamp || !kf->mem) {
+    if (!kf->lay || !kf->win || !kf->est || !kf->erd || !kf->estamp || !kf->eslot ||
+        !kf->slot_used || !kf->mem || kf->win_cap > UINT16_MAX) {
         rc = nf_errf(err, errlen, -ENOMEM, "kv file: cannot reserve %zu bytes of address space",
                      total);
         goto fail;
     }
+    if ((rc = win_map(kf, err, errlen)) < 0)
+        goto fail;
     /* O_DIRECT needs every transfer aligned: blocks and layer spans of whole pages. */
     const bool aligned = ((uint64_t)o->block * o->row_k) % NF_KV_PAGE == 0 &&
                          ((uint64_t)o->block * o->row_v) % NF_KV_PAGE == 0 &&
@@ -615,6 +694,10 @@ void nf_kv_file_close(struct nf_kv_file *kf)
     }
     if (kf->mem)
         munmap(kf->mem, (size_t)(kf->size_k + kf->size_v));
+    if (kf->wbuf)
+        munmap(kf->wbuf - kf->wbuf_off, kf->wbuf_len);
+    free(kf->eslot);
+    free(kf->slot_used);
     free(kf->lay);
     free(kf->win);
     free(kf->est);

@@ -11,13 +11,14 @@
  *    completed, so a row is always durable in the file or still resident;
  *  - the attention walks a layer's cells block by block (nf_attn_walk, model_forward.c: the
  *    K blocks for the scores, then the V blocks for the sums) and asks for each block with
- *    nf_kv_file_need: a file-backed block is read back into its own addresses, into a window
- *    of a fixed number of blocks (nf_kv_file_window_blocks) that gives back its oldest block
- *    for a new one, and the reads of the blocks that follow in the walk (the rest of the
- *    layer, then the next layer's) are issued ahead, as many as the window holds;
+ *    nf_kv_file_need: a file-backed block is read back into a slot of the window, a buffer
+ *    of a fixed number of blocks (nf_kv_file_window_blocks) mapped and touched once at open
+ *    and reused (never its pages given back), whose oldest block makes room for a new one,
+ *    and the reads of the blocks that follow in the walk (the rest of the layer, then the
+ *    next layer's) are issued ahead, as many as the window holds;
  *    nf_kv_file_layer_store gives the layer's blocks back after its attention.
  *  - deepseek2's latent attention still reads a whole layer back (nf_kv_file_layer_load).
- * So the attention kernels see exactly the memory of the in-RAM cache (bit-identical output),
+ * So the attention kernels see exactly the rows of the in-RAM cache (bit-identical output),
  * while the resident KV is the window plus the newest blocks of each layer, whatever n_ctx.
  *
  * A sequence only ever reads back blocks it wrote itself since its slot was reset, and the file
@@ -72,8 +73,9 @@ int nf_kv_file_layer_load(struct nf_kv_file *kf, int slot, int il);
  * slot resident, of K (kind 0) or V (kind 1), waiting for its read if it is file-backed, and
  * issues the reads of the blocks that follow it in the walk's order. Returns how many blocks
  * from b on (at most b_end - b) are resident now and stay so until the next call, their rows
- * one after the other from *base (position b * block's row), or a negative errno (a failed
- * read; nf_kv_file_error says which). */
+ * one after the other from *base (position b * block's row: in the window's memory for a
+ * file-backed block, at its address in nf_kv_file_k / _v for a resident one; a run is one or
+ * the other), or a negative errno (a failed read; nf_kv_file_error says which). */
 int nf_kv_file_need(struct nf_kv_file *kf, int slot, int il, int kind, int b, int b_end,
                     const void **base);
 /* Issues the reads of the first blocks of the walk from layer il on (as many as the window
