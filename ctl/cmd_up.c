@@ -1292,6 +1292,15 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         if (w > 0)
             pd += (size_t)w;
     }
+    if (plan.kv_tiles && plan.n_classes < NF_STACK_MAX_CLASSES && pd < sizeof(pool_desc)) {
+        /* The KV block tiles' class (the blocks read back, through the fetcher). */
+        const struct nf_stack_class *c = &plan.classes[plan.n_classes];
+        int w =
+            snprintf(pool_desc + pd, sizeof(pool_desc) - pd, " + %llu x %s for KV blocks",
+                     (unsigned long long)c->n_slots, nf_ctl_fmt_size(b3, sizeof(b3), c->slot_size));
+        if (w > 0)
+            pd += (size_t)w;
+    }
     char b5[32];
     printf("stack up in %s\n  model %s\n  budget %s: pool %s (%s), KV %s, n_ctx %u\n"
            "  KV cache K %s, V %s: %s a token\n"
