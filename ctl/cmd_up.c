@@ -490,7 +490,7 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
         snprintf(kvb, sizeof(kvb), "%ld", o->kv_block);
         argv[k++] = "--kv-block";
         argv[k++] = kvb;
-        if (o->kv_dir && !strcmp(role, NF_ROLE_COMPUTE)) {
+        if (o->kv_dir && (!strcmp(role, NF_ROLE_COMPUTE) || !strcmp(role, NF_ROLE_FETCHER))) {
             argv[k++] = "--kv-dir";
             argv[k++] = (char *)o->kv_dir_abs;
         }
