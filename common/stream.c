@@ -987,9 +987,14 @@ static int nf_stream_kv_need(void *ud, const struct nf_ctx *c, int il, int kind,
         }
         s->kv_pinned[kind] = id;
         *base = p;
-        /* The walk's next block of the kind: its read starts now. */
-        if (s->src.want && b + 1 < nf_kv_file_durable_blocks(s->kvf, slot, il))
-            s->src.want(s->src.ud, nf_stream_kv_id(s, slot, il, kind, b + 1), true);
+        /* The block `ahead` blocks further along the walk (the layer's K blocks, then its V
+         * blocks): its read starts now, so that as many are on their way. */
+        const int nb = nf_kv_file_durable_blocks(s->kvf, slot, il), j = b + s->src.kv->ahead;
+        if (s->src.want && (j < nb || (kind == 0 && j - nb < nb)))
+            s->src.want(s->src.ud,
+                        j < nb ? nf_stream_kv_id(s, slot, il, kind, j)
+                               : nf_stream_kv_id(s, slot, il, 1, j - nb),
+                        true);
         return 1;
     }
     int n = nf_kv_file_need(s->kvf, slot, il, kind, b, b_end, base);
@@ -1014,11 +1019,12 @@ static int nf_stream_kv_load(struct nf_stream *s, uint32_t il, int n_tok)
         nf_kv_file_layer_prefetch(s->kvf, s->kv_slot, (int)il);
         return 0;
     }
-    for (int r = 0; r < nr && s->kv_tiles; r++) { /* the first blocks' tiles asked for */
+    for (int r = 0; r < nr && s->kv_tiles && s->src.want; r++) { /* the walk's first blocks */
         const int slot = nf_stream_kv_slot(s, r);
-        if (s->src.want && nf_kv_file_durable_blocks(s->kvf, slot, (int)il) > 0)
-            for (int k = 0; k < 2; k++)
-                s->src.want(s->src.ud, nf_stream_kv_id(s, slot, (int)il, k, 0), true);
+        const int nb = nf_kv_file_durable_blocks(s->kvf, slot, (int)il);
+        for (int b = 0; b < nb && b < s->src.kv->ahead; b++)
+            s->src.want(s->src.ud, nf_stream_kv_id(s, slot, (int)il, 0, b),
+                        b + 1 == nb || b + 1 == s->src.kv->ahead);
     }
     for (int r = 0; r < nr && !s->kv_tiles; r++) {
         int rc = nf_kv_file_walk_prefetch(s->kvf, nf_stream_kv_slot(s, r), (int)il);
@@ -1113,9 +1119,9 @@ static int nf_stream_kv_open(struct nf_stream *s, const struct nf_stream_opts *o
     const struct nf_tile_src_kv *sk = s->src.kv;
     s->kv_pinned[0] = s->kv_pinned[1] = NF_STREAM_NO_KV;
     s->kv_n_blk = (o->n_ctx + ko.block - 1) / ko.block;
-    s->kv_tiles = sk && sk->pin && sk->mark && sk->n_slots == ko.n_slots && sk->n_ctx == ko.n_ctx &&
-                  sk->block == ko.block && sk->row_k == ko.row_k && sk->row_v == ko.row_v &&
-                  ko.row_v > 0;
+    s->kv_tiles = sk && sk->pin && sk->mark && sk->ahead >= 1 && sk->n_slots == ko.n_slots &&
+                  sk->n_ctx == ko.n_ctx && sk->block == ko.block && sk->row_k == ko.row_k &&
+                  sk->row_v == ko.row_v && ko.row_v > 0;
     if (s->kv_tiles &&
         !(s->kv_pub = calloc((size_t)ko.n_slots * (size_t)hp->n_layer, sizeof(*s->kv_pub))))
         return nf_errf(err, errlen, -ENOMEM, "kv file: out of memory");

@@ -34,10 +34,11 @@
  * cache's. pin pins a durable block's tile as nf_tile_src.pin does (released with its unpin),
  * refusing a copy of an older generation; mark says a block's bytes in the file are durable
  * (its write completed: true) or are to be rewritten (a rollback, a slot's next sequence:
- * false, a new generation), so a copy read before is never used. */
+ * false, a new generation), so a copy read before is never used. ahead: how many blocks of
+ * the walk the engine asks for (nf_tile_src.want) ahead of the one it pins (at least 1). */
 struct nf_tile_src_kv {
     uint32_t first;
-    int n_slots, n_ctx, block;
+    int n_slots, n_ctx, block, ahead;
     size_t row_k, row_v;
     const uint8_t *(*pin)(void *ud, uint32_t id, int *rc);
     void (*mark)(void *ud, uint32_t id, bool durable);

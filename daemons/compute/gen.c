@@ -91,14 +91,19 @@ void nf_gen_tile_src(struct nf_gen *g, struct nf_tile_src *src)
      * (the engine checks the rest of the geometry). */
     const struct nf_stack_config *cfg = g->st->cfg;
     if (cfg->kv_tiles && g->kv_block && !strcmp(cfg->kv_path, g->kv_path)) {
-        g->kv_src = (struct nf_tile_src_kv){.first = (uint32_t)cfg->n_tiles,
-                                            .n_slots = cfg->n_seq ? (int)cfg->n_seq : 1,
-                                            .n_ctx = (int)cfg->n_ctx,
-                                            .block = (int)cfg->kv_block,
-                                            .row_k = (size_t)cfg->kv_row_k,
-                                            .row_v = (size_t)cfg->kv_row_v,
-                                            .pin = shm_kv_pin,
-                                            .mark = shm_kv_mark};
+        g->kv_src =
+            (struct nf_tile_src_kv){.first = (uint32_t)cfg->n_tiles,
+                                    .n_slots = cfg->n_seq ? (int)cfg->n_seq : 1,
+                                    .n_ctx = (int)cfg->n_ctx,
+                                    .block = (int)cfg->kv_block,
+                                    .row_k = (size_t)cfg->kv_row_k,
+                                    .row_v = (size_t)cfg->kv_row_v,
+                                    /* half the KV class on its way at once */
+                                    .ahead = (int)(cfg->classes[cfg->n_classes].n_slots / 2 > 1
+                                                       ? cfg->classes[cfg->n_classes].n_slots / 2
+                                                       : 1),
+                                    .pin = shm_kv_pin,
+                                    .mark = shm_kv_mark};
         src->kv = &g->kv_src;
     }
 }

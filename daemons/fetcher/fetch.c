@@ -459,7 +459,6 @@ static void take_requests(struct nf_fetcher *ft)
             if (id >= ft->n_tiles) { /* a KV block tile: no cycle over the model's tiles */
                 if (req[i].prio & NF_TILE_REQ_STALE)
                     kv_evict_stale(ft, id);
-                ft->kv_cur = id;
                 if (ft->pend[id] & PEND_DEMAND)
                     continue;
                 ft->pend[id] |= PEND_DEMAND;
@@ -653,13 +652,26 @@ static int kv_open(struct nf_fetcher *ft)
 }
 
 /* The KV class's slot whose tile compute needs farthest ahead: the walk reads ids in order
- * (a layer's K blocks, its V blocks, the next layer's), so the one just behind the last asked
- * for; a copy of an older generation first. Evicts it; NF_NO_SLOT when all are pinned. */
+ * (a layer's K blocks, its V blocks, the next layer's), so the one just behind where compute
+ * is (the newest (last_use, id) it pinned: its requests include blocks it asks for ahead); a
+ * copy of an older generation first. Evicts it; NF_NO_SLOT when all are pinned. */
 static uint32_t kv_victim(struct nf_fetcher *ft)
 {
     struct nf_stack *st = ft->st;
     const struct nf_stack_class *c = &st->cfg->classes[st->cfg->n_classes];
     const uint32_t first = (uint32_t)c->first_slot, end = (uint32_t)(c->first_slot + c->n_slots);
+    uint64_t newest = 0;
+    for (uint32_t s = first; s < end; s++) {
+        uint32_t id = atomic_load_explicit(&st->slots[s].tile, memory_order_relaxed);
+        if (id < ft->n_tiles || id >= ft->n_ids)
+            continue;
+        uint32_t u = atomic_load_explicit(&st->tiles[id].last_use, memory_order_relaxed);
+        uint64_t key = (uint64_t)u << 32 | id;
+        if (u != NF_FETCH_UNUSED && key >= newest) {
+            newest = key;
+            ft->kv_cur = id;
+        }
+    }
     for (int tries = 0; tries < 4; tries++) {
         uint32_t best = NF_NO_SLOT;
         uint64_t best_d = 0;
