@@ -4,7 +4,8 @@
 # a class of 16 slots, so every step evicts and reads KV tiles again). Rollbacks (prompt lookup's
 # rejected drafts rewrite durable blocks at a new generation) and slot reuse (a slot's next
 # sequence rewrites its blocks from 0, with the last one's tiles still in the pool), alone and
-# two sequences at once, give `run`'s tokens; the fetcher reports the KV tiles it read.
+# two sequences at once, give `run`'s tokens; the fetcher reports the KV tiles it read, through a
+# buffered descriptor for those blocks of 256 bytes and with O_DIRECT for blocks of a page.
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -14,7 +15,9 @@ need_daemons
 T=$(mktemp -d)
 export XDG_CACHE_HOME="$T/cache" # the index of the read-only shared models goes here
 R="$T/run"
-trap '"$NF_BIN" down --run-dir "$R" >/dev/null 2>&1; rm -rf "$T"' EXIT
+R2="$T/run2"
+trap '"$NF_BIN" down --run-dir "$R" >/dev/null 2>&1; "$NF_BIN" down --run-dir "$R2" >/dev/null 2>&1
+rm -rf "$T"' EXIT
 
 "$NF_BIN" up -m "$M0" --ram 64M -t 1 -c 128 --kv-offload on --kv-block 4 --parallel 2 --lookup \
     --prefix-cache off --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
@@ -70,4 +73,24 @@ assert m and int(m.group(1)) > 1000, m and m.group(0)
 print("fetcher:", m.group(0))
 PY
 check "the fetcher read the KV blocks as tiles" $?
+grep -q "opened for KV tiles (buffered" "$R/fetcher.log"
+check "blocks of 256 bytes are read through a buffered descriptor" $?
+
+# 3. Blocks of whole pages (64 positions of 64 bytes): read with O_DIRECT, as compute writes
+#    them (where the file system has it), still run's tokens.
+"$NF_BIN" up -m "$M0" --ram 64M -t 1 -c 128 --kv-offload on --kv-block 64 --parallel 1 \
+    --run-dir "$R2" >"$T/up.out" 2>"$T/up.err"
+check "up --kv-block 64 exits 0" $?
+"$NF_BIN" gen --run-dir "$R2" -p "Once upon a time" -n 110 --temp 0 >"$T/gen.txt" 2>/dev/null
+"$NF_BIN" run -m "$M0" -t 1 -c 128 -p "Once upon a time" -n 110 --temp 0 >"$T/run.txt" 2>/dev/null
+cmp -s "$T/gen.txt" "$T/run.txt" && [ -s "$T/gen.txt" ]
+check "blocks of a page: 110 tokens over KV tiles equal run's" $?
+"$NF_BIN" down --run-dir "$R2" >/dev/null 2>&1
+if [ "$(stat -f -c %T "$T")" = tmpfs ]; then
+    echo "skip: $T is tmpfs (no O_DIRECT)"
+else
+    grep -q "opened for KV tiles (O_DIRECT)" "$R2/fetcher.log" &&
+        grep -Eq "reads: kv +demand +[1-9]" "$R2/fetcher.log"
+    check "blocks of a page are read as tiles with O_DIRECT" $?
+fi
 exit $fail
