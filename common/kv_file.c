@@ -130,6 +130,13 @@ uint64_t nf_kv_file_resident_bound(int n_layer, int n_ctx, int n_slots, int bloc
     return b < whole ? b : whole;
 }
 
+uint64_t nf_kv_file_newest_bound(int n_layer, int n_ctx, int n_slots, int block, size_t row)
+{
+    const uint64_t whole = (uint64_t)n_slots * (uint64_t)n_layer * (uint64_t)n_ctx * row;
+    const uint64_t b = (uint64_t)n_slots * 2 * (uint64_t)n_layer * (uint64_t)block * row;
+    return b < whole ? b : whole;
+}
+
 /* --- requests -------------------------------------------------------------------------------- */
 
 static uint32_t req_get(struct nf_kv_file *kf)
@@ -856,6 +863,12 @@ int nf_kv_file_rollback(struct nf_kv_file *kf, int slot, int n_past)
         release_rows(kf, slot, il, e, kf->n_ctx);
     }
     return 0;
+}
+
+int nf_kv_file_durable_blocks(const struct nf_kv_file *kf, int slot, int il)
+{
+    NF_ASSERT(slot >= 0 && slot < kf->n_slots && il >= 0 && il < kf->n_layer);
+    return kf->lay[slot * kf->n_layer + il].kept / kf->block;
 }
 
 void nf_kv_file_get_stats(const struct nf_kv_file *kf, struct nf_kv_file_stats *out)

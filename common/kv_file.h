@@ -95,6 +95,10 @@ void nf_kv_file_reset(struct nf_kv_file *kf, int slot);
  * that at most that block of each layer is resident after it. Returns 0 or a negative errno. */
 int nf_kv_file_rollback(struct nf_kv_file *kf, int slot, int n_past);
 
+/* Blocks of (slot, il) durable in the file and given back from memory: [0, this). Blocks from
+ * there on are resident (nf_kv_file_need hands out their own addresses). */
+int nf_kv_file_durable_blocks(const struct nf_kv_file *kf, int slot, int il);
+
 void nf_kv_file_get_stats(const struct nf_kv_file *kf, struct nf_kv_file_stats *out);
 /* The window's default size in blocks for blocks of `block` positions of row bytes (K and V):
  * about 16 MiB, or half a layer's blocks for n_ctx positions when that is less, at least 4 and
@@ -104,6 +108,9 @@ int nf_kv_file_window_blocks(int n_ctx, int block, size_t row);
  * newest and one being written), plus the window (nf_kv_file_window_blocks blocks of K and V
  * rows, counted whole); at most the whole cache. Independent of n_ctx past that. */
 uint64_t nf_kv_file_resident_bound(int n_layer, int n_ctx, int n_slots, int block, size_t row);
+/* The same without the window: per slot two blocks of every layer, at most the whole cache
+ * (what stays in compute's memory when the pool holds the blocks read back). */
+uint64_t nf_kv_file_newest_bound(int n_layer, int n_ctx, int n_slots, int block, size_t row);
 /* A prompt chunk's attention reads its layer back whole (nf_kv_file_layer_load) instead of
  * walking the window when the layer's rows for n_ctx positions take at most this many bytes:
  * the chunk's queries then share each cell's read and the in-RAM attention's query tiles, where

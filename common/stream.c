@@ -87,7 +87,17 @@ struct nf_stream {
     int kv_slot;
     int kv_rows[NF_MAX_BATCH];
     bool kv_whole; /* prompt chunks read their layer back whole (nf_kv_file_prompt_layer) */
+    /* The blocks as tiles of the source's pool (src.kv, when its geometry is the file's): the
+     * walk pins a durable block's tile instead of reading it into the window. kv_pub: per
+     * (slot, layer) the blocks marked durable, [0, kv_pub); kv_pinned: the K and V tiles the
+     * walk holds (NF_STREAM_NO_KV: none). */
+    bool kv_tiles;
+    int kv_n_blk;
+    int *kv_pub; /* (n_slots of the file, n_layer) */
+    uint32_t kv_pinned[2];
 };
+
+#define NF_STREAM_NO_KV UINT32_MAX
 
 /* --- tiles ----------------------------------------------------------------------------- */
 
@@ -918,11 +928,75 @@ static int nf_stream_kv_slot(const struct nf_stream *s, int r)
 
 /* The attention walk's kv_need (model.h) for c, the engine's context or a batched step's row
  * view: block b of the row's slot resident (kv_file.h), at *base. */
+/* The tile id of block b of kind of layer il of slot (nf_tile_src_kv). */
+static uint32_t nf_stream_kv_id(const struct nf_stream *s, int slot, int il, int kind, int b)
+{
+    return s->src.kv->first +
+           (uint32_t)(((slot * s->shell.hp.n_layer + il) * 2 + kind) * s->kv_n_blk + b);
+}
+
+/* Releases the KV tiles the walk holds. */
+static void nf_stream_kv_unpin(struct nf_stream *s)
+{
+    for (int k = 0; k < 2; k++)
+        if (s->kv_pinned[k] != NF_STREAM_NO_KV) {
+            s->src.unpin(s->src.ud, s->kv_pinned[k]);
+            s->kv_pinned[k] = NF_STREAM_NO_KV;
+        }
+}
+
+/* Marks the blocks of slot whose durability changed since the last call (every layer, or
+ * layer il when il >= 0): those that became durable, and those a rollback or a reset is to
+ * rewrite (a new generation: a copy read before is never pinned). */
+static void nf_stream_kv_mark(struct nf_stream *s, int slot, int il)
+{
+    if (!s->kv_tiles)
+        return;
+    const int n_layer = s->shell.hp.n_layer;
+    for (int l = il < 0 ? 0 : il; l < (il < 0 ? n_layer : il + 1); l++) {
+        int *pub = &s->kv_pub[slot * n_layer + l];
+        const int nb = nf_kv_file_durable_blocks(s->kvf, slot, l);
+        for (int b = *pub; b < nb; b++)
+            for (int k = 0; k < 2; k++)
+                s->src.kv->mark(s->src.ud, nf_stream_kv_id(s, slot, l, k, b), true);
+        for (int b = nb; b < *pub; b++)
+            for (int k = 0; k < 2; k++)
+                s->src.kv->mark(s->src.ud, nf_stream_kv_id(s, slot, l, k, b), false);
+        *pub = nb;
+    }
+}
+
 static int nf_stream_kv_need(void *ud, const struct nf_ctx *c, int il, int kind, int b, int b_end,
                              const void **base)
 {
     struct nf_stream *s = ud;
     const int slot = c == s->c ? s->kv_slot : nf_stream_kv_slot(s, (int)(c - s->views));
+    if (s->kv_tiles && b < nf_kv_file_durable_blocks(s->kvf, slot, il)) {
+        /* A durable block: its tile, pinned until the walk's next block of the kind. */
+        const uint32_t id = nf_stream_kv_id(s, slot, il, kind, b);
+        if (s->kv_pinned[kind] != NF_STREAM_NO_KV) {
+            s->src.unpin(s->src.ud, s->kv_pinned[kind]);
+            s->kv_pinned[kind] = NF_STREAM_NO_KV;
+        }
+        int rc = 0;
+        const uint8_t *p = s->src.kv->pin(s->src.ud, id, &rc);
+        if (!p) {
+            snprintf(s->err, sizeof(s->err), "KV tile of layer %d %s block %d: %s", il,
+                     kind ? "V" : "K", b, nf_strerror(rc < 0 ? rc : -EIO));
+            return rc < 0 ? rc : -EIO;
+        }
+        s->kv_pinned[kind] = id;
+        *base = p;
+        /* The block `ahead` blocks further along the walk (the layer's K blocks, then its V
+         * blocks): its read starts now, so that as many are on their way. */
+        const int nb = nf_kv_file_durable_blocks(s->kvf, slot, il), j = b + s->src.kv->ahead;
+        if (s->src.want && (j < nb || (kind == 0 && j - nb < nb)))
+            s->src.want(s->src.ud,
+                        j < nb ? nf_stream_kv_id(s, slot, il, kind, j)
+                               : nf_stream_kv_id(s, slot, il, 1, j - nb),
+                        true);
+        return 1;
+    }
     int n = nf_kv_file_need(s->kvf, slot, il, kind, b, b_end, base);
     if (n < 0)
         snprintf(s->err, sizeof(s->err), "%s", nf_kv_file_error(s->kvf));
@@ -945,7 +1019,14 @@ static int nf_stream_kv_load(struct nf_stream *s, uint32_t il, int n_tok)
         nf_kv_file_layer_prefetch(s->kvf, s->kv_slot, (int)il);
         return 0;
     }
-    for (int r = 0; r < nr; r++) {
+    for (int r = 0; r < nr && s->kv_tiles && s->src.want; r++) { /* the walk's first blocks */
+        const int slot = nf_stream_kv_slot(s, r);
+        const int nb = nf_kv_file_durable_blocks(s->kvf, slot, (int)il);
+        for (int b = 0; b < nb && b < s->src.kv->ahead; b++)
+            s->src.want(s->src.ud, nf_stream_kv_id(s, slot, (int)il, 0, b),
+                        b + 1 == nb || b + 1 == s->src.kv->ahead);
+    }
+    for (int r = 0; r < nr && !s->kv_tiles; r++) {
         int rc = nf_kv_file_walk_prefetch(s->kvf, nf_stream_kv_slot(s, r), (int)il);
         if (rc < 0) {
             snprintf(s->err, sizeof(s->err), "%s", nf_kv_file_error(s->kvf));
@@ -977,6 +1058,7 @@ static int nf_stream_kv_err(struct nf_stream *s, int n_tok)
 static int nf_stream_kv_store(struct nf_stream *s, uint32_t il, int pos0, int n_tok)
 {
     const int nr = s->batch ? n_tok : 1;
+    nf_stream_kv_unpin(s); /* the layer's walk is over */
     int rc0 = nf_stream_kv_err(s, n_tok);
     if (rc0 < 0)
         return rc0; /* (s->err says which read) */
@@ -987,6 +1069,7 @@ static int nf_stream_kv_store(struct nf_stream *s, uint32_t il, int pos0, int n_
             snprintf(s->err, sizeof(s->err), "%s", nf_kv_file_error(s->kvf));
             return rc;
         }
+        nf_stream_kv_mark(s, nf_stream_kv_slot(s, r), (int)il);
     }
     return 0;
 }
@@ -1032,14 +1115,25 @@ static int nf_stream_kv_open(struct nf_stream *s, const struct nf_stream_opts *o
                                ? 0
                                : nf_kv_file_prompt_layer(o->n_ctx, ko.row_k + ko.row_v);
     s->kv_whole = whole > 0;
+    /* The pool's KV tiles when the source has them for exactly this file's blocks. */
+    const struct nf_tile_src_kv *sk = s->src.kv;
+    s->kv_pinned[0] = s->kv_pinned[1] = NF_STREAM_NO_KV;
+    s->kv_n_blk = (o->n_ctx + ko.block - 1) / ko.block;
+    s->kv_tiles = sk && sk->pin && sk->mark && sk->ahead >= 1 && sk->n_slots == ko.n_slots &&
+                  sk->n_ctx == ko.n_ctx && sk->block == ko.block && sk->row_k == ko.row_k &&
+                  sk->row_v == ko.row_v && ko.row_v > 0;
+    if (s->kv_tiles &&
+        !(s->kv_pub = calloc((size_t)ko.n_slots * (size_t)hp->n_layer, sizeof(*s->kv_pub))))
+        return nf_errf(err, errlen, -ENOMEM, "kv file: out of memory");
     const int walk_ub = s->kv_whole ? 1 : s->c->n_ubatch;
     if ((rc = nf_attn_walk_init(s->c, ko.block, walk_ub, nf_stream_kv_need, s)) < 0)
         return nf_errf(err, errlen, rc, "kv file: no memory for the attention walk");
     s->mem += nf_attn_walk_bytes(hp, o->n_ctx, walk_ub, nf_ctx_kv_bytes(s->c));
     /* The resident KV replaces the whole cache in the engine's memory count. */
     s->mem -= nf_ctx_kv_bytes(s->c);
-    s->mem += whole + nf_kv_file_resident_bound(hp->n_layer, o->n_ctx, ko.n_slots, ko.block,
-                                                ko.row_k + ko.row_v);
+    /* (With the pool's tiles the window's blocks are the pool's.) */
+    s->mem += whole + (s->kv_tiles ? nf_kv_file_newest_bound : nf_kv_file_resident_bound)(
+                          hp->n_layer, o->n_ctx, ko.n_slots, ko.block, ko.row_k + ko.row_v);
     nf_stream_kv_bind(s, 0, 1);
     return 0;
 }
@@ -1274,6 +1368,7 @@ int nf_stream_rollback(struct nf_stream *s, int n_past)
 {
     if (s->kvf && n_past >= 0 && n_past <= s->c->n_past) {
         int rc = nf_kv_file_rollback(s->kvf, s->kv_slot, n_past);
+        nf_stream_kv_mark(s, s->kv_slot, -1);
         if (rc < 0)
             return rc;
     }
@@ -1328,8 +1423,10 @@ int nf_stream_n_slots(const struct nf_stream *s)
 void nf_stream_slot_reset(struct nf_stream *s, int i)
 {
     NF_ASSERT(i >= 0 && i < s->n_slots);
-    if (s->kvf)
+    if (s->kvf) {
         nf_kv_file_reset(s->kvf, i);
+        nf_stream_kv_mark(s, i, -1);
+    }
     s->slots[i].n_past = 0;
 }
 
@@ -1365,6 +1462,7 @@ int nf_stream_slot_rollback(struct nf_stream *s, int i, int n_past)
         return NF_EUSAGE;
     if (s->kvf) {
         int rc = nf_kv_file_rollback(s->kvf, i, n_past);
+        nf_stream_kv_mark(s, i, -1);
         if (rc < 0)
             return rc;
     }
@@ -2142,6 +2240,9 @@ void nf_stream_free(struct nf_stream *s)
     if (s->slots) /* c frees its own cache and logits, slot 0's */
         nf_ctx_bind(s->c, &s->slots[0]);
     if (s->kvf) { /* the caches are the KV file's memory */
+        if (s->kv_tiles)
+            nf_stream_kv_unpin(s);
+        free(s->kv_pub);
         for (int i = 0; i < s->n_slots; i++)
             s->slots[i].k_cache = s->slots[i].v_cache = NULL;
         if (s->c)
@@ -2185,8 +2286,10 @@ void nf_stream_free(struct nf_stream *s)
 
 void nf_stream_reset(struct nf_stream *s)
 {
-    if (s->kvf)
+    if (s->kvf) {
         nf_kv_file_reset(s->kvf, s->kv_slot);
+        nf_stream_kv_mark(s, s->kv_slot, -1);
+    }
     nf_ctx_reset(s->c);
 }
 

@@ -27,6 +27,23 @@
 #include "nft.h"
 #include "sparse_pick.h"
 
+/* KV block tiles of a shared pool (shm/stack.h): the KV cache on disk (nf_stream_opts kv_path)
+ * read back by the pool's owner instead of the engine's own window (kv_file.h). Block b of K
+ * (kind 0) or V (1) of layer il of sequence slot is tile first + ((slot * n_layer + il) * 2 +
+ * kind) * ceil(n_ctx / block) + b; the engine uses them only when the geometry below is its
+ * cache's. pin pins a durable block's tile as nf_tile_src.pin does (released with its unpin),
+ * refusing a copy of an older generation; mark says a block's bytes in the file are durable
+ * (its write completed: true) or are to be rewritten (a rollback, a slot's next sequence:
+ * false, a new generation), so a copy read before is never used. ahead: how many blocks of
+ * the walk the engine asks for (nf_tile_src.want) ahead of the one it pins (at least 1). */
+struct nf_tile_src_kv {
+    uint32_t first;
+    int n_slots, n_ctx, block, ahead;
+    size_t row_k, row_v;
+    const uint8_t *(*pin)(void *ud, uint32_t id, int *rc);
+    void (*mark)(void *ud, uint32_t id, bool durable);
+};
+
 /* Where tile bytes come from. pin returns the bytes of tile id (stable until unpin), or NULL
  * with *rc set (NF_ECHECKSUM, -EIO, -ECANCELED, -ETIMEDOUT...). layer_done and used are
  * optional (NULL): layer_done receives the residual stream of the last token after each layer;
@@ -42,6 +59,8 @@ struct nf_tile_src {
      * the FFN tiles of a layer right after choosing its groups, so their reads all start at
      * once); flush ends a batch of hints. */
     void (*want)(void *ud, uint32_t id, bool flush);
+    /* Optional (NULL): the KV cache's blocks as tiles (must outlive the engine). */
+    const struct nf_tile_src_kv *kv;
 };
 
 struct nf_stream_opts {

@@ -490,7 +490,7 @@ static pid_t spawn_daemon(const char *bin, const char *role, const char *dir, co
         snprintf(kvb, sizeof(kvb), "%ld", o->kv_block);
         argv[k++] = "--kv-block";
         argv[k++] = kvb;
-        if (o->kv_dir && !strcmp(role, NF_ROLE_COMPUTE)) {
+        if (o->kv_dir && (!strcmp(role, NF_ROLE_COMPUTE) || !strcmp(role, NF_ROLE_FETCHER))) {
             argv[k++] = "--kv-dir";
             argv[k++] = (char *)o->kv_dir_abs;
         }
@@ -1289,6 +1289,15 @@ static int up_in_dir(const struct up_opts *o, const char *dir)
         int w = snprintf(pool_desc + pd, sizeof(pool_desc) - pd, "%s %llu x %s", k ? " +" : "",
                          (unsigned long long)plan.classes[k].n_slots,
                          nf_ctl_fmt_size(b3, sizeof(b3), plan.classes[k].slot_size));
+        if (w > 0)
+            pd += (size_t)w;
+    }
+    if (plan.kv_tiles && plan.n_classes < NF_STACK_MAX_CLASSES && pd < sizeof(pool_desc)) {
+        /* The KV block tiles' class (the blocks read back, through the fetcher). */
+        const struct nf_stack_class *c = &plan.classes[plan.n_classes];
+        int w =
+            snprintf(pool_desc + pd, sizeof(pool_desc) - pd, " + %llu x %s for KV blocks",
+                     (unsigned long long)c->n_slots, nf_ctl_fmt_size(b3, sizeof(b3), c->slot_size));
         if (w > 0)
             pd += (size_t)w;
     }

@@ -113,8 +113,32 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
         p->class_min[k] = sh->class_min[k];
         p->class_tiles[k] = sh->class_tiles[k];
     }
+    /* The KV cache on disk read through the pool: a class of its own past the weights' (when
+     * one is free; deepseek2's latent reads its layers itself), as many slots of a block as
+     * compute's read-back window would hold, which the plan no longer reserves (below). */
+    const uint64_t n_seq = p->n_seq ? p->n_seq : 1;
+    p->kv_tiles = 0;
+    p->kv_n_blk = 0;
+    p->kv_row_k = p->kv_row_v = 0;
+    if (p->kv_block && !sh->kv_latent && sh->n_classes < NF_STACK_MAX_CLASSES &&
+        sh->n_tiles + n_seq * sh->n_layer * 2 * ((n_ctx + p->kv_block - 1) / p->kv_block) <
+            NF_NO_TILE) {
+        p->kv_row_k = kv_row_bytes(sh->type_k, (uint64_t)sh->n_head_kv * sh->head_k);
+        p->kv_row_v = kv_row_bytes(sh->type_v, (uint64_t)sh->n_head_kv * sh->head_v);
+        p->kv_n_blk = (n_ctx + p->kv_block - 1) / p->kv_block;
+        p->kv_tiles = n_seq * sh->n_layer * 2 * p->kv_n_blk;
+        const uint64_t row = p->kv_row_k > p->kv_row_v ? p->kv_row_k : p->kv_row_v;
+        struct nf_stack_class *c = &p->classes[sh->n_classes];
+        c->slot_size = nf__align_to((uint64_t)p->kv_block * row, NF_SHM_ALIGN);
+        c->n_slots = (uint64_t)nf_kv_file_window_blocks((int)n_ctx, (int)p->kv_block,
+                                                        (size_t)(p->kv_row_k + p->kv_row_v));
+        c->first_slot = n_slots;
+        c->pool_off = pool;
+        n_slots += c->n_slots;
+        pool += c->n_slots * c->slot_size;
+    }
     struct nf_stack_layout lo;
-    nf__stack_layout(sh, n_slots, &lo);
+    nf__stack_layout(sh, n_slots, p->kv_tiles, &lo);
     p->n_slots = n_slots;
     p->pool_bytes = pool;
     p->area_sizes[NF_SHM_TILE_POOL] = p->pool_bytes;
@@ -133,7 +157,6 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
      * the io_uring registration) and the sockets', logs' and slab's page cache. */
     p->kernel_bytes = NF_STACK_MAPPINGS * (region / 256) + NF_STACK_KERNEL_BYTES;
 
-    const uint64_t n_seq = p->n_seq ? p->n_seq : 1;
     p->kv_token_bytes = kv_token_bytes(sh);
     p->type_k = sh->type_k ? sh->type_k : NF_TYPE_F16;
     p->type_v = sh->type_v ? sh->type_v : NF_TYPE_F16;
@@ -141,10 +164,14 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     p->kv_file_bytes = 0;
     if (p->kv_block) { /* on disk: only the resident blocks (kv_file.h), rows of the types */
         p->kv_file_bytes = p->kv_bytes;
-        p->kv_bytes =
-            kv_prompt_layer(sh, n_ctx) +
-            nf_kv_file_resident_bound((int)sh->n_layer, (int)n_ctx, (int)n_seq, (int)p->kv_block,
-                                      (size_t)(p->kv_token_bytes / sh->n_layer));
+        const size_t row = (size_t)(p->kv_token_bytes / sh->n_layer);
+        p->kv_bytes = kv_prompt_layer(sh, n_ctx) + nf_kv_file_resident_bound((int)sh->n_layer,
+                                                                             (int)n_ctx, (int)n_seq,
+                                                                             (int)p->kv_block, row);
+        if (p->kv_tiles) /* the window's blocks are the pool's KV class (above) */
+            p->kv_bytes = kv_prompt_layer(sh, n_ctx) +
+                          nf_kv_file_newest_bound((int)sh->n_layer, (int)n_ctx, (int)n_seq,
+                                                  (int)p->kv_block, row);
     }
     /* Compute's float activations: per token of a prompt chunk (the ubatch) the residual and
      * its normed copies, q/k/v, attention output, FFN hidden states and their quantized
@@ -168,7 +195,7 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     p->predictor_private = NF_STACK_PROC_BYTES + sh->pred_copies +
                            (2ull * sh->n_ff + 2ull * sh->n_embd + 2 * groups) * sizeof(float);
     /* The fetcher keeps per-tile policy state and its io_uring / worker queues. */
-    p->fetcher_private = NF_STACK_PROC_BYTES + sh->n_tiles * 16 + (256ull << 10);
+    p->fetcher_private = NF_STACK_PROC_BYTES + (sh->n_tiles + p->kv_tiles) * 16 + (256ull << 10);
     p->n_ctx = n_ctx;
     return p->region_bytes + p->kernel_bytes + p->compute_private + p->predictor_private +
            p->fetcher_private;

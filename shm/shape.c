@@ -326,12 +326,16 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
     return 0;
 }
 
-void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots, struct nf_stack_layout *lo)
+void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots, uint64_t kv_tiles,
+                      struct nf_stack_layout *lo)
 {
     lo->tiles_off = nf__align_to(sizeof(struct nf_stack_config), NF_STACK_CL);
-    lo->slots_off =
-        nf__align_to(lo->tiles_off + sh->n_tiles * sizeof(struct nf_tile_entry), NF_STACK_CL);
-    lo->table_bytes = lo->slots_off + n_slots * sizeof(struct nf_slot_entry);
+    lo->slots_off = nf__align_to(
+        lo->tiles_off + (sh->n_tiles + kv_tiles) * sizeof(struct nf_tile_entry), NF_STACK_CL);
+    lo->kv_words_off =
+        nf__align_to(lo->slots_off + n_slots * sizeof(struct nf_slot_entry), NF_STACK_CL);
+    lo->table_bytes = kv_tiles ? lo->kv_words_off + kv_tiles * sizeof(struct nf_kv_word)
+                               : lo->slots_off + n_slots * sizeof(struct nf_slot_entry);
     size_t dsz = 0, psz = 0;
     /* Counts are powers of two within limits and esize 8 is valid: these cannot fail. */
     nf_ring_memsize(sh->demand_count, sizeof(struct nf_tile_req), &dsz);

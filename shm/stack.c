@@ -62,7 +62,13 @@ _Static_assert(offsetof(struct nf_stack_config, kv_block) == 184, "nf_stack_conf
 _Static_assert(offsetof(struct nf_stack_config, n_ubatch) == 188, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, classes) == 192, "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, nft_path) == 320, "nf_stack_config layout");
-_Static_assert(sizeof(struct nf_stack_config) == 4416, "nf_stack_config size");
+_Static_assert(offsetof(struct nf_stack_config, kv_tiles) == 320 + PATH_MAX,
+               "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, kv_n_blk) == 352 + PATH_MAX,
+               "nf_stack_config layout");
+_Static_assert(offsetof(struct nf_stack_config, kv_path) == 360 + PATH_MAX,
+               "nf_stack_config layout");
+_Static_assert(sizeof(struct nf_stack_config) == 360 + 2 * PATH_MAX, "nf_stack_config size");
 _Static_assert(offsetof(struct nf_stack_config, classes) % 8 == 0, "class table 8-aligned");
 _Static_assert(offsetof(struct nf_stack_class, slot_size) == 0, "nf_stack_class layout");
 _Static_assert(offsetof(struct nf_stack_class, n_slots) == 8, "nf_stack_class layout");
@@ -166,6 +172,8 @@ static int plan_check_classes(const struct nf_stack_plan *plan, const struct nf_
                            (unsigned long long)prev, (unsigned long long)NF_STACK_MAX_SLOT);
         total += c->n_slots;
     }
+    if (plan->kv_tiles && plan->n_classes < NF_STACK_MAX_CLASSES)
+        total += plan->classes[plan->n_classes].n_slots;
     if (total != plan->n_slots || total >= NF_NO_SLOT)
         return nf_errf(err, errlen, NF_EUSAGE,
                        "stack %s: plan has %llu slots but its classes %llu, expected the same and "
@@ -197,6 +205,7 @@ static void stack_bind(struct nf_stack *st)
     st->used_base = act + c->used_off;
     st->sync = nf_shm_area(&st->shm, NF_SHM_COMPLETION, NULL);
     st->ctr = nf_shm_area(&st->shm, NF_SHM_COUNTERS, NULL);
+    st->kv = c->kv_tiles ? (struct nf_kv_word *)(table + c->kv_words_off) : NULL;
 }
 
 int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *f,
@@ -222,9 +231,11 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     memset(&p, 0, sizeof(p));
     p.n_seq = plan->n_seq;
     p.kv_block = plan->kv_block;
+    sh.type_k = plan->type_k;
+    sh.type_v = plan->type_v;
     nf__plan_total(&sh, counts, plan->n_ctx, n_threads ? n_threads : 1, &p);
     struct nf_stack_layout lo;
-    nf__stack_layout(&sh, plan->n_slots, &lo);
+    nf__stack_layout(&sh, p.n_slots, p.kv_tiles, &lo);
 
     rc = nf_shm_create(&st->shm, name, p.area_sizes);
     if (rc < 0)
@@ -265,9 +276,14 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     c->kv_type_v = (uint16_t)(plan->type_v ? plan->type_v : NF_TYPE_F16);
     c->kv_block = plan->kv_block;
     snprintf(c->nft_path, sizeof(c->nft_path), "%s", f->path);
+    c->kv_tiles = p.kv_tiles;
+    c->kv_n_blk = p.kv_n_blk;
+    c->kv_row_k = p.kv_row_k;
+    c->kv_row_v = p.kv_row_v;
+    c->kv_words_off = lo.kv_words_off;
     stack_bind(st);
 
-    for (uint64_t i = 0; i < c->n_tiles; i++) {
+    for (uint64_t i = 0; i < nf_stack_n_ids(c); i++) {
         atomic_init(&st->tiles[i].state, NF_TILE_EMPTY);
         atomic_init(&st->tiles[i].slot, NF_NO_SLOT);
         atomic_init(&st->tiles[i].pins, 0);
@@ -276,6 +292,10 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     for (uint64_t i = 0; i < c->n_slots; i++) {
         atomic_init(&st->slots[i].tile, NF_NO_TILE);
         atomic_init(&st->slots[i].flags, 0);
+    }
+    for (uint64_t i = 0; i < c->kv_tiles; i++) {
+        atomic_init(&st->kv[i].gen, 0);
+        atomic_init(&st->kv[i].read_gen, 0);
     }
     if ((rc = nf_ring_init(st->demand, lo.demand_size, sh.demand_count,
                            sizeof(struct nf_tile_req))) < 0 ||
@@ -342,9 +362,12 @@ static int check_classes(const struct nf_stack_config *c, uint64_t pool_size,
                        "stack %s: config field n_classes %u, expected 1..%d", name, c->n_classes,
                        NF_STACK_MAX_CLASSES);
     uint64_t first = 0, off = 0;
-    for (uint32_t k = 0; k < c->n_classes; k++) {
+    const uint32_t n_pool =
+        c->n_classes < NF_STACK_MAX_CLASSES ? nf_stack_pool_classes(c) : c->n_classes;
+    for (uint32_t k = 0; k < n_pool; k++) {
         const struct nf_stack_class *s = &c->classes[k];
-        uint64_t prev = k ? c->classes[k - 1].slot_size : 0;
+        /* (The KV tiles' class, past the weights', may be of any size.) */
+        uint64_t prev = k && k < c->n_classes ? c->classes[k - 1].slot_size : 0;
         const char *bad = NULL;
         if (s->slot_size <= prev || s->slot_size % NF_SHM_ALIGN || s->slot_size > NF_STACK_MAX_SLOT)
             bad = "slot_size (a multiple of 4096 above the class before)";
@@ -437,10 +460,18 @@ int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *
         goto fail;
     }
     const char *bad = NULL;
-    if (c->n_tiles == 0 || c->n_tiles >= NF_NO_TILE ||
-        !in_area(c->tiles_off, c->n_tiles * sizeof(struct nf_tile_entry), sz[NF_SHM_TILE_TABLE]) ||
+    if (c->n_tiles == 0 || c->kv_tiles >= NF_NO_TILE || nf_stack_n_ids(c) >= NF_NO_TILE ||
+        !in_area(c->tiles_off, nf_stack_n_ids(c) * sizeof(struct nf_tile_entry),
+                 sz[NF_SHM_TILE_TABLE]) ||
         c->tiles_off % NF_STACK_CL)
         bad = "tiles_off/n_tiles";
+    else if (c->kv_tiles &&
+             (c->n_classes >= NF_STACK_MAX_CLASSES || c->kv_n_blk == 0 ||
+              c->kv_tiles != (uint64_t)(c->n_seq ? c->n_seq : 1) * c->n_layer * 2 * c->kv_n_blk ||
+              !in_area(c->kv_words_off, c->kv_tiles * sizeof(struct nf_kv_word),
+                       sz[NF_SHM_TILE_TABLE]) ||
+              c->kv_words_off % NF_STACK_CL))
+        bad = "kv_tiles/kv_words_off";
     else if (c->n_slots == 0 || c->n_slots >= NF_NO_SLOT ||
              !in_area(c->slots_off, c->n_slots * sizeof(struct nf_slot_entry),
                       sz[NF_SHM_TILE_TABLE]) ||

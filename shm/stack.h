@@ -93,6 +93,9 @@ struct nf_tile_req {
 _Static_assert(sizeof(struct nf_tile_req) == 8, "request layout");
 /* prio flag on the prefetch ring: not a request but its withdrawal (nf_tile_prefetch_drop). */
 #define NF_TILE_REQ_DROP 0x80000000u
+/* prio flag on the demand ring: KV tile `tile` is READY at an older generation than its
+ * block's; evict it and read it again (nf_kv_tile_pin_wait). */
+#define NF_TILE_REQ_STALE 0x40000000u
 
 /* One slot size class of the pool: n_slots slots of slot_size bytes, global slot ids
  * first_slot .. first_slot + n_slots - 1, the first at byte pool_off of the pool. */
@@ -136,7 +139,29 @@ struct nf_stack_config {
                         * region made before it: NF_STACK_UBATCH) */
     struct nf_stack_class classes[NF_STACK_MAX_CLASSES]; /* (n_classes) by slot size */
     char nft_path[PATH_MAX];
+    /* KV block tiles (the KV cache on disk read through the pool; 0 in a region made before
+     * them, with the KV cache in RAM, or when the weights use every class): ids n_tiles ..
+     * n_tiles + kv_tiles - 1 (nf_stack_kv_tile), in the class classes[n_classes] past the
+     * weights' (nf_stack_pool_classes), read by the fetcher from kv_path. */
+    uint64_t kv_tiles;
+    uint64_t kv_row_k, kv_row_v; /* bytes of one position's K and V rows in one layer */
+    uint64_t kv_words_off;       /* within NF_SHM_TILE_TABLE: (kv_tiles) struct nf_kv_word */
+    uint32_t kv_n_blk;           /* blocks of each (sequence, layer, K or V): n_ctx / kv_block,
+                                  * rounded up */
+    uint32_t kv_reserved;
+    char kv_path[PATH_MAX]; /* the file compute writes (set by the creator before ready) */
 };
+
+/* Per KV tile: what compute says of its block and what the fetcher read. A block's bytes in
+ * the file change (a rollback or a slot's next sequence rewrites them), so compute bumps its
+ * generation when it rewrites it and sets durable once the write completed; the fetcher reads
+ * only a durable block and records the generation it read, and a pin of a tile read at an
+ * older generation is refused (nf_kv_tile_pin_wait). */
+struct nf_kv_word {
+    _Atomic uint32_t gen;      /* compute: generation << 1 | durable */
+    _Atomic uint32_t read_gen; /* fetcher: the generation (gen >> 1) the slot's bytes are of */
+};
+_Static_assert(sizeof(struct nf_kv_word) == 8, "kv word layout");
 
 /* The bits of nf_stack_sync.ready_mask: a daemon sets its bit once it is attached and ready, and
  * clears it when it stops. The one definition every daemon, tool and test uses. */
@@ -262,6 +287,12 @@ struct nf_stack_plan {
      * file's size; kv_bytes is then only what stays resident. */
     uint32_t kv_block;
     uint64_t kv_file_bytes;
+    /* KV block tiles in the pool (kv_block > 0 and a class free: classes[n_classes] is theirs,
+     * its slots counted in n_slots and pool_bytes, in place of compute's read-back window);
+     * 0: compute reads the blocks back itself. */
+    uint64_t kv_tiles;
+    uint32_t kv_n_blk;
+    uint64_t kv_row_k, kv_row_v;
 };
 
 /* Budget constants of the plan. */
@@ -360,6 +391,7 @@ struct nf_stack {
     struct nf_ring *prefetch;    /* predictor -> fetcher */
     uint8_t *act_base, *used_base;
     struct nf_stack_counters *ctr;
+    struct nf_kv_word *kv; /* (cfg->kv_tiles) */
 };
 
 /* Creates and initializes the region `name` for model f per plan (fetcher). Returns 0 or a
@@ -381,11 +413,32 @@ int nf_stack_unlink(const char *name);
 
 /* The class of global slot id slot (an index into cfg->classes; the last class for an id out
  * of range, which callers never pass). At most NF_STACK_MAX_CLASSES steps: O(1). */
+/* Classes of the pool: the weights' n_classes, and the KV tiles' after them when there are. */
+static inline uint32_t nf_stack_pool_classes(const struct nf_stack_config *c)
+{
+    return c->n_classes + (c->kv_tiles ? 1u : 0u);
+}
+
+/* Tile ids: the .nft's, then the KV tiles'. */
+static inline uint64_t nf_stack_n_ids(const struct nf_stack_config *c)
+{
+    return c->n_tiles + c->kv_tiles;
+}
+
+/* The id of KV tile (sequence seq, layer il, kind 0 K or 1 V, block b): kv_file.c's entry
+ * order past the .nft's ids. */
+static inline uint32_t nf_stack_kv_tile(const struct nf_stack_config *c, uint32_t seq, uint32_t il,
+                                        uint32_t kind, uint32_t b)
+{
+    return (uint32_t)c->n_tiles + ((seq * c->n_layer + il) * 2 + kind) * c->kv_n_blk + b;
+}
+
 static inline uint32_t nf_stack_slot_class(const struct nf_stack *st, uint32_t slot)
 {
     const struct nf_stack_config *c = st->cfg;
+    const uint32_t n = nf_stack_pool_classes(c);
     uint32_t k = 0;
-    while (k + 1 < c->n_classes && slot >= c->classes[k].first_slot + c->classes[k].n_slots)
+    while (k + 1 < n && slot >= c->classes[k].first_slot + c->classes[k].n_slots)
         k++;
     return k;
 }
@@ -404,7 +457,7 @@ static inline uint64_t nf_stack_slot_size(const struct nf_stack *st, uint32_t sl
 /* Bytes of the whole pool (every class's slots). */
 static inline uint64_t nf_stack_pool_bytes(const struct nf_stack *st)
 {
-    const struct nf_stack_class *k = &st->cfg->classes[st->cfg->n_classes - 1];
+    const struct nf_stack_class *k = &st->cfg->classes[nf_stack_pool_classes(st->cfg) - 1];
     return k->pool_off + k->n_slots * k->slot_size;
 }
 
@@ -501,5 +554,25 @@ bool nf_tile_cancel(struct nf_stack *st, uint32_t id);
 /* Tries to evict the tile held in slot (READY, unpinned, not resident): returns true when the
  * slot is now free (also when it already was). Counts f_evictions. */
 bool nf_slot_try_evict(struct nf_stack *st, uint32_t slot);
+
+/* --- KV block tiles (shm/kvtile.c) -------------------------------------------------------- */
+
+/* Compute: the block of KV tile id is durable in the file at its current generation (its
+ * write completed): the fetcher may read it. */
+void nf_kv_tile_durable(struct nf_stack *st, uint32_t id);
+/* Compute: the block of KV tile id is to be rewritten: a new generation, not durable. A copy
+ * of the old bytes in the pool is no longer pinned (nf_kv_tile_pin_wait). */
+void nf_kv_tile_invalidate(struct nf_stack *st, uint32_t id);
+/* Compute: as nf_tile_pin_wait for a durable KV tile, refusing a copy read at an older
+ * generation than the block's: it is unpinned, the fetcher asked (NF_TILE_REQ_STALE on the
+ * demand ring) to evict it and read it again, and the wait goes on. */
+const uint8_t *nf_kv_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t step, int timeout_ms,
+                                   int *rc);
+/* Fetcher: the block word of KV tile id (gen << 1 | durable), read before its read starts. */
+uint32_t nf_kv_tile_word(const struct nf_stack *st, uint32_t id);
+/* Fetcher: records that the slot of KV tile id holds generation gen (before READY). */
+void nf_kv_tile_set_read_gen(struct nf_stack *st, uint32_t id, uint32_t gen);
+/* True when KV tile id is READY at an older generation than its block's. */
+bool nf_kv_tile_stale(const struct nf_stack *st, uint32_t id);
 
 #endif

@@ -40,7 +40,7 @@ struct nf_stack_shape {
 
 /* Where the tables sit inside their areas (shared by the plan and create). */
 struct nf_stack_layout {
-    uint64_t tiles_off, slots_off, table_bytes;
+    uint64_t tiles_off, slots_off, kv_words_off, table_bytes;
     uint64_t demand_off, demand_size, prefetch_off, prefetch_size, ring_bytes;
     uint64_t act_stride, used_stride, act_off, used_off, act_bytes;
 };
@@ -57,8 +57,9 @@ static inline uint64_t nf__align_to(uint64_t v, uint64_t a)
 int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err, size_t errlen);
 
 /* Where the config, tile and slot tables, rings and activation slots sit in their areas for
- * shape sh with n_slots pool slots. */
-void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots,
+ * shape sh with n_slots pool slots and kv_tiles KV block tiles (their entries after the
+ * .nft's, their words after the slots). */
+void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots, uint64_t kv_tiles,
                       struct nf_stack_layout *lo);
 
 /* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx, for

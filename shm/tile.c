@@ -11,7 +11,7 @@
 
 const uint8_t *nf_tile_try_peek(struct nf_stack *st, uint32_t id)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return NULL;
     struct nf_tile_entry *t = &st->tiles[id];
     /* The same Dekker pairing with nf_slot_try_evict() as nf_tile_try_pin() below. */
@@ -25,7 +25,7 @@ const uint8_t *nf_tile_try_peek(struct nf_stack *st, uint32_t id)
 
 const uint8_t *nf_tile_try_pin(struct nf_stack *st, uint32_t id, uint64_t step)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return NULL;
     struct nf_tile_entry *t = &st->tiles[id];
     /* Dekker pairing, compute side: seq-cst increment of pins, then seq-cst load of state.
@@ -50,7 +50,7 @@ const uint8_t *nf_tile_try_pin(struct nf_stack *st, uint32_t id, uint64_t step)
 
 void nf_tile_unpin(struct nf_stack *st, uint32_t id)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return;
     /* Release: our reads of the slot's bytes happen before the fetcher, whose seq-cst (acquire)
      * load of pins in nf_slot_try_evict() reads this decrement, reuses the slot. */
@@ -59,7 +59,7 @@ void nf_tile_unpin(struct nf_stack *st, uint32_t id)
 
 int nf_tile_error(const struct nf_stack *st, uint32_t id)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return 0;
     struct nf_tile_entry *t = &st->tiles[id];
     /* Acquire pairs with the release store of ERROR in nf_tile_fail(), after the code. */
@@ -71,7 +71,7 @@ int nf_tile_error(const struct nf_stack *st, uint32_t id)
 
 int nf_tile_request(struct nf_stack *st, uint32_t id, bool flush)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return -EINVAL;
     struct nf_tile_entry *t = &st->tiles[id];
     int rc = 0;
@@ -109,7 +109,7 @@ const uint8_t *nf_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t step,
     if (!rc)
         rc = &dummy;
     *rc = 0;
-    if (id >= st->cfg->n_tiles) {
+    if (id >= nf_stack_n_ids(st->cfg)) {
         *rc = -EINVAL;
         return NULL;
     }
@@ -186,7 +186,7 @@ const uint8_t *nf_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t step,
 
 int nf_tile_prefetch(struct nf_stack *st, uint32_t id, uint32_t prio, bool flush)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return -EINVAL;
     struct nf_tile_entry *t = &st->tiles[id];
     uint32_t e = NF_TILE_EMPTY;
@@ -217,7 +217,7 @@ int nf_tile_prefetch(struct nf_stack *st, uint32_t id, uint32_t prio, bool flush
 
 int nf_tile_prefetch_drop(struct nf_stack *st, uint32_t id, bool flush)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return -EINVAL;
     /* A hint only: the fetcher decides on the state it sees when it takes the withdrawal. */
     uint32_t s = atomic_load_explicit(&st->tiles[id].state, memory_order_relaxed);
@@ -233,7 +233,7 @@ int nf_tile_prefetch_drop(struct nf_stack *st, uint32_t id, bool flush)
 
 bool nf_tile_cancel(struct nf_stack *st, uint32_t id)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return false;
     uint32_t q = NF_TILE_QUEUED;
     /* Release pairs with the acquire of the next CAS EMPTY -> QUEUED by compute or predictor. */
@@ -247,7 +247,7 @@ bool nf_tile_cancel(struct nf_stack *st, uint32_t id)
 
 int nf_tile_begin_load(struct nf_stack *st, uint32_t id, uint32_t slot)
 {
-    if (id >= st->cfg->n_tiles || slot >= st->cfg->n_slots)
+    if (id >= nf_stack_n_ids(st->cfg) || slot >= st->cfg->n_slots)
         return -EINVAL;
     struct nf_tile_entry *t = &st->tiles[id];
     struct nf_slot_entry *se = &st->slots[slot];
@@ -274,7 +274,7 @@ int nf_tile_begin_load(struct nf_stack *st, uint32_t id, uint32_t slot)
 
 void nf_tile_fail(struct nf_stack *st, uint32_t id, int err)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return;
     struct nf_tile_entry *t = &st->tiles[id];
     uint32_t slot = atomic_load_explicit(&t->slot, memory_order_relaxed);
@@ -292,7 +292,7 @@ void nf_tile_fail(struct nf_stack *st, uint32_t id, int err)
 
 void nf_tile_end_load(struct nf_stack *st, uint32_t id, bool ok)
 {
-    if (id >= st->cfg->n_tiles)
+    if (id >= nf_stack_n_ids(st->cfg))
         return;
     if (!ok) {
         nf_tile_fail(st, id, -EIO);
@@ -313,7 +313,7 @@ bool nf_slot_try_evict(struct nf_stack *st, uint32_t slot)
     if (id == NF_NO_TILE)
         return true;
     if (atomic_load_explicit(&se->flags, memory_order_relaxed) & NF_SLOT_RESIDENT ||
-        id >= st->cfg->n_tiles)
+        id >= nf_stack_n_ids(st->cfg))
         return false;
     struct nf_tile_entry *t = &st->tiles[id];
     uint32_t r = NF_TILE_READY;

@@ -377,8 +377,12 @@ static void test_plan(void **state)
     assert_int_equal(disk.kv_file_bytes, 65536ull * 5 * row);
     /* the window and newest blocks, and the layer a prompt chunk reads whole (8 MiB) */
     assert_int_equal(nf_kv_file_prompt_layer(65536, row), 65536ull * row);
-    assert_int_equal(disk.kv_bytes,
-                     65536ull * row + nf_kv_file_resident_bound(5, 65536, 1, 64, row));
+    /* (the window's blocks are the pool's KV tiles: a class of as many slots of a block) */
+    assert_int_equal(disk.kv_tiles, 5ull * 2 * (65536 / 64));
+    assert_int_equal(disk.kv_bytes, 65536ull * row + nf_kv_file_newest_bound(5, 65536, 1, 64, row));
+    assert_int_equal(disk.classes[disk.n_classes].n_slots,
+                     nf_kv_file_window_blocks(65536, 64, row));
+    assert_int_equal(disk.classes[disk.n_classes].slot_size, 64 * row / 2);
     assert_true(disk.kv_bytes < disk.kv_file_bytes / 2);
     print_message("56 MiB: n_ctx %u in RAM; on disk n_ctx %u, %llu KiB resident of a %llu KiB "
                   "file\n",

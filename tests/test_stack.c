@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "kv_file.h"
 #include "nf_err.h"
 #include "nft.h"
 #include "stack.h"
@@ -1285,6 +1286,103 @@ static void test_no_leftovers(void **state)
             fail_msg("%s left in /dev/shm", names[i]);
 }
 
+/* KV block tiles (issue 15): with the KV cache on disk the plan gives their blocks a class of
+ * their own past the weights' (the window's share of the budget), the region numbers them past
+ * the .nft's tiles, and a pin refuses a copy read at an older generation than its block's: it
+ * asks the fetcher (NF_TILE_REQ_STALE on the demand ring) to evict it and read it again. */
+static void test_kv_tiles(void **state)
+{
+    (void)state;
+    struct nf_stack_plan p, ram;
+    char err[512];
+    assert_int_equal(nf_stack_plan_kv(stories, 64ull << 20, 128, 1, 1, 0, NF_TYPE_F16, NF_TYPE_F16,
+                                      0, &ram, err, sizeof(err)),
+                     0);
+    assert_int_equal(ram.kv_tiles, 0);
+    assert_int_equal(nf_stack_plan_kv(stories, 64ull << 20, 128, 1, 1, 0, NF_TYPE_F16, NF_TYPE_F16,
+                                      4, &p, err, sizeof(err)),
+                     0);
+    /* 1 sequence x 5 layers x K and V x 32 blocks of 4 positions; rows of 4 heads of 8 f16 */
+    assert_int_equal(p.kv_n_blk, 32);
+    assert_int_equal(p.kv_tiles, 1 * 5 * 2 * 32);
+    assert_int_equal(p.kv_row_k, 64);
+    assert_int_equal(p.kv_row_v, 64);
+    const struct nf_stack_class *kc = &p.classes[p.n_classes];
+    assert_true(p.n_classes < NF_STACK_MAX_CLASSES);
+    assert_int_equal(kc->slot_size, 4096); /* 256 bytes, a page */
+    assert_int_equal(kc->n_slots, nf_kv_file_window_blocks(128, 4, 128));
+    assert_int_equal(kc->first_slot + kc->n_slots, p.n_slots);
+    assert_int_equal(kc->pool_off + kc->n_slots * kc->slot_size, p.pool_bytes);
+
+    const char *name = uniq_name();
+    struct nf_stack fe, cp; /* the fetcher's view and compute's */
+    create_ok(&fe, name, stories, &p);
+    assert_int_equal(nf_stack_attach(&cp, name, stories, err, sizeof(err)), 0);
+    assert_int_equal(cp.cfg->kv_tiles, p.kv_tiles);
+    assert_int_equal(nf_stack_pool_classes(cp.cfg), p.n_classes + 1);
+    assert_int_equal(nf_stack_pool_bytes(&cp), p.pool_bytes);
+    const uint32_t slot = (uint32_t)kc->first_slot + 2;
+    assert_int_equal(nf_stack_slot_class(&cp, slot), p.n_classes);
+    assert_ptr_equal(nf_stack_slot_ptr(&cp, slot), cp.pool + kc->pool_off + 2 * 4096);
+    const uint32_t id = nf_stack_kv_tile(cp.cfg, 0, 2, 1, 3);
+    assert_int_equal(id, stories->n_tiles + (2 * 2 + 1) * 32 + 3);
+    assert_int_equal(nf_stack_n_ids(cp.cfg), stories->n_tiles + p.kv_tiles);
+
+    /* Not durable until compute says so; then the fetcher reads it at generation 0. */
+    assert_int_equal(nf_kv_tile_word(&fe, id), 0);
+    nf_kv_tile_durable(&cp, id);
+    assert_int_equal(nf_kv_tile_word(&fe, id), 1);
+    assert_int_equal(nf_tile_request(&cp, id, true), 1);
+    struct nf_tile_req req;
+    assert_int_equal(nf_ring_sc_dequeue_burst(fe.demand, &req, 1, NULL), 1);
+    assert_int_equal(req.tile, id);
+    assert_int_equal(req.prio, 0);
+    assert_int_equal(nf_tile_begin_load(&fe, id, slot), 0);
+    memset(nf_stack_slot_ptr(&fe, slot), 'A', 256);
+    nf_kv_tile_set_read_gen(&fe, id, nf_kv_tile_word(&fe, id) >> 1);
+    nf_tile_end_load(&fe, id, true);
+    int rc = 0;
+    const uint8_t *q = nf_kv_tile_pin_wait(&cp, id, 1, 1000, &rc);
+    assert_non_null(q);
+    assert_int_equal(q[255], 'A');
+    nf_tile_unpin(&cp, id);
+    assert_false(nf_kv_tile_stale(&fe, id));
+
+    /* A rollback rewrites the block: a new generation, not durable, then durable again. The
+     * pool's copy is stale: a pin is refused and asks for a new read (nobody serves it here:
+     * the wait times out), never returning the old bytes. */
+    nf_kv_tile_invalidate(&cp, id);
+    assert_int_equal(nf_kv_tile_word(&fe, id), 2);
+    assert_true(nf_kv_tile_stale(&fe, id));
+    nf_kv_tile_durable(&cp, id);
+    assert_int_equal(nf_kv_tile_word(&fe, id), 3);
+    assert_null(nf_kv_tile_pin_wait(&cp, id, 2, 30, &rc));
+    assert_int_equal(rc, -ETIMEDOUT);
+    assert_int_equal(cp.tiles[id].pins, 0);
+    assert_true(nf_ring_sc_dequeue_burst(fe.demand, &req, 1, NULL) == 1);
+    assert_int_equal(req.tile, id);
+    assert_int_equal(req.prio, NF_TILE_REQ_STALE);
+    while (nf_ring_sc_dequeue_burst(fe.demand, &req, 1, NULL) == 1) /* (asked each slice) */
+        assert_int_equal(req.tile, id);
+    /* The fetcher evicts it and reads the new generation: the pin gets those bytes. */
+    assert_true(nf_slot_try_evict(&fe, slot));
+    assert_int_equal(state_of(&fe, id), NF_TILE_EMPTY);
+    assert_int_equal(nf_tile_begin_load(&fe, id, slot), 0);
+    memset(nf_stack_slot_ptr(&fe, slot), 'B', 256);
+    nf_kv_tile_set_read_gen(&fe, id, nf_kv_tile_word(&fe, id) >> 1);
+    nf_tile_end_load(&fe, id, true);
+    q = nf_kv_tile_pin_wait(&cp, id, 3, 1000, &rc);
+    assert_non_null(q);
+    assert_int_equal(q[0], 'B');
+    nf_tile_unpin(&cp, id);
+    /* Weight tile ids are not KV tiles. */
+    assert_null(nf_kv_tile_pin_wait(&cp, 0, 3, 0, &rc));
+    assert_int_equal(rc, -EINVAL);
+    nf_stack_detach(&cp);
+    nf_stack_detach(&fe);
+    assert_int_equal(nf_stack_unlink(name), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1294,7 +1392,8 @@ int main(void)
         cmocka_unit_test(test_plan_moe_classes), cmocka_unit_test(test_slot_addresses),
         cmocka_unit_test(test_create_attach),    cmocka_unit_test(test_attach_refusals),
         cmocka_unit_test(test_state_machine),    cmocka_unit_test(test_stress_processes),
-        cmocka_unit_test(test_stress_threads),   cmocka_unit_test(test_no_leftovers),
+        cmocka_unit_test(test_stress_threads),   cmocka_unit_test(test_kv_tiles),
+        cmocka_unit_test(test_no_leftovers),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }

@@ -22,6 +22,22 @@ static void shm_want(void *ud, uint32_t id, bool flush)
     nf_tile_request(g->st, id, flush);
 }
 
+/* A KV block's tile: refused while it is a copy of an older generation (stack.h). */
+static const uint8_t *shm_kv_pin(void *ud, uint32_t id, int *rc)
+{
+    struct nf_gen *g = ud;
+    return nf_kv_tile_pin_wait(g->st, id, g->step, NF_GEN_PIN_TIMEOUT_MS, rc);
+}
+
+static void shm_kv_mark(void *ud, uint32_t id, bool durable)
+{
+    struct nf_gen *g = ud;
+    if (durable)
+        nf_kv_tile_durable(g->st, id);
+    else
+        nf_kv_tile_invalidate(g->st, id);
+}
+
 static void shm_unpin(void *ud, uint32_t id)
 {
     struct nf_gen *g = ud;
@@ -71,4 +87,23 @@ void nf_gen_tile_src(struct nf_gen *g, struct nf_tile_src *src)
                                 .used = shm_used,
                                 .want = shm_want,
                                 .ud = g};
+    /* The KV blocks as the region's tiles when the fetcher reads the file this engine writes
+     * (the engine checks the rest of the geometry). */
+    const struct nf_stack_config *cfg = g->st->cfg;
+    if (cfg->kv_tiles && g->kv_block && !strcmp(cfg->kv_path, g->kv_path)) {
+        g->kv_src =
+            (struct nf_tile_src_kv){.first = (uint32_t)cfg->n_tiles,
+                                    .n_slots = cfg->n_seq ? (int)cfg->n_seq : 1,
+                                    .n_ctx = (int)cfg->n_ctx,
+                                    .block = (int)cfg->kv_block,
+                                    .row_k = (size_t)cfg->kv_row_k,
+                                    .row_v = (size_t)cfg->kv_row_v,
+                                    /* half the KV class on its way at once */
+                                    .ahead = (int)(cfg->classes[cfg->n_classes].n_slots / 2 > 1
+                                                       ? cfg->classes[cfg->n_classes].n_slots / 2
+                                                       : 1),
+                                    .pin = shm_kv_pin,
+                                    .mark = shm_kv_mark};
+        src->kv = &g->kv_src;
+    }
 }

@@ -119,6 +119,9 @@ struct nf_gen {
     /* The KV cache on disk in kv_path, in blocks of kv_block positions (0: in RAM). */
     int kv_block;
     char kv_path[PATH_MAX];
+    /* The region's KV tiles (cfg->kv_tiles) for the engine, when the region's KV file is
+     * kv_path (nf_gen_tile_src); the engine checks the rest of the geometry. */
+    struct nf_tile_src_kv kv_src;
     /* --kv-store DIR ("" for none) bounded to kv_store_max bytes (0: NF_GEN_KV_STORE_MAX). */
     char kv_store_dir[PATH_MAX];
     uint64_t kv_store_max;

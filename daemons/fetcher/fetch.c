@@ -2,6 +2,7 @@
 #include "fetch.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,9 @@
 #define DEMAND_RETRY_MS   1   /* a demand waits for a slot: compute unpins within microseconds */
 #define PREFETCH_RETRY_MS 20  /* a prefetch waits for compute to move on */
 #define IDLE_MS           1000 /* nothing to do: sleep on fetch_bell (this bounds how stale cur gets) */
+
+static void kv_evict_stale(struct nf_fetcher *ft, uint32_t id);
+static void kv_describe(const struct nf_fetcher *ft, uint32_t id, char *out, size_t len);
 
 /* --- prefetch heap: min-heap of tile ids by (prio, seq), with each tile's position --------- */
 
@@ -106,8 +110,10 @@ static void heap_push(struct nf_fetcher *ft, uint32_t id, uint32_t prio)
 
 static uint32_t kind_of(const struct nf_fetcher *ft, uint32_t id)
 {
+    if (id >= ft->n_tiles)
+        return NF_FETCH_KIND_KV;
     uint32_t k = ft->f->tiles[id].kind;
-    return k < NF_FETCH_KINDS ? k : NF_FETCH_KINDS - 1;
+    return k < NF_FETCH_KIND_KV ? k : NF_FETCH_KIND_KV - 1;
 }
 
 /* Accounts the time since the last change of in_flight (call before changing it). */
@@ -192,14 +198,20 @@ static void diag_log(const struct nf_fetcher *ft)
            ft->o.qd, d->full_ns * 1e-9, d->starved_ns * 1e-9, d->idle_ns * 1e-9,
            d->reaps ? (double)d->reaped / (double)d->reaps : 0.0, d->sched_run_ns * 1e-9,
            d->sched_wait_ns * 1e-9);
+    if (ft->n_kv)
+        nf_log(NF_LOG_INFO,
+               "reads: KV tiles asked for before their block was durable %" PRIu64
+               ", read again at a new generation %" PRIu64,
+               d->kv_refused, d->kv_stale);
     for (uint32_t k = 0; k < NF_FETCH_KINDS; k++) {
         if (!d->demand_reads[k] && !d->prefetch_reads[k] && !d->evictions[k])
             continue;
         nf_log(NF_LOG_INFO,
                "reads: %-12s demand %6" PRIu64 " prefetch %6" PRIu64 " MB %9.1f evicted %6" PRIu64
                " of which unused %6" PRIu64,
-               nf_tile_kind_name((enum nf_tile_kind)k), d->demand_reads[k], d->prefetch_reads[k],
-               d->bytes[k] / 1e6, d->evictions[k], d->wasted[k]);
+               k == NF_FETCH_KIND_KV ? "kv" : nf_tile_kind_name((enum nf_tile_kind)k),
+               d->demand_reads[k], d->prefetch_reads[k], d->bytes[k] / 1e6, d->evictions[k],
+               d->wasted[k]);
     }
 }
 
@@ -231,14 +243,18 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
                   const struct nf_fetch_opts *o, char *err, size_t errlen)
 {
     memset(ft, 0, sizeof(*ft));
+    ft->kv_fd = -1;
     ft->st = st;
     ft->f = f;
     ft->o = *o;
     if (ft->o.qd == 0)
         ft->o.qd = 16;
     ft->n_tiles = (uint32_t)st->cfg->n_tiles;
+    ft->n_kv = (uint32_t)st->cfg->kv_tiles;
+    ft->n_ids = ft->n_tiles + ft->n_kv;
+    ft->kv_cur = ft->n_tiles;
     ft->n_slots = (uint32_t)st->cfg->n_slots;
-    uint32_t nt = ft->n_tiles ? ft->n_tiles : 1, nl = f->hdr.n_layer;
+    uint32_t nt = ft->n_ids ? ft->n_ids : 1, nl = f->hdr.n_layer;
     ft->pend = calloc(nt, 1);
     ft->dq = calloc(nt, sizeof(*ft->dq));
     ft->heap = calloc(nt, sizeof(*ft->heap));
@@ -303,6 +319,11 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
     nf_log(NF_LOG_INFO,
            "resident set: %u tiles (%" PRIu64 " bytes) of %u slots, loaded on first use",
            ft->cache.n_resident, ft->cache.resident_bytes, ft->n_slots);
+    if (ft->n_kv)
+        nf_log(NF_LOG_INFO,
+               "slot class %u: %" PRIu64 " slots of %" PRIu64 " bytes for %u KV block tiles of %s",
+               cfg->n_classes, cfg->classes[cfg->n_classes].n_slots,
+               cfg->classes[cfg->n_classes].slot_size, ft->n_kv, cfg->kv_path);
     for (uint32_t k = 0; k < cfg->n_classes; k++)
         nf_log(NF_LOG_INFO,
                "slot class %u: %" PRIu64 " slots of %" PRIu64
@@ -320,6 +341,8 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
 void nf_fetch_free(struct nf_fetcher *ft)
 {
     nf_fetch_backend_close(ft);
+    if (ft->kv_fd >= 0)
+        close(ft->kv_fd);
     nf_cache_free(&ft->cache);
     nf_cache_freq_free(&ft->freq);
     free(ft->pend);
@@ -336,6 +359,7 @@ void nf_fetch_free(struct nf_fetcher *ft)
     free(ft->loaded);
     free(ft->layer_first);
     memset(ft, 0, sizeof(*ft));
+    ft->kv_fd = -1;
 }
 
 /* --- where compute is ----------------------------------------------------------------------- */
@@ -430,8 +454,18 @@ static void take_requests(struct nf_fetcher *ft)
     while ((n = nf_ring_sc_dequeue_burst(ft->st->demand, req, REQ_BURST, NULL)) > 0) {
         for (unsigned i = 0; i < n; i++) {
             uint32_t id = req[i].tile;
-            if (id >= ft->n_tiles)
-                continue; /* a broken request cannot name a tile: nothing to load */
+            if (id >= ft->n_ids)
+                continue;            /* a broken request cannot name a tile: nothing to load */
+            if (id >= ft->n_tiles) { /* a KV block tile: no cycle over the model's tiles */
+                if (req[i].prio & NF_TILE_REQ_STALE)
+                    kv_evict_stale(ft, id);
+                if (ft->pend[id] & PEND_DEMAND)
+                    continue;
+                ft->pend[id] |= PEND_DEMAND;
+                NF_ASSERT(ft->dq_len < ft->n_ids);
+                ft->dq[(ft->dq_head + ft->dq_len++) % ft->n_ids] = id;
+                continue;
+            }
             /* Compute is at or before a tile it asks for: it may ask for tiles it will pin
              * soon (the FFN tiles it chose, a layer's predictor tile), so a demand only moves
              * cur back, never ahead of the tiles compute has not used yet. */
@@ -442,8 +476,8 @@ static void take_requests(struct nf_fetcher *ft)
             if (ft->pend[id] & PEND_DEMAND)
                 continue;
             ft->pend[id] |= PEND_DEMAND;
-            NF_ASSERT(ft->dq_len < ft->n_tiles); /* PEND_DEMAND: each tile in the FIFO once */
-            ft->dq[(ft->dq_head + ft->dq_len++) % ft->n_tiles] = id;
+            NF_ASSERT(ft->dq_len < ft->n_ids); /* PEND_DEMAND: each tile in the FIFO once */
+            ft->dq[(ft->dq_head + ft->dq_len++) % ft->n_ids] = id;
         }
     }
     while ((n = nf_ring_sc_dequeue_burst(ft->st->prefetch, req, REQ_BURST, NULL)) > 0)
@@ -528,12 +562,219 @@ static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, uint32_t k, bool de
 
 static void finish_read(struct nf_fetcher *ft, uint32_t i);
 
+/* Starts the read of len bytes at off of tile id (need of them must arrive) into slot, which
+ * begin_load linked: takes an I/O entry (the caller checked one is free) and submits it. */
+static void submit_read(struct nf_fetcher *ft, uint32_t id, uint32_t slot, uint64_t off,
+                        uint64_t len, uint64_t need, bool demand, uint32_t kv_gen)
+{
+    struct nf_stack_counters *ctr = ft->st->ctr;
+    uint32_t i = ft->io_free[--ft->n_io_free];
+    struct nf_fetch_io *io = &ft->ios[i];
+    io->tile = id;
+    io->slot = slot;
+    io->off = off;
+    io->len = len;
+    io->need = need;
+    io->done = 0;
+    io->demand = demand;
+    io->kv_gen = kv_gen;
+    io->start_ns = nf_now_ns();
+    diag_qd(ft);
+    if (ft->in_flight++ == 0)
+        ft->busy_since_ns = io->start_ns;
+    atomic_store_explicit(&ctr->f_queue_depth, ft->in_flight, memory_order_relaxed);
+    int rc = nf_fetch_backend_submit(ft, i);
+    if (rc < 0) {
+        io->res = rc;
+        finish_read(ft, i); /* marks the tile ERROR and counts the I/O error */
+    }
+}
+
+/* --- KV block tiles -------------------------------------------------------------------------
+ * Ids past the .nft's (stack.h, nf_stack_kv_tile): block b of K or V of (sequence, layer) of
+ * the KV file compute writes (common/kv_file.c's layout: K of every sequence and layer, then
+ * V; a layer's n_ctx rows; the last block partial). They live in their own class, read without
+ * a checksum (the bytes are new), only once compute said the block is durable, and the copy
+ * remembers the generation it was read at (nf_kv_tile_pin_wait refuses an older one). */
+
+/* The file span of KV tile id (offset; *len bytes), and its sequence, layer, kind, block. */
+static uint64_t kv_span(const struct nf_fetcher *ft, uint32_t id, uint64_t *len, uint32_t *seq,
+                        uint32_t *il, uint32_t *kind, uint32_t *b)
+{
+    const struct nf_stack_config *c = ft->st->cfg;
+    uint32_t e = id - ft->n_tiles;
+    *b = e % c->kv_n_blk;
+    e /= c->kv_n_blk;
+    *kind = e % 2;
+    e /= 2;
+    *il = e % c->n_layer;
+    *seq = e / c->n_layer;
+    const uint64_t row = *kind ? c->kv_row_v : c->kv_row_k;
+    const uint64_t pos = (uint64_t)*b * c->kv_block;
+    const uint64_t n = c->n_ctx - pos < c->kv_block ? c->n_ctx - pos : c->kv_block;
+    const uint64_t n_seq = c->n_seq ? c->n_seq : 1;
+    const uint64_t base = *kind ? n_seq * c->n_layer * c->n_ctx * c->kv_row_k : 0;
+    *len = n * row;
+    return base + ((uint64_t)e * c->n_ctx + pos) * row;
+}
+
+static void kv_describe(const struct nf_fetcher *ft, uint32_t id, char *out, size_t len)
+{
+    uint64_t bytes;
+    uint32_t seq, il, kind, b;
+    (void)kv_span(ft, id, &bytes, &seq, &il, &kind, &b);
+    snprintf(out, len, "KV sequence %u layer %u %s block %u (%" PRIu64 " bytes)", seq, il,
+             kind ? "V" : "K", b, bytes);
+}
+
+/* Opens the KV file (O_DIRECT when every block and layer span is whole pages, as compute's;
+ * else buffered: a small model's blocks are a few hundred bytes). 0 or a negative errno. */
+static int kv_open(struct nf_fetcher *ft)
+{
+    if (ft->kv_fd >= 0)
+        return 0;
+    const struct nf_stack_config *c = ft->st->cfg;
+    const bool aligned = ((uint64_t)c->kv_block * c->kv_row_k) % 4096 == 0 &&
+                         ((uint64_t)c->kv_block * c->kv_row_v) % 4096 == 0 &&
+                         ((uint64_t)c->n_ctx * c->kv_row_k) % 4096 == 0 &&
+                         ((uint64_t)c->n_ctx * c->kv_row_v) % 4096 == 0;
+    ft->kv_fd = open(c->kv_path, O_RDONLY | O_CLOEXEC | (aligned ? O_DIRECT : 0));
+    if (ft->kv_fd < 0 && aligned && errno == EINVAL)
+        ft->kv_fd = open(c->kv_path, O_RDONLY | O_CLOEXEC);
+    if (ft->kv_fd < 0) {
+        int rc = -errno;
+        nf_log(NF_LOG_ERROR, "KV file %s: %s", c->kv_path, strerror(errno));
+        return rc;
+    }
+    nf_log(NF_LOG_INFO, "KV file %s opened for KV tiles (%s)", c->kv_path,
+           aligned ? "O_DIRECT" : "buffered: blocks are not whole pages");
+    return 0;
+}
+
+/* The KV class's slot whose tile compute needs farthest ahead: the walk reads ids in order
+ * (a layer's K blocks, its V blocks, the next layer's), so the one just behind where compute
+ * is (the newest (last_use, id) it pinned: its requests include blocks it asks for ahead); a
+ * copy of an older generation first. Evicts it; NF_NO_SLOT when all are pinned. */
+static uint32_t kv_victim(struct nf_fetcher *ft)
+{
+    struct nf_stack *st = ft->st;
+    const struct nf_stack_class *c = &st->cfg->classes[st->cfg->n_classes];
+    const uint32_t first = (uint32_t)c->first_slot, end = (uint32_t)(c->first_slot + c->n_slots);
+    uint64_t newest = 0;
+    for (uint32_t s = first; s < end; s++) {
+        uint32_t id = atomic_load_explicit(&st->slots[s].tile, memory_order_relaxed);
+        if (id < ft->n_tiles || id >= ft->n_ids)
+            continue;
+        uint32_t u = atomic_load_explicit(&st->tiles[id].last_use, memory_order_relaxed);
+        uint64_t key = (uint64_t)u << 32 | id;
+        if (u != NF_FETCH_UNUSED && key >= newest) {
+            newest = key;
+            ft->kv_cur = id;
+        }
+    }
+    for (int tries = 0; tries < 4; tries++) {
+        uint32_t best = NF_NO_SLOT;
+        uint64_t best_d = 0;
+        for (uint32_t s = first; s < end; s++) {
+            uint32_t id = atomic_load_explicit(&st->slots[s].tile, memory_order_relaxed);
+            if (id < ft->n_tiles || id >= ft->n_ids ||
+                atomic_load_explicit(&st->tiles[id].state, memory_order_relaxed) != NF_TILE_READY ||
+                atomic_load_explicit(&st->tiles[id].pins, memory_order_relaxed))
+                continue;
+            uint64_t d =
+                nf_kv_tile_stale(st, id) ? UINT64_MAX : (id - ft->kv_cur + ft->n_kv) % ft->n_kv;
+            if (best == NF_NO_SLOT || d > best_d) {
+                best = s;
+                best_d = d;
+            }
+        }
+        if (best == NF_NO_SLOT)
+            return NF_NO_SLOT;
+        uint32_t victim = atomic_load(&st->slots[best].tile);
+        bool unused = atomic_load_explicit(&st->tiles[victim].last_use, memory_order_relaxed) ==
+                      NF_FETCH_UNUSED;
+        if (nf_slot_try_evict(st, best)) {
+            ft->diag.evictions[NF_FETCH_KIND_KV]++;
+            ft->diag.wasted[NF_FETCH_KIND_KV] += unused;
+            return best;
+        }
+    }
+    return NF_NO_SLOT;
+}
+
+/* Compute found KV tile id READY at an older generation (NF_TILE_REQ_STALE): evict it so that
+ * its demand reads it again. */
+static void kv_evict_stale(struct nf_fetcher *ft, uint32_t id)
+{
+    struct nf_stack *st = ft->st;
+    if (!nf_kv_tile_stale(st, id))
+        return;
+    uint32_t slot = atomic_load_explicit(&st->tiles[id].slot, memory_order_relaxed);
+    if (slot < ft->n_slots && nf_slot_try_evict(st, slot)) {
+        push_free(ft, slot);
+        ft->diag.kv_stale++;
+        ft->diag.evictions[NF_FETCH_KIND_KV]++;
+    }
+}
+
+/* start_load for KV tile id. */
+static int start_kv_load(struct nf_fetcher *ft, uint32_t id, bool demand)
+{
+    struct nf_stack *st = ft->st;
+    struct nf_stack_counters *ctr = st->ctr;
+    uint32_t state = atomic_load(&st->tiles[id].state);
+    if (state == NF_TILE_READY || state == NF_TILE_LOADING) {
+        atomic_fetch_add_explicit(&ctr->f_hits, 1, memory_order_relaxed);
+        return 0;
+    }
+    if (state == NF_TILE_ERROR)
+        return 0;
+    const uint32_t w = nf_kv_tile_word(st, id);
+    if (!(w & 1u)) { /* not durable: its bytes are not in the file yet (or are being rewritten) */
+        ft->diag.kv_refused++;
+        nf_tile_cancel(st, id);
+        return 0;
+    }
+    if (ft->n_io_free == 0)
+        return -EAGAIN;
+    int rc = kv_open(ft);
+    if (rc < 0) {
+        nf_tile_fail(st, id, rc);
+        return 0;
+    }
+    uint32_t slot = pop_free(ft, st->cfg->n_classes);
+    if (slot == NF_NO_SLOT)
+        slot = kv_victim(ft);
+    if (slot == NF_NO_SLOT) {
+        ft->diag.no_slot++;
+        return -EAGAIN;
+    }
+    rc = nf_tile_begin_load(st, id, slot);
+    if (rc < 0) {
+        push_free(ft, slot);
+        if (rc == -EALREADY)
+            atomic_fetch_add_explicit(&ctr->f_hits, 1, memory_order_relaxed);
+        return 0;
+    }
+    uint64_t len;
+    uint32_t seq, il, kind, b;
+    const uint64_t off = kv_span(ft, id, &len, &seq, &il, &kind, &b);
+    atomic_fetch_add_explicit(&ctr->f_misses, 1, memory_order_relaxed);
+    (demand ? ft->diag.demand_reads : ft->diag.prefetch_reads)[NF_FETCH_KIND_KV]++;
+    ft->diag.bytes[NF_FETCH_KIND_KV] += len;
+    atomic_store_explicit(&st->tiles[id].last_use, NF_FETCH_UNUSED, memory_order_relaxed);
+    submit_read(ft, id, slot, off, len, len, demand, w >> 1);
+    return 1;
+}
+
 /* Starts the read of tile id. Returns 1 when a read started, 0 when none is needed (already
  * loading or ready: a hit; or in ERROR), -EAGAIN when no slot or no I/O slot is free now. */
 static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
 {
     struct nf_stack *st = ft->st;
     struct nf_stack_counters *ctr = st->ctr;
+    if (id >= ft->n_tiles)
+        return start_kv_load(ft, id, demand);
     uint32_t state = atomic_load(&st->tiles[id].state);
     if (state == NF_TILE_READY || state == NF_TILE_LOADING) {
         atomic_fetch_add_explicit(&ctr->f_hits, 1, memory_order_relaxed);
@@ -581,26 +822,9 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
         atomic_fetch_add_explicit(&ctr->f_resident_bytes, nf_nft_tile_span(t),
                                   memory_order_relaxed);
     }
-    uint32_t i = ft->io_free[--ft->n_io_free];
-    struct nf_fetch_io *io = &ft->ios[i];
-    io->tile = id;
-    io->slot = slot;
-    io->off = t->offset - nf_nft_tile_skew(t);
-    io->len = nf_nft_tile_span(t);
     /* An in-place tile's span may run past the end of its GGUF part: its own bytes suffice. */
-    io->need = ft->f->in_place ? nf_nft_tile_skew(t) + t->size : io->len;
-    io->done = 0;
-    io->demand = demand;
-    io->start_ns = nf_now_ns();
-    diag_qd(ft);
-    if (ft->in_flight++ == 0)
-        ft->busy_since_ns = io->start_ns;
-    atomic_store_explicit(&ctr->f_queue_depth, ft->in_flight, memory_order_relaxed);
-    rc = nf_fetch_backend_submit(ft, i);
-    if (rc < 0) {
-        io->res = rc;
-        finish_read(ft, i); /* marks the tile ERROR and counts the I/O error */
-    }
+    submit_read(ft, id, slot, t->offset - nf_nft_tile_skew(t), nf_nft_tile_span(t),
+                ft->f->in_place ? nf_nft_tile_skew(t) + t->size : nf_nft_tile_span(t), demand, 0);
     return 1;
 }
 
@@ -626,7 +850,10 @@ static void fail_tile(struct nf_fetcher *ft, uint32_t tile, uint32_t slot, uint6
     struct nf_stack *st = ft->st;
     if (!ft->logged[tile]) {
         char desc[160];
-        nf_nft_describe(ft->f, &ft->f->tiles[tile], desc, sizeof(desc));
+        if (tile >= ft->n_tiles)
+            kv_describe(ft, tile, desc, sizeof(desc));
+        else
+            nf_nft_describe(ft->f, &ft->f->tiles[tile], desc, sizeof(desc));
         nf_log(NF_LOG_ERROR, "tile %s: %s", desc, why);
         ft->logged[tile] = 1;
     }
@@ -688,8 +915,9 @@ static void finish_read(struct nf_fetcher *ft, uint32_t i)
     l->tile = io->tile;
     l->slot = io->slot;
     l->len = io->len;
-    l->check = want_verify(ft);
+    l->check = io->tile < ft->n_tiles && want_verify(ft); /* KV bytes are new: no checksum */
     l->demand = io->demand;
+    l->kv_gen = io->kv_gen;
     ft->reads_done++;
     release_io(ft, i);
 }
@@ -701,6 +929,11 @@ static void publish_loaded(struct nf_fetcher *ft)
     uint64_t t0 = nf_now_ns();
     for (uint32_t k = 0; k < ft->n_loaded; k++) {
         const struct nf_fetch_loaded *l = &ft->loaded[k];
+        if (l->tile >= ft->n_tiles) { /* the copy is of the generation its read started at */
+            nf_kv_tile_set_read_gen(ft->st, l->tile, l->kv_gen);
+            nf_tile_end_load(ft->st, l->tile, true);
+            continue;
+        }
         const struct nf_nft_tile *t = &ft->f->tiles[l->tile];
         bool withdrawn = (ft->pend[l->tile] & PEND_STALE) && !l->demand;
         ft->pend[l->tile] &= (uint8_t)~PEND_STALE;
@@ -766,7 +999,7 @@ static bool serve(struct nf_fetcher *ft)
         int rc = start_load(ft, id, true);
         if (rc == -EAGAIN)
             return true;
-        ft->dq_head = (ft->dq_head + 1) % ft->n_tiles;
+        ft->dq_head = (ft->dq_head + 1) % ft->n_ids;
         ft->dq_len--;
         ft->pend[id] &= (uint8_t)~PEND_DEMAND;
         if (ft->pend[id] & PEND_PREFETCH)

@@ -53,7 +53,8 @@ struct nf_fetch_io {
     uint64_t done;     /* bytes read so far (short reads are resubmitted for the rest) */
     uint64_t start_ns; /* submission time, for the latency histogram */
     bool demand;
-    int res; /* pread back end: result of the last pread (bytes or -errno) */
+    int res;         /* pread back end: result of the last pread (bytes or -errno) */
+    uint32_t kv_gen; /* a KV tile: the generation of its block when the read started */
 };
 
 /* A tile read completely, waiting for its checksum and READY. */
@@ -62,6 +63,7 @@ struct nf_fetch_loaded {
     uint64_t len;
     bool check;  /* verify its checksum (--verify) */
     bool demand; /* read for a demand */
+    uint32_t kv_gen;
 };
 
 /* The most one read asks for. io_uring takes a 32-bit length and Linux moves at most
@@ -83,7 +85,8 @@ struct nf_fetch_backend; /* io.c */
  * the bytes went (reads by demand or prefetch), which tiles were thrown out again (evictions,
  * and those of tiles compute never pinned since their read: wasted reads), the mean queue depth
  * while busy and the time spent on checksums. Private to the fetch thread. */
-#define NF_FETCH_KINDS 16
+#define NF_FETCH_KINDS   17
+#define NF_FETCH_KIND_KV (NF_FETCH_KINDS - 1) /* KV block tiles (the .nft's kinds below it) */
 struct nf_fetch_diag {
     uint64_t demand_reads[NF_FETCH_KINDS], prefetch_reads[NF_FETCH_KINDS];
     uint64_t bytes[NF_FETCH_KINDS];
@@ -104,6 +107,8 @@ struct nf_fetch_diag {
     uint64_t full_ns, starved_ns, idle_ns;
     uint64_t reaps, reaped;
     uint64_t sched_run_ns, sched_wait_ns;
+    uint64_t kv_refused; /* KV tiles asked for before their block was durable (not read) */
+    uint64_t kv_stale;   /* KV tiles evicted to be read again at their block's new generation */
 };
 
 struct nf_fetcher {
@@ -114,9 +119,14 @@ struct nf_fetcher {
     struct nf_cache_freq freq; /* routed experts' use frequency (cache.h) */
     bool use_freq;             /* a MoE model, --expert-cache freq */
     uint32_t n_tiles, n_slots;
+    /* KV block tiles (cfg->kv_tiles): ids n_tiles .. n_ids - 1, read from kv_fd (the KV file
+     * compute writes, opened at the first such request; -1 before); the per-id tables below
+     * cover them too (n_ids entries). kv_cur: the last one compute asked for. */
+    uint32_t n_kv, n_ids, kv_cur;
+    int kv_fd;
     /* Pending requests. pend[id]: bit 0 in the demand FIFO, bit 1 in the prefetch heap. */
-    uint8_t *pend; /* (n_tiles) */
-    uint32_t *dq;  /* (n_tiles) demand FIFO, circular */
+    uint8_t *pend; /* (n_ids) */
+    uint32_t *dq;  /* (n_ids) demand FIFO, circular */
     uint32_t dq_head, dq_len;
     uint32_t *heap;     /* (n_tiles) prefetch min-heap of tile ids by (prio, seq) */
     uint32_t *heap_pos; /* (n_tiles) position in heap */

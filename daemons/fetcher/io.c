@@ -72,9 +72,10 @@ static int uring_open(struct nf_fetcher *ft, struct nf_fetch_backend *be)
      * one iovec per slot when that fits io_uring's limit, else chunks of several slots of a
      * class (each at most 1 GiB). Each class may use an equal share of the iovecs. */
     const struct nf_stack_config *cfg = ft->st->cfg;
-    uint64_t share = NF_URING_MAX_BUFS / cfg->n_classes, nbufs = 0, pool = 0;
+    const uint32_t n_classes = nf_stack_pool_classes(cfg); /* the KV tiles' too */
+    uint64_t share = NF_URING_MAX_BUFS / n_classes, nbufs = 0, pool = 0;
     bool fits = ft->n_slots > 0;
-    for (uint32_t k = 0; k < cfg->n_classes; k++) {
+    for (uint32_t k = 0; k < n_classes; k++) {
         const struct nf_stack_class *c = &cfg->classes[k];
         uint64_t per = (c->n_slots + share - 1) / share;
         if (per * c->slot_size > NF_URING_MAX_BUF)
@@ -86,7 +87,7 @@ static int uring_open(struct nf_fetcher *ft, struct nf_fetch_backend *be)
     }
     struct iovec *iov = fits ? calloc(nbufs, sizeof(*iov)) : NULL; /* (nbufs) */
     if (iov) {
-        for (uint32_t k = 0; k < cfg->n_classes; k++) {
+        for (uint32_t k = 0; k < n_classes; k++) {
             const struct nf_stack_class *c = &cfg->classes[k];
             uint64_t per = be->buf_slots[k], n = c->n_slots;
             for (uint64_t first = 0, b = be->buf_first[k]; first < n; first += per, b++) {
@@ -173,8 +174,11 @@ static int uring_submit(struct nf_fetcher *ft, struct nf_fetch_backend *be, uint
     uint8_t *dst = nf_stack_slot_ptr(ft->st, io->slot) + io->done;
     unsigned len = nf_fetch_read_len(io);
     uint64_t off = io->off + io->done;
-    const struct nf_nft_tile *t = &ft->f->tiles[io->tile];
-    int fd = be->fixed_file ? (int)t->part : nf_nft_tile_fd(ft->f, t);
+    /* A KV tile comes from the KV file, not registered (compute creates it after the fetcher
+     * started). */
+    const bool kv = io->tile >= ft->n_tiles;
+    const struct nf_nft_tile *t = kv ? NULL : &ft->f->tiles[io->tile];
+    int fd = kv ? ft->kv_fd : be->fixed_file ? (int)t->part : nf_nft_tile_fd(ft->f, t);
     if (be->fixed_bufs) {
         uint32_t k = nf_stack_slot_class(ft->st, io->slot);
         uint64_t in_class = io->slot - ft->st->cfg->classes[k].first_slot;
@@ -183,7 +187,7 @@ static int uring_submit(struct nf_fetcher *ft, struct nf_fetch_backend *be, uint
     } else {
         io_uring_prep_read(sqe, fd, dst, len, off);
     }
-    if (be->fixed_file)
+    if (be->fixed_file && !kv)
         sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, i);
     NF_ASSERT(be->n_queued < ft->o.qd); /* each io is queued once until it completes */
@@ -243,7 +247,8 @@ static void *pread_worker(void *arg)
         pthread_mutex_unlock(&be->mu);
 
         struct nf_fetch_io *io = &ft->ios[i];
-        ssize_t r = pread(nf_nft_tile_fd(ft->f, &ft->f->tiles[io->tile]),
+        ssize_t r = pread(io->tile >= ft->n_tiles ? ft->kv_fd
+                                                  : nf_nft_tile_fd(ft->f, &ft->f->tiles[io->tile]),
                           nf_stack_slot_ptr(ft->st, io->slot) + io->done, nf_fetch_read_len(io),
                           (off_t)(io->off + io->done));
         int res = r < 0 ? -errno : (int)r;

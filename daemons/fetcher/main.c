@@ -25,7 +25,8 @@
 
 /* The fetcher's own flags; the stack's are in struct nf_daemon_args. */
 struct fetcher_opts {
-    int numa_node; /* --numa-node; -1: the node this process starts on */
+    int numa_node;      /* --numa-node; -1: the node this process starts on */
+    const char *kv_dir; /* --kv-dir: where compute's KV file is (NULL: the run directory) */
     struct nf_fetch_opts o;
 };
 
@@ -55,8 +56,9 @@ static void usage(FILE *out)
             "usage: nanoflow-fetcher --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
             "                        [--cache-type-k T] [--cache-type-v T] [--kv-block N]\n"
-            "                        [--qd N] [--verify all|sample|none] [--no-uring] [--nice N]\n"
-            "                        [--numa-node N] [--expert-cache freq|cyclic] [--foreground]\n"
+            "                        [--kv-dir DIR] [--qd N] [--verify all|sample|none]\n"
+            "                        [--no-uring] [--nice N] [--numa-node N]\n"
+            "                        [--expert-cache freq|cyclic] [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
             "Creates the stack's shared region and reads weight tiles into it with io_uring\n"
             "(O_DIRECT, registered buffers; a pread thread pool when io_uring is unavailable).\n\n"
@@ -83,6 +85,9 @@ static void usage(FILE *out)
             "                     0..65536: the plan holds only its resident blocks (the region\n"
             "                     records it for compute; `up` passes it when the cache goes\n"
             "                     on disk; default: 0 = in RAM)\n"
+            "  --kv-dir DIR       the directory of compute's KV file, whose blocks the\n"
+            "                     fetcher reads into the pool as tiles (default: the run\n"
+            "                     directory; `up` passes compute's)\n"
             "  --qd N             reads in flight (default 16, 1..4096)\n"
             "  --verify MODE      check each tile's XXH3-64: all (default), sample (1 in 16),\n"
             "                     none\n"
@@ -105,7 +110,7 @@ static void usage(FILE *out)
             "  -h, --help         show this help\n");
 }
 
-enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA, O_EXPERT_CACHE, O_NICE };
+enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA, O_EXPERT_CACHE, O_NICE, O_KV_DIR };
 
 static const struct option own_opts[] = {
     {"qd", required_argument, NULL, O_QD},
@@ -114,6 +119,7 @@ static const struct option own_opts[] = {
     {"numa-node", required_argument, NULL, O_NUMA},
     {"expert-cache", required_argument, NULL, O_EXPERT_CACHE},
     {"nice", required_argument, NULL, O_NICE},
+    {"kv-dir", required_argument, NULL, O_KV_DIR},
     {NULL, 0, NULL, 0},
 };
 
@@ -139,6 +145,7 @@ static int parse_own(int val, const char *arg, void *ud)
             return -EINVAL;
         return 0;
     case O_NO_URING: fo->o.no_uring = true; return 0;
+    case O_KV_DIR: fo->kv_dir = arg; return 0;
     case O_NICE:
         if (nf_daemon_arg_long(arg, -20, 19, &v))
             return -EINVAL;
@@ -284,6 +291,9 @@ static int create_region(struct fetcher_main *m, char *err, size_t errlen)
     if (rc < 0)
         return rc;
     m->have_stack = true;
+    /* The KV file's path for the fetcher's reads and compute's check (before ready). */
+    if (m->st.cfg->kv_tiles)
+        nf_rundir_kv_path(m->run_dir, m->fo.kv_dir, m->st.cfg->kv_path, sizeof(m->st.cfg->kv_path));
     char classes[160] = "";
     size_t o = 0;
     for (uint32_t k = 0; k < plan.n_classes && o < sizeof(classes); k++) {

@@ -124,7 +124,10 @@ static uint64_t count_room(const struct nf_pred_loop *lp, int32_t after)
     const struct nf_stack *st = lp->st;
     const struct nf_nft *f = lp->plan->f;
     uint64_t room = 0;
-    for (uint64_t i = 0; i < st->cfg->n_slots; i++) {
+    /* (The KV block tiles' class, past the weights', holds no weight tile.) */
+    const struct nf_stack_config *cfg = st->cfg;
+    const uint64_t n = cfg->kv_tiles ? cfg->classes[cfg->n_classes].first_slot : cfg->n_slots;
+    for (uint64_t i = 0; i < n; i++) {
         uint32_t t = atomic_load_explicit(&st->slots[i].tile, memory_order_relaxed);
         if (t == NF_NO_TILE) {
             room++;
