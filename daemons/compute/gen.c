@@ -22,6 +22,14 @@ static void shm_want(void *ud, uint32_t id, bool flush)
     nf_tile_request(g->st, id, flush);
 }
 
+/* In the pool now (READY; the fetcher may still evict it before the pin: a hint). */
+static bool shm_present(void *ud, uint32_t id)
+{
+    const struct nf_gen *g = ud;
+    return id < g->st->cfg->n_tiles &&
+           atomic_load_explicit(&g->st->tiles[id].state, memory_order_relaxed) == NF_TILE_READY;
+}
+
 static void shm_unpin(void *ud, uint32_t id)
 {
     struct nf_gen *g = ud;
@@ -70,5 +78,6 @@ void nf_gen_tile_src(struct nf_gen *g, struct nf_tile_src *src)
                                 .layer_done = shm_layer_done,
                                 .used = shm_used,
                                 .want = shm_want,
+                                .present = shm_present,
                                 .ud = g};
 }
