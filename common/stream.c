@@ -750,9 +750,26 @@ static int nf_stream_moe(struct nf_stream *s, uint32_t il, int n_tok)
     return 0;
 }
 
+/* The tiles of layer il's expert e (per tiles each, in use order) that the source does not
+ * hold now (every one without a present hint). */
+static uint32_t nf_stream_expert_missing(const struct nf_stream *s, uint32_t il, uint32_t e,
+                                         uint32_t per)
+{
+    if (!s->src.present)
+        return per;
+    uint32_t n = 0;
+    for (uint32_t i = e * per; i < (e + 1) * per; i++)
+        n += !s->src.present(
+            s->src.ud, (uint32_t)nf_nft_tile_id(s->f, nf_nft_find(s->f, il, NF_TILE_EXPERT, i)));
+    return n;
+}
+
 /* MoE FFN of a batched step: each row routed as alone; every expert some row chose (the
- * union) pinned once and run on those rows; then each row's expert outputs weighted and summed
- * in its own choice order, as nf_stream_moe sums them for one token. */
+ * union) pinned once and run on those rows, the experts with the fewest tiles still to read
+ * first (ties by index: the one-token order when nothing is in memory), so the experts already
+ * in the pool are computed while the others are read, each expert's output kept apart; then
+ * each row's expert outputs weighted and summed in its own choice order, as nf_stream_moe sums
+ * them for one token (the order the experts ran in changes no bit). */
 static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
 {
     struct nf_ctx *c = s->c;
@@ -773,11 +790,25 @@ static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
         for (int j = 0; j < K; j++)
             s->bits[sel[k][j] / 64] |= 1ull << (sel[k][j] % 64);
     }
-    if (s->src.want) { /* the union's tiles, asked for at once */
+    /* The union in run order: insertion by (tiles missing, index). At most n_tok * K experts
+     * (a row's K choices are distinct). */
+    uint32_t order[NF_MAX_BATCH * 64], miss[NF_MAX_BATCH * 64], n_run = 0;
+    for (uint32_t e = 0; e < (uint32_t)X; e++) {
+        if (!((s->bits[e / 64] >> (e % 64)) & 1))
+            continue;
+        const uint32_t m = nf_stream_expert_missing(s, il, e, per);
+        uint32_t at = n_run++;
+        for (; at > 0 && miss[at - 1] > m; at--) {
+            order[at] = order[at - 1];
+            miss[at] = miss[at - 1];
+        }
+        order[at] = e;
+        miss[at] = m;
+    }
+    if (s->src.want) { /* the union's tiles, asked for at once in run order */
         uint32_t last = UINT32_MAX;
-        for (uint32_t e = 0; e < (uint32_t)X; e++) {
-            if (!((s->bits[e / 64] >> (e % 64)) & 1))
-                continue;
+        for (uint32_t r = 0; r < n_run; r++) {
+            const uint32_t e = order[r];
             for (uint32_t i = e * per; i < (e + 1) * per; i++) {
                 if (last != UINT32_MAX)
                     s->src.want(s->src.ud, last, false);
@@ -787,9 +818,8 @@ static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
         if (last != UINT32_MAX)
             s->src.want(s->src.ud, last, true);
     }
-    for (uint32_t e = 0; e < (uint32_t)X; e++) {
-        if (!((s->bits[e / 64] >> (e % 64)) & 1))
-            continue;
+    for (uint32_t r = 0; r < n_run; r++) {
+        const uint32_t e = order[r];
         int rk[NF_MAX_BATCH], rj[NF_MAX_BATCH], m = 0;
         for (int k = 0; k < n_tok; k++)
             for (int j = 0; j < K; j++)
@@ -2415,6 +2445,12 @@ static const uint8_t *nf_file_pin(void *ud, uint32_t id, int *rc)
     return fs->buf + (size_t)sl * fs->slot_size;
 }
 
+static bool nf_file_present(void *ud, uint32_t id)
+{
+    const struct nf_file_src *fs = ud;
+    return id < fs->f->n_tiles && fs->tile_slot[id] != NF_FILE_NONE;
+}
+
 static void nf_file_unpin(void *ud, uint32_t id)
 {
     struct nf_file_src *fs = ud;
@@ -2456,7 +2492,8 @@ int nf_tile_src_file_open(struct nf_tile_src *src, const struct nf_nft *f, uint6
         fs->slot_tile[i] = NF_FILE_NONE;
     for (uint64_t i = 0; i < f->n_tiles; i++)
         fs->tile_slot[i] = NF_FILE_NONE;
-    *src = (struct nf_tile_src){.pin = nf_file_pin, .unpin = nf_file_unpin, .ud = fs};
+    *src = (struct nf_tile_src){
+        .pin = nf_file_pin, .unpin = nf_file_unpin, .present = nf_file_present, .ud = fs};
     return 0;
 }
 

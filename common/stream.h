@@ -61,6 +61,11 @@ struct nf_tile_src {
     void (*want)(void *ud, uint32_t id, bool flush);
     /* Optional (NULL): the KV cache's blocks as tiles (must outlive the engine). */
     const struct nf_tile_src_kv *kv;
+    /* Optional (NULL): whether tile id can be pinned now without a read (in memory), a hint only
+     * (the tile may come or go right after). A batched MoE step runs the experts of its union
+     * whose tiles are in memory first and asks for the others in the order it will run them,
+     * so the missing experts are read while the present ones are computed. */
+    bool (*present)(void *ud, uint32_t id);
 };
 
 struct nf_stream_opts {

@@ -3,7 +3,8 @@
  * (nf_ctx_step) and the streaming engine (nf_stream_step), with sequences of different prompt
  * lengths joining and leaving at different steps, on dense, quantized, F16/BF16 and MoE models
  * (glm4moe, deepseek2 and gpt-oss among them: leading dense layers, sigmoid routing, latent
- * attention, attention sinks and expert biases), and in sparse mode. */
+ * attention, attention sinks and expert biases), and in sparse mode; a batched MoE step's
+ * experts in any run order. */
 #include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -271,6 +272,95 @@ static void check_stream_thr(const char *name, float sparsity, int n_ubatch, int
     nf_nft_close(f);
 }
 
+/* A tile source over another that says a tile is in memory or not at random (present), so a
+ * batched MoE step runs its union's experts in an order other than their index order, and
+ * records whether it did: in a batched MoE step (present asked since the last tile other than
+ * an expert's; a one-token MoE layer runs its experts in choice order without asking), an
+ * expert of a lower index pinned after one of a higher index of the same layer. */
+struct shuffle_src {
+    struct nf_tile_src in;
+    const struct nf_nft *f;
+    uint32_t rng;
+    uint32_t last;     /* the last expert tile pinned since the last other tile, or UINT32_MAX */
+    bool batch;        /* present asked since the last tile other than an expert's */
+    int reordered;     /* such expert pins that went back to a lower expert */
+    int present_calls; /* present() calls answered */
+};
+
+static const uint8_t *shuffle_pin(void *ud, uint32_t id, int *rc)
+{
+    struct shuffle_src *ss = ud;
+    const struct nf_nft_tile *t = &ss->f->tiles[id];
+    if (t->kind != NF_TILE_EXPERT) {
+        ss->last = UINT32_MAX;
+        ss->batch = false;
+    } else {
+        if (ss->batch && ss->last != UINT32_MAX && ss->f->tiles[ss->last].layer == t->layer &&
+            ss->f->tiles[ss->last].expert > t->expert)
+            ss->reordered++;
+        ss->last = id;
+    }
+    return ss->in.pin(ss->in.ud, id, rc);
+}
+
+static void shuffle_unpin(void *ud, uint32_t id)
+{
+    struct shuffle_src *ss = ud;
+    ss->in.unpin(ss->in.ud, id);
+}
+
+static bool shuffle_present(void *ud, uint32_t id)
+{
+    struct shuffle_src *ss = ud;
+    (void)id;
+    ss->batch = true;
+    ss->present_calls++;
+    ss->rng = ss->rng * 1103515245u + 12345u;
+    return (ss->rng >> 16) & 1;
+}
+
+/* Every row of every batched MoE step keeps its solo logits bit for bit whatever order the
+ * step runs the union's experts in (nf_stream_moe_batch: the ones in memory first). */
+static void check_stream_moe_order(const char *name)
+{
+    char in[512], nft[512], err[512];
+    model_path(name, in, sizeof(in));
+    snprintf(nft, sizeof(nft), "%s/%s.nft", tmpdir, name);
+    struct nf_nft_convert_opts co = {.tile_size = 16384};
+    if (access(nft, R_OK) != 0 && nf_nft_convert(in, nft, &co, err, sizeof(err)) < 0)
+        fail_msg("convert %s: %s", name, err);
+    struct nf_nft *f;
+    if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    struct shuffle_src ss = {.f = f, .rng = 7, .last = UINT32_MAX};
+    assert_int_equal(nf_tile_src_file_open(&ss.in, f, 1 << 20), 0);
+    struct nf_tile_src src = {
+        .pin = shuffle_pin, .unpin = shuffle_unpin, .present = shuffle_present, .ud = &ss};
+    struct nf_stream_opts o = {.n_ctx = N_CTX, .n_threads = 2};
+    struct eng e = {0};
+    if (nf_stream_create(&e.s, f, &src, &o, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    e.n_vocab = nf_stream_hparams(e.s)->n_vocab;
+    float *ref = solo_reference(&e);
+    if (nf_stream_set_slots(e.s, N_SEQ, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    ss.reordered = ss.present_calls = 0;
+    assert_true(check_batched(&e, ref) >= 5);
+    assert_true(ss.present_calls > 0);
+    assert_true(ss.reordered > 0); /* the order did change */
+    free(ref);
+    nf_stream_free(e.s);
+    nf_tile_src_file_close(&ss.in);
+    nf_nft_close(f);
+}
+
+static void test_stream_moe_order(void **state)
+{
+    (void)state;
+    check_stream_moe_order("moe-Q8_0");
+    check_stream_moe_order("moe-Q4_K_M");
+}
+
 static void check_stream_ub(const char *name, float sparsity, int n_ubatch, int n_seq)
 {
     check_stream_thr(name, sparsity, n_ubatch, n_seq, 0);
@@ -401,12 +491,13 @@ static void test_stream_one_thread(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ctx_stories),   cmocka_unit_test(test_ctx_quantized),
-        cmocka_unit_test(test_ctx_moe),       cmocka_unit_test(test_stream_stories),
-        cmocka_unit_test(test_stream_types),  cmocka_unit_test(test_stream_moe),
-        cmocka_unit_test(test_stream_sparse), cmocka_unit_test(test_ctx_arch),
-        cmocka_unit_test(test_stream_arch),   cmocka_unit_test(test_stream_small_ubatch),
-        cmocka_unit_test(test_large_q4_0),    cmocka_unit_test(test_stream_one_thread),
+        cmocka_unit_test(test_ctx_stories),      cmocka_unit_test(test_ctx_quantized),
+        cmocka_unit_test(test_ctx_moe),          cmocka_unit_test(test_stream_stories),
+        cmocka_unit_test(test_stream_types),     cmocka_unit_test(test_stream_moe),
+        cmocka_unit_test(test_stream_sparse),    cmocka_unit_test(test_ctx_arch),
+        cmocka_unit_test(test_stream_arch),      cmocka_unit_test(test_stream_small_ubatch),
+        cmocka_unit_test(test_large_q4_0),       cmocka_unit_test(test_stream_one_thread),
+        cmocka_unit_test(test_stream_moe_order),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

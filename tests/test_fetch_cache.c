@@ -519,6 +519,52 @@ static void test_victim_prefetched_expert_kept(void **state)
     nf_cache_freq_free(&q);
 }
 
+/* A batched MoE step runs the experts already in memory first: compute's newest pin is past
+ * experts of its layer it asked for and has not run. Layer from tile 2, compute at 7 after
+ * pinning 6; tile 3 loaded and not pinned since (asked for, still to run): with the layer
+ * known it ranks as needed next (1), the last victim of a demand and never one of a prefetch;
+ * without it (nf_cache_pick_victim), it goes first, as an expert compute passed unused. */
+static void test_victim_unreached_in_layer_kept(void **state)
+{
+    (void)state;
+    struct table t;
+    table_init(&t);
+    float p0[NT] = {0};
+    p0[3] = p0[4] = p0[5] = 0.25f;
+    struct nf_cache_freq q;
+    assert_int_equal(nf_cache_freq_init(&q, p0, NT), 0);
+    for (uint32_t i = 0; i < NS; i++)
+        atomic_store(&t.tiles[i].last_use, 9);
+    atomic_store(&t.tiles[3].last_use, NF_CACHE_FREQ_NONE);
+    for (uint32_t i = 0; i < NS; i++)
+        if (i != 3) /* reloaded since its uses, none seen: a rare expert */
+            nf_cache_freq_observe(&q, i, 9);
+    assert_int_equal(nf_cache_pick_victim(t.tiles, NT, t.slots, 0, NS, 7, 0, UINT64_MAX, &q, NULL),
+                     3);
+    uint64_t got = 0;
+    uint32_t s = 0;
+    for (uint32_t i = 0; i < NS - 1; i++) { /* 7, at distance 0, is never a victim */
+        s = nf_cache_pick_victim_in(t.tiles, NT, t.slots, 0, NS, 7, 2, 0, i ? got : UINT64_MAX, &q,
+                                    &got);
+        assert_true(s < NS);
+        assert_true(s != 3 || i == NS - 2);
+    }
+    assert_int_equal(s, 3);
+    assert_int_equal(got, 1);
+    /* A prefetch (min_dist of its own distance, here 1 and more) never takes it. */
+    for (uint64_t below = UINT64_MAX;;) {
+        s = nf_cache_pick_victim_in(t.tiles, NT, t.slots, 0, NS, 7, 2, 1, below, &q, &got);
+        if (s == NF_NO_SLOT)
+            break;
+        assert_int_not_equal(s, 3);
+        below = got;
+    }
+    /* Compute in the next layer (from 7, at 8): 3 is passed, unused, and goes first again. */
+    assert_int_equal(
+        nf_cache_pick_victim_in(t.tiles, NT, t.slots, 0, NS, 8, 7, 0, UINT64_MAX, &q, NULL), 3);
+    nf_cache_freq_free(&q);
+}
+
 /* A MoE scan with skewed routing: 4 layers of one every-step tile and 8 experts (2 chosen per
  * token, expert e with weight 2^-e), 14 slots for 36 tiles. Loads evict by expected next use
  * or by cyclic distance alone; the frequency rule must miss less (the hot experts stay), and
@@ -616,6 +662,7 @@ int main(void)
         cmocka_unit_test(test_freq_estimate),
         cmocka_unit_test(test_victim_rare_expert_first),
         cmocka_unit_test(test_victim_prefetched_expert_kept),
+        cmocka_unit_test(test_victim_unreached_in_layer_kept),
         cmocka_unit_test(test_moe_scan_skewed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

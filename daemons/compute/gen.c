@@ -38,6 +38,14 @@ static void shm_kv_mark(void *ud, uint32_t id, bool durable)
         nf_kv_tile_invalidate(g->st, id);
 }
 
+/* In the pool now (READY; the fetcher may still evict it before the pin: a hint). */
+static bool shm_present(void *ud, uint32_t id)
+{
+    const struct nf_gen *g = ud;
+    return id < g->st->cfg->n_tiles &&
+           atomic_load_explicit(&g->st->tiles[id].state, memory_order_relaxed) == NF_TILE_READY;
+}
+
 static void shm_unpin(void *ud, uint32_t id)
 {
     struct nf_gen *g = ud;
@@ -86,6 +94,7 @@ void nf_gen_tile_src(struct nf_gen *g, struct nf_tile_src *src)
                                 .layer_done = shm_layer_done,
                                 .used = shm_used,
                                 .want = shm_want,
+                                .present = shm_present,
                                 .ud = g};
     /* The KV blocks as the region's tiles when the fetcher reads the file this engine writes
      * (the engine checks the rest of the geometry). */

@@ -270,13 +270,16 @@ uint64_t nf_cache_expected(const struct nf_cache_freq *q, uint32_t id, uint32_t 
     return dist + (uint64_t)((double)n_tiles * (1.0 / p - 1.0));
 }
 
-uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tiles,
-                              const struct nf_slot_entry *slots, uint32_t first_slot,
-                              uint32_t end_slot, uint32_t cur, uint64_t min_dist, uint64_t below,
-                              const struct nf_cache_freq *q, uint64_t *got)
+uint32_t nf_cache_pick_victim_in(const struct nf_tile_entry *tiles, uint32_t n_tiles,
+                                 const struct nf_slot_entry *slots, uint32_t first_slot,
+                                 uint32_t end_slot, uint32_t cur, uint32_t layer_first,
+                                 uint64_t min_dist, uint64_t below, const struct nf_cache_freq *q,
+                                 uint64_t *got)
 {
     uint32_t best = NF_NO_SLOT;
     uint64_t best_dist = 0;
+    /* Tiles from layer_first up to cur: compute's layer, before its newest pin. */
+    const uint32_t behind_in_layer = nf_cache_distance(cur, layer_first, n_tiles);
     for (uint32_t s = first_slot; s < end_slot; s++) {
         uint32_t id = atomic_load_explicit(&slots[s].tile, memory_order_relaxed);
         if (id >= n_tiles)
@@ -289,13 +292,16 @@ uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tile
             continue;
         /* A tile loaded and not pinned since, still in the half cycle ahead of compute, was
          * prefetched for that pass: its expected use is its distance, whatever its frequency
-         * (ranked by frequency, the next prefetch evicted it before compute got to it). Once
+         * (ranked by frequency, the next prefetch evicted it before compute got to it). One in
+         * compute's layer before its newest pin has not been reached yet: next (1). Once
          * compute has passed it unused (a forecast that missed), it ranks by frequency again. */
         uint32_t dist = nf_cache_distance(id, cur, n_tiles);
+        const bool unused =
+            atomic_load_explicit(&t->last_use, memory_order_relaxed) == NF_CACHE_FREQ_NONE;
         uint64_t d =
-            atomic_load_explicit(&t->last_use, memory_order_relaxed) == NF_CACHE_FREQ_NONE &&
-                    dist < n_tiles / 2
-                ? dist
+            unused && dist < n_tiles / 2 ? dist
+            : unused && id != cur && nf_cache_distance(id, layer_first, n_tiles) < behind_in_layer
+                ? 1
                 : nf_cache_expected(q, id, dist, n_tiles);
         if (d <= min_dist || d >= below)
             continue;
@@ -307,4 +313,13 @@ uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tile
     if (got)
         *got = best_dist;
     return best;
+}
+
+uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tiles,
+                              const struct nf_slot_entry *slots, uint32_t first_slot,
+                              uint32_t end_slot, uint32_t cur, uint64_t min_dist, uint64_t below,
+                              const struct nf_cache_freq *q, uint64_t *got)
+{
+    return nf_cache_pick_victim_in(tiles, n_tiles, slots, first_slot, end_slot, cur, cur, min_dist,
+                                   below, q, got);
 }

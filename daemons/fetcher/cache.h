@@ -178,5 +178,17 @@ uint32_t nf_cache_pick_victim(const struct nf_tile_entry *tiles, uint32_t n_tile
                               const struct nf_slot_entry *slots, uint32_t first_slot,
                               uint32_t end_slot, uint32_t cur, uint64_t min_dist, uint64_t below,
                               const struct nf_cache_freq *q, uint64_t *got);
+/* nf_cache_pick_victim with compute's layer known: cur is in the layer whose first tile is
+ * layer_first, and a tile loaded and not pinned since that lies from layer_first up to cur is
+ * one of this layer's that compute has not reached yet rather than one it passed unused (a
+ * batched MoE step runs the experts of its union that are in memory first, so compute's
+ * newest pin can be past experts it asked for and still runs): it ranks as needed next (1), so
+ * a prefetch never evicts it and a demand only when no other tile is left. layer_first == cur:
+ * nf_cache_pick_victim. */
+uint32_t nf_cache_pick_victim_in(const struct nf_tile_entry *tiles, uint32_t n_tiles,
+                                 const struct nf_slot_entry *slots, uint32_t first_slot,
+                                 uint32_t end_slot, uint32_t cur, uint32_t layer_first,
+                                 uint64_t min_dist, uint64_t below, const struct nf_cache_freq *q,
+                                 uint64_t *got);
 
 #endif

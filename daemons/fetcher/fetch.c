@@ -538,9 +538,13 @@ static uint32_t get_slot(struct nf_fetcher *ft, uint32_t id, uint32_t k, bool de
     uint64_t min_dist = demand ? 0 : nf_cache_distance(id, ft->cur, ft->n_tiles);
     uint64_t below = UINT64_MAX, got;
     const struct nf_cache_freq *q = ft->use_freq ? &ft->freq : NULL;
+    /* The first tile of compute's layer (a tile outside the layers: cur itself). */
+    uint32_t lf = ft->cur;
+    if (ft->cur < ft->n_tiles && ft->f->tiles[ft->cur].layer < ft->f->hdr.n_layer)
+        lf = ft->layer_first[ft->f->tiles[ft->cur].layer];
     for (uint32_t tries = 0; tries < end - first; tries++) {
-        s = nf_cache_pick_victim(st->tiles, ft->n_tiles, st->slots, first, end, ft->cur, min_dist,
-                                 below, q, &got);
+        s = nf_cache_pick_victim_in(st->tiles, ft->n_tiles, st->slots, first, end, ft->cur, lf,
+                                    min_dist, below, q, &got);
         if (s == NF_NO_SLOT)
             return NF_NO_SLOT;
         uint32_t victim = atomic_load(&st->slots[s].tile);
