@@ -12,12 +12,9 @@ set -u
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 need_stories
 need_daemons
-T=$(mktemp -d)
-export XDG_CACHE_HOME="$T/cache" # the index of the read-only shared models goes here
-R="$T/run"
-R2="$T/run2"
-trap '"$NF_BIN" down --run-dir "$R" >/dev/null 2>&1; "$NF_BIN" down --run-dir "$R2" >/dev/null 2>&1
-rm -rf "$T"' EXIT
+stack_tmp
+R="$T/run-1"
+R2="$T/run-2"
 
 "$NF_BIN" up -m "$M0" --ram 64M -t 1 -c 128 --kv-offload on --kv-block 4 --parallel 2 --lookup \
     --prefix-cache off --run-dir "$R" >"$T/up.out" 2>"$T/up.err"
