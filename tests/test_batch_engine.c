@@ -222,8 +222,8 @@ static void check_ctx(const char *name)
     nf_model_free(m);
 }
 
-/* n_one: the engine's n_threads_one (0: both threads for every step). */
-static void check_stream_thr(const char *name, float sparsity, int n_ubatch, int n_seq, int n_one)
+/* The shared model NAME as a .nft of 16 KiB tiles, converted into tmpdir once. */
+static struct nf_nft *open_nft(const char *name)
 {
     char in[512], nft[512], err[512];
     model_path(name, in, sizeof(in));
@@ -234,6 +234,14 @@ static void check_stream_thr(const char *name, float sparsity, int n_ubatch, int
     struct nf_nft *f;
     if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
         fail_msg("%s", err);
+    return f;
+}
+
+/* n_one: the engine's n_threads_one (0: both threads for every step). */
+static void check_stream_thr(const char *name, float sparsity, int n_ubatch, int n_seq, int n_one)
+{
+    char err[512];
+    struct nf_nft *f = open_nft(name);
     struct nf_tile_src src;
     assert_int_equal(nf_tile_src_file_open(&src, f, 1 << 20), 0);
     struct nf_stream_opts o = {.n_ctx = N_CTX,
@@ -323,15 +331,8 @@ static bool shuffle_present(void *ud, uint32_t id)
  * step runs the union's experts in (nf_stream_moe_batch: the ones in memory first). */
 static void check_stream_moe_order(const char *name)
 {
-    char in[512], nft[512], err[512];
-    model_path(name, in, sizeof(in));
-    snprintf(nft, sizeof(nft), "%s/%s.nft", tmpdir, name);
-    struct nf_nft_convert_opts co = {.tile_size = 16384};
-    if (access(nft, R_OK) != 0 && nf_nft_convert(in, nft, &co, err, sizeof(err)) < 0)
-        fail_msg("convert %s: %s", name, err);
-    struct nf_nft *f;
-    if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
-        fail_msg("%s", err);
+    char err[512];
+    struct nf_nft *f = open_nft(name);
     struct shuffle_src ss = {.f = f, .rng = 7, .last = UINT32_MAX};
     assert_int_equal(nf_tile_src_file_open(&ss.in, f, 1 << 20), 0);
     struct nf_tile_src src = {
@@ -450,12 +451,8 @@ static void test_stream_small_ubatch(void **state)
     (void)state;
     check_stream_ub("stories260K", 0.0f, 2, N_SEQ);
     check_stream_ub("moe-Q8_0", 0.0f, 2, N_SEQ);
-    char in[512], nft[512], err[512];
-    model_path("stories260K", in, sizeof(in));
-    snprintf(nft, sizeof(nft), "%s/stories260K.nft", tmpdir);
-    struct nf_nft *f;
-    if (nf_nft_open(&f, nft, false, err, sizeof(err)) < 0)
-        fail_msg("%s", err);
+    char err[512];
+    struct nf_nft *f = open_nft("stories260K");
     struct nf_tile_src src;
     assert_int_equal(nf_tile_src_file_open(&src, f, 1 << 20), 0);
     struct nf_stream_opts o = {.n_ctx = N_CTX, .n_threads = 1, .n_ubatch = 2};
