@@ -721,18 +721,11 @@ static void kv_evict_stale(struct nf_fetcher *ft, uint32_t id)
     }
 }
 
-/* start_load for KV tile id. */
+/* start_load for KV tile id, neither loading, ready nor in error. */
 static int start_kv_load(struct nf_fetcher *ft, uint32_t id, bool demand)
 {
     struct nf_stack *st = ft->st;
     struct nf_stack_counters *ctr = st->ctr;
-    uint32_t state = atomic_load(&st->tiles[id].state);
-    if (state == NF_TILE_READY || state == NF_TILE_LOADING) {
-        atomic_fetch_add_explicit(&ctr->f_hits, 1, memory_order_relaxed);
-        return 0;
-    }
-    if (state == NF_TILE_ERROR)
-        return 0;
     const uint32_t w = nf_kv_tile_word(st, id);
     if (!(w & 1u)) { /* not durable: its bytes are not in the file yet (or are being rewritten) */
         ft->diag.kv_refused++;
@@ -777,8 +770,6 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
 {
     struct nf_stack *st = ft->st;
     struct nf_stack_counters *ctr = st->ctr;
-    if (id >= ft->n_tiles)
-        return start_kv_load(ft, id, demand);
     uint32_t state = atomic_load(&st->tiles[id].state);
     if (state == NF_TILE_READY || state == NF_TILE_LOADING) {
         atomic_fetch_add_explicit(&ctr->f_hits, 1, memory_order_relaxed);
@@ -786,6 +777,8 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
     }
     if (state == NF_TILE_ERROR)
         return 0;
+    if (id >= ft->n_tiles)
+        return start_kv_load(ft, id, demand);
     uint32_t k = nf_cache_class(&ft->cache, id);
     if (k == NF_CACHE_NO_CLASS) {
         /* No slot fits it (the plan sizes the largest class to the largest tile, so only a
