@@ -59,8 +59,8 @@ o = json.load(open(sys.argv[1]))
 assert isinstance(o, dict)
 for k in ("model", "nft", "ram_budget", "n_predict", "cgroup", "raw", "rows"):
     assert k in o, k
-assert o["ram_budget"] == 1 << 30 and o["n_predict"] == 3 and o["n_ctx"] == 96
-assert o["raw"]["ok"] is True and o["raw"]["mb_s"] > 0 and o["raw"]["qd"] == 16
+assert o["ram_budget"] == 1 << 30 and o["n_predict"] == 3 and o["n_ctx"] == 96, o
+assert o["raw"]["ok"] is True and o["raw"]["mb_s"] > 0 and o["raw"]["qd"] == 16, o["raw"]
 assert [r["mode"] for r in o["rows"]] == ["stack exact", "stack s=0.30", "stack s=0.60", "mmap"]
 fields = ("tok_s", "mb_s", "busy_mb_s", "bytes_per_token", "hit_rate", "recall", "stall_share",
           "peak_bytes", "vs_mmap", "io_bound_tok_s", "vs_io_bound", "tokens", "error")
@@ -72,7 +72,12 @@ for r in o["rows"]:
     assert r["io_bound_tok_s"] > 0 and r["vs_io_bound"] > 0, r
 for r in o["rows"][:3]:
     assert r["vs_mmap"] > 0 and 0 <= r["hit_rate"] <= 1 and 0 <= r["stall_share"] <= 1, r
-assert o["rows"][1]["sparsity"] == 0.3 and o["rows"][1]["recall"] is not None
+# Recall is scored only when the predictor's forecast for a step meets compute's used set of that
+# step; in 3 tokens on a loaded machine (sanitizers, -j2) none may be, so null is allowed here
+# (test_predictor_daemon checks the scoring itself).
+rc = o["rows"][1]["recall"]
+assert o["rows"][1]["sparsity"] == 0.3, o["rows"][1]
+assert rc is None or 0 <= rc <= 1, o["rows"][1]
 if o["cgroup"]["used"]:
     assert o["cgroup"]["version"] in (1, 2)
     for r in o["rows"]:
