@@ -7,7 +7,7 @@
 # a prefix of its solo output. Needs T (a scratch directory) and NF_BIN, NF_SHARED_DIR;
 # BATCH_NEED_SHARED=0 waives the shared-steps check (for a model too fast to be sure its
 # staggered clients overlap on a loaded machine); BATCH_CTX=N runs a copy of the model whose
-# trained context (128) is patched to N, so that the client to be cancelled is still
+# trained context is patched to N, so that the client to be cancelled is still
 # generating when its Ctrl-C comes.
 
 # Clients: name, delay before starting (s), -n, sampling flags, prompt.
