@@ -797,8 +797,8 @@ static void nf_attn_tile_q(struct nf_ctx *c, int il, int t0, int nt, int kvh, in
     uint8_t *qq = scratch; /* (nq, qrow) */
     float *sc = (void *)((char *)scratch + nf_align64((size_t)qmax * hd * sizeof(nf_fp16_t)));
     float *out = sc + (size_t)qmax * ldp; /* (nq, vd) */
-    float inv[NF_ATTN_TILE_MAXQ];
-    int lo[NF_ATTN_TILE_MAXQ], lo_min = n_vis;
+    float inv[NF_ATTN_TILE_MAXQ] = {0};
+    int lo[NF_ATTN_TILE_MAXQ] = {0}, lo_min = n_vis;
     /* Query q is head kvh * g + q % g of token t0 + q / g: a token's g heads lie together. */
     for (int qi = 0; qi < nq; qi++)
         nf_act_quantizer(tr->vec_dot_type)(
