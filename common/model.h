@@ -385,6 +385,9 @@ struct nf_ctx {
     /* Set during a per-row pass (nf_ctx_eval_rows, nf_stream_eval_rows): nf_matmul and the
      * attention compute each token's row with the one-token kernels. */
     bool per_row;
+    /* Tests: a prompt chunk's attention over a quantized cache one (token, head) at a time
+     * (nf_attn_head), the path its query tiles (nf_attn_tile_q) are checked against. */
+    bool attn_untiled;
     /* (n_head) F32 the attention sinks of the layer nf_attn_core runs next (gpt-oss), set by
      * its caller; NULL: none. Not owned. */
     const float *attn_sinks;

@@ -666,10 +666,11 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
 
 /* Queries per prompt attention tile (nf_attn_tile): 16, fewer when their score rows over a
  * context of n_ctx cells would pass 1 MiB per thread. */
+#define NF_ATTN_TILE_MAXQ 16
 static int nf_attn_tile_nq(const struct nf_hparams *hp, int n_ctx)
 {
     const size_t row = (size_t)(n_ctx + hp->kv_pad) * sizeof(float);
-    int nq = 16;
+    int nq = NF_ATTN_TILE_MAXQ;
     while (nq > 1 && (size_t)nq * row > ((size_t)1 << 20))
         nq /= 2;
     return nq;
@@ -760,6 +761,74 @@ static void nf_attn_tile(struct nf_ctx *c, int il, int t0, int nt, int kvh, int 
                out + (size_t)tt * g * vd, sizeof(float) * (size_t)g * vd);
 }
 
+/* Whether a prompt batch takes nf_attn_tile_q: a quantized K and V (kv_quant.h) whose K type
+ * has a multi-token kernel keeping vec_dot's order per pair, one token's query heads of a KV
+ * group fitting a tile. */
+static bool nf_attn_tiled_q(const struct nf_ctx *c, int n_tok)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    return n_tok >= 2 && !c->per_row && !c->attn_untiled && c->type_k != NF_TYPE_F16 &&
+           c->type_v != NF_TYPE_F16 && !hp->n_lora_kv && nf_vec_dot_cols(c->type_k) &&
+           hp->n_head / hp->n_head_kv <= nf_attn_tile_nq(hp, c->n_ctx);
+}
+
+/* The prompt attention of a quantized K and V for tokens t0 .. t0 + nt - 1 and the query heads
+ * of KV head kvh, as nf_attn_head computes each (token, head) with n_tok >= 2, bit for bit, for
+ * the tile's queries at once: each query quantized as there, the scores by the K type's
+ * multi-token kernel whose every output is vec_dot's (nf_vec_dot_cols: each K row unpacked once
+ * for all the queries; the cells past a query's position, up to the tile's last, are computed
+ * and then masked), scaled and masked as there, the softmax row by row, and then each V row,
+ * read once, added with the type's axpy into the output of every query that sees it, rows in
+ * the same ascending order for each output. */
+static void nf_attn_tile_q(struct nf_ctx *c, int il, int t0, int nt, int kvh, int pos0, int n_kv,
+                           void *scratch)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, vd = nf_head_dim_v(hp);
+    const int g = hp->n_head / hp->n_head_kv, nq = nt * g, n_vis = pos0 + t0 + nt;
+    const size_t ldp = (size_t)(c->n_ctx + hp->kv_pad);
+    const float scale = hp->kq_scale                    ? hp->kq_scale
+                        : hp->q_scale || hp->q_prescale ? 1.0f
+                                                        : 1.0f / sqrtf((float)hd);
+    const int qmax = nf_attn_tile_nq(hp, c->n_ctx);
+    const struct nf_type_traits *tr = nf_type_traits(c->type_k);
+    /* A quantized query takes fewer bytes than nf_attn_tile's F16 one (q8_0: 34 per 32). */
+    const size_t qrow = nf_kv_row_bytes(tr->vec_dot_type, hd);
+    uint8_t *qq = scratch; /* (nq, qrow) */
+    float *sc = (void *)((char *)scratch + nf_align64((size_t)qmax * hd * sizeof(nf_fp16_t)));
+    float *out = sc + (size_t)qmax * ldp; /* (nq, vd) */
+    float inv[NF_ATTN_TILE_MAXQ] = {0};
+    int lo[NF_ATTN_TILE_MAXQ] = {0}, lo_min = n_vis;
+    /* Query q is head kvh * g + q % g of token t0 + q / g: a token's g heads lie together. */
+    for (int qi = 0; qi < nq; qi++)
+        nf_act_quantizer(tr->vec_dot_type)(
+            c->q + ((size_t)(t0 + qi / g) * hp->n_head + (size_t)kvh * g + qi % g) * hd,
+            qq + (size_t)qi * qrow, hd);
+    nf_vec_dot_cols(c->type_k)(hd, sc, ldp, nf_kv_row(c->k_cache, c->type_k, c, il, 0, kvh),
+                               nf_kv_row_bytes(c->type_k, kvd), qq, qrow, n_vis, nq);
+    for (int qi = 0; qi < nq; qi++) {
+        const int pos = pos0 + t0 + qi / g, h = kvh * g + qi % g;
+        lo[qi] = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
+        lo_min = lo[qi] < lo_min ? lo[qi] : lo_min;
+        float *row = sc + (size_t)qi * ldp;
+        for (int ic = 0; ic < n_kv; ic++)
+            row[ic] = ic <= pos && ic >= lo[qi] ? row[ic] * scale : -INFINITY;
+        inv[qi] = nf_attn_softmax(c, row, n_kv, h);
+    }
+    const nf_kv_axpy_fn axpy = nf_kv_axpy_for(c->type_v);
+    memset(out, 0, sizeof(float) * (size_t)nq * (size_t)vd);
+    for (int ic = lo_min; ic < n_vis; ic++) {
+        const void *vr = nf_kv_row(c->v_cache, c->type_v, c, il, ic, kvh);
+        /* Query qi sees cells lo[qi] .. its position pos0 + t0 + qi / g. */
+        for (int qi = (ic - pos0 - t0 > 0 ? ic - pos0 - t0 : 0) * g; qi < nq; qi++)
+            if (ic >= lo[qi])
+                axpy(out + (size_t)qi * vd, sc[(size_t)qi * ldp + ic] * inv[qi], vr, vd);
+    }
+    for (int tt = 0; tt < nt; tt++)
+        memcpy(c->att + ((size_t)(t0 + tt) * hp->n_head + (size_t)kvh * g) * vd,
+               out + (size_t)tt * g * vd, sizeof(float) * (size_t)g * vd);
+}
+
 static void nf_attn_run(void *arg, int ith, int nth)
 {
     const struct nf_attn_job *j = arg;
@@ -774,7 +843,8 @@ static void nf_attn_run(void *arg, int ith, int nth)
     int n_kv = (j->pos0 + j->n_tok + pad - 1) / pad * pad;
     const int cap = c->m->hp.kv_pad ? (c->n_ctx + pad - 1) / pad * pad : c->n_ctx;
     n_kv = n_kv < cap ? n_kv : cap;
-    if (nf_attn_tiled(c, j->n_tok, n_kv)) {
+    const bool tiled_q = nf_attn_tiled_q(c, j->n_tok);
+    if (tiled_q || nf_attn_tiled(c, j->n_tok, n_kv)) {
         /* Tiles of tokens x a KV group's heads; with the KV heads inner, consecutive tasks
          * (which alternate between threads) cost about the same. */
         const int nkv = c->m->hp.n_head_kv;
@@ -782,8 +852,9 @@ static void nf_attn_run(void *arg, int ith, int nth)
         const int ntiles = (j->n_tok + tt - 1) / tt;
         for (int task = ith; task < ntiles * nkv; task += nth) {
             const int t0 = task / nkv * tt;
-            nf_attn_tile(c, j->il, t0, j->n_tok - t0 < tt ? j->n_tok - t0 : tt, task % nkv, j->pos0,
-                         n_kv, scratch);
+            (tiled_q ? nf_attn_tile_q : nf_attn_tile)(c, j->il, t0,
+                                                      j->n_tok - t0 < tt ? j->n_tok - t0 : tt,
+                                                      task % nkv, j->pos0, n_kv, scratch);
         }
         return;
     }

@@ -1101,6 +1101,14 @@ static int nf_stream_kv_store(struct nf_stream *s, uint32_t il, int pos0, int n_
         }
         nf_stream_kv_mark(s, nf_stream_kv_slot(s, r), (int)il);
     }
+    if (s->kv_tiles && s->src.kv->walked) {
+        /* The slots whose tiles this eval's walks visit, in the walk's order. */
+        int slots[NF_MAX_BATCH];
+        const int n = s->c->kv_whole ? 0 : nr;
+        for (int r = 0; r < n; r++)
+            slots[r] = nf_stream_kv_slot(s, r);
+        s->src.kv->walked(s->src.ud, il, slots, n);
+    }
     return 0;
 }
 

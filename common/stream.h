@@ -35,13 +35,17 @@
  * refusing a copy of an older generation; mark says a block's bytes in the file are durable
  * (its write completed: true) or are to be rewritten (a rollback, a slot's next sequence:
  * false, a new generation), so a copy read before is never used. ahead: how many blocks of
- * the walk the engine asks for (nf_tile_src.want) ahead of the one it pins (at least 1). */
+ * the walk the engine asks for (nf_tile_src.want) ahead of the one it pins (at least 1).
+ * walked (optional, NULL): layer il's attention walk just ended, and this eval's walks visit
+ * the tiles of slots[0..n) in that order (a batched step's rows; n 0 when the eval reads its
+ * layers whole or walks no tile), so the source can have the next layers' tiles read now. */
 struct nf_tile_src_kv {
     uint32_t first;
     int n_slots, n_ctx, block, ahead;
     size_t row_k, row_v;
     const uint8_t *(*pin)(void *ud, uint32_t id, int *rc);
     void (*mark)(void *ud, uint32_t id, bool durable);
+    void (*walked)(void *ud, uint32_t il, const int *slots, int n);
 };
 
 /* Where tile bytes come from. pin returns the bytes of tile id (stable until unpin), or NULL

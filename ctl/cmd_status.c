@@ -255,6 +255,8 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                (double)nf_stage_ctr(p, "requests"), "");
         metric(json, &first, "predictor", "lookahead", "lookahead",
                (double)nf_stage_ctr(p, "lookahead"), "layers");
+        metric(json, &first, "predictor", "kv_requests", "KV tile pushes",
+               (double)nf_stage_ctr(p, "kv_requests"), "");
     } else if (json) {
         jerr(p->err);
     } else {
@@ -302,6 +304,14 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                (double)nf_stage_ctr(f, "plan_dropped"), "");
         metric(json, &first, "fetcher", "plan_released", "withdrawn after read",
                (double)nf_stage_ctr(f, "plan_released"), "");
+        metric(json, &first, "fetcher", "kv_prefetch_reads", "KV reads pushed",
+               (double)nf_stage_ctr(f, "kv_prefetch_reads"), "");
+        metric(json, &first, "fetcher", "kv_demand_reads", "KV reads asked by compute",
+               (double)nf_stage_ctr(f, "kv_demand_reads"), "");
+        metric(json, &first, "fetcher", "kv_prefetch_used", "KV pushed, pinned",
+               (double)nf_stage_ctr(f, "kv_prefetch_used"), "");
+        metric(json, &first, "fetcher", "kv_prefetch_unused", "KV pushed, evicted unused",
+               (double)nf_stage_ctr(f, "kv_prefetch_unused"), "");
     } else if (json) {
         jerr(f->err);
     } else {

@@ -1,8 +1,10 @@
 /* kvtile.c - KV block tiles: durability, generations and the pin that refuses a stale copy
  * (see stack.h). */
 #include <errno.h>
+#include <sched.h>
 
 #include "nf_time.h"
+#include "seqlock.h"
 #include "stack.h"
 
 /* Sleep between two looks while the fetcher evicts a stale copy (eviction rings no bell). */
@@ -96,4 +98,56 @@ const uint8_t *nf_kv_tile_pin_wait(struct nf_stack *st, uint32_t id, uint64_t st
         nf_notify_wake(&st->sync->fetch_bell);
         nf_notify_wait(&st->sync->tile_done, seen, NF_KV_STALE_SLICE_MS);
     }
+}
+
+bool nf_kv_tile_durable_now(const struct nf_stack *st, uint32_t id)
+{
+    return nf_kv_tile_word(st, id) & 1u;
+}
+
+/* The walk record's fields under its seqlock: relaxed atomics, as in shm/slots.c. */
+#define SET(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
+#define GET(field)    __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+void nf_kv_walk_publish(struct nf_stack *st, uint64_t step, uint32_t layer, const uint32_t *slots,
+                        uint32_t n)
+{
+    struct nf_kv_walk *w = st->kv_walk;
+    if (!w)
+        return;
+    if (n > NF_KV_WALK_MAX)
+        n = NF_KV_WALK_MAX;
+    uint64_t sn = nf_seqlock_write_begin(&w->seq);
+    SET(w->step, step);
+    SET(w->layer, layer);
+    SET(w->n, n);
+    for (uint32_t i = 0; i < n; i++)
+        SET(w->slot[i], slots[i]);
+    nf_seqlock_write_end(&w->seq, sn);
+}
+
+uint64_t nf_kv_walk_read(const struct nf_stack *st, int tries, uint64_t *step, uint32_t *layer,
+                         uint32_t *slots, uint32_t *n)
+{
+    const struct nf_kv_walk *w = st->kv_walk;
+    if (!w)
+        return 0;
+    while (tries-- > 0) {
+        uint64_t sn = nf_seqlock_read_begin(&w->seq);
+        if (sn == 0)
+            return 0;
+        if (sn & 1) {
+            sched_yield();
+            continue;
+        }
+        *step = GET(w->step);
+        *layer = GET(w->layer);
+        uint32_t k = GET(w->n);
+        *n = k <= NF_KV_WALK_MAX ? k : NF_KV_WALK_MAX;
+        for (uint32_t i = 0; i < *n; i++)
+            slots[i] = GET(w->slot[i]);
+        if (!nf_seqlock_read_retry(&w->seq, sn))
+            return sn;
+    }
+    return 0;
 }

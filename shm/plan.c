@@ -1,6 +1,7 @@
 /* plan.c - how a RAM budget is split: context length, pool classes, private memory. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -97,6 +98,15 @@ static uint64_t att_scratch_bytes(const struct nf_stack_shape *sh, uint32_t n_ct
 
 /* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx; returns
  * the total. */
+/* KV block tiles in the pool unless NANOFLOW_KV_TILES is "off" (every process of a stack sees
+ * the environment `up` started it with, so they all compute the same plan): then compute reads
+ * the blocks back into its own window, the path before the tiles, kept to compare them. */
+static bool kv_tiles_on(void)
+{
+    const char *e = getenv("NANOFLOW_KV_TILES");
+    return !e || strcmp(e, "off") != 0;
+}
+
 uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts, uint32_t n_ctx,
                         uint32_t n_threads, struct nf_stack_plan *p)
 {
@@ -120,7 +130,7 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
     p->kv_tiles = 0;
     p->kv_n_blk = 0;
     p->kv_row_k = p->kv_row_v = 0;
-    if (p->kv_block && !sh->kv_latent && sh->n_classes < NF_STACK_MAX_CLASSES &&
+    if (p->kv_block && !sh->kv_latent && sh->n_classes < NF_STACK_MAX_CLASSES && kv_tiles_on() &&
         sh->n_tiles + n_seq * sh->n_layer * 2 * ((n_ctx + p->kv_block - 1) / p->kv_block) <
             NF_NO_TILE) {
         p->kv_row_k = kv_row_bytes(sh->type_k, (uint64_t)sh->n_head_kv * sh->head_k);

@@ -334,8 +334,12 @@ void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots, uint64_
         lo->tiles_off + (sh->n_tiles + kv_tiles) * sizeof(struct nf_tile_entry), NF_STACK_CL);
     lo->kv_words_off =
         nf__align_to(lo->slots_off + n_slots * sizeof(struct nf_slot_entry), NF_STACK_CL);
-    lo->table_bytes = kv_tiles ? lo->kv_words_off + kv_tiles * sizeof(struct nf_kv_word)
-                               : lo->slots_off + n_slots * sizeof(struct nf_slot_entry);
+    /* With KV tiles, the walk record (struct nf_kv_walk) follows their words. */
+    lo->table_bytes =
+        kv_tiles
+            ? nf__align_to(lo->kv_words_off + kv_tiles * sizeof(struct nf_kv_word), NF_STACK_CL) +
+                  sizeof(struct nf_kv_walk)
+            : lo->slots_off + n_slots * sizeof(struct nf_slot_entry);
     size_t dsz = 0, psz = 0;
     /* Counts are powers of two within limits and esize 8 is valid: these cannot fail. */
     nf_ring_memsize(sh->demand_count, sizeof(struct nf_tile_req), &dsz);

@@ -139,8 +139,12 @@ _Static_assert(offsetof(struct nf_stack_counters, mem_fetcher) == 488, "nf_stack
 _Static_assert(offsetof(struct nf_stack_counters, mem_compute) == 504, "nf_stack_counters layout");
 _Static_assert(offsetof(struct nf_stack_counters, f_prefetch_dropped) == 512,
                "nf_stack_counters layout");
-/* 64 counters, then the fetcher's appended drop counters (the area stays within its page). */
-_Static_assert(sizeof(struct nf_stack_counters) == 536, "nf_stack_counters size");
+/* 64 counters, then the fetcher's appended drop counters, its KV read counters and the
+ * predictor's KV pushes (the area stays within its page). */
+_Static_assert(offsetof(struct nf_stack_counters, f_kv_prefetch_reads) == 536,
+               "nf_stack_counters layout");
+_Static_assert(NF_KV_WALK_MAX == NF_STACK_SEQ_MAX, "a walk record holds every sequence");
+_Static_assert(sizeof(struct nf_stack_counters) == 576, "nf_stack_counters size");
 _Static_assert(_Alignof(struct nf_stack_counters) == 8, "counters 8-aligned");
 
 /* The largest slot a region may declare (a tile is at most this big in any sane .nft). */
@@ -206,6 +210,7 @@ static void stack_bind(struct nf_stack *st)
     st->sync = nf_shm_area(&st->shm, NF_SHM_COMPLETION, NULL);
     st->ctr = nf_shm_area(&st->shm, NF_SHM_COUNTERS, NULL);
     st->kv = c->kv_tiles ? (struct nf_kv_word *)(table + c->kv_words_off) : NULL;
+    st->kv_walk = c->kv_tiles ? (struct nf_kv_walk *)(table + nf_stack_kv_walk_off(c)) : NULL;
 }
 
 int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *f,
@@ -297,6 +302,8 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
         atomic_init(&st->kv[i].gen, 0);
         atomic_init(&st->kv[i].read_gen, 0);
     }
+    if (st->kv_walk)
+        atomic_init(&st->kv_walk->seq, 0); /* never written */
     if ((rc = nf_ring_init(st->demand, lo.demand_size, sh.demand_count,
                            sizeof(struct nf_tile_req))) < 0 ||
         (rc = nf_ring_init(st->prefetch, lo.prefetch_size, sh.prefetch_count,
@@ -470,6 +477,7 @@ int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *
               c->kv_tiles != (uint64_t)(c->n_seq ? c->n_seq : 1) * c->n_layer * 2 * c->kv_n_blk ||
               !in_area(c->kv_words_off, c->kv_tiles * sizeof(struct nf_kv_word),
                        sz[NF_SHM_TILE_TABLE]) ||
+              !in_area(nf_stack_kv_walk_off(c), sizeof(struct nf_kv_walk), sz[NF_SHM_TILE_TABLE]) ||
               c->kv_words_off % NF_STACK_CL))
         bad = "kv_tiles/kv_words_off";
     else if (c->n_slots == 0 || c->n_slots >= NF_NO_SLOT ||

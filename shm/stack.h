@@ -163,6 +163,23 @@ struct nf_kv_word {
 };
 _Static_assert(sizeof(struct nf_kv_word) == 8, "kv word layout");
 
+/* Compute -> predictor, with KV block tiles: the attention walk of `layer` in token step `step`
+ * just ended, and the walks of this eval visit the KV tiles of these n sequences (cache slots),
+ * in this order (a batched step's rows; n 0 when the eval reads its layers whole, as a prompt
+ * chunk does, or walks no tile). A seqlock like the activation slots (shm/slots.c); it follows
+ * the KV words in NF_SHM_TILE_TABLE (nf_stack_kv_walk_off). The predictor pushes the next
+ * layers' KV tiles from it (nf_kv_walk_read); a wrong guess costs a read, never a stale or
+ * non-durable block: the fetcher checks the block word. */
+#define NF_KV_WALK_MAX 32u /* NF_STACK_SEQ_MAX */
+struct nf_kv_walk {
+    _Atomic uint64_t seq; /* odd while being written, even when stable (seqlock) */
+    uint64_t step;
+    uint32_t layer;
+    uint32_t n;
+    uint32_t slot[NF_KV_WALK_MAX];
+};
+_Static_assert(sizeof(struct nf_kv_walk) == 24 + 4 * NF_KV_WALK_MAX, "kv walk layout");
+
 /* The bits of nf_stack_sync.ready_mask: a daemon sets its bit once it is attached and ready, and
  * clears it when it stops. The one definition every daemon, tool and test uses. */
 enum nf_ready_bit {
@@ -253,6 +270,13 @@ struct nf_stack_counters {
      * changed (nf_tile_prefetch_drop); and plan-dropped reads already submitted, whose slot was
      * freed as soon as they landed */
     _Atomic uint64_t f_prefetch_dropped, f_plan_dropped, f_plan_released;
+    /* fetcher, appended: KV block tiles read because the predictor pushed them (prefetch ring)
+     * or because compute asked (demand ring: its pins and its requests ahead of the walk); of
+     * the pushed ones, those compute pinned before they were evicted, and those evicted unused */
+    _Atomic uint64_t f_kv_prefetch_reads, f_kv_demand_reads, f_kv_prefetch_used,
+        f_kv_prefetch_unused;
+    /* predictor, appended: KV block tiles it pushed on the prefetch ring */
+    _Atomic uint64_t p_kv_requests;
 };
 
 /* The plan: how the budget is split. Everyone computes the same plan from the same inputs. */
@@ -391,7 +415,8 @@ struct nf_stack {
     struct nf_ring *prefetch;    /* predictor -> fetcher */
     uint8_t *act_base, *used_base;
     struct nf_stack_counters *ctr;
-    struct nf_kv_word *kv; /* (cfg->kv_tiles) */
+    struct nf_kv_word *kv;      /* (cfg->kv_tiles) */
+    struct nf_kv_walk *kv_walk; /* with KV tiles, else NULL */
 };
 
 /* Creates and initializes the region `name` for model f per plan (fetcher). Returns 0 or a
@@ -431,6 +456,12 @@ static inline uint32_t nf_stack_kv_tile(const struct nf_stack_config *c, uint32_
                                         uint32_t kind, uint32_t b)
 {
     return (uint32_t)c->n_tiles + ((seq * c->n_layer + il) * 2 + kind) * c->kv_n_blk + b;
+}
+
+/* Where struct nf_kv_walk sits in NF_SHM_TILE_TABLE: the first cache line past the KV words. */
+static inline uint64_t nf_stack_kv_walk_off(const struct nf_stack_config *c)
+{
+    return (c->kv_words_off + c->kv_tiles * sizeof(struct nf_kv_word) + 63u) / 64u * 64u;
 }
 
 static inline uint32_t nf_stack_slot_class(const struct nf_stack *st, uint32_t slot)
@@ -574,5 +605,16 @@ uint32_t nf_kv_tile_word(const struct nf_stack *st, uint32_t id);
 void nf_kv_tile_set_read_gen(struct nf_stack *st, uint32_t id, uint32_t gen);
 /* True when KV tile id is READY at an older generation than its block's. */
 bool nf_kv_tile_stale(const struct nf_stack *st, uint32_t id);
+/* True when KV tile id's block is durable (the fetcher would read it). */
+bool nf_kv_tile_durable_now(const struct nf_stack *st, uint32_t id);
+/* Compute: the walk of layer in step ended; this eval's walks visit slots[0..n) (n at most
+ * NF_KV_WALK_MAX, 0: none). No-op without KV tiles. */
+void nf_kv_walk_publish(struct nf_stack *st, uint64_t step, uint32_t layer, const uint32_t *slots,
+                        uint32_t n);
+/* Predictor: reads the walk record (seqlock, up to tries attempts): its step, layer, and the
+ * slots into slots[0..*n) (slots holds NF_KV_WALK_MAX). Returns the stable sequence, or 0 when
+ * it was never written, the writer stayed inside, or there are no KV tiles. */
+uint64_t nf_kv_walk_read(const struct nf_stack *st, int tries, uint64_t *step, uint32_t *layer,
+                         uint32_t *slots, uint32_t *n);
 
 #endif

@@ -236,6 +236,61 @@ static void test_attention_vs_reference(void **state)
     nf_model_free(m);
 }
 
+/* A prompt chunk over a quantized cache runs in query tiles (nf_attn_tile_q): the same bits as
+ * one (token, head) at a time (c->attn_untiled), for every pair of quantized types, chunks
+ * shorter and longer than a tile, at the start and deep in the cache. */
+static void test_prompt_tiles_match_heads(void **state)
+{
+    (void)state;
+    struct nf_model *m = load("zoo-Q8_0.gguf"); /* head_dim 32, 8 heads, 4 KV heads */
+    if (!m)
+        skip();
+    char err[256];
+    struct nf_ctx *c = NULL;
+    assert_int_equal(nf_ctx_create(&c, m, 160, 2), 0);
+    const struct nf_hparams *hp = &m->hp;
+    const int kvd = hp->n_head_kv * hp->head_dim, qd = hp->n_head * hp->head_dim, il = 1;
+    const enum nf_type ty[] = {NF_TYPE_Q8_0, NF_TYPE_Q4_0};
+    const int cases[][2] = {{2, 2}, {150, 20}, {32, 32}, {160, 31}, {9, 3}}; /* n_pos, n_tok */
+    float *want = malloc(sizeof(float) * (size_t)NF_MAX_BATCH * 2 * qd);
+    assert_non_null(want);
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+                const int n_pos = cases[k][0], n_tok = cases[k][1], pos0 = n_pos - n_tok;
+                assert_int_equal(nf_ctx_set_kv_types(c, ty[a], ty[b], err, sizeof(err)), 0);
+                const size_t kr = nf_kv_row_bytes(ty[a], kvd), vr = nf_kv_row_bytes(ty[b], kvd);
+                for (int p = 0; p < n_pos; p++) {
+                    float row[4096];
+                    for (int i = 0; i < kvd; i++)
+                        row[i] = frand() * 2.0f;
+                    nf_kv_store_row(ty[a], (char *)c->k_cache + ((size_t)il * c->n_ctx + p) * kr,
+                                    row, kvd);
+                    for (int i = 0; i < kvd; i++)
+                        row[i] = frand() * 2.0f;
+                    nf_kv_store_row(ty[b], (char *)c->v_cache + ((size_t)il * c->n_ctx + p) * vr,
+                                    row, kvd);
+                }
+                for (int i = 0; i < n_tok * qd; i++)
+                    c->q[i] = frand() * 2.0f;
+                c->attn_sinks = NULL;
+                c->attn_untiled = true;
+                nf_attn_heads(c, il, pos0, n_tok);
+                memcpy(want, c->att, sizeof(float) * (size_t)n_tok * qd);
+                memset(c->att, 0, sizeof(float) * (size_t)n_tok * qd);
+                c->attn_untiled = false;
+                nf_attn_heads(c, il, pos0, n_tok);
+                for (int i = 0; i < n_tok * qd; i++)
+                    if (memcmp(&want[i], &c->att[i], sizeof(float)) != 0)
+                        fail_msg("K %s V %s, %d tokens at %d: output %d: tiles %.9g, heads %.9g",
+                                 nf_kv_type_name(ty[a]), nf_kv_type_name(ty[b]), n_tok, pos0, i,
+                                 c->att[i], want[i]);
+            }
+    free(want);
+    nf_ctx_free(c);
+    nf_model_free(m);
+}
+
 /* Per-row passes (speculative verification) give each row what a one-token step gives, bit
  * for bit, with quantized caches too; and the cache takes the types' bytes. */
 static void test_rows_match_steps(void **state)
@@ -358,7 +413,7 @@ int main(void)
         cmocka_unit_test(test_axpy_simd_vs_ref),  cmocka_unit_test(test_f16_simd_vs_ref),
         cmocka_unit_test(test_store_load),        cmocka_unit_test(test_attention_vs_reference),
         cmocka_unit_test(test_rows_match_steps),  cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_plan_counts_types),
+        cmocka_unit_test(test_plan_counts_types), cmocka_unit_test(test_prompt_tiles_match_heads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,7 +5,10 @@
 # rejected drafts rewrite durable blocks at a new generation) and slot reuse (a slot's next
 # sequence rewrites its blocks from 0, with the last one's tiles still in the pool), alone and
 # two sequences at once, give `run`'s tokens; the fetcher reports the KV tiles it read, through a
-# buffered descriptor for those blocks of 256 bytes and with O_DIRECT for blocks of a page.
+# buffered descriptor for those blocks of 256 bytes and with O_DIRECT for blocks of a page. The
+# predictor pushes the next layers' KV tiles after each attention walk and compute pins what it
+# pushed (stats: kv_requests, kv_prefetch_reads, kv_prefetch_used); with NANOFLOW_KV_PREFETCH=off
+# it pushes none, and the tokens are the same.
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -61,12 +64,29 @@ wait $A
 spec_same_ids "$T/a.jsonl" "$T/ra.jsonl" && spec_same_ids "$T/b.jsonl" "$T/rb.jsonl"
 check "reuse: two sequences at once over KV tiles equal run" $?
 
+# The predictor's pushes: read by the fetcher from the prefetch ring, and pinned by compute
+# before their eviction (most of them: a push is of a block the next walk reads).
+"$NF_BIN" stats --run-dir "$R" --json >"$T/stats.json" 2>/dev/null
+python3 - "$T/stats.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+p, f = s["predictor"], s["fetcher"]
+print("predictor kv_requests", p["kv_requests"], "fetcher kv_prefetch_reads",
+      f["kv_prefetch_reads"], "used", f["kv_prefetch_used"], "unused",
+      f["kv_prefetch_unused"], "kv_demand_reads", f["kv_demand_reads"])
+assert p["kv_requests"] > 100, p
+assert f["kv_prefetch_reads"] > 100, f
+assert f["kv_prefetch_used"] > 100, f
+assert f["kv_prefetch_used"] >= 4 * f["kv_prefetch_unused"], f
+PY
+check "the predictor pushed KV tiles, read and then pinned by compute" $?
+
 "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
 python3 - "$R/fetcher.log" <<'PY'
 import re, sys
 log = open(sys.argv[1]).read()
 m = re.search(r"reads: kv +demand +(\d+) prefetch +(\d+) MB +([\d.]+)", log)
-assert m and int(m.group(1)) > 1000, m and m.group(0)
+assert m and int(m.group(1)) + int(m.group(2)) > 1000, m and m.group(0)
 print("fetcher:", m.group(0))
 PY
 check "the fetcher read the KV blocks as tiles" $?
@@ -90,4 +110,28 @@ else
         grep -Eq "reads: kv +demand +[1-9]" "$R2/fetcher.log"
     check "blocks of a page are read as tiles with O_DIRECT" $?
 fi
+# 4. The predictor's KV pushes off (NANOFLOW_KV_PREFETCH=off): compute's own requests ahead of
+#    its walk read every block, the same tokens two sequences at once.
+R3="$T/run-3"
+NANOFLOW_KV_PREFETCH=off "$NF_BIN" up -m "$M0" --ram 64M -t 1 -c 128 --kv-offload on \
+    --kv-block 4 --parallel 2 --prefix-cache off --run-dir "$R3" >"$T/up.out" 2>"$T/up.err"
+check "up with NANOFLOW_KV_PREFETCH=off exits 0" $?
+"$NF_BIN" gen --run-dir "$R3" -p "Once upon a time" "${args[@]}" >"$T/a.jsonl" 2>/dev/null &
+A=$!
+"$NF_BIN" gen --run-dir "$R3" -p "The little dog" "${args[@]}" >"$T/b.jsonl" 2>/dev/null
+wait $A
+spec_same_ids "$T/a.jsonl" "$T/ra.jsonl" && spec_same_ids "$T/b.jsonl" "$T/rb.jsonl"
+check "pushes off: two sequences at once over KV tiles equal run" $?
+"$NF_BIN" stats --run-dir "$R3" --json >"$T/stats.json" 2>/dev/null
+python3 - "$T/stats.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+p, f = s["predictor"], s["fetcher"]
+assert p["kv_requests"] == 0 and f["kv_prefetch_reads"] == 0, (p, f)
+assert f["kv_demand_reads"] > 100, f
+PY
+check "pushes off: no KV push, compute's requests read the blocks" $?
+grep -q "KV pushes off" "$R3/predictor.log"
+check "pushes off: the predictor says so" $?
+"$NF_BIN" down --run-dir "$R3" >/dev/null 2>&1
 exit $fail

@@ -88,6 +88,10 @@ int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_sta
         add(m, "prefetch_dropped", LD(f_prefetch_dropped));
         add(m, "plan_dropped", LD(f_plan_dropped));
         add(m, "plan_released", LD(f_plan_released));
+        add(m, "kv_prefetch_reads", LD(f_kv_prefetch_reads));
+        add(m, "kv_demand_reads", LD(f_kv_demand_reads));
+        add(m, "kv_prefetch_used", LD(f_kv_prefetch_used));
+        add(m, "kv_prefetch_unused", LD(f_kv_prefetch_unused));
         add(m, "mem_bytes", LD(mem_fetcher));
         uint64_t hist[NF_LAT_BUCKETS];
         for (int i = 0; i < NF_LAT_BUCKETS; i++) {
@@ -107,6 +111,7 @@ int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_sta
         add(m, "false_pos", LD(p_false_pos));
         add(m, "false_neg", LD(p_false_neg));
         add(m, "lookahead", LD(p_lookahead));
+        add(m, "kv_requests", LD(p_kv_requests));
         add(m, "mem_bytes", LD(mem_predictor));
     } else if (!strcmp(stage, NF_ROLE_COMPUTE)) {
         m->stage.stage = (char *)NF_ROLE_COMPUTE;

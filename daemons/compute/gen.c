@@ -38,6 +38,19 @@ static void shm_kv_mark(void *ud, uint32_t id, bool durable)
         nf_kv_tile_invalidate(g->st, id);
 }
 
+/* Layer il's walk ended: the walk record for the predictor, which reads the next layers' KV
+ * tiles of these slots now (stack.h), then act_bell. */
+static void shm_kv_walked(void *ud, uint32_t il, const int *slots, int n)
+{
+    struct nf_gen *g = ud;
+    uint32_t ids[NF_KV_WALK_MAX];
+    uint32_t k = 0;
+    for (int i = 0; i < n && k < NF_KV_WALK_MAX; i++)
+        ids[k++] = (uint32_t)slots[i];
+    nf_kv_walk_publish(g->st, g->step, il, ids, k);
+    nf_notify_wake(&g->st->sync->act_bell);
+}
+
 /* In the pool now (READY; the fetcher may still evict it before the pin: a hint). */
 static bool shm_present(void *ud, uint32_t id)
 {
@@ -112,7 +125,8 @@ void nf_gen_tile_src(struct nf_gen *g, struct nf_tile_src *src)
                                                        ? cfg->classes[cfg->n_classes].n_slots / 2
                                                        : 1),
                                     .pin = shm_kv_pin,
-                                    .mark = shm_kv_mark};
+                                    .mark = shm_kv_mark,
+                                    .walked = shm_kv_walked};
         src->kv = &g->kv_src;
     }
 }

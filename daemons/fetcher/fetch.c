@@ -19,6 +19,7 @@
 #define PEND_DEMAND       1u
 #define PEND_PREFETCH     2u
 #define PEND_STALE        4u /* its prefetch read was withdrawn after it started: free on landing */
+#define PEND_KV_PUSHED    8u /* a KV tile the predictor's push read, not evicted yet */
 #define REQ_BURST         64u
 #define SOON_US           200 /* reads in flight and room for more: look at the rings this often */
 #define DEMAND_RETRY_MS   1   /* a demand waits for a slot: compute unpins within microseconds */
@@ -26,6 +27,7 @@
 #define IDLE_MS           1000 /* nothing to do: sleep on fetch_bell (this bounds how stale cur gets) */
 
 static void kv_evict_stale(struct nf_fetcher *ft, uint32_t id);
+static void kv_count_pushed(struct nf_fetcher *ft, uint32_t id, bool unused);
 static void kv_describe(const struct nf_fetcher *ft, uint32_t id, char *out, size_t len);
 
 /* --- prefetch heap: min-heap of tile ids by (prio, seq), with each tile's position --------- */
@@ -482,8 +484,13 @@ static void take_requests(struct nf_fetcher *ft)
     }
     while ((n = nf_ring_sc_dequeue_burst(ft->st->prefetch, req, REQ_BURST, NULL)) > 0)
         for (unsigned i = 0; i < n; i++) {
-            if (req[i].tile >= ft->n_tiles)
+            if (req[i].tile >= ft->n_ids)
                 continue;
+            if (req[i].tile >= ft->n_tiles) { /* a KV tile the predictor pushed */
+                if (!(req[i].prio & (NF_TILE_REQ_DROP | NF_TILE_REQ_STALE)))
+                    heap_push(ft, req[i].tile, req[i].prio);
+                continue;
+            }
             if (req[i].prio & NF_TILE_REQ_DROP)
                 drop_withdrawn(ft, req[i].tile);
             else
@@ -655,11 +662,34 @@ static int kv_open(struct nf_fetcher *ft)
     return 0;
 }
 
-/* The KV class's slot whose tile compute needs farthest ahead: the walk reads ids in order
- * (a layer's K blocks, its V blocks, the next layer's), so the one just behind where compute
- * is (the newest (last_use, id) it pinned: its requests include blocks it asks for ahead); a
- * copy of an older generation first. Evicts it; NF_NO_SLOT when all are pinned. */
-static uint32_t kv_victim(struct nf_fetcher *ft)
+/* KV tile id's place in a token step's walks: layer by layer, in a layer sequence by
+ * sequence (a batched step's rows, in slot order), a sequence's K blocks then its V blocks. */
+static uint32_t kv_walk_pos(const struct nf_fetcher *ft, uint32_t id)
+{
+    const struct nf_stack_config *c = ft->st->cfg;
+    const uint32_t n_seq = c->n_seq ? c->n_seq : 1;
+    uint32_t e = id - ft->n_tiles;
+    const uint32_t b = e % c->kv_n_blk;
+    e /= c->kv_n_blk;
+    const uint32_t kind = e % 2;
+    e /= 2;
+    const uint32_t il = e % c->n_layer, seq = e / c->n_layer;
+    return ((il * n_seq + seq) * 2 + kind) * c->kv_n_blk + b;
+}
+
+/* How far along the walk's cyclic order tile id comes after compute's newest KV pin. */
+static uint32_t kv_walk_dist(const struct nf_fetcher *ft, uint32_t id)
+{
+    return (kv_walk_pos(ft, id) - kv_walk_pos(ft, ft->kv_cur) + ft->n_kv) % ft->n_kv;
+}
+
+/* The KV class's slot whose tile compute needs farthest ahead: the walk reads the tiles in
+ * kv_walk_pos order (a layer's K blocks, its V blocks, the next sequence's, the next layer's),
+ * so the one just behind where compute is (the newest (last_use, id) it pinned: its requests
+ * include blocks it asks for ahead); a copy of an older generation first. Evicts it;
+ * NF_NO_SLOT when all are pinned, or, for a prefetch of tile `for_id` (NF_NO_TILE: a demand),
+ * when every candidate is needed before it (a push never evicts a tile needed sooner). */
+static uint32_t kv_victim(struct nf_fetcher *ft, uint32_t for_id)
 {
     struct nf_stack *st = ft->st;
     const struct nf_stack_class *c = &st->cfg->classes[st->cfg->n_classes];
@@ -670,7 +700,7 @@ static uint32_t kv_victim(struct nf_fetcher *ft)
         if (id < ft->n_tiles || id >= ft->n_ids)
             continue;
         uint32_t u = atomic_load_explicit(&st->tiles[id].last_use, memory_order_relaxed);
-        uint64_t key = (uint64_t)u << 32 | id;
+        uint64_t key = (uint64_t)u << 32 | kv_walk_pos(ft, id);
         if (u != NF_FETCH_UNUSED && key >= newest) {
             newest = key;
             ft->kv_cur = id;
@@ -685,14 +715,13 @@ static uint32_t kv_victim(struct nf_fetcher *ft)
                 atomic_load_explicit(&st->tiles[id].state, memory_order_relaxed) != NF_TILE_READY ||
                 atomic_load_explicit(&st->tiles[id].pins, memory_order_relaxed))
                 continue;
-            uint64_t d =
-                nf_kv_tile_stale(st, id) ? UINT64_MAX : (id - ft->kv_cur + ft->n_kv) % ft->n_kv;
+            uint64_t d = nf_kv_tile_stale(st, id) ? UINT64_MAX : kv_walk_dist(ft, id);
             if (best == NF_NO_SLOT || d > best_d) {
                 best = s;
                 best_d = d;
             }
         }
-        if (best == NF_NO_SLOT)
+        if (best == NF_NO_SLOT || (for_id != NF_NO_TILE && best_d <= kv_walk_dist(ft, for_id)))
             return NF_NO_SLOT;
         uint32_t victim = atomic_load(&st->slots[best].tile);
         bool unused = atomic_load_explicit(&st->tiles[victim].last_use, memory_order_relaxed) ==
@@ -700,10 +729,22 @@ static uint32_t kv_victim(struct nf_fetcher *ft)
         if (nf_slot_try_evict(st, best)) {
             ft->diag.evictions[NF_FETCH_KIND_KV]++;
             ft->diag.wasted[NF_FETCH_KIND_KV] += unused;
+            kv_count_pushed(ft, victim, unused);
             return best;
         }
     }
     return NF_NO_SLOT;
+}
+
+/* KV tile id is evicted: if a push of the predictor read it, count whether compute pinned it. */
+static void kv_count_pushed(struct nf_fetcher *ft, uint32_t id, bool unused)
+{
+    if (!(ft->pend[id] & PEND_KV_PUSHED))
+        return;
+    ft->pend[id] &= (uint8_t)~PEND_KV_PUSHED;
+    atomic_fetch_add_explicit(unused ? &ft->st->ctr->f_kv_prefetch_unused
+                                     : &ft->st->ctr->f_kv_prefetch_used,
+                              1, memory_order_relaxed);
 }
 
 /* Compute found KV tile id READY at an older generation (NF_TILE_REQ_STALE): evict it so that
@@ -714,8 +755,11 @@ static void kv_evict_stale(struct nf_fetcher *ft, uint32_t id)
     if (!nf_kv_tile_stale(st, id))
         return;
     uint32_t slot = atomic_load_explicit(&st->tiles[id].slot, memory_order_relaxed);
+    const bool unused =
+        atomic_load_explicit(&st->tiles[id].last_use, memory_order_relaxed) == NF_FETCH_UNUSED;
     if (slot < ft->n_slots && nf_slot_try_evict(st, slot)) {
         push_free(ft, slot);
+        kv_count_pushed(ft, id, unused);
         ft->diag.kv_stale++;
         ft->diag.evictions[NF_FETCH_KIND_KV]++;
     }
@@ -741,7 +785,7 @@ static int start_kv_load(struct nf_fetcher *ft, uint32_t id, bool demand)
     }
     uint32_t slot = pop_free(ft, st->cfg->n_classes);
     if (slot == NF_NO_SLOT)
-        slot = kv_victim(ft);
+        slot = kv_victim(ft, demand ? NF_NO_TILE : id);
     if (slot == NF_NO_SLOT) {
         ft->diag.no_slot++;
         return -EAGAIN;
@@ -759,6 +803,12 @@ static int start_kv_load(struct nf_fetcher *ft, uint32_t id, bool demand)
     atomic_fetch_add_explicit(&ctr->f_misses, 1, memory_order_relaxed);
     (demand ? ft->diag.demand_reads : ft->diag.prefetch_reads)[NF_FETCH_KIND_KV]++;
     ft->diag.bytes[NF_FETCH_KIND_KV] += len;
+    atomic_fetch_add_explicit(demand ? &ctr->f_kv_demand_reads : &ctr->f_kv_prefetch_reads, 1,
+                              memory_order_relaxed);
+    if (demand)
+        ft->pend[id] &= (uint8_t)~PEND_KV_PUSHED;
+    else
+        ft->pend[id] |= PEND_KV_PUSHED;
     atomic_store_explicit(&st->tiles[id].last_use, NF_FETCH_UNUSED, memory_order_relaxed);
     submit_read(ft, id, slot, off, len, len, demand, w >> 1);
     return 1;
@@ -969,6 +1019,8 @@ static uint32_t step_pos(const struct nf_fetcher *ft, uint32_t id)
  * tile of one of the (n_layer + 1) / 2 positions before compute's in the cyclic layer order. */
 static bool behind_compute(const struct nf_fetcher *ft, uint32_t id)
 {
+    if (id >= ft->n_tiles)
+        return false;
     if (id == ft->cur || ft->cur >= ft->n_tiles)
         return false;
     return nf_cache_behind(id, step_pos(ft, id), ft->cur, step_pos(ft, ft->cur),
@@ -979,6 +1031,8 @@ static bool behind_compute(const struct nf_fetcher *ft, uint32_t id)
  * that fell behind compute asks for. Dropped instead of read. */
 static bool passed(const struct nf_fetcher *ft, uint32_t id)
 {
+    if (id >= ft->n_tiles)
+        return false; /* a pushed KV tile: kv_victim never lets it evict one needed sooner */
     if (id == ft->cur || ft->cur >= ft->n_tiles)
         return false;
     return nf_cache_late(id, step_pos(ft, id), ft->cur, step_pos(ft, ft->cur),
@@ -1013,7 +1067,9 @@ static bool serve(struct nf_fetcher *ft)
             /* No slot for a tile compute has already passed (a forecast it did not use, or a
              * request that arrived late): drop it instead of letting it block every prefetch
              * behind it until a slot frees up; the predictor asks again when it matters. */
-            if (ft->n_io_free == 0 || !behind_compute(ft, id))
+            /* A pushed KV tile with no slot: every KV slot holds a block needed sooner (the
+             * predictor pushes again after the next walk). */
+            if (ft->n_io_free == 0 || (id < ft->n_tiles && !behind_compute(ft, id)))
                 break;
             nf_tile_cancel(ft->st, id);
             ft->diag.dropped++;

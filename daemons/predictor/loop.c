@@ -403,6 +403,59 @@ static void prefetch_ahead(struct nf_pred_loop *lp, uint64_t step, int32_t after
     atomic_store_explicit(&st->ctr->p_lookahead, depth, memory_order_relaxed);
 }
 
+/* The durable blocks of KV (slot, layer): the walk pins blocks [0, n) of K, then of V, and
+ * reads the rest (the newest, not written back yet) from compute's memory. */
+static uint32_t kv_durable_blocks(const struct nf_stack *st, uint32_t slot, uint32_t il)
+{
+    const struct nf_stack_config *c = st->cfg;
+    uint32_t b = 0;
+    while (b < c->kv_n_blk && nf_kv_tile_durable_now(st, nf_stack_kv_tile(c, slot, il, 0, b)) &&
+           nf_kv_tile_durable_now(st, nf_stack_kv_tile(c, slot, il, 1, b)))
+        b++;
+    return b;
+}
+
+/* After compute's attention walk of a layer (its walk record changed): pushes the KV block
+ * tiles the next walks read, in their order, as long as the KV class has slots for them. A
+ * guess that went wrong (the record changed meanwhile, a block rewritten since) costs a read at
+ * most: the fetcher reads only durable blocks and compute's pin refuses a stale copy. */
+static void prefetch_kv(struct nf_pred_loop *lp)
+{
+    struct nf_stack *st = lp->st;
+    if (!lp->kv_push || !st->kv_walk)
+        return;
+    const struct nf_stack_config *c = st->cfg;
+    uint64_t step;
+    uint32_t layer, n, slots[NF_KV_WALK_MAX];
+    uint64_t sn = nf_kv_walk_read(st, SEQLOCK_TRIES, &step, &layer, slots, &n);
+    if (sn == 0 || sn == lp->kv_walk_seq)
+        return;
+    lp->kv_walk_seq = sn;
+    const uint64_t n_seq = c->n_seq ? c->n_seq : 1, room = c->classes[c->n_classes].n_slots;
+    uint64_t held = 0, reqs = 0;
+    bool full = false;
+    for (uint32_t d = 1; d <= c->n_layer && !full && held < room; d++) {
+        const uint32_t il = (layer + d) % c->n_layer;
+        for (uint32_t i = 0; i < n && !full && held < room; i++) {
+            if (slots[i] >= n_seq)
+                continue;
+            const uint32_t nb = kv_durable_blocks(st, slots[i], il);
+            for (uint32_t k = 0; k < 2 && !full; k++)
+                for (uint32_t b = 0; b < nb && !full && held < room; b++) {
+                    int rc =
+                        nf_tile_prefetch(st, nf_stack_kv_tile(c, slots[i], il, k, b), d, false);
+                    reqs += rc == 1;
+                    full = rc == -ENOBUFS;
+                    held++;
+                }
+        }
+    }
+    if (reqs) {
+        nf_notify_wake(&st->sync->fetch_bell);
+        atomic_fetch_add_explicit(&st->ctr->p_kv_requests, reqs, memory_order_relaxed);
+    }
+}
+
 /* Finds the newest activation compute published since we last looked, copies it to lp->x and
  * returns true with its step and layer. */
 static bool newest_act(struct nf_pred_loop *lp, uint64_t *step, uint32_t *layer)
@@ -461,6 +514,7 @@ void *nf_pred_loop_run(void *arg)
     while (!atomic_load(&lp->stop) && !atomic_load(&st->sync->stop)) {
         /* Sample the bell before looking, so a publish after the look still wakes us. */
         uint32_t seen = nf_notify_seq(bell);
+        prefetch_kv(lp);
         uint64_t step;
         uint32_t layer;
         bool got = newest_act(lp, &step, &layer);

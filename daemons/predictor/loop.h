@@ -13,7 +13,15 @@
  * or a closer forecast replacing a farther one) no longer holds some FFN tiles, it withdraws
  * them (nf_tile_prefetch_drop). k adapts to the pool: deeper while the tiles
  * still missing fit in half the free or evictable slots, 1 when the pool is tight. It scores
- * each forecast against the set compute publishes in the used slot of the same (step, layer). */
+ * each forecast against the set compute publishes in the used slot of the same (step, layer).
+ *
+ * KV block tiles (the KV cache on disk, read through the pool): when compute's walk record says
+ * the attention walk of layer L ended (stack.h, struct nf_kv_walk), it pushes the durable
+ * blocks of layers L+1, L+2, ... (into the next step past the last layer) of the sequences the
+ * walk visits, in the walk's order (per layer each sequence's K blocks, then its V blocks),
+ * up to the KV class's slots, prio d for layer L+d: layer L+1's blocks are read after the
+ * tiles of layer L still queued (its FFN) and before layer L+1's weights, which the next
+ * activation asks for. */
 #ifndef NF_PRED_LOOP_H
 #define NF_PRED_LOOP_H
 
@@ -52,11 +60,13 @@ struct nf_pred_loop {
     /* Sparse dense layers: the units last planned per layer (a forecast or the fallback); when
      * a newer plan for the layer drops some, their FFN tiles are withdrawn from the fetcher
      * (nf_tile_prefetch_drop) so it reads no tile the latest plan does not hold. */
-    uint64_t *asked;    /* (n_layer, words) */
-    bool *asked_live;   /* (n_layer) asked holds a plan */
-    uint32_t *drops;    /* (max_units) tiles to withdraw */
-    bool have_plan;     /* the forecast just made was a plan (not "no forecast") */
-    uint64_t mem_at_ns; /* when mem_predictor was last measured */
+    uint64_t *asked;      /* (n_layer, words) */
+    bool *asked_live;     /* (n_layer) asked holds a plan */
+    uint32_t *drops;      /* (max_units) tiles to withdraw */
+    bool have_plan;       /* the forecast just made was a plan (not "no forecast") */
+    bool kv_push;         /* push KV block tiles after each walk (--kv-prefetch) */
+    uint64_t kv_walk_seq; /* the walk record's sequence last handled */
+    uint64_t mem_at_ns;   /* when mem_predictor was last measured */
 };
 
 /* Allocates the loop's private state. Returns 0 or -ENOMEM. */

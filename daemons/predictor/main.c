@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "daemon.h"
@@ -21,6 +22,7 @@ struct pred_opts {
     uint32_t lookahead;
     float margin;
     uint64_t pred_mem; /* bytes for predictor data; 0: the plan's predictor share */
+    bool kv_prefetch;  /* push KV block tiles after each attention walk */
 };
 
 /* Everything the daemon holds; one instance, reached from the libuv callbacks through ud. */
@@ -65,20 +67,35 @@ static void usage(FILE *out)
             "  --attach-timeout S  seconds to wait for the fetcher's region, 1..3600 (default 30)\n"
             "  --pred-mem SIZE     memory for predictor data (default: the plan's predictor "
             "share)\n"
+            "  --kv-prefetch on|off  with the KV cache on disk in the pool's KV tiles, push the\n"
+            "                      next layers' KV blocks after each attention walk (default:\n"
+            "                      on, or $NANOFLOW_KV_PREFETCH; off leaves compute's own\n"
+            "                      requests ahead of its walk)\n"
             "  --foreground        stay attached to the terminal, log to stderr (default: detach\n"
             "                      and log to DIR/predictor.log)\n"
             "  --log-level L       error, warn, info (default) or debug\n"
             "  -h, --help          show this help\n");
 }
 
-enum { O_LOOK = NF_ARG_OWN, O_MARGIN, O_PREDMEM };
+enum { O_LOOK = NF_ARG_OWN, O_MARGIN, O_PREDMEM, O_KVPF };
 
 static const struct option own_opts[] = {
     {"lookahead", required_argument, NULL, O_LOOK},
     {"margin", required_argument, NULL, O_MARGIN},
     {"pred-mem", required_argument, NULL, O_PREDMEM},
+    {"kv-prefetch", required_argument, NULL, O_KVPF},
     {NULL, 0, NULL, 0},
 };
+
+/* "on" or "off" into *v: 0, else -EINVAL. */
+static int on_off(const char *arg, bool *v)
+{
+    if (!strcmp(arg, "on") || !strcmp(arg, "off")) {
+        *v = !strcmp(arg, "on");
+        return 0;
+    }
+    return -EINVAL;
+}
 
 /* Parses one of own_opts: 0 or -EINVAL. */
 static int parse_own(int val, const char *arg, void *ud)
@@ -93,6 +110,7 @@ static int parse_own(int val, const char *arg, void *ud)
         return 0;
     case O_MARGIN: return nf_daemon_arg_float(arg, 0, 1.0001f, &po->margin);
     case O_PREDMEM: return nf_daemon_arg_size(arg, &po->pred_mem);
+    case O_KVPF: return on_off(arg, &po->kv_prefetch);
     default: return -EINVAL;
     }
 }
@@ -205,8 +223,10 @@ static int serve(struct pred *d)
     if (d->o.sparsity >= 0 && d->o.sparsity != sparsity)
         nf_log(NF_LOG_WARN, "--sparsity %g differs from the stack's %g; using the stack's",
                d->o.sparsity, sparsity);
-    if ((rc = nf_pred_loop_init(&d->lp, &d->st, &d->plan, &d->fc, sparsity, d->po.margin,
-                                d->po.lookahead, bos_token(d->f)))) {
+    if (!(rc = nf_pred_loop_init(&d->lp, &d->st, &d->plan, &d->fc, sparsity, d->po.margin,
+                                 d->po.lookahead, bos_token(d->f))))
+        d->lp.kv_push = d->po.kv_prefetch;
+    if (rc) {
         nf_log(NF_LOG_ERROR, "out of memory");
         nf_daemon_loop_shutdown(&d->dl, "startup failed");
     } else if ((rc = pthread_create(&d->thread, NULL, worker, d))) {
@@ -216,8 +236,11 @@ static int serve(struct pred *d)
         d->thread_started = true;
         atomic_store(&d->st.ctr->mem_predictor, nf_proc_private_bytes(0));
         nf_daemon_loop_ready(&d->dl);
-        nf_log(NF_LOG_INFO, "ready on %s (sparsity %g, lookahead up to %u)", d->dl.sock, sparsity,
-               d->po.lookahead);
+        nf_log(NF_LOG_INFO, "ready on %s (sparsity %g, lookahead up to %u, KV pushes %s)",
+               d->dl.sock, sparsity, d->po.lookahead,
+               !d->st.kv_walk      ? "none: no KV tiles"
+               : d->po.kv_prefetch ? "on"
+                                   : "off");
     }
     nf_daemon_loop_run(&d->dl);
     return d->thread_ok ? 0 : 1;
@@ -226,7 +249,13 @@ static int serve(struct pred *d)
 int main(int argc, char **argv)
 {
     static struct pred d;
-    d.po = (struct pred_opts){.lookahead = 4, .margin = 0.1f};
+    d.po = (struct pred_opts){.lookahead = 4, .margin = 0.1f, .kv_prefetch = true};
+    const char *kvpf = getenv("NANOFLOW_KV_PREFETCH");
+    if (kvpf && on_off(kvpf, &d.po.kv_prefetch) < 0) {
+        fprintf(stderr, "nanoflow-predictor: NANOFLOW_KV_PREFETCH must be on or off, not '%s'\n",
+                kvpf);
+        return 2;
+    }
     const struct nf_daemon_argspec spec = {.role = NF_ROLE_PREDICTOR,
                                            .attaches = true,
                                            .usage = usage,
