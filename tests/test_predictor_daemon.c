@@ -460,9 +460,9 @@ static uint64_t req_experts(const struct nf_plan *p, uint32_t l, const struct nf
     return m;
 }
 
-/* MoE with 4 sequences (act_rows): the next layer's experts are the union of every row's
- * forecast, the experts most rows have in their top n_expert_used first, rows other than the
- * last (the one activation slot's) included, and rows of a layer compute has not finished are
+/* MoE with 4 sequences (act_rows): the next layer's experts are the union of every row's top
+ * n_expert_used, those most rows have there first, rows other than the last (the one activation
+ * slot's) included, and rows of a layer compute has not finished are
  * forecast as they come. */
 static void test_daemon_moe_rows(void **state)
 {
@@ -489,10 +489,10 @@ static void test_daemon_moe_rows(void **state)
     assert_int_equal(nf_forecaster_init(&fc, &p, UINT64_MAX, err, sizeof(err)), 0);
     const uint32_t E = p.n_embd, K = p.n_expert_used;
 
-    /* Four rows whose forecasts for layer 1 differ: rows 0-2 forecast (top n_expert_used or
-     * extra) an expert the last row's does not. */
+    /* Four rows whose forecasts for layer 1 differ: rows 0-2 have an expert in their top
+     * n_expert_used that the last row's forecast (with its extras) does not hold. */
     float *x = malloc(sizeof(float) * 4 * E);
-    uint64_t fsel[4], sel[1];
+    uint64_t fsel[4], ftop[4], sel[1];
     uint32_t top[64] = {0};
     uint64_t seed = 100;
     for (;;) {
@@ -502,21 +502,24 @@ static void test_daemon_moe_rows(void **state)
             int k = nf_forecast(&fc, 1, x + (size_t)r * E, 0, NF_PRED_MOE_GAP, sel);
             assert_true(k >= (int)K);
             fsel[r] = sel[0];
-            for (uint32_t i = 0; i < K; i++)
+            ftop[r] = 0;
+            for (uint32_t i = 0; i < K; i++) {
                 top[fc.idx[i]]++;
+                ftop[r] |= 1ull << fc.idx[i];
+            }
         }
-        if ((fsel[0] | fsel[1] | fsel[2]) & ~fsel[3])
+        if ((ftop[0] | ftop[1] | ftop[2]) & ~fsel[3])
             break;
         seed += 4;
         assert_true(seed < 100 + 4 * 1000);
     }
-    const uint64_t uni = fsel[0] | fsel[1] | fsel[2] | fsel[3];
+    const uint64_t uni = ftop[0] | ftop[1] | ftop[2] | ftop[3];
     uint32_t most = 0;
     for (uint32_t e = 0; e < p.n_expert; e++)
         most = top[e] > most ? top[e] : most;
-    print_message("layer 1: rows forecast %#llx %#llx %#llx %#llx, union %#llx\n",
+    print_message("layer 1: rows forecast %#llx %#llx %#llx %#llx, union of their top %u %#llx\n",
                   (unsigned long long)fsel[0], (unsigned long long)fsel[1],
-                  (unsigned long long)fsel[2], (unsigned long long)fsel[3],
+                  (unsigned long long)fsel[2], (unsigned long long)fsel[3], K,
                   (unsigned long long)uni);
 
     const char *args[] = {"--run-dir",  run_dir, "--model",      moe_path,
@@ -557,7 +560,8 @@ static void test_daemon_moe_rows(void **state)
     uint64_t part = 0;
     for (uint32_t r = 0; r < 2; r++) {
         assert_true(nf_forecast(&fc, 2, x + (size_t)r * E, 0, NF_PRED_MOE_GAP, sel) >= (int)K);
-        part |= sel[0];
+        for (uint32_t i = 0; i < K; i++)
+            part |= 1ull << fc.idx[i];
         nf_act_slot_publish(nf_stack_act_row(&st, 1, r), 8, 1, x + (size_t)r * E, E);
     }
     uint64_t before = atomic_load(&st.ctr->p_predictions);

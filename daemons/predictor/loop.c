@@ -291,8 +291,9 @@ static int pool_forecast(struct nf_pred_loop *lp, uint32_t l, uint32_t d, uint64
 /* MoE layer l forecast from the lp->n_rows rows in lp->xr (a batched step: every sequence's
  * residual stream after the layer before, or those compute has finished): each row forecast
  * as one (its top n_expert_used plus the extras within the gap), and the union of their experts
- * left in lp->order, the experts most rows need first (rows with it in their top n_expert_used,
- * then rows with it as an extra, then its best rank in a row's list, then its index), cut where
+ * left in lp->order (with several rows, of their top n_expert_used only), the experts most rows
+ * need first (rows with it in their top n_expert_used, then rows with it as an extra, then its
+ * best rank in a row's list, then its index), cut where
  * the tiles still to read would no longer fit the expert class's room (count_room's rule,
  * counting layers up to room_after): a tile read into a pool that has no room for it would
  * evict one needed sooner, or be evicted itself before its use. Experts already in the pool
@@ -325,9 +326,13 @@ static int forecast_union(struct nf_pred_loop *lp, uint32_t l, uint32_t d, int32
     lp->x = x0;
     if (rc < 0)
         return rc;
+    /* With several rows an expert only some row's extras hold is left out: at 8 rows the union
+     * of the top n_expert_used already covers most of a layer's experts, and the extras of 8
+     * rows would add the expert no row chooses (the Mixtral shape's union is 6.95 of 8), a
+     * whole expert read for nothing. */
     uint32_t n = 0;
     for (uint32_t e = 0; e < X; e++) {
-        if (rank[e] == UINT32_MAX)
+        if (rank[e] == UINT32_MAX || (lp->n_rows > 1 && top[e] == 0))
             continue;
         uint32_t at = n++;
         for (; at > 0; at--) {

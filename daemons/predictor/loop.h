@@ -8,8 +8,8 @@
  * experts only one layer ahead (the forecast's top n_expert_used, plus those within moe_gap of
  * the last, best first) and their attention tiles only deeper; compute asks for the experts it
  * routes to itself. With several sequences (a MoE stack's row slots, nf_stack_act_row) the
- * experts one layer ahead are the union of every row's forecast, the experts most rows need
- * first, cut to what the expert class has room for; compute publishes a row as soon as its
+ * experts one layer ahead are the union of every row's top n_expert_used, the experts most rows
+ * need first, cut to what the expert class has room for; compute publishes a row as soon as its
  * experts have run, so the union of the rows done is asked for while the layer's last experts
  * still run, and again with every row when the layer is done. Past the last layer it queues the
  * output tiles, then the next step's first layers (dense: units from the set compute used last time
