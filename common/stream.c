@@ -72,13 +72,14 @@ struct nf_stream {
     char err[320];
     /* Several sequences (nf_stream_set_slots; 0 / NULL before). */
     int n_slots;
-    struct nf_kv_slot *slots; /* (n_slots) slot 0 borrows c's cache and logits */
-    int batch;                /* rows of the batched step running now, else 0 */
-    struct nf_ctx *views;     /* (n_slots) row r of c bound to its slot, during a step */
-    float *blogits;           /* (n_slots, n_vocab) a step's logits, row by row */
-    float *mxn;               /* (n_slots, n_embd) MoE: the rows that chose one expert */
-    float *mout;              /* (n_slots, n_embd) their expert's outputs */
-    float *meo;               /* (n_slots, n_expert_used, n_embd) every row's outputs */
+    struct nf_kv_slot *slots;   /* (n_slots) slot 0 borrows c's cache and logits */
+    int batch;                  /* rows of the batched step running now, else 0 */
+    struct nf_ctx *views;       /* (n_slots) row r of c bound to its slot, during a step */
+    float *blogits;             /* (n_slots, n_vocab) a step's logits, row by row */
+    float *mxn;                 /* (n_slots, n_embd) MoE: the rows that chose one expert */
+    float *mout;                /* (n_slots, n_embd) their expert's outputs */
+    float *meo;                 /* (n_slots, n_expert_used, n_embd) every row's outputs */
+    bool row_pub[NF_MAX_BATCH]; /* rows of this layer already given to src.row_done */
     /* (n_tok, n_vocab) during nf_stream_eval_rows: the chunk's logits; else NULL */
     float *row_logits;
     /* The KV cache on disk (nf_stream_opts kv_path; NULL: in RAM): the slot c is bound to
@@ -764,6 +765,15 @@ static uint32_t nf_stream_expert_missing(const struct nf_stream *s, uint32_t il,
     return n;
 }
 
+/* Row k's MoE output ot (n_embd) from its K expert outputs eo (K, n_embd) weighted by w, summed
+ * in its choice order as nf_stream_moe sums them for one token. */
+static void nf_moe_row_sum(float *ot, const float *eo, const float *w, int K, int E)
+{
+    for (int j = 0; j < K; j++)
+        for (int i = 0; i < E; i++)
+            ot[i] = j == 0 ? eo[(size_t)j * E + i] * w[j] : ot[i] + eo[(size_t)j * E + i] * w[j];
+}
+
 /* MoE FFN of a batched step: each row routed as alone; every expert some row chose (the
  * union) pinned once and run on those rows, the experts with the fewest tiles still to read
  * first (ties by index: the one-token order when nothing is in memory), so the experts already
@@ -783,9 +793,15 @@ static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
         return rc;
     memset(s->bits, 0, sizeof(uint64_t) * ((s->n_groups + 63) / 64));
     const uint32_t per = nf_nft_count(s->f, il, NF_TILE_EXPERT) / (uint32_t)X;
-    int sel[NF_MAX_BATCH][64];
+    int sel[NF_MAX_BATCH][64], left[NF_MAX_BATCH];
     float w[NF_MAX_BATCH][64];
+    /* A row whose experts have all run is final before the others when nothing follows the
+     * routed experts in this layer (no shared expert, no post-FFN norm): it goes to
+     * src.row_done then, with its output summed at once (the same sums, in the same order). */
+    const bool early = s->src.row_done && !s->ffn_post && !hp->n_ff_shexp;
+    memset(s->row_pub, 0, sizeof(s->row_pub));
     for (int k = 0; k < n_tok; k++) {
+        left[k] = K;
         nf_stream_route(s, il, k, sel[k], w[k]);
         for (int j = 0; j < K; j++)
             s->bits[sel[k][j] / 64] |= 1ull << (sel[k][j] % 64);
@@ -843,15 +859,23 @@ static int nf_stream_moe_batch(struct nf_stream *s, uint32_t il, int n_tok)
         for (int i = 0; i < m; i++)
             memcpy(s->meo + ((size_t)rk[i] * K + rj[i]) * E, s->mout + (size_t)i * E,
                    sizeof(float) * E);
-    }
-    for (int k = 0; k < n_tok; k++) {
-        float *ot = c->ffo + (size_t)k * E;
-        for (int j = 0; j < K; j++) {
-            const float *eo = s->meo + ((size_t)k * K + j) * E;
-            for (int i = 0; i < E; i++)
-                ot[i] = j == 0 ? eo[i] * w[k][j] : ot[i] + eo[i] * w[k][j];
+        /* Rows whose last expert this was, while experts remain: final now (mxn is free until
+         * the next expert). */
+        for (int i = 0; early && r + 1 < n_run && i < m; i++) {
+            const int k = rk[i];
+            if (--left[k] > 0)
+                continue;
+            float *ot = c->ffo + (size_t)k * E, *xr = s->mxn;
+            nf_moe_row_sum(ot, s->meo + (size_t)k * K * E, w[k], K, E);
+            for (int j = 0; j < E; j++)
+                xr[j] = c->x[(size_t)k * E + j] + ot[j];
+            s->row_pub[k] = true;
+            s->src.row_done(s->src.ud, il, (uint32_t)k, xr, E);
         }
     }
+    for (int k = 0; k < n_tok; k++)
+        if (!s->row_pub[k])
+            nf_moe_row_sum(c->ffo + (size_t)k * E, s->meo + (size_t)k * K * E, w[k], K, E);
     nf_stream_report_used(s, il);
     return 0;
 }
@@ -1272,6 +1296,11 @@ ffn:;
             c->ffo[i] += c->sh_out[i];
     for (size_t i = 0; i < (size_t)n_ffn * E; i++)
         c->x[i] += c->ffo[i];
+    if (s->batch && s->src.row_done)
+        for (int r = 0; r < n_ffn; r++)
+            if (!s->row_pub[r])
+                s->src.row_done(s->src.ud, il, (uint32_t)r, c->x + (size_t)r * E, hp->n_embd);
+    memset(s->row_pub, 0, sizeof(s->row_pub));
     if (s->src.layer_done)
         s->src.layer_done(s->src.ud, il, c->x + (size_t)(n_ffn - 1) * E, hp->n_embd);
     return 0;

@@ -70,6 +70,12 @@ struct nf_tile_src {
      * whose tiles are in memory first and asks for the others in the order it will run them,
      * so the missing experts are read while the present ones are computed. */
     bool (*present)(void *ud, uint32_t id);
+    /* Optional (NULL): row `row` of a batched step's residual stream after `layer`, called
+     * once per row and layer as soon as that row is final: in a MoE layer, when the last of its
+     * experts has run (the others still running), so that a forecast of the next layer's
+     * experts can start from the rows done before the layer is; else at the layer's end.
+     * layer_done still follows with the last row. */
+    void (*row_done)(void *ud, uint32_t layer, uint32_t row, const float *x, int n_embd);
 };
 
 struct nf_stream_opts {

@@ -148,7 +148,7 @@ uint64_t nf__plan_total(const struct nf_stack_shape *sh, const uint64_t *counts,
         pool += c->n_slots * c->slot_size;
     }
     struct nf_stack_layout lo;
-    nf__stack_layout(sh, n_slots, p->kv_tiles, &lo);
+    nf__stack_layout(sh, n_slots, p->kv_tiles, (uint32_t)n_seq, &lo);
     p->n_slots = n_slots;
     p->pool_bytes = pool;
     p->area_sizes[NF_SHM_TILE_POOL] = p->pool_bytes;

@@ -209,6 +209,7 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
     sh->n_tiles = f->n_tiles;
     sh->n_layer = h->n_layer;
     sh->n_embd = h->n_embd;
+    sh->moe = h->n_expert > 0;
     sh->n_ff = h->n_ff;
     sh->n_vocab = h->n_vocab;
     sh->n_head = h->n_head;
@@ -327,7 +328,7 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
 }
 
 void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots, uint64_t kv_tiles,
-                      struct nf_stack_layout *lo)
+                      uint32_t n_seq, struct nf_stack_layout *lo)
 {
     lo->tiles_off = nf__align_to(sizeof(struct nf_stack_config), NF_STACK_CL);
     lo->slots_off = nf__align_to(
@@ -356,5 +357,7 @@ void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots, uint64_
                                    NF_STACK_CL);
     lo->act_off = 0;
     lo->used_off = (uint64_t)sh->n_layer * lo->act_stride;
-    lo->act_bytes = lo->used_off + (uint64_t)sh->n_layer * lo->used_stride;
+    lo->rows_off = lo->used_off + (uint64_t)sh->n_layer * lo->used_stride;
+    lo->act_rows = sh->moe && n_seq > 1 ? n_seq : 0;
+    lo->act_bytes = lo->rows_off + (uint64_t)sh->n_layer * lo->act_rows * lo->act_stride;
 }

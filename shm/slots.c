@@ -12,6 +12,14 @@ struct nf_act_slot *nf_stack_act(const struct nf_stack *st, uint32_t layer)
     return (struct nf_act_slot *)(st->act_base + (uint64_t)layer * st->cfg->act_stride);
 }
 
+struct nf_act_slot *nf_stack_act_row(const struct nf_stack *st, uint32_t layer, uint32_t row)
+{
+    if (layer >= st->cfg->n_layer || row >= st->cfg->act_rows)
+        return NULL;
+    return (struct nf_act_slot *)(st->rows_base + ((uint64_t)layer * st->cfg->act_rows + row) *
+                                                      st->cfg->act_stride);
+}
+
 struct nf_used_slot *nf_stack_used(const struct nf_stack *st, uint32_t layer)
 {
     if (layer >= st->cfg->n_layer)

@@ -68,7 +68,9 @@ _Static_assert(offsetof(struct nf_stack_config, kv_n_blk) == 352 + PATH_MAX,
                "nf_stack_config layout");
 _Static_assert(offsetof(struct nf_stack_config, kv_path) == 360 + PATH_MAX,
                "nf_stack_config layout");
-_Static_assert(sizeof(struct nf_stack_config) == 360 + 2 * PATH_MAX, "nf_stack_config size");
+_Static_assert(offsetof(struct nf_stack_config, act_rows_off) == 360 + 2 * PATH_MAX,
+               "nf_stack_config layout");
+_Static_assert(sizeof(struct nf_stack_config) == 376 + 2 * PATH_MAX, "nf_stack_config size");
 _Static_assert(offsetof(struct nf_stack_config, classes) % 8 == 0, "class table 8-aligned");
 _Static_assert(offsetof(struct nf_stack_class, slot_size) == 0, "nf_stack_class layout");
 _Static_assert(offsetof(struct nf_stack_class, n_slots) == 8, "nf_stack_class layout");
@@ -207,6 +209,7 @@ static void stack_bind(struct nf_stack *st)
     st->prefetch = (struct nf_ring *)(rings + c->prefetch_ring_off);
     st->act_base = act + c->act_off;
     st->used_base = act + c->used_off;
+    st->rows_base = act + c->act_rows_off;
     st->sync = nf_shm_area(&st->shm, NF_SHM_COMPLETION, NULL);
     st->ctr = nf_shm_area(&st->shm, NF_SHM_COUNTERS, NULL);
     st->kv = c->kv_tiles ? (struct nf_kv_word *)(table + c->kv_words_off) : NULL;
@@ -240,7 +243,7 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     sh.type_v = plan->type_v;
     nf__plan_total(&sh, counts, plan->n_ctx, n_threads ? n_threads : 1, &p);
     struct nf_stack_layout lo;
-    nf__stack_layout(&sh, p.n_slots, p.kv_tiles, &lo);
+    nf__stack_layout(&sh, p.n_slots, p.kv_tiles, p.n_seq, &lo);
 
     rc = nf_shm_create(&st->shm, name, p.area_sizes);
     if (rc < 0)
@@ -265,6 +268,8 @@ int nf_stack_create(struct nf_stack *st, const char *name, const struct nf_nft *
     c->used_off = lo.used_off;
     c->act_stride = lo.act_stride;
     c->used_stride = lo.used_stride;
+    c->act_rows_off = lo.rows_off;
+    c->act_rows = lo.act_rows;
     c->nft_file_size = f->hdr.file_size;
     c->nft_header_checksum = f->hdr.header_checksum;
     c->kv_bytes = plan->kv_bytes;
@@ -500,6 +505,11 @@ int nf_stack_attach(struct nf_stack *st, const char *name, const struct nf_nft *
              !in_area(c->act_off, c->n_layer * c->act_stride, sz[NF_SHM_ACTIVATIONS]) ||
              !in_area(c->used_off, c->n_layer * c->used_stride, sz[NF_SHM_ACTIVATIONS]))
         bad = "activation/used slots";
+    else if (c->act_rows > NF_STACK_SEQ_MAX || c->act_rows_off % NF_STACK_CL ||
+             (c->act_rows &&
+              !in_area(c->act_rows_off, (uint64_t)c->n_layer * c->act_rows * c->act_stride,
+                       sz[NF_SHM_ACTIVATIONS])))
+        bad = "act_rows/act_rows_off";
     else if (sz[NF_SHM_COMPLETION] < sizeof(struct nf_stack_sync))
         bad = "completion area size";
     else if (sz[NF_SHM_COUNTERS] < sizeof(struct nf_stack_counters))

@@ -150,6 +150,13 @@ struct nf_stack_config {
                                   * rounded up */
     uint32_t kv_reserved;
     char kv_path[PATH_MAX]; /* the file compute writes (set by the creator before ready) */
+    /* A batched step's rows for the predictor (0 in a region made before them): act_rows row
+     * slots per layer (struct nf_act_slot of act_stride bytes each, layer-major) from
+     * act_rows_off on in NF_SHM_ACTIVATIONS; n_seq of them for a MoE model run with n_seq > 1,
+     * else none (nf_stack_act_row). */
+    uint64_t act_rows_off;
+    uint32_t act_rows;
+    uint32_t act_rows_reserved;
 };
 
 /* Per KV tile: what compute says of its block and what the fetcher read. A block's bytes in
@@ -413,7 +420,7 @@ struct nf_stack {
     uint8_t *pool;               /* (pool bytes: every class's n_slots * slot_size) */
     struct nf_ring *demand;      /* compute -> fetcher */
     struct nf_ring *prefetch;    /* predictor -> fetcher */
-    uint8_t *act_base, *used_base;
+    uint8_t *act_base, *used_base, *rows_base;
     struct nf_stack_counters *ctr;
     struct nf_kv_word *kv;      /* (cfg->kv_tiles) */
     struct nf_kv_walk *kv_walk; /* with KV tiles, else NULL */
@@ -504,6 +511,11 @@ void nf_stack_stop(struct nf_stack *st, uint32_t ready_bit);
 /* Layer layer's slots (NULL for a layer out of range). */
 struct nf_act_slot *nf_stack_act(const struct nf_stack *st, uint32_t layer);
 struct nf_used_slot *nf_stack_used(const struct nf_stack *st, uint32_t layer);
+/* Row `row` of a batched step's residual stream after layer `layer` (compute publishes each
+ * row of a MoE model's batched step as soon as it is final, so that the predictor forecasts
+ * the union of the rows' experts): NULL past cfg->act_rows (0 unless the stack runs a MoE
+ * model with n_seq > 1) or n_layer. */
+struct nf_act_slot *nf_stack_act_row(const struct nf_stack *st, uint32_t layer, uint32_t row);
 
 /* Each slot is a seqlock (shm/seqlock.h) with a single writer, the compute thread that runs the
  * layers; the predictor and the fetcher read. The caller checks that n_embd floats or

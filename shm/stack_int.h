@@ -36,6 +36,8 @@ struct nf_stack_shape {
     uint64_t min_slots;                         /* the sum of class_min */
     uint32_t n_ubatch; /* compute's prompt chunk in tokens (nf_stack_plan_ub); 0: the default */
     uint32_t type_k, type_v; /* KV cache element types (nf_stack_plan_kv); 0: f16 */
+    uint32_t moe;            /* routed experts (n_expert > 0): a batched step's rows are
+                              * published one by one (nf_stack_act_row) */
 };
 
 /* Where the tables sit inside their areas (shared by the plan and create). */
@@ -43,6 +45,8 @@ struct nf_stack_layout {
     uint64_t tiles_off, slots_off, kv_words_off, table_bytes;
     uint64_t demand_off, demand_size, prefetch_off, prefetch_size, ring_bytes;
     uint64_t act_stride, used_stride, act_off, used_off, act_bytes;
+    uint64_t rows_off; /* the row slots (nf_stack_act_row) after the used slots */
+    uint32_t act_rows; /* row slots per layer: n_seq for a MoE model with n_seq > 1, else 0 */
 };
 
 static inline uint64_t nf__align_to(uint64_t v, uint64_t a)
@@ -58,9 +62,10 @@ int nf__stack_shape(const struct nf_nft *f, struct nf_stack_shape *sh, char *err
 
 /* Where the config, tile and slot tables, rings and activation slots sit in their areas for
  * shape sh with n_slots pool slots and kv_tiles KV block tiles (their entries after the
- * .nft's, their words after the slots). */
+ * .nft's, their words after the slots), and n_seq sequences (0 is taken as 1: a MoE model
+ * with more than one gets n_seq activation row slots per layer). */
 void nf__stack_layout(const struct nf_stack_shape *sh, uint64_t n_slots, uint64_t kv_tiles,
-                      struct nf_stack_layout *lo);
+                      uint32_t n_seq, struct nf_stack_layout *lo);
 
 /* Fills the byte counts of a plan with counts[k] slots in class k and context n_ctx, for
  * p->n_seq sequences (an input: 0 is taken as 1); returns the total. */

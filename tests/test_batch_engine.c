@@ -284,7 +284,9 @@ static void check_stream_thr(const char *name, float sparsity, int n_ubatch, int
  * batched MoE step runs its union's experts in an order other than their index order, and
  * records whether it did: in a batched MoE step (present asked since the last tile other than
  * an expert's; a one-token MoE layer runs its experts in choice order without asking), an
- * expert of a lower index pinned after one of a higher index of the same layer. */
+ * expert of a lower index pinned after one of a higher index of the same layer. It also checks
+ * the rows a batched step gives row_done: each row once a layer, the last one with the bytes
+ * layer_done then gets, and counts the rows given before an expert of their layer still ran. */
 struct shuffle_src {
     struct nf_tile_src in;
     const struct nf_nft *f;
@@ -293,6 +295,12 @@ struct shuffle_src {
     bool batch;        /* present asked since the last tile other than an expert's */
     int reordered;     /* such expert pins that went back to a lower expert */
     int present_calls; /* present() calls answered */
+    uint32_t rows;     /* bitmap of the rows row_done gave since the last layer_done */
+    int row_calls;     /* row_done calls since the last layer_done */
+    int row_layer;     /* their layer (-1: none yet) */
+    int early;         /* expert pins of a layer after row_done gave one of its rows */
+    int layers_rows;   /* layer_done calls that followed rows (checked) */
+    float *xrow;       /* (N_SEQ, n_embd) the rows given */
 };
 
 static const uint8_t *shuffle_pin(void *ud, uint32_t id, int *rc)
@@ -303,12 +311,40 @@ static const uint8_t *shuffle_pin(void *ud, uint32_t id, int *rc)
         ss->last = UINT32_MAX;
         ss->batch = false;
     } else {
+        if (ss->row_calls > 0 && (int)t->layer == ss->row_layer)
+            ss->early++;
         if (ss->batch && ss->last != UINT32_MAX && ss->f->tiles[ss->last].layer == t->layer &&
             ss->f->tiles[ss->last].expert > t->expert)
             ss->reordered++;
         ss->last = id;
     }
     return ss->in.pin(ss->in.ud, id, rc);
+}
+
+static void shuffle_row_done(void *ud, uint32_t layer, uint32_t row, const float *x, int n_embd)
+{
+    struct shuffle_src *ss = ud;
+    assert_true(row < N_SEQ && !(ss->rows >> row & 1));
+    assert_true(ss->row_calls == 0 || (int)layer == ss->row_layer);
+    ss->rows |= 1u << row;
+    ss->row_calls++;
+    ss->row_layer = (int)layer;
+    memcpy(ss->xrow + (size_t)row * n_embd, x, sizeof(float) * (size_t)n_embd);
+}
+
+static void shuffle_layer_done(void *ud, uint32_t layer, const float *x, int n_embd)
+{
+    struct shuffle_src *ss = ud;
+    if (ss->row_calls > 0) {
+        /* Every row of the step 0..n-1 once; layer_done gets the last. */
+        const int n = ss->row_calls;
+        assert_int_equal(ss->rows, (1u << n) - 1);
+        assert_int_equal(ss->row_layer, (int)layer);
+        assert_memory_equal(ss->xrow + (size_t)(n - 1) * n_embd, x, sizeof(float) * n_embd);
+        ss->layers_rows++;
+    }
+    ss->rows = 0;
+    ss->row_calls = 0;
 }
 
 static void shuffle_unpin(void *ud, uint32_t id)
@@ -335,8 +371,15 @@ static void check_stream_moe_order(const char *name)
     struct nf_nft *f = open_nft(name);
     struct shuffle_src ss = {.f = f, .rng = 7, .last = UINT32_MAX};
     assert_int_equal(nf_tile_src_file_open(&ss.in, f, 1 << 20), 0);
-    struct nf_tile_src src = {
-        .pin = shuffle_pin, .unpin = shuffle_unpin, .present = shuffle_present, .ud = &ss};
+    ss.row_layer = -1;
+    ss.xrow = malloc(sizeof(float) * N_SEQ * f->hdr.n_embd);
+    assert_non_null(ss.xrow);
+    struct nf_tile_src src = {.pin = shuffle_pin,
+                              .unpin = shuffle_unpin,
+                              .present = shuffle_present,
+                              .row_done = shuffle_row_done,
+                              .layer_done = shuffle_layer_done,
+                              .ud = &ss};
     struct nf_stream_opts o = {.n_ctx = N_CTX, .n_threads = 2};
     struct eng e = {0};
     if (nf_stream_create(&e.s, f, &src, &o, err, sizeof(err)) < 0)
@@ -349,6 +392,12 @@ static void check_stream_moe_order(const char *name)
     assert_true(check_batched(&e, ref) >= 5);
     assert_true(ss.present_calls > 0);
     assert_true(ss.reordered > 0); /* the order did change */
+    assert_true(ss.layers_rows > 0);
+    assert_true(ss.early > 0); /* some rows were given before their layer's last expert */
+    print_message("%s: %d layers of batched steps gave their rows, %d expert pins after one "
+                  "of their rows\n",
+                  name, ss.layers_rows, ss.early);
+    free(ss.xrow);
     free(ref);
     nf_stream_free(e.s);
     nf_tile_src_file_close(&ss.in);

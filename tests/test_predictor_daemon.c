@@ -442,6 +442,151 @@ static void test_daemon_moe(void **state)
     nf_nft_close(f);
 }
 
+/* The experts of layer l that tile requests reqs[0..n) ask for, as a bitmap, and the first one
+ * asked for in *first. */
+static uint64_t req_experts(const struct nf_plan *p, uint32_t l, const struct nf_tile_req *reqs,
+                            int n, int *first)
+{
+    uint64_t m = 0;
+    *first = -1;
+    for (int i = 0; i < n; i++)
+        for (uint32_t e = 0; e < p->layers[l].n_units; e++)
+            if (reqs[i].tile >= p->layers[l].unit_tile[e] &&
+                reqs[i].tile < p->layers[l].unit_tile[e + 1]) {
+                if (*first < 0)
+                    *first = (int)e;
+                m |= 1ull << e;
+            }
+    return m;
+}
+
+/* MoE with 4 sequences (act_rows): the next layer's experts are the union of every row's top
+ * n_expert_used, those most rows have there first, rows other than the last (the one activation
+ * slot's) included, and rows of a layer compute has not finished are
+ * forecast as they come. */
+static void test_daemon_moe_rows(void **state)
+{
+    char err[512], shm[NAME_MAX], sock[600];
+    assert_int_equal(nf_rundir_create(run_dir, err, sizeof(err)), 0);
+    nf_rundir_shm_name(run_dir, shm, sizeof(shm));
+    nf_stack_unlink(shm);
+    struct nf_nft *f;
+    assert_int_equal(nf_nft_open(&f, moe_path, false, err, sizeof(err)), 0);
+    struct nf_stack_plan sp;
+    if (nf_stack_plan_seq(f, 256ull << 20, 64, 1, 4, &sp, err, sizeof(err)))
+        fail_msg("%s", err);
+    struct nf_stack st;
+    if (nf_stack_create(&st, shm, f, &sp, 0, 1, err, sizeof(err)))
+        fail_msg("%s", err);
+    assert_int_equal(st.cfg->act_rows, 4);
+    assert_non_null(nf_stack_act_row(&st, 2, 3));
+    assert_null(nf_stack_act_row(&st, 2, 4));
+    atomic_fetch_or(&st.sync->ready_mask, NF_READY_FETCHER);
+    struct nf_plan p;
+    assert_int_equal(nf_plan_init(&p, f, err, sizeof(err)), 0);
+    assert_true(p.moe && p.n_layer >= 3 && p.n_expert <= 64);
+    struct nf_forecaster fc;
+    assert_int_equal(nf_forecaster_init(&fc, &p, UINT64_MAX, err, sizeof(err)), 0);
+    const uint32_t E = p.n_embd, K = p.n_expert_used;
+
+    /* Four rows whose forecasts for layer 1 differ: rows 0-2 have an expert in their top
+     * n_expert_used that the last row's forecast (with its extras) does not hold. */
+    float *x = malloc(sizeof(float) * 4 * E);
+    uint64_t fsel[4], ftop[4], sel[1];
+    uint32_t top[64] = {0};
+    uint64_t seed = 100;
+    for (;;) {
+        memset(top, 0, sizeof(top));
+        for (int r = 0; r < 4; r++) {
+            fill_x(x + (size_t)r * E, (int)E, seed + (uint64_t)r);
+            int k = nf_forecast(&fc, 1, x + (size_t)r * E, 0, NF_PRED_MOE_GAP, sel);
+            assert_true(k >= (int)K);
+            fsel[r] = sel[0];
+            ftop[r] = 0;
+            for (uint32_t i = 0; i < K; i++) {
+                top[fc.idx[i]]++;
+                ftop[r] |= 1ull << fc.idx[i];
+            }
+        }
+        if ((ftop[0] | ftop[1] | ftop[2]) & ~fsel[3])
+            break;
+        seed += 4;
+        assert_true(seed < 100 + 4 * 1000);
+    }
+    const uint64_t uni = ftop[0] | ftop[1] | ftop[2] | ftop[3];
+    uint32_t most = 0;
+    for (uint32_t e = 0; e < p.n_expert; e++)
+        most = top[e] > most ? top[e] : most;
+    print_message("layer 1: rows forecast %#llx %#llx %#llx %#llx, union of their top %u %#llx\n",
+                  (unsigned long long)fsel[0], (unsigned long long)fsel[1],
+                  (unsigned long long)fsel[2], (unsigned long long)fsel[3], K,
+                  (unsigned long long)uni);
+
+    const char *args[] = {"--run-dir",  run_dir, "--model",      moe_path,
+                          "--pred-mem", "16M",   "--foreground", NULL};
+    pid_t pid = spawn(args);
+    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR); t += 10)
+        sleep_ms(10);
+    if (!(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR)) {
+        dump_log();
+        kill(pid, SIGKILL);
+        fail_msg("predictor did not become ready");
+    }
+    const int cap = 1 << 16;
+    struct nf_tile_req *reqs = malloc(sizeof(*reqs) * (size_t)cap);
+    assert_true(wait_until(&st.ctr->p_lookahead, 1, 5000));
+    sleep_ms(100);
+    drain(&st, reqs, cap);
+
+    /* A batched step's layer 0 done: its four rows, then the activation slot with the last row
+     * (as compute publishes them), one bell. */
+    for (uint32_t r = 0; r < 4; r++)
+        nf_act_slot_publish(nf_stack_act_row(&st, 0, r), 7, 0, x + (size_t)r * E, E);
+    publish_act(&st, 0, 7, x + 3 * (size_t)E);
+    if (!wait_until(&st.ctr->p_predictions, 1, 5000)) {
+        dump_log();
+        kill(pid, SIGKILL);
+        fail_msg("no forecast after the rows");
+    }
+    sleep_ms(200);
+    int n = drain(&st, reqs, cap), first;
+    uint64_t asked = req_experts(&p, 1, reqs, n, &first);
+    assert_int_equal(asked, uni); /* with the last row's forecast alone: fsel[3] */
+    assert_true(asked & ~fsel[3]);
+    assert_true(first >= 0 && top[first] == most);
+
+    /* Layer 1 of step 8 not finished: rows 0 and 1 only (no activation slot): layer 2 is
+     * forecast from them. */
+    uint64_t part = 0;
+    for (uint32_t r = 0; r < 2; r++) {
+        assert_true(nf_forecast(&fc, 2, x + (size_t)r * E, 0, NF_PRED_MOE_GAP, sel) >= (int)K);
+        for (uint32_t i = 0; i < K; i++)
+            part |= 1ull << fc.idx[i];
+        nf_act_slot_publish(nf_stack_act_row(&st, 1, r), 8, 1, x + (size_t)r * E, E);
+    }
+    uint64_t before = atomic_load(&st.ctr->p_predictions);
+    nf_notify_wake(&st.sync->act_bell);
+    assert_true(wait_until(&st.ctr->p_predictions, before + 1, 5000));
+    sleep_ms(200);
+    n = drain(&st, reqs, cap);
+    assert_int_equal(req_experts(&p, 2, reqs, n, &first), part);
+
+    nf_rundir_path(run_dir, NF_ROLE_PREDICTOR, "sock", sock, sizeof(sock));
+    nf_envelope *r = ask(sock, NANOFLOW__ENVELOPE__MSG_SHUTDOWN);
+    nf_envelope_free(r);
+    int status = wait_exit(pid, 5000);
+    if (status != 0)
+        dump_log();
+    assert_int_equal(status, 0);
+    free(x);
+    free(reqs);
+    nf_forecaster_free(&fc);
+    nf_plan_free(&p);
+    nf_stack_detach(&st);
+    nf_stack_unlink(shm);
+    nf_nft_close(f);
+}
+
 /* --help exits 0, bad flags 2, and no stack to attach to 1 (after the timeout). */
 static void test_flags(void **state)
 {
@@ -466,6 +611,7 @@ int main(void)
         cmocka_unit_test(test_flags),
         cmocka_unit_test(test_daemon_sparse),
         cmocka_unit_test(test_daemon_moe),
+        cmocka_unit_test(test_daemon_moe_rows),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -76,6 +76,19 @@ static void shm_layer_done(void *ud, uint32_t layer, const float *x, int n_embd)
     nf_notify_wake(&g->st->sync->act_bell);
 }
 
+/* Publishes row `row` of a batched step's residual stream after `layer` in its row slot (a MoE
+ * model run with several sequences: the predictor forecasts the union of the rows' experts),
+ * then rings act_bell. */
+static void shm_row_done(void *ud, uint32_t layer, uint32_t row, const float *x, int n_embd)
+{
+    struct nf_gen *g = ud;
+    struct nf_act_slot *a = nf_stack_act_row(g->st, layer, row);
+    if (!a)
+        return; /* more rows than the plan's sequences: the predictor sees the first ones */
+    nf_act_slot_publish(a, g->step, layer, x, (uint32_t)n_embd);
+    nf_notify_wake(&g->st->sync->act_bell);
+}
+
 /* Publishes the groups or experts layer used (same seqlock discipline). */
 static void shm_used(void *ud, uint32_t layer, const uint64_t *bits, uint32_t n_groups)
 {
@@ -108,6 +121,7 @@ void nf_gen_tile_src(struct nf_gen *g, struct nf_tile_src *src)
                                 .used = shm_used,
                                 .want = shm_want,
                                 .present = shm_present,
+                                .row_done = g->st->cfg->act_rows ? shm_row_done : NULL,
                                 .ud = g};
     /* The KV blocks as the region's tiles when the fetcher reads the file this engine writes
      * (the engine checks the rest of the geometry). */

@@ -46,9 +46,14 @@ int nf_pred_loop_init(struct nf_pred_loop *lp, struct nf_stack *st, const struct
     lp->asked = calloc(L * W, sizeof(uint64_t));
     lp->asked_live = calloc(L, sizeof(bool));
     lp->drops = calloc(plan->max_units ? plan->max_units : 1, sizeof(uint32_t));
-    if (!lp->act_seq || !lp->used_seq || !lp->x || !lp->fc_sel || !lp->fc_step || !lp->fc_live ||
-        !lp->last_used || !lp->have_used || !lp->sel || !lp->used || !lp->list || !lp->order ||
-        !lp->asked || !lp->asked_live || !lp->drops) {
+    const size_t R = st->cfg->act_rows;
+    lp->row_seq = calloc(L * (R ? R : 1), sizeof(uint64_t));
+    lp->xr = calloc((R ? R : 1) * plan->n_embd, sizeof(float));
+    lp->votes = calloc(3 * (size_t)(plan->max_units ? plan->max_units : 1), sizeof(uint32_t));
+    if (!lp->row_seq || !lp->xr || !lp->votes || !lp->act_seq || !lp->used_seq || !lp->x ||
+        !lp->fc_sel || !lp->fc_step || !lp->fc_live || !lp->last_used || !lp->have_used ||
+        !lp->sel || !lp->used || !lp->list || !lp->order || !lp->asked || !lp->asked_live ||
+        !lp->drops) {
         nf_pred_loop_free(lp);
         return -ENOMEM;
     }
@@ -57,9 +62,9 @@ int nf_pred_loop_init(struct nf_pred_loop *lp, struct nf_stack *st, const struct
 
 void nf_pred_loop_free(struct nf_pred_loop *lp)
 {
-    void *bufs[] = {lp->act_seq, lp->used_seq,  lp->x,         lp->fc_sel,     lp->fc_step,
-                    lp->fc_live, lp->last_used, lp->have_used, lp->sel,        lp->used,
-                    lp->list,    lp->order,     lp->asked,     lp->asked_live, lp->drops};
+    void *bufs[] = {lp->act_seq,   lp->used_seq,   lp->x,     lp->fc_sel,  lp->fc_step, lp->fc_live,
+                    lp->last_used, lp->have_used,  lp->sel,   lp->used,    lp->list,    lp->order,
+                    lp->asked,     lp->asked_live, lp->drops, lp->row_seq, lp->xr,      lp->votes};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
         free(bufs[i]);
     memset(lp, 0, sizeof(*lp));
@@ -118,16 +123,15 @@ static void score_used(struct nf_pred_loop *lp)
 
 /* Slots free now or holding a tile that compute is done with for this step (READY, unpinned,
  * not resident, of a layer at or before `after`): what the fetcher can fill without evicting
- * anything the coming layers need. */
-static uint64_t count_room(const struct nf_pred_loop *lp, int32_t after)
+ * anything the coming layers need; among slots first .. first + n - 1 (count_room: every
+ * weight slot). */
+static uint64_t count_room_in(const struct nf_pred_loop *lp, int32_t after, uint64_t first,
+                              uint64_t n)
 {
     const struct nf_stack *st = lp->st;
     const struct nf_nft *f = lp->plan->f;
     uint64_t room = 0;
-    /* (The KV block tiles' class, past the weights', holds no weight tile.) */
-    const struct nf_stack_config *cfg = st->cfg;
-    const uint64_t n = cfg->kv_tiles ? cfg->classes[cfg->n_classes].first_slot : cfg->n_slots;
-    for (uint64_t i = 0; i < n; i++) {
+    for (uint64_t i = first; i < first + n; i++) {
         uint32_t t = atomic_load_explicit(&st->slots[i].tile, memory_order_relaxed);
         if (t == NF_NO_TILE) {
             room++;
@@ -144,6 +148,37 @@ static uint64_t count_room(const struct nf_pred_loop *lp, int32_t after)
             room++;
     }
     return room;
+}
+
+static uint64_t count_room(const struct nf_pred_loop *lp, int32_t after)
+{
+    /* (The KV block tiles' class, past the weights', holds no weight tile.) */
+    const struct nf_stack_config *cfg = lp->st->cfg;
+    return count_room_in(lp, after, 0,
+                         cfg->kv_tiles ? cfg->classes[cfg->n_classes].first_slot : cfg->n_slots);
+}
+
+/* count_room within the class that holds layer l's expert tiles (UINT64_MAX when there is no
+ * such class). */
+static uint64_t expert_room(const struct nf_pred_loop *lp, uint32_t l, int32_t after)
+{
+    const struct nf_stack_config *cfg = lp->st->cfg;
+    const struct nf_nft_tile *t = nf_nft_find(lp->plan->f, l, NF_TILE_EXPERT, 0);
+    const int k =
+        t ? nf_stack_class_of(cfg->classes, nf_stack_pool_classes(cfg), nf_nft_tile_span(t)) : -1;
+    if (k < 0)
+        return UINT64_MAX;
+    return count_room_in(lp, after, cfg->classes[k].first_slot, cfg->classes[k].n_slots);
+}
+
+/* Layer l's expert e: its tiles not in the pool nor on their way (EMPTY). */
+static uint32_t expert_missing(const struct nf_pred_loop *lp, uint32_t l, uint32_t e)
+{
+    const struct nf_plan_layer *pl = &lp->plan->layers[l];
+    uint32_t n = 0;
+    for (uint32_t id = pl->unit_tile[e]; id < pl->unit_tile[e + 1]; id++)
+        n += atomic_load_explicit(&lp->st->tiles[id].state, memory_order_relaxed) == NF_TILE_EMPTY;
+    return n;
 }
 
 /* The units to prefetch for layer l when there is no forecast: what compute used there last
@@ -253,11 +288,89 @@ static int pool_forecast(struct nf_pred_loop *lp, uint32_t l, uint32_t d, uint64
     return rc;
 }
 
-/* The units of layer l (of the activation's step) to prefetch: a fresh forecast from lp->x
+/* MoE layer l forecast from the lp->n_rows rows in lp->xr (a batched step: every sequence's
+ * residual stream after the layer before, or those compute has finished): each row forecast
+ * as one (its top n_expert_used plus the extras within the gap), and the union of their experts
+ * left in lp->order (with several rows, of their top n_expert_used only), the experts most rows
+ * need first (rows with it in their top n_expert_used, then rows with it as an extra, then its
+ * best rank in a row's list, then its index), cut where
+ * the tiles still to read would no longer fit the expert class's room (count_room's rule,
+ * counting layers up to room_after): a tile read into a pool that has no room for it would
+ * evict one needed sooner, or be evicted itself before its use. Experts already in the pool
+ * past the cut are kept (nothing to read). Writes the kept experts to sel and returns how many,
+ * or what the first row's forecast returned when one failed. */
+static int forecast_union(struct nf_pred_loop *lp, uint32_t l, uint32_t d, int32_t room_after,
+                          uint64_t *sel)
+{
+    const struct nf_plan *p = lp->plan;
+    const uint32_t X = p->layers[l].n_units, K = p->n_expert_used;
+    uint32_t *top = lp->votes, *extra = top + p->max_units, *rank = extra + p->max_units;
+    memset(top, 0, sizeof(uint32_t) * X);
+    memset(extra, 0, sizeof(uint32_t) * X);
+    for (uint32_t e = 0; e < X; e++)
+        rank[e] = UINT32_MAX;
+    float *x0 = lp->x;
+    int rc = 0;
+    for (uint32_t r = 0; r < lp->n_rows && rc >= 0; r++) {
+        lp->x = lp->xr + (size_t)r * p->n_embd;
+        rc = pool_forecast(lp, l, d, lp->sel);
+        if (rc == -ENOENT)
+            rc = nf_forecast(lp->fc, l, lp->x, lp->sparsity, lp->moe_gap, lp->sel);
+        for (int i = 0; i < rc; i++) {
+            const uint32_t e = lp->fc->idx[i];
+            (i < (int)K ? top : extra)[e]++;
+            if ((uint32_t)i < rank[e])
+                rank[e] = (uint32_t)i;
+        }
+    }
+    lp->x = x0;
+    if (rc < 0)
+        return rc;
+    /* With several rows an expert only some row's extras hold is left out: at 8 rows the union
+     * of the top n_expert_used already covers most of a layer's experts, and the extras of 8
+     * rows would add the expert no row chooses (the Mixtral shape's union is 6.95 of 8), a
+     * whole expert read for nothing. */
+    uint32_t n = 0;
+    for (uint32_t e = 0; e < X; e++) {
+        if (rank[e] == UINT32_MAX || (lp->n_rows > 1 && top[e] == 0))
+            continue;
+        uint32_t at = n++;
+        for (; at > 0; at--) {
+            const uint32_t o = lp->order[at - 1];
+            if (top[o] > top[e] ||
+                (top[o] == top[e] &&
+                 (extra[o] > extra[e] || (extra[o] == extra[e] && rank[o] <= rank[e]))))
+                break;
+            lp->order[at] = o;
+        }
+        lp->order[at] = e;
+    }
+    const uint64_t room = expert_room(lp, l, room_after);
+    uint64_t missing = 0;
+    uint32_t kept = 0;
+    bool cut = false;
+    memset(sel, 0, sizeof(uint64_t) * p->words);
+    for (uint32_t i = 0; i < n; i++) {
+        const uint32_t e = lp->order[i], m = expert_missing(lp, l, e);
+        if (cut && m > 0)
+            continue;
+        if (m > 0 && missing + m > room) {
+            cut = true;
+            continue;
+        }
+        missing += m;
+        lp->order[kept++] = e;
+        nf_sel_set(sel, e);
+    }
+    return (int)kept;
+}
+
+/* The units of layer l (of the activation's step) to prefetch: a fresh forecast from lp->x, or
+ * from the rows in lp->xr (forecast_union, counting room up to layer room_after) when there are
  * (recorded for scoring), or the fallback. A MoE forecast also leaves its experts best first in
  * lp->order, their count in *n_order (0 when there is no forecast). */
 static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, uint32_t l,
-                                      uint32_t d, uint32_t *n_order)
+                                      uint32_t d, int32_t room_after, uint32_t *n_order)
 {
     const struct nf_plan *p = lp->plan;
     *n_order = 0;
@@ -265,12 +378,15 @@ static const uint64_t *forecast_layer(struct nf_pred_loop *lp, uint64_t step, ui
         return NULL;
     uint64_t *sel = lp->fc_sel + (size_t)l * p->words;
     uint64_t t0 = nf_now_ns();
-    int rc = pool_forecast(lp, l, d, sel);
+    int rc = p->moe && lp->n_rows ? forecast_union(lp, l, d, room_after, sel)
+                                  : pool_forecast(lp, l, d, sel);
     /* MoE: the margin is a router-logit gap (nf_forecast_moe_pick). */
     if (rc == -ENOENT)
         rc = nf_forecast(lp->fc, l, lp->x, lp->sparsity, p->moe ? lp->moe_gap : lp->margin, sel);
-    if (rc > 0 && p->moe) {
+    if (rc > 0 && p->moe && !lp->n_rows) {
         memcpy(lp->order, lp->fc->idx, sizeof(uint32_t) * (size_t)rc);
+        *n_order = (uint32_t)rc;
+    } else if (rc > 0 && p->moe) {
         *n_order = (uint32_t)rc;
     }
     if (rc < 0) {
@@ -336,8 +452,11 @@ static int build_target(struct nf_pred_loop *lp, uint64_t step, int32_t after, u
             return nf_plan_layer_experts(p, (uint32_t)tl, NULL, 0, lp->list, p->max_step);
         uint32_t k = 0;
         lp->have_plan = true;
-        const uint64_t *sel =
-            x_ok ? forecast_layer(lp, step, (uint32_t)tl, d, &k) : fallback(lp, (uint32_t)tl);
+        /* While compute is still in layer `after` (some of its rows to come), its tiles are
+         * not room for the forecast's. */
+        const int32_t room_after = lp->rows_partial ? after - 1 : after;
+        const uint64_t *sel = x_ok ? forecast_layer(lp, step, (uint32_t)tl, d, room_after, &k)
+                                   : fallback(lp, (uint32_t)tl);
         if (k > 0) /* MoE forecast: its experts best first, what compute likely uses first */
             return nf_plan_layer_experts(p, (uint32_t)tl, lp->order, k, lp->list, p->max_step);
         if (lp->have_plan)
@@ -495,6 +614,83 @@ static bool newest_act(struct nf_pred_loop *lp, uint64_t *step, uint32_t *layer)
     return true;
 }
 
+/* The row slots (nf_stack_act_row) of layer `layer` holding step `step`, copied to lp->xr in
+ * row order. Returns how many. */
+static uint32_t gather_rows(struct nf_pred_loop *lp, uint64_t step, uint32_t layer)
+{
+    const struct nf_plan *p = lp->plan;
+    const uint32_t R = lp->st->cfg->act_rows;
+    uint32_t n = 0;
+    for (uint32_t r = 0; r < R; r++) {
+        uint64_t st_;
+        uint32_t ly;
+        float *x = lp->xr + (size_t)n * p->n_embd;
+        uint64_t s = read_act(nf_stack_act_row(lp->st, layer, r), p->n_embd, &st_, &ly, x);
+        if (s == 0 || st_ != step || ly != layer)
+            continue;
+        lp->row_seq[(size_t)layer * R + r] = s;
+        n++;
+    }
+    return n;
+}
+
+/* With row slots: whether one changed since we last looked, and which activation to handle.
+ * got, *step, *layer: what newest_act found (lp->x). The newest (step, layer) among the
+ * changed row slots replaces it when it is newer; then lp->n_rows is the count of that layer's
+ * rows of that step (gather_rows; 0: none, lp->x alone) and lp->rows_partial whether compute
+ * has not finished the layer yet (its activation slot does not hold that step). Returns
+ * whether there is an activation to handle. */
+static bool take_rows(struct nf_pred_loop *lp, bool got, uint64_t *step, uint32_t *layer)
+{
+    const struct nf_plan *p = lp->plan;
+    const uint32_t R = lp->st->cfg->act_rows;
+    lp->n_rows = 0;
+    lp->rows_partial = false;
+    if (!R || !p->moe)
+        return got;
+    bool found = false;
+    uint64_t best_step = 0;
+    uint32_t best_layer = 0;
+    for (uint32_t l = 0; l < p->n_layer; l++)
+        for (uint32_t r = 0; r < R; r++) {
+            struct nf_act_slot *a = nf_stack_act_row(lp->st, l, r);
+            uint64_t s = nf_seqlock_peek(&a->seq);
+            if (s == 0 || s == lp->row_seq[(size_t)l * R + r])
+                continue;
+            uint64_t st_;
+            uint32_t ly;
+            s = read_act(a, p->n_embd, &st_, &ly, NULL);
+            if (s == 0)
+                continue;
+            lp->row_seq[(size_t)l * R + r] = s;
+            if (ly != l)
+                continue;
+            if (!found || st_ > best_step || (st_ == best_step && ly > best_layer)) {
+                found = true;
+                best_step = st_;
+                best_layer = ly;
+            }
+        }
+    bool from_rows = false;
+    if (found && (!got || best_step > *step || (best_step == *step && best_layer > *layer))) {
+        *step = best_step;
+        *layer = best_layer;
+        from_rows = true;
+    } else if (!got) {
+        return false;
+    }
+    lp->n_rows = gather_rows(lp, *step, *layer);
+    if (from_rows) {
+        uint64_t s_ = 0;
+        uint32_t l_ = 0;
+        lp->rows_partial = read_act(nf_stack_act(lp->st, *layer), p->n_embd, &s_, &l_, NULL) == 0 ||
+                           s_ != *step || l_ != *layer;
+        if (lp->n_rows == 0)
+            return false; /* rewritten meanwhile by a newer step: the next look finds it */
+    }
+    return true;
+}
+
 void *nf_pred_loop_run(void *arg)
 {
     struct nf_pred_loop *lp = arg;
@@ -518,6 +714,7 @@ void *nf_pred_loop_run(void *arg)
         uint64_t step;
         uint32_t layer;
         bool got = newest_act(lp, &step, &layer);
+        got = take_rows(lp, got, &step, &layer);
         if (got) {
             score_used(lp);
             prefetch_ahead(lp, step, (int32_t)layer, true);

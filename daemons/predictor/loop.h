@@ -7,13 +7,18 @@
  * of them (exact dense layers, or a layer whose predictor did not fit in memory). MoE layers get
  * experts only one layer ahead (the forecast's top n_expert_used, plus those within moe_gap of
  * the last, best first) and their attention tiles only deeper; compute asks for the experts it
- * routes to itself. Past the last layer it queues the output tiles, then the next step's first
- * layers (dense: units from the set compute used last time at that layer when known; MoE: no
- * expert). When a newer plan for a sparse dense layer (the forecast replacing last time's units,
- * or a closer forecast replacing a farther one) no longer holds some FFN tiles, it withdraws
- * them (nf_tile_prefetch_drop). k adapts to the pool: deeper while the tiles
- * still missing fit in half the free or evictable slots, 1 when the pool is tight. It scores
- * each forecast against the set compute publishes in the used slot of the same (step, layer).
+ * routes to itself. With several sequences (a MoE stack's row slots, nf_stack_act_row) the
+ * experts one layer ahead are the union of every row's top n_expert_used, the experts most rows
+ * need first, cut to what the expert class has room for; compute publishes a row as soon as its
+ * experts have run, so the union of the rows done is asked for while the layer's last experts
+ * still run, and again with every row when the layer is done. Past the last layer it queues the
+ * output tiles, then the next step's first layers (dense: units from the set compute used last time
+ * at that layer when known; MoE: no expert). When a newer plan for a sparse dense layer (the
+ * forecast replacing last time's units, or a closer forecast replacing a farther one) no longer
+ * holds some FFN tiles, it withdraws them (nf_tile_prefetch_drop). k adapts to the pool: deeper
+ * while the tiles still missing fit in half the free or evictable slots, 1 when the pool is tight.
+ * It scores each forecast against the set compute publishes in the used slot of the same (step,
+ * layer).
  *
  * KV block tiles (the KV cache on disk, read through the pool): when compute's walk record says
  * the attention walk of layer L ended (stack.h, struct nf_kv_walk), it pushes the durable
@@ -60,10 +65,20 @@ struct nf_pred_loop {
     /* Sparse dense layers: the units last planned per layer (a forecast or the fallback); when
      * a newer plan for the layer drops some, their FFN tiles are withdrawn from the fetcher
      * (nf_tile_prefetch_drop) so it reads no tile the latest plan does not hold. */
-    uint64_t *asked;      /* (n_layer, words) */
-    bool *asked_live;     /* (n_layer) asked holds a plan */
-    uint32_t *drops;      /* (max_units) tiles to withdraw */
-    bool have_plan;       /* the forecast just made was a plan (not "no forecast") */
+    uint64_t *asked;  /* (n_layer, words) */
+    bool *asked_live; /* (n_layer) asked holds a plan */
+    uint32_t *drops;  /* (max_units) tiles to withdraw */
+    bool have_plan;   /* the forecast just made was a plan (not "no forecast") */
+    /* MoE run with several sequences (cfg->act_rows > 0): compute publishes each row of a
+     * batched step (nf_stack_act_row) as soon as it is final; the layer after is forecast from
+     * every row of the newest (step, layer) seen, and the union of their experts is asked for
+     * (forecast_union in loop.c). */
+    uint64_t *row_seq;    /* (n_layer, act_rows) last seqlock values seen */
+    float *xr;            /* (act_rows, n_embd) the rows' copies */
+    uint32_t n_rows;      /* rows of the activation being handled (0: lp->x alone) */
+    bool rows_partial;    /* compute has not finished that layer: some rows are still to come */
+    uint32_t *votes;      /* (3 max_units) per expert: rows forecasting it in their top
+                           * n_expert_used, as an extra, and its best rank in a row's list */
     bool kv_push;         /* push KV block tiles after each walk (--kv-prefetch) */
     uint64_t kv_walk_seq; /* the walk record's sequence last handled */
     uint64_t mem_at_ns;   /* when mem_predictor was last measured */
