@@ -51,7 +51,7 @@ kind() {
         --rms-eps | --rope-scale | --router-skew) K=float ;;
     --ram | --tile-size | --pred-mem | --max-body) K=size ;;
     --log-level | --verify | --shape | --type | --arch | --chat-template | --expert-cache) K=enum ;;
-    --prefix-cache) K=enum ;;
+    --prefix-cache | --kv-prefetch) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
     -f | --file | --calibrate | --vocab-from | --api-key-file) K=file ;;
     --watch) K=opt ;;
@@ -142,7 +142,7 @@ good() {
     --log-level) G=warn ;;
     --verify) G=sample ;;
     --expert-cache) G=cyclic ;;
-    --prefix-cache) G=off ;;
+    --prefix-cache | --kv-prefetch) G=off ;;
     --router-skew) G=2 ;;
     --shape) G=tiny ;;
     --type) G=q8_0 ;;
@@ -234,7 +234,7 @@ parsed_flags() {
         "--verify --cache-type-k --cache-type-v" \
         "--no-uring --numa-node --expert-cache --foreground --log-level --nice" ;;
     nanoflow-predictor) echo "--model --run-dir --ram -t --threads --sparsity --ctx --lookahead" \
-        "--margin --attach-timeout --pred-mem --foreground --log-level" ;;
+        "--margin --attach-timeout --pred-mem --kv-prefetch --foreground --log-level" ;;
     nanoflow-compute) echo "--model --run-dir --ram -t --threads --sparsity --ctx --ubatch" \
         "--cache-type-k --cache-type-v --attach-timeout --max-tokens-per-request --foreground --log-level" ;;
     nanoflow-gateway) echo "--model --run-dir --ram -t --threads --sparsity --ctx" \
