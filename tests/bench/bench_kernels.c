@@ -2,13 +2,17 @@
  * the multi-token product (GMAC/s) of vec_dot_mat against one vec_dot per row and token.
  * `bench_kernels mat [TOKENS [ROWS [TYPE [ISA]]]]` prints the second table only (default 32
  * tokens, 1024 rows, every type and ISA; `mat 512 4096 q4_0 avx512` is one 7B attention matrix
- * at a 512-token ubatch). */
+ * at a 512-token ubatch). `bench_kernels cols [ROWS]` times q4_0's per-row exact multi-token
+ * kernel (nf_vec_dot_cols: a batched decode step's products) over a 4096-column matrix of ROWS
+ * rows (default 33024, 76 MB: read from memory, as a batched step reads pool tiles) for 1 to 16
+ * activation rows. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "quants.h"
+#include "quants_rows.h"
 #include "nf_time.h"
 
 /* 4096 x 11008 is the FFN shape of a 7B Llama: far bigger than any cache in every type. */
@@ -142,6 +146,51 @@ static void bench_mat(const enum nf_type *types, size_t ntypes, int mtok, int mr
     free(yq);
 }
 
+/* nf_vec_dot_cols(q4_0) over COLS x mrows for 1..16 tokens: ms a call (best of REPS, CPU
+ * time), weight GB/s, ns per (row, token). */
+static int bench_cols(int mrows)
+{
+    const nf_vec_dot_mat_fn cols = nf_vec_dot_cols(NF_TYPE_Q4_0);
+    if (!cols) {
+        fprintf(stderr, "bench_kernels: no q4_0 cols kernel\n");
+        return 1;
+    }
+    enum { MAXTOK = 16 };
+    const size_t rs = nf_row_size(NF_TYPE_Q4_0, COLS), ys = nf_row_size(NF_TYPE_Q8_0, COLS);
+    char *w = malloc(rs * (size_t)mrows), *yq = malloc(ys * MAXTOK);
+    float *act = malloc(COLS * sizeof(float)), *out = malloc(sizeof(float) * mrows * MAXTOK);
+    if (!w || !yq || !act || !out)
+        return 1;
+    fill_weights(NF_TYPE_Q4_0, w, rs * (size_t)mrows);
+    for (int k = 0; k < MAXTOK; k++) {
+        for (int i = 0; i < COLS; i++)
+            act[i] = (float)(next() >> 40) / (float)(1 << 23) - 1.0f;
+        nf_type_traits(NF_TYPE_Q8_0)->from_float(act, yq + (size_t)k * ys, COLS);
+    }
+    printf("q4_0 cols kernel, %d x %d (%.1f MB), one thread, isa %s, best of %d\n", mrows, COLS,
+           rs * (double)mrows / 1e6, nf_isa_name(nf_kernels_isa()), REPS);
+    printf("%6s %10s %12s %14s\n", "tokens", "ms", "weight GB/s", "ns/row/token");
+    static const int toks[] = {1, 2, 4, 8, 12, 16};
+    for (size_t i = 0; i < sizeof(toks) / sizeof(toks[0]); i++) {
+        const int nt = toks[i];
+        double best = 1e9;
+        for (int rep = 0; rep < REPS; rep++) {
+            double t0 = cpu_s();
+            cols(COLS, out, (size_t)mrows, w, rs, yq, ys, mrows, nt);
+            double t1 = cpu_s();
+            best = t1 - t0 < best ? t1 - t0 : best;
+        }
+        printf("%6d %10.2f %12.2f %14.3f\n", nt, best * 1e3, rs * (double)mrows / best / 1e9,
+               best * 1e9 / ((double)mrows * nt));
+        fflush(stdout);
+    }
+    free(w);
+    free(yq);
+    free(act);
+    free(out);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const enum nf_type types[] = {NF_TYPE_F32,    NF_TYPE_F16,  NF_TYPE_BF16,  NF_TYPE_Q8_0,
@@ -149,6 +198,14 @@ int main(int argc, char **argv)
                                          NF_TYPE_IQ4_NL, NF_TYPE_Q2_K, NF_TYPE_Q3_K,  NF_TYPE_Q4_K,
                                          NF_TYPE_Q5_K,   NF_TYPE_Q6_K, NF_TYPE_IQ4_XS};
     const size_t ntypes = sizeof(types) / sizeof(types[0]);
+    if (argc > 1 && !strcmp(argv[1], "cols")) {
+        const int mrows = argc > 2 ? atoi(argv[2]) : 33024;
+        if (mrows < 1 || mrows > 1 << 20) {
+            fprintf(stderr, "bench_kernels: ROWS must be 1..1048576\n");
+            return 2;
+        }
+        return bench_cols(mrows);
+    }
     if (argc > 1 && !strcmp(argv[1], "mat")) {
         const int mtok = argc > 2 ? atoi(argv[2]) : 32, mrows = argc > 3 ? atoi(argv[3]) : 1024;
         if (mtok < 1 || mtok > 4096 || mrows < 1 || mrows > 65536) {
