@@ -1352,23 +1352,33 @@ static int nf_stream_eval_check(struct nf_stream *s, const int32_t *tokens, int 
     return 0;
 }
 
-int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
+/* nf_stream_eval; with aligned, the first chunk ends at the next multiple of the ubatch
+ * (nf_stream_slot_eval_aligned). */
+static int nf_stream_eval_chunks(struct nf_stream *s, const int32_t *tokens, int n, bool aligned)
 {
     const int bad = nf_stream_eval_check(s, tokens, n);
     if (bad < 0)
         return bad;
+    const int off = aligned ? s->c->n_past % s->ub : 0;
     /* One chunk per ubatch: each tile is pinned once for all its tokens. */
-    for (int i = 0; i < n; i += s->ub) {
-        int nb = n - i < s->ub ? n - i : s->ub;
+    for (int i = 0; i < n;) {
+        const int want = i == 0 && off ? s->ub - off : s->ub;
+        int nb = n - i < want ? n - i : want;
         s->prog_done = i;
         s->prog_total = n;
         int rc = nf_stream_chunk(s, tokens + i, nb, i + nb == n);
         if (rc < 0)
             return rc;
+        i += nb;
         if (s->progress && n > s->ub)
-            s->progress(s->progress_ud, i + nb, n);
+            s->progress(s->progress_ud, i, n);
     }
     return 0;
+}
+
+int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
+{
+    return nf_stream_eval_chunks(s, tokens, n, false);
 }
 
 int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float *logits)
@@ -1460,16 +1470,46 @@ void nf_stream_slot_reset(struct nf_stream *s, int i)
     s->slots[i].n_past = 0;
 }
 
-int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n)
+static int nf_stream_slot_eval_chunks(struct nf_stream *s, int i, const int32_t *tokens, int n,
+                                      bool aligned)
 {
     NF_ASSERT(i >= 0 && i < s->n_slots);
     nf_ctx_bind(s->c, &s->slots[i]);
     s->kv_slot = i;
-    int rc = nf_stream_eval(s, tokens, n);
+    int rc = nf_stream_eval_chunks(s, tokens, n, aligned);
     s->kv_slot = 0;
     s->slots[i].n_past = s->c->n_past;
     nf_ctx_bind(s->c, &s->slots[0]);
     return rc;
+}
+
+int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n)
+{
+    return nf_stream_slot_eval_chunks(s, i, tokens, n, false);
+}
+
+int nf_stream_slot_eval_aligned(struct nf_stream *s, int i, const int32_t *tokens, int n)
+{
+    return nf_stream_slot_eval_chunks(s, i, tokens, n, true);
+}
+
+int nf_stream_prefix_kept(int n, int ub)
+{
+    return n - (ub > 1 && n % ub == 1);
+}
+
+int nf_stream_prefix_usable(int l, int n, int ub)
+{
+    l = l < n - 1 ? l : n - 1;
+    if (l < 0)
+        return 0;
+    /* The first chunk from l ends where a cold run's chunk ends: at the next multiple of the
+     * ubatch, or at n. One token there would take the one-token kernels where the cold run's
+     * chunk has two or more tokens: one position fewer is reused instead. */
+    const int end = (l + ub - 1) / ub * ub;
+    if (ub > 1 && (end < n ? end : n) - l == 1)
+        l--;
+    return l;
 }
 
 int nf_stream_slot_eval_rows(struct nf_stream *s, int i, const int32_t *tokens, int n,

@@ -1,11 +1,15 @@
 /* test_prefix_engine.c - the rule behind the compute daemon's prefix reuse (daemons/compute/gen.h),
  * checked on the streaming engine: a slot that evaluated prompt A and generated from it, rolled
- * back to A's whole ubatch chunks (n_A / ub * ub positions) and given the rest of a prompt B
- * that extends A and its output, leaves bit for bit the logits of B evaluated cold on a fresh
- * slot, for the prompt and every later decode step; on dense, quantized and MoE models, with
- * ubatches of 32, 8 and 5; and with the KV cache on disk (common/kv_file.c). It also reports,
- * without asserting, what reusing A's partial last chunk as well would change (docs/exactness.md
- * cites it). */
+ * back to what it keeps of A (nf_stream_prefix_kept: all of A's 45 positions, but the last when
+ * it was a chunk of its own) and what B may reuse of it (nf_stream_prefix_usable), and given the
+ * rest of a prompt B that extends A and its output (nf_stream_slot_eval_aligned: the first
+ * chunk ends where a cold run's does), leaves bit for bit the logits of B evaluated cold on a
+ * fresh slot, for the prompt and every later decode step; on dense, quantized and MoE models,
+ * with ubatches of 32, 8 and 5 (A's last chunk partial, of 13, 5 or 5 tokens), 4 and 11 (of one
+ * token: not kept) and 23 (45 = 23 + 22: B's first chunk would be one token, so one position
+ * fewer is reused); and with the KV cache on disk (common/kv_file.c). It also reports, without
+ * asserting, what reusing A's generated tokens as well would change (docs/exactness.md cites
+ * it). */
 #include <dirent.h>
 #include <math.h>
 #include <setjmp.h>
@@ -115,10 +119,11 @@ static void check_model(const char *name, int n_ubatch)
     assert_int_equal(nf_stream_slot_eval(s, 0, b, nb), 0);
     memcpy(cold, nf_stream_slot_logits(s, 0), sizeof(float) * V);
     decode(s, 0, STEPS, V, cold + V, NULL);
-    /* B from A's whole chunks on slot 1: identical, prompt and steps. */
-    const int keep = LEN_A / ub * ub;
+    /* B from what slot 1 keeps of A: identical, prompt and steps. */
+    const int keep = nf_stream_prefix_usable(nf_stream_prefix_kept(LEN_A, ub), nb, ub);
+    assert_int_equal(keep, LEN_A - (LEN_A % ub == 1 || ub == 23));
     assert_int_equal(nf_stream_slot_rollback(s, 1, keep), 0);
-    assert_int_equal(nf_stream_slot_eval(s, 1, b + keep, nb - keep), 0);
+    assert_int_equal(nf_stream_slot_eval_aligned(s, 1, b + keep, nb - keep), 0);
     memcpy(warm, nf_stream_slot_logits(s, 1), sizeof(float) * V);
     decode(s, 1, STEPS, V, warm + V, NULL);
     for (int k = 0; k <= STEPS; k++)
@@ -136,7 +141,7 @@ static void check_model(const char *name, int n_ubatch)
     assert_int_equal(nf_stream_slot_eval(s, 2, b + all, nb - all), 0);
     memcpy(warm, nf_stream_slot_logits(s, 2), sizeof(float) * V);
     decode(s, 2, STEPS, V, warm + V, NULL);
-    printf("%s, ubatch %2d%s: reusing %d whole-chunk positions: bit-identical; reusing all %d: "
+    printf("%s, ubatch %2d%s: reusing %d prompt positions: bit-identical; reusing all %d: "
            "max |diff| %.3g over the prompt and %d steps\n",
            name, ub, kv_block ? ", KV on disk" : "", keep, all,
            max_diff(cold, warm, (size_t)(STEPS + 1) * V), STEPS);
@@ -152,6 +157,9 @@ static void check_all_ubatches(const char *name)
     check_model(name, 32);
     check_model(name, 8);
     check_model(name, 5);
+    check_model(name, 4);
+    check_model(name, 11);
+    check_model(name, 23);
 }
 
 static void test_stories(void **state)
@@ -185,9 +193,11 @@ static void test_kv_disk(void **state)
     kv_block = 4;
     check_model("stories260K", 8);
     check_model("stories260K", 5);
+    check_model("stories260K", 4);
     kv_tk = NF_TYPE_Q8_0;
     kv_tv = NF_TYPE_Q4_0;
     check_model("zoo-Q8_0", 5);
+    check_model("zoo-Q8_0", 23);
     kv_tk = kv_tv = 0;
     kv_block = 0;
 }
