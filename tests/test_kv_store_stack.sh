@@ -74,7 +74,7 @@ if hits:
     while l < len(a) and l < len(b) and a[l] == b[l]:
         l += 1
     want = min(l, len(b) - 1)
-    if min((want + 7) // 8 * 8, len(b)) - want == 1:
+    if len(b) - want - (1 if len(b) % 8 == 1 else 0) == 1:
         want -= 1
 got = (st.get("kv_store_hits"), st.get("kv_store_reused"))
 ok = got == (hits, want) and (not hits or want >= 16)

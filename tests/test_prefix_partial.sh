@@ -4,10 +4,11 @@
 # (`--kv-offload on --kv-block 4`): a first turn, then a second whose prompt is the first's, its
 # output and more words. At the stack's default ubatch the second turn reuses the whole first
 # prompt (35 tokens, far from a multiple of the ubatch); at `-ub 8` it reuses all 35 tokens of a
-# prompt whose last chunk had 3, 48 of one of 49 (its last token was a chunk of its own: not
-# kept), and 38 of one of 39 (a 39th would leave a first chunk of one token). stats' prefix_hits
-# and prefix_reused say so, exactly, and every second turn gives `run`'s cold output line for
-# line (ids, text, top logits).
+# prompt whose last chunk had 3, all 39 of one whose last chunk had 7, and 48 of one of 49 (its
+# last token was a chunk of its own: not kept); and a request of the 35-token prompt and a
+# period (36 tokens) reuses 34 (a 35th would leave one token, a chunk of one where a cold run's
+# has 4). stats' prefix_hits and prefix_reused say so, exactly, and every second turn gives
+# `run`'s cold output line for line (ids, text, top logits).
 set -u
 . "$(dirname "$0")/lib.sh"
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
@@ -52,10 +53,11 @@ PY
     [ $? -eq 0 ] || fail=1
 }
 
-# turns ID P N WANT UB: turn 1 (P, 12 tokens) and turn 2 (P, turn 1's text, " One day"; 8
-# tokens) on the stack at $R, turn 2 also cold with `run` (-ub UB, or the default when 0).
+# turns ID P N WANT UB [SUFFIX]: turn 1 (P, 12 tokens) and turn 2 (P, turn 1's text, " One day";
+# or P and SUFFIX; 8 tokens) on the stack at $R, turn 2 also cold with `run` (-ub UB, or the
+# default when 0).
 turns() {
-    local id=$1 p=$2 n=$3 want=$4 ub=$5 text p2
+    local id=$1 p=$2 n=$3 want=$4 ub=$5 suffix=${6:-} text p2
     local ubf=()
     [ "$ub" -gt 0 ] && ubf=(-ub "$ub")
     "$NF_BIN" gen --run-dir "$R" -p "$p" -n 12 --temp 0 --json >"$T/$id-1.gen" 2>"$T/$id.err" \
@@ -63,6 +65,7 @@ turns() {
     check "$id: turn 1 exits 0" $?
     text=$(python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['text'], end='')" "$T/$id-1.gen")
     p2="$p$text One day"
+    [ -n "$suffix" ] && p2="$p$suffix"
     "$NF_BIN" stats --run-dir "$R" --json >"$T/$id.s0" 2>/dev/null
     "$NF_BIN" gen --run-dir "$R" -p "$p2" -n 8 --temp 0 --json --top-logits 3 >"$T/$id-2.gen" \
         2>>"$T/$id.err" </dev/null
@@ -98,7 +101,8 @@ for kv in ram disk; do
     if stack "ub8-$kv" 8 "${kvf[@]}"; then
         turns "ub8-$kv-35" "$P35" 35 35 8
         turns "ub8-$kv-49" "$P49" 49 48 8
-        turns "ub8-$kv-39" "$P39" 39 38 8
+        turns "ub8-$kv-39" "$P39" 39 39 8
+        turns "ub8-$kv-36" "$P35" 35 34 8 "."
         "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
     fi
 done

@@ -29,8 +29,9 @@ P3="Once upon a time, there was a little girl named Lily. She had a big red ball
 # before and after each request is what the rule of daemons/compute/gen.h gives: the common
 # prefix of the prompt's ids and those the slot kept (the prompt the slot ran last, less its
 # last token when that was a chunk of its own), at most the prompt's length less one, one less
-# when the first chunk from there would have one token, 0 below 16; or nothing with OFF. Slots: 1 and q take one each (q the other: the least recently used),
-# 2 must take 1's, 2s 2's, and 3 (diverging mid-way) the slot with the longer reuse.
+# when a single token would be left before the end or a last one-token chunk, 0 below 16; or
+# nothing with OFF. Slots: 1 and q take one each (q the other: the least recently used), 2 must
+# take 1's, 2s 2's, and 3 (diverging mid-way) the slot with the longer reuse.
 verify() {
     python3 - "$T" "$1" "$2" <<'PY'
 import json, sys
@@ -56,7 +57,7 @@ def reuse(kept, n):
     while l < len(k) and l < len(n) and k[l] == n[l]:
         l += 1
     l = min(l, len(n) - 1)
-    if min((l + 7) // 8 * 8, len(n)) - l == 1:
+    if len(n) - l - (1 if len(n) % 8 == 1 else 0) == 1:
         l -= 1
     return l if l >= 16 else 0
 slots = []  # the prompts the two slots kept, as the requests ran

@@ -77,11 +77,12 @@ struct nf_gen_job {
  * but a last position that was a chunk of its own (nf_stream_prefix_kept, common/stream.h: n
  * positions, n - 1 when n % ub == 1); the generated tokens (one-token steps) are not kept. A
  * request whose prompt starts with kept tokens takes the free slot with the longest such prefix
- * (at least NF_GEN_PREFIX_MIN, at most n_prompt - 1, one fewer when the first chunk from there
- * would be a single token: nf_stream_prefix_usable), rolls the slot back to it and evaluates the
- * rest of its prompt from there with its first chunk ending where a cold run's chunk ends
- * (nf_stream_slot_eval_aligned), so that every later chunk is a cold run's: its output is bit
- * for bit a cold run's (docs/exactness.md). */
+ * (at least NF_GEN_PREFIX_MIN, at most n_prompt - 1, one fewer when a single token would be
+ * left before the end or a cold run's last one-token chunk: nf_stream_prefix_usable), rolls the
+ * slot back to it and evaluates the rest of its prompt from there in chunks of two tokens or
+ * more, the last one alone exactly when a cold run evaluates it alone
+ * (nf_stream_slot_eval_rest): every position is computed by the kernels a cold run uses for
+ * it, so its output is bit for bit a cold run's (docs/exactness.md). */
 #define NF_GEN_PREFIX_MIN 16
 struct nf_gen_kept {
     int32_t *ids;  /* (n_ctx) */

@@ -35,8 +35,8 @@ int nf_gen_prefix_len(const struct nf_gen *g, int slot, const int32_t *ids, int 
         l++;
     if (common)
         *common = l;
-    /* At least one token left to evaluate (its logits are needed), and no first chunk of one
-     * token where a cold run's chunk has more (gen.h). */
+    /* At least one token left to evaluate (its logits are needed), and no chunk of one token
+     * where a cold run's chunk has more (gen.h). */
     l = nf_stream_prefix_usable(l, n, nf_stream_ubatch(g->s));
     return l >= NF_GEN_PREFIX_MIN ? l : 0;
 }
@@ -95,8 +95,8 @@ static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
     g->step = atomic_fetch_add(&c->c_step, 1) + 1;
     if (!prompt)
         nf_stream_set_abort(g->s, &r->j->cancel);
-    /* From a reused prefix, the first chunk ends where a cold run's does (gen.h). */
-    int rc = nf_stream_slot_eval_aligned(g->s, r->slot, toks + skip, n - skip);
+    /* From a reused prefix: one-token chunks where a cold run has them only (gen.h). */
+    int rc = nf_stream_slot_eval_rest(g->s, r->slot, toks + skip, n - skip);
     if (!prompt)
         nf_stream_set_abort(g->s, NULL);
     const uint64_t dt = nf_now_ns() - t0;
