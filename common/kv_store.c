@@ -98,7 +98,9 @@ static const char *header_check(const struct nf_kv_store *ks, const struct nf_kv
     }
     if (a->sparsity_bits != b->sparsity_bits)
         return "saved with another sparsity";
-    if (h->n_tok < 1 || h->n_tok > (1u << 24) || h->n_tok % b->n_ubatch)
+    /* A prefix never ends with a position its prompt evaluated as a chunk of its own
+     * (nf_stream_prefix_kept, stream.h). */
+    if (h->n_tok < 1 || h->n_tok > (1u << 24) || (b->n_ubatch > 1 && h->n_tok % b->n_ubatch == 1))
         return "token count out of range";
     if (h->data_size != data_bytes(b, (int)h->n_tok))
         return "data size does not match its token count";

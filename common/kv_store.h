@@ -2,12 +2,14 @@
  * restart (`up --kv-store DIR`, issue 15, item 3).
  *
  * The compute daemon's prefix reuse (daemons/compute/gen.h) keeps, in each KV cache slot, the
- * cells of a prompt's whole ubatch chunks. The store writes such a prefix into DIR as one file
+ * cells of a prompt (less a last token evaluated as a chunk of its own: a prefix's token count
+ * is never 1 more than a multiple of the ubatch, else the file is refused). The store writes
+ * such a prefix into DIR as one file
  * and, after a restart, reads it back into a slot's cache, so that a prompt extending it skips
  * evaluating those positions. The cells are the bytes a cold evaluation leaves, so the output
  * is the same bit for bit; a file is only used when everything that shapes those bytes is the
- * same: the model file, the KV element types, the ubatch (a chunk's cells depend on its
- * extent) and the sparsity.
+ * same: the model file, the KV element types, the ubatch (which decides which positions were
+ * chunks of one token) and the sparsity.
  *
  * File format (DIR/<16 hex digits>.nfkv, native little-endian, written to a temporary name and
  * renamed, so that a reader sees whole files or none):

@@ -34,9 +34,8 @@
 #include "quants_mat_impl.h"
 
 enum {
-    NC_MAX = 512,         /* tokens per packed activation chunk */
-    KC_MAX = 64,          /* blocks per chunk: a weight panel of at most 20 KiB */
-    KC_MIN = 4,           /* fewest blocks per chunk (when NC_MAX tokens fill YP_BYTES) */
+    KC = 64,              /* blocks per chunk of K: a weight panel of at most 20 KiB */
+    NC_MAX = 152,         /* tokens per packed activation chunk: NC_MAX * KC blocks fit y_buf */
     YP_BYTES = 384 * 1024 /* packed activations per chunk: in L2 with room for the panel */
 };
 
@@ -56,7 +55,7 @@ struct y_blk {
 };
 _Static_assert(sizeof(struct y_blk) == 40, "packed activation block");
 
-static _Thread_local struct w_panel_blk w_buf[KC_MAX] __attribute__((aligned(64)));
+static _Thread_local struct w_panel_blk w_buf[KC] __attribute__((aligned(64)));
 static _Thread_local struct y_blk y_buf[YP_BYTES / sizeof(struct y_blk)]
     __attribute__((aligned(64)));
 
@@ -139,15 +138,17 @@ static void panel(int kc, const struct y_blk *yp, float *s, size_t ld, int rn, i
 #undef REST
 }
 
-/* Blocks per chunk for nc >= 1 tokens: as many as y_buf holds for them, within the limits. */
+/* Blocks per chunk of K for nc tokens: always KC, whatever nc. Each chunk's sum is added to
+ * the output as a whole (tile's !first), so the chunk boundaries are part of a token's float
+ * order: with a K-chunk that shrank when more tokens shared y_buf, a token's result depended on
+ * how many tokens its call had. With KC fixed, every token of a call of any size (one token
+ * included) gets the same bits (tests/test_matmul_split.c). */
 static int chunk_blocks(int nc)
 {
-    const int cap = (int)(sizeof(y_buf) / sizeof(y_buf[0]));
-    if (nc * KC_MAX <= cap)
-        return KC_MAX;
-    const int k = cap / nc;
-    return k < KC_MIN ? KC_MIN : k;
+    (void)nc;
+    return KC;
 }
+_Static_assert(NC_MAX *KC * sizeof(struct y_blk) <= YP_BYTES, "NC_MAX tokens fill y_buf");
 
 /* The vec_dot_mat (quants.h nf_vec_dot_mat_fn) of the including file's ISA. With packed, vy
  * holds the activations already packed by pack_act (by is not used): every chunk of them is

@@ -1389,23 +1389,47 @@ static int nf_stream_eval_check(struct nf_stream *s, const int32_t *tokens, int 
     return 0;
 }
 
-int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
+/* The size of the chunk at token i of n: the ubatch, or with rest (nf_stream_slot_eval_rest) a
+ * chunk of two tokens or more, but the last token alone when a cold evaluation of the whole
+ * prompt (n_past + n tokens from position 0) evaluates it alone. */
+static int nf_stream_chunk_size(const struct nf_stream *s, int i, int n, bool rest)
+{
+    const int ub = s->ub;
+    if (!rest || ub == 1)
+        return n - i < ub ? n - i : ub;
+    const int body = n - ((s->c->n_past + n) % ub == 1);
+    const int left = body - i;
+    if (left <= 0)
+        return 1; /* the cold run's last chunk of one token */
+    if (left <= ub)
+        return left;
+    return left - ub == 1 ? ub - 1 : ub; /* ub + 1 left: ub - 1, then 2 */
+}
+
+/* nf_stream_eval; with rest, the chunks of nf_stream_slot_eval_rest. */
+static int nf_stream_eval_chunks(struct nf_stream *s, const int32_t *tokens, int n, bool rest)
 {
     const int bad = nf_stream_eval_check(s, tokens, n);
     if (bad < 0)
         return bad;
     /* One chunk per ubatch: each tile is pinned once for all its tokens. */
-    for (int i = 0; i < n; i += s->ub) {
-        int nb = n - i < s->ub ? n - i : s->ub;
+    for (int i = 0; i < n;) {
+        const int nb = nf_stream_chunk_size(s, i, n, rest);
         s->prog_done = i;
         s->prog_total = n;
         int rc = nf_stream_chunk(s, tokens + i, nb, i + nb == n);
         if (rc < 0)
             return rc;
+        i += nb;
         if (s->progress && n > s->ub)
-            s->progress(s->progress_ud, i + nb, n);
+            s->progress(s->progress_ud, i, n);
     }
     return 0;
+}
+
+int nf_stream_eval(struct nf_stream *s, const int32_t *tokens, int n)
+{
+    return nf_stream_eval_chunks(s, tokens, n, false);
 }
 
 int nf_stream_eval_rows(struct nf_stream *s, const int32_t *tokens, int n, float *logits)
@@ -1497,16 +1521,49 @@ void nf_stream_slot_reset(struct nf_stream *s, int i)
     s->slots[i].n_past = 0;
 }
 
-int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n)
+static int nf_stream_slot_eval_chunks(struct nf_stream *s, int i, const int32_t *tokens, int n,
+                                      bool rest)
 {
     NF_ASSERT(i >= 0 && i < s->n_slots);
     nf_ctx_bind(s->c, &s->slots[i]);
     s->kv_slot = i;
-    int rc = nf_stream_eval(s, tokens, n);
+    int rc = nf_stream_eval_chunks(s, tokens, n, rest);
     s->kv_slot = 0;
     s->slots[i].n_past = s->c->n_past;
     nf_ctx_bind(s->c, &s->slots[0]);
     return rc;
+}
+
+int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n)
+{
+    return nf_stream_slot_eval_chunks(s, i, tokens, n, false);
+}
+
+int nf_stream_slot_eval_rest(struct nf_stream *s, int i, const int32_t *tokens, int n)
+{
+    return nf_stream_slot_eval_chunks(s, i, tokens, n, true);
+}
+
+int nf_stream_prefix_kept(int n, int ub)
+{
+    return n - (ub > 1 && n % ub == 1);
+}
+
+int nf_stream_prefix_usable(int l, int n, int ub)
+{
+    l = l < n - 1 ? l : n - 1;
+    if (l < 0)
+        return 0;
+    /* nf_stream_slot_eval_rest evaluates the tokens from l in chunks of two or more, but the
+     * last alone when a cold run's last chunk has one token: one token before that (or two
+     * chunks of two and one with a ubatch of 2) would take the one-token kernels where the cold
+     * run's chunk has more; one position fewer is reused instead. */
+    if (ub > 1) {
+        const int body = n - l - (n % ub == 1);
+        if (body == 1 || (ub == 2 && body % 2 == 1))
+            l--;
+    }
+    return l < 0 ? 0 : l;
 }
 
 int nf_stream_slot_eval_rows(struct nf_stream *s, int i, const int32_t *tokens, int n,

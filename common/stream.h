@@ -164,6 +164,22 @@ int nf_stream_set_slots(struct nf_stream *s, int n, char *err, size_t errlen);
 int nf_stream_n_slots(const struct nf_stream *s); /* 0 before nf_stream_set_slots */
 void nf_stream_slot_reset(struct nf_stream *s, int i);
 int nf_stream_slot_eval(struct nf_stream *s, int i, const int32_t *tokens, int n);
+/* Prefix reuse (daemons/compute/gen.h). A prompt is evaluated in chunks of the ubatch (ub)
+ * from position 0, and every multi-token kernel gives a token the same bits whatever the
+ * chunk's extent (tests/test_matmul_split.c, tests/test_ubatch_invariance.c), so a position's
+ * cells depend only on whether its chunk had one token (the one-token kernels) or more. Of a
+ * prompt of n tokens, nf_stream_prefix_kept gives the positions whose cells a cold evaluation
+ * of any longer prompt computes alike: all n, less the last when it was a chunk of its own
+ * (n % ub == 1, ub > 1). nf_stream_slot_eval_rest is nf_stream_slot_eval for the rest of a
+ * prompt whose start the slot holds: chunks of up to ub tokens, two or more each, but the last
+ * token alone exactly when a cold evaluation of the whole prompt (n_past + n tokens) takes it
+ * alone; as few chunks as nf_stream_slot_eval's. nf_stream_prefix_usable gives, of l kept
+ * positions a prompt of n tokens starts with, how many it may reuse so that such chunks exist:
+ * at most n - 1 (the last token's logits are needed), one fewer when a single token would be
+ * left before the cold run's last one-token chunk or the end (or, with ub 2, an odd count). */
+int nf_stream_prefix_kept(int n, int ub);
+int nf_stream_prefix_usable(int l, int n, int ub);
+int nf_stream_slot_eval_rest(struct nf_stream *s, int i, const int32_t *tokens, int n);
 /* toks[r] for slot idx[r], r < n (distinct slots). */
 int nf_stream_step(struct nf_stream *s, const int *idx, const int32_t *toks, int n);
 const float *nf_stream_slot_logits(const struct nf_stream *s, int i); /* (n_vocab) */
@@ -189,8 +205,7 @@ const struct nf_hparams *nf_stream_hparams(const struct nf_stream *s);
 int nf_stream_n_past(const struct nf_stream *s);
 int nf_stream_n_ctx(const struct nf_stream *s);
 /* Tokens per prompt chunk (the ubatch): nf_stream_eval cuts n tokens into chunks of this many
- * from its first position, so a prefix of whole chunks is computed the same whatever follows
- * (the compute daemon's prefix reuse relies on it). */
+ * from its first position (nf_stream_slot_eval_rest: as many chunks, sized otherwise). */
 int nf_stream_ubatch(const struct nf_stream *s);
 /* Groups (dense) or experts (MoE) per layer: the length of the used bitmaps. */
 uint32_t nf_stream_n_groups(const struct nf_stream *s);

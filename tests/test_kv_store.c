@@ -289,6 +289,36 @@ static void test_bad_files(void **state)
     }
 }
 
+/* Token counts (ubatch 8): any but one more than a multiple of the ubatch, which would end
+ * with a position its prompt evaluated as a chunk of its own (nf_stream_prefix_kept). */
+static void test_token_counts(void **state)
+{
+    (void)state;
+    char err[512];
+    static struct slot a;
+    fill(&a, 4);
+    int32_t ids[19];
+    ids_of(ids, 19, 300);
+    struct nf_kv_store ks;
+    empty_dir();
+    open_store(&ks, &id0, 1 << 20);
+    assert_int_equal(nf_kv_store_save(&ks, ids, 19, rows, &a, err, sizeof(err)), 0);
+    nf_kv_store_close(&ks);
+    open_store(&ks, &id0, 1 << 20);
+    assert_int_equal(n_warn, 0);
+    assert_int_equal(ks.n, 1);
+    nf_kv_store_close(&ks);
+    empty_dir();
+    open_store(&ks, &id0, 1 << 20);
+    assert_int_equal(nf_kv_store_save(&ks, ids, 17, rows, &a, err, sizeof(err)), 0);
+    nf_kv_store_close(&ks);
+    open_store(&ks, &id0, 1 << 20);
+    assert_int_equal(ks.n, 0);
+    assert_int_equal(n_warn, 1);
+    assert_non_null(strstr(last_warn, "token count out of range"));
+    nf_kv_store_close(&ks);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) {
@@ -298,6 +328,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_lru),
+        cmocka_unit_test(test_token_counts),
         cmocka_unit_test(test_bad_files),
     };
     const int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,11 +1,16 @@
 /* test_prefix_engine.c - the rule behind the compute daemon's prefix reuse (daemons/compute/gen.h),
  * checked on the streaming engine: a slot that evaluated prompt A and generated from it, rolled
- * back to A's whole ubatch chunks (n_A / ub * ub positions) and given the rest of a prompt B
- * that extends A and its output, leaves bit for bit the logits of B evaluated cold on a fresh
- * slot, for the prompt and every later decode step; on dense, quantized and MoE models, with
- * ubatches of 32, 8 and 5; and with the KV cache on disk (common/kv_file.c). It also reports,
- * without asserting, what reusing A's partial last chunk as well would change (docs/exactness.md
- * cites it). */
+ * back to what it keeps of A (nf_stream_prefix_kept: all of A's 45 positions, but the last when
+ * it was a chunk of its own) and what B may reuse of it (nf_stream_prefix_usable), and given the
+ * rest of a prompt B that extends A and its output (nf_stream_slot_eval_rest: chunks of two
+ * tokens or more, a last one alone where a cold run has it alone), leaves bit for bit the
+ * logits of B evaluated cold on a fresh slot, for the prompt and every later decode step; on
+ * dense, quantized and MoE models, with ubatches of 32, 8, 5 and 23 (A's last chunk partial),
+ * 4 and 11 (of one token: not kept); and a prompt C of A and one token more, which leaves one
+ * token to evaluate (reused: one position fewer, but at ubatch 5, where C's last token is a
+ * chunk of its own cold too); and with the KV cache on disk (common/kv_file.c). It also
+ * reports, without asserting, what reusing A's generated tokens as well would change
+ * (docs/exactness.md cites it). */
 #include <dirent.h>
 #include <math.h>
 #include <setjmp.h>
@@ -61,6 +66,24 @@ static double max_diff(const float *a, const float *b, size_t n)
 static int kv_block;
 static enum nf_type kv_tk, kv_tv;
 
+/* Slot 1 rolled back to keep positions and given the rest of the n tokens at b, then STEPS
+ * greedy steps: the logits (into warm) must be cold's bit for bit. */
+static void warm_vs_cold(struct nf_stream *s, const char *name, const char *what, const int32_t *b,
+                         int n, int keep, const float *cold, float *warm)
+{
+    const int V = nf_stream_hparams(s)->n_vocab;
+    assert_int_equal(nf_stream_slot_rollback(s, 1, keep), 0);
+    assert_int_equal(nf_stream_slot_eval_rest(s, 1, b + keep, n - keep), 0);
+    memcpy(warm, nf_stream_slot_logits(s, 1), sizeof(float) * V);
+    decode(s, 1, STEPS, V, warm + V, NULL);
+    for (int k = 0; k <= STEPS; k++)
+        if (memcmp(cold + (size_t)k * V, warm + (size_t)k * V, sizeof(float) * V))
+            fail_msg("%s, ubatch %d, KV blocks %d: %s from %d kept positions differs from cold "
+                     "at step %d (max |diff| %.3g)",
+                     name, nf_stream_ubatch(s), kv_block, what, keep, k,
+                     max_diff(cold + (size_t)k * V, warm + (size_t)k * V, (size_t)V));
+}
+
 static void check_model(const char *name, int n_ubatch)
 {
     char in[512], nft[512], err[512];
@@ -115,18 +138,10 @@ static void check_model(const char *name, int n_ubatch)
     assert_int_equal(nf_stream_slot_eval(s, 0, b, nb), 0);
     memcpy(cold, nf_stream_slot_logits(s, 0), sizeof(float) * V);
     decode(s, 0, STEPS, V, cold + V, NULL);
-    /* B from A's whole chunks on slot 1: identical, prompt and steps. */
-    const int keep = LEN_A / ub * ub;
-    assert_int_equal(nf_stream_slot_rollback(s, 1, keep), 0);
-    assert_int_equal(nf_stream_slot_eval(s, 1, b + keep, nb - keep), 0);
-    memcpy(warm, nf_stream_slot_logits(s, 1), sizeof(float) * V);
-    decode(s, 1, STEPS, V, warm + V, NULL);
-    for (int k = 0; k <= STEPS; k++)
-        if (memcmp(cold + (size_t)k * V, warm + (size_t)k * V, sizeof(float) * V))
-            fail_msg("%s, ubatch %d, KV blocks %d: B from %d kept positions differs from cold "
-                     "at step %d (max |diff| %.3g)",
-                     name, ub, kv_block, keep, k,
-                     max_diff(cold + (size_t)k * V, warm + (size_t)k * V, (size_t)V));
+    /* B from what slot 1 keeps of A: identical, prompt and steps. */
+    const int keep = nf_stream_prefix_usable(nf_stream_prefix_kept(LEN_A, ub), nb, ub);
+    assert_int_equal(keep, LEN_A - (LEN_A % ub == 1));
+    warm_vs_cold(s, name, "B", b, nb, keep, cold, warm);
     /* What reusing A whole and its output would give (slot 2 replays A and its output). */
     nf_stream_slot_reset(s, 2);
     assert_int_equal(nf_stream_slot_eval(s, 2, b, LEN_A), 0);
@@ -136,10 +151,19 @@ static void check_model(const char *name, int n_ubatch)
     assert_int_equal(nf_stream_slot_eval(s, 2, b + all, nb - all), 0);
     memcpy(warm, nf_stream_slot_logits(s, 2), sizeof(float) * V);
     decode(s, 2, STEPS, V, warm + V, NULL);
-    printf("%s, ubatch %2d%s: reusing %d whole-chunk positions: bit-identical; reusing all %d: "
+    printf("%s, ubatch %2d%s: reusing %d prompt positions: bit-identical; reusing all %d: "
            "max |diff| %.3g over the prompt and %d steps\n",
            name, ub, kv_block ? ", KV on disk" : "", keep, all,
            max_diff(cold, warm, (size_t)(STEPS + 1) * V), STEPS);
+    /* C = A and one token: one position fewer reused, unless C's last token is a chunk of its
+     * own cold as well (ubatch 5). */
+    const int keep_c = nf_stream_prefix_usable(nf_stream_prefix_kept(LEN_A, ub), LEN_A + 1, ub);
+    assert_int_equal(keep_c, ub == 5 ? LEN_A : LEN_A - 1);
+    nf_stream_slot_reset(s, 0);
+    assert_int_equal(nf_stream_slot_eval(s, 0, b, LEN_A + 1), 0);
+    memcpy(cold, nf_stream_slot_logits(s, 0), sizeof(float) * V);
+    decode(s, 0, STEPS, V, cold + V, NULL);
+    warm_vs_cold(s, name, "C", b, LEN_A + 1, keep_c, cold, warm);
     free(cold);
     free(warm);
     nf_stream_free(s);
@@ -152,6 +176,9 @@ static void check_all_ubatches(const char *name)
     check_model(name, 32);
     check_model(name, 8);
     check_model(name, 5);
+    check_model(name, 4);
+    check_model(name, 11);
+    check_model(name, 23);
 }
 
 static void test_stories(void **state)
@@ -185,9 +212,11 @@ static void test_kv_disk(void **state)
     kv_block = 4;
     check_model("stories260K", 8);
     check_model("stories260K", 5);
+    check_model("stories260K", 4);
     kv_tk = NF_TYPE_Q8_0;
     kv_tv = NF_TYPE_Q4_0;
     check_model("zoo-Q8_0", 5);
+    check_model("zoo-Q8_0", 23);
     kv_tk = kv_tv = 0;
     kv_block = 0;
 }

@@ -3,9 +3,9 @@
 # stories260K, zoo-Q4_K_M and moe-Q4_K_M with `up -ub 8 --parallel 2`: a first `gen`, an
 # unrelated one (which takes the other slot), then a second turn whose prompt is the first's
 # prompt, its output and more words: it starts from the first's kept prompt (stats: a hit, the
-# tokens reused are the first prompt's whole 8-token chunks) and gives `run`'s cold output line
-# for line, greedy and seeded; a prompt that diverges mid-way reuses only the whole chunks of
-# the common part; with `--prefix-cache off` nothing is reused and the output is the same; a bad
+# tokens reused are the first prompt's, all of them unless its last 8-token chunk had one token)
+# and gives `run`'s cold output line for line, greedy and seeded; a prompt that diverges mid-way
+# reuses the common part; with `--prefix-cache off` nothing is reused and the output is the same; a bad
 # --prefix-cache value is refused. Stories260K again with the KV cache on disk in blocks of 4,
 # and of 12 (a rollback that ends inside a block).
 set -u
@@ -27,10 +27,11 @@ P3="Once upon a time, there was a little girl named Lily. She had a big red ball
 # in $T: every ID.gen equals ID.run line for line (the summary's ids, text and stop; not its
 # timings), and the change of compute's prefix_hits and prefix_reused between the stats taken
 # before and after each request is what the rule of daemons/compute/gen.h gives: the common
-# prefix of the prompt's ids and those the slot kept (the whole 8-token chunks of the prompt the
-# slot ran last), at most the prompt's length less one, rounded down to a multiple of 8, 0 below
-# 16; or nothing with OFF. Slots: 1 and q take one each (q the other: the least recently used),
-# 2 must take 1's, 2s 2's, and 3 (diverging mid-way) the slot with the longer reuse.
+# prefix of the prompt's ids and those the slot kept (the prompt the slot ran last, less its
+# last token when that was a chunk of its own), at most the prompt's length less one, one less
+# when a single token would be left before the end or a last one-token chunk, 0 below 16; or
+# nothing with OFF. Slots: 1 and q take one each (q the other: the least recently used), 2 must
+# take 1's, 2s 2's, and 3 (diverging mid-way) the slot with the longer reuse.
 verify() {
     python3 - "$T" "$1" "$2" <<'PY'
 import json, sys
@@ -50,11 +51,14 @@ for r in ("1", "q", "2", "2s", "3"):
     check(f"gen {r} gives run's (cold) output, line for line", same)
     ids[r] = gen[-1]["prompt_ids"]
 def reuse(kept, n):
-    k = kept[: len(kept) // 8 * 8]
+    # nf_stream_prefix_kept and nf_stream_prefix_usable (common/stream.h) at ubatch 8
+    k = kept[: len(kept) - (1 if len(kept) % 8 == 1 else 0)]
     l = 0
     while l < len(k) and l < len(n) and k[l] == n[l]:
         l += 1
-    l = min(l, len(n) - 1) // 8 * 8
+    l = min(l, len(n) - 1)
+    if len(n) - l - (1 if len(n) % 8 == 1 else 0) == 1:
+        l -= 1
     return l if l >= 16 else 0
 slots = []  # the prompts the two slots kept, as the requests ran
 stats = [json.load(open(f"{T}/s{i}.stats"))["compute"] for i in range(6)]
@@ -81,8 +85,8 @@ PY
 # prefix_check NAME MODEL [off|disk|disk12]: the scenario of the header on a stack of MODEL (with
 # off: up --prefix-cache off, where nothing may be reused; with disk: the KV cache on disk in
 # blocks of 4, `up --kv-offload on --kv-block 4`, so a kept prefix comes back from the file; with
-# disk12: blocks of 12, so that the rollback to a kept prefix (a multiple of 8) can end inside a
-# block, which it reads back from the file while the blocks after it are given back).
+# disk12: blocks of 12, so that the rollback to a kept prefix can end inside a block, which it
+# reads back from the file while the blocks after it are given back).
 prefix_check() {
     local name=$1 M=$2 mode=${3:-} off= R="$T/run-$1" rc text k=0
     local upf=(-m "$M" --ram 256M -t 1 -ub 8 --parallel 2 --run-dir "$R")

@@ -71,19 +71,22 @@ struct nf_gen_job {
 /* Prefix reuse (`up --prefix-cache on`, the default): each KV cache slot keeps, after its
  * sequence ends, the tokens of the prompt positions whose cells hold exactly what a cold
  * evaluation of those tokens leaves there. A prompt is evaluated in chunks of the ubatch from
- * position 0, and a chunk's cells depend on its extent (the attention of a chunk pads its view
- * of the cache to the chunk's last position, and a chunk of one token takes the one-token
- * kernels), so only the whole chunks of the prompt qualify: the first n_prompt / ub * ub
- * positions; the last partial chunk and the generated tokens (one-token steps) are computed
- * differently from a longer prompt's chunks and are not kept. A request whose prompt starts
- * with kept tokens takes the free slot with the longest such prefix (a multiple of the ubatch,
- * at least NF_GEN_PREFIX_MIN, at most n_prompt - 1), rolls the slot back to it and evaluates
- * the rest of its prompt from there, in chunks aligned as a cold run's: its output is bit for
- * bit a cold run's (docs/exactness.md). */
+ * position 0; every multi-token kernel (the matrix products, the chunk's attention over its
+ * padded view) gives a token the same bits whatever the chunk's extent and the token's place in
+ * it, but a chunk of one token takes the one-token kernels. So a slot keeps all of its prompt
+ * but a last position that was a chunk of its own (nf_stream_prefix_kept, common/stream.h: n
+ * positions, n - 1 when n % ub == 1); the generated tokens (one-token steps) are not kept. A
+ * request whose prompt starts with kept tokens takes the free slot with the longest such prefix
+ * (at least NF_GEN_PREFIX_MIN, at most n_prompt - 1, one fewer when a single token would be
+ * left before the end or a cold run's last one-token chunk: nf_stream_prefix_usable), rolls the
+ * slot back to it and evaluates the rest of its prompt from there in chunks of two tokens or
+ * more, the last one alone exactly when a cold run evaluates it alone
+ * (nf_stream_slot_eval_rest): every position is computed by the kernels a cold run uses for
+ * it, so its output is bit for bit a cold run's (docs/exactness.md). */
 #define NF_GEN_PREFIX_MIN 16
 struct nf_gen_kept {
     int32_t *ids;  /* (n_ctx) */
-    int n;         /* tokens kept: a multiple of the ubatch, 0 for none */
+    int n;         /* tokens kept (nf_stream_prefix_kept), 0 for none */
     uint64_t used; /* g->kept_clock when last stored or taken (the least recent goes first) */
     bool saved;    /* the prefix store (--kv-store) holds these n tokens, or a longer prefix */
 };
@@ -94,8 +97,8 @@ struct nf_gen_kept {
  * whole), and for every slot when compute stops (`down`). Writing when a sequence is kept would
  * put the store's writes (megabytes a token for a 7B model) in every request's path, most of
  * them for prefixes the slot keeps anyway; writing at eviction and at stop loses only what a
- * crash interrupts. A request whose prompt shares more whole chunks with a stored prefix than
- * with its slot's kept one has that prefix read into its slot (the file straight into the
+ * crash interrupts. A request whose prompt may reuse more of a stored prefix than of its slot's
+ * kept one has that prefix read into its slot (the file straight into the
  * slot's cache, no other buffer: within the plan's memory) and starts from it, as from a kept
  * prefix. With the KV cache on disk (--kv-offload) the store is not used (one warning). */
 #define NF_GEN_KV_STORE_MAX NF_KV_STORE_DEFAULT_MAX

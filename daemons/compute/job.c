@@ -35,18 +35,16 @@ int nf_gen_prefix_len(const struct nf_gen *g, int slot, const int32_t *ids, int 
         l++;
     if (common)
         *common = l;
-    /* Whole chunks only (k->n is a multiple of the ubatch, so is l rounded down), and at least
-     * one token left to evaluate: the logits of the prompt's last token are needed. */
-    const int ub = nf_stream_ubatch(g->s);
-    if (l > n - 1)
-        l = n - 1;
-    l = l / ub * ub;
+    /* At least one token left to evaluate (its logits are needed), and no chunk of one token
+     * where a cold run's chunk has more (gen.h). */
+    l = nf_stream_prefix_usable(l, n, nf_stream_ubatch(g->s));
     return l >= NF_GEN_PREFIX_MIN ? l : 0;
 }
 
-/* After r's prompt eval (toks[0..n), rc its result): what its slot keeps. On success, the
- * tokens of the whole ubatch chunks (gen.h); on failure nothing (the cells past the reused
- * prefix were partly overwritten, and an error leaves the sequence undefined). Counts a hit. */
+/* After r's prompt eval (toks[0..n), rc its result): what its slot keeps. On success, every
+ * prompt position but a last one evaluated as a chunk of its own (gen.h); on failure nothing (the
+ * cells past the reused prefix were partly overwritten, and an error leaves the sequence
+ * undefined). Counts a hit. */
 static void prefix_keep(struct nf_gen_run *r, const int32_t *toks, int n, int rc)
 {
     struct nf_gen *g = r->g;
@@ -58,8 +56,7 @@ static void prefix_keep(struct nf_gen_run *r, const int32_t *toks, int n, int rc
         k->n = 0;
         return;
     }
-    const int ub = nf_stream_ubatch(g->s);
-    k->n = n / ub * ub;
+    k->n = nf_stream_prefix_kept(n, nf_stream_ubatch(g->s));
     k->saved = false;
     memcpy(k->ids, toks, sizeof(int32_t) * (size_t)k->n);
     if (r->reuse > 0) {
@@ -98,7 +95,8 @@ static int job_eval(void *ud, const int32_t *toks, int n, bool prompt)
     g->step = atomic_fetch_add(&c->c_step, 1) + 1;
     if (!prompt)
         nf_stream_set_abort(g->s, &r->j->cancel);
-    int rc = nf_stream_slot_eval(g->s, r->slot, toks + skip, n - skip);
+    /* From a reused prefix: one-token chunks where a cold run has them only (gen.h). */
+    int rc = nf_stream_slot_eval_rest(g->s, r->slot, toks + skip, n - skip);
     if (!prompt)
         nf_stream_set_abort(g->s, NULL);
     const uint64_t dt = nf_now_ns() - t0;

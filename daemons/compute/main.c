@@ -89,7 +89,7 @@ static void usage(FILE *out)
             "  --prefix-cache on|off\n"
             "                      keep each slot's prompt tokens after its sequence ends, and\n"
             "                      start a prompt that extends them from the kept KV cells\n"
-            "                      (whole ubatch chunks: the output is the same) (default: on)\n"
+            "                      (the output is the same) (default: on)\n"
             "  --kv-store DIR      keep the kept prefixes' KV cells in DIR across restarts:\n"
             "                      saved when a request overwrites one and at stop, read\n"
             "                      back for a prompt that extends one (the output is the\n"

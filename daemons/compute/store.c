@@ -123,12 +123,11 @@ void nf_gen_store_prepare(struct nf_gen_run *r, int n)
     if (!g->ks || n < 1)
         return;
     struct nf_gen_kept *k = &g->kept[r->slot];
-    /* The stored prefix sharing the most with the prompt, by the kept prefixes' rule (whole
-     * chunks, at least NF_GEN_PREFIX_MIN, at most n - 1). */
+    /* The stored prefix sharing the most with the prompt, by the kept prefixes' rule
+     * (nf_stream_prefix_usable, at least NF_GEN_PREFIX_MIN). */
     int common = 0;
     const int e = nf_kv_store_match(g->ks, r->ids, n, nf_stream_n_ctx(g->s), &common);
-    const int ub = nf_stream_ubatch(g->s);
-    int l = (common < n - 1 ? common : n - 1) / ub * ub;
+    int l = nf_stream_prefix_usable(common, n, nf_stream_ubatch(g->s));
     if (l < NF_GEN_PREFIX_MIN)
         l = 0;
     const int reuse = l > r->reuse ? l : r->reuse;
