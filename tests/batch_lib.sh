@@ -127,7 +127,10 @@ PY
 # runs batch_check NAME. Whether the staggered clients overlap depends on the machine's load (a
 # loaded run saw none share a step once), so shared steps are not required unless
 # BATCH_NEED_SHARED=1 (test_batch_engine checks them deterministically); each client's exact
-# output always is.
+# output always is. The shared models are trained for 128 or 256 tokens, which the client to be
+# cancelled (-n 1000) reached before its Ctrl-C on loaded machines (stories260K at load 20,
+# moe-Q8_0 and zoo-Q4_K_M under the sanitizers at -j2): the stack runs a copy whose context is
+# 2048 unless BATCH_CTX says otherwise.
 batch_test() {
     need_python3 "to read JSON"
     need_daemons
@@ -137,5 +140,6 @@ batch_test() {
     fi
     stack_tmp
     export NANOFLOW_PROGRESS_MS=0 BATCH_NEED_SHARED=${BATCH_NEED_SHARED:-0}
+    export BATCH_CTX=${BATCH_CTX:-2048}
     batch_check "$1"
 }

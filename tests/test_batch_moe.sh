@@ -10,9 +10,5 @@ set -u
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 . "$(dirname "$0")/batch_lib.sh"
-# moe-Q8_0's trained context is 256 tokens, which its cancelled client's -n 1000 reached before
-# the Ctrl-C on a loaded machine (seen under the sanitizers at -j2): the stack runs a copy with
-# 2048, as test_batch_stories does.
-export BATCH_CTX=2048
 batch_test moe-Q8_0
 exit $fail

@@ -11,10 +11,6 @@ set -u
 : "${NF_BIN:?NF_BIN must point to nanoflowctl}"
 : "${NF_SHARED_DIR:?NF_SHARED_DIR must point to the shared directory}"
 . "$(dirname "$0")/batch_lib.sh"
-# stories260K decodes ~400 tok/s and its trained context is 128 tokens: the cancelled client
-# could reach the end of its context before the Ctrl-C (seen at load 20), so the stack runs a
-# copy with 2048.
-export BATCH_CTX=2048
 batch_test stories260K
 # A --parallel whose KV caches do not fit beside the minimum pool is refused with the most that
 # do (stories260K at n_ctx 128: tiny caches, so a budget just above the minimum).
