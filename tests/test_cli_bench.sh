@@ -68,7 +68,14 @@ for r in o["rows"]:
     for k in fields:
         assert k in r, (r["mode"], k)
     assert r["ran"] and r["tokens"] == 3 and r["error"] is None, r
-    assert r["tok_s"] > 0 and r["bytes_per_token"] > 0 and r["peak_bytes"] > 0, r
+    assert r["tok_s"] > 0 and r["peak_bytes"] > 0, r
+    # bench drops the model's pages before each engine, but the kernel keeps those another
+    # process has mapped (other tests reading stories260K at -j2), so the mmap row may read
+    # nothing; it then has no I/O bound. The stack reads with O_DIRECT: always bytes.
+    if r["mode"] == "mmap" and r["bytes_per_token"] == 0:
+        assert r["io_bound_tok_s"] is None and r["vs_io_bound"] is None, r
+        continue
+    assert r["bytes_per_token"] > 0, r
     assert r["io_bound_tok_s"] > 0 and r["vs_io_bound"] > 0, r
 for r in o["rows"][:3]:
     assert r["vs_mmap"] > 0 and 0 <= r["hit_rate"] <= 1 and 0 <= r["stall_share"] <= 1, r
