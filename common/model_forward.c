@@ -536,6 +536,15 @@ static float nf_attn_softmax(const struct nf_ctx *c, float *sc, int n_kv, int h)
     return (float)(1.0 / sum);
 }
 
+/* The softmax scale of the scores: the model's, 1 where Q was scaled before (gemma3, phi3),
+ * else 1 / sqrt(head_dim). */
+static float nf_attn_scale(const struct nf_hparams *hp)
+{
+    return hp->kq_scale                    ? hp->kq_scale
+           : hp->q_scale || hp->q_prescale ? 1.0f
+                                           : 1.0f / sqrtf((float)hp->head_dim);
+}
+
 /* Attention of one query head of one token over cache positions 0..pos. */
 static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_tok, int n_kv,
                          void *scratch)
@@ -543,9 +552,7 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const struct nf_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hp->head_dim, vd = nf_head_dim_v(hp);
     const int kvh = h / (hp->n_head / hp->n_head_kv);
-    const float scale = hp->kq_scale                    ? hp->kq_scale
-                        : hp->q_scale || hp->q_prescale ? 1.0f
-                                                        : 1.0f / sqrtf((float)hd);
+    const float scale = nf_attn_scale(hp);
     /* The first visible cell: gemma3's local layers see the last n_swa positions (llama.cpp's
      * LLAMA_SWA_TYPE_STANDARD masks a cell when pos - cell >= n_swa); the cells before it are
      * masked like those past pos. The cache still keeps every position of a local layer: a
@@ -721,9 +728,7 @@ static void nf_attn_tile(struct nf_ctx *c, int il, int t0, int nt, int kvh, int 
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, vd = nf_head_dim_v(hp);
     const int g = hp->n_head / hp->n_head_kv, nq = nt * g, n_vis = pos0 + t0 + nt;
     const size_t ldp = (size_t)(c->n_ctx + hp->kv_pad);
-    const float scale = hp->kq_scale                    ? hp->kq_scale
-                        : hp->q_scale || hp->q_prescale ? 1.0f
-                                                        : 1.0f / sqrtf((float)hd);
+    const float scale = nf_attn_scale(hp);
     const int qmax = nf_attn_tile_nq(hp, c->n_ctx);
     nf_fp16_t *q16 = scratch; /* (nq, hd) */
     float *sc = (void *)((char *)scratch + nf_align64((size_t)qmax * hd * sizeof(nf_fp16_t)));
@@ -787,9 +792,7 @@ static void nf_attn_tile_q(struct nf_ctx *c, int il, int t0, int nt, int kvh, in
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hd, vd = nf_head_dim_v(hp);
     const int g = hp->n_head / hp->n_head_kv, nq = nt * g, n_vis = pos0 + t0 + nt;
     const size_t ldp = (size_t)(c->n_ctx + hp->kv_pad);
-    const float scale = hp->kq_scale                    ? hp->kq_scale
-                        : hp->q_scale || hp->q_prescale ? 1.0f
-                                                        : 1.0f / sqrtf((float)hd);
+    const float scale = nf_attn_scale(hp);
     const int qmax = nf_attn_tile_nq(hp, c->n_ctx);
     const struct nf_type_traits *tr = nf_type_traits(c->type_k);
     /* A quantized query takes fewer bytes than nf_attn_tile's F16 one (q8_0: 34 per 32). */
@@ -1001,13 +1004,6 @@ static void nf_walk_init(const struct nf_walk_job *j, struct nf_walk_mem *w, int
     memset(w->acc16, 0, sizeof(nf_fp16_t) * (size_t)vd);
 }
 
-static float nf_walk_scale(const struct nf_hparams *hp)
-{
-    return hp->kq_scale                    ? hp->kq_scale
-           : hp->q_scale || hp->q_prescale ? 1.0f
-                                           : 1.0f / sqrtf((float)hp->head_dim);
-}
-
 /* The scores of cells [c0, c1) (those up to the task's position). */
 static void nf_walk_k(const struct nf_walk_job *j, struct nf_walk_mem *w)
 {
@@ -1016,7 +1012,7 @@ static void nf_walk_k(const struct nf_walk_job *j, struct nf_walk_mem *w)
     const struct nf_walk_task *tk = w->tk;
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hd;
     const int kvh = tk->h / (hp->n_head / hp->n_head_kv), lo = tk->lo;
-    const float scale = nf_walk_scale(hp);
+    const float scale = nf_attn_scale(hp);
     const int c0 = j->c0, c1 = j->c1 < tk->pos + 1 ? j->c1 : tk->pos + 1;
     float *sc = w->sc;
     if (c1 <= c0)
@@ -1183,7 +1179,7 @@ static void nf_walk_flash(const struct nf_walk_job *j, struct nf_walk_mem *w)
     /* cell c0's rows of K and V (deepseek2's: its latent, the K cache), the others kvd apart */
     const nf_fp16_t *kc = nf_walk_row(j, 0, j->c0, kvh);
     const nf_fp16_t *vc = nf_walk_row(j, hp->n_lora_kv ? 0 : 1, j->c0, kvh);
-    const float scale = nf_walk_scale(hp);
+    const float scale = nf_attn_scale(hp);
     const int c1 = j->c1 < tk->pos + 1 ? j->c1 : tk->pos + 1;
     for (int ic = j->c0 > tk->lo ? j->c0 : tk->lo; ic < c1; ic++) {
         float s = nf_dot_f16(kc + (size_t)(ic - j->c0) * kvd, w->q16, hd) * scale;
