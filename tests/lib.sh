@@ -69,7 +69,20 @@ stack_tmp_cleanup() {
     for d in "$T"/run-*; do
         [ -d "$d" ] && "$NF_BIN" down --run-dir "$d" >/dev/null 2>&1
     done
+    keep_failed
     rm -rf "$T"
+}
+
+# keep_failed: when NF_TEST_KEEP names a directory and the test failed (fail=1), copies the
+# scratch directory T (outputs, run directories with the daemons' logs; not the model copies,
+# *.gguf) to NF_TEST_KEEP/TEST.DATE.PID before it is removed, so that a failure seen once in a
+# loop (`ctest --repeat until-fail:50`) can be read afterwards. Call it from the EXIT trap.
+keep_failed() {
+    [ -n "${NF_TEST_KEEP:-}" ] && [ "$fail" -ne 0 ] && [ -d "${T:-}" ] || return 0
+    local dst
+    dst="$NF_TEST_KEEP/$(basename "$0" .sh).$(date +%H%M%S).$$"
+    mkdir -p "$dst" && tar -C "$T" --exclude='*.gguf' -cf - . 2>/dev/null | tar -C "$dst" -xf - &&
+        echo "kept: $dst"
 }
 
 # need_daemons: skips the test (exit 77) unless the three stack daemons are where `up` looks for

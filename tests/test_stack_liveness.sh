@@ -22,6 +22,7 @@ STOPPED=
 cleanup() {
     [ -n "$STOPPED" ] && kill -CONT "$STOPPED" 2>/dev/null
     "$NF_BIN" down --run-dir "$R" >/dev/null 2>&1
+    keep_failed
     rm -rf "$T"
 }
 trap cleanup EXIT
