@@ -37,6 +37,9 @@
 #define TIMEOUT_MS 20000
 
 static char tmpdir[256], nft_path[512], bad_path[512];
+/* When >= 0, the file descriptor spawn gives compute as its stdout and stderr (its log in
+ * --foreground) instead of its .out file. */
+static int compute_log_fd = -1;
 
 struct stack {
     char run_dir[600];
@@ -88,7 +91,9 @@ static pid_t spawn(const char *bin, const char *run_dir, const char *model, cons
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        int fd = compute_log_fd >= 0 && !strcmp(bin, COMPUTE)
+                     ? compute_log_fd
+                     : open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (fd >= 0) {
             dup2(fd, 1);
             dup2(fd, 2);
@@ -729,6 +734,75 @@ static void test_queue_limit_and_wait(void **state)
     stack_down(&s);
 }
 
+/* Reads the pipe fd (non-blocking) until what came through holds needle, at most TIMEOUT_MS;
+ * true when it did. */
+static bool read_until(int fd, const char *needle)
+{
+    static char buf[1 << 16];
+    size_t n = 0;
+    for (int waited = 0; waited <= TIMEOUT_MS; waited += 10) {
+        ssize_t r;
+        while (n < sizeof(buf) - 1 && (r = read(fd, buf + n, sizeof(buf) - 1 - n)) > 0)
+            n += (size_t)r;
+        buf[n] = '\0';
+        if (strstr(buf, needle))
+            return true;
+        if (n == sizeof(buf) - 1) { /* keep the tail, where a line may be half read */
+            memmove(buf, buf + n - 1024, 1024);
+            n = 1024;
+        }
+        sleep_ms(10);
+    }
+    return false;
+}
+
+/* A client that has its GenerateDone sees its sequence gone from Stats (active 0) at once, even
+ * while compute's worker is held up right after the reply. The worker used to take the job out
+ * of its slot only after sending the reply, so a Stats answered while it was preempted in
+ * between said `active 1` (what test_batch_*'s stats check could see on a loaded machine). Here
+ * the worker's log line after the reply holds it up: compute logs to a pipe of one page that the
+ * test has filled, so the worker blocks in that write until the test reads the pipe. */
+static void test_stats_after_reply(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    assert_true(fcntl(p[0], F_SETPIPE_SZ, 4096) > 0);
+    assert_int_equal(fcntl(p[0], F_SETFL, O_NONBLOCK), 0);
+    /* Our own non-blocking way into the pipe (compute's descriptors stay blocking). */
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", p[1]);
+    const int wfd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    assert_true(wfd >= 0);
+    compute_log_fd = p[1];
+    struct stack s;
+    stack_up(&s, nft_path, "after-reply");
+    compute_log_fd = -1;
+    close(p[1]);
+    assert_true(read_until(p[0], "ready on")); /* its start-up lines are out */
+    size_t filled = 0;
+    while (write(wfd, "x", 1) == 1) /* until full: the next log line blocks its writer */
+        filled++;
+    assert_true(errno == EAGAIN && filled > 0);
+    send_generate(s.fd, 1, "Once upon a time", 4, 0.0f, 0, 0);
+    int32_t got[8];
+    float top[8];
+    char stop[32], msg[512];
+    int code;
+    assert_int_equal(collect(s.fd, 1, got, top, stop, &code, msg, sizeof(msg)), 4);
+    assert_int_equal(code, 0);
+    const uint64_t active = stat_value(s.fd, "active");
+    /* The worker's line about the request comes through only now: it was held up meanwhile. */
+    const bool line = read_until(p[0], "generated tokens");
+    print_message("active %llu after the reply, %zu bytes filled the log pipe, its line %s\n",
+                  (unsigned long long)active, filled, line ? "came after" : "never came");
+    close(wfd);
+    stack_down(&s);
+    close(p[0]);
+    assert_true(line);
+    assert_int_equal(active, 0);
+}
+
 /* A prompt of several evaluation chunks is reported as it goes (PromptProgress, here after every
  * chunk: NANOFLOW_PROGRESS_MS=0), so a client's --timeout does not fire during a long prompt;
  * the tokens that follow are still run's. */
@@ -785,6 +859,7 @@ int main(void)
         cmocka_unit_test(test_generate_equals_run),  cmocka_unit_test(test_corrupt_tile),
         cmocka_unit_test(test_bad_requests),         cmocka_unit_test(test_cancel_own_connection),
         cmocka_unit_test(test_queue_limit_and_wait), cmocka_unit_test(test_prompt_progress),
+        cmocka_unit_test(test_stats_after_reply),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

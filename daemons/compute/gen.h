@@ -247,10 +247,11 @@ void nf_gen_store_prepare(struct nf_gen_run *r, int n);
 void nf_gen_store_flush(struct nf_gen *g);
 void nf_gen_store_close(struct nf_gen *g);
 /* job.c: prepares r to run job j (which waited wait_s) on slot: tokenizes the prompt and checks
- * the context. Returns 0, or a negative code after answering j with an Error (r then holds
- * nothing). Allocates per request (tokens, sampler); the steps do not. */
+ * the context. Returns 0, or a negative code with err saying why (r then holds nothing): the
+ * caller answers j with that Error once j has left its slot (queue.c, slot_release).
+ * Allocates per request (tokens, sampler); the steps do not. */
 int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *j, int slot,
-                     double wait_s);
+                     double wait_s, char *err, size_t errlen);
 /* job.c: one step of r (nf_gen_seq_step): the first evaluates its prompt alone on its slot,
  * each later one samples and sends a token and leaves the token's evaluation pending for
  * nf_gen_run_batch. Returns 1 while r runs, 0 once it has stopped. */
@@ -258,8 +259,8 @@ int nf_gen_run_step(struct nf_gen_run *r);
 /* job.c: evaluates the pending tokens of rs[0..n) in one batched step; a failure ends each of
  * those sequences (a cancel at shutdown, else an error naming the tile). */
 void nf_gen_run_batch(struct nf_gen *g, struct nf_gen_run *const *rs, int n);
-/* job.c: r has stopped: answers its client (GenerateDone, or an Error) and frees what r
- * holds. */
+/* job.c: r has stopped and its job has left its slot (queue.c, slot_release): answers its
+ * client (GenerateDone, or an Error) and frees what r holds. */
 void nf_gen_run_end(struct nf_gen *g, struct nf_gen_run *r);
 /* reply.c: the frames of a generation; each returns nf_server_send's result. */
 int nf_gen_send_error(struct nf_gen *g, const struct nf_gen_job *j, int code, const char *msg);

@@ -18,7 +18,7 @@ int nf_gen_job_tokens(struct nf_gen *g, struct nf_gen_job *j)
         char err[512];
         j->n_ids = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &j->ids, err, sizeof(err));
         if (j->n_ids < 0)
-            return j->n_ids; /* j->ids stays NULL: nf_gen_run_begin answers the error */
+            return j->n_ids; /* j->ids stays NULL: nf_gen_run_begin says why */
     }
     return j->n_ids;
 }
@@ -258,9 +258,8 @@ static void job_failed(struct nf_gen *g, const struct nf_gen_job *j, const struc
 }
 
 int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *j, int slot,
-                     double wait_s)
+                     double wait_s, char *err, size_t errlen)
 {
-    char err[512];
     *r = (struct nf_gen_run){.g = g, .j = j, .slot = slot, .wait_s = wait_s};
     r->e = (struct nf_gen_engine){.eval = job_eval,
                                   .logits = job_logits,
@@ -287,11 +286,9 @@ int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *
                 g->dctx = NULL;
             }
         }
-        if (rc < 0) {
-            snprintf(err, sizeof(err), "creating the draft model's context: %s", nf_strerror(rc));
-            nf_gen_send_error(g, j, rc, err);
-            return rc;
-        }
+        if (rc < 0)
+            return nf_errf(err, errlen, rc, "creating the draft model's context: %s",
+                           nf_strerror(rc));
         r->draft = (struct nf_gen_draft){.draft = nf_gen_draft_model_run, .ud = &g->dm};
     }
     const struct nf_gen_params p = {.max_tokens = j->n_predict,
@@ -308,19 +305,18 @@ int nf_gen_run_begin(struct nf_gen *g, struct nf_gen_run *r, struct nf_gen_job *
     r->ids = j->ids;
     j->ids = NULL;
     if (!r->ids)
-        n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &r->ids, err, sizeof(err));
+        n = nf_gen_tokenize(g->v, j->prompt, j->prompt_len, true, &r->ids, err, errlen);
     if (n > 0) {
         r->reuse = nf_gen_prefix_len(g, slot, r->ids, n, &r->common);
         nf_gen_store_prepare(r, n);
     }
-    if (n < 0 || (n = nf_gen_seq_init(&r->q, &r->e, g->v, r->ids, n, &p, err, sizeof(err))) < 0) {
+    if (n < 0 || (n = nf_gen_seq_init(&r->q, &r->e, g->v, r->ids, n, &p, err, errlen)) < 0) {
         if (n == NF_ECTXFULL) { /* as `run` says it: what bounds the context */
             const size_t l = strlen(err);
-            snprintf(err + l, sizeof(err) - l,
+            snprintf(err + l, l < errlen ? errlen - l : 0,
                      " (the stack's n_ctx, set by 'up -c' up to the model's trained length %d)",
                      nf_stream_hparams(g->s)->n_ctx_train);
         }
-        nf_gen_send_error(g, j, n, err);
         nf_gen_seq_free(&r->q);
         free(r->ids);
         r->ids = NULL;

@@ -22,7 +22,11 @@ static void job_free(struct nf_gen_job *j)
     free(j);
 }
 
-/* Worker: frees slot i's entry of the running table. */
+/* Worker: frees slot i's entry of the running table. Called before the job's last frame
+ * (GenerateDone or Error) is sent, never after: a client that has its reply and then asks for
+ * Stats must not see its sequence still `active` (the stats check of test_batch_*, which a
+ * worker preempted between the reply and the release would fail). Out of the table the job can
+ * no longer be cancelled, which nothing needs: it has stopped. */
 static void slot_release(struct nf_gen *g, int i)
 {
     pthread_mutex_lock(&g->mu);
@@ -153,14 +157,20 @@ static void *worker(void *arg)
         for (int k = 0; k < n; k++) {
             const int i = fresh[k];
             struct nf_gen_job *j = g->running[i]; /* only the worker changes a slot's job */
-            if (atomic_load(&j->cancel)) {
-                nf_gen_send_done(g, j, NULL, 0, 0, "cancel", 0, 0, wait_s[k]);
-            } else if (nf_gen_run_begin(g, &runs[i], j, i, wait_s[k]) == 0) {
+            char err[512];
+            const int brc = atomic_load(&j->cancel)
+                                ? 1
+                                : nf_gen_run_begin(g, &runs[i], j, i, wait_s[k], err, sizeof(err));
+            if (brc == 0) {
                 live[i] = true;
                 nf_gen_run_step(&runs[i]);
                 continue;
             }
             slot_release(g, i);
+            if (brc > 0)
+                nf_gen_send_done(g, j, NULL, 0, 0, "cancel", 0, 0, wait_s[k]);
+            else
+                nf_gen_send_error(g, j, brc, err);
             job_free(j);
         }
         /* One token of every running sequence: sampled and sent, then evaluated together. */
@@ -174,9 +184,9 @@ static void *worker(void *arg)
             if (!live[i] || runs[i].q.stop == NF_GEN_RUNNING)
                 continue;
             struct nf_gen_job *j = runs[i].j;
-            nf_gen_run_end(g, &runs[i]);
             live[i] = false;
             slot_release(g, i);
+            nf_gen_run_end(g, &runs[i]);
             job_free(j);
         }
     }
@@ -187,8 +197,8 @@ static void *worker(void *arg)
         while (nf_gen_run_step(&runs[i]))
             ;
         struct nf_gen_job *j = runs[i].j;
-        nf_gen_run_end(g, &runs[i]);
         slot_release(g, i);
+        nf_gen_run_end(g, &runs[i]);
         job_free(j);
     }
     /* The kept prefixes outlive the daemon in the store (`down`). */
