@@ -1,5 +1,6 @@
 /* test_live.c - the liveness records of a stack's daemons (daemons/common/live.c): start times
- * from /proc, a clean exit, a dead process, a zombie, a reused pid, marking and the message. */
+ * from /proc, a clean exit, a dead process, a zombie, a reused pid, marking and the message, a
+ * check in the middle of another process's marking. */
 #include <errno.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -137,6 +138,37 @@ static void test_mark_message(void **state)
     assert_int_equal(nf_live_pid(&g_st, 0), 0);
 }
 
+/* A checker that comes while another process is inside nf_live_mark(), its record already DEAD
+ * but its bit not yet in the mask (the marker preempted between the two stores), still sees the
+ * death. The checker used to skip a record that was not UP, which let `nanoflowctl up` take a
+ * stack whose compute was SIGKILLed for a running one ("a stack is already running"), in 2 of 50
+ * runs of test_stack_liveness under load. */
+static void test_marked_dead_before_mask(void **state)
+{
+    (void)state;
+    reset();
+    uint64_t self = 0;
+    assert_int_equal(nf_proc_start_time((int)getpid(), &self), 0);
+    record(0, getpid(), self);
+    record(1, getpid(), self);
+    record(2, exited_child(true), 1);
+    /* nf_live_mark(&g_st, NF_READY_COMPUTE) stopped after its first store. */
+    atomic_store(&g_sync.live[2].state, NF_LIVE_DEAD);
+    assert_int_equal(atomic_load(&g_sync.dead_mask), 0);
+    assert_int_equal(nf_live_check(&g_st), NF_READY_COMPUTE);
+    char msg[256];
+    nf_live_message(&g_st, nf_live_check(&g_st), msg, sizeof(msg));
+    assert_non_null(strstr(msg, "the compute (pid"));
+    /* Its pid reused by a live process since: still dead (the record says so). */
+    atomic_store(&g_sync.live[2].pid, getpid());
+    atomic_store(&g_sync.live[2].start, self);
+    assert_int_equal(nf_live_check(&g_st), NF_READY_COMPUTE);
+    /* The mark completed: the same answer. */
+    nf_live_mark(&g_st, NF_READY_COMPUTE);
+    assert_int_equal(atomic_load(&g_sync.dead_mask), NF_READY_COMPUTE);
+    assert_int_equal(nf_live_check(&g_st), NF_READY_COMPUTE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -144,6 +176,7 @@ int main(void)
         cmocka_unit_test(test_register_exit),
         cmocka_unit_test(test_dead),
         cmocka_unit_test(test_mark_message),
+        cmocka_unit_test(test_marked_dead_before_mask),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

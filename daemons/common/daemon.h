@@ -102,8 +102,9 @@ int nf_proc_start_time(int pid, uint64_t *start);
  * state UP; nf_live_unregister marks it EXITED (a clean exit, after the stack was stopped). */
 void nf_live_register(struct nf_stack *st, unsigned ready_bit);
 void nf_live_unregister(struct nf_stack *st, unsigned ready_bit);
-/* The daemons (ready bits) that are dead: marked so in sync->dead_mask, or registered UP while
- * their process is gone, a zombie, or another process with the same pid. Reads only. */
+/* The daemons (ready bits) that are dead: marked so (in sync->dead_mask, or a record already
+ * DEAD whose bit nf_live_mark has yet to add), or registered UP while their process is gone, a
+ * zombie, or another process with the same pid. Reads only. */
 uint32_t nf_live_check(const struct nf_stack *st);
 /* Marks the daemons in dead DEAD and adds them to sync->dead_mask (ringing every bell when that
  * changed it), so that tile waits end and the other daemons refuse work. */

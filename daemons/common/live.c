@@ -84,7 +84,15 @@ uint32_t nf_live_check(const struct nf_stack *st)
         if (dead & (1u << i))
             continue;
         /* Acquire pairs with the release store of UP in nf_live_register(). */
-        if (atomic_load_explicit(&l->state, memory_order_acquire) != NF_LIVE_UP)
+        const uint32_t state = atomic_load_explicit(&l->state, memory_order_acquire);
+        /* DEAD without its bit in the mask yet: another process is inside nf_live_mark(),
+         * between its two stores. Skipped as not UP, such a record once let `up` take a stack
+         * whose compute was SIGKILLed for a running one (the marker preempted in between). */
+        if (state == NF_LIVE_DEAD) {
+            dead |= 1u << i;
+            continue;
+        }
+        if (state != NF_LIVE_UP)
             continue;
         uint64_t start;
         int pid = atomic_load_explicit(&l->pid, memory_order_relaxed);
@@ -101,6 +109,8 @@ uint32_t nf_live_check(const struct nf_stack *st)
 void nf_live_mark(struct nf_stack *st, uint32_t dead)
 {
     struct nf_stack_sync *sy = st->sync;
+    /* Record by record, then the mask: a checker between the two sees the record DEAD, which
+     * nf_live_check() counts as dead as the mask bit is. */
     for (int i = 0; i < NF_STACK_DAEMONS; i++) {
         uint32_t up = NF_LIVE_UP;
         if (dead & (1u << i))
