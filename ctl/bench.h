@@ -83,6 +83,8 @@ struct nf_bench_row {
     double step_bytes;   /* --parallel rows: bytes read per step once every prompt was evaluated */
     double step_used;    /* --parallel rows: tile bytes compute used per step, likewise */
     long dec_steps;      /* --parallel rows: the steps step_bytes is over */
+    double step_mb_s;    /* --parallel rows: MB read per second over those steps' wall time */
+    double step_busy;    /* --parallel rows: share of that time with a read in flight */
     int prompt_tokens;   /* -p: the prompt's tokens as the engine counted them (BOS included) */
     double prompt_tok_s; /* -p: prompt tokens per second (the engine's summary) */
     double ttft;         /* -p: seconds from the request to the first generated token */

@@ -110,6 +110,9 @@ static void fill_decode(struct nf_bench_row *r, const struct nf_stack_snap *mid,
         r->dec_steps = (long)steps;
         r->step_bytes = (double)nf_stage_ctr(&d->st[0], "bytes") / steps;
         r->step_used = (double)nf_stage_ctr(&d->st[2], "tile_bytes_used") / steps;
+        const double wall = s1->t - mid->t;
+        r->step_mb_s = nf_snap_ratio((double)nf_stage_ctr(&d->st[0], "bytes") / 1e6, wall);
+        r->step_busy = nf_snap_ratio((double)nf_stage_ctr(&d->st[0], "busy_ns") * 1e-9, wall);
     }
     free(d);
 }
@@ -158,6 +161,7 @@ void nf_bench_run_parallel(struct nf_bench *b, struct nf_bench_row *r, int n_seq
     snprintf(r->mode, sizeof(r->mode), "stack x%d", n_seq);
     r->n_seq = n_seq;
     r->agg_tok_s = r->shared_batch = r->step_bytes = r->step_used = NAN;
+    r->step_mb_s = r->step_busy = NAN;
     if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", b->base, phase) >= sizeof(dir)) {
         nf_errf(r->error, sizeof(r->error), 0, "run directory name too long");
         return;

@@ -89,26 +89,28 @@ void nf_bench_print_table(const struct nf_bench *b)
     for (int i = 0; i < b->n_rows; i++)
         par |= b->rows[i].n_seq > 0;
     if (par) {
-        printf("\n%-13s %9s %13s %15s %9s %12s %12s %10s %11s\n", "SEQUENCES", "at once",
+        printf("\n%-13s %9s %13s %15s %9s %12s %12s %10s %9s %10s %11s\n", "SEQUENCES", "at once",
                "tok/s per seq", "aggregate tok/s", "MB/token", "MB/dec. step", "used MB/step",
-               "per shared", "peak mem");
+               "per shared", "dec. MB/s", "disk busy", "peak mem");
         for (int i = 0; i < b->n_rows; i++) {
             const struct nf_bench_row *r = &b->rows[i];
             if (!r->n_seq)
                 continue;
-            char c[7][32];
+            char c[9][32];
             fmt_num(c[0], 32, r->ran ? r->tok_s : NAN, "%.3f");
             fmt_num(c[1], 32, r->ran ? r->agg_tok_s : NAN, "%.3f");
             fmt_num(c[2], 32, r->bytes_per_tok / 1e6, "%.1f");
             fmt_num(c[3], 32, r->step_bytes / 1e6, "%.1f");
             fmt_num(c[4], 32, r->step_used / 1e6, "%.1f");
             fmt_num(c[5], 32, r->shared_batch, "%.2f");
+            fmt_num(c[6], 32, r->step_mb_s, "%.0f");
+            fmt_num(c[7], 32, r->step_busy * 100.0, "%.1f%%");
             if (r->peak)
-                nf_ctl_fmt_size(c[6], 32, r->peak);
+                nf_ctl_fmt_size(c[8], 32, r->peak);
             else
-                snprintf(c[6], 32, "-");
-            printf("%-13s %9d %13s %15s %9s %12s %12s %10s %11s\n", r->mode, r->n_seq, c[0], c[1],
-                   c[2], c[3], c[4], c[5], c[6]);
+                snprintf(c[8], 32, "-");
+            printf("%-13s %9d %13s %15s %9s %12s %12s %10s %9s %10s %11s\n", r->mode, r->n_seq,
+                   c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]);
         }
     }
     nf_bench_print_spec(b);
@@ -213,7 +215,9 @@ void nf_bench_print_table(const struct nf_bench *b)
                "token; MB/dec. step: fetcher bytes per compute step once every client had its\n"
                "first token (all prompts evaluated: decode steps only); used MB/step: the tile\n"
                "bytes compute used per such step (MoE: the union of the rows' experts); per\n"
-               "shared: sequences per step that served two or more.\n");
+               "shared: sequences per step that served two or more; dec. MB/s and disk busy:\n"
+               "fetcher bytes per second over those steps' wall time, and the share of it with\n"
+               "a read in flight.\n");
 }
 
 static void jnum(const char *key, double v, bool comma)
@@ -304,6 +308,8 @@ void nf_bench_print_json(const struct nf_bench *b)
         jnum("shared_batch", r->n_seq ? r->shared_batch : NAN, true);
         jnum("decode_step_bytes", r->n_seq ? r->step_bytes : NAN, true);
         jnum("decode_step_used_bytes", r->n_seq ? r->step_used : NAN, true);
+        jnum("decode_mb_s", r->n_seq ? r->step_mb_s : NAN, true);
+        jnum("decode_disk_busy", r->n_seq ? r->step_busy : NAN, true);
         printf("\"prompt_tokens\":%d,", r->prompt_tokens);
         jnum("prompt_tok_s", r->prompt_tok_s, true);
         jnum("ttft_s", r->ttft, true);

@@ -141,12 +141,14 @@ _Static_assert(offsetof(struct nf_stack_counters, mem_fetcher) == 488, "nf_stack
 _Static_assert(offsetof(struct nf_stack_counters, mem_compute) == 504, "nf_stack_counters layout");
 _Static_assert(offsetof(struct nf_stack_counters, f_prefetch_dropped) == 512,
                "nf_stack_counters layout");
-/* 64 counters, then the fetcher's appended drop counters, its KV read counters and the
- * predictor's KV pushes (the area stays within its page). */
+/* 64 counters, then the fetcher's appended drop counters, its KV read counters, the
+ * predictor's KV pushes and the fetcher's peak in flight (the area stays within its page). */
 _Static_assert(offsetof(struct nf_stack_counters, f_kv_prefetch_reads) == 536,
                "nf_stack_counters layout");
+_Static_assert(offsetof(struct nf_stack_counters, f_inflight_peak) == 576,
+               "nf_stack_counters layout");
 _Static_assert(NF_KV_WALK_MAX == NF_STACK_SEQ_MAX, "a walk record holds every sequence");
-_Static_assert(sizeof(struct nf_stack_counters) == 576, "nf_stack_counters size");
+_Static_assert(sizeof(struct nf_stack_counters) == 584, "nf_stack_counters size");
 _Static_assert(_Alignof(struct nf_stack_counters) == 8, "counters 8-aligned");
 
 /* The largest slot a region may declare (a tile is at most this big in any sane .nft). */

@@ -284,6 +284,8 @@ struct nf_stack_counters {
         f_kv_prefetch_unused;
     /* predictor, appended: KV block tiles it pushed on the prefetch ring */
     _Atomic uint64_t p_kv_requests;
+    /* fetcher, appended: the most bytes it has had in flight at once (gauge) */
+    _Atomic uint64_t f_inflight_peak;
 };
 
 /* The plan: how the budget is split. Everyone computes the same plan from the same inputs. */

@@ -63,8 +63,8 @@ static int copy_file(const char *from, const char *to)
 }
 
 /* Starts the fetcher on model in a fresh run directory and attaches to its region. */
-static void start_fetcher_v(struct running *r, const char *model, const char *tag, bool no_uring,
-                            const char *verify)
+static void start_fetcher_x(struct running *r, const char *model, const char *tag, bool no_uring,
+                            const char *verify, const char *inflight)
 {
     memset(r, 0, sizeof(*r));
     snprintf(r->run_dir, sizeof(r->run_dir), "%s/run-%s", g_dir, tag);
@@ -79,20 +79,17 @@ static void start_fetcher_v(struct running *r, const char *model, const char *ta
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        const char *argv[] = {FETCHER,
-                              "--foreground",
-                              "--run-dir",
-                              r->run_dir,
-                              "--model",
-                              model,
-                              "--ram",
-                              ram,
-                              "--qd",
-                              "4",
-                              "--verify",
-                              verify,
-                              no_uring ? "--no-uring" : NULL,
-                              NULL};
+        const char *argv[16] = {FETCHER,    "--foreground", "--run-dir", r->run_dir, "--model",
+                                model,      "--ram",        ram,         "--qd",     "4",
+                                "--verify", verify};
+        int k = 12;
+        if (no_uring)
+            argv[k++] = "--no-uring";
+        if (inflight) {
+            argv[k++] = "--inflight";
+            argv[k++] = inflight;
+        }
+        argv[k] = NULL;
         execv(FETCHER, (char *const *)argv);
         _exit(127);
     }
@@ -119,6 +116,12 @@ static void start_fetcher_v(struct running *r, const char *model, const char *ta
     }
     if (rc != 0)
         fail_msg("cannot attach to %s: %s", r->shm, err);
+}
+
+static void start_fetcher_v(struct running *r, const char *model, const char *tag, bool no_uring,
+                            const char *verify)
+{
+    start_fetcher_x(r, model, tag, no_uring, verify, NULL);
 }
 
 static void start_fetcher(struct running *r, const char *model, const char *tag, bool no_uring)
@@ -500,6 +503,57 @@ static void test_withdrawn_prefetch(void **state)
 
 /* Reads a tile of len bytes the way the back ends do, piece by piece (nf_fetch_read_len, each
  * piece read in full here); checks every piece and that they add up to the tile. */
+/* Prefetches 8 tiles not in the pool at once (one ring bell, so the fetcher takes them in one
+ * pass) and waits for each; returns the fetcher's peak of bytes in flight and sets *max_span to
+ * the largest of their spans. */
+static uint64_t burst_peak(const char *tag, const char *inflight, uint64_t *max_span)
+{
+    struct nf_nft *f;
+    char err[512];
+    assert_int_equal(nf_nft_open(&f, g_nft, false, err, sizeof(err)), 0);
+    struct running r;
+    start_fetcher_x(&r, g_nft, tag, false, "all", inflight);
+    uint32_t ids[8], n = 0;
+    *max_span = 0;
+    for (uint32_t id = (uint32_t)f->n_tiles / 2; id < f->n_tiles && n < 8; id++)
+        if (atomic_load(&r.st.tiles[id].state) == NF_TILE_EMPTY) {
+            ids[n++] = id;
+            if (nf_nft_tile_span(&f->tiles[id]) > *max_span)
+                *max_span = nf_nft_tile_span(&f->tiles[id]);
+        }
+    assert_int_equal(n, 8);
+    for (uint32_t i = 0; i < n; i++)
+        assert_int_equal(nf_tile_prefetch(&r.st, ids[i], i + 1, i + 1 == n), 1);
+    for (uint32_t i = 0; i < n; i++) {
+        int rc = 0;
+        if (!nf_tile_pin_wait(&r.st, ids[i], 0, 10000, &rc))
+            fail_msg("tile %u: %s", ids[i], nf_strerror(rc));
+        nf_tile_unpin(&r.st, ids[i]);
+    }
+    uint64_t peak = fetcher_stat(&r, "inflight_peak_bytes");
+    assert_int_equal(atomic_load(&r.st.ctr->f_prefetch_dropped), 0);
+    stop_fetcher(&r);
+    nf_nft_close(f);
+    return peak;
+}
+
+/* --inflight: with room for one read, eight prefetched tiles are read one at a time, and all
+ * arrive (none dropped for want of room); with room for all, the first pass starts its queue
+ * depth's worth at once. */
+static void test_inflight_cap(void **state)
+{
+    (void)state;
+    uint64_t span, wide = burst_peak("wide", "1G", &span);
+    print_message("one pass of 8 prefetches: %llu bytes in flight at most with 1G, largest tile "
+                  "%llu\n",
+                  (unsigned long long)wide, (unsigned long long)span);
+    assert_true(wide > span); /* --qd 4: several reads at once */
+    uint64_t one = burst_peak("one", "1", &span);
+    print_message("with --inflight 1: %llu\n", (unsigned long long)one);
+    assert_true(one > 0);
+    assert_true(one <= span);
+}
+
 static void read_in_pieces(uint64_t len, unsigned want_pieces)
 {
     struct nf_fetch_io io = {.len = len};
@@ -550,6 +604,7 @@ int main(void)
         cmocka_unit_test_teardown(test_verify_none, teardown),
         cmocka_unit_test_teardown(test_truncated_under_fetcher, teardown),
         cmocka_unit_test_teardown(test_withdrawn_prefetch, teardown),
+        cmocka_unit_test_teardown(test_inflight_cap, teardown),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     rm_rf(g_dir);

@@ -84,6 +84,7 @@ int nf_stats_fill(struct nf_stats_msg *m, const char *stage, const struct nf_sta
         add(m, "io_errors", LD(f_io_errors));
         add(m, "busy_ns", LD(f_busy_ns));
         add(m, "queue_depth", LD(f_queue_depth));
+        add(m, "inflight_peak_bytes", LD(f_inflight_peak));
         add(m, "resident_bytes", LD(f_resident_bytes));
         add(m, "prefetch_dropped", LD(f_prefetch_dropped));
         add(m, "plan_dropped", LD(f_plan_dropped));

@@ -251,6 +251,8 @@ int nf_fetch_init(struct nf_fetcher *ft, struct nf_stack *st, const struct nf_nf
     ft->o = *o;
     if (ft->o.qd == 0)
         ft->o.qd = 16;
+    if (ft->o.inflight == 0)
+        ft->o.inflight = NF_FETCH_INFLIGHT;
     ft->n_tiles = (uint32_t)st->cfg->n_tiles;
     ft->n_kv = (uint32_t)st->cfg->kv_tiles;
     ft->n_ids = ft->n_tiles + ft->n_kv;
@@ -529,6 +531,15 @@ static void track_compute(struct nf_fetcher *ft)
     }
 }
 
+/* True when a read of len bytes may start now: an I/O entry is free, and the bytes in flight
+ * stay within o.inflight (a first read always starts, whatever its size). */
+static bool io_room(const struct nf_fetcher *ft, uint64_t len)
+{
+    if (ft->n_io_free == 0)
+        return false;
+    return ft->in_flight == 0 || ft->inflight_bytes + len <= ft->o.inflight;
+}
+
 /* A free slot for tile id in its class k: from the class's free list, else by evicting the tile
  * of that class whose next use is farthest (a prefetch only evicts tiles needed later than
  * itself). NF_NO_SLOT if none. */
@@ -593,6 +604,9 @@ static void submit_read(struct nf_fetcher *ft, uint32_t id, uint32_t slot, uint6
     diag_qd(ft);
     if (ft->in_flight++ == 0)
         ft->busy_since_ns = io->start_ns;
+    ft->inflight_bytes += len;
+    if (ft->inflight_bytes > atomic_load_explicit(&ctr->f_inflight_peak, memory_order_relaxed))
+        atomic_store_explicit(&ctr->f_inflight_peak, ft->inflight_bytes, memory_order_relaxed);
     atomic_store_explicit(&ctr->f_queue_depth, ft->in_flight, memory_order_relaxed);
     int rc = nf_fetch_backend_submit(ft, i);
     if (rc < 0) {
@@ -776,8 +790,11 @@ static int start_kv_load(struct nf_fetcher *ft, uint32_t id, bool demand)
         nf_tile_cancel(st, id);
         return 0;
     }
-    if (ft->n_io_free == 0)
-        return -EAGAIN;
+    uint64_t len;
+    uint32_t seq, il, kind, b;
+    const uint64_t off = kv_span(ft, id, &len, &seq, &il, &kind, &b);
+    if (!io_room(ft, len))
+        return -ENOBUFS;
     int rc = kv_open(ft);
     if (rc < 0) {
         nf_tile_fail(st, id, rc);
@@ -797,9 +814,6 @@ static int start_kv_load(struct nf_fetcher *ft, uint32_t id, bool demand)
             atomic_fetch_add_explicit(&ctr->f_hits, 1, memory_order_relaxed);
         return 0;
     }
-    uint64_t len;
-    uint32_t seq, il, kind, b;
-    const uint64_t off = kv_span(ft, id, &len, &seq, &il, &kind, &b);
     atomic_fetch_add_explicit(&ctr->f_misses, 1, memory_order_relaxed);
     (demand ? ft->diag.demand_reads : ft->diag.prefetch_reads)[NF_FETCH_KIND_KV]++;
     ft->diag.bytes[NF_FETCH_KIND_KV] += len;
@@ -815,7 +829,8 @@ static int start_kv_load(struct nf_fetcher *ft, uint32_t id, bool demand)
 }
 
 /* Starts the read of tile id. Returns 1 when a read started, 0 when none is needed (already
- * loading or ready: a hit; or in ERROR), -EAGAIN when no slot or no I/O slot is free now. */
+ * loading or ready: a hit; or in ERROR), -EAGAIN when no slot is free now, -ENOBUFS when the
+ * reads in flight must land first (io_room). */
 static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
 {
     struct nf_stack *st = ft->st;
@@ -844,8 +859,8 @@ static int start_load(struct nf_fetcher *ft, uint32_t id, bool demand)
         nf_tile_fail(st, id, -E2BIG);
         return 0;
     }
-    if (ft->n_io_free == 0)
-        return -EAGAIN;
+    if (!io_room(ft, nf_nft_tile_span(&ft->f->tiles[id])))
+        return -ENOBUFS;
     uint32_t slot = get_slot(ft, id, k, demand);
     if (slot == NF_NO_SLOT) {
         ft->diag.no_slot++;
@@ -882,6 +897,7 @@ static void release_io(struct nf_fetcher *ft, uint32_t i)
     /* Only a read in flight is released, once: the free stack cannot overflow. */
     NF_ASSERT(ft->in_flight > 0 && ft->n_io_free < ft->o.qd);
     ft->io_free[ft->n_io_free++] = i;
+    ft->inflight_bytes -= ft->ios[i].len;
     diag_qd(ft);
     if (--ft->in_flight == 0)
         atomic_fetch_add_explicit(&ft->st->ctr->f_busy_ns, nf_now_ns() - ft->busy_since_ns,
@@ -1048,7 +1064,7 @@ static bool serve(struct nf_fetcher *ft)
     while (ft->dq_len > 0) {
         uint32_t id = ft->dq[ft->dq_head];
         int rc = start_load(ft, id, true);
-        if (rc == -EAGAIN)
+        if (rc == -EAGAIN || rc == -ENOBUFS)
             return true;
         ft->dq_head = (ft->dq_head + 1) % ft->n_ids;
         ft->dq_len--;
@@ -1063,6 +1079,8 @@ static bool serve(struct nf_fetcher *ft)
             continue;
         }
         int rc = start_load(ft, id, false);
+        if (rc == -ENOBUFS)
+            break; /* the reads in flight first */
         if (rc == -EAGAIN) {
             /* No slot for a tile compute has already passed (a forecast it did not use, or a
              * request that arrived late): drop it instead of letting it block every prefetch

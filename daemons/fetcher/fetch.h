@@ -34,8 +34,15 @@ enum nf_verify_mode { NF_VERIFY_NONE = 0, NF_VERIFY_SAMPLE, NF_VERIFY_ALL };
  * as it is. */
 #define NF_FETCH_NICE (-10)
 
+/* Bytes in flight at most, past the first read (--inflight): enough to keep a drive busy
+ * (a read of tens of MB is split by the kernel into many requests), not the pool's largest
+ * class, whose slots are then free to keep tiles for their next use. See docs/measurements.md,
+ * "Bytes in flight". */
+#define NF_FETCH_INFLIGHT ((uint64_t)128 << 20)
+
 struct nf_fetch_opts {
     unsigned qd;                /* reads in flight at most (--qd) */
+    uint64_t inflight;          /* bytes in flight at most, past the first read (--inflight) */
     enum nf_verify_mode verify; /* --verify */
     bool no_uring;              /* --no-uring: use the pread pool even if io_uring works */
     bool expert_cyclic;         /* --expert-cache cyclic: routed experts by cyclic distance only */
@@ -146,6 +153,7 @@ struct nf_fetcher {
     uint32_t n_loaded;
     uint32_t n_io_free;
     uint32_t in_flight;
+    uint64_t inflight_bytes; /* the spans of the reads in flight */
     uint64_t busy_since_ns;
     uint64_t reads_done;   /* for --verify sample */
     uint8_t *logged;       /* (n_tiles) an error for this tile was logged already */

@@ -56,7 +56,8 @@ static void usage(FILE *out)
             "usage: nanoflow-fetcher --model FILE.nft [--run-dir DIR] [--ram SIZE] [-t N]\n"
             "                        [--sparsity S] [--ctx N] [--parallel N] [--ubatch N]\n"
             "                        [--cache-type-k T] [--cache-type-v T] [--kv-block N]\n"
-            "                        [--kv-dir DIR] [--qd N] [--verify all|sample|none]\n"
+            "                        [--kv-dir DIR] [--qd N] [--inflight SIZE]\n"
+            "                        [--verify all|sample|none]\n"
             "                        [--no-uring] [--nice N] [--numa-node N]\n"
             "                        [--expert-cache freq|cyclic] [--foreground]\n"
             "                        [--log-level error|warn|info|debug]\n\n"
@@ -89,6 +90,9 @@ static void usage(FILE *out)
             "                     fetcher reads into the pool as tiles (default: the run\n"
             "                     directory; `up` passes compute's)\n"
             "  --qd N             reads in flight (default 16, 1..4096)\n"
+            "  --inflight SIZE    bytes in flight at most, past the first read, e.g. 64M;\n"
+            "                     the pool's slots beyond it keep tiles for their next use\n"
+            "                     (default: $NANOFLOW_FETCH_INFLIGHT, else 128M)\n"
             "  --verify MODE      check each tile's XXH3-64: all (default), sample (1 in 16),\n"
             "                     none\n"
             "  --no-uring         use the pread thread pool even when io_uring works\n"
@@ -110,10 +114,20 @@ static void usage(FILE *out)
             "  -h, --help         show this help\n");
 }
 
-enum { O_QD = NF_ARG_OWN, O_VERIFY, O_NO_URING, O_NUMA, O_EXPERT_CACHE, O_NICE, O_KV_DIR };
+enum {
+    O_QD = NF_ARG_OWN,
+    O_INFLIGHT,
+    O_VERIFY,
+    O_NO_URING,
+    O_NUMA,
+    O_EXPERT_CACHE,
+    O_NICE,
+    O_KV_DIR
+};
 
 static const struct option own_opts[] = {
     {"qd", required_argument, NULL, O_QD},
+    {"inflight", required_argument, NULL, O_INFLIGHT},
     {"verify", required_argument, NULL, O_VERIFY},
     {"no-uring", no_argument, NULL, O_NO_URING},
     {"numa-node", required_argument, NULL, O_NUMA},
@@ -134,6 +148,7 @@ static int parse_own(int val, const char *arg, void *ud)
             return -EINVAL;
         fo->o.qd = (unsigned)v;
         return 0;
+    case O_INFLIGHT: return nf_daemon_arg_size(arg, &fo->o.inflight);
     case O_VERIFY:
         if (!strcmp(arg, "all"))
             fo->o.verify = NF_VERIFY_ALL;
@@ -322,8 +337,8 @@ static int start(struct fetcher_main *m, char *err, size_t errlen)
     if ((rc = nf_fetch_init(&m->ft, &m->st, m->f, &m->fo.o, err, errlen)) < 0)
         return rc;
     m->have_ft = true;
-    nf_log(NF_LOG_INFO, "reading with %s, queue depth %u, verify %s", m->ft.backend_name,
-           m->ft.o.qd,
+    nf_log(NF_LOG_INFO, "reading with %s, queue depth %u, %" PRIu64 " MiB in flight, verify %s",
+           m->ft.backend_name, m->ft.o.qd, m->ft.o.inflight >> 20,
            m->fo.o.verify == NF_VERIFY_ALL      ? "all"
            : m->fo.o.verify == NF_VERIFY_SAMPLE ? "1 in 16"
                                                 : "none");
@@ -373,7 +388,18 @@ int main(int argc, char **argv)
     static struct fetcher_main m;
     char err[PATH_MAX + 512] = "";
     m.fo = (struct fetcher_opts){.numa_node = -1,
-                                 .o = {.qd = 16, .verify = NF_VERIFY_ALL, .nice = NF_FETCH_NICE}};
+                                 .o = {.qd = 16,
+                                       .inflight = NF_FETCH_INFLIGHT,
+                                       .verify = NF_VERIFY_ALL,
+                                       .nice = NF_FETCH_NICE}};
+    const char *inflight = getenv("NANOFLOW_FETCH_INFLIGHT");
+    if (inflight && nf_daemon_arg_size(inflight, &m.fo.o.inflight) < 0) {
+        fprintf(stderr,
+                "nanoflow-fetcher: NANOFLOW_FETCH_INFLIGHT must be a size such as 64M, "
+                "not '%s'\n",
+                inflight);
+        return 2;
+    }
     const struct nf_daemon_argspec spec = {
         .role = NF_ROLE_FETCHER, .usage = usage, .own = own_opts, .parse = parse_own, .ud = &m.fo};
     int rc = nf_daemon_args_parse(argc, argv, &spec, &m.a);
