@@ -49,7 +49,7 @@ kind() {
     --qk-norm) K=bool ;;
     --temp | --top-p | --min-p | --repeat-penalty | --sparsity | --margin | --rope-base | \
         --rms-eps | --rope-scale | --router-skew) K=float ;;
-    --ram | --tile-size | --pred-mem | --max-body) K=size ;;
+    --ram | --tile-size | --pred-mem | --max-body | --inflight) K=size ;;
     --log-level | --verify | --shape | --type | --arch | --chat-template | --expert-cache) K=enum ;;
     --prefix-cache | --kv-prefetch) K=enum ;;
     -m | --model | -p | --prompt | --run-dir | --name | --system | --http) K=str ;;
@@ -116,7 +116,7 @@ good() {
     --n-prompt) G=8 ;;
     -d | --n-depth) G=8 ;;
     --kv-store) G="$T/kvs" ;;
-    --kv-store-max) G=1M ;;
+    --kv-store-max | --inflight) G=1M ;;
     --draft-max) G=4 ;;
     --nice) G=-5 ;;
     --kv-block) G=4 ;;
