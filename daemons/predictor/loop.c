@@ -81,6 +81,29 @@ static uint64_t read_act(const struct nf_act_slot *a, uint32_t n_embd, uint64_t 
     return n == n_embd ? s : 0;
 }
 
+/* Reads the step and layer of slot a when compute published there since the read *seen
+ * remembers (a hint first: the seqlock's number, unchanged means nothing new), and remembers
+ * this read in *seen, so a superseded slot is skipped, not handled late. False when nothing is
+ * new or the slot stayed busy. */
+static bool read_slot_if_new(const struct nf_act_slot *a, uint32_t n_embd, uint64_t *seen,
+                             uint64_t *step, uint32_t *layer)
+{
+    uint64_t s = nf_seqlock_peek(&a->seq);
+    if (s == 0 || s == *seen)
+        return false;
+    s = read_act(a, n_embd, step, layer, NULL);
+    if (s == 0)
+        return false;
+    *seen = s;
+    return true;
+}
+
+/* Whether (step, layer) comes after (best_step, best_layer) in compute's order. */
+static bool later(uint64_t step, uint32_t layer, uint64_t best_step, uint32_t best_layer)
+{
+    return step > best_step || (step == best_step && layer > best_layer);
+}
+
 /* Scores live forecasts against the used sets compute published, and remembers those sets. */
 static void score_used(struct nf_pred_loop *lp)
 {
@@ -584,20 +607,12 @@ static bool newest_act(struct nf_pred_loop *lp, uint64_t *step, uint32_t *layer)
     uint64_t best_step = 0;
     uint32_t best_layer = 0, best_l = 0;
     for (uint32_t l = 0; l < p->n_layer; l++) {
-        struct nf_act_slot *a = nf_stack_act(lp->st, l);
-        /* A hint only: has compute published here since we last looked? */
-        uint64_t s = nf_seqlock_peek(&a->seq);
-        if (s == 0 || s == lp->act_seq[l])
-            continue;
         uint64_t st_;
         uint32_t ly;
-        s = read_act(a, p->n_embd, &st_, &ly, NULL);
-        if (s == 0)
+        if (!read_slot_if_new(nf_stack_act(lp->st, l), p->n_embd, &lp->act_seq[l], &st_, &ly) ||
+            ly >= p->n_layer)
             continue;
-        lp->act_seq[l] = s; /* superseded slots are skipped, not processed late */
-        if (ly >= p->n_layer)
-            continue;
-        if (!found || st_ > best_step || (st_ == best_step && ly > best_layer)) {
+        if (!found || later(st_, ly, best_step, best_layer)) {
             found = true;
             best_step = st_;
             best_layer = ly;
@@ -653,26 +668,20 @@ static bool take_rows(struct nf_pred_loop *lp, bool got, uint64_t *step, uint32_
     uint32_t best_layer = 0;
     for (uint32_t l = 0; l < p->n_layer; l++)
         for (uint32_t r = 0; r < R; r++) {
-            struct nf_act_slot *a = nf_stack_act_row(lp->st, l, r);
-            uint64_t s = nf_seqlock_peek(&a->seq);
-            if (s == 0 || s == lp->row_seq[(size_t)l * R + r])
-                continue;
             uint64_t st_;
             uint32_t ly;
-            s = read_act(a, p->n_embd, &st_, &ly, NULL);
-            if (s == 0)
+            if (!read_slot_if_new(nf_stack_act_row(lp->st, l, r), p->n_embd,
+                                  &lp->row_seq[(size_t)l * R + r], &st_, &ly) ||
+                ly != l)
                 continue;
-            lp->row_seq[(size_t)l * R + r] = s;
-            if (ly != l)
-                continue;
-            if (!found || st_ > best_step || (st_ == best_step && ly > best_layer)) {
+            if (!found || later(st_, ly, best_step, best_layer)) {
                 found = true;
                 best_step = st_;
                 best_layer = ly;
             }
         }
     bool from_rows = false;
-    if (found && (!got || best_step > *step || (best_step == *step && best_layer > *layer))) {
+    if (found && (!got || later(best_step, best_layer, *step, *layer))) {
         *step = best_step;
         *layer = best_layer;
         from_rows = true;
