@@ -545,6 +545,35 @@ static float nf_attn_scale(const struct nf_hparams *hp)
                                            : 1.0f / sqrtf((float)hp->head_dim);
 }
 
+/* The first cell a query at pos sees: gemma3's local layers see the last n_swa positions
+ * (llama.cpp's LLAMA_SWA_TYPE_STANDARD masks a cell when pos - cell >= n_swa); the cells before
+ * it are masked like those past pos. The cache still keeps every position of a local layer: a
+ * ring of n_swa cells per local layer, which would cut their KV memory, is a later
+ * optimisation. */
+static int nf_attn_lo(const struct nf_hparams *hp, int il, int pos)
+{
+    return nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
+}
+
+/* soft_max_ext's scale and mask over the n_kv scores sc of a query at pos: the cells lo..pos
+ * scaled, the others -inf. */
+static void nf_attn_mask(float *sc, int n_kv, int lo, int pos, float scale)
+{
+    for (int ic = 0; ic < n_kv; ic++)
+        sc[ic] = ic <= pos && ic >= lo ? sc[ic] * scale : -INFINITY;
+}
+
+/* A query tile's outputs out (nt tokens x the g query heads of KV head kvh, vd each) to their
+ * rows of c->att. */
+static void nf_attn_tile_store(struct nf_ctx *c, int t0, int nt, int kvh, const float *out)
+{
+    const struct nf_hparams *hp = &c->m->hp;
+    const int g = hp->n_head / hp->n_head_kv, vd = nf_head_dim_v(hp);
+    for (int tt = 0; tt < nt; tt++)
+        memcpy(c->att + ((size_t)(t0 + tt) * hp->n_head + (size_t)kvh * g) * vd,
+               out + (size_t)tt * g * vd, sizeof(float) * (size_t)g * vd);
+}
+
 /* Attention of one query head of one token over cache positions 0..pos. */
 static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_tok, int n_kv,
                          void *scratch)
@@ -553,13 +582,9 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
     const int hd = hp->head_dim, kvd = hp->n_head_kv * hp->head_dim, vd = nf_head_dim_v(hp);
     const int kvh = h / (hp->n_head / hp->n_head_kv);
     const float scale = nf_attn_scale(hp);
-    /* The first visible cell: gemma3's local layers see the last n_swa positions (llama.cpp's
-     * LLAMA_SWA_TYPE_STANDARD masks a cell when pos - cell >= n_swa); the cells before it are
-     * masked like those past pos. The cache still keeps every position of a local layer: a
-     * ring of n_swa cells per local layer, which would cut their KV memory, is a later
-     * optimisation. gemma3 and phi3 scaled Q before (nf_attn_core): their softmax scale is 1,
-     * an exact no-op. */
-    const int lo = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
+    /* gemma3 and phi3 scaled Q before (nf_attn_core): their softmax scale is 1, an exact
+     * no-op. */
+    const int lo = nf_attn_lo(hp, il, pos);
     const float *q = c->q + (size_t)t * hp->n_head * hd + (size_t)h * hd;
     float *out = c->att + (size_t)t * hp->n_head * vd + (size_t)h * vd;
     nf_fp16_t *q16 = scratch;                              /* (hd) */
@@ -633,8 +658,7 @@ static void nf_attn_head(struct nf_ctx *c, int il, int t, int h, int pos, int n_
         else
             nf_ggml_dot_cols(NF_TYPE_F16)(hd, sc + lo, 1, kc + (size_t)lo * kvd,
                                           (size_t)kvd * sizeof(nf_fp16_t), q16, 0, pos + 1 - lo, 1);
-        for (int ic = 0; ic < n_kv; ic++)
-            sc[ic] = ic <= pos && ic >= lo ? sc[ic] * scale : -INFINITY;
+        nf_attn_mask(sc, n_kv, lo, pos, scale);
     }
     for (int ic = 0; ic < n_kv && c->type_k == NF_TYPE_F16 && q_f32; ic++) {
         float s = -INFINITY;
@@ -750,10 +774,8 @@ static void nf_attn_tile(struct nf_ctx *c, int il, int t0, int nt, int kvh, int 
                       (size_t)hd * sizeof(nf_fp16_t), n_vis, nq);
     for (int qi = 0; qi < nq; qi++) {
         const int pos = pos0 + t0 + qi / g, h = kvh * g + qi % g;
-        const int lo = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
         float *row = sc + (size_t)qi * ldp;
-        for (int ic = 0; ic < n_kv; ic++)
-            row[ic] = ic <= pos && ic >= lo ? row[ic] * scale : -INFINITY;
+        nf_attn_mask(row, n_kv, nf_attn_lo(hp, il, pos), pos, scale);
         const float inv = nf_attn_softmax(c, row, n_kv, h);
         nf_scale_round_f16_for(isa)(row, n_kv, inv);
         /* The cells past the position add nothing to KQV only as exact zeros. */
@@ -761,9 +783,7 @@ static void nf_attn_tile(struct nf_ctx *c, int il, int t0, int nt, int kvh, int 
             row[ic] = 0.0f;
     }
     nf_attn_kqv_tile_for(isa)(out, (size_t)vd, vd, vc, (size_t)kvd, sc, ldp, nq, n_vis, lanes);
-    for (int tt = 0; tt < nt; tt++)
-        memcpy(c->att + ((size_t)(t0 + tt) * hp->n_head + (size_t)kvh * g) * vd,
-               out + (size_t)tt * g * vd, sizeof(float) * (size_t)g * vd);
+    nf_attn_tile_store(c, t0, nt, kvh, out);
 }
 
 /* Whether a prompt batch takes nf_attn_tile_q: a quantized K and V (kv_quant.h) whose K type
@@ -811,11 +831,10 @@ static void nf_attn_tile_q(struct nf_ctx *c, int il, int t0, int nt, int kvh, in
                                nf_kv_row_bytes(c->type_k, kvd), qq, qrow, n_vis, nq);
     for (int qi = 0; qi < nq; qi++) {
         const int pos = pos0 + t0 + qi / g, h = kvh * g + qi % g;
-        lo[qi] = nf_layer_swa(hp, il) && pos >= hp->n_swa ? pos - hp->n_swa + 1 : 0;
+        lo[qi] = nf_attn_lo(hp, il, pos);
         lo_min = lo[qi] < lo_min ? lo[qi] : lo_min;
         float *row = sc + (size_t)qi * ldp;
-        for (int ic = 0; ic < n_kv; ic++)
-            row[ic] = ic <= pos && ic >= lo[qi] ? row[ic] * scale : -INFINITY;
+        nf_attn_mask(row, n_kv, lo[qi], pos, scale);
         inv[qi] = nf_attn_softmax(c, row, n_kv, h);
     }
     const nf_kv_axpy_fn axpy = nf_kv_axpy_for(c->type_v);
@@ -827,9 +846,7 @@ static void nf_attn_tile_q(struct nf_ctx *c, int il, int t0, int nt, int kvh, in
             if (ic >= lo[qi])
                 axpy(out + (size_t)qi * vd, sc[(size_t)qi * ldp + ic] * inv[qi], vr, vd);
     }
-    for (int tt = 0; tt < nt; tt++)
-        memcpy(c->att + ((size_t)(t0 + tt) * hp->n_head + (size_t)kvh * g) * vd,
-               out + (size_t)tt * g * vd, sizeof(float) * (size_t)g * vd);
+    nf_attn_tile_store(c, t0, nt, kvh, out);
 }
 
 static void nf_attn_run(void *arg, int ith, int nth)
@@ -993,7 +1010,7 @@ static void nf_walk_init(const struct nf_walk_job *j, struct nf_walk_mem *w, int
         const int kv1 = (tk->pos + pad) / pad * pad;
         tk->n_kv = kv1 < cap ? kv1 : cap;
     }
-    tk->lo = nf_layer_swa(hp, j->il) && tk->pos >= hp->n_swa ? tk->pos - hp->n_swa + 1 : 0;
+    tk->lo = nf_attn_lo(hp, j->il, tk->pos);
     const float *q = c->q + (size_t)tk->t * nh * hd + (size_t)tk->h * hd;
     for (int d = 0; d < hd; d++)
         w->q16[d] = nf_fp32_to_fp16(q[d]);
