@@ -224,6 +224,13 @@ static void metric(bool json, bool *first, const char *stage, const char *key, c
     *first = false;
 }
 
+/* A metric that is the stage's counter of the same name. */
+static void counter(bool json, bool *first, const char *stage, const struct nf_stage_snap *s,
+                    const char *key, const char *label, const char *unit)
+{
+    metric(json, first, stage, key, label, (double)nf_stage_ctr(s, key), unit);
+}
+
 static void print_stats(const char *dir, const struct nf_stack_snap *s, bool json, double interval)
 {
     const struct nf_stage_snap *f = &s->st[0], *p = &s->st[1], *c = &s->st[2];
@@ -251,12 +258,9 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                "%");
         metric(json, &first, "predictor", "latency_us", "latency", nf_snap_ratio(ns * 1e-3, np),
                "us");
-        metric(json, &first, "predictor", "requests", "tile requests",
-               (double)nf_stage_ctr(p, "requests"), "");
-        metric(json, &first, "predictor", "lookahead", "lookahead",
-               (double)nf_stage_ctr(p, "lookahead"), "layers");
-        metric(json, &first, "predictor", "kv_requests", "KV tile pushes",
-               (double)nf_stage_ctr(p, "kv_requests"), "");
+        counter(json, &first, "predictor", p, "requests", "tile requests", "");
+        counter(json, &first, "predictor", p, "lookahead", "lookahead", "layers");
+        counter(json, &first, "predictor", p, "kv_requests", "KV tile pushes", "");
     } else if (json) {
         jerr(p->err);
     } else {
@@ -291,27 +295,17 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
         metric(json, &first, "fetcher", "hit_rate", "hit rate", nf_snap_hit_rate(f, c), "%");
         metric(json, &first, "fetcher", "bytes_per_token", "bytes per token",
                nf_snap_ratio(bytes, tokens), "B");
-        metric(json, &first, "fetcher", "queue_depth", "queue depth",
-               (double)nf_stage_ctr(f, "queue_depth"), "");
+        counter(json, &first, "fetcher", f, "queue_depth", "queue depth", "");
         metric(json, &first, "fetcher", "reads", "reads", reads, "");
-        metric(json, &first, "fetcher", "evictions", "evictions",
-               (double)nf_stage_ctr(f, "evictions"), "");
-        metric(json, &first, "fetcher", "checksum_errors", "checksum errors",
-               (double)nf_stage_ctr(f, "checksum_errors"), "");
-        metric(json, &first, "fetcher", "prefetch_dropped", "prefetches dropped",
-               (double)nf_stage_ctr(f, "prefetch_dropped"), "");
-        metric(json, &first, "fetcher", "plan_dropped", "withdrawn unread",
-               (double)nf_stage_ctr(f, "plan_dropped"), "");
-        metric(json, &first, "fetcher", "plan_released", "withdrawn after read",
-               (double)nf_stage_ctr(f, "plan_released"), "");
-        metric(json, &first, "fetcher", "kv_prefetch_reads", "KV reads pushed",
-               (double)nf_stage_ctr(f, "kv_prefetch_reads"), "");
-        metric(json, &first, "fetcher", "kv_demand_reads", "KV reads asked by compute",
-               (double)nf_stage_ctr(f, "kv_demand_reads"), "");
-        metric(json, &first, "fetcher", "kv_prefetch_used", "KV pushed, pinned",
-               (double)nf_stage_ctr(f, "kv_prefetch_used"), "");
-        metric(json, &first, "fetcher", "kv_prefetch_unused", "KV pushed, evicted unused",
-               (double)nf_stage_ctr(f, "kv_prefetch_unused"), "");
+        counter(json, &first, "fetcher", f, "evictions", "evictions", "");
+        counter(json, &first, "fetcher", f, "checksum_errors", "checksum errors", "");
+        counter(json, &first, "fetcher", f, "prefetch_dropped", "prefetches dropped", "");
+        counter(json, &first, "fetcher", f, "plan_dropped", "withdrawn unread", "");
+        counter(json, &first, "fetcher", f, "plan_released", "withdrawn after read", "");
+        counter(json, &first, "fetcher", f, "kv_prefetch_reads", "KV reads pushed", "");
+        counter(json, &first, "fetcher", f, "kv_demand_reads", "KV reads asked by compute", "");
+        counter(json, &first, "fetcher", f, "kv_prefetch_used", "KV pushed, pinned", "");
+        counter(json, &first, "fetcher", f, "kv_prefetch_unused", "KV pushed, evicted unused", "");
     } else if (json) {
         jerr(f->err);
     } else {
@@ -334,29 +328,23 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
                (double)(nf_stage_ctr(c, "prompt_tokens") + nf_stage_ctr(c, "decode_tokens")), "");
         metric(json, &first, "compute", "groups_skipped", "FFN groups skipped",
                nf_snap_ratio((double)nf_stage_ctr(c, "groups_skipped"), gt), "%");
-        metric(json, &first, "compute", "active", "sequences active",
-               (double)nf_stage_ctr(c, "active"), "");
-        metric(json, &first, "compute", "parallel", "sequences at most",
-               (double)nf_stage_ctr(c, "parallel"), "");
-        metric(json, &first, "compute", "shared_steps", "steps shared (2+ sequences)",
-               (double)nf_stage_ctr(c, "shared_steps"), "");
+        counter(json, &first, "compute", c, "active", "sequences active", "");
+        counter(json, &first, "compute", c, "parallel", "sequences at most", "");
+        counter(json, &first, "compute", c, "shared_steps", "steps shared (2+ sequences)", "");
         metric(json, &first, "compute", "shared_batch", "sequences per shared step",
                nf_snap_ratio((double)nf_stage_ctr(c, "shared_rows"),
                              (double)nf_stage_ctr(c, "shared_steps")),
                "");
-        metric(json, &first, "compute", "queue_len", "requests queued",
-               (double)nf_stage_ctr(c, "queue_len"), "");
+        counter(json, &first, "compute", c, "queue_len", "requests queued", "");
         metric(json, &first, "compute", "queue_wait_ms", "queue wait (mean)",
                nf_snap_ratio((double)nf_stage_ctr(c, "queue_wait_ns") * 1e-6,
                              (double)nf_stage_ctr(c, "requests")),
                "ms");
-        metric(json, &first, "compute", "clamped", "requests clamped",
-               (double)nf_stage_ctr(c, "clamped"), "");
+        counter(json, &first, "compute", c, "clamped", "requests clamped", "");
         /* Speculative decoding: draft tokens verified, accepted, and the acceptance rate. */
         metric(json, &first, "compute", "drafted", "drafted", (double)nf_stage_ctr(c, "drafted"),
                "");
-        metric(json, &first, "compute", "accepted", "drafts accepted",
-               (double)nf_stage_ctr(c, "accepted"), "");
+        counter(json, &first, "compute", c, "accepted", "drafts accepted", "");
         metric(
             json, &first, "compute", "accept_rate", "acceptance rate",
             nf_snap_ratio((double)nf_stage_ctr(c, "accepted"), (double)nf_stage_ctr(c, "drafted")),
@@ -395,8 +383,7 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
         /* Prefix reuse: requests started from a kept prefix, the prompt tokens they did not
          * evaluate, and those as a share of all prompt tokens (evaluated or not). */
         const double reused = (double)nf_stage_ctr(c, "prefix_reused");
-        metric(json, &first, "compute", "prefix_hits", "prefix hits",
-               (double)nf_stage_ctr(c, "prefix_hits"), "");
+        counter(json, &first, "compute", c, "prefix_hits", "prefix hits", "");
         metric(json, &first, "compute", "prefix_reused", "prompt tokens reused", reused, "");
         metric(json, &first, "compute", "prefix_saved", "prompt tokens saved",
                nf_snap_ratio(reused, reused + (double)nf_stage_ctr(c, "prompt_tokens")), "%");
@@ -427,21 +414,16 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
         first = true;
         if (g->ok) {
             const double n = (double)nf_stage_ctr(g, "requests");
-            metric(json, &first, "gateway", "queue_len", "requests queued",
-                   (double)nf_stage_ctr(g, "queue_len"), "");
-            metric(json, &first, "gateway", "queue_clients", "clients queued",
-                   (double)nf_stage_ctr(g, "queue_clients"), "");
-            metric(json, &first, "gateway", "running", "requests at compute",
-                   (double)nf_stage_ctr(g, "running"), "");
+            counter(json, &first, "gateway", g, "queue_len", "requests queued", "");
+            counter(json, &first, "gateway", g, "queue_clients", "clients queued", "");
+            counter(json, &first, "gateway", g, "running", "requests at compute", "");
             metric(json, &first, "gateway", "requests", "requests forwarded", n, "");
             metric(json, &first, "gateway", "queue_wait_ms", "queue wait (mean)",
                    nf_snap_ratio((double)nf_stage_ctr(g, "queue_wait_ns") * 1e-6, n), "ms");
             metric(json, &first, "gateway", "queue_wait_max_ms", "queue wait (max)",
                    (double)nf_stage_ctr(g, "queue_wait_max_ns") * 1e-6, "ms");
-            metric(json, &first, "gateway", "queue_full", "refused, queue full",
-                   (double)nf_stage_ctr(g, "queue_full"), "");
-            metric(json, &first, "gateway", "connections", "HTTP connections",
-                   (double)nf_stage_ctr(g, "connections"), "");
+            counter(json, &first, "gateway", g, "queue_full", "refused, queue full", "");
+            counter(json, &first, "gateway", g, "connections", "HTTP connections", "");
         } else if (json) {
             jerr(g->err);
         } else {
