@@ -296,6 +296,7 @@ static void print_stats(const char *dir, const struct nf_stack_snap *s, bool jso
         metric(json, &first, "fetcher", "bytes_per_token", "bytes per token",
                nf_snap_ratio(bytes, tokens), "B");
         counter(json, &first, "fetcher", f, "queue_depth", "queue depth", "");
+        counter(json, &first, "fetcher", f, "inflight_peak_bytes", "in flight at most", "B");
         metric(json, &first, "fetcher", "reads", "reads", reads, "");
         counter(json, &first, "fetcher", f, "evictions", "evictions", "");
         counter(json, &first, "fetcher", f, "checksum_errors", "checksum errors", "");

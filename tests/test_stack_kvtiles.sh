@@ -78,6 +78,7 @@ assert p["kv_requests"] > 100, p
 assert f["kv_prefetch_reads"] > 100, f
 assert f["kv_prefetch_used"] > 100, f
 assert f["kv_prefetch_used"] >= 4 * f["kv_prefetch_unused"], f
+assert f["inflight_peak_bytes"] > 0, f
 PY
 check "the predictor pushed KV tiles, read and then pinned by compute" $?
 
