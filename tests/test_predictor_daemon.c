@@ -180,6 +180,33 @@ static nf_envelope *ask(const char *sock, Nanoflow__Envelope__MsgCase what)
     return r;
 }
 
+/* Starts the predictor with args over the stack st and waits until it is ready. */
+static pid_t spawn_ready(const char *const *args, struct nf_stack *st)
+{
+    pid_t pid = spawn(args);
+    for (int t = 0; t < 10000 && !(atomic_load(&st->sync->ready_mask) & NF_READY_PREDICTOR);
+         t += 10)
+        sleep_ms(10);
+    if (!(atomic_load(&st->sync->ready_mask) & NF_READY_PREDICTOR)) {
+        dump_log();
+        kill(pid, SIGKILL);
+        fail_msg("predictor did not become ready");
+    }
+    return pid;
+}
+
+/* Asks the predictor pid to shut down over its socket; it must exit 0. */
+static void shut_down(pid_t pid)
+{
+    char sock[600];
+    nf_rundir_path(run_dir, NF_ROLE_PREDICTOR, "sock", sock, sizeof(sock));
+    nf_envelope_free(ask(sock, NANOFLOW__ENVELOPE__MSG_SHUTDOWN));
+    int status = wait_exit(pid, 5000);
+    if (status != 0)
+        dump_log();
+    assert_int_equal(status, 0);
+}
+
 static uint64_t stat_value(const nf_envelope *r, const char *name)
 {
     assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_STATS);
@@ -224,14 +251,7 @@ static void test_daemon_sparse(void **state)
 
     const char *args[] = {"--run-dir",  run_dir, "--model",     nft_path, "--foreground",
                           "--pred-mem", "16M",   "--log-level", "debug",  NULL};
-    pid_t pid = spawn(args);
-    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR); t += 10)
-        sleep_ms(10);
-    if (!(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR)) {
-        dump_log();
-        kill(pid, SIGKILL);
-        fail_msg("predictor did not become ready");
-    }
+    pid_t pid = spawn_ready(args, &st);
     nf_rundir_path(run_dir, NF_ROLE_PREDICTOR, "sock", sock, sizeof(sock));
     nf_envelope *r = ask(sock, NANOFLOW__ENVELOPE__MSG_HEALTH_REQUEST);
     assert_int_equal(r->msg_case, NANOFLOW__ENVELOPE__MSG_HEALTH);
@@ -349,7 +369,7 @@ static int count_experts(const struct nf_nft *f, const struct nf_tile_req *reqs,
  * forecast's experts (top n_expert_used plus those within the gap), best first; scoring. */
 static void test_daemon_moe(void **state)
 {
-    char err[512], shm[NAME_MAX], sock[600];
+    char err[512], shm[NAME_MAX];
     assert_int_equal(nf_rundir_create(run_dir, err, sizeof(err)), 0);
     nf_rundir_shm_name(run_dir, shm, sizeof(shm));
     nf_stack_unlink(shm);
@@ -369,14 +389,7 @@ static void test_daemon_moe(void **state)
     assert_int_equal(nf_forecaster_init(&fc, &p, UINT64_MAX, err, sizeof(err)), 0);
     const char *args[] = {"--run-dir",  run_dir, "--model",      moe_path,
                           "--pred-mem", "16M",   "--foreground", NULL};
-    pid_t pid = spawn(args);
-    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR); t += 10)
-        sleep_ms(10);
-    if (!(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR)) {
-        dump_log();
-        kill(pid, SIGKILL);
-        fail_msg("predictor did not become ready");
-    }
+    pid_t pid = spawn_ready(args, &st);
     const int cap = 1 << 16;
     struct nf_tile_req *reqs = malloc(sizeof(*reqs) * (size_t)cap);
     uint32_t *list = malloc(sizeof(uint32_t) * p.max_step);
@@ -425,13 +438,7 @@ static void test_daemon_moe(void **state)
     assert_int_equal(atomic_load(&st.ctr->p_false_pos), (uint64_t)k - p.n_expert_used);
     assert_int_equal(atomic_load(&st.ctr->p_false_neg), 0);
 
-    nf_rundir_path(run_dir, NF_ROLE_PREDICTOR, "sock", sock, sizeof(sock));
-    nf_envelope *r = ask(sock, NANOFLOW__ENVELOPE__MSG_SHUTDOWN);
-    nf_envelope_free(r);
-    int status = wait_exit(pid, 5000);
-    if (status != 0)
-        dump_log();
-    assert_int_equal(status, 0);
+    shut_down(pid);
     free(x);
     free(reqs);
     free(list);
@@ -466,7 +473,7 @@ static uint64_t req_experts(const struct nf_plan *p, uint32_t l, const struct nf
  * forecast as they come. */
 static void test_daemon_moe_rows(void **state)
 {
-    char err[512], shm[NAME_MAX], sock[600];
+    char err[512], shm[NAME_MAX];
     assert_int_equal(nf_rundir_create(run_dir, err, sizeof(err)), 0);
     nf_rundir_shm_name(run_dir, shm, sizeof(shm));
     nf_stack_unlink(shm);
@@ -524,14 +531,7 @@ static void test_daemon_moe_rows(void **state)
 
     const char *args[] = {"--run-dir",  run_dir, "--model",      moe_path,
                           "--pred-mem", "16M",   "--foreground", NULL};
-    pid_t pid = spawn(args);
-    for (int t = 0; t < 10000 && !(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR); t += 10)
-        sleep_ms(10);
-    if (!(atomic_load(&st.sync->ready_mask) & NF_READY_PREDICTOR)) {
-        dump_log();
-        kill(pid, SIGKILL);
-        fail_msg("predictor did not become ready");
-    }
+    pid_t pid = spawn_ready(args, &st);
     const int cap = 1 << 16;
     struct nf_tile_req *reqs = malloc(sizeof(*reqs) * (size_t)cap);
     assert_true(wait_until(&st.ctr->p_lookahead, 1, 5000));
@@ -571,13 +571,7 @@ static void test_daemon_moe_rows(void **state)
     n = drain(&st, reqs, cap);
     assert_int_equal(req_experts(&p, 2, reqs, n, &first), part);
 
-    nf_rundir_path(run_dir, NF_ROLE_PREDICTOR, "sock", sock, sizeof(sock));
-    nf_envelope *r = ask(sock, NANOFLOW__ENVELOPE__MSG_SHUTDOWN);
-    nf_envelope_free(r);
-    int status = wait_exit(pid, 5000);
-    if (status != 0)
-        dump_log();
-    assert_int_equal(status, 0);
+    shut_down(pid);
     free(x);
     free(reqs);
     nf_forecaster_free(&fc);
