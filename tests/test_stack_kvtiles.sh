@@ -53,15 +53,21 @@ for p in "$LONG" "Once upon a time"; do
     check "reuse: a slot's next sequence over KV tiles equals run (${p:0:16}...)" $?
 done
 args=(-n 80 --temp 0 --json)
-"$NF_BIN" gen --run-dir "$R" --no-lookup -p "Once upon a time" "${args[@]}" >"$T/a.jsonl" \
-    2>/dev/null &
-A=$!
-"$NF_BIN" gen --run-dir "$R" --no-lookup -p "The little dog" "${args[@]}" >"$T/b.jsonl" \
-    2>/dev/null
-wait $A
 "$NF_BIN" run -m "$M0" -t 1 -c 128 -p "Once upon a time" "${args[@]}" >"$T/ra.jsonl" 2>/dev/null
 "$NF_BIN" run -m "$M0" -t 1 -c 128 -p "The little dog" "${args[@]}" >"$T/rb.jsonl" 2>/dev/null
-spec_same_ids "$T/a.jsonl" "$T/ra.jsonl" && spec_same_ids "$T/b.jsonl" "$T/rb.jsonl"
+# two_at_once DIR [GEN FLAGS]: both prompts generated at once by the stack in DIR; each output
+# must be run's.
+two_at_once() {
+    local dir=$1 a
+    shift
+    "$NF_BIN" gen --run-dir "$dir" "$@" -p "Once upon a time" "${args[@]}" >"$T/a.jsonl" \
+        2>/dev/null &
+    a=$!
+    "$NF_BIN" gen --run-dir "$dir" "$@" -p "The little dog" "${args[@]}" >"$T/b.jsonl" 2>/dev/null
+    wait $a
+    spec_same_ids "$T/a.jsonl" "$T/ra.jsonl" && spec_same_ids "$T/b.jsonl" "$T/rb.jsonl"
+}
+two_at_once "$R" --no-lookup
 check "reuse: two sequences at once over KV tiles equal run" $?
 
 # The predictor's pushes: read by the fetcher from the prefetch ring, and pinned by compute
@@ -122,11 +128,7 @@ R3="$T/run-3"
 NANOFLOW_KV_PREFETCH=off "$NF_BIN" up -m "$M0" --ram 64M -t 1 -c 128 --kv-offload on \
     --kv-block 4 --parallel 2 --prefix-cache off --run-dir "$R3" >"$T/up.out" 2>"$T/up.err"
 check "up with NANOFLOW_KV_PREFETCH=off exits 0" $?
-"$NF_BIN" gen --run-dir "$R3" -p "Once upon a time" "${args[@]}" >"$T/a.jsonl" 2>/dev/null &
-A=$!
-"$NF_BIN" gen --run-dir "$R3" -p "The little dog" "${args[@]}" >"$T/b.jsonl" 2>/dev/null
-wait $A
-spec_same_ids "$T/a.jsonl" "$T/ra.jsonl" && spec_same_ids "$T/b.jsonl" "$T/rb.jsonl"
+two_at_once "$R3"
 check "pushes off: two sequences at once over KV tiles equal run" $?
 "$NF_BIN" stats --run-dir "$R3" --json >"$T/stats.json" 2>/dev/null
 python3 - "$T/stats.json" <<'PY'
